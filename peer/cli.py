@@ -1,0 +1,230 @@
+"""The `pollen` command line.
+
+Every option of `pollen run` can also be set in the TOML file given by `--config` (keys are the
+long option names, with `-` or `_`) and in the environment as POLLEN_<NAME> (e.g.
+POLLEN_CACHE_SIZE=20GiB). Precedence: flag > environment > config file > built-in default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from peer.config import (
+    DEFAULT_HTTP,
+    DEFAULT_UPSTREAM,
+    NodeConfig,
+    default_data_dir,
+    parse_address,
+    parse_upstream,
+)
+from peer.sizes import format_size, parse_size
+from pieces.layout import DEFAULT_PIECE_SIZE
+
+
+def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """Turn the TOML file into click's default_map, so flags and env vars still win over it."""
+    if value is None:
+        return
+    try:
+        with open(value, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{value} is not valid TOML: {exc}") from exc
+    known = {p.name for p in ctx.command.params if p.name}
+    defaults: dict[str, Any] = {}
+    for key, item in data.items():
+        name = key.replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{value}: unknown setting {key!r}")
+        if name == "upstream" and isinstance(item, dict):
+            item = [f"{ns}={url}" for ns, url in item.items()]
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _convert(parser: Any, what: str) -> Any:
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            if isinstance(value, tuple | list):
+                return tuple(parser(str(v)) for v in value)
+            return parser(str(value))
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}") from exc
+
+    callback.__doc__ = what
+    return callback
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """pollen: a peer-to-peer registry mirror for pulling container images.
+
+    Run one `pollen run` per node and point containerd (hosts.toml), skopeo or podman at its
+    HTTP address as a registry mirror.
+    """
+
+
+@main.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config_file,
+    envvar="POLLEN_CONFIG",
+    help="TOML file with any of the options below (keys are the long option names).",
+)
+@click.option(
+    "--http",
+    default=DEFAULT_HTTP,
+    show_default=True,
+    envvar="POLLEN_HTTP",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT of the registry front and the admin API (/healthz, /_pollen/status, /metrics).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_data_dir,
+    envvar="POLLEN_DATA_DIR",
+    show_default="~/.cache/pollen",
+    help="Directory of the piece store.",
+)
+@click.option(
+    "--upstream",
+    multiple=True,
+    envvar="POLLEN_UPSTREAM",
+    callback=_convert(parse_upstream, "NS=URL"),
+    help="NS=URL: the registry for requests with ?ns=NS (repeatable), e.g. "
+    "docker.io=https://registry-1.docker.io. Without a mapping, ?ns=HOST goes to https://HOST.",
+)
+@click.option(
+    "--default-upstream",
+    default=DEFAULT_UPSTREAM,
+    show_default=True,
+    envvar="POLLEN_DEFAULT_UPSTREAM",
+    help="Registry URL for requests without ?ns=.",
+)
+@click.option(
+    "--cache-size",
+    default=None,
+    envvar="POLLEN_CACHE_SIZE",
+    callback=_convert(parse_size, "size"),
+    help="Store quota, e.g. 20GiB; least recently used blobs not in use are evicted "
+    "[default: no quota, bounded by the disk].",
+)
+@click.option(
+    "--piece-size",
+    default=str(DEFAULT_PIECE_SIZE),
+    envvar="POLLEN_PIECE_SIZE",
+    callback=_convert(parse_size, "size"),
+    show_default="4MiB",
+    help="Size of the pieces blobs are split into (and hashed by).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    envvar="POLLEN_IDLE_TIMEOUT",
+    help="Seconds an idle client connection is kept open.",
+)
+@click.option(
+    "--upstream-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    envvar="POLLEN_UPSTREAM_TIMEOUT",
+    help="Seconds without a byte from the upstream before its download is failed.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="POLLEN_LOG_LEVEL",
+)
+def run(**options: Any) -> None:
+    """Run one node: a caching registry mirror on --http that shares pieces with its peers."""
+    logging.basicConfig(
+        level=options.pop("log_level").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs every request at INFO; our own log lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = NodeConfig(
+        http=options["http"],
+        data_dir=Path(options["data_dir"]).expanduser(),
+        upstreams=dict(options["upstream"] or ()),
+        default_upstream=options["default_upstream"].rstrip("/"),
+        cache_size=options["cache_size"],
+        piece_size=options["piece_size"],
+        idle_timeout=options["idle_timeout"],
+        upstream_timeout=options["upstream_timeout"],
+    )
+    from peer.node import Node  # late: keeps `pollen --help` fast
+
+    try:
+        node = Node(config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the store in {config.data_dir}: {exc}") from exc
+    try:
+        trio.run(node.run)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {config.http}: {exc.strerror or exc}") from exc
+
+
+@main.command()
+@click.option(
+    "--http", default=DEFAULT_HTTP, show_default=True, envvar="POLLEN_HTTP", help="Node to ask."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def status(http: str, as_json: bool) -> None:
+    """Show a node's store use and the transfers in flight."""
+    url = f"http://{http}/_pollen/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            doc = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach the node at {url}: {exc}") from exc
+    if as_json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return
+    store = doc["store"]
+    quota = format_size(store["cache_size"]) if store["cache_size"] else "none"
+    print(f"node      {doc['node']['http']}  pid {doc['node']['pid']}")
+    print(
+        f"store     {format_size(store['bytes_used'])} used (quota {quota}), "
+        f"{store['complete_blobs']} blobs, {store['partial_blobs']} partial, "
+        f"{store['manifests']} manifests, {format_size(store['disk_free'])} disk free"
+    )
+    up = doc["upstream"]
+    print(
+        f"upstream  {format_size(up['bytes'])} received, {up['downloads_completed']} downloads "
+        f"done, {up['downloads_failed']} failed"
+    )
+    for t in doc["transfers"]:
+        size = format_size(t["size"]) if t["size"] is not None else "?"
+        print(
+            f"  {t['digest'][:19]}  {format_size(t['bytes_present'])}/{size}  "
+            f"{t['clients']} clients  {t['seconds']}s  {t['repository']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""HTTP/1.1 serving with h11 on trio: one task per connection, keep-alive, time-outs, sendfile.
+
+Only this module touches the client socket. Body bytes from the store never pass through Python
+buffers: `send_file` hands a file range to the kernel with `os.sendfile`, and h11 is only told
+how many bytes went (through `send_with_data_passthrough`) so its Content-Length framing holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+import trio
+
+log = logging.getLogger("pollen.http")
+
+MAX_REQUEST_HEAD = 64 * 1024
+RECEIVE_SIZE = 64 * 1024
+# trio sets TCP_NOTSENT_LOWAT to 16 KiB, which makes every sendfile call move ~16 KiB; a few MiB
+# lets one call fill the socket buffer (see REFERENCE.md: 0.7-3 GB/s -> 3.6-4.5 GB/s on loopback).
+NOTSENT_LOWAT = 4 * 1024 * 1024
+
+
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+class ClientGone(Exception):
+    """The client closed the connection, stopped reading for too long, or sent garbage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: bytes
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+
+
+class _FileRange:
+    """Stands for `length` bytes that go by sendfile; h11 only needs its length."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class HttpConnection:
+    """The server side of one client connection."""
+
+    def __init__(self, stream: trio.SocketStream, idle_timeout: float, send_timeout: float):
+        self.stream = stream
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self.client = _peer_name(stream)
+
+    @property
+    def response_started(self) -> bool:
+        return self._h11.our_state is not h11.SEND_RESPONSE
+
+    async def next_request(self) -> Request | None:
+        """The next request on this connection; None when the client is done or idle too long.
+
+        Raises:
+            ClientGone: the client sent a malformed request (a 400 has been sent when possible).
+        """
+        request: h11.Request | None = None
+        with trio.move_on_after(self.idle_timeout):
+            while True:
+                if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+                    self._h11.start_next_cycle()
+                try:
+                    event = self._h11.next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._bad_request(exc)
+                    raise ClientGone(f"malformed request: {exc}") from exc
+                if event is h11.NEED_DATA:
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return None
+                    self._h11.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                    break
+                if isinstance(event, h11.ConnectionClosed):
+                    return None
+                # The end of the previous request (GET and HEAD have no body; requests with
+                # one are answered with Connection: close and never read).
+        if request is None:
+            return None
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in request.headers:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            # Repeated headers (skopeo sends one Accept per media type) are one comma list.
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return Request(request.method.decode("ascii"), request.target, headers)
+
+    async def _bad_request(self, exc: h11.RemoteProtocolError) -> None:
+        if self._h11.our_state is not h11.SEND_RESPONSE:
+            return
+        body = json.dumps({"errors": [{"code": "BAD_REQUEST", "message": str(exc)}]}).encode()
+        with contextlib.suppress(ClientGone):
+            await self.respond(exc.error_status_hint, [("content-type", "application/json")], body)
+
+    async def start_response(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Send the status line and headers (include Content-Length for a body)."""
+        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        reason = _REASONS.get(status, b"")
+        response = h11.Response(status_code=status, headers=encoded, reason=reason)
+        await self._send(self._h11.send(response))
+
+    async def send_data(self, data: bytes) -> None:
+        if data:
+            await self._send(self._h11.send(h11.Data(data=data)))
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        """Send `count` bytes of file `fd` from `offset`, kernel to kernel.
+
+        Raises:
+            ClientGone: the client closed or stopped reading for `send_timeout` seconds.
+        """
+        self._h11.send_with_data_passthrough(h11.Data(data=_FileRange(count)))  # type: ignore[arg-type]
+        sock = self.stream.socket
+        out_fd = sock.fileno()
+        while count:
+            try:
+                sent = os.sendfile(out_fd, fd, offset, count)
+            except BlockingIOError:
+                with trio.move_on_after(self.send_timeout) as scope:
+                    await trio.lowlevel.wait_writable(sock)
+                if scope.cancelled_caught:
+                    raise ClientGone(f"{self.client} stopped reading") from None
+                continue
+            except OSError as exc:
+                raise ClientGone(f"{self.client}: {exc}") from exc
+            if sent == 0:
+                raise ClientGone(f"file ended early while sending to {self.client}")
+            offset += sent
+            count -= sent
+            # A fast reader keeps the socket writable: let other tasks run between calls.
+            await trio.lowlevel.checkpoint()
+
+    async def end_response(self) -> None:
+        await self._send(self._h11.send(h11.EndOfMessage()))
+
+    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """A whole small response in one go."""
+        await self.start_response(status, [*headers, ("content-length", str(len(body)))])
+        await self.send_data(body)
+        await self.end_response()
+
+    async def _send(self, data: bytes | None) -> None:
+        if not data:
+            return
+        with trio.move_on_after(self.send_timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(f"{self.client} closed the connection") from exc
+        if scope.cancelled_caught:
+            raise ClientGone(f"{self.client} stopped reading")
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._h11.our_state is h11.DONE and self._h11.their_state in (
+            h11.DONE,
+            h11.SEND_BODY,
+        )
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "client"
+    return f"{host}:{port}"
+
+
+Handler = Callable[[HttpConnection, Request], Awaitable[None]]
+
+
+async def serve_connection(
+    stream: trio.SocketStream, handler: Handler, idle_timeout: float, send_timeout: float
+) -> None:
+    """Serve requests on one connection until the client leaves; never raises for client faults."""
+    try:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    except OSError:
+        pass
+    conn = HttpConnection(stream, idle_timeout, send_timeout)
+    try:
+        while True:
+            request = await conn.next_request()
+            if request is None:
+                break
+            await handler(conn, request)
+            if not conn.keep_alive:
+                break
+    except ClientGone as exc:
+        log.debug("connection from %s ended: %s", conn.client, exc)
+    except h11.LocalProtocolError as exc:
+        # A handler broke framing (e.g. a blob ended early): the client sees a cut stream.
+        log.debug("connection to %s aborted: %s", conn.client, exc)
+    finally:
+        await stream.aclose()

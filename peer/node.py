@@ -1,0 +1,130 @@
+"""One pollen node: the store, the upstream client, the downloads and the HTTP front, wired up."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+
+import trio
+
+from peer.auth_gate import AuthGate
+from peer.config import NodeConfig
+from peer.downloads import Downloads
+from peer.http_server import serve_connection
+from peer.metrics import NodeMetrics
+from peer.registry_front import RegistryFront
+from peer.upstream import UpstreamConfig, Upstreams
+from pieces.store import Store
+
+log = logging.getLogger("pollen.node")
+
+SEND_TIMEOUT = 60.0
+
+
+class Node:
+    """A running node; `run` serves until cancelled or sent SIGTERM/SIGINT."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store = Store(config.data_dir, config.piece_size, config.cache_size)
+        self.upstreams = Upstreams(
+            UpstreamConfig(
+                mapping=config.upstreams,
+                default=config.default_upstream,
+                stall_timeout=config.upstream_timeout,
+            )
+        )
+        self.started = time.time()
+        self.downloads: Downloads | None = None
+
+    def status(self) -> dict[str, object]:
+        """The JSON document of GET /_pollen/status."""
+        stats = self.store.stats()
+        downloads = self.downloads
+        transfers = []
+        if downloads is not None:
+            for download in downloads.active.values():
+                partial = download.partial
+                transfers.append(
+                    {
+                        "digest": download.digest,
+                        "registry": self.upstreams.base_url(download.namespace),
+                        "repository": download.name,
+                        "size": download.size,
+                        "bytes_present": partial.bytes_present if partial else 0,
+                        "bytes_from_upstream": download.bytes_from_upstream,
+                        "clients": download.clients,
+                        "seconds": round(time.monotonic() - download.started, 3),
+                    }
+                )
+        return {
+            "node": {
+                "http": str(self.config.http),
+                "pid": os.getpid(),
+                "uptime_seconds": round(time.time() - self.started, 3),
+                "data_dir": str(self.config.data_dir),
+            },
+            "store": {
+                "bytes_used": stats.bytes_used,
+                "cache_size": stats.quota,
+                "complete_blobs": stats.complete_blobs,
+                "partial_blobs": stats.partial_blobs,
+                "manifests": stats.manifests,
+                "readers": stats.readers,
+                "disk_free": self.store.disk_free(),
+            },
+            "upstream": {
+                "bytes": downloads.bytes_from_upstream if downloads else 0,
+                "downloads_completed": downloads.completed if downloads else 0,
+                "downloads_failed": downloads.failed if downloads else 0,
+            },
+            "transfers": transfers,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; `task_status.started` gets the bound HTTP port."""
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                self.downloads = Downloads(self.store, self.upstreams, nursery)
+                metrics = NodeMetrics(self.store, self.downloads)
+                front = RegistryFront(
+                    self.store,
+                    self.upstreams,
+                    self.downloads,
+                    AuthGate(self.upstreams),
+                    self.status,
+                    metrics.render,
+                )
+                listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
+                port = listeners[0].socket.getsockname()[1]
+                handler = functools.partial(
+                    serve_connection,
+                    handler=front.handle,
+                    idle_timeout=config.idle_timeout,
+                    send_timeout=SEND_TIMEOUT,
+                )
+                nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+                log.info(
+                    "pollen serving the registry API on %s:%d, store %s, default upstream %s",
+                    config.http.host,
+                    port,
+                    config.data_dir,
+                    config.default_upstream,
+                )
+                task_status.started(port)
+                await trio.serve_listeners(handler, listeners)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.upstreams.aclose()
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return

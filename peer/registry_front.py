@@ -1,0 +1,352 @@
+"""The registry HTTP front: the OCI distribution pull API that containerd, skopeo and podman use.
+
+GET /v2/ ; HEAD|GET /v2/<name>/manifests/<ref> ; HEAD|GET /v2/<name>/blobs/<digest> (Range),
+plus the admin routes /healthz, /_pollen/status and /metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from peer.auth_gate import AuthGate, credentials_key
+from peer.downloads import Download, Downloads, UpstreamRefusal
+from peer.http_server import ClientGone, HttpConnection, Request
+from peer.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
+from peer.ranges import ByteRange, RangeNotSatisfiable, parse_range
+from peer.routes import AdminRoute, ApiRoot, BlobRoute, ManifestRoute, NotFound, parse_target
+from peer.upstream import FORWARDED_REQUEST_HEADERS, UpstreamError, Upstreams, pick_headers
+from pieces.digest import InvalidDigest, digest_hex, is_digest
+from pieces.partial import BlobFailed, PartialBlob, StoreError
+from pieces.store import Store
+
+log = logging.getLogger("pollen.front")
+
+MANIFEST_LIMIT = 4 * 1024 * 1024
+API_VERSION = ("docker-distribution-api-version", "registry/2.0")
+MANIFEST_ANSWER_HEADERS = ("content-type", "docker-content-digest", "content-length", "etag")
+
+
+class RegistryFront:
+    """Routes one request at a time; shared by all connections of the node."""
+
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        downloads: Downloads,
+        gate: AuthGate,
+        status: Callable[[], dict[str, object]],
+        metrics: Callable[[], tuple[str, bytes]],
+    ) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.downloads = downloads
+        self.gate = gate
+        self._status = status
+        self._metrics = metrics
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        target = parse_target(request.target)
+        route = target.route
+        try:
+            if request.method not in ("GET", "HEAD"):
+                raise OciError(
+                    405,
+                    "UNSUPPORTED",
+                    f"{request.method} is not supported: pollen is a read-only pull mirror",
+                    headers=(("connection", "close"),),
+                )
+            if isinstance(route, ApiRoot):
+                await _answer(conn, request, 200, [("content-type", "application/json")], b"{}")
+            elif isinstance(route, BlobRoute):
+                await self._blob(conn, request, route, target.namespace)
+            elif isinstance(route, ManifestRoute):
+                await self._manifest(conn, request, route, target.namespace)
+            elif isinstance(route, AdminRoute):
+                await self._admin(conn, request, route)
+            else:
+                assert isinstance(route, NotFound)
+                raise name_unknown(route.path)
+        except OciError as exc:
+            await self._send_error(conn, request, exc)
+        except UpstreamError as exc:
+            log.warning("upstream failure for %s: %s", _describe_target(request), exc)
+            await self._send_error(conn, request, upstream_unavailable(exc.upstream, exc.reason))
+        except (StoreError, OSError) as exc:
+            log.error("store failure for %s: %s", _describe_target(request), exc)
+            await self._send_error(conn, request, OciError(500, "UNKNOWN", f"pollen store: {exc}"))
+
+    async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
+        if conn.response_started:
+            # Mid-body: the only honest signal left is to cut the connection.
+            raise ClientGone(f"aborted mid-response: {exc.message}")
+        headers = [("content-type", "application/json"), API_VERSION, *exc.headers]
+        await _answer(conn, request, exc.status, headers, exc.body())
+
+    # ---- blobs ---------------------------------------------------------------------------
+
+    async def _blob(
+        self, conn: HttpConnection, request: Request, route: BlobRoute, namespace: str | None
+    ) -> None:
+        digest = _valid_digest(route.digest)
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        auth_key = credentials_key(headers)
+        while True:
+            if self.store.has_blob(digest):
+                if self.store.is_private(digest):
+                    refusal = await self.gate.check(namespace, route.name, "blobs", digest, headers)
+                    if refusal is not None:
+                        await _forward_refusal(conn, request, refusal)
+                        return
+                if await self._serve_complete(conn, request, digest):
+                    return
+                continue  # evicted between the check and the open: fetch it again
+            download = self.downloads.active.get(digest)
+            if request.method == "HEAD" and download is None:
+                await self._forward_head(conn, request, namespace, route.name, "blobs", digest)
+                return
+            download = await self.downloads.join(digest, namespace, route.name, headers, auth_key)
+            download.clients += 1
+            try:
+                await download.ready.wait()
+                if download.refusal is not None:
+                    await _forward_refusal(conn, request, download.refusal)
+                    return
+                if download.partial is None:
+                    if download.error is not None:
+                        raise download.error
+                    continue  # finished between our checks: serve it from the store
+                if download.auth_key != auth_key and self.store.is_private(digest):
+                    refusal = await self.gate.check(namespace, route.name, "blobs", digest, headers)
+                    if refusal is not None:
+                        await _forward_refusal(conn, request, refusal)
+                        return
+                await self._serve_partial(conn, request, download, download.partial)
+                return
+            finally:
+                download.clients -= 1
+
+    async def _serve_complete(self, conn: HttpConnection, request: Request, digest: str) -> bool:
+        """Serve a stored blob with sendfile; False when it vanished (evicted) before opening."""
+        try:
+            fd = os.open(self.store.complete_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            with self.store.reading(digest):
+                size = os.fstat(fd).st_size
+                byte_range, status, headers = _blob_answer(request, digest, size)
+                await conn.start_response(status, headers)
+                if request.method == "GET":
+                    await conn.send_file(fd, byte_range.start, byte_range.length)
+                await conn.end_response()
+        finally:
+            os.close(fd)
+        return True
+
+    async def _serve_partial(
+        self, conn: HttpConnection, request: Request, download: Download, partial: PartialBlob
+    ) -> None:
+        """Stream a blob while it downloads: each run of bytes goes out as soon as it is written."""
+        digest = download.digest
+        fd = _open_partial_data(partial)
+        try:
+            with self.store.reading(digest):
+                size = partial.layout.size
+                byte_range, status, headers = _blob_answer(request, digest, size)
+                await conn.start_response(status, headers)
+                if request.method == "GET":
+                    position = byte_range.start
+                    while position < byte_range.end:
+                        try:
+                            available = await partial.wait_readable(position)
+                        except BlobFailed as exc:
+                            raise ClientGone(f"{digest}: {exc}") from exc
+                        count = min(available, byte_range.end) - position
+                        await conn.send_file(fd, position, count)
+                        position += count
+                await conn.end_response()
+        finally:
+            os.close(fd)
+
+    # ---- manifests -----------------------------------------------------------------------
+
+    async def _manifest(
+        self, conn: HttpConnection, request: Request, route: ManifestRoute, namespace: str | None
+    ) -> None:
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        reference = route.reference
+        by_digest = is_digest(reference)
+        if by_digest:
+            _valid_digest(reference)
+            cached = self.store.get_manifest(reference)
+            if cached is not None:
+                if self.store.is_private(reference):
+                    refusal = await self.gate.check(
+                        namespace, route.name, "manifests", reference, headers
+                    )
+                    if refusal is not None:
+                        await _forward_refusal(conn, request, refusal)
+                        return
+                media_type, body = cached
+                await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
+                return
+        # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
+        # Docker Hub count GETs of manifests against rate limits, not HEADs).
+        path = f"/v2/{route.name}/manifests/{reference}"
+        async with self.upstreams.open(request.method, namespace, path, headers) as resp:
+            base = self.upstreams.base_url(namespace)
+            if 400 <= resp.status_code < 500:
+                body = (
+                    b""
+                    if request.method == "HEAD"
+                    else await self.upstreams.read_body(resp, 64 * 1024)
+                )
+                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), body)
+                await _forward_refusal(conn, request, refusal)
+                return
+            if resp.status_code != 200:
+                raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
+            if request.method == "HEAD":
+                answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
+                await conn.start_response(200, [*answer.items(), API_VERSION])
+                await conn.end_response()
+                return
+            body = await self.upstreams.read_body(resp, MANIFEST_LIMIT)
+            media_type = resp.headers.get("content-type", "application/octet-stream")
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if by_digest and digest != reference:
+            raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
+        if credentials_key(headers) is not None:
+            self.store.mark_private(digest)
+        self.store.put_manifest(digest, media_type, body)
+        await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
+
+    async def _forward_head(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        namespace: str | None,
+        name: str,
+        kind: str,
+        reference: str,
+    ) -> None:
+        """A HEAD for content we do not hold: ask the upstream, do not start a download."""
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        path = f"/v2/{name}/{kind}/{reference}"
+        async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
+            if 400 <= resp.status_code < 500:
+                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
+                await _forward_refusal(conn, request, refusal)
+                return
+            if resp.status_code != 200:
+                base = self.upstreams.base_url(namespace)
+                raise UpstreamError(base, f"answered {resp.status_code} for {kind} {reference}")
+            answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
+            answer["docker-content-digest"] = reference
+            await conn.start_response(200, [*answer.items(), API_VERSION])
+            await conn.end_response()
+
+    # ---- admin ---------------------------------------------------------------------------
+
+    async def _admin(self, conn: HttpConnection, request: Request, route: AdminRoute) -> None:
+        if route.which == "healthz":
+            await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
+        elif route.which == "status":
+            body = json.dumps(self._status(), indent=2).encode() + b"\n"
+            await _answer(conn, request, 200, [("content-type", "application/json")], body)
+        else:
+            content_type, body = self._metrics()
+            await _answer(conn, request, 200, [("content-type", content_type)], body)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _valid_digest(digest: str) -> str:
+    try:
+        digest_hex(digest)
+    except InvalidDigest as exc:
+        raise digest_invalid(digest, str(exc)) from exc
+    return digest
+
+
+def _blob_answer(
+    request: Request, digest: str, size: int
+) -> tuple[ByteRange, int, list[tuple[str, str]]]:
+    """The range to send, the status and the headers of a blob answer."""
+    headers = [
+        ("content-type", "application/octet-stream"),
+        ("docker-content-digest", digest),
+        ("etag", f'"{digest}"'),
+        ("accept-ranges", "bytes"),
+        API_VERSION,
+    ]
+    try:
+        byte_range = parse_range(request.headers.get("range"), size)
+    except RangeNotSatisfiable as exc:
+        raise OciError(
+            416,
+            "RANGE_INVALID",
+            f"range {exc} is outside the blob of {size} bytes",
+            headers=(("content-range", f"bytes */{size}"),),
+        ) from exc
+    if byte_range is None:
+        return ByteRange(0, size), 200, [*headers, ("content-length", str(size))]
+    headers += [
+        ("content-length", str(byte_range.length)),
+        ("content-range", byte_range.content_range(size)),
+    ]
+    return byte_range, 206, headers
+
+
+def _manifest_headers(media_type: str, digest: str) -> list[tuple[str, str]]:
+    return [
+        ("content-type", media_type),
+        ("docker-content-digest", digest),
+        ("etag", f'"{digest}"'),
+        API_VERSION,
+    ]
+
+
+def _error_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return pick_headers(
+        headers, ("www-authenticate", "content-type", "docker-distribution-api-version")
+    )
+
+
+async def _forward_refusal(
+    conn: HttpConnection, request: Request, refusal: UpstreamRefusal
+) -> None:
+    """Pass an upstream 4xx on unchanged (a 401's WWW-Authenticate starts the token flow)."""
+    await _answer(conn, request, refusal.status, list(refusal.headers.items()), refusal.body)
+
+
+async def _answer(
+    conn: HttpConnection, request: Request, status: int, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """A whole answer; for HEAD, the headers of the GET answer without its body."""
+    if request.method == "HEAD":
+        await conn.start_response(status, [*headers, ("content-length", str(len(body)))])
+        await conn.end_response()
+    else:
+        await conn.respond(status, headers, body)
+
+
+def _open_partial_data(partial: PartialBlob) -> int:
+    """Open a partial's bytes; it may have just been completed (renamed) by the writer thread."""
+    for path in (partial.data_path, partial.complete_path):
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+    raise BlobFailed(f"{partial.digest}: data file is gone ({partial.error or 'discarded'})")
+
+
+def _describe_target(request: Request) -> str:
+    # Never include headers: they may carry credentials.
+    return f"{request.method} {request.target.decode('ascii', 'replace')[:300]}"

@@ -1,0 +1,324 @@
+"""One blob being written: its data file, its piece bitmap and hashes, and its waiting readers.
+
+Crash-safety rules (why the code is ordered the way it is):
+- Piece bytes go to `<hex>.data` with pwrite; a piece is recorded in `<hex>.meta` (with its
+  xxh3-128 hash) only after all its bytes were written. The meta file is replaced atomically
+  (write a temporary file, rename), so it is always either the old or the new version.
+- We do not fsync per piece: after a crash, every recorded piece is re-hashed before it is trusted
+  (`load_partial`), so a piece whose bytes never reached the disk is simply fetched again.
+- The blob becomes complete only after its sha256 matches the digest; then the data file is
+  fsynced and renamed into the complete area, so a complete blob is never half-written.
+
+Threading: `write_sync` and `finalize_sync` run in a worker thread (hashing a large buffer releases
+the GIL), one call at a time per blob; the trio thread only reads the monotonically growing fill
+counters and is told to wake readers afterwards (`notify`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+import xxhash
+
+from pieces.layout import PieceLayout
+
+META_VERSION = 1
+_HASH_READ = 1024 * 1024
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says which blob and why."""
+
+
+class DiskFull(StoreError):
+    """The disk under the store has no space left (ENOSPC)."""
+
+
+class DigestMismatch(StoreError):
+    """The bytes of a blob do not hash to its digest; the blob was discarded."""
+
+
+class BlobFailed(StoreError):
+    """The download of a blob failed; readers waiting on it get this."""
+
+
+def piece_hash(data: bytes | memoryview) -> bytes:
+    """The per-piece hash: xxh3-128, 16 bytes."""
+    return bytes(xxhash.xxh3_128_digest(data))
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class PartialBlob:
+    """A blob whose pieces are arriving. Create with `Store.open_partial`, not directly."""
+
+    def __init__(
+        self,
+        digest: str,
+        layout: PieceLayout,
+        data_path: Path,
+        meta_path: Path,
+        complete_path: Path,
+        pieces: dict[int, bytes],
+    ) -> None:
+        self.digest = digest
+        self.hex = digest.split(":", 1)[1]
+        self.layout = layout
+        self.data_path = data_path
+        self.meta_path = meta_path
+        self.complete_path = complete_path
+        self.piece_hashes: dict[int, bytes] = dict(pieces)
+        # Bytes written contiguously from the start of each piece; full length for recorded pieces.
+        self._filled = [0] * layout.count
+        for index in self.piece_hashes:
+            self._filled[index] = layout.length(index)
+        self._piece_hashers: dict[int, Any] = {}
+        self._sha = hashlib.sha256()
+        self._sha_offset = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self._fd).st_size != layout.size:
+            os.ftruncate(self._fd, layout.size)
+
+    # ---- state seen by readers -------------------------------------------------------------
+
+    @property
+    def bytes_present(self) -> int:
+        """Bytes written so far (whole pieces and the written head of pieces in progress)."""
+        return sum(self._filled)
+
+    def first_missing_offset(self) -> int:
+        """Offset of the first byte not yet written; `size` when everything is written."""
+        for index, filled in enumerate(self._filled):
+            if filled < self.layout.length(index):
+                return self.layout.start(index) + filled
+        return self.layout.size
+
+    def readable_end(self, offset: int) -> int:
+        """End of the run of written bytes that starts at `offset` (== offset when none).
+
+        The last byte of the blob is held back until the sha256 has been checked, so that a
+        client never receives a whole blob that turns out to be wrong: it sees a cut stream.
+        """
+        size = self.layout.size
+        if self.complete:
+            return size
+        end = offset
+        if offset < size:
+            index = self.layout.index_of(offset)
+            while index < self.layout.count:
+                piece_start = self.layout.start(index)
+                end = max(end, piece_start + self._filled[index])
+                if self._filled[index] < self.layout.length(index):
+                    break
+                index += 1
+        return min(end, size - 1)
+
+    async def wait_readable(self, offset: int) -> int:
+        """Wait until at least one byte at `offset` can be read; return the end of that run.
+
+        Raises:
+            BlobFailed: the download failed (the reason is chained).
+        """
+        while True:
+            if self.error is not None:
+                raise BlobFailed(f"download of {self.digest} failed: {self.error}") from self.error
+            end = self.readable_end(offset)
+            if end > offset or offset >= self.layout.size:
+                return end
+            await self._lot.park()
+
+    def notify(self) -> None:
+        """Wake readers after progress, completion or failure (call from the trio thread)."""
+        self._lot.unpark_all()
+
+    def fail(self, error: Exception) -> None:
+        """Mark the download failed and wake every reader with the error."""
+        self.error = error
+        self.notify()
+
+    # ---- writing (worker thread) ---------------------------------------------------------
+
+    def write_sync(self, offset: int, chunks: Sequence[bytes | memoryview]) -> list[int]:
+        """Write consecutive chunks starting at `offset`; return the pieces this completed.
+
+        Each piece must be written front to back (an upstream stream or one whole piece from a
+        peer). Bytes of pieces that are already recorded are skipped, not rewritten.
+
+        Raises:
+            DiskFull: ENOSPC; the pieces recorded so far stay valid.
+            StoreError: any other I/O error, or a write that is not at a piece's write position.
+        """
+        completed: list[int] = []
+        layout = self.layout
+        for chunk in chunks:
+            view = memoryview(chunk)
+            if offset + len(view) > layout.size:
+                raise StoreError(
+                    f"{self.digest}: write past the end ({offset}+{len(view)} > {layout.size})"
+                )
+            while view:
+                index = layout.index_of(offset)
+                piece_start = layout.start(index)
+                piece_len = layout.length(index)
+                take = min(len(view), piece_start + piece_len - offset)
+                part = view[:take]
+                if self._filled[index] < piece_len:
+                    if offset != piece_start + self._filled[index]:
+                        raise StoreError(
+                            f"{self.digest}: piece {index} written out of order at {offset}"
+                        )
+                    self._write(part, offset)
+                    hasher = self._piece_hashers.get(index)
+                    if hasher is None:
+                        hasher = self._piece_hashers[index] = xxhash.xxh3_128()
+                    hasher.update(part)
+                    self._filled[index] += take
+                    if self._filled[index] == piece_len:
+                        self.piece_hashes[index] = hasher.digest()
+                        del self._piece_hashers[index]
+                        completed.append(index)
+                if offset == self._sha_offset:
+                    self._sha.update(part)
+                    self._sha_offset += take
+                offset += take
+                view = view[take:]
+        if completed:
+            self._save_meta()
+        return completed
+
+    def _write(self, data: memoryview, offset: int) -> None:
+        try:
+            _write_all(self._fd, data, offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(
+                    f"no space left on device writing {self.digest} to {self.data_path.parent}"
+                ) from exc
+            raise StoreError(f"cannot write {self.digest} to {self.data_path}: {exc}") from exc
+
+    def _save_meta(self) -> None:
+        meta = {
+            "v": META_VERSION,
+            "digest": self.digest,
+            "size": self.layout.size,
+            "piece_size": self.layout.piece_size,
+            "pieces": self.piece_hashes,
+        }
+        tmp = self.meta_path.with_suffix(".meta.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb(meta))
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(
+                    f"no space left on device recording pieces of {self.digest}"
+                ) from exc
+            raise StoreError(f"cannot record pieces of {self.digest}: {exc}") from exc
+
+    def finalize_sync(self) -> None:
+        """Check the sha256 over all bytes, then fsync and move the blob into the complete area.
+
+        Raises:
+            DigestMismatch: the bytes are wrong; data and meta files are removed.
+            StoreError: not every byte was written, or an I/O error.
+        """
+        missing = self.first_missing_offset()
+        if missing != self.layout.size:
+            raise StoreError(f"{self.digest}: cannot finalize, byte {missing} not written")
+        # Bytes written out of stream order (a resumed download) are hashed here from disk.
+        while self._sha_offset < self.layout.size:
+            block = os.pread(self._fd, _HASH_READ, self._sha_offset)
+            if not block:
+                raise StoreError(f"{self.digest}: data file shorter than {self.layout.size}")
+            self._sha.update(block)
+            self._sha_offset += len(block)
+        actual = "sha256:" + self._sha.hexdigest()
+        if actual != self.digest:
+            self.discard_sync()
+            raise DigestMismatch(
+                f"blob {self.digest} has wrong content (its bytes hash to {actual})"
+            )
+        os.fsync(self._fd)
+        os.replace(self.data_path, self.complete_path)
+        _fsync_dir(self.complete_path.parent)
+        self.meta_path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1
+        self.complete = True
+
+    def discard_sync(self) -> None:
+        """Remove the data and meta files (bad content or given up)."""
+        self.close()
+        self.data_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the data file; the partial stays on disk for a later resume."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_meta(meta_path: Path) -> dict[str, Any] | None:
+    """Read a partial's meta file; None when it is missing or unreadable (start over)."""
+    try:
+        raw = meta_path.read_bytes()
+        meta = msgpack.unpackb(raw, strict_map_key=False)
+    except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if not isinstance(meta, dict) or meta.get("v") != META_VERSION:
+        return None
+    pieces = meta.get("pieces")
+    if not isinstance(pieces, dict) or not isinstance(meta.get("size"), int):
+        return None
+    if not isinstance(meta.get("piece_size"), int) or meta["piece_size"] <= 0:
+        return None
+    return meta
+
+
+def verified_pieces(
+    data_path: Path, layout: PieceLayout, recorded: dict[Any, Any]
+) -> dict[int, bytes]:
+    """Re-hash every recorded piece from disk; keep only those that match their recorded hash."""
+    good: dict[int, bytes] = {}
+    try:
+        fd = os.open(data_path, os.O_RDONLY)
+    except OSError:
+        return good
+    try:
+        for index, expected in recorded.items():
+            if not isinstance(index, int) or not 0 <= index < layout.count:
+                continue
+            if not isinstance(expected, bytes):
+                continue
+            data = os.pread(fd, layout.length(index), layout.start(index))
+            if len(data) == layout.length(index) and piece_hash(data) == expected:
+                good[index] = expected
+    finally:
+        os.close(fd)
+    return good

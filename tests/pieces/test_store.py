@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pieces.partial import BlobFailed, DigestMismatch, DiskFull, piece_hash
+from pieces.store import Store
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for size in sizes:
+        if pos >= len(data):
+            break
+        out.append(data[pos : pos + size])
+        pos += size
+    if pos < len(data):
+        out.append(data[pos:])
+    return out
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(0, 5000),
+    piece_size=st.integers(1, 700),
+    chunk_sizes=st.lists(st.integers(1, 900), max_size=30),
+    seed=st.integers(0, 2**32),
+)
+def test_any_chunking_stores_the_exact_bytes(
+    tmp_path: Path, size: int, piece_size: int, chunk_sizes: list[int], seed: int
+) -> None:
+    data = random.Random(seed).randbytes(size)
+    root = tmp_path / f"s{seed}-{size}-{piece_size}"
+
+    async def main() -> None:
+        store = Store(root, piece_size)
+        digest = digest_of(data)
+        partial = await store.open_partial(digest, size)
+        offset = 0
+        for chunk in chunked(data, chunk_sizes):
+            partial.write_sync(offset, [chunk])
+            offset += len(chunk)
+            # Everything written is readable, except that the last byte waits for the sha256.
+            assert partial.readable_end(0) == min(offset, max(size - 1, 0))
+        partial.finalize_sync()
+        store.release_partial(partial)
+        assert store.has_blob(digest)
+        assert store.complete_path(digest).read_bytes() == data
+        assert set(partial.piece_hashes) == set(range(partial.layout.count))
+        for index, expected in partial.piece_hashes.items():
+            layout = partial.layout
+            assert piece_hash(data[layout.start(index) : layout.end(index)]) == expected
+
+    trio.run(main)
+
+
+async def test_wrong_content_is_discarded_and_readers_are_told(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024)
+    data = os.urandom(5000)
+    claimed = digest_of(b"something else")
+    partial = await store.open_partial(claimed, len(data))
+    partial.write_sync(0, [data])
+    with pytest.raises(DigestMismatch):
+        partial.finalize_sync()
+    assert not store.has_blob(claimed)
+    assert not partial.data_path.exists() and not partial.meta_path.exists()
+    partial.fail(DigestMismatch("bad"))
+    with pytest.raises(BlobFailed):
+        await partial.wait_readable(0)
+
+
+async def test_readers_wake_as_bytes_arrive(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(3500)
+    partial = await store.open_partial(digest_of(data), len(data))
+    seen: list[int] = []
+
+    async def reader() -> None:
+        position = 0
+        while position < len(data):
+            end = await partial.wait_readable(position)
+            seen.append(end)
+            position = end
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for start in range(0, 3500, 300):  # finer than a piece: readers see sub-piece progress
+            await trio.testing.wait_all_tasks_blocked()
+            partial.write_sync(start, [data[start : start + 300]])
+            partial.notify()
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen[-1] == len(data) - 1  # held back until verified
+        partial.finalize_sync()
+        partial.notify()
+    assert seen[0] == 300
+    assert seen[-1] == len(data)
+
+
+async def test_resume_keeps_verified_pieces_and_drops_corrupt_ones(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    digest = digest_of(data)
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data[:4500]])  # pieces 0-3 complete, piece 4 half written
+    store.release_partial(partial)
+    # Corrupt piece 2 on disk, as a torn write before a crash would.
+    with open(partial.data_path, "r+b") as f:
+        f.seek(2100)
+        f.write(b"\x00" * 10)
+
+    store2 = Store(tmp_path, 4096)  # a different --piece-size does not break the resume
+    assert store2.partial_size_on_disk(digest) == len(data)
+    resumed = await store2.open_partial(digest, len(data))
+    assert resumed.layout.piece_size == 1000
+    assert sorted(resumed.piece_hashes) == [0, 1, 3]
+    assert resumed.first_missing_offset() == 2000
+    # The writer refills from the first missing byte; recorded pieces are skipped, not rewritten.
+    resumed.write_sync(2000, [data[2000:]])
+    resumed.finalize_sync()
+    assert store2.complete_path(digest).read_bytes() == data
+
+
+async def test_unreadable_meta_means_start_over(tmp_path: Path) -> None:
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data[:2000]])
+    store.release_partial(partial)
+    partial.meta_path.write_bytes(b"\x93garbage")
+    store2 = Store(tmp_path, 1000)
+    assert store2.partial_size_on_disk(digest) is None
+    fresh = await store2.open_partial(digest, len(data))
+    assert fresh.piece_hashes == {}
+
+
+async def test_out_of_order_write_within_a_piece_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(3000)
+    partial = await store.open_partial(digest_of(data), len(data))
+    with pytest.raises(Exception, match="out of order"):
+        partial.write_sync(500, [data[500:600]])
+
+
+async def test_pieces_may_arrive_out_of_order(tmp_path: Path) -> None:
+    # Peers deliver whole pieces in any order; the sha256 is then computed from disk.
+    store = Store(tmp_path, 1000)
+    data = os.urandom(4200)
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    for index in (3, 0, 4, 2, 1):
+        start = index * 1000
+        assert partial.write_sync(start, [data[start : start + 1000]]) == [index]
+    partial.finalize_sync()
+    assert store.complete_path(digest).read_bytes() == data
+
+
+async def test_eviction_is_lru_and_spares_blobs_in_use(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    blobs = [os.urandom(1000) for _ in range(3)]
+    digests = []
+    for i, data in enumerate(blobs):
+        digest = digest_of(data)
+        digests.append(digest)
+        partial = await store.open_partial(digest, len(data))
+        partial.write_sync(0, [data])
+        partial.finalize_sync()
+        store.release_partial(partial)
+        os.utime(store.complete_path(digest), (1000 + i, 1000 + i))
+    store.quota = 3500
+    with store.reading(digests[0]):  # the oldest, but in use
+        store.make_room(1000)
+    assert store.has_blob(digests[0])
+    assert not store.has_blob(digests[1])
+    assert store.has_blob(digests[2])
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a real ENOSPC, not a simulated one."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (tests run as root): {result.stderr.decode()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk: Path) -> None:
+    store = Store(tiny_disk, 256 * 1024)
+    data = os.urandom(4 * 1024 * 1024)
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    written = 0
+    with pytest.raises(DiskFull, match="no space left"):
+        for start in range(0, len(data), 64 * 1024):
+            partial.write_sync(start, [data[start : start + 64 * 1024]])
+            written = start + 64 * 1024
+    store.release_partial(partial)
+    assert written > 0
+    assert not store.has_blob(digest)
+    # Whatever was recorded verifies; a later resume starts from there.
+    store2 = Store(tiny_disk, 256 * 1024)
+    resumed = await store2.open_partial(digest, len(data))
+    for index in resumed.piece_hashes:
+        layout = resumed.layout
+        assert (
+            piece_hash(data[layout.start(index) : layout.end(index)]) == resumed.piece_hashes[index]
+        )
+    assert 0 < len(resumed.piece_hashes) < resumed.layout.count
+    store2.release_partial(resumed)
