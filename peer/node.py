@@ -40,6 +40,9 @@ class Node:
         self.started = time.time()
         self.downloads: Downloads | None = None
 
+    def downloads_in_flight(self) -> int:
+        return len(self.downloads.active) if self.downloads is not None else 0
+
     def status(self) -> dict[str, object]:
         """The JSON document of GET /_pollen/status."""
         stats = self.store.stats()

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
 class OciError(Exception):
     """An error to send to the client as `{"errors": [{"code", "message", "detail"}]}`."""
 
-    status: int
-    code: str
-    message: str
-    detail: object = None
-    headers: tuple[tuple[str, str], ...] = field(default=())
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: object = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers
 
     def body(self) -> bytes:
         entry: dict[str, object] = {"code": self.code, "message": self.message}

@@ -61,7 +61,9 @@ class RegistryFront:
                     headers=(("connection", "close"),),
                 )
             if isinstance(route, ApiRoot):
-                await _answer(conn, request, 200, [("content-type", "application/json")], b"{}")
+                await _answer(
+                    conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
+                )
             elif isinstance(route, BlobRoute):
                 await self._blob(conn, request, route, target.namespace)
             elif isinstance(route, ManifestRoute):

@@ -1,0 +1,126 @@
+"""A scripted upstream registry for unit tests of the front: serves given blobs and manifests,
+counts requests, and can refuse without credentials, lie about content or break off mid-blob.
+
+Built on our own h11 server module so it speaks real HTTP over loopback; integration tests use
+the real docker-registry instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import trio
+
+from peer.http_server import HttpConnection, Request, serve_connection
+
+_BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64})")
+_MANIFEST = re.compile(r"/v2/(.+)/manifests/(.+)")
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FakeRegistry:
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[str, bytes] = field(default_factory=dict)  # tag or digest -> body
+    token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
+    lie_about: set[str] = field(default_factory=set)  # serve wrong bytes for these digests
+    cut_after: int | None = None  # break the connection after this many body bytes
+    pace: float = 0.0  # seconds to sleep between 64 KiB chunks of a blob
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    port: int = 0
+
+    def add_blob(self, data: bytes) -> str:
+        digest = digest_of(data)
+        self.blobs[digest] = data
+        return digest
+
+    def add_manifest(self, tag: str, body: bytes) -> str:
+        digest = digest_of(body)
+        self.manifests[tag] = body
+        self.manifests[digest] = body
+        return digest
+
+    def count(self, method: str, path_part: str) -> int:
+        return sum(1 for m, p, _ in self.requests if m == method and path_part in p)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await serve_connection(stream, self._handle, idle_timeout=30, send_timeout=30)
+
+        task_status.started()
+        await trio.serve_listeners(handler, listeners)
+
+    async def _handle(self, conn: HttpConnection, request: Request) -> None:
+        path = request.target.decode()
+        self.requests.append((request.method, path, request.headers.get("range")))
+        if (
+            self.token is not None
+            and request.headers.get("authorization") != f"Bearer {self.token}"
+        ):
+            await conn.respond(
+                401,
+                [
+                    ("www-authenticate", 'Bearer realm="http://auth.example/token"'),
+                    ("content-type", "application/json"),
+                ],
+                b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+            )
+            return
+        if m := _BLOB.fullmatch(path):
+            await self._blob(conn, request, m.group(2))
+        elif (m := _MANIFEST.fullmatch(path)) and m.group(2) in self.manifests:
+            body = self.manifests[m.group(2)]
+            headers = [("content-type", MANIFEST_TYPE), ("docker-content-digest", digest_of(body))]
+            if request.method == "HEAD":
+                await conn.start_response(200, [*headers, ("content-length", str(len(body)))])
+                await conn.end_response()
+            else:
+                await conn.respond(200, headers, body)
+        else:
+            await conn.respond(404, [("content-type", "application/json")], b'{"errors":[]}')
+
+    async def _blob(self, conn: HttpConnection, request: Request, digest: str) -> None:
+        data = self.blobs.get(digest)
+        if data is None:
+            await conn.respond(404, [], b"")
+            return
+        if digest in self.lie_about:
+            data = bytes(len(data))
+        start = 0
+        status = 200
+        headers = [("content-type", "application/octet-stream"), ("docker-content-digest", digest)]
+        range_header = request.headers.get("range")
+        if range_header and (m := re.fullmatch(r"bytes=(\d+)-", range_header)):
+            start = int(m.group(1))
+            status = 206
+            headers.append(("content-range", f"bytes {start}-{len(data) - 1}/{len(data)}"))
+        headers.append(("content-length", str(len(data) - start)))
+        await conn.start_response(status, headers)
+        if request.method == "HEAD":
+            await conn.end_response()
+            return
+        sent = 0
+        for pos in range(start, len(data), 65536):
+            chunk = data[pos : pos + 65536]
+            if self.cut_after is not None and sent + len(chunk) > self.cut_after:
+                await conn.send_data(chunk[: self.cut_after - sent])
+                await conn.stream.aclose()
+                return
+            await conn.send_data(chunk)
+            sent += len(chunk)
+            if self.pace:
+                await trio.sleep(self.pace)
+        await conn.end_response()

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from peer.config import Address, parse_address, parse_upstream
+from peer.sizes import parse_rate, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4096", 4096),
+        ("4MiB", 4 << 20),
+        ("20GiB", 20 << 30),
+        ("1.5GB", 1_500_000_000),
+        ("512k", 512_000),
+    ],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "-1", "0", "4 parsecs", "1e9"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("50MiB/s") == 50 << 20
+    assert parse_rate("100mbit") == 12_500_000
+
+
+def test_addresses() -> None:
+    assert parse_address("127.0.0.1:65001") == Address("127.0.0.1", 65001)
+    assert parse_address("[::1]:80") == Address("::1", 80)
+    assert parse_address(":80") == Address("0.0.0.0", 80)
+    for bad in ("localhost", "1.2.3.4:99999", "x:y"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_upstreams() -> None:
+    assert parse_upstream("docker.io=https://registry-1.docker.io/") == (
+        "docker.io",
+        "https://registry-1.docker.io",
+    )
+    with pytest.raises(ValueError):
+        parse_upstream("docker.io=ftp://x")
