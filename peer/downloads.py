@@ -198,31 +198,46 @@ class Downloads:
     async def _pump(
         self, download: Download, resp: httpx.Response, partial: PartialBlob, start: int, base: str
     ) -> None:
-        """Receive the body in one task and write it from another, so the two overlap."""
+        """Receive the body in one task and write it from another, so the two overlap.
+
+        When the upstream breaks off, what was received is still written first, so a resume
+        starts as late as possible.
+        """
         queue = _ChunkQueue()
         size = partial.layout.size
+        broke_off: UpstreamError | None = None
+        write_error: Exception | None = None
 
         async def receive() -> None:
+            nonlocal broke_off
             try:
                 async for chunk in resp.aiter_raw():
                     await queue.put(chunk)
             except httpx.HTTPError as exc:
-                raise UpstreamError(base, f"broke off the blob: {exc!r}") from exc
+                broke_off = UpstreamError(base, f"broke off the blob: {exc!r}")
             finally:
                 queue.close()
 
         offset = start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)
-            while (chunks := await queue.take_all()) is not None:
-                received = sum(len(c) for c in chunks)
-                if offset + received > size:
-                    raise UpstreamError(base, f"sent more than the {size} bytes it announced")
-                await trio.to_thread.run_sync(partial.write_sync, offset, chunks)
-                offset += received
-                download.bytes_from_upstream += received
-                self.bytes_from_upstream += received
-                partial.notify()
+            try:
+                while (chunks := await queue.take_all()) is not None:
+                    received = sum(len(c) for c in chunks)
+                    if offset + received > size:
+                        raise UpstreamError(base, f"sent more than the {size} bytes it announced")
+                    await trio.to_thread.run_sync(partial.write_sync, offset, chunks)
+                    offset += received
+                    download.bytes_from_upstream += received
+                    self.bytes_from_upstream += received
+                    partial.notify()
+            except Exception as exc:  # raised below, outside the nursery: no exception group
+                write_error = exc
+                nursery.cancel_scope.cancel()
+        if write_error is not None:
+            raise write_error
+        if broke_off is not None:
+            raise broke_off
         if offset != size:
             raise UpstreamError(base, f"closed the connection after {offset} of {size} bytes")
 
