@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils
+SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint unit system-deps bench-blob
@@ -19,7 +19,7 @@ run: $(BIN)/pollen
 	$(BIN)/pollen run
 
 system-deps:
-	@for cmd in docker-registry containerd ctr skopeo htpasswd; do \
+	@for cmd in docker-registry containerd ctr skopeo htpasswd curl; do \
 	  command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \

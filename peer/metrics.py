@@ -9,15 +9,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from peer.downloads import Downloads
+from peer.registry_front import ServedCounters
 from pieces.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
-    def __init__(self, store: Store, downloads: Downloads) -> None:
+    def __init__(self, store: Store, downloads: Downloads, served: ServedCounters) -> None:
         self._store = store
         self._downloads = downloads
+        self._served = served
 
     def collect(self) -> Iterator[Metric]:
         stats = self._store.stats()
@@ -45,12 +47,18 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "pollen_downloads_failed", "Blob downloads that failed", value=self._downloads.failed
         )
+        served = CounterMetricFamily(
+            "pollen_served_blob_bytes", "Blob bytes sent to clients", labels=["source"]
+        )
+        served.add_metric(["cache"], self._served.blob_bytes_from_cache)
+        served.add_metric(["download"], self._served.blob_bytes_while_downloading)
+        yield served
 
 
 class NodeMetrics:
-    def __init__(self, store: Store, downloads: Downloads) -> None:
+    def __init__(self, store: Store, downloads: Downloads, served: ServedCounters) -> None:
         self._registry = CollectorRegistry()
-        self._registry.register(_NodeCollector(store, downloads))
+        self._registry.register(_NodeCollector(store, downloads, served))
 
     def render(self) -> tuple[str, bytes]:
         return CONTENT_TYPE, generate_latest(self._registry)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import asdict
 
 import trio
 
@@ -39,6 +40,7 @@ class Node:
         )
         self.started = time.time()
         self.downloads: Downloads | None = None
+        self.front: RegistryFront | None = None
 
     def downloads_in_flight(self) -> int:
         return len(self.downloads.active) if self.downloads is not None else 0
@@ -84,6 +86,7 @@ class Node:
                 "downloads_completed": downloads.completed if downloads else 0,
                 "downloads_failed": downloads.failed if downloads else 0,
             },
+            "served": asdict(self.front.served) if self.front else {},
             "transfers": transfers,
         }
 
@@ -93,15 +96,15 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self.downloads = Downloads(self.store, self.upstreams, nursery)
-                metrics = NodeMetrics(self.store, self.downloads)
-                front = RegistryFront(
+                front = self.front = RegistryFront(
                     self.store,
                     self.upstreams,
                     self.downloads,
                     AuthGate(self.upstreams),
                     self.status,
-                    metrics.render,
+                    lambda: metrics.render(),
                 )
+                metrics = NodeMetrics(self.store, self.downloads, front.served)
                 listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
                 port = listeners[0].socket.getsockname()[1]
                 handler = functools.partial(

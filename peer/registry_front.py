@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from peer.auth_gate import AuthGate, credentials_key
 from peer.downloads import Download, Downloads, UpstreamRefusal
@@ -28,6 +29,18 @@ log = logging.getLogger("pollen.front")
 MANIFEST_LIMIT = 4 * 1024 * 1024
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 MANIFEST_ANSWER_HEADERS = ("content-type", "docker-content-digest", "content-length", "etag")
+
+
+@dataclass
+class ServedCounters:
+    """What the front gave its clients: blob bytes from the store vs. while downloading."""
+
+    blob_bytes_from_cache: int = 0
+    blob_bytes_while_downloading: int = 0
+    blob_requests_from_cache: int = 0
+    blob_requests_while_downloading: int = 0
+    manifests_from_cache: int = 0
+    manifests_from_upstream: int = 0
 
 
 class RegistryFront:
@@ -48,6 +61,7 @@ class RegistryFront:
         self.gate = gate
         self._status = status
         self._metrics = metrics
+        self.served = ServedCounters()
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         target = parse_target(request.target)
@@ -61,9 +75,7 @@ class RegistryFront:
                     headers=(("connection", "close"),),
                 )
             if isinstance(route, ApiRoot):
-                await _answer(
-                    conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
-                )
+                await self._api_root(conn, request, target.namespace)
             elif isinstance(route, BlobRoute):
                 await self._blob(conn, request, route, target.namespace)
             elif isinstance(route, ManifestRoute):
@@ -88,6 +100,26 @@ class RegistryFront:
             raise ClientGone(f"aborted mid-response: {exc.message}")
         headers = [("content-type", "application/json"), API_VERSION, *exc.headers]
         await _answer(conn, request, exc.status, headers, exc.body())
+
+    async def _api_root(
+        self, conn: HttpConnection, request: Request, namespace: str | None
+    ) -> None:
+        """The version check. It is asked of the upstream, because clients such as skopeo learn
+        from its 401 challenge whether and how to authenticate before they send credentials."""
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        try:
+            async with self.upstreams.open("GET", namespace, "/v2/", headers) as resp:
+                if resp.status_code in (401, 403):
+                    refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
+                    await _forward_refusal(conn, request, refusal)
+                    return
+        except UpstreamError as exc:
+            # Cached content can still be served: say the API is here, but log why the
+            # upstream did not answer (requests that need it will get a 502 naming it).
+            log.warning("version check: upstream unreachable: %s", exc)
+        await _answer(
+            conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
+        )
 
     # ---- blobs ---------------------------------------------------------------------------
 
@@ -144,7 +176,9 @@ class RegistryFront:
                 byte_range, status, headers = _blob_answer(request, digest, size)
                 await conn.start_response(status, headers)
                 if request.method == "GET":
+                    self.served.blob_requests_from_cache += 1
                     await conn.send_file(fd, byte_range.start, byte_range.length)
+                    self.served.blob_bytes_from_cache += byte_range.length
                 await conn.end_response()
         finally:
             os.close(fd)
@@ -162,6 +196,7 @@ class RegistryFront:
                 byte_range, status, headers = _blob_answer(request, digest, size)
                 await conn.start_response(status, headers)
                 if request.method == "GET":
+                    self.served.blob_requests_while_downloading += 1
                     position = byte_range.start
                     while position < byte_range.end:
                         try:
@@ -170,6 +205,7 @@ class RegistryFront:
                             raise ClientGone(f"{digest}: {exc}") from exc
                         count = min(available, byte_range.end) - position
                         await conn.send_file(fd, position, count)
+                        self.served.blob_bytes_while_downloading += count
                         position += count
                 await conn.end_response()
         finally:
@@ -195,6 +231,7 @@ class RegistryFront:
                         await _forward_refusal(conn, request, refusal)
                         return
                 media_type, body = cached
+                self.served.manifests_from_cache += 1
                 await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
                 return
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
@@ -226,6 +263,7 @@ class RegistryFront:
         if credentials_key(headers) is not None:
             self.store.mark_private(digest)
         self.store.put_manifest(digest, media_type, body)
+        self.served.manifests_from_upstream += 1
         await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
 
     async def _forward_head(

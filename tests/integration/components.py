@@ -1,0 +1,329 @@
+"""Real components for integration tests, each started on loopback and always stopped:
+docker-registry, a `pollen run` process, containerd, and a throttling TCP proxy for faults."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+_BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^ ]* HTTP/1\.1" (\d+)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    what: str, check: Any, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status < 500)
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+class Registry:
+    """docker-registry on 127.0.0.1 with its access log in a file we can count blob GETs in."""
+
+    def __init__(self, workdir: Path, htpasswd: Path | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.log_path = workdir / "registry.log"
+        auth = ""
+        if htpasswd is not None:
+            auth = f"auth:\n  htpasswd:\n    realm: pollen-test\n    path: {htpasswd}\n"
+        config = workdir / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
+        )
+        self._config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(self._config)], stdout=log, stderr=log
+        )
+        log.close()
+        wait_for("docker-registry", lambda: http_ok(self.url + "/v2/"), proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop(self.proc, sig)
+
+    def log_mark(self) -> int:
+        return self.log_path.stat().st_size
+
+    def blob_gets(self, since: int = 0) -> collections.Counter[str]:
+        """Blob GETs answered with a body (200 or 206), by digest, since a log mark."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        return collections.Counter(
+            m.group(1) for m in _BLOB_GET.finditer(text) if m.group(2) in ("200", "206")
+        )
+
+    def push(self, layout: Path, tag: str, repo: str, creds: str | None = None) -> dict[str, Any]:
+        """skopeo-copy an OCI layout in; return the manifest as stored by the registry."""
+        cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+        if creds:
+            cmd += ["--dest-creds", creds]
+        cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{tag}"]
+        subprocess.run(cmd, check=True, timeout=300)
+        inspect = ["skopeo", "inspect", "--raw", "--tls-verify=false"]
+        if creds:
+            inspect += ["--creds", creds]
+        raw = subprocess.run(
+            [*inspect, f"docker://{self.host}/{repo}:{tag}"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout
+        manifest: dict[str, Any] = json.loads(raw)
+        return manifest
+
+
+class Pollen:
+    """A real `pollen run` process."""
+
+    def __init__(self, workdir: Path, *args: str, data_dir: Path | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.data_dir = data_dir or workdir / "store"
+        self.log_path = workdir / "pollen.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "run",
+            "--http",
+            self.host,
+            "--data-dir",
+            str(self.data_dir),
+            *args,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=REPO)
+        log.close()
+        wait_for("pollen", lambda: http_ok(self.url + "/healthz"), proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop(self.proc, sig)
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_pollen/status", timeout=5) as response:
+            doc: dict[str, Any] = json.load(response)
+            return doc
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Containerd:
+    """A private containerd (own config, root, state, socket) with a hosts.toml mirror dir."""
+
+    def __init__(self) -> None:
+        # Unix socket paths must stay short: use a short temp dir, not pytest's deep one.
+        self.dir = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
+        self.socket = self.dir / "containerd.sock"
+        self.hosts_dir = self.dir / "hosts"
+        config = self.dir / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.dir / "root"}"\n'
+            f'state = "{self.dir / "state"}"\n'
+            f'[grpc]\n  address = "{self.socket}"\n'
+            f'[ttrpc]\n  address = "{self.dir / "ttrpc.sock"}"\n'
+            '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n'
+        )
+        self.log_path = self.dir / "containerd.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=log, stderr=log
+        )
+        log.close()
+        wait_for(
+            "containerd", lambda: self.ctr("version", check=False).returncode == 0, proc=self.proc
+        )
+
+    def mirror(self, registry_host: str, registry_url: str, mirror_url: str) -> None:
+        """Point pulls of `registry_host` at `mirror_url` first (containerd falls back to it)."""
+        folder = self.hosts_dir / registry_host
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts.toml").write_text(
+            f'server = "{registry_url}"\n\n'
+            f'[host."{mirror_url}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "-a", str(self.socket), "-n", "pollen-test", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def pull(self, ref: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.ctr("images", "pull", "--hosts-dir", str(self.hosts_dir), *extra, ref)
+
+    def content_digests(self) -> set[str]:
+        out = self.ctr("content", "ls", "-q").stdout
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    def close(self) -> None:
+        stop(self.proc)
+        # Unpacked snapshots may hold mounts under root; unmount before removing.
+        mounts = Path("/proc/mounts").read_text().splitlines()
+        for line in reversed(mounts):
+            target = line.split()[1]
+            if target.startswith(str(self.dir)):
+                subprocess.run(["umount", "-l", target], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrottledProxy:
+    """A TCP proxy that passes upstream->client bytes at `rate` bytes/s and records requests.
+
+    It stands for a slow WAN link between pollen and the registry, so faults (registry killed,
+    node killed) land mid-blob. It only relays; the registry behind it is the real one.
+    """
+
+    def __init__(self, target_port: int, rate: int) -> None:
+        self.rate = rate
+        self.target_port = target_port
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.request_heads: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            threading.Thread(
+                target=self._pipe, args=(client, upstream, None, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(upstream, client, self.rate, False), daemon=True
+            ).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int | None, record: bool) -> None:
+        started = time.monotonic()
+        moved = 0
+        try:
+            while not self._closed.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record:
+                    self.request_heads.append(data.decode("latin-1", "replace"))
+                dst.sendall(data)
+                moved += len(data)
+                if rate:
+                    ahead = moved / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+        self._thread.join(timeout=5)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def curl(url: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["curl", "-s", "-f", "-o", str(out), *extra, url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def env_without_proxies() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
