@@ -14,9 +14,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import httpx
 import trio
 
+from peer.blob_stream import BlobStream, open_blob
 from peer.upstream import (
     FORWARDED_ERROR_HEADERS,
     UpstreamError,
@@ -28,9 +28,12 @@ from pieces.store import Store
 
 log = logging.getLogger("pollen.download")
 
-# Chunks that arrive while the writer thread is busy are written together in its next call;
-# past this many pending bytes the receiver waits (bounds memory per download).
-MAX_PENDING_BYTES = 8 * 1024 * 1024
+# Receive buffers per download: 16 x 1 MiB bounds memory; one thread call writes and hashes
+# every buffer filled meanwhile, so the thread hand-off costs little per byte.
+BUFFER_SIZE = 1024 * 1024
+BUFFER_COUNT = 16
+# A buffer goes to an idle writer once it holds this much, so slow links still stream promptly.
+EARLY_HANDOFF = 64 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
@@ -66,35 +69,50 @@ class Download:
         return self.partial.layout.size if self.partial is not None else None
 
 
-class _ChunkQueue:
-    """Chunks from the receiver to the writer; the writer takes all that is pending at once."""
+class _BufferPipe:
+    """Pooled buffers between the receiver and the writer thread.
 
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._pending = 0
+    The receiver fills free buffers from the socket and hands them over; the writer takes every
+    full buffer at once, writes them in one thread call and gives them back. A fixed pool bounds
+    memory per download and makes a slow disk slow the upstream down (backpressure).
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self._free = [bytearray(size) for _ in range(count)]
+        self._full: list[tuple[bytearray, int]] = []
         self._closed = False
+        self.writer_waiting = False
         self._lot = trio.lowlevel.ParkingLot()
 
-    async def put(self, chunk: bytes) -> None:
-        while self._pending >= MAX_PENDING_BYTES:
+    async def get_free(self) -> bytearray:
+        while not self._free:
             await self._lot.park()
-        self._chunks.append(chunk)
-        self._pending += len(chunk)
+        return self._free.pop()
+
+    def put_full(self, buffer: bytearray, length: int) -> None:
+        self._full.append((buffer, length))
         self._lot.unpark_all()
 
     def close(self) -> None:
         self._closed = True
         self._lot.unpark_all()
 
-    async def take_all(self) -> list[bytes] | None:
-        """Everything pending (waits for at least one chunk); None once closed and drained."""
-        while not self._chunks:
+    async def take_full(self) -> list[tuple[bytearray, int]] | None:
+        """Every full buffer (waits for one); None once closed and drained."""
+        while not self._full:
             if self._closed:
                 return None
-            await self._lot.park()
-        chunks, self._chunks, self._pending = self._chunks, [], 0
+            self.writer_waiting = True
+            try:
+                await self._lot.park()
+            finally:
+                self.writer_waiting = False
+        full, self._full = self._full, []
+        return full
+
+    def give_back(self, buffers: list[bytearray]) -> None:
+        self._free.extend(buffers)
         self._lot.unpark_all()
-        return chunks
 
 
 class Downloads:
@@ -164,18 +182,25 @@ class Downloads:
         request_headers = dict(headers)
         if offset:
             request_headers["range"] = f"bytes={offset}-"
-        path = f"/v2/{download.name}/blobs/{digest}"
-        async with self._upstreams.open("GET", download.namespace, path, request_headers) as resp:
+        url = self._upstreams.base_url(download.namespace) + f"/v2/{download.name}/blobs/{digest}"
+        config = self._upstreams.config
+        body = await open_blob(
+            url,
+            request_headers,
+            connect_timeout=config.connect_timeout,
+            stall_timeout=config.stall_timeout,
+        )
+        try:
             base = self._upstreams.base_url(download.namespace)
-            if 400 <= resp.status_code < 500 and resp.status_code != 416:
-                body = await self._upstreams.read_body(resp, ERROR_BODY_LIMIT)
+            if 400 <= body.status < 500 and body.status != 416:
+                error_body = await body.read_all(ERROR_BODY_LIMIT)
                 download.refusal = UpstreamRefusal(
-                    resp.status_code, pick_headers(resp.headers, FORWARDED_ERROR_HEADERS), body
+                    body.status, pick_headers(body.headers, FORWARDED_ERROR_HEADERS), error_body
                 )
                 if partial is not None:
                     self._store.release_partial(partial)
                 return
-            start, size = _body_extent(resp, base)
+            start, size = _body_extent(body, base)
             if partial is not None and (partial.layout.size != size or start > offset):
                 log.info("upstream size of %s changed; starting over", digest)
                 partial.discard_sync()
@@ -190,46 +215,62 @@ class Downloads:
             download.ready.set()
             if offset:
                 log.info("resuming %s at byte %d of %d", digest, start, size)
-            await self._pump(download, resp, partial, start, base)
+            await self._pump(download, body, partial, start)
+        finally:
+            await body.aclose()
         await trio.to_thread.run_sync(partial.finalize_sync)
         partial.notify()
         log.info("stored %s (%d bytes, %.2fs)", digest, size, time.monotonic() - download.started)
 
     async def _pump(
-        self, download: Download, resp: httpx.Response, partial: PartialBlob, start: int, base: str
+        self, download: Download, body: BlobStream, partial: PartialBlob, start: int
     ) -> None:
-        """Receive the body in one task and write it from another, so the two overlap.
+        """Receive the body in one task and write it from a worker thread, so the two overlap.
 
         When the upstream breaks off, what was received is still written first, so a resume
         starts as late as possible.
         """
-        queue = _ChunkQueue()
+        pipe = _BufferPipe(BUFFER_COUNT, BUFFER_SIZE)
         size = partial.layout.size
         broke_off: UpstreamError | None = None
         write_error: Exception | None = None
 
         async def receive() -> None:
             nonlocal broke_off
+            received = start
             try:
-                async for chunk in resp.aiter_raw():
-                    await queue.put(chunk)
-            except httpx.HTTPError as exc:
-                broke_off = UpstreamError(base, f"broke off the blob: {exc!r}")
+                while received < size:
+                    buffer = await pipe.get_free()
+                    view = memoryview(buffer)[: min(len(buffer), size - received)]
+                    filled = 0
+                    while filled < len(view):
+                        count = await body.readinto(view[filled:])
+                        if count == 0:
+                            break
+                        filled += count
+                        if pipe.writer_waiting and filled >= EARLY_HANDOFF:
+                            break
+                    pipe.put_full(buffer, filled)
+                    received += filled
+                    if filled < len(view) and count == 0:
+                        break
+            except UpstreamError as exc:
+                broke_off = exc
             finally:
-                queue.close()
+                pipe.close()
 
         offset = start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)
             try:
-                while (chunks := await queue.take_all()) is not None:
-                    received = sum(len(c) for c in chunks)
-                    if offset + received > size:
-                        raise UpstreamError(base, f"sent more than the {size} bytes it announced")
-                    await trio.to_thread.run_sync(partial.write_sync, offset, chunks)
-                    offset += received
-                    download.bytes_from_upstream += received
-                    self.bytes_from_upstream += received
+                while (full := await pipe.take_full()) is not None:
+                    views = [memoryview(buffer)[:length] for buffer, length in full]
+                    await trio.to_thread.run_sync(partial.write_sync, offset, views)
+                    written = sum(length for _, length in full)
+                    offset += written
+                    download.bytes_from_upstream += written
+                    self.bytes_from_upstream += written
+                    pipe.give_back([buffer for buffer, _ in full])
                     partial.notify()
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 write_error = exc
@@ -239,18 +280,18 @@ class Downloads:
         if broke_off is not None:
             raise broke_off
         if offset != size:
-            raise UpstreamError(base, f"closed the connection after {offset} of {size} bytes")
+            raise UpstreamError(body.url, f"closed the connection after {offset} of {size} bytes")
 
 
-def _body_extent(resp: httpx.Response, base: str) -> tuple[int, int]:
+def _body_extent(resp: BlobStream, base: str) -> tuple[int, int]:
     """(offset of the first body byte, total blob size) of a 200 or 206 blob answer."""
-    if resp.status_code == 206:
+    if resp.status == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
         if match is None:
             raise UpstreamError(base, "answered 206 without a valid Content-Range")
         return int(match.group(1)), int(match.group(3))
-    if resp.status_code != 200:
-        raise UpstreamError(base, f"answered {resp.status_code} {resp.reason_phrase}")
+    if resp.status != 200:
+        raise UpstreamError(base, f"answered {resp.status} {resp.reason}")
     length = resp.headers.get("content-length")
     if length is None or not length.isdigit():
         raise UpstreamError(base, "sent a blob without Content-Length")

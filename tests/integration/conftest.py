@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from bench.components import Containerd, Pollen, Registry
 from bench.oci_image import write_image
-from tests.integration.components import Containerd, Pollen, Registry
 
 MiB = 1024 * 1024
 REPO_NAME = "test/app"

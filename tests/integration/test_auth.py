@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.components import Pollen, Registry, sha256_file
+from bench.components import Pollen, Registry, sha256_file
 from tests.integration.conftest import REPO_NAME, TAG
 
 CREDS = "alice:wonderland"

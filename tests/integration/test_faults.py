@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.components import Pollen, Registry, ThrottledProxy, curl, sha256_file
+from bench.components import Pollen, Registry, ThrottledProxy, curl, sha256_file
 from tests.integration.conftest import REPO_NAME, TAG, MiB, PushedImage
 
 RATE = 25 * MiB

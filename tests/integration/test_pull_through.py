@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.integration.components import Containerd, Pollen, sha256_file
+from bench.components import Containerd, Pollen, sha256_file
 from tests.integration.conftest import PushedImage
 
 

@@ -1,5 +1,5 @@
-"""Real components for integration tests, each started on loopback and always stopped:
-docker-registry, a `pollen run` process, containerd, and a throttling TCP proxy for faults."""
+"""Real components for integration tests and benchmarks, each started on loopback and always
+stopped: docker-registry, a `pollen run` process, containerd, and a throttling TCP proxy."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 _BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^ ]* HTTP/1\.1" (\d+)')
 
 

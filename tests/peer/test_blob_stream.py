@@ -1,0 +1,121 @@
+"""The fast upstream body reader: framing, redirects, credentials, stalls."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from peer.blob_stream import open_blob
+from peer.http_server import HttpConnection, Request, serve_connection
+from peer.upstream import UpstreamError
+
+
+class Server:
+    def __init__(self) -> None:
+        self.port = 0
+        self.seen: list[Request] = []
+        self.routes: dict[str, object] = {}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await serve_connection(stream, self.handle, idle_timeout=5, send_timeout=5)
+
+        task_status.started()
+        await trio.serve_listeners(handler, listeners)
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        self.seen.append(request)
+        action = self.routes[request.target.decode()]
+        await action(conn)  # type: ignore[operator]
+
+
+async def read_all(
+    url: str, headers: dict[str, str] | None = None, stall: float = 5
+) -> tuple[int, bytes]:
+    body = await open_blob(url, headers or {}, connect_timeout=5, stall_timeout=stall)
+    try:
+        data = bytearray()
+        buffer = memoryview(bytearray(100_000))
+        while count := await body.readinto(buffer):
+            data += buffer[:count]
+        return body.status, bytes(data)
+    finally:
+        await body.aclose()
+
+
+async def test_content_length_and_chunked_bodies(nursery: trio.Nursery) -> None:
+    server = Server()
+    await nursery.start(server.serve)
+    payload = os.urandom(1_234_567)
+
+    async def fixed(conn: HttpConnection) -> None:
+        await conn.respond(200, [], payload)
+
+    async def chunked(conn: HttpConnection) -> None:
+        await conn.start_response(200, [])  # no Content-Length: h11 sends it chunked
+        for start in range(0, len(payload), 70_000):
+            await conn.send_data(payload[start : start + 70_000])
+        await conn.end_response()
+
+    server.routes = {"/fixed": fixed, "/chunked": chunked}
+    base = f"http://127.0.0.1:{server.port}"
+    assert await read_all(base + "/fixed") == (200, payload)
+    assert await read_all(base + "/chunked") == (200, payload)
+
+
+async def test_redirect_to_another_origin_drops_credentials(nursery: trio.Nursery) -> None:
+    registry, storage = Server(), Server()
+    await nursery.start(registry.serve)
+    await nursery.start(storage.serve)
+
+    async def redirect(conn: HttpConnection) -> None:
+        where = f"http://127.0.0.1:{storage.port}/object?sig=1"
+        await conn.respond(307, [("location", where)], b"")
+
+    async def local_redirect(conn: HttpConnection) -> None:
+        await conn.respond(302, [("location", "/data")], b"")
+
+    async def data(conn: HttpConnection) -> None:
+        await conn.respond(200, [], b"blob bytes")
+
+    registry.routes = {"/blob": redirect, "/same": local_redirect, "/data": data}
+    storage.routes = {"/object?sig=1": data}
+    headers = {"authorization": "Bearer secret"}
+    assert await read_all(f"http://127.0.0.1:{registry.port}/blob", headers) == (200, b"blob bytes")
+    assert registry.seen[0].headers["authorization"] == "Bearer secret"
+    assert "authorization" not in storage.seen[0].headers
+    # A redirect on the same origin keeps them (registries redirect within themselves too).
+    await read_all(f"http://127.0.0.1:{registry.port}/same", headers)
+    assert registry.seen[-1].headers["authorization"] == "Bearer secret"
+
+
+async def test_truncated_body_and_stall_are_errors(nursery: trio.Nursery) -> None:
+    server = Server()
+    await nursery.start(server.serve)
+
+    async def truncated(conn: HttpConnection) -> None:
+        await conn.start_response(200, [("content-length", "1000")])
+        await conn.send_data(b"x" * 10)
+        await conn.stream.aclose()
+
+    async def stall(conn: HttpConnection) -> None:
+        await conn.start_response(200, [("content-length", "1000")])
+        await conn.send_data(b"x" * 10)
+        await trio.sleep(3)
+
+    server.routes = {"/cut": truncated, "/stall": stall}
+    base = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(UpstreamError, match="990 body bytes missing"):
+        await read_all(base + "/cut")
+    with pytest.raises(UpstreamError, match="sent nothing for"):
+        await read_all(base + "/stall", stall=0.2)
+
+
+async def test_unreachable_upstream_names_itself() -> None:
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        await read_all("http://127.0.0.1:1/v2/")
