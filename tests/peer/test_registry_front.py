@@ -14,6 +14,7 @@ import trio
 
 from peer.config import Address, NodeConfig
 from peer.node import Node
+from pieces.store import Store
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
 
 
@@ -62,6 +63,7 @@ async def test_blob_is_fetched_once_and_then_served_from_disk(setup: Setup) -> N
     assert first.content == data
     assert first.headers["docker-content-digest"] == digest
     assert first.headers["content-length"] == str(len(data))
+    await _wait_stored(setup, digest)  # the fsync + rename follow the client's last byte
     second = await setup.client.get(path)
     assert second.content == data
     assert setup.registry.count("GET", "/blobs/") == 1
@@ -219,7 +221,7 @@ async def test_auth_is_passed_through_and_private_content_is_checked(setup: Setu
     assert anonymous.headers["www-authenticate"].startswith("Bearer realm=")
     authed = await setup.client.get(path, headers={"Authorization": "Bearer s3cret"})
     assert authed.content == data
-    assert setup.node.store.has_blob(digest)
+    await _wait_stored(setup, digest)
     # Cached now, but still not for a client the upstream would refuse.
     again = await setup.client.get(path)
     assert again.status_code == 401
@@ -255,3 +257,18 @@ async def _wait_idle(setup: Setup) -> None:
     with trio.fail_after(10):
         while setup.node.downloads_in_flight():
             await trio.sleep(0.01)
+
+
+async def test_fully_written_partial_is_committed_after_a_one_byte_check(setup: Setup) -> None:
+    # A crash between the sha256 check and the rename leaves every piece recorded.
+    data = os.urandom(200_000)
+    digest = setup.registry.add_blob(data)
+    other = Store(setup.node.config.data_dir, 64 * 1024)
+    partial = await other.open_partial(digest, len(data))
+    partial.write_sync(0, [data])
+    other.release_partial(partial)
+    response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
+    assert response.content == data
+    ranges = [r for m, p, r in setup.registry.requests if m == "GET" and "/blobs/" in p]
+    assert ranges == [f"bytes={len(data) - 1}-"]
+    await _wait_stored(setup, digest)
