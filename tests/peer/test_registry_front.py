@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,9 @@ async def test_concurrent_clients_share_one_upstream_fetch(setup: Setup) -> None
         bodies.append((await setup.client.get(f"/v2/org/app/blobs/{digest}")).content)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(20):
+        for _ in range(100):
             nursery.start_soon(fetch)
-    assert bodies == [data] * 20
+    assert bodies == [data] * 100
     assert setup.registry.count("GET", "/blobs/") == 1
 
 
@@ -272,3 +273,56 @@ async def test_fully_written_partial_is_committed_after_a_one_byte_check(setup: 
     ranges = [r for m, p, r in setup.registry.requests if m == "GET" and "/blobs/" in p]
     assert ranges == [f"bytes={len(data) - 1}-"]
     await _wait_stored(setup, digest)
+
+
+async def test_idle_client_connections_are_closed(tmp_path: Path, nursery: trio.Nursery) -> None:
+    node = Node(
+        NodeConfig(
+            http=Address("127.0.0.1", 0),
+            data_dir=tmp_path / "idle",
+            default_upstream="http://127.0.0.1:1",
+            idle_timeout=0.3,
+        )
+    )
+    port = await nursery.start(node.run)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(5):
+        # The node hangs up on a client that says nothing (EOF: an empty read).
+        assert await stream.receive_some(1024) == b""
+    await stream.aclose()
+
+
+async def test_full_disk_fails_the_download_cleanly(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    data = os.urandom(3 * 1024 * 1024)
+    digest = registry.add_blob(data)
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        node = Node(
+            NodeConfig(
+                http=Address("127.0.0.1", 0),
+                data_dir=mount,
+                default_upstream=registry.url,
+                piece_size=256 * 1024,
+            )
+        )
+        async with trio.open_nursery() as inner:
+            port = await inner.start(node.run)
+            async with httpx.AsyncClient(timeout=10) as client:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.get(f"http://127.0.0.1:{port}/v2/org/app/blobs/{digest}")
+                with trio.fail_after(10):
+                    while node.downloads_in_flight():
+                        await trio.sleep(0.01)
+                status = (await client.get(f"http://127.0.0.1:{port}/_pollen/status")).json()
+            assert status["upstream"]["downloads_failed"] == 1
+            assert status["store"]["complete_blobs"] == 0
+            assert f"download of {digest} failed: no space left on device" in caplog.text
+            inner.cancel_scope.cancel()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
