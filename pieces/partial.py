@@ -49,6 +49,13 @@ class BlobFailed(StoreError):
     """The download of a blob failed; readers waiting on it get this."""
 
 
+def io_error(exc: OSError, doing: str) -> StoreError:
+    """The store error for an OSError while `doing` something: DiskFull for ENOSPC."""
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"no space left on device {doing}")
+    return StoreError(f"{doing}: {exc.strerror or exc}")
+
+
 def piece_hash(data: bytes | memoryview) -> bytes:
     """The per-piece hash: xxh3-128, 16 bytes."""
     return bytes(xxhash.xxh3_128_digest(data))
@@ -207,11 +214,7 @@ class PartialBlob:
         try:
             _write_all(self._fd, data, offset)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(
-                    f"no space left on device writing {self.digest} to {self.data_path.parent}"
-                ) from exc
-            raise StoreError(f"cannot write {self.digest} to {self.data_path}: {exc}") from exc
+            raise io_error(exc, f"writing {self.digest} to {self.data_path.parent}") from exc
 
     def _save_meta(self) -> None:
         meta = {
@@ -227,11 +230,7 @@ class PartialBlob:
                 f.write(msgpack.packb(meta))
             os.replace(tmp, self.meta_path)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(
-                    f"no space left on device recording pieces of {self.digest}"
-                ) from exc
-            raise StoreError(f"cannot record pieces of {self.digest}: {exc}") from exc
+            raise io_error(exc, f"recording pieces of {self.digest}") from exc
 
     def finalize_sync(self) -> None:
         """`verify_sync` then `commit_sync`: check the sha256, then store the blob for good."""

@@ -15,7 +15,6 @@ restart), and a count of readers per blob; eviction never touches a blob that a 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -28,9 +27,9 @@ import trio
 from pieces.digest import digest_hex
 from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout
 from pieces.partial import (
-    DiskFull,
     PartialBlob,
     StoreError,
+    io_error,
     load_meta,
     verified_pieces,
 )
@@ -161,9 +160,7 @@ class Store:
         try:
             blob = PartialBlob(digest, layout, data_path, meta_path, self._blobs / hex_, pieces)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(f"no space left on device for {digest} in {self.root}") from exc
-            raise StoreError(f"cannot create partial of {digest}: {exc}") from exc
+            raise io_error(exc, f"creating {digest} in {self.root}") from exc
         self._partials[hex_] = blob
         return blob
 
