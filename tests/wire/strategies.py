@@ -1,0 +1,46 @@
+"""Hypothesis strategies for every event of the peer protocol."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from wire import events as ev
+
+digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
+ids = st.binary(min_size=16, max_size=16)
+indexes = st.integers(0, 2**40)
+text = st.text(max_size=50)
+hashes16 = st.binary(min_size=16, max_size=16)
+
+events = st.one_of(
+    st.builds(ev.Want, digests, st.none() | text, text, st.none() | text),
+    st.builds(
+        ev.PieceMeta,
+        digests,
+        st.integers(0, 2**50),
+        st.integers(1, 2**30),
+        st.dictionaries(st.integers(0, 10_000), hashes16, max_size=20),
+    ),
+    st.builds(
+        ev.Refused,
+        digests,
+        st.integers(100, 599),
+        st.dictionaries(text, text, max_size=5),
+        st.binary(max_size=200),
+    ),
+    st.builds(ev.Bitfield, digests, st.binary(max_size=300)),
+    st.builds(ev.Have, digests, indexes),
+    st.builds(ev.Request, digests, indexes),
+    st.builds(ev.Piece, digests, indexes, st.binary(max_size=5000)),
+    st.builds(ev.Cancel, digests, indexes),
+    st.builds(ev.Reject, digests, indexes, text),
+    st.builds(ev.Choke),
+    st.builds(ev.Unchoke),
+    st.builds(ev.PeersRequest, digests),
+    st.builds(
+        ev.Peers,
+        digests,
+        st.lists(st.tuples(ids, text, st.integers(1, 65535)), max_size=10),
+    ),
+    st.builds(ev.Error, text, text),
+)

@@ -1,0 +1,181 @@
+"""Frame codec: `>IH` prefix (bytes after the prefix, header length), msgpack header, payload.
+
+The header is a msgpack array `[type, field, ...]` in the order of the event's fields. Only
+`Piece` has a payload: its raw bytes follow the header, so bulk data is never msgpack-packed.
+Decoding validates every field's type and size: whatever a peer sends either becomes a
+well-formed event or raises RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from wire.errors import LocalProtocolError, RemoteProtocolError
+from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, Peers, Piece
+
+PREFIX = struct.Struct(">IH")
+MAX_HEADER = 60_000  # fits the u16 header length with room; a PieceMeta of 3,000 hashes
+MAX_STRING = 4096
+MAX_INT = 2**63 - 1
+
+Check = Callable[[Any], bool]
+
+
+def _int(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_INT
+
+
+def _str(value: Any) -> bool:
+    return type(value) is str and len(value) <= MAX_STRING
+
+
+def _opt_str(value: Any) -> bool:
+    return value is None or _str(value)
+
+
+def _bytes(length: int | None = None) -> Check:
+    def check(value: Any) -> bool:
+        if type(value) is not bytes:
+            return False
+        return len(value) == length if length is not None else len(value) <= MAX_HEADER
+
+    return check
+
+
+def _hashes(value: Any) -> bool:
+    return type(value) is dict and all(
+        _int(k) and type(v) is bytes and len(v) == 16 for k, v in value.items()
+    )
+
+
+def _headers(value: Any) -> bool:
+    return type(value) is dict and all(_str(k) and _str(v) for k, v in value.items())
+
+
+def _peers(value: Any) -> bool:
+    return type(value) is list and all(
+        type(p) is list
+        and len(p) == 3
+        and type(p[0]) is bytes
+        and len(p[0]) == 16
+        and _str(p[1])
+        and type(p[2]) is int
+        and 0 < p[2] < 65536
+        for p in value
+    )
+
+
+_CHECKS: dict[str, Check] = {
+    "version": _int,
+    "node_id": _bytes(16),
+    "nonce": _bytes(32),
+    "mac": _bytes(32),
+    "digest": lambda v: _str(v) and len(v) == 71 and v.startswith("sha256:"),
+    "namespace": _opt_str,
+    "repository": _str,
+    "authorization": _opt_str,
+    "size": _int,
+    "piece_size": lambda v: _int(v) and v > 0,
+    "hashes": _hashes,
+    "status": lambda v: type(v) is int and 100 <= v <= 599,
+    "headers": _headers,
+    "body": _bytes(),
+    "bits": _bytes(),
+    "index": _int,
+    "reason": _str,
+    "peers": _peers,
+    "code": _str,
+    "message": _str,
+}
+
+
+def encode(event: Event) -> list[bytes | memoryview]:
+    """The frame for `event` as buffers to send in order (the payload is not copied).
+
+    Raises:
+        LocalProtocolError: the event does not fit in a frame.
+    """
+    names = HEADER_FIELDS[event.TYPE]
+    header = msgpack.packb([event.TYPE, *(getattr(event, n) for n in names)], use_bin_type=True)
+    if len(header) > MAX_HEADER:
+        raise LocalProtocolError(f"{type(event).__name__} header of {len(header)} bytes")
+    payload = event.data if isinstance(event, Piece) else b""
+    return [PREFIX.pack(len(header) + len(payload), len(header)), header, payload]
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields whole events; enforces the frame size limit."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._need: tuple[int, int] | None = None  # (frame length, header length) once known
+
+    @property
+    def has_partial_frame(self) -> bool:
+        return bool(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+
+    def next_event(self) -> Event | None:
+        """The next whole event, or None when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: malformed or oversized frame, unknown type, bad fields.
+        """
+        if self._need is None:
+            if len(self._buffer) < PREFIX.size:
+                return None
+            frame_len, header_len = PREFIX.unpack_from(self._buffer)
+            if frame_len > self.max_frame:
+                raise RemoteProtocolError(f"frame of {frame_len} bytes over {self.max_frame}")
+            if header_len == 0 or header_len > frame_len or header_len > MAX_HEADER:
+                raise RemoteProtocolError(f"bad header length {header_len} in {frame_len}")
+            self._need = (frame_len, header_len)
+        frame_len, header_len = self._need
+        end = PREFIX.size + frame_len
+        if len(self._buffer) < end:
+            return None
+        view = memoryview(self._buffer)
+        header = bytes(view[PREFIX.size : PREFIX.size + header_len])
+        payload = bytes(view[PREFIX.size + header_len : end])
+        view.release()
+        del self._buffer[:end]
+        self._need = None
+        return decode(header, payload)
+
+
+def decode(header: bytes, payload: bytes) -> Event:
+    """One event from a header and its payload.
+
+    Raises:
+        RemoteProtocolError: anything that is not exactly a valid event.
+    """
+    try:
+        fields = msgpack.unpackb(header, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise RemoteProtocolError(f"undecodable header: {type(exc).__name__}") from None
+    if type(fields) is not list or not fields or type(fields[0]) is not int:
+        raise RemoteProtocolError("header is not [type, fields...]")
+    cls = EVENT_TYPES.get(fields[0])
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {fields[0]}")
+    names = HEADER_FIELDS[fields[0]]
+    values = fields[1:]
+    if len(values) != len(names):
+        raise RemoteProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(names)}")
+    for name, value in zip(names, values, strict=True):
+        if not _CHECKS[name](value):
+            raise RemoteProtocolError(f"{cls.__name__}: bad field {name}")
+    if cls is Piece:
+        return Piece(values[0], values[1], payload)
+    if payload:
+        raise RemoteProtocolError(f"{cls.__name__} with a payload")
+    if cls is Peers:
+        return Peers(values[0], [tuple(p) for p in values[1]])
+    return cls(*values)  # type: ignore[no-any-return]
