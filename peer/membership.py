@@ -1,0 +1,385 @@
+"""SWIM-style membership as a pure state machine: time and datagrams in, datagrams out.
+
+Each protocol period a node probes one member (round robin over a shuffled list) with a Ping;
+if no Ack comes within the probe time-out it asks `indirect_probes` other members to ping it
+(PingReq); if the period ends without any Ack the member becomes *suspect*. A suspect that does
+not refute within the suspicion time-out (which grows with log N) is declared *dead*. A member
+refutes by raising its incarnation number. Membership changes ride on every Ping and Ack
+(piggybacking), each retransmitted a bounded number of times that grows with log N.
+
+Nothing here reads a clock or touches a socket: the driver (peer/gossip.py) passes `now`,
+delivers datagrams with `receive`, calls `tick` when `next_deadline` passes and sends what
+`take_outgoing` returns. The same code runs in the fake-network tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Address = tuple[str, int]
+
+
+class Status(enum.IntEnum):
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What one node believes about a member; the unit of gossip."""
+
+    node_id: bytes
+    address: Address
+    incarnation: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+    sender: bytes
+    sender_address: Address
+    updates: tuple[Update, ...] = ()
+    on_behalf_of: Address | None = None  # set when this ping answers a PingReq
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+    sender: bytes
+    updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    seq: int
+    sender: bytes
+    sender_address: Address
+    target: bytes
+    target_address: Address
+    updates: tuple[Update, ...] = ()
+
+
+Message = Ping | Ack | PingReq
+
+
+@dataclass(frozen=True, slots=True)
+class SwimConfig:
+    probe_period: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_probes: int = 3
+    suspicion_multiplier: float = 4.0
+    retransmit_multiplier: int = 4
+    max_piggyback: int = 8
+    join_retry_min: float = 1.0
+    join_retry_max: float = 30.0
+
+    def suspicion_timeout(self, members: int) -> float:
+        """memberlist's rule: mult * max(1, log10(N)) * probe period."""
+        return self.suspicion_multiplier * max(1.0, math.log10(max(members, 1))) * self.probe_period
+
+    def retransmit_limit(self, members: int) -> int:
+        return self.retransmit_multiplier * math.ceil(math.log10(members + 1))
+
+    def detection_bound(self, members: int) -> float:
+        """Worst case from a crash until every survivor has declared the node dead: up to two
+        protocol periods of every member before one probes it (round robin over a reshuffled
+        list), one period to suspect it, the suspicion time-out, and the dissemination of the
+        verdict (a few periods per log N; we allow its full retransmit budget)."""
+        return (
+            (2 * members + 1) * self.probe_period
+            + self.suspicion_timeout(members)
+            + self.retransmit_limit(members) * self.probe_period
+        )
+
+
+@dataclass(slots=True)
+class Member:
+    node_id: bytes
+    address: Address
+    incarnation: int
+    status: Status
+    since: float
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: bytes
+    seq: int
+    sent_at: float
+    indirect_sent: bool = False
+    acked: bool = False
+
+
+@dataclass(slots=True)
+class _Relay:
+    """A ping we send for someone else's PingReq; its Ack goes back to them."""
+
+    requester: Address
+    requester_seq: int
+    expires: float
+
+
+@dataclass(slots=True)
+class _Gossip:
+    update: Update
+    transmits: int = 0
+
+
+@dataclass
+class Membership:
+    node_id: bytes
+    address: Address
+    config: SwimConfig = field(default_factory=SwimConfig)
+    rng: random.Random = field(default_factory=random.Random)
+    seeds: tuple[Address, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.incarnation = 0
+        self.members: dict[bytes, Member] = {}
+        self._outgoing: list[tuple[Address, Message]] = []
+        self._gossip: dict[bytes, _Gossip] = {}
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._probe_order: list[bytes] = []
+        self._next_probe_at: float | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._join_at: float | None = 0.0 if self.seeds else None
+        self._join_backoff = self.config.join_retry_min
+        self.events: list[tuple[bytes, Status]] = []  # changes seen, for the driver's log
+
+    # ---- queries -----------------------------------------------------------------------
+
+    def alive(self) -> list[Member]:
+        """Members believed alive or suspect (suspects still serve; they may refute)."""
+        return [m for m in self.members.values() if m.status is not Status.DEAD]
+
+    def alive_ids(self) -> set[bytes]:
+        return {m.node_id for m in self.alive()} | {self.node_id}
+
+    def take_outgoing(self) -> list[tuple[Address, Message]]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When `tick` must be called next (None: only when a datagram arrives)."""
+        deadlines = [d for d in (self._next_probe_at, self._join_at) if d is not None]
+        if self._probe is not None and not self._probe.acked:
+            base = self._probe.sent_at
+            deadlines.append(
+                base
+                + (
+                    self.config.probe_period
+                    if self._probe.indirect_sent
+                    else self.config.probe_timeout
+                )
+            )
+        deadlines += [
+            m.since + self._suspicion_timeout()
+            for m in self.members.values()
+            if m.status is Status.SUSPECT
+        ]
+        return min(deadlines) if deadlines else None
+
+    # ---- state sync (the driver does the TCP part) -------------------------------------
+
+    def full_state(self) -> list[Update]:
+        """Everything we know, ourselves included: the payload of a push-pull sync."""
+        own = Update(self.node_id, self.address, self.incarnation, Status.ALIVE)
+        return [
+            own,
+            *(Update(m.node_id, m.address, m.incarnation, m.status) for m in self.members.values()),
+        ]
+
+    def merge(self, updates: Iterable[Update], now: float) -> None:
+        for update in updates:
+            self._apply(update, now)
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def receive(self, message: Message, source: Address, now: float) -> None:
+        """A datagram from `source` (already decoded)."""
+        self.merge(message.updates, now)
+        if isinstance(message, Ping):
+            self._heard_from(message.sender, message.sender_address, now)
+            self._send(message.sender_address, Ack(message.seq, self.node_id, self._piggyback()))
+        elif isinstance(message, PingReq):
+            self._heard_from(message.sender, message.sender_address, now)
+            seq = self._next_seq()
+            self._relays[seq] = _Relay(
+                message.sender_address, message.seq, now + self.config.probe_period
+            )
+            ping = Ping(seq, self.node_id, self.address, self._piggyback())
+            self._send(message.target_address, ping)
+        elif isinstance(message, Ack):
+            relay = self._relays.pop(message.seq, None)
+            if relay is not None:
+                self._send(
+                    relay.requester, Ack(relay.requester_seq, message.sender, self._piggyback())
+                )
+            if self._probe is not None and self._probe.seq == message.seq:
+                self._probe.acked = True
+            member = self.members.get(message.sender)
+            if member is not None and member.status is Status.ALIVE:
+                member.since = now
+
+    def tick(self, now: float) -> None:
+        """Run every timer that is due at `now`."""
+        self._join(now)
+        self._expire_relays(now)
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            target = self.members.get(probe.target)
+            if target is None or target.status is Status.DEAD:
+                self._probe = None
+            elif not probe.indirect_sent and now >= probe.sent_at + self.config.probe_timeout:
+                probe.indirect_sent = True
+                self._send_ping_reqs(target, probe.seq)
+            elif probe.indirect_sent and now >= probe.sent_at + self.config.probe_period:
+                # The whole period passed with no Ack, direct or indirect: suspect it.
+                self._apply(
+                    Update(target.node_id, target.address, target.incarnation, Status.SUSPECT), now
+                )
+                self._probe = None
+        for member in list(self.members.values()):
+            if member.status is Status.SUSPECT and now >= member.since + self._suspicion_timeout():
+                self._apply(
+                    Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
+                )
+        if self._next_probe_at is None:
+            self._next_probe_at = now + self.rng.uniform(0, self.config.probe_period)
+        if now >= self._next_probe_at:
+            self._next_probe_at = now + self.config.probe_period
+            self._start_probe(now)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _join(self, now: float) -> None:
+        if self._join_at is None or now < self._join_at:
+            return
+        if self.alive():
+            self._join_at = None  # someone answered: we are in
+            return
+        for seed in self.seeds:
+            if seed != self.address:
+                self._send(
+                    seed, Ping(self._next_seq(), self.node_id, self.address, self._piggyback())
+                )
+        self._join_at = now + self._join_backoff
+        self._join_backoff = min(self._join_backoff * 2, self.config.join_retry_max)
+
+    def _start_probe(self, now: float) -> None:
+        if self._probe is not None and not self._probe.acked:
+            return  # the previous probe is still deciding (suspect at period end)
+        self._probe = None
+        candidates = [m for m in self.members.values() if m.status is not Status.DEAD]
+        if not candidates:
+            return
+        while True:
+            if not self._probe_order:
+                self._probe_order = [m.node_id for m in candidates]
+                self.rng.shuffle(self._probe_order)
+            target = self.members.get(self._probe_order.pop())
+            if target is not None and target.status is not Status.DEAD:
+                break
+        seq = self._next_seq()
+        self._probe = _Probe(target.node_id, seq, now)
+        self._send(target.address, Ping(seq, self.node_id, self.address, self._piggyback()))
+
+    def _send_ping_reqs(self, target: Member, seq: int) -> None:
+        helpers = [
+            m for m in self.alive() if m.node_id != target.node_id and m.status is Status.ALIVE
+        ]
+        for helper in self.rng.sample(helpers, min(len(helpers), self.config.indirect_probes)):
+            request = PingReq(
+                seq, self.node_id, self.address, target.node_id, target.address, self._piggyback()
+            )
+            self._send(helper.address, request)
+
+    def _expire_relays(self, now: float) -> None:
+        for seq in [s for s, r in self._relays.items() if r.expires <= now]:
+            del self._relays[seq]
+
+    def _heard_from(self, node_id: bytes, address: Address, now: float) -> None:
+        """A direct message proves a node alive; learn about it if it is new."""
+        if node_id == self.node_id:
+            return
+        member = self.members.get(node_id)
+        if member is None:
+            self._apply(Update(node_id, address, 0, Status.ALIVE), now)
+        elif member.status is not Status.ALIVE:
+            # It talks to us while we hold it suspect or dead: tell it, so it refutes.
+            self._gossip_update(Update(node_id, member.address, member.incarnation, member.status))
+
+    def _apply(self, update: Update, now: float) -> None:
+        """SWIM's precedence rules; accepted changes are gossiped on."""
+        if update.node_id == self.node_id:
+            if update.status is not Status.ALIVE and update.incarnation >= self.incarnation:
+                # Someone suspects (or buried) us: refute with a higher incarnation.
+                self.incarnation = update.incarnation + 1
+                self._gossip_update(
+                    Update(self.node_id, self.address, self.incarnation, Status.ALIVE)
+                )
+            return
+        member = self.members.get(update.node_id)
+        if member is not None and not _overrides(update, member):
+            return
+        if member is None:
+            member = Member(update.node_id, update.address, update.incarnation, update.status, now)
+            self.members[update.node_id] = member
+            changed = True
+        else:
+            changed = member.status is not update.status
+            member.address = update.address
+            member.incarnation = update.incarnation
+            if changed:
+                member.since = now
+            member.status = update.status
+        if changed:
+            self.events.append((update.node_id, update.status))
+        self._gossip_update(update)
+
+    def _gossip_update(self, update: Update) -> None:
+        self._gossip[update.node_id] = _Gossip(update)
+
+    def _piggyback(self) -> tuple[Update, ...]:
+        limit = self.config.retransmit_limit(len(self.members) + 1)
+        chosen = sorted(self._gossip.values(), key=lambda g: g.transmits)[
+            : self.config.max_piggyback
+        ]
+        for gossip in chosen:
+            gossip.transmits += 1
+            if gossip.transmits >= limit:
+                del self._gossip[gossip.update.node_id]
+        return tuple(g.update for g in chosen)
+
+    def _suspicion_timeout(self) -> float:
+        return self.config.suspicion_timeout(len(self.members) + 1)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, address: Address, message: Message) -> None:
+        self._outgoing.append((address, message))
+
+
+def _overrides(update: Update, member: Member) -> bool:
+    """Whether `update` replaces what we believe about `member` (the SWIM paper's rules)."""
+    if update.status is Status.ALIVE:
+        return update.incarnation > member.incarnation
+    if update.status is Status.SUSPECT:
+        if member.status is Status.DEAD:
+            return update.incarnation > member.incarnation
+        if member.status is Status.SUSPECT:
+            return update.incarnation > member.incarnation
+        return update.incarnation >= member.incarnation
+    # DEAD
+    if member.status is Status.DEAD:
+        return False
+    return update.incarnation >= member.incarnation
