@@ -12,8 +12,13 @@ import hashlib
 import time
 from collections.abc import Mapping
 
-from peer.downloads import UpstreamRefusal
-from peer.upstream import FORWARDED_ERROR_HEADERS, UpstreamError, Upstreams, pick_headers
+from peer.upstream import (
+    FORWARDED_ERROR_HEADERS,
+    UpstreamError,
+    UpstreamRefusal,
+    Upstreams,
+    pick_headers,
+)
 
 DEFAULT_TTL = 60.0
 MAX_ENTRIES = 10_000

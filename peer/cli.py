@@ -21,6 +21,7 @@ import trio
 
 from peer.config import (
     DEFAULT_HTTP,
+    DEFAULT_PEER,
     DEFAULT_UPSTREAM,
     NodeConfig,
     default_data_dir,
@@ -97,6 +98,43 @@ def main() -> None:
     help="ADDR:PORT of the registry front and the admin API (/healthz, /_pollen/status, /metrics).",
 )
 @click.option(
+    "--peer",
+    default=DEFAULT_PEER,
+    show_default=True,
+    envvar="POLLEN_PEER",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT for the peer protocol (TCP pieces) and gossip (UDP), same port.",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    envvar="POLLEN_ADVERTISE",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT other nodes use to reach this one [default: --peer, or this host's "
+    "address when --peer is 0.0.0.0].",
+)
+@click.option(
+    "--join",
+    multiple=True,
+    envvar="POLLEN_JOIN",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT (peer port) of any live member to join through; repeatable; retried "
+    "with back-off [default: none, the first node of a cluster].",
+)
+@click.option(
+    "--cluster-token",
+    default=None,
+    envvar="POLLEN_CLUSTER_TOKEN",
+    help="Shared secret every node must prove (never sent) [default: none, an open cluster].",
+)
+@click.option(
+    "--cluster-token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    envvar="POLLEN_CLUSTER_TOKEN_FILE",
+    help="Read --cluster-token from this file (keeps it out of the process list).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=default_data_dir,
@@ -166,6 +204,12 @@ def run(**options: Any) -> None:
     )
     # httpx logs every request at INFO; our own log lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    token_file = options.pop("cluster_token_file")
+    token = options.pop("cluster_token")
+    if token_file is not None:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--cluster-token-file")
     config = NodeConfig(
         http=options["http"],
         data_dir=Path(options["data_dir"]).expanduser(),
@@ -175,6 +219,10 @@ def run(**options: Any) -> None:
         piece_size=options["piece_size"],
         idle_timeout=options["idle_timeout"],
         upstream_timeout=options["upstream_timeout"],
+        peer=options["peer"],
+        advertise=options["advertise"],
+        join=tuple(options["join"] or ()),
+        cluster_token=token.encode() if token else None,
     )
     from peer.node import Node  # late: keeps `pollen --help` fast
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,15 @@ from pieces.layout import DEFAULT_PIECE_SIZE
 
 DEFAULT_HTTP = "127.0.0.1:65001"
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"
+DEFAULT_PEER = "0.0.0.0:65002"
+
+
+def _primary_address() -> str:
+    """This host's address as its name resolves (no packet is sent to find it)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def default_data_dir() -> Path:
@@ -59,3 +69,18 @@ class NodeConfig:
     piece_size: int = DEFAULT_PIECE_SIZE
     idle_timeout: float = 60.0
     upstream_timeout: float = 30.0
+    # The swarm: None runs a lone caching mirror (no gossip, no peer port).
+    peer: Address | None = None
+    advertise: Address | None = None
+    join: tuple[Address, ...] = ()
+    cluster_token: bytes | None = None
+
+    def advertised_peer(self) -> Address | None:
+        """The peer address others use: --advertise, else --peer when it names a host."""
+        if self.peer is None:
+            return None
+        if self.advertise is not None:
+            return self.advertise
+        if self.peer.host in ("0.0.0.0", "::", ""):
+            return Address(_primary_address(), self.peer.port)
+        return self.peer

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 import trio
 
 from peer.blob_stream import BlobStream, open_blob
+from peer.swarm import ClientRefused, OwnerUnavailable, Swarm
 from peer.upstream import (
     FORWARDED_ERROR_HEADERS,
     UpstreamError,
+    UpstreamRefusal,
     Upstreams,
     pick_headers,
 )
@@ -38,15 +40,6 @@ ERROR_BODY_LIMIT = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamRefusal:
-    """A 4xx answer from the upstream, passed to the client as it came (401 + WWW-Authenticate)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 @dataclass(eq=False)
 class Download:
     """The state of one blob's upstream download, as its clients see it."""
@@ -62,7 +55,9 @@ class Download:
     refusal: UpstreamRefusal | None = None
     error: Exception | None = None
     bytes_from_upstream: int = 0
+    bytes_from_peers: int = 0
     clients: int = 0
+    upstream_only: bool = False  # the owner's fetch for peers: never asks the swarm
 
     @property
     def size(self) -> int | None:
@@ -118,7 +113,14 @@ class _BufferPipe:
 class Downloads:
     """The node's table of blob downloads in flight."""
 
-    def __init__(self, store: Store, upstreams: Upstreams, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        nursery: trio.Nursery,
+        swarm: Swarm | None = None,
+    ) -> None:
+        self.swarm = swarm
         self._store = store
         self._upstreams = upstreams
         self._nursery = nursery
@@ -134,6 +136,8 @@ class Downloads:
         name: str,
         headers: Mapping[str, str],
         auth_key: str | None,
+        *,
+        upstream: bool = False,
     ) -> Download:
         """The download of `digest`: the one in flight, or a new one started for this client.
 
@@ -143,7 +147,7 @@ class Downloads:
         while True:
             download = self.active.get(digest)
             if download is None:
-                download = Download(digest, namespace, name, auth_key)
+                download = Download(digest, namespace, name, auth_key, upstream_only=upstream)
                 self.active[digest] = download
                 self._nursery.start_soon(self._run, download, dict(headers))
                 return download
@@ -173,6 +177,19 @@ class Downloads:
                 self._store.release_partial(download.partial)
 
     async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
+        if self.swarm is not None and not download.upstream_only:
+            try:
+                await self.swarm.fetch(download, headers)
+                return
+            except ClientRefused:
+                return
+            except OwnerUnavailable as exc:
+                # We own it (now), or nobody else could be reached: the upstream it is,
+                # continuing from whatever pieces the swarm delivered.
+                log.info("fetching %s from the upstream: %s", download.digest, exc)
+        await self._fetch_upstream(download, headers)
+
+    async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         digest = download.digest
         partial: PartialBlob | None = None
         size_on_disk = self._store.partial_size_on_disk(digest)
@@ -222,9 +239,10 @@ class Downloads:
             await self._pump(download, body, partial, start)
         finally:
             await body.aclose()
-        await trio.to_thread.run_sync(partial.verify_sync)
-        partial.notify()  # readers get the last byte now, before the fsync
-        await trio.to_thread.run_sync(partial.commit_sync)
+        async with partial.write_lock:
+            await trio.to_thread.run_sync(partial.verify_sync)
+            partial.notify()  # readers get the last byte now, before the fsync
+            await trio.to_thread.run_sync(partial.commit_sync)
         log.info("stored %s (%d bytes, %.2fs)", digest, size, time.monotonic() - download.started)
 
     async def _pump(
@@ -270,13 +288,14 @@ class Downloads:
             try:
                 while (full := await pipe.take_full()) is not None:
                     views = [memoryview(buffer)[:length] for buffer, length in full]
-                    await trio.to_thread.run_sync(partial.write_sync, offset, views)
+                    async with partial.write_lock:
+                        completed = await trio.to_thread.run_sync(partial.write_sync, offset, views)
                     written = sum(length for _, length in full)
                     offset += written
                     download.bytes_from_upstream += written
                     self.bytes_from_upstream += written
                     pipe.give_back([buffer for buffer, _ in full])
-                    partial.notify()
+                    partial.announce(completed)
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 write_error = exc
                 nursery.cancel_scope.cancel()

@@ -10,16 +10,20 @@ from prometheus_client.registry import Collector
 
 from peer.downloads import Downloads
 from peer.registry_front import ServedCounters
+from peer.swarm import Swarm
 from pieces.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
-    def __init__(self, store: Store, downloads: Downloads, served: ServedCounters) -> None:
+    def __init__(
+        self, store: Store, downloads: Downloads, served: ServedCounters, swarm: Swarm | None
+    ) -> None:
         self._store = store
         self._downloads = downloads
         self._served = served
+        self._swarm = swarm
 
     def collect(self) -> Iterator[Metric]:
         stats = self._store.stats()
@@ -47,6 +51,30 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "pollen_downloads_failed", "Blob downloads that failed", value=self._downloads.failed
         )
+        if self._swarm is not None:
+            counters = self._swarm.counters
+            peer_bytes = CounterMetricFamily(
+                "pollen_peer_bytes", "Piece bytes exchanged with peers", labels=["direction"]
+            )
+            peer_bytes.add_metric(["in"], counters.bytes_from_peers)
+            peer_bytes.add_metric(["out"], counters.bytes_to_peers)
+            yield peer_bytes
+            yield CounterMetricFamily(
+                "pollen_bad_pieces",
+                "Pieces from peers that failed their hash",
+                value=counters.bad_pieces,
+            )
+            yield CounterMetricFamily("pollen_peer_bans", "Peers banned", value=counters.bans)
+            yield CounterMetricFamily(
+                "pollen_upstream_fallbacks",
+                "Blobs fetched from upstream because no owner was reachable",
+                value=counters.upstream_fallbacks,
+            )
+            yield GaugeMetricFamily(
+                "pollen_members_alive",
+                "Live members known to this node, itself included",
+                value=len(self._swarm.membership.alive_ids()),
+            )
         served = CounterMetricFamily(
             "pollen_served_blob_bytes", "Blob bytes sent to clients", labels=["source"]
         )
@@ -56,9 +84,11 @@ class _NodeCollector(Collector):
 
 
 class NodeMetrics:
-    def __init__(self, store: Store, downloads: Downloads, served: ServedCounters) -> None:
+    def __init__(
+        self, store: Store, downloads: Downloads, served: ServedCounters, swarm: Swarm | None
+    ) -> None:
         self._registry = CollectorRegistry()
-        self._registry.register(_NodeCollector(store, downloads, served))
+        self._registry.register(_NodeCollector(store, downloads, served, swarm))
 
     def render(self) -> tuple[str, bytes]:
         return CONTENT_TYPE, generate_latest(self._registry)

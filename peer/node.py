@@ -14,9 +14,12 @@ import trio
 from peer.auth_gate import AuthGate
 from peer.config import NodeConfig
 from peer.downloads import Downloads
+from peer.gossip import GossipDriver
 from peer.http_server import serve_connection
+from peer.membership import Membership
 from peer.metrics import NodeMetrics
 from peer.registry_front import RegistryFront
+from peer.swarm import Swarm
 from peer.upstream import UpstreamConfig, Upstreams
 from pieces.store import Store
 
@@ -40,10 +43,41 @@ class Node:
         )
         self.started = time.time()
         self.downloads: Downloads | None = None
+        self.node_id = os.urandom(16)
+        self.membership: Membership | None = None
+        self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
 
     def downloads_in_flight(self) -> int:
         return len(self.downloads.active) if self.downloads is not None else 0
+
+    def _owner_of(self, digest: str) -> str | None:
+        if self.swarm is None:
+            return None
+        return self.swarm.owner_candidates(digest)[0].hex()
+
+    def _swarm_status(self) -> dict[str, object]:
+        swarm, membership = self.swarm, self.membership
+        if swarm is None or membership is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "node_id": self.node_id.hex(),
+            "address": f"{membership.address[0]}:{membership.address[1]}",
+            "incarnation": membership.incarnation,
+            "members": [
+                {
+                    "node_id": m.node_id.hex(),
+                    "address": f"{m.address[0]}:{m.address[1]}",
+                    "status": m.status.name.lower(),
+                    "incarnation": m.incarnation,
+                    "linked": m.node_id in swarm.links,
+                }
+                for m in membership.members.values()
+            ],
+            "banned": [p.hex() for p, until in swarm.banned.items() if until > time.monotonic()],
+            **asdict(swarm.counters),
+        }
 
     def status(self) -> dict[str, object]:
         """The JSON document of GET /_pollen/status."""
@@ -61,6 +95,8 @@ class Node:
                         "size": download.size,
                         "bytes_present": partial.bytes_present if partial else 0,
                         "bytes_from_upstream": download.bytes_from_upstream,
+                        "bytes_from_peers": download.bytes_from_peers,
+                        "owner": self._owner_of(download.digest),
                         "clients": download.clients,
                         "seconds": round(time.monotonic() - download.started, 3),
                     }
@@ -87,6 +123,7 @@ class Node:
                 "downloads_failed": downloads.failed if downloads else 0,
             },
             "served": asdict(self.front.served) if self.front else {},
+            "swarm": self._swarm_status(),
             "transfers": transfers,
         }
 
@@ -95,16 +132,20 @@ class Node:
         config = self.config
         try:
             async with trio.open_nursery() as nursery:
-                self.downloads = Downloads(self.store, self.upstreams, nursery)
+                gate = AuthGate(self.upstreams)
+                swarm = await self._start_swarm(nursery, gate)
+                self.downloads = Downloads(self.store, self.upstreams, nursery, swarm)
+                if swarm is not None:
+                    swarm.downloads = self.downloads
                 front = self.front = RegistryFront(
                     self.store,
                     self.upstreams,
                     self.downloads,
-                    AuthGate(self.upstreams),
+                    gate,
                     self.status,
                     lambda: metrics.render(),
                 )
-                metrics = NodeMetrics(self.store, self.downloads, front.served)
+                metrics = NodeMetrics(self.store, self.downloads, front.served, swarm)
                 listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
                 port = listeners[0].socket.getsockname()[1]
                 handler = functools.partial(
@@ -126,6 +167,40 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
+
+    async def _start_swarm(self, nursery: trio.Nursery, gate: AuthGate) -> Swarm | None:
+        config = self.config
+        advertised = config.advertised_peer()
+        if config.peer is None or advertised is None:
+            return None
+        membership = Membership(
+            self.node_id,
+            (advertised.host, advertised.port),
+            seeds=tuple((a.host, a.port) for a in config.join),
+        )
+        self.membership = membership
+        await nursery.start(
+            GossipDriver(membership, (config.peer.host, config.peer.port), config.cluster_token).run
+        )
+        listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)
+        swarm = Swarm(
+            self.node_id, membership, self.store, gate, config.cluster_token, config.piece_size
+        )
+        self.swarm = swarm
+        await nursery.start(swarm.run, listeners)
+        if config.cluster_token is None:
+            log.warning(
+                "no --cluster-token: this is an open cluster, any host that reaches %s can join",
+                config.peer,
+            )
+        log.info(
+            "node %s: peers on %s (advertised %s), joining %s",
+            self.node_id.hex()[:12],
+            config.peer,
+            advertised,
+            ", ".join(map(str, config.join)) or "nobody (first node)",
+        )
+        return swarm
 
 
 async def _stop_on_signals(scope: trio.CancelScope) -> None:

@@ -14,12 +14,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from peer.auth_gate import AuthGate, credentials_key
-from peer.downloads import Download, Downloads, UpstreamRefusal
+from peer.downloads import Download, Downloads
 from peer.http_server import ClientGone, HttpConnection, Request
 from peer.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
 from peer.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from peer.routes import AdminRoute, ApiRoot, BlobRoute, ManifestRoute, NotFound, parse_target
-from peer.upstream import FORWARDED_REQUEST_HEADERS, UpstreamError, Upstreams, pick_headers
+from peer.upstream import (
+    FORWARDED_REQUEST_HEADERS,
+    UpstreamError,
+    UpstreamRefusal,
+    Upstreams,
+    pick_headers,
+)
 from pieces.digest import InvalidDigest, digest_hex, is_digest
 from pieces.partial import BlobFailed, PartialBlob, StoreError
 from pieces.store import Store

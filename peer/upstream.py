@@ -19,6 +19,15 @@ FORWARDED_REQUEST_HEADERS = ("authorization", "accept", "user-agent")
 FORWARDED_ERROR_HEADERS = ("www-authenticate", "content-type", "docker-distribution-api-version")
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamRefusal:
+    """A 4xx answer from the upstream, passed to the client as it came (401 + WWW-Authenticate)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off; the message names it."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,12 @@ class PartialBlob:
         self.complete = False  # fsynced and moved into the complete area
         self.error: Exception | None = None
         self._lot = trio.lowlevel.ParkingLot()
+        # One writer thread at a time: the upstream pump and pieces from peers may both write
+        # (after an owner change); write_sync and the finalize steps are not reentrant.
+        self.write_lock = trio.Lock()
+        # Called (in the trio thread) with the indices of newly recorded pieces: the swarm
+        # announces them to peers.
+        self.piece_listeners: list[Callable[[list[int]], None]] = []
         self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(self._fd).st_size != layout.size:
             os.ftruncate(self._fd, layout.size)
@@ -154,6 +160,13 @@ class PartialBlob:
     def notify(self) -> None:
         """Wake readers after progress, completion or failure (call from the trio thread)."""
         self._lot.unpark_all()
+
+    def announce(self, completed: list[int]) -> None:
+        """Wake readers and tell listeners which pieces were just recorded (trio thread)."""
+        self.notify()
+        if completed:
+            for listener in list(self.piece_listeners):
+                listener(completed)
 
     def fail(self, error: Exception) -> None:
         """Mark the download failed and wake every reader with the error."""

@@ -31,6 +31,7 @@ from pieces.partial import (
     StoreError,
     io_error,
     load_meta,
+    piece_hash,
     verified_pieces,
 )
 
@@ -118,8 +119,12 @@ class Store:
         size: int = meta["size"]
         return size
 
-    async def open_partial(self, digest: str, size: int) -> PartialBlob:
+    async def open_partial(
+        self, digest: str, size: int, piece_size: int | None = None
+    ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
+
+        `piece_size` overrides the store's default (a swarm uses its owner's piece size).
 
         A partial left by an earlier process is resumed only if its size matches; every piece it
         recorded is re-hashed first, and pieces that fail are dropped (fetched again).
@@ -136,9 +141,14 @@ class Store:
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
         pieces: dict[int, bytes] = {}
-        layout = PieceLayout(size, self.piece_size)
+        layout = PieceLayout(size, piece_size or self.piece_size)
         meta = load_meta(meta_path)
-        if meta is not None and meta["size"] == size and meta.get("digest") == digest:
+        if (
+            meta is not None
+            and meta["size"] == size
+            and meta.get("digest") == digest
+            and (piece_size is None or meta["piece_size"] == piece_size)
+        ):
             layout = PieceLayout(size, meta["piece_size"])
             pieces = await trio.to_thread.run_sync(
                 verified_pieces, data_path, layout, meta["pieces"]
@@ -168,6 +178,48 @@ class Store:
         """Forget an in-process partial (after it completed, failed or was abandoned)."""
         self._partials.pop(blob.hex, None)
         blob.close()
+
+    # ---- pieces for peers ----------------------------------------------------------------
+
+    def read_piece_sync(self, digest: str, index: int, piece_size: int) -> bytes | None:
+        """The bytes of a verified piece we hold (complete blob or recorded partial piece)."""
+        partial = self._partials.get(digest_hex(digest))
+        if partial is not None and not partial.complete:
+            if index not in partial.piece_hashes or partial.layout.piece_size != piece_size:
+                return None
+            paths = [partial.data_path, partial.complete_path]
+            layout = partial.layout
+        else:
+            paths = [self.complete_path(digest)]
+            size = self.blob_size(digest)
+            if size is None:
+                return None
+            layout = PieceLayout(size, piece_size)
+        if not 0 <= index < layout.count:
+            return None
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    return os.pread(f.fileno(), layout.length(index), layout.start(index))
+            except FileNotFoundError:
+                continue
+        return None
+
+    def complete_piece_hashes_sync(self, digest: str, piece_size: int) -> dict[int, bytes] | None:
+        """xxh3-128 of every piece of a complete blob (computed on demand, ~10 GB/s)."""
+        size = self.blob_size(digest)
+        if size is None:
+            return None
+        layout = PieceLayout(size, piece_size)
+        hashes = {}
+        try:
+            with open(self.complete_path(digest), "rb") as f:
+                for index in range(layout.count):
+                    data = os.pread(f.fileno(), layout.length(index), layout.start(index))
+                    hashes[index] = piece_hash(data)
+        except FileNotFoundError:
+            return None
+        return hashes
 
     # ---- manifests -----------------------------------------------------------------------
 

@@ -151,6 +151,16 @@ class Error:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Push-pull membership sync: everything the sender knows (node id, host, port,
+    incarnation, status); the receiver merges it and answers with its own once."""
+
+    TYPE: ClassVar[int] = 17
+    members: list[tuple[bytes, str, int, int, int]]
+    reply: bool
+
+
 Event = (
     Hello
     | Proof
@@ -168,6 +178,7 @@ Event = (
     | PeersRequest
     | Peers
     | Error
+    | Members
 )
 
 EVENT_TYPES: dict[int, type[Any]] = {
@@ -189,6 +200,7 @@ EVENT_TYPES: dict[int, type[Any]] = {
         PeersRequest,
         Peers,
         Error,
+        Members,
     )
 }
 

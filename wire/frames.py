@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, Peers, Piece
+from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, Members, Peers, Piece
 
 PREFIX = struct.Struct(">IH")
 MAX_HEADER = 60_000  # fits the u16 header length with room; a PieceMeta of 3,000 hashes
@@ -69,6 +69,21 @@ def _peers(value: Any) -> bool:
     )
 
 
+def _members(value: Any) -> bool:
+    return type(value) is list and all(
+        type(m) is list
+        and len(m) == 5
+        and type(m[0]) is bytes
+        and len(m[0]) == 16
+        and _str(m[1])
+        and type(m[2]) is int
+        and 0 < m[2] < 65536
+        and _int(m[3])
+        and m[4] in (0, 1, 2)
+        for m in value
+    )
+
+
 _CHECKS: dict[str, Check] = {
     "version": _int,
     "node_id": _bytes(16),
@@ -90,6 +105,8 @@ _CHECKS: dict[str, Check] = {
     "peers": _peers,
     "code": _str,
     "message": _str,
+    "members": _members,
+    "reply": lambda v: type(v) is bool,
 }
 
 
@@ -178,4 +195,6 @@ def decode(header: bytes, payload: bytes) -> Event:
         raise RemoteProtocolError(f"{cls.__name__} with a payload")
     if cls is Peers:
         return Peers(values[0], [tuple(p) for p in values[1]])
+    if cls is Members:
+        return Members([tuple(m) for m in values[0]], values[1])
     return cls(*values)  # type: ignore[no-any-return]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from typing import Final
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
@@ -46,8 +47,8 @@ class _Sentinel(enum.Enum):
     CLOSED = "CLOSED"
 
 
-NEED_DATA = _Sentinel.NEED_DATA  # feed more bytes
-CLOSED = _Sentinel.CLOSED  # the peer closed the connection cleanly (between frames)
+NEED_DATA: Final = _Sentinel.NEED_DATA  # feed more bytes
+CLOSED: Final = _Sentinel.CLOSED  # the peer closed the connection cleanly (between frames)
 
 
 class State(enum.Enum):
@@ -138,9 +139,10 @@ class PeerProtocol:
             self.our_requests.add(key)
         elif isinstance(event, Cancel):
             # A hint: the request stays outstanding until the peer answers it (with the piece,
-            # or a Reject), so both sides always agree on what is in flight.
+            # or a Reject), so both sides always agree on what is in flight. Cancelling what
+            # was answered meanwhile sends nothing.
             if (event.digest, event.index) not in self.our_requests:
-                raise LocalProtocolError(f"cancelling {event.digest}:{event.index}, not requested")
+                return []
         elif isinstance(event, Piece | Reject):
             key = (event.digest, event.index)
             if key not in self.their_requests:

@@ -43,4 +43,12 @@ events = st.one_of(
         st.lists(st.tuples(ids, text, st.integers(1, 65535)), max_size=10),
     ),
     st.builds(ev.Error, text, text),
+    st.builds(
+        ev.Members,
+        st.lists(
+            st.tuples(ids, text, st.integers(1, 65535), st.integers(0, 2**31), st.integers(0, 2)),
+            max_size=10,
+        ),
+        st.booleans(),
+    ),
 )

@@ -94,6 +94,7 @@ def test_requests_are_answered_once_and_bounded() -> None:
     assert pair.a.our_requests == {(DIGEST, 2), (DIGEST, 3)}
     with pytest.raises(LocalProtocolError, match="not requested"):
         pair.b.send(Piece(DIGEST, 0, b"again"))
+    assert pair.a.send(Cancel(DIGEST, 0)) == b""  # already answered: nothing to send
 
 
 def test_unrequested_piece_and_request_flood_are_remote_errors() -> None:

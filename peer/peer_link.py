@@ -1,0 +1,131 @@
+"""One TCP connection to another node: the handshake, a read loop, and serialized sends.
+
+The protocol rules live in wire/; this module only moves bytes between a trio stream and a
+PeerProtocol, under time-outs, and hands each event to a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from wire.errors import LocalProtocolError, RemoteProtocolError
+from wire.events import Error, Event, Hello, Proof
+from wire.protocol import CLOSED, NEED_DATA, PeerProtocol
+
+log = logging.getLogger("pollen.link")
+
+RECEIVE_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+SEND_TIMEOUT = 60.0
+
+
+class LinkClosed(Exception):
+    """The link is gone (closed, broken, refused, or the peer broke the protocol)."""
+
+
+class PeerLink:
+    def __init__(self, stream: trio.SocketStream, node_id: bytes, token: bytes | None) -> None:
+        self.stream = stream
+        self.protocol = PeerProtocol(node_id, token, nonce=os.urandom(32))
+        self._send_lock = trio.Lock()
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def peer_id(self) -> bytes:
+        assert self.protocol.peer_id is not None
+        return self.protocol.peer_id
+
+    async def handshake(self) -> None:
+        """Both sides: Hello, then Proof. Raises LinkClosed if the peer is refused."""
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await self._send_raw(self.protocol.initiate())
+                hello = await self._next_event()
+                if not isinstance(hello, Hello):
+                    raise LinkClosed(f"expected Hello, got {hello!r}")
+                await self._send_raw(self.protocol.send(self.protocol.proof()))
+                proof = await self._next_event()
+                if not isinstance(proof, Proof):
+                    raise LinkClosed(f"expected Proof, got {proof!r}")
+        except trio.TooSlowError as exc:
+            await self.close()
+            raise LinkClosed("handshake timed out") from exc
+        except RemoteProtocolError as exc:
+            await self._close_with_error("refused", str(exc))
+            raise LinkClosed(str(exc)) from exc
+        except LinkClosed:
+            await self.close()
+            raise
+
+    async def run(self, on_event: Callable[[PeerLink, Event], Awaitable[None]]) -> None:
+        """Read events until the link closes; each is handed to `on_event` in order."""
+        try:
+            while True:
+                event = await self._next_event()
+                await on_event(self, event)
+        except RemoteProtocolError as exc:
+            log.warning("peer %s broke the protocol: %s", self.peer_id.hex()[:12], exc)
+            await self._close_with_error("protocol", str(exc))
+        except LinkClosed:
+            pass
+        finally:
+            await self.close()
+
+    async def send(self, event: Event) -> None:
+        """Send one event. Raises LinkClosed when the link is gone."""
+        async with self._send_lock:
+            if self.closed:
+                raise LinkClosed("link closed")
+            try:
+                buffers = self.protocol.send_buffers(event)
+            except LocalProtocolError:
+                raise
+            for buffer in buffers:
+                if buffer:
+                    await self._send_raw(buffer)
+
+    async def _send_raw(self, data: bytes | memoryview) -> None:
+        with trio.move_on_after(SEND_TIMEOUT) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.closed = True
+                raise LinkClosed(f"send failed: {exc}") from exc
+        if scope.cancelled_caught:
+            raise LinkClosed("peer stopped reading")
+        self.bytes_out += len(data)
+
+    async def _next_event(self) -> Event:
+        while True:
+            event = self.protocol.next_event()
+            if event is CLOSED:
+                raise LinkClosed("peer closed the connection")
+            if event is not NEED_DATA:
+                if isinstance(event, Error):
+                    raise LinkClosed(f"peer closed with {event.code}: {event.message}")
+                return event
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise LinkClosed(f"receive failed: {exc}") from exc
+            self.bytes_in += len(data)
+            self.protocol.receive_data(data)
+
+    async def _close_with_error(self, code: str, message: str) -> None:
+        if not self.closed:
+            with trio.move_on_after(1):
+                with contextlib.suppress(LinkClosed, LocalProtocolError):
+                    await self._send_raw(self.protocol.send(Error(code, message[:500])))
+        await self.close()
+
+    async def close(self) -> None:
+        self.closed = True
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()

@@ -1,0 +1,727 @@
+"""The swarm: links to other nodes, the owner's side of a blob, and the piece exchange.
+
+Who does what for one blob:
+- The *owner* (first in rendezvous order among live members) alone fetches it from the
+  upstream. Other nodes send it a `Want` (with the client's Authorization, used for that fetch
+  only); it answers with `PieceMeta` (size, piece size, hashes of the pieces it has) and sends
+  more `PieceMeta` as pieces arrive, so the swarm starts before the owner has the whole blob.
+  The owner is also the blob's tracker: it answers `PeersRequest` with the nodes that want it.
+- Every fetching node requests pieces from the owner and from those peers (pipelined, a few
+  per peer), verifies each against its xxh3-128 before storing or serving it, announces it
+  with `Have`, and serves its verified pieces to others. The sha256 of the whole blob is still
+  checked at the end on every node.
+- A peer whose piece fails its hash is disconnected and banned for a while. When the owner
+  dies, the next node in rendezvous order becomes owner; when that is this node, or no owner
+  can be reached, the download continues from the upstream (the latter is logged and counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from peer.auth_gate import AuthGate, credentials_key
+from peer.membership import Membership, Status, Update
+from peer.peer_link import LinkClosed, PeerLink
+from peer.rendezvous import owner_order
+from peer.upstream import UpstreamError, UpstreamRefusal
+from pieces.partial import PartialBlob, piece_hash
+from pieces.store import Store
+from wire.errors import LocalProtocolError
+from wire.events import (
+    Bitfield,
+    Cancel,
+    Event,
+    Have,
+    Members,
+    Peers,
+    PeersRequest,
+    Piece,
+    PieceMeta,
+    Refused,
+    Reject,
+    Request,
+    Want,
+)
+
+if TYPE_CHECKING:
+    from peer.downloads import Download, Downloads
+
+log = logging.getLogger("pollen.swarm")
+
+REQUESTS_PER_PEER = 4  # pieces in flight per peer (16 MiB at the default piece size)
+WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
+MAX_PEERS = 8  # peers a fetch links to besides the owner
+BAN_SECONDS = 600.0
+META_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+SYNC_PERIOD = 30.0
+UPLOAD_SLOTS = 8
+# Test-only: serve corrupted pieces, so tests can check that peers detect and ban us.
+CORRUPT_ENV = "POLLEN_TEST_CORRUPT_PIECES"
+
+
+class OwnerUnavailable(Exception):
+    """No owner could be reached; the caller fetches from the upstream itself."""
+
+
+@dataclass(eq=False)
+class DigestState:
+    """What this node knows about one blob's swarm."""
+
+    digest: str
+    interested: set[bytes] = field(default_factory=set)  # peers that sent Want (we own it)
+    bitfield_sent: set[bytes] = field(default_factory=set)
+    fetch: SwarmFetch | None = None
+    listening: PartialBlob | None = None
+
+
+@dataclass
+class SwarmCounters:
+    bytes_from_peers: int = 0
+    bytes_to_peers: int = 0
+    pieces_from_peers: int = 0
+    pieces_to_peers: int = 0
+    bad_pieces: int = 0
+    bans: int = 0
+    upstream_fallbacks: int = 0
+    links_refused: int = 0
+
+
+class Swarm:
+    def __init__(
+        self,
+        node_id: bytes,
+        membership: Membership,
+        store: Store,
+        gate: AuthGate,
+        token: bytes | None,
+        piece_size: int,
+    ) -> None:
+        self.node_id = node_id
+        self.membership = membership
+        self.store = store
+        self.gate = gate
+        self.token = token
+        self.piece_size = piece_size
+        self.links: dict[bytes, PeerLink] = {}
+        self.digests: dict[str, DigestState] = {}
+        self.banned: dict[bytes, float] = {}
+        self.unreachable: dict[bytes, float] = {}
+        self.counters = SwarmCounters()
+        self.downloads: Downloads | None = None
+        self._connecting: dict[bytes, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._uploads = trio.Semaphore(UPLOAD_SLOTS)
+        self._corrupt = os.environ.get(CORRUPT_ENV) == "1"
+        if self._corrupt:
+            log.warning("%s=1: serving corrupted pieces (test mode)", CORRUPT_ENV)
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(
+        self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            nursery.start_soon(self._sync_loop)
+            task_status.started()
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        link = PeerLink(stream, self.node_id, self.token)
+        try:
+            await link.handshake()
+        except LinkClosed as exc:
+            self.counters.links_refused += 1
+            log.warning("refused an incoming peer: %s", exc)
+            return
+        if self._is_banned(link.peer_id):
+            await link.close()
+            return
+        await self._adopt(link)
+
+    async def _adopt(self, link: PeerLink) -> None:
+        # Two nodes may connect to each other at the same moment: both links stay usable
+        # (answers come back on the link a request went out on); new requests use the newest.
+        self.links[link.peer_id] = link
+        try:
+            await link.run(self._on_event)
+        except Exception:
+            # A bug in handling one peer must not take the node down: drop that link.
+            log.exception("error on the link to %s; closing it", link.peer_id.hex()[:12])
+            await link.close()
+        finally:
+            if self.links.get(link.peer_id) is link:
+                del self.links[link.peer_id]
+            for state in self.digests.values():
+                if state.fetch is not None:
+                    state.fetch.link_lost(link.peer_id)
+                state.bitfield_sent.discard(link.peer_id)
+
+    async def link_to(self, peer_id: bytes) -> PeerLink:
+        """A link to `peer_id`, connecting (once, shared by concurrent callers) if needed.
+
+        Raises:
+            LinkClosed: unknown, banned or unreachable peer, or the handshake failed.
+        """
+        while True:
+            link = self.links.get(peer_id)
+            if link is not None and not link.closed:
+                return link
+            pending = self._connecting.get(peer_id)
+            if pending is None:
+                break
+            await pending.wait()
+        if self._is_banned(peer_id):
+            raise LinkClosed("peer is banned")
+        member = self.membership.members.get(peer_id)
+        if member is None or member.status is Status.DEAD:
+            raise LinkClosed("not a live member")
+        done = self._connecting[peer_id] = trio.Event()
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(*member.address)
+            link = PeerLink(stream, self.node_id, self.token)
+            await link.handshake()
+            if link.peer_id != peer_id:
+                await link.close()
+                raise LinkClosed("a different node answered at that address")
+        except (OSError, trio.TooSlowError) as exc:
+            self.unreachable[peer_id] = time.monotonic()
+            raise LinkClosed(f"cannot reach {member.address}: {exc}") from exc
+        finally:
+            del self._connecting[peer_id]
+            done.set()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._adopt, link)
+        await trio.lowlevel.checkpoint()
+        self.links[peer_id] = link
+        await self._send(link, Members(self._members_payload(), reply=False))
+        return link
+
+    async def _sync_loop(self) -> None:
+        """Push-pull full membership state with one random member, periodically."""
+        while True:
+            await trio.sleep(SYNC_PERIOD * random.uniform(0.8, 1.2))
+            members = [m.node_id for m in self.membership.alive()]
+            if not members:
+                continue
+            try:
+                link = await self.link_to(random.choice(members))
+                await self._send(link, Members(self._members_payload(), reply=False))
+            except LinkClosed as exc:
+                log.debug("membership sync failed: %s", exc)
+
+    def _members_payload(self) -> list[tuple[bytes, str, int, int, int]]:
+        return [
+            (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status))
+            for u in self.membership.full_state()
+        ]
+
+    # ---- routing -------------------------------------------------------------------------
+
+    def owner_candidates(self, digest: str) -> list[bytes]:
+        """Live members in rendezvous order for `digest` (this node included)."""
+        return owner_order(digest, self.membership.alive_ids())
+
+    def is_owner(self, digest: str) -> bool:
+        return self.owner_candidates(digest)[0] == self.node_id
+
+    def state(self, digest: str) -> DigestState:
+        state = self.digests.get(digest)
+        if state is None:
+            state = self.digests[digest] = DigestState(digest)
+        return state
+
+    async def _on_event(self, link: PeerLink, event: Event) -> None:
+        assert self._nursery is not None
+        if isinstance(event, Want):
+            self._nursery.start_soon(self._guarded, self._serve_want, link, event)
+        elif isinstance(event, Request):
+            self._nursery.start_soon(self._guarded, self._serve_request, link, event)
+        elif isinstance(event, PeersRequest):
+            await self._send(link, Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
+        elif isinstance(event, Members):
+            self.membership.merge(
+                (Update(m[0], (m[1], m[2]), m[3], Status(m[4])) for m in event.members),
+                trio.current_time(),
+            )
+            if not event.reply:
+                await self._send(link, Members(self._members_payload(), reply=True))
+        elif isinstance(event, Bitfield):
+            await self._on_bitfield(link, event)
+        elif isinstance(event, PieceMeta | Refused | Have | Piece | Reject | Peers):
+            fetch = self.digests.get(event.digest)
+            if fetch is not None and fetch.fetch is not None:
+                await fetch.fetch.on_event(link, event)
+            elif isinstance(event, Piece | Reject):
+                pass  # a late answer for a fetch that ended
+        # Cancel: requests are answered as soon as the piece is read, nothing to stop.
+
+    async def _send(self, link: PeerLink, event: Event) -> None:
+        with contextlib.suppress(LinkClosed):
+            await link.send(event)
+
+    async def _guarded(
+        self, handler: Callable[[PeerLink, Any], Awaitable[None]], link: PeerLink, event: Event
+    ) -> None:
+        """Run a per-request handler; a failure closes that link, never the node."""
+        try:
+            await handler(link, event)
+        except Exception:
+            log.exception(
+                "error handling %s from %s", type(event).__name__, link.peer_id.hex()[:12]
+            )
+            await link.close()
+
+    # ---- the owner's side -----------------------------------------------------------------
+
+    async def _serve_want(self, link: PeerLink, want: Want) -> None:
+        digest = want.digest
+        state = self.state(digest)
+        state.interested.add(link.peer_id)
+        headers = {"authorization": want.authorization} if want.authorization else {}
+        if self.store.has_blob(digest):
+            if self.store.is_private(digest):
+                refusal = await self._check_access(want, headers)
+                if refusal is not None:
+                    await self._send(link, _refused(digest, refusal))
+                    return
+            hashes = await trio.to_thread.run_sync(
+                self.store.complete_piece_hashes_sync, digest, self.piece_size
+            )
+            size = self.store.blob_size(digest)
+            if hashes is not None and size is not None:
+                await self._send(link, PieceMeta(digest, size, self.piece_size, hashes))
+                return
+        assert self.downloads is not None
+        download = await self.downloads.join(
+            digest, want.namespace, want.repository, headers, _auth_key(headers), upstream=True
+        )
+        await download.ready.wait()
+        if download.refusal is not None:
+            await self._send(link, _refused(digest, download.refusal))
+            return
+        partial = download.partial
+        if partial is None:
+            message = f"owner's upstream fetch failed: {download.error}"
+            await self._send(link, Refused(digest, 502, {}, message.encode()[:4000]))
+            return
+        self._listen(state, partial)
+        meta = PieceMeta(
+            digest, partial.layout.size, partial.layout.piece_size, dict(partial.piece_hashes)
+        )
+        await self._send(link, meta)
+
+    async def _check_access(self, want: Want, headers: Mapping[str, str]) -> UpstreamRefusal | None:
+        return await self.gate.check(want.namespace, want.repository, "blobs", want.digest, headers)
+
+    def _listen(self, state: DigestState, partial: PartialBlob) -> None:
+        """Announce pieces of `partial` as they are recorded: hashes to those that want it
+        from us (we own it), Have to the peers we exchange it with."""
+        if state.listening is partial:
+            return
+        state.listening = partial
+        assert self._nursery is not None
+        nursery = self._nursery
+
+        def on_pieces(indices: list[int]) -> None:
+            hashes = {i: partial.piece_hashes[i] for i in indices}
+            meta = PieceMeta(state.digest, partial.layout.size, partial.layout.piece_size, hashes)
+            for peer_id in list(state.interested):
+                link = self.links.get(peer_id)
+                if link is not None:
+                    nursery.start_soon(self._send, link, meta)
+            fetch = state.fetch
+            if fetch is not None:
+                for peer_id in fetch.peers:
+                    link = self.links.get(peer_id)
+                    if link is not None and peer_id not in state.interested:
+                        for index in indices:
+                            nursery.start_soon(self._send, link, Have(state.digest, index))
+
+        partial.piece_listeners.append(on_pieces)
+
+    def _peers_for(self, digest: str, asker: bytes) -> list[tuple[bytes, str, int]]:
+        state = self.digests.get(digest)
+        if state is None:
+            return []
+        out = []
+        for peer_id in state.interested | (state.fetch.peers if state.fetch else set()):
+            member = self.membership.members.get(peer_id)
+            if peer_id != asker and member is not None and member.status is not Status.DEAD:
+                out.append((peer_id, member.address[0], member.address[1]))
+        random.shuffle(out)
+        return out[:32]
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    async def _serve_request(self, link: PeerLink, request: Request) -> None:
+        async with self._uploads:
+            state = self.digests.get(request.digest)
+            piece_size = self.piece_size
+            if state is not None and state.listening is not None:
+                piece_size = state.listening.layout.piece_size
+            data = await trio.to_thread.run_sync(
+                self.store.read_piece_sync, request.digest, request.index, piece_size
+            )
+            try:
+                if data is None:
+                    await link.send(Reject(request.digest, request.index, "missing"))
+                    return
+                if self._corrupt:
+                    data = bytes(len(data))
+                await link.send(Piece(request.digest, request.index, data))
+                self.counters.bytes_to_peers += len(data)
+                self.counters.pieces_to_peers += 1
+            except (LinkClosed, LocalProtocolError):
+                pass
+
+    async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
+        state = self.state(event.digest)
+        if state.fetch is not None:
+            state.fetch.on_bitfield(link.peer_id, event.bits)
+        if link.peer_id not in state.bitfield_sent:
+            bits = self._our_bits(event.digest)
+            if bits is not None:
+                state.bitfield_sent.add(link.peer_id)
+                await self._send(link, Bitfield(event.digest, bits))
+
+    def _our_bits(self, digest: str) -> bytes | None:
+        partial = self.store.partial(digest)
+        if partial is not None:
+            return _bits(set(partial.piece_hashes), partial.layout.count)
+        size = self.store.blob_size(digest)
+        if size is None:
+            return None
+        count = -(-size // self.piece_size)
+        return _bits(set(range(count)), count)
+
+    # ---- bans ----------------------------------------------------------------------------
+
+    def _is_banned(self, peer_id: bytes) -> bool:
+        until = self.banned.get(peer_id)
+        return until is not None and until > time.monotonic()
+
+    async def ban(self, peer_id: bytes, reason: str) -> None:
+        self.banned[peer_id] = time.monotonic() + BAN_SECONDS
+        self.counters.bans += 1
+        log.warning("banned peer %s for %.0fs: %s", peer_id.hex()[:12], BAN_SECONDS, reason)
+        link = self.links.pop(peer_id, None)
+        if link is not None:
+            await link.close()
+
+    # ---- fetching ------------------------------------------------------------------------
+
+    async def fetch(self, download: Download, headers: Mapping[str, str]) -> None:
+        """Fill `download` from the swarm.
+
+        Raises:
+            OwnerUnavailable: this node is (now) the owner, or no owner can be reached: the
+                caller continues from the upstream with whatever the swarm delivered.
+        """
+        state = self.state(download.digest)
+        fetch = SwarmFetch(self, state, download, dict(headers))
+        state.fetch = fetch
+        try:
+            await fetch.run()
+        finally:
+            state.fetch = None
+
+
+@dataclass(eq=False)
+class SwarmFetch:
+    """One blob being filled from the swarm on a non-owner node."""
+
+    swarm: Swarm
+    state: DigestState
+    download: Download
+    headers: dict[str, str]
+    peers: set[bytes] = field(default_factory=set)
+    availability: dict[bytes, set[int]] = field(default_factory=dict)
+    inflight: dict[int, set[bytes]] = field(default_factory=dict)
+    hashes: dict[int, bytes] = field(default_factory=dict)
+    owner: bytes | None = None
+    partial: PartialBlob | None = None
+    _meta: PieceMeta | Refused | None = None
+    _changed: trio.Event = field(default_factory=trio.Event)
+    _owner_lost: bool = False
+
+    @property
+    def digest(self) -> str:
+        return self.download.digest
+
+    async def run(self) -> None:
+        while True:
+            await self._find_owner()
+            partial = self.partial
+            assert partial is not None
+            if self._exchange_done(partial):
+                break
+            await self._exchange(partial)
+            if self._exchange_done(partial):
+                break
+            # The owner went away: pick the next one and go on.
+        async with partial.write_lock:
+            await trio.to_thread.run_sync(partial.verify_sync)
+            partial.notify()
+            await trio.to_thread.run_sync(partial.commit_sync)
+
+    def _exchange_done(self, partial: PartialBlob) -> bool:
+        return len(partial.piece_hashes) == partial.layout.count
+
+    async def _find_owner(self) -> None:
+        swarm = self.swarm
+        for candidate in swarm.owner_candidates(self.digest):
+            if candidate == swarm.node_id:
+                raise OwnerUnavailable("this node is the owner")
+            if (
+                candidate in swarm.unreachable
+                and time.monotonic() - swarm.unreachable[candidate] < 5
+            ):
+                continue
+            try:
+                link = await swarm.link_to(candidate)
+                await self._want(link)
+            except LinkClosed as exc:
+                log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
+                continue
+            self.owner = candidate
+            self._owner_lost = False
+            return
+        swarm.counters.upstream_fallbacks += 1
+        log.warning("no owner of %s reachable: falling back to the upstream", self.digest)
+        raise OwnerUnavailable("no owner reachable")
+
+    async def _want(self, link: PeerLink) -> None:
+        self._meta = None
+        download = self.download
+        auth = self.headers.get("authorization")
+        await link.send(Want(self.digest, download.namespace, download.name, auth))
+        with trio.move_on_after(META_TIMEOUT):
+            while self._meta is None:
+                if link.closed:
+                    raise LinkClosed("owner closed the link")
+                await self._wait_change(1.0)
+        meta = self._meta
+        if meta is None:
+            raise LinkClosed("owner did not answer in time")
+        if isinstance(meta, Refused):
+            if meta.status >= 500:
+                owner = f"owner {link.peer_id.hex()[:12]}"
+                raise UpstreamError(owner, meta.body.decode("utf-8", "replace"))
+            download.refusal = UpstreamRefusal(meta.status, dict(meta.headers), meta.body)
+            download.ready.set()
+            raise ClientRefused(meta.status)
+        self.hashes.update(meta.hashes)
+        if self.partial is None:
+            store = self.swarm.store
+            self.partial = await store.open_partial(self.digest, meta.size, meta.piece_size)
+            if auth is not None:
+                store.mark_private(self.digest)
+            download.partial = self.partial
+            self.swarm._listen(self.state, self.partial)
+            download.ready.set()
+        elif self.partial.layout.size != meta.size:
+            raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
+        self._add_peer(link.peer_id)
+        self.availability[link.peer_id] |= set(meta.hashes)
+
+    def _add_peer(self, peer_id: bytes) -> None:
+        if peer_id not in self.peers:
+            self.peers.add(peer_id)
+            self.availability.setdefault(peer_id, set())
+
+    async def _exchange(self, partial: PartialBlob) -> None:
+        swarm = self.swarm
+        assert self.owner is not None
+        owner_link = swarm.links.get(self.owner)
+        if owner_link is not None:
+            await swarm._send(owner_link, PeersRequest(self.digest))
+        last_peers_request = time.monotonic()
+        while not self._exchange_done(partial) and not self._owner_lost:
+            await self._schedule(partial)
+            await self._wait_change(1.0)
+            if time.monotonic() - last_peers_request > 2.0:
+                owner_link = swarm.links.get(self.owner)
+                if owner_link is None or owner_link.closed:
+                    self._owner_lost = True
+                    break
+                if swarm.owner_candidates(self.digest)[0] != self.owner:
+                    # Membership changed (a node joined or died): follow the new owner.
+                    self._owner_lost = True
+                    break
+                await swarm._send(owner_link, PeersRequest(self.digest))
+                last_peers_request = time.monotonic()
+
+    async def _wait_change(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+        self._changed = trio.Event()
+
+    def _poke(self) -> None:
+        self._changed.set()
+
+    async def _schedule(self, partial: PartialBlob) -> None:
+        """Give every peer with free request slots its best piece (window, then rarest)."""
+        have = set(partial.piece_hashes)
+        missing = [i for i in range(partial.layout.count) if i not in have]
+        if not missing:
+            return
+        window = set(missing[:WINDOW])
+        rarity = {i: sum(1 for a in self.availability.values() if i in a) for i in missing}
+        endgame = all(i in self.inflight for i in missing)
+        for peer_id in list(self.peers):
+            link = self.swarm.links.get(peer_id)
+            if link is None or link.closed:
+                continue
+            slots = REQUESTS_PER_PEER - sum(1 for s in self.inflight.values() if peer_id in s)
+            available = self.availability.get(peer_id, set())
+            while slots > 0:
+                candidates = [
+                    i
+                    for i in missing
+                    if i in available
+                    and i in self.hashes
+                    and peer_id not in self.inflight.get(i, set())
+                    and (endgame or i not in self.inflight)
+                ]
+                if not candidates:
+                    break
+                choice = min(
+                    candidates,
+                    key=lambda i: (i not in window, rarity[i], random.random()),
+                )
+                self.inflight.setdefault(choice, set()).add(peer_id)
+                try:
+                    await link.send(Request(self.digest, choice))
+                except (LinkClosed, LocalProtocolError):
+                    self.inflight[choice].discard(peer_id)
+                    break
+                slots -= 1
+
+    # ---- events from links ------------------------------------------------------------------
+
+    async def on_event(self, link: PeerLink, event: Event) -> None:
+        if isinstance(event, PieceMeta | Refused):
+            if link.peer_id == self.owner or self._meta is None:
+                if isinstance(event, PieceMeta) and self._meta is not None:
+                    self.hashes.update(event.hashes)
+                    self._add_peer(link.peer_id)
+                    self.availability[link.peer_id] |= set(event.hashes)
+                else:
+                    self._meta = event
+        elif isinstance(event, Have):
+            self._add_peer(link.peer_id)
+            self.availability[link.peer_id].add(event.index)
+        elif isinstance(event, Peers):
+            await self._link_peers(event)
+        elif isinstance(event, Piece):
+            await self._on_piece(link, event)
+        elif isinstance(event, Reject):
+            self._settle(event.index, link.peer_id)
+            self.availability.get(link.peer_id, set()).discard(event.index)
+        self._poke()
+
+    def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
+        self._add_peer(peer_id)
+        self.availability[peer_id] = _indices(bits)
+        self._poke()
+
+    def link_lost(self, peer_id: bytes) -> None:
+        self.peers.discard(peer_id)
+        self.availability.pop(peer_id, None)
+        for holders in self.inflight.values():
+            holders.discard(peer_id)
+        if peer_id == self.owner:
+            self._owner_lost = True
+        self._poke()
+
+    async def _link_peers(self, event: Peers) -> None:
+        swarm = self.swarm
+        partial = self.partial
+        if partial is None:
+            return
+        for peer_id, _host, _port in event.peers:
+            if len(self.peers) >= MAX_PEERS + 1 or peer_id in self.peers:
+                continue
+            if peer_id == swarm.node_id or swarm._is_banned(peer_id):
+                continue
+            try:
+                link = await swarm.link_to(peer_id)
+            except LinkClosed:
+                continue
+            self._add_peer(peer_id)
+            self.state.bitfield_sent.add(peer_id)
+            bits = _bits(set(partial.piece_hashes), partial.layout.count)
+            await swarm._send(link, Bitfield(self.digest, bits))
+
+    async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
+        swarm = self.swarm
+        partial = self.partial
+        holders = self._settle(piece.index, link.peer_id)
+        if partial is None or piece.index in partial.piece_hashes:
+            return  # a duplicate from the endgame
+        expected = self.hashes.get(piece.index)
+        data = bytes(piece.data)
+        if expected is None or len(data) != partial.layout.length(piece.index):
+            return
+        if piece_hash(data) != expected:
+            swarm.counters.bad_pieces += 1
+            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
+            self.link_lost(link.peer_id)
+            return
+        async with partial.write_lock:
+            if piece.index in partial.piece_hashes:
+                return
+            completed = await trio.to_thread.run_sync(
+                partial.write_sync, partial.layout.start(piece.index), [data]
+            )
+        swarm.counters.bytes_from_peers += len(data)
+        swarm.counters.pieces_from_peers += 1
+        self.download.bytes_from_peers += len(data)
+        partial.announce(completed)
+        for other in holders - {link.peer_id}:
+            other_link = swarm.links.get(other)
+            if other_link is not None:  # a no-op if that link has no such request open
+                await swarm._send(other_link, Cancel(self.digest, piece.index))
+
+    def _settle(self, index: int, peer_id: bytes) -> set[bytes]:
+        holders = self.inflight.get(index, set())
+        remaining = set(holders)
+        holders.discard(peer_id)
+        if not holders:
+            self.inflight.pop(index, None)
+        return remaining
+
+
+class ClientRefused(Exception):
+    """The upstream refused the client (the refusal is on the download for the client)."""
+
+
+def _refused(digest: str, refusal: UpstreamRefusal) -> Refused:
+    return Refused(digest, refusal.status, dict(refusal.headers), refusal.body)
+
+
+def _auth_key(headers: Mapping[str, str]) -> str | None:
+    return credentials_key(headers)
+
+
+def _bits(indices: set[int], count: int) -> bytes:
+    out = bytearray((count + 7) // 8)
+    for i in indices:
+        out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def _indices(bits: bytes) -> set[int]:
+    return {i * 8 + j for i, byte in enumerate(bits) for j in range(8) if byte & (0x80 >> j)}
