@@ -25,10 +25,58 @@ REPO = Path(__file__).resolve().parents[1]
 _BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^ ]* HTTP/1\.1" (\d+)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on `ip` (the peer port serves both)."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind((ip, 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind((ip, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {ip}")
+
+
+class Cluster:
+    """N pollen processes on 127.0.0.{first}..., joined through the first; always stopped."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        count: int,
+        *args: str,
+        first_ip: int = 11,
+        env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
+        self.nodes: list[Pollen] = []
+        try:
+            for i in range(count):
+                join = ("--join", self.nodes[0].peer) if self.nodes else ()
+                node = Pollen(
+                    workdir / f"node{i}",
+                    *args,
+                    *join,
+                    ip=f"127.0.0.{first_ip + i}",
+                    env=(env or {}).get(i),
+                )
+                self.nodes.append(node)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_converged(self, timeout: float = 60) -> None:
+        expected = len(self.nodes) - 1
+        wait_for(
+            "cluster membership",
+            lambda: all(n.alive_members() == expected for n in self.nodes if n.running),
+            timeout=timeout,
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def wait_for(
@@ -132,16 +180,27 @@ class Registry:
 
 
 class Pollen:
-    """A real `pollen run` process."""
+    """A real `pollen run` process on `ip` (each node of a cluster gets its own 127.0.0.N)."""
 
-    def __init__(self, workdir: Path, *args: str, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        data_dir: Path | None = None,
+        ip: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.host = f"127.0.0.1:{self.port}"
+        self.ip = ip
+        self.port = free_port(ip)
+        self.peer_port = free_port(ip)
+        self.url = f"http://{ip}:{self.port}"
+        self.host = f"{ip}:{self.port}"
+        self.peer = f"{ip}:{self.peer_port}"
         self.data_dir = data_dir or workdir / "store"
         self.log_path = workdir / "pollen.log"
+        self.env = {**os.environ, **(env or {})}
         self.args = [
             sys.executable,
             "-m",
@@ -149,6 +208,8 @@ class Pollen:
             "run",
             "--http",
             self.host,
+            "--peer",
+            self.peer,
             "--data-dir",
             str(self.data_dir),
             *args,
@@ -156,15 +217,27 @@ class Pollen:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
+    @property
+    def node_id(self) -> str:
+        node_id: str = self.status()["swarm"]["node_id"]
+        return node_id
+
+    def alive_members(self) -> int:
+        return sum(1 for m in self.status()["swarm"]["members"] if m["status"] == "alive")
+
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=REPO)
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=REPO, env=self.env)
         log.close()
         wait_for("pollen", lambda: http_ok(self.url + "/healthz"), proc=self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
             stop(self.proc, sig)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def status(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + "/_pollen/status", timeout=5) as response:

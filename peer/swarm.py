@@ -475,6 +475,13 @@ class SwarmFetch:
             await trio.to_thread.run_sync(partial.verify_sync)
             partial.notify()
             await trio.to_thread.run_sync(partial.commit_sync)
+        log.info(
+            "stored %s from the swarm (%d bytes from %d peers, %.2fs)",
+            self.digest,
+            self.download.bytes_from_peers,
+            len(self.peers),
+            time.monotonic() - self.download.started,
+        )
 
     def _exchange_done(self, partial: PartialBlob) -> bool:
         return len(partial.piece_hashes) == partial.layout.count
@@ -489,13 +496,14 @@ class SwarmFetch:
                 and time.monotonic() - swarm.unreachable[candidate] < 5
             ):
                 continue
+            # Set before asking: PieceMeta updates may follow the first answer at once.
+            self.owner = candidate
             try:
                 link = await swarm.link_to(candidate)
                 await self._want(link)
             except LinkClosed as exc:
                 log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
                 continue
-            self.owner = candidate
             self._owner_lost = False
             return
         swarm.counters.upstream_fallbacks += 1
@@ -548,9 +556,15 @@ class SwarmFetch:
         if owner_link is not None:
             await swarm._send(owner_link, PeersRequest(self.digest))
         last_peers_request = time.monotonic()
+        last_progress, progress = time.monotonic(), len(partial.piece_hashes)
         while not self._exchange_done(partial) and not self._owner_lost:
             await self._schedule(partial)
             await self._wait_change(1.0)
+            if len(partial.piece_hashes) != progress:
+                last_progress, progress = time.monotonic(), len(partial.piece_hashes)
+            elif time.monotonic() - last_progress > 10:
+                self._log_stall(partial)
+                last_progress = time.monotonic()
             if time.monotonic() - last_peers_request > 2.0:
                 owner_link = swarm.links.get(self.owner)
                 if owner_link is None or owner_link.closed:
@@ -561,7 +575,26 @@ class SwarmFetch:
                     self._owner_lost = True
                     break
                 await swarm._send(owner_link, PeersRequest(self.digest))
+                if any(i not in self.hashes for i in range(partial.layout.count)):
+                    # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
+                    auth = self.headers.get("authorization")
+                    download = self.download
+                    want = Want(self.digest, download.namespace, download.name, auth)
+                    await swarm._send(owner_link, want)
                 last_peers_request = time.monotonic()
+
+    def _log_stall(self, partial: PartialBlob) -> None:
+        missing = [i for i in range(partial.layout.count) if i not in partial.piece_hashes]
+        log.warning(
+            "no progress on %s for 10s: %d pieces missing %s, hashes known %d, in flight %s, "
+            "peers %s",
+            self.digest,
+            len(missing),
+            missing[:8],
+            len(self.hashes),
+            {i: [p.hex()[:8] for p in s] for i, s in self.inflight.items()},
+            {p.hex()[:8]: (len(a), p in self.swarm.links) for p, a in self.availability.items()},
+        )
 
     async def _wait_change(self, timeout: float) -> None:
         with trio.move_on_after(timeout):

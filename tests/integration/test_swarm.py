@@ -1,0 +1,218 @@
+"""Clusters of real pollen processes, each on its own 127.0.0.N, pulling the same image at the
+same moment through real containerd and skopeo; the registry's log counts every blob fetch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.components import Cluster, Containerd, Pollen, ThrottledProxy, curl, sha256_file
+from peer.rendezvous import owner_order
+from tests.integration.conftest import REPO_NAME, MiB, PushedImage
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(count: int, upstream: str, *args: str, **kwargs: object) -> Cluster:
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}",
+            count,
+            "--default-upstream",
+            upstream,
+            *args,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()
+
+
+def run_at_once(jobs: list[Callable[[], None]]) -> list[BaseException | None]:
+    """Run every job in its own thread, all released at the same moment."""
+    start = threading.Barrier(len(jobs))
+    errors: list[BaseException | None] = [None] * len(jobs)
+
+    def runner(i: int) -> None:
+        start.wait()
+        try:
+            jobs[i]()
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return errors
+
+
+def skopeo_job(node: Pollen, pushed: PushedImage, out: Path) -> Callable[[], None]:
+    def job() -> None:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                f"docker://{node.host}/{pushed.repo}:{pushed.tag}",
+                f"dir:{out}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        for digest, size in pushed.blobs.items():
+            path = out / digest.removeprefix("sha256:")
+            assert path.stat().st_size == size and sha256_file(path) == digest
+
+    return job
+
+
+def containerd_job(ctd: Containerd, pushed: PushedImage) -> Callable[[], None]:
+    def job() -> None:
+        result = ctd.pull(pushed.ref)
+        assert "unpacking linux/amd64" in result.stdout, result.stdout + result.stderr
+
+    return job
+
+
+def assert_served_by_pollen(nodes: list[Pollen], pushed: PushedImage, pulls: int) -> None:
+    """Every pulled blob byte went through pollen (containerd did not fall back around it)."""
+    served = sum(
+        n.status()["served"]["blob_bytes_from_cache"]
+        + n.status()["served"]["blob_bytes_while_downloading"]
+        for n in nodes
+    )
+    assert served >= pulls * sum(pushed.blobs.values())
+
+
+@pytest.mark.parametrize(("count", "through_containerd"), [(3, 3), (8, 3)])
+def test_cluster_pulls_at_once_and_the_registry_serves_each_blob_once(
+    pushed: PushedImage,
+    cluster_factory: Callable[..., Cluster],
+    tmp_path: Path,
+    count: int,
+    through_containerd: int,
+) -> None:
+    registry = pushed.registry
+    cluster = cluster_factory(count, registry.url, "--upstream", f"{registry.host}={registry.url}")
+    cluster.wait_converged()
+    containerds = [Containerd() for _ in range(through_containerd)]
+    try:
+        for ctd, node in zip(containerds, cluster.nodes, strict=False):
+            ctd.mirror(registry.host, registry.url, node.url)
+        jobs = [containerd_job(ctd, pushed) for ctd in containerds]
+        jobs += [
+            skopeo_job(node, pushed, tmp_path / f"out{i}")
+            for i, node in enumerate(cluster.nodes[through_containerd:])
+        ]
+        mark = registry.log_mark()
+        errors = run_at_once(jobs)
+        assert errors == [None] * len(jobs)
+    finally:
+        for ctd in containerds:
+            ctd.close()
+    assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+    assert_served_by_pollen(cluster.nodes, pushed, count)
+    swarm = [n.status()["swarm"] for n in cluster.nodes]
+    assert sum(s["bytes_from_peers"] for s in swarm) >= (count - 1) * sum(pushed.blobs.values())
+    assert all(s["upstream_fallbacks"] == 0 and s["bad_pieces"] == 0 for s in swarm)
+    metrics = urllib.request.urlopen(cluster.nodes[1].url + "/metrics", timeout=5).read().decode()
+    assert 'pollen_peer_bytes_total{direction="in"}' in metrics
+    assert f"pollen_members_alive {count}.0" in metrics
+
+
+def test_owner_killed_mid_transfer_every_other_pull_completes(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    proxy = ThrottledProxy(pushed.registry.port, 20 * MiB)
+    try:
+        cluster = cluster_factory(4, proxy.url, "--upstream-timeout", "10")
+        cluster.wait_converged()
+        digest = pushed.largest_layer
+        ids = {n.node_id: n for n in cluster.nodes}
+        owner = ids[owner_order(digest, [bytes.fromhex(i) for i in ids])[0].hex()]
+        others = [n for n in cluster.nodes if n is not owner]
+        clients = [
+            curl(f"{n.url}/v2/{REPO_NAME}/blobs/{digest}", tmp_path / f"blob{i}")
+            for i, n in enumerate(others)
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            while owner.status()["upstream"]["bytes"] < 15 * MiB:
+                assert time.monotonic() < deadline, "the owner never started"
+                time.sleep(0.05)
+            owner.stop(signal.SIGKILL)
+            codes = [c.wait(timeout=120) for c in clients]
+        finally:
+            for c in clients:
+                c.kill()
+                c.wait()
+        assert codes == [0] * len(others)
+        for i in range(len(others)):
+            assert sha256_file(tmp_path / f"blob{i}") == digest
+    finally:
+        proxy.close()
+
+
+def test_a_peer_serving_corrupt_pieces_is_banned_and_pulls_complete(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(3, pushed.registry.url, env={2: {"POLLEN_TEST_CORRUPT_PIECES": "1"}})
+    cluster.wait_converged()
+    honest, corrupt = cluster.nodes[:2], cluster.nodes[2]
+    # The corrupt node gets the image first, so it holds every piece to offer.
+    skopeo_job(corrupt, pushed, tmp_path / "warm")()
+    errors = run_at_once(
+        [skopeo_job(n, pushed, tmp_path / f"out{i}") for i, n in enumerate(honest)]
+    )
+    assert errors == [None, None]
+    swarm = [n.status()["swarm"] for n in honest]
+    assert sum(s["bad_pieces"] for s in swarm) >= 1
+    assert any(corrupt.node_id in s["banned"] for s in swarm)
+
+
+def test_a_node_with_the_wrong_token_is_refused_and_gets_no_piece(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(2, pushed.registry.url, "--cluster-token", "right")
+    cluster.wait_converged()
+    intruder = Pollen(
+        tmp_path / "intruder",
+        "--default-upstream",
+        pushed.registry.url,
+        "--cluster-token",
+        "wrong",
+        "--join",
+        cluster.nodes[0].peer,
+        ip="127.0.0.30",
+    )
+    try:
+        skopeo_job(cluster.nodes[0], pushed, tmp_path / "member")()
+        time.sleep(3)  # several gossip rounds: the intruder's datagrams fail their MAC
+        skopeo_job(intruder, pushed, tmp_path / "intruder-out")()
+        status = intruder.status()
+        assert status["swarm"]["members"] == []
+        assert status["swarm"]["bytes_from_peers"] == 0
+        for node in cluster.nodes:
+            members = node.status()["swarm"]["members"]
+            assert intruder.node_id not in {m["node_id"] for m in members}
+            assert node.status()["swarm"]["bytes_to_peers"] >= 0
+        assert "no --cluster-token" not in intruder.log()
+    finally:
+        intruder.stop()
