@@ -28,7 +28,7 @@ from peer.config import (
     parse_address,
     parse_upstream,
 )
-from peer.sizes import format_size, parse_size
+from peer.sizes import format_size, parse_rate, parse_size
 from pieces.layout import DEFAULT_PIECE_SIZE
 
 
@@ -135,6 +135,20 @@ def main() -> None:
     help="Read --cluster-token from this file (keeps it out of the process list).",
 )
 @click.option(
+    "--upload-rate",
+    default=None,
+    envvar="POLLEN_UPLOAD_RATE",
+    callback=_convert(parse_rate, "rate"),
+    help="Cap on piece bytes sent to peers, e.g. 50MiB/s or 400mbit [default: none].",
+)
+@click.option(
+    "--download-rate",
+    default=None,
+    envvar="POLLEN_DOWNLOAD_RATE",
+    callback=_convert(parse_rate, "rate"),
+    help="Cap on blob bytes received from peers and the upstream together [default: none].",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=default_data_dir,
@@ -223,6 +237,8 @@ def run(**options: Any) -> None:
         advertise=options["advertise"],
         join=tuple(options["join"] or ()),
         cluster_token=token.encode() if token else None,
+        upload_rate=options["upload_rate"],
+        download_rate=options["download_rate"],
     )
     from peer.node import Node  # late: keeps `pollen --help` fast
 

@@ -74,6 +74,8 @@ class NodeConfig:
     advertise: Address | None = None
     join: tuple[Address, ...] = ()
     cluster_token: bytes | None = None
+    upload_rate: int | None = None  # bytes/s to peers
+    download_rate: int | None = None  # bytes/s from peers and the upstream together
 
     def advertised_peer(self) -> Address | None:
         """The peer address others use: --advertise, else --peer when it names a host."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from peer.blob_stream import BlobStream, open_blob
+from peer.rate_limit import RateLimiter
 from peer.swarm import ClientRefused, OwnerUnavailable, Swarm
 from peer.upstream import (
     FORWARDED_ERROR_HEADERS,
@@ -119,8 +120,10 @@ class Downloads:
         upstreams: Upstreams,
         nursery: trio.Nursery,
         swarm: Swarm | None = None,
+        download_limit: RateLimiter | None = None,
     ) -> None:
         self.swarm = swarm
+        self._download_limit = download_limit or RateLimiter(None)
         self._store = store
         self._upstreams = upstreams
         self._nursery = nursery
@@ -273,6 +276,7 @@ class Downloads:
                         filled += count
                         if pipe.writer_waiting and filled >= EARLY_HANDOFF:
                             break
+                    await self._download_limit.consume(filled)
                     pipe.put_full(buffer, filled)
                     received += filled
                     if filled < len(view) and count == 0:

@@ -18,6 +18,7 @@ from peer.gossip import GossipDriver
 from peer.http_server import serve_connection
 from peer.membership import Membership
 from peer.metrics import NodeMetrics
+from peer.rate_limit import RateLimiter
 from peer.registry_front import RegistryFront
 from peer.swarm import Swarm
 from peer.upstream import UpstreamConfig, Upstreams
@@ -133,8 +134,11 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 gate = AuthGate(self.upstreams)
-                swarm = await self._start_swarm(nursery, gate)
-                self.downloads = Downloads(self.store, self.upstreams, nursery, swarm)
+                download_limit = RateLimiter(config.download_rate)
+                swarm = await self._start_swarm(nursery, gate, download_limit)
+                self.downloads = Downloads(
+                    self.store, self.upstreams, nursery, swarm, download_limit
+                )
                 if swarm is not None:
                     swarm.downloads = self.downloads
                 front = self.front = RegistryFront(
@@ -168,7 +172,9 @@ class Node:
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
 
-    async def _start_swarm(self, nursery: trio.Nursery, gate: AuthGate) -> Swarm | None:
+    async def _start_swarm(
+        self, nursery: trio.Nursery, gate: AuthGate, download_limit: RateLimiter
+    ) -> Swarm | None:
         config = self.config
         advertised = config.advertised_peer()
         if config.peer is None or advertised is None:
@@ -184,8 +190,15 @@ class Node:
         )
         listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)
         swarm = Swarm(
-            self.node_id, membership, self.store, gate, config.cluster_token, config.piece_size
+            self.node_id,
+            membership,
+            self.store,
+            gate,
+            config.cluster_token,
+            config.piece_size,
+            upload_rate=config.upload_rate,
         )
+        swarm.download_limit = download_limit  # one cap for peers and upstream together
         self.swarm = swarm
         await nursery.start(swarm.run, listeners)
         if config.cluster_token is None:

@@ -31,6 +31,7 @@ import trio
 from peer.auth_gate import AuthGate, credentials_key
 from peer.membership import Membership, Status, Update
 from peer.peer_link import LinkClosed, PeerLink
+from peer.rate_limit import RateLimiter
 from peer.rendezvous import owner_order
 from peer.upstream import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob, piece_hash
@@ -39,6 +40,7 @@ from wire.errors import LocalProtocolError
 from wire.events import (
     Bitfield,
     Cancel,
+    Choke,
     Event,
     Have,
     Members,
@@ -49,6 +51,7 @@ from wire.events import (
     Refused,
     Reject,
     Request,
+    Unchoke,
     Want,
 )
 
@@ -57,14 +60,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pollen.swarm")
 
-REQUESTS_PER_PEER = 4  # pieces in flight per peer (16 MiB at the default piece size)
+# Pieces in flight per peer: enough for QUEUE_SECONDS of that peer's measured rate, bounded.
+QUEUE_SECONDS = 3.0
+MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
+RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
 WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
 MAX_PEERS = 8  # peers a fetch links to besides the owner
 BAN_SECONDS = 600.0
 META_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 SYNC_PERIOD = 30.0
-UPLOAD_SLOTS = 8
+UPLOAD_SLOTS = 8  # peers unchoked at once: the best contributors, plus one optimistic
+RECHOKE_PERIOD = 10.0
+OPTIMISTIC_PERIOD = 30.0
 # Test-only: serve corrupted pieces, so tests can check that peers detect and ban us.
 CORRUPT_ENV = "POLLEN_TEST_CORRUPT_PIECES"
 
@@ -105,6 +113,8 @@ class Swarm:
         gate: AuthGate,
         token: bytes | None,
         piece_size: int,
+        upload_rate: int | None = None,
+        download_rate: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.membership = membership
@@ -121,6 +131,14 @@ class Swarm:
         self._connecting: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._uploads = trio.Semaphore(UPLOAD_SLOTS)
+        self.upload_limit = RateLimiter(upload_rate)
+        self.download_limit = RateLimiter(download_rate)
+        # Choking: peers that asked us for pieces recently, what they gave us, who may ask.
+        self._requesters: dict[bytes, float] = {}
+        self._contribution: dict[bytes, int] = {}
+        self.choked: set[bytes] = set()
+        self._optimistic: bytes | None = None
+        self._optimistic_at = 0.0
         self._corrupt = os.environ.get(CORRUPT_ENV) == "1"
         if self._corrupt:
             log.warning("%s=1: serving corrupted pieces (test mode)", CORRUPT_ENV)
@@ -134,6 +152,7 @@ class Swarm:
             self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._rechoke_loop)
             task_status.started()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
@@ -221,6 +240,34 @@ class Swarm:
             except LinkClosed as exc:
                 log.debug("membership sync failed: %s", exc)
 
+    async def _rechoke_loop(self) -> None:
+        while True:
+            await trio.sleep(RECHOKE_PERIOD)
+            await self.rechoke(time.monotonic())
+
+    async def rechoke(self, now: float) -> None:
+        """BitTorrent's choking: keep the peers that gave us the most in the last period
+        unchoked, plus one optimistic pick that rotates, so newcomers get a start too."""
+        recent = [p for p, at in self._requesters.items() if now - at < 2 * RECHOKE_PERIOD]
+        ranked = sorted(recent, key=lambda p: self._contribution.get(p, 0), reverse=True)
+        keep = set(ranked[: UPLOAD_SLOTS - 1])
+        rest = [p for p in recent if p not in keep]
+        if self._optimistic not in rest or now - self._optimistic_at >= OPTIMISTIC_PERIOD:
+            self._optimistic = random.choice(rest) if rest else None
+            self._optimistic_at = now
+        if self._optimistic is not None:
+            keep.add(self._optimistic)
+        newly_choked = set(recent) - keep - self.choked
+        newly_unchoked = self.choked & keep
+        self.choked = (self.choked | newly_choked) - newly_unchoked
+        for peer_id in newly_choked:
+            if (link := self.links.get(peer_id)) is not None:
+                await self._send(link, Choke())
+        for peer_id in newly_unchoked:
+            if (link := self.links.get(peer_id)) is not None:
+                await self._send(link, Unchoke())
+        self._contribution.clear()
+
     def _members_payload(self) -> list[tuple[bytes, str, int, int, int]]:
         return [
             (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status))
@@ -259,6 +306,10 @@ class Swarm:
                 await self._send(link, Members(self._members_payload(), reply=True))
         elif isinstance(event, Bitfield):
             await self._on_bitfield(link, event)
+        elif isinstance(event, Choke | Unchoke):
+            for state in self.digests.values():
+                if state.fetch is not None:
+                    state.fetch.on_choke(link.peer_id, isinstance(event, Choke))
         elif isinstance(event, PieceMeta | Refused | Have | Piece | Reject | Peers):
             fetch = self.digests.get(event.digest)
             if fetch is not None and fetch.fetch is not None:
@@ -366,6 +417,10 @@ class Swarm:
     # ---- uploads -------------------------------------------------------------------------
 
     async def _serve_request(self, link: PeerLink, request: Request) -> None:
+        self._requesters[link.peer_id] = time.monotonic()
+        if link.peer_id in self.choked:
+            await self._send(link, Reject(request.digest, request.index, "choked"))
+            return
         async with self._uploads:
             state = self.digests.get(request.digest)
             piece_size = self.piece_size
@@ -380,6 +435,7 @@ class Swarm:
                     return
                 if self._corrupt:
                     data = bytes(len(data))
+                await self.upload_limit.consume(len(data))
                 await link.send(Piece(request.digest, request.index, data))
                 self.counters.bytes_to_peers += len(data)
                 self.counters.pieces_to_peers += 1
@@ -452,6 +508,9 @@ class SwarmFetch:
     hashes: dict[int, bytes] = field(default_factory=dict)
     owner: bytes | None = None
     partial: PartialBlob | None = None
+    choked_by: set[bytes] = field(default_factory=set)
+    rates: dict[bytes, float] = field(default_factory=dict)  # bytes/s per peer (EWMA)
+    requested_at: dict[tuple[int, bytes], float] = field(default_factory=dict)
     _meta: PieceMeta | Refused | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
@@ -604,8 +663,17 @@ class SwarmFetch:
     def _poke(self) -> None:
         self._changed.set()
 
+    def _queue_depth(self, peer_id: bytes, piece_size: int) -> int:
+        """Requests to keep in flight to a peer: QUEUE_SECONDS of its measured rate."""
+        rate = self.rates.get(peer_id)
+        if rate is None:
+            return START_REQUESTS
+        return max(MIN_REQUESTS, min(MAX_REQUESTS, int(rate * QUEUE_SECONDS / piece_size) + 1))
+
     async def _schedule(self, partial: PartialBlob) -> None:
-        """Give every peer with free request slots its best piece (window, then rarest)."""
+        """Give every peer with free request slots its next piece: random for the first few,
+        then rarest first inside the window ahead of the reader, then rarest first anywhere;
+        in the endgame (everything missing is requested) duplicates go to other peers."""
         have = set(partial.piece_hashes)
         missing = [i for i in range(partial.layout.count) if i not in have]
         if not missing:
@@ -613,11 +681,13 @@ class SwarmFetch:
         window = set(missing[:WINDOW])
         rarity = {i: sum(1 for a in self.availability.values() if i in a) for i in missing}
         endgame = all(i in self.inflight for i in missing)
+        random_first = len(have) < RANDOM_FIRST
         for peer_id in list(self.peers):
             link = self.swarm.links.get(peer_id)
-            if link is None or link.closed:
+            if link is None or link.closed or peer_id in self.choked_by:
                 continue
-            slots = REQUESTS_PER_PEER - sum(1 for s in self.inflight.values() if peer_id in s)
+            depth = self._queue_depth(peer_id, partial.layout.piece_size)
+            slots = depth - sum(1 for s in self.inflight.values() if peer_id in s)
             available = self.availability.get(peer_id, set())
             while slots > 0:
                 candidates = [
@@ -630,11 +700,16 @@ class SwarmFetch:
                 ]
                 if not candidates:
                     break
-                choice = min(
-                    candidates,
-                    key=lambda i: (i not in window, rarity[i], random.random()),
-                )
+                if random_first:
+                    in_window = [i for i in candidates if i in window]
+                    choice = random.choice(in_window or candidates)
+                else:
+                    choice = min(
+                        candidates,
+                        key=lambda i: (i not in window, rarity[i], random.random()),
+                    )
                 self.inflight.setdefault(choice, set()).add(peer_id)
+                self.requested_at[(choice, peer_id)] = time.monotonic()
                 try:
                     await link.send(Request(self.digest, choice))
                 except (LinkClosed, LocalProtocolError):
@@ -668,6 +743,13 @@ class SwarmFetch:
     def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
         self._add_peer(peer_id)
         self.availability[peer_id] = _indices(bits)
+        self._poke()
+
+    def on_choke(self, peer_id: bytes, choked: bool) -> None:
+        if choked:
+            self.choked_by.add(peer_id)
+        else:
+            self.choked_by.discard(peer_id)
         self._poke()
 
     def link_lost(self, peer_id: bytes) -> None:
@@ -708,6 +790,13 @@ class SwarmFetch:
         data = bytes(piece.data)
         if expected is None or len(data) != partial.layout.length(piece.index):
             return
+        sent_at = self.requested_at.pop((piece.index, link.peer_id), None)
+        if sent_at is not None:
+            # Rate seen for this request (it waited behind the others queued on that link).
+            sample = len(data) / max(time.monotonic() - sent_at, 1e-3)
+            sample *= max(1, sum(1 for s in self.inflight.values() if link.peer_id in s) + 1)
+            old = self.rates.get(link.peer_id)
+            self.rates[link.peer_id] = sample if old is None else 0.7 * old + 0.3 * sample
         if piece_hash(data) != expected:
             swarm.counters.bad_pieces += 1
             await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
@@ -721,6 +810,8 @@ class SwarmFetch:
             )
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
+        swarm._contribution[link.peer_id] = swarm._contribution.get(link.peer_id, 0) + len(data)
+        await swarm.download_limit.consume(len(data))
         self.download.bytes_from_peers += len(data)
         partial.announce(completed)
         for other in holders - {link.peer_id}:
