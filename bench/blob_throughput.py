@@ -45,7 +45,7 @@ def make_blob(path: Path, size: int) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def upload_blob(registry_url: str, path: Path, digest: str) -> None:
+def upload_blob(registry_url: str, path: Path, digest: str, repo: str = REPO) -> None:
     """Monolithic upload (OCI distribution spec: POST, then PUT with the digest)."""
 
     def body() -> Any:
@@ -54,7 +54,7 @@ def upload_blob(registry_url: str, path: Path, digest: str) -> None:
                 yield chunk
 
     with httpx.Client(timeout=600) as client:
-        started = client.post(f"{registry_url}/v2/{REPO}/blobs/uploads/")
+        started = client.post(f"{registry_url}/v2/{repo}/blobs/uploads/")
         started.raise_for_status()
         location = started.headers["location"]
         if location.startswith("/"):

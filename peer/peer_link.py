@@ -33,6 +33,10 @@ class PeerLink:
         self.stream = stream
         self.protocol = PeerProtocol(node_id, token, nonce=os.urandom(32))
         self._send_lock = trio.Lock()
+        # Small control messages posted from read loops: a read loop must never block on a
+        # send, or two nodes whose buffers are full each wait for the other to read.
+        self._outbox: list[Event] = []
+        self._outbox_ready = trio.Event()
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -64,8 +68,33 @@ class PeerLink:
             await self.close()
             raise
 
+    def post(self, event: Event) -> None:
+        """Queue a control message; the link's writer task sends it (never blocks)."""
+        if not self.closed:
+            self._outbox.append(event)
+            self._outbox_ready.set()
+
+    async def _write_posted(self) -> None:
+        while not self.closed:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            events, self._outbox = self._outbox, []
+            for event in events:
+                try:
+                    await self.send(event)
+                except LinkClosed:
+                    return
+
     async def run(self, on_event: Callable[[PeerLink, Event], Awaitable[None]]) -> None:
         """Read events until the link closes; each is handed to `on_event` in order."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_posted)
+            try:
+                await self._read(on_event)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _read(self, on_event: Callable[[PeerLink, Event], Awaitable[None]]) -> None:
         try:
             while True:
                 event = await self._next_event()

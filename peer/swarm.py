@@ -64,6 +64,7 @@ log = logging.getLogger("pollen.swarm")
 QUEUE_SECONDS = 3.0
 MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
 RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
+ENDGAME_AFTER = 2.0  # seconds a piece may be outstanding before a second peer is asked
 WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
 MAX_PEERS = 8  # peers a fetch links to besides the owner
 BAN_SECONDS = 600.0
@@ -296,14 +297,14 @@ class Swarm:
         elif isinstance(event, Request):
             self._nursery.start_soon(self._guarded, self._serve_request, link, event)
         elif isinstance(event, PeersRequest):
-            await self._send(link, Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
+            link.post(Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
         elif isinstance(event, Members):
             self.membership.merge(
                 (Update(m[0], (m[1], m[2]), m[3], Status(m[4])) for m in event.members),
                 trio.current_time(),
             )
             if not event.reply:
-                await self._send(link, Members(self._members_payload(), reply=True))
+                link.post(Members(self._members_payload(), reply=True))
         elif isinstance(event, Bitfield):
             await self._on_bitfield(link, event)
         elif isinstance(event, Choke | Unchoke):
@@ -382,8 +383,6 @@ class Swarm:
         if state.listening is partial:
             return
         state.listening = partial
-        assert self._nursery is not None
-        nursery = self._nursery
 
         def on_pieces(indices: list[int]) -> None:
             hashes = {i: partial.piece_hashes[i] for i in indices}
@@ -391,14 +390,14 @@ class Swarm:
             for peer_id in list(state.interested):
                 link = self.links.get(peer_id)
                 if link is not None:
-                    nursery.start_soon(self._send, link, meta)
+                    link.post(meta)
             fetch = state.fetch
             if fetch is not None:
                 for peer_id in fetch.peers:
                     link = self.links.get(peer_id)
                     if link is not None and peer_id not in state.interested:
                         for index in indices:
-                            nursery.start_soon(self._send, link, Have(state.digest, index))
+                            link.post(Have(state.digest, index))
 
         partial.piece_listeners.append(on_pieces)
 
@@ -450,7 +449,7 @@ class Swarm:
             bits = self._our_bits(event.digest)
             if bits is not None:
                 state.bitfield_sent.add(link.peer_id)
-                await self._send(link, Bitfield(event.digest, bits))
+                link.post(Bitfield(event.digest, bits))
 
     def _our_bits(self, digest: str) -> bytes | None:
         partial = self.store.partial(digest)
@@ -671,51 +670,56 @@ class SwarmFetch:
         return max(MIN_REQUESTS, min(MAX_REQUESTS, int(rate * QUEUE_SECONDS / piece_size) + 1))
 
     async def _schedule(self, partial: PartialBlob) -> None:
-        """Give every peer with free request slots its next piece: random for the first few,
-        then rarest first inside the window ahead of the reader, then rarest first anywhere;
-        in the endgame (everything missing is requested) duplicates go to other peers."""
+        """Give every peer with free request slots its next pieces: random for the first few,
+        then rarest first inside the window ahead of the reader, then rarest first anywhere.
+        Endgame: when nothing unrequested is left, a piece outstanding for longer than
+        ENDGAME_AFTER at one peer may also be asked of one other peer (then cancelled)."""
         have = set(partial.piece_hashes)
         missing = [i for i in range(partial.layout.count) if i not in have]
         if not missing:
             return
         window = set(missing[:WINDOW])
         rarity = {i: sum(1 for a in self.availability.values() if i in a) for i in missing}
-        endgame = all(i in self.inflight for i in missing)
         random_first = len(have) < RANDOM_FIRST
+        now = time.monotonic()
         for peer_id in list(self.peers):
             link = self.swarm.links.get(peer_id)
             if link is None or link.closed or peer_id in self.choked_by:
                 continue
             depth = self._queue_depth(peer_id, partial.layout.piece_size)
             slots = depth - sum(1 for s in self.inflight.values() if peer_id in s)
+            if slots <= 0:
+                continue
             available = self.availability.get(peer_id, set())
-            while slots > 0:
-                candidates = [
+            fresh = [
+                i for i in missing if i in available and i in self.hashes and i not in self.inflight
+            ]
+            if random_first:
+                random.shuffle(fresh)
+                fresh.sort(key=lambda i: i not in window)
+            else:
+                fresh.sort(key=lambda i: (i not in window, rarity[i], random.random()))
+            picks = fresh[:slots]
+            if not picks and all(i in self.inflight for i in missing):
+                picks = [
                     i
                     for i in missing
                     if i in available
-                    and i in self.hashes
-                    and peer_id not in self.inflight.get(i, set())
-                    and (endgame or i not in self.inflight)
-                ]
-                if not candidates:
-                    break
-                if random_first:
-                    in_window = [i for i in candidates if i in window]
-                    choice = random.choice(in_window or candidates)
-                else:
-                    choice = min(
-                        candidates,
-                        key=lambda i: (i not in window, rarity[i], random.random()),
-                    )
+                    and len(self.inflight[i]) == 1
+                    and peer_id not in self.inflight[i]
+                    and now - min(self.requested_at.get((i, p), now) for p in self.inflight[i])
+                    > ENDGAME_AFTER
+                ][:slots]
+            for choice in picks:
                 self.inflight.setdefault(choice, set()).add(peer_id)
-                self.requested_at[(choice, peer_id)] = time.monotonic()
+                self.requested_at[(choice, peer_id)] = now
                 try:
                     await link.send(Request(self.digest, choice))
                 except (LinkClosed, LocalProtocolError):
                     self.inflight[choice].discard(peer_id)
+                    if not self.inflight[choice]:
+                        del self.inflight[choice]
                     break
-                slots -= 1
 
     # ---- events from links ------------------------------------------------------------------
 
@@ -732,7 +736,9 @@ class SwarmFetch:
             self._add_peer(link.peer_id)
             self.availability[link.peer_id].add(event.index)
         elif isinstance(event, Peers):
-            await self._link_peers(event)
+            # Connecting may take seconds: not in the read loop.
+            assert self.swarm._nursery is not None
+            self.swarm._nursery.start_soon(self._link_peers, event)
         elif isinstance(event, Piece):
             await self._on_piece(link, event)
         elif isinstance(event, Reject):
@@ -762,6 +768,12 @@ class SwarmFetch:
         self._poke()
 
     async def _link_peers(self, event: Peers) -> None:
+        try:
+            await self._link_peers_now(event)
+        except Exception:  # a task of the node's nursery: never let it take the node down
+            log.exception("linking to the peers of %s failed", self.digest)
+
+    async def _link_peers_now(self, event: Peers) -> None:
         swarm = self.swarm
         partial = self.partial
         if partial is None:
@@ -783,18 +795,18 @@ class SwarmFetch:
     async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
         swarm = self.swarm
         partial = self.partial
+        sent_at = self.requested_at.get((piece.index, link.peer_id))
         holders = self._settle(piece.index, link.peer_id)
         if partial is None or piece.index in partial.piece_hashes:
-            return  # a duplicate from the endgame
+            return  # a duplicate from the endgame, or a fetch that moved on
+        data = piece.data if isinstance(piece.data, bytes) else bytes(piece.data)
         expected = self.hashes.get(piece.index)
-        data = bytes(piece.data)
         if expected is None or len(data) != partial.layout.length(piece.index):
             return
-        sent_at = self.requested_at.pop((piece.index, link.peer_id), None)
         if sent_at is not None:
-            # Rate seen for this request (it waited behind the others queued on that link).
-            sample = len(data) / max(time.monotonic() - sent_at, 1e-3)
-            sample *= max(1, sum(1 for s in self.inflight.values() if link.peer_id in s) + 1)
+            # This request waited behind the others queued at that peer: scale by the queue.
+            queued = 1 + sum(1 for s in self.inflight.values() if link.peer_id in s)
+            sample = queued * len(data) / max(time.monotonic() - sent_at, 1e-3)
             old = self.rates.get(link.peer_id)
             self.rates[link.peer_id] = sample if old is None else 0.7 * old + 0.3 * sample
         if piece_hash(data) != expected:
@@ -817,9 +829,10 @@ class SwarmFetch:
         for other in holders - {link.peer_id}:
             other_link = swarm.links.get(other)
             if other_link is not None:  # a no-op if that link has no such request open
-                await swarm._send(other_link, Cancel(self.digest, piece.index))
+                other_link.post(Cancel(self.digest, piece.index))
 
     def _settle(self, index: int, peer_id: bytes) -> set[bytes]:
+        self.requested_at.pop((index, peer_id), None)
         holders = self.inflight.get(index, set())
         remaining = set(holders)
         holders.discard(peer_id)
