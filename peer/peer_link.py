@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import Error, Event, Hello, Proof
+from wire.events import Error, Event, FileRange, Hello, Proof
 from wire.protocol import CLOSED, NEED_DATA, PeerProtocol
 
 log = logging.getLogger("pollen.link")
@@ -117,8 +117,35 @@ class PeerLink:
             except LocalProtocolError:
                 raise
             for buffer in buffers:
-                if buffer:
+                if isinstance(buffer, FileRange):
+                    await self._send_file(buffer)
+                elif buffer:
                     await self._send_raw(buffer)
+
+    async def _send_file(self, source: FileRange) -> None:
+        """sendfile from the store to the socket: piece bytes never enter Python."""
+        sock = self.stream.socket
+        offset, left = source.offset, source.length
+        while left:
+            try:
+                sent = os.sendfile(sock.fileno(), source.fd, offset, left)
+            except BlockingIOError:
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await trio.lowlevel.wait_writable(sock)
+                if scope.cancelled_caught:
+                    self.closed = True
+                    raise LinkClosed("peer stopped reading") from None
+                continue
+            except OSError as exc:
+                self.closed = True
+                raise LinkClosed(f"sendfile failed: {exc}") from exc
+            if sent == 0:
+                self.closed = True
+                raise LinkClosed("piece file ended early")
+            offset += sent
+            left -= sent
+            self.bytes_out += sent
+            await trio.lowlevel.checkpoint()
 
     async def _send_raw(self, data: bytes | memoryview) -> None:
         with trio.move_on_after(SEND_TIMEOUT) as scope:

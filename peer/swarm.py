@@ -42,6 +42,7 @@ from wire.events import (
     Cancel,
     Choke,
     Event,
+    FileRange,
     Have,
     Members,
     Peers,
@@ -278,8 +279,12 @@ class Swarm:
     # ---- routing -------------------------------------------------------------------------
 
     def owner_candidates(self, digest: str) -> list[bytes]:
-        """Live members in rendezvous order for `digest` (this node included)."""
-        return owner_order(digest, self.membership.alive_ids())
+        """Live, unbanned members in rendezvous order for `digest` (this node included).
+
+        A banned owner is skipped for good (until its ban ends): otherwise every fetch would
+        keep returning to it as the first choice."""
+        ids = [n for n in self.membership.alive_ids() if not self._is_banned(n)]
+        return owner_order(digest, ids)
 
     def is_owner(self, digest: str) -> bool:
         return self.owner_candidates(digest)[0] == self.node_id
@@ -425,21 +430,25 @@ class Swarm:
             piece_size = self.piece_size
             if state is not None and state.listening is not None:
                 piece_size = state.listening.layout.piece_size
-            data = await trio.to_thread.run_sync(
-                self.store.read_piece_sync, request.digest, request.index, piece_size
+            source = await trio.to_thread.run_sync(
+                self.store.open_piece_sync, request.digest, request.index, piece_size
             )
+            if source is None:
+                await self._send(link, Reject(request.digest, request.index, "missing"))
+                return
+            fd, offset, length = source
             try:
-                if data is None:
-                    await link.send(Reject(request.digest, request.index, "missing"))
-                    return
+                payload: bytes | FileRange = FileRange(fd, offset, length)
                 if self._corrupt:
-                    data = bytes(len(data))
-                await self.upload_limit.consume(len(data))
-                await link.send(Piece(request.digest, request.index, data))
-                self.counters.bytes_to_peers += len(data)
+                    payload = bytes(length)
+                await self.upload_limit.consume(length)
+                await link.send(Piece(request.digest, request.index, payload))
+                self.counters.bytes_to_peers += length
                 self.counters.pieces_to_peers += 1
             except (LinkClosed, LocalProtocolError):
                 pass
+            finally:
+                os.close(fd)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         state = self.state(event.digest)
@@ -761,8 +770,11 @@ class SwarmFetch:
     def link_lost(self, peer_id: bytes) -> None:
         self.peers.discard(peer_id)
         self.availability.pop(peer_id, None)
-        for holders in self.inflight.values():
+        for index, holders in list(self.inflight.items()):
             holders.discard(peer_id)
+            self.requested_at.pop((index, peer_id), None)
+            if not holders:
+                del self.inflight[index]  # an empty entry would read as "in flight" forever
         if peer_id == self.owner:
             self._owner_lost = True
         self._poke()
@@ -799,6 +811,8 @@ class SwarmFetch:
         holders = self._settle(piece.index, link.peer_id)
         if partial is None or piece.index in partial.piece_hashes:
             return  # a duplicate from the endgame, or a fetch that moved on
+        if isinstance(piece.data, FileRange):  # only ever sent, never decoded
+            return
         data = piece.data if isinstance(piece.data, bytes) else bytes(piece.data)
         expected = self.hashes.get(piece.index)
         if expected is None or len(data) != partial.layout.length(piece.index):

@@ -183,6 +183,19 @@ class Store:
 
     def read_piece_sync(self, digest: str, index: int, piece_size: int) -> bytes | None:
         """The bytes of a verified piece we hold (complete blob or recorded partial piece)."""
+        source = self.open_piece_sync(digest, index, piece_size)
+        if source is None:
+            return None
+        fd, offset, length = source
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def open_piece_sync(
+        self, digest: str, index: int, piece_size: int
+    ) -> tuple[int, int, int] | None:
+        """(open fd, offset, length) of a verified piece we hold; the caller closes the fd."""
         partial = self._partials.get(digest_hex(digest))
         if partial is not None and not partial.complete:
             if index not in partial.piece_hashes or partial.layout.piece_size != piece_size:
@@ -199,10 +212,10 @@ class Store:
             return None
         for path in paths:
             try:
-                with open(path, "rb") as f:
-                    return os.pread(f.fileno(), layout.length(index), layout.start(index))
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                continue
+                continue  # renamed from partial to complete meanwhile: try the other
+            return fd, layout.start(index), layout.length(index)
         return None
 
     def complete_piece_hashes_sync(self, digest: str, piece_size: int) -> dict[int, bytes] | None:

@@ -91,13 +91,26 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class FileRange:
+    """A piece payload the driver sends straight from a file (sendfile); only its length
+    enters the frame. Received pieces always carry bytes."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass(frozen=True, slots=True)
 class Piece:
     """One whole piece; `data` travels as the frame's raw payload."""
 
     TYPE: ClassVar[int] = 9
     digest: str
     index: int
-    data: bytes | memoryview = b""
+    data: bytes | memoryview | FileRange = b""
 
 
 @dataclass(frozen=True, slots=True)

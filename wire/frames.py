@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, Members, Peers, Piece
+from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, FileRange, Members, Peers, Piece
 
 PREFIX = struct.Struct(">IH")
 MAX_HEADER = 60_000  # fits the u16 header length with room; a PieceMeta of 3,000 hashes
@@ -110,7 +110,7 @@ _CHECKS: dict[str, Check] = {
 }
 
 
-def encode(event: Event) -> list[bytes | memoryview]:
+def encode(event: Event) -> list[bytes | memoryview | FileRange]:
     """The frame for `event` as buffers to send in order (the payload is not copied).
 
     Raises:

@@ -29,6 +29,7 @@ from wire.events import (
     Cancel,
     Error,
     Event,
+    FileRange,
     Hello,
     Piece,
     Proof,
@@ -111,7 +112,7 @@ class PeerProtocol:
         """Bytes for `event` (for Piece, use `send_buffers` to avoid copying the payload)."""
         return _join(self.send_buffers(event))
 
-    def send_buffers(self, event: Event) -> list[bytes | memoryview]:
+    def send_buffers(self, event: Event) -> list[bytes | memoryview | FileRange]:
         """Buffers to send in order for `event`.
 
         Raises:
@@ -218,5 +219,7 @@ class PeerProtocol:
         # pending one with Reject("cancelled").
 
 
-def _join(buffers: list[bytes | memoryview]) -> bytes:
-    return b"".join(buffers)
+def _join(buffers: list[bytes | memoryview | FileRange]) -> bytes:
+    if any(isinstance(b, FileRange) for b in buffers):
+        raise LocalProtocolError("a FileRange payload must go through send_buffers")
+    return b"".join(b for b in buffers if not isinstance(b, FileRange))
