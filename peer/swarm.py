@@ -349,7 +349,9 @@ class Swarm:
         headers = {"authorization": want.authorization} if want.authorization else {}
         if self.store.has_blob(digest):
             if self.store.is_private(digest):
-                refusal = await self._check_access(want, headers)
+                refusal = await self.gate.check(
+                    want.namespace, want.repository, "blobs", digest, headers
+                )
                 if refusal is not None:
                     await self._send(link, _refused(digest, refusal))
                     return
@@ -362,7 +364,12 @@ class Swarm:
                 return
         assert self.downloads is not None
         download = await self.downloads.join(
-            digest, want.namespace, want.repository, headers, _auth_key(headers), upstream=True
+            digest,
+            want.namespace,
+            want.repository,
+            headers,
+            credentials_key(headers),
+            upstream=True,
         )
         await download.ready.wait()
         if download.refusal is not None:
@@ -378,9 +385,6 @@ class Swarm:
             digest, partial.layout.size, partial.layout.piece_size, dict(partial.piece_hashes)
         )
         await self._send(link, meta)
-
-    async def _check_access(self, want: Want, headers: Mapping[str, str]) -> UpstreamRefusal | None:
-        return await self.gate.check(want.namespace, want.repository, "blobs", want.digest, headers)
 
     def _listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
@@ -861,10 +865,6 @@ class ClientRefused(Exception):
 
 def _refused(digest: str, refusal: UpstreamRefusal) -> Refused:
     return Refused(digest, refusal.status, dict(refusal.headers), refusal.body)
-
-
-def _auth_key(headers: Mapping[str, str]) -> str | None:
-    return credentials_key(headers)
 
 
 def _bits(indices: set[int], count: int) -> bytes:

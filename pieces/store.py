@@ -181,17 +181,6 @@ class Store:
 
     # ---- pieces for peers ----------------------------------------------------------------
 
-    def read_piece_sync(self, digest: str, index: int, piece_size: int) -> bytes | None:
-        """The bytes of a verified piece we hold (complete blob or recorded partial piece)."""
-        source = self.open_piece_sync(digest, index, piece_size)
-        if source is None:
-            return None
-        fd, offset, length = source
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-
     def open_piece_sync(
         self, digest: str, index: int, piece_size: int
     ) -> tuple[int, int, int] | None:
