@@ -193,20 +193,62 @@ class Downloads:
         await self._fetch_upstream(download, headers)
 
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
+        """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking
+        over from the swarm) each run of missing pieces with a Range request."""
         digest = download.digest
         partial: PartialBlob | None = None
         size_on_disk = self._store.partial_size_on_disk(digest)
         if size_on_disk is not None:
             partial = await self._store.open_partial(digest, size_on_disk)
-        offset = partial.first_missing_offset() if partial is not None else 0
-        if partial is not None and 0 < partial.layout.size == offset:
-            # Every piece is on disk (a crash between verify and commit): ask for the last byte
+        if partial is None:
+            partial = await self._fetch_range(download, headers, None, 0, None)
+        elif not partial.missing_runs():
+            # Every piece on disk (a crash between verify and commit): ask for the last byte
             # only, so the upstream still checks this client's credentials.
-            offset -= 1
+            size = partial.layout.size
+            partial = await self._fetch_range(download, headers, partial, size - 1, size)
+        else:
+            runs = partial.missing_runs()
+            missing = sum(end - start for start, end in runs)
+            log.info("%s: fetching %d missing bytes in %d ranges", digest, missing, len(runs))
+        while partial is not None and (runs := partial.missing_runs()):
+            start, end = runs[0]
+            before = partial.bytes_present
+            partial = await self._fetch_range(download, headers, partial, start, end)
+            if partial is not None and partial.bytes_present == before:
+                raise UpstreamError(digest, f"answered bytes {start}-{end - 1} with nothing new")
+        if partial is None:
+            return  # refused: the refusal is on the download
+        async with partial.write_lock:
+            await trio.to_thread.run_sync(partial.verify_sync)
+            partial.notify()  # readers get the last byte now, before the fsync
+            await trio.to_thread.run_sync(partial.commit_sync)
+        log.info(
+            "stored %s (%d bytes, %.2fs)",
+            digest,
+            partial.layout.size,
+            time.monotonic() - download.started,
+        )
+
+    async def _fetch_range(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob | None,
+        offset: int,
+        end: int | None,
+    ) -> PartialBlob | None:
+        """Fetch bytes [offset, end) (to the end of the blob when `end` is None) into the
+        partial, opening it on the first answer; None when the upstream refused the client."""
+        digest = download.digest
         request_headers = dict(headers)
-        if offset:
-            request_headers["range"] = f"bytes={offset}-"
-        url = self._upstreams.base_url(download.namespace) + f"/v2/{download.name}/blobs/{digest}"
+        if end is not None and partial is not None and end == partial.layout.size:
+            end = None  # open-ended: the form every registry supports
+        if offset or end is not None:
+            last = "" if end is None else str(end - 1)
+            request_headers["range"] = f"bytes={offset}-{last}"
+        base = self._upstreams.base_url(download.namespace)
+        url = base + f"/v2/{download.name}/blobs/{digest}"
         config = self._upstreams.config
         body = await open_blob(
             url,
@@ -215,7 +257,6 @@ class Downloads:
             stall_timeout=config.stall_timeout,
         )
         try:
-            base = self._upstreams.base_url(download.namespace)
             if 400 <= body.status < 500 and body.status != 416:
                 error_body = await body.read_all(ERROR_BODY_LIMIT)
                 download.refusal = UpstreamRefusal(
@@ -223,8 +264,8 @@ class Downloads:
                 )
                 if partial is not None:
                     self._store.release_partial(partial)
-                return
-            start, size = _body_extent(body, base)
+                return None
+            start, length, size = _body_extent(body, base)
             if partial is not None and (partial.layout.size != size or start > offset):
                 log.info("upstream size of %s changed; starting over", digest)
                 partial.discard_sync()
@@ -237,19 +278,15 @@ class Downloads:
                 self._store.mark_private(digest)
             download.partial = partial
             download.ready.set()
-            if offset:
-                log.info("resuming %s at byte %d of %d", digest, start, size)
-            await self._pump(download, body, partial, start)
+            if start:
+                log.info("fetching %s bytes %d-%d of %d", digest, start, start + length - 1, size)
+            await self._pump(download, body, partial, start, start + length)
         finally:
             await body.aclose()
-        async with partial.write_lock:
-            await trio.to_thread.run_sync(partial.verify_sync)
-            partial.notify()  # readers get the last byte now, before the fsync
-            await trio.to_thread.run_sync(partial.commit_sync)
-        log.info("stored %s (%d bytes, %.2fs)", digest, size, time.monotonic() - download.started)
+        return partial
 
     async def _pump(
-        self, download: Download, body: BlobStream, partial: PartialBlob, start: int
+        self, download: Download, body: BlobStream, partial: PartialBlob, start: int, end: int
     ) -> None:
         """Receive the body in one task and write it from a worker thread, so the two overlap.
 
@@ -257,7 +294,6 @@ class Downloads:
         starts as late as possible.
         """
         pipe = _BufferPipe(BUFFER_COUNT, BUFFER_SIZE)
-        size = partial.layout.size
         broke_off: UpstreamError | None = None
         write_error: Exception | None = None
 
@@ -265,9 +301,9 @@ class Downloads:
             nonlocal broke_off
             received = start
             try:
-                while received < size:
+                while received < end:
                     buffer = await pipe.get_free()
-                    view = memoryview(buffer)[: min(len(buffer), size - received)]
+                    view = memoryview(buffer)[: min(len(buffer), end - received)]
                     filled = 0
                     while filled < len(view):
                         count = await body.readinto(view[filled:])
@@ -307,20 +343,24 @@ class Downloads:
             raise write_error
         if broke_off is not None:
             raise broke_off
-        if offset != size:
-            raise UpstreamError(body.url, f"closed the connection after {offset} of {size} bytes")
+        if offset != end:
+            message = f"closed the connection at byte {offset} of {start}-{end}"
+            raise UpstreamError(body.url, message)
 
 
-def _body_extent(resp: BlobStream, base: str) -> tuple[int, int]:
-    """(offset of the first body byte, total blob size) of a 200 or 206 blob answer."""
+def _body_extent(resp: BlobStream, base: str) -> tuple[int, int, int]:
+    """(offset of the first body byte, body length, total blob size) of a 200 or 206 answer."""
     if resp.status == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
         if match is None:
             raise UpstreamError(base, "answered 206 without a valid Content-Range")
-        return int(match.group(1)), int(match.group(3))
+        first, last, size = (int(g) for g in match.groups())
+        if not first <= last < size:
+            raise UpstreamError(base, f"answered 206 with a bad Content-Range {match.group(0)}")
+        return first, last + 1 - first, size
     if resp.status != 200:
         raise UpstreamError(base, f"answered {resp.status} {resp.reason}")
     length = resp.headers.get("content-length")
     if length is None or not length.isdigit():
         raise UpstreamError(base, "sent a blob without Content-Length")
-    return 0, int(length)
+    return 0, int(length), int(length)

@@ -70,6 +70,7 @@ WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-
 MAX_PEERS = 8  # peers a fetch links to besides the owner
 BAN_SECONDS = 600.0
 META_TIMEOUT = 30.0
+DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
 CONNECT_TIMEOUT = 5.0
 SYNC_PERIOD = 30.0
 UPLOAD_SLOTS = 8  # peers unchoked at once: the best contributors, plus one optimistic
@@ -533,7 +534,14 @@ class SwarmFetch:
 
     async def run(self) -> None:
         while True:
-            await self._find_owner()
+            try:
+                await self._find_owner()
+            except OwnerUnavailable:
+                if self.partial is not None and self.peers:
+                    # We own it now (the owner died) or cannot reach one: take from the
+                    # peers first what they hold, so the upstream only sends what is missing.
+                    await self._drain_peers(self.partial)
+                raise
             partial = self.partial
             assert partial is not None
             if self._exchange_done(partial):
@@ -559,13 +567,17 @@ class SwarmFetch:
 
     async def _find_owner(self) -> None:
         swarm = self.swarm
+        skipped = 0
         for candidate in swarm.owner_candidates(self.digest):
             if candidate == swarm.node_id:
-                raise OwnerUnavailable("this node is the owner")
+                if not skipped:
+                    raise OwnerUnavailable("this node is the owner")
+                break
             if (
                 candidate in swarm.unreachable
                 and time.monotonic() - swarm.unreachable[candidate] < 5
             ):
+                skipped += 1
                 continue
             # Set before asking: PieceMeta updates may follow the first answer at once.
             self.owner = candidate
@@ -574,12 +586,45 @@ class SwarmFetch:
                 await self._want(link)
             except LinkClosed as exc:
                 log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
+                skipped += 1
                 continue
             self._owner_lost = False
             return
+        # Every node ahead of us in rendezvous order failed: they are alive as far as gossip
+        # knows, so this is a fallback (another node may be fetching the same blob).
         swarm.counters.upstream_fallbacks += 1
-        log.warning("no owner of %s reachable: falling back to the upstream", self.digest)
+        log.warning(
+            "no owner of %s reachable (%d tried): falling back to the upstream",
+            self.digest,
+            skipped,
+        )
         raise OwnerUnavailable("no owner reachable")
+
+    async def _drain_peers(self, partial: PartialBlob) -> None:
+        """Fetch from the linked peers every missing piece one of them holds (and whose hash
+        we know); stop when none is left to get or nothing arrives for DRAIN_STALL seconds."""
+        last_progress, progress = time.monotonic(), len(partial.piece_hashes)
+        while not self._exchange_done(partial):
+            obtainable = any(
+                i in self.hashes
+                and i not in partial.piece_hashes
+                and any(i in held for held in self.availability.values())
+                for i in range(partial.layout.count)
+            )
+            if not obtainable and not self.inflight:
+                break
+            if len(partial.piece_hashes) != progress:
+                last_progress, progress = time.monotonic(), len(partial.piece_hashes)
+            elif time.monotonic() - last_progress > DRAIN_STALL:
+                break
+            await self._schedule(partial)
+            await self._wait_change(1.0)
+        log.info(
+            "took %d of %d pieces of %s from peers before the upstream",
+            len(partial.piece_hashes),
+            partial.layout.count,
+            self.digest,
+        )
 
     async def _want(self, link: PeerLink) -> None:
         self._meta = None

@@ -123,6 +123,20 @@ class PartialBlob:
                 return self.layout.start(index) + filled
         return self.layout.size
 
+    def missing_runs(self) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) not yet written, each run of unfinished pieces merged."""
+        runs: list[tuple[int, int]] = []
+        for index, filled in enumerate(self._filled):
+            length = self.layout.length(index)
+            if filled == length:
+                continue
+            start = self.layout.start(index)
+            if runs and runs[-1][1] == start and filled == 0:
+                runs[-1] = (runs[-1][0], start + length)
+            else:
+                runs.append((start + filled, start + length))
+        return runs
+
     def readable_end(self, offset: int) -> int:
         """End of the run of written bytes that starts at `offset` (== offset when none).
 

@@ -166,8 +166,36 @@ def test_owner_killed_mid_transfer_every_other_pull_completes(
         assert codes == [0] * len(others)
         for i in range(len(others)):
             assert sha256_file(tmp_path / f"blob{i}") == digest
+        # The new owner took what the swarm held from peers: the survivors together fetched
+        # less than the whole blob from the registry.
+        size = pushed.blobs[digest]
+        upstream = sum(n.status()["upstream"]["bytes"] for n in others)
+        assert upstream <= size - 4 * MiB, (upstream, size)
     finally:
         proxy.close()
+
+
+def test_a_node_that_reaches_no_owner_fetches_from_the_upstream_and_counts_it(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(2, pushed.registry.url)
+    cluster.wait_converged()
+    digest = pushed.largest_layer
+    first, second = cluster.nodes
+    owner_id = owner_order(digest, [bytes.fromhex(first.node_id), bytes.fromhex(second.node_id)])
+    owner, asker = (first, second) if owner_id[0].hex() == first.node_id else (second, first)
+    mark = pushed.registry.log_mark()
+    owner.stop(signal.SIGKILL)  # gossip still lists it as alive for a few seconds
+    client = curl(f"{asker.url}/v2/{REPO_NAME}/blobs/{digest}", tmp_path / "blob")
+    try:
+        assert client.wait(timeout=120) == 0
+    finally:
+        client.kill()
+        client.wait()
+    assert sha256_file(tmp_path / "blob") == digest
+    assert asker.status()["swarm"]["upstream_fallbacks"] == 1
+    assert pushed.registry.blob_gets(mark) == {digest: 1}
+    assert "falling back to the upstream" in asker.log()
 
 
 def test_a_peer_serving_corrupt_pieces_is_banned_and_pulls_complete(

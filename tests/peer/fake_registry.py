@@ -99,22 +99,24 @@ class FakeRegistry:
             return
         if digest in self.lie_about:
             data = bytes(len(data))
-        start = 0
+        start, end = 0, len(data)
         status = 200
         headers = [("content-type", "application/octet-stream"), ("docker-content-digest", digest)]
         range_header = request.headers.get("range")
-        if range_header and (m := re.fullmatch(r"bytes=(\d+)-", range_header)):
+        if range_header and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", range_header)):
             start = int(m.group(1))
+            if m.group(2):
+                end = min(end, int(m.group(2)) + 1)
             status = 206
-            headers.append(("content-range", f"bytes {start}-{len(data) - 1}/{len(data)}"))
-        headers.append(("content-length", str(len(data) - start)))
+            headers.append(("content-range", f"bytes {start}-{end - 1}/{len(data)}"))
+        headers.append(("content-length", str(end - start)))
         await conn.start_response(status, headers)
         if request.method == "HEAD":
             await conn.end_response()
             return
         sent = 0
-        for pos in range(start, len(data), 65536):
-            chunk = data[pos : pos + 65536]
+        for pos in range(start, end, 65536):
+            chunk = data[pos : min(pos + 65536, end)]
             if self.cut_after is not None and sent + len(chunk) > self.cut_after:
                 await conn.send_data(chunk[: self.cut_after - sent])
                 await conn.stream.aclose()

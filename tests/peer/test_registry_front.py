@@ -174,6 +174,32 @@ async def test_upstream_cut_mid_blob_then_resume(setup: Setup) -> None:
     assert 0 < int(ranges[1][6:-1]) <= 300_000
 
 
+async def test_only_the_missing_runs_are_fetched_around_pieces_already_held(
+    setup: Setup,
+) -> None:
+    # A new owner after a crash holds scattered pieces it got from peers: it asks the upstream
+    # for the gaps only, one Range request per run of missing pieces.
+    piece = 64 * 1024
+    data = os.urandom(10 * piece + 123)
+    digest = setup.registry.add_blob(data)
+    store = setup.node.store
+    partial = await store.open_partial(digest, len(data))
+    for index in (2, 3, 7):
+        partial.write_sync(index * piece, [data[index * piece : (index + 1) * piece]])
+    partial.close()
+    store.release_partial(partial)
+    response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
+    assert response.content == data
+    ranges = [r for m, p, r in setup.registry.requests if m == "GET" and "/blobs/" in p]
+    assert ranges == [
+        f"bytes=0-{2 * piece - 1}",
+        f"bytes={4 * piece}-{7 * piece - 1}",
+        f"bytes={8 * piece}-",
+    ]
+    status = (await setup.client.get("/_pollen/status")).json()
+    assert status["upstream"]["bytes"] == len(data) - 3 * piece
+
+
 async def test_client_that_leaves_does_not_cancel_the_download(setup: Setup) -> None:
     data = os.urandom(2_000_000)
     digest = setup.registry.add_blob(data)
