@@ -167,6 +167,21 @@ class PeerLink:
                 if isinstance(event, Error):
                     raise LinkClosed(f"peer closed with {event.code}: {event.message}")
                 return event
+            payload = self.protocol.payload_buffer()
+            if payload is not None:
+                # The rest of a large piece: straight from the socket into its buffer.
+                try:
+                    count = await self.stream.socket.recv_into(payload)
+                except OSError as exc:
+                    raise LinkClosed(f"receive failed: {exc}") from exc
+                finally:
+                    payload.release()
+                self.bytes_in += count
+                if count:
+                    self.protocol.payload_received(count)
+                else:
+                    self.protocol.receive_data(b"")
+                continue
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

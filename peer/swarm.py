@@ -854,6 +854,13 @@ class SwarmFetch:
             await swarm._send(link, Bitfield(self.digest, bits))
 
     async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
+        try:
+            await self._store_piece(link, piece)
+        finally:
+            if isinstance(piece.data, bytearray):
+                link.protocol.recycle(piece.data)  # written (or dropped): reuse the buffer
+
+    async def _store_piece(self, link: PeerLink, piece: Piece) -> None:
         swarm = self.swarm
         partial = self.partial
         sent_at = self.requested_at.get((piece.index, link.peer_id))
@@ -862,7 +869,7 @@ class SwarmFetch:
             return  # a duplicate from the endgame, or a fetch that moved on
         if isinstance(piece.data, FileRange):  # only ever sent, never decoded
             return
-        data = piece.data if isinstance(piece.data, bytes) else bytes(piece.data)
+        data = memoryview(piece.data)
         expected = self.hashes.get(piece.index)
         if expected is None or len(data) != partial.layout.length(piece.index):
             return

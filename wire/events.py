@@ -110,7 +110,7 @@ class Piece:
     TYPE: ClassVar[int] = 9
     digest: str
     index: int
-    data: bytes | memoryview | FileRange = b""
+    data: bytes | bytearray | memoryview | FileRange = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,19 +125,52 @@ def encode(event: Event) -> list[bytes | memoryview | FileRange]:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields whole events; enforces the frame size limit."""
+    """Accumulates bytes and yields whole events; enforces the frame size limit.
 
-    def __init__(self, max_frame: int) -> None:
+    A large payload is not reassembled from small reads: once a Piece's header is in, the
+    decoder allocates (or reuses) one buffer for its payload and `payload_buffer()` offers the
+    unfilled part of it, so the caller can read from the socket straight into it
+    (`recv_into`, then `payload_received(n)`). The finished Piece carries that buffer; give it
+    back with `recycle()` once its bytes are stored, and the next piece reuses it.
+    """
+
+    def __init__(self, max_frame: int, direct_min: int = 64 * 1024) -> None:
         self.max_frame = max_frame
+        self.direct_min = direct_min  # payloads at least this large get their own buffer
         self._buffer = bytearray()
         self._need: tuple[int, int] | None = None  # (frame length, header length) once known
+        self._piece: tuple[str, int] | None = None  # (digest, index) of the payload below
+        self._payload: bytearray | None = None
+        self._filled = 0
+        self._spare: list[bytearray] = []
 
     @property
     def has_partial_frame(self) -> bool:
-        return bool(self._buffer)
+        return bool(self._buffer) or self._payload is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._payload is not None:
+            take = min(len(data), len(self._payload) - self._filled)
+            self._payload[self._filled : self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
         self._buffer += data
+
+    def payload_buffer(self) -> memoryview | None:
+        """The unfilled part of the payload being received, or None: then use `feed`."""
+        if self._payload is None or self._filled == len(self._payload):
+            return None
+        return memoryview(self._payload)[self._filled :]
+
+    def payload_received(self, count: int) -> None:
+        """`count` bytes were written into the start of `payload_buffer()`."""
+        assert self._payload is not None and 0 <= count <= len(self._payload) - self._filled
+        self._filled += count
+
+    def recycle(self, payload: bytearray) -> None:
+        """Give back a Piece payload this decoder produced, for the next piece to reuse."""
+        if len(self._spare) < 2:
+            self._spare.append(payload)
 
     def next_event(self) -> Event | None:
         """The next whole event, or None when more bytes are needed.
@@ -145,6 +178,13 @@ class FrameDecoder:
         Raises:
             RemoteProtocolError: malformed or oversized frame, unknown type, bad fields.
         """
+        if self._payload is not None:
+            if self._filled < len(self._payload):
+                return None
+            assert self._piece is not None
+            event = Piece(*self._piece, self._payload)
+            self._payload, self._piece, self._filled = None, None, 0
+            return event
         if self._need is None:
             if len(self._buffer) < PREFIX.size:
                 return None
@@ -156,6 +196,12 @@ class FrameDecoder:
             self._need = (frame_len, header_len)
         frame_len, header_len = self._need
         end = PREFIX.size + frame_len
+        payload_len = frame_len - header_len
+        if len(self._buffer) < end and payload_len >= self.direct_min:
+            if len(self._buffer) < PREFIX.size + header_len:
+                return None
+            self._start_payload(header_len, payload_len)
+            return self.next_event()
         if len(self._buffer) < end:
             return None
         view = memoryview(self._buffer)
@@ -166,12 +212,33 @@ class FrameDecoder:
         self._need = None
         return decode(header, payload)
 
+    def _start_payload(self, header_len: int, payload_len: int) -> None:
+        """Switch to receiving a large Piece payload into its own buffer."""
+        header = bytes(self._buffer[PREFIX.size : PREFIX.size + header_len])
+        cls, values = decode_header(header)
+        if cls is not Piece:
+            raise RemoteProtocolError(f"{cls.__name__} with a payload")
+        payload = next((b for b in self._spare if len(b) == payload_len), None)
+        if payload is None:
+            payload = bytearray(payload_len)
+        else:
+            self._spare.remove(payload)
+        self._piece = (values[0], values[1])
+        self._payload = payload
+        # What arrived after the header (less than the payload: the frame is not complete).
+        already = memoryview(self._buffer)[PREFIX.size + header_len :]
+        payload[: len(already)] = already
+        self._filled = len(already)
+        already.release()
+        self._buffer.clear()
+        self._need = None
 
-def decode(header: bytes, payload: bytes) -> Event:
-    """One event from a header and its payload.
+
+def decode_header(header: bytes) -> tuple[type[Event], list[Any]]:
+    """The event type and its validated field values from a frame header.
 
     Raises:
-        RemoteProtocolError: anything that is not exactly a valid event.
+        RemoteProtocolError: anything that is not exactly a valid header.
     """
     try:
         fields = msgpack.unpackb(header, raw=False, strict_map_key=False, use_list=True)
@@ -189,6 +256,16 @@ def decode(header: bytes, payload: bytes) -> Event:
     for name, value in zip(names, values, strict=True):
         if not _CHECKS[name](value):
             raise RemoteProtocolError(f"{cls.__name__}: bad field {name}")
+    return cls, values
+
+
+def decode(header: bytes, payload: bytes) -> Event:
+    """One event from a header and its payload.
+
+    Raises:
+        RemoteProtocolError: anything that is not exactly a valid event.
+    """
+    cls, values = decode_header(header)
     if cls is Piece:
         return Piece(values[0], values[1], payload)
     if payload:
@@ -197,4 +274,4 @@ def decode(header: bytes, payload: bytes) -> Event:
         return Peers(values[0], [tuple(p) for p in values[1]])
     if cls is Members:
         return Members([tuple(m) for m in values[0]], values[1])
-    return cls(*values)  # type: ignore[no-any-return]
+    return cls(*values)

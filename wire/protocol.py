@@ -160,6 +160,19 @@ class PeerProtocol:
         else:
             self._decoder.feed(data)
 
+    def payload_buffer(self) -> memoryview | None:
+        """Where the rest of a large piece goes: read the socket straight into it, then call
+        `payload_received`. None means: use `receive_data`."""
+        return self._decoder.payload_buffer()
+
+    def payload_received(self, count: int) -> None:
+        """`count` bytes were written into the start of `payload_buffer()`."""
+        self._decoder.payload_received(count)
+
+    def recycle(self, payload: bytearray) -> None:
+        """Give back a received Piece's bytearray once stored, so the next piece reuses it."""
+        self._decoder.recycle(payload)
+
     def next_event(self) -> Event | _Sentinel:
         """The next event, NEED_DATA, or CLOSED.
 

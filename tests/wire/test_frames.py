@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,3 +103,76 @@ def test_payload_only_on_pieces() -> None:
     decoder.feed(bytes(raw) + b"abc")
     with pytest.raises(RemoteProtocolError, match="payload"):
         decoder.next_event()
+
+
+def _decode_with_payload_buffers(
+    stream: bytes, cuts: list[int], decoder: FrameDecoder
+) -> list[Event]:
+    """Decode `stream` the way a link does: large payloads read straight into the decoder's
+    buffer (`payload_buffer`), everything else fed; reads end at the given cut points."""
+    got: list[Event] = []
+    position = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        while position < cut:
+            target = decoder.payload_buffer()
+            if target is None:
+                decoder.feed(stream[position:cut])
+                position = cut
+            else:
+                count = min(len(target), cut - position)
+                target[:count] = stream[position : position + count]
+                target.release()
+                decoder.payload_received(count)
+                position += count
+            while (event := decoder.next_event()) is not None:
+                got.append(normalized(event))
+                if isinstance(event, Piece) and isinstance(event.data, bytearray):
+                    decoder.recycle(event.data)  # the next piece may reuse it
+    return got
+
+
+@settings(max_examples=300)
+@given(st.lists(events, max_size=8), st.data(), st.integers(1, 64))
+def test_round_trip_reading_payloads_into_their_own_buffers(
+    sent: list[Event], data: st.DataObject, direct_min: int
+) -> None:
+    stream = b"".join(frame(e) for e in sent)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    got = _decode_with_payload_buffers(stream, cuts, FrameDecoder(MAX, direct_min=direct_min))
+    assert got == [normalized(e) for e in sent]
+
+
+def test_a_recycled_payload_buffer_is_reused_for_the_next_piece() -> None:
+    digest = "sha256:" + "a" * 64
+    decoder = FrameDecoder(MAX, direct_min=16)
+    first_frame = frame(Piece(digest, 0, b"x" * 100))
+    decoder.feed(first_frame[:-50])
+    assert decoder.next_event() is None
+    target = decoder.payload_buffer()
+    assert target is not None and len(target) == 50
+    target[:] = b"x" * 50
+    target.release()
+    decoder.payload_received(50)
+    first = decoder.next_event()
+    assert isinstance(first, Piece) and first.data == b"x" * 100
+    assert isinstance(first.data, bytearray)
+    decoder.recycle(first.data)
+    decoder.feed(frame(Piece(digest, 1, b"y" * 100))[:-1])
+    assert decoder.next_event() is None
+    decoder.feed(b"y")
+    second = decoder.next_event()
+    assert isinstance(second, Piece) and second.data is first.data and second.data == b"y" * 100
+
+
+@settings(max_examples=300)
+@given(events, st.data())
+def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_error(
+    event: Event, data: st.DataObject
+) -> None:
+    raw = bytearray(frame(event))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(raw) - 1))
+        raw[position] = data.draw(st.integers(0, 255))
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
+    with contextlib.suppress(RemoteProtocolError):
+        _decode_with_payload_buffers(bytes(raw), cuts, FrameDecoder(MAX, direct_min=1))
