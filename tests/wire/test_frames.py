@@ -55,15 +55,21 @@ def test_random_bytes_parse_or_raise_remote_protocol_error(data: bytes) -> None:
         pass
 
 
+def mutated_frame(event: Event, data: st.DataObject) -> bytearray:
+    """The frame of `event` with one to four bytes overwritten at random."""
+    raw = bytearray(frame(event))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(raw) - 1))
+        raw[position] = data.draw(st.integers(0, 255))
+    return raw
+
+
 @settings(max_examples=300)
 @given(events, st.data())
 def test_mutated_frames_parse_or_raise_remote_protocol_error(
     event: Event, data: st.DataObject
 ) -> None:
-    raw = bytearray(frame(event))
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(raw) - 1))
-        raw[position] = data.draw(st.integers(0, 255))
+    raw = mutated_frame(event, data)
     for cut in (len(raw), data.draw(st.integers(0, len(raw)))):
         decoder = FrameDecoder(MAX)
         decoder.feed(bytes(raw[:cut]))
@@ -169,10 +175,7 @@ def test_a_recycled_payload_buffer_is_reused_for_the_next_piece() -> None:
 def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_error(
     event: Event, data: st.DataObject
 ) -> None:
-    raw = bytearray(frame(event))
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(raw) - 1))
-        raw[position] = data.draw(st.integers(0, 255))
+    raw = mutated_frame(event, data)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
     with contextlib.suppress(RemoteProtocolError):
         _decode_with_payload_buffers(bytes(raw), cuts, FrameDecoder(MAX, direct_min=1))
