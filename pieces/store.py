@@ -18,6 +18,8 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ from pieces.partial import (
 )
 
 log = logging.getLogger("pollen.store")
+
+HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512 MiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,10 @@ class Store:
         self._private = self.root / "private"
         for directory in (self._blobs, self._partial, self._manifests, self._tmp, self._private):
             directory.mkdir(parents=True, exist_ok=True)
+        # Piece hashes of complete blobs, per (hex digest, piece size): peers ask for them
+        # with every Want. Read from worker threads, hence the lock.
+        self._hash_cache: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
+        self._hash_cache_lock = threading.Lock()
         for leftover in self._tmp.iterdir():
             leftover.unlink(missing_ok=True)
         for leftover in self._partial.glob("*.meta.tmp"):
@@ -177,7 +185,17 @@ class Store:
     def release_partial(self, blob: PartialBlob) -> None:
         """Forget an in-process partial (after it completed, failed or was abandoned)."""
         self._partials.pop(blob.hex, None)
+        if blob.complete:
+            # Keep its piece hashes: peers asking for this blob get them without a re-read.
+            self._remember_hashes(blob.hex, blob.layout.piece_size, dict(blob.piece_hashes))
         blob.close()
+
+    def _remember_hashes(self, hex_: str, piece_size: int, hashes: dict[int, bytes]) -> None:
+        with self._hash_cache_lock:
+            self._hash_cache[(hex_, piece_size)] = hashes
+            self._hash_cache.move_to_end((hex_, piece_size))
+            while len(self._hash_cache) > HASH_CACHE_BLOBS:
+                self._hash_cache.popitem(last=False)
 
     # ---- pieces for peers ----------------------------------------------------------------
 
@@ -208,10 +226,16 @@ class Store:
         return None
 
     def complete_piece_hashes_sync(self, digest: str, piece_size: int) -> dict[int, bytes] | None:
-        """xxh3-128 of every piece of a complete blob (computed on demand, ~10 GB/s)."""
+        """xxh3-128 of every piece of a complete blob: kept from when it was written, or
+        computed from disk (~10 GB/s) and then kept."""
         size = self.blob_size(digest)
         if size is None:
             return None
+        hex_ = digest_hex(digest)
+        with self._hash_cache_lock:
+            cached = self._hash_cache.get((hex_, piece_size))
+        if cached is not None:
+            return dict(cached)
         layout = PieceLayout(size, piece_size)
         hashes = {}
         try:
@@ -221,7 +245,13 @@ class Store:
                     hashes[index] = piece_hash(data)
         except FileNotFoundError:
             return None
-        return hashes
+        self._remember_hashes(hex_, piece_size, hashes)
+        return dict(hashes)
+
+    def _forget_hashes(self, hex_: str) -> None:
+        with self._hash_cache_lock:
+            for key in [k for k in self._hash_cache if k[0] == hex_]:
+                del self._hash_cache[key]
 
     # ---- manifests -----------------------------------------------------------------------
 
@@ -303,6 +333,7 @@ class Store:
             if used + incoming <= self.quota:
                 break
             (self._blobs / hex_).unlink(missing_ok=True)
+            self._forget_hashes(hex_)
             used -= size
             log.info("evicted sha256:%s (%d bytes) to stay under the cache size", hex_, size)
         if used + incoming > self.quota:

@@ -170,6 +170,27 @@ async def test_pieces_may_arrive_out_of_order(tmp_path: Path) -> None:
     assert store.complete_path(digest).read_bytes() == data
 
 
+async def test_piece_hashes_of_a_committed_blob_are_kept_not_reread(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(4200)
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data])
+    partial.finalize_sync()
+    store.release_partial(partial)
+    expected = {i: piece_hash(data[i * 1000 : (i + 1) * 1000]) for i in range(5)}
+    # Overwrite the stored bytes behind the store's back: the hashes still come from the
+    # commit, so they were not read again from disk.
+    store.complete_path(digest).write_bytes(bytes(len(data)))
+    assert store.complete_piece_hashes_sync(digest, 1000) == expected
+    # Another piece size is computed from disk (and then kept).
+    zeros = bytes(2100)
+    assert store.complete_piece_hashes_sync(digest, 2100) == {
+        0: piece_hash(zeros),
+        1: piece_hash(zeros),
+    }
+
+
 async def test_eviction_is_lru_and_spares_blobs_in_use(tmp_path: Path) -> None:
     store = Store(tmp_path, 1000)
     blobs = [os.urandom(1000) for _ in range(3)]
