@@ -279,7 +279,8 @@ class Downloads:
             download.partial = partial
             download.ready.set()
             if start:
-                log.info("fetching %s bytes %d-%d of %d", digest, start, start + length - 1, size)
+                end_byte = start + length - 1
+                log.info("resuming %s at byte %d (to %d of %d)", digest, start, end_byte, size)
             await self._pump(download, body, partial, start, start + length)
         finally:
             await body.aclose()
