@@ -1,11 +1,20 @@
-"""Synthetic OCI images: an OCI layout directory with layers of random (incompressible) data.
+"""Synthetic OCI images: an OCI layout directory whose layers have chosen sizes and content.
 
-Each layer is an uncompressed tar holding one file of random bytes, so containerd can unpack it
-and every layer has a distinct digest. `skopeo copy oci:DIR:TAG docker://...` pushes it.
+Each layer is a tar holding one file, either of seeded random bytes (incompressible) or of
+"text" (half random, half repeated text, which gzip shrinks to about half), stored uncompressed
+or gzip-compressed. The same spec gives the same digests, so two releases of an image share the
+layers whose specs did not change. `skopeo copy oci:DIR:TAG docker://...` pushes it.
+
+Profiles (`image_spec`):
+- `plain`: N equal layers of random bytes (`--layers 4 --layer-size 128MiB`).
+- `jib`: a layered Java application as Jib builds it: a JDK base (~80 MB), dependency jars
+  (~200 MB), resources (~300 MB) and application classes (~1 MB), scaled by `scale`; release K
+  differs from release K-1 in the classes layer only.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -14,8 +23,10 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -49,21 +60,64 @@ class Image:
         return [self.config.digest, *(d.digest for d in self.layers)]
 
 
-class _RandomReader:
-    """`size` seeded pseudo-random bytes, readable in chunks (never all in memory)."""
+@dataclass(frozen=True, slots=True)
+class LayerSpec:
+    """One layer: the file it holds, its size in bytes before compression, and its content."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    name: str
+    size: int
+    seed: int
+    content: str = "random"  # or "text"
+    gzip: bool = False
+
+
+CONTENTS = ("random", "text")
+_TEXT = (
+    b"package com.example.app; import java.util.*; public final class Service { private "
+    b"final Map<String, List<Integer>> index = new HashMap<>(); public int lookup(String k) "
+    b"{ return index.getOrDefault(k, List.of()).size(); } } <resource key='greeting'>Hello, "
+    b"world</resource> META-INF/MANIFEST.MF Main-Class: com.example.app.Main Created-By: jib\n"
+)
+_BLOCK = 64 * 1024
+
+
+class _ContentReader:
+    """`size` bytes of seeded content, readable in chunks (never all in memory).
+
+    "text" blocks are half random bytes, half a rotation of a short Java-like text: gzip
+    shrinks them to about half, between a jar (already compressed) and plain source.
+    """
+
+    def __init__(self, size: int, seed: int, content: str) -> None:
+        if content not in CONTENTS:
+            raise ValueError(f"content must be one of {CONTENTS}, not {content!r}")
         self._left = size
         self._rng = random.Random(seed)
+        self._text = content == "text"
+        self._pending = b""
 
     def read(self, n: int = -1) -> bytes:
         n = self._left if n < 0 else min(n, self._left)
+        if not self._text:
+            self._left -= n
+            return self._rng.randbytes(n)
+        while len(self._pending) < n:
+            shift = self._rng.randrange(len(_TEXT))
+            text = (_TEXT[shift:] + _TEXT[:shift]) * (_BLOCK // 2 // len(_TEXT) + 1)
+            self._pending += self._rng.randbytes(_BLOCK // 2) + text[: _BLOCK // 2]
+        out, self._pending = self._pending[:n], self._pending[n:]
         self._left -= n
-        return self._rng.randbytes(n)
+        return out
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 class _HashingWriter(io.RawIOBase):
-    def __init__(self, f: io.BufferedWriter) -> None:
+    """Passes writes on to `f`, counting and hashing them."""
+
+    def __init__(self, f: _Sink) -> None:
         self._f = f
         self.sha = hashlib.sha256()
         self.size = 0
@@ -83,19 +137,30 @@ def _write_blob(layout: Path, media_type: str, body: bytes) -> Descriptor:
     return Descriptor(media_type, digest, len(body))
 
 
-def _write_layer(layout: Path, size: int, seed: int, name: str) -> Descriptor:
-    tmp = layout / "blobs" / "sha256" / f".tmp-{seed}"
+def _write_layer(layout: Path, spec: LayerSpec) -> tuple[Descriptor, str]:
+    """Write one layer blob; return its descriptor and its diff_id (digest of the tar)."""
+    tmp = layout / "blobs" / "sha256" / f".tmp-{spec.seed}"
     with open(tmp, "wb") as raw:
         out = _HashingWriter(raw)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            info = tarfile.TarInfo(name)
-            info.size = size
+        tar_hash = out
+        zipped: gzip.GzipFile | None = None
+        if spec.gzip:
+            # mtime=0 and no file name: the same spec always gives the same bytes.
+            zipped = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0, filename="")
+            tar_hash = _HashingWriter(zipped)
+        with tarfile.open(fileobj=tar_hash, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo(spec.name)
+            info.size = spec.size
             info.mode = 0o644
             info.mtime = 0
-            tar.addfile(info, _RandomReader(size, seed))
+            content = _ContentReader(spec.size, spec.seed, spec.content)
+            tar.addfile(info, content)
+        if zipped is not None:
+            zipped.close()
     digest = "sha256:" + out.sha.hexdigest()
     os.replace(tmp, layout / "blobs" / "sha256" / digest[7:])
-    return Descriptor(LAYER_MEDIA_TYPE, digest, out.size)
+    media_type = GZIP_LAYER_MEDIA_TYPE if spec.gzip else LAYER_MEDIA_TYPE
+    return Descriptor(media_type, digest, out.size), "sha256:" + tar_hash.sha.hexdigest()
 
 
 def write_image(layout: Path, layer_sizes: list[int], tag: str = "latest", seed: int = 0) -> Image:
@@ -103,18 +168,23 @@ def write_image(layout: Path, layer_sizes: list[int], tag: str = "latest", seed:
 
     The same sizes and seed give the same digests; a different seed gives different layers.
     """
+    specs = [
+        LayerSpec(f"layer{i}.bin", size, seed * 1000 + i) for i, size in enumerate(layer_sizes)
+    ]
+    return write_layers(layout, specs, tag)
+
+
+def write_layers(layout: Path, specs: list[LayerSpec], tag: str) -> Image:
+    """Write an OCI layout at `layout` (added to it if it exists) with the given layers."""
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    layers = tuple(
-        _write_layer(layout, size, seed * 1000 + i, f"layer{i}.bin")
-        for i, size in enumerate(layer_sizes)
-    )
-    # The tars are uncompressed, so the diff_ids are the layer digests themselves.
+    written = [_write_layer(layout, spec) for spec in specs]
+    layers = tuple(descriptor for descriptor, _ in written)
     config_doc = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/layer0.bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [d.digest for d in layers]},
+        "config": {"Cmd": [f"/{specs[0].name}"] if specs else []},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in written]},
     }
     config = _write_blob(layout, CONFIG_MEDIA_TYPE, json.dumps(config_doc).encode())
     manifest_doc = {
@@ -124,12 +194,52 @@ def write_image(layout: Path, layer_sizes: list[int], tag: str = "latest", seed:
         "layers": [d.as_json() for d in layers],
     }
     manifest = _write_blob(layout, MANIFEST_MEDIA_TYPE, json.dumps(manifest_doc).encode())
-    index = {
-        "schemaVersion": 2,
-        "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": [
-            {**manifest.as_json(), "annotations": {"org.opencontainers.image.ref.name": tag}}
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
+    entry = {**manifest.as_json(), "annotations": {"org.opencontainers.image.ref.name": tag}}
+    _add_to_index(layout, tag, entry)
     return Image(layout, tag, manifest, config, layers)
+
+
+def _add_to_index(layout: Path, tag: str, entry: dict[str, Any]) -> None:
+    """Add or replace the tag's entry in index.json (other tags stay)."""
+    path = layout / "index.json"
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+    if path.exists():
+        index = json.loads(path.read_text())
+    manifests = [
+        m
+        for m in index.get("manifests", [])
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
+    ]
+    index["manifests"] = [*manifests, entry]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, path)
+
+
+# ---- profiles ----------------------------------------------------------------------------
+
+MB = 1000 * 1000
+JIB_LAYERS = (  # (file name, size at scale 1)
+    ("opt/java/jdk/lib/modules", 80 * MB),
+    ("app/libs/dependencies.jar", 200 * MB),
+    ("app/resources/assets.pak", 300 * MB),
+    ("app/classes/classes.bin", 1 * MB),
+)
+
+
+def jib_specs(scale: float, release: int, content: str, gzip_layers: bool) -> list[LayerSpec]:
+    """The jib profile's layers; only the classes layer (the last) depends on `release`."""
+    specs = []
+    for i, (name, size) in enumerate(JIB_LAYERS):
+        seed = 7_000 + i if i < len(JIB_LAYERS) - 1 else 8_000_000 + release
+        specs.append(LayerSpec(name, max(1, int(size * scale)), seed, content, gzip_layers))
+    return specs
+
+
+def plain_specs(
+    layers: int, layer_size: int, seed: int, content: str, gzip_layers: bool
+) -> list[LayerSpec]:
+    return [
+        LayerSpec(f"layer{i}.bin", layer_size, seed * 1000 + i, content, gzip_layers)
+        for i in range(layers)
+    ]

@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 
+from bench.cli import bench
 from peer.config import (
     DEFAULT_HTTP,
     DEFAULT_PEER,
@@ -289,6 +290,9 @@ def status(http: str, as_json: bool) -> None:
             f"{t['clients']} clients  {t['seconds']}s  {t['repository']}"
         )
 
+
+# The benchmark harnesses are part of the product: `pollen bench --help`.
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()
