@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl
+SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2 aria2 opentracker mktorrent
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint unit system-deps bench-blob
@@ -12,14 +12,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(BIN)/pollen: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 run: $(BIN)/pollen
 	$(BIN)/pollen run
 
 system-deps:
-	@for cmd in docker-registry containerd ctr skopeo htpasswd curl; do \
+	@for cmd in docker-registry containerd ctr skopeo htpasswd curl ip tc aria2c opentracker mktorrent; do \
 	  command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \

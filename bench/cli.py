@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 
-from bench.oci_image import CONTENTS, Image, jib_specs, plain_specs, write_layers
+from bench.oci_image import (
+    CONTENTS,
+    Image,
+    PushError,
+    jib_specs,
+    plain_specs,
+    push,
+    write_layers,
+)
+from bench.swarm_bench import swarm
 from peer.sizes import format_size, parse_size
 
 
@@ -36,16 +44,10 @@ def registry_ref(url: str, tag: str) -> tuple[str, bool]:
 def push_layout(layout: Path, tag: str, url: str) -> str:
     """skopeo-copy the image `tag` of an OCI layout to `url` (http(s)://HOST/REPO)."""
     ref, tls = registry_ref(url, tag)
-    # --preserve-digests: push the layers as written (skopeo would gzip uncompressed ones).
-    command = ["skopeo", "copy", "--quiet", "--preserve-digests"]
-    command += [f"--dest-tls-verify={str(tls).lower()}"]
-    command += [f"oci:{layout}:{tag}", f"docker://{ref}"]
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
-    except FileNotFoundError as exc:
-        raise click.ClickException("skopeo is not installed (apt-get install skopeo)") from exc
-    except subprocess.CalledProcessError as exc:
-        raise click.ClickException(f"pushing to {ref} failed: {exc.stderr.strip()}") from exc
+        push(layout, tag, ref, tls)
+    except PushError as exc:
+        raise click.ClickException(str(exc)) from exc
     return ref
 
 
@@ -129,3 +131,6 @@ def describe(image: Image, seconds: float) -> str:
         lines.append(f"  {layer.digest}  {format_size(layer.size):>10}  {layer.media_type}")
     lines.append(f"  total {format_size(image.total_size)}, written in {seconds:.1f}s")
     return "\n".join(lines)
+
+
+bench.add_command(swarm)

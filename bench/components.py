@@ -111,6 +111,29 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float 
             proc.wait(timeout=timeout)
 
 
+def registry_config(workdir: Path, addr: str, htpasswd: Path | None = None) -> Path:
+    """A docker-registry config: storage under `workdir`, listening on `addr`, access log on."""
+    auth = ""
+    if htpasswd is not None:
+        auth = f"auth:\n  htpasswd:\n    realm: pollen-test\n    path: {htpasswd}\n"
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
+        f"http:\n  addr: {addr}\n" + auth
+    )
+    return config
+
+
+_SERVED = re.compile(r'"GET /v2/[^"]+ HTTP/1\.1" (?:200|206) (\d+)')
+
+
+def registry_bytes_served(log_text: str) -> int:
+    """Body bytes of every successful GET in a docker-registry access log."""
+    return sum(int(m.group(1)) for m in _SERVED.finditer(log_text))
+
+
 class Registry:
     """docker-registry on 127.0.0.1 with its access log in a file we can count blob GETs in."""
 
@@ -121,17 +144,7 @@ class Registry:
         self.url = f"http://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
         self.log_path = workdir / "registry.log"
-        auth = ""
-        if htpasswd is not None:
-            auth = f"auth:\n  htpasswd:\n    realm: pollen-test\n    path: {htpasswd}\n"
-        config = workdir / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
-        )
-        self._config = config
+        self._config = registry_config(workdir, self.host, htpasswd)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 

@@ -20,7 +20,9 @@ import io
 import json
 import os
 import random
+import subprocess
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -243,3 +245,23 @@ def plain_specs(
         LayerSpec(f"layer{i}.bin", layer_size, seed * 1000 + i, content, gzip_layers)
         for i in range(layers)
     ]
+
+
+class PushError(Exception):
+    """skopeo could not push the image; the message has its error."""
+
+
+def push(layout: Path, tag: str, ref: str, tls: bool, prefix: Sequence[str] = ()) -> None:
+    """`skopeo copy` the image `tag` of an OCI layout to `docker://ref` (HOST/REPO:TAG).
+
+    --preserve-digests: push the layers as written (skopeo would gzip uncompressed ones).
+    `prefix` runs skopeo through another command (e.g. `ip netns exec NS`).
+    """
+    command = [*prefix, "skopeo", "copy", "--quiet", "--preserve-digests"]
+    command += [f"--dest-tls-verify={str(tls).lower()}", f"oci:{layout}:{tag}", f"docker://{ref}"]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
+    except FileNotFoundError as exc:
+        raise PushError("skopeo is not installed (apt-get install skopeo)") from exc
+    except subprocess.CalledProcessError as exc:
+        raise PushError(f"pushing to {ref} failed: {exc.stderr.strip()}") from exc

@@ -1,0 +1,499 @@
+"""Rollouts on a testbed: every node host fetches the same image at the same moment, through
+one contender (straight from the registry, through pollen, or over BitTorrent).
+
+Each contender starts from empty caches, starts all hosts' clients at once, and records when
+each host finished, what the origin served (payload bytes, from the registry's access log or
+the BitTorrent seeder's own count) and what crossed the origin's link (interface counter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from bench.components import REPO, registry_bytes_served, registry_config
+from bench.oci_image import Image, push
+from bench.testbed import Host, Testbed, stop_process
+
+REGISTRY_PORT = 5000
+POLLEN_HTTP = "127.0.0.1:5001"
+PEER_PORT = 65002
+TRACKER_PORT = 6969
+SEEDER_RPC = 6800
+REPOSITORY = "bench/app"
+CONVERGE_TIMEOUT = 60.0
+
+Progress = Callable[[str], None]
+T = TypeVar("T")
+
+
+class RolloutError(Exception):
+    """A contender could not be set up (not: a host that failed, which is a result)."""
+
+
+@dataclass
+class Outcome:
+    contender: str
+    done: dict[str, float | None] = field(default_factory=dict)  # host -> seconds, None: failed
+    errors: dict[str, str] = field(default_factory=dict)
+    origin_payload: int = 0  # bytes the origin served to the hosts
+    origin_wire: int = 0  # bytes the origin's link carried (headers, retransmits included)
+
+    @property
+    def times(self) -> list[float]:
+        return sorted(t for t in self.done.values() if t is not None)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done) and all(t is not None for t in self.done.values())
+
+
+@dataclass
+class Origin:
+    """docker-registry on the origin host, holding the images under test."""
+
+    testbed: Testbed
+    workdir: Path
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        host = self.testbed.origin
+        self.address = f"{host.ip}:{REGISTRY_PORT}"
+        self.url = f"http://{self.address}"
+        config = registry_config(self.workdir, self.address)
+        self.log_path = self.workdir / "registry.log"
+        self.proc = self.testbed.spawn(
+            host, ["docker-registry", "serve", str(config)], self.log_path
+        )
+        wait_until(
+            "docker-registry on the origin",
+            lambda: _curl_ok(self.testbed, host, self.url + "/v2/"),
+            30,
+            self.proc,
+        )
+
+    def push(self, image: Image) -> None:
+        prefix = self.testbed.command(self.testbed.origin, [])
+        push(image.layout, image.tag, f"{self.address}/{REPOSITORY}:{image.tag}", False, prefix)
+
+    def served_since(self, mark: int) -> int:
+        with open(self.log_path, "rb") as f:
+            f.seek(mark)
+            return registry_bytes_served(f.read().decode("utf-8", "replace"))
+
+    def log_mark(self) -> int:
+        return self.log_path.stat().st_size
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RolloutError(f"{what}: the process exited with {proc.returncode}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise RolloutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def _curl(testbed: Testbed, host: Host, url: str) -> subprocess.CompletedProcess[str]:
+    argv = testbed.command(host, ["curl", "-s", "-S", "--max-time", "5", url])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=15)
+
+
+def _curl_ok(testbed: Testbed, host: Host, url: str) -> bool:
+    return _curl(testbed, host, url).returncode == 0
+
+
+def run_at_once(
+    testbed: Testbed,
+    commands: dict[Host, list[str]],
+    timeout: float,
+    outcome: Outcome,
+    progress: Progress,
+    logs: Path,
+    done_files: dict[Host, Path] | None = None,
+) -> None:
+    """Start every host's command at the same moment; record when each finished.
+
+    A host is done when its command exits 0, or (with `done_files`, for clients that keep
+    running to serve others) when its done file appears; the file holds a Unix time.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[Host, subprocess.Popen[bytes]] = {}
+    wall_start = time.time()
+    start = time.monotonic()
+    for host, argv in commands.items():
+        procs[host] = testbed.spawn(host, argv, logs / f"{host.name}.log")
+    pending = set(procs)
+    deadline = start + timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            for host in list(pending):
+                proc = procs[host]
+                if done_files is not None and done_files[host].exists():
+                    text = done_files[host].read_text().strip()
+                    if text:
+                        outcome.done[host.name] = float(text) - wall_start
+                        pending.discard(host)
+                        continue
+                code = proc.poll()
+                if code is None:
+                    continue
+                if done_files is None and code == 0:
+                    outcome.done[host.name] = time.monotonic() - start
+                else:
+                    outcome.done[host.name] = None
+                    tail = (logs / f"{host.name}.log").read_text(errors="replace")[-500:]
+                    outcome.errors[host.name] = f"exited with {code}: {tail.strip()}"
+                pending.discard(host)
+            progress(
+                f"{outcome.contender}: {len(procs) - len(pending)}/{len(procs)} hosts done, "
+                f"{time.monotonic() - start:.1f}s"
+            )
+            time.sleep(0.05)
+    finally:
+        for host in pending:
+            outcome.done[host.name] = None
+            outcome.errors[host.name] = f"not done after {timeout:.0f}s"
+        for proc in procs.values():
+            stop_process(proc)
+
+
+def skopeo_pull(source: str, layout: Path, tag: str) -> list[str]:
+    """skopeo copying an image into an OCI layout (blobs already there are not fetched)."""
+    return [
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-oci-accept-uncompressed-layers",
+        f"docker://{source}",
+        f"oci:{layout}:{tag}",
+    ]
+
+
+# ---- contenders ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """What every contender shares: the testbed, the origin, the images, the limits."""
+
+    testbed: Testbed
+    origin: Origin
+    workdir: Path
+    timeout: float
+    progress: Progress
+
+    def measure(
+        self,
+        contender: str,
+        prepare: Callable[[], None] | None,
+        run: Callable[[Outcome], None],
+    ) -> Outcome:
+        """`prepare` (untimed: e.g. hold the previous release), then measure `run`."""
+        if prepare is not None:
+            prepare()
+        outcome = Outcome(contender)
+        mark = self.origin.log_mark()
+        wire = self.testbed.tx_bytes(self.testbed.origin)
+        run(outcome)
+        outcome.origin_wire = self.testbed.tx_bytes(self.testbed.origin) - wire
+        if not outcome.origin_payload:
+            outcome.origin_payload = self.origin.served_since(mark)
+        return outcome
+
+    def direct(self, tags: list[str]) -> Outcome:
+        """Every host pulls straight from the registry (skopeo into its own OCI layout)."""
+        base = self.workdir / "direct"
+
+        def pull(tag: str, outcome: Outcome) -> None:
+            self._pull_all(f"{self.origin.address}/{REPOSITORY}:{tag}", tag, base, outcome)
+
+        try:
+            return self.measure(
+                "direct",
+                (lambda: _must(pull, tags[0], "direct")) if len(tags) > 1 else None,
+                lambda outcome: pull(tags[-1], outcome),
+            )
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def pollen(self, tags: list[str]) -> Outcome:
+        """A pollen node per host, joined by gossip; every host pulls through its own node."""
+        nodes = self.testbed.nodes
+        base = self.workdir / "pollen"
+        procs = []
+        try:
+            for i, host in enumerate(nodes):
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "peer.cli",
+                    "run",
+                    "--http",
+                    POLLEN_HTTP,
+                    "--peer",
+                    f"{host.ip}:{PEER_PORT}",
+                    "--data-dir",
+                    str(base / host.name / "store"),
+                    "--default-upstream",
+                    self.origin.url,
+                ]
+                if i:
+                    argv += ["--join", f"{nodes[0].ip}:{PEER_PORT}"]
+                (base / host.name).mkdir(parents=True, exist_ok=True)
+                log = base / host.name / "pollen.log"
+                procs.append(self.testbed.spawn(host, argv, log, cwd=REPO))
+            self._wait_converged(nodes)
+
+            def pull(tag: str, outcome: Outcome) -> None:
+                self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome)
+
+            return self.measure(
+                "pollen",
+                (lambda: _must(pull, tags[0], "pollen")) if len(tags) > 1 else None,
+                lambda outcome: pull(tags[-1], outcome),
+            )
+        finally:
+            for proc in procs:
+                stop_process(proc)
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _pull_all(self, source: str, tag: str, base: Path, outcome: Outcome) -> None:
+        """Every node host copies `source` with skopeo into its layout under `base`."""
+        for host in self.testbed.nodes:
+            (base / host.name).mkdir(parents=True, exist_ok=True)
+        commands = {h: skopeo_pull(source, base / h.name / "oci", tag) for h in self.testbed.nodes}
+        logs = base / f"logs-{tag}"
+        run_at_once(self.testbed, commands, self.timeout, outcome, self.progress, logs)
+
+    def _wait_converged(self, nodes: list[Host]) -> None:
+        def converged() -> bool:
+            for host in nodes:
+                answer = _curl(self.testbed, host, f"http://{POLLEN_HTTP}/_pollen/status")
+                if answer.returncode != 0:
+                    return False
+                members = json.loads(answer.stdout)["swarm"]["members"]
+                if sum(1 for m in members if m["status"] == "alive") != len(nodes) - 1:
+                    return False
+            return True
+
+        wait_until("pollen cluster membership", converged, CONVERGE_TIMEOUT)
+
+    def bittorrent(self, images: list[Image]) -> Outcome:
+        """aria2c on every host, seeded by aria2c on the origin, tracked by opentracker."""
+        for tool in ("aria2c", "opentracker", "mktorrent"):
+            if shutil.which(tool) is None:
+                raise RolloutError(
+                    f"bittorrent needs `{tool}`: apt-get install aria2 opentracker mktorrent"
+                )
+        base = self.workdir / "bittorrent"
+        torrents = [self._make_torrent(base, image) for image in images]
+        tracker_dir = base / "tracker"
+        tracker_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(tracker_dir, 0o755)
+        whitelist = tracker_dir / "whitelist"
+        # opentracker drops its privileges (to nobody): the whitelist must be world-readable.
+        whitelist.write_text("".join(info_hash(t) + "\n" for t, _ in torrents))
+        os.chmod(whitelist, 0o644)
+        origin = self.testbed.origin
+        procs = [
+            self.testbed.spawn(
+                origin,
+                [
+                    "opentracker",
+                    "-i",
+                    origin.ip,
+                    "-p",
+                    str(TRACKER_PORT),
+                    "-P",
+                    str(TRACKER_PORT),
+                    "-d",
+                    ".",
+                    "-w",
+                    "whitelist",
+                ],
+                base / "tracker.log",
+                cwd=tracker_dir,
+            )
+        ]
+        try:
+            wait_until(
+                "opentracker",
+                lambda: _curl_ok(self.testbed, origin, f"http://{origin.ip}:{TRACKER_PORT}/stats"),
+                20,
+                procs[0],
+            )
+
+            def share(index: int, outcome: Outcome) -> None:
+                torrent, files = torrents[index]
+                seeder = self.testbed.spawn(
+                    origin,
+                    [
+                        *ARIA2_COMMON,
+                        f"--dir={files.parent}",
+                        "--seed-ratio=0.0",
+                        "--bt-seed-unverified=true",
+                        "--enable-rpc=true",
+                        f"--rpc-listen-port={SEEDER_RPC}",
+                        str(torrent),
+                    ],
+                    base / f"seeder-{index}.log",
+                )
+                procs.append(seeder)
+                try:
+                    wait_until(
+                        "the seeder",
+                        lambda: _seeder_uploaded(self.testbed, origin) is not None,
+                        30,
+                        seeder,
+                    )
+                    done_files = {h: base / f"done-{index}-{h.name}" for h in self.testbed.nodes}
+                    commands = {}
+                    for host in self.testbed.nodes:
+                        done = done_files[host]
+                        hook = base / f"hook-{index}-{host.name}.sh"
+                        hook.write_text(f"#!/bin/sh\ndate +%s.%N > {done}\n")
+                        hook.chmod(0o755)
+                        commands[host] = [
+                            *ARIA2_COMMON,
+                            f"--dir={base / host.name}",
+                            "--seed-ratio=0.0",
+                            "--check-integrity=true",
+                            f"--on-bt-download-complete={hook}",
+                            str(torrent),
+                        ]
+                    run_at_once(
+                        self.testbed,
+                        commands,
+                        self.timeout,
+                        outcome,
+                        self.progress,
+                        base / f"logs-{index}",
+                        done_files,
+                    )
+                    outcome.origin_payload = _seeder_uploaded(self.testbed, origin) or 0
+                finally:
+                    stop_process(seeder)
+
+            return self.measure(
+                "bittorrent",
+                (lambda: _must(share, 0, "bittorrent")) if len(images) > 1 else None,
+                lambda outcome: share(len(images) - 1, outcome),
+            )
+        finally:
+            for proc in procs:
+                stop_process(proc)
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _make_torrent(self, base: Path, image: Image) -> tuple[Path, Path]:
+        """A multi-file torrent of the image's blobs (named by digest, as a registry has
+        them), so hosts holding an earlier release already have the shared files."""
+        files = base / f"seed-{image.tag}" / "blobs"
+        files.mkdir(parents=True, exist_ok=True)
+        for digest in image.blob_digests():
+            source = image.layout / "blobs" / "sha256" / digest[7:]
+            os.link(source, files / digest[7:])
+        torrent = base / f"{image.tag}.torrent"
+        announce = f"http://{self.testbed.origin.ip}:{TRACKER_PORT}/announce"
+        # 1 MiB pieces (-l 20): what common clients pick for a file of a few hundred MiB.
+        result = subprocess.run(
+            [
+                "mktorrent",
+                "-a",
+                announce,
+                "-l",
+                "20",
+                "-n",
+                "blobs",
+                "-o",
+                str(torrent),
+                str(files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise RolloutError(f"mktorrent failed: {result.stderr.strip()}")
+        return torrent, files
+
+
+ARIA2_COMMON = [
+    "aria2c",
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--file-allocation=none",
+    "--summary-interval=0",
+    "--console-log-level=warn",
+    "--listen-port=6881",
+    "--max-overall-upload-limit=0",
+    "--bt-max-peers=55",
+    "--allow-overwrite=false",
+    "--auto-file-renaming=false",
+]
+
+_INFO_HASH = re.compile(r"Info Hash:\s*([0-9a-f]{40})")
+
+
+def info_hash(torrent: Path) -> str:
+    """The torrent's info-hash in hex, as aria2c shows it (`aria2c -S`)."""
+    shown = subprocess.run(
+        ["aria2c", "-S", str(torrent)], capture_output=True, text=True, timeout=60
+    )
+    match = _INFO_HASH.search(shown.stdout)
+    if match is None:
+        raise RolloutError(f"no info hash in `aria2c -S {torrent}`: {shown.stdout[-300:]}")
+    return match.group(1)
+
+
+def _seeder_uploaded(testbed: Testbed, origin: Host) -> int | None:
+    """Payload bytes the seeder has uploaded (its RPC), None while it does not answer."""
+    request = json.dumps(
+        {"jsonrpc": "2.0", "id": "1", "method": "aria2.tellActive", "params": [["uploadLength"]]}
+    )
+    argv = testbed.command(
+        origin,
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-d",
+            request,
+            f"http://127.0.0.1:{SEEDER_RPC}/jsonrpc",
+        ],
+    )
+    answer = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    if answer.returncode != 0:
+        return None
+    try:
+        active = json.loads(answer.stdout)["result"]
+    except (ValueError, KeyError):
+        return None
+    return sum(int(d["uploadLength"]) for d in active)
+
+
+def _must(run: Callable[[T, Outcome], None], what: T, contender: str) -> None:
+    """Run an untimed preparation rollout; it must succeed on every host."""
+    outcome = Outcome(f"{contender} (preparing)")
+    run(what, outcome)
+    if not outcome.complete:
+        raise RolloutError(f"{contender}: preparing the previous release failed: {outcome.errors}")

@@ -1,0 +1,336 @@
+"""`pollen bench swarm`: N hosts on shaped links fetch one image at once, through each contender
+in turn (direct from the registry, pollen, a BitTorrent swarm), compared with the lower bound."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from bench.bound import t_min
+from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
+from bench.rollout import Origin, Outcome, Rollout, RolloutError
+from bench.swarm_report import summary, table, write_chart, write_json
+from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
+from peer.sizes import format_size, parse_rate, parse_size
+
+CONTENDERS = ("direct", "pollen", "bittorrent")
+
+
+def _rate(_ctx: click.Context, _param: click.Parameter | None, value: str | None) -> int | None:
+    """A rate option: bytes per second, or None for `none` (unshaped)."""
+    if value is None or value == "none":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=_param) from exc
+
+
+def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    chosen = [c.strip() for c in value.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CONTENDERS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"choose from {', '.join(CONTENDERS)} (comma-separated)")
+    return chosen
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the testbed is removed either way."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress(enabled: bool) -> Any:
+    last = [0.0]
+
+    def show(line: str) -> None:
+        now = time.monotonic()
+        if enabled and now - last[0] > 0.5:
+            last[0] = now
+            sys.stderr.write(f"\r\033[K{line}")
+            sys.stderr.flush()
+
+    return show
+
+
+@click.command()
+@click.option("--nodes", default=16, show_default=True, help="Node hosts (besides the origin).")
+@click.option(
+    "--uplink",
+    default="100mbit",
+    show_default=True,
+    callback=_rate,
+    help="Each node host's upload rate (tc tbf), e.g. 100mbit, 1gbit, 20MB/s.",
+)
+@click.option(
+    "--downlink", help="Each node host's download rate [default: the uplink; `none`: unshaped]."
+)
+@click.option(
+    "--origin-uplink",
+    default=None,
+    callback=_rate,
+    help="The origin's upload rate [default: the uplink].",
+)
+@click.option("--rtt", type=float, help="Round-trip time in ms between hosts (needs netem).")
+@click.option("--loss", type=float, help="Packet loss in percent on every uplink (needs netem).")
+@click.option(
+    "--scenario",
+    type=click.Choice(["first", "release"]),
+    default="first",
+    show_default=True,
+    help="first: every host starts empty (first rollout). release: every host holds "
+    "release K of the jib image and pulls release K+1.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["plain", "jib"]),
+    default="plain",
+    show_default=True,
+    help="Image profile (release always uses jib).",
+)
+@click.option(
+    "--size",
+    default="512MiB",
+    show_default=True,
+    help="plain: the image size, split over --layers.",
+)
+@click.option("--layers", default=4, show_default=True, help="plain: number of layers.")
+@click.option("--scale", default=1.0, show_default=True, help="jib: layer size factor.")
+@click.option("--gzip", "gzip_layers", is_flag=True, help="gzip layers of half-text content.")
+@click.option(
+    "--contenders",
+    default=",".join(CONTENDERS),
+    show_default=True,
+    callback=_contenders,
+    help="Which contenders to run, in this order.",
+)
+@click.option(
+    "--timeout", type=float, help="Seconds a contender may take [default: 10 x T_min + 60]."
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A small run: 4 nodes, a 32 MiB image in 2 layers (under two minutes).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the results as JSON here.",
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG chart of completion times against T_min here.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where images and stores go [default: a temporary directory, removed].",
+)
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Only remove namespaces left by testbeds whose process died, and exit.",
+)
+def swarm(
+    nodes: int,
+    uplink: int | None,
+    downlink: str | None,
+    origin_uplink: int | None,
+    rtt: float | None,
+    loss: float | None,
+    scenario: str,
+    profile: str,
+    size: str,
+    layers: int,
+    scale: float,
+    gzip_layers: bool,
+    contenders: list[str],
+    timeout: float | None,
+    quick: bool,
+    json_path: Path | None,
+    chart_path: Path | None,
+    workdir: Path | None,
+    cleanup: bool,
+) -> None:
+    """Compare contenders on a testbed of network namespaces (needs root).
+
+    One origin host runs docker-registry; every node host's uplink (and downlink) is shaped with
+    tc. Each contender in turn starts from empty caches and all hosts fetch the image at the
+    same moment: `direct` (skopeo from the registry), `pollen` (a node per host, skopeo
+    through it), `bittorrent` (aria2c on every host, seeded from the origin, opentracker).
+    Reported: first/median/last host done, the last against the lower bound T_min, and the
+    bytes the origin served. Everything the testbed creates is removed on exit, Ctrl-C or error.
+
+    \b
+    Examples:
+      pollen bench swarm --quick
+      pollen bench swarm --nodes 16 --uplink 100mbit --size 512MiB --json r.json --chart r.png
+      pollen bench swarm --scenario release --nodes 8 --scale 0.5
+    """
+    if cleanup:
+        stale = leftover_namespaces()
+        remove_namespaces(stale)
+        click.echo(f"removed {len(stale)} leftover namespaces" + (f": {stale}" if stale else ""))
+        return
+    if quick:
+        nodes, size, layers, profile, scale = 4, "32MiB", 2, profile, min(scale, 0.05)
+    if uplink is None:
+        raise click.BadParameter("the uplink must be shaped", param_hint="--uplink")
+    down = uplink if downlink is None else _rate(click.get_current_context(), None, downlink)
+    origin_up = origin_uplink or uplink
+    temporary = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="pollen-bench-swarm-")) if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with _terminate_as_interrupt():
+            document = _run(
+                root,
+                nodes,
+                uplink,
+                down,
+                origin_up,
+                rtt,
+                loss,
+                scenario,
+                profile,
+                parse_size(size),
+                layers,
+                scale,
+                gzip_layers,
+                contenders,
+                timeout,
+            )
+    except (TestbedError, RolloutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the testbed was removed", err=True)
+        sys.exit(130)
+    finally:
+        if temporary:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+    if json_path is not None:
+        write_json(json_path, document)
+    if chart_path is not None:
+        title = (
+            f"{document['nodes']} hosts, {format_size(document['image_bytes'])}, "
+            f"{document['scenario']} rollout"
+        )
+        write_chart(chart_path, document["results"], document["t_min_s"], title)
+
+
+def _images(
+    root: Path, scenario: str, profile: str, size: int, layers: int, scale: float, gz: bool
+) -> list[Image]:
+    layout = root / "image"
+    content = "text" if gz else "random"
+    if scenario == "release":
+        return [
+            write_layers(layout, jib_specs(scale, release, content, gz), f"r{release}")
+            for release in (1, 2)
+        ]
+    specs: list[LayerSpec]
+    if profile == "jib":
+        specs = jib_specs(scale, 1, content, gz)
+    else:
+        specs = plain_specs(layers, max(1, size // layers), 7, content, gz)
+    return [write_layers(layout, specs, "bench")]
+
+
+def _run(
+    root: Path,
+    nodes: int,
+    uplink: int,
+    downlink: int | None,
+    origin_up: int,
+    rtt: float | None,
+    loss: float | None,
+    scenario: str,
+    profile: str,
+    size: int,
+    layers: int,
+    scale: float,
+    gz: bool,
+    contenders: list[str],
+    timeout: float | None,
+) -> dict[str, Any]:
+    images = _images(root, scenario, profile, size, layers, scale, gz)
+    image = images[-1]
+    # What must cross the origin's link: the blobs the hosts do not hold yet.
+    held = {d for earlier in images[:-1] for d in earlier.blob_digests()}
+    sizes = {image.config.digest: image.config.size} | {d.digest: d.size for d in image.layers}
+    new_bytes = image.manifest.size + sum(s for d, s in sizes.items() if d not in held)
+    bound = t_min(new_bytes, origin_up, [uplink] * nodes, [downlink] * nodes)
+    limit = timeout if timeout is not None else 10 * bound + 60
+    click.echo(
+        f"{nodes} hosts, uplink {_rate_text(uplink)}, downlink "
+        f"{_rate_text(downlink) if downlink else 'unshaped'}, origin {_rate_text(origin_up)}; "
+        f"image {format_size(image.total_size)} in {len(image.layers)} layers, "
+        f"{format_size(new_bytes)} new to the hosts; T_min {bound:.1f}s"
+    )
+    progress = _progress(sys.stderr.isatty())
+    outcomes: list[Outcome] = []
+    with Testbed(nodes, uplink, origin_up, downlink, rtt, loss) as testbed:
+        origin = Origin(testbed, root / "origin")
+        for each in images:
+            origin.push(each)
+        rollout = Rollout(testbed, origin, root / "runs", limit, progress)
+        tags = [i.tag for i in images]
+        for contender in contenders:
+            if contender == "direct":
+                outcome = rollout.direct(tags)
+            elif contender == "pollen":
+                outcome = rollout.pollen(tags)
+            else:
+                outcome = rollout.bittorrent(images)
+            outcomes.append(outcome)
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")
+            last = max(outcome.times) if outcome.complete else None
+            click.echo(
+                f"{contender}: {len(outcome.times)}/{nodes} hosts done"
+                + (f", last at {last:.1f}s ({last / bound:.2f} x T_min)" if last else "")
+                + f", origin served {format_size(outcome.origin_payload)}"
+            )
+            for host, error in sorted(outcome.errors.items()):
+                click.echo(f"  {host}: {error[:300]}", err=True)
+    summaries = [summary(o, image.total_size, bound) for o in outcomes]
+    click.echo(table(summaries, bound))
+    return {
+        "command": " ".join(sys.argv),
+        "scenario": scenario,
+        "nodes": nodes,
+        "uplink_bytes_per_s": uplink,
+        "downlink_bytes_per_s": downlink,
+        "origin_uplink_bytes_per_s": origin_up,
+        "image_bytes": image.total_size,
+        "new_bytes": new_bytes,
+        "layers": [d.size for d in image.layers],
+        "t_min_s": round(bound, 3),
+        "results": summaries,
+    }
+
+
+def _rate_text(rate: int) -> str:
+    return f"{rate * 8 / 1e6:g} Mbit/s"

@@ -1,0 +1,86 @@
+"""What `pollen bench swarm` prints and writes: a table, a JSON document, a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.rollout import Outcome
+from peer.sizes import format_size
+
+
+def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
+    times = outcome.times
+    last = max(times) if outcome.complete and times else None
+    return {
+        "contender": outcome.contender,
+        "hosts": len(outcome.done),
+        "hosts_done": len(times),
+        "first_done_s": round(min(times), 3) if times else None,
+        "median_done_s": round(statistics.median(times), 3) if times else None,
+        "last_done_s": round(last, 3) if last is not None else None,
+        "last_over_t_min": round(last / bound, 3) if last is not None else None,
+        "origin_payload_bytes": outcome.origin_payload,
+        "origin_payload_over_image": round(outcome.origin_payload / image_bytes, 4),
+        "origin_wire_bytes": outcome.origin_wire,
+        "per_host_done_s": {
+            h: (round(t, 3) if t is not None else None) for h, t in sorted(outcome.done.items())
+        },
+        "errors": outcome.errors,
+    }
+
+
+def table(summaries: list[dict[str, Any]], bound: float) -> str:
+    header = (
+        f"{'contender':<11} {'first':>8} {'median':>8} {'last':>8} {'last/T_min':>10} "
+        f"{'origin sent':>12} {'x image':>8}  hosts"
+    )
+    lines = [header, "-" * len(header)]
+
+    def seconds(value: float | None) -> str:
+        return f"{value:.1f}s" if value is not None else "-"
+
+    for s in summaries:
+        ratio = f"{s['last_over_t_min']:.2f}" if s["last_over_t_min"] is not None else "-"
+        lines.append(
+            f"{s['contender']:<11} {seconds(s['first_done_s']):>8} "
+            f"{seconds(s['median_done_s']):>8} {seconds(s['last_done_s']):>8} {ratio:>10} "
+            f"{format_size(s['origin_payload_bytes']):>12} "
+            f"{s['origin_payload_over_image']:>8.3f}  {s['hosts_done']}/{s['hosts']}"
+        )
+    lines.append(f"T_min = {bound:.1f}s (Kumar & Ross lower bound for this image and these links)")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def write_chart(path: Path, summaries: list[dict[str, Any]], bound: float, title: str) -> None:
+    """Each contender's host completion times (sorted, one line per contender) and T_min."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for s in summaries:
+        times = sorted(t for t in s["per_host_done_s"].values() if t is not None)
+        if times:
+            axes.step(
+                times, range(1, len(times) + 1), where="post", marker=".", label=s["contender"]
+            )
+    axes.axvline(bound, color="black", linestyle="--", linewidth=1, label="T_min")
+    axes.set_xlabel("seconds since all hosts started")
+    axes.set_ylabel("hosts done")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(title)
+    axes.set_xlim(left=0)
+    axes.legend(loc="lower right")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

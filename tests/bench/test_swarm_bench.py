@@ -1,0 +1,85 @@
+"""`pollen bench swarm --quick` on a real namespace testbed, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.testbed import Testbed, TestbedError
+
+pytestmark = pytest.mark.integration
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    return {entry["name"] for entry in json.loads(out or "[]")}
+
+
+def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_path: Path) -> None:
+    before = namespaces()
+    result = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
+         "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "r.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces() == before
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["nodes"] == 4 and doc["t_min_s"] > 0
+    results = {r["contender"]: r for r in doc["results"]}
+    assert list(results) == ["direct", "pollen", "bittorrent"]
+    for r in results.values():
+        assert r["hosts_done"] == 4, r["errors"]
+        assert r["last_done_s"] >= r["first_done_s"] > 0
+        # Nothing finishes faster than the bound allows (a check on the harness's clock).
+        assert r["last_done_s"] >= 0.9 * doc["t_min_s"]
+    # Direct: every host's copy left the origin; pollen: about one copy in all.
+    assert results["direct"]["origin_payload_over_image"] >= 3.9
+    assert results["pollen"]["origin_payload_over_image"] <= 1.02
+    assert results["bittorrent"]["origin_payload_bytes"] > 0
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "T_min" in result.stdout
+
+
+def test_rtt_without_netem_fails_clearly_and_leaves_nothing() -> None:
+    before = namespaces()
+    try:
+        with Testbed(2, 10**6, 10**6, rtt_ms=20):
+            pass
+    except TestbedError as exc:
+        assert "netem" in str(exc) and "--rtt" in str(exc)
+    else:
+        pytest.skip("this kernel has netem: --rtt is applied, so there is no error to check")
+    finally:
+        assert namespaces() == before
+
+
+def test_sigterm_mid_run_removes_the_testbed_and_its_processes(tmp_path: Path) -> None:
+    before = namespaces()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
+         "--contenders", "pollen", "--workdir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        # Wait for the pollen nodes to be up inside the testbed, then stop the run.
+        while not list((tmp_path / "w").glob("runs/pollen/node*/pollen.log")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, output
+    assert "the testbed was removed" in output
+    assert namespaces() == before
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True)
+    assert leftovers.stdout == b""
