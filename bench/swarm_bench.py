@@ -287,7 +287,7 @@ def _run(
         f"{nodes} hosts, uplink {_rate_text(uplink)}, downlink "
         f"{_rate_text(downlink) if downlink else 'unshaped'}, origin {_rate_text(origin_up)}; "
         f"image {format_size(image.total_size)} in {len(image.layers)} layers, "
-        f"{format_size(new_bytes)} new to the hosts; T_min {bound:.1f}s"
+        f"{format_size(new_bytes)} new to the hosts; T_min {bound:.3g}s"
     )
     progress = _progress(sys.stderr.isatty())
     outcomes: list[Outcome] = []

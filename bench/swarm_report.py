@@ -50,7 +50,7 @@ def table(summaries: list[dict[str, Any]], bound: float) -> str:
             f"{format_size(s['origin_payload_bytes']):>12} "
             f"{s['origin_payload_over_image']:>8.3f}  {s['hosts_done']}/{s['hosts']}"
         )
-    lines.append(f"T_min = {bound:.1f}s (Kumar & Ross lower bound for this image and these links)")
+    lines.append(f"T_min = {bound:.3g}s (Kumar & Ross lower bound for these bytes and links)")
     return "\n".join(lines)
 
 
