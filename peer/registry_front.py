@@ -7,11 +7,14 @@ plus the admin routes /healthz, /_pollen/status and /metrics.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import trio
 
 from peer.auth_gate import AuthGate, credentials_key
 from peer.downloads import Download, Downloads
@@ -73,14 +76,16 @@ class RegistryFront:
         target = parse_target(request.target)
         route = target.route
         try:
-            if request.method not in ("GET", "HEAD"):
+            if isinstance(route, AdminRoute) and route.which == "cache":
+                await self._flush(conn, request)
+            elif request.method not in ("GET", "HEAD"):
                 raise OciError(
                     405,
                     "UNSUPPORTED",
                     f"{request.method} is not supported: pollen is a read-only pull mirror",
                     headers=(("connection", "close"),),
                 )
-            if isinstance(route, ApiRoot):
+            elif isinstance(route, ApiRoot):
                 await self._api_root(conn, request, target.namespace)
             elif isinstance(route, BlobRoute):
                 await self._blob(conn, request, route, target.namespace)
@@ -299,6 +304,17 @@ class RegistryFront:
 
     # ---- admin ---------------------------------------------------------------------------
 
+    async def _flush(self, conn: HttpConnection, request: Request) -> None:
+        """DELETE /_pollen/cache: empty the cache (benchmarks of cold pulls), from this
+        machine only: the HTTP port may face the whole cluster."""
+        if request.method != "DELETE":
+            raise OciError(405, "UNSUPPORTED", "use DELETE /_pollen/cache to empty the cache")
+        if not _is_loopback(conn.client):
+            raise OciError(403, "DENIED", "the cache can only be emptied from this machine")
+        removed, freed = await trio.to_thread.run_sync(self.store.flush)
+        body = json.dumps({"blobs_removed": removed, "bytes_freed": freed}).encode() + b"\n"
+        await _answer(conn, request, 200, [("content-type", "application/json")], body)
+
     async def _admin(self, conn: HttpConnection, request: Request, route: AdminRoute) -> None:
         if route.which == "healthz":
             await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
@@ -311,6 +327,14 @@ class RegistryFront:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _is_loopback(client: str) -> bool:
+    host = client.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _valid_digest(digest: str) -> str:

@@ -43,7 +43,12 @@ class NotFound:
 
 Route = ApiRoot | ManifestRoute | BlobRoute | AdminRoute | NotFound
 
-_ADMIN = {"/healthz": "healthz", "/_pollen/status": "status", "/metrics": "metrics"}
+_ADMIN = {
+    "/healthz": "healthz",
+    "/_pollen/status": "status",
+    "/metrics": "metrics",
+    "/_pollen/cache": "cache",
+}
 
 
 @dataclass(frozen=True, slots=True)

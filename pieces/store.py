@@ -321,19 +321,10 @@ class Store:
         used = self.bytes_used()
         if used + incoming <= self.quota:
             return
-        candidates = []
-        for entry in os.scandir(self._blobs):
-            if entry.name in self._readers:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                st = entry.stat()
-                candidates.append((st.st_mtime, entry.name, st.st_size))
-        candidates.sort()
-        for _mtime, hex_, size in candidates:
+        for _mtime, hex_, size in sorted(self._evictable()):
             if used + incoming <= self.quota:
                 break
-            (self._blobs / hex_).unlink(missing_ok=True)
-            self._forget_hashes(hex_)
+            self._evict(hex_)
             used -= size
             log.info("evicted sha256:%s (%d bytes) to stay under the cache size", hex_, size)
         if used + incoming > self.quota:
@@ -343,6 +334,36 @@ class Store:
                 used,
                 incoming,
             )
+
+    def flush(self) -> tuple[int, int]:
+        """Remove every complete blob nobody is reading, and every cached manifest; blobs in
+        flight stay. Returns (blobs removed, bytes freed). For benchmarks of cold pulls."""
+        removed = freed = 0
+        for _mtime, hex_, size in self._evictable():
+            self._evict(hex_)
+            removed += 1
+            freed += size
+        for entry in os.scandir(self._manifests):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        log.info("cache flushed: %d blobs, %d bytes", removed, freed)
+        return removed, freed
+
+    def _evictable(self) -> list[tuple[float, str, int]]:
+        """(mtime, hex digest, size) of the complete blobs that no reader holds."""
+        candidates = []
+        for entry in os.scandir(self._blobs):
+            if entry.name in self._readers:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat()
+                candidates.append((st.st_mtime, entry.name, st.st_size))
+        return candidates
+
+    def _evict(self, hex_: str) -> None:
+        (self._blobs / hex_).unlink(missing_ok=True)
+        (self._private / hex_).unlink(missing_ok=True)
+        self._forget_hashes(hex_)
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free

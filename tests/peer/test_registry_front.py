@@ -352,3 +352,23 @@ async def test_full_disk_fails_the_download_cleanly(
             inner.cancel_scope.cancel()
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_flushing_the_cache_makes_the_next_pull_cold(setup: Setup) -> None:
+    data = os.urandom(200_000)
+    digest = setup.registry.add_blob(data)
+    assert (await setup.client.get(f"/v2/org/app/blobs/{digest}")).content == data
+    await _wait_stored(setup, digest)
+    assert (await setup.client.get("/_pollen/cache")).status_code == 405
+    flushed = await setup.client.delete("/_pollen/cache")
+    assert flushed.json() == {"blobs_removed": 1, "bytes_freed": len(data)}
+    assert not setup.node.store.has_blob(digest)
+    assert (await setup.client.get(f"/v2/org/app/blobs/{digest}")).content == data
+    assert setup.registry.count("GET", "/blobs/") == 2
+
+
+def test_only_loopback_clients_may_flush() -> None:
+    from peer.registry_front import _is_loopback
+
+    assert _is_loopback("127.0.0.9:4000") and _is_loopback("::1:4000")
+    assert not _is_loopback("10.1.2.3:4000") and not _is_loopback("client")
