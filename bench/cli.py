@@ -17,6 +17,7 @@ from bench.oci_image import (
     push,
     write_layers,
 )
+from bench.pull_bench import pull
 from bench.swarm_bench import swarm
 from peer.sizes import format_size, parse_size
 
@@ -134,3 +135,4 @@ def describe(image: Image, seconds: float) -> str:
 
 
 bench.add_command(swarm)
+bench.add_command(pull)

@@ -1,0 +1,471 @@
+"""`pollen bench pull`: time real pulls of one image, K times, the way operators do by hand.
+
+Before every run the image is removed and unused content pruned, so each run is a real pull
+(and with --flush, pollen's cache is emptied too: a cold run). With two --via settings the runs
+alternate A B A B, so the noise of the machine falls on both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench.components import Containerd
+from peer.sizes import format_size
+
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+PULL_TIMEOUT = 3600
+
+
+class PullBenchError(Exception):
+    """The benchmark cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """`HOST[:PORT]/REPO:TAG` of the image under test."""
+
+    host: str
+    repository: str
+    tag: str
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        host, _, rest = text.partition("/")
+        repository, _, tag = rest.rpartition(":")
+        if not host or not repository or not tag or "/" in tag:
+            raise PullBenchError(f"{text!r}: give the image as HOST[:PORT]/REPO:TAG")
+        return cls(host, repository, tag)
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How pulls go: `direct` to the registry, or through a mirror URL."""
+
+    name: str
+    mirror: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        name, sep, url = text.partition("=")
+        if not sep:
+            if text != "direct":
+                raise PullBenchError(f"{text!r}: use NAME=MIRROR_URL, or direct")
+            return cls("direct", None)
+        if url == "direct":
+            return cls(name, None)
+        if not url.startswith(("http://", "https://")):
+            raise PullBenchError(f"{text!r}: the mirror must be an http(s):// URL")
+        return cls(name, url.rstrip("/"))
+
+
+def image_bytes(ref: Reference, scheme: str) -> int:
+    """Config + layers of the image (the linux/amd64 one of an index), from the registry."""
+
+    def get(reference: str) -> dict[str, Any]:
+        url = f"{scheme}://{ref.host}/v2/{ref.repository}/manifests/{reference}"
+        request = urllib.request.Request(url, headers={"Accept": ACCEPT})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                document: dict[str, Any] = json.load(response)
+                return document
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise PullBenchError(f"cannot read the manifest of {ref} at {url}: {exc}") from exc
+
+    manifest = get(ref.tag)
+    if "manifests" in manifest:
+        chosen = next(
+            (
+                m
+                for m in manifest["manifests"]
+                if m.get("platform", {}).get("architecture") in ("amd64", None)
+            ),
+            manifest["manifests"][0],
+        )
+        manifest = get(chosen["digest"])
+    return int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in manifest["layers"])
+
+
+class Driver:
+    """A pull client: `prepare` once, `clean` before each run, `pull` timed."""
+
+    name = ""
+
+    def prepare(self, settings: list[Setting]) -> None:
+        """Set up what the settings need (hosts.toml, registries.conf)."""
+
+    def clean(self, ref: Reference) -> None:
+        raise NotImplementedError
+
+    def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop what `prepare` started."""
+
+
+class CtrDriver(Driver):
+    """containerd's ctr with a hosts directory per setting (or a given containerd socket)."""
+
+    name = "ctr"
+
+    def __init__(self, socket: Path | None, namespace: str, scheme: str) -> None:
+        self.scheme = scheme
+        self.namespace = namespace
+        self._own: Containerd | None = None
+        if socket is None:
+            self._own = Containerd()  # a private containerd: own root, state and socket
+            socket = self._own.socket
+        self.socket = socket
+        self._dir = Path(tempfile.mkdtemp(prefix="pollen-bench-pull-"))
+        self.hosts_dirs: dict[str, Path] = {}
+
+    def prepare(self, settings: list[Setting]) -> None:
+        self._settings = settings
+
+    def hosts_dir(self, ref: Reference, setting: Setting) -> Path:
+        """A hosts.toml for the registry: the mirror first (if any), then the registry."""
+        folder = self._dir / setting.name
+        registry = folder / ref.host
+        registry.mkdir(parents=True, exist_ok=True)
+        text = f'server = "{self.scheme}://{ref.host}"\n'
+        if setting.mirror is not None:
+            text += f'\n[host."{setting.mirror}"]\n  capabilities = ["pull", "resolve"]\n'
+        (registry / "hosts.toml").write_text(text)
+        return folder
+
+    def ctr(self, *args: str) -> list[str]:
+        return ["ctr", "-a", str(self.socket), "-n", self.namespace, *args]
+
+    def clean(self, ref: Reference) -> None:
+        # Removing the image with --sync runs containerd's garbage collection at once: the
+        # content and snapshots only the image referenced go with it.
+        subprocess.run(self.ctr("images", "rm", "--sync", str(ref)), capture_output=True)
+        left = subprocess.run(self.ctr("content", "ls", "-q"), capture_output=True, text=True)
+        if left.stdout.strip() and self._own is not None:
+            raise PullBenchError(f"content left after removing {ref}: {left.stdout[:300]}")
+
+    def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
+        hosts = self.hosts_dir(ref, setting)
+        return self.ctr("images", "pull", "--hosts-dir", str(hosts), str(ref))
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class CrictlDriver(Driver):
+    """crictl against a CRI endpoint; pulls go wherever the runtime's registry config says."""
+
+    name = "crictl"
+
+    def __init__(self, endpoint: str | None) -> None:
+        if shutil.which("crictl") is None:
+            raise PullBenchError("crictl is not on PATH (it comes with cri-tools)")
+        self.base = ["crictl"] + (["--runtime-endpoint", endpoint] if endpoint else [])
+
+    def prepare(self, settings: list[Setting]) -> None:
+        if any(s.mirror is not None for s in settings) or len(settings) > 1:
+            raise PullBenchError(
+                "crictl pulls through the runtime's own registry config, which this tool does "
+                "not change: compare mirrors with --driver ctr or --driver skopeo"
+            )
+
+    def clean(self, ref: Reference) -> None:
+        subprocess.run([*self.base, "rmi", str(ref)], capture_output=True)
+        subprocess.run([*self.base, "rmi", "--prune"], capture_output=True)
+
+    def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
+        return [*self.base, "pull", str(ref)]
+
+
+class SkopeoDriver(Driver):
+    """skopeo copy into a temporary directory; a mirror goes in a registries.conf."""
+
+    name = "skopeo"
+
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+        self._dir = Path(tempfile.mkdtemp(prefix="pollen-bench-pull-"))
+
+    def registries_conf(self, ref: Reference, setting: Setting) -> Path:
+        path = self._dir / f"{setting.name}.conf"
+        text = f'[[registry]]\nlocation = "{ref.host}"\ninsecure = {str(not self.tls).lower()}\n'
+        if setting.mirror is not None:
+            mirror = setting.mirror.split("://", 1)[1]
+            insecure = str(setting.mirror.startswith("http://")).lower()
+            text += f'\n[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = {insecure}\n'
+        path.write_text(text)
+        return path
+
+    def clean(self, ref: Reference) -> None:
+        shutil.rmtree(self._dir / "image", ignore_errors=True)
+
+    def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
+        conf = self.registries_conf(ref, setting)
+        return [
+            "skopeo",
+            "--registries-conf",
+            str(conf),
+            "copy",
+            "--quiet",
+            f"--src-tls-verify={str(self.tls).lower()}",
+            f"docker://{ref}",
+            f"dir:{self._dir / 'image'}",
+        ]
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def flush(mirror: str) -> None:
+    """Empty a pollen node's cache (DELETE /_pollen/cache)."""
+    request = urllib.request.Request(mirror + "/_pollen/cache", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise PullBenchError(f"cannot flush the cache of {mirror}: {exc}") from exc
+
+
+def mirror_served(mirror: str) -> int | None:
+    """Blob bytes a pollen mirror has served so far; None if it is not pollen (no status)."""
+    try:
+        with urllib.request.urlopen(mirror + "/_pollen/status", timeout=10) as response:
+            served = json.load(response)["served"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return None
+    return int(served["blob_bytes_from_cache"]) + int(served["blob_bytes_while_downloading"])
+
+
+def timed(command: list[str], label: str, show: bool) -> tuple[float, str | None]:
+    """Run `command`; (seconds, None) on success or (seconds, error) on failure."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def progress() -> None:
+        while not done.wait(0.5):
+            sys.stderr.write(f"\r\033[K{label} {time.monotonic() - started:6.1f}s")
+            sys.stderr.flush()
+
+    ticker = threading.Thread(target=progress, daemon=True)
+    if show:
+        ticker.start()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+        error = None
+        if result.returncode != 0:
+            error = f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[-500:]}"
+    except FileNotFoundError:
+        error = f"{command[0]} is not installed"
+    except subprocess.TimeoutExpired:
+        error = f"no result after {PULL_TIMEOUT}s"
+    finally:
+        done.set()
+        if show:
+            ticker.join()
+            sys.stderr.write("\r\033[K")
+    return time.monotonic() - started, error
+
+
+def stats(seconds: list[float], size: int) -> dict[str, float]:
+    return {
+        "min_s": round(min(seconds), 3),
+        "median_s": round(statistics.median(seconds), 3),
+        "max_s": round(max(seconds), 3),
+        "median_mb_per_s": round(size / statistics.median(seconds) / 1e6, 1),
+    }
+
+
+@click.command()
+@click.argument("image")
+@click.option(
+    "--driver",
+    type=click.Choice(["ctr", "crictl", "skopeo"]),
+    default="ctr",
+    show_default=True,
+    help="The client that pulls.",
+)
+@click.option("--runs", default=5, show_default=True, help="Timed pulls per setting.")
+@click.option(
+    "--via",
+    "vias",
+    multiple=True,
+    metavar="NAME=URL|direct",
+    help="A mirror setting; give two to compare them (runs alternate A B A B). "
+    "`direct` pulls from the registry itself [default: direct].",
+)
+@click.option(
+    "--flush", is_flag=True, help="Empty each pollen mirror's cache before every run (cold pulls)."
+)
+@click.option(
+    "--containerd-socket",
+    type=click.Path(path_type=Path),
+    help="ctr: use this containerd [default: start a private one].",
+)
+@click.option(
+    "--namespace",
+    default="pollen-bench",
+    show_default=True,
+    help="ctr: the containerd namespace to pull into.",
+)
+@click.option("--runtime-endpoint", help="crictl: the CRI endpoint.")
+@click.option("--tls", is_flag=True, help="The registry speaks https (default: plain http).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every run and the summary as JSON here.",
+)
+def pull(
+    image: str,
+    driver: str,
+    runs: int,
+    vias: tuple[str, ...],
+    flush: bool,
+    containerd_socket: Path | None,
+    namespace: str,
+    runtime_endpoint: str | None,
+    tls: bool,
+    json_path: Path | None,
+) -> None:
+    """Time K real pulls of IMAGE (HOST[:PORT]/REPO:TAG), cleaning up before each.
+
+    \b
+    Examples:
+      pollen bench pull 127.0.0.1:5000/bench/app:latest --via pollen=http://127.0.0.1:65001
+      pollen bench pull 127.0.0.1:5000/bench/app:latest --runs 10 \\
+          --via pollen=http://127.0.0.1:65001 --via direct --flush --json ab.json
+    """
+    try:
+        run_bench(
+            image,
+            driver,
+            runs,
+            vias,
+            flush,
+            containerd_socket,
+            namespace,
+            runtime_endpoint,
+            tls,
+            json_path,
+        )
+    except PullBenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def run_bench(
+    image: str,
+    driver_name: str,
+    runs: int,
+    vias: tuple[str, ...],
+    flush_cache: bool,
+    containerd_socket: Path | None,
+    namespace: str,
+    runtime_endpoint: str | None,
+    tls: bool,
+    json_path: Path | None,
+) -> None:
+    ref = Reference.parse(image)
+    settings = [Setting.parse(v) for v in vias] or [Setting("direct", None)]
+    if len(settings) > 2 or len({s.name for s in settings}) != len(settings):
+        raise PullBenchError("give one or two --via settings, with different names")
+    if runs < 1:
+        raise PullBenchError("--runs must be at least 1")
+    scheme = "https" if tls else "http"
+    size = image_bytes(ref, scheme)
+    driver: Driver
+    if driver_name == "ctr":
+        driver = CtrDriver(containerd_socket, namespace, scheme)
+    elif driver_name == "crictl":
+        driver = CrictlDriver(runtime_endpoint)
+    else:
+        driver = SkopeoDriver(tls)
+    show = sys.stderr.isatty()
+    records: list[dict[str, Any]] = []
+    try:
+        driver.prepare(settings)
+        click.echo(f"{ref}: {format_size(size)}; {runs} runs x {len(settings)} with {driver.name}")
+        for index in range(runs):
+            for setting in settings:  # interleaved: A B A B ...
+                driver.clean(ref)
+                if flush_cache and setting.mirror is not None:
+                    flush(setting.mirror)
+                label = f"run {index + 1}/{runs} [{setting.name}]"
+                before = mirror_served(setting.mirror) if setting.mirror else None
+                seconds, error = timed(driver.pull_command(ref, setting), label, show)
+                if error is None and before is not None and setting.mirror is not None:
+                    # Clients fall back to the registry when a mirror fails: a fast run that
+                    # went around pollen must not be reported as pollen's.
+                    through = (mirror_served(setting.mirror) or 0) - before
+                    if through < size:
+                        error = (
+                            f"the mirror served {through} of {size} bytes: the client went "
+                            "around it to the registry (check the mirror's --upstream)"
+                        )
+                records.append(
+                    {
+                        "run": index + 1,
+                        "setting": setting.name,
+                        "seconds": round(seconds, 3),
+                        "ok": error is None,
+                        "error": error,
+                    }
+                )
+                outcome = f"{seconds:.2f}s" if error is None else f"FAILED ({error[:200]})"
+                click.echo(f"{label} {outcome}")
+        driver.clean(ref)
+    finally:
+        driver.close()
+    summary = {}
+    for setting in settings:
+        ok = [r["seconds"] for r in records if r["setting"] == setting.name and r["ok"]]
+        failed = sum(1 for r in records if r["setting"] == setting.name and not r["ok"])
+        summary[setting.name] = {**(stats(ok, size) if ok else {}), "failed": failed}
+        if ok:
+            s = summary[setting.name]
+            click.echo(
+                f"{setting.name:>10}: min {s['min_s']:.2f}s  median {s['median_s']:.2f}s  "
+                f"max {s['max_s']:.2f}s  ({s['median_mb_per_s']} MB/s at the median)"
+                + (f", {failed} failed" if failed else "")
+            )
+    if len(settings) == 2 and all("median_s" in summary[s.name] for s in settings):
+        a, b = (summary[s.name]["median_s"] for s in settings)
+        click.echo(f"{settings[0].name} / {settings[1].name} median time: {a / b:.2f}")
+    if json_path is not None:
+        document = {
+            "command": " ".join(sys.argv),
+            "image": str(ref),
+            "image_bytes": size,
+            "driver": driver.name,
+            "flush": flush_cache,
+            "runs": records,
+            "summary": summary,
+        }
+        json_path.write_text(json.dumps(document, indent=2) + "\n")
+    if any(not r["ok"] for r in records):
+        raise PullBenchError(f"{sum(not r['ok'] for r in records)} pulls failed (see above)")
