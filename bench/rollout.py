@@ -8,6 +8,7 @@ the BitTorrent seeder's own count) and what crossed the origin's link (interface
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,7 @@ class Outcome:
     errors: dict[str, str] = field(default_factory=dict)
     origin_payload: int = 0  # bytes the origin served to the hosts
     origin_wire: int = 0  # bytes the origin's link carried (headers, retransmits included)
+    cpu_busy: float = 0.0  # share of the machine's CPU time busy while the hosts fetched
 
     @property
     def times(self) -> list[float]:
@@ -92,6 +94,13 @@ class Origin:
 
     def log_mark(self) -> int:
         return self.log_path.stat().st_size
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def wait_until(
@@ -212,7 +221,10 @@ class Rollout:
         outcome = Outcome(contender)
         mark = self.origin.log_mark()
         wire = self.testbed.tx_bytes(self.testbed.origin)
+        busy, total = cpu_jiffies()
         run(outcome)
+        busy_after, total_after = cpu_jiffies()
+        outcome.cpu_busy = (busy_after - busy) / max(1, total_after - total)
         outcome.origin_wire = self.testbed.tx_bytes(self.testbed.origin) - wire
         if not outcome.origin_payload:
             outcome.origin_payload = self.origin.served_since(mark)
@@ -232,7 +244,7 @@ class Rollout:
                 lambda outcome: pull(tags[-1], outcome),
             )
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            remove_data(base)
 
     def pollen(self, tags: list[str]) -> Outcome:
         """A pollen node per host, joined by gossip; every host pulls through its own node."""
@@ -265,15 +277,19 @@ class Rollout:
             def pull(tag: str, outcome: Outcome) -> None:
                 self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome)
 
-            return self.measure(
+            outcome = self.measure(
                 "pollen",
                 (lambda: _must(pull, tags[0], "pollen")) if len(tags) > 1 else None,
                 lambda outcome: pull(tags[-1], outcome),
             )
+            for host in nodes:  # kept with the logs: what each node saw
+                status = _curl(self.testbed, host, f"http://{POLLEN_HTTP}/_pollen/status")
+                (base / host.name / "status.log").write_text(status.stdout)
+            return outcome
         finally:
             for proc in procs:
                 stop_process(proc)
-            shutil.rmtree(base, ignore_errors=True)
+            remove_data(base)
 
     def _pull_all(self, source: str, tag: str, base: Path, outcome: Outcome) -> None:
         """Every node host copies `source` with skopeo into its layout under `base`."""
@@ -400,7 +416,7 @@ class Rollout:
         finally:
             for proc in procs:
                 stop_process(proc)
-            shutil.rmtree(base, ignore_errors=True)
+            remove_data(base)
 
     def _make_torrent(self, base: Path, image: Image) -> tuple[Path, Path]:
         """A multi-file torrent of the image's blobs (named by digest, as a registry has
@@ -489,6 +505,16 @@ def _seeder_uploaded(testbed: Testbed, origin: Host) -> int | None:
     except (ValueError, KeyError):
         return None
     return sum(int(d["uploadLength"]) for d in active)
+
+
+def remove_data(base: Path) -> None:
+    """Remove what a contender stored (images, stores), keep its logs (with --workdir they
+    stay for a look; a temporary workdir goes as a whole)."""
+    for folder, _dirs, files in os.walk(base):
+        for name in files:
+            if not name.endswith(".log"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
 
 
 def _must(run: Callable[[T, Outcome], None], what: T, contender: str) -> None:

@@ -282,7 +282,10 @@ def _run(
     sizes = {image.config.digest: image.config.size} | {d.digest: d.size for d in image.layers}
     new_bytes = image.manifest.size + sum(s for d, s in sizes.items() if d not in held)
     bound = t_min(new_bytes, origin_up, [uplink] * nodes, [downlink] * nodes)
-    limit = timeout if timeout is not None else 10 * bound + 60
+    # Direct is the slow one: the origin sends N copies (N * F / u_s); allow twice that.
+    limit = (
+        timeout if timeout is not None else max(10 * bound, 2 * nodes * new_bytes / origin_up) + 60
+    )
     click.echo(
         f"{nodes} hosts, uplink {_rate_text(uplink)}, downlink "
         f"{_rate_text(downlink) if downlink else 'unshaped'}, origin {_rate_text(origin_up)}; "

@@ -25,6 +25,7 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         "origin_payload_bytes": outcome.origin_payload,
         "origin_payload_over_image": round(outcome.origin_payload / image_bytes, 4),
         "origin_wire_bytes": outcome.origin_wire,
+        "machine_cpu_busy": round(outcome.cpu_busy, 3),
         "per_host_done_s": {
             h: (round(t, 3) if t is not None else None) for h, t in sorted(outcome.done.items())
         },
@@ -35,7 +36,7 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
 def table(summaries: list[dict[str, Any]], bound: float) -> str:
     header = (
         f"{'contender':<11} {'first':>8} {'median':>8} {'last':>8} {'last/T_min':>10} "
-        f"{'origin sent':>12} {'x image':>8}  hosts"
+        f"{'origin sent':>12} {'x image':>8} {'CPU busy':>8}  hosts"
     )
     lines = [header, "-" * len(header)]
 
@@ -48,7 +49,8 @@ def table(summaries: list[dict[str, Any]], bound: float) -> str:
             f"{s['contender']:<11} {seconds(s['first_done_s']):>8} "
             f"{seconds(s['median_done_s']):>8} {seconds(s['last_done_s']):>8} {ratio:>10} "
             f"{format_size(s['origin_payload_bytes']):>12} "
-            f"{s['origin_payload_over_image']:>8.3f}  {s['hosts_done']}/{s['hosts']}"
+            f"{s['origin_payload_over_image']:>8.3f} {s['machine_cpu_busy']:>8.0%}  "
+            f"{s['hosts_done']}/{s['hosts']}"
         )
     lines.append(f"T_min = {bound:.3g}s (Kumar & Ross lower bound for these bytes and links)")
     return "\n".join(lines)

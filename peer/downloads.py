@@ -128,6 +128,7 @@ class Downloads:
         self._upstreams = upstreams
         self._nursery = nursery
         self.active: dict[str, Download] = {}
+        self.upstream_fetches = 0  # fetches from the upstream running now (the swarm yields)
         self.bytes_from_upstream = 0
         self.completed = 0
         self.failed = 0
@@ -190,7 +191,11 @@ class Downloads:
                 # We own it (now), or nobody else could be reached: the upstream it is,
                 # continuing from whatever pieces the swarm delivered.
                 log.info("fetching %s from the upstream: %s", download.digest, exc)
-        await self._fetch_upstream(download, headers)
+        self.upstream_fetches += 1
+        try:
+            await self._fetch_upstream(download, headers)
+        finally:
+            self.upstream_fetches -= 1
 
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import Error, Event, FileRange, Hello, Proof
+from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject
 from wire.protocol import CLOSED, NEED_DATA, PeerProtocol
 
 log = logging.getLogger("pollen.link")
@@ -40,6 +40,10 @@ class PeerLink:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
+        # Requests the peer cancelled that we have not answered yet: when their turn to be
+        # sent comes, they go out as a Reject instead of megabytes nobody wants any more.
+        self.cancelled: set[tuple[str, int]] = set()
+        self.pieces_cancelled = 0
 
     @property
     def peer_id(self) -> bytes:
@@ -107,20 +111,29 @@ class PeerLink:
         finally:
             await self.close()
 
-    async def send(self, event: Event) -> None:
-        """Send one event. Raises LinkClosed when the link is gone."""
+    async def send(self, event: Event) -> bool:
+        """Send one event; False if it was a Piece the peer cancelled meanwhile (a Reject
+        went instead). Raises LinkClosed when the link is gone."""
         async with self._send_lock:
             if self.closed:
                 raise LinkClosed("link closed")
-            try:
-                buffers = self.protocol.send_buffers(event)
-            except LocalProtocolError:
-                raise
-            for buffer in buffers:
-                if isinstance(buffer, FileRange):
-                    await self._send_file(buffer)
-                elif buffer:
-                    await self._send_raw(buffer)
+            if isinstance(event, Piece | Reject):
+                key = (event.digest, event.index)
+                if key in self.cancelled:
+                    self.cancelled.discard(key)
+                    if isinstance(event, Piece):
+                        self.pieces_cancelled += 1
+                        await self._send_buffers(Reject(event.digest, event.index, "cancelled"))
+                        return False
+            await self._send_buffers(event)
+            return True
+
+    async def _send_buffers(self, event: Event) -> None:
+        for buffer in self.protocol.send_buffers(event):
+            if isinstance(buffer, FileRange):
+                await self._send_file(buffer)
+            elif buffer:
+                await self._send_raw(buffer)
 
     async def _send_file(self, source: FileRange) -> None:
         """sendfile from the store to the socket: piece bytes never enter Python."""

@@ -65,9 +65,10 @@ log = logging.getLogger("pollen.swarm")
 QUEUE_SECONDS = 3.0
 MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
 RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
-ENDGAME_AFTER = 2.0  # seconds a piece may be outstanding before a second peer is asked
+ENDGAME_AFTER = 2.0  # at least this long outstanding before a second peer is asked
 WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
 MAX_PEERS = 8  # peers a fetch links to besides the owner
+PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
 BAN_SECONDS = 600.0
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
@@ -104,6 +105,8 @@ class SwarmCounters:
     bad_pieces: int = 0
     bans: int = 0
     upstream_fallbacks: int = 0
+    uploads_cancelled: int = 0  # queued pieces the requester cancelled before they went out
+    wasted_bytes: int = 0  # piece bytes received that were not needed (duplicates, late)
     links_refused: int = 0
 
 
@@ -321,9 +324,16 @@ class Swarm:
             fetch = self.digests.get(event.digest)
             if fetch is not None and fetch.fetch is not None:
                 await fetch.fetch.on_event(link, event)
-            elif isinstance(event, Piece | Reject):
-                pass  # a late answer for a fetch that ended
-        # Cancel: requests are answered as soon as the piece is read, nothing to stop.
+            elif isinstance(event, Piece) and not isinstance(event.data, FileRange):
+                # A late answer for a fetch that ended: received for nothing.
+                self.counters.wasted_bytes += len(event.data)
+        elif (
+            isinstance(event, Cancel)
+            and (event.digest, event.index) in link.protocol.their_requests
+        ):
+            # Still queued (upload slot, rate limit, or behind other pieces on the link): it
+            # goes out as a Reject. Already answered: nothing to do (the protocol agrees).
+            link.cancelled.add((event.digest, event.index))
 
     async def _send(self, link: PeerLink, event: Event) -> None:
         with contextlib.suppress(LinkClosed):
@@ -431,6 +441,12 @@ class Swarm:
             await self._send(link, Reject(request.digest, request.index, "choked"))
             return
         async with self._uploads:
+            if (request.digest, request.index) in link.cancelled:
+                # Cancelled while waiting for an upload slot.
+                with contextlib.suppress(LinkClosed, LocalProtocolError):
+                    await link.send(Reject(request.digest, request.index, "cancelled"))
+                self.counters.uploads_cancelled += 1
+                return
             state = self.digests.get(request.digest)
             piece_size = self.piece_size
             if state is not None and state.listening is not None:
@@ -447,9 +463,11 @@ class Swarm:
                 if self._corrupt:
                     payload = bytes(length)
                 await self.upload_limit.consume(length)
-                await link.send(Piece(request.digest, request.index, payload))
-                self.counters.bytes_to_peers += length
-                self.counters.pieces_to_peers += 1
+                if await link.send(Piece(request.digest, request.index, payload)):
+                    self.counters.bytes_to_peers += length
+                    self.counters.pieces_to_peers += 1
+                else:
+                    self.counters.uploads_cancelled += 1
             except (LinkClosed, LocalProtocolError):
                 pass
             finally:
@@ -524,6 +542,7 @@ class SwarmFetch:
     choked_by: set[bytes] = field(default_factory=set)
     rates: dict[bytes, float] = field(default_factory=dict)  # bytes/s per peer (EWMA)
     requested_at: dict[tuple[int, bytes], float] = field(default_factory=dict)
+    storing: set[int] = field(default_factory=set)  # pieces received, being written
     _meta: PieceMeta | Refused | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
@@ -733,16 +752,26 @@ class SwarmFetch:
         Endgame: when nothing unrequested is left, a piece outstanding for longer than
         ENDGAME_AFTER at one peer may also be asked of one other peer (then cancelled)."""
         have = set(partial.piece_hashes)
-        missing = [i for i in range(partial.layout.count) if i not in have]
+        missing = [
+            i for i in range(partial.layout.count) if i not in have and i not in self.storing
+        ]
         if not missing:
             return
         window = set(missing[:WINDOW])
         rarity = {i: sum(1 for a in self.availability.values() if i in a) for i in missing}
         random_first = len(have) < RANDOM_FIRST
         now = time.monotonic()
+        # While this node fetches from the upstream (it owns a blob), it takes pieces from
+        # few peers at a time: every TCP flow into its link gets a like share, and the
+        # upstream flow is the one the whole swarm waits for.
+        downloads = self.swarm.downloads
+        yielding = downloads is not None and downloads.upstream_fetches > 0
+        sources = {p for s in self.inflight.values() for p in s}
         for peer_id in list(self.peers):
             link = self.swarm.links.get(peer_id)
             if link is None or link.closed or peer_id in self.choked_by:
+                continue
+            if yielding and peer_id not in sources and len(sources) >= PEERS_WHILE_OWNING:
                 continue
             depth = self._queue_depth(peer_id, partial.layout.piece_size)
             slots = depth - sum(1 for s in self.inflight.values() if peer_id in s)
@@ -765,9 +794,10 @@ class SwarmFetch:
                     if i in available
                     and len(self.inflight[i]) == 1
                     and peer_id not in self.inflight[i]
-                    and now - min(self.requested_at.get((i, p), now) for p in self.inflight[i])
-                    > ENDGAME_AFTER
+                    and all(self._overdue(i, p, now, partial) for p in self.inflight[i])
                 ][:slots]
+            if picks:
+                sources.add(peer_id)
             for choice in picks:
                 self.inflight.setdefault(choice, set()).add(peer_id)
                 self.requested_at[(choice, peer_id)] = now
@@ -778,6 +808,19 @@ class SwarmFetch:
                     if not self.inflight[choice]:
                         del self.inflight[choice]
                     break
+
+    def _overdue(self, index: int, holder: bytes, now: float, partial: PartialBlob) -> bool:
+        """Has the request for `index` at `holder` waited twice as long as that peer's queue
+        should take? Only then is a second peer asked (endgame): asking sooner sends pieces
+        twice over links that are merely busy (each uploader serves several peers at once)."""
+        requested = self.requested_at.get((index, holder), now)
+        rate = self.rates.get(holder)
+        if rate is None:
+            expected = QUEUE_SECONDS
+        else:
+            queued = sum(1 for s in self.inflight.values() if holder in s)
+            expected = queued * partial.layout.piece_size / rate
+        return now - requested > max(ENDGAME_AFTER, 2 * expected)
 
     # ---- events from links ------------------------------------------------------------------
 
@@ -865,9 +908,11 @@ class SwarmFetch:
         partial = self.partial
         sent_at = self.requested_at.get((piece.index, link.peer_id))
         holders = self._settle(piece.index, link.peer_id)
-        if partial is None or piece.index in partial.piece_hashes:
-            return  # a duplicate from the endgame, or a fetch that moved on
         if isinstance(piece.data, FileRange):  # only ever sent, never decoded
+            return
+        if partial is None or piece.index in partial.piece_hashes:
+            # A duplicate from the endgame, or a fetch that moved on.
+            swarm.counters.wasted_bytes += len(piece.data)
             return
         data = memoryview(piece.data)
         expected = self.hashes.get(piece.index)
@@ -884,12 +929,19 @@ class SwarmFetch:
             await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
             self.link_lost(link.peer_id)
             return
-        async with partial.write_lock:
-            if piece.index in partial.piece_hashes:
-                return
-            completed = await trio.to_thread.run_sync(
-                partial.write_sync, partial.layout.start(piece.index), [data]
-            )
+        # Settled but not yet recorded: without this mark the scheduler would see the piece
+        # missing and not in flight, and ask another peer for it while it is being written.
+        self.storing.add(piece.index)
+        try:
+            async with partial.write_lock:
+                if piece.index in partial.piece_hashes:  # the other copy of an endgame pair
+                    swarm.counters.wasted_bytes += len(data)
+                    return
+                completed = await trio.to_thread.run_sync(
+                    partial.write_sync, partial.layout.start(piece.index), [data]
+                )
+        finally:
+            self.storing.discard(piece.index)
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
         swarm._contribution[link.peer_id] = swarm._contribution.get(link.peer_id, 0) + len(data)
