@@ -70,6 +70,16 @@ class _NodeCollector(Collector):
                 "Blobs fetched from upstream because no owner was reachable",
                 value=counters.upstream_fallbacks,
             )
+            yield CounterMetricFamily(
+                "pollen_peer_wasted_bytes",
+                "Piece bytes received from peers that were not needed (duplicates, late)",
+                value=counters.wasted_bytes,
+            )
+            yield CounterMetricFamily(
+                "pollen_uploads_cancelled",
+                "Queued uploads the requester cancelled before they were sent",
+                value=counters.uploads_cancelled,
+            )
             yield GaugeMetricFamily(
                 "pollen_members_alive",
                 "Live members known to this node, itself included",

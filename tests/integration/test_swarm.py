@@ -135,6 +135,7 @@ def test_cluster_pulls_at_once_and_the_registry_serves_each_blob_once(
     metrics = urllib.request.urlopen(cluster.nodes[1].url + "/metrics", timeout=5).read().decode()
     assert 'pollen_peer_bytes_total{direction="in"}' in metrics
     assert f"pollen_members_alive {count}.0" in metrics
+    assert "pollen_peer_wasted_bytes_total" in metrics
 
 
 def test_owner_killed_mid_transfer_every_other_pull_completes(
