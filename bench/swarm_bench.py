@@ -122,7 +122,9 @@ def _progress(enabled: bool) -> Any:
     help="Which contenders to run, in this order.",
 )
 @click.option(
-    "--timeout", type=float, help="Seconds a contender may take [default: 10 x T_min + 60]."
+    "--timeout",
+    type=float,
+    help="Seconds a contender may take [default: twice what direct needs, + 60].",
 )
 @click.option(
     "--quick",
