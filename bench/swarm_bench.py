@@ -284,10 +284,10 @@ def _run(
     sizes = {image.config.digest: image.config.size} | {d.digest: d.size for d in image.layers}
     new_bytes = image.manifest.size + sum(s for d, s in sizes.items() if d not in held)
     bound = t_min(new_bytes, origin_up, [uplink] * nodes, [downlink] * nodes)
-    # Direct is the slow one: the origin sends N copies (N * F / u_s); allow twice that.
-    limit = (
-        timeout if timeout is not None else max(10 * bound, 2 * nodes * new_bytes / origin_up) + 60
-    )
+    # Direct is the slow one: the origin sends N copies of the whole image (N * F / u_s), in
+    # the timed rollout or in the release scenario's preparation; allow twice that.
+    default_limit = max(10 * bound, 2 * nodes * image.total_size / origin_up) + 60
+    limit = timeout if timeout is not None else default_limit
     click.echo(
         f"{nodes} hosts, uplink {_rate_text(uplink)}, downlink "
         f"{_rate_text(downlink) if downlink else 'unshaped'}, origin {_rate_text(origin_up)}; "
