@@ -246,8 +246,9 @@ class Rollout:
         finally:
             remove_data(base)
 
-    def pollen(self, tags: list[str]) -> Outcome:
-        """A pollen node per host, joined by gossip; every host pulls through its own node."""
+    def pollen(self, tags: list[str], extra_args: list[str] | None = None) -> Outcome:
+        """A pollen node per host, joined by gossip; every host pulls through its own node
+        (`extra_args` go to every `pollen run`, e.g. --piece-size 1MiB)."""
         nodes = self.testbed.nodes
         base = self.workdir / "pollen"
         procs = []
@@ -269,6 +270,7 @@ class Rollout:
                 ]
                 if i:
                     argv += ["--join", f"{nodes[0].ip}:{PEER_PORT}"]
+                argv += extra_args or []
                 (base / host.name).mkdir(parents=True, exist_ok=True)
                 log = base / host.name / "pollen.log"
                 procs.append(self.testbed.spawn(host, argv, log, cwd=REPO))

@@ -4,6 +4,7 @@ in turn (direct from the registry, pollen, a BitTorrent swarm), compared with th
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import sys
 import tempfile
@@ -149,6 +150,12 @@ def _progress(enabled: bool) -> Any:
     help="Where images and stores go [default: a temporary directory, removed].",
 )
 @click.option(
+    "--pollen-args",
+    default="",
+    metavar="ARGS",
+    help="Extra options for every `pollen run`, e.g. '--piece-size 1MiB'.",
+)
+@click.option(
     "--cleanup",
     is_flag=True,
     help="Only remove namespaces left by testbeds whose process died, and exit.",
@@ -172,6 +179,7 @@ def swarm(
     json_path: Path | None,
     chart_path: Path | None,
     workdir: Path | None,
+    pollen_args: str,
     cleanup: bool,
 ) -> None:
     """Compare contenders on a testbed of network namespaces (needs root).
@@ -221,6 +229,7 @@ def swarm(
                 gzip_layers,
                 contenders,
                 timeout,
+                pollen_args,
             )
     except (TestbedError, RolloutError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -276,6 +285,7 @@ def _run(
     gz: bool,
     contenders: list[str],
     timeout: float | None,
+    pollen_args: str = "",
 ) -> dict[str, Any]:
     images = _images(root, scenario, profile, size, layers, scale, gz)
     image = images[-1]
@@ -306,7 +316,7 @@ def _run(
             if contender == "direct":
                 outcome = rollout.direct(tags)
             elif contender == "pollen":
-                outcome = rollout.pollen(tags)
+                outcome = rollout.pollen(tags, shlex.split(pollen_args))
             else:
                 outcome = rollout.bittorrent(images)
             outcomes.append(outcome)
@@ -324,6 +334,7 @@ def _run(
     click.echo(table(summaries, bound))
     return {
         "command": " ".join(sys.argv),
+        "pollen_args": pollen_args,
         "scenario": scenario,
         "nodes": nodes,
         "uplink_bytes_per_s": uplink,

@@ -25,13 +25,15 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
     before = namespaces()
     result = subprocess.run(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
-         "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "r.png")],
+         "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "r.png"),
+         "--pollen-args", "--piece-size 2MiB --upload-rate 1GiB/s"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert namespaces() == before
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["nodes"] == 4 and doc["t_min_s"] > 0
+    assert doc["pollen_args"] == "--piece-size 2MiB --upload-rate 1GiB/s"
     results = {r["contender"]: r for r in doc["results"]}
     assert list(results) == ["direct", "pollen", "bittorrent"]
     for r in results.values():
