@@ -242,7 +242,7 @@ class SkopeoDriver(Driver):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def flush(mirror: str) -> None:
+def flush_mirror(mirror: str) -> None:
     """Empty a pollen node's cache (DELETE /_pollen/cache)."""
     request = urllib.request.Request(mirror + "/_pollen/cache", method="DELETE")
     try:
@@ -362,28 +362,17 @@ def pull(
           --via pollen=http://127.0.0.1:65001 --via direct --flush --json ab.json
     """
     try:
-        run_bench(
-            image,
-            driver,
-            runs,
-            vias,
-            flush,
-            containerd_socket,
-            namespace,
-            runtime_endpoint,
-            tls,
-            json_path,
-        )
+        run_bench(**locals())  # the options, by name: run_bench takes the same parameters
     except PullBenchError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def run_bench(
     image: str,
-    driver_name: str,
+    driver: str,
     runs: int,
     vias: tuple[str, ...],
-    flush_cache: bool,
+    flush: bool,
     containerd_socket: Path | None,
     namespace: str,
     runtime_endpoint: str | None,
@@ -398,26 +387,26 @@ def run_bench(
         raise PullBenchError("--runs must be at least 1")
     scheme = "https" if tls else "http"
     size = image_bytes(ref, scheme)
-    driver: Driver
-    if driver_name == "ctr":
-        driver = CtrDriver(containerd_socket, namespace, scheme)
-    elif driver_name == "crictl":
-        driver = CrictlDriver(runtime_endpoint)
+    client: Driver
+    if driver == "ctr":
+        client = CtrDriver(containerd_socket, namespace, scheme)
+    elif driver == "crictl":
+        client = CrictlDriver(runtime_endpoint)
     else:
-        driver = SkopeoDriver(tls)
+        client = SkopeoDriver(tls)
     show = sys.stderr.isatty()
     records: list[dict[str, Any]] = []
     try:
-        driver.prepare(settings)
-        click.echo(f"{ref}: {format_size(size)}; {runs} runs x {len(settings)} with {driver.name}")
+        client.prepare(settings)
+        click.echo(f"{ref}: {format_size(size)}; {runs} runs x {len(settings)} with {client.name}")
         for index in range(runs):
             for setting in settings:  # interleaved: A B A B ...
-                driver.clean(ref)
-                if flush_cache and setting.mirror is not None:
-                    flush(setting.mirror)
+                client.clean(ref)
+                if flush and setting.mirror is not None:
+                    flush_mirror(setting.mirror)
                 label = f"run {index + 1}/{runs} [{setting.name}]"
                 before = mirror_served(setting.mirror) if setting.mirror else None
-                seconds, error = timed(driver.pull_command(ref, setting), label, show)
+                seconds, error = timed(client.pull_command(ref, setting), label, show)
                 if error is None and before is not None and setting.mirror is not None:
                     # Clients fall back to the registry when a mirror fails: a fast run that
                     # went around pollen must not be reported as pollen's.
@@ -438,9 +427,9 @@ def run_bench(
                 )
                 outcome = f"{seconds:.2f}s" if error is None else f"FAILED ({error[:200]})"
                 click.echo(f"{label} {outcome}")
-        driver.clean(ref)
+        client.clean(ref)
     finally:
-        driver.close()
+        client.close()
     summary = {}
     for setting in settings:
         ok = [r["seconds"] for r in records if r["setting"] == setting.name and r["ok"]]
@@ -461,8 +450,8 @@ def run_bench(
             "command": " ".join(sys.argv),
             "image": str(ref),
             "image_bytes": size,
-            "driver": driver.name,
-            "flush": flush_cache,
+            "driver": client.name,
+            "flush": flush,
             "runs": records,
             "summary": summary,
         }

@@ -207,13 +207,12 @@ class Downloads:
             partial = await self._store.open_partial(digest, size_on_disk)
         if partial is None:
             partial = await self._fetch_range(download, headers, None, 0, None)
-        elif not partial.missing_runs():
+        elif not (runs := partial.missing_runs()):
             # Every piece on disk (a crash between verify and commit): ask for the last byte
             # only, so the upstream still checks this client's credentials.
             size = partial.layout.size
             partial = await self._fetch_range(download, headers, partial, size - 1, size)
         else:
-            runs = partial.missing_runs()
             missing = sum(end - start for start, end in runs)
             log.info("%s: fetching %d missing bytes in %d ranges", digest, missing, len(runs))
         while partial is not None and (runs := partial.missing_runs()):

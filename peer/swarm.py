@@ -774,7 +774,7 @@ class SwarmFetch:
             if yielding and peer_id not in sources and len(sources) >= PEERS_WHILE_OWNING:
                 continue
             depth = self._queue_depth(peer_id, partial.layout.piece_size)
-            slots = depth - sum(1 for s in self.inflight.values() if peer_id in s)
+            slots = depth - self._requests_at(peer_id)
             if slots <= 0:
                 continue
             available = self.availability.get(peer_id, set())
@@ -809,6 +809,10 @@ class SwarmFetch:
                         del self.inflight[choice]
                     break
 
+    def _requests_at(self, peer_id: bytes) -> int:
+        """How many of our requests `peer_id` has not answered yet."""
+        return sum(1 for holders in self.inflight.values() if peer_id in holders)
+
     def _overdue(self, index: int, holder: bytes, now: float, partial: PartialBlob) -> bool:
         """Has the request for `index` at `holder` waited twice as long as that peer's queue
         should take? Only then is a second peer asked (endgame): asking sooner sends pieces
@@ -818,7 +822,7 @@ class SwarmFetch:
         if rate is None:
             expected = QUEUE_SECONDS
         else:
-            queued = sum(1 for s in self.inflight.values() if holder in s)
+            queued = self._requests_at(holder)
             expected = queued * partial.layout.piece_size / rate
         return now - requested > max(ENDGAME_AFTER, 2 * expected)
 
@@ -920,7 +924,7 @@ class SwarmFetch:
             return
         if sent_at is not None:
             # This request waited behind the others queued at that peer: scale by the queue.
-            queued = 1 + sum(1 for s in self.inflight.values() if link.peer_id in s)
+            queued = 1 + self._requests_at(link.peer_id)
             sample = queued * len(data) / max(time.monotonic() - sent_at, 1e-3)
             old = self.rates.get(link.peer_id)
             self.rates[link.peer_id] = sample if old is None else 0.7 * old + 0.3 * sample

@@ -15,30 +15,27 @@ from bench.components import Pollen, Registry
 pytestmark = pytest.mark.integration
 
 
+def pollen_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `pollen` command line, as a user runs it."""
+    command = [sys.executable, "-m", "peer.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def push_image(registry: Registry, layout: Path, layers: str, layer_size: str) -> None:
+    """`pollen bench image` into `layout`, pushed to the registry as bench/app:latest."""
+    result = pollen_cli(
+        "bench", "image", str(layout), "--layers", layers, "--layer-size", layer_size,
+        "--push", f"{registry.url}/bench/app", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Registry, Pollen, str]]:
     registry = Registry(tmp_path / "registry")
     node = None
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "peer.cli",
-                "bench",
-                "image",
-                str(tmp_path / "img"),
-                "--layers",
-                "2",
-                "--layer-size",
-                "2MiB",
-                "--push",
-                f"{registry.url}/bench/app",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        push_image(registry, tmp_path / "img", "2", "2MiB")
         upstream = f"{registry.host}={registry.url}"
         node = Pollen(tmp_path / "node", "--default-upstream", registry.url, "--upstream", upstream)
         yield registry, node, f"{registry.host}/bench/app:latest"
@@ -54,30 +51,11 @@ def test_ab_runs_alternate_and_every_run_is_a_real_pull(
 ) -> None:
     registry, node, image = setup
     mark = registry.log_mark()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "peer.cli",
-            "bench",
-            "pull",
-            image,
-            "--driver",
-            driver,
-            "--runs",
-            "2",
-            "--via",
-            f"pollen={node.url}",
-            "--via",
-            "direct",
-            "--flush",
-            "--json",
-            str(tmp_path / "ab.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = pollen_cli(
+        "bench", "pull", image, "--driver", driver, "--runs", "2",
+        "--via", f"pollen={node.url}", "--via", "direct", "--flush",
+        "--json", str(tmp_path / "ab.json"),
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads((tmp_path / "ab.json").read_text())
     assert [r["setting"] for r in doc["runs"]] == ["pollen", "direct", "pollen", "direct"]
@@ -97,12 +75,7 @@ def test_ab_runs_alternate_and_every_run_is_a_real_pull(
 
 
 def test_a_bad_image_name_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "bench", "pull", "no-tag-here"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = pollen_cli("bench", "pull", "no-tag-here", timeout=60)
     assert result.returncode != 0
     assert "HOST[:PORT]/REPO:TAG" in result.stderr
 
@@ -113,42 +86,11 @@ def test_a_mirror_the_client_goes_around_is_reported_not_timed(tmp_path: Path) -
     # gives (https is assumed), containerd falls back to the registry itself.
     node = Pollen(tmp_path / "node")
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "peer.cli",
-                "bench",
-                "image",
-                str(tmp_path / "img"),
-                "--layers",
-                "1",
-                "--layer-size",
-                "1MiB",
-                "--push",
-                f"{registry.url}/bench/app",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "peer.cli",
-                "bench",
-                "pull",
-                f"{registry.host}/bench/app:latest",
-                "--runs",
-                "1",
-                "--via",
-                f"pollen={node.url}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        push_image(registry, tmp_path / "img", "1", "1MiB")
+        result = pollen_cli(
+            "bench", "pull", f"{registry.host}/bench/app:latest", "--runs", "1",
+            "--via", f"pollen={node.url}",
+        )  # fmt: skip
     finally:
         node.stop()
         registry.stop()
