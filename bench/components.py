@@ -208,7 +208,9 @@ class Pollen:
         self.ip = ip
         self.port = free_port(ip)
         self.peer_port = free_port(ip)
+        self.admin_port = free_port(ip)
         self.url = f"http://{ip}:{self.port}"
+        self.admin_url = f"http://{ip}:{self.admin_port}"
         self.host = f"{ip}:{self.port}"
         self.peer = f"{ip}:{self.peer_port}"
         self.data_dir = data_dir or workdir / "store"
@@ -223,6 +225,8 @@ class Pollen:
             self.host,
             "--peer",
             self.peer,
+            "--admin",
+            f"{ip}:{self.admin_port}",
             "--data-dir",
             str(self.data_dir),
             *args,
@@ -252,8 +256,15 @@ class Pollen:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def admin_request(self, path: str, method: str = "GET") -> urllib.request.Request:
+        """A request to the node's admin API, with the token the node keeps in its store."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        return urllib.request.Request(
+            self.admin_url + path, method=method, headers={"Authorization": f"Bearer {token}"}
+        )
+
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/_pollen/status", timeout=5) as response:
+        with urllib.request.urlopen(self.admin_request("/_pollen/status"), timeout=5) as response:
             doc: dict[str, Any] = json.load(response)
             return doc
 

@@ -3,16 +3,20 @@
     python -m bench.link_receive [--size 1GiB] [--piece-size 4MiB] [--repeat 3]
 
 A sender thread sends Piece frames the way an uploading node does (header with send, payload
-with os.sendfile from a file); the trio receiver decodes them three ways and hashes every piece
-(xxh3-128, as a fetching node does before storing it):
+with os.sendfile from a file); the trio receiver decodes them in several ways and hashes every
+piece (xxh3-128, as a fetching node does before storing it):
 
 - `feed`: 256 KiB `receive_some` reads fed to the decoder, which reassembles each payload in a
   bytearray and copies it out (the path before payload buffers);
 - `recv_into`: the payload is read straight into its own buffer (`payload_buffer()`), a new
   buffer per piece;
-- `recv_into+recycle`: the same, with each buffer given back after use (what peer_link does).
+- `recv_into+recycle`: the same, with each buffer given back after use (what peer_link does);
+- `sealed`: --peer-encryption. The sender reads each piece (os.pread) and seals it with
+  AES-256-GCM (no sendfile); the receiver reads each sealed payload record into its own
+  buffer as above and opens it (a new plaintext buffer per piece).
 
-Prints GB/s and receiver CPU seconds per GiB (process CPU minus the sender thread's).
+Prints GB/s, receiver CPU seconds per GiB (process CPU minus the sender thread's) and the
+sender thread's CPU seconds per GiB, side by side for the plain and the sealed path.
 """
 
 from __future__ import annotations
@@ -32,15 +36,25 @@ import xxhash
 from peer.sizes import format_size, parse_size
 from wire.events import FileRange, Piece
 from wire.frames import PREFIX, FrameDecoder, encode
+from wire.seal import Opener, Sealer
 
 DIGEST = "sha256:" + "0" * 64
 RECEIVE_SIZE = 256 * 1024
-MODES = ("feed", "recv_into", "recv_into+recycle")
+MODES = ("feed", "recv_into", "recv_into+recycle", "sealed")
 
 
-def _send_pieces(sock: socket.socket, path: Path, count: int, piece_size: int) -> None:
+def _send_pieces(
+    sock: socket.socket, path: Path, count: int, piece_size: int, key: bytes | None
+) -> None:
     with open(path, "rb") as f:
+        sealer = Sealer(key) if key is not None else None
         for index in range(count):
+            if sealer is not None:
+                # As peer_link sends with --peer-encryption: read the piece, seal, send.
+                data = os.pread(f.fileno(), piece_size, 0)
+                for record in sealer.seal_frame(encode(Piece(DIGEST, index, data))):
+                    sock.sendall(record)
+                continue
             # Header as encode() makes it; the prefix announces the payload that follows
             # from the file (sendfile), as peer_link sends a FileRange.
             _, header, _ = encode(Piece(DIGEST, index, b""))
@@ -54,8 +68,12 @@ def _send_pieces(sock: socket.socket, path: Path, count: int, piece_size: int) -
     sock.shutdown(socket.SHUT_WR)
 
 
-async def _receive(sock: trio.socket.SocketType, mode: str, piece_size: int) -> int:
+async def _receive(
+    sock: trio.socket.SocketType, mode: str, piece_size: int, key: bytes | None
+) -> int:
     decoder = FrameDecoder(piece_size + 65536)
+    if key is not None:
+        decoder.start_opening(Opener(key))
     pieces = 0
     while True:
         target = decoder.payload_buffer() if mode != "feed" else None
@@ -74,13 +92,14 @@ async def _receive(sock: trio.socket.SocketType, mode: str, piece_size: int) -> 
             assert isinstance(event, Piece) and not isinstance(event.data, FileRange)
             xxhash.xxh3_128_digest(event.data)
             pieces += 1
-            if mode == "recv_into+recycle" and isinstance(event.data, bytearray):
+            if mode in ("recv_into+recycle", "sealed") and isinstance(event.data, bytearray):
                 decoder.recycle(event.data)
 
 
-def run_once(path: Path, size: int, piece_size: int, mode: str) -> tuple[float, float]:
-    """(seconds, receiver CPU seconds) to receive `size` bytes in pieces."""
+def run_once(path: Path, size: int, piece_size: int, mode: str) -> tuple[float, float, float]:
+    """(seconds, receiver CPU seconds, sender CPU seconds) to move `size` bytes in pieces."""
     count = size // piece_size
+    key = os.urandom(32) if mode == "sealed" else None
     listener = socket.create_server(("127.0.0.1", 0))
     left = socket.create_connection(listener.getsockname())
     right, _ = listener.accept()
@@ -89,11 +108,11 @@ def run_once(path: Path, size: int, piece_size: int, mode: str) -> tuple[float, 
 
     def sender() -> None:
         started = time.thread_time()
-        _send_pieces(left, path, count, piece_size)
+        _send_pieces(left, path, count, piece_size, key)
         sender_cpu.append(time.thread_time() - started)
 
     async def main() -> int:
-        return await _receive(trio.socket.from_stdlib_socket(right), mode, piece_size)
+        return await _receive(trio.socket.from_stdlib_socket(right), mode, piece_size, key)
 
     thread = threading.Thread(target=sender)
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -105,31 +124,43 @@ def run_once(path: Path, size: int, piece_size: int, mode: str) -> tuple[float, 
     right.close()
     if received != count:
         raise RuntimeError(f"received {received} of {count} pieces")
-    return elapsed, cpu
+    return elapsed, cpu, sender_cpu[0]
 
 
 @click.command()
 @click.option("--size", default="1GiB", show_default=True, help="Bytes sent per run.")
 @click.option("--piece-size", default="4MiB", show_default=True)
 @click.option("--repeat", default=3, show_default=True, help="Runs per mode (median shown).")
-def main(size: str, piece_size: str, repeat: int) -> None:
+@click.option(
+    "--modes",
+    default=",".join(MODES),
+    show_default=True,
+    help="Comma-separated modes to run, e.g. recv_into+recycle,sealed for plain vs sealed.",
+)
+def main(size: str, piece_size: str, repeat: int, modes: str) -> None:
     total, piece = parse_size(size), parse_size(piece_size)
+    chosen = [m for m in modes.split(",") if m]
+    unknown = set(chosen) - set(MODES)
+    if unknown:
+        raise click.BadParameter(f"unknown mode(s) {sorted(unknown)}; from {MODES}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "piece"
         path.write_bytes(os.urandom(piece))
         # Every piece is sent from the same file: the sender reads from the page cache.
         click.echo(f"{format_size(total)} in {format_size(piece)} pieces over loopback TCP")
-        results: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+        results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in chosen}
         for _ in range(repeat):
-            for mode in MODES:  # interleaved so machine noise hits every mode alike
+            for mode in chosen:  # interleaved so machine noise hits every mode alike
                 results[mode].append(run_once(path, total, piece, mode))
         gib = total / 2**30
-        for mode in MODES:
+        for mode in chosen:
             seconds = statistics.median(r[0] for r in results[mode])
             cpu = statistics.median(r[1] for r in results[mode])
+            sender = statistics.median(r[2] for r in results[mode])
             click.echo(
                 f"{mode:>18}: {total / seconds / 1e9:5.2f} GB/s  "
-                f"receiver CPU {cpu / gib:4.2f} s/GiB  (median of {repeat})"
+                f"receiver CPU {cpu / gib:4.2f} s/GiB  sender CPU {sender / gib:4.2f} s/GiB  "
+                f"(median of {repeat})"
             )
 
 

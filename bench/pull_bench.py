@@ -24,6 +24,8 @@ from typing import Any
 import click
 
 from bench.components import Containerd
+from peer.admin_front import ADMIN_TOKEN_FILE
+from peer.config import default_data_dir
 from peer.sizes import format_size
 
 ACCEPT = ", ".join(
@@ -242,23 +244,59 @@ class SkopeoDriver(Driver):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def flush_mirror(mirror: str) -> None:
-    """Empty a pollen node's cache (DELETE /_pollen/cache)."""
-    request = urllib.request.Request(mirror + "/_pollen/cache", method="DELETE")
+@dataclass(frozen=True)
+class Admin:
+    """A pollen node's admin API (its --admin address) and its token."""
+
+    url: str
+    token: str
+
+    def request(self, path: str, method: str = "GET") -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return urllib.request.Request(self.url + path, method=method, headers=headers)
+
+
+def parse_admins(
+    admins: tuple[str, ...], token_files: tuple[str, ...], names: set[str]
+) -> dict[str, Admin]:
+    """`--admin NAME=URL` and `--admin-token-file NAME=FILE` by setting name (the token
+    defaults to the default data directory's admin.token)."""
+    files: dict[str, Path] = {}
+    for text in token_files:
+        name, sep, path = text.partition("=")
+        if not sep or name not in names:
+            raise PullBenchError(f"--admin-token-file {text!r}: use NAME=FILE for a --via NAME")
+        files[name] = Path(path)
+    out: dict[str, Admin] = {}
+    for text in admins:
+        name, sep, url = text.partition("=")
+        if not sep or name not in names or not url.startswith(("http://", "https://")):
+            raise PullBenchError(f"--admin {text!r}: use NAME=http://ADDR:PORT for a --via NAME")
+        token_file = files.get(name, default_data_dir() / ADMIN_TOKEN_FILE)
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise PullBenchError(f"cannot read the admin token {token_file}: {exc}") from exc
+        out[name] = Admin(url.rstrip("/"), token)
+    return out
+
+
+def flush_mirror(admin: Admin) -> None:
+    """Empty a pollen node's cache (DELETE /_pollen/cache on its admin API)."""
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
+        with urllib.request.urlopen(admin.request("/_pollen/cache", "DELETE"), timeout=60) as r:
+            r.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise PullBenchError(f"cannot flush the cache of {mirror}: {exc}") from exc
+        raise PullBenchError(f"cannot flush the cache of {admin.url}: {exc}") from exc
 
 
-def mirror_served(mirror: str) -> int | None:
-    """Blob bytes a pollen mirror has served so far; None if it is not pollen (no status)."""
+def mirror_served(admin: Admin) -> int:
+    """Blob bytes a pollen node has served to its clients so far."""
     try:
-        with urllib.request.urlopen(mirror + "/_pollen/status", timeout=10) as response:
+        with urllib.request.urlopen(admin.request("/_pollen/status"), timeout=10) as response:
             served = json.load(response)["served"]
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
-        return None
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise PullBenchError(f"cannot read the status of {admin.url}: {exc}") from exc
     return int(served["blob_bytes_from_cache"]) + int(served["blob_bytes_while_downloading"])
 
 
@@ -320,7 +358,24 @@ def stats(seconds: list[float], size: int) -> dict[str, float]:
     "`direct` pulls from the registry itself [default: direct].",
 )
 @click.option(
-    "--flush", is_flag=True, help="Empty each pollen mirror's cache before every run (cold pulls)."
+    "--admin",
+    "admins",
+    multiple=True,
+    metavar="NAME=URL",
+    help="The admin API (--admin address) of the pollen node behind --via NAME: needed by "
+    "--flush, and to check that every pull really went through the node.",
+)
+@click.option(
+    "--admin-token-file",
+    "admin_token_files",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="That node's admin token [default: ~/.cache/pollen/admin.token].",
+)
+@click.option(
+    "--flush",
+    is_flag=True,
+    help="Empty each pollen mirror's cache before every run (cold pulls; needs --admin).",
 )
 @click.option(
     "--containerd-socket",
@@ -346,6 +401,8 @@ def pull(
     driver: str,
     runs: int,
     vias: tuple[str, ...],
+    admins: tuple[str, ...],
+    admin_token_files: tuple[str, ...],
     flush: bool,
     containerd_socket: Path | None,
     namespace: str,
@@ -359,7 +416,8 @@ def pull(
     Examples:
       pollen bench pull 127.0.0.1:5000/bench/app:latest --via pollen=http://127.0.0.1:65001
       pollen bench pull 127.0.0.1:5000/bench/app:latest --runs 10 \\
-          --via pollen=http://127.0.0.1:65001 --via direct --flush --json ab.json
+          --via pollen=http://127.0.0.1:65001 --admin pollen=http://127.0.0.1:65003 \\
+          --via direct --flush --json ab.json
     """
     try:
         run_bench(**locals())  # the options, by name: run_bench takes the same parameters
@@ -372,6 +430,8 @@ def run_bench(
     driver: str,
     runs: int,
     vias: tuple[str, ...],
+    admins: tuple[str, ...],
+    admin_token_files: tuple[str, ...],
     flush: bool,
     containerd_socket: Path | None,
     namespace: str,
@@ -385,6 +445,16 @@ def run_bench(
         raise PullBenchError("give one or two --via settings, with different names")
     if runs < 1:
         raise PullBenchError("--runs must be at least 1")
+    admin = parse_admins(admins, admin_token_files, {s.name for s in settings})
+    for setting in settings:
+        if setting.mirror is None or setting.name in admin:
+            continue
+        if flush:
+            raise PullBenchError(f"--flush needs --admin {setting.name}=URL (the node's --admin)")
+        click.echo(
+            f"note: no --admin for {setting.name}: cannot check that its pulls went through "
+            "the mirror (clients fall back to the registry when a mirror fails)"
+        )
     scheme = "https" if tls else "http"
     size = image_bytes(ref, scheme)
     client: Driver
@@ -402,15 +472,16 @@ def run_bench(
         for index in range(runs):
             for setting in settings:  # interleaved: A B A B ...
                 client.clean(ref)
-                if flush and setting.mirror is not None:
-                    flush_mirror(setting.mirror)
+                node = admin.get(setting.name)
+                if flush and node is not None:
+                    flush_mirror(node)
                 label = f"run {index + 1}/{runs} [{setting.name}]"
-                before = mirror_served(setting.mirror) if setting.mirror else None
+                before = mirror_served(node) if node is not None else None
                 seconds, error = timed(client.pull_command(ref, setting), label, show)
-                if error is None and before is not None and setting.mirror is not None:
+                if error is None and before is not None and node is not None:
                     # Clients fall back to the registry when a mirror fails: a fast run that
                     # went around pollen must not be reported as pollen's.
-                    through = (mirror_served(setting.mirror) or 0) - before
+                    through = mirror_served(node) - before
                     if through < size:
                         error = (
                             f"the mirror served {through} of {size} bytes: the client went "

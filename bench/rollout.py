@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,11 @@ from typing import TypeVar
 from bench.components import REPO, registry_bytes_served, registry_config
 from bench.oci_image import Image, push
 from bench.testbed import Host, Testbed, stop_process
+from peer.admin_front import ADMIN_TOKEN_FILE
 
 REGISTRY_PORT = 5000
 POLLEN_HTTP = "127.0.0.1:5001"
+POLLEN_ADMIN = "127.0.0.1:5003"
 PEER_PORT = 65002
 TRACKER_PORT = 6969
 SEEDER_RPC = 6800
@@ -119,9 +122,19 @@ def wait_until(
     raise RolloutError(f"{what}: not ready after {timeout:.0f}s")
 
 
-def _curl(testbed: Testbed, host: Host, url: str) -> subprocess.CompletedProcess[str]:
-    argv = testbed.command(host, ["curl", "-s", "-S", "--max-time", "5", url])
+def _curl(
+    testbed: Testbed, host: Host, url: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    argv = testbed.command(host, ["curl", "-s", "-S", "--max-time", "5", *extra, url])
     return subprocess.run(argv, capture_output=True, text=True, timeout=15)
+
+
+def _node_status(testbed: Testbed, host: Host, base: Path) -> subprocess.CompletedProcess[str]:
+    """The status document of the pollen node on `host`, through its admin API."""
+    token_file = base / host.name / "store" / ADMIN_TOKEN_FILE
+    token = token_file.read_text().strip() if token_file.exists() else ""
+    url = f"http://{POLLEN_ADMIN}/_pollen/status"
+    return _curl(testbed, host, url, "-f", "-H", f"Authorization: Bearer {token}")
 
 
 def _curl_ok(testbed: Testbed, host: Host, url: str) -> bool:
@@ -252,6 +265,9 @@ class Rollout:
         nodes = self.testbed.nodes
         base = self.workdir / "pollen"
         procs = []
+        token_file = base / "cluster.token"
+        base.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(secrets.token_urlsafe(32))
         try:
             for i, host in enumerate(nodes):
                 argv = [
@@ -263,6 +279,10 @@ class Rollout:
                     POLLEN_HTTP,
                     "--peer",
                     f"{host.ip}:{PEER_PORT}",
+                    "--cluster-token-file",
+                    str(token_file),
+                    "--admin",
+                    POLLEN_ADMIN,
                     "--data-dir",
                     str(base / host.name / "store"),
                     "--default-upstream",
@@ -274,7 +294,7 @@ class Rollout:
                 (base / host.name).mkdir(parents=True, exist_ok=True)
                 log = base / host.name / "pollen.log"
                 procs.append(self.testbed.spawn(host, argv, log, cwd=REPO))
-            self._wait_converged(nodes)
+            self._wait_converged(nodes, base)
 
             def pull(tag: str, outcome: Outcome) -> None:
                 self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome)
@@ -285,7 +305,7 @@ class Rollout:
                 lambda outcome: pull(tags[-1], outcome),
             )
             for host in nodes:  # kept with the logs: what each node saw
-                status = _curl(self.testbed, host, f"http://{POLLEN_HTTP}/_pollen/status")
+                status = _node_status(self.testbed, host, base)
                 (base / host.name / "status.log").write_text(status.stdout)
             return outcome
         finally:
@@ -301,10 +321,10 @@ class Rollout:
         logs = base / f"logs-{tag}"
         run_at_once(self.testbed, commands, self.timeout, outcome, self.progress, logs)
 
-    def _wait_converged(self, nodes: list[Host]) -> None:
+    def _wait_converged(self, nodes: list[Host], base: Path) -> None:
         def converged() -> bool:
             for host in nodes:
-                answer = _curl(self.testbed, host, f"http://{POLLEN_HTTP}/_pollen/status")
+                answer = _node_status(self.testbed, host, base)
                 if answer.returncode != 0:
                     return False
                 members = json.loads(answer.stdout)["swarm"]["members"]

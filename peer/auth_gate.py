@@ -36,38 +36,50 @@ class AuthGate:
     def __init__(self, upstreams: Upstreams, ttl: float = DEFAULT_TTL) -> None:
         self._upstreams = upstreams
         self._ttl = ttl
-        self._accepted: dict[tuple[str | None, str | None, str, str], float] = {}
+        self._accepted: dict[tuple[str | None, str, str, str], float] = {}
+
+    def origin_to_ask(self, origins: list[str], namespace: str | None) -> str:
+        """Which of the registries the content came from vouches for a client: the one its
+        `?ns=` names if that is among them, else the first. Never any other registry."""
+        if not origins:
+            raise ValueError("public content needs no access check")
+        named = self._upstreams.base_url(namespace)
+        return named if named in origins else origins[0]
 
     async def check(
         self,
+        origins: list[str],
         namespace: str | None,
         name: str,
         kind: str,
         reference: str,
         headers: Mapping[str, str],
     ) -> UpstreamRefusal | None:
-        """None when the upstream accepts this client for the content, else its refusal.
+        """None when a registry the content came from (`origins`, as the store recorded them)
+        accepts this client for the content, else its refusal.
 
         Raises:
             UpstreamError: the upstream could not be asked (the client gets a 502, not the
                 content: serving private bytes unchecked is worse than failing).
         """
-        key = (credentials_key(headers), namespace, name, reference)
+        origin = self.origin_to_ask(origins, namespace)
+        key = (credentials_key(headers), origin, name, reference)
         now = time.monotonic()
         expiry = self._accepted.get(key)
         if expiry is not None and expiry > now:
             return None
         path = f"/v2/{name}/{kind}/{reference}"
-        async with self._upstreams.open("HEAD", namespace, path, headers) as resp:
+        async with self._upstreams.open_at("HEAD", origin, path, headers) as resp:
             status = resp.status_code
             if 200 <= status < 300:
                 if len(self._accepted) >= MAX_ENTRIES:
                     self._accepted = {k: v for k, v in self._accepted.items() if v > now}
+                    if len(self._accepted) >= MAX_ENTRIES:
+                        self._accepted.clear()  # bounded memory beats a warm cache
                 self._accepted[key] = now + self._ttl
                 return None
             if 400 <= status < 500:
                 return UpstreamRefusal(
                     status, pick_headers(resp.headers, FORWARDED_ERROR_HEADERS), b""
                 )
-            base = self._upstreams.base_url(namespace)
-            raise UpstreamError(base, f"answered {status} to an access check")
+            raise UpstreamError(origin, f"answered {status} to an access check")

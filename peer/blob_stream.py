@@ -12,6 +12,7 @@ keeps the connection's state out of any pool.
 
 from __future__ import annotations
 
+import re
 import ssl
 import urllib.parse
 from collections.abc import Mapping
@@ -20,9 +21,13 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from peer.upstream import UpstreamError
+from peer.upstream import UnforwardableHeader, UpstreamError, check_forwardable
 
 MAX_REDIRECTS = 5
+# No file can be larger (the kernel's offsets are signed 64-bit): a size or offset beyond it is a
+# lie, and the store must never see it.
+MAX_FILE_SIZE = 2**63 - 1
+_NUMBER = re.compile(r"[0-9]+")
 _RECEIVE = 256 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -61,8 +66,12 @@ class BlobStream:
             self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
         self.url = url
         self._stall = stall_timeout
+        for field in ("content-length", "content-range"):
+            if _past_any_file(self.headers.get(field, "")):
+                raise UpstreamError(url, f"sent a {field} larger than any file can be")
+        # h11 has checked that a Content-Length is 1 to 20 ASCII digits.
         length = self.headers.get("content-length")
-        self._left: int | None = int(length) if length and length.isdigit() else None
+        self._left: int | None = int(length) if length is not None else None
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         # Fast path: a Content-Length body, read from the socket directly. Otherwise (chunked,
         # or a body framed by closing) h11 decodes it.
@@ -155,14 +164,17 @@ async def open_blob(
     never see registry credentials).
 
     Raises:
-        UpstreamError: connection, TLS or protocol failure, or too many redirects.
+        UpstreamError: connection, TLS or protocol failure, too many redirects, a redirect to a
+            URL we cannot fetch, a size past any file, or a header HTTP/1.1 cannot carry.
     """
     request_headers = dict(headers)
-    origin = _Origin.of(urllib.parse.urlsplit(url))
+    try:
+        check_forwardable(request_headers)
+    except UnforwardableHeader as exc:
+        raise UpstreamError(url, str(exc)) from None
+    origin = _Origin.of(_split(url))
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UpstreamError(url, "not an http(s) URL")
+        parts = _split(url)
         if _Origin.of(parts) != origin:
             request_headers.pop("authorization", None)
         stream = await _connect(parts, connect_timeout, stall_timeout)
@@ -172,10 +184,17 @@ async def open_blob(
             host = parts.netloc.rpartition("@")[2]
             head = [("host", host), ("accept-encoding", "identity"), ("connection", "close")]
             head += [(k, v) for k, v in request_headers.items() if k.lower() != "host"]
-            data = conn.send(h11.Request(method=method, target=target, headers=head)) or b""
+            try:
+                data = conn.send(h11.Request(method=method, target=target, headers=head)) or b""
+            except (h11.LocalProtocolError, ValueError):
+                # The headers were checked: it is a redirect's target or host (spaces, non-ASCII).
+                raise UpstreamError(url, "cannot be asked for in HTTP/1.1") from None
             data += conn.send(h11.EndOfMessage()) or b""
             with trio.move_on_after(stall_timeout) as scope:
-                await stream.send_all(data)
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise UpstreamError(url, f"connection broke: {exc}") from exc
             if scope.cancelled_caught:
                 raise UpstreamError(url, f"did not take the request in {stall_timeout:.0f}s")
             while True:
@@ -188,10 +207,42 @@ async def open_blob(
             raise
         if response.status in _REDIRECTS and "location" in response.headers:
             await response.aclose()
-            url = urllib.parse.urljoin(url, response.headers["location"])
+            try:
+                url = urllib.parse.urljoin(url, response.headers["location"])
+            except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+                raise UpstreamError(url, f"redirected to a bad URL: {exc}") from None
             continue
         return response
     raise UpstreamError(url, f"more than {MAX_REDIRECTS} redirects")
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    """`url` in parts, if it is one we can fetch.
+
+    Raises:
+        UpstreamError: not an http(s) URL with a host and a port in range (a redirect's Location
+            can say anything, and urlsplit raises ValueError for some of it).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range
+    except ValueError as exc:
+        raise UpstreamError(url, f"not a URL we can fetch: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise UpstreamError(url, "not an http(s) URL")
+    return parts
+
+
+def _past_any_file(text: str) -> bool:
+    """Whether a number in `text` (a Content-Length or Content-Range) is past MAX_FILE_SIZE.
+
+    Python refuses to convert strings of over 4300 digits, so the digits are counted first.
+    """
+    for number in _NUMBER.findall(text):
+        digits = number.lstrip("0")
+        if len(digits) > len(str(MAX_FILE_SIZE)) or int(digits or "0") > MAX_FILE_SIZE:
+            return True
+    return False
 
 
 async def _connect(
@@ -206,9 +257,15 @@ async def _connect(
         raise UpstreamError(where, f"no connection in {connect_timeout:.0f}s") from exc
     except OSError as exc:
         raise UpstreamError(where, f"cannot connect: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # the IDNA codec refuses the host name (an empty or long label)
+        raise UpstreamError(where, f"cannot connect: bad host name: {exc}") from exc
     if origin.scheme == "http":
         return tcp
-    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=origin.host)
+    try:
+        tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=origin.host)
+    except ValueError as exc:  # ssl refuses the host name
+        await _close(tcp)
+        raise UpstreamError(where, f"bad host name for TLS: {exc}") from exc
     try:
         with trio.fail_after(stall_timeout):
             await tls.do_handshake()

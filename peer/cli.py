@@ -20,7 +20,9 @@ import click
 import trio
 
 from bench.cli import bench
+from peer.admin_front import ADMIN_TOKEN_FILE
 from peer.config import (
+    DEFAULT_ADMIN,
     DEFAULT_HTTP,
     DEFAULT_PEER,
     DEFAULT_UPSTREAM,
@@ -136,6 +138,42 @@ def main() -> None:
     help="Read --cluster-token from this file (keeps it out of the process list).",
 )
 @click.option(
+    "--peer-encryption/--no-peer-encryption",
+    default=False,
+    show_default=True,
+    envvar="POLLEN_PEER_ENCRYPTION",
+    help="Encrypt and authenticate every frame between nodes (AES-256-GCM with keys from the "
+    "handshake). Every node of the cluster must use the same setting: a node refuses a peer "
+    "with the other one. Costs CPU per byte, and uploads no longer use sendfile. Without "
+    "--cluster-token it stops passive listening only, not a man in the middle.",
+)
+@click.option(
+    "--insecure-open-cluster",
+    is_flag=True,
+    default=False,
+    envvar="POLLEN_INSECURE_OPEN_CLUSTER",
+    help="Allow a cluster without a token on a peer address other hosts can reach (anyone "
+    "who reaches it can join and read cached blobs). Without a token the node refuses to "
+    "start unless --peer is a loopback address.",
+)
+@click.option(
+    "--admin",
+    default=DEFAULT_ADMIN,
+    show_default=True,
+    envvar="POLLEN_ADMIN",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT of the admin API: /_pollen/status and DELETE /_pollen/cache (with the "
+    "admin token), /metrics and /healthz (without).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="POLLEN_ADMIN_TOKEN_FILE",
+    help="File holding the admin API's bearer token [default: <data-dir>/admin.token, "
+    "created with a random token, readable by the node's user only].",
+)
+@click.option(
     "--upload-rate",
     default=None,
     envvar="POLLEN_UPLOAD_RATE",
@@ -238,13 +276,23 @@ def run(**options: Any) -> None:
         advertise=options["advertise"],
         join=tuple(options["join"] or ()),
         cluster_token=token.encode() if token else None,
+        peer_encryption=options["peer_encryption"],
         upload_rate=options["upload_rate"],
         download_rate=options["download_rate"],
+        admin=options["admin"],
+        admin_token_file=options["admin_token_file"],
+        insecure_open_cluster=options["insecure_open_cluster"],
     )
+    try:
+        config.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     from peer.node import Node  # late: keeps `pollen --help` fast
 
     try:
         node = Node(config)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot open the store in {config.data_dir}: {exc}") from exc
     try:
@@ -255,14 +303,42 @@ def run(**options: Any) -> None:
 
 @main.command()
 @click.option(
-    "--http", default=DEFAULT_HTTP, show_default=True, envvar="POLLEN_HTTP", help="Node to ask."
+    "--admin",
+    default=DEFAULT_ADMIN,
+    show_default=True,
+    envvar="POLLEN_ADMIN",
+    help="The node's admin address (its --admin).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="POLLEN_ADMIN_TOKEN_FILE",
+    help="The node's admin token [default: <data-dir>/admin.token].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_data_dir,
+    envvar="POLLEN_DATA_DIR",
+    show_default="~/.cache/pollen",
+    help="The node's --data-dir, where it keeps admin.token.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
-def status(http: str, as_json: bool) -> None:
-    """Show a node's store use and the transfers in flight."""
-    url = f"http://{http}/_pollen/status"
+def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: bool) -> None:
+    """Show a node's store use and the transfers in flight (through its admin API)."""
+    url = f"http://{admin}/_pollen/status"
+    token_file = admin_token_file or data_dir.expanduser() / ADMIN_TOKEN_FILE
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read the admin token {token_file}: {exc.strerror} "
+            "(give --admin-token-file or the node's --data-dir)"
+        ) from exc
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
             doc = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"cannot reach the node at {url}: {exc}") from exc

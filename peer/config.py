@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pieces.layout import DEFAULT_PIECE_SIZE
+from wire.addresses import is_valid_host, is_valid_registry
 
 DEFAULT_HTTP = "127.0.0.1:65001"
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"
 DEFAULT_PEER = "0.0.0.0:65002"
+DEFAULT_ADMIN = "127.0.0.1:65003"
 
 
 def _primary_address() -> str:
@@ -20,6 +23,16 @@ def _primary_address() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`: addresses other hosts cannot reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir() -> Path:
@@ -48,6 +61,8 @@ def parse_address(text: str) -> Address:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"not an ADDR:PORT: {text!r} (e.g. 127.0.0.1:65001)")
     host = host.strip("[]") or "0.0.0.0"
+    if not is_valid_host(host):
+        raise ValueError(f"not a host name or IP address: {host[:100]!r} in {text[:100]!r}")
     return Address(host, int(port))
 
 
@@ -56,6 +71,9 @@ def parse_upstream(text: str) -> tuple[str, str]:
     ns, sep, url = text.partition("=")
     if not sep or not ns or not url.startswith(("http://", "https://")):
         raise ValueError(f"not NS=URL: {text!r} (e.g. docker.io=https://registry-1.docker.io)")
+    if not is_valid_registry(ns):
+        # Clients send it as ?ns=, which must be a registry host[:port] to be accepted.
+        raise ValueError(f"{ns!r} is not a registry host[:port] (as clients send it in ?ns=)")
     return ns, url.rstrip("/")
 
 
@@ -74,8 +92,32 @@ class NodeConfig:
     advertise: Address | None = None
     join: tuple[Address, ...] = ()
     cluster_token: bytes | None = None
+    peer_encryption: bool = False  # seal every frame between nodes (all nodes must agree)
     upload_rate: int | None = None  # bytes/s to peers
     download_rate: int | None = None  # bytes/s from peers and the upstream together
+    # The admin API's own listener (None: none); its token file (None: <data-dir>/admin.token).
+    admin: Address | None = None
+    admin_token_file: Path | None = None
+    insecure_open_cluster: bool = False  # allow no token on a non-loopback peer address
+
+    def check(self) -> None:
+        """Refuse settings that would make the node unsafe or unusable.
+
+        Raises:
+            ValueError: the message says what to change.
+        """
+        if (
+            self.peer is not None
+            and self.cluster_token is None
+            and not self.insecure_open_cluster
+            and not is_loopback_host(self.peer.host)
+        ):
+            raise ValueError(
+                f"no cluster token, and the peer port {self.peer} is reachable from other "
+                "hosts: anyone who reaches it could join the cluster and read cached blobs. "
+                "Give every node the same --cluster-token-file, or pass "
+                "--insecure-open-cluster if that is really wanted."
+            )
 
     def advertised_peer(self) -> Address | None:
         """The peer address others use: --advertise, else --peer when it names a host."""

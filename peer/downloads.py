@@ -4,6 +4,10 @@ A `Download` runs in the node's nursery, not in a request's task, so a client th
 never cancels it: the bytes still land in the store for the other clients and for the cache.
 Bytes are written to the partial blob as they arrive and readers are woken at once, so clients
 stream the blob while it downloads.
+
+The upstream is not trusted: the size it declares is checked by the store before anything is
+allocated (`Store.open_partial`), and an answer that does not start where we asked (a 200 to a
+Range request) starts the blob over instead of being mixed with the pieces kept from before.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from peer.upstream import (
     Upstreams,
     pick_headers,
 )
-from pieces.partial import PartialBlob
+from pieces.partial import BlobFailed, DiskFull, PartialBlob, SizeRefused
 from pieces.store import Store
 
 log = logging.getLogger("pollen.download")
@@ -69,12 +73,16 @@ class _BufferPipe:
     """Pooled buffers between the receiver and the writer thread.
 
     The receiver fills free buffers from the socket and hands them over; the writer takes every
-    full buffer at once, writes them in one thread call and gives them back. A fixed pool bounds
-    memory per download and makes a slow disk slow the upstream down (backpressure).
+    full buffer at once, writes them in one thread call and gives them back. A bounded pool
+    bounds memory per download and makes a slow disk slow the upstream down (backpressure).
+    Buffers are made only when none is free: a download from a slow upstream (any client can
+    start many) holds one or two, not the whole pool.
     """
 
     def __init__(self, count: int, size: int) -> None:
-        self._free = [bytearray(size) for _ in range(count)]
+        self._size = size
+        self._unmade = count
+        self._free: list[bytearray] = []
         self._full: list[tuple[bytearray, int]] = []
         self._closed = False
         self.writer_waiting = False
@@ -82,6 +90,9 @@ class _BufferPipe:
 
     async def get_free(self) -> bytearray:
         while not self._free:
+            if self._unmade:
+                self._unmade -= 1
+                return bytearray(self._size)
             await self._lot.park()
         return self._free.pop()
 
@@ -170,15 +181,25 @@ class Downloads:
         except Exception as exc:
             self.failed += 1
             download.error = exc
-            if download.partial is not None:
-                download.partial.fail(exc)
+            partial = download.partial
+            if partial is not None:
+                partial.fail(exc)
+                if isinstance(exc, DiskFull):
+                    # Kept for a resume, it would keep the disk full and fail every later
+                    # blob; the next request for this one starts over once there is room.
+                    async with partial.write_lock:
+                        partial.discard_sync()
             log.warning("download of %s failed: %s", download.digest, exc)
         finally:
             download.ready.set()
             download.done.set()
             del self.active[download.digest]
-            if download.partial is not None:
-                self._store.release_partial(download.partial)
+            partial = download.partial
+            if partial is not None:
+                if not partial.verified and partial.error is None:
+                    # Ended without the blob (a refusal mid-resume): wake its readers.
+                    partial.fail(BlobFailed(f"download of {download.digest} ended unfinished"))
+                self._store.release_partial(partial)
 
     async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
         if self.swarm is not None and not download.upstream_only:
@@ -204,7 +225,11 @@ class Downloads:
         partial: PartialBlob | None = None
         size_on_disk = self._store.partial_size_on_disk(digest)
         if size_on_disk is not None:
-            partial = await self._store.open_partial(digest, size_on_disk)
+            try:
+                partial = await self._store.open_partial(digest, size_on_disk)
+            except SizeRefused as exc:
+                # Left by a fetch whose size a manifest now contradicts: ask afresh.
+                log.info("%s: not resuming the partial on disk: %s", digest, exc)
         if partial is None:
             partial = await self._fetch_range(download, headers, None, 0, None)
         elif not (runs := partial.missing_runs()):
@@ -217,9 +242,9 @@ class Downloads:
             log.info("%s: fetching %d missing bytes in %d ranges", digest, missing, len(runs))
         while partial is not None and (runs := partial.missing_runs()):
             start, end = runs[0]
-            before = partial.bytes_present
+            previous, before = partial, partial.bytes_present
             partial = await self._fetch_range(download, headers, partial, start, end)
-            if partial is not None and partial.bytes_present == before:
+            if partial is previous and partial.bytes_present == before:
                 raise UpstreamError(digest, f"answered bytes {start}-{end - 1} with nothing new")
         if partial is None:
             return  # refused: the refusal is on the download
@@ -270,18 +295,28 @@ class Downloads:
                     self._store.release_partial(partial)
                 return None
             start, length, size = _body_extent(body, base)
-            if partial is not None and (partial.layout.size != size or start > offset):
-                log.info("upstream size of %s changed; starting over", digest)
-                partial.discard_sync()
-                self._store.release_partial(partial)
-                partial = None
+            ranged = "range" in request_headers
+            abandoned: PartialBlob | None = None
+            if partial is not None and (
+                restart := _restart_reason(partial, body.status, ranged, start, offset, size)
+            ):
+                log.info("%s: starting over: %s", digest, restart)
+                abandoned, partial = partial, None
+                async with abandoned.write_lock:
+                    abandoned.discard_sync()
+                self._store.release_partial(abandoned)
             if partial is None:
                 partial = await self._store.open_partial(digest, size)
             if download.auth_key is not None:
                 # Before any other client can see it: later readers must pass the access check.
-                self._store.mark_private(digest)
+                self._store.mark_private(digest, base)
             download.partial = partial
             download.ready.set()
+            if abandoned is not None:
+                # Its readers may hold bytes the new start will not match: they cannot go on.
+                # Told only now, so that those still waiting for the whole blob (Range
+                # requests) find the new partial.
+                abandoned.fail(UpstreamError(base, "the download started over"))
             if start:
                 end_byte = start + length - 1
                 log.info("resuming %s at byte %d (to %d of %d)", digest, start, end_byte, size)
@@ -351,6 +386,24 @@ class Downloads:
         if offset != end:
             message = f"closed the connection at byte {offset} of {start}-{end}"
             raise UpstreamError(body.url, message)
+
+
+def _restart_reason(
+    partial: PartialBlob, status: int, ranged: bool, start: int, offset: int, size: int
+) -> str | None:
+    """Why an answer (`status`, from byte `start` of a blob of `size`) to a request from byte
+    `offset` cannot continue `partial`; None when it can."""
+    if partial.layout.size != size:
+        return f"its size changed from {partial.layout.size} to {size}"
+    if status == 200 and ranged:
+        # The whole blob where we asked for a part. Written over the pieces kept from before,
+        # it would skip their bytes in this stream, and if those pieces were wrong (left by a
+        # lying upstream) the blob would fail its sha256 and this pull with it. These bytes
+        # come anyway: take them all, from byte 0.
+        return "the upstream ignored the Range request"
+    if start > offset:
+        return f"the upstream answered from byte {start}, not {offset}"
+    return None
 
 
 def _body_extent(resp: BlobStream, base: str) -> tuple[int, int, int]:

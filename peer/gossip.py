@@ -19,6 +19,7 @@ import msgpack
 import trio
 
 from peer.membership import Ack, Address, Membership, Message, Ping, PingReq, Status, Update
+from wire.addresses import is_valid_host, is_valid_port
 
 log = logging.getLogger("pollen.gossip")
 
@@ -37,16 +38,16 @@ def _update_out(u: Update) -> list[Any]:
 
 def _update_in(raw: Any) -> Update:
     node_id, host, port, incarnation, status = raw
-    if not (isinstance(node_id, bytes) and len(node_id) == 16 and isinstance(host, str)):
+    if not (isinstance(node_id, bytes) and len(node_id) == 16 and is_valid_host(host)):
         raise BadDatagram("bad update")
-    if not (isinstance(port, int) and 0 < port < 65536 and isinstance(incarnation, int)):
+    if not (is_valid_port(port) and isinstance(incarnation, int)):
         raise BadDatagram("bad update")
     return Update(node_id, (host, port), incarnation, Status(status))
 
 
 def _address_in(raw: Any) -> Address:
     host, port = raw
-    if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+    if not is_valid_host(host) or not is_valid_port(port):
         raise BadDatagram("bad address")
     return (host, port)
 
@@ -157,7 +158,7 @@ class GossipDriver:
         for address, message in self.membership.take_outgoing():
             try:
                 await sock.sendto(encode(message, self.token), address)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a host the resolver refuses
                 log.debug("gossip to %s failed: %s", address, exc)
 
     def _log_changes(self) -> None:

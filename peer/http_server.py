@@ -97,23 +97,35 @@ class HttpConnection:
                 # one are answered with Connection: close and never read).
         if request is None:
             return None
-        headers: dict[str, str] = {}
+        values: dict[str, list[str]] = {}
         for raw_name, raw_value in request.headers:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            # Repeated headers (skopeo sends one Accept per media type) are one comma list.
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            values.setdefault(raw_name.decode("latin-1"), []).append(raw_value.decode("latin-1"))
+        # Repeated headers (skopeo sends one Accept per media type) are one comma list. Empty
+        # elements are dropped (RFC 9110 5.6.1): "a, " could not be sent on to the upstream.
+        headers = {name: ", ".join(v for v in vs if v) for name, vs in values.items()}
         return Request(request.method.decode("ascii"), request.target, headers)
 
     async def _bad_request(self, exc: h11.RemoteProtocolError) -> None:
-        if self._h11.our_state is not h11.SEND_RESPONSE:
+        # A request h11 refuses never reaches SEND_RESPONSE: h11 lets a server answer it from
+        # IDLE (its special case for a 400).
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = json.dumps({"errors": [{"code": "BAD_REQUEST", "message": str(exc)}]}).encode()
+        body = _error_body("BAD_REQUEST", str(exc))
         with contextlib.suppress(ClientGone):
             await self.respond(exc.error_status_hint, [("content-type", "application/json")], body)
 
+    async def internal_error(self) -> None:
+        """Answer 500 and close, if no answer has started; after a failure in a handler."""
+        if self.response_started:
+            return
+        body = _error_body("UNKNOWN", "internal error in pollen (the node's log has it)")
+        headers = [("content-type", "application/json"), ("connection", "close")]
+        with contextlib.suppress(ClientGone):
+            await self.respond(500, headers, body)
+
     async def start_response(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Send the status line and headers (include Content-Length for a body)."""
-        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        encoded = [(k.encode("latin-1"), _header_bytes(v)) for k, v in headers]
         reason = _REASONS.get(status, b"")
         response = h11.Response(status_code=status, headers=encoded, reason=reason)
         await self._send(self._h11.send(response))
@@ -177,6 +189,20 @@ class HttpConnection:
         )
 
 
+def _error_body(code: str, message: str) -> bytes:
+    """A body in the OCI error JSON form."""
+    return json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+
+
+def _header_bytes(value: str) -> bytes:
+    # A value we parsed is latin-1 (one char per byte); httpx decodes an upstream's header as
+    # UTF-8 when it is valid UTF-8, so a value passed on from there can hold any character.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
 def _peer_name(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -191,7 +217,12 @@ Handler = Callable[[HttpConnection, Request], Awaitable[None]]
 async def serve_connection(
     stream: trio.SocketStream, handler: Handler, idle_timeout: float, send_timeout: float
 ) -> None:
-    """Serve requests on one connection until the client leaves; never raises for client faults."""
+    """Serve requests on one connection until the client leaves.
+
+    Never raises but trio.Cancelled: an exception out of here would end trio.serve_listeners
+    and with it the node. A handler's unexpected exception is logged with its traceback and
+    answered with a 500 (or, mid-answer, the connection is cut).
+    """
     conn = HttpConnection(stream, idle_timeout, send_timeout)
     try:
         while True:
@@ -206,5 +237,8 @@ async def serve_connection(
     except h11.LocalProtocolError as exc:
         # A handler broke framing (e.g. a blob ended early): the client sees a cut stream.
         log.debug("connection to %s aborted: %s", conn.client, exc)
+    except Exception:
+        log.exception("internal error serving %s", conn.client)
+        await conn.internal_error()
     finally:
         await stream.aclose()

@@ -11,8 +11,9 @@ from dataclasses import asdict
 
 import trio
 
+from peer.admin_front import AdminFront, load_admin_token
 from peer.auth_gate import AuthGate
-from peer.config import NodeConfig
+from peer.config import Address, NodeConfig
 from peer.downloads import Downloads
 from peer.gossip import GossipDriver
 from peer.http_server import serve_connection
@@ -33,6 +34,13 @@ class Node:
     """A running node; `run` serves until cancelled or sent SIGTERM/SIGINT."""
 
     def __init__(self, config: NodeConfig) -> None:
+        """Open the store and read (or create) the admin token.
+
+        Raises:
+            ValueError: unsafe settings (see NodeConfig.check) or an empty admin token file.
+            OSError: the store or the admin token cannot be opened.
+        """
+        config.check()
         self.config = config
         self.store = Store(config.data_dir, config.piece_size, config.cache_size)
         self.upstreams = Upstreams(
@@ -43,6 +51,13 @@ class Node:
             )
         )
         self.started = time.time()
+        self.admin_token = b""
+        self.admin_port: int | None = None
+        if config.admin is not None:
+            self.admin_token, token_path = load_admin_token(
+                config.admin_token_file, config.data_dir
+            )
+            log.info("admin API token in %s", token_path)
         self.downloads: Downloads | None = None
         self.node_id = os.urandom(16)
         self.membership: Membership | None = None
@@ -142,12 +157,7 @@ class Node:
                 if swarm is not None:
                     swarm.downloads = self.downloads
                 front = self.front = RegistryFront(
-                    self.store,
-                    self.upstreams,
-                    self.downloads,
-                    gate,
-                    self.status,
-                    lambda: metrics.render(),
+                    self.store, self.upstreams, self.downloads, gate
                 )
                 metrics = NodeMetrics(self.store, self.downloads, front.served, swarm)
                 listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
@@ -158,6 +168,9 @@ class Node:
                     idle_timeout=config.idle_timeout,
                     send_timeout=SEND_TIMEOUT,
                 )
+                if config.admin is not None:
+                    admin = AdminFront(self.store, self.admin_token, self.status, metrics.render)
+                    await self._start_admin(nursery, config.admin, admin)
                 nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
                 log.info(
                     "pollen serving the registry API on %s:%d, store %s, default upstream %s",
@@ -171,6 +184,20 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
+
+    async def _start_admin(
+        self, nursery: trio.Nursery, address: Address, admin: AdminFront
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        self.admin_port = listeners[0].socket.getsockname()[1]
+        handler = functools.partial(
+            serve_connection,
+            handler=admin.handle,
+            idle_timeout=self.config.idle_timeout,
+            send_timeout=SEND_TIMEOUT,
+        )
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        log.info("admin API on %s:%d", address.host, self.admin_port)
 
     async def _start_swarm(
         self, nursery: trio.Nursery, gate: AuthGate, download_limit: RateLimiter
@@ -197,6 +224,7 @@ class Node:
             config.cluster_token,
             config.piece_size,
             upload_rate=config.upload_rate,
+            peer_encryption=config.peer_encryption,
         )
         swarm.download_limit = download_limit  # one cap for peers and upstream together
         self.swarm = swarm

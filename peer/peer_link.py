@@ -15,11 +15,14 @@ import trio
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject
-from wire.protocol import CLOSED, NEED_DATA, PeerProtocol
+from wire.protocol import CLOSED, HANDSHAKE_MAX_FRAME, NEED_DATA, PeerProtocol, Role, State
 
 log = logging.getLogger("pollen.link")
 
 RECEIVE_SIZE = 256 * 1024
+# Reads before the peer has proved the token: no more than a handshake frame is taken in (and
+# held) per read for a stranger.
+HANDSHAKE_RECEIVE_SIZE = HANDSHAKE_MAX_FRAME
 HANDSHAKE_TIMEOUT = 10.0
 SEND_TIMEOUT = 60.0
 
@@ -29,9 +32,34 @@ class LinkClosed(Exception):
 
 
 class PeerLink:
-    def __init__(self, stream: trio.SocketStream, node_id: bytes, token: bytes | None) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        node_id: bytes,
+        token: bytes | None,
+        *,
+        role: Role,
+        peer_id: bytes | None = None,
+        encrypt: bool = False,
+    ) -> None:
+        """A link over `stream`, not yet authenticated (run `handshake()` first).
+
+        Args:
+            role: INITIATOR if we connected (then `peer_id` is the node we meant to reach:
+                any other is refused), RESPONDER if we accepted the connection.
+            encrypt: seal every frame after the handshake (--peer-encryption); the peer
+                must have the same setting or the handshake fails.
+        """
         self.stream = stream
-        self.protocol = PeerProtocol(node_id, token, nonce=os.urandom(32))
+        self.protocol = PeerProtocol(
+            node_id,
+            token,
+            role=role,
+            peer_id=peer_id,
+            nonce=os.urandom(32),
+            ephemeral=os.urandom(32),
+            encrypt=encrypt,
+        )
         self._send_lock = trio.Lock()
         # Small control messages posted from read loops: a read loop must never block on a
         # send, or two nodes whose buffers are full each wait for the other to read.
@@ -51,17 +79,26 @@ class PeerLink:
         return self.protocol.peer_id
 
     async def handshake(self) -> None:
-        """Both sides: Hello, then Proof. Raises LinkClosed if the peer is refused."""
+        """The initiator sends its Hello, gets the responder's, proves, and checks the
+        responder's proof; the responder proves only after checking the initiator's.
+
+        Raises:
+            LinkClosed: the peer was refused (wrong token, wrong node, other encryption
+                setting, protocol error), closed the connection, or took too long.
+        """
+        protocol = self.protocol
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                await self._send_raw(self.protocol.initiate())
-                hello = await self._next_event()
-                if not isinstance(hello, Hello):
-                    raise LinkClosed(f"expected Hello, got {hello!r}")
-                await self._send_raw(self.protocol.send(self.protocol.proof()))
-                proof = await self._next_event()
-                if not isinstance(proof, Proof):
-                    raise LinkClosed(f"expected Proof, got {proof!r}")
+                if protocol.role is Role.INITIATOR:
+                    await self._send_raw(protocol.hello())
+                    await self._expect(Hello)
+                    await self._send_raw(protocol.proof())
+                    await self._expect(Proof)
+                else:
+                    await self._expect(Hello)
+                    await self._send_raw(protocol.hello())
+                    await self._expect(Proof)
+                    await self._send_raw(protocol.proof())
         except trio.TooSlowError as exc:
             await self.close()
             raise LinkClosed("handshake timed out") from exc
@@ -71,6 +108,11 @@ class PeerLink:
         except LinkClosed:
             await self.close()
             raise
+
+    async def _expect(self, kind: type[Hello] | type[Proof]) -> None:
+        event = await self._next_event()
+        if not isinstance(event, kind):  # the protocol raises first; kept as a guard
+            raise LinkClosed(f"expected {kind.__name__}, got {type(event).__name__}")
 
     def post(self, event: Event) -> None:
         """Queue a control message; the link's writer task sends it (never blocks)."""
@@ -129,11 +171,26 @@ class PeerLink:
             return True
 
     async def _send_buffers(self, event: Event) -> None:
+        if self.protocol.encrypt and isinstance(event, Piece) and isinstance(event.data, FileRange):
+            # A sealed piece cannot go out with sendfile: its bytes must pass through AES-GCM.
+            event = Piece(event.digest, event.index, await self._read_file(event.data))
         for buffer in self.protocol.send_buffers(event):
             if isinstance(buffer, FileRange):
                 await self._send_file(buffer)
             elif buffer:
                 await self._send_raw(buffer)
+
+    async def _read_file(self, source: FileRange) -> bytes:
+        """The bytes of `source`, read in a thread (the store may be on a slow disk)."""
+        try:
+            data = await trio.to_thread.run_sync(os.pread, source.fd, source.length, source.offset)
+        except OSError as exc:
+            self.closed = True
+            raise LinkClosed(f"reading the piece failed: {exc}") from exc
+        if len(data) != source.length:
+            self.closed = True
+            raise LinkClosed("piece file ended early")
+        return data
 
     async def _send_file(self, source: FileRange) -> None:
         """sendfile from the store to the socket: piece bytes never enter Python."""
@@ -195,8 +252,9 @@ class PeerLink:
                 else:
                     self.protocol.receive_data(b"")
                 continue
+            size = RECEIVE_SIZE if self.protocol.state is State.OPEN else HANDSHAKE_RECEIVE_SIZE
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise LinkClosed(f"receive failed: {exc}") from exc
             self.bytes_in += len(data)

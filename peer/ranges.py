@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Leading zeros are dropped and a number may have at most 19 more digits (2**63 - 1, the largest
+# file size, has 19): a longer one is no offset into any blob, and Python refuses to convert
+# strings of over 4300 digits anyway. Such a header does not match and is ignored.
+_NUMBER = r"(?:0*([0-9]{1,19}))?"
+_RANGE = re.compile(rf"bytes={_NUMBER}-{_NUMBER}", re.ASCII)
 
 
 class RangeNotSatisfiable(ValueError):
@@ -30,8 +34,9 @@ class ByteRange:
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The range a `Range` header asks for, or None to send the whole blob.
 
-    Headers we do not handle (other units, several ranges, syntax errors) are ignored, as RFC
-    9110 allows: the client gets the whole blob with 200, which every registry client accepts.
+    Headers we do not handle (other units, several ranges, syntax errors, numbers past any file
+    size) are ignored, as RFC 9110 allows: the client gets the whole blob with 200, which every
+    registry client accepts.
 
     Raises:
         RangeNotSatisfiable: a well-formed single range with no byte inside the blob.

@@ -1,32 +1,39 @@
 """The registry HTTP front: the OCI distribution pull API that containerd, skopeo and podman use.
 
 GET /v2/ ; HEAD|GET /v2/<name>/manifests/<ref> ; HEAD|GET /v2/<name>/blobs/<digest> (Range),
-plus the admin routes /healthz, /_pollen/status and /metrics.
+plus /healthz. The admin API (status, metrics, cache) is on its own listener: admin_front.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-import trio
 
 from peer.auth_gate import AuthGate, credentials_key
 from peer.downloads import Download, Downloads
 from peer.http_server import ClientGone, HttpConnection, Request
 from peer.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
 from peer.ranges import ByteRange, RangeNotSatisfiable, parse_range
-from peer.routes import AdminRoute, ApiRoot, BlobRoute, ManifestRoute, NotFound, parse_target
+from peer.routes import (
+    AdminRoute,
+    ApiRoot,
+    BlobRoute,
+    InvalidNamespace,
+    ManifestRoute,
+    NotFound,
+    parse_target,
+)
+from peer.store_errors import store_failure
 from peer.upstream import (
     FORWARDED_REQUEST_HEADERS,
+    UnforwardableHeader,
     UpstreamError,
     UpstreamRefusal,
     Upstreams,
+    check_forwardable,
     pick_headers,
 )
 from pieces.digest import InvalidDigest, digest_hex, is_digest
@@ -61,21 +68,31 @@ class RegistryFront:
         upstreams: Upstreams,
         downloads: Downloads,
         gate: AuthGate,
-        status: Callable[[], dict[str, object]],
-        metrics: Callable[[], tuple[str, bytes]],
     ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.downloads = downloads
         self.gate = gate
-        self._status = status
-        self._metrics = metrics
         self.served = ServedCounters()
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
-        target = parse_target(request.target)
-        route = target.route
+        """Answer one request. Every failure is an error answer on this connection (or, once
+        the answer has started, the end of it): nothing a request does reaches the node.
+
+        Raises:
+            ClientGone: the client left, or the answer broke off mid-body (cut the connection).
+        """
         try:
+            try:
+                target = parse_target(request.target)
+                route = target.route
+                if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
+                    # Checked before any upstream request or shared download starts.
+                    check_forwardable(pick_headers(request.headers, FORWARDED_REQUEST_HEADERS))
+            except InvalidNamespace as exc:
+                raise OciError(400, "NAME_INVALID", str(exc)) from exc
+            except UnforwardableHeader as exc:
+                raise OciError(400, "UNSUPPORTED", str(exc)) from exc
             if isinstance(route, AdminRoute) and route.which == "cache":
                 await self._flush(conn, request)
             elif request.method not in ("GET", "HEAD"):
@@ -103,7 +120,14 @@ class RegistryFront:
             await self._send_error(conn, request, upstream_unavailable(exc.upstream, exc.reason))
         except (StoreError, OSError) as exc:
             log.error("store failure for %s: %s", _describe_target(request), exc)
-            await self._send_error(conn, request, OciError(500, "UNKNOWN", f"pollen store: {exc}"))
+            await self._send_error(conn, request, store_failure(exc))
+        except ClientGone:
+            raise
+        except Exception:
+            # A bug: it stays in this request. The traceback goes to the log, not to the client.
+            log.exception("internal error answering %s", _describe_target(request))
+            error = OciError(500, "UNKNOWN", "internal error in pollen (the node's log has it)")
+            await self._send_error(conn, request, error)
 
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:
@@ -132,6 +156,21 @@ class RegistryFront:
             conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
         )
 
+    async def _access(
+        self,
+        namespace: str | None,
+        name: str,
+        kind: str,
+        reference: str,
+        headers: Mapping[str, str],
+    ) -> UpstreamRefusal | None:
+        """None when the client may have this cached content: it is public, or a registry it
+        came from accepts the client's own credentials (never a registry the client names)."""
+        origins = self.store.private_origins(reference)
+        if not origins:
+            return None
+        return await self.gate.check(origins, namespace, name, kind, reference, headers)
+
     # ---- blobs ---------------------------------------------------------------------------
 
     async def _blob(
@@ -142,11 +181,10 @@ class RegistryFront:
         auth_key = credentials_key(headers)
         while True:
             if self.store.has_blob(digest):
-                if self.store.is_private(digest):
-                    refusal = await self.gate.check(namespace, route.name, "blobs", digest, headers)
-                    if refusal is not None:
-                        await _forward_refusal(conn, request, refusal)
-                        return
+                refusal = await self._access(namespace, route.name, "blobs", digest, headers)
+                if refusal is not None:
+                    await _forward_refusal(conn, request, refusal)
+                    return
                 if await self._serve_complete(conn, request, digest):
                     return
                 continue  # evicted between the check and the open: fetch it again
@@ -165,8 +203,8 @@ class RegistryFront:
                     if download.error is not None:
                         raise download.error
                     continue  # finished between our checks: serve it from the store
-                if download.auth_key != auth_key and self.store.is_private(digest):
-                    refusal = await self.gate.check(namespace, route.name, "blobs", digest, headers)
+                if download.auth_key != auth_key:
+                    refusal = await self._access(namespace, route.name, "blobs", digest, headers)
                     if refusal is not None:
                         await _forward_refusal(conn, request, refusal)
                         return
@@ -198,13 +236,23 @@ class RegistryFront:
     async def _serve_partial(
         self, conn: HttpConnection, request: Request, download: Download, partial: PartialBlob
     ) -> None:
-        """Stream a blob while it downloads: each run of bytes goes out as soon as it is written."""
+        """Stream a blob while it downloads: each run of bytes goes out as soon as it is written.
+
+        A full GET gets every byte as it lands, but its last byte only once the sha256 has been
+        checked: a wrong blob reaches it as a cut stream. A part of the blob (a Range request)
+        cannot be cut that way, since its last byte is not the blob's: it waits for the check
+        before its first byte, and gets the download's error as a status if the check fails.
+        """
         digest = download.digest
-        fd = _open_partial_data(partial)
-        try:
-            with self.store.reading(digest):
-                size = partial.layout.size
-                byte_range, status, headers = _blob_answer(request, digest, size)
+        byte_range, status, headers = _blob_answer(request, digest, partial.layout.size)
+        with self.store.reading(digest):
+            if status == 206 and request.method == "GET":
+                verified = await _wait_verified(download, partial)
+                if verified is not partial:
+                    partial = verified
+                    byte_range, status, headers = _blob_answer(request, digest, partial.layout.size)
+            fd = _open_partial_data(partial)
+            try:
                 await conn.start_response(status, headers)
                 if request.method == "GET":
                     self.served.blob_requests_while_downloading += 1
@@ -219,8 +267,8 @@ class RegistryFront:
                         self.served.blob_bytes_while_downloading += count
                         position += count
                 await conn.end_response()
-        finally:
-            os.close(fd)
+            finally:
+                os.close(fd)
 
     # ---- manifests -----------------------------------------------------------------------
 
@@ -234,13 +282,10 @@ class RegistryFront:
             _valid_digest(reference)
             cached = self.store.get_manifest(reference)
             if cached is not None:
-                if self.store.is_private(reference):
-                    refusal = await self.gate.check(
-                        namespace, route.name, "manifests", reference, headers
-                    )
-                    if refusal is not None:
-                        await _forward_refusal(conn, request, refusal)
-                        return
+                refusal = await self._access(namespace, route.name, "manifests", reference, headers)
+                if refusal is not None:
+                    await _forward_refusal(conn, request, refusal)
+                    return
                 media_type, body = cached
                 self.served.manifests_from_cache += 1
                 await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
@@ -272,7 +317,7 @@ class RegistryFront:
         if by_digest and digest != reference:
             raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
         if credentials_key(headers) is not None:
-            self.store.mark_private(digest)
+            self.store.mark_private(digest, base)
         self.store.put_manifest(digest, media_type, body)
         self.served.manifests_from_upstream += 1
         await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
@@ -305,36 +350,24 @@ class RegistryFront:
     # ---- admin ---------------------------------------------------------------------------
 
     async def _flush(self, conn: HttpConnection, request: Request) -> None:
-        """DELETE /_pollen/cache: empty the cache (benchmarks of cold pulls), from this
-        machine only: the HTTP port may face the whole cluster."""
-        if request.method != "DELETE":
-            raise OciError(405, "UNSUPPORTED", "use DELETE /_pollen/cache to empty the cache")
-        if not _is_loopback(conn.client):
-            raise OciError(403, "DENIED", "the cache can only be emptied from this machine")
-        removed, freed = await trio.to_thread.run_sync(self.store.flush)
-        body = json.dumps({"blobs_removed": removed, "bytes_freed": freed}).encode() + b"\n"
-        await _answer(conn, request, 200, [("content-type", "application/json")], body)
+        raise _on_admin_listener("/_pollen/cache")
 
     async def _admin(self, conn: HttpConnection, request: Request, route: AdminRoute) -> None:
-        if route.which == "healthz":
-            await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
-        elif route.which == "status":
-            body = json.dumps(self._status(), indent=2).encode() + b"\n"
-            await _answer(conn, request, 200, [("content-type", "application/json")], body)
-        else:
-            content_type, body = self._metrics()
-            await _answer(conn, request, 200, [("content-type", content_type)], body)
+        """Only the health probe is on the registry port: every client of the node reaches it."""
+        if route.which != "healthz":
+            raise _on_admin_listener(f"/{route.which}")
+        await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
 
 
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _is_loopback(client: str) -> bool:
-    host = client.rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _on_admin_listener(path: str) -> OciError:
+    return OciError(
+        404,
+        "NOT_FOUND",
+        f"{path} is served on the node's admin address (--admin), with its admin token",
+    )
 
 
 def _valid_digest(digest: str) -> str:
@@ -405,6 +438,27 @@ async def _answer(
         await conn.end_response()
     else:
         await conn.respond(status, headers, body)
+
+
+async def _wait_verified(download: Download, partial: PartialBlob) -> PartialBlob:
+    """Wait until the blob's sha256 has been checked; returns the partial that passed (the
+    download's next one when it started over).
+
+    Raises:
+        Exception: the download's error when the blob failed (nothing has been sent yet, so
+            the client gets it as a status).
+    """
+    while True:
+        try:
+            await partial.wait_verified()
+            return partial
+        except BlobFailed:
+            if download.partial is not None and download.partial is not partial:
+                partial = download.partial  # started over (a 200 to a Range request)
+                continue
+            if partial.error is None:
+                raise
+            raise partial.error from None
 
 
 def _open_partial_data(partial: PartialBlob) -> int:

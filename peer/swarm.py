@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from peer.auth_gate import AuthGate, credentials_key
+from peer.link_guard import LinkGuard
 from peer.membership import Membership, Status, Update
 from peer.peer_link import LinkClosed, PeerLink
 from peer.rate_limit import RateLimiter
@@ -38,6 +39,7 @@ from pieces.partial import PartialBlob, piece_hash
 from pieces.store import Store
 from wire.errors import LocalProtocolError
 from wire.events import (
+    Access,
     Bitfield,
     Cancel,
     Choke,
@@ -55,6 +57,7 @@ from wire.events import (
     Unchoke,
     Want,
 )
+from wire.protocol import Role
 
 if TYPE_CHECKING:
     from peer.downloads import Download, Downloads
@@ -94,6 +97,10 @@ class DigestState:
     bitfield_sent: set[bytes] = field(default_factory=set)
     fetch: SwarmFetch | None = None
     listening: PartialBlob | None = None
+    # A private blob's pieces go only to peers whose credentials a registry it came from
+    # accepted (through their Want or Access), exactly as for clients of the HTTP front.
+    granted: set[bytes] = field(default_factory=set)
+    access: dict[bytes, Access] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,12 +128,15 @@ class Swarm:
         piece_size: int,
         upload_rate: int | None = None,
         download_rate: int | None = None,
+        peer_encryption: bool = False,
     ) -> None:
         self.node_id = node_id
         self.membership = membership
         self.store = store
         self.gate = gate
         self.token = token
+        self.peer_encryption = peer_encryption  # seal every frame of every link
+        self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self.piece_size = piece_size
         self.links: dict[bytes, PeerLink] = {}
         self.digests: dict[str, DigestState] = {}
@@ -162,17 +172,35 @@ class Swarm:
             task_status.started()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, self.node_id, self.token)
         try:
-            await link.handshake()
-        except LinkClosed as exc:
+            address = str(stream.socket.getpeername()[0])
+        except OSError:  # already gone
+            await stream.aclose()
+            return
+        if not self.link_guard.admit(address):
+            # Over the per-address or handshake limit: closed before a byte is read. Not
+            # logged one by one: a flood would flood the log too.
             self.counters.links_refused += 1
-            log.warning("refused an incoming peer: %s", exc)
+            await stream.aclose()
             return
-        if self._is_banned(link.peer_id):
-            await link.close()
-            return
-        await self._adopt(link)
+        try:
+            link = PeerLink(
+                stream, self.node_id, self.token, role=Role.RESPONDER, encrypt=self.peer_encryption
+            )
+            try:
+                await link.handshake()
+            except LinkClosed as exc:
+                self.counters.links_refused += 1
+                log.warning("refused an incoming peer from %s: %s", address, exc)
+                return
+            finally:
+                self.link_guard.handshake_over()
+            if self._is_banned(link.peer_id):
+                await link.close()
+                return
+            await self._adopt(link)
+        finally:
+            self.link_guard.release(address)
 
     async def _adopt(self, link: PeerLink) -> None:
         # Two nodes may connect to each other at the same moment: both links stay usable
@@ -215,12 +243,18 @@ class Swarm:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*member.address)
-            link = PeerLink(stream, self.node_id, self.token)
+            # As the initiator we name the node we mean to reach: the handshake refuses any
+            # other node that answers at that address, before we prove anything to it.
+            link = PeerLink(
+                stream,
+                self.node_id,
+                self.token,
+                role=Role.INITIATOR,
+                peer_id=peer_id,
+                encrypt=self.peer_encryption,
+            )
             await link.handshake()
-            if link.peer_id != peer_id:
-                await link.close()
-                raise LinkClosed("a different node answered at that address")
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, ValueError, trio.TooSlowError) as exc:  # ValueError: a bad host
             self.unreachable[peer_id] = time.monotonic()
             raise LinkClosed(f"cannot reach {member.address}: {exc}") from exc
         finally:
@@ -305,6 +339,8 @@ class Swarm:
             self._nursery.start_soon(self._guarded, self._serve_want, link, event)
         elif isinstance(event, Request):
             self._nursery.start_soon(self._guarded, self._serve_request, link, event)
+        elif isinstance(event, Access):
+            self.state(event.digest).access[link.peer_id] = event
         elif isinstance(event, PeersRequest):
             link.post(Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
         elif isinstance(event, Members):
@@ -358,20 +394,17 @@ class Swarm:
         state = self.state(digest)
         state.interested.add(link.peer_id)
         headers = {"authorization": want.authorization} if want.authorization else {}
+        access = Access(digest, want.namespace, want.repository, want.authorization)
         if self.store.has_blob(digest):
-            if self.store.is_private(digest):
-                refusal = await self.gate.check(
-                    want.namespace, want.repository, "blobs", digest, headers
-                )
-                if refusal is not None:
-                    await self._send(link, _refused(digest, refusal))
-                    return
+            if not await self._allowed_or_refused(link, access):
+                return
             hashes = await trio.to_thread.run_sync(
                 self.store.complete_piece_hashes_sync, digest, self.piece_size
             )
             size = self.store.blob_size(digest)
             if hashes is not None and size is not None:
-                await self._send(link, PieceMeta(digest, size, self.piece_size, hashes))
+                origins = self.store.private_origins(digest)
+                await self._send(link, PieceMeta(digest, size, self.piece_size, hashes, origins))
                 return
         assert self.downloads is not None
         download = await self.downloads.join(
@@ -391,11 +424,54 @@ class Swarm:
             message = f"owner's upstream fetch failed: {download.error}"
             await self._send(link, Refused(digest, 502, {}, message.encode()[:4000]))
             return
+        if download.auth_key == credentials_key(headers):
+            state.granted.add(link.peer_id)  # the upstream just accepted these credentials
+        else:
+            # Joined a download another client's credentials started: the same check as
+            # for serving it from disk.
+            if not await self._allowed_or_refused(link, access):
+                return
         self._listen(state, partial)
         meta = PieceMeta(
-            digest, partial.layout.size, partial.layout.piece_size, dict(partial.piece_hashes)
+            digest,
+            partial.layout.size,
+            partial.layout.piece_size,
+            dict(partial.piece_hashes),
+            self.store.private_origins(digest),
         )
         await self._send(link, meta)
+
+    async def _allowed_or_refused(self, link: PeerLink, access: Access) -> bool:
+        """True when the peer may have the blob; else it has been sent a Refused."""
+        try:
+            refusal = await self._check_access(link.peer_id, access)
+        except UpstreamError as exc:
+            message = f"access check failed: {exc}"
+            await self._send(link, Refused(access.digest, 502, {}, message.encode()[:4000]))
+            return False
+        if refusal is not None:
+            await self._send(link, _refused(access.digest, refusal))
+            return False
+        return True
+
+    async def _check_access(self, peer_id: bytes, access: Access) -> UpstreamRefusal | None:
+        """None when `peer_id` may have the pieces of `access.digest`: the blob is public, or
+        a registry it came from accepts the credentials the peer passed on; else the refusal.
+
+        Raises:
+            UpstreamError: the registry could not be asked (nothing is served unchecked).
+        """
+        state = self.state(access.digest)
+        origins = self.store.private_origins(access.digest)
+        if not origins or peer_id in state.granted:
+            return None
+        headers = {"authorization": access.authorization} if access.authorization else {}
+        refusal = await self.gate.check(
+            origins, access.namespace, access.repository, "blobs", access.digest, headers
+        )
+        if refusal is None:
+            state.granted.add(peer_id)
+        return refusal
 
     def _listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
@@ -404,9 +480,12 @@ class Swarm:
             return
         state.listening = partial
 
+        origins = self.store.private_origins(state.digest)
+
         def on_pieces(indices: list[int]) -> None:
             hashes = {i: partial.piece_hashes[i] for i in indices}
-            meta = PieceMeta(state.digest, partial.layout.size, partial.layout.piece_size, hashes)
+            layout = partial.layout
+            meta = PieceMeta(state.digest, layout.size, layout.piece_size, hashes, origins)
             for peer_id in list(state.interested):
                 link = self.links.get(peer_id)
                 if link is not None:
@@ -440,6 +519,9 @@ class Swarm:
         if link.peer_id in self.choked:
             await self._send(link, Reject(request.digest, request.index, "choked"))
             return
+        if not await self._may_have_pieces(link.peer_id, request.digest):
+            await self._send(link, Reject(request.digest, request.index, "denied"))
+            return
         async with self._uploads:
             if (request.digest, request.index) in link.cancelled:
                 # Cancelled while waiting for an upload slot.
@@ -472,6 +554,22 @@ class Swarm:
                 pass
             finally:
                 os.close(fd)
+
+    async def _may_have_pieces(self, peer_id: bytes, digest: str) -> bool:
+        """Public blob, or the peer's credentials (Want or Access) passed the access check."""
+        if not self.store.is_private(digest):
+            return True
+        state = self.state(digest)
+        if peer_id in state.granted:
+            return True
+        access = state.access.get(peer_id)
+        if access is None:
+            return False
+        try:
+            return await self._check_access(peer_id, access) is None
+        except UpstreamError as exc:
+            log.warning("access check for a peer's pieces of %s failed: %s", digest, exc)
+            return False
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         state = self.state(event.digest)
@@ -542,6 +640,7 @@ class SwarmFetch:
     choked_by: set[bytes] = field(default_factory=set)
     rates: dict[bytes, float] = field(default_factory=dict)  # bytes/s per peer (EWMA)
     requested_at: dict[tuple[int, bytes], float] = field(default_factory=dict)
+    access_sent: set[bytes] = field(default_factory=set)  # peers told our client's credentials
     storing: set[int] = field(default_factory=set)  # pieces received, being written
     _meta: PieceMeta | Refused | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -669,8 +768,8 @@ class SwarmFetch:
         if self.partial is None:
             store = self.swarm.store
             self.partial = await store.open_partial(self.digest, meta.size, meta.piece_size)
-            if auth is not None:
-                store.mark_private(self.digest)
+            for origin in meta.origins:  # before any client or peer can see a byte
+                store.mark_private(self.digest, origin)
             download.partial = self.partial
             self.swarm._listen(self.state, self.partial)
             download.ready.set()
@@ -798,6 +897,8 @@ class SwarmFetch:
                 ][:slots]
             if picks:
                 sources.add(peer_id)
+                if not await self._send_access(link):
+                    continue
             for choice in picks:
                 self.inflight.setdefault(choice, set()).add(peer_id)
                 self.requested_at[(choice, peer_id)] = now
@@ -808,6 +909,22 @@ class SwarmFetch:
                     if not self.inflight[choice]:
                         del self.inflight[choice]
                     break
+
+    async def _send_access(self, link: PeerLink) -> bool:
+        """Before the first Request for a private blob's pieces, pass the client's credentials
+        on, so the peer can check them; False when the link is gone."""
+        if link.peer_id in self.access_sent:
+            return True
+        self.access_sent.add(link.peer_id)
+        auth = self.headers.get("authorization")
+        if auth is None or not self.swarm.store.is_private(self.digest):
+            return True
+        download = self.download
+        try:
+            await link.send(Access(self.digest, download.namespace, download.name, auth))
+        except (LinkClosed, LocalProtocolError):
+            return False
+        return True
 
     def _requests_at(self, peer_id: bytes) -> int:
         """How many of our requests `peer_id` has not answered yet."""

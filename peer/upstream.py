@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ FORWARDED_REQUEST_HEADERS = ("authorization", "accept", "user-agent")
 # WWW-Authenticate).
 FORWARDED_ERROR_HEADERS = ("www-authenticate", "content-type", "docker-distribution-api-version")
 
+# What h11 (ours and httpx's) sends: a token as the name; a value of printable ASCII with blanks
+# only inside. A client may send more (obs-text bytes >= 0x80, control characters), which h11
+# parses but neither encodes again.
+_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRefusal:
@@ -26,6 +33,26 @@ class UpstreamRefusal:
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+class UnforwardableHeader(ValueError):
+    """A request header HTTP/1.1 cannot carry to the upstream as it is; the message names the
+    header, never its value (it may be a credential)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the {name[:50]!r} header cannot be forwarded: only printable ASCII can")
+        self.name = name
+
+
+def check_forwardable(headers: Mapping[str, str]) -> None:
+    """Check that every header can be sent upstream as it is.
+
+    Raises:
+        UnforwardableHeader: for the first one that cannot.
+    """
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise UnforwardableHeader(name)
 
 
 class UpstreamError(Exception):
@@ -90,8 +117,30 @@ class Upstreams:
         Raises:
             UpstreamError: the upstream could not be reached or the connection failed.
         """
-        base = self.base_url(namespace)
-        request = self._client.build_request(method, base + path, headers=dict(headers))
+        async with self.open_at(method, self.base_url(namespace), path, headers) as response:
+            yield response
+
+    @contextlib.asynccontextmanager
+    async def open_at(
+        self,
+        method: str,
+        base: str,
+        path: str,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[httpx.Response]:
+        """Like `open`, at the registry whose base URL is `base` (one recorded by the node,
+        never one a client chose).
+
+        Raises:
+            UpstreamError: the upstream could not be reached or the connection failed.
+        """
+        try:
+            check_forwardable(headers)
+            request = self._client.build_request(method, base + path, headers=dict(headers))
+        except UnforwardableHeader as exc:
+            raise UpstreamError(base, str(exc)) from None
+        except httpx.InvalidURL as exc:  # not an HTTPError: raised before anything is sent
+            raise UpstreamError(base, f"not a URL we can fetch: {exc}") from None
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:

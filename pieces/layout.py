@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
+# The most pieces one blob may have: the swarm keeps per-piece state (availability, requests)
+# and walks the piece list, so a peer's tiny piece size must not turn into millions of pieces.
+# 2^20 pieces is 4 TiB at the default piece size.
+MAX_PIECES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ Crash-safety rules (why the code is ordered the way it is):
   (`load_partial`), so a piece whose bytes never reached the disk is simply fetched again.
 - The blob becomes complete only after its sha256 matches the digest; then the data file is
   fsynced and renamed into the complete area, so a complete blob is never half-written.
+- The sha256 covers exactly the bytes that are stored: bytes of a stream that skips pieces
+  already recorded are not hashed (they are not what is on disk); the check reads those from
+  disk instead. Otherwise a stream of the right bytes could vouch for wrong ones kept from before.
+
+Memory: the size and piece size may come from an upstream or a peer, so nothing here is sized by
+them: the bookkeeping grows with the pieces written (`piece_hashes`, `_filling`), not with the
+pieces the blob has. `Store.open_partial` checks sizes before a `PartialBlob` is made.
 
 Threading: `write_sync` and `finalize_sync` run in a worker thread (hashing a large buffer releases
 the GIL), one call at a time per blob; the trio thread only reads the monotonically growing fill
@@ -39,6 +46,16 @@ class StoreError(Exception):
 
 class DiskFull(StoreError):
     """The disk under the store has no space left (ENOSPC)."""
+
+
+class NoRoom(StoreError):
+    """A blob cannot fit: it is larger than the cache size, or than the free disk plus what
+    eviction could free. Refused before anything was allocated or evicted."""
+
+
+class SizeRefused(StoreError):
+    """A size we were told cannot be right or cannot be used: it disagrees with the size the
+    blob's descriptor gives, or splits into too many pieces. Nothing was allocated."""
 
 
 class DigestMismatch(StoreError):
@@ -87,11 +104,14 @@ class PartialBlob:
         self.data_path = data_path
         self.meta_path = meta_path
         self.complete_path = complete_path
+        # Recorded pieces: every byte written. Written only by the writer thread; the trio
+        # thread reads single keys or copies the dict (both atomic under the GIL).
         self.piece_hashes: dict[int, bytes] = dict(pieces)
-        # Bytes written contiguously from the start of each piece; full length for recorded pieces.
-        self._filled = [0] * layout.count
-        for index in self.piece_hashes:
-            self._filled[index] = layout.length(index)
+        # Pieces being written: bytes written contiguously from the piece's start (> 0, < its
+        # length). A piece is recorded before it leaves this dict, so a reader that looks in
+        # `piece_hashes` first never sees more bytes than were written.
+        self._filling: dict[int, int] = {}
+        self._bytes_present = sum(layout.length(index) for index in self.piece_hashes)
         self._piece_hashers: dict[int, Any] = {}
         self._sha = hashlib.sha256()
         self._sha_offset = 0
@@ -114,27 +134,37 @@ class PartialBlob:
     @property
     def bytes_present(self) -> int:
         """Bytes written so far (whole pieces and the written head of pieces in progress)."""
-        return sum(self._filled)
+        return self._bytes_present
+
+    def _filled(self, index: int) -> int:
+        """Bytes of piece `index` written contiguously from its start."""
+        if index in self.piece_hashes:
+            return self.layout.length(index)
+        return self._filling.get(index, 0)
 
     def first_missing_offset(self) -> int:
         """Offset of the first byte not yet written; `size` when everything is written."""
-        for index, filled in enumerate(self._filled):
-            if filled < self.layout.length(index):
-                return self.layout.start(index) + filled
-        return self.layout.size
+        index = 0
+        while index < self.layout.count and index in self.piece_hashes:
+            index += 1
+        if index == self.layout.count:
+            return self.layout.size
+        return self.layout.start(index) + self._filling.get(index, 0)
 
     def missing_runs(self) -> list[tuple[int, int]]:
         """Byte ranges [start, end) not yet written, each run of unfinished pieces merged."""
+        filling = dict(self._filling)  # copied first: a piece moves from here to recorded
+        recorded = dict(self.piece_hashes)
         runs: list[tuple[int, int]] = []
-        for index, filled in enumerate(self._filled):
-            length = self.layout.length(index)
-            if filled == length:
-                continue
+        missing_from = 0  # the bytes from here to the next written byte are missing
+        for index in sorted(recorded.keys() | filling.keys()):
             start = self.layout.start(index)
-            if runs and runs[-1][1] == start and filled == 0:
-                runs[-1] = (runs[-1][0], start + length)
-            else:
-                runs.append((start + filled, start + length))
+            if missing_from < start:
+                runs.append((missing_from, start))
+            filled = self.layout.length(index) if index in recorded else filling[index]
+            missing_from = start + filled
+        if missing_from < self.layout.size:
+            runs.append((missing_from, self.layout.size))
         return runs
 
     def readable_end(self, offset: int) -> int:
@@ -150,9 +180,9 @@ class PartialBlob:
         if offset < size:
             index = self.layout.index_of(offset)
             while index < self.layout.count:
-                piece_start = self.layout.start(index)
-                end = max(end, piece_start + self._filled[index])
-                if self._filled[index] < self.layout.length(index):
+                filled = self._filled(index)
+                end = max(end, self.layout.start(index) + filled)
+                if filled < self.layout.length(index):
                     break
                 index += 1
         return min(end, size - 1)
@@ -169,6 +199,17 @@ class PartialBlob:
             end = self.readable_end(offset)
             if end > offset or offset >= self.layout.size:
                 return end
+            await self._lot.park()
+
+    async def wait_verified(self) -> None:
+        """Wait until the sha256 has been checked, so that every byte may be served.
+
+        Raises:
+            BlobFailed: the download failed (the reason is chained).
+        """
+        while not self.verified:
+            if self.error is not None:
+                raise BlobFailed(f"download of {self.digest} failed: {self.error}") from self.error
             await self._lot.park()
 
     def notify(self) -> None:
@@ -193,7 +234,9 @@ class PartialBlob:
         """Write consecutive chunks starting at `offset`; return the pieces this completed.
 
         Each piece must be written front to back (an upstream stream or one whole piece from a
-        peer). Bytes of pieces that are already recorded are skipped, not rewritten.
+        peer). Bytes of pieces that are already recorded are skipped, not rewritten, and not
+        hashed into the sha256 either: it must cover the bytes stored, which `verify_sync`
+        then reads from disk.
 
         Raises:
             DiskFull: ENOSPC; the pieces recorded so far stay valid.
@@ -213,8 +256,9 @@ class PartialBlob:
                 piece_len = layout.length(index)
                 take = min(len(view), piece_start + piece_len - offset)
                 part = view[:take]
-                if self._filled[index] < piece_len:
-                    if offset != piece_start + self._filled[index]:
+                if index not in self.piece_hashes:
+                    filled = self._filling.get(index, 0)
+                    if offset != piece_start + filled:
                         raise StoreError(
                             f"{self.digest}: piece {index} written out of order at {offset}"
                         )
@@ -223,14 +267,18 @@ class PartialBlob:
                     if hasher is None:
                         hasher = self._piece_hashers[index] = xxhash.xxh3_128()
                     hasher.update(part)
-                    self._filled[index] += take
-                    if self._filled[index] == piece_len:
+                    if offset == self._sha_offset:
+                        self._sha.update(part)
+                        self._sha_offset += take
+                    if filled + take == piece_len:
+                        # Recorded before it leaves `_filling`: see there.
                         self.piece_hashes[index] = hasher.digest()
+                        self._filling.pop(index, None)
                         del self._piece_hashers[index]
                         completed.append(index)
-                if offset == self._sha_offset:
-                    self._sha.update(part)
-                    self._sha_offset += take
+                    else:
+                        self._filling[index] = filled + take
+                    self._bytes_present += take
                 offset += take
                 view = view[take:]
         if completed:

@@ -8,8 +8,14 @@ Layout under the data directory:
     private/<hex>              marker: this content was fetched with credentials (access-checked)
     tmp/                       temporary files, emptied at start-up
 
-Accounting: bytes used (complete + partial), last access (the file's mtime, so it survives a
-restart), and a count of readers per blob; eviction never touches a blob that a reader holds.
+Accounting: bytes used (complete + partial; a partial by its allocated blocks, as it is a sparse
+file), last access (the file's mtime, so it survives a restart), and a count of readers per
+blob; eviction never touches a blob that a reader holds or a partial that a download writes.
+Partials left behind (a failure, a crash, a restart) are evicted like complete blobs.
+
+Sizes are told by upstreams and peers, and either can lie: `open_partial` checks them against
+the blob's descriptor (learned from the manifests stored here), the piece limit, the quota and
+the disk before anything is allocated or evicted for them.
 """
 
 from __future__ import annotations
@@ -26,20 +32,25 @@ from pathlib import Path
 
 import trio
 
+from pieces.descriptors import DescriptorSizes
 from pieces.digest import digest_hex
-from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout
+from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout
 from pieces.partial import (
+    NoRoom,
     PartialBlob,
+    SizeRefused,
     StoreError,
     io_error,
     load_meta,
     piece_hash,
     verified_pieces,
 )
+from pieces.room import Candidate, Space, fits, plan_room
 
 log = logging.getLogger("pollen.store")
 
 HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512 MiB)
+MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,9 @@ class Store:
             leftover.unlink(missing_ok=True)
         self._readers: dict[str, int] = {}
         self._partials: dict[str, PartialBlob] = {}
+        # Blob sizes that the stored manifests give (bounded): told sizes are checked against it.
+        self.descriptor_sizes = DescriptorSizes()
+        self._drop_private_without_origin()
 
     # ---- complete blobs ------------------------------------------------------------------
 
@@ -134,8 +148,16 @@ class Store:
 
         `piece_size` overrides the store's default (a swarm uses its owner's piece size).
 
+        `size` and `piece_size` come from an upstream or a peer: they are checked (descriptor,
+        piece limit, quota, disk) before anything is allocated or evicted for them.
+
         A partial left by an earlier process is resumed only if its size matches; every piece it
         recorded is re-hashed first, and pieces that fail are dropped (fetched again).
+
+        Raises:
+            SizeRefused: `size` disagrees with the blob's descriptor, or is no usable size.
+            NoRoom: the blob cannot fit the cache size or the disk; nothing was evicted.
+            StoreError: `size` disagrees with the download in progress, or an I/O error.
         """
         hex_ = digest_hex(digest)
         existing = self._partials.get(hex_)
@@ -146,6 +168,7 @@ class Store:
                     f"({existing.layout.size})"
                 )
             return existing
+        self._check_size(digest, size, piece_size or self.piece_size)
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
         pieces: dict[int, bytes] = {}
@@ -156,6 +179,7 @@ class Store:
             and meta["size"] == size
             and meta.get("digest") == digest
             and (piece_size is None or meta["piece_size"] == piece_size)
+            and PieceLayout(size, meta["piece_size"]).count <= MAX_PIECES
         ):
             layout = PieceLayout(size, meta["piece_size"])
             pieces = await trio.to_thread.run_sync(
@@ -174,7 +198,9 @@ class Store:
                 log.info("discarding stale partial of %s (size or format changed)", digest)
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)
-        self.make_room(size)
+        # No await from here to the registration below: a concurrent open counts this one's
+        # bytes as pending.
+        self.make_room(size, digest)
         try:
             blob = PartialBlob(digest, layout, data_path, meta_path, self._blobs / hex_, pieces)
         except OSError as exc:
@@ -182,9 +208,37 @@ class Store:
         self._partials[hex_] = blob
         return blob
 
+    def _check_size(self, digest: str, size: int, piece_size: int) -> None:
+        """Refuse a told size that cannot be right or cannot fit, before any allocation; the
+        finer check against free space and eviction follows in `make_room`.
+
+        Raises:
+            SizeRefused: no usable size, not the descriptor's size, or too many pieces.
+            NoRoom: larger than the cache size or than the whole disk.
+        """
+        if size < 0 or piece_size <= 0:
+            raise SizeRefused(f"{digest}: no usable size ({size} bytes, pieces of {piece_size})")
+        described = self.descriptor_sizes.size_of(digest)
+        if described is not None and described != size:
+            raise SizeRefused(
+                f"{digest}: told it is {size} bytes, but its manifest's descriptor says {described}"
+            )
+        if self.quota is not None and size > self.quota:
+            raise NoRoom(f"{digest} ({size} bytes) is larger than the cache size ({self.quota})")
+        disk = shutil.disk_usage(self.root).total
+        if size > disk:
+            raise NoRoom(f"{digest} ({size} bytes) is larger than the disk of the store ({disk})")
+        pieces = -(-size // piece_size)
+        if pieces > MAX_PIECES:
+            raise SizeRefused(
+                f"{digest}: {size} bytes in pieces of {piece_size} would be {pieces} pieces, "
+                f"more than {MAX_PIECES}"
+            )
+
     def release_partial(self, blob: PartialBlob) -> None:
         """Forget an in-process partial (after it completed, failed or was abandoned)."""
-        self._partials.pop(blob.hex, None)
+        if self._partials.get(blob.hex) is blob:  # not a newer one for the same digest
+            del self._partials[blob.hex]
         if blob.complete:
             # Keep its piece hashes: peers asking for this blob get them without a re-read.
             self._remember_hashes(blob.hex, blob.layout.piece_size, dict(blob.piece_hashes))
@@ -265,38 +319,82 @@ class Store:
         # Type first: a manifest body without its type is never served (get_manifest needs both).
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
+        self.descriptor_sizes.learn_manifest(body)
 
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
-        """(media type, bytes) of a stored manifest, or None."""
+        """(media type, bytes) of a stored manifest, or None.
+
+        Its descriptor sizes are learned again: after a restart, clients (containerd) resolve
+        a tag with a HEAD, which stores nothing, then GET the manifest by digest from here.
+        """
         hex_ = digest_hex(digest)
         try:
             body = (self._manifests / hex_).read_bytes()
             media_type = (self._manifests / f"{hex_}.type").read_text()
         except FileNotFoundError:
             return None
+        self.descriptor_sizes.learn_manifest(body)
         return media_type, body
 
     # ---- private content ------------------------------------------------------------------
 
-    def mark_private(self, digest: str) -> None:
-        """Remember that `digest` came with credentials: serve it only after an access check.
+    def mark_private(self, digest: str, origin: str) -> None:
+        """Remember that `digest` came with credentials from the registry at `origin` (its base
+        URL): serve it only to clients that registry accepts.
 
         The marker is written before the content is served from the cache, and it is never
-        removed: once private, always checked (a wrong 'public' would leak).
+        removed while the content is kept: once private, always checked (a wrong 'public'
+        would leak). Content fetched with credentials from several registries keeps each one.
         """
-        (self._private / digest_hex(digest)).touch()
+        if "\n" in origin or not origin:
+            raise ValueError(f"not a registry URL: {origin!r}")
+        origins = self.private_origins(digest)
+        if origin not in origins and len(origins) < MAX_ORIGINS:
+            marker = self._private / digest_hex(digest)
+            _write_lines_atomically(marker, [*origins, origin], self._tmp)
+
+    def private_origins(self, digest: str) -> list[str]:
+        """The registries private content came from; empty when the content is public.
+
+        The decision who vouches for a client rests on this list alone: never on a registry
+        the client names.
+        """
+        try:
+            text = (self._private / digest_hex(digest)).read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line]
 
     def is_private(self, digest: str) -> bool:
         return (self._private / digest_hex(digest)).exists()
 
+    def _drop_private_without_origin(self) -> None:
+        """Markers of earlier versions did not record where the content came from: without
+        that, nobody can vouch for a client, so such content is dropped (fetched again with
+        the next client's own credentials)."""
+        for marker in self._private.iterdir():
+            try:
+                if marker.read_text("utf-8").strip():
+                    continue
+            except (OSError, UnicodeDecodeError):
+                pass
+            log.warning("dropping private sha256:%s: its origin was not recorded", marker.name)
+            (self._blobs / marker.name).unlink(missing_ok=True)
+            (self._manifests / marker.name).unlink(missing_ok=True)
+            (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+
     # ---- accounting and eviction ---------------------------------------------------------
 
     def bytes_used(self) -> int:
+        """Bytes the store's files take; partials by their allocated blocks, not their size
+        (a sparse file of a told size must not count as used)."""
         total = 0
         for directory in (self._blobs, self._partial, self._manifests):
             for entry in os.scandir(directory):
                 with contextlib.suppress(FileNotFoundError):
-                    total += entry.stat().st_size
+                    st = entry.stat()
+                    total += st.st_blocks * 512 if directory == self._partial else st.st_size
         return total
 
     def stats(self) -> StoreStats:
@@ -309,61 +407,98 @@ class Store:
             readers=sum(self._readers.values()),
         )
 
-    def make_room(self, incoming: int) -> None:
-        """Evict least recently used complete blobs until `incoming` more bytes fit the quota.
+    def make_room(self, size: int, digest: str | None = None) -> None:
+        """Evict least recently used blobs until a blob of `size` bytes fits the disk and the
+        quota; a partial of `digest` left on disk counts as the part already there.
 
-        Blobs with readers are never evicted. If the quota still cannot be met, the write goes
-        ahead over quota (a warning is logged): failing a pull is worse than a soft overshoot,
-        and a real shortage of disk still fails cleanly with DiskFull.
+        Blobs with readers and partials being written are never evicted. If only they keep the
+        quota from being met, the write goes ahead over quota (a warning is logged): failing a
+        pull is worse than a soft overshoot. The disk is a hard limit.
+
+        Raises:
+            NoRoom: the blob is larger than the quota, or than the free disk plus all that
+                eviction could free; nothing was evicted.
         """
-        if self.quota is None:
-            return
-        used = self.bytes_used()
-        if used + incoming <= self.quota:
-            return
-        for _mtime, hex_, size in sorted(self._evictable()):
-            if used + incoming <= self.quota:
-                break
-            self._evict(hex_)
-            used -= size
-            log.info("evicted sha256:%s (%d bytes) to stay under the cache size", hex_, size)
-        if used + incoming > self.quota:
+        hex_ = digest_hex(digest) if digest is not None else None
+        held = 0
+        if hex_ is not None:
+            with contextlib.suppress(FileNotFoundError):
+                held = (self._partial / f"{hex_}.data").stat().st_blocks * 512
+        pending = sum(
+            max(0, blob.layout.size - blob.bytes_present)
+            for key, blob in self._partials.items()
+            if key != hex_
+        )
+        # Each scan reads every file's metadata: done only when the answer depends on it.
+        used = self.bytes_used() if self.quota is not None else 0
+        space = Space(self.disk_free(), used, pending, self.quota)
+        candidates: list[Candidate] = []
+        if not fits(size, held, space):
+            candidates = [c for c in self._evictable() if c.hex != hex_]
+        plan = plan_room(digest or "a blob", size, held, space, candidates)
+        for victim in plan.evict:
+            self._evict(victim)
+            kind = "partial " if victim.partial else ""
+            log.info("evicted %ssha256:%s (%d bytes) to make room", kind, victim.hex, victim.size)
+        if plan.over_quota:
             log.warning(
-                "cache size %d exceeded: %d bytes used, %d incoming, the rest is in use",
+                "cache size %s exceeded by %d bytes: the rest is in use",
                 self.quota,
-                used,
-                incoming,
+                plan.over_quota,
             )
 
     def flush(self) -> tuple[int, int]:
-        """Remove every complete blob nobody is reading, and every cached manifest; blobs in
-        flight stay. Returns (blobs removed, bytes freed). For benchmarks of cold pulls."""
+        """Remove every complete blob nobody is reading, every partial no download holds, and
+        every cached manifest; blobs in flight stay. Returns (blobs removed, bytes freed). For
+        benchmarks of cold pulls."""
         removed = freed = 0
-        for _mtime, hex_, size in self._evictable():
-            self._evict(hex_)
+        for candidate in self._evictable():
+            self._evict(candidate)
             removed += 1
-            freed += size
+            freed += candidate.size
         for entry in os.scandir(self._manifests):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
         log.info("cache flushed: %d blobs, %d bytes", removed, freed)
         return removed, freed
 
-    def _evictable(self) -> list[tuple[float, str, int]]:
-        """(mtime, hex digest, size) of the complete blobs that no reader holds."""
+    def _evictable(self) -> list[Candidate]:
+        """The complete blobs that no reader holds, and the partials that no download holds."""
         candidates = []
         for entry in os.scandir(self._blobs):
             if entry.name in self._readers:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = entry.stat()
-                candidates.append((st.st_mtime, entry.name, st.st_size))
+                candidates.append(Candidate(st.st_mtime, entry.name, st.st_size, partial=False))
+        for entry in os.scandir(self._partial):
+            hex_, _, suffix = entry.name.partition(".")
+            if suffix != "data" or hex_ in self._partials or hex_ in self._readers:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat()
+                candidates.append(Candidate(st.st_mtime, hex_, st.st_blocks * 512, partial=True))
         return candidates
 
-    def _evict(self, hex_: str) -> None:
-        (self._blobs / hex_).unlink(missing_ok=True)
+    def _evict(self, victim: Candidate) -> None:
+        hex_ = victim.hex
+        if victim.partial:
+            (self._partial / f"{hex_}.data").unlink(missing_ok=True)
+            (self._partial / f"{hex_}.meta").unlink(missing_ok=True)
+            if (self._blobs / hex_).exists():
+                return  # the complete copy keeps its marker and its hashes
+        else:
+            (self._blobs / hex_).unlink(missing_ok=True)
         (self._private / hex_).unlink(missing_ok=True)
         self._forget_hashes(hex_)
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
+
+
+def _write_lines_atomically(path: Path, lines: list[str], tmp_dir: Path) -> None:
+    """Replace `path` by these lines in one rename: a reader never sees a torn line (the
+    prefix of a registry URL can name another registry)."""
+    tmp = tmp_dir / f"{path.name}.private"
+    tmp.write_text("".join(line + "\n" for line in lines), "utf-8")
+    os.replace(tmp, path)

@@ -9,22 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+# 2: a role-bound handshake (the initiator proves first, over both Hellos), an X25519
+# exchange for session keys, and optional sealing of every frame after it.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First message each side sends: who it is and a fresh nonce for the token proof."""
+    """Who the sender is, fresh randomness for this connection, and what both must agree on.
+
+    The initiator (the side that connected) sends its Hello first and names the node it means
+    to reach (`callee`); the responder answers with its own, `callee` None. The two Hellos,
+    in that order, are the transcript the proofs and the session keys are bound to.
+    """
 
     TYPE: ClassVar[int] = 1
     version: int
     node_id: bytes  # 16 bytes
     nonce: bytes  # 32 bytes, fresh per connection
+    ephemeral: bytes  # 32 bytes: an X25519 public key, fresh per connection
+    callee: bytes | None  # 16 bytes from the initiator; None from the responder
+    encrypt: bool  # frames after the handshake are sealed (--peer-encryption)
 
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    """HMAC-SHA256 over both nonces and the sender's id, keyed by the cluster token."""
+    """The sender's proof that it knows the cluster token: a MAC over the transcript (both
+    Hellos) for the sender's role, keyed by the token and the X25519 shared secret."""
 
     TYPE: ClassVar[int] = 2
     mac: bytes  # 32 bytes
@@ -47,13 +58,19 @@ class Want:
 
 @dataclass(frozen=True, slots=True)
 class PieceMeta:
-    """Size, piece size and the xxh3-128 hashes of the pieces known so far."""
+    """Size, piece size and the xxh3-128 hashes of the pieces known so far.
+
+    `origins` travels with the pieces: the registries (base URLs) the blob was fetched from
+    with credentials, empty when it is public. A receiver records them before it serves a
+    byte, so it asks the same registries before it hands the blob to anyone.
+    """
 
     TYPE: ClassVar[int] = 4
     digest: str
     size: int
     piece_size: int
     hashes: dict[int, bytes] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +182,19 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class Access:
+    """Credentials for a private blob's pieces, sent to a peer before the first Request for
+    them: the peer asks a registry the blob came from whether they are good (as for a Want,
+    `authorization` is used for that check only, never stored or logged)."""
+
+    TYPE: ClassVar[int] = 18
+    digest: str
+    namespace: str | None
+    repository: str
+    authorization: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Members:
     """Push-pull membership sync: everything the sender knows (node id, host, port,
     incarnation, status); the receiver merges it and answers with its own once."""
@@ -192,6 +222,7 @@ Event = (
     | Peers
     | Error
     | Members
+    | Access
 )
 
 EVENT_TYPES: dict[int, type[Any]] = {
@@ -214,6 +245,7 @@ EVENT_TYPES: dict[int, type[Any]] = {
         Peers,
         Error,
         Members,
+        Access,
     )
 }
 

@@ -14,13 +14,29 @@ from typing import Any
 
 import msgpack
 
+from wire.addresses import is_valid_host, is_valid_port, is_valid_registry
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import EVENT_TYPES, HEADER_FIELDS, Event, FileRange, Members, Peers, Piece
+from wire.events import (
+    EVENT_TYPES,
+    HEADER_FIELDS,
+    PROTOCOL_VERSION,
+    Event,
+    FileRange,
+    Hello,
+    Members,
+    Peers,
+    Piece,
+)
+from wire.seal import RECORD_LENGTH, TAG, Opener
 
 PREFIX = struct.Struct(">IH")
 MAX_HEADER = 60_000  # fits the u16 header length with room; a PieceMeta of 3,000 hashes
 MAX_STRING = 4096
 MAX_INT = 2**63 - 1
+# A sealed header record holds a frame prefix and a header (wire.seal).
+_MIN_HEADER_RECORD = PREFIX.size + 1 + TAG
+_MAX_HEADER_RECORD = PREFIX.size + MAX_HEADER + TAG
+MAX_ORIGINS = 8  # registries a private blob came from (PieceMeta.origins)
 
 Check = Callable[[Any], bool]
 
@@ -62,9 +78,8 @@ def _peers(value: Any) -> bool:
         and len(p) == 3
         and type(p[0]) is bytes
         and len(p[0]) == 16
-        and _str(p[1])
-        and type(p[2]) is int
-        and 0 < p[2] < 65536
+        and is_valid_host(p[1])
+        and is_valid_port(p[2])
         for p in value
     )
 
@@ -75,9 +90,8 @@ def _members(value: Any) -> bool:
         and len(m) == 5
         and type(m[0]) is bytes
         and len(m[0]) == 16
-        and _str(m[1])
-        and type(m[2]) is int
-        and 0 < m[2] < 65536
+        and is_valid_host(m[1])
+        and is_valid_port(m[2])
         and _int(m[3])
         and m[4] in (0, 1, 2)
         for m in value
@@ -88,9 +102,12 @@ _CHECKS: dict[str, Check] = {
     "version": _int,
     "node_id": _bytes(16),
     "nonce": _bytes(32),
+    "ephemeral": _bytes(32),
+    "callee": lambda v: v is None or (type(v) is bytes and len(v) == 16),
+    "encrypt": lambda v: type(v) is bool,
     "mac": _bytes(32),
     "digest": lambda v: _str(v) and len(v) == 71 and v.startswith("sha256:"),
-    "namespace": _opt_str,
+    "namespace": lambda v: v is None or is_valid_registry(v),
     "repository": _str,
     "authorization": _opt_str,
     "size": _int,
@@ -106,6 +123,7 @@ _CHECKS: dict[str, Check] = {
     "code": _str,
     "message": _str,
     "members": _members,
+    "origins": lambda v: type(v) is list and len(v) <= MAX_ORIGINS and all(map(_str, v)),
     "reply": lambda v: type(v) is bool,
 }
 
@@ -132,21 +150,48 @@ class FrameDecoder:
     unfilled part of it, so the caller can read from the socket straight into it
     (`recv_into`, then `payload_received(n)`). The finished Piece carries that buffer; give it
     back with `recycle()` once its bytes are stored, and the next piece reuses it.
+
+    Nothing is allocated from a size the peer states before `admit_piece` has accepted the
+    Piece's (digest, index) (it raises RemoteProtocolError for one that was not requested),
+    and `max_frame` bounds every frame; the protocol keeps it small until the peer has proved
+    the cluster token.
+
+    After `start_opening(opener)` the stream is sealed (see wire.seal): the header record is
+    opened and checked first, then the payload record goes into its own buffer as above and
+    is opened once whole; the Piece then carries the plaintext (a new `bytes`).
     """
 
-    def __init__(self, max_frame: int, direct_min: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        max_frame: int,
+        direct_min: int = 64 * 1024,
+        admit_piece: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.max_frame = max_frame
         self.direct_min = direct_min  # payloads at least this large get their own buffer
+        self.admit_piece = admit_piece
         self._buffer = bytearray()
         self._need: tuple[int, int] | None = None  # (frame length, header length) once known
         self._piece: tuple[str, int] | None = None  # (digest, index) of the payload below
         self._payload: bytearray | None = None
         self._filled = 0
         self._spare: list[bytearray] = []
+        self._opener: Opener | None = None
+        self._record = 0  # sealed: length of the payload record of `_piece`
 
     @property
     def has_partial_frame(self) -> bool:
-        return bool(self._buffer) or self._payload is not None
+        return bool(self._buffer) or self._payload is not None or self._piece is not None
+
+    def start_opening(self, opener: Opener) -> None:
+        """From the next frame on, the peer's frames are sealed with `opener`'s key.
+
+        Raises:
+            LocalProtocolError: called in the middle of a frame.
+        """
+        if self._need is not None or self._piece is not None or self._opener is not None:
+            raise LocalProtocolError("sealing starts between frames, once")
+        self._opener = opener
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._payload is not None:
@@ -167,24 +212,25 @@ class FrameDecoder:
         assert self._payload is not None and 0 <= count <= len(self._payload) - self._filled
         self._filled += count
 
-    def recycle(self, payload: bytearray) -> None:
-        """Give back a Piece payload this decoder produced, for the next piece to reuse."""
-        if len(self._spare) < 2:
+    def recycle(self, payload: bytes | bytearray | memoryview) -> None:
+        """Give back a Piece payload this decoder produced, for the next piece to reuse
+        (only a bytearray can be reused; anything else is ignored)."""
+        if isinstance(payload, bytearray) and len(self._spare) < 2:
             self._spare.append(payload)
 
     def next_event(self) -> Event | None:
         """The next whole event, or None when more bytes are needed.
 
         Raises:
-            RemoteProtocolError: malformed or oversized frame, unknown type, bad fields.
+            RemoteProtocolError: malformed, oversized or (sealed) unauthentic frame, unknown
+                type, bad fields, or a Piece that `admit_piece` refused.
         """
         if self._payload is not None:
             if self._filled < len(self._payload):
                 return None
-            assert self._piece is not None
-            event = Piece(*self._piece, self._payload)
-            self._payload, self._piece, self._filled = None, None, 0
-            return event
+            return self._finish_payload()
+        if self._opener is not None:
+            return self._next_sealed(self._opener)
         if self._need is None:
             if len(self._buffer) < PREFIX.size:
                 return None
@@ -200,7 +246,9 @@ class FrameDecoder:
         if len(self._buffer) < end and payload_len >= self.direct_min:
             if len(self._buffer) < PREFIX.size + header_len:
                 return None
-            self._start_payload(header_len, payload_len)
+            self._piece = self._admit(bytes(self._buffer[PREFIX.size : PREFIX.size + header_len]))
+            self._need = None
+            self._start_payload(PREFIX.size + header_len, payload_len)
             return self.next_event()
         if len(self._buffer) < end:
             return None
@@ -212,26 +260,75 @@ class FrameDecoder:
         self._need = None
         return decode(header, payload)
 
-    def _start_payload(self, header_len: int, payload_len: int) -> None:
-        """Switch to receiving a large Piece payload into its own buffer."""
-        header = bytes(self._buffer[PREFIX.size : PREFIX.size + header_len])
+    def _next_sealed(self, opener: Opener) -> Event | None:
+        if self._piece is None:
+            if len(self._buffer) < RECORD_LENGTH.size:
+                return None
+            (length,) = RECORD_LENGTH.unpack_from(self._buffer)
+            if not _MIN_HEADER_RECORD <= length <= _MAX_HEADER_RECORD:
+                raise RemoteProtocolError(f"sealed header record of {length} bytes")
+            end = RECORD_LENGTH.size + length
+            if len(self._buffer) < end:
+                return None
+            aad = bytes(self._buffer[: RECORD_LENGTH.size])
+            inner = opener.open(bytes(self._buffer[RECORD_LENGTH.size : end]), aad)
+            del self._buffer[:end]
+            # Authentic, so from the peer as sealed; still checked like any frame.
+            frame_len, header_len = PREFIX.unpack_from(inner)
+            if header_len != len(inner) - PREFIX.size or frame_len < header_len:
+                raise RemoteProtocolError(f"bad header length {header_len} in {frame_len}")
+            if frame_len > self.max_frame:
+                raise RemoteProtocolError(f"frame of {frame_len} bytes over {self.max_frame}")
+            header = inner[PREFIX.size :]
+            if frame_len == header_len:
+                return decode(header, b"")
+            self._piece = self._admit(header)
+            self._record = frame_len - header_len + TAG
+        if len(self._buffer) >= self._record:
+            data = opener.open(bytes(self._buffer[: self._record]))
+            del self._buffer[: self._record]
+            digest, index = self._piece
+            self._piece = None
+            return Piece(digest, index, data)
+        if self._record >= self.direct_min:
+            self._start_payload(0, self._record)
+        return None
+
+    def _admit(self, header: bytes) -> tuple[str, int]:
+        """(digest, index) of a Piece header with a payload to come, once `admit_piece`
+        accepts it: before any memory is set aside for the payload."""
         cls, values = decode_header(header)
         if cls is not Piece:
             raise RemoteProtocolError(f"{cls.__name__} with a payload")
-        payload = next((b for b in self._spare if len(b) == payload_len), None)
+        if self.admit_piece is not None:
+            self.admit_piece(values[0], values[1])
+        return values[0], values[1]
+
+    def _start_payload(self, start: int, length: int) -> None:
+        """Switch to receiving an admitted payload (or sealed payload record) of `length`
+        bytes into its own buffer; what is in the buffer from `start` on is its beginning."""
+        payload = next((b for b in self._spare if len(b) == length), None)
         if payload is None:
-            payload = bytearray(payload_len)
+            payload = bytearray(length)
         else:
             self._spare.remove(payload)
-        self._piece = (values[0], values[1])
         self._payload = payload
         # What arrived after the header (less than the payload: the frame is not complete).
-        already = memoryview(self._buffer)[PREFIX.size + header_len :]
+        already = memoryview(self._buffer)[start:]
         payload[: len(already)] = already
         self._filled = len(already)
         already.release()
         self._buffer.clear()
-        self._need = None
+
+    def _finish_payload(self) -> Piece:
+        assert self._piece is not None and self._payload is not None
+        (digest, index), payload = self._piece, self._payload
+        self._piece, self._payload, self._filled = None, None, 0
+        if self._opener is None:
+            return Piece(digest, index, payload)
+        data = self._opener.open(payload)
+        self.recycle(payload)  # the sealed record's buffer serves the next one
+        return Piece(digest, index, data)
 
 
 def decode_header(header: bytes) -> tuple[type[Event], list[Any]]:
@@ -251,6 +348,11 @@ def decode_header(header: bytes) -> tuple[type[Event], list[Any]]:
         raise RemoteProtocolError(f"unknown message type {fields[0]}")
     names = HEADER_FIELDS[fields[0]]
     values = fields[1:]
+    if cls is Hello and values and type(values[0]) is int and values[0] != PROTOCOL_VERSION:
+        # Said before the field count, which changes between versions: the useful message.
+        raise RemoteProtocolError(
+            f"the peer speaks protocol version {values[0]}, this node {PROTOCOL_VERSION}"
+        )
     if len(values) != len(names):
         raise RemoteProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(names)}")
     for name, value in zip(names, values, strict=True):

@@ -1,19 +1,43 @@
 """The peer protocol as a pure state machine (no sockets, no clock, no randomness).
 
-    proto = PeerProtocol(our_id, token, nonce=os.urandom(32))
-    send(proto.initiate())                 # our Hello
-    proto.receive_data(bytes_from_peer)
-    event = proto.next_event()             # their Hello -> send(proto.send(proto.proof()))
-                                           # their Proof -> verified; the connection is OPEN
+    proto = PeerProtocol(our_id, token, role=Role.INITIATOR, peer_id=their_id,
+                         nonce=os.urandom(32), ephemeral=os.urandom(32))
+
+    initiator (connected)               responder (accepted)
+    send(proto.hello())      Hello ->   next_event() -> Hello
+    next_event() -> Hello    <- Hello   send(proto.hello())
+    send(proto.proof())      Proof ->   next_event() -> Proof, verified: OPEN
+    next_event() -> Proof,   <- Proof   send(proto.proof())
+        verified: OPEN
     ... then Want / PieceMeta / Bitfield / Have / Request / Piece / ... both ways.
 
-Handshake: each side proves it knows the cluster token with an HMAC over both nonces and its
-own node id; the token itself never crosses the wire. An open cluster (no token) uses the empty
-key, so a node with a token and a node without one refuse each other.
+Handshake: a pre-shared-key handshake with an ephemeral Diffie-Hellman exchange, in the
+manner of TLS 1.3's psk_dhe_ke mode and Noise's psk patterns. The transcript is both Hellos in
+role order (node ids, nonces, X25519 keys, the node the initiator asked for, the encryption
+setting). The secret is HKDF-Extract(salt=cluster token, X25519 shared secret); each proof and
+each direction's key is HKDF-Expand of it with its own label and the transcript's hash. So:
 
-Rules enforced here: message order during the handshake, the frame size limit, at most
-`max_requests` requests outstanding in each direction, and no unrequested pieces. Every
-Request is answered by exactly one Piece or Reject, also after a Cancel (which is a hint).
+- a proof is valid only for its role and this one transcript: it cannot be replayed on
+  another connection, reflected back to its sender, or relayed to a node that did not
+  answer this Hello with its own fresh nonce and key;
+- the initiator proves first, and only to the node it named (`peer_id`); the responder
+  verifies that proof before it sends its own, so a peer without the token never gets a
+  proof out of a responder to carry elsewhere;
+- the session keys need the ephemeral private keys too: recording a connection and learning
+  the token later does not decrypt it (forward secrecy).
+
+An open cluster (no token) uses an empty salt, so a node with a token and a node without one
+refuse each other; its keys still stop passive listening, not an active man in the middle.
+What no handshake stops: a relay on the path between an initiator and the node it meant to
+reach may pass their bytes on unchanged. Without encryption it can then read and alter the
+frames after the handshake; with it (`encrypt=True`, both sides), it can do neither.
+
+Rules enforced here: message order during the handshake, frames of at most
+HANDSHAKE_MAX_FRAME until the peer has proved the token (so nothing an unauthenticated peer
+states makes us allocate), then the frame size limit, at most `max_requests` requests
+outstanding in each direction, and no unrequested pieces (refused from the header, before the
+payload's buffer exists). Every Request is answered by exactly one Piece or Reject, also after
+a Cancel (which is a hint).
 """
 
 from __future__ import annotations
@@ -21,7 +45,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
@@ -37,10 +66,18 @@ from wire.events import (
     Request,
 )
 from wire.frames import FrameDecoder, encode
+from wire.seal import Opener, Sealer
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
 DEFAULT_MAX_REQUESTS = 64
-_PROOF_LABEL = b"pollen-proof-v1"
+# Largest frame before the peer has proved the token: a Hello, a Proof, or an Error with its
+# message (500 characters of up to 4 UTF-8 bytes) fit with room.
+HANDSHAKE_MAX_FRAME = 4096
+_TRANSCRIPT = b"pollen v2 handshake transcript"
+_INITIATOR_PROOF = b"pollen v2 initiator proof"
+_RESPONDER_PROOF = b"pollen v2 responder proof"
+_INITIATOR_KEY = b"pollen v2 initiator key"
+_RESPONDER_KEY = b"pollen v2 responder key"
 
 
 class _Sentinel(enum.Enum):
@@ -52,6 +89,11 @@ NEED_DATA: Final = _Sentinel.NEED_DATA  # feed more bytes
 CLOSED: Final = _Sentinel.CLOSED  # the peer closed the connection cleanly (between frames)
 
 
+class Role(enum.Enum):
+    INITIATOR = "initiator"  # this side connected to the peer
+    RESPONDER = "responder"  # this side accepted the peer's connection
+
+
 class State(enum.Enum):
     HELLO = "awaiting the peer's Hello"
     PROOF = "awaiting the peer's Proof"
@@ -59,11 +101,46 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-def token_proof(token: bytes | None, their_nonce: bytes, our_nonce: bytes, our_id: bytes) -> bytes:
-    """The MAC a node sends to prove the token; the order binds it to this connection."""
-    return hmac.new(
-        token or b"", _PROOF_LABEL + their_nonce + our_nonce + our_id, hashlib.sha256
+@dataclass(frozen=True, slots=True)
+class _Secrets:
+    """What the handshake derives once both Hellos are known, from this side's view."""
+
+    our_proof: bytes
+    their_proof: bytes
+    key_out: bytes
+    key_in: bytes
+
+
+def _derive(token: bytes | None, shared: bytes, label: bytes, transcript: bytes) -> bytes:
+    hkdf = HKDF(hashes.SHA256(), 32, salt=token or None, info=label + transcript)
+    return hkdf.derive(shared)
+
+
+def _handshake_secrets(
+    role: Role, token: bytes | None, shared: bytes, initiator: Hello, responder: Hello
+) -> _Secrets:
+    """Proofs and keys for `role`, bound to the token, the X25519 shared secret and the
+    transcript (both Hellos, the initiator's first)."""
+    transcript = hashlib.sha256(
+        b"".join([_TRANSCRIPT, _frame(initiator), _frame(responder)])
     ).digest()
+    derived = {
+        label: _derive(token, shared, label, transcript)
+        for label in (_INITIATOR_PROOF, _RESPONDER_PROOF, _INITIATOR_KEY, _RESPONDER_KEY)
+    }
+    if role is Role.INITIATOR:
+        return _Secrets(
+            derived[_INITIATOR_PROOF],
+            derived[_RESPONDER_PROOF],
+            derived[_INITIATOR_KEY],
+            derived[_RESPONDER_KEY],
+        )
+    return _Secrets(
+        derived[_RESPONDER_PROOF],
+        derived[_INITIATOR_PROOF],
+        derived[_RESPONDER_KEY],
+        derived[_INITIATOR_KEY],
+    )
 
 
 class PeerProtocol:
@@ -72,20 +149,56 @@ class PeerProtocol:
         node_id: bytes,
         token: bytes | None,
         *,
+        role: Role,
         nonce: bytes,
+        ephemeral: bytes,
+        peer_id: bytes | None = None,
+        encrypt: bool = False,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_requests: int = DEFAULT_MAX_REQUESTS,
     ) -> None:
-        if len(node_id) != 16 or len(nonce) != 32:
-            raise LocalProtocolError("node id must be 16 bytes and nonce 32 bytes")
+        """One end of a connection.
+
+        Args:
+            role: INITIATOR on the side that connected, RESPONDER on the side that accepted.
+            nonce, ephemeral: 32 fresh random bytes each, per connection (the X25519 private
+                key is made from `ephemeral`).
+            peer_id: the node the initiator means to reach (required for it, and only for it):
+                it is named in our Hello and any other answering node is refused.
+            encrypt: seal every frame after the handshake; the peer must do the same.
+
+        Raises:
+            LocalProtocolError: wrong sizes, or `peer_id` given to the wrong role.
+        """
+        if len(node_id) != 16 or len(nonce) != 32 or len(ephemeral) != 32:
+            raise LocalProtocolError("node id must be 16 bytes, nonce and ephemeral 32 bytes")
+        if (role is Role.INITIATOR) != (peer_id is not None) or (
+            peer_id is not None and len(peer_id) != 16
+        ):
+            raise LocalProtocolError("the initiator, and only it, names the 16-byte peer id")
         self.node_id = node_id
-        self._token = token
-        self._nonce = nonce
+        self.role = role
+        self.encrypt = encrypt
+        self.max_frame = max_frame
         self.max_requests = max_requests
         self.state = State.HELLO
-        self.peer_id: bytes | None = None
-        self._peer_nonce: bytes | None = None
-        self._decoder = FrameDecoder(max_frame)
+        self.peer_id: bytes | None = None  # set from the peer's Hello; trusted once OPEN
+        self._token = token
+        self._expected_peer = peer_id
+        self._private = X25519PrivateKey.from_private_bytes(ephemeral)
+        self._hello = Hello(
+            PROTOCOL_VERSION,
+            node_id,
+            nonce,
+            self._private.public_key().public_bytes_raw(),
+            peer_id,
+            encrypt,
+        )
+        self._secrets: _Secrets | None = None
+        self._sealer: Sealer | None = None
+        # Before the peer has proved the token, only handshake-sized frames: a stranger's
+        # stated sizes never reach an allocation.
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME, admit_piece=self._admit_piece)
         self._eof = False
         self._sent_hello = False
         self._sent_proof = False
@@ -93,41 +206,61 @@ class PeerProtocol:
         self.our_requests: set[tuple[str, int]] = set()
         self.their_requests: set[tuple[str, int]] = set()
 
-    # ---- sending ---------------------------------------------------------------------
+    # ---- the handshake -------------------------------------------------------------------
 
-    def initiate(self) -> bytes:
-        """Our Hello; send it first, on both sides of a new connection."""
-        if self._sent_hello:
-            raise LocalProtocolError("Hello already sent")
+    def hello(self) -> bytes:
+        """Our Hello: the initiator sends it first, the responder once the initiator's is in.
+
+        Raises:
+            LocalProtocolError: out of order, or sent twice.
+        """
+        if self._sent_hello or self.state is State.CLOSED:
+            raise LocalProtocolError("Hello already sent, or the connection is closed")
+        if self.role is Role.RESPONDER and self._secrets is None:
+            raise LocalProtocolError("the responder answers the initiator's Hello")
         self._sent_hello = True
-        return _join(encode(Hello(PROTOCOL_VERSION, self.node_id, self._nonce)))
+        return _frame(self._hello)
 
-    def proof(self) -> Proof:
-        """Our Proof, once the peer's Hello (with its nonce) has been received."""
-        if self._peer_nonce is None:
-            raise LocalProtocolError("no Hello from the peer yet")
-        return Proof(token_proof(self._token, self._peer_nonce, self._nonce, self.node_id))
+    def proof(self) -> bytes:
+        """Our Proof. The initiator sends it once the responder's Hello is in; the responder
+        only after the initiator's Proof was verified (the connection is then OPEN). With
+        encryption, every frame we send after this one is sealed.
+
+        Raises:
+            LocalProtocolError: out of order, or sent twice.
+        """
+        if self._sent_proof or self.state is State.CLOSED:
+            raise LocalProtocolError("Proof already sent, or the connection is closed")
+        if self._secrets is None or not self._sent_hello:
+            raise LocalProtocolError("Proof before both Hellos")
+        if self.role is Role.RESPONDER and self.state is not State.OPEN:
+            # The rule that keeps a responder from being an oracle for strangers.
+            raise LocalProtocolError("the responder proves only after the initiator has")
+        self._sent_proof = True
+        frame = _frame(Proof(self._secrets.our_proof))
+        if self.encrypt:
+            self._sealer = Sealer(self._secrets.key_out)
+        return frame
+
+    # ---- sending ---------------------------------------------------------------------
 
     def send(self, event: Event) -> bytes:
         """Bytes for `event` (for Piece, use `send_buffers` to avoid copying the payload)."""
         return _join(self.send_buffers(event))
 
     def send_buffers(self, event: Event) -> list[bytes | memoryview | FileRange]:
-        """Buffers to send in order for `event`.
+        """Buffers to send in order for `event`; send every one of them, in order (sealed
+        frames are numbered).
 
         Raises:
             LocalProtocolError: the event is not allowed now (handshake order, request limit,
-                answering a request the peer did not make).
+                answering a request the peer did not make, a FileRange to seal).
         """
         if self.state is State.CLOSED:
             raise LocalProtocolError("connection closed")
-        if isinstance(event, Hello):
-            raise LocalProtocolError("use initiate() for Hello")
-        if isinstance(event, Proof):
-            if self._sent_proof or self._peer_nonce is None:
-                raise LocalProtocolError("Proof out of order")
-            self._sent_proof = True
-        elif isinstance(event, Error):
+        if isinstance(event, Hello | Proof):
+            raise LocalProtocolError("use hello() and proof() for the handshake")
+        if isinstance(event, Error):
             self.state = State.CLOSED
         elif self.state is not State.OPEN or not self._sent_proof:
             raise LocalProtocolError(f"cannot send {type(event).__name__} before the handshake")
@@ -148,8 +281,14 @@ class PeerProtocol:
             key = (event.digest, event.index)
             if key not in self.their_requests:
                 raise LocalProtocolError(f"answering piece {key} that was not requested")
+            sealed_file = isinstance(event, Piece) and isinstance(event.data, FileRange)
+            if sealed_file and self._sealer is not None:
+                raise LocalProtocolError("a FileRange cannot be sealed: read the piece first")
             self.their_requests.discard(key)
-        return encode(event)
+        buffers = encode(event)
+        if self._sealer is not None:
+            return list(self._sealer.seal_frame(buffers))
+        return buffers
 
     # ---- receiving -------------------------------------------------------------------
 
@@ -169,8 +308,8 @@ class PeerProtocol:
         """`count` bytes were written into the start of `payload_buffer()`."""
         self._decoder.payload_received(count)
 
-    def recycle(self, payload: bytearray) -> None:
-        """Give back a received Piece's bytearray once stored, so the next piece reuses it."""
+    def recycle(self, payload: bytes | bytearray | memoryview) -> None:
+        """Give back a received Piece's data once stored, so the next piece reuses it."""
         self._decoder.recycle(payload)
 
     def next_event(self) -> Event | _Sentinel:
@@ -195,25 +334,14 @@ class PeerProtocol:
     def _check(self, event: Event) -> None:
         if isinstance(event, Error):
             self.state = State.CLOSED
-            return
-        if self.state is State.HELLO:
+        elif self.state is State.HELLO:
             if not isinstance(event, Hello):
                 raise RemoteProtocolError(f"expected Hello, got {type(event).__name__}")
-            if event.version != PROTOCOL_VERSION:
-                raise RemoteProtocolError(f"protocol version {event.version} is not ours")
-            if event.node_id == self.node_id:
-                raise RemoteProtocolError("connected to ourselves")
-            self.peer_id = event.node_id
-            self._peer_nonce = event.nonce
-            self.state = State.PROOF
+            self._on_hello(event)
         elif self.state is State.PROOF:
             if not isinstance(event, Proof):
                 raise RemoteProtocolError(f"expected Proof, got {type(event).__name__}")
-            assert self._peer_nonce is not None and self.peer_id is not None
-            expected = token_proof(self._token, self._nonce, self._peer_nonce, self.peer_id)
-            if not hmac.compare_digest(expected, event.mac):
-                raise RemoteProtocolError("cluster token proof failed: refused")
-            self.state = State.OPEN
+            self._on_proof(event)
         elif isinstance(event, Hello | Proof):
             raise RemoteProtocolError(f"{type(event).__name__} after the handshake")
         elif isinstance(event, Request):
@@ -230,6 +358,68 @@ class PeerProtocol:
             self.our_requests.discard(key)
         # A Cancel for a request already answered is harmless: the caller answers a still
         # pending one with Reject("cancelled").
+
+    def _on_hello(self, hello: Hello) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"protocol version {hello.version} is not ours")
+        if hello.node_id == self.node_id:
+            raise RemoteProtocolError("connected to ourselves")
+        if self.role is Role.INITIATOR:
+            if hello.node_id != self._expected_peer:
+                assert self._expected_peer is not None
+                raise RemoteProtocolError(
+                    f"node {hello.node_id.hex()[:12]} answered, "
+                    f"not {self._expected_peer.hex()[:12]}"
+                )
+            if hello.callee is not None:
+                raise RemoteProtocolError("the responder's Hello names a callee")
+        elif hello.callee != self.node_id:
+            raise RemoteProtocolError(
+                "the peer is looking for another node"
+                if hello.callee is not None
+                else "the initiator's Hello names no callee"
+            )
+        if hello.encrypt != self.encrypt:
+            raise RemoteProtocolError(
+                "peer encryption mismatch: this node has --peer-encryption "
+                f"{'on' if self.encrypt else 'off'}, the peer has it "
+                f"{'on' if hello.encrypt else 'off'}; every node must use the same setting"
+            )
+        try:
+            shared = self._private.exchange(X25519PublicKey.from_public_bytes(hello.ephemeral))
+        except ValueError:  # a low-order point: the shared secret would be all zeros
+            raise RemoteProtocolError("unusable ephemeral key in Hello") from None
+        if self.role is Role.INITIATOR:
+            self._secrets = _handshake_secrets(self.role, self._token, shared, self._hello, hello)
+        else:
+            self._secrets = _handshake_secrets(self.role, self._token, shared, hello, self._hello)
+        self.peer_id = hello.node_id
+        self.state = State.PROOF
+
+    def _on_proof(self, proof: Proof) -> None:
+        # Each side's proof follows the other's Hello; the initiator's comes first.
+        if self.role is Role.INITIATOR and not self._sent_proof:
+            raise RemoteProtocolError("the responder sent its Proof before ours")
+        if self.role is Role.RESPONDER and not self._sent_hello:
+            raise RemoteProtocolError("Proof before our Hello")
+        assert self._secrets is not None
+        if not hmac.compare_digest(self._secrets.their_proof, proof.mac):
+            raise RemoteProtocolError("cluster token proof failed: refused")
+        self.state = State.OPEN
+        self._decoder.max_frame = self.max_frame
+        if self.encrypt:
+            self._decoder.start_opening(Opener(self._secrets.key_in))
+
+    def _admit_piece(self, digest: str, index: int) -> None:
+        """Called by the decoder with a Piece's header, before it allocates the payload."""
+        if self.state is not State.OPEN:
+            raise RemoteProtocolError("Piece before the handshake")
+        if (digest, index) not in self.our_requests:
+            raise RemoteProtocolError(f"unrequested piece {(digest, index)}")
+
+
+def _frame(event: Hello | Proof) -> bytes:
+    return b"".join(b for b in encode(event) if not isinstance(b, FileRange))
 
 
 def _join(buffers: list[bytes | memoryview | FileRange]) -> bytes:

@@ -54,6 +54,8 @@ def test_ab_runs_alternate_and_every_run_is_a_real_pull(
     result = pollen_cli(
         "bench", "pull", image, "--driver", driver, "--runs", "2",
         "--via", f"pollen={node.url}", "--via", "direct", "--flush",
+        "--admin", f"pollen={node.admin_url}",
+        "--admin-token-file", f"pollen={node.data_dir / 'admin.token'}",
         "--json", str(tmp_path / "ab.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -89,10 +91,20 @@ def test_a_mirror_the_client_goes_around_is_reported_not_timed(tmp_path: Path) -
         push_image(registry, tmp_path / "img", "1", "1MiB")
         result = pollen_cli(
             "bench", "pull", f"{registry.host}/bench/app:latest", "--runs", "1",
-            "--via", f"pollen={node.url}",
+            "--via", f"pollen={node.url}", "--admin", f"pollen={node.admin_url}",
+            "--admin-token-file", f"pollen={node.data_dir / 'admin.token'}",
         )  # fmt: skip
     finally:
         node.stop()
         registry.stop()
     assert result.returncode != 0
     assert "went around it" in result.stdout
+
+
+def test_flush_without_the_admin_api_is_a_clear_error(tmp_path: Path) -> None:
+    result = pollen_cli(
+        "bench", "pull", "127.0.0.1:9/bench/app:latest", "--runs", "1",
+        "--via", "pollen=http://127.0.0.1:9", "--flush", timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--flush needs --admin pollen=URL" in result.stderr

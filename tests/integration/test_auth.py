@@ -3,14 +3,17 @@ private content is never handed to a client without them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.components import Pollen, Registry, sha256_file
-from tests.integration.conftest import REPO_NAME, TAG
+from bench.components import Cluster, Pollen, Registry, ThrottledProxy, curl, sha256_file
+from peer.rendezvous import owner_order
+from tests.integration.conftest import REPO_NAME, TAG, MiB
 
 CREDS = "alice:wonderland"
 
@@ -94,3 +97,77 @@ def test_credentials_pass_through_and_private_blobs_stay_private(
                 assert b"wonderland" not in path.read_bytes()
     finally:
         node.stop()
+
+
+def _http_code(url: str, out: Path, *extra: str) -> str:
+    probe = subprocess.run(
+        ["curl", "-s", "-o", str(out), "-w", "%{http_code}", "--max-time", "60", *extra, url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    return probe.stdout
+
+
+def test_a_private_blob_does_not_leak_through_the_swarm_while_its_owner_downloads_it(
+    private_registry: Registry, tmp_path: Path
+) -> None:
+    """An authorised pull runs at the blob's owner (slowly, through a throttled link); an
+    anonymous client asks another node for the same blob meanwhile, and again afterwards.
+    It gets a 401 both times and no byte of the blob, and the other node keeps nothing
+    unmarked that a later anonymous client could get."""
+    manifest = private_registry_manifest(private_registry)
+    digest = max(manifest["layers"], key=lambda layer: layer["size"])["digest"]
+    proxy = ThrottledProxy(private_registry.port, 16 * MiB)
+    cluster = Cluster(
+        tmp_path / "cluster", 2, "--default-upstream", proxy.url, "--cluster-token", "t0ken"
+    )
+    try:
+        cluster.wait_converged()
+        ids = {bytes.fromhex(n.node_id): n for n in cluster.nodes}
+        owner = ids[owner_order(digest, list(ids))[0]]
+        other = next(n for n in cluster.nodes if n is not owner)
+        path = f"/v2/{REPO_NAME}/blobs/{digest}"
+        authed = curl(owner.url + path, tmp_path / "authed", "-u", CREDS)
+        try:
+            deadline = time.monotonic() + 30
+            while not any(t["bytes_present"] for t in owner.status()["transfers"]):
+                assert time.monotonic() < deadline, "the authorised download never started"
+                time.sleep(0.05)
+            during = _http_code(other.url + path, tmp_path / "during")
+            assert authed.wait(timeout=120) == 0
+        finally:
+            authed.kill()
+            authed.wait()
+        assert sha256_file(tmp_path / "authed") == digest
+        after = _http_code(other.url + path, tmp_path / "after")
+        at_owner = _http_code(owner.url + path, tmp_path / "at-owner")
+        assert (during, after, at_owner) == ("401", "401", "401")
+        for name in ("during", "after", "at-owner"):
+            assert (tmp_path / name).stat().st_size < 4096  # an error document, no blob bytes
+        # An authorised client at the other node still gets it, through the swarm.
+        assert _http_code(other.url + path, tmp_path / "ok", "-u", CREDS) == "200"
+        assert sha256_file(tmp_path / "ok") == digest
+        assert _http_code(other.url + path, tmp_path / "after-ok") == "401"
+    finally:
+        cluster.stop()
+        proxy.close()
+
+
+def private_registry_manifest(registry: Registry) -> dict[str, object]:
+    raw = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            CREDS,
+            f"docker://{registry.host}/{REPO_NAME}:{TAG}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    manifest: dict[str, object] = json.loads(raw)
+    return manifest

@@ -132,7 +132,8 @@ def test_cluster_pulls_at_once_and_the_registry_serves_each_blob_once(
     swarm = [n.status()["swarm"] for n in cluster.nodes]
     assert sum(s["bytes_from_peers"] for s in swarm) >= (count - 1) * sum(pushed.blobs.values())
     assert all(s["upstream_fallbacks"] == 0 and s["bad_pieces"] == 0 for s in swarm)
-    metrics = urllib.request.urlopen(cluster.nodes[1].url + "/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(cluster.nodes[1].admin_url + "/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
     assert 'pollen_peer_bytes_total{direction="in"}' in metrics
     assert f"pollen_members_alive {count}.0" in metrics
     assert "pollen_peer_wasted_bytes_total" in metrics

@@ -1,5 +1,6 @@
 """A scripted upstream registry for unit tests of the front: serves given blobs and manifests,
-counts requests, and can refuse without credentials, lie about content or break off mid-blob.
+counts requests, and can refuse without credentials, lie about content or sizes, ignore Range
+or break off mid-blob.
 
 Built on our own h11 server module so it speaks real HTTP over loopback; integration tests use
 the real docker-registry instead.
@@ -32,6 +33,11 @@ class FakeRegistry:
     lie_about: set[str] = field(default_factory=set)  # serve wrong bytes for these digests
     cut_after: int | None = None  # break the connection after this many body bytes
     pace: float = 0.0  # seconds to sleep between 64 KiB chunks of a blob
+    ignore_range: bool = False  # answer every blob GET with 200 and the whole blob
+    ranges_honoured: int | None = None  # when set, Range requests after that many are ignored
+    # Content-Length to claim for these digests; the body is then cut to it, or breaks off
+    # after the real bytes when the claim is larger.
+    declared_size: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     port: int = 0
 
@@ -103,13 +109,20 @@ class FakeRegistry:
         status = 200
         headers = [("content-type", "application/octet-stream"), ("docker-content-digest", digest)]
         range_header = request.headers.get("range")
-        if range_header and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", range_header)):
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header or "")
+        ignore = self.ignore_range
+        if m and self.ranges_honoured is not None:
+            ignore = ignore or self.ranges_honoured <= 0
+            self.ranges_honoured -= 1
+        if m and not ignore:
             start = int(m.group(1))
             if m.group(2):
                 end = min(end, int(m.group(2)) + 1)
             status = 206
             headers.append(("content-range", f"bytes {start}-{end - 1}/{len(data)}"))
-        headers.append(("content-length", str(end - start)))
+        length = self.declared_size.get(digest, end - start)
+        end = min(end, start + length)
+        headers.append(("content-length", str(length)))
         await conn.start_response(status, headers)
         if request.method == "HEAD":
             await conn.end_response()
@@ -125,4 +138,7 @@ class FakeRegistry:
             sent += len(chunk)
             if self.pace:
                 await trio.sleep(self.pace)
+        if sent < length:  # claimed more than there is: break off
+            await conn.stream.aclose()
+            return
         await conn.end_response()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -119,3 +120,77 @@ async def test_truncated_body_and_stall_are_errors(nursery: trio.Nursery) -> Non
 async def test_unreachable_upstream_names_itself() -> None:
     with pytest.raises(UpstreamError, match="cannot connect"):
         await read_all("http://127.0.0.1:1/v2/")
+
+
+class RawServer:
+    """Answers every request with the same bytes, whatever they are: a registry that lies."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                head += data
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(self.answer)
+            await stream.aclose()
+
+        task_status.started()
+        await trio.serve_listeners(handler, listeners)
+
+
+_LIES = {
+    "content-length-2**63": f"200 OK\r\nContent-Length: {2**63}",
+    "content-length-20-digits": f"200 OK\r\nContent-Length: {'9' * 20}",
+    "content-length-5000-digits": f"200 OK\r\nContent-Length: {'9' * 5000}",
+    "content-range-5000-digit-size": f"206 Partial\r\nContent-Range: bytes 0-1/{'9' * 5000}",
+    "content-range-5000-digit-start": f"206 Partial\r\nContent-Range: bytes {'9' * 5000}-1/2",
+    "content-range-2**63": f"206 Partial\r\nContent-Range: bytes 0-1/{2**63}",
+    "redirect-to-bad-ipv6": "307 Moved\r\nLocation: http://[/x",
+    "redirect-to-port-99999": "307 Moved\r\nLocation: http://127.0.0.1:99999/x",
+    "redirect-to-empty-label": "307 Moved\r\nLocation: http://a..b/x",
+    "redirect-to-long-label": f"307 Moved\r\nLocation: http://{'a' * 64}.io/x",
+    "redirect-to-8-bit-host": "307 Moved\r\nLocation: http://\xe9\xff/x",
+    "redirect-to-ftp": "307 Moved\r\nLocation: ftp://example.com/x",
+}
+
+
+@pytest.mark.parametrize("lie", _LIES.values(), ids=_LIES.keys())
+async def test_whatever_the_upstream_answers_is_an_upstream_error(
+    nursery: trio.Nursery, lie: str
+) -> None:
+    length = "" if "Content-Length" in lie else "\r\nContent-Length: 2"
+    server = RawServer(f"HTTP/1.1 {lie}{length}\r\n\r\nxx".encode("latin-1"))
+    await nursery.start(server.serve)
+    url = f"http://127.0.0.1:{server.port}/v2/x/blobs/y"
+    with pytest.raises(UpstreamError):
+        # Refused from the head alone, before any body byte is read.
+        body = await open_blob(url, {}, connect_timeout=5, stall_timeout=5)
+        await body.aclose()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[/x", "http://127.0.0.1:99999/x", "http://a..b/x", "http://\xe9/x"]
+)
+async def test_a_url_that_cannot_be_fetched_is_an_upstream_error(url: str) -> None:
+    with pytest.raises(UpstreamError):
+        await read_all(url)
+
+
+@pytest.mark.parametrize("value", ["caf\u00e9", "\u20ac", "a\x00b", "a\nb", "a "])
+async def test_a_header_that_cannot_be_sent_is_an_upstream_error(
+    nursery: trio.Nursery, value: str
+) -> None:
+    server = RawServer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nxx")
+    await nursery.start(server.serve)
+    with pytest.raises(UpstreamError):
+        await read_all(f"http://127.0.0.1:{server.port}/x", {"accept": value})

@@ -60,3 +60,33 @@ async def test_three_drivers_on_loopback_find_each_other(autojump_clock: trio.ab
             while not all(len(n.alive_ids()) == 3 for n in nodes):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("host", ["a\x00b", "x" * 300, "[", "a..b", "", "h\u00e9te"])
+def test_a_member_address_the_resolver_would_choke_on_is_a_bad_datagram(host: str) -> None:
+    # Built by hand: the codec must refuse it however it was made (a member with the token,
+    # or a buggy node, could send it).
+    import msgpack
+
+    from peer.gossip import _mac
+
+    update = [os.urandom(16), host, 4000, 1, 0]
+    body = msgpack.packb([1, 7, os.urandom(16), ["127.0.0.1", 4001], [update], None])
+    with pytest.raises(BadDatagram):
+        decode(_mac(b"tok", body) + body, b"tok")
+
+
+async def test_gossip_survives_a_member_address_that_breaks_sendto(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Defence in depth: an address that got into the membership (however) must not end the
+    gossip task when a probe is sent to it."""
+    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
+    port = free_udp_port()
+    node = Membership(os.urandom(16), ("127.0.0.1", port), config)
+    node.merge([Update(os.urandom(16), ("a\x00b", 4000), 1, Status.ALIVE)], 0.0)
+    driver = GossipDriver(node, node.address, b"tok")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await trio.sleep(5)  # many probe periods: each probe goes to the bad address
+        nursery.cancel_scope.cancel()

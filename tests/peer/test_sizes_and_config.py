@@ -47,3 +47,18 @@ def test_upstreams() -> None:
     )
     with pytest.raises(ValueError):
         parse_upstream("docker.io=ftp://x")
+
+
+@pytest.mark.parametrize("text", ["a\x00b:1", "h\u00e9te:1", "a..b:1", "x y:1"])
+def test_an_address_with_a_host_no_resolver_takes_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a host name"):
+        parse_address(text)
+
+
+def test_an_upstream_mapping_clients_could_never_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="registry host"):
+        parse_upstream("my_registry=http://10.0.0.1:5000")
+    assert parse_upstream("reg.test:5000=http://10.0.0.1:5000/") == (
+        "reg.test:5000",
+        "http://10.0.0.1:5000",
+    )

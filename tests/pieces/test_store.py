@@ -229,9 +229,12 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk: Path) -> None:
     store = Store(tiny_disk, 256 * 1024)
-    data = os.urandom(4 * 1024 * 1024)
+    data = os.urandom(1536 * 1024)
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data))  # it fits: 2 MiB are free
+    # Then someone else takes 1 MiB of the disk: the writes run into a real ENOSPC.
+    filler = tiny_disk / "filler"
+    filler.write_bytes(bytes(1024 * 1024))
     written = 0
     with pytest.raises(DiskFull, match="no space left"):
         for start in range(0, len(data), 64 * 1024):
@@ -240,7 +243,8 @@ async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk:
     store.release_partial(partial)
     assert written > 0
     assert not store.has_blob(digest)
-    # Whatever was recorded verifies; a later resume starts from there.
+    # Whatever was recorded verifies; once there is room again, a resume starts from there.
+    filler.unlink()
     store2 = Store(tiny_disk, 256 * 1024)
     resumed = await store2.open_partial(digest, len(data))
     for index in resumed.piece_hashes:

@@ -11,15 +11,20 @@ ids = st.binary(min_size=16, max_size=16)
 indexes = st.integers(0, 2**40)
 text = st.text(max_size=50)
 hashes16 = st.binary(min_size=16, max_size=16)
+hosts = st.sampled_from(["10.0.0.1", "::1", "node-1.cluster.local", "a"])
+registries = st.sampled_from(["docker.io", "registry.internal:5000", "[::1]:443", "10.0.0.1"])
+origins = st.lists(st.sampled_from(["https://ghcr.io", "http://10.0.0.1:5000"]), max_size=3)
 
 events = st.one_of(
-    st.builds(ev.Want, digests, st.none() | text, text, st.none() | text),
+    st.builds(ev.Want, digests, st.none() | registries, text, st.none() | text),
+    st.builds(ev.Access, digests, st.none() | registries, text, st.none() | text),
     st.builds(
         ev.PieceMeta,
         digests,
         st.integers(0, 2**50),
         st.integers(1, 2**30),
         st.dictionaries(st.integers(0, 10_000), hashes16, max_size=20),
+        origins,
     ),
     st.builds(
         ev.Refused,
@@ -40,13 +45,13 @@ events = st.one_of(
     st.builds(
         ev.Peers,
         digests,
-        st.lists(st.tuples(ids, text, st.integers(1, 65535)), max_size=10),
+        st.lists(st.tuples(ids, hosts, st.integers(1, 65535)), max_size=10),
     ),
     st.builds(ev.Error, text, text),
     st.builds(
         ev.Members,
         st.lists(
-            st.tuples(ids, text, st.integers(1, 65535), st.integers(0, 2**31), st.integers(0, 2)),
+            st.tuples(ids, hosts, st.integers(1, 65535), st.integers(0, 2**31), st.integers(0, 2)),
             max_size=10,
         ),
         st.booleans(),

@@ -8,19 +8,20 @@ from hypothesis import strategies as st
 
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
-from wire.events import Event, Hello, Piece, Proof
+from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, Proof
 from wire.frames import PREFIX, FrameDecoder, encode
 
 MAX = 1 << 20
 
 
 def frame(event: Event) -> bytes:
-    return b"".join(encode(event))
+    return b"".join(b for b in encode(event) if not isinstance(b, FileRange))
 
 
 def normalized(event: Event) -> Event:
     # A Piece payload comes back as bytes whatever buffer type it was sent from.
     if isinstance(event, Piece):
+        assert not isinstance(event.data, FileRange)
         return Piece(event.digest, event.index, bytes(event.data))
     return event
 
@@ -90,7 +91,9 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        Hello(1, b"x" * 15, b"n" * 32),  # short node id
+        Hello(PROTOCOL_VERSION, b"x" * 15, b"n" * 32, b"e" * 32, None, False),  # short id
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 31, None, False),  # short key
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"c" * 15, False),
         Proof(b"m" * 31),
     ],
 )
@@ -179,3 +182,27 @@ def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_erro
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
     with contextlib.suppress(RemoteProtocolError):
         _decode_with_payload_buffers(bytes(raw), cuts, FrameDecoder(MAX, direct_min=1))
+
+
+@pytest.mark.parametrize("callee", [None, b"c" * 16])
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
+    hello = Hello(PROTOCOL_VERSION, b"i" * 16, b"n" * 32, b"e" * 32, callee, encrypt)
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(hello))
+    assert decoder.next_event() == hello
+
+
+def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
+    asked: list[tuple[str, int]] = []
+
+    def admit(digest: str, index: int) -> None:
+        asked.append((digest, index))
+        raise RemoteProtocolError("unrequested")
+
+    digest = "sha256:" + "d" * 64
+    decoder = FrameDecoder(MAX, direct_min=16, admit_piece=admit)
+    decoder.feed(frame(Piece(digest, 3, b"z" * 1000))[:-900])
+    with pytest.raises(RemoteProtocolError, match="unrequested"):
+        decoder.next_event()
+    assert asked == [(digest, 3)] and decoder.payload_buffer() is None

@@ -2,81 +2,286 @@ from __future__ import annotations
 
 import os
 
+import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import Cancel, Event, Have, Hello, Piece, Proof, Reject, Request, Want
-from wire.frames import encode
-from wire.protocol import CLOSED, NEED_DATA, PeerProtocol, State
+from wire.events import (
+    PROTOCOL_VERSION,
+    Bitfield,
+    Cancel,
+    Event,
+    FileRange,
+    Have,
+    Hello,
+    Piece,
+    Proof,
+    Reject,
+    Request,
+    Want,
+)
+from wire.frames import PREFIX, encode
+from wire.protocol import (
+    CLOSED,
+    HANDSHAKE_MAX_FRAME,
+    NEED_DATA,
+    PeerProtocol,
+    Role,
+    State,
+)
 
 DIGEST = "sha256:" + "ab" * 32
+BIG = 16 * 1024 * 1024  # a Piece size an attacker announces
+
+
+def endpoint(
+    role: Role,
+    node_id: bytes,
+    token: bytes | None,
+    peer_id: bytes | None = None,
+    encrypt: bool = False,
+) -> PeerProtocol:
+    return PeerProtocol(
+        node_id,
+        token,
+        role=role,
+        peer_id=peer_id,
+        nonce=os.urandom(32),
+        ephemeral=os.urandom(32),
+        encrypt=encrypt,
+        max_requests=4,
+    )
+
+
+def events(receiver: PeerProtocol) -> list[Event]:
+    out: list[Event] = []
+    while True:
+        event = receiver.next_event()
+        if event is NEED_DATA or event is CLOSED:
+            return out
+        assert not isinstance(event, type(NEED_DATA))
+        out.append(event)
+
+
+def plain(event: Event) -> bytes:
+    """`event` as an unsealed frame, the way a peer could forge it."""
+    return b"".join(b for b in encode(event) if not isinstance(b, FileRange))
+
+
+def piece_header(index: int, payload_len: int) -> bytes:
+    """A Piece frame's prefix and header, announcing `payload_len` bytes that never come."""
+    _, header, _ = encode(Piece(DIGEST, index, b""))
+    assert isinstance(header, bytes)
+    return PREFIX.pack(len(header) + payload_len, len(header)) + header
 
 
 class Pair:
-    """Two endpoints wired to each other with no network (h11's ConnectionPair)."""
+    """Two endpoints wired to each other with no network (h11's ConnectionPair): `a` is the
+    initiator (it connected to `b`), `b` the responder."""
 
-    def __init__(self, token_a: bytes | None = b"t", token_b: bytes | None = b"t") -> None:
-        self.a = PeerProtocol(os.urandom(16), token_a, nonce=os.urandom(32), max_requests=4)
-        self.b = PeerProtocol(os.urandom(16), token_b, nonce=os.urandom(32), max_requests=4)
+    def __init__(
+        self,
+        token_a: bytes | None = b"t",
+        token_b: bytes | None = b"t",
+        *,
+        encrypt_a: bool = False,
+        encrypt_b: bool = False,
+    ) -> None:
+        b_id = os.urandom(16)
+        self.a = endpoint(Role.INITIATOR, os.urandom(16), token_a, b_id, encrypt_a)
+        self.b = endpoint(Role.RESPONDER, b_id, token_b, None, encrypt_b)
 
-    def events(self, receiver: PeerProtocol) -> list[Event]:
-        out = []
-        while True:
-            event = receiver.next_event()
-            if event is NEED_DATA or event is CLOSED:
-                return out
-            out.append(event)  # type: ignore[arg-type]
+    def hellos(self) -> None:
+        self.b.receive_data(self.a.hello())
+        assert [type(e) for e in events(self.b)] == [Hello]
+        self.a.receive_data(self.b.hello())
+        assert [type(e) for e in events(self.a)] == [Hello]
 
     def handshake(self) -> None:
-        self.b.receive_data(self.a.initiate())
-        self.a.receive_data(self.b.initiate())
-        assert [type(e) for e in self.events(self.a)] == [Hello]
-        assert [type(e) for e in self.events(self.b)] == [Hello]
-        self.b.receive_data(self.a.send(self.a.proof()))
-        self.a.receive_data(self.b.send(self.b.proof()))
-        assert [type(e) for e in self.events(self.a)] == [Proof]
-        assert [type(e) for e in self.events(self.b)] == [Proof]
+        self.hellos()
+        self.b.receive_data(self.a.proof())
+        assert [type(e) for e in events(self.b)] == [Proof]
+        self.a.receive_data(self.b.proof())
+        assert [type(e) for e in events(self.a)] == [Proof]
 
     def deliver(self, sender: PeerProtocol, receiver: PeerProtocol, event: Event) -> list[Event]:
         receiver.receive_data(sender.send(event))
-        return self.events(receiver)
+        return events(receiver)
+
+
+# ---- the handshake ---------------------------------------------------------------------------
 
 
 def test_handshake_with_the_same_token_opens_both_sides() -> None:
     pair = Pair()
     pair.handshake()
     assert pair.a.state is State.OPEN and pair.b.state is State.OPEN
-    assert pair.a.peer_id == pair.b.node_id
+    assert pair.a.peer_id == pair.b.node_id and pair.b.peer_id == pair.a.node_id
 
 
 @pytest.mark.parametrize(("a", "b"), [(b"t", b"other"), (b"t", None), (None, b"t")])
-def test_a_different_token_is_refused(a: bytes | None, b: bytes | None) -> None:
+def test_a_different_token_is_refused_by_the_responder_before_it_proves(
+    a: bytes | None, b: bytes | None
+) -> None:
     pair = Pair(a, b)
-    pair.b.receive_data(pair.a.initiate())
-    pair.a.receive_data(pair.b.initiate())
-    pair.events(pair.a)
-    pair.events(pair.b)
-    pair.b.receive_data(pair.a.send(pair.a.proof()))
+    pair.hellos()
+    pair.b.receive_data(pair.a.proof())
     with pytest.raises(RemoteProtocolError, match="token proof failed"):
-        pair.events(pair.b)
+        events(pair.b)
+    with pytest.raises(LocalProtocolError):
+        pair.b.proof()
 
 
 def test_open_cluster_without_tokens() -> None:
     Pair(None, None).handshake()
 
 
+def test_the_responder_proves_only_after_verifying_the_initiator() -> None:
+    pair = Pair()
+    with pytest.raises(LocalProtocolError, match="answers the initiator"):
+        pair.b.hello()
+    pair.hellos()
+    with pytest.raises(LocalProtocolError, match="only after the initiator"):
+        pair.b.proof()
+    pair.b.receive_data(pair.a.proof())
+    events(pair.b)
+    assert pair.b.state is State.OPEN
+    pair.b.proof()  # now it may
+    with pytest.raises(LocalProtocolError, match="already sent"):
+        pair.b.proof()
+
+
+def test_the_initiator_refuses_a_node_it_did_not_ask_for_before_proving() -> None:
+    a = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16)
+    c = endpoint(Role.RESPONDER, b"C" * 16, b"t")
+    c.receive_data(a.hello())
+    # C is not the node A named: C refuses, and so would A on C's Hello.
+    with pytest.raises(RemoteProtocolError, match="looking for another node"):
+        events(c)
+    forged = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"C" * 16)
+    c2 = endpoint(Role.RESPONDER, b"C" * 16, b"t")
+    c2.receive_data(forged.hello())
+    events(c2)
+    a.receive_data(c2.hello())
+    with pytest.raises(RemoteProtocolError, match="answered, not"):
+        events(a)
+    with pytest.raises(LocalProtocolError):
+        a.proof()
+
+
+def test_a_responder_proof_before_the_initiators_is_refused() -> None:
+    pair = Pair()
+    pair.hellos()
+    # A responder that skips the rule (forged here, as the protocol would not produce it).
+    pair.a.receive_data(b"".join(encode(Proof(b"p" * 32))))  # type: ignore[arg-type]
+    with pytest.raises(RemoteProtocolError, match="before ours"):
+        events(pair.a)
+
+
+def test_a_proof_reflected_to_its_sender_is_refused() -> None:
+    pair = Pair()
+    pair.hellos()
+    own = pair.a.proof()
+    pair.a.receive_data(own)  # the initiator's proof, played back as the responder's
+    with pytest.raises(RemoteProtocolError, match="token proof failed"):
+        events(pair.a)
+
+
 def test_nothing_but_the_handshake_before_it_completes() -> None:
     pair = Pair()
     with pytest.raises(LocalProtocolError):
         pair.a.send(Have(DIGEST, 1))
+    with pytest.raises(LocalProtocolError, match="hello"):
+        pair.a.send(Proof(b"p" * 32))
     # A peer that skips its proof and asks for content is cut off.
-    pair.b.receive_data(pair.a.initiate())
-    pair.events(pair.b)
-    pair.b.receive_data(b"".join(encode(Want(DIGEST, None, "repo", None))))
+    pair.b.receive_data(pair.a.hello())
+    events(pair.b)
+    pair.b.hello()
+    pair.b.receive_data(b"".join(encode(Want(DIGEST, None, "repo", None))))  # type: ignore[arg-type]
     with pytest.raises(RemoteProtocolError, match="expected Proof"):
-        pair.events(pair.b)
+        events(pair.b)
+
+
+def test_another_protocol_version_is_named_in_the_error() -> None:
+    b = endpoint(Role.RESPONDER, b"B" * 16, b"t")
+    # A version 1 Hello had three fields.
+    header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
+    b.receive_data(PREFIX.pack(len(header), len(header)) + header)
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 2"):
+        events(b)
+    assert PROTOCOL_VERSION == 2
+
+
+# ---- memory before authentication ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", [Role.RESPONDER, Role.INITIATOR])
+def test_a_large_frame_before_the_handshake_allocates_nothing(role: Role) -> None:
+    node = endpoint(role, b"B" * 16, b"t", b"A" * 16 if role is Role.INITIATOR else None)
+    if role is Role.INITIATOR:
+        node.hello()
+    node.receive_data(piece_header(0, BIG))
+    with pytest.raises(RemoteProtocolError, match=f"over {HANDSHAKE_MAX_FRAME}"):
+        node.next_event()
+    assert node.payload_buffer() is None
+    assert not node._decoder._spare and node._decoder._payload is None
+
+
+def test_a_large_frame_after_the_hello_but_before_the_proof_allocates_nothing() -> None:
+    pair = Pair()
+    pair.b.receive_data(pair.a.hello())
+    events(pair.b)
+    pair.b.receive_data(piece_header(0, BIG))
+    with pytest.raises(RemoteProtocolError, match="over"):
+        events(pair.b)
+    assert pair.b.payload_buffer() is None
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_an_unrequested_piece_header_is_refused_before_its_buffer_exists(encrypt: bool) -> None:
+    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    pair.handshake()
+    pair.a.send(Request(DIGEST, 1))
+    if encrypt:
+        # A sealed Piece the peer was not asked for: b answers a request that was never made
+        # (forced past b's own check), and only its header record reaches a.
+        pair.b.their_requests.add((DIGEST, 2))
+        header_record = pair.b.send_buffers(Piece(DIGEST, 2, b"x" * BIG))[0]
+        assert isinstance(header_record, bytes)
+        pair.a.receive_data(header_record)
+    else:
+        pair.a.receive_data(piece_header(2, BIG))
+    with pytest.raises(RemoteProtocolError, match="unrequested"):
+        events(pair.a)
+    assert pair.a.payload_buffer() is None
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_requested_large_piece_is_read_into_its_own_buffer(encrypt: bool) -> None:
+    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    pair.handshake()
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 1)))
+    events(pair.b)
+    data = os.urandom(300_000)
+    frame = pair.b.send(Piece(DIGEST, 1, data))
+    pair.a.receive_data(frame[:1000])
+    assert events(pair.a) == []
+    target = pair.a.payload_buffer()
+    assert target is not None
+    rest = frame[1000:]
+    count = len(target)
+    assert count == len(rest)  # the whole rest goes into the buffer
+    target[:] = rest
+    target.release()
+    pair.a.payload_received(count)
+    (piece,) = events(pair.a)
+    assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+    assert bytes(piece.data) == data
+
+
+# ---- requests --------------------------------------------------------------------------------
 
 
 def test_requests_are_answered_once_and_bounded() -> None:
@@ -100,25 +305,25 @@ def test_requests_are_answered_once_and_bounded() -> None:
 def test_unrequested_piece_and_request_flood_are_remote_errors() -> None:
     pair = Pair()
     pair.handshake()
-    pair.a.receive_data(b"".join(encode(Piece(DIGEST, 7, b"spam"))))
+    pair.a.receive_data(b"".join(encode(Piece(DIGEST, 7, b"spam"))))  # type: ignore[arg-type]
     with pytest.raises(RemoteProtocolError, match="unrequested"):
-        pair.events(pair.a)
+        events(pair.a)
     flood = Pair()
     flood.handshake()
-    flood.b.receive_data(b"".join(b"".join(encode(Request(DIGEST, i))) for i in range(5)))
+    flood.b.receive_data(b"".join(plain(Request(DIGEST, i)) for i in range(5)))
     with pytest.raises(RemoteProtocolError, match="outstanding"):
-        flood.events(flood.b)
+        events(flood.b)
 
 
 def test_eof_mid_frame_is_an_error_and_between_frames_is_closed() -> None:
     pair = Pair()
-    hello = pair.a.initiate()
+    hello = pair.a.hello()
     pair.b.receive_data(hello[:-1])
     pair.b.receive_data(b"")
     with pytest.raises(RemoteProtocolError, match="middle of a frame"):
         pair.b.next_event()
     clean = Pair()
-    clean.b.receive_data(clean.a.initiate())
+    clean.b.receive_data(clean.a.hello())
     clean.b.receive_data(b"")
     assert isinstance(clean.b.next_event(), Hello)
     assert clean.b.next_event() is CLOSED
@@ -127,7 +332,7 @@ def test_eof_mid_frame_is_an_error_and_between_frames_is_closed() -> None:
 @given(st.binary(max_size=300), st.booleans())
 def test_any_bytes_after_hello_parse_or_raise_remote_protocol_error(data: bytes, eof: bool) -> None:
     pair = Pair()
-    pair.b.receive_data(pair.a.initiate())
+    pair.b.receive_data(pair.a.hello())
     pair.b.receive_data(data)
     if eof:
         pair.b.receive_data(b"")
@@ -137,3 +342,171 @@ def test_any_bytes_after_hello_parse_or_raise_remote_protocol_error(data: bytes,
                 break
     except RemoteProtocolError:
         pass
+
+
+# ---- encryption ------------------------------------------------------------------------------
+
+
+def encrypted_pair() -> Pair:
+    pair = Pair(encrypt_a=True, encrypt_b=True)
+    pair.handshake()
+    return pair
+
+
+def test_encrypted_links_exchange_pieces_and_hide_them() -> None:
+    pair = encrypted_pair()
+    secret = b"the layer's bytes " * 10_000
+    wire_bytes = bytearray()
+    for index in range(3):
+        request = pair.a.send(Request(DIGEST, index))
+        wire_bytes += request
+        pair.b.receive_data(request)
+        assert events(pair.b) == [Request(DIGEST, index)]
+        frame = pair.b.send(Piece(DIGEST, index, secret))
+        wire_bytes += frame
+        pair.a.receive_data(frame)
+        (piece,) = events(pair.a)
+        assert piece == Piece(DIGEST, index, secret)
+    assert secret[:64] not in wire_bytes and DIGEST.encode() not in wire_bytes
+    both_ways = pair.deliver(pair.a, pair.b, Bitfield(DIGEST, b"\xff"))
+    assert both_ways == [Bitfield(DIGEST, b"\xff")]
+    assert pair.a.our_requests == set()
+
+
+def test_a_flipped_bit_in_a_sealed_frame_is_refused() -> None:
+    for position in (0, 1, 5, 30, -1):  # record length, header, tag
+        pair = encrypted_pair()
+        frame = bytearray(pair.a.send(Have(DIGEST, 3)))
+        frame[position] ^= 0x01
+        pair.b.receive_data(bytes(frame))
+        pair.b.receive_data(b"")  # a longer record length waits for bytes that never come
+        with pytest.raises(RemoteProtocolError):
+            events(pair.b)
+
+
+def test_a_flipped_bit_in_a_sealed_payload_is_refused() -> None:
+    pair = encrypted_pair()
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 0)))
+    events(pair.b)
+    header_record, payload_record = pair.b.send_buffers(Piece(DIGEST, 0, b"p" * 1000))
+    assert isinstance(header_record, bytes) and isinstance(payload_record, bytes)
+    altered = bytearray(payload_record)
+    altered[500] ^= 0x80
+    pair.a.receive_data(header_record + bytes(altered))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        events(pair.a)
+
+
+def test_a_replayed_or_dropped_sealed_frame_is_refused() -> None:
+    pair = encrypted_pair()
+    first = pair.a.send(Have(DIGEST, 1))
+    pair.b.receive_data(first)
+    assert events(pair.b) == [Have(DIGEST, 1)]
+    pair.b.receive_data(first)  # the same frame again
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        events(pair.b)
+    dropped = encrypted_pair()
+    dropped.a.send(Have(DIGEST, 1))  # never delivered
+    dropped.b.receive_data(dropped.a.send(Have(DIGEST, 2)))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        events(dropped.b)
+
+
+def test_a_plain_frame_injected_into_a_sealed_link_is_refused() -> None:
+    pair = encrypted_pair()
+    pair.b.receive_data(b"".join(encode(Have(DIGEST, 1))))  # type: ignore[arg-type]
+    with pytest.raises(RemoteProtocolError):
+        events(pair.b)
+
+
+@pytest.mark.parametrize(("a", "b"), [(True, False), (False, True)])
+def test_one_side_encrypting_and_the_other_not_refuse_each_other(a: bool, b: bool) -> None:
+    pair = Pair(encrypt_a=a, encrypt_b=b)
+    pair.b.receive_data(pair.a.hello())
+    with pytest.raises(RemoteProtocolError, match=r"peer encryption mismatch.*same setting"):
+        events(pair.b)
+
+
+def test_the_initiator_refuses_a_responder_with_the_other_encryption_setting() -> None:
+    a = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16, encrypt=True)
+    b = endpoint(Role.RESPONDER, b"B" * 16, b"t", encrypt=False)
+    a.hello()
+    # b would refuse a's Hello; to see a refuse b's, b answers a twin of a with b's setting.
+    twin = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16, encrypt=False)
+    b.receive_data(twin.hello())
+    events(b)
+    a.receive_data(b.hello())
+    with pytest.raises(RemoteProtocolError, match="this node has --peer-encryption on"):
+        events(a)
+    with pytest.raises(LocalProtocolError):
+        a.proof()
+
+
+def test_sealed_pieces_must_be_read_before_sending() -> None:
+    pair = encrypted_pair()
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 0)))
+    events(pair.b)
+    with pytest.raises(LocalProtocolError, match="FileRange"):
+        pair.b.send_buffers(Piece(DIGEST, 0, FileRange(0, 0, 10)))
+    assert pair.b.their_requests == {(DIGEST, 0)}  # still to be answered
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_a_sealed_stream_split_at_random_points_decodes_the_same(data: st.DataObject) -> None:
+    pair = encrypted_pair()
+    sent: list[Event] = []
+    for index in range(data.draw(st.integers(0, 4))):
+        pair.b.receive_data(pair.a.send(Request(DIGEST, index)))
+        events(pair.b)
+    stream = bytearray()
+    for index in range(len(pair.b.their_requests)):
+        size = data.draw(st.sampled_from([0, 1, 100, 70_000, 200_000]))
+        piece = Piece(DIGEST, index, os.urandom(size))
+        sent.append(piece)
+        stream += pair.b.send(piece)
+        have = Have(DIGEST, index)
+        sent.append(have)
+        stream += pair.b.send(have)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    got: list[Event] = []
+    position = 0
+    for cut in [*cuts, len(stream)]:
+        while position < cut:
+            target = pair.a.payload_buffer()
+            if target is None:
+                pair.a.receive_data(bytes(stream[position:cut]))
+                position = cut
+            else:
+                count = min(len(target), cut - position)
+                target[:count] = stream[position : position + count]
+                target.release()
+                pair.a.payload_received(count)
+                position += count
+            got.extend(events(pair.a))
+    assert [
+        Piece(e.digest, e.index, bytes(e.data)) if isinstance(e, Piece) else e  # type: ignore[arg-type]
+        for e in got
+    ] == sent
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_a_sealed_stream_with_any_byte_changed_never_yields_a_wrong_event(
+    data: st.DataObject,
+) -> None:
+    pair = encrypted_pair()
+    sent: list[Event] = [Have(DIGEST, 1), Bitfield(DIGEST, b"\x0f" * 10), Cancel(DIGEST, 2)]
+    stream = bytearray(b"".join(pair.a.send(e) for e in sent))
+    position = data.draw(st.integers(0, len(stream) - 1))
+    stream[position] ^= data.draw(st.integers(1, 255))
+    pair.b.receive_data(bytes(stream))
+    pair.b.receive_data(b"")  # a changed length may leave it waiting: then the end is an error
+    got: list[Event] = []
+    with pytest.raises(RemoteProtocolError):
+        while True:
+            event = pair.b.next_event()
+            if event is NEED_DATA or event is CLOSED:
+                break
+            got.append(event)
+    assert got == sent[: len(got)]  # what came before the change, and nothing else

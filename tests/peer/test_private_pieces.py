@@ -1,0 +1,122 @@
+"""A member with the cluster token may ask for pieces, but a private blob's pieces go only to
+a peer whose credentials a registry the blob came from accepted (through a Want or Access):
+the same check as for a client of the HTTP front. Public blobs need none."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bench.components import free_port
+from peer.config import Address, NodeConfig
+from peer.node import Node
+from peer.peer_link import PeerLink
+from tests.peer.fake_registry import FakeRegistry
+from wire.events import Access, Event, Piece, Reject, Request
+from wire.protocol import Role
+
+TOKEN = b"cluster token"
+
+
+@dataclass
+class Setup:
+    registry: FakeRegistry
+    node: Node
+    client: httpx.AsyncClient
+    peer_port: int
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    peer_port = free_port()
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream=registry.url,
+        piece_size=64 * 1024,
+        peer=Address("127.0.0.1", peer_port),
+        cluster_token=TOKEN,
+    )
+    node = Node(config)
+    port = await nursery.start(node.run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield Setup(registry, node, client, peer_port)
+
+
+async def _cached(setup: Setup, data: bytes, token: str | None) -> str:
+    digest = setup.registry.add_blob(data)
+    setup.registry.token = token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await setup.client.get(f"/v2/org/app/blobs/{digest}", headers=headers)
+    assert response.content == data
+    with trio.fail_after(10):
+        while not setup.node.store.has_blob(digest) or setup.node.downloads_in_flight():
+            await trio.sleep(0.01)
+    return digest
+
+
+class Member:
+    """A node with the token (a liar, perhaps) asking the node for pieces directly."""
+
+    def __init__(self, link: PeerLink) -> None:
+        self.link = link
+        self.answers: trio.MemorySendChannel[Event]
+        self.answers, self._answers = trio.open_memory_channel[Event](100)
+
+    async def on_event(self, _link: PeerLink, event: Event) -> None:
+        if isinstance(event, Piece | Reject):
+            await self.answers.send(event)
+
+    async def ask(self, digest: str, index: int) -> Event:
+        await self.link.send(Request(digest, index))
+        with trio.fail_after(10):
+            return await self._answers.receive()
+
+
+async def _member(setup: Setup, nursery: trio.Nursery) -> Member:
+    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+    link = PeerLink(
+        stream, os.urandom(16), TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id
+    )
+    await link.handshake()
+    member = Member(link)
+    nursery.start_soon(link.run, member.on_event)
+    return member
+
+
+async def test_private_pieces_need_credentials_the_origin_accepts(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(256 * 1024)
+    digest = await _cached(setup, data, "s3cret")
+    member = await _member(setup, nursery)
+
+    # No Want, no Access: nothing.
+    answer = await member.ask(digest, 0)
+    assert isinstance(answer, Reject) and answer.reason == "denied"
+    # Credentials the registry refuses, and a registry of the member's choosing: nothing.
+    await member.link.send(Access(digest, "evil.test", "org/app", "Bearer guess"))
+    answer = await member.ask(digest, 1)
+    assert isinstance(answer, Reject) and answer.reason == "denied"
+    # Good credentials: the pieces.
+    await member.link.send(Access(digest, None, "org/app", "Bearer s3cret"))
+    answer = await member.ask(digest, 2)
+    assert isinstance(answer, Piece)
+    assert bytes(answer.data) == data[2 * 64 * 1024 : 3 * 64 * 1024]
+
+
+async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nursery) -> None:
+    data = os.urandom(128 * 1024)
+    digest = await _cached(setup, data, None)
+    member = await _member(setup, nursery)
+    answer = await member.ask(digest, 1)
+    assert isinstance(answer, Piece)
+    assert bytes(answer.data) == data[64 * 1024 :]

@@ -1,0 +1,214 @@
+"""An upstream that lies about sizes, ignores Range or sends wrong bytes: the front stores and
+serves only bytes that match the digest, allocates nothing from sizes it is told, answers with a
+clear error and keeps serving."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from peer.config import Address, NodeConfig
+from peer.node import Node
+from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
+
+PIECE = 64 * 1024
+MiB = 1024 * 1024
+
+
+@dataclass
+class Setup:
+    registry: FakeRegistry
+    node: Node
+    client: httpx.AsyncClient
+
+
+async def start(nursery: trio.Nursery, data_dir: Path, cache_size: int | None) -> Setup:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=data_dir,
+        default_upstream=registry.url,
+        piece_size=PIECE,
+        upstream_timeout=2.0,
+        cache_size=cache_size,
+    )
+    node = Node(config)
+    port = await nursery.start(node.run)
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return Setup(registry, node, client)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    s = await start(nursery, tmp_path / "store", None)
+    async with s.client:
+        yield s
+
+
+@pytest.fixture
+async def quota_setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    s = await start(nursery, tmp_path / "store", 4 * MiB)
+    async with s.client:
+        yield s
+
+
+async def wait_idle(setup: Setup) -> None:
+    with trio.fail_after(10):
+        while setup.node.downloads_in_flight():
+            await trio.sleep(0.01)
+
+
+def partial_files(setup: Setup) -> list[Path]:
+    return sorted((Path(setup.node.config.data_dir) / "partial").iterdir())
+
+
+def blob_path(digest: str) -> str:
+    return f"/v2/org/app/blobs/{digest}"
+
+
+async def test_a_resume_answered_with_the_whole_blob_starts_over(setup: Setup) -> None:
+    registry = setup.registry
+    data = os.urandom(10 * PIECE + 123)
+    digest = registry.add_blob(data)
+    # A lying upstream leaves pieces of zeros on disk, recorded with their matching hashes.
+    registry.lie_about.add(digest)
+    registry.cut_after = 5 * PIECE + 100
+    with pytest.raises(httpx.RemoteProtocolError):
+        await setup.client.get(blob_path(digest))
+    await wait_idle(setup)
+    assert setup.node.store.partial_size_on_disk(digest) == len(data)
+    # Now the bytes are right, but the upstream ignores Range: the resume gets a 200.
+    registry.lie_about.clear()
+    registry.cut_after = None
+    registry.ignore_range = True
+    response = await setup.client.get(blob_path(digest))
+    assert response.status_code == 200
+    assert response.content == data
+    await wait_idle(setup)
+    assert setup.node.store.complete_path(digest).read_bytes() == data
+    ranges = [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
+    assert ranges[-1] is not None  # the node did ask for the rest only
+
+
+async def test_a_range_waiting_for_a_download_that_starts_over_follows_it(setup: Setup) -> None:
+    # Pieces held from peers: the node asks the upstream for the gaps, one Range at a time.
+    # The first is honoured, the second answered with the whole blob: the download starts
+    # over, and a Range request waiting for the check waits for the new one.
+    registry = setup.registry
+    data = os.urandom(10 * PIECE + 123)
+    digest = registry.add_blob(data)
+    store = setup.node.store
+    partial = await store.open_partial(digest, len(data))
+    for index in (2, 3, 7):
+        partial.write_sync(index * PIECE, [data[index * PIECE : (index + 1) * PIECE]])
+    store.release_partial(partial)
+    registry.ranges_honoured = 1
+    registry.pace = 0.01
+    response = await setup.client.get(blob_path(digest), headers={"Range": "bytes=100-199"})
+    assert response.status_code == 206
+    assert response.content == data[100:200]
+    ranges = [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
+    assert ranges == [f"bytes=0-{2 * PIECE - 1}", f"bytes={4 * PIECE}-{7 * PIECE - 1}"]
+    await wait_idle(setup)
+    assert store.complete_path(digest).read_bytes() == data
+
+
+async def test_a_range_during_a_download_gets_only_verified_bytes(setup: Setup) -> None:
+    registry = setup.registry
+    data = os.urandom(12 * PIECE)
+    digest = registry.add_blob(data)
+    registry.lie_about.add(digest)
+    registry.pace = 0.01
+    # Cold: this request starts the download and is served from it.
+    received = b""
+    async with setup.client.stream(
+        "GET", blob_path(digest), headers={"Range": "bytes=0-999"}
+    ) as response:
+        with contextlib.suppress(httpx.RemoteProtocolError):
+            async for chunk in response.aiter_bytes():
+                received += chunk
+    if response.status_code == 206:
+        assert received == b""  # a cut stream with no byte is an honest answer too
+    else:
+        assert response.status_code == 502
+        assert json.loads(received)["errors"][0]["code"] == "UNAVAILABLE"
+    await wait_idle(setup)
+    assert not setup.node.store.has_blob(digest)
+    # Honest again: the range comes, once the whole blob has been checked.
+    registry.lie_about.clear()
+    good = await setup.client.get(blob_path(digest), headers={"Range": "bytes=1000-1999"})
+    assert good.status_code == 206
+    assert good.content == data[1000:2000]
+
+
+@pytest.mark.parametrize("declared", [2**40, 2**50])
+async def test_a_huge_content_length_is_refused_and_evicts_nothing(
+    quota_setup: Setup, declared: int
+) -> None:
+    setup = quota_setup
+    registry = setup.registry
+    cached = os.urandom(200_000)
+    cached_digest = registry.add_blob(cached)
+    assert (await setup.client.get(blob_path(cached_digest))).content == cached
+    await wait_idle(setup)
+    huge = registry.add_blob(os.urandom(100_000))
+    registry.declared_size[huge] = declared
+    response = await setup.client.get(blob_path(huge))
+    assert response.status_code == 507
+    error = response.json()["errors"][0]
+    assert "larger than the cache size" in error["message"]
+    await wait_idle(setup)
+    assert setup.node.store.has_blob(cached_digest)
+    assert partial_files(setup) == []
+    assert setup.node.store.bytes_used() < MiB
+    # The node keeps serving.
+    other = os.urandom(300_000)
+    assert (await setup.client.get(blob_path(registry.add_blob(other)))).content == other
+    assert (await setup.client.get(blob_path(cached_digest))).content == cached
+
+
+async def test_a_content_length_over_the_free_disk_is_refused(setup: Setup) -> None:
+    registry = setup.registry
+    huge = registry.add_blob(os.urandom(100_000))
+    registry.declared_size[huge] = 2**50
+    response = await setup.client.get(blob_path(huge))
+    assert response.status_code == 507
+    assert "larger than the disk" in response.json()["errors"][0]["message"]
+    await wait_idle(setup)
+    assert partial_files(setup) == []
+    other = os.urandom(100_000)  # the node keeps serving
+    assert (await setup.client.get(blob_path(registry.add_blob(other)))).content == other
+
+
+async def test_a_size_that_disagrees_with_the_manifest_is_refused(setup: Setup) -> None:
+    registry = setup.registry
+    layer = os.urandom(150_000)
+    layer_digest = registry.add_blob(layer)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": "c", "digest": digest_of(b"{}"), "size": 2},
+            "layers": [{"mediaType": "l", "digest": layer_digest, "size": len(layer)}],
+        }
+    ).encode()
+    registry.add_manifest("v1", manifest)
+    pulled = await setup.client.get("/v2/org/app/manifests/v1", headers={"Accept": MANIFEST_TYPE})
+    assert pulled.content == manifest
+    registry.declared_size[layer_digest] = len(layer) + PIECE
+    response = await setup.client.get(blob_path(layer_digest))
+    assert response.status_code == 502
+    assert "descriptor" in response.json()["errors"][0]["message"]
+    await wait_idle(setup)
+    assert partial_files(setup) == []
+    del registry.declared_size[layer_digest]
+    assert (await setup.client.get(blob_path(layer_digest))).content == layer

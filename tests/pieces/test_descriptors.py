@@ -1,0 +1,75 @@
+"""Blob sizes learned from manifests: what is read, what is skipped, bounded memory."""
+
+from __future__ import annotations
+
+import json
+
+from pieces.descriptors import DescriptorSizes
+
+
+def digest(n: int) -> str:
+    return "sha256:" + f"{n:064x}"
+
+
+def test_an_image_manifest_gives_its_config_and_layer_sizes() -> None:
+    sizes = DescriptorSizes()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "config": {"digest": digest(1), "size": 10},
+            "layers": [{"digest": digest(2), "size": 20}, {"digest": digest(3), "size": 0}],
+            "subject": {"digest": digest(4), "size": 40},
+        }
+    ).encode()
+    assert sizes.learn_manifest(body) == 4
+    assert [sizes.size_of(digest(n)) for n in (1, 2, 3, 4)] == [10, 20, 0, 40]
+    assert sizes.size_of(digest(5)) is None
+
+
+def test_an_index_gives_its_manifest_sizes() -> None:
+    sizes = DescriptorSizes()
+    body = json.dumps({"manifests": [{"digest": digest(7), "size": 700}]}).encode()
+    assert sizes.learn_manifest(body) == 1
+    assert sizes.size_of(digest(7)) == 700
+
+
+def test_what_is_not_a_descriptor_is_skipped() -> None:
+    sizes = DescriptorSizes()
+    assert sizes.learn_manifest(b"not json") == 0
+    assert sizes.learn_manifest(b"[1, 2]") == 0
+    assert sizes.learn_manifest(b"[" * 100_000) == 0  # too deep for the parser
+    body = json.dumps(
+        {
+            "layers": [
+                {"digest": "sha512:" + "0" * 128, "size": 1},
+                {"digest": digest(1), "size": -1},
+                {"digest": digest(2), "size": True},
+                {"digest": digest(3), "size": "3"},
+                {"digest": digest(4)},
+                "a string",
+            ],
+            "config": [],
+        }
+    ).encode()
+    assert sizes.learn_manifest(body) == 0
+    assert len(sizes) == 0
+
+
+def test_disagreeing_manifests_leave_the_size_unknown() -> None:
+    # One of them lies and we cannot tell which: no check rather than a wrong one.
+    sizes = DescriptorSizes()
+    sizes.learn(digest(1), 100)
+    sizes.learn(digest(1), 100)
+    assert sizes.size_of(digest(1)) == 100
+    sizes.learn(digest(1), 101)
+    assert sizes.size_of(digest(1)) is None
+
+
+def test_the_table_is_bounded_and_keeps_the_most_recent() -> None:
+    sizes = DescriptorSizes(limit=3)
+    for n in range(5):
+        sizes.learn(digest(n), n)
+    sizes.learn(digest(2), 2)  # seen again: now the most recent
+    sizes.learn(digest(5), 5)
+    assert len(sizes) == 3
+    assert [sizes.size_of(digest(n)) for n in range(6)] == [None, None, 2, None, 4, 5]

@@ -1,0 +1,173 @@
+"""Sizes the store is told (an upstream's Content-Length, a peer's PieceMeta) are checked
+before anything is allocated from them: against the blob's descriptor, the quota and the disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from pieces.layout import PieceLayout
+from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
+from pieces.store import Store
+
+MiB = 1024 * 1024
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def store_blob(store: Store, data: bytes) -> str:
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data])
+    partial.finalize_sync()
+    store.release_partial(partial)
+    return digest
+
+
+def partial_files(store: Store) -> list[str]:
+    return sorted(p.name for p in (store.root / "partial").iterdir())
+
+
+async def test_a_blob_over_the_quota_is_refused_and_evicts_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path, 4 * MiB, quota=10 * MiB)
+    cached = await store_blob(store, os.urandom(100_000))
+    huge = digest_of(b"claims to be a TiB")
+    with pytest.raises(NoRoom, match="larger than the cache size"):
+        await store.open_partial(huge, 2**40)
+    assert store.has_blob(cached)
+    assert partial_files(store) == []
+    assert store.bytes_used() < MiB
+
+
+async def test_a_blob_over_the_free_disk_is_refused_before_anything_is_allocated(
+    tmp_path: Path,
+) -> None:
+    # No quota: the disk is the limit. 2^50 bytes is more than any test disk.
+    store = Store(tmp_path, 1024 * MiB)
+    digest = digest_of(b"claims to be a PiB")
+    tracemalloc.start()
+    try:
+        with pytest.raises(NoRoom, match="larger than the disk"):
+            await store.open_partial(digest, 2**50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MiB
+    assert partial_files(store) == []
+
+
+async def test_sizes_from_peers_get_the_same_checks(tmp_path: Path) -> None:
+    # A peer's PieceMeta gives size and piece size: the swarm opens its partial with both.
+    store = Store(tmp_path, 64 * 1024, quota=10 * MiB)
+    digest = digest_of(b"a peer says so")
+    with pytest.raises(NoRoom, match="larger than the cache size"):
+        await store.open_partial(digest, 2**40, 4 * MiB)
+    with pytest.raises(SizeRefused, match="pieces"):
+        await store.open_partial(digest, 8 * MiB, 1)  # 8 Mi pieces of one byte
+    assert partial_files(store) == []
+
+
+async def test_a_declared_size_must_match_the_manifest_descriptor(tmp_path: Path) -> None:
+    store = Store(tmp_path, 64 * 1024)
+    layer = os.urandom(5000)
+    layer_digest = digest_of(layer)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": "x", "digest": digest_of(b"{}"), "size": 2},
+            "layers": [{"mediaType": "y", "digest": layer_digest, "size": len(layer)}],
+        }
+    ).encode()
+    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest)
+    with pytest.raises(SizeRefused, match="descriptor"):
+        await store.open_partial(layer_digest, len(layer) + 1)
+    with pytest.raises(SizeRefused, match="descriptor"):
+        await store.open_partial(layer_digest, len(layer) - 1, 1024)  # from a peer
+    assert partial_files(store) == []
+    # After a restart, the manifest served from the cache teaches the sizes again.
+    store = Store(tmp_path, 64 * 1024)
+    assert store.get_manifest(digest_of(manifest)) == (MANIFEST_TYPE, manifest)
+    with pytest.raises(SizeRefused, match="descriptor"):
+        await store.open_partial(layer_digest, len(layer) + 1)
+    partial = await store.open_partial(layer_digest, len(layer))
+    partial.write_sync(0, [layer])
+    partial.finalize_sync()
+    store.release_partial(partial)
+    assert store.complete_path(layer_digest).read_bytes() == layer
+
+
+async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_path: Path) -> None:
+    store = Store(tmp_path, 64 * 1024, quota=100 * MiB)
+    data = os.urandom(64 * 1024)
+    partial = await store.open_partial(digest_of(b"big, barely started"), 64 * MiB)
+    partial.write_sync(0, [data])
+    store.release_partial(partial)  # left on disk for a resume
+    assert store.bytes_used() < MiB
+    assert store.stats().partial_blobs == 1
+
+
+async def test_a_leftover_partial_is_evicted_to_make_room(tmp_path: Path) -> None:
+    store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
+    old = os.urandom(3 * MiB)
+    partial = await store.open_partial(digest_of(old), len(old))
+    partial.write_sync(0, [old[: 2 * MiB]])
+    store.release_partial(partial)
+    # A restart: the leftover is nobody's download now, and stays on disk.
+    store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
+    assert store.bytes_used() >= 2 * MiB
+    new = os.urandom(3 * MiB)
+    fresh = await store.open_partial(digest_of(new), len(new))
+    assert store.partial_size_on_disk(digest_of(old)) is None
+    assert partial_files(store) == [f"{digest_of(new)[7:]}.data"]
+    fresh.write_sync(0, [new])
+    fresh.finalize_sync()
+    store.release_partial(fresh)
+    assert store.bytes_used() <= 4 * MiB
+
+
+async def test_a_partial_allocates_nothing_per_piece(tmp_path: Path) -> None:
+    # After the checks a blob may still have many pieces; its bookkeeping grows with the
+    # pieces written, not with the pieces it has.
+    layout = PieceLayout(2**40, 1)
+    tracemalloc.start()
+    try:
+        partial = PartialBlob(
+            "sha256:" + "0" * 64, layout, tmp_path / "d", tmp_path / "m", tmp_path / "c", {}
+        )
+        partial.write_sync(0, [b"abc"])
+        assert partial.missing_runs() == [(3, 2**40)]
+        assert partial.first_missing_offset() == 3
+        assert partial.bytes_present == 3
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    partial.close()
+    assert peak < MiB
+
+
+async def test_verification_covers_the_stored_bytes_not_the_stream(tmp_path: Path) -> None:
+    # A lying upstream left pieces of zeros, recorded with their (matching) hashes. A later
+    # stream of the right bytes from byte 0 skips those pieces: the sha256 must then see the
+    # zeros that are stored, not the bytes that went by.
+    piece = 1000
+    data = os.urandom(10 * piece + 7)
+    digest = digest_of(data)
+    store = Store(tmp_path, piece)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [bytes(3 * piece)])
+    store.release_partial(partial)
+    resumed = await Store(tmp_path, piece).open_partial(digest, len(data))
+    assert sorted(resumed.piece_hashes) == [0, 1, 2]
+    resumed.write_sync(0, [data])
+    with pytest.raises(DigestMismatch):
+        resumed.finalize_sync()
+    assert not store.has_blob(digest)

@@ -1,0 +1,55 @@
+"""Host names and registry names that other parties hand us, checked where they enter.
+
+A member's address goes straight to the resolver and the socket calls (`sendto`, connect),
+and a registry name (a client's `?ns=`, a peer's Want) becomes the authority of a URL
+(`https://<ns>`). Those raise ValueError or UnicodeError, not OSError, on an embedded NUL, a
+surrogate, an overlong label, a bad IPv6 literal or a port out of range, and userinfo, a path
+or a query would let the sender steer the URL: one bad value would end a task of every node
+it reaches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_HOST = 253  # the longest DNS name
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+# A registry as image references name it (the distribution reference grammar): a DNS name
+# (an IPv4 address is one too) or an IPv6 literal in brackets, then an optional port.
+_REGISTRY = re.compile(
+    rf"(?P<host>{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?",
+    re.ASCII,
+)
+
+
+def is_valid_host(host: object) -> bool:
+    """True for an IPv4 or IPv6 literal (no brackets) or a DNS name of letters, digits and
+    inner hyphens, at most 253 characters."""
+    if type(host) is not str or not host or len(host) > MAX_HOST:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _DNS_NAME.fullmatch(host) is not None
+
+
+def is_valid_port(port: object) -> bool:
+    return type(port) is int and 0 < port < 65536
+
+
+def is_valid_registry(name: object) -> bool:
+    """True for a registry `host[:port]` as in an image reference (`[v6]:port` for IPv6)."""
+    if type(name) is not str:
+        return False
+    match = _REGISTRY.fullmatch(name)
+    if match is None or len(match["host"]) > MAX_HOST:
+        return False
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return False
+    return match["port"] is None or 0 < int(match["port"]) < 65536
