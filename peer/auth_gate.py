@@ -38,31 +38,22 @@ class AuthGate:
         self._ttl = ttl
         self._accepted: dict[tuple[str | None, str, str, str], float] = {}
 
-    def origin_to_ask(self, origins: list[str], namespace: str | None) -> str:
-        """Which of the registries the content came from vouches for a client: the one its
-        `?ns=` names if that is among them, else the first. Never any other registry."""
-        if not origins:
-            raise ValueError("public content needs no access check")
-        named = self._upstreams.base_url(namespace)
-        return named if named in origins else origins[0]
-
     async def check(
         self,
-        origins: list[str],
-        namespace: str | None,
+        origin: str,
         name: str,
         kind: str,
         reference: str,
         headers: Mapping[str, str],
     ) -> UpstreamRefusal | None:
-        """None when a registry the content came from (`origins`, as the store recorded them)
-        accepts this client for the content, else its refusal.
+        """None when the registry at `origin` (a base URL the caller chose from the ones the
+        content came from; see peer/access.py) accepts this client for the content, else its
+        refusal.
 
         Raises:
             UpstreamError: the upstream could not be asked (the client gets a 502, not the
                 content: serving private bytes unchecked is worse than failing).
         """
-        origin = self.origin_to_ask(origins, namespace)
         key = (credentials_key(headers), origin, name, reference)
         now = time.monotonic()
         expiry = self._accepted.get(key)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pieces.layout import DEFAULT_PIECE_SIZE
-from wire.addresses import is_valid_host, is_valid_registry
+from wire.names import is_valid_host, is_valid_registry
 
 DEFAULT_HTTP = "127.0.0.1:65001"
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"

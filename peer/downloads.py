@@ -226,7 +226,8 @@ class Downloads:
         size_on_disk = self._store.partial_size_on_disk(digest)
         if size_on_disk is not None:
             try:
-                partial = await self._store.open_partial(digest, size_on_disk)
+                origins = self._origins(download)
+                partial = await self._store.open_partial(digest, size_on_disk, origins=origins)
             except SizeRefused as exc:
                 # Left by a fetch whose size a manifest now contradicts: ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)
@@ -251,7 +252,7 @@ class Downloads:
         async with partial.write_lock:
             await trio.to_thread.run_sync(partial.verify_sync)
             partial.notify()  # readers get the last byte now, before the fsync
-            await trio.to_thread.run_sync(partial.commit_sync)
+            await trio.to_thread.run_sync(self._store.commit_sync, partial)
         log.info(
             "stored %s (%d bytes, %.2fs)",
             digest,
@@ -306,10 +307,12 @@ class Downloads:
                     abandoned.discard_sync()
                 self._store.release_partial(abandoned)
             if partial is None:
-                partial = await self._store.open_partial(digest, size)
-            if download.auth_key is not None:
-                # Before any other client can see it: later readers must pass the access check.
-                self._store.mark_private(digest, base)
+                # Fetched with credentials, the bytes are private to this registry before any
+                # other client can see them (a joining client must pass its access check).
+                origins = self._origins(download)
+                partial = await self._store.open_partial(digest, size, origins=origins)
+            else:  # continuing (after the swarm, say): these bytes come from here too
+                partial.add_origins(self._origins(download))
             download.partial = partial
             download.ready.set()
             if abandoned is not None:
@@ -324,6 +327,13 @@ class Downloads:
         finally:
             await body.aclose()
         return partial
+
+    def _origins(self, download: Download) -> list[str]:
+        """The registries this download's bytes are private to (none when fetched without
+        credentials: public)."""
+        if download.auth_key is None:
+            return []
+        return [self._upstreams.base_url(download.namespace)]
 
     async def _pump(
         self, download: Download, body: BlobStream, partial: PartialBlob, start: int, end: int
@@ -401,7 +411,7 @@ def _restart_reason(
         # lying upstream) the blob would fail its sha256 and this pull with it. These bytes
         # come anyway: take them all, from byte 0.
         return "the upstream ignored the Range request"
-    if start > offset:
+    if start != offset:
         return f"the upstream answered from byte {start}, not {offset}"
     return None
 

@@ -19,7 +19,7 @@ import msgpack
 import trio
 
 from peer.membership import Ack, Address, Membership, Message, Ping, PingReq, Status, Update
-from wire.addresses import is_valid_host, is_valid_port
+from wire.names import is_valid_host, is_valid_port
 
 log = logging.getLogger("pollen.gossip")
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import trio
 
+from peer.access import AccessPolicy
 from peer.admin_front import AdminFront, load_admin_token
 from peer.auth_gate import AuthGate
 from peer.config import Address, NodeConfig
@@ -28,6 +29,7 @@ from pieces.store import Store
 log = logging.getLogger("pollen.node")
 
 SEND_TIMEOUT = 60.0
+MIN_TOKEN_LENGTH = 32  # characters of a cluster token below which the node warns
 
 
 class Node:
@@ -148,16 +150,16 @@ class Node:
         config = self.config
         try:
             async with trio.open_nursery() as nursery:
-                gate = AuthGate(self.upstreams)
+                access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))
                 download_limit = RateLimiter(config.download_rate)
-                swarm = await self._start_swarm(nursery, gate, download_limit)
+                swarm = await self._start_swarm(nursery, access, download_limit)
                 self.downloads = Downloads(
                     self.store, self.upstreams, nursery, swarm, download_limit
                 )
                 if swarm is not None:
                     swarm.downloads = self.downloads
                 front = self.front = RegistryFront(
-                    self.store, self.upstreams, self.downloads, gate
+                    self.store, self.upstreams, self.downloads, access
                 )
                 metrics = NodeMetrics(self.store, self.downloads, front.served, swarm)
                 listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
@@ -200,7 +202,7 @@ class Node:
         log.info("admin API on %s:%d", address.host, self.admin_port)
 
     async def _start_swarm(
-        self, nursery: trio.Nursery, gate: AuthGate, download_limit: RateLimiter
+        self, nursery: trio.Nursery, access: AccessPolicy, download_limit: RateLimiter
     ) -> Swarm | None:
         config = self.config
         advertised = config.advertised_peer()
@@ -220,7 +222,7 @@ class Node:
             self.node_id,
             membership,
             self.store,
-            gate,
+            access,
             config.cluster_token,
             config.piece_size,
             upload_rate=config.upload_rate,
@@ -233,6 +235,15 @@ class Node:
             log.warning(
                 "no --cluster-token: this is an open cluster, any host that reaches %s can join",
                 config.peer,
+            )
+        elif len(config.cluster_token) < MIN_TOKEN_LENGTH:
+            # A host that a node dials (or that sits on the path) sees a proof made with the
+            # token and may try guesses against it offline: a short token falls.
+            log.warning(
+                "the cluster token has %d characters: use a random one of at least %d "
+                "(e.g. head -c 32 /dev/urandom | base64)",
+                len(config.cluster_token),
+                MIN_TOKEN_LENGTH,
             )
         log.info(
             "node %s: peers on %s (advertised %s), joining %s",

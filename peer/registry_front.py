@@ -12,7 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from peer.auth_gate import AuthGate, credentials_key
+from peer.access import AccessPolicy
+from peer.auth_gate import credentials_key
 from peer.downloads import Download, Downloads
 from peer.http_server import ClientGone, HttpConnection, Request
 from peer.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
@@ -67,12 +68,12 @@ class RegistryFront:
         store: Store,
         upstreams: Upstreams,
         downloads: Downloads,
-        gate: AuthGate,
+        access: AccessPolicy,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.downloads = downloads
-        self.gate = gate
+        self.access = access
         self.served = ServedCounters()
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
@@ -164,12 +165,8 @@ class RegistryFront:
         reference: str,
         headers: Mapping[str, str],
     ) -> UpstreamRefusal | None:
-        """None when the client may have this cached content: it is public, or a registry it
-        came from accepts the client's own credentials (never a registry the client names)."""
-        origins = self.store.private_origins(reference)
-        if not origins:
-            return None
-        return await self.gate.check(origins, namespace, name, kind, reference, headers)
+        """None when the client may have this cached content (see peer/access.py)."""
+        return await self.access.refusal(namespace, name, kind, reference, headers)
 
     # ---- blobs ---------------------------------------------------------------------------
 

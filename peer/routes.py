@@ -6,10 +6,9 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from wire.addresses import is_valid_registry
+from wire.names import REPOSITORY, is_valid_registry
 
-# Repository names per the OCI distribution spec; several path components are allowed.
-_NAME = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+_NAME = REPOSITORY
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _DIGEST = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+"
 _MANIFEST = re.compile(rf"/v2/(?P<name>{_NAME})/manifests/(?P<ref>{_TAG}|{_DIGEST})")

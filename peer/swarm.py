@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from peer.auth_gate import AuthGate, credentials_key
+from peer.access import AccessPolicy
+from peer.auth_gate import DEFAULT_TTL, credentials_key
 from peer.link_guard import LinkGuard
 from peer.membership import Membership, Status, Update
 from peer.peer_link import LinkClosed, PeerLink
@@ -99,8 +100,8 @@ class DigestState:
     listening: PartialBlob | None = None
     # A private blob's pieces go only to peers whose credentials a registry it came from
     # accepted (through their Want or Access), exactly as for clients of the HTTP front.
-    granted: set[bytes] = field(default_factory=set)
-    access: dict[bytes, Access] = field(default_factory=dict)
+    granted: dict[bytes, float] = field(default_factory=dict)  # peer -> until (monotonic)
+    access: dict[bytes, Access] = field(default_factory=dict)  # kept only until checked
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Swarm:
         node_id: bytes,
         membership: Membership,
         store: Store,
-        gate: AuthGate,
+        access: AccessPolicy,
         token: bytes | None,
         piece_size: int,
         upload_rate: int | None = None,
@@ -133,7 +134,7 @@ class Swarm:
         self.node_id = node_id
         self.membership = membership
         self.store = store
-        self.gate = gate
+        self.access = access
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
@@ -184,17 +185,21 @@ class Swarm:
             await stream.aclose()
             return
         try:
-            link = PeerLink(
-                stream, self.node_id, self.token, role=Role.RESPONDER, encrypt=self.peer_encryption
-            )
             try:
+                link = PeerLink(
+                    stream,
+                    self.node_id,
+                    self.token,
+                    role=Role.RESPONDER,
+                    encrypt=self.peer_encryption,
+                )
                 await link.handshake()
             except LinkClosed as exc:
                 self.counters.links_refused += 1
                 log.warning("refused an incoming peer from %s: %s", address, exc)
                 return
             finally:
-                self.link_guard.handshake_over()
+                self.link_guard.handshake_over(address)
             if self._is_banned(link.peer_id):
                 await link.close()
                 return
@@ -219,6 +224,8 @@ class Swarm:
                 if state.fetch is not None:
                     state.fetch.link_lost(link.peer_id)
                 state.bitfield_sent.discard(link.peer_id)
+                state.granted.pop(link.peer_id, None)
+                state.access.pop(link.peer_id, None)
 
     async def link_to(self, peer_id: bytes) -> PeerLink:
         """A link to `peer_id`, connecting (once, shared by concurrent callers) if needed.
@@ -340,7 +347,10 @@ class Swarm:
         elif isinstance(event, Request):
             self._nursery.start_soon(self._guarded, self._serve_request, link, event)
         elif isinstance(event, Access):
-            self.state(event.digest).access[link.peer_id] = event
+            # Kept (never logged) until the peer's next Request for the blob is checked; only
+            # for a blob this node holds, so strangers' digests cost nothing.
+            if self.store.has_blob(event.digest) or self.store.partial(event.digest):
+                self.state(event.digest).access[link.peer_id] = event
         elif isinstance(event, PeersRequest):
             link.post(Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
         elif isinstance(event, Members):
@@ -392,7 +402,6 @@ class Swarm:
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
         digest = want.digest
         state = self.state(digest)
-        state.interested.add(link.peer_id)
         headers = {"authorization": want.authorization} if want.authorization else {}
         access = Access(digest, want.namespace, want.repository, want.authorization)
         if self.store.has_blob(digest):
@@ -403,7 +412,8 @@ class Swarm:
             )
             size = self.store.blob_size(digest)
             if hashes is not None and size is not None:
-                origins = self.store.private_origins(digest)
+                state.interested.add(link.peer_id)
+                origins = self.store.origins_of(digest)
                 await self._send(link, PieceMeta(digest, size, self.piece_size, hashes, origins))
                 return
         assert self.downloads is not None
@@ -425,19 +435,20 @@ class Swarm:
             await self._send(link, Refused(digest, 502, {}, message.encode()[:4000]))
             return
         if download.auth_key == credentials_key(headers):
-            state.granted.add(link.peer_id)  # the upstream just accepted these credentials
+            self._grant(state, link.peer_id)  # the upstream just accepted these credentials
         else:
             # Joined a download another client's credentials started: the same check as
             # for serving it from disk.
             if not await self._allowed_or_refused(link, access):
                 return
+        state.interested.add(link.peer_id)  # only now: PieceMeta updates go to it
         self._listen(state, partial)
         meta = PieceMeta(
             digest,
             partial.layout.size,
             partial.layout.piece_size,
             dict(partial.piece_hashes),
-            self.store.private_origins(digest),
+            self.store.origins_of(digest),
         )
         await self._send(link, meta)
 
@@ -455,23 +466,30 @@ class Swarm:
         return True
 
     async def _check_access(self, peer_id: bytes, access: Access) -> UpstreamRefusal | None:
-        """None when `peer_id` may have the pieces of `access.digest`: the blob is public, or
-        a registry it came from accepts the credentials the peer passed on; else the refusal.
+        """None when `peer_id` may have the pieces of `access.digest` (see peer/access.py:
+        public, or the registry the peer names vouches for the credentials it passed on);
+        else the refusal. A success is remembered as long as the gate remembers one.
 
         Raises:
             UpstreamError: the registry could not be asked (nothing is served unchecked).
         """
         state = self.state(access.digest)
-        origins = self.store.private_origins(access.digest)
-        if not origins or peer_id in state.granted:
+        if self._granted(state, peer_id):
             return None
         headers = {"authorization": access.authorization} if access.authorization else {}
-        refusal = await self.gate.check(
-            origins, access.namespace, access.repository, "blobs", access.digest, headers
+        refusal = await self.access.refusal(
+            access.namespace, access.repository, "blobs", access.digest, headers
         )
         if refusal is None:
-            state.granted.add(peer_id)
+            self._grant(state, peer_id)
         return refusal
+
+    def _grant(self, state: DigestState, peer_id: bytes) -> None:
+        state.granted[peer_id] = time.monotonic() + DEFAULT_TTL
+
+    def _granted(self, state: DigestState, peer_id: bytes) -> bool:
+        until = state.granted.get(peer_id)
+        return until is not None and until > time.monotonic()
 
     def _listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
@@ -480,7 +498,7 @@ class Swarm:
             return
         state.listening = partial
 
-        origins = self.store.private_origins(state.digest)
+        origins = self.store.origins_of(state.digest)
 
         def on_pieces(indices: list[int]) -> None:
             hashes = {i: partial.piece_hashes[i] for i in indices}
@@ -556,13 +574,14 @@ class Swarm:
                 os.close(fd)
 
     async def _may_have_pieces(self, peer_id: bytes, digest: str) -> bool:
-        """Public blob, or the peer's credentials (Want or Access) passed the access check."""
-        if not self.store.is_private(digest):
+        """Public blob, or the peer's credentials (Want or Access) passed the access check.
+        An Access is used once: a refused peer must send another (no HEAD per Request)."""
+        if not self.store.origins_of(digest):
             return True
         state = self.state(digest)
-        if peer_id in state.granted:
+        if self._granted(state, peer_id):
             return True
-        access = state.access.get(peer_id)
+        access = state.access.pop(peer_id, None)
         if access is None:
             return False
         try:
@@ -671,7 +690,7 @@ class SwarmFetch:
         async with partial.write_lock:
             await trio.to_thread.run_sync(partial.verify_sync)
             partial.notify()
-            await trio.to_thread.run_sync(partial.commit_sync)
+            await trio.to_thread.run_sync(self.swarm.store.commit_sync, partial)
         log.info(
             "stored %s from the swarm (%d bytes from %d peers, %.2fs)",
             self.digest,
@@ -766,10 +785,15 @@ class SwarmFetch:
             raise ClientRefused(meta.status)
         self.hashes.update(meta.hashes)
         if self.partial is None:
-            store = self.swarm.store
-            self.partial = await store.open_partial(self.digest, meta.size, meta.piece_size)
-            for origin in meta.origins:  # before any client or peer can see a byte
-                store.mark_private(self.digest, origin)
+            # Private before any client or peer can see a byte: to the registries the owner
+            # got it from, and (a peer may add origins, never remove them) to the one our
+            # client named with credentials.
+            origins = list(meta.origins)
+            if auth is not None:
+                origins.append(self.swarm.access.registry_of(download.namespace))
+            self.partial = await self.swarm.store.open_partial(
+                self.digest, meta.size, meta.piece_size, origins=origins
+            )
             download.partial = self.partial
             self.swarm._listen(self.state, self.partial)
             download.ready.set()
@@ -866,6 +890,7 @@ class SwarmFetch:
         downloads = self.swarm.downloads
         yielding = downloads is not None and downloads.upstream_fetches > 0
         sources = {p for s in self.inflight.values() for p in s}
+        await self._send_access()
         for peer_id in list(self.peers):
             link = self.swarm.links.get(peer_id)
             if link is None or link.closed or peer_id in self.choked_by:
@@ -897,8 +922,6 @@ class SwarmFetch:
                 ][:slots]
             if picks:
                 sources.add(peer_id)
-                if not await self._send_access(link):
-                    continue
             for choice in picks:
                 self.inflight.setdefault(choice, set()).add(peer_id)
                 self.requested_at[(choice, peer_id)] = now
@@ -910,21 +933,22 @@ class SwarmFetch:
                         del self.inflight[choice]
                     break
 
-    async def _send_access(self, link: PeerLink) -> bool:
-        """Before the first Request for a private blob's pieces, pass the client's credentials
-        on, so the peer can check them; False when the link is gone."""
-        if link.peer_id in self.access_sent:
-            return True
-        self.access_sent.add(link.peer_id)
+    async def _send_access(self) -> None:
+        """Before the first Request for a private blob's pieces to each peer, pass the
+        client's credentials on (once per link), so the peer can check them. Done before any
+        pick is made: the sends may suspend this task."""
         auth = self.headers.get("authorization")
         if auth is None or not self.swarm.store.is_private(self.digest):
-            return True
+            return
         download = self.download
-        try:
-            await link.send(Access(self.digest, download.namespace, download.name, auth))
-        except (LinkClosed, LocalProtocolError):
-            return False
-        return True
+        access = Access(self.digest, download.namespace, download.name, auth)
+        for peer_id in list(self.peers):
+            link = self.swarm.links.get(peer_id)
+            if link is None or link.closed or peer_id in self.access_sent:
+                continue
+            with contextlib.suppress(LinkClosed, LocalProtocolError):
+                await link.send(access)
+                self.access_sent.add(peer_id)
 
     def _requests_at(self, peer_id: bytes) -> int:
         """How many of our requests `peer_id` has not answered yet."""
@@ -947,7 +971,9 @@ class SwarmFetch:
 
     async def on_event(self, link: PeerLink, event: Event) -> None:
         if isinstance(event, PieceMeta | Refused):
-            if link.peer_id == self.owner or self._meta is None:
+            # From the owner only (it is set before the Want goes out): another member's
+            # hashes or origins would let it poison pieces or strip a blob's privacy.
+            if link.peer_id == self.owner:
                 if isinstance(event, PieceMeta) and self._meta is not None:
                     self.hashes.update(event.hashes)
                     self._add_peer(link.peer_id)
@@ -982,6 +1008,7 @@ class SwarmFetch:
 
     def link_lost(self, peer_id: bytes) -> None:
         self.peers.discard(peer_id)
+        self.access_sent.discard(peer_id)  # a new link starts without our credentials
         self.availability.pop(peer_id, None)
         for index, holders in list(self.inflight.items()):
             holders.discard(peer_id)

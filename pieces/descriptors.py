@@ -5,10 +5,16 @@ manifest that names a blob states its size too, in the blob's descriptor, and th
 the blob against it: a told size that disagrees with it is wrong, and is refused before anything
 is allocated from it.
 
-Bounded: the DEFAULT_LIMIT most recently learned digests are kept (~250 bytes each). Two
-manifests that give one digest different sizes mean that one of them lies (a digest names one
-content, so one size), and we cannot tell which: the size is forgotten. So a manifest from a
-registry that a client names can at most remove a check, never make a good blob unfetchable.
+Two manifests that give one digest different sizes mean that one of them lies (a digest names
+one content, so one size), and we cannot tell which: the size is forgotten, and the digest is
+held as disputed, never to be learned again. Forgetting alone would not do: any client can make
+the node read a manifest from a registry it names, and that registry could set the wrong size
+anew after every honest manifest. So such a manifest can at most remove a check, never make a
+good blob unfetchable.
+
+Bounded: the DEFAULT_LIMIT most recently learned sizes and the DEFAULT_LIMIT most recently
+disputed digests are kept (~250 bytes each). A digest pushed out of the disputed set by 65536
+newer disputes can be learned again, and then disputed again by the next honest manifest.
 """
 
 from __future__ import annotations
@@ -26,29 +32,37 @@ _MANY = ("layers", "manifests", "blobs")
 
 
 class DescriptorSizes:
-    """digest -> size, as the manifests seen so far give it; bounded, least recent dropped."""
+    """digest -> size, as the manifests seen so far give it, and the digests whose manifests
+    disagree; both bounded, least recent dropped."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self.limit = limit
         self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._disputed: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sizes)
+
+    def disputed(self) -> int:
+        """How many digests are held as disputed (their sizes are not learned)."""
+        return len(self._disputed)
 
     def size_of(self, digest: str) -> int | None:
         """The size the manifests give `digest`; None when unknown (or disputed)."""
         return self._sizes.get(digest)
 
     def learn(self, digest: str, size: int) -> None:
-        """Remember that a manifest gives `digest` this size."""
+        """Remember that a manifest gives `digest` this size, unless the size is disputed."""
+        if digest in self._disputed:
+            self._disputed.move_to_end(digest)  # still argued about: keep it longest
+            return
         known = self._sizes.get(digest)
         if known is not None and known != size:
-            del self._sizes[digest]  # disputed: see the module docstring
+            # Disputed for good: see the module docstring.
+            del self._sizes[digest]
+            _put(self._disputed, digest, None, self.limit)
             return
-        self._sizes[digest] = size
-        self._sizes.move_to_end(digest)
-        while len(self._sizes) > self.limit:
-            self._sizes.popitem(last=False)
+        _put(self._sizes, digest, size, self.limit)
 
     def learn_manifest(self, body: bytes) -> int:
         """Remember the sizes of every descriptor in a manifest or index; returns how many.
@@ -81,3 +95,11 @@ class DescriptorSizes:
             self.learn(digest, size)
             learned += 1
         return learned
+
+
+def _put(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Set `key` as the most recent entry of `table`, dropping the least recent over `limit`."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)

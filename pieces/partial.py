@@ -36,7 +36,9 @@ import xxhash
 
 from pieces.layout import PieceLayout
 
-META_VERSION = 1
+# 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
+# may be private, and nothing says which registry could vouch for a reader.
+META_VERSION = 2
 _HASH_READ = 1024 * 1024
 
 
@@ -97,8 +99,12 @@ class PartialBlob:
         meta_path: Path,
         complete_path: Path,
         pieces: dict[int, bytes],
+        origins: list[str] | None = None,
     ) -> None:
         self.digest = digest
+        # The registries these bytes come from with credentials (empty: public). They vouch
+        # for readers of the partial, and become the blob's private marker once it is verified.
+        self.origins: list[str] = list(origins or [])
         self.hex = digest.split(":", 1)[1]
         self.layout = layout
         self.data_path = data_path
@@ -298,6 +304,7 @@ class PartialBlob:
             "size": self.layout.size,
             "piece_size": self.layout.piece_size,
             "pieces": self.piece_hashes,
+            "origins": list(self.origins),
         }
         tmp = self.meta_path.with_suffix(".meta.tmp")
         try:
@@ -336,6 +343,10 @@ class PartialBlob:
                 f"blob {self.digest} has wrong content (its bytes hash to {actual})"
             )
         self.verified = True
+
+    def add_origins(self, origins: list[str]) -> None:
+        """More registries vouch for these bytes (the next meta save records them)."""
+        self.origins += [o for o in origins if o not in self.origins]
 
     def commit_sync(self) -> None:
         """fsync the verified data and move it into the complete area.
@@ -388,6 +399,9 @@ def load_meta(meta_path: Path) -> dict[str, Any] | None:
     if not isinstance(pieces, dict) or not isinstance(meta.get("size"), int):
         return None
     if not isinstance(meta.get("piece_size"), int) or meta["piece_size"] <= 0:
+        return None
+    origins = meta.get("origins")
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         return None
     return meta
 

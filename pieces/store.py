@@ -5,7 +5,9 @@ Layout under the data directory:
     partial/<hex>.data         a blob being written (sparse file of the full size)
     partial/<hex>.meta         msgpack: size, piece size, {piece index: xxh3-128} of written pieces
     manifests/sha256/<hex>     manifest bytes (verified), with <hex>.type holding the media type
-    private/<hex>              marker: this content was fetched with credentials (access-checked)
+    private/<hex>              the registries (a base URL a line) that served this content with
+                               credentials, written once it is verified: only they vouch for
+                               a reader (see peer/access.py)
     tmp/                       temporary files, emptied at start-up
 
 Accounting: bytes used (complete + partial; a partial by its allocated blocks, as it is a sparse
@@ -142,11 +144,18 @@ class Store:
         return size
 
     async def open_partial(
-        self, digest: str, size: int, piece_size: int | None = None
+        self,
+        digest: str,
+        size: int,
+        piece_size: int | None = None,
+        origins: list[str] | None = None,
     ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
 
         `piece_size` overrides the store's default (a swarm uses its owner's piece size).
+        `origins`: the registries the bytes come from with credentials (none: public). A
+        partial left on disk is resumed only for the same origins: its bytes must not reach a
+        reader whose registry never vouched for them. One open in this process gains them.
 
         `size` and `piece_size` come from an upstream or a peer: they are checked (descriptor,
         piece limit, quota, disk) before anything is allocated or evicted for them.
@@ -167,6 +176,7 @@ class Store:
                     f"{digest}: size {size} disagrees with the download in progress "
                     f"({existing.layout.size})"
                 )
+            existing.add_origins(list(origins or []))
             return existing
         self._check_size(digest, size, piece_size or self.piece_size)
         data_path = self._partial / f"{hex_}.data"
@@ -180,6 +190,7 @@ class Store:
             and meta.get("digest") == digest
             and (piece_size is None or meta["piece_size"] == piece_size)
             and PieceLayout(size, meta["piece_size"]).count <= MAX_PIECES
+            and sorted(meta["origins"]) == sorted(origins or [])
         ):
             layout = PieceLayout(size, meta["piece_size"])
             pieces = await trio.to_thread.run_sync(
@@ -195,14 +206,20 @@ class Store:
             )
         else:
             if meta is not None:
-                log.info("discarding stale partial of %s (size or format changed)", digest)
+                log.info(
+                    "discarding the partial of %s left on disk (size, piece size or the "
+                    "registries it came from differ)",
+                    digest,
+                )
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)
         # No await from here to the registration below: a concurrent open counts this one's
         # bytes as pending.
         self.make_room(size, digest)
         try:
-            blob = PartialBlob(digest, layout, data_path, meta_path, self._blobs / hex_, pieces)
+            blob = PartialBlob(
+                digest, layout, data_path, meta_path, self._blobs / hex_, pieces, origins
+            )
         except OSError as exc:
             raise io_error(exc, f"creating {digest} in {self.root}") from exc
         self._partials[hex_] = blob
@@ -234,6 +251,13 @@ class Store:
                 f"{digest}: {size} bytes in pieces of {piece_size} would be {pieces} pieces, "
                 f"more than {MAX_PIECES}"
             )
+
+    def commit_sync(self, blob: PartialBlob) -> None:
+        """Store a verified partial for good (worker thread): its origins become the blob's
+        private marker first, so the blob is never complete without it."""
+        for origin in blob.origins:
+            self.mark_private(blob.digest, origin)
+        blob.commit_sync()
 
     def release_partial(self, blob: PartialBlob) -> None:
         """Forget an in-process partial (after it completed, failed or was abandoned)."""
@@ -366,7 +390,17 @@ class Store:
         return [line for line in text.splitlines() if line]
 
     def is_private(self, digest: str) -> bool:
-        return (self._private / digest_hex(digest)).exists()
+        return bool(self.origins_of(digest))
+
+    def origins_of(self, digest: str) -> list[str]:
+        """Who may vouch for a reader of `digest`: the registries its stored copy came from
+        with credentials, and those of a partial being written in this process (only ever
+        written by a fetch with those credentials; a failed fetch leaves none behind)."""
+        origins = self.private_origins(digest)
+        partial = self._partials.get(digest_hex(digest))
+        if partial is not None:
+            origins += [o for o in partial.origins if o not in origins]
+        return origins
 
     def _drop_private_without_origin(self) -> None:
         """Markers of earlier versions did not record where the content came from: without

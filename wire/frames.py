@@ -14,7 +14,6 @@ from typing import Any
 
 import msgpack
 
-from wire.addresses import is_valid_host, is_valid_port, is_valid_registry
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
     EVENT_TYPES,
@@ -26,6 +25,12 @@ from wire.events import (
     Members,
     Peers,
     Piece,
+)
+from wire.names import (
+    is_valid_host,
+    is_valid_port,
+    is_valid_registry,
+    is_valid_repository,
 )
 from wire.seal import RECORD_LENGTH, TAG, Opener
 
@@ -108,7 +113,7 @@ _CHECKS: dict[str, Check] = {
     "mac": _bytes(32),
     "digest": lambda v: _str(v) and len(v) == 71 and v.startswith("sha256:"),
     "namespace": lambda v: v is None or is_valid_registry(v),
-    "repository": _str,
+    "repository": is_valid_repository,
     "authorization": _opt_str,
     "size": _int,
     "piece_size": lambda v: _int(v) and v > 0,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from peer.access import AccessPolicy
 from peer.auth_gate import AuthGate
 from peer.config import Address, NodeConfig
 from peer.downloads import Downloads
@@ -169,7 +170,10 @@ async def test_the_front_answers_500_for_an_unexpected_error(
     store = BrokenStore(tmp_path / "store", 64 * 1024)
     upstreams = Upstreams(UpstreamConfig(mapping={}, default="http://127.0.0.1:1"))
     front = RegistryFront(
-        store, upstreams, Downloads(store, upstreams, nursery), AuthGate(upstreams)
+        store,
+        upstreams,
+        Downloads(store, upstreams, nursery),
+        AccessPolicy(store, upstreams, AuthGate(upstreams)),
     )
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
 

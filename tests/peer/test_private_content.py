@@ -7,6 +7,7 @@ digest of, whatever it names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -113,7 +114,10 @@ async def test_a_client_cannot_name_the_registry_that_vouches_for_it(
     for method in ("GET", "HEAD"):
         for path in (f"blobs/{digest}", f"blobs/{config}", f"manifests/{manifest_digest}"):
             response = await setup.client.request(method, f"/v2/org/private/{path}{attack}")
-            assert response.status_code == 401, (method, path, response.status_code)
+            # Naming the registry the content came from: its refusal. Naming another: a miss
+            # (the client's credentials never go to a registry it did not name).
+            expected = 401 if ns is None else 404
+            assert response.status_code == expected, (method, path, response.status_code)
             assert data not in response.content and manifest not in response.content
     assert setup.evil.heads == 0  # never asked: it is not where the content came from
 
@@ -145,3 +149,109 @@ async def test_content_fetched_with_credentials_records_its_registry(setup: Setu
     await _wait_idle(setup.node)
     assert setup.node.store.private_origins(digest) == [setup.registry.url]
     assert MANIFEST_TYPE  # manifests of the fake registry are OCI image manifests
+
+
+class RecordingRegistry(FakeRegistry):
+    """A registry that remembers the Authorization of every request it got."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.authorizations: list[str | None] = []
+
+    async def _handle(self, conn: HttpConnection, request: Request) -> None:
+        self.authorizations.append(request.headers.get("authorization"))
+        await super()._handle(conn, request)
+
+
+@pytest.fixture
+async def two_registries(
+    tmp_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[tuple[FakeRegistry, RecordingRegistry, Node, httpx.AsyncClient]]:
+    """The real registry (private) and one a client names that holds the same bytes."""
+    registry = FakeRegistry(token="s3cret")
+    other = RecordingRegistry()
+    await nursery.start(registry.serve)
+    await nursery.start(other.serve)
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        upstreams={"reg.test": registry.url, "other.test": other.url},
+        default_upstream=registry.url,
+        piece_size=64 * 1024,
+        upstream_timeout=2.0,
+    )
+    node = Node(config)
+    port = await nursery.start(node.run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield registry, other, node, client
+
+
+async def test_a_clients_credentials_never_go_to_a_registry_it_did_not_name(
+    two_registries: tuple[FakeRegistry, RecordingRegistry, Node, httpx.AsyncClient],
+) -> None:
+    registry, other, node, client = two_registries
+    data = os.urandom(150_000)
+    digest = registry.add_blob(data)
+    other.blobs[digest] = data  # it really holds the bytes: it becomes an origin
+    first = await client.get(
+        f"/v2/x/y/blobs/{digest}?ns=other.test", headers={"Authorization": "Bearer junk"}
+    )
+    assert first.content == data
+    await _wait_idle(node)
+    asked_before = len(other.authorizations)
+    victim = await client.get(
+        f"/v2/org/app/blobs/{digest}?ns=reg.test", headers={"Authorization": TOKEN}
+    )
+    assert TOKEN not in other.authorizations[asked_before:]
+    assert victim.status_code in (200, 404)  # served after its own registry's check, or a miss
+
+
+async def test_a_failed_fetch_leaves_no_origin_that_could_vouch(
+    two_registries: tuple[FakeRegistry, RecordingRegistry, Node, httpx.AsyncClient],
+) -> None:
+    registry, other, node, client = two_registries
+    data = os.urandom(150_000)
+    digest = registry.add_blob(data)
+    other.blobs[digest] = data
+    other.lie_about.add(digest)  # serves zeros of the right length: never verified
+    with contextlib.suppress(httpx.HTTPError):
+        await client.get(
+            f"/v2/x/y/blobs/{digest}?ns=other.test", headers={"Authorization": "Bearer junk"}
+        )
+    await _wait_idle(node)
+    assert not node.store.has_blob(digest)
+    victim = await client.get(
+        f"/v2/org/app/blobs/{digest}?ns=reg.test", headers={"Authorization": TOKEN}
+    )
+    assert victim.content == data
+    await _wait_idle(node)
+    other.lie_about.clear()
+    other.token = "only-the-attacker"  # and it says yes to its own friends
+    attacker = await client.get(
+        f"/v2/org/app/blobs/{digest}?ns=other.test",
+        headers={"Authorization": "Bearer only-the-attacker"},
+    )
+    assert data not in attacker.content
+    assert node.store.private_origins(digest) == [registry.url]
+
+
+async def test_a_partial_left_by_an_authorised_pull_is_not_resumed_for_another_registry(
+    two_registries: tuple[FakeRegistry, RecordingRegistry, Node, httpx.AsyncClient],
+) -> None:
+    """The pieces on disk came from the private registry; a client naming another registry
+    (that answers for everyone) must not get them as the head of its stream."""
+    registry, other, node, client = two_registries
+    data = os.urandom(512 * 1024)
+    digest = registry.add_blob(data)
+    registry.cut_after = 300 * 1024  # the authorised download breaks off: a partial stays
+    with contextlib.suppress(httpx.HTTPError):
+        await client.get(f"/v2/org/app/blobs/{digest}", headers={"Authorization": TOKEN})
+    await _wait_idle(node)
+    assert node.store.partial_size_on_disk(digest) == len(data)
+    other.blobs[digest] = bytes(len(data))  # it has no idea of the content
+    stolen = bytearray()
+    with contextlib.suppress(httpx.HTTPError):  # a cut stream is fine: what came counts
+        async with client.stream("GET", f"/v2/x/y/blobs/{digest}?ns=other.test") as answer:
+            async for chunk in answer.aiter_raw():
+                stolen += chunk
+    assert data[: 64 * 1024] not in stolen

@@ -15,8 +15,10 @@ import trio
 
 from bench.components import free_port
 from peer.config import Address, NodeConfig
+from peer.http_server import HttpConnection
+from peer.http_server import Request as HttpRequest
 from peer.node import Node
-from peer.peer_link import PeerLink
+from peer.peer_link import LinkClosed, PeerLink
 from tests.peer.fake_registry import FakeRegistry
 from wire.events import Access, Event, Piece, Reject, Request
 from wire.protocol import Role
@@ -32,10 +34,7 @@ class Setup:
     peer_port: int
 
 
-@pytest.fixture
-async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
-    registry = FakeRegistry()
-    await nursery.start(registry.serve)
+async def _node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry) -> Setup:
     peer_port = free_port()
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
@@ -47,8 +46,17 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     )
     node = Node(config)
     port = await nursery.start(node.run)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield Setup(registry, node, client, peer_port)
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return Setup(registry, node, client, peer_port)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    made = await _node(tmp_path, nursery, registry)
+    async with made.client:
+        yield made
 
 
 async def _cached(setup: Setup, data: bytes, token: str | None) -> str:
@@ -75,10 +83,18 @@ class Member:
         if isinstance(event, Piece | Reject):
             await self.answers.send(event)
 
-    async def ask(self, digest: str, index: int) -> Event:
-        await self.link.send(Request(digest, index))
-        with trio.fail_after(10):
-            return await self._answers.receive()
+    async def run(self) -> None:
+        async with self.answers:  # closed with the link: ask() then says so
+            await self.link.run(self.on_event)
+
+    async def ask(self, digest: str, index: int) -> Event | None:
+        """The answer to a Request; None when the node closed the link instead."""
+        try:
+            await self.link.send(Request(digest, index))
+            with trio.fail_after(10):
+                return await self._answers.receive()
+        except (LinkClosed, trio.EndOfChannel):
+            return None
 
 
 async def _member(setup: Setup, nursery: trio.Nursery) -> Member:
@@ -88,7 +104,7 @@ async def _member(setup: Setup, nursery: trio.Nursery) -> Member:
     )
     await link.handshake()
     member = Member(link)
-    nursery.start_soon(link.run, member.on_event)
+    nursery.start_soon(member.run)
     return member
 
 
@@ -120,3 +136,64 @@ async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nur
     answer = await member.ask(digest, 1)
     assert isinstance(answer, Piece)
     assert bytes(answer.data) == data[64 * 1024 :]
+
+
+class PartlyPublicRegistry(FakeRegistry):
+    """Everything under /v2/pub/ is public; the rest needs the token."""
+
+    async def _handle(self, conn: HttpConnection, request: HttpRequest) -> None:
+        if not request.target.startswith(b"/v2/pub/"):
+            await super()._handle(conn, request)
+            return
+        saved, self.token = self.token, None
+        try:
+            await super()._handle(conn, request)
+        finally:
+            self.token = saved
+
+
+async def test_a_repository_name_cannot_steer_the_access_check(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """`pub/x/manifests/v1?` as a repository would make the check ask for a public manifest
+    and answer yes for a private blob."""
+    registry = PartlyPublicRegistry()
+    await nursery.start(registry.serve)
+    setup = await _node(tmp_path, nursery, registry)
+    async with setup.client:
+        data = os.urandom(256 * 1024)
+        digest = await _cached(setup, data, "s3cret")
+        registry.add_manifest("v1", b'{"schemaVersion":2}')
+        member = await _member(setup, nursery)
+        await member.link.send(Access(digest, None, "pub/x/manifests/v1?", None))
+        answer = await member.ask(digest, 2)
+        assert not isinstance(answer, Piece)
+
+
+async def test_only_the_owner_says_what_a_blob_is() -> None:
+    """A PieceMeta from any other member (say, one with no origins: 'public') is ignored:
+    otherwise it could strip a private blob's marking or plant piece hashes."""
+    from peer.downloads import Download
+    from peer.swarm import DigestState, SwarmFetch
+    from wire.events import PieceMeta
+
+    digest = "sha256:" + "c" * 64
+    owner, liar = b"O" * 16, b"L" * 16
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]  # not reached: the event is dropped before
+        DigestState(digest),
+        Download(digest, None, "org/app", "key"),
+        {"authorization": "Bearer s3cret"},
+    )
+    fetch.owner = owner
+
+    class Link:
+        peer_id = liar
+
+    lie = PieceMeta(digest, 1000, 100, {0: b"h" * 16}, origins=[])
+    await fetch.on_event(Link(), lie)  # type: ignore[arg-type]
+    assert fetch._meta is None and not fetch.hashes
+    Link.peer_id = owner
+    truth = PieceMeta(digest, 1000, 100, {}, origins=["https://reg.test"])
+    await fetch.on_event(Link(), truth)  # type: ignore[arg-type]
+    assert fetch._meta is truth

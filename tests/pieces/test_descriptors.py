@@ -65,6 +65,36 @@ def test_disagreeing_manifests_leave_the_size_unknown() -> None:
     assert sizes.size_of(digest(1)) is None
 
 
+def test_a_disputed_size_is_never_learned_again() -> None:
+    # A client can make the node read a manifest from a registry it names: were a disputed
+    # digest learned anew, that registry could set a wrong size after every honest manifest
+    # and the real blob would be refused for it.
+    sizes = DescriptorSizes()
+    sizes.learn(digest(1), 100)  # honest
+    sizes.learn(digest(1), 101)  # evil: disputed
+    sizes.learn(digest(1), 101)  # evil again
+    assert sizes.size_of(digest(1)) is None
+    for size in (100, 101, 100, 100):
+        sizes.learn(digest(1), size)
+        assert sizes.size_of(digest(1)) is None
+    assert len(sizes) == 0
+
+
+def test_the_disputed_digests_are_bounded_and_keep_the_most_recent() -> None:
+    sizes = DescriptorSizes(limit=3)
+    for n in range(5):
+        sizes.learn(digest(n), n)
+        sizes.learn(digest(n), n + 1)
+    assert sizes.disputed() == 3
+    sizes.learn(digest(2), 7)  # disputed again: now the most recent
+    sizes.learn(digest(5), 5)
+    sizes.learn(digest(5), 6)
+    for n in range(6):
+        sizes.learn(digest(n), n)
+    # 0, 1 and 3 fell out of the disputed set: their sizes can be learned again.
+    assert [sizes.size_of(digest(n)) for n in range(6)] == [0, 1, None, 3, None, None]
+
+
 def test_the_table_is_bounded_and_keeps_the_most_recent() -> None:
     sizes = DescriptorSizes(limit=3)
     for n in range(5):

@@ -13,11 +13,12 @@ text = st.text(max_size=50)
 hashes16 = st.binary(min_size=16, max_size=16)
 hosts = st.sampled_from(["10.0.0.1", "::1", "node-1.cluster.local", "a"])
 registries = st.sampled_from(["docker.io", "registry.internal:5000", "[::1]:443", "10.0.0.1"])
+repositories = st.sampled_from(["library/alpine", "org/team/app", "a", "x-y_z.w"])
 origins = st.lists(st.sampled_from(["https://ghcr.io", "http://10.0.0.1:5000"]), max_size=3)
 
 events = st.one_of(
-    st.builds(ev.Want, digests, st.none() | registries, text, st.none() | text),
-    st.builds(ev.Access, digests, st.none() | registries, text, st.none() | text),
+    st.builds(ev.Want, digests, st.none() | registries, repositories, st.none() | text),
+    st.builds(ev.Access, digests, st.none() | registries, repositories, st.none() | text),
     st.builds(
         ev.PieceMeta,
         digests,

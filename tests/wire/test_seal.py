@@ -94,18 +94,31 @@ def test_another_key_is_refused() -> None:
         decoder.next_event()
 
 
+NEVER = 1 << 62  # rekey_bytes for a side that does not update its key
+
+
 def test_keys_are_updated_on_both_sides_at_the_same_record() -> None:
     key = os.urandom(32)
     sealer, opener = Sealer(key, rekey_bytes=1000), Opener(key, rekey_bytes=1000)
-    records = [sealer.seal(os.urandom(300)) for _ in range(10)]  # updates after 4, 8
-    for record in records:
-        opener.open(record)
-    # A record from before an update cannot be replayed after it.
-    late = Opener(key, rekey_bytes=1000)
+    plaintexts = [os.urandom(300) for _ in range(10)]  # updates after records 4 and 8
+    records = [sealer.seal(data) for data in plaintexts]
+    assert [opener.open(record) for record in records] == plaintexts
+    # The sealer did update its key after record 4: an opener that keeps the first key opens
+    # the records before, and not the first one after.
+    stale_opener = Opener(key, rekey_bytes=NEVER)
     for record in records[:4]:
-        late.open(record)
-    with pytest.raises(RemoteProtocolError):
-        late.open(records[0])
+        stale_opener.open(record)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        stale_opener.open(records[4])
+    # The opener does update its key after record 4: the records of a sealer that keeps the
+    # first key open before it, and not after.
+    stale_sealer = Sealer(key, rekey_bytes=NEVER)
+    stale_records = [stale_sealer.seal(data) for data in plaintexts]
+    fresh_opener = Opener(key, rekey_bytes=1000)
+    for record in stale_records[:4]:
+        fresh_opener.open(record)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        fresh_opener.open(stale_records[4])
 
 
 def test_a_sealed_unrequested_piece_is_refused_from_its_header() -> None:

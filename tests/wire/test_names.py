@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wire.addresses import is_valid_host
 from wire.errors import RemoteProtocolError
 from wire.events import Members, Peers
 from wire.frames import decode_header
+from wire.names import is_valid_host
 
 BAD_HOSTS = ["a\x00b", "x" * 300, "[", "a..b", "", "h\u00e9te", "-a", "a b", "[::1]"]
 

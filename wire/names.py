@@ -1,4 +1,4 @@
-"""Host names and registry names that other parties hand us, checked where they enter.
+"""Host, registry and repository names that other parties hand us, checked where they enter.
 
 A member's address goes straight to the resolver and the socket calls (`sendto`, connect),
 and a registry name (a client's `?ns=`, a peer's Want) becomes the authority of a URL
@@ -14,6 +14,12 @@ import ipaddress
 import re
 
 MAX_HOST = 253  # the longest DNS name
+# Repository names per the OCI distribution spec; several path components are allowed. A
+# repository goes into URL paths (`/v2/<name>/blobs/...`): anything else could end the path
+# early (`?`, `#`) or climb out of it.
+REPOSITORY = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+_REPOSITORY = re.compile(REPOSITORY, re.ASCII)
+MAX_REPOSITORY = 255
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
 # A registry as image references name it (the distribution reference grammar): a DNS name
@@ -53,3 +59,12 @@ def is_valid_registry(name: object) -> bool:
         except ValueError:
             return False
     return match["port"] is None or 0 < int(match["port"]) < 65536
+
+
+def is_valid_repository(name: object) -> bool:
+    """True for an OCI repository name such as `library/alpine` (at most 255 characters)."""
+    return (
+        type(name) is str
+        and len(name) <= MAX_REPOSITORY
+        and _REPOSITORY.fullmatch(name) is not None
+    )
