@@ -51,8 +51,9 @@ class AuthGate:
         refusal.
 
         Raises:
-            UpstreamError: the upstream could not be asked (the client gets a 502, not the
-                content: serving private bytes unchecked is worse than failing).
+            UpstreamError: the upstream could not be asked, or redirected the check where a
+                redirect may not lead (see peer/upstream.py): the client gets a 502, not the
+                content; serving private bytes unchecked is worse than failing.
         """
         key = (credentials_key(headers), origin, name, reference)
         now = time.monotonic()

@@ -21,9 +21,16 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from peer.upstream import UnforwardableHeader, UpstreamError, check_forwardable
+from peer.upstream import (
+    MAX_REDIRECTS,
+    RedirectStart,
+    UnforwardableHeader,
+    UpstreamError,
+    check_connected_address,
+    check_forwardable,
+    check_redirect_target,
+)
 
-MAX_REDIRECTS = 5
 # No file can be larger (the kernel's offsets are signed 64-bit): a size or offset beyond it is a
 # lie, and the store must never see it.
 MAX_FILE_SIZE = 2**63 - 1
@@ -158,26 +165,31 @@ async def open_blob(
     stall_timeout: float,
     method: str = "GET",
 ) -> BlobStream:
-    """Send the request and return once the response head is in; redirects are followed.
+    """Send the request and return once the response head is in; redirects are followed, to
+    where `check_redirect_target` allows.
 
     The Authorization header is dropped when a redirect leaves the origin (object storage must
     never see registry credentials).
 
     Raises:
         UpstreamError: connection, TLS or protocol failure, too many redirects, a redirect to a
-            URL we cannot fetch, a size past any file, or a header HTTP/1.1 cannot carry.
+            URL we cannot fetch or to an internal address, a size past any file, or a header
+            HTTP/1.1 cannot carry.
     """
     request_headers = dict(headers)
     try:
         check_forwardable(request_headers)
     except UnforwardableHeader as exc:
         raise UpstreamError(url, str(exc)) from None
-    origin = _Origin.of(_split(url))
+    first = _split(url)
+    origin = _Origin.of(first)
+    upstream = f"{first.scheme}://{first.netloc.rpartition('@')[2]}"  # named in refusals
+    start: RedirectStart | None = None  # known once the registry is connected to
     for _ in range(MAX_REDIRECTS + 1):
         parts = _split(url)
         if _Origin.of(parts) != origin:
             request_headers.pop("authorization", None)
-        stream = await _connect(parts, connect_timeout, stall_timeout)
+        stream, start = await _connect(parts, upstream, start, connect_timeout, stall_timeout)
         try:
             conn = h11.Connection(h11.CLIENT)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -246,10 +258,26 @@ def _past_any_file(text: str) -> bool:
 
 
 async def _connect(
-    parts: urllib.parse.SplitResult, connect_timeout: float, stall_timeout: float
-) -> trio.abc.Stream:
+    parts: urllib.parse.SplitResult,
+    upstream: str,
+    start: RedirectStart | None,
+    connect_timeout: float,
+    stall_timeout: float,
+) -> tuple[trio.abc.Stream, RedirectStart]:
+    """Connect to the origin of `parts`, with TLS for https.
+
+    `start` is None for the request's first URL: the registry, which is not checked, and whose
+    address tells whether it is internal (the returned RedirectStart). For a redirect, the
+    target is checked by name before connecting, and by the address reached after: DNS that
+    answers a public address to the check and a loopback one to the connection (rebinding)
+    then gets a TCP handshake, never a request.
+    """
     origin = _Origin.of(parts)
     where = f"{parts.scheme}://{parts.netloc}"
+    if start is not None:
+        await check_redirect_target(
+            upstream, start, origin.host, origin.port, timeout=connect_timeout
+        )
     try:
         with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(origin.host, origin.port)
@@ -259,8 +287,20 @@ async def _connect(
         raise UpstreamError(where, f"cannot connect: {exc.strerror or exc}") from exc
     except ValueError as exc:  # the IDNA codec refuses the host name (an empty or long label)
         raise UpstreamError(where, f"cannot connect: bad host name: {exc}") from exc
+    try:
+        address = str(tcp.socket.getpeername()[0])
+        if start is None:
+            start = RedirectStart.reached_at(origin.host, address)
+        else:
+            check_connected_address(upstream, start, origin.host, origin.port, address)
+    except OSError as exc:  # getpeername: reset already
+        await _close(tcp)
+        raise UpstreamError(where, f"connection broke: {exc}") from exc
+    except UpstreamError:
+        await _close(tcp)
+        raise
     if origin.scheme == "http":
-        return tcp
+        return tcp, start
     try:
         tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=origin.host)
     except ValueError as exc:  # ssl refuses the host name
@@ -272,7 +312,7 @@ async def _connect(
     except (trio.TooSlowError, trio.BrokenResourceError) as exc:
         await _close(tcp)
         raise UpstreamError(where, f"TLS handshake failed: {exc.__cause__ or exc}") from exc
-    return tls
+    return tls, start
 
 
 async def _next_event(

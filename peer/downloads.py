@@ -30,7 +30,7 @@ from peer.upstream import (
     Upstreams,
     pick_headers,
 )
-from pieces.partial import BlobFailed, DiskFull, PartialBlob, SizeRefused
+from pieces.partial import BlobFailed, DiskFull, NoRoom, PartialBlob, SizeRefused
 from pieces.store import Store
 
 log = logging.getLogger("pollen.download")
@@ -184,7 +184,7 @@ class Downloads:
             partial = download.partial
             if partial is not None:
                 partial.fail(exc)
-                if isinstance(exc, DiskFull):
+                if isinstance(exc, DiskFull | NoRoom):
                     # Kept for a resume, it would keep the disk full and fail every later
                     # blob; the next request for this one starts over once there is room.
                     async with partial.write_lock:
@@ -378,6 +378,7 @@ class Downloads:
             try:
                 while (full := await pipe.take_full()) is not None:
                     views = [memoryview(buffer)[:length] for buffer, length in full]
+                    self._store.ensure_room(partial, sum(length for _, length in full))
                     async with partial.write_lock:
                         completed = await trio.to_thread.run_sync(partial.write_sync, offset, views)
                     written = sum(length for _, length in full)

@@ -12,7 +12,7 @@ asks `admit` before reading a byte and closes the connection at once when it say
   source could hold `max_per_address` of the global handshakes: a handshake that says nothing
   lasts the handshake time-out, so two sources reconnecting that often would hold them all and
   no peer could link to us. With it, holding every handshake takes
-  max_handshakes / max_handshakes_per_address sources (16 with the defaults). Loopback is not
+  max_handshakes / max_handshakes_per_address sources (64 with the defaults). Loopback is not
   held to it: the nodes of a test cluster all dial from 127.0.0.1 and may all link at once,
   and a process on this host has easier ways to hurt the node;
 - at most `max_handshakes` handshakes in progress in all (each ends within the handshake
@@ -34,7 +34,7 @@ import ipaddress
 
 DEFAULT_MAX_PER_ADDRESS = 32
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 4
-DEFAULT_MAX_HANDSHAKES = 64
+DEFAULT_MAX_HANDSHAKES = 256  # a few KiB each: 256 hold about a MiB
 
 
 def source_of(address: str) -> tuple[str, bool]:

@@ -87,6 +87,7 @@ class RegistryFront:
             try:
                 target = parse_target(request.target)
                 route = target.route
+                self.upstreams.check_namespace(target.namespace)
                 if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
                     # Checked before any upstream request or shared download starts.
                     check_forwardable(pick_headers(request.headers, FORWARDED_REQUEST_HEADERS))

@@ -100,7 +100,9 @@ class DigestState:
     listening: PartialBlob | None = None
     # A private blob's pieces go only to peers whose credentials a registry it came from
     # accepted (through their Want or Access), exactly as for clients of the HTTP front.
-    granted: dict[bytes, float] = field(default_factory=dict)  # peer -> until (monotonic)
+    # peer -> (until, the origins its credentials were checked against): a grant covers only
+    # content private to those registries, and only for a while.
+    granted: dict[bytes, tuple[float, frozenset[str]]] = field(default_factory=dict)
     access: dict[bytes, Access] = field(default_factory=dict)  # kept only until checked
 
 
@@ -278,6 +280,7 @@ class Swarm:
         """Push-pull full membership state with one random member, periodically."""
         while True:
             await trio.sleep(SYNC_PERIOD * random.uniform(0.8, 1.2))
+            self.forget_idle_digests()
             members = [m.node_id for m in self.membership.alive()]
             if not members:
                 continue
@@ -400,6 +403,12 @@ class Swarm:
     # ---- the owner's side -----------------------------------------------------------------
 
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
+        try:
+            await self._answer_want(link, want)
+        finally:
+            self._forget_if_idle(want.digest)
+
+    async def _answer_want(self, link: PeerLink, want: Want) -> None:
         digest = want.digest
         state = self.state(digest)
         headers = {"authorization": want.authorization} if want.authorization else {}
@@ -434,13 +443,15 @@ class Swarm:
             message = f"owner's upstream fetch failed: {download.error}"
             await self._send(link, Refused(digest, 502, {}, message.encode()[:4000]))
             return
-        if download.auth_key == credentials_key(headers):
-            self._grant(state, link.peer_id)  # the upstream just accepted these credentials
-        else:
-            # Joined a download another client's credentials started: the same check as
-            # for serving it from disk.
-            if not await self._allowed_or_refused(link, access):
-                return
+        if download.auth_key is not None and download.auth_key == credentials_key(headers):
+            # The upstream accepted these very credentials for this private download.
+            self._grant(state, link.peer_id)
+        elif download.auth_key != credentials_key(headers) and not await self._allowed_or_refused(
+            link, access
+        ):
+            # Joined a download another client's credentials started, and failed the same
+            # check as for serving it from disk (it has been sent the refusal).
+            return
         state.interested.add(link.peer_id)  # only now: PieceMeta updates go to it
         self._listen(state, partial)
         meta = PieceMeta(
@@ -485,11 +496,17 @@ class Swarm:
         return refusal
 
     def _grant(self, state: DigestState, peer_id: bytes) -> None:
-        state.granted[peer_id] = time.monotonic() + DEFAULT_TTL
+        origins = frozenset(self.store.origins_of(state.digest))
+        if origins:  # public content needs no grant, and must not leave one behind
+            state.granted[peer_id] = (time.monotonic() + DEFAULT_TTL, origins)
 
     def _granted(self, state: DigestState, peer_id: bytes) -> bool:
-        until = state.granted.get(peer_id)
-        return until is not None and until > time.monotonic()
+        grant = state.granted.get(peer_id)
+        if grant is None:
+            return False
+        until, origins = grant
+        current = set(self.store.origins_of(state.digest))
+        return until > time.monotonic() and bool(origins & current)
 
     def _listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
@@ -591,7 +608,13 @@ class Swarm:
             return False
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
-        state = self.state(event.digest)
+        state = self.digests.get(event.digest)
+        if state is None:
+            bits = self._our_bits(event.digest)
+            if bits is not None:  # a blob we hold: the peer may take pieces of it
+                state = self.state(event.digest)
+            else:
+                return  # neither held nor fetched: nothing to say, nothing to keep
         if state.fetch is not None:
             state.fetch.on_bitfield(link.peer_id, event.bits)
         if link.peer_id not in state.bitfield_sent:
@@ -640,6 +663,22 @@ class Swarm:
             await fetch.run()
         finally:
             state.fetch = None
+            self._forget_if_idle(download.digest)
+
+    def _forget_if_idle(self, digest: str) -> None:
+        """Drop what this node keeps about `digest` once it neither holds nor fetches it:
+        clients and members can name any digest, and the table must not grow with them."""
+        state = self.digests.get(digest)
+        if state is None or state.fetch is not None:
+            return
+        if self.store.has_blob(digest) or self.store.partial(digest) is not None:
+            return
+        del self.digests[digest]
+
+    def forget_idle_digests(self) -> None:
+        """Sweep the table (blobs are evicted without the swarm hearing of it)."""
+        for digest in list(self.digests):
+            self._forget_if_idle(digest)
 
 
 @dataclass(eq=False)
@@ -1081,6 +1120,7 @@ class SwarmFetch:
         # missing and not in flight, and ask another peer for it while it is being written.
         self.storing.add(piece.index)
         try:
+            swarm.store.ensure_room(partial, len(data))
             async with partial.write_lock:
                 if piece.index in partial.piece_hashes:  # the other copy of an endgame pair
                     swarm.counters.wasted_bytes += len(data)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ class PartialBlob:
         # The registries these bytes come from with credentials (empty: public). They vouch
         # for readers of the partial, and become the blob's private marker once it is verified.
         self.origins: list[str] = list(origins or [])
+        self.opened_at = time.monotonic()  # for the disk it may reserve (Store.make_room)
+        self.room_until = 0  # bytes_present up to which the store has made room (ensure_room)
         self.hex = digest.split(":", 1)[1]
         self.layout = layout
         self.data_path = data_path

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ log = logging.getLogger("pollen.store")
 
 HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512 MiB)
 MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
+ROOM_STEP = 64 * 1024 * 1024  # eviction for a download runs this far ahead of its bytes
+RESERVE_SECONDS = 60.0  # a download reserves disk for this long at its rate (see _reservation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,17 +216,37 @@ class Store:
                 )
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)
-        # No await from here to the registration below: a concurrent open counts this one's
-        # bytes as pending.
-        self.make_room(size, digest)
+        # Room for the whole blob must be there (else NoRoom now, nothing evicted), but only
+        # the first ROOM_STEP is made now, unless a manifest's descriptor confirms the size:
+        # then a told size and a trickle cannot evict the cache. The rest is made as the
+        # bytes arrive (ensure_room). No await from here to the registration below.
+        confirmed = self.descriptor_sizes.size_of(digest) == size
+        step = size if confirmed else min(size, ROOM_STEP)
+        self.make_room(size, digest, evict_for=step)
         try:
             blob = PartialBlob(
                 digest, layout, data_path, meta_path, self._blobs / hex_, pieces, origins
             )
         except OSError as exc:
             raise io_error(exc, f"creating {digest} in {self.root}") from exc
+        blob.room_until = blob.bytes_present + step
         self._partials[hex_] = blob
         return blob
+
+    def ensure_room(self, blob: PartialBlob, incoming: int) -> None:
+        """Before writing `incoming` more bytes of `blob`: evict what the next ROOM_STEP needs
+        once the room made so far is used up, so a download evicts in step with the bytes it
+        really receives.
+
+        Raises:
+            NoRoom: the disk cannot hold them even with everything evictable gone.
+        """
+        if blob.bytes_present + incoming <= blob.room_until:
+            return
+        remaining = max(0, blob.layout.size - blob.bytes_present)
+        step = max(incoming, min(remaining, ROOM_STEP))
+        self.make_room(step, None, exclude=blob.hex)
+        blob.room_until = blob.bytes_present + step
 
     def _check_size(self, digest: str, size: int, piece_size: int) -> None:
         """Refuse a told size that cannot be right or cannot fit, before any allocation; the
@@ -441,9 +464,18 @@ class Store:
             readers=sum(self._readers.values()),
         )
 
-    def make_room(self, size: int, digest: str | None = None) -> None:
+    def make_room(
+        self,
+        size: int,
+        digest: str | None = None,
+        *,
+        evict_for: int | None = None,
+        exclude: str | None = None,
+    ) -> None:
         """Evict least recently used blobs until a blob of `size` bytes fits the disk and the
-        quota; a partial of `digest` left on disk counts as the part already there.
+        quota; a partial of `digest` left on disk counts as the part already there. With
+        `evict_for`, check that `size` could fit but evict only for the first `evict_for`
+        bytes. `exclude`: the hex digest of a partial being written, not counted as pending.
 
         Blobs with readers and partials being written are never evicted. If only they keep the
         quota from being met, the write goes ahead over quota (a warning is logged): failing a
@@ -453,16 +485,14 @@ class Store:
             NoRoom: the blob is larger than the quota, or than the free disk plus all that
                 eviction could free; nothing was evicted.
         """
-        hex_ = digest_hex(digest) if digest is not None else None
+        hex_ = digest_hex(digest) if digest is not None else exclude
         held = 0
-        if hex_ is not None:
+        if digest is not None:
             with contextlib.suppress(FileNotFoundError):
                 held = (self._partial / f"{hex_}.data").stat().st_blocks * 512
-        pending = sum(
-            max(0, blob.layout.size - blob.bytes_present)
-            for key, blob in self._partials.items()
-            if key != hex_
-        )
+        now = time.monotonic()
+        others = (blob for key, blob in self._partials.items() if key != hex_)
+        pending = sum(_reservation(blob, now) for blob in others)
         # Each scan reads every file's metadata: done only when the answer depends on it.
         used = self.bytes_used() if self.quota is not None else 0
         space = Space(self.disk_free(), used, pending, self.quota)
@@ -470,6 +500,8 @@ class Store:
         if not fits(size, held, space):
             candidates = [c for c in self._evictable() if c.hex != hex_]
         plan = plan_room(digest or "a blob", size, held, space, candidates)
+        if evict_for is not None and evict_for < size:
+            plan = plan_room(digest or "a blob", evict_for, held, space, candidates)
         for victim in plan.evict:
             self._evict(victim)
             kind = "partial " if victim.partial else ""
@@ -493,6 +525,7 @@ class Store:
         for entry in os.scandir(self._manifests):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
+            self._drop_marker_if_unused(entry.name.removesuffix(".type"))
         log.info("cache flushed: %d blobs, %d bytes", removed, freed)
         return removed, freed
 
@@ -523,11 +556,34 @@ class Store:
                 return  # the complete copy keeps its marker and its hashes
         else:
             (self._blobs / hex_).unlink(missing_ok=True)
-        (self._private / hex_).unlink(missing_ok=True)
-        self._forget_hashes(hex_)
+            self._forget_hashes(hex_)
+        self._drop_marker_if_unused(hex_)
+
+    def _drop_marker_if_unused(self, hex_: str) -> None:
+        """Remove a private marker once nothing of that digest is stored. Blobs and manifests
+        share the digest space and the marker: a manifest keeps it after its digest's blob or
+        partial is evicted (or it would be served to anyone)."""
+        stored = (self._blobs / hex_, self._manifests / hex_)
+        if not any(path.exists() for path in stored):
+            (self._private / hex_).unlink(missing_ok=True)
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
+
+
+def _reservation(blob: PartialBlob, now: float) -> int:
+    """Disk a download in progress holds for the bytes still to come: what it has shown it
+    can deliver in the next RESERVE_SECONDS at its rate so far, never more than it lacks.
+
+    The full remaining size would let any upstream reserve the disk with a told size and a
+    trickle (a client names the upstream): the cache evicted, every other blob refused for as
+    long as the trickle lasts. A fast download reserves its remainder as before; downloads
+    that start at the same moment reserve nothing yet, and one may then meet a full disk
+    mid-stream (its partial is dropped, its client sees a cut stream).
+    """
+    remaining = max(0, blob.layout.size - blob.bytes_present)
+    rate = blob.bytes_present / max(now - blob.opened_at, 1.0)
+    return min(remaining, int(rate * RESERVE_SECONDS))
 
 
 def _write_lines_atomically(path: Path, lines: list[str], tmp_dir: Path) -> None:

@@ -11,6 +11,7 @@ import trio
 from peer.blob_stream import open_blob
 from peer.http_server import HttpConnection, Request, serve_connection
 from peer.upstream import UpstreamError
+from tests.peer.scripted_server import RebindingResolver, ScriptedServer, redirect_to, reply
 
 
 class Server:
@@ -194,3 +195,72 @@ async def test_a_header_that_cannot_be_sent_is_an_upstream_error(
     await nursery.start(server.serve)
     with pytest.raises(UpstreamError):
         await read_all(f"http://127.0.0.1:{server.port}/x", {"accept": value})
+
+
+# ---- where a redirect may lead -------------------------------------------------------------
+
+SECRET = b"metadata-credential"
+
+
+async def _secret(conn: HttpConnection, request: Request) -> None:
+    await reply(conn, request, 200, [], SECRET)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [
+        ("http://127.0.0.1:{port}/latest/meta-data/iam", "loopback"),
+        ("http://localhost:{port}/metrics", "loopback"),
+        ("http://2130706433:{port}/metrics", "loopback"),  # 127.0.0.1 as one number
+        ("http://0.0.0.0:{port}/metrics", "unspecified"),
+        ("http://[::ffff:127.0.0.1]:{port}/metrics", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ],
+)
+async def test_a_redirect_to_an_internal_address_is_refused(
+    nursery: trio.Nursery, method: str, target: str, kind: str
+) -> None:
+    internal = ScriptedServer("127.0.0.1", _secret)
+    await nursery.start(internal.serve)
+    evil = ScriptedServer("127.0.0.2", redirect_to(lambda _: target.format(port=internal.port)))
+    await nursery.start(evil.serve)
+    with pytest.raises(UpstreamError) as caught:
+        body = await open_blob(
+            evil.url + "/v2/x/blobs/y", {}, connect_timeout=2, stall_timeout=5, method=method
+        )
+        await body.aclose()
+    assert caught.value.upstream == evil.url
+    assert "redirected to" in caught.value.reason
+    assert kind in caught.value.reason
+    assert len(evil.seen) == 1
+    assert internal.seen == []
+
+
+async def test_a_redirect_may_stay_on_an_internal_registrys_host(nursery: trio.Nursery) -> None:
+    storage = ScriptedServer("127.0.0.2", _secret)
+    await nursery.start(storage.serve)
+    registry = ScriptedServer(
+        "127.0.0.2", redirect_to(lambda _: f"http://127.0.0.2:{storage.port}/object")
+    )
+    await nursery.start(registry.serve)
+    assert await read_all(registry.url + "/v2/x/blobs/y") == (200, SECRET)
+
+
+async def test_a_redirect_target_that_rebinds_to_loopback_is_never_sent_the_request(
+    nursery: trio.Nursery,
+) -> None:
+    # The name passes the check (a public address), then resolves to loopback for the
+    # connection: the connected address is checked again before a byte is sent.
+    internal = ScriptedServer("127.0.0.1", _secret)
+    await nursery.start(internal.serve)
+    evil = ScriptedServer(
+        "127.0.0.2", redirect_to(lambda _: f"http://rebind.test:{internal.port}/metrics")
+    )
+    await nursery.start(evil.serve)
+    resolver = RebindingResolver()
+    trio.socket.set_custom_hostname_resolver(resolver)
+    with pytest.raises(UpstreamError, match="loopback"):
+        await read_all(evil.url + "/v2/x/blobs/y")
+    assert resolver.asked == 2
+    assert internal.seen == []

@@ -193,3 +193,30 @@ async def test_the_front_answers_500_for_an_unexpected_error(
     )
     assert (await client.get("/healthz"))[2] == b"ok\n"
     await upstreams.aclose()
+
+
+@pytest.mark.parametrize(
+    "ns", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "169.254.169.254", "0.0.0.0"]
+)
+async def test_a_client_cannot_name_an_internal_host_as_its_registry(
+    front: Front, ns: str
+) -> None:
+    """`?ns=` is the client's to choose: naming this host's own services (the admin port,
+    say) or a link-local metadata service would make the node a proxy into them."""
+    listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener[0].socket.getsockname()[1]
+    connections = 0
+
+    async def count(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, count, listener)
+        digest = "sha256:" + "a" * 64
+        for path in (f"/v2/x/blobs/{digest}", "/v2/x/manifests/latest", "/v2/"):
+            status, _, body = await front.get(f"{path}?ns={ns.format(port=port)}")
+            assert status == 400, (path, status, body)
+        nursery.cancel_scope.cancel()
+    assert connections == 0

@@ -197,3 +197,50 @@ async def test_only_the_owner_says_what_a_blob_is() -> None:
     truth = PieceMeta(digest, 1000, 100, {}, origins=["https://reg.test"])
     await fetch.on_event(Link(), truth)  # type: ignore[arg-type]
     assert fetch._meta is truth
+
+
+async def test_a_grant_made_while_a_blob_was_public_does_not_outlive_its_privacy(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """A member's Want for a blob fetched without credentials (public, and in the attack
+    failing its sha256) must not leave a grant that later covers the private copy."""
+    from wire.events import Want
+
+    data = os.urandom(256 * 1024)
+    digest = setup.registry.add_blob(data)
+    setup.registry.lie_about.add(digest)  # the anonymous fetch gets wrong bytes: it fails
+    member = await _member(setup, nursery)
+    await member.link.send(Want(digest, None, "org/app", None))
+    with trio.fail_after(10):
+        while not setup.node.downloads.failed:  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+    setup.registry.lie_about.clear()
+    await _cached(setup, data, "s3cret")  # now an authorised pull stores the private blob
+    answer = await member.ask(digest, 0)
+    assert not isinstance(answer, Piece)
+
+
+async def test_requests_for_blobs_nobody_has_leave_no_state_behind(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """Clients and members can name any digest: what the node keeps for one must go when
+    nothing of it is held or in flight (else memory grows with every random digest)."""
+    from wire.events import Bitfield, Have, PeersRequest, Want
+
+    randoms = ["sha256:" + os.urandom(32).hex() for _ in range(50)]
+    for digest in randoms[:25]:
+        response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
+        assert response.status_code == 404
+    member = await _member(setup, nursery)
+    for digest in randoms[25:]:
+        await member.link.send(Want(digest, None, "org/app", None))
+        await member.link.send(Bitfield(digest, b"\xff"))
+        await member.link.send(Have(digest, 3))
+        await member.link.send(PeersRequest(digest))
+    swarm = setup.node.swarm
+    assert swarm is not None
+    with trio.move_on_after(10):
+        while setup.node.downloads_in_flight() or any(d in swarm.digests for d in randoms):
+            await trio.sleep(0.02)
+    left = [d for d in randoms if d in swarm.digests]
+    assert not left, (randoms.index(left[0]), swarm.digests[left[0]])

@@ -34,7 +34,7 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
         data_dir=tmp_path / "store",
-        upstreams={"reg.test": registry.url},
+        upstreams={"reg.test": registry.url, "down.test": "http://127.0.0.1:1"},
         default_upstream=registry.url,
         piece_size=64 * 1024,
         upstream_timeout=2.0,
@@ -158,11 +158,11 @@ async def test_upstream_missing_blob_is_passed_through(setup: Setup) -> None:
 
 
 async def test_unreachable_upstream_is_a_502_naming_it(setup: Setup, tmp_path: Path) -> None:
-    response = await setup.client.get(f"/v2/org/app/blobs/{digest_of(b'x')}?ns=127.0.0.1:1")
+    response = await setup.client.get(f"/v2/org/app/blobs/{digest_of(b'x')}?ns=down.test")
     assert response.status_code == 502
     error = response.json()["errors"][0]
     assert error["code"] == "UNAVAILABLE"
-    assert "https://127.0.0.1:1" in error["message"]
+    assert "http://127.0.0.1:1" in error["message"]
 
 
 async def test_upstream_cut_mid_blob_then_resume(setup: Setup) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,53 @@ async def test_verification_covers_the_stored_bytes_not_the_stream(tmp_path: Pat
     with pytest.raises(DigestMismatch):
         resumed.finalize_sync()
     assert not store.has_blob(digest)
+
+
+async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that_digest(
+    tmp_path: Path,
+) -> None:
+    """Blobs and manifests share a digest space: a partial fetched (as a blob, from a
+    registry a client named) under a private manifest's digest, then evicted, must not take
+    the manifest's private marker with it."""
+    store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
+    manifest = b'{"schemaVersion": 2, "layers": []}'
+    digest = digest_of(manifest)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest)
+    store.mark_private(digest, "https://registry.example")
+    partial = await store.open_partial(digest, 3 * MiB)
+    partial.write_sync(0, [os.urandom(2 * MiB)])
+    store.release_partial(partial)
+    store = Store(tmp_path, 64 * 1024, quota=4 * MiB)  # a restart: the partial is a leftover
+    await store.open_partial(digest_of(b"x" * 10), 3 * MiB)  # evicts it
+    assert store.partial_size_on_disk(digest) is None
+    assert store.private_origins(digest) == ["https://registry.example"]
+    store.flush()  # the manifest goes: its marker may go with it
+    assert store.get_manifest(digest) is None
+    assert not store.private_origins(digest)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 MiB tmpfs (mounting needs root, which the test machines have)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_a_told_size_that_trickles_in_reserves_no_disk(small_disk: Path) -> None:
+    """An upstream that claims 200 MiB and sends a trickle must not make the node evict its
+    cache or refuse every other blob for as long as it keeps the download alive."""
+    store = Store(small_disk, 64 * 1024)
+    cached = await store_blob(store, os.urandom(100 * MiB))
+    trickle = await store.open_partial(digest_of(b"claimed big"), 200 * MiB)
+    try:
+        trickle.write_sync(0, [os.urandom(64 * 1024)])
+        new = await store.open_partial(digest_of(b"a real blob"), 8 * MiB)  # no NoRoom
+        store.release_partial(new)
+        assert store.has_blob(cached)  # and nothing evicted for the claim
+    finally:
+        store.release_partial(trickle)  # closes its file: the tmpfs can be unmounted
