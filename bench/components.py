@@ -49,7 +49,10 @@ class Cluster:
         *args: str,
         first_ip: int = 11,
         env: dict[int, dict[str, str]] | None = None,
+        modules: dict[int, str] | None = None,
     ) -> None:
+        """`modules`: node index -> the module to run instead of `peer.cli` (a test's lying
+        node, say)."""
         self.nodes: list[Pollen] = []
         try:
             for i in range(count):
@@ -60,6 +63,7 @@ class Cluster:
                     *join,
                     ip=f"127.0.0.{first_ip + i}",
                     env=(env or {}).get(i),
+                    module=(modules or {}).get(i, "peer.cli"),
                 )
                 self.nodes.append(node)
         except BaseException:
@@ -202,6 +206,7 @@ class Pollen:
         data_dir: Path | None = None,
         ip: str = "127.0.0.1",
         env: dict[str, str] | None = None,
+        module: str = "peer.cli",
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +224,7 @@ class Pollen:
         self.args = [
             sys.executable,
             "-m",
-            "peer.cli",
+            module,
             "run",
             "--http",
             self.host,

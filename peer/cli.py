@@ -19,7 +19,6 @@ from typing import Any
 import click
 import trio
 
-from bench.cli import bench
 from peer.admin_front import ADMIN_TOKEN_FILE
 from peer.config import (
     DEFAULT_ADMIN,
@@ -73,7 +72,25 @@ def _convert(parser: Any, what: str) -> Any:
     return callback
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The node's commands, and `pollen bench`, whose harness (and its imports) is loaded
+    only when it runs: a node starts without it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "bench"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "bench":
+            from bench.cli import bench
+
+            return bench
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def main() -> None:
     """pollen: a peer-to-peer registry mirror for pulling container images.
 
@@ -366,9 +383,6 @@ def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: b
             f"{t['clients']} clients  {t['seconds']}s  {t['repository']}"
         )
 
-
-# The benchmark harnesses are part of the product: `pollen bench --help`.
-main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -81,8 +81,6 @@ SYNC_PERIOD = 30.0
 UPLOAD_SLOTS = 8  # peers unchoked at once: the best contributors, plus one optimistic
 RECHOKE_PERIOD = 10.0
 OPTIMISTIC_PERIOD = 30.0
-# Test-only: serve corrupted pieces, so tests can check that peers detect and ban us.
-CORRUPT_ENV = "POLLEN_TEST_CORRUPT_PIECES"
 
 
 class OwnerUnavailable(Exception):
@@ -158,9 +156,6 @@ class Swarm:
         self.choked: set[bytes] = set()
         self._optimistic: bytes | None = None
         self._optimistic_at = 0.0
-        self._corrupt = os.environ.get(CORRUPT_ENV) == "1"
-        if self._corrupt:
-            log.warning("%s=1: serving corrupted pieces (test mode)", CORRUPT_ENV)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -576,9 +571,7 @@ class Swarm:
                 return
             fd, offset, length = source
             try:
-                payload: bytes | FileRange = FileRange(fd, offset, length)
-                if self._corrupt:
-                    payload = bytes(length)
+                payload = FileRange(fd, offset, length)
                 await self.upload_limit.consume(length)
                 if await link.send(Piece(request.digest, request.index, payload)):
                     self.counters.bytes_to_peers += length

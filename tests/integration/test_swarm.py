@@ -203,7 +203,9 @@ def test_a_node_that_reaches_no_owner_fetches_from_the_upstream_and_counts_it(
 def test_a_peer_serving_corrupt_pieces_is_banned_and_pulls_complete(
     pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
 ) -> None:
-    cluster = cluster_factory(3, pushed.registry.url, env={2: {"POLLEN_TEST_CORRUPT_PIECES": "1"}})
+    cluster = cluster_factory(
+        3, pushed.registry.url, modules={2: "tests.integration.lying_node"}
+    )
     cluster.wait_converged()
     honest, corrupt = cluster.nodes[:2], cluster.nodes[2]
     # The corrupt node gets the image first, so it holds every piece to offer.
