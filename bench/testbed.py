@@ -18,11 +18,13 @@ kernel has none, asking for them fails with a clear message instead of being ign
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -201,17 +203,18 @@ class Testbed:
         """Start a long-running process on `host`; `close()` stops it."""
         out: IO[bytes] = open(log, "ab")  # noqa: SIM115 - handed to the process
         try:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *argv],
-                stdout=out,
-                stderr=out,
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                start_new_session=True,  # its own process group: stopped as a whole
-            )
+            with _signals_held():
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", host.netns, *argv],
+                    stdout=out,
+                    stderr=out,
+                    env={**os.environ, **(env or {})},
+                    cwd=cwd,
+                    start_new_session=True,  # its own process group: stopped as a whole
+                )
+                self._procs.append(proc)
         finally:
             out.close()
-        self._procs.append(proc)
         return proc
 
     def command(self, host: Host, argv: list[str]) -> list[str]:
@@ -226,6 +229,28 @@ class Testbed:
     def rx_bytes(self, host: Host) -> int:
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
         return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and Ctrl-C unwind a run as an exception; raised inside Popen after the fork,
+    it would leave a child that nobody knows of, so they are held until the child is
+    recorded, then re-delivered. (Recorded by a handler, not blocked or ignored: children
+    inherit a blocked mask and ignored signals across exec, but not handlers.)"""
+    stops = (signal.SIGTERM, signal.SIGINT)
+    held: list[int] = []
+    try:
+        previous = [signal.signal(s, lambda signum, _frame: held.append(signum)) for s in stops]
+    except ValueError:  # not the main thread: signals go to the main thread anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in zip(stops, previous, strict=True):
+            signal.signal(s, handler)
+        for signum in held[:1]:
+            os.kill(os.getpid(), signum)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:

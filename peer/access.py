@@ -8,9 +8,11 @@ a short while by the AuthGate). Two rules make the decision rest only on facts t
 cannot choose:
 
 - the registries that vouch are those the bytes came from, never one the reader names;
-- a reader's credentials go only to the registry it named: a reader that names another
-  registry gets a miss (404), so its client falls back to that registry itself. Sending its
-  token to a registry that merely holds the same bytes would hand that registry the token.
+- a reader's credentials go only to the registry it named. A reader that names another
+  registry gets `CachedElsewhere`: the front then fetches the blob from the registry the
+  reader named (the verified bytes prove access, and a fetch without credentials proves the
+  blob public), the swarm tells the fetching node to do so. Sending the token to a registry
+  that merely holds the same bytes would hand that registry the token.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from peer.upstream import UpstreamRefusal, Upstreams
 from pieces.store import Store
 
 _UNKNOWN_CODE = {"blobs": "BLOB_UNKNOWN", "manifests": "MANIFEST_UNKNOWN"}
+# On a peer's Refused, says "fetch it from your registry yourself" (see SwarmFetch._want).
+CACHED_ELSEWHERE_HEADER = "x-pollen-cached-elsewhere"
+
+
+class CachedElsewhere(UpstreamRefusal):
+    """The content is cached from other registries than the one the reader names: not a
+    refusal of the reader, a miss. Passed on as a 404 where nothing better can be done."""
 
 
 class AccessPolicy:
@@ -30,6 +39,14 @@ class AccessPolicy:
         self._store = store
         self._upstreams = upstreams
         self._gate = gate
+
+    def check_namespace(self, namespace: str | None) -> None:
+        """See Upstreams.check_namespace (a peer's Want names a registry too).
+
+        Raises:
+            InvalidNamespace: it names this host or a link-local address, unmapped.
+        """
+        self._upstreams.check_namespace(namespace)
 
     def registry_of(self, namespace: str | None) -> str:
         """The registry (base URL) a reader names with `namespace`."""
@@ -59,7 +76,7 @@ class AccessPolicy:
         return await self._gate.check(named, name, kind, reference, headers)
 
 
-def _miss(kind: str, reference: str, registry: str) -> UpstreamRefusal:
+def _miss(kind: str, reference: str, registry: str) -> CachedElsewhere:
     message = (
         f"{reference} is cached from another registry than {registry}: "
         "fetch it from that registry directly"
@@ -67,4 +84,5 @@ def _miss(kind: str, reference: str, registry: str) -> UpstreamRefusal:
     body = json.dumps(
         {"errors": [{"code": _UNKNOWN_CODE.get(kind, "NOT_FOUND"), "message": message}]}
     ).encode()
-    return UpstreamRefusal(404, {"content-type": "application/json"}, body)
+    headers = {"content-type": "application/json", CACHED_ELSEWHERE_HEADER: "1"}
+    return CachedElsewhere(404, headers, body)

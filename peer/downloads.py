@@ -228,6 +228,10 @@ class Downloads:
             try:
                 origins = self._origins(download)
                 partial = await self._store.open_partial(digest, size_on_disk, origins=origins)
+                # Ours to release from now on, whatever happens before the upstream answers
+                # (a partial left registered would be handed, with its origins, to the next
+                # opener). Readers still wait for `ready`.
+                download.partial = partial
             except SizeRefused as exc:
                 # Left by a fetch whose size a manifest now contradicts: ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)

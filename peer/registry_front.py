@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from peer.access import AccessPolicy
+from peer.access import AccessPolicy, CachedElsewhere
 from peer.auth_gate import credentials_key
 from peer.downloads import Download, Downloads
 from peer.http_server import ClientGone, HttpConnection, Request
@@ -177,9 +177,15 @@ class RegistryFront:
         digest = _valid_digest(route.digest)
         headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
         auth_key = credentials_key(headers)
+        cached_elsewhere = False
         while True:
-            if self.store.has_blob(digest):
+            if not cached_elsewhere and self.store.has_blob(digest):
                 refusal = await self._access(namespace, route.name, "blobs", digest, headers)
+                if isinstance(refusal, CachedElsewhere):
+                    # Cached from other registries than the one this client names: fetched
+                    # again from its own, whose verified bytes prove the client's access.
+                    cached_elsewhere = True
+                    continue
                 if refusal is not None:
                     await _forward_refusal(conn, request, refusal)
                     return
@@ -197,11 +203,15 @@ class RegistryFront:
                 if download.refusal is not None:
                     await _forward_refusal(conn, request, download.refusal)
                     return
+                if download.error is not None:  # failed before this client got a byte
+                    raise download.error
                 if download.partial is None:
-                    if download.error is not None:
-                        raise download.error
                     continue  # finished between our checks: serve it from the store
-                if download.auth_key != auth_key:
+                started_by_us = download.auth_key == auth_key and (
+                    self.upstreams.base_url(download.namespace)
+                    == self.upstreams.base_url(namespace)
+                )
+                if not started_by_us:  # someone else's download: the same check as on disk
                     refusal = await self._access(namespace, route.name, "blobs", digest, headers)
                     if refusal is not None:
                         await _forward_refusal(conn, request, refusal)
@@ -279,11 +289,13 @@ class RegistryFront:
         if by_digest:
             _valid_digest(reference)
             cached = self.store.get_manifest(reference)
+            refusal = None
             if cached is not None:
                 refusal = await self._access(namespace, route.name, "manifests", reference, headers)
-                if refusal is not None:
+                if refusal is not None and not isinstance(refusal, CachedElsewhere):
                     await _forward_refusal(conn, request, refusal)
                     return
+            if cached is not None and refusal is None:
                 media_type, body = cached
                 self.served.manifests_from_cache += 1
                 await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
@@ -316,6 +328,8 @@ class RegistryFront:
             raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
         if credentials_key(headers) is not None:
             self.store.mark_private(digest, base)
+        else:  # served without credentials: public, whatever others claimed of it
+            self.store.mark_public(digest)
         self.store.put_manifest(digest, media_type, body)
         self.served.manifests_from_upstream += 1
         await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)

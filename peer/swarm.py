@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from peer.access import AccessPolicy
+from peer.access import CACHED_ELSEWHERE_HEADER, AccessPolicy
 from peer.auth_gate import DEFAULT_TTL, credentials_key
 from peer.link_guard import LinkGuard
 from peer.membership import Membership, Status, Update
 from peer.peer_link import LinkClosed, PeerLink
 from peer.rate_limit import RateLimiter
 from peer.rendezvous import owner_order
+from peer.routes import InvalidNamespace
 from peer.upstream import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob, piece_hash
 from pieces.store import Store
@@ -74,6 +75,7 @@ WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-
 MAX_PEERS = 8  # peers a fetch links to besides the owner
 PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
 BAN_SECONDS = 600.0
+ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
 CONNECT_TIMEOUT = 5.0
@@ -405,6 +407,11 @@ class Swarm:
 
     async def _answer_want(self, link: PeerLink, want: Want) -> None:
         digest = want.digest
+        try:
+            self.access.check_namespace(want.namespace)
+        except InvalidNamespace as exc:
+            await self._send(link, Refused(digest, 400, {}, str(exc).encode()[:4000]))
+            return
         state = self.state(digest)
         headers = {"authorization": want.authorization} if want.authorization else {}
         access = Access(digest, want.namespace, want.repository, want.authorization)
@@ -571,6 +578,11 @@ class Swarm:
                 return
             fd, offset, length = source
             try:
+                # Checked again: the blob may have become private (a credentialed fetch of it
+                # began) while this request waited for its upload slot.
+                if not await self._may_have_pieces(link.peer_id, request.digest):
+                    await self._send(link, Reject(request.digest, request.index, "denied"))
+                    return
                 payload = FileRange(fd, offset, length)
                 await self.upload_limit.consume(length)
                 if await link.send(Piece(request.digest, request.index, payload)):
@@ -691,7 +703,8 @@ class SwarmFetch:
     choked_by: set[bytes] = field(default_factory=set)
     rates: dict[bytes, float] = field(default_factory=dict)  # bytes/s per peer (EWMA)
     requested_at: dict[tuple[int, bytes], float] = field(default_factory=dict)
-    access_sent: set[bytes] = field(default_factory=set)  # peers told our client's credentials
+    # peer -> when our client's credentials (Access) last went to it
+    access_sent: dict[bytes, float] = field(default_factory=dict)
     storing: set[int] = field(default_factory=set)  # pieces received, being written
     _meta: PieceMeta | Refused | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -809,6 +822,10 @@ class SwarmFetch:
         if meta is None:
             raise LinkClosed("owner did not answer in time")
         if isinstance(meta, Refused):
+            if meta.headers.get(CACHED_ELSEWHERE_HEADER):
+                # The owner holds it from other registries than ours: our client's registry
+                # must show the bytes itself (our upstream fetch, with our client's credentials).
+                raise OwnerUnavailable("the owner holds it from another registry")
             if meta.status >= 500:
                 owner = f"owner {link.peer_id.hex()[:12]}"
                 raise UpstreamError(owner, meta.body.decode("utf-8", "replace"))
@@ -967,20 +984,23 @@ class SwarmFetch:
 
     async def _send_access(self) -> None:
         """Before the first Request for a private blob's pieces to each peer, pass the
-        client's credentials on (once per link), so the peer can check them. Done before any
-        pick is made: the sends may suspend this task."""
+        client's credentials on, so the peer can check them, and again every ACCESS_REFRESH
+        seconds: a peer's grant lasts DEFAULT_TTL, and a long transfer must not run into
+        "denied". Done before any pick is made: the sends may suspend this task."""
         auth = self.headers.get("authorization")
         if auth is None or not self.swarm.store.is_private(self.digest):
             return
         download = self.download
         access = Access(self.digest, download.namespace, download.name, auth)
+        now = time.monotonic()
         for peer_id in list(self.peers):
             link = self.swarm.links.get(peer_id)
-            if link is None or link.closed or peer_id in self.access_sent:
+            sent = self.access_sent.get(peer_id)
+            if link is None or link.closed or (sent is not None and now - sent < ACCESS_REFRESH):
                 continue
             with contextlib.suppress(LinkClosed, LocalProtocolError):
                 await link.send(access)
-                self.access_sent.add(peer_id)
+                self.access_sent[peer_id] = now
 
     def _requests_at(self, peer_id: bytes) -> int:
         """How many of our requests `peer_id` has not answered yet."""
@@ -1040,7 +1060,7 @@ class SwarmFetch:
 
     def link_lost(self, peer_id: bytes) -> None:
         self.peers.discard(peer_id)
-        self.access_sent.discard(peer_id)  # a new link starts without our credentials
+        self.access_sent.pop(peer_id, None)  # a new link starts without our credentials
         self.availability.pop(peer_id, None)
         for index, holders in list(self.inflight.items()):
             holders.discard(peer_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -262,6 +263,10 @@ class Upstreams:
         if namespace.startswith("["):
             host = namespace[1 : namespace.index("]")]
         kind = "loopback" if host.lower() == "localhost" else internal_address_kind(host)
+        if kind == "unreadable":
+            # The resolver also reads 127.1, 0 and 2130706433 as IPv4 addresses (inet_aton).
+            with contextlib.suppress(OSError):
+                kind = internal_address_kind(socket.inet_ntoa(socket.inet_aton(host)))
         if kind is not None and kind != "unreadable":
             raise InvalidNamespace(
                 f"ns {namespace[:100]!r} names a {kind} address: only an --upstream mapping "

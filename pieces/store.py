@@ -277,7 +277,11 @@ class Store:
 
     def commit_sync(self, blob: PartialBlob) -> None:
         """Store a verified partial for good (worker thread): its origins become the blob's
-        private marker first, so the blob is never complete without it."""
+        private marker first, so the blob is never complete without it. Bytes that a
+        registry served without credentials (no origins) prove the blob public: a marker
+        left by others' fetches goes (one client's claim must not lock the blob away)."""
+        if not blob.origins:
+            self.mark_public(blob.digest)
         for origin in blob.origins:
             self.mark_private(blob.digest, origin)
         blob.commit_sync()
@@ -399,6 +403,10 @@ class Store:
         if origin not in origins and len(origins) < MAX_ORIGINS:
             marker = self._private / digest_hex(digest)
             _write_lines_atomically(marker, [*origins, origin], self._tmp)
+
+    def mark_public(self, digest: str) -> None:
+        """A registry served `digest` without credentials and the bytes verified: public."""
+        (self._private / digest_hex(digest)).unlink(missing_ok=True)
 
     def private_origins(self, digest: str) -> list[str]:
         """The registries private content came from; empty when the content is public.

@@ -196,7 +196,17 @@ async def test_the_front_answers_500_for_an_unexpected_error(
 
 
 @pytest.mark.parametrize(
-    "ns", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "169.254.169.254", "0.0.0.0"]
+    "ns",
+    [
+        "127.0.0.1:{port}",
+        "localhost:{port}",
+        "[::1]:{port}",
+        "169.254.169.254",
+        "0.0.0.0",
+        "127.1:{port}",
+        "2130706433:{port}",
+        "0",
+    ],
 )
 async def test_a_client_cannot_name_an_internal_host_as_its_registry(
     front: Front, ns: str

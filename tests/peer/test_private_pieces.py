@@ -244,3 +244,27 @@ async def test_requests_for_blobs_nobody_has_leave_no_state_behind(
             await trio.sleep(0.02)
     left = [d for d in randoms if d in swarm.digests]
     assert not left, (randoms.index(left[0]), swarm.digests[left[0]])
+
+
+async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    from wire.events import Refused, Want
+
+    refused: list[Refused] = []
+    member = await _member(setup, nursery)
+    original = member.on_event
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Refused):
+            refused.append(event)
+        await original(link, event)
+
+    member.on_event = on_event  # type: ignore[method-assign]
+    digest = "sha256:" + "d" * 64
+    await member.link.send(Want(digest, "127.0.0.1:9", "org/app", None))
+    with trio.fail_after(10):
+        while not refused:
+            await trio.sleep(0.01)
+    assert refused[0].status == 400
+    assert not setup.node.downloads_in_flight()
