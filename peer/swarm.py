@@ -37,7 +37,7 @@ from peer.rate_limit import RateLimiter
 from peer.rendezvous import owner_order
 from peer.routes import InvalidNamespace
 from peer.upstream import UpstreamError, UpstreamRefusal
-from pieces.partial import PartialBlob, piece_hash
+from pieces.partial import PartialBlob, StoreError, piece_hash
 from pieces.store import Store
 from wire.errors import LocalProtocolError
 from wire.events import (
@@ -709,6 +709,7 @@ class SwarmFetch:
     _meta: PieceMeta | Refused | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
+    failure: Exception | None = None  # a store error while writing a piece: ends the fetch
 
     @property
     def digest(self) -> str:
@@ -729,6 +730,7 @@ class SwarmFetch:
             if self._exchange_done(partial):
                 break
             await self._exchange(partial)
+            self._raise_failure()
             if self._exchange_done(partial):
                 break
             # The owner went away: pick the next one and go on.
@@ -787,6 +789,7 @@ class SwarmFetch:
         we know); stop when none is left to get or nothing arrives for DRAIN_STALL seconds."""
         last_progress, progress = time.monotonic(), len(partial.piece_hashes)
         while not self._exchange_done(partial):
+            self._raise_failure()
             obtainable = any(
                 i in self.hashes
                 and i not in partial.piece_hashes
@@ -865,6 +868,7 @@ class SwarmFetch:
         last_peers_request = time.monotonic()
         last_progress, progress = time.monotonic(), len(partial.piece_hashes)
         while not self._exchange_done(partial) and not self._owner_lost:
+            self._raise_failure()
             await self._schedule(partial)
             await self._wait_change(1.0)
             if len(partial.piece_hashes) != progress:
@@ -889,6 +893,10 @@ class SwarmFetch:
                     want = Want(self.digest, download.namespace, download.name, auth)
                     await swarm._send(owner_link, want)
                 last_peers_request = time.monotonic()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     def _log_stall(self, partial: PartialBlob) -> None:
         missing = [i for i in range(partial.layout.count) if i not in partial.piece_hashes]
@@ -1141,6 +1149,12 @@ class SwarmFetch:
                 completed = await trio.to_thread.run_sync(
                     partial.write_sync, partial.layout.start(piece.index), [data]
                 )
+        except StoreError as exc:
+            # The disk, not the peer: the fetch fails (its clients get 507 or 500), the link
+            # stays. Raised from the exchange loop, which the read loop must not be.
+            self.failure = exc
+            self._poke()
+            return
         finally:
             self.storing.discard(piece.index)
         swarm.counters.bytes_from_peers += len(data)

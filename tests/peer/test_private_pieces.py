@@ -268,3 +268,93 @@ async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
             await trio.sleep(0.01)
     assert refused[0].status == 400
     assert not setup.node.downloads_in_flight()
+
+
+async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's grant lasts DEFAULT_TTL; a long transfer must not run into "denied"."""
+    from peer import swarm as swarm_module
+    from peer.downloads import Download
+    from peer.swarm import ACCESS_REFRESH, DigestState, SwarmFetch
+
+    digest = "sha256:" + "e" * 64
+    sent: list[tuple[bytes, Event]] = []
+
+    class FakeLink:
+        closed = False
+
+        def __init__(self, peer_id: bytes) -> None:
+            self.peer_id = peer_id
+
+        async def send(self, event: Event) -> bool:
+            sent.append((self.peer_id, event))
+            return True
+
+    class FakeStore:
+        def is_private(self, _digest: str) -> bool:
+            return True
+
+    class FakeSwarm:
+        store = FakeStore()
+        links = {b"P" * 16: FakeLink(b"P" * 16)}
+
+    now = [1000.0]
+    monkeypatch.setattr(swarm_module.time, "monotonic", lambda: now[0])
+    fetch = SwarmFetch(
+        FakeSwarm(),  # type: ignore[arg-type]
+        DigestState(digest),
+        Download(digest, None, "org/app", "key"),
+        {"authorization": "Bearer s3cret"},
+    )
+    fetch.peers.add(b"P" * 16)
+    await fetch._send_access()
+    await fetch._send_access()  # at once again: nothing new
+    assert len(sent) == 1 and isinstance(sent[0][1], Access)
+    now[0] += ACCESS_REFRESH + 1
+    await fetch._send_access()
+    assert len(sent) == 2
+    assert ACCESS_REFRESH < swarm_module.DEFAULT_TTL
+
+
+async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() -> None:
+    """A store error is ours, not the peer's: it must end the fetch (its clients get a clear
+    status) and leave the link alone, not escape into the link's read loop."""
+    from peer.downloads import Download
+    from peer.swarm import DigestState, SwarmFetch
+    from pieces.layout import PieceLayout
+    from pieces.partial import NoRoom, piece_hash
+
+    digest = "sha256:" + "f" * 64
+    data = os.urandom(1000)
+
+    class FullStore:
+        def ensure_room(self, _blob: object, _incoming: int) -> None:
+            raise NoRoom("no room for the test")
+
+    class FakeSwarm:
+        store = FullStore()
+        links: dict[bytes, object] = {}
+
+    class FakePartial:
+        layout = PieceLayout(1000, 1000)
+        piece_hashes: dict[int, bytes] = {}
+
+    class Link:
+        peer_id = b"P" * 16
+        closed = False
+
+    fetch = SwarmFetch(
+        FakeSwarm(),  # type: ignore[arg-type]
+        DigestState(digest),
+        Download(digest, None, "org/app", None),
+        {},
+    )
+    fetch.partial = FakePartial()  # type: ignore[assignment]
+    fetch.hashes[0] = piece_hash(data)
+    fetch.inflight[0] = {Link.peer_id}
+    await fetch._store_piece(Link(), Piece(digest, 0, data))  # type: ignore[arg-type]
+    assert isinstance(fetch.failure, NoRoom)
+    assert not Link.closed
+    with pytest.raises(NoRoom):
+        fetch._raise_failure()
