@@ -183,6 +183,10 @@ class Registry:
             cmd += ["--dest-creds", creds]
         cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{tag}"]
         subprocess.run(cmd, check=True, timeout=300)
+        return self.manifest(repo, tag, creds)
+
+    def manifest(self, repo: str, tag: str, creds: str | None = None) -> dict[str, Any]:
+        """The manifest of `repo:tag` as the registry stores it (skopeo inspect --raw)."""
         inspect = ["skopeo", "inspect", "--raw", "--tls-verify=false"]
         if creds:
             inspect += ["--creds", creds]

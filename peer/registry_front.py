@@ -95,9 +95,10 @@ class RegistryFront:
                 raise OciError(400, "NAME_INVALID", str(exc)) from exc
             except UnforwardableHeader as exc:
                 raise OciError(400, "UNSUPPORTED", str(exc)) from exc
-            if isinstance(route, AdminRoute) and route.which == "cache":
-                await self._flush(conn, request)
-            elif request.method not in ("GET", "HEAD"):
+            if isinstance(route, AdminRoute) and route.which != "healthz":
+                # Only the health probe is on the registry port: every client reaches it.
+                raise _on_admin_listener(request)
+            if request.method not in ("GET", "HEAD"):
                 raise OciError(
                     405,
                     "UNSUPPORTED",
@@ -111,7 +112,7 @@ class RegistryFront:
             elif isinstance(route, ManifestRoute):
                 await self._manifest(conn, request, route, target.namespace)
             elif isinstance(route, AdminRoute):
-                await self._admin(conn, request, route)
+                await self._healthz(conn, request)
             else:
                 assert isinstance(route, NotFound)
                 raise name_unknown(route.path)
@@ -158,17 +159,6 @@ class RegistryFront:
             conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
         )
 
-    async def _access(
-        self,
-        namespace: str | None,
-        name: str,
-        kind: str,
-        reference: str,
-        headers: Mapping[str, str],
-    ) -> UpstreamRefusal | None:
-        """None when the client may have this cached content (see peer/access.py)."""
-        return await self.access.refusal(namespace, name, kind, reference, headers)
-
     # ---- blobs ---------------------------------------------------------------------------
 
     async def _blob(
@@ -180,7 +170,9 @@ class RegistryFront:
         cached_elsewhere = False
         while True:
             if not cached_elsewhere and self.store.has_blob(digest):
-                refusal = await self._access(namespace, route.name, "blobs", digest, headers)
+                refusal = await self.access.refusal(
+                    namespace, route.name, "blobs", digest, headers
+                )
                 if isinstance(refusal, CachedElsewhere):
                     # Cached from other registries than the one this client names: fetched
                     # again from its own, whose verified bytes prove the client's access.
@@ -212,7 +204,9 @@ class RegistryFront:
                     == self.upstreams.base_url(namespace)
                 )
                 if not started_by_us:  # someone else's download: the same check as on disk
-                    refusal = await self._access(namespace, route.name, "blobs", digest, headers)
+                    refusal = await self.access.refusal(
+                        namespace, route.name, "blobs", digest, headers
+                    )
                     if refusal is not None:
                         await _forward_refusal(conn, request, refusal)
                         return
@@ -291,7 +285,9 @@ class RegistryFront:
             cached = self.store.get_manifest(reference)
             refusal = None
             if cached is not None:
-                refusal = await self._access(namespace, route.name, "manifests", reference, headers)
+                refusal = await self.access.refusal(
+                    namespace, route.name, "manifests", reference, headers
+                )
                 if refusal is not None and not isinstance(refusal, CachedElsewhere):
                     await _forward_refusal(conn, request, refusal)
                     return
@@ -361,20 +357,15 @@ class RegistryFront:
 
     # ---- admin ---------------------------------------------------------------------------
 
-    async def _flush(self, conn: HttpConnection, request: Request) -> None:
-        raise _on_admin_listener("/_pollen/cache")
-
-    async def _admin(self, conn: HttpConnection, request: Request, route: AdminRoute) -> None:
-        """Only the health probe is on the registry port: every client of the node reaches it."""
-        if route.which != "healthz":
-            raise _on_admin_listener(f"/{route.which}")
+    async def _healthz(self, conn: HttpConnection, request: Request) -> None:
         await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
 
 
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _on_admin_listener(path: str) -> OciError:
+def _on_admin_listener(request: Request) -> OciError:
+    path = request.target.decode("ascii", "replace").partition("?")[0][:200]
     return OciError(
         404,
         "NOT_FOUND",

@@ -487,7 +487,7 @@ class Swarm:
             UpstreamError: the registry could not be asked (nothing is served unchecked).
         """
         state = self.state(access.digest)
-        if self._granted(state, peer_id):
+        if self._granted(state, peer_id, self.store.origins_of(access.digest)):
             return None
         headers = {"authorization": access.authorization} if access.authorization else {}
         refusal = await self.access.refusal(
@@ -502,13 +502,14 @@ class Swarm:
         if origins:  # public content needs no grant, and must not leave one behind
             state.granted[peer_id] = (time.monotonic() + DEFAULT_TTL, origins)
 
-    def _granted(self, state: DigestState, peer_id: bytes) -> bool:
+    def _granted(self, state: DigestState, peer_id: bytes, origins: list[str]) -> bool:
+        """Does a grant of `peer_id` cover the blob as private to `origins` (its current
+        origins, which the caller has read)?"""
         grant = state.granted.get(peer_id)
         if grant is None:
             return False
-        until, origins = grant
-        current = set(self.store.origins_of(state.digest))
-        return until > time.monotonic() and bool(origins & current)
+        until, granted_for = grant
+        return until > time.monotonic() and not granted_for.isdisjoint(origins)
 
     def _listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
@@ -598,10 +599,11 @@ class Swarm:
     async def _may_have_pieces(self, peer_id: bytes, digest: str) -> bool:
         """Public blob, or the peer's credentials (Want or Access) passed the access check.
         An Access is used once: a refused peer must send another (no HEAD per Request)."""
-        if not self.store.origins_of(digest):
+        origins = self.store.origins_of(digest)
+        if not origins:
             return True
         state = self.state(digest)
-        if self._granted(state, peer_id):
+        if self._granted(state, peer_id, origins):
             return True
         access = state.access.pop(peer_id, None)
         if access is None:

@@ -13,6 +13,7 @@ import httpx
 import trio
 
 from peer.routes import InvalidNamespace
+from wire.names import registry_host
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -259,9 +260,7 @@ class Upstreams:
         """
         if namespace is None or namespace in self.config.mapping or namespace == DOCKER_HUB:
             return
-        host = namespace.rpartition(":")[0] if namespace.count(":") == 1 else namespace
-        if namespace.startswith("["):
-            host = namespace[1 : namespace.index("]")]
+        host = registry_host(namespace)
         kind = "loopback" if host.lower() == "localhost" else internal_address_kind(host)
         if kind == "unreadable":
             # The resolver also reads 127.1, 0 and 2130706433 as IPv4 addresses (inet_aton).

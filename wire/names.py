@@ -46,6 +46,15 @@ def is_valid_port(port: object) -> bool:
     return type(port) is int and 0 < port < 65536
 
 
+def registry_host(name: str) -> str:
+    """The host of a registry `host[:port]` (an IPv6 literal without its brackets); the name
+    itself when it is no such registry name."""
+    match = _REGISTRY.fullmatch(name)
+    if match is None:
+        return name
+    return match["ipv6"] or match["host"]
+
+
 def is_valid_registry(name: object) -> bool:
     """True for a registry `host[:port]` as in an image reference (`[v6]:port` for IPv6)."""
     if type(name) is not str:

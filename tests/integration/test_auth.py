@@ -3,7 +3,6 @@ private content is never handed to a client without them."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,7 +115,7 @@ def test_a_private_blob_does_not_leak_through_the_swarm_while_its_owner_download
     anonymous client asks another node for the same blob meanwhile, and again afterwards.
     It gets a 401 both times and no byte of the blob, and the other node keeps nothing
     unmarked that a later anonymous client could get."""
-    manifest = private_registry_manifest(private_registry)
+    manifest = private_registry.manifest(REPO_NAME, TAG, CREDS)
     digest = max(manifest["layers"], key=lambda layer: layer["size"])["digest"]
     proxy = ThrottledProxy(private_registry.port, 16 * MiB)
     cluster = Cluster(
@@ -152,22 +151,3 @@ def test_a_private_blob_does_not_leak_through_the_swarm_while_its_owner_download
     finally:
         cluster.stop()
         proxy.close()
-
-
-def private_registry_manifest(registry: Registry) -> dict[str, object]:
-    raw = subprocess.run(
-        [
-            "skopeo",
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            CREDS,
-            f"docker://{registry.host}/{REPO_NAME}:{TAG}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout
-    manifest: dict[str, object] = json.loads(raw)
-    return manifest

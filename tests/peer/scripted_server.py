@@ -14,6 +14,17 @@ from peer.http_server import HttpConnection, Request, serve_connection
 
 Answer = Callable[[HttpConnection, Request], Awaitable[None]]
 
+# Redirect targets a registry must not lead the node to (`{port}`: an internal server's), and
+# the kind of address each one is.
+INTERNAL_TARGETS = [
+    ("http://127.0.0.1:{port}/latest/meta-data/iam", "loopback"),
+    ("http://localhost:{port}/metrics", "loopback"),
+    ("http://2130706433:{port}/metrics", "loopback"),  # 127.0.0.1 as one number
+    ("http://0.0.0.0:{port}/metrics", "unspecified"),
+    ("http://[::ffff:127.0.0.1]:{port}/metrics", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+]
+
 
 async def reply(
     conn: HttpConnection, request: Request, status: int, headers: list[tuple[str, str]], body: bytes

@@ -11,7 +11,13 @@ import trio
 from peer.blob_stream import open_blob
 from peer.http_server import HttpConnection, Request, serve_connection
 from peer.upstream import UpstreamError
-from tests.peer.scripted_server import RebindingResolver, ScriptedServer, redirect_to, reply
+from tests.peer.scripted_server import (
+    INTERNAL_TARGETS,
+    RebindingResolver,
+    ScriptedServer,
+    redirect_to,
+    reply,
+)
 
 
 class Server:
@@ -209,14 +215,7 @@ async def _secret(conn: HttpConnection, request: Request) -> None:
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize(
     ("target", "kind"),
-    [
-        ("http://127.0.0.1:{port}/latest/meta-data/iam", "loopback"),
-        ("http://localhost:{port}/metrics", "loopback"),
-        ("http://2130706433:{port}/metrics", "loopback"),  # 127.0.0.1 as one number
-        ("http://0.0.0.0:{port}/metrics", "unspecified"),
-        ("http://[::ffff:127.0.0.1]:{port}/metrics", "loopback"),
-        ("http://169.254.169.254/latest/meta-data/", "link-local"),
-    ],
+    INTERNAL_TARGETS,
 )
 async def test_a_redirect_to_an_internal_address_is_refused(
     nursery: trio.Nursery, method: str, target: str, kind: str

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import trio
 from peer.config import Address, NodeConfig
 from peer.node import Node
 from tests.peer.fake_registry import FakeRegistry
+from tests.tmpfs import mounted_tmpfs
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -26,18 +26,9 @@ MiB = 1024 * KiB
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (mounting needs root, which the test machines have)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (tests run as root): {result.stderr.decode()}")
-    try:
+    """A 2 MiB tmpfs: a real ENOSPC, not a simulated one."""
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @dataclass

@@ -71,18 +71,26 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     evil = YesRegistry()
     await nursery.start(registry.serve)
     await nursery.start(evil.serve)
+    node, client = await _start_node(tmp_path, nursery, registry.url, ("evil.test", evil.url))
+    async with client:
+        yield Setup(registry, evil, node, client)
+
+
+async def _start_node(
+    tmp_path: Path, nursery: trio.Nursery, registry_url: str, other: tuple[str, str]
+) -> tuple[Node, httpx.AsyncClient]:
+    """A node whose default registry (`reg.test`) is `registry_url`, with `other` mapped too."""
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
         data_dir=tmp_path / "store",
-        upstreams={"reg.test": registry.url, "evil.test": evil.url},
-        default_upstream=registry.url,
+        upstreams={"reg.test": registry_url, other[0]: other[1]},
+        default_upstream=registry_url,
         piece_size=64 * 1024,
         upstream_timeout=2.0,
     )
     node = Node(config)
     port = await nursery.start(node.run)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield Setup(registry, evil, node, client)
+    return node, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
 
 
 async def _wait_idle(node: Node) -> None:
@@ -176,17 +184,8 @@ async def two_registries(
     other = RecordingRegistry()
     await nursery.start(registry.serve)
     await nursery.start(other.serve)
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        upstreams={"reg.test": registry.url, "other.test": other.url},
-        default_upstream=registry.url,
-        piece_size=64 * 1024,
-        upstream_timeout=2.0,
-    )
-    node = Node(config)
-    port = await nursery.start(node.run)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    node, client = await _start_node(tmp_path, nursery, registry.url, ("other.test", other.url))
+    async with client:
         yield registry, other, node, client
 
 

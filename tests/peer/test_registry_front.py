@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from peer.config import Address, NodeConfig
 from peer.node import Node
 from pieces.store import Store
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
+from tests.tmpfs import mounted_tmpfs
 
 
 @dataclass
@@ -333,10 +333,7 @@ async def test_full_disk_fails_the_download_cleanly(
     await nursery.start(registry.serve)
     data = os.urandom(3 * 1024 * 1024)
     digest = registry.add_blob(data)
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "1m") as mount:
         node = Node(
             NodeConfig(
                 http=Address("127.0.0.1", 0),
@@ -359,8 +356,6 @@ async def test_full_disk_fails_the_download_cleanly(
             assert status["store"]["complete_blobs"] == 0
             assert f"download of {digest} failed" in caplog.text
             inner.cancel_scope.cancel()
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 async def test_flushing_the_cache_makes_the_next_pull_cold(setup: Setup) -> None:

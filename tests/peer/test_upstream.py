@@ -23,7 +23,13 @@ from peer.upstream import (
     internal_address_kind,
     same_host,
 )
-from tests.peer.scripted_server import RebindingResolver, ScriptedServer, redirect_to, reply
+from tests.peer.scripted_server import (
+    INTERNAL_TARGETS,
+    RebindingResolver,
+    ScriptedServer,
+    redirect_to,
+    reply,
+)
 
 SECRET = b'{"AccessKeyId":"ASIAINTERNAL","SecretAccessKey":"metadata-credential"}'
 
@@ -169,14 +175,7 @@ async def _open(upstreams: Upstreams, method: str, base: str, path: str) -> tupl
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize(
     ("target", "kind"),
-    [
-        ("http://127.0.0.1:{port}/latest/meta-data/iam", "loopback"),
-        ("http://localhost:{port}/metrics", "loopback"),
-        ("http://2130706433:{port}/metrics", "loopback"),  # 127.0.0.1 as one number
-        ("http://0.0.0.0:{port}/metrics", "unspecified"),
-        ("http://[::ffff:127.0.0.1]:{port}/metrics", "loopback"),
-        ("http://169.254.169.254/latest/meta-data/", "link-local"),
-    ],
+    INTERNAL_TARGETS,
 )
 async def test_open_at_refuses_a_redirect_to_an_internal_address(
     nursery: trio.Nursery,

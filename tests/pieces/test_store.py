@@ -3,7 +3,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from pieces.partial import BlobFailed, DigestMismatch, DiskFull, piece_hash
 from pieces.store import Store
+from tests.tmpfs import mounted_tmpfs
 
 
 def digest_of(data: bytes) -> str:
@@ -214,17 +214,8 @@ async def test_eviction_is_lru_and_spares_blobs_in_use(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: a real ENOSPC, not a simulated one."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (tests run as root): {result.stderr.decode()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk: Path) -> None:

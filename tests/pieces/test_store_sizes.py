@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from pieces.layout import PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
 from pieces.store import Store
+from tests.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -200,14 +200,9 @@ async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 MiB tmpfs (mounting needs root, which the test machines have)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], check=True)
-    try:
+    """A 256 MiB tmpfs (written only as far as the test writes)."""
+    with mounted_tmpfs(tmp_path / "small", "256m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 async def test_a_told_size_that_trickles_in_reserves_no_disk(small_disk: Path) -> None:

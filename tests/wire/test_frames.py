@@ -114,7 +114,7 @@ def test_payload_only_on_pieces() -> None:
         decoder.next_event()
 
 
-def _decode_with_payload_buffers(
+def decode_with_payload_buffers(
     stream: bytes, cuts: list[int], decoder: FrameDecoder
 ) -> list[Event]:
     """Decode `stream` the way a link does: large payloads read straight into the decoder's
@@ -147,7 +147,7 @@ def test_round_trip_reading_payloads_into_their_own_buffers(
 ) -> None:
     stream = b"".join(frame(e) for e in sent)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
-    got = _decode_with_payload_buffers(stream, cuts, FrameDecoder(MAX, direct_min=direct_min))
+    got = decode_with_payload_buffers(stream, cuts, FrameDecoder(MAX, direct_min=direct_min))
     assert got == [normalized(e) for e in sent]
 
 
@@ -181,7 +181,7 @@ def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_erro
     raw = mutated_frame(event, data)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
     with contextlib.suppress(RemoteProtocolError):
-        _decode_with_payload_buffers(bytes(raw), cuts, FrameDecoder(MAX, direct_min=1))
+        decode_with_payload_buffers(bytes(raw), cuts, FrameDecoder(MAX, direct_min=1))
 
 
 @pytest.mark.parametrize("callee", [None, b"c" * 16])

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.wire.strategies import events
+from tests.wire.test_frames import decode_with_payload_buffers, normalized
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import Event, FileRange, Have, Piece
 from wire.frames import FrameDecoder, encode
@@ -22,34 +23,6 @@ def sealed(sealer: Sealer, sent: list[Event]) -> bytes:
     return b"".join(b"".join(sealer.seal_frame(encode(e))) for e in sent)
 
 
-def normalized(event: Event) -> Event:
-    if isinstance(event, Piece):
-        assert not isinstance(event.data, FileRange)
-        return Piece(event.digest, event.index, bytes(event.data))
-    return event
-
-
-def decode_in_reads(decoder: FrameDecoder, stream: bytes, cuts: list[int]) -> list[Event]:
-    """Decode as a link does: payload records read straight into the decoder's buffer."""
-    got: list[Event] = []
-    position = 0
-    for cut in [*sorted(cuts), len(stream)]:
-        while position < cut:
-            target = decoder.payload_buffer()
-            if target is None:
-                decoder.feed(stream[position:cut])
-                position = cut
-            else:
-                count = min(len(target), cut - position)
-                target[:count] = stream[position : position + count]
-                target.release()
-                decoder.payload_received(count)
-                position += count
-            while (event := decoder.next_event()) is not None:
-                got.append(normalized(event))
-    return got
-
-
 @settings(max_examples=300)
 @given(st.lists(events, max_size=8), st.data(), st.integers(1, 64))
 def test_sealed_frames_round_trip_split_at_random_points(
@@ -60,7 +33,7 @@ def test_sealed_frames_round_trip_split_at_random_points(
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
     decoder = FrameDecoder(MAX, direct_min=direct_min)
     decoder.start_opening(Opener(key))
-    assert decode_in_reads(decoder, stream, cuts) == [normalized(e) for e in sent]
+    assert decode_with_payload_buffers(stream, cuts, decoder) == [normalized(e) for e in sent]
     assert not decoder.has_partial_frame
 
 
@@ -77,7 +50,7 @@ def test_a_changed_sealed_stream_yields_only_what_came_before_the_change(
     decoder.start_opening(Opener(key))
     got: list[Event] = []
     try:
-        got = decode_in_reads(decoder, bytes(stream), [])
+        got = decode_with_payload_buffers(bytes(stream), [], decoder)
     except RemoteProtocolError:
         pass
     else:  # a longer record length: still waiting for the rest
