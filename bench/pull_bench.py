@@ -24,8 +24,8 @@ from typing import Any
 import click
 
 from bench.components import Containerd
-from peer.admin_front import ADMIN_TOKEN_FILE
 from peer.config import default_data_dir
+from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.sizes import format_size
 
 ACCEPT = ", ".join(

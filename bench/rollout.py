@@ -25,7 +25,7 @@ from typing import TypeVar
 from bench.components import REPO, registry_bytes_served, registry_config
 from bench.oci_image import Image, push
 from bench.testbed import Host, Testbed, stop_process
-from peer.admin_front import ADMIN_TOKEN_FILE
+from peer.front.admin import ADMIN_TOKEN_FILE
 
 REGISTRY_PORT = 5000
 POLLEN_HTTP = "127.0.0.1:5001"

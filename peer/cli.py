@@ -19,7 +19,6 @@ from typing import Any
 import click
 import trio
 
-from peer.admin_front import ADMIN_TOKEN_FILE
 from peer.config import (
     DEFAULT_ADMIN,
     DEFAULT_HTTP,
@@ -30,6 +29,7 @@ from peer.config import (
     parse_address,
     parse_upstream,
 )
+from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.sizes import format_size, parse_rate, parse_size
 from pieces.layout import DEFAULT_PIECE_SIZE
 

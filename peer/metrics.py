@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from peer.downloads import Downloads
-from peer.registry_front import ServedCounters
-from peer.swarm import Swarm
+from peer.fetch.downloads import Downloads
+from peer.front.registry import ServedCounters
+from peer.swarm.swarm import Swarm
 from pieces.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -11,19 +11,19 @@ from dataclasses import asdict
 
 import trio
 
-from peer.access import AccessPolicy
-from peer.admin_front import AdminFront, load_admin_token
-from peer.auth_gate import AuthGate
+from peer.access.auth_gate import AuthGate
+from peer.access.policy import AccessPolicy
+from peer.cluster.gossip import GossipDriver
+from peer.cluster.membership import Membership
 from peer.config import Address, NodeConfig
-from peer.downloads import Downloads
-from peer.gossip import GossipDriver
-from peer.http_server import serve_connection
-from peer.membership import Membership
+from peer.fetch.downloads import Downloads
+from peer.front.admin import AdminFront, load_admin_token
+from peer.front.http_server import serve_connection
+from peer.front.registry import RegistryFront
 from peer.metrics import NodeMetrics
 from peer.rate_limit import RateLimiter
-from peer.registry_front import RegistryFront
-from peer.swarm import Swarm
-from peer.upstream import UpstreamConfig, Upstreams
+from peer.swarm.swarm import Swarm
+from peer.upstream.client import UpstreamConfig, Upstreams
 from pieces.store import Store
 
 log = logging.getLogger("pollen.node")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.components import Cluster, Pollen, Registry, ThrottledProxy, curl, sha256_file
-from peer.rendezvous import owner_order
+from peer.cluster.rendezvous import owner_order
 from tests.integration.conftest import REPO_NAME, TAG, MiB
 
 CREDS = "alice:wonderland"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.components import Cluster, Containerd, Pollen, ThrottledProxy, curl, sha256_file
-from peer.rendezvous import owner_order
+from peer.cluster.rendezvous import owner_order
 from tests.integration.conftest import REPO_NAME, MiB, PushedImage
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from peer.http_server import HttpConnection, Request, serve_connection
+from peer.front.http_server import HttpConnection, Request, serve_connection
 
 _BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64})")
 _MANIFEST = re.compile(r"/v2/(.+)/manifests/(.+)")

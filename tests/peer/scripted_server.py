@@ -10,7 +10,7 @@ from typing import Literal
 
 import trio
 
-from peer.http_server import HttpConnection, Request, serve_connection
+from peer.front.http_server import HttpConnection, Request, serve_connection
 
 Answer = Callable[[HttpConnection, Request], Awaitable[None]]
 

@@ -1,0 +1,167 @@
+"""The membership driver: SWIM datagrams over UDP on the peer port, and its datagram codec.
+
+Each datagram is `mac(16) || msgpack(message)`, where mac is a truncated HMAC-SHA256 keyed by
+the cluster token (the empty key in an open cluster), so a node without the token cannot join
+the membership or spread lies about it. Datagrams that fail the MAC or do not decode are
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import socket
+from typing import Any
+
+import msgpack
+import trio
+
+from peer.cluster.membership import Ack, Address, Membership, Message, Ping, PingReq, Status, Update
+from wire.names import is_valid_host, is_valid_port
+
+log = logging.getLogger("pollen.gossip")
+
+MAC_SIZE = 16
+MAX_DATAGRAM = 60_000
+_PING, _ACK, _PING_REQ = 1, 2, 3
+
+
+class BadDatagram(ValueError):
+    """A datagram that failed authentication or decoding."""
+
+
+def _update_out(u: Update) -> list[Any]:
+    return [u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status)]
+
+
+def _update_in(raw: Any) -> Update:
+    node_id, host, port, incarnation, status = raw
+    if not (isinstance(node_id, bytes) and len(node_id) == 16 and is_valid_host(host)):
+        raise BadDatagram("bad update")
+    if not (is_valid_port(port) and isinstance(incarnation, int)):
+        raise BadDatagram("bad update")
+    return Update(node_id, (host, port), incarnation, Status(status))
+
+
+def _address_in(raw: Any) -> Address:
+    host, port = raw
+    if not is_valid_host(host) or not is_valid_port(port):
+        raise BadDatagram("bad address")
+    return (host, port)
+
+
+def encode(message: Message, token: bytes | None) -> bytes:
+    updates = [_update_out(u) for u in message.updates]
+    body: list[Any]
+    if isinstance(message, Ping):
+        behalf = list(message.on_behalf_of) if message.on_behalf_of else None
+        body = [_PING, message.seq, message.sender, list(message.sender_address), updates, behalf]
+    elif isinstance(message, Ack):
+        body = [_ACK, message.seq, message.sender, updates]
+    else:
+        body = [
+            _PING_REQ,
+            message.seq,
+            message.sender,
+            list(message.sender_address),
+            message.target,
+            list(message.target_address),
+            updates,
+        ]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return _mac(token, packed) + packed
+
+
+def decode(datagram: bytes, token: bytes | None) -> Message:
+    """Raises BadDatagram for anything unauthenticated or malformed."""
+    mac, packed = datagram[:MAC_SIZE], datagram[MAC_SIZE:]
+    if not hmac.compare_digest(mac, _mac(token, packed)):
+        raise BadDatagram("wrong cluster token or corrupted")
+    try:
+        body = msgpack.unpackb(packed, raw=False)
+        kind, seq, sender = body[0], body[1], body[2]
+        if not isinstance(seq, int) or not isinstance(sender, bytes) or len(sender) != 16:
+            raise BadDatagram("bad header")
+        if kind == _PING:
+            behalf = _address_in(body[5]) if body[5] is not None else None
+            updates = tuple(_update_in(u) for u in body[4])
+            return Ping(seq, sender, _address_in(body[3]), updates, behalf)
+        if kind == _ACK:
+            return Ack(seq, sender, tuple(_update_in(u) for u in body[3]))
+        if kind == _PING_REQ:
+            target = body[4]
+            if not isinstance(target, bytes) or len(target) != 16:
+                raise BadDatagram("bad target")
+            updates = tuple(_update_in(u) for u in body[6])
+            return PingReq(seq, sender, _address_in(body[3]), target, _address_in(body[5]), updates)
+    except BadDatagram:
+        raise
+    except Exception as exc:  # msgpack and unpacking raise many types on garbage
+        raise BadDatagram(f"undecodable: {type(exc).__name__}") from None
+    raise BadDatagram(f"unknown kind {kind}")
+
+
+def _mac(token: bytes | None, data: bytes) -> bytes:
+    return hmac.new(token or b"", data, hashlib.sha256).digest()[:MAC_SIZE]
+
+
+class GossipDriver:
+    """Runs a Membership on a UDP socket with the real clock."""
+
+    def __init__(self, membership: Membership, bind: Address, token: bytes | None) -> None:
+        self.membership = membership
+        self.bind = bind
+        self.token = token
+        self.dropped = 0
+        self._socket: trio.socket.SocketType | None = None
+        self._wake = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind(self.bind)
+        self._socket = sock
+        with sock:
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop, sock)
+                await self._timer_loop(sock)
+
+    async def _receive_loop(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            data, source = await sock.recvfrom(MAX_DATAGRAM)
+            try:
+                message = decode(data, self.token)
+            except BadDatagram as exc:
+                self.dropped += 1
+                log.debug("dropped a datagram from %s: %s", source, exc)
+                continue
+            self.membership.receive(message, (source[0], source[1]), trio.current_time())
+            await self._flush(sock)
+            self._wake.set()
+
+    async def _timer_loop(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            now = trio.current_time()
+            self.membership.tick(now)
+            await self._flush(sock)
+            self._log_changes()
+            deadline = self.membership.next_deadline()
+            wait = 0.2 if deadline is None else max(0.0, min(deadline - now, 0.2))
+            with trio.move_on_after(wait if not math.isinf(wait) else 0.2):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _flush(self, sock: trio.socket.SocketType) -> None:
+        for address, message in self.membership.take_outgoing():
+            try:
+                await sock.sendto(encode(message, self.token), address)
+            except (OSError, ValueError) as exc:  # ValueError: a host the resolver refuses
+                log.debug("gossip to %s failed: %s", address, exc)
+
+    def _log_changes(self) -> None:
+        for node_id, status in self.membership.events:
+            log.info("member %s is %s", node_id.hex()[:12], status.name.lower())
+        self.membership.events.clear()

@@ -1,0 +1,439 @@
+"""One upstream download per blob per node, shared by every request for that blob.
+
+A `Download` runs in the node's nursery, not in a request's task, so a client that disconnects
+never cancels it: the bytes still land in the store for the other clients and for the cache.
+Bytes are written to the partial blob as they arrive and readers are woken at once, so clients
+stream the blob while it downloads.
+
+The upstream is not trusted: the size it declares is checked by the store before anything is
+allocated (`Store.open_partial`), and an answer that does not start where we asked (a 200 to a
+Range request) starts the blob over instead of being mixed with the pieces kept from before.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from peer.rate_limit import RateLimiter
+from peer.swarm.swarm import ClientRefused, OwnerUnavailable, Swarm
+from peer.upstream.blob_stream import BlobStream, open_blob
+from peer.upstream.client import (
+    FORWARDED_ERROR_HEADERS,
+    UpstreamError,
+    UpstreamRefusal,
+    Upstreams,
+    pick_headers,
+)
+from pieces.partial import BlobFailed, DiskFull, NoRoom, PartialBlob, SizeRefused
+from pieces.store import Store
+
+log = logging.getLogger("pollen.download")
+
+# Receive buffers per download: 16 x 1 MiB bounds memory; one thread call writes and hashes
+# every buffer filled meanwhile, so the thread hand-off costs little per byte.
+BUFFER_SIZE = 1024 * 1024
+BUFFER_COUNT = 16
+# A buffer goes to an idle writer once it holds this much, so slow links still stream promptly.
+EARLY_HANDOFF = 64 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+@dataclass(eq=False)
+class Download:
+    """The state of one blob's upstream download, as its clients see it."""
+
+    digest: str
+    namespace: str | None
+    name: str
+    auth_key: str | None
+    started: float = field(default_factory=time.monotonic)
+    ready: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    partial: PartialBlob | None = None
+    refusal: UpstreamRefusal | None = None
+    error: Exception | None = None
+    bytes_from_upstream: int = 0
+    bytes_from_peers: int = 0
+    clients: int = 0
+    upstream_only: bool = False  # the owner's fetch for peers: never asks the swarm
+
+    @property
+    def size(self) -> int | None:
+        return self.partial.layout.size if self.partial is not None else None
+
+
+class _BufferPipe:
+    """Pooled buffers between the receiver and the writer thread.
+
+    The receiver fills free buffers from the socket and hands them over; the writer takes every
+    full buffer at once, writes them in one thread call and gives them back. A bounded pool
+    bounds memory per download and makes a slow disk slow the upstream down (backpressure).
+    Buffers are made only when none is free: a download from a slow upstream (any client can
+    start many) holds one or two, not the whole pool.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self._size = size
+        self._unmade = count
+        self._free: list[bytearray] = []
+        self._full: list[tuple[bytearray, int]] = []
+        self._closed = False
+        self.writer_waiting = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def get_free(self) -> bytearray:
+        while not self._free:
+            if self._unmade:
+                self._unmade -= 1
+                return bytearray(self._size)
+            await self._lot.park()
+        return self._free.pop()
+
+    def put_full(self, buffer: bytearray, length: int) -> None:
+        self._full.append((buffer, length))
+        self._lot.unpark_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    async def take_full(self) -> list[tuple[bytearray, int]] | None:
+        """Every full buffer (waits for one); None once closed and drained."""
+        while not self._full:
+            if self._closed:
+                return None
+            self.writer_waiting = True
+            try:
+                await self._lot.park()
+            finally:
+                self.writer_waiting = False
+        full, self._full = self._full, []
+        return full
+
+    def give_back(self, buffers: list[bytearray]) -> None:
+        self._free.extend(buffers)
+        self._lot.unpark_all()
+
+
+class Downloads:
+    """The node's table of blob downloads in flight."""
+
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        nursery: trio.Nursery,
+        swarm: Swarm | None = None,
+        download_limit: RateLimiter | None = None,
+    ) -> None:
+        self.swarm = swarm
+        self._download_limit = download_limit or RateLimiter(None)
+        self._store = store
+        self._upstreams = upstreams
+        self._nursery = nursery
+        self.active: dict[str, Download] = {}
+        self.upstream_fetches = 0  # fetches from the upstream running now (the swarm yields)
+        self.bytes_from_upstream = 0
+        self.completed = 0
+        self.failed = 0
+
+    async def join(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+        *,
+        upstream: bool = False,
+    ) -> Download:
+        """The download of `digest`: the one in flight, or a new one started for this client.
+
+        A download that another client started with other credentials is joined only once the
+        upstream accepted that client; if it refused, this client gets its own try.
+        """
+        while True:
+            download = self.active.get(digest)
+            if download is None:
+                download = Download(digest, namespace, name, auth_key, upstream_only=upstream)
+                self.active[digest] = download
+                self._nursery.start_soon(self._run, download, dict(headers))
+                return download
+            if download.auth_key == auth_key:
+                return download
+            await download.ready.wait()
+            if download.partial is not None and download.error is None:
+                return download
+            await download.done.wait()
+
+    async def _run(self, download: Download, headers: dict[str, str]) -> None:
+        try:
+            await self._fetch(download, headers)
+            if download.partial is not None:
+                self.completed += 1
+        except Exception as exc:
+            self.failed += 1
+            download.error = exc
+            partial = download.partial
+            if partial is not None:
+                partial.fail(exc)
+                if isinstance(exc, DiskFull | NoRoom):
+                    # Kept for a resume, it would keep the disk full and fail every later
+                    # blob; the next request for this one starts over once there is room.
+                    async with partial.write_lock:
+                        partial.discard_sync()
+            log.warning("download of %s failed: %s", download.digest, exc)
+        finally:
+            download.ready.set()
+            download.done.set()
+            del self.active[download.digest]
+            partial = download.partial
+            if partial is not None:
+                if not partial.verified and partial.error is None:
+                    # Ended without the blob (a refusal mid-resume): wake its readers.
+                    partial.fail(BlobFailed(f"download of {download.digest} ended unfinished"))
+                self._store.release_partial(partial)
+
+    async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
+        if self.swarm is not None and not download.upstream_only:
+            try:
+                await self.swarm.fetch(download, headers)
+                return
+            except ClientRefused:
+                return
+            except OwnerUnavailable as exc:
+                # We own it (now), or nobody else could be reached: the upstream it is,
+                # continuing from whatever pieces the swarm delivered.
+                log.info("fetching %s from the upstream: %s", download.digest, exc)
+        self.upstream_fetches += 1
+        try:
+            await self._fetch_upstream(download, headers)
+        finally:
+            self.upstream_fetches -= 1
+
+    async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
+        """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking
+        over from the swarm) each run of missing pieces with a Range request."""
+        digest = download.digest
+        partial: PartialBlob | None = None
+        size_on_disk = self._store.partial_size_on_disk(digest)
+        if size_on_disk is not None:
+            try:
+                origins = self._origins(download)
+                partial = await self._store.open_partial(digest, size_on_disk, origins=origins)
+                # Ours to release from now on, whatever happens before the upstream answers
+                # (a partial left registered would be handed, with its origins, to the next
+                # opener). Readers still wait for `ready`.
+                download.partial = partial
+            except SizeRefused as exc:
+                # Left by a fetch whose size a manifest now contradicts: ask afresh.
+                log.info("%s: not resuming the partial on disk: %s", digest, exc)
+        if partial is None:
+            partial = await self._fetch_range(download, headers, None, 0, None)
+        elif not (runs := partial.missing_runs()):
+            # Every piece on disk (a crash between verify and commit): ask for the last byte
+            # only, so the upstream still checks this client's credentials.
+            size = partial.layout.size
+            partial = await self._fetch_range(download, headers, partial, size - 1, size)
+        else:
+            missing = sum(end - start for start, end in runs)
+            log.info("%s: fetching %d missing bytes in %d ranges", digest, missing, len(runs))
+        while partial is not None and (runs := partial.missing_runs()):
+            start, end = runs[0]
+            previous, before = partial, partial.bytes_present
+            partial = await self._fetch_range(download, headers, partial, start, end)
+            if partial is previous and partial.bytes_present == before:
+                raise UpstreamError(digest, f"answered bytes {start}-{end - 1} with nothing new")
+        if partial is None:
+            return  # refused: the refusal is on the download
+        async with partial.write_lock:
+            await trio.to_thread.run_sync(partial.verify_sync)
+            partial.notify()  # readers get the last byte now, before the fsync
+            await trio.to_thread.run_sync(self._store.commit_sync, partial)
+        log.info(
+            "stored %s (%d bytes, %.2fs)",
+            digest,
+            partial.layout.size,
+            time.monotonic() - download.started,
+        )
+
+    async def _fetch_range(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob | None,
+        offset: int,
+        end: int | None,
+    ) -> PartialBlob | None:
+        """Fetch bytes [offset, end) (to the end of the blob when `end` is None) into the
+        partial, opening it on the first answer; None when the upstream refused the client."""
+        digest = download.digest
+        request_headers = dict(headers)
+        if end is not None and partial is not None and end == partial.layout.size:
+            end = None  # open-ended: the form every registry supports
+        if offset or end is not None:
+            last = "" if end is None else str(end - 1)
+            request_headers["range"] = f"bytes={offset}-{last}"
+        base = self._upstreams.base_url(download.namespace)
+        url = base + f"/v2/{download.name}/blobs/{digest}"
+        config = self._upstreams.config
+        body = await open_blob(
+            url,
+            request_headers,
+            connect_timeout=config.connect_timeout,
+            stall_timeout=config.stall_timeout,
+        )
+        try:
+            if 400 <= body.status < 500 and body.status != 416:
+                error_body = await body.read_all(ERROR_BODY_LIMIT)
+                download.refusal = UpstreamRefusal(
+                    body.status, pick_headers(body.headers, FORWARDED_ERROR_HEADERS), error_body
+                )
+                if partial is not None:
+                    self._store.release_partial(partial)
+                return None
+            start, length, size = _body_extent(body, base)
+            ranged = "range" in request_headers
+            abandoned: PartialBlob | None = None
+            if partial is not None and (
+                restart := _restart_reason(partial, body.status, ranged, start, offset, size)
+            ):
+                log.info("%s: starting over: %s", digest, restart)
+                abandoned, partial = partial, None
+                async with abandoned.write_lock:
+                    abandoned.discard_sync()
+                self._store.release_partial(abandoned)
+            if partial is None:
+                # Fetched with credentials, the bytes are private to this registry before any
+                # other client can see them (a joining client must pass its access check).
+                origins = self._origins(download)
+                partial = await self._store.open_partial(digest, size, origins=origins)
+            else:  # continuing (after the swarm, say): these bytes come from here too
+                partial.add_origins(self._origins(download))
+            download.partial = partial
+            download.ready.set()
+            if abandoned is not None:
+                # Its readers may hold bytes the new start will not match: they cannot go on.
+                # Told only now, so that those still waiting for the whole blob (Range
+                # requests) find the new partial.
+                abandoned.fail(UpstreamError(base, "the download started over"))
+            if start:
+                end_byte = start + length - 1
+                log.info("resuming %s at byte %d (to %d of %d)", digest, start, end_byte, size)
+            await self._pump(download, body, partial, start, start + length)
+        finally:
+            await body.aclose()
+        return partial
+
+    def _origins(self, download: Download) -> list[str]:
+        """The registries this download's bytes are private to (none when fetched without
+        credentials: public)."""
+        if download.auth_key is None:
+            return []
+        return [self._upstreams.base_url(download.namespace)]
+
+    async def _pump(
+        self, download: Download, body: BlobStream, partial: PartialBlob, start: int, end: int
+    ) -> None:
+        """Receive the body in one task and write it from a worker thread, so the two overlap.
+
+        When the upstream breaks off, what was received is still written first, so a resume
+        starts as late as possible.
+        """
+        pipe = _BufferPipe(BUFFER_COUNT, BUFFER_SIZE)
+        broke_off: UpstreamError | None = None
+        write_error: Exception | None = None
+
+        async def receive() -> None:
+            nonlocal broke_off
+            received = start
+            try:
+                while received < end:
+                    buffer = await pipe.get_free()
+                    view = memoryview(buffer)[: min(len(buffer), end - received)]
+                    filled = 0
+                    while filled < len(view):
+                        count = await body.readinto(view[filled:])
+                        if count == 0:
+                            break
+                        filled += count
+                        if pipe.writer_waiting and filled >= EARLY_HANDOFF:
+                            break
+                    await self._download_limit.consume(filled)
+                    pipe.put_full(buffer, filled)
+                    received += filled
+                    if filled < len(view) and count == 0:
+                        break
+            except UpstreamError as exc:
+                broke_off = exc
+            finally:
+                pipe.close()
+
+        offset = start
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            try:
+                while (full := await pipe.take_full()) is not None:
+                    views = [memoryview(buffer)[:length] for buffer, length in full]
+                    self._store.ensure_room(partial, sum(length for _, length in full))
+                    async with partial.write_lock:
+                        completed = await trio.to_thread.run_sync(partial.write_sync, offset, views)
+                    written = sum(length for _, length in full)
+                    offset += written
+                    download.bytes_from_upstream += written
+                    self.bytes_from_upstream += written
+                    pipe.give_back([buffer for buffer, _ in full])
+                    partial.announce(completed)
+            except Exception as exc:  # raised below, outside the nursery: no exception group
+                write_error = exc
+                nursery.cancel_scope.cancel()
+        if write_error is not None:
+            raise write_error
+        if broke_off is not None:
+            raise broke_off
+        if offset != end:
+            message = f"closed the connection at byte {offset} of {start}-{end}"
+            raise UpstreamError(body.url, message)
+
+
+def _restart_reason(
+    partial: PartialBlob, status: int, ranged: bool, start: int, offset: int, size: int
+) -> str | None:
+    """Why an answer (`status`, from byte `start` of a blob of `size`) to a request from byte
+    `offset` cannot continue `partial`; None when it can."""
+    if partial.layout.size != size:
+        return f"its size changed from {partial.layout.size} to {size}"
+    if status == 200 and ranged:
+        # The whole blob where we asked for a part. Written over the pieces kept from before,
+        # it would skip their bytes in this stream, and if those pieces were wrong (left by a
+        # lying upstream) the blob would fail its sha256 and this pull with it. These bytes
+        # come anyway: take them all, from byte 0.
+        return "the upstream ignored the Range request"
+    if start != offset:
+        return f"the upstream answered from byte {start}, not {offset}"
+    return None
+
+
+def _body_extent(resp: BlobStream, base: str) -> tuple[int, int, int]:
+    """(offset of the first body byte, body length, total blob size) of a 200 or 206 answer."""
+    if resp.status == 206:
+        match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
+        if match is None:
+            raise UpstreamError(base, "answered 206 without a valid Content-Range")
+        first, last, size = (int(g) for g in match.groups())
+        if not first <= last < size:
+            raise UpstreamError(base, f"answered 206 with a bad Content-Range {match.group(0)}")
+        return first, last + 1 - first, size
+    if resp.status != 200:
+        raise UpstreamError(base, f"answered {resp.status} {resp.reason}")
+    length = resp.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise UpstreamError(base, "sent a blob without Content-Length")
+    return 0, int(length), int(length)

@@ -1,0 +1,123 @@
+"""The admin API, on its own listener (`--admin`), for the node's operator only.
+
+GET /healthz and GET /metrics answer anyone who reaches the admin address (a health probe
+and Prometheus counters, no digests or addresses). Everything else needs the admin token,
+`Authorization: Bearer <token>`: GET /_pollen/status (members, transfers, digests) and
+DELETE /_pollen/cache. The token is the operator's `--admin-token-file`, or one the node
+makes at start-up in `<data-dir>/admin.token`, readable by the node's user only: who can
+read that file is who can administer the node. The registry port (`--http`) faces every
+client of the node and serves none of this.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from peer.front.http_server import HttpConnection, Request
+from peer.front.oci_errors import OciError
+from pieces.store import Store
+
+log = logging.getLogger("pollen.admin")
+
+ADMIN_TOKEN_FILE = "admin.token"
+_OPEN_PATHS = {"/healthz", "/metrics"}
+
+
+def load_admin_token(token_file: Path | None, data_dir: Path) -> tuple[bytes, Path]:
+    """The admin token and the file it is in: `token_file` when given, else
+    `<data_dir>/admin.token`, created (mode 0600) with a random token if missing.
+
+    Raises:
+        ValueError: the given file is empty.
+        OSError: it cannot be read, or the default one cannot be written.
+    """
+    path = token_file or data_dir / ADMIN_TOKEN_FILE
+    if token_file is None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"{path} is empty")
+    return token.encode(), path
+
+
+class AdminFront:
+    """Answers the admin listener's requests."""
+
+    def __init__(
+        self,
+        store: Store,
+        token: bytes,
+        status: Callable[[], dict[str, object]],
+        metrics: Callable[[], tuple[str, bytes]],
+    ) -> None:
+        self._store = store
+        self._token = token
+        self._status = status
+        self._metrics = metrics
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        path = request.target.decode("ascii", "replace").partition("?")[0]
+        try:
+            if path not in _OPEN_PATHS:
+                self._require_token(request)
+            if path == "/healthz":
+                await self._answer(conn, request, "text/plain", b"ok\n")
+            elif path == "/metrics":
+                content_type, body = self._metrics()
+                await self._answer(conn, request, content_type, body)
+            elif path == "/_pollen/status":
+                body = json.dumps(self._status(), indent=2).encode() + b"\n"
+                await self._answer(conn, request, "application/json", body)
+            elif path == "/_pollen/cache":
+                await self._flush(conn, request)
+            else:
+                raise OciError(404, "NOT_FOUND", f"no admin route {path[:200]}")
+        except OciError as exc:
+            headers = [("content-type", "application/json"), *exc.headers]
+            await conn.respond(exc.status, headers, exc.body())
+
+    def _require_token(self, request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("latin-1"), self._token
+        ):
+            raise OciError(
+                401,
+                "UNAUTHORIZED",
+                "the admin API needs 'Authorization: Bearer <token>' (the node's "
+                "--admin-token-file, or <data-dir>/admin.token)",
+                headers=(("www-authenticate", 'Bearer realm="pollen-admin"'),),
+            )
+
+    async def _answer(
+        self, conn: HttpConnection, request: Request, content_type: str, body: bytes
+    ) -> None:
+        if request.method not in ("GET", "HEAD"):
+            raise OciError(405, "UNSUPPORTED", f"{request.method} is not supported here")
+        if request.method == "HEAD":
+            headers = [("content-type", content_type), ("content-length", str(len(body)))]
+            await conn.start_response(200, headers)
+            await conn.end_response()
+        else:
+            await conn.respond(200, [("content-type", content_type)], body)
+
+    async def _flush(self, conn: HttpConnection, request: Request) -> None:
+        """DELETE /_pollen/cache: empty the cache (for benchmarks of cold pulls)."""
+        if request.method != "DELETE":
+            raise OciError(405, "UNSUPPORTED", "use DELETE /_pollen/cache to empty the cache")
+        removed, freed = await trio.to_thread.run_sync(self._store.flush)
+        log.info("cache emptied through the admin API")
+        body = json.dumps({"blobs_removed": removed, "bytes_freed": freed}).encode() + b"\n"
+        await conn.respond(200, [("content-type", "application/json")], body)

@@ -1,0 +1,479 @@
+"""The registry HTTP front: the OCI distribution pull API that containerd, skopeo and podman use.
+
+GET /v2/ ; HEAD|GET /v2/<name>/manifests/<ref> ; HEAD|GET /v2/<name>/blobs/<digest> (Range),
+plus /healthz. The admin API (status, metrics, cache) is on its own listener: admin_front.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from peer.access.auth_gate import credentials_key
+from peer.access.policy import AccessPolicy, CachedElsewhere
+from peer.fetch.downloads import Download, Downloads
+from peer.front.http_server import ClientGone, HttpConnection, Request
+from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
+from peer.front.ranges import ByteRange, RangeNotSatisfiable, parse_range
+from peer.front.routes import (
+    AdminRoute,
+    ApiRoot,
+    BlobRoute,
+    InvalidNamespace,
+    ManifestRoute,
+    NotFound,
+    parse_target,
+)
+from peer.front.store_errors import store_failure
+from peer.upstream.client import (
+    FORWARDED_REQUEST_HEADERS,
+    UnforwardableHeader,
+    UpstreamError,
+    UpstreamRefusal,
+    Upstreams,
+    check_forwardable,
+    pick_headers,
+)
+from pieces.digest import InvalidDigest, digest_hex, is_digest
+from pieces.partial import BlobFailed, PartialBlob, StoreError
+from pieces.store import Store
+
+log = logging.getLogger("pollen.front")
+
+MANIFEST_LIMIT = 4 * 1024 * 1024
+API_VERSION = ("docker-distribution-api-version", "registry/2.0")
+MANIFEST_ANSWER_HEADERS = ("content-type", "docker-content-digest", "content-length", "etag")
+
+
+@dataclass
+class ServedCounters:
+    """What the front gave its clients: blob bytes from the store vs. while downloading."""
+
+    blob_bytes_from_cache: int = 0
+    blob_bytes_while_downloading: int = 0
+    blob_requests_from_cache: int = 0
+    blob_requests_while_downloading: int = 0
+    manifests_from_cache: int = 0
+    manifests_from_upstream: int = 0
+
+
+class RegistryFront:
+    """Routes one request at a time; shared by all connections of the node."""
+
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        downloads: Downloads,
+        access: AccessPolicy,
+    ) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.downloads = downloads
+        self.access = access
+        self.served = ServedCounters()
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        """Answer one request. Every failure is an error answer on this connection (or, once
+        the answer has started, the end of it): nothing a request does reaches the node.
+
+        Raises:
+            ClientGone: the client left, or the answer broke off mid-body (cut the connection).
+        """
+        try:
+            try:
+                target = parse_target(request.target)
+                route = target.route
+                self.upstreams.check_namespace(target.namespace)
+                if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
+                    # Checked before any upstream request or shared download starts.
+                    check_forwardable(pick_headers(request.headers, FORWARDED_REQUEST_HEADERS))
+            except InvalidNamespace as exc:
+                raise OciError(400, "NAME_INVALID", str(exc)) from exc
+            except UnforwardableHeader as exc:
+                raise OciError(400, "UNSUPPORTED", str(exc)) from exc
+            if isinstance(route, AdminRoute) and route.which != "healthz":
+                # Only the health probe is on the registry port: every client reaches it.
+                raise _on_admin_listener(request)
+            if request.method not in ("GET", "HEAD"):
+                raise OciError(
+                    405,
+                    "UNSUPPORTED",
+                    f"{request.method} is not supported: pollen is a read-only pull mirror",
+                    headers=(("connection", "close"),),
+                )
+            elif isinstance(route, ApiRoot):
+                await self._api_root(conn, request, target.namespace)
+            elif isinstance(route, BlobRoute):
+                await self._blob(conn, request, route, target.namespace)
+            elif isinstance(route, ManifestRoute):
+                await self._manifest(conn, request, route, target.namespace)
+            elif isinstance(route, AdminRoute):
+                await self._healthz(conn, request)
+            else:
+                assert isinstance(route, NotFound)
+                raise name_unknown(route.path)
+        except OciError as exc:
+            await self._send_error(conn, request, exc)
+        except UpstreamError as exc:
+            log.warning("upstream failure for %s: %s", _describe_target(request), exc)
+            await self._send_error(conn, request, upstream_unavailable(exc.upstream, exc.reason))
+        except (StoreError, OSError) as exc:
+            log.error("store failure for %s: %s", _describe_target(request), exc)
+            await self._send_error(conn, request, store_failure(exc))
+        except ClientGone:
+            raise
+        except Exception:
+            # A bug: it stays in this request. The traceback goes to the log, not to the client.
+            log.exception("internal error answering %s", _describe_target(request))
+            error = OciError(500, "UNKNOWN", "internal error in pollen (the node's log has it)")
+            await self._send_error(conn, request, error)
+
+    async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
+        if conn.response_started:
+            # Mid-body: the only honest signal left is to cut the connection.
+            raise ClientGone(f"aborted mid-response: {exc.message}")
+        headers = [("content-type", "application/json"), API_VERSION, *exc.headers]
+        await _answer(conn, request, exc.status, headers, exc.body())
+
+    async def _api_root(
+        self, conn: HttpConnection, request: Request, namespace: str | None
+    ) -> None:
+        """The version check. It is asked of the upstream, because clients such as skopeo learn
+        from its 401 challenge whether and how to authenticate before they send credentials."""
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        try:
+            async with self.upstreams.open("GET", namespace, "/v2/", headers) as resp:
+                if resp.status_code in (401, 403):
+                    refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
+                    await _forward_refusal(conn, request, refusal)
+                    return
+        except UpstreamError as exc:
+            # Cached content can still be served: say the API is here, but log why the
+            # upstream did not answer (requests that need it will get a 502 naming it).
+            log.warning("version check: upstream unreachable: %s", exc)
+        await _answer(
+            conn, request, 200, [("content-type", "application/json"), API_VERSION], b"{}"
+        )
+
+    # ---- blobs ---------------------------------------------------------------------------
+
+    async def _blob(
+        self, conn: HttpConnection, request: Request, route: BlobRoute, namespace: str | None
+    ) -> None:
+        digest = _valid_digest(route.digest)
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        auth_key = credentials_key(headers)
+        cached_elsewhere = False
+        while True:
+            if not cached_elsewhere and self.store.has_blob(digest):
+                refusal = await self.access.refusal(
+                    namespace, route.name, "blobs", digest, headers
+                )
+                if isinstance(refusal, CachedElsewhere):
+                    # Cached from other registries than the one this client names: fetched
+                    # again from its own, whose verified bytes prove the client's access.
+                    cached_elsewhere = True
+                    continue
+                if refusal is not None:
+                    await _forward_refusal(conn, request, refusal)
+                    return
+                if await self._serve_complete(conn, request, digest):
+                    return
+                continue  # evicted between the check and the open: fetch it again
+            download = self.downloads.active.get(digest)
+            if request.method == "HEAD" and download is None:
+                await self._forward_head(conn, request, namespace, route.name, "blobs", digest)
+                return
+            download = await self.downloads.join(digest, namespace, route.name, headers, auth_key)
+            download.clients += 1
+            try:
+                await download.ready.wait()
+                if download.refusal is not None:
+                    await _forward_refusal(conn, request, download.refusal)
+                    return
+                if download.error is not None:  # failed before this client got a byte
+                    raise download.error
+                if download.partial is None:
+                    continue  # finished between our checks: serve it from the store
+                started_by_us = download.auth_key == auth_key and (
+                    self.upstreams.base_url(download.namespace)
+                    == self.upstreams.base_url(namespace)
+                )
+                if not started_by_us:  # someone else's download: the same check as on disk
+                    refusal = await self.access.refusal(
+                        namespace, route.name, "blobs", digest, headers
+                    )
+                    if refusal is not None:
+                        await _forward_refusal(conn, request, refusal)
+                        return
+                await self._serve_partial(conn, request, download, download.partial)
+                return
+            finally:
+                download.clients -= 1
+
+    async def _serve_complete(self, conn: HttpConnection, request: Request, digest: str) -> bool:
+        """Serve a stored blob with sendfile; False when it vanished (evicted) before opening."""
+        try:
+            fd = os.open(self.store.complete_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            with self.store.reading(digest):
+                size = os.fstat(fd).st_size
+                byte_range, status, headers = _blob_answer(request, digest, size)
+                await conn.start_response(status, headers)
+                if request.method == "GET":
+                    self.served.blob_requests_from_cache += 1
+                    await conn.send_file(fd, byte_range.start, byte_range.length)
+                    self.served.blob_bytes_from_cache += byte_range.length
+                await conn.end_response()
+        finally:
+            os.close(fd)
+        return True
+
+    async def _serve_partial(
+        self, conn: HttpConnection, request: Request, download: Download, partial: PartialBlob
+    ) -> None:
+        """Stream a blob while it downloads: each run of bytes goes out as soon as it is written.
+
+        A full GET gets every byte as it lands, but its last byte only once the sha256 has been
+        checked: a wrong blob reaches it as a cut stream. A part of the blob (a Range request)
+        cannot be cut that way, since its last byte is not the blob's: it waits for the check
+        before its first byte, and gets the download's error as a status if the check fails.
+        """
+        digest = download.digest
+        byte_range, status, headers = _blob_answer(request, digest, partial.layout.size)
+        with self.store.reading(digest):
+            if status == 206 and request.method == "GET":
+                verified = await _wait_verified(download, partial)
+                if verified is not partial:
+                    partial = verified
+                    byte_range, status, headers = _blob_answer(request, digest, partial.layout.size)
+            fd = _open_partial_data(partial)
+            try:
+                await conn.start_response(status, headers)
+                if request.method == "GET":
+                    self.served.blob_requests_while_downloading += 1
+                    position = byte_range.start
+                    while position < byte_range.end:
+                        try:
+                            available = await partial.wait_readable(position)
+                        except BlobFailed as exc:
+                            raise ClientGone(f"{digest}: {exc}") from exc
+                        count = min(available, byte_range.end) - position
+                        await conn.send_file(fd, position, count)
+                        self.served.blob_bytes_while_downloading += count
+                        position += count
+                await conn.end_response()
+            finally:
+                os.close(fd)
+
+    # ---- manifests -----------------------------------------------------------------------
+
+    async def _manifest(
+        self, conn: HttpConnection, request: Request, route: ManifestRoute, namespace: str | None
+    ) -> None:
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        reference = route.reference
+        by_digest = is_digest(reference)
+        if by_digest:
+            _valid_digest(reference)
+            cached = self.store.get_manifest(reference)
+            refusal = None
+            if cached is not None:
+                refusal = await self.access.refusal(
+                    namespace, route.name, "manifests", reference, headers
+                )
+                if refusal is not None and not isinstance(refusal, CachedElsewhere):
+                    await _forward_refusal(conn, request, refusal)
+                    return
+            if cached is not None and refusal is None:
+                media_type, body = cached
+                self.served.manifests_from_cache += 1
+                await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
+                return
+        # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
+        # Docker Hub count GETs of manifests against rate limits, not HEADs).
+        path = f"/v2/{route.name}/manifests/{reference}"
+        async with self.upstreams.open(request.method, namespace, path, headers) as resp:
+            base = self.upstreams.base_url(namespace)
+            if 400 <= resp.status_code < 500:
+                body = (
+                    b""
+                    if request.method == "HEAD"
+                    else await self.upstreams.read_body(resp, 64 * 1024)
+                )
+                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), body)
+                await _forward_refusal(conn, request, refusal)
+                return
+            if resp.status_code != 200:
+                raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
+            if request.method == "HEAD":
+                answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
+                await conn.start_response(200, [*answer.items(), API_VERSION])
+                await conn.end_response()
+                return
+            body = await self.upstreams.read_body(resp, MANIFEST_LIMIT)
+            media_type = resp.headers.get("content-type", "application/octet-stream")
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if by_digest and digest != reference:
+            raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
+        if credentials_key(headers) is not None:
+            self.store.mark_private(digest, base)
+        else:  # served without credentials: public, whatever others claimed of it
+            self.store.mark_public(digest)
+        self.store.put_manifest(digest, media_type, body)
+        self.served.manifests_from_upstream += 1
+        await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
+
+    async def _forward_head(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        namespace: str | None,
+        name: str,
+        kind: str,
+        reference: str,
+    ) -> None:
+        """A HEAD for content we do not hold: ask the upstream, do not start a download."""
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        path = f"/v2/{name}/{kind}/{reference}"
+        async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
+            if 400 <= resp.status_code < 500:
+                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
+                await _forward_refusal(conn, request, refusal)
+                return
+            if resp.status_code != 200:
+                base = self.upstreams.base_url(namespace)
+                raise UpstreamError(base, f"answered {resp.status_code} for {kind} {reference}")
+            answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
+            answer["docker-content-digest"] = reference
+            await conn.start_response(200, [*answer.items(), API_VERSION])
+            await conn.end_response()
+
+    # ---- admin ---------------------------------------------------------------------------
+
+    async def _healthz(self, conn: HttpConnection, request: Request) -> None:
+        await _answer(conn, request, 200, [("content-type", "text/plain")], b"ok\n")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _on_admin_listener(request: Request) -> OciError:
+    path = request.target.decode("ascii", "replace").partition("?")[0][:200]
+    return OciError(
+        404,
+        "NOT_FOUND",
+        f"{path} is served on the node's admin address (--admin), with its admin token",
+    )
+
+
+def _valid_digest(digest: str) -> str:
+    try:
+        digest_hex(digest)
+    except InvalidDigest as exc:
+        raise digest_invalid(digest, str(exc)) from exc
+    return digest
+
+
+def _blob_answer(
+    request: Request, digest: str, size: int
+) -> tuple[ByteRange, int, list[tuple[str, str]]]:
+    """The range to send, the status and the headers of a blob answer."""
+    headers = [
+        ("content-type", "application/octet-stream"),
+        ("docker-content-digest", digest),
+        ("etag", f'"{digest}"'),
+        ("accept-ranges", "bytes"),
+        API_VERSION,
+    ]
+    try:
+        byte_range = parse_range(request.headers.get("range"), size)
+    except RangeNotSatisfiable as exc:
+        raise OciError(
+            416,
+            "RANGE_INVALID",
+            f"range {exc} is outside the blob of {size} bytes",
+            headers=(("content-range", f"bytes */{size}"),),
+        ) from exc
+    if byte_range is None:
+        return ByteRange(0, size), 200, [*headers, ("content-length", str(size))]
+    headers += [
+        ("content-length", str(byte_range.length)),
+        ("content-range", byte_range.content_range(size)),
+    ]
+    return byte_range, 206, headers
+
+
+def _manifest_headers(media_type: str, digest: str) -> list[tuple[str, str]]:
+    return [
+        ("content-type", media_type),
+        ("docker-content-digest", digest),
+        ("etag", f'"{digest}"'),
+        API_VERSION,
+    ]
+
+
+def _error_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return pick_headers(
+        headers, ("www-authenticate", "content-type", "docker-distribution-api-version")
+    )
+
+
+async def _forward_refusal(
+    conn: HttpConnection, request: Request, refusal: UpstreamRefusal
+) -> None:
+    """Pass an upstream 4xx on unchanged (a 401's WWW-Authenticate starts the token flow)."""
+    await _answer(conn, request, refusal.status, list(refusal.headers.items()), refusal.body)
+
+
+async def _answer(
+    conn: HttpConnection, request: Request, status: int, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """A whole answer; for HEAD, the headers of the GET answer without its body."""
+    if request.method == "HEAD":
+        await conn.start_response(status, [*headers, ("content-length", str(len(body)))])
+        await conn.end_response()
+    else:
+        await conn.respond(status, headers, body)
+
+
+async def _wait_verified(download: Download, partial: PartialBlob) -> PartialBlob:
+    """Wait until the blob's sha256 has been checked; returns the partial that passed (the
+    download's next one when it started over).
+
+    Raises:
+        Exception: the download's error when the blob failed (nothing has been sent yet, so
+            the client gets it as a status).
+    """
+    while True:
+        try:
+            await partial.wait_verified()
+            return partial
+        except BlobFailed:
+            if download.partial is not None and download.partial is not partial:
+                partial = download.partial  # started over (a 200 to a Range request)
+                continue
+            if partial.error is None:
+                raise
+            raise partial.error from None
+
+
+def _open_partial_data(partial: PartialBlob) -> int:
+    """Open a partial's bytes; it may have just been completed (renamed) by the writer thread."""
+    for path in (partial.data_path, partial.complete_path):
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+    raise BlobFailed(f"{partial.digest}: data file is gone ({partial.error or 'discarded'})")
+
+
+def _describe_target(request: Request) -> str:
+    # Never include headers: they may carry credentials.
+    return f"{request.method} {request.target.decode('ascii', 'replace')[:300]}"

@@ -1,0 +1,360 @@
+"""A member with the cluster token may ask for pieces, but a private blob's pieces go only to
+a peer whose credentials a registry the blob came from accepted (through a Want or Access):
+the same check as for a client of the HTTP front. Public blobs need none."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bench.components import free_port
+from peer.config import Address, NodeConfig
+from peer.front.http_server import HttpConnection
+from peer.front.http_server import Request as HttpRequest
+from peer.node import Node
+from peer.swarm.link import LinkClosed, PeerLink
+from tests.peer.fake_registry import FakeRegistry
+from wire.events import Access, Event, Piece, Reject, Request
+from wire.protocol import Role
+
+TOKEN = b"cluster token"
+
+
+@dataclass
+class Setup:
+    registry: FakeRegistry
+    node: Node
+    client: httpx.AsyncClient
+    peer_port: int
+
+
+async def _node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry) -> Setup:
+    peer_port = free_port()
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream=registry.url,
+        piece_size=64 * 1024,
+        peer=Address("127.0.0.1", peer_port),
+        cluster_token=TOKEN,
+    )
+    node = Node(config)
+    port = await nursery.start(node.run)
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return Setup(registry, node, client, peer_port)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    made = await _node(tmp_path, nursery, registry)
+    async with made.client:
+        yield made
+
+
+async def _cached(setup: Setup, data: bytes, token: str | None) -> str:
+    digest = setup.registry.add_blob(data)
+    setup.registry.token = token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await setup.client.get(f"/v2/org/app/blobs/{digest}", headers=headers)
+    assert response.content == data
+    with trio.fail_after(10):
+        while not setup.node.store.has_blob(digest) or setup.node.downloads_in_flight():
+            await trio.sleep(0.01)
+    return digest
+
+
+class Member:
+    """A node with the token (a liar, perhaps) asking the node for pieces directly."""
+
+    def __init__(self, link: PeerLink) -> None:
+        self.link = link
+        self.answers: trio.MemorySendChannel[Event]
+        self.answers, self._answers = trio.open_memory_channel[Event](100)
+
+    async def on_event(self, _link: PeerLink, event: Event) -> None:
+        if isinstance(event, Piece | Reject):
+            await self.answers.send(event)
+
+    async def run(self) -> None:
+        async with self.answers:  # closed with the link: ask() then says so
+            await self.link.run(self.on_event)
+
+    async def ask(self, digest: str, index: int) -> Event | None:
+        """The answer to a Request; None when the node closed the link instead."""
+        try:
+            await self.link.send(Request(digest, index))
+            with trio.fail_after(10):
+                return await self._answers.receive()
+        except (LinkClosed, trio.EndOfChannel):
+            return None
+
+
+async def _member(setup: Setup, nursery: trio.Nursery) -> Member:
+    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+    link = PeerLink(
+        stream, os.urandom(16), TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id
+    )
+    await link.handshake()
+    member = Member(link)
+    nursery.start_soon(member.run)
+    return member
+
+
+async def test_private_pieces_need_credentials_the_origin_accepts(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    data = os.urandom(256 * 1024)
+    digest = await _cached(setup, data, "s3cret")
+    member = await _member(setup, nursery)
+
+    # No Want, no Access: nothing.
+    answer = await member.ask(digest, 0)
+    assert isinstance(answer, Reject) and answer.reason == "denied"
+    # Credentials the registry refuses, and a registry of the member's choosing: nothing.
+    await member.link.send(Access(digest, "evil.test", "org/app", "Bearer guess"))
+    answer = await member.ask(digest, 1)
+    assert isinstance(answer, Reject) and answer.reason == "denied"
+    # Good credentials: the pieces.
+    await member.link.send(Access(digest, None, "org/app", "Bearer s3cret"))
+    answer = await member.ask(digest, 2)
+    assert isinstance(answer, Piece)
+    assert bytes(answer.data) == data[2 * 64 * 1024 : 3 * 64 * 1024]
+
+
+async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nursery) -> None:
+    data = os.urandom(128 * 1024)
+    digest = await _cached(setup, data, None)
+    member = await _member(setup, nursery)
+    answer = await member.ask(digest, 1)
+    assert isinstance(answer, Piece)
+    assert bytes(answer.data) == data[64 * 1024 :]
+
+
+class PartlyPublicRegistry(FakeRegistry):
+    """Everything under /v2/pub/ is public; the rest needs the token."""
+
+    async def _handle(self, conn: HttpConnection, request: HttpRequest) -> None:
+        if not request.target.startswith(b"/v2/pub/"):
+            await super()._handle(conn, request)
+            return
+        saved, self.token = self.token, None
+        try:
+            await super()._handle(conn, request)
+        finally:
+            self.token = saved
+
+
+async def test_a_repository_name_cannot_steer_the_access_check(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """`pub/x/manifests/v1?` as a repository would make the check ask for a public manifest
+    and answer yes for a private blob."""
+    registry = PartlyPublicRegistry()
+    await nursery.start(registry.serve)
+    setup = await _node(tmp_path, nursery, registry)
+    async with setup.client:
+        data = os.urandom(256 * 1024)
+        digest = await _cached(setup, data, "s3cret")
+        registry.add_manifest("v1", b'{"schemaVersion":2}')
+        member = await _member(setup, nursery)
+        await member.link.send(Access(digest, None, "pub/x/manifests/v1?", None))
+        answer = await member.ask(digest, 2)
+        assert not isinstance(answer, Piece)
+
+
+async def test_only_the_owner_says_what_a_blob_is() -> None:
+    """A PieceMeta from any other member (say, one with no origins: 'public') is ignored:
+    otherwise it could strip a private blob's marking or plant piece hashes."""
+    from peer.fetch.downloads import Download
+    from peer.swarm.swarm import DigestState, SwarmFetch
+    from wire.events import PieceMeta
+
+    digest = "sha256:" + "c" * 64
+    owner, liar = b"O" * 16, b"L" * 16
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]  # not reached: the event is dropped before
+        DigestState(digest),
+        Download(digest, None, "org/app", "key"),
+        {"authorization": "Bearer s3cret"},
+    )
+    fetch.owner = owner
+
+    class Link:
+        peer_id = liar
+
+    lie = PieceMeta(digest, 1000, 100, {0: b"h" * 16}, origins=[])
+    await fetch.on_event(Link(), lie)  # type: ignore[arg-type]
+    assert fetch._meta is None and not fetch.hashes
+    Link.peer_id = owner
+    truth = PieceMeta(digest, 1000, 100, {}, origins=["https://reg.test"])
+    await fetch.on_event(Link(), truth)  # type: ignore[arg-type]
+    assert fetch._meta is truth
+
+
+async def test_a_grant_made_while_a_blob_was_public_does_not_outlive_its_privacy(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """A member's Want for a blob fetched without credentials (public, and in the attack
+    failing its sha256) must not leave a grant that later covers the private copy."""
+    from wire.events import Want
+
+    data = os.urandom(256 * 1024)
+    digest = setup.registry.add_blob(data)
+    setup.registry.lie_about.add(digest)  # the anonymous fetch gets wrong bytes: it fails
+    member = await _member(setup, nursery)
+    await member.link.send(Want(digest, None, "org/app", None))
+    with trio.fail_after(10):
+        while not setup.node.downloads.failed:  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+    setup.registry.lie_about.clear()
+    await _cached(setup, data, "s3cret")  # now an authorised pull stores the private blob
+    answer = await member.ask(digest, 0)
+    assert not isinstance(answer, Piece)
+
+
+async def test_requests_for_blobs_nobody_has_leave_no_state_behind(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """Clients and members can name any digest: what the node keeps for one must go when
+    nothing of it is held or in flight (else memory grows with every random digest)."""
+    from wire.events import Bitfield, Have, PeersRequest, Want
+
+    randoms = ["sha256:" + os.urandom(32).hex() for _ in range(50)]
+    for digest in randoms[:25]:
+        response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
+        assert response.status_code == 404
+    member = await _member(setup, nursery)
+    for digest in randoms[25:]:
+        await member.link.send(Want(digest, None, "org/app", None))
+        await member.link.send(Bitfield(digest, b"\xff"))
+        await member.link.send(Have(digest, 3))
+        await member.link.send(PeersRequest(digest))
+    swarm = setup.node.swarm
+    assert swarm is not None
+    with trio.move_on_after(10):
+        while setup.node.downloads_in_flight() or any(d in swarm.digests for d in randoms):
+            await trio.sleep(0.02)
+    left = [d for d in randoms if d in swarm.digests]
+    assert not left, (randoms.index(left[0]), swarm.digests[left[0]])
+
+
+async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    from wire.events import Refused, Want
+
+    refused: list[Refused] = []
+    member = await _member(setup, nursery)
+    original = member.on_event
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Refused):
+            refused.append(event)
+        await original(link, event)
+
+    member.on_event = on_event  # type: ignore[method-assign]
+    digest = "sha256:" + "d" * 64
+    await member.link.send(Want(digest, "127.0.0.1:9", "org/app", None))
+    with trio.fail_after(10):
+        while not refused:
+            await trio.sleep(0.01)
+    assert refused[0].status == 400
+    assert not setup.node.downloads_in_flight()
+
+
+async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's grant lasts DEFAULT_TTL; a long transfer must not run into "denied"."""
+    from peer.fetch.downloads import Download
+    from peer.swarm import swarm as swarm_module
+    from peer.swarm.swarm import ACCESS_REFRESH, DigestState, SwarmFetch
+
+    digest = "sha256:" + "e" * 64
+    sent: list[tuple[bytes, Event]] = []
+
+    class FakeLink:
+        closed = False
+
+        def __init__(self, peer_id: bytes) -> None:
+            self.peer_id = peer_id
+
+        async def send(self, event: Event) -> bool:
+            sent.append((self.peer_id, event))
+            return True
+
+    class FakeStore:
+        def is_private(self, _digest: str) -> bool:
+            return True
+
+    class FakeSwarm:
+        store = FakeStore()
+        links = {b"P" * 16: FakeLink(b"P" * 16)}
+
+    now = [1000.0]
+    monkeypatch.setattr(swarm_module.time, "monotonic", lambda: now[0])
+    fetch = SwarmFetch(
+        FakeSwarm(),  # type: ignore[arg-type]
+        DigestState(digest),
+        Download(digest, None, "org/app", "key"),
+        {"authorization": "Bearer s3cret"},
+    )
+    fetch.peers.add(b"P" * 16)
+    await fetch._send_access()
+    await fetch._send_access()  # at once again: nothing new
+    assert len(sent) == 1 and isinstance(sent[0][1], Access)
+    now[0] += ACCESS_REFRESH + 1
+    await fetch._send_access()
+    assert len(sent) == 2
+    assert ACCESS_REFRESH < swarm_module.DEFAULT_TTL
+
+
+async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() -> None:
+    """A store error is ours, not the peer's: it must end the fetch (its clients get a clear
+    status) and leave the link alone, not escape into the link's read loop."""
+    from peer.fetch.downloads import Download
+    from peer.swarm.swarm import DigestState, SwarmFetch
+    from pieces.layout import PieceLayout
+    from pieces.partial import NoRoom, piece_hash
+
+    digest = "sha256:" + "f" * 64
+    data = os.urandom(1000)
+
+    class FullStore:
+        def ensure_room(self, _blob: object, _incoming: int) -> None:
+            raise NoRoom("no room for the test")
+
+    class FakeSwarm:
+        store = FullStore()
+        links: dict[bytes, object] = {}
+
+    class FakePartial:
+        layout = PieceLayout(1000, 1000)
+        piece_hashes: dict[int, bytes] = {}
+
+    class Link:
+        peer_id = b"P" * 16
+        closed = False
+
+    fetch = SwarmFetch(
+        FakeSwarm(),  # type: ignore[arg-type]
+        DigestState(digest),
+        Download(digest, None, "org/app", None),
+        {},
+    )
+    fetch.partial = FakePartial()  # type: ignore[assignment]
+    fetch.hashes[0] = piece_hash(data)
+    fetch.inflight[0] = {Link.peer_id}
+    await fetch._store_piece(Link(), Piece(digest, 0, data))  # type: ignore[arg-type]
+    assert isinstance(fetch.failure, NoRoom)
+    assert not Link.closed
+    with pytest.raises(NoRoom):
+        fetch._raise_failure()

@@ -1,0 +1,182 @@
+"""SWIM membership on a seeded, lossy fake network with a fake clock."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from peer.cluster.membership import Address, Membership, Message, Status, SwimConfig
+
+CONFIG = SwimConfig()
+
+
+@dataclass(order=True)
+class _Delivery:
+    at: float
+    order: int
+    destination: Address = field(compare=False)
+    source: Address = field(compare=False)
+    message: Message = field(compare=False)
+
+
+class FakeNetwork:
+    """Delivers datagrams with random latency; drops `loss` of them; nodes can be paused."""
+
+    def __init__(self, seed: int, loss: float) -> None:
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.now = 0.0
+        self.nodes: dict[Address, Membership] = {}
+        self.paused: set[Address] = set()
+        self.stopped: set[Address] = set()
+        self._queue: list[_Delivery] = []
+        self._order = 0
+        self.sent: dict[tuple[Address, Address], int] = {}
+
+    def add(self, index: int, seeds: tuple[Address, ...]) -> Membership:
+        address = (f"10.0.0.{index}", 7000)  # names only: nothing is sent on any network
+        node = Membership(
+            index.to_bytes(16, "big"),
+            address,
+            CONFIG,
+            random.Random(self.rng.random()),
+            seeds,
+        )
+        self.nodes[address] = node
+        return node
+
+    def run_until(self, end: float, step: float = 0.05) -> None:
+        while self.now < end:
+            self.now = round(self.now + step, 6)
+            while self._queue and self._queue[0].at <= self.now:
+                d = heapq.heappop(self._queue)
+                if d.destination in self.stopped or d.destination in self.paused:
+                    continue
+                target = self.nodes.get(d.destination)
+                if target is not None:
+                    target.receive(d.message, d.source, d.at)
+            for address, node in self.nodes.items():
+                if address in self.stopped or address in self.paused:
+                    continue
+                deadline = node.next_deadline()
+                if deadline is None or deadline <= self.now:
+                    node.tick(self.now)
+                for destination, message in node.take_outgoing():
+                    key = (address, destination)
+                    self.sent[key] = self.sent.get(key, 0) + 1
+                    if self.rng.random() < self.loss:
+                        continue
+                    self._order += 1
+                    latency = self.rng.uniform(0.001, 0.02)
+                    heapq.heappush(
+                        self._queue,
+                        _Delivery(self.now + latency, self._order, destination, address, message),
+                    )
+
+    def views(self) -> dict[Address, set[bytes]]:
+        return {
+            a: n.alive_ids()
+            for a, n in self.nodes.items()
+            if a not in self.stopped and a not in self.paused
+        }
+
+
+def cluster(n: int, seed: int, loss: float) -> FakeNetwork:
+    net = FakeNetwork(seed, loss)
+    seed_address = ("10.0.0.0", 7000)
+    for i in range(n):
+        net.add(i, () if i == 0 else (seed_address,))
+    return net
+
+
+def converged(net: FakeNetwork, expected: set[bytes]) -> bool:
+    return all(view == expected for view in net.views().values())
+
+
+def test_twenty_nodes_converge_over_a_lossy_network() -> None:
+    net = cluster(20, seed=1, loss=0.05)
+    everyone = {n.node_id for n in net.nodes.values()}
+    for _ in range(120):  # bounded: at most 60 s of simulated time
+        net.run_until(net.now + 0.5)
+        if converged(net, everyone):
+            break
+    print(f"converged after {net.now:.1f}s")
+    assert converged(net, everyone), {a: len(v) for a, v in net.views().items()}
+    # Nobody was wrongly declared dead on the way.
+    assert all(s is not Status.DEAD for n in net.nodes.values() for _, s in n.events)
+
+
+def test_a_killed_node_is_declared_dead_on_every_survivor_within_the_bound() -> None:
+    net = cluster(20, seed=2, loss=0.05)
+    everyone = {n.node_id for n in net.nodes.values()}
+    net.run_until(30)
+    assert converged(net, everyone)
+    victim = ("10.0.0.7", 7000)
+    victim_id = net.nodes[victim].node_id
+    net.stopped.add(victim)
+    killed_at = net.now
+    bound = CONFIG.detection_bound(20)
+    dead_at: dict[Address, float] = {}
+    while net.now < killed_at + bound and len(dead_at) < 19:
+        net.run_until(net.now + 0.25)
+        for address, node in net.nodes.items():
+            if address in net.stopped or address in dead_at:
+                continue
+            member = node.members[victim_id]
+            if member.status is Status.DEAD:
+                dead_at[address] = net.now
+    assert len(dead_at) == 19, f"{19 - len(dead_at)} survivors still think it lives"
+    print(
+        f"dead on all survivors after {max(dead_at.values()) - killed_at:.1f}s (bound {bound:.1f}s)"
+    )
+    assert max(dead_at.values()) - killed_at <= bound
+    # The survivors still agree on each other.
+    assert converged(net, everyone - {victim_id})
+
+
+def test_a_paused_node_refutes_its_suspicion() -> None:
+    net = cluster(10, seed=3, loss=0.0)
+    everyone = {n.node_id for n in net.nodes.values()}
+    net.run_until(20)
+    assert converged(net, everyone)
+    sleeper = ("10.0.0.4", 7000)
+    sleeper_id = net.nodes[sleeper].node_id
+    net.paused.add(sleeper)
+    # Long enough to be suspected, shorter than the suspicion time-out.
+    suspected = False
+    for _ in range(40):
+        net.run_until(net.now + 0.25)
+        if any(
+            n.members[sleeper_id].status is Status.SUSPECT
+            for a, n in net.nodes.items()
+            if a != sleeper
+        ):
+            suspected = True
+            break
+    assert suspected
+    net.paused.discard(sleeper)
+    net.run_until(net.now + CONFIG.suspicion_timeout(10) * 3)
+    assert net.nodes[sleeper].incarnation > 0  # it refuted
+    assert converged(net, everyone)
+    assert all(
+        n.members[sleeper_id].status is Status.ALIVE for a, n in net.nodes.items() if a != sleeper
+    )
+    assert not any(
+        node_id == sleeper_id and status is Status.DEAD
+        for n in net.nodes.values()
+        for node_id, status in n.events
+    )
+
+
+def test_join_retries_with_back_off_until_the_seed_answers() -> None:
+    net = FakeNetwork(seed=4, loss=0.0)
+    seed = ("10.0.0.0", 7000)
+    late = net.add(1, (seed,))
+    net.run_until(20)
+    # The seed is not there yet: the joiner retried, each time waiting longer (1+2+4+8 s).
+    assert late.alive() == []
+    assert net.sent[(late.address, seed)] == 5
+    first = net.add(0, ())
+    net.run_until(net.now + CONFIG.join_retry_max + 5)
+    assert late.alive_ids() == first.alive_ids() == {late.node_id, first.node_id}
