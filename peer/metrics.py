@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from peer.fetch.downloads import Downloads
+from peer.fetch.coordinator import FetchCoordinator
 from peer.front.registry import ServedCounters
 from peer.swarm.swarm import Swarm
 from pieces.store import Store
@@ -18,7 +18,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _NodeCollector(Collector):
     def __init__(
-        self, store: Store, downloads: Downloads, served: ServedCounters, swarm: Swarm | None
+        self, store: Store, downloads: FetchCoordinator, served: ServedCounters, swarm: Swarm | None
     ) -> None:
         self._store = store
         self._downloads = downloads
@@ -95,7 +95,7 @@ class _NodeCollector(Collector):
 
 class NodeMetrics:
     def __init__(
-        self, store: Store, downloads: Downloads, served: ServedCounters, swarm: Swarm | None
+        self, store: Store, downloads: FetchCoordinator, served: ServedCounters, swarm: Swarm | None
     ) -> None:
         self._registry = CollectorRegistry()
         self._registry.register(_NodeCollector(store, downloads, served, swarm))

@@ -16,7 +16,8 @@ from peer.access.policy import AccessPolicy
 from peer.cluster.gossip import GossipDriver
 from peer.cluster.membership import Membership
 from peer.config import Address, NodeConfig
-from peer.fetch.downloads import Downloads
+from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstream
+from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
 from peer.front.http_server import serve_connection
 from peer.front.registry import RegistryFront
@@ -60,7 +61,7 @@ class Node:
                 config.admin_token_file, config.data_dir
             )
             log.info("admin API token in %s", token_path)
-        self.downloads: Downloads | None = None
+        self.downloads: FetchCoordinator | None = None
         self.node_id = os.urandom(16)
         self.membership: Membership | None = None
         self.swarm: Swarm | None = None
@@ -93,7 +94,7 @@ class Node:
                 }
                 for m in membership.members.values()
             ],
-            "banned": [p.hex() for p, until in swarm.banned.items() if until > time.monotonic()],
+            "banned": [p.hex() for p in swarm.bans.banned(trio.current_time())],
             **asdict(swarm.counters),
         }
 
@@ -116,7 +117,7 @@ class Node:
                         "bytes_from_peers": download.bytes_from_peers,
                         "owner": self._owner_of(download.digest),
                         "clients": download.clients,
-                        "seconds": round(time.monotonic() - download.started, 3),
+                        "seconds": round(trio.current_time() - download.started, 3),
                     }
                 )
         return {
@@ -151,13 +152,16 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))
+                # One cap for the peers and the upstream together.
                 download_limit = RateLimiter(config.download_rate)
-                swarm = await self._start_swarm(nursery, access, download_limit)
-                self.downloads = Downloads(
-                    self.store, self.upstreams, nursery, swarm, download_limit
+                # Built in dependency order, nothing patched afterwards: the table and the
+                # upstream fetcher, the swarm (given its narrow view of them), the coordinator.
+                table = DownloadTable(self.store, nursery)
+                fetcher = UpstreamFetcher(self.store, self.upstreams, download_limit)
+                swarm = await self._start_swarm(
+                    nursery, access, download_limit, OwnerUpstream(table, fetcher)
                 )
-                if swarm is not None:
-                    swarm.downloads = self.downloads
+                self.downloads = FetchCoordinator(table, fetcher, swarm)
                 front = self.front = RegistryFront(
                     self.store, self.upstreams, self.downloads, access
                 )
@@ -202,7 +206,11 @@ class Node:
         log.info("admin API on %s:%d", address.host, self.admin_port)
 
     async def _start_swarm(
-        self, nursery: trio.Nursery, access: AccessPolicy, download_limit: RateLimiter
+        self,
+        nursery: trio.Nursery,
+        access: AccessPolicy,
+        download_limit: RateLimiter,
+        upstream: OwnerUpstream,
     ) -> Swarm | None:
         config = self.config
         advertised = config.advertised_peer()
@@ -227,8 +235,9 @@ class Node:
             config.piece_size,
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
+            download_limit=download_limit,
+            upstream=upstream,
         )
-        swarm.download_limit = download_limit  # one cap for peers and upstream together
         self.swarm = swarm
         await nursery.start(swarm.run, listeners)
         if config.cluster_token is None:

@@ -26,22 +26,29 @@ log = logging.getLogger("pollen.gossip")
 MAC_SIZE = 16
 MAX_DATAGRAM = 60_000
 _PING, _ACK, _PING_REQ = 1, 2, 3
+_STATUSES = frozenset(int(s) for s in Status)
 
 
 class BadDatagram(ValueError):
     """A datagram that failed authentication or decoding."""
 
 
-def _update_out(u: Update) -> list[Any]:
-    return [u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status)]
+def update_out(u: Update) -> tuple[bytes, str, int, int, int]:
+    """One member's state as gossip (UDP) and the swarm's Members sync (TCP) carry it."""
+    return (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status))
 
 
-def _update_in(raw: Any) -> Update:
+def update_in(raw: Any) -> Update:
+    """Checked: raises BadDatagram for anything but a valid member."""
+    if not isinstance(raw, list | tuple) or len(raw) != 5:
+        raise BadDatagram("bad update")
     node_id, host, port, incarnation, status = raw
     if not (isinstance(node_id, bytes) and len(node_id) == 16 and is_valid_host(host)):
         raise BadDatagram("bad update")
     if not (is_valid_port(port) and isinstance(incarnation, int)):
         raise BadDatagram("bad update")
+    if status not in _STATUSES:
+        raise BadDatagram("bad status")
     return Update(node_id, (host, port), incarnation, Status(status))
 
 
@@ -53,7 +60,7 @@ def _address_in(raw: Any) -> Address:
 
 
 def encode(message: Message, token: bytes | None) -> bytes:
-    updates = [_update_out(u) for u in message.updates]
+    updates = [update_out(u) for u in message.updates]
     body: list[Any]
     if isinstance(message, Ping):
         behalf = list(message.on_behalf_of) if message.on_behalf_of else None
@@ -86,15 +93,15 @@ def decode(datagram: bytes, token: bytes | None) -> Message:
             raise BadDatagram("bad header")
         if kind == _PING:
             behalf = _address_in(body[5]) if body[5] is not None else None
-            updates = tuple(_update_in(u) for u in body[4])
+            updates = tuple(update_in(u) for u in body[4])
             return Ping(seq, sender, _address_in(body[3]), updates, behalf)
         if kind == _ACK:
-            return Ack(seq, sender, tuple(_update_in(u) for u in body[3]))
+            return Ack(seq, sender, tuple(update_in(u) for u in body[3]))
         if kind == _PING_REQ:
             target = body[4]
             if not isinstance(target, bytes) or len(target) != 16:
                 raise BadDatagram("bad target")
-            updates = tuple(_update_in(u) for u in body[6])
+            updates = tuple(update_in(u) for u in body[6])
             return PingReq(seq, sender, _address_in(body[3]), target, _address_in(body[5]), updates)
     except BadDatagram:
         raise

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
-from peer.fetch.downloads import Download, Downloads
+from peer.fetch.coordinator import FetchCoordinator
+from peer.fetch.download import Download
 from peer.front.http_server import ClientGone, HttpConnection, Request
 from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
 from peer.front.ranges import ByteRange, RangeNotSatisfiable, parse_range
@@ -67,7 +68,7 @@ class RegistryFront:
         self,
         store: Store,
         upstreams: Upstreams,
-        downloads: Downloads,
+        downloads: FetchCoordinator,
         access: AccessPolicy,
     ) -> None:
         self.store = store
@@ -189,8 +190,7 @@ class RegistryFront:
                 await self._forward_head(conn, request, namespace, route.name, "blobs", digest)
                 return
             download = await self.downloads.join(digest, namespace, route.name, headers, auth_key)
-            download.clients += 1
-            try:
+            with download.serving():
                 await download.ready.wait()
                 if download.refusal is not None:
                     await _forward_refusal(conn, request, download.refusal)
@@ -212,8 +212,6 @@ class RegistryFront:
                         return
                 await self._serve_partial(conn, request, download, download.partial)
                 return
-            finally:
-                download.clients -= 1
 
     async def _serve_complete(self, conn: HttpConnection, request: Request, digest: str) -> bool:
         """Serve a stored blob with sendfile; False when it vanished (evicted) before opening."""

@@ -1,7 +1,10 @@
-"""One TCP connection to another node: the handshake, a read loop, and serialized sends.
+"""One connection to another node: the handshake, a read loop, and serialized sends.
 
 The protocol rules live in wire/; this module only moves bytes between a trio stream and a
-PeerProtocol, under time-outs, and hands each event to a callback.
+PeerProtocol, under time-outs, and hands each event to a callback. On a TCP socket
+(`trio.SocketStream`) piece payloads skip Python: sendfile out of the store, recv_into the
+payload's own buffer. Any other `trio.abc.Stream` (in memory in tests, `trio.SSLStream`)
+gets the same bytes through `send_all` and `receive_some`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class LinkClosed(Exception):
 class PeerLink:
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         node_id: bytes,
         token: bytes | None,
         *,
@@ -171,12 +174,18 @@ class PeerLink:
             return True
 
     async def _send_buffers(self, event: Event) -> None:
-        if self.protocol.encrypt and isinstance(event, Piece) and isinstance(event.data, FileRange):
-            # A sealed piece cannot go out with sendfile: its bytes must pass through AES-GCM.
+        # Where a piece from a file can go with sendfile: a socket, and only unsealed.
+        sock = None
+        if isinstance(self.stream, trio.SocketStream) and not self.protocol.encrypt:
+            sock = self.stream.socket
+        if sock is None and isinstance(event, Piece) and isinstance(event.data, FileRange):
+            # A sealed piece's bytes must pass through AES-GCM, and a stream that is not a
+            # socket takes bytes: read them first, before any of the frame goes out.
             event = Piece(event.digest, event.index, await self._read_file(event.data))
         for buffer in self.protocol.send_buffers(event):
             if isinstance(buffer, FileRange):
-                await self._send_file(buffer)
+                assert sock is not None  # read above for any other stream
+                await self._send_file(sock, buffer)
             elif buffer:
                 await self._send_raw(buffer)
 
@@ -192,16 +201,19 @@ class PeerLink:
             raise LinkClosed("piece file ended early")
         return data
 
-    async def _send_file(self, source: FileRange) -> None:
+    async def _send_file(self, sock: trio.socket.SocketType, source: FileRange) -> None:
         """sendfile from the store to the socket: piece bytes never enter Python."""
-        sock = self.stream.socket
         offset, left = source.offset, source.length
         while left:
             try:
                 sent = os.sendfile(sock.fileno(), source.fd, offset, left)
             except BlockingIOError:
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    await trio.lowlevel.wait_writable(sock)
+                try:
+                    with trio.move_on_after(SEND_TIMEOUT) as scope:
+                        await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError as exc:  # closed by another task
+                    self.closed = True
+                    raise LinkClosed("link closed") from exc
                 if scope.cancelled_caught:
                     self.closed = True
                     raise LinkClosed("peer stopped reading") from None
@@ -225,6 +237,8 @@ class PeerLink:
                 self.closed = True
                 raise LinkClosed(f"send failed: {exc}") from exc
         if scope.cancelled_caught:
+            # Part of a frame may have gone out: nothing more can be sent on this stream.
+            self.closed = True
             raise LinkClosed("peer stopped reading")
         self.bytes_out += len(data)
 
@@ -239,11 +253,8 @@ class PeerLink:
                 return event
             payload = self.protocol.payload_buffer()
             if payload is not None:
-                # The rest of a large piece: straight from the socket into its buffer.
                 try:
-                    count = await self.stream.socket.recv_into(payload)
-                except OSError as exc:
-                    raise LinkClosed(f"receive failed: {exc}") from exc
+                    count = await self._receive_into(payload)
                 finally:
                     payload.release()
                 self.bytes_in += count
@@ -259,6 +270,22 @@ class PeerLink:
                 raise LinkClosed(f"receive failed: {exc}") from exc
             self.bytes_in += len(data)
             self.protocol.receive_data(data)
+
+    async def _receive_into(self, payload: memoryview) -> int:
+        """The rest of a large piece, into its own buffer: straight from a socket, or one
+        read of at most its length from any other stream. The number of bytes written to
+        the start of `payload` (0 at the end of the stream)."""
+        if isinstance(self.stream, trio.SocketStream):
+            try:
+                return await self.stream.socket.recv_into(payload)
+            except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
+                raise LinkClosed(f"receive failed: {exc}") from exc
+        try:
+            data = await self.stream.receive_some(len(payload))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LinkClosed(f"receive failed: {exc}") from exc
+        payload[: len(data)] = data
+        return len(data)
 
     async def _close_with_error(self, code: str, message: str) -> None:
         if not self.closed:

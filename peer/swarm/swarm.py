@@ -13,6 +13,11 @@ Who does what for one blob:
 - A peer whose piece fails its hash is disconnected and banned for a while. When the owner
   dies, the next node in rendezvous order becomes owner; when that is this node, or no owner
   can be reached, the download continues from the upstream (the latter is logged and counted).
+
+The decisions are pure and live beside this module: which piece to ask of whom
+(`picker.py`, driven per blob by `fetch.py`), who may ask us (`choker.py`), whom we no longer
+talk to (`bans.py`). This module carries them: links, the owner's answers, uploads, timers.
+One clock: trio's (`trio.current_time()`), as membership's; one seeded `random.Random`.
 """
 
 from __future__ import annotations
@@ -21,23 +26,29 @@ import contextlib
 import logging
 import os
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from peer.access.auth_gate import DEFAULT_TTL, credentials_key
-from peer.access.policy import CACHED_ELSEWHERE_HEADER, AccessPolicy
-from peer.cluster.membership import Membership, Status, Update
+from peer.access.policy import AccessPolicy
+from peer.cluster import sync
+from peer.cluster.membership import Membership, Status
 from peer.cluster.rendezvous import owner_order
+from peer.fetch.download import Download
 from peer.front.routes import InvalidNamespace
 from peer.rate_limit import RateLimiter
+from peer.swarm.actions import Send
+from peer.swarm.bans import BanList
+from peer.swarm.bits import bits_of
+from peer.swarm.choker import UPLOAD_SLOTS, Choker
+from peer.swarm.fetch import SwarmFetch
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.upstream.client import UpstreamError, UpstreamRefusal
-from pieces.partial import PartialBlob, StoreError, piece_hash
+from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.errors import LocalProtocolError
 from wire.events import (
@@ -61,32 +72,30 @@ from wire.events import (
 )
 from wire.protocol import Role
 
-if TYPE_CHECKING:
-    from peer.fetch.downloads import Download, Downloads
-
 log = logging.getLogger("pollen.swarm")
 
-# Pieces in flight per peer: enough for QUEUE_SECONDS of that peer's measured rate, bounded.
-QUEUE_SECONDS = 3.0
-MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
-RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
-ENDGAME_AFTER = 2.0  # at least this long outstanding before a second peer is asked
-WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
-MAX_PEERS = 8  # peers a fetch links to besides the owner
-PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
-BAN_SECONDS = 600.0
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
-META_TIMEOUT = 30.0
-DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
 CONNECT_TIMEOUT = 5.0
-SYNC_PERIOD = 30.0
-UPLOAD_SLOTS = 8  # peers unchoked at once: the best contributors, plus one optimistic
-RECHOKE_PERIOD = 10.0
-OPTIMISTIC_PERIOD = 30.0
+FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
 
 
-class OwnerUnavailable(Exception):
-    """No owner could be reached; the caller fetches from the upstream itself."""
+class PeerUpstream(Protocol):
+    """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
+
+    async def join_for_peer(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+    ) -> Download:
+        """The upstream download of a blob this node owns, for a peer's Want."""
+        ...
+
+    def busy(self) -> bool:
+        """Is this node fetching from an upstream now?"""
+        ...
 
 
 @dataclass(eq=False)
@@ -131,7 +140,11 @@ class Swarm:
         piece_size: int,
         upload_rate: int | None = None,
         download_rate: int | None = None,
+        download_limit: RateLimiter | None = None,  # shared with the upstream's downloads
         peer_encryption: bool = False,
+        *,
+        upstream: PeerUpstream,
+        rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
         self.membership = membership
@@ -141,23 +154,19 @@ class Swarm:
         self.peer_encryption = peer_encryption  # seal every frame of every link
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self.piece_size = piece_size
+        self.upstream = upstream
+        self.rng = rng if rng is not None else random.Random()
+        self.access_refresh = ACCESS_REFRESH
         self.links: dict[bytes, PeerLink] = {}
         self.digests: dict[str, DigestState] = {}
-        self.banned: dict[bytes, float] = {}
-        self.unreachable: dict[bytes, float] = {}
+        self.bans = BanList()
+        self.choker = Choker(self.rng, trio.current_time())
         self.counters = SwarmCounters()
-        self.downloads: Downloads | None = None
         self._connecting: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._uploads = trio.Semaphore(UPLOAD_SLOTS)
         self.upload_limit = RateLimiter(upload_rate)
-        self.download_limit = RateLimiter(download_rate)
-        # Choking: peers that asked us for pieces recently, what they gave us, who may ask.
-        self._requesters: dict[bytes, float] = {}
-        self._contribution: dict[bytes, int] = {}
-        self.choked: set[bytes] = set()
-        self._optimistic: bytes | None = None
-        self._optimistic_at = 0.0
+        self.download_limit = download_limit or RateLimiter(download_rate)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class Swarm:
             self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             nursery.start_soon(self._sync_loop)
-            nursery.start_soon(self._rechoke_loop)
+            nursery.start_soon(self._timers)
             task_status.started()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
@@ -199,7 +208,7 @@ class Swarm:
                 return
             finally:
                 self.link_guard.handshake_over(address)
-            if self._is_banned(link.peer_id):
+            if self.is_banned(link.peer_id):
                 await link.close()
                 return
             await self._adopt(link)
@@ -219,6 +228,8 @@ class Swarm:
         finally:
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+            if link.peer_id not in self.links:  # its last link: the peer is gone for now
+                self.choker.lost(link.peer_id)
             for state in self.digests.values():
                 if state.fetch is not None:
                     state.fetch.link_lost(link.peer_id)
@@ -240,7 +251,7 @@ class Swarm:
             if pending is None:
                 break
             await pending.wait()
-        if self._is_banned(peer_id):
+        if self.is_banned(peer_id):
             raise LinkClosed("peer is banned")
         member = self.membership.members.get(peer_id)
         if member is None or member.status is Status.DEAD:
@@ -261,7 +272,7 @@ class Swarm:
             )
             await link.handshake()
         except (OSError, ValueError, trio.TooSlowError) as exc:  # ValueError: a bad host
-            self.unreachable[peer_id] = time.monotonic()
+            self.bans.unreachable(peer_id, trio.current_time())
             raise LinkClosed(f"cannot reach {member.address}: {exc}") from exc
         finally:
             del self._connecting[peer_id]
@@ -270,56 +281,54 @@ class Swarm:
         self._nursery.start_soon(self._adopt, link)
         await trio.lowlevel.checkpoint()
         self.links[peer_id] = link
-        await self._send(link, Members(self._members_payload(), reply=False))
+        link.post(sync.full_state(self.membership, reply=False))
         return link
+
+    def start_soon(self, task: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        """Run `task(arg)` in the swarm's nursery; a failure is logged, never ends the node."""
+        assert self._nursery is not None
+
+        async def guarded() -> None:
+            try:
+                await task(arg)
+            except Exception:
+                log.exception("swarm task %s failed", getattr(task, "__name__", task))
+
+        self._nursery.start_soon(guarded)
 
     async def _sync_loop(self) -> None:
         """Push-pull full membership state with one random member, periodically."""
         while True:
-            await trio.sleep(SYNC_PERIOD * random.uniform(0.8, 1.2))
-            self.forget_idle_digests()
+            await trio.sleep(sync.SYNC_PERIOD * self.rng.uniform(0.8, 1.2))
             members = [m.node_id for m in self.membership.alive()]
             if not members:
                 continue
             try:
-                link = await self.link_to(random.choice(members))
-                await self._send(link, Members(self._members_payload(), reply=False))
+                link = await self.link_to(self.rng.choice(members))
+                link.post(sync.full_state(self.membership, reply=False))
             except LinkClosed as exc:
                 log.debug("membership sync failed: %s", exc)
 
-    async def _rechoke_loop(self) -> None:
+    async def _timers(self) -> None:
+        """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep."""
+        next_forget = trio.current_time() + FORGET_PERIOD
         while True:
-            await trio.sleep(RECHOKE_PERIOD)
-            await self.rechoke(time.monotonic())
+            deadlines = [self.choker.next_deadline(), next_forget]
+            if (ban_end := self.bans.next_deadline()) is not None:
+                deadlines.append(ban_end)
+            await trio.sleep_until(min(deadlines))
+            now = trio.current_time()
+            if now >= self.choker.next_deadline():
+                self._post_all(self.choker.rechoke(now))
+            self.bans.expire(now)
+            if now >= next_forget:
+                self.forget_idle_digests()
+                next_forget = now + FORGET_PERIOD
 
-    async def rechoke(self, now: float) -> None:
-        """BitTorrent's choking: keep the peers that gave us the most in the last period
-        unchoked, plus one optimistic pick that rotates, so newcomers get a start too."""
-        recent = [p for p, at in self._requesters.items() if now - at < 2 * RECHOKE_PERIOD]
-        ranked = sorted(recent, key=lambda p: self._contribution.get(p, 0), reverse=True)
-        keep = set(ranked[: UPLOAD_SLOTS - 1])
-        rest = [p for p in recent if p not in keep]
-        if self._optimistic not in rest or now - self._optimistic_at >= OPTIMISTIC_PERIOD:
-            self._optimistic = random.choice(rest) if rest else None
-            self._optimistic_at = now
-        if self._optimistic is not None:
-            keep.add(self._optimistic)
-        newly_choked = set(recent) - keep - self.choked
-        newly_unchoked = self.choked & keep
-        self.choked = (self.choked | newly_choked) - newly_unchoked
-        for peer_id in newly_choked:
-            if (link := self.links.get(peer_id)) is not None:
-                await self._send(link, Choke())
-        for peer_id in newly_unchoked:
-            if (link := self.links.get(peer_id)) is not None:
-                await self._send(link, Unchoke())
-        self._contribution.clear()
-
-    def _members_payload(self) -> list[tuple[bytes, str, int, int, int]]:
-        return [
-            (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status))
-            for u in self.membership.full_state()
-        ]
+    def _post_all(self, sends: list[Send]) -> None:
+        for send in sends:
+            if (link := self.links.get(send.peer)) is not None:
+                link.post(send.event)
 
     # ---- routing -------------------------------------------------------------------------
 
@@ -328,7 +337,7 @@ class Swarm:
 
         A banned owner is skipped for good (until its ban ends): otherwise every fetch would
         keep returning to it as the first choice."""
-        ids = [n for n in self.membership.alive_ids() if not self._is_banned(n)]
+        ids = [n for n in self.membership.alive_ids() if not self.is_banned(n)]
         return owner_order(digest, ids)
 
     def is_owner(self, digest: str) -> bool:
@@ -354,12 +363,9 @@ class Swarm:
         elif isinstance(event, PeersRequest):
             link.post(Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
         elif isinstance(event, Members):
-            self.membership.merge(
-                (Update(m[0], (m[1], m[2]), m[3], Status(m[4])) for m in event.members),
-                trio.current_time(),
-            )
-            if not event.reply:
-                link.post(Members(self._members_payload(), reply=True))
+            answer = sync.merge(self.membership, event, trio.current_time())
+            if answer is not None:
+                link.post(answer)
         elif isinstance(event, Bitfield):
             await self._on_bitfield(link, event)
         elif isinstance(event, Choke | Unchoke):
@@ -427,14 +433,8 @@ class Swarm:
                 origins = self.store.origins_of(digest)
                 await self._send(link, PieceMeta(digest, size, self.piece_size, hashes, origins))
                 return
-        assert self.downloads is not None
-        download = await self.downloads.join(
-            digest,
-            want.namespace,
-            want.repository,
-            headers,
-            credentials_key(headers),
-            upstream=True,
+        download = await self.upstream.join_for_peer(
+            digest, want.namespace, want.repository, headers, credentials_key(headers)
         )
         await download.ready.wait()
         if download.refusal is not None:
@@ -455,7 +455,7 @@ class Swarm:
             # check as for serving it from disk (it has been sent the refusal).
             return
         state.interested.add(link.peer_id)  # only now: PieceMeta updates go to it
-        self._listen(state, partial)
+        self.listen(state, partial)
         meta = PieceMeta(
             digest,
             partial.layout.size,
@@ -500,7 +500,7 @@ class Swarm:
     def _grant(self, state: DigestState, peer_id: bytes) -> None:
         origins = frozenset(self.store.origins_of(state.digest))
         if origins:  # public content needs no grant, and must not leave one behind
-            state.granted[peer_id] = (time.monotonic() + DEFAULT_TTL, origins)
+            state.granted[peer_id] = (trio.current_time() + DEFAULT_TTL, origins)
 
     def _granted(self, state: DigestState, peer_id: bytes, origins: list[str]) -> bool:
         """Does a grant of `peer_id` cover the blob as private to `origins` (its current
@@ -509,9 +509,9 @@ class Swarm:
         if grant is None:
             return False
         until, granted_for = grant
-        return until > time.monotonic() and not granted_for.isdisjoint(origins)
+        return until > trio.current_time() and not granted_for.isdisjoint(origins)
 
-    def _listen(self, state: DigestState, partial: PartialBlob) -> None:
+    def listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Announce pieces of `partial` as they are recorded: hashes to those that want it
         from us (we own it), Have to the peers we exchange it with."""
         if state.listening is partial:
@@ -528,13 +528,7 @@ class Swarm:
                 link = self.links.get(peer_id)
                 if link is not None:
                     link.post(meta)
-            fetch = state.fetch
-            if fetch is not None:
-                for peer_id in fetch.peers:
-                    link = self.links.get(peer_id)
-                    if link is not None and peer_id not in state.interested:
-                        for index in indices:
-                            link.post(Have(state.digest, index))
+            # (A fetching node's Have messages come from its picker, piece by piece.)
 
         partial.piece_listeners.append(on_pieces)
 
@@ -543,18 +537,17 @@ class Swarm:
         if state is None:
             return []
         out = []
-        for peer_id in state.interested | (state.fetch.peers if state.fetch else set()):
+        for peer_id in state.interested | (state.fetch.linked if state.fetch else set()):
             member = self.membership.members.get(peer_id)
             if peer_id != asker and member is not None and member.status is not Status.DEAD:
                 out.append((peer_id, member.address[0], member.address[1]))
-        random.shuffle(out)
+        self.rng.shuffle(out)
         return out[:32]
 
     # ---- uploads -------------------------------------------------------------------------
 
     async def _serve_request(self, link: PeerLink, request: Request) -> None:
-        self._requesters[link.peer_id] = time.monotonic()
-        if link.peer_id in self.choked:
+        if not self.choker.request(link.peer_id, trio.current_time()):
             await self._send(link, Reject(request.digest, request.index, "choked"))
             return
         if not await self._may_have_pieces(link.peer_id, request.digest):
@@ -633,23 +626,24 @@ class Swarm:
     def _our_bits(self, digest: str) -> bytes | None:
         partial = self.store.partial(digest)
         if partial is not None:
-            return _bits(set(partial.piece_hashes), partial.layout.count)
+            return bits_of(partial.piece_hashes, partial.layout.count)
         size = self.store.blob_size(digest)
         if size is None:
             return None
         count = -(-size // self.piece_size)
-        return _bits(set(range(count)), count)
+        return bits_of(range(count), count)
 
     # ---- bans ----------------------------------------------------------------------------
 
-    def _is_banned(self, peer_id: bytes) -> bool:
-        until = self.banned.get(peer_id)
-        return until is not None and until > time.monotonic()
+    def is_banned(self, peer_id: bytes) -> bool:
+        return self.bans.is_banned(peer_id, trio.current_time())
 
     async def ban(self, peer_id: bytes, reason: str) -> None:
-        self.banned[peer_id] = time.monotonic() + BAN_SECONDS
+        self.bans.ban(peer_id, trio.current_time())
         self.counters.bans += 1
-        log.warning("banned peer %s for %.0fs: %s", peer_id.hex()[:12], BAN_SECONDS, reason)
+        log.warning(
+            "banned peer %s for %.0fs: %s", peer_id.hex()[:12], self.bans.ban_seconds, reason
+        )
         link = self.links.pop(peer_id, None)
         if link is not None:
             await link.close()
@@ -688,512 +682,5 @@ class Swarm:
             self._forget_if_idle(digest)
 
 
-@dataclass(eq=False)
-class SwarmFetch:
-    """One blob being filled from the swarm on a non-owner node."""
-
-    swarm: Swarm
-    state: DigestState
-    download: Download
-    headers: dict[str, str]
-    peers: set[bytes] = field(default_factory=set)
-    availability: dict[bytes, set[int]] = field(default_factory=dict)
-    inflight: dict[int, set[bytes]] = field(default_factory=dict)
-    hashes: dict[int, bytes] = field(default_factory=dict)
-    owner: bytes | None = None
-    partial: PartialBlob | None = None
-    choked_by: set[bytes] = field(default_factory=set)
-    rates: dict[bytes, float] = field(default_factory=dict)  # bytes/s per peer (EWMA)
-    requested_at: dict[tuple[int, bytes], float] = field(default_factory=dict)
-    # peer -> when our client's credentials (Access) last went to it
-    access_sent: dict[bytes, float] = field(default_factory=dict)
-    storing: set[int] = field(default_factory=set)  # pieces received, being written
-    _meta: PieceMeta | Refused | None = None
-    _changed: trio.Event = field(default_factory=trio.Event)
-    _owner_lost: bool = False
-    failure: Exception | None = None  # a store error while writing a piece: ends the fetch
-
-    @property
-    def digest(self) -> str:
-        return self.download.digest
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self._find_owner()
-            except OwnerUnavailable:
-                if self.partial is not None and self.peers:
-                    # We own it now (the owner died) or cannot reach one: take from the
-                    # peers first what they hold, so the upstream only sends what is missing.
-                    await self._drain_peers(self.partial)
-                raise
-            partial = self.partial
-            assert partial is not None
-            if self._exchange_done(partial):
-                break
-            await self._exchange(partial)
-            self._raise_failure()
-            if self._exchange_done(partial):
-                break
-            # The owner went away: pick the next one and go on.
-        async with partial.write_lock:
-            await trio.to_thread.run_sync(partial.verify_sync)
-            partial.notify()
-            await trio.to_thread.run_sync(self.swarm.store.commit_sync, partial)
-        log.info(
-            "stored %s from the swarm (%d bytes from %d peers, %.2fs)",
-            self.digest,
-            self.download.bytes_from_peers,
-            len(self.peers),
-            time.monotonic() - self.download.started,
-        )
-
-    def _exchange_done(self, partial: PartialBlob) -> bool:
-        return len(partial.piece_hashes) == partial.layout.count
-
-    async def _find_owner(self) -> None:
-        swarm = self.swarm
-        skipped = 0
-        for candidate in swarm.owner_candidates(self.digest):
-            if candidate == swarm.node_id:
-                if not skipped:
-                    raise OwnerUnavailable("this node is the owner")
-                break
-            if (
-                candidate in swarm.unreachable
-                and time.monotonic() - swarm.unreachable[candidate] < 5
-            ):
-                skipped += 1
-                continue
-            # Set before asking: PieceMeta updates may follow the first answer at once.
-            self.owner = candidate
-            try:
-                link = await swarm.link_to(candidate)
-                await self._want(link)
-            except LinkClosed as exc:
-                log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
-                skipped += 1
-                continue
-            self._owner_lost = False
-            return
-        # Every node ahead of us in rendezvous order failed: they are alive as far as gossip
-        # knows, so this is a fallback (another node may be fetching the same blob).
-        swarm.counters.upstream_fallbacks += 1
-        log.warning(
-            "no owner of %s reachable (%d tried): falling back to the upstream",
-            self.digest,
-            skipped,
-        )
-        raise OwnerUnavailable("no owner reachable")
-
-    async def _drain_peers(self, partial: PartialBlob) -> None:
-        """Fetch from the linked peers every missing piece one of them holds (and whose hash
-        we know); stop when none is left to get or nothing arrives for DRAIN_STALL seconds."""
-        last_progress, progress = time.monotonic(), len(partial.piece_hashes)
-        while not self._exchange_done(partial):
-            self._raise_failure()
-            obtainable = any(
-                i in self.hashes
-                and i not in partial.piece_hashes
-                and any(i in held for held in self.availability.values())
-                for i in range(partial.layout.count)
-            )
-            if not obtainable and not self.inflight:
-                break
-            if len(partial.piece_hashes) != progress:
-                last_progress, progress = time.monotonic(), len(partial.piece_hashes)
-            elif time.monotonic() - last_progress > DRAIN_STALL:
-                break
-            await self._schedule(partial)
-            await self._wait_change(1.0)
-        log.info(
-            "took %d of %d pieces of %s from peers before the upstream",
-            len(partial.piece_hashes),
-            partial.layout.count,
-            self.digest,
-        )
-
-    async def _want(self, link: PeerLink) -> None:
-        self._meta = None
-        download = self.download
-        auth = self.headers.get("authorization")
-        await link.send(Want(self.digest, download.namespace, download.name, auth))
-        with trio.move_on_after(META_TIMEOUT):
-            while self._meta is None:
-                if link.closed:
-                    raise LinkClosed("owner closed the link")
-                await self._wait_change(1.0)
-        meta = self._meta
-        if meta is None:
-            raise LinkClosed("owner did not answer in time")
-        if isinstance(meta, Refused):
-            if meta.headers.get(CACHED_ELSEWHERE_HEADER):
-                # The owner holds it from other registries than ours: our client's registry
-                # must show the bytes itself (our upstream fetch, with our client's credentials).
-                raise OwnerUnavailable("the owner holds it from another registry")
-            if meta.status >= 500:
-                owner = f"owner {link.peer_id.hex()[:12]}"
-                raise UpstreamError(owner, meta.body.decode("utf-8", "replace"))
-            download.refusal = UpstreamRefusal(meta.status, dict(meta.headers), meta.body)
-            download.ready.set()
-            raise ClientRefused(meta.status)
-        self.hashes.update(meta.hashes)
-        if self.partial is None:
-            # Private before any client or peer can see a byte: to the registries the owner
-            # got it from, and (a peer may add origins, never remove them) to the one our
-            # client named with credentials.
-            origins = list(meta.origins)
-            if auth is not None:
-                origins.append(self.swarm.access.registry_of(download.namespace))
-            self.partial = await self.swarm.store.open_partial(
-                self.digest, meta.size, meta.piece_size, origins=origins
-            )
-            download.partial = self.partial
-            self.swarm._listen(self.state, self.partial)
-            download.ready.set()
-        elif self.partial.layout.size != meta.size:
-            raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
-        self._add_peer(link.peer_id)
-        self.availability[link.peer_id] |= set(meta.hashes)
-
-    def _add_peer(self, peer_id: bytes) -> None:
-        if peer_id not in self.peers:
-            self.peers.add(peer_id)
-            self.availability.setdefault(peer_id, set())
-
-    async def _exchange(self, partial: PartialBlob) -> None:
-        swarm = self.swarm
-        assert self.owner is not None
-        owner_link = swarm.links.get(self.owner)
-        if owner_link is not None:
-            await swarm._send(owner_link, PeersRequest(self.digest))
-        last_peers_request = time.monotonic()
-        last_progress, progress = time.monotonic(), len(partial.piece_hashes)
-        while not self._exchange_done(partial) and not self._owner_lost:
-            self._raise_failure()
-            await self._schedule(partial)
-            await self._wait_change(1.0)
-            if len(partial.piece_hashes) != progress:
-                last_progress, progress = time.monotonic(), len(partial.piece_hashes)
-            elif time.monotonic() - last_progress > 10:
-                self._log_stall(partial)
-                last_progress = time.monotonic()
-            if time.monotonic() - last_peers_request > 2.0:
-                owner_link = swarm.links.get(self.owner)
-                if owner_link is None or owner_link.closed:
-                    self._owner_lost = True
-                    break
-                if swarm.owner_candidates(self.digest)[0] != self.owner:
-                    # Membership changed (a node joined or died): follow the new owner.
-                    self._owner_lost = True
-                    break
-                await swarm._send(owner_link, PeersRequest(self.digest))
-                if any(i not in self.hashes for i in range(partial.layout.count)):
-                    # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
-                    auth = self.headers.get("authorization")
-                    download = self.download
-                    want = Want(self.digest, download.namespace, download.name, auth)
-                    await swarm._send(owner_link, want)
-                last_peers_request = time.monotonic()
-
-    def _raise_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def _log_stall(self, partial: PartialBlob) -> None:
-        missing = [i for i in range(partial.layout.count) if i not in partial.piece_hashes]
-        log.warning(
-            "no progress on %s for 10s: %d pieces missing %s, hashes known %d, in flight %s, "
-            "peers %s",
-            self.digest,
-            len(missing),
-            missing[:8],
-            len(self.hashes),
-            {i: [p.hex()[:8] for p in s] for i, s in self.inflight.items()},
-            {p.hex()[:8]: (len(a), p in self.swarm.links) for p, a in self.availability.items()},
-        )
-
-    async def _wait_change(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self._changed.wait()
-        self._changed = trio.Event()
-
-    def _poke(self) -> None:
-        self._changed.set()
-
-    def _queue_depth(self, peer_id: bytes, piece_size: int) -> int:
-        """Requests to keep in flight to a peer: QUEUE_SECONDS of its measured rate."""
-        rate = self.rates.get(peer_id)
-        if rate is None:
-            return START_REQUESTS
-        return max(MIN_REQUESTS, min(MAX_REQUESTS, int(rate * QUEUE_SECONDS / piece_size) + 1))
-
-    async def _schedule(self, partial: PartialBlob) -> None:
-        """Give every peer with free request slots its next pieces: random for the first few,
-        then rarest first inside the window ahead of the reader, then rarest first anywhere.
-        Endgame: when nothing unrequested is left, a piece outstanding for longer than
-        ENDGAME_AFTER at one peer may also be asked of one other peer (then cancelled)."""
-        have = set(partial.piece_hashes)
-        missing = [
-            i for i in range(partial.layout.count) if i not in have and i not in self.storing
-        ]
-        if not missing:
-            return
-        window = set(missing[:WINDOW])
-        rarity = {i: sum(1 for a in self.availability.values() if i in a) for i in missing}
-        random_first = len(have) < RANDOM_FIRST
-        now = time.monotonic()
-        # While this node fetches from the upstream (it owns a blob), it takes pieces from
-        # few peers at a time: every TCP flow into its link gets a like share, and the
-        # upstream flow is the one the whole swarm waits for.
-        downloads = self.swarm.downloads
-        yielding = downloads is not None and downloads.upstream_fetches > 0
-        sources = {p for s in self.inflight.values() for p in s}
-        await self._send_access()
-        for peer_id in list(self.peers):
-            link = self.swarm.links.get(peer_id)
-            if link is None or link.closed or peer_id in self.choked_by:
-                continue
-            if yielding and peer_id not in sources and len(sources) >= PEERS_WHILE_OWNING:
-                continue
-            depth = self._queue_depth(peer_id, partial.layout.piece_size)
-            slots = depth - self._requests_at(peer_id)
-            if slots <= 0:
-                continue
-            available = self.availability.get(peer_id, set())
-            fresh = [
-                i for i in missing if i in available and i in self.hashes and i not in self.inflight
-            ]
-            if random_first:
-                random.shuffle(fresh)
-                fresh.sort(key=lambda i: i not in window)
-            else:
-                fresh.sort(key=lambda i: (i not in window, rarity[i], random.random()))
-            picks = fresh[:slots]
-            if not picks and all(i in self.inflight for i in missing):
-                picks = [
-                    i
-                    for i in missing
-                    if i in available
-                    and len(self.inflight[i]) == 1
-                    and peer_id not in self.inflight[i]
-                    and all(self._overdue(i, p, now, partial) for p in self.inflight[i])
-                ][:slots]
-            if picks:
-                sources.add(peer_id)
-            for choice in picks:
-                self.inflight.setdefault(choice, set()).add(peer_id)
-                self.requested_at[(choice, peer_id)] = now
-                try:
-                    await link.send(Request(self.digest, choice))
-                except (LinkClosed, LocalProtocolError):
-                    self.inflight[choice].discard(peer_id)
-                    if not self.inflight[choice]:
-                        del self.inflight[choice]
-                    break
-
-    async def _send_access(self) -> None:
-        """Before the first Request for a private blob's pieces to each peer, pass the
-        client's credentials on, so the peer can check them, and again every ACCESS_REFRESH
-        seconds: a peer's grant lasts DEFAULT_TTL, and a long transfer must not run into
-        "denied". Done before any pick is made: the sends may suspend this task."""
-        auth = self.headers.get("authorization")
-        if auth is None or not self.swarm.store.is_private(self.digest):
-            return
-        download = self.download
-        access = Access(self.digest, download.namespace, download.name, auth)
-        now = time.monotonic()
-        for peer_id in list(self.peers):
-            link = self.swarm.links.get(peer_id)
-            sent = self.access_sent.get(peer_id)
-            if link is None or link.closed or (sent is not None and now - sent < ACCESS_REFRESH):
-                continue
-            with contextlib.suppress(LinkClosed, LocalProtocolError):
-                await link.send(access)
-                self.access_sent[peer_id] = now
-
-    def _requests_at(self, peer_id: bytes) -> int:
-        """How many of our requests `peer_id` has not answered yet."""
-        return sum(1 for holders in self.inflight.values() if peer_id in holders)
-
-    def _overdue(self, index: int, holder: bytes, now: float, partial: PartialBlob) -> bool:
-        """Has the request for `index` at `holder` waited twice as long as that peer's queue
-        should take? Only then is a second peer asked (endgame): asking sooner sends pieces
-        twice over links that are merely busy (each uploader serves several peers at once)."""
-        requested = self.requested_at.get((index, holder), now)
-        rate = self.rates.get(holder)
-        if rate is None:
-            expected = QUEUE_SECONDS
-        else:
-            queued = self._requests_at(holder)
-            expected = queued * partial.layout.piece_size / rate
-        return now - requested > max(ENDGAME_AFTER, 2 * expected)
-
-    # ---- events from links ------------------------------------------------------------------
-
-    async def on_event(self, link: PeerLink, event: Event) -> None:
-        if isinstance(event, PieceMeta | Refused):
-            # From the owner only (it is set before the Want goes out): another member's
-            # hashes or origins would let it poison pieces or strip a blob's privacy.
-            if link.peer_id == self.owner:
-                if isinstance(event, PieceMeta) and self._meta is not None:
-                    self.hashes.update(event.hashes)
-                    self._add_peer(link.peer_id)
-                    self.availability[link.peer_id] |= set(event.hashes)
-                else:
-                    self._meta = event
-        elif isinstance(event, Have):
-            self._add_peer(link.peer_id)
-            self.availability[link.peer_id].add(event.index)
-        elif isinstance(event, Peers):
-            # Connecting may take seconds: not in the read loop.
-            assert self.swarm._nursery is not None
-            self.swarm._nursery.start_soon(self._link_peers, event)
-        elif isinstance(event, Piece):
-            await self._on_piece(link, event)
-        elif isinstance(event, Reject):
-            self._settle(event.index, link.peer_id)
-            self.availability.get(link.peer_id, set()).discard(event.index)
-        self._poke()
-
-    def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
-        self._add_peer(peer_id)
-        self.availability[peer_id] = _indices(bits)
-        self._poke()
-
-    def on_choke(self, peer_id: bytes, choked: bool) -> None:
-        if choked:
-            self.choked_by.add(peer_id)
-        else:
-            self.choked_by.discard(peer_id)
-        self._poke()
-
-    def link_lost(self, peer_id: bytes) -> None:
-        self.peers.discard(peer_id)
-        self.access_sent.pop(peer_id, None)  # a new link starts without our credentials
-        self.availability.pop(peer_id, None)
-        for index, holders in list(self.inflight.items()):
-            holders.discard(peer_id)
-            self.requested_at.pop((index, peer_id), None)
-            if not holders:
-                del self.inflight[index]  # an empty entry would read as "in flight" forever
-        if peer_id == self.owner:
-            self._owner_lost = True
-        self._poke()
-
-    async def _link_peers(self, event: Peers) -> None:
-        try:
-            await self._link_peers_now(event)
-        except Exception:  # a task of the node's nursery: never let it take the node down
-            log.exception("linking to the peers of %s failed", self.digest)
-
-    async def _link_peers_now(self, event: Peers) -> None:
-        swarm = self.swarm
-        partial = self.partial
-        if partial is None:
-            return
-        for peer_id, _host, _port in event.peers:
-            if len(self.peers) >= MAX_PEERS + 1 or peer_id in self.peers:
-                continue
-            if peer_id == swarm.node_id or swarm._is_banned(peer_id):
-                continue
-            try:
-                link = await swarm.link_to(peer_id)
-            except LinkClosed:
-                continue
-            self._add_peer(peer_id)
-            self.state.bitfield_sent.add(peer_id)
-            bits = _bits(set(partial.piece_hashes), partial.layout.count)
-            await swarm._send(link, Bitfield(self.digest, bits))
-
-    async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
-        try:
-            await self._store_piece(link, piece)
-        finally:
-            if isinstance(piece.data, bytearray):
-                link.protocol.recycle(piece.data)  # written (or dropped): reuse the buffer
-
-    async def _store_piece(self, link: PeerLink, piece: Piece) -> None:
-        swarm = self.swarm
-        partial = self.partial
-        sent_at = self.requested_at.get((piece.index, link.peer_id))
-        holders = self._settle(piece.index, link.peer_id)
-        if isinstance(piece.data, FileRange):  # only ever sent, never decoded
-            return
-        if partial is None or piece.index in partial.piece_hashes:
-            # A duplicate from the endgame, or a fetch that moved on.
-            swarm.counters.wasted_bytes += len(piece.data)
-            return
-        data = memoryview(piece.data)
-        expected = self.hashes.get(piece.index)
-        if expected is None or len(data) != partial.layout.length(piece.index):
-            return
-        if sent_at is not None:
-            # This request waited behind the others queued at that peer: scale by the queue.
-            queued = 1 + self._requests_at(link.peer_id)
-            sample = queued * len(data) / max(time.monotonic() - sent_at, 1e-3)
-            old = self.rates.get(link.peer_id)
-            self.rates[link.peer_id] = sample if old is None else 0.7 * old + 0.3 * sample
-        if piece_hash(data) != expected:
-            swarm.counters.bad_pieces += 1
-            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
-            self.link_lost(link.peer_id)
-            return
-        # Settled but not yet recorded: without this mark the scheduler would see the piece
-        # missing and not in flight, and ask another peer for it while it is being written.
-        self.storing.add(piece.index)
-        try:
-            swarm.store.ensure_room(partial, len(data))
-            async with partial.write_lock:
-                if piece.index in partial.piece_hashes:  # the other copy of an endgame pair
-                    swarm.counters.wasted_bytes += len(data)
-                    return
-                completed = await trio.to_thread.run_sync(
-                    partial.write_sync, partial.layout.start(piece.index), [data]
-                )
-        except StoreError as exc:
-            # The disk, not the peer: the fetch fails (its clients get 507 or 500), the link
-            # stays. Raised from the exchange loop, which the read loop must not be.
-            self.failure = exc
-            self._poke()
-            return
-        finally:
-            self.storing.discard(piece.index)
-        swarm.counters.bytes_from_peers += len(data)
-        swarm.counters.pieces_from_peers += 1
-        swarm._contribution[link.peer_id] = swarm._contribution.get(link.peer_id, 0) + len(data)
-        await swarm.download_limit.consume(len(data))
-        self.download.bytes_from_peers += len(data)
-        partial.announce(completed)
-        for other in holders - {link.peer_id}:
-            other_link = swarm.links.get(other)
-            if other_link is not None:  # a no-op if that link has no such request open
-                other_link.post(Cancel(self.digest, piece.index))
-
-    def _settle(self, index: int, peer_id: bytes) -> set[bytes]:
-        self.requested_at.pop((index, peer_id), None)
-        holders = self.inflight.get(index, set())
-        remaining = set(holders)
-        holders.discard(peer_id)
-        if not holders:
-            self.inflight.pop(index, None)
-        return remaining
-
-
-class ClientRefused(Exception):
-    """The upstream refused the client (the refusal is on the download for the client)."""
-
-
 def _refused(digest: str, refusal: UpstreamRefusal) -> Refused:
     return Refused(digest, refusal.status, dict(refusal.headers), refusal.body)
-
-
-def _bits(indices: set[int], count: int) -> bytes:
-    out = bytearray((count + 7) // 8)
-    for i in indices:
-        out[i // 8] |= 0x80 >> (i % 8)
-    return bytes(out)
-
-
-def _indices(bits: bytes) -> set[int]:
-    return {i * 8 + j for i, byte in enumerate(bits) for j in range(8) if byte & (0x80 >> j)}

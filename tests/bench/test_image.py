@@ -23,7 +23,9 @@ def manifest(layout: Path, tag: str) -> dict[str, Any]:
         for m in index["manifests"]
         if m["annotations"]["org.opencontainers.image.ref.name"] == tag
     )
-    return json.loads((layout / "blobs" / "sha256" / entry["digest"][7:]).read_bytes())
+    path = layout / "blobs" / "sha256" / entry["digest"][7:]
+    doc: dict[str, Any] = json.loads(path.read_bytes())
+    return doc
 
 
 def blob(layout: Path, digest: str) -> bytes:

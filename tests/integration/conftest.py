@@ -53,7 +53,8 @@ class PushedImage:
 
     @property
     def largest_layer(self) -> str:
-        return max(self.manifest["layers"], key=lambda d: d["size"])["digest"]
+        digest: str = max(self.manifest["layers"], key=lambda d: d["size"])["digest"]
+        return digest
 
 
 @pytest.fixture(scope="session")

@@ -73,8 +73,8 @@ def test_killed_writer_leaves_a_consistent_store(tmp_path: Path) -> None:
     kept = []
     for _ in range(KILLS):
         proc = start_writer(tmp_path)
+        assert proc.stdout is not None  # stdout=PIPE; checked here so `finally` knows it too
         try:
-            assert proc.stdout is not None
             assert proc.stdout.readline() == b"ready\n"
             # A whole write takes ~0.8 s; each run gets a few percent of it, so kills land in
             # every phase: resume verification, piece writes, meta replace, sha256, rename.

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from bench.components import free_port
 from peer.config import Address, NodeConfig
@@ -20,7 +21,7 @@ from peer.front.http_server import Request as HttpRequest
 from peer.node import Node
 from peer.swarm.link import LinkClosed, PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from wire.events import Access, Event, Piece, Reject, Request
+from wire.events import Access, Event, FileRange, Piece, Reject, Request
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
@@ -79,7 +80,7 @@ class Member:
         self.answers: trio.MemorySendChannel[Event]
         self.answers, self._answers = trio.open_memory_channel[Event](100)
 
-    async def on_event(self, _link: PeerLink, event: Event) -> None:
+    async def on_event(self, link: PeerLink, event: Event) -> None:
         if isinstance(event, Piece | Reject):
             await self.answers.send(event)
 
@@ -125,7 +126,7 @@ async def test_private_pieces_need_credentials_the_origin_accepts(
     # Good credentials: the pieces.
     await member.link.send(Access(digest, None, "org/app", "Bearer s3cret"))
     answer = await member.ask(digest, 2)
-    assert isinstance(answer, Piece)
+    assert isinstance(answer, Piece) and not isinstance(answer.data, FileRange)
     assert bytes(answer.data) == data[2 * 64 * 1024 : 3 * 64 * 1024]
 
 
@@ -134,7 +135,7 @@ async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nur
     digest = await _cached(setup, data, None)
     member = await _member(setup, nursery)
     answer = await member.ask(digest, 1)
-    assert isinstance(answer, Piece)
+    assert isinstance(answer, Piece) and not isinstance(answer.data, FileRange)
     assert bytes(answer.data) == data[64 * 1024 :]
 
 
@@ -173,8 +174,9 @@ async def test_a_repository_name_cannot_steer_the_access_check(
 async def test_only_the_owner_says_what_a_blob_is() -> None:
     """A PieceMeta from any other member (say, one with no origins: 'public') is ignored:
     otherwise it could strip a private blob's marking or plant piece hashes."""
-    from peer.fetch.downloads import Download
-    from peer.swarm.swarm import DigestState, SwarmFetch
+    from peer.fetch.download import Download
+    from peer.swarm.fetch import SwarmFetch
+    from peer.swarm.swarm import DigestState
     from wire.events import PieceMeta
 
     digest = "sha256:" + "c" * 64
@@ -271,14 +273,16 @@ async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
 
 
 async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_out(
-    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
     """A peer's grant lasts DEFAULT_TTL; a long transfer must not run into "denied"."""
-    from peer.fetch.downloads import Download
-    from peer.swarm import swarm as swarm_module
-    from peer.swarm.swarm import ACCESS_REFRESH, DigestState, SwarmFetch
+    from peer.access.auth_gate import DEFAULT_TTL
+    from peer.fetch.download import Download
+    from peer.swarm.fetch import SwarmFetch
+    from peer.swarm.swarm import ACCESS_REFRESH, DigestState
 
     digest = "sha256:" + "e" * 64
+    peer = b"P" * 16
     sent: list[tuple[bytes, Event]] = []
 
     class FakeLink:
@@ -287,9 +291,8 @@ async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_o
         def __init__(self, peer_id: bytes) -> None:
             self.peer_id = peer_id
 
-        async def send(self, event: Event) -> bool:
+        def post(self, event: Event) -> None:
             sent.append((self.peer_id, event))
-            return True
 
     class FakeStore:
         def is_private(self, _digest: str) -> bool:
@@ -297,31 +300,33 @@ async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_o
 
     class FakeSwarm:
         store = FakeStore()
-        links = {b"P" * 16: FakeLink(b"P" * 16)}
+        links = {peer: FakeLink(peer)}
+        access_refresh = ACCESS_REFRESH
 
-    now = [1000.0]
-    monkeypatch.setattr(swarm_module.time, "monotonic", lambda: now[0])
     fetch = SwarmFetch(
         FakeSwarm(),  # type: ignore[arg-type]
         DigestState(digest),
         Download(digest, None, "org/app", "key"),
         {"authorization": "Bearer s3cret"},
     )
-    fetch.peers.add(b"P" * 16)
-    await fetch._send_access()
-    await fetch._send_access()  # at once again: nothing new
+    fetch._send_access({peer})
+    fetch._send_access({peer})  # at once again: nothing new
     assert len(sent) == 1 and isinstance(sent[0][1], Access)
-    now[0] += ACCESS_REFRESH + 1
-    await fetch._send_access()
+    mock_clock.jump(ACCESS_REFRESH + 1)
+    fetch._send_access({peer})
     assert len(sent) == 2
-    assert ACCESS_REFRESH < swarm_module.DEFAULT_TTL
+    assert ACCESS_REFRESH < DEFAULT_TTL
 
 
 async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() -> None:
     """A store error is ours, not the peer's: it must end the fetch (its clients get a clear
     status) and leave the link alone, not escape into the link's read loop."""
-    from peer.fetch.downloads import Download
-    from peer.swarm.swarm import DigestState, SwarmFetch
+    import random
+
+    from peer.fetch.download import Download
+    from peer.swarm.fetch import SwarmFetch
+    from peer.swarm.picker import PiecePicker
+    from peer.swarm.swarm import DigestState
     from pieces.layout import PieceLayout
     from pieces.partial import NoRoom, piece_hash
 
@@ -351,10 +356,11 @@ async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() 
         {},
     )
     fetch.partial = FakePartial()  # type: ignore[assignment]
+    picker = fetch.picker = PiecePicker(digest, FakePartial.layout, random.Random(0))
     fetch.hashes[0] = piece_hash(data)
-    fetch.inflight[0] = {Link.peer_id}
+    picker.hashes([0])
+    picker.bitfield(Link.peer_id, [0])
+    assert picker.schedule(0.0)  # piece 0 asked of the peer
     await fetch._store_piece(Link(), Piece(digest, 0, data))  # type: ignore[arg-type]
     assert isinstance(fetch.failure, NoRoom)
-    assert not Link.closed
-    with pytest.raises(NoRoom):
-        fetch._raise_failure()
+    assert 0 in picker.missing and not picker.inflight  # to be asked again, not lost

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,9 @@ import trio
 from peer.access.auth_gate import AuthGate
 from peer.access.policy import AccessPolicy
 from peer.config import Address, NodeConfig
-from peer.fetch.downloads import Downloads
+from peer.fetch.coordinator import DownloadTable, FetchCoordinator
+from peer.fetch.download import Download
+from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.http_server import serve_connection
 from peer.front.registry import RegistryFront
 from peer.node import Node
@@ -107,6 +109,55 @@ DIGEST = "sha256:" + "ab" * 32
 PATHS = [f"/v2/org/app/blobs/{DIGEST}", "/v2/org/app/manifests/v1"]
 
 
+async def _serve_front(
+    nursery: trio.Nursery, store: Store, upstreams: Upstreams, coordinator: FetchCoordinator
+) -> Front:
+    front = RegistryFront(
+        store, upstreams, coordinator, AccessPolicy(store, upstreams, AuthGate(upstreams))
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await serve_connection(stream, front.handle, idle_timeout=5, send_timeout=5)
+
+    nursery.start_soon(trio.serve_listeners, serve, listeners)
+    return Front(Node.__new__(Node), listeners[0].socket.getsockname()[1], FakeRegistry())
+
+
+class BuggySwarm:
+    """A swarm fetch with a bug (the KeyError the issue saw in the old scheduler)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def fetch(self, download: Download, headers: Mapping[str, str]) -> None:
+        self.calls += 1
+        raise KeyError(b"peer that left")
+
+
+async def test_a_bug_in_a_fetch_is_a_500_for_its_clients_not_the_end_of_the_node(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "store", 64 * 1024)
+    upstreams = Upstreams(UpstreamConfig(mapping={}, default="http://127.0.0.1:1"))
+    swarm = BuggySwarm()
+    coordinator = FetchCoordinator(
+        DownloadTable(store, nursery), UpstreamFetcher(store, upstreams), swarm
+    )
+    client = await _serve_front(nursery, store, upstreams, coordinator)
+    for _ in range(2):  # the failed download is gone: the next request tries again
+        status, _, body = await client.get(f"/v2/org/app/blobs/{DIGEST}")
+        assert status == 500
+        assert _error(body)["code"] == "UNKNOWN"
+    assert swarm.calls == 2 and coordinator.failed == 2 and not coordinator.active
+    assert any(
+        r.name == "pollen.download" and r.levelno == logging.ERROR and r.exc_info
+        for r in caplog.records
+    )
+    assert (await client.get("/healthz"))[2] == b"ok\n"
+    await upstreams.aclose()
+
+
 @pytest.mark.parametrize(
     "ns", ["[", "example.com:99999", "a%00b", "a%0Ab", "%C3%A9.test", "u@example.com", "a..b"]
 )
@@ -169,19 +220,10 @@ async def test_the_front_answers_500_for_an_unexpected_error(
 ) -> None:
     store = BrokenStore(tmp_path / "store", 64 * 1024)
     upstreams = Upstreams(UpstreamConfig(mapping={}, default="http://127.0.0.1:1"))
-    front = RegistryFront(
-        store,
-        upstreams,
-        Downloads(store, upstreams, nursery),
-        AccessPolicy(store, upstreams, AuthGate(upstreams)),
+    coordinator = FetchCoordinator(
+        DownloadTable(store, nursery), UpstreamFetcher(store, upstreams), None
     )
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-
-    async def serve(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, front.handle, idle_timeout=5, send_timeout=5)
-
-    nursery.start_soon(trio.serve_listeners, serve, listeners)
-    client = Front(Node.__new__(Node), listeners[0].socket.getsockname()[1], FakeRegistry())
+    client = await _serve_front(nursery, store, upstreams, coordinator)
     status, headers, body = await client.get(f"/v2/org/app/blobs/{DIGEST}")
     assert status == 500
     assert headers["docker-distribution-api-version"] == "registry/2.0"  # the front's own form

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -351,7 +352,8 @@ async def test_full_disk_fails_the_download_cleanly(
                 with trio.fail_after(10):
                     while node.downloads_in_flight():
                         await trio.sleep(0.01)
-                status = node.status()
+                # A JSON document: Node.status() types its sections only as `object`.
+                status: dict[str, Any] = node.status()
             assert status["upstream"]["downloads_failed"] == 1
             assert status["store"]["complete_blobs"] == 0
             assert f"download of {digest} failed" in caplog.text

@@ -1,50 +1,88 @@
-"""The upload side's choking decisions (no links: the decisions alone)."""
+"""The upload side's choking decisions and the ban list, on fake time (no links)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import random
 
-from peer.cluster.membership import Membership
-from peer.swarm.swarm import RECHOKE_PERIOD, UPLOAD_SLOTS, Swarm
-from pieces.store import Store
+from peer.swarm.bans import BanList
+from peer.swarm.choker import OPTIMISTIC_PERIOD, RECHOKE_PERIOD, UPLOAD_SLOTS, Choker
+from wire.events import Choke, Unchoke
 
-
-def make_swarm(tmp_path: Path) -> Swarm:
-    node_id = os.urandom(16)
-    membership = Membership(node_id, ("127.0.0.1", 1))
-    return Swarm(node_id, membership, Store(tmp_path), None, None, 1 << 20)  # type: ignore[arg-type]
+PEERS = [bytes([i]) * 16 for i in range(30)]
 
 
-async def test_best_contributors_stay_unchoked_plus_one_optimistic(tmp_path: Path) -> None:
-    swarm = make_swarm(tmp_path)
-    peers = [bytes([i]) * 16 for i in range(12)]
+def test_best_contributors_stay_unchoked_plus_one_optimistic() -> None:
+    choker = Choker(random.Random(1), 0.0)
+    peers = PEERS[:12]
     now = 1000.0
     for rank, peer in enumerate(peers):
-        swarm._requesters[peer] = now
-        swarm._contribution[peer] = 1000 * (12 - rank)  # peers[0] gave the most
-    await swarm.rechoke(now)
-    unchoked = set(peers) - swarm.choked
+        assert choker.request(peer, now)  # nobody is choked before the first rechoke
+        choker.contributed(peer, 1000 * (12 - rank))  # peers[0] gave the most
+    sends = choker.rechoke(now)
+    unchoked = set(peers) - choker.choked
     assert len(unchoked) == UPLOAD_SLOTS
     assert set(peers[: UPLOAD_SLOTS - 1]) <= unchoked  # the best contributors
-    optimistic = swarm._optimistic
+    optimistic = choker.optimistic
     assert optimistic in unchoked and optimistic not in peers[: UPLOAD_SLOTS - 1]
-    # Peers that stopped asking long ago are forgotten, not choked forever.
-    for peer in peers:
-        swarm._requesters[peer] = now - 10 * RECHOKE_PERIOD
-    await swarm.rechoke(now + RECHOKE_PERIOD)
-    assert swarm.choked == set(peers) - unchoked
+    assert {s.peer for s in sends if isinstance(s.event, Choke)} == choker.choked
+    assert not any(isinstance(s.event, Unchoke) for s in sends)
+    for peer in choker.choked:
+        assert not choker.request(peer, now + 1)  # refused while choked
 
 
-async def test_optimistic_slot_rotates(tmp_path: Path) -> None:
-    swarm = make_swarm(tmp_path)
-    peers = [bytes([i]) * 16 for i in range(30)]
+def test_a_choked_peer_that_stops_asking_still_gets_unchoked() -> None:
+    """A choked peer does not ask (it would be refused); it must not stay choked for that."""
+    choker = Choker(random.Random(2), 0.0)
+    now = 0.0
+    for peer in PEERS[:12]:
+        choker.request(peer, now)
+    choker.rechoke(now)
+    waiting = set(choker.choked)
+    assert waiting
+    unchoked: set[bytes] = set()
+    for _ in range(40):  # only the unchoked keep asking
+        now += RECHOKE_PERIOD
+        for peer in set(PEERS[:12]) - choker.choked:
+            choker.request(peer, now)
+        unchoked |= {s.peer for s in choker.rechoke(now) if isinstance(s.event, Unchoke)}
+    assert waiting <= unchoked
+
+
+def test_optimistic_slot_rotates() -> None:
+    choker = Choker(random.Random(3), 0.0)
     picks = set()
     now = 0.0
     for _ in range(20):
-        for peer in peers:
-            swarm._requesters[peer] = now
-        await swarm.rechoke(now)
-        picks.add(swarm._optimistic)
-        now += 30.0
+        for peer in PEERS:
+            choker.request(peer, now)
+        choker.rechoke(now)
+        picks.add(choker.optimistic)
+        now += OPTIMISTIC_PERIOD
     assert len(picks) > 3
+
+
+def test_rechoke_deadline_and_lost_peers() -> None:
+    choker = Choker(random.Random(4), 5.0)
+    assert choker.next_deadline() == 5.0 + RECHOKE_PERIOD
+    for peer in PEERS[:12]:
+        choker.request(peer, 6.0)
+    choker.rechoke(15.0)
+    assert choker.next_deadline() == 15.0 + RECHOKE_PERIOD
+    gone = next(iter(choker.choked))
+    choker.lost(gone)
+    assert gone not in choker.choked and choker.request(gone, 16.0)
+
+
+def test_bans_run_out() -> None:
+    bans = BanList(ban_seconds=100.0, unreachable_seconds=5.0)
+    liar, dead = PEERS[0], PEERS[1]
+    bans.ban(liar, 10.0)
+    bans.unreachable(dead, 10.0)
+    assert bans.is_banned(liar, 109.0) and not bans.is_banned(dead, 11.0)
+    assert bans.is_unreachable(dead, 14.0) and not bans.is_unreachable(dead, 15.0)
+    assert bans.banned(50.0) == [liar]
+    assert bans.next_deadline() == 15.0
+    bans.expire(15.0)
+    assert bans.next_deadline() == 110.0
+    bans.expire(110.0)
+    assert not bans.is_banned(liar, 110.0) and bans.next_deadline() is None

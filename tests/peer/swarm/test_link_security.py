@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from peer.cluster.membership import Membership
+from peer.fetch.download import Download
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.swarm import Swarm
@@ -201,9 +202,34 @@ async def test_pre_handshake_piece_announcements_close_the_link_at_once() -> Non
     assert all(link.protocol.payload_buffer() is None for link in links)
 
 
+class NoUpstream:
+    """The swarm's view of the fetch side, never reached by these tests."""
+
+    async def join_for_peer(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+    ) -> Download:
+        raise AssertionError("no upstream fetch expected")
+
+    def busy(self) -> bool:
+        return False
+
+
 def make_swarm(tmp_path: Path) -> Swarm:
     membership = Membership(B_ID, (LOOPBACK, 1))
-    return Swarm(B_ID, membership, Store(tmp_path), None, TOKEN, 1 << 20)  # type: ignore[arg-type]
+    return Swarm(
+        B_ID,
+        membership,
+        Store(tmp_path),
+        None,  # type: ignore[arg-type]  # no access checks on these paths
+        TOKEN,
+        1 << 20,
+        upstream=NoUpstream(),
+    )
 
 
 async def test_the_swarm_refuses_connections_over_its_limits_at_once(tmp_path: Path) -> None:

@@ -1,121 +1,87 @@
-"""Two PeerLinks over a real socket pair: handshake, large pieces read into their own
-buffers, and a cancelled piece going out as a Reject instead of its bytes; plain and sealed
-(--peer-encryption), from memory and from a file (sendfile, or pread and seal)."""
+"""Two PeerLinks over a real TCP connection on 127.0.0.1: the paths a link takes only on a
+socket. A piece from a file goes out with sendfile (or, sealed with --peer-encryption, is
+read and sealed), and a large payload is received with recv_into its own buffer.
+
+Everything that does not depend on the transport (handshake refusals, cancelled pieces,
+posted messages, closing, garbage) is tested over memory streams in test_link_memory.py."""
 
 from __future__ import annotations
 
+import math
 import os
-import socket
 import tempfile
 
 import pytest
 import trio
 
-from peer.swarm.link import LinkClosed, PeerLink
-from wire.events import Cancel, Event, FileRange, Piece, Reject, Request
+from peer.swarm.link import PeerLink
+from wire.events import Event, FileRange, Piece, Request
 from wire.protocol import Role
 
 DIGEST = "sha256:" + "b" * 64
+LOOPBACK = "127.0.0.1"
 
 
-def link_pair(encrypt: bool = False) -> tuple[PeerLink, PeerLink]:
-    """(initiator A, responder B) over a socket pair."""
-    left, right = socket.socketpair()
-    return (
-        PeerLink(
-            trio.SocketStream(trio.socket.from_stdlib_socket(left)),
-            b"A" * 16,
-            b"t",
-            role=Role.INITIATOR,
-            peer_id=b"B" * 16,
-            encrypt=encrypt,
-        ),
-        PeerLink(
-            trio.SocketStream(trio.socket.from_stdlib_socket(right)),
-            b"B" * 16,
-            b"t",
-            role=Role.RESPONDER,
-            encrypt=encrypt,
-        ),
-    )
+async def tcp_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Both ends of a new TCP connection on the loopback interface."""
+    (listener,) = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    try:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream(LOOPBACK, port)
+        server = await listener.accept()
+    finally:
+        await listener.aclose()
+    return client, server
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
-@pytest.mark.parametrize("from_file", [False, True])
-async def test_pieces_arrive_whole_and_a_cancelled_one_becomes_a_reject(
-    encrypt: bool, from_file: bool
+async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
+    encrypt: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uploader, downloader = link_pair(encrypt)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(uploader.handshake)
-        await downloader.handshake()
-    big = os.urandom(3 * 1024 * 1024)  # over the direct-read size: recv_into its own buffer
-    received: list[Event] = []
-    requests: list[Event] = []
-    cancel_seen = trio.Event()
+    sendfile_sent: list[int] = []
+    real_sendfile = os.sendfile
+
+    def counting_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        sent = real_sendfile(out_fd, in_fd, offset, count)
+        sendfile_sent.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting_sendfile)
+    client, server = await tcp_stream_pair()
+    uploader = PeerLink(
+        client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16, encrypt=encrypt
+    )
+    downloader = PeerLink(server, b"B" * 16, b"t", role=Role.RESPONDER, encrypt=encrypt)
+    to_uploader, requests = trio.open_memory_channel[Event](math.inf)
+    to_downloader, pieces = trio.open_memory_channel[Event](math.inf)
 
     async def on_uploader_event(link: PeerLink, event: Event) -> None:
-        requests.append(event)
-        if isinstance(event, Cancel):
-            link.cancelled.add((event.digest, event.index))
-            cancel_seen.set()
+        to_uploader.send_nowait(event)
 
     async def on_downloader_event(link: PeerLink, event: Event) -> None:
-        received.append(event)
+        to_downloader.send_nowait(event)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(uploader.run, on_uploader_event)
-        nursery.start_soon(downloader.run, on_downloader_event)
-        await downloader.send(Request(DIGEST, 0))
-        await downloader.send(Request(DIGEST, 1))
-        await downloader.send(Cancel(DIGEST, 1))
-        with trio.fail_after(10):
-            await cancel_seen.wait()
-        with tempfile.TemporaryFile() as f:
-            f.write(b"-" * 100 + big)
-            f.flush()
-            payload: bytes | FileRange = FileRange(f.fileno(), 100, len(big)) if from_file else big
-            assert await uploader.send(Piece(DIGEST, 0, payload)) is True
-            assert await uploader.send(Piece(DIGEST, 1, payload)) is False
-        with trio.fail_after(10):
-            while len(received) < 2:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    first, second = received
-    assert isinstance(first, Piece) and first.index == 0
-    assert not isinstance(first.data, FileRange) and bytes(first.data) == big
-    assert second == Reject(DIGEST, 1, "cancelled")
-    assert uploader.pieces_cancelled == 1
-    assert downloader.protocol.our_requests == set()
-
-
-async def test_links_with_different_encryption_settings_refuse_each_other() -> None:
-    left, right = socket.socketpair()
-    initiator = PeerLink(
-        trio.SocketStream(trio.socket.from_stdlib_socket(left)),
-        b"A" * 16,
-        b"t",
-        role=Role.INITIATOR,
-        peer_id=b"B" * 16,
-        encrypt=True,
-    )
-    responder = PeerLink(
-        trio.SocketStream(trio.socket.from_stdlib_socket(right)),
-        b"B" * 16,
-        b"t",
-        role=Role.RESPONDER,
-    )
-    errors: list[str] = []
-
-    async def handshake(link: PeerLink) -> None:
-        try:
-            await link.handshake()
-        except LinkClosed as exc:
-            errors.append(str(exc))
-
-    with trio.fail_after(5):
+    big = os.urandom(3 * 1024 * 1024 + 5)  # over the direct-read size: recv_into its buffer
+    with tempfile.TemporaryFile() as f, trio.fail_after(10):
+        f.write(b"-" * 100 + big + b"+" * 100)
+        f.flush()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(handshake, initiator)
-            nursery.start_soon(handshake, responder)
-    assert len(errors) == 2
-    assert all("peer encryption mismatch" in e for e in errors)
+            nursery.start_soon(uploader.handshake)
+            await downloader.handshake()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run, on_uploader_event)
+            nursery.start_soon(downloader.run, on_downloader_event)
+            await downloader.send(Request(DIGEST, 0))
+            assert await requests.receive() == Request(DIGEST, 0)
+            piece = Piece(DIGEST, 0, FileRange(f.fileno(), 100, len(big)))
+            assert await uploader.send(piece) is True
+            received = await pieces.receive()
+            await uploader.close()
+    assert isinstance(received, Piece) and (received.digest, received.index) == (DIGEST, 0)
+    assert not isinstance(received.data, FileRange) and bytes(received.data) == big
+    if encrypt:
+        assert sendfile_sent == []  # a sealed piece's bytes pass through AES-GCM
+    else:
+        assert sum(sendfile_sent) == len(big)
+        assert isinstance(received.data, bytearray)  # received into the payload's own buffer
+    assert downloader.bytes_in == uploader.bytes_out

@@ -1,27 +1,21 @@
-"""One upstream download per blob per node, shared by every request for that blob.
+"""Fetching a blob from its upstream registry into the store, resumable, verified.
 
-A `Download` runs in the node's nursery, not in a request's task, so a client that disconnects
-never cancels it: the bytes still land in the store for the other clients and for the cache.
 Bytes are written to the partial blob as they arrive and readers are woken at once, so clients
-stream the blob while it downloads.
-
-The upstream is not trusted: the size it declares is checked by the store before anything is
-allocated (`Store.open_partial`), and an answer that does not start where we asked (a 200 to a
-Range request) starts the blob over instead of being mixed with the pieces kept from before.
+stream the blob while it downloads. The upstream is not trusted: the size it declares is
+checked by the store before anything is allocated (`Store.open_partial`), and an answer that
+does not start where we asked (a 200 to a Range request) starts the blob over instead of being
+mixed with the pieces kept from before.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import trio
 
+from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
-from peer.swarm.swarm import ClientRefused, OwnerUnavailable, Swarm
 from peer.upstream.blob_stream import BlobStream, open_blob
 from peer.upstream.client import (
     FORWARDED_ERROR_HEADERS,
@@ -30,7 +24,7 @@ from peer.upstream.client import (
     Upstreams,
     pick_headers,
 )
-from pieces.partial import BlobFailed, DiskFull, NoRoom, PartialBlob, SizeRefused
+from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
 
 log = logging.getLogger("pollen.download")
@@ -43,30 +37,6 @@ BUFFER_COUNT = 16
 EARLY_HANDOFF = 64 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-
-
-@dataclass(eq=False)
-class Download:
-    """The state of one blob's upstream download, as its clients see it."""
-
-    digest: str
-    namespace: str | None
-    name: str
-    auth_key: str | None
-    started: float = field(default_factory=time.monotonic)
-    ready: trio.Event = field(default_factory=trio.Event)
-    done: trio.Event = field(default_factory=trio.Event)
-    partial: PartialBlob | None = None
-    refusal: UpstreamRefusal | None = None
-    error: Exception | None = None
-    bytes_from_upstream: int = 0
-    bytes_from_peers: int = 0
-    clients: int = 0
-    upstream_only: bool = False  # the owner's fetch for peers: never asks the swarm
-
-    @property
-    def size(self) -> int | None:
-        return self.partial.layout.size if self.partial is not None else None
 
 
 class _BufferPipe:
@@ -122,101 +92,28 @@ class _BufferPipe:
         self._lot.unpark_all()
 
 
-class Downloads:
-    """The node's table of blob downloads in flight."""
+class UpstreamFetcher:
+    """Fills downloads from their upstream registries; counts what it fetched."""
 
     def __init__(
-        self,
-        store: Store,
-        upstreams: Upstreams,
-        nursery: trio.Nursery,
-        swarm: Swarm | None = None,
-        download_limit: RateLimiter | None = None,
+        self, store: Store, upstreams: Upstreams, download_limit: RateLimiter | None = None
     ) -> None:
-        self.swarm = swarm
-        self._download_limit = download_limit or RateLimiter(None)
         self._store = store
         self._upstreams = upstreams
-        self._nursery = nursery
-        self.active: dict[str, Download] = {}
-        self.upstream_fetches = 0  # fetches from the upstream running now (the swarm yields)
+        self._download_limit = download_limit or RateLimiter(None)
+        self.running = 0  # fetches from the upstream now (the swarm yields to them)
         self.bytes_from_upstream = 0
-        self.completed = 0
-        self.failed = 0
 
-    async def join(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-        *,
-        upstream: bool = False,
-    ) -> Download:
-        """The download of `digest`: the one in flight, or a new one started for this client.
+    def busy(self) -> bool:
+        """Is this node fetching from an upstream now?"""
+        return self.running > 0
 
-        A download that another client started with other credentials is joined only once the
-        upstream accepted that client; if it refused, this client gets its own try.
-        """
-        while True:
-            download = self.active.get(digest)
-            if download is None:
-                download = Download(digest, namespace, name, auth_key, upstream_only=upstream)
-                self.active[digest] = download
-                self._nursery.start_soon(self._run, download, dict(headers))
-                return download
-            if download.auth_key == auth_key:
-                return download
-            await download.ready.wait()
-            if download.partial is not None and download.error is None:
-                return download
-            await download.done.wait()
-
-    async def _run(self, download: Download, headers: dict[str, str]) -> None:
-        try:
-            await self._fetch(download, headers)
-            if download.partial is not None:
-                self.completed += 1
-        except Exception as exc:
-            self.failed += 1
-            download.error = exc
-            partial = download.partial
-            if partial is not None:
-                partial.fail(exc)
-                if isinstance(exc, DiskFull | NoRoom):
-                    # Kept for a resume, it would keep the disk full and fail every later
-                    # blob; the next request for this one starts over once there is room.
-                    async with partial.write_lock:
-                        partial.discard_sync()
-            log.warning("download of %s failed: %s", download.digest, exc)
-        finally:
-            download.ready.set()
-            download.done.set()
-            del self.active[download.digest]
-            partial = download.partial
-            if partial is not None:
-                if not partial.verified and partial.error is None:
-                    # Ended without the blob (a refusal mid-resume): wake its readers.
-                    partial.fail(BlobFailed(f"download of {download.digest} ended unfinished"))
-                self._store.release_partial(partial)
-
-    async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
-        if self.swarm is not None and not download.upstream_only:
-            try:
-                await self.swarm.fetch(download, headers)
-                return
-            except ClientRefused:
-                return
-            except OwnerUnavailable as exc:
-                # We own it (now), or nobody else could be reached: the upstream it is,
-                # continuing from whatever pieces the swarm delivered.
-                log.info("fetching %s from the upstream: %s", download.digest, exc)
-        self.upstream_fetches += 1
+    async def fetch(self, download: Download, headers: dict[str, str]) -> None:
+        self.running += 1
         try:
             await self._fetch_upstream(download, headers)
         finally:
-            self.upstream_fetches -= 1
+            self.running -= 1
 
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking
@@ -231,7 +128,7 @@ class Downloads:
                 # Ours to release from now on, whatever happens before the upstream answers
                 # (a partial left registered would be handed, with its origins, to the next
                 # opener). Readers still wait for `ready`.
-                download.partial = partial
+                download.adopted(partial)
             except SizeRefused as exc:
                 # Left by a fetch whose size a manifest now contradicts: ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)
@@ -261,7 +158,7 @@ class Downloads:
             "stored %s (%d bytes, %.2fs)",
             digest,
             partial.layout.size,
-            time.monotonic() - download.started,
+            trio.current_time() - download.started,
         )
 
     async def _fetch_range(
@@ -293,8 +190,10 @@ class Downloads:
         try:
             if 400 <= body.status < 500 and body.status != 416:
                 error_body = await body.read_all(ERROR_BODY_LIMIT)
-                download.refusal = UpstreamRefusal(
-                    body.status, pick_headers(body.headers, FORWARDED_ERROR_HEADERS), error_body
+                download.refused(
+                    UpstreamRefusal(
+                        body.status, pick_headers(body.headers, FORWARDED_ERROR_HEADERS), error_body
+                    )
                 )
                 if partial is not None:
                     self._store.release_partial(partial)
@@ -317,8 +216,7 @@ class Downloads:
                 partial = await self._store.open_partial(digest, size, origins=origins)
             else:  # continuing (after the swarm, say): these bytes come from here too
                 partial.add_origins(self._origins(download))
-            download.partial = partial
-            download.ready.set()
+            download.opened(partial)
             if abandoned is not None:
                 # Its readers may hold bytes the new start will not match: they cannot go on.
                 # Told only now, so that those still waiting for the whole blob (Range
@@ -387,7 +285,7 @@ class Downloads:
                         completed = await trio.to_thread.run_sync(partial.write_sync, offset, views)
                     written = sum(length for _, length in full)
                     offset += written
-                    download.bytes_from_upstream += written
+                    download.received_from_upstream(written)
                     self.bytes_from_upstream += written
                     pipe.give_back([buffer for buffer, _ in full])
                     partial.announce(completed)

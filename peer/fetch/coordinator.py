@@ -1,0 +1,190 @@
+"""Who fetches a blob: one download per blob per node, and the one place that decides how.
+
+For a client's request: the swarm first (the blob's owner fetches it from the upstream once
+for the whole cluster); when this node is the owner, or no owner can be reached, or the owner
+holds the blob only from other registries, the upstream, for whatever the swarm did not
+deliver. For a peer's Want (this node owns the blob): the upstream only.
+
+A download runs in the node's nursery, not in a request's task, so a client that disconnects
+never cancels it: the bytes still land in the store for the other clients and for the cache.
+An unexpected exception in a fetch is a bug: it is logged with its traceback and ends that
+download (its clients get a 500), never the node.
+
+The pieces are built in order, with no cycle: the `DownloadTable` and the `UpstreamFetcher`
+first, then the swarm (given `OwnerUpstream`, its narrow view of them), then the
+`FetchCoordinator` over all three.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import trio
+
+from peer.fetch.download import Download
+from peer.fetch.upstream_fetch import UpstreamFetcher
+from peer.swarm.errors import ClientRefused, OwnerUnavailable
+from peer.upstream.client import UpstreamError
+from pieces.partial import BlobFailed, DiskFull, NoRoom, StoreError
+from pieces.store import Store
+
+log = logging.getLogger("pollen.download")
+
+Fetch = Callable[[Download, dict[str, str]], Awaitable[None]]
+# Failures with a known cause: logged in one line. Anything else is a bug: with a traceback.
+EXPECTED_FAILURES = (UpstreamError, StoreError, OSError, BlobFailed)
+
+
+class DownloadTable:
+    """The node's blob downloads in flight, one per digest, shared by all who want it."""
+
+    def __init__(self, store: Store, nursery: trio.Nursery) -> None:
+        self._store = store
+        self._nursery = nursery
+        self.active: dict[str, Download] = {}
+        self.completed = 0
+        self.failed = 0
+
+    async def join(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+        fetch: Fetch,
+        *,
+        upstream_only: bool = False,
+    ) -> Download:
+        """The download of `digest`: the one in flight, or a new one run by `fetch`.
+
+        A download that another client started with other credentials is joined only once the
+        upstream accepted that client; if it refused, this client gets its own try.
+        """
+        while True:
+            download = self.active.get(digest)
+            if download is None:
+                download = Download(digest, namespace, name, auth_key, upstream_only)
+                self.active[digest] = download
+                self._nursery.start_soon(self._run, download, fetch, dict(headers))
+                return download
+            if download.auth_key == auth_key:
+                return download
+            await download.ready.wait()
+            if download.partial is not None and download.error is None:
+                return download
+            await download.done.wait()
+
+    async def _run(self, download: Download, fetch: Fetch, headers: dict[str, str]) -> None:
+        try:
+            await fetch(download, headers)
+            if download.partial is not None:
+                self.completed += 1
+        except Exception as exc:
+            self.failed += 1
+            download.failed(exc)
+            partial = download.partial
+            if partial is not None:
+                partial.fail(exc)
+                if isinstance(exc, DiskFull | NoRoom):
+                    # Kept for a resume, it would keep the disk full and fail every later
+                    # blob; the next request for this one starts over once there is room.
+                    async with partial.write_lock:
+                        partial.discard_sync()
+            if isinstance(exc, EXPECTED_FAILURES):
+                log.warning("download of %s failed: %s", download.digest, exc)
+            else:
+                log.exception("download of %s failed (a bug)", download.digest)
+        finally:
+            download.finished()
+            del self.active[download.digest]
+            partial = download.partial
+            if partial is not None:
+                if not partial.verified and partial.error is None:
+                    # Ended without the blob (a refusal mid-resume): wake its readers.
+                    partial.fail(BlobFailed(f"download of {download.digest} ended unfinished"))
+                self._store.release_partial(partial)
+
+
+class OwnerUpstream:
+    """What the swarm may ask of the fetch side: the owner's upstream download of a blob for
+    its peers (shared with this node's own clients), and whether one is running now."""
+
+    def __init__(self, table: DownloadTable, fetcher: UpstreamFetcher) -> None:
+        self._table = table
+        self._fetcher = fetcher
+
+    async def join_for_peer(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+    ) -> Download:
+        return await self._table.join(
+            digest, namespace, name, headers, auth_key, self._fetcher.fetch, upstream_only=True
+        )
+
+    def busy(self) -> bool:
+        return self._fetcher.busy()
+
+
+class SwarmSource(Protocol):
+    """What the coordinator asks of the swarm (peer/swarm/swarm.py)."""
+
+    async def fetch(self, download: Download, headers: Mapping[str, str]) -> None:
+        """Fill `download` from the swarm; raises OwnerUnavailable or ClientRefused."""
+        ...
+
+
+class FetchCoordinator:
+    """The front's way to a blob: join the download in flight or start one."""
+
+    def __init__(
+        self, table: DownloadTable, fetcher: UpstreamFetcher, swarm: SwarmSource | None
+    ) -> None:
+        self._table = table
+        self._fetcher = fetcher
+        self._swarm = swarm
+
+    @property
+    def active(self) -> dict[str, Download]:
+        return self._table.active
+
+    @property
+    def completed(self) -> int:
+        return self._table.completed
+
+    @property
+    def failed(self) -> int:
+        return self._table.failed
+
+    @property
+    def bytes_from_upstream(self) -> int:
+        return self._fetcher.bytes_from_upstream
+
+    async def join(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+    ) -> Download:
+        return await self._table.join(digest, namespace, name, headers, auth_key, self._fetch)
+
+    async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
+        if self._swarm is not None:
+            try:
+                await self._swarm.fetch(download, headers)
+                return
+            except ClientRefused:
+                return
+            except OwnerUnavailable as exc:
+                # We own it (now), or nobody else could be reached: the upstream it is,
+                # continuing from whatever pieces the swarm delivered.
+                log.info("fetching %s from the upstream: %s", download.digest, exc)
+        await self._fetcher.fetch(download, headers)

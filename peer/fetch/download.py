@@ -1,0 +1,75 @@
+"""The state of one blob's fetch, as its clients see it; changed only through its methods.
+
+Fetchers (the swarm's and the upstream's) report through `opened`, `refused` and the byte
+counters; the front counts its clients with `serving()`. Readers wait on `ready` (a partial to
+stream, a refusal, or an error) and `done`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+from peer.upstream.client import UpstreamRefusal
+from pieces.partial import PartialBlob
+
+
+@dataclass(eq=False)
+class Download:
+    digest: str
+    namespace: str | None
+    name: str
+    auth_key: str | None
+    upstream_only: bool = False  # the owner's fetch for peers: never asks the swarm
+    started: float = field(default_factory=trio.current_time)
+    ready: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    partial: PartialBlob | None = None
+    refusal: UpstreamRefusal | None = None
+    error: Exception | None = None
+    bytes_from_upstream: int = 0
+    bytes_from_peers: int = 0
+    clients: int = 0
+
+    @property
+    def size(self) -> int | None:
+        return self.partial.layout.size if self.partial is not None else None
+
+    def opened(self, partial: PartialBlob) -> None:
+        """The blob's partial exists: clients may stream it."""
+        self.partial = partial
+        self.ready.set()
+
+    def adopted(self, partial: PartialBlob) -> None:
+        """A partial this download now owns (to release), before clients may read it."""
+        self.partial = partial
+
+    def refused(self, refusal: UpstreamRefusal) -> None:
+        """The upstream (or the owner, for it) refused this download's client."""
+        self.refusal = refusal
+        self.ready.set()
+
+    def failed(self, error: Exception) -> None:
+        self.error = error
+
+    def finished(self) -> None:
+        self.ready.set()
+        self.done.set()
+
+    def received_from_peers(self, count: int) -> None:
+        self.bytes_from_peers += count
+
+    def received_from_upstream(self, count: int) -> None:
+        self.bytes_from_upstream += count
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count one client while it is served from this download."""
+        self.clients += 1
+        try:
+            yield
+        finally:
+            self.clients -= 1

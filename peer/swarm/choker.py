@@ -1,0 +1,88 @@
+"""BitTorrent's choking, as a pure state machine: who may ask this node for pieces.
+
+Every RECHOKE_PERIOD the peers that gave us the most bytes in the last period stay unchoked
+(UPLOAD_SLOTS - 1 of them), plus one optimistic pick that rotates every OPTIMISTIC_PERIOD, so
+that newcomers with nothing to give yet get a start too. Peers that asked recently and are not
+kept are choked: their requests are answered with a Reject until they are unchoked.
+
+Time comes in as `now`, randomness from the `random.Random` given at construction; `rechoke`
+returns the Choke / Unchoke messages to send, `next_deadline` says when to call it again.
+"""
+
+from __future__ import annotations
+
+import random
+
+from peer.swarm.actions import Send
+from wire.events import Choke, Unchoke
+
+UPLOAD_SLOTS = 8  # peers unchoked at once: the best contributors, plus one optimistic
+RECHOKE_PERIOD = 10.0
+OPTIMISTIC_PERIOD = 30.0
+
+
+class Choker:
+    def __init__(
+        self,
+        rng: random.Random,
+        now: float,
+        *,
+        slots: int = UPLOAD_SLOTS,
+        period: float = RECHOKE_PERIOD,
+        optimistic_period: float = OPTIMISTIC_PERIOD,
+    ) -> None:
+        self.rng = rng
+        self.slots = slots
+        self.period = period
+        self.optimistic_period = optimistic_period
+        self.choked: set[bytes] = set()
+        self.optimistic: bytes | None = None
+        self._optimistic_at = now
+        self._last_rechoke = now
+        self._requesters: dict[bytes, float] = {}  # peer -> when it last asked us
+        self._contribution: dict[bytes, int] = {}  # peer -> bytes it gave us this period
+
+    def request(self, peer: bytes, now: float) -> bool:
+        """A peer asks for a piece: True when it may be served (it is not choked)."""
+        self._requesters[peer] = now
+        return peer not in self.choked
+
+    def contributed(self, peer: bytes, nbytes: int) -> None:
+        """`peer` gave us `nbytes` of verified piece data."""
+        self._contribution[peer] = self._contribution.get(peer, 0) + nbytes
+
+    def lost(self, peer: bytes) -> None:
+        """The link to `peer` is gone: a new link starts unchoked and unranked."""
+        self._requesters.pop(peer, None)
+        self._contribution.pop(peer, None)
+        self.choked.discard(peer)
+        if self.optimistic == peer:
+            self.optimistic = None
+
+    def next_deadline(self) -> float:
+        return self._last_rechoke + self.period
+
+    def rechoke(self, now: float) -> list[Send]:
+        """Choose who stays unchoked for the next period; the messages that say so."""
+        self._last_rechoke = now
+        window = 2 * self.period
+        for peer in [p for p, at in self._requesters.items() if now - at >= window]:
+            del self._requesters[peer]  # stopped asking: no longer competes for a slot
+        # Choked peers stay candidates until their link goes: a choked peer stops asking
+        # (it knows it would be refused), and must still get its turn to be unchoked.
+        candidates = sorted(set(self._requesters) | self.choked)
+        ranked = sorted(candidates, key=lambda p: self._contribution.get(p, 0), reverse=True)
+        keep = set(ranked[: self.slots - 1])
+        rest = [p for p in candidates if p not in keep]
+        if self.optimistic not in rest or now - self._optimistic_at >= self.optimistic_period:
+            self.optimistic = self.rng.choice(rest) if rest else None
+            self._optimistic_at = now
+        if self.optimistic is not None:
+            keep.add(self.optimistic)
+        newly_choked = set(candidates) - keep - self.choked
+        newly_unchoked = self.choked & keep
+        self.choked = (self.choked | newly_choked) - newly_unchoked
+        self._contribution.clear()
+        sends = [Send(peer, Choke()) for peer in sorted(newly_choked)]
+        sends += [Send(peer, Unchoke()) for peer in sorted(newly_unchoked)]
+        return sends

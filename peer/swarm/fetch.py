@@ -1,0 +1,468 @@
+"""One blob filled from the swarm on a node that does not own it: the trio side of the picker.
+
+Events from links (PieceMeta, Have, Bitfield, Choke, Reject, Piece, a link lost) go into the
+blob's `PiecePicker` at once, from the link's read loop, without awaiting anything; the fetch's
+own task wakes, asks the picker for Requests and posts them (posting never blocks, so no other
+task can change the picker between a decision and its send), then sleeps until something
+changes or the earliest deadline: the picker's endgame, the next PeersRequest, a stall report.
+Pieces are verified (xxh3-128) and written here; the sha256 of the whole blob at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from peer.access.policy import CACHED_ELSEWHERE_HEADER
+from peer.fetch.download import Download
+from peer.swarm.actions import Send
+from peer.swarm.bits import bits_of, indices_of
+from peer.swarm.errors import ClientRefused, OwnerUnavailable
+from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.picker import PiecePicker
+from peer.upstream.client import UpstreamError, UpstreamRefusal
+from pieces.partial import PartialBlob, StoreError, piece_hash
+from wire.events import (
+    Access,
+    Bitfield,
+    Event,
+    FileRange,
+    Have,
+    Peers,
+    PeersRequest,
+    Piece,
+    PieceMeta,
+    Refused,
+    Reject,
+    Want,
+)
+
+if TYPE_CHECKING:
+    from peer.swarm.swarm import DigestState, Swarm
+
+log = logging.getLogger("pollen.swarm")
+
+MAX_PEERS = 8  # peers a fetch links to besides the owner
+PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
+META_TIMEOUT = 30.0
+DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
+PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
+STALL_REPORT = 10.0  # log what the fetch waits for after this long without a piece
+
+
+@dataclass(eq=False)
+class SwarmFetch:
+    """One blob being filled from the swarm on a non-owner node."""
+
+    swarm: Swarm
+    state: DigestState
+    download: Download
+    headers: dict[str, str]
+    owner: bytes | None = None
+    partial: PartialBlob | None = None
+    picker: PiecePicker | None = None
+    linked: set[bytes] = field(default_factory=set)  # peers this fetch exchanges pieces with
+    # peer -> when our client's credentials (Access) last went to it
+    access_sent: dict[bytes, float] = field(default_factory=dict)
+    hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
+    failure: Exception | None = None  # a store error while writing a piece: ends the fetch
+    _meta: PieceMeta | Refused | None = None
+    _changed: trio.Event = field(default_factory=trio.Event)
+    _owner_lost: bool = False
+
+    @property
+    def digest(self) -> str:
+        return self.download.digest
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._find_owner()
+            except OwnerUnavailable:
+                if self.partial is not None and self.linked:
+                    # We own it now (the owner died) or cannot reach one: take from the
+                    # peers first what they hold, so the upstream only sends what is missing.
+                    await self._drain_peers(self.partial)
+                raise
+            partial = self.partial
+            assert partial is not None
+            if self._done(partial):
+                break
+            await self._exchange(partial)
+            self._raise_failure()
+            if self._done(partial):
+                break
+            # The owner went away: pick the next one and go on.
+        async with partial.write_lock:
+            await trio.to_thread.run_sync(partial.verify_sync)
+            partial.notify()
+            await trio.to_thread.run_sync(self.swarm.store.commit_sync, partial)
+        log.info(
+            "stored %s from the swarm (%d bytes from %d peers, %.2fs)",
+            self.digest,
+            self.download.bytes_from_peers,
+            len(self.linked),
+            trio.current_time() - self.download.started,
+        )
+
+    def _done(self, partial: PartialBlob) -> bool:
+        return len(partial.piece_hashes) == partial.layout.count
+
+    # ---- finding the owner ---------------------------------------------------------------
+
+    async def _find_owner(self) -> None:
+        swarm = self.swarm
+        skipped = 0
+        for candidate in swarm.owner_candidates(self.digest):
+            if candidate == swarm.node_id:
+                if not skipped:
+                    raise OwnerUnavailable("this node is the owner")
+                break
+            if swarm.bans.is_unreachable(candidate, trio.current_time()):
+                skipped += 1
+                continue
+            # Set before asking: PieceMeta updates may follow the first answer at once.
+            self.owner = candidate
+            try:
+                link = await swarm.link_to(candidate)
+                await self._want(link)
+            except LinkClosed as exc:
+                log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
+                skipped += 1
+                continue
+            self._owner_lost = False
+            return
+        # Every node ahead of us in rendezvous order failed: they are alive as far as gossip
+        # knows, so this is a fallback (another node may be fetching the same blob).
+        swarm.counters.upstream_fallbacks += 1
+        log.warning(
+            "no owner of %s reachable (%d tried): falling back to the upstream",
+            self.digest,
+            skipped,
+        )
+        raise OwnerUnavailable("no owner reachable")
+
+    async def _want(self, link: PeerLink) -> None:
+        self._meta = None
+        download = self.download
+        auth = self.headers.get("authorization")
+        await link.send(Want(self.digest, download.namespace, download.name, auth))
+        with trio.move_on_after(META_TIMEOUT):
+            while self._meta is None:
+                if link.closed:
+                    raise LinkClosed("owner closed the link")
+                await self._wait_change(trio.current_time() + 1.0)
+        meta = self._meta
+        if meta is None:
+            raise LinkClosed("owner did not answer in time")
+        if isinstance(meta, Refused):
+            if meta.headers.get(CACHED_ELSEWHERE_HEADER):
+                # The owner holds it from other registries than ours: our client's registry
+                # must show the bytes itself (our upstream fetch, with our client's credentials).
+                raise OwnerUnavailable("the owner holds it from another registry")
+            if meta.status >= 500:
+                owner = f"owner {link.peer_id.hex()[:12]}"
+                raise UpstreamError(owner, meta.body.decode("utf-8", "replace"))
+            download.refused(UpstreamRefusal(meta.status, dict(meta.headers), meta.body))
+            raise ClientRefused(meta.status)
+        if self.partial is None:
+            # Private before any client or peer can see a byte: to the registries the owner
+            # got it from, and (a peer may add origins, never remove them) to the one our
+            # client named with credentials.
+            origins = list(meta.origins)
+            if auth is not None:
+                origins.append(self.swarm.access.registry_of(download.namespace))
+            partial = await self.swarm.store.open_partial(
+                self.digest, meta.size, meta.piece_size, origins=origins
+            )
+            self.partial = partial
+            self.picker = PiecePicker(
+                self.digest,
+                partial.layout,
+                random.Random(self.swarm.rng.getrandbits(64)),
+                have=partial.piece_hashes,
+            )
+            download.opened(partial)
+            self.swarm.listen(self.state, partial)
+        elif self.partial.layout.size != meta.size:
+            raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
+        self._owner_meta(link.peer_id, meta)
+
+    def _owner_meta(self, owner: bytes, meta: PieceMeta) -> None:
+        picker = self.picker
+        assert picker is not None
+        self.hashes.update(meta.hashes)
+        picker.hashes(meta.hashes)
+        self._add_peer(owner)
+        for index in meta.hashes:
+            picker.have(owner, index)
+
+    def _add_peer(self, peer_id: bytes) -> None:
+        self.linked.add(peer_id)
+        if self.picker is not None:
+            self.picker.add_peer(peer_id)
+
+    # ---- exchanging pieces ---------------------------------------------------------------
+
+    async def _exchange(self, partial: PartialBlob) -> None:
+        swarm = self.swarm
+        assert self.owner is not None
+        owner_link = swarm.links.get(self.owner)
+        if owner_link is not None:
+            owner_link.post(PeersRequest(self.digest))
+        now = trio.current_time()
+        next_peers_request = now + PEERS_PERIOD
+        last_progress, progress = now, len(partial.piece_hashes)
+        while not self._done(partial) and not self._owner_lost:
+            self._raise_failure()
+            self._schedule()
+            now = trio.current_time()
+            if len(partial.piece_hashes) != progress:
+                last_progress, progress = now, len(partial.piece_hashes)
+            elif now - last_progress > STALL_REPORT:
+                self._log_stall(partial)
+                last_progress = now
+            if now >= next_peers_request:
+                owner_link = swarm.links.get(self.owner)
+                if owner_link is None or owner_link.closed:
+                    self._owner_lost = True
+                    break
+                if swarm.owner_candidates(self.digest)[0] != self.owner:
+                    # Membership changed (a node joined or died): follow the new owner.
+                    self._owner_lost = True
+                    break
+                owner_link.post(PeersRequest(self.digest))
+                assert self.picker is not None
+                if self.picker.hashes_missing():
+                    # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
+                    auth = self.headers.get("authorization")
+                    download = self.download
+                    owner_link.post(Want(self.digest, download.namespace, download.name, auth))
+                next_peers_request = now + PEERS_PERIOD
+            await self._wait_change(
+                self._deadline(min(next_peers_request, last_progress + STALL_REPORT))
+            )
+
+    async def _drain_peers(self, partial: PartialBlob) -> None:
+        """Fetch from the linked peers every missing piece one of them holds (and whose hash
+        we know); stop when none is left to get or nothing arrives for DRAIN_STALL seconds."""
+        picker = self.picker
+        assert picker is not None
+        last_progress, progress = trio.current_time(), len(partial.piece_hashes)
+        while not self._done(partial):
+            self._raise_failure()
+            if not picker.obtainable():
+                break
+            now = trio.current_time()
+            if len(partial.piece_hashes) != progress:
+                last_progress, progress = now, len(partial.piece_hashes)
+            elif now - last_progress > DRAIN_STALL:
+                break
+            self._schedule()
+            await self._wait_change(self._deadline(last_progress + DRAIN_STALL + 0.01))
+        log.info(
+            "took %d of %d pieces of %s from peers before the upstream",
+            len(partial.piece_hashes),
+            partial.layout.count,
+            self.digest,
+        )
+
+    def _deadline(self, other: float) -> float:
+        picker_deadline = self.picker.next_deadline() if self.picker is not None else None
+        return other if picker_deadline is None else min(other, picker_deadline)
+
+    def _schedule(self) -> None:
+        """Ask the picker for Requests and post them (never blocks: nothing can change the
+        picker or the links between its decision and the sends)."""
+        picker = self.picker
+        if picker is None:
+            return
+        # While this node fetches from the upstream (it owns a blob), it takes pieces from
+        # few peers at a time: every TCP flow into its link gets a like share, and the
+        # upstream flow is the one the whole swarm waits for.
+        picker.source_limit = PEERS_WHILE_OWNING if self.swarm.upstream.busy() else None
+        sends = picker.schedule(trio.current_time())
+        if sends:
+            self._send_access({send.peer for send in sends})
+            self._post(sends)
+
+    def _post(self, sends: list[Send]) -> None:
+        for send in sends:
+            link = self.swarm.links.get(send.peer)
+            if link is None or link.closed:
+                # Gone since the picker heard of it: its requests are free again.
+                self._lost(send.peer)
+                continue
+            link.post(send.event)
+
+    def _send_access(self, peers: set[bytes]) -> None:
+        """Before the first Request for a private blob's pieces to each peer, pass the
+        client's credentials on, so the peer can check them, and again every ACCESS_REFRESH
+        seconds: a peer's grant lasts DEFAULT_TTL, and a long transfer must not run into
+        "denied". Posted before the Requests, so it arrives first."""
+        auth = self.headers.get("authorization")
+        if auth is None or not self.swarm.store.is_private(self.digest):
+            return
+        download = self.download
+        access = Access(self.digest, download.namespace, download.name, auth)
+        now = trio.current_time()
+        for peer_id in peers:
+            sent = self.access_sent.get(peer_id)
+            if sent is not None and now - sent < self.swarm.access_refresh:
+                continue
+            link = self.swarm.links.get(peer_id)
+            if link is not None and not link.closed:
+                link.post(access)
+                self.access_sent[peer_id] = now
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _log_stall(self, partial: PartialBlob) -> None:
+        picker = self.picker
+        assert picker is not None
+        missing = sorted(picker.missing)
+        log.warning(
+            "no progress on %s for %.0fs: %d pieces missing %s, in flight %s, peers %s",
+            self.digest,
+            STALL_REPORT,
+            len(missing),
+            missing[:8],
+            {i: [p.hex()[:8] for p in s] for i, s in list(picker.inflight.items())[:8]},
+            {p.hex()[:8]: len(picker.available(p)) for p in picker.peers},
+        )
+
+    async def _wait_change(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self._changed.wait()
+        self._changed = trio.Event()
+
+    def _poke(self) -> None:
+        self._changed.set()
+
+    # ---- events from links (called from read loops: nothing here may block) --------------
+
+    async def on_event(self, link: PeerLink, event: Event) -> None:
+        picker = self.picker
+        if isinstance(event, PieceMeta | Refused):
+            # From the owner only (it is set before the Want goes out): another member's
+            # hashes or origins would let it poison pieces or strip a blob's privacy.
+            if link.peer_id == self.owner:
+                if isinstance(event, PieceMeta) and self._meta is not None and picker:
+                    self._owner_meta(link.peer_id, event)
+                else:
+                    self._meta = event
+        elif picker is None:
+            pass  # nothing to exchange before the owner's answer
+        elif isinstance(event, Have):
+            self._add_peer(link.peer_id)
+            picker.have(link.peer_id, event.index)
+        elif isinstance(event, Peers):
+            # Connecting may take seconds: not in the read loop.
+            self.swarm.start_soon(self._link_peers, event)
+        elif isinstance(event, Piece):
+            await self._on_piece(link, event)
+        elif isinstance(event, Reject):
+            picker.rejected(link.peer_id, event.index)
+        self._poke()
+
+    def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
+        if self.picker is None:
+            return
+        self._add_peer(peer_id)
+        self.picker.bitfield(peer_id, indices_of(bits))
+        self._poke()
+
+    def on_choke(self, peer_id: bytes, choked: bool) -> None:
+        if self.picker is not None:
+            self.picker.choke(peer_id, choked)
+        self._poke()
+
+    def link_lost(self, peer_id: bytes) -> None:
+        self._lost(peer_id)
+        if peer_id == self.owner:
+            self._owner_lost = True
+        self._poke()
+
+    def _lost(self, peer_id: bytes) -> None:
+        self.linked.discard(peer_id)
+        self.access_sent.pop(peer_id, None)  # a new link starts without our credentials
+        if self.picker is not None:
+            self.picker.lost(peer_id)
+
+    async def _link_peers(self, event: Peers) -> None:
+        swarm = self.swarm
+        partial = self.partial
+        if partial is None:
+            return
+        for peer_id, _host, _port in event.peers:
+            if len(self.linked) >= MAX_PEERS + 1 or peer_id in self.linked:
+                continue
+            if peer_id == swarm.node_id or swarm.is_banned(peer_id):
+                continue
+            try:
+                link = await swarm.link_to(peer_id)
+            except LinkClosed:
+                continue
+            self._add_peer(peer_id)
+            self.state.bitfield_sent.add(peer_id)
+            link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
+        self._poke()
+
+    async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
+        try:
+            await self._store_piece(link, piece)
+        finally:
+            if isinstance(piece.data, bytearray):
+                link.protocol.recycle(piece.data)  # written (or dropped): reuse the buffer
+
+    async def _store_piece(self, link: PeerLink, piece: Piece) -> None:
+        swarm = self.swarm
+        partial, picker = self.partial, self.picker
+        if isinstance(piece.data, FileRange):  # only ever sent, never decoded
+            return
+        if partial is None or picker is None:
+            swarm.counters.wasted_bytes += len(piece.data)
+            return
+        data = memoryview(piece.data)
+        if not picker.received(link.peer_id, piece.index, trio.current_time()):
+            # A duplicate from the endgame, or a piece we no longer need.
+            swarm.counters.wasted_bytes += len(data)
+            return
+        if len(data) != partial.layout.length(piece.index):
+            # Cut to another piece size (a node configured differently): not usable here.
+            picker.store_failed(piece.index)
+            swarm.counters.wasted_bytes += len(data)
+            return
+        if piece_hash(data) != self.hashes.get(piece.index):
+            picker.bad_piece(link.peer_id, piece.index)
+            swarm.counters.bad_pieces += 1
+            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
+            self._lost(link.peer_id)
+            return
+        try:
+            swarm.store.ensure_room(partial, len(data))
+            async with partial.write_lock:
+                completed = await trio.to_thread.run_sync(
+                    partial.write_sync, partial.layout.start(piece.index), [data]
+                )
+        except StoreError as exc:
+            # The disk, not the peer: the fetch fails (its clients get 507 or 500), the link
+            # stays. Raised from the exchange loop, which the read loop must not be.
+            picker.store_failed(piece.index)
+            self.failure = exc
+            self._poke()
+            return
+        swarm.counters.bytes_from_peers += len(data)
+        swarm.counters.pieces_from_peers += 1
+        swarm.choker.contributed(link.peer_id, len(data))
+        await swarm.download_limit.consume(len(data))
+        self.download.received_from_peers(len(data))
+        partial.announce(completed)
+        self._post(picker.stored(piece.index))
+

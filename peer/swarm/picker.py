@@ -1,0 +1,327 @@
+"""Which piece to ask of which peer, for one blob: the piece picker, as a pure state machine.
+
+The driver (peer/swarm/fetch.py, or the simulator in bench/simulate/) feeds it what the peers
+say (Bitfield, Have, Choke, Reject, a Piece arriving, a link lost) and what the disk did (a
+piece stored, a write failed), each with `now`; `schedule(now)` returns the Requests to send,
+`stored` the Cancels and Haves that follow a stored piece, and `next_deadline()` when the
+endgame may need a new look. No clock, no I/O, no global random: the same events and seed give
+the same requests.
+
+The rules:
+- A piece is asked only of a peer that announced it, and only once its hash is known (the
+  owner's PieceMeta): a piece that cannot be verified is never fetched.
+- Each peer gets at most `queue_depth` requests at once: QUEUE_SECONDS of its measured rate
+  (START_REQUESTS before there is a measure), between MIN_REQUESTS and MAX_REQUESTS.
+- The first RANDOM_FIRST pieces are picked at random (peers start out holding different
+  pieces), then rarest first, the WINDOW pieces after the first missing one before the rest
+  (a client reads in order and waits for those).
+- One request per piece, except in the endgame: when every missing piece is asked for, a
+  piece whose request has waited twice as long as its holder's queue should take may also be
+  asked of one other peer; the copy that loses is cancelled.
+- A peer that chokes us, goes away or is banned is not asked; its requests are asked elsewhere.
+- While this node fetches from the upstream itself, at most `source_limit` peers send to it
+  (every flow into its link gets a like share, and the upstream flow is the one the swarm
+  waits for).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from peer.swarm.actions import Send
+from pieces.layout import PieceLayout
+from wire.events import Cancel, Have, Request
+
+QUEUE_SECONDS = 3.0
+MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
+RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
+ENDGAME_AFTER = 2.0  # at least this long outstanding before a second peer is asked
+WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
+RATE_WEIGHT = 0.3  # weight of a new sample in a peer's rate estimate (EWMA)
+
+
+@dataclass(eq=False)
+class _Peer:
+    available: set[int] = field(default_factory=set)
+    choking: bool = False  # it choked us: do not ask
+    rate: float | None = None  # bytes/s it delivers to us (EWMA)
+    asked: dict[int, float] = field(default_factory=dict)  # piece -> when we asked it
+
+
+class PiecePicker:
+    def __init__(
+        self,
+        digest: str,
+        layout: PieceLayout,
+        rng: random.Random,
+        *,
+        have: Iterable[int] = (),
+        source_limit: int | None = None,
+    ) -> None:
+        self.digest = digest
+        self.layout = layout
+        self.rng = rng
+        self.source_limit = source_limit  # see the module doc; None: no limit
+        self._missing = set(range(layout.count)) - set(have)
+        self._storing: set[int] = set()  # arrived, being verified and written
+        self._hashes: set[int] = set()  # pieces whose hash we know (may be fetched)
+        self._peers: dict[bytes, _Peer] = {}
+        self._inflight: dict[int, set[bytes]] = {}  # piece -> peers asked for it
+        self._holders = [0] * layout.count  # piece -> peers that announced it (rarity)
+
+    # ---- what is known -------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[bytes]:
+        return list(self._peers)
+
+    @property
+    def done(self) -> bool:
+        return not self._missing
+
+    @property
+    def missing(self) -> set[int]:
+        return set(self._missing)
+
+    @property
+    def inflight(self) -> dict[int, frozenset[bytes]]:
+        return {i: frozenset(p) for i, p in self._inflight.items()}
+
+    def available(self, peer: bytes) -> set[int]:
+        state = self._peers.get(peer)
+        return set(state.available) if state is not None else set()
+
+    def requests_at(self, peer: bytes) -> int:
+        state = self._peers.get(peer)
+        return len(state.asked) if state is not None else 0
+
+    def rate(self, peer: bytes) -> float | None:
+        state = self._peers.get(peer)
+        return state.rate if state is not None else None
+
+    def knows_hash(self, index: int) -> bool:
+        return index in self._hashes
+
+    def hashes_missing(self) -> bool:
+        return len(self._hashes) < self.layout.count
+
+    def obtainable(self) -> bool:
+        """Is any missing piece held by a peer (with its hash known), or being fetched?"""
+        if self._inflight or self._storing:
+            return True
+        return any(
+            i in self._hashes and i not in self._storing and self._holders[i]
+            for i in self._missing
+        )
+
+    def queue_depth(self, peer: bytes) -> int:
+        """Requests to keep in flight at `peer`: QUEUE_SECONDS of its measured rate."""
+        state = self._peers.get(peer)
+        if state is None or state.rate is None:
+            return START_REQUESTS
+        pieces = int(state.rate * QUEUE_SECONDS / self.layout.piece_size) + 1
+        return max(MIN_REQUESTS, min(MAX_REQUESTS, pieces))
+
+    # ---- events from peers ---------------------------------------------------------------
+
+    def add_peer(self, peer: bytes) -> None:
+        self._peers.setdefault(peer, _Peer())
+
+    def hashes(self, indices: Iterable[int]) -> None:
+        """The owner told us these pieces' hashes (PieceMeta)."""
+        self._hashes.update(i for i in indices if 0 <= i < self.layout.count)
+
+    def bitfield(self, peer: bytes, indices: Iterable[int]) -> None:
+        """`peer` holds exactly `indices` (a Bitfield replaces what it said before)."""
+        state = self._peers.setdefault(peer, _Peer())
+        for index in state.available:
+            self._holders[index] -= 1
+        state.available = {i for i in indices if 0 <= i < self.layout.count}
+        for index in state.available:
+            self._holders[index] += 1
+
+    def have(self, peer: bytes, index: int) -> None:
+        if not 0 <= index < self.layout.count:
+            return
+        state = self._peers.setdefault(peer, _Peer())
+        if index not in state.available:
+            state.available.add(index)
+            self._holders[index] += 1
+
+    def choke(self, peer: bytes, choking: bool) -> None:
+        state = self._peers.get(peer)
+        if state is not None:
+            state.choking = choking
+
+    def rejected(self, peer: bytes, index: int) -> None:
+        """`peer` will not send `index` (choked, cancelled, denied, or no longer has it)."""
+        self._settle(index, peer)
+        state = self._peers.get(peer)
+        if state is not None and index in state.available:
+            state.available.discard(index)
+            self._holders[index] -= 1
+
+    def lost(self, peer: bytes) -> None:
+        """The link to `peer` is gone (or it was banned): its requests are free again."""
+        state = self._peers.pop(peer, None)
+        if state is None:
+            return
+        for index in state.available:
+            self._holders[index] -= 1
+        for index in state.asked:
+            holders = self._inflight.get(index)
+            if holders is not None:
+                holders.discard(peer)
+                if not holders:
+                    del self._inflight[index]
+
+    def received(self, peer: bytes, index: int, now: float) -> bool:
+        """A piece arrived from `peer`. True when it is wanted: the driver verifies its hash
+        and writes it, then calls `stored`, `store_failed` or `bad_piece`. False: a late or
+        duplicate copy (the endgame's loser), counted as waste by the driver."""
+        state = self._peers.get(peer)
+        asked_at = state.asked.get(index) if state is not None else None
+        if state is not None and asked_at is not None:
+            # The piece waited behind the others queued at that peer: scale by the queue.
+            queued = len(state.asked)
+            length = self.layout.length(index)
+            sample = queued * length / max(now - asked_at, 1e-3)
+            old = state.rate
+            state.rate = sample if old is None else (1 - RATE_WEIGHT) * old + RATE_WEIGHT * sample
+        self._settle(index, peer)
+        if index not in self._missing or index in self._storing:
+            return False
+        if index not in self._hashes:
+            return False  # never asked (we could not verify it): not taken
+        self._storing.add(index)
+        return True
+
+    # ---- events from the disk ------------------------------------------------------------
+
+    def stored(self, index: int) -> list[Send]:
+        """A verified piece is on disk: cancel its other requests, tell the peers we have it."""
+        self._storing.discard(index)
+        self._missing.discard(index)
+        sends = [Send(p, Cancel(self.digest, index)) for p in sorted(self._inflight.get(index, ()))]
+        sends += [Send(p, Have(self.digest, index)) for p in self._peers]
+        return sends
+
+    def store_failed(self, index: int) -> None:
+        """Writing `index` failed: it is missing again."""
+        self._storing.discard(index)
+
+    def bad_piece(self, peer: bytes, index: int) -> None:
+        """The piece from `peer` failed its hash: the driver bans the peer."""
+        self._storing.discard(index)
+        self.lost(peer)
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    def schedule(self, now: float) -> list[Send]:
+        """Give every peer with free request slots its next pieces."""
+        wanted = self._missing - self._storing
+        if not wanted:
+            return []
+        window = set(heapq.nsmallest(WINDOW, wanted))
+        random_first = self.layout.count - len(self._missing) < RANDOM_FIRST
+        endgame = all(i in self._inflight for i in wanted)
+        sources = {p for p, s in self._peers.items() if s.asked}
+        order = list(self._peers)
+        self.rng.shuffle(order)  # no peer is always served first
+        sends: list[Send] = []
+        for peer in order:
+            state = self._peers[peer]
+            if state.choking:
+                continue
+            limit = self.source_limit
+            if limit is not None and peer not in sources and len(sources) >= limit:
+                continue
+            slots = self.queue_depth(peer) - len(state.asked)
+            if slots <= 0:
+                continue
+            if endgame:
+                picks = self._endgame_picks(peer, state, wanted, slots, now)
+            else:
+                picks = self._fresh_picks(state, wanted, window, random_first, slots)
+                endgame = not picks and all(i in self._inflight for i in wanted)
+                if endgame:
+                    picks = self._endgame_picks(peer, state, wanted, slots, now)
+            if picks:
+                sources.add(peer)
+            for index in picks:
+                self._inflight.setdefault(index, set()).add(peer)
+                state.asked[index] = now
+                sends.append(Send(peer, Request(self.digest, index)))
+            if not endgame:
+                endgame = all(i in self._inflight for i in wanted)
+        return sends
+
+    def next_deadline(self) -> float | None:
+        """When a request in the endgame becomes overdue (a second peer may then be asked);
+        None when nothing waits on time (events alone move the picker on)."""
+        wanted = self._missing - self._storing
+        if not wanted or not all(i in self._inflight for i in wanted):
+            return None
+        deadlines = [
+            self._overdue_at(index, holder)
+            for index in wanted
+            if len(holders := self._inflight[index]) == 1
+            for holder in holders
+        ]
+        return min(deadlines) if deadlines else None
+
+    def _fresh_picks(
+        self, state: _Peer, wanted: set[int], window: set[int], random_first: bool, slots: int
+    ) -> list[int]:
+        fresh = [
+            i
+            for i in state.available
+            if i in wanted and i in self._hashes and i not in self._inflight
+        ]
+        if not fresh:
+            return []
+        rng = self.rng
+        if random_first:
+            return heapq.nsmallest(slots, fresh, key=lambda i: (i not in window, rng.random()))
+        holders = self._holders
+        return heapq.nsmallest(
+            slots, fresh, key=lambda i: (i not in window, holders[i], rng.random())
+        )
+
+    def _endgame_picks(
+        self, peer: bytes, state: _Peer, wanted: set[int], slots: int, now: float
+    ) -> list[int]:
+        picks = [
+            i
+            for i in sorted(wanted)
+            if i in state.available
+            and len(holders := self._inflight[i]) == 1
+            and peer not in holders
+            and all(self._overdue_at(i, h) < now for h in holders)
+        ]
+        return picks[:slots]
+
+    def _overdue_at(self, index: int, holder: bytes) -> float:
+        """When the request for `index` at `holder` will have waited twice as long as that
+        peer's queue should take: only then is a second peer asked (asking sooner sends
+        pieces twice over links that are merely busy; each uploader serves several peers)."""
+        state = self._peers[holder]
+        asked_at = state.asked[index]
+        if state.rate is None:
+            expected = QUEUE_SECONDS
+        else:
+            expected = len(state.asked) * self.layout.piece_size / state.rate
+        return asked_at + max(ENDGAME_AFTER, 2 * expected)
+
+    def _settle(self, index: int, peer: bytes) -> None:
+        state = self._peers.get(peer)
+        if state is not None:
+            state.asked.pop(index, None)
+        holders = self._inflight.get(index)
+        if holders is not None:
+            holders.discard(peer)
+            if not holders:
+                del self._inflight[index]

@@ -1,0 +1,278 @@
+"""The piece picker on its own: random event sequences against written-out invariants, and a
+few scenarios on fake time. No sockets, no trio, no clock."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from peer.swarm.actions import Send
+from peer.swarm.picker import ENDGAME_AFTER, MAX_REQUESTS, START_REQUESTS, PiecePicker
+from pieces.layout import PieceLayout
+from wire.events import Cancel, Have, Request
+
+DIGEST = "sha256:" + "ab" * 32
+PEERS = [bytes([i]) * 16 for i in range(6)]
+PIECES = 12
+
+
+def requests(sends: list[Send]) -> list[tuple[bytes, int]]:
+    return [(s.peer, s.event.index) for s in sends if isinstance(s.event, Request)]
+
+
+class PickerMachine(RuleBasedStateMachine):
+    """Drives a picker with any order of peer and disk events; after each step the rules of
+    peer/swarm/picker.py must hold. The model keeps what the peers told us and what we asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.picker = PiecePicker(DIGEST, PieceLayout(PIECES * 100, 100), random.Random(7))
+        self.announced: dict[bytes, set[int]] = {}
+        self.outstanding: dict[bytes, set[int]] = {}  # peer -> pieces asked, not answered
+        self.choking: set[bytes] = set()
+        self.banned: set[bytes] = set()
+        self.linked: set[bytes] = set()
+        self.stored: set[int] = set()
+        self.hashes: set[int] = set()
+        self.arrived: list[tuple[bytes, int]] = []  # wanted pieces being written
+
+    def _schedule(self) -> None:
+        sends = self.picker.schedule(self.now)
+        new: dict[bytes, int] = {}
+        for peer, index in requests(sends):
+            new[peer] = new.get(peer, 0) + 1
+            assert peer in self.linked, "asked a peer we have no link to"
+            assert peer not in self.banned, "asked a banned peer"
+            assert peer not in self.choking, "asked a peer that chokes us"
+            assert index in self.announced.get(peer, set()), "asked for a piece not announced"
+            assert index in self.hashes, "asked for a piece we cannot verify"
+            assert index not in self.stored, "asked for a piece we have"
+            assert index not in self.outstanding[peer], "asked one peer twice for a piece"
+            self.outstanding[peer].add(index)
+        for peer, count in new.items():
+            # A new measure may shrink a queue below what is already out; no request is
+            # added to a queue that is full.
+            assert count and len(self.outstanding[peer]) <= self.picker.queue_depth(peer)
+            assert len(self.outstanding[peer]) <= MAX_REQUESTS, "more than the peer's queue"
+
+    @rule(peer=st.sampled_from(PEERS))
+    def link(self, peer: bytes) -> None:
+        if peer in self.banned or peer in self.linked:
+            return
+        self.linked.add(peer)
+        self.outstanding[peer] = set()
+        self.picker.add_peer(peer)
+        self._schedule()
+
+    @rule(peer=st.sampled_from(PEERS), pieces=st.sets(st.integers(0, PIECES - 1)))
+    def bitfield(self, peer: bytes, pieces: set[int]) -> None:
+        if peer not in self.linked:
+            return
+        self.announced[peer] = set(pieces)
+        self.picker.bitfield(peer, pieces)
+        self._schedule()
+
+    @rule(peer=st.sampled_from(PEERS), index=st.integers(0, PIECES - 1))
+    def have(self, peer: bytes, index: int) -> None:
+        if peer not in self.linked:
+            return
+        self.announced.setdefault(peer, set()).add(index)
+        self.picker.have(peer, index)
+        self._schedule()
+
+    @rule(pieces=st.sets(st.integers(0, PIECES - 1), min_size=1))
+    def meta(self, pieces: set[int]) -> None:
+        self.hashes |= pieces
+        self.picker.hashes(pieces)
+        self._schedule()
+
+    @rule(peer=st.sampled_from(PEERS), choking=st.booleans())
+    def choke(self, peer: bytes, choking: bool) -> None:
+        if peer not in self.linked:
+            return
+        (self.choking.add if choking else self.choking.discard)(peer)
+        self.picker.choke(peer, choking)
+        self._schedule()
+
+    @rule(seconds=st.floats(0.1, 20.0))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self._schedule()
+
+    @precondition(lambda self: any(self.outstanding.values()))
+    @rule(data=st.data(), good=st.booleans())
+    def piece_arrives(self, data: st.DataObject, good: bool) -> None:
+        peer = data.draw(st.sampled_from(sorted(p for p, a in self.outstanding.items() if a)))
+        index = data.draw(st.sampled_from(sorted(self.outstanding[peer])))
+        self.outstanding[peer].discard(index)
+        self.now += 0.5
+        if not self.picker.received(peer, index, self.now):
+            return
+        if good:
+            self.arrived.append((peer, index))
+        else:
+            self.picker.bad_piece(peer, index)
+            self._drop(peer, banned=True)
+        self._schedule()
+
+    @precondition(lambda self: bool(self.arrived))
+    @rule(ok=st.booleans())
+    def written(self, ok: bool) -> None:
+        _peer, index = self.arrived.pop(0)
+        if ok:
+            sends = self.picker.stored(index)
+            self.stored.add(index)
+            cancelled = {s.peer for s in sends if isinstance(s.event, Cancel)}
+            assert cancelled == {p for p, a in self.outstanding.items() if index in a}
+            assert {s.peer for s in sends if isinstance(s.event, Have)} == self.linked
+        else:
+            self.picker.store_failed(index)
+        self._schedule()
+
+    @precondition(lambda self: any(self.outstanding.values()))
+    @rule(data=st.data())
+    def reject(self, data: st.DataObject) -> None:
+        peer = data.draw(st.sampled_from(sorted(p for p, a in self.outstanding.items() if a)))
+        index = data.draw(st.sampled_from(sorted(self.outstanding[peer])))
+        self.outstanding[peer].discard(index)
+        self.announced.get(peer, set()).discard(index)
+        self.picker.rejected(peer, index)
+        self._schedule()
+
+    @rule(peer=st.sampled_from(PEERS))
+    def link_lost(self, peer: bytes) -> None:
+        if peer in self.linked:
+            self.picker.lost(peer)
+            self._drop(peer, banned=False)
+            self._schedule()
+
+    def _drop(self, peer: bytes, banned: bool) -> None:
+        self.linked.discard(peer)
+        self.outstanding.pop(peer, None)
+        self.announced.pop(peer, None)
+        self.choking.discard(peer)
+        if banned:
+            self.banned.add(peer)
+
+    @invariant()
+    def one_request_per_piece_outside_the_endgame(self) -> None:
+        wanted = self.picker.missing - {i for _, i in self.arrived}
+        askers: dict[int, int] = {}
+        for asked in self.outstanding.values():
+            for index in asked:
+                askers[index] = askers.get(index, 0) + 1
+        for index, count in askers.items():
+            assert count <= 2, f"piece {index} asked of {count} peers"
+        if any(count == 2 for count in askers.values()):
+            # Two requests for one piece only in the endgame: nothing wanted was unasked.
+            assert all(i in self.picker.inflight for i in wanted)
+
+    @invariant()
+    def every_obtainable_piece_is_asked_of_someone(self) -> None:
+        """A wanted, verifiable piece that an unchoking peer with free slots holds is in
+        flight: the picker never sits idle on work it could give out."""
+        wanted = self.picker.missing - {i for _, i in self.arrived}
+        for index in wanted:
+            if index in self.picker.inflight or index not in self.hashes:
+                continue
+            for peer in self.linked - self.choking:
+                if index in self.announced.get(peer, set()):
+                    free = self.picker.queue_depth(peer) - len(self.outstanding[peer])
+                    assert free <= 0, f"piece {index} held by idle peer, not asked"
+
+    @invariant()
+    def model_and_picker_agree(self) -> None:
+        for peer in self.linked:
+            assert self.picker.requests_at(peer) == len(self.outstanding[peer])
+        assert self.picker.missing == set(range(PIECES)) - self.stored
+
+
+TestPicker = PickerMachine.TestCase
+TestPicker.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_first_pieces_are_random_then_rarest_first() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(64 * 10, 10), random.Random(1))
+    picker.hashes(range(64))
+    common, rare = PEERS[0], PEERS[1]
+    picker.bitfield(common, range(64))
+    picker.bitfield(rare, range(64))
+    picker.bitfield(PEERS[2], range(32))  # pieces 32..63 are rarer
+    for index in range(4):  # past the random start
+        picker.received(common, index, 0.0)
+        picker.stored(index)
+    picker.lost(common)
+    asked = [i for _, i in requests(picker.schedule(0.0)) if _ == rare]
+    # The window (the 16 after the first missing) first, then the rarest.
+    assert set(asked) <= set(range(4, 20))
+
+
+def test_endgame_asks_a_second_peer_only_when_the_first_is_overdue() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(100, 100), random.Random(1))
+    picker.hashes([0])
+    slow, fast = PEERS[0], PEERS[1]
+    picker.bitfield(slow, [0])
+    assert requests(picker.schedule(0.0)) == [(slow, 0)]
+    picker.bitfield(fast, [0])
+    assert requests(picker.schedule(1.0)) == []  # not overdue yet
+    deadline = picker.next_deadline()
+    assert deadline is not None and deadline >= ENDGAME_AFTER
+    assert requests(picker.schedule(deadline + 0.01)) == [(fast, 0)]
+    assert picker.received(fast, 0, deadline + 1)
+    sends = picker.stored(0)
+    assert Send(slow, Cancel(DIGEST, 0)) in sends
+    assert not picker.received(slow, 0, deadline + 2)  # the loser's copy is waste
+    assert picker.done
+
+
+def test_a_lost_peers_requests_go_to_another() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(3))
+    picker.hashes(range(3))
+    a, b = PEERS[0], PEERS[1]
+    picker.bitfield(a, range(3))
+    assert {i for p, i in requests(picker.schedule(0.0)) if p == a} == {0, 1, 2}
+    picker.bitfield(b, range(3))
+    assert requests(picker.schedule(0.1)) == []  # all in flight at a, not overdue
+    picker.lost(a)
+    assert {i for p, i in requests(picker.schedule(0.2)) if p == b} == {0, 1, 2}
+
+
+def test_queue_follows_the_measured_rate() -> None:
+    piece = 1 << 20
+    picker = PiecePicker(DIGEST, PieceLayout(64 * piece, piece), random.Random(5))
+    picker.hashes(range(64))
+    peer = PEERS[0]
+    picker.bitfield(peer, range(64))
+    first = requests(picker.schedule(0.0))
+    assert len(first) == START_REQUESTS
+    # Four pieces delivered in 0.4 s: about 10 MiB/s, so about 30 pieces fit in 3 s.
+    for n, (_, index) in enumerate(first):
+        assert picker.received(peer, index, 0.1 * (n + 1))
+        picker.stored(index)
+    assert picker.queue_depth(peer) == MAX_REQUESTS
+    assert len(requests(picker.schedule(0.5))) == MAX_REQUESTS
+
+
+def test_source_limit_keeps_new_peers_waiting() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(1000, 10), random.Random(2), source_limit=2)
+    picker.hashes(range(100))
+    for peer in PEERS[:4]:
+        picker.bitfield(peer, range(100))
+    asked = {p for p, _ in requests(picker.schedule(0.0))}
+    assert len(asked) == 2
+
+
+def test_same_seed_same_requests() -> None:
+    def run(seed: int) -> list[tuple[bytes, int]]:
+        picker = PiecePicker(DIGEST, PieceLayout(5000, 10), random.Random(seed))
+        picker.hashes(range(500))
+        for n, peer in enumerate(PEERS):
+            picker.bitfield(peer, range(n * 50, 500))
+        return requests(picker.schedule(0.0))
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
