@@ -42,7 +42,8 @@ from wire.events import (
 )
 
 if TYPE_CHECKING:
-    from peer.swarm.swarm import DigestState, Swarm
+    from peer.swarm.digest_state import DigestState
+    from peer.swarm.swarm import Swarm
 
 log = logging.getLogger("pollen.swarm")
 

@@ -24,33 +24,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from peer.access.auth_gate import DEFAULT_TTL, credentials_key
+from peer.access.auth_gate import DEFAULT_TTL
 from peer.access.policy import AccessPolicy
 from peer.cluster import sync
 from peer.cluster.membership import Membership, Status
 from peer.cluster.rendezvous import owner_order
 from peer.fetch.download import Download
-from peer.front.routes import InvalidNamespace
 from peer.rate_limit import RateLimiter
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of
-from peer.swarm.choker import UPLOAD_SLOTS, Choker
+from peer.swarm.choker import Choker
+from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
+from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
-from peer.upstream.client import UpstreamError, UpstreamRefusal
+from peer.swarm.owner import OwnerSide, PeerUpstream
+from peer.swarm.uploads import Uploads
 from pieces.partial import PartialBlob
 from pieces.store import Store
-from wire.errors import LocalProtocolError
 from wire.events import (
     Access,
     Bitfield,
@@ -77,42 +77,6 @@ log = logging.getLogger("pollen.swarm")
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 CONNECT_TIMEOUT = 5.0
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
-
-
-class PeerUpstream(Protocol):
-    """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
-
-    async def join_for_peer(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-    ) -> Download:
-        """The upstream download of a blob this node owns, for a peer's Want."""
-        ...
-
-    def busy(self) -> bool:
-        """Is this node fetching from an upstream now?"""
-        ...
-
-
-@dataclass(eq=False)
-class DigestState:
-    """What this node knows about one blob's swarm."""
-
-    digest: str
-    interested: set[bytes] = field(default_factory=set)  # peers that sent Want (we own it)
-    bitfield_sent: set[bytes] = field(default_factory=set)
-    fetch: SwarmFetch | None = None
-    listening: PartialBlob | None = None
-    # A private blob's pieces go only to peers whose credentials a registry it came from
-    # accepted (through their Want or Access), exactly as for clients of the HTTP front.
-    # peer -> (until, the origins its credentials were checked against): a grant covers only
-    # content private to those registries, and only for a while.
-    granted: dict[bytes, tuple[float, frozenset[str]]] = field(default_factory=dict)
-    access: dict[bytes, Access] = field(default_factory=dict)  # kept only until checked
 
 
 @dataclass
@@ -164,9 +128,15 @@ class Swarm:
         self.counters = SwarmCounters()
         self._connecting: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
-        self._uploads = trio.Semaphore(UPLOAD_SLOTS)
         self.upload_limit = RateLimiter(upload_rate)
         self.download_limit = download_limit or RateLimiter(download_rate)
+        self.grants = Grants(store, access)
+        self.owner = OwnerSide(
+            store, access, upstream, self.grants, self.links, membership, self.rng, piece_size
+        )
+        self.uploads = Uploads(
+            store, self.choker, self.grants, self.counters, self.upload_limit, self._piece_size_of
+        )
 
     # ---- running -------------------------------------------------------------------------
 
@@ -234,8 +204,7 @@ class Swarm:
                 if state.fetch is not None:
                     state.fetch.link_lost(link.peer_id)
                 state.bitfield_sent.discard(link.peer_id)
-                state.granted.pop(link.peer_id, None)
-                state.access.pop(link.peer_id, None)
+            self.grants.forget_peer(link.peer_id)
 
     async def link_to(self, peer_id: bytes) -> PeerLink:
         """A link to `peer_id`, connecting (once, shared by concurrent callers) if needed.
@@ -354,14 +323,15 @@ class Swarm:
         if isinstance(event, Want):
             self._nursery.start_soon(self._guarded, self._serve_want, link, event)
         elif isinstance(event, Request):
-            self._nursery.start_soon(self._guarded, self._serve_request, link, event)
+            self._nursery.start_soon(self._guarded, self.uploads.serve, link, event)
         elif isinstance(event, Access):
             # Kept (never logged) until the peer's next Request for the blob is checked; only
             # for a blob this node holds, so strangers' digests cost nothing.
             if self.store.has_blob(event.digest) or self.store.partial(event.digest):
-                self.state(event.digest).access[link.peer_id] = event
+                self.grants.remember(link.peer_id, event)
         elif isinstance(event, PeersRequest):
-            link.post(Peers(event.digest, self._peers_for(event.digest, link.peer_id)))
+            peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
+            link.post(Peers(event.digest, peers))
         elif isinstance(event, Members):
             answer = sync.merge(self.membership, event, trio.current_time())
             if answer is not None:
@@ -407,205 +377,18 @@ class Swarm:
 
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
         try:
-            await self._answer_want(link, want)
+            await self.owner.answer_want(link, want, self.state(want.digest))
         finally:
             self._forget_if_idle(want.digest)
 
-    async def _answer_want(self, link: PeerLink, want: Want) -> None:
-        digest = want.digest
-        try:
-            self.access.check_namespace(want.namespace)
-        except InvalidNamespace as exc:
-            await self._send(link, Refused(digest, 400, {}, str(exc).encode()[:4000]))
-            return
-        state = self.state(digest)
-        headers = {"authorization": want.authorization} if want.authorization else {}
-        access = Access(digest, want.namespace, want.repository, want.authorization)
-        if self.store.has_blob(digest):
-            if not await self._allowed_or_refused(link, access):
-                return
-            hashes = await trio.to_thread.run_sync(
-                self.store.complete_piece_hashes_sync, digest, self.piece_size
-            )
-            size = self.store.blob_size(digest)
-            if hashes is not None and size is not None:
-                state.interested.add(link.peer_id)
-                origins = self.store.origins_of(digest)
-                await self._send(link, PieceMeta(digest, size, self.piece_size, hashes, origins))
-                return
-        download = await self.upstream.join_for_peer(
-            digest, want.namespace, want.repository, headers, credentials_key(headers)
-        )
-        await download.ready.wait()
-        if download.refusal is not None:
-            await self._send(link, _refused(digest, download.refusal))
-            return
-        partial = download.partial
-        if partial is None:
-            message = f"owner's upstream fetch failed: {download.error}"
-            await self._send(link, Refused(digest, 502, {}, message.encode()[:4000]))
-            return
-        if download.auth_key is not None and download.auth_key == credentials_key(headers):
-            # The upstream accepted these very credentials for this private download.
-            self._grant(state, link.peer_id)
-        elif download.auth_key != credentials_key(headers) and not await self._allowed_or_refused(
-            link, access
-        ):
-            # Joined a download another client's credentials started, and failed the same
-            # check as for serving it from disk (it has been sent the refusal).
-            return
-        state.interested.add(link.peer_id)  # only now: PieceMeta updates go to it
-        self.listen(state, partial)
-        meta = PieceMeta(
-            digest,
-            partial.layout.size,
-            partial.layout.piece_size,
-            dict(partial.piece_hashes),
-            self.store.origins_of(digest),
-        )
-        await self._send(link, meta)
-
-    async def _allowed_or_refused(self, link: PeerLink, access: Access) -> bool:
-        """True when the peer may have the blob; else it has been sent a Refused."""
-        try:
-            refusal = await self._check_access(link.peer_id, access)
-        except UpstreamError as exc:
-            message = f"access check failed: {exc}"
-            await self._send(link, Refused(access.digest, 502, {}, message.encode()[:4000]))
-            return False
-        if refusal is not None:
-            await self._send(link, _refused(access.digest, refusal))
-            return False
-        return True
-
-    async def _check_access(self, peer_id: bytes, access: Access) -> UpstreamRefusal | None:
-        """None when `peer_id` may have the pieces of `access.digest` (see peer/access.py:
-        public, or the registry the peer names vouches for the credentials it passed on);
-        else the refusal. A success is remembered as long as the gate remembers one.
-
-        Raises:
-            UpstreamError: the registry could not be asked (nothing is served unchecked).
-        """
-        state = self.state(access.digest)
-        if self._granted(state, peer_id, self.store.origins_of(access.digest)):
-            return None
-        headers = {"authorization": access.authorization} if access.authorization else {}
-        refusal = await self.access.refusal(
-            access.namespace, access.repository, "blobs", access.digest, headers
-        )
-        if refusal is None:
-            self._grant(state, peer_id)
-        return refusal
-
-    def _grant(self, state: DigestState, peer_id: bytes) -> None:
-        origins = frozenset(self.store.origins_of(state.digest))
-        if origins:  # public content needs no grant, and must not leave one behind
-            state.granted[peer_id] = (trio.current_time() + DEFAULT_TTL, origins)
-
-    def _granted(self, state: DigestState, peer_id: bytes, origins: list[str]) -> bool:
-        """Does a grant of `peer_id` cover the blob as private to `origins` (its current
-        origins, which the caller has read)?"""
-        grant = state.granted.get(peer_id)
-        if grant is None:
-            return False
-        until, granted_for = grant
-        return until > trio.current_time() and not granted_for.isdisjoint(origins)
-
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
-        """Announce pieces of `partial` as they are recorded: hashes to those that want it
-        from us (we own it), Have to the peers we exchange it with."""
-        if state.listening is partial:
-            return
-        state.listening = partial
+        self.owner.listen(state, partial)
 
-        origins = self.store.origins_of(state.digest)
-
-        def on_pieces(indices: list[int]) -> None:
-            hashes = {i: partial.piece_hashes[i] for i in indices}
-            layout = partial.layout
-            meta = PieceMeta(state.digest, layout.size, layout.piece_size, hashes, origins)
-            for peer_id in list(state.interested):
-                link = self.links.get(peer_id)
-                if link is not None:
-                    link.post(meta)
-            # (A fetching node's Have messages come from its picker, piece by piece.)
-
-        partial.piece_listeners.append(on_pieces)
-
-    def _peers_for(self, digest: str, asker: bytes) -> list[tuple[bytes, str, int]]:
+    def _piece_size_of(self, digest: str) -> int:
         state = self.digests.get(digest)
-        if state is None:
-            return []
-        out = []
-        for peer_id in state.interested | (state.fetch.linked if state.fetch else set()):
-            member = self.membership.members.get(peer_id)
-            if peer_id != asker and member is not None and member.status is not Status.DEAD:
-                out.append((peer_id, member.address[0], member.address[1]))
-        self.rng.shuffle(out)
-        return out[:32]
-
-    # ---- uploads -------------------------------------------------------------------------
-
-    async def _serve_request(self, link: PeerLink, request: Request) -> None:
-        if not self.choker.request(link.peer_id, trio.current_time()):
-            await self._send(link, Reject(request.digest, request.index, "choked"))
-            return
-        if not await self._may_have_pieces(link.peer_id, request.digest):
-            await self._send(link, Reject(request.digest, request.index, "denied"))
-            return
-        async with self._uploads:
-            if (request.digest, request.index) in link.cancelled:
-                # Cancelled while waiting for an upload slot.
-                with contextlib.suppress(LinkClosed, LocalProtocolError):
-                    await link.send(Reject(request.digest, request.index, "cancelled"))
-                self.counters.uploads_cancelled += 1
-                return
-            state = self.digests.get(request.digest)
-            piece_size = self.piece_size
-            if state is not None and state.listening is not None:
-                piece_size = state.listening.layout.piece_size
-            source = await trio.to_thread.run_sync(
-                self.store.open_piece_sync, request.digest, request.index, piece_size
-            )
-            if source is None:
-                await self._send(link, Reject(request.digest, request.index, "missing"))
-                return
-            fd, offset, length = source
-            try:
-                # Checked again: the blob may have become private (a credentialed fetch of it
-                # began) while this request waited for its upload slot.
-                if not await self._may_have_pieces(link.peer_id, request.digest):
-                    await self._send(link, Reject(request.digest, request.index, "denied"))
-                    return
-                payload = FileRange(fd, offset, length)
-                await self.upload_limit.consume(length)
-                if await link.send(Piece(request.digest, request.index, payload)):
-                    self.counters.bytes_to_peers += length
-                    self.counters.pieces_to_peers += 1
-                else:
-                    self.counters.uploads_cancelled += 1
-            except (LinkClosed, LocalProtocolError):
-                pass
-            finally:
-                os.close(fd)
-
-    async def _may_have_pieces(self, peer_id: bytes, digest: str) -> bool:
-        """Public blob, or the peer's credentials (Want or Access) passed the access check.
-        An Access is used once: a refused peer must send another (no HEAD per Request)."""
-        origins = self.store.origins_of(digest)
-        if not origins:
-            return True
-        state = self.state(digest)
-        if self._granted(state, peer_id, origins):
-            return True
-        access = state.access.pop(peer_id, None)
-        if access is None:
-            return False
-        try:
-            return await self._check_access(peer_id, access) is None
-        except UpstreamError as exc:
-            log.warning("access check for a peer's pieces of %s failed: %s", digest, exc)
-            return False
+        if state is not None and state.listening is not None:
+            return state.listening.layout.piece_size
+        return self.piece_size
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         state = self.digests.get(event.digest)
@@ -675,12 +458,9 @@ class Swarm:
         if self.store.has_blob(digest) or self.store.partial(digest) is not None:
             return
         del self.digests[digest]
+        self.grants.forget_digest(digest)
 
     def forget_idle_digests(self) -> None:
         """Sweep the table (blobs are evicted without the swarm hearing of it)."""
         for digest in list(self.digests):
             self._forget_if_idle(digest)
-
-
-def _refused(digest: str, refusal: UpstreamRefusal) -> Refused:
-    return Refused(digest, refusal.status, dict(refusal.headers), refusal.body)

@@ -175,8 +175,8 @@ async def test_only_the_owner_says_what_a_blob_is() -> None:
     """A PieceMeta from any other member (say, one with no origins: 'public') is ignored:
     otherwise it could strip a private blob's marking or plant piece hashes."""
     from peer.fetch.download import Download
+    from peer.swarm.digest_state import DigestState
     from peer.swarm.fetch import SwarmFetch
-    from peer.swarm.swarm import DigestState
     from wire.events import PieceMeta
 
     digest = "sha256:" + "c" * 64
@@ -278,8 +278,9 @@ async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_o
     """A peer's grant lasts DEFAULT_TTL; a long transfer must not run into "denied"."""
     from peer.access.auth_gate import DEFAULT_TTL
     from peer.fetch.download import Download
+    from peer.swarm.digest_state import DigestState
     from peer.swarm.fetch import SwarmFetch
-    from peer.swarm.swarm import ACCESS_REFRESH, DigestState
+    from peer.swarm.swarm import ACCESS_REFRESH
 
     digest = "sha256:" + "e" * 64
     peer = b"P" * 16
@@ -324,9 +325,9 @@ async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() 
     import random
 
     from peer.fetch.download import Download
+    from peer.swarm.digest_state import DigestState
     from peer.swarm.fetch import SwarmFetch
     from peer.swarm.picker import PiecePicker
-    from peer.swarm.swarm import DigestState
     from pieces.layout import PieceLayout
     from pieces.partial import NoRoom, piece_hash
 

@@ -1,0 +1,181 @@
+"""The owner's side of a blob: answering Wants with PieceMeta (and more as pieces arrive), and
+telling fetching nodes about each other (the owner is the blob's tracker).
+
+The owner alone fetches the blob from the upstream, through the download it shares with its
+own clients (`PeerUpstream.join_for_peer`); the peer's client's credentials are used for that
+fetch only, and a private blob is described only to a peer whose credentials pass the check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Mapping
+from typing import Protocol
+
+import trio
+
+from peer.access.auth_gate import credentials_key
+from peer.access.policy import AccessPolicy
+from peer.cluster.membership import Membership, Status
+from peer.fetch.download import Download
+from peer.front.routes import InvalidNamespace
+from peer.swarm.digest_state import DigestState
+from peer.swarm.grants import Grants
+from peer.swarm.link import LinkClosed, PeerLink
+from peer.upstream.client import UpstreamError, UpstreamRefusal
+from pieces.partial import PartialBlob
+from pieces.store import Store
+from wire.events import Access, Event, PieceMeta, Refused, Want
+
+MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
+
+
+class PeerUpstream(Protocol):
+    """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
+
+    async def join_for_peer(
+        self,
+        digest: str,
+        namespace: str | None,
+        name: str,
+        headers: Mapping[str, str],
+        auth_key: str | None,
+    ) -> Download:
+        """The upstream download of a blob this node owns, for a peer's Want."""
+        ...
+
+    def busy(self) -> bool:
+        """Is this node fetching from an upstream now?"""
+        ...
+
+
+class OwnerSide:
+    def __init__(
+        self,
+        store: Store,
+        access: AccessPolicy,
+        upstream: PeerUpstream,
+        grants: Grants,
+        links: Mapping[bytes, PeerLink],
+        membership: Membership,
+        rng: random.Random,
+        piece_size: int,
+    ) -> None:
+        self._store = store
+        self._access = access
+        self._upstream = upstream
+        self._grants = grants
+        self._links = links
+        self._membership = membership
+        self._rng = rng
+        self._piece_size = piece_size
+
+    async def answer_want(self, link: PeerLink, want: Want, state: DigestState) -> None:
+        digest = want.digest
+        try:
+            self._access.check_namespace(want.namespace)
+        except InvalidNamespace as exc:
+            await _send(link, _failure(digest, 400, str(exc)))
+            return
+        headers = {"authorization": want.authorization} if want.authorization else {}
+        access = Access(digest, want.namespace, want.repository, want.authorization)
+        if self._store.has_blob(digest):
+            if not await self._allowed_or_refused(link, access):
+                return
+            hashes = await trio.to_thread.run_sync(
+                self._store.complete_piece_hashes_sync, digest, self._piece_size
+            )
+            size = self._store.blob_size(digest)
+            if hashes is not None and size is not None:
+                state.interested.add(link.peer_id)
+                origins = self._store.origins_of(digest)
+                await _send(link, PieceMeta(digest, size, self._piece_size, hashes, origins))
+                return
+        download = await self._upstream.join_for_peer(
+            digest, want.namespace, want.repository, headers, credentials_key(headers)
+        )
+        await download.ready.wait()
+        if download.refusal is not None:
+            await _send(link, _refused(digest, download.refusal))
+            return
+        partial = download.partial
+        if partial is None:
+            message = f"owner's upstream fetch failed: {download.error}"
+            await _send(link, _failure(digest, 502, message))
+            return
+        if download.auth_key is not None and download.auth_key == credentials_key(headers):
+            # The upstream accepted these very credentials for this private download.
+            self._grants.grant(digest, link.peer_id)
+        elif download.auth_key != credentials_key(headers) and not await self._allowed_or_refused(
+            link, access
+        ):
+            # Joined a download another client's credentials started, and failed the same
+            # check as for serving it from disk (it has been sent the refusal).
+            return
+        state.interested.add(link.peer_id)  # only now: PieceMeta updates go to it
+        self.listen(state, partial)
+        meta = PieceMeta(
+            digest,
+            partial.layout.size,
+            partial.layout.piece_size,
+            dict(partial.piece_hashes),
+            self._store.origins_of(digest),
+        )
+        await _send(link, meta)
+
+    async def _allowed_or_refused(self, link: PeerLink, access: Access) -> bool:
+        """True when the peer may have the blob; else it has been sent a Refused."""
+        try:
+            refusal = await self._grants.check(link.peer_id, access)
+        except UpstreamError as exc:
+            await _send(link, _failure(access.digest, 502, f"access check failed: {exc}"))
+            return False
+        if refusal is not None:
+            await _send(link, _refused(access.digest, refusal))
+            return False
+        return True
+
+    def listen(self, state: DigestState, partial: PartialBlob) -> None:
+        """Send the hashes of `partial`'s pieces, as they are recorded, to the peers that
+        want the blob from us. (A fetching node's Have messages come from its picker.)"""
+        if state.listening is partial:
+            return
+        state.listening = partial
+        origins = self._store.origins_of(state.digest)
+
+        def on_pieces(indices: list[int]) -> None:
+            hashes = {i: partial.piece_hashes[i] for i in indices}
+            layout = partial.layout
+            meta = PieceMeta(state.digest, layout.size, layout.piece_size, hashes, origins)
+            for peer_id in list(state.interested):
+                link = self._links.get(peer_id)
+                if link is not None:
+                    link.post(meta)
+
+        partial.piece_listeners.append(on_pieces)
+
+    def peers_for(self, state: DigestState | None, asker: bytes) -> list[tuple[bytes, str, int]]:
+        """Up to MAX_PEERS_LISTED live nodes exchanging the blob, at random, for `asker`."""
+        if state is None:
+            return []
+        out = []
+        for peer_id in state.interested | (state.fetch.linked if state.fetch else set()):
+            member = self._membership.members.get(peer_id)
+            if peer_id != asker and member is not None and member.status is not Status.DEAD:
+                out.append((peer_id, member.address[0], member.address[1]))
+        self._rng.shuffle(out)
+        return out[:MAX_PEERS_LISTED]
+
+
+async def _send(link: PeerLink, event: Event) -> None:
+    with contextlib.suppress(LinkClosed):
+        await link.send(event)
+
+
+def _refused(digest: str, refusal: UpstreamRefusal) -> Refused:
+    return Refused(digest, refusal.status, dict(refusal.headers), refusal.body)
+
+
+def _failure(digest: str, status: int, message: str) -> Refused:
+    return Refused(digest, status, {}, message.encode()[:4000])

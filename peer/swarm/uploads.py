@@ -1,0 +1,90 @@
+"""Serving other nodes' Requests: the choker's gate, the access check, an upload slot, sendfile.
+
+A request waits for one of UPLOAD_SLOTS slots and the upload rate cap; a request the peer
+cancelled meanwhile goes out as a Reject instead of megabytes nobody wants any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from peer.rate_limit import RateLimiter
+from peer.swarm.choker import UPLOAD_SLOTS, Choker
+from peer.swarm.grants import Grants
+from peer.swarm.link import LinkClosed, PeerLink
+from pieces.store import Store
+from wire.errors import LocalProtocolError
+from wire.events import FileRange, Piece, Reject, Request
+
+
+class UploadCounters(Protocol):
+    bytes_to_peers: int
+    pieces_to_peers: int
+    uploads_cancelled: int
+
+
+class Uploads:
+    def __init__(
+        self,
+        store: Store,
+        choker: Choker,
+        grants: Grants,
+        counters: UploadCounters,
+        upload_limit: RateLimiter,
+        piece_size_of: Callable[[str], int],
+    ) -> None:
+        self._store = store
+        self._choker = choker
+        self._grants = grants
+        self._counters = counters
+        self._limit = upload_limit
+        self._piece_size_of = piece_size_of  # the piece size a blob is cut to here
+        self._slots = trio.Semaphore(UPLOAD_SLOTS)
+
+    async def serve(self, link: PeerLink, request: Request) -> None:
+        digest, index = request.digest, request.index
+        if not self._choker.request(link.peer_id, trio.current_time()):
+            await _reject(link, Reject(digest, index, "choked"))
+            return
+        if not await self._grants.may_have_pieces(link.peer_id, digest):
+            await _reject(link, Reject(digest, index, "denied"))
+            return
+        async with self._slots:
+            if (digest, index) in link.cancelled:
+                # Cancelled while waiting for an upload slot.
+                await _reject(link, Reject(digest, index, "cancelled"))
+                self._counters.uploads_cancelled += 1
+                return
+            source = await trio.to_thread.run_sync(
+                self._store.open_piece_sync, digest, index, self._piece_size_of(digest)
+            )
+            if source is None:
+                await _reject(link, Reject(digest, index, "missing"))
+                return
+            fd, offset, length = source
+            try:
+                # Checked again: the blob may have become private (a credentialed fetch of it
+                # began) while this request waited for its upload slot.
+                if not await self._grants.may_have_pieces(link.peer_id, digest):
+                    await _reject(link, Reject(digest, index, "denied"))
+                    return
+                await self._limit.consume(length)
+                if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
+                    self._counters.bytes_to_peers += length
+                    self._counters.pieces_to_peers += 1
+                else:
+                    self._counters.uploads_cancelled += 1
+            except (LinkClosed, LocalProtocolError):
+                pass
+            finally:
+                os.close(fd)
+
+
+async def _reject(link: PeerLink, reject: Reject) -> None:
+    with contextlib.suppress(LinkClosed, LocalProtocolError):
+        await link.send(reject)
