@@ -23,7 +23,7 @@ from typing import Protocol
 
 import trio
 
-from peer.fetch.download import Download
+from peer.fetch.download import BlobSource, Download
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.upstream.client import UpstreamError
@@ -48,27 +48,20 @@ class DownloadTable:
         self.failed = 0
 
     async def join(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-        fetch: Fetch,
-        *,
-        upstream_only: bool = False,
+        self, source: BlobSource, fetch: Fetch, *, upstream_only: bool = False
     ) -> Download:
-        """The download of `digest`: the one in flight, or a new one run by `fetch`.
+        """The download of the blob: the one in flight, or a new one run by `fetch`.
 
         A download that another client started with other credentials is joined only once the
         upstream accepted that client; if it refused, this client gets its own try.
         """
+        digest, auth_key = source.digest, source.auth_key
         while True:
             download = self.active.get(digest)
             if download is None:
-                download = Download(digest, namespace, name, auth_key, upstream_only)
+                download = Download(digest, source.namespace, source.name, auth_key, upstream_only)
                 self.active[digest] = download
-                self._nursery.start_soon(self._run, download, fetch, dict(headers))
+                self._nursery.start_soon(self._run, download, fetch, dict(source.headers))
                 return download
             if download.auth_key == auth_key:
                 return download
@@ -116,17 +109,8 @@ class OwnerUpstream:
         self._table = table
         self._fetcher = fetcher
 
-    async def join_for_peer(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-    ) -> Download:
-        return await self._table.join(
-            digest, namespace, name, headers, auth_key, self._fetcher.fetch, upstream_only=True
-        )
+    async def join_for_peer(self, source: BlobSource) -> Download:
+        return await self._table.join(source, self._fetcher.fetch, upstream_only=True)
 
     def busy(self) -> bool:
         return self._fetcher.busy()
@@ -166,15 +150,9 @@ class FetchCoordinator:
     def bytes_from_upstream(self) -> int:
         return self._fetcher.bytes_from_upstream
 
-    async def join(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-    ) -> Download:
-        return await self._table.join(digest, namespace, name, headers, auth_key, self._fetch)
+    async def join(self, source: BlobSource) -> Download:
+        """The download of `source`'s blob (swarm first, then the upstream)."""
+        return await self._table.join(source, self._fetch)
 
     async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
         if self._swarm is not None:

@@ -8,13 +8,24 @@ stream, a refusal, or an error) and `done`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import trio
 
 from peer.upstream.client import UpstreamRefusal
 from pieces.partial import PartialBlob
+
+
+@dataclass(frozen=True, eq=False)
+class BlobSource:
+    """Which blob to fetch, from where, as whom: what a client (or a peer's client) asked."""
+
+    digest: str
+    namespace: str | None  # `?ns=`: which registry (None: the default upstream)
+    name: str  # the repository
+    headers: Mapping[str, str]  # the client's forwardable headers (its credentials)
+    auth_key: str | None  # a key for the credentials in `headers` (None: anonymous)
 
 
 @dataclass(eq=False)

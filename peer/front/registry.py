@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
-from peer.fetch.download import Download
+from peer.fetch.download import BlobSource, Download
 from peer.front.http_server import ClientGone, HttpConnection, Request
 from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
 from peer.front.ranges import ByteRange, RangeNotSatisfiable, parse_range
@@ -189,7 +189,8 @@ class RegistryFront:
             if request.method == "HEAD" and download is None:
                 await self._forward_head(conn, request, namespace, route.name, "blobs", digest)
                 return
-            download = await self.downloads.join(digest, namespace, route.name, headers, auth_key)
+            source = BlobSource(digest, namespace, route.name, headers, auth_key)
+            download = await self.downloads.join(source)
             with download.serving():
                 await download.ready.wait()
                 if download.refusal is not None:

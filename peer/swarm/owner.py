@@ -18,7 +18,7 @@ import trio
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy
 from peer.cluster.membership import Membership, Status
-from peer.fetch.download import Download
+from peer.fetch.download import BlobSource, Download
 from peer.front.routes import InvalidNamespace
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
@@ -34,14 +34,7 @@ MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 class PeerUpstream(Protocol):
     """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
 
-    async def join_for_peer(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-    ) -> Download:
+    async def join_for_peer(self, source: BlobSource) -> Download:
         """The upstream download of a blob this node owns, for a peer's Want."""
         ...
 
@@ -93,7 +86,7 @@ class OwnerSide:
                 await _send(link, PieceMeta(digest, size, self._piece_size, hashes, origins))
                 return
         download = await self._upstream.join_for_peer(
-            digest, want.namespace, want.repository, headers, credentials_key(headers)
+            BlobSource(digest, want.namespace, want.repository, headers, credentials_key(headers))
         )
         await download.ready.wait()
         if download.refusal is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from peer.cluster.membership import Membership
-from peer.fetch.download import Download
+from peer.fetch.download import BlobSource, Download
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.swarm import Swarm
@@ -205,14 +205,7 @@ async def test_pre_handshake_piece_announcements_close_the_link_at_once() -> Non
 class NoUpstream:
     """The swarm's view of the fetch side, never reached by these tests."""
 
-    async def join_for_peer(
-        self,
-        digest: str,
-        namespace: str | None,
-        name: str,
-        headers: Mapping[str, str],
-        auth_key: str | None,
-    ) -> Download:
+    async def join_for_peer(self, source: BlobSource) -> Download:
         raise AssertionError("no upstream fetch expected")
 
     def busy(self) -> bool:
