@@ -12,13 +12,9 @@ import hashlib
 import time
 from collections.abc import Mapping
 
-from peer.upstream.client import (
-    FORWARDED_ERROR_HEADERS,
-    UpstreamError,
-    UpstreamRefusal,
-    Upstreams,
-    pick_headers,
-)
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 
 DEFAULT_TTL = 60.0
 MAX_ENTRIES = 10_000

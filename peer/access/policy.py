@@ -21,7 +21,8 @@ import json
 from collections.abc import Mapping
 
 from peer.access.auth_gate import AuthGate
-from peer.upstream.client import UpstreamRefusal, Upstreams
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamRefusal
 from pieces.store import Store
 
 _UNKNOWN_CODE = {"blobs": "BLOB_UNKNOWN", "manifests": "MANIFEST_UNKNOWN"}

@@ -26,7 +26,7 @@ import trio
 from peer.fetch.download import BlobSource, Download
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
-from peer.upstream.client import UpstreamError
+from peer.upstream.errors import UpstreamError
 from pieces.partial import BlobFailed, DiskFull, NoRoom, StoreError
 from pieces.store import Store
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from peer.upstream.client import UpstreamRefusal
+from peer.upstream.errors import UpstreamRefusal
 from pieces.partial import PartialBlob
 
 

@@ -17,13 +17,9 @@ import trio
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
-from peer.upstream.client import (
-    FORWARDED_ERROR_HEADERS,
-    UpstreamError,
-    UpstreamRefusal,
-    Upstreams,
-    pick_headers,
-)
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
 

@@ -29,12 +29,11 @@ from peer.front.routes import (
     parse_target,
 )
 from peer.front.store_errors import store_failure
-from peer.upstream.client import (
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.headers import (
     FORWARDED_REQUEST_HEADERS,
     UnforwardableHeader,
-    UpstreamError,
-    UpstreamRefusal,
-    Upstreams,
     check_forwardable,
     pick_headers,
 )

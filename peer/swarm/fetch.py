@@ -24,7 +24,7 @@ from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.picker import PiecePicker
-from peer.upstream.client import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob, StoreError, piece_hash
 from wire.events import (
     Access,

@@ -15,7 +15,7 @@ import trio
 
 from peer.access.auth_gate import DEFAULT_TTL
 from peer.access.policy import AccessPolicy
-from peer.upstream.client import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.store import Store
 from wire.events import Access
 

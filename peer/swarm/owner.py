@@ -23,7 +23,7 @@ from peer.front.routes import InvalidNamespace
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
-from peer.upstream.client import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import Access, Event, PieceMeta, Refused, Want

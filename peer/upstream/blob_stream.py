@@ -21,15 +21,10 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from peer.upstream.client import (
-    MAX_REDIRECTS,
-    RedirectStart,
-    UnforwardableHeader,
-    UpstreamError,
-    check_connected_address,
-    check_forwardable,
-    check_redirect_target,
-)
+from peer.upstream.client import MAX_REDIRECTS
+from peer.upstream.errors import UpstreamError
+from peer.upstream.headers import UnforwardableHeader, check_forwardable
+from peer.upstream.redirects import RedirectStart, check_connected_address, check_redirect_target
 
 # No file can be larger (the kernel's offsets are signed 64-bit): a size or offset beyond it is a
 # lie, and the store must never see it.

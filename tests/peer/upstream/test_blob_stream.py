@@ -10,7 +10,7 @@ import trio
 
 from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.upstream.blob_stream import open_blob
-from peer.upstream.client import UpstreamError
+from peer.upstream.errors import UpstreamError
 from tests.peer.scripted_server import (
     INTERNAL_TARGETS,
     RebindingResolver,

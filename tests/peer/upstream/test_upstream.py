@@ -13,12 +13,10 @@ from hypothesis import strategies as st
 
 from peer.access.auth_gate import AuthGate
 from peer.front.http_server import HttpConnection, Request
-from peer.upstream.client import (
-    MAX_REDIRECTS,
+from peer.upstream.client import MAX_REDIRECTS, UpstreamConfig, Upstreams
+from peer.upstream.errors import UpstreamError
+from peer.upstream.redirects import (
     RedirectStart,
-    UpstreamConfig,
-    UpstreamError,
-    Upstreams,
     check_redirect_target,
     internal_address_kind,
     same_host,

@@ -1,0 +1,23 @@
+"""How the upstream registry failed us, or refused our client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRefusal:
+    """A 4xx answer from the upstream, passed to the client as it came (401 + WWW-Authenticate)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke off; the message names it."""
+
+    def __init__(self, upstream: str, reason: str) -> None:
+        super().__init__(f"{upstream}: {reason}")
+        self.upstream = upstream
+        self.reason = reason
