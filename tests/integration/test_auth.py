@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.components import Cluster, Pollen, Registry, ThrottledProxy, curl, sha256_file
+from bench.components import Cluster, Pollen, Registry
 from peer.cluster.rendezvous import owner_order
 from tests.integration.conftest import REPO_NAME, TAG, MiB
+from tests.integration.relays import ThrottledProxy, curl, sha256_file
 
 CREDS = "alice:wonderland"
 

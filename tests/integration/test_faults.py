@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.components import Pollen, Registry, ThrottledProxy, curl, sha256_file
+from bench.components import Pollen, Registry
 from tests.integration.conftest import REPO_NAME, TAG, MiB, PushedImage
+from tests.integration.relays import ThrottledProxy, curl, sha256_file
 
 RATE = 25 * MiB
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from bench.components import Containerd, Pollen, sha256_file
+from bench.components import Containerd, Pollen
 from tests.integration.conftest import PushedImage
+from tests.integration.relays import sha256_file
 
 
 def test_containerd_pulls_through_the_node_and_the_registry_serves_each_blob_once(

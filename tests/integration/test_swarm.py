@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.components import Cluster, Containerd, Pollen, ThrottledProxy, curl, sha256_file
+from bench.components import Cluster, Containerd, Pollen
 from peer.cluster.rendezvous import owner_order
 from tests.integration.conftest import REPO_NAME, MiB, PushedImage
+from tests.integration.relays import ThrottledProxy, curl, sha256_file
 
 
 @pytest.fixture
