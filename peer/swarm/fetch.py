@@ -72,6 +72,7 @@ class SwarmFetch:
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
     _meta: PieceMeta | Refused | None = None
+    _owner_pieces: set[int] = field(default_factory=set)  # what the current owner holds
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
 
@@ -149,6 +150,7 @@ class SwarmFetch:
 
     async def _want(self, link: PeerLink) -> None:
         self._meta = None
+        self._owner_pieces = set()
         download = self.download
         auth = self.headers.get("authorization")
         await link.send(Want(self.digest, download.namespace, download.name, auth))
@@ -191,15 +193,15 @@ class SwarmFetch:
             self.swarm.listen(self.state, partial)
         elif self.partial.layout.size != meta.size:
             raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
-        self._owner_meta(link.peer_id, meta)
+        self._owner_meta(link.peer_id)
 
-    def _owner_meta(self, owner: bytes, meta: PieceMeta) -> None:
+    def _owner_meta(self, owner: bytes) -> None:
+        """The owner holds every piece whose hash it sent (it hashes what it has)."""
         picker = self.picker
         assert picker is not None
-        self.hashes.update(meta.hashes)
-        picker.hashes(meta.hashes)
+        picker.hashes(self.hashes)
         self._add_peer(owner)
-        for index in meta.hashes:
+        for index in self._owner_pieces:
             picker.have(owner, index)
 
     def _add_peer(self, peer_id: bytes) -> None:
@@ -354,9 +356,14 @@ class SwarmFetch:
             # From the owner only (it is set before the Want goes out): another member's
             # hashes or origins would let it poison pieces or strip a blob's privacy.
             if link.peer_id == self.owner:
-                if isinstance(event, PieceMeta) and self._meta is not None and picker:
-                    self._owner_meta(link.peer_id, event)
-                else:
+                if isinstance(event, PieceMeta):
+                    # Updates may come before `_want` has read the first answer: kept here,
+                    # none is lost.
+                    self.hashes.update(event.hashes)
+                    self._owner_pieces.update(event.hashes)
+                    if picker is not None:
+                        self._owner_meta(link.peer_id)
+                if self._meta is None:
                     self._meta = event
         elif picker is None:
             pass  # nothing to exchange before the owner's answer

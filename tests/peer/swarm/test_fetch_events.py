@@ -1,0 +1,38 @@
+"""The swarm fetch's handling of the owner's answers, before and after it has a picker (no
+links: events are handed in as the read loop would)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peer.fetch.download import Download
+from peer.swarm.digest_state import DigestState
+from peer.swarm.fetch import SwarmFetch
+from wire.events import PieceMeta
+
+DIGEST = "sha256:" + "a" * 64
+OWNER = b"O" * 16
+
+
+@dataclass
+class Link:
+    peer_id: bytes
+
+
+async def test_owner_updates_before_the_first_answer_is_read_are_kept() -> None:
+    """PieceMeta updates follow the owner's first answer at once; the fetch reads the first
+    answer later. Every hash must be kept (a lost one stalls that piece until a re-Want)."""
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]  # not reached: no picker yet
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.owner = OWNER
+    first = PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, origins=[])
+    await fetch.on_event(Link(OWNER), first)  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {1: b"b" * 16}, []))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {2: b"c" * 16}, []))  # type: ignore[arg-type]
+    assert fetch._meta is first  # the answer `_want` reads: the first one
+    assert fetch.hashes == {0: b"a" * 16, 1: b"b" * 16, 2: b"c" * 16}
+    assert fetch._owner_pieces == {0, 1, 2}
