@@ -52,6 +52,7 @@ class Outcome:
     origin_payload: int = 0  # bytes the origin served to the hosts
     origin_wire: int = 0  # bytes the origin's link carried (headers, retransmits included)
     cpu_busy: float = 0.0  # share of the machine's CPU time busy while the hosts fetched
+    node_ids: dict[str, str] = field(default_factory=dict)  # host -> pollen node id (hex)
 
     @property
     def times(self) -> list[float]:
@@ -307,6 +308,8 @@ class Rollout:
             for host in nodes:  # kept with the logs: what each node saw
                 status = _node_status(self.testbed, host, base)
                 (base / host.name / "status.log").write_text(status.stdout)
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    outcome.node_ids[host.name] = json.loads(status.stdout)["swarm"]["node_id"]
             return outcome
         finally:
             for proc in procs:

@@ -3,6 +3,7 @@ in turn (direct from the registry, pollen, a BitTorrent swarm), compared with th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import shlex
 import signal
@@ -19,7 +20,7 @@ import click
 from bench.bound import t_min
 from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
 from bench.rollout import Origin, Outcome, Rollout, RolloutError
-from bench.swarm_report import summary, table, write_chart, write_json
+from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
 from peer.sizes import format_size, parse_rate, parse_size
 
@@ -331,6 +332,14 @@ def _run(
             for host, error in sorted(outcome.errors.items()):
                 click.echo(f"  {host}: {error[:300]}", err=True)
     summaries = [summary(o, image.total_size, bound) for o in outcomes]
+    for outcome, result in zip(outcomes, summaries, strict=True):
+        if outcome.node_ids and len(outcome.node_ids) == nodes:
+            # Which host fetched which blob from the origin: a host that owns several large
+            # layers must seed them all from its own uplink (compare `bench simulate`).
+            owners = blob_owners([d.digest for d in image.layers], outcome.node_ids)
+            result["layer_owners"] = owners
+            per_host = sorted(collections.Counter(owners.values()).values(), reverse=True)
+            click.echo(f"{outcome.contender}: layers per owning host {per_host}")
     click.echo(table(summaries, bound))
     return {
         "command": " ".join(sys.argv),

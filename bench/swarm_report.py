@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rollout import Outcome
+from peer.cluster.rendezvous import owner_order
 from peer.sizes import format_size
 
 
@@ -31,6 +32,13 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         },
         "errors": outcome.errors,
     }
+
+
+def blob_owners(digests: list[str], node_ids: dict[str, str]) -> dict[str, str]:
+    """digest -> the host whose node owned it (first in rendezvous order over all nodes, as
+    every node computes it while all are alive): which host fetched it from the origin."""
+    hosts = {bytes.fromhex(node_id): host for host, node_id in node_ids.items()}
+    return {digest: hosts[owner_order(digest, hosts)[0]] for digest in digests}
 
 
 def table(summaries: list[dict[str, Any]], bound: float) -> str:

@@ -85,3 +85,16 @@ def test_sigterm_mid_run_removes_the_testbed_and_its_processes(tmp_path: Path) -
     assert namespaces() == before
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True)
     assert leftovers.stdout == b""
+
+
+def test_blob_owners_names_the_host_first_in_rendezvous_order() -> None:
+    from bench.swarm_report import blob_owners
+    from peer.cluster.rendezvous import owner_order
+
+    node_ids = {f"node{i}": bytes([i]) * 16 for i in range(1, 9)}
+    digests = [f"sha256:{i:064x}" for i in range(20)]
+    owners = blob_owners(digests, {h: n.hex() for h, n in node_ids.items()})
+    for digest in digests:
+        first = owner_order(digest, node_ids.values())[0]
+        assert node_ids[owners[digest]] == first
+    assert len(set(owners.values())) > 1  # 20 blobs do not all land on one host
