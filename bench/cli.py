@@ -18,6 +18,7 @@ from bench.oci_image import (
     write_layers,
 )
 from bench.pull_bench import pull
+from bench.simulate.cli import simulate
 from bench.swarm_bench import swarm
 from peer.sizes import format_size, parse_size
 
@@ -136,3 +137,4 @@ def describe(image: Image, seconds: float) -> str:
 
 bench.add_command(swarm)
 bench.add_command(pull)
+bench.add_command(simulate)

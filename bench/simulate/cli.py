@@ -1,0 +1,283 @@
+"""`pollen bench simulate`: the click command."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from bench.simulate.clients import SKOPEO_PARALLEL
+from bench.simulate.image import plain_layer_sizes
+from bench.simulate.report import summarize, table, write_outputs
+from bench.simulate.world import Join, Kill, SimConfig, Simulation
+from peer.sizes import format_size, parse_rate, parse_size
+
+_EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")
+
+
+def _rate(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None or value == "none":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def _sizes(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [parse_size(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def _kills(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Kill]:
+    kills = []
+    for value in values:
+        match = _EVENT.fullmatch(value.strip())
+        if match is None:
+            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param)
+        what, at = match.groups()
+        if what == "owner":
+            kills.append(Kill(float(at), 1, owner=True))
+        else:
+            kills.append(Kill(float(at), int(what)))
+    return kills
+
+
+def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Join]:
+    joins = []
+    for value in values:
+        match = _EVENT.fullmatch(value.strip())
+        if match is None or match.group(1) == "owner":
+            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS", param=param)
+        joins.append(Join(float(match.group(2)), int(match.group(1))))
+    return joins
+
+
+def _progress(quiet: bool) -> Callable[[str], None] | None:
+    """On a terminal, one line rewritten in place; elsewhere (a log), a line every ~10 s."""
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+    calls = [0]
+
+    def show(line: str) -> None:
+        calls[0] += 1
+        final = line.endswith("\n")
+        if tty:
+            sys.stderr.write("\r\033[K" + line)
+        elif final or calls[0] % 20 == 1:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+        sys.stderr.flush()
+
+    return show
+
+
+@click.command()
+@click.option("--nodes", default=8, show_default=True, help="Hosts, each running a node.")
+@click.option(
+    "--uplink",
+    default="100mbit",
+    show_default=True,
+    callback=_rate,
+    help="Each host's upload rate, e.g. 100mbit, 1gbit, 20MB/s.",
+)
+@click.option(
+    "--downlink",
+    default=None,
+    help="Each host's download rate [default: the uplink; `none`: unshaped].",
+)
+@click.option(
+    "--origin-up",
+    default=None,
+    callback=_rate,
+    help="The origin's (the registry's host) upload rate [default: the uplink].",
+)
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="One-way latency between any two hosts, in milliseconds.",
+)
+@click.option(
+    "--size",
+    default="224MiB",
+    show_default=True,
+    callback=_size,
+    help="The image size, split over --layers (tar framing added, as `bench image` does).",
+)
+@click.option("--layers", default=3, show_default=True, help="Number of equal layers.")
+@click.option(
+    "--layer-sizes",
+    callback=_sizes,
+    metavar="SIZES",
+    help="Explicit layer blob sizes, comma-separated (e.g. 80MB,200MB,300MB,1MB); "
+    "overrides --size and --layers.",
+)
+@click.option("--piece-size", default="4MiB", show_default=True, callback=_size)
+@click.option(
+    "--parallel",
+    default=SKOPEO_PARALLEL,
+    show_default=True,
+    help="Blobs each client fetches at once (skopeo, the testbed's client: 6; containerd: 3).",
+)
+@click.option("--seed", default=0, show_default=True, help="Same seed, same run.")
+@click.option(
+    "--rate-step",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="Seconds of simulated time between recomputations of the flows' fair shares.",
+)
+@click.option(
+    "--kill",
+    "kills",
+    multiple=True,
+    callback=_kills,
+    metavar="COUNT@S|owner@S",
+    help="Kill COUNT random nodes (or the owner of the largest blob) at S seconds. Repeatable.",
+)
+@click.option(
+    "--join",
+    "joins",
+    multiple=True,
+    callback=_joins,
+    metavar="COUNT@S",
+    help="COUNT new nodes start at S seconds (joining through the first) and pull. Repeatable.",
+)
+@click.option(
+    "--max-time",
+    type=float,
+    help="Stop after this many simulated seconds [default: 100 x T_min + 600].",
+)
+@click.option(
+    "--max-wall",
+    type=float,
+    help="Stop after this many seconds of wall time, reporting how far the run got.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the results as JSON here (the same run gives the same file).",
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG chart of completion times against T_min here.",
+)
+@click.option(
+    "--choke-drops-queued",
+    is_flag=True,
+    help="What-if, not today's node: a Choke also refuses the choked peer's requests still "
+    "waiting for an upload slot (BitTorrent's rule).",
+)
+@click.option("--quiet", is_flag=True, help="No progress line on stderr.")
+def simulate(
+    nodes: int,
+    uplink: int | None,
+    downlink: str | None,
+    origin_up: int | None,
+    latency: float,
+    size: int,
+    layers: int,
+    layer_sizes: list[int] | None,
+    piece_size: int,
+    parallel: int,
+    seed: int,
+    rate_step: float,
+    kills: list[Kill],
+    joins: list[Join],
+    max_time: float | None,
+    max_wall: float | None,
+    json_path: Path | None,
+    chart_path: Path | None,
+    choke_drops_queued: bool,
+    quiet: bool,
+) -> None:
+    """Simulate N hosts pulling one image through pollen, on a modelled network.
+
+    The real membership, rendezvous, piece picker and choker run in every simulated node;
+    links are shared max-min fairly, every message takes the latency. The defaults are the
+    testbed of `pollen bench swarm --nodes 8 --size 224MiB --layers 3`. Reported as `bench
+    swarm` does: first / median / p99 / last host done, last against T_min, origin bytes.
+
+    \b
+    Examples:
+      pollen bench simulate
+      pollen bench simulate --nodes 1000 --size 1GiB --json r.json --chart r.png
+      pollen bench simulate --nodes 100 --kill owner@20 --join 10@30 --latency 5
+    """
+    if uplink is None:
+        raise click.BadParameter("the uplink must be a rate", param_hint="--uplink")
+    if nodes < 1 or layers < 1 or parallel < 1 or rate_step <= 0 or latency < 0:
+        raise click.BadParameter(
+            "--nodes, --layers, --parallel >= 1; --rate-step > 0; --latency >= 0"
+        )
+    down = _downlink(downlink, uplink)
+    sizes = layer_sizes if layer_sizes else plain_layer_sizes(size, layers)
+    config = SimConfig(
+        nodes=nodes,
+        uplink=uplink,
+        downlink=down,
+        origin_up=origin_up or uplink,
+        latency=latency / 1000,
+        layer_sizes=tuple(sizes),
+        piece_size=piece_size,
+        parallel=parallel,
+        seed=seed,
+        rate_step=rate_step,
+        max_time=max_time,
+        max_wall=max_wall,
+        kills=tuple(kills),
+        joins=tuple(joins),
+        choke_drops_queued=choke_drops_queued,
+    )
+    bound = config.bound()
+    click.echo(
+        f"{nodes} hosts, uplink {_mbit(uplink)}, downlink "
+        f"{_mbit(down) if down else 'unshaped'}, origin {_mbit(config.origin_up)}, "
+        f"latency {latency:g} ms; image {format_size(config.image_bytes())} in "
+        f"{len(sizes)} layers + config; T_min {bound:.3g}s"
+    )
+    result = Simulation(config, _progress(quiet)).run()
+    s = summarize(result)
+    click.echo(table(s, bound))
+    click.echo(
+        f"stopped: {result.stop} at {result.simulated_s:.1f}s simulated, "
+        f"{result.wall_s:.1f}s wall, {result.events:,} events"
+        + (f"; killed {len(result.killed)}" if result.killed else "")
+        + (f"; joined {len(result.joined)}" if result.joined else "")
+    )
+    write_outputs(result, s, json_path, chart_path)
+
+
+def _downlink(value: str | None, uplink: int) -> int | None:
+    """--downlink: the uplink when not given, None (unshaped) for `none`, else a rate."""
+    if value is None:
+        return uplink
+    if value == "none":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--downlink") from exc
+
+
+def _mbit(rate: int) -> str:
+    return f"{rate * 8 / 1e6:g} Mbit/s"

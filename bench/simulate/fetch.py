@@ -1,0 +1,473 @@
+"""One blob on one node: what the node holds of it, and the fetch that fills it.
+
+Mirrors peer/swarm/swarm.py (`SwarmFetch`) and peer/fetch/downloads.py (`_fetch_upstream`),
+with a real `PiecePicker` deciding what to ask of whom:
+
+- find the owner: the first live member in rendezvous order; link to it and send a Want; the
+  first PieceMeta is the answer (30 s at most, else the next candidate). A candidate whose
+  link fails is skipped (and noted unreachable for 5 s). This node first: it owns the blob and
+  fetches it from the registry. Every node ahead failed: a fallback, counted, the same way.
+- exchange: PeersRequest at once and every 2 s (then also a fresh Want while hashes are
+  missing); link to the peers in the answer up to MAX_PEERS and send each our Bitfield; give the
+  picker every event and send what `schedule` returns. The owner lost (its link, or another
+  node now first in rendezvous order): find the owner again, keeping every peer and request.
+- drain: when this node takes over (the owner died), first take from the peers what they hold,
+  until nothing is left to get or nothing arrived for 5 s; then the registry, for the runs of
+  pieces still missing, one request per run.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from peer.swarm.bits import bits_of
+from peer.swarm.picker import PiecePicker
+from pieces.layout import PieceLayout
+from wire.events import Bitfield, Have, PeersRequest, Request, Want
+
+if TYPE_CHECKING:
+    from bench.simulate.network import Flow
+    from bench.simulate.node import SimNode
+
+# From peer/swarm/swarm.py (not imported: that module is being rewritten as a thin driver).
+MAX_PEERS = 8  # peers a fetch links to besides the owner
+PEERS_PERIOD = 2.0  # PeersRequest (and Want while hashes are missing) this often
+META_TIMEOUT = 30.0
+DRAIN_STALL = 5.0
+DRAIN_WAKE = 1.0  # the drain loop looks again at least this often
+IDLE_WAKE = 1.0  # the exchange loop wakes at least this often (for an overdue request)
+NAMESPACE, REPOSITORY = "docker.io", "bench/app"
+
+
+@dataclass(eq=False)
+class BlobState:
+    """What one node knows of one blob (DigestState and the partial, in the real node)."""
+
+    digest: str
+    layout: PieceLayout
+    have: set[int] = field(default_factory=set)
+    complete: bool = False
+    partial: bool = False  # a partial is open: the node answers Bitfields and Wants with it
+    interested: dict[bytes, None] = field(default_factory=dict)  # sent us a Want: PieceMeta
+    interested_list: list[bytes] = field(default_factory=list)  # the same, to sample from
+    bitfield_sent: set[bytes] = field(default_factory=set)
+    fetch: SwarmFetch | None = None
+    upstream: UpstreamFetch | None = None
+    want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
+    waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
+
+    @property
+    def active(self) -> bool:
+        """A download is running (the one every client and Want joins)."""
+        return self.fetch is not None or self.upstream is not None
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        """Runs [start, end) of missing pieces, in order."""
+        runs: list[tuple[int, int]] = []
+        start: int | None = None
+        for index in range(self.layout.count):
+            if index in self.have:
+                if start is not None:
+                    runs.append((start, index))
+                    start = None
+            elif start is None:
+                start = index
+        if start is not None:
+            runs.append((start, self.layout.count))
+        return runs
+
+
+class Phase(enum.Enum):
+    FINDING = "finding the owner"
+    EXCHANGE = "exchanging pieces"
+    DRAIN = "taking from peers before the registry"
+    ENDED = "ended"
+
+
+class SwarmFetch:
+    def __init__(self, node: SimNode, state: BlobState) -> None:
+        self.node = node
+        self.state = state
+        self.queue = node.world.queue
+        self.picker = PiecePicker(
+            state.digest, state.layout, node.rng, have=state.have, source_limit=node.source_limit
+        )
+        self.phase = Phase.FINDING
+        self.owner: bytes | None = None
+        self.meta_pending = False  # a Want went to `owner`; its PieceMeta has not come
+        # What the picker was told and asked, mirrored only to skip schedules that cannot
+        # send anything (see _maybe_schedule): peers choking us, our open requests.
+        self.choked_by: set[bytes] = set()
+        self.asked: dict[bytes, set[int]] = {}
+        self.asked_pieces: dict[int, int] = {}  # piece -> open requests for it
+        self._candidates: list[bytes] = []
+        self._next = 0
+        self._skipped = 0
+        self._era = 0  # bumped on every phase change and new owner: older timers are void
+        self._deadline: float | None = None  # the picker's timer, when one is pending
+        self._progress = 0
+        self._last_progress = 0.0
+
+    # ---- finding the owner -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._find_owner()
+
+    def _find_owner(self) -> None:
+        self.phase = Phase.FINDING
+        self._era += 1
+        self.meta_pending = False
+        self._candidates = self.node.owner_candidates(self.state.digest)
+        self._next = 0
+        self._skipped = 0
+        self._try_next()
+
+    def _try_next(self) -> None:
+        node = self.node
+        now = self.queue.now
+        while self._next < len(self._candidates):
+            candidate = self._candidates[self._next]
+            self._next += 1
+            if candidate == node.node_id:
+                if not self._skipped:
+                    self._owner_unavailable()  # this node is the owner
+                    return
+                break
+            if node.bans.is_unreachable(candidate, now):
+                self._skipped += 1
+                continue
+            self.owner = candidate  # set before asking: PieceMeta may follow the answer at once
+            self._era += 1
+            node.link_to(candidate, functools.partial(self._owner_linked, era=self._era))
+            return
+        # Every node ahead of us failed: a fallback to the registry.
+        node.world.stats.upstream_fallbacks += 1
+        self._owner_unavailable()
+
+    def _owner_linked(self, ok: bool, era: int) -> None:
+        if era != self._era or self.phase is not Phase.FINDING:
+            return
+        if not ok:
+            self._skipped += 1
+            self._try_next()
+            return
+        assert self.owner is not None
+        self.meta_pending = True
+        self.node.send(self.owner, Want(self.state.digest, NAMESPACE, REPOSITORY, None))
+        self.queue.at(self.queue.now + META_TIMEOUT, self._meta_timeout, era)
+
+    def _meta_timeout(self, era: int) -> None:
+        if era == self._era and self.meta_pending and self.node.alive:
+            self.meta_pending = False
+            self._skipped += 1
+            self._try_next()
+
+    def on_meta(self, source: bytes, hashes: Iterable[int]) -> None:
+        """PieceMeta: taken from the owner only (another node's hashes could poison pieces)."""
+        if source != self.owner or self.phase is Phase.ENDED:
+            return
+        picker = self.picker
+        known = list(hashes)
+        picker.hashes(known)
+        picker.add_peer(source)
+        for index in known:
+            picker.have(source, index)
+        if self.meta_pending:
+            self.meta_pending = False
+            if not self.state.partial:
+                self.node.partial_opened(self.state)
+            self._exchange()
+        elif len(known) == 1:
+            # The owner announcing a piece from the registry: it alone holds it.
+            self._maybe_schedule(source, known[0])
+        else:
+            self.schedule()
+
+    def _owner_unavailable(self) -> None:
+        """This node owns the blob now, or no owner could be reached: the registry it is,
+        after what the peers hold (when there are peers to ask)."""
+        if self.state.partial and self.picker.peers:
+            self._drain()
+        else:
+            self._to_upstream()
+
+    # ---- the exchange ------------------------------------------------------------------------
+
+    def _exchange(self) -> None:
+        self.phase = Phase.EXCHANGE
+        self._era += 1
+        assert self.owner is not None
+        self.node.send(self.owner, PeersRequest(self.state.digest))
+        self.queue.at(self.queue.now + PEERS_PERIOD, self._peers_tick, self._era)
+        self.schedule()
+
+    def _peers_tick(self, era: int) -> None:
+        if era != self._era or self.phase is not Phase.EXCHANGE or not self.node.alive:
+            return
+        node = self.node
+        owner = self.owner
+        assert owner is not None
+        if owner not in node.links or node.owner_candidates(self.state.digest)[0] != owner:
+            # Gone, or membership changed (a node joined or died): follow the new owner.
+            self._find_owner()
+            return
+        node.send(owner, PeersRequest(self.state.digest))
+        if self.picker.hashes_missing():
+            # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
+            node.send(owner, Want(self.state.digest, NAMESPACE, REPOSITORY, None))
+        self.queue.at(self.queue.now + PEERS_PERIOD, self._peers_tick, era)
+
+    def on_peers(self, peers: list[tuple[bytes, str, int]]) -> None:
+        if self.phase is Phase.ENDED or not self.state.partial:
+            return
+        self._link_next(iter([p[0] for p in peers]))
+
+    def _link_next(self, peers: Iterator[bytes]) -> None:
+        """Link to the peers of a Peers answer one after the other (as the real task does)."""
+        node = self.node
+        known = set(self.picker.peers)
+        for peer in peers:
+            if self.phase is Phase.ENDED or len(known) >= MAX_PEERS + 1:
+                return
+            if peer in known or peer == node.node_id or node.bans.is_banned(peer, self.queue.now):
+                continue
+            node.link_to(peer, functools.partial(self._peer_linked, peer=peer, rest=peers))
+            return
+
+    def _peer_linked(self, ok: bool, peer: bytes, rest: Iterator[bytes]) -> None:
+        if ok and self.phase is not Phase.ENDED:
+            self.picker.add_peer(peer)
+            state = self.state
+            state.bitfield_sent.add(peer)
+            self.node.send(peer, Bitfield(state.digest, bits_of(state.have, state.layout.count)))
+        self._link_next(rest)
+
+    # ---- events for the picker ---------------------------------------------------------------
+
+    def on_bitfield(self, peer: bytes, held: list[int]) -> None:
+        self.picker.bitfield(peer, held)
+        self.schedule()
+
+    def on_have(self, peer: bytes, index: int) -> None:
+        self.picker.have(peer, index)
+        self._maybe_schedule(peer, index)
+
+    def _maybe_schedule(self, peer: bytes, index: int) -> None:
+        """`peer` newly holds `index`: schedule only if that could give it a request now.
+        Nothing else changed, and the picker was scheduled after every other event, so for
+        any other peer `schedule` would return what it returned then: nothing. Haves (and
+        the owner's PieceMeta for each piece) are most of the events at scale; skipping the
+        schedules that cannot send anything changes no decision, only the rng's draws.
+        One approximation: a piece already asked elsewhere is skipped, though in the endgame
+        an overdue one may go to a second peer; the picker's deadline (or the 1 s wake once
+        it has passed) schedules that one, at most a second later."""
+        picker = self.picker
+        if (
+            index in self.state.have
+            or index in self.asked_pieces
+            or peer in self.choked_by
+            or not picker.knows_hash(index)
+            or picker.requests_at(peer) >= picker.queue_depth(peer)
+        ):
+            self.node.world.stats.schedules_skipped += 1
+            return
+        self.schedule()
+
+    def _settled(self, peer: bytes, index: int) -> None:
+        asked = self.asked.get(peer)
+        if asked is not None and index in asked:
+            asked.discard(index)
+            self._unask(index)
+
+    def _unask(self, index: int) -> None:
+        left = self.asked_pieces[index] - 1
+        if left:
+            self.asked_pieces[index] = left
+        else:
+            del self.asked_pieces[index]
+
+    def on_reject(self, peer: bytes, index: int) -> None:
+        self.picker.rejected(peer, index)
+        self._settled(peer, index)
+        self.schedule()
+
+    def on_choke(self, peer: bytes, choking: bool) -> None:
+        if peer not in self.picker.peers:
+            return  # the picker ignores it too
+        self.picker.choke(peer, choking)
+        if choking:
+            self.choked_by.add(peer)
+        else:
+            self.choked_by.discard(peer)
+            self.schedule()
+
+    def on_link_lost(self, peer: bytes) -> None:
+        self.picker.lost(peer)
+        self.choked_by.discard(peer)
+        for index in self.asked.pop(peer, ()):
+            self._unask(index)
+        if peer == self.owner:
+            if self.phase is Phase.FINDING and self.meta_pending:
+                self.meta_pending = False
+                self._skipped += 1
+                self._try_next()
+                return
+            if self.phase is Phase.EXCHANGE:
+                self._find_owner()
+                return
+        self.schedule()
+
+    def on_piece(self, peer: bytes, index: int, nbytes: int) -> None:
+        node = self.node
+        stats = node.world.stats
+        self._settled(peer, index)
+        if not self.picker.received(peer, index, self.queue.now):
+            stats.duplicate_bytes += nbytes  # the endgame's losing copy, or never asked
+            self.schedule()
+            return
+        # Verified and written (no CPU or disk time is modelled).
+        stats.bytes_from_peers += nbytes
+        stats.pieces_from_peers += 1
+        node.choker.contributed(peer, nbytes)
+        sends = self.picker.stored(index)
+        interested = self.state.interested
+        if interested:  # they hear of it by PieceMeta instead
+            sends = [s for s in sends if not (isinstance(s.event, Have) and s.peer in interested)]
+        node.send_many(sends)
+        node.piece_stored(self.state, index)
+        if self.phase is Phase.ENDED:
+            return
+        self.schedule()
+        if self.phase is Phase.DRAIN:
+            self._drain_check()
+
+    def schedule(self) -> None:
+        if self.phase is not Phase.EXCHANGE and self.phase is not Phase.DRAIN:
+            return
+        node = self.node
+        node.world.stats.schedules += 1
+        sends = self.picker.schedule(self.queue.now)
+        if sends:
+            node.world.stats.requests += len(sends)
+            asked, pieces = self.asked, self.asked_pieces
+            for send in sends:
+                request = send.event
+                assert isinstance(request, Request)  # all schedule sends
+                asked.setdefault(send.peer, set()).add(request.index)
+                pieces[request.index] = pieces.get(request.index, 0) + 1
+            node.send_many(sends)
+        deadline = self.picker.next_deadline()
+        if deadline is not None:
+            now = self.queue.now
+            # Just after it (the picker asks a second peer only once a request is *over*due);
+            # one already past that nothing could be done about: the real loop's 1 s wake.
+            at = deadline + 1e-6 if deadline > now else now + IDLE_WAKE
+            if self._deadline is None or at < self._deadline:
+                self._deadline = at
+                self.queue.at(at, self._on_deadline, at)
+
+    def _on_deadline(self, at: float) -> None:
+        if at != self._deadline or not self.node.alive:
+            return
+        self._deadline = None
+        self.schedule()
+
+    # ---- taking over -------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self.phase = Phase.DRAIN
+        self._era += 1
+        self._progress = len(self.state.have)
+        self._last_progress = self.queue.now
+        self.schedule()
+        self._drain_check()
+        if self.phase is Phase.DRAIN:
+            self.queue.at(self.queue.now + DRAIN_WAKE, self._drain_tick, self._era)
+
+    def _drain_tick(self, era: int) -> None:
+        if era != self._era or self.phase is not Phase.DRAIN or not self.node.alive:
+            return
+        self.schedule()
+        self._drain_check()
+        if self.phase is Phase.DRAIN:
+            self.queue.at(self.queue.now + DRAIN_WAKE, self._drain_tick, era)
+
+    def _drain_check(self) -> None:
+        now = self.queue.now
+        if not self.picker.obtainable():
+            self._to_upstream()
+        elif len(self.state.have) != self._progress:
+            self._progress, self._last_progress = len(self.state.have), now
+        elif now - self._last_progress > DRAIN_STALL:
+            self._to_upstream()
+
+    def _to_upstream(self) -> None:
+        self.end()
+        self.node.start_upstream(self.state)
+
+    def end(self) -> None:
+        """The fetch is over (done, or handed to the registry): late pieces are waste."""
+        self.phase = Phase.ENDED
+        self._era += 1
+        if self.state.fetch is self:
+            self.state.fetch = None
+
+
+class UpstreamFetch:
+    """The registry's answer to this node: the runs of missing pieces, one request each, the
+    bytes of a run in one flow from the origin host, each piece announced as it completes."""
+
+    def __init__(self, node: SimNode, state: BlobState) -> None:
+        self.node = node
+        self.state = state
+        self.runs = deque(state.missing_runs())
+        self.pieces: deque[int] = deque()
+        self.flow: Flow | None = None
+
+    def start(self) -> None:
+        self.node.upstream_started()
+        self._next_run(None)
+
+    def _next_run(self, _arg: object) -> None:
+        if not self.node.alive:
+            return
+        if not self.runs:
+            self.state.upstream = None
+            self.node.upstream_ended()
+            return
+        start, end = self.runs.popleft()
+        world = self.node.world
+        # A new HTTP request: connect and ask, two round trips before the first byte.
+        world.queue.at(world.queue.now + 4 * world.latency, self._respond, (start, end))
+        world.stats.upstream_requests += 1
+
+    def _respond(self, run: tuple[int, int]) -> None:
+        node = self.node
+        if not node.alive:
+            return
+        if not self.state.partial:
+            node.partial_opened(self.state)
+        self.pieces = deque(range(*run))
+        world = node.world
+        self.flow = world.network.open(world.origin_host, node.host, self)
+        world.upstream_flows.append(self.flow)
+        world.network.wake(self.flow)
+
+    def next_transfer(self, now: float) -> int | None:
+        return self.state.layout.length(self.pieces[0]) if self.pieces else None
+
+    def transfer_done(self, now: float, nbytes: int) -> None:
+        index = self.pieces.popleft()
+        if index not in self.state.have:
+            self.node.piece_stored(self.state, index)
+        if not self.pieces:
+            self.node.world.queue.at(now, self._next_run)
+
+    def close(self) -> None:
+        if self.flow is not None:
+            self.node.world.network.close(self.flow)

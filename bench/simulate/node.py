@@ -1,0 +1,495 @@
+"""One simulated node: the real Membership, Choker and BanList, and the driver around them.
+
+The driver does what peer/swarm/swarm.py and peer/cluster/gossip.py do for a real node:
+SWIM datagrams in and out (with the modelled latency), timers at the policies' deadlines,
+links to other nodes (connecting takes three round trips: TCP, then the two-step handshake;
+to a dead node it fails after one, the kernel's reset), the answers to what peers send (Want,
+PeersRequest, Bitfield, Request, Cancel, Choke...), a re-choke every RECHOKE_PERIOD, and a
+push-pull membership sync on every new link and every ~30 s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bench.simulate.fetch import BlobState, SwarmFetch, UpstreamFetch
+from bench.simulate.uploads import Uploader
+from peer.cluster.membership import Address, Member, Membership, Message, Status
+from peer.swarm.actions import Send
+from peer.swarm.bans import BanList
+from peer.swarm.bits import bits_of, indices_of
+from peer.swarm.choker import Choker
+from wire.events import (
+    Bitfield,
+    Cancel,
+    Choke,
+    Event,
+    Have,
+    Peers,
+    PeersRequest,
+    PieceMeta,
+    Reject,
+    Request,
+    Unchoke,
+    Want,
+)
+
+if TYPE_CHECKING:
+    from bench.simulate.world import Simulation
+
+# From peer/swarm/swarm.py (not imported: that module is being rewritten as a thin driver).
+PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
+PEERS_ANSWER = 32  # peers in one Peers answer
+PEERS_SLACK = 8  # drawn beyond PEERS_ANSWER, for repeats, the asker and dead members
+SYNC_PERIOD = 30.0
+CONNECT_RTTS = 3  # TCP's SYN/SYN-ACK, then Hello/Hello and Proof/Proof
+
+
+@dataclass(frozen=True, slots=True)
+class MembersSync:
+    """Push-pull membership (the real `Members` event). The full state is read when the
+    message arrives: building it for every link, as the real node does, costs O(members) and
+    changes nothing when both sides already agree, so it is skipped when their summaries
+    (`SimNode.view_summary`) match."""
+
+    summary: tuple[int, int]
+    reply: bool
+
+
+class SimNode:
+    def __init__(
+        self,
+        world: Simulation,
+        name: str,
+        node_id: bytes,
+        address: Address,
+        host: int,
+        rng: random.Random,
+        seeds: tuple[Address, ...],
+    ) -> None:
+        self.world = world
+        self.name = name
+        self.node_id = node_id
+        self.address = address
+        self.host = host  # this node's host in the network
+        self.rng = rng
+        self.alive = True
+        self.started_at = world.queue.now
+        self.membership = Membership(node_id, address, rng=rng, seeds=seeds)
+        self.choker = Choker(rng, world.queue.now)
+        self.bans = BanList()
+        self.uploader = Uploader(self)
+        self.links: dict[bytes, None] = {}  # ordered: iteration must not depend on hashing
+        self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
+        self.blobs: dict[str, BlobState] = {}
+        self.upstream_fetches = 0
+        self.epoch = 0  # bumped whenever membership reports a change
+        self._owners: dict[str, tuple[int, list[bytes]]] = {}
+        self._ids: frozenset[bytes] = frozenset()
+        self._ids_epoch = -1
+        self._summary: tuple[int, int] | None = None
+        self._summary_epoch = -1
+        self._tick_at: float | None = None
+
+    # ---- starting and stopping ---------------------------------------------------------------
+
+    def know(self, others: list[SimNode]) -> None:
+        """Start from a converged, quiet membership (every other node alive, no gossip left
+        to spread): the state the testbed waits for before it starts the clients."""
+        now = self.world.queue.now
+        self.membership.members = {
+            o.node_id: Member(o.node_id, o.address, 0, Status.ALIVE, now)
+            for o in others
+            if o is not self
+        }
+
+    def start(self) -> None:
+        queue = self.world.queue
+        now = queue.now
+        # The real gossip driver ticks every 0.2 s whatever the deadlines: the first tick
+        # sets the probe timer, from then on the deadlines say when.
+        self._tick_at = now
+        queue.at(now, self._tick, now)
+        queue.at(self.choker.next_deadline(), self._rechoke)
+        queue.at(now + SYNC_PERIOD * self.rng.uniform(0.8, 1.2), self._sync)
+
+    def die(self) -> None:
+        self.alive = False
+        self.uploader.close_all()
+        for state in self.blobs.values():
+            if state.upstream is not None:
+                state.upstream.close()
+            if state.fetch is not None:
+                state.fetch.end()
+        self.links.clear()
+        self.connecting.clear()
+
+    # ---- membership --------------------------------------------------------------------------
+
+    def receive_datagram(self, message: Message, source: Address) -> None:
+        self.membership.receive(message, source, self.world.queue.now)
+        if self._flush():
+            self._schedule_tick()
+
+    def _tick(self, at: float) -> None:
+        if not self.alive or at != self._tick_at:
+            return  # dead, or replaced by an earlier timer
+        self._tick_at = None
+        self.membership.tick(self.world.queue.now)
+        self._flush()
+        self._schedule_tick()
+
+    def _flush(self) -> bool:
+        """Send what membership queued; True when it saw a member change."""
+        world = self.world
+        for address, message in self.membership.take_outgoing():
+            world.datagram(self, address, message)
+        events = self.membership.events
+        if not events:
+            return False
+        stats = world.stats
+        for _node, status in events:
+            if status is Status.SUSPECT:
+                stats.member_suspected += 1
+            elif status is Status.DEAD:
+                stats.member_declared_dead += 1
+        events.clear()
+        self.epoch += 1
+        return True
+
+    def _schedule_tick(self) -> None:
+        deadline = self.membership.next_deadline()
+        if deadline is None:
+            return
+        now = self.world.queue.now
+        deadline = max(deadline, now)
+        if self._tick_at is None or deadline < self._tick_at:
+            self._tick_at = deadline
+            self.world.queue.at(deadline, self._tick, deadline)
+
+    def owner_candidates(self, digest: str) -> list[bytes]:
+        """Live, unbanned members in rendezvous order (this node included). Cached until
+        membership changes (no bans are simulated, so none runs out meanwhile)."""
+        cached = self._owners.get(digest)
+        if cached is not None and cached[0] == self.epoch:
+            return cached[1]
+        if self._ids_epoch != self.epoch:
+            now = self.world.queue.now
+            ids = self.membership.alive_ids()
+            if self.bans.banned(now):
+                ids = {n for n in ids if not self.bans.is_banned(n, now)}
+            self._ids = frozenset(ids)
+            self._ids_epoch = self.epoch
+        order = self.world.owner_order(digest, self._ids)
+        self._owners[digest] = (self.epoch, order)
+        return order
+
+    def view_summary(self) -> tuple[int, int]:
+        """The members (ourselves included) and a checksum of their incarnations and states:
+        equal summaries, nothing for a push-pull sync to change (in all but contrived cases;
+        a member's incarnation rising with no change of state is not noticed until then)."""
+        if self._summary is None or self._summary_epoch != self.epoch:
+            members = self.membership.members.values()
+            checksum = sum(m.incarnation * 3 + int(m.status) for m in members)
+            self._summary = (len(members) + 1, checksum)
+            self._summary_epoch = self.epoch
+        # Ourselves as the others see us (alive); our incarnation moves without a member
+        # event (a refutation), so it is read each time.
+        return (self._summary[0], self._summary[1] + 3 * self.membership.incarnation)
+
+    def _sync(self, _arg: object) -> None:
+        if not self.alive:
+            return
+        queue = self.world.queue
+        queue.at(queue.now + SYNC_PERIOD * self.rng.uniform(0.8, 1.2), self._sync)
+        members = [m.node_id for m in self.membership.alive()]
+        if members:
+            peer = self.rng.choice(members)
+            self.link_to(peer, lambda ok: self._push_members(peer) if ok else None)
+
+    def _push_members(self, peer: bytes) -> None:
+        self.send(peer, MembersSync(self.view_summary(), reply=False))
+
+    def _on_members(self, source: bytes, event: MembersSync) -> None:
+        world = self.world
+        if event.summary == self.view_summary():
+            world.stats.syncs_skipped += 1
+            return
+        world.stats.syncs += 1
+        sender = world.by_id[source]
+        self.membership.merge(sender.membership.full_state(), world.queue.now)
+        if self._flush():
+            self._schedule_tick()
+        if not event.reply:
+            self.send(source, MembersSync(self.view_summary(), reply=True))
+
+    # ---- links -------------------------------------------------------------------------------
+
+    def link_to(self, peer: bytes, then: Callable[[bool], None]) -> None:
+        """Call `then(True)` once linked to `peer` (at once if already), `then(False)` if it
+        cannot be (not a live member, banned, or it does not answer)."""
+        if peer in self.links:
+            then(True)
+            return
+        waiting = self.connecting.get(peer)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        world = self.world
+        now = world.queue.now
+        member = self.membership.members.get(peer)
+        if self.bans.is_banned(peer, now) or member is None or member.status is Status.DEAD:
+            then(False)
+            return
+        self.connecting[peer] = [then]
+        target = world.by_id.get(peer)
+        world.stats.connects += 1
+        if target is None or not target.alive:
+            world.queue.at(now + 2 * world.latency, self._connect_failed, peer)
+        else:
+            world.queue.at(now + 2 * CONNECT_RTTS * world.latency, self._connected, peer)
+
+    def _connected(self, peer: bytes) -> None:
+        if not self.alive:
+            return
+        target = self.world.by_id[peer]
+        if not target.alive:
+            self._connect_failed(peer)
+            return
+        self.world.link(self, target)
+        self._push_members(peer)
+        for then in self.connecting.pop(peer, []):
+            then(True)
+
+    def _connect_failed(self, peer: bytes) -> None:
+        if not self.alive:
+            return
+        self.world.stats.connects_failed += 1
+        self.bans.unreachable(peer, self.world.queue.now)
+        for then in self.connecting.pop(peer, []):
+            then(False)
+
+    def link_lost(self, peer: bytes) -> None:
+        """The link to `peer` broke (it died): every fetch and the uploads forget it."""
+        if self.links.pop(peer, 0) is None:
+            self.uploader.link_lost(peer)
+            self.choker.lost(peer)
+            for state in list(self.blobs.values()):
+                state.bitfield_sent.discard(peer)
+                if state.fetch is not None:
+                    state.fetch.on_link_lost(peer)
+
+    def send(self, peer: bytes, event: Event | MembersSync) -> None:
+        self.world.send(self, peer, event)
+
+    def send_many(self, sends: list[Send]) -> None:
+        if sends:
+            self.world.send_many(self, sends)
+
+    # ---- what peers send ---------------------------------------------------------------------
+
+    def receive(self, source: bytes, event: Any) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, source, event)
+
+    def _on_want(self, source: bytes, want: Want) -> None:
+        state = self.state(want.digest)
+        if state.complete or (state.active and state.partial):
+            self._answer_want(state, source)
+        else:
+            # The answer waits for the partial: our own fetch's owner's answer, or (no download
+            # running) the registry's, for which this node now fetches the blob itself.
+            state.want_waiters[source] = None
+            if not state.active:
+                self.start_upstream(state)
+
+    def _answer_want(self, state: BlobState, peer: bytes) -> None:
+        if peer not in state.interested:  # only now: PieceMeta updates go to it
+            state.interested[peer] = None
+            state.interested_list.append(peer)
+        layout = state.layout
+        held = dict.fromkeys(sorted(state.have), b"")
+        self.send(peer, PieceMeta(state.digest, layout.size, layout.piece_size, held))
+
+    def partial_opened(self, state: BlobState) -> None:
+        """The blob's partial exists (the owner's or the registry's first answer): Wants that
+        waited for it are answered."""
+        state.partial = True
+        waiting, state.want_waiters = state.want_waiters, {}
+        for peer in waiting:
+            if peer in self.links:
+                self._answer_want(state, peer)
+
+    def _on_piece_meta(self, source: bytes, meta: PieceMeta) -> None:
+        state = self.blobs.get(meta.digest)
+        if state is not None and state.fetch is not None:
+            state.fetch.on_meta(source, meta.hashes)
+
+    def _on_peers_request(self, source: bytes, event: PeersRequest) -> None:
+        """Up to 32 random peers among those that sent a Want and our own fetch's peers (not
+        the asker, not dead). The real node shuffles them all and takes 32; drawing a few
+        more than 32 at random (repeats dropped) gives the same kind of answer at O(32)
+        instead of O(interested), which grows with the cluster: a PeersRequest per node per
+        blob every 2 s would make the run O(N^2). The pool grows in the order Wants came:
+        the same run, the same order."""
+        state = self.blobs.get(event.digest)
+        out: list[tuple[bytes, str, int]] = []
+        if state is not None:
+            members = self.membership.members
+
+            def eligible(peers: Iterable[bytes]) -> list[tuple[bytes, str, int]]:
+                chosen = []
+                for peer in peers:
+                    member = members.get(peer)
+                    if peer != source and member is not None and member.status is not Status.DEAD:
+                        chosen.append((peer, member.address[0], member.address[1]))
+                return chosen
+
+            pool = state.interested_list
+            if state.fetch is not None:
+                extra = [p for p in state.fetch.picker.peers if p not in state.interested]
+                pool = pool + extra if extra else pool
+            want = PEERS_ANSWER + PEERS_SLACK
+            out = []
+            if len(pool) > 4 * want:
+                # Random draws (a few repeat: dropped), in random order already.
+                draw, size = self.rng.random, len(pool)
+                out = eligible(dict.fromkeys(pool[int(draw() * size)] for _ in range(want)))
+            if len(out) < PEERS_ANSWER:
+                # A small pool, or many of the draws were dead (or the asker): all of them.
+                out = eligible(pool)
+                self.rng.shuffle(out)
+        self.send(source, Peers(event.digest, out[:PEERS_ANSWER]))
+
+    def _on_peers(self, source: bytes, event: Peers) -> None:
+        state = self.blobs.get(event.digest)
+        if state is not None and state.fetch is not None:
+            state.fetch.on_peers(event.peers)
+
+    def _on_bitfield(self, source: bytes, event: Bitfield) -> None:
+        state = self.blobs.get(event.digest)
+        if state is None:
+            return  # neither held nor fetched: nothing to say, nothing to keep
+        if state.fetch is not None:
+            state.fetch.on_bitfield(source, sorted(indices_of(event.bits)))
+        if source not in state.bitfield_sent and (state.partial or state.complete):
+            state.bitfield_sent.add(source)
+            self.send(source, Bitfield(state.digest, bits_of(state.have, state.layout.count)))
+
+    def _on_have(self, source: bytes, event: Have) -> None:
+        state = self.blobs.get(event.digest)
+        if state is not None and state.fetch is not None:
+            state.fetch.on_have(source, event.index)
+
+    def _on_request(self, source: bytes, event: Request) -> None:
+        self.uploader.request(source, event.digest, event.index)
+
+    def _on_cancel(self, source: bytes, event: Cancel) -> None:
+        self.uploader.cancel(source, event.digest, event.index)
+
+    def _on_reject(self, source: bytes, event: Reject) -> None:
+        state = self.blobs.get(event.digest)
+        if state is not None and state.fetch is not None:
+            state.fetch.on_reject(source, event.index)
+
+    def _on_choke(self, source: bytes, event: Choke | Unchoke) -> None:
+        choking = isinstance(event, Choke)
+        for state in list(self.blobs.values()):
+            if state.fetch is not None:
+                state.fetch.on_choke(source, choking)
+
+    def on_piece(self, source: bytes, digest: str, index: int, nbytes: int) -> None:
+        state = self.blobs.get(digest)
+        if state is None or state.fetch is None:
+            self.world.stats.duplicate_bytes += nbytes  # a late answer for a fetch that ended
+            return
+        state.fetch.on_piece(source, index, nbytes)
+
+    def _rechoke(self, _arg: object) -> None:
+        if not self.alive:
+            return
+        queue = self.world.queue
+        sends = self.choker.rechoke(queue.now)
+        choked = [s.peer for s in sends if isinstance(s.event, Choke)]
+        self.world.stats.chokes += len(choked)
+        self.send_many(sends)
+        if self.world.config.choke_drops_queued:
+            for peer in choked:
+                self.uploader.drop_waiting(peer)
+        queue.at(self.choker.next_deadline(), self._rechoke)
+
+    # ---- blobs -------------------------------------------------------------------------------
+
+    def state(self, digest: str) -> BlobState:
+        state = self.blobs.get(digest)
+        if state is None:
+            state = self.blobs[digest] = BlobState(digest, self.world.layouts[digest])
+        return state
+
+    def request_blob(self, digest: str, then: Callable[[float], None]) -> None:
+        """A client asks for the blob: `then(time)` once this node holds all of it."""
+        state = self.state(digest)
+        if state.complete:
+            then(self.world.queue.now)
+            return
+        state.waiters.append(then)
+        if not state.active:
+            fetch = state.fetch = SwarmFetch(self, state)
+            fetch.start()
+
+    def start_upstream(self, state: BlobState) -> None:
+        upstream = state.upstream = UpstreamFetch(self, state)
+        upstream.start()
+
+    def piece_stored(self, state: BlobState, index: int) -> None:
+        """A verified piece is on disk: those that sent us a Want hear of it (PieceMeta)."""
+        state.have.add(index)
+        if state.interested:
+            layout = state.layout
+            meta = PieceMeta(state.digest, layout.size, layout.piece_size, {index: b""})
+            self.send_many([Send(peer, meta) for peer in state.interested if peer in self.links])
+        if len(state.have) == state.layout.count and not state.complete:
+            state.complete = True
+            if state.fetch is not None:
+                state.fetch.end()
+            waiters, state.waiters = state.waiters, []
+            for then in waiters:
+                then(self.world.queue.now)
+
+    @property
+    def source_limit(self) -> int | None:
+        return PEERS_WHILE_OWNING if self.upstream_fetches else None
+
+    def upstream_started(self) -> None:
+        self.upstream_fetches += 1
+        self._set_source_limits()
+
+    def upstream_ended(self) -> None:
+        self.upstream_fetches -= 1
+        self._set_source_limits()
+
+    def _set_source_limits(self) -> None:
+        limit = self.source_limit
+        for state in self.blobs.values():
+            if state.fetch is not None:
+                state.fetch.picker.source_limit = limit
+
+
+_HANDLERS: dict[type, Callable[[SimNode, bytes, Any], None]] = {
+    Want: SimNode._on_want,
+    PieceMeta: SimNode._on_piece_meta,
+    PeersRequest: SimNode._on_peers_request,
+    Peers: SimNode._on_peers,
+    Bitfield: SimNode._on_bitfield,
+    Have: SimNode._on_have,
+    Request: SimNode._on_request,
+    Cancel: SimNode._on_cancel,
+    Reject: SimNode._on_reject,
+    Choke: SimNode._on_choke,
+    Unchoke: SimNode._on_choke,
+    MembersSync: SimNode._on_members,
+}

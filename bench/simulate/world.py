@@ -1,0 +1,356 @@
+"""A whole simulated run: the hosts, the origin, message delivery, deaths, joins, the end.
+
+Time 0 is the moment every client starts its pull, on a cluster whose membership has
+converged (what the testbed waits for). Every node gets its own `random.Random`, seeded from
+the run's seed and its index; the world has one more, for choosing whom to kill. With the same
+configuration and seed the run is the same, event for event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from bench.bound import t_min
+from bench.simulate.clients import SKOPEO_PARALLEL, Client
+from bench.simulate.events import EventQueue
+from bench.simulate.image import Blob, image_blobs, plain_layer_sizes
+from bench.simulate.network import Flow, Network
+from bench.simulate.node import MembersSync, SimNode
+from peer.cluster.membership import Address, Message
+from peer.cluster.rendezvous import owner_order
+from peer.swarm.actions import Send
+from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout
+from wire.events import Event
+
+MBIT = 1_000_000 // 8
+PEER_PORT = 65002
+CHECK_EVERY = 4096  # events between looks at the wall clock (progress, --max-wall)
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """At `at` seconds, kill `count` random live nodes, or (`owner`) the node that owns the
+    largest blob then."""
+
+    at: float
+    count: int = 1
+    owner: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """At `at` seconds, `count` new nodes start (joining through the first node) and pull."""
+
+    at: float
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Defaults: `pollen bench swarm --nodes 8 --size 224MiB --layers 3` (100 Mbit/s up and
+    down on every host, the origin's uplink too; loopback namespaces, no added latency)."""
+
+    nodes: int = 8
+    uplink: int = 100 * MBIT
+    downlink: int | None = 100 * MBIT
+    origin_up: int = 100 * MBIT
+    latency: float = 0.0  # one way, seconds
+    layer_sizes: tuple[int, ...] = tuple(plain_layer_sizes(224 * 2**20, 3))
+    piece_size: int = DEFAULT_PIECE_SIZE
+    parallel: int = SKOPEO_PARALLEL
+    seed: int = 0
+    rate_step: float = 0.05
+    max_time: float | None = None  # simulated seconds [default: 100 x T_min + 600]
+    max_wall: float | None = None  # wall seconds
+    kills: tuple[Kill, ...] = ()
+    joins: tuple[Join, ...] = ()
+    # What-if, not today's node: a Choke also refuses the choked peer's requests that wait for
+    # an upload slot (BitTorrent's rule). The real node serves them later.
+    choke_drops_queued: bool = False
+
+    def image_bytes(self) -> int:
+        return sum(b.size for b in image_blobs(list(self.layer_sizes)))
+
+    def bound(self) -> float:
+        n = self.nodes
+        return t_min(self.image_bytes(), self.origin_up, [self.uplink] * n, [self.downlink] * n)
+
+
+@dataclass
+class Stats:
+    """Counters of the whole run (all nodes together)."""
+
+    messages: int = 0
+    datagrams: int = 0
+    requests: int = 0
+    schedules: int = 0
+    schedules_skipped: int = 0
+    pieces_from_peers: int = 0
+    bytes_from_peers: int = 0
+    duplicate_bytes: int = 0  # piece bytes a node received and could not use
+    rejects_choked: int = 0
+    rejects_missing: int = 0
+    uploads_cancelled: int = 0
+    chokes: int = 0
+    upstream_requests: int = 0
+    upstream_fallbacks: int = 0
+    connects: int = 0
+    connects_failed: int = 0
+    syncs: int = 0
+    syncs_skipped: int = 0
+    member_suspected: int = 0  # a node came to suspect another (SWIM)
+    member_declared_dead: int = 0  # a node came to hold another dead
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Result:
+    config: SimConfig
+    blobs: list[Blob]
+    done: dict[str, float | None]  # node -> when it had the whole image (None: not done)
+    killed: dict[str, float]  # node -> when it was killed
+    joined: dict[str, float]  # node -> when it started (late joiners)
+    origin_bytes: int
+    stats: Stats
+    simulated_s: float
+    wall_s: float
+    stop: str  # done | max-time | max-wall | idle
+    events: int
+    rate_recomputations: int
+    most_flows: int
+
+
+def node_id(seed: int, index: int) -> bytes:
+    return hashlib.blake2b(f"pollen-sim/{seed}/{index}".encode(), digest_size=16).digest()
+
+
+class Simulation:
+    def __init__(self, config: SimConfig, progress: Callable[[str], None] | None = None) -> None:
+        if config.nodes < 1:
+            raise ValueError("at least one node")
+        self.config = config
+        self.progress = progress
+        self.queue = EventQueue()
+        self.latency = config.latency
+        self.stats = Stats()
+        self.blobs = image_blobs(list(config.layer_sizes))
+        self.layouts = {b.digest: PieceLayout(b.size, config.piece_size) for b in self.blobs}
+        # The origin is host 0; it sends only (its downlink carries requests: unshaped).
+        self.network = Network(self.queue, [float(config.origin_up)], [None], config.rate_step)
+        self.origin_host = 0
+        self.nodes: list[SimNode] = []
+        self.by_id: dict[bytes, SimNode] = {}
+        self.by_address: dict[Address, SimNode] = {}
+        self.clients: dict[str, Client] = {}
+        self.upstream_flows: list[Flow] = []
+        self.killed: dict[str, float] = {}
+        self.joined: dict[str, float] = {}
+        self.done_count = 0
+        self._orders: dict[tuple[str, frozenset[bytes]], list[bytes]] = {}
+        self._rng = random.Random(f"{config.seed}/world")
+        self._changes_left = len(config.kills) + len(config.joins)
+        self._wall_start = 0.0
+        self._last_progress = 0.0
+        initial = [self._new_node(()) for _ in range(config.nodes)]
+        seed = (initial[0].address,)
+        for node in initial[1:]:
+            # Joined through the first node, as the testbed's nodes do (`--join node1`).
+            node.membership.seeds = seed
+        for node in initial:
+            node.know(initial)
+        for node in initial:
+            self._start(node)
+        for kill in config.kills:
+            self.queue.at(kill.at, self._kill, kill)
+        for join in config.joins:
+            self.queue.at(join.at, self._join, join)
+
+    # ---- hosts -------------------------------------------------------------------------------
+
+    def _new_node(self, seeds: tuple[Address, ...]) -> SimNode:
+        index = len(self.nodes)
+        config = self.config
+        n = index + 1
+        address = (f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", PEER_PORT)
+        host = self.network.add_host(float(config.uplink), config.downlink)
+        rng = random.Random(f"{config.seed}/{index}")
+        node = SimNode(self, f"node{n}", node_id(config.seed, index), address, host, rng, seeds)
+        self.nodes.append(node)
+        self.by_id[node.node_id] = node
+        self.by_address[address] = node
+        return node
+
+    def _start(self, node: SimNode) -> None:
+        node.start()
+        client = Client(node, [b.digest for b in self.blobs], self.config.parallel, self._done)
+        self.clients[node.name] = client
+        client.start()
+
+    def _done(self, client: Client) -> None:
+        self.done_count += 1
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        if self._changes_left:
+            return
+        if all(c.done_at is not None or not c.node.alive for c in self.clients.values()):
+            self.queue.stop("done")
+
+    def _kill(self, kill: Kill) -> None:
+        self._changes_left -= 1
+        live = [n for n in self.nodes if n.alive]
+        if kill.owner:
+            largest = max(self.blobs, key=lambda b: b.size)
+            first = owner_order(largest.digest, [n.node_id for n in live])[0]
+            victims = [self.by_id[first]]
+        else:
+            victims = self._rng.sample(live, min(kill.count, len(live)))
+        for node in victims:
+            peers = list(node.links)
+            node.die()
+            self.killed[node.name] = self.queue.now
+            # Its links break at once: every peer notices now (SWIM takes longer).
+            for peer in peers:
+                self.by_id[peer].link_lost(node.node_id)
+        self._maybe_finished()
+
+    def _join(self, join: Join) -> None:
+        self._changes_left -= 1
+        seed = (self.nodes[0].address,)
+        for _ in range(join.count):
+            node = self._new_node(seed)
+            self.joined[node.name] = self.queue.now
+            self._start(node)
+
+    def link(self, a: SimNode, b: SimNode) -> None:
+        a.links[b.node_id] = None
+        b.links[a.node_id] = None
+
+    def owner_order(self, digest: str, ids: frozenset[bytes]) -> list[bytes]:
+        """Rendezvous order, shared by the nodes that see the same members (most of them)."""
+        key = (digest, ids)
+        order = self._orders.get(key)
+        if order is None:
+            if len(self._orders) > 4096:
+                self._orders.clear()  # views diverged for a while: start over
+            order = self._orders[key] = owner_order(digest, ids)
+        return order
+
+    # ---- delivery ----------------------------------------------------------------------------
+
+    def send(self, src: SimNode, peer: bytes, event: Event | MembersSync) -> None:
+        """A control message over the link: the latency, no bandwidth."""
+        if peer not in src.links:
+            return
+        self.stats.messages += 1
+        self.queue.post(self.queue.now + self.latency, self._deliver, (src, peer, event))
+
+    def _deliver(self, arg: tuple[SimNode, bytes, Event | MembersSync]) -> None:
+        src, peer, event = arg
+        dst = self.by_id[peer]
+        if dst.alive and src.node_id in dst.links:
+            dst.receive(src.node_id, event)
+
+    def send_many(self, src: SimNode, sends: list[Send]) -> None:
+        self.stats.messages += len(sends)
+        self.queue.post(self.queue.now + self.latency, self._deliver_many, (src, sends))
+
+    def _deliver_many(self, arg: tuple[SimNode, list[Send]]) -> None:
+        src, sends = arg
+        source = src.node_id
+        by_id = self.by_id
+        for send in sends:
+            dst = by_id[send.peer]
+            if dst.alive and source in dst.links:
+                dst.receive(source, send.event)
+
+    def deliver_piece(self, src: SimNode, peer: bytes, digest: str, index: int, n: int) -> None:
+        """The piece's last byte left `src`: it is there one latency later."""
+        self.queue.post(self.queue.now + self.latency, self._piece, (src, peer, digest, index, n))
+
+    def _piece(self, arg: tuple[SimNode, bytes, str, int, int]) -> None:
+        src, peer, digest, index, nbytes = arg
+        dst = self.by_id[peer]
+        if dst.alive:
+            dst.on_piece(src.node_id, digest, index, nbytes)
+
+    def datagram(self, src: SimNode, address: Address, message: Message) -> None:
+        target = self.by_address.get(address)
+        if target is None:
+            return
+        self.stats.datagrams += 1
+        self.queue.post(
+            self.queue.now + self.latency, self._datagram, (target, message, src.address)
+        )
+
+    def _datagram(self, arg: tuple[SimNode, Message, Address]) -> None:
+        target, message, source = arg
+        if target.alive:
+            target.receive_datagram(message, source)
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        config = self.config
+        limit = config.max_time
+        if limit is None:
+            limit = 100 * config.bound() + 600
+        self._wall_start = self._last_progress = time.monotonic()
+        stop = self.queue.run(limit, CHECK_EVERY, self._check)
+        if stop == "until":
+            stop = "max-time"
+        self._show(final=True)
+        wall = time.monotonic() - self._wall_start
+        done = {name: client.done_at for name, client in self.clients.items()}
+        return Result(
+            config=config,
+            blobs=self.blobs,
+            done=done,
+            killed=dict(self.killed),
+            joined=dict(self.joined),
+            origin_bytes=self.origin_bytes(),
+            stats=self.stats,
+            simulated_s=self.queue.now,
+            wall_s=wall,
+            stop=stop,
+            events=self.queue.processed,
+            rate_recomputations=self.network.recomputations,
+            most_flows=self.network.most_flows,
+        )
+
+    def origin_bytes(self) -> int:
+        """What the origin sent: every upstream flow's bytes, with the part of a transfer
+        under way (or cut off) when the run stopped."""
+        total = 0
+        now = self.queue.now
+        for flow in self.upstream_flows:
+            total += flow.sent
+            if flow.active and flow.rate:
+                left = max(0.0, flow.remaining - flow.rate * (now - flow.synced))
+                total += int(flow.size - left)
+        return total
+
+    def _check(self) -> None:
+        wall = time.monotonic()
+        max_wall = self.config.max_wall
+        if max_wall is not None and wall - self._wall_start > max_wall:
+            self.queue.stop("max-wall")
+        if wall - self._last_progress > 0.5:
+            self._last_progress = wall
+            self._show(final=False)
+
+    def _show(self, final: bool) -> None:
+        if self.progress is None:
+            return
+        live = sum(1 for n in self.nodes if n.alive)
+        wall = time.monotonic() - self._wall_start
+        self.progress(
+            f"simulated {self.queue.now:7.1f}s  {self.done_count}/{live} nodes done  "
+            f"wall {wall:6.1f}s  events {self.queue.processed:,}" + ("\n" if final else "")
+        )

@@ -1,0 +1,174 @@
+"""Whole simulated runs: small clusters with the real membership, picker and choker.
+
+No wall-clock time is asserted: only what the simulated clock and the counters say."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.simulate.cli import simulate
+from bench.simulate.image import plain_layer_sizes
+from bench.simulate.report import document, summarize
+from bench.simulate.world import MBIT, Join, Kill, Result, SimConfig, Simulation
+from peer.cluster.membership import Status
+
+MiB = 2**20
+SMALL = tuple(plain_layer_sizes(48 * MiB, 3))  # 3 layers of 4 pieces each (and a config)
+
+
+def run(**settings: object) -> Result:
+    return Simulation(SimConfig(**settings)).run()  # type: ignore[arg-type]
+
+
+def check_complete(result: Result) -> list[float]:
+    """Every node that was not killed is done; the times, sorted."""
+    survivors = {n: t for n, t in result.done.items() if n not in result.killed}
+    assert result.stop == "done"
+    assert all(t is not None for t in survivors.values()), survivors
+    return sorted(t for t in survivors.values() if t is not None)
+
+
+@pytest.mark.parametrize("nodes", [2, 8])
+def test_every_node_finishes_no_faster_than_the_bound_and_the_origin_sends_the_image_once(
+    nodes: int,
+) -> None:
+    config = SimConfig(nodes=nodes, layer_sizes=SMALL)
+    result = Simulation(config).run()
+    times = check_complete(result)
+    assert len(times) == nodes
+    # Every blob left the origin exactly once: its owner fetched it, the others took it from
+    # the swarm.
+    assert result.origin_bytes == config.image_bytes()
+    assert result.stats.upstream_requests == len(result.blobs)
+    bound = config.bound()
+    assert times[-1] >= bound  # nothing beats T_min
+    assert times[-1] <= 5 * bound  # and the swarm is not absurdly slow
+    s = summarize(result)
+    assert s["hosts_done"] == nodes and s["origin_payload_over_image"] == 1.0
+
+
+def test_the_default_run_is_the_testbeds_setting() -> None:
+    config = SimConfig()
+    assert (config.nodes, config.uplink, config.downlink) == (8, 100 * MBIT, 100 * MBIT)
+    assert config.origin_up == config.uplink and config.latency == 0
+    assert sum(config.layer_sizes) == pytest.approx(224 * MiB, rel=1e-3)
+    result = Simulation(config).run()
+    times = check_complete(result)
+    assert config.bound() <= times[-1] <= 4 * config.bound()
+    assert result.origin_bytes == config.image_bytes()
+
+
+def test_same_seed_same_document_other_seed_other_schedule() -> None:
+    def doc(seed: int) -> str:
+        result = run(nodes=6, layer_sizes=SMALL, seed=seed, latency=0.002)
+        return json.dumps(document(result, summarize(result)), sort_keys=True)
+
+    first = doc(1)
+    assert doc(1) == first
+    other = json.loads(doc(2))
+    assert (
+        other["results"][0]["per_host_done_s"] != json.loads(first)["results"][0]["per_host_done_s"]
+    )
+
+
+def test_the_same_seed_gives_the_same_file_in_other_processes(tmp_path: Path) -> None:
+    # Other PYTHONHASHSEEDs: nothing may depend on the order of a set of node ids.
+    files = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run-{hash_seed}.json"
+        argv = [
+            sys.executable, "-m", "peer.cli", "bench", "simulate", "--quiet",
+            "--nodes", "6", "--size", "48MiB", "--latency", "1", "--seed", "5",
+            "--kill", "1@3", "--json", str(out),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(argv, check=True, capture_output=True, timeout=120, env=env)
+        files.append(out.read_text())
+    assert files[0] == files[1]
+
+
+def test_survivors_finish_when_the_owner_of_the_largest_blob_dies_mid_run() -> None:
+    layers = (20 * MiB, 40 * MiB)
+    config = SimConfig(nodes=8, layer_sizes=layers, latency=0.001, kills=(Kill(2.0, owner=True),))
+    result = Simulation(config).run()
+    assert len(result.killed) == 1
+    times = check_complete(result)
+    assert len(times) == 7
+    # The next owner took over: the origin sent what nobody held yet again, not whole blobs
+    # for every node.
+    assert config.image_bytes() <= result.origin_bytes < 2 * config.image_bytes()
+
+
+def test_survivors_finish_when_random_nodes_die_and_new_ones_join() -> None:
+    config = SimConfig(
+        nodes=12,
+        layer_sizes=SMALL,
+        latency=0.002,
+        kills=(Kill(1.5, count=3),),
+        joins=(Join(2.0, count=2),),
+    )
+    result = Simulation(config).run()
+    assert len(result.killed) == 3 and len(result.joined) == 2
+    times = check_complete(result)
+    assert len(times) == 12 - 3 + 2
+
+
+def test_a_run_stopped_early_says_how_far_it_got() -> None:
+    result = run(nodes=4, layer_sizes=SMALL, max_time=1.0)
+    assert result.stop == "max-time" and result.simulated_s == 1.0
+    s = summarize(result)
+    assert s["last_done_s"] is None and s["hosts_done"] < 4
+    stopped = run(max_wall=0.0)  # stops at its first look at the clock, mid-run
+    assert stopped.stop == "max-wall"
+
+
+def test_the_cli_writes_the_table_json_and_chart(tmp_path: Path) -> None:
+    json_path, chart = tmp_path / "r.json", tmp_path / "r.png"
+    result = CliRunner().invoke(
+        simulate,
+        ["--nodes", "4", "--size", "32MiB", "--layers", "2", "--quiet",
+         "--json", str(json_path), "--chart", str(chart)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "T_min" in result.output and "4/4" in result.output
+    doc = json.loads(json_path.read_text())
+    assert doc["nodes"] == 4 and doc["stop"] == "done"
+    assert doc["results"][0]["hosts_done"] == 4
+    assert doc["results"][0]["last_done_s"] >= doc["t_min_s"]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cli_refuses_bad_events() -> None:
+    result = CliRunner().invoke(simulate, ["--kill", "soon"])
+    assert result.exit_code != 0 and "COUNT@SECONDS" in result.output
+
+
+def test_swim_declares_a_killed_node_dead_everywhere_and_no_live_one() -> None:
+    # The join at 30 s keeps the run going past SWIM's detection bound for 6 nodes (21 s).
+    config = SimConfig(nodes=6, layer_sizes=SMALL, kills=(Kill(0.5),), joins=(Join(30.0),))
+    sim = Simulation(config)
+    result = sim.run()
+    check_complete(result)
+    (dead,) = [n for n in sim.nodes if not n.alive]
+    live = [n for n in sim.nodes if n.alive]
+    for node in live[:5]:  # the initial survivors; the newcomer may never have heard of it
+        assert node.membership.members[dead.node_id].status is Status.DEAD
+    for node in live:
+        for other in live:
+            member = node.membership.members.get(other.node_id)
+            assert member is None or member.status is not Status.DEAD
+
+
+def test_the_what_if_choke_rule_refuses_queued_requests_of_choked_peers() -> None:
+    today = run(nodes=30, layer_sizes=SMALL)
+    what_if = run(nodes=30, layer_sizes=SMALL, choke_drops_queued=True)
+    check_complete(today)
+    check_complete(what_if)
+    assert what_if.stats.rejects_choked > today.stats.rejects_choked
