@@ -181,12 +181,6 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a PNG chart of completion times against T_min here.",
 )
-@click.option(
-    "--choke-drops-queued",
-    is_flag=True,
-    help="What-if, not today's node: a Choke also refuses the choked peer's requests still "
-    "waiting for an upload slot (BitTorrent's rule).",
-)
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 def simulate(
     nodes: int,
@@ -207,7 +201,6 @@ def simulate(
     max_wall: float | None,
     json_path: Path | None,
     chart_path: Path | None,
-    choke_drops_queued: bool,
     quiet: bool,
 ) -> None:
     """Simulate N hosts pulling one image through pollen, on a modelled network.
@@ -246,7 +239,6 @@ def simulate(
         max_wall=max_wall,
         kills=tuple(kills),
         joins=tuple(joins),
-        choke_drops_queued=choke_drops_queued,
     )
     bound = config.bound()
     click.echo(

@@ -417,9 +417,6 @@ class SimNode:
         choked = [s.peer for s in sends if isinstance(s.event, Choke)]
         self.world.stats.chokes += len(choked)
         self.send_many(sends)
-        if self.world.config.choke_drops_queued:
-            for peer in choked:
-                self.uploader.drop_waiting(peer)
         queue.at(self.choker.next_deadline(), self._rechoke)
 
     # ---- blobs -------------------------------------------------------------------------------

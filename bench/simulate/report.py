@@ -90,7 +90,6 @@ def document(result: Result, s: dict[str, Any]) -> dict[str, Any]:
         "max_time_s": config.max_time,
         "kills": [asdict(k) for k in config.kills],
         "joins": [asdict(j) for j in config.joins],
-        "choke_drops_queued": config.choke_drops_queued,
         "image_bytes": sum(b.size for b in result.blobs),
         "blobs": [asdict(b) for b in result.blobs],
         "layers": [b.size for b in result.blobs if b.kind == "layer"],

@@ -1,7 +1,8 @@
 """A node's uploads: UPLOAD_SLOTS pieces served at once, one piece at a time per link.
 
-As in the real node: a Request from a choked peer is answered with a Reject at once; the others
-wait for one of the node's upload slots (first come, first served, like trio's semaphore), then
+As in the real node: a Request from a choked peer is answered with a Reject at once (and so is
+one whose peer was choked while it waited for a slot); the others wait for one of the node's
+upload slots (first come, first served, like trio's semaphore), then
 for their link, which sends one piece after the other in the order they got their slot (the
 link's send lock). A slot is held from when it is granted until the piece has been sent, also
 while the piece waits behind others on its link. A Cancel that arrives before the piece starts
@@ -108,6 +109,10 @@ class Uploader:
         if request.cancelled:
             self.refuse(request, "cancelled")
             return False
+        if request.peer in self.node.choker.choked:
+            # As the node (peer/swarm/uploads.py): choked while it waited for a slot.
+            self.refuse(request, "choked")
+            return False
         state = self.node.blobs.get(request.digest)
         if state is None or request.index not in state.have:
             self.refuse(request, "missing")
@@ -129,6 +134,8 @@ class Uploader:
         stats = self.node.world.stats
         if reason == "cancelled":
             stats.uploads_cancelled += 1
+        elif reason == "choked":
+            stats.rejects_choked += 1
         else:
             stats.rejects_missing += 1
         self.node.send(request.peer, Reject(request.digest, request.index, reason))
@@ -144,19 +151,6 @@ class Uploader:
         key = (request.digest, request.index)
         if requests is not None and requests.get(key) is request:
             del requests[key]
-
-    def drop_waiting(self, peer: bytes) -> None:
-        """What-if (not the real node): a Choke also refuses the choked peer's requests that
-        still wait for a slot, as BitTorrent does, instead of serving them later."""
-        requests = self.open.get(peer)
-        if not requests:
-            return
-        for key, request in list(requests.items()):
-            if not request.granted and not request.gone:
-                request.gone = True  # skipped when its turn comes
-                del requests[key]
-                self.node.world.stats.rejects_choked += 1
-                self.node.send(peer, Reject(request.digest, request.index, "choked"))
 
     def link_lost(self, peer: bytes) -> None:
         """The link to `peer` is gone: what it asked for is dropped, slots are freed."""

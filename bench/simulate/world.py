@@ -70,7 +70,6 @@ class SimConfig:
     joins: tuple[Join, ...] = ()
     # What-if, not today's node: a Choke also refuses the choked peer's requests that wait for
     # an upload slot (BitTorrent's rule). The real node serves them later.
-    choke_drops_queued: bool = False
 
     def image_bytes(self) -> int:
         return sum(b.size for b in image_blobs(list(self.layer_sizes)))

@@ -1,7 +1,8 @@
 """Serving other nodes' Requests: the choker's gate, the access check, an upload slot, sendfile.
 
 A request waits for one of UPLOAD_SLOTS slots and the upload rate cap; a request the peer
-cancelled meanwhile goes out as a Reject instead of megabytes nobody wants any more.
+cancelled meanwhile, or whose peer was choked meanwhile, goes out as a Reject instead of
+megabytes nobody wants any more.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Uploads:
         counters: UploadCounters,
         upload_limit: RateLimiter,
         piece_size_of: Callable[[str], int],
+        slots: int = UPLOAD_SLOTS,
     ) -> None:
         self._store = store
         self._choker = choker
@@ -44,7 +46,7 @@ class Uploads:
         self._counters = counters
         self._limit = upload_limit
         self._piece_size_of = piece_size_of  # the piece size a blob is cut to here
-        self._slots = trio.Semaphore(UPLOAD_SLOTS)
+        self._slots = trio.Semaphore(slots)
 
     async def serve(self, link: PeerLink, request: Request) -> None:
         digest, index = request.digest, request.index
@@ -55,6 +57,14 @@ class Uploads:
             await _reject(link, Reject(digest, index, "denied"))
             return
         async with self._slots:
+            if link.peer_id in self._choker.choked:
+                # Choked while it waited for a slot (BitTorrent's rule: a choke also refuses
+                # what is queued). Served anyway, the queue of every peer that ever asked
+                # would keep the slots, and choking would decide nothing: in the simulator
+                # a rollout's last host took 9.6 x T_min at 100 nodes with queues served,
+                # 3.3 x with them refused.
+                await _reject(link, Reject(digest, index, "choked"))
+                return
             if (digest, index) in link.cancelled:
                 # Cancelled while waiting for an upload slot.
                 await _reject(link, Reject(digest, index, "cancelled"))

@@ -166,9 +166,9 @@ def test_swim_declares_a_killed_node_dead_everywhere_and_no_live_one() -> None:
             assert member is None or member.status is not Status.DEAD
 
 
-def test_the_what_if_choke_rule_refuses_queued_requests_of_choked_peers() -> None:
-    today = run(nodes=30, layer_sizes=SMALL)
-    what_if = run(nodes=30, layer_sizes=SMALL, choke_drops_queued=True)
-    check_complete(today)
-    check_complete(what_if)
-    assert what_if.stats.rejects_choked > today.stats.rejects_choked
+def test_queued_requests_of_a_choked_peer_are_refused_and_everyone_still_finishes() -> None:
+    """More requesters than upload slots: rechokes choke some while their requests wait for a
+    slot; those get a Reject (as in the node) and are asked elsewhere."""
+    result = run(nodes=30, layer_sizes=SMALL)
+    check_complete(result)
+    assert result.stats.chokes > 0 and result.stats.rejects_choked > 0

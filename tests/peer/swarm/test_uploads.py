@@ -1,0 +1,105 @@
+"""The upload side on its own: a choke refuses what is still queued (no sockets)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from peer.rate_limit import RateLimiter
+from peer.swarm.choker import Choker
+from peer.swarm.uploads import Uploads
+from wire.events import Event, FileRange, Piece, Reject, Request
+
+DIGEST = "sha256:" + "b" * 64
+
+
+@dataclass
+class Counters:
+    bytes_to_peers: int = 0
+    pieces_to_peers: int = 0
+    uploads_cancelled: int = 0
+
+
+@dataclass(eq=False)
+class Link:
+    """A PeerLink stand-in (hence the ignores where it is passed): records what is sent; a
+    Piece waits until `release` is set, holding its upload slot meanwhile."""
+
+    peer_id: bytes
+    release: trio.Event = field(default_factory=trio.Event)
+    sent: list[Event] = field(default_factory=list)
+    cancelled: set[tuple[str, int]] = field(default_factory=set)
+
+    async def send(self, event: Event) -> bool:
+        if isinstance(event, Piece):
+            await self.release.wait()
+        self.sent.append(event)
+        return True
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.write_bytes(os.urandom(1000))
+        self.path = path
+
+    def open_piece_sync(self, digest: str, index: int, piece_size: int) -> tuple[int, int, int]:
+        return os.open(self.path, os.O_RDONLY), 0, 1000
+
+
+class Grants:
+    async def may_have_pieces(self, peer: bytes, digest: str) -> bool:
+        return True
+
+
+async def test_a_peer_choked_while_its_request_waits_for_a_slot_gets_a_reject(
+    tmp_path: Path,
+) -> None:
+    choker = Choker(random.Random(1), 0.0)
+    counters = Counters()
+    uploads = Uploads(
+        Store(tmp_path / "blob"),  # type: ignore[arg-type]
+        choker,
+        Grants(),  # type: ignore[arg-type]
+        counters,
+        RateLimiter(None),
+        lambda _digest: 1000,
+        slots=1,
+    )
+    first, second = Link(b"A" * 16), Link(b"B" * 16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, second, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        choker.choked.add(second.peer_id)  # a rechoke meanwhile
+        first.release.set()
+    assert [type(e) for e in first.sent] == [Piece]
+    assert second.sent == [Reject(DIGEST, 0, "choked")]
+    assert counters.pieces_to_peers == 1
+
+
+async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
+    uploads = Uploads(
+        Store(tmp_path / "blob"),  # type: ignore[arg-type]
+        Choker(random.Random(1), 0.0),
+        Grants(),  # type: ignore[arg-type]
+        Counters(),
+        RateLimiter(None),
+        lambda _digest: 1000,
+        slots=1,
+    )
+    first, second = Link(b"A" * 16), Link(b"B" * 16)
+    second.release.set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, second, Request(DIGEST, 1))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        first.release.set()
+    assert len(second.sent) == 1 and isinstance(second.sent[0], Piece)
+    assert isinstance(second.sent[0].data, FileRange)
