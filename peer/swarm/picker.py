@@ -222,41 +222,45 @@ class PiecePicker:
 
     def schedule(self, now: float) -> list[Send]:
         """Give every peer with free request slots its next pieces."""
+        # Most calls find every queue full: answer those before any per-piece work.
+        ready = [
+            peer
+            for peer, state in self._peers.items()
+            if not state.choking and len(state.asked) < self.queue_depth(peer)
+        ]
+        if not ready:
+            return []
         wanted = self._missing - self._storing
         if not wanted:
             return []
         window = set(heapq.nsmallest(WINDOW, wanted))
         random_first = self.layout.count - len(self._missing) < RANDOM_FIRST
-        endgame = all(i in self._inflight for i in wanted)
-        sources = {p for p, s in self._peers.items() if s.asked}
-        order = list(self._peers)
-        self.rng.shuffle(order)  # no peer is always served first
+        endgame: bool | None = None  # every wanted piece asked for: worked out when needed
+        limit = self.source_limit
+        sources = {p for p, s in self._peers.items() if s.asked} if limit is not None else set()
+        self.rng.shuffle(ready)  # no peer is always served first
         sends: list[Send] = []
-        for peer in order:
+        for peer in ready:
             state = self._peers[peer]
-            if state.choking:
-                continue
-            limit = self.source_limit
             if limit is not None and peer not in sources and len(sources) >= limit:
                 continue
             slots = self.queue_depth(peer) - len(state.asked)
-            if slots <= 0:
-                continue
-            if endgame:
-                picks = self._endgame_picks(peer, state, wanted, slots, now)
-            else:
+            picks: list[int] = []
+            if not endgame:
                 picks = self._fresh_picks(state, wanted, window, random_first, slots)
-                endgame = not picks and all(i in self._inflight for i in wanted)
+            if not picks:
+                if endgame is None:
+                    endgame = all(i in self._inflight for i in wanted)
                 if endgame:
                     picks = self._endgame_picks(peer, state, wanted, slots, now)
             if picks:
                 sources.add(peer)
+                if endgame is False:
+                    endgame = None  # these requests may have made it the endgame: look again
             for index in picks:
                 self._inflight.setdefault(index, set()).add(peer)
                 state.asked[index] = now
                 sends.append(Send(peer, Request(self.digest, index)))
-            if not endgame:
-                endgame = all(i in self._inflight for i in wanted)
         return sends
 
     def next_deadline(self) -> float | None:
