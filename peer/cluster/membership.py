@@ -152,6 +152,9 @@ class Membership:
         self._join_at: float | None = 0.0 if self.seeds else None
         self._join_backoff = self.config.join_retry_min
         self.events: list[tuple[bytes, Status]] = []  # changes seen, for the driver's log
+        # Kept beside `members` so that the timers look at suspects only, not at every member
+        # (a tick per probe period over thousands of members adds up in the simulator).
+        self._suspects: set[bytes] = set()
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -179,11 +182,9 @@ class Membership:
                     else self.config.probe_timeout
                 )
             )
-        deadlines += [
-            m.since + self._suspicion_timeout()
-            for m in self.members.values()
-            if m.status is Status.SUSPECT
-        ]
+        if self._suspects:
+            timeout = self._suspicion_timeout()
+            deadlines += [self.members[n].since + timeout for n in self._suspects]
         return min(deadlines) if deadlines else None
 
     # ---- state sync (the driver does the TCP part) -------------------------------------
@@ -246,8 +247,8 @@ class Membership:
                     Update(target.node_id, target.address, target.incarnation, Status.SUSPECT), now
                 )
                 self._probe = None
-        for member in list(self.members.values()):
-            if member.status is Status.SUSPECT and now >= member.since + self._suspicion_timeout():
+        for member in [self.members[n] for n in self._suspects]:
+            if now >= member.since + self._suspicion_timeout():
                 self._apply(
                     Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
                 )
@@ -277,12 +278,14 @@ class Membership:
         if self._probe is not None and not self._probe.acked:
             return  # the previous probe is still deciding (suspect at period end)
         self._probe = None
-        candidates = [m for m in self.members.values() if m.status is not Status.DEAD]
-        if not candidates:
-            return
         while True:
             if not self._probe_order:
-                self._probe_order = [m.node_id for m in candidates]
+                # A new round over the members in a new random order (SWIM's round robin).
+                self._probe_order = [
+                    m.node_id for m in self.members.values() if m.status is not Status.DEAD
+                ]
+                if not self._probe_order:
+                    return
                 self.rng.shuffle(self._probe_order)
             target = self.members.get(self._probe_order.pop())
             if target is not None and target.status is not Status.DEAD:
@@ -340,6 +343,10 @@ class Membership:
             if changed:
                 member.since = now
             member.status = update.status
+        if member.status is Status.SUSPECT:
+            self._suspects.add(member.node_id)
+        else:
+            self._suspects.discard(member.node_id)
         if changed:
             self.events.append((update.node_id, update.status))
         self._gossip_update(update)
