@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -193,15 +194,16 @@ class SwarmFetch:
             self.swarm.listen(self.state, partial)
         elif self.partial.layout.size != meta.size:
             raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
-        self._owner_meta(link.peer_id)
+        self._owner_meta(link.peer_id, self._owner_pieces)
 
-    def _owner_meta(self, owner: bytes) -> None:
+    def _owner_meta(self, owner: bytes, indices: Iterable[int]) -> None:
         """The owner holds every piece whose hash it sent (it hashes what it has)."""
         picker = self.picker
         assert picker is not None
-        picker.hashes(self.hashes)
+        indices = list(indices)
+        picker.hashes(indices)
         self._add_peer(owner)
-        for index in self._owner_pieces:
+        for index in indices:
             picker.have(owner, index)
 
     def _add_peer(self, peer_id: bytes) -> None:
@@ -362,7 +364,7 @@ class SwarmFetch:
                     self.hashes.update(event.hashes)
                     self._owner_pieces.update(event.hashes)
                     if picker is not None:
-                        self._owner_meta(link.peer_id)
+                        self._owner_meta(link.peer_id, event.hashes)
                 if self._meta is None:
                     self._meta = event
         elif picker is None:

@@ -48,6 +48,7 @@ class _Peer:
     available: set[int] = field(default_factory=set)
     choking: bool = False  # it choked us: do not ask
     rate: float | None = None  # bytes/s it delivers to us (EWMA)
+    depth: int = START_REQUESTS  # requests to keep in flight at it (from `rate`)
     asked: dict[int, float] = field(default_factory=dict)  # piece -> when we asked it
 
 
@@ -120,10 +121,7 @@ class PiecePicker:
     def queue_depth(self, peer: bytes) -> int:
         """Requests to keep in flight at `peer`: QUEUE_SECONDS of its measured rate."""
         state = self._peers.get(peer)
-        if state is None or state.rate is None:
-            return START_REQUESTS
-        pieces = int(state.rate * QUEUE_SECONDS / self.layout.piece_size) + 1
-        return max(MIN_REQUESTS, min(MAX_REQUESTS, pieces))
+        return state.depth if state is not None else START_REQUESTS
 
     # ---- events from peers ---------------------------------------------------------------
 
@@ -191,6 +189,8 @@ class PiecePicker:
             sample = queued * length / max(now - asked_at, 1e-3)
             old = state.rate
             state.rate = sample if old is None else (1 - RATE_WEIGHT) * old + RATE_WEIGHT * sample
+            pieces = int(state.rate * QUEUE_SECONDS / self.layout.piece_size) + 1
+            state.depth = max(MIN_REQUESTS, min(MAX_REQUESTS, pieces))
         self._settle(index, peer)
         if index not in self._missing or index in self._storing:
             return False
@@ -226,7 +226,7 @@ class PiecePicker:
         ready = [
             peer
             for peer, state in self._peers.items()
-            if not state.choking and len(state.asked) < self.queue_depth(peer)
+            if not state.choking and len(state.asked) < state.depth
         ]
         if not ready:
             return []
@@ -244,7 +244,7 @@ class PiecePicker:
             state = self._peers[peer]
             if limit is not None and peer not in sources and len(sources) >= limit:
                 continue
-            slots = self.queue_depth(peer) - len(state.asked)
+            slots = state.depth - len(state.asked)
             picks: list[int] = []
             if not endgame:
                 picks = self._fresh_picks(state, wanted, window, random_first, slots)
