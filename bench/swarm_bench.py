@@ -19,22 +19,13 @@ import click
 
 from bench.bound import t_min
 from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
+from bench.rate_options import downlink_rate, mbit_text, rate_option
 from bench.rollout import Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
-from peer.sizes import format_size, parse_rate, parse_size
+from peer.sizes import format_size, parse_size
 
 CONTENDERS = ("direct", "pollen", "bittorrent")
-
-
-def _rate(_ctx: click.Context, _param: click.Parameter | None, value: str | None) -> int | None:
-    """A rate option: bytes per second, or None for `none` (unshaped)."""
-    if value is None or value == "none":
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=_param) from exc
 
 
 def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
@@ -78,7 +69,7 @@ def _progress(enabled: bool) -> Any:
     "--uplink",
     default="100mbit",
     show_default=True,
-    callback=_rate,
+    callback=rate_option,
     help="Each node host's upload rate (tc tbf), e.g. 100mbit, 1gbit, 20MB/s.",
 )
 @click.option(
@@ -87,7 +78,7 @@ def _progress(enabled: bool) -> Any:
 @click.option(
     "--origin-uplink",
     default=None,
-    callback=_rate,
+    callback=rate_option,
     help="The origin's upload rate [default: the uplink].",
 )
 @click.option("--rtt", type=float, help="Round-trip time in ms between hosts (needs netem).")
@@ -207,7 +198,7 @@ def swarm(
         nodes, size, layers, profile, scale = 4, "32MiB", 2, profile, min(scale, 0.05)
     if uplink is None:
         raise click.BadParameter("the uplink must be shaped", param_hint="--uplink")
-    down = uplink if downlink is None else _rate(click.get_current_context(), None, downlink)
+    down = downlink_rate(downlink, uplink)
     origin_up = origin_uplink or uplink
     temporary = workdir is None
     root = Path(tempfile.mkdtemp(prefix="pollen-bench-swarm-")) if workdir is None else workdir
@@ -300,8 +291,8 @@ def _run(
     default_limit = max(10 * bound, 2 * nodes * image.total_size / origin_up) + 60
     limit = timeout if timeout is not None else default_limit
     click.echo(
-        f"{nodes} hosts, uplink {_rate_text(uplink)}, downlink "
-        f"{_rate_text(downlink) if downlink else 'unshaped'}, origin {_rate_text(origin_up)}; "
+        f"{nodes} hosts, uplink {mbit_text(uplink)}, downlink "
+        f"{mbit_text(downlink) if downlink else 'unshaped'}, origin {mbit_text(origin_up)}; "
         f"image {format_size(image.total_size)} in {len(image.layers)} layers, "
         f"{format_size(new_bytes)} new to the hosts; T_min {bound:.3g}s"
     )
@@ -355,7 +346,3 @@ def _run(
         "t_min_s": round(bound, 3),
         "results": summaries,
     }
-
-
-def _rate_text(rate: int) -> str:
-    return f"{rate * 8 / 1e6:g} Mbit/s"

@@ -9,22 +9,14 @@ from pathlib import Path
 
 import click
 
+from bench.rate_options import downlink_rate, mbit_text, rate_option
 from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
 from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
-from peer.sizes import format_size, parse_rate, parse_size
+from peer.sizes import format_size, parse_size
 
 _EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")
-
-
-def _rate(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None or value == "none":
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from exc
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -92,7 +84,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     "--uplink",
     default="100mbit",
     show_default=True,
-    callback=_rate,
+    callback=rate_option,
     help="Each host's upload rate, e.g. 100mbit, 1gbit, 20MB/s.",
 )
 @click.option(
@@ -103,7 +95,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 @click.option(
     "--origin-up",
     default=None,
-    callback=_rate,
+    callback=rate_option,
     help="The origin's (the registry's host) upload rate [default: the uplink].",
 )
 @click.option(
@@ -222,7 +214,7 @@ def simulate(
         raise click.BadParameter(
             "--nodes, --layers, --parallel >= 1; --rate-step > 0; --latency >= 0"
         )
-    down = _downlink(downlink, uplink)
+    down = downlink_rate(downlink, uplink)
     sizes = layer_sizes if layer_sizes else plain_layer_sizes(size, layers)
     config = SimConfig(
         nodes=nodes,
@@ -242,8 +234,8 @@ def simulate(
     )
     bound = config.bound()
     click.echo(
-        f"{nodes} hosts, uplink {_mbit(uplink)}, downlink "
-        f"{_mbit(down) if down else 'unshaped'}, origin {_mbit(config.origin_up)}, "
+        f"{nodes} hosts, uplink {mbit_text(uplink)}, downlink "
+        f"{mbit_text(down) if down else 'unshaped'}, origin {mbit_text(config.origin_up)}, "
         f"latency {latency:g} ms; image {format_size(config.image_bytes())} in "
         f"{len(sizes)} layers + config; T_min {bound:.3g}s"
     )
@@ -257,19 +249,3 @@ def simulate(
         + (f"; joined {len(result.joined)}" if result.joined else "")
     )
     write_outputs(result, s, json_path, chart_path)
-
-
-def _downlink(value: str | None, uplink: int) -> int | None:
-    """--downlink: the uplink when not given, None (unshaped) for `none`, else a rate."""
-    if value is None:
-        return uplink
-    if value == "none":
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--downlink") from exc
-
-
-def _mbit(rate: int) -> str:
-    return f"{rate * 8 / 1e6:g} Mbit/s"

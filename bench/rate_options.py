@@ -1,0 +1,34 @@
+"""Link rates on the command line of `bench swarm` and `bench simulate`: parsed and shown the
+same way in both, so a testbed run and its simulation take the same words."""
+
+from __future__ import annotations
+
+import click
+
+from peer.sizes import parse_rate
+
+
+def rate_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A click callback: bytes per second, or None for `none` (unshaped) or no value."""
+    if value is None or value == "none":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def downlink_rate(value: str | None, uplink: int) -> int | None:
+    """--downlink: the uplink when not given, None (unshaped) for `none`, else a rate."""
+    if value is None:
+        return uplink
+    if value == "none":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--downlink") from exc
+
+
+def mbit_text(rate: int) -> str:
+    return f"{rate * 8 / 1e6:g} Mbit/s"
