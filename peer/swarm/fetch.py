@@ -67,7 +67,6 @@ class SwarmFetch:
     owner: bytes | None = None
     partial: PartialBlob | None = None
     picker: PiecePicker | None = None
-    linked: set[bytes] = field(default_factory=set)  # peers this fetch exchanges pieces with
     # peer -> when our client's credentials (Access) last went to it
     access_sent: dict[bytes, float] = field(default_factory=dict)
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
@@ -80,6 +79,11 @@ class SwarmFetch:
     @property
     def digest(self) -> str:
         return self.download.digest
+
+    @property
+    def linked(self) -> set[bytes]:
+        """The peers this fetch exchanges pieces with (the picker's: none before it exists)."""
+        return set(self.picker.peers) if self.picker is not None else set()
 
     async def run(self) -> None:
         while True:
@@ -207,7 +211,6 @@ class SwarmFetch:
             picker.have(owner, index)
 
     def _add_peer(self, peer_id: bytes) -> None:
-        self.linked.add(peer_id)
         if self.picker is not None:
             self.picker.add_peer(peer_id)
 
@@ -400,7 +403,6 @@ class SwarmFetch:
         self._poke()
 
     def _lost(self, peer_id: bytes) -> None:
-        self.linked.discard(peer_id)
         self.access_sent.pop(peer_id, None)  # a new link starts without our credentials
         if self.picker is not None:
             self.picker.lost(peer_id)
@@ -411,7 +413,8 @@ class SwarmFetch:
         if partial is None:
             return
         for peer_id, _host, _port in event.peers:
-            if len(self.linked) >= MAX_PEERS + 1 or peer_id in self.linked:
+            linked = self.linked
+            if len(linked) >= MAX_PEERS + 1 or peer_id in linked:
                 continue
             if peer_id == swarm.node_id or swarm.is_banned(peer_id):
                 continue
