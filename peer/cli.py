@@ -260,6 +260,26 @@ def main() -> None:
     help="Seconds without a byte from the upstream before its download is failed.",
 )
 @click.option(
+    "--prefetch/--no-prefetch",
+    default=True,
+    show_default=True,
+    envvar="POLLEN_PREFETCH",
+    help="When a client GETs an image manifest, start fetching its config and layers at once "
+    "(from the swarm or the registry, as that client: same registry, repository and "
+    "credentials), so a client that downloads blobs one at a time finds the later ones "
+    "already here. Costs fetching blobs a client may already hold (it asks for the manifest "
+    "all the same); --no-prefetch fetches a blob only when a client asks for it.",
+)
+@click.option(
+    "--prefetch-downloads",
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    envvar="POLLEN_PREFETCH_DOWNLOADS",
+    help="Prefetch downloads run at once by the node; the rest wait their turn in manifest "
+    "order (up to 1024 blobs; beyond, they are left to the clients).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -299,6 +319,8 @@ def run(**options: Any) -> None:
         admin=options["admin"],
         admin_token_file=options["admin_token_file"],
         insecure_open_cluster=options["insecure_open_cluster"],
+        prefetch=options["prefetch"],
+        prefetch_downloads=options["prefetch_downloads"],
     )
     try:
         config.check()

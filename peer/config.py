@@ -99,6 +99,10 @@ class NodeConfig:
     admin: Address | None = None
     admin_token_file: Path | None = None
     insecure_open_cluster: bool = False  # allow no token on a non-loopback peer address
+    # Image-aware prefetch: serving an image manifest starts the downloads of its blobs, at
+    # most `prefetch_downloads` at once (peer/fetch/prefetch.py).
+    prefetch: bool = True
+    prefetch_downloads: int = 4
 
     def check(self) -> None:
         """Refuse settings that would make the node unsafe or unusable.
@@ -117,6 +121,11 @@ class NodeConfig:
                 "hosts: anyone who reaches it could join the cluster and read cached blobs. "
                 "Give every node the same --cluster-token-file, or pass "
                 "--insecure-open-cluster if that is really wanted."
+            )
+        if self.prefetch_downloads < 1:
+            raise ValueError(
+                f"--prefetch-downloads must be at least 1, not {self.prefetch_downloads} "
+                "(use --no-prefetch to turn prefetch off)"
             )
 
     def advertised_peer(self) -> Address | None:

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from peer.fetch.coordinator import FetchCoordinator
+from peer.fetch.prefetch import Prefetcher
 from peer.front.registry import ServedCounters
 from peer.swarm.swarm import Swarm
 from pieces.store import Store
@@ -18,12 +19,18 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _NodeCollector(Collector):
     def __init__(
-        self, store: Store, downloads: FetchCoordinator, served: ServedCounters, swarm: Swarm | None
+        self,
+        store: Store,
+        downloads: FetchCoordinator,
+        served: ServedCounters,
+        swarm: Swarm | None,
+        prefetch: Prefetcher | None,
     ) -> None:
         self._store = store
         self._downloads = downloads
         self._served = served
         self._swarm = swarm
+        self._prefetch = prefetch
 
     def collect(self) -> Iterator[Metric]:
         stats = self._store.stats()
@@ -91,14 +98,62 @@ class _NodeCollector(Collector):
         served.add_metric(["cache"], self._served.blob_bytes_from_cache)
         served.add_metric(["download"], self._served.blob_bytes_while_downloading)
         yield served
+        if self._prefetch is not None:
+            yield from _prefetch_metrics(self._prefetch)
+
+
+def _prefetch_metrics(prefetch: Prefetcher) -> Iterator[Metric]:
+    counters = prefetch.counters
+    yield CounterMetricFamily(
+        "pollen_prefetch_manifests",
+        "Image manifests served whose blobs were queued for prefetch",
+        value=counters.manifests,
+    )
+    yield CounterMetricFamily(
+        "pollen_prefetch_started",
+        "Blob downloads started (or joined) by prefetch",
+        value=counters.started,
+    )
+    yield CounterMetricFamily(
+        "pollen_prefetch_completed",
+        "Prefetched blobs verified and stored",
+        value=counters.completed,
+    )
+    yield CounterMetricFamily(
+        "pollen_prefetch_failed",
+        "Prefetches refused by the registry or failed",
+        value=counters.failed,
+    )
+    yield CounterMetricFamily(
+        "pollen_prefetch_skipped",
+        "Blobs not prefetched because of a bound (queue full, over the per-manifest limit, "
+        "no sha256 digest, waited too long)",
+        value=counters.skipped,
+    )
+    yield CounterMetricFamily(
+        "pollen_prefetch_invalid_manifests",
+        "Bodies served as image manifests that could not be read as ones",
+        value=counters.invalid_manifests,
+    )
+    yield GaugeMetricFamily(
+        "pollen_prefetch_running", "Prefetch downloads running now", value=prefetch.running
+    )
+    yield GaugeMetricFamily(
+        "pollen_prefetch_queued", "Blobs waiting for a prefetch slot", value=prefetch.queued
+    )
 
 
 class NodeMetrics:
     def __init__(
-        self, store: Store, downloads: FetchCoordinator, served: ServedCounters, swarm: Swarm | None
+        self,
+        store: Store,
+        downloads: FetchCoordinator,
+        served: ServedCounters,
+        swarm: Swarm | None,
+        prefetch: Prefetcher | None = None,
     ) -> None:
         self._registry = CollectorRegistry()
-        self._registry.register(_NodeCollector(store, downloads, served, swarm))
+        self._registry.register(_NodeCollector(store, downloads, served, swarm, prefetch))
 
     def render(self) -> tuple[str, bytes]:
         return CONTENT_TYPE, generate_latest(self._registry)

@@ -17,6 +17,7 @@ from peer.cluster.gossip import GossipDriver
 from peer.cluster.membership import Membership
 from peer.config import Address, NodeConfig
 from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstream
+from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
 from peer.front.http_server import serve_connection
@@ -66,6 +67,7 @@ class Node:
         self.membership: Membership | None = None
         self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
+        self.prefetcher: Prefetcher | None = None
 
     def downloads_in_flight(self) -> int:
         return len(self.downloads.active) if self.downloads is not None else 0
@@ -96,6 +98,18 @@ class Node:
             ],
             "banned": [p.hex() for p in swarm.bans.banned(trio.current_time())],
             **asdict(swarm.counters),
+        }
+
+    def _prefetch_status(self) -> dict[str, object]:
+        prefetcher = self.prefetcher
+        if prefetcher is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "running": prefetcher.running,
+            "queued": prefetcher.queued,
+            "manifests_waiting": prefetcher.manifests_waiting,
+            **asdict(prefetcher.counters),
         }
 
     def status(self) -> dict[str, object]:
@@ -142,6 +156,7 @@ class Node:
                 "downloads_failed": downloads.failed if downloads else 0,
             },
             "served": asdict(self.front.served) if self.front else {},
+            "prefetch": self._prefetch_status(),
             "swarm": self._swarm_status(),
             "transfers": transfers,
         }
@@ -162,10 +177,17 @@ class Node:
                     nursery, access, download_limit, OwnerUpstream(table, fetcher)
                 )
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
+                if config.prefetch:
+                    self.prefetcher = Prefetcher(
+                        self.store, self.downloads, config.prefetch_downloads
+                    )
+                    await nursery.start(self.prefetcher.run)
                 front = self.front = RegistryFront(
-                    self.store, self.upstreams, self.downloads, access
+                    self.store, self.upstreams, self.downloads, access, self.prefetcher
                 )
-                metrics = NodeMetrics(self.store, self.downloads, front.served, swarm)
+                metrics = NodeMetrics(
+                    self.store, self.downloads, front.served, swarm, self.prefetcher
+                )
                 listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
                 port = listeners[0].socket.getsockname()[1]
                 handler = functools.partial(

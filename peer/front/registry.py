@@ -16,6 +16,7 @@ from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource, Download
+from peer.fetch.prefetch import Prefetcher
 from peer.front.http_server import ClientGone, HttpConnection, Request
 from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
 from peer.front.ranges import ByteRange, RangeNotSatisfiable, parse_range
@@ -69,11 +70,13 @@ class RegistryFront:
         upstreams: Upstreams,
         downloads: FetchCoordinator,
         access: AccessPolicy,
+        prefetch: Prefetcher | None = None,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.downloads = downloads
         self.access = access
+        self.prefetch = prefetch  # None: --no-prefetch
         self.served = ServedCounters()
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
@@ -170,9 +173,7 @@ class RegistryFront:
         cached_elsewhere = False
         while True:
             if not cached_elsewhere and self.store.has_blob(digest):
-                refusal = await self.access.refusal(
-                    namespace, route.name, "blobs", digest, headers
-                )
+                refusal = await self.access.refusal(namespace, route.name, "blobs", digest, headers)
                 if isinstance(refusal, CachedElsewhere):
                     # Cached from other registries than the one this client names: fetched
                     # again from its own, whose verified bytes prove the client's access.
@@ -293,6 +294,7 @@ class RegistryFront:
                 media_type, body = cached
                 self.served.manifests_from_cache += 1
                 await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
+                self._prefetch_blobs(request, namespace, route.name, headers, media_type, body)
                 return
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
         # Docker Hub count GETs of manifests against rate limits, not HEADs).
@@ -327,6 +329,28 @@ class RegistryFront:
         self.store.put_manifest(digest, media_type, body)
         self.served.manifests_from_upstream += 1
         await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
+        self._prefetch_blobs(request, namespace, route.name, headers, media_type, body)
+
+    def _prefetch_blobs(
+        self,
+        request: Request,
+        namespace: str | None,
+        name: str,
+        headers: dict[str, str],
+        media_type: str,
+        body: bytes,
+    ) -> None:
+        """After a GET's answer: start the downloads of the blobs of an image manifest, as
+        this client would ask for them (its registry, repository and credentials), so their
+        access rules are the client's own. Never fails the request it follows."""
+        if self.prefetch is None or request.method != "GET":
+            return
+        try:
+            self.prefetch.offer(
+                namespace, name, headers, credentials_key(headers), media_type, body
+            )
+        except Exception:  # a bug in prefetch must not cut the connection it follows
+            log.exception("prefetch after %s failed (a bug)", _describe_target(request))
 
     async def _forward_head(
         self,
