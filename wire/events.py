@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 # 2: a role-bound handshake (the initiator proves first, over both Hellos), an X25519
 # exchange for session keys, and optional sealing of every frame after it.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from peer.swarm.bits import bits_of
 from peer.swarm.picker import PiecePicker
+from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
 from wire.events import Bitfield, Have, PeersRequest, Request, Want
 
@@ -57,6 +58,8 @@ class BlobState:
     interested_list: list[bytes] = field(default_factory=list)  # the same, to sample from
     bitfield_sent: set[bytes] = field(default_factory=set)
     fetch: SwarmFetch | None = None
+    seeder: Seeder | None = None  # this node owns it: its offers to the interested peers
+    seed_at: float | None = None  # the seeder's pending timer
     upstream: UpstreamFetch | None = None
     want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
     waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
@@ -175,17 +178,14 @@ class SwarmFetch:
         known = list(hashes)
         picker.hashes(known)
         picker.add_peer(source)
-        for index in known:
-            picker.have(source, index)
         if self.meta_pending:
             self.meta_pending = False
             if not self.state.partial:
                 self.node.partial_opened(self.state)
             self._exchange()
-        elif len(known) == 1:
-            # The owner announcing a piece from the registry: it alone holds it.
-            self._maybe_schedule(source, known[0])
-        else:
+        elif any(picker.holders(i) for i in known):
+            # Hashes alone give nothing to ask (the owner offers its pieces with Haves) unless
+            # a peer already announced one of those pieces.
             self.schedule()
 
     def _owner_unavailable(self) -> None:
@@ -333,7 +333,6 @@ class SwarmFetch:
         # Verified and written (no CPU or disk time is modelled).
         stats.bytes_from_peers += nbytes
         stats.pieces_from_peers += 1
-        node.choker.contributed(peer, nbytes)
         sends = self.picker.stored(index)
         interested = self.state.interested
         if interested:  # they hear of it by PieceMeta instead

@@ -22,6 +22,7 @@ from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
+from peer.swarm.seeding import Seeder
 from wire.events import (
     Bitfield,
     Cancel,
@@ -279,6 +280,8 @@ class SimNode:
             self.choker.lost(peer)
             for state in list(self.blobs.values()):
                 state.bitfield_sent.discard(peer)
+                if state.seeder is not None:
+                    self._seeded(state, state.seeder.left(peer, self.world.queue.now))
                 if state.fetch is not None:
                     state.fetch.on_link_lost(peer)
 
@@ -314,6 +317,27 @@ class SimNode:
         layout = state.layout
         held = dict.fromkeys(sorted(state.have), b"")
         self.send(peer, PieceMeta(state.digest, layout.size, layout.piece_size, held))
+        seeder = state.seeder
+        if seeder is None:
+            seeder = state.seeder = Seeder(state.digest, layout.count, self.rng, held=state.have)
+        self._seeded(state, seeder.joined(peer, self.world.queue.now))
+
+    def _seeded(self, state: BlobState, sends: list[Send]) -> None:
+        """Send the seeder's offers; wake it at its next deadline."""
+        self.send_many(sends)
+        seeder = state.seeder
+        assert seeder is not None
+        deadline = seeder.next_deadline()
+        if deadline is not None and (state.seed_at is None or deadline < state.seed_at):
+            state.seed_at = deadline
+            self.world.queue.at(deadline, self._seed_tick, (state, deadline))
+
+    def _seed_tick(self, arg: tuple[BlobState, float]) -> None:
+        state, at = arg
+        if not self.alive or state.seed_at != at or state.seeder is None:
+            return
+        state.seed_at = None
+        self._seeded(state, state.seeder.tick(self.world.queue.now))
 
     def partial_opened(self, state: BlobState) -> None:
         """The blob's partial exists (the owner's or the registry's first answer): Wants that
@@ -374,16 +398,24 @@ class SimNode:
         state = self.blobs.get(event.digest)
         if state is None:
             return  # neither held nor fetched: nothing to say, nothing to keep
+        held = sorted(indices_of(event.bits))
         if state.fetch is not None:
-            state.fetch.on_bitfield(source, sorted(indices_of(event.bits)))
+            state.fetch.on_bitfield(source, held)
+        if state.seeder is not None:
+            self._seeded(state, state.seeder.peer_has(source, held, self.world.queue.now))
         if source not in state.bitfield_sent and (state.partial or state.complete):
             state.bitfield_sent.add(source)
             self.send(source, Bitfield(state.digest, bits_of(state.have, state.layout.count)))
 
     def _on_have(self, source: bytes, event: Have) -> None:
         state = self.blobs.get(event.digest)
-        if state is not None and state.fetch is not None:
+        if state is None:
+            return
+        if state.fetch is not None:
             state.fetch.on_have(source, event.index)
+        if state.seeder is not None:
+            now = self.world.queue.now
+            self._seeded(state, state.seeder.peer_has(source, (event.index,), now))
 
     def _on_request(self, source: bytes, event: Request) -> None:
         self.uploader.request(source, event.digest, event.index)
@@ -417,6 +449,11 @@ class SimNode:
         choked = [s.peer for s in sends if isinstance(s.event, Choke)]
         self.world.stats.chokes += len(choked)
         self.send_many(sends)
+        for state in self.blobs.values():
+            if state.seeder is not None:
+                for send in sends:
+                    is_choke = isinstance(send.event, Choke)
+                    self._seeded(state, state.seeder.choked(send.peer, is_choke, queue.now))
         queue.at(self.choker.next_deadline(), self._rechoke)
 
     # ---- blobs -------------------------------------------------------------------------------
@@ -449,6 +486,8 @@ class SimNode:
             layout = state.layout
             meta = PieceMeta(state.digest, layout.size, layout.piece_size, {index: b""})
             self.send_many([Send(peer, meta) for peer in state.interested if peer in self.links])
+            if state.seeder is not None:
+                self._seeded(state, state.seeder.piece_ready(index, self.world.queue.now))
         if len(state.have) == state.layout.count and not state.complete:
             state.complete = True
             if state.fetch is not None:

@@ -142,6 +142,7 @@ class Uploader:
 
     def delivered(self, request: UploadRequest, nbytes: int) -> None:
         self._close(request)
+        self.node.choker.served(request.peer, nbytes)
         self.node.world.deliver_piece(
             self.node, request.peer, request.digest, request.index, nbytes
         )

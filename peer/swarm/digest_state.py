@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from peer.swarm.seeding import Seeder
 from pieces.partial import PartialBlob
 
 if TYPE_CHECKING:
@@ -19,3 +20,4 @@ class DigestState:
     bitfield_sent: set[bytes] = field(default_factory=set)
     fetch: SwarmFetch | None = None
     listening: PartialBlob | None = None  # the partial whose pieces we announce
+    seeder: Seeder | None = None  # we own it: which pieces we offer to whom

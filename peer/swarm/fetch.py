@@ -72,7 +72,10 @@ class SwarmFetch:
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
     _meta: PieceMeta | Refused | None = None
-    _owner_pieces: set[int] = field(default_factory=set)  # what the current owner holds
+    _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
+    # Have/Bitfield that came before the picker (the owner offers pieces right after its
+    # PieceMeta, before `_want` has read it): given to the picker when it is made.
+    _early: dict[bytes, set[int]] = field(default_factory=dict)
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
 
@@ -155,7 +158,7 @@ class SwarmFetch:
 
     async def _want(self, link: PeerLink) -> None:
         self._meta = None
-        self._owner_pieces = set()
+        self._owner_hashes = set()
         download = self.download
         auth = self.headers.get("authorization")
         await link.send(Want(self.digest, download.namespace, download.name, auth))
@@ -194,21 +197,22 @@ class SwarmFetch:
                 random.Random(self.swarm.rng.getrandbits(64)),
                 have=partial.piece_hashes,
             )
+            for peer_id, indices in self._early.items():
+                self.picker.bitfield(peer_id, indices)
+            self._early.clear()
             download.opened(partial)
             self.swarm.listen(self.state, partial)
         elif self.partial.layout.size != meta.size:
             raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
-        self._owner_meta(link.peer_id, self._owner_pieces)
+        self._owner_meta(link.peer_id, self._owner_hashes)
 
     def _owner_meta(self, owner: bytes, indices: Iterable[int]) -> None:
-        """The owner holds every piece whose hash it sent (it hashes what it has)."""
+        """The owner's hashes: those pieces may be fetched (from whoever offers them; the
+        owner offers its own with Have, a few at a time)."""
         picker = self.picker
         assert picker is not None
-        indices = list(indices)
         picker.hashes(indices)
         self._add_peer(owner)
-        for index in indices:
-            picker.have(owner, index)
 
     def _add_peer(self, peer_id: bytes) -> None:
         if self.picker is not None:
@@ -365,13 +369,14 @@ class SwarmFetch:
                     # Updates may come before `_want` has read the first answer: kept here,
                     # none is lost.
                     self.hashes.update(event.hashes)
-                    self._owner_pieces.update(event.hashes)
+                    self._owner_hashes.update(event.hashes)
                     if picker is not None:
                         self._owner_meta(link.peer_id, event.hashes)
                 if self._meta is None:
                     self._meta = event
         elif picker is None:
-            pass  # nothing to exchange before the owner's answer
+            if isinstance(event, Have):  # kept for the picker (see `_early`)
+                self._early.setdefault(link.peer_id, set()).add(event.index)
         elif isinstance(event, Have):
             self._add_peer(link.peer_id)
             picker.have(link.peer_id, event.index)
@@ -386,6 +391,7 @@ class SwarmFetch:
 
     def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
         if self.picker is None:
+            self._early[peer_id] = indices_of(bits)  # kept for the picker (see `_early`)
             return
         self._add_peer(peer_id)
         self.picker.bitfield(peer_id, indices_of(bits))
@@ -473,9 +479,7 @@ class SwarmFetch:
             return
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
-        swarm.choker.contributed(link.peer_id, len(data))
         await swarm.download_limit.consume(len(data))
         self.download.received_from_peers(len(data))
         partial.announce(completed)
         self._post(picker.stored(piece.index))
-

@@ -1,5 +1,6 @@
-"""The owner's side of a blob: answering Wants with PieceMeta (and more as pieces arrive), and
-telling fetching nodes about each other (the owner is the blob's tracker).
+"""The owner's side of a blob: answering Wants with PieceMeta (and more as pieces arrive),
+offering its pieces a few at a time (peer/swarm/seeding.py), and telling fetching nodes about
+each other (the owner is the blob's tracker).
 
 The owner alone fetches the blob from the upstream, through the download it shares with its
 own clients (`PeerUpstream.join_for_peer`); the peer's client's credentials are used for that
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import trio
@@ -20,13 +21,15 @@ from peer.access.policy import AccessPolicy
 from peer.cluster.membership import Membership, Status
 from peer.fetch.download import BlobSource, Download
 from peer.front.routes import InvalidNamespace
+from peer.swarm.actions import Send
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 from pieces.store import Store
-from wire.events import Access, Event, PieceMeta, Refused, Want
+from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
 
 MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 
@@ -84,6 +87,9 @@ class OwnerSide:
                 state.interested.add(link.peer_id)
                 origins = self._store.origins_of(digest)
                 await _send(link, PieceMeta(digest, size, self._piece_size, hashes, origins))
+                if state.seeder is None or state.seeder.count != len(hashes):
+                    state.seeder = Seeder(digest, len(hashes), self._rng, held=hashes)
+                self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))
                 return
         download = await self._upstream.join_for_peer(
             BlobSource(digest, want.namespace, want.repository, headers, credentials_key(headers))
@@ -116,6 +122,8 @@ class OwnerSide:
             self._store.origins_of(digest),
         )
         await _send(link, meta)
+        if state.seeder is not None:
+            self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))
 
     async def _allowed_or_refused(self, link: PeerLink, access: Access) -> bool:
         """True when the peer may have the blob; else it has been sent a Refused."""
@@ -136,6 +144,8 @@ class OwnerSide:
             return
         state.listening = partial
         origins = self._store.origins_of(state.digest)
+        seeder = Seeder(state.digest, partial.layout.count, self._rng, held=partial.piece_hashes)
+        state.seeder = seeder
 
         def on_pieces(indices: list[int]) -> None:
             hashes = {i: partial.piece_hashes[i] for i in indices}
@@ -145,8 +155,45 @@ class OwnerSide:
                 link = self._links.get(peer_id)
                 if link is not None:
                     link.post(meta)
+            # After the hashes: a peer offered a piece can verify it.
+            now = trio.current_time()
+            for index in indices:
+                self._offer(state, seeder.piece_ready(index, now))
 
         partial.piece_listeners.append(on_pieces)
+
+    def _offer(self, state: DigestState, sends: list[Send]) -> None:
+        for send in sends:
+            if send.peer in state.interested and (link := self._links.get(send.peer)) is not None:
+                link.post(send.event)
+
+    def peer_has(self, state: DigestState, peer: bytes, indices: Iterable[int]) -> None:
+        """A peer announced pieces of a blob we own (Have, Bitfield)."""
+        if state.seeder is not None:
+            self._offer(state, state.seeder.peer_has(peer, indices, trio.current_time()))
+
+    def peer_lost(self, state: DigestState, peer: bytes) -> None:
+        """The peer's last link is gone: its offers go to others."""
+        state.interested.discard(peer)
+        if state.seeder is not None:
+            self._offer(state, state.seeder.left(peer, trio.current_time()))
+
+    def choked(self, states: Iterable[DigestState], sends: list[Send]) -> None:
+        """Our choker's decisions: a choked peer is offered nothing."""
+        now = trio.current_time()
+        for state in states:
+            if state.seeder is not None:
+                for send in sends:
+                    choking = isinstance(send.event, Choke)
+                    self._offer(state, state.seeder.choked(send.peer, choking, now))
+
+    def tick(self, states: Iterable[DigestState]) -> None:
+        """Stale offers go to others (called at least every rechoke period)."""
+        now = trio.current_time()
+        for state in states:
+            seeder = state.seeder
+            if seeder is not None and (at := seeder.next_deadline()) is not None and at <= now:
+                self._offer(state, seeder.tick(now))
 
     def peers_for(self, state: DigestState | None, asker: bytes) -> list[tuple[bytes, str, int]]:
         """Up to MAX_PEERS_LISTED live nodes exchanging the blob, at random, for `asker`."""

@@ -103,6 +103,10 @@ class PiecePicker:
         state = self._peers.get(peer)
         return state.rate if state is not None else None
 
+    def holders(self, index: int) -> int:
+        """Peers that announced `index`."""
+        return self._holders[index] if 0 <= index < self.layout.count else 0
+
     def knows_hash(self, index: int) -> bool:
         return index in self._hashes
 
@@ -114,8 +118,7 @@ class PiecePicker:
         if self._inflight or self._storing:
             return True
         return any(
-            i in self._hashes and i not in self._storing and self._holders[i]
-            for i in self._missing
+            i in self._hashes and i not in self._storing and self._holders[i] for i in self._missing
         )
 
     def queue_depth(self, peer: bytes) -> int:

@@ -5,6 +5,8 @@ Who does what for one blob:
   upstream. Other nodes send it a `Want` (with the client's Authorization, used for that fetch
   only); it answers with `PieceMeta` (size, piece size, hashes of the pieces it has) and sends
   more `PieceMeta` as pieces arrive, so the swarm starts before the owner has the whole blob.
+  It offers its pieces with `Have`, a few per peer, each piece once before any goes out twice
+  (`seeding.py`), so the owner's uplink carries first copies and the peers trade the rest.
   The owner is also the blob's tracker: it answers `PeersRequest` with the nodes that want it.
 - Every fetching node requests pieces from the owner and from those peers (pipelined, a few
   per peer), verifies each against its xxh3-128 before storing or serving it, announces it
@@ -40,7 +42,7 @@ from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
-from peer.swarm.bits import bits_of
+from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
@@ -200,6 +202,8 @@ class Swarm:
                 del self.links[link.peer_id]
             if link.peer_id not in self.links:  # its last link: the peer is gone for now
                 self.choker.lost(link.peer_id)
+                for state in self.digests.values():
+                    self.owner.peer_lost(state, link.peer_id)
             for state in self.digests.values():
                 if state.fetch is not None:
                     state.fetch.link_lost(link.peer_id)
@@ -288,7 +292,10 @@ class Swarm:
             await trio.sleep_until(min(deadlines))
             now = trio.current_time()
             if now >= self.choker.next_deadline():
-                self._post_all(self.choker.rechoke(now))
+                sends = self.choker.rechoke(now)
+                self._post_all(sends)
+                self.owner.choked(self.digests.values(), sends)
+            self.owner.tick(self.digests.values())
             self.bans.expire(now)
             if now >= next_forget:
                 self.forget_idle_digests()
@@ -343,9 +350,11 @@ class Swarm:
                 if state.fetch is not None:
                     state.fetch.on_choke(link.peer_id, isinstance(event, Choke))
         elif isinstance(event, PieceMeta | Refused | Have | Piece | Reject | Peers):
-            fetch = self.digests.get(event.digest)
-            if fetch is not None and fetch.fetch is not None:
-                await fetch.fetch.on_event(link, event)
+            blob = self.digests.get(event.digest)
+            if isinstance(event, Have) and blob is not None and blob.seeder is not None:
+                self.owner.peer_has(blob, link.peer_id, (event.index,))
+            if blob is not None and blob.fetch is not None:
+                await blob.fetch.on_event(link, event)
             elif isinstance(event, Piece) and not isinstance(event.data, FileRange):
                 # A late answer for a fetch that ended: received for nothing.
                 self.counters.wasted_bytes += len(event.data)
@@ -400,6 +409,8 @@ class Swarm:
                 return  # neither held nor fetched: nothing to say, nothing to keep
         if state.fetch is not None:
             state.fetch.on_bitfield(link.peer_id, event.bits)
+        if state.seeder is not None:
+            self.owner.peer_has(state, link.peer_id, indices_of(event.bits))
         if link.peer_id not in state.bitfield_sent:
             bits = self._our_bits(event.digest)
             if bits is not None:

@@ -85,6 +85,7 @@ class Uploads:
                     return
                 await self._limit.consume(length)
                 if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
+                    self._choker.served(link.peer_id, length)
                     self._counters.bytes_to_peers += length
                     self._counters.pieces_to_peers += 1
                 else:

@@ -11,23 +11,43 @@ from wire.events import Choke, Unchoke
 PEERS = [bytes([i]) * 16 for i in range(30)]
 
 
-def test_best_contributors_stay_unchoked_plus_one_optimistic() -> None:
+def test_least_served_stay_unchoked_plus_one_optimistic() -> None:
+    """A cooperating cluster: the peers we sent least to lately get the slots."""
     choker = Choker(random.Random(1), 0.0)
     peers = PEERS[:12]
     now = 1000.0
     for rank, peer in enumerate(peers):
         assert choker.request(peer, now)  # nobody is choked before the first rechoke
-        choker.contributed(peer, 1000 * (12 - rank))  # peers[0] gave the most
+        choker.served(peer, 1000 * rank)  # peers[0] was served least
     sends = choker.rechoke(now)
     unchoked = set(peers) - choker.choked
     assert len(unchoked) == UPLOAD_SLOTS
-    assert set(peers[: UPLOAD_SLOTS - 1]) <= unchoked  # the best contributors
+    assert set(peers[: UPLOAD_SLOTS - 1]) <= unchoked  # the least served
     optimistic = choker.optimistic
     assert optimistic in unchoked and optimistic not in peers[: UPLOAD_SLOTS - 1]
     assert {s.peer for s in sends if isinstance(s.event, Choke)} == choker.choked
     assert not any(isinstance(s.event, Unchoke) for s in sends)
     for peer in choker.choked:
         assert not choker.request(peer, now + 1)  # refused while choked
+
+
+def test_slots_rotate_to_the_peers_served_least() -> None:
+    """Serving the unchoked peers makes them the most served: the next rechoke hands their
+    slots to the waiting ones (what we sent long ago counts less and less)."""
+    choker = Choker(random.Random(4), 0.0)
+    peers = PEERS[:16]
+    now = 0.0
+    for peer in peers:
+        choker.request(peer, now)
+    choker.rechoke(now)
+    first = set(peers) - choker.choked - {choker.optimistic}
+    for peer in first:
+        choker.request(peer, now + 1)
+        choker.served(peer, 4 << 20)
+    now += RECHOKE_PERIOD
+    sends = choker.rechoke(now)
+    assert first <= choker.choked | {choker.optimistic}
+    assert {s.peer for s in sends if isinstance(s.event, Choke)} >= first - {choker.optimistic}
 
 
 def test_a_choked_peer_that_stops_asking_still_gets_unchoked() -> None:
@@ -61,11 +81,19 @@ def test_optimistic_slot_rotates() -> None:
     assert len(picks) > 3
 
 
+def test_peers_that_stopped_asking_are_not_candidates() -> None:
+    choker = Choker(random.Random(5), 0.0)
+    for peer in PEERS[:12]:
+        choker.request(peer, 0.0)
+    choker.rechoke(2 * RECHOKE_PERIOD + 0.1)  # nobody asked for two periods
+    assert not choker.choked
+
+
 def test_rechoke_deadline_and_lost_peers() -> None:
     choker = Choker(random.Random(4), 5.0)
     assert choker.next_deadline() == 5.0 + RECHOKE_PERIOD
     for peer in PEERS[:12]:
-        choker.request(peer, 6.0)
+        choker.request(peer, 14.0)
     choker.rechoke(15.0)
     assert choker.next_deadline() == 15.0 + RECHOKE_PERIOD
     gone = next(iter(choker.choked))

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peer.fetch.download import Download
+from peer.swarm.bits import bits_of
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
-from wire.events import PieceMeta
+from wire.events import Have, PieceMeta
 
 DIGEST = "sha256:" + "a" * 64
 OWNER = b"O" * 16
+PEER = b"P" * 16
 
 
 @dataclass
@@ -35,4 +37,22 @@ async def test_owner_updates_before_the_first_answer_is_read_are_kept() -> None:
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {2: b"c" * 16}, []))  # type: ignore[arg-type]
     assert fetch._meta is first  # the answer `_want` reads: the first one
     assert fetch.hashes == {0: b"a" * 16, 1: b"b" * 16, 2: b"c" * 16}
-    assert fetch._owner_pieces == {0, 1, 2}
+    assert fetch._owner_hashes == {0, 1, 2}
+
+
+async def test_offers_before_the_picker_exists_are_kept() -> None:
+    """The owner offers pieces (Have, or a Bitfield once its seeding is over) right after its
+    PieceMeta; the picker is made only when `_want` reads that answer. An offer lost there is
+    a piece the owner believes offered: it must reach the picker."""
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]  # not reached: no picker yet
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.owner = OWNER
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), Have(DIGEST, 0))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), Have(DIGEST, 2))  # type: ignore[arg-type]
+    fetch.on_bitfield(PEER, bits_of([1], 3))
+    assert fetch._early == {OWNER: {0, 2}, PEER: {1}}

@@ -1,0 +1,196 @@
+"""The owner's offers (super-seeding), on fake time: events in, Have/Bitfield offers out."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from peer.swarm.actions import Send
+from peer.swarm.bits import indices_of
+from peer.swarm.seeding import OFFER_TIMEOUT, Seeder
+from wire.events import Bitfield, Have
+
+DIGEST = "sha256:" + "ab" * 32
+PEERS = [bytes([i]) * 16 for i in range(6)]
+
+
+def offers(sends: list[Send]) -> list[tuple[bytes, int]]:
+    return [(s.peer, s.event.index) for s in sends if isinstance(s.event, Have)]
+
+
+def test_each_piece_goes_out_once_before_any_twice() -> None:
+    seeder = Seeder(DIGEST, 12, random.Random(1), held=range(12), per_peer=2)
+    sent: list[tuple[bytes, int]] = []
+    for peer in PEERS[:4]:
+        sent += offers(seeder.joined(peer, 0.0))
+    assert len(sent) == 8  # two each
+    assert len({i for _, i in sent}) == 8  # eight distinct pieces
+    assert sorted(i for _, i in sent) == list(range(8))  # in order: clients read in order
+    assert all(len(seeder.offers(p)) == 2 for p in PEERS[:4])
+
+
+def test_a_have_confirms_an_offer_and_the_next_one_follows() -> None:
+    seeder = Seeder(DIGEST, 6, random.Random(2), held=range(6), per_peer=1)
+    first = offers(seeder.joined(PEERS[0], 0.0))
+    assert first == [(PEERS[0], 0)]
+    nxt = offers(seeder.peer_has(PEERS[0], [0], 1.0))
+    assert nxt == [(PEERS[0], 1)]
+    assert seeder.copies(0) == 1 and seeder.copies(1) == 1
+
+
+def test_pieces_arriving_from_the_registry_go_to_the_least_busy_peer() -> None:
+    seeder = Seeder(DIGEST, 4, random.Random(3), per_peer=2, repeat_limit=0)
+    assert seeder.joined(PEERS[0], 0.0) == [] and seeder.joined(PEERS[1], 0.0) == []
+    a = offers(seeder.piece_ready(0, 1.0))
+    b = offers(seeder.piece_ready(1, 2.0))
+    assert len(a) == 1 and len(b) == 1 and a[0][0] != b[0][0]  # one each
+
+
+def test_second_copies_are_bounded_by_the_repeat_limit() -> None:
+    seeder = Seeder(DIGEST, 1, random.Random(4), held=[0], per_peer=2, repeat_limit=2)
+    sent = []
+    for peer in PEERS:
+        sent += offers(seeder.joined(peer, 0.0))
+    assert len(sent) == 2  # the first copy, and one second copy under the limit
+
+
+def test_a_choked_peer_is_offered_nothing_and_its_offers_go_elsewhere() -> None:
+    seeder = Seeder(DIGEST, 4, random.Random(5), held=range(4), per_peer=2)
+    mine = offers(seeder.joined(PEERS[0], 0.0))
+    assert len(mine) == 2
+    moved = offers(seeder.choked(PEERS[0], True, 1.0))
+    assert moved == [] and seeder.offers(PEERS[0]) == set()
+    other = offers(seeder.joined(PEERS[1], 1.0))
+    assert {i for _, i in other} == {i for _, i in mine}  # the withdrawn first copies
+    assert offers(seeder.piece_ready(3, 2.0)) == []  # already held: nothing new
+    back = offers(seeder.choked(PEERS[0], False, 3.0))
+    assert back and all(p == PEERS[0] for p, _ in back)
+
+
+def test_a_stale_offer_is_made_again() -> None:
+    seeder = Seeder(DIGEST, 1, random.Random(6), held=[0], per_peer=1, repeat_limit=0)
+    assert offers(seeder.joined(PEERS[0], 0.0)) == [(PEERS[0], 0)]
+    assert offers(seeder.joined(PEERS[1], 0.0)) == []  # the only piece is out once
+    assert seeder.next_deadline() == OFFER_TIMEOUT
+    assert offers(seeder.tick(OFFER_TIMEOUT - 0.1)) == []
+    (again,) = offers(seeder.tick(OFFER_TIMEOUT))
+    assert again[1] == 0 and seeder.copies(0) == 1
+
+
+def test_a_lost_peer_gives_its_offers_back() -> None:
+    seeder = Seeder(DIGEST, 2, random.Random(7), held=range(2), per_peer=2, repeat_limit=0)
+    assert len(offers(seeder.joined(PEERS[0], 0.0))) == 2
+    assert offers(seeder.joined(PEERS[1], 0.0)) == []
+    assert sorted(i for _, i in offers(seeder.left(PEERS[0], 1.0))) == [0, 1]
+
+
+def test_once_every_piece_is_out_everyone_is_told_everything() -> None:
+    seeder = Seeder(DIGEST, 3, random.Random(8), held=range(3), per_peer=3)
+    seeder.joined(PEERS[0], 0.0)
+    seeder.joined(PEERS[1], 0.0)
+    sends = seeder.peer_has(PEERS[0], [0, 1, 2], 1.0)
+    bitfields = {s.peer: s.event for s in sends if isinstance(s.event, Bitfield)}
+    assert set(bitfields) == {PEERS[0], PEERS[1]} and seeder.open
+    assert all(indices_of(b.bits) == {0, 1, 2} for b in bitfields.values())
+    late = seeder.joined(PEERS[2], 2.0)
+    assert [type(s.event) for s in late] == [Bitfield]
+    assert seeder.next_deadline() is None
+
+
+class SeederMachine(RuleBasedStateMachine):
+    """Any order of joins, departures, pieces, Haves, chokes and time: the rules hold."""
+
+    PIECES = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.seeder = Seeder(DIGEST, self.PIECES, random.Random(9), per_peer=2, repeat_limit=3)
+        self.joined: set[bytes] = set()
+        self.choked: set[bytes] = set()
+        self.holds: dict[bytes, set[int]] = {}
+        self.told: dict[bytes, set[int]] = {}
+        self.at: dict[tuple[bytes, int], float] = {}  # when each offer was made
+
+    def _check(self, sends: list[Send]) -> None:
+        for send in sends:
+            assert send.peer in self.joined, "offered to a peer that is not interested"
+            if isinstance(send.event, Have):
+                index = send.event.index
+                assert send.peer not in self.choked, "offered to a choked peer"
+                assert index in self.seeder.held, "offered a piece we do not hold"
+                assert index not in self.holds[send.peer], "offered what the peer holds"
+                assert index not in self.told[send.peer], "offered twice to one peer"
+                self.told[send.peer].add(index)
+                self.at[send.peer, index] = self.now
+
+    @rule(peer=st.sampled_from(PEERS))
+    def join(self, peer: bytes) -> None:
+        if peer in self.joined:
+            return
+        self.joined.add(peer)
+        self.holds[peer], self.told[peer] = set(), set()
+        self._check(self.seeder.joined(peer, self.now))
+
+    @rule(peer=st.sampled_from(PEERS))
+    def leave(self, peer: bytes) -> None:
+        sends = self.seeder.left(peer, self.now)
+        self.joined.discard(peer)
+        self.choked.discard(peer)
+        self._check(sends)
+
+    @rule(index=st.integers(0, PIECES - 1))
+    def piece(self, index: int) -> None:
+        self._check(self.seeder.piece_ready(index, self.now))
+
+    @rule(peer=st.sampled_from(PEERS), index=st.integers(0, PIECES - 1))
+    def have(self, peer: bytes, index: int) -> None:
+        if peer in self.joined:
+            self.holds[peer].add(index)
+        self._check(self.seeder.peer_has(peer, [index], self.now))
+
+    @rule(peer=st.sampled_from(PEERS), choking=st.booleans())
+    def choke(self, peer: bytes, choking: bool) -> None:
+        if peer in self.joined:
+            (self.choked.add if choking else self.choked.discard)(peer)
+            self._check(self.seeder.choked(peer, choking, self.now))
+
+    @rule(seconds=st.floats(0.1, 15.0))
+    def later(self, seconds: float) -> None:
+        self.now += seconds
+        for peer in self.joined:  # a stale offer may go to anyone again
+            stale = {
+                i for i in self.seeder.offers(peer) if self.at[peer, i] + OFFER_TIMEOUT <= self.now
+            }
+            self.told[peer] -= stale
+        self._check(self.seeder.tick(self.now))
+
+    @invariant()
+    def offers_are_bounded_and_current(self) -> None:
+        total = 0
+        for peer in self.joined:
+            outstanding = self.seeder.offers(peer)
+            assert len(outstanding) <= self.seeder.per_peer
+            assert not outstanding & self.holds[peer]
+            if peer in self.choked:
+                assert not outstanding
+            total += len(outstanding)
+        if not self.seeder.open:
+            # First copies never wait while a peer with room could take them.
+            first = [i for i in self.seeder.held if self.seeder.copies(i) == 0]
+            for peer in self.joined - self.choked:
+                if len(self.seeder.offers(peer)) < self.seeder.per_peer:
+                    assert all(i in self.told[peer] for i in first)
+
+    @invariant()
+    def the_deadline_is_the_oldest_offer_going_stale(self) -> None:
+        deadline = self.seeder.next_deadline()
+        if deadline is not None:
+            assert deadline > self.now - OFFER_TIMEOUT
+
+
+TestSeeder = SeederMachine.TestCase
+TestSeeder.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
