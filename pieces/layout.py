@@ -9,6 +9,21 @@ DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
 # and walks the piece list, so a peer's tiny piece size must not turn into millions of pieces.
 # 2^20 pieces is 4 TiB at the default piece size.
 MAX_PIECES = 1 << 20
+# Pieces are sized to the blob: at least PIECES_PER_BLOB of them (a blob spreads only as fast
+# as its pieces hop from node to node: a 56 MiB image in 4 MiB pieces is 14 pieces, and the
+# swarm waits on whole-piece hops), never under MIN_PIECE_SIZE (each piece costs a message, a
+# hash and a write). Chosen in the simulator: README, "Piece size per blob".
+PIECES_PER_BLOB = 64
+MIN_PIECE_SIZE = 256 * 1024
+
+
+def piece_size_for(size: int, largest: int = DEFAULT_PIECE_SIZE) -> int:
+    """The piece size for a blob of `size` bytes: `largest`, halved while the blob would have
+    fewer than PIECES_PER_BLOB pieces, down to MIN_PIECE_SIZE (or `largest`, if smaller)."""
+    piece = largest
+    while piece // 2 >= MIN_PIECE_SIZE and size < PIECES_PER_BLOB * piece:
+        piece //= 2
+    return piece
 
 
 @dataclass(frozen=True, slots=True)

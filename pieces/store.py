@@ -37,7 +37,7 @@ import trio
 
 from pieces.descriptors import DescriptorSizes
 from pieces.digest import digest_hex
-from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout
+from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout, piece_size_for
 from pieces.partial import (
     NoRoom,
     PartialBlob,
@@ -155,7 +155,8 @@ class Store:
     ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
 
-        `piece_size` overrides the store's default (a swarm uses its owner's piece size).
+        `piece_size` overrides the store's rule (`piece_size_for` the size, the configured piece
+        size the largest); a swarm uses its owner's piece size.
         `origins`: the registries the bytes come from with credentials (none: public). A
         partial left on disk is resumed only for the same origins: its bytes must not reach a
         reader whose registry never vouched for them. One open in this process gains them.
@@ -181,17 +182,19 @@ class Store:
                 )
             existing.add_origins(list(origins or []))
             return existing
-        self._check_size(digest, size, piece_size or self.piece_size)
+        required = piece_size  # a swarm's (its owner's); None: ours, or the one on disk
+        piece_size = piece_size or piece_size_for(size, self.piece_size)
+        self._check_size(digest, size, piece_size)
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
         pieces: dict[int, bytes] = {}
-        layout = PieceLayout(size, piece_size or self.piece_size)
+        layout = PieceLayout(size, piece_size)
         meta = load_meta(meta_path)
         if (
             meta is not None
             and meta["size"] == size
             and meta.get("digest") == digest
-            and (piece_size is None or meta["piece_size"] == piece_size)
+            and (required is None or meta["piece_size"] == required)
             and PieceLayout(size, meta["piece_size"]).count <= MAX_PIECES
             and sorted(meta["origins"]) == sorted(origins or [])
         ):

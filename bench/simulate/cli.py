@@ -120,7 +120,13 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     help="Explicit layer blob sizes, comma-separated (e.g. 80MB,200MB,300MB,1MB); "
     "overrides --size and --layers.",
 )
-@click.option("--piece-size", default="4MiB", show_default=True, callback=_size)
+@click.option(
+    "--piece-size",
+    default="4MiB",
+    show_default=True,
+    callback=_size,
+    help="The largest piece (each blob gets at least 64, down to 256KiB, as the node does).",
+)
 @click.option(
     "--parallel",
     default=SKOPEO_PARALLEL,

@@ -23,7 +23,7 @@ from bench.simulate.node import MembersSync, SimNode
 from peer.cluster.membership import Address, Message
 from peer.cluster.rendezvous import owner_order
 from peer.swarm.actions import Send
-from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout
+from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout, piece_size_for
 from wire.events import Event
 
 MBIT = 1_000_000 // 8
@@ -139,7 +139,11 @@ class Simulation:
         self.latency = config.latency
         self.stats = Stats()
         self.blobs = image_blobs(list(config.layer_sizes))
-        self.layouts = {b.digest: PieceLayout(b.size, config.piece_size) for b in self.blobs}
+        # Pieces sized to each blob as the node does (`--piece-size` is the largest).
+        self.layouts = {
+            b.digest: PieceLayout(b.size, piece_size_for(b.size, config.piece_size))
+            for b in self.blobs
+        }
         # The origin is host 0; it sends only (its downlink carries requests: unshaped).
         self.network = Network(self.queue, [float(config.origin_up)], [None], config.rate_step)
         self.origin_host = 0

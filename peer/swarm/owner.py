@@ -27,6 +27,7 @@ from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from pieces.layout import piece_size_for
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
@@ -56,7 +57,7 @@ class OwnerSide:
         links: Mapping[bytes, PeerLink],
         membership: Membership,
         rng: random.Random,
-        piece_size: int,
+        piece_size: int,  # the largest (pieces are sized to the blob: `piece_size_for`)
     ) -> None:
         self._store = store
         self._access = access
@@ -79,14 +80,15 @@ class OwnerSide:
         if self._store.has_blob(digest):
             if not await self._allowed_or_refused(link, access):
                 return
-            hashes = await trio.to_thread.run_sync(
-                self._store.complete_piece_hashes_sync, digest, self._piece_size
-            )
             size = self._store.blob_size(digest)
+            piece_size = piece_size_for(size or 0, self._piece_size)
+            hashes = await trio.to_thread.run_sync(
+                self._store.complete_piece_hashes_sync, digest, piece_size
+            )
             if hashes is not None and size is not None:
                 state.interested.add(link.peer_id)
                 origins = self._store.origins_of(digest)
-                await _send(link, PieceMeta(digest, size, self._piece_size, hashes, origins))
+                await _send(link, PieceMeta(digest, size, piece_size, hashes, origins))
                 if state.seeder is None or state.seeder.count != len(hashes):
                     state.seeder = Seeder(digest, len(hashes), self._rng, held=hashes)
                 self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))

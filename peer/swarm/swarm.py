@@ -51,6 +51,7 @@ from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
 from peer.swarm.uploads import Uploads
+from pieces.layout import piece_size_for
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import (
@@ -397,7 +398,7 @@ class Swarm:
         state = self.digests.get(digest)
         if state is not None and state.listening is not None:
             return state.listening.layout.piece_size
-        return self.piece_size
+        return piece_size_for(self.store.blob_size(digest) or 0, self.piece_size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         state = self.digests.get(event.digest)
@@ -424,7 +425,7 @@ class Swarm:
         size = self.store.blob_size(digest)
         if size is None:
             return None
-        count = -(-size // self.piece_size)
+        count = -(-size // piece_size_for(size, self.piece_size))
         return bits_of(range(count), count)
 
     # ---- bans ----------------------------------------------------------------------------
