@@ -133,6 +133,12 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     show_default=True,
     help="Blobs each client fetches at once (skopeo, the testbed's client: 6; containerd: 3).",
 )
+@click.option(
+    "--prefetch/--no-prefetch",
+    default=True,
+    show_default=True,
+    help="A node that serves the manifest fetches all of its blobs (the node's default).",
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same run.")
 @click.option(
     "--rate-step",
@@ -191,6 +197,7 @@ def simulate(
     layer_sizes: list[int] | None,
     piece_size: int,
     parallel: int,
+    prefetch: bool,
     seed: int,
     rate_step: float,
     kills: list[Kill],
@@ -231,6 +238,7 @@ def simulate(
         layer_sizes=tuple(sizes),
         piece_size=piece_size,
         parallel=parallel,
+        prefetch=prefetch,
         seed=seed,
         rate_step=rate_step,
         max_time=max_time,

@@ -4,8 +4,10 @@ The testbed's client is `skopeo copy` (bench/rollout.py), which copies up to 6 b
 (containers/image's maxParallelDownloads); containerd's default is 3 (`--parallel`). The client
 first gets the manifest (a request through the node to the registry: two round trips to the
 origin, no bandwidth modelled), then asks for the blobs in order, starting the next one as soon
-as one completes. A blob counts as done when the node holds all of it: the client streams it
-while it arrives, and its copy over loopback and to disk are not modelled.
+as one completes. Serving the manifest makes the node prefetch its blobs (peer/fetch/prefetch.py:
+DEFAULT_CONCURRENCY at a time, in the manifest's order) unless the run says --no-prefetch.
+A blob counts as done when the node holds all of it: the client streams it while it arrives,
+and its copy over loopback and to disk are not modelled.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Client:
         queue.at(queue.now + 4 * self.node.world.latency, self._manifest)
 
     def _manifest(self, _arg: object) -> None:
+        if self.node.world.prefetch:
+            self.node.prefetch(self.digests)  # as the node does on serving a manifest
         for _ in range(min(self.parallel, len(self.digests))):
             self._ask_next()
 

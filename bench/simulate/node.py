@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bench.simulate.fetch import BlobState, SwarmFetch, UpstreamFetch
 from bench.simulate.uploads import Uploader
 from peer.cluster.membership import Address, Member, Membership, Message, Status
+from peer.fetch.prefetch import DEFAULT_CONCURRENCY as PREFETCH_WORKERS
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
@@ -474,6 +475,22 @@ class SimNode:
         if not state.active:
             fetch = state.fetch = SwarmFetch(self, state)
             fetch.start()
+
+    def prefetch(self, digests: list[str]) -> None:
+        """Download the blobs of a manifest this node served, PREFETCH_WORKERS at a time (the
+        client's own requests join them)."""
+        waiting = [d for d in digests if not self.state(d).complete]
+        waiting.reverse()
+
+        def next_one(_now: float = 0.0) -> None:
+            while waiting and self.alive:
+                digest = waiting.pop()
+                if not self.state(digest).complete:
+                    self.request_blob(digest, next_one)
+                    return
+
+        for _ in range(PREFETCH_WORKERS):
+            next_one()
 
     def start_upstream(self, state: BlobState) -> None:
         upstream = state.upstream = UpstreamFetch(self, state)

@@ -66,6 +66,7 @@ class SimConfig:
     rate_step: float = 0.05
     max_time: float | None = None  # simulated seconds [default: 100 x T_min + 600]
     max_wall: float | None = None  # wall seconds
+    prefetch: bool = True  # a node that serves a manifest fetches its blobs (--no-prefetch)
     kills: tuple[Kill, ...] = ()
     joins: tuple[Join, ...] = ()
     # What-if, not today's node: a Choke also refuses the choked peer's requests that wait for
@@ -137,6 +138,7 @@ class Simulation:
         self.progress = progress
         self.queue = EventQueue()
         self.latency = config.latency
+        self.prefetch = config.prefetch
         self.stats = Stats()
         self.blobs = image_blobs(list(config.layer_sizes))
         # Pieces sized to each blob as the node does (`--piece-size` is the largest).
