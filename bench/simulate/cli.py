@@ -14,7 +14,7 @@ from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
 from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
-from peer.sizes import format_size, parse_size
+from peer.sizes import format_size, parse_rate, parse_size
 
 _EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")
 
@@ -59,6 +59,19 @@ def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return joins
 
 
+def _slow(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 0)
+    count, _, rate = value.partition("@")
+    try:
+        slow = (int(count), parse_rate(rate))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: use COUNT@RATE, e.g. 4@25mbit", param=param) from exc
+    if slow[0] < 0:
+        raise click.BadParameter(f"{value!r}: COUNT must be >= 0", param=param)
+    return slow
+
+
 def _progress(quiet: bool) -> Callable[[str], None] | None:
     """On a terminal, one line rewritten in place; elsewhere (a log), a line every ~10 s."""
     if quiet:
@@ -91,6 +104,12 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     "--downlink",
     default=None,
     help="Each host's download rate [default: the uplink; `none`: unshaped].",
+)
+@click.option(
+    "--slow",
+    callback=_slow,
+    metavar="COUNT@RATE",
+    help="COUNT of the hosts upload at RATE instead (uneven links), e.g. 4@25mbit.",
 )
 @click.option(
     "--origin-up",
@@ -189,6 +208,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 def simulate(
     nodes: int,
     uplink: int | None,
+    slow: tuple[int, int],
     downlink: str | None,
     origin_up: int | None,
     latency: float,
@@ -232,6 +252,8 @@ def simulate(
     config = SimConfig(
         nodes=nodes,
         uplink=uplink,
+        slow_hosts=slow[0],
+        slow_uplink=slow[1] if slow[0] else None,
         downlink=down,
         origin_up=origin_up or uplink,
         latency=latency / 1000,
@@ -248,7 +270,9 @@ def simulate(
     )
     bound = config.bound()
     click.echo(
-        f"{nodes} hosts, uplink {mbit_text(uplink)}, downlink "
+        f"{nodes} hosts, uplink {mbit_text(uplink)}"
+        + (f" ({slow[0]} at {mbit_text(slow[1])})" if slow[0] else "")
+        + ", downlink "
         f"{mbit_text(down) if down else 'unshaped'}, origin {mbit_text(config.origin_up)}, "
         f"latency {latency:g} ms; image {format_size(config.image_bytes())} in "
         f"{len(sizes)} layers + config; T_min {bound:.3g}s"

@@ -80,6 +80,8 @@ def document(result: Result, s: dict[str, Any]) -> dict[str, Any]:
         "simulator": "pollen bench simulate",
         "nodes": config.nodes,
         "uplink_bytes_per_s": config.uplink,
+        "slow_hosts": config.slow_hosts,
+        "slow_uplink_bytes_per_s": config.slow_uplink,
         "downlink_bytes_per_s": config.downlink,
         "origin_uplink_bytes_per_s": config.origin_up,
         "latency_s": config.latency,

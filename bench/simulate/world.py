@@ -56,6 +56,8 @@ class SimConfig:
 
     nodes: int = 8
     uplink: int = 100 * MBIT
+    slow_hosts: int = 0  # this many of the hosts (the last ones) upload at `slow_uplink`
+    slow_uplink: int | None = None
     downlink: int | None = 100 * MBIT
     origin_up: int = 100 * MBIT
     latency: float = 0.0  # one way, seconds
@@ -77,7 +79,13 @@ class SimConfig:
 
     def bound(self) -> float:
         n = self.nodes
-        return t_min(self.image_bytes(), self.origin_up, [self.uplink] * n, [self.downlink] * n)
+        uplinks = [self.uplink_of(i) for i in range(n)]
+        return t_min(self.image_bytes(), self.origin_up, uplinks, [self.downlink] * n)
+
+    def uplink_of(self, index: int) -> int:
+        """Host `index`'s upload rate (the last `slow_hosts` of the first `nodes` are slow)."""
+        slow = self.slow_uplink is not None and self.nodes - self.slow_hosts <= index < self.nodes
+        return self.slow_uplink if slow and self.slow_uplink is not None else self.uplink
 
 
 @dataclass
@@ -183,7 +191,7 @@ class Simulation:
         config = self.config
         n = index + 1
         address = (f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", PEER_PORT)
-        host = self.network.add_host(float(config.uplink), config.downlink)
+        host = self.network.add_host(float(config.uplink_of(index)), config.downlink)
         rng = random.Random(f"{config.seed}/{index}")
         node = SimNode(self, f"node{n}", node_id(config.seed, index), address, host, rng, seeds)
         self.nodes.append(node)
