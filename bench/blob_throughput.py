@@ -1,5 +1,6 @@
 """Time one large blob fetched (a) straight from docker-registry, (b) through a cold pollen node,
 (c) through the warm node (cache hit), on loopback; print throughput, the ratios b/a and c/a,
+the node's CPU seconds per GiB for the cold fetch (until the blob is stored) and the warm one,
 and the node's peak RSS.
 
     python -m bench.blob_throughput [--size 1GiB] [--repeat 3] [--json FILE]
@@ -112,6 +113,12 @@ def wait_until_stored(node: Pollen, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -140,6 +147,7 @@ def main(size: str, repeat: int, json_path: str | None) -> None:
             blob.unlink()
             path = f"/v2/{REPO}/blobs/{digest}"
             direct, cold, warm, rss, dd = [], [], [], [], []
+            cold_cpu, warm_cpu = [], []
             for run in range(repeat):
                 direct.append(timed_fetch(registry.url + path, nbytes))
                 dd.append(page_cache_write_seconds(work, nbytes))
@@ -151,11 +159,16 @@ def main(size: str, repeat: int, json_path: str | None) -> None:
                     "warning",
                 )
                 try:
+                    assert node.proc is not None
+                    pid = node.proc.pid
+                    before = cpu_seconds(pid)
                     cold.append(timed_fetch(node.url + path, nbytes))
                     wait_until_stored(node)  # a cache hit, not a join of the fsync in progress
+                    cold_cpu.append(cpu_seconds(pid) - before)
+                    before = cpu_seconds(pid)
                     warm.append(timed_fetch(node.url + path, nbytes))
-                    assert node.proc is not None
-                    rss.append(peak_rss(node.proc.pid))
+                    warm_cpu.append(cpu_seconds(pid) - before)
+                    rss.append(peak_rss(pid))
                 finally:
                     node.stop()
                     # Drop the store so dirty pages of earlier runs do not slow later ones.
@@ -163,6 +176,7 @@ def main(size: str, repeat: int, json_path: str | None) -> None:
                 print(
                     f"run {run + 1}/{repeat}: direct {direct[-1]:.3f}s  cold {cold[-1]:.3f}s  "
                     f"warm {warm[-1]:.3f}s  dd to page cache {dd[-1]:.3f}s  "
+                    f"pollen CPU cold {cold_cpu[-1]:.2f}s warm {warm_cpu[-1]:.2f}s  "
                     f"peak RSS {format_size(rss[-1])}",
                     file=sys.stderr,
                 )
@@ -186,6 +200,10 @@ def main(size: str, repeat: int, json_path: str | None) -> None:
         "warm_over_direct": rate(warm) / rate(direct),
         "page_cache_write_seconds": dd,
         "page_cache_write_bytes_per_s": rate(dd),
+        "cold_cpu_seconds": cold_cpu,
+        "warm_cpu_seconds": warm_cpu,
+        "cold_cpu_s_per_gib": statistics.median(cold_cpu) / (nbytes / 2**30),
+        "warm_cpu_s_per_gib": statistics.median(warm_cpu) / (nbytes / 2**30),
         "peak_rss_bytes": max(rss),
         "cpus": os.cpu_count(),
     }
@@ -194,6 +212,10 @@ def main(size: str, repeat: int, json_path: str | None) -> None:
     b_a, c_a = result["cold_over_direct"], result["warm_over_direct"]
     print(f"  (b) through a cold pollen node   {rate(cold) / 1e9:6.2f} GB/s   b/a = {b_a:.2f}")
     print(f"  (c) through the warm node        {rate(warm) / 1e9:6.2f} GB/s   c/a = {c_a:.2f}")
+    print(
+        f"  pollen CPU per GiB               cold {result['cold_cpu_s_per_gib']:.2f} s, "
+        f"warm {result['warm_cpu_s_per_gib']:.2f} s"
+    )
     print(f"  pollen peak RSS                  {format_size(max(rss))}")
     print(
         f"  reference: dd of new bytes into the page cache {rate(dd) / 1e9:.2f} GB/s "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,11 @@ from pieces.layout import PieceLayout
 # 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
 # may be private, and nothing says which registry could vouch for a reader.
 META_VERSION = 2
-_HASH_READ = 1024 * 1024
+# Bytes written out of stream order are hashed from the data file through a read-only
+# mapping of this many bytes at a time: no copy into a buffer first (the sha256 of a swarm's
+# blob, whose pieces come in any order, is mostly this). Measured on a page-cached 512 MiB
+# file: 0.43-0.44 CPU s through the mapping, 0.53-0.56 s with 1 MiB preads.
+_HASH_WINDOW = 64 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -76,7 +81,7 @@ def io_error(exc: OSError, doing: str) -> StoreError:
     return StoreError(f"{doing}: {exc.strerror or exc}")
 
 
-def piece_hash(data: bytes | memoryview) -> bytes:
+def piece_hash(data: bytes | bytearray | memoryview) -> bytes:
     """The per-piece hash: xxh3-128, 16 bytes."""
     return bytes(xxhash.xxh3_128_digest(data))
 
@@ -294,6 +299,39 @@ class PartialBlob:
             self._save_meta()
         return completed
 
+    def write_piece_sync(
+        self, index: int, data: bytes | bytearray | memoryview, expected: bytes
+    ) -> list[int] | None:
+        """Check one whole piece (from a peer) against its xxh3-128 `expected`, then write
+        and record it: hashed once, in the worker thread, where `piece_hash` on the trio
+        thread and then `write_sync` hash the same 4 MiB twice. None when the bytes do not
+        match (nothing is written); else the pieces this completed (empty when `index` was
+        recorded already).
+
+        Raises:
+            StoreError: not the length of piece `index`, a piece begun by a stream, or as
+                `write_sync` (DiskFull for ENOSPC).
+        """
+        layout = self.layout
+        if not 0 <= index < layout.count or len(data) != layout.length(index):
+            raise StoreError(f"{self.digest}: {len(data)} bytes are not piece {index}")
+        if piece_hash(data) != expected:
+            return None
+        if index in self.piece_hashes:
+            return []
+        if self._filling.get(index, 0):
+            raise StoreError(f"{self.digest}: piece {index} written out of order")
+        view = memoryview(data)
+        offset = layout.start(index)
+        self._write(view, offset)
+        if offset == self._sha_offset:
+            self._sha.update(view)
+            self._sha_offset += len(view)
+        self.piece_hashes[index] = expected
+        self._bytes_present += len(view)
+        self._save_meta()
+        return [index]
+
     def _write(self, data: memoryview, offset: int) -> None:
         try:
             _write_all(self._fd, data, offset)
@@ -332,13 +370,9 @@ class PartialBlob:
         missing = self.first_missing_offset()
         if missing != self.layout.size:
             raise StoreError(f"{self.digest}: cannot finalize, byte {missing} not written")
-        # Bytes written out of stream order (a resumed download) are hashed here from disk.
-        while self._sha_offset < self.layout.size:
-            block = os.pread(self._fd, _HASH_READ, self._sha_offset)
-            if not block:
-                raise StoreError(f"{self.digest}: data file shorter than {self.layout.size}")
-            self._sha.update(block)
-            self._sha_offset += len(block)
+        # Bytes written out of stream order (pieces from peers, a resumed download) are
+        # hashed here from disk.
+        self._hash_from_disk()
         actual = "sha256:" + self._sha.hexdigest()
         if actual != self.digest:
             self.discard_sync()
@@ -346,6 +380,31 @@ class PartialBlob:
                 f"blob {self.digest} has wrong content (its bytes hash to {actual})"
             )
         self.verified = True
+
+    def _hash_from_disk(self) -> None:
+        """Feed the sha256 every byte from `_sha_offset` to the end, read from the data file.
+
+        Raises:
+            StoreError: the file is shorter than the blob (a mapping past its end would
+                fault), or an I/O error.
+        """
+        size = self.layout.size
+        if self._sha_offset >= size:
+            return
+        try:
+            if os.fstat(self._fd).st_size < size:
+                raise StoreError(f"{self.digest}: data file shorter than {size}")
+            while self._sha_offset < size:
+                start = self._sha_offset - self._sha_offset % mmap.ALLOCATIONGRANULARITY
+                length = min(_HASH_WINDOW, size - start)
+                with (
+                    mmap.mmap(self._fd, length, prot=mmap.PROT_READ, offset=start) as window,
+                    memoryview(window) as view,
+                ):
+                    self._sha.update(view[self._sha_offset - start :])
+                self._sha_offset = start + length
+        except OSError as exc:
+            raise io_error(exc, f"reading {self.digest} back") from exc
 
     def add_origins(self, origins: list[str]) -> None:
         """More registries vouch for these bytes (the next meta save records them)."""

@@ -147,6 +147,51 @@ def encode(event: Event) -> list[bytes | memoryview | FileRange]:
     return [PREFIX.pack(len(header) + len(payload), len(header)), header, payload]
 
 
+class PayloadPool:
+    """Payload buffers given back after use, for the next large piece to reuse.
+
+    A new buffer for a 4 MiB piece costs more than its bytes: CPython zero-fills it, and the
+    fresh pages it takes are faulted in one by one (on our VM, memory new to the process is
+    slow to touch at all). Kept buffers are plain memory the next payload overwrites; no
+    event is made from a buffer before it is filled, so nothing of an earlier piece is ever
+    read out of one. Bounded: at most `buffers` buffers and `max_bytes` bytes are kept (in
+    all, across the decoders that share the pool). Used from one thread.
+    """
+
+    def __init__(self, buffers: int = 2, max_bytes: int | None = None) -> None:
+        self.buffers = buffers
+        self.max_bytes = max_bytes
+        self._idle: list[bytearray] = []
+
+    @property
+    def idle(self) -> int:
+        """Buffers kept for reuse now."""
+        return len(self._idle)
+
+    def take(self, length: int) -> bytearray:
+        """A buffer of exactly `length` bytes: a kept one (its old bytes still in it), or new."""
+        for position, buffer in enumerate(self._idle):
+            if len(buffer) == length:
+                del self._idle[position]
+                return buffer
+        return bytearray(length)
+
+    def give(self, buffer: bytes | bytearray | memoryview) -> None:
+        """Keep `buffer` for reuse (only a bytearray can be; anything else is ignored). When
+        the pool is full the oldest kept buffer goes, so the sizes in use now stay."""
+        if not isinstance(buffer, bytearray) or self.buffers <= 0:
+            return
+        if self.max_bytes is not None and len(buffer) > self.max_bytes:
+            return
+        if any(kept is buffer for kept in self._idle):
+            return  # given back twice: keeping it twice would hand it to two payloads
+        self._idle.append(buffer)
+        while len(self._idle) > self.buffers or (
+            self.max_bytes is not None and sum(map(len, self._idle)) > self.max_bytes
+        ):
+            del self._idle[0]
+
+
 class FrameDecoder:
     """Accumulates bytes and yields whole events; enforces the frame size limit.
 
@@ -171,7 +216,10 @@ class FrameDecoder:
         max_frame: int,
         direct_min: int = 64 * 1024,
         admit_piece: Callable[[str, int], None] | None = None,
+        pool: PayloadPool | None = None,
     ) -> None:
+        """`pool`: where payload buffers are reused from (several decoders may share one: a
+        node's links do); by default a pool of two of its own."""
         self.max_frame = max_frame
         self.direct_min = direct_min  # payloads at least this large get their own buffer
         self.admit_piece = admit_piece
@@ -180,7 +228,7 @@ class FrameDecoder:
         self._piece: tuple[str, int] | None = None  # (digest, index) of the payload below
         self._payload: bytearray | None = None
         self._filled = 0
-        self._spare: list[bytearray] = []
+        self._pool = pool if pool is not None else PayloadPool()
         self._opener: Opener | None = None
         self._record = 0  # sealed: length of the payload record of `_piece`
 
@@ -220,8 +268,7 @@ class FrameDecoder:
     def recycle(self, payload: bytes | bytearray | memoryview) -> None:
         """Give back a Piece payload this decoder produced, for the next piece to reuse
         (only a bytearray can be reused; anything else is ignored)."""
-        if isinstance(payload, bytearray) and len(self._spare) < 2:
-            self._spare.append(payload)
+        self._pool.give(payload)
 
     def next_event(self) -> Event | None:
         """The next whole event, or None when more bytes are needed.
@@ -312,11 +359,7 @@ class FrameDecoder:
     def _start_payload(self, start: int, length: int) -> None:
         """Switch to receiving an admitted payload (or sealed payload record) of `length`
         bytes into its own buffer; what is in the buffer from `start` on is its beginning."""
-        payload = next((b for b in self._spare if len(b) == length), None)
-        if payload is None:
-            payload = bytearray(length)
-        else:
-            self._spare.remove(payload)
+        payload = self._pool.take(length)
         self._payload = payload
         # What arrived after the header (less than the payload: the frame is not complete).
         already = memoryview(self._buffer)[start:]

@@ -65,7 +65,7 @@ from wire.events import (
     Reject,
     Request,
 )
-from wire.frames import FrameDecoder, encode
+from wire.frames import FrameDecoder, PayloadPool, encode
 from wire.seal import Opener, Sealer
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
@@ -156,6 +156,7 @@ class PeerProtocol:
         encrypt: bool = False,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        pool: PayloadPool | None = None,
     ) -> None:
         """One end of a connection.
 
@@ -166,6 +167,8 @@ class PeerProtocol:
             peer_id: the node the initiator means to reach (required for it, and only for it):
                 it is named in our Hello and any other answering node is refused.
             encrypt: seal every frame after the handshake; the peer must do the same.
+            pool: where received piece payloads are reused from (a node's links share one;
+                by default the connection keeps its own, of two buffers).
 
         Raises:
             LocalProtocolError: wrong sizes, or `peer_id` given to the wrong role.
@@ -198,7 +201,7 @@ class PeerProtocol:
         self._sealer: Sealer | None = None
         # Before the peer has proved the token, only handshake-sized frames: a stranger's
         # stated sizes never reach an allocation.
-        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME, admit_piece=self._admit_piece)
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME, admit_piece=self._admit_piece, pool=pool)
         self._eof = False
         self._sent_hello = False
         self._sent_proof = False

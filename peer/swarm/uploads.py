@@ -70,9 +70,10 @@ class Uploads:
                 await _reject(link, Reject(digest, index, "cancelled"))
                 self._counters.uploads_cancelled += 1
                 return
-            source = await trio.to_thread.run_sync(
-                self._store.open_piece_sync, digest, index, self._piece_size_of(digest)
-            )
+            # Opened here, not in a worker thread: an open and a stat of a file the store
+            # just wrote or read cost microseconds, a thread hop per piece costs more (a
+            # wake-up of another CPU, on a VM an exit to the host).
+            source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
             if source is None:
                 await _reject(link, Reject(digest, index, "missing"))
                 return

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import random
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pieces.partial import BlobFailed, DigestMismatch, DiskFull, piece_hash
+import pieces.partial as partial_module
+from pieces.partial import BlobFailed, DigestMismatch, DiskFull, StoreError, piece_hash
 from pieces.store import Store
 from tests.tmpfs import mounted_tmpfs
 
@@ -245,3 +247,80 @@ async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk:
         )
     assert 0 < len(resumed.piece_hashes) < resumed.layout.count
     store2.release_partial(resumed)
+
+
+async def test_the_sha256_of_pieces_out_of_order_is_read_through_several_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bytes not hashed in stream order are read back through mappings of the data file,
+    # a window at a time, from an offset that is not on a mapping boundary.
+    monkeypatch.setattr(partial_module, "_HASH_WINDOW", mmap.ALLOCATIONGRANULARITY)
+    piece = 1000
+    data = os.urandom(6 * mmap.ALLOCATIONGRANULARITY + 123)
+    digest = digest_of(data)
+    store = Store(tmp_path, piece)
+    partial = await store.open_partial(digest, len(data))
+    count = partial.layout.count
+    order = [0, *random.Random(3).sample(range(1, count), count - 1)]  # piece 0 in order
+    for index in order:
+        start = index * piece
+        partial.write_sync(start, [data[start : start + piece]])
+    partial.finalize_sync()
+    assert store.complete_path(digest).read_bytes() == data
+
+
+async def test_a_byte_changed_on_disk_before_the_check_fails_the_blob(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(4200)
+    partial = await store.open_partial(digest_of(data), len(data))
+    for index in (4, 3, 2, 1, 0):
+        start = index * 1000
+        partial.write_sync(start, [data[start : start + 1000]])
+    with open(partial.data_path, "r+b") as f:
+        f.seek(2500)
+        f.write(bytes([data[2500] ^ 1]))
+    with pytest.raises(DigestMismatch):
+        partial.verify_sync()
+    assert not partial.data_path.exists()
+
+
+async def test_a_data_file_cut_short_fails_the_check_without_a_fault(tmp_path: Path) -> None:
+    # Read through a mapping, a file shorter than the blob would fault (SIGBUS): refused first.
+    store = Store(tmp_path, 1000)
+    data = os.urandom(4200)
+    partial = await store.open_partial(digest_of(data), len(data))
+    for index in (4, 3, 2, 1, 0):
+        start = index * 1000
+        partial.write_sync(start, [data[start : start + 1000]])
+    os.truncate(partial.data_path, 3000)
+    with pytest.raises(StoreError, match="shorter"):
+        partial.verify_sync()
+
+
+async def test_a_whole_piece_is_checked_and_written_with_one_hash(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(4200)
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    pieces = {i: data[i * 1000 : (i + 1) * 1000] for i in range(5)}
+    wrong = bytes([pieces[2][0] ^ 1]) + pieces[2][1:]
+    assert partial.write_piece_sync(2, wrong, piece_hash(pieces[2])) is None
+    assert 2 not in partial.piece_hashes and partial.bytes_present == 0
+    with pytest.raises(StoreError, match="not piece"):
+        partial.write_piece_sync(4, pieces[3], piece_hash(pieces[3]))  # 1000 bytes, not 200
+    for index in (3, 0, 4, 2, 1):
+        piece = bytearray(pieces[index])
+        assert partial.write_piece_sync(index, piece, piece_hash(piece)) == [index]
+    assert partial.write_piece_sync(1, pieces[1], piece_hash(pieces[1])) == []  # recorded
+    assert partial.piece_hashes == {i: piece_hash(p) for i, p in pieces.items()}
+    partial.finalize_sync()
+    assert store.complete_path(digest).read_bytes() == data
+
+
+async def test_a_whole_piece_cannot_finish_a_piece_a_stream_began(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1000)
+    data = os.urandom(3000)
+    partial = await store.open_partial(digest_of(data), len(data))
+    partial.write_sync(1000, [data[1000:1500]])
+    with pytest.raises(StoreError, match="out of order"):
+        partial.write_piece_sync(1, data[1000:2000], piece_hash(data[1000:2000]))

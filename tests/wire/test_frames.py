@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
 from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, Proof
-from wire.frames import PREFIX, FrameDecoder, encode
+from wire.frames import PREFIX, FrameDecoder, PayloadPool, encode
 
 MAX = 1 << 20
 
@@ -171,6 +171,47 @@ def test_a_recycled_payload_buffer_is_reused_for_the_next_piece() -> None:
     decoder.feed(b"y")
     second = decoder.next_event()
     assert isinstance(second, Piece) and second.data is first.data and second.data == b"y" * 100
+
+
+def test_decoders_sharing_a_pool_reuse_each_others_payload_buffers() -> None:
+    digest = "sha256:" + "a" * 64
+    pool = PayloadPool(buffers=4)
+    one = FrameDecoder(MAX, direct_min=16, pool=pool)
+    other = FrameDecoder(MAX, direct_min=16, pool=pool)
+    one.feed(frame(Piece(digest, 0, b"x" * 100))[:-1])
+    assert one.next_event() is None
+    one.feed(b"x")
+    first = one.next_event()
+    assert isinstance(first, Piece) and isinstance(first.data, bytearray)
+    one.recycle(first.data)
+    assert pool.idle == 1
+    other.feed(frame(Piece(digest, 1, b"y" * 100))[:-1])
+    assert other.next_event() is None
+    other.feed(b"y")
+    second = other.next_event()
+    # The other decoder's piece came in the first one's buffer, wholly overwritten.
+    assert isinstance(second, Piece) and second.data is first.data and second.data == b"y" * 100
+    assert pool.idle == 0
+
+
+def test_a_payload_pool_is_bounded_and_keeps_a_buffer_once() -> None:
+    pool = PayloadPool(buffers=2, max_bytes=250)
+    a, b, c = bytearray(100), bytearray(100), bytearray(100)
+    pool.give(a)
+    pool.give(a)  # given back twice: kept once, or two payloads would share it
+    assert pool.idle == 1
+    pool.give(b)
+    pool.give(c)  # over two buffers: the oldest goes
+    assert pool.idle == 2
+    assert pool.take(100) is b and pool.take(100) is c
+    fresh = pool.take(100)
+    assert fresh is not a and fresh == bytearray(100)
+    pool.give(bytearray(300))  # larger than the byte bound: not kept
+    pool.give(b"immutable")  # only a bytearray can be reused
+    assert pool.idle == 0
+    pool.give(a)
+    pool.give(bytearray(200))  # 300 bytes kept would pass the bound: the oldest goes
+    assert pool.idle == 1 and pool.take(100) is not a
 
 
 @settings(max_examples=300)

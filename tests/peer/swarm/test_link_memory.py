@@ -302,6 +302,41 @@ async def test_posted_messages_arrive_in_the_order_they_were_posted() -> None:
     assert received == [Have(DIGEST, index) for index in range(200)]
 
 
+async def test_messages_posted_together_go_out_in_one_write() -> None:
+    left, right = memory_stream_pair()
+    sender, receiver = await opened(streams=(left, right))
+    writes = [0]
+    pump = left.send_stream.send_all_hook
+    assert pump is not None
+
+    async def count() -> None:
+        writes[0] += 1
+        await pump()
+
+    left.send_stream.send_all_hook = count
+    for index in range(50):  # posted before the writer runs: one batch
+        sender.post(Have(DIGEST, index))
+    async with running(sender, receiver) as (_, inbox):
+        received = [await inbox.next() for _ in range(50)]
+    assert received == [Have(DIGEST, index) for index in range(50)]
+    assert writes[0] == 1
+
+
+async def test_send_many_answers_each_event_and_rejects_cancelled_pieces() -> None:
+    uploader, downloader = await opened()
+    async with running(uploader, downloader) as (to_uploader, to_downloader):
+        for index in range(3):
+            await downloader.send(Request(DIGEST, index))
+        assert [await to_uploader.next() for _ in range(3)] == [
+            Request(DIGEST, index) for index in range(3)
+        ]
+        uploader.cancelled.add((DIGEST, 1))
+        pieces = [Piece(DIGEST, index, bytes([index]) * 100) for index in range(3)]
+        assert await uploader.send_many([*pieces, Have(DIGEST, 7)]) == [True, False, True, True]
+        received = [await to_downloader.next() for _ in range(4)]
+    assert received == [pieces[0], Reject(DIGEST, 1, "cancelled"), pieces[2], Have(DIGEST, 7)]
+
+
 async def test_a_piece_whose_request_was_cancelled_goes_out_as_a_reject() -> None:
     uploader, downloader = await opened()
     async with running(uploader, downloader) as (to_uploader, to_downloader):
