@@ -180,8 +180,14 @@ class SwarmFetch:
         picker.add_peer(source)
         if self.meta_pending:
             self.meta_pending = False
-            if not self.state.partial:
-                self.node.partial_opened(self.state)
+            state = self.state
+            if not state.partial:
+                self.node.partial_opened(state)
+            elif state.have:
+                # As the node: what we hold already goes to the owner (its offers skip it).
+                self.node.send(
+                    source, Bitfield(state.digest, bits_of(state.have, state.layout.count))
+                )
             self._exchange()
         elif any(picker.holders(i) for i in known):
             # Hashes alone give nothing to ask (the owner offers its pieces with Haves) unless
@@ -254,6 +260,9 @@ class SwarmFetch:
         self.schedule()
 
     def on_have(self, peer: bytes, index: int) -> None:
+        if peer == self.owner and index in self.state.have:
+            # As the node: an offer of a piece we hold is answered with our Have.
+            self.node.send(peer, Have(self.state.digest, index))
         self.picker.have(peer, index)
         self._maybe_schedule(peer, index)
 

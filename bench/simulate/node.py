@@ -404,7 +404,11 @@ class SimNode:
             state.fetch.on_bitfield(source, held)
         if state.seeder is not None:
             self._seeded(state, state.seeder.peer_has(source, held, self.world.queue.now))
-        if source not in state.bitfield_sent and (state.partial or state.complete):
+        if (
+            source not in state.bitfield_sent
+            and source not in state.interested
+            and (state.partial or state.complete)
+        ):
             state.bitfield_sent.add(source)
             self.send(source, Bitfield(state.digest, bits_of(state.have, state.layout.count)))
 

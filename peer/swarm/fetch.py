@@ -26,7 +26,7 @@ from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
-from pieces.partial import PartialBlob, StoreError, piece_hash
+from pieces.partial import PartialBlob, StoreError
 from wire.events import (
     Access,
     Bitfield,
@@ -205,6 +205,11 @@ class SwarmFetch:
         elif self.partial.layout.size != meta.size:
             raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
         self._owner_meta(link.peer_id, self._owner_hashes)
+        partial = self.partial
+        if partial.piece_hashes:
+            # What we hold already (resumed, or taken from peers before this owner): its
+            # offers go to pieces we lack, not to ones we would never ask for.
+            link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
 
     def _owner_meta(self, owner: bytes, indices: Iterable[int]) -> None:
         """The owner's hashes: those pieces may be fetched (from whoever offers them; the
@@ -380,6 +385,11 @@ class SwarmFetch:
         elif isinstance(event, Have):
             self._add_peer(link.peer_id)
             picker.have(link.peer_id, event.index)
+            partial = self.partial
+            if link.peer_id == self.owner and partial and event.index in partial.piece_hashes:
+                # The owner offers a piece we hold (it did not know): say so, or the offer
+                # holds one of our few offer slots until it goes stale.
+                link.post(Have(self.digest, event.index))
         elif isinstance(event, Peers):
             # Connecting may take seconds: not in the read loop.
             self.swarm.start_soon(self._link_peers, event)
@@ -458,24 +468,29 @@ class SwarmFetch:
             picker.store_failed(piece.index)
             swarm.counters.wasted_bytes += len(data)
             return
-        if piece_hash(data) != self.hashes.get(piece.index):
-            picker.bad_piece(link.peer_id, piece.index)
-            swarm.counters.bad_pieces += 1
-            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
-            self._lost(link.peer_id)
-            return
+        expected = self.hashes.get(piece.index)
+        completed: list[int] | None = None
         try:
-            swarm.store.ensure_room(partial, len(data))
-            async with partial.write_lock:
-                completed = await trio.to_thread.run_sync(
-                    partial.write_sync, partial.layout.start(piece.index), [data]
-                )
+            if expected is not None:
+                swarm.store.ensure_room(partial, len(data))
+                async with partial.write_lock:
+                    # Checked and written in one worker-thread call: the piece is hashed once,
+                    # off the event loop.
+                    completed = await trio.to_thread.run_sync(
+                        partial.write_piece_sync, piece.index, data, expected
+                    )
         except StoreError as exc:
             # The disk, not the peer: the fetch fails (its clients get 507 or 500), the link
             # stays. Raised from the exchange loop, which the read loop must not be.
             picker.store_failed(piece.index)
             self.failure = exc
             self._poke()
+            return
+        if completed is None:
+            picker.bad_piece(link.peer_id, piece.index)
+            swarm.counters.bad_pieces += 1
+            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
+            self._lost(link.peer_id)
             return
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1

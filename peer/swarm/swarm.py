@@ -412,7 +412,9 @@ class Swarm:
             state.fetch.on_bitfield(link.peer_id, event.bits)
         if state.seeder is not None:
             self.owner.peer_has(state, link.peer_id, indices_of(event.bits))
-        if link.peer_id not in state.bitfield_sent:
+        if link.peer_id not in state.bitfield_sent and link.peer_id not in state.interested:
+            # (A peer that wants the blob from us as its owner hears what we hold from our
+            # seeder's offers, not from a Bitfield.)
             bits = self._our_bits(event.digest)
             if bits is not None:
                 state.bitfield_sent.add(link.peer_id)

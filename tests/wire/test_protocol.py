@@ -209,9 +209,9 @@ def test_another_protocol_version_is_named_in_the_error() -> None:
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 2"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 3"):
         events(b)
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3  # 3: PieceMeta no longer says the owner holds the pieces
 
 
 # ---- memory before authentication ------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_a_large_frame_before_the_handshake_allocates_nothing(role: Role) -> Non
     with pytest.raises(RemoteProtocolError, match=f"over {HANDSHAKE_MAX_FRAME}"):
         node.next_event()
     assert node.payload_buffer() is None
-    assert not node._decoder._spare and node._decoder._payload is None
+    assert node._decoder._pool.idle == 0 and node._decoder._payload is None
 
 
 def test_a_large_frame_after_the_hello_but_before_the_proof_allocates_nothing() -> None:

@@ -3,12 +3,15 @@ links: events are handed in as the read loop would)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
+from peer.swarm.picker import PiecePicker
+from pieces.layout import PieceLayout
 from wire.events import Have, PieceMeta
 
 DIGEST = "sha256:" + "a" * 64
@@ -56,3 +59,32 @@ async def test_offers_before_the_picker_exists_are_kept() -> None:
     await fetch.on_event(Link(OWNER), Have(DIGEST, 2))  # type: ignore[arg-type]
     fetch.on_bitfield(PEER, bits_of([1], 3))
     assert fetch._early == {OWNER: {0, 2}, PEER: {1}}
+
+
+async def test_an_offer_of_a_piece_we_hold_is_answered_with_our_have() -> None:
+    """The owner did not know we hold it: without an answer its offer would hold one of our
+    few offer slots at the owner until it went stale."""
+
+    class Posting:
+        peer_id = OWNER
+        posted: list[object] = []
+
+        def post(self, event: object) -> None:
+            self.posted.append(event)
+
+    class Partial:
+        piece_hashes = {1: b"x" * 16}
+
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.owner = OWNER
+    fetch.partial = Partial()  # type: ignore[assignment]
+    fetch.picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(1), have=[1])
+    link = Posting()
+    await fetch.on_event(link, Have(DIGEST, 1))  # type: ignore[arg-type]
+    await fetch.on_event(link, Have(DIGEST, 2))  # type: ignore[arg-type]
+    assert link.posted == [Have(DIGEST, 1)]
