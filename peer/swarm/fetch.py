@@ -73,8 +73,8 @@ class SwarmFetch:
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
     _meta: PieceMeta | Refused | None = None
     _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
-    # Have/Bitfield that came before the picker (the owner offers pieces right after its
-    # PieceMeta, before `_want` has read it): given to the picker when it is made.
+    # The owner's Have/Bitfield offers that came before the picker (they follow its PieceMeta
+    # at once, before `_want` has read it): given to the picker when it is made.
     _early: dict[bytes, set[int]] = field(default_factory=dict)
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
@@ -380,8 +380,8 @@ class SwarmFetch:
                 if self._meta is None:
                     self._meta = event
         elif picker is None:
-            if isinstance(event, Have):  # kept for the picker (see `_early`)
-                self._early.setdefault(link.peer_id, set()).add(event.index)
+            if isinstance(event, Have):
+                self._keep_early(link.peer_id, [event.index], replace=False)
         elif isinstance(event, Have):
             self._add_peer(link.peer_id)
             picker.have(link.peer_id, event.index)
@@ -401,7 +401,7 @@ class SwarmFetch:
 
     def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
         if self.picker is None:
-            self._early[peer_id] = indices_of(bits)  # kept for the picker (see `_early`)
+            self._keep_early(peer_id, indices_of(bits), replace=True)
             return
         self._add_peer(peer_id)
         self.picker.bitfield(peer_id, indices_of(bits))
@@ -411,6 +411,19 @@ class SwarmFetch:
         if self.picker is not None:
             self.picker.choke(peer_id, choked)
         self._poke()
+
+    def _keep_early(self, peer_id: bytes, indices: Iterable[int], *, replace: bool) -> None:
+        """Keep the owner's offers until the picker exists (see `_early`): only the owner's
+        (nobody else has been told of us yet), only after its PieceMeta (its offers follow
+        it), only indices of that blob (a Have per index: never more than were sent)."""
+        meta = self._meta
+        if peer_id != self.owner or not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
+            return
+        count = -(-meta.size // meta.piece_size)
+        kept = self._early.setdefault(peer_id, set())
+        if replace:
+            kept.clear()
+        kept.update(i for i in indices if 0 <= i < count)
 
     def link_lost(self, peer_id: bytes) -> None:
         self._lost(peer_id)

@@ -57,8 +57,26 @@ async def test_offers_before_the_picker_exists_are_kept() -> None:
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), Have(DIGEST, 0))  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), Have(DIGEST, 2))  # type: ignore[arg-type]
+    assert fetch._early == {OWNER: {0, 2}}
+    # Bounded: not another member's (none has been told of us), not past the blob's pieces.
     fetch.on_bitfield(PEER, bits_of([1], 3))
-    assert fetch._early == {OWNER: {0, 2}, PEER: {1}}
+    await fetch.on_event(Link(OWNER), Have(DIGEST, 3))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), Have(DIGEST, 2**40))  # type: ignore[arg-type]
+    assert fetch._early == {OWNER: {0, 2}}
+    fetch.on_bitfield(OWNER, bits_of([1, 2], 3))  # a Bitfield replaces what was kept
+    assert fetch._early == {OWNER: {1, 2}}
+
+
+async def test_offers_before_the_owners_answer_are_not_kept() -> None:
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.owner = OWNER
+    await fetch.on_event(Link(OWNER), Have(DIGEST, 0))  # type: ignore[arg-type]
+    assert fetch._early == {}
 
 
 async def test_an_offer_of_a_piece_we_hold_is_answered_with_our_have() -> None:
