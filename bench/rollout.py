@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from typing import TypeVar
 from bench.components import REPO, registry_bytes_served, registry_config
 from bench.oci_image import Image, push
 from bench.testbed import Host, Testbed, stop_process
+from peer.cluster.rendezvous import owner_order
 from peer.front.admin import ADMIN_TOKEN_FILE
 
 REGISTRY_PORT = 5000
@@ -53,6 +56,7 @@ class Outcome:
     origin_wire: int = 0  # bytes the origin's link carried (headers, retransmits included)
     cpu_busy: float = 0.0  # share of the machine's CPU time busy while the hosts fetched
     node_ids: dict[str, str] = field(default_factory=dict)  # host -> pollen node id (hex)
+    killed: dict[str, float] = field(default_factory=dict)  # host -> when it was SIGKILLed
 
     @property
     def times(self) -> list[float]:
@@ -72,6 +76,7 @@ class Origin:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.layers: list[tuple[str, int]] = []
         host = self.testbed.origin
         self.address = f"{host.ip}:{REGISTRY_PORT}"
         self.url = f"http://{self.address}"
@@ -88,6 +93,7 @@ class Origin:
         )
 
     def push(self, image: Image) -> None:
+        self.layers = [(d.digest, d.size) for d in image.layers]  # of the last image pushed
         prefix = self.testbed.command(self.testbed.origin, [])
         push(image.layout, image.tag, f"{self.address}/{REPOSITORY}:{image.tag}", False, prefix)
 
@@ -123,9 +129,7 @@ def wait_until(
     raise RolloutError(f"{what}: not ready after {timeout:.0f}s")
 
 
-def _curl(
-    testbed: Testbed, host: Host, url: str, *extra: str
-) -> subprocess.CompletedProcess[str]:
+def _curl(testbed: Testbed, host: Host, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = testbed.command(host, ["curl", "-s", "-S", "--max-time", "5", *extra, url])
     return subprocess.run(argv, capture_output=True, text=True, timeout=15)
 
@@ -142,6 +146,16 @@ def _curl_ok(testbed: Testbed, host: Host, url: str) -> bool:
     return _curl(testbed, host, url).returncode == 0
 
 
+@dataclass(frozen=True)
+class HostKill:
+    """`kill(host)` SIGKILLs what runs on the host (its node) `at` seconds into the run; the
+    host's client is stopped too, and the host no longer counts (it is not a failure)."""
+
+    at: float
+    hosts: list[Host]
+    kill: Callable[[Host], None]
+
+
 def run_at_once(
     testbed: Testbed,
     commands: dict[Host, list[str]],
@@ -150,12 +164,15 @@ def run_at_once(
     progress: Progress,
     logs: Path,
     done_files: dict[Host, Path] | None = None,
+    kills: list[HostKill] | None = None,
 ) -> None:
     """Start every host's command at the same moment; record when each finished.
 
     A host is done when its command exits 0, or (with `done_files`, for clients that keep
-    running to serve others) when its done file appears; the file holds a Unix time.
+    running to serve others) when its done file appears; the file holds a Unix time. `kills`
+    end hosts mid-run (churn).
     """
+    kills = sorted(kills or [], key=lambda k: k.at)
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[Host, subprocess.Popen[bytes]] = {}
     wall_start = time.time()
@@ -166,6 +183,15 @@ def run_at_once(
     deadline = start + timeout
     try:
         while pending and time.monotonic() < deadline:
+            while kills and time.monotonic() - start >= kills[0].at:
+                kill = kills.pop(0)
+                for host in kill.hosts:
+                    kill.kill(host)
+                    stop_process(procs[host])
+                    outcome.killed[host.name] = time.monotonic() - start
+                    outcome.done.pop(host.name, None)
+                    outcome.errors.pop(host.name, None)
+                    pending.discard(host)
             for host in list(pending):
                 proc = procs[host]
                 if done_files is not None and done_files[host].exists():
@@ -260,9 +286,16 @@ class Rollout:
         finally:
             remove_data(base)
 
-    def pollen(self, tags: list[str], extra_args: list[str] | None = None) -> Outcome:
+    def pollen(
+        self,
+        tags: list[str],
+        extra_args: list[str] | None = None,
+        kills: list[tuple[str, float]] | None = None,
+    ) -> Outcome:
         """A pollen node per host, joined by gossip; every host pulls through its own node
-        (`extra_args` go to every `pollen run`, e.g. --piece-size 1MiB)."""
+        (`extra_args` go to every `pollen run`, e.g. --piece-size 1MiB). `kills`: (COUNT or
+        "owner", seconds): SIGKILL that many random hosts' nodes (or the node that owns the
+        largest layer) that far into the timed pull."""
         nodes = self.testbed.nodes
         base = self.workdir / "pollen"
         procs = []
@@ -296,9 +329,11 @@ class Rollout:
                 log = base / host.name / "pollen.log"
                 procs.append(self.testbed.spawn(host, argv, log, cwd=REPO))
             self._wait_converged(nodes, base)
+            by_host = dict(zip(nodes, procs, strict=True))
+            host_kills = self._host_kills(kills or [], by_host, base)
 
             def pull(tag: str, outcome: Outcome) -> None:
-                self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome)
+                self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome, host_kills)
 
             outcome = self.measure(
                 "pollen",
@@ -306,6 +341,8 @@ class Rollout:
                 lambda outcome: pull(tags[-1], outcome),
             )
             for host in nodes:  # kept with the logs: what each node saw
+                if host.name in outcome.killed:
+                    continue
                 status = _node_status(self.testbed, host, base)
                 (base / host.name / "status.log").write_text(status.stdout)
                 with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -316,13 +353,49 @@ class Rollout:
                 stop_process(proc)
             remove_data(base)
 
-    def _pull_all(self, source: str, tag: str, base: Path, outcome: Outcome) -> None:
+    def _host_kills(
+        self, kills: list[tuple[str, float]], procs: dict[Host, subprocess.Popen[bytes]], base: Path
+    ) -> list[HostKill]:
+        """Which hosts each kill ends: random ones (seeded: the same run, the same victims),
+        or the owner of the largest layer (by the node ids, as every node computes it)."""
+        rng = random.Random(0)
+        alive = list(procs)
+        out = []
+        for what, at in kills:
+            if what == "owner":
+                ids = {}
+                for host in alive:
+                    status = json.loads(_node_status(self.testbed, host, base).stdout)
+                    ids[bytes.fromhex(status["swarm"]["node_id"])] = host
+                largest = max(self.origin.layers, key=lambda d: d[1])[0]
+                victims = [ids[owner_order(largest, list(ids))[0]]]
+            else:
+                victims = rng.sample(alive, min(int(what), len(alive)))
+            alive = [h for h in alive if h not in victims]
+
+            def kill(host: Host) -> None:
+                proc = procs[host]
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)  # by its PID: the host dies
+                    proc.wait(timeout=10)
+
+            out.append(HostKill(at, victims, kill))
+        return out
+
+    def _pull_all(
+        self,
+        source: str,
+        tag: str,
+        base: Path,
+        outcome: Outcome,
+        kills: list[HostKill] | None = None,
+    ) -> None:
         """Every node host copies `source` with skopeo into its layout under `base`."""
         for host in self.testbed.nodes:
             (base / host.name).mkdir(parents=True, exist_ok=True)
         commands = {h: skopeo_pull(source, base / h.name / "oci", tag) for h in self.testbed.nodes}
         logs = base / f"logs-{tag}"
-        run_at_once(self.testbed, commands, self.timeout, outcome, self.progress, logs)
+        run_at_once(self.testbed, commands, self.timeout, outcome, self.progress, logs, kills=kills)
 
     def _wait_converged(self, nodes: list[Host], base: Path) -> None:
         def converged() -> bool:

@@ -63,6 +63,24 @@ def _progress(enabled: bool) -> Any:
     return show
 
 
+def _kills(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, float]]:
+    kills = []
+    for value in values:
+        what, _, at = value.partition("@")
+        try:
+            seconds = float(at)
+            if what != "owner" and int(what) < 1:
+                raise ValueError(what)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param
+            ) from None
+        kills.append((what, seconds))
+    return kills
+
+
 @click.command()
 @click.option("--nodes", default=16, show_default=True, help="Node hosts (besides the origin).")
 @click.option(
@@ -148,6 +166,15 @@ def _progress(enabled: bool) -> Any:
     help="Extra options for every `pollen run`, e.g. '--piece-size 1MiB'.",
 )
 @click.option(
+    "--kill",
+    "kills",
+    multiple=True,
+    callback=_kills,
+    metavar="COUNT@S|owner@S",
+    help="pollen only: SIGKILL COUNT random hosts' nodes (or the node owning the largest "
+    "layer) S seconds into the pull; those hosts then no longer count. Repeatable.",
+)
+@click.option(
     "--cleanup",
     is_flag=True,
     help="Only remove namespaces left by testbeds whose process died, and exit.",
@@ -172,6 +199,7 @@ def swarm(
     chart_path: Path | None,
     workdir: Path | None,
     pollen_args: str,
+    kills: list[tuple[str, float]],
     cleanup: bool,
 ) -> None:
     """Compare contenders on a testbed of network namespaces (needs root).
@@ -222,6 +250,7 @@ def swarm(
                 contenders,
                 timeout,
                 pollen_args,
+                kills,
             )
     except (TestbedError, RolloutError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -278,6 +307,7 @@ def _run(
     contenders: list[str],
     timeout: float | None,
     pollen_args: str = "",
+    kills: list[tuple[str, float]] | None = None,
 ) -> dict[str, Any]:
     images = _images(root, scenario, profile, size, layers, scale, gz)
     image = images[-1]
@@ -308,7 +338,7 @@ def _run(
             if contender == "direct":
                 outcome = rollout.direct(tags)
             elif contender == "pollen":
-                outcome = rollout.pollen(tags, shlex.split(pollen_args))
+                outcome = rollout.pollen(tags, shlex.split(pollen_args), kills)
             else:
                 outcome = rollout.bittorrent(images)
             outcomes.append(outcome)
@@ -316,7 +346,8 @@ def _run(
                 sys.stderr.write("\r\033[K")
             last = max(outcome.times) if outcome.complete else None
             click.echo(
-                f"{contender}: {len(outcome.times)}/{nodes} hosts done"
+                f"{contender}: {len(outcome.times)}/{nodes - len(outcome.killed)} hosts done"
+                + (f" ({len(outcome.killed)} killed)" if outcome.killed else "")
                 + (f", last at {last:.1f}s ({last / bound:.2f} x T_min)" if last else "")
                 + f", origin served {format_size(outcome.origin_payload)}"
             )
@@ -335,6 +366,7 @@ def _run(
     return {
         "command": " ".join(sys.argv),
         "pollen_args": pollen_args,
+        "kills": [f"{what}@{at:g}" for what, at in kills or []],
         "scenario": scenario,
         "nodes": nodes,
         "uplink_bytes_per_s": uplink,

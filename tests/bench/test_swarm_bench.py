@@ -98,3 +98,30 @@ def test_blob_owners_names_the_host_first_in_rendezvous_order() -> None:
         first = owner_order(digest, node_ids.values())[0]
         assert node_ids[owners[digest]] == first
     assert len(set(owners.values())) > 1  # 20 blobs do not all land on one host
+
+
+def test_killed_hosts_stop_counting_and_the_rest_complete(tmp_path: Path) -> None:
+    """`--kill owner@S`: the node owning the largest layer is SIGKILLed mid-pull; the other
+    hosts still get the whole image, and the report counts the survivors only."""
+    before = namespaces()
+    result = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick", "--contenders",
+         "pollen", "--uplink", "20mbit", "--kill", "owner@3", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces() == before
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["kills"] == ["owner@3"]
+    (pollen,) = doc["results"]
+    assert len(pollen["hosts_killed"]) == 1 and pollen["hosts"] == 3
+    assert pollen["hosts_done"] == 3, pollen["errors"]
+    assert "(1 killed)" in result.stdout
+
+
+def test_kill_option_is_checked() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--kill", "0@3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "COUNT@SECONDS" in result.stderr
