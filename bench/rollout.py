@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -57,6 +58,10 @@ class Outcome:
     cpu_busy: float = 0.0  # share of the machine's CPU time busy while the hosts fetched
     node_ids: dict[str, str] = field(default_factory=dict)  # host -> pollen node id (hex)
     killed: dict[str, float] = field(default_factory=dict)  # host -> when it was SIGKILLed
+    # CPU seconds while the hosts fetched: the clients (skopeo, aria2c: every child process
+    # that ended meanwhile) and the long-running daemons (pollen nodes) apart.
+    client_cpu_s: float = 0.0
+    daemon_cpu_s: float = 0.0
 
     @property
     def times(self) -> list[float]:
@@ -111,6 +116,20 @@ def cpu_jiffies() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_until(
@@ -254,15 +273,21 @@ class Rollout:
         contender: str,
         prepare: Callable[[], None] | None,
         run: Callable[[Outcome], None],
+        daemons: list[int] | None = None,
     ) -> Outcome:
-        """`prepare` (untimed: e.g. hold the previous release), then measure `run`."""
+        """`prepare` (untimed: e.g. hold the previous release), then measure `run`
+        (`daemons`: PIDs of long-running processes whose CPU time is counted apart)."""
         if prepare is not None:
             prepare()
         outcome = Outcome(contender)
         mark = self.origin.log_mark()
         wire = self.testbed.tx_bytes(self.testbed.origin)
         busy, total = cpu_jiffies()
+        children = children_cpu_s()
+        daemon_cpu = sum(process_cpu_s(pid) for pid in daemons or [])
         run(outcome)
+        outcome.daemon_cpu_s = sum(process_cpu_s(pid) for pid in daemons or []) - daemon_cpu
+        outcome.client_cpu_s = children_cpu_s() - children
         busy_after, total_after = cpu_jiffies()
         outcome.cpu_busy = (busy_after - busy) / max(1, total_after - total)
         outcome.origin_wire = self.testbed.tx_bytes(self.testbed.origin) - wire
@@ -339,6 +364,7 @@ class Rollout:
                 "pollen",
                 (lambda: _must(pull, tags[0], "pollen")) if len(tags) > 1 else None,
                 lambda outcome: pull(tags[-1], outcome),
+                daemons=[proc.pid for proc in procs],
             )
             for host in nodes:  # kept with the logs: what each node saw
                 if host.name in outcome.killed:

@@ -350,6 +350,8 @@ def _run(
                 + (f" ({len(outcome.killed)} killed)" if outcome.killed else "")
                 + (f", last at {last:.1f}s ({last / bound:.2f} x T_min)" if last else "")
                 + f", origin served {format_size(outcome.origin_payload)}"
+                + f"; CPU: clients {outcome.client_cpu_s:.1f} s"
+                + (f", nodes {outcome.daemon_cpu_s:.1f} s" if outcome.daemon_cpu_s else "")
             )
             for host, error in sorted(outcome.errors.items()):
                 click.echo(f"  {host}: {error[:300]}", err=True)

@@ -28,6 +28,8 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         "origin_payload_over_image": round(outcome.origin_payload / image_bytes, 4),
         "origin_wire_bytes": outcome.origin_wire,
         "machine_cpu_busy": round(outcome.cpu_busy, 3),
+        "client_cpu_s": round(outcome.client_cpu_s, 2),
+        "daemon_cpu_s": round(outcome.daemon_cpu_s, 2),
         "per_host_done_s": {
             h: (round(t, 3) if t is not None else None) for h, t in sorted(outcome.done.items())
         },
