@@ -1,7 +1,10 @@
-"""Link rates on the command line of `bench swarm` and `bench simulate`: parsed and shown the
-same way in both, so a testbed run and its simulation take the same words."""
+"""What `bench swarm` and `bench simulate` read from the command line alike (link rates,
+host kills): parsed and shown the same way in both, so a testbed run and its simulation take
+the same words."""
 
 from __future__ import annotations
+
+import re
 
 import click
 
@@ -32,3 +35,17 @@ def downlink_rate(value: str | None, uplink: int) -> int | None:
 
 def mbit_text(rate: int) -> str:
     return f"{rate * 8 / 1e6:g} Mbit/s"
+
+
+EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")  # COUNT@SECONDS or owner@SECONDS
+
+
+def kill_events(param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, float]]:
+    """--kill values: (COUNT or "owner", seconds); COUNT at least 1."""
+    kills = []
+    for value in values:
+        match = EVENT.fullmatch(value.strip())
+        if match is None or match.group(1) == "0":
+            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param)
+        kills.append((match.group(1), float(match.group(2))))
+    return kills

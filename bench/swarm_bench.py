@@ -19,7 +19,7 @@ import click
 
 from bench.bound import t_min
 from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
-from bench.rate_options import downlink_rate, mbit_text, rate_option
+from bench.rate_options import downlink_rate, kill_events, mbit_text, rate_option
 from bench.rollout import Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
@@ -66,19 +66,7 @@ def _progress(enabled: bool) -> Any:
 def _kills(
     _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> list[tuple[str, float]]:
-    kills = []
-    for value in values:
-        what, _, at = value.partition("@")
-        try:
-            seconds = float(at)
-            if what != "owner" and int(what) < 1:
-                raise ValueError(what)
-        except ValueError:
-            raise click.BadParameter(
-                f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param
-            ) from None
-        kills.append((what, seconds))
-    return kills
+    return kill_events(param, values)
 
 
 @click.command()

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from bench.rate_options import downlink_rate, mbit_text, rate_option
+from bench.rate_options import EVENT, downlink_rate, kill_events, mbit_text, rate_option
 from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
 from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
 from peer.sizes import format_size, parse_rate, parse_size
-
-_EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -36,23 +33,16 @@ def _sizes(_ctx: click.Context, param: click.Parameter, value: str | None) -> li
 
 
 def _kills(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Kill]:
-    kills = []
-    for value in values:
-        match = _EVENT.fullmatch(value.strip())
-        if match is None:
-            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param)
-        what, at = match.groups()
-        if what == "owner":
-            kills.append(Kill(float(at), 1, owner=True))
-        else:
-            kills.append(Kill(float(at), int(what)))
-    return kills
+    return [
+        Kill(at, 1, owner=True) if what == "owner" else Kill(at, int(what))
+        for what, at in kill_events(param, values)
+    ]
 
 
 def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Join]:
     joins = []
     for value in values:
-        match = _EVENT.fullmatch(value.strip())
+        match = EVENT.fullmatch(value.strip())
         if match is None or match.group(1) == "owner":
             raise click.BadParameter(f"{value!r}: use COUNT@SECONDS", param=param)
         joins.append(Join(float(match.group(2)), int(match.group(1))))
