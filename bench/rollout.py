@@ -402,7 +402,8 @@ class Rollout:
             def kill(host: Host) -> None:
                 proc = procs[host]
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)  # by its PID: the host dies
+                    with contextlib.suppress(ProcessLookupError):  # it just ended on its own
+                        os.killpg(proc.pid, signal.SIGKILL)  # by its PID: the host dies
                     proc.wait(timeout=10)
 
             out.append(HostKill(at, victims, kill))

@@ -21,3 +21,4 @@ class DigestState:
     fetch: SwarmFetch | None = None
     listening: PartialBlob | None = None  # the partial whose pieces we announce
     seeder: Seeder | None = None  # we own it: which pieces we offer to whom
+    wanted_from: bytes | None = None  # the owner our fetch last sent a Want (it offers us)

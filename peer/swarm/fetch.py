@@ -39,6 +39,7 @@ from wire.events import (
     PieceMeta,
     Refused,
     Reject,
+    Request,
     Want,
 )
 
@@ -137,6 +138,7 @@ class SwarmFetch:
                 continue
             # Set before asking: PieceMeta updates may follow the first answer at once.
             self.owner = candidate
+            self.state.wanted_from = candidate
             try:
                 link = await swarm.link_to(candidate)
                 await self._want(link)
@@ -204,6 +206,11 @@ class SwarmFetch:
             self.swarm.listen(self.state, partial)
         elif self.partial.layout.size != meta.size:
             raise UpstreamError(f"owner {link.peer_id.hex()[:12]}", "owners disagree on the size")
+        elif self.partial.layout.piece_size != meta.piece_size:
+            # A new owner whose pieces are cut otherwise (another --piece-size, or a partial
+            # resumed in an older layout): its hashes would fail every piece the peers send,
+            # and we would ban them. The upstream it is, for what is missing.
+            raise OwnerUnavailable("the new owner cuts the blob into other pieces")
         self._owner_meta(link.peer_id, self._owner_hashes)
         partial = self.partial
         if partial.piece_hashes:
@@ -314,7 +321,13 @@ class SwarmFetch:
                 # Gone since the picker heard of it: its requests are free again.
                 self._lost(send.peer)
                 continue
-            link.post(send.event)
+            event = send.event
+            if isinstance(event, Request) and link.request_room() <= 0:
+                # Other fetches fill this link's requests: asked again at a later schedule.
+                if self.picker is not None:
+                    self.picker.unsent(send.peer, event.index)
+                continue
+            link.post(event)
 
     def _send_access(self, peers: set[bytes]) -> None:
         """Before the first Request for a private blob's pieces to each peer, pass the
@@ -370,9 +383,13 @@ class SwarmFetch:
             # From the owner only (it is set before the Want goes out): another member's
             # hashes or origins would let it poison pieces or strip a blob's privacy.
             if link.peer_id == self.owner:
-                if isinstance(event, PieceMeta):
+                partial = self.partial
+                if isinstance(event, PieceMeta) and (
+                    partial is None or partial.layout.piece_size == event.piece_size
+                ):
                     # Updates may come before `_want` has read the first answer: kept here,
-                    # none is lost.
+                    # none is lost. (Hashes of another layout are not ours: `_want` refuses
+                    # that owner.)
                     self.hashes.update(event.hashes)
                     self._owner_hashes.update(event.hashes)
                     if picker is not None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from wire.errors import LocalProtocolError, RemoteProtocolError
-from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject
+from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject, Request
 from wire.frames import PayloadPool
 from wire.protocol import CLOSED, HANDSHAKE_MAX_FRAME, NEED_DATA, PeerProtocol, Role, State
 
@@ -82,6 +82,7 @@ class PeerLink:
         # Small control messages posted from read loops: a read loop must never block on a
         # send, or two nodes whose buffers are full each wait for the other to read.
         self._outbox: list[Event] = []
+        self._requests_queued = 0  # Requests in the outbox or being written
         self._outbox_ready = trio.Event()
         self.closed = False
         self.bytes_in = 0
@@ -135,18 +136,30 @@ class PeerLink:
     def post(self, event: Event) -> None:
         """Queue a control message; the link's writer task sends it (never blocks)."""
         if not self.closed:
+            if isinstance(event, Request):
+                self._requests_queued += 1
             self._outbox.append(event)
             self._outbox_ready.set()
+
+    def request_room(self) -> int:
+        """Requests that may still be posted: the protocol's limit (one peer, all blobs)
+        less those outstanding and those queued. Past it the protocol refuses to send, and
+        the link would close: several fetches (a client's, prefetch's) share one peer."""
+        protocol = self.protocol
+        return protocol.max_requests - len(protocol.our_requests) - self._requests_queued
 
     async def _write_posted(self) -> None:
         while not self.closed:
             await self._outbox_ready.wait()
             self._outbox_ready = trio.Event()
             events, self._outbox = self._outbox, []
+            requests = sum(isinstance(e, Request) for e in events)
             try:
                 await self.send_many(events)
             except LinkClosed:
                 return
+            finally:
+                self._requests_queued -= requests
 
     async def run(self, on_event: Callable[[PeerLink, Event], Awaitable[None]]) -> None:
         """Read events until the link closes; each is handed to `on_event` in order."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import trio
@@ -27,7 +27,6 @@ from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
-from pieces.layout import piece_size_for
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
@@ -57,7 +56,7 @@ class OwnerSide:
         links: Mapping[bytes, PeerLink],
         membership: Membership,
         rng: random.Random,
-        piece_size: int,  # the largest (pieces are sized to the blob: `piece_size_for`)
+        piece_size_of: Callable[[str], int],  # the piece size a blob is cut to here
     ) -> None:
         self._store = store
         self._access = access
@@ -66,7 +65,7 @@ class OwnerSide:
         self._links = links
         self._membership = membership
         self._rng = rng
-        self._piece_size = piece_size
+        self._piece_size_of = piece_size_of
 
     async def answer_want(self, link: PeerLink, want: Want, state: DigestState) -> None:
         digest = want.digest
@@ -81,7 +80,9 @@ class OwnerSide:
             if not await self._allowed_or_refused(link, access):
                 return
             size = self._store.blob_size(digest)
-            piece_size = piece_size_for(size or 0, self._piece_size)
+            # The size its pieces are served in here (the download's, while we remember it):
+            # hashes for one layout and pieces cut to another would fail every check.
+            piece_size = self._piece_size_of(digest)
             hashes = await trio.to_thread.run_sync(
                 self._store.complete_piece_hashes_sync, digest, piece_size
             )

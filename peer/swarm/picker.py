@@ -165,6 +165,11 @@ class PiecePicker:
             state.available.discard(index)
             self._holders[index] -= 1
 
+    def unsent(self, peer: bytes, index: int) -> None:
+        """The request for `index` could not go to `peer` (its link has no room for more
+        requests): free again, and the peer still holds the piece."""
+        self._settle(index, peer)
+
     def lost(self, peer: bytes) -> None:
         """The link to `peer` is gone (or it was banned): its requests are free again."""
         state = self._peers.pop(peer, None)

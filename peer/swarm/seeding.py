@@ -114,8 +114,12 @@ class Seeder:
             self._choked.discard(peer)
             return self._offer(now)
         self._choked.add(peer)
+        told = self._told.get(peer, set())
         for index in self._offers.get(peer, {}):
+            # Withdrawn: its queued requests are refused ("choked"), so it may forget we hold
+            # the piece; offered again once unchoked (or never would be, if all were told).
             self._offered[index] -= 1
+            told.discard(index)
         if peer in self._offers:
             self._offers[peer] = {}
         return self._offer(now)

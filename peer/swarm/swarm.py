@@ -135,7 +135,14 @@ class Swarm:
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
         self.owner = OwnerSide(
-            store, access, upstream, self.grants, self.links, membership, self.rng, piece_size
+            store,
+            access,
+            upstream,
+            self.grants,
+            self.links,
+            membership,
+            self.rng,
+            self._piece_size_of,
         )
         self.uploads = Uploads(
             store, self.choker, self.grants, self.counters, self.upload_limit, self._piece_size_of
@@ -356,6 +363,17 @@ class Swarm:
                 self.owner.peer_has(blob, link.peer_id, (event.index,))
             if blob is not None and blob.fetch is not None:
                 await blob.fetch.on_event(link, event)
+            elif (
+                isinstance(event, Have)
+                and blob is not None
+                and blob.wanted_from == link.peer_id
+                and self._holds_piece(event)
+            ):
+                # The owner we asked offers a piece of a blob we are done with (or no longer
+                # fetch from the swarm): say we hold it, or its offer holds a slot until it
+                # goes stale. (Only the owner's: two nodes that both hold a piece must not
+                # answer each other's Haves for ever.)
+                link.post(Have(event.digest, event.index))
             elif isinstance(event, Piece) and not isinstance(event.data, FileRange):
                 # A late answer for a fetch that ended: received for nothing.
                 self.counters.wasted_bytes += len(event.data)
@@ -395,6 +413,9 @@ class Swarm:
         self.owner.listen(state, partial)
 
     def _piece_size_of(self, digest: str) -> int:
+        """The piece size `digest` is cut to here: its download's (the owner's layout, or a
+        partial resumed with its own), else the rule for its size. Hashes, Bitfields and
+        served pieces all follow this one answer."""
         state = self.digests.get(digest)
         if state is not None and state.listening is not None:
             return state.listening.layout.piece_size
@@ -420,6 +441,15 @@ class Swarm:
                 state.bitfield_sent.add(link.peer_id)
                 link.post(Bitfield(event.digest, bits))
 
+    def _holds_piece(self, have: Have) -> bool:
+        if have.index < 0:
+            return False
+        partial = self.store.partial(have.digest)
+        if partial is not None:
+            return have.index in partial.piece_hashes
+        size = self.store.blob_size(have.digest)
+        return size is not None and have.index < -(-size // self._piece_size_of(have.digest))
+
     def _our_bits(self, digest: str) -> bytes | None:
         partial = self.store.partial(digest)
         if partial is not None:
@@ -427,7 +457,7 @@ class Swarm:
         size = self.store.blob_size(digest)
         if size is None:
             return None
-        count = -(-size // piece_size_for(size, self.piece_size))
+        count = -(-size // self._piece_size_of(digest))
         return bits_of(range(count), count)
 
     # ---- bans ----------------------------------------------------------------------------

@@ -106,3 +106,37 @@ async def test_an_offer_of_a_piece_we_hold_is_answered_with_our_have() -> None:
     await fetch.on_event(link, Have(DIGEST, 1))  # type: ignore[arg-type]
     await fetch.on_event(link, Have(DIGEST, 2))  # type: ignore[arg-type]
     assert link.posted == [Have(DIGEST, 1)]
+
+
+async def test_hashes_of_another_piece_size_are_not_taken() -> None:
+    """A new owner whose pieces are cut otherwise: its hashes would fail every piece the
+    peers send (and we would ban them)."""
+
+    class Partial:
+        layout = PieceLayout(300, 100)
+        piece_hashes: dict[int, bytes] = {}
+
+    fetch = SwarmFetch(
+        None,  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.owner = OWNER
+    fetch.partial = Partial()  # type: ignore[assignment]
+    fetch._meta = PieceMeta(DIGEST, 300, 100, {}, [])  # answered already
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 50, {0: b"z" * 16}, []))  # type: ignore[arg-type]
+    assert fetch.hashes == {}
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
+    assert fetch.hashes == {0: b"a" * 16}
+
+
+def test_an_unsent_request_leaves_the_piece_with_its_holder() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(2))
+    picker.hashes([0, 1, 2])
+    picker.bitfield(PEER, [0, 1, 2])
+    asked = [s.event.index for s in picker.schedule(0.0) if s.peer == PEER]  # type: ignore[union-attr]
+    picker.unsent(PEER, asked[0])
+    assert asked[0] not in picker.inflight and picker.available(PEER) == {0, 1, 2}
+    again = [s.event.index for s in picker.schedule(1.0)]  # type: ignore[union-attr]
+    assert asked[0] in again

@@ -403,3 +403,21 @@ async def test_a_peer_sending_garbage_ends_only_its_own_link(garbage: bytes, rea
     assert victim.closed and victim_inbox.empty()
     with pytest.raises(LinkClosed):
         await victim.send(Have(DIGEST, 2))
+
+
+async def test_request_room_counts_queued_and_outstanding_requests() -> None:
+    """Several fetches share a peer's link: posting past the protocol's request limit would
+    make the writer raise and the link close, so fetches ask `request_room` first."""
+    initiator, responder = link_pair()
+    await handshake(initiator, responder)
+    limit = initiator.protocol.max_requests
+    assert initiator.request_room() == limit
+    async with running(initiator, responder) as (_to_initiator, to_responder):
+        for index in range(3):
+            initiator.post(Request(DIGEST, index))
+        assert initiator.request_room() == limit - 3  # queued
+        for index in range(3):
+            assert await to_responder.next() == Request(DIGEST, index)
+        assert initiator.request_room() == limit - 3  # sent, not answered
+        initiator.post(Have(DIGEST, 1))  # not a request
+        assert initiator.request_room() == limit - 3

@@ -70,6 +70,25 @@ def test_a_choked_peer_is_offered_nothing_and_its_offers_go_elsewhere() -> None:
     assert back and all(p == PEERS[0] for p, _ in back)
 
 
+def test_offers_withdrawn_by_a_choke_are_made_again_after_the_unchoke() -> None:
+    """Every peer told of a piece, then choked before it got it: the piece must be offered
+    again (found by review: a choke-confirm-choke sequence left pieces nobody would offer)."""
+    seeder = Seeder(DIGEST, 4, random.Random(10), held=range(4), per_peer=2, repeat_limit=0)
+    a, b = PEERS[0], PEERS[1]
+    seeder.joined(a, 0.0)
+    seeder.joined(b, 0.0)
+    for peer in (a, b):
+        seeder.choked(peer, True, 1.0)
+    again = offers(seeder.choked(a, False, 2.0)) + offers(seeder.choked(b, False, 2.0))
+    assert {i for _, i in again} == {0, 1, 2, 3}
+    seeder.peer_has(a, [2, 3], 3.0)
+    seeder.peer_has(b, [2, 3], 3.0)
+    seeder.choked(b, True, 4.0)
+    seeder.choked(a, True, 4.0)
+    back = offers(seeder.choked(a, False, 5.0))
+    assert {i for _, i in back} == {0, 1}  # the two pieces only the owner holds
+
+
 def test_a_stale_offer_is_made_again() -> None:
     seeder = Seeder(DIGEST, 1, random.Random(6), held=[0], per_peer=1, repeat_limit=0)
     assert offers(seeder.joined(PEERS[0], 0.0)) == [(PEERS[0], 0)]
@@ -156,6 +175,8 @@ class SeederMachine(RuleBasedStateMachine):
     def choke(self, peer: bytes, choking: bool) -> None:
         if peer in self.joined:
             (self.choked.add if choking else self.choked.discard)(peer)
+            if choking:  # its offers are withdrawn: they may be made again later
+                self.told[peer] -= self.seeder.offers(peer)
             self._check(self.seeder.choked(peer, choking, self.now))
 
     @rule(seconds=st.floats(0.1, 15.0))
@@ -184,6 +205,19 @@ class SeederMachine(RuleBasedStateMachine):
             for peer in self.joined - self.choked:
                 if len(self.seeder.offers(peer)) < self.seeder.per_peer:
                     assert all(i in self.told[peer] for i in first)
+
+    @invariant()
+    def a_piece_only_the_owner_holds_is_offered_to_someone(self) -> None:
+        """No stall: while an unchoked peer lacks a piece no peer holds, some offer of it
+        is outstanding, or every such peer's offers are full."""
+        seeder = self.seeder
+        if seeder.open:
+            return
+        for index in seeder.held:
+            if seeder.copies(index):
+                continue
+            lacking = [p for p in self.joined - self.choked if index not in self.holds[p]]
+            assert all(len(seeder.offers(p)) >= seeder.per_peer for p in lacking) or not lacking
 
     @invariant()
     def the_deadline_is_the_oldest_offer_going_stale(self) -> None:
