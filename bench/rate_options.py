@@ -49,3 +49,17 @@ def kill_events(param: click.Parameter, values: tuple[str, ...]) -> list[tuple[s
             raise click.BadParameter(f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param)
         kills.append((match.group(1), float(match.group(2))))
     return kills
+
+
+def slow_hosts(param: click.Parameter, value: str | None) -> tuple[int, int]:
+    """--slow COUNT@RATE: (COUNT, bytes per second); (0, 0) when not given."""
+    if value is None:
+        return (0, 0)
+    count, _, rate = value.partition("@")
+    try:
+        slow = (int(count), parse_rate(rate))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: use COUNT@RATE, e.g. 4@25mbit", param=param) from exc
+    if slow[0] < 0:
+        raise click.BadParameter(f"{value!r}: COUNT must be >= 0", param=param)
+    return slow

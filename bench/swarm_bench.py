@@ -19,7 +19,7 @@ import click
 
 from bench.bound import t_min
 from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
-from bench.rate_options import downlink_rate, kill_events, mbit_text, rate_option
+from bench.rate_options import downlink_rate, kill_events, mbit_text, rate_option, slow_hosts
 from bench.rollout import Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
@@ -61,6 +61,10 @@ def _progress(enabled: bool) -> Any:
             sys.stderr.flush()
 
     return show
+
+
+def _slow(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
+    return slow_hosts(param, value)
 
 
 def _kills(
@@ -154,6 +158,13 @@ def _kills(
     help="Extra options for every `pollen run`, e.g. '--piece-size 1MiB'.",
 )
 @click.option(
+    "--slow",
+    callback=_slow,
+    metavar="COUNT@RATE",
+    help="COUNT of the node hosts upload at RATE instead of --uplink (uneven links), "
+    "e.g. 4@25mbit; T_min is for those links.",
+)
+@click.option(
     "--kill",
     "kills",
     multiple=True,
@@ -187,6 +198,7 @@ def swarm(
     chart_path: Path | None,
     workdir: Path | None,
     pollen_args: str,
+    slow: tuple[int, int],
     kills: list[tuple[str, float]],
     cleanup: bool,
 ) -> None:
@@ -239,6 +251,7 @@ def swarm(
                 timeout,
                 pollen_args,
                 kills,
+                slow,
             )
     except (TestbedError, RolloutError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -296,6 +309,7 @@ def _run(
     timeout: float | None,
     pollen_args: str = "",
     kills: list[tuple[str, float]] | None = None,
+    slow: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     images = _images(root, scenario, profile, size, layers, scale, gz)
     image = images[-1]
@@ -303,20 +317,24 @@ def _run(
     held = {d for earlier in images[:-1] for d in earlier.blob_digests()}
     sizes = {image.config.digest: image.config.size} | {d.digest: d.size for d in image.layers}
     new_bytes = image.manifest.size + sum(s for d, s in sizes.items() if d not in held)
-    bound = t_min(new_bytes, origin_up, [uplink] * nodes, [downlink] * nodes)
+    slow_count = min(slow[0], nodes)
+    uplinks = [uplink] * (nodes - slow_count) + [slow[1]] * slow_count
+    bound = t_min(new_bytes, origin_up, uplinks, [downlink] * nodes)
     # Direct is the slow one: the origin sends N copies of the whole image (N * F / u_s), in
     # the timed rollout or in the release scenario's preparation; allow twice that.
     default_limit = max(10 * bound, 2 * nodes * image.total_size / origin_up) + 60
     limit = timeout if timeout is not None else default_limit
     click.echo(
-        f"{nodes} hosts, uplink {mbit_text(uplink)}, downlink "
+        f"{nodes} hosts, uplink {mbit_text(uplink)}"
+        + (f" ({slow_count} at {mbit_text(slow[1])})" if slow_count else "")
+        + ", downlink "
         f"{mbit_text(downlink) if downlink else 'unshaped'}, origin {mbit_text(origin_up)}; "
         f"image {format_size(image.total_size)} in {len(image.layers)} layers, "
         f"{format_size(new_bytes)} new to the hosts; T_min {bound:.3g}s"
     )
     progress = _progress(sys.stderr.isatty())
     outcomes: list[Outcome] = []
-    with Testbed(nodes, uplink, origin_up, downlink, rtt, loss) as testbed:
+    with Testbed(nodes, uplink, origin_up, downlink, rtt, loss, (slow_count, slow[1])) as testbed:
         origin = Origin(testbed, root / "origin")
         for each in images:
             origin.push(each)
@@ -357,6 +375,8 @@ def _run(
         "command": " ".join(sys.argv),
         "pollen_args": pollen_args,
         "kills": [f"{what}@{at:g}" for what, at in kills or []],
+        "slow_hosts": slow_count,
+        "slow_uplink_bytes_per_s": slow[1] if slow_count else None,
         "scenario": scenario,
         "nodes": nodes,
         "uplink_bytes_per_s": uplink,

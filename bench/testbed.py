@@ -76,14 +76,22 @@ class Testbed:
         downlink: int | None = None,
         rtt_ms: float | None = None,
         loss_percent: float | None = None,
+        slow: tuple[int, int] = (0, 0),  # the last COUNT node hosts upload at RATE instead
     ) -> None:
         if nodes < 1 or nodes > 200:
             raise TestbedError("between 1 and 200 nodes")
+        slow_count, slow_rate = slow
         self.prefix = f"pb{os.getpid()}"
         self.switch = f"{self.prefix}-sw"
         self.origin = Host("origin", f"{self.prefix}-o", f"{SUBNET}.0.1", origin_uplink, None)
         self.nodes = [
-            Host(f"node{i}", f"{self.prefix}-n{i}", f"{SUBNET}.1.{i}", uplink, downlink)
+            Host(
+                f"node{i}",
+                f"{self.prefix}-n{i}",
+                f"{SUBNET}.1.{i}",
+                slow_rate if i > nodes - slow_count else uplink,
+                downlink,
+            )
             for i in range(1, nodes + 1)
         ]
         self.rtt_ms = rtt_ms

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import click
 
-from bench.rate_options import EVENT, downlink_rate, kill_events, mbit_text, rate_option
+from bench.rate_options import (
+    EVENT,
+    downlink_rate,
+    kill_events,
+    mbit_text,
+    rate_option,
+    slow_hosts,
+)
 from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
 from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
-from peer.sizes import format_size, parse_rate, parse_size
+from peer.sizes import format_size, parse_size
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -50,16 +57,7 @@ def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 
 
 def _slow(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    if value is None:
-        return (0, 0)
-    count, _, rate = value.partition("@")
-    try:
-        slow = (int(count), parse_rate(rate))
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: use COUNT@RATE, e.g. 4@25mbit", param=param) from exc
-    if slow[0] < 0:
-        raise click.BadParameter(f"{value!r}: COUNT must be >= 0", param=param)
-    return slow
+    return slow_hosts(param, value)
 
 
 def _progress(quiet: bool) -> Callable[[str], None] | None:

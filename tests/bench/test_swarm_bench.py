@@ -125,3 +125,8 @@ def test_kill_option_is_checked() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "COUNT@SECONDS" in result.stderr
+
+
+def test_slow_hosts_are_the_last_ones_at_their_own_rate() -> None:
+    testbed = Testbed(4, 100, 100, slow=(1, 25))  # not entered: nothing is created
+    assert [h.uplink for h in testbed.nodes] == [100, 100, 100, 25]
