@@ -21,11 +21,12 @@ import trio
 from peer.access.policy import CACHED_ELSEWHERE_HEADER
 from peer.fetch.download import Download
 from peer.swarm.actions import Send
-from peer.swarm.bits import bits_of, indices_of
+from peer.swarm.bits import bits_of
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, StoreError
 from wire.events import (
     Access,
@@ -416,12 +417,13 @@ class SwarmFetch:
             picker.rejected(link.peer_id, event.index)
         self._poke()
 
-    def on_bitfield(self, peer_id: bytes, bits: bytes) -> None:
+    def on_bitfield(self, peer_id: bytes, indices: set[int]) -> None:
+        """A peer's Bitfield, decoded (`indices_of`)."""
         if self.picker is None:
-            self._keep_early(peer_id, indices_of(bits), replace=True)
+            self._keep_early(peer_id, indices, replace=True)
             return
         self._add_peer(peer_id)
-        self.picker.bitfield(peer_id, indices_of(bits))
+        self.picker.bitfield(peer_id, indices)
         self._poke()
 
     def on_choke(self, peer_id: bytes, choked: bool) -> None:
@@ -436,7 +438,7 @@ class SwarmFetch:
         meta = self._meta
         if peer_id != self.owner or not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
             return
-        count = -(-meta.size // meta.piece_size)
+        count = PieceLayout(meta.size, meta.piece_size).count
         kept = self._early.setdefault(peer_id, set())
         if replace:
             kept.clear()

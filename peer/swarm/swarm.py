@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
 from peer.swarm.uploads import Uploads
-from pieces.layout import piece_size_for
+from pieces.layout import PieceLayout, piece_size_for
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import (
@@ -412,53 +412,52 @@ class Swarm:
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
         self.owner.listen(state, partial)
 
-    def _piece_size_of(self, digest: str) -> int:
+    def _piece_size_of(self, digest: str, size: int | None = None) -> int:
         """The piece size `digest` is cut to here: its download's (the owner's layout, or a
-        partial resumed with its own), else the rule for its size. Hashes, Bitfields and
-        served pieces all follow this one answer."""
+        partial resumed with its own), else the rule for its size (`size`, when the caller
+        has it already). Hashes, Bitfields and served pieces all follow this one answer."""
         state = self.digests.get(digest)
         if state is not None and state.listening is not None:
             return state.listening.layout.piece_size
-        return piece_size_for(self.store.blob_size(digest) or 0, self.piece_size)
+        if size is None:
+            size = self.store.blob_size(digest) or 0
+        return piece_size_for(size, self.piece_size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
+        ours = self._held(event.digest)
         state = self.digests.get(event.digest)
         if state is None:
-            bits = self._our_bits(event.digest)
-            if bits is not None:  # a blob we hold: the peer may take pieces of it
-                state = self.state(event.digest)
-            else:
+            if ours is None:
                 return  # neither held nor fetched: nothing to say, nothing to keep
-        if state.fetch is not None:
-            state.fetch.on_bitfield(link.peer_id, event.bits)
-        if state.seeder is not None:
-            self.owner.peer_has(state, link.peer_id, indices_of(event.bits))
-        if link.peer_id not in state.bitfield_sent and link.peer_id not in state.interested:
+            state = self.state(event.digest)  # a blob we hold: the peer may take pieces of it
+        if state.fetch is not None or state.seeder is not None:
+            theirs = indices_of(event.bits)  # decoded once, for the picker and the seeder
+            if state.fetch is not None:
+                state.fetch.on_bitfield(link.peer_id, theirs)
+            if state.seeder is not None:
+                self.owner.peer_has(state, link.peer_id, theirs)
+        peer = link.peer_id
+        if ours is not None and peer not in state.bitfield_sent and peer not in state.interested:
             # (A peer that wants the blob from us as its owner hears what we hold from our
             # seeder's offers, not from a Bitfield.)
-            bits = self._our_bits(event.digest)
-            if bits is not None:
-                state.bitfield_sent.add(link.peer_id)
-                link.post(Bitfield(event.digest, bits))
+            state.bitfield_sent.add(peer)
+            link.post(Bitfield(event.digest, bits_of(*ours)))
 
     def _holds_piece(self, have: Have) -> bool:
-        if have.index < 0:
-            return False
-        partial = self.store.partial(have.digest)
-        if partial is not None:
-            return have.index in partial.piece_hashes
-        size = self.store.blob_size(have.digest)
-        return size is not None and have.index < -(-size // self._piece_size_of(have.digest))
+        held = self._held(have.digest)
+        return held is not None and have.index in held[0]
 
-    def _our_bits(self, digest: str) -> bytes | None:
+    def _held(self, digest: str) -> tuple[Collection[int], int] | None:
+        """The pieces of `digest` this node holds, and how many it has: None when it holds
+        none (neither a partial nor the blob)."""
         partial = self.store.partial(digest)
         if partial is not None:
-            return bits_of(partial.piece_hashes, partial.layout.count)
+            return partial.piece_hashes.keys(), partial.layout.count
         size = self.store.blob_size(digest)
         if size is None:
             return None
-        count = -(-size // self._piece_size_of(digest))
-        return bits_of(range(count), count)
+        count = PieceLayout(size, self._piece_size_of(digest, size)).count
+        return range(count), count
 
     # ---- bans ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from peer.fetch.download import Download
-from peer.swarm.bits import bits_of
+from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
 from peer.swarm.picker import PiecePicker
@@ -59,11 +59,11 @@ async def test_offers_before_the_picker_exists_are_kept() -> None:
     await fetch.on_event(Link(OWNER), Have(DIGEST, 2))  # type: ignore[arg-type]
     assert fetch._early == {OWNER: {0, 2}}
     # Bounded: not another member's (none has been told of us), not past the blob's pieces.
-    fetch.on_bitfield(PEER, bits_of([1], 3))
+    fetch.on_bitfield(PEER, indices_of(bits_of([1], 3)))
     await fetch.on_event(Link(OWNER), Have(DIGEST, 3))  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), Have(DIGEST, 2**40))  # type: ignore[arg-type]
     assert fetch._early == {OWNER: {0, 2}}
-    fetch.on_bitfield(OWNER, bits_of([1, 2], 3))  # a Bitfield replaces what was kept
+    fetch.on_bitfield(OWNER, indices_of(bits_of([1, 2], 3)))  # a Bitfield replaces what was kept
     assert fetch._early == {OWNER: {1, 2}}
 
 
