@@ -40,8 +40,10 @@ def mbit_text(rate: int) -> str:
 EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")  # COUNT@SECONDS or owner@SECONDS
 
 
-def kill_events(param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, float]]:
-    """--kill values: (COUNT or "owner", seconds); COUNT at least 1."""
+def kill_events(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, float]]:
+    """A click callback for --kill: (COUNT or "owner", seconds) each; COUNT at least 1."""
     kills = []
     for value in values:
         match = EVENT.fullmatch(value.strip())
@@ -51,8 +53,9 @@ def kill_events(param: click.Parameter, values: tuple[str, ...]) -> list[tuple[s
     return kills
 
 
-def slow_hosts(param: click.Parameter, value: str | None) -> tuple[int, int]:
-    """--slow COUNT@RATE: (COUNT, bytes per second); (0, 0) when not given."""
+def slow_hosts(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
+    """A click callback for --slow COUNT@RATE: (COUNT, bytes per second); (0, 0) when not
+    given."""
     if value is None:
         return (0, 0)
     count, _, rate = value.partition("@")

@@ -63,16 +63,6 @@ def _progress(enabled: bool) -> Any:
     return show
 
 
-def _slow(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    return slow_hosts(param, value)
-
-
-def _kills(
-    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> list[tuple[str, float]]:
-    return kill_events(param, values)
-
-
 @click.command()
 @click.option("--nodes", default=16, show_default=True, help="Node hosts (besides the origin).")
 @click.option(
@@ -159,7 +149,7 @@ def _kills(
 )
 @click.option(
     "--slow",
-    callback=_slow,
+    callback=slow_hosts,
     metavar="COUNT@RATE",
     help="COUNT of the node hosts upload at RATE instead of --uplink (uneven links), "
     "e.g. 4@25mbit; T_min is for those links.",
@@ -168,7 +158,7 @@ def _kills(
     "--kill",
     "kills",
     multiple=True,
-    callback=_kills,
+    callback=kill_events,
     metavar="COUNT@S|owner@S",
     help="pollen only: SIGKILL COUNT random hosts' nodes (or the node owning the largest "
     "layer) S seconds into the pull; those hosts then no longer count. Repeatable.",

@@ -42,7 +42,7 @@ def _sizes(_ctx: click.Context, param: click.Parameter, value: str | None) -> li
 def _kills(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Kill]:
     return [
         Kill(at, 1, owner=True) if what == "owner" else Kill(at, int(what))
-        for what, at in kill_events(param, values)
+        for what, at in kill_events(_ctx, param, values)
     ]
 
 
@@ -54,10 +54,6 @@ def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
             raise click.BadParameter(f"{value!r}: use COUNT@SECONDS", param=param)
         joins.append(Join(float(match.group(2)), int(match.group(1))))
     return joins
-
-
-def _slow(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    return slow_hosts(param, value)
 
 
 def _progress(quiet: bool) -> Callable[[str], None] | None:
@@ -95,7 +91,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 )
 @click.option(
     "--slow",
-    callback=_slow,
+    callback=slow_hosts,
     metavar="COUNT@RATE",
     help="COUNT of the hosts upload at RATE instead (uneven links), e.g. 4@25mbit.",
 )
