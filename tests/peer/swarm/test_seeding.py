@@ -228,3 +228,17 @@ class SeederMachine(RuleBasedStateMachine):
 
 TestSeeder = SeederMachine.TestCase
 TestSeeder.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+
+
+def test_hostile_announcements_change_nothing() -> None:
+    """A member's Have/Bitfield can name any index, and any member can send them: indices
+    outside the blob and peers that never asked are ignored (no state, no offers)."""
+    seeder = Seeder(DIGEST, 4, random.Random(11), held=range(4), per_peer=1, repeat_limit=0)
+    assert seeder.peer_has(PEERS[5], [0, 1, 2, 3], 0.0) == []  # never sent a Want
+    assert [seeder.copies(i) for i in range(4)] == [0, 0, 0, 0]
+    (first,) = offers(seeder.joined(PEERS[0], 0.0))
+    assert offers(seeder.peer_has(PEERS[0], [-1, 4, 2**63, 10**30], 1.0)) == []
+    assert [seeder.copies(i) for i in range(4)] == [1, 0, 0, 0] and seeder.offers(PEERS[0]) == {
+        first[1]
+    }
+    assert seeder.piece_ready(-1, 1.0) == [] and seeder.piece_ready(4, 1.0) == []
