@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pieces.partial as partial_module
-from pieces.partial import BlobFailed, DigestMismatch, DiskFull, StoreError, piece_hash
+from pieces.partial import (
+    BlobFailed,
+    DigestMismatch,
+    DiskFull,
+    PartialBlob,
+    StoreError,
+    piece_hash,
+)
 from pieces.store import Store
 from tests.tmpfs import mounted_tmpfs
 
@@ -269,13 +276,19 @@ async def test_the_sha256_of_pieces_out_of_order_is_read_through_several_windows
     assert store.complete_path(digest).read_bytes() == data
 
 
-async def test_a_byte_changed_on_disk_before_the_check_fails_the_blob(tmp_path: Path) -> None:
-    store = Store(tmp_path, 1000)
-    data = os.urandom(4200)
-    partial = await store.open_partial(digest_of(data), len(data))
-    for index in (4, 3, 2, 1, 0):
+async def _written_out_of_order(tmp_path: Path, data: bytes) -> PartialBlob:
+    """A partial of `data` in pieces of 1000, written last piece first: its sha256 is taken
+    from the disk at the end."""
+    partial = await Store(tmp_path, 1000).open_partial(digest_of(data), len(data))
+    for index in reversed(range(partial.layout.count)):
         start = index * 1000
         partial.write_sync(start, [data[start : start + 1000]])
+    return partial
+
+
+async def test_a_byte_changed_on_disk_before_the_check_fails_the_blob(tmp_path: Path) -> None:
+    data = os.urandom(4200)
+    partial = await _written_out_of_order(tmp_path, data)
     with open(partial.data_path, "r+b") as f:
         f.seek(2500)
         f.write(bytes([data[2500] ^ 1]))
@@ -286,12 +299,8 @@ async def test_a_byte_changed_on_disk_before_the_check_fails_the_blob(tmp_path: 
 
 async def test_a_data_file_cut_short_fails_the_check_without_a_fault(tmp_path: Path) -> None:
     # Read through a mapping, a file shorter than the blob would fault (SIGBUS): refused first.
-    store = Store(tmp_path, 1000)
     data = os.urandom(4200)
-    partial = await store.open_partial(digest_of(data), len(data))
-    for index in (4, 3, 2, 1, 0):
-        start = index * 1000
-        partial.write_sync(start, [data[start : start + 1000]])
+    partial = await _written_out_of_order(tmp_path, data)
     os.truncate(partial.data_path, 3000)
     with pytest.raises(StoreError, match="shorter"):
         partial.verify_sync()
