@@ -404,9 +404,15 @@ class Swarm:
     # ---- the owner's side -----------------------------------------------------------------
 
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
+        state = self.state(want.digest)
+        # Kept in the table while the answer waits (for the registry, say): forgotten
+        # meanwhile, the answer's seeder would live outside it, where the peer's Haves, the
+        # offers' time-outs and the choker never reach it, and the peer would wait for ever.
+        state.wants_in_progress += 1
         try:
-            await self.owner.answer_want(link, want, self.state(want.digest))
+            await self.owner.answer_want(link, want, state)
         finally:
+            state.wants_in_progress -= 1
             self._forget_if_idle(want.digest)
 
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
@@ -496,7 +502,7 @@ class Swarm:
         """Drop what this node keeps about `digest` once it neither holds nor fetches it:
         clients and members can name any digest, and the table must not grow with them."""
         state = self.digests.get(digest)
-        if state is None or state.fetch is not None:
+        if state is None or state.fetch is not None or state.wants_in_progress:
             return
         if self.store.has_blob(digest) or self.store.partial(digest) is not None:
             return

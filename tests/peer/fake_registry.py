@@ -39,6 +39,7 @@ class FakeRegistry:
     # after the real bytes when the claim is larger.
     declared_size: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    gate: trio.Event | None = None  # when set, blob answers wait for it (a slow registry)
     port: int = 0
 
     def add_blob(self, data: bytes) -> str:
@@ -99,6 +100,8 @@ class FakeRegistry:
             await conn.respond(404, [("content-type", "application/json")], b'{"errors":[]}')
 
     async def _blob(self, conn: HttpConnection, request: Request, digest: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         data = self.blobs.get(digest)
         if data is None:
             await conn.respond(404, [], b"")

@@ -6,56 +6,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
 
-from bench.components import free_port
-from peer.config import Address, NodeConfig
 from peer.front.http_server import HttpConnection
 from peer.front.http_server import Request as HttpRequest
-from peer.node import Node
-from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from wire.events import Access, Event, FileRange, Piece, Reject, Request
-from wire.protocol import Role
-
-TOKEN = b"cluster token"
-
-
-@dataclass
-class Setup:
-    registry: FakeRegistry
-    node: Node
-    client: httpx.AsyncClient
-    peer_port: int
-
-
-async def _node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry) -> Setup:
-    peer_port = free_port()
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        default_upstream=registry.url,
-        piece_size=64 * 1024,
-        peer=Address("127.0.0.1", peer_port),
-        cluster_token=TOKEN,
-    )
-    node = Node(config)
-    port = await nursery.start(node.run)
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    return Setup(registry, node, client, peer_port)
+from tests.peer.member_node import Setup, link_member, start_node
+from wire.events import Access, Event, FileRange, Piece, Reject
 
 
 @pytest.fixture
 async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     registry = FakeRegistry()
     await nursery.start(registry.serve)
-    made = await _node(tmp_path, nursery, registry)
+    made = await start_node(tmp_path, nursery, registry)
     async with made.client:
         yield made
 
@@ -72,49 +41,12 @@ async def _cached(setup: Setup, data: bytes, token: str | None) -> str:
     return digest
 
 
-class Member:
-    """A node with the token (a liar, perhaps) asking the node for pieces directly."""
-
-    def __init__(self, link: PeerLink) -> None:
-        self.link = link
-        self.answers: trio.MemorySendChannel[Event]
-        self.answers, self._answers = trio.open_memory_channel[Event](100)
-
-    async def on_event(self, link: PeerLink, event: Event) -> None:
-        if isinstance(event, Piece | Reject):
-            await self.answers.send(event)
-
-    async def run(self) -> None:
-        async with self.answers:  # closed with the link: ask() then says so
-            await self.link.run(self.on_event)
-
-    async def ask(self, digest: str, index: int) -> Event | None:
-        """The answer to a Request; None when the node closed the link instead."""
-        try:
-            await self.link.send(Request(digest, index))
-            with trio.fail_after(10):
-                return await self._answers.receive()
-        except (LinkClosed, trio.EndOfChannel):
-            return None
-
-
-async def _member(setup: Setup, nursery: trio.Nursery) -> Member:
-    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-    link = PeerLink(
-        stream, os.urandom(16), TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id
-    )
-    await link.handshake()
-    member = Member(link)
-    nursery.start_soon(member.run)
-    return member
-
-
 async def test_private_pieces_need_credentials_the_origin_accepts(
     setup: Setup, nursery: trio.Nursery
 ) -> None:
     data = os.urandom(256 * 1024)
     digest = await _cached(setup, data, "s3cret")
-    member = await _member(setup, nursery)
+    member = await link_member(setup, nursery)
 
     # No Want, no Access: nothing.
     answer = await member.ask(digest, 0)
@@ -133,7 +65,7 @@ async def test_private_pieces_need_credentials_the_origin_accepts(
 async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nursery) -> None:
     data = os.urandom(128 * 1024)
     digest = await _cached(setup, data, None)
-    member = await _member(setup, nursery)
+    member = await link_member(setup, nursery)
     answer = await member.ask(digest, 1)
     assert isinstance(answer, Piece) and not isinstance(answer.data, FileRange)
     assert bytes(answer.data) == data[64 * 1024 :]
@@ -160,12 +92,12 @@ async def test_a_repository_name_cannot_steer_the_access_check(
     and answer yes for a private blob."""
     registry = PartlyPublicRegistry()
     await nursery.start(registry.serve)
-    setup = await _node(tmp_path, nursery, registry)
+    setup = await start_node(tmp_path, nursery, registry)
     async with setup.client:
         data = os.urandom(256 * 1024)
         digest = await _cached(setup, data, "s3cret")
         registry.add_manifest("v1", b'{"schemaVersion":2}')
-        member = await _member(setup, nursery)
+        member = await link_member(setup, nursery)
         await member.link.send(Access(digest, None, "pub/x/manifests/v1?", None))
         answer = await member.ask(digest, 2)
         assert not isinstance(answer, Piece)
@@ -211,7 +143,7 @@ async def test_a_grant_made_while_a_blob_was_public_does_not_outlive_its_privacy
     data = os.urandom(256 * 1024)
     digest = setup.registry.add_blob(data)
     setup.registry.lie_about.add(digest)  # the anonymous fetch gets wrong bytes: it fails
-    member = await _member(setup, nursery)
+    member = await link_member(setup, nursery)
     await member.link.send(Want(digest, None, "org/app", None))
     with trio.fail_after(10):
         while not setup.node.downloads.failed:  # type: ignore[union-attr]
@@ -233,7 +165,7 @@ async def test_requests_for_blobs_nobody_has_leave_no_state_behind(
     for digest in randoms[:25]:
         response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
         assert response.status_code == 404
-    member = await _member(setup, nursery)
+    member = await link_member(setup, nursery)
     for digest in randoms[25:]:
         await member.link.send(Want(digest, None, "org/app", None))
         await member.link.send(Bitfield(digest, b"\xff"))
@@ -254,7 +186,7 @@ async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
     from wire.events import Refused, Want
 
     refused: list[Refused] = []
-    member = await _member(setup, nursery)
+    member = await link_member(setup, nursery)
     original = member.on_event
 
     async def on_event(link: PeerLink, event: Event) -> None:

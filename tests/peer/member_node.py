@@ -1,0 +1,86 @@
+"""A real node on loopback with a fake registry, and a member that talks to its peer port
+directly (a node with the cluster token, a liar perhaps): for tests of what a node answers
+to what other nodes send it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+
+from bench.components import free_port
+from peer.config import Address, NodeConfig
+from peer.node import Node
+from peer.swarm.link import LinkClosed, PeerLink
+from tests.peer.fake_registry import FakeRegistry
+from wire.events import Bitfield, Event, Have, Piece, Reject, Request
+from wire.protocol import Role
+
+TOKEN = b"cluster token"
+
+
+@dataclass
+class Setup:
+    registry: FakeRegistry
+    node: Node
+    client: httpx.AsyncClient
+    peer_port: int
+
+
+async def start_node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry) -> Setup:
+    peer_port = free_port()
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream=registry.url,
+        piece_size=64 * 1024,
+        peer=Address("127.0.0.1", peer_port),
+        cluster_token=TOKEN,
+    )
+    node = Node(config)
+    port = await nursery.start(node.run)
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return Setup(registry, node, client, peer_port)
+
+
+@dataclass(eq=False)
+class Member:
+    """A node with the token asking the node for pieces directly."""
+
+    link: PeerLink
+    offers: list[Have | Bitfield] = field(default_factory=list)  # the node's, in order
+
+    def __post_init__(self) -> None:
+        self.answers: trio.MemorySendChannel[Event]
+        self.answers, self._answers = trio.open_memory_channel[Event](100)
+
+    async def on_event(self, link: PeerLink, event: Event) -> None:
+        if isinstance(event, Piece | Reject):
+            await self.answers.send(event)
+        elif isinstance(event, Have | Bitfield):
+            self.offers.append(event)
+
+    async def run(self) -> None:
+        async with self.answers:  # closed with the link: ask() then says so
+            await self.link.run(self.on_event)
+
+    async def ask(self, digest: str, index: int) -> Event | None:
+        """The answer to a Request; None when the node closed the link instead."""
+        try:
+            await self.link.send(Request(digest, index))
+            with trio.fail_after(10):
+                return await self._answers.receive()
+        except (LinkClosed, trio.EndOfChannel):
+            return None
+
+
+async def link_member(setup: Setup, nursery: trio.Nursery) -> Member:
+    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+    link = PeerLink(stream, os.urandom(16), TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+    await link.handshake()
+    member = Member(link)
+    nursery.start_soon(member.run)
+    return member
