@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2 aria2 opentracker mktorrent
+SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2 aria2 opentracker mktorrent \
+	docker.io podman
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint unit system-deps bench-blob
@@ -19,7 +20,8 @@ run: $(BIN)/pollen
 	$(BIN)/pollen run
 
 system-deps:
-	@for cmd in docker-registry containerd ctr skopeo htpasswd curl ip tc aria2c opentracker mktorrent; do \
+	@for cmd in docker-registry containerd ctr skopeo htpasswd curl ip tc aria2c opentracker mktorrent \
+	  dockerd podman unshare; do \
 	  command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \

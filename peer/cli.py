@@ -73,17 +73,21 @@ def _convert(parser: Any, what: str) -> Any:
 
 
 class _Commands(click.Group):
-    """The node's commands, and `pollen bench`, whose harness (and its imports) is loaded
-    only when it runs: a node starts without it."""
+    """The node's commands, and `pollen bench` and `pollen configure`, whose code (and its
+    imports) is loaded only when they run: a node starts without them."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "bench"])
+        return sorted([*super().list_commands(ctx), "bench", "configure"])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "bench":
             from bench.cli import bench
 
             return bench
+        if cmd_name == "configure":
+            from peer.configure.command import configure
+
+            return configure
         return super().get_command(ctx, cmd_name)
 
 

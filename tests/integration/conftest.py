@@ -27,7 +27,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _real_components_present() -> None:
     missing = [
         c
-        for c in ("docker-registry", "containerd", "ctr", "skopeo", "htpasswd", "curl")
+        for c in (
+            "docker-registry",
+            "containerd",
+            "ctr",
+            "skopeo",
+            "htpasswd",
+            "curl",
+            "dockerd",
+            "docker",
+            "podman",
+            "unshare",
+        )
         if not shutil.which(c)
     ]
     if missing:

@@ -1,0 +1,125 @@
+"""`pollen configure` on files under a test root: a diff without changes, the change, no
+second change, the original kept once, and --undo putting back every byte."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from peer.configure.command import configure
+
+ENDPOINT = "http://127.0.0.1:65001"
+CONTAINERD = 'version = 2\n# the operator\'s\n[grpc]\n  address = "/run/x.sock"\n'
+
+
+def _run(root: Path, *args: str) -> str:
+    result = CliRunner().invoke(configure, [*args, "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    config = tmp_path / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(CONTAINERD)
+    config.chmod(0o600)
+    (tmp_path / "etc/docker").mkdir(parents=True)
+    (tmp_path / "etc/docker/daemon.json").write_text('{"debug": true}\n')
+    return tmp_path
+
+
+def test_dry_run_shows_a_diff_and_changes_nothing(root: Path) -> None:
+    before = _files(root)
+    out = _run(root, "containerd", "--registry", "quay.io", "--dry-run")
+    assert "+++ " + str(root / "etc/containerd/certs.d/quay.io/hosts.toml") in out
+    assert '+config_path = "/etc/containerd/certs.d"' in out
+    assert "2 file(s) would change, none did" in out
+    assert _files(root) == before
+
+
+def test_configure_twice_changes_once_and_undo_puts_every_byte_back(root: Path) -> None:
+    before = _files(root)
+    _run(root, "containerd", "--registry", "docker.io", "--registry", "quay.io")
+    config = root / "etc/containerd/config.toml"
+    hosts = root / "etc/containerd/certs.d/docker.io/hosts.toml"
+    assert hosts.exists() and "config_path" in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600  # the original's mode kept
+    once = _files(root)
+    out = _run(root, "containerd", "--registry", "docker.io", "--registry", "quay.io")
+    assert out.count("already configured") == 3
+    assert _files(root) == once
+    # Another change later (another registry): the backup is still the operator's original.
+    _run(root, "containerd", "--registry", "ghcr.io", "--endpoint", "http://10.0.0.1:65001")
+    assert (root / "etc/containerd/config.toml.pollen-backup").read_text() == CONTAINERD
+    _run(root, "containerd", "--undo")
+    assert _files(root) == before
+    assert not (root / "etc/containerd/certs.d/docker.io").exists()
+    assert "nothing to undo" in _run(root, "containerd", "--undo")
+
+
+def test_undo_of_a_file_pollen_created_removes_it(root: Path) -> None:
+    _run(root, "k3s", "--all-registries")
+    path = root / "etc/rancher/k3s/registries.yaml"
+    assert "'*':" in path.read_text()
+    _run(root, "k3s", "--undo")
+    assert not path.exists()
+
+
+def test_a_symlinked_config_stays_a_symlink(root: Path) -> None:
+    real = root / "etc/docker/real.json"
+    link = root / "etc/docker/daemon.json"
+    link.rename(real)
+    link.symlink_to(real.name)
+    _run(root, "docker")
+    assert link.is_symlink() and ENDPOINT in real.read_text()
+    _run(root, "docker", "--undo")
+    assert link.is_symlink() and real.read_text() == '{"debug": true}\n'
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["containerd", "--registry", "../../etc/shadow"],
+        ["containerd", "--registry", "docker.io/evil"],
+        ["containerd", "--endpoint", "127.0.0.1:65001"],
+        ["docker", "--registry", "quay.io"],
+        ["docker", "--all-registries"],
+        ["podman", "--registry", "docker.io", "--registry", "quay.io"],
+        ["crio", "--all-registries"],
+    ],
+)
+def test_requests_no_runtime_file_could_carry_are_refused(root: Path, args: list[str]) -> None:
+    before = _files(root)
+    result = CliRunner().invoke(configure, [*args, "--root", str(root)])
+    assert result.exit_code != 0 and "Error:" in result.output
+    assert _files(root) == before
+
+
+def test_containerd_without_a_config_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(configure, ["containerd", "--root", str(tmp_path)])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_podman_drop_in_never_touches_registries_conf(root: Path) -> None:
+    main = root / "etc/containers/registries.conf"
+    main.parent.mkdir(parents=True)
+    main.write_text('[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n')
+    os.utime(main, (1, 1))
+    _run(root, "podman")
+    assert main.stat().st_mtime == 1
+    drop_in = root / "etc/containers/registries.conf.d/99-pollen.conf"
+    assert 'location = "127.0.0.1:65001"' in drop_in.read_text()
+    _run(root, "podman", "--undo")
+    assert not drop_in.exists()
