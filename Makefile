@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2 aria2 opentracker mktorrent \
-	docker.io podman
+	docker.io podman systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint unit system-deps bench-blob
@@ -21,7 +21,7 @@ run: $(BIN)/pollen
 
 system-deps:
 	@for cmd in docker-registry containerd ctr skopeo htpasswd curl ip tc aria2c opentracker mktorrent \
-	  dockerd podman unshare; do \
+	  dockerd podman unshare systemd-analyze; do \
 	  command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \

@@ -13,6 +13,7 @@ import sys
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,18 @@ def _convert(parser: Any, what: str) -> Any:
     return callback
 
 
+_ARGV = "pollen.argv"
+
+
 class _Commands(click.Group):
     """The node's commands, and `pollen bench` and `pollen configure`, whose code (and its
     imports) is loaded only when they run: a node starts without them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Kept for `pollen run`'s reload: SIGHUP parses the same command line again (with
+        # the config file re-read).
+        ctx.meta[_ARGV] = list(args)
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), "bench", "configure"])
@@ -285,6 +295,15 @@ def main() -> None:
     "order (up to 1024 blobs; beyond, they are left to the clients).",
 )
 @click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    envvar="POLLEN_SHUTDOWN_GRACE",
+    help="Seconds the client responses in flight get to finish after SIGTERM (the node "
+    "stops accepting at once, and tells the cluster it leaves).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -292,15 +311,56 @@ def main() -> None:
     envvar="POLLEN_LOG_LEVEL",
 )
 def run(**options: Any) -> None:
-    """Run one node: a caching registry mirror on --http that shares pieces with its peers."""
+    """Run one node: a caching registry mirror on --http that shares pieces with its peers.
+
+    Under systemd (Type=notify) it says READY=1 once it serves and has joined, pings the
+    watchdog (WatchdogSec), re-reads its settings on SIGHUP (upstreams, rates, cache size;
+    transfers go on), and on SIGTERM leaves the cluster, stops accepting and lets the client
+    responses in flight finish (--shutdown-grace).
+    """
     logging.basicConfig(
-        level=options.pop("log_level").upper(),
+        level=options["log_level"].upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # httpx logs every request at INFO; our own log lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    token_file = options.pop("cluster_token_file")
-    token = options.pop("cluster_token")
+    config = _node_config(options)
+    from peer.node import Node  # late: keeps `pollen --help` fast
+
+    try:
+        node = Node(config, _rereader(click.get_current_context()))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the store in {config.data_dir}: {exc}") from exc
+    try:
+        trio.run(node.run)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {config.http}: {exc.strerror or exc}") from exc
+
+
+def _rereader(ctx: click.Context) -> Callable[[], NodeConfig]:
+    """The settings as they are now: the same command line parsed again, so the config file
+    (and the token file) are read again, with the same precedence."""
+    argv = ctx.find_root().meta.get(_ARGV, [])
+    args = argv[argv.index(ctx.info_name) + 1 :] if ctx.info_name in argv else []
+    command = ctx.command
+
+    def reread() -> NodeConfig:
+        with command.make_context(ctx.info_name, list(args), parent=ctx.parent) as again:
+            return _node_config(dict(again.params))
+
+    return reread
+
+
+def _node_config(options: dict[str, Any]) -> NodeConfig:
+    """NodeConfig from `pollen run`'s parsed options (checked).
+
+    Raises:
+        click.UsageError, click.BadParameter: the settings are refused (the message says why).
+    """
+    token_file = options["cluster_token_file"]
+    token = options["cluster_token"]
     if token_file is not None:
         token = Path(token_file).read_text().strip()
         if not token:
@@ -326,23 +386,13 @@ def run(**options: Any) -> None:
         insecure_open_cluster=options["insecure_open_cluster"],
         prefetch=options["prefetch"],
         prefetch_downloads=options["prefetch_downloads"],
+        shutdown_grace=options["shutdown_grace"],
     )
     try:
         config.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    from peer.node import Node  # late: keeps `pollen --help` fast
-
-    try:
-        node = Node(config)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the store in {config.data_dir}: {exc}") from exc
-    try:
-        trio.run(node.run)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {config.http}: {exc.strerror or exc}") from exc
+    return config
 
 
 @main.command()

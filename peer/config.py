@@ -103,6 +103,8 @@ class NodeConfig:
     # most `prefetch_downloads` at once (peer/fetch/prefetch.py).
     prefetch: bool = True
     prefetch_downloads: int = 4
+    # At SIGTERM: seconds the client responses in flight get to finish.
+    shutdown_grace: float = 30.0
 
     def check(self) -> None:
         """Refuse settings that would make the node unsafe or unusable.

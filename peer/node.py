@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 import trio
@@ -20,10 +22,12 @@ from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstrea
 from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
+from peer.front.drain import Drain
 from peer.front.http_server import serve_connection
 from peer.front.registry import RegistryFront
 from peer.metrics import NodeMetrics
 from peer.rate_limit import RateLimiter
+from peer.service.notify import Notifier
 from peer.swarm.swarm import Swarm
 from peer.upstream.client import UpstreamConfig, Upstreams
 from pieces.store import Store
@@ -32,13 +36,27 @@ log = logging.getLogger("pollen.node")
 
 SEND_TIMEOUT = 60.0
 MIN_TOKEN_LENGTH = 32  # characters of a cluster token below which the node warns
+# systemd hears READY=1 once the node serves and has joined; a node whose --join answers
+# nobody for this long is ready anyway (it serves alone: a mirror that is down would send
+# every pull to the registry), and says so.
+JOIN_READY_TIMEOUT = 30.0
+# Settings a reload (SIGHUP) applies; any other change needs a restart.
+RELOADABLE = ("upstreams", "default_upstream", "upload_rate", "download_rate", "cache_size")
 
 
 class Node:
     """A running node; `run` serves until cancelled or sent SIGTERM/SIGINT."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        reread_config: Callable[[], NodeConfig] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         """Open the store and read (or create) the admin token.
+
+        `reread_config`: the settings as they are now (the command line again, the config
+        file re-read), for a reload on SIGHUP. `notifier`: systemd's (from the environment).
 
         Raises:
             ValueError: unsafe settings (see NodeConfig.check) or an empty admin token file.
@@ -68,9 +86,37 @@ class Node:
         self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
         self.prefetcher: Prefetcher | None = None
+        self.gossip: GossipDriver | None = None
+        self._reread_config = reread_config
+        self.notifier = notifier or Notifier()
+        self._download_limit: RateLimiter | None = None
+        self.drain = Drain()  # the registry listener's connections, at shutdown
+        self.serving = False
+        self.stopping = False
 
     def downloads_in_flight(self) -> int:
         return len(self.downloads.active) if self.downloads is not None else 0
+
+    def joined(self) -> bool:
+        """In a cluster: some member answered (or there is nobody to join)."""
+        membership = self.membership
+        if membership is None or not membership.seeds:
+            return True
+        if all(seed == membership.address for seed in membership.seeds):
+            return True  # only ourselves to join: the first node
+        return bool(membership.alive())
+
+    def readiness(self) -> tuple[bool, str]:
+        """GET /readyz: ready once it serves and has joined, until it stops."""
+        if self.stopping:
+            return False, "stopping"
+        if not self.serving:
+            return False, "starting"
+        if not self.joined():
+            joins = ", ".join(map(str, self.config.join))
+            return False, f"serving, not joined yet (retrying {joins})"
+        members = len(self.membership.alive()) if self.membership is not None else 0
+        return True, f"serving, {members} other members"
 
     def _owner_of(self, digest: str) -> str | None:
         if self.swarm is None:
@@ -168,7 +214,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))
                 # One cap for the peers and the upstream together.
-                download_limit = RateLimiter(config.download_rate)
+                download_limit = self._download_limit = RateLimiter(config.download_rate)
                 # Built in dependency order, nothing patched afterwards: the table and the
                 # upstream fetcher, the swarm (given its narrow view of them), the coordinator.
                 table = DownloadTable(self.store, nursery)
@@ -195,11 +241,17 @@ class Node:
                     handler=front.handle,
                     idle_timeout=config.idle_timeout,
                     send_timeout=SEND_TIMEOUT,
+                    drain=self.drain,
                 )
                 if config.admin is not None:
-                    admin = AdminFront(self.store, self.admin_token, self.status, metrics.render)
+                    admin = AdminFront(
+                        self.store, self.admin_token, self.status, metrics.render, self.readiness
+                    )
                     await self._start_admin(nursery, config.admin, admin)
-                nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+                accepting = trio.CancelScope()
+                # Connections live in the node's nursery: closing the listeners at shutdown
+                # (cancelling `accepting`) leaves the responses in flight to finish.
+                nursery.start_soon(self._accept, accepting, handler, listeners, nursery)
                 log.info(
                     "pollen serving the registry API on %s:%d, store %s, default upstream %s",
                     config.http.host,
@@ -207,11 +259,137 @@ class Node:
                     config.data_dir,
                     config.default_upstream,
                 )
+                self.serving = True
                 task_status.started(port)
-                await trio.serve_listeners(handler, listeners)
+                nursery.start_soon(self._announce_ready)
+                if self.notifier.watchdog_interval is not None:
+                    nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
+                await self._serve_signals(accepting)
+                nursery.cancel_scope.cancel()
         finally:
+            self.notifier.close()
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
+
+    @staticmethod
+    async def _accept(
+        scope: trio.CancelScope,
+        handler: Callable[[trio.SocketStream], object],
+        listeners: list[trio.SocketListener],
+        connections: trio.Nursery,
+    ) -> None:
+        with scope:
+            await trio.serve_listeners(handler, listeners, handler_nursery=connections)  # type: ignore[arg-type]
+
+    async def _announce_ready(self) -> None:
+        """READY=1 to systemd once serving and joined (see JOIN_READY_TIMEOUT)."""
+        with trio.move_on_after(JOIN_READY_TIMEOUT):
+            while not self.joined() and not self.stopping:
+                await trio.sleep(0.1)
+        if self.stopping:
+            return  # stopped before it was ready: STOPPING=1 said it all
+        joined = self.joined()
+        if not joined:
+            log.warning(
+                "not joined after %.0fs (%s): serving alone meanwhile",
+                JOIN_READY_TIMEOUT,
+                self.readiness()[1],
+            )
+        self.notifier.ready(self.readiness()[1])
+        while not self.joined():
+            await trio.sleep(1.0)
+        if not joined:
+            log.info("joined the cluster")
+            self.notifier.status(self.readiness()[1])
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that hangs stops the pings, and
+        systemd restarts the node (WatchdogSec)."""
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def _serve_signals(self, accepting: trio.CancelScope) -> None:
+        """SIGHUP: reload. SIGTERM or SIGINT: shut down gracefully, and return."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                    continue
+                log.info(
+                    "received %s: stopping (client responses in flight get %.0fs)",
+                    signal.Signals(signum).name,
+                    self.config.shutdown_grace,
+                )
+                await self._shut_down(accepting, signals)
+                return
+
+    async def _shut_down(self, accepting: trio.CancelScope, signals: AsyncIterator[int]) -> None:
+        """Tell systemd and the cluster, stop accepting, let the responses in flight finish
+        (at most --shutdown-grace seconds; a second signal ends them at once)."""
+        self.stopping = True
+        self.notifier.stopping(f"stopping: {self.drain.busy} client responses to finish")
+        if self.gossip is not None:
+            # The members stop choosing this node as an owner now, not after a suspicion.
+            await self.gossip.leave()
+        accepting.cancel()
+        self.drain.start()
+        async with trio.open_nursery() as waiting:
+
+            async def drained() -> None:
+                await self.drain.wait()
+                waiting.cancel_scope.cancel()
+
+            async def second_signal() -> None:
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        log.info("second signal: stopping now")
+                        waiting.cancel_scope.cancel()
+                        return
+
+            waiting.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+            waiting.start_soon(drained)
+            waiting.start_soon(second_signal)
+        if self.drain.busy:
+            log.warning("stopped with %d client responses unfinished", self.drain.busy)
+
+    def reload(self) -> None:
+        """Re-read the settings and apply those that can change while running (RELOADABLE);
+        transfers in flight go on. A bad file leaves the running settings as they are."""
+        if self._reread_config is None:
+            log.warning("SIGHUP: this node has no settings to re-read")
+            return
+        self.notifier.reloading()
+        try:
+            new = self._reread_config()
+            new.check()
+        except Exception as exc:  # any error in the file or the flags: keep running as is
+            log.error("reload failed, the running settings stay: %s", exc)
+            self.notifier.ready(self.readiness()[1])
+            return
+        old = self.config
+        ignored = [
+            f.name
+            for f in dataclasses.fields(NodeConfig)
+            if f.name not in RELOADABLE and getattr(new, f.name) != getattr(old, f.name)
+        ]
+        if ignored:
+            log.warning("reload: %s changed, applied at the next restart only", ", ".join(ignored))
+        changes = {name: getattr(new, name) for name in RELOADABLE}
+        self.config = dataclasses.replace(old, **changes)
+        self.upstreams.config = dataclasses.replace(
+            self.upstreams.config, mapping=new.upstreams, default=new.default_upstream
+        )
+        if self.swarm is not None:
+            self.swarm.upload_limit.set_rate(new.upload_rate)
+        if self._download_limit is not None:
+            self._download_limit.set_rate(new.download_rate)
+        self.store.quota = new.cache_size
+        if new.cache_size is not None and new.cache_size != old.cache_size:
+            self.store.make_room(0)  # down to the new size now (what is in use stays)
+        applied = [n for n in RELOADABLE if getattr(new, n) != getattr(old, n)]
+        log.info("reloaded: %s", ", ".join(applied) or "nothing changed")
+        self.notifier.ready(self.readiness()[1])
 
     async def _start_admin(
         self, nursery: trio.Nursery, address: Address, admin: AdminFront
@@ -244,9 +422,10 @@ class Node:
             seeds=tuple((a.host, a.port) for a in config.join),
         )
         self.membership = membership
-        await nursery.start(
-            GossipDriver(membership, (config.peer.host, config.peer.port), config.cluster_token).run
+        gossip = self.gossip = GossipDriver(
+            membership, (config.peer.host, config.peer.port), config.cluster_token
         )
+        await nursery.start(gossip.run)
         listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)
         swarm = Swarm(
             self.node_id,
@@ -284,11 +463,3 @@ class Node:
             ", ".join(map(str, config.join)) or "nobody (first node)",
         )
         return swarm
-
-
-async def _stop_on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return

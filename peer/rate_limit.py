@@ -31,6 +31,12 @@ class RateLimiter:
     """Shared by all transfers in one direction; None rate means no cap."""
 
     def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._bucket = TokenBucket(rate, trio.current_time()) if rate else None
+
+    def set_rate(self, rate: int | None) -> None:
+        """A new cap (a reload): transfers in flight go on under it."""
+        self.rate = rate
         self._bucket = TokenBucket(rate, trio.current_time()) if rate else None
 
     async def consume(self, amount: int) -> None:

@@ -136,6 +136,12 @@ class GossipDriver:
                 nursery.start_soon(self._receive_loop, sock)
                 await self._timer_loop(sock)
 
+    async def leave(self) -> None:
+        """Tell every member that this node leaves (Membership.leave), now."""
+        self.membership.leave()
+        if self._socket is not None:
+            await self._flush(self._socket)
+
     async def _receive_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
             data, source = await sock.recvfrom(MAX_DATAGRAM)

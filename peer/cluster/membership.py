@@ -155,6 +155,7 @@ class Membership:
         # Kept beside `members` so that the timers look at suspects only, not at every member
         # (a tick per probe period over thousands of members adds up in the simulator).
         self._suspects: set[bytes] = set()
+        self.left = False  # this node said it leaves: it neither probes nor refutes any more
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Membership:
 
     def next_deadline(self) -> float | None:
         """When `tick` must be called next (None: only when a datagram arrives)."""
+        if self.left:
+            return None
         deadlines = [d for d in (self._next_probe_at, self._join_at) if d is not None]
         if self._probe is not None and not self._probe.acked:
             base = self._probe.sent_at
@@ -191,7 +194,8 @@ class Membership:
 
     def full_state(self) -> list[Update]:
         """Everything we know, ourselves included: the payload of a push-pull sync."""
-        own = Update(self.node_id, self.address, self.incarnation, Status.ALIVE)
+        own_status = Status.DEAD if self.left else Status.ALIVE
+        own = Update(self.node_id, self.address, self.incarnation, own_status)
         return [
             own,
             *(Update(m.node_id, m.address, m.incarnation, m.status) for m in self.members.values()),
@@ -229,8 +233,28 @@ class Membership:
             if member is not None and member.status is Status.ALIVE:
                 member.since = now
 
+    def leave(self) -> None:
+        """This node is going away (shutting down): tell every member at once, so that none
+        waits for a suspicion time-out, and stop probing and refuting.
+
+        Our own death, at an incarnation above any we refuted with, rides a Ping to each
+        member (they gossip it on); datagrams may be lost, and a member that misses it finds
+        us dead the usual way.
+        """
+        if self.left:
+            return
+        self.left = True
+        self.incarnation += 1
+        farewell = (Update(self.node_id, self.address, self.incarnation, Status.DEAD),)
+        for member in self.alive():
+            self._send(member.address, Ping(self._next_seq(), self.node_id, self.address, farewell))
+        self._probe = None
+        self._join_at = None
+
     def tick(self, now: float) -> None:
         """Run every timer that is due at `now`."""
+        if self.left:
+            return
         self._join(now)
         self._expire_relays(now)
         probe = self._probe
@@ -322,6 +346,8 @@ class Membership:
     def _apply(self, update: Update, now: float) -> None:
         """SWIM's precedence rules; accepted changes are gossiped on."""
         if update.node_id == self.node_id:
+            if self.left:
+                return  # we are leaving: our death stands
             if update.status is not Status.ALIVE and update.incarnation >= self.incarnation:
                 # Someone suspects (or buried) us: refute with a higher incarnation.
                 self.incarnation = update.incarnation + 1

@@ -1,7 +1,8 @@
 """The admin API, on its own listener (`--admin`), for the node's operator only.
 
-GET /healthz and GET /metrics answer anyone who reaches the admin address (a health probe
-and Prometheus counters, no digests or addresses). Everything else needs the admin token,
+GET /healthz, GET /readyz and GET /metrics answer anyone who reaches the admin address (the
+process lives; it serves and has joined its cluster; Prometheus counters: no digests or
+addresses). Everything else needs the admin token,
 `Authorization: Bearer <token>`: GET /_pollen/status (members, transfers, digests) and
 DELETE /_pollen/cache. The token is the operator's `--admin-token-file`, or one the node
 makes at start-up in `<data-dir>/admin.token`, readable by the node's user only: who can
@@ -28,7 +29,7 @@ from pieces.store import Store
 log = logging.getLogger("pollen.admin")
 
 ADMIN_TOKEN_FILE = "admin.token"
-_OPEN_PATHS = {"/healthz", "/metrics"}
+_OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
 def load_admin_token(token_file: Path | None, data_dir: Path) -> tuple[bytes, Path]:
@@ -60,11 +61,13 @@ class AdminFront:
         token: bytes,
         status: Callable[[], dict[str, object]],
         metrics: Callable[[], tuple[str, bytes]],
+        readiness: Callable[[], tuple[bool, str]] = lambda: (True, "serving"),
     ) -> None:
         self._store = store
         self._token = token
         self._status = status
         self._metrics = metrics
+        self._readiness = readiness
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         path = request.target.decode("ascii", "replace").partition("?")[0]
@@ -73,6 +76,11 @@ class AdminFront:
                 self._require_token(request)
             if path == "/healthz":
                 await self._answer(conn, request, "text/plain", b"ok\n")
+            elif path == "/readyz":
+                ready, why = self._readiness()
+                if not ready:
+                    raise OciError(503, "UNAVAILABLE", f"not ready: {why}")
+                await self._answer(conn, request, "text/plain", f"ready: {why}\n".encode())
             elif path == "/metrics":
                 content_type, body = self._metrics()
                 await self._answer(conn, request, content_type, body)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from peer.front.drain import Drain
+
 log = logging.getLogger("pollen.http")
 
 MAX_REQUEST_HEAD = 64 * 1024
@@ -215,21 +217,30 @@ Handler = Callable[[HttpConnection, Request], Awaitable[None]]
 
 
 async def serve_connection(
-    stream: trio.SocketStream, handler: Handler, idle_timeout: float, send_timeout: float
+    stream: trio.SocketStream,
+    handler: Handler,
+    idle_timeout: float,
+    send_timeout: float,
+    drain: Drain | None = None,
 ) -> None:
-    """Serve requests on one connection until the client leaves.
+    """Serve requests on one connection until the client leaves (or, once `drain` starts,
+    until the request being answered is done).
 
     Never raises but trio.Cancelled: an exception out of here would end trio.serve_listeners
     and with it the node. A handler's unexpected exception is logged with its traceback and
     answered with a 500 (or, mid-answer, the connection is cut).
     """
+    drain = drain or Drain()
     conn = HttpConnection(stream, idle_timeout, send_timeout)
     try:
-        while True:
-            request = await conn.next_request()
+        while not drain.draining:
+            request = None
+            with drain.idle():
+                request = await conn.next_request()
             if request is None:
                 break
-            await handler(conn, request)
+            with drain.answering():
+                await handler(conn, request)
             if not conn.keep_alive:
                 break
     except ClientGone as exc:

@@ -21,7 +21,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
     """The configs `pollen run` would start a node with (it stops before opening a store)."""
     configs: list[NodeConfig] = []
 
-    def fake_node(config: NodeConfig) -> None:
+    def fake_node(config: NodeConfig, *_reload: object) -> None:
         configs.append(config)
         raise _Stop("stopped by the test")
 

@@ -180,3 +180,27 @@ def test_join_retries_with_back_off_until_the_seed_answers() -> None:
     first = net.add(0, ())
     net.run_until(net.now + CONFIG.join_retry_max + 5)
     assert late.alive_ids() == first.alive_ids() == {late.node_id, first.node_id}
+
+
+def test_a_leaving_node_is_dead_everywhere_at_once_and_stays_dead() -> None:
+    """A node that shuts down says so: no member waits for a probe, a suspicion and its
+    time-out (seconds at best); and its own death, gossiped back to it, is not refuted."""
+    net = cluster(10, seed=4, loss=0.0)
+    everyone = {n.node_id for n in net.nodes.values()}
+    net.run_until(20)
+    assert converged(net, everyone)
+    leaver_address = ("10.0.0.5", 7000)
+    leaver = net.nodes[leaver_address]
+    leaver.leave()
+    left_at = net.now
+    net.run_until(left_at + 0.1)  # the farewell datagrams' latency, not a probe period
+    others = [n for a, n in net.nodes.items() if a != leaver_address]
+    assert all(n.members[leaver.node_id].status is Status.DEAD for n in others)
+    net.run_until(left_at + 30)  # gossip and full syncs of its death come back to it
+    assert all(n.members[leaver.node_id].status is Status.DEAD for n in others)
+    assert leaver.take_outgoing() == [] and leaver.next_deadline() is None
+    own = next(u for u in leaver.full_state() if u.node_id == leaver.node_id)
+    assert own.status is Status.DEAD
+    for node in others:  # a push-pull sync from the leaver does not bring it back
+        node.merge(leaver.full_state(), net.now)
+        assert node.members[leaver.node_id].status is Status.DEAD
