@@ -8,12 +8,12 @@ SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2
 	docker.io podman systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint unit system-deps bench-blob
+.PHONY: run test lint unit system-deps bench-blob dist
 
 $(BIN)/pollen: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,dist]'
 	touch $@
 
 run: $(BIN)/pollen
@@ -32,8 +32,26 @@ lint: $(BIN)/pollen
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(BIN)/pollen system-deps lint
+test: $(BIN)/pollen system-deps lint dist
 	$(BIN)/pytest
+
+# `make dist`: dist/pollen, one executable with its own Python and libraries (PyInstaller
+# one-file): runs on a Linux host with no Python. The node only: `pollen bench` (and
+# matplotlib) stay out. The commit it is built from goes in as the module pollen_build.
+SOURCES := $(shell find peer pieces wire -name '*.py') setup.cfg
+dist: dist/pollen
+
+dist/pollen: $(BIN)/pollen $(SOURCES) Makefile
+	mkdir -p build/gen
+	printf 'COMMIT = "%s%s"\n' "$$(git rev-parse --short=12 HEAD)" \
+	  "$$(git diff --quiet HEAD -- peer pieces wire setup.cfg || echo -dirty)" > build/gen/pollen_build.py
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --onefile --name pollen \
+	  --paths build/gen --hidden-import pollen_build --hidden-import peer.configure.command \
+	  --exclude-module bench --exclude-module matplotlib --exclude-module tests \
+	  --exclude-module pytest --exclude-module hypothesis --exclude-module mypy \
+	  --exclude-module numpy --exclude-module PIL --exclude-module tkinter \
+	  --exclude-module setuptools --exclude-module pydoc --exclude-module unittest \
+	  --distpath dist --workpath build/pyinstaller --specpath build peer/__main__.py
 
 unit: $(BIN)/pollen
 	$(BIN)/pytest -m "not integration"

@@ -91,8 +91,14 @@ class _Commands(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "bench":
-            from bench.cli import bench
-
+            try:
+                from bench.cli import bench
+            except ImportError as exc:
+                # The one-file binary is the node: the harness (and matplotlib) stay out.
+                raise click.UsageError(
+                    "`pollen bench` is not in this build: run it from a source checkout "
+                    f"(make test sets one up) [{exc}]"
+                ) from exc
             return bench
         if cmd_name == "configure":
             from peer.configure.command import configure
@@ -101,9 +107,26 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from peer.version import VERSION, commit
+
+    click.echo(f"pollen {VERSION} (commit {commit()})")
+    ctx.exit()
+
+
 @click.group(
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_print_version,
+    help="Print the version and the commit it was built from, and exit.",
 )
 def main() -> None:
     """pollen: a peer-to-peer registry mirror for pulling container images.
@@ -198,11 +221,11 @@ def main() -> None:
 )
 @click.option(
     "--admin-token-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     envvar="POLLEN_ADMIN_TOKEN_FILE",
-    help="File holding the admin API's bearer token [default: <data-dir>/admin.token, "
-    "created with a random token, readable by the node's user only].",
+    help="File holding the admin API's bearer token, created with a random token (readable "
+    "by the node's user only) if missing [default: <data-dir>/admin.token].",
 )
 @click.option(
     "--upload-rate",

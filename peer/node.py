@@ -93,6 +93,7 @@ class Node:
         self.drain = Drain()  # the registry listener's connections, at shutdown
         self.serving = False
         self.stopping = False
+        self._said_ready = False  # READY=1 went to systemd
 
     def downloads_in_flight(self) -> int:
         return len(self.downloads.active) if self.downloads is not None else 0
@@ -296,6 +297,7 @@ class Node:
                 self.readiness()[1],
             )
         self.notifier.ready(self.readiness()[1])
+        self._said_ready = True
         while not self.joined():
             await trio.sleep(1.0)
         if not joined:
@@ -365,7 +367,7 @@ class Node:
             new.check()
         except Exception as exc:  # any error in the file or the flags: keep running as is
             log.error("reload failed, the running settings stay: %s", exc)
-            self.notifier.ready(self.readiness()[1])
+            self._ready_again()
             return
         old = self.config
         ignored = [
@@ -375,21 +377,38 @@ class Node:
         ]
         if ignored:
             log.warning("reload: %s changed, applied at the next restart only", ", ".join(ignored))
-        changes = {name: getattr(new, name) for name in RELOADABLE}
-        self.config = dataclasses.replace(old, **changes)
+        try:
+            self._apply(old, new)
+        except Exception as exc:  # one step failed (no room on the disk, say): all go back
+            self._apply(new, old)
+            log.error("reload failed, the running settings stay: %s", exc)
+        else:
+            applied = [n for n in RELOADABLE if getattr(new, n) != getattr(old, n)]
+            log.info("reloaded: %s", ", ".join(applied) or "nothing changed")
+        self._ready_again()
+
+    def _apply(self, old: NodeConfig, new: NodeConfig) -> None:
+        """The RELOADABLE settings of `new` over those of `old`, in the running parts."""
+        self.config = dataclasses.replace(old, **{n: getattr(new, n) for n in RELOADABLE})
         self.upstreams.config = dataclasses.replace(
             self.upstreams.config, mapping=new.upstreams, default=new.default_upstream
         )
-        if self.swarm is not None:
+        if self.swarm is not None and new.upload_rate != old.upload_rate:
             self.swarm.upload_limit.set_rate(new.upload_rate)
-        if self._download_limit is not None:
+        if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
         self.store.quota = new.cache_size
-        if new.cache_size is not None and new.cache_size != old.cache_size:
+        smaller = new.cache_size is not None and (
+            old.cache_size is None or new.cache_size < old.cache_size
+        )
+        if smaller:
             self.store.make_room(0)  # down to the new size now (what is in use stays)
-        applied = [n for n in RELOADABLE if getattr(new, n) != getattr(old, n)]
-        log.info("reloaded: %s", ", ".join(applied) or "nothing changed")
-        self.notifier.ready(self.readiness()[1])
+
+    def _ready_again(self) -> None:
+        """After RELOADING=1: READY=1 again, if the node had said it before (a node still
+        joining says it when it has joined)."""
+        if self._said_ready:
+            self.notifier.ready(self.readiness()[1])
 
     async def _start_admin(
         self, nursery: trio.Nursery, address: Address, admin: AdminFront

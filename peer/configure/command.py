@@ -58,6 +58,12 @@ from peer.configure.plan import RUNTIMES, Plan, Request, plan, plan_undo
 @click.option(
     "--undo", is_flag=True, help="Put back every file an earlier configure of RUNTIME changed."
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --undo: put back the originals even of files changed since pollen wrote them "
+    "(those changes are lost).",
+)
 def configure(
     runtime: str,
     endpoint: str,
@@ -68,6 +74,7 @@ def configure(
     root: Path,
     dry_run: bool,
     undo: bool,
+    force: bool,
 ) -> None:
     """Make RUNTIME pull through this node, with the registry itself as the fallback.
 
@@ -88,6 +95,7 @@ def configure(
         config_file,
         hosts_dir,
         root,
+        force,
     )
     try:
         result = plan_undo(request) if undo else plan(request)

@@ -16,11 +16,11 @@ Pure: text in, text out. The files are read and written by files.py.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
-from tomlkit.items import Table
 
 from peer.configure.files import ConfigureError
 
@@ -56,6 +56,7 @@ def with_config_path(text: str | None, default_dir: str) -> tuple[str, str]:
     """
     doc = _parse(text or "", "config.toml")
     version = _version(doc)
+    imports = doc.get("imports")
     if version is None:
         if doc.body and any(key is not None for key, _ in doc.body):
             # Settings in the version 1 layout: keep it, name the plugin its way.
@@ -76,9 +77,37 @@ def with_config_path(text: str | None, default_dir: str) -> tuple[str, str]:
     current = registry.get("config_path")
     if isinstance(current, str) and current.strip():
         # containerd takes a list of directories separated by ':'; the first is searched first.
-        return tomlkit.dumps(doc), current.split(":")[0]
+        first = current.split(":")[0]
+        check_dir(first, "config.toml's config_path")
+        return tomlkit.dumps(doc), first
+    if imports:
+        raise ConfigureError(
+            "config.toml imports other files (imports = ...): containerd 1.x replaces a "
+            "plugin's whole table with an imported file's, so a config_path set here may not "
+            "hold. Set config_path in the file that configures the CRI plugin (or here, if "
+            "none does), then run pollen configure again: it uses an existing config_path"
+        )
+    configs = registry.get("configs") or {}
+    with_tls = sorted(host for host, c in configs.items() if isinstance(c, dict) and "tls" in c)
+    if with_tls:
+        raise ConfigureError(
+            f"config.toml sets registry.configs.<host>.tls for {', '.join(with_tls)}, which "
+            "containerd no longer applies once config_path is set: move those settings into "
+            "hosts.toml files (ca, client, skip_verify; containerd's hosts.md) first"
+        )
+    check_dir(default_dir, "--hosts-dir")
     registry["config_path"] = default_dir
     return tomlkit.dumps(doc), default_dir
+
+
+def check_dir(path: str, what: str) -> None:
+    """A directory containerd and pollen agree on: absolute, no `..`.
+
+    Raises:
+        ConfigureError: otherwise.
+    """
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise ConfigureError(f"{what} {path!r}: expected an absolute path without '..'")
 
 
 def hosts_toml(text: str | None, registry: str | None, endpoint: str) -> str:
@@ -132,7 +161,7 @@ def _version(doc: tomlkit.TOMLDocument) -> int | None:
     return int(version)
 
 
-def _table_at(doc: tomlkit.TOMLDocument, keys: list[str]) -> Table:
+def _table_at(doc: tomlkit.TOMLDocument, keys: list[str]) -> MutableMapping[str, Any]:
     """The table at `keys`, made (as super tables: no empty headers) where missing."""
     current: Any = doc
     for i, key in enumerate(keys):
@@ -141,5 +170,6 @@ def _table_at(doc: tomlkit.TOMLDocument, keys: list[str]) -> Table:
         current = current[key]
         if not isinstance(current, dict):
             raise ConfigureError(f"config.toml: {'.'.join(keys[: i + 1])} is not a table")
-    assert isinstance(current, Table)
-    return current
+    # A table, an inline table, or tomlkit's view of a table written in several places.
+    table: MutableMapping[str, Any] = current
+    return table

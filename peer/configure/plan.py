@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from peer.configure import containerd, containers, docker, rancher
-from peer.configure.files import Change, ConfigureError, read_text, undo_change
+from peer.configure.files import Change, ConfigureError, read_text, resolve_in, undo_change
 
 RUNTIMES = ("containerd", "docker", "podman", "crio", "k3s", "rke2")
 _REGISTRY = re.compile(
@@ -31,6 +31,7 @@ class Request:
     config_file: str | None = None  # the runtime's main file (host path)
     hosts_dir: str = containerd.DEFAULT_HOSTS_DIR  # containerd, when config.toml names none
     root: Path = Path("/")
+    force: bool = False  # --undo even of files changed since pollen wrote them
 
 
 @dataclass
@@ -46,6 +47,7 @@ def check(request: Request) -> None:
     parts = urlsplit(request.endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
         raise ConfigureError(f"--endpoint {request.endpoint!r}: expected http://HOST:PORT")
+    containerd.check_dir(request.hosts_dir, "--hosts-dir")
     for registry in request.registries:
         # A registry name becomes a directory name (containerd): nothing but a host[:port].
         if not _REGISTRY.fullmatch(registry) or len(registry) > 253:
@@ -103,14 +105,14 @@ def plan_undo(request: Request) -> Plan:
         paths.append(config)
         hosts = _on_disk(request, _hosts_dir_in(read_text(config)) or request.hosts_dir)
         if hosts.is_dir():
-            paths += sorted(p / "hosts.toml" for p in hosts.iterdir() if p.is_dir())
+            paths += sorted(_on_disk_under(request, p / "hosts.toml") for p in hosts.iterdir())
     elif runtime == "docker":
         paths.append(_on_disk(request, request.config_file or docker.DEFAULT_CONFIG))
     elif runtime in ("podman", "crio"):
         paths.append(_drop_in_dir(request) / containers.DROP_IN)
     else:
         paths.append(_on_disk(request, request.config_file or rancher.DEFAULT_CONFIG[runtime]))
-    changes = [c for c in map(undo_change, paths) if c is not None]
+    changes = [c for p in paths if (c := undo_change(p, force=request.force)) is not None]
     return Plan(changes, _restart_note(runtime) if changes else "")
 
 
@@ -126,8 +128,19 @@ def _containerd(request: Request) -> Plan:
     changes = [Change(config, before, after)]
     names = [containerd.DEFAULT_HOST] if request.all_registries else list(request.registries)
     for name in names:
-        path = _on_disk(request, hosts_dir) / name / "hosts.toml"
+        path = _on_disk(
+            request, f"{hosts_dir}/{_host_directory(request, hosts_dir, name)}/hosts.toml"
+        )
         text = read_text(path)
+        if text is None and path.parent.is_dir():
+            legacy = sorted(p.name for p in path.parent.iterdir() if p.suffix in _CERT_SUFFIXES)
+            if legacy:
+                raise ConfigureError(
+                    f"{path.parent} holds {', '.join(legacy)} and no hosts.toml: containerd "
+                    "reads those files only while there is no hosts.toml. Write a hosts.toml "
+                    "there that names them (ca = ..., client = ...; containerd's hosts.md), "
+                    "then run pollen configure again: it keeps that file's settings"
+                )
         registry = None if name == containerd.DEFAULT_HOST else name
         changes.append(Change(path, text, containerd.hosts_toml(text, registry, request.endpoint)))
     note = "hosts.toml files are read at every pull."
@@ -183,5 +196,23 @@ def _hosts_dir_in(config: str | None) -> str | None:
     return None
 
 
+_CERT_SUFFIXES = {".crt", ".cert", ".key"}
+
+
+def _host_directory(request: Request, hosts_dir: str, registry: str) -> str:
+    """The directory containerd reads a registry's hosts.toml from: `host_port_` when it
+    exists (containerd looks there first for a HOST:PORT), else the registry's name."""
+    if ":" in registry:
+        escaped = registry.replace(":", "_") + "_"
+        if _on_disk(request, f"{hosts_dir}/{escaped}").is_dir():
+            return escaped
+    return registry
+
+
 def _on_disk(request: Request, host_path: str) -> Path:
-    return request.root / host_path.lstrip("/")
+    """Where a path of the host is, under the root, its symlinks followed as the host would."""
+    return resolve_in(request.root / host_path.lstrip("/"), request.root)
+
+
+def _on_disk_under(request: Request, path: Path) -> Path:
+    return resolve_in(path, request.root)

@@ -34,14 +34,15 @@ _OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 def load_admin_token(token_file: Path | None, data_dir: Path) -> tuple[bytes, Path]:
     """The admin token and the file it is in: `token_file` when given, else
-    `<data_dir>/admin.token`, created (mode 0600) with a random token if missing.
+    `<data_dir>/admin.token`; either is created (mode 0600) with a random token if missing.
 
     Raises:
         ValueError: the given file is empty.
         OSError: it cannot be read, or the default one cannot be written.
     """
     path = token_file or data_dir / ADMIN_TOKEN_FILE
-    if token_file is None and not path.exists():
+    if not path.exists():
+        # Given or not: a new node (systemd's StateDirectory, say) starts with none.
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 
@@ -36,7 +37,7 @@ class Notifier:
         return self.address is not None
 
     def ready(self, status: str) -> None:
-        self._send(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+        self._send(f"READY=1\nSTATUS={status}")
 
     def reloading(self) -> None:
         # MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) match this to its request.
@@ -64,8 +65,9 @@ class Notifier:
             if self._socket is None:
                 kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 self._socket = socket.socket(socket.AF_UNIX, kind)
-            # A datagram to a local socket does not block for long; a full queue is an error.
-            self._socket.sendto(message.encode(), self.address)
+            # Never blocks the event loop: with systemd's queue full, this message is lost
+            # (an error, logged) rather than the node stalled.
+            self._socket.sendto(message.encode(), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             # systemd gone (or a bad $NOTIFY_SOCKET): the node serves on. Said once, not at
             # every watchdog ping.
@@ -78,12 +80,15 @@ def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Seconds between WATCHDOG=1 pings: half of WatchdogSec (systemd's advice), or None.
 
     $WATCHDOG_PID, when set, names the process the watchdog is for: a child that inherited
-    the environment must not ping for its parent.
+    the environment must not ping for its parent. One exception: the one-file binary runs
+    the node in a child of its bootloader (PyInstaller), and systemd's main process is that
+    bootloader, which only waits for the node: the node pings for it.
     """
     usec = env.get("WATCHDOG_USEC", "")
     pid = env.get("WATCHDOG_PID", "")
     if not usec.isdigit() or int(usec) <= 0:
         return None
-    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
+    ours = {os.getpid(), os.getppid()} if getattr(sys, "frozen", False) else {os.getpid()}
+    if pid and (not pid.isdigit() or int(pid) not in ours):
         return None
     return int(usec) / 1e6 / 2

@@ -61,6 +61,10 @@ def test_the_unit_is_a_hardened_notify_service() -> None:
     assert int(settings["LimitNOFILE"][0]) >= 65536
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "WatchdogSec" in settings
+    # Under DynamicUser the node's user cannot read a root-only token file: a credential.
+    assert settings["LoadCredential"] == ["cluster.token:/etc/pollen/cluster.token"]
+    assert "--cluster-token-file ${CREDENTIALS_DIRECTORY}/cluster.token" in settings["ExecStart"][0]
+    assert "--admin-token-file ${STATE_DIRECTORY}/admin.token" in settings["ExecStart"][0]
 
 
 def test_the_example_config_is_accepted(tmp_path: Path) -> None:

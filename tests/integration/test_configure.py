@@ -76,7 +76,7 @@ def test_containerd_reads_the_config_path_configure_set(tmp_path: Path, text: st
     assert dumped_config_path(config) == str(hosts)
     assert (hosts / "docker.io" / "hosts.toml").exists()
     pollen_configure("containerd", "--config-file", str(config), "--undo")
-    assert config.read_text() == text and not (hosts / "docker.io").exists()
+    assert config.read_text() == text and not (hosts / "docker.io" / "hosts.toml").exists()
 
 
 def test_containerd_pulls_through_the_node_with_the_files_configure_wrote(
@@ -235,4 +235,4 @@ def test_podman_pulls_through_the_node_with_the_drop_in(
     assert result.returncode == 0, result.stdout + result.stderr
     served_every_byte(pollen, pushed, pushed.registry, mark)
     pollen_configure("podman", "--root", str(root), "--undo")
-    assert not (root / "etc" / "containers" / "registries.conf.d").exists()
+    assert not (root / "etc" / "containers" / "registries.conf.d" / "99-pollen.conf").exists()

@@ -64,7 +64,7 @@ def test_configure_twice_changes_once_and_undo_puts_every_byte_back(root: Path) 
     assert (root / "etc/containerd/config.toml.pollen-backup").read_text() == CONTAINERD
     _run(root, "containerd", "--undo")
     assert _files(root) == before
-    assert not (root / "etc/containerd/certs.d/docker.io").exists()
+    assert not (root / "etc/containerd/certs.d/docker.io/hosts.toml").exists()
     assert "nothing to undo" in _run(root, "containerd", "--undo")
 
 
@@ -123,3 +123,59 @@ def test_podman_drop_in_never_touches_registries_conf(root: Path) -> None:
     assert 'location = "127.0.0.1:65001"' in drop_in.read_text()
     _run(root, "podman", "--undo")
     assert not drop_in.exists()
+
+
+def test_undo_refuses_to_throw_away_what_the_operator_changed_since(root: Path) -> None:
+    daemon = root / "etc/docker/daemon.json"
+    _run(root, "docker")
+    daemon.write_text(daemon.read_text().replace('"debug": true', '"debug": false'))
+    result = CliRunner().invoke(configure, ["docker", "--undo", "--root", str(root)])
+    assert result.exit_code != 0 and "changed since" in result.output
+    assert '"debug": false' in daemon.read_text()  # nothing lost
+    _run(root, "docker", "--undo", "--force")  # the operator says so: the original is back
+    assert daemon.read_text() == '{"debug": true}\n'
+
+
+def test_an_absolute_symlink_is_followed_inside_the_root(root: Path, tmp_path: Path) -> None:
+    """An init container sees the host's / at --root: a host symlink to /opt/... means
+    <root>/opt/..., never the container's own /opt."""
+    real = root / "opt/docker/daemon.json"
+    real.parent.mkdir(parents=True)
+    real.write_text('{"debug": true}\n')
+    link = root / "etc/docker/daemon.json"
+    link.unlink()
+    link.symlink_to("/opt/docker/daemon.json")
+    _run(root, "docker")
+    assert ENDPOINT in real.read_text() and link.is_symlink()
+    assert not Path("/opt/docker/daemon.json").exists()
+
+
+def test_a_symlink_out_of_the_root_is_refused(root: Path) -> None:
+    link = root / "etc/docker/daemon.json"
+    link.unlink()
+    link.symlink_to("../../../../../../../../../../tmp/outside-the-root.json")
+    result = CliRunner().invoke(configure, ["docker", "--root", str(root)])
+    assert result.exit_code != 0 and "outside" in result.output
+    assert not Path("/tmp/outside-the-root.json").exists()
+
+
+def test_containerds_host_port_directory_form_is_used_when_present(root: Path) -> None:
+    operator = root / "etc/containerd/certs.d/r.example_5000_"
+    operator.mkdir(parents=True)
+    (operator / "hosts.toml").write_text('server = "https://r.example:5000"\n')
+    _run(root, "containerd", "--registry", "r.example:5000")
+    assert ENDPOINT in (operator / "hosts.toml").read_text()
+    assert not (root / "etc/containerd/certs.d/r.example:5000").exists()
+
+
+def test_a_directory_of_legacy_certificates_is_not_shadowed(root: Path) -> None:
+    """containerd reads ca.crt and client certs of a directory without hosts.toml; a
+    hosts.toml written there would turn that off and break the registry's TLS."""
+    certs = root / "etc/containerd/certs.d/r.example"
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_text("---")
+    result = CliRunner().invoke(
+        configure, ["containerd", "--registry", "r.example", "--root", str(root)]
+    )
+    assert result.exit_code != 0 and "ca.crt" in result.output
+    assert not (certs / "hosts.toml").exists()

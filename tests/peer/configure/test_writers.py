@@ -171,3 +171,52 @@ def test_rancher_golden_files(runtime: str) -> None:
 def test_rancher_files_that_are_not_registries_yaml_are_refused(text: str) -> None:
     with pytest.raises(ConfigureError):
         rancher.with_mirrors(text, ["docker.io"], ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Tables out of order (containerd reads them; tomlkit gives a proxy, not a table).
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.configs."a".auth]\n'
+        '  username = "x"\n[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+        '  snapshotter = "overlayfs"\n[plugins."io.containerd.grpc.v1.cri".registry.headers]\n'
+        '  X = ["y"]\n',
+        'version = 2\nplugins = { "io.containerd.grpc.v1.cri" = { registry = { } } }\n',
+    ],
+)
+def test_valid_layouts_of_the_plugin_table_are_edited(text: str) -> None:
+    out, _ = containerd.with_config_path(text, "/d")
+    assert _registry_table(out, "io.containerd.grpc.v1.cri")["config_path"] == "/d"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # containerd 1.x replaces a plugin's whole table with an imported file's: a
+        # config_path set here may not hold.
+        ('version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n', "imports"),
+        # Once config_path is set, CRI no longer applies registry.configs.<host>.tls.
+        (
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.configs."r.x".tls]\n'
+            '  ca_file = "/etc/ca.pem"\n',
+            "tls",
+        ),
+        (
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+            '  config_path = "../../etc"\n',
+            "absolute",
+        ),
+    ],
+)
+def test_configs_whose_meaning_would_change_are_refused(text: str, says: str) -> None:
+    with pytest.raises(ConfigureError, match=says):
+        containerd.with_config_path(text, "/d")
+
+
+def test_imports_are_fine_when_config_path_is_set_already() -> None:
+    text = (
+        'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n'
+        '[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '  config_path = "/etc/containerd/certs.d"\n'
+    )
+    assert containerd.with_config_path(text, "/d") == (text, "/etc/containerd/certs.d")

@@ -1,0 +1,132 @@
+"""The one-file binary (`make dist`, which `make test` runs first): with an empty environment
+(`env -i`, a PATH of the system's directories only, no virtualenv, no PYTHONPATH) it prints its
+version and commit, writes a runtime's configuration, and serves a real containerd pull."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.components import REPO, Containerd, free_port, http_ok, stop, wait_for
+from tests.integration.conftest import PushedImage
+from tests.integration.notify_socket import NotifySocket
+
+BINARY = REPO / "dist" / "pollen"
+CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def clean_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The binary as a host without Python would run it."""
+    return subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()), str(BINARY), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def binary() -> Path:
+    assert BINARY.exists(), "dist/pollen is missing: `make dist` builds it (`make test` does)"
+    return BINARY
+
+
+def test_version_names_the_commit(binary: Path, tmp_path: Path) -> None:
+    result = clean_run("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert result.stdout.startswith("pollen 0.1.0 (commit ")
+    assert head in result.stdout  # built from this checkout (maybe "-dirty" while editing)
+
+
+def test_configure_runs_from_the_binary(binary: Path, tmp_path: Path) -> None:
+    (tmp_path / "etc/docker").mkdir(parents=True)
+    result = clean_run("configure", "docker", "--root", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "registry-mirrors" in (tmp_path / "etc/docker/daemon.json").read_text()
+
+
+@pytest.fixture
+def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
+    port, peer = free_port(), free_port()
+    registry = pushed.registry
+    args = [
+        "run",
+        "--http",
+        f"127.0.0.1:{port}",
+        "--peer",
+        f"127.0.0.1:{peer}",
+        "--admin",
+        f"127.0.0.1:{free_port()}",
+        "--data-dir",
+        str(tmp_path / "store"),
+        "--upstream",
+        f"{registry.host}={registry.url}",
+    ]
+    log = open(tmp_path / "pollen.log", "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        ["env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()), str(binary), *args],
+        stdout=log,
+        stderr=log,
+        cwd=tmp_path,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("the binary's node", lambda: http_ok(url + "/healthz"), 60, proc)
+        yield url
+    finally:
+        stop(proc)  # env exec()s the binary: this PID is the node's
+
+
+def test_containerd_pulls_through_the_binary(
+    node: str, pushed: PushedImage, containerd: Containerd
+) -> None:
+    registry = pushed.registry
+    containerd.mirror(registry.host, registry.url, node)
+    mark = registry.log_mark()
+    result = containerd.pull(pushed.ref)
+    assert "unpacking linux/amd64" in result.stdout, result.stdout + result.stderr
+    assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+
+
+def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> None:
+    """systemd's main process is the binary's bootloader (WATCHDOG_PID names it); the node
+    runs in its child: READY, the watchdog pings, a reload and a stop all go through."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    env = [f"{k}={v}" for k, v in CLEAN_ENV.items()]
+    env += [f"NOTIFY_SOCKET={notify.path}", "WATCHDOG_USEC=400000"]
+    command = (
+        f"export WATCHDOG_PID=$$; exec {binary} run --http 127.0.0.1:{port} "
+        f"--peer 127.0.0.1:{free_port()} --admin 127.0.0.1:{free_port()} "
+        f"--data-dir {tmp_path / 'store'}"
+    )
+    log = open(tmp_path / "pollen.log", "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        ["env", "-i", *env, "sh", "-c", command], stdout=log, stderr=log, cwd=tmp_path
+    )
+    log.close()
+    try:
+        ready = notify.wait_for("READY=1", timeout=60)
+        assert http_ok(f"http://127.0.0.1:{port}/healthz")
+        notify.wait_for("WATCHDOG=1", notify.wait_for("WATCHDOG=1", ready) + 1)
+        proc.send_signal(signal.SIGHUP)  # to the bootloader, which passes it on
+        reloading = notify.wait_for("RELOADING=1", ready)
+        notify.wait_for("READY=1", reloading)
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1", reloading)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop(proc)
+        notify.close()

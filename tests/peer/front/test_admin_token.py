@@ -1,0 +1,39 @@
+"""The admin token file: made (mode 0600, a random token) when missing, at the default place
+or at the one --admin-token-file names (systemd's StateDirectory holds it from the first
+start on); an empty file is refused."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import click
+import pytest
+
+from peer.cli import run
+from peer.front.admin import load_admin_token
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_missing_token_file_is_made_private(tmp_path: Path, given: bool) -> None:
+    path = tmp_path / "state" / "admin.token"
+    token, where = load_admin_token(path if given else None, tmp_path / "state")
+    assert where == path and len(token) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_admin_token(path if given else None, tmp_path / "state")[0] == token
+
+
+def test_an_empty_token_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "admin.token"
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_admin_token(path, tmp_path)
+
+
+def test_the_option_accepts_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
+    args = ["--admin-token-file", str(tmp_path / "state" / "admin.token")]
+    try:
+        with run.make_context("run", args) as ctx:
+            assert ctx.params["admin_token_file"] == tmp_path / "state" / "admin.token"
+    except click.BadParameter as exc:  # the unit's first start failed exactly so
+        pytest.fail(str(exc))

@@ -1,0 +1,83 @@
+"""A reload (SIGHUP) on a running node, in process: a step that fails leaves the node running
+with what it had; systemd hears READY=1 after a reload only if the node was ready before."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.components import free_port
+from peer.config import Address, NodeConfig
+from peer.node import Node
+from peer.service.notify import Notifier
+from pieces.partial import NoRoom
+from tests.peer.fake_registry import FakeRegistry
+
+
+def _config(tmp_path: Path, registry: FakeRegistry) -> NodeConfig:
+    return NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream=registry.url,
+        cache_size=2**30,
+    )
+
+
+async def test_a_reload_that_cannot_be_applied_leaves_the_node_as_it_was(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = _config(tmp_path, registry)
+    smaller = dataclasses.replace(config, cache_size=2**20, upload_rate=10**6)
+    node = Node(config, reread_config=lambda: smaller)
+    await nursery.start(node.run)
+
+    def no_room(*_args: object, **_kwargs: object) -> None:
+        raise NoRoom("downloads in flight hold what the disk has")
+
+    monkeypatch.setattr(node.store, "make_room", no_room)
+    with caplog.at_level(logging.ERROR):
+        node.reload()  # a NoRoom here used to end the node
+    assert "reload failed" in caplog.text and "downloads in flight" in caplog.text
+    assert node.config.cache_size == 2**30 and node.store.quota == 2**30
+
+
+async def test_a_reload_while_joining_does_not_say_ready(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a seed that never answers
+    silent.bind(("127.0.0.1", 0))
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.setblocking(False)
+    with silent, systemd:
+        config = dataclasses.replace(
+            _config(tmp_path, registry),
+            peer=Address("127.0.0.1", free_port()),
+            join=(Address("127.0.0.1", silent.getsockname()[1]),),
+        )
+        notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        node = Node(config, reread_config=lambda: config, notifier=notifier)
+        await nursery.start(node.run)
+        node.reload()
+        await trio.sleep(0.2)
+        said = []
+        while True:
+            try:
+                said.append(systemd.recv(4096).decode())
+            except BlockingIOError:
+                break
+        assert any("RELOADING=1" in m for m in said)
+        assert not any("READY=1" in m.splitlines() for m in said), said
+        assert not node.readiness()[0]
