@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +211,14 @@ class Pollen:
         ip: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         module: str = "peer.cli",
+        peer_port: int | None = None,
+        prefix: Sequence[str] = (),  # a command that execs the node (unshare, say)
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ip = ip
         self.port = free_port(ip)
-        self.peer_port = free_port(ip)
+        self.peer_port = peer_port or free_port(ip)
         self.admin_port = free_port(ip)
         self.url = f"http://{ip}:{self.port}"
         self.admin_url = f"http://{ip}:{self.admin_port}"
@@ -225,6 +228,7 @@ class Pollen:
         self.log_path = workdir / "pollen.log"
         self.env = {**os.environ, **(env or {})}
         self.args = [
+            *prefix,
             sys.executable,
             "-m",
             module,

@@ -175,8 +175,10 @@ def main() -> None:
     multiple=True,
     envvar="POLLEN_JOIN",
     callback=_convert(parse_address, "address"),
-    help="ADDR:PORT (peer port) of any live member to join through; repeatable; retried "
-    "with back-off [default: none, the first node of a cluster].",
+    help="HOST:PORT (peer port) of any live member to join through; repeatable; retried "
+    "with back-off. A DNS name joins every address it resolves to, resolved again while "
+    "joining and every 30 s (a Kubernetes headless Service) [default: none, the first node "
+    "of a cluster].",
 )
 @click.option(
     "--cluster-token",

@@ -25,6 +25,10 @@ log = logging.getLogger("pollen.gossip")
 
 MAC_SIZE = 16
 MAX_DATAGRAM = 60_000
+# --join names are resolved again this often (seconds) while the node has no member, and then
+# at this period: the nodes behind a name (a headless Service) come and go.
+RESOLVE_WHILE_JOINING = 2.0
+RESOLVE_PERIOD = 30.0
 _PING, _ACK, _PING_REQ = 1, 2, 3
 _STATUSES = frozenset(int(s) for s in Status)
 
@@ -134,7 +138,31 @@ class GossipDriver:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, sock)
+                if self.membership.seeds:
+                    nursery.start_soon(self._resolve_seeds, sock, self.membership.seeds)
                 await self._timer_loop(sock)
+
+    async def _resolve_seeds(
+        self, sock: trio.socket.SocketType, names: tuple[Address, ...]
+    ) -> None:
+        """Resolve the --join names to every IPv4 address they have, again and again: often
+        while the node has no member, then every RESOLVE_PERIOD (a name's nodes change)."""
+        while True:
+            resolved: list[Address] = []
+            for host, port in names:
+                try:
+                    infos = await trio.socket.getaddrinfo(
+                        host, port, family=trio.socket.AF_INET, type=trio.socket.SOCK_DGRAM
+                    )
+                except OSError as exc:  # gaierror: not (yet) in DNS
+                    log.info("--join %s:%d does not resolve (yet): %s", host, port, exc)
+                    continue
+                resolved += [(str(info[4][0]), int(info[4][1])) for info in infos]
+            if resolved:
+                self.membership.set_seeds(resolved)
+                await self._flush(sock)
+            joining = not self.membership.alive()
+            await trio.sleep(RESOLVE_WHILE_JOINING if joining else RESOLVE_PERIOD)
 
     async def leave(self) -> None:
         """Tell every member that this node leaves (Membership.leave), now."""

@@ -233,6 +233,21 @@ class Membership:
             if member is not None and member.status is Status.ALIVE:
                 member.since = now
 
+    def set_seeds(self, seeds: Iterable[Address]) -> None:
+        """The join addresses as resolved now (`--join NAME` follows a name's addresses as
+        they change: the nodes behind a headless Service). Each address that is neither us
+        nor a live member is pinged once: two nodes that started alone (each found only
+        itself) meet when the name resolves to both."""
+        self.seeds = tuple(dict.fromkeys(seeds))
+        if self.left:
+            return
+        known = {m.address for m in self.members.values() if m.status is not Status.DEAD}
+        for seed in self.seeds:
+            if seed != self.address and seed not in known:
+                self._send(
+                    seed, Ping(self._next_seq(), self.node_id, self.address, self._piggyback())
+                )
+
     def leave(self) -> None:
         """This node is going away (shutting down): tell every member at once, so that none
         waits for a suspicion time-out, and stop probing and refuting.

@@ -6,7 +6,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from peer.cluster.membership import Address, Membership, Message, Status, SwimConfig
+from peer.cluster.membership import Address, Membership, Message, Ping, Status, SwimConfig
 
 CONFIG = SwimConfig()
 
@@ -204,3 +204,20 @@ def test_a_leaving_node_is_dead_everywhere_at_once_and_stays_dead() -> None:
     for node in others:  # a push-pull sync from the leaver does not bring it back
         node.merge(leaver.full_state(), net.now)
         assert node.members[leaver.node_id].status is Status.DEAD
+
+
+def test_newly_resolved_join_addresses_are_pinged_once_and_known_ones_not() -> None:
+    """`--join NAME` resolves to the addresses of every node (a headless Service): each
+    address it did not know is pinged, so two nodes that started alone (each found only
+    itself) find each other when the name resolves to both."""
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1), (("peers", 7000),))
+    me.set_seeds([("10.0.0.1", 7000)])  # only ourselves so far: nobody to ping
+    assert me.take_outgoing() == []
+    me.set_seeds([("10.0.0.1", 7000), ("10.0.0.2", 7000), ("10.0.0.3", 7000)])
+    pinged = [address for address, _ in me.take_outgoing()]
+    assert sorted(pinged) == [("10.0.0.2", 7000), ("10.0.0.3", 7000)]
+    me.receive(Ping(1, b"b" * 16, ("10.0.0.2", 7000)), ("10.0.0.2", 7000), 0.0)
+    me.take_outgoing()
+    me.set_seeds([("10.0.0.2", 7000), ("10.0.0.3", 7000)])  # .2 is a member now
+    assert [address for address, _ in me.take_outgoing()] == [("10.0.0.3", 7000)]
+    assert me.seeds == (("10.0.0.2", 7000), ("10.0.0.3", 7000))
