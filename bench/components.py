@@ -285,21 +285,41 @@ class Pollen:
 
 
 class Containerd:
-    """A private containerd (own config, root, state, socket) with a hosts.toml mirror dir."""
+    """A private containerd (own config, root, state, socket) with a hosts.toml mirror dir.
 
-    def __init__(self) -> None:
+    With `cri`, its CRI plugin runs too (the kubelet's pull path: the same socket serves the
+    CRI API), with `hosts_dir` as its registry config_path, the native snapshotter (no
+    overlay mounts needed), no CNI and no TCP streaming service."""
+
+    def __init__(self, cri: bool = False) -> None:
         # Unix socket paths must stay short: use a short temp dir, not pytest's deep one.
         self.dir = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
         self.socket = self.dir / "containerd.sock"
         self.hosts_dir = self.dir / "hosts"
+        self.hosts_dir.mkdir()
         config = self.dir / "config.toml"
+        if cri:
+            plugin = (
+                '[plugins."io.containerd.grpc.v1.cri"]\n'
+                "  disable_tcp_service = true\n"
+                '  stream_server_address = "127.0.0.1"\n'
+                '  stream_server_port = "0"\n'
+                '  [plugins."io.containerd.grpc.v1.cri".containerd]\n'
+                '    snapshotter = "native"\n'
+                '  [plugins."io.containerd.grpc.v1.cri".cni]\n'
+                f'    bin_dir = "{self.dir / "cni-bin"}"\n'
+                f'    conf_dir = "{self.dir / "cni-conf"}"\n'
+                '  [plugins."io.containerd.grpc.v1.cri".registry]\n'
+                f'    config_path = "{self.hosts_dir}"\n'
+            )
+        else:
+            plugin = '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n'
         config.write_text(
             "version = 2\n"
             f'root = "{self.dir / "root"}"\n'
             f'state = "{self.dir / "state"}"\n'
             f'[grpc]\n  address = "{self.socket}"\n'
-            f'[ttrpc]\n  address = "{self.dir / "ttrpc.sock"}"\n'
-            '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n'
+            f'[ttrpc]\n  address = "{self.dir / "ttrpc.sock"}"\n' + plugin
         )
         self.log_path = self.dir / "containerd.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process

@@ -7,6 +7,7 @@ alternate A B A B, so the noise of the machine falls on both alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import click
 
 from bench.components import Containerd
+from bench.cri import CriError, ImageService
 from peer.config import default_data_dir
 from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.sizes import format_size
@@ -111,6 +114,10 @@ def image_bytes(ref: Reference, scheme: str) -> int:
     return int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in manifest["layers"])
 
 
+class PullFailed(Exception):
+    """One pull failed (the message says how)."""
+
+
 class Driver:
     """A pull client: `prepare` once, `clean` before each run, `pull` timed."""
 
@@ -121,6 +128,23 @@ class Driver:
 
     def clean(self, ref: Reference) -> None:
         raise NotImplementedError
+
+    def pull(self, ref: Reference, setting: Setting) -> None:
+        """One pull, the client's command run to its end.
+
+        Raises:
+            PullFailed: the client failed, is missing, or took over PULL_TIMEOUT.
+        """
+        command = self.pull_command(ref, setting)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+        except FileNotFoundError as exc:
+            raise PullFailed(f"{command[0]} is not installed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise PullFailed(f"no result after {PULL_TIMEOUT}s") from exc
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).strip()[-500:]
+            raise PullFailed(f"exit {result.returncode}: {output}")
 
     def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
         raise NotImplementedError
@@ -203,6 +227,48 @@ class CrictlDriver(Driver):
 
     def pull_command(self, ref: Reference, setting: Setting) -> list[str]:
         return [*self.base, "pull", str(ref)]
+
+
+class CriDriver(Driver):
+    """The kubelet's path: a private containerd with its CRI plugin, asked over the CRI API
+    (PullImage, RemoveImage: `crictl pull`, `crictl rmi --prune`). Its config_path holds one
+    hosts.toml per registry, rewritten for the setting before each pull (containerd reads it
+    at every pull)."""
+
+    name = "cri"
+
+    def __init__(self, scheme: str) -> None:
+        self.scheme = scheme
+        self._containerd = Containerd(cri=True)
+        self._images = ImageService(self._containerd.socket, timeout=PULL_TIMEOUT)
+
+    def clean(self, ref: Reference) -> None:
+        try:
+            # The CRI plugin deletes synchronously: the content and snapshots only this
+            # image used go at once (what `crictl rmi --prune` leaves).
+            self._images.remove(str(ref))
+        except CriError as exc:
+            raise PullBenchError(f"cannot remove {ref} before a cold run: {exc}") from exc
+        ctr = ["ctr", "-a", str(self._containerd.socket), "-n", "k8s.io", "content", "ls", "-q"]
+        left = subprocess.run(ctr, capture_output=True, text=True)
+        if left.stdout.strip():
+            raise PullBenchError(f"content left after removing {ref}: {left.stdout[:300]}")
+
+    def pull(self, ref: Reference, setting: Setting) -> None:
+        registry = self._containerd.hosts_dir / ref.host
+        registry.mkdir(parents=True, exist_ok=True)
+        text = f'server = "{self.scheme}://{ref.host}"\n'
+        if setting.mirror is not None:
+            text += f'\n[host."{setting.mirror}"]\n  capabilities = ["pull", "resolve"]\n'
+        (registry / "hosts.toml").write_text(text)
+        try:
+            self._images.pull(str(ref))
+        except CriError as exc:
+            raise PullFailed(str(exc)) from exc
+
+    def close(self) -> None:
+        self._images.close()
+        self._containerd.close()
 
 
 class SkopeoDriver(Driver):
@@ -300,8 +366,8 @@ def mirror_served(admin: Admin) -> int:
     return int(served["blob_bytes_from_cache"]) + int(served["blob_bytes_while_downloading"])
 
 
-def timed(command: list[str], label: str, show: bool) -> tuple[float, str | None]:
-    """Run `command`; (seconds, None) on success or (seconds, error) on failure."""
+def timed(pull: Callable[[], None], label: str, show: bool) -> tuple[float, str | None]:
+    """Run `pull`; (seconds, None) on success or (seconds, error) on failure."""
     started = time.monotonic()
     done = threading.Event()
 
@@ -313,15 +379,11 @@ def timed(command: list[str], label: str, show: bool) -> tuple[float, str | None
     ticker = threading.Thread(target=progress, daemon=True)
     if show:
         ticker.start()
+    error = None
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PULL_TIMEOUT)
-        error = None
-        if result.returncode != 0:
-            error = f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[-500:]}"
-    except FileNotFoundError:
-        error = f"{command[0]} is not installed"
-    except subprocess.TimeoutExpired:
-        error = f"no result after {PULL_TIMEOUT}s"
+        pull()
+    except PullFailed as exc:
+        error = str(exc)
     finally:
         done.set()
         if show:
@@ -343,10 +405,11 @@ def stats(seconds: list[float], size: int) -> dict[str, float]:
 @click.argument("image")
 @click.option(
     "--driver",
-    type=click.Choice(["ctr", "crictl", "skopeo"]),
+    type=click.Choice(["ctr", "cri", "crictl", "skopeo"]),
     default="ctr",
     show_default=True,
-    help="The client that pulls.",
+    help="The client that pulls. cri: the kubelet's path, a private containerd's CRI plugin "
+    "asked over the CRI API (no crictl needed).",
 )
 @click.option("--runs", default=5, show_default=True, help="Timed pulls per setting.")
 @click.option(
@@ -460,6 +523,8 @@ def run_bench(
     client: Driver
     if driver == "ctr":
         client = CtrDriver(containerd_socket, namespace, scheme)
+    elif driver == "cri":
+        client = CriDriver(scheme)
     elif driver == "crictl":
         client = CrictlDriver(runtime_endpoint)
     else:
@@ -477,7 +542,7 @@ def run_bench(
                     flush_mirror(node)
                 label = f"run {index + 1}/{runs} [{setting.name}]"
                 before = mirror_served(node) if node is not None else None
-                seconds, error = timed(client.pull_command(ref, setting), label, show)
+                seconds, error = timed(functools.partial(client.pull, ref, setting), label, show)
                 if error is None and before is not None and node is not None:
                     # Clients fall back to the registry when a mirror fails: a fast run that
                     # went around pollen must not be reported as pollen's.

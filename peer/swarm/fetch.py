@@ -251,6 +251,13 @@ class SwarmFetch:
             elif now - last_progress > STALL_REPORT:
                 self._log_stall(partial)
                 last_progress = now
+                assert self.picker is not None
+                owner_link = swarm.links.get(self.owner)
+                if not self.picker.inflight and owner_link is not None:
+                    # Nothing asked, nothing arriving: ask the owner again. It answers with
+                    # the hashes and tells us again what it offers, so an offer lost on
+                    # the way (whatever lost it) cannot stall a pull for good.
+                    self._want_again(owner_link)
             if now >= next_peers_request:
                 owner_link = swarm.links.get(self.owner)
                 if owner_link is None or owner_link.closed:
@@ -264,13 +271,16 @@ class SwarmFetch:
                 assert self.picker is not None
                 if self.picker.hashes_missing():
                     # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
-                    auth = self.headers.get("authorization")
-                    download = self.download
-                    owner_link.post(Want(self.digest, download.namespace, download.name, auth))
+                    self._want_again(owner_link)
                 next_peers_request = now + PEERS_PERIOD
             await self._wait_change(
                 self._deadline(min(next_peers_request, last_progress + STALL_REPORT))
             )
+
+    def _want_again(self, owner_link: PeerLink) -> None:
+        download = self.download
+        auth = self.headers.get("authorization")
+        owner_link.post(Want(self.digest, download.namespace, download.name, auth))
 
     async def _drain_peers(self, partial: PartialBlob) -> None:
         """Fetch from the linked peers every missing piece one of them holds (and whose hash

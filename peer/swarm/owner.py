@@ -90,9 +90,15 @@ class OwnerSide:
                 state.interested.add(link.peer_id)
                 origins = self._store.origins_of(digest)
                 await _send(link, PieceMeta(digest, size, piece_size, hashes, origins))
+                now = trio.current_time()
                 if state.seeder is None or state.seeder.count != len(hashes):
                     state.seeder = Seeder(digest, len(hashes), self._rng, held=hashes)
-                self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))
+                else:
+                    # Complete here: every piece is ours to offer, whatever the seeder made
+                    # during the download heard.
+                    for index in hashes:
+                        self._offer(state, state.seeder.piece_ready(index, now))
+                self._offer(state, state.seeder.joined(link.peer_id, now))
                 return
         download = await self._upstream.join_for_peer(
             BlobSource(digest, want.namespace, want.repository, headers, credentials_key(headers))

@@ -83,9 +83,15 @@ class Seeder:
     # ---- events --------------------------------------------------------------------------
 
     def joined(self, peer: bytes, now: float) -> list[Send]:
-        """`peer` wants the blob from us (it has been sent the PieceMeta)."""
+        """`peer` wants the blob from us (it has been sent the PieceMeta).
+
+        A peer that asks again may have lost what we told it (its fetch began again, a
+        link went): it hears its outstanding offers again, or everything once the seeding
+        is over. Nothing new is offered for it: a Want cannot buy more of our uplink."""
         if peer in self._peers:
-            return []
+            if self.open:
+                return [self._bitfield(peer)]
+            return [Send(peer, Have(self.digest, i)) for i in sorted(self._offers[peer])]
         self._peers[peer] = set()
         self._offers[peer] = {}
         self._told[peer] = set()

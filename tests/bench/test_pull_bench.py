@@ -45,7 +45,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Registry, Pollen, str]]:
         registry.stop()
 
 
-@pytest.mark.parametrize("driver", ["ctr", "skopeo"])
+@pytest.mark.parametrize("driver", ["ctr", "cri", "skopeo"])
 def test_ab_runs_alternate_and_every_run_is_a_real_pull(
     setup: tuple[Registry, Pollen, str], tmp_path: Path, driver: str
 ) -> None:

@@ -119,6 +119,24 @@ def test_once_every_piece_is_out_everyone_is_told_everything() -> None:
     assert seeder.next_deadline() is None
 
 
+def test_a_peer_that_asks_again_hears_its_offers_again() -> None:
+    """A Want from a peer that has joined already: it may have lost what we told it (its
+    fetch began again, a link went). Telling it nothing more left a node waiting for ever in
+    the swarm integration tests; it hears its outstanding offers (or, once the seeding is
+    over, everything) again."""
+    seeder = Seeder(DIGEST, 4, random.Random(9), held=range(4), per_peer=2)
+    first = offers(seeder.joined(PEERS[0], 0.0))
+    assert len(first) == 2
+    assert offers(seeder.joined(PEERS[0], 1.0)) == first  # the same offers, not new ones
+    assert seeder.offers(PEERS[0]) == {i for _, i in first}
+    seeder.joined(PEERS[1], 1.0)
+    seeder.peer_has(PEERS[0], range(4), 2.0)
+    seeder.peer_has(PEERS[1], range(4), 2.0)
+    assert seeder.open
+    again = seeder.joined(PEERS[0], 3.0)
+    assert [type(s.event) for s in again] == [Bitfield]
+
+
 class SeederMachine(RuleBasedStateMachine):
     """Any order of joins, departures, pieces, Haves, chokes and time: the rules hold."""
 
