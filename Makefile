@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := docker-registry containerd skopeo apache2-utils curl iproute2
 	docker.io podman systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint unit system-deps bench-blob dist
+.PHONY: run test lint unit system-deps bench-blob dist FORCE
 
 $(BIN)/pollen: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,10 @@ test: $(BIN)/pollen system-deps lint dist
 SOURCES := $(shell find peer pieces wire -name '*.py') setup.cfg
 dist: dist/pollen
 
-dist/pollen: $(BIN)/pollen $(SOURCES) Makefile
-	mkdir -p build/gen
-	printf 'COMMIT = "%s%s"\n' "$$(git rev-parse --short=12 HEAD)" \
-	  "$$(git diff --quiet HEAD -- peer pieces wire setup.cfg || echo -dirty)" > build/gen/pollen_build.py
+dist/pollen: $(BIN)/pollen $(SOURCES) Makefile build/gen/pollen_build.py
+	@$(BIN)/python -c "import sys, sysconfig; sys.exit(0 if sysconfig.get_config_var('Py_ENABLE_SHARED') \
+	  else 'make dist: PyInstaller needs a Python with its shared library (libpython3.11.so): ' \
+	  'Debian: apt-get install libpython3.11; pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared')"
 	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --onefile --name pollen \
 	  --paths build/gen --hidden-import pollen_build --hidden-import peer.configure.command \
 	  --exclude-module bench --exclude-module matplotlib --exclude-module tests \
@@ -52,6 +52,18 @@ dist/pollen: $(BIN)/pollen $(SOURCES) Makefile
 	  --exclude-module numpy --exclude-module PIL --exclude-module tkinter \
 	  --exclude-module setuptools --exclude-module pydoc --exclude-module unittest \
 	  --distpath dist --workpath build/pyinstaller --specpath build peer/__main__.py
+
+# The commit the binary says it was built from: worked out at every make, the file replaced
+# only when it changes (a new commit rebuilds dist/pollen; nothing else does). Local changes
+# to the sources, new files included, add "-dirty"; no git: "unknown".
+build/gen/pollen_build.py: FORCE
+	@mkdir -p build/gen
+	@commit="$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"; \
+	dirty="$$(git status --porcelain -- peer pieces wire setup.cfg 2>/dev/null | head -c1)"; \
+	printf 'COMMIT = "%s%s"\n' "$$commit" "$${dirty:+-dirty}" > $@.new; \
+	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+FORCE:
 
 unit: $(BIN)/pollen
 	$(BIN)/pytest -m "not integration"

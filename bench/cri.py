@@ -46,7 +46,7 @@ class ImageService:
 
     def __init__(self, socket: Path, timeout: float = 3600.0) -> None:
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(f"unix://{socket}")
+        self._channel = grpc.insecure_channel(f"unix://{socket.resolve()}")  # absolute
 
     def pull(self, image: str) -> str:
         """Pull `image` (a reference); returns the image's id (its config digest)."""

@@ -9,7 +9,7 @@ import click
 from peer.config import DEFAULT_HTTP
 from peer.configure import containerd
 from peer.configure.files import ConfigureError, apply, apply_undo, backup_of
-from peer.configure.plan import RUNTIMES, Plan, Request, plan, plan_undo
+from peer.configure.plan import RUNTIMES, Plan, Request, installed, plan, plan_undo
 
 
 @click.command()
@@ -59,6 +59,12 @@ from peer.configure.plan import RUNTIMES, Plan, Request, plan, plan_undo
     "--undo", is_flag=True, help="Put back every file an earlier configure of RUNTIME changed."
 )
 @click.option(
+    "--if-installed",
+    is_flag=True,
+    help="Do nothing (and succeed) when RUNTIME is not installed on the host: a DaemonSet's "
+    "init container on a node that runs another runtime.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="With --undo: put back the originals even of files changed since pollen wrote them "
@@ -74,6 +80,7 @@ def configure(
     root: Path,
     dry_run: bool,
     undo: bool,
+    if_installed: bool,
     force: bool,
 ) -> None:
     """Make RUNTIME pull through this node, with the registry itself as the fallback.
@@ -98,6 +105,10 @@ def configure(
         force,
     )
     try:
+        missing = installed(request) if if_installed else None
+        if missing is not None:
+            click.echo(f"{runtime} is not installed here ({missing} is missing): nothing to do")
+            return
         result = plan_undo(request) if undo else plan(request)
         _carry_out(result, dry_run=dry_run, undo=undo)
     except ConfigureError as exc:

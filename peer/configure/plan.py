@@ -94,6 +94,21 @@ def plan(request: Request) -> Plan:
     return Plan([change], f"{runtime} reads registries.yaml at start: systemctl restart {runtime}")
 
 
+def installed(request: Request) -> Path | None:
+    """None when the runtime looks installed on the host, else the path that is missing:
+    containerd's config.toml, or the directory of the other runtimes' files."""
+    runtime = request.runtime
+    if runtime == "containerd":
+        path = _on_disk(request, request.config_file or containerd.DEFAULT_CONFIG)
+    elif runtime == "docker":
+        path = _on_disk(request, request.config_file or docker.DEFAULT_CONFIG).parent
+    elif runtime in ("podman", "crio"):
+        path = _on_disk(request, request.config_file or containers.DEFAULT_MAIN).parent
+    else:
+        path = _on_disk(request, request.config_file or rancher.DEFAULT_CONFIG[runtime]).parent
+    return None if path.exists() else path
+
+
 def plan_undo(request: Request) -> Plan:
     """The changes that put back every file an earlier `pollen configure` of the runtime
     changed (found by their backups and markers)."""

@@ -82,7 +82,8 @@ def test_the_join_names_the_headless_service() -> None:
     (service,) = [m for m in _manifests().values() if m["kind"] == "Service"]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
-    name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    # No cluster domain: the host's resolv.conf search list brings it (clusters differ).
+    name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
     (node,) = _daemonset()["spec"]["template"]["spec"]["containers"]
     joins = [a for a in node["command"] if a.startswith("--join=")]
     assert joins == [f"--join={name}:65002"]
@@ -101,6 +102,8 @@ def test_the_nodes_command_line_is_one_pollen_accepts(tmp_path: Path) -> None:
         config = _node_config(dict(ctx.params))
     assert str(config.http) == "127.0.0.1:65001"
     assert str(config.advertise) == "10.0.0.7:65002"
+    assert str(config.admin) == "127.0.0.1:65003"  # not reachable from other pods
+    assert node["readinessProbe"]["httpGet"]["host"] == "127.0.0.1"
     assert config.cluster_token == b"t" * 40
 
 
@@ -109,6 +112,9 @@ def test_the_init_container_configures_the_hosts_containerd(tmp_path: Path) -> N
     assert init["command"][:3] == ["/usr/local/bin/pollen", "configure", "containerd"]
     mounts = {m["mountPath"] for m in init["volumeMounts"]}
     assert "/host/etc/containerd" in mounts
+    # A read-only root: the one-file binary must have somewhere to unpack itself.
+    assert "/tmp" in mounts and {"name": "TMPDIR", "value": "/tmp"} in init["env"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
     args = [a.replace("--root=/host", f"--root={tmp_path}") for a in init["command"][3:]]
     with configure.make_context("configure", ["containerd", *args]) as ctx:
         assert ctx.params["all_registries"] and ctx.params["root"] == tmp_path

@@ -112,6 +112,22 @@ def test_containerd_without_a_config_says_so(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("runtime", ["containerd", "docker", "podman", "k3s"])
+def test_if_installed_leaves_a_host_without_the_runtime_alone(tmp_path: Path, runtime: str) -> None:
+    """The DaemonSet's init container on a node that runs another runtime."""
+    (tmp_path / "etc/containerd").mkdir(parents=True)  # hostPath DirectoryOrCreate made it
+    result = CliRunner().invoke(configure, [runtime, "--if-installed", "--root", str(tmp_path)])
+    assert result.exit_code == 0 and "not installed here" in result.output
+    assert [p.name for p in (tmp_path / "etc").iterdir()] == ["containerd"]
+    assert not any((tmp_path / "etc/containerd").iterdir())
+
+
+def test_if_installed_configures_a_host_with_the_runtime(root: Path) -> None:
+    out = _run(root, "containerd", "--if-installed")
+    assert "not installed" not in out
+    assert (root / "etc/containerd/certs.d/docker.io/hosts.toml").exists()
+
+
 def test_podman_drop_in_never_touches_registries_conf(root: Path) -> None:
     main = root / "etc/containers/registries.conf"
     main.parent.mkdir(parents=True)
