@@ -22,4 +22,6 @@ class DigestState:
     listening: PartialBlob | None = None  # the partial whose pieces we announce
     seeder: Seeder | None = None  # we own it: which pieces we offer to whom
     wanted_from: bytes | None = None  # the owner our fetch last sent a Want (it offers us)
-    wants_in_progress: int = 0  # peers' Wants being answered: the state must stay meanwhile
+    # Peers whose Want is being answered: the state stays meanwhile, and a Want a peer
+    # repeats before its answer is done costs nothing (the answer in progress covers it).
+    answering: set[bytes] = field(default_factory=set)

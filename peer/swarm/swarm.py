@@ -336,7 +336,9 @@ class Swarm:
     async def _on_event(self, link: PeerLink, event: Event) -> None:
         assert self._nursery is not None
         if isinstance(event, Want):
-            self._nursery.start_soon(self._guarded, self._serve_want, link, event)
+            state = self.digests.get(event.digest)
+            if state is None or link.peer_id not in state.answering:
+                self._nursery.start_soon(self._guarded, self._serve_want, link, event)
         elif isinstance(event, Request):
             self._nursery.start_soon(self._guarded, self.uploads.serve, link, event)
         elif isinstance(event, Access):
@@ -405,14 +407,16 @@ class Swarm:
 
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
         state = self.state(want.digest)
+        if link.peer_id in state.answering:
+            return  # repeated before its answer was done (raced past the check in _on_event)
         # Kept in the table while the answer waits (for the registry, say): forgotten
         # meanwhile, the answer's seeder would live outside it, where the peer's Haves, the
         # offers' time-outs and the choker never reach it, and the peer would wait for ever.
-        state.wants_in_progress += 1
+        state.answering.add(link.peer_id)
         try:
             await self.owner.answer_want(link, want, state)
         finally:
-            state.wants_in_progress -= 1
+            state.answering.discard(link.peer_id)
             self._forget_if_idle(want.digest)
 
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
@@ -502,7 +506,7 @@ class Swarm:
         """Drop what this node keeps about `digest` once it neither holds nor fetches it:
         clients and members can name any digest, and the table must not grow with them."""
         state = self.digests.get(digest)
-        if state is None or state.fetch is not None or state.wants_in_progress:
+        if state is None or state.fetch is not None or state.answering:
             return
         if self.store.has_blob(digest) or self.store.partial(digest) is not None:
             return
