@@ -333,12 +333,7 @@ class Containerd:
 
     def mirror(self, registry_host: str, registry_url: str, mirror_url: str) -> None:
         """Point pulls of `registry_host` at `mirror_url` first (containerd falls back to it)."""
-        folder = self.hosts_dir / registry_host
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hosts.toml").write_text(
-            f'server = "{registry_url}"\n\n'
-            f'[host."{mirror_url}"]\n  capabilities = ["pull", "resolve"]\n'
-        )
+        write_hosts_toml(self.hosts_dir, registry_host, registry_url, mirror_url)
 
     def ctr(
         self, *args: str, check: bool = True, timeout: float = 300
@@ -361,12 +356,29 @@ class Containerd:
     def close(self) -> None:
         stop(self.proc)
         # Unpacked snapshots may hold mounts under root; unmount before removing.
-        mounts = Path("/proc/mounts").read_text().splitlines()
-        for line in reversed(mounts):
-            target = line.split()[1]
-            if target.startswith(str(self.dir)):
-                subprocess.run(["umount", "-l", target], check=False)
+        unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_hosts_toml(
+    hosts_dir: Path, registry_host: str, registry_url: str, mirror_url: str | None
+) -> None:
+    """containerd's hosts.toml for `registry_host` in `hosts_dir`: `mirror_url` first (when
+    given), then the registry itself."""
+    folder = hosts_dir / registry_host
+    folder.mkdir(parents=True, exist_ok=True)
+    text = f'server = "{registry_url}"\n'
+    if mirror_url is not None:
+        text += f'\n[host."{mirror_url}"]\n  capabilities = ["pull", "resolve"]\n'
+    (folder / "hosts.toml").write_text(text)
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount (lazily, deepest first) everything mounted below `folder`."""
+    for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+        target = line.split()[1]
+        if target.startswith(str(folder)):
+            subprocess.run(["umount", "-l", target], check=False)
 
 
 def env_without_proxies() -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from bench.components import Containerd
+from bench.components import Containerd, write_hosts_toml
 from bench.cri import CriError, ImageService
 from peer.config import default_data_dir
 from peer.front.admin import ADMIN_TOKEN_FILE
@@ -167,7 +167,6 @@ class CtrDriver(Driver):
             socket = self._own.socket
         self.socket = socket
         self._dir = Path(tempfile.mkdtemp(prefix="pollen-bench-pull-"))
-        self.hosts_dirs: dict[str, Path] = {}
 
     def prepare(self, settings: list[Setting]) -> None:
         self._settings = settings
@@ -175,12 +174,7 @@ class CtrDriver(Driver):
     def hosts_dir(self, ref: Reference, setting: Setting) -> Path:
         """A hosts.toml for the registry: the mirror first (if any), then the registry."""
         folder = self._dir / setting.name
-        registry = folder / ref.host
-        registry.mkdir(parents=True, exist_ok=True)
-        text = f'server = "{self.scheme}://{ref.host}"\n'
-        if setting.mirror is not None:
-            text += f'\n[host."{setting.mirror}"]\n  capabilities = ["pull", "resolve"]\n'
-        (registry / "hosts.toml").write_text(text)
+        write_hosts_toml(folder, ref.host, f"{self.scheme}://{ref.host}", setting.mirror)
         return folder
 
     def ctr(self, *args: str) -> list[str]:
@@ -255,12 +249,8 @@ class CriDriver(Driver):
             raise PullBenchError(f"content left after removing {ref}: {left.stdout[:300]}")
 
     def pull(self, ref: Reference, setting: Setting) -> None:
-        registry = self._containerd.hosts_dir / ref.host
-        registry.mkdir(parents=True, exist_ok=True)
-        text = f'server = "{self.scheme}://{ref.host}"\n'
-        if setting.mirror is not None:
-            text += f'\n[host."{setting.mirror}"]\n  capabilities = ["pull", "resolve"]\n'
-        (registry / "hosts.toml").write_text(text)
+        registry_url = f"{self.scheme}://{ref.host}"
+        write_hosts_toml(self._containerd.hosts_dir, ref.host, registry_url, setting.mirror)
         try:
             self._images.pull(str(ref))
         except CriError as exc:

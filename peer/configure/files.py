@@ -206,20 +206,19 @@ def _keep_original(path: Path) -> None:
 def _write_atomically(path: Path, text: str) -> None:
     """Write a new file beside it and rename it over: a reader (containerd at start, say)
     sees the old file or the new one, never half of one."""
-    target = path
-    target.parent.mkdir(mode=NEW_DIR_MODE, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=NEW_DIR_MODE, parents=True, exist_ok=True)
     try:
-        mode = target.stat().st_mode & 0o7777
+        mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

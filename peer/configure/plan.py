@@ -79,10 +79,9 @@ def plan(request: Request) -> Plan:
     if runtime == "docker":
         path = _on_disk(request, request.config_file or docker.DEFAULT_CONFIG)
         text = read_text(path)
-        after = (
-            "dockerd re-reads registry-mirrors on SIGHUP: systemctl reload docker. It asks the "
-            "mirror for Docker Hub images only; the node's --default-upstream must be Docker "
-            "Hub (its default)."
+        after = _restart_note(runtime) + (
+            " It asks the mirror for Docker Hub images only; the node's --default-upstream "
+            "must be Docker Hub (its default)."
         )
         return Plan([Change(path, text, docker.with_mirror(text, request.endpoint))], after)
     if runtime in ("podman", "crio"):
@@ -91,7 +90,7 @@ def plan(request: Request) -> Plan:
     text = read_text(path)
     registries = [rancher.EVERY_REGISTRY] if request.all_registries else list(request.registries)
     change = Change(path, text, rancher.with_mirrors(text, registries, request.endpoint))
-    return Plan([change], f"{runtime} reads registries.yaml at start: systemctl restart {runtime}")
+    return Plan([change], _restart_note(runtime))
 
 
 def installed(request: Request) -> Path | None:
@@ -160,23 +159,21 @@ def _containerd(request: Request) -> Plan:
         changes.append(Change(path, text, containerd.hosts_toml(text, registry, request.endpoint)))
     note = "hosts.toml files are read at every pull."
     if changes[0].changes:
-        note = f"containerd reads config_path at start: systemctl restart containerd. {note}"
+        note = f"{_restart_note('containerd')} {note}"
     return Plan(changes, note)
 
 
 def _containers(request: Request) -> Plan:
     main = _on_disk(request, request.config_file or containers.DEFAULT_MAIN)
     folder = _drop_in_dir(request)
+    drop_ins = sorted(folder.glob("*.conf"))  # read in this order, ours among them
     earlier: list[tuple[str, str]] = []
-    if (text := read_text(main)) is not None:
-        earlier.append((str(main), text))
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.conf")):
-            if path.name < containers.DROP_IN and (text := read_text(path)) is not None:
-                earlier.append((str(path), text))
+    for path in [main, *(p for p in drop_ins if p.name < containers.DROP_IN)]:
+        if (text := read_text(path)) is not None:
+            earlier.append((str(path), text))
     path = folder / containers.DROP_IN
     text = containers.drop_in(request.runtime, request.registries[0], request.endpoint, earlier)
-    later = sorted(p.name for p in folder.glob("*.conf") if p.name > containers.DROP_IN)
+    later = [p.name for p in drop_ins if p.name > containers.DROP_IN]
     after = _restart_note(request.runtime)
     if later:
         after += f" Read after ours, and may override it: {', '.join(later)}."

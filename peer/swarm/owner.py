@@ -96,8 +96,7 @@ class OwnerSide:
                 else:
                     # Complete here: every piece is ours to offer, whatever the seeder made
                     # during the download heard.
-                    for index in hashes:
-                        self._offer(state, state.seeder.piece_ready(index, now))
+                    self._offer(state, state.seeder.pieces_ready(hashes, now))
                 self._offer(state, state.seeder.joined(link.peer_id, now))
                 return
         download = await self._upstream.join_for_peer(

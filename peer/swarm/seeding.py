@@ -132,11 +132,17 @@ class Seeder:
 
     def piece_ready(self, index: int, now: float) -> list[Send]:
         """The owner holds a new piece (from the registry)."""
-        if not 0 <= index < self.count or index in self.held:
+        return self.pieces_ready([index], now)
+
+    def pieces_ready(self, indices: Iterable[int], now: float) -> list[Send]:
+        """The owner holds these pieces (new ones, or all of a blob it now holds whole):
+        the offers they make possible, decided once."""
+        new = sorted({i for i in indices if 0 <= i < self.count} - self.held)
+        if not new:
             return []
-        self.held.add(index)
+        self.held.update(new)
         if self.open:
-            return [Send(p, Have(self.digest, index)) for p in self._peers]
+            return [Send(p, Have(self.digest, i)) for i in new for p in self._peers]
         return self._offer(now)
 
     def peer_has(self, peer: bytes, indices: Iterable[int], now: float) -> list[Send]:

@@ -19,10 +19,16 @@ BINARY = REPO / "dist" / "pollen"
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
+def in_clean_env(*command: str, **variables: str) -> list[str]:
+    """`command` with an empty environment but the system PATH and `variables`."""
+    settings = {**CLEAN_ENV, **variables}
+    return ["env", "-i", *(f"{k}={v}" for k, v in settings.items()), *command]
+
+
 def clean_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The binary as a host without Python would run it."""
     return subprocess.run(
-        ["env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()), str(BINARY), *args],
+        in_clean_env(str(BINARY), *args),
         capture_output=True,
         text=True,
         timeout=120,
@@ -75,7 +81,7 @@ def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
     ]
     log = open(tmp_path / "pollen.log", "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
-        ["env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()), str(binary), *args],
+        in_clean_env(str(binary), *args),
         stdout=log,
         stderr=log,
         cwd=tmp_path,
@@ -105,8 +111,6 @@ def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> Non
     runs in its child: READY, the watchdog pings, a reload and a stop all go through."""
     notify = NotifySocket(tmp_path / "notify.sock")
     port = free_port()
-    env = [f"{k}={v}" for k, v in CLEAN_ENV.items()]
-    env += [f"NOTIFY_SOCKET={notify.path}", "WATCHDOG_USEC=400000"]
     command = (
         f"export WATCHDOG_PID=$$; exec {binary} run --http 127.0.0.1:{port} "
         f"--peer 127.0.0.1:{free_port()} --admin 127.0.0.1:{free_port()} "
@@ -114,7 +118,10 @@ def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> Non
     )
     log = open(tmp_path / "pollen.log", "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
-        ["env", "-i", *env, "sh", "-c", command], stdout=log, stderr=log, cwd=tmp_path
+        in_clean_env("sh", "-c", command, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="400000"),
+        stdout=log,
+        stderr=log,
+        cwd=tmp_path,
     )
     log.close()
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.components import Containerd, Pollen, Registry, stop, wait_for
+from bench.components import Containerd, Pollen, Registry, stop, unmount_under, wait_for
 from tests.integration.conftest import PushedImage
 
 DEBIAN_CONFIG = (
@@ -160,15 +160,8 @@ class Dockerd:
 
     def close(self) -> None:
         stop(self.proc, signal.SIGTERM, timeout=30)
-        _unmount_under(self.dir)
+        unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _unmount_under(folder: Path) -> None:
-    for line in reversed(Path("/proc/mounts").read_text().splitlines()):
-        target = line.split()[1]
-        if target.startswith(str(folder)):
-            subprocess.run(["umount", "-l", target], check=False)
 
 
 @pytest.fixture
@@ -230,7 +223,7 @@ def test_podman_pulls_through_the_node_with_the_drop_in(
             env={**os.environ, "HOME": str(tmp_path)},  # no user registries.conf.d of root's
         )
     finally:
-        _unmount_under(storage)
+        unmount_under(storage)
         shutil.rmtree(storage, ignore_errors=True)
     assert result.returncode == 0, result.stdout + result.stderr
     served_every_byte(pollen, pushed, pushed.registry, mark)

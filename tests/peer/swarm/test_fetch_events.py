@@ -24,16 +24,23 @@ class Link:
     peer_id: bytes
 
 
-async def test_owner_updates_before_the_first_answer_is_read_are_kept() -> None:
-    """PieceMeta updates follow the owner's first answer at once; the fetch reads the first
-    answer later. Every hash must be kept (a lost one stalls that piece until a re-Want)."""
+def _fetch_from_owner() -> SwarmFetch:
+    """A fetch whose owner is OWNER, with no swarm behind it: what these tests hand in never
+    reaches one (events are handed in as the read loop would)."""
     fetch = SwarmFetch(
-        None,  # type: ignore[arg-type]  # not reached: no picker yet
+        None,  # type: ignore[arg-type]
         DigestState(DIGEST),
         Download(DIGEST, None, "org/app", None),
         {},
     )
     fetch.owner = OWNER
+    return fetch
+
+
+async def test_owner_updates_before_the_first_answer_is_read_are_kept() -> None:
+    """PieceMeta updates follow the owner's first answer at once; the fetch reads the first
+    answer later. Every hash must be kept (a lost one stalls that piece until a re-Want)."""
+    fetch = _fetch_from_owner()
     first = PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, origins=[])
     await fetch.on_event(Link(OWNER), first)  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {1: b"b" * 16}, []))  # type: ignore[arg-type]
@@ -47,13 +54,7 @@ async def test_offers_before_the_picker_exists_are_kept() -> None:
     """The owner offers pieces (Have, or a Bitfield once its seeding is over) right after its
     PieceMeta; the picker is made only when `_want` reads that answer. An offer lost there is
     a piece the owner believes offered: it must reach the picker."""
-    fetch = SwarmFetch(
-        None,  # type: ignore[arg-type]  # not reached: no picker yet
-        DigestState(DIGEST),
-        Download(DIGEST, None, "org/app", None),
-        {},
-    )
-    fetch.owner = OWNER
+    fetch = _fetch_from_owner()
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), Have(DIGEST, 0))  # type: ignore[arg-type]
     await fetch.on_event(Link(OWNER), Have(DIGEST, 2))  # type: ignore[arg-type]
@@ -68,13 +69,7 @@ async def test_offers_before_the_picker_exists_are_kept() -> None:
 
 
 async def test_offers_before_the_owners_answer_are_not_kept() -> None:
-    fetch = SwarmFetch(
-        None,  # type: ignore[arg-type]
-        DigestState(DIGEST),
-        Download(DIGEST, None, "org/app", None),
-        {},
-    )
-    fetch.owner = OWNER
+    fetch = _fetch_from_owner()
     await fetch.on_event(Link(OWNER), Have(DIGEST, 0))  # type: ignore[arg-type]
     assert fetch._early == {}
 
@@ -93,13 +88,7 @@ async def test_an_offer_of_a_piece_we_hold_is_answered_with_our_have() -> None:
     class Partial:
         piece_hashes = {1: b"x" * 16}
 
-    fetch = SwarmFetch(
-        None,  # type: ignore[arg-type]
-        DigestState(DIGEST),
-        Download(DIGEST, None, "org/app", None),
-        {},
-    )
-    fetch.owner = OWNER
+    fetch = _fetch_from_owner()
     fetch.partial = Partial()  # type: ignore[assignment]
     fetch.picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(1), have=[1])
     link = Posting()
@@ -116,13 +105,7 @@ async def test_hashes_of_another_piece_size_are_not_taken() -> None:
         layout = PieceLayout(300, 100)
         piece_hashes: dict[int, bytes] = {}
 
-    fetch = SwarmFetch(
-        None,  # type: ignore[arg-type]
-        DigestState(DIGEST),
-        Download(DIGEST, None, "org/app", None),
-        {},
-    )
-    fetch.owner = OWNER
+    fetch = _fetch_from_owner()
     fetch.partial = Partial()  # type: ignore[assignment]
     fetch._meta = PieceMeta(DIGEST, 300, 100, {}, [])  # answered already
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 50, {0: b"z" * 16}, []))  # type: ignore[arg-type]
