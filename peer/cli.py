@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -31,8 +32,10 @@ from peer.config import (
     parse_upstream,
 )
 from peer.front.admin import ADMIN_TOKEN_FILE
-from peer.sizes import format_size, parse_rate, parse_size
+from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
 from pieces.layout import DEFAULT_PIECE_SIZE
+
+DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
 
 
 def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -275,6 +278,33 @@ def main() -> None:
     "[default: no quota, bounded by the disk].",
 )
 @click.option(
+    "--cache-ttl",
+    default=None,
+    metavar="DURATION",
+    envvar="POLLEN_CACHE_TTL",
+    callback=_convert(parse_duration, "duration"),
+    help="Evict a blob nobody has read (or served to a peer) for this long, e.g. 7d, 12h "
+    "[default: none, blobs stay until room is needed].",
+)
+@click.option(
+    "--disk-high",
+    default=None,
+    metavar="PERCENT",
+    envvar="POLLEN_DISK_HIGH",
+    callback=_convert(parse_share, "percentage"),
+    help="Disk use of the data directory's file system (all of it, not only the store's "
+    "files) above which the store evicts least recently used blobs down to --disk-low, "
+    "checked every minute and before each write, e.g. 85% [default: none].",
+)
+@click.option(
+    "--disk-low",
+    default=None,
+    metavar="PERCENT",
+    envvar="POLLEN_DISK_LOW",
+    callback=_convert(parse_share, "percentage"),
+    help="Where eviction for --disk-high stops, e.g. 70% [default: 15 points below it].",
+)
+@click.option(
     "--piece-size",
     default=str(DEFAULT_PIECE_SIZE),
     envvar="POLLEN_PIECE_SIZE",
@@ -390,12 +420,18 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         token = Path(token_file).read_text().strip()
         if not token:
             raise click.BadParameter(f"{token_file} is empty", param_hint="--cluster-token-file")
+    high, low = options["disk_high"], options["disk_low"]
+    if high is not None and low is None:
+        low = max(0.0, high - DEFAULT_DISK_GAP)
     config = NodeConfig(
         http=options["http"],
         data_dir=Path(options["data_dir"]).expanduser(),
         upstreams=dict(options["upstream"] or ()),
         default_upstream=options["default_upstream"].rstrip("/"),
         cache_size=options["cache_size"],
+        cache_ttl=options["cache_ttl"],
+        disk_high=high,
+        disk_low=low,
         piece_size=options["piece_size"],
         idle_timeout=options["idle_timeout"],
         upstream_timeout=options["upstream_timeout"],
@@ -420,34 +456,48 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
     return config
 
 
-@main.command()
-@click.option(
-    "--admin",
-    default=DEFAULT_ADMIN,
-    show_default=True,
-    envvar="POLLEN_ADMIN",
-    help="The node's admin address (its --admin).",
-)
-@click.option(
-    "--admin-token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="POLLEN_ADMIN_TOKEN_FILE",
-    help="The node's admin token [default: <data-dir>/admin.token].",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_data_dir,
-    envvar="POLLEN_DATA_DIR",
-    show_default="~/.cache/pollen",
-    help="The node's --data-dir, where it keeps admin.token.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
-def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: bool) -> None:
-    """Show a node's store use and the transfers in flight (through its admin API)."""
-    url = f"http://{admin}/_pollen/status"
-    token_file = admin_token_file or data_dir.expanduser() / ADMIN_TOKEN_FILE
+def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that find a running node's admin API and its token."""
+    for option in reversed(
+        [
+            click.option(
+                "--admin",
+                default=DEFAULT_ADMIN,
+                show_default=True,
+                envvar="POLLEN_ADMIN",
+                help="The node's admin address (its --admin).",
+            ),
+            click.option(
+                "--admin-token-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                envvar="POLLEN_ADMIN_TOKEN_FILE",
+                help="The node's admin token [default: <data-dir>/admin.token].",
+            ),
+            click.option(
+                "--data-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=default_data_dir,
+                envvar="POLLEN_DATA_DIR",
+                show_default="~/.cache/pollen",
+                help="The node's --data-dir, where it keeps admin.token.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _ask_admin(
+    admin: str, token_file: Path | None, data_dir: Path, method: str, path: str
+) -> dict[str, Any]:
+    """A JSON answer of the node's admin API.
+
+    Raises:
+        click.ClickException: no token, no node, or the node refused (its message).
+    """
+    url = f"http://{admin}{path}"
+    token_file = token_file or data_dir.expanduser() / ADMIN_TOKEN_FILE
     try:
         token = token_file.read_text().strip()
     except OSError as exc:
@@ -455,12 +505,26 @@ def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: b
             f"cannot read the admin token {token_file}: {exc.strerror} "
             "(give --admin-token-file or the node's --data-dir)"
         ) from exc
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        url, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            doc = json.load(response)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            doc: dict[str, Any] = json.load(response)
+            return doc
+    except urllib.error.HTTPError as exc:
+        answer = exc.read(2000).decode(errors="replace")
+        raise click.ClickException(f"{url}: {exc.code} {answer}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"cannot reach the node at {url}: {exc}") from exc
+
+
+@main.command()
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: bool) -> None:
+    """Show a node's store use and the transfers in flight (through its admin API)."""
+    doc = _ask_admin(admin, admin_token_file, data_dir, "GET", "/_pollen/status")
     if as_json:
         json.dump(doc, sys.stdout, indent=2)
         print()
@@ -484,6 +548,33 @@ def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: b
             f"  {t['digest'][:19]}  {format_size(t['bytes_present'])}/{size}  "
             f"{t['clients']} clients  {t['seconds']}s  {t['repository']}"
         )
+
+
+@main.command()
+@_admin_options
+@click.option(
+    "--dry-run", is_flag=True, help="Only list what would be evicted now; remove nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def gc(
+    admin: str, admin_token_file: Path | None, data_dir: Path, dry_run: bool, as_json: bool
+) -> None:
+    """Run a node's cache check now: evict blobs past --cache-ttl, then least recently used
+    ones while the store is over --cache-size or the disk above --disk-high (down to
+    --disk-low). Blobs being read, written, uploaded or preheated stay. The node also does
+    this by itself every minute."""
+    path = "/_pollen/gc?dry_run=1" if dry_run else "/_pollen/gc"
+    doc = _ask_admin(admin, admin_token_file, data_dir, "POST", path)
+    if as_json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return
+    verb = "would evict" if dry_run else "evicted"
+    for e in doc["evicted"]:
+        idle = max(0.0, time.time() - e["last_used"])
+        kind = " (partial)" if e["partial"] else ""
+        print(f"{e['digest']}{kind}  {format_size(e['size'])}  unused {idle:.0f}s  {e['reason']}")
+    print(f"{verb} {len(doc['evicted'])} blobs, {format_size(doc['bytes'])}")
 
 
 if __name__ == "__main__":

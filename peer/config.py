@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pieces.layout import DEFAULT_PIECE_SIZE
+from pieces.room import Watermarks
+from pieces.store import CachePolicy
 from wire.names import is_valid_host, is_valid_registry
 
 DEFAULT_HTTP = "127.0.0.1:65001"
@@ -84,6 +86,10 @@ class NodeConfig:
     upstreams: dict[str, str] = field(default_factory=dict)
     default_upstream: str = DEFAULT_UPSTREAM
     cache_size: int | None = None
+    cache_ttl: float | None = None  # seconds a blob may go unread before it is evicted
+    # Disk use of the store's file system (fractions): above high, evict down to low.
+    disk_high: float | None = None
+    disk_low: float | None = None
     piece_size: int = DEFAULT_PIECE_SIZE
     idle_timeout: float = 60.0
     upstream_timeout: float = 30.0
@@ -124,11 +130,29 @@ class NodeConfig:
                 "Give every node the same --cluster-token-file, or pass "
                 "--insecure-open-cluster if that is really wanted."
             )
+        if (self.disk_low is not None) != (self.disk_high is not None):
+            raise ValueError("--disk-low needs --disk-high (the use at which eviction starts)")
+        if (
+            self.disk_high is not None
+            and self.disk_low is not None
+            and (self.disk_low >= self.disk_high)
+        ):
+            raise ValueError(
+                f"--disk-low ({self.disk_low:.0%}) must be below --disk-high "
+                f"({self.disk_high:.0%}): eviction runs from high down to low"
+            )
         if self.prefetch_downloads < 1:
             raise ValueError(
                 f"--prefetch-downloads must be at least 1, not {self.prefetch_downloads} "
                 "(use --no-prefetch to turn prefetch off)"
             )
+
+    def cache_policy(self) -> CachePolicy:
+        """What the store does besides keeping --cache-size (pieces/room.py)."""
+        marks = None
+        if self.disk_high is not None and self.disk_low is not None:
+            marks = Watermarks(self.disk_high, self.disk_low)
+        return CachePolicy(ttl=self.cache_ttl, marks=marks)
 
     def advertised_peer(self) -> Address | None:
         """The peer address others use: --advertise, else --peer when it names a host."""

@@ -12,6 +12,7 @@ from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.prefetch import Prefetcher
 from peer.front.registry import ServedCounters
 from peer.swarm.swarm import Swarm
+from pieces.room import FOR_DISK, FOR_QUOTA, FOR_TTL, FOR_WATERMARK
 from pieces.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,6 +41,7 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily(
             "pollen_store_blobs", "Complete blobs in the store", value=stats.complete_blobs
         )
+        yield from _eviction_metrics(self._store)
         yield GaugeMetricFamily(
             "pollen_downloads_in_flight",
             "Blob downloads in progress",
@@ -100,6 +102,24 @@ class _NodeCollector(Collector):
         yield served
         if self._prefetch is not None:
             yield from _prefetch_metrics(self._prefetch)
+
+
+def _eviction_metrics(store: Store) -> Iterator[Metric]:
+    blobs = CounterMetricFamily(
+        "pollen_evictions",
+        "Blobs and partials evicted from the store, by reason (disk-full, cache-size, "
+        "disk-watermark, ttl)",
+        labels=["reason"],
+    )
+    size = CounterMetricFamily(
+        "pollen_evicted_bytes", "Bytes freed by eviction, by reason", labels=["reason"]
+    )
+    for reason in (FOR_DISK, FOR_QUOTA, FOR_WATERMARK, FOR_TTL):
+        count, freed = store.evictions.get(reason, (0, 0))
+        blobs.add_metric([reason], count)
+        size.add_metric([reason], freed)
+    yield blobs
+    yield size
 
 
 def _prefetch_metrics(prefetch: Prefetcher) -> Iterator[Metric]:

@@ -28,6 +28,7 @@ from peer.front.registry import RegistryFront
 from peer.metrics import NodeMetrics
 from peer.rate_limit import RateLimiter
 from peer.service.notify import Notifier
+from peer.store_upkeep import keep_store
 from peer.swarm.swarm import Swarm
 from peer.upstream.client import UpstreamConfig, Upstreams
 from pieces.store import Store
@@ -41,7 +42,30 @@ MIN_TOKEN_LENGTH = 32  # characters of a cluster token below which the node warn
 # every pull to the registry), and says so.
 JOIN_READY_TIMEOUT = 30.0
 # Settings a reload (SIGHUP) applies; any other change needs a restart.
-RELOADABLE = ("upstreams", "default_upstream", "upload_rate", "download_rate", "cache_size")
+RELOADABLE = (
+    "upstreams",
+    "default_upstream",
+    "upload_rate",
+    "download_rate",
+    "cache_size",
+    "cache_ttl",
+    "disk_high",
+    "disk_low",
+)
+
+
+def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
+    """True when `new` bounds the cache more than `old` does (a smaller size, a shorter TTL,
+    a lower high watermark, one that was not there)."""
+
+    def lower(a: float | None, b: float | None) -> bool:
+        return b is not None and (a is None or b < a)
+
+    return (
+        lower(old.cache_size, new.cache_size)
+        or lower(old.cache_ttl, new.cache_ttl)
+        or lower(old.disk_high, new.disk_high)
+    )
 
 
 class Node:
@@ -64,7 +88,9 @@ class Node:
         """
         config.check()
         self.config = config
-        self.store = Store(config.data_dir, config.piece_size, config.cache_size)
+        self.store = Store(
+            config.data_dir, config.piece_size, config.cache_size, config.cache_policy()
+        )
         self.upstreams = Upstreams(
             UpstreamConfig(
                 mapping=config.upstreams,
@@ -196,6 +222,13 @@ class Node:
                 "manifests": stats.manifests,
                 "readers": stats.readers,
                 "disk_free": self.store.disk_free(),
+                "cache_ttl": self.config.cache_ttl,
+                "disk_high": self.config.disk_high,
+                "disk_low": self.config.disk_low,
+                "evictions": {
+                    reason: {"blobs": count, "bytes": size}
+                    for reason, (count, size) in sorted(self.store.evictions.items())
+                },
             },
             "upstream": {
                 "bytes": downloads.bytes_from_upstream if downloads else 0,
@@ -224,6 +257,7 @@ class Node:
                     nursery, access, download_limit, OwnerUpstream(table, fetcher)
                 )
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
+                nursery.start_soon(keep_store, self.store)
                 if config.prefetch:
                     self.prefetcher = Prefetcher(
                         self.store, self.downloads, config.prefetch_downloads
@@ -398,11 +432,9 @@ class Node:
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
         self.store.quota = new.cache_size
-        smaller = new.cache_size is not None and (
-            old.cache_size is None or new.cache_size < old.cache_size
-        )
-        if smaller:
-            self.store.make_room(0)  # down to the new size now (what is in use stays)
+        self.store.policy = new.cache_policy()
+        if _tighter(old, new):
+            self.store.sweep(time.time())  # within the new bounds now (what is in use stays)
 
     def _ready_again(self) -> None:
         """After RELOADING=1: READY=1 again, if the node had said it before (a node still

@@ -1,4 +1,5 @@
-"""Human sizes and rates on the command line: `4MiB`, `20GiB`, `50MiB/s`, `100mbit`."""
+"""Human sizes, rates, durations and shares on the command line: `4MiB`, `20GiB`, `50MiB/s`,
+`100mbit`, `7d`, `85%`."""
 
 from __future__ import annotations
 
@@ -46,6 +47,41 @@ def parse_rate(text: str) -> int:
         number = lowered.removesuffix("/s").removesuffix("bit")
         return parse_size(number) // 8
     return parse_size(lowered.removesuffix("/s"))
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text` (`90s`, `30m`, `12h`, `7d`, `2w`, `3600`).
+
+    Raises:
+        ValueError: with the accepted forms in the message.
+    """
+    match = _DURATION.fullmatch(text.lower())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d, 2w)")
+    value = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if value <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return value
+
+
+def parse_share(text: str) -> float:
+    """A share of something as a fraction: `85%` (or `85`) -> 0.85.
+
+    Raises:
+        ValueError: not a number of per cent from 1 to 100.
+    """
+    number = text.strip().removesuffix("%").strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a percentage: {text!r} (use e.g. 85%)") from None
+    if not 1 <= value <= 100:
+        raise ValueError(f"a percentage from 1% to 100%, not {text!r}")
+    return value / 100
 
 
 def format_size(value: float) -> str:

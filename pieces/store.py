@@ -11,9 +11,15 @@ Layout under the data directory:
     tmp/                       temporary files, emptied at start-up
 
 Accounting: bytes used (complete + partial; a partial by its allocated blocks, as it is a sparse
-file), last access (the file's mtime, so it survives a restart), and a count of readers per
-blob; eviction never touches a blob that a reader holds or a partial that a download writes.
-Partials left behind (a failure, a crash, a restart) are evicted like complete blobs.
+file), last access (the file's mtime, so it survives a restart), and a count of holders per
+blob (readers, uploads to peers, preheat jobs); eviction never touches a blob that is held or
+a partial that a download writes. Partials left behind (a failure, a crash, a restart) are
+evicted like complete blobs. The totals are running ones (pieces/ledger.py): one walk of the
+disk at start-up and one per `rescan`, not one per request.
+
+Eviction (least recently used first) happens for room when a download needs it (the disk, the
+cache size, the high watermark of the file system) and at `sweep`, the node's periodic check
+(also: blobs unused for the TTL). The decisions are pure (pieces/room.py).
 
 Sizes are told by upstreams and peers, and either can lie: `open_partial` checks them against
 the blob's descriptor (learned from the manifests stored here), the piece limit, the quota and
@@ -38,6 +44,7 @@ import trio
 from pieces.descriptors import DescriptorSizes
 from pieces.digest import digest_hex
 from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout, piece_size_for
+from pieces.ledger import Entry, Kind, Ledger
 from pieces.partial import (
     NoRoom,
     PartialBlob,
@@ -48,7 +55,16 @@ from pieces.partial import (
     piece_hash,
     verified_pieces,
 )
-from pieces.room import Candidate, Space, fits, plan_room
+from pieces.room import (
+    Candidate,
+    RoomPlan,
+    Space,
+    Watermarks,
+    fits,
+    next_expiry,
+    plan_room,
+    plan_sweep,
+)
 
 log = logging.getLogger("pollen.store")
 
@@ -56,6 +72,25 @@ HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512
 MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
 ROOM_STEP = 64 * 1024 * 1024  # eviction for a download runs this far ahead of its bytes
 RESERVE_SECONDS = 60.0  # a download reserves disk for this long at its rate (see _reservation)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How the store keeps itself within bounds, besides the quota (see pieces/room.py)."""
+
+    ttl: float | None = None  # seconds a blob may go unread before it is evicted
+    marks: Watermarks | None = None  # disk use of the file system to evict at, and down to
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """One blob or partial that eviction removed (or, in a dry run, would remove)."""
+
+    digest: str
+    size: int
+    partial: bool
+    last_used: float  # wall-clock seconds
+    reason: str  # pieces.room.FOR_*
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +109,16 @@ class Store:
     """Content-addressed blob store. One per node; not shared between processes."""
 
     def __init__(
-        self, root: Path, piece_size: int = DEFAULT_PIECE_SIZE, quota: int | None = None
+        self,
+        root: Path,
+        piece_size: int = DEFAULT_PIECE_SIZE,
+        quota: int | None = None,
+        policy: CachePolicy | None = None,
     ) -> None:
         self.root = Path(root)
         self.piece_size = piece_size
         self.quota = quota
+        self.policy = policy or CachePolicy()
         self._blobs = self.root / "blobs" / "sha256"
         self._partial = self.root / "partial"
         self._manifests = self.root / "manifests" / "sha256"
@@ -94,11 +134,16 @@ class Store:
             leftover.unlink(missing_ok=True)
         for leftover in self._partial.glob("*.meta.tmp"):
             leftover.unlink(missing_ok=True)
+        # Holders per hex digest (readers, uploads, preheat jobs): never evicted while held.
         self._readers: dict[str, int] = {}
         self._partials: dict[str, PartialBlob] = {}
         # Blob sizes that the stored manifests give (bounded): told sizes are checked against it.
         self.descriptor_sizes = DescriptorSizes()
         self._drop_private_without_origin()
+        self.ledger = Ledger()
+        self.rescan()
+        # Evictions since start-up, per reason: (count, bytes).
+        self.evictions: dict[str, tuple[int, int]] = {}
 
     # ---- complete blobs ------------------------------------------------------------------
 
@@ -117,17 +162,29 @@ class Store:
 
     @contextlib.contextmanager
     def reading(self, digest: str) -> Iterator[None]:
-        """Hold `digest` against eviction while a reader uses it; refresh its last access."""
+        """Hold `digest` against eviction while a reader uses it; refresh its last access
+        (the file's mtime too, so that it survives a restart)."""
+        with self.holding(digest):
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self._blobs / digest_hex(digest))
+            yield
+
+    @contextlib.contextmanager
+    def holding(self, digest: str) -> Iterator[None]:
+        """Hold `digest` (blob or partial) against eviction, and count it as used now: an
+        upload to a peer, a preheat job until it ends."""
         hex_ = digest_hex(digest)
         self._readers[hex_] = self._readers.get(hex_, 0) + 1
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._blobs / hex_)
+        self.ledger.touch(Kind.BLOB, hex_, time.time())
         try:
             yield
         finally:
             self._readers[hex_] -= 1
             if not self._readers[hex_]:
                 del self._readers[hex_]
+
+    def is_held(self, digest: str) -> bool:
+        return digest_hex(digest) in self._readers
 
     # ---- partial blobs -------------------------------------------------------------------
 
@@ -219,6 +276,8 @@ class Store:
                 )
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)
+        # Written by this process from now on: counted live (bytes_used), not in the ledger.
+        self.ledger.drop(Kind.PARTIAL, hex_)
         # Room for the whole blob must be there (else NoRoom now, nothing evicted), but only
         # the first ROOM_STEP is made now, unless a manifest's descriptor confirms the size:
         # then a told size and a trickle cannot evict the cache. The rest is made as the
@@ -293,10 +352,22 @@ class Store:
         """Forget an in-process partial (after it completed, failed or was abandoned)."""
         if self._partials.get(blob.hex) is blob:  # not a newer one for the same digest
             del self._partials[blob.hex]
+            self._enter_in_ledger(blob)
         if blob.complete:
             # Keep its piece hashes: peers asking for this blob get them without a re-read.
             self._remember_hashes(blob.hex, blob.layout.piece_size, dict(blob.piece_hashes))
         blob.close()
+
+    def _enter_in_ledger(self, blob: PartialBlob) -> None:
+        """A partial this process stops writing: the complete blob, or what is left on disk."""
+        if blob.complete:
+            self.ledger.put(Entry(Kind.BLOB, blob.hex, blob.layout.size, time.time()))
+            return
+        try:
+            st = os.stat(blob.data_path)
+        except FileNotFoundError:
+            return  # discarded
+        self.ledger.put(Entry(Kind.PARTIAL, blob.hex, st.st_blocks * 512, st.st_mtime))
 
     def _remember_hashes(self, hex_: str, piece_size: int, hashes: dict[int, bytes]) -> None:
         with self._hash_cache_lock:
@@ -373,6 +444,7 @@ class Store:
         # Type first: a manifest body without its type is never served (get_manifest needs both).
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
+        self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
         self.descriptor_sizes.learn_manifest(body)
 
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
@@ -454,25 +526,50 @@ class Store:
 
     # ---- accounting and eviction ---------------------------------------------------------
 
-    def bytes_used(self) -> int:
-        """Bytes the store's files take; partials by their allocated blocks, not their size
-        (a sparse file of a told size must not count as used)."""
-        total = 0
-        for directory in (self._blobs, self._partial, self._manifests):
-            for entry in os.scandir(directory):
+    def rescan(self) -> None:
+        """Walk the store's directories and start the running totals again from what is on
+        disk (at start-up, and on the node's maintenance timer: files may be removed by
+        hand). Partials that this process writes are counted live, not here."""
+        entries = []
+        kinds = ((self._blobs, Kind.BLOB), (self._partial, Kind.PARTIAL))
+        for directory, kind in (*kinds, (self._manifests, Kind.MANIFEST)):
+            for dir_entry in os.scandir(directory):
+                hex_, _, suffix = dir_entry.name.partition(".")
+                if kind is Kind.PARTIAL and (suffix != "data" or hex_ in self._partials):
+                    continue
+                if kind is Kind.MANIFEST and suffix:
+                    continue  # <hex>.type: a few bytes, counted with its manifest
                 with contextlib.suppress(FileNotFoundError):
-                    st = entry.stat()
-                    total += st.st_blocks * 512 if directory == self._partial else st.st_size
-        return total
+                    st = dir_entry.stat()
+                    size = st.st_blocks * 512 if kind is Kind.PARTIAL else st.st_size
+                    entries.append(Entry(kind, hex_, size, st.st_mtime))
+        self.ledger.replace_all(entries)
+
+    def bytes_used(self) -> int:
+        """Bytes the store's files take; partials by their allocated blocks, or the bytes
+        written so far for those being written (a sparse file of a told size must not count
+        as used). A running total: no walk of the disk."""
+        return self.ledger.total + sum(p.bytes_present for p in list(self._partials.values()))
 
     def stats(self) -> StoreStats:
         return StoreStats(
             bytes_used=self.bytes_used(),
             quota=self.quota,
-            complete_blobs=sum(1 for _ in self._blobs.iterdir()),
-            partial_blobs=sum(1 for _ in self._partial.glob("*.data")),
-            manifests=sum(1 for p in self._manifests.iterdir() if p.suffix != ".type"),
+            complete_blobs=self.ledger.count(Kind.BLOB),
+            partial_blobs=self.ledger.count(Kind.PARTIAL)
+            + sum(1 for p in list(self._partials.values()) if not p.complete),
+            manifests=self.ledger.count(Kind.MANIFEST),
             readers=sum(self._readers.values()),
+        )
+
+    def _space(self, exclude: str | None) -> Space:
+        """The disk, the store's use and what downloads (but `exclude`) still bring, now."""
+        now = time.monotonic()
+        others = (blob for key, blob in list(self._partials.items()) if key != exclude)
+        pending = sum(_reservation(blob, now) for blob in others)
+        disk = shutil.disk_usage(self.root)
+        return Space(
+            disk.free, self.bytes_used(), pending, self.quota, disk.total, self.policy.marks
         )
 
     def make_room(
@@ -483,14 +580,15 @@ class Store:
         evict_for: int | None = None,
         exclude: str | None = None,
     ) -> None:
-        """Evict least recently used blobs until a blob of `size` bytes fits the disk and the
-        quota; a partial of `digest` left on disk counts as the part already there. With
-        `evict_for`, check that `size` could fit but evict only for the first `evict_for`
-        bytes. `exclude`: the hex digest of a partial being written, not counted as pending.
+        """Evict least recently used blobs until a blob of `size` bytes fits the disk, the
+        quota and the high watermark (past it, down to the low one); a partial of `digest`
+        left on disk counts as the part already there. With `evict_for`, check that `size`
+        could fit but evict only for the first `evict_for` bytes. `exclude`: the hex digest
+        of a partial being written, not counted as pending.
 
-        Blobs with readers and partials being written are never evicted. If only they keep the
-        quota from being met, the write goes ahead over quota (a warning is logged): failing a
-        pull is worse than a soft overshoot. The disk is a hard limit.
+        Blobs that are held and partials being written are never evicted. If only they keep
+        the quota or the watermark from being met, the write goes ahead (a warning is
+        logged): failing a pull is worse than a soft overshoot. The disk is a hard limit.
 
         Raises:
             NoRoom: the blob is larger than the quota, or than the free disk plus all that
@@ -501,31 +599,65 @@ class Store:
         if digest is not None:
             with contextlib.suppress(FileNotFoundError):
                 held = (self._partial / f"{hex_}.data").stat().st_blocks * 512
-        now = time.monotonic()
-        others = (blob for key, blob in self._partials.items() if key != hex_)
-        pending = sum(_reservation(blob, now) for blob in others)
-        # Each scan reads every file's metadata: done only when the answer depends on it.
-        used = self.bytes_used() if self.quota is not None else 0
-        space = Space(self.disk_free(), used, pending, self.quota)
+        space = self._space(hex_)
         candidates: list[Candidate] = []
         if not fits(size, held, space):
             candidates = [c for c in self._evictable() if c.hex != hex_]
         plan = plan_room(digest or "a blob", size, held, space, candidates)
         if evict_for is not None and evict_for < size:
             plan = plan_room(digest or "a blob", evict_for, held, space, candidates)
-        for victim in plan.evict:
+        self._carry_out(plan)
+
+    def sweep(self, now: float, *, dry_run: bool = False) -> list[Eviction]:
+        """The periodic check at wall-clock time `now`: evict blobs unused for the TTL, then
+        for the quota and the watermarks. With `dry_run`, only say what would go.
+
+        Returns:
+            What went (or would go), and why.
+        """
+        plan = plan_sweep(self._space(None), self._evictable(), now, self.policy.ttl)
+        if dry_run:
+            return [_eviction(c, why) for c, why in zip(plan.evict, plan.reasons, strict=True)]
+        return self._carry_out(plan)
+
+    def next_expiry(self) -> float | None:
+        """Wall-clock time at which the least recently used evictable blob passes the TTL."""
+        return next_expiry(self._evictable(), self.policy.ttl)
+
+    def _carry_out(self, plan: RoomPlan) -> list[Eviction]:
+        done = []
+        for victim, reason in zip(plan.evict, plan.reasons, strict=True):
+            if victim.hex in self._readers or victim.hex in self._partials:
+                continue  # held since the plan was made (a sweep runs beside the downloads)
             self._evict(victim)
+            count, size = self.evictions.get(reason, (0, 0))
+            self.evictions[reason] = (count + 1, size + victim.size)
             kind = "partial " if victim.partial else ""
-            log.info("evicted %ssha256:%s (%d bytes) to make room", kind, victim.hex, victim.size)
+            log.info(
+                "evicted %ssha256:%s (%d bytes, unused for %.0fs): %s",
+                kind,
+                victim.hex,
+                victim.size,
+                max(0.0, time.time() - victim.last_used),
+                reason,
+            )
+            done.append(_eviction(victim, reason))
         if plan.over_quota:
             log.warning(
                 "cache size %s exceeded by %d bytes: the rest is in use",
                 self.quota,
                 plan.over_quota,
             )
+        if plan.over_watermark:
+            log.warning(
+                "the disk stays %d bytes above its low watermark: the rest is in use or not "
+                "the store's",
+                plan.over_watermark,
+            )
+        return done
 
     def flush(self) -> tuple[int, int]:
-        """Remove every complete blob nobody is reading, every partial no download holds, and
+        """Remove every complete blob nobody holds, every partial no download holds, and
         every cached manifest; blobs in flight stay. Returns (blobs removed, bytes freed). For
         benchmarks of cold pulls."""
         removed = freed = 0
@@ -536,37 +668,32 @@ class Store:
         for entry in os.scandir(self._manifests):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-            self._drop_marker_if_unused(entry.name.removesuffix(".type"))
+            hex_ = entry.name.removesuffix(".type")
+            self.ledger.drop(Kind.MANIFEST, hex_)
+            self._drop_marker_if_unused(hex_)
         log.info("cache flushed: %d blobs, %d bytes", removed, freed)
         return removed, freed
 
     def _evictable(self) -> list[Candidate]:
-        """The complete blobs that no reader holds, and the partials that no download holds."""
-        candidates = []
-        for entry in os.scandir(self._blobs):
-            if entry.name in self._readers:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                st = entry.stat()
-                candidates.append(Candidate(st.st_mtime, entry.name, st.st_size, partial=False))
-        for entry in os.scandir(self._partial):
-            hex_, _, suffix = entry.name.partition(".")
-            if suffix != "data" or hex_ in self._partials or hex_ in self._readers:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                st = entry.stat()
-                candidates.append(Candidate(st.st_mtime, hex_, st.st_blocks * 512, partial=True))
-        return candidates
+        """The complete blobs that nobody holds, and the partials that no download holds."""
+        held = set(self._readers) | set(self._partials)
+        return [
+            Candidate(e.last_used, e.hex, e.size, partial=e.kind is Kind.PARTIAL)
+            for e in self.ledger.entries(Kind.BLOB, Kind.PARTIAL)
+            if e.hex not in held
+        ]
 
     def _evict(self, victim: Candidate) -> None:
         hex_ = victim.hex
         if victim.partial:
             (self._partial / f"{hex_}.data").unlink(missing_ok=True)
             (self._partial / f"{hex_}.meta").unlink(missing_ok=True)
+            self.ledger.drop(Kind.PARTIAL, hex_)
             if (self._blobs / hex_).exists():
                 return  # the complete copy keeps its marker and its hashes
         else:
             (self._blobs / hex_).unlink(missing_ok=True)
+            self.ledger.drop(Kind.BLOB, hex_)
             self._forget_hashes(hex_)
         self._drop_marker_if_unused(hex_)
 
@@ -580,6 +707,12 @@ class Store:
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
+
+
+def _eviction(candidate: Candidate, reason: str) -> Eviction:
+    return Eviction(
+        f"sha256:{candidate.hex}", candidate.size, candidate.partial, candidate.last_used, reason
+    )
 
 
 def _reservation(blob: PartialBlob, now: float) -> int:

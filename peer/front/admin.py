@@ -3,11 +3,12 @@
 GET /healthz, GET /readyz and GET /metrics answer anyone who reaches the admin address (the
 process lives; it serves and has joined its cluster; Prometheus counters: no digests or
 addresses). Everything else needs the admin token,
-`Authorization: Bearer <token>`: GET /_pollen/status (members, transfers, digests) and
-DELETE /_pollen/cache. The token is the operator's `--admin-token-file`, or one the node
-makes at start-up in `<data-dir>/admin.token`, readable by the node's user only: who can
-read that file is who can administer the node. The registry port (`--http`) faces every
-client of the node and serves none of this.
+`Authorization: Bearer <token>`: GET /_pollen/status (members, transfers, digests),
+DELETE /_pollen/cache, and POST /_pollen/gc (the store's check now: TTL, cache size, disk
+watermarks; `?dry_run=1` only lists what would go). The token is the operator's
+`--admin-token-file`, or one the node makes at start-up in `<data-dir>/admin.token`,
+readable by the node's user only: who can read that file is who can administer the node.
+The registry port (`--http`) faces every client of the node and serves none of this.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import logging
 import os
 import secrets
+import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,10 +89,11 @@ class AdminFront:
                 content_type, body = self._metrics()
                 await self._answer(conn, request, content_type, body)
             elif path == "/_pollen/status":
-                body = json.dumps(self._status(), indent=2).encode() + b"\n"
-                await self._answer(conn, request, "application/json", body)
+                await self._answer(conn, request, "application/json", _json(self._status()))
             elif path == "/_pollen/cache":
                 await self._flush(conn, request)
+            elif path == "/_pollen/gc":
+                await self._collect(conn, request)
             else:
                 raise OciError(404, "NOT_FOUND", f"no admin route {path[:200]}")
         except OciError as exc:
@@ -122,6 +126,31 @@ class AdminFront:
         else:
             await conn.respond(200, [("content-type", content_type)], body)
 
+    async def _collect(self, conn: HttpConnection, request: Request) -> None:
+        """POST /_pollen/gc[?dry_run=1]: run the store's periodic check now."""
+        if request.method != "POST":
+            raise OciError(405, "UNSUPPORTED", "use POST /_pollen/gc[?dry_run=1]")
+        query = urllib.parse.parse_qs(request.target.decode("ascii", "replace").partition("?")[2])
+        dry_run = query.get("dry_run", ["0"])[-1] in ("1", "true")
+        gone = self._store.sweep(time.time(), dry_run=dry_run)
+        if not dry_run:
+            log.info("garbage collection through the admin API: %d evicted", len(gone))
+        body = {
+            "dry_run": dry_run,
+            "bytes": sum(e.size for e in gone),
+            "evicted": [
+                {
+                    "digest": e.digest,
+                    "size": e.size,
+                    "partial": e.partial,
+                    "last_used": e.last_used,
+                    "reason": e.reason,
+                }
+                for e in gone
+            ],
+        }
+        await conn.respond(200, [("content-type", "application/json")], _json(body))
+
     async def _flush(self, conn: HttpConnection, request: Request) -> None:
         """DELETE /_pollen/cache: empty the cache (for benchmarks of cold pulls)."""
         if request.method != "DELETE":
@@ -130,3 +159,7 @@ class AdminFront:
         log.info("cache emptied through the admin API")
         body = json.dumps({"blobs_removed": removed, "bytes_freed": freed}).encode() + b"\n"
         await conn.respond(200, [("content-type", "application/json")], body)
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document, indent=2).encode() + b"\n"

@@ -79,22 +79,30 @@ class Uploads:
                 return
             fd, offset, length = source
             try:
-                # Checked again: the blob may have become private (a credentialed fetch of it
-                # began) while this request waited for its upload slot.
-                if not await self._grants.may_have_pieces(link.peer_id, digest):
-                    await _reject(link, Reject(digest, index, "denied"))
-                    return
-                await self._limit.consume(length)
-                if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
-                    self._choker.served(link.peer_id, length)
-                    self._counters.bytes_to_peers += length
-                    self._counters.pieces_to_peers += 1
-                else:
-                    self._counters.uploads_cancelled += 1
-            except (LinkClosed, LocalProtocolError):
-                pass
+                with self._store.holding(digest):  # not evicted while it goes out
+                    await self._send_piece(link, digest, index, fd, offset, length)
             finally:
                 os.close(fd)
+
+    async def _send_piece(
+        self, link: PeerLink, digest: str, index: int, fd: int, offset: int, length: int
+    ) -> None:
+        """Send one piece of an open file (the caller closes it), after the last checks."""
+        try:
+            # Checked again: the blob may have become private (a credentialed fetch of it
+            # began) while this request waited for its upload slot.
+            if not await self._grants.may_have_pieces(link.peer_id, digest):
+                await _reject(link, Reject(digest, index, "denied"))
+                return
+            await self._limit.consume(length)
+            if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
+                self._choker.served(link.peer_id, length)
+                self._counters.bytes_to_peers += length
+                self._counters.pieces_to_peers += 1
+            else:
+                self._counters.uploads_cancelled += 1
+        except (LinkClosed, LocalProtocolError):
+            pass
 
 
 async def _reject(link: PeerLink, reject: Reject) -> None:

@@ -16,6 +16,8 @@ from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.service.notify import Notifier
 from pieces.partial import NoRoom
+from pieces.room import Watermarks
+from pieces.store import CachePolicy
 from tests.peer.fake_registry import FakeRegistry
 
 
@@ -44,11 +46,26 @@ async def test_a_reload_that_cannot_be_applied_leaves_the_node_as_it_was(
     def no_room(*_args: object, **_kwargs: object) -> None:
         raise NoRoom("downloads in flight hold what the disk has")
 
-    monkeypatch.setattr(node.store, "make_room", no_room)
+    monkeypatch.setattr(node.store, "sweep", no_room)
     with caplog.at_level(logging.ERROR):
         node.reload()  # a NoRoom here used to end the node
     assert "reload failed" in caplog.text and "downloads in flight" in caplog.text
     assert node.config.cache_size == 2**30 and node.store.quota == 2**30
+
+
+async def test_a_reload_applies_the_cache_ttl_and_watermarks(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = _config(tmp_path, registry)
+    tighter = dataclasses.replace(config, cache_ttl=3600.0, disk_high=0.9, disk_low=0.8)
+    node = Node(config, reread_config=lambda: tighter)
+    await nursery.start(node.run)
+    assert node.store.policy == CachePolicy()
+    node.reload()
+    assert node.store.policy == CachePolicy(ttl=3600.0, marks=Watermarks(0.9, 0.8))
+    assert node.config.cache_ttl == 3600.0
 
 
 async def test_a_reload_while_joining_does_not_say_ready(

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from peer.config import Address, parse_address, parse_upstream
-from peer.sizes import parse_rate, parse_size
+from peer.config import Address, NodeConfig, parse_address, parse_upstream
+from peer.sizes import parse_duration, parse_rate, parse_share, parse_size
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,32 @@ def test_an_upstream_mapping_clients_could_never_name_is_refused() -> None:
         "reg.test:5000",
         "http://10.0.0.1:5000",
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("3600", 3600)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "0s", "-1h", "7 days", "1y"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_share() -> None:
+    assert parse_share("85%") == 0.85 and parse_share("70") == 0.7
+    for bad in ("0%", "101%", "85%%", "high", ""):
+        with pytest.raises(ValueError, match="percentage"):
+            parse_share(bad)
+
+
+def test_watermarks_must_run_from_high_down_to_low() -> None:
+    with pytest.raises(ValueError, match="must be below --disk-high"):
+        NodeConfig(disk_high=0.7, disk_low=0.8).check()
+    with pytest.raises(ValueError, match="--disk-low needs --disk-high"):
+        NodeConfig(disk_low=0.5).check()
+    NodeConfig(disk_high=0.85, disk_low=0.7).check()

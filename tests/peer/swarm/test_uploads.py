@@ -1,9 +1,12 @@
-"""The upload side on its own: a choke refuses what is still queued (no sockets)."""
+"""The upload side on its own: a choke refuses what is still queued; a piece going out holds
+its blob against eviction (no sockets)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,15 @@ class Store:
     def __init__(self, path: Path) -> None:
         path.write_bytes(os.urandom(1000))
         self.path = path
+        self.held: list[str] = []  # digests held against eviction now
+
+    @contextlib.contextmanager
+    def holding(self, digest: str) -> Iterator[None]:
+        self.held.append(digest)
+        try:
+            yield
+        finally:
+            self.held.remove(digest)
 
     def open_piece_sync(self, digest: str, index: int, piece_size: int) -> tuple[int, int, int]:
         return os.open(self.path, os.O_RDONLY), 0, 1000
@@ -103,3 +115,24 @@ async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
         first.release.set()
     assert len(second.sent) == 1 and isinstance(second.sent[0], Piece)
     assert isinstance(second.sent[0].data, FileRange)
+
+
+async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "blob")
+    uploads = Uploads(
+        store,  # type: ignore[arg-type]
+        Choker(random.Random(1), 0.0),
+        Grants(),  # type: ignore[arg-type]
+        Counters(),
+        RateLimiter(None),
+        lambda _digest: 1000,
+    )
+    link = Link(b"A" * 16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, link, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.held == [DIGEST]  # the piece is on its way
+        link.release.set()
+    assert store.held == [] and len(link.sent) == 1

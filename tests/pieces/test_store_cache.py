@@ -1,0 +1,196 @@
+"""The store keeping itself within bounds: running totals, the TTL, the disk watermarks,
+holds (readers, uploads, preheat jobs) and dry runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pieces.digest import digest_hex
+from pieces.ledger import Kind
+from pieces.room import FOR_TTL, FOR_WATERMARK, Watermarks
+from pieces.store import CachePolicy, Store
+from tests.tmpfs import mounted_tmpfs
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def put_blob(store: Store, data: bytes) -> str:
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data])
+    partial.finalize_sync()
+    store.release_partial(partial)
+    return digest
+
+
+async def leave_partial(store: Store, data: bytes) -> str:
+    """Half a blob written, then the download given up: a partial left on disk."""
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data), piece_size=1024)
+    partial.write_sync(0, [data[: len(data) // 2]])  # whole pieces: recorded in the meta
+    store.release_partial(partial)
+    return digest
+
+
+def walked_use(root: Path) -> int:
+    """What the store takes on disk, by walking it as the store used to on every request."""
+    total = 0
+    for sub in ("blobs/sha256", "partial", "manifests/sha256"):
+        for entry in os.scandir(root / sub):
+            st_ = entry.stat()
+            if sub == "partial":
+                total += st_.st_blocks * 512 if entry.name.endswith(".data") else 0
+            elif not entry.name.endswith(".type"):
+                total += st_.st_size
+    return total
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["blob", "partial", "manifest", "evict", "flush"]), st.integers(1, 9)
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS, seed=st.integers(0, 2**32))
+def test_the_running_totals_agree_with_a_walk_of_the_disk(
+    tmp_path: Path, ops: list[tuple[str, int]], seed: int
+) -> None:
+    root = tmp_path / f"s{seed}-{len(ops)}"
+    rng = random.Random(seed)
+
+    async def main() -> None:
+        store = Store(root, 1024)
+        for op, n in ops:
+            data = rng.randbytes(n * 1000)
+            if op == "blob":
+                await put_blob(store, data)
+            elif op == "partial":
+                await leave_partial(store, data)
+            elif op == "manifest":
+                store.put_manifest(digest_of(data), "application/json", data)
+            elif op == "evict":
+                store.quota = max(1, store.bytes_used() - n * 500)
+                store.make_room(0)
+                store.quota = None
+            else:
+                store.flush()
+            assert store.bytes_used() == walked_use(root)
+        again = Store(root, 1024)  # built from a walk at start-up
+        assert again.stats() == store.stats()
+
+    trio.run(main)
+
+
+async def test_stats_and_room_are_answered_without_walking_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path, 1024, quota=10**9)
+    for i in range(5):
+        await put_blob(store, os.urandom(1000 + i))
+
+    def no_walk(*_args: object) -> Iterator[os.DirEntry[str]]:
+        raise AssertionError("the store walked a directory")
+
+    monkeypatch.setattr(os, "scandir", no_walk)
+    assert store.stats().complete_blobs == 5
+    store.make_room(5000)  # with a quota: it needs the bytes used
+    await put_blob(store, os.urandom(3000))
+    assert store.stats().complete_blobs == 6
+
+
+async def test_a_rescan_notices_files_removed_by_hand(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024)
+    digest = await put_blob(store, os.urandom(5000))
+    store.complete_path(digest).unlink()
+    assert store.bytes_used() == 5000  # the ledger does not know yet
+    store.rescan()
+    assert store.bytes_used() == 0 and store.stats().complete_blobs == 0
+
+
+async def test_the_ttl_evicts_blobs_nobody_read_and_spares_held_ones(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024, policy=CachePolicy(ttl=3600.0))
+    read, held, idle = [await put_blob(store, os.urandom(2000 + i)) for i in range(3)]
+    left = await leave_partial(store, os.urandom(4000))
+    later = time.time() + 3600.0 + 10
+    assert store.sweep(time.time()) == []  # nothing is an hour old yet
+    expiry = store.next_expiry()
+    assert expiry is not None and expiry <= time.time() + 3600.0
+    with store.reading(read):
+        pass
+    with store.holding(held):  # an upload to a peer, a preheat job
+        would = store.sweep(later, dry_run=True)
+        assert {e.digest for e in would} == {read, idle, left}
+        assert all(e.reason == FOR_TTL for e in would)
+        assert all(store.has_blob(d) for d in (read, held, idle))  # a dry run removes nothing
+        gone = store.sweep(later)
+    assert {e.digest for e in gone} == {read, idle, left}
+    assert store.has_blob(held) and not store.has_blob(idle) and not store.has_blob(read)
+    assert store.partial_size_on_disk(left) is None
+    assert store.evictions[FOR_TTL] == (3, sum(e.size for e in gone))
+    assert store.bytes_used() == walked_use(tmp_path)
+
+
+async def test_reading_a_blob_restarts_its_ttl(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
+    old, read = [await put_blob(store, os.urandom(1000 + i)) for i in range(2)]
+    now = time.time()
+    for digest in (old, read):  # both last used long ago
+        entry = store.ledger.get(Kind.BLOB, digest_hex(digest))
+        assert entry is not None
+        store.ledger.put(dataclasses.replace(entry, last_used=now - 1000.0))
+    with store.reading(read):
+        pass
+    assert [e.digest for e in store.sweep(now + 50.0)] == [old]
+    assert store.has_blob(read)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: its real fill level is what the watermarks read."""
+    with mounted_tmpfs(tmp_path / "disk", "4m") as mount:
+        yield mount
+
+
+async def test_a_write_above_the_high_watermark_evicts_lru_down_to_the_low_one(
+    small_disk: Path,
+) -> None:
+    store = Store(small_disk, 64 * 1024, policy=CachePolicy(marks=Watermarks(0.6, 0.3)))
+    blobs = [await put_blob(store, os.urandom(512 * 1024)) for _ in range(4)]  # 2 of 4 MiB
+    assert all(store.has_blob(d) for d in blobs)
+    with store.reading(blobs[0]):  # the least recently used, but held
+        # 2 MiB used + 1 MiB would be 75 % > 60 %: down to 30 % (1.2 MiB) after the write.
+        new = await put_blob(store, os.urandom(1024 * 1024))
+    kept = [d for d in blobs if store.has_blob(d)]
+    assert blobs[0] in kept and store.has_blob(new)
+    assert kept == [blobs[0]]  # 0.5 + 1 MiB: as low as it goes with the held one kept
+    assert store.evictions[FOR_WATERMARK][0] == 3
+
+
+async def test_the_sweep_brings_a_disk_filled_by_others_down_to_the_low_watermark(
+    small_disk: Path,
+) -> None:
+    store = Store(small_disk, 64 * 1024)
+    blobs = [await put_blob(store, os.urandom(512 * 1024)) for _ in range(4)]
+    (small_disk / "someone-else").write_bytes(bytes(1024 * 1024))  # 3 of 4 MiB used now
+    store.policy = CachePolicy(marks=Watermarks(0.7, 0.5))
+    gone = store.sweep(time.time())
+    assert [e.digest for e in gone] == blobs[:2]  # the oldest first, to 2 MiB = 50 %
+    assert {e.reason for e in gone} == {FOR_WATERMARK}
