@@ -305,6 +305,25 @@ def main() -> None:
     help="Where eviction for --disk-high stops, e.g. 70% [default: 15 points below it].",
 )
 @click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="POLLEN_AUTH_FILE",
+    help="The node's own registry logins, in docker's config.json / containers' auth.json "
+    "format (what `docker login` or `podman login --authfile` writes; a Kubernetes "
+    "dockerconfigjson secret): used by preheat jobs, and for client requests that bring no "
+    "credentials where --auth-for-clients says so. Never logged. [default: none]",
+)
+@click.option(
+    "--auth-for-clients",
+    multiple=True,
+    metavar="REGISTRY",
+    envvar="POLLEN_AUTH_FOR_CLIENTS",
+    help="Also log in with the --auth-file login of REGISTRY (host[:port], as in image "
+    "names) for client requests that bring no credentials (repeatable). Content fetched "
+    "that way is private: other nodes' clients still need a login the registry accepts.",
+)
+@click.option(
     "--piece-size",
     default=str(DEFAULT_PIECE_SIZE),
     envvar="POLLEN_PIECE_SIZE",
@@ -430,6 +449,8 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         default_upstream=options["default_upstream"].rstrip("/"),
         cache_size=options["cache_size"],
         cache_ttl=options["cache_ttl"],
+        auth_file=options["auth_file"],
+        auth_for_clients=tuple(options["auth_for_clients"] or ()),
         disk_high=high,
         disk_low=low,
         piece_size=options["piece_size"],
@@ -489,7 +510,12 @@ def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _ask_admin(
-    admin: str, token_file: Path | None, data_dir: Path, method: str, path: str
+    admin: str,
+    token_file: Path | None,
+    data_dir: Path,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON answer of the node's admin API.
 
@@ -505,9 +531,12 @@ def _ask_admin(
             f"cannot read the admin token {token_file}: {exc.strerror} "
             "(give --admin-token-file or the node's --data-dir)"
         ) from exc
-    request = urllib.request.Request(
-        url, method=method, headers={"Authorization": f"Bearer {token}"}
-    )
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             doc: dict[str, Any] = json.load(response)
@@ -542,6 +571,11 @@ def status(admin: str, admin_token_file: Path | None, data_dir: Path, as_json: b
         f"upstream  {format_size(up['bytes'])} received, {up['downloads_completed']} downloads "
         f"done, {up['downloads_failed']} failed"
     )
+    for job in doc.get("preheat", []):
+        print(
+            f"preheat   job {job['id']} {job['state']}: {', '.join(job['images'])[:80]} "
+            f"({job['blobs']} blobs, scope {job['scope']}, {len(job['errors'])} errors)"
+        )
     for t in doc["transfers"]:
         size = format_size(t["size"]) if t["size"] is not None else "?"
         print(
@@ -575,6 +609,95 @@ def gc(
         kind = " (partial)" if e["partial"] else ""
         print(f"{e['digest']}{kind}  {format_size(e['size'])}  unused {idle:.0f}s  {e['reason']}")
     print(f"{verb} {len(doc['evicted'])} blobs, {format_size(doc['bytes'])}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Platforms to take from a multi-platform image (repeatable; `all` for every one) "
+    "[default: the node's own].",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["owners", "all"]),
+    default="owners",
+    show_default=True,
+    help="owners: each blob leaves the registry once, fetched by its owner (and the node "
+    "running the job); all: every live node of the cluster also takes every blob, so the "
+    "first pull anywhere is a local hit.",
+)
+@click.option("--wait", is_flag=True, help="Show progress until the job ends; fail if it fails.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=3600.0,
+    show_default=True,
+    help="With --wait: give up waiting after this many seconds (the job goes on).",
+)
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="Print the job's JSON document.")
+def preheat(
+    images: tuple[str, ...],
+    platforms: tuple[str, ...],
+    scope: str,
+    wait: bool,
+    timeout: float,
+    admin: str,
+    admin_token_file: Path | None,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Warm the cache with IMAGES (e.g. registry.example.com/team/app:1.2, nginx:1.27) before
+    anyone pulls them: the node resolves each tag, follows a multi-platform index to the
+    manifests of the chosen platforms, and fetches every blob through the swarm. Uses the
+    node's registry credentials (its --auth-file) for private repositories."""
+    body: dict[str, Any] = {"images": list(images), "scope": scope}
+    if platforms:
+        body["platforms"] = list(platforms)
+    job = _ask_admin(admin, admin_token_file, data_dir, "POST", "/_pollen/preheat", body)
+    if not wait:
+        print(json.dumps(job, indent=2) if as_json else f"preheat job {job['id']} started")
+        return
+    deadline = time.monotonic() + timeout
+    path = f"/_pollen/preheat/{job['id']}"
+    while job["state"] in ("pending", "running") and time.monotonic() < deadline:
+        if not as_json:
+            _show_progress(job, final=False)
+        time.sleep(0.5)
+        job = _ask_admin(admin, admin_token_file, data_dir, "GET", path)
+    if as_json:
+        print(json.dumps(job, indent=2))
+    else:
+        _show_progress(job, final=True)
+        for error in job["errors"]:
+            print(f"  {error}", file=sys.stderr)
+    if job["state"] in ("pending", "running"):
+        raise click.ClickException(f"job {job['id']} still runs after {timeout:.0f}s")
+    if job["state"] != "succeeded":
+        raise click.ClickException(f"preheat job {job['id']} failed")
+
+
+def _show_progress(job: dict[str, Any], *, final: bool) -> None:
+    """One line: blob copies and bytes warmed on all the job's nodes, and how many nodes
+    have every blob."""
+    blobs, total = job["blobs"], job["bytes"]
+    nodes = job["nodes"].values()
+    count = max(1, len(nodes))
+    done_nodes = sum(1 for n in nodes if blobs and n["blobs_done"] == blobs)
+    done = sum(n["blobs_done"] for n in nodes)
+    size = sum(n["bytes_done"] for n in nodes)
+    line = (
+        f"job {job['id']} {job['state']}: {done}/{blobs * count} blobs, "
+        f"{format_size(size)}/{format_size(total * count)}, {done_nodes}/{count} nodes done"
+    )
+    if sys.stdout.isatty() and not final:
+        print("\r" + line, end="", flush=True)
+    elif final:
+        print(("\r" if sys.stdout.isatty() else "") + line)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,10 @@ class NodeConfig:
     # most `prefetch_downloads` at once (peer/fetch/prefetch.py).
     prefetch: bool = True
     prefetch_downloads: int = 4
+    # The node's own registry logins (docker config.json / containers auth.json), and the
+    # registries whose logins it also uses for client requests that bring none.
+    auth_file: Path | None = None
+    auth_for_clients: tuple[str, ...] = ()
     # At SIGTERM: seconds the client responses in flight get to finish.
     shutdown_grace: float = 30.0
 
@@ -130,6 +134,11 @@ class NodeConfig:
                 "Give every node the same --cluster-token-file, or pass "
                 "--insecure-open-cluster if that is really wanted."
             )
+        if self.auth_for_clients and self.auth_file is None:
+            raise ValueError("--auth-for-clients lends the logins of --auth-file: give it too")
+        for registry in self.auth_for_clients:
+            if not is_valid_registry(registry):
+                raise ValueError(f"--auth-for-clients {registry!r} is not a registry host[:port]")
         if (self.disk_low is not None) != (self.disk_high is not None):
             raise ValueError("--disk-low needs --disk-high (the use at which eviction starts)")
         if (

@@ -26,11 +26,14 @@ from peer.front.drain import Drain
 from peer.front.http_server import serve_connection
 from peer.front.registry import RegistryFront
 from peer.metrics import NodeMetrics
+from peer.preheat.runner import Preheater
 from peer.rate_limit import RateLimiter
 from peer.service.notify import Notifier
 from peer.store_upkeep import keep_store
 from peer.swarm.swarm import Swarm
 from peer.upstream.client import UpstreamConfig, Upstreams
+from peer.upstream.credentials import BadAuthFile, Credentials, load_auth_file
+from peer.upstream.node_auth import NodeAuth
 from pieces.store import Store
 
 log = logging.getLogger("pollen.node")
@@ -51,7 +54,27 @@ RELOADABLE = (
     "cache_ttl",
     "disk_high",
     "disk_low",
+    "auth_file",
+    "auth_for_clients",
 )
+
+
+def load_credentials(config: NodeConfig) -> Credentials:
+    """The logins of --auth-file (none without one), checked against --auth-for-clients.
+
+    Raises:
+        BadAuthFile: the file cannot be used, or a lent registry has no login in it.
+    """
+    if config.auth_file is None:
+        return Credentials()
+    credentials = load_auth_file(config.auth_file)
+    missing = set(config.auth_for_clients) - credentials.registries()
+    if missing:
+        raise BadAuthFile(
+            f"--auth-for-clients {', '.join(sorted(missing))}: no login for it in "
+            f"{config.auth_file}"
+        )
+    return credentials
 
 
 def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
@@ -98,6 +121,10 @@ class Node:
                 stall_timeout=config.upstream_timeout,
             )
         )
+        # The node's own logins (--auth-file): read now, so a bad file stops the start.
+        self.node_auth = NodeAuth(
+            self.upstreams, load_credentials(config), frozenset(config.auth_for_clients)
+        )
         self.started = time.time()
         self.admin_token = b""
         self.admin_port: int | None = None
@@ -112,6 +139,7 @@ class Node:
         self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
         self.prefetcher: Prefetcher | None = None
+        self.preheater: Preheater | None = None
         self.gossip: GossipDriver | None = None
         self._reread_config = reread_config
         self.notifier = notifier or Notifier()
@@ -239,6 +267,7 @@ class Node:
             "prefetch": self._prefetch_status(),
             "swarm": self._swarm_status(),
             "transfers": transfers,
+            "preheat": [j.document() for j in self.preheater.jobs.all()] if self.preheater else [],
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -263,8 +292,23 @@ class Node:
                         self.store, self.downloads, config.prefetch_downloads
                     )
                     await nursery.start(self.prefetcher.run)
+                self.preheater = Preheater(
+                    self.store,
+                    self.upstreams,
+                    self.downloads,
+                    access,
+                    swarm,
+                    self.node_id.hex(),
+                    self.node_auth,
+                )
+                await nursery.start(self.preheater.run)
                 front = self.front = RegistryFront(
-                    self.store, self.upstreams, self.downloads, access, self.prefetcher
+                    self.store,
+                    self.upstreams,
+                    self.downloads,
+                    access,
+                    self.prefetcher,
+                    self.node_auth,
                 )
                 metrics = NodeMetrics(
                     self.store, self.downloads, front.served, swarm, self.prefetcher
@@ -280,7 +324,12 @@ class Node:
                 )
                 if config.admin is not None:
                     admin = AdminFront(
-                        self.store, self.admin_token, self.status, metrics.render, self.readiness
+                        self.store,
+                        self.admin_token,
+                        self.status,
+                        metrics.render,
+                        self.readiness,
+                        self.preheater,
                     )
                     await self._start_admin(nursery, config.admin, admin)
                 accepting = trio.CancelScope()
@@ -431,6 +480,7 @@ class Node:
             self.swarm.upload_limit.set_rate(new.upload_rate)
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
+        self.node_auth.update(load_credentials(new), frozenset(new.auth_for_clients))
         self.store.quota = new.cache_size
         self.store.policy = new.cache_policy()
         if _tighter(old, new):

@@ -195,6 +195,30 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class Warm:
+    """A preheat job asks a member to fetch a blob and keep it (`pollen preheat --scope
+    all`): the member fetches it as a client with `authorization` would (its owner, the
+    swarm, the access rules), never storing or logging the header, and answers Warmed."""
+
+    TYPE: ClassVar[int] = 19
+    digest: str
+    namespace: str | None
+    repository: str
+    authorization: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Warmed:
+    """The answer to a Warm: 200 stored; otherwise the registry's refusal status or an error
+    status (502 the fetch failed, 503 too many Warm requests queued), with a message."""
+
+    TYPE: ClassVar[int] = 20
+    digest: str
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Members:
     """Push-pull membership sync: everything the sender knows (node id, host, port,
     incarnation, status); the receiver merges it and answers with its own once."""
@@ -223,6 +247,8 @@ Event = (
     | Error
     | Members
     | Access
+    | Warm
+    | Warmed
 )
 
 EVENT_TYPES: dict[int, type[Any]] = {
@@ -246,6 +272,8 @@ EVENT_TYPES: dict[int, type[Any]] = {
         Error,
         Members,
         Access,
+        Warm,
+        Warmed,
     )
 }
 

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import trio
 
-from peer.front.http_server import HttpConnection, Request
+from peer.front.http_server import BodyTooLarge, HttpConnection, Request
 from peer.front.oci_errors import OciError
+from peer.preheat.api import BODY_LIMIT, BadRequest, parse_request
+from peer.preheat.job import TooManyJobs
+from peer.preheat.runner import Preheater
 from pieces.store import Store
 
 log = logging.getLogger("pollen.admin")
@@ -66,12 +69,14 @@ class AdminFront:
         status: Callable[[], dict[str, object]],
         metrics: Callable[[], tuple[str, bytes]],
         readiness: Callable[[], tuple[bool, str]] = lambda: (True, "serving"),
+        preheater: Preheater | None = None,
     ) -> None:
         self._store = store
         self._token = token
         self._status = status
         self._metrics = metrics
         self._readiness = readiness
+        self._preheater = preheater
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         path = request.target.decode("ascii", "replace").partition("?")[0]
@@ -94,6 +99,8 @@ class AdminFront:
                 await self._flush(conn, request)
             elif path == "/_pollen/gc":
                 await self._collect(conn, request)
+            elif path == "/_pollen/preheat" or path.startswith("/_pollen/preheat/"):
+                await self._preheat(conn, request, path.removeprefix("/_pollen/preheat"))
             else:
                 raise OciError(404, "NOT_FOUND", f"no admin route {path[:200]}")
         except OciError as exc:
@@ -125,6 +132,38 @@ class AdminFront:
             await conn.end_response()
         else:
             await conn.respond(200, [("content-type", content_type)], body)
+
+    async def _preheat(self, conn: HttpConnection, request: Request, rest: str) -> None:
+        """POST /_pollen/preheat (start a job), GET /_pollen/preheat (all jobs),
+        GET /_pollen/preheat/<id> (one)."""
+        preheater = self._preheater
+        if preheater is None:
+            raise OciError(503, "UNAVAILABLE", "preheat is not running on this node")
+        if rest in ("", "/") and request.method == "POST":
+            try:
+                job_request = parse_request(await conn.read_body(BODY_LIMIT))
+                job = preheater.start(job_request)
+            except BodyTooLarge as exc:
+                raise OciError(
+                    413, "SIZE_INVALID", str(exc), headers=(("connection", "close"),)
+                ) from None
+            except BadRequest as exc:
+                raise OciError(400, "BAD_REQUEST", str(exc)) from None
+            except TooManyJobs as exc:
+                raise OciError(429, "TOOMANYREQUESTS", str(exc)) from None
+            await conn.respond(202, [("content-type", "application/json")], _json(job.document()))
+            return
+        if request.method not in ("GET", "HEAD"):
+            raise OciError(405, "UNSUPPORTED", "POST /_pollen/preheat, GET /_pollen/preheat[/ID]")
+        if rest in ("", "/"):
+            jobs = [job.document() for job in preheater.jobs.all()]
+            await self._answer(conn, request, "application/json", _json({"jobs": jobs}))
+            return
+        job_id = rest.removeprefix("/")
+        found = preheater.jobs.get(int(job_id)) if job_id.isdigit() and len(job_id) < 12 else None
+        if found is None:
+            raise OciError(404, "NOT_FOUND", f"no preheat job {job_id[:40]!r}")
+        await self._answer(conn, request, "application/json", _json(found.document()))
 
     async def _collect(self, conn: HttpConnection, request: Request) -> None:
         """POST /_pollen/gc[?dry_run=1]: run the store's periodic check now."""

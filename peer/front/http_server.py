@@ -36,6 +36,10 @@ class ClientGone(Exception):
     """The client closed the connection, stopped reading for too long, or sent garbage."""
 
 
+class BodyTooLarge(Exception):
+    """A request body over what the route reads."""
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str
@@ -106,6 +110,41 @@ class HttpConnection:
         # elements are dropped (RFC 9110 5.6.1): "a, " could not be sent on to the upstream.
         headers = {name: ", ".join(v for v in vs if v) for name, vs in values.items()}
         return Request(request.method.decode("ascii"), request.target, headers)
+
+    async def read_body(self, limit: int) -> bytes:
+        """The request's body (a POST's JSON), at most `limit` bytes, read within the idle
+        time-out.
+
+        Raises:
+            BodyTooLarge: more than `limit` bytes (answer 413 and close: the rest is unread).
+            ClientGone: the client left, stalled or broke the framing.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        with trio.move_on_after(self.idle_timeout):
+            while True:
+                try:
+                    event = self._h11.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise ClientGone(f"malformed request body: {exc}") from exc
+                if event is h11.NEED_DATA:
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        raise ClientGone("the client left mid-body")
+                    self._h11.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        raise BodyTooLarge(f"a request body over {limit} bytes")
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                else:
+                    raise ClientGone("the client closed the connection mid-body")
+        raise ClientGone("the client stalled mid-body")
 
     async def _bad_request(self, exc: h11.RemoteProtocolError) -> None:
         # A request h11 refuses never reaches SEND_RESPONSE: h11 lets a server answer it from

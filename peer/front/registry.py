@@ -6,7 +6,7 @@ plus /healthz. The admin API (status, metrics, cache) is on its own listener: ad
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -16,6 +16,7 @@ from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource, Download
+from peer.fetch.manifests import fetch_manifest
 from peer.fetch.prefetch import Prefetcher
 from peer.front.http_server import ClientGone, HttpConnection, Request
 from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
@@ -33,18 +34,19 @@ from peer.front.store_errors import store_failure
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
+    FORWARDED_ERROR_HEADERS,
     FORWARDED_REQUEST_HEADERS,
     UnforwardableHeader,
     check_forwardable,
     pick_headers,
 )
+from peer.upstream.node_auth import NodeAuth
 from pieces.digest import InvalidDigest, digest_hex, is_digest
 from pieces.partial import BlobFailed, PartialBlob, StoreError
 from pieces.store import Store
 
 log = logging.getLogger("pollen.front")
 
-MANIFEST_LIMIT = 4 * 1024 * 1024
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 MANIFEST_ANSWER_HEADERS = ("content-type", "docker-content-digest", "content-length", "etag")
 
@@ -71,12 +73,14 @@ class RegistryFront:
         downloads: FetchCoordinator,
         access: AccessPolicy,
         prefetch: Prefetcher | None = None,
+        node_auth: NodeAuth | None = None,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.downloads = downloads
         self.access = access
         self.prefetch = prefetch  # None: --no-prefetch
+        self.node_auth = node_auth  # the node's logins, lent where --auth-for-clients says
         self.served = ServedCounters()
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
@@ -108,7 +112,9 @@ class RegistryFront:
                     f"{request.method} is not supported: pollen is a read-only pull mirror",
                     headers=(("connection", "close"),),
                 )
-            elif isinstance(route, ApiRoot):
+            if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
+                request = await self._with_lent_login(request, target.namespace, route)
+            if isinstance(route, ApiRoot):
                 await self._api_root(conn, request, target.namespace)
             elif isinstance(route, BlobRoute):
                 await self._blob(conn, request, route, target.namespace)
@@ -134,6 +140,29 @@ class RegistryFront:
             log.exception("internal error answering %s", _describe_target(request))
             error = OciError(500, "UNKNOWN", "internal error in pollen (the node's log has it)")
             await self._send_error(conn, request, error)
+
+    async def _with_lent_login(
+        self, request: Request, namespace: str | None, route: ApiRoot | BlobRoute | ManifestRoute
+    ) -> Request:
+        """A request without credentials, to a registry the operator lends the node's login
+        for (--auth-for-clients): the same request with that login. What it fetches is marked
+        private like any credentialed fetch.
+
+        Raises:
+            UpstreamError: the registry or its token service failed (a 502 for the client).
+        """
+        node_auth = self.node_auth
+        if (
+            node_auth is None
+            or "authorization" in request.headers
+            or not node_auth.lends_to_clients(namespace)
+        ):
+            return request
+        repository = None if isinstance(route, ApiRoot) else route.name
+        value = await node_auth.authorization(namespace, repository)
+        if value is None:
+            return request
+        return dataclasses.replace(request, headers={**request.headers, "authorization": value})
 
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:
@@ -298,38 +327,44 @@ class RegistryFront:
                 return
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
         # Docker Hub count GETs of manifests against rate limits, not HEADs).
-        path = f"/v2/{route.name}/manifests/{reference}"
-        async with self.upstreams.open(request.method, namespace, path, headers) as resp:
-            base = self.upstreams.base_url(namespace)
+        if request.method == "HEAD":
+            await self._manifest_head(conn, request, namespace, route.name, reference, headers)
+            return
+        fetched = await fetch_manifest(
+            self.upstreams, self.store, namespace, route.name, reference, headers
+        )
+        if isinstance(fetched, UpstreamRefusal):
+            await _forward_refusal(conn, request, fetched)
+            return
+        self.served.manifests_from_upstream += 1
+        headers_out = _manifest_headers(fetched.media_type, fetched.digest)
+        await _answer(conn, request, 200, headers_out, fetched.body)
+        self._prefetch_blobs(
+            request, namespace, route.name, headers, fetched.media_type, fetched.body
+        )
+
+    async def _manifest_head(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        namespace: str | None,
+        name: str,
+        reference: str,
+        headers: dict[str, str],
+    ) -> None:
+        """A manifest's HEAD, answered with the upstream's headers (its digest for a tag)."""
+        path = f"/v2/{name}/manifests/{reference}"
+        async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
             if 400 <= resp.status_code < 500:
-                body = (
-                    b""
-                    if request.method == "HEAD"
-                    else await self.upstreams.read_body(resp, 64 * 1024)
-                )
-                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), body)
+                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
                 await _forward_refusal(conn, request, refusal)
                 return
             if resp.status_code != 200:
+                base = self.upstreams.base_url(namespace)
                 raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
-            if request.method == "HEAD":
-                answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
-                await conn.start_response(200, [*answer.items(), API_VERSION])
-                await conn.end_response()
-                return
-            body = await self.upstreams.read_body(resp, MANIFEST_LIMIT)
-            media_type = resp.headers.get("content-type", "application/octet-stream")
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if by_digest and digest != reference:
-            raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
-        if credentials_key(headers) is not None:
-            self.store.mark_private(digest, base)
-        else:  # served without credentials: public, whatever others claimed of it
-            self.store.mark_public(digest)
-        self.store.put_manifest(digest, media_type, body)
-        self.served.manifests_from_upstream += 1
-        await _answer(conn, request, 200, _manifest_headers(media_type, digest), body)
-        self._prefetch_blobs(request, namespace, route.name, headers, media_type, body)
+            answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
+            await conn.start_response(200, [*answer.items(), API_VERSION])
+            await conn.end_response()
 
     def _prefetch_blobs(
         self,
@@ -442,9 +477,7 @@ def _manifest_headers(media_type: str, digest: str) -> list[tuple[str, str]]:
 
 
 def _error_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return pick_headers(
-        headers, ("www-authenticate", "content-type", "docker-distribution-api-version")
-    )
+    return pick_headers(headers, FORWARDED_ERROR_HEADERS)
 
 
 async def _forward_refusal(

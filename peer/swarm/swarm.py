@@ -51,6 +51,7 @@ from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
 from peer.swarm.uploads import Uploads
+from peer.swarm.warming import Warming
 from pieces.layout import PieceLayout, piece_size_for
 from pieces.partial import PartialBlob
 from pieces.store import Store
@@ -72,6 +73,8 @@ from wire.events import (
     Request,
     Unchoke,
     Want,
+    Warm,
+    Warmed,
 )
 from wire.protocol import Role
 
@@ -144,6 +147,7 @@ class Swarm:
             self.rng,
             self._piece_size_of,
         )
+        self.warming = Warming()  # preheat: Warm requests both ways
         self.uploads = Uploads(
             store, self.choker, self.grants, self.counters, self.upload_limit, self._piece_size_of
         )
@@ -210,6 +214,7 @@ class Swarm:
                 del self.links[link.peer_id]
             if link.peer_id not in self.links:  # its last link: the peer is gone for now
                 self.choker.lost(link.peer_id)
+                self.warming.link_lost(link.peer_id)
                 for state in self.digests.values():
                     self.owner.peer_lost(state, link.peer_id)
             for state in self.digests.values():
@@ -346,6 +351,10 @@ class Swarm:
             # for a blob this node holds, so strangers' digests cost nothing.
             if self.store.has_blob(event.digest) or self.store.partial(event.digest):
                 self.grants.remember(link.peer_id, event)
+        elif isinstance(event, Warm):
+            self.warming.received(link, event)
+        elif isinstance(event, Warmed):
+            self.warming.answered(link.peer_id, event)
         elif isinstance(event, PeersRequest):
             peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
             link.post(Peers(event.digest, peers))

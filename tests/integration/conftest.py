@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.components import Containerd, Pollen, Registry
+from bench.components import Cluster, Containerd, Pollen, Registry
 from bench.oci_image import write_image
 
 MiB = 1024 * 1024
@@ -124,3 +124,42 @@ def htpasswd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ).stdout
     path.write_text(out)
     return path
+
+
+CREDS = "alice:wonderland"  # the htpasswd_file's login
+
+
+@pytest.fixture(scope="session")
+def private_registry(
+    tmp_path_factory: pytest.TempPathFactory, htpasswd_file: Path, image_layout: Path
+) -> Iterator[Registry]:
+    """A registry that wants a login (htpasswd: CREDS), with the test image pushed."""
+    reg = Registry(tmp_path_factory.mktemp("private-registry"), htpasswd=htpasswd_file)
+    try:
+        reg.push(image_layout, TAG, REPO_NAME, creds=CREDS)
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(count: int, upstream: str, *args: str, **kwargs: object) -> Cluster:
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}",
+            count,
+            "--default-upstream",
+            upstream,
+            *args,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()

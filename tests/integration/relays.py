@@ -11,6 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+from bench.components import Pollen
+from tests.integration.conftest import REPO_NAME, TAG
+
 
 class ThrottledProxy:
     """A TCP proxy that passes upstream->client bytes at `rate` bytes/s and records requests.
@@ -92,4 +95,22 @@ def curl(url: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
         ["curl", "-s", "-f", "-o", str(out), *extra, url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+    )
+
+
+def skopeo_copy(node: Pollen, out: Path, *creds: str) -> subprocess.CompletedProcess[str]:
+    """skopeo copies the test image through `node` into a dir: (its result, not checked)."""
+    return subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            *creds,
+            f"docker://{node.host}/{REPO_NAME}:{TAG}",
+            f"dir:{out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )

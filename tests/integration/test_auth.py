@@ -3,48 +3,16 @@ private content is never handed to a client without them."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from bench.components import Cluster, Pollen, Registry
+from bench.components import Cluster, Pollen, Registry, wait_for
 from peer.cluster.rendezvous import owner_order
-from tests.integration.conftest import REPO_NAME, TAG, MiB
-from tests.integration.relays import ThrottledProxy, curl, sha256_file
-
-CREDS = "alice:wonderland"
-
-
-@pytest.fixture(scope="module")
-def private_registry(
-    tmp_path_factory: pytest.TempPathFactory, htpasswd_file: Path, image_layout: Path
-) -> Iterator[Registry]:
-    reg = Registry(tmp_path_factory.mktemp("private-registry"), htpasswd=htpasswd_file)
-    try:
-        reg.push(image_layout, TAG, REPO_NAME, creds=CREDS)
-        yield reg
-    finally:
-        reg.stop()
-
-
-def skopeo_copy(node: Pollen, out: Path, *creds: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            *creds,
-            f"docker://{node.host}/{REPO_NAME}:{TAG}",
-            f"dir:{out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.integration.conftest import CREDS, REPO_NAME, TAG, MiB
+from tests.integration.relays import ThrottledProxy, curl, sha256_file, skopeo_copy
 
 
 def test_credentials_pass_through_and_private_blobs_stay_private(
@@ -152,3 +120,51 @@ def test_a_private_blob_does_not_leak_through_the_swarm_while_its_owner_download
     finally:
         cluster.stop()
         proxy.close()
+
+
+def test_a_node_lends_its_login_only_where_told_and_the_content_stays_private(
+    private_registry: Registry, tmp_path: Path
+) -> None:
+    """--auth-for-clients: node 0 pulls for clients that bring no login (what containerd on
+    the node expects); node 1 has the same logins but does not lend them, so its anonymous
+    client is refused, although node 0 holds every blob. No secret reaches a log."""
+    registry = private_registry
+    logins = tmp_path / "auth.json"
+    secret = CREDS.partition(":")[2]
+    encoded = base64.b64encode(CREDS.encode()).decode()
+    logins.write_text(json.dumps({"auths": {registry.host: {"auth": encoded}}}))
+    lending = Pollen(
+        tmp_path / "lending",
+        "--default-upstream",
+        registry.url,
+        "--auth-file",
+        str(logins),
+        "--auth-for-clients",
+        registry.host,
+        ip="127.0.0.41",
+    )
+    cluster_node = None
+    try:
+        pulled = skopeo_copy(lending, tmp_path / "lent")
+        assert pulled.returncode == 0, pulled.stderr
+        cluster_node = Pollen(
+            tmp_path / "other",
+            "--default-upstream",
+            registry.url,
+            "--auth-file",
+            str(logins),
+            "--join",
+            lending.peer,
+            ip="127.0.0.42",
+        )
+        node = cluster_node
+        wait_for("the cluster", lambda: node.alive_members() == 1 == lending.alive_members())
+        refused = skopeo_copy(cluster_node, tmp_path / "refused")
+        assert refused.returncode != 0
+        assert "unauthorized" in refused.stderr.lower() or "401" in refused.stderr
+        for node in (lending, cluster_node):
+            assert secret not in node.log() and encoded not in node.log()
+    finally:
+        lending.stop()
+        if cluster_node is not None:
+            cluster_node.stop()

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,29 +17,6 @@ from bench.components import Cluster, Containerd, Pollen
 from peer.cluster.rendezvous import owner_order
 from tests.integration.conftest import REPO_NAME, MiB, PushedImage
 from tests.integration.relays import ThrottledProxy, curl, sha256_file
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    made: list[Cluster] = []
-
-    def make(count: int, upstream: str, *args: str, **kwargs: object) -> Cluster:
-        cluster = Cluster(
-            tmp_path / f"cluster{len(made)}",
-            count,
-            "--default-upstream",
-            upstream,
-            *args,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        made.append(cluster)
-        return cluster
-
-    try:
-        yield make
-    finally:
-        for cluster in made:
-            cluster.stop()
 
 
 def run_at_once(jobs: list[Callable[[], None]]) -> list[BaseException | None]:
@@ -204,9 +181,7 @@ def test_a_node_that_reaches_no_owner_fetches_from_the_upstream_and_counts_it(
 def test_a_peer_serving_corrupt_pieces_is_banned_and_pulls_complete(
     pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
 ) -> None:
-    cluster = cluster_factory(
-        3, pushed.registry.url, modules={2: "tests.integration.lying_node"}
-    )
+    cluster = cluster_factory(3, pushed.registry.url, modules={2: "tests.integration.lying_node"})
     cluster.wait_converged()
     honest, corrupt = cluster.nodes[:2], cluster.nodes[2]
     # The corrupt node gets the image first, so it holds every piece to offer.

@@ -30,6 +30,7 @@ class FakeRegistry:
     blobs: dict[str, bytes] = field(default_factory=dict)
     manifests: dict[str, bytes] = field(default_factory=dict)  # tag or digest -> body
     token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
+    realm: str = "http://auth.example/token"  # where the 401 says tokens come from
     lie_about: set[str] = field(default_factory=set)  # serve wrong bytes for these digests
     cut_after: int | None = None  # break the connection after this many body bytes
     pace: float = 0.0  # seconds to sleep between 64 KiB chunks of a blob
@@ -80,7 +81,7 @@ class FakeRegistry:
             await conn.respond(
                 401,
                 [
-                    ("www-authenticate", 'Bearer realm="http://auth.example/token"'),
+                    ("www-authenticate", f'Bearer realm="{self.realm}",service="fake"'),
                     ("content-type", "application/json"),
                 ],
                 b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',

@@ -1,0 +1,77 @@
+"""Fetching a manifest from its registry: checked against its digest, stored, and marked
+private when credentials fetched it. Shared by the registry front (a client's GET) and preheat
+jobs, so both store exactly what they would serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from peer.access.auth_gate import credentials_key
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
+from pieces.digest import is_digest
+from pieces.store import Store
+
+MANIFEST_LIMIT = 4 * 1024 * 1024  # bytes of a manifest read; a larger one is refused
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+# What a node that asks for itself accepts (a client's own Accept is forwarded as it is).
+ACCEPT_ALL = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type.partition(";")[0].strip().lower() in INDEX_TYPES
+
+
+async def fetch_manifest(
+    upstreams: Upstreams,
+    store: Store,
+    namespace: str | None,
+    name: str,
+    reference: str,
+    headers: Mapping[str, str],
+) -> Manifest | UpstreamRefusal:
+    """GET `name`'s manifest `reference` (a tag or a digest) from the registry of `namespace`
+    with these (forwardable) headers, and store it.
+
+    Returns:
+        The manifest, or the registry's refusal (a 4xx: unknown, unauthorized, ...).
+
+    Raises:
+        UpstreamError: unreachable, another status, too large, or not the digest asked for.
+    """
+    path = f"/v2/{name}/manifests/{reference}"
+    async with upstreams.open("GET", namespace, path, headers) as resp:
+        base = upstreams.base_url(namespace)
+        if 400 <= resp.status_code < 500:
+            body = await upstreams.read_body(resp, 64 * 1024)
+            kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
+            return UpstreamRefusal(resp.status_code, kept, body)
+        if resp.status_code != 200:
+            raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
+        body = await upstreams.read_body(resp, MANIFEST_LIMIT)
+        media_type = resp.headers.get("content-type", "application/octet-stream")
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if is_digest(reference) and digest != reference:
+        raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
+    if credentials_key(headers) is not None:
+        store.mark_private(digest, base)
+    else:  # served without credentials: public, whatever others claimed of it
+        store.mark_public(digest)
+    store.put_manifest(digest, media_type, body)
+    return Manifest(digest, media_type, body)

@@ -1,0 +1,337 @@
+"""Preheat jobs, carried out: resolve each image to its manifests and blobs, warm every blob
+on this node (through the swarm: each blob's owner fetches it from the registry, once), and,
+with scope "all", ask every other live member to warm it too (a Warm each: they take it from
+the swarm). The Warms other members send here are carried out by the same code.
+
+Every fetch is the one a client's GET would make, with the job's credentials: the same owner,
+swarm, access rules and private marking; nothing is served by a job. A blob this node warmed
+is held against eviction until its job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from peer.access.auth_gate import credentials_key
+from peer.access.policy import AccessPolicy, CachedElsewhere
+from peer.fetch.coordinator import FetchCoordinator
+from peer.fetch.download import BlobSource
+from peer.fetch.manifests import ACCEPT_ALL, Manifest, fetch_manifest
+from peer.preheat.job import Job, JobState, JobTable, NodeProgress
+from peer.preheat.refs import ImageRef
+from peer.preheat.resolve import (
+    Blob,
+    Platform,
+    UnusableManifest,
+    index_manifests,
+    manifest_blobs,
+)
+from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.swarm import Swarm
+from peer.upstream.client import Upstreams
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.node_auth import NodeAuth
+from pieces.store import Store
+from wire.events import Warm, Warmed
+
+log = logging.getLogger("pollen.preheat")
+
+LOCAL_WORKERS = 4  # blobs this node warms at once for one job
+MEMBER_WORKERS = 4  # Warms in flight to one member for one job
+WARM_WORKERS = 4  # members' Warms carried out here at once
+SCOPES = ("owners", "all")
+
+
+class ResolveFailed(Exception):
+    """An image could not be resolved to blobs (the message is for the job's errors)."""
+
+
+@dataclass(frozen=True)
+class PreheatRequest:
+    images: list[ImageRef]
+    platforms: list[Platform] | None  # None: every platform of an index
+    scope: str  # "owners": the blobs' owners (and this node); "all": every live member
+    authorization: str | None  # the registry credentials to fetch with (None: anonymous)
+
+
+class Preheater:
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        downloads: FetchCoordinator,
+        access: AccessPolicy,
+        swarm: Swarm | None,
+        node_name: str,
+        node_auth: NodeAuth,
+    ) -> None:
+        self._store = store
+        self._upstreams = upstreams
+        self._downloads = downloads
+        self._access = access
+        self._swarm = swarm
+        self._node = node_name  # this node in a job's progress (its node id, hex)
+        self._node_auth = node_auth
+        self.jobs = JobTable()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run jobs and serve members' Warms until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._swarm is not None:
+                for _ in range(WARM_WORKERS):
+                    nursery.start_soon(self._serve_warms, self._swarm)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start(self, request: PreheatRequest) -> Job:
+        """Start a job; returns at once with its record.
+
+        Raises:
+            TooManyJobs: too many jobs are running.
+        """
+        assert self._nursery is not None, "Preheater.run first"
+        if request.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {request.scope!r}")
+        platforms = [str(p) for p in request.platforms] if request.platforms else ["all"]
+        job = self.jobs.create(
+            [str(i) for i in request.images], request.scope, platforms, time.time()
+        )
+        self._nursery.start_soon(self._run_job, job, request)
+        return job
+
+    # ---- a job --------------------------------------------------------------------------
+
+    async def _run_job(self, job: Job, request: PreheatRequest) -> None:
+        job.state = JobState.RUNNING
+        sources: dict[str, BlobSource] = {}
+        try:
+            for image in request.images:
+                try:
+                    headers = await self._headers(image, request.authorization)
+                    blobs = await self._resolve(job, image, request.platforms, headers)
+                except ResolveFailed as exc:
+                    job.error(f"{image}: {exc}", time.time())
+                    continue
+                for blob in blobs:
+                    job.blobs.setdefault(blob.digest, blob.size)
+                    key = credentials_key(headers)
+                    source = BlobSource(blob.digest, image.registry, image.repository, headers, key)
+                    sources.setdefault(blob.digest, source)
+            log.info(
+                "preheat job %d: %d images, %d blobs, %d bytes, scope %s",
+                job.id,
+                len(request.images),
+                len(job.blobs),
+                sum(job.blobs.values()),
+                job.scope,
+            )
+            if sources:
+                with contextlib.ExitStack() as holds:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._warm_here, job, list(sources.values()), holds)
+                        for member in self._others(job.scope):
+                            nursery.start_soon(
+                                self._warm_member, job, member, list(sources.values())
+                            )
+                    job.finish(time.time())  # blobs held until here
+            else:
+                job.finish(time.time())
+        except Exception as exc:  # a bug: this job fails, the node goes on
+            log.exception("preheat job %d failed (a bug)", job.id)
+            job.error(f"internal error: {exc}", time.time())
+            job.finish(time.time())
+        log.info(
+            "preheat job %d %s%s",
+            job.id,
+            job.state.value,
+            f": {'; '.join(job.errors[:3])}" if job.errors else "",
+        )
+
+    async def _headers(self, image: ImageRef, authorization: str | None) -> dict[str, str]:
+        """The job's credentials, else the node's login for the image's registry, if any.
+
+        Raises:
+            ResolveFailed: the node's login could not be used.
+        """
+        if authorization is None:
+            try:
+                authorization = await self._node_auth.authorization(
+                    image.registry, image.repository
+                )
+            except UpstreamError as exc:
+                raise ResolveFailed(
+                    f"logging in with the node's --auth-file failed: {exc}"
+                ) from None
+        return {"authorization": authorization} if authorization else {}
+
+    async def _resolve(
+        self,
+        job: Job,
+        image: ImageRef,
+        platforms: list[Platform] | None,
+        headers: dict[str, str],
+    ) -> list[Blob]:
+        """The blobs of `image` (its manifests fetched and stored on the way).
+
+        Raises:
+            ResolveFailed: the registry refused, failed, or sent something unusable.
+        """
+        top = await self._manifest(image, image.reference, headers)
+        job.manifests.append(top.digest)
+        manifests = [top]
+        if top.is_index:
+            try:
+                chosen = index_manifests(top.body, platforms)
+            except UnusableManifest as exc:
+                raise ResolveFailed(str(exc)) from None
+            manifests = []
+            for digest in chosen:
+                manifests.append(await self._manifest(image, digest, headers))
+                job.manifests.append(digest)
+        blobs: list[Blob] = []
+        for manifest in manifests:
+            try:
+                blobs += manifest_blobs(manifest.body)
+            except UnusableManifest as exc:
+                raise ResolveFailed(f"manifest {manifest.digest}: {exc}") from None
+        return blobs
+
+    async def _manifest(self, image: ImageRef, reference: str, headers: dict[str, str]) -> Manifest:
+        asked = {**headers, "accept": ACCEPT_ALL}
+        try:
+            fetched = await fetch_manifest(
+                self._upstreams, self._store, image.registry, image.repository, reference, asked
+            )
+        except UpstreamError as exc:
+            raise ResolveFailed(f"the registry failed: {exc}") from None
+        if isinstance(fetched, UpstreamRefusal):
+            raise ResolveFailed(_refusal_text(fetched, reference, bool(headers)))
+        return fetched
+
+    async def _warm_here(
+        self, job: Job, sources: list[BlobSource], holds: contextlib.ExitStack
+    ) -> None:
+        """Every blob on this node, LOCAL_WORKERS at a time; each held until the job ends."""
+        job.nodes.setdefault(self._node, NodeProgress())
+        limit = trio.Semaphore(LOCAL_WORKERS)
+
+        async def one(source: BlobSource) -> None:
+            async with limit:
+                status, why = await self.warm(source)
+            if status == 200:
+                holds.enter_context(self._store.holding(source.digest))
+                job.blob_done(self._node, source.digest, time.time())
+            else:
+                job.blob_failed(self._node, source.digest, why, time.time())
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(one, source)
+
+    def _others(self, scope: str) -> list[bytes]:
+        if scope != "all" or self._swarm is None:
+            return []
+        return [m.node_id for m in self._swarm.membership.alive()]
+
+    async def _warm_member(self, job: Job, member: bytes, sources: list[BlobSource]) -> None:
+        """Ask `member` to warm every blob, MEMBER_WORKERS at a time."""
+        assert self._swarm is not None
+        swarm = self._swarm
+        name = member.hex()
+        job.nodes.setdefault(name, NodeProgress())
+        try:
+            link = await swarm.link_to(member)
+        except LinkClosed as exc:
+            for source in sources:
+                job.blob_failed(name, source.digest, f"unreachable: {exc}", time.time())
+            return
+        limit = trio.Semaphore(MEMBER_WORKERS)
+
+        async def one(source: BlobSource) -> None:
+            auth = source.headers.get("authorization")
+            warm = Warm(source.digest, source.namespace, source.name, auth)
+            async with limit:
+                answer = await swarm.warming.ask(link, warm)
+            if answer.status == 200:
+                job.blob_done(name, source.digest, time.time())
+            else:
+                job.blob_failed(
+                    name, source.digest, f"{answer.status} {answer.message}", time.time()
+                )
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(one, source)
+
+    # ---- one blob, for a job here or a member's Warm ----------------------------------------
+
+    async def warm(self, source: BlobSource) -> tuple[int, str]:
+        """Fetch and keep one blob as a client's GET would; (200, "") when it is stored,
+        else (the registry's refusal status or 502, why)."""
+        digest = source.digest
+        try:
+            if self._store.has_blob(digest):
+                refusal = await self._access.refusal(
+                    source.namespace, source.name, "blobs", digest, source.headers
+                )
+                if refusal is None or isinstance(refusal, CachedElsewhere):
+                    return 200, ""
+                return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
+            download = await self._downloads.join(source)
+            await download.done.wait()
+        except UpstreamError as exc:
+            return 502, f"the registry failed: {exc}"
+        if download.refusal is not None:
+            refusal = download.refusal
+            return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
+        if download.error is not None:
+            return 502, f"the download failed: {download.error}"
+        if not self._store.has_blob(digest):
+            return 502, "the download ended without the blob"
+        return 200, ""
+
+    async def _serve_warms(self, swarm: Swarm) -> None:
+        async for link, warm in swarm.warming.incoming:
+            await self._serve_warm(swarm, link, warm)
+
+    async def _serve_warm(self, swarm: Swarm, link: PeerLink, warm: Warm) -> None:
+        headers = {"authorization": warm.authorization} if warm.authorization else {}
+        try:
+            self._access.check_namespace(warm.namespace)
+        except ValueError as exc:
+            await swarm.warming.answer(link, Warmed(warm.digest, 400, str(exc)))
+            return
+        source = BlobSource(
+            warm.digest, warm.namespace, warm.repository, headers, credentials_key(headers)
+        )
+        try:
+            status, why = await self.warm(source)
+        except Exception as exc:  # a bug: answered, never ends the worker
+            log.exception("warming %s for a member failed (a bug)", warm.digest)
+            status, why = 500, f"internal error: {exc}"
+        await swarm.warming.answer(link, Warmed(warm.digest, status, why[:500]))
+
+
+def _refusal_text(refusal: UpstreamRefusal, what: str, with_credentials: bool) -> str:
+    """A refusal said plainly: what the operator should do about it."""
+    status = refusal.status
+    if status in (401, 403):
+        if with_credentials:
+            return f"{status}: the registry refused the credentials for {what}"
+        return (
+            f"{status}: the registry wants credentials for {what} (give the node --auth-file, "
+            "or the job an Authorization header)"
+        )
+    if status == 404:
+        return f"404: the registry has no {what}"
+    if status == 429:
+        retry = refusal.headers.get("retry-after")
+        return f"429: the registry limits requests{f' (retry after {retry} s)' if retry else ''}"
+    return f"{status}: the registry refused {what}"

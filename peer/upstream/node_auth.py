@@ -1,0 +1,159 @@
+"""The node logging in to a registry with its own credentials (`--auth-file`): for preheat
+jobs, and for client requests that bring none where the operator lends them
+(`--auth-for-clients REGISTRY`).
+
+The registry says how (the distribution spec's token flow, as docker and containerd do it):
+`GET /v2/` without credentials answers 200 (no login needed), 401 with `WWW-Authenticate:
+Basic` (the login goes as Basic), or 401 with `WWW-Authenticate: Bearer realm=...,service=...`
+(the login buys a token for `repository:<name>:pull` at the realm, kept until it expires).
+The realm must be http(s); the login goes only to the realm of the registry it is for.
+Nothing here logs a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from peer.upstream.client import DOCKER_HUB, DOCKER_HUB_URL, Upstreams
+from peer.upstream.credentials import Credentials, Login
+from peer.upstream.errors import UpstreamError
+
+log = logging.getLogger("pollen.credentials")
+
+CHALLENGE_TTL = 300.0  # seconds a registry's answer to GET /v2/ is trusted
+DEFAULT_TOKEN_TTL = 60.0  # the spec's default when a token answer names no expiry
+TOKEN_MARGIN = 10.0  # a token is renewed this long before it expires
+MAX_TOKENS = 1024
+TOKEN_BODY_LIMIT = 64 * 1024
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str  # "none", "basic" or "bearer"
+    realm: str = ""
+    service: str = ""
+
+
+def parse_challenge(header: str | None) -> Challenge:
+    """The scheme and parameters of a WWW-Authenticate header (missing: Basic, as registries
+    that answer 401 without one expect)."""
+    if not header:
+        return Challenge("basic")
+    scheme, _, params = header.strip().partition(" ")
+    values = dict(_PARAM.findall(params))
+    if scheme.lower() == "bearer":
+        return Challenge("bearer", values.get("realm", ""), values.get("service", ""))
+    return Challenge("basic")
+
+
+class NodeAuth:
+    def __init__(
+        self, upstreams: Upstreams, credentials: Credentials, lent: frozenset[str] = frozenset()
+    ) -> None:
+        self._upstreams = upstreams
+        self._challenges: dict[str, tuple[Challenge, float]] = {}
+        self._tokens: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self.update(credentials, lent)
+
+    def update(self, credentials: Credentials, lent: frozenset[str]) -> None:
+        """New logins (a reload): tokens bought with the old ones are dropped."""
+        self._credentials = credentials
+        self._lent = lent
+        self._tokens.clear()
+
+    def registry(self, namespace: str | None) -> str:
+        """The registry (host[:port]) a `?ns=` names; the default upstream's for None."""
+        if namespace is not None:
+            return namespace
+        netloc = urllib.parse.urlsplit(self._upstreams.base_url(None)).netloc
+        return DOCKER_HUB if f"https://{netloc}" == DOCKER_HUB_URL else netloc
+
+    def lends_to_clients(self, namespace: str | None) -> bool:
+        return self.registry(namespace) in self._lent
+
+    async def authorization(self, namespace: str | None, repository: str | None) -> str | None:
+        """The Authorization header this node sends to the registry of `namespace` for
+        `repository` (None: the API root), or None: no login for it, or none needed.
+
+        Raises:
+            UpstreamError: the registry or its token service could not be asked, or refused
+                the login (the message says which; never the secret).
+        """
+        registry = self.registry(namespace)
+        login = self._credentials.for_repository(registry, repository or "")
+        if login is None:
+            return None
+        challenge = await self._challenge(namespace)
+        if challenge.scheme == "none":
+            return None
+        if challenge.scheme == "basic":
+            return login.basic()
+        key = (registry, repository)
+        now = time.monotonic()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        token, ttl = await self._buy_token(challenge, repository, login, registry)
+        if len(self._tokens) >= MAX_TOKENS:
+            self._tokens.clear()
+        value = f"Bearer {token}"
+        self._tokens[key] = (value, now + max(0.0, ttl - TOKEN_MARGIN))
+        return value
+
+    async def _challenge(self, namespace: str | None) -> Challenge:
+        base = self._upstreams.base_url(namespace)
+        cached = self._challenges.get(base)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        async with self._upstreams.open("GET", namespace, "/v2/", {}) as resp:
+            if resp.status_code == 401:
+                challenge = parse_challenge(resp.headers.get("www-authenticate"))
+            elif 200 <= resp.status_code < 300:
+                challenge = Challenge("none")
+            else:
+                raise UpstreamError(base, f"answered {resp.status_code} to GET /v2/")
+        self._challenges[base] = (challenge, time.monotonic() + CHALLENGE_TTL)
+        return challenge
+
+    async def _buy_token(
+        self, challenge: Challenge, repository: str | None, login: Login, registry: str
+    ) -> tuple[str, float]:
+        realm = urllib.parse.urlsplit(challenge.realm)
+        if realm.scheme not in ("http", "https") or not realm.netloc:
+            raise UpstreamError(
+                registry, f"names a token realm that is not http(s): {challenge.realm[:200]!r}"
+            )
+        query = {"service": challenge.service} if challenge.service else {}
+        if repository:
+            query["scope"] = f"repository:{repository}:pull"
+        path = realm.path or "/"
+        existing = f"{realm.query}&" if realm.query else ""
+        path += "?" + existing + urllib.parse.urlencode(query)
+        base = f"{realm.scheme}://{realm.netloc}"
+        async with self._upstreams.open_at(
+            "GET", base, path, {"authorization": login.basic()}
+        ) as resp:
+            if resp.status_code in (401, 403):
+                raise UpstreamError(
+                    base, f"refused the node's login for {registry} ({resp.status_code})"
+                )
+            if resp.status_code != 200:
+                raise UpstreamError(base, f"answered {resp.status_code} for a token")
+            body = await self._upstreams.read_body(resp, TOKEN_BODY_LIMIT)
+        try:
+            answer = json.loads(body)
+            token = answer.get("token") or answer.get("access_token")
+            ttl = answer.get("expires_in", DEFAULT_TOKEN_TTL)
+        except (ValueError, AttributeError, RecursionError):
+            raise UpstreamError(base, "sent a token answer that is not a JSON object") from None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(base, "sent no token")
+        if not isinstance(ttl, int | float) or ttl <= 0:
+            ttl = DEFAULT_TOKEN_TTL
+        return token, float(ttl)

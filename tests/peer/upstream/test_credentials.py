@@ -1,0 +1,164 @@
+"""The node's own logins: the auth file formats, and the registry's login flow (Basic, or a
+Bearer token bought at the realm and kept until it expires)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from peer.front.http_server import HttpConnection, Request, serve_connection
+from peer.upstream.client import UpstreamConfig, Upstreams
+from peer.upstream.credentials import BadAuthFile, Credentials, Login, load_auth_file
+from peer.upstream.errors import UpstreamError
+from peer.upstream.node_auth import NodeAuth, parse_challenge
+from tests.peer.fake_registry import FakeRegistry
+
+SECRET = "s3cret-pa55"
+
+
+def write(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    return path
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_docker_and_containers_formats_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": b64(f"hubuser:{SECRET}")},
+                "registry.example.com:5000": {"auth": b64(f"alice:{SECRET}")},
+                "ghcr.io/team": {"username": "bob", "password": SECRET},
+                "ghcr.io/team/special": {"username": "carol", "password": SECRET},
+            }
+        },
+    )
+    creds = load_auth_file(path)
+    assert creds.for_repository("docker.io", "library/nginx") == Login("hubuser", SECRET)
+    assert creds.for_repository("registry.example.com:5000", "a/b") == Login("alice", SECRET)
+    assert creds.for_repository("ghcr.io", "team/app") == Login("bob", SECRET)
+    assert creds.for_repository("ghcr.io", "team/special/x") == Login("carol", SECRET)
+    assert creds.for_repository("ghcr.io", "other/app") is None  # no key covers it
+    assert creds.for_repository("quay.io", "team/app") is None
+    assert SECRET not in repr(creds) and SECRET not in repr(creds.logins)
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ({"auths": {"r.io": {"identitytoken": "x"}}}, "identity token"),
+        ({"credsStore": "desktop", "auths": {}}, "credential helpers"),
+        ({"auths": {"r.io": {"auth": "not base64!"}}}, "not base64"),
+        ({"auths": {"r.io": {"auth": b64(SECRET)}}}, "no user name"),
+        ({"auths": []}, '"auths" is not an object'),
+        ([], "not a JSON object"),
+    ],
+)
+def test_an_unusable_file_is_refused_without_showing_a_secret(
+    tmp_path: Path, document: object, says: str
+) -> None:
+    with pytest.raises(BadAuthFile, match=says) as refused:
+        load_auth_file(write(tmp_path, document))
+    assert SECRET not in str(refused.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadAuthFile, match="cannot read"):
+        load_auth_file(tmp_path / "none.json")
+
+
+def test_challenges_are_read_as_registries_send_them() -> None:
+    bearer = parse_challenge('Bearer realm="https://auth.io/token",service="registry.io"')
+    assert (bearer.scheme, bearer.realm, bearer.service) == (
+        "bearer",
+        "https://auth.io/token",
+        "registry.io",
+    )
+    assert parse_challenge('Basic realm="Registry Realm"').scheme == "basic"
+    assert parse_challenge(None).scheme == "basic"
+
+
+class TokenService:
+    """A registry's token endpoint: a token for alice's right password, 401 otherwise."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, list[str]]] = []
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await serve_connection(stream, self._handle, idle_timeout=10, send_timeout=10)
+
+        task_status.started()
+        await trio.serve_listeners(handler, listeners)
+
+    async def _handle(self, conn: HttpConnection, request: Request) -> None:
+        query = urllib.parse.parse_qs(request.target.decode().partition("?")[2])
+        self.asked.append(query)
+        if request.headers.get("authorization") != "Basic " + b64(f"alice:{SECRET}"):
+            await conn.respond(401, [], b"")
+            return
+        body = json.dumps({"token": "the-token", "expires_in": 300}).encode()
+        await conn.respond(200, [("content-type", "application/json")], body)
+
+
+@contextlib.asynccontextmanager
+async def _setup(
+    nursery: trio.Nursery, password: str
+) -> AsyncIterator[tuple[NodeAuth, TokenService, FakeRegistry]]:
+    tokens = TokenService()
+    await nursery.start(tokens.serve)
+    registry = FakeRegistry(token="the-token", realm=f"http://127.0.0.1:{tokens.port}/token")
+    await nursery.start(registry.serve)
+    host = f"127.0.0.1:{registry.port}"
+    upstreams = Upstreams(UpstreamConfig({host: registry.url}, registry.url))
+    creds = Credentials({host: Login("alice", password)})
+    try:
+        yield NodeAuth(upstreams, creds, frozenset({host})), tokens, registry
+    finally:
+        await upstreams.aclose()
+
+
+async def test_a_bearer_token_is_bought_once_for_a_repository_and_reused(
+    nursery: trio.Nursery,
+) -> None:
+    async with _setup(nursery, SECRET) as (auth, tokens, registry):
+        host = f"127.0.0.1:{registry.port}"
+        assert await auth.authorization(host, "team/app") == "Bearer the-token"
+        assert await auth.authorization(host, "team/app") == "Bearer the-token"
+        assert len(tokens.asked) == 1
+        assert tokens.asked[0] == {"service": ["fake"], "scope": ["repository:team/app:pull"]}
+        assert auth.lends_to_clients(host) and auth.lends_to_clients(None)
+        assert not auth.lends_to_clients("other.io")
+        assert await auth.authorization("other.io", "team/app") is None  # no login: nothing asked
+        assert registry.count("GET", "/v2/") == 1
+
+
+async def test_a_refused_login_is_an_error_that_names_no_secret(nursery: trio.Nursery) -> None:
+    async with _setup(nursery, "wrong-password") as (auth, _tokens, registry):
+        with pytest.raises(UpstreamError, match="refused the node's login") as refused:
+            await auth.authorization(f"127.0.0.1:{registry.port}", "team/app")
+    assert "wrong-password" not in str(refused.value)
+
+
+async def test_a_realm_that_is_not_http_is_refused(nursery: trio.Nursery) -> None:
+    async with _setup(nursery, SECRET) as (auth, _tokens, registry):
+        registry.realm = "file:///etc/passwd"
+        with pytest.raises(UpstreamError, match="not http"):
+            await auth.authorization(f"127.0.0.1:{registry.port}", "team/app")
