@@ -305,6 +305,22 @@ def main() -> None:
     help="Where eviction for --disk-high stops, e.g. 70% [default: 15 points below it].",
 )
 @click.option(
+    "--preheat-listen",
+    default=None,
+    envvar="POLLEN_PREHEAT_LISTEN",
+    callback=_convert(parse_address, "address"),
+    help="ADDR:PORT where Harbor's P2P preheat reaches the node, as a Dragonfly or a Kraken "
+    "provider instance (nothing else is served there) [default: off].",
+)
+@click.option(
+    "--preheat-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="POLLEN_PREHEAT_TOKEN_FILE",
+    help="The bearer token Harbor's provider instance sends (auth mode OAuth), created with "
+    "a random token (mode 0600) if missing [default: <data-dir>/preheat.token].",
+)
+@click.option(
     "--auth-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -450,6 +466,8 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         cache_size=options["cache_size"],
         cache_ttl=options["cache_ttl"],
         auth_file=options["auth_file"],
+        preheat_listen=options["preheat_listen"],
+        preheat_token_file=options["preheat_token_file"],
         auth_for_clients=tuple(options["auth_for_clients"] or ()),
         disk_high=high,
         disk_low=low,

@@ -104,6 +104,10 @@ class NodeConfig:
     # The admin API's own listener (None: none); its token file (None: <data-dir>/admin.token).
     admin: Address | None = None
     admin_token_file: Path | None = None
+    # Harbor's P2P preheat (as a Dragonfly or Kraken provider): its listener (None: none) and
+    # its bearer token file (None: <data-dir>/preheat.token).
+    preheat_listen: Address | None = None
+    preheat_token_file: Path | None = None
     insecure_open_cluster: bool = False  # allow no token on a non-loopback peer address
     # Image-aware prefetch: serving an image manifest starts the downloads of its blobs, at
     # most `prefetch_downloads` at once (peer/fetch/prefetch.py).

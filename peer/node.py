@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 
 import trio
@@ -23,9 +23,10 @@ from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
 from peer.front.drain import Drain
-from peer.front.http_server import serve_connection
+from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.front.registry import RegistryFront
 from peer.metrics import NodeMetrics
+from peer.preheat.providers import PREHEAT_TOKEN_FILE, ProviderFront
 from peer.preheat.runner import Preheater
 from peer.rate_limit import RateLimiter
 from peer.service.notify import Notifier
@@ -133,6 +134,13 @@ class Node:
                 config.admin_token_file, config.data_dir
             )
             log.info("admin API token in %s", token_path)
+        self.preheat_token = b""
+        self.preheat_port: int | None = None
+        if config.preheat_listen is not None:
+            self.preheat_token, token_path = load_admin_token(
+                config.preheat_token_file, config.data_dir, PREHEAT_TOKEN_FILE
+            )
+            log.info("preheat API token (for Harbor's provider instance) in %s", token_path)
         self.downloads: FetchCoordinator | None = None
         self.node_id = os.urandom(16)
         self.membership: Membership | None = None
@@ -241,6 +249,7 @@ class Node:
                 "pid": os.getpid(),
                 "uptime_seconds": round(time.time() - self.started, 3),
                 "data_dir": str(self.config.data_dir),
+                "preheat_port": self.preheat_port,
             },
             "store": {
                 "bytes_used": stats.bytes_used,
@@ -331,7 +340,13 @@ class Node:
                         self.readiness,
                         self.preheater,
                     )
-                    await self._start_admin(nursery, config.admin, admin)
+                    self.admin_port = await self._listen(nursery, config.admin, admin.handle)
+                    log.info("admin API on %s:%d", config.admin.host, self.admin_port)
+                if config.preheat_listen is not None:
+                    providers = ProviderFront(self.preheater, self.preheat_token)
+                    address = config.preheat_listen
+                    self.preheat_port = await self._listen(nursery, address, providers.handle)
+                    log.info("Harbor preheat API on %s:%d", address.host, self.preheat_port)
                 accepting = trio.CancelScope()
                 # Connections live in the node's nursery: closing the listeners at shutdown
                 # (cancelling `accepting`) leaves the responses in flight to finish.
@@ -492,19 +507,23 @@ class Node:
         if self._said_ready:
             self.notifier.ready(self.readiness()[1])
 
-    async def _start_admin(
-        self, nursery: trio.Nursery, address: Address, admin: AdminFront
-    ) -> None:
+    async def _listen(
+        self,
+        nursery: trio.Nursery,
+        address: Address,
+        handle: Callable[[HttpConnection, Request], Awaitable[None]],
+    ) -> int:
+        """Serve `handle` on a listener of its own (the admin API, Harbor's); its port."""
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-        self.admin_port = listeners[0].socket.getsockname()[1]
         handler = functools.partial(
             serve_connection,
-            handler=admin.handle,
+            handler=handle,
             idle_timeout=self.config.idle_timeout,
             send_timeout=SEND_TIMEOUT,
         )
         nursery.start_soon(trio.serve_listeners, handler, listeners)
-        log.info("admin API on %s:%d", address.host, self.admin_port)
+        port: int = listeners[0].socket.getsockname()[1]
+        return port
 
     async def _start_swarm(
         self,

@@ -38,15 +38,18 @@ ADMIN_TOKEN_FILE = "admin.token"
 _OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
-def load_admin_token(token_file: Path | None, data_dir: Path) -> tuple[bytes, Path]:
-    """The admin token and the file it is in: `token_file` when given, else
-    `<data_dir>/admin.token`; either is created (mode 0600) with a random token if missing.
+def load_admin_token(
+    token_file: Path | None, data_dir: Path, default_name: str = ADMIN_TOKEN_FILE
+) -> tuple[bytes, Path]:
+    """A bearer token and the file it is in: `token_file` when given, else
+    `<data_dir>/<default_name>` (admin.token); either is created (mode 0600) with a random
+    token if missing.
 
     Raises:
         ValueError: the given file is empty.
         OSError: it cannot be read, or the default one cannot be written.
     """
-    path = token_file or data_dir / ADMIN_TOKEN_FILE
+    path = token_file or data_dir / default_name
     if not path.exists():
         # Given or not: a new node (systemd's StateDirectory, say) starts with none.
         path.parent.mkdir(parents=True, exist_ok=True)
