@@ -17,7 +17,7 @@ from peer.access.auth_gate import AuthGate
 from peer.access.policy import AccessPolicy
 from peer.cluster.gossip import GossipDriver
 from peer.cluster.membership import Membership
-from peer.config import Address, NodeConfig
+from peer.config import Address, NodeConfig, is_loopback_host
 from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstream
 from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
@@ -78,6 +78,11 @@ def load_credentials(config: NodeConfig) -> Credentials:
     return credentials
 
 
+def _peer_links_in_clear(config: NodeConfig) -> bool:
+    peer = config.peer
+    return peer is not None and not config.peer_encryption and not is_loopback_host(peer.host)
+
+
 def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
     """True when `new` bounds the cache more than `old` does (a smaller size, a shorter TTL,
     a lower high watermark, one that was not there)."""
@@ -126,6 +131,12 @@ class Node:
         self.node_auth = NodeAuth(
             self.upstreams, load_credentials(config), frozenset(config.auth_for_clients)
         )
+        if config.auth_file is not None and _peer_links_in_clear(config):
+            log.warning(
+                "--auth-file: the node's logins go with its requests for blobs to their "
+                "owners and, for preheat, to every member, like clients' credentials: peer "
+                "links cross the network in clear text without --peer-encryption"
+            )
         self.started = time.time()
         self.admin_token = b""
         self.admin_port: int | None = None
@@ -463,6 +474,7 @@ class Node:
         try:
             new = self._reread_config()
             new.check()
+            credentials = load_credentials(new)  # read once: a rollback reads nothing
         except Exception as exc:  # any error in the file or the flags: keep running as is
             log.error("reload failed, the running settings stay: %s", exc)
             self._ready_again()
@@ -475,17 +487,18 @@ class Node:
         ]
         if ignored:
             log.warning("reload: %s changed, applied at the next restart only", ", ".join(ignored))
+        running = self.node_auth.credentials
         try:
-            self._apply(old, new)
+            self._apply(old, new, credentials)
         except Exception as exc:  # one step failed (no room on the disk, say): all go back
-            self._apply(new, old)
+            self._apply(new, old, running)
             log.error("reload failed, the running settings stay: %s", exc)
         else:
             applied = [n for n in RELOADABLE if getattr(new, n) != getattr(old, n)]
             log.info("reloaded: %s", ", ".join(applied) or "nothing changed")
         self._ready_again()
 
-    def _apply(self, old: NodeConfig, new: NodeConfig) -> None:
+    def _apply(self, old: NodeConfig, new: NodeConfig, credentials: Credentials) -> None:
         """The RELOADABLE settings of `new` over those of `old`, in the running parts."""
         self.config = dataclasses.replace(old, **{n: getattr(new, n) for n in RELOADABLE})
         self.upstreams.config = dataclasses.replace(
@@ -495,7 +508,7 @@ class Node:
             self.swarm.upload_limit.set_rate(new.upload_rate)
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
-        self.node_auth.update(load_credentials(new), frozenset(new.auth_for_clients))
+        self.node_auth.update(credentials, frozenset(new.auth_for_clients))
         self.store.quota = new.cache_size
         self.store.policy = new.cache_policy()
         if _tighter(old, new):

@@ -14,6 +14,7 @@ import time
 
 import trio
 
+from pieces.partial import StoreError
 from pieces.store import Store
 
 log = logging.getLogger("pollen.store")
@@ -33,7 +34,7 @@ async def keep_store(store: Store) -> None:
                 last_rescan = trio.current_time()
             store.sweep(time.time())
             expiry = store.next_expiry()
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             log.error("the store's periodic check failed (tried again later): %s", exc)
             expiry = None
         # A blob stored after this check expires a TTL from now at the soonest.

@@ -138,7 +138,12 @@ def plan_sweep(
     for candidate in expired:
         space = replace(space, free=space.free + candidate.size, used=space.used - candidate.size)
     rest = [c for c in candidates if c not in expired]
-    room = plan_room("the cache", 0, 0, space, rest)
+    try:
+        room = plan_room("the cache", 0, 0, space, rest)
+    except NoRoom:
+        # Downloads in progress reserve more than the disk has left even with everything
+        # evicted: a check has nothing to refuse, so all that can go goes (they may fail).
+        room = RoomPlan(sorted(rest), 0, [FOR_DISK] * len(rest))
     return RoomPlan(
         [*expired, *room.evict],
         room.over_quota,

@@ -72,6 +72,7 @@ HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512
 MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
 ROOM_STEP = 64 * 1024 * 1024  # eviction for a download runs this far ahead of its bytes
 RESERVE_SECONDS = 60.0  # a download reserves disk for this long at its rate (see _reservation)
+WARN_EVERY = 60.0  # seconds between two warnings that a bound cannot be met
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class Store:
         self._drop_private_without_origin()
         self.ledger = Ledger()
         self.rescan()
+        self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
         # Evictions since start-up, per reason: (count, bytes).
         self.evictions: dict[str, tuple[int, int]] = {}
 
@@ -542,7 +544,10 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     st = dir_entry.stat()
                     size = st.st_blocks * 512 if kind is Kind.PARTIAL else st.st_size
-                    entries.append(Entry(kind, hex_, size, st.st_mtime))
+                    # Uses the file does not show (uploads to peers, preheat holds) are kept.
+                    known = self.ledger.get(kind, hex_)
+                    used = max(st.st_mtime, known.last_used if known else 0.0)
+                    entries.append(Entry(kind, hex_, size, used))
         self.ledger.replace_all(entries)
 
     def bytes_used(self) -> int:
@@ -568,9 +573,10 @@ class Store:
         others = (blob for key, blob in list(self._partials.items()) if key != exclude)
         pending = sum(_reservation(blob, now) for blob in others)
         disk = shutil.disk_usage(self.root)
-        return Space(
-            disk.free, self.bytes_used(), pending, self.quota, disk.total, self.policy.marks
-        )
+        # The file system's size as `df` counts it for Use%: what is used plus what an
+        # unprivileged writer may still use (blocks reserved for root count as neither).
+        size = disk.used + disk.free
+        return Space(disk.free, self.bytes_used(), pending, self.quota, size, self.policy.marks)
 
     def make_room(
         self,
@@ -642,18 +648,21 @@ class Store:
                 reason,
             )
             done.append(_eviction(victim, reason))
-        if plan.over_quota:
-            log.warning(
-                "cache size %s exceeded by %d bytes: the rest is in use",
-                self.quota,
-                plan.over_quota,
-            )
-        if plan.over_watermark:
-            log.warning(
-                "the disk stays %d bytes above its low watermark: the rest is in use or not "
-                "the store's",
-                plan.over_watermark,
-            )
+        now = time.monotonic()
+        if (plan.over_quota or plan.over_watermark) and now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now  # once a minute: every write would say it again
+            if plan.over_quota:
+                log.warning(
+                    "cache size %s exceeded by %d bytes: the rest is in use",
+                    self.quota,
+                    plan.over_quota,
+                )
+            if plan.over_watermark:
+                log.warning(
+                    "the disk stays %d bytes above its low watermark: the rest is in use or "
+                    "not the store's (other programs' files)",
+                    plan.over_watermark,
+                )
         return done
 
     def flush(self) -> tuple[int, int]:

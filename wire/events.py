@@ -201,6 +201,7 @@ class Warm:
     swarm, the access rules), never storing or logging the header, and answers Warmed."""
 
     TYPE: ClassVar[int] = 19
+    request: int  # the asker's number for this Warm: its Warmed carries it back
     digest: str
     namespace: str | None
     repository: str
@@ -213,6 +214,7 @@ class Warmed:
     status (502 the fetch failed, 503 too many Warm requests queued), with a message."""
 
     TYPE: ClassVar[int] = 20
+    request: int
     digest: str
     status: int
     message: str

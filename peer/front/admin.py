@@ -27,9 +27,10 @@ import trio
 
 from peer.front.http_server import BodyTooLarge, HttpConnection, Request
 from peer.front.oci_errors import OciError
-from peer.preheat.api import BODY_LIMIT, BadRequest, parse_request
+from peer.preheat.api import BODY_LIMIT, parse_request
 from peer.preheat.job import TooManyJobs
 from peer.preheat.runner import Preheater
+from pieces.partial import StoreError
 from pieces.store import Store
 
 log = logging.getLogger("pollen.admin")
@@ -150,7 +151,7 @@ class AdminFront:
                 raise OciError(
                     413, "SIZE_INVALID", str(exc), headers=(("connection", "close"),)
                 ) from None
-            except BadRequest as exc:
+            except ValueError as exc:  # BadRequest, or an image the node may not fetch from
                 raise OciError(400, "BAD_REQUEST", str(exc)) from None
             except TooManyJobs as exc:
                 raise OciError(429, "TOOMANYREQUESTS", str(exc)) from None
@@ -163,7 +164,7 @@ class AdminFront:
             await self._answer(conn, request, "application/json", _json({"jobs": jobs}))
             return
         job_id = rest.removeprefix("/")
-        found = preheater.jobs.get(int(job_id)) if job_id.isdigit() and len(job_id) < 12 else None
+        found = preheater.jobs.get(int(job_id)) if job_id.isdigit() and len(job_id) < 19 else None
         if found is None:
             raise OciError(404, "NOT_FOUND", f"no preheat job {job_id[:40]!r}")
         await self._answer(conn, request, "application/json", _json(found.document()))
@@ -174,7 +175,10 @@ class AdminFront:
             raise OciError(405, "UNSUPPORTED", "use POST /_pollen/gc[?dry_run=1]")
         query = urllib.parse.parse_qs(request.target.decode("ascii", "replace").partition("?")[2])
         dry_run = query.get("dry_run", ["0"])[-1] in ("1", "true")
-        gone = self._store.sweep(time.time(), dry_run=dry_run)
+        try:
+            gone = self._store.sweep(time.time(), dry_run=dry_run)
+        except (OSError, StoreError) as exc:
+            raise OciError(503, "UNAVAILABLE", f"the store's check failed: {exc}") from None
         if not dry_run:
             log.info("garbage collection through the admin API: %d evicted", len(gone))
         body = {

@@ -6,6 +6,7 @@ it ended. Kept by the JobTable (bounded: the last MAX_JOBS jobs), shown by the a
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -96,9 +97,11 @@ class Job:
 
 
 class JobTable:
-    def __init__(self) -> None:
+    def __init__(self, first_id: int | None = None) -> None:
         self._jobs: dict[int, Job] = {}
-        self._ids = itertools.count(1)
+        # Numbered from the start-up time in milliseconds: after a restart, a caller that
+        # polls an old job's number (Harbor) finds nothing rather than another job.
+        self._ids = itertools.count(first_id if first_id is not None else int(time.time() * 1000))
 
     def create(self, images: list[str], scope: str, platforms: list[str], now: float) -> Job:
         """A new pending job.

@@ -84,7 +84,7 @@ class ProviderFront:
                 job_id = path.removeprefix("/oapi/v1/jobs/")
                 found = (
                     self._preheater.jobs.get(int(job_id))
-                    if job_id.isdigit() and len(job_id) < 12
+                    if job_id.isdigit() and len(job_id) < 19
                     else None
                 )
                 if found is None:
@@ -117,6 +117,8 @@ class ProviderFront:
             return self._preheater.start(request)
         except TooManyJobs as exc:
             raise OciError(429, "TOOMANYREQUESTS", str(exc)) from None
+        except ValueError as exc:  # an image on a registry the node may not fetch from
+            raise OciError(400, "BAD_REQUEST", str(exc)) from None
 
     def _start_dragonfly_job(self, document: dict[str, Any]) -> Job:
         args = document.get("args")
@@ -134,10 +136,25 @@ class ProviderFront:
             image = parse_manifest_url(url)
         except BadReference as exc:
             raise OciError(400, "BAD_REQUEST", str(exc)) from None
+        self._check_scheme(url, image)
         authorization = _authorization(args.get("headers"))
         job = self._start(PreheatRequest([image], [this_platform()], SCOPES[scope], authorization))
         log.info("Harbor (as Dragonfly) preheats %s: job %d", image, job.id)
         return job
+
+    def _check_scheme(self, url: str, image: ImageRef) -> None:
+        """Harbor's URL says http or https; the node fetches the registry by its own mapping
+        (https://<host> unless --upstream says otherwise): refuse a mismatch plainly rather
+        than fail later on TLS."""
+        scheme = url.strip().partition(":")[0].lower()
+        base = self._preheater.registry_url(image.registry)
+        if not base.startswith(f"{scheme}://"):
+            raise OciError(
+                400,
+                "UNSUPPORTED",
+                f"Harbor is at {scheme}://{image.registry}, the node fetches {base}: start the "
+                f"node with --upstream {image.registry}={scheme}://{image.registry}",
+            )
 
     def _start_kraken_jobs(self, document: dict[str, Any]) -> list[Job]:
         events = _get(document, "events")
@@ -145,9 +162,10 @@ class ProviderFront:
             raise OciError(400, "BAD_REQUEST", 'a notification needs a list of "events"')
         images: list[ImageRef] = []
         for event in events[:MAX_EVENTS]:
-            image = _pushed_image(event)
-            if image is not None and image not in images:
-                images.append(image)
+            pushed = _pushed_image(event)
+            if pushed is not None and pushed[0] not in images:
+                self._check_scheme(pushed[1], pushed[0])
+                images.append(pushed[0])
         jobs = [
             self._start(PreheatRequest([image], [this_platform()], "owners", None))
             for image in images
@@ -167,9 +185,9 @@ def _get(mapping: object, key: str) -> Any:
     return None
 
 
-def _pushed_image(event: object) -> ImageRef | None:
-    """The manifest a push event names (pinned to its digest when it gives one); None for
-    other events (a pull, a blob push)."""
+def _pushed_image(event: object) -> tuple[ImageRef, str] | None:
+    """The manifest a push event names (pinned to its digest when it gives one) and its URL;
+    None for other events (a pull, a blob push)."""
     if _get(event, "action") != "push":
         return None
     target = _get(event, "target")
@@ -188,7 +206,7 @@ def _pushed_image(event: object) -> ImageRef | None:
         except InvalidDigest as exc:
             raise OciError(400, "DIGEST_INVALID", str(exc)) from None
         image = ImageRef(image.registry, image.repository, digest)
-    return image
+    return image, url
 
 
 def _authorization(headers: object) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -44,6 +45,9 @@ log = logging.getLogger("pollen.preheat")
 LOCAL_WORKERS = 4  # blobs this node warms at once for one job
 MEMBER_WORKERS = 4  # Warms in flight to one member for one job
 WARM_WORKERS = 4  # members' Warms carried out here at once
+WARM_TIMEOUT = 3600.0  # seconds a member may take to answer one Warm
+WARM_LEASE = 600.0  # a blob warmed for a member's job is held this long (its job's end unknown)
+MAX_JOB_BLOBS = 4096  # blobs one job warms; the rest are reported, not warmed
 SCOPES = ("owners", "all")
 
 
@@ -79,6 +83,8 @@ class Preheater:
         self._node_auth = node_auth
         self.jobs = JobTable()
         self._nursery: trio.Nursery | None = None
+        # Blobs warmed for members' jobs, held until the lease ends: digest -> (hold, end).
+        self._leases: dict[str, tuple[contextlib.ExitStack, float]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run jobs and serve members' Warms until cancelled."""
@@ -88,17 +94,30 @@ class Preheater:
                 for _ in range(WARM_WORKERS):
                     nursery.start_soon(self._serve_warms, self._swarm)
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                while True:
+                    await trio.sleep(10)
+                    self._end_leases(trio.current_time())
+            finally:
+                self._end_leases(float("inf"))
+
+    def registry_url(self, registry: str) -> str:
+        """The base URL the node fetches `registry` (host[:port]) from."""
+        return self._upstreams.base_url(registry)
 
     def start(self, request: PreheatRequest) -> Job:
         """Start a job; returns at once with its record.
 
         Raises:
             TooManyJobs: too many jobs are running.
+            ValueError: an unknown scope, or an image on a registry the node may not fetch
+                from (this host, a link-local service: the same rule as for clients).
         """
         assert self._nursery is not None, "Preheater.run first"
         if request.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {request.scope!r}")
+        for image in request.images:
+            self._upstreams.check_namespace(image.registry)
         platforms = [str(p) for p in request.platforms] if request.platforms else ["all"]
         job = self.jobs.create(
             [str(i) for i in request.images], request.scope, platforms, time.time()
@@ -120,6 +139,11 @@ class Preheater:
                     job.error(f"{image}: {exc}", time.time())
                     continue
                 for blob in blobs:
+                    if blob.digest not in job.blobs and len(job.blobs) >= MAX_JOB_BLOBS:
+                        job.error(
+                            f"{image}: over {MAX_JOB_BLOBS} blobs, the rest left out", time.time()
+                        )
+                        break
                     job.blobs.setdefault(blob.digest, blob.size)
                     key = credentials_key(headers)
                     source = BlobSource(blob.digest, image.registry, image.repository, headers, key)
@@ -218,22 +242,19 @@ class Preheater:
     async def _warm_here(
         self, job: Job, sources: list[BlobSource], holds: contextlib.ExitStack
     ) -> None:
-        """Every blob on this node, LOCAL_WORKERS at a time; each held until the job ends."""
+        """Every blob on this node, LOCAL_WORKERS at a time; each held (from before it is
+        looked at) until the job ends."""
         job.nodes.setdefault(self._node, NodeProgress())
-        limit = trio.Semaphore(LOCAL_WORKERS)
 
         async def one(source: BlobSource) -> None:
-            async with limit:
-                status, why = await self.warm(source)
+            holds.enter_context(self._store.holding(source.digest))
+            status, why = await self.warm(source)
             if status == 200:
-                holds.enter_context(self._store.holding(source.digest))
                 job.blob_done(self._node, source.digest, time.time())
             else:
                 job.blob_failed(self._node, source.digest, why, time.time())
 
-        async with trio.open_nursery() as nursery:
-            for source in sources:
-                nursery.start_soon(one, source)
+        await _each(sources, one, LOCAL_WORKERS)
 
     def _others(self, scope: str) -> list[bytes]:
         if scope != "all" or self._swarm is None:
@@ -252,23 +273,27 @@ class Preheater:
             for source in sources:
                 job.blob_failed(name, source.digest, f"unreachable: {exc}", time.time())
             return
-        limit = trio.Semaphore(MEMBER_WORKERS)
+
+        def alive() -> bool:
+            return member in swarm.membership.alive_ids()
 
         async def one(source: BlobSource) -> None:
-            auth = source.headers.get("authorization")
-            warm = Warm(source.digest, source.namespace, source.name, auth)
-            async with limit:
-                answer = await swarm.warming.ask(link, warm)
+            answer = await swarm.warming.ask(
+                link,
+                source.digest,
+                source.namespace,
+                source.name,
+                source.headers.get("authorization"),
+                alive=alive,
+                timeout=WARM_TIMEOUT,
+            )
             if answer.status == 200:
                 job.blob_done(name, source.digest, time.time())
             else:
-                job.blob_failed(
-                    name, source.digest, f"{answer.status} {answer.message}", time.time()
-                )
+                why = f"{answer.status} {answer.message}"
+                job.blob_failed(name, source.digest, why, time.time())
 
-        async with trio.open_nursery() as nursery:
-            for source in sources:
-                nursery.start_soon(one, source)
+        await _each(sources, one, MEMBER_WORKERS)
 
     # ---- one blob, for a job here or a member's Warm ----------------------------------------
 
@@ -306,17 +331,49 @@ class Preheater:
         try:
             self._access.check_namespace(warm.namespace)
         except ValueError as exc:
-            await swarm.warming.answer(link, Warmed(warm.digest, 400, str(exc)))
+            await swarm.warming.answer(link, Warmed(warm.request, warm.digest, 400, str(exc)))
             return
         source = BlobSource(
             warm.digest, warm.namespace, warm.repository, headers, credentials_key(headers)
         )
         try:
+            self._lease(warm.digest)  # held before it is looked at
             status, why = await self.warm(source)
         except Exception as exc:  # a bug: answered, never ends the worker
             log.exception("warming %s for a member failed (a bug)", warm.digest)
             status, why = 500, f"internal error: {exc}"
-        await swarm.warming.answer(link, Warmed(warm.digest, status, why[:500]))
+        await swarm.warming.answer(link, Warmed(warm.request, warm.digest, status, why[:500]))
+
+    def _lease(self, digest: str) -> None:
+        """Hold `digest` for WARM_LEASE from now (a member's job: its end is not known here)."""
+        end = trio.current_time() + WARM_LEASE
+        if digest in self._leases:
+            self._leases[digest] = (self._leases[digest][0], end)
+            return
+        hold = contextlib.ExitStack()
+        hold.enter_context(self._store.holding(digest))
+        self._leases[digest] = (hold, end)
+
+    def _end_leases(self, now: float) -> None:
+        for digest, (hold, end) in list(self._leases.items()):
+            if end <= now:
+                del self._leases[digest]
+                hold.close()
+
+
+async def _each(
+    items: list[BlobSource], work: Callable[[BlobSource], Awaitable[None]], workers: int
+) -> None:
+    """`work` on every item, `workers` at a time (a task per worker, not per item)."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(workers, len(items))):
+            nursery.start_soon(worker)
 
 
 def _refusal_text(refusal: UpstreamRefusal, what: str, with_credentials: bool) -> str:

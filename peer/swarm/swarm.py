@@ -212,9 +212,9 @@ class Swarm:
         finally:
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+            self.warming.link_closed(link)
             if link.peer_id not in self.links:  # its last link: the peer is gone for now
                 self.choker.lost(link.peer_id)
-                self.warming.link_lost(link.peer_id)
                 for state in self.digests.values():
                     self.owner.peer_lost(state, link.peer_id)
             for state in self.digests.values():
@@ -352,9 +352,9 @@ class Swarm:
             if self.store.has_blob(event.digest) or self.store.partial(event.digest):
                 self.grants.remember(link.peer_id, event)
         elif isinstance(event, Warm):
-            self.warming.received(link, event)
+            await self.warming.received(link, event)
         elif isinstance(event, Warmed):
-            self.warming.answered(link.peer_id, event)
+            self.warming.answered(link, event)
         elif isinstance(event, PeersRequest):
             peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
             link.post(Peers(event.digest, peers))

@@ -5,13 +5,17 @@ preheater (peer/preheat/) to carry out.
 Only members (links that proved the cluster token) can send a Warm, and what it makes this
 node do is what a client's GET of the blob would: the same owner, swarm and access rules, with
 the credentials it carries. Bounded: at most QUEUE_LIMIT Warms wait here; more are answered
-503 at once.
+503 (a link that keeps sending them past BUSY_LIMIT answers is closed). An asker's wait ends
+with the answer to its own Warm (matched by its request number), when the link it went on
+closes, when the member leaves the cluster, or after `ask`'s time limit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -23,10 +27,13 @@ from wire.events import Warm, Warmed
 log = logging.getLogger("pollen.swarm")
 
 QUEUE_LIMIT = 256
+BUSY_LIMIT = 1024  # 503 answers one link may cost us before it is closed
+CHECK_EVERY = 5.0  # seconds between checks that a member we wait for is still alive
 
 
 @dataclass(eq=False)
 class _Waiting:
+    link: PeerLink
     done: trio.Event = field(default_factory=trio.Event)
     answer: Warmed | None = None
 
@@ -34,16 +41,27 @@ class _Waiting:
 class Warming:
     def __init__(self, queue_limit: int = QUEUE_LIMIT) -> None:
         self._send, self.incoming = trio.open_memory_channel[tuple[PeerLink, Warm]](queue_limit)
-        self._waiting: dict[tuple[bytes, str], list[_Waiting]] = {}
+        self._waiting: dict[int, _Waiting] = {}
+        self._numbers = itertools.count(1)
+        self._busy: dict[PeerLink, int] = {}
 
     # ---- a member asks us --------------------------------------------------------------
 
-    def received(self, link: PeerLink, warm: Warm) -> None:
+    async def received(self, link: PeerLink, warm: Warm) -> None:
         """Queue a member's Warm for the preheater; a full queue answers 503 at once."""
         try:
             self._send.send_nowait((link, warm))
         except trio.WouldBlock:
-            link.post(Warmed(warm.digest, 503, "busy: too many blobs to warm queued here"))
+            busy = self._busy[link] = self._busy.get(link, 0) + 1
+            if busy > BUSY_LIMIT:
+                log.warning(
+                    "closing the link to %s: it floods us with Warms", link.peer_id.hex()[:12]
+                )
+                await link.close()
+                return
+            link.post(
+                Warmed(warm.request, warm.digest, 503, "busy: too many blobs to warm queued here")
+            )
 
     @staticmethod
     async def answer(link: PeerLink, answer: Warmed) -> None:
@@ -53,35 +71,50 @@ class Warming:
 
     # ---- we ask a member ---------------------------------------------------------------
 
-    async def ask(self, link: PeerLink, warm: Warm) -> Warmed:
-        """Send `warm` and wait for the member's answer (a 502 one if the link goes)."""
-        waiting = _Waiting()
-        key = (link.peer_id, warm.digest)
-        self._waiting.setdefault(key, []).append(waiting)
+    async def ask(
+        self,
+        link: PeerLink,
+        digest: str,
+        namespace: str | None,
+        repository: str,
+        authorization: str | None,
+        *,
+        alive: Callable[[], bool],
+        timeout: float,
+    ) -> Warmed:
+        """Ask the member at the other end of `link` to warm `digest`; its answer, or a 502
+        (the link closed, the member left: `alive()` turned False) or 504 (no answer within
+        `timeout` seconds) of our own."""
+        number = next(self._numbers)
+        waiting = self._waiting[number] = _Waiting(link)
         try:
             try:
-                await link.send(warm)
+                await link.send(Warm(number, digest, namespace, repository, authorization))
             except (LinkClosed, LocalProtocolError) as exc:
-                return Warmed(warm.digest, 502, f"cannot ask the member: {exc}")
-            await waiting.done.wait()
-            assert waiting.answer is not None
+                return Warmed(number, digest, 502, f"cannot ask the member: {exc}")
+            with trio.move_on_after(timeout):
+                while not waiting.done.is_set():
+                    with trio.move_on_after(CHECK_EVERY):
+                        await waiting.done.wait()
+                    if not waiting.done.is_set() and not alive():
+                        return Warmed(number, digest, 502, "the member left the cluster")
+            if waiting.answer is None:
+                return Warmed(number, digest, 504, f"no answer within {timeout:.0f}s")
             return waiting.answer
         finally:
-            waiters = self._waiting.get(key, [])
-            if waiting in waiters:
-                waiters.remove(waiting)
-            if not waiters:
-                self._waiting.pop(key, None)
+            del self._waiting[number]
 
-    def answered(self, peer: bytes, answer: Warmed) -> None:
-        """A member's Warmed: wakes whoever asked it for that blob (nobody: ignored)."""
-        for waiting in self._waiting.pop((peer, answer.digest), []):
+    def answered(self, link: PeerLink, answer: Warmed) -> None:
+        """A member's Warmed: wakes the Warm it answers, if it went on this link."""
+        waiting = self._waiting.get(answer.request)
+        if waiting is not None and waiting.link is link:
             waiting.answer = answer
             waiting.done.set()
 
-    def link_lost(self, peer: bytes) -> None:
-        """The peer's last link went: its unanswered Warms fail."""
-        for key in [k for k in self._waiting if k[0] == peer]:
-            for waiting in self._waiting.pop(key):
-                waiting.answer = Warmed(key[1], 502, "the link to the member was lost")
+    def link_closed(self, link: PeerLink) -> None:
+        """A link closed: the Warms that went on it will not be answered."""
+        self._busy.pop(link, None)
+        for number, waiting in self._waiting.items():
+            if waiting.link is link and not waiting.done.is_set():
+                waiting.answer = Warmed(number, "", 502, "the link to the member was lost")
                 waiting.done.set()

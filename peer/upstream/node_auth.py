@@ -3,11 +3,14 @@ jobs, and for client requests that bring none where the operator lends them
 (`--auth-for-clients REGISTRY`).
 
 The registry says how (the distribution spec's token flow, as docker and containerd do it):
-`GET /v2/` without credentials answers 200 (no login needed), 401 with `WWW-Authenticate:
-Basic` (the login goes as Basic), or 401 with `WWW-Authenticate: Bearer realm=...,service=...`
-(the login buys a token for `repository:<name>:pull` at the realm, kept until it expires).
-The realm must be http(s); the login goes only to the realm of the registry it is for.
-Nothing here logs a secret.
+`GET /v2/` without credentials answers 401 with `WWW-Authenticate: Bearer realm=...,
+service=...` (the login buys a token for `repository:<name>:pull` at the realm, kept until it
+expires), or anything else (Basic, or 200 from a registry with anonymous reads: the login goes
+as Basic). The realm must be http(s), and plain http only for a registry on plain http; the
+login goes only to the realm of the registry it is for. Nothing here logs a secret.
+
+Like a client's credentials, the Authorization a job or a lent login uses travels with the
+requests for the blob: to its owner in the swarm (Want), to members (Warm), never stored.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class NodeAuth:
 
     def update(self, credentials: Credentials, lent: frozenset[str]) -> None:
         """New logins (a reload): tokens bought with the old ones are dropped."""
-        self._credentials = credentials
+        self.credentials = credentials
         self._lent = lent
         self._tokens.clear()
 
@@ -86,20 +89,21 @@ class NodeAuth:
                 the login (the message says which; never the secret).
         """
         registry = self.registry(namespace)
-        login = self._credentials.for_repository(registry, repository or "")
+        login = self.credentials.for_repository(registry, repository or "")
         if login is None:
             return None
         challenge = await self._challenge(namespace)
-        if challenge.scheme == "none":
-            return None
-        if challenge.scheme == "basic":
+        if challenge.scheme in ("none", "basic"):
+            # "none": /v2/ is open, but private repositories may still want the login
+            # (registries with anonymous reads take Basic for the rest).
             return login.basic()
         key = (registry, repository)
         now = time.monotonic()
         cached = self._tokens.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        token, ttl = await self._buy_token(challenge, repository, login, registry)
+        base_url = self._upstreams.base_url(namespace)
+        token, ttl = await self._buy_token(challenge, repository, login, registry, base_url)
         if len(self._tokens) >= MAX_TOKENS:
             self._tokens.clear()
         value = f"Bearer {token}"
@@ -122,12 +126,22 @@ class NodeAuth:
         return challenge
 
     async def _buy_token(
-        self, challenge: Challenge, repository: str | None, login: Login, registry: str
+        self,
+        challenge: Challenge,
+        repository: str | None,
+        login: Login,
+        registry: str,
+        base_url: str,
     ) -> tuple[str, float]:
         realm = urllib.parse.urlsplit(challenge.realm)
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise UpstreamError(
                 registry, f"names a token realm that is not http(s): {challenge.realm[:200]!r}"
+            )
+        if realm.scheme == "http" and base_url.startswith("https://"):
+            # The login would leave in clear text although the registry itself is on TLS.
+            raise UpstreamError(
+                registry, f"names a plain-http token realm: {challenge.realm[:200]!r}"
             )
         query = {"service": challenge.service} if challenge.service else {}
         if repository:

@@ -131,6 +131,12 @@ def test_harbor_as_dragonfly_preheats_to_all_peers_and_sees_success_and_failure(
         assert harbor.get("/oapi/v1/jobs/987654").status_code == 404
         bad = dragonfly_job(registry, TAG, "everywhere")
         assert harbor.post("/oapi/v1/jobs", json=bad).status_code == 400
+        # A Harbor on plain http that the node would reach over https: said at once.
+        plain = dragonfly_job(registry, TAG, "all_peers")
+        plain["args"]["url"] = f"http://harbor.example:8080/v2/{REPO_NAME}/manifests/{TAG}"
+        answer = harbor.post("/oapi/v1/jobs", json=plain)
+        assert answer.status_code == 400
+        assert "--upstream harbor.example:8080=http://harbor.example:8080" in answer.text
 
 
 def test_harbor_as_kraken_sends_a_push_event_and_the_node_preheats_with_its_own_login(

@@ -98,3 +98,21 @@ async def test_a_reload_while_joining_does_not_say_ready(
         assert any("RELOADING=1" in m for m in said)
         assert not any("READY=1" in m.splitlines() for m in said), said
         assert not node.readiness()[0]
+
+
+async def test_a_reload_with_a_broken_auth_file_keeps_the_logins_it_had(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {"r.example": {"username": "u", "password": "p"}}}')
+    config = dataclasses.replace(_config(tmp_path, registry), auth_file=auth)
+    node = Node(config, reread_config=lambda: config)
+    await nursery.start(node.run)
+    before = node.node_auth.credentials
+    auth.write_text("{ half written")  # a secret being rotated, caught mid-write
+    with caplog.at_level(logging.ERROR):
+        node.reload()  # used to read the file again in its rollback, and end the node
+    assert "reload failed" in caplog.text and "not JSON" in caplog.text
+    assert node.node_auth.credentials is before

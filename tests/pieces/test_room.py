@@ -6,6 +6,7 @@ import pytest
 
 from pieces.partial import NoRoom
 from pieces.room import (
+    FOR_DISK,
     FOR_QUOTA,
     FOR_TTL,
     FOR_WATERMARK,
@@ -124,3 +125,13 @@ def test_next_expiry_is_the_least_recently_used_plus_the_ttl() -> None:
     assert next_expiry([blob(30, 1), blob(20, 1)], 60.0) == 80.0
     assert next_expiry([blob(30, 1)], None) is None
     assert next_expiry([], 60.0) is None
+
+
+def test_a_sweep_never_refuses_when_downloads_reserve_more_than_the_disk_has() -> None:
+    # 50 free, downloads in progress still to write 500: nothing can make room for them,
+    # and a check has nothing to refuse: it evicts what it can (it used to raise NoRoom and
+    # end the node's timer, and with it the node).
+    space = Space(free=50, used=100, pending=500, quota=None)
+    plan = plan_sweep(space, [blob(2, 60), blob(1, 40)], now=0.0, ttl=None)
+    assert plan.evict == [blob(1, 40), blob(2, 60)]
+    assert set(plan.reasons) == {FOR_DISK}

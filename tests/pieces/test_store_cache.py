@@ -194,3 +194,17 @@ async def test_the_sweep_brings_a_disk_filled_by_others_down_to_the_low_watermar
     gone = store.sweep(time.time())
     assert [e.digest for e in gone] == blobs[:2]  # the oldest first, to 2 MiB = 50 %
     assert {e.reason for e in gone} == {FOR_WATERMARK}
+
+
+async def test_a_rescan_keeps_uses_the_files_do_not_show(tmp_path: Path) -> None:
+    """Uploads to peers and preheat holds refresh a blob's last use in the ledger only: the
+    periodic rescan must not put the file's older mtime back (the TTL would then evict a
+    blob that peers use all the time)."""
+    store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
+    digest = await put_blob(store, os.urandom(3000))
+    os.utime(store.complete_path(digest), (1.0, 1.0))  # written long ago
+    with store.holding(digest):  # served to a peer now
+        pass
+    store.rescan()
+    assert store.sweep(time.time()) == []
+    assert store.has_blob(digest)

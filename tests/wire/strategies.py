@@ -19,8 +19,8 @@ origins = st.lists(st.sampled_from(["https://ghcr.io", "http://10.0.0.1:5000"]),
 events = st.one_of(
     st.builds(ev.Want, digests, st.none() | registries, repositories, st.none() | text),
     st.builds(ev.Access, digests, st.none() | registries, repositories, st.none() | text),
-    st.builds(ev.Warm, digests, st.none() | registries, repositories, st.none() | text),
-    st.builds(ev.Warmed, digests, st.integers(100, 599), text),
+    st.builds(ev.Warm, indexes, digests, st.none() | registries, repositories, st.none() | text),
+    st.builds(ev.Warmed, indexes, digests, st.integers(100, 599), text),
     st.builds(
         ev.PieceMeta,
         digests,

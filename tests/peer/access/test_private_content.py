@@ -155,9 +155,9 @@ async def test_a_private_marker_without_its_origin_is_not_trusted(
 async def test_content_fetched_with_credentials_records_its_registry(setup: Setup) -> None:
     data = os.urandom(10_000)
     digest = setup.registry.add_blob(data)
-    await setup.client.get(f"/v2/org/private/blobs/{digest}?ns=reg.test", headers={
-        "Authorization": TOKEN
-    })
+    await setup.client.get(
+        f"/v2/org/private/blobs/{digest}?ns=reg.test", headers={"Authorization": TOKEN}
+    )
     await _wait_idle(setup.node)
     assert setup.node.store.private_origins(digest) == [setup.registry.url]
     assert MANIFEST_TYPE  # manifests of the fake registry are OCI image manifests

@@ -1,6 +1,7 @@
 """Regression (second review): a partial opened for a resume whose first upstream request
 fails stayed registered in the store; the next opener (anyone, any registry) got it back
 through open_partial's 'existing' branch, with its private origins but no access check."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,13 @@ async def _evil(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) ->
         if rng.startswith("bytes="):
             first = int(rng[6:].split("-")[0])
             size = SIZE
-            await conn.start_response(206, [("content-range", f"bytes {first}-{size-1}/{size}"),
-                                            ("content-length", str(size - first))])
+            await conn.start_response(
+                206,
+                [
+                    ("content-range", f"bytes {first}-{size - 1}/{size}"),
+                    ("content-length", str(size - first)),
+                ],
+            )
             await conn.send_data(b"\0" * (size - first))
             await conn.end_response()
         else:
@@ -74,8 +80,9 @@ async def test_a_private_partial_never_reaches_a_client_naming_another_registry(
     port = await nursery.start(node.run)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         # Any client with any Authorization naming the private registry while it is down.
-        r = await client.get(f"/v2/a/b/blobs/{digest}?ns=reg.test",
-                             headers={"Authorization": "Bearer junk"})
+        r = await client.get(
+            f"/v2/a/b/blobs/{digest}?ns=reg.test", headers={"Authorization": "Bearer junk"}
+        )
         assert r.status_code == 502
         with trio.fail_after(5):
             while node.downloads_in_flight():

@@ -1,6 +1,7 @@
 """Regression (second review): one request with junk credentials through a registry the
 attacker runs (holding a public blob's bytes) marked the public blob private to that
 registry, and every other client was refused."""
+
 from __future__ import annotations
 
 import os
@@ -24,15 +25,21 @@ async def test_one_request_cannot_make_a_public_blob_private_to_its_registry(
     data = os.urandom(100_000)
     digest = public.add_blob(data)
     evil.add_blob(data)
-    node = Node(NodeConfig(
-        http=Address("127.0.0.1", 0), data_dir=tmp_path / "s",
-        upstreams={"pub.test": public.url, "evil.test": evil.url},
-        default_upstream=public.url, piece_size=64 * 1024, upstream_timeout=2.0,
-    ))
+    node = Node(
+        NodeConfig(
+            http=Address("127.0.0.1", 0),
+            data_dir=tmp_path / "s",
+            upstreams={"pub.test": public.url, "evil.test": evil.url},
+            default_upstream=public.url,
+            piece_size=64 * 1024,
+            upstream_timeout=2.0,
+        )
+    )
     port = await nursery.start(node.run)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-        r = await c.get(f"/v2/x/y/blobs/{digest}?ns=evil.test",
-                        headers={"Authorization": "Bearer junk"})
+        r = await c.get(
+            f"/v2/x/y/blobs/{digest}?ns=evil.test", headers={"Authorization": "Bearer junk"}
+        )
         assert r.content == data
         with trio.fail_after(5):
             while node.downloads_in_flight():

@@ -41,7 +41,8 @@ async def test_slow_downloads_hold_only_the_buffers_they_fill(
                 clients.start_soon(client.get, url)
             with trio.fail_after(20):
                 while node.downloads_in_flight() < len(digests) or not all(
-                    d.bytes_from_upstream for d in node.downloads.active.values()  # type: ignore[union-attr]
+                    d.bytes_from_upstream
+                    for d in node.downloads.active.values()  # type: ignore[union-attr]
                 ):
                     await trio.sleep(0.05)
             held = tracemalloc.get_traced_memory()[0] - baseline

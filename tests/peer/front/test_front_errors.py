@@ -250,9 +250,7 @@ async def test_the_front_answers_500_for_an_unexpected_error(
         "0",
     ],
 )
-async def test_a_client_cannot_name_an_internal_host_as_its_registry(
-    front: Front, ns: str
-) -> None:
+async def test_a_client_cannot_name_an_internal_host_as_its_registry(front: Front, ns: str) -> None:
     """`?ns=` is the client's to choose: naming this host's own services (the admin port,
     say) or a link-local metadata service would make the node a proxy into them."""
     listener = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -4,8 +4,10 @@ refusals in the OCI error form; a job for a fake registry's image runs to its en
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -13,7 +15,9 @@ import trio
 
 from peer.config import Address, NodeConfig
 from peer.node import Node
+from peer.swarm.warming import Warming
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry
+from wire.events import Warm, Warmed
 
 
 @pytest.fixture
@@ -95,3 +99,50 @@ async def test_a_job_warms_every_blob_of_an_image(
     assert registry.count("GET", f"/blobs/{layer}") == 1
     listed = (await client.get("/_pollen/preheat")).json()["jobs"]
     assert [j["id"] for j in listed] == [job_id]
+
+
+async def test_a_job_may_not_aim_the_node_at_this_host_or_a_link_local_service(
+    admin: tuple[httpx.AsyncClient, FakeRegistry],
+) -> None:
+    client, _ = admin
+    for image in ("169.254.169.254/latest/meta-data:iam", "127.0.0.1:9/secret/thing:v1"):
+        answer = await client.post("/_pollen/preheat", json={"images": [image]})
+        assert answer.status_code == 400, image
+        assert "only an --upstream mapping may point the node at one" in answer.text
+
+
+async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A member's job ends elsewhere: the blob it had this node warm is held a lease's time
+    (WARM_LEASE), not evicted by the next check while the job still runs."""
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    host = f"127.0.0.1:{registry.port}"
+    node = Node(
+        NodeConfig(
+            http=Address("127.0.0.1", 0),
+            data_dir=tmp_path / "store",
+            upstreams={host: registry.url},
+            default_upstream=registry.url,
+            cache_ttl=1.0,  # every blob not held is past it at the check below
+        )
+    )
+    await nursery.start(node.run)
+    digest = registry.add_blob(b"blob" * 1000)
+    answers: list[Warmed] = []
+
+    class Link:
+        async def send(self, event: Warmed) -> bool:
+            answers.append(event)
+            return True
+
+    swarm = SimpleNamespace(warming=Warming())
+    assert node.preheater is not None
+    warm = Warm(7, digest, host, "team/app", None)
+    await node.preheater._serve_warm(swarm, Link(), warm)  # type: ignore[arg-type]
+    assert [(a.request, a.status) for a in answers] == [(7, 200)]
+    assert node.store.has_blob(digest) and node.store.is_held(digest)
+    assert node.store.sweep(time.time() + 10**6, dry_run=True) == []  # not evictable
+    node.preheater._end_leases(float("inf"))  # the lease ends: now the TTL takes it
+    assert [e.digest for e in node.store.sweep(time.time() + 10**6)] == [digest]
