@@ -9,6 +9,7 @@ the real docker-registry instead.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ class FakeRegistry:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     gate: trio.Event | None = None  # when set, blob answers wait for it (a slow registry)
     port: int = 0
+    # Serve a manifest with the mediaType its body names (an index as an index); off, every
+    # manifest goes out as an OCI image manifest (an index in disguise).
+    typed_by_body: bool = False
 
     def add_blob(self, data: bytes) -> str:
         digest = digest_of(data)
@@ -91,7 +95,8 @@ class FakeRegistry:
             await self._blob(conn, request, m.group(2))
         elif (m := _MANIFEST.fullmatch(path)) and m.group(2) in self.manifests:
             body = self.manifests[m.group(2)]
-            headers = [("content-type", MANIFEST_TYPE), ("docker-content-digest", digest_of(body))]
+            kind = _media_type(body) if self.typed_by_body else MANIFEST_TYPE
+            headers = [("content-type", kind), ("docker-content-digest", digest_of(body))]
             if request.method == "HEAD":
                 await conn.start_response(200, [*headers, ("content-length", str(len(body)))])
                 await conn.end_response()
@@ -146,3 +151,12 @@ class FakeRegistry:
             await conn.stream.aclose()
             return
         await conn.end_response()
+
+
+def _media_type(body: bytes) -> str:
+    """The mediaType a manifest body names (an index, say); the OCI manifest's by default."""
+    try:
+        said = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError):
+        return MANIFEST_TYPE
+    return said if isinstance(said, str) else MANIFEST_TYPE

@@ -146,3 +146,59 @@ async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
     assert node.store.sweep(time.time() + 10**6, dry_run=True) == []  # not evictable
     node.preheater._end_leases(float("inf"))  # the lease ends: now the TTL takes it
     assert [e.digest for e in node.store.sweep(time.time() + 10**6)] == [digest]
+
+
+async def test_a_multi_platform_image_is_warmed_for_the_platforms_asked(
+    admin: tuple[httpx.AsyncClient, FakeRegistry],
+) -> None:
+    client, registry = admin
+    registry.typed_by_body = True
+    manifests = {}
+    for arch in ("amd64", "arm64"):
+        config_bytes = f'{{"architecture": "{arch}"}}'.encode()
+        config = registry.add_blob(config_bytes)
+        layer = registry.add_blob(arch.encode() * 1000)
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": {
+                    "digest": config,
+                    "size": len(config_bytes),
+                    "mediaType": "application/json",
+                },
+                "layers": [
+                    {"digest": layer, "size": len(arch) * 1000, "mediaType": "application/x-tar"}
+                ],
+            }
+        ).encode()
+        manifests[arch] = (registry.add_manifest(f"only-{arch}", body), layer)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "digest": digest,
+                "size": 100,
+                "mediaType": MANIFEST_TYPE,
+                "platform": {"os": "linux", "architecture": arch},
+            }
+            for arch, (digest, _) in manifests.items()
+        ],
+    }
+    registry.add_manifest("multi", json.dumps(index).encode())
+    image = f"127.0.0.1:{registry.port}/team/app:multi"
+    started = await client.post(
+        "/_pollen/preheat", json={"images": [image], "platforms": ["linux/arm64"]}
+    )
+    job_id = started.json()["id"]
+    with trio.fail_after(10):
+        while (job := (await client.get(f"/_pollen/preheat/{job_id}")).json())["state"] in (
+            "pending",
+            "running",
+        ):
+            await trio.sleep(0.05)
+    assert job["state"] == "succeeded", job["errors"]
+    assert job["manifests"][1] == manifests["arm64"][0]  # the index, then arm64's manifest
+    assert registry.count("GET", f"/blobs/{manifests['arm64'][1]}") == 1
+    assert registry.count("GET", f"/blobs/{manifests['amd64'][1]}") == 0
