@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-_BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^ ]* HTTP/1\.1" (\d+)')
+_BLOB_GET = re.compile(
+    r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})[^ ]* HTTP/1\.1" (\d+)'
+)
 
 
 def free_port(ip: str = "127.0.0.1") -> int:

@@ -147,7 +147,7 @@ def _prefetch_metrics(prefetch: Prefetcher) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "pollen_prefetch_skipped",
         "Blobs not prefetched because of a bound (queue full, over the per-manifest limit, "
-        "no sha256 digest, waited too long)",
+        "no sha256 or sha512 digest, waited too long)",
         value=counters.skipped,
     )
     yield CounterMetricFamily(

@@ -24,7 +24,6 @@ counters and is told to wake readers afterwards (`notify`).
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import time
@@ -36,6 +35,7 @@ import msgpack
 import trio
 import xxhash
 
+from pieces.digest import digest_hex, hasher_for
 from pieces.layout import PieceLayout
 
 # 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
@@ -113,7 +113,7 @@ class PartialBlob:
         self.origins: list[str] = list(origins or [])
         self.opened_at = time.monotonic()  # for the disk it may reserve (Store.make_room)
         self.room_until = 0  # bytes_present up to which the store has made room (ensure_room)
-        self.hex = digest.split(":", 1)[1]
+        self.hex = digest_hex(digest)
         self.layout = layout
         self.data_path = data_path
         self.meta_path = meta_path
@@ -127,7 +127,7 @@ class PartialBlob:
         self._filling: dict[int, int] = {}
         self._bytes_present = sum(layout.length(index) for index in self.piece_hashes)
         self._piece_hashers: dict[int, Any] = {}
-        self._sha = hashlib.sha256()
+        self._sha = hasher_for(digest)  # sha256 or sha512, as the digest says
         self._sha_offset = 0
         self.verified = False  # sha256 checked: every byte may be served
         self.complete = False  # fsynced and moved into the complete area
@@ -373,7 +373,7 @@ class PartialBlob:
         # Bytes written out of stream order (pieces from peers, a resumed download) are
         # hashed here from disk.
         self._hash_from_disk()
-        actual = "sha256:" + self._sha.hexdigest()
+        actual = f"{self._sha.name}:{self._sha.hexdigest()}"
         if actual != self.digest:
             self.discard_sync()
             raise DigestMismatch(

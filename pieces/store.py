@@ -1,7 +1,8 @@
 """The on-disk, content-addressed piece store.
 
 Layout under the data directory:
-    blobs/sha256/<hex>         complete blobs; sha256 verified before they were moved here
+    blobs/sha256/<hex>         complete blobs, verified before they were moved here (sha512 ones
+                               too, by their 128 hex digits: see pieces/digest.py)
     partial/<hex>.data         a blob being written (sparse file of the full size)
     partial/<hex>.meta         msgpack: size, piece size, {piece index: xxh3-128} of written pieces
     manifests/sha256/<hex>     manifest bytes (verified), with <hex>.type holding the media type
@@ -42,7 +43,7 @@ from pathlib import Path
 import trio
 
 from pieces.descriptors import DescriptorSizes
-from pieces.digest import digest_hex
+from pieces.digest import digest_hex, digest_of_hex, is_store_key
 from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout, piece_size_for
 from pieces.ledger import Entry, Kind, Ledger
 from pieces.partial import (
@@ -520,7 +521,7 @@ class Store:
                     continue
             except (OSError, UnicodeDecodeError):
                 pass
-            log.warning("dropping private sha256:%s: its origin was not recorded", marker.name)
+            log.warning("dropping private %s: its origin was not recorded", marker.name)
             (self._blobs / marker.name).unlink(missing_ok=True)
             (self._manifests / marker.name).unlink(missing_ok=True)
             (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
@@ -537,6 +538,8 @@ class Store:
         for directory, kind in (*kinds, (self._manifests, Kind.MANIFEST)):
             for dir_entry in os.scandir(directory):
                 hex_, _, suffix = dir_entry.name.partition(".")
+                if not is_store_key(hex_):
+                    continue  # not ours (a file left by hand): never counted, never evicted
                 if kind is Kind.PARTIAL and (suffix != "data" or hex_ in self._partials):
                     continue
                 if kind is Kind.MANIFEST and suffix:
@@ -640,9 +643,9 @@ class Store:
             self.evictions[reason] = (count + 1, size + victim.size)
             kind = "partial " if victim.partial else ""
             log.info(
-                "evicted %ssha256:%s (%d bytes, unused for %.0fs): %s",
+                "evicted %s%s (%d bytes, unused for %.0fs): %s",
                 kind,
-                victim.hex,
+                digest_of_hex(victim.hex),
                 victim.size,
                 max(0.0, time.time() - victim.last_used),
                 reason,
@@ -720,7 +723,11 @@ class Store:
 
 def _eviction(candidate: Candidate, reason: str) -> Eviction:
     return Eviction(
-        f"sha256:{candidate.hex}", candidate.size, candidate.partial, candidate.last_used, reason
+        digest_of_hex(candidate.hex),
+        candidate.size,
+        candidate.partial,
+        candidate.last_used,
+        reason,
     )
 
 

@@ -8,6 +8,7 @@ well-formed event or raises RemoteProtocolError.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,13 @@ def _bytes(length: int | None = None) -> Check:
     return check
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
+def _digest(value: Any) -> bool:
+    return _str(value) and _DIGEST.fullmatch(value) is not None
+
+
 def _hashes(value: Any) -> bool:
     return type(value) is dict and all(
         _int(k) and type(v) is bytes and len(v) == 16 for k, v in value.items()
@@ -111,7 +119,7 @@ _CHECKS: dict[str, Check] = {
     "callee": lambda v: v is None or (type(v) is bytes and len(v) == 16),
     "encrypt": lambda v: type(v) is bool,
     "mac": _bytes(32),
-    "digest": lambda v: _str(v) and len(v) == 71 and v.startswith("sha256:"),
+    "digest": _digest,
     "namespace": lambda v: v is None or is_valid_registry(v),
     "repository": is_valid_repository,
     "authorization": _opt_str,

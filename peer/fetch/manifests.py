@@ -5,7 +5,6 @@ jobs, so both store exactly what they would serve.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from peer.access.auth_gate import credentials_key
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
-from pieces.digest import is_digest
+from pieces.digest import digest_bytes, is_digest
 from pieces.store import Store
 
 MANIFEST_LIMIT = 4 * 1024 * 1024  # bytes of a manifest read; a larger one is refused
@@ -66,7 +65,8 @@ async def fetch_manifest(
             raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
         body = await upstreams.read_body(resp, MANIFEST_LIMIT)
         media_type = resp.headers.get("content-type", "application/octet-stream")
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    # By digest: checked in the algorithm it names (sha256 or sha512); by tag: sha256.
+    digest = digest_bytes(body, reference if is_digest(reference) else "sha256:")
     if is_digest(reference) and digest != reference:
         raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
     if credentials_key(headers) is not None:

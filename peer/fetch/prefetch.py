@@ -62,7 +62,7 @@ class ImageBlobs:
     """The blobs an image manifest names, as far as they are taken."""
 
     digests: tuple[str, ...]  # the config, then the layers in order; each once
-    invalid: int = 0  # descriptors that are not an object with a sha256 digest
+    invalid: int = 0  # descriptors that are not an object with a sha256 or sha512 digest
     beyond_limit: int = 0  # descriptors past MAX_BLOBS, not looked at
 
 
@@ -253,7 +253,7 @@ class Prefetcher:
         if skipped:
             self.counters.skipped += skipped
             log.info(
-                "prefetch: %s: %d descriptors without a sha256 digest, %d beyond the first %d: "
+                "prefetch: %s: %d descriptors without a usable digest, %d beyond the first %d: "
                 "not prefetched",
                 name,
                 blobs.invalid,

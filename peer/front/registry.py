@@ -1,7 +1,9 @@
 """The registry HTTP front: the OCI distribution pull API that containerd, skopeo and podman use.
 
-GET /v2/ ; HEAD|GET /v2/<name>/manifests/<ref> ; HEAD|GET /v2/<name>/blobs/<digest> (Range),
-plus /healthz. The admin API (status, metrics, cache) is on its own listener: admin_front.py.
+GET /v2/ ; HEAD|GET /v2/<name>/manifests/<ref> ; HEAD|GET /v2/<name>/blobs/<digest> (Range);
+GET /v2/<name>/tags/list and /v2/<name>/referrers/<digest> (discovery.py); plus /healthz.
+Anything else that writes is 405 UNSUPPORTED. The admin API (status, metrics, cache, preheat)
+is on its own listener: admin.py.
 """
 
 from __future__ import annotations
@@ -18,16 +20,26 @@ from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource, Download
 from peer.fetch.manifests import fetch_manifest
 from peer.fetch.prefetch import Prefetcher
+from peer.front.discovery import serve_referrers, serve_tags
 from peer.front.http_server import ClientGone, HttpConnection, Request
-from peer.front.oci_errors import OciError, digest_invalid, name_unknown, upstream_unavailable
+from peer.front.oci_errors import (
+    OciError,
+    digest_invalid,
+    in_spec_form,
+    unsupported_route,
+    upstream_unavailable,
+)
 from peer.front.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from peer.front.routes import (
     AdminRoute,
     ApiRoot,
+    BadRoute,
     BlobRoute,
     InvalidNamespace,
     ManifestRoute,
     NotFound,
+    ReferrersRoute,
+    TagsRoute,
     parse_target,
 )
 from peer.front.store_errors import store_failure
@@ -46,6 +58,9 @@ from pieces.partial import BlobFailed, PartialBlob, StoreError
 from pieces.store import Store
 
 log = logging.getLogger("pollen.front")
+
+# Routes asked of the upstream with the client's headers (and a lent login, where one is).
+UpstreamRoute = ApiRoot | BlobRoute | ManifestRoute | TagsRoute | ReferrersRoute
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 MANIFEST_ANSWER_HEADERS = ("content-type", "docker-content-digest", "content-length", "etag")
@@ -95,7 +110,7 @@ class RegistryFront:
                 target = parse_target(request.target)
                 route = target.route
                 self.upstreams.check_namespace(target.namespace)
-                if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
+                if isinstance(route, UpstreamRoute):
                     # Checked before any upstream request or shared download starts.
                     check_forwardable(pick_headers(request.headers, FORWARDED_REQUEST_HEADERS))
             except InvalidNamespace as exc:
@@ -109,10 +124,13 @@ class RegistryFront:
                 raise OciError(
                     405,
                     "UNSUPPORTED",
-                    f"{request.method} is not supported: pollen is a read-only pull mirror",
-                    headers=(("connection", "close"),),
+                    f"{request.method} is not supported: this node is a read-only pull mirror "
+                    "(push and delete at the registry itself)",
+                    headers=(("connection", "close"), ("allow", "GET, HEAD")),
                 )
-            if isinstance(route, ApiRoot | BlobRoute | ManifestRoute):
+            if isinstance(route, BadRoute):
+                raise OciError(400, route.code, route.message)
+            if isinstance(route, UpstreamRoute):
                 request = await self._with_lent_login(request, target.namespace, route)
             if isinstance(route, ApiRoot):
                 await self._api_root(conn, request, target.namespace)
@@ -120,11 +138,13 @@ class RegistryFront:
                 await self._blob(conn, request, route, target.namespace)
             elif isinstance(route, ManifestRoute):
                 await self._manifest(conn, request, route, target.namespace)
+            elif isinstance(route, TagsRoute | ReferrersRoute):
+                await self._discovery(conn, request, route, target.namespace)
             elif isinstance(route, AdminRoute):
                 await self._healthz(conn, request)
             else:
                 assert isinstance(route, NotFound)
-                raise name_unknown(route.path)
+                raise unsupported_route(route.path)
         except OciError as exc:
             await self._send_error(conn, request, exc)
         except UpstreamError as exc:
@@ -142,7 +162,7 @@ class RegistryFront:
             await self._send_error(conn, request, error)
 
     async def _with_lent_login(
-        self, request: Request, namespace: str | None, route: ApiRoot | BlobRoute | ManifestRoute
+        self, request: Request, namespace: str | None, route: UpstreamRoute
     ) -> Request:
         """A request without credentials, to a registry the operator lends the node's login
         for (--auth-for-clients): the same request with that login. What it fetches is marked
@@ -164,6 +184,29 @@ class RegistryFront:
             return request
         return dataclasses.replace(request, headers={**request.headers, "authorization": value})
 
+    async def _discovery(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        route: TagsRoute | ReferrersRoute,
+        namespace: str | None,
+    ) -> None:
+        """Tag lists and referrers: asked of the upstream as the client (discovery.py)."""
+        headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
+        kind = "tags" if isinstance(route, TagsRoute) else "referrers"
+
+        async def answer(status: int, out: list[tuple[str, str]], body: bytes) -> None:
+            await _answer(conn, request, status, [*out, API_VERSION], body)
+
+        async def refuse(refusal: UpstreamRefusal) -> None:
+            await _forward_refusal(conn, request, refusal, kind)
+
+        if isinstance(route, TagsRoute):
+            await serve_tags(self.upstreams, route, namespace, headers, answer, refuse)
+        else:
+            _valid_digest(route.digest)
+            await serve_referrers(self.upstreams, route, namespace, headers, answer, refuse)
+
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:
             # Mid-body: the only honest signal left is to cut the connection.
@@ -181,7 +224,7 @@ class RegistryFront:
             async with self.upstreams.open("GET", namespace, "/v2/", headers) as resp:
                 if resp.status_code in (401, 403):
                     refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
-                    await _forward_refusal(conn, request, refusal)
+                    await _forward_refusal(conn, request, refusal, None)
                     return
         except UpstreamError as exc:
             # Cached content can still be served: say the API is here, but log why the
@@ -209,7 +252,7 @@ class RegistryFront:
                     cached_elsewhere = True
                     continue
                 if refusal is not None:
-                    await _forward_refusal(conn, request, refusal)
+                    await _forward_refusal(conn, request, refusal, "blobs")
                     return
                 if await self._serve_complete(conn, request, digest):
                     return
@@ -223,7 +266,7 @@ class RegistryFront:
             with download.serving():
                 await download.ready.wait()
                 if download.refusal is not None:
-                    await _forward_refusal(conn, request, download.refusal)
+                    await _forward_refusal(conn, request, download.refusal, "blobs")
                     return
                 if download.error is not None:  # failed before this client got a byte
                     raise download.error
@@ -238,7 +281,7 @@ class RegistryFront:
                         namespace, route.name, "blobs", digest, headers
                     )
                     if refusal is not None:
-                        await _forward_refusal(conn, request, refusal)
+                        await _forward_refusal(conn, request, refusal, "blobs")
                         return
                 await self._serve_partial(conn, request, download, download.partial)
                 return
@@ -317,7 +360,7 @@ class RegistryFront:
                     namespace, route.name, "manifests", reference, headers
                 )
                 if refusal is not None and not isinstance(refusal, CachedElsewhere):
-                    await _forward_refusal(conn, request, refusal)
+                    await _forward_refusal(conn, request, refusal, "manifests")
                     return
             if cached is not None and refusal is None:
                 media_type, body = cached
@@ -334,7 +377,7 @@ class RegistryFront:
             self.upstreams, self.store, namespace, route.name, reference, headers
         )
         if isinstance(fetched, UpstreamRefusal):
-            await _forward_refusal(conn, request, fetched)
+            await _forward_refusal(conn, request, fetched, "manifests")
             return
         self.served.manifests_from_upstream += 1
         headers_out = _manifest_headers(fetched.media_type, fetched.digest)
@@ -357,7 +400,7 @@ class RegistryFront:
         async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
             if 400 <= resp.status_code < 500:
                 refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
-                await _forward_refusal(conn, request, refusal)
+                await _forward_refusal(conn, request, refusal, "manifests")
                 return
             if resp.status_code != 200:
                 base = self.upstreams.base_url(namespace)
@@ -402,7 +445,7 @@ class RegistryFront:
         async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
             if 400 <= resp.status_code < 500:
                 refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
-                await _forward_refusal(conn, request, refusal)
+                await _forward_refusal(conn, request, refusal, kind)
                 return
             if resp.status_code != 200:
                 base = self.upstreams.base_url(namespace)
@@ -481,10 +524,18 @@ def _error_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _forward_refusal(
-    conn: HttpConnection, request: Request, refusal: UpstreamRefusal
+    conn: HttpConnection, request: Request, refusal: UpstreamRefusal, kind: str | None
 ) -> None:
-    """Pass an upstream 4xx on unchanged (a 401's WWW-Authenticate starts the token flow)."""
-    await _answer(conn, request, refusal.status, list(refusal.headers.items()), refusal.body)
+    """Pass an upstream 4xx on (a 401's WWW-Authenticate starts the token flow, a 429's
+    Retry-After says when to come back), its body in the spec's error form: one that is not
+    gets the code for its status and `kind` ("manifests", "blobs", "tags", "referrers")."""
+    body = refusal.body
+    headers = dict(refusal.headers)
+    replaced = in_spec_form(refusal.status, body, kind) if body or request.method == "GET" else None
+    if replaced is not None:
+        body = replaced
+        headers["content-type"] = "application/json"
+    await _answer(conn, request, refusal.status, list(headers.items()), body)
 
 
 async def _answer(

@@ -13,6 +13,13 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _DIGEST = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+"
 _MANIFEST = re.compile(rf"/v2/(?P<name>{_NAME})/manifests/(?P<ref>{_TAG}|{_DIGEST})")
 _BLOB = re.compile(rf"/v2/(?P<name>{_NAME})/blobs/(?P<digest>[^/]+)")
+_TAGS = re.compile(rf"/v2/(?P<name>{_NAME})/tags/list")
+_REFERRERS = re.compile(rf"/v2/(?P<name>{_NAME})/referrers/(?P<digest>[^/]+)")
+# Any repository-shaped API path: a name that fails the grammar gets NAME_INVALID, not a 404.
+_ANY_NAME = re.compile(
+    r"/v2/(?P<name>.+)/(?:manifests/[^/]+|blobs/[^/]+|tags/list|referrers/[^/]+)"
+)
+MAX_PAGE = 10_000  # tags asked for at most per page (`n`); more is the registry's to refuse
 
 
 class InvalidNamespace(ValueError):
@@ -37,6 +44,32 @@ class BlobRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class TagsRoute:
+    """`/v2/<name>/tags/list?n=<count>&last=<tag>`: a page of the repository's tags."""
+
+    name: str
+    n: int | None
+    last: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrersRoute:
+    """`/v2/<name>/referrers/<digest>?artifactType=<type>`: what refers to a manifest."""
+
+    name: str
+    digest: str  # not yet validated, as for blobs
+    artifact_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRoute:
+    """A registry API path with a parameter out of the grammar: 400 with this code."""
+
+    code: str  # NAME_INVALID, or UNSUPPORTED for a bad query parameter
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class AdminRoute:
     which: str  # "healthz", "status" or "metrics"
 
@@ -46,7 +79,16 @@ class NotFound:
     path: str
 
 
-Route = ApiRoot | ManifestRoute | BlobRoute | AdminRoute | NotFound
+Route = (
+    ApiRoot
+    | ManifestRoute
+    | BlobRoute
+    | TagsRoute
+    | ReferrersRoute
+    | BadRoute
+    | AdminRoute
+    | NotFound
+)
 
 _ADMIN = {
     "/healthz": "healthz",
@@ -86,9 +128,26 @@ def parse_target(target: bytes) -> Target:
         route = ManifestRoute(m.group("name"), m.group("ref"))
     elif m := _BLOB.fullmatch(path):
         route = BlobRoute(m.group("name"), m.group("digest"))
+    elif m := _TAGS.fullmatch(path):
+        route = _tags(m.group("name"), params)
+    elif m := _REFERRERS.fullmatch(path):
+        kind = params.get("artifactType", [None])[0] or None
+        route = ReferrersRoute(m.group("name"), m.group("digest"), kind)
+    elif m := _ANY_NAME.fullmatch(path):
+        route = BadRoute("NAME_INVALID", f"not a repository name: {m.group('name')[:200]!r}")
     else:
         route = NotFound(path)
     return Target(route, namespace)
+
+
+def _tags(name: str, params: dict[str, list[str]]) -> TagsRoute | BadRoute:
+    n = params.get("n", [None])[0]
+    last = params.get("last", [None])[0]
+    if n is not None and (not n.isdigit() or len(n) > 6 or int(n) > MAX_PAGE):
+        return BadRoute("UNSUPPORTED", f"n must be a count of tags up to {MAX_PAGE}")
+    if last is not None and re.fullmatch(_TAG, last) is None:
+        return BadRoute("UNSUPPORTED", f"last must be a tag: {last[:150]!r}")
+    return TagsRoute(name, int(n) if n is not None else None, last)
 
 
 def check_namespace(namespace: str) -> None:

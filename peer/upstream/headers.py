@@ -9,8 +9,13 @@ from collections.abc import Mapping
 # the registry's own auth (never logged, never stored); Accept picks the manifest format.
 FORWARDED_REQUEST_HEADERS = ("authorization", "accept", "user-agent")
 # Response headers of an upstream refusal that the client needs (the token flow starts from
-# WWW-Authenticate).
-FORWARDED_ERROR_HEADERS = ("www-authenticate", "content-type", "docker-distribution-api-version")
+# WWW-Authenticate; a rate limit's Retry-After says when to come back).
+FORWARDED_ERROR_HEADERS = (
+    "www-authenticate",
+    "content-type",
+    "docker-distribution-api-version",
+    "retry-after",  # with a 429: when the registry takes requests again
+)
 
 # What h11 (ours and httpx's) sends: a token as the name; a value of printable ASCII with blanks
 # only inside. A client may send more (obs-text bytes >= 0x80, control characters), which h11

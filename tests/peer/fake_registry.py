@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 
 import trio
 
 from peer.front.http_server import HttpConnection, Request, serve_connection
 
-_BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64})")
+_BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
+_TAGS = re.compile(r"/v2/(.+)/tags/list")
 _MANIFEST = re.compile(r"/v2/(.+)/manifests/(.+)")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
@@ -46,9 +48,11 @@ class FakeRegistry:
     # Serve a manifest with the mediaType its body names (an index as an index); off, every
     # manifest goes out as an OCI image manifest (an index in disguise).
     typed_by_body: bool = False
+    # Path fragment -> (status, headers, body) answered instead (a rate limit, a proxy's page).
+    refusals: dict[str, tuple[int, list[tuple[str, str]], bytes]] = field(default_factory=dict)
 
-    def add_blob(self, data: bytes) -> str:
-        digest = digest_of(data)
+    def add_blob(self, data: bytes, algorithm: str = "sha256") -> str:
+        digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
         self.blobs[digest] = data
         return digest
 
@@ -91,8 +95,14 @@ class FakeRegistry:
                 b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
             )
             return
+        for fragment, (status, headers, body) in self.refusals.items():
+            if fragment in path:
+                await conn.respond(status, headers, body)
+                return
         if m := _BLOB.fullmatch(path):
             await self._blob(conn, request, m.group(2))
+        elif m := _TAGS.fullmatch(path.partition("?")[0]):
+            await self._tags(conn, m.group(1), path.partition("?")[2])
         elif (m := _MANIFEST.fullmatch(path)) and m.group(2) in self.manifests:
             body = self.manifests[m.group(2)]
             kind = _media_type(body) if self.typed_by_body else MANIFEST_TYPE
@@ -104,6 +114,22 @@ class FakeRegistry:
                 await conn.respond(200, headers, body)
         else:
             await conn.respond(404, [("content-type", "application/json")], b'{"errors":[]}')
+
+    async def _tags(self, conn: HttpConnection, name: str, query: str) -> None:
+        """docker-registry's pagination: tags in order, after `last`, `n` of them, with a
+        Link to the next page when there is one."""
+        params = urllib.parse.parse_qs(query)
+        tags = sorted(t for t in self.manifests if ":" not in t)
+        last = params.get("last", [""])[0]
+        tags = [t for t in tags if t > last]
+        headers = [("content-type", "application/json")]
+        if "n" in params:
+            n = int(params["n"][0])
+            if len(tags) > n:
+                tags = tags[:n]
+                nxt = urllib.parse.urlencode({"n": n, "last": tags[-1]})
+                headers.append(("link", f'<{self.url}/v2/{name}/tags/list?{nxt}>; rel="next"'))
+        await conn.respond(200, headers, json.dumps({"name": name, "tags": tags}).encode())
 
     async def _blob(self, conn: HttpConnection, request: Request, digest: str) -> None:
         if self.gate is not None:

@@ -41,7 +41,8 @@ def test_what_is_not_a_descriptor_is_skipped() -> None:
     body = json.dumps(
         {
             "layers": [
-                {"digest": "sha512:" + "0" * 128, "size": 1},
+                {"digest": "blake3:" + "0" * 64, "size": 1},
+                {"digest": "sha512:" + "0" * 64, "size": 1},
                 {"digest": digest(1), "size": -1},
                 {"digest": digest(2), "size": True},
                 {"digest": digest(3), "size": "3"},
@@ -53,6 +54,8 @@ def test_what_is_not_a_descriptor_is_skipped() -> None:
     ).encode()
     assert sizes.learn_manifest(body) == 0
     assert len(sizes) == 0
+    sha512 = json.dumps({"layers": [{"digest": "sha512:" + "0" * 128, "size": 1}]}).encode()
+    assert sizes.learn_manifest(sha512) == 1  # the OCI spec's other algorithm
 
 
 def test_disagreeing_manifests_leave_the_size_unknown() -> None:

@@ -102,9 +102,9 @@ def test_an_unreadable_image_manifest_is_invalid(body: bytes, why: str) -> None:
         image_blobs(OCI_IMAGE_MANIFEST, body)
 
 
-def test_descriptors_without_a_usable_sha256_digest_are_counted_not_taken() -> None:
+def test_descriptors_without_a_usable_digest_are_counted_not_taken() -> None:
     layers = [
-        desc("sha512:" + "a" * 128),
+        desc("blake3:" + "a" * 64),
         desc("sha256:" + "A" * 64),
         desc("sha256:" + "a" * 63),
         desc(sha(1) + "\n"),
@@ -117,6 +117,10 @@ def test_descriptors_without_a_usable_sha256_digest_are_counted_not_taken() -> N
     assert blobs is not None
     assert blobs.digests == (sha(2),)
     assert blobs.invalid == 8  # the config (a list) and seven layers
+    with_sha512 = image_blobs(
+        OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), [desc("sha512:" + "a" * 128)])
+    )
+    assert with_sha512 is not None and with_sha512.digests == (sha(0), "sha512:" + "a" * 128)
 
 
 def test_foreign_layers_are_left_to_the_client() -> None:

@@ -146,10 +146,24 @@ async def test_bad_digest_and_unknown_route(setup: Setup) -> None:
     bad = await setup.client.get("/v2/org/app/blobs/sha256:abc")
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["code"] == "DIGEST_INVALID"
-    missing = await setup.client.get("/v2/org/app/tags/list")
+    missing = await setup.client.get("/v2/_catalog")
     assert missing.status_code == 404
-    put = await setup.client.put("/v2/org/app/blobs/uploads/", content=b"x")
-    assert put.status_code == 405
+    assert missing.json()["errors"][0]["code"] == "UNSUPPORTED"
+    bad_name = await setup.client.get("/v2/Org/App/manifests/v1")
+    assert bad_name.status_code == 400
+    assert bad_name.json()["errors"][0]["code"] == "NAME_INVALID"
+    for method, path in [
+        ("PUT", "/v2/org/app/blobs/uploads/"),
+        ("POST", "/v2/org/app/blobs/uploads/"),
+        ("PATCH", "/v2/org/app/blobs/uploads/x"),
+        ("PUT", "/v2/org/app/manifests/v1"),
+        ("DELETE", "/v2/org/app/manifests/" + digest_of(b"m")),
+        ("DELETE", "/v2/org/app/blobs/" + digest_of(b"b")),
+    ]:
+        refused = await setup.client.request(method, path, content=b"x")
+        assert refused.status_code == 405, (method, path)
+        error = refused.json()["errors"][0]
+        assert error["code"] == "UNSUPPORTED" and "read-only pull mirror" in error["message"]
     assert setup.registry.requests == []
 
 

@@ -11,10 +11,13 @@ from hypothesis import strategies as st
 from peer.front.routes import (
     AdminRoute,
     ApiRoot,
+    BadRoute,
     BlobRoute,
     InvalidNamespace,
     ManifestRoute,
     NotFound,
+    ReferrersRoute,
+    TagsRoute,
     parse_target,
 )
 
@@ -46,10 +49,33 @@ DIGEST = "sha256:" + "0f" * 32
         (b"/healthz", AdminRoute("healthz"), None),
         (b"/_pollen/status", AdminRoute("status"), None),
         (b"/metrics", AdminRoute("metrics"), None),
-        (b"/v2/UPPER/manifests/x", NotFound("/v2/UPPER/manifests/x"), None),
-        (b"/v2/a//b/manifests/x", NotFound("/v2/a//b/manifests/x"), None),
-        (b"/v2/a/tags/list", NotFound("/v2/a/tags/list"), None),
-        (b"/v2/../etc/blobs/x", NotFound("/v2/../etc/blobs/x"), None),
+        (
+            b"/v2/UPPER/manifests/x",
+            BadRoute("NAME_INVALID", "not a repository name: 'UPPER'"),
+            None,
+        ),
+        (b"/v2/a//b/manifests/x", BadRoute("NAME_INVALID", "not a repository name: 'a//b'"), None),
+        (b"/v2/../etc/blobs/x", BadRoute("NAME_INVALID", "not a repository name: '../etc'"), None),
+        (b"/v2/_catalog", NotFound("/v2/_catalog"), None),
+        (b"/v2/a/tags/list", TagsRoute("a", None, None), None),
+        (b"/v2/a/b/tags/list?n=10&last=v1.2", TagsRoute("a/b", 10, "v1.2"), None),
+        (
+            b"/v2/a/tags/list?n=ten",
+            BadRoute("UNSUPPORTED", "n must be a count of tags up to 10000"),
+            None,
+        ),
+        (
+            b"/v2/a/tags/list?n=10001",
+            BadRoute("UNSUPPORTED", "n must be a count of tags up to 10000"),
+            None,
+        ),
+        (b"/v2/a/tags/list?last=-x", BadRoute("UNSUPPORTED", "last must be a tag: '-x'"), None),
+        (f"/v2/a/referrers/{DIGEST}".encode(), ReferrersRoute("a", DIGEST, None), None),
+        (
+            f"/v2/a/referrers/{DIGEST}?artifactType=application%2Fvnd.dev.cosign.artifact.sig.v1%2Bjson&ns=ghcr.io".encode(),
+            ReferrersRoute("a", DIGEST, "application/vnd.dev.cosign.artifact.sig.v1+json"),
+            "ghcr.io",
+        ),
     ],
 )
 def test_parse_target(target: bytes, route: object, ns: str | None) -> None:
