@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 
 # 2: a role-bound handshake (the initiator proves first, over both Hellos), an X25519
 # exchange for session keys, and optional sealing of every frame after it.
-PROTOCOL_VERSION = 3  # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces
+# 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
+# (preheat) and sha512 digests in every frame that names a blob.
+PROTOCOL_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)

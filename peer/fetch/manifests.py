@@ -65,8 +65,13 @@ async def fetch_manifest(
             raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
         body = await upstreams.read_body(resp, MANIFEST_LIMIT)
         media_type = resp.headers.get("content-type", "application/octet-stream")
-    # By digest: checked in the algorithm it names (sha256 or sha512); by tag: sha256.
+        said = resp.headers.get("docker-content-digest", "")
+    # By digest: checked in the algorithm it names (sha256 or sha512). By tag: sha256, or the
+    # registry's own sha512 digest when it names one the body matches (clients that pin the
+    # digest must get the one the registry knows the manifest by, as a HEAD would say).
     digest = digest_bytes(body, reference if is_digest(reference) else "sha256:")
+    if not is_digest(reference) and said.startswith("sha512:") and digest_bytes(body, said) == said:
+        digest = said
     if is_digest(reference) and digest != reference:
         raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
     if credentials_key(headers) is not None:

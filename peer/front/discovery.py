@@ -1,13 +1,17 @@
 """Listing and discovery routes of the registry API, always asked of the upstream with the
 client's own credentials (the registry decides who sees what; nothing here is cached):
 
-- `GET /v2/<name>/tags/list?n=&last=`: a page of tags (tags move). The registry's `Link` to
-  the next page is made relative to this node, keeping the client's `?ns=`.
+- `GET /v2/<name>/tags/list?n=&last=`: a page of tags (tags move), the client's query passed
+  on as it is and the body as the registry wrote it. The registry's `Link` to the next page
+  (RFC 8288) is made a path on this node with the registry's own query (Quay pages with
+  `next_page`), keeping the client's `?ns=`.
 - `GET /v2/<name>/referrers/<digest>?artifactType=`: an image index of what refers to a
   manifest (signatures, SBOMs). A registry without the referrers API (404: docker-registry
   2.8, say) is asked for the index its clients keep under the spec's fallback tag
   (`<alg>-<hex>`, as cosign and oras write it); no such tag is an empty index, as the spec
-  wants ("a registry MUST NOT return 404 to a referrers request" for a repository it has).
+  wants ("a registry MUST NOT return 404 to a referrers request" for a repository it has); an
+  answer that is not an image index is taken for no referrers API (the fallback), and a
+  fallback tag that holds no index for no referrers. Paged answers keep their `Link`.
   `artifactType` is filtered here when the registry did not, and `OCI-Filters-Applied`
   says so. The answer lists content by digest: it is never cached (new referrers appear any
   time); the manifests it lists are cached when clients fetch them, by their digests.
@@ -25,7 +29,10 @@ from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 
-LIST_LIMIT = 4 * 1024 * 1024  # bytes of a tag list or an index read from the upstream
+LIST_LIMIT = 4 * 1024 * 1024  # bytes of a tag list read from the upstream (passed on unparsed)
+# Bytes of a referrers index read and parsed (its JSON costs ~25 x its size in memory while
+# parsed: a client can name any registry); more refers to one image than real clients push.
+INDEX_LIMIT = 1024 * 1024
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 FILTERS_APPLIED = "oci-filters-applied"
 
@@ -46,10 +53,9 @@ async def serve_tags(
     Raises:
         UpstreamError: unreachable, another status, or not a tag list.
     """
-    query = {k: v for k, v in (("n", route.n), ("last", route.last)) if v is not None}
     path = f"/v2/{route.name}/tags/list"
-    if query:
-        path += "?" + urllib.parse.urlencode(query)
+    if route.query:
+        path += "?" + urllib.parse.urlencode(route.query)
     async with upstreams.open("GET", namespace, path, headers) as resp:
         base = upstreams.base_url(namespace)
         if 400 <= resp.status_code < 500:
@@ -61,31 +67,59 @@ async def serve_tags(
             raise UpstreamError(base, f"answered {resp.status_code} for the tags of {route.name}")
         body = await upstreams.read_body(resp, LIST_LIMIT)
         link = resp.headers.get("link")
-    document = _json_object(body, base, "tag list")
-    if not isinstance(document.get("tags"), list | None):
-        raise UpstreamError(base, "sent a tag list without a list of tags")
     out = [("content-type", "application/json")]
-    next_page = _local_link(link, route.name, namespace)
+    next_page = _local_link(link, f"/v2/{route.name}/tags/list", namespace)
     if next_page is not None:
         out.append(("link", next_page))
     await answer(200, out, body)
 
 
-def _local_link(link: str | None, name: str, namespace: str | None) -> str | None:
-    """The registry's `Link: <url>; rel="next"` as a path on this node (with `ns`), or None
-    when it is absent or points anywhere but the next page of this repository's tags."""
-    if link is None:
+def _local_link(link: str | None, path: str, namespace: str | None) -> str | None:
+    """The registry's `Link` to the next page (`rel="next"` among the link-values of RFC
+    8288) as a path on this node, with the registry's query and `ns`; None when there is
+    none, or when it leads anywhere but the next page of `path`."""
+    target = _next_target(link or "")
+    if target is None:
         return None
-    target, _, params = link.partition(";")
-    if 'rel="next"' not in params.replace(" ", "") or not target.strip().startswith("<"):
+    url = urllib.parse.urlsplit(target)
+    at = url.path.find("/v2/")  # a registry behind a path prefix writes it in its links
+    if at < 0 or url.path[at:] != path:
         return None
-    url = urllib.parse.urlsplit(target.strip().strip("<>"))
-    if url.path != f"/v2/{name}/tags/list":
-        return None
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(url.query) if k in ("n", "last")]
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(url.query, keep_blank_values=True)]
+    query = [(k, v) for k, v in query if k != "ns"]
     if namespace is not None:
         query.append(("ns", namespace))
-    return f'<{url.path}?{urllib.parse.urlencode(query)}>; rel="next"'
+    return f'<{path}?{urllib.parse.urlencode(query)}>; rel="next"'
+
+
+def _next_target(header: str) -> str | None:
+    """The URI of the link-value whose relation types include `next`."""
+    for value in _link_values(header[:8192]):
+        target, _, params = value.partition(">")
+        for param in params.split(";"):
+            key, _, rel = param.strip().partition("=")
+            if key.strip().lower() == "rel" and "next" in rel.strip().strip('"').lower().split():
+                return target.strip().lstrip("<")
+    return None
+
+
+def _link_values(header: str) -> list[str]:
+    """The comma-separated link-values of a Link header (commas inside <...> kept)."""
+    values: list[str] = []
+    current: list[str] = []
+    inside = False
+    for char in header:
+        if char == "<":
+            inside = True
+        elif char == ">":
+            inside = False
+        if char == "," and not inside:
+            values.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    values.append("".join(current).strip())
+    return [v for v in values if v.startswith("<")]
 
 
 async def serve_referrers(
@@ -102,37 +136,40 @@ async def serve_referrers(
     Raises:
         UpstreamError: unreachable, another status, or not an image index.
     """
-    path = f"/v2/{route.name}/referrers/{route.digest}"
+    here = f"/v2/{route.name}/referrers/{route.digest}"
+    path = here
     if route.artifact_type is not None:
         path += "?" + urllib.parse.urlencode({"artifactType": route.artifact_type})
     base = upstreams.base_url(namespace)
+    manifests: list[dict[str, Any]] | None = None
+    applied, link = "", None
     async with upstreams.open("GET", namespace, path, headers) as resp:
         status = resp.status_code
         if status == 200:
-            body = await upstreams.read_body(resp, LIST_LIMIT)
+            body = await upstreams.read_body(resp, INDEX_LIMIT)
+            manifests = _index_manifests(body)  # None: not an index (an HTML page, say)
             applied = resp.headers.get(FILTERS_APPLIED, "")
-        elif status == 404:
-            body, applied = b"", ""  # no referrers API: the fallback tag below
-        elif 400 <= status < 500:
+            link = resp.headers.get("link")
+        elif 400 <= status < 500 and status != 404:
             error = await upstreams.read_body(resp, 64 * 1024)
             kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
             await refuse(UpstreamRefusal(status, kept, error))
             return
-        else:
+        elif status != 404:
             raise UpstreamError(base, f"answered {status} for the referrers of {route.digest}")
-    if status == 200:
-        manifests = _index_manifests(body, base)
-        filtered = "artifacttype" in applied.replace(" ", "").lower().split(",")
-    else:
-        fallback = await _fallback_index(upstreams, route, namespace, headers, refuse)
-        if fallback is None:
+    filtered = "artifacttype" in applied.replace(" ", "").lower().split(",")
+    if manifests is None:  # no referrers API: the fallback tag
+        manifests = await _fallback_index(upstreams, route, namespace, headers, refuse)
+        if manifests is None:
             return  # refused: said
-        manifests, filtered = fallback, False
     out = [("content-type", OCI_INDEX)]
     if route.artifact_type is not None:
         if not filtered:
-            manifests = [m for m in manifests if _artifact_type(m) == route.artifact_type]
+            manifests = [m for m in manifests if m.get("artifactType") == route.artifact_type]
         out.append((FILTERS_APPLIED, "artifactType"))
+    next_page = _local_link(link, here, namespace)
+    if next_page is not None:
+        out.append(("link", next_page))
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     await answer(200, out, json.dumps(index).encode())
 
@@ -159,8 +196,10 @@ async def _fallback_index(
     async with upstreams.open("GET", namespace, path, asked) as resp:
         status = resp.status_code
         if status == 200:
-            body = await upstreams.read_body(resp, LIST_LIMIT)
-            return _index_manifests(body, base)
+            body = await upstreams.read_body(resp, INDEX_LIMIT)
+            # The tag holds something else than an index: the spec says to take that for
+            # no referrers, not for an error.
+            return _index_manifests(body) or []
         error = await upstreams.read_body(resp, 64 * 1024) if status < 500 else b""
         kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
     if status == 404 and _error_code(error) != "NAME_UNKNOWN":
@@ -171,25 +210,16 @@ async def _fallback_index(
     raise UpstreamError(base, f"answered {status} for the referrers tag of {route.digest}")
 
 
-def _index_manifests(body: bytes, base: str) -> list[dict[str, Any]]:
-    manifests = _json_object(body, base, "image index").get("manifests")
-    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
-        raise UpstreamError(base, "sent an image index without a list of descriptors")
-    return manifests
-
-
-def _artifact_type(descriptor: dict[str, Any]) -> object:
-    return descriptor.get("artifactType")
-
-
-def _json_object(body: bytes, base: str, what: str) -> dict[str, Any]:
+def _index_manifests(body: bytes) -> list[dict[str, Any]] | None:
+    """The descriptors of an image index; None when `body` is not one."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        raise UpstreamError(base, f"sent a {what} that is not JSON") from None
-    if not isinstance(document, dict):
-        raise UpstreamError(base, f"sent a {what} that is not a JSON object")
-    return document
+        return None
+    manifests = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+        return None
+    return manifests
 
 
 def _error_code(body: bytes) -> str | None:

@@ -61,8 +61,10 @@ def in_spec_form(status: int, body: bytes, kind: str | None) -> bytes | None:
     request about `kind` ("manifests", "blobs", "tags", "referrers", None: the API root)."""
     try:
         errors = json.loads(body).get("errors")
-        if isinstance(errors, list) and errors and all(
-            isinstance(e, dict) and isinstance(e.get("code"), str) for e in errors
+        if (
+            isinstance(errors, list)
+            and errors
+            and all(isinstance(e, dict) and isinstance(e.get("code"), str) for e in errors)
         ):
             return None
     except (ValueError, AttributeError, RecursionError):

@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import trio
+
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
@@ -59,6 +61,7 @@ from pieces.store import Store
 
 log = logging.getLogger("pollen.front")
 
+REFERRERS_AT_ONCE = 4  # referrers answers being read and parsed at once (memory)
 # Routes asked of the upstream with the client's headers (and a lent login, where one is).
 UpstreamRoute = ApiRoot | BlobRoute | ManifestRoute | TagsRoute | ReferrersRoute
 
@@ -97,6 +100,7 @@ class RegistryFront:
         self.prefetch = prefetch  # None: --no-prefetch
         self.node_auth = node_auth  # the node's logins, lent where --auth-for-clients says
         self.served = ServedCounters()
+        self._referrers_slots = trio.Semaphore(REFERRERS_AT_ONCE)
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         """Answer one request. Every failure is an error answer on this connection (or, once
@@ -129,7 +133,7 @@ class RegistryFront:
                     headers=(("connection", "close"), ("allow", "GET, HEAD")),
                 )
             if isinstance(route, BadRoute):
-                raise OciError(400, route.code, route.message)
+                raise OciError(route.status, route.code, route.message)
             if isinstance(route, UpstreamRoute):
                 request = await self._with_lent_login(request, target.namespace, route)
             if isinstance(route, ApiRoot):
@@ -205,7 +209,10 @@ class RegistryFront:
             await serve_tags(self.upstreams, route, namespace, headers, answer, refuse)
         else:
             _valid_digest(route.digest)
-            await serve_referrers(self.upstreams, route, namespace, headers, answer, refuse)
+            # A few at a time: each parses up to 1 MiB of a registry's JSON (any registry a
+            # client names), ~25 MiB of memory while it does.
+            async with self._referrers_slots:
+                await serve_referrers(self.upstreams, route, namespace, headers, answer, refuse)
 
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:
@@ -468,7 +475,7 @@ def _on_admin_listener(request: Request) -> OciError:
     path = request.target.decode("ascii", "replace").partition("?")[0][:200]
     return OciError(
         404,
-        "NOT_FOUND",
+        "UNSUPPORTED",
         f"{path} is served on the node's admin address (--admin), with its admin token",
     )
 

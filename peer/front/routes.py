@@ -6,7 +6,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from wire.names import REPOSITORY, is_valid_registry
+from wire.names import REPOSITORY, is_valid_registry, is_valid_repository
 
 _NAME = REPOSITORY
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
@@ -15,11 +15,11 @@ _MANIFEST = re.compile(rf"/v2/(?P<name>{_NAME})/manifests/(?P<ref>{_TAG}|{_DIGES
 _BLOB = re.compile(rf"/v2/(?P<name>{_NAME})/blobs/(?P<digest>[^/]+)")
 _TAGS = re.compile(rf"/v2/(?P<name>{_NAME})/tags/list")
 _REFERRERS = re.compile(rf"/v2/(?P<name>{_NAME})/referrers/(?P<digest>[^/]+)")
-# Any repository-shaped API path: a name that fails the grammar gets NAME_INVALID, not a 404.
+# Any repository-shaped API path: a name that fails the grammar gets NAME_INVALID, a manifest
+# reference that is neither a tag nor a digest MANIFEST_UNKNOWN (no such thing can exist).
 _ANY_NAME = re.compile(
-    r"/v2/(?P<name>.+)/(?:manifests/[^/]+|blobs/[^/]+|tags/list|referrers/[^/]+)"
+    r"/v2/(?P<name>.+)/(?:(?P<manifest>manifests/[^/]+)|blobs/[^/]+|tags/list|referrers/[^/]+)"
 )
-MAX_PAGE = 10_000  # tags asked for at most per page (`n`); more is the registry's to refuse
 
 
 class InvalidNamespace(ValueError):
@@ -45,11 +45,12 @@ class BlobRoute:
 
 @dataclass(frozen=True, slots=True)
 class TagsRoute:
-    """`/v2/<name>/tags/list?n=<count>&last=<tag>`: a page of the repository's tags."""
+    """`/v2/<name>/tags/list?n=<count>&last=<tag>`: a page of the repository's tags. The
+    query (but `ns`) goes to the registry as the client sent it: registries page in their
+    own ways (`last`, Quay's `next_page`), and clients follow their `Link` as given."""
 
     name: str
-    n: int | None
-    last: str | None
+    query: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +64,10 @@ class ReferrersRoute:
 
 @dataclass(frozen=True, slots=True)
 class BadRoute:
-    """A registry API path with a parameter out of the grammar: 400 with this code."""
+    """A registry API path with a part out of the grammar: refused with this status and code."""
 
-    code: str  # NAME_INVALID, or UNSUPPORTED for a bad query parameter
+    status: int
+    code: str  # NAME_INVALID, MANIFEST_UNKNOWN
     message: str
 
 
@@ -129,25 +131,20 @@ def parse_target(target: bytes) -> Target:
     elif m := _BLOB.fullmatch(path):
         route = BlobRoute(m.group("name"), m.group("digest"))
     elif m := _TAGS.fullmatch(path):
-        route = _tags(m.group("name"), params)
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        route = TagsRoute(m.group("name"), tuple((k, v) for k, v in pairs if k != "ns"))
     elif m := _REFERRERS.fullmatch(path):
         kind = params.get("artifactType", [None])[0] or None
         route = ReferrersRoute(m.group("name"), m.group("digest"), kind)
-    elif m := _ANY_NAME.fullmatch(path):
-        route = BadRoute("NAME_INVALID", f"not a repository name: {m.group('name')[:200]!r}")
+    elif (m := _ANY_NAME.fullmatch(path)) and not is_valid_repository(m.group("name")):
+        name = m.group("name")[:200]
+        route = BadRoute(400, "NAME_INVALID", f"not a repository name: {name!r}")
+    elif m and m.group("manifest"):
+        reference = m.group("manifest").removeprefix("manifests/")[:200]
+        route = BadRoute(404, "MANIFEST_UNKNOWN", f"not a tag or a digest: {reference!r}")
     else:
         route = NotFound(path)
     return Target(route, namespace)
-
-
-def _tags(name: str, params: dict[str, list[str]]) -> TagsRoute | BadRoute:
-    n = params.get("n", [None])[0]
-    last = params.get("last", [None])[0]
-    if n is not None and (not n.isdigit() or len(n) > 6 or int(n) > MAX_PAGE):
-        return BadRoute("UNSUPPORTED", f"n must be a count of tags up to {MAX_PAGE}")
-    if last is not None and re.fullmatch(_TAG, last) is None:
-        return BadRoute("UNSUPPORTED", f"last must be a tag: {last[:150]!r}")
-    return TagsRoute(name, int(n) if n is not None else None, last)
 
 
 def check_namespace(namespace: str) -> None:

@@ -209,9 +209,20 @@ def test_another_protocol_version_is_named_in_the_error() -> None:
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 3"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 4"):
         events(b)
-    assert PROTOCOL_VERSION == 3  # 3: PieceMeta no longer says the owner holds the pieces
+    # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames
+    assert PROTOCOL_VERSION == 4
+
+
+def test_a_version_3_node_is_told_apart_before_it_meets_a_sha512_frame() -> None:
+    b = endpoint(Role.RESPONDER, b"B" * 16, b"t")
+    header = msgpack.packb(
+        [Hello.TYPE, 3, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
+    )
+    b.receive_data(PREFIX.pack(len(header), len(header)) + header)
+    with pytest.raises(RemoteProtocolError, match="protocol version 3, this node 4"):
+        events(b)
 
 
 # ---- memory before authentication ------------------------------------------------------------

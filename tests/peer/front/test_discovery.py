@@ -132,8 +132,10 @@ async def test_sha512_content_is_verified_stored_and_served(setup: Setup) -> Non
     assert first.status_code == 200 and first.content == data
     assert first.headers["docker-content-digest"] == digest
     again = await setup.client.get(f"/v2/org/app/blobs/{digest}")
-    assert again.content == data and setup.registry.count("GET", digest) == 1  # from the store
-    assert setup.node.store.has_blob(digest)
+    assert again.content == data and setup.registry.count("GET", digest) == 1  # fetched once
+    with trio.fail_after(10):  # committed (fsync, rename) just after the last byte went out
+        while not setup.node.store.has_blob(digest):
+            await trio.sleep(0.01)
     # A registry that lies about sha512 content is caught like one that lies about sha256.
     liar = setup.registry.add_blob(b"the truth " * 1000, "sha512")
     setup.registry.lie_about.add(liar)
@@ -173,3 +175,91 @@ async def test_refusals_reach_the_client_in_the_specs_form(setup: Setup) -> None
     denied = await setup.client.get("/v2/auth/app/manifests/v1")
     assert denied.json()["errors"][0]["message"] == "the registry says so"
     assert denied.headers["www-authenticate"] == 'Bearer realm="x"'
+
+
+@pytest.mark.parametrize(
+    ("upstream_link", "ours"),
+    [
+        # Quay pages with a token: the registry's query goes on as it wrote it.
+        (
+            '</v2/org/app/tags/list?n=2&next_page=T0K3N>; rel="next"',
+            '</v2/org/app/tags/list?n=2&next_page=T0K3N&ns=reg.test>; rel="next"',
+        ),
+        # Two link-values: the next one, not the first.
+        (
+            '</v2/org/app/tags/list?last=a>; rel="prev", '
+            '</v2/org/app/tags/list?last=c>; rel="next"',
+            '</v2/org/app/tags/list?last=c&ns=reg.test>; rel="next"',
+        ),
+        (
+            "</v2/org/app/tags/list?last=c>; rel=next",
+            '</v2/org/app/tags/list?last=c&ns=reg.test>; rel="next"',
+        ),
+        # A registry behind a path prefix, an absolute URL: the path on this node.
+        (
+            '<https://reg.example/prefix/v2/org/app/tags/list?last=c>; rel="next"',
+            '</v2/org/app/tags/list?last=c&ns=reg.test>; rel="next"',
+        ),
+        # Anywhere else: no Link (a client must not be sent elsewhere through the node).
+        ('</v2/other/repo/tags/list?last=c>; rel="next"', None),
+        ('</v2/org/app/tags/list?last=c>; rel="prev"', None),
+    ],
+)
+async def test_the_registrys_next_page_link_becomes_a_path_on_the_node(
+    setup: Setup, upstream_link: str, ours: str | None
+) -> None:
+    body = json.dumps({"name": "org/app", "tags": ["a", "b"]}).encode()
+    setup.registry.refusals["/tags/list"] = (200, [("link", upstream_link)], body)
+    answer = await setup.client.get("/v2/org/app/tags/list?n=2&next_page=x&ns=reg.test")
+    assert answer.status_code == 200 and answer.content == body
+    assert answer.headers.get("link") == ours
+    asked = [p for m, p, _ in setup.registry.requests if "/tags/list" in p][-1]
+    assert asked == "/v2/org/app/tags/list?n=2&next_page=x"  # the client's query, as sent
+
+
+async def test_odd_referrers_answers_are_read_as_the_spec_says(setup: Setup) -> None:
+    image = digest_of(b"an image")
+    # A referrers API that answers 200 with a web page: no referrers API, the fallback tag.
+    setup.registry.refusals["/referrers/"] = (200, [("content-type", "text/html")], b"<html/>")
+    _, sig_desc = _artifact(image, SIG)
+    fallback = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sig_desc]}
+    setup.registry.add_manifest(fallback_tag(image), json.dumps(fallback).encode())
+    found = await setup.client.get(f"/v2/org/app/referrers/{image}")
+    assert found.json()["manifests"] == [sig_desc]
+    # A fallback tag that holds an image manifest rather than an index: no referrers.
+    other = digest_of(b"another image")
+    setup.registry.add_manifest(fallback_tag(other), json.dumps({"layers": []}).encode())
+    none = await setup.client.get(f"/v2/org/app/referrers/{other}")
+    assert none.status_code == 200 and none.json()["manifests"] == []
+    # A paged referrers answer keeps its Link, made ours.
+    page = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sig_desc]})
+    link = f'</v2/org/app/referrers/{image}?page=2>; rel="next"'
+    setup.registry.refusals["/referrers/"] = (
+        200,
+        [("content-type", OCI_INDEX), ("link", link)],
+        page.encode(),
+    )
+    paged = await setup.client.get(f"/v2/org/app/referrers/{image}")
+    assert paged.headers["link"] == f'</v2/org/app/referrers/{image}?page=2>; rel="next"'
+
+
+async def test_a_tag_a_registry_knows_by_sha512_keeps_that_digest(setup: Setup) -> None:
+    body = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    by512 = "sha512:" + hashlib.sha512(body).hexdigest()
+    headers = [("content-type", MANIFEST_TYPE), ("docker-content-digest", by512)]
+    setup.registry.refusals["/manifests/v512"] = (200, headers, body)
+    answer = await setup.client.get("/v2/org/app/manifests/v512")
+    assert answer.status_code == 200 and answer.headers["docker-content-digest"] == by512
+    assert setup.node.store.get_manifest(by512) is not None
+    # A digest header the body does not match is not believed: the body's sha256 is used.
+    lie = "sha512:" + "0" * 128
+    setup.registry.refusals["/manifests/vlie"] = (200, [("docker-content-digest", lie)], body)
+    lied = await setup.client.get("/v2/org/app/manifests/vlie")
+    assert lied.headers["docker-content-digest"] == digest_of(body)
+
+
+async def test_a_reference_that_is_no_tag_is_unknown(setup: Setup) -> None:
+    answer = await setup.client.get("/v2/org/app/manifests/no!such")
+    assert answer.status_code == 404
+    assert answer.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert setup.registry.requests == []
