@@ -349,6 +349,7 @@ class Rollout:
                 ]
                 if i:
                     argv += ["--join", f"{nodes[0].ip}:{PEER_PORT}"]
+                argv += ["--uplink", str(host.uplink)]  # as an operator declares each host's
                 argv += extra_args or []
                 (base / host.name).mkdir(parents=True, exist_ok=True)
                 log = base / host.name / "pollen.log"

@@ -100,6 +100,9 @@ class NodeConfig:
     cluster_token: bytes | None = None
     peer_encryption: bool = False  # seal every frame between nodes (all nodes must agree)
     upload_rate: int | None = None  # bytes/s to peers
+    # This host's upload capacity (bytes/s), told to the cluster: rendezvous owners are
+    # weighted by it (None: --upload-rate if set, else not declared).
+    uplink: int | None = None
     download_rate: int | None = None  # bytes/s from peers and the upstream together
     # The admin API's own listener (None: none); its token file (None: <data-dir>/admin.token).
     admin: Address | None = None
@@ -159,6 +162,10 @@ class NodeConfig:
                 f"--prefetch-downloads must be at least 1, not {self.prefetch_downloads} "
                 "(use --no-prefetch to turn prefetch off)"
             )
+
+    def declared_capacity(self) -> int:
+        """What this node tells the cluster of its upload capacity (0: nothing)."""
+        return self.uplink or self.upload_rate or 0
 
     def cache_policy(self) -> CachePolicy:
         """What the store does besides keeping --cache-size (pieces/room.py)."""

@@ -553,6 +553,7 @@ class Node:
             self.node_id,
             (advertised.host, advertised.port),
             seeds=tuple((a.host, a.port) for a in config.join),
+            capacity=config.declared_capacity(),
         )
         self.membership = membership
         gossip = self.gossip = GossipDriver(

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 # 2: a role-bound handshake (the initiator proves first, over both Hellos), an X25519
 # exchange for session keys, and optional sealing of every frame after it.
 # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
-# (preheat) and sha512 digests in every frame that names a blob.
+# (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
 PROTOCOL_VERSION = 4
 
 
@@ -228,7 +228,7 @@ class Members:
     incarnation, status); the receiver merges it and answers with its own once."""
 
     TYPE: ClassVar[int] = 17
-    members: list[tuple[bytes, str, int, int, int]]
+    members: list[tuple[bytes, str, int, int, int, int]]  # ... status, declared capacity
     reply: bool
 
 

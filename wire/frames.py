@@ -100,13 +100,15 @@ def _peers(value: Any) -> bool:
 def _members(value: Any) -> bool:
     return type(value) is list and all(
         type(m) is list
-        and len(m) == 5
+        and len(m) == 6
         and type(m[0]) is bytes
         and len(m[0]) == 16
         and is_valid_host(m[1])
         and is_valid_port(m[2])
         and _int(m[3])
         and m[4] in (0, 1, 2)
+        and type(m[5]) is int
+        and 0 <= m[5] < 2**48
         for m in value
     )
 

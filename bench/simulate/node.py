@@ -80,7 +80,9 @@ class SimNode:
         self.rng = rng
         self.alive = True
         self.started_at = world.queue.now
-        self.membership = Membership(node_id, address, rng=rng, seeds=seeds)
+        # Every host declares its uplink, as an operator does with --uplink.
+        uplink = int(world.network.uplinks[host])
+        self.membership = Membership(node_id, address, rng=rng, seeds=seeds, capacity=uplink)
         self.choker = Choker(rng, world.queue.now)
         self.bans = BanList()
         self.uploader = Uploader(self)
@@ -91,6 +93,7 @@ class SimNode:
         self.epoch = 0  # bumped whenever membership reports a change
         self._owners: dict[str, tuple[int, list[bytes]]] = {}
         self._ids: frozenset[bytes] = frozenset()
+        self._capacities: frozenset[tuple[bytes, int]] = frozenset()
         self._ids_epoch = -1
         self._summary: tuple[int, int] | None = None
         self._summary_epoch = -1
@@ -103,7 +106,7 @@ class SimNode:
         to spread): the state the testbed waits for before it starts the clients."""
         now = self.world.queue.now
         self.membership.members = {
-            o.node_id: Member(o.node_id, o.address, 0, Status.ALIVE, now)
+            o.node_id: Member(o.node_id, o.address, 0, Status.ALIVE, now, o.membership.capacity)
             for o in others
             if o is not self
         }
@@ -184,8 +187,9 @@ class SimNode:
             if self.bans.banned(now):
                 ids = {n for n in ids if not self.bans.is_banned(n, now)}
             self._ids = frozenset(ids)
+            self._capacities = frozenset(self.membership.capacities().items())
             self._ids_epoch = self.epoch
-        order = self.world.owner_order(digest, self._ids)
+        order = self.world.owner_order(digest, self._ids, self._capacities)
         self._owners[digest] = (self.epoch, order)
         return order
 

@@ -165,7 +165,9 @@ class Simulation:
         self.killed: dict[str, float] = {}
         self.joined: dict[str, float] = {}
         self.done_count = 0
-        self._orders: dict[tuple[str, frozenset[bytes]], list[bytes]] = {}
+        self._orders: dict[
+            tuple[str, frozenset[bytes], frozenset[tuple[bytes, int]]], list[bytes]
+        ] = {}
         self._rng = random.Random(f"{config.seed}/world")
         self._changes_left = len(config.kills) + len(config.joins)
         self._wall_start = 0.0
@@ -220,7 +222,8 @@ class Simulation:
         live = [n for n in self.nodes if n.alive]
         if kill.owner:
             largest = max(self.blobs, key=lambda b: b.size)
-            first = owner_order(largest.digest, [n.node_id for n in live])[0]
+            capacity = {n.node_id: n.membership.capacity for n in live}
+            first = owner_order(largest.digest, [n.node_id for n in live], capacity)[0]
             victims = [self.by_id[first]]
         else:
             victims = self._rng.sample(live, min(kill.count, len(live)))
@@ -245,14 +248,16 @@ class Simulation:
         a.links[b.node_id] = None
         b.links[a.node_id] = None
 
-    def owner_order(self, digest: str, ids: frozenset[bytes]) -> list[bytes]:
+    def owner_order(
+        self, digest: str, ids: frozenset[bytes], capacities: frozenset[tuple[bytes, int]]
+    ) -> list[bytes]:
         """Rendezvous order, shared by the nodes that see the same members (most of them)."""
-        key = (digest, ids)
+        key = (digest, ids, capacities)
         order = self._orders.get(key)
         if order is None:
             if len(self._orders) > 4096:
                 self._orders.clear()  # views diverged for a while: start over
-            order = self._orders[key] = owner_order(digest, ids)
+            order = self._orders[key] = owner_order(digest, ids, dict(capacities))
         return order
 
     # ---- delivery ----------------------------------------------------------------------------

@@ -37,23 +37,25 @@ class BadDatagram(ValueError):
     """A datagram that failed authentication or decoding."""
 
 
-def update_out(u: Update) -> tuple[bytes, str, int, int, int]:
+def update_out(u: Update) -> tuple[bytes, str, int, int, int, int]:
     """One member's state as gossip (UDP) and the swarm's Members sync (TCP) carry it."""
-    return (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status))
+    return (u.node_id, u.address[0], u.address[1], u.incarnation, int(u.status), u.capacity)
 
 
 def update_in(raw: Any) -> Update:
     """Checked: raises BadDatagram for anything but a valid member."""
-    if not isinstance(raw, list | tuple) or len(raw) != 5:
+    if not isinstance(raw, list | tuple) or len(raw) != 6:
         raise BadDatagram("bad update")
-    node_id, host, port, incarnation, status = raw
+    node_id, host, port, incarnation, status, capacity = raw
+    if type(capacity) is not int or not 0 <= capacity < 2**48:
+        raise BadDatagram("bad capacity")
     if not (isinstance(node_id, bytes) and len(node_id) == 16 and is_valid_host(host)):
         raise BadDatagram("bad update")
     if not (is_valid_port(port) and isinstance(incarnation, int)):
         raise BadDatagram("bad update")
     if status not in _STATUSES:
         raise BadDatagram("bad status")
-    return Update(node_id, (host, port), incarnation, Status(status))
+    return Update(node_id, (host, port), incarnation, Status(status), capacity)
 
 
 def _address_in(raw: Any) -> Address:

@@ -37,6 +37,9 @@ class Update:
     address: Address
     incarnation: int
     status: Status
+    # The member's upload capacity in bytes/s as it declares it (--uplink); 0: not declared.
+    # Rendezvous owners are weighted by it (peer/cluster/rendezvous.py).
+    capacity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class Member:
     incarnation: int
     status: Status
     since: float
+    capacity: int = 0  # declared upload bytes/s; 0: not declared
 
 
 @dataclass(slots=True)
@@ -138,6 +142,7 @@ class Membership:
     config: SwimConfig = field(default_factory=SwimConfig)
     rng: random.Random = field(default_factory=random.Random)
     seeds: tuple[Address, ...] = ()
+    capacity: int = 0  # this node's declared upload bytes/s (0: not declared)
 
     def __post_init__(self) -> None:
         self.incarnation = 0
@@ -165,6 +170,13 @@ class Membership:
 
     def alive_ids(self) -> set[bytes]:
         return {m.node_id for m in self.alive()} | {self.node_id}
+
+    def capacities(self) -> dict[bytes, int]:
+        """Declared upload capacity (bytes/s) of the members that declared one, us included."""
+        known = {m.node_id: m.capacity for m in self.members.values() if m.capacity}
+        if self.capacity:
+            known[self.node_id] = self.capacity
+        return known
 
     def take_outgoing(self) -> list[tuple[Address, Message]]:
         out, self._outgoing = self._outgoing, []
@@ -195,10 +207,13 @@ class Membership:
     def full_state(self) -> list[Update]:
         """Everything we know, ourselves included: the payload of a push-pull sync."""
         own_status = Status.DEAD if self.left else Status.ALIVE
-        own = Update(self.node_id, self.address, self.incarnation, own_status)
+        own = Update(self.node_id, self.address, self.incarnation, own_status, self.capacity)
         return [
             own,
-            *(Update(m.node_id, m.address, m.incarnation, m.status) for m in self.members.values()),
+            *(
+                Update(m.node_id, m.address, m.incarnation, m.status, m.capacity)
+                for m in self.members.values()
+            ),
         ]
 
     def merge(self, updates: Iterable[Update], now: float) -> None:
@@ -260,7 +275,9 @@ class Membership:
             return
         self.left = True
         self.incarnation += 1
-        farewell = (Update(self.node_id, self.address, self.incarnation, Status.DEAD),)
+        farewell = (
+            Update(self.node_id, self.address, self.incarnation, Status.DEAD, self.capacity),
+        )
         for member in self.alive():
             self._send(member.address, Ping(self._next_seq(), self.node_id, self.address, farewell))
         self._probe = None
@@ -367,14 +384,27 @@ class Membership:
                 # Someone suspects (or buried) us: refute with a higher incarnation.
                 self.incarnation = update.incarnation + 1
                 self._gossip_update(
-                    Update(self.node_id, self.address, self.incarnation, Status.ALIVE)
+                    Update(
+                        self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity
+                    )
                 )
             return
         member = self.members.get(update.node_id)
+        if member is not None and update.capacity and update.incarnation >= member.incarnation:
+            # What a node declares of itself, learned from any update as recent as ours (a
+            # member first met by its ping is known before its own update arrives).
+            member.capacity = update.capacity
         if member is not None and not _overrides(update, member):
             return
         if member is None:
-            member = Member(update.node_id, update.address, update.incarnation, update.status, now)
+            member = Member(
+                update.node_id,
+                update.address,
+                update.incarnation,
+                update.status,
+                now,
+                update.capacity,
+            )
             self.members[update.node_id] = member
             changed = True
         else:
@@ -404,7 +434,13 @@ class Membership:
             gossip.transmits += 1
             if gossip.transmits >= limit:
                 del self._gossip[gossip.update.node_id]
-        return tuple(g.update for g in chosen)
+        updates = tuple(g.update for g in chosen)
+        if self.capacity and all(u.node_id != self.node_id for u in updates):
+            # A declared capacity rides on every message: whoever meets this node by a
+            # ping learns it at once, so all order the owners of a blob the same way.
+            own = Update(self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity)
+            updates = (*updates, own)
+        return updates
 
     def _suspicion_timeout(self) -> float:
         return self.config.suspicion_timeout(len(self.members) + 1)

@@ -327,7 +327,7 @@ class Swarm:
         A banned owner is skipped for good (until its ban ends): otherwise every fetch would
         keep returning to it as the first choice."""
         ids = [n for n in self.membership.alive_ids() if not self.is_banned(n)]
-        return owner_order(digest, ids)
+        return owner_order(digest, ids, self.membership.capacities())
 
     def is_owner(self, digest: str) -> bool:
         return self.owner_candidates(digest)[0] == self.node_id

@@ -54,7 +54,14 @@ events = st.one_of(
     st.builds(
         ev.Members,
         st.lists(
-            st.tuples(ids, hosts, st.integers(1, 65535), st.integers(0, 2**31), st.integers(0, 2)),
+            st.tuples(
+                ids,
+                hosts,
+                st.integers(1, 65535),
+                st.integers(0, 2**31),
+                st.integers(0, 2),
+                st.integers(0, 2**40),
+            ),
             max_size=10,
         ),
         st.booleans(),

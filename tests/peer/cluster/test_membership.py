@@ -221,3 +221,25 @@ def test_newly_resolved_join_addresses_are_pinged_once_and_known_ones_not() -> N
     me.set_seeds([("10.0.0.2", 7000), ("10.0.0.3", 7000)])  # .2 is a member now
     assert [address for address, _ in me.take_outgoing()] == [("10.0.0.3", 7000)]
     assert me.seeds == (("10.0.0.2", 7000), ("10.0.0.3", 7000))
+
+
+def test_a_declared_capacity_reaches_every_member_with_the_member() -> None:
+    """Rendezvous weights need the same capacities everywhere as soon as a member is known:
+    a node's capacity rides on its pings, not only on the periodic full sync."""
+    net = FakeNetwork(seed=3, loss=0.0)
+    seed_address = ("10.0.0.0", 7000)
+    nodes = [net.add(i, () if i == 0 else (seed_address,)) for i in range(6)]
+    nodes[5].capacity = 25_000_000 // 8
+    everyone = {n.node_id for n in nodes}
+    for _ in range(200):  # bounded: at most 20 s of simulated time
+        net.run_until(net.now + 0.1)
+        if converged(net, everyone):
+            break
+    assert converged(net, everyone)
+    net.run_until(net.now + 5)
+    slow = nodes[5].node_id
+    for node in nodes[:5]:
+        assert node.capacities() == {slow: 25_000_000 // 8}, node.address
+    assert nodes[5].capacities() == {slow: 25_000_000 // 8}
+    full = {u.node_id: u.capacity for u in nodes[0].full_state()}
+    assert full[slow] == 25_000_000 // 8 and full[nodes[0].node_id] == 0

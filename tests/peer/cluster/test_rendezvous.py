@@ -28,3 +28,37 @@ def test_owners_spread_over_nodes() -> None:
     owners = [owner_order("sha256:" + os.urandom(32).hex(), nodes)[0] for _ in range(800)]
     counts = [owners.count(n) for n in nodes]
     assert min(counts) > 50  # ~100 each; a skewed hash would starve some nodes
+
+
+@given(ids, digests, st.integers(1, 10**10))
+def test_equal_declared_capacities_keep_the_plain_order(
+    nodes: list[bytes], digest: str, capacity: int
+) -> None:
+    """All hosts alike (all declare, or none): the order nodes of an older version compute."""
+    assert owner_order(digest, nodes, dict.fromkeys(nodes, capacity)) == owner_order(digest, nodes)
+
+
+@given(ids, digests, st.data())
+def test_weighted_orders_agree_whatever_the_input_order_and_survive_a_death(
+    nodes: list[bytes], digest: str, data: st.DataObject
+) -> None:
+    capacity = {n: data.draw(st.sampled_from([0, 25, 100])) for n in nodes}
+    order = owner_order(digest, nodes, capacity)
+    assert order == owner_order(digest, list(reversed(nodes)), capacity)
+    rest = {n: c for n, c in capacity.items() if n != order[0]}
+    assert owner_order(digest, order[1:], rest) == order[1:]
+
+
+def test_hosts_that_declare_a_quarter_of_the_uplink_rarely_own() -> None:
+    fast = [os.urandom(16) for _ in range(12)]
+    slow = [os.urandom(16) for _ in range(4)]
+    capacity = {**dict.fromkeys(fast, 100), **dict.fromkeys(slow, 25)}
+    digests = ["sha256:" + os.urandom(32).hex() for _ in range(2000)]
+    owners = [owner_order(d, fast + slow, capacity)[0] for d in digests]
+    slow_share = sum(o in slow for o in owners) / len(owners)
+    # Weights 1 and 1/16: 4 x 1/16 of 12.25 is 2 %; unweighted it would be 25 %.
+    assert 0.005 < slow_share < 0.05
+    # Undeclared hosts count as the fastest.
+    undeclared = {**dict.fromkeys(fast, 0), **dict.fromkeys(slow, 25)}
+    owners = [owner_order(d, fast + slow, undeclared)[0] for d in digests]
+    assert sum(o in slow for o in owners) / len(owners) < 0.05
