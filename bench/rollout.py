@@ -395,7 +395,8 @@ class Rollout:
                     status = json.loads(_node_status(self.testbed, host, base).stdout)
                     ids[bytes.fromhex(status["swarm"]["node_id"])] = host
                 largest = max(self.origin.layers, key=lambda d: d[1])[0]
-                victims = [ids[owner_order(largest, list(ids))[0]]]
+                declared = {node: host.uplink for node, host in ids.items()}  # --uplink
+                victims = [ids[owner_order(largest, list(ids), declared)[0]]]
             else:
                 victims = rng.sample(alive, min(int(what), len(alive)))
             alive = [h for h in alive if h not in victims]

@@ -356,7 +356,8 @@ def _run(
         if outcome.node_ids and len(outcome.node_ids) == nodes:
             # Which host fetched which blob from the origin: a host that owns several large
             # layers must seed them all from its own uplink (compare `bench simulate`).
-            owners = blob_owners([d.digest for d in image.layers], outcome.node_ids)
+            declared = {f"node{i + 1}": rate for i, rate in enumerate(uplinks)}  # --uplink
+            owners = blob_owners([d.digest for d in image.layers], outcome.node_ids, declared)
             result["layer_owners"] = owners
             per_host = sorted(collections.Counter(owners.values()).values(), reverse=True)
             click.echo(f"{outcome.contender}: layers per owning host {per_host}")

@@ -37,11 +37,15 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
     }
 
 
-def blob_owners(digests: list[str], node_ids: dict[str, str]) -> dict[str, str]:
-    """digest -> the host whose node owned it (first in rendezvous order over all nodes, as
-    every node computes it while all are alive): which host fetched it from the origin."""
+def blob_owners(
+    digests: list[str], node_ids: dict[str, str], uplinks: dict[str, int]
+) -> dict[str, str]:
+    """digest -> the host whose node owned it (first in rendezvous order over all nodes,
+    weighted by the uplinks they declare, as every node computes it while all are alive):
+    which host fetched it from the origin."""
     hosts = {bytes.fromhex(node_id): host for host, node_id in node_ids.items()}
-    return {digest: hosts[owner_order(digest, hosts)[0]] for digest in digests}
+    capacity = {node: uplinks.get(host, 0) for node, host in hosts.items()}
+    return {digest: hosts[owner_order(digest, hosts, capacity)[0]] for digest in digests}
 
 
 def table(summaries: list[dict[str, Any]], bound: float) -> str:

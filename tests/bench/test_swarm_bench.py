@@ -93,9 +93,11 @@ def test_blob_owners_names_the_host_first_in_rendezvous_order() -> None:
 
     node_ids = {f"node{i}": bytes([i]) * 16 for i in range(1, 9)}
     digests = [f"sha256:{i:064x}" for i in range(20)]
-    owners = blob_owners(digests, {h: n.hex() for h, n in node_ids.items()})
+    uplinks = {h: 100 if h != "node8" else 25 for h in node_ids}  # as each host declares
+    owners = blob_owners(digests, {h: n.hex() for h, n in node_ids.items()}, uplinks)
+    declared = {node_ids[h]: rate for h, rate in uplinks.items()}
     for digest in digests:
-        first = owner_order(digest, node_ids.values())[0]
+        first = owner_order(digest, node_ids.values(), declared)[0]
         assert node_ids[owners[digest]] == first
     assert len(set(owners.values())) > 1  # 20 blobs do not all land on one host
 
