@@ -34,7 +34,8 @@ def test_a_valid_host_encodes_for_the_resolver(host: str) -> None:
 
 @pytest.mark.parametrize("host", BAD_HOSTS)
 def test_members_and_peers_with_a_bad_host_are_refused(host: str) -> None:
-    member = [b"\x01" * 16, host, 4000, 1, 0]
+    decode_header(msgpack.packb([Members.TYPE, [[b"\x01" * 16, "10.0.0.1", 4000, 1, 0, 0]], False]))
+    member = [b"\x01" * 16, host, 4000, 1, 0, 0]  # the same with the bad host: refused
     with pytest.raises(RemoteProtocolError):
         decode_header(msgpack.packb([Members.TYPE, [member], False]))
     with pytest.raises(RemoteProtocolError):

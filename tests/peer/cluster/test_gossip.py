@@ -13,7 +13,14 @@ from peer.cluster.membership import Ack, Membership, Ping, PingReq, Status, Swim
 
 ids = st.binary(min_size=16, max_size=16)
 addresses = st.tuples(st.sampled_from(["127.0.0.1", "10.1.2.3"]), st.integers(1, 65535))
-updates = st.builds(Update, ids, addresses, st.integers(0, 2**31), st.sampled_from(list(Status)))
+updates = st.builds(
+    Update,
+    ids,
+    addresses,
+    st.integers(0, 2**31),
+    st.sampled_from(list(Status)),
+    st.integers(0, 2**40),
+)
 messages = st.one_of(
     st.builds(
         Ping, st.integers(0, 2**31), ids, addresses, st.tuples(updates), st.none() | addresses
@@ -70,7 +77,10 @@ def test_a_member_address_the_resolver_would_choke_on_is_a_bad_datagram(host: st
 
     from peer.cluster.gossip import _mac
 
-    update = [os.urandom(16), host, 4000, 1, 0]
+    good = [os.urandom(16), "127.0.0.9", 4000, 1, 0, 0]
+    body = msgpack.packb([1, 7, os.urandom(16), ["127.0.0.1", 4001], [good], None])
+    decode(_mac(b"tok", body) + body, b"tok")  # the same entry with a good host is taken
+    update = [os.urandom(16), host, 4000, 1, 0, 0]
     body = msgpack.packb([1, 7, os.urandom(16), ["127.0.0.1", 4001], [update], None])
     with pytest.raises(BadDatagram):
         decode(_mac(b"tok", body) + body, b"tok")

@@ -26,17 +26,21 @@ def test_a_full_state_round_trip_merges_and_answers_once() -> None:
 @pytest.mark.parametrize(
     "entry",
     [
-        (C, "127.0.0.3", 1, 0, 7),  # no such status
-        (C, "bad\x00host", 1, 0, 0),  # a NUL in the host (it once ended the gossip task)
-        (C, "127.0.0.3", 70000, 0, 0),  # no such port
-        (b"short", "127.0.0.3", 1, 0, 0),  # not a node id
+        (C, "127.0.0.3", 1, 0, 7, 0),  # no such status
+        (C, "bad\x00host", 1, 0, 0, 0),  # a NUL in the host (it once ended the gossip task)
+        (C, "127.0.0.3", 70000, 0, 0, 0),  # no such port
+        (b"short", "127.0.0.3", 1, 0, 0, 0),  # not a node id
+        (C, "127.0.0.3", 1, 0, 0, -1),  # no such capacity
+        (C, "127.0.0.3", 1, 0, 0, 2**60),  # nor this
+        (C, "127.0.0.3", 1, 0, 0),  # a version 3 entry: no capacity
     ],
 )
-def test_a_bad_entry_is_refused_and_nothing_is_merged(
-    entry: tuple[bytes, str, int, int, int],
-) -> None:
+def test_a_bad_entry_is_refused_and_nothing_is_merged(entry: tuple[object, ...]) -> None:
     ours = Membership(A, ("127.0.0.1", 1))
-    good = (B, "127.0.0.2", 1, 0, 0)
+    good = (B, "127.0.0.2", 1, 0, 0, 12_500_000)
+    sync.merge(ours, Members([good], reply=False), 0.0)  # a good entry alone is taken
+    assert ours.members[B].capacity == 12_500_000
+    ours = Membership(A, ("127.0.0.1", 1))
     with pytest.raises(BadDatagram):
-        sync.merge(ours, Members([good, entry], reply=False), 0.0)
+        sync.merge(ours, Members([good, entry], reply=False), 0.0)  # type: ignore[list-item]
     assert not ours.members
