@@ -69,7 +69,7 @@ def load_credentials(config: NodeConfig) -> Credentials:
     if config.auth_file is None:
         return Credentials()
     credentials = load_auth_file(config.auth_file)
-    missing = set(config.auth_for_clients) - credentials.registries()
+    missing = NodeAuth.lent_names(config.auth_for_clients) - credentials.registries()
     if missing:
         raise BadAuthFile(
             f"--auth-for-clients {', '.join(sorted(missing))}: no login for it in "
@@ -129,7 +129,7 @@ class Node:
         )
         # The node's own logins (--auth-file): read now, so a bad file stops the start.
         self.node_auth = NodeAuth(
-            self.upstreams, load_credentials(config), frozenset(config.auth_for_clients)
+            self.upstreams, load_credentials(config), NodeAuth.lent_names(config.auth_for_clients)
         )
         if config.auth_file is not None and _peer_links_in_clear(config):
             log.warning(
@@ -268,7 +268,7 @@ class Node:
                 "complete_blobs": stats.complete_blobs,
                 "partial_blobs": stats.partial_blobs,
                 "manifests": stats.manifests,
-                "readers": stats.readers,
+                "holders": stats.holders,
                 "disk_free": self.store.disk_free(),
                 "cache_ttl": self.config.cache_ttl,
                 "disk_high": self.config.disk_high,
@@ -508,7 +508,9 @@ class Node:
             self.swarm.upload_limit.set_rate(new.upload_rate)
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
-        self.node_auth.update(credentials, frozenset(new.auth_for_clients))
+        self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
+        if self.membership is not None:  # --upload-rate may be what it declares
+            self.membership.capacity = new.declared_capacity()
         self.store.quota = new.cache_size
         self.store.policy = new.cache_policy()
         if _tighter(old, new):

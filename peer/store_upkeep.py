@@ -30,8 +30,12 @@ async def keep_store(store: Store) -> None:
     while True:
         try:
             if trio.current_time() - last_rescan >= RESCAN_INTERVAL:
-                store.rescan()
-                last_rescan = trio.current_time()
+                # The walk stats every file: in a thread, not on the event loop. Applied
+                # only if nothing changed the totals meanwhile (else at the next round).
+                generation = store.ledger.generation
+                entries = await trio.to_thread.run_sync(store.walk)
+                if store.apply_walk(entries, generation):
+                    last_rescan = trio.current_time()
             store.sweep(time.time())
             expiry = store.next_expiry()
         except (OSError, StoreError) as exc:
@@ -41,4 +45,4 @@ async def keep_store(store: Store) -> None:
         delay = min(CHECK_INTERVAL, store.policy.ttl or CHECK_INTERVAL)
         if expiry is not None:
             delay = min(delay, max(MIN_DELAY, expiry - time.time()))
-        await trio.sleep(delay)
+        await trio.sleep(max(MIN_DELAY, delay))

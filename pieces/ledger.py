@@ -42,6 +42,9 @@ class Ledger:
         self._total = 0
         self._counts = dict.fromkeys(Kind, 0)
         self._lock = threading.Lock()
+        # Bumped by every entry put or dropped (not by touches): a walk of the disk begun at
+        # one generation is stale once it has moved on (Store.apply_walk).
+        self.generation = 0
 
     def put(self, entry: Entry) -> None:
         """Record `entry`, replacing what was recorded for its kind and digest."""
@@ -50,6 +53,7 @@ class Ledger:
             self._total += entry.size - (old.size if old is not None else 0)
             self._counts[entry.kind] += old is None
             self._entries[(entry.kind, entry.hex)] = entry
+            self.generation += 1
 
     def drop(self, kind: Kind, hex_: str) -> Entry | None:
         """Forget an entry (its file went); what was recorded, if anything."""
@@ -58,6 +62,7 @@ class Ledger:
             if old is not None:
                 self._total -= old.size
                 self._counts[kind] -= 1
+                self.generation += 1
             return old
 
     def touch(self, kind: Kind, hex_: str, when: float) -> None:
@@ -75,6 +80,7 @@ class Ledger:
         """Start again from a walk of the disk."""
         with self._lock:
             self._entries = {(e.kind, e.hex): e for e in entries}
+            self.generation += 1
             self._total = sum(e.size for e in entries)
             self._counts = {kind: 0 for kind in Kind}
             for kind, _ in self._entries:

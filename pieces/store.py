@@ -104,7 +104,7 @@ class StoreStats:
     complete_blobs: int
     partial_blobs: int
     manifests: int
-    readers: int
+    holders: int  # holds on blobs: readers, uploads to peers, preheat jobs and leases
 
 
 class Store:
@@ -178,7 +178,9 @@ class Store:
         upload to a peer, a preheat job until it ends."""
         hex_ = digest_hex(digest)
         self._readers[hex_] = self._readers.get(hex_, 0) + 1
-        self.ledger.touch(Kind.BLOB, hex_, time.time())
+        now = time.time()
+        self.ledger.touch(Kind.BLOB, hex_, now)
+        self.ledger.touch(Kind.PARTIAL, hex_, now)  # a partial left on disk, held by a job
         try:
             yield
         finally:
@@ -279,8 +281,7 @@ class Store:
                 )
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)
-        # Written by this process from now on: counted live (bytes_used), not in the ledger.
-        self.ledger.drop(Kind.PARTIAL, hex_)
+            self.ledger.drop(Kind.PARTIAL, hex_)
         # Room for the whole blob must be there (else NoRoom now, nothing evicted), but only
         # the first ROOM_STEP is made now, unless a manifest's descriptor confirms the size:
         # then a told size and a trickle cannot evict the cache. The rest is made as the
@@ -296,6 +297,9 @@ class Store:
             raise io_error(exc, f"creating {digest} in {self.root}") from exc
         blob.room_until = blob.bytes_present + step
         self._partials[hex_] = blob
+        # Written by this process from now on: counted live (bytes_used), not in the ledger
+        # (until here, its bytes on disk counted there, for make_room above as well).
+        self.ledger.drop(Kind.PARTIAL, hex_)
         return blob
 
     def ensure_room(self, blob: PartialBlob, incoming: int) -> None:
@@ -531,27 +535,44 @@ class Store:
 
     def rescan(self) -> None:
         """Walk the store's directories and start the running totals again from what is on
-        disk (at start-up, and on the node's maintenance timer: files may be removed by
-        hand). Partials that this process writes are counted live, not here."""
+        disk (at start-up; the node's timer walks in a thread: `walk` then `apply_walk`)."""
+        self.apply_walk(self.walk(), self.ledger.generation)
+
+    def apply_walk(self, entries: list[Entry], generation: int) -> bool:
+        """Start the running totals again from `entries` (a `walk` begun at ledger
+        `generation`), unless the ledger changed meanwhile (then False: the next walk
+        will do). Uses the files do not show (uploads to peers, preheat holds) are kept."""
+        if self.ledger.generation != generation:
+            return False
+        merged = []
+        for entry in entries:
+            known = self.ledger.get(entry.kind, entry.hex)
+            if known is not None and known.last_used > entry.last_used:
+                entry = Entry(entry.kind, entry.hex, entry.size, known.last_used)
+            merged.append(entry)
+        self.ledger.replace_all(merged)
+        return True
+
+    def walk(self) -> list[Entry]:
+        """What the store's directories hold, file by file (a worker thread may run it: it
+        only reads). Partials that this process writes are counted live, not here."""
         entries = []
+        writing = set(self._partials)
         kinds = ((self._blobs, Kind.BLOB), (self._partial, Kind.PARTIAL))
         for directory, kind in (*kinds, (self._manifests, Kind.MANIFEST)):
             for dir_entry in os.scandir(directory):
                 hex_, _, suffix = dir_entry.name.partition(".")
                 if not is_store_key(hex_):
                     continue  # not ours (a file left by hand): never counted, never evicted
-                if kind is Kind.PARTIAL and (suffix != "data" or hex_ in self._partials):
+                if kind is Kind.PARTIAL and (suffix != "data" or hex_ in writing):
                     continue
                 if kind is Kind.MANIFEST and suffix:
                     continue  # <hex>.type: a few bytes, counted with its manifest
                 with contextlib.suppress(FileNotFoundError):
                     st = dir_entry.stat()
                     size = st.st_blocks * 512 if kind is Kind.PARTIAL else st.st_size
-                    # Uses the file does not show (uploads to peers, preheat holds) are kept.
-                    known = self.ledger.get(kind, hex_)
-                    used = max(st.st_mtime, known.last_used if known else 0.0)
-                    entries.append(Entry(kind, hex_, size, used))
-        self.ledger.replace_all(entries)
+                    entries.append(Entry(kind, hex_, size, st.st_mtime))
+        return entries
 
     def bytes_used(self) -> int:
         """Bytes the store's files take; partials by their allocated blocks, or the bytes
@@ -567,7 +588,7 @@ class Store:
             partial_blobs=self.ledger.count(Kind.PARTIAL)
             + sum(1 for p in list(self._partials.values()) if not p.complete),
             manifests=self.ledger.count(Kind.MANIFEST),
-            readers=sum(self._readers.values()),
+            holders=sum(self._readers.values()),
         )
 
     def _space(self, exclude: str | None) -> Space:
@@ -636,9 +657,7 @@ class Store:
     def _carry_out(self, plan: RoomPlan) -> list[Eviction]:
         done = []
         for victim, reason in zip(plan.evict, plan.reasons, strict=True):
-            if victim.hex in self._readers or victim.hex in self._partials:
-                continue  # held since the plan was made (a sweep runs beside the downloads)
-            self._evict(victim)
+            self._evict(victim)  # planned from `_evictable` with no await since: not held
             count, size = self.evictions.get(reason, (0, 0))
             self.evictions[reason] = (count + 1, size + victim.size)
             kind = "partial " if victim.partial else ""

@@ -435,7 +435,7 @@ class Membership:
             if gossip.transmits >= limit:
                 del self._gossip[gossip.update.node_id]
         updates = tuple(g.update for g in chosen)
-        if self.capacity and all(u.node_id != self.node_id for u in updates):
+        if self.capacity and not self.left and all(u.node_id != self.node_id for u in updates):
             # A declared capacity rides on every message: whoever meets this node by a
             # ping learns it at once, so all order the owners of a blob the same way.
             own = Update(self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity)

@@ -114,7 +114,7 @@ def image_blobs(media_type: str, body: bytes, limit: int = MAX_BLOBS) -> ImageBl
 
 
 def _blob_digest(descriptor: object) -> str | None:
-    """The descriptor's sha256 digest; "" for a layer registries do not hold (foreign,
+    """The descriptor's digest (sha256 or sha512); "" for a layer registries do not hold (foreign,
     non-distributable: fetched from its `urls` by the client, never through a mirror);
     None when it is not a descriptor we can use."""
     if not isinstance(descriptor, dict):

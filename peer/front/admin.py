@@ -4,8 +4,9 @@ GET /healthz, GET /readyz and GET /metrics answer anyone who reaches the admin a
 process lives; it serves and has joined its cluster; Prometheus counters: no digests or
 addresses). Everything else needs the admin token,
 `Authorization: Bearer <token>`: GET /_pollen/status (members, transfers, digests),
-DELETE /_pollen/cache, and POST /_pollen/gc (the store's check now: TTL, cache size, disk
-watermarks; `?dry_run=1` only lists what would go). The token is the operator's
+DELETE /_pollen/cache, POST /_pollen/gc (the store's check now: TTL, cache size, disk
+watermarks; `?dry_run=1` only lists what would go), and POST /_pollen/preheat,
+GET /_pollen/preheat[/ID] (preheat jobs: peer/preheat/). The token is the operator's
 `--admin-token-file`, or one the node makes at start-up in `<data-dir>/admin.token`,
 readable by the node's user only: who can read that file is who can administer the node.
 The registry port (`--http`) faces every client of the node and serves none of this.
@@ -22,8 +23,6 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-
-import trio
 
 from peer.front.http_server import BodyTooLarge, HttpConnection, Request
 from peer.front.oci_errors import OciError
@@ -164,7 +163,7 @@ class AdminFront:
             await self._answer(conn, request, "application/json", _json({"jobs": jobs}))
             return
         job_id = rest.removeprefix("/")
-        found = preheater.jobs.get(int(job_id)) if job_id.isdigit() and len(job_id) < 19 else None
+        found = preheater.jobs.find(job_id)
         if found is None:
             raise OciError(404, "NOT_FOUND", f"no preheat job {job_id[:40]!r}")
         await self._answer(conn, request, "application/json", _json(found.document()))
@@ -201,7 +200,7 @@ class AdminFront:
         """DELETE /_pollen/cache: empty the cache (for benchmarks of cold pulls)."""
         if request.method != "DELETE":
             raise OciError(405, "UNSUPPORTED", "use DELETE /_pollen/cache to empty the cache")
-        removed, freed = await trio.to_thread.run_sync(self._store.flush)
+        removed, freed = self._store.flush()  # on the loop: the ledger changes only there
         log.info("cache emptied through the admin API")
         body = json.dumps({"blobs_removed": removed, "bytes_freed": freed}).encode() + b"\n"
         await conn.respond(200, [("content-type", "application/json")], body)

@@ -24,6 +24,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from peer.fetch.manifests import OCI_INDEX
 from peer.front.routes import ReferrersRoute, TagsRoute
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
@@ -33,7 +34,6 @@ LIST_LIMIT = 4 * 1024 * 1024  # bytes of a tag list read from the upstream (pass
 # Bytes of a referrers index read and parsed (its JSON costs ~25 x its size in memory while
 # parsed: a client can name any registry); more refers to one image than real clients push.
 INDEX_LIMIT = 1024 * 1024
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 FILTERS_APPLIED = "oci-filters-applied"
 
 Refuse = Callable[[UpstreamRefusal], Awaitable[None]]

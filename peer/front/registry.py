@@ -172,8 +172,7 @@ class RegistryFront:
         for (--auth-for-clients): the same request with that login. What it fetches is marked
         private like any credentialed fetch.
 
-        Raises:
-            UpstreamError: the registry or its token service failed (a 502 for the client).
+        A registry or token service that fails leaves the request as it came (logged).
         """
         node_auth = self.node_auth
         if (
@@ -183,7 +182,13 @@ class RegistryFront:
         ):
             return request
         repository = None if isinstance(route, ApiRoot) else route.name
-        value = await node_auth.authorization(namespace, repository)
+        try:
+            value = await node_auth.authorization(namespace, repository)
+        except UpstreamError as exc:
+            # Asked as it came: what is cached still serves (after its access check), and
+            # what is not gets the registry's own answer.
+            log.warning("lending the node's login failed, asking without it: %s", exc)
+            return request
         if value is None:
             return request
         return dataclasses.replace(request, headers={**request.headers, "authorization": value})

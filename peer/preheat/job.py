@@ -121,5 +121,11 @@ class JobTable:
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
 
+    def find(self, text: str) -> Job | None:
+        """The job a path names by its number (anything else: None)."""
+        if not (text.isascii() and text.isdigit() and len(text) < 19):
+            return None
+        return self._jobs.get(int(text))
+
     def all(self) -> list[Job]:
         return list(self._jobs.values())

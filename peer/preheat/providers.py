@@ -31,6 +31,7 @@ import json
 import logging
 from typing import Any
 
+from peer.fetch.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from peer.front.http_server import BodyTooLarge, HttpConnection, Request
 from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT
@@ -45,7 +46,7 @@ log = logging.getLogger("pollen.preheat")
 PREHEAT_TOKEN_FILE = "preheat.token"
 MAX_EVENTS = 64  # push events read from one notification
 MAX_HEADER_VALUE = 16 * 1024
-SCOPES = {
+HARBOR_SCOPES = {  # Harbor's (Dragonfly's) scope -> pollen's
     "": "owners",
     "single_peer": "owners",
     "single_seed_peer": "owners",
@@ -58,12 +59,7 @@ _STATES = {
     JobState.SUCCEEDED: "SUCCESS",
     JobState.FAILED: "FAILURE",
 }
-MANIFEST_MEDIA_TYPES = (
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-)
+MANIFEST_MEDIA_TYPES = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
 
 
 class ProviderFront:
@@ -82,11 +78,7 @@ class ProviderFront:
                 await _json(conn, 200, _dragonfly_job(job))
             elif path.startswith("/oapi/v1/jobs/") and request.method == "GET":
                 job_id = path.removeprefix("/oapi/v1/jobs/")
-                found = (
-                    self._preheater.jobs.get(int(job_id))
-                    if job_id.isdigit() and len(job_id) < 19
-                    else None
-                )
+                found = self._preheater.jobs.find(job_id)
                 if found is None:
                     raise OciError(404, "NOT_FOUND", f"no job {job_id[:40]!r}")
                 await _json(conn, 200, _dragonfly_job(found))
@@ -127,7 +119,7 @@ class ProviderFront:
         if args.get("type", "image") != "image":
             raise OciError(400, "UNSUPPORTED", 'only "image" preheat jobs are supported')
         scope = args.get("scope", "")
-        if not isinstance(scope, str) or scope not in SCOPES:
+        if not isinstance(scope, str) or scope not in HARBOR_SCOPES:
             raise OciError(400, "BAD_REQUEST", f"unknown scope {str(scope)[:50]!r}")
         url = args.get("url")
         if not isinstance(url, str):
@@ -138,7 +130,9 @@ class ProviderFront:
             raise OciError(400, "BAD_REQUEST", str(exc)) from None
         self._check_scheme(url, image)
         authorization = _authorization(args.get("headers"))
-        job = self._start(PreheatRequest([image], [this_platform()], SCOPES[scope], authorization))
+        job = self._start(
+            PreheatRequest([image], [this_platform()], HARBOR_SCOPES[scope], authorization)
+        )
         log.info("Harbor (as Dragonfly) preheats %s: job %d", image, job.id)
         return job
 
@@ -166,13 +160,13 @@ class ProviderFront:
             if pushed is not None and pushed[0] not in images:
                 self._check_scheme(pushed[1], pushed[0])
                 images.append(pushed[0])
-        jobs = [
-            self._start(PreheatRequest([image], [this_platform()], "owners", None))
-            for image in images
-        ]
-        for image, job in zip(images, jobs, strict=True):
-            log.info("Harbor (as Kraken) preheats %s: job %d", image, job.id)
-        return jobs
+        if not images:
+            return []
+        # One job for the whole notification: all of it starts, or none (a refusal that
+        # came after some jobs had started would have Harbor's retry start them again).
+        job = self._start(PreheatRequest(images, [this_platform()], "owners", None))
+        log.info("Harbor (as Kraken) preheats %s: job %d", ", ".join(map(str, images)), job.id)
+        return [job]
 
 
 def _get(mapping: object, key: str) -> Any:

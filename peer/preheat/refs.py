@@ -8,10 +8,10 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from peer.upstream.client import DOCKER_HUB
 from pieces.digest import InvalidDigest, digest_hex
 from wire.names import is_valid_registry, is_valid_repository
 
-DOCKER_HUB = "docker.io"
 MAX_TAG = 128  # the distribution spec's tag grammar allows at most 128 characters
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 

@@ -127,7 +127,8 @@ def manifest_blobs(body: bytes) -> list[Blob]:
     registries do not hold (foreign, non-distributable) are left out.
 
     Raises:
-        UnusableManifest: no config and no list of layers.
+        UnusableManifest: not a JSON object, no list of layers, or a descriptor without a
+            usable digest and size.
     """
     document = _document(body)
     layers = document.get("layers")

@@ -157,13 +157,15 @@ class Preheater:
                 job.scope,
             )
             if sources:
+                # The node's own login is asked again for every blob: a Bearer token bought
+                # at the start would run out during a long job (Docker Hub's last 5 minutes).
+                renew = request.authorization is None
                 with contextlib.ExitStack() as holds:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._warm_here, job, list(sources.values()), holds)
+                        each = list(sources.values())
+                        nursery.start_soon(self._warm_here, job, each, holds, renew)
                         for member in self._others(job.scope):
-                            nursery.start_soon(
-                                self._warm_member, job, member, list(sources.values())
-                            )
+                            nursery.start_soon(self._warm_member, job, member, each, renew)
                     job.finish(time.time())  # blobs held until here
             else:
                 job.finish(time.time())
@@ -239,8 +241,21 @@ class Preheater:
             raise ResolveFailed(_refusal_text(fetched, reference, bool(headers)))
         return fetched
 
+    async def _renewed(self, source: BlobSource, renew: bool) -> BlobSource:
+        """`source` with the node's login as it is now (`renew`: the job uses it)."""
+        if not renew:
+            return source
+        try:
+            value = await self._node_auth.authorization(source.namespace, source.name)
+        except UpstreamError as exc:
+            log.warning("renewing the node's login for %s failed: %s", source.name[:200], exc)
+            return source
+        headers = {"authorization": value} if value else {}
+        key = credentials_key(headers)
+        return BlobSource(source.digest, source.namespace, source.name, headers, key)
+
     async def _warm_here(
-        self, job: Job, sources: list[BlobSource], holds: contextlib.ExitStack
+        self, job: Job, sources: list[BlobSource], holds: contextlib.ExitStack, renew: bool
     ) -> None:
         """Every blob on this node, LOCAL_WORKERS at a time; each held (from before it is
         looked at) until the job ends."""
@@ -248,7 +263,7 @@ class Preheater:
 
         async def one(source: BlobSource) -> None:
             holds.enter_context(self._store.holding(source.digest))
-            status, why = await self.warm(source)
+            status, why = await self.warm(await self._renewed(source, renew))
             if status == 200:
                 job.blob_done(self._node, source.digest, time.time())
             else:
@@ -261,7 +276,9 @@ class Preheater:
             return []
         return [m.node_id for m in self._swarm.membership.alive()]
 
-    async def _warm_member(self, job: Job, member: bytes, sources: list[BlobSource]) -> None:
+    async def _warm_member(
+        self, job: Job, member: bytes, sources: list[BlobSource], renew: bool
+    ) -> None:
         """Ask `member` to warm every blob, MEMBER_WORKERS at a time."""
         assert self._swarm is not None
         swarm = self._swarm
@@ -278,6 +295,7 @@ class Preheater:
             return member in swarm.membership.alive_ids()
 
         async def one(source: BlobSource) -> None:
+            source = await self._renewed(source, renew)
             answer = await swarm.warming.ask(
                 link,
                 source.digest,

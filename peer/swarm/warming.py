@@ -5,9 +5,9 @@ preheater (peer/preheat/) to carry out.
 Only members (links that proved the cluster token) can send a Warm, and what it makes this
 node do is what a client's GET of the blob would: the same owner, swarm and access rules, with
 the credentials it carries. Bounded: at most QUEUE_LIMIT Warms wait here; more are answered
-503 (a link that keeps sending them past BUSY_LIMIT answers is closed). An asker's wait ends
-with the answer to its own Warm (matched by its request number), when the link it went on
-closes, when the member leaves the cluster, or after `ask`'s time limit.
+503 (a link that keeps sending them through BUSY_LIMIT such answers in a row is closed). An
+asker's wait ends with the answer to its own Warm (matched by its request number), when the
+link it went on closes, when the member leaves the cluster, or after `ask`'s time limit.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Warming:
         """Queue a member's Warm for the preheater; a full queue answers 503 at once."""
         try:
             self._send.send_nowait((link, warm))
+            self._busy.pop(link, None)  # only a run of refusals counts as a flood
         except trio.WouldBlock:
             busy = self._busy[link] = self._busy.get(link, 0) + 1
             if busy > BUSY_LIMIT:

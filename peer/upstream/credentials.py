@@ -25,10 +25,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer.upstream.client import DOCKER_HUB
+
 log = logging.getLogger("pollen.credentials")
 
-DOCKER_HUB = "docker.io"
-_DOCKER_HUB_KEYS = {"index.docker.io", "registry-1.docker.io", "docker.io"}
+DOCKER_HUB_NAMES = {"index.docker.io", "registry-1.docker.io", DOCKER_HUB}
 FILE_LIMIT = 1024 * 1024
 
 
@@ -113,7 +114,7 @@ def _normal_key(key: object, path: Path) -> str:
         raise BadAuthFile(f"{path}: an empty or non-string registry key")
     text = key.removeprefix("https://").removeprefix("http://").rstrip("/")
     host, slash, rest = text.partition("/")
-    if host in _DOCKER_HUB_KEYS:
+    if host in DOCKER_HUB_NAMES:
         host = DOCKER_HUB
         if rest in ("v1", "v2"):
             rest = ""

@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from peer.upstream.client import DOCKER_HUB, DOCKER_HUB_URL, Upstreams
-from peer.upstream.credentials import Credentials, Login
+from peer.upstream.credentials import DOCKER_HUB_NAMES, Credentials, Login
 from peer.upstream.errors import UpstreamError
 
 log = logging.getLogger("pollen.credentials")
@@ -73,12 +73,17 @@ class NodeAuth:
     def registry(self, namespace: str | None) -> str:
         """The registry (host[:port]) a `?ns=` names; the default upstream's for None."""
         if namespace is not None:
-            return namespace
+            return DOCKER_HUB if namespace in DOCKER_HUB_NAMES else namespace
         netloc = urllib.parse.urlsplit(self._upstreams.base_url(None)).netloc
         return DOCKER_HUB if f"https://{netloc}" == DOCKER_HUB_URL else netloc
 
     def lends_to_clients(self, namespace: str | None) -> bool:
         return self.registry(namespace) in self._lent
+
+    @staticmethod
+    def lent_names(registries: tuple[str, ...]) -> frozenset[str]:
+        """--auth-for-clients names as logins are keyed (Docker Hub's aliases: docker.io)."""
+        return frozenset(DOCKER_HUB if r in DOCKER_HUB_NAMES else r for r in registries)
 
     async def authorization(self, namespace: str | None, repository: str | None) -> str | None:
         """The Authorization header this node sends to the registry of `namespace` for

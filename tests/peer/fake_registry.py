@@ -13,9 +13,12 @@ import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import trio
 
+from peer.config import Address, NodeConfig
 from peer.front.http_server import HttpConnection, Request, serve_connection
 
 _BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
@@ -186,3 +189,14 @@ def _media_type(body: bytes) -> str:
     except (ValueError, AttributeError):
         return MANIFEST_TYPE
     return said if isinstance(said, str) else MANIFEST_TYPE
+
+
+def node_config(registry: FakeRegistry, data_dir: Path, **settings: Any) -> NodeConfig:
+    """A node on loopback whose default upstream (and `?ns=127.0.0.1:<port>`) is `registry`."""
+    return NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=data_dir,
+        upstreams={f"127.0.0.1:{registry.port}": registry.url},
+        default_upstream=registry.url,
+        **settings,
+    )

@@ -116,3 +116,19 @@ async def test_a_reload_with_a_broken_auth_file_keeps_the_logins_it_had(
         node.reload()  # used to read the file again in its rollback, and end the node
     assert "reload failed" in caplog.text and "not JSON" in caplog.text
     assert node.node_auth.credentials is before
+
+
+async def test_a_reload_of_the_upload_rate_changes_what_the_node_declares(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = dataclasses.replace(
+        _config(tmp_path, registry), peer=Address("127.0.0.1", 0), upload_rate=10_000_000
+    )
+    slower = dataclasses.replace(config, upload_rate=2_000_000)
+    node = Node(config, reread_config=lambda: slower)
+    await nursery.start(node.run)
+    assert node.membership is not None and node.membership.capacity == 10_000_000
+    node.reload()
+    assert node.membership.capacity == 2_000_000  # told to the cluster with its updates

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from pieces.digest import digest_hex
 from pieces.ledger import Kind
+from pieces.partial import NoRoom
 from pieces.room import FOR_TTL, FOR_WATERMARK, Watermarks
 from pieces.store import CachePolicy, Store
 from tests.tmpfs import mounted_tmpfs
@@ -208,3 +209,47 @@ async def test_a_rescan_keeps_uses_the_files_do_not_show(tmp_path: Path) -> None
     store.rescan()
     assert store.sweep(time.time()) == []
     assert store.has_blob(digest)
+
+
+async def test_a_partial_that_fails_to_open_stays_counted_and_evictable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming a partial left on disk: if making room for it fails, its bytes on disk stay
+    in the totals and it stays evictable (it used to leave the ledger before the room was
+    made, and be neither until the next walk of the disk)."""
+    store = Store(tmp_path, 1024)
+    data = os.urandom(8000)
+    digest = await leave_partial(store, data)
+    before = store.bytes_used()
+    assert before == walked_use(tmp_path) > 0
+
+    def no_room(*_args: object, **_kwargs: object) -> None:
+        raise NoRoom("the disk is full")
+
+    monkeypatch.setattr(store, "make_room", no_room)
+    with pytest.raises(NoRoom):
+        await store.open_partial(digest, len(data), piece_size=1024)
+    assert store.bytes_used() == before == walked_use(tmp_path)
+    assert any(c.partial for c in store._evictable())
+
+
+async def test_a_walk_that_the_ledger_outran_is_not_applied(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024)
+    await put_blob(store, os.urandom(1000))
+    generation = store.ledger.generation
+    entries = store.walk()  # as the timer's thread does
+    await put_blob(store, os.urandom(2000))  # meanwhile, on the loop
+    assert not store.apply_walk(entries, generation)
+    assert store.stats().complete_blobs == 2 and store.bytes_used() == walked_use(tmp_path)
+    assert store.apply_walk(store.walk(), store.ledger.generation)
+
+
+async def test_a_held_partial_counts_as_used(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
+    digest = await leave_partial(store, os.urandom(8000))
+    entry = store.ledger.get(Kind.PARTIAL, digest_hex(digest))
+    assert entry is not None
+    store.ledger.put(dataclasses.replace(entry, last_used=time.time() - 1000.0))
+    with store.holding(digest):  # a preheat job's, a member's lease
+        pass
+    assert store.sweep(time.time() + 50.0) == []

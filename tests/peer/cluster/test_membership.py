@@ -243,3 +243,15 @@ def test_a_declared_capacity_reaches_every_member_with_the_member() -> None:
     assert nodes[5].capacities() == {slow: 25_000_000 // 8}
     full = {u.node_id: u.capacity for u in nodes[0].full_state()}
     assert full[slow] == 25_000_000 // 8 and full[nodes[0].node_id] == 0
+
+
+def test_a_node_that_left_no_longer_says_it_is_alive() -> None:
+    net = FakeNetwork(seed=4, loss=0.0)
+    seed_address = ("10.0.0.0", 7000)
+    nodes = [net.add(i, () if i == 0 else (seed_address,)) for i in range(3)]
+    nodes[2].capacity = 1000
+    net.run_until(5.0)
+    nodes[2].leave()
+    net.run_until(net.now + 0.1)
+    updates = nodes[2]._piggyback()
+    assert all(u.status is not Status.ALIVE for u in updates if u.node_id == nodes[2].node_id)

@@ -16,7 +16,7 @@ import trio
 from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.swarm.warming import Warming
-from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry
+from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, node_config
 from wire.events import Warm, Warmed
 
 
@@ -119,15 +119,8 @@ async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
     registry = FakeRegistry()
     await nursery.start(registry.serve)
     host = f"127.0.0.1:{registry.port}"
-    node = Node(
-        NodeConfig(
-            http=Address("127.0.0.1", 0),
-            data_dir=tmp_path / "store",
-            upstreams={host: registry.url},
-            default_upstream=registry.url,
-            cache_ttl=1.0,  # every blob not held is past it at the check below
-        )
-    )
+    # Every blob not held is past the TTL at the check below.
+    node = Node(node_config(registry, tmp_path / "store", cache_ttl=1.0))
     await nursery.start(node.run)
     digest = registry.add_blob(b"blob" * 1000)
     answers: list[Warmed] = []
@@ -202,3 +195,64 @@ async def test_a_multi_platform_image_is_warmed_for_the_platforms_asked(
     assert job["manifests"][1] == manifests["arm64"][0]  # the index, then arm64's manifest
     assert registry.count("GET", f"/blobs/{manifests['arm64'][1]}") == 1
     assert registry.count("GET", f"/blobs/{manifests['amd64'][1]}") == 0
+
+
+async def test_harbor_as_kraken_starts_one_job_for_a_whole_notification(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    host = f"127.0.0.1:{registry.port}"
+    token = tmp_path / "preheat.token"
+    token.write_text("t" * 40)
+    listen = Address("127.0.0.1", 0)
+    node = Node(
+        node_config(registry, tmp_path / "store", preheat_listen=listen, preheat_token_file=token)
+    )
+    await nursery.start(node.run)
+    events = [
+        {
+            "action": "push",
+            "target": {
+                "mediaType": MANIFEST_TYPE,
+                "repository": "team/app",
+                "url": f"http://{host}/v2/team/app/manifests/{tag}",
+                "tag": tag,
+            },
+        }
+        for tag in ("v1", "v2")
+    ]
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{node.preheat_port}",
+        headers={"authorization": "Bearer " + "t" * 40},
+        timeout=10,
+    ) as harbor:
+        answer = await harbor.post("/registry/notifications", json={"events": events})
+    assert answer.status_code == 200
+    (job_id,) = answer.json()["jobs"]  # one job: all of it started, or none
+    assert node.preheater is not None
+    job = node.preheater.jobs.get(job_id)
+    assert job is not None and len(job.images) == 2
+
+
+async def test_a_job_on_the_nodes_login_asks_for_it_again_for_every_blob(
+    admin: tuple[httpx.AsyncClient, FakeRegistry], tmp_path: Path
+) -> None:
+    """A Bearer token bought when the job started would run out during a long job."""
+    from peer.fetch.download import BlobSource
+    from peer.preheat.runner import Preheater
+
+    tokens = iter(["Bearer first", "Bearer second"])
+
+    class Login:
+        async def authorization(self, namespace: str | None, repository: str | None) -> str:
+            return next(tokens)
+
+    preheater = Preheater.__new__(Preheater)
+    preheater._node_auth = Login()  # type: ignore[assignment]
+    source = BlobSource("sha256:" + "a" * 64, "r.example", "team/app", {}, None)
+    one = await preheater._renewed(source, True)
+    two = await preheater._renewed(source, True)
+    assert one.headers == {"authorization": "Bearer first"}
+    assert two.headers == {"authorization": "Bearer second"} and two.auth_key != one.auth_key
+    assert await preheater._renewed(source, False) is source  # the job's own credentials

@@ -110,3 +110,12 @@ async def test_a_member_that_floods_us_is_answered_busy_then_cut_off() -> None:
     assert link.closed
     assert len(link.posted) == BUSY_LIMIT  # 503s, bounded
     assert all(isinstance(e, Warmed) and e.status == 503 for e in link.posted)
+
+
+async def test_busy_answers_now_and_then_do_not_cut_a_member_off() -> None:
+    warming, link = Warming(queue_limit=1), Link()
+    for number in range(3 * BUSY_LIMIT):
+        await warming.received(link, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+        if number % 10 == 9:  # the preheater takes one now and then: room again
+            warming.incoming.receive_nowait()
+    assert not link.closed

@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -162,3 +163,31 @@ async def test_a_realm_that_is_not_http_is_refused(nursery: trio.Nursery) -> Non
         registry.realm = "file:///etc/passwd"
         with pytest.raises(UpstreamError, match="not http"):
             await auth.authorization(f"127.0.0.1:{registry.port}", "team/app")
+
+
+def test_docker_hubs_names_are_one_registry() -> None:
+    upstreams = Upstreams(UpstreamConfig({}, "https://registry-1.docker.io"))
+    auth = NodeAuth(upstreams, Credentials(), NodeAuth.lent_names(("index.docker.io",)))
+    assert auth.lends_to_clients("docker.io") and auth.lends_to_clients("index.docker.io")
+    assert auth.lends_to_clients(None)  # the default upstream is Docker Hub here
+    assert auth.registry("registry-1.docker.io") == "docker.io"
+
+
+async def test_a_lent_login_that_cannot_be_had_does_not_stop_the_node_serving(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The lending registry is down or answers nonsense to GET /v2/: the request goes on as
+    it came (it used to be a 502 for everything, the cache included)."""
+    from peer.node import Node
+    from tests.peer.fake_registry import node_config
+
+    registry = FakeRegistry()  # answers 404 to GET /v2/: no challenge to follow
+    await nursery.start(registry.serve)
+    host = f"127.0.0.1:{registry.port}"
+    auth = write(tmp_path, {"auths": {host: {"username": "u", "password": SECRET}}})
+    node = Node(node_config(registry, tmp_path / "store", auth_file=auth, auth_for_clients=(host,)))
+    port = await nursery.start(node.run)
+    digest = registry.add_blob(b"public layer" * 100)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        answer = await client.get(f"/v2/team/app/blobs/{digest}?ns={host}")
+    assert answer.status_code == 200 and answer.content == b"public layer" * 100
