@@ -636,7 +636,7 @@ def gc(
     verb = "would evict" if dry_run else "evicted"
     for e in doc["evicted"]:
         idle = max(0.0, time.time() - e["last_used"])
-        kind = " (partial)" if e["partial"] else ""
+        kind = " (partial)" if e["partial"] else " (manifest)" if e["manifest"] else ""
         print(f"{e['digest']}{kind}  {format_size(e['size'])}  unused {idle:.0f}s  {e['reason']}")
     print(f"{verb} {len(doc['evicted'])} blobs, {format_size(doc['bytes'])}")
 

@@ -24,6 +24,7 @@ class Candidate:
     hex: str
     size: int  # bytes its removal frees (allocated blocks for a partial)
     partial: bool  # a partial blob no download holds (left by a failure, a crash or a restart)
+    manifest: bool = False  # a cached manifest (fetched again by its digest when asked)
 
 
 @dataclass(frozen=True, slots=True)

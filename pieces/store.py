@@ -93,6 +93,7 @@ class Eviction:
     partial: bool
     last_used: float  # wall-clock seconds
     reason: str  # pieces.room.FOR_*
+    manifest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +467,7 @@ class Store:
             media_type = (self._manifests / f"{hex_}.type").read_text()
         except FileNotFoundError:
             return None
+        self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
         self.descriptor_sizes.learn_manifest(body)
         return media_type, body
 
@@ -660,7 +662,7 @@ class Store:
             self._evict(victim)  # planned from `_evictable` with no await since: not held
             count, size = self.evictions.get(reason, (0, 0))
             self.evictions[reason] = (count + 1, size + victim.size)
-            kind = "partial " if victim.partial else ""
+            kind = "partial " if victim.partial else "manifest " if victim.manifest else ""
             log.info(
                 "evicted %s%s (%d bytes, unused for %.0fs): %s",
                 kind,
@@ -694,9 +696,9 @@ class Store:
         removed = freed = 0
         for candidate in self._evictable():
             self._evict(candidate)
-            removed += 1
+            removed += not candidate.manifest
             freed += candidate.size
-        for entry in os.scandir(self._manifests):
+        for entry in os.scandir(self._manifests):  # and any manifest the totals missed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             hex_ = entry.name.removesuffix(".type")
@@ -706,17 +708,28 @@ class Store:
         return removed, freed
 
     def _evictable(self) -> list[Candidate]:
-        """The complete blobs that nobody holds, and the partials that no download holds."""
+        """The complete blobs that nobody holds, the partials that no download holds, and the
+        cached manifests (a manifest is served from memory once read: nothing holds it)."""
         held = set(self._readers) | set(self._partials)
         return [
-            Candidate(e.last_used, e.hex, e.size, partial=e.kind is Kind.PARTIAL)
-            for e in self.ledger.entries(Kind.BLOB, Kind.PARTIAL)
-            if e.hex not in held
+            Candidate(
+                e.last_used,
+                e.hex,
+                e.size,
+                partial=e.kind is Kind.PARTIAL,
+                manifest=e.kind is Kind.MANIFEST,
+            )
+            for e in self.ledger.entries(Kind.BLOB, Kind.PARTIAL, Kind.MANIFEST)
+            if e.kind is Kind.MANIFEST or e.hex not in held
         ]
 
     def _evict(self, victim: Candidate) -> None:
         hex_ = victim.hex
-        if victim.partial:
+        if victim.manifest:
+            (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
+            (self._manifests / f"{hex_}.type").unlink(missing_ok=True)
+            self.ledger.drop(Kind.MANIFEST, hex_)
+        elif victim.partial:
             (self._partial / f"{hex_}.data").unlink(missing_ok=True)
             (self._partial / f"{hex_}.meta").unlink(missing_ok=True)
             self.ledger.drop(Kind.PARTIAL, hex_)
@@ -747,6 +760,7 @@ def _eviction(candidate: Candidate, reason: str) -> Eviction:
         candidate.partial,
         candidate.last_used,
         reason,
+        candidate.manifest,
     )
 
 

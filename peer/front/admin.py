@@ -188,6 +188,7 @@ class AdminFront:
                     "digest": e.digest,
                     "size": e.size,
                     "partial": e.partial,
+                    "manifest": e.manifest,
                     "last_used": e.last_used,
                     "reason": e.reason,
                 }

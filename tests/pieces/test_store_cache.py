@@ -253,3 +253,24 @@ async def test_a_held_partial_counts_as_used(tmp_path: Path) -> None:
     with store.holding(digest):  # a preheat job's, a member's lease
         pass
     assert store.sweep(time.time() + 50.0) == []
+
+
+async def test_manifests_unread_for_the_ttl_go_too(tmp_path: Path) -> None:
+    store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
+    old = json_manifest(1)
+    read = json_manifest(2)
+    for body in (old, read):
+        store.put_manifest(digest_of(body), "application/vnd.oci.image.manifest.v1+json", body)
+        entry = store.ledger.get(Kind.MANIFEST, digest_hex(digest_of(body)))
+        assert entry is not None
+        store.ledger.put(dataclasses.replace(entry, last_used=time.time() - 1000.0))
+    assert store.get_manifest(digest_of(read)) is not None  # a client read it just now
+    gone = store.sweep(time.time() + 50.0)
+    assert [(e.digest, e.manifest) for e in gone] == [(digest_of(old), True)]
+    assert store.get_manifest(digest_of(old)) is None
+    assert store.get_manifest(digest_of(read)) is not None
+    assert store.bytes_used() == walked_use(tmp_path)
+
+
+def json_manifest(n: int) -> bytes:
+    return b'{"schemaVersion": 2, "layers": [], "n": %d}' % n
