@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from peer.access.auth_gate import credentials_key
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
-from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 from pieces.digest import digest_bytes, is_digest
 from pieces.store import Store
 
@@ -58,9 +57,7 @@ async def fetch_manifest(
     async with upstreams.open("GET", namespace, path, headers) as resp:
         base = upstreams.base_url(namespace)
         if 400 <= resp.status_code < 500:
-            body = await upstreams.read_body(resp, 64 * 1024)
-            kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
-            return UpstreamRefusal(resp.status_code, kept, body)
+            return await upstreams.refusal(resp)
         if resp.status_code != 200:
             raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
         body = await upstreams.read_body(resp, MANIFEST_LIMIT)

@@ -17,7 +17,7 @@ import trio
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
-from peer.upstream.client import Upstreams
+from peer.upstream.client import ERROR_BODY_LIMIT, Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 from pieces.partial import PartialBlob, SizeRefused
@@ -31,7 +31,6 @@ BUFFER_SIZE = 1024 * 1024
 BUFFER_COUNT = 16
 # A buffer goes to an idle writer once it holds this much, so slow links still stream promptly.
 EARLY_HANDOFF = 64 * 1024
-ERROR_BODY_LIMIT = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 

@@ -28,7 +28,6 @@ from peer.fetch.manifests import OCI_INDEX
 from peer.front.routes import ReferrersRoute, TagsRoute
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
-from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
 
 LIST_LIMIT = 4 * 1024 * 1024  # bytes of a tag list read from the upstream (passed on unparsed)
 # Bytes of a referrers index read and parsed (its JSON costs ~25 x its size in memory while
@@ -59,9 +58,7 @@ async def serve_tags(
     async with upstreams.open("GET", namespace, path, headers) as resp:
         base = upstreams.base_url(namespace)
         if 400 <= resp.status_code < 500:
-            body = await upstreams.read_body(resp, 64 * 1024)
-            kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
-            await refuse(UpstreamRefusal(resp.status_code, kept, body))
+            await refuse(await upstreams.refusal(resp))
             return
         if resp.status_code != 200:
             raise UpstreamError(base, f"answered {resp.status_code} for the tags of {route.name}")
@@ -151,9 +148,7 @@ async def serve_referrers(
             applied = resp.headers.get(FILTERS_APPLIED, "")
             link = resp.headers.get("link")
         elif 400 <= status < 500 and status != 404:
-            error = await upstreams.read_body(resp, 64 * 1024)
-            kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
-            await refuse(UpstreamRefusal(status, kept, error))
+            await refuse(await upstreams.refusal(resp))
             return
         elif status != 404:
             raise UpstreamError(base, f"answered {status} for the referrers of {route.digest}")
@@ -200,14 +195,13 @@ async def _fallback_index(
             # The tag holds something else than an index: the spec says to take that for
             # no referrers, not for an error.
             return _index_manifests(body) or []
-        error = await upstreams.read_body(resp, 64 * 1024) if status < 500 else b""
-        kept = pick_headers(resp.headers, FORWARDED_ERROR_HEADERS)
-    if status == 404 and _error_code(error) != "NAME_UNKNOWN":
+        if not 400 <= status < 500:
+            raise UpstreamError(base, f"answered {status} for the referrers tag of {route.digest}")
+        refusal = await upstreams.refusal(resp)
+    if status == 404 and _error_code(refusal.body) != "NAME_UNKNOWN":
         return []  # no referrers yet: an empty index, not an error
-    if 400 <= status < 500:
-        await refuse(UpstreamRefusal(status, kept, error))
-        return None
-    raise UpstreamError(base, f"answered {status} for the referrers tag of {route.digest}")
+    await refuse(refusal)
+    return None
 
 
 def _index_manifests(body: bytes) -> list[dict[str, Any]] | None:

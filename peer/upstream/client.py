@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import httpx
 
 from peer.front.routes import InvalidNamespace
-from peer.upstream.errors import UpstreamError
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
+    FORWARDED_ERROR_HEADERS,
     UnforwardableHeader,
     check_forwardable,
+    pick_headers,
 )
 from peer.upstream.redirects import (
     RedirectStart,
@@ -26,6 +28,7 @@ from wire.names import registry_host
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 MAX_REDIRECTS = 5
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of an upstream's error document read and passed on
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,17 @@ class Upstreams:
                 raise
             await response.aclose()
         raise UpstreamError(base, f"more than {MAX_REDIRECTS} redirects")
+
+    async def refusal(self, response: httpx.Response) -> UpstreamRefusal:
+        """A 4xx answer to a GET as the client gets it: its status, the headers it needs
+        (FORWARDED_ERROR_HEADERS) and its body, at most ERROR_BODY_LIMIT bytes.
+
+        Raises:
+            UpstreamError: the connection failed, or the body is larger.
+        """
+        body = await self.read_body(response, ERROR_BODY_LIMIT)
+        headers = pick_headers(response.headers, FORWARDED_ERROR_HEADERS)
+        return UpstreamRefusal(response.status_code, headers, body)
 
     async def read_body(self, response: httpx.Response, limit: int) -> bytes:
         """Read a small body (manifest, error document) of at most `limit` bytes.
