@@ -21,8 +21,16 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 # What a node that asks for itself accepts (a client's own Accept is forwarded as it is).
 ACCEPT_ALL = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+
+def registries_hold(descriptor: dict[str, object]) -> bool:
+    """False for a layer that registries do not hold (foreign, non-distributable): its client
+    fetches it from the descriptor's `urls`, never through a mirror."""
+    kind = descriptor.get("mediaType")
+    return not (isinstance(kind, str) and ("nondistributable" in kind or "foreign" in kind))
 
 
 @dataclass(frozen=True, slots=True)

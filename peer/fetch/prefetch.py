@@ -37,13 +37,11 @@ from typing import Any, Protocol
 import trio
 
 from peer.fetch.download import BlobSource, Download
+from peer.fetch.manifests import IMAGE_MANIFEST_TYPES, registries_hold
 from pieces.digest import InvalidDigest, digest_hex
 
 log = logging.getLogger("pollen.prefetch")
 
-OCI_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_IMAGE_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-IMAGE_MANIFEST_TYPES = frozenset({OCI_IMAGE_MANIFEST, DOCKER_IMAGE_MANIFEST})
 
 MANIFEST_BYTES = 4 * 1024 * 1024  # the front reads no more of a manifest either
 MAX_BLOBS = 256  # descriptors taken from one manifest (the config counts as one)
@@ -126,10 +124,7 @@ def _blob_digest(descriptor: object) -> str | None:
         digest_hex(digest)
     except InvalidDigest:
         return None
-    kind = descriptor.get("mediaType")
-    if isinstance(kind, str) and ("nondistributable" in kind or "foreign" in kind):
-        return ""
-    return digest
+    return digest if registries_hold(descriptor) else ""
 
 
 class BlobJoiner(Protocol):

@@ -13,6 +13,7 @@ import platform as host_platform
 from dataclasses import dataclass
 from typing import Any
 
+from peer.fetch.manifests import registries_hold
 from pieces.digest import InvalidDigest, digest_hex
 
 MAX_ENTRIES = 256  # manifests of an index, blobs of a manifest
@@ -140,8 +141,7 @@ def manifest_blobs(body: bytes) -> list[Blob]:
         described = _descriptor(entry)
         if described is None:
             raise UnusableManifest("a descriptor without a usable digest and size")
-        kind = entry.get("mediaType", "")
-        if isinstance(kind, str) and ("nondistributable" in kind or "foreign" in kind):
+        if not registries_hold(entry):
             continue
         blobs.setdefault(described[0], Blob(*described))
     return list(blobs.values())

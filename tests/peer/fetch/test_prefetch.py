@@ -16,11 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peer.fetch.download import BlobSource, Download
+from peer.fetch.manifests import DOCKER_MANIFEST, OCI_MANIFEST
 from peer.fetch.prefetch import (
-    DOCKER_IMAGE_MANIFEST,
     MAX_BLOBS,
     MAX_WAIT,
-    OCI_IMAGE_MANIFEST,
     ImageBlobs,
     InvalidManifest,
     Prefetcher,
@@ -55,15 +54,15 @@ def desc(digest: str, **extra: Any) -> dict[str, Any]:
 
 def test_config_first_then_layers_in_order_each_once() -> None:
     body = manifest(desc(sha(0)), [desc(sha(1)), desc(sha(2)), desc(sha(1)), desc(sha(3))])
-    blobs = image_blobs(OCI_IMAGE_MANIFEST, body)
+    blobs = image_blobs(OCI_MANIFEST, body)
     assert blobs is not None
     assert blobs.digests == (sha(0), sha(1), sha(2), sha(3))
     assert (blobs.invalid, blobs.beyond_limit) == (0, 0)
 
 
 def test_docker_schema2_with_parameters_in_the_content_type() -> None:
-    body = manifest(desc(sha(0)), [desc(sha(1))], mediaType=DOCKER_IMAGE_MANIFEST)
-    blobs = image_blobs(DOCKER_IMAGE_MANIFEST.upper() + "; charset=utf-8", body)
+    body = manifest(desc(sha(0)), [desc(sha(1))], mediaType=DOCKER_MANIFEST)
+    blobs = image_blobs(DOCKER_MANIFEST.upper() + "; charset=utf-8", body)
     assert blobs is not None and blobs.digests == (sha(0), sha(1))
 
 
@@ -99,7 +98,7 @@ def test_indexes_lists_and_other_types_have_nothing_to_prefetch(media_type: str)
 )
 def test_an_unreadable_image_manifest_is_invalid(body: bytes, why: str) -> None:
     with pytest.raises(InvalidManifest, match=why):
-        image_blobs(OCI_IMAGE_MANIFEST, body)
+        image_blobs(OCI_MANIFEST, body)
 
 
 def test_descriptors_without_a_usable_digest_are_counted_not_taken() -> None:
@@ -113,37 +112,35 @@ def test_descriptors_without_a_usable_digest_are_counted_not_taken() -> None:
         None,
         desc(sha(2)),
     ]
-    blobs = image_blobs(OCI_IMAGE_MANIFEST, manifest([desc(sha(0))], layers))
+    blobs = image_blobs(OCI_MANIFEST, manifest([desc(sha(0))], layers))
     assert blobs is not None
     assert blobs.digests == (sha(2),)
     assert blobs.invalid == 8  # the config (a list) and seven layers
-    with_sha512 = image_blobs(
-        OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), [desc("sha512:" + "a" * 128)])
-    )
+    with_sha512 = image_blobs(OCI_MANIFEST, manifest(desc(sha(0)), [desc("sha512:" + "a" * 128)]))
     assert with_sha512 is not None and with_sha512.digests == (sha(0), "sha512:" + "a" * 128)
 
 
 def test_foreign_layers_are_left_to_the_client() -> None:
     foreign = desc(sha(1), mediaType="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
     nondist = desc(sha(2), mediaType="application/vnd.oci.image.layer.nondistributable.v1.tar")
-    blobs = image_blobs(OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), [foreign, nondist]))
+    blobs = image_blobs(OCI_MANIFEST, manifest(desc(sha(0)), [foreign, nondist]))
     assert blobs is not None and blobs.digests == (sha(0),)
     assert blobs.invalid == 0
 
 
 def test_at_most_max_blobs_descriptors_are_looked_at() -> None:
     layers = [desc(sha(i)) for i in range(1, 10_001)]
-    blobs = image_blobs(OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), layers))
+    blobs = image_blobs(OCI_MANIFEST, manifest(desc(sha(0)), layers))
     assert blobs is not None
     assert blobs.digests == tuple(sha(i) for i in range(MAX_BLOBS))
     assert blobs.beyond_limit == 10_001 - MAX_BLOBS
-    small = image_blobs(OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), layers[:5]), limit=0)
+    small = image_blobs(OCI_MANIFEST, manifest(desc(sha(0)), layers[:5]), limit=0)
     assert small is not None and small.digests == () and small.beyond_limit == 6
 
 
 def test_the_stated_size_is_never_read() -> None:
     layers = [desc(sha(1), size=2**80), desc(sha(2), size="huge"), desc(sha(3), size=-1)]
-    blobs = image_blobs(OCI_IMAGE_MANIFEST, manifest(desc(sha(0)), layers))
+    blobs = image_blobs(OCI_MANIFEST, manifest(desc(sha(0)), layers))
     assert blobs is not None and len(blobs.digests) == 4
 
 
@@ -168,7 +165,7 @@ def _check(blobs: ImageBlobs | None, limit: int) -> None:
         digest_hex(digest)  # a valid sha256 digest, or this raises
 
 
-@given(st.binary(max_size=2000), st.sampled_from([OCI_IMAGE_MANIFEST, DOCKER_IMAGE_MANIFEST]))
+@given(st.binary(max_size=2000), st.sampled_from([OCI_MANIFEST, DOCKER_MANIFEST]))
 def test_any_bytes_give_blobs_none_or_invalid_manifest(body: bytes, media_type: str) -> None:
     with contextlib.suppress(InvalidManifest):
         _check(image_blobs(media_type, body), MAX_BLOBS)
@@ -180,7 +177,7 @@ def test_any_bytes_give_blobs_none_or_invalid_manifest(body: bytes, media_type: 
         {"layers": st.lists(_DESCRIPTORS, max_size=30)},
         optional={
             "config": _DESCRIPTORS,
-            "mediaType": st.sampled_from([OCI_IMAGE_MANIFEST, OCI_INDEX]) | _JSON,
+            "mediaType": st.sampled_from([OCI_MANIFEST, OCI_INDEX]) | _JSON,
         },
     ),
     st.integers(min_value=0, max_value=40),
@@ -188,7 +185,7 @@ def test_any_bytes_give_blobs_none_or_invalid_manifest(body: bytes, media_type: 
 def test_any_json_gives_valid_unique_digests_within_the_limit(doc: Any, limit: int) -> None:
     body = json.dumps(doc).encode()
     try:
-        blobs = image_blobs(OCI_IMAGE_MANIFEST, body, limit)
+        blobs = image_blobs(OCI_MANIFEST, body, limit)
     except InvalidManifest:
         return
     _check(blobs, limit)
@@ -252,7 +249,7 @@ def _offer(prefetcher: Prefetcher, digests: list[str], **kw: Any) -> None:
         kw.get("name", "org/app"),
         kw.get("headers", {"authorization": "Bearer t"}),
         kw.get("auth_key", "key"),
-        kw.get("media_type", OCI_IMAGE_MANIFEST),
+        kw.get("media_type", OCI_MANIFEST),
         body,
     )
 
@@ -343,10 +340,10 @@ async def test_invalid_manifests_and_indexes_are_counted_not_fetched(
     downloads = FakeDownloads(store, nursery)
     prefetcher = Prefetcher(store, downloads)
     await nursery.start(prefetcher.run)
-    prefetcher.offer(None, "org/app", {}, None, OCI_IMAGE_MANIFEST, b"{not json")
+    prefetcher.offer(None, "org/app", {}, None, OCI_MANIFEST, b"{not json")
     prefetcher.offer(None, "org/app", {}, None, OCI_INDEX, manifest(desc(sha(0)), []))
     bad = manifest(desc(sha(0)), ["x", desc("md5:abc")] + [desc(sha(i)) for i in range(1, 300)])
-    prefetcher.offer(None, "org/app", {}, None, OCI_IMAGE_MANIFEST, bad)
+    prefetcher.offer(None, "org/app", {}, None, OCI_MANIFEST, bad)
     await _settle(prefetcher)
     counters = prefetcher.counters
     assert counters.invalid_manifests == 1

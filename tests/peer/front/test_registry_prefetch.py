@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from peer.config import Address, NodeConfig
-from peer.fetch.prefetch import DOCKER_IMAGE_MANIFEST
+from peer.fetch.manifests import DOCKER_MANIFEST
 from peer.node import Node
 from tests.peer.fake_registry import FakeRegistry, digest_of
 
@@ -187,7 +187,7 @@ async def test_no_prefetch_fetches_only_what_clients_ask(
     blobs, _ = _image(registry)
     async with client:
         response = await client.get(
-            "/v2/org/app/manifests/v1", headers={"Accept": DOCKER_IMAGE_MANIFEST}
+            "/v2/org/app/manifests/v1", headers={"Accept": DOCKER_MANIFEST}
         )
         assert response.status_code == 200
         await trio.sleep(0.3)
