@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from peer.front.http_server import BodyTooLarge, HttpConnection, Request
+from peer.front.http_server import HttpConnection, Request
 from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT, parse_request
 from peer.preheat.job import TooManyJobs
@@ -143,13 +143,9 @@ class AdminFront:
         if preheater is None:
             raise OciError(503, "UNAVAILABLE", "preheat is not running on this node")
         if rest in ("", "/") and request.method == "POST":
+            body = await conn.read_body(BODY_LIMIT)  # over it: 413 (BodyTooLarge)
             try:
-                job_request = parse_request(await conn.read_body(BODY_LIMIT))
-                job = preheater.start(job_request)
-            except BodyTooLarge as exc:
-                raise OciError(
-                    413, "SIZE_INVALID", str(exc), headers=(("connection", "close"),)
-                ) from None
+                job = preheater.start(parse_request(body))
             except ValueError as exc:  # BadRequest, or an image the node may not fetch from
                 raise OciError(400, "BAD_REQUEST", str(exc)) from None
             except TooManyJobs as exc:

@@ -19,6 +19,7 @@ import h11
 import trio
 
 from peer.front.drain import Drain
+from peer.front.oci_errors import OciError
 
 log = logging.getLogger("pollen.http")
 
@@ -36,8 +37,13 @@ class ClientGone(Exception):
     """The client closed the connection, stopped reading for too long, or sent garbage."""
 
 
-class BodyTooLarge(Exception):
-    """A request body over what the route reads."""
+class BodyTooLarge(OciError):
+    """A request body over what the route reads: answered 413 SIZE_INVALID like any OciError,
+    and the connection closed (the rest of the body is never read)."""
+
+    def __init__(self, limit: int) -> None:
+        message = f"a request body over {limit} bytes"
+        super().__init__(413, "SIZE_INVALID", message, headers=(("connection", "close"),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +144,7 @@ class HttpConnection:
                 elif isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > limit:
-                        raise BodyTooLarge(f"a request body over {limit} bytes")
+                        raise BodyTooLarge(limit)
                     chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     return b"".join(chunks)

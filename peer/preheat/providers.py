@@ -32,7 +32,7 @@ import logging
 from typing import Any
 
 from peer.fetch.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from peer.front.http_server import BodyTooLarge, HttpConnection, Request
+from peer.front.http_server import HttpConnection, Request
 from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT
 from peer.preheat.job import Job, JobState, TooManyJobs
@@ -238,10 +238,7 @@ def _rfc3339(seconds: float) -> str:
 
 
 async def _body(conn: HttpConnection) -> dict[str, Any]:
-    try:
-        raw = await conn.read_body(BODY_LIMIT)
-    except BodyTooLarge as exc:
-        raise OciError(413, "SIZE_INVALID", str(exc), headers=(("connection", "close"),)) from None
+    raw = await conn.read_body(BODY_LIMIT)  # over it: 413 (BodyTooLarge, an OciError)
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):
