@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -127,6 +129,14 @@ def htpasswd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 CREDS = "alice:wonderland"  # the htpasswd_file's login
+
+
+def auth_file(path: Path, registry: Registry) -> Path:
+    """A docker config.json (mode 0600) with CREDS for `registry`: a node's --auth-file."""
+    login = base64.b64encode(CREDS.encode()).decode()
+    path.write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture(scope="session")

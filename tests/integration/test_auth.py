@@ -4,14 +4,13 @@ private content is never handed to a client without them."""
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import time
 from pathlib import Path
 
 from bench.components import Cluster, Pollen, Registry, wait_for
 from peer.cluster.rendezvous import owner_order
-from tests.integration.conftest import CREDS, REPO_NAME, TAG, MiB
+from tests.integration.conftest import CREDS, REPO_NAME, TAG, MiB, auth_file
 from tests.integration.relays import ThrottledProxy, curl, sha256_file, skopeo_copy
 
 
@@ -129,10 +128,9 @@ def test_a_node_lends_its_login_only_where_told_and_the_content_stays_private(
     the node expects); node 1 has the same logins but does not lend them, so its anonymous
     client is refused, although node 0 holds every blob. No secret reaches a log."""
     registry = private_registry
-    logins = tmp_path / "auth.json"
+    logins = auth_file(tmp_path / "auth.json", registry)
     secret = CREDS.partition(":")[2]
-    encoded = base64.b64encode(CREDS.encode()).decode()
-    logins.write_text(json.dumps({"auths": {registry.host: {"auth": encoded}}}))
+    encoded = base64.b64encode(CREDS.encode()).decode()  # as the file holds it
     lending = Pollen(
         tmp_path / "lending",
         "--default-upstream",

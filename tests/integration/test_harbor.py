@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import subprocess
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 
 from bench.components import Cluster, Registry
-from tests.integration.conftest import CREDS, REPO_NAME, TAG
+from tests.integration.conftest import CREDS, REPO_NAME, TAG, auth_file
 
 TOKEN = "harbor-provider-instance-token-0123456789"
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -72,9 +71,7 @@ def make_cluster(
 ) -> Cluster:
     token_file = tmp_path / "preheat.token"
     token_file.write_text(TOKEN + "\n")
-    logins = tmp_path / "auth.json"
-    encoded = base64.b64encode(CREDS.encode()).decode()
-    logins.write_text(json.dumps({"auths": {registry.host: {"auth": encoded}}}))
+    logins = auth_file(tmp_path / "auth.json", registry)
     cluster = cluster_factory(
         2,
         registry.url,

@@ -5,7 +5,6 @@ repository without a login, and a registry that is down."""
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -14,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.components import REPO, Cluster, Pollen, Registry, free_port
-from tests.integration.conftest import CREDS, REPO_NAME, TAG, PushedImage
+from tests.integration.conftest import CREDS, REPO_NAME, TAG, PushedImage, auth_file
 from tests.integration.relays import skopeo_copy
 
 Factory = Callable[..., Cluster]
-
-
-def auth_file(path: Path, registry: Registry) -> Path:
-    login = base64.b64encode(CREDS.encode()).decode()
-    path.write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
-    path.chmod(0o600)
-    return path
 
 
 def pollen_cli(node: Pollen, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

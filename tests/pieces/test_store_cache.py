@@ -4,7 +4,6 @@ holds (readers, uploads, preheat jobs) and dry runs."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import random
 import time
@@ -21,20 +20,8 @@ from pieces.ledger import Kind
 from pieces.partial import NoRoom
 from pieces.room import FOR_TTL, FOR_WATERMARK, Watermarks
 from pieces.store import CachePolicy, Store
+from tests.pieces.test_store_sizes import digest_of, store_blob
 from tests.tmpfs import mounted_tmpfs
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-async def put_blob(store: Store, data: bytes) -> str:
-    digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
-    partial.write_sync(0, [data])
-    partial.finalize_sync()
-    store.release_partial(partial)
-    return digest
 
 
 async def leave_partial(store: Store, data: bytes) -> str:
@@ -82,7 +69,7 @@ def test_the_running_totals_agree_with_a_walk_of_the_disk(
         for op, n in ops:
             data = rng.randbytes(n * 1000)
             if op == "blob":
-                await put_blob(store, data)
+                await store_blob(store, data)
             elif op == "partial":
                 await leave_partial(store, data)
             elif op == "manifest":
@@ -105,7 +92,7 @@ async def test_stats_and_room_are_answered_without_walking_the_disk(
 ) -> None:
     store = Store(tmp_path, 1024, quota=10**9)
     for i in range(5):
-        await put_blob(store, os.urandom(1000 + i))
+        await store_blob(store, os.urandom(1000 + i))
 
     def no_walk(*_args: object) -> Iterator[os.DirEntry[str]]:
         raise AssertionError("the store walked a directory")
@@ -113,13 +100,13 @@ async def test_stats_and_room_are_answered_without_walking_the_disk(
     monkeypatch.setattr(os, "scandir", no_walk)
     assert store.stats().complete_blobs == 5
     store.make_room(5000)  # with a quota: it needs the bytes used
-    await put_blob(store, os.urandom(3000))
+    await store_blob(store, os.urandom(3000))
     assert store.stats().complete_blobs == 6
 
 
 async def test_a_rescan_notices_files_removed_by_hand(tmp_path: Path) -> None:
     store = Store(tmp_path, 1024)
-    digest = await put_blob(store, os.urandom(5000))
+    digest = await store_blob(store, os.urandom(5000))
     store.complete_path(digest).unlink()
     assert store.bytes_used() == 5000  # the ledger does not know yet
     store.rescan()
@@ -128,7 +115,7 @@ async def test_a_rescan_notices_files_removed_by_hand(tmp_path: Path) -> None:
 
 async def test_the_ttl_evicts_blobs_nobody_read_and_spares_held_ones(tmp_path: Path) -> None:
     store = Store(tmp_path, 1024, policy=CachePolicy(ttl=3600.0))
-    read, held, idle = [await put_blob(store, os.urandom(2000 + i)) for i in range(3)]
+    read, held, idle = [await store_blob(store, os.urandom(2000 + i)) for i in range(3)]
     left = await leave_partial(store, os.urandom(4000))
     later = time.time() + 3600.0 + 10
     assert store.sweep(time.time()) == []  # nothing is an hour old yet
@@ -151,7 +138,7 @@ async def test_the_ttl_evicts_blobs_nobody_read_and_spares_held_ones(tmp_path: P
 
 async def test_reading_a_blob_restarts_its_ttl(tmp_path: Path) -> None:
     store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
-    old, read = [await put_blob(store, os.urandom(1000 + i)) for i in range(2)]
+    old, read = [await store_blob(store, os.urandom(1000 + i)) for i in range(2)]
     now = time.time()
     for digest in (old, read):  # both last used long ago
         entry = store.ledger.get(Kind.BLOB, digest_hex(digest))
@@ -174,11 +161,11 @@ async def test_a_write_above_the_high_watermark_evicts_lru_down_to_the_low_one(
     small_disk: Path,
 ) -> None:
     store = Store(small_disk, 64 * 1024, policy=CachePolicy(marks=Watermarks(0.6, 0.3)))
-    blobs = [await put_blob(store, os.urandom(512 * 1024)) for _ in range(4)]  # 2 of 4 MiB
+    blobs = [await store_blob(store, os.urandom(512 * 1024)) for _ in range(4)]  # 2 of 4 MiB
     assert all(store.has_blob(d) for d in blobs)
     with store.reading(blobs[0]):  # the least recently used, but held
         # 2 MiB used + 1 MiB would be 75 % > 60 %: down to 30 % (1.2 MiB) after the write.
-        new = await put_blob(store, os.urandom(1024 * 1024))
+        new = await store_blob(store, os.urandom(1024 * 1024))
     kept = [d for d in blobs if store.has_blob(d)]
     assert blobs[0] in kept and store.has_blob(new)
     assert kept == [blobs[0]]  # 0.5 + 1 MiB: as low as it goes with the held one kept
@@ -189,7 +176,7 @@ async def test_the_sweep_brings_a_disk_filled_by_others_down_to_the_low_watermar
     small_disk: Path,
 ) -> None:
     store = Store(small_disk, 64 * 1024)
-    blobs = [await put_blob(store, os.urandom(512 * 1024)) for _ in range(4)]
+    blobs = [await store_blob(store, os.urandom(512 * 1024)) for _ in range(4)]
     (small_disk / "someone-else").write_bytes(bytes(1024 * 1024))  # 3 of 4 MiB used now
     store.policy = CachePolicy(marks=Watermarks(0.7, 0.5))
     gone = store.sweep(time.time())
@@ -202,7 +189,7 @@ async def test_a_rescan_keeps_uses_the_files_do_not_show(tmp_path: Path) -> None
     periodic rescan must not put the file's older mtime back (the TTL would then evict a
     blob that peers use all the time)."""
     store = Store(tmp_path, 1024, policy=CachePolicy(ttl=100.0))
-    digest = await put_blob(store, os.urandom(3000))
+    digest = await store_blob(store, os.urandom(3000))
     os.utime(store.complete_path(digest), (1.0, 1.0))  # written long ago
     with store.holding(digest):  # served to a peer now
         pass
@@ -235,10 +222,10 @@ async def test_a_partial_that_fails_to_open_stays_counted_and_evictable(
 
 async def test_a_walk_that_the_ledger_outran_is_not_applied(tmp_path: Path) -> None:
     store = Store(tmp_path, 1024)
-    await put_blob(store, os.urandom(1000))
+    await store_blob(store, os.urandom(1000))
     generation = store.ledger.generation
     entries = store.walk()  # as the timer's thread does
-    await put_blob(store, os.urandom(2000))  # meanwhile, on the loop
+    await store_blob(store, os.urandom(2000))  # meanwhile, on the loop
     assert not store.apply_walk(entries, generation)
     assert store.stats().complete_blobs == 2 and store.bytes_used() == walked_use(tmp_path)
     assert store.apply_walk(store.walk(), store.ledger.generation)

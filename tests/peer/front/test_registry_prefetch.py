@@ -186,9 +186,7 @@ async def test_no_prefetch_fetches_only_what_clients_ask(
     node, registry, client = await _start(tmp_path, nursery, prefetch=False)
     blobs, _ = _image(registry)
     async with client:
-        response = await client.get(
-            "/v2/org/app/manifests/v1", headers={"Accept": DOCKER_MANIFEST}
-        )
+        response = await client.get("/v2/org/app/manifests/v1", headers={"Accept": DOCKER_MANIFEST})
         assert response.status_code == 200
         await trio.sleep(0.3)
         assert node.prefetcher is None

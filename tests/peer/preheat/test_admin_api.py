@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -88,12 +89,7 @@ async def test_a_job_warms_every_blob_of_an_image(
     )
     assert started.status_code == 202
     job_id = started.json()["id"]
-    with trio.fail_after(10):
-        while (job := (await client.get(f"/_pollen/preheat/{job_id}")).json())["state"] in (
-            "pending",
-            "running",
-        ):
-            await trio.sleep(0.05)
+    job = await finished(client, job_id)
     assert job["state"] == "succeeded", job["errors"]
     assert job["blobs"] == 2 and job["bytes"] == 5002
     assert registry.count("GET", f"/blobs/{layer}") == 1
@@ -185,12 +181,7 @@ async def test_a_multi_platform_image_is_warmed_for_the_platforms_asked(
         "/_pollen/preheat", json={"images": [image], "platforms": ["linux/arm64"]}
     )
     job_id = started.json()["id"]
-    with trio.fail_after(10):
-        while (job := (await client.get(f"/_pollen/preheat/{job_id}")).json())["state"] in (
-            "pending",
-            "running",
-        ):
-            await trio.sleep(0.05)
+    job = await finished(client, job_id)
     assert job["state"] == "succeeded", job["errors"]
     assert job["manifests"][1] == manifests["arm64"][0]  # the index, then arm64's manifest
     assert registry.count("GET", f"/blobs/{manifests['arm64'][1]}") == 1
@@ -256,3 +247,13 @@ async def test_a_job_on_the_nodes_login_asks_for_it_again_for_every_blob(
     assert one.headers == {"authorization": "Bearer first"}
     assert two.headers == {"authorization": "Bearer second"} and two.auth_key != one.auth_key
     assert await preheater._renewed(source, False) is source  # the job's own credentials
+
+
+async def finished(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
+    """The job's document once it has ended (bounded: 10 s)."""
+    with trio.fail_after(10):
+        while True:
+            job: dict[str, Any] = (await client.get(f"/_pollen/preheat/{job_id}")).json()
+            if job["state"] not in ("pending", "running"):
+                return job
+            await trio.sleep(0.05)
