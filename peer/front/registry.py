@@ -383,7 +383,7 @@ class RegistryFront:
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
         # Docker Hub count GETs of manifests against rate limits, not HEADs).
         if request.method == "HEAD":
-            await self._manifest_head(conn, request, namespace, route.name, reference, headers)
+            await self._forward_head(conn, request, namespace, route.name, "manifests", reference)
             return
         fetched = await fetch_manifest(
             self.upstreams, self.store, namespace, route.name, reference, headers
@@ -397,29 +397,6 @@ class RegistryFront:
         self._prefetch_blobs(
             request, namespace, route.name, headers, fetched.media_type, fetched.body
         )
-
-    async def _manifest_head(
-        self,
-        conn: HttpConnection,
-        request: Request,
-        namespace: str | None,
-        name: str,
-        reference: str,
-        headers: dict[str, str],
-    ) -> None:
-        """A manifest's HEAD, answered with the upstream's headers (its digest for a tag)."""
-        path = f"/v2/{name}/manifests/{reference}"
-        async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
-            if 400 <= resp.status_code < 500:
-                refusal = UpstreamRefusal(resp.status_code, _error_headers(resp.headers), b"")
-                await _forward_refusal(conn, request, refusal, "manifests")
-                return
-            if resp.status_code != 200:
-                base = self.upstreams.base_url(namespace)
-                raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
-            answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
-            await conn.start_response(200, [*answer.items(), API_VERSION])
-            await conn.end_response()
 
     def _prefetch_blobs(
         self,
@@ -451,7 +428,8 @@ class RegistryFront:
         kind: str,
         reference: str,
     ) -> None:
-        """A HEAD for content we do not hold: ask the upstream, do not start a download."""
+        """A HEAD asked of the upstream: a blob we do not hold (no download starts), or a
+        manifest (a tag can move; answered with the upstream's headers, its digest too)."""
         headers = pick_headers(request.headers, FORWARDED_REQUEST_HEADERS)
         path = f"/v2/{name}/{kind}/{reference}"
         async with self.upstreams.open("HEAD", namespace, path, headers) as resp:
@@ -461,9 +439,11 @@ class RegistryFront:
                 return
             if resp.status_code != 200:
                 base = self.upstreams.base_url(namespace)
-                raise UpstreamError(base, f"answered {resp.status_code} for {kind} {reference}")
+                what = kind.removesuffix("s")
+                raise UpstreamError(base, f"answered {resp.status_code} for {what} {reference}")
             answer = pick_headers(resp.headers, MANIFEST_ANSWER_HEADERS)
-            answer["docker-content-digest"] = reference
+            if kind == "blobs":
+                answer["docker-content-digest"] = reference  # what the blob is named by
             await conn.start_response(200, [*answer.items(), API_VERSION])
             await conn.end_response()
 
