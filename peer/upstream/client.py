@@ -192,6 +192,10 @@ class Upstreams:
         Raises:
             UpstreamError: the connection failed, or the body is larger than `limit`.
         """
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            # Said up front: refused before a byte is read (the same refusal as below).
+            raise UpstreamError(str(response.url.host), f"body over {limit} bytes")
         chunks: list[bytes] = []
         total = 0
         try:

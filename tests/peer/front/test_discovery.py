@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from peer.config import Address, NodeConfig
-from peer.front.discovery import fallback_tag
+from peer.front.discovery import INDEX_LIMIT, LIST_LIMIT, fallback_tag
 from peer.node import Node
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
 
@@ -263,3 +263,20 @@ async def test_a_reference_that_is_no_tag_is_unknown(setup: Setup) -> None:
     assert answer.status_code == 404
     assert answer.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     assert setup.registry.requests == []
+
+
+async def test_a_registry_that_sends_an_endless_index_gets_a_502_not_the_nodes_memory(
+    setup: Setup,
+) -> None:
+    """A client can name any registry: a referrers answer or a tag list larger than the
+    node reads (INDEX_LIMIT, LIST_LIMIT) ends that request, nothing else."""
+    image = digest_of(b"an image")
+    too_big = b"[" + b" " * INDEX_LIMIT + b"]"
+    setup.registry.refusals["/referrers/"] = (200, [("content-type", OCI_INDEX)], too_big)
+    answer = await setup.client.get(f"/v2/org/app/referrers/{image}")
+    assert answer.status_code == 502 and answer.json()["errors"][0]["code"] == "UNAVAILABLE"
+    setup.registry.refusals["/tags/list"] = (200, [], b"x" * (LIST_LIMIT + 1))
+    answer = await setup.client.get("/v2/org/app/tags/list")
+    assert answer.status_code == 502
+    setup.registry.add_manifest("v1", b"{}")
+    assert (await setup.client.get("/v2/org/app/manifests/v1")).status_code == 200
