@@ -156,6 +156,8 @@ def test_the_high_watermark_evicts_lru_down_to_the_low_one_sparing_a_reader(
         assert node.status()["store"]["evictions"] == {}
         fetch(node, middle, tmp_path / "out")  # 81 MiB: 63 % > 60 %: down to 30 % if it can
         assert not stored(node, small)
+        # Committed (fsync, rename) just after its last byte went out: waited for, bounded.
+        wait_until("the middle blob stored", lambda: stored(node, middle))
         assert stored(node, large) and stored(node, middle)
         assert node.status()["store"]["evictions"]["disk-watermark"]["blobs"] == 1
         reader.read_rest(tmp_path / "large")

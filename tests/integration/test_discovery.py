@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.components import Pollen, Registry
+from bench.components import Pollen, Registry, wait_for
 from peer.front.discovery import fallback_tag
 from tests.integration.conftest import CREDS, REPO_NAME, TAG
 
@@ -164,6 +164,8 @@ def test_sha512_content_is_served_through_a_node_and_then_from_its_store(
                 assert answer.headers["docker-content-digest"] == digest
         assert registry.blob_gets(mark) == {digest: 1}
         stored = node.data_dir / "blobs" / "sha256" / digest.removeprefix("sha512:")
+        # Committed (fsync, rename) just after the last byte went out: wait for it, bounded.
+        wait_for("the blob stored", stored.exists, timeout=30)
         assert hashlib.sha512(stored.read_bytes()).hexdigest() == digest.removeprefix("sha512:")
     finally:
         node.stop()
