@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peer.swarm.bits import bits_of
+from peer.swarm.fetch import DRAIN_STALL, MAX_PEERS, META_TIMEOUT, PEERS_PERIOD
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
     from bench.simulate.network import Flow
     from bench.simulate.node import SimNode
 
-# From peer/swarm/swarm.py (not imported: that module is being rewritten as a thin driver).
-MAX_PEERS = 8  # peers a fetch links to besides the owner
-PEERS_PERIOD = 2.0  # PeersRequest (and Want while hashes are missing) this often
-META_TIMEOUT = 30.0
-DRAIN_STALL = 5.0
 DRAIN_WAKE = 1.0  # the drain loop looks again at least this often
 IDLE_WAKE = 1.0  # the exchange loop wakes at least this often (for an overdue request)
 NAMESPACE, REPOSITORY = "docker.io", "bench/app"

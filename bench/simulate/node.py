@@ -23,6 +23,7 @@ from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
+from peer.swarm.fetch import PEERS_WHILE_OWNING
 from peer.swarm.seeding import Seeder
 from wire.events import (
     Bitfield,
@@ -42,8 +43,6 @@ from wire.events import (
 if TYPE_CHECKING:
     from bench.simulate.world import Simulation
 
-# From peer/swarm/swarm.py (not imported: that module is being rewritten as a thin driver).
-PEERS_WHILE_OWNING = 2  # peers a fetch takes pieces from while this node fetches upstream
 PEERS_ANSWER = 32  # peers in one Peers answer
 PEERS_SLACK = 8  # drawn beyond PEERS_ANSWER, for repeats, the asker and dead members
 SYNC_PERIOD = 30.0

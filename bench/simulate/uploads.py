@@ -1,12 +1,12 @@
-"""A node's uploads: UPLOAD_SLOTS pieces served at once, one piece at a time per link.
+"""A node's uploads, as in the real node (peer/swarm/uploads.py), with the same
+`UploadLanes` deciding whose turn it is: UPLOAD_SLOTS links served at once, one piece at a
+time per link, the owner's first copies first.
 
-As in the real node: a Request from a choked peer is answered with a Reject at once (and so is
-one whose peer was choked while it waited for a slot); the others wait for one of the node's
-upload slots (first come, first served, like trio's semaphore), then
-for their link, which sends one piece after the other in the order they got their slot (the
-link's send lock). A slot is held from when it is granted until the piece has been sent, also
-while the piece waits behind others on its link. A Cancel that arrives before the piece starts
-turns it into a Reject("cancelled"); one that arrives later is too late.
+A Request from a choked peer is answered with a Reject at once (and so is one whose peer was
+choked while it waited for its turn). A request whose turn comes is queued on its link, which
+the network sends (a flow); when it has been sent, the lanes give the next turn. A Cancel
+that arrives before the piece starts turns it into a Reject("cancelled"); one that arrives
+later is too late.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from peer.swarm.choker import UPLOAD_SLOTS
+from peer.swarm.upload_lanes import UPLOAD_SLOTS, UploadLanes
 from wire.events import Reject
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class UploadRequest:
-    __slots__ = ("cancelled", "digest", "gone", "granted", "index", "peer", "sending")
+    __slots__ = ("cancelled", "digest", "gone", "index", "peer", "sending")
 
     def __init__(self, peer: bytes, digest: str, index: int) -> None:
         self.peer = peer
@@ -31,18 +31,18 @@ class UploadRequest:
         self.index = index
         self.cancelled = False  # a Cancel came before it went out
         self.gone = False  # the link to the requester went away (or it was dropped)
-        self.granted = False  # holds an upload slot
         self.sending = False  # its bytes are on the wire: a Cancel is too late
 
 
 class PeerSender:
-    """The link from this node to one peer, as the network's feeder: its queued pieces."""
+    """The link from this node to one peer, as the network's feeder: the piece whose turn it
+    is (the lanes give a link one turn at a time)."""
 
     def __init__(self, uploader: Uploader, peer: bytes) -> None:
         self.uploader = uploader
         self.peer = peer
         self.queue: deque[UploadRequest] = deque()
-        self.feeding = False  # inside next_transfer: a grant must not wake the flow again
+        self.feeding = False  # inside next_transfer: a turn must not wake the flow again
         self.flow: Flow | None = None
 
     def next_transfer(self, now: float) -> int | None:
@@ -53,7 +53,7 @@ class PeerSender:
                 if request.cancelled:
                     self.queue.popleft()
                     self.uploader.refuse(request, "cancelled")
-                    self.uploader.release()
+                    self.uploader.finished(request)
                     continue
                 request.sending = True
                 return self.uploader.node.world.layouts[request.digest].length(request.index)
@@ -64,14 +64,13 @@ class PeerSender:
     def transfer_done(self, now: float, nbytes: int) -> None:
         request = self.queue.popleft()
         self.uploader.delivered(request, nbytes)
-        self.uploader.release()
+        self.uploader.finished(request)
 
 
 class Uploader:
     def __init__(self, node: SimNode, slots: int = UPLOAD_SLOTS) -> None:
         self.node = node
-        self.slots_free = slots
-        self.waiting: deque[UploadRequest] = deque()
+        self.lanes = UploadLanes(slots)
         self.senders: dict[bytes, PeerSender] = {}
         # peer -> (digest, index) -> its open request (for Cancel)
         self.open: dict[bytes, dict[tuple[str, int], UploadRequest]] = {}
@@ -84,33 +83,38 @@ class Uploader:
             return
         request = UploadRequest(peer, digest, index)
         self.open.setdefault(peer, {})[(digest, index)] = request
-        if self.slots_free and not self.waiting:
-            if self._start(request):
-                self.slots_free -= 1
-        else:
-            self.waiting.append(request)
+        state = node.blobs.get(digest)
+        urgent = state is not None and state.seeder is not None and not state.seeder.open
+        self._turns(self.lanes.add(peer, request, urgent))
 
     def cancel(self, peer: bytes, digest: str, index: int) -> None:
         request = self.open.get(peer, {}).get((digest, index))
         if request is not None and not request.sending:
             request.cancelled = True
 
-    def release(self) -> None:
-        """A slot is free again: the longest waiting request gets it."""
-        self.slots_free += 1
-        while self.slots_free and self.waiting:
-            if self._start(self.waiting.popleft()):
-                self.slots_free -= 1
+    def finished(self, request: UploadRequest) -> None:
+        """The request whose turn it was is done (sent or refused): the next turns."""
+        self._turns(self.lanes.finished(request.peer, request))
+
+    def _turns(self, requests: list[object]) -> None:
+        """Start the requests whose turn came; a refused one gives its turn on at once (a
+        worklist, not recursion: a choked peer may have many requests queued)."""
+        todo = list(requests)
+        while todo:
+            request = todo.pop()
+            assert isinstance(request, UploadRequest)
+            if not self._start(request):
+                todo += self.lanes.finished(request.peer, request)
 
     def _start(self, request: UploadRequest) -> bool:
-        """Give `request` a slot: True when it now holds it (queued on its link)."""
+        """Its turn came: True when it is now queued on its link (False: refused)."""
         if request.gone:
             return False
         if request.cancelled:
             self.refuse(request, "cancelled")
             return False
         if request.peer in self.node.choker.choked:
-            # As the node (peer/swarm/uploads.py): choked while it waited for a slot.
+            # As the node (peer/swarm/uploads.py): choked while it waited for its turn.
             self.refuse(request, "choked")
             return False
         state = self.node.blobs.get(request.digest)
@@ -122,7 +126,6 @@ class Uploader:
             sender = self.senders[request.peer] = PeerSender(self, request.peer)
             world = self.node.world
             sender.flow = world.network.open(self.node.host, world.by_id[request.peer].host, sender)
-        request.granted = True
         sender.queue.append(request)
         if not sender.feeding:
             assert sender.flow is not None
@@ -154,18 +157,15 @@ class Uploader:
             del requests[key]
 
     def link_lost(self, peer: bytes) -> None:
-        """The link to `peer` is gone: what it asked for is dropped, slots are freed."""
+        """The link to `peer` is gone: what it asked for is dropped, its slot moves on."""
         for request in self.open.pop(peer, {}).values():
             request.gone = True
         sender = self.senders.pop(peer, None)
-        if sender is None:
-            return
-        assert sender.flow is not None
-        self.node.world.network.close(sender.flow)
-        held = len(sender.queue)
-        sender.queue.clear()
-        for _ in range(held):
-            self.release()
+        if sender is not None:
+            assert sender.flow is not None
+            self.node.world.network.close(sender.flow)
+            sender.queue.clear()
+        self._turns(self.lanes.drop(peer))
 
     def close_all(self) -> None:
         """This node died: every upload stops."""
@@ -173,5 +173,5 @@ class Uploader:
             assert sender.flow is not None
             self.node.world.network.close(sender.flow)
         self.senders.clear()
-        self.waiting.clear()
+        self.lanes = UploadLanes(self.lanes.slots)
         self.open.clear()

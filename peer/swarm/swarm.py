@@ -149,8 +149,19 @@ class Swarm:
         )
         self.warming = Warming()  # preheat: Warm requests both ways
         self.uploads = Uploads(
-            store, self.choker, self.grants, self.counters, self.upload_limit, self._piece_size_of
+            store,
+            self.choker,
+            self.grants,
+            self.counters,
+            self.upload_limit,
+            self._piece_size_of,
+            self._seeding,
         )
+
+    def _seeding(self, digest: str) -> bool:
+        """Does this node still hand out the first copies of `digest` (its owner, seeding)?"""
+        state = self.digests.get(digest)
+        return state is not None and state.seeder is not None and not state.seeder.open
 
     # ---- running -------------------------------------------------------------------------
 

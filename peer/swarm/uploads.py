@@ -1,23 +1,25 @@
 """Serving other nodes' Requests: the choker's gate, the access check, an upload slot, sendfile.
 
-A request waits for one of UPLOAD_SLOTS slots and the upload rate cap; a request the peer
-cancelled meanwhile, or whose peer was choked meanwhile, goes out as a Reject instead of
-megabytes nobody wants any more.
+A request waits for its turn (`upload_lanes.py`: a slot per link, one piece at a time on a
+link, the owner's first copies first) and the upload rate cap; a request the peer cancelled
+meanwhile, or whose peer was choked meanwhile, goes out as a Reject instead of megabytes
+nobody wants any more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import trio
 
 from peer.rate_limit import RateLimiter
-from peer.swarm.choker import UPLOAD_SLOTS, Choker
+from peer.swarm.choker import Choker
 from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.upload_lanes import UPLOAD_SLOTS, UploadLanes
 from pieces.store import Store
 from wire.errors import LocalProtocolError
 from wire.events import FileRange, Piece, Reject, Request
@@ -38,6 +40,7 @@ class Uploads:
         counters: UploadCounters,
         upload_limit: RateLimiter,
         piece_size_of: Callable[[str], int],
+        urgent: Callable[[str], bool],
         slots: int = UPLOAD_SLOTS,
     ) -> None:
         self._store = store
@@ -46,7 +49,9 @@ class Uploads:
         self._counters = counters
         self._limit = upload_limit
         self._piece_size_of = piece_size_of  # the piece size a blob is cut to here
-        self._slots = trio.Semaphore(slots)
+        self._urgent = urgent  # pieces of this blob go first (the owner's first copies)
+        self.lanes = UploadLanes(slots)
+        self._turns: dict[object, trio.Event] = {}  # waiting ticket -> set when its turn comes
 
     async def serve(self, link: PeerLink, request: Request) -> None:
         digest, index = request.digest, request.index
@@ -56,7 +61,9 @@ class Uploads:
         if not await self._grants.may_have_pieces(link.peer_id, digest):
             await _reject(link, Reject(digest, index, "denied"))
             return
-        async with self._slots:
+        async with self._turn(link.peer_id, digest):
+            if link.closed:
+                return  # its link's other requests get their turns, and end here too
             if link.peer_id in self._choker.choked:
                 # Choked while it waited for a slot (BitTorrent's rule: a choke also refuses
                 # what is queued). Served anyway, the queue of every peer that ever asked
@@ -83,6 +90,33 @@ class Uploads:
                     await self._send_piece(link, digest, index, fd, offset, length)
             finally:
                 os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, peer: bytes, digest: str) -> AsyncIterator[None]:
+        """Wait until this request's link holds an upload slot and it is this request's turn
+        on the link; the next turn is given when the block ends."""
+        ticket = object()
+        turns = self.lanes.add(peer, ticket, self._urgent(digest))
+        if ticket not in turns:
+            event = self._turns[ticket] = trio.Event()
+        self._give(turns)
+        if ticket not in turns:
+            try:
+                await event.wait()
+            except BaseException:
+                self._turns.pop(ticket, None)
+                self._give(self.lanes.withdraw(peer, ticket))
+                raise
+        try:
+            yield
+        finally:
+            self._give(self.lanes.finished(peer, ticket))
+
+    def _give(self, turns: list[object]) -> None:
+        for ticket in turns:
+            event = self._turns.pop(ticket, None)
+            if event is not None:
+                event.set()
 
     async def _send_piece(
         self, link: PeerLink, digest: str, index: int, fd: int, offset: int, length: int

@@ -45,17 +45,18 @@ def test_out_of_range_is_an_error() -> None:
 def test_pieces_are_sized_to_the_blob() -> None:
     mib = 1024 * 1024
     assert piece_size_for(2 * 1024 * mib) == 4 * mib  # large blobs: the largest
-    assert piece_size_for(256 * mib) == 4 * mib  # exactly 64 pieces
-    assert piece_size_for(255 * mib) == 2 * mib
-    assert piece_size_for(75 * mib) == mib  # 75 pieces
-    assert piece_size_for(19 * mib) == 256 * 1024  # the smallest piece
+    assert piece_size_for(1024 * mib) == 4 * mib  # exactly 256 pieces
+    assert piece_size_for(1023 * mib) == 2 * mib
+    assert piece_size_for(128 * mib) == 512 * 1024  # 256 pieces
+    assert piece_size_for(75 * mib) == 256 * 1024  # 300 pieces: the smallest piece
+    assert piece_size_for(19 * mib) == 256 * 1024
     assert piece_size_for(1000) == 256 * 1024
     assert piece_size_for(0) == 256 * 1024
     assert piece_size_for(10 * mib, largest=128 * 1024) == 128 * 1024  # never above largest
 
 
 @given(st.integers(0, 1 << 40), st.sampled_from([1 << k for k in range(12, 26)]))
-def test_a_blob_has_at_least_64_pieces_unless_pieces_are_already_smallest(
+def test_a_blob_has_at_least_256_pieces_unless_pieces_are_already_smallest(
     size: int, largest: int
 ) -> None:
     piece = piece_size_for(size, largest)

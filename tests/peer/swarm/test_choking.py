@@ -5,26 +5,27 @@ from __future__ import annotations
 import random
 
 from peer.swarm.bans import BanList
-from peer.swarm.choker import OPTIMISTIC_PERIOD, RECHOKE_PERIOD, UPLOAD_SLOTS, Choker
+from peer.swarm.choker import OPTIMISTIC_PERIOD, RECHOKE_PERIOD, UNCHOKED, Choker
 from wire.events import Choke, Unchoke
 
-PEERS = [bytes([i]) * 16 for i in range(30)]
+PEERS = [bytes([i]) * 16 for i in range(3 * UNCHOKED)]
+MORE = UNCHOKED + UNCHOKED // 2  # more askers than slots
 
 
 def test_least_served_stay_unchoked_plus_one_optimistic() -> None:
     """A cooperating cluster: the peers we sent least to lately get the slots."""
     choker = Choker(random.Random(1), 0.0)
-    peers = PEERS[:12]
+    peers = PEERS[:MORE]
     now = 1000.0
     for rank, peer in enumerate(peers):
         assert choker.request(peer, now)  # nobody is choked before the first rechoke
         choker.served(peer, 1000 * rank)  # peers[0] was served least
     sends = choker.rechoke(now)
     unchoked = set(peers) - choker.choked
-    assert len(unchoked) == UPLOAD_SLOTS
-    assert set(peers[: UPLOAD_SLOTS - 1]) <= unchoked  # the least served
+    assert len(unchoked) == UNCHOKED
+    assert set(peers[: UNCHOKED - 1]) <= unchoked  # the least served
     optimistic = choker.optimistic
-    assert optimistic in unchoked and optimistic not in peers[: UPLOAD_SLOTS - 1]
+    assert optimistic in unchoked and optimistic not in peers[: UNCHOKED - 1]
     assert {s.peer for s in sends if isinstance(s.event, Choke)} == choker.choked
     assert not any(isinstance(s.event, Unchoke) for s in sends)
     for peer in choker.choked:
@@ -35,7 +36,7 @@ def test_slots_rotate_to_the_peers_served_least() -> None:
     """Serving the unchoked peers makes them the most served: the next rechoke hands their
     slots to the waiting ones (what we sent long ago counts less and less)."""
     choker = Choker(random.Random(4), 0.0)
-    peers = PEERS[:16]
+    peers = PEERS[: 2 * UNCHOKED]
     now = 0.0
     for peer in peers:
         choker.request(peer, now)
@@ -54,7 +55,7 @@ def test_a_choked_peer_that_stops_asking_still_gets_unchoked() -> None:
     """A choked peer does not ask (it would be refused); it must not stay choked for that."""
     choker = Choker(random.Random(2), 0.0)
     now = 0.0
-    for peer in PEERS[:12]:
+    for peer in PEERS[:MORE]:
         choker.request(peer, now)
     choker.rechoke(now)
     waiting = set(choker.choked)
@@ -62,7 +63,7 @@ def test_a_choked_peer_that_stops_asking_still_gets_unchoked() -> None:
     unchoked: set[bytes] = set()
     for _ in range(40):  # only the unchoked keep asking
         now += RECHOKE_PERIOD
-        for peer in set(PEERS[:12]) - choker.choked:
+        for peer in set(PEERS[:MORE]) - choker.choked:
             choker.request(peer, now)
         unchoked |= {s.peer for s in choker.rechoke(now) if isinstance(s.event, Unchoke)}
     assert waiting <= unchoked
@@ -83,7 +84,7 @@ def test_optimistic_slot_rotates() -> None:
 
 def test_peers_that_stopped_asking_are_not_candidates() -> None:
     choker = Choker(random.Random(5), 0.0)
-    for peer in PEERS[:12]:
+    for peer in PEERS[:MORE]:
         choker.request(peer, 0.0)
     choker.rechoke(2 * RECHOKE_PERIOD + 0.1)  # nobody asked for two periods
     assert not choker.choked
@@ -92,7 +93,7 @@ def test_peers_that_stopped_asking_are_not_candidates() -> None:
 def test_rechoke_deadline_and_lost_peers() -> None:
     choker = Choker(random.Random(4), 5.0)
     assert choker.next_deadline() == 5.0 + RECHOKE_PERIOD
-    for peer in PEERS[:12]:
+    for peer in PEERS[:MORE]:
         choker.request(peer, 14.0)
     choker.rechoke(15.0)
     assert choker.next_deadline() == 15.0 + RECHOKE_PERIOD

@@ -1,5 +1,6 @@
-"""The upload side on its own: a choke refuses what is still queued; a piece going out holds
-its blob against eviction (no sockets)."""
+"""The upload side on its own: a choke refuses what is still queued; slots are held by links;
+the owner's first copies go first; a piece going out holds its blob against eviction (no
+sockets)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ class Link:
     release: trio.Event = field(default_factory=trio.Event)
     sent: list[Event] = field(default_factory=list)
     cancelled: set[tuple[str, int]] = field(default_factory=set)
+    closed: bool = False
+    log: list[tuple[bytes, Event]] | None = None  # shared by links: the order of all sends
 
     async def send(self, event: Event) -> bool:
         if isinstance(event, Piece):
             await self.release.wait()
         self.sent.append(event)
+        if self.log is not None:
+            self.log.append((self.peer_id, event))
         return True
 
 
@@ -80,6 +85,7 @@ async def test_a_peer_choked_while_its_request_waits_for_a_slot_gets_a_reject(
         counters,
         RateLimiter(None),
         lambda _digest: 1000,
+        lambda _digest: False,
         slots=1,
     )
     first, second = Link(b"A" * 16), Link(b"B" * 16)
@@ -103,6 +109,7 @@ async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
         Counters(),
         RateLimiter(None),
         lambda _digest: 1000,
+        lambda _digest: False,
         slots=1,
     )
     first, second = Link(b"A" * 16), Link(b"B" * 16)
@@ -128,6 +135,7 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
         Counters(),
         RateLimiter(None),
         lambda _digest: 1000,
+        lambda _digest: False,
     )
     link = Link(b"A" * 16)
     async with trio.open_nursery() as nursery:
@@ -136,3 +144,77 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
         assert store.held == [DIGEST]  # the piece is on its way
         link.release.set()
     assert store.held == [] and len(link.sent) == 1
+
+
+def _uploads(tmp_path: Path, urgent: str | None = None) -> Uploads:
+    return Uploads(
+        Store(tmp_path / "blob"),  # type: ignore[arg-type]
+        Choker(random.Random(1), 0.0),
+        Grants(),  # type: ignore[arg-type]
+        Counters(),
+        RateLimiter(None),
+        lambda _digest: 1000,
+        lambda digest: digest == urgent,
+        slots=1,
+    )
+
+
+async def test_a_slot_is_held_by_a_link_until_its_queued_requests_are_sent(
+    tmp_path: Path,
+) -> None:
+    """One slot: the link that has it sends all its queued pieces, one at a time, before the
+    next link gets the slot (a slot per piece let one link's queue take every slot)."""
+    uploads = _uploads(tmp_path)
+    log: list[tuple[bytes, Event]] = []
+    first, second = Link(b"A" * 16, log=log), Link(b"B" * 16, log=log)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, second, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 1))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert uploads.lanes.serving == [first.peer_id]
+        assert uploads.lanes.waiting == [second.peer_id]
+        assert uploads.lanes.queued(first.peer_id) == 1  # piece 1 waits behind piece 0
+        second.release.set()
+        first.release.set()
+    assert [(peer, event.index) for peer, event in log] == [  # type: ignore[union-attr]
+        (first.peer_id, 0),
+        (first.peer_id, 1),
+        (second.peer_id, 0),
+    ]
+    assert uploads.lanes.serving == [] and uploads.lanes.waiting == []
+
+
+async def test_the_owners_first_copies_go_before_other_pieces(tmp_path: Path) -> None:
+    seeding = "sha256:" + "c" * 64
+    uploads = _uploads(tmp_path, urgent=seeding)
+    log: list[tuple[bytes, Event]] = []
+    busy, other, first_copy = (Link(bytes([n]) * 16, log=log) for n in (1, 2, 3))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, busy, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, other, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, first_copy, Request(seeding, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        for link in (busy, other, first_copy):
+            link.release.set()
+    assert [peer for peer, _ in log] == [busy.peer_id, first_copy.peer_id, other.peer_id]
+
+
+async def test_the_requests_of_a_closed_link_end_and_pass_the_slot_on(tmp_path: Path) -> None:
+    uploads = _uploads(tmp_path)
+    gone, waiting = Link(b"A" * 16), Link(b"B" * 16)
+    waiting.release.set()
+    async with trio.open_nursery() as nursery:
+        for index in range(3):
+            nursery.start_soon(uploads.serve, gone, Request(DIGEST, index))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.serve, waiting, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        gone.closed = True
+        gone.release.set()  # the piece under way ends (a real link raises LinkClosed)
+    assert len(gone.sent) == 1  # the two queued behind it were never sent
+    assert len(waiting.sent) == 1 and isinstance(waiting.sent[0], Piece)

@@ -1,0 +1,123 @@
+"""Upload slots held by links (peer/swarm/upload_lanes.py), as a pure state machine."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peer.swarm.upload_lanes import UploadLanes
+
+
+def test_a_link_keeps_its_slot_while_it_has_requests() -> None:
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    assert lanes.add("b", 2) == []  # waits for a slot
+    assert lanes.add("a", 3) == []  # waits behind 1 on its link, but needs no second slot
+    assert lanes.serving == ["a"] and lanes.waiting == ["b"]
+    assert lanes.finished("a", 1) == [3]
+    assert lanes.finished("a", 3) == [2]  # "a" ran dry: the slot moves on
+    assert lanes.serving == ["b"] and lanes.waiting == []
+    assert lanes.finished("b", 2) == []
+    assert lanes.serving == []
+
+
+def test_urgent_requests_go_first_on_a_link_and_among_the_waiting_links() -> None:
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    lanes.add("a", 2)
+    lanes.add("a", 3, urgent=True)
+    lanes.add("b", 4)
+    lanes.add("c", 5, urgent=True)
+    assert lanes.finished("a", 1) == [3]
+    assert lanes.finished("a", 3) == [2]
+    assert lanes.finished("a", 2) == [5]  # "c" waited with an urgent request: ahead of "b"
+    assert lanes.finished("c", 5) == [4]
+
+
+def test_a_withdrawn_request_leaves_its_place() -> None:
+    lanes = UploadLanes(slots=1)
+    lanes.add("a", 1)
+    lanes.add("a", 2)
+    lanes.add("b", 3)
+    assert lanes.withdraw("a", 2) == []
+    assert lanes.withdraw("b", 3) == []  # "b" no longer waits
+    assert lanes.waiting == []
+    assert lanes.withdraw("a", 1) == []  # the sending one: like finished, and "a" is dry
+    assert lanes.serving == []
+    assert lanes.add("b", 4) == [4]
+
+
+def test_a_dropped_link_passes_its_slot_on() -> None:
+    lanes = UploadLanes(slots=1)
+    lanes.add("a", 1)
+    lanes.add("a", 2)
+    lanes.add("b", 3)
+    assert lanes.drop("a") == [3]
+    assert lanes.drop("a") == []
+    with pytest.raises(ValueError):
+        lanes.finished("a", 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slots=st.integers(1, 4),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "urgent", "finish", "withdraw", "drop"]), st.integers(0, 5)
+        ),
+        max_size=80,
+    ),
+)
+def test_slots_turns_and_order_hold_whatever_happens(
+    slots: int, ops: list[tuple[str, int]]
+) -> None:
+    """At most `slots` links served, one piece at a time per link, no ticket given twice, a
+    link waits only while every slot is held, and every request gets its turn in the end
+    (a link's requests in order: urgent ones first, then by arrival)."""
+    lanes = UploadLanes(slots)
+    turns: dict[Hashable, int] = {}  # ticket -> peer, for every ticket whose turn came
+    pending: dict[int, list[tuple[int, int]]] = {}  # peer -> (rank, ticket) not yet turned
+    gone: set[Hashable] = set()
+    sending: dict[int, Hashable] = {}
+    ticket = 0
+
+    def take(new: list[Hashable]) -> None:
+        for t in new:
+            assert t not in turns and t not in gone
+            peer = next(p for p, queue in pending.items() if any(x[1] == t for x in queue))
+            assert peer not in sending  # one piece at a time on a link
+            best = min(pending[peer])
+            assert best[1] == t  # the link's best waiting request
+            pending[peer].remove(best)
+            turns[t] = peer
+            sending[peer] = t
+        assert len(lanes.serving) <= slots
+        assert not lanes.waiting or len(lanes.serving) == slots
+
+    for op, peer in ops:
+        if op in ("add", "urgent"):
+            ticket += 1
+            pending.setdefault(peer, []).append(
+                ((0 if op == "urgent" else 1) * 1000 + ticket, ticket)
+            )
+            take(lanes.add(peer, ticket, urgent=op == "urgent"))
+        elif op == "finish" and peer in sending:
+            take(lanes.finished(peer, sending.pop(peer)))
+        elif op == "withdraw" and pending.get(peer):
+            rank_ticket = pending[peer].pop()
+            gone.add(rank_ticket[1])
+            take(lanes.withdraw(peer, rank_ticket[1]))
+        elif op == "drop":
+            gone.update(t for _, t in pending.pop(peer, []))
+            sending.pop(peer, None)
+            take(lanes.drop(peer))
+    for _ in range(ticket + 1):  # finish everything: every waiting request gets its turn
+        if not sending:
+            break
+        peer = next(iter(sending))
+        take(lanes.finished(peer, sending.pop(peer)))
+    assert not any(pending.values())
+    assert lanes.serving == [] and lanes.waiting == []
