@@ -333,3 +333,49 @@ async def test_a_whole_piece_cannot_finish_a_piece_a_stream_began(tmp_path: Path
     partial.write_sync(1000, [data[1000:1500]])
     with pytest.raises(StoreError, match="out of order"):
         partial.write_piece_sync(1, data[1000:2000], piece_hash(data[1000:2000]))
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_the_piece_record_is_saved_at_most_once_a_second_and_on_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rewriting the whole record per piece cost the swarm's nodes CPU: it is saved when a
+    second has passed since the last save, and whatever is left when the partial closes
+    (a crash in between forgets those pieces; they are fetched again)."""
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(partial_module, "time", clock)
+    data = os.urandom(5000)
+    digest = digest_of(data)
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest, len(data))
+
+    def on_disk() -> list[int]:
+        meta = partial_module.load_meta(partial.meta_path)
+        return sorted(meta["pieces"]) if meta is not None else []
+
+    def write(index: int) -> None:
+        piece = data[index * 1000 : (index + 1) * 1000]
+        assert partial.write_piece_sync(index, piece, piece_hash(piece)) == [index]
+
+    write(0)
+    assert on_disk() == [0]  # the first piece saves it
+    clock.now += 0.5
+    write(1)
+    write(2)
+    assert on_disk() == [0]  # within the second: not saved
+    clock.now += 0.6
+    write(3)
+    assert on_disk() == [0, 1, 2, 3]
+    write(4)
+    assert on_disk() == [0, 1, 2, 3]
+    store.release_partial(partial)  # closed: the rest is saved
+    assert on_disk() == [0, 1, 2, 3, 4]
+    resumed = await Store(tmp_path, 1000).open_partial(digest, len(data))
+    assert sorted(resumed.piece_hashes) == [0, 1, 2, 3, 4]
