@@ -6,10 +6,11 @@ Crash-safety rules (why the code is ordered the way it is):
   (write a temporary file, rename), so it is always either the old or the new version.
 - We do not fsync per piece: after a crash, every recorded piece is re-hashed before it is trusted
   (`load_partial`), so a piece whose bytes never reached the disk is simply fetched again.
-- Nor is the meta file replaced per piece: at most once every META_SAVE_SECONDS while pieces
-  arrive (and on close and before the commit). A crash forgets at most that long of pieces,
-  which are fetched again; rewriting the whole record per 256 KiB piece cost the swarm's nodes
-  ~7 % of their CPU on the testbed (a py-spy sample; README, "CPU").
+- Nor is the meta file replaced per piece: when META_SAVE_BYTES of pieces were recorded since
+  the last save, or a piece is recorded META_SAVE_SECONDS or more after it (so the first piece
+  saves it at once, and a slow download at least once a second), and on close and before the
+  commit. A crash forgets at most that much, fetched again; rewriting the whole record per
+  256 KiB piece cost the swarm's nodes ~7 % of their CPU on the testbed (a py-spy sample).
 - The blob becomes complete only after its sha256 matches the digest; then the data file is
   fsynced and renamed into the complete area, so a complete blob is never half-written.
 - The sha256 covers exactly the bytes that are stored: bytes of a stream that skips pieces
@@ -48,7 +49,8 @@ from pieces.layout import PieceLayout
 # 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
 # may be private, and nothing says which registry could vouch for a reader.
 META_VERSION = 2
-META_SAVE_SECONDS = 1.0  # the meta file is saved at most this often while pieces arrive
+META_SAVE_BYTES = 4 * 1024 * 1024  # pieces recorded between two saves of the meta file
+META_SAVE_SECONDS = 1.0  # ... or this long
 # Bytes written out of stream order are hashed from the data file through a read-only
 # mapping of this many bytes at a time: no copy into a buffer first (the sha256 of a swarm's
 # blob, whose pieces come in any order, is mostly this). Measured on a page-cached 512 MiB
@@ -135,8 +137,8 @@ class PartialBlob:
         self._filling: dict[int, int] = {}
         self._bytes_present = sum(layout.length(index) for index in self.piece_hashes)
         self._piece_hashers: dict[int, Any] = {}
-        self._meta_dirty = False  # pieces recorded since the meta file was saved
-        self._meta_saved_at = -META_SAVE_SECONDS  # the first recorded piece saves it
+        self._unsaved = 0  # bytes of pieces recorded since the meta file was saved
+        self._saved_at = float("-inf")  # when it was saved (monotonic)
         self._sha = hasher_for(digest)  # sha256 or sha512, as the digest says
         self._sha_offset = 0
         self.verified = False  # sha256 checked: every byte may be served
@@ -306,7 +308,7 @@ class PartialBlob:
                 offset += take
                 view = view[take:]
         if completed:
-            self._recorded()
+            self._recorded(sum(layout.length(index) for index in completed))
         return completed
 
     def write_piece_sync(
@@ -339,7 +341,7 @@ class PartialBlob:
             self._sha_offset += len(view)
         self.piece_hashes[index] = expected
         self._bytes_present += len(view)
-        self._recorded()
+        self._recorded(len(view))
         return [index]
 
     def _write(self, data: memoryview, offset: int) -> None:
@@ -348,22 +350,22 @@ class PartialBlob:
         except OSError as exc:
             raise io_error(exc, f"writing {self.digest} to {self.data_path.parent}") from exc
 
-    def _recorded(self) -> None:
-        """Pieces were recorded: save the meta file unless it was saved just now."""
-        self._meta_dirty = True
+    def _recorded(self, nbytes: int) -> None:
+        """Pieces of `nbytes` were recorded: save the meta file if enough are unsaved, or
+        if it was saved a while ago."""
+        self._unsaved += nbytes
         now = time.monotonic()
-        if now - self._meta_saved_at >= META_SAVE_SECONDS:
+        if self._unsaved >= META_SAVE_BYTES or now - self._saved_at >= META_SAVE_SECONDS:
             self._save_meta()
-            self._meta_saved_at = now
+            self._saved_at = now
 
     def flush_meta_sync(self) -> None:
         """Save the meta file if pieces were recorded since it was last saved."""
-        if self._meta_dirty:
+        if self._unsaved:
             self._save_meta()
-            self._meta_saved_at = time.monotonic()
 
     def _save_meta(self) -> None:
-        self._meta_dirty = False
+        self._unsaved = 0
         meta = {
             "v": META_VERSION,
             "digest": self.digest,
@@ -455,7 +457,7 @@ class PartialBlob:
 
     def discard_sync(self) -> None:
         """Remove the data and meta files (bad content or given up)."""
-        self._meta_dirty = False  # nothing to save: both files go
+        self._unsaved = 0  # nothing to save: both files go
         self.close()
         self.data_path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)

@@ -336,46 +336,49 @@ async def test_a_whole_piece_cannot_finish_a_piece_a_stream_began(tmp_path: Path
 
 
 class _Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
+    def __init__(self) -> None:
+        self.now = 1000.0
 
     def monotonic(self) -> float:
         return self.now
 
 
-async def test_the_piece_record_is_saved_at_most_once_a_second_and_on_close(
+async def test_the_piece_record_is_saved_per_4_mib_or_second_of_pieces_and_on_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rewriting the whole record per piece cost the swarm's nodes CPU: it is saved when a
-    second has passed since the last save, and whatever is left when the partial closes
-    (a crash in between forgets those pieces; they are fetched again)."""
-    clock = _Clock(1000.0)
+    """Rewriting the whole record per piece cost the swarm's nodes CPU: it is saved for the
+    first piece, then once 4 MiB of pieces are unsaved or a second has passed, and on close
+    (a crash in between forgets at most that much; it is fetched again)."""
+    mib = 1024 * 1024
+    clock = _Clock()
     monkeypatch.setattr(partial_module, "time", clock)
-    data = os.urandom(5000)
+    data = os.urandom(8 * mib)
     digest = digest_of(data)
-    store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest, len(data))
+    store = Store(tmp_path, mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib)
 
     def on_disk() -> list[int]:
         meta = partial_module.load_meta(partial.meta_path)
         return sorted(meta["pieces"]) if meta is not None else []
 
     def write(index: int) -> None:
-        piece = data[index * 1000 : (index + 1) * 1000]
+        piece = data[index * mib : (index + 1) * mib]
         assert partial.write_piece_sync(index, piece, piece_hash(piece)) == [index]
 
     write(0)
-    assert on_disk() == [0]  # the first piece saves it
-    clock.now += 0.5
-    write(1)
-    write(2)
-    assert on_disk() == [0]  # within the second: not saved
-    clock.now += 0.6
-    write(3)
-    assert on_disk() == [0, 1, 2, 3]
+    assert on_disk() == [0]  # the first piece
+    for index in (1, 2, 3):
+        write(index)
+    assert on_disk() == [0]  # 3 MiB unsaved, no time passed
     write(4)
-    assert on_disk() == [0, 1, 2, 3]
+    assert on_disk() == [0, 1, 2, 3, 4]  # 4 MiB
+    write(5)
+    clock.now += 1.5
+    write(6)
+    assert on_disk() == [0, 1, 2, 3, 4, 5, 6]  # a second after the last save
+    write(7)
+    assert on_disk() == [0, 1, 2, 3, 4, 5, 6]
     store.release_partial(partial)  # closed: the rest is saved
-    assert on_disk() == [0, 1, 2, 3, 4]
-    resumed = await Store(tmp_path, 1000).open_partial(digest, len(data))
-    assert sorted(resumed.piece_hashes) == [0, 1, 2, 3, 4]
+    assert on_disk() == list(range(8))
+    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    assert sorted(resumed.piece_hashes) == list(range(8))
