@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -382,3 +383,41 @@ async def test_the_piece_record_is_saved_per_4_mib_or_second_of_pieces_and_on_cl
     assert on_disk() == list(range(8))
     resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
     assert sorted(resumed.piece_hashes) == list(range(8))
+
+
+async def test_later_saves_append_to_the_record_and_a_torn_append_loses_only_itself(
+    tmp_path: Path,
+) -> None:
+    """After its first save a partial appends records (no rename per save); a crash that
+    tears the last record costs those pieces only; a version-2 record (one map) still loads."""
+    mib = 1024 * 1024
+    data = os.urandom(12 * mib)
+    digest = digest_of(data)
+    store = Store(tmp_path, mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    for index in range(12):
+        piece = data[index * mib : (index + 1) * mib]
+        assert partial.write_piece_sync(index, piece, piece_hash(piece)) == [index]
+        if index == 0:
+            inode = os.stat(partial.meta_path).st_ino
+    partial.add_origins(["registry.example"])
+    store.release_partial(partial)
+    assert os.stat(partial.meta_path).st_ino == inode  # appended to, never replaced
+    meta = partial_module.load_meta(partial.meta_path)
+    assert meta is not None and sorted(meta["pieces"]) == list(range(12))
+    assert meta["origins"] == ["registry.example"]
+
+    whole = partial.meta_path.read_bytes()
+    partial.meta_path.write_bytes(whole[:-5])  # the last record torn
+    meta = partial_module.load_meta(partial.meta_path)
+    assert meta is not None and meta["origins"] == []  # the torn record held the origins
+    kept = sorted(meta["pieces"])
+    assert kept and kept == list(range(len(kept))) and len(kept) < 12
+    assert all(meta["pieces"][i] == piece_hash(data[i * mib : (i + 1) * mib]) for i in kept)
+
+    # A version-2 file: the whole record alone.
+    version_2 = {"v": 2, "digest": digest, "size": len(data), "piece_size": mib}
+    version_2 |= {"pieces": {0: piece_hash(data[:mib])}, "origins": []}
+    partial.meta_path.write_bytes(msgpack.packb(version_2))
+    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    assert sorted(resumed.piece_hashes) == [0]
