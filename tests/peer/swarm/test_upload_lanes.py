@@ -37,11 +37,15 @@ def test_urgent_requests_go_first_on_a_link_and_among_the_waiting_links() -> Non
     assert lanes.finished("c", 5) == [4]
 
 
-def test_a_withdrawn_request_leaves_its_place() -> None:
+def _a_sends_1_then_2_b_waits_with_3() -> UploadLanes:
     lanes = UploadLanes(slots=1)
-    lanes.add("a", 1)
-    lanes.add("a", 2)
-    lanes.add("b", 3)
+    assert lanes.add("a", 1) == [1]
+    assert lanes.add("a", 2) == lanes.add("b", 3) == []
+    return lanes
+
+
+def test_a_withdrawn_request_leaves_its_place() -> None:
+    lanes = _a_sends_1_then_2_b_waits_with_3()
     assert lanes.withdraw("a", 2) == []
     assert lanes.withdraw("b", 3) == []  # "b" no longer waits
     assert lanes.waiting == []
@@ -51,10 +55,7 @@ def test_a_withdrawn_request_leaves_its_place() -> None:
 
 
 def test_a_dropped_link_passes_its_slot_on() -> None:
-    lanes = UploadLanes(slots=1)
-    lanes.add("a", 1)
-    lanes.add("a", 2)
-    lanes.add("b", 3)
+    lanes = _a_sends_1_then_2_b_waits_with_3()
     assert lanes.drop("a") == [3]
     assert lanes.drop("a") == []
     with pytest.raises(ValueError):

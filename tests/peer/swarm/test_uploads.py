@@ -73,21 +73,31 @@ class Grants:
         return True
 
 
+def _uploads(
+    tmp_path: Path,
+    urgent: str | None = None,
+    choker: Choker | None = None,
+    counters: Counters | None = None,
+) -> Uploads:
+    """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded."""
+    return Uploads(
+        Store(tmp_path / "blob"),  # type: ignore[arg-type]
+        choker or Choker(random.Random(1), 0.0),
+        Grants(),  # type: ignore[arg-type]
+        counters or Counters(),
+        RateLimiter(None),
+        lambda _digest: 1000,
+        lambda digest: digest == urgent,
+        slots=1,
+    )
+
+
 async def test_a_peer_choked_while_its_request_waits_for_a_slot_gets_a_reject(
     tmp_path: Path,
 ) -> None:
     choker = Choker(random.Random(1), 0.0)
     counters = Counters()
-    uploads = Uploads(
-        Store(tmp_path / "blob"),  # type: ignore[arg-type]
-        choker,
-        Grants(),  # type: ignore[arg-type]
-        counters,
-        RateLimiter(None),
-        lambda _digest: 1000,
-        lambda _digest: False,
-        slots=1,
-    )
+    uploads = _uploads(tmp_path, choker=choker, counters=counters)
     first, second = Link(b"A" * 16), Link(b"B" * 16)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
@@ -102,16 +112,7 @@ async def test_a_peer_choked_while_its_request_waits_for_a_slot_gets_a_reject(
 
 
 async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
-    uploads = Uploads(
-        Store(tmp_path / "blob"),  # type: ignore[arg-type]
-        Choker(random.Random(1), 0.0),
-        Grants(),  # type: ignore[arg-type]
-        Counters(),
-        RateLimiter(None),
-        lambda _digest: 1000,
-        lambda _digest: False,
-        slots=1,
-    )
+    uploads = _uploads(tmp_path)
     first, second = Link(b"A" * 16), Link(b"B" * 16)
     second.release.set()
     async with trio.open_nursery() as nursery:
@@ -146,17 +147,13 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
     assert store.held == [] and len(link.sent) == 1
 
 
-def _uploads(tmp_path: Path, urgent: str | None = None) -> Uploads:
-    return Uploads(
-        Store(tmp_path / "blob"),  # type: ignore[arg-type]
-        Choker(random.Random(1), 0.0),
-        Grants(),  # type: ignore[arg-type]
-        Counters(),
-        RateLimiter(None),
-        lambda _digest: 1000,
-        lambda digest: digest == urgent,
-        slots=1,
-    )
+async def _ask_in_turn(
+    nursery: trio.Nursery, uploads: Uploads, asks: list[tuple[Link, Request]]
+) -> None:
+    """Each request arrives once the ones before it are waiting (or sending)."""
+    for link, request in asks:
+        nursery.start_soon(uploads.serve, link, request)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_a_slot_is_held_by_a_link_until_its_queued_requests_are_sent(
@@ -168,12 +165,8 @@ async def test_a_slot_is_held_by_a_link_until_its_queued_requests_are_sent(
     log: list[tuple[bytes, Event]] = []
     first, second = Link(b"A" * 16, log=log), Link(b"B" * 16, log=log)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(uploads.serve, second, Request(DIGEST, 0))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(uploads.serve, first, Request(DIGEST, 1))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
+        asks = [(first, Request(DIGEST, 0)), (second, Request(DIGEST, 0))]
+        await _ask_in_turn(nursery, uploads, [*asks, (first, Request(DIGEST, 1))])
         assert uploads.lanes.serving == [first.peer_id]
         assert uploads.lanes.waiting == [second.peer_id]
         assert uploads.lanes.queued(first.peer_id) == 1  # piece 1 waits behind piece 0
@@ -193,12 +186,8 @@ async def test_the_owners_first_copies_go_before_other_pieces(tmp_path: Path) ->
     log: list[tuple[bytes, Event]] = []
     busy, other, first_copy = (Link(bytes([n]) * 16, log=log) for n in (1, 2, 3))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(uploads.serve, busy, Request(DIGEST, 0))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(uploads.serve, other, Request(DIGEST, 0))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(uploads.serve, first_copy, Request(seeding, 0))  # type: ignore[arg-type]
-        await trio.testing.wait_all_tasks_blocked()
+        asks = [(busy, Request(DIGEST, 0)), (other, Request(DIGEST, 0))]
+        await _ask_in_turn(nursery, uploads, [*asks, (first_copy, Request(seeding, 0))])
         for link in (busy, other, first_copy):
             link.release.set()
     assert [peer for peer, _ in log] == [busy.peer_id, first_copy.peer_id, other.peer_id]
