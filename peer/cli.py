@@ -356,7 +356,7 @@ def main() -> None:
     envvar="POLLEN_PIECE_SIZE",
     callback=_convert(parse_size, "size"),
     show_default="4MiB",
-    help="The largest piece blobs are split into (and hashed by): a blob gets at least 64 "
+    help="The largest piece blobs are split into (and hashed by): a blob gets at least 256 "
     "pieces, halving this size down to 256KiB (a small blob spreads faster in small pieces).",
 )
 @click.option(

@@ -385,6 +385,9 @@ class PartialBlob:
                 with open(self.meta_path, "ab") as f:
                     f.write(msgpack.packb(record))
             except OSError as exc:
+                # Part of the record may be on disk: the next save writes the whole record
+                # (appended after a torn one, later records would be lost).
+                self._appending = False
                 raise io_error(exc, f"recording pieces of {self.digest}") from exc
             self._saved()
             return
@@ -475,7 +478,11 @@ class PartialBlob:
         """
         if not self.verified:
             raise StoreError(f"{self.digest}: commit before verify")
-        self.flush_meta_sync()  # a crash before the rename: every piece is recorded
+        with contextlib.suppress(StoreError):
+            # A crash before the rename: every piece is recorded. A record that cannot be
+            # written (a full disk) must not fail the commit: the rename needs no room, and
+            # the record is deleted right after it.
+            self.flush_meta_sync()
         os.fsync(self._fd)
         os.replace(self.data_path, self.complete_path)
         _fsync_dir(self.complete_path.parent)
@@ -511,6 +518,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# What msgpack raises on damaged bytes: a map key that is a list or map is TypeError (unhashable).
+_DAMAGE = (ValueError, TypeError, msgpack.FormatError, msgpack.StackError)
+
+
 def load_meta(meta_path: Path) -> dict[str, Any] | None:
     """Read a partial's meta file; None when it is missing or unreadable (start over).
 
@@ -524,7 +535,7 @@ def load_meta(meta_path: Path) -> dict[str, Any] | None:
     unpacker.feed(raw)
     try:
         meta = next(unpacker)
-    except (StopIteration, ValueError, msgpack.FormatError, msgpack.StackError):
+    except (StopIteration, *_DAMAGE):
         return None
     if not isinstance(meta, dict) or meta.get("v") not in META_VERSIONS_READ:
         return None
@@ -544,7 +555,7 @@ def load_meta(meta_path: Path) -> dict[str, Any] | None:
                     break
                 meta["origins"] = record["origins"]
             pieces.update(record["pieces"])
-    except (ValueError, msgpack.FormatError, msgpack.StackError):
+    except _DAMAGE:
         pass  # a torn or damaged record: what came before it stands
     return meta
 

@@ -128,7 +128,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     default="4MiB",
     show_default=True,
     callback=_size,
-    help="The largest piece (each blob gets at least 64, down to 256KiB, as the node does).",
+    help="The largest piece (each blob gets at least 256, down to 256KiB, as the node does).",
 )
 @click.option(
     "--parallel",

@@ -59,12 +59,12 @@ MAX_PEERS = 8  # peers a fetch links to besides the owner
 PEERS_WHILE_OWNING = 4
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
-PEERS_PERIOD = 2.0
+PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
 # Pieces up to this size are hashed and written on the event loop: for a 256 KiB piece the hop
 # to a worker thread and back cost more than the work (xxh3 and a page-cache copy, ~0.1 ms).
 # `python -m bench.swarm_loopback --nodes 8` (512 KiB pieces): 6.93, 7.36 CPU-s per GiB
 # delivered with a thread per piece, 5.47, 5.16 inline; last node 15.1, 16.0 s vs 12.8, 11.7.
-INLINE_WRITE = 1 << 20  # ask the owner for peers (and fresh hashes) this often
+INLINE_WRITE = 1 << 20
 STALL_REPORT = 10.0  # log what the fetch waits for after this long without a piece
 
 

@@ -421,3 +421,73 @@ async def test_later_saves_append_to_the_record_and_a_torn_append_loses_only_its
     partial.meta_path.write_bytes(msgpack.packb(version_2))
     resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
     assert sorted(resumed.piece_hashes) == [0]
+
+
+async def test_a_damaged_record_is_read_up_to_the_damage_never_raised(tmp_path: Path) -> None:
+    """A record whose map key is a list (unhashable) raised TypeError out of load_meta: the
+    blob could never be fetched on that node again. Now the damage ends the reading (an
+    appended record) or the record is refused (the first one): start over."""
+    mib = 1024 * 1024
+    data = os.urandom(2 * mib)
+    digest = digest_of(data)
+    store = Store(tmp_path, mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    piece = data[:mib]
+    assert partial.write_piece_sync(0, piece, piece_hash(piece)) == [0]
+    store.release_partial(partial)
+    with open(partial.meta_path, "ab") as f:
+        f.write(b"\x81\xa6pieces\x81\x91\x01\xa1a")  # {"pieces": {[1]: "a"}}
+    meta = partial_module.load_meta(partial.meta_path)
+    assert meta is not None and sorted(meta["pieces"]) == [0]
+    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    assert sorted(resumed.piece_hashes) == [0]
+    resumed.close()
+    partial.meta_path.write_bytes(b"\x81\x91\x01\xa1a")  # the first record damaged
+    assert partial_module.load_meta(partial.meta_path) is None
+
+
+async def test_a_failed_append_is_followed_by_a_whole_record_and_never_fails_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append that fails (ENOSPC) may leave part of a record: the next save must not
+    append after it (those records would be lost or misread), and the commit of a verified
+    blob must not fail for a record it deletes anyway."""
+    mib = 1024 * 1024
+    data = os.urandom(12 * mib)
+    digest = digest_of(data)
+    store = Store(tmp_path, mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib)
+
+    def write(index: int) -> None:
+        piece = data[index * mib : (index + 1) * mib]
+        partial.write_piece_sync(index, piece, piece_hash(piece))
+
+    write(0)  # the whole record
+    real_open = open
+
+    def torn_append(path: Path, mode: str = "r", *args: object) -> object:
+        if mode == "ab":
+            with real_open(path, "ab") as f:
+                f.write(b"\x81\xa6pie")  # part of a record, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", torn_append)
+    with pytest.raises(DiskFull):
+        for index in range(1, 5):
+            write(index)
+    monkeypatch.undo()
+    write(5)  # the next save: the whole record again, not an append after the torn bytes
+    meta = partial_module.load_meta(partial.meta_path)
+    assert meta is not None and sorted(meta["pieces"]) == list(range(6))
+    for index in range(6, 9):
+        write(index)
+    partial.flush_meta_sync()  # and appends follow it again
+    meta = partial_module.load_meta(partial.meta_path)
+    assert meta is not None and sorted(meta["pieces"]) == list(range(9))
+    for index in range(9, 12):
+        write(index)
+    monkeypatch.setattr("builtins.open", torn_append)
+    partial.finalize_sync()  # the flush before the commit fails: the commit does not
+    monkeypatch.undo()
+    assert store.complete_path(digest).read_bytes() == data
