@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.swarm.upload_lanes import UploadLanes
+from peer.swarm.upload_lanes import TURN_PIECES, UploadLanes
 
 
 def test_a_link_keeps_its_slot_while_it_has_requests() -> None:
@@ -35,6 +35,25 @@ def test_urgent_requests_go_first_on_a_link_and_among_the_waiting_links() -> Non
     assert lanes.finished("a", 3) == [2]
     assert lanes.finished("a", 2) == [5]  # "c" waited with an urgent request: ahead of "b"
     assert lanes.finished("c", 5) == [4]
+
+
+def test_a_link_with_requests_always_queued_lets_the_waiting_links_in() -> None:
+    """A peer that keeps a request queued held its slot for ever: now a turn is TURN_PIECES
+    pieces while others wait, and then the waiting link goes first."""
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("hog", 0) == [0]
+    lanes.add("hog", 1)
+    assert lanes.add("other", 100) == []
+    sent = [0]
+    for piece in range(1, 3 * TURN_PIECES):
+        turns = lanes.finished("hog", sent[-1])
+        lanes.add("hog", piece + 1)  # always one more queued
+        if turns == [100]:
+            break
+        assert turns == [piece]
+        sent.append(piece)
+    assert len(sent) == TURN_PIECES and lanes.serving == ["other"]
+    assert lanes.finished("other", 100) == [TURN_PIECES]  # then the hog again
 
 
 def _a_sends_1_then_2_b_waits_with_3() -> UploadLanes:
