@@ -31,9 +31,10 @@ UPLOAD_SLOTS = 8  # links served at once
 # Pieces a link sends in a row while other links wait for a slot; then it waits behind them.
 # Without a limit a peer that kept a request queued held its slot for ever (with 16 peers
 # unchoked and 8 slots, nothing else makes it let go). The simulator prefers long turns (16
-# hosts, seeds 1-3: 1.14, 1.15, 1.19 x T_min without a limit; 1.16, 1.17, 1.20 with 64;
-# 1.17, 1.19, 1.20 with 32; 1.18, 1.19, 1.30 with 8).
-TURN_PIECES = 64
+# hosts, seeds 1-3: 1.14, 1.15, 1.19 x T_min without a limit and with 256; 1.16, 1.17, 1.20
+# with 64; 1.17, 1.19, 1.20 with 32; 1.18, 1.19, 1.30 with 8; uneven links, seeds 1-4: 1.20,
+# 1.20, 1.25, 1.28 with 256, 1.25, 1.27, 1.26, 1.31 with 64).
+TURN_PIECES = 256
 
 
 @dataclass(eq=False)
