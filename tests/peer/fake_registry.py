@@ -191,12 +191,15 @@ def _media_type(body: bytes) -> str:
     return said if isinstance(said, str) else MANIFEST_TYPE
 
 
-def node_config(registry: FakeRegistry, data_dir: Path, **settings: Any) -> NodeConfig:
-    """A node on loopback whose default upstream (and `?ns=127.0.0.1:<port>`) is `registry`."""
+def node_config(
+    registry: FakeRegistry, data_dir: Path, *, name: str | None = None, **settings: Any
+) -> NodeConfig:
+    """A node on loopback whose default upstream (and `?ns=NAME`, by default
+    `127.0.0.1:<port>`) is `registry`."""
     return NodeConfig(
         http=Address("127.0.0.1", 0),
         data_dir=data_dir,
-        upstreams={f"127.0.0.1:{registry.port}": registry.url},
+        upstreams={name or f"127.0.0.1:{registry.port}": registry.url},
         default_upstream=registry.url,
         **settings,
     )

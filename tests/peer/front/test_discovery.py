@@ -14,10 +14,9 @@ import httpx
 import pytest
 import trio
 
-from peer.config import Address, NodeConfig
 from peer.front.discovery import INDEX_LIMIT, LIST_LIMIT, fallback_tag
 from peer.node import Node
-from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
+from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of, node_config
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 SIG = "application/vnd.dev.cosign.artifact.sig.v1+json"
@@ -35,12 +34,7 @@ class Setup:
 async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     registry = FakeRegistry(typed_by_body=True)
     await nursery.start(registry.serve)
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        upstreams={"reg.test": registry.url},
-        default_upstream=registry.url,
-    )
+    config = node_config(registry, tmp_path / "store", name="reg.test")
     node = Node(config)
     port = await nursery.start(node.run)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:

@@ -13,10 +13,9 @@ import httpx
 import pytest
 import trio
 
-from peer.config import Address, NodeConfig
 from peer.fetch.manifests import DOCKER_MANIFEST
 from peer.node import Node
-from tests.peer.fake_registry import FakeRegistry, digest_of
+from tests.peer.fake_registry import FakeRegistry, digest_of, node_config
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -35,11 +34,10 @@ async def _start(
 ) -> tuple[Node, FakeRegistry, httpx.AsyncClient]:
     registry = FakeRegistry()
     await nursery.start(registry.serve)
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        upstreams={"reg.test": registry.url},
-        default_upstream=registry.url,
+    config = node_config(
+        registry,
+        tmp_path / "store",
+        name="reg.test",
         piece_size=64 * 1024,
         upstream_timeout=2.0,
         prefetch=prefetch,
