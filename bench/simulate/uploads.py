@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from peer.swarm.seeding import first_copies_pending
 from peer.swarm.upload_lanes import UPLOAD_SLOTS, UploadLanes
 from wire.events import Reject
 
@@ -84,7 +85,7 @@ class Uploader:
         request = UploadRequest(peer, digest, index)
         self.open.setdefault(peer, {})[(digest, index)] = request
         state = node.blobs.get(digest)
-        urgent = state is not None and state.seeder is not None and not state.seeder.open
+        urgent = state is not None and first_copies_pending(state.seeder)
         self._turns(self.lanes.add(peer, request, urgent))
 
     def cancel(self, peer: bytes, digest: str, index: int) -> None:

@@ -231,3 +231,9 @@ class Seeder:
 
     def _bitfield(self, peer: bytes) -> Send:
         return Send(peer, Bitfield(self.digest, bits_of(self.held, self.count)))
+
+
+def first_copies_pending(seeder: Seeder | None) -> bool:
+    """Is this node still handing out the first copies of a blob (its owner, seeding)? Its
+    uploads of that blob then go first (upload_lanes.py)."""
+    return seeder is not None and not seeder.open

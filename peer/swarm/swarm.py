@@ -50,6 +50,7 @@ from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
+from peer.swarm.seeding import first_copies_pending
 from peer.swarm.uploads import Uploads
 from peer.swarm.warming import Warming
 from pieces.layout import PieceLayout, piece_size_for
@@ -161,7 +162,7 @@ class Swarm:
     def _seeding(self, digest: str) -> bool:
         """Does this node still hand out the first copies of `digest` (its owner, seeding)?"""
         state = self.digests.get(digest)
-        return state is not None and state.seeder is not None and not state.seeder.open
+        return state is not None and first_copies_pending(state.seeder)
 
     # ---- running -------------------------------------------------------------------------
 

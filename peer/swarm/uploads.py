@@ -97,10 +97,9 @@ class Uploads:
         on the link; the next turn is given when the block ends."""
         ticket = object()
         turns = self.lanes.add(peer, ticket, self._urgent(digest))
-        if ticket not in turns:
-            event = self._turns[ticket] = trio.Event()
+        event = None if ticket in turns else self._turns.setdefault(ticket, trio.Event())
         self._give(turns)
-        if ticket not in turns:
+        if event is not None:
             try:
                 await event.wait()
             except BaseException:
