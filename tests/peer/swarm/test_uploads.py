@@ -16,6 +16,7 @@ import trio.testing
 
 from peer.rate_limit import RateLimiter
 from peer.swarm.choker import Choker
+from peer.swarm.upload_lanes import TURN_PIECES
 from peer.swarm.uploads import Uploads
 from wire.events import Event, FileRange, Piece, Reject, Request
 
@@ -207,3 +208,20 @@ async def test_the_requests_of_a_closed_link_end_and_pass_the_slot_on(tmp_path: 
         gone.release.set()  # the piece under way ends (a real link raises LinkClosed)
     assert len(gone.sent) == 1  # the two queued behind it were never sent
     assert len(waiting.sent) == 1 and isinstance(waiting.sent[0], Piece)
+
+
+async def test_a_peer_that_keeps_requests_queued_cannot_keep_the_slot(tmp_path: Path) -> None:
+    """An attacker's peer queues more requests than one turn while another peer waits: the
+    other is served after at most TURN_PIECES of the attacker's pieces, not after all."""
+    uploads = _uploads(tmp_path)
+    log: list[tuple[bytes, Event]] = []
+    hog, other = Link(b"H" * 16, log=log), Link(b"O" * 16, log=log)
+    hog.release.set()
+    other.release.set()
+    async with trio.open_nursery() as nursery:
+        hog_requests = [(hog, Request(DIGEST, i)) for i in range(TURN_PIECES + 40)]
+        for link, request in [*hog_requests[:1], (other, Request(DIGEST, 0)), *hog_requests[1:]]:
+            nursery.start_soon(uploads.serve, link, request)  # type: ignore[arg-type]
+    senders = [peer for peer, _ in log]
+    assert len(senders) == TURN_PIECES + 41
+    assert senders.index(other.peer_id) <= TURN_PIECES
