@@ -8,9 +8,10 @@ with a real `PiecePicker` deciding what to ask of whom:
   link fails is skipped (and noted unreachable for 5 s). This node first: it owns the blob and
   fetches it from the registry. Every node ahead failed: a fallback, counted, the same way.
 - exchange: PeersRequest at once and every 2 s (then also a fresh Want while hashes are
-  missing); link to the peers in the answer up to MAX_PEERS and send each our Bitfield; give the
-  picker every event and send what `schedule` returns. The owner lost (its link, or another
-  node now first in rendezvous order): find the owner again, keeping every peer and request.
+  missing); link to the peers in the answer up to `peers_to_link` (half the cluster, 8 to
+  32) and send each our Bitfield; give the picker every event and send what `schedule`
+  returns. The owner lost (its link, or another node now first in rendezvous order): find the
+  owner again, keeping every peer and request.
 - drain: when this node takes over (the owner died), first take from the peers what they hold,
   until nothing is left to get or nothing arrived for 5 s; then the registry, for the runs of
   pieces still missing, one request per run.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peer.swarm.bits import bits_of
-from peer.swarm.fetch import DRAIN_STALL, MAX_PEERS, META_TIMEOUT, PEERS_PERIOD
+from peer.swarm.fetch import DRAIN_STALL, META_TIMEOUT, PEERS_PERIOD, peers_to_link
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
@@ -233,8 +234,9 @@ class SwarmFetch:
         """Link to the peers of a Peers answer one after the other (as the real task does)."""
         node = self.node
         known = set(self.picker.peers)
+        limit = peers_to_link(node.live_members())
         for peer in peers:
-            if self.phase is Phase.ENDED or len(known) >= MAX_PEERS + 1:
+            if self.phase is Phase.ENDED or len(known) >= limit + 1:
                 return
             if peer in known or peer == node.node_id or node.bans.is_banned(peer, self.queue.now):
                 continue

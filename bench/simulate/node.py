@@ -96,6 +96,7 @@ class SimNode:
         self._ids_epoch = -1
         self._summary: tuple[int, int] | None = None
         self._summary_epoch = -1
+        self._live = (-1, 0)  # (epoch, live members counted then)
         self._tick_at: float | None = None
 
     # ---- starting and stopping ---------------------------------------------------------------
@@ -191,6 +192,13 @@ class SimNode:
         order = self.world.owner_order(digest, self._ids, self._capacities)
         self._owners[digest] = (self.epoch, order)
         return order
+
+    def live_members(self) -> int:
+        """Live members, this node included (as the node's `alive_ids`), counted once per
+        membership change."""
+        if self._live[0] != self.epoch:
+            self._live = (self.epoch, len(self.membership.alive_ids()))
+        return self._live[1]
 
     def view_summary(self) -> tuple[int, int]:
         """The members (ourselves included) and a checksum of their incarnations and states:

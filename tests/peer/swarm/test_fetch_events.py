@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
-from peer.swarm.fetch import SwarmFetch
+from peer.swarm.fetch import MAX_PEERS, MIN_PEERS, SwarmFetch, peers_to_link
 from peer.swarm.picker import PiecePicker
 from pieces.layout import PieceLayout
-from wire.events import Have, PieceMeta
+from wire.events import Have, Peers, PieceMeta
 
 DIGEST = "sha256:" + "a" * 64
 OWNER = b"O" * 16
@@ -123,3 +123,73 @@ def test_an_unsent_request_leaves_the_piece_with_its_holder() -> None:
     assert asked[0] not in picker.inflight and picker.available(PEER) == {0, 1, 2}
     again = [s.event.index for s in picker.schedule(1.0)]  # type: ignore[union-attr]
     assert asked[0] in again
+
+
+@dataclass
+class _Membership:
+    members: int
+
+    def alive_ids(self) -> set[bytes]:
+        return {i.to_bytes(16, "big") for i in range(self.members)}
+
+
+@dataclass
+class _PostingLink:
+    posted: list[object]
+
+    def post(self, event: object) -> None:
+        self.posted.append(event)
+
+
+class _Swarm:
+    """What `_link_peers` uses of the swarm: membership, bans, links."""
+
+    node_id = b"\xff" * 16
+
+    def __init__(self, members: int) -> None:
+        self.membership = _Membership(members)
+        self.linked: list[bytes] = []
+
+    def is_banned(self, peer_id: bytes) -> bool:
+        return False
+
+    async def link_to(self, peer_id: bytes) -> _PostingLink:
+        self.linked.append(peer_id)
+        return _PostingLink([])
+
+
+@dataclass
+class _Partial:
+    layout: PieceLayout
+    piece_hashes: dict[int, bytes]
+
+
+def test_peers_to_link_is_half_the_cluster_within_bounds() -> None:
+    assert [peers_to_link(n) for n in (1, 8, 16, 17, 50, 64, 65, 1000)] == [
+        MIN_PEERS,
+        MIN_PEERS,
+        8,
+        8,
+        25,
+        32,
+        MAX_PEERS,
+        MAX_PEERS,
+    ]
+
+
+async def test_a_fetch_links_to_no_more_peers_than_its_cluster_size_allows() -> None:
+    # An owner's answer may list up to 32 peers, and answers repeat: the fetch links to
+    # `peers_to_link` of them, besides the owner, whatever the answers list.
+    for members, expected in ((16, 8), (50, 25), (200, MAX_PEERS)):
+        fetch = _fetch_from_owner()
+        swarm = _Swarm(members)
+        fetch.swarm = swarm  # type: ignore[assignment]
+        layout = PieceLayout(8 << 20, 1 << 20)
+        fetch.partial = _Partial(layout, {})  # type: ignore[assignment]
+        fetch.picker = PiecePicker(DIGEST, layout, random.Random(0))
+        fetch.picker.add_peer(OWNER)
+        listed = [(bytes([1, i]) + bytes(14), "127.0.0.1", 1000 + i) for i in range(40)]
+        for answer in (listed[:32], listed[8:40]):
+            await fetch._link_peers(Peers(DIGEST, answer))
+        assert len(swarm.linked) == expected
+        assert len(fetch.linked) == expected + 1  # and the owner
