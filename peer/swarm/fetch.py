@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pollen.swarm")
 
 # Peers a fetch links to besides the owner: half the live cluster, at least MIN_PEERS and at
-# most MAX_PEERS (`peers_to_link`). Simulator, last host / T_min over seeds 0-3: 16 hosts 1.16
-# with 8 (1.20 with 12 or 24, 1.20 with 6); 50 hosts 1.26 with 8, 1.23 with 12, 1.21 with 24;
+# most MAX_PEERS (`peers_to_link`). Simulator, last host / T_min, mean of seeds 0-3: 16 hosts 1.16
+# with 8 (1.20 with 6 or 12, 1.21 with 24); 50 hosts 1.26 with 8, 1.23 with 12, 1.21 with 24;
 # 100 hosts 1.29 with 8, 1.27 with 16, 1.25 with 24 or 32, 1.26 with 48. More links carry more
 # Haves per piece (CPU), so no more than that.
 MIN_PEERS, MAX_PEERS = 8, 32
