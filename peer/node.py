@@ -374,7 +374,7 @@ class Node:
                 nursery.start_soon(self._announce_ready)
                 if self.notifier.watchdog_interval is not None:
                     nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
-                await self._serve_signals(accepting)
+                await self._serve_signals(accepting, listeners)
                 nursery.cancel_scope.cancel()
         finally:
             self.notifier.close()
@@ -420,7 +420,9 @@ class Node:
             self.notifier.watchdog()
             await trio.sleep(interval)
 
-    async def _serve_signals(self, accepting: trio.CancelScope) -> None:
+    async def _serve_signals(
+        self, accepting: trio.CancelScope, listeners: list[trio.SocketListener]
+    ) -> None:
         """SIGHUP: reload. SIGTERM or SIGINT: shut down gracefully, and return."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -432,19 +434,29 @@ class Node:
                     signal.Signals(signum).name,
                     self.config.shutdown_grace,
                 )
-                await self._shut_down(accepting, signals)
+                await self._shut_down(accepting, listeners, signals)
                 return
 
-    async def _shut_down(self, accepting: trio.CancelScope, signals: AsyncIterator[int]) -> None:
-        """Tell systemd and the cluster, stop accepting, let the responses in flight finish
+    async def _shut_down(
+        self,
+        accepting: trio.CancelScope,
+        listeners: list[trio.SocketListener],
+        signals: AsyncIterator[int],
+    ) -> None:
+        """Tell systemd, stop accepting, tell the cluster, let the responses in flight finish
         (at most --shutdown-grace seconds; a second signal ends them at once)."""
         self.stopping = True
         self.notifier.stopping(f"stopping: {self.drain.busy} client responses to finish")
+        # The listeners are closed here, not when the accepting task next runs: once a member
+        # has heard that we leave, a client connecting must be refused, not accepted and then
+        # closed unanswered by the drain.
+        accepting.cancel()
+        for listener in listeners:
+            await listener.aclose()
+        self.drain.start()
         if self.gossip is not None:
             # The members stop choosing this node as an owner now, not after a suspicion.
             await self.gossip.leave()
-        accepting.cancel()
-        self.drain.start()
         async with trio.open_nursery() as waiting:
 
             async def drained() -> None:
