@@ -403,7 +403,8 @@ class SimNode:
 
     def _on_peers(self, source: bytes, event: Peers) -> None:
         state = self.blobs.get(event.digest)
-        if state is not None and state.fetch is not None:
+        # The owner's answer only, as the node takes it (peer/swarm/fetch.py).
+        if state is not None and state.fetch is not None and source == state.fetch.owner:
             state.fetch.on_peers(event.peers)
 
     def _on_bitfield(self, source: bytes, event: Bitfield) -> None:

@@ -439,8 +439,11 @@ class SwarmFetch:
                 # holds one of our few offer slots until it goes stale.
                 link.post(Have(self.digest, event.index))
         elif isinstance(event, Peers):
-            # Connecting may take seconds: not in the read loop.
-            self.swarm.start_soon(self._link_peers, event)
+            # The owner's answer to our PeersRequest only: it is the blob's tracker, and
+            # another member's list would steer our links (a linking task per message).
+            if link.peer_id == self.owner:
+                # Connecting may take seconds: not in the read loop.
+                self.swarm.start_soon(self._link_peers, event)
         elif isinstance(event, Piece):
             await self._on_piece(link, event)
         elif isinstance(event, Reject):

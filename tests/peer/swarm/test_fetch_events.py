@@ -193,3 +193,21 @@ async def test_a_fetch_links_to_no_more_peers_than_its_cluster_size_allows() -> 
             await fetch._link_peers(Peers(DIGEST, answer))
         assert len(swarm.linked) == expected
         assert len(fetch.linked) == expected + 1  # and the owner
+
+
+async def test_only_the_owner_tells_a_fetch_whom_to_link_to() -> None:
+    # The owner is the blob's tracker; another member's Peers answer would let it steer our
+    # links (and start a linking task per message it sends).
+    fetch = _fetch_from_owner()
+    swarm = _Swarm(100)
+    started: list[object] = []
+    swarm.start_soon = lambda fn, *args: started.append(args)  # type: ignore[attr-defined]
+    fetch.swarm = swarm  # type: ignore[assignment]
+    layout = PieceLayout(8 << 20, 1 << 20)
+    fetch.picker = PiecePicker(DIGEST, layout, random.Random(0))
+    answer = Peers(DIGEST, [(bytes([1, i]) + bytes(14), "127.0.0.1", 1000 + i) for i in range(4)])
+    for _ in range(3):
+        await fetch.on_event(Link(PEER), answer)  # type: ignore[arg-type]
+    assert started == []
+    await fetch.on_event(Link(OWNER), answer)  # type: ignore[arg-type]
+    assert started == [(answer,)]
