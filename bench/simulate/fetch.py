@@ -340,7 +340,7 @@ class SwarmFetch:
         # Verified and written (no CPU or disk time is modelled).
         stats.bytes_from_peers += nbytes
         stats.pieces_from_peers += 1
-        sends = self.picker.stored(index)
+        sends = self.picker.stored(index, owner=self.owner)
         interested = self.state.interested
         if interested:  # they hear of it by PieceMeta instead
             sends = [s for s in sends if not (isinstance(s.event, Have) and s.peer in interested)]

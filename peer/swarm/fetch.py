@@ -566,4 +566,4 @@ class SwarmFetch:
         await swarm.download_limit.consume(len(data))
         self.download.received_from_peers(len(data))
         partial.announce(completed)
-        self._post(picker.stored(piece.index))
+        self._post(picker.stored(piece.index, owner=self.owner))

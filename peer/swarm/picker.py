@@ -213,12 +213,22 @@ class PiecePicker:
 
     # ---- events from the disk ------------------------------------------------------------
 
-    def stored(self, index: int) -> list[Send]:
-        """A verified piece is on disk: cancel its other requests, tell the peers we have it."""
+    def stored(self, index: int, *, owner: bytes | None = None) -> list[Send]:
+        """A verified piece is on disk: cancel its other requests, tell the peers we have it.
+
+        A peer that announced the piece is not told (it will never ask us for it): late in a
+        piece's spread that is most of them, and each Have costs both nodes a message on the
+        event loop. The blob's `owner` is always told: its first copies go to those it has
+        not seen holding a piece (peer/swarm/seeding.py).
+        """
         self._storing.discard(index)
         self._missing.discard(index)
         sends = [Send(p, Cancel(self.digest, index)) for p in sorted(self._inflight.get(index, ()))]
-        sends += [Send(p, Have(self.digest, index)) for p in self._peers]
+        sends += [
+            Send(p, Have(self.digest, index))
+            for p, state in self._peers.items()
+            if p == owner or index not in state.available
+        ]
         return sends
 
     def store_failed(self, index: int) -> None:

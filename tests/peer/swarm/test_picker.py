@@ -134,7 +134,9 @@ class PickerMachine(RuleBasedStateMachine):
             self.stored.add(index)
             cancelled = {s.peer for s in sends if isinstance(s.event, Cancel)}
             assert cancelled == {p for p, a in self.outstanding.items() if index in a}
-            assert {s.peer for s in sends if isinstance(s.event, Have)} == self.linked
+            # Told: every linked peer that has not announced the piece (no owner here).
+            told = {p for p in self.linked if index not in self.announced.get(p, set())}
+            assert {s.peer for s in sends if isinstance(s.event, Have)} == told
         else:
             self.picker.store_failed(index)
         self._schedule()
@@ -282,3 +284,19 @@ def test_same_seed_same_requests() -> None:
 
     assert run(11) == run(11)
     assert run(11) != run(12)
+
+
+def test_a_stored_piece_is_announced_to_peers_without_it_and_always_to_the_owner() -> None:
+    """A peer that announced the piece never asks us for it: no Have (most of the Haves late
+    in a piece's spread). The owner holds every piece, yet it is told: its first copies go
+    to the peers it has not seen holding a piece."""
+    picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(5))
+    picker.hashes(range(3))
+    owner, holder, lacking = PEERS[0], PEERS[1], PEERS[2]
+    picker.bitfield(owner, range(3))
+    picker.bitfield(holder, [1])
+    picker.bitfield(lacking, [2])
+    assert (owner, 1) in requests(picker.schedule(0.0))
+    assert picker.received(owner, 1, 0.5)
+    haves = {s.peer for s in picker.stored(1, owner=owner) if isinstance(s.event, Have)}
+    assert haves == {owner, lacking}
