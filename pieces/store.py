@@ -143,6 +143,13 @@ class Store:
         # Blob sizes that the stored manifests give (bounded): told sizes are checked against it.
         self.descriptor_sizes = DescriptorSizes()
         self._drop_private_without_origin()
+        # The private markers, kept in memory as well (hex digest -> origins): the access
+        # check runs for every piece a peer asks of us, twice, and reading a file each time
+        # cost a failed open and an exception per check for public blobs. Only this process
+        # writes the markers (through the methods below, under the lock: commits run in
+        # worker threads), so the copy is exact.
+        self._markers_lock = threading.Lock()
+        self._markers: dict[str, tuple[str, ...]] = self._read_markers()
         self.ledger = Ledger()
         self.rescan()
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
@@ -483,14 +490,21 @@ class Store:
         """
         if "\n" in origin or not origin:
             raise ValueError(f"not a registry URL: {origin!r}")
-        origins = self.private_origins(digest)
-        if origin not in origins and len(origins) < MAX_ORIGINS:
-            marker = self._private / digest_hex(digest)
-            _write_lines_atomically(marker, [*origins, origin], self._tmp)
+        hex_ = digest_hex(digest)
+        with self._markers_lock:
+            origins = self._markers.get(hex_, ())
+            if origin not in origins and len(origins) < MAX_ORIGINS:
+                _write_lines_atomically(self._private / hex_, [*origins, origin], self._tmp)
+                self._markers[hex_] = (*origins, origin)
 
     def mark_public(self, digest: str) -> None:
         """A registry served `digest` without credentials and the bytes verified: public."""
-        (self._private / digest_hex(digest)).unlink(missing_ok=True)
+        self._drop_marker(digest_hex(digest))
+
+    def _drop_marker(self, hex_: str) -> None:
+        with self._markers_lock:
+            (self._private / hex_).unlink(missing_ok=True)
+            self._markers.pop(hex_, None)
 
     def private_origins(self, digest: str) -> list[str]:
         """The registries private content came from; empty when the content is public.
@@ -498,11 +512,16 @@ class Store:
         The decision who vouches for a client rests on this list alone: never on a registry
         the client names.
         """
-        try:
-            text = (self._private / digest_hex(digest)).read_text("utf-8")
-        except FileNotFoundError:
-            return []
-        return [line for line in text.splitlines() if line]
+        with self._markers_lock:
+            return list(self._markers.get(digest_hex(digest), ()))
+
+    def _read_markers(self) -> dict[str, tuple[str, ...]]:
+        markers = {}
+        for marker in self._private.iterdir():
+            origins = tuple(line for line in marker.read_text("utf-8").splitlines() if line)
+            if origins:  # (those without were dropped just before)
+                markers[marker.name] = origins
+        return markers
 
     def is_private(self, digest: str) -> bool:
         return bool(self.origins_of(digest))
@@ -747,7 +766,7 @@ class Store:
         partial is evicted (or it would be served to anyone)."""
         stored = (self._blobs / hex_, self._manifests / hex_)
         if not any(path.exists() for path in stored):
-            (self._private / hex_).unlink(missing_ok=True)
+            self._drop_marker(hex_)
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -491,3 +491,23 @@ async def test_a_failed_append_is_followed_by_a_whole_record_and_never_fails_a_c
     partial.finalize_sync()  # the flush before the commit fails: the commit does not
     monkeypatch.undo()
     assert store.complete_path(digest).read_bytes() == data
+
+
+def test_private_markers_read_from_memory_agree_with_the_disk_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The access check reads the markers from memory: every change goes to the file and to
+    memory together, and a restart reads the files back (never a stale 'public')."""
+    digest = "sha256:" + "cd" * 32
+    marker = tmp_path / "private" / ("cd" * 32)
+    store = Store(tmp_path)
+    store.mark_private(digest, "https://a.example")
+    store.mark_private(digest, "https://b.example")
+    store.mark_private(digest, "https://a.example")  # known: not added twice
+    assert store.private_origins(digest) == ["https://a.example", "https://b.example"]
+    assert marker.read_text().splitlines() == ["https://a.example", "https://b.example"]
+    assert Store(tmp_path).private_origins(digest) == ["https://a.example", "https://b.example"]
+    store.mark_public(digest)
+    assert not marker.exists()
+    assert not store.private_origins(digest)
+    assert not Store(tmp_path).private_origins(digest)
