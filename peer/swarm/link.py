@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -24,6 +25,10 @@ from wire.protocol import CLOSED, HANDSHAKE_MAX_FRAME, NEED_DATA, PeerProtocol, 
 log = logging.getLogger("pollen.link")
 
 RECEIVE_SIZE = 256 * 1024
+# While a piece's payload arrives, the kernel wakes us only once this much of it is there (or
+# the rest of it, or the connection ends): SO_RCVLOWAT. A payload is of use only whole, and
+# on a shaped link every wake-up otherwise brings a few segments, each a pass through trio.
+PAYLOAD_LOWAT = 256 * 1024
 # Reads before the peer has proved the token: no more than a handshake frame is taken in (and
 # held) per read for a stranger.
 HANDSHAKE_RECEIVE_SIZE = HANDSHAKE_MAX_FRAME
@@ -91,6 +96,7 @@ class PeerLink:
         # sent comes, they go out as a Reject instead of megabytes nobody wants any more.
         self.cancelled: set[tuple[str, int]] = set()
         self.pieces_cancelled = 0
+        self._lowat = 1  # the socket's SO_RCVLOWAT (1 is the kernel's default)
 
     @property
     def peer_id(self) -> bytes:
@@ -320,6 +326,8 @@ class PeerLink:
                     self.protocol.receive_data(b"")
                 continue
             size = RECEIVE_SIZE if self.protocol.state is State.OPEN else HANDSHAKE_RECEIVE_SIZE
+            if self._lowat != 1:
+                self._set_lowat(1)  # frame headers and control messages: wake for any byte
             try:
                 data = await self.stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -332,6 +340,9 @@ class PeerLink:
         read of at most its length from any other stream. The number of bytes written to
         the start of `payload` (0 at the end of the stream)."""
         if isinstance(self.stream, trio.SocketStream):
+            lowat = min(len(payload), PAYLOAD_LOWAT)
+            if lowat != self._lowat:
+                self._set_lowat(lowat)
             try:
                 return await self.stream.socket.recv_into(payload)
             except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
@@ -342,6 +353,16 @@ class PeerLink:
             raise LinkClosed(f"receive failed: {exc}") from exc
         payload[: len(data)] = data
         return len(data)
+
+    def _set_lowat(self, lowat: int) -> None:
+        """Wake the reader only once `lowat` bytes are there (never more than the bytes still
+        to come, or it would wait for ever: the end of the stream wakes it too)."""
+        assert isinstance(self.stream, trio.SocketStream)
+        try:
+            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except OSError as exc:  # the socket is closed: the next read says so
+            log.debug("SO_RCVLOWAT: %s", exc)
+        self._lowat = lowat
 
     async def _close_with_error(self, code: str, message: str) -> None:
         if not self.closed:

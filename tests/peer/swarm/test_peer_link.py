@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from typing import Any
 
 import pytest
 import trio
 
-from peer.swarm.link import PeerLink
-from wire.events import Event, FileRange, Piece, Request
+from peer.swarm.link import PAYLOAD_LOWAT, PeerLink
+from wire.events import Event, FileRange, Have, Piece, Request
 from wire.protocol import Role
 
 DIGEST = "sha256:" + "b" * 64
@@ -85,3 +86,58 @@ async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
         assert sum(sendfile_sent) == len(big)
         assert isinstance(received.data, bytearray)  # received into the payload's own buffer
     assert downloader.bytes_in == uploader.bytes_out
+
+
+class CountingLink(PeerLink):
+    """Counts the reads of piece payloads (a test's subclass: production has no hook)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.payload_reads: list[int] = []
+
+    async def _receive_into(self, payload: memoryview) -> int:
+        count = await super()._receive_into(payload)
+        self.payload_reads.append(count)
+        return count
+
+
+async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_segment() -> None:
+    """A payload is of use only whole: while it arrives in small sends (a shaped link), the
+    reader is woken once PAYLOAD_LOWAT of it is there, not for every segment. The message
+    after it (a few bytes, nothing behind them) is still read at once."""
+    client, server = await tcp_stream_pair()
+    uploader = PeerLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
+    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
+    to_downloader, events = trio.open_memory_channel[Event](math.inf)
+    requested = trio.Event()
+
+    async def on_uploader_event(link: PeerLink, event: Event) -> None:
+        requested.set()
+
+    async def on_downloader_event(link: PeerLink, event: Event) -> None:
+        to_downloader.send_nowait(event)
+
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.handshake)
+            await downloader.handshake()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run, on_uploader_event)
+            nursery.start_soon(downloader.run, on_downloader_event)
+            await downloader.send(Request(DIGEST, 0))
+            await requested.wait()
+            buffers = uploader.protocol.send_buffers(Piece(DIGEST, 0, data))
+            frames = b"".join(b for b in buffers if not isinstance(b, FileRange))
+            frames += uploader.protocol.send(Have(DIGEST, 3))
+            for start in range(0, len(frames), 16 * 1024):  # 64+ sends, 2 ms apart
+                await client.send_all(frames[start : start + 16 * 1024])
+                await trio.sleep(0.002)
+            piece = await events.receive()
+            assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+            assert bytes(piece.data) == data
+            assert await events.receive() == Have(DIGEST, 3)
+            nursery.cancel_scope.cancel()
+    # Each wake-up may be followed by one read of what came meanwhile: 2 per 256 KiB at most.
+    assert sum(downloader.payload_reads) > 0
+    assert len(downloader.payload_reads) <= 2 * 4 + 2, downloader.payload_reads
