@@ -35,6 +35,12 @@ async def tcp_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return client, server
 
 
+async def handshake(initiator: PeerLink, responder: PeerLink) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(initiator.handshake)
+        await responder.handshake()
+
+
 @pytest.mark.parametrize("encrypt", [False, True])
 async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
     encrypt: bool, monkeypatch: pytest.MonkeyPatch
@@ -66,9 +72,7 @@ async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
     with tempfile.TemporaryFile() as f, trio.fail_after(10):
         f.write(b"-" * 100 + big + b"+" * 100)
         f.flush()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(uploader.handshake)
-            await downloader.handshake()
+        await handshake(uploader, downloader)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(uploader.run, on_uploader_event)
             nursery.start_soon(downloader.run, on_downloader_event)
@@ -119,9 +123,7 @@ async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_s
 
     data = os.urandom(4 * PAYLOAD_LOWAT)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(uploader.handshake)
-            await downloader.handshake()
+        await handshake(uploader, downloader)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(uploader.run, on_uploader_event)
             nursery.start_soon(downloader.run, on_downloader_event)
