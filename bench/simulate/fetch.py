@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from bench.simulate.node import SimNode
 
 DRAIN_WAKE = 1.0  # the drain loop looks again at least this often
-IDLE_WAKE = 1.0  # the exchange loop wakes at least this often (for an overdue request)
 NAMESPACE, REPOSITORY = "docker.io", "bench/app"
 
 
@@ -367,15 +366,10 @@ class SwarmFetch:
                 asked.setdefault(send.peer, set()).add(request.index)
                 pieces[request.index] = pieces.get(request.index, 0) + 1
             node.send_many(sends)
-        deadline = self.picker.next_deadline()
-        if deadline is not None:
-            now = self.queue.now
-            # Just after it (the picker asks a second peer only once a request is *over*due);
-            # one already past that nothing could be done about: the real loop's 1 s wake.
-            at = deadline + 1e-6 if deadline > now else now + IDLE_WAKE
-            if self._deadline is None or at < self._deadline:
-                self._deadline = at
-                self.queue.at(at, self._on_deadline, at)
+        at = self.picker.wake_at(self.queue.now)
+        if at is not None and (self._deadline is None or at < self._deadline):
+            self._deadline = at
+            self.queue.at(at, self._on_deadline, at)
 
     def _on_deadline(self, at: float) -> None:
         if at != self._deadline or not self.node.alive:

@@ -294,7 +294,7 @@ class SwarmFetch:
                     self._want_again(owner_link)
                 next_peers_request = now + PEERS_PERIOD
             await self._wait_change(
-                self._deadline(min(next_peers_request, last_progress + STALL_REPORT))
+                self._deadline(min(next_peers_request, last_progress + STALL_REPORT), now)
             )
 
     def _want_again(self, owner_link: PeerLink) -> None:
@@ -318,7 +318,7 @@ class SwarmFetch:
             elif now - last_progress > DRAIN_STALL:
                 break
             self._schedule()
-            await self._wait_change(self._deadline(last_progress + DRAIN_STALL + 0.01))
+            await self._wait_change(self._deadline(last_progress + DRAIN_STALL + 0.01, now))
         log.info(
             "took %d of %d pieces of %s from peers before the upstream",
             len(partial.piece_hashes),
@@ -326,9 +326,10 @@ class SwarmFetch:
             self.digest,
         )
 
-    def _deadline(self, other: float) -> float:
-        picker_deadline = self.picker.next_deadline() if self.picker is not None else None
-        return other if picker_deadline is None else min(other, picker_deadline)
+    def _deadline(self, other: float, now: float) -> float:
+        """The earlier of `other` and the picker's next wake (the fetch just scheduled)."""
+        wake = self.picker.wake_at(now) if self.picker is not None else None
+        return other if wake is None else min(other, wake)
 
     def _schedule(self) -> None:
         """Ask the picker for Requests and post them (never blocks: nothing can change the
@@ -438,6 +439,10 @@ class SwarmFetch:
                 # The owner offers a piece we hold (it did not know): say so, or the offer
                 # holds one of our few offer slots until it goes stale.
                 link.post(Have(self.digest, event.index))
+            if not picker.could_ask(link.peer_id, event.index):
+                # Haves are most of the events: wake the fetch only when this one can give
+                # a request now (as the simulator does; it changed nothing else).
+                return
         elif isinstance(event, Peers):
             # The owner's answer to our PeersRequest only: it is the blob's tracker, and
             # another member's list would steer our links (a linking task per message).

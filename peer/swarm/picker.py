@@ -45,6 +45,9 @@ RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out di
 ENDGAME_AFTER = 2.0  # at least this long outstanding before a second peer is asked
 WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
 RATE_WEIGHT = 0.3  # weight of a new sample in a peer's rate estimate (EWMA)
+# An overdue request that the last schedule could not ask of a second peer is looked at
+# again this much later (woken at once, a driver would schedule in a loop until it arrives).
+IDLE_WAKE = 1.0
 
 
 @dataclass(eq=False)
@@ -123,6 +126,23 @@ class PiecePicker:
             return True
         return any(
             i in self._hashes and i not in self._storing and self._holders[i] for i in self._missing
+        )
+
+    def could_ask(self, peer: bytes, index: int) -> bool:
+        """Could `schedule` now ask `peer` for `index`, which it just announced? False when we
+        hold or are storing it, it is asked of another peer already, its hash is unknown, the
+        peer chokes us or its queue is full: then nothing else changed either, and a driver
+        may skip the schedule. (A piece asked elsewhere may go to a second peer in the
+        endgame, but only once overdue: `next_deadline` wakes the driver for that.)"""
+        state = self._peers.get(peer)
+        return (
+            state is not None
+            and index in self._missing
+            and index not in self._storing
+            and index not in self._inflight
+            and index in self._hashes
+            and not state.choking
+            and len(state.asked) < state.depth
         )
 
     def queue_depth(self, peer: bytes) -> int:
@@ -298,6 +318,16 @@ class PiecePicker:
             for holder in holders
         ]
         return min(deadlines) if deadlines else None
+
+    def wake_at(self, now: float) -> float | None:
+        """When the driver, having just scheduled at `now`, should schedule again for time's
+        sake (events aside): just after the next request becomes overdue (a second peer is
+        asked only once it is *over*due), or IDLE_WAKE from now when one is overdue already
+        and this schedule could do nothing about it. None: only events move the picker on."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            return None
+        return deadline + 1e-6 if deadline > now else now + IDLE_WAKE
 
     def _fresh_picks(
         self, state: _Peer, wanted: set[int], window: set[int], random_first: bool, slots: int

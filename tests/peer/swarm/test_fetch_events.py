@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import trio
+
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
@@ -211,3 +213,20 @@ async def test_only_the_owner_tells_a_fetch_whom_to_link_to() -> None:
     assert started == []
     await fetch.on_event(Link(OWNER), answer)  # type: ignore[arg-type]
     assert started == [(answer,)]
+
+
+async def test_an_overdue_request_nobody_else_can_take_does_not_wake_the_fetch_at_once() -> None:
+    """In the endgame a request waiting past its time may go to a second peer. When no other
+    peer holds the piece, the schedule asks nothing, and the picker's deadline stays in the
+    past: the fetch must not wake for it again at once (its loop spun, a schedule per pass,
+    until the piece came), but a while later, as the simulator's driver does."""
+    fetch = _fetch_from_owner()
+    picker = PiecePicker(DIGEST, PieceLayout(100, 100), random.Random(1))
+    fetch.picker = picker
+    picker.hashes([0])
+    picker.bitfield(OWNER, [0])
+    now = trio.current_time()
+    assert picker.schedule(now)  # the only piece, asked of its only holder
+    later = now + 60.0  # long overdue
+    assert not picker.schedule(later)  # no second holder: nothing to ask
+    assert fetch._deadline(later + 30, later) > later
