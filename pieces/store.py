@@ -763,7 +763,11 @@ class Store:
     def _drop_marker_if_unused(self, hex_: str) -> None:
         """Remove a private marker once nothing of that digest is stored. Blobs and manifests
         share the digest space and the marker: a manifest keeps it after its digest's blob or
-        partial is evicted (or it would be served to anyone)."""
+        partial is evicted (or it would be served to anyone). A partial of the digest in this
+        process keeps it too: its commit (a worker thread) writes the marker before the blob
+        is renamed into place, and a drop in between would leave the blob without one."""
+        if hex_ in self._partials:
+            return
         stored = (self._blobs / hex_, self._manifests / hex_)
         if not any(path.exists() for path in stored):
             self._drop_marker(hex_)

@@ -219,3 +219,35 @@ async def test_a_told_size_that_trickles_in_reserves_no_disk(small_disk: Path) -
         assert store.has_blob(cached)  # and nothing evicted for the claim
     finally:
         store.release_partial(trickle)  # closes its file: the tmpfs can be unmounted
+
+
+async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_blob_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit writes the private marker, then fsyncs and renames the blob (a worker
+    thread). A manifest of the same digest evicted in between (here: a flush during the
+    fsync) found no blob yet and took the shared marker with it: the blob then landed with
+    no marker and was served to anyone. A digest with a partial in this process keeps it."""
+    store = Store(tmp_path, 64 * 1024)
+    manifest = b'{"schemaVersion": 2, "layers": []}'
+    digest = digest_of(manifest)
+    origin = "https://registry.example"
+    store.put_manifest(digest, MANIFEST_TYPE, manifest)
+    store.mark_private(digest, origin)
+    partial = await store.open_partial(digest, len(manifest), origins=[origin])
+    partial.write_sync(0, [manifest])
+    partial.verify_sync()
+    real_fsync = os.fsync
+    flushed: list[tuple[int, int]] = []
+
+    def fsync_then_flush(fd: int) -> None:
+        real_fsync(fd)
+        if not flushed:
+            flushed.append(store.flush())  # as the event loop would, between two steps
+
+    monkeypatch.setattr(os, "fsync", fsync_then_flush)
+    store.commit_sync(partial)
+    store.release_partial(partial)
+    assert flushed and store.get_manifest(digest) is None  # the manifest went meanwhile
+    assert store.has_blob(digest)
+    assert store.private_origins(digest) == [origin]
