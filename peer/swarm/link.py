@@ -29,6 +29,11 @@ RECEIVE_SIZE = 256 * 1024
 # the rest of it, or the connection ends): SO_RCVLOWAT. A payload is of use only whole, and
 # on a shaped link every wake-up otherwise brings a few segments, each a pass through trio.
 PAYLOAD_LOWAT = 256 * 1024
+# If no wake-up comes for this long with the mark set, the mark goes for the rest of the link:
+# kernels before ~5.8 may not wake a reader whose mark the closing receive window cannot reach
+# (fixed upstream by waking when the window is nearly closed); a peer that sends slowly costs
+# the mark for its link, nothing more.
+LOWAT_WAIT = 1.0
 # Reads before the peer has proved the token: no more than a handshake frame is taken in (and
 # held) per read for a stranger.
 HANDSHAKE_RECEIVE_SIZE = HANDSHAKE_MAX_FRAME
@@ -97,6 +102,7 @@ class PeerLink:
         self.cancelled: set[tuple[str, int]] = set()
         self.pieces_cancelled = 0
         self._lowat = 1  # the socket's SO_RCVLOWAT (1 is the kernel's default)
+        self._payload_lowat = PAYLOAD_LOWAT  # 1 once a wait with the mark set ran out
 
     @property
     def peer_id(self) -> bytes:
@@ -340,11 +346,17 @@ class PeerLink:
         read of at most its length from any other stream. The number of bytes written to
         the start of `payload` (0 at the end of the stream)."""
         if isinstance(self.stream, trio.SocketStream):
-            lowat = min(len(payload), PAYLOAD_LOWAT)
+            sock = self.stream.socket
+            lowat = min(len(payload), self._payload_lowat)
             if lowat != self._lowat:
                 self._set_lowat(lowat)
             try:
-                return await self.stream.socket.recv_into(payload)
+                if lowat > 1:
+                    with trio.move_on_after(LOWAT_WAIT):
+                        return await sock.recv_into(payload)
+                    self._payload_lowat = 1
+                    self._set_lowat(1)
+                return await sock.recv_into(payload)
             except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
                 raise LinkClosed(f"receive failed: {exc}") from exc
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from peer.swarm.link import PAYLOAD_LOWAT, PeerLink
+from peer.swarm.link import LOWAT_WAIT, PAYLOAD_LOWAT, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
 from wire.protocol import Role
 
@@ -143,3 +143,48 @@ async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_s
     # Each wake-up may be followed by one read of what came meanwhile: 2 per 256 KiB at most.
     assert sum(downloader.payload_reads) > 0
     assert len(downloader.payload_reads) <= 2 * 4 + 2, downloader.payload_reads
+
+
+async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
+    """A kernel may fail to wake a reader whose mark the receive window cannot reach (before
+    ~5.8): the link must not wait on the mark for ever. Here the peer sends less than the
+    mark and pauses; what came is read within LOWAT_WAIT (the mark then goes for the
+    link)."""
+    client, server = await tcp_stream_pair()
+    uploader = PeerLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
+    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
+    to_downloader, events = trio.open_memory_channel[Event](math.inf)
+    requested = trio.Event()
+
+    async def on_uploader_event(link: PeerLink, event: Event) -> None:
+        requested.set()
+
+    async def on_downloader_event(link: PeerLink, event: Event) -> None:
+        to_downloader.send_nowait(event)
+
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    with trio.fail_after(30):
+        await handshake(uploader, downloader)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(uploader.run, on_uploader_event)
+            nursery.start_soon(downloader.run, on_downloader_event)
+            await downloader.send(Request(DIGEST, 0))
+            await requested.wait()
+            buffers = uploader.protocol.send_buffers(Piece(DIGEST, 0, data))
+            frames = b"".join(b for b in buffers if not isinstance(b, FileRange))
+            # The header and the payload's start (taken with the header), then, once the
+            # reader waits on the mark, less than the mark: then the peer pauses.
+            start, first = PAYLOAD_LOWAT // 4, PAYLOAD_LOWAT // 2
+            await client.send_all(frames[:start])
+            await trio.sleep(0.2)
+            await client.send_all(frames[start:first])
+            with trio.move_on_after(5 * LOWAT_WAIT):  # the pause (bounded here)
+                while not downloader.payload_reads:
+                    await trio.sleep(0.05)
+            read_before_the_rest = list(downloader.payload_reads)
+            await client.send_all(frames[first:])
+            piece = await events.receive()
+            assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+            assert bytes(piece.data) == data
+            nursery.cancel_scope.cancel()
+    assert read_before_the_rest and sum(read_before_the_rest) <= first - start
