@@ -31,7 +31,7 @@ from peer.swarm.fetch import DRAIN_STALL, META_TIMEOUT, PEERS_PERIOD, peers_to_l
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
-from wire.events import Bitfield, Have, PeersRequest, Request, Want
+from wire.events import Bitfield, Have, PeersRequest, Want
 
 if TYPE_CHECKING:
     from bench.simulate.network import Flow
@@ -99,11 +99,6 @@ class SwarmFetch:
         self.phase = Phase.FINDING
         self.owner: bytes | None = None
         self.meta_pending = False  # a Want went to `owner`; its PieceMeta has not come
-        # What the picker was told and asked, mirrored only to skip schedules that cannot
-        # send anything (see _maybe_schedule): peers choking us, our open requests.
-        self.choked_by: set[bytes] = set()
-        self.asked: dict[bytes, set[int]] = {}
-        self.asked_pieces: dict[int, int] = {}  # piece -> open requests for it
         self._candidates: list[bytes] = []
         self._next = 0
         self._skipped = 0
@@ -264,59 +259,28 @@ class SwarmFetch:
         self._maybe_schedule(peer, index)
 
     def _maybe_schedule(self, peer: bytes, index: int) -> None:
-        """`peer` newly holds `index`: schedule only if that could give it a request now.
-        Nothing else changed, and the picker was scheduled after every other event, so for
-        any other peer `schedule` would return what it returned then: nothing. Haves (and
-        the owner's PieceMeta for each piece) are most of the events at scale; skipping the
-        schedules that cannot send anything changes no decision, only the rng's draws.
-        One approximation: a piece already asked elsewhere is skipped, though in the endgame
-        an overdue one may go to a second peer; the picker's deadline (or the 1 s wake once
-        it has passed) schedules that one, at most a second later."""
-        picker = self.picker
-        if (
-            index in self.state.have
-            or index in self.asked_pieces
-            or peer in self.choked_by
-            or not picker.knows_hash(index)
-            or picker.requests_at(peer) >= picker.queue_depth(peer)
-        ):
+        """`peer` newly holds `index`: schedule only if that could give it a request now
+        (`PiecePicker.could_ask`, as the node does). Haves (and the owner's PieceMeta for each
+        piece) are most of the events at scale; skipping the schedules that cannot send
+        anything changes no decision, only the rng's draws."""
+        if not self.picker.could_ask(peer, index):
             self.node.world.stats.schedules_skipped += 1
             return
         self.schedule()
 
-    def _settled(self, peer: bytes, index: int) -> None:
-        asked = self.asked.get(peer)
-        if asked is not None and index in asked:
-            asked.discard(index)
-            self._unask(index)
-
-    def _unask(self, index: int) -> None:
-        left = self.asked_pieces[index] - 1
-        if left:
-            self.asked_pieces[index] = left
-        else:
-            del self.asked_pieces[index]
-
     def on_reject(self, peer: bytes, index: int) -> None:
         self.picker.rejected(peer, index)
-        self._settled(peer, index)
         self.schedule()
 
     def on_choke(self, peer: bytes, choking: bool) -> None:
         if peer not in self.picker.peers:
             return  # the picker ignores it too
         self.picker.choke(peer, choking)
-        if choking:
-            self.choked_by.add(peer)
-        else:
-            self.choked_by.discard(peer)
+        if not choking:
             self.schedule()
 
     def on_link_lost(self, peer: bytes) -> None:
         self.picker.lost(peer)
-        self.choked_by.discard(peer)
-        for index in self.asked.pop(peer, ()):
-            self._unask(index)
         if peer == self.owner:
             if self.phase is Phase.FINDING and self.meta_pending:
                 self.meta_pending = False
@@ -331,7 +295,6 @@ class SwarmFetch:
     def on_piece(self, peer: bytes, index: int, nbytes: int) -> None:
         node = self.node
         stats = node.world.stats
-        self._settled(peer, index)
         if not self.picker.received(peer, index, self.queue.now):
             stats.duplicate_bytes += nbytes  # the endgame's losing copy, or never asked
             self.schedule()
@@ -359,12 +322,6 @@ class SwarmFetch:
         sends = self.picker.schedule(self.queue.now)
         if sends:
             node.world.stats.requests += len(sends)
-            asked, pieces = self.asked, self.asked_pieces
-            for send in sends:
-                request = send.event
-                assert isinstance(request, Request)  # all schedule sends
-                asked.setdefault(send.peer, set()).add(request.index)
-                pieces[request.index] = pieces.get(request.index, 0) + 1
             node.send_many(sends)
         at = self.picker.wake_at(self.queue.now)
         if at is not None and (self._deadline is None or at < self._deadline):

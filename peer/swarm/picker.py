@@ -133,7 +133,7 @@ class PiecePicker:
         hold or are storing it, it is asked of another peer already, its hash is unknown, the
         peer chokes us or its queue is full: then nothing else changed either, and a driver
         may skip the schedule. (A piece asked elsewhere may go to a second peer in the
-        endgame, but only once overdue: `next_deadline` wakes the driver for that.)"""
+        endgame, but only once overdue: `wake_at` wakes the driver for that.)"""
         state = self._peers.get(peer)
         return (
             state is not None
