@@ -142,14 +142,13 @@ class Store:
         self._partials: dict[str, PartialBlob] = {}
         # Blob sizes that the stored manifests give (bounded): told sizes are checked against it.
         self.descriptor_sizes = DescriptorSizes()
-        self._drop_private_without_origin()
         # The private markers, kept in memory as well (hex digest -> origins): the access
         # check runs for every piece a peer asks of us, twice, and reading a file each time
         # cost a failed open and an exception per check for public blobs. Only this process
         # writes the markers (through the methods below, under the lock: commits run in
         # worker threads), so the copy is exact.
         self._markers_lock = threading.Lock()
-        self._markers: dict[str, tuple[str, ...]] = self._read_markers()
+        self._markers: dict[str, tuple[str, ...]] = self._load_markers()
         self.ledger = Ledger()
         self.rescan()
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
@@ -515,12 +514,24 @@ class Store:
         with self._markers_lock:
             return list(self._markers.get(digest_hex(digest), ()))
 
-    def _read_markers(self) -> dict[str, tuple[str, ...]]:
+    def _load_markers(self) -> dict[str, tuple[str, ...]]:
+        """The markers on disk, read once at start-up. Markers of earlier versions did not
+        record where the content came from: without that, nobody can vouch for a client, so
+        such content is dropped (fetched again with the next client's own credentials)."""
         markers = {}
         for marker in self._private.iterdir():
-            origins = tuple(line for line in marker.read_text("utf-8").splitlines() if line)
-            if origins:  # (those without were dropped just before)
-                markers[marker.name] = origins
+            try:
+                text = marker.read_text("utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if text.strip():
+                markers[marker.name] = tuple(line for line in text.splitlines() if line)
+                continue
+            log.warning("dropping private %s: its origin was not recorded", marker.name)
+            (self._blobs / marker.name).unlink(missing_ok=True)
+            (self._manifests / marker.name).unlink(missing_ok=True)
+            (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
         return markers
 
     def is_private(self, digest: str) -> bool:
@@ -535,22 +546,6 @@ class Store:
         if partial is not None:
             origins += [o for o in partial.origins if o not in origins]
         return origins
-
-    def _drop_private_without_origin(self) -> None:
-        """Markers of earlier versions did not record where the content came from: without
-        that, nobody can vouch for a client, so such content is dropped (fetched again with
-        the next client's own credentials)."""
-        for marker in self._private.iterdir():
-            try:
-                if marker.read_text("utf-8").strip():
-                    continue
-            except (OSError, UnicodeDecodeError):
-                pass
-            log.warning("dropping private %s: its origin was not recorded", marker.name)
-            (self._blobs / marker.name).unlink(missing_ok=True)
-            (self._manifests / marker.name).unlink(missing_ok=True)
-            (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
-            marker.unlink(missing_ok=True)
 
     # ---- accounting and eviction ---------------------------------------------------------
 
