@@ -7,9 +7,12 @@ posted messages, closing, garbage) is tested over memory streams in test_link_me
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -105,10 +108,20 @@ class CountingLink(PeerLink):
         return count
 
 
-async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_segment() -> None:
-    """A payload is of use only whole: while it arrives in small sends (a shaped link), the
-    reader is woken once PAYLOAD_LOWAT of it is there, not for every segment. The message
-    after it (a few bytes, nothing behind them) is still read at once."""
+@dataclass
+class RawPiece:
+    """A piece the downloader asked for, to be sent by hand: `frames` on `stream`."""
+
+    stream: trio.SocketStream
+    frames: bytes
+    downloader: CountingLink
+    events: trio.MemoryReceiveChannel[Event]
+
+
+@contextlib.asynccontextmanager
+async def raw_piece(data: bytes) -> AsyncIterator[RawPiece]:
+    """Two running links over TCP; the downloader has asked for piece 0, whose frame (with
+    `data`) the test writes to the uploader's socket itself, in whatever sends it likes."""
     client, server = await tcp_stream_pair()
     uploader = PeerLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
     downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
@@ -121,7 +134,6 @@ async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_s
     async def on_downloader_event(link: PeerLink, event: Event) -> None:
         to_downloader.send_nowait(event)
 
-    data = os.urandom(4 * PAYLOAD_LOWAT)
     with trio.fail_after(30):
         await handshake(uploader, downloader)
         async with trio.open_nursery() as nursery:
@@ -132,17 +144,27 @@ async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_s
             buffers = uploader.protocol.send_buffers(Piece(DIGEST, 0, data))
             frames = b"".join(b for b in buffers if not isinstance(b, FileRange))
             frames += uploader.protocol.send(Have(DIGEST, 3))
-            for start in range(0, len(frames), 16 * 1024):  # 64+ sends, 2 ms apart
-                await client.send_all(frames[start : start + 16 * 1024])
-                await trio.sleep(0.002)
-            piece = await events.receive()
-            assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
-            assert bytes(piece.data) == data
-            assert await events.receive() == Have(DIGEST, 3)
+            yield RawPiece(client, frames, downloader, events)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_segment() -> None:
+    """A payload is of use only whole: while it arrives in small sends (a shaped link), the
+    reader is woken once PAYLOAD_LOWAT of it is there, not for every segment. The message
+    after it (a few bytes, nothing behind them) is still read at once."""
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        for start in range(0, len(raw.frames), 16 * 1024):  # 64+ sends, 2 ms apart
+            await raw.stream.send_all(raw.frames[start : start + 16 * 1024])
+            await trio.sleep(0.002)
+        piece = await raw.events.receive()
+        assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+        assert bytes(piece.data) == data
+        assert await raw.events.receive() == Have(DIGEST, 3)
     # Each wake-up may be followed by one read of what came meanwhile: 2 per 256 KiB at most.
-    assert sum(downloader.payload_reads) > 0
-    assert len(downloader.payload_reads) <= 2 * 4 + 2, downloader.payload_reads
+    reads = raw.downloader.payload_reads
+    assert sum(reads) > 0
+    assert len(reads) <= 2 * 4 + 2, reads
 
 
 async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
@@ -150,41 +172,20 @@ async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() ->
     ~5.8): the link must not wait on the mark for ever. Here the peer sends less than the
     mark and pauses; what came is read within LOWAT_WAIT (the mark then goes for the
     link)."""
-    client, server = await tcp_stream_pair()
-    uploader = PeerLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
-    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
-    to_downloader, events = trio.open_memory_channel[Event](math.inf)
-    requested = trio.Event()
-
-    async def on_uploader_event(link: PeerLink, event: Event) -> None:
-        requested.set()
-
-    async def on_downloader_event(link: PeerLink, event: Event) -> None:
-        to_downloader.send_nowait(event)
-
     data = os.urandom(4 * PAYLOAD_LOWAT)
-    with trio.fail_after(30):
-        await handshake(uploader, downloader)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(uploader.run, on_uploader_event)
-            nursery.start_soon(downloader.run, on_downloader_event)
-            await downloader.send(Request(DIGEST, 0))
-            await requested.wait()
-            buffers = uploader.protocol.send_buffers(Piece(DIGEST, 0, data))
-            frames = b"".join(b for b in buffers if not isinstance(b, FileRange))
-            # The header and the payload's start (taken with the header), then, once the
-            # reader waits on the mark, less than the mark: then the peer pauses.
-            start, first = PAYLOAD_LOWAT // 4, PAYLOAD_LOWAT // 2
-            await client.send_all(frames[:start])
-            await trio.sleep(0.2)
-            await client.send_all(frames[start:first])
-            with trio.move_on_after(5 * LOWAT_WAIT):  # the pause (bounded here)
-                while not downloader.payload_reads:
-                    await trio.sleep(0.05)
-            read_before_the_rest = list(downloader.payload_reads)
-            await client.send_all(frames[first:])
-            piece = await events.receive()
-            assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
-            assert bytes(piece.data) == data
-            nursery.cancel_scope.cancel()
+    async with raw_piece(data) as raw:
+        # The header and the payload's start (taken with the header), then, once the
+        # reader waits on the mark, less than the mark: then the peer pauses.
+        start, first = PAYLOAD_LOWAT // 4, PAYLOAD_LOWAT // 2
+        await raw.stream.send_all(raw.frames[:start])
+        await trio.sleep(0.2)
+        await raw.stream.send_all(raw.frames[start:first])
+        with trio.move_on_after(5 * LOWAT_WAIT):  # the pause (bounded here)
+            while not raw.downloader.payload_reads:
+                await trio.sleep(0.05)
+        read_before_the_rest = list(raw.downloader.payload_reads)
+        await raw.stream.send_all(raw.frames[first:])
+        piece = await raw.events.receive()
+        assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+        assert bytes(piece.data) == data
     assert read_before_the_rest and sum(read_before_the_rest) <= first - start
