@@ -14,7 +14,7 @@ with a real `PiecePicker` deciding what to ask of whom:
   owner again, keeping every peer and request.
 - drain: when this node takes over (the owner died), first take from the peers what they hold,
   until nothing is left to get or nothing arrived for 5 s; then the registry, for the runs of
-  pieces still missing, one request per run.
+  pieces still missing, one request per run, up to RANGES_AT_ONCE at once.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import DRAIN_STALL, META_TIMEOUT, PEERS_PERIOD, peers_to_link
 from peer.swarm.picker import PiecePicker
@@ -376,32 +377,36 @@ class SwarmFetch:
 
 
 class UpstreamFetch:
-    """The registry's answer to this node: the runs of missing pieces, one request each, the
-    bytes of a run in one flow from the origin host, each piece announced as it completes."""
+    """The registry's answer to this node: the runs of missing pieces, up to RANGES_AT_ONCE
+    requests at once, the longest run first (as the node); the bytes of a run in one flow
+    from the origin host, each piece announced as it completes."""
 
     def __init__(self, node: SimNode, state: BlobState) -> None:
         self.node = node
         self.state = state
-        self.runs = deque(state.missing_runs())
-        self.pieces: deque[int] = deque()
-        self.flow: Flow | None = None
+        runs = state.missing_runs()
+        self.runs = deque(sorted(runs, key=lambda run: run[1] - run[0], reverse=True))
+        self.open = 0  # requests asked or answering
+        self.flows: list[Flow] = []
 
     def start(self) -> None:
         self.node.upstream_started()
-        self._next_run(None)
+        self._ask()
 
-    def _next_run(self, _arg: object) -> None:
+    def _ask(self) -> None:
         if not self.node.alive:
             return
-        if not self.runs:
+        if not self.runs and not self.open:
             self.state.upstream = None
             self.node.upstream_ended()
             return
-        start, end = self.runs.popleft()
         world = self.node.world
-        # A new HTTP request: connect and ask, two round trips before the first byte.
-        world.queue.at(world.queue.now + 4 * world.latency, self._respond, (start, end))
-        world.stats.upstream_requests += 1
+        while self.runs and self.open < RANGES_AT_ONCE:
+            run = self.runs.popleft()
+            self.open += 1
+            # A new HTTP request: connect and ask, two round trips before the first byte.
+            world.queue.at(world.queue.now + 4 * world.latency, self._respond, run)
+            world.stats.upstream_requests += 1
 
     def _respond(self, run: tuple[int, int]) -> None:
         node = self.node
@@ -409,22 +414,37 @@ class UpstreamFetch:
             return
         if not self.state.partial:
             node.partial_opened(self.state)
-        self.pieces = deque(range(*run))
         world = node.world
-        self.flow = world.network.open(world.origin_host, node.host, self)
-        world.upstream_flows.append(self.flow)
-        world.network.wake(self.flow)
+        flow = world.network.open(world.origin_host, node.host, _RangeAnswer(self, *run))
+        self.flows.append(flow)
+        world.upstream_flows.append(flow)
+        world.network.wake(flow)
 
-    def next_transfer(self, now: float) -> int | None:
-        return self.state.layout.length(self.pieces[0]) if self.pieces else None
-
-    def transfer_done(self, now: float, nbytes: int) -> None:
-        index = self.pieces.popleft()
+    def piece_arrived(self, index: int) -> None:
         if index not in self.state.have:
             self.node.piece_stored(self.state, index)
-        if not self.pieces:
-            self.node.world.queue.at(now, self._next_run)
+
+    def answered(self, now: float) -> None:
+        """A request's last byte came: the next run, or the end."""
+        self.open -= 1
+        self.node.world.queue.at(now, lambda _arg: self._ask())
 
     def close(self) -> None:
-        if self.flow is not None:
-            self.node.world.network.close(self.flow)
+        for flow in self.flows:
+            self.node.world.network.close(flow)
+
+
+class _RangeAnswer:
+    """One Range request's answer: its run's pieces, in order, on one flow."""
+
+    def __init__(self, fetch: UpstreamFetch, start: int, end: int) -> None:
+        self.fetch = fetch
+        self.pieces = deque(range(start, end))
+
+    def next_transfer(self, now: float) -> int | None:
+        return self.fetch.state.layout.length(self.pieces[0]) if self.pieces else None
+
+    def transfer_done(self, now: float, nbytes: int) -> None:
+        self.fetch.piece_arrived(self.pieces.popleft())
+        if not self.pieces:
+            self.fetch.answered(now)

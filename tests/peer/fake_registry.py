@@ -42,11 +42,16 @@ class FakeRegistry:
     pace: float = 0.0  # seconds to sleep between 64 KiB chunks of a blob
     ignore_range: bool = False  # answer every blob GET with 200 and the whole blob
     ranges_honoured: int | None = None  # when set, Range requests after that many are ignored
+    # Zeros sent past the end a Range asked for (the Content-Range counts them in).
+    range_extra: int = 0
+    range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
     # Content-Length to claim for these digests; the body is then cut to it, or breaks off
     # after the real bytes when the claim is larger.
     declared_size: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     gate: trio.Event | None = None  # when set, blob answers wait for it (a slow registry)
+    blob_gets_open: int = 0  # blob answers being sent now
+    most_blob_gets_open: int = 0  # the most at any moment
     port: int = 0
     # Serve a manifest with the mediaType its body names (an index as an index); off, every
     # manifest goes out as an OCI image manifest (an index in disguise).
@@ -135,6 +140,14 @@ class FakeRegistry:
         await conn.respond(200, headers, json.dumps({"name": name, "tags": tags}).encode())
 
     async def _blob(self, conn: HttpConnection, request: Request, digest: str) -> None:
+        self.blob_gets_open += 1
+        self.most_blob_gets_open = max(self.most_blob_gets_open, self.blob_gets_open)
+        try:
+            await self._blob_answer(conn, request, digest)
+        finally:
+            self.blob_gets_open -= 1
+
+    async def _blob_answer(self, conn: HttpConnection, request: Request, digest: str) -> None:
         if self.gate is not None:
             await self.gate.wait()
         data = self.blobs.get(digest)
@@ -153,9 +166,12 @@ class FakeRegistry:
             ignore = ignore or self.ranges_honoured <= 0
             self.ranges_honoured -= 1
         if m and not ignore:
+            await trio.sleep(self.range_delay.get(range_header or "", 0.0))
             start = int(m.group(1))
             if m.group(2):
-                end = min(end, int(m.group(2)) + 1)
+                asked_end = min(end, int(m.group(2)) + 1)
+                end = min(end, asked_end + self.range_extra)
+                data = data[:asked_end] + bytes(end - asked_end) + data[end:]
             status = 206
             headers.append(("content-range", f"bytes {start}-{end - 1}/{len(data)}"))
         length = self.declared_size.get(digest, end - start)

@@ -95,31 +95,78 @@ async def test_a_resume_answered_with_the_whole_blob_starts_over(setup: Setup) -
     assert response.content == data
     await wait_idle(setup)
     assert setup.node.store.complete_path(digest).read_bytes() == data
-    ranges = [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
-    assert ranges[-1] is not None  # the node did ask for the rest only
+    assert blob_gets(registry)[-1] is not None  # the node did ask for the rest only
 
 
-async def test_a_range_waiting_for_a_download_that_starts_over_follows_it(setup: Setup) -> None:
-    # Pieces held from peers: the node asks the upstream for the gaps, one Range at a time.
-    # The first is honoured, the second answered with the whole blob: the download starts
-    # over, and a Range request waiting for the check waits for the new one.
-    registry = setup.registry
+# The gaps of a 10.x-piece blob whose pieces 2, 3 and 7 the node holds (see `held_pieces`).
+GAPS = {f"bytes=0-{2 * PIECE - 1}", f"bytes={4 * PIECE}-{7 * PIECE - 1}", f"bytes={8 * PIECE}-"}
+
+
+async def held_pieces(setup: Setup) -> tuple[bytes, str]:
+    """A blob of 10 pieces and a bit at the registry, and its pieces 2, 3 and 7 on the node's
+    disk (as if taken from peers before the node took the blob over): its bytes and digest."""
     data = os.urandom(10 * PIECE + 123)
-    digest = registry.add_blob(data)
+    digest = setup.registry.add_blob(data)
     store = setup.node.store
     partial = await store.open_partial(digest, len(data))
     for index in (2, 3, 7):
         partial.write_sync(index * PIECE, [data[index * PIECE : (index + 1) * PIECE]])
     store.release_partial(partial)
+    return data, digest
+
+
+def blob_gets(registry: FakeRegistry) -> list[str | None]:
+    """The Range header of every blob GET the registry answered, in order."""
+    return [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
+
+
+async def test_a_range_answered_past_its_end_fills_only_its_gap(setup: Setup) -> None:
+    # A registry that sends more than a Range asked for (zeros): the bytes past the gap
+    # belong to another gap, whose own request is still on its way. Taken, they would be
+    # recorded as those pieces, the right bytes skipped, and the blob fail its digest.
+    registry = setup.registry
+    data, digest = await held_pieces(setup)
+    registry.range_extra = 3 * PIECE
+    registry.range_delay[f"bytes={4 * PIECE}-{7 * PIECE - 1}"] = 0.5
+    response = await setup.client.get(blob_path(digest))
+    assert response.status_code == 200
+    assert response.content == data
+    await wait_idle(setup)
+    assert setup.node.store.complete_path(digest).read_bytes() == data
+
+
+async def test_a_range_waiting_for_a_download_that_starts_over_follows_it(setup: Setup) -> None:
+    # Pieces held from peers: the node asks the upstream for the gaps. One is honoured, the
+    # others answered with the whole blob: the node goes on one Range at a time, the next one
+    # is ignored too and the download starts over, and a Range request waiting for the check
+    # waits for the new one.
+    registry = setup.registry
+    data, digest = await held_pieces(setup)
     registry.ranges_honoured = 1
     registry.pace = 0.01
     response = await setup.client.get(blob_path(digest), headers={"Range": "bytes=100-199"})
     assert response.status_code == 206
     assert response.content == data[100:200]
-    ranges = [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
-    assert ranges == [f"bytes=0-{2 * PIECE - 1}", f"bytes={4 * PIECE}-{7 * PIECE - 1}"]
+    ranges = blob_gets(registry)
+    assert set(ranges[:3]) == GAPS
+    assert len(ranges) == 4 and ranges[3] is not None
     await wait_idle(setup)
-    assert store.complete_path(digest).read_bytes() == data
+    assert setup.node.store.complete_path(digest).read_bytes() == data
+
+
+async def test_a_refusal_beside_other_ranges_reaches_the_client(setup: Setup) -> None:
+    # The registry refuses the ranges (the client's token ran out, say): the node does not
+    # act on a refusal while other requests fill the partial, and the client still gets the
+    # registry's answer, from the one-at-a-time path.
+    registry = setup.registry
+    data, digest = await held_pieces(setup)
+    registry.refusals[digest] = (429, [("content-type", "application/json")], b'{"errors":[]}')
+    response = await setup.client.get(blob_path(digest))
+    assert response.status_code == 429
+    ranges = blob_gets(registry)
+    assert set(ranges[:3]) == GAPS and len(ranges) == 4  # at once, then the first gap alone
+    await wait_idle(setup)
+    assert setup.node.store.partial_size_on_disk(digest) == len(data)
 
 
 async def test_a_range_during_a_download_gets_only_verified_bytes(setup: Setup) -> None:
