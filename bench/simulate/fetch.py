@@ -13,8 +13,9 @@ with a real `PiecePicker` deciding what to ask of whom:
   returns. The owner lost (its link, or another node now first in rendezvous order): find the
   owner again, keeping every peer and request.
 - drain: when this node takes over (the owner died), first take from the peers what they hold,
-  until nothing is left to get or nothing arrived for 5 s; then the registry, for the runs of
-  pieces still missing, one request per run, up to RANGES_AT_ONCE at once.
+  until nothing is left to get or nothing arrived for 5 s, the registry sending the pieces no
+  peer holds meanwhile; then the registry, for the runs of pieces still missing, one request
+  per run, up to RANGES_AT_ONCE at once.
 """
 
 from __future__ import annotations
@@ -340,6 +341,10 @@ class SwarmFetch:
     def _drain(self) -> None:
         self.phase = Phase.DRAIN
         self._era += 1
+        # As the node: the registry sends the pieces no peer holds meanwhile.
+        unheld = self.picker.elsewhere(self.picker.unobtainable())
+        if unheld:
+            self.node.start_upstream(self.state, index_runs(unheld))
         self._progress = len(self.state.have)
         self._last_progress = self.queue.now
         self.schedule()
@@ -366,7 +371,11 @@ class SwarmFetch:
 
     def _to_upstream(self) -> None:
         self.end()
-        self.node.start_upstream(self.state)
+        upstream = self.state.upstream
+        if upstream is not None:
+            upstream.then_the_rest()  # the pieces no peer held are still coming
+        else:
+            self.node.start_upstream(self.state)
 
     def end(self) -> None:
         """The fetch is over (done, or handed to the registry): late pieces are waste."""
@@ -381,13 +390,20 @@ class UpstreamFetch:
     requests at once, the longest run first (as the node); the bytes of a run in one flow
     from the origin host, each piece announced as it completes."""
 
-    def __init__(self, node: SimNode, state: BlobState) -> None:
+    def __init__(
+        self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
+    ) -> None:
+        """Fetch `runs` (piece index runs [start, end); default: every missing piece)."""
         self.node = node
         self.state = state
-        runs = state.missing_runs()
-        self.runs = deque(sorted(runs, key=lambda run: run[1] - run[0], reverse=True))
+        self.runs = _longest_first(state.missing_runs() if runs is None else runs)
         self.open = 0  # requests asked or answering
         self.flows: list[Flow] = []
+        self._rest = False  # when these runs are in, fetch what is still missing too
+
+    def then_the_rest(self) -> None:
+        """The drain is over: after these runs, every piece still missing."""
+        self._rest = True
 
     def start(self) -> None:
         self.node.upstream_started()
@@ -396,6 +412,9 @@ class UpstreamFetch:
     def _ask(self) -> None:
         if not self.node.alive:
             return
+        if not self.runs and not self.open and self._rest:
+            self._rest = False
+            self.runs = _longest_first(self.state.missing_runs())
         if not self.runs and not self.open:
             self.state.upstream = None
             self.node.upstream_ended()
@@ -432,6 +451,21 @@ class UpstreamFetch:
     def close(self) -> None:
         for flow in self.flows:
             self.node.world.network.close(flow)
+
+
+def _longest_first(runs: list[tuple[int, int]]) -> deque[tuple[int, int]]:
+    return deque(sorted(runs, key=lambda run: run[1] - run[0], reverse=True))
+
+
+def index_runs(indices: set[int]) -> list[tuple[int, int]]:
+    """Runs [start, end) of consecutive piece indices."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(indices):
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
 
 
 class _RangeAnswer:

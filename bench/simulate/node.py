@@ -508,8 +508,9 @@ class SimNode:
         for _ in range(PREFETCH_WORKERS):
             next_one()
 
-    def start_upstream(self, state: BlobState) -> None:
-        upstream = state.upstream = UpstreamFetch(self, state)
+    def start_upstream(self, state: BlobState, runs: list[tuple[int, int]] | None = None) -> None:
+        """Fetch `runs` of pieces (default: all that are missing) from the registry."""
+        upstream = state.upstream = UpstreamFetch(self, state, runs)
         upstream.start()
 
     def piece_stored(self, state: BlobState, index: int) -> None:

@@ -27,7 +27,7 @@ from peer.fetch.download import BlobSource, Download
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.upstream.errors import UpstreamError
-from pieces.partial import BlobFailed, DiskFull, NoRoom, StoreError
+from pieces.partial import BlobFailed, DiskFull, NoRoom, PartialBlob, StoreError
 from pieces.store import Store
 
 log = logging.getLogger("pollen.download")
@@ -114,6 +114,15 @@ class OwnerUpstream:
 
     def busy(self) -> bool:
         return self._fetcher.busy()
+
+    async def fetch_runs(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob,
+        runs: list[tuple[int, int]],
+    ) -> bool:
+        return await self._fetcher.fetch_runs(download, headers, partial, runs)
 
 
 class SwarmSource(Protocol):

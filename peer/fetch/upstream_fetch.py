@@ -123,6 +123,31 @@ class UpstreamFetcher:
         finally:
             self.running -= 1
 
+    async def fetch_runs(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob,
+        runs: list[tuple[int, int]],
+    ) -> bool:
+        """Fetch these runs [start, end) of `partial` while others fill the rest of it (a new
+        owner takes from its peers what they hold meanwhile). False when an answer must be
+        left to the one-at-a-time path of `fetch` (a refusal, a blob that would start over):
+        `fetch` asks again for whatever is still missing, and acts on it.
+
+        Raises:
+            UpstreamError: the upstream failed (what arrived stays).
+        """
+        self.running += 1
+        try:
+            await self._fetch_runs(download, headers, partial, runs)
+        except _NotBesideOthers as exc:
+            log.info("%s: left to the fetch that follows: %s", download.digest, exc)
+            return False
+        finally:
+            self.running -= 1
+        return True
+
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking
         over from the swarm) each run of missing pieces with a Range request."""

@@ -45,6 +45,17 @@ class PeerUpstream(Protocol):
         """Is this node fetching from an upstream now?"""
         ...
 
+    async def fetch_runs(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob,
+        runs: list[tuple[int, int]],
+    ) -> bool:
+        """Fetch these byte runs of `partial` from the upstream while the swarm fills the
+        rest (peer/fetch/upstream_fetch.py: `UpstreamFetcher.fetch_runs`)."""
+        ...
+
 
 class OwnerSide:
     def __init__(

@@ -22,6 +22,8 @@ The rules:
 - While this node fetches from the upstream itself, at most `source_limit` peers send to it
   (every flow into its link gets a like share, and the upstream flow is the one the swarm
   waits for).
+- Pieces the driver fetches elsewhere (`elsewhere`: a new owner asks the upstream for the
+  pieces no peer holds while it takes the rest from peers) are never asked of a peer.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class PiecePicker:
         self.source_limit = source_limit  # see the module doc; None: no limit
         self._missing = set(range(layout.count)) - set(have)
         self._storing: set[int] = set()  # arrived, being verified and written
+        self._elsewhere: set[int] = set()  # fetched by the driver from elsewhere: never asked
         self._hashes: set[int] = set()  # pieces whose hash we know (may be fetched)
         self._peers: dict[bytes, _Peer] = {}
         self._inflight: dict[int, set[bytes]] = {}  # piece -> peers asked for it
@@ -124,8 +127,23 @@ class PiecePicker:
         """Is any missing piece held by a peer (with its hash known), or being fetched?"""
         if self._inflight or self._storing:
             return True
-        return any(
-            i in self._hashes and i not in self._storing and self._holders[i] for i in self._missing
+        return any(self._obtainable(i) for i in self._missing)
+
+    def unobtainable(self) -> set[int]:
+        """The missing pieces no peer can give us now: none announced it, or its hash is
+        unknown (pieces being stored, asked for, or fetched elsewhere aside)."""
+        return {
+            i
+            for i in self._missing - self._storing - self._elsewhere
+            if i not in self._inflight and not self._obtainable(i)
+        }
+
+    def _obtainable(self, index: int) -> bool:
+        return (
+            index in self._hashes
+            and index not in self._storing
+            and index not in self._elsewhere
+            and self._holders[index] > 0
         )
 
     def could_ask(self, peer: bytes, index: int) -> bool:
@@ -139,6 +157,7 @@ class PiecePicker:
             state is not None
             and index in self._missing
             and index not in self._storing
+            and index not in self._elsewhere
             and index not in self._inflight
             and index in self._hashes
             and not state.choking
@@ -154,6 +173,18 @@ class PiecePicker:
 
     def add_peer(self, peer: bytes) -> None:
         self._peers.setdefault(peer, _Peer())
+
+    def elsewhere(self, indices: Iterable[int]) -> set[int]:
+        """The driver fetches these pieces itself (from the upstream): never ask a peer for
+        them, and take none that arrives; missing still, until `stored`. Returns those taken
+        on: missing ones nobody is asked for or storing (`unobtainable()` gives such)."""
+        taken = {
+            i
+            for i in indices
+            if i in self._missing and i not in self._inflight and i not in self._storing
+        }
+        self._elsewhere |= taken
+        return taken
 
     def hashes(self, indices: Iterable[int]) -> None:
         """The owner told us these pieces' hashes (PieceMeta)."""
@@ -224,7 +255,7 @@ class PiecePicker:
             pieces = int(state.rate * QUEUE_SECONDS / self.layout.piece_size) + 1
             state.depth = max(MIN_REQUESTS, min(MAX_REQUESTS, pieces))
         self._settle(index, peer)
-        if index not in self._missing or index in self._storing:
+        if index not in self._missing or index in self._storing or index in self._elsewhere:
             return False
         if index not in self._hashes:
             return False  # never asked (we could not verify it): not taken
@@ -243,6 +274,7 @@ class PiecePicker:
         """
         self._storing.discard(index)
         self._missing.discard(index)
+        self._elsewhere.discard(index)
         sends = [Send(p, Cancel(self.digest, index)) for p in sorted(self._inflight.get(index, ()))]
         sends += [
             Send(p, Have(self.digest, index))
@@ -272,7 +304,7 @@ class PiecePicker:
         ]
         if not ready:
             return []
-        wanted = self._missing - self._storing
+        wanted = self._missing - self._storing - self._elsewhere
         if not wanted:
             return []
         window = set(heapq.nsmallest(WINDOW, wanted))
@@ -308,7 +340,7 @@ class PiecePicker:
     def next_deadline(self) -> float | None:
         """When a request in the endgame becomes overdue (a second peer may then be asked);
         None when nothing waits on time (events alone move the picker on)."""
-        wanted = self._missing - self._storing
+        wanted = self._missing - self._storing - self._elsewhere
         if not wanted or not all(i in self._inflight for i in wanted):
             return None
         deadlines = [

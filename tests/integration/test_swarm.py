@@ -151,6 +151,9 @@ def test_owner_killed_mid_transfer_every_other_pull_completes(
         size = pushed.blobs[digest]
         upstream = sum(n.status()["upstream"]["bytes"] for n in others)
         assert upstream <= size - 4 * MiB, (upstream, size)
+        # And it asked the registry for what no survivor held while it took the rest from
+        # its peers, not after.
+        assert any("that no peer holds from the upstream" in n.log() for n in others)
     finally:
         proxy.close()
 

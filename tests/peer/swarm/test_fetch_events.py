@@ -11,7 +11,7 @@ import trio
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
-from peer.swarm.fetch import MAX_PEERS, MIN_PEERS, SwarmFetch, peers_to_link
+from peer.swarm.fetch import MAX_PEERS, MIN_PEERS, SwarmFetch, byte_runs, peers_to_link
 from peer.swarm.picker import PiecePicker
 from pieces.layout import PieceLayout
 from wire.events import Have, Peers, PieceMeta
@@ -230,3 +230,19 @@ async def test_an_overdue_request_nobody_else_can_take_does_not_wake_the_fetch_a
     later = now + 60.0  # long overdue
     assert not picker.schedule(later)  # no second holder: nothing to ask
     assert fetch._deadline(later + 30, later) > later
+
+
+def test_the_upstream_is_asked_for_exactly_the_unheld_pieces_bytes() -> None:
+    """A new owner asks the upstream for the pieces no peer holds, as byte runs: only the
+    bytes still missing (a piece an earlier stream left half written goes on from there),
+    neighbours in one run, the short last piece to the end of the blob."""
+    layout = PieceLayout(1050, 100)  # pieces 0-9 of 100 bytes, piece 10 of 50
+    missing = [(0, 300), (450, 800), (900, 1050)]  # piece 4 half written, 8 held
+    assert byte_runs({1, 2, 4, 5, 7, 9, 10}, missing, layout) == [
+        (100, 300),
+        (450, 600),
+        (700, 800),
+        (900, 1050),
+    ]
+    assert byte_runs({3, 8}, missing, layout) == []
+    assert byte_runs(set(range(11)), missing, layout) == missing

@@ -18,6 +18,7 @@ from peer.fetch.download import BlobSource, Download
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.swarm import Swarm
+from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import PROTOCOL_VERSION, Error, Event, FileRange, Hello, Piece, Proof
 from wire.frames import PREFIX, FrameDecoder, encode
@@ -210,6 +211,15 @@ class NoUpstream:
 
     def busy(self) -> bool:
         return False
+
+    async def fetch_runs(
+        self,
+        download: Download,
+        headers: dict[str, str],
+        partial: PartialBlob,
+        runs: list[tuple[int, int]],
+    ) -> bool:
+        raise AssertionError("no upstream fetch expected")
 
 
 def make_swarm(tmp_path: Path) -> Swarm:

@@ -39,6 +39,7 @@ class PickerMachine(RuleBasedStateMachine):
         self.stored: set[int] = set()
         self.hashes: set[int] = set()
         self.arrived: list[tuple[bytes, int]] = []  # wanted pieces being written
+        self.elsewhere: set[int] = set()  # the driver fetches these itself (the upstream)
 
     def _schedule(self) -> None:
         wanted = self.picker.missing - {i for _, i in self.arrived}
@@ -57,6 +58,7 @@ class PickerMachine(RuleBasedStateMachine):
             assert index in self.announced.get(peer, set()), "asked for a piece not announced"
             assert index in self.hashes, "asked for a piece we cannot verify"
             assert index not in self.stored, "asked for a piece we have"
+            assert index not in self.elsewhere, "asked a peer for a piece fetched elsewhere"
             assert index not in self.outstanding[peer], "asked one peer twice for a piece"
             self.outstanding[peer].add(index)
         for peer, count in new.items():
@@ -151,6 +153,30 @@ class PickerMachine(RuleBasedStateMachine):
             self.picker.store_failed(index)
         self._schedule()
 
+    @rule()
+    def unheld_fetched_elsewhere(self) -> None:
+        """A new owner's drain: what no peer can give goes to the upstream."""
+        unheld = self.picker.unobtainable()
+        for index in unheld:
+            assert not any(index in a for a in self.outstanding.values())
+            assert index not in self.stored and index not in {i for _, i in self.arrived}
+            holders = {p for p in self.linked if index in self.announced.get(p, set())}
+            assert index not in self.hashes or not holders, "a peer could give it"
+        taken = self.picker.elsewhere(unheld)
+        assert taken == unheld
+        self.elsewhere |= taken
+        assert not self.picker.unobtainable() & self.elsewhere
+        self._schedule()
+
+    @precondition(lambda self: bool(self.elsewhere))
+    @rule(data=st.data())
+    def elsewhere_stored(self, data: st.DataObject) -> None:
+        index = data.draw(st.sampled_from(sorted(self.elsewhere)))
+        self.elsewhere.discard(index)
+        self.picker.stored(index)
+        self.stored.add(index)
+        self._schedule()
+
     @precondition(lambda self: any(self.outstanding.values()))
     @rule(data=st.data())
     def reject(self, data: st.DataObject) -> None:
@@ -198,6 +224,8 @@ class PickerMachine(RuleBasedStateMachine):
         wanted = self.picker.missing - {i for _, i in self.arrived}
         for index in wanted:
             if index in self.picker.inflight or index not in self.hashes:
+                continue
+            if index in self.elsewhere:
                 continue
             for peer in self.linked - self.choking:
                 if index in self.announced.get(peer, set()):
@@ -312,3 +340,23 @@ def test_a_stored_piece_is_announced_to_peers_without_it_and_always_to_the_owner
     assert picker.received(owner, 1, 0.5)
     haves = {s.peer for s in picker.stored(1, owner=owner) if isinstance(s.event, Have)}
     assert haves == {owner, lacking}
+
+
+def test_pieces_fetched_elsewhere_are_never_asked_of_peers() -> None:
+    """A new owner's drain: the pieces no peer holds go to the upstream at once. A peer that
+    announces one later is not asked for it (two writers of one piece), and once nothing a
+    peer holds is left the drain may end."""
+    picker = PiecePicker(DIGEST, PieceLayout(600, 100), random.Random(3))
+    picker.hashes(range(5))  # piece 5's hash is unknown: no peer's copy could be checked
+    picker.bitfield(PEERS[0], [0, 1, 5])
+    assert picker.unobtainable() == {2, 3, 4, 5}
+    assert picker.elsewhere(picker.unobtainable()) == {2, 3, 4, 5}
+    picker.have(PEERS[1], 3)
+    assert sorted(i for _, i in requests(picker.schedule(0.0))) == [0, 1]
+    assert not picker.could_ask(PEERS[1], 3)
+    assert not picker.received(PEERS[1], 3, 0.5)  # never asked: not taken
+    for index in (0, 1):
+        assert picker.received(PEERS[0], index, 0.5)
+        picker.stored(index)
+    assert not picker.obtainable()
+    assert picker.missing == {2, 3, 4, 5}
