@@ -13,9 +13,10 @@ with a real `PiecePicker` deciding what to ask of whom:
   returns. The owner lost (its link, or another node now first in rendezvous order): find the
   owner again, keeping every peer and request.
 - drain: when this node takes over (the owner died), first take from the peers what they hold,
-  until nothing is left to get or nothing arrived for 5 s, the registry sending the pieces no
-  peer holds meanwhile; then the registry, for the runs of pieces still missing, one request
-  per run, up to RANGES_AT_ONCE at once.
+  until nothing is left to get or nothing arrived for 5 s, the registry sending meanwhile the
+  pieces whose hash is unknown, and 2 s later (or at the drain's end) those no peer holds;
+  then the registry, for the runs of pieces still missing, one request per run, up to
+  RANGES_AT_ONCE at once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from typing import TYPE_CHECKING
 
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
-from peer.swarm.fetch import DRAIN_STALL, META_TIMEOUT, PEERS_PERIOD, peers_to_link
+from peer.swarm.fetch import (
+    DRAIN_STALL,
+    META_TIMEOUT,
+    PEERS_PERIOD,
+    UNHELD_GRACE,
+    peers_to_link,
+)
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
@@ -341,16 +348,32 @@ class SwarmFetch:
     def _drain(self) -> None:
         self.phase = Phase.DRAIN
         self._era += 1
-        # As the node: the registry sends the pieces no peer holds meanwhile.
-        unheld = self.picker.elsewhere(self.picker.unobtainable())
-        if unheld:
-            self.node.start_upstream(self.state, index_runs(unheld))
+        # As the node: the registry sends at once the pieces whose hash nobody gave us, and
+        # UNHELD_GRACE later (or when the drain ends) those no peer has announced by then.
+        picker = self.picker
+        self._hand_off({i for i in picker.unobtainable() if not picker.knows_hash(i)})
+        self.queue.at(self.queue.now + UNHELD_GRACE, self._grace_over, self._era)
         self._progress = len(self.state.have)
         self._last_progress = self.queue.now
         self.schedule()
         self._drain_check()
         if self.phase is Phase.DRAIN:
             self.queue.at(self.queue.now + DRAIN_WAKE, self._drain_tick, self._era)
+
+    def _hand_off(self, pieces: set[int]) -> None:
+        """These pieces come from the registry: beside the one asking already, or a new one."""
+        taken = self.picker.elsewhere(pieces)
+        if not taken:
+            return
+        upstream = self.state.upstream
+        if upstream is not None:
+            upstream.add(index_runs(taken))
+        else:
+            self.node.start_upstream(self.state, index_runs(taken))
+
+    def _grace_over(self, era: int) -> None:
+        if era == self._era and self.phase is Phase.DRAIN and self.node.alive:
+            self._hand_off(self.picker.unobtainable())
 
     def _drain_tick(self, era: int) -> None:
         if era != self._era or self.phase is not Phase.DRAIN or not self.node.alive:
@@ -370,10 +393,12 @@ class SwarmFetch:
             self._to_upstream()
 
     def _to_upstream(self) -> None:
+        if self.phase is Phase.DRAIN:
+            self._hand_off(self.picker.unobtainable())
         self.end()
         upstream = self.state.upstream
         if upstream is not None:
-            upstream.then_the_rest()  # the pieces no peer held are still coming
+            upstream.then_the_rest()  # what no peer held is still coming: the rest after it
         else:
             self.node.start_upstream(self.state)
 
@@ -400,6 +425,12 @@ class UpstreamFetch:
         self.open = 0  # requests asked or answering
         self.flows: list[Flow] = []
         self._rest = False  # when these runs are in, fetch what is still missing too
+
+    def add(self, runs: list[tuple[int, int]]) -> None:
+        """More runs to fetch (asked at once while fewer than RANGES_AT_ONCE are open)."""
+        self.runs.extend(runs)
+        self.runs = _longest_first(list(self.runs))
+        self._ask()
 
     def then_the_rest(self) -> None:
         """The drain is over: after these runs, every piece still missing."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,6 +64,9 @@ MIN_PEERS, MAX_PEERS = 8, 32
 PEERS_WHILE_OWNING = 4
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
+# A new owner asks the upstream for the pieces no peer has announced this long after it took
+# over (those whose hash is unknown at once): the survivors link to it and send Bitfields.
+UNHELD_GRACE = 2.0
 PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
 # Pieces up to this size are hashed and written on the event loop: for a 256 KiB piece the hop
 # to a worker thread and back cost more than the work (xxh3 and a page-cache copy, ~0.1 ms).
@@ -325,15 +328,36 @@ class SwarmFetch:
     async def _drain_peers(self, partial: PartialBlob) -> None:
         """Fetch from the linked peers every missing piece one of them holds (and whose hash
         we know); stop when none is left to get or nothing arrives for DRAIN_STALL seconds.
-        Meanwhile the upstream sends the pieces no peer holds (`_fetch_unheld`)."""
+
+        Meanwhile the upstream sends what no peer can (`_fetch_unheld`): at once the pieces
+        whose hash nobody gave us (the dead owner never had them), and UNHELD_GRACE later
+        (or when the drain ends) every piece no peer has announced by then: the survivors
+        that lost the dead owner link to this node and send their Bitfields within about a
+        peers period, and a piece one of them holds is not fetched from the upstream twice.
+        """
         picker = self.picker
         assert picker is not None
-        unheld = picker.elsewhere(picker.unobtainable())
+        handed: set[int] = set()
         async with trio.open_nursery() as nursery:
-            if unheld:
-                runs = byte_runs(unheld, partial.missing_runs(), partial.layout)
-                nursery.start_soon(self._fetch_unheld, partial, runs)
-            await self._take_from_peers(partial)
+
+            def hand_off(pieces: set[int]) -> None:
+                taken = picker.elsewhere(pieces)
+                if taken:
+                    handed.update(taken)
+                    runs = byte_runs(taken, partial.missing_runs(), partial.layout)
+                    nursery.start_soon(self._fetch_unheld, partial, runs)
+
+            hand_off({i for i in picker.unobtainable() if not picker.knows_hash(i)})
+            await self._take_from_peers(partial, hand_off)
+            hand_off(picker.unobtainable())
+            log.info(
+                "took what the peers held of %s: %d of %d pieces here, %d more coming from "
+                "the upstream",
+                self.digest,
+                len(partial.piece_hashes),
+                partial.layout.count,
+                len(handed - set(partial.piece_hashes)),
+            )
 
     async def _fetch_unheld(self, partial: PartialBlob, runs: list[tuple[int, int]]) -> None:
         """The upstream's part of a takeover, beside the peers': waiting for the peers first
@@ -352,27 +376,33 @@ class SwarmFetch:
         except UpstreamError as exc:
             log.info("%s: the upstream's part failed, asked again later: %s", self.digest, exc)
 
-    async def _take_from_peers(self, partial: PartialBlob) -> None:
+    async def _take_from_peers(
+        self, partial: PartialBlob, hand_off: Callable[[set[int]], None]
+    ) -> None:
+        """The drain's loop; UNHELD_GRACE after it starts, what no peer holds then goes to
+        `hand_off` (the upstream)."""
         picker = self.picker
         assert picker is not None
-        last_progress, progress = trio.current_time(), len(partial.piece_hashes)
+        start = trio.current_time()
+        grace_at: float | None = start + UNHELD_GRACE
+        last_progress, progress = start, len(partial.piece_hashes)
         while not self._done(partial):
             self._raise_failure()
+            now = trio.current_time()
+            if grace_at is not None and now >= grace_at:
+                hand_off(picker.unobtainable())
+                grace_at = None
             if not picker.obtainable():
                 break
-            now = trio.current_time()
             if len(partial.piece_hashes) != progress:
                 last_progress, progress = now, len(partial.piece_hashes)
             elif now - last_progress > DRAIN_STALL:
                 break
             self._schedule()
-            await self._wait_change(self._deadline(last_progress + DRAIN_STALL + 0.01, now))
-        log.info(
-            "took %d of %d pieces of %s from peers before the upstream",
-            len(partial.piece_hashes),
-            partial.layout.count,
-            self.digest,
-        )
+            deadline = last_progress + DRAIN_STALL + 0.01
+            if grace_at is not None:
+                deadline = min(deadline, grace_at)
+            await self._wait_change(self._deadline(deadline, now))
 
     def _deadline(self, other: float, now: float) -> float:
         """The earlier of `other` and the picker's next wake (the fetch just scheduled)."""
