@@ -425,6 +425,9 @@ class SwarmFetch:
             self._post(sends)
 
     def _post(self, sends: list[Send]) -> None:
+        """Post the picker's messages, each peer's together (one write when they go at once)."""
+        batches: dict[PeerLink, list[Event]] = {}
+        requests: dict[PeerLink, int] = {}
         for send in sends:
             link = self.swarm.links.get(send.peer)
             if link is None or link.closed:
@@ -432,12 +435,16 @@ class SwarmFetch:
                 self._lost(send.peer)
                 continue
             event = send.event
-            if isinstance(event, Request) and link.request_room() <= 0:
-                # Other fetches fill this link's requests: asked again at a later schedule.
-                if self.picker is not None:
-                    self.picker.unsent(send.peer, event.index)
-                continue
-            link.post(event)
+            if isinstance(event, Request):
+                if link.request_room() - requests.get(link, 0) <= 0:
+                    # Other fetches fill this link's requests: asked again at a later schedule.
+                    if self.picker is not None:
+                        self.picker.unsent(send.peer, event.index)
+                    continue
+                requests[link] = requests.get(link, 0) + 1
+            batches.setdefault(link, []).append(event)
+        for link, events in batches.items():
+            link.post_many(events)
 
     def _send_access(self, peers: set[bytes]) -> None:
         """Before the first Request for a private blob's pieces to each peer, pass the

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -94,6 +94,9 @@ class PeerLink:
         self._outbox: list[Event] = []
         self._requests_queued = 0  # Requests in the outbox or being written
         self._outbox_ready = trio.Event()
+        # The rest of control frames written at once by `post_many` that the socket did not
+        # take whole: the next send writes it first, before anything else.
+        self._unsent = b""
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -146,11 +149,64 @@ class PeerLink:
             raise LinkClosed(f"expected {kind.__name__}, got {type(event).__name__}")
 
     def post(self, event: Event) -> None:
-        """Queue a control message; the link's writer task sends it (never blocks)."""
-        if not self.closed:
+        """Send a control message now if the socket takes it, else queue it for the link's
+        writer task (never blocks)."""
+        self.post_many([event])
+
+    def post_many(self, events: Sequence[Event]) -> None:
+        """`post` for several messages, in one write when they go at once.
+
+        On a plain TCP socket with nothing queued or being written, the frames are written
+        here, without waking the writer task: a node posts a Have or a Request per piece to
+        each of its peers, and the writer's wake-up, lock, cancel scope and trio's send_all
+        cost ~60 % of the ~10 % of a testbed node's CPU that sending them took. What the socket
+        does not take goes to the writer, which sends it before anything else."""
+        if self.closed:
+            return
+        if self._may_write_now() and not any(isinstance(e, Piece | Reject) for e in events):
+            buffers: list[bytes | memoryview] = []
+            for done, event in enumerate(events):
+                try:
+                    encoded = self.protocol.send_buffers(event)
+                except LocalProtocolError:
+                    # (Refused before it changed any state.) The writer raises it, as it did.
+                    events = events[done:]
+                    break
+                buffers += encoded  # type: ignore[arg-type]  # control messages: no FileRange
+            else:
+                events = []
+            if buffers:
+                self._write_now(b"".join(buffers))
+            if not events:
+                return
+        for event in events:
             if isinstance(event, Request):
                 self._requests_queued += 1
             self._outbox.append(event)
+        self._outbox_ready.set()
+
+    def _may_write_now(self) -> bool:
+        """Nothing is queued or being written, and the frames need no sealing: a write now
+        keeps them in order."""
+        return (
+            not self._outbox
+            and not self._unsent
+            and not self._send_lock.locked()
+            and not self.protocol.encrypt
+            and isinstance(self.stream, trio.SocketStream)
+        )
+
+    def _write_now(self, data: bytes) -> None:
+        assert isinstance(self.stream, trio.SocketStream)
+        try:
+            written = os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            written = 0  # the writer's send fails too, and ends the link as it would have
+        self.bytes_out += written
+        if written < len(data):
+            self._unsent = data[written:]
             self._outbox_ready.set()
 
     def request_room(self) -> int:
@@ -208,6 +264,9 @@ class PeerLink:
         async with self._send_lock:
             if self.closed:
                 raise LinkClosed("link closed")
+            if self._unsent:
+                unsent, self._unsent = self._unsent, b""
+                await self._send_raw(unsent)
             sent: list[bool] = []
             pending: list[bytes | memoryview] = []  # small buffers not written yet
             try:

@@ -20,6 +20,7 @@ import trio
 
 from peer.swarm.link import LOWAT_WAIT, PAYLOAD_LOWAT, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
+from wire.frames import encode
 from wire.protocol import Role
 
 DIGEST = "sha256:" + "b" * 64
@@ -189,3 +190,81 @@ async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() ->
         assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
         assert bytes(piece.data) == data
     assert read_before_the_rest and sum(read_before_the_rest) <= first - start
+
+
+class WriterCountingLink(PeerLink):
+    """Counts the sends that go through the lock (the writer task's and `send`'s): a test's
+    subclass, production has no hook."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.locked_sends = 0
+
+    async def send_many(self, events: list[Event]) -> list[bool]:
+        self.locked_sends += 1
+        return await super().send_many(events)
+
+
+@dataclass
+class TwoLinks:
+    sender: WriterCountingLink
+    receiver: PeerLink
+    inbox: trio.MemoryReceiveChannel[Event]  # what the receiver got, once it runs
+    to_inbox: trio.MemorySendChannel[Event]
+    nursery: trio.Nursery
+
+    def start_receiver(self) -> None:
+        """Until now nothing read the receiver's socket (it fills up)."""
+        self.nursery.start_soon(self.receiver.run, self._on_event)
+
+    async def _on_event(self, link: PeerLink, event: Event) -> None:
+        self.to_inbox.send_nowait(event)
+
+
+@contextlib.asynccontextmanager
+async def two_links() -> AsyncIterator[TwoLinks]:
+    """A sender and a receiver over TCP, handshaken; the sender's loops run, the receiver's
+    only once the test starts them."""
+    client, server = await tcp_stream_pair()
+    sender = WriterCountingLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
+    receiver = PeerLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
+    to_inbox, inbox = trio.open_memory_channel[Event](math.inf)
+
+    async def ignore(link: PeerLink, event: Event) -> None:
+        pass
+
+    with trio.fail_after(30):
+        await handshake(sender, receiver)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run, ignore)
+            yield TwoLinks(sender, receiver, inbox, to_inbox, nursery)
+            nursery.cancel_scope.cancel()
+
+
+async def test_control_messages_on_an_idle_socket_are_written_at_once() -> None:
+    # A Have or a Request per piece to each peer: waking the writer task for each cost more
+    # than the write.
+    async with two_links() as links:
+        links.start_receiver()
+        for index in range(50):
+            links.sender.post(Have(DIGEST, index))
+        links.sender.post_many([Request(DIGEST, 0), Request(DIGEST, 1)])
+        received = [await links.inbox.receive() for _ in range(52)]
+        assert links.sender.locked_sends == 0
+    assert received == [Have(DIGEST, i) for i in range(50)] + [Request(DIGEST, i) for i in (0, 1)]
+
+
+async def test_what_a_full_socket_did_not_take_goes_first_and_the_rest_in_order() -> None:
+    count = 40_000  # Haves: more than the loopback socket buffers hold
+    async with two_links() as links:
+        sender = links.sender
+        first = [Have(DIGEST, i) for i in range(count // 2)]
+        size = sum(len(b) for e in first for b in encode(e))
+        sender.post_many(first)
+        written_at_once = sender.bytes_out
+        for index in range(count // 2, count):  # queued behind the part not taken
+            sender.post(Have(DIGEST, index))
+        links.start_receiver()
+        received = [await links.inbox.receive() for _ in range(count)]
+    assert 0 < written_at_once < size  # the socket took part of the first batch at once...
+    assert received == [Have(DIGEST, i) for i in range(count)]  # ...and nothing was lost
