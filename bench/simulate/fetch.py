@@ -427,9 +427,9 @@ class UpstreamFetch:
         self._rest = False  # when these runs are in, fetch what is still missing too
 
     def add(self, runs: list[tuple[int, int]]) -> None:
-        """More runs to fetch (asked at once while fewer than RANGES_AT_ONCE are open)."""
-        self.runs.extend(runs)
-        self.runs = _longest_first(list(self.runs))
+        """More runs to fetch, after those waiting (the node's requests for one blob share
+        RANGES_AT_ONCE slots, taken in turn)."""
+        self.runs.extend(_longest_first(runs))
         self._ask()
 
     def then_the_rest(self) -> None:

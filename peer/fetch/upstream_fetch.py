@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 
 import trio
 
@@ -111,6 +112,9 @@ class UpstreamFetcher:
         self._download_limit = download_limit or RateLimiter(None)
         self.running = 0  # fetches from the upstream now (the swarm yields to them)
         self.bytes_from_upstream = 0
+        self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def busy(self) -> bool:
         """Is this node fetching from an upstream now?"""
@@ -224,18 +228,24 @@ class UpstreamFetcher:
         """
         todo = sorted(runs, key=lambda run: run[1] - run[0], reverse=True)
         failure: Exception | None = None
+        # Shared by every call for this download (a takeover hands runs over more than once):
+        # RANGES_AT_ONCE requests in flight for the blob, not per call.
+        slots = self._range_slots.setdefault(download, trio.Semaphore(RANGES_AT_ONCE))
 
         async def fetch_next(cancel_scope: trio.CancelScope) -> None:
             nonlocal failure
-            while todo and failure is None:
-                start, end = todo.pop(0)
-                try:
-                    await self._fetch_range(
-                        download, headers, partial, start, end, beside_others=True
-                    )
-                except Exception as exc:  # raised below, outside the nursery
-                    failure = exc
-                    cancel_scope.cancel()
+            while True:
+                async with slots:
+                    if not todo or failure is not None:
+                        return
+                    start, end = todo.pop(0)
+                    try:
+                        await self._fetch_range(
+                            download, headers, partial, start, end, beside_others=True
+                        )
+                    except Exception as exc:  # raised below, outside the nursery
+                        failure = exc
+                        cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for _ in range(min(RANGES_AT_ONCE, len(todo))):
@@ -258,7 +268,7 @@ class UpstreamFetcher:
 
         `beside_others`: other requests fill other runs of `partial` meanwhile. An answer that
         would refuse the client or start the blob over raises `_NotBesideOthers` instead, and
-        no byte past `end` is taken (it would land in a run another request fills)."""
+        a 5xx too (it may be the concurrency itself)."""
         digest = download.digest
         request_headers = dict(headers)
         if end is not None and partial is not None and end == partial.layout.size:
@@ -276,9 +286,11 @@ class UpstreamFetcher:
             stall_timeout=config.stall_timeout,
         )
         try:
+            if beside_others and body.status not in (200, 206):
+                # A refusal is the client's answer, a 5xx may be this very concurrency:
+                # either way, one range at a time decides.
+                raise _NotBesideOthers(f"answered {body.status}")
             if 400 <= body.status < 500 and body.status != 416:
-                if beside_others:
-                    raise _NotBesideOthers(f"answered {body.status}")
                 error_body = await body.read_all(ERROR_BODY_LIMIT)
                 download.refused(
                     UpstreamRefusal(
@@ -317,10 +329,14 @@ class UpstreamFetcher:
             if start:
                 end_byte = start + length - 1
                 log.info("resuming %s at byte %d (to %d of %d)", digest, start, end_byte, size)
+            # Not a byte of a range past what was asked: beside other requests those bytes
+            # are another gap's, which its own request is filling. (A 200 that starts the
+            # blob over is taken whole.)
             stop = start + length
-            if beside_others and end is not None:
+            if end is not None and body.status == 206:
                 stop = min(stop, end)
-            await self._pump(download, body, partial, start, stop)
+            buffers = BUFFER_COUNT // RANGES_AT_ONCE if beside_others else BUFFER_COUNT
+            await self._pump(download, body, partial, start, stop, buffers)
         finally:
             await body.aclose()
         return partial
@@ -333,14 +349,21 @@ class UpstreamFetcher:
         return [self._upstreams.base_url(download.namespace)]
 
     async def _pump(
-        self, download: Download, body: BlobStream, partial: PartialBlob, start: int, end: int
+        self,
+        download: Download,
+        body: BlobStream,
+        partial: PartialBlob,
+        start: int,
+        end: int,
+        buffers: int = BUFFER_COUNT,
     ) -> None:
-        """Receive the body in one task and write it from a worker thread, so the two overlap.
+        """Receive the body in one task and write it from a worker thread, so the two overlap,
+        through at most `buffers` receive buffers (those of concurrent ranges add up).
 
         When the upstream breaks off, what was received is still written first, so a resume
         starts as late as possible.
         """
-        pipe = _BufferPipe(BUFFER_COUNT, BUFFER_SIZE)
+        pipe = _BufferPipe(buffers, BUFFER_SIZE)
         broke_off: UpstreamError | None = None
         write_error: Exception | None = None
 

@@ -338,6 +338,7 @@ class SwarmFetch:
         picker = self.picker
         assert picker is not None
         handed: set[int] = set()
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
 
             def hand_off(pieces: set[int]) -> None:
@@ -345,25 +346,35 @@ class SwarmFetch:
                 if taken:
                     handed.update(taken)
                     runs = byte_runs(taken, partial.missing_runs(), partial.layout)
-                    nursery.start_soon(self._fetch_unheld, partial, runs)
+                    nursery.start_soon(self._fetch_unheld, partial, runs, nursery.cancel_scope)
 
             hand_off({i for i in picker.unobtainable() if not picker.knows_hash(i)})
-            await self._take_from_peers(partial, hand_off)
-            hand_off(picker.unobtainable())
-            log.info(
-                "took what the peers held of %s: %d of %d pieces here, %d more coming from "
-                "the upstream",
-                self.digest,
-                len(partial.piece_hashes),
-                partial.layout.count,
-                len(handed - set(partial.piece_hashes)),
-            )
+            try:
+                await self._take_from_peers(partial, hand_off)
+                hand_off(picker.unobtainable())
+            except Exception as exc:  # raised below, outside the nursery: no exception group
+                failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        self._raise_failure()  # the upstream's part failed on our side (the disk)
+        log.info(
+            "took what the peers held of %s beside %d pieces no peer held from the upstream: "
+            "%d of %d pieces here",
+            self.digest,
+            len(handed),
+            len(partial.piece_hashes),
+            partial.layout.count,
+        )
 
-    async def _fetch_unheld(self, partial: PartialBlob, runs: list[tuple[int, int]]) -> None:
+    async def _fetch_unheld(
+        self, partial: PartialBlob, runs: list[tuple[int, int]], drain: trio.CancelScope
+    ) -> None:
         """The upstream's part of a takeover, beside the peers': waiting for the peers first
         left the registry idle (on the testbed a new owner took 25 s to drain its peers, then
-        asked for the 34 MB nobody held). What fails here is asked again by the upstream fetch
-        that follows the drain, which reports it."""
+        asked for the 34 MB nobody held). What the upstream fails is asked again by the
+        upstream fetch that follows the drain, which reports it; a failure on our side (the
+        disk) ends the drain and the fetch."""
         size = sum(end - start for start, end in runs)
         log.info(
             "fetching %d bytes of %s that no peer holds from the upstream, in %d ranges",
@@ -375,6 +386,9 @@ class SwarmFetch:
             await self.swarm.upstream.fetch_runs(self.download, dict(self.headers), partial, runs)
         except UpstreamError as exc:
             log.info("%s: the upstream's part failed, asked again later: %s", self.digest, exc)
+        except Exception as exc:  # DiskFull, NoRoom, StoreError: raised by `_drain_peers`
+            self.failure = exc
+            drain.cancel()
 
     async def _take_from_peers(
         self, partial: PartialBlob, hand_off: Callable[[set[int]], None]

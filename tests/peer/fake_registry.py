@@ -45,6 +45,7 @@ class FakeRegistry:
     # Zeros sent past the end a Range asked for (the Content-Range counts them in).
     range_extra: int = 0
     range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
+    busy_ranges: int = 0  # answer this many Range requests with 503 first
     # Content-Length to claim for these digests; the body is then cut to it, or breaks off
     # after the real bytes when the claim is larger.
     declared_size: dict[str, int] = field(default_factory=dict)
@@ -165,6 +166,10 @@ class FakeRegistry:
         if m and self.ranges_honoured is not None:
             ignore = ignore or self.ranges_honoured <= 0
             self.ranges_honoured -= 1
+        if m and self.busy_ranges > 0:
+            self.busy_ranges -= 1
+            await conn.respond(503, [("content-type", "application/json")], b'{"errors":[]}')
+            return
         if m and not ignore:
             await trio.sleep(self.range_delay.get(range_header or "", 0.0))
             start = int(m.group(1))

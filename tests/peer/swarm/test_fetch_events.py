@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import trio
 
 from peer.fetch.download import Download
@@ -14,6 +17,8 @@ from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import MAX_PEERS, MIN_PEERS, SwarmFetch, byte_runs, peers_to_link
 from peer.swarm.picker import PiecePicker
 from pieces.layout import PieceLayout
+from pieces.partial import DiskFull
+from pieces.store import Store
 from wire.events import Have, Peers, PieceMeta
 
 DIGEST = "sha256:" + "a" * 64
@@ -246,3 +251,37 @@ def test_the_upstream_is_asked_for_exactly_the_unheld_pieces_bytes() -> None:
     ]
     assert byte_runs({3, 8}, missing, layout) == []
     assert byte_runs(set(range(11)), missing, layout) == missing
+
+
+class DiskFullUpstream:
+    """The upstream side of a takeover whose writes fail on our disk."""
+
+    def busy(self) -> bool:
+        return True
+
+    async def fetch_runs(
+        self, download: Download, headers: dict[str, str], partial: object, runs: object
+    ) -> bool:
+        await trio.sleep(0)
+        raise DiskFull("no space left on the test's disk")
+
+
+async def test_a_full_disk_during_a_takeover_ends_the_fetch_with_that_error(
+    tmp_path: Path,
+) -> None:
+    """The upstream's part runs beside the drain in a nursery: its error must come out as
+    itself, not in an exception group (the download table discards a partial on DiskFull
+    only, and answers 507 for it)."""
+    store = Store(tmp_path)
+    partial = await store.open_partial(DIGEST, 300)
+    fetch = SwarmFetch(
+        SimpleNamespace(upstream=DiskFullUpstream(), links={}),  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.partial = partial
+    fetch.picker = PiecePicker(DIGEST, partial.layout, random.Random(1))
+    with pytest.raises(DiskFull):
+        await fetch._drain_peers(partial)
+    store.release_partial(partial)

@@ -259,3 +259,20 @@ async def test_a_size_that_disagrees_with_the_manifest_is_refused(setup: Setup) 
     assert partial_files(setup) == []
     del registry.declared_size[layer_digest]
     assert (await setup.client.get(blob_path(layer_digest))).content == layer
+
+
+async def test_a_busy_answer_beside_other_ranges_is_asked_again_one_at_a_time(
+    setup: Setup,
+) -> None:
+    # A 503 to one of several requests at once may be that very concurrency: the gaps go
+    # one at a time from there (where a 5xx would end the download, as it always did).
+    registry = setup.registry
+    data, digest = await held_pieces(setup)
+    registry.pace = 0.01
+    registry.busy_ranges = 1
+    response = await setup.client.get(blob_path(digest))
+    assert response.status_code == 200
+    assert response.content == data
+    assert set(blob_gets(registry)[:3]) == GAPS
+    await wait_idle(setup)
+    assert setup.node.store.complete_path(digest).read_bytes() == data
