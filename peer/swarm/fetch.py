@@ -123,6 +123,8 @@ class SwarmFetch:
     _early: dict[bytes, set[int]] = field(default_factory=dict)
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
+    _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
+    _asleep_until: float | None = None  # the fetch's task waits for a change until then
 
     @property
     def digest(self) -> str:
@@ -277,6 +279,13 @@ class SwarmFetch:
     # ---- exchanging pieces ---------------------------------------------------------------
 
     async def _exchange(self, partial: PartialBlob) -> None:
+        self._scheduling = True
+        try:
+            await self._exchange_loop(partial)
+        finally:
+            self._scheduling = False
+
+    async def _exchange_loop(self, partial: PartialBlob) -> None:
         swarm = self.swarm
         assert self.owner is not None
         owner_link = swarm.links.get(self.owner)
@@ -393,6 +402,13 @@ class SwarmFetch:
     async def _take_from_peers(
         self, partial: PartialBlob, hand_off: Callable[[set[int]], None]
     ) -> None:
+        self._scheduling = True
+        try:
+            await self._drain_loop(partial, hand_off)
+        finally:
+            self._scheduling = False
+
+    async def _drain_loop(self, partial: PartialBlob, hand_off: Callable[[set[int]], None]) -> None:
         """The drain's loop; UNHELD_GRACE after it starts, what no peer holds then goes to
         `hand_off` (the upstream)."""
         picker = self.picker
@@ -499,9 +515,33 @@ class SwarmFetch:
         )
 
     async def _wait_change(self, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            await self._changed.wait()
+        self._asleep_until = deadline
+        try:
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+        finally:
+            self._asleep_until = None
         self._changed = trio.Event()
+
+    def _changed_by_peer(self) -> None:
+        """A peer's event changed the picker. While the fetch exchanges or drains, schedule
+        here, in the read loop (posting never blocks), as the simulator does: waking the
+        fetch's task for every piece and Have cost a task switch and a loop for the one
+        schedule. The task is woken only for what it alone does: the blob is complete, a
+        store error, or the picker's next deadline comes before the task's."""
+        if not self._scheduling:
+            self._poke()
+            return
+        self._schedule()
+        partial, picker, asleep_until = self.partial, self.picker, self._asleep_until
+        if asleep_until is None:
+            return  # the task is running: it looks at everything before it sleeps again
+        if self.failure is not None or (partial is not None and self._done(partial)):
+            self._poke()
+        elif picker is not None:
+            wake = picker.wake_at(trio.current_time())
+            if wake is not None and wake < asleep_until:
+                self._poke()
 
     def _poke(self) -> None:
         self._changed.set()
@@ -552,7 +592,7 @@ class SwarmFetch:
             await self._on_piece(link, event)
         elif isinstance(event, Reject):
             picker.rejected(link.peer_id, event.index)
-        self._poke()
+        self._changed_by_peer()
 
     def on_bitfield(self, peer_id: bytes, indices: set[int]) -> None:
         """A peer's Bitfield, decoded (`indices_of`)."""
@@ -561,12 +601,12 @@ class SwarmFetch:
             return
         self._add_peer(peer_id)
         self.picker.bitfield(peer_id, indices)
-        self._poke()
+        self._changed_by_peer()
 
     def on_choke(self, peer_id: bytes, choked: bool) -> None:
         if self.picker is not None:
             self.picker.choke(peer_id, choked)
-        self._poke()
+        self._changed_by_peer()
 
     def _keep_early(self, peer_id: bytes, indices: Iterable[int], *, replace: bool) -> None:
         """Keep the owner's offers until the picker exists (see `_early`): only the owner's

@@ -285,3 +285,50 @@ async def test_a_full_disk_during_a_takeover_ends_the_fetch_with_that_error(
     with pytest.raises(DiskFull):
         await fetch._drain_peers(partial)
     store.release_partial(partial)
+
+
+@dataclass(eq=False)
+class PostingLink:
+    """A linked peer's link that keeps what is posted to it."""
+
+    peer_id: bytes
+    posted: list[object]
+    closed: bool = False
+
+    def request_room(self) -> int:
+        return 16
+
+    def post_many(self, events: list[object]) -> None:
+        self.posted.extend(events)
+
+
+async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fetch(
+    tmp_path: Path,
+) -> None:
+    """As in the simulator: a Have that gives a request is answered at once from the read
+    loop; the fetch's task sleeps on. Only what the task alone does wakes it (here: the
+    blob is complete, to be verified and committed)."""
+    store = Store(tmp_path)
+    data = bytes(range(256)) * 2
+    partial = await store.open_partial(DIGEST, len(data), piece_size=256)
+    posted: list[object] = []
+    link = PostingLink(PEER, posted)
+    swarm = SimpleNamespace(upstream=DiskFullUpstream(), links={PEER: link})
+    fetch = SwarmFetch(
+        swarm,  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.partial = partial
+    fetch.picker = PiecePicker(DIGEST, partial.layout, random.Random(1))
+    fetch.picker.hashes([0, 1])
+    fetch._scheduling = True
+    fetch._asleep_until = trio.current_time() + 10  # its task waits for a change until then
+    await fetch.on_event(Link(PEER), Have(DIGEST, 0))  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in posted] == ["Request"]
+    assert not fetch._changed.is_set()
+    partial.write_sync(0, [data])  # both pieces in (as if from peers)
+    fetch._changed_by_peer()
+    assert fetch._changed.is_set()
+    store.release_partial(partial)
