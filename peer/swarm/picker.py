@@ -340,26 +340,37 @@ class PiecePicker:
     def next_deadline(self) -> float | None:
         """When a request in the endgame becomes overdue (a second peer may then be asked);
         None when nothing waits on time (events alone move the picker on)."""
+        deadlines = self._endgame_deadlines()
+        return min(deadlines) if deadlines else None
+
+    def _endgame_deadlines(self) -> list[float]:
+        """When each endgame request asked of one peer only becomes overdue (none before the
+        endgame: every wanted piece asked for)."""
         wanted = self._missing - self._storing - self._elsewhere
         if not wanted or not all(i in self._inflight for i in wanted):
-            return None
-        deadlines = [
+            return []
+        return [
             self._overdue_at(index, holder)
             for index in wanted
             if len(holders := self._inflight[index]) == 1
             for holder in holders
         ]
-        return min(deadlines) if deadlines else None
 
     def wake_at(self, now: float) -> float | None:
         """When the driver, having just scheduled at `now`, should schedule again for time's
         sake (events aside): just after the next request becomes overdue (a second peer is
-        asked only once it is *over*due), or IDLE_WAKE from now when one is overdue already
-        and this schedule could do nothing about it. None: only events move the picker on."""
-        deadline = self.next_deadline()
-        if deadline is None:
+        asked only once it is *over*due), and no later than IDLE_WAKE from now when one is
+        overdue already and this schedule could do nothing about it (without the first rule
+        a request falling due meanwhile waited for that second). None: only events move the
+        picker on."""
+        deadlines = self._endgame_deadlines()
+        if not deadlines:
             return None
-        return deadline + 1e-6 if deadline > now else now + IDLE_WAKE
+        coming = [d for d in deadlines if d > now]
+        wake = min(coming) + 1e-6 if coming else None
+        if len(coming) < len(deadlines):  # one is overdue already, with no second peer
+            wake = now + IDLE_WAKE if wake is None else min(wake, now + IDLE_WAKE)
+        return wake
 
     def _fresh_picks(
         self, state: _Peer, wanted: set[int], window: set[int], random_first: bool, slots: int

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from peer.swarm.actions import Send
-from peer.swarm.picker import ENDGAME_AFTER, MAX_REQUESTS, START_REQUESTS, PiecePicker
+from peer.swarm.picker import (
+    ENDGAME_AFTER,
+    IDLE_WAKE,
+    MAX_REQUESTS,
+    START_REQUESTS,
+    PiecePicker,
+)
 from pieces.layout import PieceLayout
 from wire.events import Cancel, Have, Request
 
@@ -360,3 +366,24 @@ def test_pieces_fetched_elsewhere_are_never_asked_of_peers() -> None:
         picker.stored(index)
     assert not picker.obtainable()
     assert picker.missing == {2, 3, 4, 5}
+
+
+def test_a_request_falling_due_is_looked_at_even_while_another_is_long_overdue() -> None:
+    """Piece 0 is overdue at a peer and no other holds it (nothing to do but wait a while);
+    piece 1, asked later of another peer, falls due in between: the driver must look again
+    just after that, not only IDLE_WAKE later."""
+    picker = PiecePicker(DIGEST, PieceLayout(200, 100), random.Random(1))
+    picker.hashes(range(2))
+    a, b, c = PEERS[0], PEERS[1], PEERS[2]
+    picker.bitfield(a, [0])
+    assert requests(picker.schedule(0.0)) == [(a, 0)]
+    picker.bitfield(b, [1])
+    picker.bitfield(c, [1])
+    asked = requests(picker.schedule(0.5))
+    assert [i for _, i in asked] == [1]
+    now = ENDGAME_AFTER + 0.1  # piece 0 overdue (no second holder); piece 1 due at 2.5 s
+    assert requests(picker.schedule(now)) == []
+    wake = picker.wake_at(now)
+    assert wake is not None and wake < now + IDLE_WAKE
+    assert abs(wake - (0.5 + ENDGAME_AFTER)) < 0.01
+    assert [i for _, i in requests(picker.schedule(wake))] == [1]  # asked of the other peer
