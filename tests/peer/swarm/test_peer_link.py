@@ -120,12 +120,15 @@ class RawPiece:
 
 
 @contextlib.asynccontextmanager
-async def raw_piece(data: bytes) -> AsyncIterator[RawPiece]:
+async def raw_piece(data: bytes, *, encrypt: bool = False) -> AsyncIterator[RawPiece]:
     """Two running links over TCP; the downloader has asked for piece 0, whose frame (with
-    `data`) the test writes to the uploader's socket itself, in whatever sends it likes."""
+    `data`; sealed with `encrypt`) the test writes to the uploader's socket itself, in
+    whatever sends it likes."""
     client, server = await tcp_stream_pair()
-    uploader = PeerLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
-    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
+    uploader = PeerLink(
+        client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16, encrypt=encrypt
+    )
+    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER, encrypt=encrypt)
     to_downloader, events = trio.open_memory_channel[Event](math.inf)
     requested = trio.Event()
 
@@ -149,12 +152,16 @@ async def raw_piece(data: bytes) -> AsyncIterator[RawPiece]:
             nursery.cancel_scope.cancel()
 
 
-async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_segment() -> None:
+@pytest.mark.parametrize("encrypt", [False, True])
+async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_segment(
+    encrypt: bool,
+) -> None:
     """A payload is of use only whole: while it arrives in small sends (a shaped link), the
     reader is woken once PAYLOAD_LOWAT of it is there, not for every segment. The message
-    after it (a few bytes, nothing behind them) is still read at once."""
+    after it (a few bytes, nothing behind them) is still read at once. The same for a sealed
+    piece (--peer-encryption): its ciphertext is a payload read into its own buffer too."""
     data = os.urandom(4 * PAYLOAD_LOWAT)
-    async with raw_piece(data) as raw:
+    async with raw_piece(data, encrypt=encrypt) as raw:
         for start in range(0, len(raw.frames), 16 * 1024):  # 64+ sends, 2 ms apart
             await raw.stream.send_all(raw.frames[start : start + 16 * 1024])
             await trio.sleep(0.002)
