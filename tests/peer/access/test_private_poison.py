@@ -49,5 +49,9 @@ async def test_one_request_cannot_make_a_public_blob_private_to_its_registry(
             r = await c.get(f"/v2/library/alpine/blobs/{digest}{q}")
             assert r.status_code == 200, "public blob denied to everyone after one request"
             assert r.content == data
-        # and it is served from the cache again, public (fetched once more, without credentials)
+        # and it is served from the cache again, public (fetched once more, without
+        # credentials; the client has its last byte before that fetch commits: wait for it)
+        with trio.fail_after(5):
+            while node.downloads_in_flight():
+                await trio.sleep(0.01)
         assert not node.store.private_origins(digest)
