@@ -132,11 +132,11 @@ class PiecePicker:
     def unobtainable(self) -> set[int]:
         """The missing pieces no peer can give us now: none announced it, or its hash is
         unknown (pieces being stored, asked for, or fetched elsewhere aside)."""
-        return {
-            i
-            for i in self._missing - self._storing - self._elsewhere
-            if i not in self._inflight and not self._obtainable(i)
-        }
+        return {i for i in self._wanted() if i not in self._inflight and not self._obtainable(i)}
+
+    def _wanted(self) -> set[int]:
+        """The missing pieces to get from peers: not being stored, not fetched elsewhere."""
+        return self._missing - self._storing - self._elsewhere
 
     def _obtainable(self, index: int) -> bool:
         return (
@@ -304,7 +304,7 @@ class PiecePicker:
         ]
         if not ready:
             return []
-        wanted = self._missing - self._storing - self._elsewhere
+        wanted = self._wanted()
         if not wanted:
             return []
         window = set(heapq.nsmallest(WINDOW, wanted))
@@ -346,7 +346,7 @@ class PiecePicker:
     def _endgame_deadlines(self) -> list[float]:
         """When each endgame request asked of one peer only becomes overdue (none before the
         endgame: every wanted piece asked for)."""
-        wanted = self._missing - self._storing - self._elsewhere
+        wanted = self._wanted()
         if not wanted or not all(i in self._inflight for i in wanted):
             return []
         return [
