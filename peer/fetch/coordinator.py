@@ -121,8 +121,8 @@ class OwnerUpstream:
         headers: dict[str, str],
         partial: PartialBlob,
         runs: list[tuple[int, int]],
-    ) -> bool:
-        return await self._fetcher.fetch_runs(download, headers, partial, runs)
+    ) -> None:
+        await self._fetcher.fetch_runs(download, headers, partial, runs)
 
 
 class SwarmSource(Protocol):

@@ -133,10 +133,10 @@ class UpstreamFetcher:
         headers: dict[str, str],
         partial: PartialBlob,
         runs: list[tuple[int, int]],
-    ) -> bool:
+    ) -> None:
         """Fetch these runs [start, end) of `partial` while others fill the rest of it (a new
-        owner takes from its peers what they hold meanwhile). False when an answer must be
-        left to the one-at-a-time path of `fetch` (a refusal, a blob that would start over):
+        owner takes from its peers what they hold meanwhile). An answer only the one-at-a-time
+        path of `fetch` may act on (a refusal, a blob that would start over) ends it early:
         `fetch` asks again for whatever is still missing, and acts on it.
 
         Raises:
@@ -147,10 +147,8 @@ class UpstreamFetcher:
             await self._fetch_runs(download, headers, partial, runs)
         except _NotBesideOthers as exc:
             log.info("%s: left to the fetch that follows: %s", download.digest, exc)
-            return False
         finally:
             self.running -= 1
-        return True
 
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking

@@ -200,10 +200,8 @@ class PeerLink:
         assert isinstance(self.stream, trio.SocketStream)
         try:
             written = os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
+        except OSError:  # full (BlockingIOError), or broken: then the writer's send fails too
             written = 0
-        except OSError:
-            written = 0  # the writer's send fails too, and ends the link as it would have
         self.bytes_out += written
         if written < len(data):
             self._unsent = data[written:]

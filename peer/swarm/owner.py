@@ -51,7 +51,7 @@ class PeerUpstream(Protocol):
         headers: dict[str, str],
         partial: PartialBlob,
         runs: list[tuple[int, int]],
-    ) -> bool:
+    ) -> None:
         """Fetch these byte runs of `partial` from the upstream while the swarm fills the
         rest (peer/fetch/upstream_fetch.py: `UpstreamFetcher.fetch_runs`)."""
         ...

@@ -261,7 +261,7 @@ class DiskFullUpstream:
 
     async def fetch_runs(
         self, download: Download, headers: dict[str, str], partial: object, runs: object
-    ) -> bool:
+    ) -> None:
         await trio.sleep(0)
         raise DiskFull("no space left on the test's disk")
 

@@ -218,7 +218,7 @@ class NoUpstream:
         headers: dict[str, str],
         partial: PartialBlob,
         runs: list[tuple[int, int]],
-    ) -> bool:
+    ) -> None:
         raise AssertionError("no upstream fetch expected")
 
 
