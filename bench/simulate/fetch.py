@@ -76,18 +76,7 @@ class BlobState:
 
     def missing_runs(self) -> list[tuple[int, int]]:
         """Runs [start, end) of missing pieces, in order."""
-        runs: list[tuple[int, int]] = []
-        start: int | None = None
-        for index in range(self.layout.count):
-            if index in self.have:
-                if start is not None:
-                    runs.append((start, index))
-                    start = None
-            elif start is None:
-                start = index
-        if start is not None:
-            runs.append((start, self.layout.count))
-        return runs
+        return index_runs(set(range(self.layout.count)) - self.have)
 
 
 class Phase(enum.Enum):
