@@ -17,13 +17,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 _BLOB_GET = re.compile(
-    r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})[^ ]* HTTP/1\.1" (\d+)'
+    r'"GET /v2/([^ ]+)/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})[^ ]* HTTP/1\.1" (\d+) (\d+)'
 )
 
 
@@ -169,14 +169,42 @@ class Registry:
     def log_mark(self) -> int:
         return self.log_path.stat().st_size
 
-    def blob_gets(self, since: int = 0) -> collections.Counter[str]:
-        """Blob GETs answered with a body (200 or 206), by digest, since a log mark."""
+    def blob_copies(self, since: int = 0) -> dict[str, float]:
+        """How many times each blob's bytes were served since a log mark, by digest: the body
+        bytes of its GETs answered 200 or 206 over its size. 1 for a blob fetched once, in one
+        answer or in parts (a large blob comes in Range requests at once); 2 for twice."""
+        served: collections.Counter[str] = collections.Counter()
+        sizes: dict[str, int] = {}
+        for repo, digest, status, length in self._blob_gets(since):
+            if status in (200, 206):
+                served[digest] += length
+                sizes[digest] = self.blob_size(repo, digest)
+        return {digest: count / sizes[digest] for digest, count in served.items()}
+
+    def blob_statuses(self, since: int = 0) -> dict[str, list[int]]:
+        """The status of every answer to a blob GET since a log mark, by digest, in order."""
+        statuses: dict[str, list[int]] = collections.defaultdict(list)
+        for _repo, digest, status, _length in self._blob_gets(since):
+            statuses[digest].append(status)
+        return dict(statuses)
+
+    def _blob_gets(self, since: int) -> Iterator[tuple[str, str, int, int]]:
+        """(repository, digest, status, body bytes) of each blob GET logged since a mark."""
         with open(self.log_path, "rb") as f:
             f.seek(since)
             text = f.read().decode("utf-8", "replace")
-        return collections.Counter(
-            m.group(1) for m in _BLOB_GET.finditer(text) if m.group(2) in ("200", "206")
-        )
+        for m in _BLOB_GET.finditer(text):
+            repo, digest, status, length = m.groups()
+            yield repo, digest, int(status), int(length)
+
+    def blob_size(self, repo: str, digest: str) -> int:
+        """The size of a blob of `repo` as this registry stores it. (Its filesystem layout:
+        the repository links each digest to the content's sha256, under which it is kept.)"""
+        v2 = self.workdir / "data" / "docker" / "registry" / "v2"
+        algorithm, hex_ = digest.split(":", 1)
+        link = v2 / "repositories" / repo / "_layers" / algorithm / hex_ / "link"
+        algorithm, hex_ = link.read_text().strip().split(":", 1)
+        return (v2 / "blobs" / algorithm / hex_[:2] / hex_ / "data").stat().st_size
 
     def push(self, layout: Path, tag: str, repo: str, creds: str | None = None) -> dict[str, Any]:
         """skopeo-copy an OCI layout in; return the manifest as stored by the registry."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peer.fetch.upstream_fetch import RANGES_AT_ONCE
+from peer.fetch.upstream_fetch import RANGES_AT_ONCE, whole_parts
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import (
     DRAIN_STALL,
@@ -402,12 +402,17 @@ class SwarmFetch:
 class UpstreamFetch:
     """The registry's answer to this node: the runs of missing pieces, up to RANGES_AT_ONCE
     requests at once, the longest run first (as the node); the bytes of a run in one flow
-    from the origin host, each piece announced as it completes."""
+    from the origin host, each piece announced as it completes. A blob fetched whole comes in
+    its `whole_parts`: the first asked alone, the others once its answer starts (the node
+    learns there that the registry honours Range)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
     ) -> None:
         """Fetch `runs` (piece index runs [start, end); default: every missing piece)."""
+        self._after_first: list[tuple[int, int]] = []
+        if runs is None and not state.have and len(parts := whole_parts(state.layout.count)) > 1:
+            runs, self._after_first = parts[:1], parts[1:]
         self.node = node
         self.state = state
         self.runs = _longest_first(state.missing_runs() if runs is None else runs)
@@ -453,6 +458,9 @@ class UpstreamFetch:
             return
         if not self.state.partial:
             node.partial_opened(self.state)
+        if self._after_first:
+            others, self._after_first = self._after_first, []
+            self.add(others)
         world = node.world
         flow = world.network.open(world.origin_host, node.host, _RangeAnswer(self, *run))
         self.flows.append(flow)

@@ -57,11 +57,14 @@ log = logging.getLogger("pollen.swarm")
 # Haves per piece (CPU), so no more than that.
 MIN_PEERS, MAX_PEERS = 8, 32
 # Peers a fetch takes pieces from while this node fetches from the registry: every flow into
-# the node's downlink gets a like share, and the registry's flow is the one the swarm waits
+# the node's downlink gets a like share, and the registry's flows are the ones the swarm waits
 # for; but an owner that takes its other blobs from too few peers finishes last. (Simulator,
 # 16 hosts: the owners last at 1.25-1.36 x T_min with 2, the last host 1.17-1.19 x with 4;
-# 8 hosts 1.10-1.16 with 4, 1.12-1.36 with 2; 100 hosts about even.)
-PEERS_WHILE_OWNING = 4
+# 8 hosts 1.10-1.16 with 4, 1.12-1.36 with 2; 100 hosts about even.) Since a large blob comes
+# from the registry in parts (peer/fetch/upstream_fetch.py, WHOLE_PARTS), 8: with 4 the
+# owners' other blobs lagged where the swarm's uplinks, not the registry, are the bound
+# (uneven links, seeds 1-4: 1.29, 1.29, 1.29, 1.27 with 4, 1.19, 1.17, 1.18, 1.17 with 8).
+PEERS_WHILE_OWNING = 8
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
 # A new owner asks the upstream for the pieces no peer has announced this long after it took

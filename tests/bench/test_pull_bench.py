@@ -67,7 +67,7 @@ def test_ab_runs_alternate_and_every_run_is_a_real_pull(
         assert s["min_s"] <= s["median_s"] <= s["max_s"] and s["failed"] == 0
     # Every run pulled every blob: twice straight from the registry, and through pollen twice,
     # each time cold (flushed), so the registry served each layer 4 times in all.
-    gets = registry.blob_gets(mark)
+    gets = registry.blob_copies(mark)
     layers = [d for d in gets if gets[d] >= 1]
     assert len(layers) == 3 and all(gets[d] == 4 for d in layers), gets
     served = node.status()["served"]

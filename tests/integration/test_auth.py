@@ -33,7 +33,7 @@ def test_credentials_pass_through_and_private_blobs_stay_private(
         assert len(manifest_blobs) == 4
         for path in manifest_blobs:
             assert sha256_file(path) == "sha256:" + path.name
-        assert set(private_registry.blob_gets(mark).values()) == {1}
+        assert set(private_registry.blob_copies(mark).values()) == {1}
 
         # Everything is cached now; still, no credentials means no blob.
         status = node.status()

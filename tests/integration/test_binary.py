@@ -103,7 +103,7 @@ def test_containerd_pulls_through_the_binary(
     mark = registry.log_mark()
     result = containerd.pull(pushed.ref)
     assert "unpacking linux/amd64" in result.stdout, result.stdout + result.stderr
-    assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+    assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
 
 
 def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def dumped_config_path(config: Path) -> str:
 
 
 def served_every_byte(node: Pollen, pushed: PushedImage, registry: Registry, mark: int) -> None:
-    assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+    assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
     served = node.status()["served"]
     sent = served["blob_bytes_from_cache"] + served["blob_bytes_while_downloading"]
     assert sent == sum(pushed.blobs.values())

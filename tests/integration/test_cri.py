@@ -38,7 +38,7 @@ def test_the_cri_plugin_pulls_through_the_node(
         assert pushed.ref in status.repo_tags
         assert status.size > 0  # unpacked by the snapshotter
         # Each blob left the registry once, to the node, which served every byte.
-        assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
         served = pollen.status()["served"]
         sent = served["blob_bytes_from_cache"] + served["blob_bytes_while_downloading"]
         assert sent == sum(pushed.blobs.values())

@@ -162,7 +162,7 @@ def test_sha512_content_is_served_through_a_node_and_then_from_its_store(
                 answer = client.get(f"/v2/test/sha512/blobs/{digest}")
                 assert answer.status_code == 200 and answer.content == data
                 assert answer.headers["docker-content-digest"] == digest
-        assert registry.blob_gets(mark) == {digest: 1}
+        assert registry.blob_copies(mark) == {digest: 1}
         stored = node.data_dir / "blobs" / "sha256" / digest.removeprefix("sha512:")
         # Committed (fsync, rename) just after the last byte went out: wait for it, bounded.
         wait_for("the blob stored", stored.exists, timeout=30)

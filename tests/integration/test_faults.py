@@ -130,7 +130,7 @@ def test_client_killed_mid_stream_does_not_stop_the_download(
     again = curl(url, tmp_path / "again")
     assert again.wait(timeout=60) == 0
     assert sha256_file(tmp_path / "again") == digest
-    assert registry.blob_gets(mark) == {digest: 1}
+    assert registry.blob_copies(mark) == {digest: 1}
     assert slow_node.status()["served"]["blob_requests_from_cache"] == 1
 
 

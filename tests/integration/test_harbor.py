@@ -117,7 +117,7 @@ def test_harbor_as_dragonfly_preheats_to_all_peers_and_sees_success_and_failure(
         path = f"/oapi/v1/jobs/{job['id']}"
         final = poll(lambda: harbor.get(path).json(), lambda d: d["state"] != "PENDING")
         assert final["state"] == "SUCCESS", final
-        assert registry.blob_gets(mark) == {digest: 1 for digest in blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in blobs}
         assert stored_blobs(cluster, 0) >= blobs and stored_blobs(cluster, 1) >= blobs
 
         missing = harbor.post("/oapi/v1/jobs", json=dragonfly_job(registry, "gone", "single_peer"))

@@ -100,7 +100,7 @@ def test_one_manifest_get_and_the_node_fetches_every_blob_unasked(
         assert status["prefetch"]["failed"] == 0
         assert status["store"]["complete_blobs"] == len(public_image.blobs)
         # Nobody asked for a blob: the node fetched each once, on its own.
-        assert registry.blob_gets(mark) == {digest: 1 for digest in public_image.blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in public_image.blobs}
         served = status["served"]
         assert served["blob_requests_from_cache"] + served["blob_requests_while_downloading"] == 0
         text = metrics(node)
@@ -110,7 +110,7 @@ def test_one_manifest_get_and_the_node_fetches_every_blob_unasked(
         for digest in public_image.blobs:
             code, body = fetch(f"{node.url}/v2/{REPO}/blobs/{digest}")
             assert code == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
-        assert registry.blob_gets(mark) == {digest: 1 for digest in public_image.blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in public_image.blobs}
     finally:
         node.stop()
 
@@ -127,7 +127,7 @@ def test_a_prefetched_private_blob_is_refused_to_a_client_without_credentials(
         status = wait_prefetched(node, len(private_image.blobs))
         assert status["prefetch"]["completed"] == len(private_image.blobs)
         assert status["store"]["complete_blobs"] == len(private_image.blobs)
-        assert registry.blob_gets(mark) == {digest: 1 for digest in private_image.blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in private_image.blobs}
         for digest in private_image.blobs:
             url = f"{node.url}/v2/{REPO}/blobs/{digest}"
             for creds in (None, "alice:guess"):
@@ -136,7 +136,7 @@ def test_a_prefetched_private_blob_is_refused_to_a_client_without_credentials(
                 assert len(body) < 4096  # an error document, no blob bytes
             code, body = fetch(url, CREDS)
             assert code == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
-        assert registry.blob_gets(mark) == {digest: 1 for digest in private_image.blobs}
+        assert registry.blob_copies(mark) == {digest: 1 for digest in private_image.blobs}
         assert "wonderland" not in node.log()
     finally:
         node.stop()
@@ -154,7 +154,7 @@ def test_no_prefetch_fetches_nothing_unasked(public_image: PushedImage, tmp_path
         assert status["prefetch"] == {"enabled": False}
         assert status["store"]["complete_blobs"] == 0
         assert status["transfers"] == []
-        assert registry.blob_gets(mark) == {}
+        assert registry.blob_copies(mark) == {}
         assert "pollen_prefetch" not in metrics(node)
     finally:
         node.stop()

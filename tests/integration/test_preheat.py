@@ -58,7 +58,7 @@ def test_a_private_image_preheated_to_every_node_is_pulled_from_each_nodes_disk(
     assert job["blobs"] == len(blobs) and job["errors"] == []
     assert len(job["nodes"]) == 3
     assert all(n["blobs_done"] == len(blobs) for n in job["nodes"].values())
-    assert registry.blob_gets(mark) == {digest: 1 for digest in blobs}  # each blob once
+    assert registry.blob_copies(mark) == {digest: 1 for digest in blobs}  # each blob once
     for i, node in enumerate(cluster.nodes):
         stored = node.data_dir / "blobs" / "sha256"
         assert {f"sha256:{p.name}" for p in stored.iterdir()} >= set(blobs), f"node {i}"
@@ -69,7 +69,7 @@ def test_a_private_image_preheated_to_every_node_is_pulled_from_each_nodes_disk(
         assert pulled.returncode == 0, pulled.stderr
         served = node.status()["served"]
         assert served["blob_requests_from_cache"] == len(blobs), f"node {i}: {served}"
-    assert registry.blob_gets(mark) == {}
+    assert registry.blob_copies(mark) == {}
     # Fetched with the nodes' logins, the content is private: a client without one gets
     # nothing from any node (none lends its login to clients here).
     refused = skopeo_copy(cluster.nodes[2], tmp_path / "anonymous")
@@ -92,7 +92,7 @@ def test_scope_owners_warms_each_blob_once_and_the_job_node(
     job = preheat(cluster.nodes[1], f"{registry.host}/{REPO_NAME}:{TAG}")
     assert job["state"] == "succeeded", job["errors"]
     assert list(job["nodes"]) == [cluster.nodes[1].node_id]
-    gets = registry.blob_gets(mark)
+    gets = registry.blob_copies(mark)
     assert len(gets) == job["blobs"] and set(gets.values()) == {1}
 
 

@@ -105,7 +105,7 @@ def test_cluster_pulls_at_once_and_the_registry_serves_each_blob_once(
     finally:
         for ctd in containerds:
             ctd.close()
-    assert registry.blob_gets(mark) == {digest: 1 for digest in pushed.blobs}
+    assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
     assert_served_by_pollen(cluster.nodes, pushed, count)
     swarm = [n.status()["swarm"] for n in cluster.nodes]
     assert sum(s["bytes_from_peers"] for s in swarm) >= (count - 1) * sum(pushed.blobs.values())
@@ -177,7 +177,7 @@ def test_a_node_that_reaches_no_owner_fetches_from_the_upstream_and_counts_it(
         client.wait()
     assert sha256_file(tmp_path / "blob") == digest
     assert asker.status()["swarm"]["upstream_fallbacks"] == 1
-    assert pushed.registry.blob_gets(mark) == {digest: 1}
+    assert pushed.registry.blob_copies(mark) == {digest: 1}
     assert "falling back to the upstream" in asker.log()
 
 

@@ -44,6 +44,8 @@ class FakeRegistry:
     ranges_honoured: int | None = None  # when set, Range requests after that many are ignored
     # Zeros sent past the end a Range asked for (the Content-Range counts them in).
     range_extra: int = 0
+    # When set, a Range is answered from this many bytes past the asked start (a lying 206).
+    range_shift: int = 0
     range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
     busy_ranges: int = 0  # answer this many Range requests with 503 first
     # Content-Length to claim for these digests; the body is then cut to it, or breaks off
@@ -172,7 +174,7 @@ class FakeRegistry:
             return
         if m and not ignore:
             await trio.sleep(self.range_delay.get(range_header or "", 0.0))
-            start = int(m.group(1))
+            start = int(m.group(1)) + self.range_shift
             if m.group(2):
                 asked_end = min(end, int(m.group(2)) + 1)
                 end = min(end, asked_end + self.range_extra)
