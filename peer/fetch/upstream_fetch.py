@@ -199,6 +199,7 @@ class UpstreamFetcher:
             missing = sum(end - start for start, end in runs)
             log.info("%s: fetching %d missing bytes in %d ranges", digest, missing, len(runs))
         one_at_a_time = False
+        restarted = False
         while partial is not None and (runs := partial.missing_runs()):
             previous, before = partial, partial.bytes_present
             if len(runs) > 1 and not one_at_a_time:
@@ -217,6 +218,10 @@ class UpstreamFetcher:
                 asked = f"bytes {start}-{end - 1}"
             if partial is previous and partial.bytes_present == before:
                 raise UpstreamError(digest, f"answered {asked} with nothing new")
+            if partial is not None and partial is not previous:
+                if restarted:  # a blob does not change twice: a registry that says it does
+                    raise UpstreamError(digest, "started over a second time")
+                restarted = True
         if partial is None:
             return  # refused: the refusal is on the download
         async with partial.write_lock:
@@ -263,7 +268,8 @@ class UpstreamFetcher:
                             download, headers, partial, start, end, beside_others=True
                         )
                     except Exception as exc:  # raised below, outside the nursery
-                        failure = exc
+                        if failure is None or isinstance(failure, _NotBesideOthers):
+                            failure = exc  # a real error over one left to the next round
                         cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -314,6 +320,10 @@ class UpstreamFetcher:
                 # either way, one range at a time decides.
                 raise _NotBesideOthers(f"answered {body.status}")
             if 400 <= body.status < 500 and body.status != 416:
+                if download.ready.is_set():
+                    # Clients stream this blob already (their 200 went out): the refusal
+                    # cannot reach them. The download fails, and their streams with it.
+                    raise UpstreamError(base, f"refused the rest of the blob ({body.status})")
                 error_body = await body.read_all(ERROR_BODY_LIMIT)
                 download.refused(
                     UpstreamRefusal(
@@ -324,13 +334,14 @@ class UpstreamFetcher:
                     self._store.release_partial(partial)
                 return None
             start, length, size = _body_extent(body, base)
-            if partial is None and start != offset:
-                # Nothing to continue: bytes from elsewhere would be recorded as ours.
+            if body.status == 206 and start != offset:
+                # Not what was asked: written where it claims, it would leave (and ask for)
+                # another gap, answered the same way, forever.
                 raise UpstreamError(base, f"answered from byte {start}, not {offset}")
             ranged = "range" in request_headers
             abandoned: PartialBlob | None = None
             if partial is not None and (
-                restart := _restart_reason(partial, body.status, ranged, start, offset, size)
+                restart := _restart_reason(partial, body.status, ranged, size)
             ):
                 if beside_others:
                     raise _NotBesideOthers(restart)
@@ -411,6 +422,7 @@ class UpstreamFetcher:
             nursery.start_soon(fetch_rest, nursery.cancel_scope)
             try:
                 await self._pump(download, body, partial, start, stop, BUFFER_COUNT // WHOLE_PARTS)
+                await body.aclose()  # read to its end: what else it sends is the parts'
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc
                 nursery.cancel_scope.cancel()
@@ -515,11 +527,9 @@ def _parts_after(partial: PartialBlob, stop: int) -> list[tuple[int, int]]:
     return [(start, end) for start, end in runs if start >= stop]
 
 
-def _restart_reason(
-    partial: PartialBlob, status: int, ranged: bool, start: int, offset: int, size: int
-) -> str | None:
-    """Why an answer (`status`, from byte `start` of a blob of `size`) to a request from byte
-    `offset` cannot continue `partial`; None when it can."""
+def _restart_reason(partial: PartialBlob, status: int, ranged: bool, size: int) -> str | None:
+    """Why an answer (`status`, for a blob of `size`) cannot continue `partial`; None when it
+    can."""
     if partial.layout.size != size:
         return f"its size changed from {partial.layout.size} to {size}"
     if status == 200 and ranged:
@@ -528,8 +538,6 @@ def _restart_reason(
         # lying upstream) the blob would fail its sha256 and this pull with it. These bytes
         # come anyway: take them all, from byte 0.
         return "the upstream ignored the Range request"
-    if start != offset:
-        return f"the upstream answered from byte {start}, not {offset}"
     return None
 
 

@@ -48,6 +48,10 @@ class FakeRegistry:
     range_shift: int = 0
     range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
     busy_ranges: int = 0  # answer this many Range requests with 503 first
+    refuse_ranges_from: int | None = None  # answer a Range from this byte on with 401
+    # Added to the blob's size in the Content-Range of every other Range answer (a liar).
+    range_total_extra: int = 0
+    ranges_answered: int = 0
     # Content-Length to claim for these digests; the body is then cut to it, or breaks off
     # after the real bytes when the claim is larger.
     declared_size: dict[str, int] = field(default_factory=dict)
@@ -168,6 +172,9 @@ class FakeRegistry:
         if m and self.ranges_honoured is not None:
             ignore = ignore or self.ranges_honoured <= 0
             self.ranges_honoured -= 1
+        if m and self.refuse_ranges_from is not None and int(m.group(1)) >= self.refuse_ranges_from:
+            await conn.respond(401, [("content-type", "application/json")], b'{"errors":[]}')
+            return
         if m and self.busy_ranges > 0:
             self.busy_ranges -= 1
             await conn.respond(503, [("content-type", "application/json")], b'{"errors":[]}')
@@ -180,7 +187,9 @@ class FakeRegistry:
                 end = min(end, asked_end + self.range_extra)
                 data = data[:asked_end] + bytes(end - asked_end) + data[end:]
             status = 206
-            headers.append(("content-range", f"bytes {start}-{end - 1}/{len(data)}"))
+            total = len(data) + self.range_total_extra * (self.ranges_answered % 2)
+            self.ranges_answered += 1
+            headers.append(("content-range", f"bytes {start}-{end - 1}/{total}"))
         length = self.declared_size.get(digest, end - start)
         end = min(end, start + length)
         headers.append(("content-length", str(length)))

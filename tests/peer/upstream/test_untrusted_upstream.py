@@ -169,6 +169,65 @@ async def test_a_refusal_beside_other_ranges_reaches_the_client(setup: Setup) ->
     assert setup.node.store.partial_size_on_disk(digest) == len(data)
 
 
+async def test_a_registry_that_answers_every_range_from_another_byte_ends_the_fetch(
+    setup: Setup,
+) -> None:
+    # Each gap asked is answered from 3 bytes further on: a clear 502 before a byte goes
+    # out. The node used to start over on such an answer and write the bytes where the
+    # registry claimed (here mid-piece: the client got a 200 and a broken stream; shifted by
+    # whole pieces, each round left a gap before them to ask for, answered the same way).
+    registry = setup.registry
+    _data, digest = await held_pieces(setup)
+    registry.range_shift = 3
+    with trio.fail_after(10):
+        response = await setup.client.get(blob_path(digest))
+        await wait_idle(setup)
+    assert response.status_code == 502
+    assert "from byte" in response.text
+    assert not setup.node.store.has_blob(digest)
+    assert len(blob_gets(registry)) <= 4  # the gaps at once, then one alone: no more
+
+
+async def test_a_registry_that_changes_the_blob_size_back_and_forth_ends_the_fetch(
+    setup: Setup,
+) -> None:
+    # Every other Range answer claims the blob is a piece longer. Each claim started the
+    # download over with the other size, whose next gap was answered with the first size:
+    # over and over. A blob's size does not change twice.
+    registry = setup.registry
+    _data, digest = await held_pieces(setup)
+    registry.range_total_extra = PIECE
+    with trio.fail_after(10):
+        # (The client's 200 went out with the first start-over: its stream breaks.)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await setup.client.get(blob_path(digest))
+        await wait_idle(setup)
+    assert not setup.node.store.has_blob(digest)
+    upstream = setup.node.status()["upstream"]
+    assert isinstance(upstream, dict) and upstream["downloads_failed"] == 1
+    assert len(blob_gets(registry)) <= 6
+
+
+async def test_a_refusal_after_the_blob_began_streaming_fails_its_client(setup: Setup) -> None:
+    # A large blob whose size a manifest gave comes in parts: the first part's answer is
+    # streaming to the client when the registry refuses the other parts (a token that ran
+    # out, say). The 200 has gone out: the refusal cannot reach the client, the download
+    # must fail (the client's connection breaks) and be counted failed, not left hanging.
+    registry = setup.registry
+    data = os.urandom(300 * PIECE)
+    digest = registry.add_blob(data)
+    setup.node.store.descriptor_sizes.learn(digest, len(data))
+    registry.refuse_ranges_from = 1
+    with trio.fail_after(10), pytest.raises(httpx.RemoteProtocolError):
+        await setup.client.get(blob_path(digest))
+    await wait_idle(setup)
+    assert blob_gets(setup.registry)[0] == f"bytes=0-{100 * PIECE - 1}"
+    upstream = setup.node.status()["upstream"]
+    assert isinstance(upstream, dict) and upstream["downloads_failed"] == 1
+    assert upstream["downloads_completed"] == 0
+    assert not setup.node.store.has_blob(digest)
+
+
 async def test_a_range_during_a_download_gets_only_verified_bytes(setup: Setup) -> None:
     registry = setup.registry
     data = os.urandom(12 * PIECE)
