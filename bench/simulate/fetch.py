@@ -403,15 +403,17 @@ class UpstreamFetch:
     """The registry's answer to this node: the runs of missing pieces, up to RANGES_AT_ONCE
     requests at once, the longest run first (as the node); the bytes of a run in one flow
     from the origin host, each piece announced as it completes. A blob fetched whole comes in
-    its `whole_parts`: the first asked alone, the others once its answer starts (the node
-    learns there that the registry honours Range)."""
+    its `whole_parts` when no partial is open yet: the first asked alone, the others once its
+    answer starts (the node learns there that the registry honours Range; a node that took a
+    blob over from the swarm resumes its partial in one request)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
     ) -> None:
         """Fetch `runs` (piece index runs [start, end); default: every missing piece)."""
         self._after_first: list[tuple[int, int]] = []
-        if runs is None and not state.have and len(parts := whole_parts(state.layout.count)) > 1:
+        parts = whole_parts(state.layout.count)
+        if runs is None and not state.partial and len(parts) > 1:
             runs, self._after_first = parts[:1], parts[1:]
         self.node = node
         self.state = state
