@@ -52,7 +52,8 @@ RANGES_AT_ONCE = 4
 # regions of the blob also give the swarm pieces to trade sooner. Simulator (PEERS_WHILE_OWNING
 # 8), four seeds each: 8 hosts 1.07-1.09 x T_min (1.10-1.17 in one part), uneven links
 # 1.16-1.19 (1.19-1.27), small images 1.16-1.18 (1.23-1.24), 16 hosts 512 MiB 1.13-1.16
-# (1.14-1.16), 100 hosts 1.22-1.29 (the same).
+# (1.14-1.16), 100 hosts 1.22-1.29 (the same). The CPU-bound testbed showed no difference out
+# of its noise (8 hosts, uneven links; README).
 WHOLE_PARTS = 3
 PARTS_MIN_PIECES = 64
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
