@@ -24,6 +24,7 @@ from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
 from peer.swarm.fetch import PEERS_WHILE_OWNING
+from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from wire.events import (
     Bitfield,
@@ -85,6 +86,7 @@ class SimNode:
         self.choker = Choker(rng, world.queue.now)
         self.bans = BanList()
         self.uploader = Uploader(self)
+        self.recent_pieces = RecentPieces()  # the uploads send the newest pieces first
         self.links: dict[bytes, None] = {}  # ordered: iteration must not depend on hashing
         self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
         self.blobs: dict[str, BlobState] = {}
@@ -516,6 +518,7 @@ class SimNode:
     def piece_stored(self, state: BlobState, index: int) -> None:
         """A verified piece is on disk: those that sent us a Want hear of it (PieceMeta)."""
         state.have.add(index)
+        self.recent_pieces.stored(state.digest, [index], self.world.queue.now)
         if state.interested:
             layout = state.layout
             meta = PieceMeta(state.digest, layout.size, layout.piece_size, {index: b""})

@@ -86,7 +86,8 @@ class Uploader:
         self.open.setdefault(peer, {})[(digest, index)] = request
         state = node.blobs.get(digest)
         urgent = state is not None and first_copies_pending(state.seeder)
-        self._turns(self.lanes.add(peer, request, urgent))
+        stored = node.recent_pieces.stored_at(digest, index)
+        self._turns(self.lanes.add(peer, request, urgent, stored))
 
     def cancel(self, peer: bytes, digest: str, index: int) -> None:
         request = self.open.get(peer, {}).get((digest, index))

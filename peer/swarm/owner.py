@@ -25,6 +25,7 @@ from peer.swarm.actions import Send
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
@@ -68,6 +69,7 @@ class OwnerSide:
         membership: Membership,
         rng: random.Random,
         piece_size_of: Callable[[str], int],  # the piece size a blob is cut to here
+        recent: RecentPieces,  # when pieces were stored here (the uploads send the newest first)
     ) -> None:
         self._store = store
         self._access = access
@@ -77,6 +79,7 @@ class OwnerSide:
         self._membership = membership
         self._rng = rng
         self._piece_size_of = piece_size_of
+        self._recent = recent
 
     async def answer_want(self, link: PeerLink, want: Want, state: DigestState) -> None:
         digest = want.digest
@@ -167,6 +170,8 @@ class OwnerSide:
         state.seeder = seeder
 
         def on_pieces(indices: list[int]) -> None:
+            now = trio.current_time()
+            self._recent.stored(state.digest, indices, now)
             hashes = {i: partial.piece_hashes[i] for i in indices}
             layout = partial.layout
             meta = PieceMeta(state.digest, layout.size, layout.piece_size, hashes, origins)
@@ -175,7 +180,6 @@ class OwnerSide:
                 if link is not None:
                     link.post(meta)
             # After the hashes: a peer offered a piece can verify it.
-            now = trio.current_time()
             for index in indices:
                 self._offer(state, seeder.piece_ready(index, now))
 

@@ -50,6 +50,7 @@ from peer.swarm.grants import Grants
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
+from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import first_copies_pending
 from peer.swarm.uploads import Uploads
 from peer.swarm.warming import Warming
@@ -138,6 +139,7 @@ class Swarm:
         self.upload_limit = RateLimiter(upload_rate)
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
+        self.recent_pieces = RecentPieces()
         self.owner = OwnerSide(
             store,
             access,
@@ -147,6 +149,7 @@ class Swarm:
             membership,
             self.rng,
             self._piece_size_of,
+            self.recent_pieces,
         )
         self.warming = Warming()  # preheat: Warm requests both ways
         self.uploads = Uploads(
@@ -157,6 +160,7 @@ class Swarm:
             self.upload_limit,
             self._piece_size_of,
             self._seeding,
+            self.recent_pieces.stored_at,
         )
 
     def _seeding(self, digest: str) -> bool:

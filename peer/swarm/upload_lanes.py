@@ -15,7 +15,11 @@ Within a lane, and among the links waiting for a slot, *urgent* requests go firs
 of a blob this node is still seeding as its owner (first copies, which every other node waits
 for), then the rest in arrival order. (8 hosts in the simulator: 1.10-1.16 x T_min with
 urgent first, 1.20-1.27 x without: the owner's uplink carried copies of other blobs while the
-first copies of its own waited.)
+first copies of its own waited.) Within a lane, among the requests equally urgent, the piece
+this node stored most recently goes first (`recent_pieces.py`: the rarest in the swarm; in
+arrival order a piece just out of the registry waited behind a queue of older ones at every
+hop, and reached the last of 100 hosts 3.6-5.5 s after it left the registry. Simulator, 100
+hosts, seeds 0-3: 1.21, 1.21, 1.22, 1.22 x T_min against 1.23, 1.25, 1.29, 1.22).
 
 Tickets are the caller's (any hashable, one per request); the methods return the tickets whose
 turn it is now, which the caller then sends (and reports `finished`).
@@ -24,6 +28,7 @@ turn it is now, which the caller then sends (and reports `finished`).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -40,7 +45,8 @@ TURN_PIECES = 256
 @dataclass(eq=False)
 class _Lane:
     first: tuple[int, int]  # waiting for a slot: (0 urgent / 1 not, since when)
-    queue: list[tuple[int, int, Hashable]] = field(default_factory=list)  # heap
+    # Heap of (0 urgent / 1 not, minus when stored here (inf: long ago), arrival, ticket).
+    queue: list[tuple[int, float, int, Hashable]] = field(default_factory=list)
     sending: Hashable | None = None
     sent: int = 0  # pieces given turns since the link got its slot
 
@@ -78,9 +84,12 @@ class UploadLanes:
 
     # ---- events --------------------------------------------------------------------------
 
-    def add(self, peer: Hashable, ticket: Hashable, urgent: bool = False) -> list[Hashable]:
-        """A request of `peer` arrived; the tickets whose turn it is now (this one, if its
-        link holds a slot and sends nothing)."""
+    def add(
+        self, peer: Hashable, ticket: Hashable, urgent: bool = False, stored: float | None = None
+    ) -> list[Hashable]:
+        """A request of `peer` arrived (`stored`: when this node stored the piece it asks
+        for, None for long ago); the tickets whose turn it is now (this one, if its link
+        holds a slot and sends nothing)."""
         self._arrivals += 1
         rank = (0 if urgent else 1, self._arrivals)
         lane = self._serving.get(peer)
@@ -94,7 +103,8 @@ class UploadLanes:
                 else:
                     self._waiting[peer] = lane
             lane.first = min(lane.first, rank)
-        heapq.heappush(lane.queue, (*rank, ticket))
+        newest_first = math.inf if stored is None else -stored
+        heapq.heappush(lane.queue, (rank[0], newest_first, self._arrivals, ticket))
         return self._next_in(peer) if peer in self._serving else []
 
     def finished(self, peer: Hashable, ticket: Hashable) -> list[Hashable]:
@@ -113,7 +123,7 @@ class UploadLanes:
         lane = lane or self._waiting.get(peer)
         if lane is None:
             return []
-        kept = [entry for entry in lane.queue if entry[2] != ticket]
+        kept = [entry for entry in lane.queue if entry[3] != ticket]
         if len(kept) == len(lane.queue):
             return []
         heapq.heapify(kept)
@@ -122,7 +132,7 @@ class UploadLanes:
             if not kept:
                 del self._waiting[peer]
             else:
-                lane.first = min((entry[0], entry[1]) for entry in kept)
+                lane.first = min((entry[0], entry[2]) for entry in kept)
             return []
         return self._next_in(peer)
 
@@ -154,7 +164,7 @@ class UploadLanes:
             self._free += 1
             return self._grant()
         if lane.queue:
-            lane.sending = heapq.heappop(lane.queue)[2]
+            lane.sending = heapq.heappop(lane.queue)[3]
             lane.sent += 1
             return [lane.sending]
         del self._serving[peer]  # ran dry: its slot goes to the next link

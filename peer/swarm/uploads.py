@@ -41,6 +41,7 @@ class Uploads:
         upload_limit: RateLimiter,
         piece_size_of: Callable[[str], int],
         urgent: Callable[[str], bool],
+        stored_at: Callable[[str, int], float | None],
         slots: int = UPLOAD_SLOTS,
     ) -> None:
         self._store = store
@@ -50,6 +51,7 @@ class Uploads:
         self._limit = upload_limit
         self._piece_size_of = piece_size_of  # the piece size a blob is cut to here
         self._urgent = urgent  # pieces of this blob go first (the owner's first copies)
+        self._stored_at = stored_at  # when a piece was stored here: the newest go first
         self.lanes = UploadLanes(slots)
         self._turns: dict[object, trio.Event] = {}  # waiting ticket -> set when its turn comes
 
@@ -61,7 +63,7 @@ class Uploads:
         if not await self._grants.may_have_pieces(link.peer_id, digest):
             await _reject(link, Reject(digest, index, "denied"))
             return
-        async with self._turn(link.peer_id, digest):
+        async with self._turn(link.peer_id, digest, index):
             if link.closed:
                 return  # its link's other requests get their turns, and end here too
             if link.peer_id in self._choker.choked:
@@ -92,11 +94,11 @@ class Uploads:
                 os.close(fd)
 
     @contextlib.asynccontextmanager
-    async def _turn(self, peer: bytes, digest: str) -> AsyncIterator[None]:
+    async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[None]:
         """Wait until this request's link holds an upload slot and it is this request's turn
         on the link; the next turn is given when the block ends."""
         ticket = object()
-        turns = self.lanes.add(peer, ticket, self._urgent(digest))
+        turns = self.lanes.add(peer, ticket, self._urgent(digest), self._stored_at(digest, index))
         event = None if ticket in turns else self._turns.setdefault(ticket, trio.Event())
         self._give(turns)
         if event is not None:

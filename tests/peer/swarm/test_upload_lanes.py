@@ -37,6 +37,28 @@ def test_urgent_requests_go_first_on_a_link_and_among_the_waiting_links() -> Non
     assert lanes.finished("c", 5) == [4]
 
 
+def test_on_a_link_the_piece_stored_here_last_goes_first() -> None:
+    # The newest piece here is the rarest in the swarm: it does not wait behind older ones.
+    # Urgent (first copies) still come first; pieces stored long ago (None) in arrival order.
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    lanes.add("a", 2)
+    lanes.add("a", 3, stored=10.0)
+    lanes.add("a", 4, stored=12.5)
+    lanes.add("a", 5)
+    lanes.add("a", 6, urgent=True)
+    lanes.add("a", 7, urgent=True, stored=11.0)
+    order: list[Hashable] = []
+    sending: Hashable = 1
+    for _ in range(7):
+        turns = lanes.finished("a", sending)
+        if not turns:
+            break
+        sending = turns[0]
+        order.append(sending)
+    assert order == [7, 6, 4, 3, 2, 5]
+
+
 def test_a_link_with_requests_always_queued_lets_the_waiting_links_in() -> None:
     """A peer that keeps a request queued held its slot for ever: now a turn is TURN_PIECES
     pieces while others wait, and then the waiting link goes first."""
@@ -86,7 +108,8 @@ def test_a_dropped_link_passes_its_slot_on() -> None:
     slots=st.integers(1, 4),
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["add", "urgent", "finish", "withdraw", "drop"]), st.integers(0, 5)
+            st.sampled_from(["add", "urgent", "stored", "finish", "withdraw", "drop"]),
+            st.integers(0, 5),
         ),
         max_size=80,
     ),
@@ -96,10 +119,12 @@ def test_slots_turns_and_order_hold_whatever_happens(
 ) -> None:
     """At most `slots` links served, one piece at a time per link, no ticket given twice, a
     link waits only while every slot is held, and every request gets its turn in the end
-    (a link's requests in order: urgent ones first, then by arrival)."""
+    (a link's requests in order: urgent ones first, then the piece stored here last, then by
+    arrival)."""
     lanes = UploadLanes(slots)
     turns: dict[Hashable, int] = {}  # ticket -> peer, for every ticket whose turn came
-    pending: dict[int, list[tuple[int, int]]] = {}  # peer -> (rank, ticket) not yet turned
+    # peer -> (rank, ticket) not yet turned
+    pending: dict[int, list[tuple[tuple[int, float, int], int]]] = {}
     gone: set[Hashable] = set()
     sending: dict[int, Hashable] = {}
     ticket = 0
@@ -118,12 +143,13 @@ def test_slots_turns_and_order_hold_whatever_happens(
         assert not lanes.waiting or len(lanes.serving) == slots
 
     for op, peer in ops:
-        if op in ("add", "urgent"):
+        if op in ("add", "urgent", "stored"):
             ticket += 1
-            pending.setdefault(peer, []).append(
-                ((0 if op == "urgent" else 1) * 1000 + ticket, ticket)
-            )
-            take(lanes.add(peer, ticket, urgent=op == "urgent"))
+            stored = float(ticket % 7) if op == "stored" else None  # (not in arrival order)
+            newest_first = -stored if stored is not None else float("inf")
+            rank = (0 if op == "urgent" else 1, newest_first, ticket)
+            pending.setdefault(peer, []).append((rank, ticket))
+            take(lanes.add(peer, ticket, urgent=op == "urgent", stored=stored))
         elif op == "finish" and peer in sending:
             take(lanes.finished(peer, sending.pop(peer)))
         elif op == "withdraw" and pending.get(peer):

@@ -89,6 +89,7 @@ def _uploads(
         RateLimiter(None),
         lambda _digest: 1000,
         lambda digest: digest == urgent,
+        lambda _digest, _index: None,
         slots=1,
     )
 
@@ -138,6 +139,7 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
         RateLimiter(None),
         lambda _digest: 1000,
         lambda _digest: False,
+        lambda _digest, _index: None,
     )
     link = Link(b"A" * 16)
     async with trio.open_nursery() as nursery:
