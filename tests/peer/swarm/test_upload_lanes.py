@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.swarm.upload_lanes import TURN_PIECES, UploadLanes
+from peer.swarm.upload_lanes import OVERTAKES, TURN_PIECES, UploadLanes
 
 
 def test_a_link_keeps_its_slot_while_it_has_requests() -> None:
@@ -59,6 +59,23 @@ def test_on_a_link_the_piece_stored_here_last_goes_first() -> None:
     assert order == [7, 6, 4, 3, 2, 5]
 
 
+def test_a_request_is_overtaken_by_newer_pieces_only_so_many_times_in_a_row() -> None:
+    # The requester keeps asking for the pieces this node stored last: the oldest request
+    # (an in-order client's next piece, say) goes after OVERTAKES of them, not never.
+    lanes = UploadLanes(slots=1)
+    old, first = object(), object()
+    assert lanes.add("a", first) == [first]
+    lanes.add("a", old)
+    sending: Hashable = first
+    order: list[Hashable] = []
+    for n in range(OVERTAKES + 2):
+        lanes.add("a", n, stored=float(n))  # each new one newer than all before
+        sending = lanes.finished("a", sending)[0]
+        order.append(sending)
+    assert order[:OVERTAKES] == list(range(OVERTAKES))
+    assert order[OVERTAKES] is old
+
+
 def test_a_link_with_requests_always_queued_lets_the_waiting_links_in() -> None:
     """A peer that keeps a request queued held its slot for ever: now a turn is TURN_PIECES
     pieces while others wait, and then the waiting link goes first."""
@@ -83,6 +100,17 @@ def _a_sends_1_then_2_b_waits_with_3() -> UploadLanes:
     assert lanes.add("a", 1) == [1]
     assert lanes.add("a", 2) == lanes.add("b", 3) == []
     return lanes
+
+
+def test_a_withdrawn_request_is_gone_whatever_its_ticket() -> None:
+    lanes = UploadLanes(slots=1)
+    first, kept, withdrawn = object(), object(), object()
+    assert lanes.add("a", first) == [first]
+    lanes.add("a", withdrawn, stored=2.0)
+    lanes.add("a", kept, stored=1.0)
+    assert lanes.withdraw("a", withdrawn) == []
+    assert lanes.queued("a") == 1
+    assert lanes.finished("a", first) == [kept]
 
 
 def test_a_withdrawn_request_leaves_its_place() -> None:
@@ -120,11 +148,11 @@ def test_slots_turns_and_order_hold_whatever_happens(
     """At most `slots` links served, one piece at a time per link, no ticket given twice, a
     link waits only while every slot is held, and every request gets its turn in the end
     (a link's requests in order: urgent ones first, then the piece stored here last, then by
-    arrival)."""
+    arrival; or, overtaken too often, the oldest of the best one's urgency)."""
     lanes = UploadLanes(slots)
     turns: dict[Hashable, int] = {}  # ticket -> peer, for every ticket whose turn came
     # peer -> (rank, ticket) not yet turned
-    pending: dict[int, list[tuple[tuple[int, float, int], int]]] = {}
+    pending: dict[int, list[tuple[tuple[int, float, int], str]]] = {}
     gone: set[Hashable] = set()
     sending: dict[int, Hashable] = {}
     ticket = 0
@@ -135,8 +163,9 @@ def test_slots_turns_and_order_hold_whatever_happens(
             peer = next(p for p, queue in pending.items() if any(x[1] == t for x in queue))
             assert peer not in sending  # one piece at a time on a link
             best = min(pending[peer])
-            assert best[1] == t  # the link's best waiting request
-            pending[peer].remove(best)
+            oldest = min((x for x in pending[peer] if x[0][0] == best[0][0]), key=lambda x: x[0][2])
+            assert t in (best[1], oldest[1])  # the link's best waiting request, or its oldest
+            pending[peer].remove(best if best[1] == t else oldest)
             turns[t] = peer
             sending[peer] = t
         assert len(lanes.serving) <= slots
@@ -148,8 +177,9 @@ def test_slots_turns_and_order_hold_whatever_happens(
             stored = float(ticket % 7) if op == "stored" else None  # (not in arrival order)
             newest_first = -stored if stored is not None else float("inf")
             rank = (0 if op == "urgent" else 1, newest_first, ticket)
-            pending.setdefault(peer, []).append((rank, ticket))
-            take(lanes.add(peer, ticket, urgent=op == "urgent", stored=stored))
+            name = f"t{ticket}"  # (not its arrival number: tickets are any hashable)
+            pending.setdefault(peer, []).append((rank, name))
+            take(lanes.add(peer, name, urgent=op == "urgent", stored=stored))
         elif op == "finish" and peer in sending:
             take(lanes.finished(peer, sending.pop(peer)))
         elif op == "withdraw" and pending.get(peer):

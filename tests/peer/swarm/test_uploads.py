@@ -79,6 +79,7 @@ def _uploads(
     urgent: str | None = None,
     choker: Choker | None = None,
     counters: Counters | None = None,
+    stored_at: dict[int, float] | None = None,
 ) -> Uploads:
     """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded."""
     return Uploads(
@@ -89,7 +90,7 @@ def _uploads(
         RateLimiter(None),
         lambda _digest: 1000,
         lambda digest: digest == urgent,
-        lambda _digest, _index: None,
+        lambda _digest, index: (stored_at or {}).get(index),
         slots=1,
     )
 
@@ -194,6 +195,19 @@ async def test_the_owners_first_copies_go_before_other_pieces(tmp_path: Path) ->
         for link in (busy, other, first_copy):
             link.release.set()
     assert [peer for peer, _ in log] == [busy.peer_id, first_copy.peer_id, other.peer_id]
+
+
+async def test_on_a_link_the_piece_stored_here_last_goes_out_first(tmp_path: Path) -> None:
+    # Piece 2 was stored here after piece 1 (and piece 3 long ago): behind the piece going
+    # out, 2 goes before 1, and 3 last.
+    uploads = _uploads(tmp_path, stored_at={1: 5.0, 2: 9.0})
+    log: list[tuple[bytes, Event]] = []
+    link = Link(b"A" * 16, log=log)
+    async with trio.open_nursery() as nursery:
+        asks = [(link, Request(DIGEST, i)) for i in (0, 3, 1, 2)]
+        await _ask_in_turn(nursery, uploads, asks)
+        link.release.set()
+    assert [event.index for _, event in log] == [0, 2, 1, 3]  # type: ignore[union-attr]
 
 
 async def test_the_requests_of_a_closed_link_end_and_pass_the_slot_on(tmp_path: Path) -> None:
