@@ -19,10 +19,12 @@ first copies of its own waited.) Within a lane, among the requests equally urgen
 this node stored most recently goes first (`recent_pieces.py`: the rarest in the swarm; in
 arrival order a piece just out of the registry waited behind a queue of older ones at every
 hop, and reached the last of 100 hosts 3.6-5.5 s after it left the registry. Simulator, 100
-hosts, seeds 0-3: 1.21, 1.21, 1.22, 1.22 x T_min against 1.23, 1.25, 1.29, 1.22). A request
-is overtaken so at most OVERTAKES times in a row: the requester keeps asking for the rarest
-pieces, which are the ones this node stored last, and an old request (the next piece an
-in-order client waits for, say) would otherwise wait for as long as new pieces arrive.
+hosts, seeds 0-3: 1.22, 1.25, 1.20, 1.21 x T_min against 1.23, 1.25, 1.29, 1.22; uneven links
+1.15, 1.19, 1.14, 1.18 against 1.19, 1.16, 1.16, 1.16). A request is overtaken so at most
+OVERTAKES times in a row: the requester keeps asking for the rarest pieces, which are the
+ones this node stored last, and an old request (the next piece an in-order client waits for,
+say) would otherwise wait for as long as new pieces arrive (without the bound: 100 hosts
+1.21, 1.21, 1.22, 1.22, uneven links 1.18, 1.16, 1.18, 1.22).
 
 Tickets are the caller's (any hashable, one per request); the methods return the tickets whose
 turn it is now, which the caller then sends (and reports `finished`).
