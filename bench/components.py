@@ -178,7 +178,8 @@ class Registry:
         for repo, digest, status, length in self._blob_gets(since):
             if status in (200, 206):
                 served[digest] += length
-                sizes[digest] = self.blob_size(repo, digest)
+                if digest not in sizes:  # (a blob in parts has several answers)
+                    sizes[digest] = self.blob_size(repo, digest)
         return {digest: count / sizes[digest] for digest, count in served.items()}
 
     def blob_statuses(self, since: int = 0) -> dict[str, list[int]]:
