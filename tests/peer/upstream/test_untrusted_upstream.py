@@ -67,6 +67,13 @@ async def wait_idle(setup: Setup) -> None:
             await trio.sleep(0.01)
 
 
+def upstream_counts(setup: Setup) -> dict[str, int]:
+    """The node's upstream counters (bytes, downloads completed and failed)."""
+    upstream = setup.node.status()["upstream"]
+    assert isinstance(upstream, dict)
+    return upstream
+
+
 def partial_files(setup: Setup) -> list[Path]:
     return sorted((Path(setup.node.config.data_dir) / "partial").iterdir())
 
@@ -203,8 +210,7 @@ async def test_a_registry_that_changes_the_blob_size_back_and_forth_ends_the_fet
             await setup.client.get(blob_path(digest))
         await wait_idle(setup)
     assert not setup.node.store.has_blob(digest)
-    upstream = setup.node.status()["upstream"]
-    assert isinstance(upstream, dict) and upstream["downloads_failed"] == 1
+    assert upstream_counts(setup)["downloads_failed"] == 1
     assert len(blob_gets(registry)) <= 6
 
 
@@ -222,9 +228,8 @@ async def test_a_refusal_after_the_blob_began_streaming_fails_its_client(setup: 
         await setup.client.get(blob_path(digest))
     await wait_idle(setup)
     assert blob_gets(setup.registry)[0] == f"bytes=0-{100 * PIECE - 1}"
-    upstream = setup.node.status()["upstream"]
-    assert isinstance(upstream, dict) and upstream["downloads_failed"] == 1
-    assert upstream["downloads_completed"] == 0
+    upstream = upstream_counts(setup)
+    assert upstream["downloads_failed"] == 1 and upstream["downloads_completed"] == 0
     assert not setup.node.store.has_blob(digest)
 
 
