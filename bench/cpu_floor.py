@@ -1,0 +1,327 @@
+"""The least CPU a node can spend per GiB on this machine, whatever its code: each thing every
+byte must go through, timed alone, and the sums set against issue 10's CPU targets.
+
+    python -m bench.cpu_floor [--size 1GiB] [--repeat 3] [--pause 10] [--json FILE]
+
+A cold node must receive every byte of a blob, verify it (sha256: a digest the client gave,
+so a lying registry or peer is caught; never skipped), store it (a write into the page cache)
+and serve it to its client; in the swarm a node also uploads, on average, about as much as it
+takes in. Measured here, each as CPU seconds of the one thread doing it (`time.thread_time`,
+user and system), in the same run:
+
+- verify: hashlib's sha256 over the bytes in 1 MiB updates (OpenSSL, SHA-NI where the CPU has
+  it);
+- receive: `recv_into` of the bytes over loopback TCP into one reused 1 MiB buffer, from
+  another process sending them with `os.sendfile`;
+- serve: `os.sendfile` of a file in the page cache over loopback TCP to another process that
+  reads it (a client or a peer costs the node the same);
+- store, pages reused: `os.pwrite` of the bytes into a new file right after deleting another
+  as large (the kernel hands the freed pages out again);
+- store, new pages: the same after a pause (`--pause` seconds). Some hypervisors take memory
+  the guest has freed back after a few seconds (virtio-balloon free page reporting), and the
+  guest's next touch of it faults on the host: this machine's kernel does.
+
+Floors, from the medians: the node's design (recv_into, a page-cache write, sendfile) spends
+receive + verify + store + serve on the cold path, and one serve more per GiB delivered in the
+swarm (each node uploads about what it takes in). Any design spends at least verify + serve +
+the cheaper of receive and store: every byte must be hashed, reach the client, and get into the
+node through one copy at least (out of the socket and written with O_DIRECT, or spliced from
+the socket into the page cache and hashed from the mapped file). No Python per piece, no
+protocol, no scheduling, no piece hashes: a real node spends more than these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peer.sizes import format_size, parse_size
+
+CHUNK = 1024 * 1024
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
+# Issue 10's targets, CPU seconds per GiB: `bench.blob_throughput` (one node, cold) and
+# `bench.swarm_loopback --nodes 8` (per GiB delivered to the clients).
+COLD_TARGET = 1.0
+SWARM_TARGET = 2.0
+
+
+def write_random_file(path: Path, size: int) -> str:
+    """`size` random bytes at `path`; their sha256 (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, CHUNK))
+            digest.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def verify_seconds(path: Path) -> tuple[float, str]:
+    """CPU seconds of sha256 over the file's bytes (read beforehand, not timed); the digest."""
+    data = path.read_bytes()
+    view = memoryview(data)
+    digest = hashlib.sha256()
+    started = time.thread_time()
+    for offset in range(0, len(data), CHUNK):
+        digest.update(view[offset : offset + CHUNK])
+    seconds = time.thread_time() - started
+    return seconds, digest.hexdigest()
+
+
+# The other end of a measured connection, in a process of its own (so that only the measured
+# side's CPU is counted, as a node's process counts only its own): `python -c` with the port.
+# The reader reads 256 KiB at a time: of the read sizes tried (4 KiB to 1 MiB), the one that
+# cost the sender least (a reader of 1 MiB reads made the same sendfile cost 2-4 x the CPU).
+_READ_TO_END = """
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
+    buffer = bytearray(256 * 1024)
+    while sock.recv_into(buffer):
+        pass
+"""
+_SEND_FILE = """
+import os, socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+with sock, open(sys.argv[2], "rb") as f:
+    size, offset = os.fstat(f.fileno()).st_size, 0
+    while offset < size:
+        offset += os.sendfile(sock.fileno(), f.fileno(), offset, size - offset)
+"""
+
+
+def _with_peer(code: str, *args: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """A loopback connection whose other end is `code` run by another Python process."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", code, str(port), *args])
+        listener.settimeout(60)
+        try:
+            sock, _ = listener.accept()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    return sock, child
+
+
+def _end_child(child: subprocess.Popen[bytes]) -> None:
+    try:
+        status = child.wait(60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise RuntimeError("the other end of the connection did not finish") from None
+    if status != 0:
+        raise RuntimeError(f"the other end of the connection failed (exit {status})")
+
+
+def serve_seconds(path: Path) -> float:
+    """CPU seconds of sending the file from the page cache with `os.sendfile` over loopback
+    TCP to another process that reads it (a client, or a peer)."""
+    size = path.stat().st_size
+    sock, child = _with_peer(_READ_TO_END)
+    try:
+        # As the node sends (trio): a non-blocking socket, woken when writable, at most 16 KiB
+        # unsent in its buffer (a blocking sendfile here cost twice the CPU: on loopback the
+        # sender then also runs the receiving side's TCP processing).
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, 16 * 1024)
+        writable = select.poll()
+        writable.register(sock, select.POLLOUT)
+        started = time.thread_time()
+        with open(path, "rb") as f:
+            offset = 0
+            while offset < size:
+                try:
+                    offset += os.sendfile(sock.fileno(), f.fileno(), offset, size - offset)
+                except BlockingIOError:
+                    writable.poll()
+        seconds = time.thread_time() - started
+        sock.setblocking(True)
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.close()
+    _end_child(child)
+    return seconds
+
+
+def receive_seconds(path: Path) -> float:
+    """CPU seconds of receiving the file over loopback TCP with `recv_into` one reused 1 MiB
+    buffer, from another process that sends it with `os.sendfile`."""
+    size = path.stat().st_size
+    sock, child = _with_peer(_SEND_FILE, str(path))
+    buffer = bytearray(CHUNK)
+    received = 0
+    try:
+        started = time.thread_time()
+        while count := sock.recv_into(buffer):
+            received += count
+        seconds = time.thread_time() - started
+    finally:
+        sock.close()
+    _end_child(child)
+    if received != size:
+        raise RuntimeError(f"received {received} of {size} bytes")
+    return seconds
+
+
+def store_seconds(path: Path, size: int, pause: float) -> tuple[float, float]:
+    """(pages reused, new pages): CPU seconds of writing `size` bytes into a new file at
+    `path` right after deleting a file as large, and again `pause` seconds after deleting."""
+    block = os.urandom(CHUNK)
+
+    def write_new_file() -> float:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            started = time.thread_time()
+            offset = 0
+            while offset < size:
+                offset += os.pwrite(fd, block[: min(CHUNK, size - offset)], offset)
+            return time.thread_time() - started
+        finally:
+            os.close(fd)
+
+    write_new_file()  # the file whose pages the next write gets back
+    path.unlink()
+    reused = write_new_file()
+    path.unlink()
+    time.sleep(pause)
+    fresh = write_new_file()
+    path.unlink()
+    return reused, fresh
+
+
+def measure(directory: Path, size: int, pause: float) -> dict[str, float]:
+    """One run of every measurement on `size` bytes; CPU seconds per GiB of each, and the
+    floors. Files go in `directory` (the file system a node's store would be on)."""
+    source = directory / "source.bin"
+    expected = write_random_file(source, size)
+    try:
+        verify, digest = verify_seconds(source)
+        if digest != expected:
+            raise RuntimeError("sha256 of the bytes read back differs from the bytes written")
+        receive = receive_seconds(source)
+        serve = serve_seconds(source)
+    finally:
+        source.unlink()
+    reused, fresh = store_seconds(directory / "store.bin", size, pause)
+    per_gib = 2**30 / size
+    result = {
+        "verify": verify * per_gib,
+        "receive": receive * per_gib,
+        "serve": serve * per_gib,
+        "store_reused_pages": reused * per_gib,
+        "store_new_pages": fresh * per_gib,
+    }
+    # The node's design: recv_into, a page-cache write, sendfile to the client (and, in the
+    # swarm, about one upload per byte taken in).
+    this_design = result["receive"] + result["verify"] + result["serve"]
+    result["cold_floor"] = this_design + result["store_reused_pages"]
+    result["cold_floor_new_pages"] = this_design + result["store_new_pages"]
+    result["swarm_floor"] = result["cold_floor"] + result["serve"]
+    result["swarm_floor_new_pages"] = result["cold_floor_new_pages"] + result["serve"]
+    # Any design: the bytes must be read (sha256) and reach the client, and must get into the
+    # node through at least one copy: out of the socket (then written with O_DIRECT, no page
+    # cache) or into the page cache (spliced from the socket, hashed from the mapped file).
+    result["cold_floor_any_design"] = (
+        result["verify"] + min(result["receive"], result["store_reused_pages"]) + result["serve"]
+    )
+    return result
+
+
+def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def _line(label: str, value: float, note: str = "") -> str:
+    return f"  {label:<38} {value:5.2f} CPU-s/GiB{note}"
+
+
+def _verdict(label: str, value: float, target: float) -> str:
+    side = "above" if value > target else "at or below"
+    return _line(label, value, f"  ({side} the target {target:.1f})")
+
+
+@click.command()
+@click.option("--size", default="1GiB", show_default=True, help="Bytes per measurement.")
+@click.option("--repeat", default=3, show_default=True, help="Runs; medians are reported.")
+@click.option(
+    "--pause",
+    default=10.0,
+    show_default=True,
+    help="Seconds between deleting a file and writing the next, for the new-pages store.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the files go [default: the system's temporary directory].",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Also write results here."
+)
+def main(
+    size: str, repeat: int, pause: float, directory: Path | None, json_path: str | None
+) -> None:
+    """The CPU every byte costs a node on this machine, each step alone, against issue 10's
+    targets (1.0 CPU-s/GiB cold, 2.0 in the loopback swarm)."""
+    nbytes = parse_size(size)
+    if nbytes < CHUNK:
+        raise click.BadParameter(f"at least {format_size(CHUNK)}", param_hint="--size")
+    if repeat < 1:
+        raise click.BadParameter("at least 1", param_hint="--repeat")
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="pollen-cpu-floor-", dir=directory) as tmp:
+        for run in range(repeat):
+            runs.append(measure(Path(tmp), nbytes, pause))
+            click.echo(
+                f"run {run + 1}/{repeat}: "
+                + "  ".join(f"{key} {value:.2f}" for key, value in runs[-1].items()),
+                err=True,
+            )
+    median = _median_of(runs)
+    show: Callable[[str], None] = click.echo
+    show(f"{format_size(nbytes)} per step, {repeat} run(s), medians, {os.cpu_count()} CPUs:")
+    show(_line("verify (sha256)", median["verify"]))
+    show(_line("receive (recv_into, loopback TCP)", median["receive"]))
+    show(_line("serve (sendfile, loopback TCP)", median["serve"]))
+    show(_line("store, pages reused (pwrite)", median["store_reused_pages"]))
+    show(_line("store, new pages (pwrite)", median["store_new_pages"], f" (after {pause:g} s)"))
+    show(_verdict("floor, cold path, any design", median["cold_floor_any_design"], COLD_TARGET))
+    show(_verdict("floor, cold path, the node's design", median["cold_floor"], COLD_TARGET))
+    show(_line("  the same with new pages", median["cold_floor_new_pages"]))
+    show(_verdict("floor, swarm, the node's design", median["swarm_floor"], SWARM_TARGET))
+    show(_line("  the same with new pages", median["swarm_floor_new_pages"]))
+    lowest = min(run["cold_floor_any_design"] for run in runs)
+    show(f"  lowest cold floor of any run (any design): {lowest:.2f} CPU-s/GiB")
+    if json_path:
+        result: dict[str, Any] = {
+            "command": "python -m bench.cpu_floor " + " ".join(sys.argv[1:]),
+            "size": nbytes,
+            "repeat": repeat,
+            "pause": pause,
+            "cpus": os.cpu_count(),
+            "runs": runs,
+            "median": median,
+            "targets": {"cold": COLD_TARGET, "swarm": SWARM_TARGET},
+        }
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
