@@ -45,6 +45,7 @@ class PeerSender:
         self.queue: deque[UploadRequest] = deque()
         self.feeding = False  # inside next_transfer: a turn must not wake the flow again
         self.flow: Flow | None = None
+        self.started = 0.0  # when the transfer under way began (its rate is measured)
 
     def next_transfer(self, now: float) -> int | None:
         self.feeding = True
@@ -57,6 +58,7 @@ class PeerSender:
                     self.uploader.finished(request)
                     continue
                 request.sending = True
+                self.started = now
                 return self.uploader.node.world.layouts[request.digest].length(request.index)
             return None
         finally:
@@ -65,7 +67,8 @@ class PeerSender:
     def transfer_done(self, now: float, nbytes: int) -> None:
         request = self.queue.popleft()
         self.uploader.delivered(request, nbytes)
-        self.uploader.finished(request)
+        # As the node measures it: the piece's bytes over the time it took to go out.
+        self.uploader.finished(request, nbytes / max(now - self.started, 1e-9))
 
 
 class Uploader:
@@ -94,9 +97,10 @@ class Uploader:
         if request is not None and not request.sending:
             request.cancelled = True
 
-    def finished(self, request: UploadRequest) -> None:
-        """The request whose turn it was is done (sent or refused): the next turns."""
-        self._turns(self.lanes.finished(request.peer, request))
+    def finished(self, request: UploadRequest, rate: float | None = None) -> None:
+        """The request whose turn it was is done (sent at `rate` bytes/s, or refused): the
+        next turns."""
+        self._turns(self.lanes.finished(request.peer, request, rate))
 
     def _turns(self, requests: list[object]) -> None:
         """Start the requests whose turn came; a refused one gives its turn on at once (a

@@ -63,7 +63,7 @@ class Uploads:
         if not await self._grants.may_have_pieces(link.peer_id, digest):
             await _reject(link, Reject(digest, index, "denied"))
             return
-        async with self._turn(link.peer_id, digest, index):
+        async with self._turn(link.peer_id, digest, index) as turn:
             if link.closed:
                 return  # its link's other requests get their turns, and end here too
             if link.peer_id in self._choker.choked:
@@ -89,14 +89,15 @@ class Uploads:
             fd, offset, length = source
             try:
                 with self._store.holding(digest):  # not evicted while it goes out
-                    await self._send_piece(link, digest, index, fd, offset, length)
+                    turn.rate = await self._send_piece(link, digest, index, fd, offset, length)
             finally:
                 os.close(fd)
 
     @contextlib.asynccontextmanager
-    async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[None]:
+    async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[_Turn]:
         """Wait until this request's link holds an upload slot and it is this request's turn
-        on the link; the next turn is given when the block ends."""
+        on the link; the next turn is given when the block ends (the lanes are told the rate
+        the block set: a link far slower than the others gives its slot up)."""
         ticket = object()
         turns = self.lanes.add(peer, ticket, self._urgent(digest), self._stored_at(digest, index))
         event = None if ticket in turns else self._turns.setdefault(ticket, trio.Event())
@@ -108,10 +109,11 @@ class Uploads:
                 self._turns.pop(ticket, None)
                 self._give(self.lanes.withdraw(peer, ticket))
                 raise
+        turn = _Turn()
         try:
-            yield
+            yield turn
         finally:
-            self._give(self.lanes.finished(peer, ticket))
+            self._give(self.lanes.finished(peer, ticket, turn.rate))
 
     def _give(self, turns: list[object]) -> None:
         for ticket in turns:
@@ -121,23 +123,35 @@ class Uploads:
 
     async def _send_piece(
         self, link: PeerLink, digest: str, index: int, fd: int, offset: int, length: int
-    ) -> None:
-        """Send one piece of an open file (the caller closes it), after the last checks."""
+    ) -> float | None:
+        """Send one piece of an open file (the caller closes it), after the last checks; the
+        rate it went out at (bytes/s, the rate cap's wait aside), None if it did not go."""
         try:
             # Checked again: the blob may have become private (a credentialed fetch of it
             # began) while this request waited for its upload slot.
             if not await self._grants.may_have_pieces(link.peer_id, digest):
                 await _reject(link, Reject(digest, index, "denied"))
-                return
+                return None
             await self._limit.consume(length)
+            started = trio.current_time()
             if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
                 self._choker.served(link.peer_id, length)
                 self._counters.bytes_to_peers += length
                 self._counters.pieces_to_peers += 1
-            else:
-                self._counters.uploads_cancelled += 1
+                return length / max(trio.current_time() - started, 1e-6)
+            self._counters.uploads_cancelled += 1
         except (LinkClosed, LocalProtocolError):
             pass
+        return None
+
+
+class _Turn:
+    """A request's turn on its link: what it measured, for the lanes."""
+
+    __slots__ = ("rate",)
+
+    def __init__(self) -> None:
+        self.rate: float | None = None  # bytes/s its piece went out at (None: not sent)
 
 
 async def _reject(link: PeerLink, reject: Reject) -> None:

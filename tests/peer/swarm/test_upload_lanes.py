@@ -197,3 +197,50 @@ def test_slots_turns_and_order_hold_whatever_happens(
         take(lanes.finished(peer, sending.pop(peer)))
     assert not any(pending.values())
     assert lanes.serving == [] and lanes.waiting == []
+
+
+def _two_busy_lanes_and_one_waiting() -> UploadLanes:
+    """Slots 2: "fast" and "slow" send, each with a request queued behind; "c" waits."""
+    lanes = UploadLanes(slots=2)
+    assert lanes.add("fast", "f1") == ["f1"]
+    assert lanes.add("slow", "s1") == ["s1"]
+    lanes.add("fast", "f2")
+    lanes.add("slow", "s2")
+    assert lanes.add("c", "c1") == []
+    return lanes
+
+
+def test_a_lane_far_slower_than_the_fastest_gives_its_slot_to_a_waiting_link() -> None:
+    lanes = _two_busy_lanes_and_one_waiting()
+    assert lanes.finished("fast", "f1", rate=10_000.0) == ["f2"]
+    # Under YIELD_BELOW of the fastest lane's rate: its receiver holds it back, not us.
+    assert lanes.finished("slow", "s1", rate=1_000.0) == ["c1"]
+    assert lanes.serving == ["fast", "c"] and lanes.waiting == ["slow"]
+    assert lanes.queued("slow") == 1  # its request still waits, for its next turn
+    assert lanes.finished("c", "c1", rate=9_000.0) == ["s2"]  # "c" ran dry: "slow" again
+    assert lanes.serving == ["fast", "slow"]
+    # Its new turn starts unmeasured: a piece refused (no rate) does not send it away again
+    # for the rate of its last turn.
+    lanes.add("slow", "s3")
+    lanes.add("d", "d1")
+    assert lanes.finished("slow", "s2") == ["s3"]
+    assert lanes.waiting == ["d"]
+
+
+@pytest.mark.parametrize(
+    "slow_rate", [6_000.0, None], ids=["near-the-fastest", "refused-not-measured"]
+)
+def test_a_lane_keeps_its_slot_unless_it_is_measured_far_slower(slow_rate: float | None) -> None:
+    lanes = _two_busy_lanes_and_one_waiting()
+    lanes.finished("fast", "f1", rate=10_000.0)
+    assert lanes.finished("slow", "s1", rate=slow_rate) == ["s2"]
+    assert lanes.waiting == ["c"]
+
+
+def test_a_slow_lane_keeps_its_slot_when_no_link_waits() -> None:
+    lanes = UploadLanes(slots=2)
+    lanes.add("fast", "f1")
+    lanes.add("slow", "s1")
+    lanes.add("slow", "s2")
+    lanes.finished("fast", "f1", rate=10_000.0)
+    assert lanes.finished("slow", "s1", rate=10.0) == ["s2"]  # nobody to give the slot to

@@ -16,7 +16,7 @@ import trio.testing
 
 from peer.rate_limit import RateLimiter
 from peer.swarm.choker import Choker
-from peer.swarm.upload_lanes import TURN_PIECES
+from peer.swarm.upload_lanes import TURN_PIECES, UploadLanes
 from peer.swarm.uploads import Uploads
 from wire.events import Event, FileRange, Piece, Reject, Request
 
@@ -241,3 +241,41 @@ async def test_a_peer_that_keeps_requests_queued_cannot_keep_the_slot(tmp_path: 
     senders = [peer for peer, _ in log]
     assert len(senders) == TURN_PIECES + 41
     assert senders.index(other.peer_id) <= TURN_PIECES
+
+
+@dataclass(eq=False)
+class TimedLink(Link):
+    """A link whose every piece takes `seconds` to go out (its receiver's downlink, say)."""
+
+    seconds: float = 0.0
+
+    async def send(self, event: Event) -> bool:
+        if isinstance(event, Piece):
+            await trio.sleep(self.seconds)
+        self.sent.append(event)
+        if self.log is not None:
+            self.log.append((self.peer_id, event))
+        return True
+
+
+async def test_a_link_far_slower_than_the_others_gives_its_slot_to_a_waiting_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two slots: "slow" takes 1 s a piece, "fast" 0.1 s; "waiting" asked after both. After
+    slow's first piece (measured at a tenth of fast's rate) the waiting link is served before
+    slow's second piece (test_upload_lanes: one merely a little slower keeps its slot)."""
+    uploads = _uploads(tmp_path)
+    uploads.lanes = UploadLanes(slots=2)
+    log: list[tuple[bytes, Event]] = []
+    slow = TimedLink(b"S" * 16, log=log, seconds=1.0)
+    fast = TimedLink(b"F" * 16, log=log, seconds=0.1)
+    waiting = TimedLink(b"W" * 16, log=log, seconds=0.1)
+    async with trio.open_nursery() as nursery:
+        asks: list[tuple[Link, Request]] = [(slow, Request(DIGEST, 0)), (fast, Request(DIGEST, 0))]
+        asks += [(fast, Request(DIGEST, i)) for i in range(1, 20)]
+        asks += [(slow, Request(DIGEST, 1)), (waiting, Request(DIGEST, 0))]
+        await _ask_in_turn(nursery, uploads, asks)
+        assert uploads.lanes.waiting == [waiting.peer_id]
+    order = [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
+    assert order.index((waiting.peer_id, 0)) < order.index((slow.peer_id, 1))
+    assert len(order) == 23
