@@ -138,6 +138,10 @@ class Uploads:
                 self._choker.served(link.peer_id, length)
                 self._counters.bytes_to_peers += length
                 self._counters.pieces_to_peers += 1
+                if self._limit.rate:
+                    # Under an upload cap the pieces go out spaced, each into a drained
+                    # socket buffer: their times say nothing of the link.
+                    return None
                 return length / max(trio.current_time() - started, 1e-6)
             self._counters.uploads_cancelled += 1
         except (LinkClosed, LocalProtocolError):

@@ -138,12 +138,13 @@ def test_a_dropped_link_passes_its_slot_on() -> None:
         st.tuples(
             st.sampled_from(["add", "urgent", "stored", "finish", "withdraw", "drop"]),
             st.integers(0, 5),
+            st.sampled_from([None, 0.0, 1.0, 1e3, 1e12]),  # the rate a finished piece went at
         ),
         max_size=80,
     ),
 )
 def test_slots_turns_and_order_hold_whatever_happens(
-    slots: int, ops: list[tuple[str, int]]
+    slots: int, ops: list[tuple[str, int, float | None]]
 ) -> None:
     """At most `slots` links served, one piece at a time per link, no ticket given twice, a
     link waits only while every slot is held, and every request gets its turn in the end
@@ -171,7 +172,7 @@ def test_slots_turns_and_order_hold_whatever_happens(
         assert len(lanes.serving) <= slots
         assert not lanes.waiting or len(lanes.serving) == slots
 
-    for op, peer in ops:
+    for op, peer, rate in ops:
         if op in ("add", "urgent", "stored"):
             ticket += 1
             stored = float(ticket % 7) if op == "stored" else None  # (not in arrival order)
@@ -181,7 +182,7 @@ def test_slots_turns_and_order_hold_whatever_happens(
             pending.setdefault(peer, []).append((rank, name))
             take(lanes.add(peer, name, urgent=op == "urgent", stored=stored))
         elif op == "finish" and peer in sending:
-            take(lanes.finished(peer, sending.pop(peer)))
+            take(lanes.finished(peer, sending.pop(peer), rate))
         elif op == "withdraw" and pending.get(peer):
             rank_ticket = pending[peer].pop()
             gone.add(rank_ticket[1])
@@ -199,31 +200,38 @@ def test_slots_turns_and_order_hold_whatever_happens(
     assert lanes.serving == [] and lanes.waiting == []
 
 
-def _two_busy_lanes_and_one_waiting() -> UploadLanes:
-    """Slots 2: "fast" and "slow" send, each with a request queued behind; "c" waits."""
+def _two_busy_lanes_and_one_waiting(
+    slow_rate: float | None,
+) -> tuple[UploadLanes, list[Hashable]]:
+    """Slots 2: "fast" and "slow" send, with requests queued behind; "c" waits. Each has sent
+    two pieces (the first of a turn is never counted): "fast" at 10 kB/s, "slow" at
+    `slow_rate`. Returns the lanes and the turns given at slow's second piece."""
     lanes = UploadLanes(slots=2)
     assert lanes.add("fast", "f1") == ["f1"]
     assert lanes.add("slow", "s1") == ["s1"]
-    lanes.add("fast", "f2")
-    lanes.add("slow", "s2")
+    for name in ("f2", "f3"):
+        lanes.add("fast", name)
+    for name in ("s2", "s3"):
+        lanes.add("slow", name)
     assert lanes.add("c", "c1") == []
-    return lanes
+    assert lanes.finished("fast", "f1", rate=10_000.0) == ["f2"]
+    assert lanes.finished("fast", "f2", rate=10_000.0) == ["f3"]
+    # Its first piece is not measured, however slow: it keeps its slot.
+    assert lanes.finished("slow", "s1", rate=slow_rate) == ["s2"]
+    return lanes, lanes.finished("slow", "s2", rate=slow_rate)
 
 
 def test_a_lane_far_slower_than_the_fastest_gives_its_slot_to_a_waiting_link() -> None:
-    lanes = _two_busy_lanes_and_one_waiting()
-    assert lanes.finished("fast", "f1", rate=10_000.0) == ["f2"]
     # Under YIELD_BELOW of the fastest lane's rate: its receiver holds it back, not us.
-    assert lanes.finished("slow", "s1", rate=1_000.0) == ["c1"]
+    lanes, turns = _two_busy_lanes_and_one_waiting(1_000.0)
+    assert turns == ["c1"]
     assert lanes.serving == ["fast", "c"] and lanes.waiting == ["slow"]
     assert lanes.queued("slow") == 1  # its request still waits, for its next turn
-    assert lanes.finished("c", "c1", rate=9_000.0) == ["s2"]  # "c" ran dry: "slow" again
-    assert lanes.serving == ["fast", "slow"]
-    # Its new turn starts unmeasured: a piece refused (no rate) does not send it away again
-    # for the rate of its last turn.
-    lanes.add("slow", "s3")
+    assert lanes.finished("c", "c1", rate=9_000.0) == ["s3"]  # "c" ran dry: "slow" again
+    # Its new turn starts unmeasured: the first piece of it does not count, slow or not.
+    lanes.add("slow", "s4")
     lanes.add("d", "d1")
-    assert lanes.finished("slow", "s2") == ["s3"]
+    assert lanes.finished("slow", "s3", rate=1_000.0) == ["s4"]
     assert lanes.waiting == ["d"]
 
 
@@ -231,16 +239,18 @@ def test_a_lane_far_slower_than_the_fastest_gives_its_slot_to_a_waiting_link() -
     "slow_rate", [6_000.0, None], ids=["near-the-fastest", "refused-not-measured"]
 )
 def test_a_lane_keeps_its_slot_unless_it_is_measured_far_slower(slow_rate: float | None) -> None:
-    lanes = _two_busy_lanes_and_one_waiting()
-    lanes.finished("fast", "f1", rate=10_000.0)
-    assert lanes.finished("slow", "s1", rate=slow_rate) == ["s2"]
+    lanes, turns = _two_busy_lanes_and_one_waiting(slow_rate)
+    assert turns == ["s3"]
     assert lanes.waiting == ["c"]
 
 
 def test_a_slow_lane_keeps_its_slot_when_no_link_waits() -> None:
     lanes = UploadLanes(slots=2)
     lanes.add("fast", "f1")
-    lanes.add("slow", "s1")
-    lanes.add("slow", "s2")
+    lanes.add("fast", "f2")
+    for name in ("s1", "s2", "s3"):
+        lanes.add("slow", name)
     lanes.finished("fast", "f1", rate=10_000.0)
-    assert lanes.finished("slow", "s1", rate=10.0) == ["s2"]  # nobody to give the slot to
+    lanes.finished("fast", "f2", rate=10_000.0)
+    lanes.finished("slow", "s1", rate=10.0)
+    assert lanes.finished("slow", "s2", rate=10.0) == ["s3"]  # nobody to give the slot to

@@ -261,9 +261,9 @@ class TimedLink(Link):
 async def test_a_link_far_slower_than_the_others_gives_its_slot_to_a_waiting_one(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """Two slots: "slow" takes 1 s a piece, "fast" 0.1 s; "waiting" asked after both. After
-    slow's first piece (measured at a tenth of fast's rate) the waiting link is served before
-    slow's second piece (test_upload_lanes: one merely a little slower keeps its slot)."""
+    """Two slots: "slow" takes 1 s a piece, "fast" 0.1 s; "waiting" asked after both. Slow's
+    first piece is not measured (a drained socket buffer takes it at once); after its second
+    (a tenth of fast's rate) the waiting link goes before slow's third piece."""
     uploads = _uploads(tmp_path)
     uploads.lanes = UploadLanes(slots=2)
     log: list[tuple[bytes, Event]] = []
@@ -272,10 +272,34 @@ async def test_a_link_far_slower_than_the_others_gives_its_slot_to_a_waiting_one
     waiting = TimedLink(b"W" * 16, log=log, seconds=0.1)
     async with trio.open_nursery() as nursery:
         asks: list[tuple[Link, Request]] = [(slow, Request(DIGEST, 0)), (fast, Request(DIGEST, 0))]
-        asks += [(fast, Request(DIGEST, i)) for i in range(1, 20)]
-        asks += [(slow, Request(DIGEST, 1)), (waiting, Request(DIGEST, 0))]
+        asks += [(fast, Request(DIGEST, i)) for i in range(1, 40)]
+        asks += [(slow, Request(DIGEST, i)) for i in (1, 2)]
+        asks += [(waiting, Request(DIGEST, 0))]
         await _ask_in_turn(nursery, uploads, asks)
         assert uploads.lanes.waiting == [waiting.peer_id]
     order = [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
-    assert order.index((waiting.peer_id, 0)) < order.index((slow.peer_id, 1))
-    assert len(order) == 23
+    assert order.index((slow.peer_id, 1)) < order.index((waiting.peer_id, 0))
+    assert order.index((waiting.peer_id, 0)) < order.index((slow.peer_id, 2))
+    assert len(order) == 44
+
+
+async def test_under_an_upload_cap_no_link_is_measured_slow(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With --upload-rate the pieces go out spaced by the cap: their times say nothing of the
+    link, so the slow link keeps its slot and the waiting one waits its turn."""
+    uploads = _uploads(tmp_path)
+    uploads.lanes = UploadLanes(slots=2)
+    uploads._limit = RateLimiter(10**9)  # a cap that never binds here: only its presence
+    log: list[tuple[bytes, Event]] = []
+    slow = TimedLink(b"S" * 16, log=log, seconds=1.0)
+    fast = TimedLink(b"F" * 16, log=log, seconds=0.1)
+    waiting = TimedLink(b"W" * 16, log=log, seconds=0.1)
+    async with trio.open_nursery() as nursery:
+        asks: list[tuple[Link, Request]] = [(slow, Request(DIGEST, 0)), (fast, Request(DIGEST, 0))]
+        asks += [(fast, Request(DIGEST, i)) for i in range(1, 40)]
+        asks += [(slow, Request(DIGEST, i)) for i in (1, 2)]
+        asks += [(waiting, Request(DIGEST, 0))]
+        await _ask_in_turn(nursery, uploads, asks)
+    order = [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
+    assert order.index((slow.peer_id, 2)) < order.index((waiting.peer_id, 0))
