@@ -275,13 +275,15 @@ def measure(directory: Path, size: int, pause: float) -> dict[str, float]:
     result["cold_floor_new_pages"] = this_design + result["store_new_pages"]
     result["swarm_floor"] = result["cold_floor"] + result["serve"]
     result["swarm_floor_new_pages"] = result["cold_floor_new_pages"] + result["serve"]
-    # The least of what was measured: the bytes hashed and sent on, and copied into the node
-    # once, out of the socket (then written with O_DIRECT) or into the page cache (spliced
-    # from the socket, hashed from the mapped file).
-    result["cold_floor_least"] = (
-        result["verify"] + min(result["receive"], result["store_reused_pages"]) + result["serve"]
-    )
+    result["cold_floor_least"] = least_cold_floor(result)
     return result
+
+
+def least_cold_floor(steps: dict[str, float]) -> float:
+    """The least of what was measured for the cold path: the bytes hashed and sent on, and
+    copied into the node once, out of the socket (then written with O_DIRECT) or into the page
+    cache (spliced from the socket, hashed from the mapped file)."""
+    return steps["verify"] + min(steps["receive"], steps["store_reused_pages"]) + steps["serve"]
 
 
 def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -332,9 +334,7 @@ def main(
             )
     median = _median_of(runs)
     lowest = {key: min(run[key] for run in runs) for key in runs[0]}
-    lowest_floor = (
-        lowest["verify"] + min(lowest["receive"], lowest["store_reused_pages"]) + lowest["serve"]
-    )
+    lowest_floor = least_cold_floor(lowest)
     click.echo(f"{format_size(nbytes)} per step, {repeat} run(s), {os.cpu_count()} CPUs:")
     click.echo(f"  {'CPU-s per GiB':<44} median  lowest")
     for label, key in (

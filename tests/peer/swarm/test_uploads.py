@@ -258,28 +258,35 @@ class TimedLink(Link):
         return True
 
 
-async def test_a_link_far_slower_than_the_others_gives_its_slot_to_a_waiting_one(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    """Two slots: "slow" takes 1 s a piece, "fast" 0.1 s; "waiting" asked after both. Slow's
-    first piece is not measured (a drained socket buffer takes it at once); after its second
-    (a tenth of fast's rate) the waiting link goes before slow's third piece."""
-    uploads = _uploads(tmp_path)
+SLOW, FAST, WAITING = b"S" * 16, b"F" * 16, b"W" * 16
+
+
+async def _slow_fast_and_waiting(uploads: Uploads) -> list[tuple[bytes, int]]:
+    """Two slots: "slow" takes 1 s a piece (3 asked), "fast" 0.1 s (40 asked); "waiting" asks
+    after both (0.1 s). The order the pieces went out in, as (peer, index)."""
     uploads.lanes = UploadLanes(slots=2)
     log: list[tuple[bytes, Event]] = []
-    slow = TimedLink(b"S" * 16, log=log, seconds=1.0)
-    fast = TimedLink(b"F" * 16, log=log, seconds=0.1)
-    waiting = TimedLink(b"W" * 16, log=log, seconds=0.1)
+    slow = TimedLink(SLOW, log=log, seconds=1.0)
+    fast = TimedLink(FAST, log=log, seconds=0.1)
+    waiting = TimedLink(WAITING, log=log, seconds=0.1)
     async with trio.open_nursery() as nursery:
         asks: list[tuple[Link, Request]] = [(slow, Request(DIGEST, 0)), (fast, Request(DIGEST, 0))]
         asks += [(fast, Request(DIGEST, i)) for i in range(1, 40)]
         asks += [(slow, Request(DIGEST, i)) for i in (1, 2)]
         asks += [(waiting, Request(DIGEST, 0))]
         await _ask_in_turn(nursery, uploads, asks)
-        assert uploads.lanes.waiting == [waiting.peer_id]
-    order = [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
-    assert order.index((slow.peer_id, 1)) < order.index((waiting.peer_id, 0))
-    assert order.index((waiting.peer_id, 0)) < order.index((slow.peer_id, 2))
+        assert uploads.lanes.waiting == [WAITING]
+    return [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
+
+
+async def test_a_link_far_slower_than_the_others_gives_its_slot_to_a_waiting_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Slow's first piece is not measured (a drained socket buffer takes it at once); after
+    its second (a tenth of fast's rate) the waiting link goes before slow's third piece."""
+    order = await _slow_fast_and_waiting(_uploads(tmp_path))
+    assert order.index((SLOW, 1)) < order.index((WAITING, 0))
+    assert order.index((WAITING, 0)) < order.index((SLOW, 2))
     assert len(order) == 44
 
 
@@ -289,17 +296,6 @@ async def test_under_an_upload_cap_no_link_is_measured_slow(
     """With --upload-rate the pieces go out spaced by the cap: their times say nothing of the
     link, so the slow link keeps its slot and the waiting one waits its turn."""
     uploads = _uploads(tmp_path)
-    uploads.lanes = UploadLanes(slots=2)
     uploads._limit = RateLimiter(10**9)  # a cap that never binds here: only its presence
-    log: list[tuple[bytes, Event]] = []
-    slow = TimedLink(b"S" * 16, log=log, seconds=1.0)
-    fast = TimedLink(b"F" * 16, log=log, seconds=0.1)
-    waiting = TimedLink(b"W" * 16, log=log, seconds=0.1)
-    async with trio.open_nursery() as nursery:
-        asks: list[tuple[Link, Request]] = [(slow, Request(DIGEST, 0)), (fast, Request(DIGEST, 0))]
-        asks += [(fast, Request(DIGEST, i)) for i in range(1, 40)]
-        asks += [(slow, Request(DIGEST, i)) for i in (1, 2)]
-        asks += [(waiting, Request(DIGEST, 0))]
-        await _ask_in_turn(nursery, uploads, asks)
-    order = [(peer, event.index) for peer, event in log]  # type: ignore[union-attr]
-    assert order.index((slow.peer_id, 2)) < order.index((waiting.peer_id, 0))
+    order = await _slow_fast_and_waiting(uploads)
+    assert order.index((SLOW, 2)) < order.index((WAITING, 0))
