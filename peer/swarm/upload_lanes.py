@@ -32,9 +32,10 @@ TURN_PIECES): its receiver's downlink, not ours, holds it back (that receiver ta
 from many peers at once), and the slot is worth more to a link that waits. In the simulator at
 100 hosts, a receiver with 4 or fewer senders used 18-76 % of its downlink, one with 9 or more
 was full, and 5.5 links waited for a slot at every node on average (seed 0, 6-14 s). With the
-rule, 100 hosts: 1.19, 1.20, 1.19, 1.21 x T_min (seeds 0-3) against 1.22, 1.25, 1.20, 1.21;
-16 hosts, 512 MiB: 1.09, 1.10, 1.11, 1.11 against 1.11, 1.13, 1.13, 1.16; 8 hosts and small
-images unchanged; uneven links 1.14, 1.15, 1.21, 1.19 against 1.15, 1.19, 1.14, 1.18 (seeds 1-4).
+rule, 100 hosts: 1.19, 1.20, 1.20, 1.22 x T_min (seeds 0-3) against 1.22, 1.25, 1.20, 1.21;
+16 hosts, 512 MiB: 1.09, 1.11, 1.11, 1.11 against 1.11, 1.13, 1.13, 1.16; uneven links 1.15,
+1.16, 1.19, 1.17 against 1.15, 1.19, 1.14, 1.18 (seeds 1-4). With 8 hosts a node has 7 peers
+for 8 slots: no link waits, and the rule never acts.
 The rate comes from the caller (`finished`: bytes over the seconds the piece took to go out);
 the first piece of a turn is not counted (it went into a socket buffer that had drained while
 the link waited), the others are averaged. Where our own side holds links back unevenly (a
