@@ -254,3 +254,36 @@ def test_a_slow_lane_keeps_its_slot_when_no_link_waits() -> None:
     lanes.finished("fast", "f2", rate=10_000.0)
     lanes.finished("slow", "s1", rate=10.0)
     assert lanes.finished("slow", "s2", rate=10.0) == ["s3"]  # nobody to give the slot to
+
+
+def test_a_peer_whose_fast_rate_goes_stale_starves_nobody() -> None:
+    """An attacker's peer reads two pieces fast (1 GB/s), then stalls its third for good:
+    its stale rate makes every honest lane look slow. Honest lanes then end their turns after
+    each measured piece, but no slot stands idle while a link waits, the attacker holds one
+    slot only, and every honest request gets its turn."""
+    lanes = UploadLanes(slots=3)
+    for name in ("h1", "h2", "h3"):
+        lanes.add("hostile", name)
+    assert lanes.finished("hostile", "h1", rate=1e9) == ["h2"]
+    assert lanes.finished("hostile", "h2", rate=1e9) == ["h3"]  # h3 now stalls for good
+    honest = ["a", "b", "c", "d"]
+    sending: dict[str, Hashable] = {}
+    asked = 0
+    for peer in honest:
+        for i in range(10):
+            asked += 1
+            for ticket in lanes.add(peer, f"{peer}{i}"):
+                sending[str(ticket)[0]] = ticket
+    served = 0
+    for _ in range(200):
+        if not sending:
+            break
+        peer, ticket = next(iter(sending.items()))
+        del sending[peer]
+        served += 1
+        for turn in lanes.finished(peer, ticket, rate=1e6):
+            sending[str(turn)[0]] = turn
+        assert lanes.serving.count("hostile") == 1
+        assert not lanes.waiting or len(lanes.serving) == 3  # no slot idle while a link waits
+    assert served == asked  # every honest request went out
+    assert lanes.serving == ["hostile"] and lanes.waiting == []
