@@ -37,6 +37,7 @@ from peer.swarm.fetch import (
     UNHELD_GRACE,
     peers_to_link,
 )
+from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
@@ -207,8 +208,15 @@ class SwarmFetch:
         node = self.node
         owner = self.owner
         assert owner is not None
-        if owner not in node.links or node.owner_candidates(self.state.digest)[0] != owner:
-            # Gone, or membership changed (a node joined or died): follow the new owner.
+        now = self.queue.now
+        if leaves_owner(
+            owner=owner,
+            first=node.owner_candidates(self.state.digest)[0],
+            linked=owner in node.links,
+            heard_at=node.heard_at.get(owner, now),
+            now=now,
+        ):
+            # Gone, or buried by gossip and silent: follow the next owner.
             self._find_owner()
             return
         node.send(owner, PeersRequest(self.state.digest))

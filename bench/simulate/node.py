@@ -88,6 +88,7 @@ class SimNode:
         self.uploader = Uploader(self)
         self.recent_pieces = RecentPieces()  # the uploads send the newest pieces first
         self.links: dict[bytes, None] = {}  # ordered: iteration must not depend on hashing
+        self.heard_at: dict[bytes, float] = {}  # when each peer last sent us an event
         self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
         self.blobs: dict[str, BlobState] = {}
         self.upstream_fetches = 0
@@ -309,6 +310,7 @@ class SimNode:
     # ---- what peers send ---------------------------------------------------------------------
 
     def receive(self, source: bytes, event: Any) -> None:
+        self.heard_at[source] = self.world.queue.now
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, source, event)

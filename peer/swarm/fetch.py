@@ -24,6 +24,7 @@ from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
 from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.layout import PieceLayout
@@ -315,13 +316,18 @@ class SwarmFetch:
                     self._want_again(owner_link)
             if now >= next_peers_request:
                 owner_link = swarm.links.get(self.owner)
-                if owner_link is None or owner_link.closed:
+                linked = owner_link is not None and not owner_link.closed
+                if leaves_owner(
+                    owner=self.owner,
+                    first=swarm.owner_candidates(self.digest)[0],
+                    linked=linked,
+                    heard_at=owner_link.heard_at if owner_link is not None else now,
+                    now=now,
+                ):
+                    # Gone, or buried by gossip and silent: follow the next owner.
                     self._owner_lost = True
                     break
-                if swarm.owner_candidates(self.digest)[0] != self.owner:
-                    # Membership changed (a node joined or died): follow the new owner.
-                    self._owner_lost = True
-                    break
+                assert owner_link is not None
                 owner_link.post(PeersRequest(self.digest))
                 assert self.picker is not None
                 if self.picker.hashes_missing():

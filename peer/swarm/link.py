@@ -100,6 +100,9 @@ class PeerLink:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
+        # When the peer last sent us an event: a fetch stays with an owner that gossip buried
+        # while it still talks on its link (peer/swarm/owner_change.py).
+        self.heard_at = trio.current_time()
         # Requests the peer cancelled that we have not answered yet: when their turn to be
         # sent comes, they go out as a Reject instead of megabytes nobody wants any more.
         self.cancelled: set[tuple[str, int]] = set()
@@ -240,6 +243,7 @@ class PeerLink:
         try:
             while True:
                 event = await self._next_event()
+                self.heard_at = trio.current_time()
                 await on_event(self, event)
         except RemoteProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", self.peer_id.hex()[:12], exc)

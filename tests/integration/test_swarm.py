@@ -117,43 +117,108 @@ def test_cluster_pulls_at_once_and_the_registry_serves_each_blob_once(
     assert "pollen_peer_wasted_bytes_total" in metrics
 
 
+def _fault_mid_transfer(
+    cluster: Cluster,
+    pushed: PushedImage,
+    tmp_path: Path,
+    fault_after: int,
+    fault: Callable[[Pollen, list[Pollen]], None],
+) -> tuple[Pollen, list[Pollen]]:
+    """Every node but the largest layer's owner pulls it; once the owner has fetched
+    `fault_after` bytes from the registry, `fault(owner, others)` strikes. Every pull must
+    complete with the right bytes. Returns the owner and the others."""
+    cluster.wait_converged()
+    digest = pushed.largest_layer
+    ids = {n.node_id: n for n in cluster.nodes}
+    owner = ids[owner_order(digest, [bytes.fromhex(i) for i in ids])[0].hex()]
+    others = [n for n in cluster.nodes if n is not owner]
+    clients = [
+        curl(f"{n.url}/v2/{REPO_NAME}/blobs/{digest}", tmp_path / f"blob{i}")
+        for i, n in enumerate(others)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while owner.status()["upstream"]["bytes"] < fault_after:
+            assert time.monotonic() < deadline, "the owner never started"
+            time.sleep(0.05)
+        fault(owner, others)
+        codes = [c.wait(timeout=120) for c in clients]
+    finally:
+        for c in clients:
+            c.kill()
+            c.wait()
+    assert codes == [0] * len(others)
+    for i in range(len(others)):
+        assert sha256_file(tmp_path / f"blob{i}") == digest
+    return owner, others
+
+
 def test_owner_killed_mid_transfer_every_other_pull_completes(
     pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
 ) -> None:
     proxy = ThrottledProxy(pushed.registry.port, 20 * MiB)
     try:
         cluster = cluster_factory(4, proxy.url, "--upstream-timeout", "10")
-        cluster.wait_converged()
-        digest = pushed.largest_layer
-        ids = {n.node_id: n for n in cluster.nodes}
-        owner = ids[owner_order(digest, [bytes.fromhex(i) for i in ids])[0].hex()]
-        others = [n for n in cluster.nodes if n is not owner]
-        clients = [
-            curl(f"{n.url}/v2/{REPO_NAME}/blobs/{digest}", tmp_path / f"blob{i}")
-            for i, n in enumerate(others)
-        ]
-        try:
-            deadline = time.monotonic() + 30
-            while owner.status()["upstream"]["bytes"] < 15 * MiB:
-                assert time.monotonic() < deadline, "the owner never started"
-                time.sleep(0.05)
-            owner.stop(signal.SIGKILL)
-            codes = [c.wait(timeout=120) for c in clients]
-        finally:
-            for c in clients:
-                c.kill()
-                c.wait()
-        assert codes == [0] * len(others)
-        for i in range(len(others)):
-            assert sha256_file(tmp_path / f"blob{i}") == digest
+        _owner, others = _fault_mid_transfer(
+            cluster, pushed, tmp_path, 15 * MiB, lambda owner, _: owner.stop(signal.SIGKILL)
+        )
         # The new owner took what the swarm held from peers: the survivors together fetched
         # less than the whole blob from the registry.
-        size = pushed.blobs[digest]
+        size = pushed.blobs[pushed.largest_layer]
         upstream = sum(n.status()["upstream"]["bytes"] for n in others)
         assert upstream <= size - 4 * MiB, (upstream, size)
         # And it asked the registry for what no survivor held while it took the rest from
         # its peers, not after.
         assert any("that no peer holds from the upstream" in n.log() for n in others)
+    finally:
+        proxy.close()
+
+
+def _status_of(observer: Pollen, node: Pollen) -> str | None:
+    """What `observer`'s gossip believes of `node` (alive, suspect, dead)."""
+    for member in observer.status()["swarm"]["members"]:
+        if member["node_id"] == node.node_id:
+            status: str = member["status"]
+            return status
+    return None
+
+
+def _deafen_until_buried(owner: Pollen, others: list[Pollen], size: int) -> None:
+    """Make the owner's gossip deaf (tests/integration/deaf_node.py) and wait until every
+    other node holds it dead, while it is still fetching."""
+    assert owner.proc is not None
+    owner.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while any(_status_of(n, owner) != "dead" for n in others):
+        assert time.monotonic() < deadline, "gossip never buried the deaf owner"
+        time.sleep(0.1)
+    # Buried mid-transfer, or this test tests nothing.
+    assert owner.status()["upstream"]["bytes"] < size - 8 * MiB
+
+
+def test_an_owner_gossip_buries_while_its_links_work_keeps_its_blob_and_the_registry_sends_it_once(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Gossip's word that the owner died is not enough to take its blob over while the
+    owner's link to us still works: on the 16-host testbed a CPU-starved owner was buried by
+    gossip while it fetched, and the next node in rendezvous order fetched the same layer
+    from the registry again. Here the owner's gossip goes deaf mid-transfer (it answers no
+    probe, refutes nothing) while its links carry pieces as before."""
+    proxy = ThrottledProxy(pushed.registry.port, 3 * MiB)  # the 72 MiB layer takes ~24 s
+    size = pushed.blobs[pushed.largest_layer]
+    try:
+        deaf = {i: "tests.integration.deaf_node" for i in range(4)}  # honest until SIGUSR1
+        cluster = cluster_factory(4, proxy.url, "--upstream-timeout", "10", modules=deaf)
+        _owner, others = _fault_mid_transfer(
+            cluster,
+            pushed,
+            tmp_path,
+            4 * MiB,
+            lambda owner, others: _deafen_until_buried(owner, others, size),
+        )
+        upstream = {n.node_id[:12]: n.status()["upstream"]["bytes"] for n in cluster.nodes}
+        assert sum(upstream.values()) == size, upstream
+        assert not any("that no peer holds from the upstream" in n.log() for n in others)
     finally:
         proxy.close()
 
