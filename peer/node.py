@@ -571,7 +571,10 @@ class Node:
         )
         self.membership = membership
         gossip = self.gossip = GossipDriver(
-            membership, (config.peer.host, config.peer.port), config.cluster_token
+            membership,
+            (config.peer.host, config.peer.port),
+            config.cluster_token,
+            links_heard=lambda: self.swarm.links_heard() if self.swarm is not None else (),
         )
         await nursery.start(gossip.run)
         listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)

@@ -146,7 +146,11 @@ class SimNode:
         if not self.alive or at != self._tick_at:
             return  # dead, or replaced by an earlier timer
         self._tick_at = None
-        self.membership.tick(self.world.queue.now)
+        membership, heard_at = self.membership, self.heard_at
+        for peer in self.links:  # as the node's gossip driver tells its membership
+            if (heard := heard_at.get(peer)) is not None:
+                membership.heard_on_link(peer, heard)
+        membership.tick(self.world.queue.now)
         self._flush()
         self._schedule_tick()
 

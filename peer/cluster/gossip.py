@@ -13,6 +13,7 @@ import hmac
 import logging
 import math
 import socket
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -123,10 +124,19 @@ def _mac(token: bytes | None, data: bytes) -> bytes:
 class GossipDriver:
     """Runs a Membership on a UDP socket with the real clock."""
 
-    def __init__(self, membership: Membership, bind: Address, token: bytes | None) -> None:
+    def __init__(
+        self,
+        membership: Membership,
+        bind: Address,
+        token: bytes | None,
+        links_heard: Callable[[], Iterable[tuple[bytes, float]]] = tuple,
+    ) -> None:
+        """`links_heard`: each linked peer and when it last sent us anything on its link
+        (the swarm's), told to the membership before every tick (`heard_on_link`)."""
         self.membership = membership
         self.bind = bind
         self.token = token
+        self.links_heard = links_heard
         self.dropped = 0
         self._socket: trio.socket.SocketType | None = None
         self._wake = trio.Event()
@@ -188,6 +198,8 @@ class GossipDriver:
     async def _timer_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
             now = trio.current_time()
+            for node_id, heard_at in self.links_heard():
+                self.membership.heard_on_link(node_id, heard_at)
             self.membership.tick(now)
             await self._flush(sock)
             self._log_changes()

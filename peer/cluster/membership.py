@@ -161,6 +161,9 @@ class Membership:
         # (a tick per probe period over thousands of members adds up in the simulator).
         self._suspects: set[bytes] = set()
         self.left = False  # this node said it leaves: it neither probes nor refutes any more
+        # When each member last sent us something on a peer link, as the driver tells us
+        # (`heard_on_link`): proof that it lives when datagrams are lost or late.
+        self._link_heard: dict[bytes, float] = {}
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -263,6 +266,21 @@ class Membership:
                     seed, Ping(self._next_seq(), self.node_id, self.address, self._piggyback())
                 )
 
+    def heard_on_link(self, node_id: bytes, at: float) -> None:
+        """`node_id` sent us something on a peer link (TCP) at `at`: proof that it lives.
+
+        A probe that gets no Ack in its period does not make the member suspect if it was
+        heard on a link since the probe went out, and we do not declare a suspect dead that
+        we heard since it became suspect (its suspicion waits, for its own refutation, as
+        long as it keeps talking). Datagrams are lost or late where links are full of
+        pieces or loops are starved: on the testbed's shaped links gossip buried live nodes
+        hundreds of times a minute, and with them the owners of blobs they were fetching.
+        memberlist answers the same with a TCP ping after a failed UDP probe; our links
+        are TCP already, and busiest exactly when datagrams are lost.
+        """
+        if at > self._link_heard.get(node_id, -math.inf):
+            self._link_heard[node_id] = at
+
     def leave(self) -> None:
         """This node is going away (shutting down): tell every member at once, so that none
         waits for a suspicion time-out, and stop probing and refuting.
@@ -298,16 +316,25 @@ class Membership:
                 probe.indirect_sent = True
                 self._send_ping_reqs(target, probe.seq)
             elif probe.indirect_sent and now >= probe.sent_at + self.config.probe_period:
-                # The whole period passed with no Ack, direct or indirect: suspect it.
-                self._apply(
-                    Update(target.node_id, target.address, target.incarnation, Status.SUSPECT), now
-                )
+                # The whole period passed with no Ack, direct or indirect: suspect it, unless
+                # it spoke on a link meanwhile (`heard_on_link`).
+                if self._link_heard.get(target.node_id, -math.inf) < probe.sent_at:
+                    self._apply(
+                        Update(target.node_id, target.address, target.incarnation, Status.SUSPECT),
+                        now,
+                    )
                 self._probe = None
+        timeout = self._suspicion_timeout()
         for member in [self.members[n] for n in self._suspects]:
-            if now >= member.since + self._suspicion_timeout():
-                self._apply(
-                    Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
-                )
+            if now < member.since + timeout:
+                continue
+            heard = self._link_heard.get(member.node_id, -math.inf)
+            if heard > member.since and now < heard + timeout:
+                member.since = heard  # it talks on a link: its suspicion waits from there
+                continue
+            self._apply(
+                Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
+            )
         if self._next_probe_at is None:
             self._next_probe_at = now + self.rng.uniform(0, self.config.probe_period)
         if now >= self._next_probe_at:
@@ -348,7 +375,13 @@ class Membership:
                 break
         seq = self._next_seq()
         self._probe = _Probe(target.node_id, seq, now)
-        self._send(target.address, Ping(seq, self.node_id, self.address, self._piggyback()))
+        updates = self._piggyback()
+        if target.status is Status.SUSPECT and all(u.node_id != target.node_id for u in updates):
+            # Lifeguard's buddy system: a suspect we probe hears of its suspicion from us at
+            # once, and refutes it, instead of when the gossip happens to reach it.
+            suspicion = Update(target.node_id, target.address, target.incarnation, Status.SUSPECT)
+            updates = (*updates, suspicion)
+        self._send(target.address, Ping(seq, self.node_id, self.address, updates))
 
     def _send_ping_reqs(self, target: Member, seq: int) -> None:
         helpers = [

@@ -337,6 +337,10 @@ class Swarm:
 
     # ---- routing -------------------------------------------------------------------------
 
+    def links_heard(self) -> list[tuple[bytes, float]]:
+        """Each linked peer and when it last sent us anything: for gossip, proof it lives."""
+        return [(peer, link.heard_at) for peer, link in self.links.items() if not link.closed]
+
     def owner_candidates(self, digest: str) -> list[bytes]:
         """Live, unbanned members in rendezvous order for `digest` (this node included).
 

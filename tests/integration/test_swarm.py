@@ -123,15 +123,16 @@ def _fault_mid_transfer(
     tmp_path: Path,
     fault_after: int,
     fault: Callable[[Pollen, list[Pollen]], None],
+    idle: int = 0,
 ) -> tuple[Pollen, list[Pollen]]:
-    """Every node but the largest layer's owner pulls it; once the owner has fetched
-    `fault_after` bytes from the registry, `fault(owner, others)` strikes. Every pull must
-    complete with the right bytes. Returns the owner and the others."""
+    """Every node but the largest layer's owner (and `idle` others) pulls it; once the owner
+    has fetched `fault_after` bytes from the registry, `fault(owner, pullers)` strikes. Every
+    pull must complete with the right bytes. Returns the owner and the pullers."""
     cluster.wait_converged()
     digest = pushed.largest_layer
     ids = {n.node_id: n for n in cluster.nodes}
     owner = ids[owner_order(digest, [bytes.fromhex(i) for i in ids])[0].hex()]
-    others = [n for n in cluster.nodes if n is not owner]
+    others = [n for n in cluster.nodes if n is not owner][idle:]
     clients = [
         curl(f"{n.url}/v2/{REPO_NAME}/blobs/{digest}", tmp_path / f"blob{i}")
         for i, n in enumerate(others)
@@ -203,18 +204,21 @@ def test_an_owner_gossip_buries_while_its_links_work_keeps_its_blob_and_the_regi
     owner's link to us still works: on the 16-host testbed a CPU-starved owner was buried by
     gossip while it fetched, and the next node in rendezvous order fetched the same layer
     from the registry again. Here the owner's gossip goes deaf mid-transfer (it answers no
-    probe, refutes nothing) while its links carry pieces as before."""
+    probe, refutes nothing) while its links carry pieces as before. The nodes that pull hear
+    it on their links and do not bury it themselves (`Membership.heard_on_link`); an idle
+    node with no link to it does, and its word reaches them."""
     proxy = ThrottledProxy(pushed.registry.port, 3 * MiB)  # the 72 MiB layer takes ~24 s
     size = pushed.blobs[pushed.largest_layer]
     try:
-        deaf = {i: "tests.integration.deaf_node" for i in range(4)}  # honest until SIGUSR1
-        cluster = cluster_factory(4, proxy.url, "--upstream-timeout", "10", modules=deaf)
+        deaf = {i: "tests.integration.deaf_node" for i in range(5)}  # honest until SIGUSR1
+        cluster = cluster_factory(5, proxy.url, "--upstream-timeout", "10", modules=deaf)
         _owner, others = _fault_mid_transfer(
             cluster,
             pushed,
             tmp_path,
             4 * MiB,
-            lambda owner, others: _deafen_until_buried(owner, others, size),
+            lambda owner, pullers: _deafen_until_buried(owner, pullers, size),
+            idle=1,
         )
         upstream = {n.node_id[:12]: n.status()["upstream"]["bytes"] for n in cluster.nodes}
         assert sum(upstream.values()) == size, upstream

@@ -100,3 +100,27 @@ async def test_gossip_survives_a_member_address_that_breaks_sendto(
         await nursery.start(driver.run)
         await trio.sleep(5)  # many probe periods: each probe goes to the bad address
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("heard_on_a_link", [False, True])
+async def test_the_driver_tells_the_membership_what_the_links_heard(
+    autojump_clock: trio.abc.Clock, heard_on_a_link: bool
+) -> None:
+    """A member whose datagrams never come (an address nobody answers on) but whose peer
+    link keeps talking is not suspected; without the link's word it is buried."""
+    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
+    node = Membership(os.urandom(16), ("127.0.0.1", free_udp_port()), config)
+    silent = os.urandom(16)
+    node.merge([Update(silent, ("127.0.0.1", free_udp_port()), 0, Status.ALIVE)], 0.0)
+
+    def links_heard() -> list[tuple[bytes, float]]:
+        return [(silent, trio.current_time())] if heard_on_a_link else []
+
+    driver = GossipDriver(node, node.address, b"tok", links_heard=links_heard)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await trio.sleep(20)  # many probe periods and suspicion time-outs
+        nursery.cancel_scope.cancel()
+    # It cannot refute: once suspected, it would have stayed suspect or died.
+    expected = Status.ALIVE if heard_on_a_link else Status.DEAD
+    assert node.members[silent].status is expected

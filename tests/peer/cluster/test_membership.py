@@ -6,7 +6,18 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from peer.cluster.membership import Address, Membership, Message, Ping, Status, SwimConfig
+import pytest
+
+from peer.cluster.membership import (
+    Ack,
+    Address,
+    Membership,
+    Message,
+    Ping,
+    Status,
+    SwimConfig,
+    Update,
+)
 
 CONFIG = SwimConfig()
 
@@ -33,6 +44,9 @@ class FakeNetwork:
         self._queue: list[_Delivery] = []
         self._order = 0
         self.sent: dict[tuple[Address, Address], int] = {}
+        # Every pair of running nodes holds a peer link that carries something each step
+        # (a rollout's pieces): each hears the others on it (`Membership.heard_on_link`).
+        self.linked = False
 
     def add(self, index: int, seeds: tuple[Address, ...]) -> Membership:
         address = (f"10.0.0.{index}", 7000)  # names only: nothing is sent on any network
@@ -56,9 +70,16 @@ class FakeNetwork:
                 target = self.nodes.get(d.destination)
                 if target is not None:
                     target.receive(d.message, d.source, d.at)
-            for address, node in self.nodes.items():
-                if address in self.stopped or address in self.paused:
-                    continue
+            running = {
+                address: node
+                for address, node in self.nodes.items()
+                if address not in self.stopped and address not in self.paused
+            }
+            for address, node in running.items():
+                if self.linked:
+                    for other in running.values():
+                        if other is not node:
+                            node.heard_on_link(other.node_id, self.now)
                 deadline = node.next_deadline()
                 if deadline is None or deadline <= self.now:
                     node.tick(self.now)
@@ -107,8 +128,11 @@ def test_twenty_nodes_converge_over_a_lossy_network() -> None:
     assert all(s is not Status.DEAD for n in net.nodes.values() for _, s in n.events)
 
 
-def test_a_killed_node_is_declared_dead_on_every_survivor_within_the_bound() -> None:
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_killed_node_is_declared_dead_on_every_survivor_within_the_bound(linked: bool) -> None:
+    """Also when the nodes hear each other on peer links: a killed node's links fall silent."""
     net = cluster(20, seed=2, loss=0.05)
+    net.linked = linked
     everyone = {n.node_id for n in net.nodes.values()}
     net.run_until(30)
     assert converged(net, everyone)
@@ -133,6 +157,80 @@ def test_a_killed_node_is_declared_dead_on_every_survivor_within_the_bound() -> 
     assert max(dead_at.values()) - killed_at <= bound
     # The survivors still agree on each other.
     assert converged(net, everyone - {victim_id})
+
+
+def _deaths_with_a_third_of_datagrams_lost(linked: bool) -> list[Status]:
+    """Sixteen converged nodes, then two minutes with a third of all datagrams lost: the
+    suspicions and deaths declared (every node is alive all along)."""
+    net = cluster(16, seed=5, loss=0.0)
+    everyone = {n.node_id for n in net.nodes.values()}
+    net.run_until(30)
+    assert converged(net, everyone)
+    for node in net.nodes.values():
+        node.events.clear()
+    net.loss, net.linked = 0.33, linked
+    net.run_until(150)
+    return [status for n in net.nodes.values() for _, status in n.events]
+
+
+def test_members_heard_on_peer_links_are_neither_suspected_nor_buried_when_datagrams_are_lost() -> (
+    None
+):
+    """On the testbed's shaped links, full of pieces, gossip's datagrams were lost and live
+    nodes were declared dead by the hundred: with only datagrams to go by, here too. A node
+    heard on a link since its probe went out is not suspected."""
+    blind = _deaths_with_a_third_of_datagrams_lost(linked=False)
+    assert blind.count(Status.DEAD) > 0  # the hole: live nodes buried
+    assert _deaths_with_a_third_of_datagrams_lost(linked=True) == []
+
+
+def test_a_suspect_heard_on_a_link_is_not_buried_by_us_while_it_talks() -> None:
+    """Another member's suspicion reaches us; the suspect keeps talking on our link to it:
+    we do not declare it dead (only its refutation clears the suspicion), until it falls
+    silent for a suspicion time-out."""
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1))
+    other, address = b"o" * 16, ("10.0.0.2", 7000)
+    me.merge([Update(other, address, 0, Status.ALIVE)], 0.0)
+    me.merge([Update(other, address, 0, Status.SUSPECT)], 1.0)
+    timeout = CONFIG.suspicion_timeout(2)
+    now = 1.0
+    while now < 1.0 + 3 * timeout:  # it talks for three time-outs
+        me.heard_on_link(other, now)
+        me.tick(now)
+        assert me.members[other].status is Status.SUSPECT, now
+        now += 0.25
+    silent_from = now - 0.25
+    while me.members[other].status is Status.SUSPECT and now < silent_from + 2 * timeout:
+        me.tick(now)
+        now += 0.25
+    assert me.members[other].status is Status.DEAD
+    assert silent_from + timeout <= now - 0.25 < silent_from + timeout + 0.5
+
+
+def test_a_ping_to_a_suspect_tells_it_of_its_suspicion() -> None:
+    """Lifeguard's buddy system: the suspect refutes at once, not when gossip reaches it."""
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1))
+    others = [(bytes([i]) * 16, (f"10.0.0.{i}", 7000)) for i in range(2, 14)]
+    me.merge([Update(node_id, address, 0, Status.ALIVE) for node_id, address in others], 0.0)
+    suspect, suspect_address = others[0]
+    me.merge([Update(suspect, suspect_address, 3, Status.SUSPECT)], 0.5)
+    for _ in range(10):  # more gossip than one ping carries: the suspicion might not fit
+        me._piggyback()
+    me.take_outgoing()
+    ids = dict((address, node_id) for node_id, address in others)
+    pinged = False
+    now = 1.0
+    while not pinged and now < 30:  # bounded: round robin reaches every member in 12 periods
+        me.heard_on_link(suspect, now)  # keeps its suspicion from ending before we probe it
+        me.tick(now)
+        for address, message in me.take_outgoing():
+            if address == suspect_address and isinstance(message, Ping):
+                pinged = True
+                assert Update(suspect, suspect_address, 3, Status.SUSPECT) in message.updates
+            elif isinstance(message, Ping):
+                me.receive(Ack(message.seq, ids[address]), address, now)
+        now += 0.1
+    assert pinged
 
 
 def test_a_paused_node_refutes_its_suspicion() -> None:
