@@ -571,10 +571,7 @@ class Node:
         )
         self.membership = membership
         gossip = self.gossip = GossipDriver(
-            membership,
-            (config.peer.host, config.peer.port),
-            config.cluster_token,
-            links_heard=lambda: self.swarm.links_heard() if self.swarm is not None else (),
+            membership, (config.peer.host, config.peer.port), config.cluster_token
         )
         await nursery.start(gossip.run)
         listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)
@@ -592,6 +589,7 @@ class Node:
         )
         self.swarm = swarm
         await nursery.start(swarm.run, listeners)
+        gossip.links = swarm
         if config.cluster_token is None:
             log.warning(
                 "no --cluster-token: this is an open cluster, any host that reaches %s can join",

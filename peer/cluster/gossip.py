@@ -13,8 +13,8 @@ import hmac
 import logging
 import math
 import socket
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import msgpack
 import trio
@@ -121,22 +121,28 @@ def _mac(token: bytes | None, data: bytes) -> bytes:
     return hmac.new(token or b"", data, hashlib.sha256).digest()[:MAC_SIZE]
 
 
+class PeerLinks(Protocol):
+    """The swarm's TCP links as gossip uses them (peer/swarm/swarm.py)."""
+
+    def links_heard(self) -> Iterable[tuple[bytes, float]]:
+        """Each linked peer and when it last sent us anything on its link."""
+        ...
+
+    def tell_links(self, update: Update) -> None:
+        """Send `update` (our own) to every linked peer."""
+        ...
+
+
 class GossipDriver:
     """Runs a Membership on a UDP socket with the real clock."""
 
-    def __init__(
-        self,
-        membership: Membership,
-        bind: Address,
-        token: bytes | None,
-        links_heard: Callable[[], Iterable[tuple[bytes, float]]] = tuple,
-    ) -> None:
-        """`links_heard`: each linked peer and when it last sent us anything on its link
-        (the swarm's), told to the membership before every tick (`heard_on_link`)."""
+    def __init__(self, membership: Membership, bind: Address, token: bytes | None) -> None:
         self.membership = membership
         self.bind = bind
         self.token = token
-        self.links_heard = links_heard
+        # The swarm's links, once it runs: what they heard goes to the membership before
+        # every tick (`heard_on_link`), our refutations go out on them (`take_refutation`).
+        self.links: PeerLinks | None = None
         self.dropped = 0
         self._socket: trio.socket.SocketType | None = None
         self._wake = trio.Event()
@@ -192,15 +198,18 @@ class GossipDriver:
                 log.debug("dropped a datagram from %s: %s", source, exc)
                 continue
             self.membership.receive(message, (source[0], source[1]), trio.current_time())
+            self._tell_refutation()
             await self._flush(sock)
             self._wake.set()
 
     async def _timer_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
             now = trio.current_time()
-            for node_id, heard_at in self.links_heard():
-                self.membership.heard_on_link(node_id, heard_at)
+            if self.links is not None:
+                for node_id, heard_at in self.links.links_heard():
+                    self.membership.heard_on_link(node_id, heard_at)
             self.membership.tick(now)
+            self._tell_refutation()  # also one that a push-pull sync on a link made
             await self._flush(sock)
             self._log_changes()
             deadline = self.membership.next_deadline()
@@ -208,6 +217,11 @@ class GossipDriver:
             with trio.move_on_after(wait if not math.isinf(wait) else 0.2):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    def _tell_refutation(self) -> None:
+        refutation = self.membership.take_refutation()
+        if refutation is not None and self.links is not None:
+            self.links.tell_links(refutation)
 
     async def _flush(self, sock: trio.socket.SocketType) -> None:
         for address, message in self.membership.take_outgoing():

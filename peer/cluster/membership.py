@@ -164,6 +164,7 @@ class Membership:
         # When each member last sent us something on a peer link, as the driver tells us
         # (`heard_on_link`): proof that it lives when datagrams are lost or late.
         self._link_heard: dict[bytes, float] = {}
+        self._refutation: Update | None = None  # our latest, until `take_refutation`
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -280,6 +281,14 @@ class Membership:
         """
         if at > self._link_heard.get(node_id, -math.inf):
             self._link_heard[node_id] = at
+
+    def take_refutation(self) -> Update | None:
+        """Our own update that refutes a suspicion (or death), once after each refutation:
+        the driver also sends it over the peer links, which lose nothing. A refutation that
+        gossip alone carries is lost with the datagrams of a link full of pieces, and the
+        suspicion, which only we can lift, ends in our burial everywhere."""
+        refutation, self._refutation = self._refutation, None
+        return refutation
 
     def leave(self) -> None:
         """This node is going away (shutting down): tell every member at once, so that none
@@ -416,11 +425,11 @@ class Membership:
             if update.status is not Status.ALIVE and update.incarnation >= self.incarnation:
                 # Someone suspects (or buried) us: refute with a higher incarnation.
                 self.incarnation = update.incarnation + 1
-                self._gossip_update(
-                    Update(
-                        self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity
-                    )
+                refutation = Update(
+                    self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity
                 )
+                self._gossip_update(refutation)
+                self._refutation = refutation
             return
         member = self.members.get(update.node_id)
         if member is not None and update.capacity and update.incarnation >= member.incarnation:

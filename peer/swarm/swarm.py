@@ -36,7 +36,8 @@ import trio
 from peer.access.auth_gate import DEFAULT_TTL
 from peer.access.policy import AccessPolicy
 from peer.cluster import sync
-from peer.cluster.membership import Membership, Status
+from peer.cluster.gossip import update_out
+from peer.cluster.membership import Membership, Status, Update
 from peer.cluster.rendezvous import owner_order
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
@@ -340,6 +341,13 @@ class Swarm:
     def links_heard(self) -> list[tuple[bytes, float]]:
         """Each linked peer and when it last sent us anything: for gossip, proof it lives."""
         return [(peer, link.heard_at) for peer, link in self.links.items() if not link.closed]
+
+    def tell_links(self, update: Update) -> None:
+        """Send our own membership update (a refutation) to every linked peer, where gossip's
+        datagrams may be lost; as an answer (`reply`), so that none answers it."""
+        event = Members([update_out(update)], reply=True)
+        for link in list(self.links.values()):
+            link.post(event)
 
     def owner_candidates(self, digest: str) -> list[bytes]:
         """Live, unbanned members in rendezvous order for `digest` (this node included).

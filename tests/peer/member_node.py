@@ -5,6 +5,8 @@ to what other nodes send it."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.swarm.link import LinkClosed, PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from wire.events import Bitfield, Event, Have, Piece, Reject, Request
+from wire.events import Bitfield, Event, Have, Members, Piece, Reject, Request
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
@@ -46,12 +48,23 @@ async def start_node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegist
     return Setup(registry, node, client, peer_port)
 
 
+@asynccontextmanager
+async def node_and_registry(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    """A node with a fake registry behind it (both running in `nursery`) and its client."""
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    made = await start_node(tmp_path, nursery, registry)
+    async with made.client:
+        yield made
+
+
 @dataclass(eq=False)
 class Member:
     """A node with the token asking the node for pieces directly."""
 
     link: PeerLink
     offers: list[Have | Bitfield] = field(default_factory=list)  # the node's, in order
+    members: list[Members] = field(default_factory=list)  # the node's membership pushes
 
     def __post_init__(self) -> None:
         self.answers: trio.MemorySendChannel[Event]
@@ -62,6 +75,8 @@ class Member:
             await self.answers.send(event)
         elif isinstance(event, Have | Bitfield):
             self.offers.append(event)
+        elif isinstance(event, Members):
+            self.members.append(event)
 
     async def run(self) -> None:
         async with self.answers:  # closed with the link: ask() then says so

@@ -16,16 +16,13 @@ from peer.front.http_server import HttpConnection
 from peer.front.http_server import Request as HttpRequest
 from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from tests.peer.member_node import Setup, link_member, start_node
+from tests.peer.member_node import Setup, link_member, node_and_registry, start_node
 from wire.events import Access, Event, FileRange, Piece, Reject
 
 
 @pytest.fixture
 async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
-    registry = FakeRegistry()
-    await nursery.start(registry.serve)
-    made = await start_node(tmp_path, nursery, registry)
-    async with made.client:
+    async with node_and_registry(tmp_path, nursery) as made:
         yield made
 
 

@@ -102,6 +102,21 @@ async def test_gossip_survives_a_member_address_that_breaks_sendto(
         nursery.cancel_scope.cancel()
 
 
+class FakeLinks:
+    """The swarm's links as gossip sees them: one peer heard now (or never), and what gossip
+    told the links."""
+
+    def __init__(self, heard: bytes | None) -> None:
+        self.heard = heard
+        self.told: list[Update] = []
+
+    def links_heard(self) -> list[tuple[bytes, float]]:
+        return [(self.heard, trio.current_time())] if self.heard is not None else []
+
+    def tell_links(self, update: Update) -> None:
+        self.told.append(update)
+
+
 @pytest.mark.parametrize("heard_on_a_link", [False, True])
 async def test_the_driver_tells_the_membership_what_the_links_heard(
     autojump_clock: trio.abc.Clock, heard_on_a_link: bool
@@ -112,11 +127,8 @@ async def test_the_driver_tells_the_membership_what_the_links_heard(
     node = Membership(os.urandom(16), ("127.0.0.1", free_udp_port()), config)
     silent = os.urandom(16)
     node.merge([Update(silent, ("127.0.0.1", free_udp_port()), 0, Status.ALIVE)], 0.0)
-
-    def links_heard() -> list[tuple[bytes, float]]:
-        return [(silent, trio.current_time())] if heard_on_a_link else []
-
-    driver = GossipDriver(node, node.address, b"tok", links_heard=links_heard)
+    driver = GossipDriver(node, node.address, b"tok")
+    driver.links = FakeLinks(silent if heard_on_a_link else None)
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
         await trio.sleep(20)  # many probe periods and suspicion time-outs
@@ -124,3 +136,30 @@ async def test_the_driver_tells_the_membership_what_the_links_heard(
     # It cannot refute: once suspected, it would have stayed suspect or died.
     expected = Status.ALIVE if heard_on_a_link else Status.DEAD
     assert node.members[silent].status is expected
+
+
+async def test_a_node_told_it_is_suspect_refutes_on_its_links_too(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A refutation that only gossip carries is lost with the datagrams of a link full of
+    pieces, and the suspicion ends in our burial: it goes out on the peer links at once."""
+    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
+    node = Membership(os.urandom(16), ("127.0.0.1", free_udp_port()), config)
+    links = FakeLinks(None)
+    driver = GossipDriver(node, node.address, b"tok")
+    driver.links = links
+    accuser = os.urandom(16)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        accuser_address = ("127.0.0.1", sock.getsockname()[1])
+        suspicion = Update(node.node_id, node.address, 0, Status.SUSPECT)
+        ping = Ping(1, accuser, accuser_address, (suspicion,))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            sock.sendto(encode(ping, b"tok"), node.address)
+            with trio.fail_after(5):
+                while not links.told:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert links.told == [Update(node.node_id, node.address, 1, Status.ALIVE)]
+    assert node.incarnation == 1
