@@ -132,6 +132,10 @@ class PeerLinks(Protocol):
         """Send `update` (our own) to every linked peer."""
         ...
 
+    def tell_member(self, update: Update) -> None:
+        """Send `update` to the member it is about, if we hold a link to it."""
+        ...
+
 
 class GossipDriver:
     """Runs a Membership on a UDP socket with the real clock."""
@@ -198,7 +202,7 @@ class GossipDriver:
                 log.debug("dropped a datagram from %s: %s", source, exc)
                 continue
             self.membership.receive(message, (source[0], source[1]), trio.current_time())
-            self._tell_refutation()
+            self._tell_links()
             await self._flush(sock)
             self._wake.set()
 
@@ -209,7 +213,7 @@ class GossipDriver:
                 for node_id, heard_at in self.links.links_heard():
                     self.membership.heard_on_link(node_id, heard_at)
             self.membership.tick(now)
-            self._tell_refutation()  # also one that a push-pull sync on a link made
+            self._tell_links()  # also what a push-pull sync on a link brought
             await self._flush(sock)
             self._log_changes()
             deadline = self.membership.next_deadline()
@@ -218,10 +222,16 @@ class GossipDriver:
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    def _tell_refutation(self) -> None:
+    def _tell_links(self) -> None:
+        """Our refutation to every linked peer, and each new suspicion to its suspect."""
         refutation = self.membership.take_refutation()
-        if refutation is not None and self.links is not None:
+        suspicions = self.membership.take_suspicions()
+        if self.links is None:
+            return
+        if refutation is not None:
             self.links.tell_links(refutation)
+        for suspicion in suspicions:
+            self.links.tell_member(suspicion)
 
     async def _flush(self, sock: trio.socket.SocketType) -> None:
         for address, message in self.membership.take_outgoing():

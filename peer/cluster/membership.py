@@ -165,6 +165,7 @@ class Membership:
         # (`heard_on_link`): proof that it lives when datagrams are lost or late.
         self._link_heard: dict[bytes, float] = {}
         self._refutation: Update | None = None  # our latest, until `take_refutation`
+        self._suspicions: dict[bytes, Update] = {}  # new ones, until `take_suspicions`
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -289,6 +290,15 @@ class Membership:
         suspicion, which only we can lift, ends in our burial everywhere."""
         refutation, self._refutation = self._refutation, None
         return refutation
+
+    def take_suspicions(self) -> list[Update]:
+        """The suspicions we came to hold since the last call (ours or gossiped to us): the
+        driver tells each suspect on its peer link, if it has one, so it refutes at once. A
+        suspect learns of its suspicion from gossip's datagrams alone otherwise, and those
+        are lost where its links are full of pieces (Lifeguard's buddy system, over TCP)."""
+        suspicions = list(self._suspicions.values())
+        self._suspicions.clear()
+        return suspicions
 
     def leave(self) -> None:
         """This node is going away (shutting down): tell every member at once, so that none
@@ -458,8 +468,10 @@ class Membership:
             member.status = update.status
         if member.status is Status.SUSPECT:
             self._suspects.add(member.node_id)
+            self._suspicions[member.node_id] = update
         else:
             self._suspects.discard(member.node_id)
+            self._suspicions.pop(member.node_id, None)
         if changed:
             self.events.append((update.node_id, update.status))
         self._gossip_update(update)

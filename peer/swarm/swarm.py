@@ -349,6 +349,12 @@ class Swarm:
         for link in list(self.links.values()):
             link.post(event)
 
+    def tell_member(self, update: Update) -> None:
+        """Send a membership update (a suspicion) to the member it is about, if linked."""
+        link = self.links.get(update.node_id)
+        if link is not None:
+            link.post(Members([update_out(update)], reply=True))
+
     def owner_candidates(self, digest: str) -> list[bytes]:
         """Live, unbanned members in rendezvous order for `digest` (this node included).
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -108,13 +109,17 @@ class FakeLinks:
 
     def __init__(self, heard: bytes | None) -> None:
         self.heard = heard
-        self.told: list[Update] = []
+        self.told: list[Update] = []  # to every link
+        self.told_member: list[Update] = []  # to the member it is about
 
     def links_heard(self) -> list[tuple[bytes, float]]:
         return [(self.heard, trio.current_time())] if self.heard is not None else []
 
     def tell_links(self, update: Update) -> None:
         self.told.append(update)
+
+    def tell_member(self, update: Update) -> None:
+        self.told_member.append(update)
 
 
 @pytest.mark.parametrize("heard_on_a_link", [False, True])
@@ -138,28 +143,50 @@ async def test_the_driver_tells_the_membership_what_the_links_heard(
     assert node.members[silent].status is expected
 
 
+async def _gossip_to(driver: GossipDriver, update: Update, done: Callable[[], bool]) -> None:
+    """Run `driver`, send it one Ping that carries `update` (from a socket of our own) and
+    wait until `done()`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        ping = Ping(1, os.urandom(16), ("127.0.0.1", sock.getsockname()[1]), (update,))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            sock.sendto(encode(ping, b"tok"), driver.membership.address)
+            with trio.fail_after(5):
+                while not done():
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+def _driver_with_links() -> tuple[GossipDriver, FakeLinks]:
+    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
+    node = Membership(os.urandom(16), ("127.0.0.1", free_udp_port()), config)
+    driver = GossipDriver(node, node.address, b"tok")
+    links = driver.links = FakeLinks(None)
+    return driver, links
+
+
 async def test_a_node_told_it_is_suspect_refutes_on_its_links_too(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """A refutation that only gossip carries is lost with the datagrams of a link full of
     pieces, and the suspicion ends in our burial: it goes out on the peer links at once."""
-    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
-    node = Membership(os.urandom(16), ("127.0.0.1", free_udp_port()), config)
-    links = FakeLinks(None)
-    driver = GossipDriver(node, node.address, b"tok")
-    driver.links = links
-    accuser = os.urandom(16)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        accuser_address = ("127.0.0.1", sock.getsockname()[1])
-        suspicion = Update(node.node_id, node.address, 0, Status.SUSPECT)
-        ping = Ping(1, accuser, accuser_address, (suspicion,))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(driver.run)
-            sock.sendto(encode(ping, b"tok"), node.address)
-            with trio.fail_after(5):
-                while not links.told:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+    driver, links = _driver_with_links()
+    node = driver.membership
+    suspicion = Update(node.node_id, node.address, 0, Status.SUSPECT)
+    await _gossip_to(driver, suspicion, lambda: bool(links.told))
     assert links.told == [Update(node.node_id, node.address, 1, Status.ALIVE)]
     assert node.incarnation == 1
+
+
+async def test_a_suspicion_gossip_brings_is_told_to_the_suspect_on_its_link(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The suspect learns of it by TCP, where its datagrams may be lost, and refutes."""
+    driver, links = _driver_with_links()
+    suspect, suspect_address = os.urandom(16), ("127.0.0.1", free_udp_port())
+    driver.membership.merge([Update(suspect, suspect_address, 4, Status.ALIVE)], 0.0)
+    suspicion = Update(suspect, suspect_address, 4, Status.SUSPECT)
+    await _gossip_to(driver, suspicion, lambda: bool(links.told_member))
+    assert links.told_member == [suspicion]
+    assert links.told == []  # nothing of ours to refute

@@ -1,4 +1,5 @@
-"""A real node suspected by gossip refutes on its peer links too (TCP loses nothing)."""
+"""A real node tells its peer links of its refutations, and a linked member of its suspicion
+(TCP loses nothing where gossip's datagrams are lost)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import trio
 
 from peer.cluster.gossip import update_in
-from peer.cluster.membership import Status, Update
-from tests.peer.member_node import Setup, link_member, node_and_registry
+from peer.cluster.membership import Membership, Status, Update
+from tests.peer.member_node import Member, Setup, link_member, node_and_registry
 
 
 @pytest.fixture
@@ -19,20 +20,42 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
         yield made
 
 
-async def test_a_suspected_node_sends_its_refutation_to_every_linked_peer(
-    setup: Setup, nursery: trio.Nursery
-) -> None:
-    member = await link_member(setup, nursery)
-    node = setup.node
-    assert node.membership is not None
-    address = node.membership.address
-    suspicion = Update(node.node_id, address, node.membership.incarnation, Status.SUSPECT)
-    node.membership.merge([suspicion], trio.current_time())  # as a sync on a link would
+async def _pushed(member: Member) -> list[Update]:
+    """The updates of the first Members message the node pushes on the member's link, which
+    must be an answer (reply: the member does not answer it with its whole view)."""
     with trio.fail_after(5):
         while not member.members:
             await trio.sleep(0.02)
-    pushed = member.members[0]
-    assert pushed.reply  # an answer: the peer does not answer it with its whole view
-    assert [update_in(raw) for raw in pushed.members] == [
-        Update(node.node_id, address, suspicion.incarnation + 1, Status.ALIVE)
-    ]
+    assert member.members[0].reply
+    return [update_in(raw) for raw in member.members[0].members]
+
+
+async def _linked(setup: Setup, nursery: trio.Nursery) -> tuple[Member, Membership]:
+    """A member linked to the node, and the node's membership."""
+    member = await link_member(setup, nursery)
+    assert setup.node.membership is not None
+    return member, setup.node.membership
+
+
+async def test_a_suspected_node_sends_its_refutation_to_every_linked_peer(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    member, membership = await _linked(setup, nursery)
+    node_id, address = membership.node_id, membership.address
+    suspicion = Update(node_id, address, membership.incarnation, Status.SUSPECT)
+    membership.merge([suspicion], trio.current_time())  # as a sync on a link would
+    refutation = Update(node_id, address, suspicion.incarnation + 1, Status.ALIVE)
+    assert await _pushed(member) == [refutation]
+
+
+async def test_a_node_tells_a_linked_member_it_is_suspected(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """Lifeguard's buddy system over TCP: the suspect hears of it on its link and refutes."""
+    member, membership = await _linked(setup, nursery)
+    member_id = member.link.protocol.node_id
+    address = ("127.0.0.1", 9)  # never reached: the word goes on the link
+    membership.merge([Update(member_id, address, 2, Status.ALIVE)], trio.current_time())
+    suspicion = Update(member_id, address, 2, Status.SUSPECT)
+    membership.merge([suspicion], trio.current_time())  # as gossip would bring it
+    assert await _pushed(member) == [suspicion]

@@ -48,7 +48,8 @@ class PickerMachine(RuleBasedStateMachine):
         self.elsewhere: set[int] = set()  # the driver fetches these itself (the upstream)
 
     def _schedule(self) -> None:
-        wanted = self.picker.missing - {i for _, i in self.arrived}
+        # As the picker's own: what the driver fetches elsewhere is not wanted from peers.
+        wanted = self.picker.missing - {i for _, i in self.arrived} - self.elsewhere
         endgame = all(i in self.picker.inflight for i in wanted)
         sends = self.picker.schedule(self.now)
         new: dict[bytes, int] = {}
