@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.simulate.fetch import BlobState, SwarmFetch, UpstreamFetch
 from bench.simulate.uploads import Uploader
-from peer.cluster.membership import Address, Member, Membership, Message, Status
+from peer.cluster.membership import Address, Member, Membership, Message, Status, Update
 from peer.fetch.prefetch import DEFAULT_CONCURRENCY as PREFETCH_WORKERS
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
@@ -59,6 +59,14 @@ class MembersSync:
 
     summary: tuple[int, int]
     reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberWord:
+    """A `Members` event with one update, as the node's gossip driver sends it on a link: its
+    own refutation to every linked peer, a suspicion to the suspect (peer/cluster/gossip.py)."""
+
+    update: Update
 
 
 class SimNode:
@@ -155,10 +163,18 @@ class SimNode:
         self._schedule_tick()
 
     def _flush(self) -> bool:
-        """Send what membership queued; True when it saw a member change."""
+        """Send what membership queued (datagrams, and on links our refutation and each new
+        suspicion, as the node's driver does); True when it saw a member change."""
         world = self.world
-        for address, message in self.membership.take_outgoing():
+        membership = self.membership
+        for address, message in membership.take_outgoing():
             world.datagram(self, address, message)
+        refutation = membership.take_refutation()
+        if refutation is not None:
+            for peer in self.links:
+                self.send(peer, MemberWord(refutation))
+        for suspicion in membership.take_suspicions():
+            self.send(suspicion.node_id, MemberWord(suspicion))  # dropped if not linked
         events = self.membership.events
         if not events:
             return False
@@ -233,6 +249,11 @@ class SimNode:
     def _push_members(self, peer: bytes) -> None:
         self.send(peer, MembersSync(self.view_summary(), reply=False))
 
+    def _on_member_word(self, _source: bytes, event: MemberWord) -> None:
+        self.membership.merge([event.update], self.world.queue.now)
+        if self._flush():
+            self._schedule_tick()
+
     def _on_members(self, source: bytes, event: MembersSync) -> None:
         world = self.world
         if event.summary == self.view_summary():
@@ -304,7 +325,7 @@ class SimNode:
                 if state.fetch is not None:
                     state.fetch.on_link_lost(peer)
 
-    def send(self, peer: bytes, event: Event | MembersSync) -> None:
+    def send(self, peer: bytes, event: Event | MembersSync | MemberWord) -> None:
         self.world.send(self, peer, event)
 
     def send_many(self, sends: list[Send]) -> None:
@@ -571,4 +592,5 @@ _HANDLERS: dict[type, Callable[[SimNode, bytes, Any], None]] = {
     Choke: SimNode._on_choke,
     Unchoke: SimNode._on_choke,
     MembersSync: SimNode._on_members,
+    MemberWord: SimNode._on_member_word,
 }

@@ -19,7 +19,7 @@ from bench.simulate.clients import SKOPEO_PARALLEL, Client
 from bench.simulate.events import EventQueue
 from bench.simulate.image import Blob, image_blobs, plain_layer_sizes
 from bench.simulate.network import Flow, Network
-from bench.simulate.node import MembersSync, SimNode
+from bench.simulate.node import MembersSync, MemberWord, SimNode
 from peer.cluster.membership import Address, Message
 from peer.cluster.rendezvous import owner_order
 from peer.swarm.actions import Send
@@ -262,14 +262,14 @@ class Simulation:
 
     # ---- delivery ----------------------------------------------------------------------------
 
-    def send(self, src: SimNode, peer: bytes, event: Event | MembersSync) -> None:
+    def send(self, src: SimNode, peer: bytes, event: Event | MembersSync | MemberWord) -> None:
         """A control message over the link: the latency, no bandwidth."""
         if peer not in src.links:
             return
         self.stats.messages += 1
         self.queue.post(self.queue.now + self.latency, self._deliver, (src, peer, event))
 
-    def _deliver(self, arg: tuple[SimNode, bytes, Event | MembersSync]) -> None:
+    def _deliver(self, arg: tuple[SimNode, bytes, Event | MembersSync | MemberWord]) -> None:
         src, peer, event = arg
         dst = self.by_id[peer]
         if dst.alive and src.node_id in dst.links:

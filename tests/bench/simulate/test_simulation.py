@@ -15,9 +15,11 @@ from click.testing import CliRunner
 
 from bench.simulate.cli import simulate
 from bench.simulate.image import plain_layer_sizes
+from bench.simulate.node import _HANDLERS as node_handlers
+from bench.simulate.node import MemberWord, SimNode
 from bench.simulate.report import document, summarize
 from bench.simulate.world import MBIT, Join, Kill, Result, SimConfig, Simulation
-from peer.cluster.membership import Status
+from peer.cluster.membership import Status, Update
 from peer.fetch.upstream_fetch import WHOLE_PARTS, whole_parts
 from pieces.layout import PieceLayout, piece_size_for
 
@@ -179,3 +181,39 @@ def test_queued_requests_of_a_choked_peer_are_refused_and_everyone_still_finishe
     result = run(nodes=30, layer_sizes=SMALL)
     check_complete(result)
     assert result.stats.chokes > 0 and result.stats.rejects_choked > 0
+
+
+def test_a_suspect_hears_of_it_on_its_link_and_its_refutation_comes_back_on_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the node's gossip driver does (peer/cluster/gossip.py): a new suspicion goes to the
+    suspect on its link, its refutation to every linked peer."""
+    words: list[tuple[bytes, Update]] = []  # (receiver, update) of every MemberWord
+    honest = SimNode._on_member_word
+
+    def spy(node: SimNode, source: bytes, event: MemberWord) -> None:
+        words.append((node.node_id, event.update))
+        honest(node, source, event)
+
+    monkeypatch.setitem(node_handlers, MemberWord, spy)
+    sim = Simulation(SimConfig(nodes=4, layer_sizes=SMALL))
+    pair: list[SimNode] = []
+
+    def suspect_a_linked_peer(_arg: object) -> None:
+        accuser = sim.nodes[0]
+        suspect = sim.by_id[next(iter(accuser.links))]
+        pair.extend((accuser, suspect))
+        member = accuser.membership.members[suspect.node_id]
+        update = Update(suspect.node_id, member.address, member.incarnation, Status.SUSPECT)
+        accuser.membership.merge([update], sim.queue.now)  # as a lost Ack would make it
+        accuser._flush()  # as the driver does after what changed its membership
+
+    sim.queue.at(2.0, suspect_a_linked_peer)
+    check_complete(sim.run())
+    accuser, suspect = pair
+    told = [u for receiver, u in words if receiver == suspect.node_id]
+    assert [u.status for u in told] == [Status.SUSPECT]
+    refutations = [u for receiver, u in words if receiver == accuser.node_id]
+    assert refutations and all(u.node_id == suspect.node_id for u in refutations)
+    assert refutations[0].status is Status.ALIVE and refutations[0].incarnation == 1
+    assert accuser.membership.members[suspect.node_id].status is Status.ALIVE
