@@ -316,6 +316,7 @@ class SimNode:
     def link_lost(self, peer: bytes) -> None:
         """The link to `peer` broke (it died): every fetch and the uploads forget it."""
         if self.links.pop(peer, 0) is None:
+            self.heard_at.pop(peer, None)  # a new link starts afresh, as a PeerLink does
             self.uploader.link_lost(peer)
             self.choker.lost(peer)
             for state in list(self.blobs.values()):

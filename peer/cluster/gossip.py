@@ -25,10 +25,14 @@ from wire.names import is_valid_host, is_valid_port
 log = logging.getLogger("pollen.gossip")
 
 MAC_SIZE = 16
+# Incarnations a member may claim: a node raises its own once per refutation, and 2**62 is
+# never reached; msgpack's largest integer (2**64 - 1) plus one cannot be encoded.
+MAX_INCARNATION = 2**62
 MAX_DATAGRAM = 60_000
 # --join names are resolved again this often (seconds) while the node has no member, and then
 # at this period: the nodes behind a name (a headless Service) come and go.
 RESOLVE_WHILE_JOINING = 2.0
+LINK_REFUTATION_EVERY = 0.5  # our refutations go out on the peer links at most this often
 RESOLVE_PERIOD = 30.0
 _PING, _ACK, _PING_REQ = 1, 2, 3
 _STATUSES = frozenset(int(s) for s in Status)
@@ -52,8 +56,11 @@ def update_in(raw: Any) -> Update:
         raise BadDatagram("bad capacity")
     if not (isinstance(node_id, bytes) and len(node_id) == 16 and is_valid_host(host)):
         raise BadDatagram("bad update")
-    if not (is_valid_port(port) and isinstance(incarnation, int)):
+    if not (is_valid_port(port) and type(incarnation) is int):
         raise BadDatagram("bad update")
+    if not 0 <= incarnation < MAX_INCARNATION:
+        # Past it our refutation (one more) might not encode, and the gossip task would end.
+        raise BadDatagram("bad incarnation")
     if status not in _STATUSES:
         raise BadDatagram("bad status")
     return Update(node_id, (host, port), incarnation, Status(status), capacity)
@@ -147,6 +154,8 @@ class GossipDriver:
         # The swarm's links, once it runs: what they heard goes to the membership before
         # every tick (`heard_on_link`), our refutations go out on them (`take_refutation`).
         self.links: PeerLinks | None = None
+        self._refutation: Update | None = None  # not yet sent on the links
+        self._refuted_at = -math.inf  # when one last was
         self.dropped = 0
         self._socket: trio.socket.SocketType | None = None
         self._wake = trio.Event()
@@ -223,13 +232,19 @@ class GossipDriver:
             self._wake = trio.Event()
 
     def _tell_links(self) -> None:
-        """Our refutation to every linked peer, and each new suspicion to its suspect."""
+        """Our refutation to every linked peer (the latest, at most every LINK_REFUTATION_EVERY
+        seconds: a member that suspects us in datagram after datagram makes us refute each
+        time), and each new suspicion to its suspect."""
         refutation = self.membership.take_refutation()
         suspicions = self.membership.take_suspicions()
         if self.links is None:
             return
         if refutation is not None:
-            self.links.tell_links(refutation)
+            self._refutation = refutation
+        now = trio.current_time()
+        if self._refutation is not None and now >= self._refuted_at + LINK_REFUTATION_EVERY:
+            self.links.tell_links(self._refutation)
+            self._refutation, self._refuted_at = None, now
         for suspicion in suspicions:
             self.links.tell_member(suspicion)
 

@@ -280,6 +280,9 @@ class Membership:
         memberlist answers the same with a TCP ping after a failed UDP probe; our links
         are TCP already, and busiest exactly when datagrams are lost.
         """
+        member = self.members.get(node_id)
+        if member is None or member.status is Status.DEAD:
+            return  # only members' words count (a link may claim any id); the dead stay dead
         if at > self._link_heard.get(node_id, -math.inf):
             self._link_heard[node_id] = at
 
@@ -350,6 +353,10 @@ class Membership:
             heard = self._link_heard.get(member.node_id, -math.inf)
             if heard > member.since and now < heard + timeout:
                 member.since = heard  # it talks on a link: its suspicion waits from there
+                # and it is told again (the first word may not have reached it)
+                self._suspicions[member.node_id] = Update(
+                    member.node_id, member.address, member.incarnation, Status.SUSPECT
+                )
                 continue
             self._apply(
                 Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
@@ -472,6 +479,8 @@ class Membership:
         else:
             self._suspects.discard(member.node_id)
             self._suspicions.pop(member.node_id, None)
+        if member.status is Status.DEAD:
+            self._link_heard.pop(member.node_id, None)
         if changed:
             self.events.append((update.node_id, update.status))
         self._gossip_update(update)

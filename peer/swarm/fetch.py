@@ -316,12 +316,12 @@ class SwarmFetch:
                     self._want_again(owner_link)
             if now >= next_peers_request:
                 owner_link = swarm.links.get(self.owner)
-                linked = owner_link is not None and not owner_link.closed
+                heard_at = swarm.heard_at(self.owner)
                 if leaves_owner(
                     owner=self.owner,
                     first=swarm.owner_candidates(self.digest)[0],
-                    linked=linked,
-                    heard_at=owner_link.heard_at if owner_link is not None else now,
+                    linked=owner_link is not None and not owner_link.closed,
+                    heard_at=heard_at if heard_at is not None else now,
                     now=now,
                 ):
                     # Gone, or buried by gossip and silent: follow the next owner.

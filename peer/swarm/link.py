@@ -100,8 +100,9 @@ class PeerLink:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
-        # When the peer last sent us an event: a fetch stays with an owner that gossip buried
-        # while it still talks on its link (peer/swarm/owner_change.py).
+        # When the peer last sent us any bytes (a piece's payload too, which may take longer
+        # to arrive than any time-out): a fetch stays with an owner that gossip buried while
+        # it talks on its link (peer/swarm/owner_change.py), gossip takes it for alive.
         self.heard_at = trio.current_time()
         # Requests the peer cancelled that we have not answered yet: when their turn to be
         # sent comes, they go out as a Reject instead of megabytes nobody wants any more.
@@ -243,7 +244,6 @@ class PeerLink:
         try:
             while True:
                 event = await self._next_event()
-                self.heard_at = trio.current_time()
                 await on_event(self, event)
         except RemoteProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", self.peer_id.hex()[:12], exc)
@@ -388,6 +388,7 @@ class PeerLink:
                     payload.release()
                 self.bytes_in += count
                 if count:
+                    self.heard_at = trio.current_time()
                     self.protocol.payload_received(count)
                 else:
                     self.protocol.receive_data(b"")
@@ -400,6 +401,8 @@ class PeerLink:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise LinkClosed(f"receive failed: {exc}") from exc
             self.bytes_in += len(data)
+            if data:
+                self.heard_at = trio.current_time()
             self.protocol.receive_data(data)
 
     async def _receive_into(self, payload: memoryview) -> int:

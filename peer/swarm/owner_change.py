@@ -10,7 +10,9 @@ registry sent three of four layers 1.6-2.3 times. A node that joins and ranks fi
 reason to leave a working owner either. So a fetch leaves its owner when the link to it is
 gone (the owner died: the kernel resets its connections; or it was banned) or when the owner
 is no longer first and has been silent on its open link for OWNER_SILENT seconds (its host
-vanished without a reset: gossip noticed first).
+vanished without a reset, or its process is frozen: gossip noticed first). An owner that
+leaves in an orderly way (`pollen` stopping) is dead to gossip at once but keeps its fetches
+until its links close: it serves them through its shutdown grace, and that is what they want.
 """
 
 from __future__ import annotations

@@ -131,6 +131,7 @@ class Swarm:
         self.rng = rng if rng is not None else random.Random()
         self.access_refresh = ACCESS_REFRESH
         self.links: dict[bytes, PeerLink] = {}
+        self._open_links: dict[bytes, set[PeerLink]] = {}  # every running link, per peer
         self.digests: dict[str, DigestState] = {}
         self.bans = BanList()
         self.choker = Choker(self.rng, trio.current_time())
@@ -220,6 +221,7 @@ class Swarm:
         # Two nodes may connect to each other at the same moment: both links stay usable
         # (answers come back on the link a request went out on); new requests use the newest.
         self.links[link.peer_id] = link
+        self._open_links.setdefault(link.peer_id, set()).add(link)
         try:
             await link.run(self._on_event)
         except Exception:
@@ -229,6 +231,10 @@ class Swarm:
         finally:
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+            open_links = self._open_links.get(link.peer_id, set())
+            open_links.discard(link)
+            if not open_links:
+                self._open_links.pop(link.peer_id, None)
             self.warming.link_closed(link)
             if link.peer_id not in self.links:  # its last link: the peer is gone for now
                 self.choker.lost(link.peer_id)
@@ -338,9 +344,16 @@ class Swarm:
 
     # ---- routing -------------------------------------------------------------------------
 
+    def heard_at(self, peer_id: bytes) -> float | None:
+        """When `peer_id` last sent us anything on any open link (None: no open link). Two
+        nodes that connect at once keep both links, and answers come on either."""
+        heard = [link.heard_at for link in self._open_links.get(peer_id, ()) if not link.closed]
+        return max(heard) if heard else None
+
     def links_heard(self) -> list[tuple[bytes, float]]:
         """Each linked peer and when it last sent us anything: for gossip, proof it lives."""
-        return [(peer, link.heard_at) for peer, link in self.links.items() if not link.closed]
+        heard = ((peer, self.heard_at(peer)) for peer in list(self._open_links))
+        return [(peer, at) for peer, at in heard if at is not None]
 
     def tell_links(self, update: Update) -> None:
         """Send our own membership update (a refutation) to every linked peer, where gossip's

@@ -175,10 +175,10 @@ def test_owner_killed_mid_transfer_every_other_pull_completes(
         proxy.close()
 
 
-def _status_of(observer: Pollen, node: Pollen) -> str | None:
-    """What `observer`'s gossip believes of `node` (alive, suspect, dead)."""
+def _status_of(observer: Pollen, node_id: str) -> str | None:
+    """What `observer`'s gossip believes of the node `node_id` (alive, suspect, dead)."""
     for member in observer.status()["swarm"]["members"]:
-        if member["node_id"] == node.node_id:
+        if member["node_id"] == node_id:
             status: str = member["status"]
             return status
     return None
@@ -190,7 +190,8 @@ def _deafen_until_buried(owner: Pollen, others: list[Pollen], size: int) -> None
     assert owner.proc is not None
     owner.proc.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 30
-    while any(_status_of(n, owner) != "dead" for n in others):
+    owner_id = owner.node_id
+    while any(_status_of(n, owner_id) != "dead" for n in others):
         assert time.monotonic() < deadline, "gossip never buried the deaf owner"
         time.sleep(0.1)
     # Buried mid-transfer, or this test tests nothing.
@@ -224,6 +225,32 @@ def test_an_owner_gossip_buries_while_its_links_work_keeps_its_blob_and_the_regi
         assert sum(upstream.values()) == size, upstream
         assert not any("that no peer holds from the upstream" in n.log() for n in others)
     finally:
+        proxy.close()
+
+
+def test_an_owner_frozen_mid_transfer_is_left_once_silent_and_every_other_pull_completes(
+    pushed: PushedImage, cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """SIGSTOP: the owner's links stay open but say nothing (a host that vanished without
+    resetting its connections), gossip buries it; once it has been silent for OWNER_SILENT
+    the fetches leave it and the next owner takes the blob over."""
+    proxy = ThrottledProxy(pushed.registry.port, 3 * MiB)
+    frozen: list[tuple[Pollen, str]] = []
+
+    def freeze(owner: Pollen, others: list[Pollen]) -> None:
+        assert owner.proc is not None
+        frozen.append((owner, owner.node_id))  # it answers no status request once stopped
+        owner.proc.send_signal(signal.SIGSTOP)
+
+    try:
+        cluster = cluster_factory(4, proxy.url, "--upstream-timeout", "10")
+        _owner, others = _fault_mid_transfer(cluster, pushed, tmp_path, 4 * MiB, freeze)
+        assert all(_status_of(n, frozen[0][1]) == "dead" for n in others)
+        assert any("that no peer holds from the upstream" in n.log() for n in others)
+    finally:
+        for owner, _ in frozen:
+            assert owner.proc is not None
+            owner.proc.send_signal(signal.SIGCONT)  # so that it can be stopped
         proxy.close()
 
 

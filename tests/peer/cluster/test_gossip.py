@@ -190,3 +190,20 @@ async def test_a_suspicion_gossip_brings_is_told_to_the_suspect_on_its_link(
     await _gossip_to(driver, suspicion, lambda: bool(links.told_member))
     assert links.told_member == [suspicion]
     assert links.told == []  # nothing of ours to refute
+
+
+async def test_a_suspicion_at_the_largest_incarnation_is_dropped_not_refuted_past_the_codec(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A member with the token suspects us at incarnation 2**64 - 1 (msgpack's largest): our
+    refutation (one more) could not be encoded, and the gossip task (the node) would end.
+    The datagram is refused; the next honest one is answered."""
+    driver, _links = _driver_with_links()
+    node = driver.membership
+    hostile = Update(node.node_id, node.address, 2**64 - 1, Status.SUSPECT)
+    with pytest.raises(BadDatagram):
+        decode(encode(Ping(1, os.urandom(16), ("127.0.0.1", 9), (hostile,)), b"tok"), b"tok")
+    await _gossip_to(driver, hostile, lambda: driver.dropped > 0 or node.incarnation > 0)
+    assert node.incarnation == 0
+    honest = Update(node.node_id, node.address, 0, Status.SUSPECT)
+    await _gossip_to(driver, honest, lambda: node.incarnation == 1)

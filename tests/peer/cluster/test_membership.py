@@ -217,18 +217,38 @@ def test_a_suspect_heard_on_a_link_is_not_buried_by_us_while_it_talks() -> None:
     me.merge([Update(other, address, 0, Status.ALIVE)], 0.0)
     me.merge([Update(other, address, 0, Status.SUSPECT)], 1.0)
     timeout = CONFIG.suspicion_timeout(2)
+    told = me.take_suspicions()  # the driver tells the suspect on its link
     now = 1.0
     while now < 1.0 + 3 * timeout:  # it talks for three time-outs
         me.heard_on_link(other, now)
         me.tick(now)
         assert me.members[other].status is Status.SUSPECT, now
+        deadline = me.next_deadline()
+        assert deadline is not None and deadline > now  # no tick loop on a re-armed suspect
+        told += me.take_suspicions()
         now += 0.25
+    # Each time its suspicion waits longer, the suspect is told again (a word may be lost).
+    assert told == [Update(other, address, 0, Status.SUSPECT)] * len(told) and len(told) >= 3
     silent_from = now - 0.25
     while me.members[other].status is Status.SUSPECT and now < silent_from + 2 * timeout:
         me.tick(now)
         now += 0.25
     assert me.members[other].status is Status.DEAD
     assert silent_from + timeout <= now - 0.25 < silent_from + timeout + 0.5
+
+
+def test_a_link_word_counts_only_for_a_live_member() -> None:
+    """A link may claim any node id: words from ids that are not members are not kept (they
+    would pile up), and a dead member stays dead."""
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1))
+    for i in range(100):
+        me.heard_on_link(bytes([i]) * 16, 1.0)
+    assert me._link_heard == {}
+    dead, address = b"d" * 16, ("10.0.0.2", 7000)
+    me.merge([Update(dead, address, 0, Status.DEAD)], 1.0)
+    me.heard_on_link(dead, 2.0)
+    me.tick(2.0)
+    assert me.members[dead].status is Status.DEAD and me._link_heard == {}
 
 
 def test_a_ping_to_a_suspect_tells_it_of_its_suspicion() -> None:
@@ -238,8 +258,10 @@ def test_a_ping_to_a_suspect_tells_it_of_its_suspicion() -> None:
     me.merge([Update(node_id, address, 0, Status.ALIVE) for node_id, address in others], 0.0)
     suspect, suspect_address = others[0]
     me.merge([Update(suspect, suspect_address, 3, Status.SUSPECT)], 0.5)
-    for _ in range(10):  # more gossip than one ping carries: the suspicion might not fit
-        me._piggyback()
+    for _ in range(1000):  # gossip spent: no ping carries the suspicion unless for the suspect
+        if not me._piggyback():
+            break
+    assert me._piggyback() == ()
     me.take_outgoing()
     ids = dict((address, node_id) for node_id, address in others)
     pinged = False

@@ -175,6 +175,30 @@ async def test_a_trickling_piece_wakes_the_reader_per_quarter_mebibyte_not_per_s
     assert len(reads) <= 2 * 4 + 2, reads
 
 
+async def test_a_peer_sending_a_long_piece_is_heard_while_it_arrives_not_only_at_its_end() -> None:
+    """A piece over a slow link may take longer than any time-out: gossip and a fetch take a
+    peer for alive (`heard_at`) on every part of it, not when the event is whole."""
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        half = len(raw.frames) // 2
+        await raw.stream.send_all(raw.frames[:half])
+        with trio.fail_after(5 * LOWAT_WAIT):
+            while not raw.downloader.payload_reads:
+                await trio.sleep(0.01)
+        await trio.sleep(0.3)  # the peer pauses mid-piece
+        before = raw.downloader.heard_at
+        await raw.stream.send_all(raw.frames[half : half + PAYLOAD_LOWAT + 1024])
+        with trio.fail_after(5 * LOWAT_WAIT):
+            while raw.downloader.heard_at == before:
+                await trio.sleep(0.01)
+        assert raw.events.statistics().current_buffer_used == 0  # no event yet: mid-piece
+        assert raw.downloader.heard_at >= before + 0.3
+        await raw.stream.send_all(raw.frames[half + PAYLOAD_LOWAT + 1024 :])
+        piece = await raw.events.receive()
+        assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+        assert bytes(piece.data) == data
+
+
 async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
     """A kernel may fail to wake a reader whose mark the receive window cannot reach (before
     ~5.8): the link must not wait on the mark for ever. Here the peer sends less than the
