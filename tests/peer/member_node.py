@@ -92,9 +92,12 @@ class Member:
             return None
 
 
-async def link_member(setup: Setup, nursery: trio.Nursery) -> Member:
+async def link_member(setup: Setup, nursery: trio.Nursery, node_id: bytes | None = None) -> Member:
+    """A member linked to the node (as `node_id`, a new one by default: a second link of the
+    same member is what two nodes that connect to each other at once hold)."""
     stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-    link = PeerLink(stream, os.urandom(16), TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+    member_id = node_id if node_id is not None else os.urandom(16)
+    link = PeerLink(stream, member_id, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
     await link.handshake()
     member = Member(link)
     nursery.start_soon(member.run)

@@ -12,6 +12,7 @@ import trio
 from peer.cluster.gossip import update_in
 from peer.cluster.membership import Membership, Status, Update
 from tests.peer.member_node import Member, Setup, link_member, node_and_registry
+from wire.events import Have
 
 
 @pytest.fixture
@@ -59,3 +60,30 @@ async def test_a_node_tells_a_linked_member_it_is_suspected(
     suspicion = Update(member_id, address, 2, Status.SUSPECT)
     membership.merge([suspicion], trio.current_time())  # as gossip would bring it
     assert await _pushed(member) == [suspicion]
+
+
+async def test_a_peer_is_heard_on_its_older_link_too(setup: Setup, nursery: trio.Nursery) -> None:
+    """Two nodes that connect to each other at once keep both links, and answers come on
+    either: what the older one hears counts for gossip and for a fetch's owner."""
+    older, _membership = await _linked(setup, nursery)
+    member_id = older.link.protocol.node_id
+    swarm = setup.node.swarm
+    assert swarm is not None
+    with trio.fail_after(5):
+        while (first := swarm.links.get(member_id)) is None:
+            await trio.sleep(0.01)
+    await link_member(setup, nursery, node_id=member_id)
+    with trio.fail_after(5):
+        while swarm.links.get(member_id) is first:  # the newer link is the one new requests use
+            await trio.sleep(0.01)
+    assert not first.closed
+    await trio.sleep(0.5)
+    before = swarm.heard_at(member_id)
+    assert before is not None
+    older.link.post(Have("sha256:" + "e" * 64, 0))  # on the older link only
+    with trio.fail_after(5):
+        while swarm.heard_at(member_id) == before:
+            await trio.sleep(0.01)
+    heard_at = swarm.heard_at(member_id)
+    assert heard_at is not None and heard_at >= before + 0.5
+    assert dict(swarm.links_heard())[member_id] == heard_at
