@@ -212,7 +212,7 @@ class Membership:
     def full_state(self) -> list[Update]:
         """Everything we know, ourselves included: the payload of a push-pull sync."""
         own_status = Status.DEAD if self.left else Status.ALIVE
-        own = Update(self.node_id, self.address, self.incarnation, own_status, self.capacity)
+        own = self._own_update(own_status)
         return [
             own,
             *(
@@ -315,9 +315,7 @@ class Membership:
             return
         self.left = True
         self.incarnation += 1
-        farewell = (
-            Update(self.node_id, self.address, self.incarnation, Status.DEAD, self.capacity),
-        )
+        farewell = (self._own_update(Status.DEAD),)
         for member in self.alive():
             self._send(member.address, Ping(self._next_seq(), self.node_id, self.address, farewell))
         self._probe = None
@@ -341,10 +339,7 @@ class Membership:
                 # The whole period passed with no Ack, direct or indirect: suspect it, unless
                 # it spoke on a link meanwhile (`heard_on_link`).
                 if self._link_heard.get(target.node_id, -math.inf) < probe.sent_at:
-                    self._apply(
-                        Update(target.node_id, target.address, target.incarnation, Status.SUSPECT),
-                        now,
-                    )
+                    self._apply(_member_update(target, Status.SUSPECT), now)
                 self._probe = None
         timeout = self._suspicion_timeout()
         for member in [self.members[n] for n in self._suspects]:
@@ -354,13 +349,9 @@ class Membership:
             if heard > member.since and now < heard + timeout:
                 member.since = heard  # it talks on a link: its suspicion waits from there
                 # and it is told again (the first word may not have reached it)
-                self._suspicions[member.node_id] = Update(
-                    member.node_id, member.address, member.incarnation, Status.SUSPECT
-                )
+                self._suspicions[member.node_id] = _member_update(member, Status.SUSPECT)
                 continue
-            self._apply(
-                Update(member.node_id, member.address, member.incarnation, Status.DEAD), now
-            )
+            self._apply(_member_update(member, Status.DEAD), now)
         if self._next_probe_at is None:
             self._next_probe_at = now + self.rng.uniform(0, self.config.probe_period)
         if now >= self._next_probe_at:
@@ -405,8 +396,7 @@ class Membership:
         if target.status is Status.SUSPECT and all(u.node_id != target.node_id for u in updates):
             # Lifeguard's buddy system: a suspect we probe hears of its suspicion from us at
             # once, and refutes it, instead of when the gossip happens to reach it.
-            suspicion = Update(target.node_id, target.address, target.incarnation, Status.SUSPECT)
-            updates = (*updates, suspicion)
+            updates = (*updates, _member_update(target, Status.SUSPECT))
         self._send(target.address, Ping(seq, self.node_id, self.address, updates))
 
     def _send_ping_reqs(self, target: Member, seq: int) -> None:
@@ -432,7 +422,7 @@ class Membership:
             self._apply(Update(node_id, address, 0, Status.ALIVE), now)
         elif member.status is not Status.ALIVE:
             # It talks to us while we hold it suspect or dead: tell it, so it refutes.
-            self._gossip_update(Update(node_id, member.address, member.incarnation, member.status))
+            self._gossip_update(_member_update(member, member.status))
 
     def _apply(self, update: Update, now: float) -> None:
         """SWIM's precedence rules; accepted changes are gossiped on."""
@@ -442,9 +432,7 @@ class Membership:
             if update.status is not Status.ALIVE and update.incarnation >= self.incarnation:
                 # Someone suspects (or buried) us: refute with a higher incarnation.
                 self.incarnation = update.incarnation + 1
-                refutation = Update(
-                    self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity
-                )
+                refutation = self._own_update(Status.ALIVE)
                 self._gossip_update(refutation)
                 self._refutation = refutation
             return
@@ -501,9 +489,12 @@ class Membership:
         if self.capacity and not self.left and all(u.node_id != self.node_id for u in updates):
             # A declared capacity rides on every message: whoever meets this node by a
             # ping learns it at once, so all order the owners of a blob the same way.
-            own = Update(self.node_id, self.address, self.incarnation, Status.ALIVE, self.capacity)
-            updates = (*updates, own)
+            updates = (*updates, self._own_update(Status.ALIVE))
         return updates
+
+    def _own_update(self, status: Status) -> Update:
+        """What we say of ourselves (with our declared capacity)."""
+        return Update(self.node_id, self.address, self.incarnation, status, self.capacity)
 
     def _suspicion_timeout(self) -> float:
         return self.config.suspicion_timeout(len(self.members) + 1)
@@ -514,6 +505,12 @@ class Membership:
 
     def _send(self, address: Address, message: Message) -> None:
         self._outgoing.append((address, message))
+
+
+def _member_update(member: Member, status: Status) -> Update:
+    """`status` for `member` at its address and incarnation as we know them: what we say of
+    it (its capacity is its own to declare)."""
+    return Update(member.node_id, member.address, member.incarnation, status)
 
 
 def _overrides(update: Update, member: Member) -> bool:

@@ -357,8 +357,8 @@ class Swarm:
 
     def tell_links(self, update: Update) -> None:
         """Send our own membership update (a refutation) to every linked peer, where gossip's
-        datagrams may be lost; as an answer (`reply`), so that none answers it."""
-        event = Members([update_out(update)], reply=True)
+        datagrams may be lost."""
+        event = _membership_word(update)
         for link in list(self.links.values()):
             link.post(event)
 
@@ -366,7 +366,7 @@ class Swarm:
         """Send a membership update (a suspicion) to the member it is about, if linked."""
         link = self.links.get(update.node_id)
         if link is not None:
-            link.post(Members([update_out(update)], reply=True))
+            link.post(_membership_word(update))
 
     def owner_candidates(self, digest: str) -> list[bytes]:
         """Live, unbanned members in rendezvous order for `digest` (this node included).
@@ -573,3 +573,9 @@ class Swarm:
         """Sweep the table (blobs are evicted without the swarm hearing of it)."""
         for digest in list(self.digests):
             self._forget_if_idle(digest)
+
+
+def _membership_word(update: Update) -> Members:
+    """One membership update on a link, as an answer (`reply`), so that none answers it with
+    its whole view."""
+    return Members([update_out(update)], reply=True)
