@@ -7,6 +7,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,18 +28,51 @@ _BLOB_GET = re.compile(
 )
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on `ip` (the peer port serves both)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind((ip, 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind((ip, port))
-            except OSError:
-                continue
+# The harness picks ports below the kernel's ephemeral range: an outgoing connection (the
+# tests open thousands) takes its local port from that range, and one that took a picked port
+# before the node bound it ended the node at start ("Address already in use", CI 2026-11-29).
+PICK_PORTS_FROM = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_pick = random.SystemRandom()  # not the global one, which hypothesis seeds
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux default if unknown)."""
+    try:
+        low, high = map(int, _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_port(ip: str = "127.0.0.1", avoid: Sequence[int] = ()) -> int:
+    """A port free for both TCP and UDP on `ip` (the peer port serves both), outside the
+    ephemeral range and not in `avoid` (ports picked for the same process, not bound yet)."""
+    low, _ = ephemeral_ports()
+    below = max(low, PICK_PORTS_FROM + 1000)
+    for _ in range(200):
+        port = _pick.randrange(PICK_PORTS_FROM, below)
+        if port not in avoid and _bindable(ip, port):
             return port
-    raise RuntimeError(f"no free port on {ip}")
+    raise RuntimeError(f"no free port on {ip} in {PICK_PORTS_FROM}..{below - 1}")
+
+
+def free_ports(count: int, ip: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports (see free_port), for one process's listeners."""
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(free_port(ip, avoid=ports))
+    return ports
+
+
+def _bindable(ip: str, port: int) -> bool:
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            tcp.bind((ip, port))
+            udp.bind((ip, port))
+        except OSError:
+            return False
+    return True
 
 
 class Cluster:
@@ -248,9 +282,8 @@ class Pollen:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ip = ip
-        self.port = free_port(ip)
-        self.peer_port = peer_port or free_port(ip)
-        self.admin_port = free_port(ip)
+        self.port, self.admin_port = free_ports(2, ip)
+        self.peer_port = peer_port or free_port(ip, avoid=[self.port, self.admin_port])
         self.url = f"http://{ip}:{self.port}"
         self.admin_url = f"http://{ip}:{self.admin_port}"
         self.host = f"{ip}:{self.port}"

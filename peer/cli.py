@@ -32,6 +32,7 @@ from peer.config import (
     parse_upstream,
 )
 from peer.front.admin import ADMIN_TOKEN_FILE
+from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
 from pieces.layout import DEFAULT_PIECE_SIZE
 
@@ -436,8 +437,16 @@ def run(**options: Any) -> None:
         raise click.ClickException(f"cannot open the store in {config.data_dir}: {exc}") from exc
     try:
         trio.run(node.run)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {config.http}: {exc.strerror or exc}") from exc
+    except* CannotListen as group:
+        # trio's nurseries wrap the error (in groups within groups): the first one is the news.
+        raise click.ClickException(str(_first_leaf(group))) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _rereader(ctx: click.Context) -> Callable[[], NodeConfig]:

@@ -25,6 +25,7 @@ from peer.front.admin import AdminFront, load_admin_token
 from peer.front.drain import Drain
 from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.front.registry import RegistryFront
+from peer.listening import open_tcp_listeners
 from peer.metrics import NodeMetrics
 from peer.preheat.providers import PREHEAT_TOKEN_FILE, ProviderFront
 from peer.preheat.runner import Preheater
@@ -333,7 +334,7 @@ class Node:
                 metrics = NodeMetrics(
                     self.store, self.downloads, front.served, swarm, self.prefetcher
                 )
-                listeners = await trio.open_tcp_listeners(config.http.port, host=config.http.host)
+                listeners = await open_tcp_listeners("registry API", config.http)
                 port = listeners[0].socket.getsockname()[1]
                 handler = functools.partial(
                     serve_connection,
@@ -351,12 +352,16 @@ class Node:
                         self.readiness,
                         self.preheater,
                     )
-                    self.admin_port = await self._listen(nursery, config.admin, admin.handle)
+                    self.admin_port = await self._listen(
+                        nursery, config.admin, admin.handle, "admin API"
+                    )
                     log.info("admin API on %s:%d", config.admin.host, self.admin_port)
                 if config.preheat_listen is not None:
                     providers = ProviderFront(self.preheater, self.preheat_token)
                     address = config.preheat_listen
-                    self.preheat_port = await self._listen(nursery, address, providers.handle)
+                    self.preheat_port = await self._listen(
+                        nursery, address, providers.handle, "Harbor preheat API"
+                    )
                     log.info("Harbor preheat API on %s:%d", address.host, self.preheat_port)
                 accepting = trio.CancelScope()
                 # Connections live in the node's nursery: closing the listeners at shutdown
@@ -539,9 +544,10 @@ class Node:
         nursery: trio.Nursery,
         address: Address,
         handle: Callable[[HttpConnection, Request], Awaitable[None]],
+        role: str,
     ) -> int:
         """Serve `handle` on a listener of its own (the admin API, Harbor's); its port."""
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await open_tcp_listeners(role, address)
         handler = functools.partial(
             serve_connection,
             handler=handle,
@@ -574,7 +580,7 @@ class Node:
             membership, (config.peer.host, config.peer.port), config.cluster_token
         )
         await nursery.start(gossip.run)
-        listeners = await trio.open_tcp_listeners(config.peer.port, host=config.peer.host)
+        listeners = await open_tcp_listeners("peer links", config.peer)
         swarm = Swarm(
             self.node_id,
             membership,

@@ -20,6 +20,7 @@ import msgpack
 import trio
 
 from peer.cluster.membership import Ack, Address, Membership, Message, Ping, PingReq, Status, Update
+from peer.listening import cannot_listen
 from wire.names import is_valid_host, is_valid_port
 
 log = logging.getLogger("pollen.gossip")
@@ -163,7 +164,11 @@ class GossipDriver:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind(self.bind)
+        try:
+            await sock.bind(self.bind)
+        except OSError as exc:
+            sock.close()
+            raise cannot_listen("gossip, UDP", *self.bind, exc) from exc
         self._socket = sock
         with sock:
             task_status.started()

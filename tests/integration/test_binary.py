@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.components import REPO, Containerd, free_port, http_ok, stop, wait_for
+from bench.components import REPO, Containerd, free_ports, http_ok, stop, wait_for
 from tests.integration.conftest import PushedImage
 from tests.integration.notify_socket import NotifySocket
 
@@ -64,7 +64,7 @@ def test_configure_runs_from_the_binary(binary: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
-    port, peer = free_port(), free_port()
+    port, peer, admin = free_ports(3)
     registry = pushed.registry
     args = [
         "run",
@@ -73,7 +73,7 @@ def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
         "--peer",
         f"127.0.0.1:{peer}",
         "--admin",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{admin}",
         "--data-dir",
         str(tmp_path / "store"),
         "--upstream",
@@ -110,10 +110,10 @@ def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> Non
     """systemd's main process is the binary's bootloader (WATCHDOG_PID names it); the node
     runs in its child: READY, the watchdog pings, a reload and a stop all go through."""
     notify = NotifySocket(tmp_path / "notify.sock")
-    port = free_port()
+    port, peer, admin = free_ports(3)
     command = (
         f"export WATCHDOG_PID=$$; exec {binary} run --http 127.0.0.1:{port} "
-        f"--peer 127.0.0.1:{free_port()} --admin 127.0.0.1:{free_port()} "
+        f"--peer 127.0.0.1:{peer} --admin 127.0.0.1:{admin} "
         f"--data-dir {tmp_path / 'store'}"
     )
     log = open(tmp_path / "pollen.log", "ab")  # noqa: SIM115 - owned by the process
