@@ -13,7 +13,10 @@ from typing import Any, ClassVar
 # exchange for session keys, and optional sealing of every frame after it.
 # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
 # (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
+# A Refused header: the answer to a held-only Want when the blob is neither held nor being
+# fetched from the upstream by the node asked.
+NOT_HELD_HEADER = "x-pollen-not-held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,9 @@ class Want:
     """Ask a blob's owner to start (or join) its upstream fetch and to answer with PieceMeta.
 
     `authorization` is the requesting client's header, passed for this fetch only: the owner
-    never stores or logs it.
+    never stores or logs it. `held_only`: answer only if the blob is held here or being
+    fetched from the upstream here; otherwise say so (Refused with NOT_HELD_HEADER) and start
+    nothing (a node that ranks first for a blob asks the next in rendezvous order this way).
     """
 
     TYPE: ClassVar[int] = 3
@@ -56,6 +61,7 @@ class Want:
     namespace: str | None
     repository: str
     authorization: str | None
+    held_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,7 @@ _CHECKS: dict[str, Check] = {
     "members": _members,
     "origins": lambda v: type(v) is list and len(v) <= MAX_ORIGINS and all(map(_str, v)),
     "reply": lambda v: type(v) is bool,
+    "held_only": lambda v: type(v) is bool,
     "request": lambda v: type(v) is int and 0 <= v < 2**63,
 }
 

@@ -37,6 +37,7 @@ from peer.swarm.fetch import (
     UNHELD_GRACE,
     peers_to_link,
 )
+from peer.swarm.held_probe import HeldProbe
 from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
@@ -99,6 +100,7 @@ class SwarmFetch:
         self.owner: bytes | None = None
         self.meta_pending = False  # a Want went to `owner`; its PieceMeta has not come
         self._candidates: list[bytes] = []
+        self._held: HeldProbe | None = None  # whom this owner asks whether they hold it
         self._next = 0
         self._skipped = 0
         self._era = 0  # bumped on every phase change and new owner: older timers are void
@@ -109,7 +111,7 @@ class SwarmFetch:
     # ---- finding the owner -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._find_owner()
+        self.node.after_view(self._find_owner)
 
     def _find_owner(self) -> None:
         self.phase = Phase.FINDING
@@ -127,10 +129,15 @@ class SwarmFetch:
             candidate = self._candidates[self._next]
             self._next += 1
             if candidate == node.node_id:
-                if not self._skipped:
+                if self._skipped:
+                    break
+                if self.state.partial:
                     self._owner_unavailable()  # this node is the owner
-                    return
-                break
+                else:
+                    # The owner asks the next in order whether they hold it already.
+                    self._held = HeldProbe(node.node_id, self._candidates[self._next :])
+                    self._ask_held()
+                return
             if node.bans.is_unreachable(candidate, now):
                 self._skipped += 1
                 continue
@@ -141,6 +148,46 @@ class SwarmFetch:
         # Every node ahead of us failed: a fallback to the registry.
         node.world.stats.upstream_fallbacks += 1
         self._owner_unavailable()
+
+    def _ask_held(self) -> None:
+        """A held-only Want to the next node `_held` names; none left: this node owns it."""
+        node = self.node
+        assert self._held is not None
+        while (candidate := self._held.next()) is not None:
+            if node.bans.is_unreachable(candidate, self.queue.now):
+                continue
+            self.owner = candidate
+            self._era += 1
+            node.link_to(candidate, functools.partial(self._held_linked, era=self._era))
+            return
+        self.owner = None
+        self._owner_unavailable()
+
+    def _held_linked(self, ok: bool, era: int) -> None:
+        if era != self._era or self.phase is not Phase.FINDING:
+            return
+        if not ok:
+            self._ask_held()
+            return
+        assert self.owner is not None
+        self.meta_pending = True
+        self.node.send(self.owner, Want(self.state.digest, NAMESPACE, REPOSITORY, None, True))
+        self.queue.at(self.queue.now + META_TIMEOUT, self._held_timeout, era)
+
+    def _held_timeout(self, era: int) -> None:
+        if era == self._era and self.meta_pending and self.node.alive:
+            self.meta_pending = False
+            self._ask_held()
+
+    def on_not_held(self, source: bytes, fetches_from: bytes | None) -> None:
+        """The answer to a held-only Want: that node neither holds the blob nor fetches it
+        from the registry; it fetches it from `fetches_from` (if anyone)."""
+        if source == self.owner and self.meta_pending and self.phase is Phase.FINDING:
+            assert self._held is not None
+            self.meta_pending = False
+            self._era += 1
+            self._held.refused(fetches_from)
+            self._ask_held()
 
     def _owner_linked(self, ok: bool, era: int) -> None:
         if era != self._era or self.phase is not Phase.FINDING:

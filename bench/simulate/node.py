@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING, Any
 from bench.simulate.fetch import BlobState, SwarmFetch, UpstreamFetch
 from bench.simulate.uploads import Uploader
 from peer.cluster.membership import Address, Member, Membership, Message, Status, Update
+from peer.cluster.sync import JOIN_VIEW_WAIT, join_sync_peers, joins_others
 from peer.fetch.prefetch import DEFAULT_CONCURRENCY as PREFETCH_WORKERS
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
 from peer.swarm.fetch import PEERS_WHILE_OWNING
+from peer.swarm.held_probe import fetches_from, not_held_value
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from wire.events import (
+    NOT_HELD_HEADER,
     Bitfield,
     Cancel,
     Choke,
@@ -35,6 +38,7 @@ from wire.events import (
     Peers,
     PeersRequest,
     PieceMeta,
+    Refused,
     Reject,
     Request,
     Unchoke,
@@ -91,6 +95,11 @@ class SimNode:
         # Every host declares its uplink, as an operator does with --uplink.
         uplink = int(world.network.uplinks[host])
         self.membership = Membership(node_id, address, rng=rng, seeds=seeds, capacity=uplink)
+        # As the node's swarm: a joining node's fetches wait for its first full sync, which
+        # it asks of the first member gossip brings it (JOIN_VIEW_WAIT after start at most).
+        self.view_ready = not joins_others(self.membership)
+        self._view_waiters: list[Callable[[], None]] = []
+        self._join_sync_asked = False
         self.choker = Choker(rng, world.queue.now)
         self.bans = BanList()
         self.uploader = Uploader(self)
@@ -116,6 +125,7 @@ class SimNode:
         """Start from a converged, quiet membership (every other node alive, no gossip left
         to spread): the state the testbed waits for before it starts the clients."""
         now = self.world.queue.now
+        self.view_ready = True
         self.membership.members = {
             o.node_id: Member(o.node_id, o.address, 0, Status.ALIVE, now, o.membership.capacity)
             for o in others
@@ -186,7 +196,44 @@ class SimNode:
                 stats.member_declared_dead += 1
         events.clear()
         self.epoch += 1
+        if not self.view_ready and not self._join_sync_asked:
+            self._join_sync()
         return True
+
+    def _join_sync(self) -> None:
+        """The first full sync, with the first member gossip brought (the real node's
+        `Swarm._join_sync`); a new link starts with our state, as the node's does."""
+        members = join_sync_peers(self.membership)
+        if not members:
+            return
+        self._join_sync_asked = True
+        peer = self.rng.choice(members)
+        if peer in self.links:
+            self._push_members(peer)
+        else:
+            self.link_to(peer, self._join_linked)
+
+    def _join_linked(self, ok: bool) -> None:
+        if not ok:
+            self._join_sync_asked = False  # another member, at the next member change
+
+    def after_view(self, then: Callable[[], None]) -> None:
+        """Call `then` once this node has had its first full sync, or JOIN_VIEW_WAIT after
+        its start, whichever comes first (at once on a node that joins nobody)."""
+        now = self.world.queue.now
+        if self.view_ready or now >= self.started_at + JOIN_VIEW_WAIT:
+            then()
+            return
+        if not self._view_waiters:
+            self.world.queue.at(self.started_at + JOIN_VIEW_WAIT, self._view_settled)
+        self._view_waiters.append(then)
+
+    def _view_settled(self, _arg: object = None) -> None:
+        self.view_ready = True
+        waiters, self._view_waiters = self._view_waiters, []
+        if self.alive:
+            for then in waiters:
+                then()
 
     def _schedule_tick(self) -> None:
         deadline = self.membership.next_deadline()
@@ -258,12 +305,14 @@ class SimNode:
         world = self.world
         if event.summary == self.view_summary():
             world.stats.syncs_skipped += 1
-            return
-        world.stats.syncs += 1
-        sender = world.by_id[source]
-        self.membership.merge(sender.membership.full_state(), world.queue.now)
-        if self._flush():
-            self._schedule_tick()
+        else:
+            world.stats.syncs += 1
+            sender = world.by_id[source]
+            self.membership.merge(sender.membership.full_state(), world.queue.now)
+            if self._flush():
+                self._schedule_tick()
+        if event.reply and not self.view_ready:
+            self._view_settled()  # after the merge: the waiting fetches see the new view
         if not event.reply:
             self.send(source, MembersSync(self.view_summary(), reply=True))
 
@@ -343,6 +392,12 @@ class SimNode:
 
     def _on_want(self, source: bytes, want: Want) -> None:
         state = self.state(want.digest)
+        if want.held_only and not state.complete and state.upstream is None:
+            # As the node's owner side: neither held nor fetched from the registry here.
+            source_id = state.fetch.owner if state.fetch is not None else None
+            answer = {NOT_HELD_HEADER: not_held_value(source_id)}
+            self.send(source, Refused(want.digest, 404, answer))
+            return
         if state.complete or (state.active and state.partial):
             self._answer_want(state, source)
         else:
@@ -394,6 +449,12 @@ class SimNode:
         state = self.blobs.get(meta.digest)
         if state is not None and state.fetch is not None:
             state.fetch.on_meta(source, meta.hashes)
+
+    def _on_refused(self, source: bytes, event: Refused) -> None:
+        state = self.blobs.get(event.digest)
+        value = event.headers.get(NOT_HELD_HEADER)
+        if state is not None and state.fetch is not None and value is not None:
+            state.fetch.on_not_held(source, fetches_from(value))
 
     def _on_peers_request(self, source: bytes, event: PeersRequest) -> None:
         """Up to 32 random peers among those that sent a Want and our own fetch's peers (not
@@ -583,6 +644,7 @@ class SimNode:
 _HANDLERS: dict[type, Callable[[SimNode, bytes, Any], None]] = {
     Want: SimNode._on_want,
     PieceMeta: SimNode._on_piece_meta,
+    Refused: SimNode._on_refused,
     PeersRequest: SimNode._on_peers_request,
     Peers: SimNode._on_peers,
     Bitfield: SimNode._on_bitfield,

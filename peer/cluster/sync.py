@@ -11,6 +11,33 @@ from peer.cluster.membership import Membership
 from wire.events import Members
 
 SYNC_PERIOD = 30.0  # a full exchange with one random member this often (jittered)
+# A node that joins through others syncs with the first member it hears from (memberlist's
+# join does the same): gossip brings it its seed alone, the rest of the cluster only slowly,
+# and a pull meanwhile would take this node for the owner of every blob (it is first of two
+# in rendezvous order half the time, and the seed the other half). Fetches wait for that
+# first sync, until this long after the node started at most.
+JOIN_VIEW_WAIT = 5.0
+
+
+def joins_others(membership: Membership) -> bool:
+    """Has this node members to join (a first node's --join, if any, names only itself)?"""
+    return any(seed != membership.address for seed in membership.seeds)
+
+
+def join_sync_peers(membership: Membership) -> list[bytes]:
+    """Whom a joining node syncs with first: the live members at a --join address (the seed
+    knows the cluster; a node that joined at the same moment, which its answer may name, does
+    not), or any live member when none is."""
+    alive = membership.alive()
+    seeds = set(membership.seeds)
+    at_seeds = [m.node_id for m in alive if m.address in seeds]
+    return at_seeds or [m.node_id for m in alive]
+
+
+def is_full_state(event: Members) -> bool:
+    """A peer's answer to our push: its full state (itself and us at least; the one-entry
+    Members a gossip driver sends on links, a refutation or a suspicion, is not one)."""
+    return event.reply and len(event.members) >= 2
 
 
 def full_state(membership: Membership, *, reply: bool) -> Members:

@@ -115,6 +115,9 @@ class OwnerUpstream:
     def busy(self) -> bool:
         return self._fetcher.busy()
 
+    def fetching(self, digest: str) -> bool:
+        return self._fetcher.fetching(digest)
+
     async def fetch_runs(
         self,
         download: Download,

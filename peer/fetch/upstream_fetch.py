@@ -19,10 +19,13 @@ first with the whole blob gives it in one stream.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import re
 import weakref
+from collections.abc import Iterator
 
 import trio
 
@@ -128,6 +131,7 @@ class UpstreamFetcher:
         self._upstreams = upstreams
         self._download_limit = download_limit or RateLimiter(None)
         self.running = 0  # fetches from the upstream now (the swarm yields to them)
+        self._digests: collections.Counter[str] = collections.Counter()  # ... of these blobs
         self.bytes_from_upstream = 0
         self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
             weakref.WeakKeyDictionary()
@@ -137,12 +141,25 @@ class UpstreamFetcher:
         """Is this node fetching from an upstream now?"""
         return self.running > 0
 
-    async def fetch(self, download: Download, headers: dict[str, str]) -> None:
+    def fetching(self, digest: str) -> bool:
+        """Is this node fetching `digest` from an upstream now?"""
+        return self._digests[digest] > 0
+
+    @contextlib.contextmanager
+    def _counted(self, digest: str) -> Iterator[None]:
         self.running += 1
+        self._digests[digest] += 1
         try:
-            await self._fetch_upstream(download, headers)
+            yield
         finally:
             self.running -= 1
+            self._digests[digest] -= 1
+            if not self._digests[digest]:
+                del self._digests[digest]
+
+    async def fetch(self, download: Download, headers: dict[str, str]) -> None:
+        with self._counted(download.digest):
+            await self._fetch_upstream(download, headers)
 
     async def fetch_runs(
         self,
@@ -159,13 +176,11 @@ class UpstreamFetcher:
         Raises:
             UpstreamError: the upstream failed (what arrived stays).
         """
-        self.running += 1
-        try:
-            await self._fetch_runs(download, headers, partial, runs)
-        except _NotBesideOthers as exc:
-            log.info("%s: left to the fetch that follows: %s", download.digest, exc)
-        finally:
-            self.running -= 1
+        with self._counted(download.digest):
+            try:
+                await self._fetch_runs(download, headers, partial, runs)
+            except _NotBesideOthers as exc:
+                log.info("%s: left to the fetch that follows: %s", download.digest, exc)
 
     async def _fetch_upstream(self, download: Download, headers: dict[str, str]) -> None:
         """Fetch what is missing from the upstream: the whole blob, or (resuming, or taking

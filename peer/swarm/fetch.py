@@ -23,6 +23,7 @@ from peer.fetch.download import Download
 from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
+from peer.swarm.held_probe import HeldProbe, fetches_from
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
@@ -30,6 +31,7 @@ from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, StoreError
 from wire.events import (
+    NOT_HELD_HEADER,
     Access,
     Bitfield,
     Event,
@@ -78,6 +80,15 @@ PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
 # delivered with a thread per piece, 5.47, 5.16 inline; last node 15.1, 16.0 s vs 12.8, 11.7.
 INLINE_WRITE = 1 << 20
 STALL_REPORT = 10.0  # log what the fetch waits for after this long without a piece
+
+
+class NotHeld(Exception):
+    """The node asked with a held-only Want neither holds the blob nor fetches it from the
+    upstream; it fetches it from `fetches_from` (if from anyone)."""
+
+    def __init__(self, fetches_from: bytes | None) -> None:
+        super().__init__("neither held nor fetched from the upstream there")
+        self.fetches_from = fetches_from
 
 
 def byte_runs(
@@ -140,6 +151,7 @@ class SwarmFetch:
         return set(self.picker.peers) if self.picker is not None else set()
 
     async def run(self) -> None:
+        await self.swarm.view_settled()
         while True:
             try:
                 await self._find_owner()
@@ -178,9 +190,12 @@ class SwarmFetch:
     async def _find_owner(self) -> None:
         swarm = self.swarm
         skipped = 0
-        for candidate in swarm.owner_candidates(self.digest):
+        candidates = swarm.owner_candidates(self.digest)
+        for position, candidate in enumerate(candidates):
             if candidate == swarm.node_id:
                 if not skipped:
+                    if self.partial is None and await self._held_next(candidates[position + 1 :]):
+                        return
                     raise OwnerUnavailable("this node is the owner")
                 break
             if swarm.bans.is_unreachable(candidate, trio.current_time()):
@@ -208,12 +223,39 @@ class SwarmFetch:
         )
         raise OwnerUnavailable("no owner reachable")
 
-    async def _want(self, link: PeerLink) -> None:
+    async def _held_next(self, later: list[bytes]) -> bool:
+        """As the blob's owner, before fetching it from the upstream: ask the next nodes in
+        rendezvous order whether they hold it or fetch it from the upstream now (a node that
+        joined and ranks first would fetch it again). True when one does and is our owner."""
+        swarm = self.swarm
+        probe = HeldProbe(swarm.node_id, later)
+        while (candidate := probe.next()) is not None:
+            if swarm.bans.is_unreachable(candidate, trio.current_time()):
+                continue
+            self.owner = candidate
+            self.state.wanted_from = candidate
+            try:
+                link = await swarm.link_to(candidate)
+                await self._want(link, held_only=True)
+            except LinkClosed as exc:
+                log.debug("%s: %s not asked: %s", self.digest, candidate.hex()[:12], exc)
+                continue
+            except NotHeld as exc:
+                probe.refused(exc.fetches_from)
+                continue
+            self._owner_lost = False
+            log.info("%s: held by %s, after us in order", self.digest, candidate.hex()[:12])
+            return True
+        self.owner = None
+        self.state.wanted_from = None
+        return False
+
+    async def _want(self, link: PeerLink, held_only: bool = False) -> None:
         self._meta = None
         self._owner_hashes = set()
         download = self.download
         auth = self.headers.get("authorization")
-        await link.send(Want(self.digest, download.namespace, download.name, auth))
+        await link.send(Want(self.digest, download.namespace, download.name, auth, held_only))
         with trio.move_on_after(META_TIMEOUT):
             while self._meta is None:
                 if link.closed:
@@ -223,6 +265,8 @@ class SwarmFetch:
         if meta is None:
             raise LinkClosed("owner did not answer in time")
         if isinstance(meta, Refused):
+            if held_only and (value := meta.headers.get(NOT_HELD_HEADER)) is not None:
+                raise NotHeld(fetches_from(value))
             if meta.headers.get(CACHED_ELSEWHERE_HEADER):
                 # The owner holds it from other registries than ours: our client's registry
                 # must show the bytes itself (our upstream fetch, with our client's credentials).

@@ -24,13 +24,14 @@ from peer.front.routes import InvalidNamespace
 from peer.swarm.actions import Send
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
+from peer.swarm.held_probe import not_held_value
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 from pieces.store import Store
-from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
+from wire.events import NOT_HELD_HEADER, Access, Choke, Event, PieceMeta, Refused, Want
 
 MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 
@@ -44,6 +45,10 @@ class PeerUpstream(Protocol):
 
     def busy(self) -> bool:
         """Is this node fetching from an upstream now?"""
+        ...
+
+    def fetching(self, digest: str) -> bool:
+        """Is this node fetching `digest` from an upstream now?"""
         ...
 
     async def fetch_runs(
@@ -113,6 +118,13 @@ class OwnerSide:
                     self._offer(state, state.seeder.pieces_ready(hashes, now))
                 self._offer(state, state.seeder.joined(link.peer_id, now))
                 return
+        if want.held_only and not self._upstream.fetching(digest):
+            # The asker ranks first for the blob and looks for a node that has it already:
+            # we do not, so it fetches it from the upstream itself; nothing is started here.
+            # If we fetch it from a peer, we name it: the asker's next nodes may all be new.
+            source = state.fetch.owner if state.fetch is not None else None
+            await _send(link, Refused(digest, 404, {NOT_HELD_HEADER: not_held_value(source)}))
+            return
         download = await self._upstream.join_for_peer(
             BlobSource(digest, want.namespace, want.repository, headers, credentials_key(headers))
         )

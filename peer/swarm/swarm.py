@@ -86,6 +86,8 @@ log = logging.getLogger("pollen.swarm")
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 CONNECT_TIMEOUT = 5.0
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
+JOIN_POLL = 0.1  # how often a joining node looks for its first member to sync with
+JOIN_SYNC_RETRY = 1.0  # ... and asks another when the one asked did not answer
 
 
 @dataclass
@@ -138,6 +140,10 @@ class Swarm:
         self.counters = SwarmCounters()
         self._connecting: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        # Set by the first full membership sync (at once on a node with nobody to join):
+        # fetches wait for it, a little (`view_settled`).
+        self.view_ready = trio.Event()
+        self._started_at = trio.current_time()
         self.upload_limit = RateLimiter(upload_rate)
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
@@ -175,6 +181,9 @@ class Swarm:
     async def run(
         self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[None]
     ) -> None:
+        self._started_at = trio.current_time()
+        if not sync.joins_others(self.membership):
+            self.view_ready.set()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
@@ -306,17 +315,47 @@ class Swarm:
         self._nursery.start_soon(guarded)
 
     async def _sync_loop(self) -> None:
-        """Push-pull full membership state with one random member, periodically."""
+        """Push-pull full membership state with one random member: at join, then
+        periodically."""
+        with trio.move_on_after(sync.SYNC_PERIOD):
+            await self._join_sync()
         while True:
             await trio.sleep(sync.SYNC_PERIOD * self.rng.uniform(0.8, 1.2))
-            members = [m.node_id for m in self.membership.alive()]
-            if not members:
-                continue
-            try:
-                link = await self.link_to(self.rng.choice(members))
+            await self._push_state([m.node_id for m in self.membership.alive()])
+
+    async def _join_sync(self) -> None:
+        """Sync with a member as soon as gossip knows one, again each JOIN_SYNC_RETRY until
+        one answers (`view_ready`)."""
+        while not self.view_ready.is_set():
+            if await self._push_state(sync.join_sync_peers(self.membership)):
+                with trio.move_on_after(JOIN_SYNC_RETRY):
+                    await self.view_ready.wait()
+            else:
+                await trio.sleep(JOIN_POLL)
+
+    async def _push_state(self, members: list[bytes]) -> bool:
+        """Our full membership state to one of `members` at random (its answer is its own);
+        False when there is nobody to send it to."""
+        if not members:
+            return False
+        peer = self.rng.choice(members)
+        try:
+            link = self.links.get(peer)
+            if link is not None and not link.closed:
                 link.post(sync.full_state(self.membership, reply=False))
-            except LinkClosed as exc:
-                log.debug("membership sync failed: %s", exc)
+            else:
+                await self.link_to(peer)  # a new link starts with our state
+        except LinkClosed as exc:
+            log.debug("membership sync failed: %s", exc)
+        return True
+
+    async def view_settled(self) -> None:
+        """Wait for the first full membership sync, until JOIN_VIEW_WAIT after the start at
+        most (a fetch that began at once would see the seed alone)."""
+        left = self._started_at + sync.JOIN_VIEW_WAIT - trio.current_time()
+        if left > 0 and not self.view_ready.is_set():
+            with trio.move_on_after(left):
+                await self.view_ready.wait()
 
     async def _timers(self) -> None:
         """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep."""
@@ -409,6 +448,8 @@ class Swarm:
             answer = sync.merge(self.membership, event, trio.current_time())
             if answer is not None:
                 link.post(answer)
+            elif sync.is_full_state(event):
+                self.view_ready.set()
         elif isinstance(event, Bitfield):
             await self._on_bitfield(link, event)
         elif isinstance(event, Choke | Unchoke):

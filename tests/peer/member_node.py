@@ -18,7 +18,17 @@ from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.swarm.link import LinkClosed, PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from wire.events import Bitfield, Event, Have, Members, Piece, Reject, Request
+from wire.events import (
+    Bitfield,
+    Event,
+    Have,
+    Members,
+    Piece,
+    PieceMeta,
+    Refused,
+    Reject,
+    Request,
+)
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
@@ -65,6 +75,7 @@ class Member:
     link: PeerLink
     offers: list[Have | Bitfield] = field(default_factory=list)  # the node's, in order
     members: list[Members] = field(default_factory=list)  # the node's membership pushes
+    metas: list[PieceMeta | Refused] = field(default_factory=list)  # answers to Wants
 
     def __post_init__(self) -> None:
         self.answers: trio.MemorySendChannel[Event]
@@ -77,6 +88,8 @@ class Member:
             self.offers.append(event)
         elif isinstance(event, Members):
             self.members.append(event)
+        elif isinstance(event, PieceMeta | Refused):
+            self.metas.append(event)
 
     async def run(self) -> None:
         async with self.answers:  # closed with the link: ask() then says so

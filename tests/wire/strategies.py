@@ -17,7 +17,9 @@ repositories = st.sampled_from(["library/alpine", "org/team/app", "a", "x-y_z.w"
 origins = st.lists(st.sampled_from(["https://ghcr.io", "http://10.0.0.1:5000"]), max_size=3)
 
 events = st.one_of(
-    st.builds(ev.Want, digests, st.none() | registries, repositories, st.none() | text),
+    st.builds(
+        ev.Want, digests, st.none() | registries, repositories, st.none() | text, st.booleans()
+    ),
     st.builds(ev.Access, digests, st.none() | registries, repositories, st.none() | text),
     st.builds(ev.Warm, indexes, digests, st.none() | registries, repositories, st.none() | text),
     st.builds(ev.Warmed, indexes, digests, st.integers(100, 599), text),

@@ -209,19 +209,24 @@ def test_another_protocol_version_is_named_in_the_error() -> None:
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 4"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 5"):
         events(b)
-    # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames
-    assert PROTOCOL_VERSION == 4
+    # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames;
+    # 5: Want's held_only, a field a version 4 node would refuse the Want for
+    assert PROTOCOL_VERSION == 5
 
 
-def test_a_version_3_node_is_told_apart_before_it_meets_a_sha512_frame() -> None:
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_older_node_is_told_apart_before_it_meets_a_frame_it_cannot_read(
+    version: int,
+) -> None:
+    # 3: before sha512 frames; 4: before Want's held_only field. Their Hello has our fields.
     b = endpoint(Role.RESPONDER, b"B" * 16, b"t")
     header = msgpack.packb(
-        [Hello.TYPE, 3, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
+        [Hello.TYPE, version, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
     )
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 3, this node 4"):
+    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 5"):
         events(b)
 
 

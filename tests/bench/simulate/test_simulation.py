@@ -217,3 +217,15 @@ def test_a_suspect_hears_of_it_on_its_link_and_its_refutation_comes_back_on_link
     assert refutations and all(u.node_id == suspect.node_id for u in refutations)
     assert refutations[0].status is Status.ALIVE and refutations[0].incarnation == 1
     assert accuser.membership.members[suspect.node_id].status is Status.ALIVE
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nodes_that_join_mid_rollout_cost_the_origin_nothing(seed: int) -> None:
+    # Joiners that pulled knowing only their seed, or that ranked first, fetched blobs the
+    # cluster held (or was fetching) from the origin again: 1.33-2.3 x the image, seeds 0-2.
+    config = SimConfig(
+        nodes=8, layer_sizes=SMALL, latency=0.002, seed=seed, joins=(Join(1.0, count=8),)
+    )
+    result = Simulation(config).run()
+    assert len(check_complete(result)) == 16
+    assert result.origin_bytes == config.image_bytes()

@@ -7,7 +7,7 @@ import pytest
 
 from peer.cluster import sync
 from peer.cluster.gossip import BadDatagram
-from peer.cluster.membership import Membership, Status
+from peer.cluster.membership import Membership, Status, Update
 from wire.events import Members
 
 A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
@@ -44,3 +44,29 @@ def test_a_bad_entry_is_refused_and_nothing_is_merged(entry: tuple[object, ...])
     with pytest.raises(BadDatagram):
         sync.merge(ours, Members([good, entry], reply=False), 0.0)  # type: ignore[list-item]
     assert not ours.members
+
+
+def test_an_answer_to_a_push_is_a_full_state_and_a_link_word_is_not() -> None:
+    ours = Membership(A, ("127.0.0.1", 1))
+    theirs = Membership(B, ("127.0.0.2", 1))
+    answer = sync.merge(theirs, sync.full_state(ours, reply=False), 0.0)
+    assert answer is not None and sync.is_full_state(answer)
+    assert not sync.is_full_state(sync.full_state(ours, reply=False))  # a push, not an answer
+    word = Members([answer.members[0]], reply=True)  # as gossip's refutation on a link
+    assert not sync.is_full_state(word)
+
+
+def test_only_a_node_with_others_to_join_waits_for_a_sync() -> None:
+    own = ("127.0.0.1", 1)
+    assert not sync.joins_others(Membership(A, own))
+    assert not sync.joins_others(Membership(A, own, seeds=(own,)))  # a DaemonSet's first pod
+    assert sync.joins_others(Membership(A, own, seeds=(own, ("127.0.0.2", 1))))
+
+
+def test_a_joining_node_syncs_with_its_seed_rather_than_another_newcomer() -> None:
+    seed, newcomer = ("127.0.0.2", 1), ("127.0.0.3", 1)
+    ours = Membership(A, ("127.0.0.1", 1), seeds=(seed,))
+    ours.merge([Update(C, newcomer, 0, Status.ALIVE, 0), Update(B, seed, 0, Status.ALIVE, 0)], 0.0)
+    assert sync.join_sync_peers(ours) == [B]
+    ours.set_seeds([("127.0.0.9", 1)])  # the name now resolves elsewhere: anyone will do
+    assert sorted(sync.join_sync_peers(ours)) == [B, C]

@@ -259,6 +259,9 @@ class DiskFullUpstream:
     def busy(self) -> bool:
         return True
 
+    def fetching(self, digest: str) -> bool:
+        return True
+
     async def fetch_runs(
         self, download: Download, headers: dict[str, str], partial: object, runs: object
     ) -> None:

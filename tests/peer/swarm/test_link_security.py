@@ -212,6 +212,9 @@ class NoUpstream:
     def busy(self) -> bool:
         return False
 
+    def fetching(self, digest: str) -> bool:
+        return False
+
     async def fetch_runs(
         self,
         download: Download,

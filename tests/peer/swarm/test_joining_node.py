@@ -1,0 +1,131 @@
+"""A node that joins a cluster whose nodes hold a blob, and pulls it at once, takes it from
+them: the registry sends it once. Real nodes (gossip on UDP, links on TCP, all on loopback)
+with a fake registry.
+
+Two holes, each shown by one test (both fetched the blob from the registry a second time):
+a pull that came as a node started (a kubelet does not wait for its readiness) was served
+knowing no member, or the seed alone, until gossip or the 30 s sync told it the rest: it took
+itself or its seed for the owner; and a node that joins and ranks first for a blob owned it
+and fetched it from the registry, though the previous owner (next in order) held it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from bench.components import free_port
+from peer.cluster.rendezvous import owner_order
+from peer.config import Address
+from peer.node import Node
+from tests.peer.fake_registry import FakeRegistry, digest_of, node_config
+
+TOKEN = b"a cluster token of thirty-two bytes!"
+PIECE = 64 * 1024
+BLOB = 16 * PIECE
+
+
+@dataclass
+class Running:
+    node: Node
+    client: httpx.AsyncClient
+    peer: Address
+
+    async def pull(self, digest: str) -> bytes:
+        response = await self.client.get(f"/v2/org/app/blobs/{digest}")
+        assert response.status_code == 200, response.text
+        return response.content
+
+
+def make_node(registry: FakeRegistry, data_dir: Path, join: tuple[Address, ...] = ()) -> Node:
+    peer = Address("127.0.0.1", free_port())
+    config = node_config(
+        registry, data_dir, peer=peer, join=join, cluster_token=TOKEN, piece_size=PIECE
+    )
+    return Node(config)
+
+
+@asynccontextmanager
+async def running(node: Node, nursery: trio.Nursery) -> AsyncIterator[Running]:
+    port = await nursery.start(node.run)
+    assert node.config.peer is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+        yield Running(node, client, node.config.peer)
+
+
+def blob_where(first: Callable[[str], bool]) -> bytes:
+    """Random bytes whose digest satisfies `first` (about every second or third try does)."""
+    for _ in range(1000):
+        data = os.urandom(BLOB)
+        if first(digest_of(data)):
+            return data
+    raise AssertionError("no blob found with that owner order")
+
+
+def first_of(digest: str, *nodes: Node) -> bytes:
+    return owner_order(digest, [n.node_id for n in nodes])[0]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+
+
+async def registry_and_seed(tmp_path: Path, nursery: trio.Nursery) -> tuple[FakeRegistry, Node]:
+    """A fake registry serving, and the cluster's first node (not started)."""
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    return registry, make_node(registry, tmp_path / "seed")
+
+
+def knows(node: Node, *others: Node) -> bool:
+    assert node.membership is not None
+    alive = node.membership.alive_ids()
+    return all(other.node_id in alive for other in others)
+
+
+async def test_a_pull_at_a_joining_nodes_start_waits_for_it_to_learn_the_cluster(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry, seed = await registry_and_seed(tmp_path, nursery)
+    async with running(seed, nursery) as a:
+        holder = make_node(registry, tmp_path / "holder", join=(a.peer,))
+        joiner = make_node(registry, tmp_path / "joiner", join=(a.peer,))
+        # The holder owns the blob now and once the joiner is in: the joiner that knows
+        # only its seed takes itself or the seed for the owner, and either fetches it again.
+        data = blob_where(
+            lambda d: (
+                first_of(d, seed, holder) == first_of(d, seed, holder, joiner) == holder.node_id
+            )
+        )
+        digest = registry.add_blob(data)
+        async with running(holder, nursery) as b:
+            await until(lambda: knows(seed, holder) and knows(holder, seed))
+            assert await b.pull(digest) == data
+            async with running(joiner, nursery) as j:
+                # At once, as a kubelet pulls whatever the node's readiness says.
+                assert await j.pull(digest) == data
+    assert registry.count("GET", digest) == 1
+
+
+async def test_a_joining_node_that_ranks_first_takes_the_blob_from_the_previous_owner(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry, seed = await registry_and_seed(tmp_path, nursery)
+    assert seed.config.peer is not None
+    joiner = make_node(registry, tmp_path / "joiner", join=(seed.config.peer,))
+    data = blob_where(lambda d: first_of(d, seed, joiner) == joiner.node_id)
+    digest = registry.add_blob(data)
+    async with running(seed, nursery) as a:
+        assert await a.pull(digest) == data  # alone, the seed owns it
+        async with running(joiner, nursery) as j:
+            await until(lambda: knows(joiner, seed))
+            assert await j.pull(digest) == data
+    assert registry.count("GET", digest) == 1
