@@ -40,17 +40,32 @@ def mbit_text(rate: int) -> str:
 EVENT = re.compile(r"(\d+|owner)@(\d+(?:\.\d+)?)")  # COUNT@SECONDS or owner@SECONDS
 
 
+def _events(
+    param: click.Parameter, values: tuple[str, ...], owner: bool
+) -> list[tuple[str, float]]:
+    """(COUNT, or "owner" where `owner` allows it; seconds) of each COUNT@SECONDS."""
+    events = []
+    for value in values:
+        match = EVENT.fullmatch(value.strip())
+        if match is None or match.group(1) == "0" or (match.group(1) == "owner" and not owner):
+            usage = "COUNT@SECONDS or owner@SECONDS" if owner else "COUNT@SECONDS"
+            raise click.BadParameter(f"{value!r}: use {usage}", param=param)
+        events.append((match.group(1), float(match.group(2))))
+    return events
+
+
 def kill_events(
     _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> list[tuple[str, float]]:
     """A click callback for --kill: (COUNT or "owner", seconds) each; COUNT at least 1."""
-    kills = []
-    for value in values:
-        match = EVENT.fullmatch(value.strip())
-        if match is None or match.group(1) == "0":
-            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS or owner@SECONDS", param=param)
-        kills.append((match.group(1), float(match.group(2))))
-    return kills
+    return _events(param, values, owner=True)
+
+
+def join_events(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[int, float]]:
+    """A click callback for --join: (COUNT, seconds) each; COUNT at least 1."""
+    return [(int(count), at) for count, at in _events(param, values, owner=False)]
 
 
 def slow_hosts(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:

@@ -9,6 +9,7 @@ the BitTorrent seeder's own count) and what crossed the origin's link (interface
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -58,6 +59,7 @@ class Outcome:
     cpu_busy: float = 0.0  # share of the machine's CPU time busy while the hosts fetched
     node_ids: dict[str, str] = field(default_factory=dict)  # host -> pollen node id (hex)
     killed: dict[str, float] = field(default_factory=dict)  # host -> when it was SIGKILLed
+    joined: dict[str, float] = field(default_factory=dict)  # host -> when its node started
     # CPU seconds while the hosts fetched: the clients (skopeo, aria2c: every child process
     # that ended meanwhile) and the long-running daemons (pollen nodes) apart.
     client_cpu_s: float = 0.0
@@ -175,6 +177,17 @@ class HostKill:
     kill: Callable[[Host], None]
 
 
+@dataclass
+class HostJoin:
+    """`start(host)` starts the host's node `at` seconds into the run; the host's command
+    starts right after (it waits for its node to serve), and its time counts from the run's
+    start, as every host's does."""
+
+    at: float
+    hosts: list[Host]
+    start: Callable[[Host], None]
+
+
 def run_at_once(
     testbed: Testbed,
     commands: dict[Host, list[str]],
@@ -184,24 +197,34 @@ def run_at_once(
     logs: Path,
     done_files: dict[Host, Path] | None = None,
     kills: list[HostKill] | None = None,
+    joins: list[HostJoin] | None = None,
 ) -> None:
     """Start every host's command at the same moment; record when each finished.
 
     A host is done when its command exits 0, or (with `done_files`, for clients that keep
     running to serve others) when its done file appears; the file holds a Unix time. `kills`
-    end hosts mid-run (churn).
+    end hosts mid-run (churn); the hosts of `joins` start later.
     """
     kills = sorted(kills or [], key=lambda k: k.at)
+    joins = sorted(joins or [], key=lambda j: j.at)
+    later = {host for join in joins for host in join.hosts}
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[Host, subprocess.Popen[bytes]] = {}
     wall_start = time.time()
     start = time.monotonic()
     for host, argv in commands.items():
-        procs[host] = testbed.spawn(host, argv, logs / f"{host.name}.log")
-    pending = set(procs)
+        if host not in later:
+            procs[host] = testbed.spawn(host, argv, logs / f"{host.name}.log")
+    pending = set(procs) | later
     deadline = start + timeout
     try:
         while pending and time.monotonic() < deadline:
+            while joins and time.monotonic() - start >= joins[0].at:
+                join = joins.pop(0)
+                for host in join.hosts:
+                    outcome.joined[host.name] = time.monotonic() - start
+                    join.start(host)
+                    procs[host] = testbed.spawn(host, commands[host], logs / f"{host.name}.log")
             while kills and time.monotonic() - start >= kills[0].at:
                 kill = kills.pop(0)
                 for host in kill.hosts:
@@ -212,7 +235,9 @@ def run_at_once(
                     outcome.errors.pop(host.name, None)
                     pending.discard(host)
             for host in list(pending):
-                proc = procs[host]
+                proc = procs.get(host)
+                if proc is None:
+                    continue  # joins later
                 if done_files is not None and done_files[host].exists():
                     text = done_files[host].read_text().strip()
                     if text:
@@ -240,6 +265,17 @@ def run_at_once(
             outcome.errors[host.name] = f"not done after {timeout:.0f}s"
         for proc in procs.values():
             stop_process(proc)
+
+
+def _after_node_serves(command: list[str], timeout: float = 30.0) -> list[str]:
+    """`command`, run once the host's pollen node answers (it has just been started)."""
+    tries = int(timeout / 0.05)
+    wait = (
+        "i=0; until curl -sf -o /dev/null http://$0/healthz; do "
+        f'i=$((i+1)); [ $i -ge {tries} ] && echo "node not serving" && exit 1; sleep 0.05; '
+        'done; exec "$@"'
+    )
+    return ["sh", "-c", wait, POLLEN_HTTP, *command]
 
 
 def skopeo_pull(source: str, layout: Path, tag: str) -> list[str]:
@@ -316,56 +352,56 @@ class Rollout:
         tags: list[str],
         extra_args: list[str] | None = None,
         kills: list[tuple[str, float]] | None = None,
+        joins: list[tuple[int, float]] | None = None,
     ) -> Outcome:
         """A pollen node per host, joined by gossip; every host pulls through its own node
         (`extra_args` go to every `pollen run`, e.g. --piece-size 1MiB). `kills`: (COUNT or
         "owner", seconds): SIGKILL that many random hosts' nodes (or the node that owns the
-        largest layer) that far into the timed pull."""
+        largest layer) that far into the timed pull. `joins`: (COUNT, seconds): the last
+        hosts' nodes start that far into the timed pull (joining through the first host), and
+        those hosts pull as soon as their node serves."""
         nodes = self.testbed.nodes
         base = self.workdir / "pollen"
-        procs = []
+        procs: list[subprocess.Popen[bytes]] = []
         token_file = base / "cluster.token"
         base.mkdir(parents=True, exist_ok=True)
         token_file.write_text(secrets.token_urlsafe(32))
+        late = sum(count for count, _ in joins or [])
+        if late >= len(nodes):
+            raise RolloutError(f"{late} hosts join, of {len(nodes)}: the first must start")
+        first = nodes[: len(nodes) - late]
+        pids: list[int] = []  # grows as nodes join: their CPU counts from their start
+
+        def start_node(host: Host) -> None:
+            argv = self._node_argv(host, base, token_file, extra_args or [])
+            (base / host.name).mkdir(parents=True, exist_ok=True)
+            procs.append(self.testbed.spawn(host, argv, base / host.name / "pollen.log", cwd=REPO))
+            pids.append(procs[-1].pid)
+
         try:
-            for i, host in enumerate(nodes):
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "peer.cli",
-                    "run",
-                    "--http",
-                    POLLEN_HTTP,
-                    "--peer",
-                    f"{host.ip}:{PEER_PORT}",
-                    "--cluster-token-file",
-                    str(token_file),
-                    "--admin",
-                    POLLEN_ADMIN,
-                    "--data-dir",
-                    str(base / host.name / "store"),
-                    "--default-upstream",
-                    self.origin.url,
-                ]
-                if i:
-                    argv += ["--join", f"{nodes[0].ip}:{PEER_PORT}"]
-                argv += ["--uplink", str(host.uplink)]  # as an operator declares each host's
-                argv += extra_args or []
-                (base / host.name).mkdir(parents=True, exist_ok=True)
-                log = base / host.name / "pollen.log"
-                procs.append(self.testbed.spawn(host, argv, log, cwd=REPO))
-            self._wait_converged(nodes, base)
-            by_host = dict(zip(nodes, procs, strict=True))
+            for host in first:
+                start_node(host)
+            self._wait_converged(first, base)
+            by_host = dict(zip(first, procs, strict=True))
             host_kills = self._host_kills(kills or [], by_host, base)
+            host_joins, joining = [], iter(nodes[len(first) :])
+            for count, at in joins or []:
+                host_joins.append(HostJoin(at, list(itertools.islice(joining, count)), start_node))
 
             def pull(tag: str, outcome: Outcome) -> None:
-                self._pull_all(f"{POLLEN_HTTP}/{REPOSITORY}:{tag}", tag, base, outcome, host_kills)
+                source = f"{POLLEN_HTTP}/{REPOSITORY}:{tag}"
+                self._pull_all(source, tag, base, outcome, host_kills, host_joins)
+
+            def warm_up(tag: str, outcome: Outcome) -> None:
+                # Only the hosts that start at once hold the previous release.
+                source = f"{POLLEN_HTTP}/{REPOSITORY}:{tag}"
+                self._pull_all(source, tag, base, outcome, hosts=first)
 
             outcome = self.measure(
                 "pollen",
-                (lambda: _must(pull, tags[0], "pollen")) if len(tags) > 1 else None,
+                (lambda: _must(warm_up, tags[0], "pollen")) if len(tags) > 1 else None,
                 lambda outcome: pull(tags[-1], outcome),
-                daemons=[proc.pid for proc in procs],
+                daemons=pids,
             )
             for host in nodes:  # kept with the logs: what each node saw
                 if host.name in outcome.killed:
@@ -379,6 +415,33 @@ class Rollout:
             for proc in procs:
                 stop_process(proc)
             remove_data(base)
+
+    def _node_argv(
+        self, host: Host, base: Path, token_file: Path, extra_args: list[str]
+    ) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "run",
+            "--http",
+            POLLEN_HTTP,
+            "--peer",
+            f"{host.ip}:{PEER_PORT}",
+            "--cluster-token-file",
+            str(token_file),
+            "--admin",
+            POLLEN_ADMIN,
+            "--data-dir",
+            str(base / host.name / "store"),
+            "--default-upstream",
+            self.origin.url,
+        ]
+        first = self.testbed.nodes[0]
+        if host != first:
+            argv += ["--join", f"{first.ip}:{PEER_PORT}"]
+        argv += ["--uplink", str(host.uplink)]  # as an operator declares each host's
+        return argv + extra_args
 
     def _host_kills(
         self, kills: list[tuple[str, float]], procs: dict[Host, subprocess.Popen[bytes]], base: Path
@@ -418,13 +481,22 @@ class Rollout:
         base: Path,
         outcome: Outcome,
         kills: list[HostKill] | None = None,
+        joins: list[HostJoin] | None = None,
+        hosts: list[Host] | None = None,
     ) -> None:
-        """Every node host copies `source` with skopeo into its layout under `base`."""
-        for host in self.testbed.nodes:
+        """Every node host (or those of `hosts`) copies `source` with skopeo into its layout
+        under `base`; a host of `joins` first waits for its node to serve."""
+        hosts = hosts if hosts is not None else self.testbed.nodes
+        joining = {host for join in joins or [] for host in join.hosts}
+        commands = {}
+        for host in hosts:
             (base / host.name).mkdir(parents=True, exist_ok=True)
-        commands = {h: skopeo_pull(source, base / h.name / "oci", tag) for h in self.testbed.nodes}
+            command = skopeo_pull(source, base / host.name / "oci", tag)
+            commands[host] = _after_node_serves(command) if host in joining else command
         logs = base / f"logs-{tag}"
-        run_at_once(self.testbed, commands, self.timeout, outcome, self.progress, logs, kills=kills)
+        run_at_once(
+            self.testbed, commands, self.timeout, outcome, self.progress, logs, None, kills, joins
+        )
 
     def _wait_converged(self, nodes: list[Host], base: Path) -> None:
         def converged() -> bool:

@@ -19,7 +19,14 @@ import click
 
 from bench.bound import t_min
 from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
-from bench.rate_options import downlink_rate, kill_events, mbit_text, rate_option, slow_hosts
+from bench.rate_options import (
+    downlink_rate,
+    join_events,
+    kill_events,
+    mbit_text,
+    rate_option,
+    slow_hosts,
+)
 from bench.rollout import Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
@@ -164,6 +171,16 @@ def _progress(enabled: bool) -> Any:
     "layer) S seconds into the pull; those hosts then no longer count. Repeatable.",
 )
 @click.option(
+    "--join",
+    "joins",
+    multiple=True,
+    callback=join_events,
+    metavar="COUNT@S",
+    help="pollen only: COUNT of the hosts (the last ones) start their node S seconds into the "
+    "pull, joining through the first, and pull as soon as it serves; their times count from "
+    "the start. Repeatable.",
+)
+@click.option(
     "--cleanup",
     is_flag=True,
     help="Only remove namespaces left by testbeds whose process died, and exit.",
@@ -190,6 +207,7 @@ def swarm(
     pollen_args: str,
     slow: tuple[int, int],
     kills: list[tuple[str, float]],
+    joins: list[tuple[int, float]],
     cleanup: bool,
 ) -> None:
     """Compare contenders on a testbed of network namespaces (needs root).
@@ -242,6 +260,7 @@ def swarm(
                 pollen_args,
                 kills,
                 slow,
+                joins,
             )
     except (TestbedError, RolloutError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -300,6 +319,7 @@ def _run(
     pollen_args: str = "",
     kills: list[tuple[str, float]] | None = None,
     slow: tuple[int, int] = (0, 0),
+    joins: list[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
     images = _images(root, scenario, profile, size, layers, scale, gz)
     image = images[-1]
@@ -334,7 +354,7 @@ def _run(
             if contender == "direct":
                 outcome = rollout.direct(tags)
             elif contender == "pollen":
-                outcome = rollout.pollen(tags, shlex.split(pollen_args), kills)
+                outcome = rollout.pollen(tags, shlex.split(pollen_args), kills, joins)
             else:
                 outcome = rollout.bittorrent(images)
             outcomes.append(outcome)
@@ -344,6 +364,7 @@ def _run(
             click.echo(
                 f"{contender}: {len(outcome.times)}/{nodes - len(outcome.killed)} hosts done"
                 + (f" ({len(outcome.killed)} killed)" if outcome.killed else "")
+                + (f" ({len(outcome.joined)} joined)" if outcome.joined else "")
                 + (f", last at {last:.1f}s ({last / bound:.2f} x T_min)" if last else "")
                 + f", origin served {format_size(outcome.origin_payload)}"
                 + f"; CPU: clients {outcome.client_cpu_s:.1f} s"
@@ -366,6 +387,7 @@ def _run(
         "command": " ".join(sys.argv),
         "pollen_args": pollen_args,
         "kills": [f"{what}@{at:g}" for what, at in kills or []],
+        "joins": [f"{count}@{at:g}" for count, at in joins or []],
         "slow_hosts": slow_count,
         "slow_uplink_bytes_per_s": slow[1] if slow_count else None,
         "scenario": scenario,

@@ -20,6 +20,7 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         "hosts": len(outcome.done),  # the survivors, when hosts were killed
         "hosts_done": len(times),
         "hosts_killed": {h: round(t, 3) for h, t in sorted(outcome.killed.items())},
+        "hosts_joined": {h: round(t, 3) for h, t in sorted(outcome.joined.items())},
         "first_done_s": round(min(times), 3) if times else None,
         "median_done_s": round(statistics.median(times), 3) if times else None,
         "last_done_s": round(last, 3) if last is not None else None,

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from bench.rate_options import (
-    EVENT,
     downlink_rate,
+    join_events,
     kill_events,
     mbit_text,
     rate_option,
@@ -47,13 +47,7 @@ def _kills(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 
 
 def _joins(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Join]:
-    joins = []
-    for value in values:
-        match = EVENT.fullmatch(value.strip())
-        if match is None or match.group(1) == "owner":
-            raise click.BadParameter(f"{value!r}: use COUNT@SECONDS", param=param)
-        joins.append(Join(float(match.group(2)), int(match.group(1))))
-    return joins
+    return [Join(at, count) for count, at in join_events(_ctx, param, values)]
 
 
 def _progress(quiet: bool) -> Callable[[str], None] | None:

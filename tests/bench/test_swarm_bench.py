@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,28 +103,53 @@ def test_blob_owners_names_the_host_first_in_rendezvous_order() -> None:
     assert len(set(owners.values())) > 1  # 20 blobs do not all land on one host
 
 
-def test_killed_hosts_stop_counting_and_the_rest_complete(tmp_path: Path) -> None:
-    """`--kill owner@S`: the node owning the largest layer is SIGKILLed mid-pull; the other
-    hosts still get the whole image, and the report counts the survivors only."""
+def quick_pollen_run(tmp_path: Path, *options: str) -> tuple[str, dict[str, Any]]:
+    """`pollen bench swarm --quick` of pollen alone with `options`: its output and JSON; the
+    testbed is gone afterwards."""
     before = namespaces()
     result = subprocess.run(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick", "--contenders",
-         "pollen", "--uplink", "20mbit", "--kill", "owner@3", "--json", str(tmp_path / "r.json")],
+         "pollen", "--uplink", "20mbit", *options, "--json", str(tmp_path / "r.json")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert namespaces() == before
-    doc = json.loads((tmp_path / "r.json").read_text())
+    doc: dict[str, Any] = json.loads((tmp_path / "r.json").read_text())
+    return result.stdout, doc
+
+
+def test_killed_hosts_stop_counting_and_the_rest_complete(tmp_path: Path) -> None:
+    """`--kill owner@S`: the node owning the largest layer is SIGKILLed mid-pull; the other
+    hosts still get the whole image, and the report counts the survivors only."""
+    stdout, doc = quick_pollen_run(tmp_path, "--kill", "owner@3")
     assert doc["kills"] == ["owner@3"]
     (pollen,) = doc["results"]
     assert len(pollen["hosts_killed"]) == 1 and pollen["hosts"] == 3
     assert pollen["hosts_done"] == 3, pollen["errors"]
-    assert "(1 killed)" in result.stdout
+    assert "(1 killed)" in stdout
 
 
-def test_kill_option_is_checked() -> None:
+def test_joining_hosts_start_late_pull_and_the_registry_sends_the_image_once(
+    tmp_path: Path,
+) -> None:
+    """`--join 1@2`: the last host's node starts 2 s into the pull (through the first host)
+    and its client pulls as soon as it serves; it completes, and it takes the image from the
+    swarm (the registry's bytes are those of one image)."""
+    stdout, doc = quick_pollen_run(tmp_path, "--join", "1@2")
+    assert doc["joins"] == ["1@2"]
+    (pollen,) = doc["results"]
+    assert list(pollen["hosts_joined"]) == ["node4"] and pollen["hosts_joined"]["node4"] >= 2
+    assert pollen["hosts_done"] == 4, pollen["errors"]
+    assert pollen["per_host_done_s"]["node4"] > pollen["hosts_joined"]["node4"]
+    # Each blob once; each node asks the registry for the manifest itself (a few KB).
+    assert pollen["origin_payload_over_image"] <= 1.001
+    assert "(1 joined)" in stdout
+
+
+@pytest.mark.parametrize("option", ["--kill", "--join"])
+def test_kill_and_join_options_are_checked(option: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--kill", "0@3"],
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", option, "0@3"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "COUNT@SECONDS" in result.stderr
