@@ -255,7 +255,7 @@ def run_at_once(
                     outcome.errors[host.name] = f"exited with {code}: {tail.strip()}"
                 pending.discard(host)
             progress(
-                f"{outcome.contender}: {len(procs) - len(pending)}/{len(procs)} hosts done, "
+                f"{outcome.contender}: {len(commands) - len(pending)}/{len(commands)} hosts done, "
                 f"{time.monotonic() - start:.1f}s"
             )
             time.sleep(0.05)
@@ -268,12 +268,12 @@ def run_at_once(
 
 
 def _after_node_serves(command: list[str], timeout: float = 30.0) -> list[str]:
-    """`command`, run once the host's pollen node answers (it has just been started)."""
-    tries = int(timeout / 0.05)
+    """`command`, run once the host's pollen node answers (it has just been started); the
+    host fails if the node does not serve within `timeout` seconds."""
+    poll = "until curl -sf --max-time 1 -o /dev/null http://\\$1/healthz; do sleep 0.05; done"
     wait = (
-        "i=0; until curl -sf -o /dev/null http://$0/healthz; do "
-        f'i=$((i+1)); [ $i -ge {tries} ] && echo "node not serving" && exit 1; sleep 0.05; '
-        'done; exec "$@"'
+        f'timeout {timeout:g} sh -c "{poll}" sh "$0" '
+        f'|| {{ echo "the node did not serve within {timeout:g} s"; exit 1; }}; exec "$@"'
     )
     return ["sh", "-c", wait, POLLEN_HTTP, *command]
 

@@ -37,7 +37,7 @@ from peer.swarm.fetch import (
     UNHELD_GRACE,
     peers_to_link,
 )
-from peer.swarm.held_probe import HeldProbe
+from peer.swarm.held_probe import HELD_ASK_TIMEOUT, HELD_PROBE_TIMEOUT, HeldProbe
 from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
@@ -89,9 +89,10 @@ class Phase(enum.Enum):
 
 
 class SwarmFetch:
-    def __init__(self, node: SimNode, state: BlobState) -> None:
+    def __init__(self, node: SimNode, state: BlobState, from_holders: bool = False) -> None:
         self.node = node
         self.state = state
+        self.from_holders = from_holders  # for peers' Wants: a holder, else the registry
         self.queue = node.world.queue
         self.picker = PiecePicker(
             state.digest, state.layout, node.rng, have=state.have, source_limit=node.source_limit
@@ -101,6 +102,7 @@ class SwarmFetch:
         self.meta_pending = False  # a Want went to `owner`; its PieceMeta has not come
         self._candidates: list[bytes] = []
         self._held: HeldProbe | None = None  # whom this owner asks whether they hold it
+        self._held_until = 0.0  # ... until then at most
         self._next = 0
         self._skipped = 0
         self._era = 0  # bumped on every phase change and new owner: older timers are void
@@ -113,6 +115,11 @@ class SwarmFetch:
     def start(self) -> None:
         self.node.after_view(self._find_owner)
 
+    @property
+    def fetching_from(self) -> bytes | None:
+        """The owner whose swarm this fetch takes pieces from now, if any."""
+        return self.owner if self.phase is Phase.EXCHANGE else None
+
     def _find_owner(self) -> None:
         self.phase = Phase.FINDING
         self._era += 1
@@ -120,7 +127,18 @@ class SwarmFetch:
         self._candidates = self.node.owner_candidates(self.state.digest)
         self._next = 0
         self._skipped = 0
-        self._try_next()
+        if not self.from_holders:
+            self._try_next()
+        elif self.state.partial:
+            self._owner_unavailable()
+        else:
+            own = self.node.node_id
+            self._start_held([c for c in self._candidates if c != own])
+
+    def _start_held(self, later: list[bytes]) -> None:
+        self._held = HeldProbe(self.node.node_id, later)
+        self._held_until = self.queue.now + HELD_PROBE_TIMEOUT
+        self._ask_held()
 
     def _try_next(self) -> None:
         node = self.node
@@ -135,8 +153,7 @@ class SwarmFetch:
                     self._owner_unavailable()  # this node is the owner
                 else:
                     # The owner asks the next in order whether they hold it already.
-                    self._held = HeldProbe(node.node_id, self._candidates[self._next :])
-                    self._ask_held()
+                    self._start_held(self._candidates[self._next :])
                 return
             if node.bans.is_unreachable(candidate, now):
                 self._skipped += 1
@@ -153,7 +170,7 @@ class SwarmFetch:
         """A held-only Want to the next node `_held` names; none left: this node owns it."""
         node = self.node
         assert self._held is not None
-        while (candidate := self._held.next()) is not None:
+        while self.queue.now < self._held_until and (candidate := self._held.next()) is not None:
             if node.bans.is_unreachable(candidate, self.queue.now):
                 continue
             self.owner = candidate
@@ -172,7 +189,7 @@ class SwarmFetch:
         assert self.owner is not None
         self.meta_pending = True
         self.node.send(self.owner, Want(self.state.digest, NAMESPACE, REPOSITORY, None, True))
-        self.queue.at(self.queue.now + META_TIMEOUT, self._held_timeout, era)
+        self.queue.at(self.queue.now + HELD_ASK_TIMEOUT, self._held_timeout, era)
 
     def _held_timeout(self, era: int) -> None:
         if era == self._era and self.meta_pending and self.node.alive:

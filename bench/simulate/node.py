@@ -394,7 +394,7 @@ class SimNode:
         state = self.state(want.digest)
         if want.held_only and not state.complete and state.upstream is None:
             # As the node's owner side: neither held nor fetched from the registry here.
-            source_id = state.fetch.owner if state.fetch is not None else None
+            source_id = state.fetch.fetching_from if state.fetch is not None else None
             answer = {NOT_HELD_HEADER: not_held_value(source_id)}
             self.send(source, Refused(want.digest, 404, answer))
             return
@@ -402,10 +402,12 @@ class SimNode:
             self._answer_want(state, source)
         else:
             # The answer waits for the partial: our own fetch's owner's answer, or (no download
-            # running) the registry's, for which this node now fetches the blob itself.
+            # running) that of a node that holds the blob, else the registry's (as the node's
+            # `OwnerUpstream.join_for_peer`).
             state.want_waiters[source] = None
             if not state.active:
-                self.start_upstream(state)
+                fetch = state.fetch = SwarmFetch(self, state, from_holders=True)
+                fetch.start()
 
     def _answer_want(self, state: BlobState, peer: bytes) -> None:
         if peer not in state.interested:  # only now: PieceMeta updates go to it

@@ -102,21 +102,33 @@ class DownloadTable:
 
 
 class OwnerUpstream:
-    """What the swarm may ask of the fetch side: the owner's upstream download of a blob for
-    its peers (shared with this node's own clients), and whether one is running now."""
+    """What the swarm may ask of the fetch side: a download of a blob for its peers (shared
+    with this node's own clients), and whether one runs from the upstream now."""
 
     def __init__(self, table: DownloadTable, fetcher: UpstreamFetcher) -> None:
         self._table = table
         self._fetcher = fetcher
 
-    async def join_for_peer(self, source: BlobSource) -> Download:
-        return await self._table.join(source, self._fetcher.fetch, upstream_only=True)
+    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+        async def fetch(download: Download, headers: dict[str, str]) -> None:
+            # A node that joined and ranks first is asked for blobs the previous owner has:
+            # from it, not the registry again. Held-only Wants start nothing where they
+            # land, so two nodes never wait on each other here.
+            try:
+                await holders(download, headers)
+                return
+            except OwnerUnavailable as exc:
+                log.info("fetching %s from the upstream for peers: %s", download.digest, exc)
+            await self._fetcher.fetch(download, headers)
+
+        return await self._table.join(source, fetch, upstream_only=True)
+
+    def in_flight(self, digest: str) -> Download | None:
+        download = self._table.active.get(digest)
+        return download if download is not None and self._fetcher.fetching(digest) else None
 
     def busy(self) -> bool:
         return self._fetcher.busy()
-
-    def fetching(self, digest: str) -> bool:
-        return self._fetcher.fetching(digest)
 
     async def fetch_runs(
         self,

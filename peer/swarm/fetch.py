@@ -23,7 +23,12 @@ from peer.fetch.download import Download
 from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
 from peer.swarm.errors import ClientRefused, OwnerUnavailable
-from peer.swarm.held_probe import HeldProbe, fetches_from
+from peer.swarm.held_probe import (
+    HELD_ASK_TIMEOUT,
+    HELD_PROBE_TIMEOUT,
+    HeldProbe,
+    fetches_from,
+)
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
@@ -125,6 +130,9 @@ class SwarmFetch:
     download: Download
     headers: dict[str, str]
     owner: bytes | None = None
+    # For peers' Wants that found nothing here: only from a node that holds the blob or
+    # fetches it from the upstream (held-only Wants), else the caller fetches it upstream.
+    from_holders: bool = False
     partial: PartialBlob | None = None
     picker: PiecePicker | None = None
     # peer -> when our client's credentials (Access) last went to it
@@ -138,6 +146,7 @@ class SwarmFetch:
     _early: dict[bytes, set[int]] = field(default_factory=dict)
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
+    _exchanging: bool = False  # taking pieces from `owner`'s swarm (its PieceMeta is in)
     _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
     _asleep_until: float | None = None  # the fetch's task waits for a change until then
 
@@ -187,10 +196,20 @@ class SwarmFetch:
 
     # ---- finding the owner ---------------------------------------------------------------
 
+    @property
+    def fetching_from(self) -> bytes | None:
+        """The owner whose swarm this fetch takes pieces from now, if any."""
+        return self.owner if self._exchanging else None
+
     async def _find_owner(self) -> None:
         swarm = self.swarm
         skipped = 0
         candidates = swarm.owner_candidates(self.digest)
+        if self.from_holders:
+            others = [c for c in candidates if c != swarm.node_id]
+            if self.partial is None and await self._held_next(others):
+                return
+            raise OwnerUnavailable("no other node holds it or fetches it from the upstream")
         for position, candidate in enumerate(candidates):
             if candidate == swarm.node_id:
                 if not skipped:
@@ -229,23 +248,25 @@ class SwarmFetch:
         joined and ranks first would fetch it again). True when one does and is our owner."""
         swarm = self.swarm
         probe = HeldProbe(swarm.node_id, later)
-        while (candidate := probe.next()) is not None:
-            if swarm.bans.is_unreachable(candidate, trio.current_time()):
-                continue
-            self.owner = candidate
-            self.state.wanted_from = candidate
-            try:
-                link = await swarm.link_to(candidate)
-                await self._want(link, held_only=True)
-            except LinkClosed as exc:
-                log.debug("%s: %s not asked: %s", self.digest, candidate.hex()[:12], exc)
-                continue
-            except NotHeld as exc:
-                probe.refused(exc.fetches_from)
-                continue
-            self._owner_lost = False
-            log.info("%s: held by %s, after us in order", self.digest, candidate.hex()[:12])
-            return True
+        with trio.move_on_after(HELD_PROBE_TIMEOUT):
+            while (candidate := probe.next()) is not None:
+                if swarm.bans.is_unreachable(candidate, trio.current_time()):
+                    continue
+                self.owner = candidate
+                self.state.wanted_from = candidate
+                try:
+                    with trio.fail_after(HELD_ASK_TIMEOUT):
+                        link = await swarm.link_to(candidate)
+                        await self._want(link, held_only=True)
+                except (LinkClosed, trio.TooSlowError) as exc:
+                    log.debug("%s: no answer from %s: %r", self.digest, candidate.hex()[:12], exc)
+                    continue
+                except NotHeld as exc:
+                    probe.refused(exc.fetches_from)
+                    continue
+                self._owner_lost = False
+                log.info("%s: held by %s", self.digest, candidate.hex()[:12])
+                return True
         self.owner = None
         self.state.wanted_from = None
         return False
@@ -265,8 +286,10 @@ class SwarmFetch:
         if meta is None:
             raise LinkClosed("owner did not answer in time")
         if isinstance(meta, Refused):
-            if held_only and (value := meta.headers.get(NOT_HELD_HEADER)) is not None:
-                raise NotHeld(fetches_from(value))
+            if held_only:
+                # Whatever the refusal (not held; or held, but not for our client: its
+                # registry decides), we fetch it ourselves; only "not held" names a source.
+                raise NotHeld(fetches_from(meta.headers.get(NOT_HELD_HEADER, "")))
             if meta.headers.get(CACHED_ELSEWHERE_HEADER):
                 # The owner holds it from other registries than ours: our client's registry
                 # must show the bytes itself (our upstream fetch, with our client's credentials).
@@ -327,11 +350,11 @@ class SwarmFetch:
     # ---- exchanging pieces ---------------------------------------------------------------
 
     async def _exchange(self, partial: PartialBlob) -> None:
-        self._scheduling = True
+        self._scheduling = self._exchanging = True
         try:
             await self._exchange_loop(partial)
         finally:
-            self._scheduling = False
+            self._scheduling = self._exchanging = False
 
     async def _exchange_loop(self, partial: PartialBlob) -> None:
         swarm = self.swarm

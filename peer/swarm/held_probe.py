@@ -24,6 +24,12 @@ from collections.abc import Sequence
 # 1.138 asking none or 4).
 HELD_ASKED = 4
 REDIRECTS = HELD_ASKED  # at most this many asks beyond HELD_ASKED, each one named by a refusal
+# A node that holds the blob answers at once, one that fetches it from the registry when the
+# registry's first answer is in: an ask gets this long (the link included), all asks together
+# HELD_PROBE_TIMEOUT, then the owner fetches the blob itself (a frozen or silent node, or a
+# liar that names another, must not hold the blob's registry fetch back for long).
+HELD_ASK_TIMEOUT = 3.0
+HELD_PROBE_TIMEOUT = 6.0
 
 
 class HeldProbe:

@@ -19,6 +19,7 @@ import trio
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy
 from peer.cluster.membership import Membership, Status
+from peer.fetch.coordinator import Fetch
 from peer.fetch.download import BlobSource, Download
 from peer.front.routes import InvalidNamespace
 from peer.swarm.actions import Send
@@ -39,16 +40,18 @@ MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 class PeerUpstream(Protocol):
     """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
 
-    async def join_for_peer(self, source: BlobSource) -> Download:
-        """The upstream download of a blob this node owns, for a peer's Want."""
+    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+        """The download of a blob for a peer's Want: the one in flight, or a new one that
+        `holders` fills from a node that holds the blob (it raises OwnerUnavailable when none
+        does), else the upstream."""
+        ...
+
+    def in_flight(self, digest: str) -> Download | None:
+        """The download of `digest` running here from an upstream now, if any."""
         ...
 
     def busy(self) -> bool:
         """Is this node fetching from an upstream now?"""
-        ...
-
-    def fetching(self, digest: str) -> bool:
-        """Is this node fetching `digest` from an upstream now?"""
         ...
 
     async def fetch_runs(
@@ -75,6 +78,7 @@ class OwnerSide:
         rng: random.Random,
         piece_size_of: Callable[[str], int],  # the piece size a blob is cut to here
         recent: RecentPieces,  # when pieces were stored here (the uploads send the newest first)
+        from_holders: Fetch,  # fills a download from nodes that hold the blob (Swarm's)
     ) -> None:
         self._store = store
         self._access = access
@@ -85,6 +89,7 @@ class OwnerSide:
         self._rng = rng
         self._piece_size_of = piece_size_of
         self._recent = recent
+        self._from_holders = from_holders
 
     async def answer_want(self, link: PeerLink, want: Want, state: DigestState) -> None:
         digest = want.digest
@@ -118,16 +123,21 @@ class OwnerSide:
                     self._offer(state, state.seeder.pieces_ready(hashes, now))
                 self._offer(state, state.seeder.joined(link.peer_id, now))
                 return
-        if want.held_only and not self._upstream.fetching(digest):
-            # The asker ranks first for the blob and looks for a node that has it already:
-            # we do not, so it fetches it from the upstream itself; nothing is started here.
-            # If we fetch it from a peer, we name it: the asker's next nodes may all be new.
-            source = state.fetch.owner if state.fetch is not None else None
-            await _send(link, Refused(digest, 404, {NOT_HELD_HEADER: not_held_value(source)}))
-            return
-        download = await self._upstream.join_for_peer(
-            BlobSource(digest, want.namespace, want.repository, headers, credentials_key(headers))
+        source = BlobSource(
+            digest, want.namespace, want.repository, headers, credentials_key(headers)
         )
+        if not want.held_only:
+            download = await self._upstream.join_for_peer(source, self._from_holders)
+        elif (in_flight := self._upstream.in_flight(digest)) is not None:
+            download = in_flight
+        else:
+            # The asker looks for a node that has the blob already: we do not, so it looks
+            # further or fetches it itself; nothing starts here. If we take it from a peer's
+            # swarm, we name that peer (when many joined at once, the asker's next are new).
+            fetching_from = state.fetch.fetching_from if state.fetch is not None else None
+            answer = {NOT_HELD_HEADER: not_held_value(fetching_from)}
+            await _send(link, Refused(digest, 404, answer))
+            return
         await download.ready.wait()
         if download.refusal is not None:
             await _send(link, _refused(digest, download.refusal))

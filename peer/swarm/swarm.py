@@ -158,6 +158,7 @@ class Swarm:
             self.rng,
             self._piece_size_of,
             self.recent_pieces,
+            self.fetch_from_holders,
         )
         self.warming = Warming()  # preheat: Warm requests both ways
         self.uploads = Uploads(
@@ -327,7 +328,10 @@ class Swarm:
         """Sync with a member as soon as gossip knows one, again each JOIN_SYNC_RETRY until
         one answers (`view_ready`)."""
         while not self.view_ready.is_set():
-            if await self._push_state(sync.join_sync_peers(self.membership)):
+            if not sync.joins_others(self.membership):
+                # The --join names resolved to this node alone: the first pod of a DaemonSet.
+                self.view_ready.set()
+            elif await self._push_state(sync.join_sync_peers(self.membership)):
                 with trio.move_on_after(JOIN_SYNC_RETRY):
                     await self.view_ready.wait()
             else:
@@ -590,14 +594,29 @@ class Swarm:
             OwnerUnavailable: this node is (now) the owner, or no owner can be reached: the
                 caller continues from the upstream with whatever the swarm delivered.
         """
+        await self._run_fetch(
+            SwarmFetch(self, self.state(download.digest), download, dict(headers))
+        )
+
+    async def fetch_from_holders(self, download: Download, headers: Mapping[str, str]) -> None:
+        """Fill `download` (for peers' Wants that found nothing here) from a node that holds
+        the blob or fetches it from the upstream.
+
+        Raises:
+            OwnerUnavailable: no node does (or it went away): the caller continues from the
+                upstream with whatever arrived.
+        """
         state = self.state(download.digest)
-        fetch = SwarmFetch(self, state, download, dict(headers))
+        await self._run_fetch(SwarmFetch(self, state, download, dict(headers), from_holders=True))
+
+    async def _run_fetch(self, fetch: SwarmFetch) -> None:
+        state = fetch.state
         state.fetch = fetch
         try:
             await fetch.run()
         finally:
             state.fetch = None
-            self._forget_if_idle(download.digest)
+            self._forget_if_idle(fetch.digest)
 
     def _forget_if_idle(self, digest: str) -> None:
         """Drop what this node keeps about `digest` once it neither holds nor fetches it:

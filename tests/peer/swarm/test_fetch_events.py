@@ -259,8 +259,8 @@ class DiskFullUpstream:
     def busy(self) -> bool:
         return True
 
-    def fetching(self, digest: str) -> bool:
-        return True
+    def in_flight(self, digest: str) -> Download | None:
+        return None
 
     async def fetch_runs(
         self, download: Download, headers: dict[str, str], partial: object, runs: object

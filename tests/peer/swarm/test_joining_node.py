@@ -129,3 +129,22 @@ async def test_a_joining_node_that_ranks_first_takes_the_blob_from_the_previous_
             await until(lambda: knows(joiner, seed))
             assert await j.pull(digest) == data
     assert registry.count("GET", digest) == 1
+
+
+async def test_a_node_that_ranks_first_answers_a_peers_want_from_the_node_that_holds_it(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Another node (not the joiner's own client) asks the joiner first: the joiner takes
+    the blob from the node that holds it and passes it on, instead of the registry."""
+    registry, seed = await registry_and_seed(tmp_path, nursery)
+    assert seed.config.peer is not None
+    joiner = make_node(registry, tmp_path / "joiner", join=(seed.config.peer,))
+    puller = make_node(registry, tmp_path / "puller", join=(seed.config.peer,))
+    data = blob_where(lambda d: first_of(d, seed, joiner, puller) == joiner.node_id)
+    digest = registry.add_blob(data)
+    async with running(seed, nursery) as a:
+        assert await a.pull(digest) == data  # alone, the seed owns it
+        async with running(joiner, nursery), running(puller, nursery) as c:
+            await until(lambda: knows(puller, seed, joiner) and knows(joiner, seed, puller))
+            assert await c.pull(digest) == data
+    assert registry.count("GET", digest) == 1

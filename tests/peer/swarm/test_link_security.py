@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from peer.cluster.membership import Membership
+from peer.fetch.coordinator import Fetch
 from peer.fetch.download import BlobSource, Download
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
@@ -206,13 +207,13 @@ async def test_pre_handshake_piece_announcements_close_the_link_at_once() -> Non
 class NoUpstream:
     """The swarm's view of the fetch side, never reached by these tests."""
 
-    async def join_for_peer(self, source: BlobSource) -> Download:
+    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
         raise AssertionError("no upstream fetch expected")
 
-    def busy(self) -> bool:
-        return False
+    def in_flight(self, digest: str) -> Download | None:
+        return None
 
-    def fetching(self, digest: str) -> bool:
+    def busy(self) -> bool:
         return False
 
     async def fetch_runs(
