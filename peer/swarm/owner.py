@@ -101,7 +101,7 @@ class OwnerSide:
         headers = {"authorization": want.authorization} if want.authorization else {}
         access = Access(digest, want.namespace, want.repository, want.authorization)
         if self._store.has_blob(digest):
-            if not await self._allowed_or_refused(link, access):
+            if not await self._allowed_or_refused(link, access, want.held_only):
                 return
             size = self._store.blob_size(digest)
             # The size its pieces are served in here (the download's, while we remember it):
@@ -140,18 +140,18 @@ class OwnerSide:
             return
         await download.ready.wait()
         if download.refusal is not None:
-            await _send(link, _refused(digest, download.refusal))
+            await self._refuse(link, want.held_only, _refused(digest, download.refusal))
             return
         partial = download.partial
         if partial is None:
             message = f"owner's upstream fetch failed: {download.error}"
-            await _send(link, _failure(digest, 502, message))
+            await self._refuse(link, want.held_only, _failure(digest, 502, message))
             return
         if download.auth_key is not None and download.auth_key == credentials_key(headers):
             # The upstream accepted these very credentials for this private download.
             self._grants.grant(digest, link.peer_id)
         elif download.auth_key != credentials_key(headers) and not await self._allowed_or_refused(
-            link, access
+            link, access, want.held_only
         ):
             # Joined a download another client's credentials started, and failed the same
             # check as for serving it from disk (it has been sent the refusal).
@@ -169,17 +169,27 @@ class OwnerSide:
         if state.seeder is not None:
             self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))
 
-    async def _allowed_or_refused(self, link: PeerLink, access: Access) -> bool:
+    async def _allowed_or_refused(self, link: PeerLink, access: Access, held_only: bool) -> bool:
         """True when the peer may have the blob; else it has been sent a Refused."""
         try:
             refusal = await self._grants.check(link.peer_id, access)
         except UpstreamError as exc:
-            await _send(link, _failure(access.digest, 502, f"access check failed: {exc}"))
+            failure = _failure(access.digest, 502, f"access check failed: {exc}")
+            await self._refuse(link, held_only, failure)
             return False
         if refusal is not None:
-            await _send(link, _refused(access.digest, refusal))
+            await self._refuse(link, held_only, _refused(access.digest, refusal))
             return False
         return True
+
+    @staticmethod
+    async def _refuse(link: PeerLink, held_only: bool, refusal: Refused) -> None:
+        """Send `refusal`; to a held-only Want, the answer for a blob not held instead: any
+        other would tell a member which private blobs this node's clients pulled (with no
+        registry request and no log line). The asker then asks its own registry."""
+        if held_only:
+            refusal = Refused(refusal.digest, 404, {NOT_HELD_HEADER: not_held_value(None)})
+        await _send(link, refusal)
 
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Send the hashes of `partial`'s pieces, as they are recorded, to the peers that

@@ -82,3 +82,27 @@ async def test_a_blob_being_fetched_from_the_registry_is_described(
                 await trio.sleep(0.01)
         assert pulled == [data]
         assert setup.registry.count("GET", digest) == 1
+
+
+async def test_a_held_private_blob_looks_not_held_to_a_member_without_credentials(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A refusal that differed (401 for a held private blob, 404 for one not held) would tell
+    any member, with no registry request and no log line, which private images a node's
+    clients pulled: the answer is the same as for a blob the node never saw."""
+    async with node_and_registry(tmp_path, nursery) as setup:
+        data = os.urandom(BLOB)
+        digest = setup.registry.add_blob(data)
+        setup.registry.token = "s3cret"
+        headers = {"Authorization": "Bearer s3cret"}
+        response = await setup.client.get(f"/v2/org/app/blobs/{digest}", headers=headers)
+        assert response.content == data
+        never_seen = setup.registry.add_blob(os.urandom(BLOB))
+        held = await _held_only(setup, nursery, digest)
+        unheld = await _held_only(setup, nursery, never_seen)
+        assert isinstance(held, Refused) and isinstance(unheld, Refused)
+        assert (held.status, held.headers, held.body) == (
+            unheld.status,
+            unheld.headers,
+            unheld.body,
+        )
