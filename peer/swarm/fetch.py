@@ -697,7 +697,15 @@ class SwarmFetch:
             kept.clear()
         kept.update(i for i in indices if 0 <= i < count)
 
-    def link_lost(self, peer_id: bytes) -> None:
+    def link_lost(self, peer_id: bytes, last: bool = True) -> None:
+        """A link to `peer_id` closed; `last`: no other link to it runs."""
+        if not last:
+            # What we asked of it may have gone on the closed link: asked again if need be
+            # (a copy that still comes is a duplicate); what it holds and its owner role stay.
+            if self.picker is not None:
+                self.picker.requests_lost(peer_id)
+            self._poke()
+            return
         self._lost(peer_id)
         if peer_id == self.owner:
             self._owner_lost = True

@@ -225,6 +225,14 @@ class PiecePicker:
         requests): free again, and the peer still holds the piece."""
         self._settle(index, peer)
 
+    def requests_lost(self, peer: bytes) -> None:
+        """The requests sent to `peer` may never be answered (one of two links to it
+        closed): free again; it still holds what it announced."""
+        state = self._peers.get(peer)
+        if state is not None:
+            for index in list(state.asked):
+                self._settle(index, peer)
+
     def lost(self, peer: bytes) -> None:
         """The link to `peer` is gone (or it was banned): its requests are free again."""
         state = self._peers.pop(peer, None)

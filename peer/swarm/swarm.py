@@ -239,22 +239,31 @@ class Swarm:
             log.exception("error on the link to %s; closing it", link.peer_id.hex()[:12])
             await link.close()
         finally:
-            if self.links.get(link.peer_id) is link:
-                del self.links[link.peer_id]
-            open_links = self._open_links.get(link.peer_id, set())
-            open_links.discard(link)
-            if not open_links:
-                self._open_links.pop(link.peer_id, None)
-            self.warming.link_closed(link)
-            if link.peer_id not in self.links:  # its last link: the peer is gone for now
-                self.choker.lost(link.peer_id)
-                for state in self.digests.values():
-                    self.owner.peer_lost(state, link.peer_id)
-            for state in self.digests.values():
-                if state.fetch is not None:
-                    state.fetch.link_lost(link.peer_id)
-                state.bitfield_sent.discard(link.peer_id)
-            self.grants.forget_peer(link.peer_id)
+            self._link_closed(link)
+
+    def _link_closed(self, link: PeerLink) -> None:
+        peer = link.peer_id
+        open_links = self._open_links.get(peer, set())
+        open_links.discard(link)
+        if not open_links:
+            self._open_links.pop(peer, None)
+        if self.links.get(peer) is link:
+            if open_links:  # another link to the peer runs: new requests go there
+                self.links[peer] = next(iter(open_links))
+            else:
+                del self.links[peer]
+        self.warming.link_closed(link)
+        last = peer not in self.links  # its last link: the peer is gone for now
+        for state in self.digests.values():
+            if state.fetch is not None:
+                state.fetch.link_lost(peer, last)
+        if not last:
+            return
+        self.choker.lost(peer)
+        for state in self.digests.values():
+            self.owner.peer_lost(state, peer)
+            state.bitfield_sent.discard(peer)
+        self.grants.forget_peer(peer)
 
     async def link_to(self, peer_id: bytes) -> PeerLink:
         """A link to `peer_id`, connecting (once, shared by concurrent callers) if needed.

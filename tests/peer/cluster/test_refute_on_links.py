@@ -11,6 +11,7 @@ import trio
 
 from peer.cluster.gossip import update_in
 from peer.cluster.membership import Membership, Status, Update
+from peer.swarm.link import PeerLink
 from tests.peer.member_node import Member, Setup, link_member, node_and_registry
 from wire.events import Have
 
@@ -62,9 +63,11 @@ async def test_a_node_tells_a_linked_member_it_is_suspected(
     assert await _pushed(member) == [suspicion]
 
 
-async def test_a_peer_is_heard_on_its_older_link_too(setup: Setup, nursery: trio.Nursery) -> None:
-    """Two nodes that connect to each other at once keep both links, and answers come on
-    either: what the older one hears counts for gossip and for a fetch's owner."""
+async def _two_links(
+    setup: Setup, nursery: trio.Nursery
+) -> tuple[Member, PeerLink, Member, PeerLink]:
+    """A member linked twice (as two nodes that connect to each other at once are): its
+    older and newer link, each with the node's side of it."""
     older, _membership = await _linked(setup, nursery)
     member_id = older.link.protocol.node_id
     swarm = setup.node.swarm
@@ -72,11 +75,21 @@ async def test_a_peer_is_heard_on_its_older_link_too(setup: Setup, nursery: trio
     with trio.fail_after(5):
         while (first := swarm.links.get(member_id)) is None:
             await trio.sleep(0.01)
-    await link_member(setup, nursery, node_id=member_id)
+    newer = await link_member(setup, nursery, node_id=member_id)
     with trio.fail_after(5):
-        while swarm.links.get(member_id) is first:  # the newer link is the one new requests use
+        while (second := swarm.links.get(member_id)) is first:  # new requests use the newer
             await trio.sleep(0.01)
-    assert not first.closed
+    assert second is not None and not first.closed
+    return older, first, newer, second
+
+
+async def test_a_peer_is_heard_on_its_older_link_too(setup: Setup, nursery: trio.Nursery) -> None:
+    """Two nodes that connect to each other at once keep both links, and answers come on
+    either: what the older one hears counts for gossip and for a fetch's owner."""
+    older, _first, _newer, _second = await _two_links(setup, nursery)
+    member_id = older.link.protocol.node_id
+    swarm = setup.node.swarm
+    assert swarm is not None
     await trio.sleep(0.5)
     before = swarm.heard_at(member_id)
     assert before is not None
@@ -87,3 +100,20 @@ async def test_a_peer_is_heard_on_its_older_link_too(setup: Setup, nursery: trio
     heard_at = swarm.heard_at(member_id)
     assert heard_at is not None and heard_at >= before + 0.5
     assert dict(swarm.links_heard())[member_id] == heard_at
+
+
+async def test_when_the_newer_of_two_links_closes_the_older_one_carries_on(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """The peer is not gone while a link to it runs: new requests go on the older link (the
+    node dropped the peer from its links, and its fetches took their owner for lost)."""
+    older, first, newer, second = await _two_links(setup, nursery)
+    member_id = older.link.protocol.node_id
+    swarm = setup.node.swarm
+    assert swarm is not None
+    await newer.link.close()
+    with trio.fail_after(5):
+        while not second.closed:
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)  # the node's side of the closed link has been handled
+    assert swarm.links.get(member_id) is first and not first.closed

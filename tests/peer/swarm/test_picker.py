@@ -296,6 +296,18 @@ def test_a_lost_peers_requests_go_to_another() -> None:
     assert {i for p, i in requests(picker.schedule(0.2)) if p == b} == {0, 1, 2}
 
 
+def test_requests_lost_on_one_of_two_links_are_asked_again_and_the_peer_stays() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(300, 100), random.Random(3))
+    picker.hashes(range(3))
+    a = PEERS[0]
+    picker.bitfield(a, range(3))
+    assert {i for p, i in requests(picker.schedule(0.0)) if p == a} == {0, 1, 2}
+    assert requests(picker.schedule(0.1)) == []  # all in flight
+    picker.requests_lost(a)
+    assert picker.inflight == {} and picker.available(a) == {0, 1, 2}
+    assert {i for p, i in requests(picker.schedule(0.2)) if p == a} == {0, 1, 2}
+
+
 def test_queue_follows_the_measured_rate() -> None:
     piece = 1 << 20
     picker = PiecePicker(DIGEST, PieceLayout(64 * piece, piece), random.Random(5))
