@@ -25,7 +25,7 @@ from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
 from peer.swarm.fetch import PEERS_WHILE_OWNING
-from peer.swarm.held_probe import fetches_from, not_held_value
+from peer.swarm.held_probe import fetches_from, not_held
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from wire.events import (
@@ -395,8 +395,7 @@ class SimNode:
         if want.held_only and not state.complete and state.upstream is None:
             # As the node's owner side: neither held nor fetched from the registry here.
             source_id = state.fetch.fetching_from if state.fetch is not None else None
-            answer = {NOT_HELD_HEADER: not_held_value(source_id)}
-            self.send(source, Refused(want.digest, 404, answer))
+            self.send(source, not_held(want.digest, source_id))
             return
         if state.complete or (state.active and state.partial):
             self._answer_want(state, source)
@@ -406,8 +405,7 @@ class SimNode:
             # `OwnerUpstream.join_for_peer`).
             state.want_waiters[source] = None
             if not state.active:
-                fetch = state.fetch = SwarmFetch(self, state, from_holders=True)
-                fetch.start()
+                self._start_fetch(state, from_holders=True)
 
     def _answer_want(self, state: BlobState, peer: bytes) -> None:
         if peer not in state.interested:  # only now: PieceMeta updates go to it
@@ -582,8 +580,11 @@ class SimNode:
             return
         state.waiters.append(then)
         if not state.active:
-            fetch = state.fetch = SwarmFetch(self, state)
-            fetch.start()
+            self._start_fetch(state)
+
+    def _start_fetch(self, state: BlobState, from_holders: bool = False) -> None:
+        fetch = state.fetch = SwarmFetch(self, state, from_holders)
+        fetch.start()
 
     def prefetch(self, digests: list[str]) -> None:
         """Download the blobs of a manifest this node served, PREFETCH_WORKERS at a time (the

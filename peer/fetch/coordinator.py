@@ -47,9 +47,7 @@ class DownloadTable:
         self.completed = 0
         self.failed = 0
 
-    async def join(
-        self, source: BlobSource, fetch: Fetch, *, upstream_only: bool = False
-    ) -> Download:
+    async def join(self, source: BlobSource, fetch: Fetch) -> Download:
         """The download of the blob: the one in flight, or a new one run by `fetch`.
 
         A download that another client started with other credentials is joined only once the
@@ -59,7 +57,7 @@ class DownloadTable:
         while True:
             download = self.active.get(digest)
             if download is None:
-                download = Download(digest, source.namespace, source.name, auth_key, upstream_only)
+                download = Download(digest, source.namespace, source.name, auth_key)
                 self.active[digest] = download
                 self._nursery.start_soon(self._run, download, fetch, dict(source.headers))
                 return download
@@ -110,18 +108,13 @@ class OwnerUpstream:
         self._fetcher = fetcher
 
     async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+        # A node that joined and ranks first is asked for blobs the previous owner has: from
+        # it, not the registry again. Held-only Wants start nothing where they land, so two
+        # nodes never wait on each other here.
         async def fetch(download: Download, headers: dict[str, str]) -> None:
-            # A node that joined and ranks first is asked for blobs the previous owner has:
-            # from it, not the registry again. Held-only Wants start nothing where they
-            # land, so two nodes never wait on each other here.
-            try:
-                await holders(download, headers)
-                return
-            except OwnerUnavailable as exc:
-                log.info("fetching %s from the upstream for peers: %s", download.digest, exc)
-            await self._fetcher.fetch(download, headers)
+            await swarm_then_upstream(holders, self._fetcher, download, headers)
 
-        return await self._table.join(source, fetch, upstream_only=True)
+        return await self._table.join(source, fetch)
 
     def in_flight(self, digest: str) -> Download | None:
         download = self._table.active.get(digest)
@@ -179,14 +172,23 @@ class FetchCoordinator:
         return await self._table.join(source, self._fetch)
 
     async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
-        if self._swarm is not None:
-            try:
-                await self._swarm.fetch(download, headers)
-                return
-            except ClientRefused:
-                return
-            except OwnerUnavailable as exc:
-                # We own it (now), or nobody else could be reached: the upstream it is,
-                # continuing from whatever pieces the swarm delivered.
-                log.info("fetching %s from the upstream: %s", download.digest, exc)
-        await self._fetcher.fetch(download, headers)
+        if self._swarm is None:
+            await self._fetcher.fetch(download, headers)
+        else:
+            await swarm_then_upstream(self._swarm.fetch, self._fetcher, download, headers)
+
+
+async def swarm_then_upstream(
+    swarm: Fetch, fetcher: UpstreamFetcher, download: Download, headers: dict[str, str]
+) -> None:
+    """Fill `download` by `swarm`; when it raises OwnerUnavailable (we own the blob now, or
+    nobody else could be reached or has it), from the upstream, continuing from whatever
+    pieces the swarm delivered. ClientRefused: the refusal is the download's answer."""
+    try:
+        await swarm(download, headers)
+        return
+    except ClientRefused:
+        return
+    except OwnerUnavailable as exc:
+        log.info("fetching %s from the upstream: %s", download.digest, exc)
+    await fetcher.fetch(download, headers)

@@ -34,9 +34,6 @@ class Download:
     namespace: str | None
     name: str
     auth_key: str | None
-    # For peers' Wants: from a node that holds the blob (held-only Wants), else the upstream;
-    # never from an owner in rendezvous order.
-    upstream_only: bool = False
     started: float = field(default_factory=trio.current_time)
     ready: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
+from wire.events import NOT_HELD_HEADER, Refused
+
 # Simulator, origin bytes / image (`pollen bench simulate --seed S`): 20 hosts and 20 joining
 # at 5 s, 1.333 asking 1 or 2 in turn, 1.000 asking 4 or 8; 10 hosts and 30 joining (seeds 2,
 # 1), 1.667 and 1.333 asking 4, 1.000 and 1.000 asking 8. The cost in a first rollout, where
@@ -61,10 +63,11 @@ class HeldProbe:
             self._queue.appendleft(fetches_from)
 
 
-def not_held_value(fetches_from: bytes | None) -> str:
-    """NOT_HELD_HEADER's value: the node the refusing node fetches the blob from (hex), or
-    "-" when it fetches it from nobody."""
-    return fetches_from.hex() if fetches_from is not None else "-"
+def not_held(digest: str, fetches_from: bytes | None) -> Refused:
+    """The answer to a held-only Want for a blob not held here (nor fetched from the
+    upstream), naming the node it is fetched from (NOT_HELD_HEADER: hex, or "-")."""
+    value = fetches_from.hex() if fetches_from is not None else "-"
+    return Refused(digest, 404, {NOT_HELD_HEADER: value})
 
 
 def fetches_from(value: str) -> bytes | None:

@@ -25,14 +25,14 @@ from peer.front.routes import InvalidNamespace
 from peer.swarm.actions import Send
 from peer.swarm.digest_state import DigestState
 from peer.swarm.grants import Grants
-from peer.swarm.held_probe import not_held_value
+from peer.swarm.held_probe import not_held
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 from pieces.store import Store
-from wire.events import NOT_HELD_HEADER, Access, Choke, Event, PieceMeta, Refused, Want
+from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
 
 MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 
@@ -135,8 +135,7 @@ class OwnerSide:
             # further or fetches it itself; nothing starts here. If we take it from a peer's
             # swarm, we name that peer (when many joined at once, the asker's next are new).
             fetching_from = state.fetch.fetching_from if state.fetch is not None else None
-            answer = {NOT_HELD_HEADER: not_held_value(fetching_from)}
-            await _send(link, Refused(digest, 404, answer))
+            await _send(link, not_held(digest, fetching_from))
             return
         await download.ready.wait()
         if download.refusal is not None:
@@ -187,9 +186,7 @@ class OwnerSide:
         """Send `refusal`; to a held-only Want, the answer for a blob not held instead: any
         other would tell a member which private blobs this node's clients pulled (with no
         registry request and no log line). The asker then asks its own registry."""
-        if held_only:
-            refusal = Refused(refusal.digest, 404, {NOT_HELD_HEADER: not_held_value(None)})
-        await _send(link, refusal)
+        await _send(link, not_held(refusal.digest, None) if held_only else refusal)
 
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
         """Send the hashes of `partial`'s pieces, as they are recorded, to the peers that

@@ -15,8 +15,9 @@ from peer.fetch.download import Download
 from peer.swarm.bans import BanList
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
-from peer.swarm.held_probe import HELD_PROBE_TIMEOUT, not_held_value
-from wire.events import NOT_HELD_HEADER, Event, Refused, Want
+from peer.swarm.held_probe import HELD_PROBE_TIMEOUT
+from peer.swarm.held_probe import not_held as not_held_answer
+from wire.events import Event, Refused, Want
 
 DIGEST = "sha256:" + "a" * 64
 US = b"U" * 16
@@ -57,7 +58,7 @@ def refused(status: int, headers: dict[str, str] | None = None) -> Answer:
 
 
 def not_held(source: bytes | None = None) -> Answer:
-    return refused(404, {NOT_HELD_HEADER: not_held_value(source)})
+    return lambda want: not_held_answer(want.digest, source)
 
 
 def silent(want: Want) -> None:

@@ -11,8 +11,9 @@ from peer.swarm.held_probe import (
     REDIRECTS,
     HeldProbe,
     fetches_from,
-    not_held_value,
+    not_held,
 )
+from wire.events import NOT_HELD_HEADER
 
 US = b"U" * 16
 NODES = [bytes([i]) * 16 for i in range(1, 20)]
@@ -60,7 +61,12 @@ def test_asks_are_bounded_and_distinct_whatever_the_refusals_say(
 
 
 def test_the_header_value_round_trips_and_junk_names_nobody() -> None:
-    assert fetches_from(not_held_value(NODES[3])) == NODES[3]
-    assert fetches_from(not_held_value(None)) is None
+    def named(source: bytes | None) -> bytes | None:
+        answer = not_held("sha256:" + "a" * 64, source)
+        assert answer.status == 404
+        return fetches_from(answer.headers[NOT_HELD_HEADER])
+
+    assert named(NODES[3]) == NODES[3]
+    assert named(None) is None
     for junk in ["", "1", "zz" * 16, "ab" * 17, "-"]:
         assert fetches_from(junk) is None
