@@ -241,9 +241,16 @@ def jib_specs(scale: float, release: int, content: str, gzip_layers: bool) -> li
 def plain_specs(
     layers: int, layer_size: int, seed: int, content: str, gzip_layers: bool
 ) -> list[LayerSpec]:
+    return sized_specs([layer_size] * layers, seed, content, gzip_layers)
+
+
+def sized_specs(
+    sizes: Sequence[int], seed: int, content: str, gzip_layers: bool
+) -> list[LayerSpec]:
+    """One layer per size (of its content, before tar framing), in that order."""
     return [
-        LayerSpec(f"layer{i}.bin", layer_size, seed * 1000 + i, content, gzip_layers)
-        for i in range(layers)
+        LayerSpec(f"layer{i}.bin", size, seed * 1000 + i, content, gzip_layers)
+        for i, size in enumerate(sizes)
     ]
 
 

@@ -1,6 +1,6 @@
 """What `bench swarm` and `bench simulate` read from the command line alike (link rates,
-host kills): parsed and shown the same way in both, so a testbed run and its simulation take
-the same words."""
+host kills and joins, layer sizes): parsed and shown the same way in both, so a testbed run and
+its simulation take the same words."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import click
 
-from peer.sizes import parse_rate
+from peer.sizes import parse_rate, parse_size
 
 
 def rate_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -19,6 +19,19 @@ def rate_option(_ctx: click.Context, param: click.Parameter, value: str | None) 
         return parse_rate(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from exc
+
+
+def size_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """A click callback for --layer-sizes: positive sizes, comma-separated (None: not given)."""
+    if value is None:
+        return None
+    try:
+        sizes = [parse_size(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+    if not sizes:
+        raise click.BadParameter("give at least one size, e.g. 80MB,200MB,1MB", param=param)
+    return sizes
 
 
 def downlink_rate(value: str | None, uplink: int) -> int | None:

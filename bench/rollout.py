@@ -278,8 +278,21 @@ def _after_node_serves(command: list[str], timeout: float = 30.0) -> list[str]:
     return ["sh", "-c", wait, POLLEN_HTTP, *command]
 
 
-def skopeo_pull(source: str, layout: Path, tag: str) -> list[str]:
-    """skopeo copying an image into an OCI layout (blobs already there are not fetched)."""
+# How a host's skopeo stores the image, and so how many blobs it reads at once: containers/image
+# copies blobs in parallel (6 at a time) only to a destination whose PutBlob is safe to run
+# concurrently; an OCI layout's is, a `dir:` directory's is not (HasThreadSafePutBlob false).
+CLIENTS = {
+    "oci": "into an OCI layout, 6 blobs at a time",
+    "dir": "into a dir: directory, one blob at a time",
+}
+
+
+def skopeo_pull(source: str, dest: Path, tag: str, client: str = "oci") -> list[str]:
+    """skopeo copying an image into an OCI layout (blobs already there are not fetched) or,
+    `client` dir, into a directory (see CLIENTS)."""
+    if client not in CLIENTS:
+        raise ValueError(f"unknown client {client!r}: one of {', '.join(CLIENTS)}")
+    target = f"oci:{dest}:{tag}" if client == "oci" else f"dir:{dest}"
     return [
         "skopeo",
         "copy",
@@ -287,7 +300,7 @@ def skopeo_pull(source: str, layout: Path, tag: str) -> list[str]:
         "--src-tls-verify=false",
         "--dest-oci-accept-uncompressed-layers",
         f"docker://{source}",
-        f"oci:{layout}:{tag}",
+        target,
     ]
 
 
@@ -303,6 +316,7 @@ class Rollout:
     workdir: Path
     timeout: float
     progress: Progress
+    client: str = "oci"  # how each host's skopeo stores the image (CLIENTS)
 
     def measure(
         self,
@@ -332,7 +346,7 @@ class Rollout:
         return outcome
 
     def direct(self, tags: list[str]) -> Outcome:
-        """Every host pulls straight from the registry (skopeo into its own OCI layout)."""
+        """Every host pulls straight from the registry (skopeo into its own layout)."""
         base = self.workdir / "direct"
 
         def pull(tag: str, outcome: Outcome) -> None:
@@ -485,13 +499,14 @@ class Rollout:
         hosts: list[Host] | None = None,
     ) -> None:
         """Every node host (or those of `hosts`) copies `source` with skopeo into its layout
-        under `base`; a host of `joins` first waits for its node to serve."""
+        (or directory: `client`) under `base`; a host of `joins` first waits for its node to
+        serve."""
         hosts = hosts if hosts is not None else self.testbed.nodes
         joining = {host for join in joins or [] for host in join.hosts}
         commands = {}
         for host in hosts:
             (base / host.name).mkdir(parents=True, exist_ok=True)
-            command = skopeo_pull(source, base / host.name / "oci", tag)
+            command = skopeo_pull(source, base / host.name / self.client, tag, self.client)
             commands[host] = _after_node_serves(command) if host in joining else command
         logs = base / f"logs-{tag}"
         run_at_once(

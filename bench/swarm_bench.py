@@ -18,16 +18,17 @@ from typing import Any
 import click
 
 from bench.bound import t_min
-from bench.oci_image import Image, LayerSpec, jib_specs, plain_specs, write_layers
+from bench.oci_image import Image, LayerSpec, jib_specs, sized_specs, write_layers
 from bench.rate_options import (
     downlink_rate,
     join_events,
     kill_events,
     mbit_text,
     rate_option,
+    size_list,
     slow_hosts,
 )
-from bench.rollout import Origin, Outcome, Rollout, RolloutError
+from bench.rollout import CLIENTS, Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
 from peer.sizes import format_size, parse_size
@@ -112,8 +113,24 @@ def _progress(enabled: bool) -> Any:
     help="plain: the image size, split over --layers.",
 )
 @click.option("--layers", default=4, show_default=True, help="plain: number of layers.")
+@click.option(
+    "--layer-sizes",
+    callback=size_list,
+    metavar="SIZES",
+    help="plain: explicit layer sizes, comma-separated (e.g. 112MiB,56MiB,800KiB); "
+    "overrides --size and --layers.",
+)
 @click.option("--scale", default=1.0, show_default=True, help="jib: layer size factor.")
 @click.option("--gzip", "gzip_layers", is_flag=True, help="gzip layers of half-text content.")
+@click.option(
+    "--client",
+    type=click.Choice(list(CLIENTS)),
+    default="oci",
+    show_default=True,
+    help="How each host's skopeo (direct and pollen) stores the image: "
+    + "; ".join(f"{name}: {what}" for name, what in CLIENTS.items())
+    + ". BitTorrent's aria2c is the same either way.",
+)
 @click.option(
     "--contenders",
     default=",".join(CONTENDERS),
@@ -196,8 +213,10 @@ def swarm(
     profile: str,
     size: str,
     layers: int,
+    layer_sizes: list[int] | None,
     scale: float,
     gzip_layers: bool,
+    client: str,
     contenders: list[str],
     timeout: float | None,
     quick: bool,
@@ -232,8 +251,19 @@ def swarm(
         return
     if quick:
         nodes, size, layers, profile, scale = 4, "32MiB", 2, profile, min(scale, 0.05)
+        layer_sizes = None
     if uplink is None:
         raise click.BadParameter("the uplink must be shaped", param_hint="--uplink")
+    if layer_sizes is not None and (profile != "plain" or scenario != "first"):
+        raise click.BadParameter(
+            "explicit layer sizes are for the plain image of a first rollout",
+            param_hint="--layer-sizes",
+        )
+    if client == "dir" and scenario != "first":
+        # A copy into dir: replaces what the directory held: release K would not stay.
+        raise click.BadParameter(
+            "dir holds one image only: use it with --scenario first", param_hint="--client"
+        )
     down = downlink_rate(downlink, uplink)
     origin_up = origin_uplink or uplink
     temporary = workdir is None
@@ -251,10 +281,10 @@ def swarm(
                 loss,
                 scenario,
                 profile,
-                parse_size(size),
-                layers,
+                layer_sizes or [max(1, parse_size(size) // layers)] * layers,
                 scale,
                 gzip_layers,
+                client,
                 contenders,
                 timeout,
                 pollen_args,
@@ -283,7 +313,7 @@ def swarm(
 
 
 def _images(
-    root: Path, scenario: str, profile: str, size: int, layers: int, scale: float, gz: bool
+    root: Path, scenario: str, profile: str, layer_sizes: list[int], scale: float, gz: bool
 ) -> list[Image]:
     layout = root / "image"
     content = "text" if gz else "random"
@@ -296,7 +326,7 @@ def _images(
     if profile == "jib":
         specs = jib_specs(scale, 1, content, gz)
     else:
-        specs = plain_specs(layers, max(1, size // layers), 7, content, gz)
+        specs = sized_specs(layer_sizes, 7, content, gz)
     return [write_layers(layout, specs, "bench")]
 
 
@@ -310,10 +340,10 @@ def _run(
     loss: float | None,
     scenario: str,
     profile: str,
-    size: int,
-    layers: int,
+    layer_sizes: list[int],
     scale: float,
     gz: bool,
+    client: str,
     contenders: list[str],
     timeout: float | None,
     pollen_args: str = "",
@@ -321,7 +351,7 @@ def _run(
     slow: tuple[int, int] = (0, 0),
     joins: list[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
-    images = _images(root, scenario, profile, size, layers, scale, gz)
+    images = _images(root, scenario, profile, layer_sizes, scale, gz)
     image = images[-1]
     # What must cross the origin's link: the blobs the hosts do not hold yet.
     held = {d for earlier in images[:-1] for d in earlier.blob_digests()}
@@ -348,7 +378,7 @@ def _run(
         origin = Origin(testbed, root / "origin")
         for each in images:
             origin.push(each)
-        rollout = Rollout(testbed, origin, root / "runs", limit, progress)
+        rollout = Rollout(testbed, origin, root / "runs", limit, progress, client)
         tags = [i.tag for i in images]
         for contender in contenders:
             if contender == "direct":
@@ -391,6 +421,7 @@ def _run(
         "slow_hosts": slow_count,
         "slow_uplink_bytes_per_s": slow[1] if slow_count else None,
         "scenario": scenario,
+        "client": client,
         "nodes": nodes,
         "uplink_bytes_per_s": uplink,
         "downlink_bytes_per_s": downlink,

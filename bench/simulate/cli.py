@@ -14,6 +14,7 @@ from bench.rate_options import (
     kill_events,
     mbit_text,
     rate_option,
+    size_list,
     slow_hosts,
 )
 from bench.simulate.clients import SKOPEO_PARALLEL
@@ -26,15 +27,6 @@ from peer.sizes import format_size, parse_size
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from exc
-
-
-def _sizes(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [parse_size(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from exc
 
@@ -112,7 +104,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 @click.option("--layers", default=3, show_default=True, help="Number of equal layers.")
 @click.option(
     "--layer-sizes",
-    callback=_sizes,
+    callback=size_list,
     metavar="SIZES",
     help="Explicit layer blob sizes, comma-separated (e.g. 80MB,200MB,300MB,1MB); "
     "overrides --size and --layers.",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +161,83 @@ def test_kill_and_join_options_are_checked(option: str) -> None:
 def test_slow_hosts_are_the_last_ones_at_their_own_rate() -> None:
     testbed = Testbed(4, 100, 100, slow=(1, 25))  # not entered: nothing is created
     assert [h.uplink for h in testbed.nodes] == [100, 100, 100, 25]
+
+
+def test_the_dir_client_copies_explicit_layers_one_blob_at_a_time(tmp_path: Path) -> None:
+    """`--client dir --layer-sizes ...`: the image has those layers, in that order, and each
+    host's skopeo copies it into a `dir:` directory, one blob at a time: in the direct run the
+    registry's log shows no two blob downloads of a host overlapping (with an OCI layout
+    they do: 6 at a time). Through pollen too, every host completes."""
+    before = namespaces()
+    work = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
+         "--uplink", "40mbit", "--layer-sizes", "6MiB,1MiB,300KiB", "--client", "dir",
+         "--contenders", "direct,pollen", "--workdir", str(work),
+         "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces() == before
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["client"] == "dir"
+    # Each layer's blob is its content plus tar framing (headers, padding to 10 KiB records).
+    wanted = [6 * 2**20, 2**20, 300 * 2**10]
+    assert all(0 < size - want <= 20480 for size, want in zip(doc["layers"], wanted, strict=True))
+    results = {r["contender"]: r for r in doc["results"]}
+    assert all(r["hosts_done"] == 3 for r in results.values()), results
+    assert results["pollen"]["origin_payload_over_image"] <= 1.001
+    for contender in ("direct", "pollen"):
+        assert all((work / "runs" / contender / f"node{i}" / "dir").is_dir() for i in (1, 2, 3))
+    downloads = blob_downloads(work / "origin" / "registry.log")
+    assert len(downloads) == 3
+    for spans in downloads.values():
+        # The direct run came first: each host's first 4 (the config and 3 layers, each once).
+        direct = sorted(spans)[:4]
+        assert len({digest for _start, _end, digest in direct}) == 4
+        assert all(later[0] >= earlier[1] - 0.002 for earlier, later in itertools.pairwise(direct))
+
+
+def blob_downloads(registry_log: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """(start, end in seconds, digest) of each blob GET docker-registry answered, by the
+    address it came from (the log gives each request's end time and duration)."""
+    downloads: dict[str, list[tuple[float, float, str]]] = {}
+    for line in registry_log.read_text().splitlines():
+        fields = dict(re.findall(r'([\w.]+)=("[^"]*"|\S+)', line))
+        uri = fields.get("http.request.uri", "").strip('"')
+        if (
+            fields.get("msg") != '"response completed"'
+            or fields.get("http.request.method") != "GET"
+            or "/blobs/sha256:" not in uri
+        ):
+            continue
+        end = datetime.fromisoformat(fields["time"].strip('"').rstrip("Z")[:26]).timestamp()
+        start = end - parse_go_duration(fields["http.response.duration"])
+        address = fields["http.request.remoteaddr"].strip('"').rsplit(":", 1)[0]
+        downloads.setdefault(address, []).append((start, end, uri.rsplit(":", 1)[1]))
+    return downloads
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration as docker-registry logs it (`7.33ms`, `1.2s`, `1m2.5s`)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"([\d.]+)(h|ms|m|s|us|µs|ns)", text)
+    assert parts, text
+    return sum(float(value) * units[unit] for value, unit in parts)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--client", "dir", "--scenario", "release"], "dir holds one image only"),
+        (["--layer-sizes", "1MiB", "--profile", "jib"], "plain image of a first rollout"),
+        (["--layer-sizes", "1MiB,0"], "size must be positive"),
+        (["--layer-sizes", ","], "at least one size"),
+    ],
+)
+def test_client_and_layer_sizes_are_checked(options: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", *options],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr
