@@ -25,7 +25,7 @@ import trio
 
 from peer.fetch.download import BlobSource, Download
 from peer.fetch.upstream_fetch import UpstreamFetcher
-from peer.swarm.errors import ClientRefused, OwnerUnavailable
+from peer.swarm.errors import OwnerUnavailable
 from peer.upstream.errors import UpstreamError
 from pieces.partial import BlobFailed, DiskFull, NoRoom, PartialBlob, StoreError
 from pieces.store import Store
@@ -137,7 +137,7 @@ class SwarmSource(Protocol):
     """What the coordinator asks of the swarm (peer/swarm/swarm.py)."""
 
     async def fetch(self, download: Download, headers: Mapping[str, str]) -> None:
-        """Fill `download` from the swarm; raises OwnerUnavailable or ClientRefused."""
+        """Fill `download` from the swarm; raises OwnerUnavailable."""
         ...
 
 
@@ -183,11 +183,10 @@ async def swarm_then_upstream(
 ) -> None:
     """Fill `download` by `swarm`; when it raises OwnerUnavailable (we own the blob now, or
     nobody else could be reached or has it), from the upstream, continuing from whatever
-    pieces the swarm delivered. ClientRefused: the refusal is the download's answer."""
+    pieces the swarm delivered (also when the owner refused it: its refusal may be a lie, the
+    upstream's answer is the client's)."""
     try:
         await swarm(download, headers)
-        return
-    except ClientRefused:
         return
     except OwnerUnavailable as exc:
         log.info("fetching %s from the upstream: %s", download.digest, exc)

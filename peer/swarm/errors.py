@@ -4,8 +4,5 @@ from __future__ import annotations
 
 
 class OwnerUnavailable(Exception):
-    """No owner could be reached, or this node is the owner: fetch from the upstream."""
-
-
-class ClientRefused(Exception):
-    """The upstream refused the client (the refusal is on the download for the client)."""
+    """No owner could be reached, this node is the owner, or the owner refused: fetch from the
+    upstream."""

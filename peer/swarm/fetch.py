@@ -22,7 +22,7 @@ from peer.access.policy import CACHED_ELSEWHERE_HEADER
 from peer.fetch.download import Download
 from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
-from peer.swarm.errors import ClientRefused, OwnerUnavailable
+from peer.swarm.errors import OwnerUnavailable
 from peer.swarm.held_probe import (
     HELD_ASK_TIMEOUT,
     HELD_PROBE_TIMEOUT,
@@ -32,7 +32,7 @@ from peer.swarm.held_probe import (
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.owner_change import leaves_owner
 from peer.swarm.picker import PiecePicker
-from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import UpstreamError
 from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, StoreError
 from wire.events import (
@@ -294,11 +294,12 @@ class SwarmFetch:
                 # The owner holds it from other registries than ours: our client's registry
                 # must show the bytes itself (our upstream fetch, with our client's credentials).
                 raise OwnerUnavailable("the owner holds it from another registry")
-            if meta.status >= 500:
-                owner = f"owner {link.peer_id.hex()[:12]}"
-                raise UpstreamError(owner, meta.body.decode("utf-8", "replace"))
-            download.refused(UpstreamRefusal(meta.status, dict(meta.headers), meta.body))
-            raise ClientRefused(meta.status)
+            # Whatever the owner says its registry answered (401, 404, 502, ...), our client
+            # gets our own upstream's answer: an owner is a member, perhaps a liar, and its
+            # status, headers and body would reach the client as the registry's (a forged
+            # WWW-Authenticate realm collects the client's registry login; a false 404 or 502
+            # fails every pull of the blobs it owns). One more upstream request per refusal.
+            raise OwnerUnavailable(f"the owner refused it ({meta.status}): asking the upstream")
         if self.partial is None:
             # Private before any client or peer can see a byte: to the registries the owner
             # got it from, and (a peer may add origins, never remove them) to the one our
