@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 
 Address = tuple[str, int]
 
+# How far above what we know of a member its incarnation may be said to be. A member raises
+# its own by one per refutation; a liar (a member with the cluster token: ids are claimed)
+# that could name any would name one past the last that encodes (gossip.MAX_INCARNATION) and
+# leave its victim no refutation: buried, or at the liar's address, for good.
+INCARNATION_STEP = 2**16
+
 
 class Status(enum.IntEnum):
     ALIVE = 0
@@ -429,17 +435,30 @@ class Membership:
         if update.node_id == self.node_id:
             if self.left:
                 return  # we are leaving: our death stands
-            if update.status is not Status.ALIVE and update.incarnation >= self.incarnation:
-                # Someone suspects (or buried) us: refute with a higher incarnation.
+            if (
+                self.incarnation <= update.incarnation <= self.incarnation + INCARNATION_STEP
+                and self._misstates(update)
+            ):
+                # Someone suspects (or buried) us, or says we live elsewhere or upload at
+                # another rate: refute with a higher incarnation, as we are.
                 self.incarnation = update.incarnation + 1
                 refutation = self._own_update(Status.ALIVE)
                 self._gossip_update(refutation)
                 self._refutation = refutation
             return
         member = self.members.get(update.node_id)
-        if member is not None and update.capacity and update.incarnation >= member.incarnation:
+        if member is not None and update.incarnation > member.incarnation + INCARNATION_STEP:
+            return  # not a step its member could have taken: a liar's
+        if (
+            member is not None
+            and update.capacity
+            and not member.capacity
+            and update.incarnation >= member.incarnation
+        ):
             # What a node declares of itself, learned from any update as recent as ours (a
-            # member first met by its ping is known before its own update arrives).
+            # member first met by its ping is known before its own update arrives); once
+            # known, it changes only with an update that overrides (below): one the member
+            # refutes if it is a lie, not a repeat of its incarnation with another rate.
             member.capacity = update.capacity
         if member is not None and not _overrides(update, member):
             return
@@ -456,6 +475,8 @@ class Membership:
             changed = True
         else:
             changed = member.status is not update.status
+            if update.capacity and update.incarnation > member.incarnation:
+                member.capacity = update.capacity
             member.address = update.address
             member.incarnation = update.incarnation
             if changed:
@@ -491,6 +512,14 @@ class Membership:
             # ping learns it at once, so all order the owners of a blob the same way.
             updates = (*updates, self._own_update(Status.ALIVE))
         return updates
+
+    def _misstates(self, update: Update) -> bool:
+        """`update`, about us, says other than we do (a capacity of 0 declares nothing)."""
+        return (
+            update.status is not Status.ALIVE
+            or update.address != self.address
+            or update.capacity not in (0, self.capacity)
+        )
 
     def _own_update(self, status: Status) -> Update:
         """What we say of ourselves (with our declared capacity)."""

@@ -11,8 +11,10 @@ is `-w / ln(h)` with `h` its hash in (0, 1) (weighted rendezvous hashing: a memb
 twice another's is first twice as often) and w = capacity ** 2, so that a host at a quarter
 owns about a sixteenth of a fast one's share. The weights are absolute, not relative to the
 members present: a member's death moves only its own blobs, as without weights. A member
-that declares nothing counts as UNDECLARED (10 Gbit/s: as fast as any); when all weights are
-equal (none declares, or all alike), the order is the plain one of the hashes.
+that declares nothing counts as UNDECLARED (10 Gbit/s: as fast as any), and so does one that
+declares more (a member that claims the fastest link still owns more than its share: weights
+are declared, not measured); when all weights are equal (none declares, or all alike), the
+order is the plain one of the hashes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def owner_order(
 
     def score(node: bytes) -> tuple[float, bytes]:
         declared = (capacity or {}).get(node, 0)
-        share = (float(declared if declared > 0 else UNDECLARED) / UNDECLARED) ** 2
+        # Past UNDECLARED a claim is no real link's: a liar's, who would own every blob.
+        declared = min(declared, UNDECLARED) if declared > 0 else UNDECLARED
+        share = (float(declared) / UNDECLARED) ** 2
         h = (weight(node, digest) + 0.5) / _SPAN  # in (0, 1), never 0 or 1
         return (-share / math.log(h), node)
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from peer.cluster.gossip import MAX_INCARNATION
 from peer.cluster.membership import (
+    INCARNATION_STEP,
     Ack,
     Address,
     Membership,
@@ -441,3 +443,73 @@ def test_a_node_that_left_no_longer_says_it_is_alive() -> None:
     net.run_until(net.now + 0.1)
     updates = nodes[2]._piggyback()
     assert all(u.status is not Status.ALIVE for u in updates if u.node_id == nodes[2].node_id)
+
+
+# ---- a member that lies about others (it holds the cluster token; ids are claimed) -----------
+
+V_ID, V_ADDRESS = b"v" * 16, ("10.0.0.2", 7000)
+LIAR_ADDRESS = ("10.0.0.66", 7000)
+
+
+def _knowing_v(capacity: int = 0) -> Membership:
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1))
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.ALIVE, capacity)], 0.0)
+    return me
+
+
+def test_a_node_refutes_another_address_put_in_its_mouth() -> None:
+    """A liar says we live at its address (so that nodes dial it for our blobs, and send it
+    their clients' credentials): we refute it, with our own address, at once."""
+    v = Membership(V_ID, V_ADDRESS, CONFIG, random.Random(1))
+    v.merge([Update(V_ID, LIAR_ADDRESS, 0, Status.ALIVE)], 1.0)
+    assert v.take_refutation() == Update(V_ID, V_ADDRESS, 1, Status.ALIVE)
+    # Our refutation overrides the lie wherever it went.
+    me = _knowing_v()
+    me.merge([Update(V_ID, LIAR_ADDRESS, 6, Status.ALIVE)], 1.0)
+    me.merge([Update(V_ID, V_ADDRESS, 7, Status.ALIVE)], 2.0)
+    assert me.members[V_ID].address == V_ADDRESS
+
+
+def test_a_node_refutes_another_capacity_put_in_its_mouth() -> None:
+    v = Membership(V_ID, V_ADDRESS, CONFIG, random.Random(1))
+    v.capacity = 12_500_000
+    v.merge([Update(V_ID, V_ADDRESS, 0, Status.ALIVE, 1)], 1.0)
+    assert v.take_refutation() == Update(V_ID, V_ADDRESS, 1, Status.ALIVE, 12_500_000)
+    # Not declaring one is no claim (a node first met by its ping is known before its update).
+    v.merge([Update(V_ID, V_ADDRESS, 1, Status.ALIVE, 0)], 2.0)
+    assert v.take_refutation() is None
+
+
+def test_a_capacity_changes_only_with_a_newer_word_of_its_member() -> None:
+    """A liar repeating a member's incarnation with another capacity changes nothing: only an
+    update that overrides (which the member refutes if it is a lie) does."""
+    me = _knowing_v(capacity=12_500_000)
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.ALIVE, 1)], 1.0)
+    assert me.capacities() == {V_ID: 12_500_000}
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.SUSPECT, 1)], 2.0)  # overrides the status only
+    assert me.capacities() == {V_ID: 12_500_000}
+    me.merge([Update(V_ID, V_ADDRESS, 6, Status.ALIVE, 3_125_000)], 3.0)
+    assert me.capacities() == {V_ID: 3_125_000}
+    # A member we knew without one learns it from any update as recent as ours.
+    other = _knowing_v()
+    other.merge([Update(V_ID, V_ADDRESS, 5, Status.ALIVE, 12_500_000)], 1.0)
+    assert other.capacities() == {V_ID: 12_500_000}
+
+
+def test_an_incarnation_far_ahead_of_a_members_is_not_believed() -> None:
+    """A liar cannot bury a member for good by naming an incarnation its refutation cannot
+    pass (one more than the largest that encodes): a known member's incarnation moves in
+    steps, and a node refutes only claims within a step of its own."""
+    me = _knowing_v()
+    me.merge([Update(V_ID, V_ADDRESS, MAX_INCARNATION - 1, Status.DEAD)], 1.0)
+    assert me.members[V_ID].status is Status.ALIVE and me.members[V_ID].incarnation == 5
+    me.merge([Update(V_ID, LIAR_ADDRESS, 5 + INCARNATION_STEP + 1, Status.ALIVE)], 1.0)
+    assert me.members[V_ID].address == V_ADDRESS
+    me.merge([Update(V_ID, V_ADDRESS, 5 + INCARNATION_STEP, Status.SUSPECT)], 1.0)
+    assert me.members[V_ID].status is Status.SUSPECT  # within a step: SWIM's rules
+    v = Membership(V_ID, V_ADDRESS, CONFIG, random.Random(1))
+    v.merge([Update(V_ID, V_ADDRESS, MAX_INCARNATION - 1, Status.DEAD)], 1.0)
+    assert v.take_refutation() is None and v.incarnation == 0
+    v.merge([Update(V_ID, V_ADDRESS, INCARNATION_STEP, Status.DEAD)], 1.0)
+    refutation = v.take_refutation()
+    assert refutation is not None and refutation.incarnation == INCARNATION_STEP + 1

@@ -5,7 +5,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.cluster.rendezvous import owner_order
+from peer.cluster.rendezvous import UNDECLARED, owner_order
 
 ids = st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=30, unique=True)
 digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
@@ -62,3 +62,16 @@ def test_hosts_that_declare_a_quarter_of_the_uplink_rarely_own() -> None:
     undeclared = {**dict.fromkeys(fast, 0), **dict.fromkeys(slow, 25)}
     owners = [owner_order(d, fast + slow, undeclared)[0] for d in digests]
     assert sum(o in slow for o in owners) / len(owners) < 0.05
+
+
+def test_a_claimed_capacity_above_any_real_link_weighs_no_more_than_an_undeclared_one() -> None:
+    """A member that declares 2**48 - 1 bytes/s (every rate a datagram can carry) owns the
+    blobs an undeclared member would, not all of them (it would get every pull's Want)."""
+    nodes = [bytes([i]) * 16 for i in range(8)]
+    liar = nodes[0]
+    digests = [f"sha256:{i:064x}" for i in range(2000)]
+    claimed = {liar: 2**48 - 1}
+    undeclared: dict[bytes, int] = {liar: UNDECLARED}
+    owned = sum(owner_order(d, nodes, claimed)[0] == liar for d in digests)
+    assert owned == sum(owner_order(d, nodes, undeclared)[0] == liar for d in digests)
+    assert owned < len(digests) // 4
