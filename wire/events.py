@@ -83,7 +83,8 @@ class PieceMeta:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The owner's upstream refused the fetch (401, 404, ...): passed on to the client."""
+    """The owner's upstream refused the fetch (401, 404, ...), it says: the asker then asks its
+    own upstream (an owner may lie). With the not-held header: the answer to a held-only Want."""
 
     TYPE: ClassVar[int] = 5
     digest: str

@@ -38,7 +38,7 @@ from peer.swarm.fetch import (
     peers_to_link,
 )
 from peer.swarm.held_probe import HELD_ASK_TIMEOUT, HELD_PROBE_TIMEOUT, HeldProbe
-from peer.swarm.owner_change import leaves_owner
+from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
@@ -109,6 +109,8 @@ class SwarmFetch:
         self._deadline: float | None = None  # the picker's timer, when one is pending
         self._progress = 0
         self._last_progress = 0.0
+        self._stored_at = 0.0  # a piece last stored, or the exchange with this owner began
+        self._stalled: set[bytes] = set()  # owners left for sending no piece (never again)
 
     # ---- finding the owner -------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class SwarmFetch:
                     # The owner asks the next in order whether they hold it already.
                     self._start_held(self._candidates[self._next :])
                 return
-            if node.bans.is_unreachable(candidate, now):
+            if node.bans.is_unreachable(candidate, now) or candidate in self._stalled:
                 self._skipped += 1
                 continue
             self.owner = candidate  # set before asking: PieceMeta may follow the answer at once
@@ -261,6 +263,7 @@ class SwarmFetch:
     def _exchange(self) -> None:
         self.phase = Phase.EXCHANGE
         self._era += 1
+        self._stored_at = self.queue.now
         assert self.owner is not None
         self.node.send(self.owner, PeersRequest(self.state.digest))
         self.queue.at(self.queue.now + PEERS_PERIOD, self._peers_tick, self._era)
@@ -278,9 +281,12 @@ class SwarmFetch:
             first=node.owner_candidates(self.state.digest)[0],
             linked=owner in node.links,
             heard_at=node.heard_at.get(owner, now),
+            progress_at=self._stored_at,
             now=now,
         ):
-            # Gone, or buried by gossip and silent: follow the next owner.
+            # Gone, buried by gossip and silent, or no piece in a long time: the next owner.
+            if stalled(self._stored_at, now):
+                self._stalled.add(owner)
             self._find_owner()
             return
         node.send(owner, PeersRequest(self.state.digest))
@@ -370,6 +376,7 @@ class SwarmFetch:
             self.schedule()
             return
         # Verified and written (no CPU or disk time is modelled).
+        self._stored_at = self.queue.now
         stats.bytes_from_peers += nbytes
         stats.pieces_from_peers += 1
         sends = self.picker.stored(index, owner=self.owner)

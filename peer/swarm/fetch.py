@@ -30,7 +30,7 @@ from peer.swarm.held_probe import (
     fetches_from,
 )
 from peer.swarm.link import LinkClosed, PeerLink
-from peer.swarm.owner_change import leaves_owner
+from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
 from pieces.layout import PieceLayout
@@ -146,6 +146,7 @@ class SwarmFetch:
     _early: dict[bytes, set[int]] = field(default_factory=dict)
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
+    _stalled: set[bytes] = field(default_factory=set)  # owners left for sending no piece
     _exchanging: bool = False  # taking pieces from `owner`'s swarm (its PieceMeta is in)
     _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
     _asleep_until: float | None = None  # the fetch's task waits for a change until then
@@ -218,6 +219,9 @@ class SwarmFetch:
                     raise OwnerUnavailable("this node is the owner")
                 break
             if swarm.bans.is_unreachable(candidate, trio.current_time()):
+                skipped += 1
+                continue
+            if candidate in self._stalled:
                 skipped += 1
                 continue
             # Set before asking: PieceMeta updates may follow the first answer at once.
@@ -366,12 +370,14 @@ class SwarmFetch:
         now = trio.current_time()
         next_peers_request = now + PEERS_PERIOD
         last_progress, progress = now, len(partial.piece_hashes)
+        stored_at = now  # a piece last stored (the stall report moves last_progress)
         while not self._done(partial) and not self._owner_lost:
             self._raise_failure()
             self._schedule()
             now = trio.current_time()
             if len(partial.piece_hashes) != progress:
                 last_progress, progress = now, len(partial.piece_hashes)
+                stored_at = now
             elif now - last_progress > STALL_REPORT:
                 self._log_stall(partial)
                 last_progress = now
@@ -390,9 +396,19 @@ class SwarmFetch:
                     first=swarm.owner_candidates(self.digest)[0],
                     linked=owner_link is not None and not owner_link.closed,
                     heard_at=heard_at if heard_at is not None else now,
+                    progress_at=stored_at,
                     now=now,
                 ):
-                    # Gone, or buried by gossip and silent: follow the next owner.
+                    # Gone, buried by gossip and silent, or no piece in a long time (a liar
+                    # that talks, perhaps): the next owner, or the upstream.
+                    if stalled(stored_at, now):
+                        log.warning(
+                            "%s: no piece for %.0fs with owner %s: leaving it",
+                            self.digest,
+                            now - stored_at,
+                            self.owner.hex()[:12],
+                        )
+                        self._stalled.add(self.owner)
                     self._owner_lost = True
                     break
                 assert owner_link is not None

@@ -13,6 +13,12 @@ is no longer first and has been silent on its open link for OWNER_SILENT seconds
 vanished without a reset, or its process is frozen: gossip noticed first). An owner that
 leaves in an orderly way (`pollen` stopping) is dead to gossip at once but keeps its fetches
 until its links close: it serves them through its shutdown grace, and that is what they want.
+
+And whoever the owner is, a fetch leaves it when no piece has been stored for OWNER_STALLED
+seconds: an owner is a member, perhaps a liar, and one that answers every message (so it is
+heard) but sends no piece held a pull for ever (a held-only Want's "I have it" with no hashes
+behind it; a member that ranks first). The fetch then takes the next candidate, or the
+upstream, and does not come back to the owner it left.
 """
 
 from __future__ import annotations
@@ -20,18 +26,30 @@ from __future__ import annotations
 # A live owner answers the PeersRequest every fetch sends it each PEERS_PERIOD (2 s), and sends
 # hashes and offers as its pieces arrive: this long without a word on its link, it is gone.
 OWNER_SILENT = 10.0
+# No piece stored for this long, the owner is left whatever it says. Long: an honest owner
+# waiting on a slow registry sends its first piece late (a registry's own time-out is 30 s).
+OWNER_STALLED = 60.0
 
 
-def leaves_owner(*, owner: bytes, first: bytes, linked: bool, heard_at: float, now: float) -> bool:
+def leaves_owner(
+    *, owner: bytes, first: bytes, linked: bool, heard_at: float, progress_at: float, now: float
+) -> bool:
     """Whether a fetch leaves `owner` for `first`, the first live member in rendezvous order
     as gossip sees it now.
 
     Args:
         linked: the link to the owner is open.
         heard_at: when the owner last sent anything on it.
+        progress_at: when the fetch last stored a piece (from anyone), or began with this owner.
     """
-    if not linked:
+    if not linked or stalled(progress_at, now):
         return True
     if first == owner:
         return False
     return now - heard_at > OWNER_SILENT
+
+
+def stalled(progress_at: float, now: float) -> bool:
+    """No piece stored since `progress_at` for longer than an honest owner takes: left, and
+    not taken again by that fetch."""
+    return now - progress_at > OWNER_STALLED

@@ -1,0 +1,83 @@
+"""A member that says it has a blob and then sends nothing, while it answers every message,
+holds no pull: after OWNER_STALLED seconds without a piece the node leaves it and fetches the
+blob itself (README: a lying node delays the owner's registry fetch, never the pull)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.components import free_port
+from peer.cluster.rendezvous import owner_order
+from peer.swarm import owner_change
+from peer.swarm.link import LinkClosed, PeerLink
+from tests.peer.fake_registry import digest_of
+from tests.peer.member_node import TOKEN, node_and_registry
+from wire.events import Event, Members, Peers, PeersRequest, PieceMeta, Reject, Request, Want
+from wire.protocol import Role
+
+PIECE = 64 * 1024
+BLOB = 8 * PIECE
+
+
+async def serve_liar(nursery: trio.Nursery, liar_id: bytes, port: int, wants: list[Want]) -> None:
+    """A member at 127.0.0.1:`port` that answers a Want with a PieceMeta without hashes ("I have
+    it"), a PeersRequest with no peers and a Request with a Reject: heard, never a piece."""
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Want):
+            wants.append(event)
+            link.post(PieceMeta(event.digest, BLOB, PIECE, {}, []))
+        elif isinstance(event, PeersRequest):
+            link.post(Peers(event.digest, []))
+        elif isinstance(event, Request):
+            link.post(Reject(event.digest, event.index, "busy"))
+
+    async def accept(stream: trio.SocketStream) -> None:
+        link = PeerLink(stream, liar_id, TOKEN, role=Role.RESPONDER)
+        try:
+            await link.handshake()
+            await link.run(on_event)
+        except LinkClosed:
+            pass
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, accept, listeners)
+
+
+@pytest.mark.parametrize("liar_ranks_first", [False, True])
+async def test_an_owner_that_talks_but_sends_no_piece_holds_no_pull(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, liar_ranks_first: bool
+) -> None:
+    """The liar asked by the node's held-only Want (the node ranks first), or the liar the
+    node's owner (it ranks first): either way the pull completes from the registry."""
+    monkeypatch.setattr(owner_change, "OWNER_STALLED", 3.0)
+    async with node_and_registry(tmp_path, nursery) as setup:
+        node = setup.node
+        liar_id, liar_port = os.urandom(16), free_port(avoid=[setup.peer_port])
+        wants: list[Want] = []
+        await serve_liar(nursery, liar_id, liar_port, wants)
+        stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+        hello = PeerLink(stream, liar_id, TOKEN, role=Role.INITIATOR, peer_id=node.node_id)
+        await hello.handshake()
+        await hello.send(Members([(liar_id, "127.0.0.1", liar_port, 0, 0, 0)], reply=True))
+        await hello.close()
+        membership = node.membership
+        assert membership is not None
+        with trio.fail_after(10):
+            while liar_id not in membership.members:
+                await trio.sleep(0.05)
+        first = liar_id if liar_ranks_first else node.node_id
+        for _ in range(1000):  # bounded: half of all blobs rank each first
+            data = os.urandom(BLOB)
+            if owner_order(digest_of(data), [node.node_id, liar_id])[0] == first:
+                break
+        digest = setup.registry.add_blob(data)
+        with trio.fail_after(30):
+            got = await setup.client.get(f"/v2/org/app/blobs/{digest}", timeout=60)
+        assert got.status_code == 200 and got.content == data
+        assert wants and wants[0].held_only is not liar_ranks_first  # the liar was the owner
+        assert setup.registry.count("GET", digest) >= 1
