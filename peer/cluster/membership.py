@@ -27,6 +27,13 @@ Address = tuple[str, int]
 # that could name any would name one past the last that encodes (gossip.MAX_INCARNATION) and
 # leave its victim no refutation: buried, or at the liar's address, for good.
 INCARNATION_STEP = 2**16
+# A dead member is kept (and told of) this long, then forgotten: word of the death of a node
+# we do not know adds nothing (memberlist's rule), so stale word does not bring it back. Kept
+# for ever, the dead of a cluster whose nodes come and go (autoscaling) filled the table.
+DEAD_KEPT = 300.0
+# Members known at most (the largest cluster we build for is 1,000 nodes): a liar's stream
+# of made-up members stops here, and so do the probes and the full state they cost.
+MAX_MEMBERS = 4096
 
 
 class Status(enum.IntEnum):
@@ -163,6 +170,7 @@ class Membership:
         self._join_at: float | None = 0.0 if self.seeds else None
         self._join_backoff = self.config.join_retry_min
         self.events: list[tuple[bytes, Status]] = []  # changes seen, for the driver's log
+        self.members_refused = 0  # new members not added: the table held MAX_MEMBERS
         # Kept beside `members` so that the timers look at suspects only, not at every member
         # (a tick per probe period over thousands of members adds up in the simulator).
         self._suspects: set[bytes] = set()
@@ -333,6 +341,7 @@ class Membership:
             return
         self._join(now)
         self._expire_relays(now)
+        self._forget_the_dead(now)
         probe = self._probe
         if probe is not None and not probe.acked:
             target = self.members.get(probe.target)
@@ -447,6 +456,8 @@ class Membership:
                 self._refutation = refutation
             return
         member = self.members.get(update.node_id)
+        if member is None and (update.status is not Status.ALIVE or self._full()):
+            return  # a stranger's suspicion or death tells nothing; a full table, no more
         if member is not None and update.incarnation > member.incarnation + INCARNATION_STEP:
             return  # not a step its member could have taken: a liar's
         if (
@@ -512,6 +523,21 @@ class Membership:
             # ping learns it at once, so all order the owners of a blob the same way.
             updates = (*updates, self._own_update(Status.ALIVE))
         return updates
+
+    def _full(self) -> bool:
+        if len(self.members) < MAX_MEMBERS:
+            return False
+        self.members_refused += 1
+        return True
+
+    def _forget_the_dead(self, now: float) -> None:
+        for node_id in [
+            n
+            for n, m in self.members.items()
+            if m.status is Status.DEAD and now - m.since > DEAD_KEPT
+        ]:
+            del self.members[node_id]
+            self._link_heard.pop(node_id, None)
 
     def _misstates(self, update: Update) -> bool:
         """`update`, about us, says other than we do (a capacity of 0 declares nothing)."""

@@ -40,12 +40,28 @@ def is_full_state(event: Members) -> bool:
     return event.reply and len(event.members) >= 2
 
 
-def full_state(membership: Membership, *, reply: bool) -> Members:
-    """Everything `membership` knows, as one Members message."""
-    return Members([update_out(u) for u in membership.full_state()], reply=reply)
+# Entries per Members frame: the largest entry a member may send (a 253-character host name,
+# the largest incarnation, port and capacity: 296 bytes of msgpack) times this fits a frame's
+# header (wire.frames.MAX_HEADER, 60,000 bytes). The whole table in one frame stopped fitting
+# at a few hundred members with long names, ~1,300 with IPv4 addresses, and the link's writer
+# then closed the link: every sync, and every link the node opened, failed.
+MEMBERS_PER_FRAME = 200
 
 
-def merge(membership: Membership, event: Members, now: float) -> Members | None:
+def full_state(membership: Membership, *, reply: bool) -> list[Members]:
+    """Everything `membership` knows, as Members frames that fit. A push (`reply` False) asks
+    for an answer in its last frame only; the others go as answers do, unanswered."""
+    entries = [update_out(u) for u in membership.full_state()]
+    chunks = [
+        entries[at : at + MEMBERS_PER_FRAME] for at in range(0, len(entries), MEMBERS_PER_FRAME)
+    ] or [[]]
+    return [
+        Members(chunk, reply=reply or number < len(chunks) - 1)
+        for number, chunk in enumerate(chunks)
+    ]
+
+
+def merge(membership: Membership, event: Members, now: float) -> list[Members] | None:
     """Merge a peer's Members; the answer to send back (None when it was itself an answer).
 
     Raises:

@@ -309,7 +309,7 @@ class Swarm:
         self._nursery.start_soon(self._adopt, link)
         await trio.lowlevel.checkpoint()
         self.links[peer_id] = link
-        link.post(sync.full_state(self.membership, reply=False))
+        link.post_many(sync.full_state(self.membership, reply=False))
         return link
 
     def start_soon(self, task: Callable[[Any], Awaitable[None]], arg: Any) -> None:
@@ -355,7 +355,7 @@ class Swarm:
         try:
             link = self.links.get(peer)
             if link is not None and not link.closed:
-                link.post(sync.full_state(self.membership, reply=False))
+                link.post_many(sync.full_state(self.membership, reply=False))
             else:
                 await self.link_to(peer)  # a new link starts with our state
         except LinkClosed as exc:
@@ -460,7 +460,7 @@ class Swarm:
         elif isinstance(event, Members):
             answer = sync.merge(self.membership, event, trio.current_time())
             if answer is not None:
-                link.post(answer)
+                link.post_many(answer)
             elif sync.is_full_state(event):
                 self.view_ready.set()
         elif isinstance(event, Bitfield):

@@ -10,7 +10,9 @@ import pytest
 
 from peer.cluster.gossip import MAX_INCARNATION
 from peer.cluster.membership import (
+    DEAD_KEPT,
     INCARNATION_STEP,
+    MAX_MEMBERS,
     Ack,
     Address,
     Membership,
@@ -247,7 +249,7 @@ def test_a_link_word_counts_only_for_a_live_member() -> None:
         me.heard_on_link(bytes([i]) * 16, 1.0)
     assert me._link_heard == {}
     dead, address = b"d" * 16, ("10.0.0.2", 7000)
-    me.merge([Update(dead, address, 0, Status.DEAD)], 1.0)
+    me.merge([Update(dead, address, 0, Status.ALIVE), Update(dead, address, 0, Status.DEAD)], 1.0)
     me.heard_on_link(dead, 2.0)
     me.tick(2.0)
     assert me.members[dead].status is Status.DEAD and me._link_heard == {}
@@ -513,3 +515,39 @@ def test_an_incarnation_far_ahead_of_a_members_is_not_believed() -> None:
     v.merge([Update(V_ID, V_ADDRESS, INCARNATION_STEP, Status.DEAD)], 1.0)
     refutation = v.take_refutation()
     assert refutation is not None and refutation.incarnation == INCARNATION_STEP + 1
+
+
+def test_word_of_the_suspicion_or_death_of_a_stranger_adds_nothing() -> None:
+    """As memberlist does: a member first heard of as suspect or dead is not added (a liar's
+    stream of made-up dead members grew the table without bound)."""
+    me = Membership(b"m" * 16, ("10.0.0.1", 7000), CONFIG, random.Random(1))
+    strangers = [bytes([i]) * 16 for i in range(2, 200)]
+    me.merge([Update(s, ("10.0.0.9", 7000), 0, Status.DEAD) for s in strangers[:99]], 0.0)
+    me.merge([Update(s, ("10.0.0.9", 7000), 0, Status.SUSPECT) for s in strangers[99:]], 0.0)
+    assert me.members == {}
+
+
+def test_a_dead_member_is_forgotten_after_a_while() -> None:
+    me = _knowing_v()
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.DEAD)], 1.0)
+    me.tick(1.0 + DEAD_KEPT - 0.5)
+    assert me.members[V_ID].status is Status.DEAD  # long enough to tell others
+    me.tick(1.0 + DEAD_KEPT + 0.5)
+    assert V_ID not in me.members
+    # Stale word of it, now a stranger's death, does not bring it back.
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.DEAD)], 2.0 + DEAD_KEPT)
+    assert V_ID not in me.members
+
+
+def test_the_member_table_is_bounded() -> None:
+    """A liar's stream of made-up live members stops at MAX_MEMBERS: the table, the probes
+    and the full state it costs are bounded; members already known keep their entries."""
+    me = _knowing_v()
+    fakes = [
+        Update(i.to_bytes(16, "big"), ("10.1.0.1", 1 + i % 60000), 0, Status.ALIVE)
+        for i in range(1, MAX_MEMBERS + 100)
+    ]
+    me.merge(fakes, 1.0)
+    assert len(me.members) == MAX_MEMBERS
+    me.merge([Update(V_ID, V_ADDRESS, 6, Status.SUSPECT)], 2.0)
+    assert me.members[V_ID].status is Status.SUSPECT
