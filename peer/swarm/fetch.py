@@ -573,7 +573,7 @@ class SwarmFetch:
         """Before the first Request for a private blob's pieces to each peer, pass the
         client's credentials on, so the peer can check them, and again every ACCESS_REFRESH
         seconds: a peer's grant lasts DEFAULT_TTL, and a long transfer must not run into
-        "denied". Posted before the Requests, so it arrives first."""
+        a refusal. Posted before the Requests, so it arrives first."""
         auth = self.headers.get("authorization")
         if auth is None or not self.swarm.store.is_private(self.digest):
             return
@@ -751,6 +751,10 @@ class SwarmFetch:
                 continue
             self._add_peer(peer_id)
             self.state.bitfield_sent.add(peer_id)
+            # A private blob's: our client's credentials first, so that the peer, once it
+            # checked them, answers with its own Bitfield (it says nothing to a member that
+            # has shown none: which private blobs it holds is not a member's to learn).
+            self._send_access({peer_id})
             link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
         self._poke()
 

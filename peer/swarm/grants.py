@@ -41,6 +41,16 @@ class Grants:
             until = trio.current_time() + DEFAULT_TTL
             self._granted.setdefault(digest, {})[peer] = (until, origins)
 
+    def may_know_of(self, peer: bytes, digest: str) -> bool:
+        """Public blob, or a grant of `peer` covers it now (no registry request: for what a
+        peer may learn of our pieces, not for the pieces themselves)."""
+        origins = self._store.origins_of(digest)
+        return not origins or self._granted_now(digest, peer, origins)
+
+    def has_pending(self, peer: bytes, digest: str) -> bool:
+        """An Access of `peer` for `digest` waits to be checked."""
+        return peer in self._pending.get(digest, {})
+
     def _granted_now(self, digest: str, peer: bytes, origins: list[str]) -> bool:
         """Does a grant of `peer` cover the blob as private to `origins` (its current
         origins, which the caller has read)?"""

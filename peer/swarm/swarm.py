@@ -544,6 +544,15 @@ class Swarm:
         return piece_size_for(size, self.piece_size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
+        if not self.grants.may_know_of(link.peer_id, event.digest):
+            # A private blob, and the peer has no grant: nothing, as for a blob neither held
+            # nor fetched (our Bitfield told any member which private blobs this node's
+            # clients pulled). Its Access, if one came first, is checked aside (a registry
+            # request: not on this link's reading task), and the Bitfield taken then.
+            if self.grants.has_pending(link.peer_id, event.digest):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._guarded, self._bitfield_once_granted, link, event)
+            return
         ours = self._held(event.digest)
         state = self.digests.get(event.digest)
         if state is None:
@@ -562,6 +571,10 @@ class Swarm:
             # seeder's offers, not from a Bitfield.)
             state.bitfield_sent.add(peer)
             link.post(Bitfield(event.digest, bits_of(*ours)))
+
+    async def _bitfield_once_granted(self, link: PeerLink, event: Bitfield) -> None:
+        if await self.grants.may_have_pieces(link.peer_id, event.digest) and not link.closed:
+            await self._on_bitfield(link, event)
 
     def _holds_piece(self, have: Have) -> bool:
         held = self._held(have.digest)

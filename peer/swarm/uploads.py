@@ -24,6 +24,10 @@ from pieces.store import Store
 from wire.errors import LocalProtocolError
 from wire.events import FileRange, Piece, Reject, Request
 
+# The Reject for a piece this node will not send: not here, or a private blob's piece the peer
+# has not shown credentials for (the two must look alike).
+MISSING = "missing"
+
 
 class UploadCounters(Protocol):
     bytes_to_peers: int
@@ -60,8 +64,13 @@ class Uploads:
         if not self._choker.request(link.peer_id, trio.current_time()):
             await _reject(link, Reject(digest, index, "choked"))
             return
-        if not await self._grants.may_have_pieces(link.peer_id, digest):
-            await _reject(link, Reject(digest, index, "denied"))
+        if not await self._grants.may_have_pieces(link.peer_id, digest) or not self._holds(
+            digest, index
+        ):
+            # One answer, at once, for a piece not here and for a private blob's piece the
+            # peer has shown no credentials for: "denied" told any member which private
+            # blobs this node's clients pulled.
+            await _reject(link, Reject(digest, index, MISSING))
             return
         async with self._turn(link.peer_id, digest, index) as turn:
             if link.closed:
@@ -84,7 +93,7 @@ class Uploads:
             # wake-up of another CPU, on a VM an exit to the host).
             source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
             if source is None:
-                await _reject(link, Reject(digest, index, "missing"))
+                await _reject(link, Reject(digest, index, MISSING))
                 return
             fd, offset, length = source
             try:
@@ -92,6 +101,13 @@ class Uploads:
                     turn.rate = await self._send_piece(link, digest, index, fd, offset, length)
             finally:
                 os.close(fd)
+
+    def _holds(self, digest: str, index: int) -> bool:
+        """Is piece `index` of `digest` here (verified in a partial, or the blob)?"""
+        partial = self._store.partial(digest)
+        if partial is not None and not partial.complete:
+            return index in partial.piece_hashes
+        return self._store.has_blob(digest)
 
     @contextlib.asynccontextmanager
     async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[_Turn]:
@@ -130,7 +146,7 @@ class Uploads:
             # Checked again: the blob may have become private (a credentialed fetch of it
             # began) while this request waited for its upload slot.
             if not await self._grants.may_have_pieces(link.peer_id, digest):
-                await _reject(link, Reject(digest, index, "denied"))
+                await _reject(link, Reject(digest, index, MISSING))
                 return None
             await self._limit.consume(length)
             started = trio.current_time()

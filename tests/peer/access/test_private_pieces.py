@@ -16,8 +16,8 @@ from peer.front.http_server import HttpConnection
 from peer.front.http_server import Request as HttpRequest
 from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import FakeRegistry
-from tests.peer.member_node import Setup, link_member, node_and_registry, start_node
-from wire.events import Access, Event, FileRange, Piece, Reject
+from tests.peer.member_node import Member, Setup, link_member, node_and_registry, start_node
+from wire.events import Access, Bitfield, Event, FileRange, Piece, Reject
 
 
 @pytest.fixture
@@ -45,13 +45,16 @@ async def test_private_pieces_need_credentials_the_origin_accepts(
     digest = await _cached(setup, data, "s3cret")
     member = await link_member(setup, nursery)
 
-    # No Want, no Access: nothing.
+    # No Want, no Access: nothing, and the answer for a blob this node never had (a member
+    # must not learn which private blobs a node's clients pulled).
+    not_here = await member.ask("sha256:" + "0" * 64, 0)
+    assert isinstance(not_here, Reject)
     answer = await member.ask(digest, 0)
-    assert isinstance(answer, Reject) and answer.reason == "denied"
+    assert isinstance(answer, Reject) and answer.reason == not_here.reason
     # Credentials the registry refuses, and a registry of the member's choosing: nothing.
     await member.link.send(Access(digest, "evil.test", "org/app", "Bearer guess"))
     answer = await member.ask(digest, 1)
-    assert isinstance(answer, Reject) and answer.reason == "denied"
+    assert isinstance(answer, Reject) and answer.reason == not_here.reason
     # Good credentials: the pieces.
     await member.link.send(Access(digest, None, "org/app", "Bearer s3cret"))
     answer = await member.ask(digest, 2)
@@ -66,6 +69,35 @@ async def test_public_pieces_need_no_credentials(setup: Setup, nursery: trio.Nur
     answer = await member.ask(digest, 1)
     assert isinstance(answer, Piece) and not isinstance(answer.data, FileRange)
     assert bytes(answer.data) == data[64 * 1024 :]
+
+
+async def _bitfield_answer(member: Member, digest: str) -> Bitfield | None:
+    """Send an empty Bitfield for `digest`: the node's own Bitfield in answer, if any."""
+    before = len(member.offers)
+    await member.link.send(Bitfield(digest, b""))
+    await trio.sleep(0.5)  # bounded: an answer comes within milliseconds on loopback
+    answers = [o for o in member.offers[before:] if isinstance(o, Bitfield) and o.digest == digest]
+    return answers[0] if answers else None
+
+
+async def test_a_private_blob_held_here_is_not_told_to_a_member_without_credentials(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """A member's Bitfield for a blob gets ours in answer when we hold it: for a private
+    blob only once the member showed credentials its registry accepts (it told any member
+    which private blobs this node's clients pulled); a public blob's, and one not held, as
+    before."""
+    public = await _cached(setup, os.urandom(128 * 1024), None)
+    private = await _cached(setup, os.urandom(128 * 1024), "s3cret")
+    member = await link_member(setup, nursery)
+    assert await _bitfield_answer(member, public) is not None
+    assert await _bitfield_answer(member, "sha256:" + "0" * 64) is None
+    assert await _bitfield_answer(member, private) is None
+    await member.link.send(Access(private, None, "org/app", "Bearer guess"))
+    assert await _bitfield_answer(member, private) is None
+    await member.link.send(Access(private, None, "org/app", "Bearer s3cret"))
+    answer = await _bitfield_answer(member, private)
+    assert answer is not None and answer.bits == b"\xc0"  # both pieces
 
 
 class PartlyPublicRegistry(FakeRegistry):
@@ -204,7 +236,7 @@ async def test_a_members_want_cannot_point_the_owner_at_an_internal_host(
 async def test_a_fetch_passes_its_credentials_on_again_before_peers_grants_run_out(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A peer's grant lasts DEFAULT_TTL; a long transfer must not run into "denied"."""
+    """A peer's grant lasts DEFAULT_TTL; a long transfer must not be refused midway."""
     from peer.access.auth_gate import DEFAULT_TTL
     from peer.fetch.download import Download
     from peer.swarm.digest_state import DigestState
