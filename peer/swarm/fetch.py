@@ -366,7 +366,7 @@ class SwarmFetch:
         assert self.owner is not None
         owner_link = swarm.links.get(self.owner)
         if owner_link is not None:
-            owner_link.post(PeersRequest(self.digest))
+            self._ask_peers(owner_link)
         now = trio.current_time()
         next_peers_request = now + PEERS_PERIOD
         last_progress, progress = now, len(partial.piece_hashes)
@@ -412,7 +412,7 @@ class SwarmFetch:
                     self._owner_lost = True
                     break
                 assert owner_link is not None
-                owner_link.post(PeersRequest(self.digest))
+                self._ask_peers(owner_link)
                 assert self.picker is not None
                 if self.picker.hashes_missing():
                     # Ask again for a fresh PieceMeta: cheap, and it heals a lost update.
@@ -421,6 +421,14 @@ class SwarmFetch:
             await self._wait_change(
                 self._deadline(min(next_peers_request, last_progress + STALL_REPORT), now)
             )
+
+    def _ask_peers(self, owner_link: PeerLink) -> None:
+        """Ask the owner for the blob's peers; for a private blob our client's credentials go
+        first when due (the owner lists them only to a peer it has a grant for: the grant our
+        Want made runs out while we take pieces from others)."""
+        assert self.owner is not None
+        self._send_access({self.owner})
+        owner_link.post(PeersRequest(self.digest))
 
     def _want_again(self, owner_link: PeerLink) -> None:
         download = self.download

@@ -455,8 +455,15 @@ class Swarm:
         elif isinstance(event, Warmed):
             self.warming.answered(link, event)
         elif isinstance(event, PeersRequest):
-            peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
-            link.post(Peers(event.digest, peers))
+            if self.grants.may_know_of(link.peer_id, event.digest):
+                self._answer_peers(link, event)
+            elif self.grants.has_pending(link.peer_id, event.digest):
+                # Its Access came first: checked aside (a registry request), answered then.
+                self._nursery.start_soon(self._guarded, self._peers_once_granted, link, event)
+            else:
+                # A private blob and no grant: the answer for a blob nobody fetches (who
+                # pulls which private image is not a member's to learn).
+                link.post(Peers(event.digest, []))
         elif isinstance(event, Members):
             answer = sync.merge(self.membership, event, trio.current_time())
             if answer is not None:
@@ -571,6 +578,18 @@ class Swarm:
             # seeder's offers, not from a Bitfield.)
             state.bitfield_sent.add(peer)
             link.post(Bitfield(event.digest, bits_of(*ours)))
+
+    def _answer_peers(self, link: PeerLink, event: PeersRequest) -> None:
+        peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
+        link.post(Peers(event.digest, peers))
+
+    async def _peers_once_granted(self, link: PeerLink, event: PeersRequest) -> None:
+        granted = await self.grants.may_have_pieces(link.peer_id, event.digest)
+        if not link.closed:
+            if granted:
+                self._answer_peers(link, event)
+            else:
+                link.post(Peers(event.digest, []))
 
     async def _bitfield_once_granted(self, link: PeerLink, event: Bitfield) -> None:
         if await self.grants.may_have_pieces(link.peer_id, event.digest) and not link.closed:

@@ -23,6 +23,7 @@ from wire.events import (
     Event,
     Have,
     Members,
+    Peers,
     Piece,
     PieceMeta,
     Refused,
@@ -76,6 +77,7 @@ class Member:
     offers: list[Have | Bitfield] = field(default_factory=list)  # the node's, in order
     members: list[Members] = field(default_factory=list)  # the node's membership pushes
     metas: list[PieceMeta | Refused] = field(default_factory=list)  # answers to Wants
+    peer_lists: list[Peers] = field(default_factory=list)  # answers to PeersRequests
 
     def __post_init__(self) -> None:
         self.answers: trio.MemorySendChannel[Event]
@@ -90,6 +92,8 @@ class Member:
             self.members.append(event)
         elif isinstance(event, PieceMeta | Refused):
             self.metas.append(event)
+        elif isinstance(event, Peers):
+            self.peer_lists.append(event)
 
     async def run(self) -> None:
         async with self.answers:  # closed with the link: ask() then says so

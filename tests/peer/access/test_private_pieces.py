@@ -12,12 +12,23 @@ import pytest
 import trio
 import trio.testing
 
+from bench.components import free_port
 from peer.front.http_server import HttpConnection
 from peer.front.http_server import Request as HttpRequest
 from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import FakeRegistry
 from tests.peer.member_node import Member, Setup, link_member, node_and_registry, start_node
-from wire.events import Access, Bitfield, Event, FileRange, Piece, Reject
+from wire.events import (
+    Access,
+    Bitfield,
+    Event,
+    FileRange,
+    Members,
+    PeersRequest,
+    Piece,
+    Reject,
+    Want,
+)
 
 
 @pytest.fixture
@@ -98,6 +109,41 @@ async def test_a_private_blob_held_here_is_not_told_to_a_member_without_credenti
     await member.link.send(Access(private, None, "org/app", "Bearer s3cret"))
     answer = await _bitfield_answer(member, private)
     assert answer is not None and answer.bits == b"\xc0"  # both pieces
+
+
+async def _peers_answer(member: Member, digest: str) -> list[bytes]:
+    """The node ids in the node's answer to a PeersRequest for `digest`."""
+    before = len(member.peer_lists)
+    await member.link.send(PeersRequest(digest))
+    with trio.fail_after(5):
+        while len(member.peer_lists) == before:
+            await trio.sleep(0.01)
+    return [entry[0] for entry in member.peer_lists[before].peers]
+
+
+async def test_who_fetches_a_private_blob_is_not_told_to_a_member_without_credentials(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    """The owner lists the nodes that fetch a blob to any that asks (a fetch's way to its
+    peers); for a private blob only to a member whose credentials its registry accepted (it
+    told any member which nodes pulled which private image)."""
+    public = await _cached(setup, os.urandom(128 * 1024), None)
+    private = await _cached(setup, os.urandom(128 * 1024), "s3cret")  # the registry's token now
+    fetcher = await link_member(setup, nursery)  # a member; wants both, with good credentials
+    fetcher_id = fetcher.link.protocol.node_id
+    await fetcher.link.send(Members([(fetcher_id, "127.0.0.1", free_port(), 0, 0, 0)], reply=True))
+    for digest in (private, public):
+        await fetcher.link.send(Want(digest, None, "org/app", "Bearer s3cret"))
+    with trio.fail_after(5):
+        while len(fetcher.metas) < 2:
+            await trio.sleep(0.01)
+    snoop = await link_member(setup, nursery)
+    assert await _peers_answer(snoop, public) == [fetcher_id]
+    assert await _peers_answer(snoop, private) == []
+    await snoop.link.send(Access(private, None, "org/app", "Bearer guess"))
+    assert await _peers_answer(snoop, private) == []
+    await snoop.link.send(Access(private, None, "org/app", "Bearer s3cret"))
+    assert await _peers_answer(snoop, private) == [fetcher_id]
 
 
 class PartlyPublicRegistry(FakeRegistry):
