@@ -71,8 +71,6 @@ class SimConfig:
     prefetch: bool = True  # a node that serves a manifest fetches its blobs (--no-prefetch)
     kills: tuple[Kill, ...] = ()
     joins: tuple[Join, ...] = ()
-    # What-if, not today's node: a Choke also refuses the choked peer's requests that wait for
-    # an upload slot (BitTorrent's rule). The real node serves them later.
 
     def image_bytes(self) -> int:
         return sum(b.size for b in image_blobs(list(self.layer_sizes)))
