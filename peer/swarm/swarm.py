@@ -478,6 +478,8 @@ class Swarm:
                     state.fetch.on_choke(link.peer_id, isinstance(event, Choke))
         elif isinstance(event, PieceMeta | Refused | Have | Piece | Reject | Peers):
             blob = self.digests.get(event.digest)
+            if isinstance(event, Have) and not self._may_offer(blob, link.peer_id):
+                return
             if isinstance(event, Have) and blob is not None and blob.seeder is not None:
                 self.owner.peer_has(blob, link.peer_id, (event.index,))
             if blob is not None and blob.fetch is not None:
@@ -578,6 +580,17 @@ class Swarm:
             # seeder's offers, not from a Bitfield.)
             state.bitfield_sent.add(peer)
             link.post(Bitfield(event.digest, bits_of(*ours)))
+
+    def _may_offer(self, blob: DigestState | None, peer: bytes) -> bool:
+        """Is `peer`'s word that it has pieces of `blob` taken? For a private blob this node
+        fetches, only from the owner, from peers the fetch took in already (those the owner
+        listed, those whose Bitfield came with credentials) and from peers with a grant: any
+        other member that announced pieces got our Requests and, before them, our client's
+        credentials (an Access), for any private blob it named."""
+        fetch = blob.fetch if blob is not None else None
+        if fetch is None or peer == fetch.owner or peer in fetch.linked:
+            return True
+        return self.grants.may_know_of(peer, fetch.digest)
 
     def _answer_peers(self, link: PeerLink, event: PeersRequest) -> None:
         peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)

@@ -78,12 +78,14 @@ class Member:
     members: list[Members] = field(default_factory=list)  # the node's membership pushes
     metas: list[PieceMeta | Refused] = field(default_factory=list)  # answers to Wants
     peer_lists: list[Peers] = field(default_factory=list)  # answers to PeersRequests
+    seen: list[Event] = field(default_factory=list)  # everything the node sent, in order
 
     def __post_init__(self) -> None:
         self.answers: trio.MemorySendChannel[Event]
         self.answers, self._answers = trio.open_memory_channel[Event](100)
 
     async def on_event(self, link: PeerLink, event: Event) -> None:
+        self.seen.append(event)
         if isinstance(event, Piece | Reject):
             await self.answers.send(event)
         elif isinstance(event, Have | Bitfield):

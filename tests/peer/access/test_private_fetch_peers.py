@@ -1,0 +1,168 @@
+"""While a node fetches a private blob from the swarm, a member that says it has pieces
+(a Have) and has shown no credentials for the blob gets nothing from it: no Request, and
+above all not the node's client's credentials (an Access goes before the Requests to a
+peer): it could fish for any private blob's credentials by announcing its pieces."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.components import free_port
+from peer.cluster.rendezvous import owner_order
+from peer.config import Address
+from peer.node import Node
+from peer.swarm.link import LinkClosed, PeerLink
+from pieces.partial import piece_hash
+from tests.peer.fake_registry import FakeRegistry, digest_of, node_config
+from tests.peer.member_node import TOKEN, link_member, node_and_registry
+from tests.peer.swarm.test_joining_node import TOKEN as JOINING_TOKEN
+from tests.peer.swarm.test_joining_node import (
+    Running,
+    blob_where,
+    first_of,
+    knows,
+    make_node,
+    running,
+    until,
+)
+from wire.events import (
+    Access,
+    Event,
+    Have,
+    Members,
+    Peers,
+    PeersRequest,
+    Piece,
+    PieceMeta,
+    Request,
+    Want,
+)
+from wire.protocol import Role
+
+PIECE = 64 * 1024
+PIECES = 16
+
+
+async def serve_slow_owner(
+    nursery: trio.Nursery, owner_id: bytes, port: int, data: bytes, origin: str
+) -> None:
+    """An honest owner of a private blob at 127.0.0.1:`port`: its hashes and offers at once,
+    each piece a tenth of a second after it is asked for."""
+    hashes = {i: piece_hash(data[i * PIECE : (i + 1) * PIECE]) for i in range(PIECES)}
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Want):
+            link.post(PieceMeta(event.digest, len(data), PIECE, hashes, [origin]))
+            for index in range(PIECES):
+                link.post(Have(event.digest, index))
+        elif isinstance(event, PeersRequest):
+            link.post(Peers(event.digest, []))
+        elif isinstance(event, Request):
+            await trio.sleep(0.1)
+            start = event.index * PIECE
+            await link.send(Piece(event.digest, event.index, data[start : start + PIECE]))
+
+    async def accept(stream: trio.SocketStream) -> None:
+        link = PeerLink(stream, owner_id, TOKEN, role=Role.RESPONDER)
+        try:
+            await link.handshake()
+            await link.run(on_event)
+        except LinkClosed:
+            pass
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, accept, listeners)
+
+
+async def test_a_member_announcing_pieces_of_a_private_blob_is_not_sent_credentials(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with node_and_registry(tmp_path, nursery) as setup:
+        node = setup.node
+        owner_id, owner_port = os.urandom(16), free_port(avoid=[setup.peer_port])
+        for _ in range(1000):  # bounded: the owner ranks first for half of all blobs
+            data = os.urandom(PIECES * PIECE)
+            if owner_order(digest_of(data), [node.node_id, owner_id])[0] == owner_id:
+                break
+        digest = setup.registry.add_blob(data)
+        setup.registry.token = "s3cret"
+        await serve_slow_owner(nursery, owner_id, owner_port, data, setup.registry.url)
+        snoop = await link_member(setup, nursery)
+        # The owner, made a member by a word on the snoop's link (any member may say so).
+        entry = (owner_id, "127.0.0.1", owner_port, 0, 0, 0)
+        await snoop.link.send(Members([entry], reply=True))
+        membership = node.membership
+        assert membership is not None
+        with trio.fail_after(10):
+            while owner_id not in membership.members:
+                await trio.sleep(0.05)
+
+        async def pull() -> None:
+            headers = {"Authorization": "Bearer s3cret"}
+            response = await setup.client.get(f"/v2/org/app/blobs/{digest}", headers=headers)
+            assert response.status_code == 200 and response.content == data
+
+        async with trio.open_nursery() as pulling:
+            pulling.start_soon(pull)
+            with trio.fail_after(10):
+                while node.store.partial(digest) is None:
+                    await trio.sleep(0.01)
+            for index in range(PIECES):  # "I have them all"
+                await snoop.link.send(Have(digest, index))
+        sent = [e for e in snoop.seen if isinstance(e, Access | Request)]
+        assert not sent, sent
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+async def test_nodes_that_fetch_a_private_blob_still_trade_its_pieces(
+    tmp_path: Path, nursery: trio.Nursery, token: str | None
+) -> None:
+    """Three real nodes, a private blob (and, to compare, a public one), two pulls with the
+    registry's credentials at the two nodes that do not own it, the owner's uploads slow: the
+    fetchers, which the owner lists to each other, take pieces from each other (each shows
+    the other its client's credentials before its Requests). Both complete, the registry
+    sends the blob once, and a fetcher sent pieces to a peer: the rule against members that
+    announce pieces unasked (above) leaves the honest swarm alone."""
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    # The owner sends 256 KiB/s: the 1 MiB blob twice would take it 8 s, and the fetchers,
+    # which learn of each other from it within a few seconds, take pieces from each other.
+    seed = Node(
+        node_config(
+            registry,
+            tmp_path / "seed",
+            peer=Address("127.0.0.1", free_port()),
+            cluster_token=JOINING_TOKEN,
+            piece_size=PIECE,
+            upload_rate=256 * 1024,
+        )
+    )
+    async with running(seed, nursery) as a:
+        b_node = make_node(registry, tmp_path / "b", join=(a.peer,))
+        c_node = make_node(registry, tmp_path / "c", join=(a.peer,))
+        data = blob_where(lambda d: first_of(d, seed, b_node, c_node) == seed.node_id)
+        digest = registry.add_blob(data)
+        registry.token = token
+        async with running(b_node, nursery) as b, running(c_node, nursery) as c:
+            await until(lambda: knows(seed, b_node, c_node) and knows(b_node, seed, c_node))
+            await until(lambda: knows(c_node, seed, b_node))
+            pulled: list[bytes] = []
+
+            async def pull(at: Running) -> None:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                response = await at.client.get(f"/v2/org/app/blobs/{digest}", headers=headers)
+                assert response.status_code == 200, response.text
+                pulled.append(response.content)
+
+            async with trio.open_nursery() as pulls:
+                pulls.start_soon(pull, b)
+                pulls.start_soon(pull, c)
+    assert pulled == [data, data]
+    assert registry.count("GET", digest) == 1
+    traded = [n.swarm.counters.pieces_to_peers for n in (b_node, c_node) if n.swarm]
+    print("pieces the fetchers sent to peers:", traded)
+    assert sum(traded) > 0
