@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -122,6 +123,7 @@ class Member:
     status: Status
     since: float
     capacity: int = 0  # declared upload bytes/s; 0: not declared
+    heard: bool = False  # a message of its own reached us (a datagram from it, its link)
 
 
 @dataclass(slots=True)
@@ -171,6 +173,7 @@ class Membership:
         self._join_backoff = self.config.join_retry_min
         self.events: list[tuple[bytes, Status]] = []  # changes seen, for the driver's log
         self.members_refused = 0  # new members not added: the table held MAX_MEMBERS
+        self._deaths: deque[tuple[float, bytes]] = deque()  # (since, node id), oldest first
         # Kept beside `members` so that the timers look at suspects only, not at every member
         # (a tick per probe period over thousands of members adds up in the simulator).
         self._suspects: set[bytes] = set()
@@ -297,6 +300,7 @@ class Membership:
         member = self.members.get(node_id)
         if member is None or member.status is Status.DEAD:
             return  # only members' words count (a link may claim any id); the dead stay dead
+        member.heard = True
         if at > self._link_heard.get(node_id, -math.inf):
             self._link_heard[node_id] = at
 
@@ -434,12 +438,17 @@ class Membership:
             return
         member = self.members.get(node_id)
         if member is None:
-            self._apply(Update(node_id, address, 0, Status.ALIVE), now)
-        elif member.status is not Status.ALIVE:
+            self._apply(Update(node_id, address, 0, Status.ALIVE), now, direct=True)
+            member = self.members.get(node_id)
+            if member is not None:
+                member.heard = True
+            return
+        member.heard = True
+        if member.status is not Status.ALIVE:
             # It talks to us while we hold it suspect or dead: tell it, so it refutes.
             self._gossip_update(_member_update(member, member.status))
 
-    def _apply(self, update: Update, now: float) -> None:
+    def _apply(self, update: Update, now: float, direct: bool = False) -> None:
         """SWIM's precedence rules; accepted changes are gossiped on."""
         if update.node_id == self.node_id:
             if self.left:
@@ -456,7 +465,7 @@ class Membership:
                 self._refutation = refutation
             return
         member = self.members.get(update.node_id)
-        if member is None and (update.status is not Status.ALIVE or self._full()):
+        if member is None and (update.status is not Status.ALIVE or self._full(now, direct)):
             return  # a stranger's suspicion or death tells nothing; a full table, no more
         if member is not None and update.incarnation > member.incarnation + INCARNATION_STEP:
             return  # not a step its member could have taken: a liar's
@@ -486,7 +495,10 @@ class Membership:
             changed = True
         else:
             changed = member.status is not update.status
-            if update.capacity and update.incarnation > member.incarnation:
+            if update.status is Status.ALIVE:
+                # The member's own word (or a relay of it), newer than ours: its rate too,
+                # none included (a liar's rate forced on a member that declares none goes
+                # with its refutation). A suspicion or a death carries no rate of its own.
                 member.capacity = update.capacity
             member.address = update.address
             member.incarnation = update.incarnation
@@ -501,6 +513,8 @@ class Membership:
             self._suspicions.pop(member.node_id, None)
         if member.status is Status.DEAD:
             self._link_heard.pop(member.node_id, None)
+            if changed:
+                self._deaths.append((member.since, member.node_id))
         if changed:
             self.events.append((update.node_id, update.status))
         self._gossip_update(update)
@@ -524,20 +538,44 @@ class Membership:
             updates = (*updates, self._own_update(Status.ALIVE))
         return updates
 
-    def _full(self) -> bool:
+    def _full(self, now: float, direct: bool) -> bool:
+        """No room for a new member: the table holds MAX_MEMBERS, none of them dead, and the
+        newcomer did not talk to us itself (`direct`), or every member has (a node that
+        pings us takes the place of one we only heard of: a liar's made-up members are
+        never heard from, and would keep every new node out)."""
         if len(self.members) < MAX_MEMBERS:
             return False
+        self._forget_the_dead(now, room=True)
+        if len(self.members) < MAX_MEMBERS:
+            return False
+        if direct:
+            unheard = next((n for n, m in self.members.items() if not m.heard), None)
+            if unheard is not None:
+                self._forget(unheard)
+                return False
         self.members_refused += 1
         return True
 
-    def _forget_the_dead(self, now: float) -> None:
-        for node_id in [
-            n
-            for n, m in self.members.items()
-            if m.status is Status.DEAD and now - m.since > DEAD_KEPT
-        ]:
-            del self.members[node_id]
-            self._link_heard.pop(node_id, None)
+    def _forget_the_dead(self, now: float, room: bool = False) -> None:
+        """Forget the members dead for DEAD_KEPT (`room`: the longest dead one, at least)."""
+        while self._deaths:
+            since, node_id = self._deaths[0]
+            member = self.members.get(node_id)
+            if member is not None and (member.status is not Status.DEAD or member.since != since):
+                self._deaths.popleft()  # revived, or dead again since (a later entry counts)
+                continue
+            if member is not None and now - since <= DEAD_KEPT and not room:
+                return
+            self._deaths.popleft()
+            if member is not None:
+                self._forget(node_id)
+                room = False
+
+    def _forget(self, node_id: bytes) -> None:
+        del self.members[node_id]
+        self._link_heard.pop(node_id, None)
+        self._suspects.discard(node_id)
+        self._suspicions.pop(node_id, None)
 
     def _misstates(self, update: Update) -> bool:
         """`update`, about us, says other than we do (a capacity of 0 declares nothing)."""

@@ -35,9 +35,11 @@ def join_sync_peers(membership: Membership) -> list[bytes]:
 
 
 def is_full_state(event: Members) -> bool:
-    """A peer's answer to our push: its full state (itself and us at least; the one-entry
-    Members a gossip driver sends on links, a refutation or a suspicion, is not one)."""
-    return event.reply and len(event.members) >= 2
+    """A peer's answer to our push, whole: its last frame (itself and us at least, so two
+    entries or more; the one-entry Members a gossip driver sends on links, a refutation or a
+    suspicion, is not one). Every frame before an answer's last, and every frame of a push
+    but its last, holds MEMBERS_PER_FRAME entries; an answer's last holds fewer."""
+    return event.reply and 2 <= len(event.members) < MEMBERS_PER_FRAME
 
 
 # Entries per Members frame: the largest entry a member may send (a 253-character host name,
@@ -55,6 +57,12 @@ def full_state(membership: Membership, *, reply: bool) -> list[Members]:
     chunks = [
         entries[at : at + MEMBERS_PER_FRAME] for at in range(0, len(entries), MEMBERS_PER_FRAME)
     ] or [[]]
+    # The last frame must hold fewer than the others and two at least (`is_full_state`): the
+    # last two entries again, in a frame of their own (merging an entry twice changes nothing).
+    if len(chunks[-1]) == MEMBERS_PER_FRAME:
+        chunks.append(entries[-2:])
+    elif len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks[-1] = entries[-2:]
     return [
         Members(chunk, reply=reply or number < len(chunks) - 1)
         for number, chunk in enumerate(chunks)

@@ -30,6 +30,9 @@ class Grants:
         self._granted: dict[str, dict[bytes, tuple[float, frozenset[str]]]] = {}
         # digest -> peer -> its Access, kept (never logged) until its next Request is checked
         self._pending: dict[str, dict[bytes, Access]] = {}
+        # (digest, peer) -> set when the check of its Access under way ends: whoever asks
+        # meanwhile (its Bitfield's answer, its Requests) waits for that one check.
+        self._checking: dict[tuple[str, bytes], trio.Event] = {}
 
     def remember(self, peer: bytes, access: Access) -> None:
         self._pending.setdefault(access.digest, {})[peer] = access
@@ -86,14 +89,22 @@ class Grants:
             return True
         if self._granted_now(digest, peer, origins):
             return True
+        running = self._checking.get((digest, peer))
+        if running is not None:
+            await running.wait()
+            return self._granted_now(digest, peer, self._store.origins_of(digest))
         access = self._pending.get(digest, {}).pop(peer, None)
         if access is None:
             return False
+        done = self._checking[(digest, peer)] = trio.Event()
         try:
             return await self.check(peer, access) is None
         except UpstreamError as exc:
             log.warning("access check for a peer's pieces of %s failed: %s", digest, exc)
             return False
+        finally:
+            del self._checking[(digest, peer)]
+            done.set()
 
     def forget_peer(self, peer: bytes) -> None:
         """The link is gone: its grants and pending Access with it."""

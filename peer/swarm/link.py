@@ -189,6 +189,11 @@ class PeerLink:
             self._outbox.append(event)
         self._outbox_ready.set()
 
+    @property
+    def backlog(self) -> bool:
+        """Something posted waits for the peer to read (queued, or partly written)."""
+        return bool(self._outbox or self._unsent)
+
     def _may_write_now(self) -> bool:
         """Nothing is queued or being written, and the frames need no sealing: a write now
         keeps them in order."""

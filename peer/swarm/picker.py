@@ -213,7 +213,8 @@ class PiecePicker:
             state.choking = choking
 
     def rejected(self, peer: bytes, index: int) -> None:
-        """`peer` will not send `index` (choked, cancelled, denied, or no longer has it)."""
+        """`peer` will not send `index` (choked, cancelled, or not there for us: it no longer
+        has it, or it is private to credentials the peer has not accepted)."""
         self._settle(index, peer)
         state = self._peers.get(peer)
         if state is not None and index in state.available:

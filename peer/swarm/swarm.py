@@ -466,7 +466,10 @@ class Swarm:
                 link.post(Peers(event.digest, []))
         elif isinstance(event, Members):
             answer = sync.merge(self.membership, event, trio.current_time())
-            if answer is not None:
+            if answer is not None and not link.backlog:
+                # (While something waits for the peer to read, a push gets no answer: the
+                # whole table per tiny push, to a member that never reads, grew our memory
+                # without bound. An honest peer pushes again within a sync period.)
                 link.post_many(answer)
             elif sync.is_full_state(event):
                 self.view_ready.set()

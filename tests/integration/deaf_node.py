@@ -37,10 +37,10 @@ def _receive(self: Membership, message: Message, source: Address, now: float) ->
     _honest_receive(self, message, source, now)
 
 
-def _apply(self: Membership, update: Update, now: float) -> None:
+def _apply(self: Membership, update: Update, now: float, direct: bool = False) -> None:
     if _deaf and update.node_id == self.node_id:
         return  # no refutation: the suspicion ends in death
-    _honest_apply(self, update, now)
+    _honest_apply(self, update, now, direct)
 
 
 Membership.receive = _receive  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,18 @@ async def _cached(setup: Setup, data: bytes, token: str | None) -> str:
         while not setup.node.store.has_blob(digest) or setup.node.downloads_in_flight():
             await trio.sleep(0.01)
     return digest
+
+
+@asynccontextmanager
+async def _private_blob_behind(
+    tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry
+) -> AsyncIterator[tuple[Setup, str]]:
+    """A node in front of `registry` (started here) that holds a private blob its client
+    pulled with the registry's token; the blob's digest."""
+    await nursery.start(registry.serve)
+    setup = await start_node(tmp_path, nursery, registry)
+    async with setup.client:
+        yield setup, await _cached(setup, os.urandom(256 * 1024), "s3cret")
 
 
 async def test_private_pieces_need_credentials_the_origin_accepts(
@@ -166,11 +179,7 @@ async def test_a_repository_name_cannot_steer_the_access_check(
     """`pub/x/manifests/v1?` as a repository would make the check ask for a public manifest
     and answer yes for a private blob."""
     registry = PartlyPublicRegistry()
-    await nursery.start(registry.serve)
-    setup = await start_node(tmp_path, nursery, registry)
-    async with setup.client:
-        data = os.urandom(256 * 1024)
-        digest = await _cached(setup, data, "s3cret")
+    async with _private_blob_behind(tmp_path, nursery, registry) as (setup, digest):
         registry.add_manifest("v1", b'{"schemaVersion":2}')
         member = await link_member(setup, nursery)
         await member.link.send(Access(digest, None, "pub/x/manifests/v1?", None))
@@ -372,3 +381,36 @@ async def test_a_full_disk_while_storing_a_piece_fails_the_fetch_not_the_link() 
     await fetch._store_piece(Link(), Piece(digest, 0, data))  # type: ignore[arg-type]
     assert isinstance(fetch.failure, NoRoom)
     assert 0 in picker.missing and not picker.inflight  # to be asked again, not lost
+
+
+class SlowHeadRegistry(FakeRegistry):
+    """Access checks (HEADs) take `head_delay` seconds."""
+
+    head_delay = 0.0
+
+    async def _handle(self, conn: HttpConnection, request: HttpRequest) -> None:
+        if request.method == "HEAD":
+            await trio.sleep(self.head_delay)
+        await super()._handle(conn, request)
+
+
+async def test_a_request_while_the_peers_credentials_are_checked_waits_for_the_check(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A fetch sends its Access, then its Bitfield, then Requests: the Bitfield's answer waits
+    for the check of the Access, and a Request that comes meanwhile must wait for that same
+    check, not find the Access used and be refused (a member with good credentials was)."""
+    registry = SlowHeadRegistry()
+    async with _private_blob_behind(tmp_path, nursery, registry) as (setup, digest):
+        assert setup.node.swarm is not None
+        # The check takes a registry round trip (another node's client; or 60 s went by).
+        setup.node.swarm.grants._access._gate._accepted.clear()
+        registry.head_delay = 0.3
+        member = await link_member(setup, nursery)
+        await member.link.send(Access(digest, None, "org/app", "Bearer s3cret"))
+        await member.link.send(Bitfield(digest, b""))
+        answer = await member.ask(digest, 0)
+        assert isinstance(answer, Piece), answer
+        with trio.fail_after(5):
+            while not any(isinstance(o, Bitfield) for o in member.offers):
+                await trio.sleep(0.01)

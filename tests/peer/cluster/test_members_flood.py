@@ -10,9 +10,12 @@ from pathlib import Path
 
 import trio
 
+from peer.cluster import sync
 from peer.cluster.membership import MAX_MEMBERS, Status
-from tests.peer.member_node import link_member, node_and_registry
+from peer.swarm.link import PeerLink
+from tests.peer.member_node import TOKEN, link_member, node_and_registry
 from wire.events import Members
+from wire.protocol import Role
 
 
 def made_up(count: int, status: Status) -> list[tuple[bytes, str, int, int, int, int]]:
@@ -47,3 +50,31 @@ async def test_a_flood_of_members_leaves_the_table_bounded_and_syncs_working(
         assert not honest.link.closed and all(m.reply for m in honest.members)
         learned = {entry[0] for m in honest.members for entry in m.members}
         assert setup.node.node_id in learned and len(learned) == MAX_MEMBERS + 1
+
+
+async def test_pushes_from_a_member_that_does_not_read_queue_one_answer(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Each push is answered with the whole table (up to ~1 MB of long names): a member that
+    sends tiny pushes and never reads must not make the node queue an answer per push (6,279
+    frames for 300 pushes): while an answer waits for the peer to read, pushes get none."""
+    host = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    async with node_and_registry(tmp_path, nursery) as setup:
+        membership = setup.node.membership
+        assert membership is not None and setup.node.swarm is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+        me = os.urandom(16)
+        link = PeerLink(stream, me, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+        await link.handshake()  # and never reads again
+        for _ in range(20):
+            entries = [(os.urandom(16), host, 65535, 0, 0, 2**47 - 1) for _ in range(200)]
+            await link.send(Members(entries, reply=True))
+        with trio.fail_after(10):
+            while len(membership.members) < 4000:
+                await trio.sleep(0.05)
+        for _ in range(300):
+            await link.send(Members([(me, "127.0.0.1", 29999, 0, 0, 0)], reply=False))
+        await trio.sleep(1)
+        answer = len(sync.full_state(membership, reply=True))
+        assert len(setup.node.swarm.links[me]._outbox) <= answer
+        await link.close()

@@ -551,3 +551,41 @@ def test_the_member_table_is_bounded() -> None:
     assert len(me.members) == MAX_MEMBERS
     me.merge([Update(V_ID, V_ADDRESS, 6, Status.SUSPECT)], 2.0)
     assert me.members[V_ID].status is Status.SUSPECT
+
+
+def test_a_rate_forced_on_a_member_that_declares_none_goes_with_its_refutation() -> None:
+    """A liar says a member that declares no rate uploads at 1 byte/s (it would own nothing):
+    the member refutes with its own word, no rate, and that word counts."""
+    me = _knowing_v()
+    me.merge([Update(V_ID, V_ADDRESS, 5, Status.ALIVE, 1)], 1.0)
+    assert me.capacities() == {V_ID: 1}
+    v = Membership(V_ID, V_ADDRESS, CONFIG, random.Random(1))
+    v.incarnation = 5
+    v.merge([Update(V_ID, V_ADDRESS, 5, Status.ALIVE, 1)], 1.0)
+    refutation = v.take_refutation()
+    assert refutation == Update(V_ID, V_ADDRESS, 6, Status.ALIVE, 0)
+    me.merge([refutation], 2.0)
+    assert me.capacities() == {}
+
+
+def test_a_full_table_makes_room_for_a_node_that_talks_to_us() -> None:
+    """A liar that fills the table with made-up members keeps no real node out: one that
+    pings us takes the place of the longest dead, else of a member never heard from itself
+    (a made-up one is never heard: no process answers for it)."""
+    me = _knowing_v()
+    me.merge([Update(V_ID, V_ADDRESS, 6, Status.DEAD)], 1.0)
+    fakes = [
+        Update(i.to_bytes(16, "big"), ("10.1.0.1", 1 + i % 60000), 0, Status.ALIVE)
+        for i in range(1, MAX_MEMBERS + 100)
+    ]
+    me.merge(fakes, 2.0)
+    assert len(me.members) == MAX_MEMBERS
+    joiner, address = b"j" * 16, ("10.0.0.7", 7000)
+    me.receive(Ping(1, joiner, address), address, 3.0)
+    assert joiner in me.members and V_ID not in me.members  # the dead one made room
+    other, other_address = b"o" * 16, ("10.0.0.8", 7000)
+    me.receive(Ping(2, other, other_address), other_address, 4.0)
+    assert other in me.members and len(me.members) == MAX_MEMBERS
+    # Word of a member we never heard from ourselves makes no room.
+    me.merge([Update(b"w" * 16, ("10.0.0.9", 7000), 0, Status.ALIVE)], 5.0)
+    assert b"w" * 16 not in me.members

@@ -107,3 +107,15 @@ def test_a_full_state_too_large_for_a_frame_goes_in_frames_that_fit() -> None:
     for frame in answer:
         assert sync.merge(crowd, frame, 0.0) is None
     assert B in crowd.members
+
+
+def test_only_an_answers_last_frame_says_the_view_is_whole() -> None:
+    """A joiner's fetches wait for its view: a first frame of an answer of many must not end
+    the wait (a joiner with 200 of 1,000 members misjudges owners), nor a middle frame of
+    another member's push; the answer's last frame does, whatever the table's size."""
+    for count in (1000, 1001, 1199, 2):
+        crowd = _crowded(count)
+        push = sync.full_state(crowd, reply=False)
+        answer = sync.full_state(crowd, reply=True)
+        assert [sync.is_full_state(f) for f in answer] == [False] * (len(answer) - 1) + [True]
+        assert not any(sync.is_full_state(f) for f in push)
