@@ -557,10 +557,19 @@ class Swarm:
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         if not self.grants.may_know_of(link.peer_id, event.digest):
-            # A private blob, and the peer has no grant: nothing, as for a blob neither held
-            # nor fetched (our Bitfield told any member which private blobs this node's
-            # clients pulled). Its Access, if one came first, is checked aside (a registry
-            # request: not on this link's reading task), and the Bitfield taken then.
+            # A private blob, and the peer has no grant: no Bitfield of ours, as for a blob
+            # neither held nor fetched (it told any member which private blobs this node's
+            # clients pulled). What it holds is taken if our fetch takes its word (our owner:
+            # once its seeding is over it answers a Want with a Bitfield; a peer it listed).
+            # Its Access, if one came first, is checked aside (a registry request: not on
+            # this link's reading task), and the Bitfield answered then.
+            state = self.digests.get(event.digest)
+            if (
+                state is not None
+                and state.fetch is not None
+                and self._may_offer(state, link.peer_id)
+            ):
+                state.fetch.on_bitfield(link.peer_id, indices_of(event.bits))
             if self.grants.has_pending(link.peer_id, event.digest):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._guarded, self._bitfield_once_granted, link, event)

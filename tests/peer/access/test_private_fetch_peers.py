@@ -6,6 +6,8 @@ peer): it could fish for any private blob's credentials by announcing its pieces
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from bench.components import free_port
 from peer.cluster.rendezvous import owner_order
 from peer.config import Address
 from peer.node import Node
+from peer.swarm.bits import bits_of
 from peer.swarm.link import LinkClosed, PeerLink
 from pieces.partial import piece_hash
 from tests.peer.fake_registry import FakeRegistry, digest_of, node_config
-from tests.peer.member_node import TOKEN, link_member, node_and_registry
+from tests.peer.member_node import TOKEN, Member, Setup, link_member, node_and_registry
 from tests.peer.swarm.test_joining_node import TOKEN as JOINING_TOKEN
 from tests.peer.swarm.test_joining_node import (
     Running,
@@ -31,6 +34,7 @@ from tests.peer.swarm.test_joining_node import (
 )
 from wire.events import (
     Access,
+    Bitfield,
     Event,
     Have,
     Members,
@@ -48,17 +52,39 @@ PIECES = 16
 
 
 async def serve_slow_owner(
-    nursery: trio.Nursery, owner_id: bytes, port: int, data: bytes, origin: str
+    nursery: trio.Nursery,
+    owner_id: bytes,
+    port: int,
+    data: bytes,
+    origin: str,
+    offers: str = "have",
 ) -> None:
-    """An honest owner of a private blob at 127.0.0.1:`port`: its hashes and offers at once,
-    each piece a tenth of a second after it is asked for."""
+    """An honest owner of a private blob at 127.0.0.1:`port`: its hashes and offers (a Have
+    per piece; or `offers` "bitfield": half of them first, then, asked again, all of them and
+    a Bitfield, as an owner whose seeding is over answers a Want), each piece a tenth of a
+    second after it is asked for."""
     hashes = {i: piece_hash(data[i * PIECE : (i + 1) * PIECE]) for i in range(PIECES)}
 
+    wants = 0
+
     async def on_event(link: PeerLink, event: Event) -> None:
-        if isinstance(event, Want):
+        nonlocal wants
+        if isinstance(event, Want) and offers == "have":
             link.post(PieceMeta(event.digest, len(data), PIECE, hashes, [origin]))
             for index in range(PIECES):
                 link.post(Have(event.digest, index))
+        elif isinstance(event, Want):
+            # First half the hashes and offers, as while its download runs; asked again
+            # (the asker lacks hashes), all of them and a Bitfield: its seeding is over.
+            wants += 1
+            known = range(PIECES // 2) if wants == 1 else range(PIECES)
+            meta_hashes = {i: hashes[i] for i in known}
+            link.post(PieceMeta(event.digest, len(data), PIECE, meta_hashes, [origin]))
+            if wants == 1:
+                for index in known:
+                    link.post(Have(event.digest, index))
+            else:
+                link.post(Bitfield(event.digest, bits_of(known, PIECES)))
         elif isinstance(event, PeersRequest):
             link.post(Peers(event.digest, []))
         elif isinstance(event, Request):
@@ -78,9 +104,13 @@ async def serve_slow_owner(
     nursery.start_soon(trio.serve_listeners, accept, listeners)
 
 
-async def test_a_member_announcing_pieces_of_a_private_blob_is_not_sent_credentials(
-    tmp_path: Path, nursery: trio.Nursery
-) -> None:
+@asynccontextmanager
+async def node_with_scripted_owner(
+    tmp_path: Path, nursery: trio.Nursery, offers: str = "have"
+) -> AsyncIterator[tuple[Setup, Member, str, bytes]]:
+    """A real node, a private blob that a scripted owner (`serve_slow_owner`) ranks first
+    for, and a member linked to the node that made the owner known to it: (the node's setup,
+    the member, the blob's digest, its bytes)."""
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
         owner_id, owner_port = os.urandom(16), free_port(avoid=[setup.peer_port])
@@ -90,16 +120,25 @@ async def test_a_member_announcing_pieces_of_a_private_blob_is_not_sent_credenti
                 break
         digest = setup.registry.add_blob(data)
         setup.registry.token = "s3cret"
-        await serve_slow_owner(nursery, owner_id, owner_port, data, setup.registry.url)
-        snoop = await link_member(setup, nursery)
-        # The owner, made a member by a word on the snoop's link (any member may say so).
+        url = setup.registry.url
+        await serve_slow_owner(nursery, owner_id, owner_port, data, url, offers=offers)
+        member = await link_member(setup, nursery)
+        # The owner, made a member by a word on the member's link (any member may say so).
         entry = (owner_id, "127.0.0.1", owner_port, 0, 0, 0)
-        await snoop.link.send(Members([entry], reply=True))
+        await member.link.send(Members([entry], reply=True))
         membership = node.membership
         assert membership is not None
         with trio.fail_after(10):
             while owner_id not in membership.members:
                 await trio.sleep(0.05)
+        yield setup, member, digest, data
+
+
+async def test_a_member_announcing_pieces_of_a_private_blob_is_not_sent_credentials(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with node_with_scripted_owner(tmp_path, nursery) as (setup, snoop, digest, data):
+        node = setup.node
 
         async def pull() -> None:
             headers = {"Authorization": "Bearer s3cret"}
@@ -166,3 +205,19 @@ async def test_nodes_that_fetch_a_private_blob_still_trade_its_pieces(
     traded = [n.swarm.counters.pieces_to_peers for n in (b_node, c_node) if n.swarm]
     print("pieces the fetchers sent to peers:", traded)
     assert sum(traded) > 0
+
+
+async def test_a_private_blobs_owner_that_offers_by_bitfield_is_heard(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """An owner whose seeding is over answers a Want with a Bitfield of what it holds. The
+    node takes it (its owner's word, which the rule against members that announce pieces
+    unasked leaves alone): it dropped it, waited 60 s for offers and fetched the rest from
+    the registry."""
+    async with node_with_scripted_owner(tmp_path, nursery, "bitfield") as (setup, _, digest, data):
+        with trio.fail_after(20):
+            response = await setup.client.get(
+                f"/v2/org/app/blobs/{digest}", headers={"Authorization": "Bearer s3cret"}
+            )
+        assert response.status_code == 200 and response.content == data
+        assert setup.registry.count("GET", digest) == 0  # every piece from the owner
