@@ -439,9 +439,6 @@ class Membership:
         member = self.members.get(node_id)
         if member is None:
             self._apply(Update(node_id, address, 0, Status.ALIVE), now, direct=True)
-            member = self.members.get(node_id)
-            if member is not None:
-                member.heard = True
             return
         member.heard = True
         if member.status is not Status.ALIVE:
@@ -449,7 +446,8 @@ class Membership:
             self._gossip_update(_member_update(member, member.status))
 
     def _apply(self, update: Update, now: float, direct: bool = False) -> None:
-        """SWIM's precedence rules; accepted changes are gossiped on."""
+        """SWIM's precedence rules; accepted changes are gossiped on (`direct`: the member
+        itself told us, in a message of its own)."""
         if update.node_id == self.node_id:
             if self.left:
                 return  # we are leaving: our death stands
@@ -490,6 +488,7 @@ class Membership:
                 update.status,
                 now,
                 update.capacity,
+                heard=direct,
             )
             self.members[update.node_id] = member
             changed = True

@@ -155,6 +155,11 @@ class SwarmFetch:
     def digest(self) -> str:
         return self.download.digest
 
+    def takes_from(self, peer: bytes) -> bool:
+        """Is `peer` among those this fetch exchanges pieces with (`linked`, without a copy:
+        asked per Have)?"""
+        return self.picker is not None and self.picker.has_peer(peer)
+
     @property
     def linked(self) -> set[bytes]:
         """The peers this fetch exchanges pieces with (the picker's: none before it exists)."""
@@ -218,10 +223,9 @@ class SwarmFetch:
                         return
                     raise OwnerUnavailable("this node is the owner")
                 break
-            if swarm.bans.is_unreachable(candidate, trio.current_time()):
-                skipped += 1
-                continue
-            if candidate in self._stalled:
+            if swarm.bans.is_unreachable(candidate, trio.current_time()) or (
+                candidate in self._stalled
+            ):
                 skipped += 1
                 continue
             # Set before asking: PieceMeta updates may follow the first answer at once.

@@ -89,6 +89,9 @@ class PiecePicker:
     def peers(self) -> list[bytes]:
         return list(self._peers)
 
+    def has_peer(self, peer: bytes) -> bool:
+        return peer in self._peers
+
     @property
     def done(self) -> bool:
         return not self._missing

@@ -170,6 +170,7 @@ class Swarm:
             self._piece_size_of,
             self._seeding,
             self.recent_pieces.stored_at,
+            self._holds_piece,
         )
 
     def _seeding(self, digest: str) -> bool:
@@ -491,7 +492,7 @@ class Swarm:
                 isinstance(event, Have)
                 and blob is not None
                 and blob.wanted_from == link.peer_id
-                and self._holds_piece(event)
+                and self._holds_piece(event.digest, event.index)
             ):
                 # The owner we asked offers a piece of a blob we are done with (or no longer
                 # fetch from the swarm): say we hold it, or its offer holds a slot until it
@@ -600,7 +601,7 @@ class Swarm:
         other member that announced pieces got our Requests and, before them, our client's
         credentials (an Access), for any private blob it named."""
         fetch = blob.fetch if blob is not None else None
-        if fetch is None or peer == fetch.owner or peer in fetch.linked:
+        if fetch is None or peer == fetch.owner or fetch.takes_from(peer):
             return True
         return self.grants.may_know_of(peer, fetch.digest)
 
@@ -620,9 +621,9 @@ class Swarm:
         if await self.grants.may_have_pieces(link.peer_id, event.digest) and not link.closed:
             await self._on_bitfield(link, event)
 
-    def _holds_piece(self, have: Have) -> bool:
-        held = self._held(have.digest)
-        return held is not None and have.index in held[0]
+    def _holds_piece(self, digest: str, index: int) -> bool:
+        held = self._held(digest)
+        return held is not None and index in held[0]
 
     def _held(self, digest: str) -> tuple[Collection[int], int] | None:
         """The pieces of `digest` this node holds, and how many it has: None when it holds

@@ -46,6 +46,7 @@ class Uploads:
         piece_size_of: Callable[[str], int],
         urgent: Callable[[str], bool],
         stored_at: Callable[[str, int], float | None],
+        holds: Callable[[str, int], bool],
         slots: int = UPLOAD_SLOTS,
     ) -> None:
         self._store = store
@@ -56,6 +57,7 @@ class Uploads:
         self._piece_size_of = piece_size_of  # the piece size a blob is cut to here
         self._urgent = urgent  # pieces of this blob go first (the owner's first copies)
         self._stored_at = stored_at  # when a piece was stored here: the newest go first
+        self._holds = holds  # is the piece here (verified in a partial, or the blob)?
         self.lanes = UploadLanes(slots)
         self._turns: dict[object, trio.Event] = {}  # waiting ticket -> set when its turn comes
 
@@ -101,13 +103,6 @@ class Uploads:
                     turn.rate = await self._send_piece(link, digest, index, fd, offset, length)
             finally:
                 os.close(fd)
-
-    def _holds(self, digest: str, index: int) -> bool:
-        """Is piece `index` of `digest` here (verified in a partial, or the blob)?"""
-        partial = self._store.partial(digest)
-        if partial is not None and not partial.complete:
-            return index in partial.piece_hashes
-        return self._store.has_blob(digest)
 
     @contextlib.asynccontextmanager
     async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[_Turn]:

@@ -5,7 +5,7 @@ to what other nodes send it."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,3 +121,39 @@ async def link_member(setup: Setup, nursery: trio.Nursery, node_id: bytes | None
     member = Member(link)
     nursery.start_soon(member.run)
     return member
+
+
+async def serve_member(
+    nursery: trio.Nursery,
+    member_id: bytes,
+    port: int,
+    on_event: Callable[[PeerLink, Event], Awaitable[None]],
+) -> None:
+    """A scripted member listening at 127.0.0.1:`port` as `member_id` (the node dials it, as
+    an owner or a peer): every link to it is answered by `on_event`."""
+
+    async def accept(stream: trio.SocketStream) -> None:
+        link = PeerLink(stream, member_id, TOKEN, role=Role.RESPONDER)
+        try:
+            await link.handshake()
+            await link.run(on_event)
+        except LinkClosed:
+            pass
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, accept, listeners)
+
+
+async def announce_member(setup: Setup, member_id: bytes, port: int) -> None:
+    """`member_id`, listening at 127.0.0.1:`port`, says on a link of its own that it is a
+    member; back once the node knows it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+    hello = PeerLink(stream, member_id, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+    await hello.handshake()
+    await hello.send(Members([(member_id, "127.0.0.1", port, 0, 0, 0)], reply=True))
+    await hello.close()
+    membership = setup.node.membership
+    assert membership is not None
+    with trio.fail_after(10):
+        while member_id not in membership.members:
+            await trio.sleep(0.05)

@@ -18,10 +18,17 @@ from peer.cluster.rendezvous import owner_order
 from peer.config import Address
 from peer.node import Node
 from peer.swarm.bits import bits_of
-from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.link import PeerLink
 from pieces.partial import piece_hash
 from tests.peer.fake_registry import FakeRegistry, digest_of, node_config
-from tests.peer.member_node import TOKEN, Member, Setup, link_member, node_and_registry
+from tests.peer.member_node import (
+    Member,
+    Setup,
+    announce_member,
+    link_member,
+    node_and_registry,
+    serve_member,
+)
 from tests.peer.swarm.test_joining_node import TOKEN as JOINING_TOKEN
 from tests.peer.swarm.test_joining_node import (
     Running,
@@ -37,7 +44,6 @@ from wire.events import (
     Bitfield,
     Event,
     Have,
-    Members,
     Peers,
     PeersRequest,
     Piece,
@@ -45,7 +51,6 @@ from wire.events import (
     Request,
     Want,
 )
-from wire.protocol import Role
 
 PIECE = 64 * 1024
 PIECES = 16
@@ -92,16 +97,7 @@ async def serve_slow_owner(
             start = event.index * PIECE
             await link.send(Piece(event.digest, event.index, data[start : start + PIECE]))
 
-    async def accept(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, owner_id, TOKEN, role=Role.RESPONDER)
-        try:
-            await link.handshake()
-            await link.run(on_event)
-        except LinkClosed:
-            pass
-
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, accept, listeners)
+    await serve_member(nursery, owner_id, port, on_event)
 
 
 @asynccontextmanager
@@ -109,8 +105,8 @@ async def node_with_scripted_owner(
     tmp_path: Path, nursery: trio.Nursery, offers: str = "have"
 ) -> AsyncIterator[tuple[Setup, Member, str, bytes]]:
     """A real node, a private blob that a scripted owner (`serve_slow_owner`) ranks first
-    for, and a member linked to the node that made the owner known to it: (the node's setup,
-    the member, the blob's digest, its bytes)."""
+    for, and another member linked to the node: (the node's setup, the member, the blob's
+    digest, its bytes)."""
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
         owner_id, owner_port = os.urandom(16), free_port(avoid=[setup.peer_port])
@@ -122,15 +118,8 @@ async def node_with_scripted_owner(
         setup.registry.token = "s3cret"
         url = setup.registry.url
         await serve_slow_owner(nursery, owner_id, owner_port, data, url, offers=offers)
+        await announce_member(setup, owner_id, owner_port)
         member = await link_member(setup, nursery)
-        # The owner, made a member by a word on the member's link (any member may say so).
-        entry = (owner_id, "127.0.0.1", owner_port, 0, 0, 0)
-        await member.link.send(Members([entry], reply=True))
-        membership = node.membership
-        assert membership is not None
-        with trio.fail_after(10):
-            while owner_id not in membership.members:
-                await trio.sleep(0.05)
         yield setup, member, digest, data
 
 

@@ -13,11 +13,10 @@ import trio
 from bench.components import free_port
 from peer.cluster.rendezvous import owner_order
 from peer.swarm import owner_change
-from peer.swarm.link import LinkClosed, PeerLink
+from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import digest_of
-from tests.peer.member_node import TOKEN, node_and_registry
-from wire.events import Event, Members, Peers, PeersRequest, PieceMeta, Reject, Request, Want
-from wire.protocol import Role
+from tests.peer.member_node import announce_member, node_and_registry, serve_member
+from wire.events import Event, Peers, PeersRequest, PieceMeta, Reject, Request, Want
 
 PIECE = 64 * 1024
 BLOB = 8 * PIECE
@@ -36,16 +35,7 @@ async def serve_liar(nursery: trio.Nursery, liar_id: bytes, port: int, wants: li
         elif isinstance(event, Request):
             link.post(Reject(event.digest, event.index, "busy"))
 
-    async def accept(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, liar_id, TOKEN, role=Role.RESPONDER)
-        try:
-            await link.handshake()
-            await link.run(on_event)
-        except LinkClosed:
-            pass
-
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, accept, listeners)
+    await serve_member(nursery, liar_id, port, on_event)
 
 
 @pytest.mark.parametrize("liar_ranks_first", [False, True])
@@ -60,16 +50,7 @@ async def test_an_owner_that_talks_but_sends_no_piece_holds_no_pull(
         liar_id, liar_port = os.urandom(16), free_port(avoid=[setup.peer_port])
         wants: list[Want] = []
         await serve_liar(nursery, liar_id, liar_port, wants)
-        stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-        hello = PeerLink(stream, liar_id, TOKEN, role=Role.INITIATOR, peer_id=node.node_id)
-        await hello.handshake()
-        await hello.send(Members([(liar_id, "127.0.0.1", liar_port, 0, 0, 0)], reply=True))
-        await hello.close()
-        membership = node.membership
-        assert membership is not None
-        with trio.fail_after(10):
-            while liar_id not in membership.members:
-                await trio.sleep(0.05)
+        await announce_member(setup, liar_id, liar_port)
         first = liar_id if liar_ranks_first else node.node_id
         for _ in range(1000):  # bounded: half of all blobs rank each first
             data = os.urandom(BLOB)

@@ -68,12 +68,6 @@ class Store:
     def open_piece_sync(self, digest: str, index: int, piece_size: int) -> tuple[int, int, int]:
         return os.open(self.path, os.O_RDONLY), 0, 1000
 
-    def partial(self, digest: str) -> None:
-        return None  # every blob is whole here
-
-    def has_blob(self, digest: str) -> bool:
-        return True
-
 
 class Grants:
     async def may_have_pieces(self, peer: bytes, digest: str) -> bool:
@@ -97,6 +91,7 @@ def _uploads(
         lambda _digest: 1000,
         lambda digest: digest == urgent,
         lambda _digest, index: (stored_at or {}).get(index),
+        lambda _digest, _index: True,  # every piece is here
         slots=1,
     )
 
@@ -147,6 +142,7 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
         lambda _digest: 1000,
         lambda _digest: False,
         lambda _digest, _index: None,
+        lambda _digest, _index: True,
     )
     link = Link(b"A" * 16)
     async with trio.open_nursery() as nursery:
