@@ -20,6 +20,7 @@ from bench.rate_options import (
 from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
 from bench.simulate.report import summarize, table, write_outputs
+from bench.simulate.timeline import Timeline, timeline_table
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
 from peer.sizes import format_size, parse_size
 
@@ -174,6 +175,15 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a PNG chart of completion times against T_min here.",
 )
+@click.option(
+    "--timeline",
+    "timeline_period",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Every SECONDS of simulated time, print how far the hosts not done are behind the "
+    "registry (stored bytes; in seconds of a downlink) and how busy their downlinks were: "
+    "where the last host's lag was taken. Also in the JSON.",
+)
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 def simulate(
     nodes: int,
@@ -196,6 +206,7 @@ def simulate(
     max_wall: float | None,
     json_path: Path | None,
     chart_path: Path | None,
+    timeline_period: float | None,
     quiet: bool,
 ) -> None:
     """Simulate N hosts pulling one image through pollen, on a modelled network.
@@ -247,8 +258,12 @@ def simulate(
         f"latency {latency:g} ms; image {format_size(config.image_bytes())} in "
         f"{len(sizes)} layers + config; T_min {bound:.3g}s"
     )
-    result = Simulation(config, _progress(quiet)).run()
+    simulation = Simulation(config, _progress(quiet))
+    timeline = Timeline(simulation, timeline_period) if timeline_period else None
+    result = simulation.run()
     s = summarize(result)
+    if timeline is not None:
+        click.echo(timeline_table(timeline.samples, config.downlink))
     click.echo(table(s, bound))
     click.echo(
         f"stopped: {result.stop} at {result.simulated_s:.1f}s simulated, "
@@ -256,4 +271,6 @@ def simulate(
         + (f"; killed {len(result.killed)}" if result.killed else "")
         + (f"; joined {len(result.joined)}" if result.joined else "")
     )
-    write_outputs(result, s, json_path, chart_path)
+    write_outputs(
+        result, s, json_path, chart_path, timeline.samples if timeline is not None else None
+    )

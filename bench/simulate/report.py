@@ -9,21 +9,25 @@ parameters and seed give the same document, byte for byte.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.rollout import Outcome
 from bench.simulate.world import Result
 from bench.swarm_report import summary, write_chart, write_json
 from peer.sizes import format_size
 
+if TYPE_CHECKING:
+    from bench.simulate.timeline import Sample
+
 CONTENDER = "pollen (simulated)"
 
 __all__ = ["document", "summarize", "table", "write_chart", "write_json", "write_outputs"]
 
 
-def percentile(times: list[float], share: float) -> float | None:
+def percentile(times: Sequence[float], share: float) -> float | None:
     """Nearest-rank percentile of sorted `times` (None when empty)."""
     if not times:
         return None
@@ -74,9 +78,11 @@ def table(s: dict[str, Any], bound: float) -> str:
     )
 
 
-def document(result: Result, s: dict[str, Any]) -> dict[str, Any]:
+def document(
+    result: Result, s: dict[str, Any], timeline: list[Sample] | None = None
+) -> dict[str, Any]:
     config = result.config
-    return {
+    doc = {
         "simulator": "pollen bench simulate",
         "nodes": config.nodes,
         "uplink_bytes_per_s": config.uplink,
@@ -106,13 +112,20 @@ def document(result: Result, s: dict[str, Any]) -> dict[str, Any]:
         "rate_recomputations": result.rate_recomputations,
         "most_flows": result.most_flows,
     }
+    if timeline is not None:
+        doc["timeline"] = [asdict(sample) for sample in timeline]
+    return doc
 
 
 def write_outputs(
-    result: Result, s: dict[str, Any], json_path: Path | None, chart_path: Path | None
+    result: Result,
+    s: dict[str, Any],
+    json_path: Path | None,
+    chart_path: Path | None,
+    timeline: list[Sample] | None = None,
 ) -> None:
     if json_path is not None:
-        write_json(json_path, document(result, s))
+        write_json(json_path, document(result, s, timeline))
     if chart_path is not None:
         config = result.config
         image = sum(b.size for b in result.blobs)
