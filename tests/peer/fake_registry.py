@@ -48,6 +48,7 @@ class FakeRegistry:
     range_shift: int = 0
     range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
     busy_ranges: int = 0  # answer this many Range requests with 503 first
+    busy_gets: int = 0  # answer this many blob GETs (any, after `gate`) with 503 first
     refuse_ranges_from: int | None = None  # answer a Range from this byte on with 401
     # Added to the blob's size in the Content-Range of every other Range answer (a liar).
     range_total_extra: int = 0
@@ -157,6 +158,10 @@ class FakeRegistry:
     async def _blob_answer(self, conn: HttpConnection, request: Request, digest: str) -> None:
         if self.gate is not None:
             await self.gate.wait()
+        if self.busy_gets > 0:
+            self.busy_gets -= 1
+            await conn.respond(503, [("content-type", "application/json")], b'{"errors":[]}')
+            return
         data = self.blobs.get(digest)
         if data is None:
             await conn.respond(404, [], b"")

@@ -29,8 +29,8 @@ from tests.peer.member_node import (
     node_and_registry,
     serve_member,
 )
-from tests.peer.swarm.test_joining_node import TOKEN as JOINING_TOKEN
-from tests.peer.swarm.test_joining_node import (
+from tests.peer.swarm.real_nodes import TOKEN as JOINING_TOKEN
+from tests.peer.swarm.real_nodes import (
     Running,
     blob_where,
     first_of,
