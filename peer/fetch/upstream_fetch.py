@@ -568,7 +568,7 @@ def _body_extent(resp: BlobStream, base: str) -> tuple[int, int, int]:
             raise UpstreamError(base, f"answered 206 with a bad Content-Range {match.group(0)}")
         return first, last + 1 - first, size
     if resp.status != 200:
-        raise UpstreamError(base, f"answered {resp.status} {resp.reason}")
+        raise UpstreamError(base, f"answered {resp.status} {resp.reason}", resp.status)
     length = resp.headers.get("content-length")
     if length is None or not length.isdigit():
         raise UpstreamError(base, "sent a blob without Content-Length")

@@ -22,7 +22,7 @@ from peer.access.policy import CACHED_ELSEWHERE_HEADER
 from peer.fetch.download import Download
 from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
-from peer.swarm.errors import OwnerUnavailable
+from peer.swarm.errors import OwnedHere, OwnerUnavailable
 from peer.swarm.held_probe import (
     HELD_ASK_TIMEOUT,
     HELD_PROBE_TIMEOUT,
@@ -30,7 +30,7 @@ from peer.swarm.held_probe import (
     fetches_from,
 )
 from peer.swarm.link import LinkClosed, PeerLink
-from peer.swarm.owner_change import BUSY_STATUSES, leaves_owner, stalled, wait_for_busy_owner
+from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
 from pieces.layout import PieceLayout
@@ -85,14 +85,6 @@ PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
 # delivered with a thread per piece, 5.47, 5.16 inline; last node 15.1, 16.0 s vs 12.8, 11.7.
 INLINE_WRITE = 1 << 20
 STALL_REPORT = 10.0  # log what the fetch waits for after this long without a piece
-
-
-class OwnerBusy(Exception):
-    """The owner refused because its registry is busy (a status in BUSY_STATUSES)."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"the owner's registry answered {status}")
-        self.status = status
 
 
 class NotHeld(Exception):
@@ -223,13 +215,13 @@ class SwarmFetch:
             others = [c for c in candidates if c != swarm.node_id]
             if self.partial is None and await self._held_next(others):
                 return
-            raise OwnerUnavailable("no other node holds it or fetches it from the upstream")
+            raise OwnedHere("no other node holds it or fetches it from the upstream")
         for position, candidate in enumerate(candidates):
             if candidate == swarm.node_id:
                 if not skipped:
                     if self.partial is None and await self._held_next(candidates[position + 1 :]):
                         return
-                    raise OwnerUnavailable("this node is the owner")
+                    raise OwnedHere("this node is the owner")
                 break
             if swarm.bans.is_unreachable(candidate, trio.current_time()) or (
                 candidate in self._stalled
@@ -240,7 +232,8 @@ class SwarmFetch:
             self.owner = candidate
             self.state.wanted_from = candidate
             try:
-                await self._ask_owner(candidate)
+                link = await swarm.link_to(candidate)
+                await self._want(link)
             except LinkClosed as exc:
                 log.info("owner candidate %s unreachable: %s", candidate.hex()[:12], exc)
                 skipped += 1
@@ -256,23 +249,6 @@ class SwarmFetch:
             skipped,
         )
         raise OwnerUnavailable("no owner reachable")
-
-    async def _ask_owner(self, candidate: bytes) -> None:
-        """Want the blob of `candidate`. An owner whose registry is busy is asked again after a
-        wait, and after the last wait left for our own upstream (owner_change.py)."""
-        refusals = 0
-        while True:
-            link = await self.swarm.link_to(candidate)
-            try:
-                await self._want(link)
-                return
-            except OwnerBusy as busy:
-                refusals += 1
-                wait = wait_for_busy_owner(refusals)
-                if wait is None:
-                    raise OwnerUnavailable(f"{busy}, {refusals} times: asking ours") from None
-                log.info("%s: %s: asking the owner again in %.0f s", self.digest, busy, wait)
-                await trio.sleep(wait)
 
     async def _held_next(self, later: list[bytes]) -> bool:
         """As the blob's owner, before fetching it from the upstream: ask the next nodes in
@@ -322,8 +298,6 @@ class SwarmFetch:
                 # Whatever the refusal (not held; or held, but not for our client: its
                 # registry decides), we fetch it ourselves; only "not held" names a source.
                 raise NotHeld(fetches_from(meta.headers.get(NOT_HELD_HEADER, "")))
-            if meta.status in BUSY_STATUSES:
-                raise OwnerBusy(meta.status)
             if meta.headers.get(CACHED_ELSEWHERE_HEADER):
                 # The owner holds it from other registries than ours: our client's registry
                 # must show the bytes itself (our upstream fetch, with our client's credentials).

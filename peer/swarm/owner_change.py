@@ -19,15 +19,6 @@ seconds: an owner is a member, perhaps a liar, and one that answers every messag
 heard) but sends no piece held a pull for ever (a held-only Want's "I have it" with no hashes
 behind it; a member that ranks first). The fetch then takes the next candidate, or the
 upstream, and does not come back to the owner it left.
-
-An owner that refuses because its registry answered 502, 503 or 504 (overloaded, or a proxy in
-front of it down or timing out) is asked again after a wait, BUSY_WAITS, before the fetch asks
-its own upstream: every node that asked that owner got the same refusal at the same moment, and
-all of them asking the registry at once is the load that made it fail; asked again, the owner
-makes one request for all of them. The owner's word is not taken beyond that (its status,
-headers and body never reach a client, and a liar's 503 delays a pull by the waits' sum, 7 s,
-no more). A 429 is not waited for: registries limit each client (Docker Hub each address), and
-ours may have room left where the owner had none.
 """
 
 from __future__ import annotations
@@ -38,10 +29,6 @@ OWNER_SILENT = 10.0
 # No piece stored for this long, the owner is left whatever it says. Long: an honest owner
 # waiting on a slow registry sends its first piece late (a registry's own time-out is 30 s).
 OWNER_STALLED = 60.0
-# The statuses of a busy registry, and the waits before asking its owner again: one per
-# refusal in a row, then the fetch asks its own upstream.
-BUSY_STATUSES = frozenset({502, 503, 504})
-BUSY_WAITS = (1.0, 2.0, 4.0)
 
 
 def leaves_owner(
@@ -66,11 +53,3 @@ def stalled(progress_at: float, now: float) -> bool:
     """No piece stored since `progress_at` for longer than an honest owner takes: left, and
     not taken again by that fetch."""
     return now - progress_at > OWNER_STALLED
-
-
-def wait_for_busy_owner(refusals: int) -> float | None:
-    """Seconds to wait before asking the owner again after its `refusals`-th busy refusal in a
-    row (a status in BUSY_STATUSES); None: ask our own upstream now."""
-    if refusals < 1:
-        raise ValueError("a wait follows a refusal")
-    return BUSY_WAITS[refusals - 1] if refusals <= len(BUSY_WAITS) else None

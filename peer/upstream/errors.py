@@ -15,9 +15,11 @@ class UpstreamRefusal:
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or broke off; the message names it."""
+    """The upstream could not be reached or broke off; the message names it. `status`: the
+    HTTP status it answered with, when that was the failure (a 5xx)."""
 
-    def __init__(self, upstream: str, reason: str) -> None:
+    def __init__(self, upstream: str, reason: str, status: int | None = None) -> None:
         super().__init__(f"{upstream}: {reason}")
         self.upstream = upstream
         self.reason = reason
+        self.status = status

@@ -1,7 +1,7 @@
 """An owner whose registry answers 502, 503 or 504 (overloaded, or a proxy in front of it
-down): the nodes that asked it wait and ask it again, instead of each asking the registry at
-once. Every node asking at once is the load that made the registry fail; asked again, the
-owner makes one request for all of them. Real nodes on loopback with a fake registry."""
+down) asks it again after a wait while the nodes that asked it for the blob wait for that
+download, instead of failing it at once and sending every one of them to the registry at the
+same moment (the load that made it fail). Real nodes on loopback with a fake registry."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from peer.fetch.coordinator import BUSY_STATUSES, BUSY_WAITS, busy_retry_wait
 from tests.peer.swarm import real_nodes as cluster
 from tests.peer.swarm.real_nodes import Running
 
@@ -51,3 +52,30 @@ async def test_nodes_wait_for_an_owner_whose_registry_is_busy_rather_than_all_as
     assert pulled == [data, data]
     # The owner's busy GET and its next one: neither other node asked the registry.
     assert registry.count("GET", digest) == 2
+
+
+async def test_a_registry_busy_for_good_gets_the_owners_asks_and_one_per_other_node(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The owner gives up after its waits; the node that asked it then asks the registry once
+    itself (it does not wait again: the owner did), and its client gets the failure."""
+    registry, owner = await cluster.registry_and_seed(tmp_path, nursery)
+    assert owner.config.peer is not None
+    other = cluster.make_node(registry, tmp_path / "b", join=(owner.config.peer,))
+    data = cluster.blob_where(lambda d: cluster.first_of(d, owner, other) == owner.node_id)
+    digest = registry.add_blob(data)
+    registry.busy_gets = 100
+    async with cluster.running(owner, nursery), cluster.running(other, nursery) as b:
+        await cluster.until(lambda: cluster.knows(owner, other) and cluster.knows(other, owner))
+        response = await b.client.get(f"/v2/org/app/blobs/{digest}")
+    assert response.status_code >= 500
+    assert registry.count("GET", digest) == 1 + len(BUSY_WAITS) + 1
+
+
+def test_only_a_busy_answer_before_the_blob_opened_is_asked_again() -> None:
+    for busy in BUSY_STATUSES:
+        waits = [busy_retry_wait(busy, n, started=False) for n in range(1, len(BUSY_WAITS) + 2)]
+        assert waits == [*BUSY_WAITS, None]
+        assert busy_retry_wait(busy, 1, started=True) is None  # readers are served already
+    for other in (None, 400, 429, 500):  # not an answer (a broken connection), or not busy
+        assert busy_retry_wait(other, 1, started=False) is None
