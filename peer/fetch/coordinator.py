@@ -3,7 +3,9 @@
 For a client's request: the swarm first (the blob's owner fetches it from the upstream once
 for the whole cluster); when this node is the owner, or no owner can be reached, or the owner
 holds the blob only from other registries, the upstream, for whatever the swarm did not
-deliver. For a peer's Want (this node owns the blob): the upstream only.
+deliver. For a peer's Want (this node owns the blob): a node that holds it, else the upstream.
+Fetching as the owner, for the cluster, a busy registry is asked again before the download
+fails (peer/fetch/busy_registry.py).
 
 A download runs in the node's nursery, not in a request's task, so a client that disconnects
 never cancels it: the bytes still land in the store for the other clients and for the cache.
@@ -33,13 +35,6 @@ from pieces.store import Store
 log = logging.getLogger("pollen.download")
 
 Fetch = Callable[[Download, dict[str, str]], Awaitable[None]]
-# A registry answering one of these is busy (or a proxy in front of it is down or timing out).
-# The owner of a blob asks it again after each of BUSY_WAITS before failing the download: the
-# nodes that asked the owner for the blob wait for that download (their Wants open), and had
-# it failed at once they would all have asked the registry themselves at the same moment, the
-# load that made it fail. A 429 is a refusal (a client's, by its limits), not waited for.
-BUSY_STATUSES = frozenset({502, 503, 504})
-BUSY_WAITS = (1.0, 2.0, 4.0)
 # Failures with a known cause: logged in one line. Anything else is a bug: with a traceback.
 EXPECTED_FAILURES = (UpstreamError, StoreError, OSError, BlobFailed)
 
@@ -191,43 +186,16 @@ async def swarm_then_upstream(
     """Fill `download` by `swarm`; when it raises OwnerUnavailable (we own the blob now, or
     nobody else could be reached or has it), from the upstream, continuing from whatever
     pieces the swarm delivered (also when the owner refused it: its refusal may be a lie, the
-    upstream's answer is the client's)."""
+    upstream's answer is the client's). As the owner (OwnedHere), for the cluster: a busy
+    registry is asked again while the nodes that asked us wait (peer/fetch/busy_registry.py);
+    after an owner's refusal, once: the owner asked again already."""
     try:
         await swarm(download, headers)
         return
     except OwnedHere as exc:
-        log.info("fetching %s from the upstream: %s", download.digest, exc)
-        await fetch_for_the_cluster(fetcher, download, headers)
+        log.info("fetching %s from the upstream for the cluster: %s", download.digest, exc)
+        await fetcher.fetch(download, headers, for_the_cluster=True)
         return
     except OwnerUnavailable as exc:
         log.info("fetching %s from the upstream: %s", download.digest, exc)
     await fetcher.fetch(download, headers)
-
-
-async def fetch_for_the_cluster(
-    fetcher: UpstreamFetcher, download: Download, headers: dict[str, str]
-) -> None:
-    """As the blob's owner: the upstream fetch, asked again after each of BUSY_WAITS while the
-    registry answers busy before anything of the blob came (nobody has been told anything)."""
-    failures = 0
-    while True:
-        try:
-            await fetcher.fetch(download, headers)
-            return
-        except UpstreamError as exc:
-            failures += 1
-            wait = busy_retry_wait(exc.status, failures, started=download.partial is not None)
-            if wait is None:
-                raise
-            log.info("%s: %s: asking again in %.0f s", download.digest, exc, wait)
-            await trio.sleep(wait)
-
-
-def busy_retry_wait(status: int | None, failures: int, *, started: bool) -> float | None:
-    """Seconds before the owner asks the registry again after its `failures`-th failure in a
-    row (answered `status`, None: not an answer); None: the download fails. Only a busy answer
-    before the blob's partial opened is asked again: once it opened, readers and peers are
-    served from it, and the fetch itself resumes what is missing."""
-    if started or status not in BUSY_STATUSES or failures > len(BUSY_WAITS):
-        return None
-    return BUSY_WAITS[failures - 1]

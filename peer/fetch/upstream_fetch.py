@@ -23,12 +23,14 @@ import collections
 import contextlib
 import itertools
 import logging
+import random
 import re
 import weakref
 from collections.abc import Iterator
 
 import trio
 
+from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
@@ -133,6 +135,10 @@ class UpstreamFetcher:
         self.running = 0  # fetches from the upstream now (the swarm yields to them)
         self._digests: collections.Counter[str] = collections.Counter()  # ... of these blobs
         self.bytes_from_upstream = 0
+        # Blobs whose registry was still busy when an owner's fetch gave up: digest -> until
+        # when later fetches of it fail at once (peer/fetch/busy_registry.py).
+        self._busy_until: dict[str, float] = {}
+        self._chance = random.Random()
         self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -157,9 +163,49 @@ class UpstreamFetcher:
             if not self._digests[digest]:
                 del self._digests[digest]
 
-    async def fetch(self, download: Download, headers: dict[str, str]) -> None:
+    async def fetch(
+        self, download: Download, headers: dict[str, str], *, for_the_cluster: bool = False
+    ) -> None:
+        """Fill `download` from its upstream. `for_the_cluster`: this node fetches the blob as
+        its owner, other nodes wait on the download: a busy registry is asked again
+        (peer/fetch/busy_registry.py), the blob counted as fetched here all the while.
+
+        Raises:
+            UpstreamError: the upstream failed (what arrived stays).
+        """
         with self._counted(download.digest):
-            await self._fetch_upstream(download, headers)
+            if not for_the_cluster:
+                await self._fetch_upstream(download, headers)
+                return
+            failures = 0
+            while True:
+                try:
+                    await self._fetch_upstream(download, headers)
+                    return
+                except UpstreamError as exc:
+                    failures += 1
+                    wait = self._busy_wait(download, exc, failures)
+                    if wait is None:
+                        raise
+                    log.info("%s: %s: asking again in %.1f s", download.digest, exc, wait)
+                    await trio.sleep(wait)
+
+    def _busy_wait(self, download: Download, exc: UpstreamError, failures: int) -> float | None:
+        now = trio.current_time()
+        digest = download.digest
+        if still_busy(self._busy_until.get(digest), now):
+            return None
+        wait = busy_retry_wait(
+            exc.status,
+            failures,
+            started=download.ready.is_set(),
+            elapsed=now - download.started,
+            chance=self._chance.random(),
+        )
+        if wait is None and exc.status in BUSY_STATUSES:
+            self._busy_until = {d: t for d, t in self._busy_until.items() if still_busy(t, now)}
+            self._busy_until[digest] = now + BUSY_MEMORY
+        return wait
 
     async def fetch_runs(
         self,

@@ -9,5 +9,6 @@ class OwnerUnavailable(Exception):
 
 
 class OwnedHere(OwnerUnavailable):
-    """This node is the blob's owner (first in rendezvous order, and no other node holds it):
-    it fetches the blob from the upstream for the cluster, whose Wants wait on that download."""
+    """This node fetches the blob from the upstream for the cluster: it is the first reachable
+    node in rendezvous order (or a member asked it as such) and no other node holds the blob.
+    Other nodes' Wants wait on that download."""

@@ -241,14 +241,15 @@ class SwarmFetch:
             self._owner_lost = False
             return
         # Every node ahead of us in rendezvous order failed: they are alive as far as gossip
-        # knows, so this is a fallback (another node may be fetching the same blob).
+        # knows, so this is a fallback (another node may be fetching the same blob); but we are
+        # the first reachable, and the nodes that cannot reach them either ask us.
         swarm.counters.upstream_fallbacks += 1
         log.warning(
             "no owner of %s reachable (%d tried): falling back to the upstream",
             self.digest,
             skipped,
         )
-        raise OwnerUnavailable("no owner reachable")
+        raise OwnedHere("no owner ahead of this node reachable")
 
     async def _held_next(self, later: list[bytes]) -> bool:
         """As the blob's owner, before fetching it from the upstream: ask the next nodes in

@@ -16,7 +16,7 @@ class UpstreamRefusal:
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off; the message names it. `status`: the
-    HTTP status it answered with, when that was the failure (a 5xx)."""
+    HTTP status of an answer that was the failure (a 5xx, say), None for any other failure."""
 
     def __init__(self, upstream: str, reason: str, status: int | None = None) -> None:
         super().__init__(f"{upstream}: {reason}")

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
-from peer.fetch.coordinator import BUSY_STATUSES, BUSY_WAITS, busy_retry_wait
+from peer.fetch.busy_registry import (
+    BUSY_DEADLINE,
+    BUSY_MEMORY,
+    BUSY_STATUSES,
+    BUSY_WAITS,
+    busy_retry_wait,
+    still_busy,
+)
 from tests.peer.swarm import real_nodes as cluster
 from tests.peer.swarm.real_nodes import Running
 
@@ -58,7 +66,8 @@ async def test_a_registry_busy_for_good_gets_the_owners_asks_and_one_per_other_n
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """The owner gives up after its waits; the node that asked it then asks the registry once
-    itself (it does not wait again: the owner did), and its client gets the failure."""
+    itself (it does not wait again: the owner did), and its client gets the failure. Asked
+    again at once, the owner remembers the registry busy and does not wait again either."""
     registry, owner = await cluster.registry_and_seed(tmp_path, nursery)
     assert owner.config.peer is not None
     other = cluster.make_node(registry, tmp_path / "b", join=(owner.config.peer,))
@@ -68,14 +77,27 @@ async def test_a_registry_busy_for_good_gets_the_owners_asks_and_one_per_other_n
     async with cluster.running(owner, nursery), cluster.running(other, nursery) as b:
         await cluster.until(lambda: cluster.knows(owner, other) and cluster.knows(other, owner))
         response = await b.client.get(f"/v2/org/app/blobs/{digest}")
-    assert response.status_code >= 500
-    assert registry.count("GET", digest) == 1 + len(BUSY_WAITS) + 1
+        assert response.status_code >= 500
+        assert registry.count("GET", digest) == 1 + len(BUSY_WAITS) + 1
+        response = await b.client.get(f"/v2/org/app/blobs/{digest}")
+        assert response.status_code >= 500
+        assert registry.count("GET", digest) == 1 + len(BUSY_WAITS) + 1 + 2
 
 
-def test_only_a_busy_answer_before_the_blob_opened_is_asked_again() -> None:
+def test_only_a_busy_answer_before_the_blob_opened_is_asked_again_for_a_while() -> None:
+    def wait(status: int | None, failures: int, **kwargs: float) -> float | None:
+        settings = {"started": False, "elapsed": 0.0, "chance": 0.5} | kwargs
+        return busy_retry_wait(status, failures, **settings)  # type: ignore[arg-type]
+
     for busy in BUSY_STATUSES:
-        waits = [busy_retry_wait(busy, n, started=False) for n in range(1, len(BUSY_WAITS) + 2)]
-        assert waits == [*BUSY_WAITS, None]
-        assert busy_retry_wait(busy, 1, started=True) is None  # readers are served already
+        assert [wait(busy, n) for n in range(1, len(BUSY_WAITS) + 2)] == [*BUSY_WAITS, None]
+        assert wait(busy, 1, started=True) is None  # readers are served already
+        assert wait(busy, 1, chance=0.0) == BUSY_WAITS[0] / 2  # owners do not come back together
+        assert wait(busy, 1, chance=0.999) == pytest.approx(BUSY_WAITS[0] * 1.5, rel=1e-2)
+        # The nodes waiting for the download give up on the owner's answer after 30 s.
+        assert wait(busy, 1, elapsed=BUSY_DEADLINE - BUSY_WAITS[0]) is None
     for other in (None, 400, 429, 500):  # not an answer (a broken connection), or not busy
-        assert busy_retry_wait(other, 1, started=False) is None
+        assert wait(other, 1) is None
+    assert still_busy(100.0 + BUSY_MEMORY, 100.0 + BUSY_MEMORY - 0.1)
+    assert not still_busy(100.0 + BUSY_MEMORY, 100.0 + BUSY_MEMORY)
+    assert not still_busy(None, 0.0)
