@@ -53,6 +53,11 @@ class _NodeCollector(Collector):
             value=self._downloads.bytes_from_upstream,
         )
         yield CounterMetricFamily(
+            "pollen_upstream_busy_retries",
+            "Registry requests asked again after a busy answer (502, 503, 504), as a blob's owner",
+            value=self._downloads.busy_retries,
+        )
+        yield CounterMetricFamily(
             "pollen_downloads_completed",
             "Blob downloads verified and stored",
             value=self._downloads.completed,

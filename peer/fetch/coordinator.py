@@ -169,6 +169,10 @@ class FetchCoordinator:
     def bytes_from_upstream(self) -> int:
         return self._fetcher.bytes_from_upstream
 
+    @property
+    def busy_retries(self) -> int:
+        return self._fetcher.busy_retries
+
     async def join(self, source: BlobSource) -> Download:
         """The download of `source`'s blob (swarm first, then the upstream)."""
         return await self._table.join(source, self._fetch)

@@ -139,6 +139,7 @@ class UpstreamFetcher:
         # when later fetches of it fail at once (peer/fetch/busy_registry.py).
         self._busy_until: dict[str, float] = {}
         self._chance = random.Random()
+        self.busy_retries = 0  # a busy registry asked again, as a blob's owner
         self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -188,6 +189,7 @@ class UpstreamFetcher:
                     if wait is None:
                         raise
                     log.info("%s: %s: asking again in %.1f s", download.digest, exc, wait)
+                    self.busy_retries += 1
                     await trio.sleep(wait)
 
     def _busy_wait(self, download: Download, exc: UpstreamError, failures: int) -> float | None:

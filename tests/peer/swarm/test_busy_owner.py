@@ -18,6 +18,7 @@ from peer.fetch.busy_registry import (
     busy_retry_wait,
     still_busy,
 )
+from peer.metrics import NodeMetrics
 from tests.peer.swarm import real_nodes as cluster
 from tests.peer.swarm.real_nodes import Running
 
@@ -82,6 +83,10 @@ async def test_a_registry_busy_for_good_gets_the_owners_asks_and_one_per_other_n
         response = await b.client.get(f"/v2/org/app/blobs/{digest}")
         assert response.status_code >= 500
         assert registry.count("GET", digest) == 1 + len(BUSY_WAITS) + 1 + 2
+        assert owner.downloads is not None and owner.front is not None and owner.swarm
+        metrics = NodeMetrics(owner.store, owner.downloads, owner.front.served, owner.swarm)
+        text = metrics.render()[1].decode()
+        assert f"pollen_upstream_busy_retries_total {float(len(BUSY_WAITS))}" in text
 
 
 def test_only_a_busy_answer_before_the_blob_opened_is_asked_again_for_a_while() -> None:
