@@ -135,9 +135,9 @@ class UpstreamFetcher:
         self.running = 0  # fetches from the upstream now (the swarm yields to them)
         self._digests: collections.Counter[str] = collections.Counter()  # ... of these blobs
         self.bytes_from_upstream = 0
-        # Blobs whose registry was still busy when an owner's fetch gave up: digest -> until
-        # when later fetches of it fail at once (peer/fetch/busy_registry.py).
-        self._busy_until: dict[str, float] = {}
+        # Blobs whose registry was still busy when an owner's fetch gave up: (namespace,
+        # digest) -> until when later fetches of it ask once (peer/fetch/busy_registry.py).
+        self._busy_until: dict[tuple[str | None, str], float] = {}
         self._chance = random.Random()
         self.busy_retries = 0  # a busy registry asked again, as a blob's owner
         self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
@@ -180,33 +180,38 @@ class UpstreamFetcher:
                 return
             failures = 0
             while True:
+                asked_at = trio.current_time()
                 try:
                     await self._fetch_upstream(download, headers)
                     return
                 except UpstreamError as exc:
                     failures += 1
-                    wait = self._busy_wait(download, exc, failures)
+                    wait = self._busy_wait(download, exc, failures, asked_at)
                     if wait is None:
                         raise
                     log.info("%s: %s: asking again in %.1f s", download.digest, exc, wait)
                     self.busy_retries += 1
                     await trio.sleep(wait)
 
-    def _busy_wait(self, download: Download, exc: UpstreamError, failures: int) -> float | None:
+    def _busy_wait(
+        self, download: Download, exc: UpstreamError, failures: int, asked_at: float
+    ) -> float | None:
         now = trio.current_time()
-        digest = download.digest
-        if still_busy(self._busy_until.get(digest), now):
+        # Per registry: another may serve the same digest.
+        key = (download.namespace, download.digest)
+        if still_busy(self._busy_until.get(key), now):
             return None
         wait = busy_retry_wait(
             exc.status,
             failures,
             started=download.ready.is_set(),
             elapsed=now - download.started,
+            answer_took=now - asked_at,
             chance=self._chance.random(),
         )
         if wait is None and exc.status in BUSY_STATUSES:
-            self._busy_until = {d: t for d, t in self._busy_until.items() if still_busy(t, now)}
-            self._busy_until[digest] = now + BUSY_MEMORY
+            self._busy_until = {k: t for k, t in self._busy_until.items() if still_busy(t, now)}
+            self._busy_until[key] = now + BUSY_MEMORY
         return wait
 
     async def fetch_runs(

@@ -91,7 +91,7 @@ async def test_a_registry_busy_for_good_gets_the_owners_asks_and_one_per_other_n
 
 def test_only_a_busy_answer_before_the_blob_opened_is_asked_again_for_a_while() -> None:
     def wait(status: int | None, failures: int, **kwargs: float) -> float | None:
-        settings = {"started": False, "elapsed": 0.0, "chance": 0.5} | kwargs
+        settings = {"started": False, "elapsed": 0.0, "answer_took": 0.0, "chance": 0.5} | kwargs
         return busy_retry_wait(status, failures, **settings)  # type: ignore[arg-type]
 
     for busy in BUSY_STATUSES:
@@ -101,6 +101,9 @@ def test_only_a_busy_answer_before_the_blob_opened_is_asked_again_for_a_while() 
         assert wait(busy, 1, chance=0.999) == pytest.approx(BUSY_WAITS[0] * 1.5, rel=1e-2)
         # The nodes waiting for the download give up on the owner's answer after 30 s.
         assert wait(busy, 1, elapsed=BUSY_DEADLINE - BUSY_WAITS[0]) is None
+        # ... and the next answer may take as long as the last one did.
+        assert wait(busy, 1, elapsed=5.0, answer_took=5.0) == BUSY_WAITS[0]
+        assert wait(busy, 1, elapsed=14.0, answer_took=14.0) is None
     for other in (None, 400, 429, 500):  # not an answer (a broken connection), or not busy
         assert wait(other, 1) is None
     assert still_busy(100.0 + BUSY_MEMORY, 100.0 + BUSY_MEMORY - 0.1)
