@@ -196,10 +196,7 @@ async def swarm_then_upstream(
     try:
         await swarm(download, headers)
         return
-    except OwnedHere as exc:
-        log.info("fetching %s from the upstream for the cluster: %s", download.digest, exc)
-        await fetcher.fetch(download, headers, for_the_cluster=True)
-        return
     except OwnerUnavailable as exc:
         log.info("fetching %s from the upstream: %s", download.digest, exc)
-    await fetcher.fetch(download, headers)
+        owned = isinstance(exc, OwnedHere)
+    await fetcher.fetch(download, headers, for_the_cluster=owned)

@@ -175,9 +175,6 @@ class UpstreamFetcher:
             UpstreamError: the upstream failed (what arrived stays).
         """
         with self._counted(download.digest):
-            if not for_the_cluster:
-                await self._fetch_upstream(download, headers)
-                return
             failures = 0
             while True:
                 asked_at = trio.current_time()
@@ -186,6 +183,8 @@ class UpstreamFetcher:
                     return
                 except UpstreamError as exc:
                     failures += 1
+                    if not for_the_cluster:
+                        raise
                     wait = self._busy_wait(download, exc, failures, asked_at)
                     if wait is None:
                         raise
