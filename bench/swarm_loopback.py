@@ -1,6 +1,7 @@
 """N pollen nodes on loopback (each its own 127.0.0.N) pull one image at the same moment.
 
     python -m bench.swarm_loopback [--nodes 2,4,8] [--size 512MiB] [--layers 4] [--json FILE]
+        [--pollen-args '--piece-size 128KiB']
 
 For each N it prints the time until the last node has every blob, the registry's bytes out
 divided by the image size (1.00 means each byte left the registry once), and the CPU seconds
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -82,7 +84,9 @@ def pull(node: Pollen, image: Image) -> float:
     return time.perf_counter() - start
 
 
-def run_one(work: Path, registry: Registry, image: Image, count: int) -> dict[str, Any]:
+def run_one(
+    work: Path, registry: Registry, image: Image, count: int, pollen_args: list[str]
+) -> dict[str, Any]:
     cluster = Cluster(
         work / f"n{count}",
         count,
@@ -90,6 +94,7 @@ def run_one(work: Path, registry: Registry, image: Image, count: int) -> dict[st
         registry.url,
         "--log-level",
         "warning",
+        *pollen_args,
     )
     try:
         cluster.wait_converged()
@@ -132,7 +137,13 @@ def run_one(work: Path, registry: Registry, image: Image, count: int) -> dict[st
 @click.option("--size", default="512MiB", show_default=True, help="Image size.")
 @click.option("--layers", default=4, show_default=True, help="Layers the size is split into.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def main(nodes: str, size: str, layers: int, json_path: str | None) -> None:
+@click.option(
+    "--pollen-args",
+    default="",
+    metavar="ARGS",
+    help="Extra options for every `pollen run`, e.g. '--piece-size 128KiB'.",
+)
+def main(nodes: str, size: str, layers: int, json_path: str | None, pollen_args: str) -> None:
     """All nodes of a loopback cluster pull the same image at once."""
     counts = [int(n) for n in nodes.split(",")]
     layer_size = parse_size(size) // layers
@@ -144,7 +155,7 @@ def main(nodes: str, size: str, layers: int, json_path: str | None) -> None:
             image = write_image(work / "image", [layer_size] * layers, tag=TAG, seed=7)
             push_image(registry, image)
             for count in counts:
-                result = run_one(work, registry, image, count)
+                result = run_one(work, registry, image, count, shlex.split(pollen_args))
                 results.append(result)
                 print(
                     f"N={count}: last done {result['last_done_s']:.2f}s, "

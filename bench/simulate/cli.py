@@ -19,6 +19,7 @@ from bench.rate_options import (
 )
 from bench.simulate.clients import SKOPEO_PARALLEL
 from bench.simulate.image import plain_layer_sizes
+from bench.simulate.network import DEFAULT_RATE_STEP
 from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.timeline import Timeline, timeline_table
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
@@ -132,7 +133,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 @click.option("--seed", default=0, show_default=True, help="Same seed, same run.")
 @click.option(
     "--rate-step",
-    default=0.05,
+    default=DEFAULT_RATE_STEP,
     show_default=True,
     type=float,
     help="Seconds of simulated time between recomputations of the flows' fair shares.",

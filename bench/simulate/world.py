@@ -18,7 +18,7 @@ from bench.bound import t_min
 from bench.simulate.clients import SKOPEO_PARALLEL, Client
 from bench.simulate.events import EventQueue
 from bench.simulate.image import Blob, image_blobs, plain_layer_sizes
-from bench.simulate.network import Flow, Network
+from bench.simulate.network import DEFAULT_RATE_STEP, Flow, Network
 from bench.simulate.node import MembersSync, MemberWord, SimNode
 from peer.cluster.membership import Address, Message
 from peer.cluster.rendezvous import owner_order
@@ -65,7 +65,7 @@ class SimConfig:
     piece_size: int = DEFAULT_PIECE_SIZE
     parallel: int = SKOPEO_PARALLEL
     seed: int = 0
-    rate_step: float = 0.05
+    rate_step: float = DEFAULT_RATE_STEP
     max_time: float | None = None  # simulated seconds [default: 100 x T_min + 600]
     max_wall: float | None = None  # wall seconds
     prefetch: bool = True  # a node that serves a manifest fetches its blobs (--no-prefetch)
