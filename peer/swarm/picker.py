@@ -325,6 +325,10 @@ class PiecePicker:
         limit = self.source_limit
         sources = {p for p, s in self._peers.items() if s.asked} if limit is not None else set()
         self.rng.shuffle(ready)  # no peer is always served first
+        # The pieces a fresh request may take (wanted, verifiable, asked of nobody), worked out
+        # once per schedule with set operations, not per peer in Python: walking each ready
+        # peer's pieces was most of a schedule's time (`python -m bench.picker_cost`).
+        pool = (wanted & self._hashes) - self._inflight.keys()
         sends: list[Send] = []
         for peer in ready:
             state = self._peers[peer]
@@ -333,7 +337,7 @@ class PiecePicker:
             slots = state.depth - len(state.asked)
             picks: list[int] = []
             if not endgame:
-                picks = self._fresh_picks(state, wanted, window, random_first, slots)
+                picks = self._fresh_picks(state, pool, window, random_first, slots)
             if not picks:
                 if endgame is None:
                     endgame = all(i in self._inflight for i in wanted)
@@ -347,6 +351,7 @@ class PiecePicker:
                 self._inflight.setdefault(index, set()).add(peer)
                 state.asked[index] = now
                 sends.append(Send(peer, Request(self.digest, index)))
+            pool.difference_update(picks)
         return sends
 
     def next_deadline(self) -> float | None:
@@ -385,13 +390,9 @@ class PiecePicker:
         return wake
 
     def _fresh_picks(
-        self, state: _Peer, wanted: set[int], window: set[int], random_first: bool, slots: int
+        self, state: _Peer, pool: set[int], window: set[int], random_first: bool, slots: int
     ) -> list[int]:
-        fresh = [
-            i
-            for i in state.available
-            if i in wanted and i in self._hashes and i not in self._inflight
-        ]
+        fresh = pool & state.available
         if not fresh:
             return []
         rng = self.rng
