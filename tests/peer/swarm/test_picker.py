@@ -14,6 +14,7 @@ from peer.swarm.picker import (
     ENDGAME_AFTER,
     IDLE_WAKE,
     MAX_REQUESTS,
+    QUEUE_SECONDS,
     START_REQUESTS,
     PiecePicker,
 )
@@ -316,10 +317,13 @@ def test_queue_follows_the_measured_rate() -> None:
     picker.bitfield(peer, range(64))
     first = requests(picker.schedule(0.0))
     assert len(first) == START_REQUESTS
-    # Four pieces delivered in 0.4 s: about 10 MiB/s, so about 30 pieces fit in 3 s.
+    # Four pieces delivered in 0.08 s: a fast peer, more than MAX_REQUESTS pieces of 1 MiB in
+    # QUEUE_SECONDS of its measured rate.
     for n, (_, index) in enumerate(first):
-        assert picker.received(peer, index, 0.1 * (n + 1))
+        assert picker.received(peer, index, 0.02 * (n + 1))
         picker.stored(index)
+    rate = picker.rate(peer)
+    assert rate is not None and rate * QUEUE_SECONDS / piece > MAX_REQUESTS
     assert picker.queue_depth(peer) == MAX_REQUESTS
     assert len(requests(picker.schedule(0.5))) == MAX_REQUESTS
 
