@@ -176,7 +176,8 @@ def main(nodes: str, size: str, layers: int, json_path: str | None, pollen_args:
         )
     if json_path:
         doc = {
-            "command": "python -m bench.swarm_loopback " + " ".join(sys.argv[1:]),
+            "command": "python -m bench.swarm_loopback " + shlex.join(sys.argv[1:]),
+            "pollen_args": pollen_args,
             "results": results,
         }
         Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")

@@ -42,9 +42,9 @@ from wire.events import Cancel, Have, Request
 # our pieces are 256 KiB and more). Simulator, with the rest of that commit: 16 hosts 1.14-1.19
 # x T_min at 1 s, 1.21-1.25 at 3 s; 100 hosts 1.29 either way. Half a second once the
 # simulator's rate grid was fine enough to show it (5 ms, 2026-11-30): 100 hosts 1.16, 1.16,
-# 1.16, 1.15 (seeds 0-3) against 1.18, 1.18, 1.18, 1.16 at 1 s, a third of the duplicates;
+# 1.16, 1.16 (seeds 0-3) against 1.18, 1.18, 1.18, 1.16 at 1 s, a third of the duplicates;
 # 8 hosts 1.07, 1.07 against 1.10, 1.08; uneven links 1.11, 1.11 against 1.18, 1.13; 16 hosts
-# 512 MiB 1.10, 1.08 against 1.08, 1.09; at 5 ms one-way latency 1.18 both (100 hosts).
+# 512 MiB 1.09, 1.08 against 1.08, 1.09; at 5 ms one-way latency 1.18 both (100 hosts).
 QUEUE_SECONDS = 0.5
 MIN_REQUESTS, START_REQUESTS, MAX_REQUESTS = 2, 4, 16
 RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out different
