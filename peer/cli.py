@@ -34,7 +34,8 @@ from peer.config import (
 from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
-from pieces.layout import DEFAULT_PIECE_SIZE
+from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE
+from wire.frames import MAX_PIECE_SIZE
 
 DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
 
@@ -75,6 +76,19 @@ def _convert(parser: Any, what: str) -> Any:
 
     callback.__doc__ = what
     return callback
+
+
+def _piece_size(text: str) -> int:
+    """A --piece-size: a size a peer can carry in one frame and small enough pieces cannot
+    outnumber what a node keeps state for."""
+    size = parse_size(text)
+    if not LEAST_PIECE_SIZE <= size <= MAX_PIECE_SIZE:
+        raise ValueError(
+            f"{text} is outside {format_size(LEAST_PIECE_SIZE)} to {format_size(MAX_PIECE_SIZE)} "
+            "(a piece travels to a peer in one frame of at most "
+            f"{format_size(MAX_PIECE_SIZE)}; smaller pieces would be too many for large blobs)"
+        )
+    return size
 
 
 _ARGV = "pollen.argv"
@@ -355,13 +369,13 @@ def main() -> None:
     "--piece-size",
     default=str(DEFAULT_PIECE_SIZE),
     envvar="POLLEN_PIECE_SIZE",
-    callback=_convert(parse_size, "size"),
+    callback=_convert(_piece_size, "size"),
     show_default="4MiB",
-    help="The largest piece blobs are split into (and hashed by): a blob gets at least 256 "
-    "pieces, halving this size down to 256KiB (a small blob spreads faster in small pieces). "
-    "Set the same value on every node. Smaller pieces spread faster through many nodes and "
-    "cost more CPU per byte (each piece ~1 ms): 128KiB suits a large cluster on slow links "
-    "with CPU to spare.",
+    help="The largest piece blobs are split into (and hashed by), 64KiB to 16MiB: a blob gets "
+    "at least 256 pieces, halving this size down to 256KiB (a small blob spreads faster in "
+    "small pieces). Set the same value on every node. Smaller pieces spread faster through "
+    "many nodes and cost more CPU per byte (each piece ~1 ms): 128KiB suits a large cluster "
+    "on slow links with CPU to spare.",
 )
 @click.option(
     "--idle-timeout",

@@ -18,6 +18,9 @@ MAX_PIECES = 1 << 20
 # 1.10-1.16 (256).
 PIECES_PER_BLOB = 256
 MIN_PIECE_SIZE = 256 * 1024
+# The smallest piece size a node may be set to (`--piece-size`): at MAX_PIECES pieces a blob
+# may then be 64 GiB; below it a large layer would need more pieces than a node keeps state for.
+LEAST_PIECE_SIZE = 64 * 1024
 
 
 def piece_size_for(size: int, largest: int = DEFAULT_PIECE_SIZE) -> int:

@@ -113,6 +113,12 @@ def _members(value: Any) -> bool:
     )
 
 
+# The largest piece: a piece goes to a peer in one frame (the protocol's largest frame is this
+# and room for the header). A PieceMeta that cuts a blob into larger pieces is refused: no peer
+# could send them, and the links that tried would close one after the other.
+MAX_PIECE_SIZE = 16 * 1024 * 1024
+
+
 _CHECKS: dict[str, Check] = {
     "version": _int,
     "node_id": _bytes(16),
@@ -126,7 +132,7 @@ _CHECKS: dict[str, Check] = {
     "repository": is_valid_repository,
     "authorization": _opt_str,
     "size": _int,
-    "piece_size": lambda v: _int(v) and v > 0,
+    "piece_size": lambda v: _int(v) and 0 < v <= MAX_PIECE_SIZE,
     "hashes": _hashes,
     "status": lambda v: type(v) is int and 100 <= v <= 599,
     "headers": _headers,

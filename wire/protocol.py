@@ -65,10 +65,10 @@ from wire.events import (
     Reject,
     Request,
 )
-from wire.frames import FrameDecoder, PayloadPool, encode
+from wire.frames import MAX_PIECE_SIZE, FrameDecoder, PayloadPool, encode
 from wire.seal import Opener, Sealer
 
-DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
+DEFAULT_MAX_FRAME = MAX_PIECE_SIZE + 64 * 1024  # a whole piece and its header
 DEFAULT_MAX_REQUESTS = 64
 # Largest frame before the peer has proved the token: a Hello, a Proof, or an Error with its
 # message (500 characters of up to 4 UTF-8 bytes) fit with room.

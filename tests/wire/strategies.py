@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from wire import events as ev
+from wire.frames import MAX_PIECE_SIZE
 
 digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
 ids = st.binary(min_size=16, max_size=16)
@@ -27,7 +28,7 @@ events = st.one_of(
         ev.PieceMeta,
         digests,
         st.integers(0, 2**50),
-        st.integers(1, 2**30),
+        st.integers(1, MAX_PIECE_SIZE),
         st.dictionaries(st.integers(0, 10_000), hashes16, max_size=20),
         origins,
     ),

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
-from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, Proof
-from wire.frames import PREFIX, FrameDecoder, PayloadPool, encode
+from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, PieceMeta, Proof
+from wire.frames import MAX_PIECE_SIZE, PREFIX, FrameDecoder, PayloadPool, encode
 
 MAX = 1 << 20
 
@@ -100,6 +100,18 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
 def test_wrong_field_sizes_are_refused(event: Event) -> None:
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(event))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
+
+
+def test_a_piece_size_no_frame_can_carry_is_refused() -> None:
+    # An owner that cut a blob into pieces over the largest frame would have every peer try
+    # to send pieces that every receiver refuses, closing link after link.
+    digest = "sha256:" + "a" * 64
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(PieceMeta(digest, 1 << 30, MAX_PIECE_SIZE, {}, [])))
+    assert isinstance(decoder.next_event(), PieceMeta)
+    decoder.feed(frame(PieceMeta(digest, 1 << 30, MAX_PIECE_SIZE + 1, {}, [])))
     with pytest.raises(RemoteProtocolError, match="bad field"):
         decoder.next_event()
 

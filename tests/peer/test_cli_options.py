@@ -1,5 +1,5 @@
-"""`--prefetch/--no-prefetch` and `--prefetch-downloads` reach the node's config, from a flag,
-the environment or the config file."""
+"""`pollen run`'s options reach the node's config (from a flag, the environment or the config
+file), or are refused with the option named before anything starts."""
 
 from __future__ import annotations
 
@@ -66,3 +66,34 @@ def test_the_help_explains_prefetch() -> None:
     result = click.testing.CliRunner().invoke(main, ["run", "--help"])
     assert "--prefetch / --no-prefetch" in result.output
     assert "--prefetch-downloads" in result.output
+
+
+def test_piece_sizes_a_peer_can_carry_are_taken(tmp_path: Path, started: list[NodeConfig]) -> None:
+    for size in ("128KiB", "3MiB", "16MiB"):
+        result = _run(tmp_path, "--piece-size", size)
+        assert "stopped by the test" in result.output
+    assert [c.piece_size for c in started] == [128 * 1024, 3 * 1024 * 1024, 16 * 1024 * 1024]
+
+
+@pytest.mark.parametrize("size", ["32MiB", "16MiB1", "4096", "32KiB"])
+def test_a_piece_size_out_of_range_is_refused(
+    tmp_path: Path, started: list[NodeConfig], size: str
+) -> None:
+    # Over 16 MiB a piece does not fit the peer protocol's largest frame: every peer would
+    # refuse every piece of ours. Under 64 KiB a blob over 64 GiB would need more pieces
+    # than a node keeps state for.
+    result = _run(tmp_path, "--piece-size", size)
+    assert result.exit_code == 2
+    assert "--piece-size" in result.output
+    assert not started
+
+
+def test_a_piece_size_out_of_range_in_the_config_file_is_refused(
+    tmp_path: Path, started: list[NodeConfig]
+) -> None:
+    config_file = tmp_path / "pollen.toml"
+    config_file.write_text('piece-size = "64MiB"\n')
+    result = _run(tmp_path, "--config", str(config_file))
+    assert result.exit_code == 2
+    assert "piece-size" in result.output
+    assert not started
