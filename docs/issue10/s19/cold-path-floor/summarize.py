@@ -1,21 +1,46 @@
-# /tmp/zc/summarize.py [results.jsonl] -- median/min per combination (CPU-s per GiB of the middle process)
-import json, sys, statistics as st
-from collections import OrderedDict
-f = sys.argv[1] if len(sys.argv) > 1 else "/tmp/zc/results.jsonl"
-g = OrderedDict()
-for l in open(f):
-    d = json.loads(l); g.setdefault(d["name"], []).append(d)
-cols = ["cpu_total", "cpu_rx", "cpu_hash", "cpu_store", "cpu_serve"]
-print(f"{'combination':20s} {'n':>2s} " + " ".join(f"{c[4:]+' med/min':>15s}" for c in cols) + "  mapped%  sha_ok  rdr_ok")
-for k, rs in g.items():
-    good = [r for r in rs if r.get("mid_rc") == 0 and "cpu_total" in r]
-    if not good:
-        print(k, "FAILED", rs[0].get("mid_err")); continue
-    cells = []
-    for c in cols:
-        v = [r[c] for r in good]
-        cells.append(f"{st.median(v):7.3f}/{min(v):6.3f}" if max(v) > 0.0005 else f"{'-':>14s}")
-    mp = st.median([100.0 * r["b_mapped"] / r["bytes"] for r in good])
-    ok = sum(1 for r in good if r["sha_ok"] == 1)
-    rok = sum(1 for r in good if "bytes=1073741824" in r.get("rdr_err", ""))
-    print(f"{k:20s} {len(good):2d} " + " ".join(f"{c:>15s}" for c in cells) + f"  {mp:6.1f}  {ok}/{len(good)}  {rok if any(r['serve']!='none' for r in good) else '-'}")
+"""Median / least per combination: CPU-s per GiB of the middle process.
+
+usage: summarize.py [results.jsonl]
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+COLUMNS = ["cpu_total", "cpu_rx", "cpu_hash", "cpu_store", "cpu_serve"]
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/zc/results.jsonl")
+    runs: dict[str, list[dict[str, object]]] = {}
+    for line in path.read_text().splitlines():
+        run = json.loads(line)
+        runs.setdefault(run["name"], []).append(run)
+    heads = " ".join(f"{c[4:] + ' med/min':>15s}" for c in COLUMNS)
+    print(f"{'combination':20s} {'n':>2s} {heads}  mapped%  sha_ok  rdr_ok")
+    for name, results in runs.items():
+        good = [r for r in results if r.get("mid_rc") == 0 and "cpu_total" in r]
+        if not good:
+            print(name, "FAILED", results[0].get("mid_err"))
+            continue
+        cells = []
+        for column in COLUMNS:
+            values = [float(r[column]) for r in good]  # type: ignore[arg-type]
+            if max(values) > 0.0005:
+                cells.append(f"{statistics.median(values):7.3f}/{min(values):6.3f}")
+            else:
+                cells.append(f"{'-':>14s}")
+        mapped = statistics.median(
+            [100.0 * float(r["b_mapped"]) / float(r["bytes"]) for r in good]  # type: ignore[arg-type]
+        )
+        hashed_ok = sum(1 for r in good if r["sha_ok"] == 1)
+        read_ok = sum(1 for r in good if "bytes=1073741824" in str(r.get("rdr_err", "")))
+        served = any(r["serve"] != "none" for r in good)
+        row = " ".join(f"{c:>15s}" for c in cells)
+        tail = f"{mapped:6.1f}  {hashed_ok}/{len(good)}  {read_ok if served else '-'}"
+        print(f"{name:20s} {len(good):2d} {row}  {tail}")
+
+
+if __name__ == "__main__":
+    main()
