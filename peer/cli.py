@@ -32,6 +32,7 @@ from peer.config import (
     parse_upstream,
 )
 from peer.front.admin import ADMIN_TOKEN_FILE
+from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
 from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE
@@ -386,6 +387,25 @@ def main() -> None:
     help="Seconds an idle client connection is kept open.",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    envvar="POLLEN_MAX_CONNECTIONS",
+    help="Client connections the registry port holds at once; over it a new connection is "
+    "answered 503 and closed (each costs a file descriptor: the peer port and the admin API "
+    "keep theirs). Keep it well under the open-file limit (LimitNOFILE).",
+)
+@click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PER_ADDRESS,
+    show_default=True,
+    envvar="POLLEN_MAX_CONNECTIONS_PER_ADDRESS",
+    help="Of --max-connections, how many one client address may hold (one host cannot take "
+    "them all).",
+)
+@click.option(
     "--upstream-timeout",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -510,6 +530,8 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         disk_low=low,
         piece_size=options["piece_size"],
         idle_timeout=options["idle_timeout"],
+        max_connections=options["max_connections"],
+        max_connections_per_address=options["max_connections_per_address"],
         upstream_timeout=options["upstream_timeout"],
         peer=options["peer"],
         advertise=options["advertise"],

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from pieces.layout import DEFAULT_PIECE_SIZE
 from pieces.room import Watermarks
 from pieces.store import CachePolicy
@@ -92,6 +93,10 @@ class NodeConfig:
     disk_low: float | None = None
     piece_size: int = DEFAULT_PIECE_SIZE
     idle_timeout: float = 60.0
+    # Client connections the registry port holds at once, in all and from one address
+    # (peer/front/connection_limits.py); over them a connection is answered 503.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
     upstream_timeout: float = 30.0
     # The swarm: None runs a lone caching mirror (no gossip, no peer port).
     peer: Address | None = None

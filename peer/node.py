@@ -22,6 +22,7 @@ from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstrea
 from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
+from peer.front.connection_limits import SIDE_MAX_CONNECTIONS, ConnectionLimits
 from peer.front.drain import Drain
 from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.front.registry import RegistryFront
@@ -37,6 +38,7 @@ from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.credentials import BadAuthFile, Credentials, load_auth_file
 from peer.upstream.node_auth import NodeAuth
 from pieces.store import Store
+from wire.identity import NodeIdentity
 
 log = logging.getLogger("pollen.node")
 
@@ -154,7 +156,8 @@ class Node:
             )
             log.info("preheat API token (for Harbor's provider instance) in %s", token_path)
         self.downloads: FetchCoordinator | None = None
-        self.node_id = os.urandom(16)
+        self.identity = NodeIdentity.generate()  # new every start, as the id was
+        self.node_id = self.identity.node_id
         self.membership: Membership | None = None
         self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
@@ -342,6 +345,9 @@ class Node:
                     idle_timeout=config.idle_timeout,
                     send_timeout=SEND_TIMEOUT,
                     drain=self.drain,
+                    limits=ConnectionLimits(
+                        config.max_connections, config.max_connections_per_address
+                    ),
                 )
                 if config.admin is not None:
                     admin = AdminFront(
@@ -553,6 +559,7 @@ class Node:
             handler=handle,
             idle_timeout=self.config.idle_timeout,
             send_timeout=SEND_TIMEOUT,
+            limits=ConnectionLimits(SIDE_MAX_CONNECTIONS, SIDE_MAX_CONNECTIONS),
         )
         nursery.start_soon(trio.serve_listeners, handler, listeners)
         port: int = listeners[0].socket.getsockname()[1]
@@ -582,7 +589,7 @@ class Node:
         await nursery.start(gossip.run)
         listeners = await open_tcp_listeners("peer links", config.peer)
         swarm = Swarm(
-            self.node_id,
+            self.identity,
             membership,
             self.store,
             access,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 # exchange for session keys, and optional sealing of every frame after it.
 # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
 # (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 # A Refused header: the answer to a held-only Want when the blob is neither held nor being
 # fetched from the upstream by the node asked.
 NOT_HELD_HEADER = "x-pollen-not-held"
@@ -30,17 +30,20 @@ class Hello:
 
     TYPE: ClassVar[int] = 1
     version: int
-    node_id: bytes  # 16 bytes
+    node_id: bytes  # 16 bytes: the hash of `identity` (wire/identity.py)
     nonce: bytes  # 32 bytes, fresh per connection
     ephemeral: bytes  # 32 bytes: an X25519 public key, fresh per connection
+    identity: bytes  # 32 bytes: the sender's X25519 identity public key, the same every link
     callee: bytes | None  # 16 bytes from the initiator; None from the responder
     encrypt: bool  # frames after the handshake are sealed (--peer-encryption)
 
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    """The sender's proof that it knows the cluster token: a MAC over the transcript (both
-    Hellos) for the sender's role, keyed by the token and the X25519 shared secret."""
+    """The sender's proof that it knows the cluster token and holds its identity key: a MAC
+    over the transcript (both Hellos) for the sender's role, keyed by the token and the X25519
+    shared secrets (ephemeral with ephemeral, and each side's ephemeral with the other's
+    identity)."""
 
     TYPE: ClassVar[int] = 2
     mac: bytes  # 32 bytes

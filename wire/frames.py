@@ -124,6 +124,7 @@ _CHECKS: dict[str, Check] = {
     "node_id": _bytes(16),
     "nonce": _bytes(32),
     "ephemeral": _bytes(32),
+    "identity": _bytes(32),
     "callee": lambda v: v is None or (type(v) is bytes and len(v) == 16),
     "encrypt": lambda v: type(v) is bool,
     "mac": _bytes(32),

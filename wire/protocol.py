@@ -1,6 +1,6 @@
 """The peer protocol as a pure state machine (no sockets, no clock, no randomness).
 
-    proto = PeerProtocol(our_id, token, role=Role.INITIATOR, peer_id=their_id,
+    proto = PeerProtocol(identity, token, role=Role.INITIATOR, peer_id=their_id,
                          nonce=os.urandom(32), ephemeral=os.urandom(32))
 
     initiator (connected)               responder (accepted)
@@ -11,11 +11,19 @@
         verified: OPEN
     ... then Want / PieceMeta / Bitfield / Have / Request / Piece / ... both ways.
 
-Handshake: a pre-shared-key handshake with an ephemeral Diffie-Hellman exchange, in the
-manner of TLS 1.3's psk_dhe_ke mode and Noise's psk patterns. The transcript is both Hellos in
-role order (node ids, nonces, X25519 keys, the node the initiator asked for, the encryption
-setting). The secret is HKDF-Extract(salt=cluster token, X25519 shared secret); each proof and
-each direction's key is HKDF-Expand of it with its own label and the transcript's hash. So:
+Handshake: a pre-shared-key handshake with ephemeral and identity Diffie-Hellman exchanges,
+in the manner of Noise's KK pattern with a psk (and TLS 1.3's psk_dhe_ke mode). The transcript
+is both Hellos in role order (node ids, nonces, ephemeral and identity X25519 keys, the node
+the initiator asked for, the encryption setting). The secret is HKDF-Extract(salt=cluster
+token, ee || es || se): ee the two ephemeral keys' shared secret, es the initiator's ephemeral
+with the responder's identity, se the initiator's identity with the responder's ephemeral.
+Each proof and each direction's key is HKDF-Expand of it with its own label and the
+transcript's hash. A node id must be the hash of the identity key beside it
+(`wire/identity.py`). So:
+
+- an open link proves the peer holds the private key of the node id it named: a member with
+  the token cannot link under another member's id (it would take the access grants, the Wants
+  with clients' credentials and the bans meant for that member);
 
 - a proof is valid only for its role and this one transcript: it cannot be replayed on
   another connection, reflected back to its sender, or relayed to a node that did not
@@ -66,6 +74,7 @@ from wire.events import (
     Request,
 )
 from wire.frames import MAX_PIECE_SIZE, FrameDecoder, PayloadPool, encode
+from wire.identity import NodeIdentity, node_id_of
 from wire.seal import Opener, Sealer
 
 DEFAULT_MAX_FRAME = MAX_PIECE_SIZE + 64 * 1024  # a whole piece and its header
@@ -119,8 +128,8 @@ def _derive(token: bytes | None, shared: bytes, label: bytes, transcript: bytes)
 def _handshake_secrets(
     role: Role, token: bytes | None, shared: bytes, initiator: Hello, responder: Hello
 ) -> _Secrets:
-    """Proofs and keys for `role`, bound to the token, the X25519 shared secret and the
-    transcript (both Hellos, the initiator's first)."""
+    """Proofs and keys for `role`, bound to the token, the X25519 shared secrets (ee, es, se)
+    and the transcript (both Hellos, the initiator's first)."""
     transcript = hashlib.sha256(
         b"".join([_TRANSCRIPT, _frame(initiator), _frame(responder)])
     ).digest()
@@ -146,7 +155,7 @@ def _handshake_secrets(
 class PeerProtocol:
     def __init__(
         self,
-        node_id: bytes,
+        identity: NodeIdentity,
         token: bytes | None,
         *,
         role: Role,
@@ -161,6 +170,7 @@ class PeerProtocol:
         """One end of a connection.
 
         Args:
+            identity: this node's identity key pair (its node id is the key's).
             role: INITIATOR on the side that connected, RESPONDER on the side that accepted.
             nonce, ephemeral: 32 fresh random bytes each, per connection (the X25519 private
                 key is made from `ephemeral`).
@@ -173,13 +183,14 @@ class PeerProtocol:
         Raises:
             LocalProtocolError: wrong sizes, or `peer_id` given to the wrong role.
         """
-        if len(node_id) != 16 or len(nonce) != 32 or len(ephemeral) != 32:
-            raise LocalProtocolError("node id must be 16 bytes, nonce and ephemeral 32 bytes")
+        if len(nonce) != 32 or len(ephemeral) != 32:
+            raise LocalProtocolError("nonce and ephemeral must be 32 bytes")
         if (role is Role.INITIATOR) != (peer_id is not None) or (
             peer_id is not None and len(peer_id) != 16
         ):
             raise LocalProtocolError("the initiator, and only it, names the 16-byte peer id")
-        self.node_id = node_id
+        self.node_id = identity.node_id
+        self._identity = identity
         self.role = role
         self.encrypt = encrypt
         self.max_frame = max_frame
@@ -191,9 +202,10 @@ class PeerProtocol:
         self._private = X25519PrivateKey.from_private_bytes(ephemeral)
         self._hello = Hello(
             PROTOCOL_VERSION,
-            node_id,
+            identity.node_id,
             nonce,
             self._private.public_key().public_bytes_raw(),
+            identity.public,
             peer_id,
             encrypt,
         )
@@ -388,10 +400,20 @@ class PeerProtocol:
                 f"{'on' if self.encrypt else 'off'}, the peer has it "
                 f"{'on' if hello.encrypt else 'off'}; every node must use the same setting"
             )
+        if node_id_of(hello.identity) != hello.node_id:
+            raise RemoteProtocolError("the peer's node id is not its identity key's")
+        their_ephemeral = X25519PublicKey.from_public_bytes(hello.ephemeral)
+        their_identity = X25519PublicKey.from_public_bytes(hello.identity)
+        ours = self._identity.private
         try:
-            shared = self._private.exchange(X25519PublicKey.from_public_bytes(hello.ephemeral))
+            ee = self._private.exchange(their_ephemeral)
+            if self.role is Role.INITIATOR:
+                es, se = self._private.exchange(their_identity), ours.exchange(their_ephemeral)
+            else:
+                es, se = ours.exchange(their_ephemeral), self._private.exchange(their_identity)
         except ValueError:  # a low-order point: the shared secret would be all zeros
-            raise RemoteProtocolError("unusable ephemeral key in Hello") from None
+            raise RemoteProtocolError("unusable ephemeral or identity key in Hello") from None
+        shared = ee + es + se
         if self.role is Role.INITIATOR:
             self._secrets = _handshake_secrets(self.role, self._token, shared, self._hello, hello)
         else:

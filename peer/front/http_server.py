@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from peer.front.connection_limits import ConnectionLimits
 from peer.front.drain import Drain
 from peer.front.oci_errors import OciError
 
@@ -25,6 +26,12 @@ log = logging.getLogger("pollen.http")
 
 MAX_REQUEST_HEAD = 64 * 1024
 RECEIVE_SIZE = 64 * 1024
+REFUSAL_TIMEOUT = 1.0  # seconds a refused connection may take to accept its 503
+_OVER_LIMIT = (
+    b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n"
+    b"content-type: text/plain\r\ncontent-length: 37\r\n\r\n"
+    b"too many connections to this pollen\r\n"
+)
 # trio sets TCP_NOTSENT_LOWAT to 16 KiB. REFERENCE.md says raising it speeds up send_all; for
 # sendfile we measured the opposite on loopback (1 GiB to curl: 3.4-3.8 GB/s at 16 KiB,
 # 1.9-2.2 GB/s at 4 MiB), so trio's default stays.
@@ -267,14 +274,64 @@ async def serve_connection(
     idle_timeout: float,
     send_timeout: float,
     drain: Drain | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve requests on one connection until the client leaves (or, once `drain` starts,
-    until the request being answered is done).
+    until the request being answered is done). Over `limits` the connection is answered 503
+    and closed instead.
 
     Never raises but trio.Cancelled: an exception out of here would end trio.serve_listeners
     and with it the node. A handler's unexpected exception is logged with its traceback and
     answered with a 500 (or, mid-answer, the connection is cut).
     """
+    if limits is None:
+        await _serve(stream, handler, idle_timeout, send_timeout, drain)
+        return
+    address = _client_address(stream)
+    if not limits.admit(address):
+        await _refuse(stream, limits)
+        return
+    try:
+        await _serve(stream, handler, idle_timeout, send_timeout, drain)
+    finally:
+        limits.release(address)
+
+
+def _client_address(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return ""  # gone already: counted under one name, and closed at once anyway
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+async def _refuse(stream: trio.SocketStream, limits: ConnectionLimits) -> None:
+    """Answer a connection over the limits with a 503 (without reading its request: a client
+    reads the answer once it has sent) and close it; report the refused now and then."""
+    refused = limits.report_due(trio.current_time())
+    if refused is not None:
+        log.warning(
+            "refused %d client connection(s) over the limits (%d open, at most %d in all and "
+            "%d from one address: --max-connections, --max-connections-per-address)",
+            refused,
+            limits.open,
+            limits.total,
+            limits.per_address,
+        )
+    with trio.move_on_after(REFUSAL_TIMEOUT):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(_OVER_LIMIT)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.aclose()
+
+
+async def _serve(
+    stream: trio.SocketStream,
+    handler: Handler,
+    idle_timeout: float,
+    send_timeout: float,
+    drain: Drain | None,
+) -> None:
     drain = drain or Drain()
     conn = HttpConnection(stream, idle_timeout, send_timeout)
     try:

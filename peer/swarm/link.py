@@ -20,6 +20,7 @@ import trio
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject, Request
 from wire.frames import PayloadPool
+from wire.identity import NodeIdentity
 from wire.protocol import CLOSED, HANDSHAKE_MAX_FRAME, NEED_DATA, PeerProtocol, Role, State
 
 log = logging.getLogger("pollen.link")
@@ -59,7 +60,7 @@ class PeerLink:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        node_id: bytes,
+        identity: NodeIdentity,
         token: bytes | None,
         *,
         role: Role,
@@ -70,6 +71,7 @@ class PeerLink:
         """A link over `stream`, not yet authenticated (run `handshake()` first).
 
         Args:
+            identity: this node's identity key pair (the handshake proves its node id).
             role: INITIATOR if we connected (then `peer_id` is the node we meant to reach:
                 any other is refused), RESPONDER if we accepted the connection.
             encrypt: seal every frame after the handshake (--peer-encryption); the peer
@@ -79,7 +81,7 @@ class PeerLink:
         """
         self.stream = stream
         self.protocol = PeerProtocol(
-            node_id,
+            identity,
             token,
             role=role,
             peer_id=peer_id,

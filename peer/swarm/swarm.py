@@ -79,6 +79,7 @@ from wire.events import (
     Warm,
     Warmed,
 )
+from wire.identity import NodeIdentity
 from wire.protocol import Role
 
 log = logging.getLogger("pollen.swarm")
@@ -107,7 +108,7 @@ class SwarmCounters:
 class Swarm:
     def __init__(
         self,
-        node_id: bytes,
+        identity: NodeIdentity,
         membership: Membership,
         store: Store,
         access: AccessPolicy,
@@ -121,7 +122,8 @@ class Swarm:
         upstream: PeerUpstream,
         rng: random.Random | None = None,
     ) -> None:
-        self.node_id = node_id
+        self.identity = identity
+        self.node_id = identity.node_id
         self.membership = membership
         self.store = store
         self.access = access
@@ -209,7 +211,7 @@ class Swarm:
             try:
                 link = PeerLink(
                     stream,
-                    self.node_id,
+                    self.identity,
                     self.token,
                     role=Role.RESPONDER,
                     encrypt=self.peer_encryption,
@@ -293,7 +295,7 @@ class Swarm:
             # other node that answers at that address, before we prove anything to it.
             link = PeerLink(
                 stream,
-                self.node_id,
+                self.identity,
                 self.token,
                 role=Role.INITIATOR,
                 peer_id=peer_id,

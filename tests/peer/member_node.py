@@ -4,7 +4,6 @@ to what other nodes send it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from wire.events import (
     Reject,
     Request,
 )
+from wire.identity import NodeIdentity
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
@@ -74,6 +74,7 @@ class Member:
     """A node with the token asking the node for pieces directly."""
 
     link: PeerLink
+    identity: NodeIdentity
     offers: list[Have | Bitfield] = field(default_factory=list)  # the node's, in order
     members: list[Members] = field(default_factory=list)  # the node's membership pushes
     metas: list[PieceMeta | Refused] = field(default_factory=list)  # answers to Wants
@@ -111,29 +112,31 @@ class Member:
             return None
 
 
-async def link_member(setup: Setup, nursery: trio.Nursery, node_id: bytes | None = None) -> Member:
-    """A member linked to the node (as `node_id`, a new one by default: a second link of the
+async def link_member(
+    setup: Setup, nursery: trio.Nursery, identity: NodeIdentity | None = None
+) -> Member:
+    """A member linked to the node (as `identity`, a new one by default: a second link of the
     same member is what two nodes that connect to each other at once hold)."""
     stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-    member_id = node_id if node_id is not None else os.urandom(16)
-    link = PeerLink(stream, member_id, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+    identity = identity if identity is not None else NodeIdentity.generate()
+    link = PeerLink(stream, identity, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
     await link.handshake()
-    member = Member(link)
+    member = Member(link, identity)
     nursery.start_soon(member.run)
     return member
 
 
 async def serve_member(
     nursery: trio.Nursery,
-    member_id: bytes,
+    identity: NodeIdentity,
     port: int,
     on_event: Callable[[PeerLink, Event], Awaitable[None]],
 ) -> None:
-    """A scripted member listening at 127.0.0.1:`port` as `member_id` (the node dials it, as
+    """A scripted member listening at 127.0.0.1:`port` as `identity` (the node dials it, as
     an owner or a peer): every link to it is answered by `on_event`."""
 
     async def accept(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, member_id, TOKEN, role=Role.RESPONDER)
+        link = PeerLink(stream, identity, TOKEN, role=Role.RESPONDER)
         try:
             await link.handshake()
             await link.run(on_event)
@@ -144,11 +147,12 @@ async def serve_member(
     nursery.start_soon(trio.serve_listeners, accept, listeners)
 
 
-async def announce_member(setup: Setup, member_id: bytes, port: int) -> None:
-    """`member_id`, listening at 127.0.0.1:`port`, says on a link of its own that it is a
-    member; back once the node knows it."""
+async def announce_member(setup: Setup, identity: NodeIdentity, port: int) -> None:
+    """`identity`'s member, listening at 127.0.0.1:`port`, says on a link of its own that it
+    is a member; back once the node knows it."""
+    member_id = identity.node_id
     stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-    hello = PeerLink(stream, member_id, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
+    hello = PeerLink(stream, identity, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
     await hello.handshake()
     await hello.send(Members([(member_id, "127.0.0.1", port, 0, 0, 0)], reply=True))
     await hello.close()

@@ -91,9 +91,10 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        Hello(PROTOCOL_VERSION, b"x" * 15, b"n" * 32, b"e" * 32, None, False),  # short id
-        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 31, None, False),  # short key
-        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"c" * 15, False),
+        Hello(PROTOCOL_VERSION, b"x" * 15, b"n" * 32, b"e" * 32, b"i" * 32, None, False),
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 31, b"i" * 32, None, False),
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 31, None, False),
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 32, b"c" * 15, False),
         Proof(b"m" * 31),
     ],
 )
@@ -240,7 +241,7 @@ def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_erro
 @pytest.mark.parametrize("callee", [None, b"c" * 16])
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
-    hello = Hello(PROTOCOL_VERSION, b"i" * 16, b"n" * 32, b"e" * 32, callee, encrypt)
+    hello = Hello(PROTOCOL_VERSION, b"i" * 16, b"n" * 32, b"e" * 32, b"k" * 32, callee, encrypt)
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(hello))
     assert decoder.next_event() == hello

@@ -20,10 +20,13 @@ import pytest
 from wire.errors import RemoteProtocolError
 from wire.events import PROTOCOL_VERSION, Event, FileRange, Have, Hello, Proof
 from wire.frames import FrameDecoder, encode
+from wire.identity import NodeIdentity
 from wire.protocol import CLOSED, NEED_DATA, PeerProtocol, Role, State
 
 TOKEN = b"cluster token"
-A_ID, B_ID, M_ID = b"A" * 16, b"B" * 16, b"M" * 16
+A, B, M = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"M"))
+A_ID, B_ID, M_ID = A.node_id, B.node_id, M.node_id
+IDENTITIES = {A_ID: A, B_ID: B, M_ID: M}
 
 
 class Honest:
@@ -33,7 +36,7 @@ class Honest:
         self, node_id: bytes, role: Role, peer_id: bytes | None = None, encrypt: bool = False
     ) -> None:
         self.protocol = PeerProtocol(
-            node_id,
+            IDENTITIES[node_id],
             TOKEN,
             role=role,
             peer_id=peer_id,
@@ -95,14 +98,22 @@ def frames(data: bytes) -> list[Event]:
 
 
 def forge(event: Event, **changes: Any) -> bytes:
-    """`event` with some fields changed, as a frame: what M can send without the token."""
+    """`event` with some fields changed, as a frame: what M can send without the token. A
+    Hello given another node id gets that node's identity public key too (M has seen it: it
+    is in every Hello of that node), or it would be refused before any proof."""
+    if isinstance(event, Hello) and "node_id" in changes and "identity" not in changes:
+        changes["identity"] = IDENTITIES[changes["node_id"]].public
     changed = dataclasses.replace(event, **changes)
     return b"".join(b for b in encode(changed) if not isinstance(b, FileRange))
 
 
 def m_hello(node_id: bytes, callee: bytes | None, **changes: Any) -> bytes:
-    """A Hello of M's own making, claiming to be `node_id`."""
-    hello = Hello(PROTOCOL_VERSION, node_id, os.urandom(32), os.urandom(32), callee, False)
+    """A Hello of M's own making, claiming to be `node_id` (with that node's identity public
+    key, which every peer of it sees)."""
+    identity = IDENTITIES[node_id].public
+    hello = Hello(
+        PROTOCOL_VERSION, node_id, os.urandom(32), os.urandom(32), identity, callee, False
+    )
     return forge(hello, **changes)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import msgpack
@@ -23,6 +24,7 @@ from wire.events import (
     Want,
 )
 from wire.frames import PREFIX, encode
+from wire.identity import NodeIdentity
 from wire.protocol import (
     CLOSED,
     HANDSHAKE_MAX_FRAME,
@@ -33,18 +35,19 @@ from wire.protocol import (
 )
 
 DIGEST = "sha256:" + "ab" * 32
+A, B, C = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"C"))
 BIG = 16 * 1024 * 1024  # a Piece size an attacker announces
 
 
 def endpoint(
     role: Role,
-    node_id: bytes,
+    identity: NodeIdentity,
     token: bytes | None,
     peer_id: bytes | None = None,
     encrypt: bool = False,
 ) -> PeerProtocol:
     return PeerProtocol(
-        node_id,
+        identity,
         token,
         role=role,
         peer_id=peer_id,
@@ -89,9 +92,9 @@ class Pair:
         encrypt_a: bool = False,
         encrypt_b: bool = False,
     ) -> None:
-        b_id = os.urandom(16)
-        self.a = endpoint(Role.INITIATOR, os.urandom(16), token_a, b_id, encrypt_a)
-        self.b = endpoint(Role.RESPONDER, b_id, token_b, None, encrypt_b)
+        b = NodeIdentity.generate()
+        self.a = endpoint(Role.INITIATOR, NodeIdentity.generate(), token_a, b.node_id, encrypt_a)
+        self.b = endpoint(Role.RESPONDER, b, token_b, None, encrypt_b)
 
     def hellos(self) -> None:
         self.b.receive_data(self.a.hello())
@@ -112,6 +115,73 @@ class Pair:
 
 
 # ---- the handshake ---------------------------------------------------------------------------
+
+
+def impostor(role: Role, victim: NodeIdentity, peer_id: bytes | None = None) -> PeerProtocol:
+    """A member with the token that names `victim`'s node id and identity public key in its
+    Hello, without the victim's private key (its own stands in)."""
+    mallory = endpoint(role, NodeIdentity.generate(), b"t", peer_id)
+    mallory._hello = dataclasses.replace(
+        mallory._hello, node_id=victim.node_id, identity=victim.public
+    )
+    mallory.node_id = victim.node_id
+    return mallory
+
+
+def test_a_node_id_that_is_not_its_identity_keys_is_refused() -> None:
+    # A member with the token names a live member's id beside its own key.
+    mallory = endpoint(Role.INITIATOR, NodeIdentity.generate(), b"t", B.node_id)
+    forged = dataclasses.replace(mallory._hello, node_id=A.node_id)
+    b = endpoint(Role.RESPONDER, B, b"t")
+    b.receive_data(plain(forged))
+    with pytest.raises(RemoteProtocolError, match="not its identity key's"):
+        events(b)
+    assert b.state is State.CLOSED or b.peer_id is None
+
+
+def test_naming_another_nodes_key_without_its_private_half_opens_no_link() -> None:
+    # As initiator: the responder never proves to it, and refuses its proof.
+    mallory = impostor(Role.INITIATOR, A, peer_id=B.node_id)
+    b = endpoint(Role.RESPONDER, B, b"t")
+    b.receive_data(mallory.hello())
+    assert [type(e) for e in events(b)] == [Hello]
+    mallory.receive_data(b.hello())
+    events(mallory)
+    b.receive_data(mallory.proof())
+    with pytest.raises(RemoteProtocolError, match="proof failed"):
+        events(b)
+    assert b.state is not State.OPEN
+    with pytest.raises(LocalProtocolError):
+        b.proof()
+    # As responder, dialled as A: the initiator refuses its proof.
+    a_side = endpoint(Role.INITIATOR, C, b"t", peer_id=A.node_id)
+    answering = impostor(Role.RESPONDER, A)
+    answering.receive_data(a_side.hello())
+    events(answering)
+    a_side.receive_data(answering.hello())
+    assert [type(e) for e in events(a_side)] == [Hello]
+    answering.receive_data(a_side.proof())
+    with pytest.raises(RemoteProtocolError, match="proof failed"):
+        events(answering)  # it cannot check C's proof without A's key
+    a_side.receive_data(plain(Proof(b"\0" * 32)))
+    with pytest.raises(RemoteProtocolError, match="proof failed"):
+        events(a_side)
+    assert a_side.state is not State.OPEN
+
+
+def test_an_open_link_names_the_ids_of_both_keys() -> None:
+    a = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id)
+    b = endpoint(Role.RESPONDER, B, b"t")
+    b.receive_data(a.hello())
+    events(b)
+    a.receive_data(b.hello())
+    events(a)
+    b.receive_data(a.proof())
+    events(b)
+    a.receive_data(b.proof())
+    events(a)
+    assert (a.state, b.state) == (State.OPEN, State.OPEN)
+    assert (a.peer_id, b.peer_id) == (B.node_id, A.node_id)
 
 
 def test_handshake_with_the_same_token_opens_both_sides() -> None:
@@ -154,14 +224,14 @@ def test_the_responder_proves_only_after_verifying_the_initiator() -> None:
 
 
 def test_the_initiator_refuses_a_node_it_did_not_ask_for_before_proving() -> None:
-    a = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16)
-    c = endpoint(Role.RESPONDER, b"C" * 16, b"t")
+    a = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id)
+    c = endpoint(Role.RESPONDER, C, b"t")
     c.receive_data(a.hello())
     # C is not the node A named: C refuses, and so would A on C's Hello.
     with pytest.raises(RemoteProtocolError, match="looking for another node"):
         events(c)
-    forged = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"C" * 16)
-    c2 = endpoint(Role.RESPONDER, b"C" * 16, b"t")
+    forged = endpoint(Role.INITIATOR, A, b"t", peer_id=C.node_id)
+    c2 = endpoint(Role.RESPONDER, C, b"t")
     c2.receive_data(forged.hello())
     events(c2)
     a.receive_data(c2.hello())
@@ -205,28 +275,29 @@ def test_nothing_but_the_handshake_before_it_completes() -> None:
 
 
 def test_another_protocol_version_is_named_in_the_error() -> None:
-    b = endpoint(Role.RESPONDER, b"B" * 16, b"t")
+    b = endpoint(Role.RESPONDER, B, b"t")
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 5"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 6"):
         events(b)
     # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames;
-    # 5: Want's held_only, a field a version 4 node would refuse the Want for
-    assert PROTOCOL_VERSION == 5
+    # 5: Want's held_only, a field a version 4 node would refuse the Want for;
+    # 6: Hello's identity key (a node id is proven)
+    assert PROTOCOL_VERSION == 6
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 5])
 def test_an_older_node_is_told_apart_before_it_meets_a_frame_it_cannot_read(
     version: int,
 ) -> None:
-    # 3: before sha512 frames; 4: before Want's held_only field. Their Hello has our fields.
-    b = endpoint(Role.RESPONDER, b"B" * 16, b"t")
+    # 3: before sha512 frames; 4: before Want's held_only field; 5: before the identity key.
+    b = endpoint(Role.RESPONDER, B, b"t")
     header = msgpack.packb(
         [Hello.TYPE, version, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
     )
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 5"):
+    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 6"):
         events(b)
 
 
@@ -235,7 +306,7 @@ def test_an_older_node_is_told_apart_before_it_meets_a_frame_it_cannot_read(
 
 @pytest.mark.parametrize("role", [Role.RESPONDER, Role.INITIATOR])
 def test_a_large_frame_before_the_handshake_allocates_nothing(role: Role) -> None:
-    node = endpoint(role, b"B" * 16, b"t", b"A" * 16 if role is Role.INITIATOR else None)
+    node = endpoint(role, B, b"t", A.node_id if role is Role.INITIATOR else None)
     if role is Role.INITIATOR:
         node.hello()
     node.receive_data(piece_header(0, BIG))
@@ -444,11 +515,11 @@ def test_one_side_encrypting_and_the_other_not_refuse_each_other(a: bool, b: boo
 
 
 def test_the_initiator_refuses_a_responder_with_the_other_encryption_setting() -> None:
-    a = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16, encrypt=True)
-    b = endpoint(Role.RESPONDER, b"B" * 16, b"t", encrypt=False)
+    a = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id, encrypt=True)
+    b = endpoint(Role.RESPONDER, B, b"t", encrypt=False)
     a.hello()
     # b would refuse a's Hello; to see a refuse b's, b answers a twin of a with b's setting.
-    twin = endpoint(Role.INITIATOR, b"A" * 16, b"t", peer_id=b"B" * 16, encrypt=False)
+    twin = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id, encrypt=False)
     b.receive_data(twin.hello())
     events(b)
     a.receive_data(b.hello())

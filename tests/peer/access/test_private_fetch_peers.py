@@ -51,6 +51,7 @@ from wire.events import (
     Request,
     Want,
 )
+from wire.identity import NodeIdentity
 
 PIECE = 64 * 1024
 PIECES = 16
@@ -58,7 +59,7 @@ PIECES = 16
 
 async def serve_slow_owner(
     nursery: trio.Nursery,
-    owner_id: bytes,
+    owner: NodeIdentity,
     port: int,
     data: bytes,
     origin: str,
@@ -97,7 +98,7 @@ async def serve_slow_owner(
             start = event.index * PIECE
             await link.send(Piece(event.digest, event.index, data[start : start + PIECE]))
 
-    await serve_member(nursery, owner_id, port, on_event)
+    await serve_member(nursery, owner, port, on_event)
 
 
 @asynccontextmanager
@@ -109,7 +110,8 @@ async def node_with_scripted_owner(
     digest, its bytes)."""
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
-        owner_id, owner_port = os.urandom(16), free_port(avoid=[setup.peer_port])
+        owner, owner_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
+        owner_id = owner.node_id
         for _ in range(1000):  # bounded: the owner ranks first for half of all blobs
             data = os.urandom(PIECES * PIECE)
             if owner_order(digest_of(data), [node.node_id, owner_id])[0] == owner_id:
@@ -117,8 +119,8 @@ async def node_with_scripted_owner(
         digest = setup.registry.add_blob(data)
         setup.registry.token = "s3cret"
         url = setup.registry.url
-        await serve_slow_owner(nursery, owner_id, owner_port, data, url, offers=offers)
-        await announce_member(setup, owner_id, owner_port)
+        await serve_slow_owner(nursery, owner, owner_port, data, url, offers=offers)
+        await announce_member(setup, owner, owner_port)
         member = await link_member(setup, nursery)
         yield setup, member, digest, data
 

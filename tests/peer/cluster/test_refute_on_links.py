@@ -75,7 +75,7 @@ async def _two_links(
     with trio.fail_after(5):
         while (first := swarm.links.get(member_id)) is None:
             await trio.sleep(0.01)
-    newer = await link_member(setup, nursery, node_id=member_id)
+    newer = await link_member(setup, nursery, identity=older.identity)
     with trio.fail_after(5):
         while (second := swarm.links.get(member_id)) is first:  # new requests use the newer
             await trio.sleep(0.01)

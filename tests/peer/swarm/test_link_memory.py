@@ -27,10 +27,12 @@ from trio.testing import (
 from peer.swarm.link import LinkClosed, PeerLink
 from wire.events import Cancel, Error, Event, FileRange, Have, Piece, Reject, Request
 from wire.frames import PREFIX, FrameDecoder, encode
+from wire.identity import NodeIdentity
 from wire.protocol import Role, State
 
 TOKEN = b"cluster token"
-A_ID, B_ID, C_ID = b"A" * 16, b"B" * 16, b"C" * 16
+A, B, C = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"C"))
+A_ID, B_ID, C_ID = A.node_id, B.node_id, C.node_id
 DIGEST = "sha256:" + "d" * 64
 TIMEOUT = 10  # a guard against hanging: everything here is over in well under a second
 
@@ -79,10 +81,10 @@ def link_pair(
     to reach `callee`; B has `responder_token` and `responder_encrypt` (A's setting if None)."""
     left, right = streams if streams is not None else memory_stream_pair()
     return (
-        PeerLink(left, A_ID, TOKEN, role=Role.INITIATOR, peer_id=callee, encrypt=encrypt),
+        PeerLink(left, A, TOKEN, role=Role.INITIATOR, peer_id=callee, encrypt=encrypt),
         PeerLink(
             right,
-            B_ID,
+            B,
             responder_token,
             role=Role.RESPONDER,
             encrypt=encrypt if responder_encrypt is None else responder_encrypt,

@@ -23,10 +23,13 @@ from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import PROTOCOL_VERSION, Error, Event, FileRange, Hello, Piece, Proof
 from wire.frames import PREFIX, FrameDecoder, encode
+from wire.identity import NodeIdentity
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
-A_ID, B_ID, M_ID = b"A" * 16, b"B" * 16, b"M" * 16
+A, B, M = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"M"))
+A_ID, B_ID, M_ID = A.node_id, B.node_id, M.node_id
+IDENTITIES = {A_ID: A, B_ID: B, M_ID: M}
 DIGEST = "sha256:" + "b" * 64
 LOOPBACK = "127.0.0.1"
 
@@ -76,7 +79,7 @@ def responder(
     handshake ended."""
 
     async def handle(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, node_id, TOKEN, role=Role.RESPONDER)
+        link = PeerLink(stream, IDENTITIES[node_id], TOKEN, role=Role.RESPONDER)
         if links is not None:
             links.append(link)
         try:
@@ -99,7 +102,7 @@ async def serve(
 
 async def initiate(node_id: bytes, port: int, peer_id: bytes, outcomes: Outcomes) -> None:
     stream = await trio.open_tcp_stream(LOOPBACK, port)
-    link = PeerLink(stream, node_id, TOKEN, role=Role.INITIATOR, peer_id=peer_id)
+    link = PeerLink(stream, IDENTITIES[node_id], TOKEN, role=Role.INITIATOR, peer_id=peer_id)
     try:
         await link.handshake()
         outcomes[node_id] = "open"
@@ -118,7 +121,9 @@ async def test_relaying_b_nonce_to_a_gets_the_attacker_no_link() -> None:
             port_b = await serve(nursery, responder(B_ID, outcomes))
             to_a = Reader(await trio.open_tcp_stream(LOOPBACK, port_a))
             to_b = Reader(await trio.open_tcp_stream(LOOPBACK, port_b))
-            own = Hello(PROTOCOL_VERSION, A_ID, os.urandom(32), os.urandom(32), B_ID, False)
+            own = Hello(
+                PROTOCOL_VERSION, A_ID, os.urandom(32), os.urandom(32), A.public, B_ID, False
+            )
             await to_b.stream.send_all(forge(own))
             hello_b = await to_b.frame()
             assert isinstance(hello_b, Hello) and hello_b.node_id == B_ID
@@ -153,7 +158,7 @@ async def test_a_proof_carried_from_a_connection_a_opened_is_refused_by_b() -> N
             await to_b.stream.send_all(forge(hello_a, callee=B_ID))
             hello_b = await to_b.frame()
             assert isinstance(hello_b, Hello)
-            await from_a.stream.send_all(forge(hello_b, node_id=M_ID))
+            await from_a.stream.send_all(forge(hello_b, node_id=M_ID, identity=M.public))
             proof_a = await from_a.frame()
             assert isinstance(proof_a, Proof)  # A, the initiator, proves first...
             await to_b.stream.send_all(forge(proof_a))
@@ -229,7 +234,7 @@ class NoUpstream:
 def make_swarm(tmp_path: Path) -> Swarm:
     membership = Membership(B_ID, (LOOPBACK, 1))
     return Swarm(
-        B_ID,
+        B,
         membership,
         Store(tmp_path),
         None,  # type: ignore[arg-type]  # no access checks on these paths

@@ -21,7 +21,10 @@ import trio
 from peer.swarm.link import LOWAT_WAIT, PAYLOAD_LOWAT, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
 from wire.frames import encode
+from wire.identity import NodeIdentity
 from wire.protocol import Role
+
+A, B = NodeIdentity(b"A" * 32), NodeIdentity(b"B" * 32)
 
 DIGEST = "sha256:" + "b" * 64
 LOOPBACK = "127.0.0.1"
@@ -59,10 +62,8 @@ async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
 
     monkeypatch.setattr(os, "sendfile", counting_sendfile)
     client, server = await tcp_stream_pair()
-    uploader = PeerLink(
-        client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16, encrypt=encrypt
-    )
-    downloader = PeerLink(server, b"B" * 16, b"t", role=Role.RESPONDER, encrypt=encrypt)
+    uploader = PeerLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id, encrypt=encrypt)
+    downloader = PeerLink(server, B, b"t", role=Role.RESPONDER, encrypt=encrypt)
     to_uploader, requests = trio.open_memory_channel[Event](math.inf)
     to_downloader, pieces = trio.open_memory_channel[Event](math.inf)
 
@@ -125,10 +126,8 @@ async def raw_piece(data: bytes, *, encrypt: bool = False) -> AsyncIterator[RawP
     `data`; sealed with `encrypt`) the test writes to the uploader's socket itself, in
     whatever sends it likes."""
     client, server = await tcp_stream_pair()
-    uploader = PeerLink(
-        client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16, encrypt=encrypt
-    )
-    downloader = CountingLink(server, b"B" * 16, b"t", role=Role.RESPONDER, encrypt=encrypt)
+    uploader = PeerLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id, encrypt=encrypt)
+    downloader = CountingLink(server, B, b"t", role=Role.RESPONDER, encrypt=encrypt)
     to_downloader, events = trio.open_memory_channel[Event](math.inf)
     requested = trio.Event()
 
@@ -257,8 +256,8 @@ async def two_links() -> AsyncIterator[TwoLinks]:
     """A sender and a receiver over TCP, handshaken; the sender's loops run, the receiver's
     only once the test starts them."""
     client, server = await tcp_stream_pair()
-    sender = WriterCountingLink(client, b"A" * 16, b"t", role=Role.INITIATOR, peer_id=b"B" * 16)
-    receiver = PeerLink(server, b"B" * 16, b"t", role=Role.RESPONDER)
+    sender = WriterCountingLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id)
+    receiver = PeerLink(server, B, b"t", role=Role.RESPONDER)
     to_inbox, inbox = trio.open_memory_channel[Event](math.inf)
 
     async def ignore(link: PeerLink, event: Event) -> None:

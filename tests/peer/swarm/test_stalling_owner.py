@@ -17,12 +17,15 @@ from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import digest_of
 from tests.peer.member_node import announce_member, node_and_registry, serve_member
 from wire.events import Event, Peers, PeersRequest, PieceMeta, Reject, Request, Want
+from wire.identity import NodeIdentity
 
 PIECE = 64 * 1024
 BLOB = 8 * PIECE
 
 
-async def serve_liar(nursery: trio.Nursery, liar_id: bytes, port: int, wants: list[Want]) -> None:
+async def serve_liar(
+    nursery: trio.Nursery, liar: NodeIdentity, port: int, wants: list[Want]
+) -> None:
     """A member at 127.0.0.1:`port` that answers a Want with a PieceMeta without hashes ("I have
     it"), a PeersRequest with no peers and a Request with a Reject: heard, never a piece."""
 
@@ -35,7 +38,7 @@ async def serve_liar(nursery: trio.Nursery, liar_id: bytes, port: int, wants: li
         elif isinstance(event, Request):
             link.post(Reject(event.digest, event.index, "busy"))
 
-    await serve_member(nursery, liar_id, port, on_event)
+    await serve_member(nursery, liar, port, on_event)
 
 
 @pytest.mark.parametrize("liar_ranks_first", [False, True])
@@ -47,10 +50,11 @@ async def test_an_owner_that_talks_but_sends_no_piece_holds_no_pull(
     monkeypatch.setattr(owner_change, "OWNER_STALLED", 3.0)
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
-        liar_id, liar_port = os.urandom(16), free_port(avoid=[setup.peer_port])
+        liar, liar_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
+        liar_id = liar.node_id
         wants: list[Want] = []
-        await serve_liar(nursery, liar_id, liar_port, wants)
-        await announce_member(setup, liar_id, liar_port)
+        await serve_liar(nursery, liar, liar_port, wants)
+        await announce_member(setup, liar, liar_port)
         first = liar_id if liar_ranks_first else node.node_id
         for _ in range(1000):  # bounded: half of all blobs rank each first
             data = os.urandom(BLOB)
