@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,11 @@ from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstrea
 from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
-from peer.front.connection_limits import SIDE_MAX_CONNECTIONS, ConnectionLimits
+from peer.front.connection_limits import (
+    SIDE_MAX_CONNECTIONS,
+    ConnectionLimits,
+    descriptor_shortfall,
+)
 from peer.front.drain import Drain
 from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.front.registry import RegistryFront
@@ -41,6 +46,24 @@ from pieces.store import Store
 from wire.identity import NodeIdentity
 
 log = logging.getLogger("pollen.node")
+
+
+def _raise_open_file_limit(max_connections: int) -> None:
+    """Take the hard open-file limit as the soft one (systemd's default soft limit is 1024;
+    trio uses epoll, so descriptors past 1024 are fine), and say so if the connections
+    allowed may still not fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the open-file limit to %d: %s", target, exc)
+    shortfall = descriptor_shortfall(max_connections, soft)
+    if shortfall is not None:
+        log.warning("%s", shortfall)
+
 
 SEND_TIMEOUT = 60.0
 MIN_TOKEN_LENGTH = 32  # characters of a cluster token below which the node warns
@@ -297,6 +320,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; `task_status.started` gets the bound HTTP port."""
         config = self.config
+        _raise_open_file_limit(config.max_connections)
         try:
             async with trio.open_nursery() as nursery:
                 access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))

@@ -17,6 +17,9 @@ DEFAULT_MAX_PER_ADDRESS = 256
 # The fronts beside the registry port (admin API, Harbor's preheat API) see few clients.
 SIDE_MAX_CONNECTIONS = 64
 REPORT_PERIOD = 10.0  # seconds between log lines about refused connections
+# Descriptors the node needs beside its client connections: peer links (up to 32 per
+# address, many addresses), upstream connections, the store's files, listeners.
+OTHER_DESCRIPTORS = 1024
 
 
 class ConnectionLimits:
@@ -65,3 +68,16 @@ class ConnectionLimits:
 
     def held_by(self, address: str) -> int:
         return self._by_address.get(address, 0)
+
+
+def descriptor_shortfall(max_connections: int, open_file_limit: int) -> str | None:
+    """Why `max_connections` client connections (and the side fronts') may not fit in
+    `open_file_limit` descriptors with what the node needs besides; None when they fit."""
+    needed = max_connections + 2 * SIDE_MAX_CONNECTIONS + OTHER_DESCRIPTORS
+    if needed <= open_file_limit:
+        return None
+    return (
+        f"the open-file limit is {open_file_limit}: {max_connections} client connections "
+        f"(--max-connections) and what the node needs beside them take about {needed}; "
+        "raise LimitNOFILE (ulimit -n) or lower --max-connections"
+    )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.front.connection_limits import REPORT_PERIOD, ConnectionLimits
+from peer.front.connection_limits import REPORT_PERIOD, ConnectionLimits, descriptor_shortfall
 
 
 def test_one_address_cannot_take_every_slot() -> None:
@@ -54,3 +54,9 @@ def test_the_limits_hold_and_the_table_forgets_closed_addresses(
         assert limits.open == sum(held.values()) <= 6
         assert all(limits.held_by(a) == n <= 2 for a, n in held.items())
         assert set(limits._by_address) == {a for a, n in held.items() if n}
+
+
+def test_a_limit_the_open_file_limit_cannot_hold_is_named() -> None:
+    assert descriptor_shortfall(1024, 65536) is None
+    warning = descriptor_shortfall(1024, 1024)
+    assert warning is not None and "LimitNOFILE" in warning and "1024" in warning
