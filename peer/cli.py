@@ -35,8 +35,7 @@ from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
-from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE
-from wire.frames import MAX_PIECE_SIZE
+from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE, MAX_PIECE_SIZE
 
 DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
 

@@ -25,11 +25,12 @@ from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
 from peer.front.connection_limits import (
     SIDE_MAX_CONNECTIONS,
+    SIDE_MAX_PER_ADDRESS,
     ConnectionLimits,
     descriptor_shortfall,
 )
 from peer.front.drain import Drain
-from peer.front.http_server import HttpConnection, Request, serve_connection
+from peer.front.http_server import ConnectionGate, HttpConnection, Request, serve_connection
 from peer.front.registry import RegistryFront
 from peer.listening import open_tcp_listeners
 from peer.metrics import NodeMetrics
@@ -157,6 +158,15 @@ class Node:
         self.node_auth = NodeAuth(
             self.upstreams, load_credentials(config), NodeAuth.lent_names(config.auth_for_clients)
         )
+        if _peer_links_in_clear(config):
+            log.warning(
+                "peer links are neither encrypted nor authenticated after the handshake "
+                "(--peer-encryption is off): clients' registry credentials and private pieces "
+                "cross the network in clear, and a host on the path, or a member that has "
+                "itself dialled in another's place (gossip is not signed), can read them and "
+                "add frames of its own; give every node --peer-encryption where private "
+                "images are pulled"
+            )
         if config.auth_file is not None and _peer_links_in_clear(config):
             log.warning(
                 "--auth-file: the node's logins go with its requests for blobs to their "
@@ -369,8 +379,8 @@ class Node:
                     idle_timeout=config.idle_timeout,
                     send_timeout=SEND_TIMEOUT,
                     drain=self.drain,
-                    limits=ConnectionLimits(
-                        config.max_connections, config.max_connections_per_address
+                    gate=ConnectionGate(
+                        ConnectionLimits(config.max_connections, config.max_connections_per_address)
                     ),
                 )
                 if config.admin is not None:
@@ -583,7 +593,7 @@ class Node:
             handler=handle,
             idle_timeout=self.config.idle_timeout,
             send_timeout=SEND_TIMEOUT,
-            limits=ConnectionLimits(SIDE_MAX_CONNECTIONS, SIDE_MAX_CONNECTIONS),
+            gate=ConnectionGate(ConnectionLimits(SIDE_MAX_CONNECTIONS, SIDE_MAX_PER_ADDRESS)),
         )
         nursery.start_soon(trio.serve_listeners, handler, listeners)
         port: int = listeners[0].socket.getsockname()[1]

@@ -18,6 +18,10 @@ MAX_PIECES = 1 << 20
 # 1.10-1.16 (256).
 PIECES_PER_BLOB = 256
 MIN_PIECE_SIZE = 256 * 1024
+# The largest piece: a piece goes to a peer in one frame of the peer protocol (its largest
+# frame is this and room for the header, wire/protocol.py). A larger one, from a setting, an
+# owner's PieceMeta or a partial's record on disk, is refused: no peer could take its pieces.
+MAX_PIECE_SIZE = 16 * 1024 * 1024
 # The smallest piece size a node may be set to (`--piece-size`): at MAX_PIECES pieces a blob
 # may then be 64 GiB; below it a large layer would need more pieces than a node keeps state for.
 LEAST_PIECE_SIZE = 64 * 1024

@@ -45,7 +45,7 @@ import trio
 import xxhash
 
 from pieces.digest import digest_hex, hasher_for
-from pieces.layout import PieceLayout
+from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 
 # 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
 # may be private, and nothing says which registry could vouch for a reader.
@@ -542,8 +542,8 @@ def load_meta(meta_path: Path) -> dict[str, Any] | None:
     pieces = meta.get("pieces")
     if not isinstance(pieces, dict) or not isinstance(meta.get("size"), int):
         return None
-    if not isinstance(meta.get("piece_size"), int) or meta["piece_size"] <= 0:
-        return None
+    if not isinstance(meta.get("piece_size"), int) or not 0 < meta["piece_size"] <= MAX_PIECE_SIZE:
+        return None  # an older node's record of pieces no peer could take: start over
     if not _is_origins(meta.get("origins")):
         return None
     try:

@@ -44,7 +44,13 @@ import trio
 
 from pieces.descriptors import DescriptorSizes
 from pieces.digest import digest_hex, digest_of_hex, is_store_key
-from pieces.layout import DEFAULT_PIECE_SIZE, MAX_PIECES, PieceLayout, piece_size_for
+from pieces.layout import (
+    DEFAULT_PIECE_SIZE,
+    MAX_PIECE_SIZE,
+    MAX_PIECES,
+    PieceLayout,
+    piece_size_for,
+)
 from pieces.ledger import Entry, Kind, Ledger
 from pieces.partial import (
     NoRoom,
@@ -332,7 +338,7 @@ class Store:
             SizeRefused: no usable size, not the descriptor's size, or too many pieces.
             NoRoom: larger than the cache size or than the whole disk.
         """
-        if size < 0 or piece_size <= 0:
+        if size < 0 or not 0 < piece_size <= MAX_PIECE_SIZE:
             raise SizeRefused(f"{digest}: no usable size ({size} bytes, pieces of {piece_size})")
         described = self.descriptor_sizes.size_of(digest)
         if described is not None and described != size:

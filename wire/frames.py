@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from pieces.layout import MAX_PIECE_SIZE
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
     EVENT_TYPES,
@@ -113,10 +114,8 @@ def _members(value: Any) -> bool:
     )
 
 
-# The largest piece: a piece goes to a peer in one frame (the protocol's largest frame is this
-# and room for the header). A PieceMeta that cuts a blob into larger pieces is refused: no peer
-# could send them, and the links that tried would close one after the other.
-MAX_PIECE_SIZE = 16 * 1024 * 1024
+# A PieceMeta that cuts a blob into pieces over MAX_PIECE_SIZE (pieces/layout.py) is refused:
+# no peer could send them, and the links that tried would close one after the other.
 
 
 _CHECKS: dict[str, Check] = {

@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pieces.layout import MAX_PIECE_SIZE
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
     PROTOCOL_VERSION,
@@ -73,7 +74,7 @@ from wire.events import (
     Reject,
     Request,
 )
-from wire.frames import MAX_PIECE_SIZE, FrameDecoder, PayloadPool, encode
+from wire.frames import FrameDecoder, PayloadPool, encode
 from wire.identity import NodeIdentity, node_id_of
 from wire.seal import Opener, Sealer
 

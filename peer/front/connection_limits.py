@@ -12,48 +12,95 @@ descriptors, and the per-address bound keeps one host from taking all the front'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_PER_ADDRESS = 256
 # The fronts beside the registry port (admin API, Harbor's preheat API) see few clients.
 SIDE_MAX_CONNECTIONS = 64
+SIDE_MAX_PER_ADDRESS = 32
 REPORT_PERIOD = 10.0  # seconds between log lines about refused connections
 # Descriptors the node needs beside its client connections: peer links (up to 32 per
 # address, many addresses), upstream connections, the store's files, listeners.
 OTHER_DESCRIPTORS = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What to do with a connection just accepted: serve it as `ticket` (None: refuse it with
+    a 503), after closing the connection `evict` (one that waited longest for a request)."""
+
+    ticket: int | None
+    evict: int | None = None
+
+
 class ConnectionLimits:
+    """Open connections by ticket. A connection that waits for a request (an idle keep-alive
+    one, or one whose request head is still coming) may be closed to make room for a new one;
+    one whose request is being answered may not. So a client that holds idle or slow
+    connections cannot keep others out (a liveness probe of the admin API among them): each
+    new connection takes the place of the one that waited longest, from the same address when
+    that address is at its bound. Only requests being answered fill the limits for good."""
+
     def __init__(self, total: int, per_address: int) -> None:
         if total < 1 or per_address < 1:
             raise ValueError("connection limits must be at least 1")
         self.total = total
         self.per_address = per_address
-        self.open = 0
-        self._by_address: dict[str, int] = {}
+        self._address: dict[int, str] = {}  # ticket -> address, every open connection
+        self._by_address: dict[str, set[int]] = {}
+        self._waiting: dict[int, float] = {}  # ticket -> since when it waits for a request
+        self._next_ticket = 0
         self._refused = 0  # since the last report
         self._reported_at: float | None = None
 
-    def admit(self, address: str) -> bool:
-        """A connection from `address` was accepted: True if it may be served (then release it
-        when it closes), False if it is over a limit (refuse it)."""
-        held = self._by_address.get(address, 0)
-        if self.open >= self.total or held >= self.per_address:
-            self._refused += 1
-            return False
-        self.open += 1
-        self._by_address[address] = held + 1
-        return True
+    @property
+    def open(self) -> int:
+        return len(self._address)
 
-    def release(self, address: str) -> None:
-        """An admitted connection from `address` closed."""
-        held = self._by_address.get(address, 0)
-        if held <= 0:
-            raise ValueError(f"release of a connection from {address} that was not admitted")
-        self.open -= 1
-        if held == 1:
+    def held_by(self, address: str) -> int:
+        return len(self._by_address.get(address, ()))
+
+    def admit(self, address: str, now: float) -> Admission:
+        """A connection from `address` was accepted at `now`; it waits for its first request."""
+        evict = None
+        if self.held_by(address) >= self.per_address:
+            evict = self._longest_waiting(self._by_address[address])
+            if evict is None:
+                return self._refuse()
+        elif self.open >= self.total:
+            evict = self._longest_waiting(self._address)
+            if evict is None:
+                return self._refuse()
+        if evict is not None:
+            self.release(evict)
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._address[ticket] = address
+        self._by_address.setdefault(address, set()).add(ticket)
+        self._waiting[ticket] = now
+        return Admission(ticket, evict)
+
+    def answering(self, ticket: int) -> None:
+        """The connection's request is being answered: it stays until it is done."""
+        self._waiting.pop(ticket, None)
+
+    def waiting(self, ticket: int, now: float) -> None:
+        """The connection waits for its next request (it may be closed for a new one)."""
+        if ticket in self._address:
+            self._waiting[ticket] = now
+
+    def release(self, ticket: int) -> None:
+        """The connection closed (or was evicted: releasing it again does nothing)."""
+        address = self._address.pop(ticket, None)
+        if address is None:
+            return
+        self._waiting.pop(ticket, None)
+        tickets = self._by_address[address]
+        tickets.discard(ticket)
+        if not tickets:
             del self._by_address[address]  # the table holds only addresses with connections
-        else:
-            self._by_address[address] = held - 1
 
     def report_due(self, now: float) -> int | None:
         """Connections refused since the last report, if a report is due now (at most one per
@@ -66,8 +113,13 @@ class ConnectionLimits:
         self._reported_at = now
         return refused
 
-    def held_by(self, address: str) -> int:
-        return self._by_address.get(address, 0)
+    def _longest_waiting(self, tickets: Iterable[int]) -> int | None:
+        waiting = [(self._waiting[t], t) for t in tickets if t in self._waiting]
+        return min(waiting)[1] if waiting else None
+
+    def _refuse(self) -> Admission:
+        self._refused += 1
+        return Admission(None)
 
 
 def descriptor_shortfall(max_connections: int, open_file_limit: int) -> str | None:

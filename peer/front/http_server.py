@@ -12,7 +12,8 @@ import http
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 
 import h11
@@ -268,33 +269,78 @@ def _peer_name(stream: trio.SocketStream) -> str:
 Handler = Callable[[HttpConnection, Request], Awaitable[None]]
 
 
+class ConnectionGate:
+    """Carries a front's ConnectionLimits: admits each accepted connection, and closes the ones
+    the limits evict (their wait for a request is cancelled)."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._scopes: dict[int, trio.CancelScope] = {}  # connections waiting for a request
+        self._evicted: set[int] = set()  # evicted before their first wait began
+
+    def admit(self, address: str) -> int | None:
+        """The new connection's ticket, or None: refuse it."""
+        admission = self.limits.admit(address, trio.current_time())
+        if admission.evict is not None:
+            scope = self._scopes.get(admission.evict)
+            if scope is not None:
+                scope.cancel()
+            else:
+                self._evicted.add(admission.evict)
+        return admission.ticket
+
+    @contextlib.contextmanager
+    def waiting(self, ticket: int) -> Iterator[trio.CancelScope]:
+        """Around the wait for the connection's next request: cancelled if it is evicted."""
+        scope = trio.CancelScope()
+        if ticket in self._evicted:
+            self._evicted.discard(ticket)
+            scope.cancel()
+        self.limits.waiting(ticket, trio.current_time())
+        self._scopes[ticket] = scope
+        try:
+            with scope:
+                yield scope
+        finally:
+            del self._scopes[ticket]
+            self.limits.answering(ticket)
+
+    def release(self, ticket: int) -> None:
+        self.limits.release(ticket)
+        self._evicted.discard(ticket)
+
+
 async def serve_connection(
     stream: trio.SocketStream,
     handler: Handler,
     idle_timeout: float,
     send_timeout: float,
     drain: Drain | None = None,
-    limits: ConnectionLimits | None = None,
+    gate: ConnectionGate | None = None,
 ) -> None:
     """Serve requests on one connection until the client leaves (or, once `drain` starts,
-    until the request being answered is done). Over `limits` the connection is answered 503
-    and closed instead.
+    until the request being answered is done; or, while it waits for a request, until `gate`
+    closes it to make room). Refused by `gate`, the connection is answered 503 and closed.
 
     Never raises but trio.Cancelled: an exception out of here would end trio.serve_listeners
     and with it the node. A handler's unexpected exception is logged with its traceback and
     answered with a 500 (or, mid-answer, the connection is cut).
     """
-    if limits is None:
-        await _serve(stream, handler, idle_timeout, send_timeout, drain)
+    if gate is None:
+        await _serve(stream, handler, idle_timeout, send_timeout, drain, None, 0)
         return
-    address = _client_address(stream)
-    if not limits.admit(address):
-        await _refuse(stream, limits)
+    ticket = gate.admit(_client_address(stream))
+    if ticket is None:
+        await _refuse(stream, gate.limits)
         return
     try:
-        await _serve(stream, handler, idle_timeout, send_timeout, drain)
+        await _serve(stream, handler, idle_timeout, send_timeout, drain, gate, ticket)
     finally:
-        limits.release(address)
+        gate.release(ticket)
+
+
+def _waiting(gate: ConnectionGate | None, ticket: int) -> ContextManager[trio.CancelScope]:
+    return gate.waiting(ticket) if gate is not None else contextlib.nullcontext(trio.CancelScope())
 
 
 def _client_address(stream: trio.SocketStream) -> str:
@@ -311,8 +357,9 @@ async def _refuse(stream: trio.SocketStream, limits: ConnectionLimits) -> None:
     refused = limits.report_due(trio.current_time())
     if refused is not None:
         log.warning(
-            "refused %d client connection(s) over the limits (%d open, at most %d in all and "
-            "%d from one address: --max-connections, --max-connections-per-address)",
+            "refused %d client connection(s): every connection was being answered (%d open, at "
+            "most %d in all and %d from one address: --max-connections, "
+            "--max-connections-per-address)",
             refused,
             limits.open,
             limits.total,
@@ -331,15 +378,17 @@ async def _serve(
     idle_timeout: float,
     send_timeout: float,
     drain: Drain | None,
+    gate: ConnectionGate | None,
+    ticket: int,
 ) -> None:
     drain = drain or Drain()
     conn = HttpConnection(stream, idle_timeout, send_timeout)
     try:
         while not drain.draining:
             request = None
-            with drain.idle():
+            with drain.idle(), _waiting(gate, ticket) as evictable:
                 request = await conn.next_request()
-            if request is None:
+            if request is None or evictable.cancelled_caught:
                 break
             with drain.answering():
                 await handler(conn, request)

@@ -3,6 +3,7 @@ reach its peer port, unless the operator insists (--insecure-open-cluster)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from bench.components import REPO
 from peer.config import Address, NodeConfig
+from peer.node import Node
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "node.example"])
@@ -35,3 +37,18 @@ def test_pollen_run_refuses_to_start_an_open_cluster_on_every_interface(tmp_path
     )  # fmt: skip
     assert result.returncode == 2
     assert "--insecure-open-cluster" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "encrypt"), [("10.1.2.3", False), ("10.1.2.3", True), ("127.0.0.1", False)]
+)
+def test_peer_links_in_clear_on_a_reachable_address_are_warned_of(
+    host: str, encrypt: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NodeConfig(
+        data_dir=tmp_path, peer=Address(host, 65002), cluster_token=b"t", peer_encryption=encrypt
+    )
+    with caplog.at_level(logging.WARNING, logger="pollen.node"):
+        Node(config)
+    warned = "neither encrypted nor authenticated" in caplog.text
+    assert warned == (host != "127.0.0.1" and not encrypt)

@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pieces.partial as partial_module
+from pieces.layout import MAX_PIECE_SIZE
 from pieces.partial import (
     BlobFailed,
     DigestMismatch,
     DiskFull,
     PartialBlob,
+    SizeRefused,
     StoreError,
     piece_hash,
 )
@@ -143,6 +145,27 @@ async def test_resume_keeps_verified_pieces_and_drops_corrupt_ones(tmp_path: Pat
     resumed.write_sync(2000, [data[2000:]])
     resumed.finalize_sync()
     assert store2.complete_path(digest).read_bytes() == data
+
+
+async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Path) -> None:
+    # An older node could cut a blob into pieces over a frame (--piece-size 32MiB): resumed,
+    # its owner would send a PieceMeta every peer refuses, closing link after link.
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest, len(data))
+    partial.write_sync(0, [data[:2000]])
+    store.release_partial(partial)
+    meta = msgpack.unpackb(partial.meta_path.read_bytes(), strict_map_key=False)
+    meta["piece_size"] = MAX_PIECE_SIZE * 2
+    partial.meta_path.write_bytes(msgpack.packb(meta))
+    assert partial_module.load_meta(partial.meta_path) is None
+    fresh = await Store(tmp_path, 1000).open_partial(digest, len(data))
+    assert fresh.layout.piece_size == 1000 and fresh.piece_hashes == {}
+    with pytest.raises(SizeRefused):
+        await Store(tmp_path / "other", 1000).open_partial(
+            digest, len(data), piece_size=MAX_PIECE_SIZE + 1
+        )
 
 
 async def test_unreadable_meta_means_start_over(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pieces.layout import PieceLayout
+from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
 from pieces.store import Store
 from tests.tmpfs import mounted_tmpfs
@@ -53,7 +53,7 @@ async def test_a_blob_over_the_free_disk_is_refused_before_anything_is_allocated
     tmp_path: Path,
 ) -> None:
     # No quota: the disk is the limit. 2^50 bytes is more than any test disk.
-    store = Store(tmp_path, 1024 * MiB)
+    store = Store(tmp_path, MAX_PIECE_SIZE)
     digest = digest_of(b"claims to be a PiB")
     tracemalloc.start()
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from pieces.layout import MAX_PIECE_SIZE
 from wire import events as ev
-from wire.frames import MAX_PIECE_SIZE
 
 digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
 ids = st.binary(min_size=16, max_size=16)

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pieces.layout import MAX_PIECE_SIZE
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
 from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, PieceMeta, Proof
-from wire.frames import MAX_PIECE_SIZE, PREFIX, FrameDecoder, PayloadPool, encode
+from wire.frames import PREFIX, FrameDecoder, PayloadPool, encode
 
 MAX = 1 << 20
 
