@@ -147,15 +147,21 @@ async def test_resume_keeps_verified_pieces_and_drops_corrupt_ones(tmp_path: Pat
     assert store2.complete_path(digest).read_bytes() == data
 
 
-async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Path) -> None:
-    # An older node could cut a blob into pieces over a frame (--piece-size 32MiB): resumed,
-    # its owner would send a PieceMeta every peer refuses, closing link after link.
+async def partial_left_on_disk(tmp_path: Path) -> tuple[bytes, str, PartialBlob]:
+    """A blob of 3000 bytes in pieces of 1000, its first 2000 stored, left as a crash would."""
     data = os.urandom(3000)
     digest = digest_of(data)
     store = Store(tmp_path, 1000)
     partial = await store.open_partial(digest, len(data))
     partial.write_sync(0, [data[:2000]])
     store.release_partial(partial)
+    return data, digest, partial
+
+
+async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Path) -> None:
+    # An older node could cut a blob into pieces over a frame (--piece-size 32MiB): resumed,
+    # its owner would send a PieceMeta every peer refuses, closing link after link.
+    data, digest, partial = await partial_left_on_disk(tmp_path)
     meta = msgpack.unpackb(partial.meta_path.read_bytes(), strict_map_key=False)
     meta["piece_size"] = MAX_PIECE_SIZE * 2
     partial.meta_path.write_bytes(msgpack.packb(meta))
@@ -169,12 +175,7 @@ async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Pat
 
 
 async def test_unreadable_meta_means_start_over(tmp_path: Path) -> None:
-    data = os.urandom(3000)
-    digest = digest_of(data)
-    store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest, len(data))
-    partial.write_sync(0, [data[:2000]])
-    store.release_partial(partial)
+    data, digest, partial = await partial_left_on_disk(tmp_path)
     partial.meta_path.write_bytes(b"\x93garbage")
     store2 = Store(tmp_path, 1000)
     assert store2.partial_size_on_disk(digest) is None
