@@ -12,6 +12,7 @@ descriptors, and the per-address bound keeps one host from taking all the front'
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,21 @@ REPORT_PERIOD = 10.0  # seconds between log lines about refused connections
 # Descriptors the node needs beside its client connections: peer links (up to 32 per
 # address, many addresses), upstream connections, the store's files, listeners.
 OTHER_DESCRIPTORS = 1024
+
+
+def client_key(host: str) -> str:
+    """Whom a connection from `host` counts against for the per-address bound: its IPv4
+    address (an IPv4-mapped IPv6 one too), or its IPv6 /64 (one host is given a whole /64,
+    and would otherwise count as 2**64 addresses)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True, slots=True)

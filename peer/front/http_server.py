@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from peer.front.connection_limits import ConnectionLimits
+from peer.front.connection_limits import ConnectionLimits, client_key
 from peer.front.drain import Drain
 from peer.front.oci_errors import OciError
 
@@ -348,7 +348,7 @@ def _client_address(stream: trio.SocketStream) -> str:
         peer = stream.socket.getpeername()
     except OSError:
         return ""  # gone already: counted under one name, and closed at once anyway
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+    return client_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
 
 
 async def _refuse(stream: trio.SocketStream, limits: ConnectionLimits) -> None:

@@ -12,6 +12,7 @@ from peer.front.connection_limits import (
     REPORT_PERIOD,
     Admission,
     ConnectionLimits,
+    client_key,
     descriptor_shortfall,
 )
 
@@ -118,3 +119,10 @@ def test_a_limit_the_open_file_limit_cannot_hold_is_named() -> None:
     assert descriptor_shortfall(1024, 65536) is None
     warning = descriptor_shortfall(1024, 1024)
     assert warning is not None and "LimitNOFILE" in warning and "1024" in warning
+
+
+def test_an_ipv6_host_counts_by_its_64_and_a_mapped_ipv4_as_itself() -> None:
+    assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9")
+    assert client_key("2001:db8:1:2::5") != client_key("2001:db8:1:3::5")
+    assert client_key("::ffff:10.0.0.1") == client_key("10.0.0.1") == "10.0.0.1"
+    assert client_key("fe80::1%eth0") == client_key("fe80::2%eth1")
