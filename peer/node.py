@@ -162,10 +162,9 @@ class Node:
             log.warning(
                 "peer links are neither encrypted nor authenticated after the handshake "
                 "(--peer-encryption is off): clients' registry credentials and private pieces "
-                "cross the network in clear, and a host on the path, or a member that has "
-                "itself dialled in another's place (gossip is not signed), can read them and "
+                "cross the network in clear, and a host on the network path can read them and "
                 "add frames of its own; give every node --peer-encryption where private "
-                "images are pulled"
+                "images are pulled or others share the network"
             )
         if config.auth_file is not None and _peer_links_in_clear(config):
             log.warning(

@@ -36,6 +36,10 @@ class Hello:
     identity: bytes  # 32 bytes: the sender's X25519 identity public key, the same every link
     callee: bytes | None  # 16 bytes from the initiator; None from the responder
     encrypt: bool  # frames after the handshake are sealed (--peer-encryption)
+    # The initiator's: the address it connected to (`address_text`), which the responder
+    # must know as its own; None from the responder. A member that is dialled in another's
+    # place cannot pass the link through to it: the Hello says whom the initiator dialled.
+    dialed: str | None
 
 
 @dataclass(frozen=True, slots=True)

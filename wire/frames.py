@@ -126,6 +126,7 @@ _CHECKS: dict[str, Check] = {
     "identity": _bytes(32),
     "callee": lambda v: v is None or (type(v) is bytes and len(v) == 16),
     "encrypt": lambda v: type(v) is bool,
+    "dialed": _opt_str,
     "mac": _bytes(32),
     "digest": _digest,
     "namespace": lambda v: v is None or is_valid_registry(v),

@@ -77,3 +77,8 @@ def is_valid_repository(name: object) -> bool:
         and len(name) <= MAX_REPOSITORY
         and _REPOSITORY.fullmatch(name) is not None
     )
+
+
+def address_text(host: str, port: int) -> str:
+    """`host:port` as a Hello names the address dialled (`[host]:port` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -24,6 +24,10 @@ transcript's hash. A node id must be the hash of the identity key beside it
 - an open link proves the peer holds the private key of the node id it named: a member with
   the token cannot link under another member's id (it would take the access grants, the Wants
   with clients' credentials and the bans meant for that member);
+- the initiator's Hello names the address it dialled, and the responder refuses an address not
+  its own: a member that has itself dialled in another's place (gossip is not signed) cannot
+  pass the link on to that member and read or add frames in the middle (without encryption
+  frames after the handshake carry no MAC);
 
 - a proof is valid only for its role and this one transcript: it cannot be replayed on
   another connection, reflected back to its sender, or relayed to a node that did not
@@ -160,6 +164,7 @@ class PeerProtocol:
         token: bytes | None,
         *,
         role: Role,
+        address: str,
         nonce: bytes,
         ephemeral: bytes,
         peer_id: bytes | None = None,
@@ -173,6 +178,10 @@ class PeerProtocol:
         Args:
             identity: this node's identity key pair (its node id is the key's).
             role: INITIATOR on the side that connected, RESPONDER on the side that accepted.
+            address: the initiator's: the address it connected to (`wire.names.address_text`),
+                named in its Hello; the responder's: its own address, as the cluster knows it
+                (a Hello that names another is refused: it was dialled at a member that passes
+                the link through, in this node's place).
             nonce, ephemeral: 32 fresh random bytes each, per connection (the X25519 private
                 key is made from `ephemeral`).
             peer_id: the node the initiator means to reach (required for it, and only for it):
@@ -200,6 +209,7 @@ class PeerProtocol:
         self.peer_id: bytes | None = None  # set from the peer's Hello; trusted once OPEN
         self._token = token
         self._expected_peer = peer_id
+        self._address = address
         self._private = X25519PrivateKey.from_private_bytes(ephemeral)
         self._hello = Hello(
             PROTOCOL_VERSION,
@@ -209,6 +219,7 @@ class PeerProtocol:
             identity.public,
             peer_id,
             encrypt,
+            address if role is Role.INITIATOR else None,
         )
         self._secrets: _Secrets | None = None
         self._sealer: Sealer | None = None
@@ -387,13 +398,18 @@ class PeerProtocol:
                     f"node {hello.node_id.hex()[:12]} answered, "
                     f"not {self._expected_peer.hex()[:12]}"
                 )
-            if hello.callee is not None:
-                raise RemoteProtocolError("the responder's Hello names a callee")
+            if hello.callee is not None or hello.dialed is not None:
+                raise RemoteProtocolError("the responder's Hello names a callee or an address")
         elif hello.callee != self.node_id:
             raise RemoteProtocolError(
                 "the peer is looking for another node"
                 if hello.callee is not None
                 else "the initiator's Hello names no callee"
+            )
+        elif hello.dialed != self._address:
+            raise RemoteProtocolError(
+                f"the initiator dialled {hello.dialed}, not this node's address {self._address}"
+                ": another host passes its link on"
             )
         if hello.encrypt != self.encrypt:
             raise RemoteProtocolError(

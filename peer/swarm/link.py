@@ -64,6 +64,7 @@ class PeerLink:
         token: bytes | None,
         *,
         role: Role,
+        address: str,
         peer_id: bytes | None = None,
         encrypt: bool = False,
         pool: PayloadPool | None = None,
@@ -72,6 +73,8 @@ class PeerLink:
 
         Args:
             identity: this node's identity key pair (the handshake proves its node id).
+            address: the initiator's: the address it dialled; the responder's: its own
+                address as the cluster knows it (see wire.protocol.PeerProtocol).
             role: INITIATOR if we connected (then `peer_id` is the node we meant to reach:
                 any other is refused), RESPONDER if we accepted the connection.
             encrypt: seal every frame after the handshake (--peer-encryption); the peer
@@ -84,6 +87,7 @@ class PeerLink:
             identity,
             token,
             role=role,
+            address=address,
             peer_id=peer_id,
             nonce=os.urandom(32),
             ephemeral=os.urandom(32),

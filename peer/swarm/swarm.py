@@ -80,6 +80,7 @@ from wire.events import (
     Warmed,
 )
 from wire.identity import NodeIdentity
+from wire.names import address_text
 from wire.protocol import Role
 
 log = logging.getLogger("pollen.swarm")
@@ -214,6 +215,7 @@ class Swarm:
                     self.identity,
                     self.token,
                     role=Role.RESPONDER,
+                    address=address_text(*self.membership.address),
                     encrypt=self.peer_encryption,
                 )
                 await link.handshake()
@@ -298,6 +300,7 @@ class Swarm:
                 self.identity,
                 self.token,
                 role=Role.INITIATOR,
+                address=address_text(*member.address),
                 peer_id=peer_id,
                 encrypt=self.peer_encryption,
             )

@@ -30,6 +30,7 @@ from wire.events import (
     Request,
 )
 from wire.identity import NodeIdentity
+from wire.names import address_text
 from wire.protocol import Role
 
 TOKEN = b"cluster token"
@@ -112,15 +113,33 @@ class Member:
             return None
 
 
+def node_at(setup: Setup) -> str:
+    """The node's peer address, as its members dial it."""
+    return address_text("127.0.0.1", setup.peer_port)
+
+
+async def open_link(setup: Setup, identity: NodeIdentity) -> PeerLink:
+    """A link to the node as the member `identity`, handshaken (no task reads it)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
+    link = PeerLink(
+        stream,
+        identity,
+        TOKEN,
+        role=Role.INITIATOR,
+        address=node_at(setup),
+        peer_id=setup.node.node_id,
+    )
+    await link.handshake()
+    return link
+
+
 async def link_member(
     setup: Setup, nursery: trio.Nursery, identity: NodeIdentity | None = None
 ) -> Member:
     """A member linked to the node (as `identity`, a new one by default: a second link of the
     same member is what two nodes that connect to each other at once hold)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
     identity = identity if identity is not None else NodeIdentity.generate()
-    link = PeerLink(stream, identity, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
-    await link.handshake()
+    link = await open_link(setup, identity)
     member = Member(link, identity)
     nursery.start_soon(member.run)
     return member
@@ -136,7 +155,9 @@ async def serve_member(
     an owner or a peer): every link to it is answered by `on_event`."""
 
     async def accept(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, identity, TOKEN, role=Role.RESPONDER)
+        link = PeerLink(
+            stream, identity, TOKEN, role=Role.RESPONDER, address=address_text("127.0.0.1", port)
+        )
         try:
             await link.handshake()
             await link.run(on_event)
@@ -151,9 +172,7 @@ async def announce_member(setup: Setup, identity: NodeIdentity, port: int) -> No
     """`identity`'s member, listening at 127.0.0.1:`port`, says on a link of its own that it
     is a member; back once the node knows it."""
     member_id = identity.node_id
-    stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
-    hello = PeerLink(stream, identity, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
-    await hello.handshake()
+    hello = await open_link(setup, identity)
     await hello.send(Members([(member_id, "127.0.0.1", port, 0, 0, 0)], reply=True))
     await hello.close()
     membership = setup.node.membership

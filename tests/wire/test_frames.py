@@ -92,10 +92,12 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        Hello(PROTOCOL_VERSION, b"x" * 15, b"n" * 32, b"e" * 32, b"i" * 32, None, False),
-        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 31, b"i" * 32, None, False),
-        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 31, None, False),
-        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 32, b"c" * 15, False),
+        Hello(PROTOCOL_VERSION, b"x" * 15, b"n" * 32, b"e" * 32, b"i" * 32, None, False, None),
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 31, b"i" * 32, None, False, None),
+        Hello(PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 31, None, False, None),
+        Hello(
+            PROTOCOL_VERSION, b"x" * 16, b"n" * 32, b"e" * 32, b"i" * 32, b"c" * 15, False, "x:1"
+        ),
         Proof(b"m" * 31),
     ],
 )
@@ -242,7 +244,10 @@ def test_mutated_frames_with_payload_buffers_parse_or_raise_remote_protocol_erro
 @pytest.mark.parametrize("callee", [None, b"c" * 16])
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
-    hello = Hello(PROTOCOL_VERSION, b"i" * 16, b"n" * 32, b"e" * 32, b"k" * 32, callee, encrypt)
+    dialed = "node.test:65002" if callee is not None else None
+    hello = Hello(
+        PROTOCOL_VERSION, b"i" * 16, b"n" * 32, b"e" * 32, b"k" * 32, callee, encrypt, dialed
+    )
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(hello))
     assert decoder.next_event() == hello

@@ -27,6 +27,7 @@ TOKEN = b"cluster token"
 A, B, M = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"M"))
 A_ID, B_ID, M_ID = A.node_id, B.node_id, M.node_id
 IDENTITIES = {A_ID: A, B_ID: B, M_ID: M}
+AT = {A_ID: "a.test:1", B_ID: "b.test:1", M_ID: "m.test:1"}  # each as the others dial it
 
 
 class Honest:
@@ -39,6 +40,7 @@ class Honest:
             IDENTITIES[node_id],
             TOKEN,
             role=role,
+            address=AT[peer_id] if peer_id is not None else AT[node_id],
             peer_id=peer_id,
             nonce=os.urandom(32),
             ephemeral=os.urandom(32),
@@ -103,6 +105,9 @@ def forge(event: Event, **changes: Any) -> bytes:
     is in every Hello of that node), or it would be refused before any proof."""
     if isinstance(event, Hello) and "node_id" in changes and "identity" not in changes:
         changes["identity"] = IDENTITIES[changes["node_id"]].public
+    if isinstance(event, Hello) and "callee" in changes and "dialed" not in changes:
+        callee = changes["callee"]
+        changes["dialed"] = AT[callee] if callee is not None else None
     changed = dataclasses.replace(event, **changes)
     return b"".join(b for b in encode(changed) if not isinstance(b, FileRange))
 
@@ -111,8 +116,9 @@ def m_hello(node_id: bytes, callee: bytes | None, **changes: Any) -> bytes:
     """A Hello of M's own making, claiming to be `node_id` (with that node's identity public
     key, which every peer of it sees)."""
     identity = IDENTITIES[node_id].public
+    dialed = AT[callee] if callee is not None else None
     hello = Hello(
-        PROTOCOL_VERSION, node_id, os.urandom(32), os.urandom(32), identity, callee, False
+        PROTOCOL_VERSION, node_id, os.urandom(32), os.urandom(32), identity, callee, False, dialed
     )
     return forge(hello, **changes)
 

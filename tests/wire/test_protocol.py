@@ -45,11 +45,13 @@ def endpoint(
     token: bytes | None,
     peer_id: bytes | None = None,
     encrypt: bool = False,
+    address: str = "b.test:65002",  # dialled by every initiator, every responder's own
 ) -> PeerProtocol:
     return PeerProtocol(
         identity,
         token,
         role=role,
+        address=address,
         peer_id=peer_id,
         nonce=os.urandom(32),
         ephemeral=os.urandom(32),
@@ -167,6 +169,30 @@ def test_naming_another_nodes_key_without_its_private_half_opens_no_link() -> No
     with pytest.raises(RemoteProtocolError, match="proof failed"):
         events(a_side)
     assert a_side.state is not State.OPEN
+
+
+def test_a_link_dialled_at_another_address_is_refused_by_the_responder() -> None:
+    # M, a member, got A to dial B's id at M's address (gossip is not signed) and passes the
+    # bytes on to B unchanged: the handshake would be A's and B's own, and M in the middle
+    # could read and add frames (no MAC without encryption). B sees whom A dialled.
+    a = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id, address="m.test:65002")
+    b = endpoint(Role.RESPONDER, B, b"t", address="b.test:65002")
+    b.receive_data(a.hello())
+    with pytest.raises(RemoteProtocolError, match=r"dialled m\.test:65002, not this node's"):
+        events(b)
+    with pytest.raises(LocalProtocolError):
+        b.hello()  # nothing of B's goes to A, or through M
+
+
+def test_a_responder_hello_that_names_an_address_is_refused() -> None:
+    a = endpoint(Role.INITIATOR, A, b"t", peer_id=B.node_id)
+    b = endpoint(Role.RESPONDER, B, b"t")
+    b.receive_data(a.hello())
+    events(b)
+    forged = dataclasses.replace(b._hello, dialed="b.test:65002")
+    a.receive_data(plain(forged))
+    with pytest.raises(RemoteProtocolError, match="names a callee or an address"):
+        events(a)
 
 
 def test_an_open_link_names_the_ids_of_both_keys() -> None:

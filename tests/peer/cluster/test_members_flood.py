@@ -12,11 +12,9 @@ import trio
 
 from peer.cluster import sync
 from peer.cluster.membership import MAX_MEMBERS, Status
-from peer.swarm.link import PeerLink
-from tests.peer.member_node import TOKEN, link_member, node_and_registry
+from tests.peer.member_node import link_member, node_and_registry, open_link
 from wire.events import Members
 from wire.identity import NodeIdentity
-from wire.protocol import Role
 
 
 def made_up(count: int, status: Status) -> list[tuple[bytes, str, int, int, int, int]]:
@@ -63,11 +61,9 @@ async def test_pushes_from_a_member_that_does_not_read_queue_one_answer(
     async with node_and_registry(tmp_path, nursery) as setup:
         membership = setup.node.membership
         assert membership is not None and setup.node.swarm is not None
-        stream = await trio.open_tcp_stream("127.0.0.1", setup.peer_port)
         identity = NodeIdentity.generate()
         me = identity.node_id
-        link = PeerLink(stream, identity, TOKEN, role=Role.INITIATOR, peer_id=setup.node.node_id)
-        await link.handshake()  # and never reads again
+        link = await open_link(setup, identity)  # and never reads it again
         for _ in range(20):
             entries = [(os.urandom(16), host, 65535, 0, 0, 2**47 - 1) for _ in range(200)]
             await link.send(Members(entries, reply=True))

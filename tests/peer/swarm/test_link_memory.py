@@ -33,6 +33,7 @@ from wire.protocol import Role, State
 TOKEN = b"cluster token"
 A, B, C = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"C"))
 A_ID, B_ID, C_ID = A.node_id, B.node_id, C.node_id
+B_AT = "127.0.0.1:65002"  # the address A dials B at, as B knows it
 DIGEST = "sha256:" + "d" * 64
 TIMEOUT = 10  # a guard against hanging: everything here is over in well under a second
 
@@ -81,12 +82,15 @@ def link_pair(
     to reach `callee`; B has `responder_token` and `responder_encrypt` (A's setting if None)."""
     left, right = streams if streams is not None else memory_stream_pair()
     return (
-        PeerLink(left, A, TOKEN, role=Role.INITIATOR, peer_id=callee, encrypt=encrypt),
+        PeerLink(
+            left, A, TOKEN, role=Role.INITIATOR, address=B_AT, peer_id=callee, encrypt=encrypt
+        ),
         PeerLink(
             right,
             B,
             responder_token,
             role=Role.RESPONDER,
+            address=B_AT,
             encrypt=encrypt if responder_encrypt is None else responder_encrypt,
         ),
     )

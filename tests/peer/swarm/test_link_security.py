@@ -30,11 +30,17 @@ TOKEN = b"cluster token"
 A, B, M = (NodeIdentity(letter * 32) for letter in (b"A", b"B", b"M"))
 A_ID, B_ID, M_ID = A.node_id, B.node_id, M.node_id
 IDENTITIES = {A_ID: A, B_ID: B, M_ID: M}
+AT = {A_ID: "a.test:1", B_ID: "b.test:1", M_ID: "m.test:1"}  # each as the others dial it
 DIGEST = "sha256:" + "b" * 64
 LOOPBACK = "127.0.0.1"
 
 
 def forge(event: Event, **changes: Any) -> bytes:
+    """`event` changed as the attacker likes; a Hello given another callee names the address
+    that callee is dialled at too (the attacker's best forgery)."""
+    if isinstance(event, Hello) and "callee" in changes and "dialed" not in changes:
+        callee = changes["callee"]
+        changes["dialed"] = AT[callee] if callee is not None else None
     changed = dataclasses.replace(event, **changes)
     return b"".join(b for b in encode(changed) if not isinstance(b, FileRange))
 
@@ -79,7 +85,9 @@ def responder(
     handshake ended."""
 
     async def handle(stream: trio.SocketStream) -> None:
-        link = PeerLink(stream, IDENTITIES[node_id], TOKEN, role=Role.RESPONDER)
+        link = PeerLink(
+            stream, IDENTITIES[node_id], TOKEN, role=Role.RESPONDER, address=AT[node_id]
+        )
         if links is not None:
             links.append(link)
         try:
@@ -102,7 +110,14 @@ async def serve(
 
 async def initiate(node_id: bytes, port: int, peer_id: bytes, outcomes: Outcomes) -> None:
     stream = await trio.open_tcp_stream(LOOPBACK, port)
-    link = PeerLink(stream, IDENTITIES[node_id], TOKEN, role=Role.INITIATOR, peer_id=peer_id)
+    link = PeerLink(
+        stream,
+        IDENTITIES[node_id],
+        TOKEN,
+        role=Role.INITIATOR,
+        address=AT[peer_id],
+        peer_id=peer_id,
+    )
     try:
         await link.handshake()
         outcomes[node_id] = "open"
@@ -122,7 +137,14 @@ async def test_relaying_b_nonce_to_a_gets_the_attacker_no_link() -> None:
             to_a = Reader(await trio.open_tcp_stream(LOOPBACK, port_a))
             to_b = Reader(await trio.open_tcp_stream(LOOPBACK, port_b))
             own = Hello(
-                PROTOCOL_VERSION, A_ID, os.urandom(32), os.urandom(32), A.public, B_ID, False
+                PROTOCOL_VERSION,
+                A_ID,
+                os.urandom(32),
+                os.urandom(32),
+                A.public,
+                B_ID,
+                False,
+                AT[B_ID],
             )
             await to_b.stream.send_all(forge(own))
             hello_b = await to_b.frame()

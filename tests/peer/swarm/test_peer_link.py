@@ -25,6 +25,7 @@ from wire.identity import NodeIdentity
 from wire.protocol import Role
 
 A, B = NodeIdentity(b"A" * 32), NodeIdentity(b"B" * 32)
+B_AT = "127.0.0.1:65002"  # the address A dials B at, as B knows it
 
 DIGEST = "sha256:" + "b" * 64
 LOOPBACK = "127.0.0.1"
@@ -62,8 +63,10 @@ async def test_a_large_piece_from_a_file_crosses_a_tcp_connection_whole(
 
     monkeypatch.setattr(os, "sendfile", counting_sendfile)
     client, server = await tcp_stream_pair()
-    uploader = PeerLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id, encrypt=encrypt)
-    downloader = PeerLink(server, B, b"t", role=Role.RESPONDER, encrypt=encrypt)
+    uploader = PeerLink(
+        client, A, b"t", role=Role.INITIATOR, address=B_AT, peer_id=B.node_id, encrypt=encrypt
+    )
+    downloader = PeerLink(server, B, b"t", role=Role.RESPONDER, address=B_AT, encrypt=encrypt)
     to_uploader, requests = trio.open_memory_channel[Event](math.inf)
     to_downloader, pieces = trio.open_memory_channel[Event](math.inf)
 
@@ -126,8 +129,10 @@ async def raw_piece(data: bytes, *, encrypt: bool = False) -> AsyncIterator[RawP
     `data`; sealed with `encrypt`) the test writes to the uploader's socket itself, in
     whatever sends it likes."""
     client, server = await tcp_stream_pair()
-    uploader = PeerLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id, encrypt=encrypt)
-    downloader = CountingLink(server, B, b"t", role=Role.RESPONDER, encrypt=encrypt)
+    uploader = PeerLink(
+        client, A, b"t", role=Role.INITIATOR, address=B_AT, peer_id=B.node_id, encrypt=encrypt
+    )
+    downloader = CountingLink(server, B, b"t", role=Role.RESPONDER, address=B_AT, encrypt=encrypt)
     to_downloader, events = trio.open_memory_channel[Event](math.inf)
     requested = trio.Event()
 
@@ -256,8 +261,10 @@ async def two_links() -> AsyncIterator[TwoLinks]:
     """A sender and a receiver over TCP, handshaken; the sender's loops run, the receiver's
     only once the test starts them."""
     client, server = await tcp_stream_pair()
-    sender = WriterCountingLink(client, A, b"t", role=Role.INITIATOR, peer_id=B.node_id)
-    receiver = PeerLink(server, B, b"t", role=Role.RESPONDER)
+    sender = WriterCountingLink(
+        client, A, b"t", role=Role.INITIATOR, address=B_AT, peer_id=B.node_id
+    )
+    receiver = PeerLink(server, B, b"t", role=Role.RESPONDER, address=B_AT)
     to_inbox, inbox = trio.open_memory_channel[Event](math.inf)
 
     async def ignore(link: PeerLink, event: Event) -> None:
