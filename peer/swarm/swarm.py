@@ -40,6 +40,7 @@ from peer.cluster.gossip import update_out
 from peer.cluster.membership import Membership, Status, Update
 from peer.cluster.rendezvous import owner_order
 from peer.fetch.download import Download
+from peer.log_throttle import LogThrottle
 from peer.rate_limit import RateLimiter
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
@@ -87,6 +88,7 @@ log = logging.getLogger("pollen.swarm")
 
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 CONNECT_TIMEOUT = 5.0
+REFUSALS_LOG_PERIOD = 10.0  # at most one line a period about refused incoming handshakes
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
 JOIN_POLL = 0.1  # how often a joining node looks for its first member to sync with
 JOIN_SYNC_RETRY = 1.0  # ... and asks another when the one asked did not answer
@@ -131,6 +133,7 @@ class Swarm:
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
+        self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.piece_size = piece_size
         self.upstream = upstream
         self.rng = rng if rng is not None else random.Random()
@@ -221,7 +224,10 @@ class Swarm:
                 await link.handshake()
             except LinkClosed as exc:
                 self.counters.links_refused += 1
-                log.warning("refused an incoming peer from %s: %s", address, exc)
+                untold = self._refusals_told.event(trio.current_time())
+                if untold is not None:  # a stranger can make these at will: one a period
+                    more = f" ({untold} more refused since the last such line)" if untold else ""
+                    log.warning("refused an incoming peer from %s: %s%s", address, exc, more)
                 return
             finally:
                 self.link_guard.handshake_over(address)

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from peer.cluster.membership import Membership
@@ -288,7 +289,9 @@ async def test_the_swarm_refuses_connections_over_its_limits_at_once(tmp_path: P
     assert swarm.counters.links_refused == 4  # the quiet ones failed their handshakes too
 
 
-async def test_the_swarm_closes_every_pre_handshake_piece_announcement(tmp_path: Path) -> None:
+async def test_the_swarm_closes_every_pre_handshake_piece_announcement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     swarm = make_swarm(tmp_path)
     count = 40
     with trio.fail_after(5):
@@ -306,3 +309,6 @@ async def test_the_swarm_closes_every_pre_handshake_piece_announcement(tmp_path:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert swarm.link_guard.handshakes == 0 and swarm.link_guard.connections(LOOPBACK) == 0
+    # A stranger makes these at will: one log line a period, not one each (40 lines before).
+    refusals = [r for r in caplog.records if "refused an incoming peer" in r.getMessage()]
+    assert len(refusals) == 1
