@@ -4,6 +4,7 @@ announcing large pieces, and the accepting side's connection limits."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Awaitable, Callable
@@ -109,14 +110,18 @@ async def serve(
     return port
 
 
-async def initiate(node_id: bytes, port: int, peer_id: bytes, outcomes: Outcomes) -> None:
+async def initiate(
+    node_id: bytes, port: int, peer_id: bytes, outcomes: Outcomes, dialed: str | None = None
+) -> None:
+    """Dial `peer_id` at 127.0.0.1:`port` as node `node_id`, which believes it is at `dialed`
+    (by default where `peer_id` is)."""
     stream = await trio.open_tcp_stream(LOOPBACK, port)
     link = PeerLink(
         stream,
         IDENTITIES[node_id],
         TOKEN,
         role=Role.INITIATOR,
-        address=AT[peer_id],
+        address=dialed if dialed is not None else AT[peer_id],
         peer_id=peer_id,
     )
     try:
@@ -201,6 +206,37 @@ async def test_a_proof_carried_from_a_connection_a_opened_is_refused_by_b() -> N
     (refusal,) = refusals
     assert isinstance(refusal, Error) and "token proof failed" in refusal.message
     assert isinstance(outcomes[A_ID], LinkClosed) and isinstance(outcomes[B_ID], LinkClosed)
+
+
+async def test_a_link_passed_through_unchanged_from_a_pinned_address_is_refused() -> None:
+    """M, a member, got A to dial B's id at M's own address (gossip is not signed) and passes
+    every byte on to B unchanged: A's and B's handshake would be their own, and M in the
+    middle could read and add frames (without encryption they carry no MAC). B sees from A's
+    Hello that A dialled M's address, and refuses before it says anything."""
+    outcomes: Outcomes = {}
+
+    async def pipe(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send_all(chunk)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await sink.send_eof()
+
+    async def relay(stream: trio.SocketStream) -> None:
+        async with await trio.open_tcp_stream(LOOPBACK, port_b) as to_b, trio.open_nursery() as n:
+            n.start_soon(pipe, stream, to_b)
+            n.start_soon(pipe, to_b, stream)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            port_b = await serve(nursery, responder(B_ID, outcomes))
+            port_m = await serve(nursery, relay)
+            await initiate(A_ID, port_m, B_ID, outcomes, dialed=AT[M_ID])
+            while len(outcomes) < 2:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert isinstance(outcomes[B_ID], LinkClosed) and "dialled m.test:1" in str(outcomes[B_ID])
+    assert isinstance(outcomes[A_ID], LinkClosed)
 
 
 async def test_pre_handshake_piece_announcements_close_the_link_at_once() -> None:
