@@ -386,6 +386,16 @@ def main() -> None:
     help="Seconds an idle client connection is kept open.",
 )
 @click.option(
+    "--min-read-rate",
+    default="16KiB/s",
+    show_default=True,
+    envvar="POLLEN_MIN_READ_RATE",
+    callback=_convert(lambda text: 0 if text.strip() == "0" else parse_rate(text), "rate"),
+    help="A client that takes an answer slower than this, over each minute it keeps the node "
+    "waiting, is disconnected (0: never): a connection being answered is never closed to "
+    "make room, so slow readers could otherwise hold every --max-connections slot.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_CONNECTIONS,
@@ -529,6 +539,7 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         disk_low=low,
         piece_size=options["piece_size"],
         idle_timeout=options["idle_timeout"],
+        min_read_rate=options["min_read_rate"],
         max_connections=options["max_connections"],
         max_connections_per_address=options["max_connections_per_address"],
         upstream_timeout=options["upstream_timeout"],

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from peer.front.read_pace import DEFAULT_MIN_RATE
 from pieces.layout import DEFAULT_PIECE_SIZE
 from pieces.room import Watermarks
 from pieces.store import CachePolicy
@@ -95,6 +96,7 @@ class NodeConfig:
     idle_timeout: float = 60.0
     # Client connections the registry port holds at once, in all and from one address
     # (peer/front/connection_limits.py); over them a connection is answered 503.
+    min_read_rate: int = DEFAULT_MIN_RATE  # bytes/s a client must take an answer at (0: any)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
     upstream_timeout: float = 30.0

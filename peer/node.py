@@ -381,6 +381,7 @@ class Node:
                     gate=ConnectionGate(
                         ConnectionLimits(config.max_connections, config.max_connections_per_address)
                     ),
+                    min_read_rate=config.min_read_rate,
                 )
                 if config.admin is not None:
                     admin = AdminFront(

@@ -22,6 +22,7 @@ import trio
 from peer.front.connection_limits import ConnectionLimits, client_key
 from peer.front.drain import Drain
 from peer.front.oci_errors import OciError
+from peer.front.read_pace import DEFAULT_MIN_RATE, ReadPace
 
 log = logging.getLogger("pollen.http")
 
@@ -74,10 +75,17 @@ class _FileRange:
 class HttpConnection:
     """The server side of one client connection."""
 
-    def __init__(self, stream: trio.SocketStream, idle_timeout: float, send_timeout: float):
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        idle_timeout: float,
+        send_timeout: float,
+        pace: ReadPace | None = None,
+    ):
         self.stream = stream
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
+        self.pace = pace if pace is not None else ReadPace()
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self.client = _peer_name(stream)
 
@@ -202,15 +210,18 @@ class HttpConnection:
             try:
                 sent = os.sendfile(out_fd, fd, offset, count)
             except BlockingIOError:
+                waiting_since = trio.current_time()
                 with trio.move_on_after(self.send_timeout) as scope:
                     await trio.lowlevel.wait_writable(sock)
                 if scope.cancelled_caught:
                     raise ClientGone(f"{self.client} stopped reading") from None
+                self._check_pace(trio.current_time() - waiting_since)
                 continue
             except OSError as exc:
                 raise ClientGone(f"{self.client}: {exc}") from exc
             if sent == 0:
                 raise ClientGone(f"file ended early while sending to {self.client}")
+            self.pace.sent(sent)
             offset += sent
             count -= sent
             # A fast reader keeps the socket writable: let other tasks run between calls.
@@ -228,6 +239,7 @@ class HttpConnection:
     async def _send(self, data: bytes | None) -> None:
         if not data:
             return
+        started = trio.current_time()
         with trio.move_on_after(self.send_timeout) as scope:
             try:
                 await self.stream.send_all(data)
@@ -235,6 +247,15 @@ class HttpConnection:
                 raise ClientGone(f"{self.client} closed the connection") from exc
         if scope.cancelled_caught:
             raise ClientGone(f"{self.client} stopped reading")
+        self.pace.sent(len(data))
+        self._check_pace(trio.current_time() - started)
+
+    def _check_pace(self, waited: float) -> None:
+        """The client kept us waiting `waited` seconds: close it if it reads too slowly."""
+        if self.pace.waited(waited):
+            raise ClientGone(
+                f"{self.client} reads under {self.pace.min_rate} bytes/s (--min-read-rate)"
+            )
 
     @property
     def keep_alive(self) -> bool:
@@ -317,24 +338,29 @@ async def serve_connection(
     send_timeout: float,
     drain: Drain | None = None,
     gate: ConnectionGate | None = None,
+    min_read_rate: float = DEFAULT_MIN_RATE,
 ) -> None:
     """Serve requests on one connection until the client leaves (or, once `drain` starts,
     until the request being answered is done; or, while it waits for a request, until `gate`
-    closes it to make room). Refused by `gate`, the connection is answered 503 and closed.
+    closes it to make room; or until the client takes an answer slower than `min_read_rate`
+    bytes/s over a window of waiting, read_pace.py). Refused by `gate`, the connection is
+    answered 503 and closed.
 
     Never raises but trio.Cancelled: an exception out of here would end trio.serve_listeners
     and with it the node. A handler's unexpected exception is logged with its traceback and
     answered with a 500 (or, mid-answer, the connection is cut).
     """
     if gate is None:
-        await _serve(stream, handler, idle_timeout, send_timeout, drain, None, 0)
+        await _serve(stream, handler, idle_timeout, send_timeout, drain, None, 0, min_read_rate)
         return
     ticket = gate.admit(_client_address(stream))
     if ticket is None:
         await _refuse(stream, gate.limits)
         return
     try:
-        await _serve(stream, handler, idle_timeout, send_timeout, drain, gate, ticket)
+        await _serve(
+            stream, handler, idle_timeout, send_timeout, drain, gate, ticket, min_read_rate
+        )
     finally:
         gate.release(ticket)
 
@@ -380,9 +406,10 @@ async def _serve(
     drain: Drain | None,
     gate: ConnectionGate | None,
     ticket: int,
+    min_read_rate: float,
 ) -> None:
     drain = drain or Drain()
-    conn = HttpConnection(stream, idle_timeout, send_timeout)
+    conn = HttpConnection(stream, idle_timeout, send_timeout, ReadPace(min_read_rate))
     try:
         while not drain.draining:
             request = None
