@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import tomllib
@@ -78,6 +79,17 @@ def _convert(parser: Any, what: str) -> Any:
     return callback
 
 
+def _rate_or_zero(text: str) -> int:
+    """A rate that may be 0 (`0`, `0KiB/s`: off); a rate that rounds to 0 bytes/s otherwise
+    (`1bit`) is refused rather than taken as off."""
+    if _ZERO_RATE.fullmatch(text):
+        return 0
+    rate = parse_rate(text)
+    if rate == 0:
+        raise ValueError(f"{text} is under 1 byte/s (give 0 to turn it off)")
+    return rate
+
+
 def _piece_size(text: str) -> int:
     """A --piece-size: a size a peer can carry in one frame and small enough pieces cannot
     outnumber what a node keeps state for."""
@@ -91,6 +103,7 @@ def _piece_size(text: str) -> int:
     return size
 
 
+_ZERO_RATE = re.compile(r"\s*0+(?:\.0*)?\s*(?:[a-zA-Z]+(?:/s)?)?\s*")
 _ARGV = "pollen.argv"
 
 
@@ -390,7 +403,7 @@ def main() -> None:
     default="16KiB/s",
     show_default=True,
     envvar="POLLEN_MIN_READ_RATE",
-    callback=_convert(lambda text: 0 if text.strip() == "0" else parse_rate(text), "rate"),
+    callback=_convert(_rate_or_zero, "rate"),
     help="A client that takes an answer slower than this, over each minute it keeps the node "
     "waiting, is disconnected (0: never): a connection being answered is never closed to "
     "make room, so slow readers could otherwise hold every --max-connections slot.",

@@ -594,6 +594,7 @@ class Node:
             idle_timeout=self.config.idle_timeout,
             send_timeout=SEND_TIMEOUT,
             gate=ConnectionGate(ConnectionLimits(SIDE_MAX_CONNECTIONS, SIDE_MAX_PER_ADDRESS)),
+            min_read_rate=self.config.min_read_rate,
         )
         nursery.start_soon(trio.serve_listeners, handler, listeners)
         port: int = listeners[0].socket.getsockname()[1]

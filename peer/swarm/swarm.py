@@ -296,9 +296,13 @@ class Swarm:
         if member is None or member.status is Status.DEAD:
             raise LinkClosed("not a live member")
         done = self._connecting[peer_id] = trio.Event()
+        # Read once: gossip rewrites a member's address in place, and the Hello must name the
+        # address this connection went to (else a lie that lands while it connects, or is
+        # refuted meanwhile, makes the Hello name another).
+        address = member.address
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(*member.address)
+                stream = await trio.open_tcp_stream(*address)
             # As the initiator we name the node we mean to reach: the handshake refuses any
             # other node that answers at that address, before we prove anything to it.
             link = PeerLink(
@@ -306,14 +310,14 @@ class Swarm:
                 self.identity,
                 self.token,
                 role=Role.INITIATOR,
-                address=address_text(*member.address),
+                address=address_text(*address),
                 peer_id=peer_id,
                 encrypt=self.peer_encryption,
             )
             await link.handshake()
         except (OSError, ValueError, trio.TooSlowError) as exc:  # ValueError: a bad host
             self.bans.unreachable(peer_id, trio.current_time())
-            raise LinkClosed(f"cannot reach {member.address}: {exc}") from exc
+            raise LinkClosed(f"cannot reach {address}: {exc}") from exc
         finally:
             del self._connecting[peer_id]
             done.set()

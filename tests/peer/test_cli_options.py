@@ -97,3 +97,14 @@ def test_a_piece_size_out_of_range_in_the_config_file_is_refused(
     assert result.exit_code == 2
     assert "piece-size" in result.output
     assert not started
+
+
+def test_the_minimum_read_rate_may_be_off_but_not_off_by_rounding(
+    tmp_path: Path, started: list[NodeConfig]
+) -> None:
+    for rate in ("0", "0KiB/s", "64KiB/s"):
+        assert "stopped by the test" in _run(tmp_path, "--min-read-rate", rate).output
+    assert [c.min_read_rate for c in started] == [0, 0, 64 * 1024]
+    result = _run(tmp_path, "--min-read-rate", "1bit")  # 0 bytes/s: not taken as off
+    assert result.exit_code == 2 and "--min-read-rate" in result.output
+    assert len(started) == 3

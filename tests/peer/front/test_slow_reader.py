@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import trio
@@ -53,5 +54,41 @@ async def test_a_client_that_reads_a_trickle_is_closed(tmp_path: Path) -> None:
             await answer()
             nursery.cancel_scope.cancel()
     assert closed and "reads under" in closed[0]
+    for sock in (client, server_sock, listener):
+        sock.close()
+
+
+async def test_small_sends_on_a_busy_node_are_not_charged_to_the_client() -> None:
+    # send_all's time includes the event loop's other work: a node whose loop runs behind
+    # (here a task that holds it 10 ms at a time) must not cut a client that reads at once.
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = trio.socket.socket()
+    await client.connect(listener.getsockname())
+    server_sock, _ = await listener.accept()
+    conn = HttpConnection(
+        trio.SocketStream(server_sock),
+        idle_timeout=5,
+        send_timeout=5,
+        pace=ReadPace(min_rate=10 * MiB, window=0.05),
+    )
+
+    async def busy_loop() -> None:
+        while True:
+            time.sleep(0.01)  # the loop held by other work
+            await trio.sleep(0)
+
+    async def read_all() -> None:
+        while await client.recv(65536):
+            pass
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy_loop)
+            nursery.start_soon(read_all)
+            for _ in range(100):
+                await conn._send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            nursery.cancel_scope.cancel()
     for sock in (client, server_sock, listener):
         sock.close()
