@@ -94,9 +94,9 @@ class NodeConfig:
     disk_low: float | None = None
     piece_size: int = DEFAULT_PIECE_SIZE
     idle_timeout: float = 60.0
+    min_read_rate: int = DEFAULT_MIN_RATE  # bytes/s a client must take an answer at (0: any)
     # Client connections the registry port holds at once, in all and from one address
     # (peer/front/connection_limits.py); over them a connection is answered 503.
-    min_read_rate: int = DEFAULT_MIN_RATE  # bytes/s a client must take an answer at (0: any)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
     upstream_timeout: float = 30.0

@@ -158,7 +158,8 @@ class Node:
         self.node_auth = NodeAuth(
             self.upstreams, load_credentials(config), NodeAuth.lent_names(config.auth_for_clients)
         )
-        if _peer_links_in_clear(config):
+        links_in_clear = _peer_links_in_clear(config)
+        if links_in_clear:
             log.warning(
                 "peer links are neither encrypted nor authenticated after the handshake "
                 "(--peer-encryption is off): clients' registry credentials and private pieces "
@@ -166,7 +167,7 @@ class Node:
                 "add frames of its own; give every node --peer-encryption where private "
                 "images are pulled or others share the network"
             )
-        if config.auth_file is not None and _peer_links_in_clear(config):
+        if config.auth_file is not None and links_in_clear:
             log.warning(
                 "--auth-file: the node's logins go with its requests for blobs to their "
                 "owners and, for preheat, to every member, like clients' credentials: peer "

@@ -1,6 +1,6 @@
 """How many client connections one front (the registry port, the admin API, Harbor's) holds
 at once: in all, and from one address. A pure policy: the caller admits each connection it
-accepts, releases it when it closes, and asks when to report the ones refused.
+accepts, releases it when it closes.
 
 Why: a connection costs a file descriptor and ~110 KiB (h11's buffers, the task). Without a
 bound, one client holding idle connections (each kept for the idle time-out, 60 s) took every
@@ -16,12 +16,13 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from peer.sources import source_of
+
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_PER_ADDRESS = 256
 # The fronts beside the registry port (admin API, Harbor's preheat API) see few clients.
 SIDE_MAX_CONNECTIONS = 64
 SIDE_MAX_PER_ADDRESS = 32
-REPORT_PERIOD = 10.0  # seconds between log lines about refused connections
 # Descriptors the node needs beside its client connections: peer links (up to 32 per
 # address, many addresses), upstream connections, the store's files, listeners.
 OTHER_DESCRIPTORS = 1024
@@ -31,15 +32,13 @@ def client_key(host: str) -> str:
     """Whom a connection from `host` counts against for the per-address bound: its IPv4
     address (an IPv4-mapped IPv6 one too), or its IPv6 /64 (one host is given a whole /64,
     and would otherwise count as 2**64 addresses)."""
+    source, _loopback = source_of(host)
+    if ":" not in source:
+        return source  # IPv4
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        return str(ipaddress.IPv6Network((source, 64), strict=False))
     except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+        return source  # not an address (getpeername gives none such)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +67,6 @@ class ConnectionLimits:
         self._by_address: dict[str, set[int]] = {}
         self._waiting: dict[int, float] = {}  # ticket -> since when it waits for a request
         self._next_ticket = 0
-        self._refused = 0  # since the last report
-        self._reported_at: float | None = None
 
     @property
     def open(self) -> int:
@@ -84,11 +81,11 @@ class ConnectionLimits:
         if self.held_by(address) >= self.per_address:
             evict = self._longest_waiting(self._by_address[address])
             if evict is None:
-                return self._refuse()
+                return Admission(None)
         elif self.open >= self.total:
             evict = self._longest_waiting(self._address)
             if evict is None:
-                return self._refuse()
+                return Admission(None)
         if evict is not None:
             self.release(evict)
         ticket = self._next_ticket
@@ -118,24 +115,9 @@ class ConnectionLimits:
         if not tickets:
             del self._by_address[address]  # the table holds only addresses with connections
 
-    def report_due(self, now: float) -> int | None:
-        """Connections refused since the last report, if a report is due now (at most one per
-        REPORT_PERIOD: a flood must not flood the log); else None."""
-        if not self._refused:
-            return None
-        if self._reported_at is not None and now - self._reported_at < REPORT_PERIOD:
-            return None
-        refused, self._refused = self._refused, 0
-        self._reported_at = now
-        return refused
-
     def _longest_waiting(self, tickets: Iterable[int]) -> int | None:
         waiting = [(self._waiting[t], t) for t in tickets if t in self._waiting]
         return min(waiting)[1] if waiting else None
-
-    def _refuse(self) -> Admission:
-        self._refused += 1
-        return Admission(None)
 
 
 def descriptor_shortfall(max_connections: int, open_file_limit: int) -> str | None:

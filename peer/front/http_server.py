@@ -23,12 +23,14 @@ from peer.front.connection_limits import ConnectionLimits, client_key
 from peer.front.drain import Drain
 from peer.front.oci_errors import OciError
 from peer.front.read_pace import DEFAULT_MIN_RATE, ReadPace
+from peer.log_throttle import LogThrottle
 
 log = logging.getLogger("pollen.http")
 
 MAX_REQUEST_HEAD = 64 * 1024
 RECEIVE_SIZE = 64 * 1024
 REFUSAL_TIMEOUT = 1.0  # seconds a refused connection may take to accept its 503
+REFUSALS_LOG_PERIOD = 10.0  # at most one line a period about refused connections
 _OVER_LIMIT = (
     b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n"
     b"content-type: text/plain\r\ncontent-length: 37\r\n\r\n"
@@ -299,6 +301,7 @@ class ConnectionGate:
         self.limits = limits
         self._scopes: dict[int, trio.CancelScope] = {}  # connections waiting for a request
         self._evicted: set[int] = set()  # evicted before their first wait began
+        self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)  # a flood must not flood the log
 
     def admit(self, address: str) -> int | None:
         """The new connection's ticket, or None: refuse it."""
@@ -331,6 +334,12 @@ class ConnectionGate:
         self.limits.release(ticket)
         self._evicted.discard(ticket)
 
+    def refused(self) -> int | None:
+        """A connection was refused: the number refused to report with it (this one and those
+        left out of the log since the last report), or None to leave it out."""
+        untold = self._refusals_told.event(trio.current_time())
+        return None if untold is None else untold + 1
+
 
 async def serve_connection(
     stream: trio.SocketStream,
@@ -356,7 +365,7 @@ async def serve_connection(
         return
     ticket = gate.admit(_client_address(stream))
     if ticket is None:
-        await _refuse(stream, gate.limits)
+        await _refuse(stream, gate)
         return
     try:
         await _serve(
@@ -378,10 +387,10 @@ def _client_address(stream: trio.SocketStream) -> str:
     return client_key(str(peer[0])) if isinstance(peer, tuple) else str(peer)
 
 
-async def _refuse(stream: trio.SocketStream, limits: ConnectionLimits) -> None:
+async def _refuse(stream: trio.SocketStream, gate: ConnectionGate) -> None:
     """Answer a connection over the limits with a 503 (without reading its request: a client
     reads the answer once it has sent) and close it; report the refused now and then."""
-    refused = limits.report_due(trio.current_time())
+    refused, limits = gate.refused(), gate.limits
     if refused is not None:
         log.warning(
             "refused %d client connection(s): every connection was being answered (%d open, at "

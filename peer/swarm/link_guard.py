@@ -30,27 +30,11 @@ A pure object: the driver calls `admit`, then `handshake_over` once the handshak
 
 from __future__ import annotations
 
-import ipaddress
+from peer.sources import source_of
 
 DEFAULT_MAX_PER_ADDRESS = 32
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 4
 DEFAULT_MAX_HANDSHAKES = 256  # a few KiB each: 256 hold about a MiB
-
-
-def source_of(address: str) -> tuple[str, bool]:
-    """The source `address` counts against, and whether it is loopback.
-
-    An address that does not parse (none should: it comes from getpeername) is its own source.
-    """
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])  # without an IPv6 zone
-    except ValueError:
-        return address, False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        return str(ip), ip.is_loopback
-    return str(ip), ip.is_loopback
 
 
 class LinkGuard:

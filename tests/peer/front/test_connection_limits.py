@@ -5,16 +5,18 @@ connection is being answered, and how often the refused are reported."""
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 from peer.front.connection_limits import (
-    REPORT_PERIOD,
     Admission,
     ConnectionLimits,
     client_key,
     descriptor_shortfall,
 )
+from peer.front.http_server import REFUSALS_LOG_PERIOD, ConnectionGate
 
 
 def test_a_new_connection_takes_the_place_of_the_longest_waiting() -> None:
@@ -57,18 +59,20 @@ def test_an_evicted_connection_released_again_changes_nothing() -> None:
     assert limits.open == 1 and limits.held_by("a") == 1
 
 
-def test_the_refused_are_reported_at_most_once_a_period() -> None:
-    limits = ConnectionLimits(total=1, per_address=1)
-    ticket = limits.admit("a", now=0.0).ticket
+async def test_the_refused_are_reported_at_most_once_a_period_each_counted(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    gate = ConnectionGate(ConnectionLimits(total=1, per_address=1))
+    ticket = gate.admit("a")
     assert ticket is not None
-    limits.answering(ticket)
-    assert limits.report_due(0.0) is None  # nothing refused
-    for _ in range(3):
-        assert limits.admit("b", now=0.5).ticket is None
-    assert limits.report_due(1.0) == 3
-    assert limits.admit("b", now=1.0).ticket is None
-    assert limits.report_due(1.0 + REPORT_PERIOD / 2) is None
-    assert limits.report_due(1.0 + REPORT_PERIOD) == 1
+    gate.limits.answering(ticket)
+    reports = []
+    for step in (0.0, 0.5, 0.5, REFUSALS_LOG_PERIOD, 1.0, REFUSALS_LOG_PERIOD):
+        mock_clock.jump(step)
+        assert gate.admit("b") is None
+        reports.append(gate.refused())
+    # The first told at once; then one line a period, with those left out since.
+    assert reports == [1, None, None, 3, None, 2]
 
 
 def test_limits_of_at_least_one() -> None:
