@@ -114,10 +114,6 @@ def _members(value: Any) -> bool:
     )
 
 
-# A PieceMeta that cuts a blob into pieces over MAX_PIECE_SIZE (pieces/layout.py) is refused:
-# no peer could send them, and the links that tried would close one after the other.
-
-
 _CHECKS: dict[str, Check] = {
     "version": _int,
     "node_id": _bytes(16),
@@ -133,6 +129,8 @@ _CHECKS: dict[str, Check] = {
     "repository": is_valid_repository,
     "authorization": _opt_str,
     "size": _int,
+    # Pieces over MAX_PIECE_SIZE (pieces/layout.py): no peer could send them, and the links
+    # that tried would close one after the other.
     "piece_size": lambda v: _int(v) and 0 < v <= MAX_PIECE_SIZE,
     "hashes": _hashes,
     "status": lambda v: type(v) is int and 100 <= v <= 599,

@@ -30,7 +30,7 @@ def node_id_of(public: bytes) -> bytes:
 class NodeIdentity:
     """An identity key pair and the node id it stands for."""
 
-    __slots__ = ("key", "node_id", "private", "public")
+    __slots__ = ("node_id", "private", "public")
 
     def __init__(self, key: bytes) -> None:
         """`key`: the X25519 private key, 32 bytes.
@@ -40,7 +40,6 @@ class NodeIdentity:
         """
         if len(key) != KEY_BYTES:
             raise ValueError(f"an identity key is {KEY_BYTES} bytes, not {len(key)}")
-        self.key = key
         self.private = X25519PrivateKey.from_private_bytes(key)
         self.public = self.private.public_key().public_bytes_raw()
         self.node_id = node_id_of(self.public)
