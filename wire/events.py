@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 # exchange for session keys, and optional sealing of every frame after it.
 # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
 # (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
-PROTOCOL_VERSION = 6
+# 5: Want's held_only; 6: proven node ids and the dialled address; 7: Inflow, which a version
+# 6 node would close the link for.
+PROTOCOL_VERSION = 7
 # A Refused header: the answer to a held-only Want when the blob is neither held nor being
 # fetched from the upstream by the node asked.
 NOT_HELD_HEADER = "x-pollen-not-held"
@@ -237,6 +239,17 @@ class Warmed:
 
 
 @dataclass(frozen=True, slots=True)
+class Inflow:
+    """How many transfers come into the sender's downlink now: pieces arriving from peers,
+    and answers arriving from the upstream. Sent to the peers that hold its Requests while they
+    send it nothing, when the number changes (peer/swarm/inflow.py); an uploader gives a free
+    slot to the waiting link whose receiver has the fewest (peer/swarm/upload_lanes.py)."""
+
+    TYPE: ClassVar[int] = 21
+    inflows: int
+
+
+@dataclass(frozen=True, slots=True)
 class Members:
     """Push-pull membership sync: everything the sender knows (node id, host, port,
     incarnation, status); the receiver merges it and answers with its own once."""
@@ -267,6 +280,7 @@ Event = (
     | Access
     | Warm
     | Warmed
+    | Inflow
 )
 
 EVENT_TYPES: dict[int, type[Any]] = {
@@ -292,6 +306,7 @@ EVENT_TYPES: dict[int, type[Any]] = {
         Access,
         Warm,
         Warmed,
+        Inflow,
     )
 }
 

@@ -44,6 +44,7 @@ MAX_INT = 2**63 - 1
 _MIN_HEADER_RECORD = PREFIX.size + 1 + TAG
 _MAX_HEADER_RECORD = PREFIX.size + MAX_HEADER + TAG
 MAX_ORIGINS = 8  # registries a private blob came from (PieceMeta.origins)
+MAX_INFLOWS = 65_535  # Inflow.inflows: more transfers than a node has links and fetches
 
 Check = Callable[[Any], bool]
 
@@ -147,6 +148,7 @@ _CHECKS: dict[str, Check] = {
     "reply": lambda v: type(v) is bool,
     "held_only": lambda v: type(v) is bool,
     "request": lambda v: type(v) is int and 0 <= v < 2**63,
+    "inflows": lambda v: type(v) is int and 0 <= v <= MAX_INFLOWS,
 }
 
 

@@ -399,7 +399,7 @@ class SwarmFetch:
         sends = self.picker.schedule(self.queue.now)
         if sends:
             node.world.stats.requests += len(sends)
-            node.send_many(sends)
+            node.send_many(node.with_inflow(sends))
         at = self.picker.wake_at(self.queue.now)
         if at is not None and (self._deadline is None or at < self._deadline):
             self._deadline = at

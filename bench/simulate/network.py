@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bench.simulate.events import EventQueue
@@ -150,6 +150,9 @@ class Network:
         self.active: dict[Flow, None] = {}  # insertion-ordered: the same run, the same order
         self.recomputations = 0
         self.most_flows = 0
+        # Called with a flow that started or stopped sending (a transfer, or back-to-back
+        # transfers on one connection): what a receiving node sees as a link delivering.
+        self.on_activity: Callable[[Flow], None] | None = None
         self._dirty = False
         self._step_pending = False
 
@@ -177,6 +180,7 @@ class Network:
         flow.version += 1
         self.active[flow] = None
         self._changed()
+        self._activity(flow)
 
     def close(self, flow: Flow) -> None:
         """The connection is gone (a host died): what was under way is cut off."""
@@ -190,6 +194,7 @@ class Network:
             flow.sent += int(flow.size - flow.remaining)
             del self.active[flow]
             self._changed()
+            self._activity(flow)
 
     def _changed(self) -> None:
         self._dirty = True
@@ -199,6 +204,10 @@ class Network:
             # The next point of the grid strictly after now (a step never runs twice at once).
             at = (math.floor(self.queue.now / step + 1e-9) + 1) * step
             self.queue.at(at, self._step)
+
+    def _activity(self, flow: Flow) -> None:
+        if self.on_activity is not None:
+            self.on_activity(flow)
 
     def _sync(self, flow: Flow) -> None:
         if flow.rate:
@@ -240,6 +249,7 @@ class Network:
             flow.rate = 0.0
             del self.active[flow]
             self._changed()
+            self._activity(flow)
             return
         # The next transfer on the same connection: the same flow, at the same rate.
         flow.size = size

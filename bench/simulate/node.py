@@ -26,6 +26,7 @@ from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
 from peer.swarm.fetch import PEERS_WHILE_OWNING
 from peer.swarm.held_probe import fetches_from, not_held
+from peer.swarm.inflow import InflowReports
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import Seeder
 from wire.events import (
@@ -35,6 +36,7 @@ from wire.events import (
     Choke,
     Event,
     Have,
+    Inflow,
     Peers,
     PeersRequest,
     PieceMeta,
@@ -109,6 +111,12 @@ class SimNode:
         self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
         self.blobs: dict[str, BlobState] = {}
         self.upstream_fetches = 0
+        # As the node's swarm: how many transfers come in, told to the peers where our
+        # requests wait (peer/swarm/inflow.py): peers' flows into this host now, and the
+        # registry's (its answers; their changes alone are not told, as in the node).
+        self.inflow = InflowReports()
+        self.receiving = 0
+        self.upstream_streams = 0
         self.epoch = 0  # bumped whenever membership reports a change
         self._owners: dict[str, tuple[int, list[bytes]]] = {}
         self._ids: frozenset[bytes] = frozenset()
@@ -368,12 +376,56 @@ class SimNode:
             self.heard_at.pop(peer, None)  # a new link starts afresh, as a PeerLink does
             self.uploader.link_lost(peer)
             self.choker.lost(peer)
+            self.inflow.forget(peer)
             for state in list(self.blobs.values()):
                 state.bitfield_sent.discard(peer)
                 if state.seeder is not None:
                     self._seeded(state, state.seeder.left(peer, self.world.queue.now))
                 if state.fetch is not None:
                     state.fetch.on_link_lost(peer)
+
+    # ---- how many transfers come in (peer/swarm/inflow.py) -----------------------------------
+
+    def inflows(self) -> int:
+        """As the node: links receiving a piece now (a flow from a peer), and answers
+        arriving from the registry now."""
+        return self.receiving + self.upstream_streams
+
+    def receiving_changed(self, delta: int) -> None:
+        """A peer's flow into this host started (+1) or stopped (-1)."""
+        self.receiving += delta
+        due = self.inflow.changed(self.world.queue.now)
+        if due is not None:
+            self.world.queue.at(due, self._tell_inflows, None)
+
+    def _tell_inflows(self, _arg: object) -> None:
+        if not self.alive:
+            return
+        inflows = self.inflows()
+        for peer in self.inflow.flush(inflows, self._requests_waiting_at()):
+            self.send(peer, Inflow(inflows))
+
+    def _requests_waiting_at(self) -> list[bytes]:
+        """The peers holding requests of ours that send us nothing now (in a fixed order)."""
+        asked: set[bytes] = set()
+        for state in self.blobs.values():
+            if state.fetch is not None:
+                asked |= state.fetch.picker.asking()
+        by_id = self.world.by_id
+        return [p for p in sorted(asked) if not by_id[p].uploader.sending_to(self.node_id)]
+
+    def with_inflow(self, sends: list[Send]) -> list[Send]:
+        """`sends` with an Inflow before the first Request to each peer that must hear the
+        number first (as the node's fetch posts them)."""
+        out: list[Send] = []
+        told: set[bytes] = set()
+        for send in sends:
+            if isinstance(send.event, Request) and send.peer not in told:
+                told.add(send.peer)
+                if self.inflow.before_requests(send.peer, self.inflows()):
+                    out.append(Send(send.peer, Inflow(self.inflows())))
+            out.append(send)
+        return out
 
     def send(self, peer: bytes, event: Event | MembersSync | MemberWord) -> None:
         self.world.send(self, peer, event)
@@ -536,6 +588,9 @@ class SimNode:
         if state is not None and state.fetch is not None:
             state.fetch.on_reject(source, event.index)
 
+    def _on_inflow(self, source: bytes, event: Inflow) -> None:
+        self.uploader.lanes.report(source, event.inflows)
+
     def _on_choke(self, source: bytes, event: Choke | Unchoke) -> None:
         choking = isinstance(event, Choke)
         for state in list(self.blobs.values()):
@@ -655,6 +710,7 @@ _HANDLERS: dict[type, Callable[[SimNode, bytes, Any], None]] = {
     Request: SimNode._on_request,
     Cancel: SimNode._on_cancel,
     Reject: SimNode._on_reject,
+    Inflow: SimNode._on_inflow,
     Choke: SimNode._on_choke,
     Unchoke: SimNode._on_choke,
     MembersSync: SimNode._on_members,

@@ -79,6 +79,11 @@ class Uploader:
         # peer -> (digest, index) -> its open request (for Cancel)
         self.open: dict[bytes, dict[tuple[str, int], UploadRequest]] = {}
 
+    def sending_to(self, peer: bytes) -> bool:
+        """Is a piece on its way to `peer` now (its connection's flow active)?"""
+        sender = self.senders.get(peer)
+        return sender is not None and sender.flow is not None and sender.flow.active
+
     def request(self, peer: bytes, digest: str, index: int) -> None:
         node = self.node
         if not node.choker.request(peer, node.world.queue.now):

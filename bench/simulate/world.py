@@ -155,6 +155,8 @@ class Simulation:
         # The origin is host 0; it sends only (its downlink carries requests: unshaped).
         self.network = Network(self.queue, [float(config.origin_up)], [None], config.rate_step)
         self.origin_host = 0
+        self.network.on_activity = self._flow_activity
+        self.by_host: dict[int, SimNode] = {}
         self.nodes: list[SimNode] = []
         self.by_id: dict[bytes, SimNode] = {}
         self.by_address: dict[Address, SimNode] = {}
@@ -197,7 +199,19 @@ class Simulation:
         self.nodes.append(node)
         self.by_id[node.node_id] = node
         self.by_address[address] = node
+        self.by_host[host] = node
         return node
+
+    def _flow_activity(self, flow: Flow) -> None:
+        """A flow into a host started or stopped: a peer's, or the registry's answer."""
+        node = self.by_host.get(flow.dst)
+        if node is None or not node.alive:
+            return
+        delta = 1 if flow.active else -1
+        if flow.src == self.origin_host:
+            node.upstream_streams += delta
+        else:
+            node.receiving_changed(delta)
 
     def _start(self, node: SimNode) -> None:
         node.start()

@@ -125,6 +125,9 @@ class OwnerUpstream:
     def busy(self) -> bool:
         return self._fetcher.busy()
 
+    def streams(self) -> int:
+        return self._fetcher.streams
+
     async def fetch_runs(
         self,
         download: Download,

@@ -133,6 +133,7 @@ class UpstreamFetcher:
         self._upstreams = upstreams
         self._download_limit = download_limit or RateLimiter(None)
         self.running = 0  # fetches from the upstream now (the swarm yields to them)
+        self.streams = 0  # answers arriving from the upstream now (peer/swarm/inflow.py)
         self._digests: collections.Counter[str] = collections.Counter()  # ... of these blobs
         self.bytes_from_upstream = 0
         # Blobs whose registry was still busy when an owner's fetch gave up: (namespace,
@@ -382,6 +383,7 @@ class UpstreamFetcher:
             connect_timeout=config.connect_timeout,
             stall_timeout=config.stall_timeout,
         )
+        self.streams += 1
         try:
             if beside_others and body.status not in (200, 206):
                 # A refusal is the client's answer, a 5xx may be this very concurrency:
@@ -447,6 +449,7 @@ class UpstreamFetcher:
                 buffers = BUFFER_COUNT // RANGES_AT_ONCE if beside_others else BUFFER_COUNT
                 await self._pump(download, body, partial, start, stop, buffers)
         finally:
+            self.streams -= 1
             await body.aclose()
         return partial
 

@@ -165,6 +165,10 @@ class SwarmFetch:
         """The peers this fetch exchanges pieces with (the picker's: none before it exists)."""
         return set(self.picker.peers) if self.picker is not None else set()
 
+    def asking(self) -> set[bytes]:
+        """The peers holding requests of this fetch."""
+        return self.picker.asking() if self.picker is not None else set()
+
     async def run(self) -> None:
         await self.swarm.view_settled()
         while True:
@@ -580,6 +584,8 @@ class SwarmFetch:
                 requests[link] = requests.get(link, 0) + 1
             batches.setdefault(link, []).append(event)
         for link, events in batches.items():
+            if requests.get(link) and (told := self.swarm.inflow_before_requests(link.peer_id)):
+                events.insert(0, told)  # the uploader ranks our link by it (inflow.py)
             link.post_many(events)
 
     def _send_access(self, peers: set[bytes]) -> None:

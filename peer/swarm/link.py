@@ -116,6 +116,10 @@ class PeerLink:
         self.pieces_cancelled = 0
         self._lowat = 1  # the socket's SO_RCVLOWAT (1 is the kernel's default)
         self._payload_lowat = PAYLOAD_LOWAT  # 1 once a wait with the mark set ran out
+        # A piece's payload is arriving (peer/swarm/inflow.py counts such links); the owner
+        # of the link is told when that changes.
+        self.receiving_piece = False
+        self.on_receiving: Callable[[], None] | None = None
 
     @property
     def peer_id(self) -> bytes:
@@ -390,9 +394,13 @@ class PeerLink:
             if event is not NEED_DATA:
                 if isinstance(event, Error):
                     raise LinkClosed(f"peer closed with {event.code}: {event.message}")
+                if self.receiving_piece and isinstance(event, Piece):
+                    self._receiving(False)
                 return event
             payload = self.protocol.payload_buffer()
             if payload is not None:
+                if not self.receiving_piece:
+                    self._receiving(True)
                 try:
                     count = await self._receive_into(payload)
                 finally:
@@ -415,6 +423,11 @@ class PeerLink:
             if data:
                 self.heard_at = trio.current_time()
             self.protocol.receive_data(data)
+
+    def _receiving(self, receiving: bool) -> None:
+        self.receiving_piece = receiving
+        if self.on_receiving is not None:
+            self.on_receiving()
 
     async def _receive_into(self, payload: memoryview) -> int:
         """The rest of a large piece, into its own buffer: straight from a socket, or one

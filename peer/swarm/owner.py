@@ -54,6 +54,10 @@ class PeerUpstream(Protocol):
         """Is this node fetching from an upstream now?"""
         ...
 
+    def streams(self) -> int:
+        """Answers arriving from an upstream now (a blob fetched in parts has several)."""
+        ...
+
     async def fetch_runs(
         self,
         download: Download,

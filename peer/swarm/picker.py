@@ -112,6 +112,10 @@ class PiecePicker:
         state = self._peers.get(peer)
         return set(state.available) if state is not None else set()
 
+    def asking(self) -> set[bytes]:
+        """The peers with requests of ours outstanding."""
+        return {peer for peer, state in self._peers.items() if state.asked}
+
     def requests_at(self, peer: bytes) -> int:
         state = self._peers.get(peer)
         return len(state.asked) if state is not None else 0

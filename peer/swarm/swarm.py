@@ -49,6 +49,7 @@ from peer.swarm.choker import Choker
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
 from peer.swarm.grants import Grants
+from peer.swarm.inflow import InflowReports
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
@@ -67,6 +68,7 @@ from wire.events import (
     Event,
     FileRange,
     Have,
+    Inflow,
     Members,
     Peers,
     PeersRequest,
@@ -154,6 +156,10 @@ class Swarm:
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
         self.recent_pieces = RecentPieces()
+        # Telling the peers where our requests wait how many transfers come in (inflow.py).
+        self.inflow = InflowReports()
+        self._inflow_wake = trio.Event()
+        self._inflow_due = 0.0
         self.owner = OwnerSide(
             store,
             access,
@@ -197,6 +203,7 @@ class Swarm:
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._timers)
+            nursery.start_soon(self._inflow_loop)
             task_status.started()
 
     async def _accept(self, stream: trio.SocketStream) -> None:
@@ -243,6 +250,7 @@ class Swarm:
         # (answers come back on the link a request went out on); new requests use the newest.
         self.links[link.peer_id] = link
         self._open_links.setdefault(link.peer_id, set()).add(link)
+        link.on_receiving = self._inflow_changed
         try:
             await link.run(self._on_event)
         except Exception:
@@ -264,6 +272,8 @@ class Swarm:
             else:
                 del self.links[peer]
         self.warming.link_closed(link)
+        if link.receiving_piece:
+            self._inflow_changed()  # a piece that will not arrive: one transfer fewer
         last = peer not in self.links  # its last link: the peer is gone for now
         for state in self.digests.values():
             if state.fetch is not None:
@@ -271,6 +281,8 @@ class Swarm:
         if not last:
             return
         self.choker.lost(peer)
+        self.inflow.forget(peer)
+        self.uploads.lanes.report(peer, None)
         for state in self.digests.values():
             self.owner.peer_lost(state, peer)
             state.bitfield_sent.discard(peer)
@@ -405,6 +417,51 @@ class Swarm:
                 self.forget_idle_digests()
                 next_forget = now + FORGET_PERIOD
 
+    # ---- how many transfers come in (inflow.py) ----------------------------------------------
+
+    def inflows(self) -> int:
+        """Transfers coming into this node's downlink now: links receiving a piece, and
+        answers arriving from the upstream."""
+        receiving = sum(
+            link.receiving_piece and not link.closed
+            for links in self._open_links.values()
+            for link in links
+        )
+        return receiving + self.upstream.streams()
+
+    def _inflow_changed(self) -> None:
+        due = self.inflow.changed(trio.current_time())
+        if due is not None:
+            self._inflow_due = due
+            self._inflow_wake.set()
+
+    async def _inflow_loop(self) -> None:
+        while True:
+            await self._inflow_wake.wait()
+            self._inflow_wake = trio.Event()
+            await trio.sleep_until(self._inflow_due)
+            inflows = self.inflows()
+            for peer in self.inflow.flush(inflows, self._requests_waiting_at()):
+                if (link := self.links.get(peer)) is not None and not link.closed:
+                    link.post(Inflow(inflows))
+
+    def _requests_waiting_at(self) -> list[bytes]:
+        """The peers holding requests of ours that send us no piece now."""
+        asked: set[bytes] = set()
+        for state in self.digests.values():
+            if state.fetch is not None:
+                asked |= state.fetch.asking()
+        return [
+            peer
+            for peer in asked
+            if not any(link.receiving_piece for link in self._open_links.get(peer, ()))
+        ]
+
+    def inflow_before_requests(self, peer: bytes) -> Inflow | None:
+        """What `peer` must hear before the Requests about to go to it (None: nothing)."""
+        inflows = self.inflows()
+        return Inflow(inflows) if self.inflow.before_requests(peer, inflows) else None
+
     def _post_all(self, sends: list[Send]) -> None:
         for send in sends:
             if (link := self.links.get(send.peer)) is not None:
@@ -491,6 +548,8 @@ class Swarm:
                 self.view_ready.set()
         elif isinstance(event, Bitfield):
             await self._on_bitfield(link, event)
+        elif isinstance(event, Inflow):
+            self.uploads.lanes.report(link.peer_id, event.inflows)
         elif isinstance(event, Choke | Unchoke):
             for state in self.digests.values():
                 if state.fetch is not None:

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from pieces.layout import MAX_PIECE_SIZE
 from wire import events as ev
+from wire.frames import MAX_INFLOWS
 
 digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
 ids = st.binary(min_size=16, max_size=16)
@@ -46,6 +47,7 @@ events = st.one_of(
     st.builds(ev.Cancel, digests, indexes),
     st.builds(ev.Reject, digests, indexes, text),
     st.builds(ev.Choke),
+    st.builds(ev.Inflow, st.integers(0, MAX_INFLOWS)),
     st.builds(ev.Unchoke),
     st.builds(ev.PeersRequest, digests),
     st.builds(

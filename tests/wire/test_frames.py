@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,14 +10,29 @@ from hypothesis import strategies as st
 from pieces.layout import MAX_PIECE_SIZE
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
-from wire.events import PROTOCOL_VERSION, Event, FileRange, Hello, Piece, PieceMeta, Proof
-from wire.frames import PREFIX, FrameDecoder, PayloadPool, encode
+from wire.events import (
+    PROTOCOL_VERSION,
+    Event,
+    FileRange,
+    Hello,
+    Inflow,
+    Piece,
+    PieceMeta,
+    Proof,
+)
+from wire.frames import MAX_INFLOWS, PREFIX, FrameDecoder, PayloadPool, encode
 
 MAX = 1 << 20
 
 
 def frame(event: Event) -> bytes:
     return b"".join(b for b in encode(event) if not isinstance(b, FileRange))
+
+
+def _raw_frame(header: list[object]) -> bytes:
+    """A frame with any header at all: what a hostile peer can send."""
+    packed: bytes = msgpack.packb(header)
+    return PREFIX.pack(len(packed), len(packed)) + packed
 
 
 def normalized(event: Event) -> Event:
@@ -106,6 +122,18 @@ def test_wrong_field_sizes_are_refused(event: Event) -> None:
     decoder.feed(frame(event))
     with pytest.raises(RemoteProtocolError, match="bad field"):
         decoder.next_event()
+
+
+@pytest.mark.parametrize("inflows", [-1, MAX_INFLOWS + 1, 2**40, True, 1.0, "3", None])
+def test_an_inflow_count_out_of_range_or_not_a_number_is_refused(inflows: object) -> None:
+    # An uploader ranks waiting links by it and keeps it per peer: a number, and small.
+    decoder = FrameDecoder(MAX)
+    decoder.feed(_raw_frame([Inflow.TYPE, inflows]))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(Inflow(MAX_INFLOWS)))
+    assert decoder.next_event() == Inflow(MAX_INFLOWS)
 
 
 def test_a_piece_size_no_frame_can_carry_is_refused() -> None:

@@ -259,6 +259,9 @@ class DiskFullUpstream:
     def busy(self) -> bool:
         return True
 
+    def streams(self) -> int:
+        return 1
+
     def in_flight(self, digest: str) -> Download | None:
         return None
 
@@ -316,7 +319,11 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
     partial = await store.open_partial(DIGEST, len(data), piece_size=256)
     posted: list[object] = []
     link = PostingLink(PEER, posted)
-    swarm = SimpleNamespace(upstream=DiskFullUpstream(), links={PEER: link})
+    swarm = SimpleNamespace(
+        upstream=DiskFullUpstream(),
+        links={PEER: link},
+        inflow_before_requests=lambda peer: None,  # told already
+    )
     fetch = SwarmFetch(
         swarm,  # type: ignore[arg-type]
         DigestState(DIGEST),

@@ -280,6 +280,9 @@ class NoUpstream:
     def busy(self) -> bool:
         return False
 
+    def streams(self) -> int:
+        return 0
+
     async def fetch_runs(
         self,
         download: Download,

@@ -305,3 +305,25 @@ async def test_what_a_full_socket_did_not_take_goes_first_and_the_rest_in_order(
         received = [await links.inbox.receive() for _ in range(count)]
     assert 0 < written_at_once < size  # the socket took part of the first batch at once...
     assert received == [Have(DIGEST, i) for i in range(count)]  # ...and nothing was lost
+
+
+async def test_a_link_says_while_a_piece_arrives_and_when_it_is_whole() -> None:
+    """The swarm counts the links a piece is arriving on (the Inflow it tells the peers where
+    its requests wait, peer/swarm/inflow.py): a link says when one starts arriving and when
+    it is whole, and not for the control messages around it."""
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        seen: list[bool] = []
+        raw.downloader.on_receiving = lambda: seen.append(raw.downloader.receiving_piece)
+        assert not raw.downloader.receiving_piece
+        half = len(raw.frames) // 2
+        await raw.stream.send_all(raw.frames[:half])
+        with trio.fail_after(5 * LOWAT_WAIT):
+            while not raw.downloader.receiving_piece:
+                await trio.sleep(0.01)
+        assert seen == [True]
+        await raw.stream.send_all(raw.frames[half:])
+        assert isinstance(await raw.events.receive(), Piece)
+        assert not raw.downloader.receiving_piece
+        assert await raw.events.receive() == Have(DIGEST, 3)
+        assert seen == [True, False]

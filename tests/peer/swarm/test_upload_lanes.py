@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.swarm.upload_lanes import OVERTAKES, TURN_PIECES, UploadLanes
+from peer.swarm.upload_lanes import OVERTAKES, PASSED_OVER, TURN_PIECES, UploadLanes
 
 
 def test_a_link_keeps_its_slot_while_it_has_requests() -> None:
@@ -287,3 +287,69 @@ def test_a_peer_whose_fast_rate_goes_stale_starves_nobody() -> None:
         assert not lanes.waiting or len(lanes.serving) == 3  # no slot idle while a link waits
     assert served == asked  # every honest request went out
     assert lanes.serving == ["hostile"] and lanes.waiting == []
+
+
+def test_a_free_slot_goes_to_the_waiting_link_whose_receiver_takes_in_the_least() -> None:
+    """One more flow into a downlink that takes pieces from many peers adds little; into one
+    that takes from few, what it lacks. Urgent requests still go first; equal counts (or
+    none said: as none coming in) in the order the links began to wait."""
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    for waiter, ticket, inflows in [("b", 2, 7), ("c", 3, 2), ("d", 4, 5), ("e", 5, 2)]:
+        lanes.report(waiter, inflows)
+        assert lanes.add(waiter, ticket) == []
+    lanes.add("f", 6)  # said nothing
+    lanes.report("d", 0)  # said again: it lost its senders
+    order: list[Hashable] = []
+    sending: Hashable = 1
+    peer: Hashable = "a"
+    for _ in range(6):
+        turns = lanes.finished(peer, sending)
+        if not turns:
+            break
+        sending = turns[0]
+        peer = lanes.serving[0]
+        order.append(peer)
+    assert order == ["d", "f", "c", "e", "b"]
+
+
+def test_an_urgent_request_goes_before_a_receiver_that_takes_in_less() -> None:
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    lanes.report("b", 0)
+    lanes.add("b", 2)
+    lanes.report("c", 9)
+    lanes.add("c", 3, urgent=True)
+    assert lanes.finished("a", 1) == [3]
+
+
+def test_a_link_passed_over_too_often_gets_the_next_slot_whatever_its_receiver_says() -> None:
+    """A count that never falls (a peer that stopped saying, or lies) delays its link, it does
+    not starve it."""
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 0) == [0]
+    lanes.report("busy", 50)
+    lanes.add("busy", "x")
+    granted = []
+    sending: Hashable = 0
+    peer: Hashable = "a"
+    for n in range(PASSED_OVER + 2):
+        fresh = f"p{n}"
+        lanes.report(fresh, 1)
+        lanes.add(fresh, n + 1)
+        turns = lanes.finished(peer, sending)
+        sending = turns[0]
+        peer = lanes.serving[0]
+        granted.append(peer)
+    assert granted.index("busy") == PASSED_OVER
+
+
+def test_what_a_peer_said_is_forgotten_with_it() -> None:
+    lanes = UploadLanes(slots=1)
+    assert lanes.add("a", 1) == [1]
+    lanes.report("b", 9)
+    lanes.add("b", 2)
+    lanes.report("c", 3)
+    lanes.add("c", 3)
+    lanes.report("b", None)  # its link closed: as one that never said
+    assert lanes.finished("a", 1) == [2]
