@@ -28,6 +28,10 @@ from collections.abc import Iterable
 # as they were up to 0.1 s before 1.14, up to 0.25 s before 1.18: the number must be fresh,
 # and a count the uploader works out itself (the rate its last turn went at) gained nothing.
 COALESCE = 0.02
+# A link whose last piece ended this recently still counts as receiving: back to back, the
+# next piece's frame is on its way (the simulator's flow stays one flow). Under COALESCE, so
+# that a flush a change set off sees a link whose pieces stopped as stopped.
+RECEIVING_GAP = COALESCE / 2
 
 
 class InflowReports:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -116,9 +117,11 @@ class PeerLink:
         self.pieces_cancelled = 0
         self._lowat = 1  # the socket's SO_RCVLOWAT (1 is the kernel's default)
         self._payload_lowat = PAYLOAD_LOWAT  # 1 once a wait with the mark set ran out
-        # A piece's payload is arriving (peer/swarm/inflow.py counts such links); the owner
-        # of the link is told when that changes.
+        # A piece is arriving, or being handled once whole (peer/swarm/inflow.py counts such
+        # links, and those whose piece ended just now); the owner of the link is told when
+        # that changes.
         self.receiving_piece = False
+        self.piece_done_at = -math.inf
         self.on_receiving: Callable[[], None] | None = None
 
     @property
@@ -260,6 +263,9 @@ class PeerLink:
             while True:
                 event = await self._next_event()
                 await on_event(self, event)
+                if isinstance(event, Piece):
+                    self.piece_done_at = trio.current_time()
+                    self._receiving(False)
         except RemoteProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", self.peer_id.hex()[:12], exc)
             await self._close_with_error("protocol", str(exc))
@@ -394,8 +400,8 @@ class PeerLink:
             if event is not NEED_DATA:
                 if isinstance(event, Error):
                     raise LinkClosed(f"peer closed with {event.code}: {event.message}")
-                if self.receiving_piece and isinstance(event, Piece):
-                    self._receiving(False)
+                if not self.receiving_piece and isinstance(event, Piece):
+                    self._receiving(True)  # whole in one read: it was arriving all the same
                 return event
             payload = self.protocol.payload_buffer()
             if payload is not None:

@@ -49,7 +49,7 @@ from peer.swarm.choker import Choker
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import SwarmFetch
 from peer.swarm.grants import Grants
-from peer.swarm.inflow import InflowReports
+from peer.swarm.inflow import RECEIVING_GAP, InflowReports
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
@@ -422,10 +422,9 @@ class Swarm:
     def inflows(self) -> int:
         """Transfers coming into this node's downlink now: links receiving a piece, and
         answers arriving from the upstream."""
+        now = trio.current_time()
         receiving = sum(
-            link.receiving_piece and not link.closed
-            for links in self._open_links.values()
-            for link in links
+            _receiving(link, now) for links in self._open_links.values() for link in links
         )
         return receiving + self.upstream.streams()
 
@@ -442,19 +441,22 @@ class Swarm:
             await trio.sleep_until(self._inflow_due)
             inflows = self.inflows()
             for peer in self.inflow.flush(inflows, self._requests_waiting_at()):
-                if (link := self.links.get(peer)) is not None and not link.closed:
-                    link.post(Inflow(inflows))
+                self.links[peer].post(Inflow(inflows))
 
     def _requests_waiting_at(self) -> list[bytes]:
-        """The peers holding requests of ours that send us no piece now."""
+        """The peers holding requests of ours that send us no piece now (over an open link:
+        one told on a closing link would be taken as told)."""
         asked: set[bytes] = set()
         for state in self.digests.values():
             if state.fetch is not None:
                 asked |= state.fetch.asking()
+        now = trio.current_time()
         return [
             peer
             for peer in asked
-            if not any(link.receiving_piece for link in self._open_links.get(peer, ()))
+            if (link := self.links.get(peer)) is not None
+            and not link.closed
+            and not any(_receiving(other, now) for other in self._open_links.get(peer, ()))
         ]
 
     def inflow_before_requests(self, peer: bytes) -> Inflow | None:
@@ -780,3 +782,8 @@ def _membership_word(update: Update) -> Members:
     """One membership update on a link, as an answer (`reply`), so that none answers it with
     its whole view."""
     return Members([update_out(update)], reply=True)
+
+
+def _receiving(link: PeerLink, now: float) -> bool:
+    """Is a piece arriving on `link` (or did one end just now, the next on its way)?"""
+    return not link.closed and (link.receiving_piece or now - link.piece_done_at < RECEIVING_GAP)

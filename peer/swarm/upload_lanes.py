@@ -40,11 +40,12 @@ A free slot goes to the waiting link whose receiver says the fewest transfers co
 downlink now (`report`: the peer's Inflow messages, peer/swarm/inflow.py): a receiver that
 takes pieces from many peers at once gains little from one more, one that takes from few has
 room. (Among the links equally urgent; a link whose peer never said goes as one with none.)
-In the simulator, 100 hosts, seeds 0-3: 1.137, 1.148, 1.124, 1.145 x T_min against 1.164,
+In the simulator, 100 hosts, seeds 0-3: 1.146, 1.132, 1.125, 1.126 x T_min against 1.164,
 1.162, 1.161, 1.155 without, the median host 0.4 s sooner. A link passed over PASSED_OVER
-times while it waits gets the next free slot whatever its receiver says: a count that never
-falls (a peer that stopped saying, or lies) delays its link, it does not starve it (16: 1.141,
-1.141, 1.143, 1.152).
+times while it waits gets the next free slot (among links as urgent) whatever its receiver
+says: a count that never falls (a peer that stopped saying, or lies) delays its link, it does
+not starve it. A link whose turn ended waits behind the others until it has a slot again: the
+low count that won it the slot would win it straight back.
 The rate comes from the caller (`finished`: bytes over the seconds the piece took to go out);
 the first piece of a turn is not counted (it went into a socket buffer that had drained while
 the link waited), the others are averaged. Where our own side holds links back unevenly (a
@@ -63,7 +64,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 UPLOAD_SLOTS = 8  # links served at once
-# Pieces a link sends in a row while other links wait for a slot; then it waits behind them.
+# Pieces a link sends in a row while other links wait for a slot; then it waits behind them
+# (behind every link whose turn did not just end, until it gets a slot again).
 # Without a limit a peer that kept a request queued held its slot for ever (with 16 peers
 # unchoked and 8 slots, nothing else makes it let go). The simulator prefers long turns (16
 # hosts, seeds 1-3: 1.14, 1.15, 1.19 x T_min without a limit and with 256; 1.16, 1.17, 1.20
@@ -80,6 +82,10 @@ RATE_WEIGHT = 0.5  # of a piece's rate in its lane's average (EWMA)
 # Free slots given to other links, in a row, before a waiting link gets one whatever its
 # receiver's count (see the module doc).
 PASSED_OVER = 64
+# The rank of a peer that said nothing: after every number a peer can say (wire.frames caps it
+# at 65,535). Every node says its number before its first requests: silence is not a claim of
+# an empty downlink.
+UNSAID = 1 << 20
 
 
 @dataclass(eq=False)
@@ -93,6 +99,7 @@ class _Lane:
     rate: float | None = None  # bytes/s its pieces went out at this turn (None: none yet)
     sent_measured: int = 0  # pieces of this turn whose rate the caller gave
     passed_over: int = 0  # slots given to other links while it waited
+    turned: bool = False  # its turn ended (TURN_PIECES, or slow): behind the others till next
 
 
 class UploadLanes:
@@ -223,14 +230,15 @@ class UploadLanes:
         if lane.sending is not None:
             return []
         if lane.queue and self._waiting and (lane.sent >= TURN_PIECES or self._slow(lane)):
-            # Its turn is over: behind the links waiting now (ahead of them only with an
-            # urgent request, as any waiting link).
+            # Its turn is over: behind the other links waiting (ahead of them only with an
+            # urgent request, or once passed over PASSED_OVER times, as any waiting link).
             del self._serving[peer]
             self._arrivals += 1
             lane.first = (lane.queue[0][0], self._arrivals)
             lane.sent = 0
             lane.rate = None
             lane.sent_measured = 0
+            lane.turned = True
             self._waiting[peer] = lane
             self._free += 1
             return self._grant()
@@ -271,6 +279,7 @@ class UploadLanes:
             peer = min(self._waiting, key=self._grant_rank)
             lane = self._waiting.pop(peer)
             lane.passed_over = 0
+            lane.turned = False
             for other in self._waiting.values():
                 other.passed_over += 1
             self._free -= 1
@@ -278,10 +287,12 @@ class UploadLanes:
             turns += self._next_in(peer)
         return turns
 
-    def _grant_rank(self, peer: Hashable) -> tuple[int, int, tuple[int, int]]:
-        """Urgent first; then a link passed over too often; then the fewest transfers into
-        the receiver's downlink; then the first to wait."""
+    def _grant_rank(self, peer: Hashable) -> tuple[int, bool, bool, int, tuple[int, int]]:
+        """Urgent first; then a link passed over too often; then those whose turn did not
+        just end (a link that ended its turn would otherwise win its slot straight back with
+        the low count that won it the slot); then the fewest transfers into the receiver's
+        downlink (a peer that said nothing after those that did); then the first to wait."""
         lane = self._waiting[peer]
-        if lane.passed_over >= PASSED_OVER:
-            return (lane.first[0], -1, lane.first)
-        return (lane.first[0], self._inflows.get(peer, 0), lane.first)
+        starving = lane.passed_over >= PASSED_OVER
+        inflows = self._inflows.get(peer, UNSAID)
+        return (lane.first[0], not starving, lane.turned, inflows, lane.first)

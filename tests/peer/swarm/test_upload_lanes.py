@@ -291,8 +291,9 @@ def test_a_peer_whose_fast_rate_goes_stale_starves_nobody() -> None:
 
 def test_a_free_slot_goes_to_the_waiting_link_whose_receiver_takes_in_the_least() -> None:
     """One more flow into a downlink that takes pieces from many peers adds little; into one
-    that takes from few, what it lacks. Urgent requests still go first; equal counts (or
-    none said: as none coming in) in the order the links began to wait."""
+    that takes from few, what it lacks. Urgent requests still go first; equal counts in the
+    order the links began to wait; a peer that said nothing after those that did (every node
+    says its number before its first requests: silence is no claim of an empty downlink)."""
     lanes = UploadLanes(slots=1)
     assert lanes.add("a", 1) == [1]
     for waiter, ticket, inflows in [("b", 2, 7), ("c", 3, 2), ("d", 4, 5), ("e", 5, 2)]:
@@ -310,7 +311,7 @@ def test_a_free_slot_goes_to_the_waiting_link_whose_receiver_takes_in_the_least(
         sending = turns[0]
         peer = lanes.serving[0]
         order.append(peer)
-    assert order == ["d", "f", "c", "e", "b"]
+    assert order == ["d", "c", "e", "b", "f"]
 
 
 def test_an_urgent_request_goes_before_a_receiver_that_takes_in_less() -> None:
@@ -347,9 +348,48 @@ def test_a_link_passed_over_too_often_gets_the_next_slot_whatever_its_receiver_s
 def test_what_a_peer_said_is_forgotten_with_it() -> None:
     lanes = UploadLanes(slots=1)
     assert lanes.add("a", 1) == [1]
-    lanes.report("b", 9)
+    lanes.report("b", 1)
     lanes.add("b", 2)
     lanes.report("c", 3)
     lanes.add("c", 3)
+    assert lanes.inflows_of("b") == 1
     lanes.report("b", None)  # its link closed: as one that never said
-    assert lanes.finished("a", 1) == [2]
+    assert lanes.inflows_of("b") is None
+    assert lanes.finished("a", 1) == [3]
+
+
+def test_a_link_whose_turn_ends_does_not_win_its_slot_straight_back() -> None:
+    """The low count that won a link its slot must not win it back at once when its turn
+    ends (TURN_PIECES sent, or measured far slower than the others): it waits behind the
+    links waiting, as before counts were said."""
+    lanes = UploadLanes(slots=1)
+    lanes.report("low", 0)
+    assert lanes.add("low", 0) == [0]
+    for n in range(1, TURN_PIECES + 2):
+        lanes.add("low", n)  # always more queued
+    lanes.report("high", 5)
+    lanes.add("high", "h")
+    sending: Hashable = 0
+    for _ in range(TURN_PIECES - 1):
+        (sending,) = lanes.finished("low", sending)
+    assert lanes.finished("low", sending) == ["h"]  # its turn is over: "high" now
+    lanes.add("high", "h2")
+    assert lanes.finished("high", "h") == ["h2"]  # "high" keeps it while it has requests
+
+
+def test_a_slow_lane_that_says_little_still_yields_to_a_waiting_link() -> None:
+    lanes = UploadLanes(slots=2)
+    lanes.report("slow", 0)
+    lanes.report("fast", 3)
+    lanes.report("waiting", 4)
+    assert lanes.add("fast", 1) == [1]
+    assert lanes.add("slow", 2) == [2]
+    lanes.add("slow", 3)
+    lanes.add("slow", 4)
+    lanes.add("fast", 5)
+    lanes.add("waiting", 6)
+    assert lanes.finished("fast", 1, rate=1e6) == [5]
+    lanes.add("fast", 7)
+    assert lanes.finished("fast", 5, rate=1e6) == [7]  # the fast lane's rate: measured
+    assert lanes.finished("slow", 2, rate=1e5) == [3]  # the first of a turn is not measured
+    assert lanes.finished("slow", 3, rate=1e5) == [6]  # far slower: "waiting" gets the slot
