@@ -46,6 +46,15 @@ class InflowReports:
         self._due = now + COALESCE
         return self._due
 
+    def recount_at(self, at: float) -> float | None:
+        """The number counted at a flush may change by `at` with no event to say so (a link
+        whose piece ended within RECEIVING_GAP counted as receiving): when to `flush` again
+        (None: a flush is due already)."""
+        if self._due is not None:
+            return None
+        self._due = at
+        return at
+
     def flush(self, inflows: int, waiting_at: Iterable[bytes]) -> list[bytes]:
         """The peers to tell `inflows` now: of `waiting_at` (holding our requests, sending us
         nothing), those not told it last."""

@@ -272,8 +272,11 @@ class Swarm:
             else:
                 del self.links[peer]
         self.warming.link_closed(link)
-        if link.receiving_piece:
-            self._inflow_changed()  # a piece that will not arrive: one transfer fewer
+        now = trio.current_time()
+        if link.receiving_piece or now - link.piece_done_at < RECEIVING_GAP:
+            self._inflow_changed()  # counted as receiving: one transfer fewer
+        # Told again on the next link (the peer may forget what it heard with this one).
+        self.inflow.forget(peer)
         last = peer not in self.links  # its last link: the peer is gone for now
         for state in self.digests.values():
             if state.fetch is not None:
@@ -281,7 +284,6 @@ class Swarm:
         if not last:
             return
         self.choker.lost(peer)
-        self.inflow.forget(peer)
         self.uploads.lanes.report(peer, None)
         for state in self.digests.values():
             self.owner.peer_lost(state, peer)
@@ -442,6 +444,18 @@ class Swarm:
             inflows = self.inflows()
             for peer in self.inflow.flush(inflows, self._requests_waiting_at()):
                 self.links[peer].post(Inflow(inflows))
+            # A link whose piece ended just now counted as receiving: if no piece follows,
+            # nothing else will say so. Counted again once that is known.
+            now = trio.current_time()
+            settled = [
+                link.piece_done_at + RECEIVING_GAP
+                for links in self._open_links.values()
+                for link in links
+                if _receiving(link, now) and not link.receiving_piece
+            ]
+            if settled and (due := self.inflow.recount_at(max(settled))) is not None:
+                self._inflow_due = due
+                self._inflow_wake.set()
 
     def _requests_waiting_at(self) -> list[bytes]:
         """The peers holding requests of ours that send us no piece now (over an open link:

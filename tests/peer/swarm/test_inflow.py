@@ -38,3 +38,12 @@ def test_a_peer_that_left_hears_the_number_again_on_its_next_link() -> None:
     assert reports.before_requests(b"a", 2)
     reports.forget(b"a")
     assert reports.before_requests(b"a", 2)
+
+
+def test_a_count_that_may_settle_without_an_event_is_counted_again() -> None:
+    reports = InflowReports()
+    assert reports.recount_at(5.0) == 5.0
+    assert reports.changed(4.0) is None  # the recount is due: it will tell the number
+    assert reports.flush(1, [b"a"]) == [b"a"]
+    assert reports.changed(6.0) == 6.0 + COALESCE
+    assert reports.recount_at(7.0) is None  # a flush is due sooner

@@ -92,11 +92,14 @@ async def test_a_change_is_told_to_the_peers_where_requests_wait_counting_regist
         await trio.sleep(COALESCE * 0.75)
         sending.receiving_piece = False
         sending.piece_done_at = trio.current_time()
-        swarm._inflow_changed()
-        await trio.sleep(COALESCE / 2)
+        swarm._inflow_changed()  # a flush is due already
+        await trio.sleep(COALESCE * 0.3)  # the flush is past; the gap is not over
         assert waiting.posted == [Inflow(3)]
         assert sending.posted == []
-        sending.receiving_piece = True
+        sending.receiving_piece = True  # the next piece, within the gap
+        await trio.sleep(2 * COALESCE)  # counted again once the gap is over: no news
+        assert waiting.posted == [Inflow(3)]
+        assert sending.posted == []
         # The sender's piece ends and no other follows: it counts no more once the change
         # is told, and it holds requests of ours: it hears the number too.
         sending.receiving_piece = False
@@ -105,6 +108,27 @@ async def test_a_change_is_told_to_the_peers_where_requests_wait_counting_regist
         await trio.sleep(2 * COALESCE)
         assert waiting.posted == [Inflow(3), Inflow(2)]
         assert sending.posted == [Inflow(2)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_piece_that_ends_just_before_a_flush_with_none_after_it_is_told_later(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The flush counts a link whose piece ended just now as receiving (the next piece may
+    be on its way); when none comes, nothing else would say so: it is counted again."""
+    sending, waiting = Link(SENDING, receiving_piece=True), Link(WAITING)
+    swarm = swarm_with(tmp_path, [sending, waiting], {WAITING}, streams=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(swarm._inflow_loop)
+        swarm._inflow_changed()
+        await trio.sleep(COALESCE * 0.9)
+        sending.receiving_piece = False
+        sending.piece_done_at = trio.current_time()
+        swarm._inflow_changed()  # a flush is due already
+        await trio.sleep(COALESCE * 0.2)
+        assert waiting.posted == [Inflow(1)]  # counted: it may continue
+        await trio.sleep(10)
+        assert waiting.posted == [Inflow(1), Inflow(0)]  # it did not
         nursery.cancel_scope.cancel()
 
 

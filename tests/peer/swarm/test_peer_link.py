@@ -327,3 +327,43 @@ async def test_a_link_says_while_a_piece_arrives_and_when_it_is_whole() -> None:
         assert not raw.downloader.receiving_piece
         assert await raw.events.receive() == Have(DIGEST, 3)
         assert seen == [True, False]
+
+
+@pytest.mark.parametrize("size", [1000, 4 * PAYLOAD_LOWAT])
+async def test_a_piece_counts_as_arriving_while_it_is_handled_and_says_when_it_was_done(
+    size: int,
+) -> None:
+    """A piece read whole in one read (a small one) counts as arriving as one read through
+    a payload buffer does, until it has been handled (the requests its handling sends go
+    out while it counts); then the link notes when it was done."""
+    client, server = await tcp_stream_pair()
+    sender = PeerLink(client, A, b"t", role=Role.INITIATOR, address=B_AT, peer_id=B.node_id)
+    receiver = PeerLink(server, B, b"t", role=Role.RESPONDER, address=B_AT)
+    handled = trio.Event()
+    while_handled: list[bool] = []
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Piece):
+            while_handled.append(link.receiving_piece)
+            handled.set()
+
+    requested = trio.Event()
+
+    async def on_request(link: PeerLink, event: Event) -> None:
+        requested.set()
+
+    with trio.fail_after(30):
+        await handshake(sender, receiver)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run, on_request)
+            nursery.start_soon(receiver.run, on_event)
+            await receiver.send(Request(DIGEST, 0))
+            await requested.wait()
+            before = trio.current_time()
+            await sender.send(Piece(DIGEST, 0, os.urandom(size)))
+            await handled.wait()
+            while receiver.receiving_piece:
+                await trio.sleep(0.001)
+            assert while_handled == [True]
+            assert receiver.piece_done_at >= before
+            nursery.cancel_scope.cancel()

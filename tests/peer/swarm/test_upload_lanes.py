@@ -393,3 +393,30 @@ def test_a_slow_lane_that_says_little_still_yields_to_a_waiting_link() -> None:
     assert lanes.finished("fast", 5, rate=1e6) == [7]  # the fast lane's rate: measured
     assert lanes.finished("slow", 2, rate=1e5) == [3]  # the first of a turn is not measured
     assert lanes.finished("slow", 3, rate=1e5) == [6]  # far slower: "waiting" gets the slot
+
+
+def test_links_that_keep_requests_queued_take_turns_whatever_they_say() -> None:
+    """Once every waiting link has had a turn, the one saying least must not take every
+    turn after: turns go round in the order they ended."""
+    lanes = UploadLanes(slots=1)
+    for peer, inflows in [("a", 0), ("b", 5), ("c", 7)]:
+        lanes.report(peer, inflows)
+    tickets = {peer: iter(range(10_000)) for peer in "abc"}
+
+    def ask(peer: str) -> list[Hashable]:
+        return lanes.add(peer, (peer, next(tickets[peer])))
+
+    turns = ask("a")
+    for peer in "abc":
+        for _ in range(3):
+            ask(peer)
+    order: list[Hashable] = []
+    sending = turns[0]
+    for _ in range(6 * TURN_PIECES):
+        assert isinstance(sending, tuple)
+        peer = sending[0]
+        ask(peer)  # it always has more queued
+        if not order or order[-1] != peer:
+            order.append(peer)
+        (sending,) = lanes.finished(peer, sending)
+    assert order[:6] == ["a", "b", "c", "a", "b", "c"]
