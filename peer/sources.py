@@ -19,6 +19,4 @@ def source_of(address: str) -> tuple[str, bool]:
         return address, False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        return str(ip), ip.is_loopback
     return str(ip), ip.is_loopback

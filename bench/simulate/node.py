@@ -422,8 +422,9 @@ class SimNode:
         for send in sends:
             if isinstance(send.event, Request) and send.peer not in told:
                 told.add(send.peer)
-                if self.inflow.before_requests(send.peer, self.inflows()):
-                    out.append(Send(send.peer, Inflow(self.inflows())))
+                inflows = self.inflows()
+                if self.inflow.before_requests(send.peer, inflows):
+                    out.append(Send(send.peer, Inflow(inflows)))
             out.append(send)
         return out
 

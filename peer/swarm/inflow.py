@@ -41,10 +41,7 @@ class InflowReports:
 
     def changed(self, now: float) -> float | None:
         """The number may have changed: when to `flush` (None: a flush is due already)."""
-        if self._due is not None:
-            return None
-        self._due = now + COALESCE
-        return self._due
+        return self.recount_at(now + COALESCE)
 
     def recount_at(self, at: float) -> float | None:
         """The number counted at a flush may change by `at` with no event to say so (a link

@@ -272,8 +272,7 @@ class Swarm:
             else:
                 del self.links[peer]
         self.warming.link_closed(link)
-        now = trio.current_time()
-        if link.receiving_piece or now - link.piece_done_at < RECEIVING_GAP:
+        if _arriving(link, trio.current_time()):
             self._inflow_changed()  # counted as receiving: one transfer fewer
         # Told again on the next link (the peer may forget what it heard with this one).
         self.inflow.forget(peer)
@@ -799,5 +798,10 @@ def _membership_word(update: Update) -> Members:
 
 
 def _receiving(link: PeerLink, now: float) -> bool:
+    """Does `link` count as receiving: open, and a piece arriving on it?"""
+    return not link.closed and _arriving(link, now)
+
+
+def _arriving(link: PeerLink, now: float) -> bool:
     """Is a piece arriving on `link` (or did one end just now, the next on its way)?"""
-    return not link.closed and (link.receiving_piece or now - link.piece_done_at < RECEIVING_GAP)
+    return link.receiving_piece or now - link.piece_done_at < RECEIVING_GAP
