@@ -314,12 +314,73 @@ async def _written_out_of_order(tmp_path: Path, data: bytes) -> PartialBlob:
 async def test_a_byte_changed_on_disk_before_the_check_fails_the_blob(tmp_path: Path) -> None:
     data = os.urandom(4200)
     partial = await _written_out_of_order(tmp_path, data)
+    # Piece 0, written last, hashed itself and HASH_AHEAD times its bytes after it; the
+    # last piece is read back by the check.
+    assert partial.hashed == 1000 + partial_module.HASH_AHEAD * 1000 < 4100
     with open(partial.data_path, "r+b") as f:
-        f.seek(2500)
-        f.write(bytes([data[2500] ^ 1]))
+        f.seek(4100)
+        f.write(bytes([data[4100] ^ 1]))
     with pytest.raises(DigestMismatch):
         partial.verify_sync()
     assert not partial.data_path.exists()
+
+
+async def test_a_write_that_fills_a_gap_hashes_the_pieces_stored_after_it(
+    tmp_path: Path,
+) -> None:
+    # Left for the check, a swarm's blob (pieces in any order) was hashed whole at its end:
+    # every write now takes in, from the page cache, up to HASH_AHEAD times its own bytes of
+    # what is stored after the sha256's position.
+    data = os.urandom(8000)
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest_of(data), len(data))
+    piece = {i: data[i * 1000 : (i + 1) * 1000] for i in range(8)}
+    for index in (1, 2, 3, 5, 6, 7):
+        assert partial.write_piece_sync(index, piece[index], piece_hash(piece[index]))
+    assert partial.hashed == 0  # piece 0 is missing: nothing after it can be taken in
+    assert partial.write_piece_sync(0, piece[0], piece_hash(piece[0])) == [0]
+    assert partial.hashed == 1000 + partial_module.HASH_AHEAD * 1000
+    assert partial.write_piece_sync(4, piece[4], piece_hash(piece[4])) == [4]
+    assert partial.hashed == min(8000, 3000 + partial_module.HASH_AHEAD * 1000)
+    partial.finalize_sync()
+    assert store.complete_path(digest_of(data)).read_bytes() == data
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    order=st.permutations(range(9)),
+    through_stream=st.lists(st.booleans(), min_size=9, max_size=9),
+    flipped=st.none() | st.integers(0, 8 * 700 + 299),
+)
+async def test_pieces_in_any_order_give_the_blob_or_fail_its_check(
+    tmp_path_factory: pytest.TempPathFactory,
+    order: list[int],
+    through_stream: list[bool],
+    flipped: int | None,
+) -> None:
+    # However the writes and the hashing ahead interleave, the sha256 covers each stored byte
+    # once: the right bytes make the blob, one wrong byte written fails the check.
+    data = os.urandom(8 * 700 + 300)
+    stored = bytearray(data)
+    if flipped is not None:
+        stored[flipped] ^= 1
+    store = Store(tmp_path_factory.mktemp("any-order"), 700)
+    partial = await store.open_partial(digest_of(data), len(data))
+    for index in order:
+        start, end = partial.layout.start(index), partial.layout.end(index)
+        if through_stream[index]:  # unchecked, as a resumed stream writes
+            partial.write_sync(start, [bytes(stored[start:end])])
+        else:  # checked against its xxh3 (the piece's own bytes, wrong or not)
+            chunk = bytes(stored[start:end])
+            assert partial.write_piece_sync(index, chunk, piece_hash(chunk)) == [index]
+    if flipped is None:
+        partial.finalize_sync()
+        assert store.complete_path(digest_of(data)).read_bytes() == data
+    else:
+        with pytest.raises(DigestMismatch):
+            partial.verify_sync()
 
 
 async def test_a_data_file_cut_short_fails_the_check_without_a_fault(tmp_path: Path) -> None:
