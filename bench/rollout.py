@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bench.components import REPO, registry_bytes_served, registry_config
+from bench.link_timeline import LinkSampler, timeline_rows
 from bench.oci_image import Image, push
 from bench.testbed import Host, Testbed, stop_process
 from peer.cluster.rendezvous import owner_order
@@ -64,6 +65,8 @@ class Outcome:
     # that ended meanwhile) and the long-running daemons (pollen nodes) apart.
     client_cpu_s: float = 0.0
     daemon_cpu_s: float = 0.0
+    # What each host's link carried, interval by interval (`Rollout.timeline`; empty: off).
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def times(self) -> list[float]:
@@ -317,6 +320,7 @@ class Rollout:
     timeout: float
     progress: Progress
     client: str = "oci"  # how each host's skopeo stores the image (CLIENTS)
+    timeline: float | None = None  # sample the links this often (seconds) while hosts fetch
 
     def measure(
         self,
@@ -335,7 +339,21 @@ class Rollout:
         busy, total = cpu_jiffies()
         children = children_cpu_s()
         daemon_cpu = sum(process_cpu_s(pid) for pid in daemons or [])
-        run(outcome)
+        sampler = None
+        if self.timeline is not None:
+            sampler = LinkSampler(self.testbed.link_counters, self.timeline)
+            sampler.start()
+        try:
+            run(outcome)
+        except BaseException:
+            if sampler is not None:
+                with contextlib.suppress(Exception):  # the run's error is the one to see
+                    sampler.stop()
+            raise
+        samples = sampler.stop() if sampler is not None else []
+        if samples:
+            hosts = [host.name for host in self.testbed.nodes]
+            outcome.timeline = timeline_rows(samples, self.testbed.origin.name, hosts)
         outcome.daemon_cpu_s = sum(process_cpu_s(pid) for pid in daemons or []) - daemon_cpu
         outcome.client_cpu_s = children_cpu_s() - children
         busy_after, total_after = cpu_jiffies()

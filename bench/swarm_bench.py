@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from bench.bound import t_min
+from bench.link_timeline import timeline_table
 from bench.oci_image import Image, LayerSpec, jib_specs, sized_specs, write_layers
 from bench.rate_options import (
     downlink_rate,
@@ -161,6 +162,15 @@ def _progress(enabled: bool) -> Any:
     help="Write a PNG chart of completion times against T_min here.",
 )
 @click.option(
+    "--timeline",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Every SECONDS of each contender's pull, read what every host's link carried (the "
+    "switch's counters) and print the origin's uplink and the hosts' downlinks over time: "
+    "where a run lost its time. Also in the JSON. (Each read is an `ip` call of a few ms, "
+    "counted with the clients' CPU.)",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where images and stores go [default: a temporary directory, removed].",
@@ -222,6 +232,7 @@ def swarm(
     quick: bool,
     json_path: Path | None,
     chart_path: Path | None,
+    timeline: float | None,
     workdir: Path | None,
     pollen_args: str,
     slow: tuple[int, int],
@@ -291,6 +302,7 @@ def swarm(
                 kills,
                 slow,
                 joins,
+                timeline,
             )
     except (TestbedError, RolloutError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -350,6 +362,7 @@ def _run(
     kills: list[tuple[str, float]] | None = None,
     slow: tuple[int, int] = (0, 0),
     joins: list[tuple[int, float]] | None = None,
+    timeline: float | None = None,
 ) -> dict[str, Any]:
     images = _images(root, scenario, profile, layer_sizes, scale, gz)
     image = images[-1]
@@ -378,7 +391,7 @@ def _run(
         origin = Origin(testbed, root / "origin")
         for each in images:
             origin.push(each)
-        rollout = Rollout(testbed, origin, root / "runs", limit, progress, client)
+        rollout = Rollout(testbed, origin, root / "runs", limit, progress, client, timeline)
         tags = [i.tag for i in images]
         for contender in contenders:
             if contender == "direct":
@@ -402,6 +415,12 @@ def _run(
             )
             for host, error in sorted(outcome.errors.items()):
                 click.echo(f"  {host}: {error[:300]}", err=True)
+            if outcome.timeline:
+                click.echo(
+                    f"{contender}: the links over time (the switch's counters, headers and "
+                    "retransmissions included; busy against the shaped rates)\n"
+                    + timeline_table(outcome.timeline, outcome.done, origin_up, downlink)
+                )
     summaries = [summary(o, image.total_size, bound) for o in outcomes]
     for outcome, result in zip(outcomes, summaries, strict=True):
         if outcome.node_ids and len(outcome.node_ids) == nodes:

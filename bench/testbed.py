@@ -98,6 +98,7 @@ class Testbed:
         self.loss_percent = loss_percent
         self._namespaces: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
+        self._switch_ports: dict[str, str] = {}  # host name -> its link's end on the switch
 
     @property
     def hosts(self) -> list[Host]:
@@ -172,6 +173,7 @@ class Testbed:
         _run("ip", "-n", host.netns, "link", "set", inside, "name", "eth0")
         _run("ip", "-n", host.netns, "addr", "add", f"{host.ip}/16", "dev", "eth0")
         _run("ip", "-n", host.netns, "link", "set", "eth0", "up")
+        self._switch_ports[host.name] = outside
         _run("ip", "-n", self.switch, "link", "set", outside, "master", "br0")
         _run("ip", "-n", self.switch, "link", "set", outside, "up")
         if self.rtt_ms is not None or self.loss_percent is not None:
@@ -233,6 +235,17 @@ class Testbed:
         """Bytes `host` has sent on its link so far."""
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
         return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+
+    def link_counters(self) -> dict[str, tuple[int, int]]:
+        """Every host's (bytes sent, bytes received) so far, read in one call from the
+        switch's ends of their links (what the switch received from a host is what the host
+        sent)."""
+        out = _run("ip", "-n", self.switch, "-s", "-j", "link", "show").stdout
+        stats = {link["ifname"]: link["stats64"] for link in json.loads(out)}
+        return {
+            host: (int(stats[port]["rx"]["bytes"]), int(stats[port]["tx"]["bytes"]))
+            for host, port in self._switch_ports.items()
+        }
 
     def rx_bytes(self, host: Host) -> int:
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout

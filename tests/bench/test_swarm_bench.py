@@ -30,7 +30,7 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
     result = subprocess.run(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
          "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "r.png"),
-         "--pollen-args", "--piece-size 2MiB --upload-rate 1GiB/s"],
+         "--timeline", "0.5", "--pollen-args", "--piece-size 2MiB --upload-rate 1GiB/s"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -51,6 +51,19 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
     assert results["bittorrent"]["origin_payload_bytes"] > 0
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "T_min" in result.stdout
+    # The timeline's rates, over its intervals, add up to what crossed the links: the
+    # origin's wire bytes (read apart, from its own side), and at least the image into
+    # every host.
+    for r in results.values():
+        rows = r["timeline"]
+        assert rows and rows[-1]["to_s"] >= r["last_done_s"]
+        span = {id(row): row["to_s"] - row["from_s"] for row in rows}
+        origin_sent = sum(row["origin_up_bytes_per_s"] * span[id(row)] for row in rows)
+        assert origin_sent == pytest.approx(r["origin_wire_bytes"], rel=0.05)
+        for host in r["per_host_done_s"]:
+            received = sum(row["down_bytes_per_s"][host] * span[id(row)] for row in rows)
+            assert received >= doc["image_bytes"]
+    assert "the links over time" in result.stdout
 
 
 def test_rtt_without_netem_fails_clearly_and_leaves_nothing() -> None:

@@ -1,0 +1,128 @@
+"""What each host's link carried over a testbed run, sampled from the switch's counters.
+
+`pollen bench swarm --timeline SECONDS` answers where a run lost its time: was the origin's
+uplink (what every host waits for) busy to the end, were the hosts' downlinks full, how long
+did the last hosts take after the origin's last byte. The simulator answers the same for its
+model (`bench simulate --timeline`); the testbed is where CPU, TCP and the shapers' queues
+also play. The counters are the switch's ends of the hosts' links: what crossed the wire,
+headers and retransmissions included.
+
+`LinkSampler` reads the counters from a thread while the rollout runs; `timeline_rows` and
+`timeline_table` turn the samples into rates (pure: tested without namespaces).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+# host name -> (bytes it sent, bytes it received) so far
+Counters = dict[str, tuple[int, int]]
+Sample = tuple[float, Counters]
+
+
+class LinkSampler:
+    """Reads `read()` every `period` seconds in a thread, from `start()` to `stop()`."""
+
+    def __init__(self, read: Callable[[], Counters], period: float) -> None:
+        if period <= 0:
+            raise ValueError(f"the period must be > 0, got {period}")
+        self._read = read
+        self._period = period
+        self._samples: list[Sample] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: Exception | None = None
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._samples.append((0.0, self._read()))  # the baseline, before the thread runs
+        self._thread = threading.Thread(target=self._run, name="link-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tick = 1
+        while not self._stopping.wait(self._started + tick * self._period - time.monotonic()):
+            try:
+                counters = self._read()
+            except Exception as exc:  # raised by stop(), in the caller's thread
+                self._error = exc
+                return
+            self._samples.append((time.monotonic() - self._started, counters))
+            tick += 1
+
+    def stop(self) -> list[Sample]:
+        """Stop and return the samples, the last one taken now.
+
+        Raises:
+            Exception: what a read in the thread raised (a run whose links could not be
+                read has no timeline, rather than one with a hole).
+        """
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._samples.append((time.monotonic() - self._started, self._read()))
+        return self._samples
+
+
+def timeline_rows(samples: list[Sample], origin: str, hosts: list[str]) -> list[dict[str, Any]]:
+    """One row per interval between samples: the origin's upload rate and each host's
+    download and upload rates (bytes/s), from the interval's start and end counters."""
+    rows = []
+    for (t0, before), (t1, after) in itertools.pairwise(samples):
+        span = t1 - t0
+        if span <= 0:
+            continue
+        sent = {host: (after[host][0] - before[host][0]) / span for host in [origin, *hosts]}
+        received = {host: (after[host][1] - before[host][1]) / span for host in hosts}
+        rows.append(
+            {
+                "from_s": round(t0, 3),
+                "to_s": round(t1, 3),
+                "origin_up_bytes_per_s": round(sent[origin]),
+                "down_bytes_per_s": {host: round(received[host]) for host in hosts},
+                "up_bytes_per_s": {host: round(sent[host]) for host in hosts},
+            }
+        )
+    return rows
+
+
+def timeline_table(
+    rows: list[dict[str, Any]],
+    done: dict[str, float | None],
+    origin_rate: int,
+    downlink_rate: int | None,
+) -> str:
+    """The rows as text: the origin's uplink busy against its rate, the hosts' downlinks
+    (least, median, most; busy against their rate when shaped, else MB/s) and how many
+    hosts were done by the interval's end."""
+
+    def share(value: float, rate: int | None) -> str:
+        return f"{100 * value / rate:5.0f} %" if rate else f"{value / 1e6:5.1f} MB/s"
+
+    header = (
+        f"{'interval':>13}  {'origin up':>9}  {'hosts down: least':>17} {'median':>8} "
+        f"{'most':>8}  {'hosts up: median':>16}  done"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        downs = sorted(row["down_bytes_per_s"].values())
+        ups = sorted(row["up_bytes_per_s"].values())
+        finished = sum(1 for t in done.values() if t is not None and t <= row["to_s"])
+        origin_up = share(row["origin_up_bytes_per_s"], origin_rate)
+        least, median = (
+            share(downs[0], downlink_rate),
+            share(statistics.median(downs), downlink_rate),
+        )
+        most, up = share(downs[-1], downlink_rate), share(statistics.median(ups), None)
+        interval = f"{row['from_s']:5.1f}-{row['to_s']:5.1f}s"
+        downlinks = f"{least:>17} {median:>8} {most:>8}"
+        lines.append(f"{interval:>13}  {origin_up:>9}  {downlinks}  {up:>16}  {finished}")
+    return "\n".join(lines)
