@@ -26,7 +26,12 @@ Sample = tuple[float, Counters]
 
 
 class LinkSampler:
-    """Reads `read()` every `period` seconds in a thread, from `start()` to `stop()`."""
+    """Reads `read()` every `period` seconds in a thread, from `start()` to `stop()`.
+
+    A read is timed at its middle (an `ip` call takes a few ms); a tick missed while a read
+    was slow is skipped, not caught up with back-to-back reads; the last interval, ended by
+    `stop()`, is merged into the one before when shorter than half a period. Each makes an
+    interval short, and a short interval's rates jump."""
 
     def __init__(self, read: Callable[[], Counters], period: float) -> None:
         if period <= 0:
@@ -36,45 +41,67 @@ class LinkSampler:
         self._samples: list[Sample] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._error: Exception | None = None
-        self._started = 0.0
+        self.error: Exception | None = None  # the read that failed: no timeline
+        self.started = 0.0  # time.monotonic() of the first sample
 
     def start(self) -> None:
-        self._started = time.monotonic()
-        self._samples.append((0.0, self._read()))  # the baseline, before the thread runs
+        self.started = time.monotonic()
+        try:
+            self._sample()  # the baseline, before the thread runs
+        except Exception as exc:
+            self.error = exc
+            return
         self._thread = threading.Thread(target=self._run, name="link-sampler", daemon=True)
         self._thread.start()
 
+    def _sample(self) -> None:
+        before = time.monotonic()
+        counters = self._read()
+        middle = (before + time.monotonic()) / 2
+        self._samples.append((max(0.0, middle - self.started), counters))
+
     def _run(self) -> None:
-        tick = 1
-        while not self._stopping.wait(self._started + tick * self._period - time.monotonic()):
+        next_at = self.started + self._period
+        while not self._stopping.wait(next_at - time.monotonic()):
             try:
-                counters = self._read()
-            except Exception as exc:  # raised by stop(), in the caller's thread
-                self._error = exc
+                self._sample()
+            except Exception as exc:  # kept for stop(): the run goes on without a timeline
+                self.error = exc
                 return
-            self._samples.append((time.monotonic() - self._started, counters))
-            tick += 1
+            now = time.monotonic()
+            while next_at <= now:
+                next_at += self._period
 
     def stop(self) -> list[Sample]:
-        """Stop and return the samples, the last one taken now.
-
-        Raises:
-            Exception: what a read in the thread raised (a run whose links could not be
-                read has no timeline, rather than one with a hole).
-        """
+        """Stop and return the samples, the last one taken now; none when a read failed
+        (`error` says why): a timeline with a hole would mislead."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
-        if self._error is not None:
-            raise self._error
-        self._samples.append((time.monotonic() - self._started, self._read()))
-        return self._samples
+        if self.error is None:
+            try:
+                self._sample()
+            except Exception as exc:
+                self.error = exc
+        if self.error is not None:
+            return []
+        return without_short_tail(self._samples, self._period)
 
 
-def timeline_rows(samples: list[Sample], origin: str, hosts: list[str]) -> list[dict[str, Any]]:
+def without_short_tail(samples: list[Sample], period: float) -> list[Sample]:
+    """`samples` with the one before the last left out when the last interval is shorter
+    than half a period (and there is an interval before it to take it in)."""
+    if len(samples) > 2 and samples[-1][0] - samples[-2][0] < period / 2:
+        return [*samples[:-2], samples[-1]]
+    return samples
+
+
+def timeline_rows(
+    samples: list[Sample], origin: str, hosts: list[str], shift: float = 0.0
+) -> list[dict[str, Any]]:
     """One row per interval between samples: the origin's upload rate and each host's
-    download and upload rates (bytes/s), from the interval's start and end counters."""
+    download and upload rates (bytes/s), from the interval's start and end counters; its
+    times `shift` seconds earlier than the samples' (to count from when the hosts started)."""
     rows = []
     for (t0, before), (t1, after) in itertools.pairwise(samples):
         span = t1 - t0
@@ -84,8 +111,8 @@ def timeline_rows(samples: list[Sample], origin: str, hosts: list[str]) -> list[
         received = {host: (after[host][1] - before[host][1]) / span for host in hosts}
         rows.append(
             {
-                "from_s": round(t0, 3),
-                "to_s": round(t1, 3),
+                "from_s": round(t0 - shift, 3),
+                "to_s": round(t1 - shift, 3),
                 "origin_up_bytes_per_s": round(sent[origin]),
                 "down_bytes_per_s": {host: round(received[host]) for host in hosts},
                 "up_bytes_per_s": {host: round(sent[host]) for host in hosts},

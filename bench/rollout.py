@@ -65,8 +65,11 @@ class Outcome:
     # that ended meanwhile) and the long-running daemons (pollen nodes) apart.
     client_cpu_s: float = 0.0
     daemon_cpu_s: float = 0.0
-    # What each host's link carried, interval by interval (`Rollout.timeline`; empty: off).
+    # What each host's link carried, interval by interval (`Rollout.timeline`; empty: off,
+    # or `timeline_error`: the links could not be read).
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    timeline_error: str | None = None
+    started: float | None = None  # time.monotonic() when the hosts' commands started
 
     @property
     def times(self) -> list[float]:
@@ -214,7 +217,7 @@ def run_at_once(
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[Host, subprocess.Popen[bytes]] = {}
     wall_start = time.time()
-    start = time.monotonic()
+    start = outcome.started = time.monotonic()
     for host, argv in commands.items():
         if host not in later:
             procs[host] = testbed.spawn(host, argv, logs / f"{host.name}.log")
@@ -345,15 +348,17 @@ class Rollout:
             sampler.start()
         try:
             run(outcome)
-        except BaseException:
-            if sampler is not None:
-                with contextlib.suppress(Exception):  # the run's error is the one to see
-                    sampler.stop()
-            raise
-        samples = sampler.stop() if sampler is not None else []
-        if samples:
-            hosts = [host.name for host in self.testbed.nodes]
-            outcome.timeline = timeline_rows(samples, self.testbed.origin.name, hosts)
+        finally:
+            samples = sampler.stop() if sampler is not None else []
+        if sampler is not None:
+            if sampler.error is not None:
+                outcome.timeline_error = f"{type(sampler.error).__name__}: {sampler.error}"
+            else:
+                # From when the hosts started, as their times are (BitTorrent's seeder and
+                # tracker start first).
+                shift = (outcome.started or sampler.started) - sampler.started
+                hosts = [host.name for host in self.testbed.nodes]
+                outcome.timeline = timeline_rows(samples, self.testbed.origin.name, hosts, shift)
         outcome.daemon_cpu_s = sum(process_cpu_s(pid) for pid in daemons or []) - daemon_cpu
         outcome.client_cpu_s = children_cpu_s() - children
         busy_after, total_after = cpu_jiffies()

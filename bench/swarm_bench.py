@@ -415,6 +415,8 @@ def _run(
             )
             for host, error in sorted(outcome.errors.items()):
                 click.echo(f"  {host}: {error[:300]}", err=True)
+            if outcome.timeline_error:
+                click.echo(f"{contender}: no timeline: {outcome.timeline_error}", err=True)
             if outcome.timeline:
                 click.echo(
                     f"{contender}: the links over time (the switch's counters, headers and "

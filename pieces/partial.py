@@ -15,8 +15,9 @@ Crash-safety rules (why the code is ordered the way it is):
 - The blob becomes complete only after its sha256 matches the digest; then the data file is
   fsynced and renamed into the complete area, so a complete blob is never half-written.
 - The sha256 covers exactly the bytes that are stored: bytes of a stream that skips pieces
-  already recorded are not hashed (they are not what is on disk); the check reads those from
-  disk instead. Otherwise a stream of the right bytes could vouch for wrong ones kept from before.
+  already recorded are not hashed (they are not what is on disk); they are read back from disk
+  instead, by later writes (`HASH_AHEAD`) or by the check. Otherwise a stream of the right bytes
+  could vouch for wrong ones kept from before.
 
 Memory: the size and piece size may come from an upstream or a peer, so nothing here is sized by
 them: the bookkeeping grows with the pieces written (`piece_hashes`, `_filling`), not with the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import mmap
 import os
 import time
@@ -46,6 +48,8 @@ import xxhash
 
 from pieces.digest import digest_hex, hasher_for
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
+
+log = logging.getLogger("pollen.store")
 
 # 2: the meta records `origins`. A version-1 meta (which did not) is not resumed: its pieces
 # may be private, and nothing says which registry could vouch for a reader.
@@ -153,6 +157,7 @@ class PartialBlob:
         self._saved_at = float("-inf")  # when it was saved (monotonic)
         self._sha = hasher_for(digest)  # sha256 or sha512, as the digest says
         self._sha_offset = 0
+        self._hash_ahead_failed = False  # a read-back failed: the check hashes the rest
         self.verified = False  # sha256 checked: every byte may be served
         self.complete = False  # fsynced and moved into the complete area
         self.error: Exception | None = None
@@ -457,13 +462,21 @@ class PartialBlob:
         self.verified = True
 
     def _hash_ahead(self, budget: int) -> None:
-        """Feed the sha256 up to `budget` bytes of those written from `_sha_offset` on."""
+        """Feed the sha256 up to `budget` bytes of those written from `_sha_offset` on.
+
+        Only a head start for the check: bytes that cannot be read back now are left to it
+        (which fails the blob if they still cannot be), not charged to the write that was
+        made and recorded, nor tried again by every write after it."""
         offset = self._sha_offset
-        if offset >= self.layout.size or budget <= 0:
+        if offset >= self.layout.size or budget <= 0 or self._hash_ahead_failed:
             return
         end = self._written_end(offset, offset + budget)
         if end > offset:
-            self._hash_stored(end)
+            try:
+                self._hash_stored(end)
+            except StoreError as exc:
+                self._hash_ahead_failed = True
+                log.warning("%s: left for the check: %s", self.digest, exc)
 
     def _written_end(self, offset: int, limit: int) -> int:
         """End of the written bytes from `offset` on, looked at up to `limit`."""
