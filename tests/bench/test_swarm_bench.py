@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -20,21 +21,33 @@ from bench.testbed import Testbed, TestbedError
 pytestmark = pytest.mark.integration
 
 
-def namespaces() -> set[str]:
+def namespaces(pid: int) -> set[str]:
+    """The namespaces of the testbed that process `pid` made (their names carry its pid):
+    another testbed on the machine meanwhile is not this test's to account for."""
     out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
-    return {entry["name"] for entry in json.loads(out or "[]")}
+    return {e["name"] for e in json.loads(out or "[]") if e["name"].startswith(f"pb{pid}-")}
+
+
+def run_bench(argv: list[str], timeout: float) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run `argv` to its end (killed after `timeout`): its result and its pid."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), proc.pid
 
 
 def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_path: Path) -> None:
-    before = namespaces()
-    result = subprocess.run(
+    result, pid = run_bench(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
          "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "r.png"),
          "--timeline", "0.5", "--pollen-args", "--piece-size 2MiB --upload-rate 1GiB/s"],
-        capture_output=True, text=True, timeout=300,
+        timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert namespaces() == before
+    assert namespaces(pid) == set()
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["nodes"] == 4 and doc["t_min_s"] > 0
     assert doc["pollen_args"] == "--piece-size 2MiB --upload-rate 1GiB/s"
@@ -67,7 +80,6 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
 
 
 def test_rtt_without_netem_fails_clearly_and_leaves_nothing() -> None:
-    before = namespaces()
     try:
         with Testbed(2, 10**6, 10**6, rtt_ms=20):
             pass
@@ -76,11 +88,10 @@ def test_rtt_without_netem_fails_clearly_and_leaves_nothing() -> None:
     else:
         pytest.skip("this kernel has netem: --rtt is applied, so there is no error to check")
     finally:
-        assert namespaces() == before
+        assert namespaces(os.getpid()) == set()
 
 
 def test_sigterm_mid_run_removes_the_testbed_and_its_processes(tmp_path: Path) -> None:
-    before = namespaces()
     proc = subprocess.Popen(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick",
          "--contenders", "pollen", "--workdir", str(tmp_path / "w")],
@@ -99,7 +110,7 @@ def test_sigterm_mid_run_removes_the_testbed_and_its_processes(tmp_path: Path) -
         proc.wait()
     assert proc.returncode == 130, output
     assert "the testbed was removed" in output
-    assert namespaces() == before
+    assert namespaces(proc.pid) == set()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True)
     assert leftovers.stdout == b""
 
@@ -122,14 +133,13 @@ def test_blob_owners_names_the_host_first_in_rendezvous_order() -> None:
 def quick_pollen_run(tmp_path: Path, *options: str) -> tuple[str, dict[str, Any]]:
     """`pollen bench swarm --quick` of pollen alone with `options`: its output and JSON; the
     testbed is gone afterwards."""
-    before = namespaces()
-    result = subprocess.run(
+    result, pid = run_bench(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--quick", "--contenders",
          "pollen", "--uplink", "20mbit", *options, "--json", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=300,
+        timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert namespaces() == before
+    assert namespaces(pid) == set()
     doc: dict[str, Any] = json.loads((tmp_path / "r.json").read_text())
     return result.stdout, doc
 
@@ -181,17 +191,16 @@ def test_the_dir_client_copies_explicit_layers_one_blob_at_a_time(tmp_path: Path
     host's skopeo copies it into a `dir:` directory, one blob at a time: in the direct run the
     registry's log shows no two blob downloads of a host overlapping (with an OCI layout
     they do: 6 at a time). Through pollen too, every host completes."""
-    before = namespaces()
     work = tmp_path / "work"
-    result = subprocess.run(
+    result, pid = run_bench(
         [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
          "--uplink", "40mbit", "--layer-sizes", "6MiB,1MiB,300KiB", "--client", "dir",
          "--contenders", "direct,pollen", "--workdir", str(work),
          "--json", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=300,
+        timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert namespaces() == before
+    assert namespaces(pid) == set()
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["client"] == "dir"
     # Each layer's blob is its content plus tar framing (headers, padding to 10 KiB records).
