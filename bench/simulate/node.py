@@ -420,7 +420,11 @@ class SimNode:
         out: list[Send] = []
         told: set[bytes] = set()
         for send in sends:
-            if isinstance(send.event, Request) and send.peer not in told:
+            if (
+                isinstance(send.event, Request)
+                and send.peer not in told
+                and not self.world.by_id[send.peer].uploader.sending_to(self.node_id)
+            ):
                 told.add(send.peer)
                 inflows = self.inflows()
                 if self.inflow.before_requests(send.peer, inflows):

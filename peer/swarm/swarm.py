@@ -473,7 +473,12 @@ class Swarm:
         ]
 
     def inflow_before_requests(self, peer: bytes) -> Inflow | None:
-        """What `peer` must hear before the Requests about to go to it (None: nothing)."""
+        """What `peer` must hear before the Requests about to go to it (None: nothing). A
+        peer sending us a piece now needs no number yet: it ranks our link only once it
+        waits, and a link that stops receiving is a change, told to it then (flush)."""
+        now = trio.current_time()
+        if any(_receiving(link, now) for link in self._open_links.get(peer, ())):
+            return None
         inflows = self.inflows()
         return Inflow(inflows) if self.inflow.before_requests(peer, inflows) else None
 

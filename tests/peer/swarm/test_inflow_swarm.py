@@ -144,3 +144,23 @@ async def test_requests_go_after_the_number_once_and_a_peer_gone_is_forgotten(
     swarm._link_closed(waiting)  # type: ignore[arg-type]
     assert swarm.uploads.lanes.inflows_of(WAITING) is None
     assert swarm.inflow_before_requests(WAITING) == Inflow(1)  # a new link hears it again
+
+
+async def test_a_peer_sending_us_a_piece_hears_the_number_once_it_stops(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Requests to a peer that sends us a piece now go without the number (it ranks our link
+    only once it waits: on a small cluster every link has a slot, and the Inflows before
+    requests were most of them); when its piece ends and none follows, it is told."""
+    sending = Link(SENDING, receiving_piece=True)
+    swarm = swarm_with(tmp_path, [sending], {SENDING}, streams=0)
+    assert swarm.inflow_before_requests(SENDING) is None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(swarm._inflow_loop)
+        sending.receiving_piece = False
+        sending.piece_done_at = trio.current_time()
+        swarm._inflow_changed()
+        await trio.sleep(10)
+        assert sending.posted == [Inflow(0)]
+        nursery.cancel_scope.cancel()
+    assert swarm.inflow_before_requests(SENDING) is None  # told it already
