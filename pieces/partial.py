@@ -224,15 +224,7 @@ class PartialBlob:
         size = self.layout.size
         if self.verified:
             return size
-        end = offset
-        if offset < size:
-            index = self.layout.index_of(offset)
-            while index < self.layout.count:
-                filled = self._filled(index)
-                end = max(end, self.layout.start(index) + filled)
-                if filled < self.layout.length(index):
-                    break
-                index += 1
+        end = self._written_end(offset, size) if offset < size else offset
         return min(end, size - 1)
 
     async def wait_readable(self, offset: int) -> int:

@@ -411,8 +411,11 @@ class SimNode:
         for state in self.blobs.values():
             if state.fetch is not None:
                 asked |= state.fetch.picker.asking()
-        by_id = self.world.by_id
-        return [p for p in sorted(asked) if not by_id[p].uploader.sending_to(self.node_id)]
+        return [p for p in sorted(asked) if not self._sending_to_us(p)]
+
+    def _sending_to_us(self, peer: bytes) -> bool:
+        """Does `peer` send this host a piece now (a flow from it)?"""
+        return self.world.by_id[peer].uploader.sending_to(self.node_id)
 
     def with_inflow(self, sends: list[Send]) -> list[Send]:
         """`sends` with an Inflow before the first Request to each peer that must hear the
@@ -423,7 +426,7 @@ class SimNode:
             if (
                 isinstance(send.event, Request)
                 and send.peer not in told
-                and not self.world.by_id[send.peer].uploader.sending_to(self.node_id)
+                and not self._sending_to_us(send.peer)
             ):
                 told.add(send.peer)
                 inflows = self.inflows()

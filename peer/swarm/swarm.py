@@ -469,15 +469,18 @@ class Swarm:
             for peer in asked
             if (link := self.links.get(peer)) is not None
             and not link.closed
-            and not any(_receiving(other, now) for other in self._open_links.get(peer, ()))
+            and not self._sending_to_us(peer, now)
         ]
+
+    def _sending_to_us(self, peer: bytes, now: float) -> bool:
+        """Is a piece from `peer` arriving on one of its open links (`_receiving`)?"""
+        return any(_receiving(link, now) for link in self._open_links.get(peer, ()))
 
     def inflow_before_requests(self, peer: bytes) -> Inflow | None:
         """What `peer` must hear before the Requests about to go to it (None: nothing). A
         peer sending us a piece now needs no number yet: it ranks our link only once it
         waits, and a link that stops receiving is a change, told to it then (flush)."""
-        now = trio.current_time()
-        if any(_receiving(link, now) for link in self._open_links.get(peer, ())):
+        if self._sending_to_us(peer, trio.current_time()):
             return None
         inflows = self.inflows()
         return Inflow(inflows) if self.inflow.before_requests(peer, inflows) else None
