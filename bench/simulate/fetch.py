@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peer.fetch.upstream_fetch import RANGES_AT_ONCE, whole_parts
+from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces
+from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import (
     DRAIN_STALL,
@@ -481,19 +482,26 @@ class SwarmFetch:
 class UpstreamFetch:
     """The registry's answer to this node: the runs of missing pieces, up to RANGES_AT_ONCE
     requests at once, the longest run first (as the node); the bytes of a run in one flow
-    from the origin host, each piece announced as it completes. A blob fetched whole comes in
-    its `whole_parts` when no partial is open yet: the first asked alone, the others once its
-    answer starts (the node learns there that the registry honours Range; a node that took a
+    from the origin host, each piece announced as it completes. A large blob fetched whole
+    comes in chunks (peer/fetch/chunks.py) when no partial is open yet: the first asked alone,
+    then, once its answer starts (the node learns there that the registry honours Range),
+    WHOLE_FLOWS requests at once, each taking the next chunk in order (a node that took a
     blob over from the swarm resumes its partial in one request)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
     ) -> None:
         """Fetch `runs` (piece index runs [start, end); default: every missing piece)."""
-        self._after_first: list[tuple[int, int]] = []
-        parts = whole_parts(state.layout.count)
-        if runs is None and not state.partial and len(parts) > 1:
-            runs, self._after_first = parts[:1], parts[1:]
+        count = state.layout.count
+        # The chunks after the first, asked once its answer starts (None: no chunks).
+        self._chunks: Chunks | None = None
+        self._chunks_asked = False
+        if runs is None and not state.partial and count >= PARTS_MIN_PIECES:
+            chunks = Chunks(count, 0, least_pieces(state.layout.piece_size))
+            first = chunks.take()
+            assert first is not None
+            runs = [first]
+            self._chunks = chunks if first[1] < count else None
         self.node = node
         self.state = state
         self.runs = _longest_first(state.missing_runs() if runs is None else runs)
@@ -518,16 +526,26 @@ class UpstreamFetch:
     def _ask(self) -> None:
         if not self.node.alive:
             return
-        if not self.runs and not self.open and self._rest:
+        idle = not self.runs and not self.open and not self._chunks
+        if idle and self._rest:
             self._rest = False
             self.runs = _longest_first(self.state.missing_runs())
-        if not self.runs and not self.open:
+        if not self.runs and not self.open and not self._chunks:
             self.state.upstream = None
             self.node.upstream_ended()
             return
         world = self.node.world
-        while self.runs and self.open < RANGES_AT_ONCE:
-            run = self.runs.popleft()
+        while True:
+            if self.runs and self.open < RANGES_AT_ONCE:
+                run = self.runs.popleft()
+            elif self._chunks_asked and self._chunks and self.open < WHOLE_FLOWS:
+                taken = self._chunks.take()
+                if taken is None:
+                    self._chunks = None
+                    break
+                run = taken
+            else:
+                break
             self.open += 1
             # A new HTTP request: connect and ask, two round trips before the first byte.
             world.queue.at(world.queue.now + 4 * world.latency, self._respond, run)
@@ -539,9 +557,9 @@ class UpstreamFetch:
             return
         if not self.state.partial:
             node.partial_opened(self.state)
-        if self._after_first:
-            others, self._after_first = self._after_first, []
-            self.add(others)
+        if self._chunks and not self._chunks_asked:
+            self._chunks_asked = True
+            self._ask()
         world = node.world
         flow = world.network.open(world.origin_host, node.host, _RangeAnswer(self, *run))
         self.flows.append(flow)

@@ -11,17 +11,16 @@ pieces with up to RANGES_AT_ONCE Range requests at once: one after the other, ea
 cost a new connection's handshake and slow start behind the registry's busy uplink (on the
 testbed a 1.5 MB range took 4 s while the registry served other blobs).
 
-A blob whose size a stored manifest gives comes in WHOLE_PARTS parts at once when it is large
-(`whole_parts`): the first asked alone, as a Range, and once its answer shows the upstream
-honours Range (and agrees on the size), the others beside it. An upstream that answers the
-first with the whole blob gives it in one stream.
+A blob whose size a stored manifest gives comes in chunks, WHOLE_FLOWS Range requests at once,
+when it is large (peer/fetch/chunks.py): the first asked alone, and once its answer shows the
+upstream honours Range (and agrees on the size), each flow that is free takes the next chunk in
+order. An upstream that answers the first with the whole blob gives it in one stream.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import random
 import re
@@ -31,6 +30,7 @@ from collections.abc import Iterator
 import trio
 
 from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
+from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces, next_chunk
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
@@ -51,16 +51,6 @@ BUFFER_COUNT = 16
 EARLY_HANDOFF = 64 * 1024
 # Range requests in flight at once for the runs of a resumed blob (each its own connection).
 RANGES_AT_ONCE = 4
-# A large blob fetched whole comes in WHOLE_PARTS parts at once (PARTS_MIN_PIECES pieces or
-# more). An owner's one flow from the registry shares the owner's downlink with the flows of
-# the blobs it takes from peers, and the registry's uplink was ~0.9 busy at 100 hosts; three
-# regions of the blob also give the swarm pieces to trade sooner. Simulator (PEERS_WHILE_OWNING
-# 8), four seeds each: 8 hosts 1.07-1.09 x T_min (1.10-1.17 in one part), uneven links
-# 1.16-1.19 (1.19-1.27), small images 1.16-1.18 (1.23-1.24), 16 hosts 512 MiB 1.13-1.16
-# (1.14-1.16), 100 hosts 1.22-1.29 (the same). The CPU-bound testbed showed no difference out
-# of its noise (8 hosts, uneven links; README).
-WHOLE_PARTS = 3
-PARTS_MIN_PIECES = 64
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -253,7 +243,7 @@ class UpstreamFetcher:
                 # Left by a fetch whose size a manifest now contradicts: ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)
         if partial is None:
-            # The whole blob: in parts when it is large and a manifest gave its size (else
+            # The whole blob: in chunks when it is large and a manifest gave its size (else
             # the first answer tells it, and the blob comes in that one answer).
             first_end = self._first_part_end(digest)
             partial = await self._fetch_range(
@@ -310,9 +300,12 @@ class UpstreamFetcher:
         headers: dict[str, str],
         partial: PartialBlob,
         runs: list[tuple[int, int]],
+        chunks: Chunks | None = None,
+        flows: int = RANGES_AT_ONCE,
     ) -> None:
         """Fetch every run [start, end) into `partial`, RANGES_AT_ONCE requests in flight, the
-        longest run first (it takes longest; the short ones go beside it).
+        longest run first (it takes longest; the short ones go beside it); then, with `flows`
+        requests in flight, the `chunks` of a blob fetched whole, in order.
 
         Raises:
             _NotBesideOthers: an answer only the one-at-a-time path may act on; the other
@@ -329,9 +322,12 @@ class UpstreamFetcher:
             nonlocal failure
             while True:
                 async with slots:
-                    if not todo or failure is not None:
+                    if failure is not None:
                         return
-                    start, end = todo.pop(0)
+                    run = todo.pop(0) if todo else _chunk_bytes(partial, chunks)
+                    if run is None:
+                        return
+                    start, end = run
                     try:
                         await self._fetch_range(
                             download, headers, partial, start, end, beside_others=True
@@ -342,7 +338,7 @@ class UpstreamFetcher:
                         cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for _ in range(min(RANGES_AT_ONCE, len(todo))):
+            for _ in range(flows if chunks else min(RANGES_AT_ONCE, len(todo))):
                 nursery.start_soon(fetch_next, nursery.cancel_scope)
         if failure is not None:
             raise failure
@@ -365,8 +361,8 @@ class UpstreamFetcher:
         would refuse the client or start the blob over raises `_NotBesideOthers` instead, and
         a 5xx too (it may be the concurrency itself).
 
-        `rest_beside` (the first part of a blob fetched whole in parts): once the answer is a
-        good 206, the other parts are asked for beside it (`_pump_beside_parts`)."""
+        `rest_beside` (the first chunk of a blob fetched whole in chunks): once the answer is a
+        good 206, the other chunks are asked for beside it (`_pump_beside_parts`)."""
         digest = download.digest
         request_headers = dict(headers)
         if end is not None and partial is not None and end == partial.layout.size:
@@ -383,7 +379,6 @@ class UpstreamFetcher:
             connect_timeout=config.connect_timeout,
             stall_timeout=config.stall_timeout,
         )
-        self.streams += 1
         try:
             if beside_others and body.status not in (200, 206):
                 # A refusal is the client's answer, a 5xx may be this very concurrency:
@@ -442,26 +437,26 @@ class UpstreamFetcher:
             stop = start + length
             if end is not None and body.status == 206:
                 stop = min(stop, end)
-            rest = _parts_after(partial, stop) if rest_beside and body.status == 206 else []
-            if rest:
+            rest = _chunks_after(partial, stop) if rest_beside and body.status == 206 else None
+            if rest is not None:
                 await self._pump_beside_parts(download, headers, body, partial, start, stop, rest)
             else:
                 buffers = BUFFER_COUNT // RANGES_AT_ONCE if beside_others else BUFFER_COUNT
                 await self._pump(download, body, partial, start, stop, buffers)
         finally:
-            self.streams -= 1
             await body.aclose()
         return partial
 
     def _first_part_end(self, digest: str) -> int | None:
-        """Where the first part of a blob fetched whole ends (a piece boundary), when a stored
-        manifest gives the blob's size and it is large enough for parts; else None."""
+        """Where the first chunk of a blob fetched whole ends (a piece boundary), when a stored
+        manifest gives the blob's size and it is large enough for chunks; else None."""
         size = self._store.descriptor_sizes.size_of(digest)
         if size is None:
             return None
         layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
-        parts = whole_parts(layout.count)
-        return parts[0][1] * layout.piece_size if len(parts) > 1 else None
+        if layout.count < PARTS_MIN_PIECES:
+            return None
+        return next_chunk(layout.count, 0, least_pieces(layout.piece_size))[1] * layout.piece_size
 
     async def _pump_beside_parts(
         self,
@@ -471,32 +466,36 @@ class UpstreamFetcher:
         partial: PartialBlob,
         start: int,
         stop: int,
-        rest: list[tuple[int, int]],
+        rest: Chunks,
     ) -> None:
-        """Receive the first part's `body` while Range requests fetch the `rest` of the blob.
-        A part answered in a way only the one-at-a-time path may act on is left to the fetch's
-        next round (`_fetch_upstream` asks for whatever is missing); any other failure ends
-        every request and is raised."""
+        """Receive the first chunk's `body` while WHOLE_FLOWS - 1 Range requests fetch the
+        `rest` of the blob, chunk after chunk in order; once the first is in, its flow takes
+        the next chunks too. A chunk answered in a way only the one-at-a-time path may act on
+        is left to the fetch's next round (`_fetch_upstream` asks for whatever is missing);
+        any other failure ends every request and is raised."""
         failure: Exception | None = None
 
-        async def fetch_rest(cancel_scope: trio.CancelScope) -> None:
+        async def fetch_rest(cancel_scope: trio.CancelScope, flows: int) -> None:
             nonlocal failure
             try:
-                await self._fetch_runs(download, headers, partial, rest)
+                await self._fetch_runs(download, headers, partial, [], rest, flows)
             except _NotBesideOthers as exc:
-                log.info("%s: the other parts left to the next round: %s", partial.digest, exc)
+                rest.close()  # no flow takes another chunk: one request at a time from here
+                log.info("%s: the other chunks left to the next round: %s", partial.digest, exc)
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc
                 cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_rest, nursery.cancel_scope)
+            nursery.start_soon(fetch_rest, nursery.cancel_scope, WHOLE_FLOWS - 1)
             try:
-                await self._pump(download, body, partial, start, stop, BUFFER_COUNT // WHOLE_PARTS)
-                await body.aclose()  # read to its end: what else it sends is the parts'
+                await self._pump(download, body, partial, start, stop, BUFFER_COUNT // WHOLE_FLOWS)
+                await body.aclose()  # read to its end: what else it sends is the others'
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc
                 nursery.cancel_scope.cancel()
+            else:
+                nursery.start_soon(fetch_rest, nursery.cancel_scope, 1)  # on to the next chunk
         if failure is not None:
             raise failure
 
@@ -552,23 +551,31 @@ class UpstreamFetcher:
                 pipe.close()
 
         offset = start
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            try:
-                while (full := await pipe.take_full()) is not None:
-                    views = [memoryview(buffer)[:length] for buffer, length in full]
-                    self._store.ensure_room(partial, sum(length for _, length in full))
-                    async with partial.write_lock:
-                        completed = await trio.to_thread.run_sync(partial.write_sync, offset, views)
-                    written = sum(length for _, length in full)
-                    offset += written
-                    download.received_from_upstream(written)
-                    self.bytes_from_upstream += written
-                    pipe.give_back([buffer for buffer, _ in full])
-                    partial.announce(completed)
-            except Exception as exc:  # raised below, outside the nursery: no exception group
-                write_error = exc
-                nursery.cancel_scope.cancel()
+        # Counted while its bytes arrive (peer/swarm/inflow.py): a first chunk's flow that
+        # goes on to the next chunks does so inside the first request's call.
+        self.streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                try:
+                    while (full := await pipe.take_full()) is not None:
+                        views = [memoryview(buffer)[:length] for buffer, length in full]
+                        self._store.ensure_room(partial, sum(length for _, length in full))
+                        async with partial.write_lock:
+                            completed = await trio.to_thread.run_sync(
+                                partial.write_sync, offset, views
+                            )
+                        written = sum(length for _, length in full)
+                        offset += written
+                        download.received_from_upstream(written)
+                        self.bytes_from_upstream += written
+                        pipe.give_back([buffer for buffer, _ in full])
+                        partial.announce(completed)
+                except Exception as exc:  # raised below, outside the nursery: no exception group
+                    write_error = exc
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.streams -= 1
         if write_error is not None:
             raise write_error
         if broke_off is not None:
@@ -578,24 +585,22 @@ class UpstreamFetcher:
             raise UpstreamError(body.url, message)
 
 
-def whole_parts(count: int) -> list[tuple[int, int]]:
-    """The parts, as piece index runs [start, end), of a blob of `count` pieces fetched whole:
-    WHOLE_PARTS of them from PARTS_MIN_PIECES pieces on, else one."""
-    if count < PARTS_MIN_PIECES:
-        return [(0, count)]
-    bounds = [i * count // WHOLE_PARTS for i in range(WHOLE_PARTS + 1)]
-    return list(itertools.pairwise(bounds))
-
-
-def _parts_after(partial: PartialBlob, stop: int) -> list[tuple[int, int]]:
-    """The byte runs [start, end) of the parts of `partial`'s blob from byte `stop` on (the
-    first part's end: the other parts); none when it holds bytes already (another download's
-    partial: the fetch's next round asks for what it lacks)."""
-    if partial.bytes_present:
-        return []
+def _chunks_after(partial: PartialBlob, stop: int) -> Chunks | None:
+    """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end); None when
+    there are none, or when it holds bytes already (another download's partial: the fetch's
+    next round asks for what it lacks)."""
     layout = partial.layout
-    runs = [(layout.start(first), layout.end(end - 1)) for first, end in whole_parts(layout.count)]
-    return [(start, end) for start, end in runs if start >= stop]
+    if partial.bytes_present or stop >= layout.size or stop % layout.piece_size:
+        return None
+    return Chunks(layout.count, stop // layout.piece_size, least_pieces(layout.piece_size))
+
+
+def _chunk_bytes(partial: PartialBlob, chunks: Chunks | None) -> tuple[int, int] | None:
+    """The next chunk's bytes [start, end), or None."""
+    taken = chunks.take() if chunks is not None else None
+    if taken is None:
+        return None
+    return partial.layout.start(taken[0]), partial.layout.end(taken[1] - 1)
 
 
 def _restart_reason(partial: PartialBlob, status: int, ranged: bool, size: int) -> str | None:

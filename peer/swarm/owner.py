@@ -55,7 +55,7 @@ class PeerUpstream(Protocol):
         ...
 
     def streams(self) -> int:
-        """Answers arriving from an upstream now (a blob fetched in parts has several)."""
+        """Answers arriving from an upstream now (a blob fetched in chunks has several)."""
         ...
 
     async def fetch_runs(

@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 from bench.components import Containerd, Pollen
-from peer.fetch.upstream_fetch import WHOLE_PARTS
+from peer.fetch.chunks import least_pieces, whole_chunks
+from pieces.layout import PieceLayout, piece_size_for
 from tests.integration.conftest import PushedImage
 from tests.integration.relays import sha256_file
 
@@ -24,8 +25,11 @@ def test_containerd_pulls_through_the_node_and_the_registry_serves_each_blob_onc
 
     # Each blob left the registry exactly once, and it went to pollen: pollen sent every byte.
     assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
-    # The large layer (288 pieces) in parts at once, by Range: the manifest gave its size.
-    assert registry.blob_statuses(mark)[pushed.largest_layer] == [206] * WHOLE_PARTS
+    # The large layer (288 pieces) in chunks, by Range: the manifest gave its size.
+    largest = max(pushed.manifest["layers"], key=lambda d: d["size"])["size"]
+    layout = PieceLayout(largest, piece_size_for(largest))
+    chunks = whole_chunks(layout.count, least_pieces(layout.piece_size))
+    assert registry.blob_statuses(mark)[pushed.largest_layer] == [206] * len(chunks)
     served = pollen.status()["served"]
     total = sum(pushed.blobs.values())
     assert served["blob_bytes_from_cache"] + served["blob_bytes_while_downloading"] == total

@@ -47,6 +47,11 @@ class FakeRegistry:
     # When set, a Range is answered from this many bytes past the asked start (a lying 206).
     range_shift: int = 0
     range_delay: dict[str, float] = field(default_factory=dict)  # Range header -> wait first
+    # Range header -> seconds between 64 KiB chunks of its answer, in place of `pace`.
+    range_pace: dict[str, float] = field(default_factory=dict)
+    range_sent: dict[str, int] = field(default_factory=dict)  # Range header -> body bytes sent
+    # Range header -> `range_sent` as it was when that Range was asked.
+    range_sent_when_asked: dict[str, dict[str, int]] = field(default_factory=dict)
     busy_ranges: int = 0  # answer this many Range requests with 503 first
     busy_gets: int = 0  # answer this many blob GETs (any, after `gate`) with 503 first
     refuse_ranges_from: int | None = None  # answer a Range from this byte on with 401
@@ -172,6 +177,8 @@ class FakeRegistry:
         status = 200
         headers = [("content-type", "application/octet-stream"), ("docker-content-digest", digest)]
         range_header = request.headers.get("range")
+        if range_header:
+            self.range_sent_when_asked[range_header] = dict(self.range_sent)
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header or "")
         ignore = self.ignore_range
         if m and self.ranges_honoured is not None:
@@ -203,6 +210,7 @@ class FakeRegistry:
             await conn.end_response()
             return
         sent = 0
+        pace = self.range_pace.get(range_header or "", self.pace)
         for pos in range(start, end, 65536):
             chunk = data[pos : min(pos + 65536, end)]
             if self.cut_after is not None and sent + len(chunk) > self.cut_after:
@@ -211,8 +219,10 @@ class FakeRegistry:
                 return
             await conn.send_data(chunk)
             sent += len(chunk)
-            if self.pace:
-                await trio.sleep(self.pace)
+            if range_header:
+                self.range_sent[range_header] = sent
+            if pace:
+                await trio.sleep(pace)
         if sent < length:  # claimed more than there is: break off
             await conn.stream.aclose()
             return

@@ -1,5 +1,5 @@
 """The upstream fetcher's Range requests, against a fake registry on loopback: for the gaps of
-a partial blob, how many go at once; a large blob fetched whole, in parts."""
+a partial blob, how many go at once; a large blob fetched whole, in chunks."""
 
 from __future__ import annotations
 
@@ -11,31 +11,36 @@ from typing import Any
 import pytest
 import trio
 
+from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, least_pieces, whole_chunks
 from peer.fetch.download import Download
-from peer.fetch.upstream_fetch import (
-    PARTS_MIN_PIECES,
-    RANGES_AT_ONCE,
-    WHOLE_PARTS,
-    UpstreamFetcher,
-    whole_parts,
-)
+from peer.fetch.upstream_fetch import RANGES_AT_ONCE, UpstreamFetcher
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
 from pieces.store import Store
 from tests.peer.fake_registry import FakeRegistry
 
 PIECE = 64 * 1024
-# A blob large enough for parts, and its first part's end (pieces of PIECE: the store's
+# A blob large enough for chunks, and its first chunk's end (pieces of PIECE: the store's
 # largest, and the blob has more than PIECES_PER_BLOB of them).
 LARGE = 300 * PIECE + 99
 
 
 class CountingFetcher(UpstreamFetcher):
-    """Counts the Range requests in flight (a test's subclass: production has no hook)."""
+    """Counts the Range requests in flight, and the answers arriving at once (a test's
+    subclass: production has no hook)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open = self.most_open = 0
+        self.pumping = self.most_pumping = 0
+
+    async def _pump(self, *args: Any, **kwargs: Any) -> Any:
+        self.pumping += 1
+        self.most_pumping = max(self.most_pumping, self.pumping)
+        try:
+            return await super()._pump(*args, **kwargs)
+        finally:
+            self.pumping -= 1
 
     async def _fetch_range(self, *args: Any, **kwargs: Any) -> Any:
         self.open += 1
@@ -100,36 +105,51 @@ def blob_gets(registry: FakeRegistry) -> list[str | None]:
     return [r for m, p, r in registry.requests if m == "GET" and "/blobs/" in p]
 
 
-def part_ranges(size: int) -> list[str]:
-    """The Range headers of the parts of a blob of `size` bytes in PIECE pieces (the last
-    one open-ended: the form every registry supports)."""
+def chunk_ranges(size: int) -> list[str]:
+    """The Range headers of the chunks of a blob of `size` bytes in PIECE pieces, in order
+    (the last one open-ended: the form every registry supports)."""
     count = -(-size // PIECE)
-    bounds = [0] + [end * PIECE for _, end in whole_parts(count)[:-1]]
+    bounds = [start * PIECE for start, _ in whole_chunks(count, least_pieces(PIECE))]
     return [f"bytes={a}-{b - 1}" for a, b in itertools.pairwise(bounds)] + [f"bytes={bounds[-1]}-"]
 
 
-def test_a_large_blob_has_parts_and_a_small_one_none() -> None:
-    assert whole_parts(PARTS_MIN_PIECES - 1) == [(0, PARTS_MIN_PIECES - 1)]
-    parts = whole_parts(300)
-    assert len(parts) == WHOLE_PARTS
-    assert parts[0][0] == 0 and parts[-1][1] == 300
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))  # no gap, no overlap
-    assert max(e - s for s, e in parts) - min(e - s for s, e in parts) <= 1
+def range_start(header: str | None) -> int:
+    return int((header or "bytes=0-").removeprefix("bytes=").split("-")[0])
 
 
-async def test_a_large_blob_whose_size_a_manifest_gives_comes_in_parts_at_once(
+async def test_a_large_blob_whose_size_a_manifest_gives_comes_in_chunks_on_several_flows(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
     # An owner's one flow from the registry shares its downlink with the flows of the blobs
-    # it takes from peers. The first part is asked alone; the others once its answer shows
-    # the registry honours Range. Each byte still comes once.
+    # it takes from peers. The first chunk is asked alone; the others, in order, once its
+    # answer shows the registry honours Range, WHOLE_FLOWS at once. Each byte comes once.
     registry.pace = 0.002
     fetcher = await fetch_whole(tmp_path, registry, os.urandom(LARGE))
     gets = blob_gets(registry)
-    assert gets[0] == part_ranges(LARGE)[0]  # asked first
-    assert sorted(r or "" for r in gets) == sorted(part_ranges(LARGE))
-    assert registry.most_blob_gets_open == WHOLE_PARTS
+    chunks = chunk_ranges(LARGE)
+    assert len(chunks) > WHOLE_FLOWS
+    assert gets[0] == chunks[0]  # asked first
+    assert sorted(gets, key=range_start) == chunks
+    assert fetcher.most_pumping == WHOLE_FLOWS  # answers arriving at once
     assert fetcher.bytes_from_upstream == LARGE
+
+
+async def test_a_slow_flow_holds_back_its_chunk_while_the_others_take_the_rest(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # Three equal parts at once: on the testbed the registry's flows went at unlike rates,
+    # the slowest part ended seconds after the others, and every client (reading in order)
+    # waited for it with the blob's last third or two in store. Here the second chunk comes
+    # slowly: the other flows take every chunk after it meanwhile.
+    chunks = chunk_ranges(LARGE)
+    slow = chunks[1]
+    registry.range_pace[slow] = 0.05  # 33 pieces of 64 KiB: 1.6 s
+    await fetch_whole(tmp_path, registry, os.urandom(LARGE))
+    gets = blob_gets(registry)
+    assert sorted(gets, key=range_start) == chunks
+    slow_size = range_start(chunks[2]) - range_start(slow)
+    # The last chunk was asked for before the slow one was in.
+    assert registry.range_sent_when_asked[chunks[-1]].get(slow, 0) < slow_size
 
 
 async def test_a_blob_of_unknown_size_comes_in_one_answer(
@@ -148,27 +168,28 @@ async def test_a_small_blob_comes_in_one_answer(tmp_path: Path, registry: FakeRe
 async def test_a_registry_that_ignores_range_gives_the_blob_in_its_first_answer(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
-    # The first part answered with the whole blob (200): taken whole, no other part asked.
+    # The first chunk answered with the whole blob (200): taken whole, no other one asked.
     registry.ignore_range = True
     fetcher = await fetch_whole(tmp_path, registry, os.urandom(LARGE))
-    assert blob_gets(registry) == [part_ranges(LARGE)[0]]
+    assert blob_gets(registry) == [chunk_ranges(LARGE)[0]]
     assert fetcher.bytes_from_upstream == LARGE
 
 
-async def test_parts_the_registry_will_not_answer_beside_the_first_come_after_it(
+async def test_chunks_the_registry_will_not_answer_beside_the_first_come_after_it(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
     # The first Range honoured, the others answered with the whole blob: each is dropped at
-    # its headers and the rest asked one range at a time after the first part (the next
-    # answer, the whole blob again, starts the download over: still each byte once stored).
+    # its headers, no flow takes another chunk, and the rest is asked one range at a time
+    # after the first chunk (the next answer, the whole blob again, starts the download
+    # over: still each byte once stored).
     registry.ranges_honoured = 1
     await fetch_whole(tmp_path, registry, os.urandom(LARGE))
     gets = blob_gets(registry)
-    # (The second part may be stopped before it is sent, once the first refusal is in.)
-    assert gets[0] == part_ranges(LARGE)[0] and WHOLE_PARTS <= len(gets) <= WHOLE_PARTS + 1
+    # (The third chunk may be stopped before it is sent, once the first refusal is in.)
+    assert gets[0] == chunk_ranges(LARGE)[0] and WHOLE_FLOWS <= len(gets) <= WHOLE_FLOWS + 1
 
 
-async def test_a_first_part_answered_from_another_byte_fails_the_fetch(
+async def test_a_first_chunk_answered_from_another_byte_fails_the_fetch(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
     # Asked from byte 0, answered 206 from byte 5: nothing of it is stored as the blob's.

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from peer.config import Address, NodeConfig
+from peer.fetch.chunks import least_pieces, whole_chunks
 from peer.node import Node
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
 
@@ -215,9 +216,9 @@ async def test_a_registry_that_changes_the_blob_size_back_and_forth_ends_the_fet
 
 
 async def test_a_refusal_after_the_blob_began_streaming_fails_its_client(setup: Setup) -> None:
-    # A large blob whose size a manifest gave comes in parts: the first part's answer is
-    # streaming to the client when the registry refuses the other parts (a token that ran
-    # out, say). The 200 has gone out: the refusal cannot reach the client, the download
+    # A large blob whose size a manifest gave comes in chunks: the first chunk's answer is
+    # streaming to the client when the registry refuses the others (a token that ran out,
+    # say). The 200 has gone out: the refusal cannot reach the client, the download
     # must fail (the client's connection breaks) and be counted failed, not left hanging.
     registry = setup.registry
     data = os.urandom(300 * PIECE)
@@ -227,7 +228,8 @@ async def test_a_refusal_after_the_blob_began_streaming_fails_its_client(setup: 
     with trio.fail_after(10), pytest.raises(httpx.RemoteProtocolError):
         await setup.client.get(blob_path(digest))
     await wait_idle(setup)
-    assert blob_gets(setup.registry)[0] == f"bytes=0-{100 * PIECE - 1}"
+    first_end = whole_chunks(300, least_pieces(PIECE))[0][1] * PIECE
+    assert blob_gets(setup.registry)[0] == f"bytes=0-{first_end - 1}"
     upstream = upstream_counts(setup)
     assert upstream["downloads_failed"] == 1 and upstream["downloads_completed"] == 0
     assert not setup.node.store.has_blob(digest)

@@ -1,0 +1,79 @@
+"""How a large blob fetched whole from its registry is cut into Range requests: a pure rule.
+
+A blob's owner fetches it from the registry with WHOLE_FLOWS requests at once: its one flow
+would share its downlink with the flows of the blobs it takes from peers, and the registry's
+uplink, which the whole swarm waits for, would carry fewer flows. The blob is cut into
+*chunks* taken in order: the first asked alone (its answer shows whether the registry honours
+Range), then each flow that is free takes the next one, a share of what is left (1 /
+CHUNK_SHARE of it, at least CHUNK_MIN), so the chunks shrink towards the end and the flows
+end within a small chunk of each other, whatever their rates.
+
+Why not three equal parts at once (the rule until 2026-11-30): the registry's flows do not go
+at like rates (on the testbed, 8 hosts at 50 Mbit/s, the first part of a blob came at 1.0-2.4
+MB/s and the two beside it at 0.2-0.5 MB/s for tens of seconds), so the parts ended seconds
+apart. In the last seconds the registry's uplink carried a few slow flows, and whichever part
+ended last held every client, which reads in order: when a blob's last piece arrived, a host's
+client still had 53-106 of its 299 pieces to read on average (a third or two thirds of the
+blob in most blobs), and every host read them at the same moment. In chunks: 7-18. Testbed,
+alternating with the parts, owners 1+1+1: 1.144-1.156 x T_min with chunks of a sixth against
+1.179-1.199 (the origin idle 0.7-2.1 s of the run against 1.6-4.1 s); the simulator at 100
+hosts preferred an eighth (1.130-1.150 against 1.134-1.181 with a sixth, seeds 0-3; 1.123-1.146
+with the parts), the testbed then 1.150, 1.152 (README, "Where the 8-host testbed's time
+goes"; four flows: 1.157-1.166). An owner of two blobs needs its seeding to count a piece it
+sent (peer/swarm/swarm.py, `_piece_sent`): its downlink full of chunks, its peers' Haves came
+late and its offers stopped.
+"""
+
+from __future__ import annotations
+
+WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole
+CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
+PARTS_MIN_PIECES = 64  # a blob of fewer pieces comes in one request
+CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a connection)
+
+
+def least_pieces(piece_size: int) -> int:
+    """CHUNK_MIN in pieces (at least one)."""
+    return max(1, -(-CHUNK_MIN // piece_size))
+
+
+def next_chunk(count: int, cursor: int, least: int) -> tuple[int, int]:
+    """The chunk [cursor, end) of a blob of `count` pieces: 1 / CHUNK_SHARE of what is left,
+    at least `least` pieces, and none of fewer than `least` left after it."""
+    end = min(count, cursor + max(least, (count - cursor) // CHUNK_SHARE))
+    if count - end < least:
+        end = count
+    return cursor, end
+
+
+def whole_chunks(count: int, least: int) -> list[tuple[int, int]]:
+    """Every chunk of a blob of `count` pieces fetched whole, in order (one when it has fewer
+    than PARTS_MIN_PIECES pieces)."""
+    if count < PARTS_MIN_PIECES:
+        return [(0, count)] if count else []
+    chunks: list[tuple[int, int]] = []
+    cursor = 0
+    while cursor < count:
+        chunks.append(next_chunk(count, cursor, least))
+        cursor = chunks[-1][1]
+    return chunks
+
+
+class Chunks:
+    """The chunks of a blob from `cursor` on, handed out in order to whichever flow is free."""
+
+    def __init__(self, count: int, cursor: int, least: int) -> None:
+        self.count, self.cursor, self.least = count, cursor, least
+
+    def take(self) -> tuple[int, int] | None:
+        """The next chunk (piece indices [start, end)); None when every chunk was taken."""
+        if self.cursor >= self.count:
+            return None
+        start, end = next_chunk(self.count, self.cursor, self.least)
+        self.cursor = end
+        return start, end
+
+    def close(self) -> None:
+        """Hand out no more chunks (an answer only one request at a time may act on came:
+        the fetch's next round asks for whatever is missing)."""
+        self.cursor = self.count
