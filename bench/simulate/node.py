@@ -585,6 +585,13 @@ class SimNode:
             now = self.world.queue.now
             self._seeded(state, state.seeder.peer_has(source, (event.index,), now))
 
+    def piece_sent(self, peer: bytes, digest: str, index: int) -> None:
+        """A piece went out whole to `peer`: the seeding counts it as the peer's (as the node,
+        peer/swarm/swarm.py `_piece_sent`)."""
+        state = self.blobs.get(digest)
+        if state is not None and state.seeder is not None:
+            self._seeded(state, state.seeder.peer_has(peer, (index,), self.world.queue.now))
+
     def _on_request(self, source: bytes, event: Request) -> None:
         self.uploader.request(source, event.digest, event.index)
 

@@ -156,6 +156,7 @@ class Uploader:
 
     def delivered(self, request: UploadRequest, nbytes: int) -> None:
         self._close(request)
+        self.node.piece_sent(request.peer, request.digest, request.index)
         self.node.choker.served(request.peer, nbytes)
         self.node.world.deliver_piece(
             self.node, request.peer, request.digest, request.index, nbytes

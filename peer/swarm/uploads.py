@@ -47,6 +47,7 @@ class Uploads:
         urgent: Callable[[str], bool],
         stored_at: Callable[[str, int], float | None],
         holds: Callable[[str, int], bool],
+        sent: Callable[[bytes, str, int], None],
         slots: int = UPLOAD_SLOTS,
     ) -> None:
         self._store = store
@@ -58,6 +59,7 @@ class Uploads:
         self._urgent = urgent  # pieces of this blob go first (the owner's first copies)
         self._stored_at = stored_at  # when a piece was stored here: the newest go first
         self._holds = holds  # is the piece here (verified in a partial, or the blob)?
+        self._sent = sent  # a piece went out whole to this peer (its owner's seeding counts it)
         self.lanes = UploadLanes(slots)
         self._turns: dict[object, trio.Event] = {}  # waiting ticket -> set when its turn comes
 
@@ -146,6 +148,7 @@ class Uploads:
             await self._limit.consume(length)
             started = trio.current_time()
             if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
+                self._sent(link.peer_id, digest, index)
                 self._choker.served(link.peer_id, length)
                 self._counters.bytes_to_peers += length
                 self._counters.pieces_to_peers += 1

@@ -80,8 +80,11 @@ def _uploads(
     choker: Choker | None = None,
     counters: Counters | None = None,
     stored_at: dict[int, float] | None = None,
+    sent: list[tuple[bytes, str, int]] | None = None,
 ) -> Uploads:
-    """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded."""
+    """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded;
+    `sent`: where the pieces that went out whole are noted."""
+    noted = sent if sent is not None else []
     return Uploads(
         Store(tmp_path / "blob"),  # type: ignore[arg-type]
         choker or Choker(random.Random(1), 0.0),
@@ -92,6 +95,7 @@ def _uploads(
         lambda digest: digest == urgent,
         lambda _digest, index: (stored_at or {}).get(index),
         lambda _digest, _index: True,  # every piece is here
+        lambda peer, digest, index: noted.append((peer, digest, index)),
         slots=1,
     )
 
@@ -113,6 +117,27 @@ async def test_a_peer_choked_while_its_request_waits_for_a_slot_gets_a_reject(
     assert [type(e) for e in first.sent] == [Piece]
     assert second.sent == [Reject(DIGEST, 0, "choked")]
     assert counters.pieces_to_peers == 1
+
+
+async def test_a_piece_that_went_out_whole_is_told_and_a_refused_one_is_not(
+    tmp_path: Path,
+) -> None:
+    # An owner's seeding counts a piece sent as its peer's (peer/swarm/swarm.py, _piece_sent):
+    # the peer's Have may wait behind the pieces that peer sends us.
+    choker = Choker(random.Random(1), 0.0)
+    sent: list[tuple[bytes, str, int]] = []
+    uploads = _uploads(tmp_path, choker=choker, sent=sent)
+    first, second = Link(b"A" * 16), Link(b"B" * 16)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 3))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == []  # not before it went out
+        nursery.start_soon(uploads.serve, second, Request(DIGEST, 4))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        choker.choked.add(second.peer_id)  # refused when its turn comes
+        first.release.set()
+    assert sent == [(first.peer_id, DIGEST, 3)]
+    assert second.sent == [Reject(DIGEST, 4, "choked")]
 
 
 async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
@@ -143,6 +168,7 @@ async def test_a_blob_is_held_against_eviction_while_a_piece_of_it_goes_out(
         lambda _digest: False,
         lambda _digest, _index: None,
         lambda _digest, _index: True,
+        lambda _peer, _digest, _index: None,
     )
     link = Link(b"A" * 16)
     async with trio.open_nursery() as nursery:
