@@ -289,45 +289,69 @@ class PeerLink:
         async with self._send_lock:
             if self.closed:
                 raise LinkClosed("link closed")
-            if self._unsent:
-                unsent, self._unsent = self._unsent, b""
-                await self._send_raw(unsent)
             posted, self._outbox = self._outbox, []
-            try:
-                sent = await self._send_in_order(posted + events, len(posted))
-            finally:
-                self._requests_queued -= sum(isinstance(e, Request) for e in posted)
-            return sent[len(posted) :]
+            # Shielded: posted messages have no caller to tell, and a caller cancelled half
+            # way through them (a fetch's time-out around its Want) would leave the protocol
+            # counting frames never written, or half a frame on the wire. SEND_TIMEOUT bounds
+            # the wait.
+            with trio.CancelScope(shield=True):
+                if self._unsent:
+                    unsent, self._unsent = self._unsent, b""
+                    await self._send_raw(unsent)
+                if posted:
+                    await self._send_posted(posted)
+            return await self._send_in_order(events)
 
-    async def _send_in_order(self, events: list[Event], posted: int) -> list[bool]:
-        """`send_many`'s work, under its lock; the first `posted` events are the posted ones."""
+    async def _send_posted(self, posted: list[Event]) -> None:
+        """The posted events, in order, under the send lock. Each Request leaves the count of
+        those queued as it is encoded (the protocol counts it from then on: counted twice
+        while a piece went out after it, `request_room` turned fetches away)."""
+        pending: list[bytes | memoryview] = []
+        queued = sum(isinstance(e, Request) for e in posted)
+        try:
+            for event in posted:
+                try:
+                    await self._send_buffers(self._unless_cancelled(event)[0], pending)
+                except LocalProtocolError as exc:
+                    await self._flush(pending)  # the events before this one go
+                    # A posted message the protocol refused (a bug of ours, no caller to
+                    # tell): what was posted after it cannot keep its order, so the link
+                    # goes, as it did when the writer task raised this.
+                    log.exception("posted %s refused; closing the link", type(event).__name__)
+                    await self.close()
+                    raise LinkClosed(f"posted message refused: {exc}") from exc
+                if isinstance(event, Request):
+                    queued -= 1
+                    self._requests_queued -= 1
+            await self._flush(pending)
+        finally:
+            self._requests_queued -= queued  # those never encoded
+
+    async def _send_in_order(self, events: list[Event]) -> list[bool]:
+        """`send_many`'s own events, under its lock."""
         sent: list[bool] = []
         pending: list[bytes | memoryview] = []  # small buffers not written yet
         try:
             for event in events:
-                answered = True
-                if isinstance(event, Piece | Reject):
-                    key = (event.digest, event.index)
-                    if key in self.cancelled:
-                        self.cancelled.discard(key)
-                        if isinstance(event, Piece):
-                            self.pieces_cancelled += 1
-                            event = Reject(event.digest, event.index, "cancelled")
-                            answered = False
+                event, answered = self._unless_cancelled(event)
                 await self._send_buffers(event, pending)
                 sent.append(answered)
-        except LocalProtocolError as exc:
+        except LocalProtocolError:
             await self._flush(pending)  # the events before this one go, as one by one
-            if len(sent) < posted:
-                # A posted message the protocol refused (a bug of ours, no caller to tell):
-                # what was posted after it cannot keep its order, so the link goes, as it
-                # did when the writer task raised this.
-                log.exception("posted %s refused; closing the link", type(events[len(sent)]))
-                await self.close()
-                raise LinkClosed(f"posted message refused: {exc}") from exc
             raise
         await self._flush(pending)
         return sent
+
+    def _unless_cancelled(self, event: Event) -> tuple[Event, bool]:
+        """A Piece the peer cancelled meanwhile goes as a Reject (False: not answered)."""
+        if isinstance(event, Piece | Reject):
+            key = (event.digest, event.index)
+            if key in self.cancelled:
+                self.cancelled.discard(key)
+                if isinstance(event, Piece):
+                    self.pieces_cancelled += 1
+                    return Reject(event.digest, event.index, "cancelled"), False
+        return event, True
 
     async def _send_buffers(self, event: Event, pending: list[bytes | memoryview]) -> None:
         """Encode `event` after what `pending` holds: small buffers are added to it, a large

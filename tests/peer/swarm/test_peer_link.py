@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -415,3 +416,71 @@ async def test_a_posted_message_the_protocol_refuses_closes_the_link_whoever_sen
         with pytest.raises(LinkClosed, match="already requested"):
             await sender.send(Piece(DIGEST, 1, b"x"))
         assert sender.closed
+
+
+async def test_a_posted_request_a_piece_carries_counts_once_while_the_piece_goes_out() -> None:
+    # A piece's sender that carries posted Requests ahead of its piece: each counts as
+    # outstanding from the moment it is written, and no longer as queued as well (counted
+    # twice while the piece went out, `request_room` turned the fetches away).
+    async with two_links() as links:
+        sender = await links.piece_0_filling_the_socket()
+        links.nursery.start_soon(sender.send, Piece(DIGEST, 1, BIG))  # waits for the link
+        await trio.testing.wait_all_tasks_blocked()
+        room = sender.request_room()
+        sender.post(Request(DIGEST, 5))  # queued: the next piece's sender takes it along
+        assert sender.request_room() == room - 1
+        stall = trio.Event()
+
+        async def read_piece_0_then_stall(link: PeerLink, event: Event) -> None:
+            if isinstance(event, Piece):
+                await stall.wait()  # the socket fills again: piece 1 waits half-sent
+
+        links.nursery.start_soon(links.receiver.run, read_piece_0_then_stall)
+        with trio.fail_after(10):
+            while (DIGEST, 5) not in sender.protocol.our_requests:
+                await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
+        assert sender.request_room() == room - 1  # written, outstanding, counted once
+        stall.set()
+
+
+async def test_a_sender_cancelled_while_it_carries_posted_messages_sends_them_whole() -> None:
+    # Posted messages have no caller to tell: a sender that carries them and is cancelled
+    # half way (a fetch's time-out around its Want) must not leave them half written, or
+    # counted by the protocol and never sent.
+    count = 40_000  # Haves: more than the socket buffers hold, made small here
+    async with two_links() as links:
+        for link, option in ((links.sender, socket.SO_SNDBUF), (links.receiver, socket.SO_RCVBUF)):
+            assert isinstance(link.stream, trio.SocketStream)
+            link.stream.socket.setsockopt(socket.SOL_SOCKET, option, 64 * 1024)
+        sender = await links.piece_0_filling_the_socket()
+        gave_up = trio.Event()
+
+        async def impatient() -> None:
+            with trio.move_on_after(0.5):
+                await sender.send(Have(DIGEST, count))  # queued for the link before the post
+            gave_up.set()
+
+        links.nursery.start_soon(impatient)
+        await trio.testing.wait_all_tasks_blocked()
+        sender.post_many([Have(DIGEST, i) for i in range(count)])
+        stall = trio.Event()
+        received: list[Event] = []
+
+        async def read_then_stall(link: PeerLink, event: Event) -> None:
+            received.append(event)
+            if len(received) == 2:
+                await stall.wait()  # piece 0 and one Have: the Haves fill the socket
+
+        links.nursery.start_soon(links.receiver.run, read_then_stall)
+        with trio.fail_after(10):
+            await trio.sleep(1.0)  # its time runs out while it writes the posted Haves
+            stall.set()
+            await gave_up.wait()
+            while len(received) < 1 + count:
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)  # anything more would have come by now
+        assert not sender.closed
+    assert isinstance(received[0], Piece)
+    assert received[1 : 1 + count] == [Have(DIGEST, i) for i in range(count)]
+    assert received[1 + count :] in ([], [Have(DIGEST, count)])  # its own: whole, or not at all
