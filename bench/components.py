@@ -206,13 +206,13 @@ class Registry:
     def blob_copies(self, since: int = 0) -> dict[str, float]:
         """How many times each blob's bytes were served since a log mark, by digest: the body
         bytes of its GETs answered 200 or 206 over its size. 1 for a blob fetched once, in one
-        answer or in parts (a large blob comes in Range requests at once); 2 for twice."""
+        answer or in chunks (a large blob comes in Range requests); 2 for twice."""
         served: collections.Counter[str] = collections.Counter()
         sizes: dict[str, int] = {}
         for repo, digest, status, length in self._blob_gets(since):
             if status in (200, 206):
                 served[digest] += length
-                if digest not in sizes:  # (a blob in parts has several answers)
+                if digest not in sizes:  # (a blob in chunks has several answers)
                     sizes[digest] = self.blob_size(repo, digest)
         return {digest: count / sizes[digest] for digest, count in served.items()}
 

@@ -497,8 +497,9 @@ class UpstreamFetch:
         self._chunks: Chunks | None = None
         self._chunks_asked = False
         if runs is None and not state.partial and count >= PARTS_MIN_PIECES:
-            chunks = Chunks(count, 0, least_pieces(state.layout.piece_size))
-            first = chunks.take()
+            now = node.world.queue.now
+            chunks = Chunks(count, 0, least_pieces(state.layout.piece_size), now)
+            first = chunks.take(now)
             assert first is not None
             runs = [first]
             self._chunks = chunks if first[1] < count else None
@@ -539,7 +540,7 @@ class UpstreamFetch:
             if self.runs and self.open < RANGES_AT_ONCE:
                 run = self.runs.popleft()
             elif self._chunks_asked and self._chunks and self.open < WHOLE_FLOWS:
-                taken = self._chunks.take()
+                taken = self._chunks.take(world.queue.now)
                 if taken is None:
                     self._chunks = None
                     break

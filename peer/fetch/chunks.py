@@ -30,6 +30,11 @@ WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
 PARTS_MIN_PIECES = 64  # a blob of fewer pieces comes in one request
 CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a connection)
+# No chunk is asked for later than this after the blob's download began: the next takes the
+# whole rest. The upstream checks the client's bearer token on every request, and tokens may
+# last a minute (Docker Hub's 300 s, GitLab's 5 min, once 60 s): three parts were all asked
+# for in the first seconds, chunks are asked for all along.
+CHUNK_WINDOW = 45.0
 
 
 def least_pieces(piece_size: int) -> int:
@@ -60,16 +65,21 @@ def whole_chunks(count: int, least: int) -> list[tuple[int, int]]:
 
 
 class Chunks:
-    """The chunks of a blob from `cursor` on, handed out in order to whichever flow is free."""
+    """The chunks of a blob from `cursor` on, handed out in order to whichever flow is free;
+    `started`: when the blob's download began (CHUNK_WINDOW)."""
 
-    def __init__(self, count: int, cursor: int, least: int) -> None:
-        self.count, self.cursor, self.least = count, cursor, least
+    def __init__(self, count: int, cursor: int, least: int, started: float) -> None:
+        self.count, self.cursor, self.least, self.started = count, cursor, least, started
 
-    def take(self) -> tuple[int, int] | None:
-        """The next chunk (piece indices [start, end)); None when every chunk was taken."""
+    def take(self, now: float) -> tuple[int, int] | None:
+        """The next chunk (piece indices [start, end)), all the rest once CHUNK_WINDOW has
+        passed; None when every chunk was taken."""
         if self.cursor >= self.count:
             return None
-        start, end = next_chunk(self.count, self.cursor, self.least)
+        if now - self.started >= CHUNK_WINDOW:
+            start, end = self.cursor, self.count
+        else:
+            start, end = next_chunk(self.count, self.cursor, self.least)
         self.cursor = end
         return start, end
 

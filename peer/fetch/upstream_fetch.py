@@ -437,7 +437,9 @@ class UpstreamFetcher:
             stop = start + length
             if end is not None and body.status == 206:
                 stop = min(stop, end)
-            rest = _chunks_after(partial, stop) if rest_beside and body.status == 206 else None
+            rest = None
+            if rest_beside and body.status == 206:
+                rest = _chunks_after(partial, stop, download.started)
             if rest is not None:
                 await self._pump_beside_parts(download, headers, body, partial, start, stop, rest)
             else:
@@ -480,7 +482,7 @@ class UpstreamFetcher:
             try:
                 await self._fetch_runs(download, headers, partial, [], rest, flows)
             except _NotBesideOthers as exc:
-                rest.close()  # no flow takes another chunk: one request at a time from here
+                rest.close()  # no flow takes another chunk: the next round asks for the rest
                 log.info("%s: the other chunks left to the next round: %s", partial.digest, exc)
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc
@@ -585,19 +587,20 @@ class UpstreamFetcher:
             raise UpstreamError(body.url, message)
 
 
-def _chunks_after(partial: PartialBlob, stop: int) -> Chunks | None:
+def _chunks_after(partial: PartialBlob, stop: int, started: float) -> Chunks | None:
     """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end); None when
     there are none, or when it holds bytes already (another download's partial: the fetch's
     next round asks for what it lacks)."""
     layout = partial.layout
     if partial.bytes_present or stop >= layout.size or stop % layout.piece_size:
         return None
-    return Chunks(layout.count, stop // layout.piece_size, least_pieces(layout.piece_size))
+    least = least_pieces(layout.piece_size)
+    return Chunks(layout.count, stop // layout.piece_size, least, started)
 
 
 def _chunk_bytes(partial: PartialBlob, chunks: Chunks | None) -> tuple[int, int] | None:
     """The next chunk's bytes [start, end), or None."""
-    taken = chunks.take() if chunks is not None else None
+    taken = chunks.take(trio.current_time()) if chunks is not None else None
     if taken is None:
         return None
     return partial.layout.start(taken[0]), partial.layout.end(taken[1] - 1)

@@ -12,7 +12,7 @@ that ends one piece and starts the next back to back is not news. A peer about t
 first requests (or requests after a change it was not told) hears the number before them.
 
 The count is the driver's (links receiving a piece now, plus answers arriving from the
-upstream now: a blob's owner that takes it in parts from the registry counts each, so that
+upstream now: a blob's owner that takes it in chunks from the registry counts each, so that
 its peers rank it low and its downlink keeps room for the registry, which the whole swarm
 waits for); time comes in as `now`. `changed` says when to `flush`; `flush` and `before_requests`
 say what to send.

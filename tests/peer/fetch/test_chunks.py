@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from peer.fetch.chunks import (
     CHUNK_SHARE,
+    CHUNK_WINDOW,
     PARTS_MIN_PIECES,
     Chunks,
     least_pieces,
@@ -58,10 +59,19 @@ def test_chunks_from_a_cursor_are_the_rest_of_the_same_cut(count: int, least: in
     # The first chunk is asked alone; the flows then take the rest from where it ended.
     cut = whole_chunks(count, least)
     first_end = cut[0][1]
-    rest = Chunks(count, first_end, least)
-    taken = list(iter(rest.take, None))
+    rest = Chunks(count, first_end, least, started=100.0)
+    taken = list(iter(lambda: rest.take(now=100.0 + CHUNK_WINDOW / 2), None))
     assert taken == cut[1:]
     assert next_chunk(count, 0, least) == cut[0]
-    closed = Chunks(count, first_end, least)
+    closed = Chunks(count, first_end, least, started=100.0)
     closed.close()
-    assert closed.take() is None
+    assert closed.take(now=100.0) is None
+
+
+def test_after_the_window_one_request_takes_the_whole_rest() -> None:
+    # The upstream checks the client's token on every request, and a token may last a
+    # minute: no chunk is asked for later than CHUNK_WINDOW after the download began.
+    chunks = Chunks(300, 37, 4, started=10.0)
+    assert chunks.take(now=10.0 + CHUNK_WINDOW - 1) == (37, 69)
+    assert chunks.take(now=10.0 + CHUNK_WINDOW) == (69, 300)
+    assert chunks.take(now=10.0 + CHUNK_WINDOW + 1) is None
