@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces
+from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import (
@@ -496,7 +496,7 @@ class UpstreamFetch:
         # The chunks after the first, asked once its answer starts (None: no chunks).
         self._chunks: Chunks | None = None
         self._chunks_asked = False
-        if runs is None and not state.partial and count >= PARTS_MIN_PIECES:
+        if runs is None and not state.partial and count >= CHUNKED_MIN_PIECES:
             now = node.world.queue.now
             chunks = Chunks(count, 0, least_pieces(state.layout.piece_size), now)
             first = chunks.take(now)
@@ -527,14 +527,14 @@ class UpstreamFetch:
     def _ask(self) -> None:
         if not self.node.alive:
             return
-        idle = not self.runs and not self.open and not self._chunks
-        if idle and self._rest:
-            self._rest = False
-            self.runs = _longest_first(self.state.missing_runs())
         if not self.runs and not self.open and not self._chunks:
-            self.state.upstream = None
-            self.node.upstream_ended()
-            return
+            if self._rest:
+                self._rest = False
+                self.runs = _longest_first(self.state.missing_runs())
+            if not self.runs:
+                self.state.upstream = None
+                self.node.upstream_ended()
+                return
         world = self.node.world
         while True:
             if self.runs and self.open < RANGES_AT_ONCE:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
-PARTS_MIN_PIECES = 64  # a blob of fewer pieces comes in one request
+CHUNKED_MIN_PIECES = 64  # a blob of fewer pieces comes in one request, not in chunks
 CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a connection)
 # No chunk is asked for later than this after the blob's download began: the next takes the
 # whole rest. The upstream checks the client's bearer token on every request, and tokens may
@@ -53,15 +53,11 @@ def next_chunk(count: int, cursor: int, least: int) -> tuple[int, int]:
 
 def whole_chunks(count: int, least: int) -> list[tuple[int, int]]:
     """Every chunk of a blob of `count` pieces fetched whole, in order (one when it has fewer
-    than PARTS_MIN_PIECES pieces)."""
-    if count < PARTS_MIN_PIECES:
+    than CHUNKED_MIN_PIECES pieces)."""
+    if count < CHUNKED_MIN_PIECES:
         return [(0, count)] if count else []
-    chunks: list[tuple[int, int]] = []
-    cursor = 0
-    while cursor < count:
-        chunks.append(next_chunk(count, cursor, least))
-        cursor = chunks[-1][1]
-    return chunks
+    chunks = Chunks(count, 0, least, started=0.0)
+    return list(iter(lambda: chunks.take(0.0), None))
 
 
 class Chunks:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import trio
 
 from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
-from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces, next_chunk
+from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces, next_chunk
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
@@ -245,7 +245,7 @@ class UpstreamFetcher:
         if partial is None:
             # The whole blob: in chunks when it is large and a manifest gave its size (else
             # the first answer tells it, and the blob comes in that one answer).
-            first_end = self._first_part_end(digest)
+            first_end = self._first_chunk_end(digest)
             partial = await self._fetch_range(
                 download, headers, None, 0, first_end, rest_beside=first_end is not None
             )
@@ -362,7 +362,7 @@ class UpstreamFetcher:
         a 5xx too (it may be the concurrency itself).
 
         `rest_beside` (the first chunk of a blob fetched whole in chunks): once the answer is a
-        good 206, the other chunks are asked for beside it (`_pump_beside_parts`)."""
+        good 206, the other chunks are asked for beside it (`_pump_beside_chunks`)."""
         digest = download.digest
         request_headers = dict(headers)
         if end is not None and partial is not None and end == partial.layout.size:
@@ -441,7 +441,7 @@ class UpstreamFetcher:
             if rest_beside and body.status == 206:
                 rest = _chunks_after(partial, stop, download.started)
             if rest is not None:
-                await self._pump_beside_parts(download, headers, body, partial, start, stop, rest)
+                await self._pump_beside_chunks(download, headers, body, partial, start, stop, rest)
             else:
                 buffers = BUFFER_COUNT // RANGES_AT_ONCE if beside_others else BUFFER_COUNT
                 await self._pump(download, body, partial, start, stop, buffers)
@@ -449,18 +449,18 @@ class UpstreamFetcher:
             await body.aclose()
         return partial
 
-    def _first_part_end(self, digest: str) -> int | None:
+    def _first_chunk_end(self, digest: str) -> int | None:
         """Where the first chunk of a blob fetched whole ends (a piece boundary), when a stored
         manifest gives the blob's size and it is large enough for chunks; else None."""
         size = self._store.descriptor_sizes.size_of(digest)
         if size is None:
             return None
         layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
-        if layout.count < PARTS_MIN_PIECES:
+        if layout.count < CHUNKED_MIN_PIECES:
             return None
         return next_chunk(layout.count, 0, least_pieces(layout.piece_size))[1] * layout.piece_size
 
-    async def _pump_beside_parts(
+    async def _pump_beside_chunks(
         self,
         download: Download,
         headers: dict[str, str],

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from peer.fetch.chunks import (
     CHUNK_SHARE,
     CHUNK_WINDOW,
-    PARTS_MIN_PIECES,
+    CHUNKED_MIN_PIECES,
     Chunks,
     least_pieces,
     next_chunk,
@@ -19,7 +19,7 @@ from peer.fetch.chunks import (
 
 
 def test_a_small_blob_comes_in_one_request() -> None:
-    assert whole_chunks(PARTS_MIN_PIECES - 1, 4) == [(0, PARTS_MIN_PIECES - 1)]
+    assert whole_chunks(CHUNKED_MIN_PIECES - 1, 4) == [(0, CHUNKED_MIN_PIECES - 1)]
     assert whole_chunks(0, 4) == []
 
 
@@ -38,7 +38,7 @@ def test_the_least_chunk_is_a_mebibyte_in_pieces() -> None:
     assert least_pieces(4 * 1024 * 1024) == 1
 
 
-@given(st.integers(PARTS_MIN_PIECES, 20_000), st.integers(1, 64))
+@given(st.integers(CHUNKED_MIN_PIECES, 20_000), st.integers(1, 64))
 def test_the_chunks_cover_the_blob_in_order_and_a_slow_flow_holds_back_little(
     count: int, least: int
 ) -> None:
@@ -54,7 +54,7 @@ def test_the_chunks_cover_the_blob_in_order_and_a_slow_flow_holds_back_little(
     assert len(chunks) <= 2 * CHUNK_SHARE * (count.bit_length() + 1)
 
 
-@given(st.integers(PARTS_MIN_PIECES, 5_000), st.integers(1, 32))
+@given(st.integers(CHUNKED_MIN_PIECES, 5_000), st.integers(1, 32))
 def test_chunks_from_a_cursor_are_the_rest_of_the_same_cut(count: int, least: int) -> None:
     # The first chunk is asked alone; the flows then take the rest from where it ended.
     cut = whole_chunks(count, least)

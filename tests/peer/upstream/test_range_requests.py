@@ -3,19 +3,22 @@ a partial blob, how many go at once; a large blob fetched whole, in chunks."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from peer.fetch.chunks import PARTS_MIN_PIECES, WHOLE_FLOWS, least_pieces, whole_chunks
+from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, least_pieces, whole_chunks
 from peer.fetch.download import Download
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE, UpstreamFetcher
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
+from pieces.partial import SizeRefused
 from pieces.store import Store
 from tests.peer.fake_registry import FakeRegistry
 
@@ -25,30 +28,37 @@ PIECE = 64 * 1024
 LARGE = 300 * PIECE + 99
 
 
+class InFlight:
+    """How many are under way now, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
 class CountingFetcher(UpstreamFetcher):
     """Counts the Range requests in flight, and the answers arriving at once (a test's
     subclass: production has no hook)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.open = self.most_open = 0
-        self.pumping = self.most_pumping = 0
-
-    async def _pump(self, *args: Any, **kwargs: Any) -> Any:
-        self.pumping += 1
-        self.most_pumping = max(self.most_pumping, self.pumping)
-        try:
-            return await super()._pump(*args, **kwargs)
-        finally:
-            self.pumping -= 1
+        self.requests, self.answers = InFlight(), InFlight()
 
     async def _fetch_range(self, *args: Any, **kwargs: Any) -> Any:
-        self.open += 1
-        self.most_open = max(self.most_open, self.open)
-        try:
+        with self.requests.one():
             return await super()._fetch_range(*args, **kwargs)
-        finally:
-            self.open -= 1
+
+    async def _pump(self, *args: Any, **kwargs: Any) -> Any:
+        with self.answers.one():
+            return await super()._pump(*args, **kwargs)
 
 
 async def test_range_requests_for_one_blob_share_their_slots(
@@ -72,7 +82,7 @@ async def test_range_requests_for_one_blob_share_their_slots(
         async with trio.open_nursery() as both:
             both.start_soon(fetcher.fetch_runs, download, {}, partial, gaps[:3])
             both.start_soon(fetcher.fetch_runs, download, {}, partial, gaps[3:])
-    assert fetcher.most_open == RANGES_AT_ONCE
+    assert fetcher.requests.most == RANGES_AT_ONCE
     assert partial.missing_runs() == []
     store.release_partial(partial)
 
@@ -130,7 +140,7 @@ async def test_a_large_blob_whose_size_a_manifest_gives_comes_in_chunks_on_sever
     assert len(chunks) > WHOLE_FLOWS
     assert gets[0] == chunks[0]  # asked first
     assert sorted(gets, key=range_start) == chunks
-    assert fetcher.most_pumping == WHOLE_FLOWS  # answers arriving at once
+    assert fetcher.answers.most == WHOLE_FLOWS  # answers arriving at once
     assert fetcher.bytes_from_upstream == LARGE
 
 
@@ -161,7 +171,7 @@ async def test_a_blob_of_unknown_size_comes_in_one_answer(
 
 
 async def test_a_small_blob_comes_in_one_answer(tmp_path: Path, registry: FakeRegistry) -> None:
-    await fetch_whole(tmp_path, registry, os.urandom((PARTS_MIN_PIECES - 1) * PIECE))
+    await fetch_whole(tmp_path, registry, os.urandom((CHUNKED_MIN_PIECES - 1) * PIECE))
     assert blob_gets(registry) == [None]
 
 
@@ -198,3 +208,26 @@ async def test_a_first_chunk_answered_from_another_byte_fails_the_fetch(
         await fetch_whole(tmp_path, registry, os.urandom(LARGE))
     left = Store(tmp_path).stats()  # what the failed fetch left on disk
     assert (left.complete_blobs, left.partial_blobs, left.bytes_used) == (0, 0, 0)
+
+
+async def test_a_chunk_answered_for_another_blob_size_never_joins_the_blob(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # A hostile (or changing) registry: every other Range answer names a blob a piece longer
+    # in its Content-Range, the first chunk's answer among the honest ones. A chunk that
+    # names another size is not written into the blob its first chunk opened: the chunks
+    # stop, the next round asks again one range at a time, and a blob that changes twice
+    # ends the fetch. Nothing but the right bytes is ever stored, and the asking ends.
+    registry.range_total_extra = PIECE
+    data = os.urandom(LARGE)
+    digest = registry.add_blob(data)
+    store = Store(tmp_path, piece_size=PIECE)
+    store.descriptor_sizes.learn(digest, len(data))
+    fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
+    # (Refused by the store against the manifest's size, or ended as a blob that changed.)
+    with trio.fail_after(20), contextlib.suppress(SizeRefused, UpstreamError):
+        await fetcher.fetch(Download(digest, None, "org/app", None), {})
+    if store.has_blob(digest):
+        assert store.complete_path(digest).read_bytes() == data
+    assert blob_gets(registry)[0] == chunk_ranges(LARGE)[0]
+    assert len(blob_gets(registry)) <= WHOLE_FLOWS + 3
