@@ -10,10 +10,13 @@ gets the same bytes through `send_all` and `receive_some`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import socket
+import sys
+import termios
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -31,10 +34,11 @@ RECEIVE_SIZE = 256 * 1024
 # the rest of it, or the connection ends): SO_RCVLOWAT. A payload is of use only whole, and
 # on a shaped link every wake-up otherwise brings a few segments, each a pass through trio.
 PAYLOAD_LOWAT = 256 * 1024
-# If no wake-up comes for this long with the mark set, the mark goes for the rest of the link:
-# kernels before ~5.8 may not wake a reader whose mark the closing receive window cannot reach
-# (fixed upstream by waking when the window is nearly closed); a peer that sends slowly costs
-# the mark for its link, nothing more.
+# With the mark set, the bytes waiting below it are looked at after every this long without a
+# wake-up: kernels before ~5.8 may not wake a reader whose mark the closing receive window
+# cannot reach (fixed upstream by waking when the window is nearly closed). Bytes that stopped
+# growing below the mark are that (or a peer that paused mid-piece): the mark goes for the rest
+# of the link. Bytes that grew are a slow sender (a shared or shaped uplink): the mark stays.
 LOWAT_WAIT = 1.0
 # Reads before the peer has proved the token: no more than a handshake frame is taken in (and
 # held) per read for a stranger.
@@ -488,10 +492,7 @@ class PeerLink:
                 self._set_lowat(lowat)
             try:
                 if lowat > 1:
-                    with trio.move_on_after(LOWAT_WAIT):
-                        return await sock.recv_into(payload)
-                    self._payload_lowat = 1
-                    self._set_lowat(1)
+                    return await self._receive_marked(sock, payload)
                 return await sock.recv_into(payload)
             except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
                 raise LinkClosed(f"receive failed: {exc}") from exc
@@ -501,6 +502,21 @@ class PeerLink:
             raise LinkClosed(f"receive failed: {exc}") from exc
         payload[: len(data)] = data
         return len(data)
+
+    async def _receive_marked(self, sock: trio.socket.SocketType, payload: memoryview) -> int:
+        """`recv_into` with the mark set; if the bytes below it stop growing for LOWAT_WAIT
+        the mark goes for the link (see LOWAT_WAIT) and what is there is read."""
+        waiting = -1  # bytes below the mark at the last look (none taken yet)
+        while True:
+            with trio.move_on_after(LOWAT_WAIT):
+                return await sock.recv_into(payload)
+            now_waiting = _bytes_waiting(sock)
+            if now_waiting == 0 or now_waiting > waiting:
+                waiting = now_waiting  # nothing came (the mark cannot be why), or more did
+                continue
+            self._payload_lowat = 1
+            self._set_lowat(1)
+            return await sock.recv_into(payload)
 
     def _set_lowat(self, lowat: int) -> None:
         """Wake the reader only once `lowat` bytes are there (never more than the bytes still
@@ -523,3 +539,12 @@ class PeerLink:
         self.closed = True
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
+
+
+def _bytes_waiting(sock: trio.socket.SocketType) -> int:
+    """Bytes received on `sock` and not yet read (FIONREAD); 0 if the socket cannot say."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+    except OSError:  # closed meanwhile: the next read says so
+        return 0
+    return int.from_bytes(answer, sys.byteorder, signed=True)
