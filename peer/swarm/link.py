@@ -504,15 +504,23 @@ class PeerLink:
         return len(data)
 
     async def _receive_marked(self, sock: trio.socket.SocketType, payload: memoryview) -> int:
-        """`recv_into` with the mark set; if the bytes below it stop growing for LOWAT_WAIT
-        the mark goes for the link (see LOWAT_WAIT) and what is there is read."""
-        waiting = -1  # bytes below the mark at the last look (none taken yet)
+        """`recv_into` once the kernel says the mark is reached. After every LOWAT_WAIT
+        without that, the bytes below the mark are counted: none, or more than at the last
+        look (a slow sender, heard), and the wait goes on; the same number twice, and the mark
+        goes for the link (see LOWAT_WAIT) and what is there is read. (The wait is on
+        readiness, which the mark governs: a read would take whatever is there at once.)"""
+        waiting: int | None = None  # bytes below the mark at the last look
         while True:
+            if sock.fileno() == -1:  # closed by another task (waiting on -1 is a ValueError)
+                raise LinkClosed("link closed")
             with trio.move_on_after(LOWAT_WAIT):
+                await trio.lowlevel.wait_readable(sock)
                 return await sock.recv_into(payload)
             now_waiting = _bytes_waiting(sock)
-            if now_waiting == 0 or now_waiting > waiting:
-                waiting = now_waiting  # nothing came (the mark cannot be why), or more did
+            if now_waiting == 0 or waiting is None or now_waiting > waiting:
+                if now_waiting > (waiting or 0):
+                    self.heard_at = trio.current_time()  # mid-piece, alive (gossip, fetches)
+                waiting = now_waiting
                 continue
             self._payload_lowat = 1
             self._set_lowat(1)
@@ -545,6 +553,6 @@ def _bytes_waiting(sock: trio.socket.SocketType) -> int:
     """Bytes received on `sock` and not yet read (FIONREAD); 0 if the socket cannot say."""
     try:
         answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
-    except OSError:  # closed meanwhile: the next read says so
+    except (OSError, ValueError):  # closed meanwhile (fileno -1): the next read says so
         return 0
     return int.from_bytes(answer, sys.byteorder, signed=True)

@@ -236,6 +236,7 @@ async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() ->
         assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
         assert bytes(piece.data) == data
     assert read_before_the_rest and sum(read_before_the_rest) <= first - start
+    assert raw.downloader._payload_lowat == 1  # the mark went for the link
 
 
 async def test_a_piece_slower_than_the_wait_keeps_the_mark_for_the_pieces_after_it(
@@ -253,6 +254,7 @@ async def test_a_piece_slower_than_the_wait_keeps_the_mark_for_the_pieces_after_
             await raw.stream.send_all(slow[start : start + 16 * 1024])
             await trio.sleep(0.02)
         assert isinstance(await raw.events.receive(), Piece)
+        assert raw.downloader._payload_lowat == PAYLOAD_LOWAT  # the mark stays
         reads_of_the_slow_piece = len(raw.downloader.payload_reads)
         rest = fast + raw.frames[len(slow) + len(fast) :]
         for start in range(0, len(rest), 16 * 1024):  # 64+ sends, 2 ms apart
@@ -264,6 +266,45 @@ async def test_a_piece_slower_than_the_wait_keeps_the_mark_for_the_pieces_after_
         assert await raw.events.receive() == Have(DIGEST, 3)
     reads = raw.downloader.payload_reads[reads_of_the_slow_piece:]
     assert len(reads) <= 2 * 4 + 2, reads
+
+
+async def test_a_peer_trickling_below_the_mark_is_heard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that grow below the mark are not read until it is reached, but the peer is
+    alive: it is heard (`heard_at`) at every look that finds more, or gossip and a fetch
+    would take a peer sending a piece slowly for silent."""
+    monkeypatch.setattr(link_module, "LOWAT_WAIT", 0.1)
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        start = PAYLOAD_LOWAT // 4  # the header and the payload's start, taken with it
+        await raw.stream.send_all(raw.frames[:start])
+        await trio.sleep(0.2)
+        before = raw.downloader.heard_at
+        for offset in range(start, start + PAYLOAD_LOWAT // 2, 8 * 1024):  # ~1 s, below the mark
+            await raw.stream.send_all(raw.frames[offset : offset + 8 * 1024])
+            await trio.sleep(0.03)
+        assert raw.downloader.heard_at > before + 0.5
+        assert raw.downloader._payload_lowat == PAYLOAD_LOWAT
+        await raw.stream.send_all(raw.frames[start + PAYLOAD_LOWAT // 2 :])
+        piece = await raw.events.receive()
+        assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
+        assert bytes(piece.data) == data
+
+
+async def test_a_link_closed_while_it_waits_on_the_mark_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another task closing the socket while the reader waits for the mark (or between its
+    looks at the bytes below it) ends the link: nothing escapes the read loop."""
+    monkeypatch.setattr(link_module, "LOWAT_WAIT", 0.05)
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        await raw.stream.send_all(raw.frames[: PAYLOAD_LOWAT // 2])
+        await trio.sleep(0.2)  # a few looks at the bytes below the mark
+        assert isinstance(raw.downloader.stream, trio.SocketStream)
+        raw.downloader.stream.socket.close()
+        with trio.fail_after(5):
+            while not raw.downloader.closed:
+                await trio.sleep(0.01)
 
 
 class WriterCountingLink(PeerLink):
