@@ -10,17 +10,14 @@ gets the same bytes through `send_all` and `receive_some`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import os
-import socket
-import sys
-import termios
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from peer.receive_mark import ReceiveMark
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject, Request
 from wire.frames import PayloadPool
@@ -31,15 +28,8 @@ log = logging.getLogger("pollen.link")
 
 RECEIVE_SIZE = 256 * 1024
 # While a piece's payload arrives, the kernel wakes us only once this much of it is there (or
-# the rest of it, or the connection ends): SO_RCVLOWAT. A payload is of use only whole, and
-# on a shaped link every wake-up otherwise brings a few segments, each a pass through trio.
+# the rest of it, or the connection ends): SO_RCVLOWAT (peer/receive_mark.py).
 PAYLOAD_LOWAT = 256 * 1024
-# With the mark set, the bytes waiting below it are looked at after every this long without a
-# wake-up: kernels before ~5.8 may not wake a reader whose mark the closing receive window
-# cannot reach (fixed upstream by waking when the window is nearly closed). Bytes that stopped
-# growing below the mark are that (or a peer that paused mid-piece): the mark goes for the rest
-# of the link. Bytes that grew are a slow sender (a shared or shaped uplink): the mark stays.
-LOWAT_WAIT = 1.0
 # Reads before the peer has proved the token: no more than a handshake frame is taken in (and
 # held) per read for a stranger.
 HANDSHAKE_RECEIVE_SIZE = HANDSHAKE_MAX_FRAME
@@ -119,8 +109,7 @@ class PeerLink:
         # sent comes, they go out as a Reject instead of megabytes nobody wants any more.
         self.cancelled: set[tuple[str, int]] = set()
         self.pieces_cancelled = 0
-        self._lowat = 1  # the socket's SO_RCVLOWAT (1 is the kernel's default)
-        self._payload_lowat = PAYLOAD_LOWAT  # 1 once a wait with the mark set ran out
+        self._mark = ReceiveMark(stream.socket) if isinstance(stream, trio.SocketStream) else None
         # A piece is arriving, or being handled once whole (peer/swarm/inflow.py counts such
         # links, and those whose piece ended just now); the owner of the link is told when
         # that changes.
@@ -465,8 +454,8 @@ class PeerLink:
                     self.protocol.receive_data(b"")
                 continue
             size = RECEIVE_SIZE if self.protocol.state is State.OPEN else HANDSHAKE_RECEIVE_SIZE
-            if self._lowat != 1:
-                self._set_lowat(1)  # frame headers and control messages: wake for any byte
+            if self._mark is not None:
+                self._mark.clear()  # frame headers and control messages: wake for any byte
             try:
                 data = await self.stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -482,18 +471,13 @@ class PeerLink:
             self.on_receiving()
 
     async def _receive_into(self, payload: memoryview) -> int:
-        """The rest of a large piece, into its own buffer: straight from a socket, or one
-        read of at most its length from any other stream. The number of bytes written to
-        the start of `payload` (0 at the end of the stream)."""
-        if isinstance(self.stream, trio.SocketStream):
-            sock = self.stream.socket
-            lowat = min(len(payload), self._payload_lowat)
-            if lowat != self._lowat:
-                self._set_lowat(lowat)
+        """The rest of a large piece, into its own buffer: straight from a socket once
+        PAYLOAD_LOWAT of it is there, or one read of at most its length from any other
+        stream. The number of bytes written to the start of `payload` (0 at the end of the
+        stream)."""
+        if self._mark is not None:
             try:
-                if lowat > 1:
-                    return await self._receive_marked(sock, payload)
-                return await sock.recv_into(payload)
+                return await self._mark.receive_into(payload, PAYLOAD_LOWAT, self._heard)
             except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
                 raise LinkClosed(f"receive failed: {exc}") from exc
         try:
@@ -503,38 +487,9 @@ class PeerLink:
         payload[: len(data)] = data
         return len(data)
 
-    async def _receive_marked(self, sock: trio.socket.SocketType, payload: memoryview) -> int:
-        """`recv_into` once the kernel says the mark is reached. After every LOWAT_WAIT
-        without that, the bytes below the mark are counted: none, or more than at the last
-        look (a slow sender, heard), and the wait goes on; the same number twice, and the mark
-        goes for the link (see LOWAT_WAIT) and what is there is read. (The wait is on
-        readiness, which the mark governs: a read would take whatever is there at once.)"""
-        waiting: int | None = None  # bytes below the mark at the last look
-        while True:
-            if sock.fileno() == -1:  # closed by another task (waiting on -1 is a ValueError)
-                raise LinkClosed("link closed")
-            with trio.move_on_after(LOWAT_WAIT):
-                await trio.lowlevel.wait_readable(sock)
-                return await sock.recv_into(payload)
-            now_waiting = _bytes_waiting(sock)
-            if now_waiting == 0 or waiting is None or now_waiting > waiting:
-                if now_waiting > (waiting or 0):
-                    self.heard_at = trio.current_time()  # mid-piece, alive (gossip, fetches)
-                waiting = now_waiting
-                continue
-            self._payload_lowat = 1
-            self._set_lowat(1)
-            return await sock.recv_into(payload)
-
-    def _set_lowat(self, lowat: int) -> None:
-        """Wake the reader only once `lowat` bytes are there (never more than the bytes still
-        to come, or it would wait for ever: the end of the stream wakes it too)."""
-        assert isinstance(self.stream, trio.SocketStream)
-        try:
-            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-        except OSError as exc:  # the socket is closed: the next read says so
-            log.debug("SO_RCVLOWAT: %s", exc)
-        self._lowat = lowat
+    def _heard(self) -> None:
+        """More of a piece came, below the mark: the peer is alive (gossip, fetches)."""
+        self.heard_at = trio.current_time()
 
     async def _close_with_error(self, code: str, message: str) -> None:
         if not self.closed:
@@ -547,12 +502,3 @@ class PeerLink:
         self.closed = True
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
-
-
-def _bytes_waiting(sock: trio.socket.SocketType) -> int:
-    """Bytes received on `sock` and not yet read (FIONREAD); 0 if the socket cannot say."""
-    try:
-        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
-    except (OSError, ValueError):  # closed meanwhile (fileno -1): the next read says so
-        return 0
-    return int.from_bytes(answer, sys.byteorder, signed=True)

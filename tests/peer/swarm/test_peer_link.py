@@ -20,8 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from peer.swarm import link as link_module
-from peer.swarm.link import LOWAT_WAIT, PAYLOAD_LOWAT, LinkClosed, PeerLink
+from peer import receive_mark
+from peer.receive_mark import LOOK_EVERY
+from peer.swarm.link import PAYLOAD_LOWAT, LinkClosed, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
 from wire.frames import encode
 from wire.identity import NodeIdentity
@@ -117,6 +118,12 @@ class CountingLink(PeerLink):
         return count
 
 
+def gave_up_the_mark(link: PeerLink) -> bool:
+    """Whether the link's socket reads without SO_RCVLOWAT for good (peer/receive_mark.py)."""
+    assert link._mark is not None
+    return link._mark.gave_up
+
+
 @dataclass
 class RawPiece:
     """Pieces the downloader asked for, to be sent by hand: `frames` on `stream` (each
@@ -197,13 +204,13 @@ async def test_a_peer_sending_a_long_piece_is_heard_while_it_arrives_not_only_at
     async with raw_piece(data) as raw:
         half = len(raw.frames) // 2
         await raw.stream.send_all(raw.frames[:half])
-        with trio.fail_after(5 * LOWAT_WAIT):
+        with trio.fail_after(5 * LOOK_EVERY):
             while not raw.downloader.payload_reads:
                 await trio.sleep(0.01)
         await trio.sleep(0.3)  # the peer pauses mid-piece
         before = raw.downloader.heard_at
         await raw.stream.send_all(raw.frames[half : half + PAYLOAD_LOWAT + 1024])
-        with trio.fail_after(5 * LOWAT_WAIT):
+        with trio.fail_after(5 * LOOK_EVERY):
             while raw.downloader.heard_at == before:
                 await trio.sleep(0.01)
         assert raw.events.statistics().current_buffer_used == 0  # no event yet: mid-piece
@@ -217,7 +224,7 @@ async def test_a_peer_sending_a_long_piece_is_heard_while_it_arrives_not_only_at
 async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
     """A kernel may fail to wake a reader whose mark the receive window cannot reach (before
     ~5.8): the link must not wait on the mark for ever. Here the peer sends less than the
-    mark and pauses; what came is read once it has stopped growing for LOWAT_WAIT (the mark
+    mark and pauses; what came is read once it has stopped growing for LOOK_EVERY (the mark
     then goes for the link)."""
     data = os.urandom(4 * PAYLOAD_LOWAT)
     async with raw_piece(data) as raw:
@@ -227,7 +234,7 @@ async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() ->
         await raw.stream.send_all(raw.frames[:start])
         await trio.sleep(0.2)
         await raw.stream.send_all(raw.frames[start:first])
-        with trio.move_on_after(5 * LOWAT_WAIT):  # the pause (bounded here)
+        with trio.move_on_after(5 * LOOK_EVERY):  # the pause (bounded here)
             while not raw.downloader.payload_reads:
                 await trio.sleep(0.05)
         read_before_the_rest = list(raw.downloader.payload_reads)
@@ -236,17 +243,17 @@ async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() ->
         assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
         assert bytes(piece.data) == data
     assert read_before_the_rest and sum(read_before_the_rest) <= first - start
-    assert raw.downloader._payload_lowat == 1  # the mark went for the link
+    assert gave_up_the_mark(raw.downloader)  # the mark went for the link
 
 
 async def test_a_piece_slower_than_the_wait_keeps_the_mark_for_the_pieces_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A piece that trickles in for longer than LOWAT_WAIT (a peer whose uplink many share,
+    """A piece that trickles in for longer than LOOK_EVERY (a peer whose uplink many share,
     a shaped link) is a slow sender, not a kernel that fails to wake the reader: the bytes
     below the mark keep growing. The mark stays for the pieces after it: on the testbed at
     25 Mbit/s every link had lost it (5 reads per piece instead of 1)."""
-    monkeypatch.setattr(link_module, "LOWAT_WAIT", 0.1)  # the slow piece in ~1 s, not ~10
+    monkeypatch.setattr(receive_mark, "LOOK_EVERY", 0.1)  # the slow piece in ~1 s, not ~10
     data = os.urandom(4 * PAYLOAD_LOWAT)
     async with raw_piece(data, pieces=2) as raw:
         slow, fast = raw.piece_frames
@@ -254,7 +261,7 @@ async def test_a_piece_slower_than_the_wait_keeps_the_mark_for_the_pieces_after_
             await raw.stream.send_all(slow[start : start + 16 * 1024])
             await trio.sleep(0.02)
         assert isinstance(await raw.events.receive(), Piece)
-        assert raw.downloader._payload_lowat == PAYLOAD_LOWAT  # the mark stays
+        assert not gave_up_the_mark(raw.downloader)  # the mark stays
         reads_of_the_slow_piece = len(raw.downloader.payload_reads)
         rest = fast + raw.frames[len(slow) + len(fast) :]
         for start in range(0, len(rest), 16 * 1024):  # 64+ sends, 2 ms apart
@@ -272,7 +279,7 @@ async def test_a_peer_trickling_below_the_mark_is_heard(monkeypatch: pytest.Monk
     """Bytes that grow below the mark are not read until it is reached, but the peer is
     alive: it is heard (`heard_at`) at every look that finds more, or gossip and a fetch
     would take a peer sending a piece slowly for silent."""
-    monkeypatch.setattr(link_module, "LOWAT_WAIT", 0.1)
+    monkeypatch.setattr(receive_mark, "LOOK_EVERY", 0.1)
     data = os.urandom(4 * PAYLOAD_LOWAT)
     async with raw_piece(data) as raw:
         start = PAYLOAD_LOWAT // 4  # the header and the payload's start, taken with it
@@ -283,7 +290,7 @@ async def test_a_peer_trickling_below_the_mark_is_heard(monkeypatch: pytest.Monk
             await raw.stream.send_all(raw.frames[offset : offset + 8 * 1024])
             await trio.sleep(0.03)
         assert raw.downloader.heard_at > before + 0.5
-        assert raw.downloader._payload_lowat == PAYLOAD_LOWAT
+        assert not gave_up_the_mark(raw.downloader)
         await raw.stream.send_all(raw.frames[start + PAYLOAD_LOWAT // 2 :])
         piece = await raw.events.receive()
         assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
@@ -295,7 +302,7 @@ async def test_a_link_closed_while_it_waits_on_the_mark_ends_quietly(
 ) -> None:
     """Another task closing the socket while the reader waits for the mark (or between its
     looks at the bytes below it) ends the link: nothing escapes the read loop."""
-    monkeypatch.setattr(link_module, "LOWAT_WAIT", 0.05)
+    monkeypatch.setattr(receive_mark, "LOOK_EVERY", 0.05)
     data = os.urandom(4 * PAYLOAD_LOWAT)
     async with raw_piece(data) as raw:
         await raw.stream.send_all(raw.frames[: PAYLOAD_LOWAT // 2])
@@ -408,7 +415,7 @@ async def test_a_link_says_while_a_piece_arrives_and_when_it_is_whole() -> None:
         assert not raw.downloader.receiving_piece
         half = len(raw.frames) // 2
         await raw.stream.send_all(raw.frames[:half])
-        with trio.fail_after(5 * LOWAT_WAIT):
+        with trio.fail_after(5 * LOOK_EVERY):
             while not raw.downloader.receiving_piece:
                 await trio.sleep(0.01)
         assert seen == [True]

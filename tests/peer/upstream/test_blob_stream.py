@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from peer.front.http_server import HttpConnection, Request, serve_connection
-from peer.upstream.blob_stream import open_blob
+from peer.upstream.blob_stream import BODY_MARK, open_blob
 from peer.upstream.errors import UpstreamError
 from tests.peer.scripted_server import (
     INTERNAL_TARGETS,
@@ -263,3 +263,37 @@ async def test_a_redirect_target_that_rebinds_to_loopback_is_never_sent_the_requ
         await read_all(evil.url + "/v2/x/blobs/y")
     assert resolver.asked == 2
     assert internal.seen == []
+
+
+async def test_a_body_that_trickles_is_read_in_large_reads_not_per_segment(
+    nursery: trio.Nursery,
+) -> None:
+    """A registry's body over a shaped or shared link comes a few segments at a time: the
+    reader is woken once BODY_MARK of it is there (SO_RCVLOWAT), not for every segment, and
+    still gets every byte, the short end too."""
+    server = Server()
+    await nursery.start(server.serve)
+    payload = os.urandom(1024 * 1024 + 1000)
+
+    async def trickle(conn: HttpConnection) -> None:
+        await conn.start_response(200, [("content-length", str(len(payload)))])
+        for start in range(0, len(payload), 4096):  # 257 sends, 1 ms apart
+            await conn.send_data(payload[start : start + 4096])
+            await trio.sleep(0.001)
+        await conn.end_response()
+
+    server.routes = {"/trickle": trickle}
+    body = await open_blob(
+        f"http://127.0.0.1:{server.port}/trickle", {}, connect_timeout=5, stall_timeout=5
+    )
+    reads = []
+    try:
+        data = bytearray()
+        buffer = memoryview(bytearray(len(payload)))
+        while count := await body.readinto(buffer):
+            reads.append(count)
+            data += buffer[:count]
+    finally:
+        await body.aclose()
+    assert bytes(data) == payload
+    assert len(reads) <= 2 * len(payload) // BODY_MARK + 2, reads
