@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import socket
 import sys
 import termios
@@ -29,6 +30,10 @@ import trio
 log = logging.getLogger("pollen.receive")
 
 LOOK_EVERY = 1.0
+
+
+class SenderQuiet(Exception):
+    """No byte came for the `quiet` seconds a caller allows."""
 
 
 class ReceiveMark:
@@ -44,40 +49,49 @@ class ReceiveMark:
         view: memoryview,
         mark: int,
         heard: Callable[[], None] | None = None,
-        look_every: float | None = None,
+        quiet: float | None = None,
     ) -> int:
         """`recv_into(view)` once `mark` bytes are there (at most len(view)), or the stream
-        ends; `heard` is called at each look that finds more bytes below the mark (every
-        `look_every` seconds, LOOK_EVERY by default: a caller with a shorter time-out for a
-        silent sender looks more often).
+        ends; `heard` is called at each look that finds more bytes below the mark.
 
         Raises:
+            SenderQuiet: `quiet` seconds passed with no new byte (counted below the mark at
+                each look, and looked at when they run out: bytes that came are read).
             OSError, trio.ClosedResourceError: the socket failed or was closed.
         """
         mark = min(mark, len(view))
         if self.gave_up or mark <= 1:
-            return await self.receive_any(view)
+            return await self._receive_any_within(view, quiet)
         self._set(mark)
-        waiting: int | None = None  # bytes below the mark at the last look
+        waiting = 0  # bytes below the mark at the last look
+        looked = False
+        quiet_until = math.inf if quiet is None else trio.current_time() + quiet
         while True:
             if self.sock.fileno() == -1:  # closed by another task (a wait on -1 is ValueError)
                 raise trio.ClosedResourceError("socket closed")
-            with trio.move_on_after(LOOK_EVERY if look_every is None else look_every):
+            with trio.move_on_after(max(0.0, min(LOOK_EVERY, quiet_until - trio.current_time()))):
                 await trio.lowlevel.wait_readable(self.sock)
                 return await self.sock.recv_into(view)
             now_waiting = bytes_waiting(self.sock)
-            if now_waiting == 0 or waiting is None or now_waiting > waiting:
-                if heard is not None and now_waiting > (waiting or 0):
+            if now_waiting > waiting:  # a slow sender: the mark stays
+                if heard is not None:
                     heard()
-                waiting = now_waiting
-                continue
-            self.gave_up = True
-            log.debug(
-                "%d bytes stopped below the mark for %.1f s: no mark on this socket",
-                now_waiting,
-                LOOK_EVERY,
-            )
+                if quiet is not None:
+                    quiet_until = trio.current_time() + quiet
+            elif now_waiting and looked:
+                self.gave_up = True
+                log.debug("%d bytes stopped below the mark: no mark on this socket", now_waiting)
+                return await self.receive_any(view)
+            elif trio.current_time() >= quiet_until:
+                raise SenderQuiet(f"nothing for {quiet:.0f}s")
+            waiting, looked = now_waiting, True
+
+    async def _receive_any_within(self, view: memoryview, quiet: float | None) -> int:
+        if quiet is None:
             return await self.receive_any(view)
+        with trio.move_on_after(quiet):
+            return await self.receive_any(view)
+        raise SenderQuiet(f"nothing for {quiet:.0f}s")
 
     async def receive_any(self, view: memoryview) -> int:
         """`recv_into(view)` as soon as any byte is there."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from peer.receive_mark import LOOK_EVERY, ReceiveMark
+from peer.receive_mark import ReceiveMark, SenderQuiet
 from peer.upstream.client import MAX_REDIRECTS
 from peer.upstream.errors import UpstreamError
 from peer.upstream.headers import UnforwardableHeader, check_forwardable
@@ -116,21 +116,17 @@ class BlobStream:
         return count
 
     async def _receive_into(self, view: memoryview) -> int:
-        with trio.move_on_after(self._stall) as scope:
-
-            def heard() -> None:  # more came, below the mark: not a stall
-                scope.deadline = trio.current_time() + self._stall
-
-            try:
-                if self._mark is not None:
-                    look_every = min(LOOK_EVERY, self._stall / 2)
-                    return await self._mark.receive_into(view, BODY_MARK, heard, look_every)
+        try:
+            if self._mark is not None:
+                return await self._mark.receive_into(view, BODY_MARK, quiet=self._stall)
+            with trio.move_on_after(self._stall):
                 data = await self._stream.receive_some(len(view))
-            except (trio.BrokenResourceError, OSError) as exc:
-                raise UpstreamError(self.url, f"connection broke: {exc}") from exc
-            view[: len(data)] = data
-            return len(data)
-        assert scope.cancelled_caught
+                view[: len(data)] = data
+                return len(data)
+        except SenderQuiet:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamError(self.url, f"connection broke: {exc}") from exc
         raise UpstreamError(self.url, f"sent nothing for {self._stall:.0f}s")
 
     async def _read_h11(self, buffer: memoryview) -> int:

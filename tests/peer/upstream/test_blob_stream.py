@@ -297,3 +297,34 @@ async def test_a_body_that_trickles_is_read_in_large_reads_not_per_segment(
         await body.aclose()
     assert bytes(data) == payload
     assert len(reads) <= 2 * len(payload) // BODY_MARK + 2, reads
+
+
+async def test_bytes_below_the_mark_are_not_a_stall(nursery: trio.Nursery) -> None:
+    """The stall time-out counts from the last byte that came, whether or not it woke the
+    reader: a registry that sends a little just before the time-out runs out, again and
+    again (each time less than the mark), and then the rest, is read to its end; so is one
+    whose body trickles below the mark for longer than the time-out."""
+    server = Server()
+    await nursery.start(server.serve)
+    payload = os.urandom(3 * BODY_MARK)
+
+    async def late(conn: HttpConnection) -> None:
+        await conn.start_response(200, [("content-length", str(len(payload)))])
+        for start in range(0, 3000, 1000):
+            await trio.sleep(0.8)  # of a 1 s time-out
+            await conn.send_data(payload[start : start + 1000])
+        await conn.send_data(payload[3000:])
+        await conn.end_response()
+
+    async def trickle(conn: HttpConnection) -> None:
+        await conn.start_response(200, [("content-length", str(len(payload)))])
+        for start in range(0, 20 * 1000, 1000):  # 2 s below the mark
+            await conn.send_data(payload[start : start + 1000])
+            await trio.sleep(0.1)
+        await conn.send_data(payload[20 * 1000 :])
+        await conn.end_response()
+
+    server.routes = {"/late": late, "/trickle": trickle}
+    base = f"http://127.0.0.1:{server.port}"
+    assert await read_all(base + "/late", stall=1.0) == (200, payload)
+    assert await read_all(base + "/trickle", stall=0.5) == (200, payload)
