@@ -63,6 +63,8 @@ class ReceiveMark:
         if self.gave_up or mark <= 1:
             return await self._receive_any_within(view, quiet)
         self._set(mark)
+        if bytes_waiting(self.sock) >= mark:  # there already: no pass through the event loop
+            return await self.sock.recv_into(view)
         waiting = 0  # bytes below the mark at the last look
         looked = False
         quiet_until = math.inf if quiet is None else trio.current_time() + quiet
