@@ -66,7 +66,6 @@ class ReceiveMark:
         if bytes_waiting(self.sock) >= mark:  # there already: no pass through the event loop
             return await self.sock.recv_into(view)
         waiting = 0  # bytes below the mark at the last look
-        looked = False
         quiet_until = math.inf if quiet is None else trio.current_time() + quiet
         while True:
             if self.sock.fileno() == -1:  # closed by another task (a wait on -1 is ValueError)
@@ -80,13 +79,13 @@ class ReceiveMark:
                     heard()
                 if quiet is not None:
                     quiet_until = trio.current_time() + quiet
-            elif now_waiting and looked:
+            elif now_waiting:  # (no more than at the last look, which found them)
                 self.gave_up = True
                 log.debug("%d bytes stopped below the mark: no mark on this socket", now_waiting)
                 return await self.receive_any(view)
             elif trio.current_time() >= quiet_until:
                 raise SenderQuiet(f"nothing for {quiet:.0f}s")
-            waiting, looked = now_waiting, True
+            waiting = now_waiting
 
     async def _receive_any_within(self, view: memoryview, quiet: float | None) -> int:
         if quiet is None:
