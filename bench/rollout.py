@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 from bench.components import REPO, registry_bytes_served, registry_config
 from bench.link_timeline import LinkSampler, timeline_rows
 from bench.oci_image import Image, push
-from bench.testbed import Host, Testbed, stop_process
+from bench.tcp_losses import Losses, UnreadableCounters
+from bench.testbed import Host, Testbed, TestbedError, stop_process
 from peer.cluster.rendezvous import owner_order
 from peer.front.admin import ADMIN_TOKEN_FILE
 
@@ -69,6 +70,10 @@ class Outcome:
     # or `timeline_error`: the links could not be read).
     timeline: list[dict[str, Any]] = field(default_factory=list)
     timeline_error: str | None = None
+    # What TCP retransmitted and the shapers dropped while the hosts fetched (None: the
+    # counters could not be read; `losses_error` says why).
+    losses: Losses | None = None
+    losses_error: str | None = None
     started: float | None = None  # time.monotonic() when the hosts' commands started
 
     @property
@@ -154,6 +159,15 @@ def wait_until(
             return
         time.sleep(0.2)
     raise RolloutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def _read_losses(testbed: Testbed) -> tuple[Losses | None, str | None]:
+    """The testbed's loss counters now, or None and why they could not be read (a report
+    without them, not a failed run)."""
+    try:
+        return testbed.losses(), None
+    except (TestbedError, UnreadableCounters, subprocess.SubprocessError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _curl(testbed: Testbed, host: Host, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -342,6 +356,7 @@ class Rollout:
         busy, total = cpu_jiffies()
         children = children_cpu_s()
         daemon_cpu = sum(process_cpu_s(pid) for pid in daemons or [])
+        losses_before, outcome.losses_error = _read_losses(self.testbed)
         sampler = None
         if self.timeline is not None:
             sampler = LinkSampler(self.testbed.link_counters, self.timeline)
@@ -364,6 +379,10 @@ class Rollout:
         busy_after, total_after = cpu_jiffies()
         outcome.cpu_busy = (busy_after - busy) / max(1, total_after - total)
         outcome.origin_wire = self.testbed.tx_bytes(self.testbed.origin) - wire
+        losses_after, error = _read_losses(self.testbed)
+        if losses_before is not None and losses_after is not None:
+            outcome.losses = losses_after - losses_before
+        outcome.losses_error = outcome.losses_error or error
         if not outcome.origin_payload:
             outcome.origin_payload = self.origin.served_since(mark)
         return outcome

@@ -415,6 +415,10 @@ def _run(
             )
             for host, error in sorted(outcome.errors.items()):
                 click.echo(f"  {host}: {error[:300]}", err=True)
+            if outcome.losses is not None:
+                click.echo(f"{contender}: {outcome.losses.describe()}")
+            elif outcome.losses_error:
+                click.echo(f"{contender}: no loss counters: {outcome.losses_error}", err=True)
             if outcome.timeline_error:
                 click.echo(f"{contender}: no timeline: {outcome.timeline_error}", err=True)
             if outcome.timeline:

@@ -35,6 +35,7 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
             h: (round(t, 3) if t is not None else None) for h, t in sorted(outcome.done.items())
         },
         "errors": outcome.errors,
+        **({"losses": outcome.losses.as_dict()} if outcome.losses is not None else {}),
         **({"timeline": outcome.timeline} if outcome.timeline else {}),
     }
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from bench.tcp_losses import Losses, qdisc_drops, tcp_segments
+
 SUBNET = "10.213"
 
 
@@ -246,6 +248,18 @@ class Testbed:
             host: (int(stats[port]["rx"]["bytes"]), int(stats[port]["tx"]["bytes"]))
             for host, port in self._switch_ports.items()
         }
+
+    def losses(self) -> Losses:
+        """What TCP retransmitted and the shapers dropped so far, summed over every host
+        (bench/tcp_losses.py): /proc/net/snmp and each host's `tc -s`, then the switch's."""
+        total = Losses()
+        for host in self.hosts:
+            snmp = _run(*self.command(host, ["cat", "/proc/net/snmp"])).stdout
+            segments, retransmitted = tcp_segments(snmp)
+            uplink = _run("tc", "-n", host.netns, "-s", "-j", "qdisc", "show", "dev", "eth0")
+            total += Losses(segments, retransmitted, uplink_drops=qdisc_drops(uplink.stdout))
+        switch = _run("tc", "-n", self.switch, "-s", "-j", "qdisc", "show").stdout
+        return total + Losses(downlink_drops=qdisc_drops(switch))
 
     def rx_bytes(self, host: Host) -> int:
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout

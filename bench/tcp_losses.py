@@ -1,0 +1,98 @@
+"""What TCP lost on the testbed while a contender ran: segments retransmitted, and packets the
+shapers dropped.
+
+Why it is reported: a host's link can look busy (the timeline counts what crossed the wire)
+while part of what it carries is the same bytes again, and a control message that waits for a
+lost segment waits for the retransmission (on the testbed, 8 hosts at 25 Mbit/s, a Request to
+an owner whose downlink was full took 8-22 s). Every host's shaper is a tbf with a short queue
+(bench/testbed.py): a sender that overruns it loses packets at its own uplink, a host's
+downlink drops what the switch cannot queue for it.
+
+The counters are the kernel's, per network namespace: `Tcp: OutSegs RetransSegs` of
+/proc/net/snmp (segments, not packets: a GSO packet counts as the segments it carries) and the
+`drops` of every qdisc `tc -s` shows. `Losses` holds their sums over the hosts; the difference
+of two readings is what happened between them. Parsing is pure (tested without namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Losses:
+    segments: int = 0  # TCP segments sent, pure ACKs included, retransmissions not (OutSegs)
+    retransmitted: int = 0  # TCP segments sent again (RetransSegs)
+    uplink_drops: int = 0  # packets dropped by the hosts' own shapers (their uplinks)
+    downlink_drops: int = 0  # packets dropped by the switch's shapers (the hosts' downlinks)
+
+    def __add__(self, other: Losses) -> Losses:
+        return Losses(
+            self.segments + other.segments,
+            self.retransmitted + other.retransmitted,
+            self.uplink_drops + other.uplink_drops,
+            self.downlink_drops + other.downlink_drops,
+        )
+
+    def __sub__(self, other: Losses) -> Losses:
+        return Losses(
+            self.segments - other.segments,
+            self.retransmitted - other.retransmitted,
+            self.uplink_drops - other.uplink_drops,
+            self.downlink_drops - other.downlink_drops,
+        )
+
+    @property
+    def retransmitted_share(self) -> float:
+        """Of every segment sent, the share that were retransmissions (a share of data
+        segments alone would be larger: about a third of what a receiver sends are ACKs)."""
+        sent = self.segments + self.retransmitted
+        return self.retransmitted / sent if sent else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "tcp_segments": self.segments,
+            "tcp_retransmitted": self.retransmitted,
+            "tcp_retransmitted_share": round(self.retransmitted_share, 4),
+            "uplink_drops": self.uplink_drops,
+            "downlink_drops": self.downlink_drops,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"TCP retransmitted {100 * self.retransmitted_share:.1f} % of the "
+            f"{self.segments + self.retransmitted:,} segments sent (pure ACKs included); "
+            "shapers dropped "
+            f"{self.uplink_drops:,} packets at the uplinks, {self.downlink_drops:,} at the "
+            "downlinks"
+        )
+
+
+class UnreadableCounters(ValueError):
+    """A counter file or `tc` answer that is not what the kernel writes."""
+
+
+def tcp_segments(snmp: str) -> tuple[int, int]:
+    """(OutSegs, RetransSegs) from the text of /proc/net/snmp: a `Tcp:` line of names, then
+    one of values."""
+    lines = [line.split() for line in snmp.splitlines() if line.startswith("Tcp:")]
+    if len(lines) != 2 or len(lines[0]) != len(lines[1]):
+        raise UnreadableCounters("no Tcp: header and values in /proc/net/snmp")
+    values = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    try:
+        return int(values["OutSegs"]), int(values["RetransSegs"])
+    except (KeyError, ValueError) as exc:
+        raise UnreadableCounters(f"Tcp: OutSegs and RetransSegs unreadable: {exc}") from None
+
+
+def qdisc_drops(tc_json: str) -> int:
+    """The packets every qdisc in `tc -s -j qdisc show` dropped, summed (a device without a
+    qdisc of its own shows none, or `noqueue` with none dropped)."""
+    try:
+        qdiscs = json.loads(tc_json) if tc_json.strip() else []
+    except json.JSONDecodeError as exc:
+        raise UnreadableCounters(f"tc's JSON unreadable: {exc}") from None
+    if not isinstance(qdiscs, list):
+        raise UnreadableCounters("tc's JSON is not a list of qdiscs")
+    return sum(int(q.get("drops", 0)) for q in qdiscs if isinstance(q, dict))
