@@ -24,7 +24,7 @@ from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.choker import Choker
-from peer.swarm.fetch import PEERS_WHILE_OWNING
+from peer.swarm.fetch import peers_while_owning
 from peer.swarm.held_probe import fetches_from, not_held
 from peer.swarm.inflow import InflowReports
 from peer.swarm.recent_pieces import RecentPieces
@@ -697,7 +697,7 @@ class SimNode:
 
     @property
     def source_limit(self) -> int | None:
-        return PEERS_WHILE_OWNING if self.upstream_fetches else None
+        return peers_while_owning(self.upstream_fetches)
 
     def upstream_started(self) -> None:
         self.upstream_fetches += 1

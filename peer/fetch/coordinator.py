@@ -122,8 +122,8 @@ class OwnerUpstream:
         download = self._table.active.get(digest)
         return download if download is not None and self._fetcher.fetching(digest) else None
 
-    def busy(self) -> bool:
-        return self._fetcher.busy()
+    def blobs(self) -> int:
+        return self._fetcher.blobs()
 
     def streams(self) -> int:
         return self._fetcher.streams

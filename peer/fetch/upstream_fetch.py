@@ -122,9 +122,9 @@ class UpstreamFetcher:
         self._store = store
         self._upstreams = upstreams
         self._download_limit = download_limit or RateLimiter(None)
-        self.running = 0  # fetches from the upstream now (the swarm yields to them)
         self.streams = 0  # answers arriving from the upstream now (peer/swarm/inflow.py)
-        self._digests: collections.Counter[str] = collections.Counter()  # ... of these blobs
+        # Blob -> its fetches from the upstream now (the swarm yields to them: fetch.py).
+        self._digests: collections.Counter[str] = collections.Counter()
         self.bytes_from_upstream = 0
         # Blobs whose registry was still busy when an owner's fetch gave up: (namespace,
         # digest) -> until when later fetches of it ask once (peer/fetch/busy_registry.py).
@@ -135,9 +135,9 @@ class UpstreamFetcher:
             weakref.WeakKeyDictionary()
         )
 
-    def busy(self) -> bool:
-        """Is this node fetching from an upstream now?"""
-        return self.running > 0
+    def blobs(self) -> int:
+        """The blobs this node fetches from an upstream now."""
+        return len(self._digests)
 
     def fetching(self, digest: str) -> bool:
         """Is this node fetching `digest` from an upstream now?"""
@@ -145,12 +145,10 @@ class UpstreamFetcher:
 
     @contextlib.contextmanager
     def _counted(self, digest: str) -> Iterator[None]:
-        self.running += 1
         self._digests[digest] += 1
         try:
             yield
         finally:
-            self.running -= 1
             self._digests[digest] -= 1
             if not self._digests[digest]:
                 del self._digests[digest]

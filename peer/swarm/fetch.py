@@ -73,6 +73,32 @@ MIN_PEERS, MAX_PEERS = 8, 32
 # owners' other blobs lagged where the swarm's uplinks, not the registry, are the bound
 # (uneven links, seeds 1-4: 1.29, 1.29, 1.29, 1.27 with 4, 1.19, 1.17, 1.18, 1.17 with 8).
 PEERS_WHILE_OWNING = 8
+# ... and from this many while it fetches two blobs or more (an owner of several, a third of
+# the 8-host runs with 3 layers): then the registry's flows, which the swarm waits for, share
+# its downlink with the peers' pieces, and on the testbed a peer's piece into it crawls and
+# that peer's Requests for the owner's first copies wait behind it on the same connection
+# (8 hosts at 25 Mbit/s, one host owning the 112 and 56 MiB layers of an 8-layer image: every
+# peer's 256 KiB piece to it took 8-22 s, and so did their Requests; its uplink, which alone
+# held the new pieces, carried almost nothing for 10 s; docs/issue10/s24/). Testbed, the same
+# owners in every run (docs/issue10/s24/probe/same_identities.py.txt), 25 Mbit/s, against 8:
+# that image one blob at a time 1.24, 1.24, 1.25, 1.24, 1.24 x T_min against 1.25, 1.31,
+# 1.30, 1.32, 1.40; 224 MiB in 3 layers, one host owning two, 1.15, 1.17 against 1.21, 1.18;
+# owners of one large blob each 1.23, 1.21 against 1.20, 1.22 (the limit acts only while a
+# small blob is fetched too). With 4: 1.25, 1.22 (2: 1.24, 1.24). Simulator, 8 hosts, the
+# seeds with an owner of two layers: 1.050, 1.049 (4: 1.064, 1.069; 8: 1.084, 1.084); uneven
+# links seed 1 1.122 (4: 1.106; 8: 1.140); one blob at a time 1.074, 1.067, 1.065 against
+# 1.061, 1.062, 1.066; every other seed of the scorecard unchanged.
+PEERS_WHILE_OWNING_SEVERAL = 2
+
+
+def peers_while_owning(upstream_blobs: int) -> int | None:
+    """The peers a fetch may take pieces from while this node fetches `upstream_blobs` blobs
+    from the registry (None: as many as it links to)."""
+    if upstream_blobs <= 0:
+        return None
+    return PEERS_WHILE_OWNING if upstream_blobs == 1 else PEERS_WHILE_OWNING_SEVERAL
+
+
 META_TIMEOUT = 30.0
 DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long without one
 # A new owner asks the upstream for the pieces no peer has announced this long after it took
@@ -558,7 +584,7 @@ class SwarmFetch:
         # While this node fetches from the upstream (it owns a blob), it takes pieces from
         # few peers at a time: every TCP flow into its link gets a like share, and the
         # upstream flow is the one the whole swarm waits for.
-        picker.source_limit = PEERS_WHILE_OWNING if self.swarm.upstream.busy() else None
+        picker.source_limit = peers_while_owning(self.swarm.upstream.blobs())
         sends = picker.schedule(trio.current_time())
         if sends:
             self._send_access({send.peer for send in sends})

@@ -50,8 +50,8 @@ class PeerUpstream(Protocol):
         """The download of `digest` running here from an upstream now, if any."""
         ...
 
-    def busy(self) -> bool:
-        """Is this node fetching from an upstream now?"""
+    def blobs(self) -> int:
+        """The blobs this node fetches from an upstream now."""
         ...
 
     def streams(self) -> int:

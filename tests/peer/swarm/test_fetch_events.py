@@ -14,7 +14,16 @@ import trio
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
-from peer.swarm.fetch import MAX_PEERS, MIN_PEERS, SwarmFetch, byte_runs, peers_to_link
+from peer.swarm.fetch import (
+    MAX_PEERS,
+    MIN_PEERS,
+    PEERS_WHILE_OWNING,
+    PEERS_WHILE_OWNING_SEVERAL,
+    SwarmFetch,
+    byte_runs,
+    peers_to_link,
+    peers_while_owning,
+)
 from peer.swarm.picker import PiecePicker
 from pieces.layout import PieceLayout
 from pieces.partial import DiskFull
@@ -256,8 +265,8 @@ def test_the_upstream_is_asked_for_exactly_the_unheld_pieces_bytes() -> None:
 class DiskFullUpstream:
     """The upstream side of a takeover whose writes fail on our disk."""
 
-    def busy(self) -> bool:
-        return True
+    def blobs(self) -> int:
+        return 1
 
     def streams(self) -> int:
         return 1
@@ -342,3 +351,36 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
     fetch._changed_by_peer()
     assert fetch._changed.is_set()
     store.release_partial(partial)
+
+
+class FetchingUpstream:
+    """The upstream side of a node that fetches `count` blobs from the registry now."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def blobs(self) -> int:
+        return self.count
+
+
+@pytest.mark.parametrize(
+    ("upstream_blobs", "limit"),
+    [(0, None), (1, PEERS_WHILE_OWNING), (2, PEERS_WHILE_OWNING_SEVERAL), (5, 2)],
+)
+async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_peers(
+    upstream_blobs: int, limit: int | None
+) -> None:
+    """Each schedule sets the picker's source limit from what the node fetches upstream now:
+    none, the limit for an owner of one blob, the tighter one for an owner of several."""
+    assert PEERS_WHILE_OWNING_SEVERAL < PEERS_WHILE_OWNING
+    swarm = SimpleNamespace(upstream=FetchingUpstream(upstream_blobs), links={})
+    fetch = SwarmFetch(
+        swarm,  # type: ignore[arg-type]
+        DigestState(DIGEST),
+        Download(DIGEST, None, "org/app", None),
+        {},
+    )
+    fetch.picker = PiecePicker(DIGEST, PieceLayout(4096, 256), random.Random(1))
+    fetch._schedule()
+    assert fetch.picker.source_limit == limit
+    assert peers_while_owning(upstream_blobs) == limit

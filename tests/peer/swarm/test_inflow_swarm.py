@@ -42,8 +42,8 @@ class Upstream:
     def __init__(self, streams: int) -> None:
         self.streams_now = streams
 
-    def busy(self) -> bool:
-        return self.streams_now > 0
+    def blobs(self) -> int:
+        return 1 if self.streams_now > 0 else 0
 
     def streams(self) -> int:
         return self.streams_now

@@ -277,8 +277,8 @@ class NoUpstream:
     def in_flight(self, digest: str) -> Download | None:
         return None
 
-    def busy(self) -> bool:
-        return False
+    def blobs(self) -> int:
+        return 0
 
     def streams(self) -> int:
         return 0
