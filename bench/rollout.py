@@ -351,12 +351,13 @@ class Rollout:
         if prepare is not None:
             prepare()
         outcome = Outcome(contender)
+        # Before the CPU counters: its `ip netns exec` and `tc` calls are not the clients'.
+        losses_before, outcome.losses_error = _read_losses(self.testbed)
         mark = self.origin.log_mark()
         wire = self.testbed.tx_bytes(self.testbed.origin)
         busy, total = cpu_jiffies()
         children = children_cpu_s()
         daemon_cpu = sum(process_cpu_s(pid) for pid in daemons or [])
-        losses_before, outcome.losses_error = _read_losses(self.testbed)
         sampler = None
         if self.timeline is not None:
             sampler = LinkSampler(self.testbed.link_counters, self.timeline)

@@ -36,6 +36,7 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         },
         "errors": outcome.errors,
         **({"losses": outcome.losses.as_dict()} if outcome.losses is not None else {}),
+        **({"losses_error": outcome.losses_error} if outcome.losses_error else {}),
         **({"timeline": outcome.timeline} if outcome.timeline else {}),
     }
 

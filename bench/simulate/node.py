@@ -110,7 +110,7 @@ class SimNode:
         self.heard_at: dict[bytes, float] = {}  # when each peer last sent us an event
         self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
         self.blobs: dict[str, BlobState] = {}
-        self.upstream_fetches = 0
+        self.upstream_blobs = 0
         # As the node's swarm: how many transfers come in, told to the peers where our
         # requests wait (peer/swarm/inflow.py): peers' flows into this host now, and the
         # registry's (its answers; their changes alone are not told, as in the node).
@@ -697,14 +697,14 @@ class SimNode:
 
     @property
     def source_limit(self) -> int | None:
-        return peers_while_owning(self.upstream_fetches)
+        return peers_while_owning(self.upstream_blobs)
 
     def upstream_started(self) -> None:
-        self.upstream_fetches += 1
+        self.upstream_blobs += 1
         self._set_source_limits()
 
     def upstream_ended(self) -> None:
-        self.upstream_fetches -= 1
+        self.upstream_blobs -= 1
         self._set_source_limits()
 
     def _set_source_limits(self) -> None:

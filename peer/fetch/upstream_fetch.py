@@ -136,7 +136,8 @@ class UpstreamFetcher:
         )
 
     def blobs(self) -> int:
-        """The blobs this node fetches from an upstream now."""
+        """The blobs this node fetches from an upstream now (one whose registry answered
+        busy counts while it waits to ask again: fetch.py's limit on peers errs that way)."""
         return len(self._digests)
 
     def fetching(self, digest: str) -> bool:

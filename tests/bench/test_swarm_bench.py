@@ -77,11 +77,12 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
             received = sum(row["down_bytes_per_s"][host] * span[id(row)] for row in rows)
             assert received >= doc["image_bytes"]
     assert "the links over time" in result.stdout
-    # TCP's counters, read in the hosts' namespaces: at least the image crossed as segments
-    # (of at most an MSS, under the veth's 1,500 bytes), and the share is a share.
+    # TCP's counters, read in the hosts' namespaces: every node host received the image over
+    # its veth, in segments of at most an MSS (under the veth's 1,500 bytes), which some host
+    # sent; the origin's namespace alone sends about one copy.
     for r in results.values():
         losses = r["losses"]
-        assert losses["tcp_segments"] * 1500 >= doc["image_bytes"]
+        assert losses["tcp_segments"] * 1500 >= doc["nodes"] * doc["image_bytes"]
         assert 0 <= losses["tcp_retransmitted_share"] < 1
         assert losses["uplink_drops"] >= 0 and losses["downlink_drops"] >= 0
     assert result.stdout.count("TCP retransmitted") == 3

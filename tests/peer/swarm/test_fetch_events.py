@@ -365,7 +365,12 @@ class FetchingUpstream:
 
 @pytest.mark.parametrize(
     ("upstream_blobs", "limit"),
-    [(0, None), (1, PEERS_WHILE_OWNING), (2, PEERS_WHILE_OWNING_SEVERAL), (5, 2)],
+    [
+        (0, None),
+        (1, PEERS_WHILE_OWNING),
+        (2, PEERS_WHILE_OWNING_SEVERAL),
+        (5, PEERS_WHILE_OWNING_SEVERAL),
+    ],
 )
 async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_peers(
     upstream_blobs: int, limit: int | None
