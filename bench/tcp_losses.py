@@ -10,14 +10,16 @@ downlink drops what the switch cannot queue for it.
 
 The counters are the kernel's, per network namespace: `Tcp: OutSegs RetransSegs` of
 /proc/net/snmp (segments, not packets: a GSO packet counts as the segments it carries) and the
-`drops` of every qdisc `tc -s` shows. `Losses` holds their sums over the hosts; the difference
-of two readings is what happened between them. Parsing is pure (tested without namespaces).
+`drops` of the tbf shapers `tc -s` shows. `Losses` holds their sums over the hosts; the
+difference of two readings is what happened between them. Parsing is pure (tested without
+namespaces).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import operator
+from dataclasses import astuple, dataclass
 
 
 @dataclass(frozen=True)
@@ -31,20 +33,10 @@ class Losses:
     downlink_drops: int = 0
 
     def __add__(self, other: Losses) -> Losses:
-        return Losses(
-            self.segments + other.segments,
-            self.retransmitted + other.retransmitted,
-            self.uplink_drops + other.uplink_drops,
-            self.downlink_drops + other.downlink_drops,
-        )
+        return Losses(*map(operator.add, astuple(self), astuple(other)))
 
     def __sub__(self, other: Losses) -> Losses:
-        return Losses(
-            self.segments - other.segments,
-            self.retransmitted - other.retransmitted,
-            self.uplink_drops - other.uplink_drops,
-            self.downlink_drops - other.downlink_drops,
-        )
+        return Losses(*map(operator.sub, astuple(self), astuple(other)))
 
     @property
     def retransmitted_share(self) -> float:
