@@ -185,6 +185,13 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     "registry (stored bytes; in seconds of a downlink) and how busy their downlinks were: "
     "where the last host's lag was taken. Also in the JSON.",
 )
+@click.option(
+    "--tokens",
+    is_flag=True,
+    help="The clients' credentials are bearer tokens, which may expire: an owner asks the "
+    "registry for no chunk of a blob later than 45 s after its download began, as the node "
+    "does with a token [default: no credentials, as on the testbed].",
+)
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 def simulate(
     nodes: int,
@@ -208,6 +215,7 @@ def simulate(
     json_path: Path | None,
     chart_path: Path | None,
     timeline_period: float | None,
+    tokens: bool,
     quiet: bool,
 ) -> None:
     """Simulate N hosts pulling one image through pollen, on a modelled network.
@@ -249,6 +257,7 @@ def simulate(
         max_wall=max_wall,
         kills=tuple(kills),
         joins=tuple(joins),
+        tokens=tokens,
     )
     bound = config.bound()
     click.echo(

@@ -28,7 +28,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces
+from peer.fetch.chunks import (
+    CHUNK_WINDOW,
+    CHUNKED_MIN_PIECES,
+    WHOLE_FLOWS,
+    Chunks,
+    least_pieces,
+)
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import (
@@ -498,7 +504,10 @@ class UpstreamFetch:
         self._chunks_asked = False
         if runs is None and not state.partial and count >= CHUNKED_MIN_PIECES:
             now = node.world.queue.now
-            chunks = Chunks(count, 0, least_pieces(state.layout.piece_size), now)
+            # As the node's chunk_window: a window only for credentials that may expire.
+            window = CHUNK_WINDOW if node.world.config.tokens else None
+            least = least_pieces(state.layout.piece_size)
+            chunks = Chunks(count, 0, least, now, window=window)
             first = chunks.take(now)
             assert first is not None
             runs = [first]

@@ -94,6 +94,7 @@ def document(
         "piece_size": config.piece_size,
         "parallel": config.parallel,
         "seed": config.seed,
+        "tokens": config.tokens,
         "rate_step_s": config.rate_step,
         "max_time_s": config.max_time,
         "kills": [asdict(k) for k in config.kills],

@@ -69,6 +69,9 @@ class SimConfig:
     max_time: float | None = None  # simulated seconds [default: 100 x T_min + 600]
     max_wall: float | None = None  # wall seconds
     prefetch: bool = True  # a node that serves a manifest fetches its blobs (--no-prefetch)
+    # The clients' credentials are bearer tokens, which may expire (--tokens): an owner asks
+    # for no chunk after the window (peer/fetch/chunks.py). Default: no credentials.
+    tokens: bool = False
     kills: tuple[Kill, ...] = ()
     joins: tuple[Join, ...] = ()
 

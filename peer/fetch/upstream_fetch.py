@@ -30,7 +30,14 @@ from collections.abc import Iterator
 import trio
 
 from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
-from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, Chunks, least_pieces, next_chunk
+from peer.fetch.chunks import (
+    CHUNKED_MIN_PIECES,
+    WHOLE_FLOWS,
+    Chunks,
+    chunk_window,
+    least_pieces,
+    next_chunk,
+)
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
 from peer.upstream.blob_stream import BlobStream, open_blob
@@ -438,7 +445,8 @@ class UpstreamFetcher:
                 stop = min(stop, end)
             rest = None
             if rest_beside and body.status == 206:
-                rest = _chunks_after(partial, stop, download.started)
+                window = chunk_window(headers.get("authorization"))
+                rest = _chunks_after(partial, stop, download.started, window)
             if rest is not None:
                 await self._pump_beside_chunks(download, headers, body, partial, start, stop, rest)
             else:
@@ -586,15 +594,18 @@ class UpstreamFetcher:
             raise UpstreamError(body.url, message)
 
 
-def _chunks_after(partial: PartialBlob, stop: int, started: float) -> Chunks | None:
-    """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end); None when
-    there are none, or when it holds bytes already (another download's partial: the fetch's
-    next round asks for what it lacks)."""
+def _chunks_after(
+    partial: PartialBlob, stop: int, started: float, window: float | None
+) -> Chunks | None:
+    """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end), asked for
+    within `window` of `started` (chunks.chunk_window); None when there are none, or when it
+    holds bytes already (another download's partial: the fetch's next round asks for what it
+    lacks)."""
     layout = partial.layout
     if partial.bytes_present or stop >= layout.size or stop % layout.piece_size:
         return None
     least = least_pieces(layout.piece_size)
-    return Chunks(layout.count, stop // layout.piece_size, least, started)
+    return Chunks(layout.count, stop // layout.piece_size, least, started, window=window)
 
 
 def _chunk_bytes(partial: PartialBlob, chunks: Chunks | None) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ from bench.simulate.node import MemberWord, SimNode
 from bench.simulate.report import document, summarize
 from bench.simulate.world import MBIT, Join, Kill, Result, SimConfig, Simulation
 from peer.cluster.membership import Status, Update
-from peer.fetch.chunks import least_pieces, whole_chunks
+from peer.fetch.chunks import CHUNK_WINDOW, least_pieces, whole_chunks
 from pieces.layout import PieceLayout, piece_size_for
 
 MiB = 2**20
@@ -227,3 +227,29 @@ def test_nodes_that_join_mid_rollout_cost_the_origin_nothing(seed: int) -> None:
     result = Simulation(config).run()
     assert len(check_complete(result)) == 16
     assert result.origin_bytes == config.image_bytes()
+
+
+def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_the_end() -> None:
+    # One 64 MiB layer (256 pieces of 256 KiB) over 8 Mbit/s links: its owner's fetch takes
+    # about a minute, past CHUNK_WINDOW. Without credentials the chunks go on to the end;
+    # with bearer tokens (which may expire) each flow's last chunk is asked before the
+    # window: fewer requests, the same bytes once.
+    layers = (64 * MiB,)
+    counts = {}
+    for tokens in (False, True):
+        config = SimConfig(
+            nodes=3,
+            layer_sizes=layers,
+            uplink=8 * MBIT,
+            downlink=8 * MBIT,
+            origin_up=8 * MBIT,
+            tokens=tokens,
+        )
+        result = Simulation(config).run()
+        check_complete(result)
+        assert result.origin_bytes == config.image_bytes()
+        assert result.simulated_s > CHUNK_WINDOW
+        counts[tokens] = result.stats.upstream_requests
+    layout = PieceLayout(64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size))
+    assert counts[False] == 1 + len(whole_chunks(layout.count, least_pieces(layout.piece_size)))
+    assert counts[True] < counts[False]

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import trio
 
-from peer.fetch.chunks import CHUNKED_MIN_PIECES, WHOLE_FLOWS, least_pieces, whole_chunks
+from peer.fetch.chunks import (
+    CHUNK_WINDOW,
+    CHUNKED_MIN_PIECES,
+    FINALS_LEAD,
+    WHOLE_FLOWS,
+    least_pieces,
+    whole_chunks,
+)
 from peer.fetch.download import Download
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE, UpstreamFetcher
 from peer.upstream.client import UpstreamConfig, Upstreams
@@ -231,3 +238,50 @@ async def test_a_chunk_answered_for_another_blob_size_never_joins_the_blob(
         assert store.complete_path(digest).read_bytes() == data
     assert blob_gets(registry)[0] == chunk_ranges(LARGE)[0]
     assert len(blob_gets(registry)) <= WHOLE_FLOWS + 3
+
+
+async def fetch_with(
+    tmp_path: Path, registry: FakeRegistry, authorization: str, begun_ago: float
+) -> list[str | None]:
+    """A large blob fetched whole with `authorization`, its download begun `begun_ago`
+    seconds before its first request (a fetch that has run that long): the blob GETs."""
+    data = os.urandom(LARGE)
+    digest = registry.add_blob(data)
+    store = Store(tmp_path, piece_size=PIECE)
+    store.descriptor_sizes.learn(digest, len(data))
+    fetcher = UpstreamFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
+    download = Download(digest, None, "org/app", None, started=trio.current_time() - begun_ago)
+    with trio.fail_after(20):
+        await fetcher.fetch(download, {"authorization": authorization})
+    assert store.complete_path(digest).read_bytes() == data
+    return blob_gets(registry)
+
+
+async def test_a_bearer_token_s_fetch_asks_for_no_chunk_after_the_window(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # The registry checks the token on every request, and a token may last a minute: past
+    # CHUNK_WINDOW, one request takes all the rest.
+    registry.token = "t0k"
+    gets = await fetch_with(tmp_path, registry, "Bearer t0k", begun_ago=CHUNK_WINDOW)
+    first = chunk_ranges(LARGE)[0]
+    assert gets == [first, f"bytes={range_start(chunk_ranges(LARGE)[1])}-"]
+
+
+async def test_near_the_window_each_flow_takes_a_share_of_the_rest(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # Each of the WHOLE_FLOWS flows takes its last chunk: all of them carry the blob to its end.
+    registry.token = "t0k"
+    begun = CHUNK_WINDOW - FINALS_LEAD
+    gets = await fetch_with(tmp_path, registry, "Bearer t0k", begun_ago=begun)
+    assert gets[0] == chunk_ranges(LARGE)[0]
+    assert len(gets) == 1 + WHOLE_FLOWS
+
+
+async def test_without_a_token_chunks_are_asked_for_however_long_the_fetch(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # Basic credentials (or none) do not expire: the chunks go on to the end.
+    gets = await fetch_with(tmp_path, registry, "Basic dTpw", begun_ago=10 * CHUNK_WINDOW)
+    assert sorted(gets, key=range_start) == chunk_ranges(LARGE)
