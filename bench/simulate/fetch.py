@@ -508,7 +508,7 @@ class UpstreamFetch:
             window = CHUNK_WINDOW if node.world.config.tokens else None
             least = least_pieces(state.layout.piece_size)
             chunks = Chunks(count, 0, least, now, window=window)
-            first = chunks.take(now)
+            first = chunks.take(now, len(state.have))
             assert first is not None
             runs = [first]
             self._chunks = chunks if first[1] < count else None
@@ -549,7 +549,7 @@ class UpstreamFetch:
             if self.runs and self.open < RANGES_AT_ONCE:
                 run = self.runs.popleft()
             elif self._chunks_asked and self._chunks and self.open < WHOLE_FLOWS:
-                taken = self._chunks.take(world.queue.now)
+                taken = self._chunks.take(world.queue.now, len(self.state.have))
                 if taken is None:
                     self._chunks = None
                     break
@@ -560,6 +560,7 @@ class UpstreamFetch:
             # A new HTTP request: connect and ask, two round trips before the first byte.
             world.queue.at(world.queue.now + 4 * world.latency, self._respond, run)
             world.stats.upstream_requests += 1
+            world.stats.last_upstream_request_ms = round(world.queue.now * 1000)
 
     def _respond(self, run: tuple[int, int]) -> None:
         node = self.node

@@ -106,6 +106,7 @@ class Stats:
     uploads_cancelled: int = 0
     chokes: int = 0
     upstream_requests: int = 0
+    last_upstream_request_ms: int = 0  # when the last request to the registry was made
     upstream_fallbacks: int = 0
     connects: int = 0
     connects_failed: int = 0

@@ -610,7 +610,9 @@ def _chunks_after(
 
 def _chunk_bytes(partial: PartialBlob, chunks: Chunks | None) -> tuple[int, int] | None:
     """The next chunk's bytes [start, end), or None."""
-    taken = chunks.take(trio.current_time()) if chunks is not None else None
+    if chunks is None:
+        return None
+    taken = chunks.take(trio.current_time(), partial.bytes_present // partial.layout.piece_size)
     if taken is None:
         return None
     return partial.layout.start(taken[0]), partial.layout.end(taken[1] - 1)

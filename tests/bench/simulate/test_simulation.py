@@ -232,10 +232,10 @@ def test_nodes_that_join_mid_rollout_cost_the_origin_nothing(seed: int) -> None:
 def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_the_end() -> None:
     # One 64 MiB layer (256 pieces of 256 KiB) over 8 Mbit/s links: its owner's fetch takes
     # about a minute, past CHUNK_WINDOW. Without credentials the chunks go on to the end;
-    # with bearer tokens (which may expire) each flow's last chunk is asked before the
-    # window: fewer requests, the same bytes once.
+    # with bearer tokens (which may expire) the last request is made before the window.
+    # Either way the bytes leave the registry once.
     layers = (64 * MiB,)
-    counts = {}
+    last_request = {}
     for tokens in (False, True):
         config = SimConfig(
             nodes=3,
@@ -248,8 +248,7 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
         result = Simulation(config).run()
         check_complete(result)
         assert result.origin_bytes == config.image_bytes()
-        assert result.simulated_s > CHUNK_WINDOW
-        counts[tokens] = result.stats.upstream_requests
-    layout = PieceLayout(64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size))
-    assert counts[False] == 1 + len(whole_chunks(layout.count, least_pieces(layout.piece_size)))
-    assert counts[True] < counts[False]
+        assert result.simulated_s > CHUNK_WINDOW + 5
+        last_request[tokens] = result.stats.last_upstream_request_ms / 1000
+    assert last_request[False] > CHUNK_WINDOW
+    assert last_request[True] < CHUNK_WINDOW

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from peer.fetch.chunks import (
+    CHUNK_SECONDS,
     CHUNK_SHARE,
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
-    FINALS_LEAD,
+    FINALS_MARGIN,
     WHOLE_FLOWS,
     Chunks,
     chunk_window,
@@ -62,13 +63,13 @@ def test_chunks_from_a_cursor_are_the_rest_of_the_same_cut(count: int, least: in
     # The first chunk is asked alone; the flows then take the rest from where it ended.
     cut = whole_chunks(count, least)
     first_end = cut[0][1]
-    rest = Chunks(count, first_end, least, started=100.0, window=CHUNK_WINDOW)
-    taken = list(iter(lambda: rest.take(now=100.0 + CHUNK_WINDOW - FINALS_LEAD - 1), None))
+    rest = Chunks(count, first_end, least, started=100.0, window=None)
+    taken = list(iter(lambda: rest.take(now=100.0 + 10 * CHUNK_WINDOW, arrived=0), None))
     assert taken == cut[1:]
     assert next_chunk(count, 0, least) == cut[0]
     closed = Chunks(count, first_end, least, started=100.0, window=None)
     closed.close()
-    assert closed.take(now=100.0) is None
+    assert closed.take(now=100.0, arrived=0) is None
 
 
 def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
@@ -84,57 +85,76 @@ def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
 
 def test_without_a_window_chunks_go_on_to_the_end_however_long_the_fetch() -> None:
     late = Chunks(300, 37, 4, started=0.0, window=None)
-    assert late.take(now=10_000.0) == next_chunk(300, 37, 4)
+    assert late.take(now=10_000.0, arrived=37) == next_chunk(300, 37, 4)
+
+
+def test_with_a_window_a_chunk_lasts_a_few_seconds_at_the_rate_so_far() -> None:
+    # No byte in yet: the least chunk, which gives a measure by its end.
+    chunks = Chunks(3000, 0, 4, started=0.0, window=CHUNK_WINDOW)
+    assert chunks.take(now=0.0, arrived=0) == (0, 4)
+    # 3 flows, 30 pieces in 1 s: 10 pieces/s each, so CHUNK_SECONDS of it.
+    size = int(10 * CHUNK_SECONDS)
+    assert chunks.take(now=1.0, arrived=30) == (4, 4 + size)
+    # Never more than the usual eighth of what is left.
+    slow_start = Chunks(300, 0, 4, started=0.0, window=CHUNK_WINDOW)
+    assert slow_start.take(now=1.0, arrived=300) == next_chunk(300, 0, 4)
 
 
 def test_near_the_window_each_flow_takes_an_equal_share_of_the_rest() -> None:
-    # The whole rest in one request left one flow per blob for the last ~40 % of a long
-    # fetch: the registry's uplink went part idle and the owners' flows ended apart. From
-    # FINALS_LEAD before the window, each of the flows takes its last chunk, a share of
-    # what is left; after the window the next takes all the rest.
-    chunks = Chunks(300, 37, 4, started=10.0, window=CHUNK_WINDOW)
-    finals = 10.0 + CHUNK_WINDOW - FINALS_LEAD
-    assert chunks.take(now=finals - 1) == (37, 69)  # an eighth of what is left
+    # A flow that would come back within FINALS_MARGIN of the window takes its last chunk:
+    # an equal share of what is left among the flows that have not taken theirs.
+    chunks = Chunks(300, 69, 4, started=0.0, window=CHUNK_WINDOW)
+    late = CHUNK_WINDOW - FINALS_MARGIN - 1
+    rate_arrived = int(late * WHOLE_FLOWS * 2)  # 2 pieces/s per flow: back in 5 s, too late
     assert WHOLE_FLOWS == 3
-    assert chunks.take(now=finals) == (69, 146)  # a third of 231
-    assert chunks.take(now=finals + 1) == (146, 223)  # a half of 154
-    assert chunks.take(now=finals + 2) == (223, 300)  # the rest
-    assert chunks.take(now=finals + 3) is None
+    assert chunks.take(now=late, arrived=rate_arrived) == (69, 146)  # a third of 231
+    assert chunks.take(now=late + 1, arrived=rate_arrived) == (146, 223)  # a half of 154
+    assert chunks.take(now=late + 2, arrived=rate_arrived) == (223, 300)  # the rest
+    assert chunks.take(now=late + 3, arrived=rate_arrived) is None
 
 
 def test_after_the_window_one_request_takes_the_whole_rest() -> None:
     # No request later than CHUNK_WINDOW after the download began, whoever comes back.
     chunks = Chunks(300, 37, 4, started=10.0, window=CHUNK_WINDOW)
-    assert chunks.take(now=10.0 + CHUNK_WINDOW - FINALS_LEAD - 1) == (37, 69)
-    assert chunks.take(now=10.0 + CHUNK_WINDOW - FINALS_LEAD) == (69, 146)
-    assert chunks.take(now=10.0 + CHUNK_WINDOW) == (146, 300)
-    assert chunks.take(now=10.0 + CHUNK_WINDOW + 1) is None
+    assert chunks.take(now=10.0 + CHUNK_WINDOW, arrived=37) == (37, 300)
+    assert chunks.take(now=10.0 + CHUNK_WINDOW + 1, arrived=300) is None
 
 
 @given(
     st.integers(CHUNKED_MIN_PIECES, 20_000),
     st.integers(1, 64),
-    st.lists(st.floats(0.0, 30.0), min_size=1, max_size=200),
+    st.floats(0.05, 500.0),
+    st.floats(0.0, 3.0),
 )
-def test_with_a_window_the_chunks_cover_the_blob_once_and_none_is_asked_late(
-    count: int, least: int, gaps: list[float]
+def test_with_a_steady_rate_every_flow_makes_its_last_request_before_the_window(
+    count: int, least: int, rate: float, first_wait: float
 ) -> None:
-    # Flows come back for chunks at any moments: the blob is covered once, in order; from
-    # FINALS_LEAD before the window at most one chunk per flow is asked, and past the window
-    # only one request, the last.
+    # WHOLE_FLOWS flows, each bringing `rate` pieces a second, take chunks as they come back
+    # (the first after `first_wait`, as the first chunk is asked alone). The chunks cover
+    # the blob once, in order; none is asked past the window but at most one that takes
+    # all the rest; and when the blob outlasts the window, every flow made its last request
+    # before it, so all of them carry the blob to its end (given that the least chunk, the
+    # first each flow takes, is in before the window: 1 MiB at 25 KB/s).
+    assume(first_wait + least / rate < CHUNK_WINDOW - FINALS_MARGIN)
     chunks = Chunks(count, 0, least, started=0.0, window=CHUNK_WINDOW)
-    now, taken = 0.0, []
-    for gap in itertools.chain(gaps, itertools.repeat(1.0)):
-        now += gap
-        chunk = chunks.take(now)
+    free_at = [0.0] + [first_wait] * (WHOLE_FLOWS - 1)  # when each flow comes back
+    done: list[tuple[float, int]] = []  # (when a chunk's last piece is in, its size)
+    taken: list[tuple[float, tuple[int, int]]] = []
+    for _ in range(10_000):
+        flow = min(range(WHOLE_FLOWS), key=lambda f: free_at[f])
+        now = free_at[flow]
+        arrived = sum(min(size, int(max(0.0, now - start) * rate)) for start, size in done)
+        chunk = chunks.take(now, arrived)
         if chunk is None:
             break
         taken.append((now, chunk))
+        done.append((now, chunk[1] - chunk[0]))
+        free_at[flow] = now + (chunk[1] - chunk[0]) / rate
     ranges = [chunk for _, chunk in taken]
     assert ranges[0][0] == 0 and ranges[-1][1] == count
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert all(end - start >= min(least, count) for start, end in ranges)
     late = [chunk for at, chunk in taken if at >= CHUNK_WINDOW]
     assert late in ([], [ranges[-1]])
-    finals = [chunk for at, chunk in taken if at >= CHUNK_WINDOW - FINALS_LEAD]
-    assert len(finals) <= WHOLE_FLOWS
+    if max(free_at) > CHUNK_WINDOW + CHUNK_SECONDS:  # the blob outlasts the window
+        assert late == []  # ... and no flow was left to take the whole rest

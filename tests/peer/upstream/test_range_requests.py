@@ -16,7 +16,7 @@ import trio
 from peer.fetch.chunks import (
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
-    FINALS_LEAD,
+    FINALS_MARGIN,
     WHOLE_FLOWS,
     least_pieces,
     whole_chunks,
@@ -271,12 +271,17 @@ async def test_a_bearer_token_s_fetch_asks_for_no_chunk_after_the_window(
 async def test_near_the_window_each_flow_takes_a_share_of_the_rest(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
-    # Each of the WHOLE_FLOWS flows takes its last chunk: all of them carry the blob to its end.
+    # A fetch that has run almost to the window: after at most a least chunk each (no
+    # measure of the rate yet), each of the WHOLE_FLOWS flows takes its last chunk, an equal
+    # share of the rest, so that all of them carry the blob to its end.
     registry.token = "t0k"
-    begun = CHUNK_WINDOW - FINALS_LEAD
+    begun = CHUNK_WINDOW - FINALS_MARGIN - 1
     gets = await fetch_with(tmp_path, registry, "Bearer t0k", begun_ago=begun)
     assert gets[0] == chunk_ranges(LARGE)[0]
-    assert len(gets) == 1 + WHOLE_FLOWS
+    assert 1 + WHOLE_FLOWS <= len(gets) <= 1 + (WHOLE_FLOWS - 1) + WHOLE_FLOWS
+    starts = [*sorted(range_start(get) for get in gets), LARGE]
+    finals = [b - a for a, b in itertools.pairwise(starts[-WHOLE_FLOWS - 1 :])]
+    assert max(finals) - min(finals) <= (least_pieces(PIECE) + 1) * PIECE
 
 
 async def test_without_a_token_chunks_are_asked_for_however_long_the_fetch(
