@@ -26,6 +26,10 @@ late and its offers stopped.
 
 from __future__ import annotations
 
+import base64
+import json
+import math
+
 WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
 CHUNKED_MIN_PIECES = 64  # a blob of fewer pieces comes in one request, not in chunks
@@ -44,19 +48,57 @@ CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a con
 # ended 14 s apart; at 16 hosts the first chunks ended after the window, and one flow took
 # the last ~60 % of every blob. Simulator, 16 hosts, 512 MiB, 25 Mbit/s, seeds 0-1, with
 # tokens: 1.074, 1.072 x T_min against 1.125, 1.119; without credentials 1.073, 1.065.)
-# Credentials that do not expire (none, Basic) set no window.
+# Credentials that do not expire (none, Basic) set no window; a JWT, which names its expiry,
+# sets it TOKEN_MARGIN before that (Docker Hub's tokens last 300 s).
 CHUNK_WINDOW = 45.0
 CHUNK_SECONDS = 5.0
 FINALS_MARGIN = 5.0
+# A JWT names its expiry (`exp`): the window then ends this long before it (clocks differ).
+TOKEN_MARGIN = 30.0
+MAX_TOKEN_CHARS = 16 * 1024  # a longer "token" is not read
 
 
-def chunk_window(authorization: str | None) -> float | None:
-    """CHUNK_WINDOW for credentials that may expire (a bearer token, or any scheme but
-    Basic); None, no window, for none or Basic."""
+def chunk_window(authorization: str | None, wall_now: float, elapsed: float) -> float | None:
+    """Seconds after a blob's download began (`elapsed` ago) that no chunk may be asked for
+    with `authorization`: None for credentials that do not expire (none, Basic); for a JWT
+    (the distribution spec's tokens, Docker Hub's, GitLab's, Harbor's, quay's) until
+    TOKEN_MARGIN before the expiry it names; else CHUNK_WINDOW (a token that may last a
+    minute). A JWT's claims are read, not verified: the registry accepted this token for the
+    blob's first request, so its claims are the token server's (altered ones fail its
+    signature)."""
     if not authorization:
         return None
-    scheme = authorization.split(" ", 1)[0].lower()
-    return None if scheme == "basic" else CHUNK_WINDOW
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "basic":
+        return None
+    left = _token_seconds_left(token.strip(), wall_now) if scheme.lower() == "bearer" else None
+    return CHUNK_WINDOW if left is None else elapsed + max(0.0, left - TOKEN_MARGIN)
+
+
+def _token_seconds_left(token: str, wall_now: float) -> float | None:
+    """How long a JWT has left by its `exp` claim (and at most its lifetime from `iat`, in
+    case this clock is behind the token server's); None when it is not a JWT with one."""
+    parts = token.split(".")
+    if len(token) > MAX_TOKEN_CHARS or len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, RecursionError):  # binascii's, JSON's and Unicode's errors are ValueErrors
+        return None
+    if not isinstance(claims, dict):
+        return None
+    expiry, issued = _seconds(claims.get("exp")), _seconds(claims.get("iat"))
+    if expiry is None:
+        return None
+    left = expiry - wall_now
+    return left if issued is None else min(left, expiry - issued)
+
+
+def _seconds(value: object) -> float | None:
+    """A claim that is a plain number of seconds (not a bool, not NaN or infinite), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and 0 <= value < 2**40 else None
 
 
 def least_pieces(piece_size: int) -> int:
@@ -135,7 +177,10 @@ class Chunks:
         if rate is None:  # no byte in yet: the least, and a measure by its end
             return _at_least(self.count, self.cursor, self.least, self.least)
         usual = next_chunk(self.count, self.cursor, self.least)
-        size = max(self.least, min(usual[1] - usual[0], int(rate * CHUNK_SECONDS)))
+        # About CHUNK_SECONDS at the rate near the window; far from it (a JWT's 300 s), up to
+        # a quarter of the time left, and never more than the usual share.
+        seconds = max(CHUNK_SECONDS, (window - FINALS_MARGIN - elapsed) / 4)
+        size = max(self.least, min(usual[1] - usual[0], int(rate * seconds)))
         back_at = elapsed + size / rate  # when this flow would ask again
         if back_at < window - FINALS_MARGIN:
             return _at_least(self.count, self.cursor, size, self.least)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -445,7 +446,8 @@ class UpstreamFetcher:
                 stop = min(stop, end)
             rest = None
             if rest_beside and body.status == 206:
-                window = chunk_window(headers.get("authorization"))
+                elapsed = trio.current_time() - download.started
+                window = chunk_window(headers.get("authorization"), time.time(), elapsed)
                 rest = _chunks_after(partial, stop, download.started, window)
             if rest is not None:
                 await self._pump_beside_chunks(download, headers, body, partial, start, stop, rest)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -13,6 +16,8 @@ from peer.fetch.chunks import (
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
     FINALS_MARGIN,
+    MAX_TOKEN_CHARS,
+    TOKEN_MARGIN,
     WHOLE_FLOWS,
     Chunks,
     chunk_window,
@@ -72,15 +77,57 @@ def test_chunks_from_a_cursor_are_the_rest_of_the_same_cut(count: int, least: in
     assert closed.take(now=100.0, arrived=0) is None
 
 
+def jwt(claims: object) -> str:
+    """A token in the JWT form (header.claims.signature), its signature not a real one."""
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'ES256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
 def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
     # The upstream checks a bearer token on every request, and a token may last a minute;
     # no credentials, or Basic ones, do not expire.
-    assert chunk_window("Bearer abc.def") == CHUNK_WINDOW
-    assert chunk_window("bearer abc") == CHUNK_WINDOW
-    assert chunk_window("Custom xyz") == CHUNK_WINDOW  # unknown: may expire
-    assert chunk_window("Basic dXNlcjpwdw==") is None
-    assert chunk_window(None) is None
-    assert chunk_window("") is None
+    assert chunk_window("Bearer abc.def", 1000.0, 5.0) == CHUNK_WINDOW
+    assert chunk_window("bearer abc", 1000.0, 5.0) == CHUNK_WINDOW
+    assert chunk_window("Custom xyz", 1000.0, 5.0) == CHUNK_WINDOW  # unknown: may expire
+    assert chunk_window("Basic dXNlcjpwdw==", 1000.0, 5.0) is None
+    assert chunk_window(None, 1000.0, 5.0) is None
+    assert chunk_window("", 1000.0, 5.0) is None
+
+
+def test_a_jwt_sets_the_window_by_the_expiry_it_names() -> None:
+    # Docker Hub's tokens last 300 s: the window ends TOKEN_MARGIN before the expiry,
+    # counted from the download's start (`elapsed` ago).
+    now = 1_700_000_000.0
+    hub = jwt({"iat": now - 10, "exp": now + 290, "access": []})
+    assert chunk_window(f"Bearer {hub}", now, 7.0) == 7.0 + 290 - TOKEN_MARGIN
+    # A clock behind the token server's: no more than the token's lifetime from its issue.
+    assert chunk_window(f"Bearer {hub}", now - 600, 0.0) == 300 - TOKEN_MARGIN
+    # Expiring before the margin: no chunk after the first (a window of what has passed).
+    soon = jwt({"exp": now + 10})
+    assert chunk_window(f"Bearer {soon}", now, 3.0) == 3.0
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "a.b.c",  # not base64 JSON
+        jwt(["exp", 5]),  # claims not an object
+        jwt({"iat": 5}),  # no expiry
+        jwt({"exp": True}),
+        jwt({"exp": "1700000300"}),
+        jwt({"exp": float("inf")}),
+        jwt({"exp": -5}),
+        "x." + base64.urlsafe_b64encode(b"[" * 12_000).decode() + ".y",  # nesting to the limit
+        "x." + base64.urlsafe_b64encode(b'{"exp": 1' + b"0" * 5000 + b"}").decode() + ".y",
+        "x." + "A" * (MAX_TOKEN_CHARS + 1) + ".y",
+    ],
+)
+def test_a_token_whose_expiry_cannot_be_read_gets_the_minute_rule(token: str) -> None:
+    # Whatever a client puts in its header: read within bounds, never an exception.
+    assert chunk_window(f"Bearer {token}", 1_700_000_000.0, 2.0) == CHUNK_WINDOW
 
 
 def test_without_a_window_chunks_go_on_to_the_end_however_long_the_fetch() -> None:
@@ -88,16 +135,21 @@ def test_without_a_window_chunks_go_on_to_the_end_however_long_the_fetch() -> No
     assert late.take(now=10_000.0, arrived=37) == next_chunk(300, 37, 4)
 
 
-def test_with_a_window_a_chunk_lasts_a_few_seconds_at_the_rate_so_far() -> None:
-    # No byte in yet: the least chunk, which gives a measure by its end.
-    chunks = Chunks(3000, 0, 4, started=0.0, window=CHUNK_WINDOW)
+def test_with_a_window_a_chunk_lasts_a_share_of_the_time_left_at_the_rate_so_far() -> None:
+    # No byte in yet: the least, which gives a measure by its end.
+    chunks = Chunks(30_000, 0, 4, started=0.0, window=CHUNK_WINDOW)
     assert chunks.take(now=0.0, arrived=0) == (0, 4)
-    # 3 flows, 30 pieces in 1 s: 10 pieces/s each, so CHUNK_SECONDS of it.
-    size = int(10 * CHUNK_SECONDS)
+    # 3 flows, 30 pieces in 1 s: 10 pieces/s each; a quarter of the time left before the
+    # last chunks.
+    size = int(10 * (CHUNK_WINDOW - FINALS_MARGIN - 1.0) / 4)
     assert chunks.take(now=1.0, arrived=30) == (4, 4 + size)
+    # Near the window, CHUNK_SECONDS of it.
+    at = CHUNK_WINDOW - FINALS_MARGIN - 2 * CHUNK_SECONDS
+    cursor = chunks.cursor
+    assert chunks.take(now=at, arrived=int(30 * at)) == (cursor, cursor + int(10 * CHUNK_SECONDS))
     # Never more than the usual eighth of what is left.
-    slow_start = Chunks(300, 0, 4, started=0.0, window=CHUNK_WINDOW)
-    assert slow_start.take(now=1.0, arrived=300) == next_chunk(300, 0, 4)
+    fast = Chunks(300, 0, 4, started=0.0, window=CHUNK_WINDOW)
+    assert fast.take(now=1.0, arrived=300) == next_chunk(300, 0, 4)
 
 
 def test_near_the_window_each_flow_takes_an_equal_share_of_the_rest() -> None:

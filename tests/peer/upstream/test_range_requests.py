@@ -3,9 +3,12 @@ a partial blob, how many go at once; a large blob fetched whole, in chunks."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 import trio
 
 from peer.fetch.chunks import (
+    CHUNK_SHARE,
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
     FINALS_MARGIN,
@@ -290,3 +294,22 @@ async def test_without_a_token_chunks_are_asked_for_however_long_the_fetch(
     # Basic credentials (or none) do not expire: the chunks go on to the end.
     gets = await fetch_with(tmp_path, registry, "Basic dTpw", begun_ago=10 * CHUNK_WINDOW)
     assert sorted(gets, key=range_start) == chunk_ranges(LARGE)
+
+
+async def test_a_jwt_that_names_a_later_expiry_keeps_the_chunks_going(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # Docker Hub's tokens name their expiry, 300 s after issue: a fetch that has run past
+    # the minute rule's window still asks chunk after chunk (not one request for the rest),
+    # none more than the usual share of what is left.
+    now = time.time()
+    claims = {"iat": int(now), "exp": int(now) + 300}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    registry.token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln"
+    gets = await fetch_with(
+        tmp_path, registry, f"Bearer {registry.token}", begun_ago=2 * CHUNK_WINDOW
+    )
+    starts = [*sorted(range_start(get) for get in gets), LARGE]
+    assert len(gets) > 1 + WHOLE_FLOWS
+    for start, end in itertools.pairwise(starts):
+        assert end - start <= (LARGE - start) // CHUNK_SHARE + 2 * (least_pieces(PIECE) + 1) * PIECE
