@@ -34,22 +34,19 @@ WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
 CHUNKED_MIN_PIECES = 64  # a blob of fewer pieces comes in one request, not in chunks
 CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a connection)
-# Credentials that expire bound when chunks may be asked for. The upstream checks the client's
-# bearer token on every request, and a token may last a minute (the distribution spec's token
-# answer: 60 s when it names no expiry, and never less; Docker Hub's 300 s, GitLab's 5 min):
-# with a token, no chunk is asked for later than CHUNK_WINDOW after the blob's download began,
-# and to have every flow carry the blob to its end, each flow's last request, made before it,
-# takes an equal share of what is left. So that each flow comes back in time to take it, a
-# chunk then lasts about CHUNK_SECONDS at the flows' rate so far (a first one, before any
-# byte came, is the least), and a flow that would come back within FINALS_MARGIN of the
-# window takes its last now. (Without this, one request took the whole rest at the window:
-# on the testbed at 25 Mbit/s, 8 hosts, every owner was down to one registry flow from ~48 s,
-# the origin's uplink fell from 0.98 to 0.82-0.93 of its rate, and the owners' last flows
-# ended 14 s apart; at 16 hosts the first chunks ended after the window, and one flow took
-# the last ~60 % of every blob. Simulator, 16 hosts, 512 MiB, 25 Mbit/s, seeds 0-1, with
-# tokens: 1.074, 1.072 x T_min against 1.125, 1.119; without credentials 1.073, 1.065.)
-# Credentials that do not expire (none, Basic) set no window; a JWT, which names its expiry,
-# sets it TOKEN_MARGIN before that (Docker Hub's tokens last 300 s).
+# Credentials that expire bound when chunks may be asked for: the upstream checks the client's
+# bearer token on every request. None or Basic: no bound, chunks to the end. A JWT names its
+# expiry: until TOKEN_MARGIN before it (Docker Hub's last 300 s). Any other token may last a
+# minute (the distribution spec's token answer: 60 s when it names no expiry, never less): no
+# chunk after CHUNK_WINDOW from the blob's download start. Within a window, a chunk lasts up to
+# a quarter of the time left at the flows' rate so far (at least CHUNK_SECONDS; the least
+# before any byte came), and a flow that would come back within FINALS_MARGIN of the window
+# takes its last chunk now, an equal share of what is left: every flow carries the blob to its
+# end. (Until 2026-11-30 every fetch had the 45 s window and past it one request took the
+# whole rest: on the testbed at 25 Mbit/s, 8 hosts, every owner was down to one registry flow
+# from ~48 s, the origin's uplink fell from 0.98 to 0.82-0.93 of its rate, and the owners'
+# last flows ended 14 s apart. Simulator, 16 hosts, 512 MiB, 25 Mbit/s, seeds 0-1: 1.125,
+# 1.119 x T_min; now 1.073, 1.065 without credentials and 1.069, 1.069 with tokens of 45 s.)
 CHUNK_WINDOW = 45.0
 CHUNK_SECONDS = 5.0
 FINALS_MARGIN = 5.0
