@@ -188,9 +188,10 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 @click.option(
     "--tokens",
     is_flag=True,
-    help="The clients' credentials are bearer tokens, which may expire: an owner asks the "
-    "registry for no chunk of a blob later than 45 s after its download began, as the node "
-    "does with a token [default: no credentials, as on the testbed].",
+    help="The clients' credentials are opaque bearer tokens, which may expire: an owner asks "
+    "the registry for no chunk of a blob later than 45 s after its download began, as the "
+    "node does with such a token (a JWT's window ends by its own expiry, not modelled) "
+    "[default: no credentials, as on the testbed].",
 )
 @click.option("--quiet", is_flag=True, help="No progress line on stderr.")
 def simulate(

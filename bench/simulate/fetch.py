@@ -34,6 +34,7 @@ from peer.fetch.chunks import (
     WHOLE_FLOWS,
     Chunks,
     least_pieces,
+    next_chunk,
 )
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
@@ -504,14 +505,17 @@ class UpstreamFetch:
         self._chunks_asked = False
         if runs is None and not state.partial and count >= CHUNKED_MIN_PIECES:
             now = node.world.queue.now
-            # As the node's chunk_window: a window only for credentials that may expire.
-            window = CHUNK_WINDOW if node.world.config.tokens else None
+            # As the node: the first chunk an eighth (the least with credentials that may
+            # expire), then the others, with a window only for those (chunks.chunk_window;
+            # --tokens: opaque ones).
             least = least_pieces(state.layout.piece_size)
-            chunks = Chunks(count, 0, least, now, window=window)
-            first = chunks.take(now, len(state.have))
-            assert first is not None
+            tokens = node.world.config.tokens
+            first = (0, least) if tokens else next_chunk(count, 0, least)
+            window = CHUNK_WINDOW if tokens else None
             runs = [first]
-            self._chunks = chunks if first[1] < count else None
+            self._chunks = (
+                Chunks(count, first[1], least, now, window=window) if first[1] < count else None
+            )
         self.node = node
         self.state = state
         self.runs = _longest_first(state.missing_runs() if runs is None else runs)

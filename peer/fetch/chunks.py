@@ -6,7 +6,8 @@ uplink, which the whole swarm waits for, would carry fewer flows. The blob is cu
 *chunks* taken in order: the first asked alone (its answer shows whether the registry honours
 Range), then each flow that is free takes the next one, a share of what is left (1 /
 CHUNK_SHARE of it, at least CHUNK_MIN), so the chunks shrink towards the end and the flows
-end within a small chunk of each other, whatever their rates.
+end within a small chunk of each other, whatever their rates. (With credentials that expire,
+chunks stop at a window, below: then each flow's last is an equal share of the rest.)
 
 Why not three equal parts at once (the rule until 2026-11-30): the registry's flows do not go
 at like rates (on the testbed, 8 hosts at 50 Mbit/s, the first part of a blob came at 1.0-2.4
@@ -63,20 +64,31 @@ def chunk_window(authorization: str | None, wall_now: float, elapsed: float) -> 
     minute). A JWT's claims are read, not verified: the registry accepted this token for the
     blob's first request, so its claims are the token server's (altered ones fail its
     signature)."""
-    if not authorization:
+    if authorization is None or not may_expire(authorization):
         return None
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "basic":
-        return None
     left = _token_seconds_left(token.strip(), wall_now) if scheme.lower() == "bearer" else None
     return CHUNK_WINDOW if left is None else elapsed + max(0.0, left - TOKEN_MARGIN)
 
 
+def may_expire(authorization: str | None) -> bool:
+    """Whether these credentials may expire mid-fetch: any but none or Basic. (The first
+    chunk of such a fetch is the least: it is asked before the rate is known, and a flow
+    busy with an eighth of a large blob on a slow link would come back past the window.)"""
+    if not authorization:
+        return False
+    return authorization.partition(" ")[0].lower() != "basic"
+
+
 def _token_seconds_left(token: str, wall_now: float) -> float | None:
-    """How long a JWT has left by its `exp` claim (and at most its lifetime from `iat`, in
-    case this clock is behind the token server's); None when it is not a JWT with one."""
+    """How long a JWT has left by its `exp` claim (and at most its lifetime from `iat`, for a
+    fresh token on a clock behind the token server's); None when it is not a JWT with one.
+    `wall_now`: the registry's clock where it gave one (its answer's Date), the one `exp`
+    is held to."""
+    if len(token) > MAX_TOKEN_CHARS:
+        return None
     parts = token.split(".")
-    if len(token) > MAX_TOKEN_CHARS or len(parts) != 3:
+    if len(parts) != 3:
         return None
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
@@ -92,10 +104,13 @@ def _token_seconds_left(token: str, wall_now: float) -> float | None:
 
 
 def _seconds(value: object) -> float | None:
-    """A claim that is a plain number of seconds (not a bool, not NaN or infinite), or None."""
+    """A claim that is a plain number of seconds from the epoch (not a bool, not NaN or
+    infinite, not beyond 2**40: a larger int would not even convert), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and 0 <= value < 2**40 else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return float(value) if 0 <= value < 2**40 else None
 
 
 def least_pieces(piece_size: int) -> int:
@@ -147,16 +162,24 @@ class Chunks:
         *,
         window: float | None,
         flows: int = WHOLE_FLOWS,
+        measured_from: float | None = None,
     ) -> None:
+        """`measured_from`: when the first request for these pieces went out (the rate is
+        measured from then; `started` may be earlier: a swarm tried first, a busy registry
+        waited for); default `started`."""
+        if least < 1 or flows < 1:
+            raise ValueError("a chunk is at least one piece, taken by at least one flow")
         self.count, self.cursor, self.least, self.started = count, cursor, least, started
         self.window, self.flows = window, flows
+        self.measured_from = started if measured_from is None else measured_from
         self._finals_left = flows  # flows that have not taken their last chunk
 
     def take(self, now: float, arrived: int) -> tuple[int, int] | None:
         """The next chunk (piece indices [start, end)), `arrived` pieces of the blob being
-        in; None when every chunk was taken. With a window: chunks of about CHUNK_SECONDS,
-        each flow's last before the window (an equal share of the rest), and all the rest
-        in one request past it."""
+        in; None when every chunk was taken. With a window: chunks of up to a quarter of the
+        time left at the rate so far (at least CHUNK_SECONDS of it), each flow's last before
+        the window (an equal share of the rest, in pieces: flows at unlike rates end apart),
+        and all the rest in one request past it."""
         if self.cursor >= self.count:
             return None
         if self.window is None:
@@ -170,7 +193,8 @@ class Chunks:
         elapsed = now - self.started
         if elapsed >= window or self._finals_left <= 1:
             return self.cursor, self.count
-        rate = arrived / elapsed / self.flows if arrived > 0 and elapsed > 0 else None
+        measured = now - self.measured_from
+        rate = arrived / measured / self.flows if arrived > 0 and measured > 0 else None
         if rate is None:  # no byte in yet: the least, and a measure by its end
             return _at_least(self.count, self.cursor, self.least, self.least)
         usual = next_chunk(self.count, self.cursor, self.least)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
+import email.utils
 import logging
 import random
 import re
@@ -37,6 +39,7 @@ from peer.fetch.chunks import (
     Chunks,
     chunk_window,
     least_pieces,
+    may_expire,
     next_chunk,
 )
 from peer.fetch.download import Download
@@ -252,7 +255,7 @@ class UpstreamFetcher:
         if partial is None:
             # The whole blob: in chunks when it is large and a manifest gave its size (else
             # the first answer tells it, and the blob comes in that one answer).
-            first_end = self._first_chunk_end(digest)
+            first_end = self._first_chunk_end(digest, may_expire(headers.get("authorization")))
             partial = await self._fetch_range(
                 download, headers, None, 0, first_end, rest_beside=first_end is not None
             )
@@ -380,6 +383,7 @@ class UpstreamFetcher:
         base = self._upstreams.base_url(download.namespace)
         url = base + f"/v2/{download.name}/blobs/{digest}"
         config = self._upstreams.config
+        asked_at = trio.current_time()
         body = await open_blob(
             url,
             request_headers,
@@ -446,9 +450,11 @@ class UpstreamFetcher:
                 stop = min(stop, end)
             rest = None
             if rest_beside and body.status == 206:
+                # The registry's clock is the one a token's expiry is held to.
+                registry_now = _http_date(body.headers.get("date")) or time.time()
                 elapsed = trio.current_time() - download.started
-                window = chunk_window(headers.get("authorization"), time.time(), elapsed)
-                rest = _chunks_after(partial, stop, download.started, window)
+                window = chunk_window(headers.get("authorization"), registry_now, elapsed)
+                rest = _chunks_after(partial, stop, download.started, window, asked_at)
             if rest is not None:
                 await self._pump_beside_chunks(download, headers, body, partial, start, stop, rest)
             else:
@@ -458,7 +464,7 @@ class UpstreamFetcher:
             await body.aclose()
         return partial
 
-    def _first_chunk_end(self, digest: str) -> int | None:
+    def _first_chunk_end(self, digest: str, expiring: bool) -> int | None:
         """Where the first chunk of a blob fetched whole ends (a piece boundary), when a stored
         manifest gives the blob's size and it is large enough for chunks; else None."""
         size = self._store.descriptor_sizes.size_of(digest)
@@ -467,7 +473,10 @@ class UpstreamFetcher:
         layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
         if layout.count < CHUNKED_MIN_PIECES:
             return None
-        return next_chunk(layout.count, 0, least_pieces(layout.piece_size))[1] * layout.piece_size
+        least = least_pieces(layout.piece_size)
+        # With credentials that may expire, the least (chunks.may_expire).
+        first = (0, least) if expiring else next_chunk(layout.count, 0, least)
+        return first[1] * layout.piece_size
 
     async def _pump_beside_chunks(
         self,
@@ -597,17 +606,31 @@ class UpstreamFetcher:
 
 
 def _chunks_after(
-    partial: PartialBlob, stop: int, started: float, window: float | None
+    partial: PartialBlob, stop: int, started: float, window: float | None, asked_at: float
 ) -> Chunks | None:
-    """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end), asked for
-    within `window` of `started` (chunks.chunk_window); None when there are none, or when it
-    holds bytes already (another download's partial: the fetch's next round asks for what it
-    lacks)."""
+    """The chunks of `partial`'s blob from byte `stop` on (the first chunk's end, asked for
+    at `asked_at`), asked for within `window` of `started` (chunks.chunk_window); None when
+    there are none, or when it holds bytes already (another download's partial: the fetch's
+    next round asks for what it lacks)."""
     layout = partial.layout
     if partial.bytes_present or stop >= layout.size or stop % layout.piece_size:
         return None
     least = least_pieces(layout.piece_size)
-    return Chunks(layout.count, stop // layout.piece_size, least, started, window=window)
+    cursor = stop // layout.piece_size
+    return Chunks(layout.count, cursor, least, started, window=window, measured_from=asked_at)
+
+
+def _http_date(value: str | None) -> float | None:
+    """An HTTP Date header as seconds from the epoch; None when absent or not a date."""
+    if not value or len(value) > 64:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": HTTP dates are in GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _chunk_bytes(partial: PartialBlob, chunks: Chunks | None) -> tuple[int, int] | None:

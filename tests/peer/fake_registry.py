@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,8 @@ class FakeRegistry:
     declared_size: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     gate: trio.Event | None = None  # when set, blob answers wait for it (a slow registry)
+    # When set, blob answers carry a Date this many seconds off the local clock.
+    clock_offset: float | None = None
     blob_gets_open: int = 0  # blob answers being sent now
     most_blob_gets_open: int = 0  # the most at any moment
     port: int = 0
@@ -176,6 +180,8 @@ class FakeRegistry:
         start, end = 0, len(data)
         status = 200
         headers = [("content-type", "application/octet-stream"), ("docker-content-digest", digest)]
+        if self.clock_offset is not None:
+            headers.append(("date", formatdate(time.time() + self.clock_offset, usegmt=True)))
         range_header = request.headers.get("range")
         if range_header:
             self.range_sent_when_asked[range_header] = dict(self.range_sent)

@@ -235,7 +235,7 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
     # with bearer tokens (which may expire) the last request is made before the window.
     # Either way the bytes leave the registry once.
     layers = (64 * MiB,)
-    last_request = {}
+    last_request, requests = {}, {}
     for tokens in (False, True):
         config = SimConfig(
             nodes=3,
@@ -250,5 +250,10 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
         assert result.origin_bytes == config.image_bytes()
         assert result.simulated_s > CHUNK_WINDOW + 5
         last_request[tokens] = result.stats.last_upstream_request_ms / 1000
+        requests[tokens] = result.stats.upstream_requests
+    # Without: every chunk of the plan (the config blob's request, then the layer's), the
+    # last ones past the window; with tokens, the last request before it.
+    layout = PieceLayout(64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size))
+    assert requests[False] == 1 + len(whole_chunks(layout.count, least_pieces(layout.piece_size)))
     assert last_request[False] > CHUNK_WINDOW
     assert last_request[True] < CHUNK_WINDOW

@@ -22,6 +22,7 @@ from peer.fetch.chunks import (
     Chunks,
     chunk_window,
     least_pieces,
+    may_expire,
     next_chunk,
     whole_chunks,
 )
@@ -95,6 +96,9 @@ def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
     assert chunk_window("Basic dXNlcjpwdw==", 1000.0, 5.0) is None
     assert chunk_window(None, 1000.0, 5.0) is None
     assert chunk_window("", 1000.0, 5.0) is None
+    # Such a fetch's first chunk is the least (upstream_fetch): asked before any rate is known.
+    assert may_expire("Bearer abc") and may_expire("Custom xyz")
+    assert not may_expire("Basic dXNlcjpwdw==") and not may_expire(None)
 
 
 def test_a_jwt_sets_the_window_by_the_expiry_it_names() -> None:
@@ -108,6 +112,9 @@ def test_a_jwt_sets_the_window_by_the_expiry_it_names() -> None:
     # Expiring before the margin: no chunk after the first (a window of what has passed).
     soon = jwt({"exp": now + 10})
     assert chunk_window(f"Bearer {soon}", now, 3.0) == 3.0
+    # An issue time that cannot be read caps nothing.
+    odd = jwt({"exp": now + 290, "iat": 10**400})
+    assert chunk_window(f"Bearer {odd}", now, 0.0) == 290 - TOKEN_MARGIN
 
 
 @pytest.mark.parametrize(
@@ -119,6 +126,7 @@ def test_a_jwt_sets_the_window_by_the_expiry_it_names() -> None:
         jwt({"exp": True}),
         jwt({"exp": "1700000300"}),
         jwt({"exp": float("inf")}),
+        jwt({"exp": 10**400}),  # no float holds it
         jwt({"exp": -5}),
         "x." + base64.urlsafe_b64encode(b"[" * 12_000).decode() + ".y",  # nesting to the limit
         "x." + base64.urlsafe_b64encode(b'{"exp": 1' + b"0" * 5000 + b"}").decode() + ".y",
@@ -210,3 +218,8 @@ def test_with_a_steady_rate_every_flow_makes_its_last_request_before_the_window(
     assert late in ([], [ranges[-1]])
     if max(free_at) > CHUNK_WINDOW + CHUNK_SECONDS:  # the blob outlasts the window
         assert late == []  # ... and no flow was left to take the whole rest
+
+
+def test_a_chunk_is_at_least_a_piece() -> None:
+    with pytest.raises(ValueError, match="at least one piece"):
+        Chunks(300, 0, 0, started=0.0, window=None)

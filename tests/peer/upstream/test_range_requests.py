@@ -261,6 +261,11 @@ async def fetch_with(
     return blob_gets(registry)
 
 
+def least_first() -> str:
+    """The first chunk's Range with credentials that may expire: the least (1 MiB)."""
+    return f"bytes=0-{least_pieces(PIECE) * PIECE - 1}"
+
+
 async def test_a_bearer_token_s_fetch_asks_for_no_chunk_after_the_window(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
@@ -268,20 +273,21 @@ async def test_a_bearer_token_s_fetch_asks_for_no_chunk_after_the_window(
     # CHUNK_WINDOW, one request takes all the rest.
     registry.token = "t0k"
     gets = await fetch_with(tmp_path, registry, "Bearer t0k", begun_ago=CHUNK_WINDOW)
-    first = chunk_ranges(LARGE)[0]
-    assert gets == [first, f"bytes={range_start(chunk_ranges(LARGE)[1])}-"]
+    assert gets == [least_first(), f"bytes={least_pieces(PIECE) * PIECE}-"]
 
 
 async def test_near_the_window_each_flow_takes_a_share_of_the_rest(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
-    # A fetch that has run almost to the window: after at most a least chunk each (no
-    # measure of the rate yet), each of the WHOLE_FLOWS flows takes its last chunk, an equal
-    # share of the rest, so that all of them carry the blob to its end.
+    # A fetch that has run almost to the window, from a registry slow enough that a usual
+    # chunk would end past it: after at most a least chunk each (no measure of the rate
+    # yet), each of the WHOLE_FLOWS flows takes its last chunk, an equal share of the rest,
+    # so that all of them carry the blob to its end.
     registry.token = "t0k"
-    begun = CHUNK_WINDOW - FINALS_MARGIN - 1
+    registry.pace = 0.02  # an eighth of the blob, 37 pieces, in ~0.7 s: back too late
+    begun = CHUNK_WINDOW - FINALS_MARGIN - 0.5
     gets = await fetch_with(tmp_path, registry, "Bearer t0k", begun_ago=begun)
-    assert gets[0] == chunk_ranges(LARGE)[0]
+    assert gets[0] == least_first()
     assert 1 + WHOLE_FLOWS <= len(gets) <= 1 + (WHOLE_FLOWS - 1) + WHOLE_FLOWS
     starts = [*sorted(range_start(get) for get in gets), LARGE]
     finals = [b - a for a, b in itertools.pairwise(starts[-WHOLE_FLOWS - 1 :])]
@@ -313,3 +319,18 @@ async def test_a_jwt_that_names_a_later_expiry_keeps_the_chunks_going(
     assert len(gets) > 1 + WHOLE_FLOWS
     for start, end in itertools.pairwise(starts):
         assert end - start <= (LARGE - start) // CHUNK_SHARE + 2 * (least_pieces(PIECE) + 1) * PIECE
+
+
+async def test_a_jwt_s_expiry_is_held_to_the_registry_s_clock(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # The same 300 s token, but the registry's clock (its answers' Date) says it expired
+    # five minutes ago: this node's clock does not count, and past the first chunk one
+    # request takes all the rest.
+    now = time.time()
+    claims = {"exp": int(now) + 300}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    registry.token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln"
+    registry.clock_offset = 600.0
+    gets = await fetch_with(tmp_path, registry, f"Bearer {registry.token}", begun_ago=0.0)
+    assert gets == [least_first(), f"bytes={least_pieces(PIECE) * PIECE}-"]
