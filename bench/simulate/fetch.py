@@ -33,8 +33,8 @@ from peer.fetch.chunks import (
     CHUNKED_MIN_PIECES,
     WHOLE_FLOWS,
     Chunks,
+    first_chunk,
     least_pieces,
-    next_chunk,
 )
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
@@ -510,7 +510,7 @@ class UpstreamFetch:
             # --tokens: opaque ones).
             least = least_pieces(state.layout.piece_size)
             tokens = node.world.config.tokens
-            first = (0, least) if tokens else next_chunk(count, 0, least)
+            first = first_chunk(count, least, expiring=tokens)
             window = CHUNK_WINDOW if tokens else None
             runs = [first]
             self._chunks = (

@@ -72,9 +72,8 @@ def chunk_window(authorization: str | None, wall_now: float, elapsed: float) -> 
 
 
 def may_expire(authorization: str | None) -> bool:
-    """Whether these credentials may expire mid-fetch: any but none or Basic. (The first
-    chunk of such a fetch is the least: it is asked before the rate is known, and a flow
-    busy with an eighth of a large blob on a slow link would come back past the window.)"""
+    """Whether these credentials may expire mid-fetch: any but none or Basic (`first_chunk`
+    then asks the least)."""
     if not authorization:
         return False
     return authorization.partition(" ")[0].lower() != "basic"
@@ -122,6 +121,14 @@ def next_chunk(count: int, cursor: int, least: int) -> tuple[int, int]:
     """The chunk [cursor, end) of a blob of `count` pieces: 1 / CHUNK_SHARE of what is left,
     at least `least` pieces, and none of fewer than `least` left after it."""
     return _at_least(count, cursor, max(least, (count - cursor) // CHUNK_SHARE), least)
+
+
+def first_chunk(count: int, least: int, expiring: bool) -> tuple[int, int]:
+    """The first chunk of a blob fetched whole, asked alone: the usual eighth, or the least
+    when the credentials may expire (`may_expire`): it is asked before any rate is known,
+    and a flow busy with an eighth of a large blob on a slow link would come back past the
+    window."""
+    return _at_least(count, 0, least, least) if expiring else next_chunk(count, 0, least)
 
 
 def whole_chunks(count: int, least: int) -> list[tuple[int, int]]:

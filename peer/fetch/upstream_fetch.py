@@ -38,9 +38,9 @@ from peer.fetch.chunks import (
     WHOLE_FLOWS,
     Chunks,
     chunk_window,
+    first_chunk,
     least_pieces,
     may_expire,
-    next_chunk,
 )
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
@@ -473,10 +473,8 @@ class UpstreamFetcher:
         layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
         if layout.count < CHUNKED_MIN_PIECES:
             return None
-        least = least_pieces(layout.piece_size)
-        # With credentials that may expire, the least (chunks.may_expire).
-        first = (0, least) if expiring else next_chunk(layout.count, 0, least)
-        return first[1] * layout.piece_size
+        _, end = first_chunk(layout.count, least_pieces(layout.piece_size), expiring)
+        return end * layout.piece_size
 
     async def _pump_beside_chunks(
         self,

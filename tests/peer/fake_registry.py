@@ -8,6 +8,7 @@ the real docker-registry instead.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -27,6 +28,16 @@ _BLOB = re.compile(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _TAGS = re.compile(r"/v2/(.+)/tags/list")
 _MANIFEST = re.compile(r"/v2/(.+)/manifests/(.+)")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def jwt(claims: object) -> str:
+    """A bearer token in the JWT form (header.claims.signature), its signature not a real
+    one (the fake registry compares tokens, it verifies nothing)."""
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'ES256'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 def digest_of(data: bytes) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 
 import pytest
 from hypothesis import assume, given
@@ -21,11 +20,13 @@ from peer.fetch.chunks import (
     WHOLE_FLOWS,
     Chunks,
     chunk_window,
+    first_chunk,
     least_pieces,
     may_expire,
     next_chunk,
     whole_chunks,
 )
+from tests.peer.fake_registry import jwt
 
 
 def test_a_small_blob_comes_in_one_request() -> None:
@@ -78,15 +79,6 @@ def test_chunks_from_a_cursor_are_the_rest_of_the_same_cut(count: int, least: in
     assert closed.take(now=100.0, arrived=0) is None
 
 
-def jwt(claims: object) -> str:
-    """A token in the JWT form (header.claims.signature), its signature not a real one."""
-
-    def part(value: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'ES256'})}.{part(claims)}.c2lnbmF0dXJl"
-
-
 def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
     # The upstream checks a bearer token on every request, and a token may last a minute;
     # no credentials, or Basic ones, do not expire.
@@ -96,9 +88,11 @@ def test_credentials_that_may_expire_set_a_window_and_others_none() -> None:
     assert chunk_window("Basic dXNlcjpwdw==", 1000.0, 5.0) is None
     assert chunk_window(None, 1000.0, 5.0) is None
     assert chunk_window("", 1000.0, 5.0) is None
-    # Such a fetch's first chunk is the least (upstream_fetch): asked before any rate is known.
+    # Such a fetch's first chunk is the least: asked before any rate is known.
     assert may_expire("Bearer abc") and may_expire("Custom xyz")
     assert not may_expire("Basic dXNlcjpwdw==") and not may_expire(None)
+    assert first_chunk(300, 4, expiring=True) == (0, 4)
+    assert first_chunk(300, 4, expiring=False) == next_chunk(300, 0, 4) == (0, 37)
 
 
 def test_a_jwt_sets_the_window_by_the_expiry_it_names() -> None:

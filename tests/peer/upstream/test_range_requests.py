@@ -3,10 +3,8 @@ a partial blob, how many go at once; a large blob fetched whole, in chunks."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
 from pieces.partial import SizeRefused
 from pieces.store import Store
-from tests.peer.fake_registry import FakeRegistry
+from tests.peer.fake_registry import FakeRegistry, jwt
 
 PIECE = 64 * 1024
 # A blob large enough for chunks, and its first chunk's end (pieces of PIECE: the store's
@@ -309,9 +307,7 @@ async def test_a_jwt_that_names_a_later_expiry_keeps_the_chunks_going(
     # the minute rule's window still asks chunk after chunk (not one request for the rest),
     # none more than the usual share of what is left.
     now = time.time()
-    claims = {"iat": int(now), "exp": int(now) + 300}
-    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-    registry.token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln"
+    registry.token = jwt({"iat": int(now), "exp": int(now) + 300})
     gets = await fetch_with(
         tmp_path, registry, f"Bearer {registry.token}", begun_ago=2 * CHUNK_WINDOW
     )
@@ -328,9 +324,7 @@ async def test_a_jwt_s_expiry_is_held_to_the_registry_s_clock(
     # five minutes ago: this node's clock does not count, and past the first chunk one
     # request takes all the rest.
     now = time.time()
-    claims = {"exp": int(now) + 300}
-    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-    registry.token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln"
+    registry.token = jwt({"exp": int(now) + 300})
     registry.clock_offset = 600.0
     gets = await fetch_with(tmp_path, registry, f"Bearer {registry.token}", begun_ago=0.0)
     assert gets == [least_first(), f"bytes={least_pieces(PIECE) * PIECE}-"]
