@@ -388,6 +388,11 @@ def _run(
     progress = _progress(sys.stderr.isatty())
     outcomes: list[Outcome] = []
     with Testbed(nodes, uplink, origin_up, downlink, rtt, loss, (slow_count, slow[1])) as testbed:
+        hosts_congestion_control = testbed.congestion_control(testbed.nodes[0])
+        click.echo(
+            f"TCP congestion control of the hosts: {hosts_congestion_control} (pollen's peer "
+            "links: its --peer-congestion-control)"
+        )
         origin = Origin(testbed, root / "origin")
         for each in images:
             origin.push(each)
@@ -451,6 +456,7 @@ def _run(
         "uplink_bytes_per_s": uplink,
         "downlink_bytes_per_s": downlink,
         "origin_uplink_bytes_per_s": origin_up,
+        "hosts_congestion_control": hosts_congestion_control,
         "image_bytes": image.total_size,
         "new_bytes": new_bytes,
         "layers": [d.size for d in image.layers],

@@ -233,6 +233,12 @@ class Testbed:
         """`argv` run on `host` (for subprocess calls the caller times itself)."""
         return ["ip", "netns", "exec", host.netns, *argv]
 
+    def congestion_control(self, host: Host) -> str:
+        """The TCP congestion control of `host`'s connections that choose none (each namespace
+        has its own setting, a new one the machine's): aria2c's, skopeo's, the registry's."""
+        path = "/proc/sys/net/ipv4/tcp_congestion_control"
+        return _run("ip", "netns", "exec", host.netns, "cat", path).stdout.strip()
+
     def tx_bytes(self, host: Host) -> int:
         """Bytes `host` has sent on its link so far."""
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout

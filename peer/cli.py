@@ -36,6 +36,7 @@ from peer.front.admin import ADMIN_TOKEN_FILE
 from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
+from peer.swarm import congestion
 from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE, MAX_PIECE_SIZE
 
 DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
@@ -233,6 +234,17 @@ def main() -> None:
     "handshake). Every node of the cluster must use the same setting: a node refuses a peer "
     "with the other one. Costs CPU per byte, and uploads no longer use sendfile. Without "
     "--cluster-token it stops passive listening only, not a man in the middle.",
+)
+@click.option(
+    "--peer-congestion-control",
+    default=congestion.DEFAULT,
+    show_default=True,
+    envvar="POLLEN_PEER_CONGESTION_CONTROL",
+    metavar="NAME",
+    help="TCP congestion control of the links to other nodes (a name the kernel offers, see "
+    "/proc/sys/net/ipv4/tcp_allowed_congestion_control), or 'system' for the host's default. "
+    "A node's links share its uplink and downlink with each other: CUBIC backs off when they "
+    "fill a queue, where BBR (some kernels' default) keeps sending and loses more.",
 )
 @click.option(
     "--insecure-open-cluster",
@@ -561,6 +573,7 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         join=tuple(options["join"] or ()),
         cluster_token=token.encode() if token else None,
         peer_encryption=options["peer_encryption"],
+        peer_congestion_control=options["peer_congestion_control"],
         upload_rate=options["upload_rate"],
         uplink=options["uplink"],
         download_rate=options["download_rate"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from peer.front.read_pace import DEFAULT_MIN_RATE
+from peer.swarm import congestion
 from pieces.layout import DEFAULT_PIECE_SIZE
 from pieces.room import Watermarks
 from pieces.store import CachePolicy
@@ -106,6 +107,9 @@ class NodeConfig:
     join: tuple[Address, ...] = ()
     cluster_token: bytes | None = None
     peer_encryption: bool = False  # seal every frame between nodes (all nodes must agree)
+    # The TCP congestion control of the peer links (peer/swarm/congestion.py; "system": the
+    # host's default).
+    peer_congestion_control: str = congestion.DEFAULT
     upload_rate: int | None = None  # bytes/s to peers
     # This host's upload capacity (bytes/s), told to the cluster: rendezvous owners are
     # weighted by it (None: --upload-rate if set, else not declared).
@@ -148,6 +152,8 @@ class NodeConfig:
                 "Give every node the same --cluster-token-file, or pass "
                 "--insecure-open-cluster if that is really wanted."
             )
+        if self.peer is not None:
+            congestion.check(self.peer_congestion_control)
         if self.auth_for_clients and self.auth_file is None:
             raise ValueError("--auth-for-clients lends the logins of --auth-file: give it too")
         for registry in self.auth_for_clients:

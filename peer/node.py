@@ -634,6 +634,7 @@ class Node:
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,
+            congestion_control=config.peer_congestion_control,
             upstream=upstream,
         )
         self.swarm = swarm

@@ -42,6 +42,7 @@ from peer.cluster.rendezvous import owner_order
 from peer.fetch.download import Download
 from peer.log_throttle import LogThrottle
 from peer.rate_limit import RateLimiter
+from peer.swarm import congestion
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
@@ -125,6 +126,7 @@ class Swarm:
         peer_encryption: bool = False,
         *,
         upstream: PeerUpstream,
+        congestion_control: str = congestion.SYSTEM,
         rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
@@ -134,6 +136,8 @@ class Swarm:
         self.access = access
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
+        self.congestion_control = congestion_control  # of every link's socket (congestion.py)
+        self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.piece_size = piece_size
@@ -230,6 +234,7 @@ class Swarm:
             self.counters.links_refused += 1
             await stream.aclose()
             return
+        self._set_congestion_control(stream)
         try:
             try:
                 link = PeerLink(
@@ -256,6 +261,20 @@ class Swarm:
             await self._adopt(link)
         finally:
             self.link_guard.release(address)
+
+    def _set_congestion_control(self, stream: trio.SocketStream) -> None:
+        try:
+            congestion.set_on(stream.socket, self.congestion_control)
+        except OSError as exc:  # it was checked at start-up: the host's settings changed
+            untold = self._congestion_told.event(trio.current_time())
+            if untold is not None:
+                more = f" ({untold} more links since the last such line)" if untold else ""
+                log.warning(
+                    "a peer link keeps the host's congestion control: %s refused (%s)%s",
+                    self.congestion_control,
+                    exc,
+                    more,
+                )
 
     async def _adopt(self, link: PeerLink) -> None:
         # Two nodes may connect to each other at the same moment: both links stay usable
@@ -328,6 +347,7 @@ class Swarm:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*address)
+            self._set_congestion_control(stream)
             # As the initiator we name the node we mean to reach: the handshake refuses any
             # other node that answers at that address, before we prove anything to it.
             link = PeerLink(

@@ -51,6 +51,8 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["nodes"] == 4 and doc["t_min_s"] > 0
     assert doc["pollen_args"] == "--piece-size 2MiB --upload-rate 1GiB/s"
+    machine_default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    assert doc["hosts_congestion_control"] == machine_default
     results = {r["contender"]: r for r in doc["results"]}
     assert list(results) == ["direct", "pollen", "bittorrent"]
     for r in results.values():

@@ -108,3 +108,26 @@ def test_the_minimum_read_rate_may_be_off_but_not_off_by_rounding(
     result = _run(tmp_path, "--min-read-rate", "1bit")  # 0 bytes/s: not taken as off
     assert result.exit_code == 2 and "--min-read-rate" in result.output
     assert len(started) == 3
+
+
+def test_the_peer_links_congestion_control_is_chosen_or_refused_at_start(
+    tmp_path: Path, started: list[NodeConfig]
+) -> None:
+    _run(tmp_path)
+    _run(tmp_path, "--peer-congestion-control", "reno")
+    _run(tmp_path, env={"POLLEN_PEER_CONGESTION_CONTROL": "system"})
+    config_file = tmp_path / "pollen.toml"
+    config_file.write_text('peer-congestion-control = "reno"\n')
+    _run(tmp_path, "--config", str(config_file))
+    assert [c.peer_congestion_control for c in started] == ["cubic", "reno", "system", "reno"]
+    for refused in ("nosuchalgo", "cubic\0bbr"):  # unknown; a name the kernel would cut
+        result = _run(tmp_path, "--peer-congestion-control", refused)
+        assert result.exit_code == 2
+        assert "--peer-congestion-control" in result.output and "may use" in result.output
+    assert len(started) == 4
+
+
+def test_the_help_explains_the_congestion_control() -> None:
+    result = click.testing.CliRunner().invoke(main, ["run", "--help"])
+    assert "--peer-congestion-control" in result.output
+    assert "system" in result.output

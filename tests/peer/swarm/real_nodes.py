@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -35,10 +36,12 @@ class Running:
         return response.content
 
 
-def make_node(registry: FakeRegistry, data_dir: Path, join: tuple[Address, ...] = ()) -> Node:
+def make_node(
+    registry: FakeRegistry, data_dir: Path, join: tuple[Address, ...] = (), **settings: Any
+) -> Node:
     peer = Address("127.0.0.1", free_port())
     config = node_config(
-        registry, data_dir, peer=peer, join=join, cluster_token=TOKEN, piece_size=PIECE
+        registry, data_dir, peer=peer, join=join, cluster_token=TOKEN, piece_size=PIECE, **settings
     )
     return Node(config)
 
