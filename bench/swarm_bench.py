@@ -33,6 +33,7 @@ from bench.rollout import CLIENTS, Origin, Outcome, Rollout, RolloutError
 from bench.swarm_report import blob_owners, summary, table, write_chart, write_json
 from bench.testbed import Testbed, TestbedError, leftover_namespaces, remove_namespaces
 from peer.sizes import format_size, parse_size
+from peer.swarm import congestion
 
 CONTENDERS = ("direct", "pollen", "bittorrent")
 
@@ -342,6 +343,18 @@ def _images(
     return [write_layers(layout, specs, "bench")]
 
 
+def _pollen_congestion_control(pollen_args: str) -> str:
+    """What the nodes' peer links use: --peer-congestion-control in `pollen_args`, else what a
+    node prefers here (the bench runs as root, as the nodes do)."""
+    args = shlex.split(pollen_args)
+    for index, arg in enumerate(args):
+        if arg == "--peer-congestion-control" and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("--peer-congestion-control="):
+            return arg.split("=", 1)[1]
+    return congestion.preferred()[0]
+
+
 def _run(
     root: Path,
     nodes: int,
@@ -389,9 +402,10 @@ def _run(
     outcomes: list[Outcome] = []
     with Testbed(nodes, uplink, origin_up, downlink, rtt, loss, (slow_count, slow[1])) as testbed:
         hosts_congestion_control = testbed.congestion_control(testbed.nodes[0])
+        pollen_congestion_control = _pollen_congestion_control(pollen_args)
         click.echo(
-            f"TCP congestion control of the hosts: {hosts_congestion_control} (pollen's peer "
-            "links: its --peer-congestion-control)"
+            f"TCP congestion control: {hosts_congestion_control} on the hosts (BitTorrent's, "
+            f"skopeo's, the registry's), {pollen_congestion_control} on pollen's peer links"
         )
         origin = Origin(testbed, root / "origin")
         for each in images:
@@ -457,6 +471,7 @@ def _run(
         "downlink_bytes_per_s": downlink,
         "origin_uplink_bytes_per_s": origin_up,
         "hosts_congestion_control": hosts_congestion_control,
+        "pollen_peer_congestion_control": pollen_congestion_control,
         "image_bytes": image.total_size,
         "new_bytes": new_bytes,
         "layers": [d.size for d in image.layers],

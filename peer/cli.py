@@ -237,14 +237,16 @@ def main() -> None:
 )
 @click.option(
     "--peer-congestion-control",
-    default=congestion.DEFAULT,
-    show_default=True,
+    default=None,
+    show_default=f"{congestion.PREFERRED} where this process may set it, else the host's",
     envvar="POLLEN_PEER_CONGESTION_CONTROL",
     metavar="NAME",
-    help="TCP congestion control of the links to other nodes (a name the kernel offers, see "
-    "/proc/sys/net/ipv4/tcp_allowed_congestion_control), or 'system' for the host's default. "
-    "A node's links share its uplink and downlink with each other: CUBIC backs off when they "
-    "fill a queue, where BBR (some kernels' default) keeps sending and loses more.",
+    help="TCP congestion control of the links to other nodes: a name the kernel offers "
+    "(without CAP_NET_ADMIN, one of /proc/sys/net/ipv4/tcp_allowed_congestion_control), or "
+    f"'{congestion.SYSTEM}' for the host's default. A name the kernel refuses stops the start. "
+    "A node's links share its uplink and its downlink with each other: CUBIC backs off when "
+    "they overfill a queue, BBR (version 1, some kernels' default) keeps sending and loses "
+    "more where queues are short.",
 )
 @click.option(
     "--insecure-open-cluster",

@@ -108,8 +108,8 @@ class NodeConfig:
     cluster_token: bytes | None = None
     peer_encryption: bool = False  # seal every frame between nodes (all nodes must agree)
     # The TCP congestion control of the peer links (peer/swarm/congestion.py; "system": the
-    # host's default).
-    peer_congestion_control: str = congestion.DEFAULT
+    # host's default; None: CUBIC where this process may set it, else the host's).
+    peer_congestion_control: str | None = None
     upload_rate: int | None = None  # bytes/s to peers
     # This host's upload capacity (bytes/s), told to the cluster: rendezvous owners are
     # weighted by it (None: --upload-rate if set, else not declared).
@@ -152,7 +152,7 @@ class NodeConfig:
                 "Give every node the same --cluster-token-file, or pass "
                 "--insecure-open-cluster if that is really wanted."
             )
-        if self.peer is not None:
+        if self.peer is not None and self.peer_congestion_control is not None:
             congestion.check(self.peer_congestion_control)
         if self.auth_for_clients and self.auth_file is None:
             raise ValueError("--auth-for-clients lends the logins of --auth-file: give it too")

@@ -39,6 +39,7 @@ from peer.preheat.runner import Preheater
 from peer.rate_limit import RateLimiter
 from peer.service.notify import Notifier
 from peer.store_upkeep import keep_store
+from peer.swarm import congestion
 from peer.swarm.swarm import Swarm
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.credentials import BadAuthFile, Credentials, load_auth_file
@@ -84,6 +85,7 @@ RELOADABLE = (
     "disk_low",
     "auth_file",
     "auth_for_clients",
+    "peer_congestion_control",  # for links made from then on
 )
 
 
@@ -108,6 +110,17 @@ def load_credentials(config: NodeConfig) -> Credentials:
 def _peer_links_in_clear(config: NodeConfig) -> bool:
     peer = config.peer
     return peer is not None and not config.peer_encryption and not is_loopback_host(peer.host)
+
+
+def _peer_congestion_control(config: NodeConfig) -> str:
+    """The congestion control for the peer links: the one named (checked with the config),
+    else the preferred one where this process may set it (peer/swarm/congestion.py)."""
+    if config.peer_congestion_control is not None:
+        return config.peer_congestion_control
+    name, refused = congestion.preferred()
+    if refused is not None:
+        log.warning("the peer links keep the host's TCP congestion control: %s", refused)
+    return name
 
 
 def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
@@ -564,6 +577,8 @@ class Node:
         )
         if self.swarm is not None and new.upload_rate != old.upload_rate:
             self.swarm.upload_limit.set_rate(new.upload_rate)
+        if self.swarm is not None and new.peer_congestion_control != old.peer_congestion_control:
+            self.swarm.congestion_control = _peer_congestion_control(new)
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
         self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
@@ -634,7 +649,7 @@ class Node:
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,
-            congestion_control=config.peer_congestion_control,
+            congestion_control=_peer_congestion_control(config),
             upstream=upstream,
         )
         self.swarm = swarm
@@ -655,10 +670,11 @@ class Node:
                 MIN_TOKEN_LENGTH,
             )
         log.info(
-            "node %s: peers on %s (advertised %s), joining %s",
+            "node %s: peers on %s (advertised %s, TCP congestion control %s), joining %s",
             self.node_id.hex()[:12],
             config.peer,
             advertised,
+            swarm.congestion_control,
             ", ".join(map(str, config.join)) or "nobody (first node)",
         )
         return swarm

@@ -126,7 +126,7 @@ class Swarm:
         peer_encryption: bool = False,
         *,
         upstream: PeerUpstream,
-        congestion_control: str = congestion.SYSTEM,
+        congestion_control: str = congestion.SYSTEM,  # the node passes its choice
         rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
@@ -234,8 +234,8 @@ class Swarm:
             self.counters.links_refused += 1
             await stream.aclose()
             return
-        self._set_congestion_control(stream)
         try:
+            self._set_congestion_control(stream)
             try:
                 link = PeerLink(
                     stream,

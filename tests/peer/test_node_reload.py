@@ -132,3 +132,23 @@ async def test_a_reload_of_the_upload_rate_changes_what_the_node_declares(
     assert node.membership is not None and node.membership.capacity == 10_000_000
     node.reload()
     assert node.membership.capacity == 2_000_000  # told to the cluster with its updates
+
+
+async def test_a_reload_names_the_congestion_control_of_the_links_made_from_then_on(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = dataclasses.replace(_config(tmp_path, registry), peer=Address("127.0.0.1", 0))
+    named = dataclasses.replace(config, peer_congestion_control="reno")
+    refused = dataclasses.replace(config, peer_congestion_control="nosuchalgo")
+    rereads = iter([named, refused, config])
+    node = Node(config, reread_config=lambda: next(rereads))
+    await nursery.start(node.run)
+    assert node.swarm is not None and node.swarm.congestion_control == "cubic"
+    node.reload()
+    assert node.swarm.congestion_control == "reno"
+    node.reload()  # a name the kernel refuses: the reload fails, the running one stays
+    assert node.swarm.congestion_control == "reno"
+    node.reload()  # no name again: the preferred one
+    assert node.swarm.congestion_control == "cubic"

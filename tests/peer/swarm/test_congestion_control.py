@@ -1,12 +1,15 @@
 """The peer links' TCP congestion control (`--peer-congestion-control`): set on both ends of
-every link, refused at start-up when the kernel will not give it, left alone as 'system'.
+every link, CUBIC where none is named and this process may set it (else the host's, said in
+the log), refused at start-up when a name given on purpose cannot be had.
 
-Reno is what these tests ask for: every Linux kernel has it and lets any process use it, and
-it is neither this machine's default (BBR) nor the node's (CUBIC), so a link that has it got
-it from the node."""
+Reno is what these tests name: every Linux kernel has it and lets any process use it, and it
+is neither this machine's default (BBR) nor the node's preference (CUBIC), so a link that has
+it got it from the node."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 from pathlib import Path
 
@@ -16,7 +19,15 @@ import trio
 from peer.config import Address, NodeConfig
 from peer.swarm import congestion
 from peer.swarm.congestion import CongestionControlUnavailable
-from tests.peer.swarm.real_nodes import knows, make_node, registry_and_seed, running, until
+from tests.peer.swarm.real_nodes import (
+    blob_where,
+    first_of,
+    knows,
+    make_node,
+    registry_and_seed,
+    running,
+    until,
+)
 
 ASKED = "reno"
 
@@ -30,7 +41,11 @@ def _system_default() -> str:
     return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
 
 
-def test_the_asked_algorithm_is_set_on_a_socket() -> None:
+def _allowed() -> list[str]:
+    return Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
+
+
+def test_the_named_algorithm_is_set_on_a_socket() -> None:
     assert _system_default() != ASKED
     with socket.socket() as sock:
         congestion.set_on(sock, ASKED)
@@ -44,27 +59,56 @@ def test_system_leaves_the_hosts_default() -> None:
         assert _algorithm(sock) == _system_default()
 
 
-def test_the_default_is_one_this_kernel_gives() -> None:
-    congestion.check(congestion.DEFAULT)
-    assert NodeConfig(data_dir=Path("x")).peer_congestion_control == "cubic"
+def test_without_a_name_cubic_is_preferred_where_it_may_be_set() -> None:
+    assert NodeConfig(data_dir=Path("x")).peer_congestion_control is None
+    assert congestion.preferred() == ("cubic", None)
 
 
-@pytest.mark.parametrize("name", ["no-such-algorithm", "", "c" * 200, "cubic\0bbr"])
-def test_an_algorithm_the_kernel_refuses_stops_the_start(name: str, tmp_path: Path) -> None:
+def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def restricted(_sock: object, name: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(congestion, "set_on", restricted)
+    name, refused = congestion.preferred()
+    assert name == congestion.SYSTEM
+    assert refused is not None and "CAP_NET_ADMIN" in refused
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("nosuchalgo", "no such algorithm"),  # a name, which the kernel does not have
+        ("no-such-algorithm", "not an algorithm's name"),  # over the kernel's 15 characters
+        ("", "not an algorithm's name"),
+        ("cubic\0bbr", "not an algorithm's name"),  # the kernel would read "cubic"
+    ],
+)
+def test_a_name_that_cannot_be_had_stops_the_start(name: str, why: str, tmp_path: Path) -> None:
     config = NodeConfig(
         data_dir=tmp_path, peer=Address("127.0.0.1", 0), peer_congestion_control=name
     )
     with pytest.raises(CongestionControlUnavailable, match="peer-congestion-control") as caught:
         config.check()
-    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
-    assert all(known in str(caught.value) for known in allowed)  # what may be named instead
+    assert why in str(caught.value)
+    assert all(known in str(caught.value) for known in _allowed())  # what may be named
+
+
+def test_a_restricted_name_says_what_would_allow_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def restricted(_sock: object, name: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(congestion, "set_on", restricted)
+    with pytest.raises(CongestionControlUnavailable, match="CAP_NET_ADMIN"):
+        congestion.check("bbr")
 
 
 def test_a_lone_mirror_has_no_peer_links_to_set(tmp_path: Path) -> None:
-    NodeConfig(data_dir=tmp_path, peer_congestion_control="no-such-algorithm").check()
+    NodeConfig(data_dir=tmp_path, peer_congestion_control="nosuchalgo").check()
 
 
-async def test_both_ends_of_a_peer_link_use_the_asked_algorithm(
+async def test_both_ends_of_a_peer_link_use_the_named_algorithm(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     registry, _ = await registry_and_seed(tmp_path, nursery)
@@ -75,10 +119,59 @@ async def test_both_ends_of_a_peer_link_use_the_asked_algorithm(
     )
     async with running(first, nursery), running(second, nursery):
         await until(lambda: knows(first, second) and knows(second, first))
-        assert second.swarm is not None and first.swarm is not None
-        await second.swarm.link_to(first.node_id)  # the initiator's end
-        await until(lambda: second.node_id in first.swarm.links)  # type: ignore[union-attr]
-        ends = [second.swarm.links[first.node_id], first.swarm.links[second.node_id]]
-        for link in ends:
-            assert isinstance(link.stream, trio.SocketStream)
-            assert _algorithm(link.stream.socket) == ASKED
+        assert first.swarm is not None and second.swarm is not None
+        here = (await second.swarm.link_to(first.node_id)).stream
+        assert isinstance(here, trio.SocketStream)
+        there: list[trio.SocketStream] = []  # the other end of that very connection
+
+        def found() -> bool:
+            for link in first.swarm._open_links.get(second.node_id, set()):  # type: ignore[union-attr]
+                stream = link.stream
+                if not isinstance(stream, trio.SocketStream):
+                    continue
+                if stream.socket.getpeername() == here.socket.getsockname():
+                    there.append(stream)
+            return bool(there)
+
+        await until(found)
+        ends = {second: here, first: there[0]}
+        # One end was accepted (it sits on its node's peer port), the other dialled out.
+        ports = {node: node.config.peer.port for node in ends if node.config.peer is not None}
+        accepted = [n for n, end in ends.items() if end.socket.getsockname()[1] == ports[n]]
+        assert len(accepted) == 1
+        for end in ends.values():
+            assert _algorithm(end.socket) == ASKED
+
+
+async def test_links_whose_sockets_refuse_still_work_and_are_logged_once_a_period(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused(_sock: object, name: str) -> None:  # the host's settings changed since start
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    registry, _ = await registry_and_seed(tmp_path, nursery)
+    first = make_node(registry, tmp_path / "a", peer_congestion_control=ASKED)
+    assert first.config.peer is not None
+    second = make_node(
+        registry, tmp_path / "b", join=(first.config.peer,), peer_congestion_control=ASKED
+    )
+    data = blob_where(lambda d: first_of(d, first, second) == first.node_id)
+    digest = registry.add_blob(data)
+    monkeypatch.setattr(congestion, "set_on", refused)
+    caplog.set_level(logging.WARNING, "pollen.swarm")
+    async with running(first, nursery) as a, running(second, nursery) as b:
+        await until(lambda: knows(first, second) and knows(second, first))
+        assert await a.pull(digest) == data
+        assert await b.pull(digest) == data  # from the owner, over a link
+        assert first.swarm is not None and second.swarm is not None
+        for _ in range(3):  # more links within the period: no more lines
+            link = await second.swarm.link_to(first.node_id)
+            await link.close()
+            await until(lambda: second.node_id not in first.swarm.links)  # type: ignore[union-attr]
+    assert registry.count("GET", digest) == 1
+    told = [r.getMessage() for r in caplog.records if "congestion control" in r.getMessage()]
+    assert len(told) == 2, told  # one per node: the dialling end and the accepting end
+    assert all(ASKED in line and "refused" in line for line in told)
