@@ -9,6 +9,9 @@ namespace testbed (8 hosts, 25 Mbit/s, the kernel's default BBR) 8.6 % of the sw
 were retransmitted and the hosts' uplinks carried 7-8 % more than their downlinks delivered;
 with CUBIC on the peer links only, 1.3-1.4 % and 1.7-1.9 %, and the last host done sooner
 (README, *The peer links' congestion control*). CUBIC, Linux's own default, backs off on loss.
+What it costs: it fills a FIFO uplink's queue, and an owner whose uploads fill its uplink then
+delays the ACKs of its own registry flow (README, *What CUBIC costs*; the lever left is to
+keep an owner's uplink queue short).
 
 Only the peer links: the registry's connections and the clients' are left to the system.
 
