@@ -343,16 +343,17 @@ def _images(
     return [write_layers(layout, specs, "bench")]
 
 
-def _pollen_congestion_control(pollen_args: str) -> str:
+def _pollen_congestion_control(pollen_args: str) -> congestion.LinkAlgorithms:
     """What the nodes' peer links use: --peer-congestion-control in `pollen_args`, else what a
-    node prefers here (the bench runs as root, as the nodes do)."""
+    node chooses here (the bench runs as root, as the nodes do)."""
     args = shlex.split(pollen_args)
+    named = None
     for index, arg in enumerate(args):
         if arg == "--peer-congestion-control" and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith("--peer-congestion-control="):
-            return arg.split("=", 1)[1]
-    return congestion.preferred()[0]
+            named = args[index + 1]
+        elif arg.startswith("--peer-congestion-control="):
+            named = arg.split("=", 1)[1]
+    return congestion.choose(named)[0]
 
 
 def _run(
@@ -402,10 +403,15 @@ def _run(
     outcomes: list[Outcome] = []
     with Testbed(nodes, uplink, origin_up, downlink, rtt, loss, (slow_count, slow[1])) as testbed:
         hosts_congestion_control = testbed.congestion_control(testbed.nodes[0])
-        pollen_congestion_control = _pollen_congestion_control(pollen_args)
+        pollen_congestion = _pollen_congestion_control(pollen_args)
         click.echo(
             f"TCP congestion control: {hosts_congestion_control} on the hosts (BitTorrent's, "
-            f"skopeo's, the registry's), {pollen_congestion_control} on pollen's peer links"
+            f"skopeo's, the registry's), {pollen_congestion.usual} on pollen's peer links"
+            + (
+                f" ({pollen_congestion.while_fetching} while a node fetches from the registry)"
+                if pollen_congestion.while_fetching
+                else ""
+            )
         )
         origin = Origin(testbed, root / "origin")
         for each in images:
@@ -471,7 +477,8 @@ def _run(
         "downlink_bytes_per_s": downlink,
         "origin_uplink_bytes_per_s": origin_up,
         "hosts_congestion_control": hosts_congestion_control,
-        "pollen_peer_congestion_control": pollen_congestion_control,
+        "pollen_peer_congestion_control": pollen_congestion.usual,
+        "pollen_peer_congestion_control_while_fetching": pollen_congestion.while_fetching,
         "image_bytes": image.total_size,
         "new_bytes": new_bytes,
         "layers": [d.size for d in image.layers],

@@ -112,15 +112,19 @@ def _peer_links_in_clear(config: NodeConfig) -> bool:
     return peer is not None and not config.peer_encryption and not is_loopback_host(peer.host)
 
 
-def _peer_congestion_control(config: NodeConfig) -> str:
-    """The congestion control for the peer links: the one named (checked with the config),
-    else the preferred one where this process may set it (peer/swarm/congestion.py)."""
-    if config.peer_congestion_control is not None:
-        return config.peer_congestion_control
-    name, refused = congestion.preferred()
+def _peer_congestion_control(config: NodeConfig) -> congestion.LinkAlgorithms:
+    """The congestion control of the peer links: the one named (checked with the config),
+    else the preferred ones where this process may set them (peer/swarm/congestion.py)."""
+    algorithms, refused = congestion.choose(config.peer_congestion_control)
     if refused is not None:
         log.warning("the peer links keep the host's TCP congestion control: %s", refused)
-    return name
+    return algorithms
+
+
+def _describe(algorithms: congestion.LinkAlgorithms) -> str:
+    if algorithms.while_fetching is None:
+        return algorithms.usual
+    return f"{algorithms.usual}, {algorithms.while_fetching} while fetching from a registry"
 
 
 def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
@@ -356,6 +360,8 @@ class Node:
                 swarm = await self._start_swarm(
                     nursery, access, download_limit, OwnerUpstream(table, fetcher)
                 )
+                if swarm is not None:
+                    fetcher.on_fetching_changed = swarm.fetching_changed
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
                 nursery.start_soon(keep_store, self.store)
                 if config.prefetch:
@@ -578,7 +584,8 @@ class Node:
         if self.swarm is not None and new.upload_rate != old.upload_rate:
             self.swarm.upload_limit.set_rate(new.upload_rate)
         if self.swarm is not None and new.peer_congestion_control != old.peer_congestion_control:
-            self.swarm.congestion_control = _peer_congestion_control(new)
+            self.swarm.congestion = _peer_congestion_control(new)
+            self.swarm.fetching_changed()  # the open links too
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
         self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
@@ -674,7 +681,7 @@ class Node:
             self.node_id.hex()[:12],
             config.peer,
             advertised,
-            swarm.congestion_control,
+            _describe(swarm.congestion),
             ", ".join(map(str, config.join)) or "nobody (first node)",
         )
         return swarm

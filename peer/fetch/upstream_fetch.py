@@ -28,7 +28,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -136,6 +136,9 @@ class UpstreamFetcher:
         self.streams = 0  # answers arriving from the upstream now (peer/swarm/inflow.py)
         # Blob -> its fetches from the upstream now (the swarm yields to them: fetch.py).
         self._digests: collections.Counter[str] = collections.Counter()
+        # Told when the first fetch begins and when the last one ends (the swarm's links
+        # change their congestion control: peer/swarm/congestion.py).
+        self.on_fetching_changed: Callable[[], None] | None = None
         self.bytes_from_upstream = 0
         # Blobs whose registry was still busy when an owner's fetch gave up: (namespace,
         # digest) -> until when later fetches of it ask once (peer/fetch/busy_registry.py).
@@ -157,13 +160,22 @@ class UpstreamFetcher:
 
     @contextlib.contextmanager
     def _counted(self, digest: str) -> Iterator[None]:
+        first = not self._digests
         self._digests[digest] += 1
+        if first:
+            self._fetching_changed()
         try:
             yield
         finally:
             self._digests[digest] -= 1
             if not self._digests[digest]:
                 del self._digests[digest]
+                if not self._digests:
+                    self._fetching_changed()
+
+    def _fetching_changed(self) -> None:
+        if self.on_fetching_changed is not None:
+            self.on_fetching_changed()
 
     async def fetch(
         self, download: Download, headers: dict[str, str], *, for_the_cluster: bool = False

@@ -126,7 +126,7 @@ class Swarm:
         peer_encryption: bool = False,
         *,
         upstream: PeerUpstream,
-        congestion_control: str = congestion.SYSTEM,  # the node passes its choice
+        congestion_control: congestion.LinkAlgorithms | None = None,  # None: the host's
         rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
@@ -136,7 +136,9 @@ class Swarm:
         self.access = access
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
-        self.congestion_control = congestion_control  # of every link's socket (congestion.py)
+        # Every link's algorithm (congestion.py), and the one its sockets were given last.
+        self.congestion = congestion_control or congestion.LinkAlgorithms(congestion.SYSTEM)
+        self.congestion_control = self.congestion.now(upstream.blobs() > 0)
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
@@ -261,6 +263,19 @@ class Swarm:
             await self._adopt(link)
         finally:
             self.link_guard.release(address)
+
+    def fetching_changed(self) -> None:
+        """This node began, or ended, fetching from a registry (or its algorithms changed):
+        the open links follow (an owner's uploads must not fill the uplink its registry
+        flow's ACKs leave by: congestion.py)."""
+        name = self.congestion.now(self.upstream.blobs() > 0)
+        if name == self.congestion_control:
+            return
+        self.congestion_control = name
+        for links in self._open_links.values():
+            for link in links:
+                if isinstance(link.stream, trio.SocketStream):
+                    self._set_congestion_control(link.stream)
 
     def _set_congestion_control(self, stream: trio.SocketStream) -> None:
         try:

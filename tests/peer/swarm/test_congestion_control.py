@@ -18,7 +18,7 @@ import trio
 
 from peer.config import Address, NodeConfig
 from peer.swarm import congestion
-from peer.swarm.congestion import CongestionControlUnavailable
+from peer.swarm.congestion import CongestionControlUnavailable, LinkAlgorithms
 from tests.peer.swarm.real_nodes import (
     blob_where,
     first_of,
@@ -59,9 +59,18 @@ def test_system_leaves_the_hosts_default() -> None:
         assert _algorithm(sock) == _system_default()
 
 
-def test_without_a_name_cubic_is_preferred_where_it_may_be_set() -> None:
+def test_without_a_name_cubic_is_preferred_and_bbr_kept_for_fetching() -> None:
     assert NodeConfig(data_dir=Path("x")).peer_congestion_control is None
-    assert congestion.preferred() == ("cubic", None)
+    algorithms, refused = congestion.choose(None)
+    assert refused is None
+    assert algorithms == LinkAlgorithms("cubic", "bbr")
+    assert (algorithms.now(fetching=False), algorithms.now(fetching=True)) == ("cubic", "bbr")
+
+
+def test_a_name_given_is_used_throughout() -> None:
+    algorithms, refused = congestion.choose(ASKED)
+    assert refused is None
+    assert algorithms.now(fetching=False) == algorithms.now(fetching=True) == ASKED
 
 
 def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
@@ -71,9 +80,23 @@ def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(congestion, "set_on", restricted)
-    name, refused = congestion.preferred()
-    assert name == congestion.SYSTEM
+    algorithms, refused = congestion.choose(None)
+    assert algorithms == LinkAlgorithms(congestion.SYSTEM)
     assert refused is not None and "CAP_NET_ADMIN" in refused
+
+
+def test_without_a_name_a_host_that_refuses_bbr_uses_cubic_throughout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = congestion.set_on
+
+    def bbr_restricted(sock: socket.socket, name: str) -> None:
+        if name == "bbr":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real(sock, name)
+
+    monkeypatch.setattr(congestion, "set_on", bbr_restricted)
+    assert congestion.choose(None) == (LinkAlgorithms("cubic"), None)
 
 
 @pytest.mark.parametrize(
@@ -175,3 +198,38 @@ async def test_links_whose_sockets_refuse_still_work_and_are_logged_once_a_perio
     told = [r.getMessage() for r in caplog.records if "congestion control" in r.getMessage()]
     assert len(told) == 2, told  # one per node: the dialling end and the accepting end
     assert all(ASKED in line and "refused" in line for line in told)
+
+
+async def test_while_a_node_fetches_from_the_registry_its_links_keep_their_queue_short(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """No name given: CUBIC, and BBR on the fetching node's links while its registry flow
+    runs (its uploads must not fill the uplink that flow's ACKs leave by)."""
+    registry, _ = await registry_and_seed(tmp_path, nursery)
+    first = make_node(registry, tmp_path / "a")
+    assert first.config.peer is not None
+    second = make_node(registry, tmp_path / "b", join=(first.config.peer,))
+    data = blob_where(lambda d: first_of(d, first, second) == second.node_id)
+    digest = registry.add_blob(data)
+    registry.gate = trio.Event()  # the registry holds its answer
+    async with running(first, nursery), running(second, nursery) as b:
+        await until(lambda: knows(first, second) and knows(second, first))
+        assert first.swarm is not None and second.swarm is not None
+        link = await second.swarm.link_to(first.node_id)
+        assert isinstance(link.stream, trio.SocketStream)
+        assert _algorithm(link.stream.socket) == "cubic"
+        pulled: list[bytes] = []
+
+        async def pull() -> None:
+            pulled.append(await b.pull(digest))
+
+        nursery.start_soon(pull)
+        await until(lambda: registry.count("GET", digest) > 0)  # the owner's fetch runs
+        assert _algorithm(link.stream.socket) == "bbr"
+        far_end = first.swarm.links[second.node_id].stream
+        assert isinstance(far_end, trio.SocketStream)
+        assert _algorithm(far_end.socket) == "cubic"  # the other node fetches nothing
+        registry.gate.set()
+        await until(lambda: bool(pulled))
+        assert pulled == [data]
+        await until(lambda: _algorithm(link.stream.socket) == "cubic")  # type: ignore[attr-defined]
