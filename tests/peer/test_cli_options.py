@@ -133,4 +133,8 @@ def test_the_help_explains_the_congestion_control() -> None:
     text = " ".join(result.output.split())  # as wrapped for the terminal
     assert "--peer-congestion-control NAME" in text
     assert "'system' for the host's default" in text
-    assert "[default: (cubic where this process may set it, else the host's)]" in text
+    default = (
+        "[default: (cubic, and bbr while fetching from a registry, where this process may set "
+        "them; else the host's)]"
+    )
+    assert default in text
