@@ -250,7 +250,7 @@ def main() -> None:
     "refuses stops the start. A node's links share its uplink and its downlink: CUBIC backs "
     "off when they overfill a queue, where BBR (version 1) keeps sending and loses more; "
     "but CUBIC fills the uplink queue that a blob's registry flow needs for its ACKs, so "
-    "a node fetching from a registry uses BBR meanwhile.",
+    "without a name a node fetching from a registry uses BBR meanwhile (where it may).",
 )
 @click.option(
     "--insecure-open-cluster",

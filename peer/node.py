@@ -85,7 +85,7 @@ RELOADABLE = (
     "disk_low",
     "auth_file",
     "auth_for_clients",
-    "peer_congestion_control",  # for links made from then on
+    "peer_congestion_control",  # the open links too ('system': the new ones only)
 )
 
 
@@ -353,15 +353,12 @@ class Node:
                 access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))
                 # One cap for the peers and the upstream together.
                 download_limit = self._download_limit = RateLimiter(config.download_rate)
-                # Built in dependency order, nothing patched afterwards: the table and the
-                # upstream fetcher, the swarm (given its narrow view of them), the coordinator.
+                # Built in dependency order: the table and the upstream fetcher, the swarm
+                # (given its narrow view of them; the fetcher tells it when its fetches begin
+                # and end), the coordinator.
                 table = DownloadTable(self.store, nursery)
                 fetcher = UpstreamFetcher(self.store, self.upstreams, download_limit)
-                swarm = await self._start_swarm(
-                    nursery, access, download_limit, OwnerUpstream(table, fetcher)
-                )
-                if swarm is not None:
-                    fetcher.on_fetching_changed = swarm.fetching_changed
+                swarm = await self._start_swarm(nursery, access, download_limit, fetcher, table)
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
                 nursery.start_soon(keep_store, self.store)
                 if config.prefetch:
@@ -584,8 +581,7 @@ class Node:
         if self.swarm is not None and new.upload_rate != old.upload_rate:
             self.swarm.upload_limit.set_rate(new.upload_rate)
         if self.swarm is not None and new.peer_congestion_control != old.peer_congestion_control:
-            self.swarm.congestion = _peer_congestion_control(new)
-            self.swarm.fetching_changed()  # the open links too
+            self.swarm.use_congestion_control(_peer_congestion_control(new))
         if self._download_limit is not None and new.download_rate != old.download_rate:
             self._download_limit.set_rate(new.download_rate)
         self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
@@ -628,7 +624,8 @@ class Node:
         nursery: trio.Nursery,
         access: AccessPolicy,
         download_limit: RateLimiter,
-        upstream: OwnerUpstream,
+        fetcher: UpstreamFetcher,
+        table: DownloadTable,
     ) -> Swarm | None:
         config = self.config
         advertised = config.advertised_peer()
@@ -657,8 +654,10 @@ class Node:
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,
             congestion_control=_peer_congestion_control(config),
-            upstream=upstream,
+            upstream=OwnerUpstream(table, fetcher),
         )
+        # Before the swarm runs: its links' congestion control follows the registry fetches.
+        fetcher.on_fetching_changed = swarm.fetching_changed
         self.swarm = swarm
         await nursery.start(swarm.run, listeners)
         gossip.links = swarm

@@ -174,8 +174,12 @@ class UpstreamFetcher:
                     self._fetching_changed()
 
     def _fetching_changed(self) -> None:
-        if self.on_fetching_changed is not None:
+        if self.on_fetching_changed is None:
+            return
+        try:
             self.on_fetching_changed()
+        except Exception:  # the links' tuning must never fail a download
+            log.exception("telling the swarm that fetching began or ended failed")
 
     async def fetch(
         self, download: Download, headers: dict[str, str], *, for_the_cluster: bool = False

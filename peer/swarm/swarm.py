@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ log = logging.getLogger("pollen.swarm")
 
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 CONNECT_TIMEOUT = 5.0
+# Seconds without a registry fetch before the links go back to their usual congestion control.
+CONGESTION_RETURN_AFTER = 2.0
 REFUSALS_LOG_PERIOD = 10.0  # at most one line a period about refused incoming handshakes
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
 JOIN_POLL = 0.1  # how often a joining node looks for its first member to sync with
@@ -138,7 +141,9 @@ class Swarm:
         self.peer_encryption = peer_encryption  # seal every frame of every link
         # Every link's algorithm (congestion.py), and the one its sockets were given last.
         self.congestion = congestion_control or congestion.LinkAlgorithms(congestion.SYSTEM)
-        self.congestion_control = self.congestion.now(upstream.blobs() > 0)
+        self.congestion_control = self.congestion.now(upstream.blobs() > 0)  # as set now
+        self._fetch_ended_at = -math.inf
+        self._return_pending = False
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
@@ -265,10 +270,35 @@ class Swarm:
             self.link_guard.release(address)
 
     def fetching_changed(self) -> None:
-        """This node began, or ended, fetching from a registry (or its algorithms changed):
-        the open links follow (an owner's uploads must not fill the uplink its registry
-        flow's ACKs leave by: congestion.py)."""
-        name = self.congestion.now(self.upstream.blobs() > 0)
+        """This node began, or ended, fetching from a registry: the links follow
+        (congestion.py: an owner's uploads must not fill the uplink its registry flow's ACKs
+        leave by). To the algorithm for fetching at once; back only once no fetch has run
+        for CONGESTION_RETURN_AFTER, so that a node pulling blob after blob (or a peer's
+        Wants for blobs the registry refuses) does not restart every link's congestion
+        state twice a blob."""
+        if self.upstream.blobs() > 0:
+            self.use_congestion_control(self.congestion)
+            return
+        self._fetch_ended_at = trio.current_time()
+        if not self._return_pending and self._nursery is not None:
+            self._return_pending = True
+            self._nursery.start_soon(self._return_when_quiet)
+
+    async def _return_when_quiet(self) -> None:
+        try:
+            while self.upstream.blobs() == 0:
+                quiet_until = self._fetch_ended_at + CONGESTION_RETURN_AFTER
+                if trio.current_time() >= quiet_until:
+                    self.use_congestion_control(self.congestion)
+                    return
+                await trio.sleep_until(quiet_until)
+        finally:
+            self._return_pending = False
+
+    def use_congestion_control(self, algorithms: congestion.LinkAlgorithms) -> None:
+        """Give the open links (and the next ones) what `algorithms` says for now."""
+        self.congestion = algorithms
+        name = algorithms.now(self.upstream.blobs() > 0)
         if name == self.congestion_control:
             return
         self.congestion_control = name
