@@ -653,7 +653,7 @@ class Node:
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,
-            congestion_control=_peer_congestion_control(config),
+            link_algorithms=_peer_congestion_control(config),
             upstream=OwnerUpstream(table, fetcher),
         )
         # Before the swarm runs: its links' congestion control follows the registry fetches.
@@ -680,7 +680,7 @@ class Node:
             self.node_id.hex()[:12],
             config.peer,
             advertised,
-            _describe(swarm.congestion),
+            _describe(swarm.link_algorithms),
             ", ".join(map(str, config.join)) or "nobody (first node)",
         )
         return swarm

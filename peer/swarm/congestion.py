@@ -35,6 +35,10 @@ import trio
 PREFERRED = "cubic"
 QUEUE_KEEPING = "bbr"  # while fetching from a registry, where the preferred one is used
 SYSTEM = "system"  # the host's default: the node sets nothing
+# Seconds without a registry fetch before the links go back to the usual algorithm: each
+# switch restarts a link's congestion state, and a node pulling blob after blob (or a peer's
+# Wants for blobs the registry refuses) would otherwise switch every link twice a blob.
+RETURN_AFTER = 2.0
 # What the kernel calls its algorithms (TCP_CA_NAME_MAX is 16 with the closing NUL); it would
 # read a name only up to a NUL, so "cubic\0x" would pass for cubic.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -79,6 +83,22 @@ class LinkAlgorithms:
         if fetching and self.while_fetching is not None:
             return self.while_fetching
         return self.usual
+
+
+def for_links(
+    algorithms: LinkAlgorithms, fetching: bool, fetch_ended_at: float, now: float
+) -> tuple[str, float | None]:
+    """The algorithm the links should have at `now`, and when to ask again (None: at the
+    next fetch's start or end): the one for fetching while the node fetches from a registry
+    and until RETURN_AFTER past the end of its last fetch, then the usual one."""
+    if algorithms.while_fetching is None:
+        return algorithms.usual, None
+    if fetching:
+        return algorithms.while_fetching, None
+    back_at = fetch_ended_at + RETURN_AFTER
+    if now < back_at:
+        return algorithms.while_fetching, back_at
+    return algorithms.usual, None
 
 
 def choose(named: str | None) -> tuple[LinkAlgorithms, str | None]:

@@ -92,8 +92,6 @@ log = logging.getLogger("pollen.swarm")
 
 ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant runs out
 CONNECT_TIMEOUT = 5.0
-# Seconds without a registry fetch before the links go back to their usual congestion control.
-CONGESTION_RETURN_AFTER = 2.0
 REFUSALS_LOG_PERIOD = 10.0  # at most one line a period about refused incoming handshakes
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
 JOIN_POLL = 0.1  # how often a joining node looks for its first member to sync with
@@ -129,7 +127,7 @@ class Swarm:
         peer_encryption: bool = False,
         *,
         upstream: PeerUpstream,
-        congestion_control: congestion.LinkAlgorithms | None = None,  # None: the host's
+        link_algorithms: congestion.LinkAlgorithms | None = None,  # None: the host's
         rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
@@ -139,11 +137,14 @@ class Swarm:
         self.access = access
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
-        # Every link's algorithm (congestion.py), and the one its sockets were given last.
-        self.congestion = congestion_control or congestion.LinkAlgorithms(congestion.SYSTEM)
-        self.congestion_control = self.congestion.now(upstream.blobs() > 0)  # as set now
+        # The links' congestion control (congestion.py), and the one their sockets were given
+        # last; when the last registry fetch ended, and whether a look at the time is due.
+        self.link_algorithms = link_algorithms or congestion.LinkAlgorithms(congestion.SYSTEM)
         self._fetch_ended_at = -math.inf
-        self._return_pending = False
+        self.applied_congestion_control, _ = congestion.for_links(
+            self.link_algorithms, upstream.blobs() > 0, self._fetch_ended_at, 0.0
+        )
+        self._congestion_look_due = False
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
@@ -271,52 +272,52 @@ class Swarm:
 
     def fetching_changed(self) -> None:
         """This node began, or ended, fetching from a registry: the links follow
-        (congestion.py: an owner's uploads must not fill the uplink its registry flow's ACKs
-        leave by). To the algorithm for fetching at once; back only once no fetch has run
-        for CONGESTION_RETURN_AFTER, so that a node pulling blob after blob (or a peer's
-        Wants for blobs the registry refuses) does not restart every link's congestion
-        state twice a blob."""
-        if self.upstream.blobs() > 0:
-            self.use_congestion_control(self.congestion)
-            return
-        self._fetch_ended_at = trio.current_time()
-        if not self._return_pending and self._nursery is not None:
-            self._return_pending = True
-            self._nursery.start_soon(self._return_when_quiet)
-
-    async def _return_when_quiet(self) -> None:
-        try:
-            while self.upstream.blobs() == 0:
-                quiet_until = self._fetch_ended_at + CONGESTION_RETURN_AFTER
-                if trio.current_time() >= quiet_until:
-                    self.use_congestion_control(self.congestion)
-                    return
-                await trio.sleep_until(quiet_until)
-        finally:
-            self._return_pending = False
+        (congestion.for_links: an owner's uploads must not fill the uplink its registry
+        flow's ACKs leave by)."""
+        if self.upstream.blobs() == 0:
+            self._fetch_ended_at = trio.current_time()
+        self._follow_congestion_control()
 
     def use_congestion_control(self, algorithms: congestion.LinkAlgorithms) -> None:
         """Give the open links (and the next ones) what `algorithms` says for now."""
-        self.congestion = algorithms
-        name = algorithms.now(self.upstream.blobs() > 0)
-        if name == self.congestion_control:
+        self.link_algorithms = algorithms
+        self._follow_congestion_control()
+
+    def _follow_congestion_control(self) -> None:
+        name, look_again = congestion.for_links(
+            self.link_algorithms,
+            self.upstream.blobs() > 0,
+            self._fetch_ended_at,
+            trio.current_time(),
+        )
+        if look_again is not None and not self._congestion_look_due and self._nursery is not None:
+            self._congestion_look_due = True
+            self._nursery.start_soon(self._follow_congestion_control_at, look_again)
+        if name == self.applied_congestion_control:
             return
-        self.congestion_control = name
+        self.applied_congestion_control = name
         for links in self._open_links.values():
             for link in links:
                 if isinstance(link.stream, trio.SocketStream):
                     self._set_congestion_control(link.stream)
 
+    async def _follow_congestion_control_at(self, deadline: float) -> None:
+        try:
+            await trio.sleep_until(deadline)
+        finally:
+            self._congestion_look_due = False
+        self._follow_congestion_control()
+
     def _set_congestion_control(self, stream: trio.SocketStream) -> None:
         try:
-            congestion.set_on(stream.socket, self.congestion_control)
+            congestion.set_on(stream.socket, self.applied_congestion_control)
         except OSError as exc:  # it was checked at start-up: the host's settings changed
             untold = self._congestion_told.event(trio.current_time())
             if untold is not None:
                 more = f" ({untold} more links since the last such line)" if untold else ""
                 log.warning(
                     "a peer link keeps the host's congestion control: %s refused (%s)%s",
-                    self.congestion_control,
+                    self.applied_congestion_control,
                     exc,
                     more,
                 )

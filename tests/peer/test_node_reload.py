@@ -134,7 +134,7 @@ async def test_a_reload_of_the_upload_rate_changes_what_the_node_declares(
     assert node.membership.capacity == 2_000_000  # told to the cluster with its updates
 
 
-async def test_a_reload_names_the_congestion_control_of_the_links_made_from_then_on(
+async def test_a_reload_names_the_congestion_control_of_the_links(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     registry = FakeRegistry()
@@ -145,10 +145,10 @@ async def test_a_reload_names_the_congestion_control_of_the_links_made_from_then
     rereads = iter([named, refused, config])
     node = Node(config, reread_config=lambda: next(rereads))
     await nursery.start(node.run)
-    assert node.swarm is not None and node.swarm.congestion_control == "cubic"
+    assert node.swarm is not None and node.swarm.applied_congestion_control == "cubic"
     node.reload()
-    assert node.swarm.congestion_control == "reno"
+    assert node.swarm.applied_congestion_control == "reno"
     node.reload()  # a name the kernel refuses: the reload fails, the running one stays
-    assert node.swarm.congestion_control == "reno"
+    assert node.swarm.applied_congestion_control == "reno"
     node.reload()  # no name again: the preferred one
-    assert node.swarm.congestion_control == "cubic"
+    assert node.swarm.applied_congestion_control == "cubic"

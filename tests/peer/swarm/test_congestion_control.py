@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -65,6 +66,43 @@ def test_without_a_name_cubic_is_preferred_and_bbr_kept_for_fetching() -> None:
     assert refused is None
     assert algorithms == LinkAlgorithms("cubic", "bbr")
     assert (algorithms.now(fetching=False), algorithms.now(fetching=True)) == ("cubic", "bbr")
+
+
+def test_the_links_keep_the_fetching_algorithm_a_while_after_the_last_fetch() -> None:
+    algorithms = LinkAlgorithms("cubic", "bbr")
+    hold = congestion.RETURN_AFTER
+    assert congestion.for_links(algorithms, False, -math.inf, 5.0) == ("cubic", None)
+    assert congestion.for_links(algorithms, True, -math.inf, 5.0) == ("bbr", None)
+    # The last fetch ended at 10: BBR until 10 + hold, and a look then; CUBIC from there.
+    assert congestion.for_links(algorithms, False, 10.0, 10.0) == ("bbr", 10.0 + hold)
+    assert congestion.for_links(algorithms, False, 10.0, 10.0 + hold / 2) == ("bbr", 10.0 + hold)
+    assert congestion.for_links(algorithms, False, 10.0, 10.0 + hold) == ("cubic", None)
+    # A name given: no other algorithm to keep.
+    assert congestion.for_links(LinkAlgorithms("reno"), False, 10.0, 10.0) == ("reno", None)
+
+
+def test_fetches_that_begin_and_end_in_quick_turns_switch_the_links_once() -> None:
+    """A peer's Wants for blobs the registry refuses at once (or a client pulling blob after
+    blob) begin and end a fetch every fraction of a second: each switch restarts every link's
+    congestion state, so the links go to BBR once and stay, and back once it is quiet."""
+    algorithms = LinkAlgorithms("cubic", "bbr")
+    applied, switches = "cubic", []
+
+    def look(fetching: bool, ended_at: float, now: float) -> None:
+        nonlocal applied
+        name, _ = congestion.for_links(algorithms, fetching, ended_at, now)
+        if name != applied:
+            applied = name
+            switches.append((now, name))
+
+    ended_at = -math.inf
+    for turn in range(200):  # a fetch of 0.1 s every 0.3 s, for a minute
+        begins = turn * 0.3
+        look(True, ended_at, begins)
+        ended_at = begins + 0.1
+        look(False, ended_at, ended_at)
+    look(False, ended_at, ended_at + congestion.RETURN_AFTER)  # the look it asked for
+    assert switches == [(0.0, "bbr"), (ended_at + congestion.RETURN_AFTER, "cubic")]
 
 
 def test_a_name_given_is_used_throughout() -> None:
