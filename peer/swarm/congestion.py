@@ -77,12 +77,7 @@ class LinkAlgorithms:
     """The peer links' algorithm, and another while the node fetches from a registry."""
 
     usual: str
-    while_fetching: str | None = None  # None: the usual one then too
-
-    def now(self, fetching: bool) -> str:
-        if fetching and self.while_fetching is not None:
-            return self.while_fetching
-        return self.usual
+    while_fetching: str | None = None  # None: the usual one then too (for_links)
 
 
 def for_links(

@@ -65,7 +65,9 @@ def test_without_a_name_cubic_is_preferred_and_bbr_kept_for_fetching() -> None:
     algorithms, refused = congestion.choose(None)
     assert refused is None
     assert algorithms == LinkAlgorithms("cubic", "bbr")
-    assert (algorithms.now(fetching=False), algorithms.now(fetching=True)) == ("cubic", "bbr")
+    idle = congestion.for_links(algorithms, False, -math.inf, 0.0)
+    fetching = congestion.for_links(algorithms, True, -math.inf, 0.0)
+    assert (idle, fetching) == (("cubic", None), ("bbr", None))
 
 
 def test_the_links_keep_the_fetching_algorithm_a_while_after_the_last_fetch() -> None:
@@ -108,7 +110,8 @@ def test_fetches_that_begin_and_end_in_quick_turns_switch_the_links_once() -> No
 def test_a_name_given_is_used_throughout() -> None:
     algorithms, refused = congestion.choose(ASKED)
     assert refused is None
-    assert algorithms.now(fetching=False) == algorithms.now(fetching=True) == ASKED
+    for fetching in (False, True):
+        assert congestion.for_links(algorithms, fetching, -math.inf, 0.0) == (ASKED, None)
 
 
 def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
