@@ -128,6 +128,19 @@ def set_on(sock: socket.socket | trio.socket.SocketType, name: str) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, option, name.encode("ascii"))
 
 
+def for_open_links(name: str) -> str:
+    """What to set on links that are open already: `name`, or for SYSTEM the host's default
+    (a new socket starts with it; an open one keeps what the node gave it until told).
+
+    Raises:
+        OSError: the host's default is unreadable.
+    """
+    if name != SYSTEM:
+        return name
+    with open(_PROC + "tcp_congestion_control") as setting:
+        return setting.read().strip()
+
+
 def _why(exc: OSError, name: str) -> str:
     if exc.errno == errno.ENOENT:
         available = _read("tcp_available_congestion_control")

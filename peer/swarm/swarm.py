@@ -243,7 +243,7 @@ class Swarm:
             await stream.aclose()
             return
         try:
-            self._set_congestion_control(stream)
+            self._set_congestion_control(stream, self.applied_congestion_control)
             try:
                 link = PeerLink(
                     stream,
@@ -296,10 +296,15 @@ class Swarm:
         if name == self.applied_congestion_control:
             return
         self.applied_congestion_control = name
+        try:
+            for_open_links = congestion.for_open_links(name)
+        except OSError as exc:
+            log.warning("the open peer links keep their congestion control: %s", exc)
+            return
         for links in self._open_links.values():
             for link in links:
                 if isinstance(link.stream, trio.SocketStream):
-                    self._set_congestion_control(link.stream)
+                    self._set_congestion_control(link.stream, for_open_links)
 
     async def _follow_congestion_control_at(self, deadline: float) -> None:
         try:
@@ -308,26 +313,29 @@ class Swarm:
             self._congestion_look_due = False
         self._follow_congestion_control()
 
-    def _set_congestion_control(self, stream: trio.SocketStream) -> None:
+    def _set_congestion_control(self, stream: trio.SocketStream, name: str) -> None:
         try:
-            congestion.set_on(stream.socket, self.applied_congestion_control)
+            congestion.set_on(stream.socket, name)
         except OSError as exc:  # it was checked at start-up: the host's settings changed
             untold = self._congestion_told.event(trio.current_time())
             if untold is not None:
                 more = f" ({untold} more links since the last such line)" if untold else ""
                 log.warning(
-                    "a peer link keeps the host's congestion control: %s refused (%s)%s",
-                    self.applied_congestion_control,
+                    "a peer link keeps its congestion control: %s refused (%s)%s",
+                    name,
                     exc,
                     more,
                 )
 
-    async def _adopt(self, link: PeerLink) -> None:
+    def _track(self, link: PeerLink) -> None:
         # Two nodes may connect to each other at the same moment: both links stay usable
         # (answers come back on the link a request went out on); new requests use the newest.
         self.links[link.peer_id] = link
         self._open_links.setdefault(link.peer_id, set()).add(link)
         link.on_receiving = self._inflow_changed
+
+    async def _adopt(self, link: PeerLink) -> None:
+        self._track(link)
         try:
             await link.run(self._on_event)
         except Exception:
@@ -393,7 +401,7 @@ class Swarm:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*address)
-            self._set_congestion_control(stream)
+            self._set_congestion_control(stream, self.applied_congestion_control)
             # As the initiator we name the node we mean to reach: the handshake refuses any
             # other node that answers at that address, before we prove anything to it.
             link = PeerLink(
@@ -413,6 +421,9 @@ class Swarm:
             del self._connecting[peer_id]
             done.set()
         assert self._nursery is not None
+        # Tracked before this returns, not when the task starts: what applies to every open
+        # link meanwhile (a congestion control switch) must reach this one too.
+        self._track(link)
         self._nursery.start_soon(self._adopt, link)
         await trio.lowlevel.checkpoint()
         self.links[peer_id] = link

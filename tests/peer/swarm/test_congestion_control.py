@@ -18,8 +18,10 @@ import pytest
 import trio
 
 from peer.config import Address, NodeConfig
+from peer.node import Node
 from peer.swarm import congestion
 from peer.swarm.congestion import CongestionControlUnavailable, LinkAlgorithms
+from tests.peer.fake_registry import FakeRegistry
 from tests.peer.swarm.real_nodes import (
     blob_where,
     first_of,
@@ -44,6 +46,16 @@ def _system_default() -> str:
 
 def _allowed() -> list[str]:
     return Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
+
+
+def _two_nodes_naming(name: str, registry: FakeRegistry, tmp_path: Path) -> tuple[Node, Node]:
+    """Two nodes given `name` for their links, the second joining through the first."""
+    first = make_node(registry, tmp_path / "a", peer_congestion_control=name)
+    assert first.config.peer is not None
+    second = make_node(
+        registry, tmp_path / "b", join=(first.config.peer,), peer_congestion_control=name
+    )
+    return first, second
 
 
 def test_the_named_algorithm_is_set_on_a_socket() -> None:
@@ -176,11 +188,7 @@ async def test_both_ends_of_a_peer_link_use_the_named_algorithm(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     registry, _ = await registry_and_seed(tmp_path, nursery)
-    first = make_node(registry, tmp_path / "a", peer_congestion_control=ASKED)
-    assert first.config.peer is not None
-    second = make_node(
-        registry, tmp_path / "b", join=(first.config.peer,), peer_congestion_control=ASKED
-    )
+    first, second = _two_nodes_naming(ASKED, registry, tmp_path)
     async with running(first, nursery), running(second, nursery):
         await until(lambda: knows(first, second) and knows(second, first))
         assert first.swarm is not None and second.swarm is not None
@@ -217,11 +225,7 @@ async def test_links_whose_sockets_refuse_still_work_and_are_logged_once_a_perio
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     registry, _ = await registry_and_seed(tmp_path, nursery)
-    first = make_node(registry, tmp_path / "a", peer_congestion_control=ASKED)
-    assert first.config.peer is not None
-    second = make_node(
-        registry, tmp_path / "b", join=(first.config.peer,), peer_congestion_control=ASKED
-    )
+    first, second = _two_nodes_naming(ASKED, registry, tmp_path)
     data = blob_where(lambda d: first_of(d, first, second) == first.node_id)
     digest = registry.add_blob(data)
     monkeypatch.setattr(congestion, "set_on", refused)
@@ -274,3 +278,26 @@ async def test_while_a_node_fetches_from_the_registry_its_links_keep_their_queue
         await until(lambda: bool(pulled))
         assert pulled == [data]
         await until(lambda: _algorithm(link.stream.socket) == "cubic")  # type: ignore[attr-defined]
+
+
+async def test_system_given_later_gives_the_open_links_the_hosts_default_again(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload to `system` must undo what the node set on its open links, not only leave
+    the next ones alone."""
+    registry, _ = await registry_and_seed(tmp_path, nursery)
+    first, second = _two_nodes_naming(ASKED, registry, tmp_path)
+    async with running(first, nursery), running(second, nursery):
+        await until(lambda: knows(first, second) and knows(second, first))
+        assert second.swarm is not None
+        link = await second.swarm.link_to(first.node_id)
+        assert isinstance(link.stream, trio.SocketStream)
+        assert _algorithm(link.stream.socket) == ASKED != _system_default()
+        second.swarm.use_congestion_control(LinkAlgorithms(congestion.SYSTEM))
+        assert _algorithm(link.stream.socket) == _system_default()
+        assert second.swarm.applied_congestion_control == congestion.SYSTEM
+
+
+def test_open_links_are_given_the_name_or_for_system_the_hosts_default() -> None:
+    assert congestion.for_open_links(ASKED) == ASKED
+    assert congestion.for_open_links(congestion.SYSTEM) == _system_default()
