@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# host name -> (bytes it sent, bytes it received) so far
-Counters = dict[str, tuple[int, int]]
+# host name -> (bytes it sent, bytes it received, packets its downlink's shaper dropped) so far
+Counters = dict[str, tuple[int, int, int]]
 Sample = tuple[float, Counters]
 
 
@@ -99,9 +99,10 @@ def without_short_tail(samples: list[Sample], period: float) -> list[Sample]:
 def timeline_rows(
     samples: list[Sample], origin: str, hosts: list[str], shift: float = 0.0
 ) -> list[dict[str, Any]]:
-    """One row per interval between samples: the origin's upload rate and each host's
-    download and upload rates (bytes/s), from the interval's start and end counters; its
-    times `shift` seconds earlier than the samples' (to count from when the hosts started)."""
+    """One row per interval between samples: the origin's upload rate, each host's download
+    and upload rates (bytes/s) and the packets its downlink's shaper dropped per second, from
+    the interval's start and end counters; its times `shift` seconds earlier than the
+    samples' (to count from when the hosts started)."""
     rows = []
     for (t0, before), (t1, after) in itertools.pairwise(samples):
         span = t1 - t0
@@ -109,6 +110,7 @@ def timeline_rows(
             continue
         sent = {host: (after[host][0] - before[host][0]) / span for host in [origin, *hosts]}
         received = {host: (after[host][1] - before[host][1]) / span for host in hosts}
+        dropped = {host: (after[host][2] - before[host][2]) / span for host in hosts}
         rows.append(
             {
                 "from_s": round(t0 - shift, 3),
@@ -116,6 +118,7 @@ def timeline_rows(
                 "origin_up_bytes_per_s": round(sent[origin]),
                 "down_bytes_per_s": {host: round(received[host]) for host in hosts},
                 "up_bytes_per_s": {host: round(sent[host]) for host in hosts},
+                "down_drops_per_s": {host: round(dropped[host], 1) for host in hosts},
             }
         )
     return rows
@@ -128,15 +131,17 @@ def timeline_table(
     downlink_rate: int | None,
 ) -> str:
     """The rows as text: the origin's uplink busy against its rate, the hosts' downlinks
-    (least, median, most; busy against their rate when shaped, else MB/s) and how many
-    hosts were done by the interval's end."""
+    (least, median, most; busy against their rate when shaped, else MB/s), the downlink
+    whose shaper dropped most (packets a second: a full queue at one host can stall every
+    host, README *One blob at a time at 25 Mbit/s*) and how many hosts were done by the
+    interval's end."""
 
     def share(value: float, rate: int | None) -> str:
         return f"{100 * value / rate:5.0f} %" if rate else f"{value / 1e6:5.1f} MB/s"
 
     header = (
         f"{'interval':>13}  {'origin up':>9}  {'hosts down: least':>17} {'median':>8} "
-        f"{'most':>8}  {'hosts up: median':>16}  done"
+        f"{'most':>8}  {'hosts up: median':>16}  {'drops most':>14}  done"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -151,5 +156,16 @@ def timeline_table(
         most, up = share(downs[-1], downlink_rate), share(statistics.median(ups), None)
         interval = f"{row['from_s']:5.1f}-{row['to_s']:5.1f}s"
         downlinks = f"{least:>17} {median:>8} {most:>8}"
-        lines.append(f"{interval:>13}  {origin_up:>9}  {downlinks}  {up:>16}  {finished}")
+        drops = _most_drops(row.get("down_drops_per_s", {}))
+        lines.append(
+            f"{interval:>13}  {origin_up:>9}  {downlinks}  {up:>16}  {drops:>14}  {finished}"
+        )
     return "\n".join(lines)
+
+
+def _most_drops(drops: dict[str, float]) -> str:
+    """The host whose downlink dropped most, and how many packets a second ("-": none)."""
+    if not drops or max(drops.values()) <= 0:
+        return "-"
+    host = max(drops, key=lambda name: drops[name])
+    return f"{host} {drops[host]:.0f}/s"

@@ -167,9 +167,10 @@ def _progress(enabled: bool) -> Any:
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="Every SECONDS of each contender's pull, read what every host's link carried (the "
-    "switch's counters) and print the origin's uplink and the hosts' downlinks over time: "
-    "where a run lost its time. Also in the JSON. (Each read is an `ip` call of a few ms, "
-    "counted with the clients' CPU.)",
+    "switch's counters) and print the origin's uplink, the hosts' downlinks and the downlink "
+    "whose shaper dropped most over time: where a run lost its time. Also in the JSON, with "
+    "every host's drops. (Each read is an `ip` and a `tc` call of a few ms, counted with the "
+    "clients' CPU.)",
 )
 @click.option(
     "--workdir",

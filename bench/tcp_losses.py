@@ -85,18 +85,26 @@ def qdisc_drops(tc_json: str) -> int:
     """The packets the shapers (`tbf` qdiscs) in `tc -s -j qdisc show` dropped, summed. Only
     the shapers: with --rtt or --loss a `netem` qdisc sits above a host's tbf and counts its
     child's drops again, besides the losses it makes on purpose."""
+    return sum(qdisc_drops_by_device(tc_json).values())
+
+
+def qdisc_drops_by_device(tc_json: str) -> dict[str, int]:
+    """The shapers' drops in `tc -s -j qdisc show`, per device (a device without a shaper is
+    not named): the switch's ports are the hosts' downlinks, and one host's losses can hold up
+    every other (README, *One blob at a time at 25 Mbit/s*)."""
     try:
         qdiscs = json.loads(tc_json) if tc_json.strip() else []
     except json.JSONDecodeError as exc:
         raise UnreadableCounters(f"tc's JSON unreadable: {exc}") from None
     if not isinstance(qdiscs, list):
         raise UnreadableCounters("tc's JSON is not a list of qdiscs")
-    drops = 0
+    drops: dict[str, int] = {}
     for qdisc in qdiscs:
         if not isinstance(qdisc, dict) or qdisc.get("kind") != "tbf":
             continue
         count = qdisc.get("drops", 0)
         if type(count) is not int or count < 0:
             raise UnreadableCounters(f"a tbf's drops are {count!r}")
-        drops += count
+        device = str(qdisc.get("dev", ""))
+        drops[device] = drops.get(device, 0) + count
     return drops

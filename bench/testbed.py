@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from bench.tcp_losses import Losses, qdisc_drops, tcp_segments
+from bench.tcp_losses import Losses, qdisc_drops, qdisc_drops_by_device, tcp_segments
 
 SUBNET = "10.213"
 
@@ -244,14 +244,20 @@ class Testbed:
         out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
         return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
 
-    def link_counters(self) -> dict[str, tuple[int, int]]:
-        """Every host's (bytes sent, bytes received) so far, read in one call from the
-        switch's ends of their links (what the switch received from a host is what the host
-        sent)."""
+    def link_counters(self) -> dict[str, tuple[int, int, int]]:
+        """Every host's (bytes sent, bytes received, packets its downlink's shaper dropped)
+        so far, read from the switch's ends of their links (what the switch received from a
+        host is what the host sent; a host without a shaped downlink, the origin, drops 0)."""
         out = _run("ip", "-n", self.switch, "-s", "-j", "link", "show").stdout
         stats = {link["ifname"]: link["stats64"] for link in json.loads(out)}
+        qdiscs = _run("tc", "-n", self.switch, "-s", "-j", "qdisc", "show").stdout
+        drops = qdisc_drops_by_device(qdiscs)
         return {
-            host: (int(stats[port]["rx"]["bytes"]), int(stats[port]["tx"]["bytes"]))
+            host: (
+                int(stats[port]["rx"]["bytes"]),
+                int(stats[port]["tx"]["bytes"]),
+                drops.get(port, 0),
+            )
             for host, port in self._switch_ports.items()
         }
 

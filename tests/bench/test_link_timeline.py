@@ -17,9 +17,9 @@ from bench.link_timeline import (
 
 def test_rows_are_the_rates_between_samples() -> None:
     samples: list[tuple[float, Counters]] = [
-        (0.0, {"origin": (0, 0), "node1": (0, 0), "node2": (0, 0)}),
-        (0.5, {"origin": (500, 0), "node1": (100, 300), "node2": (0, 200)}),
-        (1.5, {"origin": (1500, 0), "node1": (100, 1300), "node2": (50, 200)}),
+        (0.0, {"origin": (0, 0, 0), "node1": (0, 0, 0), "node2": (0, 0, 0)}),
+        (0.5, {"origin": (500, 0, 0), "node1": (100, 300, 3), "node2": (0, 200, 0)}),
+        (1.5, {"origin": (1500, 0, 0), "node1": (100, 1300, 3), "node2": (50, 200, 5)}),
     ]
     rows = timeline_rows(samples, "origin", ["node1", "node2"])
     assert rows == [
@@ -29,6 +29,7 @@ def test_rows_are_the_rates_between_samples() -> None:
             "origin_up_bytes_per_s": 1000,
             "down_bytes_per_s": {"node1": 600, "node2": 400},
             "up_bytes_per_s": {"node1": 200, "node2": 0},
+            "down_drops_per_s": {"node1": 6.0, "node2": 0.0},
         },
         {
             "from_s": 0.5,
@@ -36,21 +37,22 @@ def test_rows_are_the_rates_between_samples() -> None:
             "origin_up_bytes_per_s": 1000,
             "down_bytes_per_s": {"node1": 1000, "node2": 0},
             "up_bytes_per_s": {"node1": 0, "node2": 50},
+            "down_drops_per_s": {"node1": 0.0, "node2": 5.0},
         },
     ]
 
 
 def test_rows_count_from_the_shifted_start() -> None:
     samples: list[tuple[float, Counters]] = [
-        (0.0, {"origin": (0, 0), "node1": (0, 0)}),
-        (1.0, {"origin": (10, 0), "node1": (0, 10)}),
+        (0.0, {"origin": (0, 0, 0), "node1": (0, 0, 0)}),
+        (1.0, {"origin": (10, 0, 0), "node1": (0, 10, 0)}),
     ]
     (row,) = timeline_rows(samples, "origin", ["node1"], shift=0.25)
     assert (row["from_s"], row["to_s"], row["origin_up_bytes_per_s"]) == (-0.25, 0.75, 10)
 
 
 def test_two_samples_at_one_moment_make_no_row() -> None:
-    counters: Counters = {"origin": (0, 0), "node1": (0, 0)}
+    counters: Counters = {"origin": (0, 0, 0), "node1": (0, 0, 0)}
     assert timeline_rows([(1.0, counters), (1.0, counters)], "origin", ["node1"]) == []
 
 
@@ -62,12 +64,16 @@ def test_the_table_gives_busy_shares_of_the_shaped_rates_and_the_hosts_done() ->
             "origin_up_bytes_per_s": 900,
             "down_bytes_per_s": {"node1": 250, "node2": 1000, "node3": 500},
             "up_bytes_per_s": {"node1": 2_000_000, "node2": 0, "node3": 0},
+            "down_drops_per_s": {"node1": 0.0, "node2": 97.0, "node3": 4.5},
         }
     ]
     text = timeline_table(rows, {"node1": 0.8, "node2": None, "node3": 1.2}, 1000, 1000)
     line = text.splitlines()[-1]
     assert line.split() == ["0.0-", "1.0s", "90", "%", "25", "%", "50", "%", "100", "%", "0.0",
-                            "MB/s", "1"]  # fmt: skip
+                            "MB/s", "node2", "97/s", "1"]  # fmt: skip
+    # No drops (or a timeline from before they were read): a dash.
+    del rows[0]["down_drops_per_s"]
+    assert timeline_table(rows, {}, 1000, 1000).splitlines()[-1].split()[-2] == "-"
     unshaped = timeline_table(rows, {}, 1000, None).splitlines()[-1]
     assert "0.0 MB/s" in unshaped and "%" in unshaped  # the origin is always shaped
 
@@ -81,7 +87,7 @@ def test_the_sampler_reads_at_start_every_period_and_at_stop() -> None:
         reads += 1
         if reads >= 4:
             enough.set()
-        return {"origin": (reads, 0)}
+        return {"origin": (reads, 0, 0)}
 
     sampler = LinkSampler(read, 0.01)
     sampler.start()
@@ -97,7 +103,7 @@ def test_the_sampler_reads_at_start_every_period_and_at_stop() -> None:
 
 
 def test_a_short_last_interval_is_merged_into_the_one_before() -> None:
-    counters: Counters = {"origin": (0, 0)}
+    counters: Counters = {"origin": (0, 0, 0)}
     samples = [(0.0, counters), (1.0, counters), (2.0, counters), (2.3, counters)]
     assert without_short_tail(samples, 1.0) == [samples[0], samples[1], samples[3]]
     assert without_short_tail(samples[:3], 1.0) == samples[:3]  # 1 s: a whole period

@@ -89,6 +89,16 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
         assert losses["tcp_segments"] * 1500 >= doc["nodes"] * doc["image_bytes"]
         assert 0 <= losses["tcp_retransmitted_share"] < 1
         assert losses["uplink_drops"] >= 0 and losses["downlink_drops"] >= 0
+        # Each host's downlink drops over time (the switch's port), within the same run's
+        # total (read before and after it; a tenth per second of rounding per interval).
+        rows = r["timeline"]
+        dropped = 0.0
+        for row in rows:
+            assert set(row["down_drops_per_s"]) == set(r["per_host_done_s"])
+            assert all(value >= 0 for value in row["down_drops_per_s"].values())
+            dropped += sum(row["down_drops_per_s"].values()) * (row["to_s"] - row["from_s"])
+        slack = sum(0.05 * len(r["per_host_done_s"]) * (x["to_s"] - x["from_s"]) for x in rows)
+        assert dropped <= losses["downlink_drops"] + slack
     assert result.stdout.count("TCP retransmitted") == 3
 
 

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from bench.tcp_losses import Losses, UnreadableCounters, qdisc_drops, tcp_segments
+from bench.tcp_losses import (
+    Losses,
+    UnreadableCounters,
+    qdisc_drops,
+    qdisc_drops_by_device,
+    tcp_segments,
+)
 
 SNMP = (
     "Ip: Forwarding DefaultTTL InReceives\n"
@@ -51,6 +57,8 @@ def test_qdisc_drops_sum_the_shapers_only() -> None:
         ]
     )
     assert qdisc_drops(tc) == 425 + 647
+    # per device, as the timeline reads the switch's ports (each a host's downlink)
+    assert qdisc_drops_by_device(tc) == {"v1b": 425, "v2b": 647, "v3b": 0}
 
 
 @pytest.mark.parametrize(
