@@ -135,10 +135,7 @@ def for_open_links(name: str) -> str:
     Raises:
         OSError: the host's default is unreadable.
     """
-    if name != SYSTEM:
-        return name
-    with open(_PROC + "tcp_congestion_control") as setting:
-        return setting.read().strip()
+    return name if name != SYSTEM else _setting("tcp_congestion_control")
 
 
 def _why(exc: OSError, name: str) -> str:
@@ -161,8 +158,18 @@ def _what_may_be_named() -> str:
 
 
 def _read(name: str) -> str:
+    """The setting `name` for a message: never fails."""
     try:
-        with open(_PROC + name) as setting:
-            return setting.read().strip() or "(none listed)"
+        return _setting(name) or "(none listed)"
     except OSError:
         return f"(unknown: {_PROC}{name} is unreadable)"
+
+
+def _setting(name: str) -> str:
+    """The kernel's setting `name` (of this network namespace).
+
+    Raises:
+        OSError: unreadable.
+    """
+    with open(_PROC + name) as setting:
+        return setting.read().strip()

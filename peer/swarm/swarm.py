@@ -266,6 +266,7 @@ class Swarm:
             if self.is_banned(link.peer_id):
                 await link.close()
                 return
+            self._track(link)
             await self._adopt(link)
         finally:
             self.link_guard.release(address)
@@ -335,7 +336,7 @@ class Swarm:
         link.on_receiving = self._inflow_changed
 
     async def _adopt(self, link: PeerLink) -> None:
-        self._track(link)
+        """Run a tracked link until it ends, then forget it."""
         try:
             await link.run(self._on_event)
         except Exception:
