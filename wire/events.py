@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 # 3: the owner's PieceMeta gives hashes, its Have/Bitfield offers pieces; 4: Warm/Warmed
 # (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
 # 5: Want's held_only; 6: proven node ids and the dialled address; 7: Inflow, which a version
-# 6 node would close the link for.
-PROTOCOL_VERSION = 7
+# 6 node would close the link for; 8: Invite and pushed pieces (an owner sends its first copies
+# unasked to a node that invited them).
+PROTOCOL_VERSION = 8
 # A Refused header: the answer to a held-only Want when the blob is neither held nor being
 # fetched from the upstream by the node asked.
 NOT_HELD_HEADER = "x-pollen-not-held"
@@ -140,12 +141,14 @@ class FileRange:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """One whole piece; `data` travels as the frame's raw payload."""
+    """One whole piece; `data` travels as the frame's raw payload. `pushed`: sent unasked,
+    against the receiver's Invite (never the answer to a Request)."""
 
     TYPE: ClassVar[int] = 9
     digest: str
     index: int
     data: bytes | bytearray | memoryview | FileRange = b""
+    pushed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,17 @@ class Inflow:
 
 
 @dataclass(frozen=True, slots=True)
+class Invite:
+    """The sender will take `count` more pieces of `digest` from the receiver unasked (pushed
+    Pieces): a fetching node invites the blob's owner, whose first copies then need no Request
+    to come in through the owner's downlink (which the registry's flows fill)."""
+
+    TYPE: ClassVar[int] = 22
+    digest: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Members:
     """Push-pull membership sync: everything the sender knows (node id, host, port,
     incarnation, status); the receiver merges it and answers with its own once."""
@@ -281,6 +295,7 @@ Event = (
     | Warm
     | Warmed
     | Inflow
+    | Invite
 )
 
 EVENT_TYPES: dict[int, type[Any]] = {
@@ -307,6 +322,7 @@ EVENT_TYPES: dict[int, type[Any]] = {
         Warm,
         Warmed,
         Inflow,
+        Invite,
     )
 }
 

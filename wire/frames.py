@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from pieces.layout import MAX_PIECE_SIZE
+from pieces.layout import MAX_PIECE_SIZE, MAX_PIECES
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
     EVENT_TYPES,
@@ -149,6 +149,8 @@ _CHECKS: dict[str, Check] = {
     "held_only": lambda v: type(v) is bool,
     "request": lambda v: type(v) is int and 0 <= v < 2**63,
     "inflows": lambda v: type(v) is int and 0 <= v <= MAX_INFLOWS,
+    "pushed": lambda v: type(v) is bool,
+    "count": lambda v: type(v) is int and 0 < v <= MAX_PIECES,
 }
 
 
@@ -221,7 +223,8 @@ class FrameDecoder:
     back with `recycle()` once its bytes are stored, and the next piece reuses it.
 
     Nothing is allocated from a size the peer states before `admit_piece` has accepted the
-    Piece's (digest, index) (it raises RemoteProtocolError for one that was not requested),
+    Piece's (digest, index, pushed) (it raises RemoteProtocolError for one that was neither
+    requested nor invited),
     and `max_frame` bounds every frame; the protocol keeps it small until the peer has proved
     the cluster token.
 
@@ -234,7 +237,7 @@ class FrameDecoder:
         self,
         max_frame: int,
         direct_min: int = 64 * 1024,
-        admit_piece: Callable[[str, int], None] | None = None,
+        admit_piece: Callable[[str, int, bool], None] | None = None,
         pool: PayloadPool | None = None,
     ) -> None:
         """`pool`: where payload buffers are reused from (several decoders may share one: a
@@ -244,7 +247,8 @@ class FrameDecoder:
         self.admit_piece = admit_piece
         self._buffer = bytearray()
         self._need: tuple[int, int] | None = None  # (frame length, header length) once known
-        self._piece: tuple[str, int] | None = None  # (digest, index) of the payload below
+        # (digest, index, pushed) of the payload below
+        self._piece: tuple[str, int, bool] | None = None
         self._payload: bytearray | None = None
         self._filled = 0
         self._pool = pool if pool is not None else PayloadPool()
@@ -358,22 +362,22 @@ class FrameDecoder:
         if len(self._buffer) >= self._record:
             data = opener.open(bytes(self._buffer[: self._record]))
             del self._buffer[: self._record]
-            digest, index = self._piece
+            digest, index, pushed = self._piece
             self._piece = None
-            return Piece(digest, index, data)
+            return Piece(digest, index, data, pushed)
         if self._record >= self.direct_min:
             self._start_payload(0, self._record)
         return None
 
-    def _admit(self, header: bytes) -> tuple[str, int]:
-        """(digest, index) of a Piece header with a payload to come, once `admit_piece`
-        accepts it: before any memory is set aside for the payload."""
+    def _admit(self, header: bytes) -> tuple[str, int, bool]:
+        """(digest, index, pushed) of a Piece header with a payload to come, once
+        `admit_piece` accepts it: before any memory is set aside for the payload."""
         cls, values = decode_header(header)
         if cls is not Piece:
             raise RemoteProtocolError(f"{cls.__name__} with a payload")
         if self.admit_piece is not None:
-            self.admit_piece(values[0], values[1])
-        return values[0], values[1]
+            self.admit_piece(values[0], values[1], values[2])
+        return values[0], values[1], values[2]
 
     def _start_payload(self, start: int, length: int) -> None:
         """Switch to receiving an admitted payload (or sealed payload record) of `length`
@@ -389,13 +393,13 @@ class FrameDecoder:
 
     def _finish_payload(self) -> Piece:
         assert self._piece is not None and self._payload is not None
-        (digest, index), payload = self._piece, self._payload
+        (digest, index, pushed), payload = self._piece, self._payload
         self._piece, self._payload, self._filled = None, None, 0
         if self._opener is None:
-            return Piece(digest, index, payload)
+            return Piece(digest, index, payload, pushed)
         data = self._opener.open(payload)
         self.recycle(payload)  # the sealed record's buffer serves the next one
-        return Piece(digest, index, data)
+        return Piece(digest, index, data, pushed)
 
 
 def decode_header(header: bytes) -> tuple[type[Event], list[Any]]:
@@ -436,7 +440,7 @@ def decode(header: bytes, payload: bytes) -> Event:
     """
     cls, values = decode_header(header)
     if cls is Piece:
-        return Piece(values[0], values[1], payload)
+        return Piece(values[0], values[1], payload, values[2])
     if payload:
         raise RemoteProtocolError(f"{cls.__name__} with a payload")
     if cls is Peers:

@@ -50,6 +50,16 @@ states makes us allocate), then the frame size limit, at most `max_requests` req
 outstanding in each direction, and no unrequested pieces (refused from the header, before the
 payload's buffer exists). Every Request is answered by exactly one Piece or Reject, also after
 a Cancel (which is a hint).
+
+Pushes: an `Invite(digest, count)` lets the peer send us `count` more pieces of `digest`
+unasked, each a Piece marked `pushed` (never the answer to a Request, never cancelled). Both
+ends count the credit, the inviter when it sends the Invite and the pusher when it reads it, so
+the pusher's count is never above the inviter's and a push in flight always finds room; one
+beyond the credit is refused like an unrequested piece, from its header. What a member can
+make us receive unasked is therefore what we invited: at most MAX_PIECES pieces per digest in
+credit at once, for at most MAX_INVITED digests per link (beyond that the oldest credit is
+forgotten: by the pusher, harmlessly; by the inviter, so that a push on so old an invitation
+would be refused and close the link).
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pieces.layout import MAX_PIECE_SIZE
+from pieces.layout import MAX_PIECE_SIZE, MAX_PIECES
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import (
     PROTOCOL_VERSION,
@@ -73,6 +83,7 @@ from wire.events import (
     Event,
     FileRange,
     Hello,
+    Invite,
     Piece,
     Proof,
     Reject,
@@ -84,6 +95,9 @@ from wire.seal import Opener, Sealer
 
 DEFAULT_MAX_FRAME = MAX_PIECE_SIZE + 64 * 1024  # a whole piece and its header
 DEFAULT_MAX_REQUESTS = 64
+# Digests with push credit on one link, each way (see the module doc): a node fetches far fewer
+# blobs at once from one owner.
+MAX_INVITED = 1024
 # Largest frame before the peer has proved the token: a Hello, a Proof, or an Error with its
 # message (500 characters of up to 4 UTF-8 bytes) fit with room.
 HANDSHAKE_MAX_FRAME = 4096
@@ -232,6 +246,10 @@ class PeerProtocol:
         # (digest, index) we asked for / they asked us for, not yet answered or cancelled.
         self.our_requests: set[tuple[str, int]] = set()
         self.their_requests: set[tuple[str, int]] = set()
+        # Push credit, per digest: pieces we invited the peer to push to us, not yet come;
+        # pieces the peer invited us to push, not yet sent.
+        self.invited: dict[str, int] = {}
+        self.may_push: dict[str, int] = {}
 
     # ---- the handshake -------------------------------------------------------------------
 
@@ -304,14 +322,23 @@ class PeerProtocol:
             # was answered meanwhile sends nothing.
             if (event.digest, event.index) not in self.our_requests:
                 return []
+        elif isinstance(event, Invite):
+            total = self.invited.get(event.digest, 0) + event.count
+            if event.count < 1 or total > MAX_PIECES:
+                raise LocalProtocolError(f"push credit of {total} pieces over {MAX_PIECES}")
+            _credit(self.invited, event.digest, total)
         elif isinstance(event, Piece | Reject):
             key = (event.digest, event.index)
-            if key not in self.their_requests:
-                raise LocalProtocolError(f"answering piece {key} that was not requested")
             sealed_file = isinstance(event, Piece) and isinstance(event.data, FileRange)
             if sealed_file and self._sealer is not None:
                 raise LocalProtocolError("a FileRange cannot be sealed: read the piece first")
-            self.their_requests.discard(key)
+            if isinstance(event, Piece) and event.pushed:
+                if not _spend(self.may_push, event.digest):
+                    raise LocalProtocolError(f"pushing piece {key} uninvited")
+            elif key not in self.their_requests:
+                raise LocalProtocolError(f"answering piece {key} that was not requested")
+            else:
+                self.their_requests.discard(key)
         buffers = encode(event)
         if self._sealer is not None:
             return list(self._sealer.seal_frame(buffers))
@@ -378,6 +405,14 @@ class PeerProtocol:
             if len(self.their_requests) >= self.max_requests:
                 raise RemoteProtocolError(f"more than {self.max_requests} requests outstanding")
             self.their_requests.add(key)
+        elif isinstance(event, Invite):
+            total = self.may_push.get(event.digest, 0) + event.count
+            if total > MAX_PIECES:
+                raise RemoteProtocolError(f"push credit of {total} pieces over {MAX_PIECES}")
+            _credit(self.may_push, event.digest, total)
+        elif isinstance(event, Piece) and event.pushed:
+            if not _spend(self.invited, event.digest):
+                raise RemoteProtocolError(f"unrequested piece {(event.digest, event.index)}")
         elif isinstance(event, Piece | Reject):
             key = (event.digest, event.index)
             if key not in self.our_requests:
@@ -452,12 +487,36 @@ class PeerProtocol:
         if self.encrypt:
             self._decoder.start_opening(Opener(self._secrets.key_in))
 
-    def _admit_piece(self, digest: str, index: int) -> None:
-        """Called by the decoder with a Piece's header, before it allocates the payload."""
+    def _admit_piece(self, digest: str, index: int, pushed: bool) -> None:
+        """Called by the decoder with a Piece's header, before it allocates the payload (the
+        credit a push takes is spent when the whole Piece is checked, in `_check`)."""
         if self.state is not State.OPEN:
             raise RemoteProtocolError("Piece before the handshake")
-        if (digest, index) not in self.our_requests:
+        if pushed and self.invited.get(digest, 0) > 0:
+            return
+        if pushed or (digest, index) not in self.our_requests:
             raise RemoteProtocolError(f"unrequested piece {(digest, index)}")
+
+
+def _credit(credits: dict[str, int], digest: str, total: int) -> None:
+    """Set `digest`'s push credit to `total`, as its newest; past MAX_INVITED digests the
+    oldest credit is forgotten."""
+    credits.pop(digest, None)
+    credits[digest] = total
+    while len(credits) > MAX_INVITED:
+        del credits[next(iter(credits))]
+
+
+def _spend(credits: dict[str, int], digest: str) -> bool:
+    """Take one piece of `digest`'s push credit; False: there is none."""
+    left = credits.get(digest, 0)
+    if left <= 0:
+        return False
+    if left == 1:
+        del credits[digest]
+    else:
+        credits[digest] = left - 1
+    return True
 
 
 def _frame(event: Hello | Proof) -> bytes:

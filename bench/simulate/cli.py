@@ -130,6 +130,13 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     show_default=True,
     help="A node that serves the manifest fetches all of its blobs (the node's default).",
 )
+@click.option(
+    "--pushes/--no-pushes",
+    default=True,
+    show_default=True,
+    help="Fetching nodes invite the owner to push its first copies unasked (the node's "
+    "behaviour); --no-pushes: the owner offers each with a Have and waits for the Request.",
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same run.")
 @click.option(
     "--rate-step",
@@ -207,6 +214,7 @@ def simulate(
     piece_size: int,
     parallel: int,
     prefetch: bool,
+    pushes: bool,
     seed: int,
     rate_step: float,
     kills: list[Kill],
@@ -252,6 +260,7 @@ def simulate(
         piece_size=piece_size,
         parallel=parallel,
         prefetch=prefetch,
+        pushes=pushes,
         seed=seed,
         rate_step=rate_step,
         max_time=max_time,

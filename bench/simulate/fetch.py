@@ -50,7 +50,7 @@ from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
-from wire.events import Bitfield, Have, PeersRequest, Want
+from wire.events import Bitfield, Have, Invite, PeersRequest, Want
 
 if TYPE_CHECKING:
     from bench.simulate.network import Flow
@@ -71,6 +71,7 @@ class BlobState:
     partial: bool = False  # a partial is open: the node answers Bitfields and Wants with it
     interested: dict[bytes, None] = field(default_factory=dict)  # sent us a Want: PieceMeta
     interested_list: list[bytes] = field(default_factory=list)  # the same, to sample from
+    invited: dict[bytes, int] = field(default_factory=dict)  # peer -> pieces it lets us push
     bitfield_sent: set[bytes] = field(default_factory=set)
     fetch: SwarmFetch | None = None
     seeder: Seeder | None = None  # this node owns it: its offers to the interested peers
@@ -252,6 +253,10 @@ class SwarmFetch:
                 self.node.send(
                     source, Bitfield(state.digest, bits_of(state.have, state.layout.count))
                 )
+            lacking = state.layout.count - len(state.have)
+            if lacking and self.node.world.config.pushes:
+                # As the node: its first copies may come unasked (peer/swarm/fetch.py).
+                self.node.send(source, Invite(state.digest, lacking))
             self._exchange()
         elif any(picker.holders(i) for i in known):
             # Hashes alone give nothing to ask (the owner offers its pieces with Haves) unless

@@ -37,6 +37,7 @@ from wire.events import (
     Event,
     Have,
     Inflow,
+    Invite,
     Peers,
     PeersRequest,
     PieceMeta,
@@ -379,6 +380,7 @@ class SimNode:
             self.inflow.forget(peer)
             for state in list(self.blobs.values()):
                 state.bitfield_sent.discard(peer)
+                state.invited.pop(peer, None)  # a credit lives on its link
                 if state.seeder is not None:
                     self._seeded(state, state.seeder.left(peer, self.world.queue.now))
                 if state.fetch is not None:
@@ -477,17 +479,44 @@ class SimNode:
         seeder = state.seeder
         if seeder is None:
             seeder = state.seeder = Seeder(state.digest, layout.count, self.rng, held=state.have)
-        self._seeded(state, seeder.joined(peer, self.world.queue.now))
+        self._seeded(state, seeder.joined(peer, self.world.queue.now), pushes=False)
 
-    def _seeded(self, state: BlobState, sends: list[Send]) -> None:
-        """Send the seeder's offers; wake it at its next deadline."""
-        self.send_many(sends)
+    def _seeded(self, state: BlobState, sends: list[Send], *, pushes: bool = True) -> None:
+        """Send the seeder's offers (to a peer that invited pushes, the piece itself, as the
+        node's owner side does, never for a Want: `OwnerSide._offer`); wake it at its next
+        deadline."""
         seeder = state.seeder
         assert seeder is not None
+        if not seeder.open and state.invited:
+            sends = [s for s in sends if not self._pushed(state, s, pushes)]
+        self.send_many(sends)
         deadline = seeder.next_deadline()
         if deadline is not None and (state.seed_at is None or deadline < state.seed_at):
             state.seed_at = deadline
             self.world.queue.at(deadline, self._seed_tick, (state, deadline))
+
+    def _pushed(self, state: BlobState, send: Send, may_push: bool) -> bool:
+        """Does this offer go as the piece itself (a first copy, the peer's credit has room,
+        or it goes already)?"""
+        event = send.event
+        if not isinstance(event, Have):
+            return False
+        uploader = self.uploader
+        if uploader.pushing(send.peer, event.digest, event.index):
+            return True  # an offer told again (the peer's Want came again): it is coming
+        if not may_push or not state.seeder or not state.seeder.first_copy(event.index):
+            return False
+        credit = state.invited.get(send.peer, 0)
+        if credit <= 0:
+            return False
+        state.invited[send.peer] = credit - 1
+        uploader.push(send.peer, event.digest, event.index)
+        return True
+
+    def _on_invite(self, source: bytes, event: Invite) -> None:
+        state = self.blobs.get(event.digest)
+        if state is not None:
+            state.invited[source] = state.invited.get(source, 0) + event.count
 
     def _seed_tick(self, arg: tuple[BlobState, float]) -> None:
         state, at = arg
@@ -726,6 +755,7 @@ _HANDLERS: dict[type, Callable[[SimNode, bytes, Any], None]] = {
     Cancel: SimNode._on_cancel,
     Reject: SimNode._on_reject,
     Inflow: SimNode._on_inflow,
+    Invite: SimNode._on_invite,
     Choke: SimNode._on_choke,
     Unchoke: SimNode._on_choke,
     MembersSync: SimNode._on_members,

@@ -6,7 +6,8 @@ A Request from a choked peer is answered with a Reject at once (and so is one wh
 choked while it waited for its turn). A request whose turn comes is queued on its link, which
 the network sends (a flow); when it has been sent, the lanes give the next turn. A Cancel
 that arrives before the piece starts turns it into a Reject("cancelled"); one that arrives
-later is too late.
+later is too late. A push (the owner's first copy to a peer that invited it) takes turns the
+same way; nobody asked for it, so one that cannot go is dropped without a Reject.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ if TYPE_CHECKING:
 
 
 class UploadRequest:
-    __slots__ = ("cancelled", "digest", "gone", "index", "peer", "sending")
+    __slots__ = ("cancelled", "digest", "gone", "index", "peer", "pushed", "sending")
 
-    def __init__(self, peer: bytes, digest: str, index: int) -> None:
+    def __init__(self, peer: bytes, digest: str, index: int, pushed: bool = False) -> None:
         self.peer = peer
         self.digest = digest
         self.index = index
+        self.pushed = pushed  # sent unasked: never cancelled, never answered with a Reject
         self.cancelled = False  # a Cancel came before it went out
         self.gone = False  # the link to the requester went away (or it was dropped)
         self.sending = False  # its bytes are on the wire: a Cancel is too late
@@ -78,6 +80,7 @@ class Uploader:
         self.senders: dict[bytes, PeerSender] = {}
         # peer -> (digest, index) -> its open request (for Cancel)
         self.open: dict[bytes, dict[tuple[str, int], UploadRequest]] = {}
+        self.pushes: dict[bytes, dict[tuple[str, int], UploadRequest]] = {}  # not yet sent
 
     def sending_to(self, peer: bytes) -> bool:
         """Is a piece on its way to `peer` now (its connection's flow active)?"""
@@ -92,6 +95,19 @@ class Uploader:
             return
         request = UploadRequest(peer, digest, index)
         self.open.setdefault(peer, {})[(digest, index)] = request
+        state = node.blobs.get(digest)
+        urgent = state is not None and first_copies_pending(state.seeder)
+        stored = node.recent_pieces.stored_at(digest, index)
+        self._turns(self.lanes.add(peer, request, urgent, stored))
+
+    def pushing(self, peer: bytes, digest: str, index: int) -> bool:
+        return (digest, index) in self.pushes.get(peer, {})
+
+    def push(self, peer: bytes, digest: str, index: int) -> None:
+        """Send a piece unasked (the peer invited it): in its turn, as a request would go."""
+        node = self.node
+        request = UploadRequest(peer, digest, index, pushed=True)
+        self.pushes.setdefault(peer, {})[(digest, index)] = request
         state = node.blobs.get(digest)
         urgent = state is not None and first_copies_pending(state.seeder)
         stored = node.recent_pieces.stored_at(digest, index)
@@ -145,6 +161,8 @@ class Uploader:
 
     def refuse(self, request: UploadRequest, reason: str) -> None:
         self._close(request)
+        if request.pushed:
+            return  # nobody asked: nothing to answer
         stats = self.node.world.stats
         if reason == "cancelled":
             stats.uploads_cancelled += 1
@@ -156,6 +174,8 @@ class Uploader:
 
     def delivered(self, request: UploadRequest, nbytes: int) -> None:
         self._close(request)
+        if request.pushed:
+            self.node.world.stats.pieces_pushed += 1
         self.node.piece_sent(request.peer, request.digest, request.index)
         self.node.choker.served(request.peer, nbytes)
         self.node.world.deliver_piece(
@@ -163,15 +183,16 @@ class Uploader:
         )
 
     def _close(self, request: UploadRequest) -> None:
-        requests = self.open.get(request.peer)
+        requests = (self.pushes if request.pushed else self.open).get(request.peer)
         key = (request.digest, request.index)
         if requests is not None and requests.get(key) is request:
             del requests[key]
 
     def link_lost(self, peer: bytes) -> None:
         """The link to `peer` is gone: what it asked for is dropped, its slot moves on."""
-        for request in self.open.pop(peer, {}).values():
-            request.gone = True
+        for requests in (self.open.pop(peer, {}), self.pushes.pop(peer, {})):
+            for request in requests.values():
+                request.gone = True
         sender = self.senders.pop(peer, None)
         if sender is not None:
             assert sender.flow is not None
@@ -187,3 +208,4 @@ class Uploader:
         self.senders.clear()
         self.lanes = UploadLanes(self.lanes.slots)
         self.open.clear()
+        self.pushes.clear()

@@ -72,6 +72,9 @@ class SimConfig:
     # The clients' credentials are bearer tokens, which may expire (--tokens): an owner asks
     # for no chunk after the window (peer/fetch/chunks.py). Default: no credentials.
     tokens: bool = False
+    # A fetching node invites the owner to push its first copies (wire/protocol.py, Invite);
+    # off (--no-pushes): the owner offers each with a Have and waits for the Request.
+    pushes: bool = True
     kills: tuple[Kill, ...] = ()
     joins: tuple[Join, ...] = ()
 
@@ -104,6 +107,7 @@ class Stats:
     rejects_choked: int = 0
     rejects_missing: int = 0
     uploads_cancelled: int = 0
+    pieces_pushed: int = 0  # owners' first copies sent unasked
     chokes: int = 0
     upstream_requests: int = 0
     last_upstream_request_ms: int = 0  # when the last request to the registry was made

@@ -42,6 +42,7 @@ from wire.events import (
     Event,
     FileRange,
     Have,
+    Invite,
     Peers,
     PeersRequest,
     Piece,
@@ -168,6 +169,7 @@ class SwarmFetch:
     _changed: trio.Event = field(default_factory=trio.Event)
     _owner_lost: bool = False
     _stalled: set[bytes] = field(default_factory=set)  # owners left for sending no piece
+    _invited: set[PeerLink] = field(default_factory=set)  # links the owner may push on
     _exchanging: bool = False  # taking pieces from `owner`'s swarm (its PieceMeta is in)
     _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
     _asleep_until: float | None = None  # the fetch's task waits for a change until then
@@ -369,6 +371,13 @@ class SwarmFetch:
             # What we hold already (resumed, or taken from peers before this owner): its
             # offers go to pieces we lack, not to ones we would never ask for.
             link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
+        lacking = partial.layout.count - len(partial.piece_hashes)
+        if lacking and link not in self._invited:
+            # Its first copies may come unasked (owner.py): our Requests would reach it
+            # through its downlink, which the registry's flows fill while it fetches. Once
+            # per link, for what we lack: all a lying owner can push us beyond our needs.
+            self._invited.add(link)
+            link.post(Invite(self.digest, lacking))
 
     def _owner_meta(self, owner: bytes, indices: Iterable[int]) -> None:
         """The owner's hashes: those pieces may be fetched (from whoever offers them; the

@@ -336,8 +336,9 @@ class PeerLink:
         return sent
 
     def _unless_cancelled(self, event: Event) -> tuple[Event, bool]:
-        """A Piece the peer cancelled meanwhile goes as a Reject (False: not answered)."""
-        if isinstance(event, Piece | Reject):
+        """A Piece the peer cancelled meanwhile goes as a Reject (False: not answered). A
+        pushed piece answers no request and cannot be cancelled."""
+        if isinstance(event, Piece | Reject) and not (isinstance(event, Piece) and event.pushed):
             key = (event.digest, event.index)
             if key in self.cancelled:
                 self.cancelled.discard(key)

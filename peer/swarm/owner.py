@@ -1,6 +1,7 @@
 """The owner's side of a blob: answering Wants with PieceMeta (and more as pieces arrive),
-offering its pieces a few at a time (peer/swarm/seeding.py), and telling fetching nodes about
-each other (the owner is the blob's tracker).
+offering its pieces a few at a time (peer/swarm/seeding.py; to a peer that invited them, the
+offer is the piece itself, pushed), and telling fetching nodes about each other (the owner is
+the blob's tracker).
 
 The owner alone fetches the blob from the upstream, through the download it shares with its
 own clients (`PeerUpstream.join_for_peer`); the peer's client's credentials are used for that
@@ -32,7 +33,7 @@ from peer.swarm.seeding import Seeder
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 from pieces.store import Store
-from wire.events import Access, Choke, Event, PieceMeta, Refused, Want
+from wire.events import Access, Choke, Event, Have, PieceMeta, Refused, Want
 
 MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 
@@ -83,6 +84,10 @@ class OwnerSide:
         piece_size_of: Callable[[str], int],  # the piece size a blob is cut to here
         recent: RecentPieces,  # when pieces were stored here (the uploads send the newest first)
         from_holders: Fetch,  # fills a download from nodes that hold the blob (Swarm's)
+        # Sends a piece unasked on a link where the peer invited it (Swarm's): the PieceMeta
+        # with its hash goes first there, unless that link is the one updates take.
+        push: Callable[[bytes, str, int, PieceMeta | None], bool],
+        pushing: Callable[[bytes, str, int], bool],  # is that piece on its way to the peer?
     ) -> None:
         self._store = store
         self._access = access
@@ -94,6 +99,8 @@ class OwnerSide:
         self._piece_size_of = piece_size_of
         self._recent = recent
         self._from_holders = from_holders
+        self._push = push
+        self._pushing = pushing
 
     async def answer_want(self, link: PeerLink, want: Want, state: DigestState) -> None:
         digest = want.digest
@@ -125,7 +132,7 @@ class OwnerSide:
                     # Complete here: every piece is ours to offer, whatever the seeder made
                     # during the download heard.
                     self._offer(state, state.seeder.pieces_ready(hashes, now))
-                self._offer(state, state.seeder.joined(link.peer_id, now))
+                self._offer(state, state.seeder.joined(link.peer_id, now), pushes=False)
                 return
         source = BlobSource(
             digest, want.namespace, want.repository, headers, credentials_key(headers)
@@ -170,7 +177,7 @@ class OwnerSide:
         )
         await _send(link, meta)
         if state.seeder is not None:
-            self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()))
+            self._offer(state, state.seeder.joined(link.peer_id, trio.current_time()), pushes=False)
 
     async def _allowed_or_refused(self, link: PeerLink, access: Access, held_only: bool) -> bool:
         """True when the peer may have the blob; else it has been sent a Refused."""
@@ -218,10 +225,34 @@ class OwnerSide:
 
         partial.piece_listeners.append(on_pieces)
 
-    def _offer(self, state: DigestState, sends: list[Send]) -> None:
+    def _offer(self, state: DigestState, sends: list[Send], *, pushes: bool = True) -> None:
+        """Send the seeder's words. The offer of a first copy (a Have while the seeding
+        lasts, of a piece no peer holds) goes as the piece itself to a peer that invited
+        pushes: it need not ask through our downlink, which the registry's flows fill while
+        we fetch (README, *Pushed first copies*). Beyond the peer's credit, or a second copy,
+        it stays an offer the peer answers with a Request if it still lacks the piece.
+
+        `pushes=False` for what a Want brings (`Seeder.joined`): a new peer has invited
+        nothing yet (its Invite follows our PieceMeta), and a peer that asks again hears its
+        outstanding offers again, which went as Haves (pushed, the piece it may have asked
+        for would come twice) or are on their way."""
+        seeder = state.seeder
         for send in sends:
-            if send.peer in state.interested and (link := self._links.get(send.peer)) is not None:
-                link.post(send.event)
+            if send.peer not in state.interested or (link := self._links.get(send.peer)) is None:
+                continue
+            event = send.event
+            if isinstance(event, Have) and seeder is not None and not seeder.open:
+                if self._pushing(send.peer, event.digest, event.index):
+                    continue  # an offer told again (the peer's Want came again): it is coming
+                if (
+                    pushes
+                    and seeder.first_copy(event.index)
+                    and self._push(
+                        send.peer, event.digest, event.index, _hash_of(state, event.index)
+                    )
+                ):
+                    continue
+            link.post(event)
 
     def peer_has(self, state: DigestState, peer: bytes, indices: Iterable[int]) -> None:
         """A peer announced pieces of a blob we own (Have, Bitfield)."""
@@ -262,6 +293,18 @@ class OwnerSide:
                 out.append((peer_id, member.address[0], member.address[1]))
         self._rng.shuffle(out)
         return out[:MAX_PEERS_LISTED]
+
+
+def _hash_of(state: DigestState, index: int) -> PieceMeta | None:
+    """A PieceMeta with the hash of one piece of the blob we fetch and own (None: we hold it
+    whole; the PieceMeta that answered the peer's Want gave every hash)."""
+    partial = state.listening
+    if partial is None or index not in partial.piece_hashes:
+        return None
+    layout = partial.layout
+    return PieceMeta(
+        state.digest, layout.size, layout.piece_size, {index: partial.piece_hashes[index]}
+    )
 
 
 async def _send(link: PeerLink, event: Event) -> None:

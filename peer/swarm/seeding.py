@@ -14,7 +14,12 @@ the owner's availability comes from its `Have` and `Bitfield` messages only.
   offer follows each `Have` (or a Bitfield) from it, or an offer that went stale.
 - A piece no peer holds or was offered (a *first copy*) goes to the peer with the fewest
   outstanding offers; a second copy is offered only while fewer than `repeat_limit` offers are
-  outstanding in all, so second copies never bury a first copy at the owner's uplink.
+  outstanding in all, so second copies never bury a first copy at the owner's uplink, and only
+  of a piece some peer holds already. (A second copy of a piece still on its way to its first
+  peer raced it: pushed first copies came to peers that had asked the second copy's holder
+  meanwhile, 16-32 MiB of duplicates at 8 hosts in the simulator, none with this rule.)
+- The driver may send an offer of a first copy (`first_copy`) as the piece itself, to a peer
+  that invited pushes (peer/swarm/owner.py); the piece sent counts as the peer's Have.
 - A peer this node chokes is offered nothing (it would be refused), and its outstanding offers
   go to others; it is offered pieces again once unchoked.
 - An offer not confirmed within `timeout` seconds no longer counts: the piece may be offered
@@ -79,6 +84,14 @@ class Seeder:
     def copies(self, index: int) -> int:
         """Peers that hold the piece or were offered it (outstanding offers)."""
         return self._holders[index] + self._offered[index]
+
+    def first_copy(self, index: int) -> bool:
+        """Is the one outstanding offer of `index` its first copy (no peer holds it)? Such an
+        offer may go as the piece itself (pushed): the peer can get it nowhere else. A second
+        copy stays an offer, which the peer takes up only if it still lacks the piece (pushed,
+        it came twice whenever the peer also got it from a holder: in the simulator, 8 hosts
+        one blob at a time, 114-125 MiB of duplicates and 1.11-1.21 x T_min)."""
+        return self._holders[index] == 0 and self._offered[index] == 1
 
     # ---- events --------------------------------------------------------------------------
 
@@ -217,7 +230,11 @@ class Seeder:
             return None
         for peer in rooms:
             told = self._told[peer]
-            lacking = [i for i in self.held if i not in told and i not in self._peers[peer]]
+            lacking = [
+                i
+                for i in self.held
+                if i not in told and i not in self._peers[peer] and self._holders[i] > 0
+            ]
             if lacking:
                 index = min(lacking, key=lambda i: (self.copies(i), self.rng.random()))
                 return self._record(peer, index, now)

@@ -104,6 +104,7 @@ class SwarmCounters:
     bytes_to_peers: int = 0
     pieces_from_peers: int = 0
     pieces_to_peers: int = 0
+    pieces_pushed: int = 0  # of those, first copies this owner sent unasked (invited)
     bad_pieces: int = 0
     bans: int = 0
     upstream_fallbacks: int = 0
@@ -183,6 +184,8 @@ class Swarm:
             self._piece_size_of,
             self.recent_pieces,
             self.fetch_from_holders,
+            self._push,
+            lambda peer, digest, index: self.uploads.pushing(peer, digest, index),
         )
         self.warming = Warming()  # preheat: Warm requests both ways
         self.uploads = Uploads(
@@ -208,6 +211,37 @@ class Swarm:
         state = self.digests.get(digest)
         if state is not None and state.seeder is not None:
             self.owner.peer_has(state, peer, (index,))
+
+    def _push(self, peer: bytes, digest: str, index: int, meta: PieceMeta | None) -> bool:
+        """Send `index` of `digest` to `peer` unasked, on a link where it invited that (the
+        owner's first copies, owner.py); False: no link to it has room for it.
+
+        The peer invites on the link its Want went on, which need not be the one this node's
+        PieceMeta updates take (two nodes that dial each other at once keep both links): on
+        another, `meta` (the piece's hash) goes first, or the piece would come before the
+        hash and be thrown away."""
+        uploads = self.uploads
+        for link in self._open_links.get(peer, ()):
+            if uploads.claim_push(link, digest, index):
+                assert self._nursery is not None
+                try:
+                    self._nursery.start_soon(self._guarded_push, link, digest, index)
+                except RuntimeError:
+                    # The node is stopping: its nursery takes no new task (a piece stored by
+                    # a download that outlives it brought this offer).
+                    uploads.unclaim_push(link, digest, index)
+                    return False
+                if meta is not None and link is not self.links.get(peer):
+                    link.post(meta)
+                return True
+        return False
+
+    async def _guarded_push(self, link: PeerLink, digest: str, index: int) -> None:
+        try:
+            await self.uploads.push(link, digest, index)
+        except Exception:
+            log.exception("error pushing a piece to %s", link.peer_id.hex()[:12])
+            await link.close()
 
     def _seeding(self, digest: str) -> bool:
         """Does this node still hand out the first copies of `digest` (its owner, seeding)?"""

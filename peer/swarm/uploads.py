@@ -4,6 +4,11 @@ A request waits for its turn (`upload_lanes.py`: a slot per link, one piece at a
 link, the owner's first copies first) and the upload rate cap; a request the peer cancelled
 meanwhile, or whose peer was choked meanwhile, goes out as a Reject instead of megabytes
 nobody wants any more.
+
+Pushes: an owner sends a first copy unasked to a peer that invited it (wire/protocol.py,
+Invite). It takes the same turns and checks as a request; one that can no longer go (the
+peer choked or gone, the credit forgotten, access lost) is dropped without a word, since
+nobody asked (its offer goes stale and is made again, peer/swarm/seeding.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ MISSING = "missing"
 class UploadCounters(Protocol):
     bytes_to_peers: int
     pieces_to_peers: int
+    pieces_pushed: int
     uploads_cancelled: int
 
 
@@ -62,6 +68,55 @@ class Uploads:
         self._sent = sent  # a piece went out whole to this peer (its owner's seeding counts it)
         self.lanes = UploadLanes(slots)
         self._turns: dict[object, trio.Event] = {}  # waiting ticket -> set when its turn comes
+        # Pushes claimed and not yet sent or dropped: per link and digest (the credit they
+        # hold), and each (peer, digest, index) once.
+        self._push_claims: dict[tuple[PeerLink, str], int] = {}
+        self._pushing: set[tuple[bytes, str, int]] = set()
+
+    def pushing(self, peer: bytes, digest: str, index: int) -> bool:
+        """Is `index` of `digest` on its way to `peer` unasked (claimed, not yet sent)?"""
+        return (peer, digest, index) in self._pushing
+
+    def claim_push(self, link: PeerLink, digest: str, index: int) -> bool:
+        """May `index` of `digest` go to `link`'s peer unasked? True: the peer's credit on
+        this link had room for it, now claimed (run `push` next). False: push nothing."""
+        if (link.peer_id, digest, index) in self._pushing:
+            return False
+        claimed = self._push_claims.get((link, digest), 0)
+        if link.closed or link.protocol.may_push.get(digest, 0) <= claimed:
+            return False
+        self._push_claims[(link, digest)] = claimed + 1
+        self._pushing.add((link.peer_id, digest, index))
+        return True
+
+    async def push(self, link: PeerLink, digest: str, index: int) -> None:
+        """Send a piece claimed with `claim_push`, in its turn; dropped if it can no longer go."""
+        try:
+            if not self._holds(digest, index):
+                return
+            async with self._turn(link.peer_id, digest, index) as turn:
+                if link.closed or link.peer_id in self._choker.choked:
+                    return
+                source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
+                if source is None:
+                    return
+                fd, offset, length = source
+                try:
+                    with self._store.holding(digest):
+                        turn.rate = await self._send_piece(
+                            link, digest, index, fd, offset, length, pushed=True
+                        )
+                finally:
+                    os.close(fd)
+        finally:
+            self.unclaim_push(link, digest, index)
+
+    def unclaim_push(self, link: PeerLink, digest: str, index: int) -> None:
+        """Give back a claim that `push` will not run for (`push` gives back its own)."""
+        self._pushing.discard((link.peer_id, digest, index))
+        left = self._push_claims.pop((link, digest)) - 1
+        if left:
+            self._push_claims[(link, digest)] = left
 
     async def serve(self, link: PeerLink, request: Request) -> None:
         digest, index = request.digest, request.index
@@ -135,7 +190,15 @@ class Uploads:
                 event.set()
 
     async def _send_piece(
-        self, link: PeerLink, digest: str, index: int, fd: int, offset: int, length: int
+        self,
+        link: PeerLink,
+        digest: str,
+        index: int,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        pushed: bool = False,
     ) -> float | None:
         """Send one piece of an open file (the caller closes it), after the last checks; the
         rate it went out at (bytes/s, the rate cap's wait aside), None if it did not go."""
@@ -143,15 +206,17 @@ class Uploads:
             # Checked again: the blob may have become private (a credentialed fetch of it
             # began) while this request waited for its upload slot.
             if not await self._grants.may_have_pieces(link.peer_id, digest):
-                await _reject(link, Reject(digest, index, MISSING))
+                if not pushed:
+                    await _reject(link, Reject(digest, index, MISSING))
                 return None
             await self._limit.consume(length)
             started = trio.current_time()
-            if await link.send(Piece(digest, index, FileRange(fd, offset, length))):
+            if await link.send(Piece(digest, index, FileRange(fd, offset, length), pushed)):
                 self._sent(link.peer_id, digest, index)
                 self._choker.served(link.peer_id, length)
                 self._counters.bytes_to_peers += length
                 self._counters.pieces_to_peers += 1
+                self._counters.pieces_pushed += int(pushed)
                 if self._limit.rate:
                     # Under an upload cap the pieces go out spaced, each into a drained
                     # socket buffer: their times say nothing of the link.

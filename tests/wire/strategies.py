@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from pieces.layout import MAX_PIECE_SIZE
+from pieces.layout import MAX_PIECE_SIZE, MAX_PIECES
 from wire import events as ev
 from wire.frames import MAX_INFLOWS
 
@@ -43,7 +43,8 @@ events = st.one_of(
     st.builds(ev.Bitfield, digests, st.binary(max_size=300)),
     st.builds(ev.Have, digests, indexes),
     st.builds(ev.Request, digests, indexes),
-    st.builds(ev.Piece, digests, indexes, st.binary(max_size=5000)),
+    st.builds(ev.Piece, digests, indexes, st.binary(max_size=5000), st.booleans()),
+    st.builds(ev.Invite, digests, st.integers(1, MAX_PIECES)),
     st.builds(ev.Cancel, digests, indexes),
     st.builds(ev.Reject, digests, indexes, text),
     st.builds(ev.Choke),

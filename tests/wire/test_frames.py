@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pieces.layout import MAX_PIECE_SIZE
+from pieces.layout import MAX_PIECE_SIZE, MAX_PIECES
 from tests.wire.strategies import events
 from wire.errors import RemoteProtocolError
 from wire.events import (
@@ -16,6 +16,7 @@ from wire.events import (
     FileRange,
     Hello,
     Inflow,
+    Invite,
     Piece,
     PieceMeta,
     Proof,
@@ -39,7 +40,7 @@ def normalized(event: Event) -> Event:
     # A Piece payload comes back as bytes whatever buffer type it was sent from.
     if isinstance(event, Piece):
         assert not isinstance(event.data, FileRange)
-        return Piece(event.digest, event.index, bytes(event.data))
+        return Piece(event.digest, event.index, bytes(event.data), event.pushed)
     return event
 
 
@@ -134,6 +135,28 @@ def test_an_inflow_count_out_of_range_or_not_a_number_is_refused(inflows: object
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(Inflow(MAX_INFLOWS)))
     assert decoder.next_event() == Inflow(MAX_INFLOWS)
+
+
+@pytest.mark.parametrize("count", [0, -1, MAX_PIECES + 1, True, 1.0, "3", None])
+def test_an_invitation_for_no_piece_or_beyond_any_blob_is_refused(count: object) -> None:
+    # The pusher keeps the credit: a whole number of pieces, at least one, no more than any
+    # blob has.
+    digest = "sha256:" + "a" * 64
+    decoder = FrameDecoder(MAX)
+    decoder.feed(_raw_frame([Invite.TYPE, digest, count]))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(Invite(digest, MAX_PIECES)))
+    assert decoder.next_event() == Invite(digest, MAX_PIECES)
+
+
+@pytest.mark.parametrize("pushed", [1, 0, None, "yes"])
+def test_a_piece_pushed_flag_that_is_not_a_bool_is_refused(pushed: object) -> None:
+    decoder = FrameDecoder(MAX)
+    decoder.feed(_raw_frame([Piece.TYPE, "sha256:" + "a" * 64, 0, pushed]))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
 
 
 def test_a_piece_size_no_frame_can_carry_is_refused() -> None:
@@ -282,10 +305,10 @@ def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
 
 
 def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
-    asked: list[tuple[str, int]] = []
+    asked: list[tuple[str, int, bool]] = []
 
-    def admit(digest: str, index: int) -> None:
-        asked.append((digest, index))
+    def admit(digest: str, index: int, pushed: bool) -> None:
+        asked.append((digest, index, pushed))
         raise RemoteProtocolError("unrequested")
 
     digest = "sha256:" + "d" * 64
@@ -293,4 +316,4 @@ def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
     decoder.feed(frame(Piece(digest, 3, b"z" * 1000))[:-900])
     with pytest.raises(RemoteProtocolError, match="unrequested"):
         decoder.next_event()
-    assert asked == [(digest, 3)] and decoder.payload_buffer() is None
+    assert asked == [(digest, 3, False)] and decoder.payload_buffer() is None

@@ -17,6 +17,7 @@ from wire.events import (
     FileRange,
     Have,
     Hello,
+    Invite,
     Piece,
     Proof,
     Reject,
@@ -28,6 +29,7 @@ from wire.identity import NodeIdentity
 from wire.protocol import (
     CLOSED,
     HANDSHAKE_MAX_FRAME,
+    MAX_INVITED,
     NEED_DATA,
     PeerProtocol,
     Role,
@@ -75,9 +77,9 @@ def plain(event: Event) -> bytes:
     return b"".join(b for b in encode(event) if not isinstance(b, FileRange))
 
 
-def piece_header(index: int, payload_len: int) -> bytes:
+def piece_header(index: int, payload_len: int, *, pushed: bool = False) -> bytes:
     """A Piece frame's prefix and header, announcing `payload_len` bytes that never come."""
-    _, header, _ = encode(Piece(DIGEST, index, b""))
+    _, header, _ = encode(Piece(DIGEST, index, b"", pushed))
     assert isinstance(header, bytes)
     return PREFIX.pack(len(header) + payload_len, len(header)) + header
 
@@ -305,26 +307,26 @@ def test_another_protocol_version_is_named_in_the_error() -> None:
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 7"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 8"):
         events(b)
     # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames;
     # 5: Want's held_only, a field a version 4 node would refuse the Want for;
     # 6: Hello's identity key (a node id is proven); 7: Inflow (an unknown type to a 6)
-    assert PROTOCOL_VERSION == 7
+    assert PROTOCOL_VERSION == 8
 
 
-@pytest.mark.parametrize("version", [3, 4, 5, 6])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7])
 def test_an_older_node_is_told_apart_before_it_meets_a_frame_it_cannot_read(
     version: int,
 ) -> None:
     # 3: before sha512 frames; 4: before Want's held_only field; 5: before the identity key;
-    # 6: before Inflow.
+    # 6: before Inflow; 7: before Invite and the Piece's pushed field.
     b = endpoint(Role.RESPONDER, B, b"t")
     header = msgpack.packb(
         [Hello.TYPE, version, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
     )
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 7"):
+    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 8"):
         events(b)
 
 
@@ -427,6 +429,119 @@ def test_unrequested_piece_and_request_flood_are_remote_errors() -> None:
     flood.b.receive_data(b"".join(plain(Request(DIGEST, i)) for i in range(5)))
     with pytest.raises(RemoteProtocolError, match="outstanding"):
         events(flood.b)
+
+
+# ---- pushes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_an_uninvited_push_is_refused_from_its_header(encrypt: bool) -> None:
+    # A member pushes a large piece a never invited: refused before its buffer exists.
+    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    pair.handshake()
+    if encrypt:
+        pair.b.may_push[DIGEST] = 1  # forced past b's own check: only a's side is tested
+        header_record = pair.b.send_buffers(Piece(DIGEST, 2, b"x" * BIG, pushed=True))[0]
+        assert isinstance(header_record, bytes)
+        pair.a.receive_data(header_record)
+    else:
+        pair.a.receive_data(piece_header(2, BIG, pushed=True))
+    with pytest.raises(RemoteProtocolError, match="unrequested"):
+        events(pair.a)
+    assert pair.a.payload_buffer() is None
+
+
+def test_an_invitation_for_one_blob_admits_no_push_of_another() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.b.receive_data(pair.a.send(Invite(DIGEST, 3)))
+    assert events(pair.b) == [Invite(DIGEST, 3)]
+    other = "sha256:" + "cd" * 32
+    pair.b.may_push[other] = 1  # forced: b would not push it
+    pair.a.receive_data(pair.b.send(Piece(other, 0, b"x", pushed=True)))
+    with pytest.raises(RemoteProtocolError, match="unrequested"):
+        events(pair.a)
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_invited_pushes_come_in_up_to_the_credit_and_no_further(encrypt: bool) -> None:
+    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    pair.handshake()
+    assert pair.deliver(pair.a, pair.b, Invite(DIGEST, 2)) == [Invite(DIGEST, 2)]
+    assert pair.a.invited == {DIGEST: 2} and pair.b.may_push == {DIGEST: 2}
+    data = os.urandom(300_000)  # large: admitted from its header, read into its own buffer
+    got = pair.deliver(pair.b, pair.a, Piece(DIGEST, 5, data, pushed=True))
+    assert got == [Piece(DIGEST, 5, data, pushed=True)]
+    assert pair.deliver(pair.b, pair.a, Piece(DIGEST, 6, b"small", pushed=True)) == [
+        Piece(DIGEST, 6, b"small", pushed=True)
+    ]
+    assert pair.a.invited == {} and pair.b.may_push == {}
+    # b's own side will not push a third...
+    with pytest.raises(LocalProtocolError, match="uninvited"):
+        pair.b.send(Piece(DIGEST, 7, b"x", pushed=True))
+    # ...and a third forced out is refused by a.
+    pair.b.may_push[DIGEST] = 1
+    pair.a.receive_data(pair.b.send(Piece(DIGEST, 7, b"x", pushed=True)))
+    with pytest.raises(RemoteProtocolError, match="unrequested"):
+        events(pair.a)
+
+
+def test_a_push_is_never_the_answer_to_a_request() -> None:
+    # The owner pushes a piece the node has also just asked it for: the push takes credit,
+    # the request stays outstanding until its own answer (here a Reject) comes.
+    pair = Pair()
+    pair.handshake()
+    pair.deliver(pair.a, pair.b, Invite(DIGEST, 1))
+    pair.deliver(pair.a, pair.b, Request(DIGEST, 4))
+    assert pair.deliver(pair.b, pair.a, Piece(DIGEST, 4, b"p", pushed=True)) == [
+        Piece(DIGEST, 4, b"p", pushed=True)
+    ]
+    assert pair.a.our_requests == {(DIGEST, 4)} and pair.b.their_requests == {(DIGEST, 4)}
+    assert pair.deliver(pair.b, pair.a, Reject(DIGEST, 4, "cancelled")) == [
+        Reject(DIGEST, 4, "cancelled")
+    ]
+    assert pair.a.our_requests == set() and pair.b.their_requests == set()
+
+
+def test_a_push_in_flight_always_finds_the_credit_it_was_sent_against() -> None:
+    # a invites again while b's pushes on the first invitation are on their way: the credit
+    # a counts is never below what b pushes, in either order.
+    pair = Pair()
+    pair.handshake()
+    pair.deliver(pair.a, pair.b, Invite(DIGEST, 1))
+    push = pair.b.send(Piece(DIGEST, 0, b"p", pushed=True))
+    more = pair.a.send(Invite(DIGEST, 1))
+    pair.a.receive_data(push)
+    assert [e.index for e in events(pair.a) if isinstance(e, Piece)] == [0]
+    pair.b.receive_data(more)
+    events(pair.b)
+    assert pair.deliver(pair.b, pair.a, Piece(DIGEST, 1, b"q", pushed=True))
+    assert pair.a.invited == {} and pair.b.may_push == {}
+
+
+def test_push_credit_is_bounded_per_blob_and_in_digests() -> None:
+    from pieces.layout import MAX_PIECES
+
+    pair = Pair()
+    pair.handshake()
+    with pytest.raises(LocalProtocolError, match="credit"):
+        pair.a.send(Invite(DIGEST, 0))
+    pair.deliver(pair.a, pair.b, Invite(DIGEST, MAX_PIECES))
+    with pytest.raises(LocalProtocolError, match="credit"):
+        pair.a.send(Invite(DIGEST, 1))
+    # A member that invites beyond the bound (forged past its own check) is refused...
+    pair.b.receive_data(plain(Invite(DIGEST, 1)))
+    with pytest.raises(RemoteProtocolError, match="credit"):
+        events(pair.b)
+    # ...and invitations for ever more digests hold no more than MAX_INVITED of them.
+    flood = Pair()
+    flood.handshake()
+    for n in range(MAX_INVITED + 50):
+        flood.b.receive_data(plain(Invite("sha256:" + f"{n:064x}", 1)))
+        events(flood.b)
+    assert len(flood.b.may_push) == MAX_INVITED
+    assert "sha256:" + f"{MAX_INVITED + 49:064x}" in flood.b.may_push
+    assert "sha256:" + f"{0:064x}" not in flood.b.may_push
 
 
 def test_eof_mid_frame_is_an_error_and_between_frames_is_closed() -> None:

@@ -96,10 +96,10 @@ def test_keys_are_updated_on_both_sides_at_the_same_record() -> None:
 
 def test_a_sealed_unrequested_piece_is_refused_from_its_header() -> None:
     key = os.urandom(32)
-    refused: list[tuple[str, int]] = []
+    refused: list[tuple[str, int, bool]] = []
 
-    def admit(digest: str, index: int) -> None:
-        refused.append((digest, index))
+    def admit(digest: str, index: int, pushed: bool) -> None:
+        refused.append((digest, index, pushed))
         raise RemoteProtocolError("unrequested")
 
     header_record, _ = Sealer(key).seal_frame(encode(Piece(DIGEST, 5, bytes(MAX - 1000))))
@@ -108,7 +108,7 @@ def test_a_sealed_unrequested_piece_is_refused_from_its_header() -> None:
     decoder.feed(header_record)
     with pytest.raises(RemoteProtocolError, match="unrequested"):
         decoder.next_event()
-    assert refused == [(DIGEST, 5)] and decoder.payload_buffer() is None
+    assert refused == [(DIGEST, 5, False)] and decoder.payload_buffer() is None
 
 
 def test_sealing_needs_the_bytes_and_a_full_key() -> None:

@@ -181,6 +181,19 @@ def test_queued_requests_of_a_choked_peer_are_refused_and_everyone_still_finishe
     assert result.stats.chokes > 0 and result.stats.rejects_choked > 0
 
 
+@pytest.mark.parametrize("pushes", [True, False])
+def test_owners_push_first_copies_only_when_the_fetching_nodes_invite_them(pushes: bool) -> None:
+    config = SimConfig(nodes=8, layer_sizes=SMALL, pushes=pushes)
+    result = Simulation(config).run()
+    check_complete(result)
+    pieces = sum(
+        PieceLayout(b.size, piece_size_for(b.size, config.piece_size)).count for b in result.blobs
+    )
+    # A first copy goes out once, to one node: at most one push per piece of the image.
+    assert (0 < result.stats.pieces_pushed <= pieces) if pushes else result.stats.pieces_pushed == 0
+    assert result.origin_bytes == config.image_bytes()
+
+
 def test_a_suspect_hears_of_it_on_its_link_and_its_refutation_comes_back_on_links(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

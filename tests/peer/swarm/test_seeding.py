@@ -50,11 +50,29 @@ def test_pieces_arriving_from_the_registry_go_to_the_least_busy_peer() -> None:
 
 
 def test_second_copies_are_bounded_by_the_repeat_limit() -> None:
-    seeder = Seeder(DIGEST, 1, random.Random(4), held=[0], per_peer=2, repeat_limit=2)
+    seeder = Seeder(DIGEST, 2, random.Random(4), held=[0, 1], per_peer=2, repeat_limit=3)
     sent = []
     for peer in PEERS:
         sent += offers(seeder.joined(peer, 0.0))
-    assert len(sent) == 2  # the first copy, and one second copy under the limit
+    assert sorted(i for _, i in sent) == [0, 1]  # the first copies; no second while they go
+    (holder, _) = next(o for o in sent if o[1] == 0)
+    more = offers(seeder.peer_has(holder, [0], 1.0))
+    # Piece 0 landed: second copies of it, while fewer than three offers are outstanding in
+    # all (piece 1's first copy is one of them).
+    assert [i for _, i in more] == [0, 0] and holder not in {p for p, _ in more}
+
+
+def test_no_second_copy_of_a_piece_still_on_its_way_to_its_first_peer() -> None:
+    # A second copy that overtook the first (pushed) one: the first peer would ask the second
+    # copy's holder meanwhile and get the piece twice.
+    seeder = Seeder(DIGEST, 2, random.Random(9), held=[0], per_peer=2, repeat_limit=8)
+    first = offers(seeder.joined(PEERS[0], 0.0))
+    assert first == [(PEERS[0], 0)] and seeder.first_copy(0)
+    assert offers(seeder.joined(PEERS[1], 0.0)) == []
+    assert offers(seeder.joined(PEERS[2], 0.0)) == []
+    second = offers(seeder.peer_has(PEERS[0], [0], 1.0))
+    assert sorted(p for p, _ in second) == [PEERS[1], PEERS[2]]
+    assert not seeder.first_copy(0)  # held by one peer now: later offers are second copies
 
 
 def test_a_choked_peer_is_offered_nothing_and_its_offers_go_elsewhere() -> None:

@@ -27,6 +27,7 @@ DIGEST = "sha256:" + "b" * 64
 class Counters:
     bytes_to_peers: int = 0
     pieces_to_peers: int = 0
+    pieces_pushed: int = 0
     uploads_cancelled: int = 0
 
 
@@ -327,3 +328,72 @@ async def test_under_an_upload_cap_no_link_is_measured_slow(
     uploads._limit = RateLimiter(10**9)  # a cap that never binds here: only its presence
     order = await _slow_fast_and_waiting(uploads)
     assert order.index((SLOW, 2)) < order.index((WAITING, 0))
+
+
+@dataclass
+class Credit:
+    """A PeerProtocol stand-in: the push credit the peer gave."""
+
+    may_push: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class PushLink(Link):
+    protocol: Credit = field(default_factory=Credit)
+
+
+async def test_a_push_takes_the_peers_credit_and_goes_out_marked_pushed(tmp_path: Path) -> None:
+    counters = Counters()
+    sent: list[tuple[bytes, str, int]] = []
+    uploads = _uploads(tmp_path, counters=counters, sent=sent)
+    link = PushLink(b"A" * 16)
+    link.protocol.may_push[DIGEST] = 2
+    assert uploads.claim_push(link, DIGEST, 0)  # type: ignore[arg-type]
+    assert not uploads.claim_push(link, DIGEST, 0)  # type: ignore[arg-type]  # claimed already
+    assert uploads.claim_push(link, DIGEST, 1)  # type: ignore[arg-type]
+    assert not uploads.claim_push(link, DIGEST, 2)  # type: ignore[arg-type]  # beyond the credit
+    assert uploads.pushing(link.peer_id, DIGEST, 0) and uploads.pushing(link.peer_id, DIGEST, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.push, link, DIGEST, 0)  # type: ignore[arg-type]
+        nursery.start_soon(uploads.push, link, DIGEST, 1)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        link.release.set()
+    pieces = [e for e in link.sent if isinstance(e, Piece)]
+    assert sorted(p.index for p in pieces) == [0, 1] and all(p.pushed for p in pieces)
+    assert counters.pieces_pushed == 2 and counters.pieces_to_peers == 2
+    assert sorted(sent) == [(link.peer_id, DIGEST, 0), (link.peer_id, DIGEST, 1)]
+    assert not uploads.pushing(link.peer_id, DIGEST, 0)
+    # The claims are gone with the pushes; the credit itself is the protocol's to spend (the
+    # stand-in does not), so there is room again.
+    assert uploads.claim_push(link, DIGEST, 2)  # type: ignore[arg-type]
+
+
+async def test_no_push_on_a_closed_link_or_without_credit(tmp_path: Path) -> None:
+    uploads = _uploads(tmp_path)
+    link = PushLink(b"A" * 16)
+    assert not uploads.claim_push(link, DIGEST, 0)  # type: ignore[arg-type]
+    link.protocol.may_push[DIGEST] = 1
+    link.closed = True
+    assert not uploads.claim_push(link, DIGEST, 0)  # type: ignore[arg-type]
+
+
+async def test_a_push_whose_peer_was_choked_meanwhile_is_dropped_without_a_word(
+    tmp_path: Path,
+) -> None:
+    # Nobody asked for it: a Reject would answer no request (and break the protocol).
+    choker = Choker(random.Random(1), 0.0)
+    counters = Counters()
+    uploads = _uploads(tmp_path, choker=choker, counters=counters)
+    first, second = Link(b"A" * 16), PushLink(b"B" * 16)
+    second.protocol.may_push[DIGEST] = 1
+    assert uploads.claim_push(second, DIGEST, 5)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploads.serve, first, Request(DIGEST, 0))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(uploads.push, second, DIGEST, 5)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        choker.choked.add(second.peer_id)
+        first.release.set()
+        second.release.set()
+    assert second.sent == [] and counters.pieces_pushed == 0
+    assert not uploads.pushing(second.peer_id, DIGEST, 5)
