@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 from peer.fetch.chunks import (
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
-    WHOLE_FLOWS,
     Chunks,
     first_chunk,
     least_pieces,
+    whole_flows,
 )
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
 from peer.swarm.bits import bits_of
@@ -497,8 +497,8 @@ class UpstreamFetch:
     from the origin host, each piece announced as it completes. A large blob fetched whole
     comes in chunks (peer/fetch/chunks.py) when no partial is open yet: the first asked alone,
     then, once its answer starts (the node learns there that the registry honours Range),
-    WHOLE_FLOWS requests at once, each taking the next chunk in order (a node that took a
-    blob over from the swarm resumes its partial in one request)."""
+    `whole_flows` requests at once (more for a larger blob), each taking the next chunk in
+    order (a node that took a blob over from the swarm resumes its partial in one request)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
@@ -518,8 +518,11 @@ class UpstreamFetch:
             first = first_chunk(count, least, expiring=tokens)
             window = CHUNK_WINDOW if tokens else None
             runs = [first]
+            flows = whole_flows(state.layout.size)
             self._chunks = (
-                Chunks(count, first[1], least, now, window=window) if first[1] < count else None
+                Chunks(count, first[1], least, now, window=window, flows=flows)
+                if first[1] < count
+                else None
             )
         self.node = node
         self.state = state
@@ -557,7 +560,7 @@ class UpstreamFetch:
         while True:
             if self.runs and self.open < RANGES_AT_ONCE:
                 run = self.runs.popleft()
-            elif self._chunks_asked and self._chunks and self.open < WHOLE_FLOWS:
+            elif self._chunks_asked and self._chunks and self.open < self._chunks.flows:
                 taken = self._chunks.take(world.queue.now, len(self.state.have))
                 if taken is None:
                     self._chunks = None

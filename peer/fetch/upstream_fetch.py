@@ -11,10 +11,11 @@ pieces with up to RANGES_AT_ONCE Range requests at once: one after the other, ea
 cost a new connection's handshake and slow start behind the registry's busy uplink (on the
 testbed a 1.5 MB range took 4 s while the registry served other blobs).
 
-A blob whose size a stored manifest gives comes in chunks, WHOLE_FLOWS Range requests at once,
-when it is large (peer/fetch/chunks.py): the first asked alone, and once its answer shows the
-upstream honours Range (and agrees on the size), each flow that is free takes the next chunk in
-order. An upstream that answers the first with the whole blob gives it in one stream.
+A blob whose size a stored manifest gives comes in chunks, several Range requests at once (more
+for a larger blob: chunks.whole_flows), when it is large (peer/fetch/chunks.py): the first asked
+alone, and once its answer shows the upstream honours Range (and agrees on the size), each flow
+that is free takes the next chunk in order. An upstream that answers the first with the whole
+blob gives it in one stream.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ import trio
 from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
 from peer.fetch.chunks import (
     CHUNKED_MIN_PIECES,
-    WHOLE_FLOWS,
     Chunks,
     chunk_window,
     first_chunk,
     least_pieces,
     may_expire,
+    whole_flows,
 )
 from peer.fetch.download import Download
 from peer.rate_limit import RateLimiter
@@ -145,7 +146,7 @@ class UpstreamFetcher:
         self._busy_until: dict[tuple[str | None, str], float] = {}
         self._chance = random.Random()
         self.busy_retries = 0  # a busy registry asked again, as a blob's owner
-        self._range_slots: weakref.WeakKeyDictionary[Download, trio.Semaphore] = (
+        self._range_slots: weakref.WeakKeyDictionary[Download, trio.CapacityLimiter] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -341,8 +342,11 @@ class UpstreamFetcher:
         todo = sorted(runs, key=lambda run: run[1] - run[0], reverse=True)
         failure: Exception | None = None
         # Shared by every call for this download (a takeover hands runs over more than once):
-        # RANGES_AT_ONCE requests in flight for the blob, not per call.
-        slots = self._range_slots.setdefault(download, trio.Semaphore(RANGES_AT_ONCE))
+        # RANGES_AT_ONCE requests in flight for the blob, not per call (a large blob's chunks:
+        # its flows), and the receive buffers shared among them.
+        in_flight = max(RANGES_AT_ONCE, chunks.flows) if chunks else RANGES_AT_ONCE
+        slots = self._range_slots.setdefault(download, trio.CapacityLimiter(in_flight))
+        buffers = max(1, BUFFER_COUNT // int(slots.total_tokens))
 
         async def fetch_next(cancel_scope: trio.CancelScope) -> None:
             nonlocal failure
@@ -356,7 +360,13 @@ class UpstreamFetcher:
                     start, end = run
                     try:
                         await self._fetch_range(
-                            download, headers, partial, start, end, beside_others=True
+                            download,
+                            headers,
+                            partial,
+                            start,
+                            end,
+                            beside_others=True,
+                            buffers=buffers,
                         )
                     except Exception as exc:  # raised below, outside the nursery
                         if failure is None or isinstance(failure, _NotBesideOthers):
@@ -378,14 +388,16 @@ class UpstreamFetcher:
         end: int | None,
         *,
         beside_others: bool = False,
+        buffers: int = BUFFER_COUNT,
         rest_beside: bool = False,
     ) -> PartialBlob | None:
         """Fetch bytes [offset, end) (to the end of the blob when `end` is None) into the
         partial, opening it on the first answer; None when the upstream refused the client.
 
-        `beside_others`: other requests fill other runs of `partial` meanwhile. An answer that
-        would refuse the client or start the blob over raises `_NotBesideOthers` instead, and
-        a 5xx too (it may be the concurrency itself).
+        `beside_others`: other requests fill other runs of `partial` meanwhile (`buffers`: this
+        one's share of the receive buffers). An answer that would refuse the client or start
+        the blob over raises `_NotBesideOthers` instead, and a 5xx too (it may be the
+        concurrency itself).
 
         `rest_beside` (the first chunk of a blob fetched whole in chunks): once the answer is a
         good 206, the other chunks are asked for beside it (`_pump_beside_chunks`)."""
@@ -474,7 +486,6 @@ class UpstreamFetcher:
             if rest is not None:
                 await self._pump_beside_chunks(download, headers, body, partial, start, stop, rest)
             else:
-                buffers = BUFFER_COUNT // RANGES_AT_ONCE if beside_others else BUFFER_COUNT
                 await self._pump(download, body, partial, start, stop, buffers)
         finally:
             await body.aclose()
@@ -502,7 +513,7 @@ class UpstreamFetcher:
         stop: int,
         rest: Chunks,
     ) -> None:
-        """Receive the first chunk's `body` while WHOLE_FLOWS - 1 Range requests fetch the
+        """Receive the first chunk's `body` while `rest.flows` - 1 Range requests fetch the
         `rest` of the blob, chunk after chunk in order; once the first is in, its flow takes
         the next chunks too. A chunk answered in a way only the one-at-a-time path may act on
         is left to the fetch's next round (`_fetch_upstream` asks for whatever is missing);
@@ -521,9 +532,9 @@ class UpstreamFetcher:
                 cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_rest, nursery.cancel_scope, WHOLE_FLOWS - 1)
+            nursery.start_soon(fetch_rest, nursery.cancel_scope, rest.flows - 1)
             try:
-                await self._pump(download, body, partial, start, stop, BUFFER_COUNT // WHOLE_FLOWS)
+                await self._pump(download, body, partial, start, stop, BUFFER_COUNT // rest.flows)
                 await body.aclose()  # read to its end: what else it sends is the others'
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc
@@ -631,7 +642,10 @@ def _chunks_after(
         return None
     least = least_pieces(layout.piece_size)
     cursor = stop // layout.piece_size
-    return Chunks(layout.count, cursor, least, started, window=window, measured_from=asked_at)
+    flows = whole_flows(layout.size)
+    return Chunks(
+        layout.count, cursor, least, started, window=window, flows=flows, measured_from=asked_at
+    )
 
 
 def _http_date(value: str | None) -> float | None:

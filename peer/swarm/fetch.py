@@ -70,7 +70,7 @@ MIN_PEERS, MAX_PEERS = 8, 32
 # for; but an owner that takes its other blobs from too few peers finishes last. (Simulator,
 # 16 hosts: the owners last at 1.25-1.36 x T_min with 2, the last host 1.17-1.19 x with 4;
 # 8 hosts 1.10-1.16 with 4, 1.12-1.36 with 2; 100 hosts about even.) Since a large blob comes
-# from the registry on several flows (peer/fetch/chunks.py, WHOLE_FLOWS), 8: with 4 the
+# from the registry on several flows (peer/fetch/chunks.py, whole_flows), 8: with 4 the
 # owners' other blobs lagged where the swarm's uplinks, not the registry, are the bound
 # (uneven links, seeds 1-4: 1.29, 1.29, 1.29, 1.27 with 4, 1.19, 1.17, 1.18, 1.17 with 8).
 PEERS_WHILE_OWNING = 8

@@ -15,7 +15,9 @@ from peer.fetch.chunks import (
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
     FINALS_MARGIN,
+    FLOW_BYTES,
     MAX_TOKEN_CHARS,
+    MOST_WHOLE_FLOWS,
     TOKEN_MARGIN,
     WHOLE_FLOWS,
     Chunks,
@@ -25,6 +27,7 @@ from peer.fetch.chunks import (
     may_expire,
     next_chunk,
     whole_chunks,
+    whole_flows,
 )
 from tests.peer.fake_registry import jwt
 
@@ -32,6 +35,21 @@ from tests.peer.fake_registry import jwt
 def test_a_small_blob_comes_in_one_request() -> None:
     assert whole_chunks(CHUNKED_MIN_PIECES - 1, 4) == [(0, CHUNKED_MIN_PIECES - 1)]
     assert whole_chunks(0, 4) == []
+
+
+def test_a_larger_blob_comes_on_more_flows_up_to_a_bound() -> None:
+    # The registry's uplink gives every flow a like share: a blob's flows in proportion to
+    # its size keep the largest blob from coming last and alone.
+    assert whole_flows(0) == whole_flows(WHOLE_FLOWS * FLOW_BYTES) == WHOLE_FLOWS
+    assert whole_flows(WHOLE_FLOWS * FLOW_BYTES + 1) == WHOLE_FLOWS + 1
+    assert whole_flows(112 * 1024 * 1024) == 7
+    assert whole_flows(2**40) == MOST_WHOLE_FLOWS
+
+
+@given(st.integers(0, 2**40), st.integers(0, 2**40))
+def test_whole_flows_never_fall_as_a_blob_grows(a: int, b: int) -> None:
+    small, large = sorted((a, b))
+    assert WHOLE_FLOWS <= whole_flows(small) <= whole_flows(large) <= MOST_WHOLE_FLOWS
 
 
 def test_chunks_shrink_towards_the_end_and_the_first_is_an_eighth() -> None:

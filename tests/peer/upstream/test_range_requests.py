@@ -19,15 +19,18 @@ from peer.fetch.chunks import (
     CHUNK_WINDOW,
     CHUNKED_MIN_PIECES,
     FINALS_MARGIN,
+    FLOW_BYTES,
     WHOLE_FLOWS,
     least_pieces,
     whole_chunks,
+    whole_flows,
 )
 from peer.fetch.download import Download
-from peer.fetch.upstream_fetch import RANGES_AT_ONCE, UpstreamFetcher
+from peer.fetch.upstream_fetch import BUFFER_COUNT, RANGES_AT_ONCE, UpstreamFetcher
+from peer.upstream.blob_stream import BlobStream
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
-from pieces.partial import SizeRefused
+from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
 from tests.peer.fake_registry import FakeRegistry, jwt
 
@@ -54,20 +57,34 @@ class InFlight:
 
 
 class CountingFetcher(UpstreamFetcher):
-    """Counts the Range requests in flight, and the answers arriving at once (a test's
-    subclass: production has no hook)."""
+    """Counts the Range requests in flight, the answers arriving at once and the receive
+    buffers they hold at once (a test's subclass: production has no hook)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.requests, self.answers = InFlight(), InFlight()
+        self.buffers_now = self.buffers_most = 0
 
     async def _fetch_range(self, *args: Any, **kwargs: Any) -> Any:
         with self.requests.one():
             return await super()._fetch_range(*args, **kwargs)
 
-    async def _pump(self, *args: Any, **kwargs: Any) -> Any:
-        with self.answers.one():
-            return await super()._pump(*args, **kwargs)
+    async def _pump(
+        self,
+        download: Download,
+        body: BlobStream,
+        partial: PartialBlob,
+        start: int,
+        end: int,
+        buffers: int = BUFFER_COUNT,
+    ) -> None:
+        self.buffers_now += buffers
+        self.buffers_most = max(self.buffers_most, self.buffers_now)
+        try:
+            with self.answers.one():
+                await super()._pump(download, body, partial, start, end, buffers)
+        finally:
+            self.buffers_now -= buffers
 
 
 async def test_range_requests_for_one_blob_share_their_slots(
@@ -151,6 +168,23 @@ async def test_a_large_blob_whose_size_a_manifest_gives_comes_in_chunks_on_sever
     assert sorted(gets, key=range_start) == chunks
     assert fetcher.answers.most == WHOLE_FLOWS  # answers arriving at once
     assert fetcher.bytes_from_upstream == LARGE
+
+
+async def test_a_larger_blob_comes_on_more_flows_sharing_the_same_buffers(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # The registry's uplink gives each flow a like share: with the same flows for every
+    # blob, the largest came last and alone (the registry half idle for the last 30 s of a
+    # testbed run). A blob of five FLOW_BYTES comes on five flows at once, more than a
+    # gap-filling fetch may open, through no more receive buffers than one download has.
+    size = 5 * FLOW_BYTES - 99
+    assert whole_flows(size) == 5 > RANGES_AT_ONCE
+    registry.pace = 0.001
+    fetcher = await fetch_whole(tmp_path, registry, os.urandom(size))
+    assert sorted(blob_gets(registry), key=range_start) == chunk_ranges(size)
+    assert fetcher.answers.most == 5
+    assert fetcher.buffers_most <= BUFFER_COUNT
+    assert fetcher.bytes_from_upstream == size
 
 
 async def test_a_slow_flow_holds_back_its_chunk_while_the_others_take_the_rest(
