@@ -515,10 +515,10 @@ class UpstreamFetch:
             # --tokens: opaque ones).
             least = least_pieces(state.layout.piece_size)
             tokens = node.world.config.tokens
-            first = first_chunk(count, least, expiring=tokens)
+            flows = whole_flows(state.layout.size)
+            first = first_chunk(count, least, tokens, flows)
             window = CHUNK_WINDOW if tokens else None
             runs = [first]
-            flows = whole_flows(state.layout.size)
             self._chunks = (
                 Chunks(count, first[1], least, now, window=window, flows=flows)
                 if first[1] < count

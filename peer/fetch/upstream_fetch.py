@@ -500,7 +500,8 @@ class UpstreamFetcher:
         layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
         if layout.count < CHUNKED_MIN_PIECES:
             return None
-        _, end = first_chunk(layout.count, least_pieces(layout.piece_size), expiring)
+        least, flows = least_pieces(layout.piece_size), whole_flows(layout.size)
+        _, end = first_chunk(layout.count, least, expiring, flows)
         return end * layout.piece_size
 
     async def _pump_beside_chunks(

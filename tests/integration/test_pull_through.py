@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from bench.components import Containerd, Pollen
-from peer.fetch.chunks import least_pieces, whole_chunks
+from peer.fetch.chunks import least_pieces, whole_chunks, whole_flows
 from pieces.layout import PieceLayout, piece_size_for
 from tests.integration.conftest import PushedImage
 from tests.integration.relays import sha256_file
@@ -28,7 +28,7 @@ def test_containerd_pulls_through_the_node_and_the_registry_serves_each_blob_onc
     # The large layer (288 pieces) in chunks, by Range: the manifest gave its size.
     largest = max(pushed.manifest["layers"], key=lambda d: d["size"])["size"]
     layout = PieceLayout(largest, piece_size_for(largest))
-    chunks = whole_chunks(layout.count, least_pieces(layout.piece_size))
+    chunks = whole_chunks(layout.count, least_pieces(layout.piece_size), whole_flows(largest))
     assert registry.blob_statuses(mark)[pushed.largest_layer] == [206] * len(chunks)
     served = pollen.status()["served"]
     total = sum(pushed.blobs.values())

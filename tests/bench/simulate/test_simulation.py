@@ -20,7 +20,7 @@ from bench.simulate.node import MemberWord, SimNode
 from bench.simulate.report import document, summarize
 from bench.simulate.world import MBIT, Join, Kill, Result, SimConfig, Simulation
 from peer.cluster.membership import Status, Update
-from peer.fetch.chunks import CHUNK_WINDOW, least_pieces, whole_chunks
+from peer.fetch.chunks import CHUNK_WINDOW, least_pieces, whole_chunks, whole_flows
 from pieces.layout import PieceLayout, piece_size_for
 
 MiB = 2**20
@@ -267,6 +267,7 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
     # Without: every chunk of the plan (the config blob's request, then the layer's), the
     # last ones past the window; with tokens, the last request before it.
     layout = PieceLayout(64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size))
-    assert requests[False] == 1 + len(whole_chunks(layout.count, least_pieces(layout.piece_size)))
+    plan = whole_chunks(layout.count, least_pieces(layout.piece_size), whole_flows(64 * MiB))
+    assert requests[False] == 1 + len(plan)
     assert last_request[False] > CHUNK_WINDOW
     assert last_request[True] < CHUNK_WINDOW

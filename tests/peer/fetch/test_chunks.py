@@ -46,6 +46,21 @@ def test_a_larger_blob_comes_on_more_flows_up_to_a_bound() -> None:
     assert whole_flows(2**40) == MOST_WHOLE_FLOWS
 
 
+def test_more_flows_take_smaller_chunks_so_as_much_of_the_blob_is_under_way() -> None:
+    # The clients read in order: eighths on 8 flows had two thirds of a blob coming at once
+    # and its first chunk last among them (testbed, 16 hosts: every client read the rest of
+    # its blobs at the end). The chunks under way cover about what 3 flows' do.
+    count, least = 4096, 1
+
+    def under_way(flows: int) -> int:
+        chunks = whole_chunks(count, least, flows)[:flows]
+        return chunks[-1][1]
+
+    assert whole_chunks(count, least, 8)[0] == (0, count // (CHUNK_SHARE * 8 // WHOLE_FLOWS))
+    assert abs(under_way(8) - under_way(WHOLE_FLOWS)) <= count // 20
+    assert first_chunk(count, least, False, 8) == whole_chunks(count, least, 8)[0]
+
+
 @given(st.integers(0, 2**40), st.integers(0, 2**40))
 def test_whole_flows_never_fall_as_a_blob_grows(a: int, b: int) -> None:
     small, large = sorted((a, b))

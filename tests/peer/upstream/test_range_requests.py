@@ -145,7 +145,8 @@ def chunk_ranges(size: int) -> list[str]:
     """The Range headers of the chunks of a blob of `size` bytes in PIECE pieces, in order
     (the last one open-ended: the form every registry supports)."""
     count = -(-size // PIECE)
-    bounds = [start * PIECE for start, _ in whole_chunks(count, least_pieces(PIECE))]
+    chunks = whole_chunks(count, least_pieces(PIECE), whole_flows(size))
+    bounds = [start * PIECE for start, _ in chunks]
     return [f"bytes={a}-{b - 1}" for a, b in itertools.pairwise(bounds)] + [f"bytes={bounds[-1]}-"]
 
 
