@@ -97,17 +97,7 @@ class Uploads:
             async with self._turn(link.peer_id, digest, index) as turn:
                 if link.closed or link.peer_id in self._choker.choked:
                     return
-                source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
-                if source is None:
-                    return
-                fd, offset, length = source
-                try:
-                    with self._store.holding(digest):
-                        turn.rate = await self._send_piece(
-                            link, digest, index, fd, offset, length, pushed=True
-                        )
-                finally:
-                    os.close(fd)
+                await self._send_stored(link, digest, index, turn, pushed=True)
         finally:
             self.unclaim_push(link, digest, index)
 
@@ -147,19 +137,28 @@ class Uploads:
                 await _reject(link, Reject(digest, index, "cancelled"))
                 self._counters.uploads_cancelled += 1
                 return
-            # Opened here, not in a worker thread: an open and a stat of a file the store
-            # just wrote or read cost microseconds, a thread hop per piece costs more (a
-            # wake-up of another CPU, on a VM an exit to the host).
-            source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
-            if source is None:
+            if not await self._send_stored(link, digest, index, turn):
                 await _reject(link, Reject(digest, index, MISSING))
-                return
-            fd, offset, length = source
-            try:
-                with self._store.holding(digest):  # not evicted while it goes out
-                    turn.rate = await self._send_piece(link, digest, index, fd, offset, length)
-            finally:
-                os.close(fd)
+
+    async def _send_stored(
+        self, link: PeerLink, digest: str, index: int, turn: _Turn, *, pushed: bool = False
+    ) -> bool:
+        """Send the stored piece in `turn` (its rate set there); False: no longer stored."""
+        # Opened here, not in a worker thread: an open and a stat of a file the store just
+        # wrote or read cost microseconds, a thread hop per piece costs more (a wake-up of
+        # another CPU, on a VM an exit to the host).
+        source = self._store.open_piece_sync(digest, index, self._piece_size_of(digest))
+        if source is None:
+            return False
+        fd, offset, length = source
+        try:
+            with self._store.holding(digest):  # not evicted while it goes out
+                turn.rate = await self._send_piece(
+                    link, digest, index, fd, offset, length, pushed=pushed
+                )
+        finally:
+            os.close(fd)
+        return True
 
     @contextlib.asynccontextmanager
     async def _turn(self, peer: bytes, digest: str, index: int) -> AsyncIterator[_Turn]:
