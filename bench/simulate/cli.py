@@ -125,6 +125,15 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     help="Blobs each client fetches at once (skopeo, the testbed's client: 6; containerd: 3).",
 )
 @click.option(
+    "--client-read",
+    callback=rate_option,
+    metavar="RATE",
+    help="Each client reads its blobs in order as the node's pieces arrive, at most RATE "
+    "(e.g. 32MB/s) shared by the blobs it reads at once; a blob counts when read, the run "
+    "when every client has read the image. The testbed's clients copy, hash and write on a "
+    "busy machine [default: unlimited: a blob counts as soon as the node holds it].",
+)
+@click.option(
     "--prefetch/--no-prefetch",
     default=True,
     show_default=True,
@@ -213,6 +222,7 @@ def simulate(
     layer_sizes: list[int] | None,
     piece_size: int,
     parallel: int,
+    client_read: int | None,
     prefetch: bool,
     pushes: bool,
     seed: int,
@@ -259,6 +269,7 @@ def simulate(
         layer_sizes=tuple(sizes),
         piece_size=piece_size,
         parallel=parallel,
+        client_read=client_read,
         prefetch=prefetch,
         pushes=pushes,
         seed=seed,
@@ -275,7 +286,9 @@ def simulate(
         + (f" ({slow[0]} at {mbit_text(slow[1])})" if slow[0] else "")
         + ", downlink "
         f"{mbit_text(down) if down else 'unshaped'}, origin {mbit_text(config.origin_up)}, "
-        f"latency {latency:g} ms; image {format_size(config.image_bytes())} in "
+        f"latency {latency:g} ms"
+        + (f", clients read {client_read / 1e6:g} MB/s" if client_read else "")
+        + f"; image {format_size(config.image_bytes())} in "
         f"{len(sizes)} layers + config; T_min {bound:.3g}s"
     )
     simulation = Simulation(config, _progress(quiet))

@@ -79,6 +79,7 @@ class BlobState:
     upstream: UpstreamFetch | None = None
     want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
     waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
+    watchers: list[Callable[[], None]] = field(default_factory=list)  # reading clients: a piece
 
     @property
     def active(self) -> bool:

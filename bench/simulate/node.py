@@ -723,6 +723,8 @@ class SimNode:
             waiters, state.waiters = state.waiters, []
             for then in waiters:
                 then(self.world.queue.now)
+        for watcher in list(state.watchers):
+            watcher()  # a client reading the blob in order (clients.py)
 
     @property
     def source_limit(self) -> int | None:

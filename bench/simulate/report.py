@@ -93,6 +93,7 @@ def document(
         "latency_s": config.latency,
         "piece_size": config.piece_size,
         "parallel": config.parallel,
+        "client_read_bytes_per_s": config.client_read,
         "seed": config.seed,
         "tokens": config.tokens,
         "rate_step_s": config.rate_step,

@@ -75,6 +75,9 @@ class SimConfig:
     # A fetching node invites the owner to push its first copies (wire/protocol.py, Invite);
     # off (--no-pushes): the owner offers each with a Have and waits for the Request.
     pushes: bool = True
+    # Each client reads at most this many bytes/s, shared by the blobs it reads at once
+    # (--client-read; clients.py); None: a blob counts as soon as the node holds it.
+    client_read: float | None = None
     kills: tuple[Kill, ...] = ()
     joins: tuple[Join, ...] = ()
 
@@ -223,7 +226,9 @@ class Simulation:
 
     def _start(self, node: SimNode) -> None:
         node.start()
-        client = Client(node, [b.digest for b in self.blobs], self.config.parallel, self._done)
+        digests = [b.digest for b in self.blobs]
+        config = self.config
+        client = Client(node, digests, config.parallel, self._done, config.client_read)
         self.clients[node.name] = client
         client.start()
 
