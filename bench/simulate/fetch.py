@@ -50,7 +50,7 @@ from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.swarm.seeding import Seeder
 from pieces.layout import PieceLayout
-from wire.events import Bitfield, Have, Invite, PeersRequest, Want
+from wire.events import Bitfield, Have, Invite, PeersRequest, Request, Want
 
 if TYPE_CHECKING:
     from bench.simulate.network import Flow
@@ -412,7 +412,7 @@ class SwarmFetch:
         node.world.stats.schedules += 1
         sends = self.picker.schedule(self.queue.now)
         if sends:
-            node.world.stats.requests += len(sends)
+            node.world.stats.requests += sum(isinstance(s.event, Request) for s in sends)
             node.send_many(node.with_inflow(sends))
         at = self.picker.wake_at(self.queue.now)
         if at is not None and (self._deadline is None or at < self._deadline):

@@ -591,7 +591,7 @@ class SwarmFetch:
         picker.source_limit = peers_while_owning(self.swarm.upstream.blobs())
         sends = picker.schedule(trio.current_time())
         if sends:
-            self._send_access({send.peer for send in sends})
+            self._send_access({s.peer for s in sends if isinstance(s.event, Request)})
             self._post(sends)
 
     def _post(self, sends: list[Send]) -> None:

@@ -24,7 +24,7 @@ from peer.swarm.fetch import (
     peers_to_link,
     peers_while_owning,
 )
-from peer.swarm.picker import PiecePicker
+from peer.swarm.picker import MOVE_FIRST_AFTER, PiecePicker
 from pieces.layout import PieceLayout
 from pieces.partial import DiskFull
 from pieces.store import Store
@@ -343,7 +343,9 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
     fetch.picker = PiecePicker(DIGEST, partial.layout, random.Random(1))
     fetch.picker.hashes([0, 1])
     fetch._scheduling = True
-    fetch._asleep_until = trio.current_time() + 10  # its task waits for a change until then
+    # Its task waits for a change until then: before the picker's own next deadline (the
+    # first piece, asked of one peer, may move elsewhere after MOVE_FIRST_AFTER).
+    fetch._asleep_until = trio.current_time() + MOVE_FIRST_AFTER / 2
     await fetch.on_event(Link(PEER), Have(DIGEST, 0))  # type: ignore[arg-type]
     assert [type(e).__name__ for e in posted] == ["Request"]
     assert not fetch._changed.is_set()

@@ -14,6 +14,7 @@ from peer.swarm.picker import (
     ENDGAME_AFTER,
     IDLE_WAKE,
     MAX_REQUESTS,
+    MOVE_FIRST_AFTER,
     QUEUE_SECONDS,
     START_REQUESTS,
     PiecePicker,
@@ -47,12 +48,23 @@ class PickerMachine(RuleBasedStateMachine):
         self.hashes: set[int] = set()
         self.arrived: list[tuple[bytes, int]] = []  # wanted pieces being written
         self.elsewhere: set[int] = set()  # the driver fetches these itself (the upstream)
+        self.asked_at: dict[tuple[bytes, int], float] = {}
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> list[Send]:
         # As the picker's own: what the driver fetches elsewhere is not wanted from peers.
         wanted = self.picker.missing - {i for _, i in self.arrived} - self.elsewhere
         endgame = all(i in self.picker.inflight for i in wanted)
         sends = self.picker.schedule(self.now)
+        moved = [(s.peer, s.event.index) for s in sends if isinstance(s.event, Cancel)]
+        for peer, index in moved:
+            # Only the first wanted piece moves, before the endgame, from the one peer asked
+            # for it long enough ago, to another that is asked for it in the same schedule.
+            assert not endgame and index == min(wanted), (index, wanted)
+            assert index in self.outstanding[peer]
+            assert [p for p, a in self.outstanding.items() if index in a] == [peer]
+            assert self.now - self.asked_at[(peer, index)] >= MOVE_FIRST_AFTER
+            assert any(q != peer and i == index for q, i in requests(sends))
+            self.outstanding[peer].discard(index)
         new: dict[bytes, int] = {}
         for peer, index in requests(sends):
             if any(index in asked for asked in self.outstanding.values()):
@@ -69,11 +81,13 @@ class PickerMachine(RuleBasedStateMachine):
             assert index not in self.elsewhere, "asked a peer for a piece fetched elsewhere"
             assert index not in self.outstanding[peer], "asked one peer twice for a piece"
             self.outstanding[peer].add(index)
+            self.asked_at[(peer, index)] = self.now
         for peer, count in new.items():
             # A new measure may shrink a queue below what is already out; no request is
             # added to a queue that is full.
             assert count and len(self.outstanding[peer]) <= self.picker.queue_depth(peer)
             assert len(self.outstanding[peer]) <= MAX_REQUESTS, "more than the peer's queue"
+        return sends
 
     @rule(peer=st.sampled_from(PEERS))
     def link(self, peer: bytes) -> None:
@@ -100,15 +114,18 @@ class PickerMachine(RuleBasedStateMachine):
         self.picker.have(peer, index)
         could_ask = self.picker.could_ask(peer, index)
         before = {p: set(asked) for p, asked in self.outstanding.items()}
-        self._schedule()
-        if not could_ask:
+        wake = self.picker.wake_at(self.now)
+        sends = self._schedule()
+        if not could_ask and requests(sends):
             # The driver skips this schedule (the picker was scheduled after every other
             # event). It may only have asked second copies in the endgame (a schedule can
-            # enter the endgame part-way through its peers), which the picker's wake-up
-            # (`wake_at`) asks for in any case.
-            for p, asked in self.outstanding.items():
-                for i in asked - before.get(p, set()):
-                    assert any(i in a for q, a in before.items() if q != p), (p, i)
+            # enter the endgame part-way through its peers), or moved the first piece (and
+            # filled the slot that freed), which the picker's wake-up asks for in any case.
+            assert wake is not None and wake <= self.now + IDLE_WAKE
+            if not any(isinstance(s.event, Cancel) for s in sends):
+                for p, asked in self.outstanding.items():
+                    for i in asked - before.get(p, set()):
+                        assert any(i in a for q, a in before.items() if q != p), (p, i)
 
     @rule(pieces=st.sets(st.integers(0, PIECES - 1), min_size=1))
     def meta(self, pieces: set[int]) -> None:
@@ -404,3 +421,42 @@ def test_a_request_falling_due_is_looked_at_even_while_another_is_long_overdue()
     assert wake is not None and wake < now + IDLE_WAKE
     assert abs(wake - (0.5 + ENDGAME_AFTER)) < 0.01
     assert [i for _, i in requests(picker.schedule(wake))] == [1]  # asked of the other peer
+
+
+def test_the_first_missing_piece_is_moved_from_a_peer_that_does_not_send_it() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(400, 100), random.Random(1))
+    picker.hashes(range(4))
+    slow, fast = PEERS[0], PEERS[1]
+    picker.bitfield(slow, [0, 1])
+    assert sorted(requests(picker.schedule(0.0))) == [(slow, 0), (slow, 1)]
+    picker.bitfield(fast, [0, 1])  # it holds both but has nothing of ours to send
+    assert requests(picker.schedule(1.0)) == []  # piece 2 and 3: nobody holds them
+    deadline = picker.next_deadline()  # not the endgame: pieces 2 and 3 are asked of nobody
+    assert deadline is not None and deadline >= MOVE_FIRST_AFTER
+    assert picker.schedule(deadline - 0.01) == []  # not overdue yet
+    sends = picker.schedule(deadline + 0.01)
+    # Only the first missing piece moves (the one an in-order reader waits on): piece 1 stays.
+    assert sends == [Send(slow, Cancel(DIGEST, 0)), Send(fast, Request(DIGEST, 0))]
+    assert picker.inflight == {0: frozenset({fast}), 1: frozenset({slow})}
+    assert picker.requests_at(slow) == 1
+    # The slow peer's copy, if it was already on its way, is taken; the other is then waste.
+    assert picker.received(slow, 0, deadline + 0.5)
+    assert Send(fast, Cancel(DIGEST, 0)) in picker.stored(0)
+    assert not picker.received(fast, 0, deadline + 1)
+    # Piece 1 is now the first missing one, asked of the slow peer long ago: it moves too.
+    assert picker.schedule(deadline + 1.0) == [
+        Send(slow, Cancel(DIGEST, 1)),
+        Send(fast, Request(DIGEST, 1)),
+    ]
+
+
+def test_in_the_endgame_the_first_piece_is_not_moved_but_asked_twice() -> None:
+    picker = PiecePicker(DIGEST, PieceLayout(200, 100), random.Random(1))
+    picker.hashes(range(2))
+    slow, fast = PEERS[0], PEERS[1]
+    picker.bitfield(slow, [0, 1])
+    assert sorted(requests(picker.schedule(0.0))) == [(slow, 0), (slow, 1)]
+    picker.bitfield(fast, [0, 1])
+    sends = picker.schedule(MOVE_FIRST_AFTER + 1)
+    assert not any(isinstance(s.event, Cancel) for s in sends)
+    assert sorted(requests(sends)) == [(fast, 0), (fast, 1)]
