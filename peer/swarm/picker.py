@@ -2,10 +2,10 @@
 
 The driver (peer/swarm/fetch.py, or the simulator in bench/simulate/) feeds it what the peers
 say (Bitfield, Have, Choke, Reject, a Piece arriving, a link lost) and what the disk did (a
-piece stored, a write failed), each with `now`; `schedule(now)` returns the Requests to send,
-`stored` the Cancels and Haves that follow a stored piece, and `next_deadline()` when the
-endgame may need a new look. No clock, no I/O, no global random: the same events and seed give
-the same requests.
+piece stored, a write failed), each with `now`; `schedule(now)` returns the Requests to send
+(and the Cancel of a request it moves), `stored` the Cancels and Haves that follow a stored
+piece, and `next_deadline()` when the endgame, or the first missing piece, may need a new
+look. No clock, no I/O, no global random: the same events and seed give the same requests.
 
 The rules:
 - A piece is asked only of a peer that announced it, and only once its hash is known (the
@@ -21,8 +21,11 @@ The rules:
 - Before the endgame, the first missing piece (the one an in-order client waits on) asked of a
   peer that has not sent it within MOVE_FIRST_AFTER seconds, and twice as long as that peer's
   queue should take, is moved: cancelled there and asked of another peer that holds it and
-  has room. An uploader serves a few of the peers that ask at a time, and a request can wait
-  behind the others' for a minute (README, *The clients' reading*).
+  has room. The cancelled request holds its place in that peer's queue until the peer
+  answers it (with the piece, taken if still wanted, or a Reject), and the piece is not
+  asked of that peer again before (the link would refuse it). An uploader serves a few of
+  the peers that ask at a time, and a request can wait behind the others' for a minute
+  (README, *The clients' reading*).
 - A peer that chokes us, goes away or is banned is not asked; its requests are asked elsewhere.
 - While this node fetches from the upstream itself, at most `source_limit` peers send to it
   (every flow into its link gets a like share, and the upstream flow is the one the swarm
@@ -73,6 +76,10 @@ class _Peer:
     rate: float | None = None  # bytes/s it delivers to us (EWMA)
     depth: int = START_REQUESTS  # requests to keep in flight at it (from `rate`)
     asked: dict[int, float] = field(default_factory=dict)  # piece -> when we asked it
+    # Asked, then cancelled by a move, not yet answered: still in `asked` (the link counts the
+    # request until the peer sends the piece or a Reject, wire/protocol.py) but no longer in
+    # flight, and never asked of this peer again before the answer (the link would refuse it).
+    cancelled: set[int] = field(default_factory=set)
 
 
 class PiecePicker:
@@ -172,7 +179,8 @@ class PiecePicker:
         hold or are storing it, it is asked of another peer already, its hash is unknown, the
         peer chokes us or its queue is full: then nothing else changed either, and a driver
         may skip the schedule. (A piece asked elsewhere may go to a second peer in the
-        endgame, but only once overdue: `wake_at` wakes the driver for that.)"""
+        endgame, or the first missing piece move to another, but only once overdue:
+        `wake_at` wakes the driver for that.)"""
         state = self._peers.get(peer)
         return (
             state is not None
@@ -236,8 +244,11 @@ class PiecePicker:
     def rejected(self, peer: bytes, index: int) -> None:
         """`peer` will not send `index` (choked, cancelled, or not there for us: it no longer
         has it, or it is private to credentials the peer has not accepted)."""
-        self._settle(index, peer)
         state = self._peers.get(peer)
+        moved = state is not None and index in state.cancelled
+        self._settle(index, peer)
+        if moved:
+            return  # the answer to our Cancel: the peer still holds the piece
         if state is not None and index in state.available:
             state.available.discard(index)
             self._holders[index] -= 1
@@ -390,15 +401,14 @@ class PiecePicker:
             for p in ready
             if p != slow
             and first in (state := self._peers[p]).available
+            and first not in state.asked  # a move away from it is still unanswered
             and len(state.asked) < state.depth
             and (limit is None or p in sources or len(sources) < limit)
         ]
         if not takers:
             return []
         taker = max(takers, key=lambda p: self._peers[p].rate or 0.0)
-        self._settle(first, slow)
-        if slow not in ready and not self._peers[slow].choking:
-            ready.append(slow)  # a slot of its queue is free again: the schedule fills it
+        self._peers[slow].cancelled.add(first)  # stays in its `asked` until it answers
         self._inflight[first] = {taker}
         self._peers[taker].asked[first] = now
         sources.add(taker)
@@ -450,6 +460,8 @@ class PiecePicker:
         self, state: _Peer, pool: set[int], window: set[int], random_first: bool, slots: int
     ) -> list[int]:
         fresh = pool & state.available
+        if state.cancelled:
+            fresh -= state.cancelled  # its answer to the moved request is still to come
         if not fresh:
             return []
         rng = self.rng
@@ -468,7 +480,7 @@ class PiecePicker:
             for i in sorted(wanted)
             if i in state.available
             and len(holders := self._inflight[i]) == 1
-            and peer not in holders
+            and i not in state.asked  # asked of it already (in flight, or moved away)
             and all(self._overdue_at(i, h) < now for h in holders)
         ]
         return picks[:slots]
@@ -498,6 +510,7 @@ class PiecePicker:
         state = self._peers.get(peer)
         if state is not None:
             state.asked.pop(index, None)
+            state.cancelled.discard(index)
         holders = self._inflight.get(index)
         if holders is not None:
             holders.discard(peer)

@@ -41,6 +41,9 @@ class PickerMachine(RuleBasedStateMachine):
         self.picker = PiecePicker(DIGEST, PieceLayout(PIECES * 100, 100), random.Random(7))
         self.announced: dict[bytes, set[int]] = {}
         self.outstanding: dict[bytes, set[int]] = {}  # peer -> pieces asked, not answered
+        # peer -> pieces cancelled there, not yet answered: outstanding, as on the wire (a
+        # Cancel is a hint; wire/protocol.py refuses a second Request for them meanwhile)
+        self.cancelled: dict[bytes, set[int]] = {}
         self.choking: set[bytes] = set()
         self.banned: set[bytes] = set()
         self.linked: set[bytes] = set()
@@ -60,14 +63,14 @@ class PickerMachine(RuleBasedStateMachine):
             # Only the first wanted piece moves, before the endgame, from the one peer asked
             # for it long enough ago, to another that is asked for it in the same schedule.
             assert not endgame and index == min(wanted), (index, wanted)
-            assert index in self.outstanding[peer]
-            assert [p for p, a in self.outstanding.items() if index in a] == [peer]
+            assert index in self._live(peer)
+            assert [p for p in self.outstanding if index in self._live(p)] == [peer]
             assert self.now - self.asked_at[(peer, index)] >= MOVE_FIRST_AFTER
             assert any(q != peer and i == index for q, i in requests(sends))
-            self.outstanding[peer].discard(index)
+            self.cancelled[peer].add(index)  # outstanding until the peer answers
         new: dict[bytes, int] = {}
         for peer, index in requests(sends):
-            if any(index in asked for asked in self.outstanding.values()):
+            if any(index in self._live(p) for p in self.outstanding):
                 # A second request for a piece is made only in the endgame: every wanted
                 # piece was in flight (or became so in this very schedule).
                 assert endgame or all(i in self.picker.inflight for i in wanted)
@@ -79,6 +82,7 @@ class PickerMachine(RuleBasedStateMachine):
             assert index in self.hashes, "asked for a piece we cannot verify"
             assert index not in self.stored, "asked for a piece we have"
             assert index not in self.elsewhere, "asked a peer for a piece fetched elsewhere"
+            # Also while a cancelled request for it is unanswered: the link would refuse it.
             assert index not in self.outstanding[peer], "asked one peer twice for a piece"
             self.outstanding[peer].add(index)
             self.asked_at[(peer, index)] = self.now
@@ -89,12 +93,21 @@ class PickerMachine(RuleBasedStateMachine):
             assert len(self.outstanding[peer]) <= MAX_REQUESTS, "more than the peer's queue"
         return sends
 
+    def _live(self, peer: bytes) -> set[int]:
+        """What `peer` was asked for and not told to drop (a Cancel)."""
+        return self.outstanding[peer] - self.cancelled[peer]
+
+    def _answered(self, peer: bytes, index: int) -> None:
+        self.outstanding[peer].discard(index)
+        self.cancelled[peer].discard(index)
+
     @rule(peer=st.sampled_from(PEERS))
     def link(self, peer: bytes) -> None:
         if peer in self.banned or peer in self.linked:
             return
         self.linked.add(peer)
         self.outstanding[peer] = set()
+        self.cancelled[peer] = set()
         self.picker.add_peer(peer)
         self._schedule()
 
@@ -113,7 +126,7 @@ class PickerMachine(RuleBasedStateMachine):
         self.announced.setdefault(peer, set()).add(index)
         self.picker.have(peer, index)
         could_ask = self.picker.could_ask(peer, index)
-        before = {p: set(asked) for p, asked in self.outstanding.items()}
+        before = {p: self._live(p) for p in self.outstanding}
         wake = self.picker.wake_at(self.now)
         sends = self._schedule()
         if not could_ask and requests(sends):
@@ -151,7 +164,7 @@ class PickerMachine(RuleBasedStateMachine):
     def piece_arrives(self, data: st.DataObject, good: bool) -> None:
         peer = data.draw(st.sampled_from(sorted(p for p, a in self.outstanding.items() if a)))
         index = data.draw(st.sampled_from(sorted(self.outstanding[peer])))
-        self.outstanding[peer].discard(index)
+        self._answered(peer, index)  # a cancelled request's piece may come all the same
         self.now += 0.5
         if not self.picker.received(peer, index, self.now):
             return
@@ -170,7 +183,9 @@ class PickerMachine(RuleBasedStateMachine):
             sends = self.picker.stored(index)
             self.stored.add(index)
             cancelled = {s.peer for s in sends if isinstance(s.event, Cancel)}
-            assert cancelled == {p for p, a in self.outstanding.items() if index in a}
+            assert cancelled == {p for p in self.outstanding if index in self._live(p)}
+            for p in cancelled:
+                self.cancelled[p].add(index)
             # Told: every linked peer that has not announced the piece (no owner here).
             told = {p for p in self.linked if index not in self.announced.get(p, set())}
             assert {s.peer for s in sends if isinstance(s.event, Have)} == told
@@ -207,8 +222,10 @@ class PickerMachine(RuleBasedStateMachine):
     def reject(self, data: st.DataObject) -> None:
         peer = data.draw(st.sampled_from(sorted(p for p, a in self.outstanding.items() if a)))
         index = data.draw(st.sampled_from(sorted(self.outstanding[peer])))
-        self.outstanding[peer].discard(index)
-        self.announced.get(peer, set()).discard(index)
+        if index not in self.cancelled[peer]:
+            # It no longer has it (or it is private): the answer to a Cancel says nothing so.
+            self.announced.get(peer, set()).discard(index)
+        self._answered(peer, index)
         self.picker.rejected(peer, index)
         self._schedule()
 
@@ -222,6 +239,7 @@ class PickerMachine(RuleBasedStateMachine):
     def _drop(self, peer: bytes, banned: bool) -> None:
         self.linked.discard(peer)
         self.outstanding.pop(peer, None)
+        self.cancelled.pop(peer, None)
         self.announced.pop(peer, None)
         self.choking.discard(peer)
         if banned:
@@ -231,8 +249,8 @@ class PickerMachine(RuleBasedStateMachine):
     def one_request_per_piece_outside_the_endgame(self) -> None:
         wanted = self.picker.missing - {i for _, i in self.arrived}
         askers: dict[int, int] = {}
-        for asked in self.outstanding.values():
-            for index in asked:
+        for peer in self.outstanding:
+            for index in self._live(peer):
                 askers[index] = askers.get(index, 0) + 1
         for index, count in askers.items():
             assert count <= 2, f"piece {index} asked of {count} peers"
@@ -253,6 +271,8 @@ class PickerMachine(RuleBasedStateMachine):
             if index in self.elsewhere:
                 continue
             for peer in self.linked - self.choking:
+                if index in self.cancelled[peer]:
+                    continue  # moved away from it: not asked again before it answers
                 if index in self.announced.get(peer, set()):
                     free = self.picker.queue_depth(peer) - len(self.outstanding[peer])
                     assert free <= 0, f"piece {index} held by idle peer, not asked"
@@ -438,7 +458,7 @@ def test_the_first_missing_piece_is_moved_from_a_peer_that_does_not_send_it() ->
     # Only the first missing piece moves (the one an in-order reader waits on): piece 1 stays.
     assert sends == [Send(slow, Cancel(DIGEST, 0)), Send(fast, Request(DIGEST, 0))]
     assert picker.inflight == {0: frozenset({fast}), 1: frozenset({slow})}
-    assert picker.requests_at(slow) == 1
+    assert picker.requests_at(slow) == 2  # the cancelled request holds its place until answered
     # The slow peer's copy, if it was already on its way, is taken; the other is then waste.
     assert picker.received(slow, 0, deadline + 0.5)
     assert Send(fast, Cancel(DIGEST, 0)) in picker.stored(0)
@@ -460,3 +480,55 @@ def test_in_the_endgame_the_first_piece_is_not_moved_but_asked_twice() -> None:
     sends = picker.schedule(MOVE_FIRST_AFTER + 1)
     assert not any(isinstance(s.event, Cancel) for s in sends)
     assert sorted(requests(sends)) == [(fast, 0), (fast, 1)]
+
+
+def _piece_0_moved(pieces: int) -> tuple[PiecePicker, float]:
+    """Piece 0 asked of PEERS[0], held by nobody else until PEERS[1] announces it, then moved
+    there (the other pieces held by nobody: not the endgame). Returns when it moved."""
+    picker = PiecePicker(DIGEST, PieceLayout(pieces * 100, 100), random.Random(1))
+    picker.hashes(range(pieces))
+    slow, fast = PEERS[0], PEERS[1]
+    picker.bitfield(slow, [0])
+    assert requests(picker.schedule(0.0)) == [(slow, 0)]
+    picker.bitfield(fast, [0])
+    deadline = picker.next_deadline()
+    assert deadline is not None
+    moved = deadline + 0.01
+    assert requests(picker.schedule(moved)) == [(fast, 0)]
+    return picker, moved
+
+
+def test_a_moved_piece_is_not_asked_again_of_its_first_peer_before_that_peer_answers() -> None:
+    """The Cancel is a hint: the request stays outstanding on the link until the peer sends
+    the piece or a Reject, and the link refuses a second Request for it meanwhile."""
+    picker, deadline = _piece_0_moved(pieces=4)
+    slow, fast, third = PEERS[0], PEERS[1], PEERS[2]
+    # The new peer no longer has it: the piece is free, but its first peer has not answered.
+    picker.rejected(fast, 0)
+    assert picker.schedule(deadline + 0.1) == []
+    # Not even when the second peer is late in turn: the piece moves on, never back.
+    picker.bitfield(third, [0])
+    picker.bitfield(fast, [0])
+    assert requests(picker.schedule(deadline + 0.2)) in ([(fast, 0)], [(third, 0)])
+    later = picker.next_deadline()
+    assert later is not None
+    assert all(p != slow for p, _ in requests(picker.schedule(later + 0.01)))
+    # Its answer to the Cancel: it still holds the piece, and may be asked for it again.
+    picker.rejected(slow, 0)
+    assert picker.holders(0) == 3
+    for peer in (fast, third):
+        picker.lost(peer)
+    assert requests(picker.schedule(later + 0.1)) == [(slow, 0)]
+
+
+def test_the_endgame_does_not_ask_a_second_copy_of_a_peer_a_piece_moved_away_from() -> None:
+    picker, deadline = _piece_0_moved(pieces=2)
+    slow, third = PEERS[0], PEERS[2]  # piece 0 moved from slow to PEERS[1]
+    picker.bitfield(third, [1])
+    assert requests(picker.schedule(deadline + 0.02)) == [(third, 1)]  # now the endgame
+    overdue = picker.next_deadline()
+    assert overdue is not None
+    # Piece 0 is overdue at the fast peer; the only other holder has not answered the Cancel.
+    assert requests(picker.schedule(overdue + 0.01)) == []
+    picker.rejected(slow, 0)
+    assert requests(picker.schedule(overdue + 0.02)) == [(slow, 0)]  # now a second copy
