@@ -37,6 +37,7 @@ from peer.fetch.chunks import (
     whole_flows,
 )
 from peer.fetch.upstream_fetch import RANGES_AT_ONCE
+from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
 from peer.swarm.fetch import (
     DRAIN_STALL,
@@ -121,6 +122,10 @@ class SwarmFetch:
         self._last_progress = 0.0
         self._stored_at = 0.0  # a piece last stored, or the exchange with this owner began
         self._stalled: set[bytes] = set()  # owners left for sending no piece (never again)
+        # peer -> pieces asked of it and not answered (a Piece or a Reject), cancelled or not:
+        # the node's link refuses a second Request for one of them (wire/protocol.py), and so
+        # does the simulator, loudly, so that a picker that would do it cannot pass here.
+        self._open: dict[bytes, set[int]] = {}
 
     # ---- finding the owner -------------------------------------------------------------------
 
@@ -359,6 +364,7 @@ class SwarmFetch:
         self.schedule()
 
     def on_reject(self, peer: bytes, index: int) -> None:
+        self._answered(peer, index)
         self.picker.rejected(peer, index)
         self.schedule()
 
@@ -370,6 +376,7 @@ class SwarmFetch:
             self.schedule()
 
     def on_link_lost(self, peer: bytes) -> None:
+        self._open.pop(peer, None)
         self.picker.lost(peer)
         if peer == self.owner:
             if self.phase is Phase.FINDING and self.meta_pending:
@@ -385,6 +392,7 @@ class SwarmFetch:
     def on_piece(self, peer: bytes, index: int, nbytes: int) -> None:
         node = self.node
         stats = node.world.stats
+        self._answered(peer, index)
         if not self.picker.received(peer, index, self.queue.now):
             stats.duplicate_bytes += nbytes  # the endgame's losing copy, or never asked
             self.schedule()
@@ -412,12 +420,29 @@ class SwarmFetch:
         node.world.stats.schedules += 1
         sends = self.picker.schedule(self.queue.now)
         if sends:
+            self._opened(sends)
             node.world.stats.requests += sum(isinstance(s.event, Request) for s in sends)
             node.send_many(node.with_inflow(sends))
         at = self.picker.wake_at(self.queue.now)
         if at is not None and (self._deadline is None or at < self._deadline):
             self._deadline = at
             self.queue.at(at, self._on_deadline, at)
+
+    def _opened(self, sends: list[Send]) -> None:
+        for send in sends:
+            if isinstance(send.event, Request):
+                asked = self._open.setdefault(send.peer, set())
+                if send.event.index in asked:
+                    raise RuntimeError(
+                        f"{self.node.name} asked a peer again for piece {send.event.index} of "
+                        f"{self.state.digest} before it answered: the node's link would refuse it"
+                    )
+                asked.add(send.event.index)
+
+    def _answered(self, peer: bytes, index: int) -> None:
+        asked = self._open.get(peer)
+        if asked is not None:
+            asked.discard(index)
 
     def _on_deadline(self, at: float) -> None:
         if at != self._deadline or not self.node.alive:

@@ -21,7 +21,10 @@ from bench.simulate.report import document, summarize
 from bench.simulate.world import MBIT, Join, Kill, Result, SimConfig, Simulation
 from peer.cluster.membership import Status, Update
 from peer.fetch.chunks import CHUNK_WINDOW, least_pieces, whole_chunks, whole_flows
+from peer.swarm.actions import Send
+from peer.swarm.picker import PiecePicker
 from pieces.layout import PieceLayout, piece_size_for
+from wire.events import Request
 
 MiB = 2**20
 SMALL = tuple(plain_layer_sizes(48 * MiB, 3))  # 3 layers of 4 pieces each (and a config)
@@ -271,3 +274,43 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
     assert requests[False] == 1 + len(plan)
     assert last_request[False] > CHUNK_WINDOW
     assert last_request[True] < CHUNK_WINDOW
+
+
+def test_a_picker_that_asks_a_peer_again_before_it_answers_stops_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node's link refuses a second Request for a piece still outstanding (a Cancel is a
+    hint: wire/protocol.py) and closes; the simulator refuses it too, so that a picker that
+    would do it cannot pass here unseen (as a first version of the move did)."""
+    schedule = PiecePicker.schedule
+    doubled: list[Send] = []
+
+    def ask_twice(self: PiecePicker, now: float) -> list[Send]:
+        sends = schedule(self, now)
+        asked = [s for s in sends if isinstance(s.event, Request)]
+        if asked and not doubled:
+            doubled.append(asked[0])
+            return [*sends, asked[0]]
+        return sends
+
+    monkeypatch.setattr(PiecePicker, "schedule", ask_twice)
+    with pytest.raises(RuntimeError, match="before it answered"):
+        run(nodes=3, layer_sizes=SMALL)
+    assert doubled
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_picker_never_asks_a_peer_again_before_it_answers(seed: int) -> None:
+    """The move of the first missing piece (peer/swarm/picker.py) at 16 hosts with clients
+    that read: no second Request for an unanswered piece (the run would stop with a
+    RuntimeError, as both seeds did with the first version of the move)."""
+    result = run(
+        nodes=16,
+        layer_sizes=tuple(plain_layer_sizes(128 * MiB, 4)),
+        uplink=25 * MBIT,
+        downlink=25 * MBIT,
+        origin_up=25 * MBIT,
+        client_read=16_000_000,
+        seed=seed,
+    )
+    check_complete(result)
