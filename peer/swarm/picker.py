@@ -348,7 +348,8 @@ class PiecePicker:
         wanted = self._wanted()
         if not wanted:
             return []
-        window = set(heapq.nsmallest(WINDOW, wanted))
+        ahead = heapq.nsmallest(WINDOW, wanted)  # in order: the first missing piece first
+        window = set(ahead)
         random_first = self.layout.count - len(self._missing) < RANDOM_FIRST
         endgame: bool | None = None  # every wanted piece asked for: worked out when needed
         limit = self.source_limit
@@ -358,7 +359,7 @@ class PiecePicker:
         # once per schedule with set operations, not per peer in Python: walking each ready
         # peer's pieces was most of a schedule's time (`python -m bench.picker_cost`).
         pool = (wanted & self._hashes) - self._inflight.keys()
-        sends = self._move_first(ready, wanted, sources, now)
+        sends = self._move_first(ahead[0], ready, wanted, sources, now)
         for peer in ready:
             state = self._peers[peer]
             if limit is not None and peer not in sources and len(sources) >= limit:
@@ -384,11 +385,10 @@ class PiecePicker:
         return sends
 
     def _move_first(
-        self, ready: list[bytes], wanted: set[int], sources: set[bytes], now: float
+        self, first: int, ready: list[bytes], wanted: set[int], sources: set[bytes], now: float
     ) -> list[Send]:
         """Before the endgame, move the first missing piece's request from a peer that is
         overdue with it to a ready one that holds it (the fastest): a Cancel and a Request."""
-        first = min(wanted)
         holders = self._inflight.get(first)
         if holders is None or len(holders) != 1:
             return []
