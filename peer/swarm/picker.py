@@ -61,8 +61,9 @@ WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-
 RATE_WEIGHT = 0.3  # weight of a new sample in a peer's rate estimate (EWMA)
 # The first missing piece waits at one peer at least this long before it is asked elsewhere
 # instead. Simulator (16 hosts, 512 MiB, 25 Mbit/s, clients reading 16 MB/s: README, *The
-# clients' reading*): seeds 0-7 1.112 x T_min on average against 1.155 without the move,
-# duplicates 1.3 % of the bytes against 1.0; 2 s (a probe): more duplicates, no more gain.
+# clients' reading*): seeds 0-7 1.123 x T_min on average against 1.155 without the move,
+# duplicates 89-110 MiB of 8 GiB against 66-103 (2 s, a probe whose data was lost with its
+# machine: more duplicates, no more gain).
 MOVE_FIRST_AFTER = 5.0
 # An overdue request that the last schedule could not ask of a second peer is looked at
 # again this much later (woken at once, a driver would schedule in a loop until it arrives).
@@ -370,7 +371,7 @@ class PiecePicker:
                 picks = self._fresh_picks(state, pool, window, random_first, slots)
             if not picks:
                 if endgame is None:
-                    endgame = all(i in self._inflight for i in wanted)
+                    endgame = self._all_asked(wanted)
                 if endgame:
                     picks = self._endgame_picks(peer, state, wanted, slots, now)
             if picks:
@@ -389,11 +390,8 @@ class PiecePicker:
     ) -> list[Send]:
         """Before the endgame, move the first missing piece's request from a peer that is
         overdue with it to a ready one that holds it (the fastest): a Cancel and a Request."""
-        holders = self._inflight.get(first)
-        if holders is None or len(holders) != 1:
-            return []
-        (slow,) = holders
-        if now <= self._move_at(first, slow) or all(i in self._inflight for i in wanted):
+        slow = self._sole_holder(first)
+        if slow is None or now <= self._move_at(first, slow) or self._all_asked(wanted):
             return []  # not overdue yet, or the endgame's second copies are for that
         limit = self.source_limit
         takers = [
@@ -427,12 +425,10 @@ class PiecePicker:
         wanted = self._wanted()
         if not wanted:
             return []
-        if not all(i in self._inflight for i in wanted):
+        if not self._all_asked(wanted):
             first = min(wanted)
-            holders = self._inflight.get(first)
-            if holders is None or len(holders) != 1:
-                return []
-            return [self._move_at(first, holder) for holder in holders]
+            holder = self._sole_holder(first)
+            return [] if holder is None else [self._move_at(first, holder)]
         return [
             self._overdue_at(index, holder)
             for index in wanted
@@ -484,6 +480,18 @@ class PiecePicker:
             and all(self._overdue_at(i, h) < now for h in holders)
         ]
         return picks[:slots]
+
+    def _all_asked(self, wanted: set[int]) -> bool:
+        """The endgame: every wanted piece is asked of some peer."""
+        return all(i in self._inflight for i in wanted)
+
+    def _sole_holder(self, index: int) -> bytes | None:
+        """The one peer `index` is asked of; None when it is asked of none, or of two."""
+        holders = self._inflight.get(index)
+        if holders is None or len(holders) != 1:
+            return None
+        (holder,) = holders
+        return holder
 
     def _overdue_at(self, index: int, holder: bytes) -> float:
         """When the request for `index` at `holder` will have waited twice as long as that

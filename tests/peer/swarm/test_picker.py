@@ -132,8 +132,8 @@ class PickerMachine(RuleBasedStateMachine):
         if not could_ask and requests(sends):
             # The driver skips this schedule (the picker was scheduled after every other
             # event). It may only have asked second copies in the endgame (a schedule can
-            # enter the endgame part-way through its peers), or moved the first piece (and
-            # filled the slot that freed), which the picker's wake-up asks for in any case.
+            # enter the endgame part-way through its peers), or moved the first piece, which
+            # the picker's wake-up asks for in any case.
             assert wake is not None and wake <= self.now + IDLE_WAKE
             if not any(isinstance(s.event, Cancel) for s in sends):
                 for p, asked in self.outstanding.items():
