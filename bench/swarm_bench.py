@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from bench.bound import t_min
+from bench.bound import payload_bound, t_min
 from bench.link_timeline import timeline_table
 from bench.oci_image import Image, LayerSpec, jib_specs, sized_specs, write_layers
 from bench.rate_options import (
@@ -323,7 +323,13 @@ def swarm(
             f"{document['nodes']} hosts, {format_size(document['image_bytes'])}, "
             f"{document['scenario']} rollout"
         )
-        write_chart(chart_path, document["results"], document["t_min_s"], title)
+        write_chart(
+            chart_path,
+            document["results"],
+            document["t_min_s"],
+            document.get("payload_bound_s"),
+            title,
+        )
 
 
 def _images(
@@ -404,6 +410,12 @@ def _run(
     outcomes: list[Outcome] = []
     with Testbed(nodes, uplink, origin_up, downlink, rtt, loss, (slow_count, slow[1])) as testbed:
         hosts_congestion_control = testbed.congestion_control(testbed.nodes[0])
+        share = testbed.payload_share(testbed.nodes[0])
+        bound_for_payload = payload_bound(bound, share)
+        click.echo(
+            f"Payload bound {bound_for_payload:.4g}s: TCP's payload is {share:.4f} of what the "
+            "shapers count (full segments, headers taken out)"
+        )
         pollen_congestion = _pollen_congestion_control(pollen_args)
         click.echo(
             f"TCP congestion control: {hosts_congestion_control} on the hosts (BitTorrent's, "
@@ -434,7 +446,12 @@ def _run(
                 f"{contender}: {len(outcome.times)}/{nodes - len(outcome.killed)} hosts done"
                 + (f" ({len(outcome.killed)} killed)" if outcome.killed else "")
                 + (f" ({len(outcome.joined)} joined)" if outcome.joined else "")
-                + (f", last at {last:.1f}s ({last / bound:.2f} x T_min)" if last else "")
+                + (
+                    f", last at {last:.1f}s ({last / bound:.2f} x T_min, "
+                    f"{last / bound_for_payload:.3f} x the payload bound)"
+                    if last
+                    else ""
+                )
                 + f", origin served {format_size(outcome.origin_payload)}"
                 + f"; CPU: clients {outcome.client_cpu_s:.1f} s"
                 + (f", nodes {outcome.daemon_cpu_s:.1f} s" if outcome.daemon_cpu_s else "")
@@ -453,7 +470,7 @@ def _run(
                     "retransmissions included; busy against the shaped rates)\n"
                     + timeline_table(outcome.timeline, outcome.done, origin_up, downlink)
                 )
-    summaries = [summary(o, image.total_size, bound) for o in outcomes]
+    summaries = [summary(o, image.total_size, bound, bound_for_payload) for o in outcomes]
     for outcome, result in zip(outcomes, summaries, strict=True):
         if outcome.node_ids and len(outcome.node_ids) == nodes:
             # Which host fetched which blob from the origin: a host that owns several large
@@ -463,7 +480,7 @@ def _run(
             result["layer_owners"] = owners
             per_host = sorted(collections.Counter(owners.values()).values(), reverse=True)
             click.echo(f"{outcome.contender}: layers per owning host {per_host}")
-    click.echo(table(summaries, bound))
+    click.echo(table(summaries, bound, bound_for_payload))
     return {
         "command": " ".join(sys.argv),
         "pollen_args": pollen_args,
@@ -484,5 +501,7 @@ def _run(
         "new_bytes": new_bytes,
         "layers": [d.size for d in image.layers],
         "t_min_s": round(bound, 3),
+        "payload_share": round(share, 5),
+        "payload_bound_s": round(bound_for_payload, 3),
         "results": summaries,
     }

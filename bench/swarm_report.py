@@ -12,9 +12,14 @@ from peer.cluster.rendezvous import owner_order
 from peer.sizes import format_size
 
 
-def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
+def summary(
+    outcome: Outcome, image_bytes: int, bound: float, payload_bound: float | None = None
+) -> dict[str, Any]:
+    """One contender's results; the last host against `payload_bound` too where one is
+    given (the testbed's: the simulator's rates are payload already)."""
     times = outcome.times
     last = max(times) if outcome.complete and times else None
+    over_payload = None if last is None or payload_bound is None else last / payload_bound
     return {
         "contender": outcome.contender,
         "hosts": len(outcome.done),  # the survivors, when hosts were killed
@@ -25,6 +30,11 @@ def summary(outcome: Outcome, image_bytes: int, bound: float) -> dict[str, Any]:
         "median_done_s": round(statistics.median(times), 3) if times else None,
         "last_done_s": round(last, 3) if last is not None else None,
         "last_over_t_min": round(last / bound, 3) if last is not None else None,
+        **(
+            {"last_over_payload_bound": round(over_payload, 3) if over_payload else None}
+            if payload_bound is not None
+            else {}
+        ),
         "origin_payload_bytes": outcome.origin_payload,
         "origin_payload_over_image": round(outcome.origin_payload / image_bytes, 4),
         "origin_wire_bytes": outcome.origin_wire,
@@ -52,9 +62,10 @@ def blob_owners(
     return {digest: hosts[owner_order(digest, hosts, capacity)[0]] for digest in digests}
 
 
-def table(summaries: list[dict[str, Any]], bound: float) -> str:
+def table(summaries: list[dict[str, Any]], bound: float, payload_bound: float) -> str:
     header = (
         f"{'contender':<11} {'first':>8} {'median':>8} {'last':>8} {'last/T_min':>10} "
+        f"{'/payload':>8} "
         f"{'origin sent':>12} {'x image':>8} {'CPU busy':>8}  hosts"
     )
     lines = [header, "-" * len(header)]
@@ -64,14 +75,21 @@ def table(summaries: list[dict[str, Any]], bound: float) -> str:
 
     for s in summaries:
         ratio = f"{s['last_over_t_min']:.2f}" if s["last_over_t_min"] is not None else "-"
+        over_payload = s["last_over_payload_bound"]
+        payload_ratio = f"{over_payload:.3f}" if over_payload is not None else "-"
         lines.append(
             f"{s['contender']:<11} {seconds(s['first_done_s']):>8} "
             f"{seconds(s['median_done_s']):>8} {seconds(s['last_done_s']):>8} {ratio:>10} "
+            f"{payload_ratio:>8} "
             f"{format_size(s['origin_payload_bytes']):>12} "
             f"{s['origin_payload_over_image']:>8.3f} {s['machine_cpu_busy']:>8.0%}  "
             f"{s['hosts_done']}/{s['hosts']}"
         )
     lines.append(f"T_min = {bound:.3g}s (Kumar & Ross lower bound for these bytes and links)")
+    lines.append(
+        f"payload bound = {payload_bound:.4g}s (T_min at the rates TCP's payload gets on these "
+        "links, headers taken out: the bound a transfer over TCP can reach)"
+    )
     return "\n".join(lines)
 
 
@@ -79,8 +97,15 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def write_chart(path: Path, summaries: list[dict[str, Any]], bound: float, title: str) -> None:
-    """Each contender's host completion times (sorted, one line per contender) and T_min."""
+def write_chart(
+    path: Path,
+    summaries: list[dict[str, Any]],
+    bound: float,
+    payload_bound: float | None,
+    title: str,
+) -> None:
+    """Each contender's host completion times (sorted, one line per contender), T_min and the
+    payload bound (None in documents written before it was)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write the file only
@@ -95,6 +120,8 @@ def write_chart(path: Path, summaries: list[dict[str, Any]], bound: float, title
                 times, range(1, len(times) + 1), where="post", marker=".", label=s["contender"]
             )
     axes.axvline(bound, color="black", linestyle="--", linewidth=1, label="T_min")
+    if payload_bound is not None:
+        axes.axvline(payload_bound, color="grey", linestyle=":", linewidth=1, label="payload bound")
     axes.set_xlabel("seconds since all hosts started")
     axes.set_ylabel("hosts done")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from bench.bound import payload_share
 from bench.tcp_losses import Losses, qdisc_drops, qdisc_drops_by_device, tcp_segments
 
 SUBNET = "10.213"
@@ -238,6 +239,13 @@ class Testbed:
         has its own setting, a new one the machine's): aria2c's, skopeo's, the registry's."""
         path = "/proc/sys/net/ipv4/tcp_congestion_control"
         return _run("ip", "netns", "exec", host.netns, "cat", path).stdout.strip()
+
+    def payload_share(self, host: Host) -> float:
+        """The share of `host`'s shaped rates that a full TCP segment's payload is, from its
+        link's MTU and whether its TCP puts timestamps in every segment (bench/bound.py)."""
+        link = json.loads(_run("ip", "-n", host.netns, "-j", "link", "show", "dev", "eth0").stdout)
+        timestamps = _run(*self.command(host, ["cat", "/proc/sys/net/ipv4/tcp_timestamps"]))
+        return payload_share(int(link[0]["mtu"]), timestamps.stdout.strip() != "0")
 
     def tx_bytes(self, host: Host) -> int:
         """Bytes `host` has sent on its link so far."""

@@ -135,4 +135,4 @@ def write_outputs(
             f"simulated: {config.nodes} hosts, {format_size(image)}, "
             f"{config.uplink * 8 / 1e6:g} Mbit/s links, seed {config.seed}"
         )
-        write_chart(chart_path, [s], config.bound(), title)
+        write_chart(chart_path, [s], config.bound(), None, title)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.bound import t_min
+from bench.bound import payload_bound, payload_share, t_min
 
 MBIT = 1_000_000 // 8
 
@@ -44,3 +44,26 @@ def test_no_bound_below_any_of_its_three_terms(size: int, origin: int, ups: list
 def test_nonsense_rates_are_refused() -> None:
     with pytest.raises(ValueError):
         t_min(1, 0, [1], [None])
+
+
+def test_payload_share_of_a_1500_byte_mtu_with_timestamps() -> None:
+    # 1448 bytes of payload in each 1514-byte frame: what one flow through a tbf measured.
+    assert payload_share(1500, timestamps=True) == pytest.approx(1448 / 1514)
+    assert payload_share(1500, timestamps=False) == pytest.approx(1460 / 1514)
+    assert payload_share(9000, timestamps=True) > payload_share(1500, timestamps=True)
+
+
+def test_payload_bound_is_later_than_t_min() -> None:
+    bound = t_min(512 * 2**20, 25 * MBIT, [25 * MBIT] * 16, [25 * MBIT] * 16)
+    share = payload_share(1500, timestamps=True)
+    assert payload_bound(bound, share) == pytest.approx(bound * 1514 / 1448)
+    assert payload_bound(bound, share) > bound
+
+
+def test_nonsense_shares_are_refused() -> None:
+    with pytest.raises(ValueError):
+        payload_share(52, timestamps=True)
+    with pytest.raises(ValueError):
+        payload_bound(1.0, 0.0)
+    with pytest.raises(ValueError):
+        payload_bound(1.0, 1.5)

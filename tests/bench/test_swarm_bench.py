@@ -50,6 +50,10 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
     assert namespaces(pid) == set()
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["nodes"] == 4 and doc["t_min_s"] > 0
+    # The testbed's veths (MTU 1500) and TCP with timestamps (each namespace's default): 1448
+    # bytes of payload in every 1514 the shapers count.
+    assert doc["payload_share"] == pytest.approx(1448 / 1514, abs=1e-5)
+    assert doc["payload_bound_s"] == pytest.approx(doc["t_min_s"] * 1514 / 1448, rel=1e-3)
     assert doc["pollen_args"] == "--piece-size 2MiB --upload-rate 1GiB/s"
     machine_default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
     assert doc["hosts_congestion_control"] == machine_default
@@ -62,12 +66,14 @@ def test_quick_run_compares_all_three_contenders_and_removes_the_testbed(tmp_pat
         assert r["last_done_s"] >= r["first_done_s"] > 0
         # Nothing finishes faster than the bound allows (a check on the harness's clock).
         assert r["last_done_s"] >= 0.9 * doc["t_min_s"]
+        assert r["last_over_payload_bound"] < r["last_over_t_min"]
     # Direct: every host's copy left the origin; pollen: about one copy in all.
     assert results["direct"]["origin_payload_over_image"] >= 3.9
     assert results["pollen"]["origin_payload_over_image"] <= 1.02
     assert results["bittorrent"]["origin_payload_bytes"] > 0
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "T_min" in result.stdout
+    assert "payload bound" in result.stdout
     # The timeline's rates, over its intervals, add up to what crossed the links: the
     # origin's wire bytes (read apart, from its own side), and at least the image into
     # every host.
