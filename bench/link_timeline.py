@@ -5,7 +5,9 @@ uplink (what every host waits for) busy to the end, were the hosts' downlinks fu
 did the last hosts take after the origin's last byte. The simulator answers the same for its
 model (`bench simulate --timeline`); the testbed is where CPU, TCP and the shapers' queues
 also play. The counters are the switch's ends of the hosts' links: what crossed the wire,
-headers and retransmissions included.
+retransmissions included, but a GSO packet's headers counted once, not once per frame: a link
+its shaper keeps full reads about 96 % (one flow through a 25 Mbit/s tbf: 23.91 Mbit/s of
+payload, the counters 0.44 % above that).
 
 `LinkSampler` reads the counters from a thread while the rollout runs; `timeline_rows` and
 `timeline_table` turn the samples into rates (pure: tested without namespaces).
