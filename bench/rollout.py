@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.components import REPO, registry_bytes_served, registry_config
+from bench.components import REPO, Containerd, registry_bytes_served, registry_config
 from bench.link_timeline import LinkSampler, timeline_rows
 from bench.oci_image import Image, push
 from bench.tcp_losses import Losses, UnreadableCounters
@@ -298,13 +298,30 @@ def _after_node_serves(command: list[str], timeout: float = 30.0) -> list[str]:
     return ["sh", "-c", wait, POLLEN_HTTP, *command]
 
 
-# How a host's skopeo stores the image, and so how many blobs it reads at once: containers/image
+# How a host's client stores the image, and so how many blobs it reads at once: containers/image
 # copies blobs in parallel (6 at a time) only to a destination whose PutBlob is safe to run
 # concurrently; an OCI layout's is, a `dir:` directory's is not (HasThreadSafePutBlob false).
+# containerd's CRI plugin, the kubelet's puller, fetches 3 at a time (max_concurrent_downloads).
 CLIENTS = {
-    "oci": "into an OCI layout, 6 blobs at a time",
-    "dir": "into a dir: directory, one blob at a time",
+    "oci": "skopeo into an OCI layout, 6 blobs at a time",
+    "dir": "skopeo into a dir: directory, one blob at a time",
+    "ctr": "containerd (a private daemon per host) with `ctr images pull`, 3 blobs at a time as "
+    "the kubelet's CRI plugin by default; a host is done when every blob is in, before the "
+    "unpacking (skopeo and BitTorrent unpack nothing)",
 }
+CTR_DOWNLOADS = 3
+
+
+def ctr_pull(socket: Path, ref: str, done_file: Path) -> list[str]:
+    """`ctr images pull` of `ref` into the containerd at `socket`, 3 blobs at a time; when ctr
+    says it begins to unpack (every blob is fetched and checked), the Unix time goes to
+    `done_file`, and ctr goes on unpacking until the run stops it. A ctr that fails before
+    writes nothing there: the host fails, its error in the log (ctr's stderr)."""
+    script = (
+        f'ctr -a "$1" -n bench images pull --plain-http --max-concurrent-downloads {CTR_DOWNLOADS}'
+        ' "$2" | { grep -m1 "^unpacking" >/dev/null && date +%s.%N > "$3"; cat >/dev/null; }'
+    )
+    return ["sh", "-c", script, "ctr-pull", str(socket), ref, str(done_file)]
 
 
 def skopeo_pull(source: str, dest: Path, tag: str, client: str = "oci") -> list[str]:
@@ -336,7 +353,7 @@ class Rollout:
     workdir: Path
     timeout: float
     progress: Progress
-    client: str = "oci"  # how each host's skopeo stores the image (CLIENTS)
+    client: str = "oci"  # how each host's client stores the image (CLIENTS)
     timeline: float | None = None  # sample the links this often (seconds) while hosts fetch
 
     def measure(
@@ -541,20 +558,42 @@ class Rollout:
         joins: list[HostJoin] | None = None,
         hosts: list[Host] | None = None,
     ) -> None:
-        """Every node host (or those of `hosts`) copies `source` with skopeo into its layout
-        (or directory: `client`) under `base`; a host of `joins` first waits for its node to
-        serve."""
+        """Every node host (or those of `hosts`) copies `source` with its client (`client`:
+        skopeo into a layout or a directory under `base`, or ctr into a containerd of its own,
+        started for this pull and removed after it); a host of `joins` first waits for its
+        node to serve."""
         hosts = hosts if hosts is not None else self.testbed.nodes
         joining = {host for join in joins or [] for host in join.hosts}
         commands = {}
-        for host in hosts:
-            (base / host.name).mkdir(parents=True, exist_ok=True)
-            command = skopeo_pull(source, base / host.name / self.client, tag, self.client)
-            commands[host] = _after_node_serves(command) if host in joining else command
-        logs = base / f"logs-{tag}"
-        run_at_once(
-            self.testbed, commands, self.timeout, outcome, self.progress, logs, None, kills, joins
-        )
+        stores: dict[Host, Containerd] = {}
+        done_files: dict[Host, Path] | None = {} if self.client == "ctr" else None
+        try:
+            for host in hosts:
+                (base / host.name).mkdir(parents=True, exist_ok=True)
+                if done_files is not None:
+                    # Started before the clock: the kubelet's containerd is running already.
+                    stores[host] = Containerd()
+                    done_files[host] = base / host.name / f"done-{tag}"
+                    command = ctr_pull(stores[host].socket, source, done_files[host])
+                else:
+                    command = skopeo_pull(source, base / host.name / self.client, tag, self.client)
+                commands[host] = _after_node_serves(command) if host in joining else command
+            logs = base / f"logs-{tag}"
+            run_at_once(
+                self.testbed,
+                commands,
+                self.timeout,
+                outcome,
+                self.progress,
+                logs,
+                done_files,
+                kills,
+                joins,
+            )
+        finally:
+            # Stopped and waited for here: their CPU counts with the clients'.
+            for store in stores.values():
+                store.close()
 
     def _wait_converged(self, nodes: list[Host], base: Path) -> None:
         def converged() -> bool:

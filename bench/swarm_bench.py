@@ -129,7 +129,7 @@ def _progress(enabled: bool) -> Any:
     type=click.Choice(list(CLIENTS)),
     default="oci",
     show_default=True,
-    help="How each host's skopeo (direct and pollen) stores the image: "
+    help="Each host's client (direct and pollen) and how it stores the image: "
     + "; ".join(f"{name}: {what}" for name, what in CLIENTS.items())
     + ". BitTorrent's aria2c is the same either way.",
 )
@@ -276,6 +276,12 @@ def swarm(
         # A copy into dir: replaces what the directory held: release K would not stay.
         raise click.BadParameter(
             "dir holds one image only: use it with --scenario first", param_hint="--client"
+        )
+    if client == "ctr" and scenario != "first":
+        # Each pull has a containerd of its own: release K would not stay for release K+1.
+        raise click.BadParameter(
+            "ctr starts each pull with an empty containerd: use it with --scenario first",
+            param_hint="--client",
         )
     down = downlink_rate(downlink, uplink)
     origin_up = origin_uplink or uplink

@@ -31,7 +31,11 @@ def summary(
         "last_done_s": round(last, 3) if last is not None else None,
         "last_over_t_min": round(last / bound, 3) if last is not None else None,
         **(
-            {"last_over_payload_bound": round(over_payload, 3) if over_payload else None}
+            {
+                "last_over_payload_bound": (
+                    round(over_payload, 3) if over_payload is not None else None
+                )
+            }
             if payload_bound is not None
             else {}
         ),
@@ -75,7 +79,7 @@ def table(summaries: list[dict[str, Any]], bound: float, payload_bound: float) -
 
     for s in summaries:
         ratio = f"{s['last_over_t_min']:.2f}" if s["last_over_t_min"] is not None else "-"
-        over_payload = s["last_over_payload_bound"]
+        over_payload = s.get("last_over_payload_bound")  # absent where none was given
         payload_ratio = f"{over_payload:.3f}" if over_payload is not None else "-"
         lines.append(
             f"{s['contender']:<11} {seconds(s['first_done_s']):>8} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -247,6 +248,58 @@ def test_the_dir_client_copies_explicit_layers_one_blob_at_a_time(tmp_path: Path
         direct = sorted(spans)[:4]
         assert len({digest for _start, _end, digest in direct}) == 4
         assert all(later[0] >= earlier[1] - 0.002 for earlier, later in itertools.pairwise(direct))
+
+
+def test_the_ctr_client_pulls_three_blobs_at_a_time_into_containerd(tmp_path: Path) -> None:
+    """`--client ctr`: each host's `ctr images pull` into a containerd of its own, 3 blobs at
+    a time (the kubelet's CRI plugin's default): in the direct run the registry's log shows a
+    host's blob downloads overlapping 3 deep and never 4. Through pollen too, every host
+    completes, and no containerd is left running."""
+    work = tmp_path / "work"
+    before = containerd_pids()
+    result, pid = run_bench(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
+         "--uplink", "40mbit", "--layer-sizes", "3MiB,3MiB,3MiB,3MiB,2MiB", "--client", "ctr",
+         "--contenders", "direct,pollen", "--workdir", str(work),
+         "--json", str(tmp_path / "r.json")],
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces(pid) == set()
+    assert containerd_pids() - before == set()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["client"] == "ctr"
+    results = {r["contender"]: r for r in doc["results"]}
+    assert all(r["hosts_done"] == 3 for r in results.values()), results
+    assert results["pollen"]["origin_payload_over_image"] <= 1.001
+    downloads = blob_downloads(work / "origin" / "registry.log")
+    assert len(downloads) == 3
+    for spans in downloads.values():
+        # The direct run came first: each host's first 6 (the config and 5 layers, each once).
+        direct = sorted(spans)[:6]
+        assert len({digest for _start, _end, digest in direct}) == 6
+        assert most_at_once(direct) == 3
+
+
+def most_at_once(spans: list[tuple[float, float, str]]) -> int:
+    """The most downloads of `spans` in progress at one moment."""
+    edges = sorted([(start, 1) for start, _, _ in spans] + [(end, -1) for _, end, _ in spans])
+    depth = deepest = 0
+    for _, step in edges:  # at a tie an end sorts first: back to back is not at once
+        depth += step
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def containerd_pids() -> set[int]:
+    """The PIDs of the containerd daemons running now (to see that none is left)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "containerd":
+                    pids.add(int(entry.name))
+    return pids
 
 
 def blob_downloads(registry_log: Path) -> dict[str, list[tuple[float, float, str]]]:
