@@ -222,17 +222,7 @@ def test_the_dir_client_copies_explicit_layers_one_blob_at_a_time(tmp_path: Path
     registry's log shows no two blob downloads of a host overlapping (with an OCI layout
     they do: 6 at a time). Through pollen too, every host completes."""
     work = tmp_path / "work"
-    result, pid = run_bench(
-        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
-         "--uplink", "40mbit", "--layer-sizes", "6MiB,1MiB,300KiB", "--client", "dir",
-         "--contenders", "direct,pollen", "--workdir", str(work),
-         "--json", str(tmp_path / "r.json")],
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert namespaces(pid) == set()
-    doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["client"] == "dir"
+    doc = three_hosts_direct_then_pollen(tmp_path, "dir", "6MiB,1MiB,300KiB")
     # Each layer's blob is its content plus tar framing (headers, padding to 10 KiB records).
     wanted = [6 * 2**20, 2**20, 300 * 2**10]
     assert all(0 < size - want <= 20480 for size, want in zip(doc["layers"], wanted, strict=True))
@@ -257,18 +247,8 @@ def test_the_ctr_client_pulls_three_blobs_at_a_time_into_containerd(tmp_path: Pa
     completes, and no containerd is left running."""
     work = tmp_path / "work"
     before = containerd_pids()
-    result, pid = run_bench(
-        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
-         "--uplink", "40mbit", "--layer-sizes", "3MiB,3MiB,3MiB,3MiB,2MiB", "--client", "ctr",
-         "--contenders", "direct,pollen", "--workdir", str(work),
-         "--json", str(tmp_path / "r.json")],
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert namespaces(pid) == set()
+    doc = three_hosts_direct_then_pollen(tmp_path, "ctr", "3MiB,3MiB,3MiB,3MiB,2MiB")
     assert containerd_pids() - before == set()
-    doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["client"] == "ctr"
     results = {r["contender"]: r for r in doc["results"]}
     assert all(r["hosts_done"] == 3 for r in results.values()), results
     assert results["pollen"]["origin_payload_over_image"] <= 1.001
@@ -279,6 +259,24 @@ def test_the_ctr_client_pulls_three_blobs_at_a_time_into_containerd(tmp_path: Pa
         direct = sorted(spans)[:6]
         assert len({digest for _start, _end, digest in direct}) == 6
         assert most_at_once(direct) == 3
+
+
+def three_hosts_direct_then_pollen(tmp_path: Path, client: str, layer_sizes: str) -> Any:
+    """`bench swarm` of 3 hosts at 40 Mbit/s with `client` and those layers, direct then
+    pollen, its work kept in tmp_path/work: the JSON document, once the run succeeded and
+    left no namespace."""
+    result, pid = run_bench(
+        [sys.executable, "-m", "peer.cli", "bench", "swarm", "--nodes", "3",
+         "--uplink", "40mbit", "--layer-sizes", layer_sizes, "--client", client,
+         "--contenders", "direct,pollen", "--workdir", str(tmp_path / "work"),
+         "--json", str(tmp_path / "r.json")],
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces(pid) == set()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["client"] == client
+    return doc
 
 
 def most_at_once(spans: list[tuple[float, float, str]]) -> int:
