@@ -6,8 +6,9 @@ did the last hosts take after the origin's last byte. The simulator answers the 
 model (`bench simulate --timeline`); the testbed is where CPU, TCP and the shapers' queues
 also play. The counters are the switch's ends of the hosts' links: what crossed the wire,
 retransmissions included, but a GSO packet's headers counted once, not once per frame: a link
-its shaper keeps full reads about 96 % (one flow through a 25 Mbit/s tbf: 23.91 Mbit/s of
-payload, the counters 0.44 % above that).
+its shaper keeps full reads 96-100 %, by how many frames its GSO packets carry (one flow of
+large ones through a 25 Mbit/s tbf: 23.91 Mbit/s of payload, the counters 0.44 % above that;
+the registry's link in pollen's runs, full, 99-100 %).
 
 `LinkSampler` reads the counters from a thread while the rollout runs; `timeline_rows` and
 `timeline_table` turn the samples into rates (pure: tested without namespaces).

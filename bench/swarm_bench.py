@@ -473,7 +473,7 @@ def _run(
             if outcome.timeline:
                 click.echo(
                     f"{contender}: the links over time (the switch's counters, retransmissions "
-                    "included; busy against the shaped rates, which a full link reads as ~96 %: "
+                    "included; busy against the shaped rates, which a full link reads as 96-100 %: "
                     "frames' headers are counted once per GSO packet)\n"
                     + timeline_table(outcome.timeline, outcome.done, origin_up, downlink)
                 )
