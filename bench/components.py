@@ -387,13 +387,24 @@ class Containerd:
         )
         self.log_path = self.dir / "containerd.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=log, stderr=log
-        )
-        log.close()
-        wait_for(
-            "containerd", lambda: self.ctr("version", check=False).returncode == 0, proc=self.proc
-        )
+        try:
+            self.proc = subprocess.Popen(
+                ["containerd", "--config", str(config)], stdout=log, stderr=log
+            )
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        finally:
+            log.close()
+        try:
+            wait_for(
+                "containerd",
+                lambda: self.ctr("version", check=False).returncode == 0,
+                proc=self.proc,
+            )
+        except BaseException:  # it never served, or the run was stopped: leave nothing behind
+            self.close()
+            raise
 
     def mirror(self, registry_host: str, registry_url: str, mirror_url: str) -> None:
         """Point pulls of `registry_host` at `mirror_url` first (containerd falls back to it)."""

@@ -314,14 +314,23 @@ CTR_DOWNLOADS = 3
 
 def ctr_pull(socket: Path, ref: str, done_file: Path) -> list[str]:
     """`ctr images pull` of `ref` into the containerd at `socket`, 3 blobs at a time; when ctr
-    says it begins to unpack (every blob is fetched and checked), the Unix time goes to
-    `done_file`, and ctr goes on unpacking until the run stops it. A ctr that fails before
-    writes nothing there: the host fails, its error in the log (ctr's stderr)."""
+    says it begins to unpack (containerd 1.6's ctr fetches in the client, every blob checked,
+    then prints `unpacking ...`), the Unix time goes to `done_file`, and ctr goes on unpacking
+    until it ends or the run stops it. A ctr that fails, or ends without that line, writes
+    nothing there: the host fails, with ctr's error in its log. On the run's SIGTERM to the
+    group, bash waits for ctr before it exits, so ctr's CPU reaches the clients' count."""
     script = (
+        "set -o pipefail\n"
+        "trap 'wait; exit 143' TERM\n"
         f'ctr -a "$1" -n bench images pull --plain-http --max-concurrent-downloads {CTR_DOWNLOADS}'
-        ' "$2" | { grep -m1 "^unpacking" >/dev/null && date +%s.%N > "$3"; cat >/dev/null; }'
+        ' "$2" | {\n'
+        "  if grep -m1 '^unpacking'; then date +%s.%N > \"$3\"\n"
+        "  else echo 'ctr said nothing of unpacking: not every blob is known to be in'; fi\n"
+        "  cat\n"
+        "} &\n"
+        "wait $!\n"
     )
-    return ["sh", "-c", script, "ctr-pull", str(socket), ref, str(done_file)]
+    return ["bash", "-c", script, "ctr-pull", str(socket), ref, str(done_file)]
 
 
 def skopeo_pull(source: str, dest: Path, tag: str, client: str = "oci") -> list[str]:
@@ -591,9 +600,11 @@ class Rollout:
                 joins,
             )
         finally:
-            # Stopped and waited for here: their CPU counts with the clients'.
-            for store in stores.values():
-                store.close()
+            # Stopped and waited for here (each, even when one fails to stop): their CPU
+            # counts with the clients'.
+            with contextlib.ExitStack() as closing:
+                for store in stores.values():
+                    closing.callback(store.close)
 
     def _wait_converged(self, nodes: list[Host], base: Path) -> None:
         def converged() -> bool:
