@@ -19,7 +19,9 @@ def summary(
     given (the testbed's: the simulator's rates are payload already)."""
     times = outcome.times
     last = max(times) if outcome.complete and times else None
-    over_payload = None if last is None or payload_bound is None else last / payload_bound
+    against_payload = (
+        {} if payload_bound is None else {"last_over_payload_bound": _ratio(last, payload_bound)}
+    )
     return {
         "contender": outcome.contender,
         "hosts": len(outcome.done),  # the survivors, when hosts were killed
@@ -29,16 +31,8 @@ def summary(
         "first_done_s": round(min(times), 3) if times else None,
         "median_done_s": round(statistics.median(times), 3) if times else None,
         "last_done_s": round(last, 3) if last is not None else None,
-        "last_over_t_min": round(last / bound, 3) if last is not None else None,
-        **(
-            {
-                "last_over_payload_bound": (
-                    round(over_payload, 3) if over_payload is not None else None
-                )
-            }
-            if payload_bound is not None
-            else {}
-        ),
+        "last_over_t_min": _ratio(last, bound),
+        **against_payload,
         "origin_payload_bytes": outcome.origin_payload,
         "origin_payload_over_image": round(outcome.origin_payload / image_bytes, 4),
         "origin_wire_bytes": outcome.origin_wire,
@@ -53,6 +47,11 @@ def summary(
         **({"losses_error": outcome.losses_error} if outcome.losses_error else {}),
         **({"timeline": outcome.timeline} if outcome.timeline else {}),
     }
+
+
+def _ratio(last: float | None, bound: float) -> float | None:
+    """The last host's time over a bound (None: not every host was done)."""
+    return round(last / bound, 3) if last is not None else None
 
 
 def blob_owners(

@@ -68,6 +68,13 @@ def _tbf(netns: str, device: str, rate: int, where: str = "root") -> None:
     _run(*command.split(), "burst", str(burst), "latency", "50ms")
 
 
+def _eth0(host: Host) -> dict[str, Any]:
+    """What `ip` says of `host`'s link (its MTU, its counters: `-s`)."""
+    out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
+    link: dict[str, Any] = json.loads(out)[0]
+    return link
+
+
 class Testbed:
     __test__ = False  # not a pytest test class, despite the name
 
@@ -243,14 +250,12 @@ class Testbed:
     def payload_share(self, host: Host) -> float:
         """The share of `host`'s shaped rates that a full TCP segment's payload is, from its
         link's MTU and whether its TCP puts timestamps in every segment (bench/bound.py)."""
-        link = json.loads(_run("ip", "-n", host.netns, "-j", "link", "show", "dev", "eth0").stdout)
         timestamps = _run(*self.command(host, ["cat", "/proc/sys/net/ipv4/tcp_timestamps"]))
-        return payload_share(int(link[0]["mtu"]), timestamps.stdout.strip() != "0")
+        return payload_share(int(_eth0(host)["mtu"]), timestamps.stdout.strip() != "0")
 
     def tx_bytes(self, host: Host) -> int:
         """Bytes `host` has sent on its link so far."""
-        out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
-        return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+        return int(_eth0(host)["stats64"]["tx"]["bytes"])
 
     def link_counters(self) -> dict[str, tuple[int, int, int]]:
         """Every host's (bytes sent, bytes received, packets its downlink's shaper dropped)
@@ -282,8 +287,7 @@ class Testbed:
         return total + Losses(downlink_drops=qdisc_drops(switch))
 
     def rx_bytes(self, host: Host) -> int:
-        out = _run("ip", "-n", host.netns, "-s", "-j", "link", "show", "dev", "eth0").stdout
-        return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
+        return int(_eth0(host)["stats64"]["rx"]["bytes"])
 
 
 @contextlib.contextmanager
