@@ -523,8 +523,9 @@ class UpstreamFetch:
     from the origin host, each piece announced as it completes. A large blob fetched whole
     comes in chunks (peer/fetch/chunks.py) when no partial is open yet: the first asked alone,
     then, once its answer starts (the node learns there that the registry honours Range),
-    `whole_flows` requests at once (more for a larger blob), each taking the next chunk in
-    order (a node that took a blob over from the swarm resumes its partial in one request)."""
+    up to `whole_flows` requests at once (more for a larger blob; they open one at a time,
+    `Chunks.flows_open`), each taking the next chunk in order (a node that took a blob over from
+    the swarm resumes its partial in one request)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None
@@ -586,7 +587,11 @@ class UpstreamFetch:
         while True:
             if self.runs and self.open < RANGES_AT_ONCE:
                 run = self.runs.popleft()
-            elif self._chunks_asked and self._chunks and self.open < self._chunks.flows:
+            elif (
+                self._chunks_asked
+                and self._chunks
+                and self.open < self._chunks.flows_open(len(self.state.have))
+            ):
                 taken = self._chunks.take(world.queue.now, len(self.state.have))
                 if taken is None:
                     self._chunks = None
@@ -618,6 +623,9 @@ class UpstreamFetch:
     def piece_arrived(self, index: int) -> None:
         if index not in self.state.have:
             self.node.piece_stored(self.state, index)
+            chunks = self._chunks
+            if self._chunks_asked and chunks and self.open < chunks.flows:
+                self._ask()  # a flow more may open (`Chunks.flows_open`)
 
     def answered(self, now: float) -> None:
         """A request's last byte came: the next run, or the end."""

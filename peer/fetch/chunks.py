@@ -59,6 +59,16 @@ CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a con
 # last flows ended 14 s apart. Simulator, 16 hosts, 512 MiB, 25 Mbit/s, seeds 0-1: 1.125,
 # 1.119 x T_min; now 1.073, 1.065 without credentials and 1.069, 1.069 with tokens of 45 s.)
 CHUNK_WINDOW = 45.0
+# The flows of a blob fetched whole open one at a time, one more for every RAMP_PIECES pieces
+# of the blob in, not all at once: every flow gets a like share of the owner's part of the
+# registry's uplink, so with 8 at once (a 128 MiB layer) each came at an eighth of it and no
+# piece of any was in for seconds: on the testbed (16 hosts, 512 MiB in 4 layers, 25 Mbit/s)
+# three owners sent nothing for 4-8 s, the hosts' downlinks ran at 0.2-0.35 of their rate for
+# 8 s and were 5.8 s behind the registry by then, a lag no host makes up (its downlink is no
+# faster than the registry's uplink); in the simulator no piece was stored anywhere before 5 s.
+# Counted in pieces, not seconds: flows 2 s apart gained more at 25 Mbit/s and cost 8 hosts at
+# 100 Mbit/s 0.018 x T_min (README, *The registry's flows, one at a time at first*).
+RAMP_PIECES = 2
 CHUNK_SECONDS = 5.0
 FINALS_MARGIN = 5.0
 # A JWT names its expiry (`exp`): the window then ends this long before it (clocks differ).
@@ -203,6 +213,16 @@ class Chunks:
         self.window, self.flows = window, flows
         self.measured_from = started if measured_from is None else measured_from
         self._finals_left = flows  # flows that have not taken their last chunk
+
+    def opens_after(self, flow: int) -> int:
+        """How many pieces of the blob must be in (as `take` counts them) before flow number
+        `flow` asks for its first chunk: none for flow 0, the blob's first request, and
+        RAMP_PIECES more for each next one."""
+        return flow * RAMP_PIECES
+
+    def flows_open(self, arrived: int) -> int:
+        """How many of the `flows` may be asking with `arrived` pieces of the blob in."""
+        return min(self.flows, 1 + max(0, arrived) // RAMP_PIECES)
 
     def take(self, now: float, arrived: int) -> tuple[int, int] | None:
         """The next chunk (piece indices [start, end)), `arrived` pieces of the blob being

@@ -329,10 +329,13 @@ class UpstreamFetcher:
         runs: list[tuple[int, int]],
         chunks: Chunks | None = None,
         flows: int = RANGES_AT_ONCE,
+        first_flow: int = 0,
     ) -> None:
         """Fetch every run [start, end) into `partial`, RANGES_AT_ONCE requests in flight, the
         longest run first (it takes longest; the short ones go beside it); then, with `flows`
-        requests in flight, the `chunks` of a blob fetched whole, in order.
+        requests in flight, the `chunks` of a blob fetched whole, in order. These flows are
+        the blob's flows number `first_flow` on, and each asks first when `chunks` opens it
+        (`Chunks.opens_after`: one at a time, so that the first pieces come soon).
 
         Raises:
             _NotBesideOthers: an answer only the one-at-a-time path may act on; the other
@@ -348,8 +351,11 @@ class UpstreamFetcher:
         slots = self._range_slots.setdefault(download, trio.CapacityLimiter(in_flight))
         buffers = max(1, BUFFER_COUNT // int(slots.total_tokens))
 
-        async def fetch_next(cancel_scope: trio.CancelScope) -> None:
+        async def fetch_next(cancel_scope: trio.CancelScope, flow: int) -> None:
             nonlocal failure
+            if chunks is not None and not todo:
+                pieces = chunks.opens_after(flow)
+                await partial.wait_present(pieces * partial.layout.piece_size)
             while True:
                 async with slots:
                     if failure is not None:
@@ -374,8 +380,8 @@ class UpstreamFetcher:
                         cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for _ in range(flows if chunks else min(RANGES_AT_ONCE, len(todo))):
-                nursery.start_soon(fetch_next, nursery.cancel_scope)
+            for index in range(flows if chunks else min(RANGES_AT_ONCE, len(todo))):
+                nursery.start_soon(fetch_next, nursery.cancel_scope, first_flow + index)
         if failure is not None:
             raise failure
 
@@ -514,17 +520,18 @@ class UpstreamFetcher:
         stop: int,
         rest: Chunks,
     ) -> None:
-        """Receive the first chunk's `body` while `rest.flows` - 1 Range requests fetch the
-        `rest` of the blob, chunk after chunk in order; once the first is in, its flow takes
-        the next chunks too. A chunk answered in a way only the one-at-a-time path may act on
-        is left to the fetch's next round (`_fetch_upstream` asks for whatever is missing);
-        any other failure ends every request and is raised."""
+        """Receive the first chunk's `body` while up to `rest.flows` - 1 Range requests fetch
+        the `rest` of the blob, chunk after chunk in order (they open one at a time:
+        `Chunks.opens_after`); once the first is in, its flow takes the next chunks too. A chunk
+        answered in a way only the one-at-a-time path may act on is left to the fetch's next
+        round (`_fetch_upstream` asks for whatever is missing); any other failure ends every
+        request and is raised."""
         failure: Exception | None = None
 
-        async def fetch_rest(cancel_scope: trio.CancelScope, flows: int) -> None:
+        async def fetch_rest(cancel_scope: trio.CancelScope, flows: int, first: int) -> None:
             nonlocal failure
             try:
-                await self._fetch_runs(download, headers, partial, [], rest, flows)
+                await self._fetch_runs(download, headers, partial, [], rest, flows, first)
             except _NotBesideOthers as exc:
                 rest.close()  # no flow takes another chunk: the next round asks for the rest
                 log.info("%s: the other chunks left to the next round: %s", partial.digest, exc)
@@ -533,7 +540,8 @@ class UpstreamFetcher:
                 cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_rest, nursery.cancel_scope, rest.flows - 1)
+            # The others open one at a time (`Chunks.opens_after`), from flow 1 on.
+            nursery.start_soon(fetch_rest, nursery.cancel_scope, rest.flows - 1, 1)
             try:
                 await self._pump(download, body, partial, start, stop, BUFFER_COUNT // rest.flows)
                 await body.aclose()  # read to its end: what else it sends is the others'
@@ -541,7 +549,8 @@ class UpstreamFetcher:
                 failure = failure or exc
                 nursery.cancel_scope.cancel()
             else:
-                nursery.start_soon(fetch_rest, nursery.cancel_scope, 1)  # on to the next chunk
+                # On to the next chunk: flow 0, open from the start.
+                nursery.start_soon(fetch_rest, nursery.cancel_scope, 1, 0)
         if failure is not None:
             raise failure
 

@@ -18,6 +18,7 @@ from peer.fetch.chunks import (
     FLOW_BYTES,
     MAX_TOKEN_CHARS,
     MOST_WHOLE_FLOWS,
+    RAMP_PIECES,
     TOKEN_MARGIN,
     WHOLE_FLOWS,
     Chunks,
@@ -30,6 +31,21 @@ from peer.fetch.chunks import (
     whole_flows,
 )
 from tests.peer.fake_registry import jwt
+
+
+@given(st.integers(1, MOST_WHOLE_FLOWS), st.integers(0, 1000))
+def test_the_flows_open_one_at_a_time_as_the_pieces_come(flows: int, arrived: int) -> None:
+    # All at once, 8 flows shared the owner's part of the registry's uplink and none brought
+    # a piece for seconds (no host had a piece to trade). One flow first, then one more for
+    # every RAMP_PIECES pieces in, never more than the blob's flows.
+    chunks = Chunks(300, 30, 16, 0.0, window=None, flows=flows)
+    assert chunks.flows_open(0) == 1
+    assert chunks.flows_open(arrived) == min(flows, 1 + arrived // RAMP_PIECES)
+    for flow in range(flows):
+        opens = chunks.opens_after(flow)
+        assert chunks.flows_open(opens) >= flow + 1
+        assert opens == 0 or chunks.flows_open(opens - 1) == flow
+    assert chunks.flows_open(flows * RAMP_PIECES) == flows
 
 
 def test_a_small_blob_comes_in_one_request() -> None:

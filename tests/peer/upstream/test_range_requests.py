@@ -20,6 +20,7 @@ from peer.fetch.chunks import (
     CHUNKED_MIN_PIECES,
     FINALS_MARGIN,
     FLOW_BYTES,
+    RAMP_PIECES,
     WHOLE_FLOWS,
     least_pieces,
     whole_chunks,
@@ -64,9 +65,13 @@ class CountingFetcher(UpstreamFetcher):
         super().__init__(*args, **kwargs)
         self.requests, self.answers = InFlight(), InFlight()
         self.buffers_now = self.buffers_most = 0
+        # Each request's partial's bytes when it was asked, and how many were then in flight.
+        self.asked: list[tuple[int, int]] = []
 
     async def _fetch_range(self, *args: Any, **kwargs: Any) -> Any:
         with self.requests.one():
+            partial = args[2]
+            self.asked.append((partial.bytes_present if partial else 0, self.requests.now))
             return await super()._fetch_range(*args, **kwargs)
 
     async def _pump(
@@ -168,6 +173,23 @@ async def test_a_large_blob_whose_size_a_manifest_gives_comes_in_chunks_on_sever
     assert gets[0] == chunks[0]  # asked first
     assert sorted(gets, key=range_start) == chunks
     assert fetcher.answers.most == WHOLE_FLOWS  # answers arriving at once
+    assert fetcher.bytes_from_upstream == LARGE
+
+
+async def test_the_flows_of_a_blob_fetched_whole_open_one_at_a_time(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    # All at once, a 128 MiB layer's 8 flows each got an eighth of the owner's share of the
+    # registry's uplink, and no piece came for seconds: on the testbed three of four owners
+    # had nothing to send for 4-8 s. The first request alone; one flow more for every
+    # RAMP_PIECES pieces in; the blob still comes whole, each byte once.
+    registry.pace = 0.005
+    fetcher = await fetch_whole(tmp_path, registry, os.urandom(LARGE))
+    assert len(fetcher.asked) == len(chunk_ranges(LARGE))
+    assert fetcher.asked[0] == (0, 1)
+    for present, in_flight in fetcher.asked:
+        assert in_flight <= 1 + (present // PIECE) // RAMP_PIECES
+    assert fetcher.answers.most == WHOLE_FLOWS  # all of them open in the end
     assert fetcher.bytes_from_upstream == LARGE
 
 
