@@ -241,11 +241,10 @@ class PartialBlob:
                 return end
             await self._lot.park()
 
-    async def wait_present(self, count: int) -> None:
-        """Wait until `count` bytes are written (`bytes_present`), or the download failed
-        (the caller finds out as it goes on)."""
-        while self._bytes_present < count and self.error is None:
-            await self._lot.park()
+    async def wait_change(self) -> None:
+        """Wait for the next `notify`: bytes written, completion or failure (the caller checks
+        what it waits for before each wait: nothing can come between the check and this)."""
+        await self._lot.park()
 
     async def wait_verified(self) -> None:
         """Wait until the sha256 has been checked, so that every byte may be served.

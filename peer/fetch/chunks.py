@@ -217,11 +217,20 @@ class Chunks:
     def opens_after(self, flow: int) -> int:
         """How many pieces of the blob must be in (as `take` counts them) before flow number
         `flow` asks for its first chunk: none for flow 0, the blob's first request, and
-        RAMP_PIECES more for each next one."""
-        return flow * RAMP_PIECES
+        RAMP_PIECES more for each next one. With a window, none: every flow must be under
+        way in time to take its last chunk before the window ends (`_within` shares the
+        rest among them), and a flow opened late would ask past it."""
+        return 0 if self.window is not None else flow * RAMP_PIECES
+
+    @property
+    def exhausted(self) -> bool:
+        """Every chunk taken (or `close`d): a flow not open yet has nothing left to ask."""
+        return self.cursor >= self.count
 
     def flows_open(self, arrived: int) -> int:
         """How many of the `flows` may be asking with `arrived` pieces of the blob in."""
+        if self.window is not None:
+            return self.flows
         return min(self.flows, 1 + max(0, arrived) // RAMP_PIECES)
 
     def take(self, now: float, arrived: int) -> tuple[int, int] | None:

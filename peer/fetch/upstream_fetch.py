@@ -354,8 +354,17 @@ class UpstreamFetcher:
         async def fetch_next(cancel_scope: trio.CancelScope, flow: int) -> None:
             nonlocal failure
             if chunks is not None and not todo:
-                pieces = chunks.opens_after(flow)
-                await partial.wait_present(pieces * partial.layout.piece_size)
+                # Until enough of the blob is in, or no chunk is left to ask for: the flows
+                # that did open may take them all, or the chunks be closed (a registry that
+                # stopped honouring Range; `_pump_beside_chunks` then wakes us), with no byte
+                # more to come.
+                needed = chunks.opens_after(flow) * partial.layout.piece_size
+                while (
+                    partial.bytes_present < needed
+                    and not chunks.exhausted
+                    and partial.error is None
+                ):
+                    await partial.wait_change()
             while True:
                 async with slots:
                     if failure is not None:
@@ -534,6 +543,7 @@ class UpstreamFetcher:
                 await self._fetch_runs(download, headers, partial, [], rest, flows, first)
             except _NotBesideOthers as exc:
                 rest.close()  # no flow takes another chunk: the next round asks for the rest
+                partial.notify()  # and flows not open yet stop waiting for bytes to open
                 log.info("%s: the other chunks left to the next round: %s", partial.digest, exc)
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 failure = failure or exc

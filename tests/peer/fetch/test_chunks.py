@@ -46,6 +46,11 @@ def test_the_flows_open_one_at_a_time_as_the_pieces_come(flows: int, arrived: in
         assert chunks.flows_open(opens) >= flow + 1
         assert opens == 0 or chunks.flows_open(opens - 1) == flow
     assert chunks.flows_open(flows * RAMP_PIECES) == flows
+    # With a window (credentials that may expire) every flow from the start: each must take
+    # its last chunk before the window ends.
+    windowed = Chunks(300, 30, 16, 0.0, window=CHUNK_WINDOW, flows=flows)
+    assert windowed.flows_open(0) == flows
+    assert all(windowed.opens_after(flow) == 0 for flow in range(flows))
 
 
 def test_a_small_blob_comes_in_one_request() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from peer.fetch import chunks as chunks_module
 from peer.fetch.chunks import (
     CHUNK_SHARE,
     CHUNK_WINDOW,
@@ -263,6 +264,20 @@ async def test_chunks_the_registry_will_not_answer_beside_the_first_come_after_i
     gets = blob_gets(registry)
     # (The third chunk may be stopped before it is sent, once the first refusal is in.)
     assert gets[0] == chunk_ranges(LARGE)[0] and WHOLE_FLOWS <= len(gets) <= WHOLE_FLOWS + 1
+
+
+async def test_flows_not_open_yet_end_when_the_registry_stops_honouring_ranges(
+    tmp_path: Path, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flow opens once enough of the blob is in. Flow 0's next chunk answered with the whole
+    # blob closes the chunks, and no byte more comes beside it: the flows still waiting must
+    # end there (a review found them waiting for ever, and the fetch with them), and the
+    # next round fetches the rest.
+    monkeypatch.setattr(chunks_module, "RAMP_PIECES", 10_000)  # none opens beside flow 0
+    registry.ranges_honoured = 1
+    fetcher = await fetch_whole(tmp_path, registry, os.urandom(LARGE))
+    assert blob_gets(registry)[0] == chunk_ranges(LARGE)[0]
+    assert fetcher.answers.most == 1
 
 
 async def test_a_first_chunk_answered_from_another_byte_fails_the_fetch(
