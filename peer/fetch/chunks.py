@@ -228,10 +228,9 @@ class Chunks:
         return self.cursor >= self.count
 
     def flows_open(self, arrived: int) -> int:
-        """How many of the `flows` may be asking with `arrived` pieces of the blob in."""
-        if self.window is not None:
-            return self.flows
-        return min(self.flows, 1 + max(0, arrived) // RAMP_PIECES)
+        """How many of the `flows` may be asking with `arrived` pieces of the blob in: those
+        `opens_after` lets open (one rule for the node's waiting flows and the simulator)."""
+        return sum(1 for flow in range(self.flows) if self.opens_after(flow) <= max(0, arrived))
 
     def take(self, now: float, arrived: int) -> tuple[int, int] | None:
         """The next chunk (piece indices [start, end)), `arrived` pieces of the blob being
