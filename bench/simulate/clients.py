@@ -98,6 +98,7 @@ class Client:
             return
         digest = self.digests[self._next]
         self._next += 1
+        self.node.client_reads(digest)
         if self.read_rate is None:
             self.node.request_blob(digest, self._blob_done)
             return

@@ -81,6 +81,7 @@ class BlobState:
     want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
     waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
     watchers: list[Callable[[], None]] = field(default_factory=list)  # reading clients: a piece
+    read_by_client: bool = False  # this host's client asked for it (Download.read_by_client)
 
     @property
     def active(self) -> bool:
@@ -524,7 +525,8 @@ class UpstreamFetch:
     comes in chunks (peer/fetch/chunks.py) when no partial is open yet: the first asked alone,
     then, once its answer starts (the node learns there that the registry honours Range),
     up to `whole_flows` requests at once (more for a larger blob; they open one at a time,
-    `Chunks.flows_open`), each taking the next chunk in order (a node that took a blob over from
+    `Chunks.flows_open`, and past `unread_flows` only once a client here reads the blob), each
+    taking the next chunk in order (a node that took a blob over from
     the swarm resumes its partial in one request)."""
 
     def __init__(
@@ -590,7 +592,8 @@ class UpstreamFetch:
             elif (
                 self._chunks_asked
                 and self._chunks
-                and self.open < self._chunks.flows_open(len(self.state.have))
+                and self.open
+                < self._chunks.flows_open(len(self.state.have), self.state.read_by_client)
             ):
                 taken = self._chunks.take(world.queue.now, len(self.state.have))
                 if taken is None:
@@ -619,6 +622,11 @@ class UpstreamFetch:
         self.flows.append(flow)
         world.upstream_flows.append(flow)
         world.network.wake(flow)
+
+    def client_reads(self) -> None:
+        """A client here began to read the blob: the flows kept for it may open."""
+        if self._chunks_asked and self._chunks:
+            self._ask()
 
     def piece_arrived(self, index: int) -> None:
         if index not in self.state.have:

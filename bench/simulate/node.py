@@ -111,7 +111,6 @@ class SimNode:
         self.heard_at: dict[bytes, float] = {}  # when each peer last sent us an event
         self.connecting: dict[bytes, list[Callable[[bool], None]]] = {}
         self.blobs: dict[str, BlobState] = {}
-        self.upstream_blobs = 0
         # As the node's swarm: how many transfers come in, told to the peers where our
         # requests wait (peer/swarm/inflow.py): peers' flows into this host now, and the
         # registry's (its answers; their changes alone are not told, as in the node).
@@ -728,15 +727,28 @@ class SimNode:
 
     @property
     def source_limit(self) -> int | None:
-        return peers_while_owning(self.upstream_blobs)
+        """As the node: counting the blobs fetched from the registry that a client here reads
+        (peer/swarm/fetch.py)."""
+        return peers_while_owning(
+            sum(1 for s in self.blobs.values() if s.upstream is not None and s.read_by_client)
+        )
 
     def upstream_started(self) -> None:
-        self.upstream_blobs += 1
         self._set_source_limits()
 
     def upstream_ended(self) -> None:
-        self.upstream_blobs -= 1
         self._set_source_limits()
+
+    def client_reads(self, digest: str) -> None:
+        """This host's client asks for the blob (as `Download.serving` in the node): its
+        registry flows may all open, and it counts for the source limit."""
+        state = self.state(digest)
+        if state.read_by_client:
+            return
+        state.read_by_client = True
+        self._set_source_limits()
+        if state.upstream is not None:
+            state.upstream.client_reads()
 
     def _set_source_limits(self) -> None:
         limit = self.source_limit

@@ -125,6 +125,14 @@ class OwnerUpstream:
     def blobs(self) -> int:
         return self._fetcher.blobs()
 
+    def blobs_read(self) -> int:
+        active = self._table.active
+        return sum(
+            1
+            for digest in self._fetcher.digests()
+            if (download := active.get(digest)) is not None and download.read_by_client
+        )
+
     def streams(self) -> int:
         return self._fetcher.streams
 

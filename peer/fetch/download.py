@@ -43,6 +43,10 @@ class Download:
     bytes_from_upstream: int = 0
     bytes_from_peers: int = 0
     clients: int = 0
+    # A client of this node has read from this download (not a prefetch, not only peers): its
+    # registry flows may all open (chunks.UNREAD_SHARE), and it counts as the upstream fetch
+    # peers are held back for (peer/swarm/fetch.py, peers_while_owning).
+    read_by_client: bool = False
 
     @property
     def size(self) -> int | None:
@@ -79,6 +83,10 @@ class Download:
     def serving(self) -> Iterator[None]:
         """Count one client while it is served from this download."""
         self.clients += 1
+        if not self.read_by_client:
+            self.read_by_client = True
+            if self.partial is not None:
+                self.partial.notify()  # registry flows waiting for a client may open
         try:
             yield
         finally:

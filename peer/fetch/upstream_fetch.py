@@ -155,6 +155,10 @@ class UpstreamFetcher:
         busy counts while it waits to ask again: fetch.py's limit on peers errs that way)."""
         return len(self._digests)
 
+    def digests(self) -> list[str]:
+        """The blobs this node fetches from an upstream now (as `blobs` counts them)."""
+        return list(self._digests)
+
     def fetching(self, digest: str) -> bool:
         """Is this node fetching `digest` from an upstream now?"""
         return self._digests[digest] > 0
@@ -354,13 +358,16 @@ class UpstreamFetcher:
         async def fetch_next(cancel_scope: trio.CancelScope, flow: int) -> None:
             nonlocal failure
             if chunks is not None and not todo:
-                # Until enough of the blob is in, or no chunk is left to ask for: the flows
-                # that did open may take them all, or the chunks be closed (a registry that
-                # stopped honouring Range; `_pump_beside_chunks` then wakes us), with no byte
-                # more to come.
-                needed = chunks.opens_after(flow) * partial.layout.piece_size
+                # Until enough of the blob is in and, past its `unread_flows`, a client of
+                # this node reads it (`Download.serving` wakes us); or no chunk is left to ask
+                # for: the flows that did open may take them all, or the chunks be closed (a
+                # registry that stopped honouring Range; `_pump_beside_chunks` then wakes us),
+                # with no byte more to come.
+                piece_size = partial.layout.piece_size
                 while (
-                    partial.bytes_present < needed
+                    not chunks.may_open(
+                        flow, partial.bytes_present // piece_size, download.read_by_client
+                    )
                     and not chunks.exhausted
                     and partial.error is None
                 ):

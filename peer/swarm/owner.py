@@ -55,6 +55,10 @@ class PeerUpstream(Protocol):
         """The blobs this node fetches from an upstream now."""
         ...
 
+    def blobs_read(self) -> int:
+        """Those of `blobs` that a client of this node reads (`Download.read_by_client`)."""
+        ...
+
     def streams(self) -> int:
         """Answers arriving from an upstream now (a blob fetched in chunks has several)."""
         ...

@@ -20,6 +20,7 @@ from peer.fetch.chunks import (
     MOST_WHOLE_FLOWS,
     RAMP_PIECES,
     TOKEN_MARGIN,
+    UNREAD_SHARE,
     WHOLE_FLOWS,
     Chunks,
     chunk_window,
@@ -51,6 +52,24 @@ def test_the_flows_open_one_at_a_time_as_the_pieces_come(flows: int, arrived: in
     windowed = Chunks(300, 30, 16, 0.0, window=CHUNK_WINDOW, flows=flows)
     assert windowed.flows_open(0) == flows
     assert all(windowed.opens_after(flow) == 0 for flow in range(flows))
+
+
+@given(st.integers(1, MOST_WHOLE_FLOWS), st.integers(0, 1000))
+def test_a_blob_no_client_reads_opens_part_of_its_flows(flows: int, arrived: int) -> None:
+    # With every blob on all its flows, the largest (read first) ended last and a client
+    # reading one blob at a time read all the others after it. Until a client reads it, a
+    # blob keeps to 1 / UNREAD_SHARE of its flows (at least one), ramping as before.
+    chunks = Chunks(300, 30, 16, 0.0, window=None, flows=flows)
+    unread = chunks.unread_flows
+    assert unread == max(1, flows // UNREAD_SHARE)
+    assert flows == 1 or unread < flows
+    assert chunks.flows_open(arrived, read=False) == min(unread, chunks.flows_open(arrived))
+    assert chunks.flows_open(flows * RAMP_PIECES, read=False) == unread
+    assert not chunks.may_open(unread, flows * RAMP_PIECES, read=False)
+    assert chunks.may_open(unread - 1, flows * RAMP_PIECES, read=False)
+    # With a window every flow opens, read or not: each must take its last chunk in time.
+    windowed = Chunks(300, 30, 16, 0.0, window=CHUNK_WINDOW, flows=flows)
+    assert windowed.flows_open(0, read=False) == flows
 
 
 def test_a_small_blob_comes_in_one_request() -> None:

@@ -268,6 +268,9 @@ class DiskFullUpstream:
     def blobs(self) -> int:
         return 1
 
+    def blobs_read(self) -> int:
+        return 1
+
     def streams(self) -> int:
         return 1
 
@@ -356,31 +359,39 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
 
 
 class FetchingUpstream:
-    """The upstream side of a node that fetches `count` blobs from the registry now."""
+    """The upstream side of a node that fetches `count` blobs from the registry now, `read`
+    of them read by its clients."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, read: int) -> None:
         self.count = count
+        self.read = read
 
     def blobs(self) -> int:
         return self.count
 
+    def blobs_read(self) -> int:
+        return self.read
+
 
 @pytest.mark.parametrize(
-    ("upstream_blobs", "limit"),
+    ("upstream_blobs", "read", "limit"),
     [
-        (0, None),
-        (1, PEERS_WHILE_OWNING),
-        (2, PEERS_WHILE_OWNING_SEVERAL),
-        (5, PEERS_WHILE_OWNING_SEVERAL),
+        (0, 0, None),
+        (1, 1, PEERS_WHILE_OWNING),
+        (2, 2, PEERS_WHILE_OWNING_SEVERAL),
+        (5, 5, PEERS_WHILE_OWNING_SEVERAL),
+        (2, 0, None),  # blobs no client here reads yet hold nothing back
+        (3, 1, PEERS_WHILE_OWNING),
     ],
 )
 async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_peers(
-    upstream_blobs: int, limit: int | None
+    upstream_blobs: int, read: int, limit: int | None
 ) -> None:
-    """Each schedule sets the picker's source limit from what the node fetches upstream now:
-    none, the limit for an owner of one blob, the tighter one for an owner of several."""
+    """Each schedule sets the picker's source limit from the blobs the node fetches upstream
+    now that its clients read: none, the limit for an owner of one, the tighter one for an
+    owner of several; blobs fetched for peers or a prefetch only do not count."""
     assert PEERS_WHILE_OWNING_SEVERAL < PEERS_WHILE_OWNING
-    swarm = SimpleNamespace(upstream=FetchingUpstream(upstream_blobs), links={})
+    swarm = SimpleNamespace(upstream=FetchingUpstream(upstream_blobs, read), links={})
     fetch = SwarmFetch(
         swarm,  # type: ignore[arg-type]
         DigestState(DIGEST),
@@ -390,4 +401,4 @@ async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_p
     fetch.picker = PiecePicker(DIGEST, PieceLayout(4096, 256), random.Random(1))
     fetch._schedule()
     assert fetch.picker.source_limit == limit
-    assert peers_while_owning(upstream_blobs) == limit
+    assert peers_while_owning(read) == limit

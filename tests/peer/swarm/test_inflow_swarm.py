@@ -45,6 +45,9 @@ class Upstream:
     def blobs(self) -> int:
         return 1 if self.streams_now > 0 else 0
 
+    def blobs_read(self) -> int:
+        return self.blobs()
+
     def streams(self) -> int:
         return self.streams_now
 

@@ -280,6 +280,9 @@ class NoUpstream:
     def blobs(self) -> int:
         return 0
 
+    def blobs_read(self) -> int:
+        return 0
+
     def streams(self) -> int:
         return 0
 

@@ -23,10 +23,12 @@ from peer.fetch.chunks import (
     FLOW_BYTES,
     RAMP_PIECES,
     WHOLE_FLOWS,
+    Chunks,
     least_pieces,
     whole_chunks,
     whole_flows,
 )
+from peer.fetch.coordinator import DownloadTable, OwnerUpstream
 from peer.fetch.download import Download
 from peer.fetch.upstream_fetch import BUFFER_COUNT, RANGES_AT_ONCE, UpstreamFetcher
 from peer.upstream.blob_stream import BlobStream
@@ -136,8 +138,9 @@ async def fetch_whole(
     if described:
         store.descriptor_sizes.learn(digest, len(data))
     fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
-    with trio.fail_after(20):
-        await fetcher.fetch(Download(digest, None, "org/app", None), {})
+    download = Download(digest, None, "org/app", None)
+    with trio.fail_after(20), download.serving():  # a client reads it, as the front's GET
+        await fetcher.fetch(download, {})
     assert store.complete_path(digest).read_bytes() == data
     return fetcher
 
@@ -211,6 +214,55 @@ async def test_a_larger_blob_comes_on_more_flows_sharing_the_same_buffers(
     assert fetcher.bytes_from_upstream == size
 
 
+async def test_a_blob_no_client_reads_keeps_to_part_of_its_flows_until_one_does(
+    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    # Every blob on its full count of flows, the largest (read first) ended last, and a
+    # client reading one blob at a time then read all the others after it. A prefetch (or a
+    # fetch for peers only) takes part of the registry's uplink until a client here reads
+    # the blob; then the rest of its flows open. Each byte still comes once; and only a
+    # blob a client reads holds back this node's peers (peers_while_owning).
+    size = 5 * FLOW_BYTES - 99
+    flows = whole_flows(size)
+    unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
+    assert 1 <= unread < flows
+    registry.pace = 0.001
+    data = os.urandom(size)
+    digest = registry.add_blob(data)
+    store = Store(tmp_path, piece_size=PIECE)
+    store.descriptor_sizes.learn(digest, size)
+    fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
+    download = Download(digest, None, "org/app", None)
+    table = DownloadTable(store, nursery)
+    table.active[digest] = download  # as `join` keeps it
+    view = OwnerUpstream(table, fetcher)
+    fetched = trio.Event()
+    most_unread = -1
+
+    async def fetch() -> None:
+        await fetcher.fetch(download, {})
+        fetched.set()
+
+    async def read_from_half_way() -> None:
+        nonlocal most_unread
+        while download.partial is None or download.partial.bytes_present < size // 2:
+            await trio.sleep(0.005)
+        most_unread = fetcher.answers.most
+        assert (view.blobs(), view.blobs_read()) == (1, 0)
+        with download.serving():
+            assert (view.blobs(), view.blobs_read()) == (1, 1)
+            await fetched.wait()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as both:
+            both.start_soon(fetch)
+            both.start_soon(read_from_half_way)
+    assert most_unread == unread
+    assert fetcher.answers.most == flows
+    assert store.complete_path(digest).read_bytes() == data
+    assert fetcher.bytes_from_upstream == size
+
+
 async def test_a_slow_flow_holds_back_its_chunk_while_the_others_take_the_rest(
     tmp_path: Path, registry: FakeRegistry
 ) -> None:
@@ -262,8 +314,10 @@ async def test_chunks_the_registry_will_not_answer_beside_the_first_come_after_i
     registry.ranges_honoured = 1
     await fetch_whole(tmp_path, registry, os.urandom(LARGE))
     gets = blob_gets(registry)
-    # (The third chunk may be stopped before it is sent, once the first refusal is in.)
-    assert gets[0] == chunk_ranges(LARGE)[0] and WHOLE_FLOWS <= len(gets) <= WHOLE_FLOWS + 1
+    # (The third chunk may be stopped before it is sent, once the first refusal is in; flow
+    # 0, its first chunk in before that refusal, may have asked for the next one too: seen
+    # on a loaded machine.)
+    assert gets[0] == chunk_ranges(LARGE)[0] and WHOLE_FLOWS <= len(gets) <= WHOLE_FLOWS + 2
 
 
 async def test_flows_not_open_yet_end_when_the_registry_stops_honouring_ranges(
