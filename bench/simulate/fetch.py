@@ -81,7 +81,13 @@ class BlobState:
     want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
     waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
     watchers: list[Callable[[], None]] = field(default_factory=list)  # reading clients: a piece
-    read_by_client: bool = False  # this host's client asked for it (Download.read_by_client)
+    # As the node's Download: this host's prefetch asked for it, its client asked since.
+    prefetched: bool = False
+    read_by_client: bool = False
+
+    @property
+    def ahead_of_client(self) -> bool:
+        return self.prefetched and not self.read_by_client
 
     @property
     def active(self) -> bool:
@@ -525,7 +531,8 @@ class UpstreamFetch:
     comes in chunks (peer/fetch/chunks.py) when no partial is open yet: the first asked alone,
     then, once its answer starts (the node learns there that the registry honours Range),
     up to `whole_flows` requests at once (more for a larger blob; they open one at a time,
-    `Chunks.flows_open`, and past `unread_flows` only once a client here reads the blob), each
+    `Chunks.flows_open`, and past `unread_flows` only when not prefetched ahead of the client
+    here: `BlobState.ahead_of_client`), each
     taking the next chunk in order (a node that took a blob over from
     the swarm resumes its partial in one request)."""
 
@@ -593,7 +600,7 @@ class UpstreamFetch:
                 self._chunks_asked
                 and self._chunks
                 and self.open
-                < self._chunks.flows_open(len(self.state.have), self.state.read_by_client)
+                < self._chunks.flows_open(len(self.state.have), not self.state.ahead_of_client)
             ):
                 taken = self._chunks.take(world.queue.now, len(self.state.have))
                 if taken is None:

@@ -688,12 +688,17 @@ class SimNode:
         """Download the blobs of a manifest this node served, PREFETCH_WORKERS at a time (the
         client's own requests join them)."""
         waiting = [d for d in digests if not self.state(d).complete]
+        for digest in waiting:  # one in flight (for peers, say) now runs ahead of our client
+            if self.state(digest).active:
+                self._prefetch_wants(self.state(digest))
         waiting.reverse()
 
         def next_one(_now: float = 0.0) -> None:
             while waiting and self.alive:
                 digest = waiting.pop()
-                if not self.state(digest).complete:
+                state = self.state(digest)
+                if not state.complete:
+                    self._prefetch_wants(state)
                     self.request_blob(digest, next_one)
                     return
 
@@ -727,10 +732,10 @@ class SimNode:
 
     @property
     def source_limit(self) -> int | None:
-        """As the node: counting the blobs fetched from the registry that a client here reads
-        (peer/swarm/fetch.py)."""
+        """As the node: counting the blobs fetched from the registry that are not prefetched
+        ahead of the client here (peer/swarm/fetch.py)."""
         return peers_while_owning(
-            sum(1 for s in self.blobs.values() if s.upstream is not None and s.read_by_client)
+            sum(1 for s in self.blobs.values() if s.upstream is not None and not s.ahead_of_client)
         )
 
     def upstream_started(self) -> None:
@@ -740,7 +745,7 @@ class SimNode:
         self._set_source_limits()
 
     def client_reads(self, digest: str) -> None:
-        """This host's client asks for the blob (as `Download.serving` in the node): its
+        """This host's client asks for the blob (as `Download.client_reads` in the node): its
         registry flows may all open, and it counts for the source limit."""
         state = self.state(digest)
         if state.read_by_client:
@@ -749,6 +754,12 @@ class SimNode:
         self._set_source_limits()
         if state.upstream is not None:
             state.upstream.client_reads()
+
+    def _prefetch_wants(self, state: BlobState) -> None:
+        """This host's prefetch asks for the blob (`Download.prefetch_wants`)."""
+        if not state.prefetched:
+            state.prefetched = True
+            self._set_source_limits()
 
     def _set_source_limits(self) -> None:
         limit = self.source_limit

@@ -69,9 +69,11 @@ CHUNK_WINDOW = 45.0
 # Counted in pieces, not seconds: flows 2 s apart gained more at 25 Mbit/s and cost 8 hosts at
 # 100 Mbit/s 0.018 x T_min (README, *The registry's flows, one at a time at first*).
 RAMP_PIECES = 2
-# A blob no client of this node reads yet (a prefetch, or a Want from peers only) takes at most
-# 1 / UNREAD_SHARE of its flows: the registry's uplink then goes first to the blobs clients
-# read now, which a client that reads one blob at a time, in the manifest's order, waits for.
+# A blob this node prefetches ahead of its client (Download.ahead_of_client: prefetched, and no
+# client here has asked for it yet) takes at most 1 / UNREAD_SHARE of its flows: the registry's
+# uplink then goes first to the blobs clients read now, which a client that reads one blob at
+# a time, in the manifest's order, waits for. (A fetch for peers' Wants only is never held
+# back: an owner whose host pulls nothing would otherwise fetch every blob on fewer flows.)
 # With every blob at its full count the largest, read first, ended last (its share of flows was
 # below its share of bytes), and each client then read the other blobs after it: in the
 # simulator, 8 hosts, 8 layers of 112 MiB to 200 KiB at 25 Mbit/s, one blob at a time, 3.8 s
@@ -232,13 +234,13 @@ class Chunks:
 
     @property
     def unread_flows(self) -> int:
-        """The flows a blob no client reads yet may use (at least one)."""
+        """The flows a blob fetched ahead of its client may use (at least one)."""
         return max(1, self.flows // UNREAD_SHARE)
 
     def may_open(self, flow: int, arrived: int, read: bool = True) -> bool:
         """May flow number `flow` ask for its first chunk, `arrived` pieces of the blob being
-        in, a client of this node reading the blob (`read`) or not? Without a window a blob
-        no client reads keeps to its `unread_flows`; with one every flow opens (see
+        in, a client waiting for the blob (`read`) or the fetch ahead of it? Without a window
+        a fetch ahead keeps to its `unread_flows`; with one every flow opens (see
         `opens_after`)."""
         if not read and self.window is None and flow >= self.unread_flows:
             return False

@@ -125,12 +125,12 @@ class OwnerUpstream:
     def blobs(self) -> int:
         return self._fetcher.blobs()
 
-    def blobs_read(self) -> int:
+    def blobs_wanted_now(self) -> int:
         active = self._table.active
         return sum(
             1
             for digest in self._fetcher.digests()
-            if (download := active.get(digest)) is not None and download.read_by_client
+            if (download := active.get(digest)) is None or not download.ahead_of_client
         )
 
     def streams(self) -> int:

@@ -43,9 +43,13 @@ class Download:
     bytes_from_upstream: int = 0
     bytes_from_peers: int = 0
     clients: int = 0
-    # A client of this node has read from this download (not a prefetch, not only peers): its
-    # registry flows may all open (chunks.UNREAD_SHARE), and it counts as the upstream fetch
-    # peers are held back for (peer/swarm/fetch.py, peers_while_owning).
+    # This node's prefetch asked for the blob (a client here pulls its image), and whether a
+    # client here has asked for it since (a GET its access allowed). In between the download
+    # runs ahead of its client: it keeps to part of its registry flows (chunks.UNREAD_SHARE)
+    # and holds none of this node's peers back (peer/swarm/fetch.py, peers_while_owning), so
+    # the blobs clients read now come first. A download for peers' Wants only, or for a
+    # client that asked first, is never ahead.
+    prefetched: bool = False
     read_by_client: bool = False
 
     @property
@@ -73,6 +77,23 @@ class Download:
         self.ready.set()
         self.done.set()
 
+    @property
+    def ahead_of_client(self) -> bool:
+        """Prefetched for a client here that has not asked for the blob yet."""
+        return self.prefetched and not self.read_by_client
+
+    def prefetch_wants(self) -> None:
+        """This node's prefetch asked for the blob."""
+        self.prefetched = True
+
+    def client_reads(self) -> None:
+        """A client here asked for the blob and may have it: registry flows kept back for
+        it may open (they wait on the partial)."""
+        if not self.read_by_client:
+            self.read_by_client = True
+            if self.partial is not None:
+                self.partial.notify()
+
     def received_from_peers(self, count: int) -> None:
         self.bytes_from_peers += count
 
@@ -83,10 +104,6 @@ class Download:
     def serving(self) -> Iterator[None]:
         """Count one client while it is served from this download."""
         self.clients += 1
-        if not self.read_by_client:
-            self.read_by_client = True
-            if self.partial is not None:
-                self.partial.notify()  # registry flows waiting for a client may open
         try:
             yield
         finally:

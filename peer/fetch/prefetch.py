@@ -258,6 +258,7 @@ class Prefetcher:
         full = 0
         now = trio.current_time()
         for digest in blobs.digests:
+            self._wanted_ahead(digest)
             if digest in self._queued or self._held_or_moving(digest):
                 continue
             source = BlobSource(digest, offer.namespace, offer.name, offer.headers, offer.auth_key)
@@ -271,6 +272,13 @@ class Prefetcher:
             self.counters.skipped += full
             log.info("prefetch: queue full, %d blobs of %s not prefetched", full, name)
 
+    def _wanted_ahead(self, digest: str) -> None:
+        """A download of `digest` in flight (for peers' Wants, say) now runs ahead of a client
+        here too (`Download.prefetch_wants`; one whose client asked already is not ahead)."""
+        moving = self._downloads.active.get(digest)
+        if moving is not None:
+            moving.prefetch_wants()
+
     def _held_or_moving(self, digest: str) -> bool:
         return self._store.has_blob(digest) or digest in self._downloads.active
 
@@ -281,6 +289,7 @@ class Prefetcher:
                 self.counters.skipped += 1
                 log.info("prefetch: %s waited over %.0f s, dropped", item.source.digest, MAX_WAIT)
                 continue
+            self._wanted_ahead(item.source.digest)
             if self._held_or_moving(item.source.digest):
                 # Its client (or another) got there first: that download is not duplicated,
                 # and no prefetch slot waits on it.
@@ -297,6 +306,7 @@ class Prefetcher:
         self.counters.started += 1
         try:
             download = await self._downloads.join(source)
+            download.prefetch_wants()  # ahead of its client until that asks (Download)
             await download.done.wait()
         except Exception as exc:  # a bug: it ends this prefetch, never the worker
             self.counters.failed += 1

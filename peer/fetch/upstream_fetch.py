@@ -358,15 +358,15 @@ class UpstreamFetcher:
         async def fetch_next(cancel_scope: trio.CancelScope, flow: int) -> None:
             nonlocal failure
             if chunks is not None and not todo:
-                # Until enough of the blob is in and, past its `unread_flows`, a client of
-                # this node reads it (`Download.serving` wakes us); or no chunk is left to ask
-                # for: the flows that did open may take them all, or the chunks be closed (a
-                # registry that stopped honouring Range; `_pump_beside_chunks` then wakes us),
-                # with no byte more to come.
+                # Until enough of the blob is in and, past its `unread_flows`, the download
+                # is not ahead of its client (`Download.client_reads` wakes us); or no chunk
+                # is left to ask for: the flows that did open may take them all, or the
+                # chunks be closed (a registry that stopped honouring Range;
+                # `_pump_beside_chunks` then wakes us), with no byte more to come.
                 piece_size = partial.layout.piece_size
                 while (
                     not chunks.may_open(
-                        flow, partial.bytes_present // piece_size, download.read_by_client
+                        flow, partial.bytes_present // piece_size, not download.ahead_of_client
                     )
                     and not chunks.exhausted
                     and partial.error is None

@@ -295,6 +295,9 @@ class RegistryFront:
                     if refusal is not None:
                         await _forward_refusal(conn, request, refusal, "blobs")
                         return
+                if request.method == "GET":
+                    # Past every check: a prefetch's flows kept back for this client open.
+                    download.client_reads()
                 await self._serve_partial(conn, request, download, download.partial)
                 return
 

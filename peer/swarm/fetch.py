@@ -585,13 +585,14 @@ class SwarmFetch:
         picker = self.picker
         if picker is None:
             return
-        # While this node fetches from the upstream a blob its clients read (it owns it), it
-        # takes pieces from few peers at a time: every TCP flow into its link gets a like
-        # share, and the upstream flow is the one the whole swarm waits for. A blob no client
-        # here reads yet keeps few registry flows (chunks.UNREAD_SHARE) and holds nothing
-        # back: an owner's own client, reading another blob, waited on it (in the simulator,
-        # one blob at a time, an owner of two unread blobs ended 8 s after the others).
-        picker.source_limit = peers_while_owning(self.swarm.upstream.blobs_read())
+        # While this node fetches a blob from the upstream (it owns it), it takes pieces from
+        # few peers at a time: every TCP flow into its link gets a like share, and the
+        # upstream flow is the one the whole swarm waits for. Not for a blob it prefetches
+        # ahead of its client (Download.ahead_of_client): that one keeps few registry flows
+        # (chunks.UNREAD_SHARE) and holds nothing back, since its own client, reading another
+        # blob, waited on it (in the simulator, one blob at a time, an owner of two such
+        # blobs ended 6-10 s after the others).
+        picker.source_limit = peers_while_owning(self.swarm.upstream.blobs_wanted_now())
         sends = picker.schedule(trio.current_time())
         if sends:
             self._send_access({s.peer for s in sends if isinstance(s.event, Request)})

@@ -55,8 +55,9 @@ class PeerUpstream(Protocol):
         """The blobs this node fetches from an upstream now."""
         ...
 
-    def blobs_read(self) -> int:
-        """Those of `blobs` that a client of this node reads (`Download.read_by_client`)."""
+    def blobs_wanted_now(self) -> int:
+        """Those of `blobs` not fetched ahead of a client here (`Download.ahead_of_client`):
+        for peers' Wants, or for a client that asked."""
         ...
 
     def streams(self) -> int:

@@ -55,10 +55,12 @@ def test_the_flows_open_one_at_a_time_as_the_pieces_come(flows: int, arrived: in
 
 
 @given(st.integers(1, MOST_WHOLE_FLOWS), st.integers(0, 1000))
-def test_a_blob_no_client_reads_opens_part_of_its_flows(flows: int, arrived: int) -> None:
+def test_a_blob_fetched_ahead_of_its_client_opens_part_of_its_flows(
+    flows: int, arrived: int
+) -> None:
     # With every blob on all its flows, the largest (read first) ended last and a client
-    # reading one blob at a time read all the others after it. Until a client reads it, a
-    # blob keeps to 1 / UNREAD_SHARE of its flows (at least one), ramping as before.
+    # reading one blob at a time read all the others after it. Prefetched ahead of its
+    # client, a blob keeps to 1 / UNREAD_SHARE of its flows (at least one), ramping as before.
     chunks = Chunks(300, 30, 16, 0.0, window=None, flows=flows)
     unread = chunks.unread_flows
     assert unread == max(1, flows // UNREAD_SHARE)

@@ -303,6 +303,40 @@ async def test_a_blob_queued_or_downloading_is_not_fetched_twice(nursery: trio.N
     assert sorted(s.digest for s in downloads.joined) == [sha(0), sha(1), sha(2)]
 
 
+async def test_prefetched_downloads_run_ahead_of_their_client_until_it_asks(
+    nursery: trio.Nursery,
+) -> None:
+    # A download this node prefetches keeps part of its registry flows until a client here
+    # asks for the blob (Download.ahead_of_client): the ones it starts, and one already in
+    # flight for peers' Wants when the manifest comes or when its turn comes. One a client
+    # here asked for first is not ahead.
+    store = FakeStore()
+    downloads = FakeDownloads(store, nursery, hold=trio.Event())
+    for_peers = Download(sha(1), None, "org/app", None)  # an owner's fetch for its peers
+    read_first = Download(sha(2), None, "org/app", None)
+    read_first.client_reads()
+    downloads.active.update({sha(1): for_peers, sha(2): read_first})
+    prefetcher = Prefetcher(store, downloads, concurrency=1)
+    await nursery.start(prefetcher.run)
+    assert not for_peers.ahead_of_client
+    _offer(prefetcher, [sha(0), sha(1), sha(2), sha(3)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert for_peers.ahead_of_client  # marked when the manifest came
+    assert not read_first.ahead_of_client
+    started = downloads.active[sha(0)]
+    assert started.ahead_of_client
+    started.client_reads()
+    assert not started.ahead_of_client
+    late = Download(sha(3), None, "org/app", None)  # a peer's Want began it while it queued
+    downloads.active[sha(3)] = late
+    del downloads.active[sha(1)], downloads.active[sha(2)]
+    assert downloads.hold is not None
+    downloads.hold.set()
+    await _settle(prefetcher)
+    assert late.ahead_of_client  # marked when its turn came
+    assert [s.digest for s in downloads.joined] == [sha(0)]
+
+
 async def test_a_full_queue_skips_and_counts(nursery: trio.Nursery) -> None:
     store = FakeStore()
     downloads = FakeDownloads(store, nursery, hold=trio.Event())

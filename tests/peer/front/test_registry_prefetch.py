@@ -122,6 +122,27 @@ async def test_a_client_reading_while_prefetch_runs_joins_its_download(setup: Se
     assert setup.registry.count("GET", "/blobs/") == 4
 
 
+async def test_a_prefetched_download_runs_ahead_of_its_client_until_its_get(
+    setup: Setup,
+) -> None:
+    # A blob prefetched before its client asks keeps part of its registry flows
+    # (Download.ahead_of_client); the client's GET, not a HEAD, ends that.
+    setup.registry.pace = 0.5  # a 64 KiB chunk each half second: the layer is in flight
+    await setup.client.get("/v2/org/app/manifests/v1")
+    layer = setup.blobs[2]
+    assert setup.node.downloads is not None
+    active = setup.node.downloads.active
+    await _until(lambda: layer in active and active[layer].partial is not None)
+    download = active[layer]
+    assert download.ahead_of_client
+    head = await setup.client.head(f"/v2/org/app/blobs/{layer}")
+    assert head.status_code == 200
+    assert download.ahead_of_client
+    body = await setup.client.get(f"/v2/org/app/blobs/{layer}")
+    assert digest_of(body.content) == layer
+    assert download.read_by_client and not download.ahead_of_client
+
+
 async def test_head_index_and_refused_manifests_start_nothing(setup: Setup) -> None:
     assert (await setup.client.head("/v2/org/app/manifests/v1")).status_code == 200
     index = json.dumps(

@@ -268,7 +268,7 @@ class DiskFullUpstream:
     def blobs(self) -> int:
         return 1
 
-    def blobs_read(self) -> int:
+    def blobs_wanted_now(self) -> int:
         return 1
 
     def streams(self) -> int:
@@ -360,7 +360,7 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
 
 class FetchingUpstream:
     """The upstream side of a node that fetches `count` blobs from the registry now, `read`
-    of them read by its clients."""
+    of them not ahead of a client here (for peers, or for a client that asked)."""
 
     def __init__(self, count: int, read: int) -> None:
         self.count = count
@@ -369,7 +369,7 @@ class FetchingUpstream:
     def blobs(self) -> int:
         return self.count
 
-    def blobs_read(self) -> int:
+    def blobs_wanted_now(self) -> int:
         return self.read
 
 
@@ -380,7 +380,7 @@ class FetchingUpstream:
         (1, 1, PEERS_WHILE_OWNING),
         (2, 2, PEERS_WHILE_OWNING_SEVERAL),
         (5, 5, PEERS_WHILE_OWNING_SEVERAL),
-        (2, 0, None),  # blobs no client here reads yet hold nothing back
+        (2, 0, None),  # blobs prefetched ahead of a client here hold nothing back
         (3, 1, PEERS_WHILE_OWNING),
     ],
 )
@@ -388,8 +388,8 @@ async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_p
     upstream_blobs: int, read: int, limit: int | None
 ) -> None:
     """Each schedule sets the picker's source limit from the blobs the node fetches upstream
-    now that its clients read: none, the limit for an owner of one, the tighter one for an
-    owner of several; blobs fetched for peers or a prefetch only do not count."""
+    now that are not ahead of a client here: none, the limit for an owner of one, the tighter
+    one for an owner of several; blobs prefetched before their client asked do not count."""
     assert PEERS_WHILE_OWNING_SEVERAL < PEERS_WHILE_OWNING
     swarm = SimpleNamespace(upstream=FetchingUpstream(upstream_blobs, read), links={})
     fetch = SwarmFetch(

@@ -45,7 +45,7 @@ class Upstream:
     def blobs(self) -> int:
         return 1 if self.streams_now > 0 else 0
 
-    def blobs_read(self) -> int:
+    def blobs_wanted_now(self) -> int:
         return self.blobs()
 
     def streams(self) -> int:

@@ -280,7 +280,7 @@ class NoUpstream:
     def blobs(self) -> int:
         return 0
 
-    def blobs_read(self) -> int:
+    def blobs_wanted_now(self) -> int:
         return 0
 
     def streams(self) -> int:

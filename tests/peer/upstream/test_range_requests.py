@@ -138,9 +138,8 @@ async def fetch_whole(
     if described:
         store.descriptor_sizes.learn(digest, len(data))
     fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
-    download = Download(digest, None, "org/app", None)
-    with trio.fail_after(20), download.serving():  # a client reads it, as the front's GET
-        await fetcher.fetch(download, {})
+    with trio.fail_after(20):
+        await fetcher.fetch(Download(digest, None, "org/app", None), {})
     assert store.complete_path(digest).read_bytes() == data
     return fetcher
 
@@ -214,53 +213,87 @@ async def test_a_larger_blob_comes_on_more_flows_sharing_the_same_buffers(
     assert fetcher.bytes_from_upstream == size
 
 
-async def test_a_blob_no_client_reads_keeps_to_part_of_its_flows_until_one_does(
-    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery
-) -> None:
-    # Every blob on its full count of flows, the largest (read first) ended last, and a
-    # client reading one blob at a time then read all the others after it. A prefetch (or a
-    # fetch for peers only) takes part of the registry's uplink until a client here reads
-    # the blob; then the rest of its flows open. Each byte still comes once; and only a
-    # blob a client reads holds back this node's peers (peers_while_owning).
-    size = 5 * FLOW_BYTES - 99
-    flows = whole_flows(size)
-    unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
-    assert 1 <= unread < flows
-    registry.pace = 0.001
+def prefetch_setup(
+    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery, size: int
+) -> tuple[bytes, Store, CountingFetcher, Download, OwnerUpstream]:
+    """A blob of `size` at the registry (described), and a download of it that this node's
+    prefetch asked for, in a table as `join` keeps it."""
     data = os.urandom(size)
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
     store.descriptor_sizes.learn(digest, size)
     fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
     download = Download(digest, None, "org/app", None)
+    download.prefetch_wants()
     table = DownloadTable(store, nursery)
-    table.active[digest] = download  # as `join` keeps it
-    view = OwnerUpstream(table, fetcher)
+    table.active[digest] = download
+    return data, store, fetcher, download, OwnerUpstream(table, fetcher)
+
+
+async def test_a_blob_prefetched_ahead_of_its_client_keeps_to_part_of_its_flows(
+    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    # Every blob on its full count of flows, the largest (read first) ended last, and a
+    # client reading one blob at a time read all the others after it. A blob this node
+    # prefetches takes part of the registry's uplink until a client here asks for it; then
+    # the rest of its flows open. Each byte still comes once; and only then does it hold
+    # this node's peers back (peers_while_owning). (A download for peers' Wants only, or for
+    # a client that asked first, opens every flow: the tests above.)
+    size = 5 * FLOW_BYTES - 99
+    flows = whole_flows(size)
+    unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
+    assert 1 <= unread < flows
+    registry.pace = 0.001
+    data, store, fetcher, download, view = prefetch_setup(tmp_path, registry, nursery, size)
     fetched = trio.Event()
-    most_unread = -1
+    most_ahead = -1
 
     async def fetch() -> None:
         await fetcher.fetch(download, {})
         fetched.set()
 
-    async def read_from_half_way() -> None:
-        nonlocal most_unread
+    async def client_from_half_way() -> None:
+        nonlocal most_ahead
         while download.partial is None or download.partial.bytes_present < size // 2:
             await trio.sleep(0.005)
-        most_unread = fetcher.answers.most
-        assert (view.blobs(), view.blobs_read()) == (1, 0)
-        with download.serving():
-            assert (view.blobs(), view.blobs_read()) == (1, 1)
-            await fetched.wait()
+        most_ahead = fetcher.answers.most
+        assert (view.blobs(), view.blobs_wanted_now()) == (1, 0)
+        download.client_reads()
+        assert (view.blobs(), view.blobs_wanted_now()) == (1, 1)
+        await fetched.wait()
 
     with trio.fail_after(30):
         async with trio.open_nursery() as both:
             both.start_soon(fetch)
-            both.start_soon(read_from_half_way)
-    assert most_unread == unread
+            both.start_soon(client_from_half_way)
+    assert most_ahead == unread
     assert fetcher.answers.most == flows
-    assert store.complete_path(digest).read_bytes() == data
+    assert store.complete_path(download.digest).read_bytes() == data
     assert fetcher.bytes_from_upstream == size
+
+
+async def test_flows_kept_for_a_client_open_when_it_asks_with_no_byte_coming(
+    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flows kept back wait on the partial: the client's asking must wake them itself,
+    # not leave them for the next piece, which a slow registry may send seconds later.
+    monkeypatch.setattr(chunks_module, "RAMP_PIECES", 0)  # every flow may open at once
+    size = 5 * FLOW_BYTES - 99
+    flows = whole_flows(size)
+    unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
+    registry.pace = 60.0  # after its first 64 KiB, no answer sends more within the test
+    _, _, fetcher, download, _ = prefetch_setup(tmp_path, registry, nursery, size)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as both:
+            both.start_soon(fetcher.fetch, download, {})
+            while fetcher.requests.now < unread:
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)  # (had more opened, the assertion below would see them)
+            assert fetcher.requests.now == unread
+            download.client_reads()
+            while fetcher.requests.now < flows:
+                await trio.sleep(0.01)
+            both.cancel_scope.cancel()
 
 
 async def test_a_slow_flow_holds_back_its_chunk_while_the_others_take_the_rest(
