@@ -357,7 +357,9 @@ class Node:
                 # (given its narrow view of them; the fetcher tells it when its fetches begin
                 # and end), the coordinator.
                 table = DownloadTable(self.store, nursery)
-                fetcher = UpstreamFetcher(self.store, self.upstreams, download_limit)
+                fetcher = UpstreamFetcher(
+                    self.store, self.upstreams, download_limit, held_back=table.held_back
+                )
                 swarm = await self._start_swarm(nursery, access, download_limit, fetcher, table)
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
                 nursery.start_soon(keep_store, self.store)

@@ -81,7 +81,9 @@ class BlobState:
     want_waiters: dict[bytes, None] = field(default_factory=dict)  # Wants before the partial
     waiters: list[Callable[[float], None]] = field(default_factory=list)  # clients
     watchers: list[Callable[[], None]] = field(default_factory=list)  # reading clients: a piece
-    # As the node's Download: this host's prefetch asked for it, its client asked since.
+    # As the node's Download: this host's prefetch asked for it, its client asked since. (The
+    # node also wants its client reading another blob meanwhile, `DownloadTable.held_back`:
+    # a simulated client reads from its first blob to its last without a pause.)
     prefetched: bool = False
     read_by_client: bool = False
 

@@ -49,6 +49,17 @@ class DownloadTable:
         self.completed = 0
         self.failed = 0
 
+    def held_back(self, download: Download) -> bool:
+        """Does `download` keep to part of its registry flows (chunks.UNREAD_SHARE) and stay
+        out of the swarm's peer limit? While it runs ahead of its client
+        (`Download.ahead_of_client`) and a client here reads another blob now, as one that
+        reads an image's blobs in order does. A client that reads nothing holds nothing back:
+        its pull ended or was cancelled, or it skipped the blob (its runtime holds it), and
+        the other hosts' clients may wait for this one."""
+        return download.ahead_of_client and any(
+            other.clients for other in self.active.values() if other is not download
+        )
+
     async def join(self, source: BlobSource, fetch: Fetch) -> Download:
         """The download of the blob: the one in flight, or a new one run by `fetch`.
 
@@ -126,11 +137,11 @@ class OwnerUpstream:
         return self._fetcher.blobs()
 
     def blobs_wanted_now(self) -> int:
-        active = self._table.active
+        table = self._table
         return sum(
             1
             for digest in self._fetcher.digests()
-            if (download := active.get(digest)) is None or not download.ahead_of_client
+            if (download := table.active.get(digest)) is None or not table.held_back(download)
         )
 
     def streams(self) -> int:

@@ -129,9 +129,16 @@ class UpstreamFetcher:
     """Fills downloads from their upstream registries; counts what it fetched."""
 
     def __init__(
-        self, store: Store, upstreams: Upstreams, download_limit: RateLimiter | None = None
+        self,
+        store: Store,
+        upstreams: Upstreams,
+        download_limit: RateLimiter | None = None,
+        held_back: Callable[[Download], bool] | None = None,
     ) -> None:
+        """`held_back`: whether a download keeps to part of its flows now
+        (`DownloadTable.held_back`; default: never)."""
         self._store = store
+        self._held_back = held_back or _never
         self._upstreams = upstreams
         self._download_limit = download_limit or RateLimiter(None)
         self.streams = 0  # answers arriving from the upstream now (peer/swarm/inflow.py)
@@ -359,14 +366,15 @@ class UpstreamFetcher:
             nonlocal failure
             if chunks is not None and not todo:
                 # Until enough of the blob is in and, past its `unread_flows`, the download
-                # is not ahead of its client (`Download.client_reads` wakes us); or no chunk
-                # is left to ask for: the flows that did open may take them all, or the
-                # chunks be closed (a registry that stopped honouring Range;
-                # `_pump_beside_chunks` then wakes us), with no byte more to come.
+                # is not held back (`DownloadTable.held_back`: its client's asking wakes us,
+                # `Download.client_reads`; the end of another blob's reading, the next bytes
+                # of this one); or no chunk is left to ask for: the flows that did open may
+                # take them all, or the chunks be closed (a registry that stopped honouring
+                # Range; `_pump_beside_chunks` then wakes us), with no byte more to come.
                 piece_size = partial.layout.piece_size
                 while (
                     not chunks.may_open(
-                        flow, partial.bytes_present // piece_size, not download.ahead_of_client
+                        flow, partial.bytes_present // piece_size, not self._held_back(download)
                     )
                     and not chunks.exhausted
                     and partial.error is None
@@ -655,6 +663,10 @@ class UpstreamFetcher:
         if offset != end:
             message = f"closed the connection at byte {offset} of {start}-{end}"
             raise UpstreamError(body.url, message)
+
+
+def _never(_download: Download) -> bool:
+    return False
 
 
 def _chunks_after(

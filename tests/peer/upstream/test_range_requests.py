@@ -215,19 +215,45 @@ async def test_a_larger_blob_comes_on_more_flows_sharing_the_same_buffers(
 
 def prefetch_setup(
     tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery, size: int
-) -> tuple[bytes, Store, CountingFetcher, Download, OwnerUpstream]:
-    """A blob of `size` at the registry (described), and a download of it that this node's
-    prefetch asked for, in a table as `join` keeps it."""
+) -> tuple[bytes, Store, CountingFetcher, Download, OwnerUpstream, Download]:
+    """A blob of `size` at the registry (described), a download of it that this node's
+    prefetch asked for, and another download (of the blob a client here reads first), in a
+    table as `join` keeps them."""
     data = os.urandom(size)
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
     store.descriptor_sizes.learn(digest, size)
-    fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
+    table = DownloadTable(store, nursery)
+    fetcher = CountingFetcher(
+        store, Upstreams(UpstreamConfig({}, registry.url)), held_back=table.held_back
+    )
     download = Download(digest, None, "org/app", None)
     download.prefetch_wants()
-    table = DownloadTable(store, nursery)
     table.active[digest] = download
-    return data, store, fetcher, download, OwnerUpstream(table, fetcher)
+    first = Download("sha256:" + "f" * 64, None, "org/app", None)
+    table.active[first.digest] = first
+    return data, store, fetcher, download, OwnerUpstream(table, fetcher), first
+
+
+async def test_a_prefetched_download_is_held_back_only_while_a_client_here_reads_another(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # A client that reads nothing (its pull done or cancelled, or the blob skipped because
+    # its runtime holds it) must not keep a download that other hosts' clients wait for on
+    # part of its flows.
+    table = DownloadTable(Store(tmp_path), nursery)
+    ahead = Download("sha256:" + "a" * 64, None, "o/a", None)
+    other = Download("sha256:" + "b" * 64, None, "o/a", None)
+    ahead.prefetch_wants()
+    table.active.update({ahead.digest: ahead, other.digest: other})
+    assert ahead.ahead_of_client and not table.held_back(ahead)  # nobody reads
+    with ahead.serving():  # its own reader (a HEAD, say) is not another blob's
+        assert not table.held_back(ahead)
+    with other.serving():
+        assert table.held_back(ahead)
+        assert not table.held_back(other)  # not prefetched
+        ahead.client_reads()
+        assert not table.held_back(ahead)
 
 
 async def test_a_blob_prefetched_ahead_of_its_client_keeps_to_part_of_its_flows(
@@ -244,12 +270,13 @@ async def test_a_blob_prefetched_ahead_of_its_client_keeps_to_part_of_its_flows(
     unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
     assert 1 <= unread < flows
     registry.pace = 0.001
-    data, store, fetcher, download, view = prefetch_setup(tmp_path, registry, nursery, size)
+    data, store, fetcher, download, view, first = prefetch_setup(tmp_path, registry, nursery, size)
     fetched = trio.Event()
     most_ahead = -1
 
     async def fetch() -> None:
-        await fetcher.fetch(download, {})
+        with first.serving():  # the client here reads the first blob meanwhile
+            await fetcher.fetch(download, {})
         fetched.set()
 
     async def client_from_half_way() -> None:
@@ -282,8 +309,8 @@ async def test_flows_kept_for_a_client_open_when_it_asks_with_no_byte_coming(
     flows = whole_flows(size)
     unread = Chunks(1000, 0, 1, 0.0, window=None, flows=flows).unread_flows
     registry.pace = 60.0  # after its first 64 KiB, no answer sends more within the test
-    _, _, fetcher, download, _ = prefetch_setup(tmp_path, registry, nursery, size)
-    with trio.fail_after(20):
+    _, _, fetcher, download, _, first = prefetch_setup(tmp_path, registry, nursery, size)
+    with trio.fail_after(20), first.serving():
         async with trio.open_nursery() as both:
             both.start_soon(fetcher.fetch, download, {})
             while fetcher.requests.now < unread:
