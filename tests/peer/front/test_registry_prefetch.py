@@ -141,6 +141,9 @@ async def test_a_prefetched_download_runs_ahead_of_its_client_until_its_get(
     body = await setup.client.get(f"/v2/org/app/blobs/{layer}")
     assert digest_of(body.content) == layer
     assert download.read_by_client and not download.ahead_of_client
+    # The node's registry flows follow the table's rule (DownloadTable.held_back).
+    coordinator = setup.node.downloads
+    assert coordinator._fetcher._held_back == coordinator._table.held_back
 
 
 async def test_head_index_and_refused_manifests_start_nothing(setup: Setup) -> None:

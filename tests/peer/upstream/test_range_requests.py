@@ -249,11 +249,38 @@ async def test_a_prefetched_download_is_held_back_only_while_a_client_here_reads
     assert ahead.ahead_of_client and not table.held_back(ahead)  # nobody reads
     with ahead.serving():  # its own reader (a HEAD, say) is not another blob's
         assert not table.held_back(ahead)
+        # A download for peers' Wants only is never held back, whoever reads what.
+        assert not other.ahead_of_client and not table.held_back(other)
     with other.serving():
         assert table.held_back(ahead)
-        assert not table.held_back(other)  # not prefetched
         ahead.client_reads()
         assert not table.held_back(ahead)
+
+
+async def test_a_prefetched_download_nobody_here_reads_beside_opens_every_flow(
+    tmp_path: Path, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    # Its client never asks (its runtime holds the layer, or its pull ended) and reads
+    # nothing else: the other hosts' clients may wait for this blob. It takes all its flows
+    # and counts for the peer limit, as a fetch for peers does.
+    size = 5 * FLOW_BYTES - 99
+    registry.pace = 0.001
+    data, store, fetcher, download, view, _ = prefetch_setup(tmp_path, registry, nursery, size)
+    counted: list[int] = []
+
+    async def look_half_way() -> None:
+        while download.partial is None or download.partial.bytes_present < size // 2:
+            await trio.sleep(0.005)
+        counted.append(view.blobs_wanted_now())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as both:
+            both.start_soon(fetcher.fetch, download, {})
+            both.start_soon(look_half_way)
+    assert download.ahead_of_client  # never asked for, and yet:
+    assert fetcher.answers.most == whole_flows(size)
+    assert counted == [1]
+    assert store.complete_path(download.digest).read_bytes() == data
 
 
 async def test_a_blob_prefetched_ahead_of_its_client_keeps_to_part_of_its_flows(
