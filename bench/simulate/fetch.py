@@ -534,9 +534,8 @@ class UpstreamFetch:
     then, once its answer starts (the node learns there that the registry honours Range),
     up to `whole_flows` requests at once (more for a larger blob; they open one at a time,
     `Chunks.flows_open`, and past `unread_flows` only when not prefetched ahead of the client
-    here: `BlobState.ahead_of_client`), each
-    taking the next chunk in order (a node that took a blob over from
-    the swarm resumes its partial in one request)."""
+    here: `BlobState.ahead_of_client`), each taking the next chunk in order (a node that took
+    a blob over from the swarm resumes its partial in one request)."""
 
     def __init__(
         self, node: SimNode, state: BlobState, runs: list[tuple[int, int]] | None = None

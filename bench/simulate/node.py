@@ -689,8 +689,9 @@ class SimNode:
         client's own requests join them)."""
         waiting = [d for d in digests if not self.state(d).complete]
         for digest in waiting:  # one in flight (for peers, say) now runs ahead of our client
-            if self.state(digest).active:
-                self._prefetch_wants(self.state(digest))
+            state = self.state(digest)
+            if state.active:
+                self._prefetch_wants(state)
         waiting.reverse()
 
         def next_one(_now: float = 0.0) -> None:

@@ -146,6 +146,28 @@ async def test_a_prefetched_download_runs_ahead_of_its_client_until_its_get(
     assert coordinator._fetcher._held_back == coordinator._table.held_back
 
 
+async def test_a_refused_client_cannot_end_the_hold_on_a_prefetched_blob(setup: Setup) -> None:
+    # A client without the credentials asks for a private blob in flight: it is refused, and
+    # the blob stays held back for the client that may read it (a first version counted any
+    # GET, before its access check, as the client reading).
+    setup.registry.token = "s3cret"
+    authed = {"Authorization": "Bearer s3cret"}
+    setup.registry.pace = 0.5  # a 64 KiB chunk each half second: the layer is in flight
+    await setup.client.get("/v2/org/private/manifests/v1", headers=authed)
+    layer = setup.blobs[2]
+    assert setup.node.downloads is not None
+    active = setup.node.downloads.active
+    await _until(lambda: layer in active and active[layer].partial is not None)
+    download = active[layer]
+    path = f"/v2/org/private/blobs/{layer}"
+    wrong = await setup.client.get(path, headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    assert download.ahead_of_client
+    body = await setup.client.get(path, headers=authed)
+    assert digest_of(body.content) == layer
+    assert not download.ahead_of_client
+
+
 async def test_head_index_and_refused_manifests_start_nothing(setup: Setup) -> None:
     assert (await setup.client.head("/v2/org/app/manifests/v1")).status_code == 200
     index = json.dumps(
