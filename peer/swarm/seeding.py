@@ -69,6 +69,12 @@ class Seeder:
         self._told: dict[bytes, set[int]] = {}  # peer -> pieces ever offered to it
         self._holders = [0] * count  # piece -> interested peers known to hold it
         self._offered = [0] * count  # piece -> outstanding offers of it
+        self._outstanding = 0  # sum(self._offered)
+        # Held pieces with no copy (none holds it, none was offered it): the first copies
+        # still to give, kept as the counts change (the owner makes an offer per Have it
+        # hears; finding them by a pass over every held piece was the most of its cost).
+        self._uncopied: set[int] = set(self.held)
+        self._shared: set[int] = set()  # held pieces some peer holds: second copies' choice
         self._seen = 0  # pieces at least one peer holds
         self._choked: set[bytes] = set()  # peers our choker refuses: offered nothing
 
@@ -118,11 +124,11 @@ class Seeder:
         if held is None:
             return []
         for index in held:
-            self._holders[index] -= 1
+            self._add_holder(index, -1)
             if self._holders[index] == 0:
                 self._seen -= 1
         for index in self._offers.pop(peer, {}):
-            self._offered[index] -= 1
+            self._add_offered(index, -1)
         del self._told[peer]
         self._choked.discard(peer)
         return self._offer(now)
@@ -137,7 +143,7 @@ class Seeder:
         for index in self._offers.get(peer, {}):
             # Withdrawn: its queued requests are refused ("choked"), so it may forget we hold
             # the piece; offered again once unchoked (or never would be, if all were told).
-            self._offered[index] -= 1
+            self._add_offered(index, -1)
             told.discard(index)
         if peer in self._offers:
             self._offers[peer] = {}
@@ -154,6 +160,8 @@ class Seeder:
         if not new:
             return []
         self.held.update(new)
+        for index in new:
+            self._recount(index)
         if self.open:
             return [Send(p, Have(self.digest, i)) for i in new for p in self._peers]
         return self._offer(now)
@@ -168,11 +176,11 @@ class Seeder:
             if not 0 <= index < self.count or index in held:
                 continue
             held.add(index)
-            self._holders[index] += 1
+            self._add_holder(index, 1)
             if self._holders[index] == 1:
                 self._seen += 1
             if offers.pop(index, None) is not None:
-                self._offered[index] -= 1
+                self._add_offered(index, -1)
         return self._offer(now)
 
     def tick(self, now: float) -> list[Send]:
@@ -183,7 +191,7 @@ class Seeder:
                 # Lost, or the peer could not ask yet: anyone may be offered it again.
                 del offers[index]
                 told.discard(index)
-                self._offered[index] -= 1
+                self._add_offered(index, -1)
         return self._offer(now)
 
     def next_deadline(self) -> float | None:
@@ -222,20 +230,17 @@ class Seeder:
         rooms.sort(key=lambda p: len(self._offers[p]))
         # First copies in piece order (a client reads in order), each to the least busy peer
         # that has not been told of it.
-        for index in sorted(i for i in self.held if self.copies(i) == 0):
+        for index in sorted(self._uncopied):
             for peer in rooms:
                 if index not in self._told[peer]:
                     return self._record(peer, index, now)
-        if sum(self._offered) >= self.repeat_limit:
+        if self._outstanding >= self.repeat_limit:
             return None
         for peer in rooms:
-            told = self._told[peer]
-            lacking = [
-                i
-                for i in self.held
-                if i not in told and i not in self._peers[peer] and self._holders[i] > 0
-            ]
-            if lacking:
+            candidates = self._shared - self._told[peer] - self._peers[peer]
+            if candidates:
+                # In the held set's order, as the draws below were always made.
+                lacking = [i for i in self.held if i in candidates]
                 index = min(lacking, key=lambda i: (self.copies(i), self.rng.random()))
                 return self._record(peer, index, now)
         return None
@@ -243,8 +248,28 @@ class Seeder:
     def _record(self, peer: bytes, index: int, now: float) -> Send:
         self._offers[peer][index] = now
         self._told[peer].add(index)
-        self._offered[index] += 1
+        self._add_offered(index, 1)
         return Send(peer, Have(self.digest, index))
+
+    def _add_holder(self, index: int, change: int) -> None:
+        self._holders[index] += change
+        self._recount(index)
+
+    def _add_offered(self, index: int, change: int) -> None:
+        self._offered[index] += change
+        self._outstanding += change
+        self._recount(index)
+
+    def _recount(self, index: int) -> None:
+        held = index in self.held
+        if held and self._holders[index] + self._offered[index] == 0:
+            self._uncopied.add(index)
+        else:
+            self._uncopied.discard(index)
+        if held and self._holders[index] > 0:
+            self._shared.add(index)
+        else:
+            self._shared.discard(index)
 
     def _bitfield(self, peer: bytes) -> Send:
         return Send(peer, Bitfield(self.digest, bits_of(self.held, self.count)))

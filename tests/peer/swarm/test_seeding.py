@@ -243,6 +243,21 @@ class SeederMachine(RuleBasedStateMachine):
                     assert all(i in self.told[peer] for i in first)
 
     @invariant()
+    def second_copies_go_out_under_the_repeat_limit(self) -> None:
+        """Below the limit of outstanding offers, no unchoked peer with room lacks a piece
+        that another peer holds and that it was never told of."""
+        seeder = self.seeder
+        if seeder.open:
+            return
+        outstanding = sum(len(seeder.offers(p)) for p in self.joined)
+        if outstanding >= seeder.repeat_limit:
+            return
+        somewhere = set().union(*(self.holds[p] for p in self.joined)) & seeder.held
+        for peer in self.joined - self.choked:
+            if len(seeder.offers(peer)) < seeder.per_peer:
+                assert somewhere <= self.holds[peer] | self.told[peer]
+
+    @invariant()
     def a_piece_only_the_owner_holds_is_offered_to_someone(self) -> None:
         """No stall: while an unchoked peer lacks a piece no peer holds, some offer of it
         is outstanding, or every such peer's offers are full."""
