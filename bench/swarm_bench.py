@@ -356,7 +356,7 @@ def _images(
     return [write_layers(layout, specs, "bench")]
 
 
-def _pollen_congestion_control(pollen_args: str) -> congestion.LinkAlgorithms:
+def _pollen_congestion_control(pollen_args: str) -> str:
     """What the nodes' peer links use: --peer-congestion-control in `pollen_args`, else what a
     node chooses here (the bench runs as root, as the nodes do)."""
     args = shlex.split(pollen_args)
@@ -425,12 +425,7 @@ def _run(
         pollen_congestion = _pollen_congestion_control(pollen_args)
         click.echo(
             f"TCP congestion control: {hosts_congestion_control} on the hosts (BitTorrent's, "
-            f"skopeo's, the registry's), {pollen_congestion.usual} on pollen's peer links"
-            + (
-                f" ({pollen_congestion.while_fetching} while a node fetches from the registry)"
-                if pollen_congestion.while_fetching
-                else ""
-            )
+            f"skopeo's, the registry's), {pollen_congestion} on pollen's peer links"
         )
         origin = Origin(testbed, root / "origin")
         for each in images:
@@ -502,8 +497,7 @@ def _run(
         "downlink_bytes_per_s": downlink,
         "origin_uplink_bytes_per_s": origin_up,
         "hosts_congestion_control": hosts_congestion_control,
-        "pollen_peer_congestion_control": pollen_congestion.usual,
-        "pollen_peer_congestion_control_while_fetching": pollen_congestion.while_fetching,
+        "pollen_peer_congestion_control": pollen_congestion,
         "image_bytes": image.total_size,
         "new_bytes": new_bytes,
         "layers": [d.size for d in image.layers],

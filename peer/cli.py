@@ -238,19 +238,14 @@ def main() -> None:
 @click.option(
     "--peer-congestion-control",
     default=None,
-    show_default=(
-        f"{congestion.PREFERRED}, and {congestion.QUEUE_KEEPING} while fetching from a "
-        "registry, where this process may set them; else the host's"
-    ),
+    show_default=f"{congestion.PREFERRED} where this process may set it; else the host's",
     envvar="POLLEN_PEER_CONGESTION_CONTROL",
     metavar="NAME",
     help="TCP congestion control of the links to other nodes: a name the kernel offers "
     "(without CAP_NET_ADMIN, one of /proc/sys/net/ipv4/tcp_allowed_congestion_control), used "
     f"on every link, or '{congestion.SYSTEM}' for the host's default. A name the kernel "
     "refuses stops the start. A node's links share its uplink and its downlink: CUBIC backs "
-    "off when they overfill a queue, where BBR (version 1) keeps sending and loses more; "
-    "but CUBIC fills the uplink queue that a blob's registry flow needs for its ACKs, so "
-    "without a name a node fetching from a registry uses BBR meanwhile (where it may).",
+    "off when they overfill a queue, where BBR (version 1) keeps sending and loses more.",
 )
 @click.option(
     "--insecure-open-cluster",

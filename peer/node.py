@@ -112,19 +112,13 @@ def _peer_links_in_clear(config: NodeConfig) -> bool:
     return peer is not None and not config.peer_encryption and not is_loopback_host(peer.host)
 
 
-def _peer_congestion_control(config: NodeConfig) -> congestion.LinkAlgorithms:
+def _peer_congestion_control(config: NodeConfig) -> str:
     """The congestion control of the peer links: the one named (checked with the config),
-    else the preferred ones where this process may set them (peer/swarm/congestion.py)."""
-    algorithms, refused = congestion.choose(config.peer_congestion_control)
+    else the preferred one where this process may set it (peer/swarm/congestion.py)."""
+    name, refused = congestion.choose(config.peer_congestion_control)
     if refused is not None:
         log.warning("the peer links keep the host's TCP congestion control: %s", refused)
-    return algorithms
-
-
-def _describe(algorithms: congestion.LinkAlgorithms) -> str:
-    if algorithms.while_fetching is None:
-        return algorithms.usual
-    return f"{algorithms.usual}, {algorithms.while_fetching} while fetching from a registry"
+    return name
 
 
 def _tighter(old: NodeConfig, new: NodeConfig) -> bool:
@@ -655,11 +649,9 @@ class Node:
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,
-            link_algorithms=_peer_congestion_control(config),
+            congestion_control=_peer_congestion_control(config),
             upstream=OwnerUpstream(table, fetcher),
         )
-        # Before the swarm runs: its links' congestion control follows the registry fetches.
-        fetcher.on_fetching_changed = swarm.fetching_changed
         self.swarm = swarm
         await nursery.start(swarm.run, listeners)
         gossip.links = swarm
@@ -682,7 +674,7 @@ class Node:
             self.node_id.hex()[:12],
             config.peer,
             advertised,
-            _describe(swarm.link_algorithms),
+            swarm.applied_congestion_control,
             ", ".join(map(str, config.join)) or "nobody (first node)",
         )
         return swarm

@@ -144,9 +144,6 @@ class UpstreamFetcher:
         self.streams = 0  # answers arriving from the upstream now (peer/swarm/inflow.py)
         # Blob -> its fetches from the upstream now (the swarm yields to them: fetch.py).
         self._digests: collections.Counter[str] = collections.Counter()
-        # Told when the first fetch begins and when the last one ends (the swarm's links
-        # change their congestion control: peer/swarm/congestion.py).
-        self.on_fetching_changed: Callable[[], None] | None = None
         self.bytes_from_upstream = 0
         # Blobs whose registry was still busy when an owner's fetch gave up: (namespace,
         # digest) -> until when later fetches of it ask once (peer/fetch/busy_registry.py).
@@ -172,26 +169,13 @@ class UpstreamFetcher:
 
     @contextlib.contextmanager
     def _counted(self, digest: str) -> Iterator[None]:
-        first = not self._digests
         self._digests[digest] += 1
-        if first:
-            self._fetching_changed()
         try:
             yield
         finally:
             self._digests[digest] -= 1
             if not self._digests[digest]:
                 del self._digests[digest]
-                if not self._digests:
-                    self._fetching_changed()
-
-    def _fetching_changed(self) -> None:
-        if self.on_fetching_changed is None:
-            return
-        try:
-            self.on_fetching_changed()
-        except Exception:  # the links' tuning must never fail a download
-            log.exception("telling the swarm that fetching began or ended failed")
 
     async def fetch(
         self, download: Download, headers: dict[str, str], *, for_the_cluster: bool = False

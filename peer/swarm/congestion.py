@@ -9,11 +9,16 @@ namespace testbed (8 hosts, 25 Mbit/s, the kernel's default BBR) 8.6 % of the sw
 were retransmitted and the hosts' uplinks carried 7-8 % more than their downlinks delivered;
 with CUBIC on the peer links only, 1.3-1.4 % and 1.7-1.9 %, and the last host done sooner
 (README, *The peer links' congestion control*). CUBIC, Linux's own default, backs off on loss.
-What it costs: it fills a FIFO uplink's queue, and an owner whose uploads fill its uplink then
-delays the ACKs of its own registry flow, which crawls (README, *What CUBIC costs*). So while
-the node fetches from a registry its links use BBR, which keeps its queue short, where this
-process may set it: the owner of half an image at 100 Mbit/s, one blob at a time, 1.41, 1.46
-x T_min against 1.60-1.71 with CUBIC throughout.
+
+CUBIC throughout, also while the node fetches from a registry. Until 2026-12-03 the links
+switched to BBR while it did: an owner's CUBIC uploads filled its uplink's FIFO queue and the
+ACKs of its registry flow waited there (100 Mbit/s, one blob at a time: 1.60-1.71 x T_min with
+CUBIC throughout, 1.41-1.46 with the switch; README, *What CUBIC costs*). With today's registry
+flows (several per blob, by its size) that cost is gone, and the switch cost more than it
+saved: owners fetch for most of a rollout, their BBR uploads overran the uplinks' queues (4-11 %
+of the segments retransmitted), and one blob at a time at 25 Mbit/s took 88.9, 89.4 s against
+86.9, 86.6 with CUBIC throughout; at 100 Mbit/s 26.9, 25.4 against 26.1, 26.3 (README, *The
+peer links' congestion control, again*).
 
 Only the peer links: the registry's connections and the clients' are left to the system.
 
@@ -28,17 +33,11 @@ from __future__ import annotations
 import errno
 import re
 import socket
-from dataclasses import dataclass
 
 import trio
 
 PREFERRED = "cubic"
-QUEUE_KEEPING = "bbr"  # while fetching from a registry, where the preferred one is used
 SYSTEM = "system"  # the host's default: the node sets nothing
-# Seconds without a registry fetch before the links go back to the usual algorithm: each
-# switch restarts a link's congestion state, and a node pulling blob after blob (or a peer's
-# Wants for blobs the registry refuses) would otherwise switch every link twice a blob.
-RETURN_AFTER = 2.0
 # What the kernel calls its algorithms (TCP_CA_NAME_MAX is 16 with the closing NUL); it would
 # read a name only up to a NUL, so "cubic\0x" would pass for cubic.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -72,45 +71,17 @@ def check(name: str) -> None:
         ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class LinkAlgorithms:
-    """The peer links' algorithm, and another while the node fetches from a registry."""
-
-    usual: str
-    while_fetching: str | None = None  # None: the usual one then too (for_links)
-
-
-def for_links(
-    algorithms: LinkAlgorithms, fetching: bool, fetch_ended_at: float, now: float
-) -> tuple[str, float | None]:
-    """The algorithm the links should have at `now`, and when to ask again (None: at the
-    next fetch's start or end): the one for fetching while the node fetches from a registry
-    and until RETURN_AFTER past the end of its last fetch, then the usual one."""
-    if algorithms.while_fetching is None:
-        return algorithms.usual, None
-    if fetching:
-        return algorithms.while_fetching, None
-    back_at = fetch_ended_at + RETURN_AFTER
-    if now < back_at:
-        return algorithms.while_fetching, back_at
-    return algorithms.usual, None
-
-
-def choose(named: str | None) -> tuple[LinkAlgorithms, str | None]:
-    """The algorithms for the peer links, and a reason to log when the preferred one cannot
-    be had. A name given (checked with the config) is used throughout; none: PREFERRED where
-    this process may set it (else SYSTEM), and QUEUE_KEEPING while fetching where it may."""
+def choose(named: str | None) -> tuple[str, str | None]:
+    """The algorithm for the peer links, and a reason to log when the preferred one cannot be
+    had. A name given (checked with the config) is used; none: PREFERRED where this process
+    may set it, else SYSTEM."""
     if named is not None:
-        return LinkAlgorithms(named), None
+        return named, None
     try:
         check(PREFERRED)
     except CongestionControlUnavailable as exc:
-        return LinkAlgorithms(SYSTEM), str(exc)
-    try:
-        check(QUEUE_KEEPING)
-    except CongestionControlUnavailable:  # CUBIC throughout (the host's own choice, mostly)
-        return LinkAlgorithms(PREFERRED), None
-    return LinkAlgorithms(PREFERRED, QUEUE_KEEPING), None
+        return SYSTEM, str(exc)
+    return PREFERRED, None
 
 
 def set_on(sock: socket.socket | trio.socket.SocketType, name: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -128,7 +127,7 @@ class Swarm:
         peer_encryption: bool = False,
         *,
         upstream: PeerUpstream,
-        link_algorithms: congestion.LinkAlgorithms | None = None,  # None: the host's
+        congestion_control: str = congestion.SYSTEM,  # the links' (congestion.py)
         rng: random.Random | None = None,
     ) -> None:
         self.identity = identity
@@ -138,14 +137,8 @@ class Swarm:
         self.access = access
         self.token = token
         self.peer_encryption = peer_encryption  # seal every frame of every link
-        # The links' congestion control (congestion.py), and the one their sockets were given
-        # last; when the last registry fetch ended, and whether a look at the time is due.
-        self.link_algorithms = link_algorithms or congestion.LinkAlgorithms(congestion.SYSTEM)
-        self._fetch_ended_at = -math.inf
-        self.applied_congestion_control, _ = congestion.for_links(
-            self.link_algorithms, upstream.blobs() > 0, self._fetch_ended_at, 0.0
-        )
-        self._congestion_look_due = False
+        # The congestion control the links' sockets are given (congestion.py).
+        self.applied_congestion_control = congestion_control
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
@@ -305,29 +298,8 @@ class Swarm:
         finally:
             self.link_guard.release(address)
 
-    def fetching_changed(self) -> None:
-        """This node began, or ended, fetching from a registry: the links follow
-        (congestion.for_links: an owner's uploads must not fill the uplink its registry
-        flow's ACKs leave by)."""
-        if self.upstream.blobs() == 0:
-            self._fetch_ended_at = trio.current_time()
-        self._follow_congestion_control()
-
-    def use_congestion_control(self, algorithms: congestion.LinkAlgorithms) -> None:
-        """Give the open links (and the next ones) what `algorithms` says for now."""
-        self.link_algorithms = algorithms
-        self._follow_congestion_control()
-
-    def _follow_congestion_control(self) -> None:
-        name, look_again = congestion.for_links(
-            self.link_algorithms,
-            self.upstream.blobs() > 0,
-            self._fetch_ended_at,
-            trio.current_time(),
-        )
-        if look_again is not None and not self._congestion_look_due and self._nursery is not None:
-            self._congestion_look_due = True
-            self._nursery.start_soon(self._follow_congestion_control_at, look_again)
+    def use_congestion_control(self, name: str) -> None:
+        """Give the open links (and the next ones) the congestion control `name`."""
         if name == self.applied_congestion_control:
             return
         self.applied_congestion_control = name
@@ -340,13 +312,6 @@ class Swarm:
             for link in links:
                 if isinstance(link.stream, trio.SocketStream):
                     self._set_congestion_control(link.stream, for_open_links)
-
-    async def _follow_congestion_control_at(self, deadline: float) -> None:
-        try:
-            await trio.sleep_until(deadline)
-        finally:
-            self._congestion_look_due = False
-        self._follow_congestion_control()
 
     def _set_congestion_control(self, stream: trio.SocketStream, name: str) -> None:
         try:

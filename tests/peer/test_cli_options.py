@@ -133,8 +133,5 @@ def test_the_help_explains_the_congestion_control() -> None:
     text = " ".join(result.output.split())  # as wrapped for the terminal
     assert "--peer-congestion-control NAME" in text
     assert "'system' for the host's default" in text
-    default = (
-        "[default: (cubic, and bbr while fetching from a registry, where this process may set "
-        "them; else the host's)]"
-    )
+    default = "[default: (cubic where this process may set it; else the host's)]"
     assert default in text

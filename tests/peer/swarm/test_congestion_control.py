@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import socket
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import trio
 from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.swarm import congestion
-from peer.swarm.congestion import CongestionControlUnavailable, LinkAlgorithms
+from peer.swarm.congestion import CongestionControlUnavailable
 from peer.swarm.link import PeerLink
 from tests.peer.fake_registry import FakeRegistry
 from tests.peer.swarm.real_nodes import (
@@ -74,58 +73,13 @@ def test_system_leaves_the_hosts_default() -> None:
         assert _algorithm(sock) == _system_default()
 
 
-def test_without_a_name_cubic_is_preferred_and_bbr_kept_for_fetching() -> None:
+def test_without_a_name_cubic_is_used() -> None:
     assert NodeConfig(data_dir=Path("x")).peer_congestion_control is None
-    algorithms, refused = congestion.choose(None)
-    assert refused is None
-    assert algorithms == LinkAlgorithms("cubic", "bbr")
-    idle = congestion.for_links(algorithms, False, -math.inf, 0.0)
-    fetching = congestion.for_links(algorithms, True, -math.inf, 0.0)
-    assert (idle, fetching) == (("cubic", None), ("bbr", None))
+    assert congestion.choose(None) == ("cubic", None)
 
 
-def test_the_links_keep_the_fetching_algorithm_a_while_after_the_last_fetch() -> None:
-    algorithms = LinkAlgorithms("cubic", "bbr")
-    hold = congestion.RETURN_AFTER
-    assert congestion.for_links(algorithms, False, -math.inf, 5.0) == ("cubic", None)
-    assert congestion.for_links(algorithms, True, -math.inf, 5.0) == ("bbr", None)
-    # The last fetch ended at 10: BBR until 10 + hold, and a look then; CUBIC from there.
-    assert congestion.for_links(algorithms, False, 10.0, 10.0) == ("bbr", 10.0 + hold)
-    assert congestion.for_links(algorithms, False, 10.0, 10.0 + hold / 2) == ("bbr", 10.0 + hold)
-    assert congestion.for_links(algorithms, False, 10.0, 10.0 + hold) == ("cubic", None)
-    # A name given: no other algorithm to keep.
-    assert congestion.for_links(LinkAlgorithms("reno"), False, 10.0, 10.0) == ("reno", None)
-
-
-def test_fetches_that_begin_and_end_in_quick_turns_switch_the_links_once() -> None:
-    """A peer's Wants for blobs the registry refuses at once (or a client pulling blob after
-    blob) begin and end a fetch every fraction of a second: each switch restarts every link's
-    congestion state, so the links go to BBR once and stay, and back once it is quiet."""
-    algorithms = LinkAlgorithms("cubic", "bbr")
-    applied, switches = "cubic", []
-
-    def look(fetching: bool, ended_at: float, now: float) -> None:
-        nonlocal applied
-        name, _ = congestion.for_links(algorithms, fetching, ended_at, now)
-        if name != applied:
-            applied = name
-            switches.append((now, name))
-
-    ended_at = -math.inf
-    for turn in range(200):  # a fetch of 0.1 s every 0.3 s, for a minute
-        begins = turn * 0.3
-        look(True, ended_at, begins)
-        ended_at = begins + 0.1
-        look(False, ended_at, ended_at)
-    look(False, ended_at, ended_at + congestion.RETURN_AFTER)  # the look it asked for
-    assert switches == [(0.0, "bbr"), (ended_at + congestion.RETURN_AFTER, "cubic")]
-
-
-def test_a_name_given_is_used_throughout() -> None:
-    algorithms, refused = congestion.choose(ASKED)
-    assert refused is None
-    for fetching in (False, True):
-        assert congestion.for_links(algorithms, fetching, -math.inf, 0.0) == (ASKED, None)
+def test_a_name_given_is_used() -> None:
+    assert congestion.choose(ASKED) == (ASKED, None)
 
 
 def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
@@ -136,22 +90,8 @@ def test_without_a_name_a_host_that_refuses_cubic_keeps_its_own(
 
     monkeypatch.setattr(congestion, "set_on", restricted)
     algorithms, refused = congestion.choose(None)
-    assert algorithms == LinkAlgorithms(congestion.SYSTEM)
+    assert algorithms == congestion.SYSTEM
     assert refused is not None and "CAP_NET_ADMIN" in refused
-
-
-def test_without_a_name_a_host_that_refuses_bbr_uses_cubic_throughout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    real = congestion.set_on
-
-    def bbr_restricted(sock: socket.socket, name: str) -> None:
-        if name == "bbr":
-            raise PermissionError(errno.EPERM, "Operation not permitted")
-        real(sock, name)
-
-    monkeypatch.setattr(congestion, "set_on", bbr_restricted)
-    assert congestion.choose(None) == (LinkAlgorithms("cubic"), None)
 
 
 @pytest.mark.parametrize(
@@ -264,11 +204,11 @@ async def test_links_whose_sockets_refuse_still_work_and_are_logged_once_a_perio
     assert all(ASKED in line and "refused" in line for line in told)
 
 
-async def test_while_a_node_fetches_from_the_registry_its_links_keep_their_queue_short(
+async def test_while_a_node_fetches_from_the_registry_its_links_keep_cubic(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    """No name given: CUBIC, and BBR on the fetching node's links while its registry flow
-    runs (its uploads must not fill the uplink that flow's ACKs leave by)."""
+    """No name given: CUBIC on every link, the fetching owner's too (BBR there overran the
+    uplinks' queues: README, *The peer links' congestion control, again*)."""
     registry, _ = await registry_and_seed(tmp_path, nursery)
     first = make_node(registry, tmp_path / "a")
     assert first.config.peer is not None
@@ -289,14 +229,11 @@ async def test_while_a_node_fetches_from_the_registry_its_links_keep_their_queue
 
         nursery.start_soon(pull)
         await until(lambda: registry.count("GET", digest) > 0)  # the owner's fetch runs
-        assert _algorithm(link.stream.socket) == "bbr"
-        far_end = first.swarm.links[second.node_id].stream
-        assert isinstance(far_end, trio.SocketStream)
-        assert _algorithm(far_end.socket) == "cubic"  # the other node fetches nothing
+        assert _algorithm(link.stream.socket) == "cubic"
         registry.gate.set()
         await until(lambda: bool(pulled))
         assert pulled == [data]
-        await until(lambda: _algorithm(link.stream.socket) == "cubic")  # type: ignore[attr-defined]
+        assert _algorithm(link.stream.socket) == "cubic"
 
 
 async def test_system_given_later_gives_the_open_links_the_hosts_default_again(
@@ -312,7 +249,7 @@ async def test_system_given_later_gives_the_open_links_the_hosts_default_again(
         link = await second.swarm.link_to(first.node_id)
         assert isinstance(link.stream, trio.SocketStream)
         assert _algorithm(link.stream.socket) == ASKED != _system_default()
-        second.swarm.use_congestion_control(LinkAlgorithms(congestion.SYSTEM))
+        second.swarm.use_congestion_control(congestion.SYSTEM)
         assert _algorithm(link.stream.socket) == _system_default()
         assert second.swarm.applied_congestion_control == congestion.SYSTEM
 

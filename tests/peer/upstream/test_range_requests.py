@@ -541,30 +541,3 @@ async def test_a_jwt_s_expiry_is_held_to_the_registry_s_clock(
     registry.clock_offset = 600.0
     gets = await fetch_with(tmp_path, registry, f"Bearer {registry.token}", begun_ago=0.0)
     assert gets == [least_first(), f"bytes={least_pieces(PIECE) * PIECE}-"]
-
-
-async def test_a_failing_fetching_hook_fails_no_download(
-    tmp_path: Path, registry: FakeRegistry, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The swarm's hook (the links' congestion control follows the registry fetches) is
-    # told when the first fetch begins and the last ends; its failure is logged, never the
-    # download's.
-    data = os.urandom(3 * PIECE + 5)
-    digest = registry.add_blob(data)
-    store = Store(tmp_path, piece_size=PIECE)
-    store.descriptor_sizes.learn(digest, len(data))
-    fetcher = UpstreamFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
-    told: list[int] = []
-
-    def failing() -> None:
-        told.append(fetcher.blobs())
-        raise RuntimeError("the hook broke")
-
-    fetcher.on_fetching_changed = failing
-    download = Download(digest, None, "org/app", None, started=trio.current_time())
-    with trio.fail_after(20):
-        await fetcher.fetch(download, {})
-    assert store.complete_path(digest).read_bytes() == data
-    assert told == [1, 0]  # the first fetch began, the last ended
-    failures = [r for r in caplog.records if "fetching began or ended failed" in r.getMessage()]
-    assert len(failures) == 2 and all(r.exc_info for r in failures)
