@@ -230,6 +230,9 @@ async def test_while_a_node_fetches_from_the_registry_its_links_keep_cubic(
         nursery.start_soon(pull)
         await until(lambda: registry.count("GET", digest) > 0)  # the owner's fetch runs
         assert _algorithm(link.stream.socket) == "cubic"
+        far_end = first.swarm.links[second.node_id].stream
+        assert isinstance(far_end, trio.SocketStream)
+        assert _algorithm(far_end.socket) == "cubic"
         registry.gate.set()
         await until(lambda: bool(pulled))
         assert pulled == [data]
