@@ -136,8 +136,8 @@ def timeline_table(
     """The rows as text: the origin's uplink busy against its rate, the hosts' downlinks
     (least, median, most; busy against their rate when shaped, else MB/s), the downlink
     whose shaper dropped most (packets a second: a full queue at one host can stall every
-    host, README *One blob at a time at 25 Mbit/s*) and how many hosts were done by the
-    interval's end."""
+    host, docs/issue10/HISTORY.md *One blob at a time at 25 Mbit/s*) and how many hosts were
+    done by the interval's end."""
 
     def share(value: float, rate: int | None) -> str:
         return f"{100 * value / rate:5.0f} %" if rate else f"{value / 1e6:5.1f} MB/s"

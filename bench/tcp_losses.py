@@ -91,7 +91,7 @@ def qdisc_drops(tc_json: str) -> int:
 def qdisc_drops_by_device(tc_json: str) -> dict[str, int]:
     """The shapers' drops in `tc -s -j qdisc show`, per device (a device without a shaper is
     not named): the switch's ports are the hosts' downlinks, and one host's losses can hold up
-    every other (README, *One blob at a time at 25 Mbit/s*)."""
+    every other (docs/issue10/HISTORY.md, *One blob at a time at 25 Mbit/s*)."""
     try:
         qdiscs = json.loads(tc_json) if tc_json.strip() else []
     except json.JSONDecodeError as exc:

@@ -7,7 +7,7 @@ origin, no bandwidth modelled), then asks for the blobs in order, starting the n
 as one completes. Serving the manifest makes the node prefetch its blobs (peer/fetch/prefetch.py:
 DEFAULT_CONCURRENCY at a time, in the manifest's order) unless the run says --no-prefetch.
 
-How a blob completes (README, *The clients' reading*):
+How a blob completes (docs/issue10/HISTORY.md, *The clients' reading*):
 - `read_rate` None: when the node holds all of it (the client streams it while it arrives and
   its copy is free).
 - `read_rate` R bytes/s: the client reads each blob from its start as the node's pieces arrive

@@ -20,10 +20,10 @@ blob in most blobs), and every host read them at the same moment. In chunks: 7-1
 alternating with the parts, owners 1+1+1: 1.144-1.156 x T_min with chunks of a sixth against
 1.179-1.199 (the origin idle 0.7-2.1 s of the run against 1.6-4.1 s); the simulator at 100
 hosts preferred an eighth (1.130-1.150 against 1.134-1.181 with a sixth, seeds 0-3; 1.123-1.146
-with the parts), the testbed then 1.150, 1.152 (README, "Where the 8-host testbed's time
-goes"; four flows: 1.157-1.166). An owner of two blobs needs its seeding to count a piece it
-sent (peer/swarm/swarm.py, `_piece_sent`): its downlink full of chunks, its peers' Haves came
-late and its offers stopped.
+with the parts), the testbed then 1.150, 1.152 (docs/issue10/HISTORY.md, "Where the 8-host
+testbed's time goes"; four flows: 1.157-1.166). An owner of two blobs needs its seeding to
+count a piece it sent (peer/swarm/swarm.py, `_piece_sent`): its downlink full of chunks, its
+peers' Haves came late and its offers stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole: the least
 # layers of 112 MiB to 200 KiB, 25 Mbit/s) the registry ran at 65-93 % of its rate for the
 # last 30 s, sending only to the largest layer's owner, whose downlink was also taking the
 # other layers from its peers. With flows in proportion to the size the blobs end closer
-# together and the registry stays full longer (README, *Registry flows by blob size*).
+# together and the registry stays full longer (docs/issue10/HISTORY.md, *Registry flows by
+# blob size*).
 FLOW_BYTES = 16 * 1024 * 1024
 MOST_WHOLE_FLOWS = 8  # a registry meets more connections from one client with suspicion
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
@@ -67,7 +68,8 @@ CHUNK_WINDOW = 45.0
 # 8 s and were 5.8 s behind the registry by then, a lag no host makes up (its downlink is no
 # faster than the registry's uplink); in the simulator no piece was stored anywhere before 5 s.
 # Counted in pieces, not seconds: flows 2 s apart gained more at 25 Mbit/s and cost 8 hosts at
-# 100 Mbit/s 0.018 x T_min (README, *The registry's flows, one at a time at first*).
+# 100 Mbit/s 0.018 x T_min (docs/issue10/HISTORY.md, *The registry's flows, one at a time at
+# first*).
 RAMP_PIECES = 2
 # A blob this node prefetches ahead of its client (Download.ahead_of_client: prefetched, and no
 # client here has asked for it yet) takes at most 1 / UNREAD_SHARE of its flows: the registry's
@@ -77,7 +79,7 @@ RAMP_PIECES = 2
 # With every blob at its full count the largest, read first, ended last (its share of flows was
 # below its share of bytes), and each client then read the other blobs after it: in the
 # simulator, 8 hosts, 8 layers of 112 MiB to 200 KiB at 25 Mbit/s, one blob at a time, 3.8 s
-# past the last byte (README, *The blobs clients read first*).
+# past the last byte (docs/issue10/HISTORY.md, *The blobs clients read first*).
 UNREAD_SHARE = 2
 CHUNK_SECONDS = 5.0
 FINALS_MARGIN = 5.0

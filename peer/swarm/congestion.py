@@ -8,18 +8,18 @@ through losses; several such flows in a queue of a few dozen milliseconds overru
 namespace testbed (8 hosts, 25 Mbit/s, the kernel's default BBR) 8.6 % of the swarm's segments
 were retransmitted and the hosts' uplinks carried 7-8 % more than their downlinks delivered;
 with CUBIC on the peer links only, 1.3-1.4 % and 1.7-1.9 %, and the last host done sooner
-(README, *The peer links' congestion control*). CUBIC, Linux's own default, backs off on loss.
+(docs/issue10/HISTORY.md, *The peer links' congestion control*). CUBIC, Linux's own default,
+backs off on loss.
 
-CUBIC throughout, also while the node fetches from a registry. Until 2026-12-03 the links
-switched to BBR while it did: an owner's CUBIC uploads filled its uplink's FIFO queue and the
-ACKs of its registry flow waited there (100 Mbit/s, one blob at a time: 1.60-1.71 x T_min with
-CUBIC throughout, 1.41-1.46 with the switch; README, *What CUBIC costs*). That collapse did not
-come back with today's code (why was not examined: the registry's flows are several per blob
-now, by its size), and the switch cost more than it saved: owners fetch for most of a
-rollout, their BBR uploads overran the uplinks' queues (4-11 % of the segments retransmitted),
-and one blob at a time at 25 Mbit/s took 88.9, 89.4 s against 86.9, 86.6 with CUBIC
-throughout; at 100 Mbit/s 26.9, 25.4 against 26.1, 26.3 (README, *The peer links' congestion
-control, again*).
+CUBIC throughout, also while the node fetches from a registry. Until 2026-12-03 the links switched
+to BBR while it did: an owner's CUBIC uploads filled its uplink's FIFO queue and the ACKs of its
+registry flow waited there (100 Mbit/s, one blob at a time: 1.60-1.71 x T_min with CUBIC throughout,
+1.41-1.46 with the switch; docs/issue10/HISTORY.md, *What CUBIC costs*). That collapse did not come
+back with today's code (why was not examined: the registry's flows are several per blob now, by its
+size), and the switch cost more than it saved: owners fetch for most of a rollout, their BBR uploads
+overran the uplinks' queues (4-11 % of the segments retransmitted), and one blob at a time at 25
+Mbit/s took 88.9, 89.4 s against 86.9, 86.6 with CUBIC throughout; at 100 Mbit/s 26.9, 25.4 against
+26.1, 26.3 (docs/issue10/HISTORY.md, *The peer links' congestion control, again*).
 
 Only the peer links: the registry's connections and the clients' are left to the system.
 

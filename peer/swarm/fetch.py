@@ -81,9 +81,9 @@ PEERS_WHILE_OWNING = 8
 # copies queued behind it on the same connection: its uplink, the only holder of the new
 # pieces, sent almost nothing for 10 s. The limit is per fetch and for new sources (a peer
 # with requests outstanding stays one). Measured on the testbed with the same owners in every
-# run and in the simulator (which gains too, without that queue): README, "An owner of
-# several blobs"; with 2 taken from any owner (one blob or more) the owners of one blob
-# lagged (above; README, "Where the 8-host testbed's time goes").
+# run and in the simulator (which gains too, without that queue): docs/issue10/HISTORY.md, "An
+# owner of several blobs"; with 2 taken from any owner (one blob or more) the owners of one blob
+# lagged (above; docs/issue10/HISTORY.md, "Where the 8-host testbed's time goes").
 PEERS_WHILE_OWNING_SEVERAL = 2
 
 

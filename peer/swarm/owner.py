@@ -234,8 +234,8 @@ class OwnerSide:
         """Send the seeder's words. The offer of a first copy (a Have while the seeding
         lasts, of a piece no peer holds) goes as the piece itself to a peer that invited
         pushes: it need not ask through our downlink, which the registry's flows fill while
-        we fetch (README, *Pushed first copies*). Beyond the peer's credit, or a second copy,
-        it stays an offer the peer answers with a Request if it still lacks the piece.
+        we fetch (docs/issue10/HISTORY.md, *Pushed first copies*). Beyond the peer's credit, or a
+        second copy, it stays an offer the peer answers with a Request if it still lacks the piece.
 
         `pushes=False` for what a Want brings (`Seeder.joined`): a new peer has invited
         nothing yet (its Invite follows our PieceMeta), and a peer that asks again hears its

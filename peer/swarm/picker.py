@@ -25,7 +25,7 @@ The rules:
   answers it (with the piece, taken if still wanted, or a Reject), and the piece is not
   asked of that peer again before (the link would refuse it). An uploader serves a few of
   the peers that ask at a time, and a request can wait behind the others' for a minute
-  (README, *The clients' reading*).
+  (docs/issue10/HISTORY.md, *The clients' reading*).
 - A peer that chokes us, goes away or is banned is not asked; its requests are asked elsewhere.
 - While this node fetches from the upstream itself, at most `source_limit` peers send to it
   (every flow into its link gets a like share, and the upstream flow is the one the swarm
@@ -59,11 +59,11 @@ RANDOM_FIRST = 4  # the first pieces are picked at random, so peers start out di
 ENDGAME_AFTER = 2.0  # at least this long outstanding before a second peer is asked
 WINDOW = 16  # pieces ahead of the first missing one that are fetched first (in-order clients)
 RATE_WEIGHT = 0.3  # weight of a new sample in a peer's rate estimate (EWMA)
-# The first missing piece waits at one peer at least this long before it is asked elsewhere
-# instead. Simulator (16 hosts, 512 MiB, 25 Mbit/s, clients reading 16 MB/s: README, *The
-# clients' reading*): seeds 0-7 1.123 x T_min on average against 1.155 without the move,
-# duplicates 89-110 MiB of 8 GiB against 66-103 (2 s, a probe whose data was lost with its
-# machine: more duplicates, no more gain).
+# The first missing piece waits at one peer at least this long before it is asked elsewhere instead.
+# Simulator (16 hosts, 512 MiB, 25 Mbit/s, clients reading 16 MB/s: docs/issue10/HISTORY.md, *The
+# clients' reading*): seeds 0-7 1.123 x T_min on average against 1.155 without the move, duplicates
+# 89-110 MiB of 8 GiB against 66-103 (2 s, a probe whose data was lost with its machine: more
+# duplicates, no more gain).
 MOVE_FIRST_AFTER = 5.0
 # An overdue request that the last schedule could not ask of a second peer is looked at
 # again this much later (woken at once, a driver would schedule in a loop until it arrives).

@@ -208,7 +208,7 @@ async def test_while_a_node_fetches_from_the_registry_its_links_keep_cubic(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """No name given: CUBIC on every link, the fetching owner's too (BBR there overran the
-    uplinks' queues: README, *The peer links' congestion control, again*)."""
+    uplinks' queues: docs/issue10/HISTORY.md, *The peer links' congestion control, again*)."""
     registry, _ = await registry_and_seed(tmp_path, nursery)
     first = make_node(registry, tmp_path / "a")
     assert first.config.peer is not None
