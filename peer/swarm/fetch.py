@@ -163,6 +163,7 @@ class SwarmFetch:
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
     _meta: PieceMeta | Refused | None = None
     _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
+    _hash_change_told: bool = False  # an owner's changed hash was logged (once per fetch)
     # The owner's Have/Bitfield offers that came before the picker (they follow its PieceMeta
     # at once, before `_want` has read it): given to the picker when it is made.
     _early: dict[bytes, set[int]] = field(default_factory=dict)
@@ -378,6 +379,42 @@ class SwarmFetch:
             # per link, for what we lack: all a lying owner can push us beyond our needs.
             self._invited.add(link)
             link.post(Invite(self.digest, lacking))
+
+    def _take_owner_hashes(self, owner: bytes, meta: PieceMeta) -> list[int]:
+        """Keep the owner's hashes of `meta` that are this blob's: of the layout in effect
+        (the partial's, else the first answer's), for its pieces only, and never one that
+        differs from a hash already given (the owner is a member, perhaps a liar: indices
+        past the blob would grow the table with every update, and a changed hash would fail
+        an honest peer's true bytes and get it banned). The indices kept, in order."""
+        if self.partial is not None:
+            layout = self.partial.layout
+        else:
+            first = self._meta if isinstance(self._meta, PieceMeta) else meta
+            if first.piece_size <= 0:
+                return []
+            layout = PieceLayout(first.size, first.piece_size)
+        if (meta.size, meta.piece_size) != (layout.size, layout.piece_size):
+            return []  # another layout: not ours (`_want` refuses such an owner)
+        taken: list[int] = []
+        changed = 0
+        for index, value in meta.hashes.items():
+            if not 0 <= index < layout.count:
+                continue
+            known = self.hashes.setdefault(index, value)
+            if known != value:
+                changed += 1
+                continue
+            taken.append(index)
+        self._owner_hashes.update(taken)
+        if changed and not self._hash_change_told:
+            self._hash_change_told = True  # once per fetch: the owner chooses how often
+            log.warning(
+                "%s: owner %s changed the hashes of %d pieces it had given: kept the first",
+                self.digest,
+                owner.hex()[:12],
+                changed,
+            )
+        return taken
 
     def _owner_meta(self, owner: bytes, indices: Iterable[int]) -> None:
         """The owner's hashes: those pieces may be fetched (from whoever offers them; the
@@ -700,17 +737,12 @@ class SwarmFetch:
             # From the owner only (it is set before the Want goes out): another member's
             # hashes or origins would let it poison pieces or strip a blob's privacy.
             if link.peer_id == self.owner:
-                partial = self.partial
-                if isinstance(event, PieceMeta) and (
-                    partial is None or partial.layout.piece_size == event.piece_size
-                ):
+                if isinstance(event, PieceMeta):
                     # Updates may come before `_want` has read the first answer: kept here,
-                    # none is lost. (Hashes of another layout are not ours: `_want` refuses
-                    # that owner.)
-                    self.hashes.update(event.hashes)
-                    self._owner_hashes.update(event.hashes)
+                    # none is lost.
+                    taken = self._take_owner_hashes(link.peer_id, event)
                     if picker is not None:
-                        self._owner_meta(link.peer_id, event.hashes)
+                        self._owner_meta(link.peer_id, taken)
                 if self._meta is None:
                     self._meta = event
         elif picker is None:

@@ -402,3 +402,32 @@ async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_p
     fetch._schedule()
     assert fetch.picker.source_limit == limit
     assert peers_while_owning(read) == limit
+
+
+async def test_owner_hashes_outside_the_blob_are_not_kept() -> None:
+    """A lying owner's updates may name any index (some 2,000 hashes fit in one frame): only
+    the blob's own pieces are kept, or the hash table grows with every update it sends."""
+    fetch = _fetch_from_owner()
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
+    for round_ in range(5):
+        beyond = {10**12 + round_ * 2000 + i: b"h" * 16 for i in range(2000)}
+        await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, beyond, []))  # type: ignore[arg-type]
+    # Another size, or another cut, is another layout: its hashes are not this blob's.
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 10**9, 100, {7: b"s" * 16}, []))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 50, {5: b"c" * 16}, []))  # type: ignore[arg-type]
+    last = PieceMeta(DIGEST, 300, 100, {2: b"b" * 16, -1: b"n" * 16}, [])
+    await fetch.on_event(Link(OWNER), last)  # type: ignore[arg-type]
+    assert fetch.hashes == {0: b"a" * 16, 2: b"b" * 16}
+    assert fetch._owner_hashes == {0, 2}
+
+
+async def test_an_owner_cannot_change_a_hash_it_gave() -> None:
+    """The bytes of a piece never change, so neither does its hash: a second, different hash
+    for a piece is a lie (it would make an honest peer's true bytes fail, and the peer be
+    banned). The first stays."""
+    fetch = _fetch_from_owner()
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"z" * 16, 1: b"b" * 16}, []))  # type: ignore[arg-type]
+    await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
+    assert fetch.hashes == {0: b"a" * 16, 1: b"b" * 16}
+    assert fetch._owner_hashes == {0, 1}
