@@ -786,14 +786,23 @@ class SwarmFetch:
             self.picker.choke(peer_id, choked)
         self._changed_by_peer()
 
+    def piece_count(self) -> int | None:
+        """The blob's pieces as this fetch cuts it: its partial's, else the owner's answer's
+        (None before either)."""
+        if self.partial is not None:
+            return self.partial.layout.count
+        meta = self._meta
+        if not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
+            return None
+        return PieceLayout(meta.size, meta.piece_size).count
+
     def _keep_early(self, peer_id: bytes, indices: Iterable[int], *, replace: bool) -> None:
         """Keep the owner's offers until the picker exists (see `_early`): only the owner's
         (nobody else has been told of us yet), only after its PieceMeta (its offers follow
         it), only indices of that blob (a Have per index: never more than were sent)."""
-        meta = self._meta
-        if peer_id != self.owner or not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
+        count = self.piece_count()
+        if peer_id != self.owner or count is None:
             return
-        count = PieceLayout(meta.size, meta.piece_size).count
         kept = self._early.setdefault(peer_id, set())
         if replace:
             kept.clear()

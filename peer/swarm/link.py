@@ -45,6 +45,12 @@ PAYLOADS = PayloadPool(buffers=16, max_bytes=64 * 1024 * 1024)
 # buffers up to this size are joined, larger ones (a PieceMeta of many hashes, a sealed
 # piece) go as they are.
 COALESCE_MAX = 64 * 1024
+# Answers to a peer's requests (`post_answer`: a Peers for each PeersRequest) waiting for it
+# to read: past this many it is taken for a peer that asks and never reads (a flood of
+# PeersRequests queued 400,000 answers before SEND_TIMEOUT ended the link): nothing more is
+# queued and the link closes at the next event read from it. An honest peer asks once per
+# blob it fetches every PEERS_PERIOD, and reads.
+MAX_ANSWERS_WAITING = 1024
 
 
 class LinkClosed(Exception):
@@ -98,6 +104,8 @@ class PeerLink:
         # The rest of control frames written at once by `post_many` that the socket did not
         # take whole: the next send writes it first, before anything else.
         self._unsent = b""
+        self._answers_waiting: set[int] = set()  # id() of the posted answers not yet written
+        self._not_reading = False  # MAX_ANSWERS_WAITING answers waited: closed by `_read`
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -195,6 +203,17 @@ class PeerLink:
             self._outbox.append(event)
         self._outbox_ready.set()
 
+    def post_answer(self, event: Event) -> None:
+        """`post` an answer to the peer's request, unless MAX_ANSWERS_WAITING of them wait for
+        it to read already: then nothing is queued and the link closes at its next event."""
+        if len(self._answers_waiting) >= MAX_ANSWERS_WAITING:
+            self._not_reading = True
+            return
+        queued = len(self._outbox)
+        self.post(event)
+        if len(self._outbox) > queued:
+            self._answers_waiting.add(id(event))
+
     @property
     def backlog(self) -> bool:
         """Something posted waits for the peer to read (queued, or partly written)."""
@@ -255,6 +274,13 @@ class PeerLink:
                 if isinstance(event, Piece):
                     self.piece_done_at = trio.current_time()
                     self._receiving(False)
+                if self._not_reading:
+                    log.warning(
+                        "peer %s asks and reads nothing (%d answers waiting): closing the link",
+                        self.peer_id.hex()[:12],
+                        len(self._answers_waiting),
+                    )
+                    raise LinkClosed("the peer reads nothing")
         except RemoteProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", self.peer_id.hex()[:12], exc)
             await self._close_with_error("protocol", str(exc))
@@ -316,6 +342,7 @@ class PeerLink:
                 if isinstance(event, Request):
                     queued -= 1
                     self._requests_queued -= 1
+                self._answers_waiting.discard(id(event))
             await self._flush(pending)
         finally:
             self._requests_queued -= queued  # those never encoded

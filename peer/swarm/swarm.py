@@ -24,6 +24,7 @@ One clock: trio's (`trio.current_time()`), as membership's; one seeded `random.R
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
@@ -93,6 +94,11 @@ ACCESS_REFRESH = DEFAULT_TTL * 0.75  # re-send Access before the peer's grant ru
 CONNECT_TIMEOUT = 5.0
 REFUSALS_LOG_PERIOD = 10.0  # at most one line a period about refused incoming handshakes
 FORGET_PERIOD = 30.0  # sweep per-digest state of blobs neither held nor fetched
+# Wants of one member answered at once (each a task, a digest's state and perhaps a registry
+# download): past this, a Want is refused with 503 and the asker fetches the blob itself. An
+# honest node asks one owner for the blobs it fetches at once, a few images' layers at most;
+# a member's 5,000 Wants for random digests started 5,000 tasks and 2,000 registry GETs.
+WANTS_PER_PEER = 256
 JOIN_POLL = 0.1  # how often a joining node looks for its first member to sync with
 JOIN_SYNC_RETRY = 1.0  # ... and asks another when the one asked did not answer
 
@@ -149,6 +155,7 @@ class Swarm:
         self.links: dict[bytes, PeerLink] = {}
         self._open_links: dict[bytes, set[PeerLink]] = {}  # every running link, per peer
         self.digests: dict[str, DigestState] = {}
+        self._wants_answering: collections.Counter[bytes] = collections.Counter()  # per peer
         self.bans = BanList()
         self.choker = Choker(self.rng, trio.current_time())
         self.counters = SwarmCounters()
@@ -626,8 +633,13 @@ class Swarm:
         assert self._nursery is not None
         if isinstance(event, Want):
             state = self.digests.get(event.digest)
-            if state is None or link.peer_id not in state.answering:
-                self._nursery.start_soon(self._guarded, self._serve_want, link, event)
+            if state is not None and link.peer_id in state.answering:
+                return  # answered already (a repeat before its answer was done)
+            if self._wants_answering[link.peer_id] >= WANTS_PER_PEER:
+                link.post_answer(Refused(event.digest, 503, {}, b"too many Wants at once"))
+                return
+            self._wants_answering[link.peer_id] += 1
+            self._nursery.start_soon(self._guarded, self._serve_want, link, event)
         elif isinstance(event, Request):
             self._nursery.start_soon(self._guarded, self.uploads.serve, link, event)
         elif isinstance(event, Access):
@@ -648,7 +660,7 @@ class Swarm:
             else:
                 # A private blob and no grant: the answer for a blob nobody fetches (who
                 # pulls which private image is not a member's to learn).
-                link.post(Peers(event.digest, []))
+                link.post_answer(Peers(event.digest, []))
         elif isinstance(event, Members):
             answer = sync.merge(self.membership, event, trio.current_time())
             if answer is not None and not link.backlog:
@@ -715,18 +727,23 @@ class Swarm:
     # ---- the owner's side -----------------------------------------------------------------
 
     async def _serve_want(self, link: PeerLink, want: Want) -> None:
-        state = self.state(want.digest)
-        if link.peer_id in state.answering:
-            return  # repeated before its answer was done (raced past the check in _on_event)
-        # Kept in the table while the answer waits (for the registry, say): forgotten
-        # meanwhile, the answer's seeder would live outside it, where the peer's Haves, the
-        # offers' time-outs and the choker never reach it, and the peer would wait for ever.
-        state.answering.add(link.peer_id)
         try:
-            await self.owner.answer_want(link, want, state)
+            state = self.state(want.digest)
+            if link.peer_id in state.answering:
+                return  # repeated before its answer was done (raced past _on_event's check)
+            # Kept in the table while the answer waits (for the registry, say): forgotten
+            # meanwhile, the answer's seeder would live outside it, where the peer's Haves,
+            # the offers' time-outs and the choker never reach it, and the peer would wait.
+            state.answering.add(link.peer_id)
+            try:
+                await self.owner.answer_want(link, want, state)
+            finally:
+                state.answering.discard(link.peer_id)
+                self._forget_if_idle(want.digest)
         finally:
-            state.answering.discard(link.peer_id)
-            self._forget_if_idle(want.digest)
+            self._wants_answering[link.peer_id] -= 1
+            if self._wants_answering[link.peer_id] <= 0:
+                del self._wants_answering[link.peer_id]
 
     def listen(self, state: DigestState, partial: PartialBlob) -> None:
         self.owner.listen(state, partial)
@@ -755,8 +772,9 @@ class Swarm:
                 state is not None
                 and state.fetch is not None
                 and self._may_offer(state, link.peer_id)
+                and (theirs := self._bitfield_indices(event)) is not None
             ):
-                state.fetch.on_bitfield(link.peer_id, indices_of(event.bits))
+                state.fetch.on_bitfield(link.peer_id, theirs)
             if self.grants.has_pending(link.peer_id, event.digest):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._guarded, self._bitfield_once_granted, link, event)
@@ -768,7 +786,9 @@ class Swarm:
                 return  # neither held nor fetched: nothing to say, nothing to keep
             state = self.state(event.digest)  # a blob we hold: the peer may take pieces of it
         if state.fetch is not None or state.seeder is not None:
-            theirs = indices_of(event.bits)  # decoded once, for the picker and the seeder
+            theirs = self._bitfield_indices(event)  # decoded once, for picker and seeder
+            if theirs is None:
+                return  # not this blob's pieces (another cut, or a lie): nothing to answer
             if state.fetch is not None:
                 state.fetch.on_bitfield(link.peer_id, theirs)
             if state.seeder is not None:
@@ -779,6 +799,27 @@ class Swarm:
             # seeder's offers, not from a Bitfield.)
             state.bitfield_sent.add(peer)
             link.post(Bitfield(event.digest, bits_of(*ours)))
+
+    def _bitfield_indices(self, event: Bitfield) -> set[int] | None:
+        """The pieces `event` says its sender holds, or None when its length is not that of
+        the blob as this node cuts it (its partial's layout, or the owner's answer while the
+        fetch waits for one; else the rule for a blob held). A member chooses the length: a
+        Bitfield of the frame's 60 KB is 480,000 indices to decode and walk on this link's
+        read loop, where the blob's own takes a few hundred."""
+        count = self._piece_count(event.digest)
+        if count is None or len(event.bits) != (count + 7) // 8:
+            return None
+        return {i for i in indices_of(event.bits) if i < count}
+
+    def _piece_count(self, digest: str) -> int | None:
+        """How many pieces `digest` has here: None while neither this node's partial nor its
+        owner's answer nor the blob itself says."""
+        held = self._held(digest)
+        if held is not None:
+            return held[1]
+        state = self.digests.get(digest)
+        fetch = state.fetch if state is not None else None
+        return fetch.piece_count() if fetch is not None else None
 
     def _may_offer(self, blob: DigestState | None, peer: bytes) -> bool:
         """Is `peer`'s word that it has pieces of `blob` taken? For a private blob this node
@@ -793,7 +834,7 @@ class Swarm:
 
     def _answer_peers(self, link: PeerLink, event: PeersRequest) -> None:
         peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
-        link.post(Peers(event.digest, peers))
+        link.post_answer(Peers(event.digest, peers))
 
     async def _peers_once_granted(self, link: PeerLink, event: PeersRequest) -> None:
         granted = await self.grants.may_have_pieces(link.peer_id, event.digest)
@@ -801,7 +842,7 @@ class Swarm:
             if granted:
                 self._answer_peers(link, event)
             else:
-                link.post(Peers(event.digest, []))
+                link.post_answer(Peers(event.digest, []))
 
     async def _bitfield_once_granted(self, link: PeerLink, event: Bitfield) -> None:
         if await self.grants.may_have_pieces(link.peer_id, event.digest) and not link.closed:
