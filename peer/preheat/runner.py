@@ -324,7 +324,15 @@ class Preheater:
                 refusal = await self._access.refusal(
                     source.namespace, source.name, "blobs", digest, source.headers
                 )
-                if refusal is None or isinstance(refusal, CachedElsewhere):
+                if isinstance(refusal, CachedElsewhere):
+                    # Held from other registries than the one named: the answer is that
+                    # registry's, as for a blob not held (a 200 here told any member, with no
+                    # credentials, that this node holds the private blob). Its word adds no
+                    # origin to the blob: only its verified bytes would.
+                    refusal = await self._access.named_refusal(
+                        source.namespace, source.name, "blobs", digest, source.headers
+                    )
+                if refusal is None:
                     return 200, ""
                 return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
             download = await self._downloads.join(source)
