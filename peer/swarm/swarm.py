@@ -875,9 +875,11 @@ class Swarm:
         log.warning(
             "banned peer %s for %.0fs: %s", peer_id.hex()[:12], self.bans.ban_seconds, reason
         )
-        link = self.links.pop(peer_id, None)
-        if link is not None:
+        # Every link to it: two nodes may hold two (each dialled the other), and one left
+        # open went on being read and served.
+        for link in list(self._open_links.get(peer_id, ())):
             await link.close()
+        self.links.pop(peer_id, None)
 
     # ---- fetching ------------------------------------------------------------------------
 
