@@ -156,6 +156,9 @@ class Swarm:
         self._open_links: dict[bytes, set[PeerLink]] = {}  # every running link, per peer
         self.digests: dict[str, DigestState] = {}
         self._wants_answering: collections.Counter[bytes] = collections.Counter()  # per peer
+        # (peer, digest, kind) -> the newest such message waiting for the peer's Access check
+        self._after_grant: dict[tuple[bytes, str, type], tuple[PeerLink, PeersRequest | Bitfield]]
+        self._after_grant = {}
         self.bans = BanList()
         self.choker = Choker(self.rng, trio.current_time())
         self.counters = SwarmCounters()
@@ -656,7 +659,7 @@ class Swarm:
                 self._answer_peers(link, event)
             elif self.grants.has_pending(link.peer_id, event.digest):
                 # Its Access came first: checked aside (a registry request), answered then.
-                self._nursery.start_soon(self._guarded, self._peers_once_granted, link, event)
+                self._once_granted(link, event)
             else:
                 # A private blob and no grant: the answer for a blob nobody fetches (who
                 # pulls which private image is not a member's to learn).
@@ -776,8 +779,7 @@ class Swarm:
             ):
                 state.fetch.on_bitfield(link.peer_id, theirs)
             if self.grants.has_pending(link.peer_id, event.digest):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._guarded, self._bitfield_once_granted, link, event)
+                self._once_granted(link, event)
             return
         ours = self._held(event.digest)
         state = self.digests.get(event.digest)
@@ -836,16 +838,33 @@ class Swarm:
         peers = self.owner.peers_for(self.digests.get(event.digest), link.peer_id)
         link.post_answer(Peers(event.digest, peers))
 
-    async def _peers_once_granted(self, link: PeerLink, event: PeersRequest) -> None:
-        granted = await self.grants.may_have_pieces(link.peer_id, event.digest)
-        if not link.closed:
+    def _once_granted(self, link: PeerLink, event: PeersRequest | Bitfield) -> None:
+        """Answer `event` once the peer's Access for its blob is checked. One task per peer,
+        blob and kind of message: what comes meanwhile replaces what waits (the newest
+        Bitfield says all; one Peers answers every PeersRequest). A task per message let a
+        member that sent an Access grow the node's tasks with every message until its
+        registry answered."""
+        key = (link.peer_id, event.digest, type(event))
+        waiting = key in self._after_grant
+        self._after_grant[key] = (link, event)
+        if not waiting:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._guarded, self._answer_once_granted, link, event)
+
+    async def _answer_once_granted(self, link: PeerLink, event: PeersRequest | Bitfield) -> None:
+        key = (link.peer_id, event.digest, type(event))
+        try:
+            granted = await self.grants.may_have_pieces(link.peer_id, event.digest)
+        finally:
+            link, event = self._after_grant.pop(key)  # the newest of its kind
+        if link.closed:
+            return
+        if isinstance(event, PeersRequest):
             if granted:
                 self._answer_peers(link, event)
             else:
                 link.post_answer(Peers(event.digest, []))
-
-    async def _bitfield_once_granted(self, link: PeerLink, event: Bitfield) -> None:
-        if await self.grants.may_have_pieces(link.peer_id, event.digest) and not link.closed:
+        elif granted:
             await self._on_bitfield(link, event)
 
     def _holds_piece(self, digest: str, index: int) -> bool:
