@@ -4,14 +4,16 @@ preheater (peer/preheat/) to carry out.
 
 Only members (links that proved the cluster token) can send a Warm, and what it makes this
 node do is what a client's GET of the blob would: the same owner, swarm and access rules, with
-the credentials it carries. Bounded: at most QUEUE_LIMIT Warms wait here; more are answered
-503 (a link that keeps sending them through BUSY_LIMIT such answers in a row is closed). An
+the credentials it carries. Bounded: at most QUEUE_LIMIT Warms wait here, a quarter of them one
+member's; more are answered 503 (a link that keeps sending them through BUSY_LIMIT such
+answers in a row is closed). An
 asker's wait ends with the answer to its own Warm (matched by its request number), when the
 link it went on closes, when the member leaves the cluster, or after `ask`'s time limit.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -27,6 +29,9 @@ from wire.events import Warm, Warmed
 log = logging.getLogger("pollen.swarm")
 
 QUEUE_LIMIT = 256
+# A quarter of the queue for one member's Warms, queued or being carried out: one member
+# filling all of it had every other member's preheat answered 503.
+MEMBER_SHARE = 4
 BUSY_LIMIT = 1024  # 503 answers one link may cost us before it is closed
 CHECK_EVERY = 5.0  # seconds between checks that a member we wait for is still alive
 
@@ -41,6 +46,8 @@ class _Waiting:
 class Warming:
     def __init__(self, queue_limit: int = QUEUE_LIMIT) -> None:
         self._send, self.incoming = trio.open_memory_channel[tuple[PeerLink, Warm]](queue_limit)
+        self._member_limit = max(1, queue_limit // MEMBER_SHARE)
+        self._taken: collections.Counter[bytes] = collections.Counter()  # per member, unanswered
         self._waiting: dict[int, _Waiting] = {}
         self._numbers = itertools.count(1)
         self._busy: dict[PeerLink, int] = {}
@@ -48,9 +55,13 @@ class Warming:
     # ---- a member asks us --------------------------------------------------------------
 
     async def received(self, link: PeerLink, warm: Warm) -> None:
-        """Queue a member's Warm for the preheater; a full queue answers 503 at once."""
+        """Queue a member's Warm for the preheater; a full queue, or the member's share of it
+        taken, answers 503 at once."""
         try:
+            if self._taken[link.peer_id] >= self._member_limit:
+                raise trio.WouldBlock
             self._send.send_nowait((link, warm))
+            self._taken[link.peer_id] += 1
             self._busy.pop(link, None)  # only a run of refusals counts as a flood
         except trio.WouldBlock:
             busy = self._busy[link] = self._busy.get(link, 0) + 1
@@ -64,9 +75,12 @@ class Warming:
                 Warmed(warm.request, warm.digest, 503, "busy: too many blobs to warm queued here")
             )
 
-    @staticmethod
-    async def answer(link: PeerLink, answer: Warmed) -> None:
-        """Send the answer to a Warm on the link it came by (gone: the asker hears so)."""
+    async def answer(self, link: PeerLink, answer: Warmed) -> None:
+        """Send the answer to a Warm taken from `incoming` on the link it came by (gone: the
+        asker hears so); the member's share has room for another."""
+        self._taken[link.peer_id] -= 1
+        if self._taken[link.peer_id] <= 0:
+            del self._taken[link.peer_id]
         with contextlib.suppress(LinkClosed, LocalProtocolError):
             await link.send(answer)
 

@@ -122,6 +122,8 @@ async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
     answers: list[Warmed] = []
 
     class Link:
+        peer_id = b"M" * 16
+
         async def send(self, event: Warmed) -> bool:
             answers.append(event)
             return True

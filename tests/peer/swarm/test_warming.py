@@ -116,6 +116,23 @@ async def test_busy_answers_now_and_then_do_not_cut_a_member_off() -> None:
     warming, link = Warming(queue_limit=1), Link()
     for number in range(3 * BUSY_LIMIT):
         await warming.received(link, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
-        if number % 10 == 9:  # the preheater takes one now and then: room again
-            warming.incoming.receive_nowait()
+        if number % 10 == 9:  # the preheater carries one out now and then: room again
+            taken, warm = warming.incoming.receive_nowait()
+            await warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
     assert not link.closed
+
+
+async def test_one_member_takes_a_quarter_of_the_queue_at_most() -> None:
+    """A member that fills the queue had every other member's preheat answered 503: its share
+    is a quarter, queued or being carried out, and room again once one is answered."""
+    warming, greedy, other = Warming(queue_limit=8), Link(b"G" * 16), Link(b"O" * 16)
+    for number in range(10):
+        await warming.received(greedy, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    assert [e.status for e in greedy.posted if isinstance(e, Warmed)] == [503] * 8
+    await warming.received(other, Warm(1, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    assert other.posted == []  # queued
+    taken, warm = warming.incoming.receive_nowait()
+    assert taken is greedy  # type: ignore[comparison-overlap]
+    await warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
+    await warming.received(greedy, Warm(10, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    assert len(greedy.posted) == 8  # room again: queued, not refused
