@@ -76,7 +76,6 @@ class AccessPolicy:
             return _miss(kind, reference, named)
         return await self._gate.check(named, name, kind, reference, headers)
 
-
     async def named_refusal(
         self,
         namespace: str | None,

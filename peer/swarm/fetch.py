@@ -311,6 +311,13 @@ class SwarmFetch:
     async def _want(self, link: PeerLink, held_only: bool = False) -> None:
         self._meta = None
         self._owner_hashes = set()
+        # The hashes of the owner asked before are its word, not this one's: only those of
+        # pieces stored here stay (a lying owner's, kept past it, would fail every honest
+        # peer's true bytes and get it banned, the next owner's included).
+        stored = self.partial.piece_hashes if self.partial is not None else {}
+        self.hashes = {i: h for i, h in self.hashes.items() if i in stored}
+        if self.picker is not None:
+            self.picker.forget_hashes(self.hashes)
         download = self.download
         auth = self.headers.get("authorization")
         await link.send(Want(self.digest, download.namespace, download.name, auth, held_only))
@@ -755,7 +762,7 @@ class SwarmFetch:
             if link.peer_id == self.owner and partial and event.index in partial.piece_hashes:
                 # The owner offers a piece we hold (it did not know): say so, or the offer
                 # holds one of our few offer slots until it goes stale.
-                link.post(Have(self.digest, event.index))
+                link.post_answer(Have(self.digest, event.index))
             if not picker.could_ask(link.peer_id, event.index):
                 # Haves are most of the events: wake the fetch only when this one can give
                 # a request now (as the simulator does; it changed nothing else).

@@ -220,6 +220,11 @@ class PiecePicker:
         """The owner told us these pieces' hashes (PieceMeta)."""
         self._hashes.update(i for i in indices if 0 <= i < self.layout.count)
 
+    def forget_hashes(self, keep: Iterable[int]) -> None:
+        """Another owner is asked: only the hashes of `keep` stay known; the other pieces may
+        be fetched once its PieceMeta gives theirs (one in flight meanwhile is not taken)."""
+        self._hashes = {i for i in keep if 0 <= i < self.layout.count}
+
     def bitfield(self, peer: bytes, indices: Iterable[int]) -> None:
         """`peer` holds exactly `indices` (a Bitfield replaces what it said before)."""
         state = self._peers.setdefault(peer, _Peer())

@@ -698,8 +698,8 @@ class Swarm:
                 # The owner we asked offers a piece of a blob we are done with (or no longer
                 # fetch from the swarm): say we hold it, or its offer holds a slot until it
                 # goes stale. (Only the owner's: two nodes that both hold a piece must not
-                # answer each other's Haves for ever.)
-                link.post(Have(event.digest, event.index))
+                # answer each other's Haves for ever.) An answer: bounded while unread.
+                link.post_answer(Have(event.digest, event.index))
             elif isinstance(event, Piece) and not isinstance(event.data, FileRange):
                 # A late answer for a fetch that ended: received for nothing.
                 self.counters.wasted_bytes += len(event.data)

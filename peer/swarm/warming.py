@@ -71,7 +71,7 @@ class Warming:
                 )
                 await link.close()
                 return
-            link.post(
+            link.post_answer(
                 Warmed(warm.request, warm.digest, 503, "busy: too many blobs to warm queued here")
             )
 

@@ -24,6 +24,7 @@ async def test_a_bitfield_of_another_length_is_not_decoded(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded: list[int] = []  # the length of every Bitfield the node decoded
+
     def recording_indices_of(bits: bytes) -> set[int]:
         decoded.append(len(bits))
         return indices_of(bits)

@@ -4,12 +4,13 @@ links: events are handed in as the read loop would)."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import trio
+import trio.testing
 
 from peer.fetch.download import Download
 from peer.swarm.bits import bits_of, indices_of
@@ -98,7 +99,7 @@ async def test_an_offer_of_a_piece_we_hold_is_answered_with_our_have() -> None:
         peer_id = OWNER
         posted: list[object] = []
 
-        def post(self, event: object) -> None:
+        def post_answer(self, event: object) -> None:  # an answer: bounded while unread
             self.posted.append(event)
 
     class Partial:
@@ -431,3 +432,45 @@ async def test_an_owner_cannot_change_a_hash_it_gave() -> None:
     await fetch.on_event(Link(OWNER), PieceMeta(DIGEST, 300, 100, {0: b"a" * 16}, []))  # type: ignore[arg-type]
     assert fetch.hashes == {0: b"a" * 16, 1: b"b" * 16}
     assert fetch._owner_hashes == {0, 1}
+
+
+@dataclass(eq=False)
+class WantLink:
+    """The link to an owner `_want` asks: keeps what is sent and posted to it."""
+
+    peer_id: bytes
+    sent: list[object] = field(default_factory=list)
+    closed: bool = False
+
+    async def send(self, event: object) -> bool:
+        self.sent.append(event)
+        return True
+
+    def post(self, event: object) -> None:
+        self.sent.append(event)
+
+
+async def test_a_new_owners_hashes_replace_the_last_owners(tmp_path: Path) -> None:
+    """Hashes are one owner's word: a lying owner's false hash, kept once another owner is
+    asked, failed every honest peer's true bytes of that piece and got it banned (the new
+    owner's own hash was dropped as a change). Only the hashes of pieces stored stay."""
+    store = Store(tmp_path)
+    partial = await store.open_partial(DIGEST, 300, piece_size=100)
+    fetch = _fetch_from_owner()
+    fetch.partial = partial
+    fetch.picker = PiecePicker(DIGEST, partial.layout, random.Random(1))
+    liar = PieceMeta(DIGEST, 300, 100, {0: b"f" * 16, 1: b"g" * 16}, [])
+    await fetch.on_event(Link(OWNER), liar)  # type: ignore[arg-type]
+    fetch.picker.hashes([0, 1])
+    honest = b"H" * 16
+    fetch.owner = honest
+    link = WantLink(honest)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch._want, link)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        answer = PieceMeta(DIGEST, 300, 100, {0: b"t" * 16}, [])
+        await fetch.on_event(Link(honest), answer)  # type: ignore[arg-type]
+    assert fetch.hashes == {0: b"t" * 16}
+    assert fetch.picker.hashes_missing()  # piece 1's hash waits for the new owner's word
+    assert not fetch.picker.could_ask(OWNER, 1)
+    store.release_partial(partial)

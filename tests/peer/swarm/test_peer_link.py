@@ -22,7 +22,7 @@ import trio.testing
 
 from peer import receive_mark
 from peer.receive_mark import LOOK_EVERY
-from peer.swarm.link import PAYLOAD_LOWAT, LinkClosed, PeerLink
+from peer.swarm.link import MAX_ANSWERS_WAITING, PAYLOAD_LOWAT, LinkClosed, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
 from wire.frames import encode
 from wire.identity import NodeIdentity
@@ -568,3 +568,21 @@ async def test_a_sender_cancelled_while_it_carries_posted_messages_sends_them_wh
     assert isinstance(received[0], Piece)
     assert received[1 : 1 + count] == [Have(DIGEST, i) for i in range(count)]
     assert received[1 + count :] in ([], [Have(DIGEST, count)])  # its own: whole, or not at all
+
+
+async def test_answers_a_peer_does_not_read_are_bounded_and_then_its_link_closes() -> None:
+    """Answers to a peer's messages (Peers, a Have for an owner's offer, a refused Want's
+    Refused) wait for it to read MAX_ANSWERS_WAITING at most: a member that asks and never
+    reads grew the outbox until SEND_TIMEOUT. Past the bound nothing is queued, and the link
+    closes at the next event read from it."""
+    async with two_links() as links:
+        sender = links.sender
+        for index in range(60_000):  # more than the loopback socket buffers hold, and then some
+            sender.post_answer(Have(DIGEST, index % 1000))
+        assert len(sender._answers_waiting) == MAX_ANSWERS_WAITING
+        assert not sender.closed  # until the peer says something
+        links.receiver.post(Have(DIGEST, 0))
+        with trio.fail_after(10):
+            while not sender.closed:
+                await trio.sleep(0.01)
+        await links.receiver.close()

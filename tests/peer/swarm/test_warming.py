@@ -28,7 +28,7 @@ class Link:
         self.sent.append(event)
         return True
 
-    def post(self, event: Event) -> None:
+    def post_answer(self, event: Event) -> None:
         self.posted.append(event)
 
     async def close(self) -> None:
