@@ -292,6 +292,13 @@ class RegistryFront:
                     refusal = await self.access.refusal(
                         namespace, route.name, "blobs", digest, headers
                     )
+                    if isinstance(refusal, CachedElsewhere):
+                        # From other registries than this client's: its own must show the
+                        # bytes (a download per digest at a time: once that one is done).
+                        # Forwarded, the miss failed a client whose registry has the blob.
+                        cached_elsewhere = True
+                        await download.done.wait()
+                        continue
                     if refusal is not None:
                         await _forward_refusal(conn, request, refusal, "blobs")
                         return

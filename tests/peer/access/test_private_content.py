@@ -259,3 +259,32 @@ async def test_a_partial_left_by_an_authorised_pull_is_not_resumed_for_another_r
             async for chunk in answer.aiter_raw():
                 stolen += chunk
     assert data[: 64 * 1024] not in stolen
+
+
+async def test_a_client_whose_registry_has_the_blob_gets_it_while_another_registrys_download_runs(
+    two_registries: tuple[FakeRegistry, RecordingRegistry, Node, httpx.AsyncClient],
+) -> None:
+    """The blob downloads from the private registry; a client naming another registry, which
+    has the blob, asks meanwhile. It joined that download, failed the access check (content
+    from other registries than its own) and got the node's 404 miss. It must get the blob,
+    from its own registry, once the other download is done."""
+    registry, other, node, client = two_registries
+    data = os.urandom(4 * 64 * 1024)
+    digest = registry.add_blob(data)
+    other.blobs[digest] = data
+    registry.pace = 0.05  # the private download takes a while
+    first: list[httpx.Response] = []
+
+    async def private_pull() -> None:
+        first.append(
+            await client.get(f"/v2/org/app/blobs/{digest}", headers={"Authorization": TOKEN})
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(private_pull)
+        with trio.fail_after(10):
+            while node.downloads_in_flight() == 0:
+                await trio.sleep(0.005)
+        second = await client.get(f"/v2/org/app/blobs/{digest}?ns=other.test")
+    assert first[0].status_code == 200 and first[0].content == data
+    assert second.status_code == 200 and second.content == data
