@@ -76,23 +76,6 @@ class AccessPolicy:
             return _miss(kind, reference, named)
         return await self._gate.check(named, name, kind, reference, headers)
 
-    async def named_refusal(
-        self,
-        namespace: str | None,
-        name: str,
-        kind: str,
-        reference: str,
-        headers: Mapping[str, str],
-    ) -> UpstreamRefusal | None:
-        """None when the registry the reader names (whether or not the content came from
-        it) says the reader's credentials read `reference`, else its refusal: the answer a
-        reader of content not held here would get from it.
-
-        Raises:
-            UpstreamError: that registry could not be asked.
-        """
-        return await self._gate.check(self.registry_of(namespace), name, kind, reference, headers)
-
 
 def _miss(kind: str, reference: str, registry: str) -> CachedElsewhere:
     message = (

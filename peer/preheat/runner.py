@@ -21,7 +21,7 @@ import trio
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
-from peer.fetch.download import BlobSource
+from peer.fetch.download import BlobSource, Download
 from peer.fetch.manifests import ACCEPT_ALL, Manifest, fetch_manifest
 from peer.preheat.job import Job, JobState, JobTable, NodeProgress
 from peer.preheat.refs import ImageRef
@@ -319,24 +319,28 @@ class Preheater:
         """Fetch and keep one blob as a client's GET would; (200, "") when it is stored,
         else (the registry's refusal status or 502, why)."""
         digest = source.digest
+        # Held (or downloading) from other registries than the one named: fetched from that
+        # one, as a client's GET does, whose verified bytes prove the access. (A 200 at once
+        # told any member, with no credentials, that this node holds the private blob.)
+        cached_elsewhere = False
         try:
-            if self._store.has_blob(digest):
-                refusal = await self._access.refusal(
-                    source.namespace, source.name, "blobs", digest, source.headers
-                )
-                if isinstance(refusal, CachedElsewhere):
-                    # Held from other registries than the one named: the answer is that
-                    # registry's, as for a blob not held (a 200 here told any member, with no
-                    # credentials, that this node holds the private blob). Its word adds no
-                    # origin to the blob: only its verified bytes would.
-                    refusal = await self._access.named_refusal(
+            while True:
+                if not cached_elsewhere and self._store.has_blob(digest):
+                    refusal = await self._access.refusal(
                         source.namespace, source.name, "blobs", digest, source.headers
                     )
-                if refusal is None:
-                    return 200, ""
-                return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
-            download = await self._downloads.join(source)
-            await download.done.wait()
+                    if isinstance(refusal, CachedElsewhere):
+                        cached_elsewhere = True
+                        continue
+                    if refusal is None:
+                        return 200, ""
+                    return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
+                download = await self._downloads.join(source)
+                await download.done.wait()
+                if self._started_for(download, source):
+                    break
+                # Another client's download, joined: the same check as for the stored blob.
+                cached_elsewhere = False
         except UpstreamError as exc:
             return 502, f"the registry failed: {exc}"
         if download.refusal is not None:
@@ -347,6 +351,12 @@ class Preheater:
         if not self._store.has_blob(digest):
             return 502, "the download ended without the blob"
         return 200, ""
+
+    def _started_for(self, download: Download, source: BlobSource) -> bool:
+        """Is `download` the one `source` would start (its credentials, its registry)?"""
+        return download.auth_key == source.auth_key and self._access.registry_of(
+            download.namespace
+        ) == self._access.registry_of(source.namespace)
 
     async def _serve_warms(self, swarm: Swarm) -> None:
         async for link, warm in swarm.warming.incoming:

@@ -1,7 +1,8 @@
 """A member's Warm must not tell whether the node holds a private blob: a blob held from one
 registry, warmed in the name of another with no credentials, was answered 200 at once (the
 access check's "cached elsewhere" taken for a success), where a blob not held could only get
-that other registry's answer. Now both get that registry's answer, as a client's GET would.
+that other registry's answer. Now both get it from that registry, as a client's GET would:
+a download whose verified bytes prove the access.
 A real node and two fake registries; the member is scripted."""
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ async def test_a_warm_does_not_tell_whether_a_private_blob_is_held(
         shared_bytes = os.urandom(4 * 64 * 1024)
         shared = private.add_blob(shared_bytes)
         assert other.add_blob(shared_bytes) == shared  # the other registry has this one
-        for digest in (held, shared):
+        # Two it says it has (a HEAD is answered 200) but serves wrong bytes of: a registry
+        # the member runs, say.
+        lied = [private.add_blob(os.urandom(4 * 64 * 1024)) for _ in range(2)]
+        for digest in lied:
+            other.blobs[digest] = private.blobs[digest]
+            other.lie_about.add(digest)
+        for digest in (held, shared, lied[0]):
             got = await client.get(
                 f"/v2/org/app/blobs/{digest}", headers={"Authorization": "Bearer s3cret"}
             )
@@ -72,14 +79,20 @@ async def test_a_warm_does_not_tell_whether_a_private_blob_is_held(
         await link.send(Warm(1, held, OTHER, "org/app", None))
         await link.send(Warm(2, lacked, OTHER, "org/app", None))
         await link.send(Warm(3, shared, OTHER, "org/app", None))
+        await link.send(Warm(4, lied[0], OTHER, "org/app", None))  # held
+        await link.send(Warm(5, lied[1], OTHER, "org/app", None))  # not held
         with trio.fail_after(20):
-            while len(answers) < 3:
+            while len(answers) < 5:
                 await trio.sleep(0.02)
         await link.close()
         assert answers[1].status == answers[2].status != 200
         assert not node.store.origins_of(lacked)
         assert node.store.origins_of(held)  # still private: nothing the member did changed it
-        # Held, and the named registry has it too: what a blob not held would get (fetched
-        # from it, 200); its word alone does not make it an origin of the blob here.
+        # Held, and the named registry has it too: what a blob not held would get, fetched
+        # from it (200); served without credentials, the bytes are public (the store's rule).
         assert answers[3].status == 200
-        assert node.store.origins_of(shared) == [private.url]
+        assert ("GET", f"/v2/org/app/blobs/{shared}", None) in other.requests
+        assert node.store.origins_of(shared) == []
+        # Bytes that do not match: the same failure, held here or not.
+        assert answers[4].status == answers[5].status == 502
+        assert node.store.origins_of(lied[0]) == [private.url]
