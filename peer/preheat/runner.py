@@ -367,7 +367,7 @@ class Preheater:
         try:
             self._access.check_namespace(warm.namespace)
         except ValueError as exc:
-            await swarm.warming.answer(link, Warmed(warm.request, warm.digest, 400, str(exc)))
+            swarm.warming.answer(link, Warmed(warm.request, warm.digest, 400, str(exc)))
             return
         source = BlobSource(
             warm.digest, warm.namespace, warm.repository, headers, credentials_key(headers)
@@ -378,7 +378,7 @@ class Preheater:
         except Exception as exc:  # a bug: answered, never ends the worker
             log.exception("warming %s for a member failed (a bug)", warm.digest)
             status, why = 500, f"internal error: {exc}"
-        await swarm.warming.answer(link, Warmed(warm.request, warm.digest, status, why[:500]))
+        swarm.warming.answer(link, Warmed(warm.request, warm.digest, status, why[:500]))
 
     def _lease(self, digest: str) -> None:
         """Hold `digest` for WARM_LEASE from now (a member's job: its end is not known here)."""

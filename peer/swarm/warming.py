@@ -14,7 +14,6 @@ link it went on closes, when the member leaves the cluster, or after `ask`'s tim
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -75,14 +74,15 @@ class Warming:
                 Warmed(warm.request, warm.digest, 503, "busy: too many blobs to warm queued here")
             )
 
-    async def answer(self, link: PeerLink, answer: Warmed) -> None:
-        """Send the answer to a Warm taken from `incoming` on the link it came by (gone: the
-        asker hears so); the member's share has room for another."""
+    def answer(self, link: PeerLink, answer: Warmed) -> None:
+        """Post the answer to a Warm taken from `incoming` on the link it came by (gone: the
+        asker hears so); the member's share has room for another. Posted, not sent: a
+        member that does not read held the preheater's worker for SEND_TIMEOUT with a send,
+        and its answers are bounded while unread (`PeerLink.post_answer`)."""
         self._taken[link.peer_id] -= 1
         if self._taken[link.peer_id] <= 0:
             del self._taken[link.peer_id]
-        with contextlib.suppress(LinkClosed, LocalProtocolError):
-            await link.send(answer)
+        link.post_answer(answer)
 
     # ---- we ask a member ---------------------------------------------------------------
 

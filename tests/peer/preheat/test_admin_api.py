@@ -124,9 +124,8 @@ async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
     class Link:
         peer_id = b"M" * 16
 
-        async def send(self, event: Warmed) -> bool:
+        def post_answer(self, event: Warmed) -> None:
             answers.append(event)
-            return True
 
     swarm = SimpleNamespace(warming=Warming())
     assert node.preheater is not None

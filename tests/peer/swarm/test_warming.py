@@ -118,7 +118,7 @@ async def test_busy_answers_now_and_then_do_not_cut_a_member_off() -> None:
         await warming.received(link, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
         if number % 10 == 9:  # the preheater carries one out now and then: room again
             taken, warm = warming.incoming.receive_nowait()
-            await warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
+            warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
     assert not link.closed
 
 
@@ -133,6 +133,25 @@ async def test_one_member_takes_a_quarter_of_the_queue_at_most() -> None:
     assert other.posted == []  # queued
     taken, warm = warming.incoming.receive_nowait()
     assert taken is greedy  # type: ignore[comparison-overlap]
-    await warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
+    warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
     await warming.received(greedy, Warm(10, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
-    assert len(greedy.posted) == 8  # room again: queued, not refused
+    busy = [e for e in greedy.posted if isinstance(e, Warmed) and e.status == 503]
+    assert len(busy) == 8  # room again: queued, not refused
+
+
+async def test_an_answer_never_waits_for_the_member_to_read() -> None:
+    """A member that does not read held the preheater's worker with the send of its answer
+    for SEND_TIMEOUT: the answer is posted (and bounded while unread), never awaited."""
+
+    @dataclass(eq=False)
+    class Unread(Link):
+        async def send(self, event: Event) -> bool:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    warming, link = Warming(), Unread()
+    await warming.received(link, Warm(1, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    taken, warm = warming.incoming.receive_nowait()
+    warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))  # returns at once
+    assert link.posted == [Warmed(1, DIGEST, 200, "")]
+    assert link.sent == []
