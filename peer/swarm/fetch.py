@@ -74,25 +74,22 @@ MIN_PEERS, MAX_PEERS = 8, 32
 # owners' other blobs lagged where the swarm's uplinks, not the registry, are the bound
 # (uneven links, seeds 1-4: 1.29, 1.29, 1.29, 1.27 with 4, 1.19, 1.17, 1.18, 1.17 with 8).
 PEERS_WHILE_OWNING = 8
-# ... and from this many while it fetches two blobs or more (an owner of several, a third of
-# the 8-host runs with 3 layers). Then the registry's flows into it, which the swarm waits
-# for, share its downlink with every peer's piece, and on the testbed a peer's piece into it
-# crawled (8-22 s for 256 KiB at 25 Mbit/s) with that peer's Requests for the owner's first
-# copies queued behind it on the same connection: its uplink, the only holder of the new
-# pieces, sent almost nothing for 10 s. The limit is per fetch and for new sources (a peer
-# with requests outstanding stays one). Measured on the testbed with the same owners in every
-# run and in the simulator (which gains too, without that queue): docs/issue10/HISTORY.md, "An
-# owner of several blobs"; with 2 taken from any owner (one blob or more) the owners of one blob
-# lagged (above; docs/issue10/HISTORY.md, "Where the 8-host testbed's time goes").
-PEERS_WHILE_OWNING_SEVERAL = 2
+# An owner of several blobs takes its other blobs from as many. From 2026-11-30 it took them
+# from 2 peers per blob: under BBR, a peer's piece into its downlink crawled on the testbed
+# with that peer's Requests for the owner's first copies queued behind it (docs/issue10/
+# HISTORY.md, "An owner of several blobs"). Since the peer links run CUBIC (thirty-sixth
+# session) the testbed shows no gain from the 2 (owners fixed, alternating, 2 against 8: an
+# owner of two of 3 layers 1.073, 1.078 against 1.075, 1.074 x the payload bound; one blob at
+# a time, an owner of 112 + 56 MiB 1.125, 1.113 against 1.106, 1.105; 16 hosts 1.116, 1.118
+# against 1.116, 1.116), and in the simulator an owner of two of 4 layers starved with it (its
+# downlink half idle for 70 s, pieces askable): 16 hosts mean 1.130 with 2 against 1.112,
+# uneven links 1.185 against 1.174 (docs/issue10/s38/).
 
 
 def peers_while_owning(upstream_blobs: int) -> int | None:
     """The peers a fetch may take pieces from while this node fetches `upstream_blobs` blobs
     from the registry (None: as many as it links to)."""
-    if upstream_blobs <= 0:
-        return None
-    return PEERS_WHILE_OWNING if upstream_blobs == 1 else PEERS_WHILE_OWNING_SEVERAL
+    return PEERS_WHILE_OWNING if upstream_blobs > 0 else None
 
 
 META_TIMEOUT = 30.0

@@ -19,7 +19,6 @@ from peer.swarm.fetch import (
     MAX_PEERS,
     MIN_PEERS,
     PEERS_WHILE_OWNING,
-    PEERS_WHILE_OWNING_SEVERAL,
     SwarmFetch,
     byte_runs,
     peers_to_link,
@@ -379,8 +378,8 @@ class FetchingUpstream:
     [
         (0, 0, None),
         (1, 1, PEERS_WHILE_OWNING),
-        (2, 2, PEERS_WHILE_OWNING_SEVERAL),
-        (5, 5, PEERS_WHILE_OWNING_SEVERAL),
+        (2, 2, PEERS_WHILE_OWNING),  # an owner of several: the same
+        (5, 5, PEERS_WHILE_OWNING),
         (2, 0, None),  # blobs prefetched ahead of a client here hold nothing back
         (3, 1, PEERS_WHILE_OWNING),
     ],
@@ -389,9 +388,8 @@ async def test_a_node_fetching_blobs_from_the_registry_takes_pieces_from_fewer_p
     upstream_blobs: int, read: int, limit: int | None
 ) -> None:
     """Each schedule sets the picker's source limit from the blobs the node fetches upstream
-    now that are not ahead of a client here: none, the limit for an owner of one, the tighter
-    one for an owner of several; blobs prefetched before their client asked do not count."""
-    assert PEERS_WHILE_OWNING_SEVERAL < PEERS_WHILE_OWNING
+    now that are not ahead of a client here: none, else the owner's limit (one blob or
+    several); blobs prefetched before their client asked do not count."""
     swarm = SimpleNamespace(upstream=FetchingUpstream(upstream_blobs, read), links={})
     fetch = SwarmFetch(
         swarm,  # type: ignore[arg-type]
