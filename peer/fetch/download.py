@@ -8,7 +8,7 @@ stream, a refusal, or an error) and `done`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -55,6 +55,13 @@ class Download:
     @property
     def size(self) -> int | None:
         return self.partial.layout.size if self.partial is not None else None
+
+    def started_for(self, source: BlobSource, registry_of: Callable[[str | None], str]) -> bool:
+        """Is this the download `source` would start: its credentials, its registry
+        (`registry_of` a namespace's base URL)? Else it is another client's, joined."""
+        return self.auth_key == source.auth_key and registry_of(self.namespace) == registry_of(
+            source.namespace
+        )
 
     def opened(self, partial: PartialBlob) -> None:
         """The blob's partial exists: clients may stream it."""

@@ -284,11 +284,8 @@ class RegistryFront:
                     raise download.error
                 if download.partial is None:
                     continue  # finished between our checks: serve it from the store
-                started_by_us = download.auth_key == auth_key and (
-                    self.upstreams.base_url(download.namespace)
-                    == self.upstreams.base_url(namespace)
-                )
-                if not started_by_us:  # someone else's download: the same check as on disk
+                if not download.started_for(source, self.upstreams.base_url):
+                    # Someone else's download: the same check as on disk.
                     refusal = await self.access.refusal(
                         namespace, route.name, "blobs", digest, headers
                     )

@@ -21,7 +21,7 @@ import trio
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
-from peer.fetch.download import BlobSource, Download
+from peer.fetch.download import BlobSource
 from peer.fetch.manifests import ACCEPT_ALL, Manifest, fetch_manifest
 from peer.preheat.job import Job, JobState, JobTable, NodeProgress
 from peer.preheat.refs import ImageRef
@@ -337,7 +337,7 @@ class Preheater:
                     return refusal.status, _refusal_text(refusal, digest, bool(source.headers))
                 download = await self._downloads.join(source)
                 await download.done.wait()
-                if self._started_for(download, source):
+                if download.started_for(source, self._access.registry_of):
                     break
                 # Another client's download, joined: the same check as for the stored blob.
                 cached_elsewhere = False
@@ -351,12 +351,6 @@ class Preheater:
         if not self._store.has_blob(digest):
             return 502, "the download ended without the blob"
         return 200, ""
-
-    def _started_for(self, download: Download, source: BlobSource) -> bool:
-        """Is `download` the one `source` would start (its credentials, its registry)?"""
-        return download.auth_key == source.auth_key and self._access.registry_of(
-            download.namespace
-        ) == self._access.registry_of(source.namespace)
 
     async def _serve_warms(self, swarm: Swarm) -> None:
         async for link, warm in swarm.warming.incoming:

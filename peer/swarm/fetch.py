@@ -86,6 +86,13 @@ PEERS_WHILE_OWNING = 8
 # uneven links 1.185 against 1.174 (docs/issue10/s38/).
 
 
+def _layout_of(meta: PieceMeta | Refused | None) -> PieceLayout | None:
+    """The layout an owner's answer gives (None: no PieceMeta, or no piece size)."""
+    if not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
+        return None
+    return PieceLayout(meta.size, meta.piece_size)
+
+
 def peers_while_owning(upstream_blobs: int) -> int | None:
     """The peers a fetch may take pieces from while this node fetches `upstream_blobs` blobs
     from the registry (None: as many as it links to)."""
@@ -391,13 +398,10 @@ class SwarmFetch:
         past the blob would grow the table with every update, and a changed hash would fail
         an honest peer's true bytes and get it banned). The indices kept, in order."""
         if self.partial is not None:
-            layout = self.partial.layout
+            layout: PieceLayout | None = self.partial.layout
         else:
-            first = self._meta if isinstance(self._meta, PieceMeta) else meta
-            if first.piece_size <= 0:
-                return []
-            layout = PieceLayout(first.size, first.piece_size)
-        if (meta.size, meta.piece_size) != (layout.size, layout.piece_size):
+            layout = _layout_of(self._meta if isinstance(self._meta, PieceMeta) else meta)
+        if layout is None or (meta.size, meta.piece_size) != (layout.size, layout.piece_size):
             return []  # another layout: not ours (`_want` refuses such an owner)
         taken: list[int] = []
         changed = 0
@@ -795,10 +799,8 @@ class SwarmFetch:
         (None before either)."""
         if self.partial is not None:
             return self.partial.layout.count
-        meta = self._meta
-        if not isinstance(meta, PieceMeta) or meta.piece_size <= 0:
-            return None
-        return PieceLayout(meta.size, meta.piece_size).count
+        layout = _layout_of(self._meta)
+        return layout.count if layout is not None else None
 
     def _keep_early(self, peer_id: bytes, indices: Iterable[int], *, replace: bool) -> None:
         """Keep the owner's offers until the picker exists (see `_early`): only the owner's

@@ -763,6 +763,7 @@ class Swarm:
         return piece_size_for(size, self.piece_size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
+        ours = self._held(event.digest)
         if not self.grants.may_know_of(link.peer_id, event.digest):
             # A private blob, and the peer has no grant: no Bitfield of ours, as for a blob
             # neither held nor fetched (it told any member which private blobs this node's
@@ -775,20 +776,19 @@ class Swarm:
                 state is not None
                 and state.fetch is not None
                 and self._may_offer(state, link.peer_id)
-                and (theirs := self._bitfield_indices(event)) is not None
+                and (theirs := self._bitfield_indices(event, ours)) is not None
             ):
                 state.fetch.on_bitfield(link.peer_id, theirs)
             if self.grants.has_pending(link.peer_id, event.digest):
                 self._once_granted(link, event)
             return
-        ours = self._held(event.digest)
         state = self.digests.get(event.digest)
         if state is None:
             if ours is None:
                 return  # neither held nor fetched: nothing to say, nothing to keep
             state = self.state(event.digest)  # a blob we hold: the peer may take pieces of it
         if state.fetch is not None or state.seeder is not None:
-            theirs = self._bitfield_indices(event)  # decoded once, for picker and seeder
+            theirs = self._bitfield_indices(event, ours)  # decoded once, for picker and seeder
             if theirs is None:
                 return  # not this blob's pieces (another cut, or a lie): nothing to answer
             if state.fetch is not None:
@@ -802,26 +802,23 @@ class Swarm:
             state.bitfield_sent.add(peer)
             link.post(Bitfield(event.digest, bits_of(*ours)))
 
-    def _bitfield_indices(self, event: Bitfield) -> set[int] | None:
+    def _bitfield_indices(
+        self, event: Bitfield, held: tuple[Collection[int], int] | None
+    ) -> set[int] | None:
         """The pieces `event` says its sender holds, or None when its length is not that of
-        the blob as this node cuts it (its partial's layout, or the owner's answer while the
-        fetch waits for one; else the rule for a blob held). A member chooses the length: a
+        the blob as this node cuts it: as held here (`held`, from `_held`), else as its fetch
+        has it (the owner's answer while it waits for one). A member chooses the length: a
         Bitfield of the frame's 60 KB is 480,000 indices to decode and walk on this link's
         read loop, where the blob's own takes a few hundred."""
-        count = self._piece_count(event.digest)
+        if held is not None:
+            count: int | None = held[1]
+        else:
+            state = self.digests.get(event.digest)
+            fetch = state.fetch if state is not None else None
+            count = fetch.piece_count() if fetch is not None else None
         if count is None or len(event.bits) != (count + 7) // 8:
             return None
         return {i for i in indices_of(event.bits) if i < count}
-
-    def _piece_count(self, digest: str) -> int | None:
-        """How many pieces `digest` has here: None while neither this node's partial nor its
-        owner's answer nor the blob itself says."""
-        held = self._held(digest)
-        if held is not None:
-            return held[1]
-        state = self.digests.get(digest)
-        fetch = state.fetch if state is not None else None
-        return fetch.piece_count() if fetch is not None else None
 
     def _may_offer(self, blob: DigestState | None, peer: bytes) -> bool:
         """Is `peer`'s word that it has pieces of `blob` taken? For a private blob this node
