@@ -27,6 +27,13 @@ MAX_PIECE_SIZE = 16 * 1024 * 1024
 LEAST_PIECE_SIZE = 64 * 1024
 
 
+def least_piece_size(largest: int) -> int:
+    """The smallest piece a node whose pieces are at most `largest` (its `--piece-size`) can
+    meet from an honest node: LEAST_PIECE_SIZE, the least a node may be set to (`largest`
+    itself where it is smaller, as in tests). `piece_size_for` never cuts below it."""
+    return min(LEAST_PIECE_SIZE, largest)
+
+
 def piece_size_for(size: int, largest: int = DEFAULT_PIECE_SIZE) -> int:
     """The piece size for a blob of `size` bytes: `largest`, halved while the blob would have
     fewer than PIECES_PER_BLOB pieces, down to MIN_PIECE_SIZE (or `largest`, if smaller)."""

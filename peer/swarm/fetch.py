@@ -33,7 +33,7 @@ from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
-from pieces.layout import PieceLayout
+from pieces.layout import PieceLayout, least_piece_size
 from pieces.partial import PartialBlob, StoreError
 from wire.events import (
     NOT_HELD_HEADER,
@@ -348,6 +348,14 @@ class SwarmFetch:
             # WWW-Authenticate realm collects the client's registry login; a false 404 or 502
             # fails every pull of the blobs it owns). One more upstream request per refusal.
             raise OwnerUnavailable(f"the owner refused it ({meta.status}): asking the upstream")
+        least = least_piece_size(self.swarm.piece_size)
+        if meta.piece_size < least:
+            # No node cuts pieces so small (a liar's choice): every piece is state kept here
+            # and a Request to finish, a million for a 1 MiB blob in pieces of one byte.
+            raise OwnerUnavailable(
+                f"the owner cuts the blob into pieces of {meta.piece_size} bytes, under the "
+                f"least any node uses ({least})"
+            )
         if self.partial is None:
             # Private before any client or peer can see a byte: to the registries the owner
             # got it from, and (a peer may add origins, never remove them) to the one our

@@ -430,6 +430,10 @@ class Swarm:
         finally:
             del self._connecting[peer_id]
             done.set()
+        if self.is_banned(peer_id):
+            # Banned while the handshake ran: the ban closed every link it knew, not this one.
+            await link.close()
+            raise LinkClosed("peer is banned")
         assert self._nursery is not None
         # Tracked before this returns, not when the task starts: what applies to every open
         # link meanwhile (a congestion control switch) must reach this one too.

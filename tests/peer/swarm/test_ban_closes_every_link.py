@@ -10,10 +10,13 @@ from pathlib import Path
 
 import trio
 
+from bench.components import free_port
 from peer.swarm.link import LinkClosed, PeerLink
-from tests.peer.member_node import node_and_registry, open_link
+from tests.peer.member_node import TOKEN, announce_member, node_and_registry, open_link
 from wire.events import Event
 from wire.identity import NodeIdentity
+from wire.names import address_text
+from wire.protocol import Role
 
 
 async def test_a_ban_closes_every_link_to_the_member(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -42,3 +45,52 @@ async def test_a_ban_closes_every_link_to_the_member(tmp_path: Path, nursery: tr
                 await trio.sleep(0.01)
         assert all(link.closed for link in theirs)
         assert member.node_id not in swarm.links
+
+
+async def test_a_ban_during_the_handshake_leaves_no_link(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The ban lands while the node's own dial to the member is in its handshake: that link
+    was tracked once the handshake ended, after the ban had closed every link it knew."""
+    async with node_and_registry(tmp_path, nursery) as setup:
+        swarm = setup.node.swarm
+        assert swarm is not None
+        member, port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
+        dialled, go_on = trio.Event(), trio.Event()
+
+        async def ignore(link: PeerLink, event: Event) -> None:
+            pass
+
+        async def accept(stream: trio.SocketStream) -> None:
+            dialled.set()
+            await go_on.wait()  # the node waits for our Hello meanwhile
+            link = PeerLink(
+                stream, member, TOKEN, role=Role.RESPONDER, address=address_text("127.0.0.1", port)
+            )
+            with contextlib.suppress(LinkClosed):
+                await link.handshake()
+                await link.run(ignore)
+
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, accept, listeners)
+        await announce_member(setup, member, port)
+        outcome: list[PeerLink | LinkClosed] = []
+
+        async def dial() -> None:
+            try:
+                outcome.append(await swarm.link_to(member.node_id))
+            except LinkClosed as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(dial)
+        with trio.fail_after(10):
+            await dialled.wait()
+        await swarm.ban(member.node_id, "a test's ban")
+        go_on.set()
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)  # a link wrongly kept would be read and tracked by now
+        assert isinstance(outcome[0], LinkClosed), "link_to gave a link to a banned member"
+        assert member.node_id not in swarm.links
+        assert not swarm._open_links.get(member.node_id)
