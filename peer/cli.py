@@ -37,7 +37,7 @@ from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PE
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
 from peer.swarm import congestion
-from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE, MAX_PIECE_SIZE
+from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE, MAX_PIECE_SIZE, PIECES_PER_BLOB
 
 DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
 
@@ -405,6 +405,18 @@ def main() -> None:
     "default costs less CPU.",
 )
 @click.option(
+    "--pieces-per-blob",
+    type=click.IntRange(1, 65536),
+    default=PIECES_PER_BLOB,
+    show_default=True,
+    envvar="POLLEN_PIECES_PER_BLOB",
+    help="The least pieces a blob is cut into: the piece size halves from --piece-size, down "
+    "to 256KiB, until a blob has this many. Each piece costs a node CPU (~1.7 ms on a 2-core "
+    "VM, whatever its size): where links are fast and the CPU is what binds, fewer, larger "
+    "pieces move more bytes per CPU-second (32: 4MiB pieces for a 128MiB layer); on slow links "
+    "they spread slower through the swarm. Set the same value on every node.",
+)
+@click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0.1),
     default=60.0,
@@ -565,6 +577,7 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         disk_high=high,
         disk_low=low,
         piece_size=options["piece_size"],
+        pieces_per_blob=options["pieces_per_blob"],
         idle_timeout=options["idle_timeout"],
         min_read_rate=options["min_read_rate"],
         max_connections=options["max_connections"],

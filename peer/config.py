@@ -11,7 +11,7 @@ from pathlib import Path
 from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from peer.front.read_pace import DEFAULT_MIN_RATE
 from peer.swarm import congestion
-from pieces.layout import DEFAULT_PIECE_SIZE
+from pieces.layout import DEFAULT_PIECE_SIZE, PIECES_PER_BLOB
 from pieces.room import Watermarks
 from pieces.store import CachePolicy
 from wire.names import is_valid_host, is_valid_registry
@@ -93,7 +93,8 @@ class NodeConfig:
     # Disk use of the store's file system (fractions): above high, evict down to low.
     disk_high: float | None = None
     disk_low: float | None = None
-    piece_size: int = DEFAULT_PIECE_SIZE
+    piece_size: int = DEFAULT_PIECE_SIZE  # the largest piece (pieces/layout.py's rule)
+    pieces_per_blob: int = PIECES_PER_BLOB  # the least pieces the rule cuts a blob into
     idle_timeout: float = 60.0
     min_read_rate: int = DEFAULT_MIN_RATE  # bytes/s a client must take an answer at (0: any)
     # Client connections the registry port holds at once, in all and from one address

@@ -156,7 +156,11 @@ class Node:
         config.check()
         self.config = config
         self.store = Store(
-            config.data_dir, config.piece_size, config.cache_size, config.cache_policy()
+            config.data_dir,
+            config.piece_size,
+            config.cache_size,
+            config.cache_policy(),
+            pieces_per_blob=config.pieces_per_blob,
         )
         self.upstreams = Upstreams(
             UpstreamConfig(

@@ -34,11 +34,13 @@ def least_piece_size(largest: int) -> int:
     return min(LEAST_PIECE_SIZE, largest)
 
 
-def piece_size_for(size: int, largest: int = DEFAULT_PIECE_SIZE) -> int:
+def piece_size_for(
+    size: int, largest: int = DEFAULT_PIECE_SIZE, least_pieces: int = PIECES_PER_BLOB
+) -> int:
     """The piece size for a blob of `size` bytes: `largest`, halved while the blob would have
-    fewer than PIECES_PER_BLOB pieces, down to MIN_PIECE_SIZE (or `largest`, if smaller)."""
+    fewer than `least_pieces` pieces, down to MIN_PIECE_SIZE (or `largest`, if smaller)."""
     piece = largest
-    while piece // 2 >= MIN_PIECE_SIZE and size < PIECES_PER_BLOB * piece:
+    while piece // 2 >= MIN_PIECE_SIZE and size < least_pieces * piece:
         piece //= 2
     return piece
 

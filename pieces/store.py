@@ -48,6 +48,7 @@ from pieces.layout import (
     DEFAULT_PIECE_SIZE,
     MAX_PIECE_SIZE,
     MAX_PIECES,
+    PIECES_PER_BLOB,
     PieceLayout,
     piece_size_for,
 )
@@ -123,9 +124,11 @@ class Store:
         piece_size: int = DEFAULT_PIECE_SIZE,
         quota: int | None = None,
         policy: CachePolicy | None = None,
+        pieces_per_blob: int = PIECES_PER_BLOB,
     ) -> None:
         self.root = Path(root)
-        self.piece_size = piece_size
+        self.piece_size = piece_size  # the largest; `piece_size_for` cuts each blob
+        self.pieces_per_blob = pieces_per_blob
         self.quota = quota
         self.policy = policy or CachePolicy()
         self._blobs = self.root / "blobs" / "sha256"
@@ -258,7 +261,7 @@ class Store:
             existing.add_origins(list(origins or []))
             return existing
         required = piece_size  # a swarm's (its owner's); None: ours, or the one on disk
-        piece_size = piece_size or piece_size_for(size, self.piece_size)
+        piece_size = piece_size or self.piece_size_for(size)
         self._check_size(digest, size, piece_size)
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
@@ -329,6 +332,11 @@ class Store:
         step = max(incoming, min(remaining, ROOM_STEP))
         self.make_room(step, None, exclude=blob.hex)
         blob.room_until = blob.bytes_present + step
+
+    def piece_size_for(self, size: int) -> int:
+        """The piece size this node cuts a blob of `size` bytes into (the rule, with this
+        node's largest piece and least pieces per blob)."""
+        return piece_size_for(size, self.piece_size, self.pieces_per_blob)
 
     def _check_size(self, digest: str, size: int, piece_size: int) -> None:
         """Refuse a told size that cannot be right or cannot fit, before any allocation; the

@@ -24,6 +24,7 @@ from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.timeline import Timeline, timeline_table
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
 from peer.sizes import format_size, parse_size
+from pieces.layout import PIECES_PER_BLOB
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -116,7 +117,15 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     default="4MiB",
     show_default=True,
     callback=_size,
-    help="The largest piece (each blob gets at least 256, down to 256KiB, as the node does).",
+    help="The largest piece (each blob gets at least --pieces-per-blob, down to 256KiB, as "
+    "the node does).",
+)
+@click.option(
+    "--pieces-per-blob",
+    type=click.IntRange(1, 65536),
+    default=PIECES_PER_BLOB,
+    show_default=True,
+    help="The least pieces a blob is cut into, as the node's option.",
 )
 @click.option(
     "--parallel",
@@ -221,6 +230,7 @@ def simulate(
     layers: int,
     layer_sizes: list[int] | None,
     piece_size: int,
+    pieces_per_blob: int,
     parallel: int,
     client_read: int | None,
     prefetch: bool,
@@ -268,6 +278,7 @@ def simulate(
         latency=latency / 1000,
         layer_sizes=tuple(sizes),
         piece_size=piece_size,
+        pieces_per_blob=pieces_per_blob,
         parallel=parallel,
         client_read=client_read,
         prefetch=prefetch,

@@ -92,6 +92,7 @@ def document(
         "origin_uplink_bytes_per_s": config.origin_up,
         "latency_s": config.latency,
         "piece_size": config.piece_size,
+        "pieces_per_blob": config.pieces_per_blob,
         "parallel": config.parallel,
         "client_read_bytes_per_s": config.client_read,
         "seed": config.seed,

@@ -23,7 +23,7 @@ from bench.simulate.node import MembersSync, MemberWord, SimNode
 from peer.cluster.membership import Address, Message
 from peer.cluster.rendezvous import owner_order
 from peer.swarm.actions import Send
-from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout, piece_size_for
+from pieces.layout import DEFAULT_PIECE_SIZE, PIECES_PER_BLOB, PieceLayout, piece_size_for
 from wire.events import Event
 
 MBIT = 1_000_000 // 8
@@ -63,6 +63,7 @@ class SimConfig:
     latency: float = 0.0  # one way, seconds
     layer_sizes: tuple[int, ...] = tuple(plain_layer_sizes(224 * 2**20, 3))
     piece_size: int = DEFAULT_PIECE_SIZE
+    pieces_per_blob: int = PIECES_PER_BLOB
     parallel: int = SKOPEO_PARALLEL
     seed: int = 0
     rate_step: float = DEFAULT_RATE_STEP
@@ -160,7 +161,9 @@ class Simulation:
         self.blobs = image_blobs(list(config.layer_sizes))
         # Pieces sized to each blob as the node does (`--piece-size` is the largest).
         self.layouts = {
-            b.digest: PieceLayout(b.size, piece_size_for(b.size, config.piece_size))
+            b.digest: PieceLayout(
+                b.size, piece_size_for(b.size, config.piece_size, config.pieces_per_blob)
+            )
             for b in self.blobs
         }
         # The origin is host 0; it sends only (its downlink carries requests: unshaped).

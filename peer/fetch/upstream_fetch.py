@@ -49,7 +49,7 @@ from peer.upstream.blob_stream import BlobStream, open_blob
 from peer.upstream.client import ERROR_BODY_LIMIT, Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
-from pieces.layout import PieceLayout, piece_size_for
+from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
 
@@ -511,7 +511,7 @@ class UpstreamFetcher:
         size = self._store.descriptor_sizes.size_of(digest)
         if size is None:
             return None
-        layout = PieceLayout(size, piece_size_for(size, self._store.piece_size))
+        layout = PieceLayout(size, self._store.piece_size_for(size))
         if layout.count < CHUNKED_MIN_PIECES:
             return None
         least, flows = least_pieces(layout.piece_size), whole_flows(layout.size)

@@ -59,7 +59,7 @@ from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import first_copies_pending
 from peer.swarm.uploads import Uploads
 from peer.swarm.warming import Warming
-from pieces.layout import PieceLayout, piece_size_for
+from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob
 from pieces.store import Store
 from wire.events import (
@@ -764,7 +764,7 @@ class Swarm:
             return state.listening.layout.piece_size
         if size is None:
             size = self.store.blob_size(digest) or 0
-        return piece_size_for(size, self.piece_size)
+        return self.store.piece_size_for(size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         ours = self._held(event.digest)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -44,7 +45,10 @@ class Setup:
     peer_port: int
 
 
-async def start_node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry) -> Setup:
+async def start_node(
+    tmp_path: Path, nursery: trio.Nursery, registry: FakeRegistry, **settings: Any
+) -> Setup:
+    """A node on loopback (`settings`: NodeConfig fields other than the test's defaults)."""
     peer_port = free_port()
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
@@ -54,18 +58,20 @@ async def start_node(tmp_path: Path, nursery: trio.Nursery, registry: FakeRegist
         peer=Address("127.0.0.1", peer_port),
         cluster_token=TOKEN,
     )
-    node = Node(config)
+    node = Node(replace(config, **settings))
     port = await nursery.start(node.run)
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
     return Setup(registry, node, client, peer_port)
 
 
 @asynccontextmanager
-async def node_and_registry(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+async def node_and_registry(
+    tmp_path: Path, nursery: trio.Nursery, **settings: Any
+) -> AsyncIterator[Setup]:
     """A node with a fake registry behind it (both running in `nursery`) and its client."""
     registry = FakeRegistry()
     await nursery.start(registry.serve)
-    made = await start_node(tmp_path, nursery, registry)
+    made = await start_node(tmp_path, nursery, registry, **settings)
     async with made.client:
         yield made
 

@@ -135,3 +135,23 @@ def test_the_help_explains_the_congestion_control() -> None:
     assert "'system' for the host's default" in text
     default = "[default: (cubic where this process may set it; else the host's)]"
     assert default in text
+
+
+def test_pieces_per_blob_reaches_the_config(tmp_path: Path, started: list[NodeConfig]) -> None:
+    _run(tmp_path)
+    _run(tmp_path, "--pieces-per-blob", "32")
+    _run(tmp_path, env={"POLLEN_PIECES_PER_BLOB": "16"})
+    config_file = tmp_path / "pollen.toml"
+    config_file.write_text("pieces-per-blob = 8\n")
+    _run(tmp_path, "--config", str(config_file))
+    assert [c.pieces_per_blob for c in started] == [256, 32, 16, 8]
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "65537", "many"])
+def test_pieces_per_blob_out_of_range_is_refused(
+    tmp_path: Path, started: list[NodeConfig], count: str
+) -> None:
+    result = _run(tmp_path, "--pieces-per-blob", count)
+    assert result.exit_code == 2
+    assert "--pieces-per-blob" in result.output
+    assert not started

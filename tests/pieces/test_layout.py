@@ -55,6 +55,16 @@ def test_pieces_are_sized_to_the_blob() -> None:
     assert piece_size_for(10 * mib, largest=128 * 1024) == 128 * 1024  # never above largest
 
 
+def test_fewer_pieces_per_blob_give_larger_pieces() -> None:
+    mib = 1024 * 1024
+    assert piece_size_for(128 * mib, least_pieces=32) == 4 * mib  # 32 pieces
+    assert piece_size_for(128 * mib, least_pieces=64) == 2 * mib
+    assert piece_size_for(127 * mib, least_pieces=32) == 2 * mib  # 4 MiB would be 32 short
+    assert piece_size_for(mib, least_pieces=1) == mib  # one piece, no larger than the blob
+    assert piece_size_for(16 * mib, least_pieces=1) == 4 * mib  # never above the largest
+    assert piece_size_for(128 * mib, least_pieces=65536) == 256 * 1024  # never under 256 KiB
+
+
 @given(st.integers(0, 1 << 40), st.sampled_from([1 << k for k in range(12, 26)]))
 def test_a_blob_has_at_least_256_pieces_unless_pieces_are_already_smallest(
     size: int, largest: int

@@ -174,6 +174,20 @@ async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Pat
         )
 
 
+async def test_a_store_cuts_blobs_into_its_least_pieces_per_blob(tmp_path: Path) -> None:
+    """`--pieces-per-blob`: the store's rule is what the node's downloads and its owner's
+    PieceMeta use (the swarm and the upstream fetcher ask the store)."""
+    mib = 1024 * 1024
+    digest = "sha256:" + "ab" * 32
+    few = Store(tmp_path / "few", 4 * mib, pieces_per_blob=32)
+    many = Store(tmp_path / "many", 4 * mib)
+    assert few.piece_size_for(128 * mib) == 4 * mib
+    assert many.piece_size_for(128 * mib) == 512 * 1024
+    partial = await few.open_partial(digest, 128 * mib)
+    assert partial.layout.piece_size == 4 * mib and partial.layout.count == 32
+    few.release_partial(partial)
+
+
 async def test_unreadable_meta_means_start_over(tmp_path: Path) -> None:
     data, digest, partial = await partial_left_on_disk(tmp_path)
     partial.meta_path.write_bytes(b"\x93garbage")

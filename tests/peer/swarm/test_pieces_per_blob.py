@@ -1,0 +1,43 @@
+"""`--pieces-per-blob` reaches what a node sends and stores: its downloads are cut by it, and
+as a blob's owner its PieceMeta gives that layout to every node that fetches the blob (the
+fetching nodes take the owner's layout). A real node and registry; the asking member is
+scripted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from tests.peer.member_node import link_member, node_and_registry
+from wire.events import PieceMeta, Want
+
+MIB = 1024 * 1024
+
+
+async def _owner_layout(tmp_path: Path, nursery: trio.Nursery, **settings: int) -> PieceMeta:
+    async with node_and_registry(tmp_path, nursery, piece_size=MIB, **settings) as setup:
+        data = os.urandom(MIB)
+        digest = setup.registry.add_blob(data)
+        response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
+        assert response.content == data
+        member = await link_member(setup, nursery)
+        await member.link.send(Want(digest, None, "org/app", None, held_only=True))
+        with trio.fail_after(10):
+            while not member.metas:
+                await trio.sleep(0.01)
+        answer = member.metas[0]
+        assert isinstance(answer, PieceMeta)
+        return answer
+
+
+async def test_an_owner_cuts_blobs_into_its_pieces_per_blob(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # 1 MiB in pieces of at most 1 MiB: the default rule halves to 256 KiB (4 pieces), one
+    # piece per blob takes the largest.
+    default = await _owner_layout(tmp_path / "default", nursery)
+    assert (default.piece_size, len(default.hashes)) == (256 * 1024, 4)
+    one = await _owner_layout(tmp_path / "one", nursery, pieces_per_blob=1)
+    assert (one.piece_size, len(one.hashes)) == (MIB, 1)
