@@ -353,7 +353,8 @@ class Preheater:
         return 200, ""
 
     async def _serve_warms(self, swarm: Swarm) -> None:
-        async for link, warm in swarm.warming.incoming:
+        while True:
+            link, warm = await swarm.warming.take()
             await self._serve_warm(swarm, link, warm)
 
     async def _serve_warm(self, swarm: Swarm, link: PeerLink, warm: Warm) -> None:

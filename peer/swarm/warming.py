@@ -6,7 +6,9 @@ Only members (links that proved the cluster token) can send a Warm, and what it 
 node do is what a client's GET of the blob would: the same owner, swarm and access rules, with
 the credentials it carries. Bounded: at most QUEUE_LIMIT Warms wait here, a quarter of them one
 member's; more are answered 503 (a link that keeps sending them through BUSY_LIMIT such
-answers in a row is closed). An
+answers in a row is closed). The preheater takes them from the members in turn, each member's
+in the order sent: one member's Warms at a slow registry once held every other member's back
+until all of them were carried out (first come, first served). An
 asker's wait ends with the answer to its own Warm (matched by its request number), when the
 link it went on closes, when the member leaves the cluster, or after `ask`'s time limit.
 """
@@ -44,7 +46,12 @@ class _Waiting:
 
 class Warming:
     def __init__(self, queue_limit: int = QUEUE_LIMIT) -> None:
-        self._send, self.incoming = trio.open_memory_channel[tuple[PeerLink, Warm]](queue_limit)
+        self._queue_limit = queue_limit
+        # Each member's Warms waiting, in the order sent; the members in the order of their
+        # turns (the one served last goes to the back).
+        self._queued: dict[bytes, collections.deque[tuple[PeerLink, Warm]]] = {}
+        self._queued_count = 0
+        self._ready = trio.Semaphore(0)  # one token per Warm waiting
         self._member_limit = max(1, queue_limit // MEMBER_SHARE)
         self._taken: collections.Counter[bytes] = collections.Counter()  # per member, unanswered
         self._waiting: dict[int, _Waiting] = {}
@@ -56,13 +63,16 @@ class Warming:
     async def received(self, link: PeerLink, warm: Warm) -> None:
         """Queue a member's Warm for the preheater; a full queue, or the member's share of it
         taken, answers 503 at once."""
-        try:
-            if self._taken[link.peer_id] >= self._member_limit:
-                raise trio.WouldBlock
-            self._send.send_nowait((link, warm))
+        if (
+            self._taken[link.peer_id] < self._member_limit
+            and self._queued_count < self._queue_limit
+        ):
+            self._queued.setdefault(link.peer_id, collections.deque()).append((link, warm))
+            self._queued_count += 1
             self._taken[link.peer_id] += 1
+            self._ready.release()
             self._busy.pop(link, None)  # only a run of refusals counts as a flood
-        except trio.WouldBlock:
+        else:
             busy = self._busy[link] = self._busy.get(link, 0) + 1
             if busy > BUSY_LIMIT:
                 log.warning(
@@ -73,6 +83,25 @@ class Warming:
             link.post_answer(
                 Warmed(warm.request, warm.digest, 503, "busy: too many blobs to warm queued here")
             )
+
+    async def take(self) -> tuple[PeerLink, Warm]:
+        """The next Warm to carry out (waits for one): the next member's in turn."""
+        await self._ready.acquire()
+        return self._next()
+
+    def take_nowait(self) -> tuple[PeerLink, Warm]:
+        """`take`, or trio.WouldBlock when no Warm waits."""
+        self._ready.acquire_nowait()
+        return self._next()
+
+    def _next(self) -> tuple[PeerLink, Warm]:
+        member, queue = next(iter(self._queued.items()))
+        taken = queue.popleft()
+        del self._queued[member]
+        if queue:
+            self._queued[member] = queue  # its next one after every other member's
+        self._queued_count -= 1
+        return taken
 
     def answer(self, link: PeerLink, answer: Warmed) -> None:
         """Post the answer to a Warm taken from `incoming` on the link it came by (gone: the

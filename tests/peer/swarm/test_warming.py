@@ -117,7 +117,7 @@ async def test_busy_answers_now_and_then_do_not_cut_a_member_off() -> None:
     for number in range(3 * BUSY_LIMIT):
         await warming.received(link, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
         if number % 10 == 9:  # the preheater carries one out now and then: room again
-            taken, warm = warming.incoming.receive_nowait()
+            taken, warm = warming.take_nowait()
             warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
     assert not link.closed
 
@@ -131,7 +131,7 @@ async def test_one_member_takes_a_quarter_of_the_queue_at_most() -> None:
     assert [e.status for e in greedy.posted if isinstance(e, Warmed)] == [503] * 8
     await warming.received(other, Warm(1, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
     assert other.posted == []  # queued
-    taken, warm = warming.incoming.receive_nowait()
+    taken, warm = warming.take_nowait()
     assert taken is greedy  # type: ignore[comparison-overlap]
     warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))
     await warming.received(greedy, Warm(10, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
@@ -151,7 +151,53 @@ async def test_an_answer_never_waits_for_the_member_to_read() -> None:
 
     warming, link = Warming(), Unread()
     await warming.received(link, Warm(1, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
-    taken, warm = warming.incoming.receive_nowait()
+    taken, warm = warming.take_nowait()
     warming.answer(taken, Warmed(warm.request, warm.digest, 200, ""))  # returns at once
     assert link.posted == [Warmed(1, DIGEST, 200, "")]
     assert link.sent == []
+
+
+async def test_members_are_served_in_turn() -> None:
+    """One member's Warms at a slow registry held every other member's back until all of them
+    were carried out (first come, first served): now the members take turns, each member's
+    Warms in the order it sent them."""
+    warming, busy, other = Warming(queue_limit=64), Link(b"B" * 16), Link(b"O" * 16)
+    for number in range(5):
+        await warming.received(busy, Warm(number, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    await warming.received(other, Warm(100, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    await warming.received(other, Warm(101, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    order = []
+    for _ in range(7):
+        link, warm = warming.take_nowait()
+        order.append((link.peer_id[:1], warm.request))
+    assert order == [
+        (b"B", 0),
+        (b"O", 100),
+        (b"B", 1),
+        (b"O", 101),
+        (b"B", 2),
+        (b"B", 3),
+        (b"B", 4),
+    ]
+    try:
+        warming.take_nowait()
+    except trio.WouldBlock:
+        pass
+    else:
+        raise AssertionError("a Warm was taken from an empty queue")
+
+
+async def test_a_worker_waits_for_the_next_warm() -> None:
+    warming, link = Warming(), Link()
+    taken: list[int] = []
+
+    async def worker() -> None:
+        _, warm = await warming.take()
+        taken.append(warm.request)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == []
+        await warming.received(link, Warm(7, DIGEST, None, "team/app", None))  # type: ignore[arg-type]
+    assert taken == [7]
