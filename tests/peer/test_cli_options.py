@@ -75,16 +75,20 @@ def test_piece_sizes_a_peer_can_carry_are_taken(tmp_path: Path, started: list[No
     assert [c.piece_size for c in started] == [128 * 1024, 3 * 1024 * 1024, 16 * 1024 * 1024]
 
 
-@pytest.mark.parametrize("size", ["32MiB", "16MiB1", "4096", "32KiB"])
-def test_a_piece_size_out_of_range_is_refused(
-    tmp_path: Path, started: list[NodeConfig], size: str
+# --piece-size: over 16 MiB a piece does not fit the peer protocol's largest frame (every
+# peer would refuse every piece of ours); under 64 KiB a blob over 64 GiB would need more
+# pieces than a node keeps state for. --pieces-per-blob: at least one piece.
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--piece-size", v) for v in ("32MiB", "16MiB1", "4096", "32KiB")]
+    + [("--pieces-per-blob", v) for v in ("0", "-1", "65537", "many")],
+)
+def test_a_piece_setting_out_of_range_is_refused(
+    tmp_path: Path, started: list[NodeConfig], option: str, value: str
 ) -> None:
-    # Over 16 MiB a piece does not fit the peer protocol's largest frame: every peer would
-    # refuse every piece of ours. Under 64 KiB a blob over 64 GiB would need more pieces
-    # than a node keeps state for.
-    result = _run(tmp_path, "--piece-size", size)
+    result = _run(tmp_path, option, value)
     assert result.exit_code == 2
-    assert "--piece-size" in result.output
+    assert option in result.output
     assert not started
 
 
@@ -145,13 +149,3 @@ def test_pieces_per_blob_reaches_the_config(tmp_path: Path, started: list[NodeCo
     config_file.write_text("pieces-per-blob = 8\n")
     _run(tmp_path, "--config", str(config_file))
     assert [c.pieces_per_blob for c in started] == [256, 32, 16, 8]
-
-
-@pytest.mark.parametrize("count", ["0", "-1", "65537", "many"])
-def test_pieces_per_blob_out_of_range_is_refused(
-    tmp_path: Path, started: list[NodeConfig], count: str
-) -> None:
-    result = _run(tmp_path, "--pieces-per-blob", count)
-    assert result.exit_code == 2
-    assert "--pieces-per-blob" in result.output
-    assert not started
