@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,15 @@ class UpstreamConfig:
     stall_timeout: float = 30.0
 
 
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that takes and gives none. One client serves every client of the node:
+    httpx's default jar kept a session cookie a registry gave in answer to one client's
+    credentials and sent it with every other client's requests (an anonymous access check
+    then passed where the registry takes its cookie as a login), and grew with every cookie
+    any registry set."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 class Upstreams:
     """Maps `?ns=` values to registry base URLs and talks to them over one pooled client."""
 
@@ -56,6 +66,7 @@ class Upstreams:
             timeout=timeout,
             follow_redirects=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            cookies=_no_cookies(),
         )
 
     async def aclose(self) -> None:
