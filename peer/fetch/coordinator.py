@@ -25,7 +25,7 @@ from typing import Protocol
 
 import trio
 
-from peer.fetch.download import BlobSource, Download
+from peer.fetch.download import BlobSource, Download, TooManyDownloads
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.swarm.errors import OwnedHere, OwnerUnavailable
 from peer.upstream.errors import UpstreamError
@@ -35,6 +35,14 @@ from pieces.store import Store
 log = logging.getLogger("pollen.download")
 
 Fetch = Callable[[Download, dict[str, str]], Awaitable[None]]
+# Downloads in flight at once on a node. Each holds a registry socket, a partial file and
+# receive buffers (~2 MiB), and runs on when its client hangs up (below): a client that asked
+# for made-up digests at a registry it runs, which trickled, hanging up each time, left 750
+# running (1.6 GB, 2,250 file descriptors; a helper's probe). Past it a new download is
+# refused: a client gets a 502 (containerd then asks its next host), a peer's Want a 503 (the
+# peer fetches the blob itself), a prefetch is skipped.
+MAX_DOWNLOADS = 128
+
 # Failures with a known cause: logged in one line. Anything else is a bug: with a traceback.
 EXPECTED_FAILURES = (UpstreamError, StoreError, OSError, BlobFailed)
 
@@ -65,11 +73,16 @@ class DownloadTable:
 
         A download that another client started with other credentials is joined only once the
         upstream accepted that client; if it refused, this client gets its own try.
+
+        Raises:
+            TooManyDownloads: a new download would be one past MAX_DOWNLOADS.
         """
         digest, auth_key = source.digest, source.auth_key
         while True:
             download = self.active.get(digest)
             if download is None:
+                if len(self.active) >= MAX_DOWNLOADS:
+                    raise TooManyDownloads(MAX_DOWNLOADS)
                 download = Download(digest, source.namespace, source.name, auth_key)
                 self.active[digest] = download
                 self._nursery.start_soon(self._run, download, fetch, dict(source.headers))

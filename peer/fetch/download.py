@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from peer.upstream.errors import UpstreamRefusal
+from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.partial import PartialBlob
 
 
@@ -115,3 +115,12 @@ class Download:
             yield
         finally:
             self.clients -= 1
+
+
+class TooManyDownloads(UpstreamError):
+    """No new download now: as many are in flight on this node as it runs at once."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "pollen", f"{limit} downloads in flight on this node already: ask again shortly", 503
+        )

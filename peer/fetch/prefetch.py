@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import trio
 
-from peer.fetch.download import BlobSource, Download
+from peer.fetch.download import BlobSource, Download, TooManyDownloads
 from peer.fetch.manifests import IMAGE_MANIFEST_TYPES, registries_hold
 from pieces.digest import InvalidDigest, digest_hex
 
@@ -308,6 +308,10 @@ class Prefetcher:
             download = await self._downloads.join(source)
             download.prefetch_wants()  # ahead of its client until that asks (Download)
             await download.done.wait()
+        except TooManyDownloads as exc:  # its client will ask, and be answered then
+            self.counters.failed += 1
+            log.info("prefetch of %s for %s skipped: %s", digest, name, exc)
+            return
         except Exception as exc:  # a bug: it ends this prefetch, never the worker
             self.counters.failed += 1
             log.exception("prefetch of %s for %s failed (a bug): %s", digest, name, exc)

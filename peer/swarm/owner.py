@@ -143,7 +143,11 @@ class OwnerSide:
             digest, want.namespace, want.repository, headers, credentials_key(headers)
         )
         if not want.held_only:
-            download = await self._upstream.join_for_peer(source, self._from_holders)
+            try:
+                download = await self._upstream.join_for_peer(source, self._from_holders)
+            except UpstreamError as exc:  # too many downloads here: the peer fetches it
+                await self._refuse(link, want.held_only, _failure(digest, 503, str(exc)))
+                return
         elif (in_flight := self._upstream.in_flight(digest)) is not None:
             download = in_flight
         else:
