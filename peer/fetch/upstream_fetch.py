@@ -431,6 +431,7 @@ class UpstreamFetcher:
             request_headers,
             connect_timeout=config.connect_timeout,
             stall_timeout=config.stall_timeout,
+            named_by_client=self._upstreams.named_by_client(download.namespace),
         )
         try:
             if beside_others and body.status not in (200, 206):

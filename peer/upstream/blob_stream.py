@@ -25,7 +25,13 @@ from peer.receive_mark import ReceiveMark, SenderQuiet
 from peer.upstream.client import MAX_REDIRECTS
 from peer.upstream.errors import UpstreamError
 from peer.upstream.headers import UnforwardableHeader, check_forwardable
-from peer.upstream.redirects import RedirectStart, check_connected_address, check_redirect_target
+from peer.upstream.redirects import (
+    RedirectStart,
+    check_connected_address,
+    check_named_address,
+    check_named_registry,
+    check_redirect_target,
+)
 
 # No file can be larger (the kernel's offsets are signed 64-bit): a size or offset beyond it is a
 # lie, and the store must never see it.
@@ -167,9 +173,11 @@ async def open_blob(
     connect_timeout: float,
     stall_timeout: float,
     method: str = "GET",
+    named_by_client: bool = False,
 ) -> BlobStream:
     """Send the request and return once the response head is in; redirects are followed, to
-    where `check_redirect_target` allows.
+    where `check_redirect_target` allows. `named_by_client`: the registry is one only a
+    client's `?ns=` names, which must be outside this host (`check_named_registry`).
 
     The Authorization header is dropped when a redirect leaves the origin (object storage must
     never see registry credentials).
@@ -192,7 +200,9 @@ async def open_blob(
         parts = _split(url)
         if _Origin.of(parts) != origin:
             request_headers.pop("authorization", None)
-        stream, start = await _connect(parts, upstream, start, connect_timeout, stall_timeout)
+        stream, start = await _connect(
+            parts, upstream, start, connect_timeout, stall_timeout, named_by_client
+        )
         try:
             conn = h11.Connection(h11.CLIENT)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -266,6 +276,7 @@ async def _connect(
     start: RedirectStart | None,
     connect_timeout: float,
     stall_timeout: float,
+    named_by_client: bool,
 ) -> tuple[trio.abc.Stream, RedirectStart]:
     """Connect to the origin of `parts`, with TLS for https.
 
@@ -273,11 +284,15 @@ async def _connect(
     address tells whether it is internal (the returned RedirectStart). For a redirect, the
     target is checked by name before connecting, and by the address reached after: DNS that
     answers a public address to the check and a loopback one to the connection (rebinding)
-    then gets a TCP handshake, never a request.
+    then gets a TCP handshake, never a request. A registry only a client named
+    (`named_by_client`) is checked as a redirect's target is, against any internal address.
     """
     origin = _Origin.of(parts)
     where = f"{parts.scheme}://{parts.netloc}"
-    if start is not None:
+    named = start is None and named_by_client
+    if named:
+        await check_named_registry(upstream, origin.host, origin.port, timeout=connect_timeout)
+    elif start is not None:
         await check_redirect_target(
             upstream, start, origin.host, origin.port, timeout=connect_timeout
         )
@@ -293,6 +308,8 @@ async def _connect(
     try:
         address = str(tcp.socket.getpeername()[0])
         if start is None:
+            if named:
+                check_named_address(upstream, origin.host, origin.port, address)
             start = RedirectStart.reached_at(origin.host, address)
         else:
             check_connected_address(upstream, start, origin.host, origin.port, address)

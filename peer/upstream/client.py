@@ -21,6 +21,8 @@ from peer.upstream.headers import (
 from peer.upstream.redirects import (
     RedirectStart,
     check_connected_address,
+    check_named_address,
+    check_named_registry,
     check_redirect_target,
     internal_address_kind,
 )
@@ -105,6 +107,16 @@ class Upstreams:
             return DOCKER_HUB_URL
         return f"https://{namespace}"
 
+    def named_by_client(self, namespace: str | None) -> bool:
+        """Is `namespace` a registry only a client's `?ns=` names (no --upstream maps it, and
+        it is neither the default upstream nor Docker Hub)? Such a registry must be outside
+        this host and its link (`check_named_registry`); a configured one may be anywhere."""
+        return (
+            namespace is not None
+            and namespace not in self.config.mapping
+            and namespace != DOCKER_HUB
+        )
+
     @contextlib.asynccontextmanager
     async def open(
         self,
@@ -118,7 +130,9 @@ class Upstreams:
         Raises:
             UpstreamError: the upstream could not be reached or the connection failed.
         """
-        async with self.open_at(method, self.base_url(namespace), path, headers) as response:
+        base = self.base_url(namespace)
+        named = self.named_by_client(namespace)
+        async with self.open_at(method, base, path, headers, named_by_client=named) as response:
             yield response
 
     @contextlib.asynccontextmanager
@@ -128,10 +142,12 @@ class Upstreams:
         base: str,
         path: str,
         headers: Mapping[str, str],
+        *,
+        named_by_client: bool = False,
     ) -> AsyncIterator[httpx.Response]:
         """Like `open`, at the registry whose base URL is `base` (one recorded by the node,
-        never one a client chose). Redirects are followed, at most MAX_REDIRECTS, and only to
-        where `check_redirect_target` allows.
+        or, `named_by_client`, one a client's `?ns=` named: `open`). Redirects are followed,
+        at most MAX_REDIRECTS, and only to where `check_redirect_target` allows.
 
         Raises:
             UpstreamError: the upstream could not be reached, the connection failed, or a
@@ -144,13 +160,13 @@ class Upstreams:
             raise UpstreamError(base, str(exc)) from None
         except httpx.InvalidURL as exc:  # not an HTTPError: raised before anything is sent
             raise UpstreamError(base, f"not a URL we can fetch: {exc}") from None
-        response = await self._send(base, request)
+        response = await self._send(base, request, named_by_client)
         try:
             yield response
         finally:
             await response.aclose()
 
-    async def _send(self, base: str, request: httpx.Request) -> httpx.Response:
+    async def _send(self, base: str, request: httpx.Request, named: bool) -> httpx.Response:
         """Send `request` and follow its redirects; the last answer, its body not read.
 
         httpx builds each next request (`next_request`): without the Authorization header when
@@ -160,7 +176,10 @@ class Upstreams:
         for _ in range(MAX_REDIRECTS + 1):
             url = request.url
             port = url.port or (443 if url.scheme == "https" else 80)
-            if start is not None:
+            if start is None and named:
+                timeout = self.config.connect_timeout
+                await check_named_registry(base, url.host, port, timeout=timeout)
+            elif start is not None:
                 if url.scheme not in ("http", "https"):
                     raise UpstreamError(base, f"redirected to a {url.scheme[:20]!r} URL: refused")
                 timeout = self.config.connect_timeout
@@ -174,6 +193,9 @@ class Upstreams:
                 # (before the body is read; the request itself has gone to it by then).
                 address = _server_address(response)
                 if start is None:
+                    if named and address is not None:
+                        # DNS that answered otherwise to the check (the request went out).
+                        check_named_address(base, url.host, port, address)
                     start = RedirectStart.reached_at(url.host, address)
                 elif address is not None:
                     check_connected_address(base, start, url.host, port, address)

@@ -118,22 +118,43 @@ async def check_redirect_target(
         UpstreamError: naming `upstream`: the host does not resolve (in `timeout` seconds),
             or resolves to an internal address.
     """
-    if start.may_lead_inside(host):
-        return
+    if not start.may_lead_inside(host):
+        await _check_resolved(upstream, host, port, "redirected to", timeout)
+
+
+async def check_named_registry(upstream: str, host: str, port: int, *, timeout: float) -> None:
+    """Check, before connecting, a registry a client named (a `?ns=` no --upstream maps):
+    every address its name resolves to must be outside this host and its link, as for a
+    redirect. Connecting first told an open loopback port from a closed one by the error.
+
+    Raises:
+        UpstreamError: naming `upstream`: the name does not resolve, or resolves to an
+            internal address.
+    """
+    await _check_resolved(upstream, host, port, "named", timeout)
+
+
+def check_named_address(upstream: str, host: str, port: int, address: str) -> None:
+    """The address a connection to a registry a client named reached (DNS that answered
+    otherwise to `check_named_registry`).
+
+    Raises:
+        UpstreamError: the address is internal.
+    """
+    _refuse_internal(upstream, _authority(host, port), address, "named")
+
+
+async def _check_resolved(upstream: str, host: str, port: int, how: str, timeout: float) -> None:
     where = _authority(host, port)
     try:
         with trio.fail_after(timeout):
             infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
     except trio.TooSlowError:
-        raise UpstreamError(
-            upstream, f"redirected to {where}: no address in {timeout:.0f}s"
-        ) from None
+        raise UpstreamError(upstream, f"{how} {where}: no address in {timeout:.0f}s") from None
     except (OSError, ValueError) as exc:  # gaierror; the IDNA codec refusing a label
-        raise UpstreamError(
-            upstream, f"redirected to {where}, which does not resolve: {exc}"
-        ) from None
+        raise UpstreamError(upstream, f"{how} {where}, which does not resolve: {exc}") from None
     for *_, sockaddr in infos:
-        _refuse_internal(upstream, where, str(sockaddr[0]))
+        _refuse_internal(upstream, where, str(sockaddr[0]), how)
 
 
 def check_connected_address(
@@ -149,9 +170,9 @@ def check_connected_address(
         _refuse_internal(upstream, _authority(host, port), address)
 
 
-def _refuse_internal(upstream: str, where: str, address: str) -> None:
+def _refuse_internal(upstream: str, where: str, address: str, how: str = "redirected to") -> None:
     kind = internal_address_kind(address)
     if kind is not None:
         raise UpstreamError(
-            upstream, f"redirected to {where}, at a {kind} address ({address[:60]}): refused"
+            upstream, f"{how} {where}, at a {kind} address ({address[:60]}): refused"
         )
