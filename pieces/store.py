@@ -474,7 +474,7 @@ class Store:
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
-        self.descriptor_sizes.learn_manifest(body)
+        self.descriptor_sizes.learn_stored_manifest(digest, body)
 
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a stored manifest, or None.
@@ -489,7 +489,7 @@ class Store:
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
-        self.descriptor_sizes.learn_manifest(body)
+        self.descriptor_sizes.learn_stored_manifest(digest, body)
         return media_type, body
 
     # ---- private content ------------------------------------------------------------------
