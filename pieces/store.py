@@ -476,6 +476,13 @@ class Store:
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
         self.descriptor_sizes.learn_stored_manifest(digest, body)
 
+    def manifest_type(self, digest: str) -> str | None:
+        """The media type a stored manifest is served with (None: not stored)."""
+        try:
+            return (self._manifests / f"{digest_hex(digest)}.type").read_text()
+        except FileNotFoundError:
+            return None
+
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a stored manifest, or None.
 

@@ -5,6 +5,7 @@ jobs, so both store exactly what they would serve.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,16 @@ class Manifest:
     @property
     def is_index(self) -> bool:
         return self.media_type.partition(";")[0].strip().lower() in INDEX_TYPES
+
+
+def declared_type(body: bytes) -> str | None:
+    """The `mediaType` a manifest's body declares at its top (None: none, or not JSON)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    said = document.get("mediaType") if isinstance(document, dict) else None
+    return said if isinstance(said, str) and 0 < len(said) <= 255 else None
 
 
 async def fetch_manifest(
@@ -83,5 +94,10 @@ async def fetch_manifest(
         store.mark_private(digest, base)
     else:  # served without credentials: public, whatever others claimed of it
         store.mark_public(digest)
+    # Stored once per digest for every client of every registry: its type is what the body
+    # declares (the digest covers it), else what it was first stored with. The last
+    # registry's word let a registry a client names retype a public manifest for everyone.
+    stored = store.manifest_type(digest)
+    media_type = stored if stored is not None else declared_type(body) or media_type
     store.put_manifest(digest, media_type, body)
     return Manifest(digest, media_type, body)

@@ -1,0 +1,49 @@
+"""A manifest's media type is what its body declares (its `mediaType`, which the digest
+covers), not what the last registry to serve it said: a public manifest is stored once per
+digest, and a client naming a registry it runs, which served an index's bytes as an image
+manifest, set the type every client of every registry then got for that digest (by-digest
+pulls of the index failed). A body that declares no type keeps the type it was first stored
+with. Real node, two fake registries (a helper's attacker probe)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import trio
+
+from peer.config import Address, NodeConfig
+from peer.node import Node
+from tests.peer.fake_registry import FakeRegistry
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+async def test_a_registry_cannot_retype_a_stored_manifest(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    good = FakeRegistry(typed_by_body=True)
+    evil = FakeRegistry()  # serves every manifest as an OCI image manifest
+    await nursery.start(good.serve)
+    await nursery.start(evil.serve)
+    body = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": []}).encode()
+    digest = good.add_manifest("3.20", body)
+    evil.add_manifest("x", body)
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        upstreams={"good.test": good.url, "evil.test": evil.url},
+        default_upstream=good.url,
+    )
+    port = await nursery.start(Node(config).run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        honest = await client.get("/v2/library/alpine/manifests/3.20?ns=good.test")
+        assert honest.headers["content-type"] == INDEX
+        await client.get("/v2/attacker/x/manifests/x?ns=evil.test")
+        for method in ("HEAD", "GET"):
+            got = await client.request(
+                method, f"/v2/library/alpine/manifests/{digest}?ns=good.test"
+            )
+            assert got.status_code == 200
+            assert got.headers["content-type"] == INDEX, method
