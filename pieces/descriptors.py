@@ -40,9 +40,11 @@ class DescriptorSizes:
         self.limit = limit
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._disputed: OrderedDict[str, None] = OrderedDict()
-        # The stored manifests whose sizes were learned (by their digests), so that a read
-        # does not parse one again.
-        self._manifests: OrderedDict[str, None] = OrderedDict()
+        # The stored manifests whose sizes were learned (by their digests), with `_learned`
+        # as it was then, so that a read parses one again only once its sizes may have been
+        # pushed out (`limit` sizes learned since).
+        self._manifests: OrderedDict[str, int] = OrderedDict()
+        self._learned = 0  # sizes learned (or learned again) so far
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -57,6 +59,7 @@ class DescriptorSizes:
 
     def learn(self, digest: str, size: int) -> None:
         """Remember that a manifest gives `digest` this size, unless the size is disputed."""
+        self._learned += 1
         if digest in self._disputed:
             self._disputed.move_to_end(digest)  # still argued about: keep it longest
             return
@@ -73,10 +76,11 @@ class DescriptorSizes:
         HEAD by digest read it, and parsing a 4 MiB one each time held the event loop ~0.36 s
         (four connections asking for one delayed every other request ~1 s). Returns how many
         sizes it learned now (0 when it was learned before)."""
-        if manifest_digest in self._manifests:
+        learned_at = self._manifests.get(manifest_digest)
+        if learned_at is not None and self._learned - learned_at < self.limit:
             self._manifests.move_to_end(manifest_digest)
             return 0
-        _put(self._manifests, manifest_digest, None, MANIFESTS_LIMIT)
+        _put(self._manifests, manifest_digest, self._learned, MANIFESTS_LIMIT)
         return self.learn_manifest(body)
 
     def learn_manifest(self, body: bytes) -> int:

@@ -57,7 +57,11 @@ class AuthGate:
         if expiry is not None and expiry > now:
             return None
         path = f"/v2/{name}/{kind}/{reference}"
-        async with self._upstreams.open_at("HEAD", origin, path, headers) as resp:
+        # An origin no --upstream configures is one a client named: checked as when it was.
+        named = not self._upstreams.configured(origin)
+        async with self._upstreams.open_at(
+            "HEAD", origin, path, headers, named_by_client=named
+        ) as resp:
             status = resp.status_code
             if 200 <= status < 300:
                 if len(self._accepted) >= MAX_ENTRIES:

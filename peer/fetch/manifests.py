@@ -6,6 +6,7 @@ jobs, so both store exactly what they would serve.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,14 +46,33 @@ class Manifest:
         return self.media_type.partition(";")[0].strip().lower() in INDEX_TYPES
 
 
+# type "/" subtype, RFC 6838's characters (no parameters: OCI's types have none).
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]{0,126}/[A-Za-z0-9][\w!#$&^.+-]{0,126}", re.ASCII)
+
+
 def declared_type(body: bytes) -> str | None:
-    """The `mediaType` a manifest's body declares at its top (None: none, or not JSON)."""
+    """The `mediaType` a manifest's body declares at its top (None: none, not JSON, or not a
+    media type: it goes into a header)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None
     said = document.get("mediaType") if isinstance(document, dict) else None
-    return said if isinstance(said, str) and 0 < len(said) <= 255 else None
+    return said if isinstance(said, str) and _MEDIA_TYPE.fullmatch(said) else None
+
+
+def stored_type(declared: str | None, stored: str | None, said: str, named: bool) -> str:
+    """The media type a fetched manifest is stored and served with, for every client of
+    every registry (one entry per digest): what its body declares (the digest covers it);
+    for a body that declares none, what the registry said (`said`), unless the registry is
+    one a client named (`named`) and a type is `stored` already. The last registry's word
+    let a registry a client names retype a public manifest for everyone; the first's alone
+    would keep a wrong type for good."""
+    if declared is not None:
+        return declared
+    if stored is not None and named:
+        return stored
+    return said
 
 
 async def fetch_manifest(
@@ -94,10 +114,7 @@ async def fetch_manifest(
         store.mark_private(digest, base)
     else:  # served without credentials: public, whatever others claimed of it
         store.mark_public(digest)
-    # Stored once per digest for every client of every registry: its type is what the body
-    # declares (the digest covers it), else what it was first stored with. The last
-    # registry's word let a registry a client names retype a public manifest for everyone.
-    stored = store.manifest_type(digest)
-    media_type = stored if stored is not None else declared_type(body) or media_type
+    named = upstreams.named_by_client(namespace)
+    media_type = stored_type(declared_type(body), store.manifest_type(digest), media_type, named)
     store.put_manifest(digest, media_type, body)
     return Manifest(digest, media_type, body)

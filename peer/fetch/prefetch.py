@@ -309,7 +309,7 @@ class Prefetcher:
             download.prefetch_wants()  # ahead of its client until that asks (Download)
             await download.done.wait()
         except TooManyDownloads as exc:  # its client will ask, and be answered then
-            self.counters.failed += 1
+            self.counters.skipped += 1
             log.info("prefetch of %s for %s skipped: %s", digest, name, exc)
             return
         except Exception as exc:  # a bug: it ends this prefetch, never the worker

@@ -104,7 +104,7 @@ class Warming:
         return taken
 
     def answer(self, link: PeerLink, answer: Warmed) -> None:
-        """Post the answer to a Warm taken from `incoming` on the link it came by (gone: the
+        """Post the answer to a Warm taken (`take`) on the link it came by (gone: the
         asker hears so); the member's share has room for another. Posted, not sent: a
         member that does not read held the preheater's worker for SEND_TIMEOUT with a send,
         and its answers are bounded while unread (`PeerLink.post_answer`)."""

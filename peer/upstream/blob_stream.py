@@ -12,6 +12,7 @@ keeps the connection's state out of any pool.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 import urllib.parse
@@ -270,6 +271,19 @@ def _past_any_file(text: str) -> bool:
     return False
 
 
+async def _open_tcp(hosts: list[str], port: int) -> trio.SocketStream:
+    """A TCP connection to the first of `hosts` (a name, or the addresses a check resolved it
+    to, each tried in turn) that takes it.
+
+    Raises:
+        OSError: none took it (the last one's error).
+    """
+    for host in hosts[:-1]:
+        with contextlib.suppress(OSError):
+            return await trio.open_tcp_stream(host, port)
+    return await trio.open_tcp_stream(hosts[-1], port)
+
+
 async def _connect(
     parts: urllib.parse.SplitResult,
     upstream: str,
@@ -290,15 +304,18 @@ async def _connect(
     origin = _Origin.of(parts)
     where = f"{parts.scheme}://{parts.netloc}"
     named = start is None and named_by_client
+    hosts = [origin.host]
     if named:
-        await check_named_registry(upstream, origin.host, origin.port, timeout=connect_timeout)
+        hosts = await check_named_registry(
+            upstream, origin.host, origin.port, timeout=connect_timeout
+        )
     elif start is not None:
         await check_redirect_target(
             upstream, start, origin.host, origin.port, timeout=connect_timeout
         )
     try:
         with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(origin.host, origin.port)
+            tcp = await _open_tcp(hosts, origin.port)
     except trio.TooSlowError as exc:
         raise UpstreamError(where, f"no connection in {connect_timeout:.0f}s") from exc
     except OSError as exc:

@@ -78,13 +78,14 @@ class Upstreams:
         """Refuse a `?ns=` that is not configured (`--upstream`) and names this host or a
         link-local service by its address (or `localhost`): the client chooses it, and the
         node would fetch `https://<ns>/v2/...` from there. Names that merely resolve to such
-        an address are not caught here (the redirect checks resolve; this does not).
+        an address are caught when the node connects (`check_named_registry`).
 
         Raises:
             InvalidNamespace: the message says why.
         """
-        if namespace is None or namespace in self.config.mapping or namespace == DOCKER_HUB:
+        if not self.named_by_client(namespace):
             return
+        assert namespace is not None
         host = registry_host(namespace)
         kind = "loopback" if host.lower() == "localhost" else internal_address_kind(host)
         if kind == "unreadable":
@@ -108,14 +109,22 @@ class Upstreams:
         return f"https://{namespace}"
 
     def named_by_client(self, namespace: str | None) -> bool:
-        """Is `namespace` a registry only a client's `?ns=` names (no --upstream maps it, and
-        it is neither the default upstream nor Docker Hub)? Such a registry must be outside
-        this host and its link (`check_named_registry`); a configured one may be anywhere."""
+        """Is `namespace` a registry only a client's `?ns=` names (a namespace, not the
+        default upstream's None; no --upstream maps it; not Docker Hub)? Such a registry must
+        be outside this host and its link (`check_named_registry`); a configured one may be
+        anywhere. (A `?ns=` naming the default upstream's host is such a namespace too: map
+        it with --upstream to reach a registry on this host by name.)"""
         return (
             namespace is not None
             and namespace not in self.config.mapping
             and namespace != DOCKER_HUB
         )
+
+    def configured(self, base: str) -> bool:
+        """Is `base` (a base URL) the default upstream, an --upstream's, or Docker Hub's?
+        Any other is one a client's `?ns=` named once (a private blob's recorded origin)."""
+        urls = {self.config.default, DOCKER_HUB_URL, *self.config.mapping.values()}
+        return base.rstrip("/") in {url.rstrip("/") for url in urls}
 
     @contextlib.asynccontextmanager
     async def open(
@@ -186,6 +195,13 @@ class Upstreams:
                 await check_redirect_target(base, start, url.host, port, timeout=timeout)
             try:
                 response = await self._client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if start is None and named:
+                    # httpx resolves the name again: DNS that answered the check otherwise
+                    # may have sent it to a loopback port, and the error told an open port
+                    # (its TLS handshake failed) from a closed one. One answer for both.
+                    raise UpstreamError(base, "cannot connect or no TLS handshake") from exc
+                raise UpstreamError(base, _describe(exc)) from exc
             except httpx.HTTPError as exc:
                 raise UpstreamError(base, _describe(exc)) from exc
             try:

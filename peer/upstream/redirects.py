@@ -122,16 +122,18 @@ async def check_redirect_target(
         await _check_resolved(upstream, host, port, "redirected to", timeout)
 
 
-async def check_named_registry(upstream: str, host: str, port: int, *, timeout: float) -> None:
+async def check_named_registry(upstream: str, host: str, port: int, *, timeout: float) -> list[str]:
     """Check, before connecting, a registry a client named (a `?ns=` no --upstream maps):
     every address its name resolves to must be outside this host and its link, as for a
     redirect. Connecting first told an open loopback port from a closed one by the error.
+    Returns the addresses checked: a caller that can connects to them, not to the name
+    resolved again (DNS that answers otherwise the second time).
 
     Raises:
         UpstreamError: naming `upstream`: the name does not resolve, or resolves to an
             internal address.
     """
-    await _check_resolved(upstream, host, port, "named", timeout)
+    return await _check_resolved(upstream, host, port, "named", timeout)
 
 
 def check_named_address(upstream: str, host: str, port: int, address: str) -> None:
@@ -144,7 +146,9 @@ def check_named_address(upstream: str, host: str, port: int, address: str) -> No
     _refuse_internal(upstream, _authority(host, port), address, "named")
 
 
-async def _check_resolved(upstream: str, host: str, port: int, how: str, timeout: float) -> None:
+async def _check_resolved(
+    upstream: str, host: str, port: int, how: str, timeout: float
+) -> list[str]:
     where = _authority(host, port)
     try:
         with trio.fail_after(timeout):
@@ -153,8 +157,10 @@ async def _check_resolved(upstream: str, host: str, port: int, how: str, timeout
         raise UpstreamError(upstream, f"{how} {where}: no address in {timeout:.0f}s") from None
     except (OSError, ValueError) as exc:  # gaierror; the IDNA codec refusing a label
         raise UpstreamError(upstream, f"{how} {where}, which does not resolve: {exc}") from None
-    for *_, sockaddr in infos:
-        _refuse_internal(upstream, where, str(sockaddr[0]), how)
+    addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
+    for address in addresses:
+        _refuse_internal(upstream, where, address, how)
+    return list(dict.fromkeys(addresses))  # each once, in the resolver's order
 
 
 def check_connected_address(

@@ -106,3 +106,19 @@ def test_the_table_is_bounded_and_keeps_the_most_recent() -> None:
     sizes.learn(digest(5), 5)
     assert len(sizes) == 3
     assert [sizes.size_of(digest(n)) for n in range(6)] == [None, None, 2, None, 4, 5]
+
+
+def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None:
+    """A read learns a stored manifest's sizes once (parsing it on every read held the event
+    loop), but again once as many sizes have been learned since as the table keeps: they
+    may have been pushed out, and the old code's every-read learning put them back (a
+    review's find: a size check lost for good)."""
+    sizes = DescriptorSizes(limit=3)
+    manifest = json.dumps({"config": {"digest": digest(1), "size": 10}}).encode()
+    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 1
+    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 0  # not parsed again
+    for n in range(2, 5):  # three newer sizes push it out
+        sizes.learn(digest(n), n)
+    assert sizes.size_of(digest(1)) is None
+    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 1
+    assert sizes.size_of(digest(1)) == 10

@@ -3,7 +3,8 @@ covers), not what the last registry to serve it said: a public manifest is store
 digest, and a client naming a registry it runs, which served an index's bytes as an image
 manifest, set the type every client of every registry then got for that digest (by-digest
 pulls of the index failed). A body that declares no type keeps the type it was first stored
-with. Real node, two fake registries (a helper's attacker probe)."""
+with, unless a configured registry says otherwise. Real node, two fake registries (a helper's
+attacker probe), and the rule itself."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 import trio
 
 from peer.config import Address, NodeConfig
+from peer.fetch.manifests import declared_type, stored_type
 from peer.node import Node
 from tests.peer.fake_registry import FakeRegistry
 
@@ -47,3 +49,24 @@ async def test_a_registry_cannot_retype_a_stored_manifest(
             )
             assert got.status_code == 200
             assert got.headers["content-type"] == INDEX, method
+
+
+def test_which_type_a_fetched_manifest_is_stored_with() -> None:
+    image = "application/vnd.oci.image.manifest.v1+json"
+    # The body's word first, whoever serves it, whatever was stored.
+    assert stored_type(INDEX, image, image, named=True) == INDEX
+    assert stored_type(INDEX, image, image, named=False) == INDEX
+    # A body that declares none: a registry a client names cannot retype what is stored...
+    assert stored_type(None, INDEX, image, named=True) == INDEX
+    # ...but sets the type of a manifest new here, and a configured registry's word stands
+    # (an honest fetch puts right what a client's registry stored first).
+    assert stored_type(None, None, image, named=True) == image
+    assert stored_type(None, image, INDEX, named=False) == INDEX
+
+
+def test_a_declared_type_must_be_a_media_type() -> None:
+    assert declared_type(json.dumps({"mediaType": INDEX}).encode()) == INDEX
+    for said in ("x\r\nSet-Cookie: a=b", "index", "a/b c", "", 7, "a/" + "b" * 200):
+        assert declared_type(json.dumps({"mediaType": said}).encode()) is None
+    assert declared_type(b"not json") is None
+    assert declared_type(b"[]") is None

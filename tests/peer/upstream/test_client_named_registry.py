@@ -12,11 +12,15 @@ import hashlib
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 import trio.socket
 
+from peer.access.auth_gate import AuthGate
 from peer.config import Address, NodeConfig
 from peer.node import Node
+from peer.upstream.client import UpstreamConfig, Upstreams
+from peer.upstream.errors import UpstreamError
 
 NAME = "registry.example"
 
@@ -39,19 +43,27 @@ class Loopback(trio.abc.HostnameResolver):
         raise NotImplementedError
 
 
+class Counting:
+    """A loopback port that counts the connections it gets (and closes them)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._count, listeners)
+
+    async def _count(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        await stream.aclose()
+
+
 async def test_a_client_named_registry_at_a_loopback_address_is_never_connected_to(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    connections = 0
-
-    async def count(stream: trio.SocketStream) -> None:
-        nonlocal connections
-        connections += 1
-        await stream.aclose()
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    nursery.start_soon(trio.serve_listeners, count, listeners)
+    counting = Counting()
+    port = await nursery.start(counting.serve)
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
         data_dir=tmp_path / "store",
@@ -69,4 +81,65 @@ async def test_a_client_named_registry_at_a_loopback_address_is_never_connected_
                 assert b"loopback" in got.content, got.content
     finally:
         trio.socket.set_custom_hostname_resolver(None)
-    assert connections == 0, "the node connected to a loopback port a client named"
+    assert counting.connections == 0, "the node connected to a loopback port a client named"
+
+
+class Rebinding(Loopback):
+    """NAME resolves to a public address the first time, to 127.0.0.1 after (DNS rebinding)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def getaddrinfo(  # type: ignore[override]
+        self, host: bytes | str | None, port: bytes | str | int | None, *args: object, **kw: object
+    ) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+        answer = await super().getaddrinfo(host, port, *args, **kw)
+        self.asked += 1
+        if self.asked == 1:
+            family, kind, proto, name, (_, number) = answer[0]
+            return [(family, kind, proto, name, ("192.0.2.1", number))]  # TEST-NET-1
+        return answer
+
+
+async def test_a_blob_goes_to_the_addresses_checked_not_to_the_name_resolved_again(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The check resolved the name, the connection resolved it again: a name that answers a
+    public address to the check and a loopback one to the connection got the node to connect
+    to a loopback port, and the errors told an open one from a closed one (a review's find)."""
+    counting = Counting()
+    port = await nursery.start(counting.serve)
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream="http://127.0.0.1:9",
+        prefetch=False,
+    )
+    trio.socket.set_custom_hostname_resolver(Rebinding())
+    try:
+        http_port = await nursery.start(Node(config).run)
+        digest = "sha256:" + hashlib.sha256(b"any").hexdigest()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as c:
+            got = await c.get(f"/v2/x/blobs/{digest}?ns={NAME}:{port}")
+            assert got.status_code == 502
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert counting.connections == 0, "the node connected to a loopback port the name rebound to"
+
+
+async def test_an_access_check_at_a_named_origin_is_checked_too(nursery: trio.Nursery) -> None:
+    """Content private to a registry a client named is checked there again (a HEAD with the
+    next client's credentials): that origin is checked as it was when named (a review's find:
+    the access check went wherever the name resolved to now)."""
+    counting = Counting()
+    port = await nursery.start(counting.serve)
+    upstreams = Upstreams(UpstreamConfig(mapping={}, default="http://127.0.0.1:9"))
+    gate = AuthGate(upstreams)
+    trio.socket.set_custom_hostname_resolver(Loopback())
+    try:
+        with pytest.raises(UpstreamError, match="loopback"):
+            await gate.check(f"https://{NAME}:{port}", "x", "blobs", "sha256:" + "a" * 64, {})
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+        await upstreams.aclose()
+    assert counting.connections == 0

@@ -263,15 +263,22 @@ async def test_open_at_refuses_a_redirect_it_cannot_follow(
 
 
 async def test_an_access_check_redirected_to_an_internal_address_is_not_accepted(
-    nursery: trio.Nursery, internal: ScriptedServer, upstreams: Upstreams
+    nursery: trio.Nursery, internal: ScriptedServer
 ) -> None:
     evil = ScriptedServer(
         "127.0.0.2", redirect_to(lambda r: f"http://127.0.0.1:{internal.port}{r.target.decode()}")
     )
     await nursery.start(evil.serve)
+    # An --upstream (127.0.0.2 stands for another host): an origin no --upstream configures
+    # is checked before it is connected to (test_client_named_registry.py).
+    config = UpstreamConfig(mapping={"evil.test": evil.url}, default="http://127.0.0.1:1")
+    upstreams = Upstreams(config)
     gate = AuthGate(upstreams)
-    for _ in range(2):  # and nothing was remembered as accepted
-        with pytest.raises(UpstreamError, match="loopback"):
-            await gate.check(evil.url, "org/app", "blobs", "sha256:" + "0" * 64, {})
+    try:
+        for _ in range(2):  # and nothing was remembered as accepted
+            with pytest.raises(UpstreamError, match="loopback"):
+                await gate.check(evil.url, "org/app", "blobs", "sha256:" + "0" * 64, {})
+    finally:
+        await upstreams.aclose()
     assert len(evil.seen) == 2
     assert internal.seen == []
