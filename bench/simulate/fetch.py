@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from peer.fetch.chunks import (
     CHUNK_WINDOW,
-    CHUNKED_MIN_PIECES,
     Chunks,
+    chunked,
     first_chunk,
     least_pieces,
     whole_flows,
@@ -545,7 +545,7 @@ class UpstreamFetch:
         # The chunks after the first, asked once its answer starts (None: no chunks).
         self._chunks: Chunks | None = None
         self._chunks_asked = False
-        if runs is None and not state.partial and count >= CHUNKED_MIN_PIECES:
+        if runs is None and not state.partial and chunked(count, state.layout.size):
             now = node.world.queue.now
             # As the node: the first chunk an eighth (the least with credentials that may
             # expire), then the others, with a window only for those (chunks.chunk_window;

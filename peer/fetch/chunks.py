@@ -44,7 +44,17 @@ WHOLE_FLOWS = 3  # Range requests at once for a blob fetched whole: the least
 FLOW_BYTES = 16 * 1024 * 1024
 MOST_WHOLE_FLOWS = 8  # a registry meets more connections from one client with suspicion
 CHUNK_SHARE = 8  # a chunk asks for 1 / CHUNK_SHARE of what is left of the blob
-CHUNKED_MIN_PIECES = 64  # a blob of fewer pieces comes in one request, not in chunks
+CHUNKED_MIN_PIECES = 64  # a blob of fewer pieces comes in one request, not in chunks...
+# ...unless it is this large: 64 of the rule's smallest pieces (256 KiB), so that fewer, larger
+# pieces (--pieces-per-blob 32: 4 MiB pieces of a 128 MiB blob) keep the registry's flows.
+CHUNKED_MIN_BYTES = 16 * 1024 * 1024
+
+
+def chunked(count: int, size: int) -> bool:
+    """Does a blob of `count` pieces and `size` bytes fetched whole come in chunks?"""
+    return count >= CHUNKED_MIN_PIECES or size >= CHUNKED_MIN_BYTES
+
+
 CHUNK_MIN = 1024 * 1024  # the least a chunk asks for (a new request costs a connection)
 # Credentials that expire bound when chunks may be asked for: the upstream checks the client's
 # bearer token on every request. None or Basic: no bound, chunks to the end. A JWT names its
@@ -176,10 +186,12 @@ def first_chunk(
     return _at_least(count, 0, least, least) if expiring else next_chunk(count, 0, least, flows)
 
 
-def whole_chunks(count: int, least: int, flows: int = WHOLE_FLOWS) -> list[tuple[int, int]]:
-    """Every chunk of a blob of `count` pieces fetched whole on `flows` flows, in order (one
-    when it has fewer than CHUNKED_MIN_PIECES pieces)."""
-    if count < CHUNKED_MIN_PIECES:
+def whole_chunks(
+    count: int, least: int, flows: int = WHOLE_FLOWS, size: int = 0
+) -> list[tuple[int, int]]:
+    """Every chunk of a blob of `count` pieces (`size` bytes) fetched whole on `flows` flows,
+    in order (one when it is not `chunked`)."""
+    if not chunked(count, size):
         return [(0, count)] if count else []
     chunks = Chunks(count, 0, least, started=0.0, window=None, flows=flows)
     return list(iter(lambda: chunks.take(0.0, 0), None))

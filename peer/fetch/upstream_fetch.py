@@ -35,9 +35,9 @@ import trio
 
 from peer.fetch.busy_registry import BUSY_MEMORY, BUSY_STATUSES, busy_retry_wait, still_busy
 from peer.fetch.chunks import (
-    CHUNKED_MIN_PIECES,
     Chunks,
     chunk_window,
+    chunked,
     first_chunk,
     least_pieces,
     may_expire,
@@ -513,7 +513,7 @@ class UpstreamFetcher:
         if size is None:
             return None
         layout = PieceLayout(size, self._store.piece_size_for(size))
-        if layout.count < CHUNKED_MIN_PIECES:
+        if not chunked(layout.count, layout.size):
             return None
         least, flows = least_pieces(layout.piece_size), whole_flows(layout.size)
         _, end = first_chunk(layout.count, least, expiring, flows)

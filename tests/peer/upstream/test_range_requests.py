@@ -34,6 +34,7 @@ from peer.fetch.upstream_fetch import BUFFER_COUNT, RANGES_AT_ONCE, UpstreamFetc
 from peer.upstream.blob_stream import BlobStream
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
+from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
 from tests.peer.fake_registry import FakeRegistry, jwt
@@ -153,7 +154,7 @@ def chunk_ranges(size: int) -> list[str]:
     """The Range headers of the chunks of a blob of `size` bytes in PIECE pieces, in order
     (the last one open-ended: the form every registry supports)."""
     count = -(-size // PIECE)
-    chunks = whole_chunks(count, least_pieces(PIECE), whole_flows(size))
+    chunks = whole_chunks(count, least_pieces(PIECE), whole_flows(size), size)
     bounds = [start * PIECE for start, _ in chunks]
     return [f"bytes={a}-{b - 1}" for a, b in itertools.pairwise(bounds)] + [f"bytes={bounds[-1]}-"]
 
@@ -379,6 +380,24 @@ async def test_a_blob_of_unknown_size_comes_in_one_answer(
 async def test_a_small_blob_comes_in_one_answer(tmp_path: Path, registry: FakeRegistry) -> None:
     await fetch_whole(tmp_path, registry, os.urandom((CHUNKED_MIN_PIECES - 1) * PIECE))
     assert blob_gets(registry) == [None]
+
+
+async def test_a_large_blob_in_few_pieces_still_comes_in_chunks(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    """Fewer, larger pieces (--pieces-per-blob) must not cost the registry's flows: a 20 MiB
+    blob in 40 pieces came in one answer (CHUNKED_MIN_PIECES counted pieces alone)."""
+    data = os.urandom(20 * 1024 * 1024)
+    digest = registry.add_blob(data)
+    store = Store(tmp_path, piece_size=4 * 1024 * 1024, pieces_per_blob=32)
+    assert PieceLayout(len(data), store.piece_size_for(len(data))).count < CHUNKED_MIN_PIECES
+    store.descriptor_sizes.learn(digest, len(data))
+    fetcher = UpstreamFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
+    with trio.fail_after(20):
+        await fetcher.fetch(Download(digest, None, "org/app", None), {})
+    assert store.complete_path(digest).read_bytes() == data
+    gets = blob_gets(registry)
+    assert len(gets) > 1 and gets[0] is not None and gets[0].startswith("bytes=0-")
 
 
 async def test_a_registry_that_ignores_range_gives_the_blob_in_its_first_answer(
