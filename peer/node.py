@@ -649,7 +649,6 @@ class Node:
             self.store,
             access,
             config.cluster_token,
-            config.piece_size,
             upload_rate=config.upload_rate,
             peer_encryption=config.peer_encryption,
             download_limit=download_limit,

@@ -348,7 +348,7 @@ class SwarmFetch:
             # WWW-Authenticate realm collects the client's registry login; a false 404 or 502
             # fails every pull of the blobs it owns). One more upstream request per refusal.
             raise OwnerUnavailable(f"the owner refused it ({meta.status}): asking the upstream")
-        least = least_piece_size(self.swarm.piece_size)
+        least = least_piece_size(self.swarm.store.piece_size)
         if meta.piece_size < least:
             # No node cuts pieces so small (a liar's choice): every piece is state kept here
             # and a Request to finish, a million for a 1 MiB blob in pieces of one byte.

@@ -126,7 +126,6 @@ class Swarm:
         store: Store,
         access: AccessPolicy,
         token: bytes | None,
-        piece_size: int,
         upload_rate: int | None = None,
         download_rate: int | None = None,
         download_limit: RateLimiter | None = None,  # shared with the upstream's downloads
@@ -148,7 +147,6 @@ class Swarm:
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
-        self.piece_size = piece_size
         self.upstream = upstream
         self.rng = rng if rng is not None else random.Random()
         self.access_refresh = ACCESS_REFRESH

@@ -455,7 +455,8 @@ async def test_a_new_owners_hashes_replace_the_last_owners(tmp_path: Path) -> No
     store = Store(tmp_path)
     partial = await store.open_partial(DIGEST, 300, piece_size=100)
     fetch = _fetch_from_owner()
-    fetch.swarm = SimpleNamespace(piece_size=100)  # type: ignore[assignment]  # as this node's
+    # The store's largest piece, as this node's (the owner's pieces are not under it).
+    fetch.swarm = SimpleNamespace(store=SimpleNamespace(piece_size=100))  # type: ignore[assignment]
     fetch.partial = partial
     fetch.picker = PiecePicker(DIGEST, partial.layout, random.Random(1))
     liar = PieceMeta(DIGEST, 300, 100, {0: b"f" * 16, 1: b"g" * 16}, [])

@@ -60,7 +60,6 @@ def swarm_with(tmp_path: Path, links: list[Link], asking: set[bytes], streams: i
         Store(tmp_path),
         None,  # type: ignore[arg-type]  # no access checks on these paths
         b"token",
-        1 << 20,
         upstream=Upstream(streams),  # type: ignore[arg-type]
     )
     for link in links:

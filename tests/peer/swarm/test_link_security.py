@@ -304,7 +304,6 @@ def make_swarm(tmp_path: Path) -> Swarm:
         Store(tmp_path),
         None,  # type: ignore[arg-type]  # no access checks on these paths
         TOKEN,
-        1 << 20,
         upstream=NoUpstream(),
     )
 
