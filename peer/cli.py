@@ -37,7 +37,13 @@ from peer.front.connection_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PE
 from peer.listening import CannotListen
 from peer.sizes import format_size, parse_duration, parse_rate, parse_share, parse_size
 from peer.swarm import congestion
-from pieces.layout import DEFAULT_PIECE_SIZE, LEAST_PIECE_SIZE, MAX_PIECE_SIZE, PIECES_PER_BLOB
+from pieces.layout import (
+    DEFAULT_PIECE_SIZE,
+    LEAST_PIECE_SIZE,
+    MAX_PIECE_SIZE,
+    MOST_PIECES_PER_BLOB,
+    PIECES_PER_BLOB,
+)
 
 DEFAULT_DISK_GAP = 0.15  # --disk-low, when not given: this far below --disk-high
 
@@ -406,7 +412,7 @@ def main() -> None:
 )
 @click.option(
     "--pieces-per-blob",
-    type=click.IntRange(1, 65536),
+    type=click.IntRange(1, MOST_PIECES_PER_BLOB),
     default=PIECES_PER_BLOB,
     show_default=True,
     envvar="POLLEN_PIECES_PER_BLOB",

@@ -17,6 +17,9 @@ MAX_PIECES = 1 << 20
 # blob), 1.28-1.30 at 512 KiB, 1.24-1.26 at 256 KiB; 8 hosts 1.15-1.17 (128 per blob) and
 # 1.10-1.16 (256).
 PIECES_PER_BLOB = 256
+# The most a setting may ask (`--pieces-per-blob`): every blob under 16 GiB is then cut into
+# MIN_PIECE_SIZE pieces already.
+MOST_PIECES_PER_BLOB = 65536
 MIN_PIECE_SIZE = 256 * 1024
 # The largest piece: a piece goes to a peer in one frame of the peer protocol (its largest
 # frame is this and room for the header, wire/protocol.py). A larger one, from a setting, an

@@ -24,7 +24,7 @@ from bench.simulate.report import summarize, table, write_outputs
 from bench.simulate.timeline import Timeline, timeline_table
 from bench.simulate.world import Join, Kill, SimConfig, Simulation
 from peer.sizes import format_size, parse_size
-from pieces.layout import PIECES_PER_BLOB
+from pieces.layout import MOST_PIECES_PER_BLOB, PIECES_PER_BLOB
 
 
 def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -122,7 +122,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
 )
 @click.option(
     "--pieces-per-blob",
-    type=click.IntRange(1, 65536),
+    type=click.IntRange(1, MOST_PIECES_PER_BLOB),
     default=PIECES_PER_BLOB,
     show_default=True,
     help="The least pieces a blob is cut into, as the node's option.",

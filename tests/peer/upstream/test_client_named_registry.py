@@ -59,19 +59,25 @@ class Counting:
         await stream.aclose()
 
 
+def _node(tmp_path: Path) -> Node:
+    """A node whose default upstream is nowhere (only the registries the tests name count)."""
+    config = NodeConfig(
+        http=Address("127.0.0.1", 0),
+        data_dir=tmp_path / "store",
+        default_upstream="http://127.0.0.1:9",
+        prefetch=False,
+    )
+    return Node(config)
+
+
 async def test_a_client_named_registry_at_a_loopback_address_is_never_connected_to(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     counting = Counting()
     port = await nursery.start(counting.serve)
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        default_upstream="http://127.0.0.1:9",
-    )
     trio.socket.set_custom_hostname_resolver(Loopback())
     try:
-        http_port = await nursery.start(Node(config).run)
+        http_port = await nursery.start(_node(tmp_path).run)
         ns = f"{NAME}:{port}"
         digest = "sha256:" + hashlib.sha256(b"any").hexdigest()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as c:
@@ -109,15 +115,9 @@ async def test_a_blob_goes_to_the_addresses_checked_not_to_the_name_resolved_aga
     to a loopback port, and the errors told an open one from a closed one (a review's find)."""
     counting = Counting()
     port = await nursery.start(counting.serve)
-    config = NodeConfig(
-        http=Address("127.0.0.1", 0),
-        data_dir=tmp_path / "store",
-        default_upstream="http://127.0.0.1:9",
-        prefetch=False,
-    )
     trio.socket.set_custom_hostname_resolver(Rebinding())
     try:
-        http_port = await nursery.start(Node(config).run)
+        http_port = await nursery.start(_node(tmp_path).run)
         digest = "sha256:" + hashlib.sha256(b"any").hexdigest()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as c:
             got = await c.get(f"/v2/x/blobs/{digest}?ns={NAME}:{port}")
