@@ -1,90 +1,108 @@
-"""Blob sizes that manifests give, learned from the manifests the node serves.
+"""Blob sizes that manifests give, learned from the manifests the node serves, per registry.
 
 An upstream states a blob's size in Content-Length, a peer in PieceMeta, and either can lie. The
 manifest that names a blob states its size too, in the blob's descriptor, and the client checks
 the blob against it: a told size that disagrees with it is wrong, and is refused before anything
 is allocated from it.
 
-Two manifests that give one digest different sizes mean that one of them lies (a digest names
-one content, so one size), and we cannot tell which: the size is forgotten, and the digest is
-held as disputed, never to be learned again. Forgetting alone would not do: any client can make
-the node read a manifest from a registry it names, and that registry could set the wrong size
-anew after every honest manifest. So such a manifest can at most remove a check, never make a
-good blob unfetchable.
+A size is the word of the registry whose manifest gave it, and it checks only the downloads of
+that blob from that registry (a base URL, as `Upstreams.base_url` gives it): any client can make
+the node read a manifest from a registry it names, and that manifest can give the real digest of
+another registry's blob any size. Learned for every registry (until 2026-12-03), such a size
+failed (502) that blob's pulls from the honest registry, and its transfers from the peers that
+held it, until a manifest with the true size came by.
 
-Bounded: the DEFAULT_LIMIT most recently learned sizes and the DEFAULT_LIMIT most recently
-disputed digests are kept (~250 bytes each). A digest pushed out of the disputed set by 65536
-newer disputes can be learned again, and then disputed again by the next honest manifest.
+Two manifests from one registry that give one digest different sizes mean that one of them lies
+(a digest names one content, so one size), and we cannot tell which: the size is forgotten, and
+the digest is held as disputed for that registry, never to be learned again from it. Forgetting
+alone would not do: the registry could set the wrong size anew after every honest manifest. So a
+registry's manifests can at most remove a check of its own, and never make a good blob
+unfetchable from another registry.
+
+Bounded: the DEFAULT_LIMIT most recently learned (registry, digest) sizes and the DEFAULT_LIMIT
+most recently disputed ones are kept (~300 bytes each), whatever the number of registries. A
+digest pushed out of the disputed set by 65536 newer disputes can be learned again, and then
+disputed again by the next honest manifest of that registry.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import OrderedDict
 from typing import Any
 
 from pieces.digest import InvalidDigest, digest_hex
 
+Key = tuple[str, str]  # (registry, digest): a registry's base URL, and whose size it gives
 DEFAULT_LIMIT = 65536
-MANIFESTS_LIMIT = 4096  # stored manifests remembered as learned (~100 bytes each)
+MANIFESTS_LIMIT = 4096  # (registry, stored manifest) pairs remembered as learned (~150 bytes each)
 # Keys of an image manifest, an image index or an artifact manifest that hold descriptors.
 _ONE = ("config", "subject")
 _MANY = ("layers", "manifests", "blobs")
 
 
 class DescriptorSizes:
-    """digest -> size, as the manifests seen so far give it, and the digests whose manifests
-    disagree; both bounded, least recent dropped."""
+    """(registry, digest) -> size, as the manifests seen so far from that registry give it,
+    and the (registry, digest) pairs whose manifests disagree; both bounded, least recent
+    dropped."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self.limit = limit
-        self._sizes: OrderedDict[str, int] = OrderedDict()
-        self._disputed: OrderedDict[str, None] = OrderedDict()
-        # The stored manifests whose sizes were learned (by their digests), with `_learned`
-        # as it was then, so that a read parses one again only once its sizes may have been
-        # pushed out (`limit` sizes learned since).
-        self._manifests: OrderedDict[str, int] = OrderedDict()
+        self._sizes: OrderedDict[Key, int] = OrderedDict()
+        self._disputed: OrderedDict[Key, None] = OrderedDict()
+        # The stored manifests whose sizes were learned, by registry and digest, with
+        # `_learned` as it was then, so that a read parses one again only once its sizes may
+        # have been pushed out (`limit` sizes learned since).
+        self._manifests: OrderedDict[Key, int] = OrderedDict()  # (registry, manifest digest)
         self._learned = 0  # sizes learned (or learned again) so far
 
     def __len__(self) -> int:
         return len(self._sizes)
 
     def disputed(self) -> int:
-        """How many digests are held as disputed (their sizes are not learned)."""
+        """How many (registry, digest) pairs are held as disputed (their sizes are not
+        learned)."""
         return len(self._disputed)
 
-    def size_of(self, digest: str) -> int | None:
-        """The size the manifests give `digest`; None when unknown (or disputed)."""
-        return self._sizes.get(digest)
+    def size_of(self, registry: str, digest: str) -> int | None:
+        """The size `registry`'s manifests give `digest`; None when unknown (or disputed).
+        Another registry's word is not asked: see the module docstring."""
+        return self._sizes.get((registry, digest))
 
-    def learn(self, digest: str, size: int) -> None:
-        """Remember that a manifest gives `digest` this size, unless the size is disputed."""
+    def learn(self, registry: str, digest: str, size: int) -> None:
+        """Remember that a manifest from `registry` gives `digest` this size, unless that
+        registry's size of it is disputed."""
         self._learned += 1
-        if digest in self._disputed:
-            self._disputed.move_to_end(digest)  # still argued about: keep it longest
+        # One copy of a registry's name for all its entries, not one per manifest read.
+        key = (sys.intern(registry), digest)
+        if key in self._disputed:
+            self._disputed.move_to_end(key)  # still argued about: keep it longest
             return
-        known = self._sizes.get(digest)
+        known = self._sizes.get(key)
         if known is not None and known != size:
             # Disputed for good: see the module docstring.
-            del self._sizes[digest]
-            _put(self._disputed, digest, None, self.limit)
+            del self._sizes[key]
+            _put(self._disputed, key, None, self.limit)
             return
-        _put(self._sizes, digest, size, self.limit)
+        _put(self._sizes, key, size, self.limit)
 
-    def learn_stored_manifest(self, manifest_digest: str, body: bytes) -> int:
-        """`learn_manifest` for the stored manifest `manifest_digest`, once: every GET and
-        HEAD by digest read it, and parsing a 4 MiB one each time held the event loop ~0.36 s
-        (four connections asking for one delayed every other request ~1 s). Returns how many
-        sizes it learned now (0 when it was learned before)."""
-        learned_at = self._manifests.get(manifest_digest)
+    def learn_stored_manifest(self, registry: str, manifest_digest: str, body: bytes) -> int:
+        """`learn_manifest` for the stored manifest `manifest_digest`, which `registry`
+        served, once: every GET and HEAD by digest read it, and parsing a 4 MiB one each time
+        held the event loop ~0.36 s (four connections asking for one delayed every other
+        request ~1 s). Returns how many sizes it learned now (0 when it was learned before)."""
+        key = (sys.intern(registry), manifest_digest)
+        learned_at = self._manifests.get(key)
         if learned_at is not None and self._learned - learned_at < self.limit:
-            self._manifests.move_to_end(manifest_digest)
+            self._manifests.move_to_end(key)
             return 0
-        _put(self._manifests, manifest_digest, self._learned, MANIFESTS_LIMIT)
-        return self.learn_manifest(body)
+        _put(self._manifests, key, self._learned, MANIFESTS_LIMIT)
+        return self.learn_manifest(registry, body)
 
-    def learn_manifest(self, body: bytes) -> int:
-        """Remember the sizes of every descriptor in a manifest or index; returns how many.
+    def learn_manifest(self, registry: str, body: bytes) -> int:
+        """Remember the sizes of every descriptor in a manifest or index that `registry`
+        served; returns how many.
 
         Bodies that are not JSON, and descriptors without a sha256 digest and a size, are
         skipped: this only adds checks, it never refuses a manifest.
@@ -111,12 +129,12 @@ class DescriptorSizes:
                 digest_hex(digest)
             except InvalidDigest:
                 continue
-            self.learn(digest, size)
+            self.learn(registry, digest, size)
             learned += 1
         return learned
 
 
-def _put(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+def _put(table: OrderedDict[Key, Any], key: Key, value: Any, limit: int) -> None:
     """Set `key` as the most recent entry of `table`, dropping the least recent over `limit`."""
     table[key] = value
     table.move_to_end(key)

@@ -6,6 +6,8 @@ Layout under the data directory:
     partial/<hex>.data         a blob being written (sparse file of the full size)
     partial/<hex>.meta         msgpack: size, piece size, {piece index: xxh3-128} of written pieces
     manifests/sha256/<hex>     manifest bytes (verified), with <hex>.type holding the media type
+                               and <hex>.from the registries (a base URL a line) that served
+                               them: the sizes they give are those registries' word only
     private/<hex>              the registries (a base URL a line) that served this content with
                                credentials, written once it is verified: only they vouch for
                                a reader (see peer/access.py)
@@ -23,8 +25,9 @@ cache size, the high watermark of the file system) and at `sweep`, the node's pe
 (also: blobs unused for the TTL). The decisions are pure (pieces/room.py).
 
 Sizes are told by upstreams and peers, and either can lie: `open_partial` checks them against
-the blob's descriptor (learned from the manifests stored here), the piece limit, the quota and
-the disk before anything is allocated or evicted for them.
+the blob's descriptor as the registry the download names gives it (learned from the manifests
+that registry served: pieces/descriptors.py), the piece limit, the quota and the disk before
+anything is allocated or evicted for them.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ log = logging.getLogger("pollen.store")
 
 HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512 MiB)
 MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
+# Registries recorded per stored manifest (the first ones): a read from the cache teaches its
+# sizes for them. One that serves it later still teaches them as it does (`put_manifest`).
+MANIFEST_REGISTRIES = 8
 ROOM_STEP = 64 * 1024 * 1024  # eviction for a download runs this far ahead of its bytes
 RESERVE_SECONDS = 60.0  # a download reserves disk for this long at its rate (see _reservation)
 WARN_EVERY = 60.0  # seconds between two warnings that a bound cannot be met
@@ -149,7 +155,8 @@ class Store:
         # Holders per hex digest (readers, uploads, preheat jobs): never evicted while held.
         self._readers: dict[str, int] = {}
         self._partials: dict[str, PartialBlob] = {}
-        # Blob sizes that the stored manifests give (bounded): told sizes are checked against it.
+        # Blob sizes that the stored manifests give, per registry that served them (bounded):
+        # told sizes are checked against the word of the registry they come from.
         self.descriptor_sizes = DescriptorSizes()
         # The private markers, kept in memory as well (hex digest -> origins): the access
         # check runs for every piece a peer asks of us, twice, and reading a file each time
@@ -230,6 +237,8 @@ class Store:
         size: int,
         piece_size: int | None = None,
         origins: list[str] | None = None,
+        *,
+        registry: str | None = None,
     ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
 
@@ -241,6 +250,9 @@ class Store:
 
         `size` and `piece_size` come from an upstream or a peer: they are checked (descriptor,
         piece limit, quota, disk) before anything is allocated or evicted for them.
+        `registry`: the registry (base URL) the download names, whose bytes these are, from it
+        or through a peer: the descriptor is the one its manifests give (None: no registry's).
+        A manifest from another registry, perhaps one a client named, checks nothing here.
 
         A partial left by an earlier process is resumed only if its size matches; every piece it
         recorded is re-hashed first, and pieces that fail are dropped (fetched again).
@@ -262,7 +274,7 @@ class Store:
             return existing
         required = piece_size  # a swarm's (its owner's); None: ours, or the one on disk
         piece_size = piece_size or self.piece_size_for(size)
-        self._check_size(digest, size, piece_size)
+        self._check_size(digest, size, piece_size, registry)
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
         pieces: dict[int, bytes] = {}
@@ -339,7 +351,7 @@ class Store:
         node's largest piece and least pieces per blob)."""
         return piece_size_for(size, self.piece_size, self.pieces_per_blob)
 
-    def _check_size(self, digest: str, size: int, piece_size: int) -> None:
+    def _check_size(self, digest: str, size: int, piece_size: int, registry: str | None) -> None:
         """Refuse a told size that cannot be right or cannot fit, before any allocation; the
         finer check against free space and eviction follows in `make_room`.
 
@@ -349,10 +361,11 @@ class Store:
         """
         if size < 0 or not 0 < piece_size <= MAX_PIECE_SIZE:
             raise SizeRefused(f"{digest}: no usable size ({size} bytes, pieces of {piece_size})")
-        described = self.descriptor_sizes.size_of(digest)
+        described = None if registry is None else self.descriptor_sizes.size_of(registry, digest)
         if described is not None and described != size:
             raise SizeRefused(
-                f"{digest}: told it is {size} bytes, but its manifest's descriptor says {described}"
+                f"{digest}: told it is {size} bytes, but the descriptor of a manifest from "
+                f"{registry} says {described}"
             )
         if self.quota is not None and size > self.quota:
             raise NoRoom(f"{digest} ({size} bytes) is larger than the cache size ({self.quota})")
@@ -463,8 +476,11 @@ class Store:
 
     # ---- manifests -----------------------------------------------------------------------
 
-    def put_manifest(self, digest: str, media_type: str, body: bytes) -> None:
-        """Store verified manifest bytes (the caller checked the digest)."""
+    def put_manifest(self, digest: str, media_type: str, body: bytes, registry: str) -> None:
+        """Store verified manifest bytes (the caller checked the digest) that `registry` (its
+        base URL) served: the sizes it gives are learned as that registry's word."""
+        if "\n" in registry or not registry:
+            raise ValueError(f"not a registry URL: {registry!r}")
         hex_ = digest_hex(digest)
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
@@ -473,8 +489,12 @@ class Store:
         # Type first: a manifest body without its type is never served (get_manifest needs both).
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
+        registries = self._manifest_registries(hex_)
+        if registry not in registries and len(registries) < MANIFEST_REGISTRIES:
+            sources = self._manifests / f"{hex_}.from"
+            _write_lines_atomically(sources, [*registries, registry], self._tmp)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
-        self.descriptor_sizes.learn_stored_manifest(digest, body)
+        self.descriptor_sizes.learn_stored_manifest(registry, digest, body)
 
     def manifest_type(self, digest: str) -> str | None:
         """The media type a stored manifest is served with (None: not stored)."""
@@ -486,8 +506,12 @@ class Store:
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a stored manifest, or None.
 
-        Its descriptor sizes are learned again: after a restart, clients (containerd) resolve
+        Its descriptor sizes are learned again, for the registries that served it (never for
+        the one a reader names: any client can have a registry it names serve a manifest,
+        and read it from here naming another): after a restart, clients (containerd) resolve
         a tag with a HEAD, which stores nothing, then GET the manifest by digest from here.
+        A manifest stored before its registries were recorded teaches nothing until one
+        serves it again.
         """
         hex_ = digest_hex(digest)
         try:
@@ -496,8 +520,17 @@ class Store:
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
-        self.descriptor_sizes.learn_stored_manifest(digest, body)
+        for registry in self._manifest_registries(hex_):
+            self.descriptor_sizes.learn_stored_manifest(registry, digest, body)
         return media_type, body
+
+    def _manifest_registries(self, hex_: str) -> list[str]:
+        """The registries recorded as having served the stored manifest `hex_`."""
+        try:
+            text = (self._manifests / f"{hex_}.from").read_text("utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return []
+        return [line for line in text.splitlines() if line]
 
     # ---- private content ------------------------------------------------------------------
 
@@ -553,6 +586,7 @@ class Store:
             (self._blobs / marker.name).unlink(missing_ok=True)
             (self._manifests / marker.name).unlink(missing_ok=True)
             (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
+            (self._manifests / f"{marker.name}.from").unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
         return markers
 
@@ -605,7 +639,7 @@ class Store:
                 if kind is Kind.PARTIAL and (suffix != "data" or hex_ in writing):
                     continue
                 if kind is Kind.MANIFEST and suffix:
-                    continue  # <hex>.type: a few bytes, counted with its manifest
+                    continue  # <hex>.type, <hex>.from: a few bytes, counted with its manifest
                 with contextlib.suppress(FileNotFoundError):
                     st = dir_entry.stat()
                     size = st.st_blocks * 512 if kind is Kind.PARTIAL else st.st_size
@@ -737,7 +771,7 @@ class Store:
         for entry in os.scandir(self._manifests):  # and any manifest the totals missed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-            hex_ = entry.name.removesuffix(".type")
+            hex_ = entry.name.partition(".")[0]
             self.ledger.drop(Kind.MANIFEST, hex_)
             self._drop_marker_if_unused(hex_)
         log.info("cache flushed: %d blobs, %d bytes", removed, freed)
@@ -764,6 +798,7 @@ class Store:
         if victim.manifest:
             (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
             (self._manifests / f"{hex_}.type").unlink(missing_ok=True)
+            (self._manifests / f"{hex_}.from").unlink(missing_ok=True)
             self.ledger.drop(Kind.MANIFEST, hex_)
         elif victim.partial:
             (self._partial / f"{hex_}.data").unlink(missing_ok=True)

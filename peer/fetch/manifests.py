@@ -116,5 +116,5 @@ async def fetch_manifest(
         store.mark_public(digest)
     named = upstreams.named_by_client(namespace)
     media_type = stored_type(declared_type(body), store.manifest_type(digest), media_type, named)
-    store.put_manifest(digest, media_type, body)
+    store.put_manifest(digest, media_type, body, base)  # its sizes: this registry's word
     return Manifest(digest, media_type, body)

@@ -2,20 +2,20 @@
 
 Bytes are written to the partial blob as they arrive and readers are woken at once, so clients
 stream the blob while it downloads. The upstream is not trusted: the size it declares is
-checked by the store before anything is allocated (`Store.open_partial`), and an answer that
-does not start where we asked (a 200 to a Range request) starts the blob over instead of being
-mixed with the pieces kept from before.
+checked by the store before anything is allocated (`Store.open_partial`; against the size that
+registry's own manifests give), and an answer that does not start where we asked (a 200 to a
+Range request) starts the blob over instead of being mixed with the pieces kept from before.
 
 Resuming (after a crash, or taking a blob over from the swarm) asks for the runs of missing
 pieces with up to RANGES_AT_ONCE Range requests at once: one after the other, each small run
 cost a new connection's handshake and slow start behind the registry's busy uplink (on the
 testbed a 1.5 MB range took 4 s while the registry served other blobs).
 
-A blob whose size a stored manifest gives comes in chunks, several Range requests at once (more
-for a larger blob: chunks.whole_flows), when it is large (peer/fetch/chunks.py): the first asked
-alone, and once its answer shows the upstream honours Range (and agrees on the size), each flow
-that is free takes the next chunk in order. An upstream that answers the first with the whole
-blob gives it in one stream.
+A blob whose size a manifest of its registry gives comes in chunks, several Range requests at
+once (more for a larger blob: chunks.whole_flows), when it is large (peer/fetch/chunks.py): the
+first asked alone, and once its answer shows the upstream honours Range (and agrees on the
+size), each flow that is free takes the next chunk in order. An upstream that answers the first
+with the whole blob gives it in one stream.
 """
 
 from __future__ import annotations
@@ -256,18 +256,22 @@ class UpstreamFetcher:
         if size_on_disk is not None:
             try:
                 origins = self._origins(download)
-                partial = await self._store.open_partial(digest, size_on_disk, origins=origins)
+                partial = await self._store.open_partial(
+                    digest, size_on_disk, origins=origins, registry=self._registry(download)
+                )
                 # Ours to release from now on, whatever happens before the upstream answers
                 # (a partial left registered would be handed, with its origins, to the next
                 # opener). Readers still wait for `ready`.
                 download.adopted(partial)
             except SizeRefused as exc:
-                # Left by a fetch whose size a manifest now contradicts: ask afresh.
+                # Left by a fetch whose size a manifest of this registry now contradicts:
+                # ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)
         if partial is None:
             # The whole blob: in chunks when it is large and a manifest gave its size (else
             # the first answer tells it, and the blob comes in that one answer).
-            first_end = self._first_chunk_end(digest, may_expire(headers.get("authorization")))
+            expiring = may_expire(headers.get("authorization"))
+            first_end = self._first_chunk_end(digest, self._registry(download), expiring)
             partial = await self._fetch_range(
                 download, headers, None, 0, first_end, rest_beside=first_end is not None
             )
@@ -473,7 +477,9 @@ class UpstreamFetcher:
                 # Fetched with credentials, the bytes are private to this registry before any
                 # other client can see them (a joining client must pass its access check).
                 origins = self._origins(download)
-                partial = await self._store.open_partial(digest, size, origins=origins)
+                partial = await self._store.open_partial(
+                    digest, size, origins=origins, registry=self._registry(download)
+                )
             else:  # continuing (after the swarm, say): these bytes come from here too
                 partial.add_origins(self._origins(download))
             download.opened(partial)
@@ -506,10 +512,11 @@ class UpstreamFetcher:
             await body.aclose()
         return partial
 
-    def _first_chunk_end(self, digest: str, expiring: bool) -> int | None:
-        """Where the first chunk of a blob fetched whole ends (a piece boundary), when a stored
-        manifest gives the blob's size and it is large enough for chunks; else None."""
-        size = self._store.descriptor_sizes.size_of(digest)
+    def _first_chunk_end(self, digest: str, registry: str, expiring: bool) -> int | None:
+        """Where the first chunk of a blob fetched whole ends (a piece boundary), when a
+        manifest `registry` served gives the blob's size and it is large enough for chunks;
+        else None."""
+        size = self._store.descriptor_sizes.size_of(registry, digest)
         if size is None:
             return None
         layout = PieceLayout(size, self._store.piece_size_for(size))
@@ -563,6 +570,11 @@ class UpstreamFetcher:
                 nursery.start_soon(fetch_rest, nursery.cancel_scope, 1, 0)
         if failure is not None:
             raise failure
+
+    def _registry(self, download: Download) -> str:
+        """The registry (base URL) this download's bytes and its told sizes come from: only
+        the sizes its own manifests give check them (pieces/descriptors.py)."""
+        return self._upstreams.base_url(download.namespace)
 
     def _origins(self, download: Download) -> list[str]:
         """The registries this download's bytes are private to (none when fetched without

@@ -361,10 +361,14 @@ class SwarmFetch:
             # got it from, and (a peer may add origins, never remove them) to the one our
             # client named with credentials.
             origins = list(meta.origins)
+            registry = self.swarm.access.registry_of(download.namespace)
             if auth is not None:
-                origins.append(self.swarm.access.registry_of(download.namespace))
+                origins.append(registry)
+            # The owner's size is checked against what our client's registry's manifests say
+            # (the owner's bytes stand for that registry's: the sha256 holds them to it), not
+            # against a manifest of another registry, perhaps one a client named.
             partial = await self.swarm.store.open_partial(
-                self.digest, meta.size, meta.piece_size, origins=origins
+                self.digest, meta.size, meta.piece_size, origins=origins, registry=registry
             )
             self.partial = partial
             self.picker = PiecePicker(

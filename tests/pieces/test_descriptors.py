@@ -1,10 +1,14 @@
-"""Blob sizes learned from manifests: what is read, what is skipped, bounded memory."""
+"""Blob sizes learned from manifests, per registry: what is read, what is skipped, whose word
+checks what, bounded memory."""
 
 from __future__ import annotations
 
 import json
 
 from pieces.descriptors import DescriptorSizes
+
+GOOD = "https://registry.example"
+EVIL = "https://registry.client-named.example"
 
 
 def digest(n: int) -> str:
@@ -21,23 +25,23 @@ def test_an_image_manifest_gives_its_config_and_layer_sizes() -> None:
             "subject": {"digest": digest(4), "size": 40},
         }
     ).encode()
-    assert sizes.learn_manifest(body) == 4
-    assert [sizes.size_of(digest(n)) for n in (1, 2, 3, 4)] == [10, 20, 0, 40]
-    assert sizes.size_of(digest(5)) is None
+    assert sizes.learn_manifest(GOOD, body) == 4
+    assert [sizes.size_of(GOOD, digest(n)) for n in (1, 2, 3, 4)] == [10, 20, 0, 40]
+    assert sizes.size_of(GOOD, digest(5)) is None
 
 
 def test_an_index_gives_its_manifest_sizes() -> None:
     sizes = DescriptorSizes()
     body = json.dumps({"manifests": [{"digest": digest(7), "size": 700}]}).encode()
-    assert sizes.learn_manifest(body) == 1
-    assert sizes.size_of(digest(7)) == 700
+    assert sizes.learn_manifest(GOOD, body) == 1
+    assert sizes.size_of(GOOD, digest(7)) == 700
 
 
 def test_what_is_not_a_descriptor_is_skipped() -> None:
     sizes = DescriptorSizes()
-    assert sizes.learn_manifest(b"not json") == 0
-    assert sizes.learn_manifest(b"[1, 2]") == 0
-    assert sizes.learn_manifest(b"[" * 100_000) == 0  # too deep for the parser
+    assert sizes.learn_manifest(GOOD, b"not json") == 0
+    assert sizes.learn_manifest(GOOD, b"[1, 2]") == 0
+    assert sizes.learn_manifest(GOOD, b"[" * 100_000) == 0  # too deep for the parser
     body = json.dumps(
         {
             "layers": [
@@ -52,60 +56,60 @@ def test_what_is_not_a_descriptor_is_skipped() -> None:
             "config": [],
         }
     ).encode()
-    assert sizes.learn_manifest(body) == 0
+    assert sizes.learn_manifest(GOOD, body) == 0
     assert len(sizes) == 0
     sha512 = json.dumps({"layers": [{"digest": "sha512:" + "0" * 128, "size": 1}]}).encode()
-    assert sizes.learn_manifest(sha512) == 1  # the OCI spec's other algorithm
+    assert sizes.learn_manifest(GOOD, sha512) == 1  # the OCI spec's other algorithm
 
 
 def test_disagreeing_manifests_leave_the_size_unknown() -> None:
     # One of them lies and we cannot tell which: no check rather than a wrong one.
     sizes = DescriptorSizes()
-    sizes.learn(digest(1), 100)
-    sizes.learn(digest(1), 100)
-    assert sizes.size_of(digest(1)) == 100
-    sizes.learn(digest(1), 101)
-    assert sizes.size_of(digest(1)) is None
+    sizes.learn(GOOD, digest(1), 100)
+    sizes.learn(GOOD, digest(1), 100)
+    assert sizes.size_of(GOOD, digest(1)) == 100
+    sizes.learn(GOOD, digest(1), 101)
+    assert sizes.size_of(GOOD, digest(1)) is None
 
 
 def test_a_disputed_size_is_never_learned_again() -> None:
-    # A client can make the node read a manifest from a registry it names: were a disputed
-    # digest learned anew, that registry could set a wrong size after every honest manifest
-    # and the real blob would be refused for it.
+    # Two manifests of one registry disagree: were the digest learned anew, the liar could
+    # set a wrong size after every honest manifest, and the real blob would be refused from
+    # that registry.
     sizes = DescriptorSizes()
-    sizes.learn(digest(1), 100)  # honest
-    sizes.learn(digest(1), 101)  # evil: disputed
-    sizes.learn(digest(1), 101)  # evil again
-    assert sizes.size_of(digest(1)) is None
+    sizes.learn(GOOD, digest(1), 100)  # honest
+    sizes.learn(GOOD, digest(1), 101)  # a lie: disputed
+    sizes.learn(GOOD, digest(1), 101)  # the lie again
+    assert sizes.size_of(GOOD, digest(1)) is None
     for size in (100, 101, 100, 100):
-        sizes.learn(digest(1), size)
-        assert sizes.size_of(digest(1)) is None
+        sizes.learn(GOOD, digest(1), size)
+        assert sizes.size_of(GOOD, digest(1)) is None
     assert len(sizes) == 0
 
 
 def test_the_disputed_digests_are_bounded_and_keep_the_most_recent() -> None:
     sizes = DescriptorSizes(limit=3)
     for n in range(5):
-        sizes.learn(digest(n), n)
-        sizes.learn(digest(n), n + 1)
+        sizes.learn(GOOD, digest(n), n)
+        sizes.learn(GOOD, digest(n), n + 1)
     assert sizes.disputed() == 3
-    sizes.learn(digest(2), 7)  # disputed again: now the most recent
-    sizes.learn(digest(5), 5)
-    sizes.learn(digest(5), 6)
+    sizes.learn(GOOD, digest(2), 7)  # disputed again: now the most recent
+    sizes.learn(GOOD, digest(5), 5)
+    sizes.learn(GOOD, digest(5), 6)
     for n in range(6):
-        sizes.learn(digest(n), n)
+        sizes.learn(GOOD, digest(n), n)
     # 0, 1 and 3 fell out of the disputed set: their sizes can be learned again.
-    assert [sizes.size_of(digest(n)) for n in range(6)] == [0, 1, None, 3, None, None]
+    assert [sizes.size_of(GOOD, digest(n)) for n in range(6)] == [0, 1, None, 3, None, None]
 
 
 def test_the_table_is_bounded_and_keeps_the_most_recent() -> None:
     sizes = DescriptorSizes(limit=3)
     for n in range(5):
-        sizes.learn(digest(n), n)
-    sizes.learn(digest(2), 2)  # seen again: now the most recent
-    sizes.learn(digest(5), 5)
+        sizes.learn(GOOD, digest(n), n)
+    sizes.learn(GOOD, digest(2), 2)  # seen again: now the most recent
+    sizes.learn(GOOD, digest(5), 5)
     assert len(sizes) == 3
-    assert [sizes.size_of(digest(n)) for n in range(6)] == [None, None, 2, None, 4, 5]
+    assert [sizes.size_of(GOOD, digest(n)) for n in range(6)] == [None, None, 2, None, 4, 5]
 
 
 def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None:
@@ -115,10 +119,56 @@ def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None
     review's find: a size check lost for good)."""
     sizes = DescriptorSizes(limit=3)
     manifest = json.dumps({"config": {"digest": digest(1), "size": 10}}).encode()
-    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 1
-    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 0  # not parsed again
+    stored = "sha256:" + "m" * 64
+    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 1
+    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 0  # not parsed again
     for n in range(2, 5):  # three newer sizes push it out
-        sizes.learn(digest(n), n)
-    assert sizes.size_of(digest(1)) is None
-    assert sizes.learn_stored_manifest("sha256:" + "m" * 64, manifest) == 1
-    assert sizes.size_of(digest(1)) == 10
+        sizes.learn(GOOD, digest(n), n)
+    assert sizes.size_of(GOOD, digest(1)) is None
+    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 1
+    assert sizes.size_of(GOOD, digest(1)) == 10
+    # Served by another registry too: learned for that one, once.
+    assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 1
+    assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 0
+    assert sizes.size_of(EVIL, digest(1)) == 10
+
+
+def test_a_size_is_the_word_of_its_registry_only() -> None:
+    """Any client can make the node read a manifest from a registry it names: that
+    registry's size for the real digest of another registry's blob checked downloads from
+    the honest one (refused, 502), and disputed the honest size for good."""
+    sizes = DescriptorSizes()
+    sizes.learn(EVIL, digest(1), 101)
+    assert sizes.size_of(GOOD, digest(1)) is None  # no word of GOOD's yet: no check
+    sizes.learn(GOOD, digest(1), 100)
+    assert sizes.size_of(GOOD, digest(1)) == 100
+    assert sizes.size_of(EVIL, digest(1)) == 101  # checks only the downloads from EVIL
+    assert sizes.disputed() == 0
+
+
+def test_a_dispute_holds_for_the_registry_whose_manifests_disagree() -> None:
+    sizes = DescriptorSizes()
+    sizes.learn(EVIL, digest(1), 100)
+    sizes.learn(EVIL, digest(1), 101)
+    assert sizes.size_of(EVIL, digest(1)) is None
+    sizes.learn(GOOD, digest(1), 100)
+    assert sizes.size_of(GOOD, digest(1)) == 100
+    sizes.learn(EVIL, digest(1), 100)  # disputed there for good
+    assert sizes.size_of(EVIL, digest(1)) is None
+    assert sizes.disputed() == 1
+
+
+def test_the_bound_holds_across_registries() -> None:
+    # Registries a client names cost no more than one registry's manifests.
+    sizes = DescriptorSizes(limit=3)
+    sizes.learn(GOOD, digest(0), 0)
+    named = [f"https://r{n}.example" for n in range(5)]
+    for registry in named:
+        sizes.learn(registry, digest(0), 1)
+    assert len(sizes) == 3
+    assert sizes.size_of(GOOD, digest(0)) is None  # the least recent went first
+    assert [sizes.size_of(r, digest(0)) for r in named] == [None, None, 1, 1, 1]
+    for registry in named:
+        sizes.learn(registry, digest(1), 1)
+        sizes.learn(registry, digest(1), 2)
+    assert sizes.disputed() == 3

@@ -19,6 +19,8 @@ from tests.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+REGISTRY = "https://registry.example"  # the registry that served a test's manifests
+NAMED = "https://registry.client-named.example"  # one a client named
 
 
 def digest_of(data: bytes) -> str:
@@ -89,22 +91,64 @@ async def test_a_declared_size_must_match_the_manifest_descriptor(tmp_path: Path
             "layers": [{"mediaType": "y", "digest": layer_digest, "size": len(layer)}],
         }
     ).encode()
-    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest)
+    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest, REGISTRY)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) + 1)
+        await store.open_partial(layer_digest, len(layer) + 1, registry=REGISTRY)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) - 1, 1024)  # from a peer
+        await store.open_partial(layer_digest, len(layer) - 1, 1024, registry=REGISTRY)  # a peer
     assert partial_files(store) == []
     # After a restart, the manifest served from the cache teaches the sizes again.
     store = Store(tmp_path, 64 * 1024)
     assert store.get_manifest(digest_of(manifest)) == (MANIFEST_TYPE, manifest)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) + 1)
-    partial = await store.open_partial(layer_digest, len(layer))
+        await store.open_partial(layer_digest, len(layer) + 1, registry=REGISTRY)
+    partial = await store.open_partial(layer_digest, len(layer), registry=REGISTRY)
     partial.write_sync(0, [layer])
     partial.finalize_sync()
     store.release_partial(partial)
     assert store.complete_path(layer_digest).read_bytes() == layer
+
+
+async def test_a_manifests_sizes_check_only_the_downloads_from_the_registry_that_served_it(
+    tmp_path: Path,
+) -> None:
+    """A client can have the node read a manifest from a registry it names, and then read it
+    from the cache naming another: its sizes checked the blobs of every registry (a real
+    layer refused from the honest one), after a restart too."""
+    store = Store(tmp_path, 64 * 1024)
+    layer = os.urandom(5000)
+    layer_digest = digest_of(layer)
+    lie = json.dumps(
+        {"schemaVersion": 2, "layers": [{"digest": layer_digest, "size": len(layer) + 1}]}
+    ).encode()
+    store.put_manifest(digest_of(lie), MANIFEST_TYPE, lie, NAMED)
+    for restart in (False, True):
+        if restart:
+            store = Store(tmp_path, 64 * 1024)
+        assert store.get_manifest(digest_of(lie)) == (MANIFEST_TYPE, lie)
+        with pytest.raises(SizeRefused, match=f"a manifest from {NAMED}"):
+            await store.open_partial(layer_digest, len(layer), registry=NAMED)
+        partial = await store.open_partial(layer_digest, len(layer), registry=REGISTRY)
+        store.release_partial(partial)
+        partial = await store.open_partial(layer_digest, len(layer), 1024, registry=REGISTRY)
+        store.release_partial(partial)
+    assert store.descriptor_sizes.size_of(REGISTRY, layer_digest) is None
+
+
+async def test_the_registries_of_a_stored_manifest_go_with_it(tmp_path: Path) -> None:
+    store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
+    manifests = [json.dumps({"schemaVersion": 2, "n": n}).encode() for n in range(2)]
+    for body in manifests:
+        for registry in (REGISTRY, NAMED, REGISTRY):  # recorded once each
+            store.put_manifest(digest_of(body), MANIFEST_TYPE, body, registry)
+    sources = store.root / "manifests" / "sha256" / f"{digest_of(manifests[0])[7:]}.from"
+    assert sources.read_text().splitlines() == [REGISTRY, NAMED]
+    store.flush()
+    assert list((store.root / "manifests" / "sha256").iterdir()) == []
+    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], REGISTRY)
+    store.quota = 1
+    store.make_room(0)  # evicts it
+    assert list((store.root / "manifests" / "sha256").iterdir()) == []
 
 
 async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_path: Path) -> None:
@@ -184,7 +228,7 @@ async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
     store.mark_private(digest, "https://registry.example")
     partial = await store.open_partial(digest, 3 * MiB)
     partial.write_sync(0, [os.urandom(2 * MiB)])
@@ -232,7 +276,7 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
     origin = "https://registry.example"
-    store.put_manifest(digest, MANIFEST_TYPE, manifest)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
     store.mark_private(digest, origin)
     partial = await store.open_partial(digest, len(manifest), origins=[origin])
     partial.write_sync(0, [manifest])
@@ -270,7 +314,7 @@ def test_a_stored_manifest_is_parsed_once_not_on_every_read(
     manifest = json.dumps({"schemaVersion": 2, "layers": []}).encode()
     digest = digest_of(manifest)
     store = Store(tmp_path, 64 * 1024)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
     for _ in range(5):
         assert store.get_manifest(digest) == (MANIFEST_TYPE, manifest)
     assert len(parsed) == 1
