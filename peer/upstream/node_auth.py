@@ -7,7 +7,8 @@ The registry says how (the distribution spec's token flow, as docker and contain
 service=...` (the login buys a token for `repository:<name>:pull` at the realm, kept until it
 expires), or anything else (Basic, or 200 from a registry with anonymous reads: the login goes
 as Basic). The realm must be http(s), and plain http only for a registry on plain http; the
-login goes only to the realm of the registry it is for. Nothing here logs a secret.
+login goes only to the registry it is for (where requests for that name go: `registry`), and
+to the realm that registry names. Nothing here logs a secret.
 
 Like a client's credentials, the Authorization a job or a lent login uses travels with the
 requests for the blob: to its owner in the swarm (Want), to members (Warm), never stored.
@@ -34,6 +35,7 @@ TOKEN_MARGIN = 10.0  # a token is renewed this long before it expires
 MAX_TOKENS = 1024
 TOKEN_BODY_LIMIT = 64 * 1024
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
+_DOCKER_HUB_URLS = frozenset(f"https://{name}" for name in DOCKER_HUB_NAMES)  # Docker's hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +73,25 @@ class NodeAuth:
         self._tokens.clear()
 
     def registry(self, namespace: str | None) -> str:
-        """The registry (host[:port]) a `?ns=` names; the default upstream's for None."""
-        if namespace is not None:
-            return DOCKER_HUB if namespace in DOCKER_HUB_NAMES else namespace
-        netloc = urllib.parse.urlsplit(self._upstreams.base_url(None)).netloc
-        return DOCKER_HUB if f"https://{netloc}" == DOCKER_HUB_URL else netloc
+        """The registry (host[:port]) whose login goes with a request for `namespace`: the one
+        a `?ns=` names; the default upstream's for None. A name of Docker Hub's is docker.io
+        only where it goes where docker.io goes: with an --upstream that maps docker.io to a
+        mirror, docker.io's login is the mirror's, and index.docker.io, which no --upstream
+        maps, still goes to Docker's own hosts (any client could have the node send the
+        mirror's login there)."""
+        if namespace is None:
+            name = urllib.parse.urlsplit(self._upstreams.base_url(None)).netloc
+        else:
+            name = namespace
+        if name in DOCKER_HUB_NAMES and self._goes_to(namespace) == self._goes_to(DOCKER_HUB):
+            return DOCKER_HUB
+        return name
+
+    def _goes_to(self, namespace: str | None) -> str:
+        """The registry (base URL) requests for `namespace` go to, Docker Hub's own hosts as
+        one."""
+        url = self._upstreams.base_url(namespace)
+        return DOCKER_HUB_URL if url in _DOCKER_HUB_URLS else url
 
     def lends_to_clients(self, namespace: str | None) -> bool:
         return self.registry(namespace) in self._lent

@@ -173,6 +173,58 @@ def test_docker_hubs_names_are_one_registry() -> None:
     assert auth.registry("registry-1.docker.io") == "docker.io"
 
 
+class NoNames(trio.abc.HostnameResolver):
+    """No name resolves; the names asked are kept (a request for one would have gone out)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def getaddrinfo(  # type: ignore[override]
+        self, host: bytes | str | None, port: bytes | str | int | None, *args: object, **kw: object
+    ) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+        self.asked.append(host.decode() if isinstance(host, bytes) else str(host))
+        raise trio.socket.gaierror(-2, "Name or service not known")
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_docker_hubs_login_goes_only_where_docker_io_goes(nursery: trio.Nursery) -> None:
+    """With --upstream docker.io=<mirror>, the docker.io login is the mirror's: `?ns=docker.io`
+    goes there. `?ns=index.docker.io` (and registry-1.docker.io) took the same login, but no
+    --upstream maps them: they go to Docker's own hosts, and any client could have the node
+    send the mirror's login there (the Basic login to the realm those hosts name) where the
+    operator lends docker.io's (--auth-for-clients docker.io)."""
+    tokens = TokenService()
+    await nursery.start(tokens.serve)
+    mirror = FakeRegistry(token="the-token", realm=f"http://127.0.0.1:{tokens.port}/token")
+    await nursery.start(mirror.serve)
+    resolver = NoNames()
+    trio.socket.set_custom_hostname_resolver(resolver)
+    for default in (mirror.url, "https://registry-1.docker.io"):
+        upstreams = Upstreams(UpstreamConfig({"docker.io": mirror.url}, default))
+        auth = NodeAuth(
+            upstreams,
+            Credentials({"docker.io": Login("alice", SECRET)}),
+            NodeAuth.lent_names(("docker.io",)),
+        )
+        try:
+            assert await auth.authorization("docker.io", "library/nginx") == "Bearer the-token"
+            assert auth.lends_to_clients("docker.io")
+            aliases: list[str | None] = ["index.docker.io", "registry-1.docker.io"]
+            if default != mirror.url:
+                aliases.append(None)  # the default upstream: Docker's own host
+            for alias in aliases:
+                assert not auth.lends_to_clients(alias), alias
+                assert await auth.authorization(alias, "library/nginx") is None, alias
+        finally:
+            await upstreams.aclose()
+    assert resolver.asked == []  # no login went toward Docker's hosts
+    assert len(tokens.asked) == 2  # the mirror's token service, once per node
+
+
 async def test_a_lent_login_that_cannot_be_had_does_not_stop_the_node_serving(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
