@@ -34,7 +34,7 @@ from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
 from pieces.layout import PieceLayout, least_piece_size
-from pieces.partial import PartialBlob, StoreError
+from pieces.partial import PartialBlob, SizeRefused, StoreError
 from wire.events import (
     NOT_HELD_HEADER,
     Access,
@@ -367,9 +367,17 @@ class SwarmFetch:
             # The owner's size is checked against what our client's registry's manifests say
             # (the owner's bytes stand for that registry's: the sha256 holds them to it), not
             # against a manifest of another registry, perhaps one a client named.
-            partial = await self.swarm.store.open_partial(
-                self.digest, meta.size, meta.piece_size, origins=origins, registry=registry
-            )
+            try:
+                partial = await self.swarm.store.open_partial(
+                    self.digest, meta.size, meta.piece_size, origins=origins, registry=registry
+                )
+            except SizeRefused as exc:
+                # A liar, or an owner whose download in flight came from a registry a client
+                # named: not our client's failure (a 502), the registry's bytes are there.
+                log.info("%s: leaving owner %s: %s", self.digest, link.peer_id.hex()[:12], exc)
+                raise OwnerUnavailable(
+                    "the owner's size disagrees with the manifests of our registry"
+                ) from exc
             self.partial = partial
             self.picker = PiecePicker(
                 self.digest,
