@@ -426,7 +426,7 @@ class UpstreamFetcher:
         if offset or end is not None:
             last = "" if end is None else str(end - 1)
             request_headers["range"] = f"bytes={offset}-{last}"
-        base = self._upstreams.base_url(download.namespace)
+        base = self._registry(download)
         url = base + f"/v2/{download.name}/blobs/{digest}"
         config = self._upstreams.config
         asked_at = trio.current_time()
@@ -572,8 +572,9 @@ class UpstreamFetcher:
             raise failure
 
     def _registry(self, download: Download) -> str:
-        """The registry (base URL) this download's bytes and its told sizes come from: only
-        the sizes its own manifests give check them (pieces/descriptors.py)."""
+        """The registry (base URL) this download asks: its bytes and told sizes come from
+        there, only the sizes its own manifests give check them (pieces/descriptors.py), and
+        bytes fetched with credentials are private to it."""
         return self._upstreams.base_url(download.namespace)
 
     def _origins(self, download: Download) -> list[str]:
@@ -581,7 +582,7 @@ class UpstreamFetcher:
         credentials: public)."""
         if download.auth_key is None:
             return []
-        return [self._upstreams.base_url(download.namespace)]
+        return [self._registry(download)]
 
     async def _pump(
         self,
