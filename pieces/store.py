@@ -525,12 +525,16 @@ class Store:
         return media_type, body
 
     def _manifest_registries(self, hex_: str) -> list[str]:
-        """The registries recorded as having served the stored manifest `hex_`."""
+        """The registries recorded as having served the stored manifest `hex_` (the first
+        MANIFEST_REGISTRIES). Whole lines only: a line cut short (a write torn by a crash)
+        can name another registry. A file that cannot be read records none: the manifest is
+        still served, it teaches no sizes (an error here failed every read of it)."""
         try:
             text = (self._manifests / f"{hex_}.from").read_text("utf-8")
-        except (FileNotFoundError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):
             return []
-        return [line for line in text.splitlines() if line]
+        whole = text.split("\n")[:-1]  # what follows the last newline is no whole line
+        return [line for line in whole if line][:MANIFEST_REGISTRIES]
 
     # ---- private content ------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
-from pieces.store import Store
+from pieces.store import MANIFEST_REGISTRIES, Store
 from tests.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
@@ -149,6 +149,29 @@ async def test_the_registries_of_a_stored_manifest_go_with_it(tmp_path: Path) ->
     store.quota = 1
     store.make_room(0)  # evicts it
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
+
+
+def test_only_whole_lines_of_a_manifests_registries_count(tmp_path: Path) -> None:
+    """A line cut short (a torn write) can name another registry; a file that cannot be read
+    records none, and the manifest is still served (a read error failed every read of it);
+    and no more registries than a manifest records count, however many the file holds."""
+    store = Store(tmp_path, 64 * 1024)
+    layer = digest_of(b"a layer")
+    body = json.dumps({"schemaVersion": 2, "layers": [{"digest": layer, "size": 7}]}).encode()
+    digest = digest_of(body)
+    store.put_manifest(digest, MANIFEST_TYPE, body, REGISTRY)
+    sources = store.root / "manifests" / "sha256" / f"{digest[7:]}.from"
+    others = [f"https://r{n}.example" for n in range(MANIFEST_REGISTRIES + 1)]
+    sources.write_text("".join(f"{url}\n" for url in others) + NAMED)  # the last one torn
+    store = Store(tmp_path, 64 * 1024)
+    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    learned = [url for url in [*others, NAMED] if store.descriptor_sizes.size_of(url, layer) == 7]
+    assert learned == others[:MANIFEST_REGISTRIES]
+    sources.unlink()
+    sources.mkdir()  # unreadable as a file
+    store = Store(tmp_path, 64 * 1024)
+    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    assert len(store.descriptor_sizes) == 0
 
 
 async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_path: Path) -> None:
