@@ -6,8 +6,9 @@ Layout under the data directory:
     partial/<hex>.data         a blob being written (sparse file of the full size)
     partial/<hex>.meta         msgpack: size, piece size, {piece index: xxh3-128} of written pieces
     manifests/sha256/<hex>     manifest bytes (verified), with <hex>.type holding the media type
-                               and <hex>.from the registries (a base URL a line) that served
-                               them: the sizes they give are those registries' word only
+                               and <hex>.from the repositories that served them ("<registry
+                               base URL> <repository>" a line): the sizes they give are those
+                               repositories' word only
     private/<hex>              the registries (a base URL a line) that served this content with
                                credentials, written once it is verified: only they vouch for
                                a reader (see peer/access.py)
@@ -25,9 +26,9 @@ cache size, the high watermark of the file system) and at `sweep`, the node's pe
 (also: blobs unused for the TTL). The decisions are pure (pieces/room.py).
 
 Sizes are told by upstreams and peers, and either can lie: `open_partial` checks them against
-the blob's descriptor as the registry the download names gives it (learned from the manifests
-that registry served: pieces/descriptors.py), the piece limit, the quota and the disk before
-anything is allocated or evicted for them.
+the blob's descriptor as the repository the download names gives it (learned from the
+manifests that repository served, at its registry: pieces/descriptors.py), the piece limit,
+the quota and the disk before anything is allocated or evicted for them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import trio
 
-from pieces.descriptors import DescriptorSizes
+from pieces.descriptors import DescriptorSizes, Repository
 from pieces.digest import digest_hex, digest_of_hex, is_store_key
 from pieces.layout import (
     DEFAULT_PIECE_SIZE,
@@ -81,9 +82,9 @@ log = logging.getLogger("pollen.store")
 
 HASH_CACHE_BLOBS = 4096  # blobs whose piece hashes are kept (~2 KiB each at 512 MiB)
 MAX_ORIGINS = 8  # registries recorded per private blob (the first ones are kept)
-# Registries recorded per stored manifest (the first ones): a read from the cache teaches its
+# Repositories recorded per stored manifest (the first ones): a read from the cache teaches its
 # sizes for them. One that serves it later still teaches them as it does (`put_manifest`).
-MANIFEST_REGISTRIES = 8
+MANIFEST_SOURCES = 8
 ROOM_STEP = 64 * 1024 * 1024  # eviction for a download runs this far ahead of its bytes
 RESERVE_SECONDS = 60.0  # a download reserves disk for this long at its rate (see _reservation)
 WARN_EVERY = 60.0  # seconds between two warnings that a bound cannot be met
@@ -155,8 +156,8 @@ class Store:
         # Holders per hex digest (readers, uploads, preheat jobs): never evicted while held.
         self._readers: dict[str, int] = {}
         self._partials: dict[str, PartialBlob] = {}
-        # Blob sizes that the stored manifests give, per registry that served them (bounded):
-        # told sizes are checked against the word of the registry they come from.
+        # Blob sizes that the stored manifests give, per repository that served them (bounded):
+        # told sizes are checked against the word of the repository they come from.
         self.descriptor_sizes = DescriptorSizes()
         # The private markers, kept in memory as well (hex digest -> origins): the access
         # check runs for every piece a peer asks of us, twice, and reading a file each time
@@ -238,7 +239,7 @@ class Store:
         piece_size: int | None = None,
         origins: list[str] | None = None,
         *,
-        registry: str | None = None,
+        repository: Repository | None = None,
     ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
 
@@ -250,9 +251,10 @@ class Store:
 
         `size` and `piece_size` come from an upstream or a peer: they are checked (descriptor,
         piece limit, quota, disk) before anything is allocated or evicted for them.
-        `registry`: the registry (base URL) the download names, whose bytes these are, from it
-        or through a peer: the descriptor is the one its manifests give (None: no registry's).
-        A manifest from another registry, perhaps one a client named, checks nothing here.
+        `repository`: the repository the download names, at its registry, whose bytes these
+        are, from it or through a peer: the descriptor is the one its manifests give (None: no
+        repository's). A manifest from another repository or registry, perhaps one a client
+        named or pushed to, checks nothing here.
 
         A partial left by an earlier process is resumed only if its size matches; every piece it
         recorded is re-hashed first, and pieces that fail are dropped (fetched again).
@@ -274,7 +276,7 @@ class Store:
             return existing
         required = piece_size  # a swarm's (its owner's); None: ours, or the one on disk
         piece_size = piece_size or self.piece_size_for(size)
-        self._check_size(digest, size, piece_size, registry)
+        self._check_size(digest, size, piece_size, repository)
         data_path = self._partial / f"{hex_}.data"
         meta_path = self._partial / f"{hex_}.meta"
         pieces: dict[int, bytes] = {}
@@ -351,7 +353,9 @@ class Store:
         node's largest piece and least pieces per blob)."""
         return piece_size_for(size, self.piece_size, self.pieces_per_blob)
 
-    def _check_size(self, digest: str, size: int, piece_size: int, registry: str | None) -> None:
+    def _check_size(
+        self, digest: str, size: int, piece_size: int, repository: Repository | None
+    ) -> None:
         """Refuse a told size that cannot be right or cannot fit, before any allocation; the
         finer check against free space and eviction follows in `make_room`.
 
@@ -361,12 +365,13 @@ class Store:
         """
         if size < 0 or not 0 < piece_size <= MAX_PIECE_SIZE:
             raise SizeRefused(f"{digest}: no usable size ({size} bytes, pieces of {piece_size})")
-        described = None if registry is None else self.descriptor_sizes.size_of(registry, digest)
-        if described is not None and described != size:
-            raise SizeRefused(
-                f"{digest}: told it is {size} bytes, but the descriptor of a manifest from "
-                f"{registry} says {described}"
-            )
+        if repository is not None:
+            described = self.descriptor_sizes.size_of(repository, digest)
+            if described is not None and described != size:
+                raise SizeRefused(
+                    f"{digest}: told it is {size} bytes, but the descriptor of a manifest of "
+                    f"{repository.name} at {repository.registry_url} says {described}"
+                )
         if self.quota is not None and size > self.quota:
             raise NoRoom(f"{digest} ({size} bytes) is larger than the cache size ({self.quota})")
         disk = shutil.disk_usage(self.root).total
@@ -476,11 +481,11 @@ class Store:
 
     # ---- manifests -----------------------------------------------------------------------
 
-    def put_manifest(self, digest: str, media_type: str, body: bytes, registry: str) -> None:
-        """Store verified manifest bytes (the caller checked the digest) that `registry` (its
-        base URL) served: the sizes it gives are learned as that registry's word."""
-        if "\n" in registry or not registry:
-            raise ValueError(f"not a registry URL: {registry!r}")
+    def put_manifest(self, digest: str, media_type: str, body: bytes, source: Repository) -> None:
+        """Store verified manifest bytes (the caller checked the digest) that the repository
+        `source` served: the sizes it gives are learned as that repository's word."""
+        if any(part.split() != [part] for part in source):  # a word each: <hex>.from's line
+            raise ValueError(f"not a registry URL and a repository: {source!r}")
         hex_ = digest_hex(digest)
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
@@ -489,12 +494,12 @@ class Store:
         # Type first: a manifest body without its type is never served (get_manifest needs both).
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
-        registries = self._manifest_registries(hex_)
-        if registry not in registries and len(registries) < MANIFEST_REGISTRIES:
-            sources = self._manifests / f"{hex_}.from"
-            _write_lines_atomically(sources, [*registries, registry], self._tmp)
+        sources = self._manifest_sources(hex_)
+        if source not in sources and len(sources) < MANIFEST_SOURCES:
+            lines = [" ".join(known) for known in [*sources, source]]
+            _write_lines_atomically(self._manifests / f"{hex_}.from", lines, self._tmp)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
-        self.descriptor_sizes.learn_stored_manifest(registry, digest, body)
+        self.descriptor_sizes.learn_stored_manifest(source, digest, body)
 
     def manifest_type(self, digest: str) -> str | None:
         """The media type a stored manifest is served with (None: not stored)."""
@@ -506,12 +511,12 @@ class Store:
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a stored manifest, or None.
 
-        Its descriptor sizes are learned again, for the registries that served it (never for
-        the one a reader names: any client can have a registry it names serve a manifest,
-        and read it from here naming another): after a restart, clients (containerd) resolve
-        a tag with a HEAD, which stores nothing, then GET the manifest by digest from here.
-        A manifest stored before its registries were recorded teaches nothing until one
-        serves it again.
+        Its descriptor sizes are learned again, for the repositories that served it (never for
+        the one a reader names: any client can have a registry it names, or a repository it
+        pushes to, serve a manifest, and read it from here naming another): after a restart,
+        clients (containerd) resolve a tag with a HEAD, which stores nothing, then GET the
+        manifest by digest from here. A manifest stored before its repositories were recorded
+        teaches nothing until one serves it again.
         """
         hex_ = digest_hex(digest)
         try:
@@ -520,21 +525,26 @@ class Store:
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
-        for registry in self._manifest_registries(hex_):
-            self.descriptor_sizes.learn_stored_manifest(registry, digest, body)
+        for source in self._manifest_sources(hex_):
+            self.descriptor_sizes.learn_stored_manifest(source, digest, body)
         return media_type, body
 
-    def _manifest_registries(self, hex_: str) -> list[str]:
-        """The registries recorded as having served the stored manifest `hex_` (the first
-        MANIFEST_REGISTRIES). Whole lines only: a line cut short (a write torn by a crash)
-        can name another registry. A file that cannot be read records none: the manifest is
-        still served, it teaches no sizes (an error here failed every read of it)."""
+    def _manifest_sources(self, hex_: str) -> list[Repository]:
+        """The repositories recorded as having served the stored manifest `hex_` (the first
+        MANIFEST_SOURCES). Whole lines of a registry URL and a repository only: a line cut
+        short (a write torn by a crash) can name another repository. A file that cannot be
+        read records none: the manifest is still served, it teaches no sizes (an error here
+        failed every read of it)."""
         try:
             text = (self._manifests / f"{hex_}.from").read_text("utf-8")
         except (OSError, UnicodeDecodeError):
             return []
-        whole = text.split("\n")[:-1]  # what follows the last newline is no whole line
-        return [line for line in whole if line][:MANIFEST_REGISTRIES]
+        sources = []
+        for line in text.split("\n")[:-1]:  # what follows the last newline is no whole line
+            url, _, name = line.partition(" ")
+            if url and name and " " not in name:
+                sources.append(Repository(url, name))
+        return sources[:MANIFEST_SOURCES]
 
     # ---- private content ------------------------------------------------------------------
 
@@ -860,7 +870,7 @@ def _reservation(blob: PartialBlob, now: float) -> int:
 
 def _write_lines_atomically(path: Path, lines: list[str], tmp_dir: Path) -> None:
     """Replace `path` by these lines in one rename: a reader never sees a torn line (the
-    prefix of a registry URL can name another registry)."""
+    prefix of a registry URL or a repository can name another)."""
     tmp = tmp_dir / f"{path.name}.private"
     tmp.write_text("".join(line + "\n" for line in lines), "utf-8")
     os.replace(tmp, path)

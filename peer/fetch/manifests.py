@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from peer.access.auth_gate import credentials_key
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from pieces.descriptors import Repository
 from pieces.digest import digest_bytes, is_digest
 from pieces.store import Store
 
@@ -116,5 +117,5 @@ async def fetch_manifest(
         store.mark_public(digest)
     named = upstreams.named_by_client(namespace)
     media_type = stored_type(declared_type(body), store.manifest_type(digest), media_type, named)
-    store.put_manifest(digest, media_type, body, base)  # its sizes: this registry's word
+    store.put_manifest(digest, media_type, body, Repository(base, name))  # whose word its sizes are
     return Manifest(digest, media_type, body)

@@ -3,7 +3,7 @@
 Bytes are written to the partial blob as they arrive and readers are woken at once, so clients
 stream the blob while it downloads. The upstream is not trusted: the size it declares is
 checked by the store before anything is allocated (`Store.open_partial`; against the size that
-registry's own manifests give), and an answer that does not start where we asked (a 200 to a
+repository's own manifests give), and an answer that does not start where we asked (a 200 to a
 Range request) starts the blob over instead of being mixed with the pieces kept from before.
 
 Resuming (after a crash, or taking a blob over from the swarm) asks for the runs of missing
@@ -11,7 +11,7 @@ pieces with up to RANGES_AT_ONCE Range requests at once: one after the other, ea
 cost a new connection's handshake and slow start behind the registry's busy uplink (on the
 testbed a 1.5 MB range took 4 s while the registry served other blobs).
 
-A blob whose size a manifest of its registry gives comes in chunks, several Range requests at
+A blob whose size a manifest of its repository gives comes in chunks, several Range requests at
 once (more for a larger blob: chunks.whole_flows), when it is large (peer/fetch/chunks.py): the
 first asked alone, and once its answer shows the upstream honours Range (and agrees on the
 size), each flow that is free takes the next chunk in order. An upstream that answers the first
@@ -49,6 +49,7 @@ from peer.upstream.blob_stream import BlobStream, open_blob
 from peer.upstream.client import ERROR_BODY_LIMIT, Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import FORWARDED_ERROR_HEADERS, pick_headers
+from pieces.descriptors import Repository
 from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
@@ -257,21 +258,21 @@ class UpstreamFetcher:
             try:
                 origins = self._origins(download)
                 partial = await self._store.open_partial(
-                    digest, size_on_disk, origins=origins, registry=self._registry(download)
+                    digest, size_on_disk, origins=origins, repository=self._repository(download)
                 )
                 # Ours to release from now on, whatever happens before the upstream answers
                 # (a partial left registered would be handed, with its origins, to the next
                 # opener). Readers still wait for `ready`.
                 download.adopted(partial)
             except SizeRefused as exc:
-                # Left by a fetch whose size a manifest of this registry now contradicts:
+                # Left by a fetch whose size a manifest of this repository now contradicts:
                 # ask afresh.
                 log.info("%s: not resuming the partial on disk: %s", digest, exc)
         if partial is None:
             # The whole blob: in chunks when it is large and a manifest gave its size (else
             # the first answer tells it, and the blob comes in that one answer).
             expiring = may_expire(headers.get("authorization"))
-            first_end = self._first_chunk_end(digest, self._registry(download), expiring)
+            first_end = self._first_chunk_end(digest, self._repository(download), expiring)
             partial = await self._fetch_range(
                 download, headers, None, 0, first_end, rest_beside=first_end is not None
             )
@@ -478,7 +479,7 @@ class UpstreamFetcher:
                 # other client can see them (a joining client must pass its access check).
                 origins = self._origins(download)
                 partial = await self._store.open_partial(
-                    digest, size, origins=origins, registry=self._registry(download)
+                    digest, size, origins=origins, repository=self._repository(download)
                 )
             else:  # continuing (after the swarm, say): these bytes come from here too
                 partial.add_origins(self._origins(download))
@@ -512,11 +513,11 @@ class UpstreamFetcher:
             await body.aclose()
         return partial
 
-    def _first_chunk_end(self, digest: str, registry: str, expiring: bool) -> int | None:
+    def _first_chunk_end(self, digest: str, repository: Repository, expiring: bool) -> int | None:
         """Where the first chunk of a blob fetched whole ends (a piece boundary), when a
-        manifest `registry` served gives the blob's size and it is large enough for chunks;
+        manifest `repository` served gives the blob's size and it is large enough for chunks;
         else None."""
-        size = self._store.descriptor_sizes.size_of(registry, digest)
+        size = self._store.descriptor_sizes.size_of(repository, digest)
         if size is None:
             return None
         layout = PieceLayout(size, self._store.piece_size_for(size))
@@ -573,9 +574,13 @@ class UpstreamFetcher:
 
     def _registry(self, download: Download) -> str:
         """The registry (base URL) this download asks: its bytes and told sizes come from
-        there, only the sizes its own manifests give check them (pieces/descriptors.py), and
-        bytes fetched with credentials are private to it."""
+        there, and bytes fetched with credentials are private to it."""
         return self._upstreams.base_url(download.namespace)
+
+    def _repository(self, download: Download) -> Repository:
+        """The repository this download asks, at its registry: only the sizes its own
+        manifests give check the sizes told (pieces/descriptors.py)."""
+        return Repository(self._registry(download), download.name)
 
     def _origins(self, download: Download) -> list[str]:
         """The registries this download's bytes are private to (none when fetched without

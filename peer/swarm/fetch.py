@@ -33,6 +33,7 @@ from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
+from pieces.descriptors import Repository
 from pieces.layout import PieceLayout, least_piece_size
 from pieces.partial import PartialBlob, SizeRefused, StoreError
 from wire.events import (
@@ -364,19 +365,21 @@ class SwarmFetch:
             registry = self.swarm.access.registry_of(download.namespace)
             if auth is not None:
                 origins.append(registry)
-            # The owner's size is checked against what our client's registry's manifests say
-            # (the owner's bytes stand for that registry's: the sha256 holds them to it), not
-            # against a manifest of another registry, perhaps one a client named.
+            # The owner's size is checked against what our client's repository's manifests
+            # say (the owner's bytes stand for that repository's: the sha256 holds them to it),
+            # not against a manifest of another repository or registry, perhaps one a client
+            # named or pushed to.
+            repository = Repository(registry, download.name)
             try:
                 partial = await self.swarm.store.open_partial(
-                    self.digest, meta.size, meta.piece_size, origins=origins, registry=registry
+                    self.digest, meta.size, meta.piece_size, origins=origins, repository=repository
                 )
             except SizeRefused as exc:
-                # A liar, or an owner whose download in flight came from a registry a client
-                # named: not our client's failure (a 502), the registry's bytes are there.
+                # A liar, or an owner whose download in flight came from another repository
+                # or registry: not our client's failure (a 502), the registry's bytes are there.
                 log.info("%s: leaving owner %s: %s", self.digest, link.peer_id.hex()[:12], exc)
                 raise OwnerUnavailable(
-                    "the owner's size disagrees with the manifests of our registry"
+                    "the owner's size disagrees with the manifests of our client's repository"
                 ) from exc
             self.partial = partial
             self.picker = PiecePicker(

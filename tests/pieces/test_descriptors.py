@@ -1,14 +1,15 @@
-"""Blob sizes learned from manifests, per registry: what is read, what is skipped, whose word
+"""Blob sizes learned from manifests, per repository: what is read, what is skipped, whose word
 checks what, bounded memory."""
 
 from __future__ import annotations
 
 import json
 
-from pieces.descriptors import DescriptorSizes
+from pieces.descriptors import DescriptorSizes, Repository
 
-GOOD = "https://registry.example"
-EVIL = "https://registry.client-named.example"
+GOOD = Repository("https://registry.example", "org/app")
+EVIL = Repository("https://registry.client-named.example", "x")  # a registry a client named
+TENANT = Repository(GOOD.registry_url, "evil/x")  # another tenant of GOOD's registry
 
 
 def digest(n: int) -> str:
@@ -73,9 +74,9 @@ def test_disagreeing_manifests_leave_the_size_unknown() -> None:
 
 
 def test_a_disputed_size_is_never_learned_again() -> None:
-    # Two manifests of one registry disagree: were the digest learned anew, the liar could
+    # Two manifests of one repository disagree: were the digest learned anew, the liar could
     # set a wrong size after every honest manifest, and the real blob would be refused from
-    # that registry.
+    # that repository.
     sizes = DescriptorSizes()
     sizes.learn(GOOD, digest(1), 100)  # honest
     sizes.learn(GOOD, digest(1), 101)  # a lie: disputed
@@ -127,26 +128,29 @@ def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None
     assert sizes.size_of(GOOD, digest(1)) is None
     assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 1
     assert sizes.size_of(GOOD, digest(1)) == 10
-    # Served by another registry too: learned for that one, once.
+    # Served by another repository too: learned for that one, once.
     assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 1
     assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 0
     assert sizes.size_of(EVIL, digest(1)) == 10
 
 
-def test_a_size_is_the_word_of_its_registry_only() -> None:
-    """Any client can make the node read a manifest from a registry it names: that
-    registry's size for the real digest of another registry's blob checked downloads from
-    the honest one (refused, 502), and disputed the honest size for good."""
+def test_a_size_is_the_word_of_its_repository_only() -> None:
+    """Any client can make the node read a manifest from a registry it names, or from a
+    repository it pushes to on a registry anyone can push to: that repository's size for the
+    real digest of another repository's blob checked downloads from the honest one (refused,
+    502), and disputed the honest size for good."""
     sizes = DescriptorSizes()
     sizes.learn(EVIL, digest(1), 101)
+    sizes.learn(TENANT, digest(1), 102)
     assert sizes.size_of(GOOD, digest(1)) is None  # no word of GOOD's yet: no check
     sizes.learn(GOOD, digest(1), 100)
     assert sizes.size_of(GOOD, digest(1)) == 100
     assert sizes.size_of(EVIL, digest(1)) == 101  # checks only the downloads from EVIL
+    assert sizes.size_of(TENANT, digest(1)) == 102  # and from TENANT
     assert sizes.disputed() == 0
 
 
-def test_a_dispute_holds_for_the_registry_whose_manifests_disagree() -> None:
+def test_a_dispute_holds_for_the_repository_whose_manifests_disagree() -> None:
     sizes = DescriptorSizes()
     sizes.learn(EVIL, digest(1), 100)
     sizes.learn(EVIL, digest(1), 101)
@@ -158,11 +162,13 @@ def test_a_dispute_holds_for_the_registry_whose_manifests_disagree() -> None:
     assert sizes.disputed() == 1
 
 
-def test_the_bound_holds_across_registries() -> None:
-    # Registries a client names cost no more than one registry's manifests.
+def test_the_bound_holds_across_repositories() -> None:
+    # Registries a client names, and repositories it pushes to, cost no more than one
+    # repository's manifests.
     sizes = DescriptorSizes(limit=3)
     sizes.learn(GOOD, digest(0), 0)
-    named = [f"https://r{n}.example" for n in range(5)]
+    named = [Repository(f"https://r{n}.example", "x") for n in range(3)]
+    named += [Repository(GOOD.registry_url, f"evil/{n}") for n in range(2)]
     for registry in named:
         sizes.learn(registry, digest(0), 1)
     assert len(sizes) == 3

@@ -20,7 +20,7 @@ from pieces.ledger import Kind
 from pieces.partial import NoRoom
 from pieces.room import FOR_TTL, FOR_WATERMARK, Watermarks
 from pieces.store import CachePolicy, Store
-from tests.pieces.test_store_sizes import MANIFEST_TYPE, REGISTRY, digest_of, store_blob
+from tests.pieces.test_store_sizes import MANIFEST_TYPE, SOURCE, digest_of, store_blob
 from tests.tmpfs import mounted_tmpfs
 
 
@@ -73,7 +73,7 @@ def test_the_running_totals_agree_with_a_walk_of_the_disk(
             elif op == "partial":
                 await leave_partial(store, data)
             elif op == "manifest":
-                store.put_manifest(digest_of(data), "application/json", data, REGISTRY)
+                store.put_manifest(digest_of(data), "application/json", data, SOURCE)
             elif op == "evict":
                 store.quota = max(1, store.bytes_used() - n * 500)
                 store.make_room(0)
@@ -247,7 +247,7 @@ async def test_manifests_unread_for_the_ttl_go_too(tmp_path: Path) -> None:
     old = json_manifest(1)
     read = json_manifest(2)
     for body in (old, read):
-        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, REGISTRY)
+        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
         entry = store.ledger.get(Kind.MANIFEST, digest_hex(digest_of(body)))
         assert entry is not None
         store.ledger.put(dataclasses.replace(entry, last_used=time.time() - 1000.0))

@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from pieces.descriptors import Repository
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
-from pieces.store import MANIFEST_REGISTRIES, Store
+from pieces.store import MANIFEST_SOURCES, Store
 from tests.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-REGISTRY = "https://registry.example"  # the registry that served a test's manifests
-NAMED = "https://registry.client-named.example"  # one a client named
+# The repository that served a test's manifests; one at a registry a client named; another
+# tenant's of the first one's registry.
+SOURCE = Repository("https://registry.example", "org/app")
+NAMED = Repository("https://registry.client-named.example", "x")
+TENANT = Repository(SOURCE.registry_url, "evil/x")
 
 
 def digest_of(data: bytes) -> str:
@@ -91,82 +95,92 @@ async def test_a_declared_size_must_match_the_manifest_descriptor(tmp_path: Path
             "layers": [{"mediaType": "y", "digest": layer_digest, "size": len(layer)}],
         }
     ).encode()
-    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest, REGISTRY)
+    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest, SOURCE)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) + 1, registry=REGISTRY)
+        await store.open_partial(layer_digest, len(layer) + 1, repository=SOURCE)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) - 1, 1024, registry=REGISTRY)  # a peer
+        await store.open_partial(layer_digest, len(layer) - 1, 1024, repository=SOURCE)  # a peer
     assert partial_files(store) == []
     # After a restart, the manifest served from the cache teaches the sizes again.
     store = Store(tmp_path, 64 * 1024)
     assert store.get_manifest(digest_of(manifest)) == (MANIFEST_TYPE, manifest)
     with pytest.raises(SizeRefused, match="descriptor"):
-        await store.open_partial(layer_digest, len(layer) + 1, registry=REGISTRY)
-    partial = await store.open_partial(layer_digest, len(layer), registry=REGISTRY)
+        await store.open_partial(layer_digest, len(layer) + 1, repository=SOURCE)
+    partial = await store.open_partial(layer_digest, len(layer), repository=SOURCE)
     partial.write_sync(0, [layer])
     partial.finalize_sync()
     store.release_partial(partial)
     assert store.complete_path(layer_digest).read_bytes() == layer
 
 
-async def test_a_manifests_sizes_check_only_the_downloads_from_the_registry_that_served_it(
-    tmp_path: Path,
+@pytest.mark.parametrize("liar", [NAMED, TENANT], ids=["named-registry", "tenant"])
+async def test_a_manifests_sizes_check_only_the_downloads_from_the_repository_that_served_it(
+    tmp_path: Path, liar: Repository
 ) -> None:
-    """A client can have the node read a manifest from a registry it names, and then read it
-    from the cache naming another: its sizes checked the blobs of every registry (a real
-    layer refused from the honest one), after a restart too."""
+    """A client can have the node read a manifest from a registry it names, or from a
+    repository it pushes to on a registry anyone can push to, and then read it from the cache
+    naming another: its sizes checked the blobs of every registry, then of every repository
+    of the registry (a real layer refused from the honest one), after a restart too."""
     store = Store(tmp_path, 64 * 1024)
     layer = os.urandom(5000)
     layer_digest = digest_of(layer)
     lie = json.dumps(
         {"schemaVersion": 2, "layers": [{"digest": layer_digest, "size": len(layer) + 1}]}
     ).encode()
-    store.put_manifest(digest_of(lie), MANIFEST_TYPE, lie, NAMED)
+    store.put_manifest(digest_of(lie), MANIFEST_TYPE, lie, liar)
     for restart in (False, True):
         if restart:
             store = Store(tmp_path, 64 * 1024)
         assert store.get_manifest(digest_of(lie)) == (MANIFEST_TYPE, lie)
-        with pytest.raises(SizeRefused, match=f"a manifest from {NAMED}"):
-            await store.open_partial(layer_digest, len(layer), registry=NAMED)
-        partial = await store.open_partial(layer_digest, len(layer), registry=REGISTRY)
+        with pytest.raises(SizeRefused, match=f"manifest of {liar.name} at {liar.registry_url}"):
+            await store.open_partial(layer_digest, len(layer), repository=liar)
+        partial = await store.open_partial(layer_digest, len(layer), repository=SOURCE)
         store.release_partial(partial)
-        partial = await store.open_partial(layer_digest, len(layer), 1024, registry=REGISTRY)
+        partial = await store.open_partial(layer_digest, len(layer), 1024, repository=SOURCE)
         store.release_partial(partial)
-    assert store.descriptor_sizes.size_of(REGISTRY, layer_digest) is None
+    assert store.descriptor_sizes.size_of(SOURCE, layer_digest) is None
 
 
-async def test_the_registries_of_a_stored_manifest_go_with_it(tmp_path: Path) -> None:
+async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) -> None:
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     manifests = [json.dumps({"schemaVersion": 2, "n": n}).encode() for n in range(2)]
     for body in manifests:
-        for registry in (REGISTRY, NAMED, REGISTRY):  # recorded once each
-            store.put_manifest(digest_of(body), MANIFEST_TYPE, body, registry)
+        for source in (SOURCE, NAMED, TENANT, SOURCE):  # recorded once each
+            store.put_manifest(digest_of(body), MANIFEST_TYPE, body, source)
     sources = store.root / "manifests" / "sha256" / f"{digest_of(manifests[0])[7:]}.from"
-    assert sources.read_text().splitlines() == [REGISTRY, NAMED]
+    assert sources.read_text().splitlines() == [
+        "https://registry.example org/app",
+        "https://registry.client-named.example x",
+        "https://registry.example evil/x",
+    ]
     store.flush()
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
-    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], REGISTRY)
+    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
     store.quota = 1
     store.make_room(0)  # evicts it
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
 
 
-def test_only_whole_lines_of_a_manifests_registries_count(tmp_path: Path) -> None:
-    """A line cut short (a torn write) can name another registry; a file that cannot be read
-    records none, and the manifest is still served (a read error failed every read of it);
-    and no more registries than a manifest records count, however many the file holds."""
+def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> None:
+    """A line cut short (a torn write) can name another repository; a file that cannot be
+    read records none, and the manifest is still served (a read error failed every read of
+    it); and no more repositories than a manifest records count, however many the file
+    holds."""
     store = Store(tmp_path, 64 * 1024)
     layer = digest_of(b"a layer")
     body = json.dumps({"schemaVersion": 2, "layers": [{"digest": layer, "size": 7}]}).encode()
     digest = digest_of(body)
-    store.put_manifest(digest, MANIFEST_TYPE, body, REGISTRY)
+    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
     sources = store.root / "manifests" / "sha256" / f"{digest[7:]}.from"
-    others = [f"https://r{n}.example" for n in range(MANIFEST_REGISTRIES + 1)]
-    sources.write_text("".join(f"{url}\n" for url in others) + NAMED)  # the last one torn
+    others = [Repository(f"https://r{n}.example", "org/app") for n in range(MANIFEST_SOURCES + 1)]
+    torn = Repository(TENANT.registry_url, "evil")  # what "... evil/x" cut short names
+    lines = [SOURCE.registry_url, *(" ".join(other) for other in others)]  # no repository
+    sources.write_text("".join(f"{line}\n" for line in lines) + " ".join(torn))
     store = Store(tmp_path, 64 * 1024)
     assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
-    learned = [url for url in [*others, NAMED] if store.descriptor_sizes.size_of(url, layer) == 7]
-    assert learned == others[:MANIFEST_REGISTRIES]
+    known = [SOURCE, *others, torn]
+    learned = [r for r in known if store.descriptor_sizes.size_of(r, layer) == 7]
+    assert learned == others[:MANIFEST_SOURCES]
     sources.unlink()
     sources.mkdir()  # unreadable as a file
     store = Store(tmp_path, 64 * 1024)
@@ -251,7 +265,7 @@ async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, "https://registry.example")
     partial = await store.open_partial(digest, 3 * MiB)
     partial.write_sync(0, [os.urandom(2 * MiB)])
@@ -299,7 +313,7 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
     origin = "https://registry.example"
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, origin)
     partial = await store.open_partial(digest, len(manifest), origins=[origin])
     partial.write_sync(0, [manifest])
@@ -337,7 +351,7 @@ def test_a_stored_manifest_is_parsed_once_not_on_every_read(
     manifest = json.dumps({"schemaVersion": 2, "layers": []}).encode()
     digest = digest_of(manifest)
     store = Store(tmp_path, 64 * 1024)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, REGISTRY)
+    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
     for _ in range(5):
         assert store.get_manifest(digest) == (MANIFEST_TYPE, manifest)
     assert len(parsed) == 1

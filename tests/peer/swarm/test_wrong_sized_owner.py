@@ -1,10 +1,10 @@
 """An owner whose PieceMeta gives a blob another size than the manifests of our client's
-registry is left for that registry: its size is refused before anything is taken from it, and
-the client gets the blob from the registry. The refusal (SizeRefused, a StoreError) went up
-as the fetch's failure, past the fallback to the upstream, and the client got 502: a lying
-member, or an honest owner whose download in flight came from a registry a client named,
-failed the pulls of that blob on other nodes. A real node and registry; the owner is a
-scripted member."""
+repository is left for the registry: its size is refused before anything is taken from it,
+and the client gets the blob from the registry. The refusal (SizeRefused, a StoreError) went
+up as the fetch's failure, past the fallback to the upstream, and the client got 502: a lying
+member, or an honest owner whose download in flight came from another repository or a
+registry a client named, failed the pulls of that blob on other nodes. A real node and
+registry; the owner is a scripted member."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from wire.identity import NodeIdentity
 PIECE = 64 * 1024
 
 
-async def test_an_owner_whose_size_our_registrys_manifest_contradicts_is_left_for_the_registry(
+async def test_an_owner_whose_size_our_repositorys_manifest_contradicts_is_left_for_the_registry(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     async with node_and_registry(tmp_path, nursery, prefetch=False) as setup:
@@ -53,7 +53,7 @@ async def test_an_owner_whose_size_our_registrys_manifest_contradicts_is_left_fo
 
         await serve_member(nursery, liar, liar_port, liar_on_event)
         await announce_member(setup, liar, liar_port)
-        # Our client's registry gives the blob its size (the client reads the manifest first).
+        # Our client's repository gives the blob its size (the client reads the manifest first).
         assert (await setup.client.get("/v2/org/app/manifests/t")).status_code == 200
         with trio.fail_after(15):
             response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
@@ -61,5 +61,5 @@ async def test_an_owner_whose_size_our_registrys_manifest_contradicts_is_left_fo
         assert response.content == data
         assert setup.registry.count("GET", digest) == 1
         assert any(isinstance(event, Want) for event in seen), "the owner was not asked"
-        # Its size was checked against our client's registry's manifest, and never taken.
+        # Its size was checked against our client's repository's manifest, and never taken.
         assert not [event for event in seen if isinstance(event, Invite | Request)]

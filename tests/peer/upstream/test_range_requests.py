@@ -34,6 +34,7 @@ from peer.fetch.upstream_fetch import BUFFER_COUNT, RANGES_AT_ONCE, UpstreamFetc
 from peer.upstream.blob_stream import BlobStream
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import UpstreamError
+from pieces.descriptors import Repository
 from pieces.layout import PieceLayout
 from pieces.partial import PartialBlob, SizeRefused
 from pieces.store import Store
@@ -137,7 +138,7 @@ async def fetch_whole(
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
     if described:
-        store.descriptor_sizes.learn(registry.url, digest, len(data))
+        store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, len(data))
     fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
     with trio.fail_after(20):
         await fetcher.fetch(Download(digest, None, "org/app", None), {})
@@ -223,7 +224,7 @@ def prefetch_setup(
     data = os.urandom(size)
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
-    store.descriptor_sizes.learn(registry.url, digest, size)
+    store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, size)
     table = DownloadTable(store, nursery)
     fetcher = CountingFetcher(
         store, Upstreams(UpstreamConfig({}, registry.url)), held_back=table.held_back
@@ -391,7 +392,7 @@ async def test_a_large_blob_in_few_pieces_still_comes_in_chunks(
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=4 * 1024 * 1024, pieces_per_blob=32)
     assert PieceLayout(len(data), store.piece_size_for(len(data))).count < CHUNKED_MIN_PIECES
-    store.descriptor_sizes.learn(registry.url, digest, len(data))
+    store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, len(data))
     fetcher = UpstreamFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
     with trio.fail_after(20):
         await fetcher.fetch(Download(digest, None, "org/app", None), {})
@@ -463,7 +464,7 @@ async def test_a_chunk_answered_for_another_blob_size_never_joins_the_blob(
     data = os.urandom(LARGE)
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
-    store.descriptor_sizes.learn(registry.url, digest, len(data))
+    store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, len(data))
     fetcher = CountingFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
     # (Refused by the store against the manifest's size, or ended as a blob that changed.)
     with trio.fail_after(20), contextlib.suppress(SizeRefused, UpstreamError):
@@ -482,7 +483,7 @@ async def fetch_with(
     data = os.urandom(LARGE)
     digest = registry.add_blob(data)
     store = Store(tmp_path, piece_size=PIECE)
-    store.descriptor_sizes.learn(registry.url, digest, len(data))
+    store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, len(data))
     fetcher = UpstreamFetcher(store, Upstreams(UpstreamConfig({}, registry.url)))
     download = Download(digest, None, "org/app", None, started=trio.current_time() - begun_ago)
     with trio.fail_after(20):

@@ -18,6 +18,7 @@ import trio
 from peer.config import Address, NodeConfig
 from peer.fetch.chunks import least_pieces, whole_chunks
 from peer.node import Node
+from pieces.descriptors import Repository
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
 
 PIECE = 64 * 1024
@@ -223,7 +224,7 @@ async def test_a_refusal_after_the_blob_began_streaming_fails_its_client(setup: 
     registry = setup.registry
     data = os.urandom(300 * PIECE)
     digest = registry.add_blob(data)
-    setup.node.store.descriptor_sizes.learn(registry.url, digest, len(data))
+    setup.node.store.descriptor_sizes.learn(Repository(registry.url, "org/app"), digest, len(data))
     registry.refuse_ranges_from = 1
     with trio.fail_after(10), pytest.raises(httpx.RemoteProtocolError):
         await setup.client.get(blob_path(digest))

@@ -1,12 +1,19 @@
-"""A size a manifest gives a blob constrains only the downloads of that blob from the registry
-the manifest came from. The sizes were learned from every manifest the node read, whatever its
-registry, and any client can have the node read one from a registry it names (`?ns=`): its
-manifest gave the real digest of a layer of the default registry a wrong size, and from then
-on that layer was refused (502) when pulled from the default registry, and when taken from a
-peer that held it, until a manifest with the true size came by. A real node (and a cluster of
-two), fake registries; the attacker's registry is mapped with --upstream, as a registry on
-loopback cannot be one only a client names (the node refuses those), and the sizes' rule
-makes no difference between the two."""
+"""A size a manifest gives a blob constrains only the downloads of that blob from the
+repository the manifest came from, at its registry.
+
+The sizes were learned from every manifest the node read, whatever its registry, and any
+client can have the node read one from a registry it names (`?ns=`): its manifest gave the
+real digest of a layer of the default registry a wrong size, and from then on that layer was
+refused (502) when pulled from the default registry, and when taken from a peer that held it,
+until a manifest with the true size came by. Keyed by registry, the same held within one
+registry anyone can push to (Docker Hub, GHCR, a shared Harbor): one tenant's manifest gave
+another tenant's layer a wrong size. A real node (and a cluster of two), fake registries; the
+attacker's registry is mapped with --upstream, as a registry on loopback cannot be one only a
+client names (the node refuses those), and the sizes' rule makes no difference between the
+two. The fake registry serves any manifest under any repository: the attacker's repository
+is another tenant's on the same registry.
+
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import os
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from bench.components import free_ports
@@ -34,6 +42,12 @@ from tests.peer.swarm.real_nodes import (
 )
 
 EVIL = "evil.test"
+# Where the attacker's manifest is read: a registry a client names, or another repository of
+# the default registry (a tenant of a registry anyone can push to).
+ATTACKERS = {
+    "named-registry": f"/v2/x/manifests/{{}}?ns={EVIL}",
+    "tenant": "/v2/evil/x/manifests/{}",
+}
 
 
 def lying_manifest(digest: str, size: int) -> bytes:
@@ -48,15 +62,17 @@ def lying_manifest(digest: str, size: int) -> bytes:
     ).encode()
 
 
-async def test_a_client_named_registrys_manifest_does_not_fail_the_default_registrys_blob(
-    tmp_path: Path, nursery: trio.Nursery
+@pytest.mark.parametrize("attacker", ATTACKERS)
+async def test_an_attackers_manifest_does_not_fail_another_repositorys_blob(
+    tmp_path: Path, nursery: trio.Nursery, attacker: str
 ) -> None:
     good, evil = FakeRegistry(), FakeRegistry()
     await nursery.start(good.serve)
     await nursery.start(evil.serve)
     layer = os.urandom(150_000)
     digest = good.add_blob(layer)
-    lie = evil.add_manifest("t", lying_manifest(digest, len(layer) + 1))
+    lies_at = good if attacker == "tenant" else evil
+    lie = lies_at.add_manifest("t", lying_manifest(digest, len(layer) + 1))
     config = NodeConfig(
         http=Address("127.0.0.1", 0),
         data_dir=tmp_path / "store",
@@ -67,18 +83,19 @@ async def test_a_client_named_registrys_manifest_does_not_fail_the_default_regis
     node = Node(config)
     port = await nursery.start(node.run)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
-        # The attacker: its manifest read from its registry, then from the cache by a
-        # request that names the default registry (stored manifests are learned on read).
-        assert (await client.get(f"/v2/x/manifests/t?ns={EVIL}")).status_code == 200
-        assert (await client.get(f"/v2/x/manifests/{lie}")).status_code == 200
+        # The attacker: its manifest read from its repository, then from the cache by a
+        # request that names the victim's (stored manifests are learned on read).
+        assert (await client.get(ATTACKERS[attacker].format("t"))).status_code == 200
+        assert (await client.get(f"/v2/org/app/manifests/{lie}")).status_code == 200
         # Every other client: the layer from the default registry.
         response = await client.get(f"/v2/org/app/blobs/{digest}")
         assert response.status_code == 200, response.text
         assert response.content == layer
 
 
-async def test_a_client_named_registrys_manifest_does_not_fail_a_peers_transfer(
-    tmp_path: Path, nursery: trio.Nursery
+@pytest.mark.parametrize("attacker", ATTACKERS)
+async def test_an_attackers_manifest_does_not_fail_a_peers_transfer(
+    tmp_path: Path, nursery: trio.Nursery, attacker: str
 ) -> None:
     """The blob's owner holds it from the default registry; a node where the attacker had
     its manifest read takes it from the owner (the owner's PieceMeta gives the true size)."""
@@ -104,10 +121,11 @@ async def test_a_client_named_registrys_manifest_does_not_fail_a_peers_transfer(
     other = member("other", other_port, join=(Address("127.0.0.1", owner_port),))
     data = blob_where(lambda d: first_of(d, owner, other) == owner.node_id)
     digest = good.add_blob(data)
-    evil.add_manifest("t", lying_manifest(digest, BLOB - 1))
+    lies_at = good if attacker == "tenant" else evil
+    lies_at.add_manifest("t", lying_manifest(digest, BLOB - 1))
     async with running(owner, nursery) as a, running(other, nursery) as b:
         await until(lambda: knows(owner, other) and knows(other, owner))
         assert await a.pull(digest) == data
-        assert (await b.client.get(f"/v2/x/manifests/t?ns={EVIL}")).status_code == 200
+        assert (await b.client.get(ATTACKERS[attacker].format("t"))).status_code == 200
         assert await b.pull(digest) == data
     assert good.count("GET", digest) == 1, "the blob did not come from its owner"
