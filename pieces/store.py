@@ -239,7 +239,7 @@ class Store:
         piece_size: int | None = None,
         origins: list[str] | None = None,
         *,
-        repository: Repository | None = None,
+        repository: Repository | None,
     ) -> PartialBlob:
         """Open (resuming from disk when possible) the partial blob for `digest` of `size` bytes.
 
@@ -253,8 +253,9 @@ class Store:
         piece limit, quota, disk) before anything is allocated or evicted for them.
         `repository`: the repository the download names, at its registry, whose bytes these
         are, from it or through a peer: the descriptor is the one its manifests give (None: no
-        repository's). A manifest from another repository or registry, perhaps one a client
-        named or pushed to, checks nothing here.
+        repository's, the descriptor is not asked; said at every call, never by default). A
+        manifest from another repository or registry, perhaps one a client named or pushed to,
+        checks nothing here.
 
         A partial left by an earlier process is resumed only if its size matches; every piece it
         recorded is re-hashed first, and pieces that fail are dropped (fetched again).

@@ -32,7 +32,7 @@ async def main(root: Path, seed: int, size: int, piece_size: int) -> None:
         print("ready", flush=True)
         return
     print("ready", flush=True)  # start-up done: the test times its kill from here
-    partial = await store.open_partial(digest, size)
+    partial = await store.open_partial(digest, size, repository=None)
     offset = partial.first_missing_offset()
     while offset < size:
         partial.write_sync(offset, [data[offset : offset + CHUNK]])

@@ -116,7 +116,7 @@ def test_resume_after_kill_reads_the_same_bytes(tmp_path: Path) -> None:
         size = store.partial_size_on_disk(digest)
         if size is None:  # killed before the first piece was recorded
             size = SIZE
-        partial = await store.open_partial(digest, size)
+        partial = await store.open_partial(digest, size, repository=None)
         offset = partial.first_missing_offset()
         partial.write_sync(offset, [data[offset:]])
         partial.finalize_sync()

@@ -62,7 +62,7 @@ def test_any_chunking_stores_the_exact_bytes(
     async def main() -> None:
         store = Store(root, piece_size)
         digest = digest_of(data)
-        partial = await store.open_partial(digest, size)
+        partial = await store.open_partial(digest, size, repository=None)
         offset = 0
         for chunk in chunked(data, chunk_sizes):
             partial.write_sync(offset, [chunk])
@@ -85,7 +85,7 @@ async def test_wrong_content_is_discarded_and_readers_are_told(tmp_path: Path) -
     store = Store(tmp_path, 1024)
     data = os.urandom(5000)
     claimed = digest_of(b"something else")
-    partial = await store.open_partial(claimed, len(data))
+    partial = await store.open_partial(claimed, len(data), repository=None)
     partial.write_sync(0, [data])
     with pytest.raises(DigestMismatch):
         partial.finalize_sync()
@@ -99,7 +99,7 @@ async def test_wrong_content_is_discarded_and_readers_are_told(tmp_path: Path) -
 async def test_readers_wake_as_bytes_arrive(tmp_path: Path) -> None:
     store = Store(tmp_path, 1000)
     data = os.urandom(3500)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     seen: list[int] = []
 
     async def reader() -> None:
@@ -127,7 +127,7 @@ async def test_resume_keeps_verified_pieces_and_drops_corrupt_ones(tmp_path: Pat
     data = os.urandom(10_000)
     digest = digest_of(data)
     store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [data[:4500]])  # pieces 0-3 complete, piece 4 half written
     store.release_partial(partial)
     # Corrupt piece 2 on disk, as a torn write before a crash would.
@@ -137,7 +137,7 @@ async def test_resume_keeps_verified_pieces_and_drops_corrupt_ones(tmp_path: Pat
 
     store2 = Store(tmp_path, 4096)  # a different --piece-size does not break the resume
     assert store2.partial_size_on_disk(digest) == len(data)
-    resumed = await store2.open_partial(digest, len(data))
+    resumed = await store2.open_partial(digest, len(data), repository=None)
     assert resumed.layout.piece_size == 1000
     assert sorted(resumed.piece_hashes) == [0, 1, 3]
     assert resumed.first_missing_offset() == 2000
@@ -152,7 +152,7 @@ async def partial_left_on_disk(tmp_path: Path) -> tuple[bytes, str, PartialBlob]
     data = os.urandom(3000)
     digest = digest_of(data)
     store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [data[:2000]])
     store.release_partial(partial)
     return data, digest, partial
@@ -166,11 +166,11 @@ async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Pat
     meta["piece_size"] = MAX_PIECE_SIZE * 2
     partial.meta_path.write_bytes(msgpack.packb(meta))
     assert partial_module.load_meta(partial.meta_path) is None
-    fresh = await Store(tmp_path, 1000).open_partial(digest, len(data))
+    fresh = await Store(tmp_path, 1000).open_partial(digest, len(data), repository=None)
     assert fresh.layout.piece_size == 1000 and fresh.piece_hashes == {}
     with pytest.raises(SizeRefused):
         await Store(tmp_path / "other", 1000).open_partial(
-            digest, len(data), piece_size=MAX_PIECE_SIZE + 1
+            digest, len(data), piece_size=MAX_PIECE_SIZE + 1, repository=None
         )
 
 
@@ -183,7 +183,7 @@ async def test_a_store_cuts_blobs_into_its_least_pieces_per_blob(tmp_path: Path)
     many = Store(tmp_path / "many", 4 * mib)
     assert few.piece_size_for(128 * mib) == 4 * mib
     assert many.piece_size_for(128 * mib) == 512 * 1024
-    partial = await few.open_partial(digest, 128 * mib)
+    partial = await few.open_partial(digest, 128 * mib, repository=None)
     assert partial.layout.piece_size == 4 * mib and partial.layout.count == 32
     few.release_partial(partial)
 
@@ -193,14 +193,14 @@ async def test_unreadable_meta_means_start_over(tmp_path: Path) -> None:
     partial.meta_path.write_bytes(b"\x93garbage")
     store2 = Store(tmp_path, 1000)
     assert store2.partial_size_on_disk(digest) is None
-    fresh = await store2.open_partial(digest, len(data))
+    fresh = await store2.open_partial(digest, len(data), repository=None)
     assert fresh.piece_hashes == {}
 
 
 async def test_out_of_order_write_within_a_piece_is_refused(tmp_path: Path) -> None:
     store = Store(tmp_path, 1000)
     data = os.urandom(3000)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     with pytest.raises(Exception, match="out of order"):
         partial.write_sync(500, [data[500:600]])
 
@@ -210,7 +210,7 @@ async def test_pieces_may_arrive_out_of_order(tmp_path: Path) -> None:
     store = Store(tmp_path, 1000)
     data = os.urandom(4200)
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     for index in (3, 0, 4, 2, 1):
         start = index * 1000
         assert partial.write_sync(start, [data[start : start + 1000]]) == [index]
@@ -222,7 +222,7 @@ async def test_piece_hashes_of_a_committed_blob_are_kept_not_reread(tmp_path: Pa
     store = Store(tmp_path, 1000)
     data = os.urandom(4200)
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [data])
     partial.finalize_sync()
     store.release_partial(partial)
@@ -246,7 +246,7 @@ async def test_eviction_is_lru_and_spares_blobs_in_use(tmp_path: Path) -> None:
     for i, data in enumerate(blobs):
         digest = digest_of(data)
         digests.append(digest)
-        partial = await store.open_partial(digest, len(data))
+        partial = await store.open_partial(digest, len(data), repository=None)
         partial.write_sync(0, [data])
         partial.finalize_sync()
         store.release_partial(partial)
@@ -270,7 +270,9 @@ async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk:
     store = Store(tiny_disk, 256 * 1024)
     data = os.urandom(1536 * 1024)
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))  # it fits: 2 MiB are free
+    partial = await store.open_partial(
+        digest, len(data), repository=None
+    )  # it fits: 2 MiB are free
     # Then someone else takes 1 MiB of the disk: the writes run into a real ENOSPC.
     filler = tiny_disk / "filler"
     filler.write_bytes(bytes(1024 * 1024))
@@ -285,7 +287,7 @@ async def test_full_disk_fails_cleanly_and_keeps_the_store_consistent(tiny_disk:
     # Whatever was recorded verifies; once there is room again, a resume starts from there.
     filler.unlink()
     store2 = Store(tiny_disk, 256 * 1024)
-    resumed = await store2.open_partial(digest, len(data))
+    resumed = await store2.open_partial(digest, len(data), repository=None)
     for index in resumed.piece_hashes:
         layout = resumed.layout
         assert (
@@ -305,7 +307,7 @@ async def test_the_sha256_of_pieces_out_of_order_is_read_through_several_windows
     data = os.urandom(6 * mmap.ALLOCATIONGRANULARITY + 123)
     digest = digest_of(data)
     store = Store(tmp_path, piece)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     count = partial.layout.count
     order = [0, *random.Random(3).sample(range(1, count), count - 1)]  # piece 0 in order
     for index in order:
@@ -318,7 +320,7 @@ async def test_the_sha256_of_pieces_out_of_order_is_read_through_several_windows
 async def _written_out_of_order(tmp_path: Path, data: bytes) -> PartialBlob:
     """A partial of `data` in pieces of 1000, written last piece first: its sha256 is taken
     from the disk at the end."""
-    partial = await Store(tmp_path, 1000).open_partial(digest_of(data), len(data))
+    partial = await Store(tmp_path, 1000).open_partial(digest_of(data), len(data), repository=None)
     for index in reversed(range(partial.layout.count)):
         start = index * 1000
         partial.write_sync(start, [data[start : start + 1000]])
@@ -347,7 +349,7 @@ async def test_a_write_that_fills_a_gap_hashes_the_pieces_stored_after_it(
     # what is stored after the sha256's position.
     data = os.urandom(8000)
     store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     piece = {i: data[i * 1000 : (i + 1) * 1000] for i in range(8)}
     for index in (1, 2, 3, 5, 6, 7):
         assert partial.write_piece_sync(index, piece[index], piece_hash(piece[index]))
@@ -383,7 +385,7 @@ async def test_pieces_in_any_order_give_the_blob_or_fail_its_check(
     if flipped is not None:
         stored[flipped] ^= 1
     store = Store(tmp_path_factory.mktemp("any-order"), 700)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     writes = [i for i in range(9) for _ in range(2 if streamed[i] else 1)]
     shuffle.shuffle(writes)
     written: dict[int, int] = {}  # piece -> bytes of it written so far
@@ -412,7 +414,7 @@ async def test_a_read_back_that_fails_is_left_to_the_check(
     # read back are hashed by the check (here, once the fault is gone), not by every write.
     data = os.urandom(5000)
     store = Store(tmp_path, 1000)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     piece = {i: data[i * 1000 : (i + 1) * 1000] for i in range(5)}
     for index in (1, 2):
         assert partial.write_piece_sync(index, piece[index], piece_hash(piece[index]))
@@ -447,7 +449,7 @@ async def test_a_whole_piece_is_checked_and_written_with_one_hash(tmp_path: Path
     store = Store(tmp_path, 1000)
     data = os.urandom(4200)
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     pieces = {i: data[i * 1000 : (i + 1) * 1000] for i in range(5)}
     wrong = bytes([pieces[2][0] ^ 1]) + pieces[2][1:]
     assert partial.write_piece_sync(2, wrong, piece_hash(pieces[2])) is None
@@ -466,7 +468,7 @@ async def test_a_whole_piece_is_checked_and_written_with_one_hash(tmp_path: Path
 async def test_a_whole_piece_cannot_finish_a_piece_a_stream_began(tmp_path: Path) -> None:
     store = Store(tmp_path, 1000)
     data = os.urandom(3000)
-    partial = await store.open_partial(digest_of(data), len(data))
+    partial = await store.open_partial(digest_of(data), len(data), repository=None)
     partial.write_sync(1000, [data[1000:1500]])
     with pytest.raises(StoreError, match="out of order"):
         partial.write_piece_sync(1, data[1000:2000], piece_hash(data[1000:2000]))
@@ -492,7 +494,7 @@ async def test_the_piece_record_is_saved_per_4_mib_or_second_of_pieces_and_on_cl
     data = os.urandom(8 * mib)
     digest = digest_of(data)
     store = Store(tmp_path, mib)
-    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib, repository=None)
 
     def on_disk() -> list[int]:
         meta = partial_module.load_meta(partial.meta_path)
@@ -517,7 +519,9 @@ async def test_the_piece_record_is_saved_per_4_mib_or_second_of_pieces_and_on_cl
     assert on_disk() == [0, 1, 2, 3, 4, 5, 6]
     store.release_partial(partial)  # closed: the rest is saved
     assert on_disk() == list(range(8))
-    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    resumed = await Store(tmp_path, mib).open_partial(
+        digest, len(data), piece_size=mib, repository=None
+    )
     assert sorted(resumed.piece_hashes) == list(range(8))
 
 
@@ -530,7 +534,7 @@ async def test_later_saves_append_to_the_record_and_a_torn_append_loses_only_its
     data = os.urandom(12 * mib)
     digest = digest_of(data)
     store = Store(tmp_path, mib)
-    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib, repository=None)
     for index in range(12):
         piece = data[index * mib : (index + 1) * mib]
         assert partial.write_piece_sync(index, piece, piece_hash(piece)) == [index]
@@ -555,7 +559,9 @@ async def test_later_saves_append_to_the_record_and_a_torn_append_loses_only_its
     version_2 = {"v": 2, "digest": digest, "size": len(data), "piece_size": mib}
     version_2 |= {"pieces": {0: piece_hash(data[:mib])}, "origins": []}
     partial.meta_path.write_bytes(msgpack.packb(version_2))
-    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    resumed = await Store(tmp_path, mib).open_partial(
+        digest, len(data), piece_size=mib, repository=None
+    )
     assert sorted(resumed.piece_hashes) == [0]
 
 
@@ -567,7 +573,7 @@ async def test_a_damaged_record_is_read_up_to_the_damage_never_raised(tmp_path: 
     data = os.urandom(2 * mib)
     digest = digest_of(data)
     store = Store(tmp_path, mib)
-    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib, repository=None)
     piece = data[:mib]
     assert partial.write_piece_sync(0, piece, piece_hash(piece)) == [0]
     store.release_partial(partial)
@@ -575,7 +581,9 @@ async def test_a_damaged_record_is_read_up_to_the_damage_never_raised(tmp_path: 
         f.write(b"\x81\xa6pieces\x81\x91\x01\xa1a")  # {"pieces": {[1]: "a"}}
     meta = partial_module.load_meta(partial.meta_path)
     assert meta is not None and sorted(meta["pieces"]) == [0]
-    resumed = await Store(tmp_path, mib).open_partial(digest, len(data), piece_size=mib)
+    resumed = await Store(tmp_path, mib).open_partial(
+        digest, len(data), piece_size=mib, repository=None
+    )
     assert sorted(resumed.piece_hashes) == [0]
     resumed.close()
     partial.meta_path.write_bytes(b"\x81\x91\x01\xa1a")  # the first record damaged
@@ -592,7 +600,7 @@ async def test_a_failed_append_is_followed_by_a_whole_record_and_never_fails_a_c
     data = os.urandom(12 * mib)
     digest = digest_of(data)
     store = Store(tmp_path, mib)
-    partial = await store.open_partial(digest, len(data), piece_size=mib)
+    partial = await store.open_partial(digest, len(data), piece_size=mib, repository=None)
 
     def write(index: int) -> None:
         piece = data[index * mib : (index + 1) * mib]

@@ -27,7 +27,7 @@ from tests.tmpfs import mounted_tmpfs
 async def leave_partial(store: Store, data: bytes) -> str:
     """Half a blob written, then the download given up: a partial left on disk."""
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data), piece_size=1024)
+    partial = await store.open_partial(digest, len(data), piece_size=1024, repository=None)
     partial.write_sync(0, [data[: len(data) // 2]])  # whole pieces: recorded in the meta
     store.release_partial(partial)
     return digest
@@ -215,7 +215,7 @@ async def test_a_partial_that_fails_to_open_stays_counted_and_evictable(
 
     monkeypatch.setattr(store, "make_room", no_room)
     with pytest.raises(NoRoom):
-        await store.open_partial(digest, len(data), piece_size=1024)
+        await store.open_partial(digest, len(data), piece_size=1024, repository=None)
     assert store.bytes_used() == before == walked_use(tmp_path)
     assert any(c.partial for c in store._evictable())
 

@@ -33,7 +33,7 @@ def digest_of(data: bytes) -> str:
 
 async def store_blob(store: Store, data: bytes) -> str:
     digest = digest_of(data)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [data])
     partial.finalize_sync()
     store.release_partial(partial)
@@ -49,7 +49,7 @@ async def test_a_blob_over_the_quota_is_refused_and_evicts_nothing(tmp_path: Pat
     cached = await store_blob(store, os.urandom(100_000))
     huge = digest_of(b"claims to be a TiB")
     with pytest.raises(NoRoom, match="larger than the cache size"):
-        await store.open_partial(huge, 2**40)
+        await store.open_partial(huge, 2**40, repository=None)
     assert store.has_blob(cached)
     assert partial_files(store) == []
     assert store.bytes_used() < MiB
@@ -64,7 +64,7 @@ async def test_a_blob_over_the_free_disk_is_refused_before_anything_is_allocated
     tracemalloc.start()
     try:
         with pytest.raises(NoRoom, match="larger than the disk"):
-            await store.open_partial(digest, 2**50)
+            await store.open_partial(digest, 2**50, repository=None)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -77,9 +77,9 @@ async def test_sizes_from_peers_get_the_same_checks(tmp_path: Path) -> None:
     store = Store(tmp_path, 64 * 1024, quota=10 * MiB)
     digest = digest_of(b"a peer says so")
     with pytest.raises(NoRoom, match="larger than the cache size"):
-        await store.open_partial(digest, 2**40, 4 * MiB)
+        await store.open_partial(digest, 2**40, 4 * MiB, repository=None)
     with pytest.raises(SizeRefused, match="pieces"):
-        await store.open_partial(digest, 8 * MiB, 1)  # 8 Mi pieces of one byte
+        await store.open_partial(digest, 8 * MiB, 1, repository=None)  # 8 Mi pieces of one byte
     assert partial_files(store) == []
 
 
@@ -191,7 +191,7 @@ def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> N
 async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_path: Path) -> None:
     store = Store(tmp_path, 64 * 1024, quota=100 * MiB)
     data = os.urandom(64 * 1024)
-    partial = await store.open_partial(digest_of(b"big, barely started"), 64 * MiB)
+    partial = await store.open_partial(digest_of(b"big, barely started"), 64 * MiB, repository=None)
     partial.write_sync(0, [data])
     store.release_partial(partial)  # left on disk for a resume
     assert store.bytes_used() < MiB
@@ -201,14 +201,14 @@ async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_pat
 async def test_a_leftover_partial_is_evicted_to_make_room(tmp_path: Path) -> None:
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     old = os.urandom(3 * MiB)
-    partial = await store.open_partial(digest_of(old), len(old))
+    partial = await store.open_partial(digest_of(old), len(old), repository=None)
     partial.write_sync(0, [old[: 2 * MiB]])
     store.release_partial(partial)
     # A restart: the leftover is nobody's download now, and stays on disk.
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     assert store.bytes_used() >= 2 * MiB
     new = os.urandom(3 * MiB)
-    fresh = await store.open_partial(digest_of(new), len(new))
+    fresh = await store.open_partial(digest_of(new), len(new), repository=None)
     assert store.partial_size_on_disk(digest_of(old)) is None
     assert partial_files(store) == [f"{digest_of(new)[7:]}.data"]
     fresh.write_sync(0, [new])
@@ -245,10 +245,10 @@ async def test_verification_covers_the_stored_bytes_not_the_stream(tmp_path: Pat
     data = os.urandom(10 * piece + 7)
     digest = digest_of(data)
     store = Store(tmp_path, piece)
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [bytes(3 * piece)])
     store.release_partial(partial)
-    resumed = await Store(tmp_path, piece).open_partial(digest, len(data))
+    resumed = await Store(tmp_path, piece).open_partial(digest, len(data), repository=None)
     assert sorted(resumed.piece_hashes) == [0, 1, 2]
     resumed.write_sync(0, [data])
     with pytest.raises(DigestMismatch):
@@ -267,12 +267,12 @@ async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that
     digest = digest_of(manifest)
     store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, "https://registry.example")
-    partial = await store.open_partial(digest, 3 * MiB)
+    partial = await store.open_partial(digest, 3 * MiB, repository=None)
     partial.write_sync(0, [os.urandom(2 * MiB)])
     store.release_partial(partial)
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)  # a restart: the partial is a leftover
     assert store.get_manifest(digest) is not None  # read since: the partial is older
-    await store.open_partial(digest_of(b"x" * 10), 3 * MiB)  # evicts it
+    await store.open_partial(digest_of(b"x" * 10), 3 * MiB, repository=None)  # evicts it
     assert store.partial_size_on_disk(digest) is None
     assert store.private_origins(digest) == ["https://registry.example"]
     store.flush()  # the manifest goes: its marker may go with it
@@ -292,10 +292,12 @@ async def test_a_told_size_that_trickles_in_reserves_no_disk(small_disk: Path) -
     cache or refuse every other blob for as long as it keeps the download alive."""
     store = Store(small_disk, 64 * 1024)
     cached = await store_blob(store, os.urandom(100 * MiB))
-    trickle = await store.open_partial(digest_of(b"claimed big"), 200 * MiB)
+    trickle = await store.open_partial(digest_of(b"claimed big"), 200 * MiB, repository=None)
     try:
         trickle.write_sync(0, [os.urandom(64 * 1024)])
-        new = await store.open_partial(digest_of(b"a real blob"), 8 * MiB)  # no NoRoom
+        new = await store.open_partial(
+            digest_of(b"a real blob"), 8 * MiB, repository=None
+        )  # no NoRoom
         store.release_partial(new)
         assert store.has_blob(cached)  # and nothing evicted for the claim
     finally:
@@ -315,7 +317,7 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     origin = "https://registry.example"
     store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, origin)
-    partial = await store.open_partial(digest, len(manifest), origins=[origin])
+    partial = await store.open_partial(digest, len(manifest), origins=[origin], repository=None)
     partial.write_sync(0, [manifest])
     partial.verify_sync()
     real_fsync = os.fsync

@@ -63,7 +63,7 @@ async def test_a_private_partial_never_reaches_a_client_naming_another_registry(
     # A private partial left on disk by an earlier credentialed fetch (here: every piece, as
     # after a crash between verify and commit; a prefix works too, streamed unverified).
     store = Store(store_dir, 64 * 1024)
-    partial = await store.open_partial(digest, SIZE, origins=[dead_url])
+    partial = await store.open_partial(digest, SIZE, origins=[dead_url], repository=None)
     partial.write_sync(0, [data])
     store.release_partial(partial)
 

@@ -208,7 +208,7 @@ async def test_only_the_missing_runs_are_fetched_around_pieces_already_held(
     data = os.urandom(10 * piece + 123)
     digest = setup.registry.add_blob(data)
     store = setup.node.store
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     for index in (2, 3, 7):
         partial.write_sync(index * piece, [data[index * piece : (index + 1) * piece]])
     partial.close()
@@ -318,7 +318,7 @@ async def test_fully_written_partial_is_committed_after_a_one_byte_check(setup: 
     data = os.urandom(200_000)
     digest = setup.registry.add_blob(data)
     other = Store(setup.node.config.data_dir, 64 * 1024)
-    partial = await other.open_partial(digest, len(data))
+    partial = await other.open_partial(digest, len(data), repository=None)
     partial.write_sync(0, [data])
     other.release_partial(partial)
     response = await setup.client.get(f"/v2/org/app/blobs/{digest}")

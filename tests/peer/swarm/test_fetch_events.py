@@ -291,7 +291,7 @@ async def test_a_full_disk_during_a_takeover_ends_the_fetch_with_that_error(
     itself, not in an exception group (the download table discards a partial on DiskFull
     only, and answers 507 for it)."""
     store = Store(tmp_path)
-    partial = await store.open_partial(DIGEST, 300)
+    partial = await store.open_partial(DIGEST, 300, repository=None)
     fetch = SwarmFetch(
         SimpleNamespace(upstream=DiskFullUpstream(), links={}),  # type: ignore[arg-type]
         DigestState(DIGEST),
@@ -328,7 +328,7 @@ async def test_a_peer_event_is_scheduled_in_the_read_loop_without_waking_the_fet
     blob is complete, to be verified and committed)."""
     store = Store(tmp_path)
     data = bytes(range(256)) * 2
-    partial = await store.open_partial(DIGEST, len(data), piece_size=256)
+    partial = await store.open_partial(DIGEST, len(data), piece_size=256, repository=None)
     posted: list[object] = []
     link = PostingLink(PEER, posted)
     swarm = SimpleNamespace(
@@ -453,7 +453,7 @@ async def test_a_new_owners_hashes_replace_the_last_owners(tmp_path: Path) -> No
     asked, failed every honest peer's true bytes of that piece and got it banned (the new
     owner's own hash was dropped as a change). Only the hashes of pieces stored stay."""
     store = Store(tmp_path)
-    partial = await store.open_partial(DIGEST, 300, piece_size=100)
+    partial = await store.open_partial(DIGEST, 300, piece_size=100, repository=None)
     fetch = _fetch_from_owner()
     # The store's largest piece, as this node's (the owner's pieces are not under it).
     fetch.swarm = SimpleNamespace(store=SimpleNamespace(piece_size=100))  # type: ignore[assignment]

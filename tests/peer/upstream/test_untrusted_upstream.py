@@ -117,7 +117,7 @@ async def held_pieces(setup: Setup) -> tuple[bytes, str]:
     data = os.urandom(10 * PIECE + 123)
     digest = setup.registry.add_blob(data)
     store = setup.node.store
-    partial = await store.open_partial(digest, len(data))
+    partial = await store.open_partial(digest, len(data), repository=None)
     for index in (2, 3, 7):
         partial.write_sync(index * PIECE, [data[index * PIECE : (index + 1) * PIECE]])
     store.release_partial(partial)
