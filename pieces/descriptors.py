@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pieces.digest import InvalidDigest, digest_hex
@@ -99,52 +100,72 @@ class DescriptorSizes:
         _put(self._sizes, key, size, self.limit)
 
     def learn_stored_manifest(
-        self, repository: Repository, manifest_digest: str, body: bytes
+        self, repositories: Sequence[Repository], manifest_digest: str, body: bytes
     ) -> int:
-        """`learn_manifest` for the stored manifest `manifest_digest`, which `repository`
-        served, once: every GET and HEAD by digest read it, and parsing a 4 MiB one each time
-        held the event loop ~0.36 s (four connections asking for one delayed every other
-        request ~1 s). Returns how many sizes it learned now (0 when it was learned before)."""
-        key = (*repository, manifest_digest)
-        learned_at = self._manifests.get(key)
-        if learned_at is not None and self._learned - learned_at < self.limit:
-            self._manifests.move_to_end(key)
+        """`learn_manifest` for the stored manifest `manifest_digest`, which `repositories`
+        served, once for each, the body parsed once for them all: every GET and HEAD by digest
+        read it, and parsing a 4 MiB one each time held the event loop ~0.36 s (four
+        connections asking for one delayed every other request ~1 s). Returns how many sizes
+        it learned now (0 when it was learned before for each)."""
+        due = []
+        for repository in repositories:
+            key = (*repository, manifest_digest)
+            learned_at = self._manifests.get(key)
+            if learned_at is not None and self._learned - learned_at < self.limit:
+                self._manifests.move_to_end(key)
+            else:
+                due.append(repository)
+        if not due:
             return 0
-        _put(self._manifests, key, self._learned, MANIFESTS_LIMIT)
-        return self.learn_manifest(repository, body)
+        descriptors = _descriptors(body)
+        for repository in due:
+            for digest, size in descriptors:
+                self.learn(repository, digest, size)
+        # Remembered as learned once all are: counted from before, its own sizes moved the
+        # count, and with repositories x descriptors past `limit` every read parsed it again.
+        for repository in due:
+            _put(self._manifests, (*repository, manifest_digest), self._learned, MANIFESTS_LIMIT)
+        return len(due) * len(descriptors)
 
     def learn_manifest(self, repository: Repository, body: bytes) -> int:
         """Remember the sizes of every descriptor in a manifest or index that `repository`
-        served; returns how many.
-
-        Bodies that are not JSON, and descriptors without a sha256 digest and a size, are
-        skipped: this only adds checks, it never refuses a manifest.
-        """
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return 0
-        if not isinstance(document, dict):
-            return 0
-        descriptors: list[Any] = [document.get(key) for key in _ONE]
-        for key in _MANY:
-            entries = document.get(key)
-            if isinstance(entries, list):
-                descriptors += entries
-        learned = 0
-        for descriptor in descriptors:
-            if not isinstance(descriptor, dict):
-                continue
-            digest, size = descriptor.get("digest"), descriptor.get("size")
-            if not isinstance(digest, str) or type(size) is not int or size < 0:
-                continue
-            try:
-                digest_hex(digest)
-            except InvalidDigest:
-                continue
+        served (see `_descriptors`); returns how many."""
+        descriptors = _descriptors(body)
+        for digest, size in descriptors:
             self.learn(repository, digest, size)
-            learned += 1
-        return learned
+        return len(descriptors)
+
+
+def _descriptors(body: bytes) -> list[tuple[str, int]]:
+    """(digest, size) of every descriptor in a manifest or index.
+
+    Bodies that are not JSON, and descriptors without a sha256 digest and a size, are
+    skipped: this only adds checks, it never refuses a manifest.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(document, dict):
+        return []
+    descriptors: list[Any] = [document.get(key) for key in _ONE]
+    for key in _MANY:
+        entries = document.get(key)
+        if isinstance(entries, list):
+            descriptors += entries
+    found = []
+    for descriptor in descriptors:
+        if not isinstance(descriptor, dict):
+            continue
+        digest, size = descriptor.get("digest"), descriptor.get("size")
+        if not isinstance(digest, str) or type(size) is not int or size < 0:
+            continue
+        try:
+            digest_hex(digest)
+        except InvalidDigest:
+            continue
+        found.append((digest, size))
+    return found
 
 
 def _put(table: OrderedDict[Key, Any], key: Key, value: Any, limit: int) -> None:

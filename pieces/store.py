@@ -500,7 +500,7 @@ class Store:
             lines = [" ".join(known) for known in [*sources, source]]
             _write_lines_atomically(self._manifests / f"{hex_}.from", lines, self._tmp)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
-        self.descriptor_sizes.learn_stored_manifest(source, digest, body)
+        self.descriptor_sizes.learn_stored_manifest([source], digest, body)
 
     def manifest_type(self, digest: str) -> str | None:
         """The media type a stored manifest is served with (None: not stored)."""
@@ -526,8 +526,7 @@ class Store:
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
-        for source in self._manifest_sources(hex_):
-            self.descriptor_sizes.learn_stored_manifest(source, digest, body)
+        self.descriptor_sizes.learn_stored_manifest(self._manifest_sources(hex_), digest, body)
         return media_type, body
 
     def _manifest_sources(self, hex_: str) -> list[Repository]:

@@ -121,17 +121,31 @@ def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None
     sizes = DescriptorSizes(limit=3)
     manifest = json.dumps({"config": {"digest": digest(1), "size": 10}}).encode()
     stored = "sha256:" + "m" * 64
-    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 1
-    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 0  # not parsed again
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 1
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 0  # not parsed again
     for n in range(2, 5):  # three newer sizes push it out
         sizes.learn(GOOD, digest(n), n)
     assert sizes.size_of(GOOD, digest(1)) is None
-    assert sizes.learn_stored_manifest(GOOD, stored, manifest) == 1
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 1
     assert sizes.size_of(GOOD, digest(1)) == 10
-    # Served by another repository too: learned for that one, once.
-    assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 1
-    assert sizes.learn_stored_manifest(EVIL, stored, manifest) == 0
+    # Served by other repositories too: learned for those that are due, once.
+    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest) == 2
+    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest) == 0
     assert sizes.size_of(EVIL, digest(1)) == 10
+
+
+def test_a_manifest_of_many_repositories_is_learned_once_though_it_fills_the_table() -> None:
+    """Its repositories times its descriptors fill the table more than once: each
+    repository's learning was counted against the ones remembered before it, and every
+    read learned (and parsed) it again."""
+    sizes = DescriptorSizes(limit=4)
+    layers = [{"digest": digest(n), "size": n} for n in range(3)]
+    manifest = json.dumps({"layers": layers}).encode()
+    stored = "sha256:" + "m" * 64
+    served = [GOOD, EVIL, TENANT]
+    assert sizes.learn_stored_manifest(served, stored, manifest) == 9
+    assert sizes.learn_stored_manifest(served, stored, manifest) == 0
+    assert sizes.learn_stored_manifest(served[1:], stored, manifest) == 0
 
 
 def test_a_size_is_the_word_of_its_repository_only() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pieces.descriptors import Repository
+from pieces.descriptors import DescriptorSizes, Repository
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
 from pieces.store import MANIFEST_SOURCES, Store
@@ -336,20 +336,27 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     assert store.private_origins(digest) == [origin]
 
 
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the bodies parsed as JSON from now on (json.loads, which
+    pieces.descriptors uses)."""
+    lengths: list[int] = []
+    loads = json.loads
+
+    def counting(body: bytes) -> object:
+        lengths.append(len(body))
+        return loads(body)
+
+    monkeypatch.setattr(json, "loads", counting)
+    return lengths
+
+
 def test_a_stored_manifest_is_parsed_once_not_on_every_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, parsed: list[int]
 ) -> None:
     """Its descriptor sizes were learned again on every GET and HEAD by digest: a 4 MiB
     manifest cost ~0.36 s of the event loop per read, and four connections asking for one
     held every other request of the node back ~1 s (a helper's attacker probe)."""
-    parsed: list[int] = []
-    loads = json.loads
-
-    def counting(body: bytes) -> object:
-        parsed.append(len(body))
-        return loads(body)
-
-    monkeypatch.setattr(json, "loads", counting)  # the module pieces.descriptors uses
     manifest = json.dumps({"schemaVersion": 2, "layers": []}).encode()
     digest = digest_of(manifest)
     store = Store(tmp_path, 64 * 1024)
@@ -362,3 +369,28 @@ def test_a_stored_manifest_is_parsed_once_not_on_every_read(
     for _ in range(5):
         assert store.get_manifest(digest) == (MANIFEST_TYPE, manifest)
     assert len(parsed) == 2
+
+
+def test_a_manifest_of_many_repositories_and_descriptors_is_parsed_once(
+    tmp_path: Path, parsed: list[int]
+) -> None:
+    """A read parsed the body once per repository recorded, and each repository's learning
+    moved the count its memo is held to before the next was remembered: once repositories
+    times descriptors reached the table's bound, every read parsed it once per repository (a
+    client that pushes one manifest of many layers to 8 repositories it owns, then reads it
+    by digest on 4 connections, holds the node's event loop as the 4 MiB one did)."""
+    layers = [digest_of(b"%d" % n) for n in range(40)]
+    descriptors = [{"digest": layer, "size": n} for n, layer in enumerate(layers)]
+    body = json.dumps({"schemaVersion": 2, "layers": descriptors}).encode()
+    digest = digest_of(body)
+    sources = [Repository(SOURCE.registry_url, f"tenant/{n}") for n in range(MANIFEST_SOURCES)]
+    store = Store(tmp_path, 64 * 1024)
+    for source in sources:
+        store.put_manifest(digest, MANIFEST_TYPE, body, source)
+    store = Store(tmp_path, 64 * 1024)  # a restart: nothing learned yet
+    store.descriptor_sizes = DescriptorSizes(limit=64)  # 8 x 40 sizes fill it five times
+    parsed.clear()
+    for _ in range(5):
+        assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    assert len(parsed) == 1
+    assert store.descriptor_sizes.size_of(sources[-1], layers[-1]) == 39
