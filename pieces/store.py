@@ -166,6 +166,7 @@ class Store:
         # worker threads), so the copy is exact.
         self._markers_lock = threading.Lock()
         self._markers: dict[str, tuple[str, ...]] = self._load_markers()
+        self._drop_unrecorded_manifests()
         self.ledger = Ledger()
         self.rescan()
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
@@ -516,8 +517,8 @@ class Store:
         the one a reader names: any client can have a registry it names, or a repository it
         pushes to, serve a manifest, and read it from here naming another): after a restart,
         clients (containerd) resolve a tag with a HEAD, which stores nothing, then GET the
-        manifest by digest from here. A manifest stored before its repositories were recorded
-        teaches nothing until one serves it again.
+        manifest by digest from here. One that records no repository teaches nothing, and
+        does not outlive a restart (`_drop_unrecorded_manifests`).
         """
         hex_ = digest_hex(digest)
         try:
@@ -528,6 +529,24 @@ class Store:
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
         self.descriptor_sizes.learn_stored_manifest(self._manifest_sources(hex_), digest, body)
         return media_type, body
+
+    def _drop_unrecorded_manifests(self) -> None:
+        """Drop, at start-up, the cached manifests that record no repository that served
+        them: stored by a version before 2026-12-03 (or by a put cut short before its record),
+        read from here they would never teach their sizes, and their layers' sizes would go
+        unchecked for as long as they stay. Fetched again when asked, they record it."""
+        names = set(os.listdir(self._manifests))
+        dropped = [name for name in names if is_store_key(name) and f"{name}.from" not in names]
+        for hex_ in dropped:
+            (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
+            (self._manifests / f"{hex_}.type").unlink(missing_ok=True)
+            self._drop_marker_if_unused(hex_)
+        if dropped:
+            log.info(
+                "dropped %d cached manifests that record no repository that served them "
+                "(stored by an earlier version): fetched again when asked",
+                len(dropped),
+            )
 
     def _manifest_sources(self, hex_: str) -> list[Repository]:
         """The repositories recorded as having served the stored manifest `hex_` (the first

@@ -159,6 +159,45 @@ async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) 
     store.quota = 1
     store.make_room(0)  # evicts it
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
+    # A private marker of an earlier version (no origin recorded) takes the manifest with it.
+    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
+    (store.root / "private" / digest_of(manifests[0])[7:]).write_text("")
+    Store(tmp_path, 64 * 1024)
+    assert list((store.root / "manifests" / "sha256").iterdir()) == []
+
+
+def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at_start(
+    tmp_path: Path,
+) -> None:
+    """A manifest cached by an earlier version records no repository that served it: read
+    from here it teaches no size (not for the repository its reader names), so the sizes of
+    its layers would go unchecked as long as it stays. Dropped when the store opens (with its
+    private marker), fetched again when asked, it records its repository."""
+    layer = digest_of(b"a layer")
+    bodies = [
+        json.dumps({"schemaVersion": 2, "n": n, "layers": [{"digest": layer, "size": 7}]}).encode()
+        for n in range(2)
+    ]
+    old, kept = (digest_of(body) for body in bodies)
+    store = Store(tmp_path, 64 * 1024)
+    for body in bodies:
+        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    store.mark_private(old, SOURCE.registry_url)
+    folder = store.root / "manifests" / "sha256"
+    (folder / f"{old[7:]}.from").unlink()  # as an earlier version stored it
+    store.descriptor_sizes = DescriptorSizes()
+    assert store.get_manifest(old) == (MANIFEST_TYPE, bodies[0])
+    assert len(store.descriptor_sizes) == 0
+    store = Store(tmp_path, 64 * 1024)
+    assert store.get_manifest(old) is None
+    assert not store.private_origins(old)
+    assert sorted(path.name for path in folder.iterdir()) == [
+        kept[7:],
+        f"{kept[7:]}.from",
+        f"{kept[7:]}.type",
+    ]
+    assert store.stats().manifests == 1
+    assert store.get_manifest(kept) == (MANIFEST_TYPE, bodies[1])
 
 
 def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> None:
