@@ -173,6 +173,7 @@ class Node:
         self.node_auth = NodeAuth(
             self.upstreams, load_credentials(config), NodeAuth.lent_names(config.auth_for_clients)
         )
+        self._warn_of_a_login_left_out()
         links_in_clear = _peer_links_in_clear(config)
         if links_in_clear:
             log.warning(
@@ -570,7 +571,15 @@ class Node:
         else:
             applied = [n for n in RELOADABLE if getattr(new, n) != getattr(old, n)]
             log.info("reloaded: %s", ", ".join(applied) or "nothing changed")
+            self._warn_of_a_login_left_out()
         self._ready_again()
+
+    def _warn_of_a_login_left_out(self) -> None:
+        """Say so when the settings send requests without a login the operator gave
+        (NodeAuth.default_goes_without_login): nothing else would."""
+        warning = self.node_auth.default_goes_without_login()
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _apply(self, old: NodeConfig, new: NodeConfig, credentials: Credentials) -> None:
         """The RELOADABLE settings of `new` over those of `old`, in the running parts."""

@@ -93,6 +93,28 @@ class NodeAuth:
         url = self._upstreams.base_url(namespace)
         return DOCKER_HUB_URL if url in _DOCKER_HUB_URLS else url
 
+    def default_goes_without_login(self) -> str | None:
+        """What to warn of when the default upstream is Docker Hub's own host while
+        --upstream maps docker.io to a mirror and the auth file has a docker.io login: that
+        login is the mirror's (`registry`), and requests without `?ns=` go to Docker Hub
+        with no login, which nothing else would say (anonymous pulls: rate-limited, no
+        private images). None otherwise."""
+        default = self._upstreams.base_url(None)
+        if (
+            DOCKER_HUB not in self.credentials.registries()
+            or default not in _DOCKER_HUB_URLS
+            or self.registry(None) == DOCKER_HUB
+        ):
+            return None
+        mirror = self._upstreams.base_url(DOCKER_HUB)
+        return (
+            f"--upstream docker.io={mirror}: the docker.io login of --auth-file goes to that "
+            f"mirror only, and requests without ?ns= go to the default upstream, Docker Hub's "
+            f"own {default}, with no login (anonymous pulls: rate-limited, no private images); "
+            f"--default-upstream {mirror} sends them through the mirror with the login, and "
+            "without the docker.io mapping the login goes to Docker Hub"
+        )
+
     def lends_to_clients(self, namespace: str | None) -> bool:
         return self.registry(namespace) in self._lent
 

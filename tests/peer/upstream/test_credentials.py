@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -243,3 +245,35 @@ async def test_a_lent_login_that_cannot_be_had_does_not_stop_the_node_serving(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         answer = await client.get(f"/v2/team/app/blobs/{digest}?ns={host}")
     assert answer.status_code == 200 and answer.content == b"public layer" * 100
+
+
+def test_a_docker_io_login_that_requests_without_ns_go_without_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With --upstream docker.io=<mirror>, the docker.io login (`docker login`'s
+    index.docker.io/v1/ entry) is the mirror's, and requests without ?ns= go to a default
+    upstream of Docker Hub's own host with no login: anonymous pulls, rate-limited, without
+    a word at start-up (a review's find)."""
+    from peer.config import Address, NodeConfig
+    from peer.node import Node
+
+    docker_login = {"https://index.docker.io/v1/": {"auth": b64(f"alice:{SECRET}")}}
+    mirror, docker_hub = "https://mirror.example", "https://registry-1.docker.io"
+
+    def warned(auths: object, **settings: object) -> list[str]:
+        caplog.clear()
+        auth_file = write(tmp_path, {"auths": auths})
+        config = NodeConfig(
+            http=Address("127.0.0.1", 0), data_dir=tmp_path / "store", auth_file=auth_file
+        )
+        with caplog.at_level(logging.WARNING, logger="pollen.node"):
+            Node(dataclasses.replace(config, **settings))  # type: ignore[arg-type]
+        return [r.getMessage() for r in caplog.records if "docker.io login" in r.getMessage()]
+
+    mapped = {"docker.io": mirror}
+    (warning,) = warned(docker_login, upstreams=mapped, default_upstream=docker_hub)
+    assert f"--default-upstream {mirror}" in warning and docker_hub in warning
+    assert SECRET not in warning and "alice" not in warning
+    assert not warned(docker_login, upstreams=mapped, default_upstream=mirror)
+    assert not warned(docker_login, default_upstream=docker_hub)  # the login goes there
+    assert not warned({"ghcr.io": {"auth": b64("bob:x")}}, upstreams=mapped)
