@@ -427,7 +427,7 @@ class UpstreamFetcher:
         if offset or end is not None:
             last = "" if end is None else str(end - 1)
             request_headers["range"] = f"bytes={offset}-{last}"
-        base = self._registry(download)
+        base = self._registry_url(download)
         url = base + f"/v2/{download.name}/blobs/{digest}"
         config = self._upstreams.config
         asked_at = trio.current_time()
@@ -572,7 +572,7 @@ class UpstreamFetcher:
         if failure is not None:
             raise failure
 
-    def _registry(self, download: Download) -> str:
+    def _registry_url(self, download: Download) -> str:
         """The registry (base URL) this download asks: its bytes and told sizes come from
         there, and bytes fetched with credentials are private to it."""
         return self._upstreams.base_url(download.namespace)
@@ -580,14 +580,14 @@ class UpstreamFetcher:
     def _repository(self, download: Download) -> Repository:
         """The repository this download asks, at its registry: only the sizes its own
         manifests give check the sizes told (pieces/descriptors.py)."""
-        return Repository(self._registry(download), download.name)
+        return Repository(self._registry_url(download), download.name)
 
     def _origins(self, download: Download) -> list[str]:
         """The registries this download's bytes are private to (none when fetched without
         credentials: public)."""
         if download.auth_key is None:
             return []
-        return [self._registry(download)]
+        return [self._registry_url(download)]
 
     async def _pump(
         self,

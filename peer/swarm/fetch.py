@@ -362,14 +362,14 @@ class SwarmFetch:
             # got it from, and (a peer may add origins, never remove them) to the one our
             # client named with credentials.
             origins = list(meta.origins)
-            registry = self.swarm.access.registry_of(download.namespace)
+            registry_url = self.swarm.access.registry_of(download.namespace)
             if auth is not None:
-                origins.append(registry)
+                origins.append(registry_url)
             # The owner's size is checked against what our client's repository's manifests
             # say (the owner's bytes stand for that repository's: the sha256 holds them to it),
             # not against a manifest of another repository or registry, perhaps one a client
             # named or pushed to.
-            repository = Repository(registry, download.name)
+            repository = Repository(registry_url, download.name)
             try:
                 partial = await self.swarm.store.open_partial(
                     self.digest, meta.size, meta.piece_size, origins=origins, repository=repository
