@@ -14,6 +14,12 @@ Layout under the data directory:
                                a reader (see peer/access.py)
     tmp/                       temporary files, emptied at start-up
 
+Modes: the store's directories are 0700 and the files it writes 0600, whatever the umask: what
+it holds is the node's user's alone (private content must not reach another local user around
+the access check). Directories found looser (an earlier version's) are tightened at start-up;
+the data directory itself is made 0700 when missing, else left as the operator made it
+(pieces/modes.py).
+
 Accounting: bytes used (complete + partial; a partial by its allocated blocks, as it is a sparse
 file), last access (the file's mtime, so it survives a restart), and a count of holders per
 blob (readers, uploads to peers, preheat jobs); eviction never touches a blob that is held or
@@ -57,6 +63,7 @@ from pieces.layout import (
     piece_size_for,
 )
 from pieces.ledger import Entry, Kind, Ledger
+from pieces.modes import DIR_MODE, close_dir, make_dir, write_file
 from pieces.partial import (
     NoRoom,
     PartialBlob,
@@ -143,8 +150,7 @@ class Store:
         self._manifests = self.root / "manifests" / "sha256"
         self._tmp = self.root / "tmp"
         self._private = self.root / "private"
-        for directory in (self._blobs, self._partial, self._manifests, self._tmp, self._private):
-            directory.mkdir(parents=True, exist_ok=True)
+        self._close_directories()
         # Piece hashes of complete blobs, per (hex digest, piece size): peers ask for them
         # with every Want. Read from worker threads, hence the lock.
         self._hash_cache: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
@@ -172,6 +178,38 @@ class Store:
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
         # Evictions since start-up, per reason: (count, bytes).
         self.evictions: dict[str, tuple[int, int]] = {}
+
+    def _close_directories(self) -> None:
+        """Make the store's directories, or tighten those an earlier version left open to
+        other local users (pieces/modes.py). The data directory is made 0700 if it is missing,
+        and left as it is if not (the operator's: a hostPath, say).
+
+        Raises:
+            OSError: one cannot be made or tightened (another user's, say).
+        """
+        make_dir(self.root)
+        ours = (
+            self.root / "blobs",
+            self._blobs,
+            self._partial,
+            self.root / "manifests",
+            self._manifests,
+            self._tmp,
+            self._private,
+        )
+        tightened = []
+        for directory in ours:
+            was = close_dir(directory)
+            if was is not None:
+                tightened.append(f"{directory.relative_to(self.root)} ({was:04o})")
+        if tightened:
+            log.info(
+                "the store's directories in %s were open to other local users, now %04o "
+                "(the node's user's alone): %s",
+                self.root,
+                DIR_MODE,
+                ", ".join(tightened),
+            )
 
     # ---- complete blobs ------------------------------------------------------------------
 
@@ -491,8 +529,8 @@ class Store:
         hex_ = digest_hex(digest)
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
-        body_tmp.write_bytes(body)
-        type_tmp.write_text(media_type)
+        write_file(body_tmp, body)
+        write_file(type_tmp, media_type.encode("utf-8"))
         # Type first: a manifest body without its type is never served (get_manifest needs both).
         os.replace(type_tmp, self._manifests / f"{hex_}.type")
         os.replace(body_tmp, self._manifests / hex_)
@@ -506,7 +544,7 @@ class Store:
     def manifest_type(self, digest: str) -> str | None:
         """The media type a stored manifest is served with (None: not stored)."""
         try:
-            return (self._manifests / f"{digest_hex(digest)}.type").read_text()
+            return (self._manifests / f"{digest_hex(digest)}.type").read_text("utf-8")
         except FileNotFoundError:
             return None
 
@@ -523,7 +561,7 @@ class Store:
         hex_ = digest_hex(digest)
         try:
             body = (self._manifests / hex_).read_bytes()
-            media_type = (self._manifests / f"{hex_}.type").read_text()
+            media_type = (self._manifests / f"{hex_}.type").read_text("utf-8")
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
@@ -891,5 +929,5 @@ def _write_lines_atomically(path: Path, lines: list[str], tmp_dir: Path) -> None
     """Replace `path` by these lines in one rename: a reader never sees a torn line (the
     prefix of a registry URL or a repository can name another)."""
     tmp = tmp_dir / f"{path.name}.private"
-    tmp.write_text("".join(line + "\n" for line in lines), "utf-8")
+    write_file(tmp, "".join(line + "\n" for line in lines).encode("utf-8"))
     os.replace(tmp, path)

@@ -29,6 +29,7 @@ from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT, parse_request
 from peer.preheat.job import TooManyJobs
 from peer.preheat.runner import Preheater
+from pieces.modes import FILE_MODE, make_dir
 from pieces.partial import StoreError
 from pieces.store import Store
 
@@ -52,8 +53,8 @@ def load_admin_token(
     path = token_file or data_dir / default_name
     if not path.exists():
         # Given or not: a new node (systemd's StateDirectory, say) starts with none.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        make_dir(path.parent)  # missing: 0700, with its missing parents
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     token = path.read_text().strip()

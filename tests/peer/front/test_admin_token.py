@@ -4,6 +4,7 @@ start on); an empty file is refused."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -37,3 +38,13 @@ def test_the_option_accepts_a_file_that_does_not_exist_yet(tmp_path: Path) -> No
             assert ctx.params["admin_token_file"] == tmp_path / "state" / "admin.token"
     except click.BadParameter as exc:  # the unit's first start failed exactly so
         pytest.fail(str(exc))
+
+
+def test_a_directory_made_for_the_token_file_is_the_node_users_alone(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        load_admin_token(tmp_path / "made" / "state" / "admin.token", tmp_path / "data")
+    finally:
+        os.umask(old)
+    for made in (tmp_path / "made", tmp_path / "made" / "state"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700

@@ -1,0 +1,131 @@
+"""The store on disk is the node's user's alone: private layers and manifests (fetched with
+credentials, served only to clients a registry accepts) must not be readable by another local
+user of the host, whatever the umask. Every directory the store makes is 0700, every file it
+writes 0600; its own directories left looser by an earlier version are tightened at start-up.
+The data directory itself, when it exists already, is the operator's and is left as it is.
+
+The tests run as root, so they check the mode bits: a read would always succeed."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pieces.descriptors import Repository
+from pieces.store import Store
+
+REGISTRY = "https://registry.example"
+SUBDIRS = ("blobs", "blobs/sha256", "partial", "manifests", "manifests/sha256", "tmp", "private")
+
+
+@pytest.fixture(autouse=True)
+def usual_umask() -> Iterator[None]:
+    """The umask most hosts and containers run with: 0755 directories, 0644 files."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def open_to_others(root: Path) -> list[str]:
+    """Every path below `root` that its group or other users may read, write or traverse."""
+    return sorted(
+        f"{path.relative_to(root)} {mode_of(path):04o}"
+        for path in root.rglob("*")
+        if mode_of(path) & 0o077
+    )
+
+
+async def fill(store: Store) -> None:
+    """A private blob, a partial left on disk with its record, and a manifest."""
+    data = os.urandom(10_000)
+    blob = await store.open_partial(digest_of(data), len(data), 4096, [REGISTRY], repository=None)
+    blob.write_sync(0, [data])
+    blob.verify_sync()
+    store.commit_sync(blob)
+    store.release_partial(blob)
+    assert store.has_blob(digest_of(data)) and store.is_private(digest_of(data))
+    left = os.urandom(10_000)
+    partial = await store.open_partial(
+        digest_of(left), len(left), 4096, [REGISTRY], repository=None
+    )
+    partial.write_sync(0, [left[:4096]])
+    store.release_partial(partial)  # closed: its record saved, left for a resume
+    assert partial.data_path.exists() and partial.meta_path.exists()
+    body = b'{"schemaVersion":2,"layers":[]}'
+    media_type = "application/vnd.oci.image.manifest.v1+json"
+    store.put_manifest(digest_of(body), media_type, body, Repository(REGISTRY, "team/app"))
+
+
+async def test_nothing_the_store_makes_is_open_to_other_users(tmp_path: Path) -> None:
+    root = tmp_path / "made" / "data"  # the store makes it, and its parent
+    await fill(Store(root, 4096))
+    assert open_to_others(tmp_path) == []
+
+
+async def test_an_operators_data_dir_is_left_as_it_is_and_the_store_inside_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir(mode=0o755)  # a hostPath's DirectoryOrCreate, or the operator's own
+    await fill(Store(root, 4096))
+    assert mode_of(root) == 0o755
+    assert open_to_others(root) == []
+
+
+async def test_looser_store_directories_of_an_earlier_version_are_tightened_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    for sub in SUBDIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / sub, 0o755)
+    os.chmod(root / "tmp", 0o777)
+    os.chmod(root / "private", 0o750)
+    os.chmod(root, 0o755)
+    earlier = root / "blobs" / "sha256" / ("ab" * 32)
+    earlier.write_bytes(b"an earlier version's blob")  # 0644: protected by its directory
+    with caplog.at_level(logging.INFO, logger="pollen.store"):
+        Store(root, 4096)
+    assert {sub: mode_of(root / sub) for sub in SUBDIRS} == {sub: 0o700 for sub in SUBDIRS}
+    assert mode_of(root) == 0o755
+    said = [r for r in caplog.records if "0700" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert "tmp (0777)" in said[0].getMessage() and "private (0750)" in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pollen.store"):
+        Store(root, 4096)  # nothing left to tighten: nothing said
+    assert not [r for r in caplog.records if "0700" in r.getMessage()]
+
+
+async def test_a_partial_resumed_from_an_earlier_version_is_closed_to_others(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "data", 4096)
+    data = os.urandom(10_000)
+    partial = await store.open_partial(digest_of(data), len(data), 4096, [], repository=None)
+    partial.write_sync(0, [data[:4096]])
+    store.release_partial(partial)
+    os.chmod(partial.data_path, 0o644)  # as an earlier version made it
+    resumed = await Store(tmp_path / "data", 4096).open_partial(
+        digest_of(data), len(data), 4096, [], repository=None
+    )
+    assert resumed.piece_hashes.keys() == {0}
+    resumed.write_sync(4096, [data[4096:]])
+    resumed.finalize_sync()
+    assert mode_of(resumed.complete_path) == 0o600
