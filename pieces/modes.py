@@ -1,16 +1,21 @@
-"""File modes of the store: what it keeps on disk is the node's user's alone.
+"""File modes and owners of the store: what it keeps on disk is the node's user's alone.
 
 Private layers and manifests (fetched with credentials, served only to the clients a registry
 accepts) lie in the store as plain files: a local user of the host who could read them would
-go around the node's access check. So, whatever the process umask, every directory the store
-makes is DIR_MODE and every file it writes FILE_MODE; the store's own directories, found
-looser (made by an earlier version), are tightened (`close_dir`). The data directory itself,
-when it exists, is the operator's: left as it is (what it holds is closed).
+go around the node's access check; one who could write to the store's directories could put
+files there that are served as verified blobs. So, whatever the process umask, every
+directory the store makes is DIR_MODE and every file it writes FILE_MODE; the store's own
+directories are the node's user's (another user's, or a symbolic link to one, is refused)
+and, found looser (made by an earlier version), are tightened (`close_dir`). The
+data directory itself is the operator's: left as it is, but refused when another user could
+replace what it holds (`check_data_dir`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pwd
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +23,12 @@ from typing import BinaryIO
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 OTHERS = 0o077  # what the group and other users may do
+OTHERS_WRITE = 0o022
+
+
+class UnsafeDirectory(OSError):
+    """A directory the store would use that other users could write to or replace (another
+    user's, or open to others with no sticky bit), or one it cannot close to them."""
 
 
 def make_dir(path: Path) -> bool:
@@ -41,20 +52,126 @@ def make_dir(path: Path) -> bool:
     return True
 
 
-def close_dir(path: Path) -> int | None:
-    """Make the directory `path` (`make_dir`), or take from one that is there whatever its
-    group and other users may do. Returns the mode it had when it was tightened, else None.
+def user_name(uid: int) -> str:
+    """`uid 1000 (alice)`, or `uid 1000` for a uid with no name."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _node_user() -> str:
+    return f"the node's user, {user_name(os.geteuid())}"
+
+
+def _check_link(path: Path, st: os.stat_result) -> None:
+    """A symbolic link is followed only when the node's user or root made it: in a directory
+    others may write to (a sticky one) anyone can plant one."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UnsafeDirectory(
+            f"{path} is a symbolic link owned by {user_name(st.st_uid)}, neither "
+            f"{_node_user()} nor root: refused (it could point the store anywhere)"
+        )
+
+
+def check_data_dir(path: Path) -> None:
+    """Refuse the data directory `path` when a user other than the node's or root owns it, or
+    when its group or other users may write to it with no sticky bit: either could remove or
+    replace the store's directories (their own, or links to anywhere) under the node. Its
+    mode is left as it is (the operator's: a hostPath, systemd's CacheDirectory).
 
     Raises:
-        OSError: it cannot be made or tightened (another user's directory, say).
+        UnsafeDirectory: refused, the message says why.
+        OSError: it cannot be looked at.
     """
-    if make_dir(path):
-        return None
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if not mode & OTHERS:
-        return None
-    os.chmod(path, mode & ~OTHERS)
-    return mode
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        _check_link(path, st)
+        st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"the data directory {path} is not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UnsafeDirectory(
+            f"the data directory {path} is owned by {user_name(st.st_uid)}, neither "
+            f"{_node_user()} nor root: refused (its owner could replace what the store "
+            "keeps there)"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & OTHERS_WRITE and not mode & stat.S_ISVTX:
+        raise UnsafeDirectory(
+            f"the data directory {path} is mode {mode:04o}: its group or other users may "
+            "write to it (no sticky bit) and could replace what the store keeps there: "
+            f"refused (chmod go-w {path})"
+        )
+
+
+def _open_own_dir(path: Path) -> int:
+    """An open descriptor of the store directory `path`: a directory the node's user owns,
+    or a symbolic link (the node's user's or root's) to one (blobs on another disk, say).
+    Opened with O_NOFOLLOW, so what is checked is what is tightened.
+
+    Raises:
+        UnsafeDirectory: not a directory, or not the node's user's.
+    """
+    st = os.lstat(path)
+    target = path
+    if stat.S_ISLNK(st.st_mode):
+        _check_link(path, st)
+        target = Path(os.path.realpath(path))
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        # ELOOP: a link where the target was (put there since it was resolved).
+        if exc.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
+            raise UnsafeDirectory(f"{_named(path, target)} is not a directory") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafeDirectory(
+                f"{_named(path, target)} is owned by {user_name(st.st_uid)}, not by "
+                f"{_node_user()}: refused (the store's directories must be the node's user's "
+                "alone: another user could put files in them that would be served)"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _named(path: Path, target: Path) -> str:
+    return str(path) if target == path else f"{path} (a link to {target})"
+
+
+def close_dir(path: Path) -> int | None:
+    """Make the store directory `path` (`make_dir`), or check one that is there (it must be
+    the node's user's: `_open_own_dir`) and take from it whatever its group and other users
+    may do. Returns the mode it had when it was tightened, else None.
+
+    Raises:
+        UnsafeDirectory: it is not the node's user's, or cannot be tightened.
+        OSError: it cannot be made or looked at.
+    """
+    try:
+        if make_dir(path):
+            return None
+    except FileExistsError:
+        pass  # not a directory (nor a link to one): said below
+    fd = _open_own_dir(path)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if not mode & OTHERS:
+            return None
+        try:
+            os.fchmod(fd, mode & ~OTHERS)
+        except OSError as exc:
+            raise UnsafeDirectory(
+                f"{path} is mode {mode:04o}, open to other local users, and cannot be "
+                f"tightened: {exc.strerror or exc}"
+            ) from exc
+        return mode
+    finally:
+        os.close(fd)
 
 
 def open_for_writing(path: Path, append: bool = False) -> BinaryIO:

@@ -17,8 +17,10 @@ Layout under the data directory:
 Modes: the store's directories are 0700 and the files it writes 0600, whatever the umask: what
 it holds is the node's user's alone (private content must not reach another local user around
 the access check). Directories found looser (an earlier version's) are tightened at start-up;
-the data directory itself is made 0700 when missing, else left as the operator made it
-(pieces/modes.py).
+one another user owns, or a symbolic link to one, is refused (what they put in it would be
+served). The data directory itself is made 0700 when missing, else left as the operator made
+it, but refused when it is another user's (not root's) or others may write to it without the
+sticky bit (pieces/modes.py).
 
 Accounting: bytes used (complete + partial; a partial by its allocated blocks, as it is a sparse
 file), last access (the file's mtime, so it survives a restart), and a count of holders per
@@ -63,7 +65,7 @@ from pieces.layout import (
     piece_size_for,
 )
 from pieces.ledger import Entry, Kind, Ledger
-from pieces.modes import DIR_MODE, close_dir, make_dir, write_file
+from pieces.modes import DIR_MODE, check_data_dir, close_dir, make_dir, write_file
 from pieces.partial import (
     NoRoom,
     PartialBlob,
@@ -185,9 +187,13 @@ class Store:
         and left as it is if not (the operator's: a hostPath, say).
 
         Raises:
-            OSError: one cannot be made or tightened (another user's, say).
+            UnsafeDirectory: the data directory is another user's or open to their writes
+                (no sticky bit), or one of the store's is not the node's user's (nor a link
+                to one of theirs), or cannot be tightened.
+            OSError: one cannot be made or looked at.
         """
         make_dir(self.root)
+        check_data_dir(self.root)
         ours = (
             self.root / "blobs",
             self._blobs,
