@@ -535,15 +535,22 @@ class Store:
         hex_ = digest_hex(digest)
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
-        write_file(body_tmp, body)
-        write_file(type_tmp, media_type.encode("utf-8"))
-        # Type first: a manifest body without its type is never served (get_manifest needs both).
-        os.replace(type_tmp, self._manifests / f"{hex_}.type")
-        os.replace(body_tmp, self._manifests / hex_)
-        sources = self._manifest_sources(hex_)
-        if source not in sources and len(sources) < MANIFEST_SOURCES:
-            lines = [" ".join(known) for known in [*sources, source]]
-            _write_lines_atomically(self._manifests / f"{hex_}.from", lines, self._tmp)
+        try:
+            write_file(body_tmp, body)
+            write_file(type_tmp, media_type.encode("utf-8"))
+            # The body last: one in place is served (with its type), and its record must be
+            # there, or it teaches no sizes. A put cut short (a full disk, a crash) leaves a
+            # record or a type without a body: never served, removed at the next start
+            # (`_drop_unrecorded_manifests`), as a record torn or empty after a power loss.
+            sources = self._manifest_sources(hex_)
+            if source not in sources and len(sources) < MANIFEST_SOURCES:
+                lines = [" ".join(known) for known in [*sources, source]]
+                _write_lines_atomically(self._manifests / f"{hex_}.from", lines, self._tmp)
+            os.replace(type_tmp, self._manifests / f"{hex_}.type")
+            os.replace(body_tmp, self._manifests / hex_)
+        finally:
+            body_tmp.unlink(missing_ok=True)
+            type_tmp.unlink(missing_ok=True)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
         self.descriptor_sizes.learn_stored_manifest([source], digest, body)
 
@@ -576,14 +583,29 @@ class Store:
 
     def _drop_unrecorded_manifests(self) -> None:
         """Drop, at start-up, the cached manifests that record no repository that served
-        them: stored by a version before 2026-12-03 (or by a put cut short before its record),
-        read from here they would never teach their sizes, and their layers' sizes would go
-        unchecked for as long as they stay. Fetched again when asked, they record it."""
+        them: stored by a version before 2026-12-03, or with a record that names no whole
+        repository (empty or torn by a power loss, unreadable), read from here they would
+        never teach their sizes, and their layers' sizes would go unchecked for as long as
+        they stay. Fetched again when asked, they record it. A type or a record left without
+        its body (a put cut short) goes too."""
         names = set(os.listdir(self._manifests))
-        dropped = [name for name in names if is_store_key(name) and f"{name}.from" not in names]
+        dropped = {
+            name
+            for name in names
+            if is_store_key(name)
+            and (f"{name}.from" not in names or not self._manifest_sources(name))
+        }
         for hex_ in dropped:
             (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
-            (self._manifests / f"{hex_}.type").unlink(missing_ok=True)
+        for name in names:
+            hex_, _, suffix = name.partition(".")
+            if suffix not in ("type", "from") or not is_store_key(hex_):
+                continue
+            if hex_ in dropped or hex_ not in names:
+                with contextlib.suppress(OSError):  # a directory there, say: harmless
+                    (self._manifests / name).unlink()
+                self._drop_marker_if_unused(hex_)
+        for hex_ in dropped:
             self._drop_marker_if_unused(hex_)
         if dropped:
             log.info(
@@ -597,7 +619,7 @@ class Store:
         MANIFEST_SOURCES). Whole lines of a registry URL and a repository only: a line cut
         short (a write torn by a crash) can name another repository. A file that cannot be
         read records none: the manifest is still served, it teaches no sizes (an error here
-        failed every read of it)."""
+        failed every read of it), and it is dropped at the next start."""
         try:
             text = (self._manifests / f"{hex_}.from").read_text("utf-8")
         except (OSError, UnicodeDecodeError):

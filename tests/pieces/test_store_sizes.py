@@ -3,6 +3,7 @@ before anything is allocated from them: against the blob's descriptor, the quota
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import pieces.store
 from pieces.descriptors import DescriptorSizes, Repository
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
@@ -203,8 +205,8 @@ def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at
 def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> None:
     """A line cut short (a torn write) can name another repository; a file that cannot be
     read records none, and the manifest is still served (a read error failed every read of
-    it); and no more repositories than a manifest records count, however many the file
-    holds."""
+    it) until the next start drops it; and no more repositories than a manifest records
+    count, however many the file holds."""
     store = Store(tmp_path, 64 * 1024)
     layer = digest_of(b"a layer")
     body = json.dumps({"schemaVersion": 2, "layers": [{"digest": layer, "size": 7}]}).encode()
@@ -222,9 +224,72 @@ def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> N
     assert learned == others[:MANIFEST_SOURCES]
     sources.unlink()
     sources.mkdir()  # unreadable as a file
-    store = Store(tmp_path, 64 * 1024)
+    store.descriptor_sizes = DescriptorSizes()
     assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
     assert len(store.descriptor_sizes) == 0
+    store = Store(tmp_path, 64 * 1024)  # and, recording nothing, it goes at the next start
+    assert store.get_manifest(digest) is None
+
+
+def test_a_manifest_whose_repositories_cannot_be_recorded_is_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of its repositories goes first: a full disk writing it leaves no manifest
+    served (one would teach no sizes, and be missing from the totals), and what was written
+    of it is gone at the next start."""
+    store = Store(tmp_path, 64 * 1024)
+    body = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    digest = digest_of(body)
+    write_lines = pieces.store._write_lines_atomically
+
+    def full_disk(path: Path, lines: list[str], tmp_dir: Path) -> None:
+        if path.name.endswith(".from"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_lines(path, lines, tmp_dir)
+
+    monkeypatch.setattr(pieces.store, "_write_lines_atomically", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
+    assert store.get_manifest(digest) is None and store.manifest_type(digest) is None
+    assert store.stats().manifests == 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+    monkeypatch.undo()
+    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)  # room again
+    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+
+
+@pytest.mark.parametrize("record", ["", "https://registry.example org/a"])
+def test_a_manifest_whose_record_names_no_whole_repository_is_dropped_at_start(
+    tmp_path: Path, record: str
+) -> None:
+    """An empty record (power lost before its bytes reached the disk, the body's rename
+    after it did) or a torn one teaches nothing: as a manifest that records no repository."""
+    store = Store(tmp_path, 64 * 1024)
+    body = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    digest = digest_of(body)
+    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
+    folder = store.root / "manifests" / "sha256"
+    (folder / f"{digest[7:]}.from").write_text(record)
+    store = Store(tmp_path, 64 * 1024)
+    assert store.get_manifest(digest) is None
+    assert list(folder.iterdir()) == []
+
+
+def test_a_record_or_a_type_left_without_its_manifest_is_removed_at_start(
+    tmp_path: Path,
+) -> None:
+    """A put cut short before the body (a full disk, a crash) leaves them behind."""
+    store = Store(tmp_path, 64 * 1024)
+    bodies = [json.dumps({"schemaVersion": 2, "n": n}).encode() for n in range(3)]
+    for body in bodies:
+        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    folder = store.root / "manifests" / "sha256"
+    (folder / digest_of(bodies[0])[7:]).unlink()
+    (folder / digest_of(bodies[1])[7:]).unlink()
+    (folder / f"{digest_of(bodies[1])[7:]}.type").unlink()
+    Store(tmp_path, 64 * 1024)
+    kept = digest_of(bodies[2])[7:]
+    assert sorted(p.name for p in folder.iterdir()) == [kept, f"{kept}.from", f"{kept}.type"]
 
 
 async def test_a_sparse_partial_counts_its_allocated_blocks_not_its_size(tmp_path: Path) -> None:
