@@ -610,7 +610,10 @@ class Store:
         if dropped:
             log.info(
                 "dropped %d cached manifests that record no repository that served them "
-                "(stored by an earlier version): fetched again when asked",
+                "(stored by an earlier version, or their record lost): each is fetched again "
+                "from its registry when next asked, so a pull by digest of one fails while "
+                "its registry is unreachable, and on Docker Hub each of those manifest GETs "
+                "counts against the pull rate limit",
                 len(dropped),
             )
 

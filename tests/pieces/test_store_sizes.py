@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import tracemalloc
 from collections.abc import Iterator
@@ -169,7 +170,7 @@ async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) 
 
 
 def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at_start(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A manifest cached by an earlier version records no repository that served it: read
     from here it teaches no size (not for the repository its reader names), so the sizes of
@@ -190,7 +191,10 @@ def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at
     store.descriptor_sizes = DescriptorSizes()
     assert store.get_manifest(old) == (MANIFEST_TYPE, bodies[0])
     assert len(store.descriptor_sizes) == 0
-    store = Store(tmp_path, 64 * 1024)
+    with caplog.at_level(logging.INFO, logger="pollen.store"):
+        store = Store(tmp_path, 64 * 1024)
+    said = " ".join(r.getMessage() for r in caplog.records if "dropped 1 cached" in r.getMessage())
+    assert "fails while its registry is unreachable" in said and "rate limit" in said
     assert store.get_manifest(old) is None
     assert not store.private_origins(old)
     assert sorted(path.name for path in folder.iterdir()) == [
