@@ -6,7 +6,7 @@ go around the node's access check; one who could write to the store's directorie
 files there that are served as verified blobs. So, whatever the process umask, every
 directory the store makes is DIR_MODE and every file it writes FILE_MODE; the store's own
 directories are the node's user's (another user's, or a symbolic link to one, is refused)
-and, found looser (made by an earlier version), are tightened (`close_dir`). The
+and, found looser (made by an earlier version), are set DIR_MODE (`close_dir`). The
 data directory itself is the operator's: left as it is, but refused when another user could
 replace what it holds (`check_data_dir`).
 """
@@ -145,8 +145,9 @@ def _named(path: Path, target: Path) -> str:
 
 def close_dir(path: Path) -> int | None:
     """Make the store directory `path` (`make_dir`), or check one that is there (it must be
-    the node's user's: `_open_own_dir`) and take from it whatever its group and other users
-    may do. Returns the mode it had when it was tightened, else None.
+    the node's user's: `_open_own_dir`) and set it DIR_MODE when its group or other users
+    may do anything in it (a setgid or sticky bit goes too). Returns the mode it had when it
+    was tightened, else None.
 
     Raises:
         UnsafeDirectory: it is not the node's user's, or cannot be tightened.
@@ -163,11 +164,11 @@ def close_dir(path: Path) -> int | None:
         if not mode & OTHERS:
             return None
         try:
-            os.fchmod(fd, mode & ~OTHERS)
+            os.fchmod(fd, DIR_MODE)
         except OSError as exc:
             raise UnsafeDirectory(
-                f"{path} is mode {mode:04o}, open to other local users, and cannot be "
-                f"tightened: {exc.strerror or exc}"
+                f"{path} is mode {mode:04o}, open to other local users, and cannot be set "
+                f"to {DIR_MODE:04o}: {exc.strerror or exc}"
             ) from exc
         return mode
     finally:

@@ -203,19 +203,16 @@ class Store:
             self._tmp,
             self._private,
         )
-        tightened = []
         for directory in ours:
             was = close_dir(directory)
-            if was is not None:
-                tightened.append(f"{directory.relative_to(self.root)} ({was:04o})")
-        if tightened:
-            log.info(
-                "the store's directories in %s were open to other local users, now %04o "
-                "(the node's user's alone): %s",
-                self.root,
-                DIR_MODE,
-                ", ".join(tightened),
-            )
+            if was is not None:  # said as it is done: a later one may stop the start
+                log.info(
+                    "%s was mode %04o, open to other local users: set to %04o (the store's "
+                    "directories are the node's user's alone)",
+                    directory,
+                    was,
+                    DIR_MODE,
+                )
 
     # ---- complete blobs ------------------------------------------------------------------
 

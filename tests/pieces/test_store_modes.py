@@ -8,6 +8,7 @@ The tests run as root, so they check the mode bits: a read would always succeed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -95,8 +96,8 @@ async def test_looser_store_directories_of_an_earlier_version_are_tightened_once
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / sub, 0o755)
-    os.chmod(root / "tmp", 0o777)
-    os.chmod(root / "private", 0o750)
+    os.chmod(root / "tmp", 0o1777)  # sticky, as /tmp
+    os.chmod(root / "private", 0o2750)  # setgid, as a shared directory
     os.chmod(root, 0o755)
     earlier = root / "blobs" / "sha256" / ("ab" * 32)
     earlier.write_bytes(b"an earlier version's blob")  # 0644: protected by its directory
@@ -104,13 +105,42 @@ async def test_looser_store_directories_of_an_earlier_version_are_tightened_once
         Store(root, 4096)
     assert {sub: mode_of(root / sub) for sub in SUBDIRS} == {sub: 0o700 for sub in SUBDIRS}
     assert mode_of(root) == 0o755
-    said = [r for r in caplog.records if "0700" in r.getMessage()]
-    assert len(said) == 1 and said[0].levelno == logging.INFO
-    assert "tmp (0777)" in said[0].getMessage() and "private (0750)" in said[0].getMessage()
+    said = [r.getMessage() for r in caplog.records if "0700" in r.getMessage()]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    assert len(said) == len(SUBDIRS)  # one line each, as it is done
+    assert f"{root / 'tmp'} was mode 1777, open to other local users: set to 0700" in said[-2]
+    assert f"{root / 'private'} was mode 2750, open to other local users: set to 0700" in said[-1]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pollen.store"):
         Store(root, 4096)  # nothing left to tighten: nothing said
     assert not [r for r in caplog.records if "0700" in r.getMessage()]
+
+
+def test_each_directory_tightened_is_said_as_it_is_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One that cannot be tightened stops the start: those done before it were said."""
+    root = tmp_path / "data"
+    for sub in SUBDIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / sub, 0o755 if sub in ("tmp", "private") else 0o700)
+    fchmod = os.fchmod
+    calls = []
+
+    def second_fails(fd: int, mode: int) -> None:
+        calls.append(mode)
+        if len(calls) == 2:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", second_fails)
+    with caplog.at_level(logging.INFO, logger="pollen.store"), pytest.raises(OSError):
+        Store(root, 4096)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"{root / 'tmp'} was mode 0755, open to other local users: set to 0700 "
+        "(the store's directories are the node's user's alone)"
+    ]
 
 
 async def test_a_partial_resumed_from_an_earlier_version_is_closed_to_others(
