@@ -32,8 +32,9 @@ class UnsafeDirectory(OSError):
 
 
 def make_dir(path: Path) -> bool:
-    """Make the directory `path`, and its missing parents, each DIR_MODE (the umask can only
-    take more away). True when `path` was made; False when it was there (left as it is).
+    """Make the directory `path` DIR_MODE (the umask can only take more away); its missing
+    parents get the default mode (the umask's), as `mkdir -p` makes them: they are not the
+    store's. True when `path` was made; False when it was there (left as it is).
 
     Raises:
         FileExistsError: `path` is there and not a directory.
@@ -43,7 +44,7 @@ def make_dir(path: Path) -> bool:
     except FileNotFoundError:
         if path.parent == path:
             raise
-        make_dir(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
         return make_dir(path)
     except FileExistsError:
         if not path.is_dir():

@@ -53,7 +53,7 @@ def load_admin_token(
     path = token_file or data_dir / default_name
     if not path.exists():
         # Given or not: a new node (systemd's StateDirectory, say) starts with none.
-        make_dir(path.parent)  # missing: 0700, with its missing parents
+        make_dir(path.parent)  # missing: 0700 (the missing ones above it: the umask's)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")

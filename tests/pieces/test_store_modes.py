@@ -76,7 +76,9 @@ async def fill(store: Store) -> None:
 async def test_nothing_the_store_makes_is_open_to_other_users(tmp_path: Path) -> None:
     root = tmp_path / "made" / "data"  # the store makes it, and its parent
     await fill(Store(root, 4096))
-    assert open_to_others(tmp_path) == []
+    assert open_to_others(root) == []
+    assert mode_of(root) == 0o700
+    assert mode_of(root.parent) == 0o755  # the umask's: only the data directory is the store's
 
 
 async def test_an_operators_data_dir_is_left_as_it_is_and_the_store_inside_it_is_closed(

@@ -41,10 +41,11 @@ def test_the_option_accepts_a_file_that_does_not_exist_yet(tmp_path: Path) -> No
 
 
 def test_a_directory_made_for_the_token_file_is_the_node_users_alone(tmp_path: Path) -> None:
+    """Its own directory: the missing ones above it get the umask's mode, as `mkdir -p`."""
     old = os.umask(0o022)
     try:
         load_admin_token(tmp_path / "made" / "state" / "admin.token", tmp_path / "data")
     finally:
         os.umask(old)
-    for made in (tmp_path / "made", tmp_path / "made" / "state"):
-        assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "made" / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
