@@ -37,7 +37,6 @@ import errno
 import logging
 import mmap
 import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,16 +169,17 @@ class PartialBlob:
         # Called (in the trio thread) with the indices of newly recorded pieces: the swarm
         # announces them to peers.
         self.piece_listeners: list[Callable[[list[int]], None]] = []
-        self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            st = os.fstat(self._fd)
-            if st.st_mode & OTHERS:  # left by an earlier version: moved to blobs/ as it is
-                os.fchmod(self._fd, stat.S_IMODE(st.st_mode) & ~OTHERS)
-            if st.st_size != layout.size:
-                os.ftruncate(self._fd, layout.size)
-        except OSError:
-            os.close(self._fd)
-            raise
+        self._fd, started_over = _open_data(data_path, layout.size)
+        if started_over:
+            meta_path.unlink(missing_ok=True)
+            self.piece_hashes.clear()
+            self._bytes_present = 0
+            log.warning(
+                "the partial of %s left on disk could not be closed to other users (another "
+                "user's file, %s): started over",
+                digest,
+                data_path,
+            )
 
     # ---- state seen by readers -------------------------------------------------------------
 
@@ -565,6 +565,35 @@ class PartialBlob:
                 self.flush_meta_sync()
             os.close(self._fd)
             self._fd = -1
+
+
+def _open_data(path: Path, size: int) -> tuple[int, bool]:
+    """The data file of a partial, open to read and write, FILE_MODE and `size` bytes long;
+    and True when the one left on disk was replaced by an empty one. One open to other users
+    is closed (an earlier version's: it becomes a blob as it is); one that cannot be (EPERM:
+    another user's file) is removed and made anew: its bytes are not the node's to vouch
+    for, and it would fail every open of the blob for as long as it stayed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    started_over = False
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & OTHERS:
+            try:
+                os.fchmod(fd, FILE_MODE)
+            except PermissionError:
+                os.close(fd)
+                fd = -1
+                path.unlink()
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                started_over = True
+                st = os.fstat(fd)
+        if st.st_size != size:
+            os.ftruncate(fd, size)
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd, started_over
 
 
 def _fsync_dir(path: Path) -> None:

@@ -161,3 +161,29 @@ async def test_a_partial_resumed_from_an_earlier_version_is_closed_to_others(
     resumed.write_sync(4096, [data[4096:]])
     resumed.finalize_sync()
     assert mode_of(resumed.complete_path) == 0o600
+
+
+async def test_a_partial_that_cannot_be_closed_to_others_is_started_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's data file (EPERM on its fchmod): its pieces are not the node's to
+    vouch for. It was refused at every open of the blob, for as long as it stayed."""
+    store = Store(tmp_path / "data", 4096)
+    data = os.urandom(10_000)
+    partial = await store.open_partial(digest_of(data), len(data), 4096, [], repository=None)
+    partial.write_sync(0, [data[:4096]])
+    store.release_partial(partial)
+    os.chmod(partial.data_path, 0o666)
+    store = Store(tmp_path / "data", 4096)
+
+    def not_ours(fd: int, mode: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", not_ours)
+    fresh = await store.open_partial(digest_of(data), len(data), 4096, [], repository=None)
+    assert fresh.piece_hashes == {} and fresh.bytes_present == 0
+    assert mode_of(fresh.data_path) == 0o600
+    fresh.write_sync(0, [data])
+    fresh.finalize_sync()
+    assert fresh.complete_path.read_bytes() == data
+    assert mode_of(fresh.complete_path) == 0o600
