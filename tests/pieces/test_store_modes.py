@@ -16,8 +16,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import click.testing
 import pytest
 
+from peer.cli import main
 from pieces.descriptors import Repository
 from pieces.store import Store
 
@@ -25,12 +27,14 @@ REGISTRY = "https://registry.example"
 SUBDIRS = ("blobs", "blobs/sha256", "partial", "manifests", "manifests/sha256", "tmp", "private")
 
 
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    """The umask most hosts and containers run with: 0755 directories, 0644 files."""
-    old = os.umask(0o022)
+@pytest.fixture(autouse=True, params=[0o000, 0o002, 0o022], ids=["000", "002", "022"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """None (every bit the code asks for), a shared group's, and the one most hosts and
+    containers run with (0755 directories, 0644 files): 022 alone would hide a group or
+    other write bit the store left."""
+    old = os.umask(request.param)
     try:
-        yield
+        yield request.param
     finally:
         os.umask(old)
 
@@ -73,12 +77,12 @@ async def fill(store: Store) -> None:
     store.put_manifest(digest_of(body), media_type, body, Repository(REGISTRY, "team/app"))
 
 
-async def test_nothing_the_store_makes_is_open_to_other_users(tmp_path: Path) -> None:
+async def test_nothing_the_store_makes_is_open_to_other_users(tmp_path: Path, umask: int) -> None:
     root = tmp_path / "made" / "data"  # the store makes it, and its parent
     await fill(Store(root, 4096))
     assert open_to_others(root) == []
     assert mode_of(root) == 0o700
-    assert mode_of(root.parent) == 0o755  # the umask's: only the data directory is the store's
+    assert mode_of(root.parent) == 0o777 & ~umask  # only the data directory is the store's
 
 
 async def test_an_operators_data_dir_is_left_as_it_is_and_the_store_inside_it_is_closed(
@@ -92,7 +96,7 @@ async def test_an_operators_data_dir_is_left_as_it_is_and_the_store_inside_it_is
 
 
 async def test_looser_store_directories_of_an_earlier_version_are_tightened_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, umask: int
 ) -> None:
     root = tmp_path / "data"
     for sub in SUBDIRS:
@@ -104,8 +108,11 @@ async def test_looser_store_directories_of_an_earlier_version_are_tightened_once
     earlier = root / "blobs" / "sha256" / ("ab" * 32)
     earlier.write_bytes(b"an earlier version's blob")  # 0644: protected by its directory
     with caplog.at_level(logging.INFO, logger="pollen.store"):
-        Store(root, 4096)
+        store = Store(root, 4096)
     assert {sub: mode_of(root / sub) for sub in SUBDIRS} == {sub: 0o700 for sub in SUBDIRS}
+    assert store.has_blob("sha256:" + earlier.name)  # kept, as it was
+    assert earlier.read_bytes() == b"an earlier version's blob"
+    assert mode_of(earlier) == 0o666 & ~umask
     assert mode_of(root) == 0o755
     said = [r.getMessage() for r in caplog.records if "0700" in r.getMessage()]
     assert all(r.levelno == logging.INFO for r in caplog.records)
@@ -126,6 +133,7 @@ def test_each_directory_tightened_is_said_as_it_is_done(
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / sub, 0o755 if sub in ("tmp", "private") else 0o700)
+    os.chmod(root, 0o755)
     fchmod = os.fchmod
     calls = []
 
@@ -143,6 +151,31 @@ def test_each_directory_tightened_is_said_as_it_is_done(
         f"{root / 'tmp'} was mode 0755, open to other local users: set to 0700 "
         "(the store's directories are the node's user's alone)"
     ]
+
+
+def test_a_directory_that_cannot_be_tightened_stops_the_start_with_the_clis_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    for sub in SUBDIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / sub, 0o700)
+    os.chmod(root, 0o755)
+    os.chmod(root / "private", 0o755)  # an earlier version's
+
+    def refused(*args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    monkeypatch.setattr(os, "chmod", refused)
+    args = ["run", "--data-dir", str(root), "--peer", "127.0.0.1:0"]
+    result = click.testing.CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"Error: cannot open the store in {root}: {root / 'private'} is mode 0755, open to "
+        "other local users, and cannot be set to 0700: Operation not permitted"
+    ) in result.output
+    assert mode_of(root / "private") == 0o755
 
 
 async def test_a_partial_resumed_from_an_earlier_version_is_closed_to_others(
