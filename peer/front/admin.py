@@ -8,7 +8,8 @@ DELETE /_pollen/cache, POST /_pollen/gc (the store's check now: TTL, cache size,
 watermarks; `?dry_run=1` only lists what would go), and POST /_pollen/preheat,
 GET /_pollen/preheat[/ID] (preheat jobs: peer/preheat/). The token is the operator's
 `--admin-token-file`, or one the node makes at start-up in `<data-dir>/admin.token`,
-readable by the node's user only: who can read that file is who can administer the node.
+readable by the node's user only: who can read that file is who can administer the node (an
+operator's file that others may read is left as it is, and warned of at start).
 The registry port (`--http`) faces every client of the node and serves none of this.
 """
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT, parse_request
 from peer.preheat.job import TooManyJobs
 from peer.preheat.runner import Preheater
-from pieces.modes import FILE_MODE, make_dir
+from pieces.modes import FILE_MODE, OTHERS, make_dir
 from pieces.partial import StoreError
 from pieces.store import Store
 
@@ -44,7 +46,9 @@ def load_admin_token(
 ) -> tuple[bytes, Path]:
     """A bearer token and the file it is in: `token_file` when given, else
     `<data_dir>/<default_name>` (admin.token); either is created (mode 0600) with a random
-    token if missing.
+    token if missing. One that is there is the operator's (a mounted secret, say): left as
+    it is, but warned of when its group or other users may read it (who reads the token uses
+    the API it guards).
 
     Raises:
         ValueError: the given file is empty.
@@ -57,7 +61,17 @@ def load_admin_token(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
-    token = path.read_text().strip()
+    with open(path) as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        token = f.read().strip()
+    if mode & OTHERS:
+        log.warning(
+            "%s is mode %04o: its group or other local users may read the token in it, and "
+            "with it use the API it guards; left as it is (chmod go= %s to close it)",
+            path,
+            mode,
+            path,
+        )
     if not token:
         raise ValueError(f"{path} is empty")
     return token.encode(), path

@@ -4,6 +4,7 @@ start on); an empty file is refused."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -49,3 +50,35 @@ def test_a_directory_made_for_the_token_file_is_the_node_users_alone(tmp_path: P
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "made" / "state").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_an_existing_token_file_others_may_read_is_warned_of_and_left_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, given: bool, mode: int
+) -> None:
+    """The operator's file (a mounted secret, say): not the node's to chmod."""
+    path = tmp_path / "preheat.token"
+    path.write_text("operators-token\n")
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="pollen.admin"):
+        token, _ = load_admin_token(path if given else None, tmp_path, "preheat.token")
+    assert token == b"operators-token"
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and f"{path} is mode {mode:04o}" in said[0]
+
+
+def test_a_token_file_of_the_node_users_alone_is_not_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "admin.token"
+    path.write_text("operators-token\n")
+    for mode in (0o600, 0o400):
+        os.chmod(path, mode)
+        with caplog.at_level(logging.WARNING, logger="pollen.admin"):
+            load_admin_token(path, tmp_path)
+    load_admin_token(None, tmp_path / "new")  # made by the node
+    with caplog.at_level(logging.WARNING, logger="pollen.admin"):
+        load_admin_token(None, tmp_path / "new")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
