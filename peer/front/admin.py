@@ -31,7 +31,7 @@ from peer.front.oci_errors import OciError
 from peer.preheat.api import BODY_LIMIT, parse_request
 from peer.preheat.job import TooManyJobs
 from peer.preheat.runner import Preheater
-from pieces.modes import FILE_MODE, OTHERS, make_dir
+from pieces.modes import FILE_MODE, OTHERS, make_dir, user_name
 from pieces.partial import StoreError
 from pieces.store import Store
 
@@ -48,10 +48,11 @@ def load_admin_token(
     `<data_dir>/<default_name>` (admin.token); either is created (mode 0600) with a random
     token if missing. One that is there is the operator's (a mounted secret, say): left as
     it is, but warned of when its group or other users may read it (who reads the token uses
-    the API it guards).
+    the API it guards), and refused when neither the node's user nor root made it (or the
+    link to it).
 
     Raises:
-        ValueError: the given file is empty.
+        ValueError: the file is empty, or another user's.
         OSError: it cannot be read, or the default one cannot be written.
     """
     path = token_file or data_dir / default_name
@@ -61,8 +62,13 @@ def load_admin_token(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
+    link = os.lstat(path)
+    if stat.S_ISLNK(link.st_mode):
+        _check_owner(path, link.st_uid, "a symbolic link ")
     with open(path) as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        st = os.fstat(f.fileno())
+        _check_owner(path, st.st_uid, "")
+        mode = stat.S_IMODE(st.st_mode)
         token = f.read().strip()
     if mode & OTHERS:
         log.warning(
@@ -75,6 +81,21 @@ def load_admin_token(
     if not token:
         raise ValueError(f"{path} is empty")
     return token.encode(), path
+
+
+def _check_owner(path: Path, uid: int, what: str) -> None:
+    """A token file (or a link to one) that a user other than the node's or root made is
+    refused: they chose the token (in a data directory others may add to, a sticky one, they
+    can put an admin.token there first, or a link to a file they can read).
+
+    Raises:
+        ValueError: refused.
+    """
+    if uid not in (os.geteuid(), 0):
+        raise ValueError(
+            f"{path} is {what}owned by {user_name(uid)}, neither the node's user nor root: "
+            "refused (whoever made it knows the token)"
+        )
 
 
 class AdminFront:

@@ -82,3 +82,37 @@ def test_a_token_file_of_the_node_users_alone_is_not_warned_of(
     with caplog.at_level(logging.WARNING, logger="pollen.admin"):
         load_admin_token(None, tmp_path / "new")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+OTHER = 54321  # a uid that is neither root nor the node's (the tests run as root)
+
+
+def test_a_token_file_another_user_made_is_refused(tmp_path: Path) -> None:
+    """A data directory others may add to (sticky, as /tmp): another user who puts an
+    admin.token there first knows the token the node would take."""
+    os.chmod(tmp_path, 0o1777)
+    planted = tmp_path / "admin.token"
+    planted.write_text("known-to-them\n")
+    os.chown(planted, OTHER, OTHER)
+    with pytest.raises(ValueError, match=f"{planted} is owned by uid {OTHER}, neither"):
+        load_admin_token(None, tmp_path)
+
+
+def test_a_token_link_another_user_made_is_refused(tmp_path: Path) -> None:
+    """To a file of root's they can read (its content is the token)."""
+    known = tmp_path / "hostname"
+    known.write_text("node-1\n")
+    planted = tmp_path / "admin.token"
+    planted.symlink_to(known)
+    os.lchown(planted, OTHER, OTHER)
+    with pytest.raises(ValueError, match=f"{planted} is a symbolic link owned by uid {OTHER}"):
+        load_admin_token(None, tmp_path)
+
+
+def test_a_token_link_of_root_to_a_file_of_root_is_taken(tmp_path: Path) -> None:
+    """A Kubernetes Secret's volume: token -> ..data/token, root's."""
+    (tmp_path / "..data").mkdir()
+    (tmp_path / "..data" / "token").write_text("from-the-secret\n")
+    os.chmod(tmp_path / "..data" / "token", 0o400)
+    (tmp_path / "token").symlink_to("..data/token")
+    assert load_admin_token(tmp_path / "token", tmp_path)[0] == b"from-the-secret"
