@@ -594,6 +594,7 @@ class Store:
         }
         for hex_ in dropped:
             (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
+        orphans: set[str] = set()  # digests whose type or record went without a body
         for name in names:
             hex_, _, suffix = name.partition(".")
             if suffix not in ("type", "from") or not is_store_key(hex_):
@@ -601,8 +602,8 @@ class Store:
             if hex_ in dropped or hex_ not in names:
                 with contextlib.suppress(OSError):  # a directory there, say: harmless
                     (self._manifests / name).unlink()
-                self._drop_marker_if_unused(hex_)
-        for hex_ in dropped:
+                orphans.add(hex_)
+        for hex_ in dropped | orphans:
             self._drop_marker_if_unused(hex_)
         if dropped:
             log.info(
@@ -613,6 +614,12 @@ class Store:
                 "counts against the pull rate limit",
                 len(dropped),
             )
+
+    def _remove_manifest(self, hex_: str) -> None:
+        """A stored manifest's files: its body first (one without its type is never served),
+        then its type and its record."""
+        for name in (hex_, f"{hex_}.type", f"{hex_}.from"):
+            (self._manifests / name).unlink(missing_ok=True)
 
     def _manifest_sources(self, hex_: str) -> list[Repository]:
         """The repositories recorded as having served the stored manifest `hex_` (the first
@@ -683,9 +690,7 @@ class Store:
                 continue
             log.warning("dropping private %s: its origin was not recorded", marker.name)
             (self._blobs / marker.name).unlink(missing_ok=True)
-            (self._manifests / marker.name).unlink(missing_ok=True)
-            (self._manifests / f"{marker.name}.type").unlink(missing_ok=True)
-            (self._manifests / f"{marker.name}.from").unlink(missing_ok=True)
+            self._remove_manifest(marker.name)
             marker.unlink(missing_ok=True)
         return markers
 
@@ -895,9 +900,7 @@ class Store:
     def _evict(self, victim: Candidate) -> None:
         hex_ = victim.hex
         if victim.manifest:
-            (self._manifests / hex_).unlink(missing_ok=True)  # body first: never served alone
-            (self._manifests / f"{hex_}.type").unlink(missing_ok=True)
-            (self._manifests / f"{hex_}.from").unlink(missing_ok=True)
+            self._remove_manifest(hex_)
             self.ledger.drop(Kind.MANIFEST, hex_)
         elif victim.partial:
             (self._partial / f"{hex_}.data").unlink(missing_ok=True)
