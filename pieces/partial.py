@@ -24,10 +24,10 @@ them: the bookkeeping grows with the pieces written (`piece_hashes`, `_filling`)
 pieces the blob has. `Store.open_partial` checks sizes before a `PartialBlob` is made.
 
 Threading: `write_sync` and `finalize_sync` run in a worker thread (hashing a large buffer
-releases the GIL), and so does `write_piece_sync` for large pieces (small ones run on the event
-loop: peer/swarm/fetch.py, INLINE_WRITE), one call at a time per blob (`write_lock`); the trio
-thread only reads the monotonically growing fill counters and is told to wake readers
-afterwards (`notify`).
+releases the GIL), and so does `write_piece_sync` for pieces larger than the rule cuts (the
+others run on the event loop: peer/swarm/fetch.py, INLINE_WRITE), one call at a time per
+blob (`write_lock`); the trio thread only reads the monotonically growing fill counters and
+is told to wake readers afterwards (`notify`).
 """
 
 from __future__ import annotations

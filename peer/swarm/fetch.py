@@ -34,7 +34,7 @@ from peer.swarm.owner_change import leaves_owner, stalled
 from peer.swarm.picker import PiecePicker
 from peer.upstream.errors import UpstreamError
 from pieces.descriptors import Repository
-from pieces.layout import PieceLayout, least_piece_size
+from pieces.layout import DEFAULT_PIECE_SIZE, PieceLayout, least_piece_size
 from pieces.partial import PartialBlob, SizeRefused, StoreError
 from wire.events import (
     NOT_HELD_HEADER,
@@ -106,11 +106,18 @@ DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long 
 # over (those whose hash is unknown at once): the survivors link to it and send Bitfields.
 UNHELD_GRACE = 2.0
 PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
-# Pieces up to this size are hashed and written on the event loop: for a 256 KiB piece the hop
-# to a worker thread and back cost more than the work (xxh3 and a page-cache copy, ~0.1 ms).
+# Pieces up to this size (every piece the rule cuts) are hashed and written on the event loop:
+# on this 2-core VM the hop to a worker thread and back costs about a millisecond of CPU,
+# more than the work for a small piece (xxh3 and a page-cache copy, ~0.1 ms at 256 KiB), and a
+# quarter of the work for a 4 MiB one (xxh3, the copy and the blob's sha256, ~3-4 ms: that long
+# the event loop waits, where a host with cores to spare ran it beside the loop).
 # `python -m bench.swarm_loopback --nodes 8` (512 KiB pieces): 6.93, 7.36 CPU-s per GiB
 # delivered with a thread per piece, 5.47, 5.16 inline; last node 15.1, 16.0 s vs 12.8, 11.7.
-INLINE_WRITE = 1 << 20
+# At 4 MiB pieces (`--pollen-args '--pieces-per-blob 32'`, 2026-12-03, alternating): 3.40,
+# 3.11, 3.22, 3.35, 3.03, 3.04 inline against 3.39, 3.52, 3.62, 3.37, 3.66, 3.25 with a thread
+# per piece; last node 8.0 s against 8.7 on average. Larger pieces (`--piece-size` up to
+# 16 MiB) still go to a thread.
+INLINE_WRITE = DEFAULT_PIECE_SIZE
 STALL_REPORT = 10.0  # log what the fetch waits for after this long without a piece
 
 
