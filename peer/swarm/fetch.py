@@ -186,6 +186,8 @@ class SwarmFetch:
     _exchanging: bool = False  # taking pieces from `owner`'s swarm (its PieceMeta is in)
     _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
     _asleep_until: float | None = None  # the fetch's task waits for a change until then
+    _linking: bool = False  # a task links to the peers of an owner's Peers answer
+    _peers_next: Peers | None = None  # the latest answer that came while it did
 
     @property
     def digest(self) -> str:
@@ -802,8 +804,7 @@ class SwarmFetch:
             # The owner's answer to our PeersRequest only: it is the blob's tracker, and
             # another member's list would steer our links (a linking task per message).
             if link.peer_id == self.owner:
-                # Connecting may take seconds: not in the read loop.
-                self.swarm.start_soon(self._link_peers, event)
+                self._link_in_turn(event)
         elif isinstance(event, Piece):
             await self._on_piece(link, event)
         elif isinstance(event, Reject):
@@ -862,6 +863,29 @@ class SwarmFetch:
         self.access_sent.pop(peer_id, None)  # a new link starts without our credentials
         if self.picker is not None:
             self.picker.lost(peer_id)
+
+    def _link_in_turn(self, event: Peers) -> None:
+        """Link to the peers of the owner's answer, in a task (connecting may take seconds:
+        not in the read loop), one at a time: of the answers that come while one is linked,
+        only the latest waits. The owner is a member like any other and may lie: with a task
+        per answer, each dialling its list (a handshake's time-out per peer that never
+        answers), an owner that sent Peers without end grew the node's memory without bound
+        (a probe of a real node, 2026-12-04: 49 to 628 MiB in 55 s)."""
+        if self._linking:
+            self._peers_next = event
+            return
+        self._linking = True
+        self.swarm.start_soon(self._link_answers, event)
+
+    async def _link_answers(self, event: Peers) -> None:
+        try:
+            answer: Peers | None = event
+            while answer is not None:
+                await self._link_peers(answer)
+                answer, self._peers_next = self._peers_next, None
+        finally:
+            self._linking = False
+            self._peers_next = None
 
     async def _link_peers(self, event: Peers) -> None:
         swarm = self.swarm

@@ -229,6 +229,55 @@ async def test_only_the_owner_tells_a_fetch_whom_to_link_to() -> None:
     assert started == [(answer,)]
 
 
+class _DiallingSwarm(_Swarm):
+    """A swarm whose dials wait until `answer` is set (a peer that takes its time)."""
+
+    def __init__(self, members: int) -> None:
+        super().__init__(members)
+        self.dialling = 0
+        self.answer = trio.Event()
+
+    async def link_to(self, peer_id: bytes) -> _PostingLink:
+        self.dialling += 1
+        try:
+            await self.answer.wait()
+        finally:
+            self.dialling -= 1
+        return await super().link_to(peer_id)
+
+
+async def test_an_owner_that_sends_peers_without_end_gets_one_linking_task_at_a_time() -> None:
+    # The owner is a member like any other, and may lie: a task per Peers message, each
+    # dialling its list (up to the handshake's time-out per peer), let it grow the node's
+    # memory without bound (a probe of a real node: 49 to 628 MiB in 55 s). One task links
+    # at a time; of the lists that come meanwhile only the latest waits for it.
+    fetch = _fetch_from_owner()
+    swarm = _DiallingSwarm(100)
+    layout = PieceLayout(8 << 20, 1 << 20)
+    fetch.partial = _Partial(layout, {})  # type: ignore[assignment]
+    fetch.picker = PiecePicker(DIGEST, layout, random.Random(0))
+    fetch.picker.add_peer(OWNER)
+    answers = [
+        Peers(DIGEST, [(bytes([1, i % 256, i // 256]) + bytes(13), "h", 1)]) for i in range(1000)
+    ]
+    async with trio.open_nursery() as nursery:
+        swarm.start_soon = nursery.start_soon  # type: ignore[attr-defined]
+        fetch.swarm = swarm  # type: ignore[assignment]
+        for answer in answers:
+            await fetch.on_event(Link(OWNER), answer)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert swarm.dialling == 1
+        assert len(nursery.child_tasks) == 1
+        swarm.answer.set()
+    first, last = answers[0].peers[0][0], answers[-1].peers[0][0]
+    assert swarm.linked == [first, last]
+    # And the next list is taken at once once those are done.
+    async with trio.open_nursery() as nursery:
+        swarm.start_soon = nursery.start_soon  # type: ignore[attr-defined]
+        await fetch.on_event(Link(OWNER), answers[500])  # type: ignore[arg-type]
+    assert swarm.linked == [first, last, answers[500].peers[0][0]]
+
+
 async def test_an_overdue_request_nobody_else_can_take_does_not_wake_the_fetch_at_once() -> None:
     """In the endgame a request waiting past its time may go to a second peer. When no other
     peer holds the piece, the schedule asks nothing, and the picker's deadline stays in the
