@@ -232,7 +232,8 @@ class Warm:
 @dataclass(frozen=True, slots=True)
 class Warmed:
     """The answer to a Warm: 200 stored; otherwise the registry's refusal status or an error
-    status (502 the fetch failed, 503 too many Warm requests queued), with a message."""
+    status (502 the fetch failed, 503 too many Warm requests queued or blobs held for members'
+    jobs, 507 stored but not held: members' leases hold half of the cache), with a message."""
 
     TYPE: ClassVar[int] = 20
     request: int

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ MEMBER_WORKERS = 4  # Warms in flight to one member for one job
 WARM_WORKERS = 4  # members' Warms carried out here at once
 WARM_TIMEOUT = 3600.0  # seconds a member may take to answer one Warm
 WARM_LEASE = 600.0  # a blob warmed for a member's job is held this long (its job's end unknown)
+# Members may be lying: what their leases hold is bounded. In bytes, half of the cache (of the
+# disk without --cache-size), so that clients' blobs always find room: leases without a bound
+# let one member fill the disk with blobs nothing could evict (a probe, 2026-12-04: 6 x the
+# quota in a second, every client's new blob 507). In number, MAX_LEASES (a lease's memory).
+LEASE_SHARE = 0.5
+MAX_LEASES = 4096
 MAX_JOB_BLOBS = 4096  # blobs one job warms; the rest are reported, not warmed
 SCOPES = ("owners", "all")
 
@@ -367,13 +374,46 @@ class Preheater:
         source = BlobSource(
             warm.digest, warm.namespace, warm.repository, headers, credentials_key(headers)
         )
+        digest = warm.digest
+        if digest not in self._leases and len(self._leases) >= MAX_LEASES:
+            why = f"this node holds {MAX_LEASES} blobs for members' jobs: ask again later"
+            swarm.warming.answer(link, Warmed(warm.request, digest, 503, why))
+            return
         try:
-            self._lease(warm.digest)  # held before it is looked at
+            self._lease(digest)  # held before it is looked at
             status, why = await self.warm(source)
         except Exception as exc:  # a bug: answered, never ends the worker
-            log.exception("warming %s for a member failed (a bug)", warm.digest)
+            log.exception("warming %s for a member failed (a bug)", digest)
             status, why = 500, f"internal error: {exc}"
-        swarm.warming.answer(link, Warmed(warm.request, warm.digest, status, why[:500]))
+        if status != 200:
+            if not self._store.has_blob(digest):
+                self._release(digest)  # nothing to hold (a made-up digest costs nothing)
+        else:
+            self._lease(digest)  # again: a Warm of the same digest that failed released it
+        if status == 200 and self._leased_bytes() > self._lease_budget():
+            self._release(digest)  # stored, the cache's to evict
+            status = 507
+            why = (
+                f"blobs held for members' jobs would fill over half of the cache "
+                f"({self._lease_budget()} bytes): stored, not held"
+            )
+        swarm.warming.answer(link, Warmed(warm.request, digest, status, why[:500]))
+
+    def _leased_bytes(self) -> int:
+        return sum(self._store.blob_size(digest) or 0 for digest in self._leases)
+
+    def _lease_budget(self) -> int:
+        """The bytes members' leases may hold: LEASE_SHARE of the cache, else of the disk."""
+        store = self._store
+        if store.quota is not None:
+            return int(store.quota * LEASE_SHARE)
+        disk = shutil.disk_usage(store.root)
+        return int((disk.used + disk.free) * LEASE_SHARE)
+
+    def _release(self, digest: str) -> None:
+        lease = self._leases.pop(digest, None)
+        if lease is not None:
+            lease[0].close()
 
     def _lease(self, digest: str) -> None:
         """Hold `digest` for WARM_LEASE from now (a member's job: its end is not known here)."""

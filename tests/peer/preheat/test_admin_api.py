@@ -258,3 +258,82 @@ async def finished(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
             if job["state"] not in ("pending", "running"):
                 return job
             await trio.sleep(0.05)
+
+
+class _MemberLink:
+    """A member's link as `_serve_warm` answers on it."""
+
+    peer_id = b"M" * 16
+
+    def __init__(self) -> None:
+        self.answers: list[Warmed] = []
+
+    def post_answer(self, event: Warmed) -> None:
+        self.answers.append(event)
+
+
+async def _node_for_warms(
+    tmp_path: Path, nursery: trio.Nursery, **settings: Any
+) -> tuple[Node, FakeRegistry, str]:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    node = Node(node_config(registry, tmp_path / "store", **settings))
+    await nursery.start(node.run)
+    assert node.preheater is not None
+    return node, registry, f"127.0.0.1:{registry.port}"
+
+
+async def test_members_warms_hold_no_more_than_half_the_cache(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A member's Warm holds its blob against eviction for a lease. Leases past the cache
+    size let one member fill the disk with blobs nothing could evict, and every client's
+    new blob got 507 (a helper's probe of a real node: 6 x the quota in a second). What
+    members' leases hold stays within half the cache; a Warm past it is refused, and the
+    blob it brought is the cache's to evict."""
+    node, registry, host = await _node_for_warms(tmp_path, nursery, cache_size=40_000)
+    swarm = SimpleNamespace(warming=Warming())
+    link = _MemberLink()
+    digests = [registry.add_blob(bytes([i]) * 4000) for i in range(8)]
+    for request, digest in enumerate(digests):
+        warm = Warm(request, digest, host, "team/app", None)
+        await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
+    statuses = [answer.status for answer in link.answers]
+    assert statuses == [200] * 5 + [507] * 3, [a.message for a in link.answers]
+    held = [digest for digest in digests if node.store.is_held(digest)]
+    assert held == digests[:5]
+    assert sum(4000 for _ in held) <= 40_000 // 2
+    assert "half of the cache" in link.answers[-1].message
+
+
+async def test_a_members_warm_that_fails_leaves_no_lease(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A lease was taken before the blob was looked at and kept for its whole time even when
+    the registry had no such blob: made-up digests cost ~2 KB each for 10 minutes (a probe:
+    +57 MiB after 30,000 Warms from one member)."""
+    node, _, host = await _node_for_warms(tmp_path, nursery)
+    swarm = SimpleNamespace(warming=Warming())
+    link = _MemberLink()
+    missing = "sha256:" + "0" * 64
+    warm = Warm(1, missing, host, "team/app", None)
+    await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
+    assert [answer.status for answer in link.answers] == [404]
+    assert not node.store.is_held(missing)
+    assert node.preheater._leases == {}  # type: ignore[union-attr]
+
+
+async def test_members_warms_hold_a_bounded_number_of_blobs(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("peer.preheat.runner.MAX_LEASES", 2)
+    node, registry, host = await _node_for_warms(tmp_path, nursery)
+    swarm = SimpleNamespace(warming=Warming())
+    link = _MemberLink()
+    digests = [registry.add_blob(bytes([i]) * 10) for i in range(3)]
+    for request, digest in enumerate([*digests, digests[0]]):
+        warm = Warm(request, digest, host, "team/app", None)
+        await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
+    # The third is refused at once; the first again only renews its lease.
+    assert [answer.status for answer in link.answers] == [200, 200, 503, 200]
+    assert not node.store.has_blob(digests[2])
