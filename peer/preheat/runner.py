@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource
 from peer.fetch.manifests import ACCEPT_ALL, Manifest, fetch_manifest
+from peer.log_throttle import LogThrottle
 from peer.preheat.job import Job, JobState, JobTable, NodeProgress
+from peer.preheat.leases import LEASE_SHARE, Leases
 from peer.preheat.refs import ImageRef
 from peer.preheat.resolve import (
     Blob,
@@ -47,13 +48,7 @@ LOCAL_WORKERS = 4  # blobs this node warms at once for one job
 MEMBER_WORKERS = 4  # Warms in flight to one member for one job
 WARM_WORKERS = 4  # members' Warms carried out here at once
 WARM_TIMEOUT = 3600.0  # seconds a member may take to answer one Warm
-WARM_LEASE = 600.0  # a blob warmed for a member's job is held this long (its job's end unknown)
-# Members may be lying: what their leases hold is bounded. In bytes, half of the cache (of the
-# disk without --cache-size), so that clients' blobs always find room: leases without a bound
-# let one member fill the disk with blobs nothing could evict (a probe, 2026-12-04: 6 x the
-# quota in a second, every client's new blob 507). In number, MAX_LEASES (a lease's memory).
-LEASE_SHARE = 0.5
-MAX_LEASES = 4096
+UNHELD_LOG_PERIOD = 60.0  # at most one line this often for Warms stored but not held
 MAX_JOB_BLOBS = 4096  # blobs one job warms; the rest are reported, not warmed
 SCOPES = ("owners", "all")
 
@@ -90,8 +85,8 @@ class Preheater:
         self._node_auth = node_auth
         self.jobs = JobTable()
         self._nursery: trio.Nursery | None = None
-        # Blobs warmed for members' jobs, held until the lease ends: digest -> (hold, end).
-        self._leases: dict[str, tuple[contextlib.ExitStack, float]] = {}
+        self.leases = Leases(store)  # blobs warmed for members' jobs, held a while
+        self._unheld_told = LogThrottle(UNHELD_LOG_PERIOD)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run jobs and serve members' Warms until cancelled."""
@@ -104,9 +99,9 @@ class Preheater:
             try:
                 while True:
                     await trio.sleep(10)
-                    self._end_leases(trio.current_time())
+                    self.leases.expire(trio.current_time())
             finally:
-                self._end_leases(float("inf"))
+                self.leases.expire(float("inf"))
 
     def registry_url(self, registry: str) -> str:
         """The base URL the node fetches `registry` (host[:port]) from."""
@@ -375,61 +370,31 @@ class Preheater:
             warm.digest, warm.namespace, warm.repository, headers, credentials_key(headers)
         )
         digest = warm.digest
-        if digest not in self._leases and len(self._leases) >= MAX_LEASES:
-            why = f"this node holds {MAX_LEASES} blobs for members' jobs: ask again later"
+        leases = self.leases
+        held_before = digest in leases
+        if not held_before and leases.full():
+            why = f"this node holds {len(leases)} blobs for members' jobs: ask again later"
             swarm.warming.answer(link, Warmed(warm.request, digest, 503, why))
             return
+        leases.hold_while_looking(digest, trio.current_time())
         try:
-            self._lease(digest)  # held before it is looked at
             status, why = await self.warm(source)
         except Exception as exc:  # a bug: answered, never ends the worker
             log.exception("warming %s for a member failed (a bug)", digest)
             status, why = 500, f"internal error: {exc}"
         if status != 200:
-            if not self._store.has_blob(digest):
-                self._release(digest)  # nothing to hold (a made-up digest costs nothing)
-        else:
-            self._lease(digest)  # again: a Warm of the same digest that failed released it
-        if status == 200 and self._leased_bytes() > self._lease_budget():
-            self._release(digest)  # stored, the cache's to evict
-            status = 507
+            if not held_before:
+                leases.release(digest)  # a Warm that fails holds nothing new
+        elif not leases.keep(digest, trio.current_time()):
+            # Stored, and the cache's to evict: warmed as asked, but not held for the job.
             why = (
-                f"blobs held for members' jobs would fill over half of the cache "
-                f"({self._lease_budget()} bytes): stored, not held"
+                f"stored, not held: blobs held for members' jobs would fill over "
+                f"{LEASE_SHARE:.0%} of the cache ({leases.budget()} bytes)"
             )
+            untold = self._unheld_told.event(trio.current_time())
+            if untold is not None:
+                log.warning("%s for a member's job: %s (%d more not told)", digest, why, untold)
         swarm.warming.answer(link, Warmed(warm.request, digest, status, why[:500]))
-
-    def _leased_bytes(self) -> int:
-        return sum(self._store.blob_size(digest) or 0 for digest in self._leases)
-
-    def _lease_budget(self) -> int:
-        """The bytes members' leases may hold: LEASE_SHARE of the cache, else of the disk."""
-        store = self._store
-        if store.quota is not None:
-            return int(store.quota * LEASE_SHARE)
-        disk = shutil.disk_usage(store.root)
-        return int((disk.used + disk.free) * LEASE_SHARE)
-
-    def _release(self, digest: str) -> None:
-        lease = self._leases.pop(digest, None)
-        if lease is not None:
-            lease[0].close()
-
-    def _lease(self, digest: str) -> None:
-        """Hold `digest` for WARM_LEASE from now (a member's job: its end is not known here)."""
-        end = trio.current_time() + WARM_LEASE
-        if digest in self._leases:
-            self._leases[digest] = (self._leases[digest][0], end)
-            return
-        hold = contextlib.ExitStack()
-        hold.enter_context(self._store.holding(digest))
-        self._leases[digest] = (hold, end)
-
-    def _end_leases(self, now: float) -> None:
-        for digest, (hold, end) in list(self._leases.items()):
-            if end <= now:
-                del self._leases[digest]
-                hold.close()
 
 
 async def _each(

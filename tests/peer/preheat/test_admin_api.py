@@ -134,7 +134,7 @@ async def test_a_blob_warmed_for_a_members_job_is_held_for_a_lease(
     assert [(a.request, a.status) for a in answers] == [(7, 200)]
     assert node.store.has_blob(digest) and node.store.is_held(digest)
     assert node.store.sweep(time.time() + 10**6, dry_run=True) == []  # not evictable
-    node.preheater._end_leases(float("inf"))  # the lease ends: now the TTL takes it
+    node.preheater.leases.expire(float("inf"))  # the lease ends: now the TTL takes it
     assert [e.digest for e in node.store.sweep(time.time() + 10**6)] == [digest]
 
 
@@ -298,12 +298,41 @@ async def test_members_warms_hold_no_more_than_half_the_cache(
     for request, digest in enumerate(digests):
         warm = Warm(request, digest, host, "team/app", None)
         await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
-    statuses = [answer.status for answer in link.answers]
-    assert statuses == [200] * 5 + [507] * 3, [a.message for a in link.answers]
+    # Every blob is stored as asked; only the first five are held.
+    assert [answer.status for answer in link.answers] == [200] * 8
+    assert all(node.store.has_blob(digest) for digest in digests)
     held = [digest for digest in digests if node.store.is_held(digest)]
     assert held == digests[:5]
-    assert sum(4000 for _ in held) <= 40_000 // 2
-    assert "half of the cache" in link.answers[-1].message
+    assert node.preheater.leases.held_bytes == 20_000  # type: ignore[union-attr]
+    assert [a.message for a in link.answers[:5]] == [""] * 5
+    assert all("stored, not held" in a.message for a in link.answers[5:])
+
+
+async def test_a_failing_warm_neither_holds_nor_renews_a_stored_blob(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A Warm that fails (401 without credentials, 404 at another registry) kept the lease it
+    took before looking, for a stored blob too: any stored blob, a client's private one, could
+    be pinned past the bound (a review found it: 32,000 bytes held against 20,000)."""
+    node, registry, host = await _node_for_warms(tmp_path, nursery, cache_size=40_000)
+    registry.token = "secret"  # private blobs: a Warm without the token is refused
+    swarm = SimpleNamespace(warming=Warming())
+    link = _MemberLink()
+    digests = [registry.add_blob(bytes([i]) * 4000) for i in range(6)]
+    for request, digest in enumerate(digests):
+        warm = Warm(request, digest, host, "team/app", "Bearer secret")
+        await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
+    assert [a.status for a in link.answers] == [200] * 6
+    assert not node.store.is_held(digests[5]) and node.store.has_blob(digests[5])
+    for request, digest in enumerate(digests, start=10):
+        warm = Warm(request, digest, host, "team/app", None)
+        await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
+    assert [a.status for a in link.answers[6:]] == [401] * 6
+    assert not node.store.is_held(digests[5])
+    assert node.preheater.leases.held_bytes == 20_000  # type: ignore[union-attr]
+    # Nor did they renew the leases they found: those end when the stored Warms' end.
+    node.preheater.leases.expire(trio.current_time() + 600.5)  # type: ignore[union-attr]
+    assert not any(node.store.is_held(digest) for digest in digests)
 
 
 async def test_a_members_warm_that_fails_leaves_no_lease(
@@ -320,13 +349,13 @@ async def test_a_members_warm_that_fails_leaves_no_lease(
     await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
     assert [answer.status for answer in link.answers] == [404]
     assert not node.store.is_held(missing)
-    assert node.preheater._leases == {}  # type: ignore[union-attr]
+    assert len(node.preheater.leases) == 0  # type: ignore[union-attr]
 
 
 async def test_members_warms_hold_a_bounded_number_of_blobs(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("peer.preheat.runner.MAX_LEASES", 2)
+    monkeypatch.setattr("peer.preheat.leases.MAX_LEASES", 2)
     node, registry, host = await _node_for_warms(tmp_path, nursery)
     swarm = SimpleNamespace(warming=Warming())
     link = _MemberLink()
@@ -336,4 +365,5 @@ async def test_members_warms_hold_a_bounded_number_of_blobs(
         await node.preheater._serve_warm(swarm, link, warm)  # type: ignore[arg-type,union-attr]
     # The third is refused at once; the first again only renews its lease.
     assert [answer.status for answer in link.answers] == [200, 200, 503, 200]
+    assert "holds 2 blobs for members' jobs" in link.answers[2].message
     assert not node.store.has_blob(digests[2])
