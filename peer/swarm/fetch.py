@@ -187,7 +187,8 @@ class SwarmFetch:
     _scheduling: bool = False  # the exchange or the drain runs: peers' events schedule at once
     _asleep_until: float | None = None  # the fetch's task waits for a change until then
     _linking: bool = False  # a task links to the peers of an owner's Peers answer
-    _peers_next: Peers | None = None  # the latest answer that came while it did
+    _linking_scope: trio.CancelScope | None = None  # ... to cancel when the owner changes
+    _peers_next: tuple[bytes, Peers] | None = None  # the latest answer (and its sender) meanwhile
 
     @property
     def digest(self) -> str:
@@ -271,8 +272,7 @@ class SwarmFetch:
                 skipped += 1
                 continue
             # Set before asking: PieceMeta updates may follow the first answer at once.
-            self.owner = candidate
-            self.state.wanted_from = candidate
+            self._set_owner(candidate)
             try:
                 link = await swarm.link_to(candidate)
                 await self._want(link)
@@ -303,8 +303,7 @@ class SwarmFetch:
             while (candidate := probe.next()) is not None:
                 if swarm.bans.is_unreachable(candidate, trio.current_time()):
                     continue
-                self.owner = candidate
-                self.state.wanted_from = candidate
+                self._set_owner(candidate)
                 try:
                     with trio.fail_after(HELD_ASK_TIMEOUT):
                         link = await swarm.link_to(candidate)
@@ -318,8 +317,7 @@ class SwarmFetch:
                 self._owner_lost = False
                 log.info("%s: held by %s", self.digest, candidate.hex()[:12])
                 return True
-        self.owner = None
-        self.state.wanted_from = None
+        self._set_owner(None)
         return False
 
     async def _want(self, link: PeerLink, held_only: bool = False) -> None:
@@ -804,7 +802,7 @@ class SwarmFetch:
             # The owner's answer to our PeersRequest only: it is the blob's tracker, and
             # another member's list would steer our links (a linking task per message).
             if link.peer_id == self.owner:
-                self._link_in_turn(event)
+                self._link_in_turn(link.peer_id, event)
         elif isinstance(event, Piece):
             await self._on_piece(link, event)
         elif isinstance(event, Reject):
@@ -864,27 +862,40 @@ class SwarmFetch:
         if self.picker is not None:
             self.picker.lost(peer_id)
 
-    def _link_in_turn(self, event: Peers) -> None:
+    def _set_owner(self, owner: bytes | None) -> None:
+        """Ask `owner` for the blob from now on. The linking of an earlier owner's answer
+        stops: a lying owner's list of members that never answer would hold the next one's."""
+        if owner != self.owner and self._linking_scope is not None:
+            self._linking_scope.cancel()
+        self.owner = owner
+        self.state.wanted_from = owner
+
+    def _link_in_turn(self, sender: bytes, event: Peers) -> None:
         """Link to the peers of the owner's answer, in a task (connecting may take seconds:
         not in the read loop), one at a time: of the answers that come while one is linked,
-        only the latest waits. The owner is a member like any other and may lie: with a task
-        per answer, each dialling its list (a handshake's time-out per peer that never
-        answers), an owner that sent Peers without end grew the node's memory without bound
-        (a probe of a real node, 2026-12-04: 49 to 628 MiB in 55 s)."""
+        only the latest waits, and only while its sender is the owner. The owner is a member
+        like any other and may lie: with a task per answer, each dialling its list (a
+        handshake's time-out per peer that never answers), an owner that sent Peers without
+        end grew the node's memory without bound (a probe of a real node, 2026-12-04: 49 to
+        628 MiB in 55 s)."""
         if self._linking:
-            self._peers_next = event
+            self._peers_next = (sender, event)
             return
         self._linking = True
-        self.swarm.start_soon(self._link_answers, event)
+        self.swarm.start_soon(self._link_answers, (sender, event))
 
-    async def _link_answers(self, event: Peers) -> None:
+    async def _link_answers(self, first: tuple[bytes, Peers]) -> None:
         try:
-            answer: Peers | None = event
+            answer: tuple[bytes, Peers] | None = first
             while answer is not None:
-                await self._link_peers(answer)
+                sender, event = answer
+                if sender == self.owner:
+                    with trio.CancelScope() as self._linking_scope:
+                        await self._link_peers(event)
                 answer, self._peers_next = self._peers_next, None
         finally:
             self._linking = False
+            self._linking_scope = None
             self._peers_next = None
 
     async def _link_peers(self, event: Peers) -> None:

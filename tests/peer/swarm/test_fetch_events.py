@@ -226,7 +226,7 @@ async def test_only_the_owner_tells_a_fetch_whom_to_link_to() -> None:
         await fetch.on_event(Link(PEER), answer)  # type: ignore[arg-type]
     assert started == []
     await fetch.on_event(Link(OWNER), answer)  # type: ignore[arg-type]
-    assert started == [(answer,)]
+    assert started == [((OWNER, answer),)]
 
 
 class _DiallingSwarm(_Swarm):
@@ -246,17 +246,22 @@ class _DiallingSwarm(_Swarm):
         return await super().link_to(peer_id)
 
 
+def _fetch_linking_slowly() -> tuple[SwarmFetch, _DiallingSwarm]:
+    """A fetch with a picker and a partial, whose dials wait for `swarm.answer`."""
+    fetch = _fetch_from_owner()
+    layout = PieceLayout(8 << 20, 1 << 20)
+    fetch.partial = _Partial(layout, {})  # type: ignore[assignment]
+    fetch.picker = PiecePicker(DIGEST, layout, random.Random(0))
+    fetch.picker.add_peer(OWNER)
+    return fetch, _DiallingSwarm(100)
+
+
 async def test_an_owner_that_sends_peers_without_end_gets_one_linking_task_at_a_time() -> None:
     # The owner is a member like any other, and may lie: a task per Peers message, each
     # dialling its list (up to the handshake's time-out per peer), let it grow the node's
     # memory without bound (a probe of a real node: 49 to 628 MiB in 55 s). One task links
     # at a time; of the lists that come meanwhile only the latest waits for it.
-    fetch = _fetch_from_owner()
-    swarm = _DiallingSwarm(100)
-    layout = PieceLayout(8 << 20, 1 << 20)
-    fetch.partial = _Partial(layout, {})  # type: ignore[assignment]
-    fetch.picker = PiecePicker(DIGEST, layout, random.Random(0))
-    fetch.picker.add_peer(OWNER)
+    fetch, swarm = _fetch_linking_slowly()
     answers = [
         Peers(DIGEST, [(bytes([1, i % 256, i // 256]) + bytes(13), "h", 1)]) for i in range(1000)
     ]
@@ -276,6 +281,28 @@ async def test_an_owner_that_sends_peers_without_end_gets_one_linking_task_at_a_
         swarm.start_soon = nursery.start_soon  # type: ignore[attr-defined]
         await fetch.on_event(Link(OWNER), answers[500])  # type: ignore[arg-type]
     assert swarm.linked == [first, last, answers[500].peers[0][0]]
+
+
+async def test_a_new_owner_stops_the_linking_of_the_last_ones_answer() -> None:
+    # One linking task at a time: a lying owner's list of members that never answer (a
+    # handshake's time-out each) must not hold the next owner's answer, nor be linked for it.
+    fetch, swarm = _fetch_linking_slowly()
+    listed = [(bytes([1, i]) + bytes(14), "h", 1) for i in range(4)]
+    new_owner = b"N" * 16
+    async with trio.open_nursery() as nursery:
+        swarm.start_soon = nursery.start_soon  # type: ignore[attr-defined]
+        fetch.swarm = swarm  # type: ignore[assignment]
+        await fetch.on_event(Link(OWNER), Peers(DIGEST, listed[:2]))  # type: ignore[arg-type]
+        await fetch.on_event(Link(OWNER), Peers(DIGEST, listed[1:3]))  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert swarm.dialling == 1  # the first answer's first peer; the second waits
+        fetch._set_owner(new_owner)
+        await trio.testing.wait_all_tasks_blocked()
+        assert swarm.dialling == 0 and not nursery.child_tasks  # stopped, the waiting dropped
+        swarm.answer.set()
+        await fetch.on_event(Link(new_owner), Peers(DIGEST, listed[3:]))  # type: ignore[arg-type]
+    assert swarm.linked == [listed[3][0]]
+    assert fetch.state.wanted_from == new_owner
 
 
 async def test_an_overdue_request_nobody_else_can_take_does_not_wake_the_fetch_at_once() -> None:
