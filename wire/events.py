@@ -233,7 +233,7 @@ class Warm:
 class Warmed:
     """The answer to a Warm: 200 stored; otherwise the registry's refusal status or an error
     status (502 the fetch failed, 503 too many Warm requests queued or blobs held for members'
-    jobs, 507 stored but not held: members' leases hold half of the cache), with a message."""
+    jobs), with a message (a 200's: why the blob is stored but not held, if it is not)."""
 
     TYPE: ClassVar[int] = 20
     request: int
