@@ -277,6 +277,14 @@ class RegistryFront:
             download = await self.downloads.join(source)
             with download.serving():
                 await download.ready.wait()
+                ours = download.started_for(source, self.upstreams.base_url)
+                if not ours and (download.refusal is not None or download.error is not None):
+                    # Another registry's answer (or another client's), not this client's: a
+                    # registry a client names could refuse every anonymous client of a digest
+                    # it holds up, with a login realm of its choosing (until 2026-12-04). This
+                    # client's own try, once that download has ended.
+                    await download.done.wait()
+                    continue
                 if download.refusal is not None:
                     await _forward_refusal(conn, request, download.refusal, "blobs")
                     return
@@ -284,7 +292,7 @@ class RegistryFront:
                     raise download.error
                 if download.partial is None:
                     continue  # finished between our checks: serve it from the store
-                if not download.started_for(source, self.upstreams.base_url):
+                if not ours:
                     # Someone else's download: the same check as on disk.
                     refusal = await self.access.refusal(
                         namespace, route.name, "blobs", digest, headers

@@ -27,34 +27,44 @@ from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry
 TOKEN = "Bearer s3cret"
 
 
-class YesRegistry:
-    """An attacker's registry: 200 to every HEAD, 404 to everything else."""
+class TinyRegistry:
+    """A registry of one behaviour: `handle` answers every request."""
 
     def __init__(self) -> None:
         self.port = 0
-        self.heads = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        raise NotImplementedError
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
 
-        async def handle(conn: HttpConnection, request: Request) -> None:
-            if request.method == "HEAD":
-                self.heads += 1
-                await conn.start_response(200, [("content-length", "0")])
-                await conn.end_response()
-            else:
-                await conn.respond(404, [], b"")
-
         async def handler(stream: trio.SocketStream) -> None:
-            await serve_connection(stream, handle, idle_timeout=30, send_timeout=30)
+            await serve_connection(stream, self.handle, idle_timeout=30, send_timeout=30)
 
         task_status.started()
         await trio.serve_listeners(handler, listeners)
+
+
+class YesRegistry(TinyRegistry):
+    """An attacker's registry: 200 to every HEAD, 404 to everything else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 0
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        if request.method == "HEAD":
+            self.heads += 1
+            await conn.start_response(200, [("content-length", "0")])
+            await conn.end_response()
+        else:
+            await conn.respond(404, [], b"")
 
 
 @dataclass
@@ -288,3 +298,55 @@ async def test_a_client_whose_registry_has_the_blob_gets_it_while_another_regist
         second = await client.get(f"/v2/org/app/blobs/{digest}?ns=other.test")
     assert first[0].status_code == 200 and first[0].content == data
     assert second.status_code == 200 and second.content == data
+
+
+class HeldRefuser(TinyRegistry):
+    """An attacker's registry: every request waits for `release`, then gets 401 (a login
+    realm of its own) or 404."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+        self.release = trio.Event()
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        await self.release.wait()
+        realm = 'Bearer realm="https://attacker.test/collect-logins",service="x"'
+        await conn.respond(self.status, [("www-authenticate", realm)], b"")
+
+
+@pytest.mark.parametrize("status", [401, 404])
+async def test_another_registrys_refusal_never_answers_a_client(
+    tmp_path: Path, nursery: trio.Nursery, status: int
+) -> None:
+    """A client names a registry it runs for a public digest, which holds the request and then
+    refuses it. A client of the real registry that asked meanwhile joined that download and got
+    the attacker's refusal: its 404, or its 401 with a login realm of the attacker's choosing
+    (a helper's probe, 2026-12-04). It must get the blob from its own registry."""
+    registry = FakeRegistry()
+    evil = HeldRefuser(status)
+    await nursery.start(registry.serve)
+    await nursery.start(evil.serve)
+    node, client = await _start_node(tmp_path, nursery, registry.url, ("evil.test", evil.url))
+    data = os.urandom(200_000)
+    digest = registry.add_blob(data)
+    answers: dict[str, httpx.Response] = {}
+
+    async def pull(who: str, ns: str) -> None:
+        answers[who] = await client.get(f"/v2/org/app/blobs/{digest}{ns}")
+
+    async with client, trio.open_nursery() as pulls:
+        pulls.start_soon(pull, "attacker", "?ns=evil.test")
+        with trio.fail_after(10):
+            while node.downloads_in_flight() == 0:
+                await trio.sleep(0.005)
+        pulls.start_soon(pull, "victim", "")
+        assert node.downloads is not None
+        with trio.fail_after(10):  # the victim waits on the attacker's download
+            while node.downloads.active[digest].clients < 2:
+                await trio.sleep(0.005)
+        evil.release.set()
+    assert answers["attacker"].status_code == status
+    assert answers["victim"].status_code == 200, answers["victim"].headers
+    assert answers["victim"].content == data
+    assert "attacker.test" not in answers["victim"].headers.get("www-authenticate", "")
