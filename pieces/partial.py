@@ -130,8 +130,12 @@ class PartialBlob:
         complete_path: Path,
         pieces: dict[int, bytes],
         origins: list[str] | None = None,
+        registry: str | None = None,
     ) -> None:
         self.digest = digest
+        # The registry the download asks (its base URL; None: none named): a partial left on
+        # disk is resumed only for a download from it (Store.open_partial).
+        self.registry = registry
         # The registries these bytes come from with credentials (empty: public). They vouch
         # for readers of the partial, and become the blob's private marker once it is verified.
         self.origins: list[str] = list(origins or [])
@@ -425,6 +429,7 @@ class PartialBlob:
             "piece_size": self.layout.piece_size,
             "pieces": self.piece_hashes,
             "origins": list(self.origins),
+            "registry": self.registry,
         }
         tmp = self.meta_path.with_suffix(".meta.tmp")
         try:
@@ -631,6 +636,8 @@ def load_meta(meta_path: Path) -> dict[str, Any] | None:
     if not isinstance(meta.get("piece_size"), int) or not 0 < meta["piece_size"] <= MAX_PIECE_SIZE:
         return None  # an older node's record of pieces no peer could take: start over
     if not _is_origins(meta.get("origins")):
+        return None
+    if not isinstance(meta.get("registry"), str | None):
         return None
     try:
         for record in unpacker:

@@ -289,7 +289,10 @@ class Store:
         size the largest); a swarm uses its owner's piece size.
         `origins`: the registries the bytes come from with credentials (none: public). A
         partial left on disk is resumed only for the same origins: its bytes must not reach a
-        reader whose registry never vouched for them. One open in this process gains them.
+        reader whose registry never vouched for them. One open in this process gains them. Nor
+        is one resumed for a download from another registry than its own (`repository`'s), even
+        public: a registry a client names could send the right size and wrong bytes, hang up
+        short, and have the real registry asked only for the rest (until 2026-12-04).
 
         `size` and `piece_size` come from an upstream or a peer: they are checked (descriptor,
         piece limit, quota, disk) before anything is allocated or evicted for them.
@@ -308,6 +311,7 @@ class Store:
             StoreError: `size` disagrees with the download in progress, or an I/O error.
         """
         hex_ = digest_hex(digest)
+        registry = repository.registry_url if repository is not None else None
         existing = self._partials.get(hex_)
         if existing is not None:
             if existing.layout.size != size:
@@ -332,6 +336,7 @@ class Store:
             and (required is None or meta["piece_size"] == required)
             and PieceLayout(size, meta["piece_size"]).count <= MAX_PIECES
             and sorted(meta["origins"]) == sorted(origins or [])
+            and meta.get("registry") == registry
         ):
             layout = PieceLayout(size, meta["piece_size"])
             pieces = await trio.to_thread.run_sync(
@@ -365,7 +370,7 @@ class Store:
         self.make_room(size, digest, evict_for=step)
         try:
             blob = PartialBlob(
-                digest, layout, data_path, meta_path, self._blobs / hex_, pieces, origins
+                digest, layout, data_path, meta_path, self._blobs / hex_, pieces, origins, registry
             )
         except OSError as exc:
             raise io_error(exc, f"creating {digest} in {self.root}") from exc

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pieces.partial as partial_module
+from pieces.descriptors import Repository
 from pieces.layout import MAX_PIECE_SIZE
 from pieces.partial import (
     BlobFailed,
@@ -156,6 +157,32 @@ async def partial_left_on_disk(tmp_path: Path) -> tuple[bytes, str, PartialBlob]
     partial.write_sync(0, [data[:2000]])
     store.release_partial(partial)
     return data, digest, partial
+
+
+async def test_a_partial_is_resumed_only_for_the_registry_its_bytes_came_from(
+    tmp_path: Path,
+) -> None:
+    """A registry a client names sent the right size and wrong bytes, and hung up short: its
+    partial (public: no origins) was resumed for a download from the real registry, which was
+    asked only for the rest, and the client got the planted bytes and a failed pull (a
+    helper's probe, 2026-12-04)."""
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    evil = Repository("http://evil.test", "x/y")
+    store = Store(tmp_path, 1000)
+    partial = await store.open_partial(digest, len(data), repository=evil)
+    partial.write_sync(0, [bytes(2000)])
+    store.release_partial(partial)
+    real = Repository("http://registry.test", "org/app")
+    store = Store(tmp_path, 1000)
+    fresh = await store.open_partial(digest, len(data), repository=real)
+    assert fresh.piece_hashes == {}
+    fresh.write_sync(0, [data[:2000]])
+    store.release_partial(fresh)
+    # The same registry resumes what it sent, whichever of its repositories asks.
+    same = Repository("http://registry.test", "other/name")
+    resumed = await Store(tmp_path, 1000).open_partial(digest, len(data), repository=same)
+    assert sorted(resumed.piece_hashes) == [0, 1]
 
 
 async def test_a_partial_in_pieces_no_peer_can_take_is_not_resumed(tmp_path: Path) -> None:

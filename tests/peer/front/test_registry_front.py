@@ -15,6 +15,7 @@ import trio
 
 from peer.config import Address, NodeConfig
 from peer.node import Node
+from pieces.descriptors import Repository
 from pieces.store import Store
 from tests.peer.fake_registry import MANIFEST_TYPE, FakeRegistry, digest_of
 from tests.tmpfs import mounted_tmpfs
@@ -208,7 +209,7 @@ async def test_only_the_missing_runs_are_fetched_around_pieces_already_held(
     data = os.urandom(10 * piece + 123)
     digest = setup.registry.add_blob(data)
     store = setup.node.store
-    partial = await store.open_partial(digest, len(data), repository=None)
+    partial = await store.open_partial(digest, len(data), repository=_at_registry(setup))
     for index in (2, 3, 7):
         partial.write_sync(index * piece, [data[index * piece : (index + 1) * piece]])
     partial.close()
@@ -318,7 +319,7 @@ async def test_fully_written_partial_is_committed_after_a_one_byte_check(setup: 
     data = os.urandom(200_000)
     digest = setup.registry.add_blob(data)
     other = Store(setup.node.config.data_dir, 64 * 1024)
-    partial = await other.open_partial(digest, len(data), repository=None)
+    partial = await other.open_partial(digest, len(data), repository=_at_registry(setup))
     partial.write_sync(0, [data])
     other.release_partial(partial)
     response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
@@ -410,3 +411,9 @@ async def test_the_admin_api_needs_its_token_and_its_own_listener(setup: Setup) 
     token_file = Path(setup.node.config.data_dir) / "admin.token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     assert token_file.read_text().strip().encode() == setup.node.admin_token
+
+
+def _at_registry(setup: Setup) -> Repository:
+    """The repository the node's clients ask here: a partial it left is resumed for them (one
+    left by another registry would not be)."""
+    return Repository(setup.registry.url, "org/app")

@@ -117,7 +117,7 @@ async def held_pieces(setup: Setup) -> tuple[bytes, str]:
     data = os.urandom(10 * PIECE + 123)
     digest = setup.registry.add_blob(data)
     store = setup.node.store
-    partial = await store.open_partial(digest, len(data), repository=None)
+    partial = await store.open_partial(digest, len(data), repository=_at_registry(setup))
     for index in (2, 3, 7):
         partial.write_sync(index * PIECE, [data[index * PIECE : (index + 1) * PIECE]])
     store.release_partial(partial)
@@ -343,3 +343,9 @@ async def test_a_busy_answer_beside_other_ranges_is_asked_again_one_at_a_time(
     assert set(blob_gets(registry)[:3]) == GAPS
     await wait_idle(setup)
     assert setup.node.store.complete_path(digest).read_bytes() == data
+
+
+def _at_registry(setup: Setup) -> Repository:
+    """The repository the node's clients ask here: a partial it left is resumed for them (one
+    left by another registry would not be)."""
+    return Repository(setup.registry.url, "org/app")
