@@ -31,6 +31,9 @@ log = logging.getLogger("pollen.credentials")
 
 CHALLENGE_TTL = 300.0  # seconds a registry's answer to GET /v2/ is trusted
 DEFAULT_TOKEN_TTL = 60.0  # the spec's default when a token answer names no expiry
+# The longest a bought token is kept, whatever the answer says: a registry may send any JSON
+# number (float() of a 400-digit one raised OverflowError; Infinity would keep it for ever).
+MAX_TOKEN_TTL = 3600.0
 TOKEN_MARGIN = 10.0  # a token is renewed this long before it expires
 MAX_TOKENS = 1024
 TOKEN_BODY_LIMIT = 64 * 1024
@@ -211,6 +214,6 @@ class NodeAuth:
             raise UpstreamError(base, "sent a token answer that is not a JSON object") from None
         if not isinstance(token, str) or not token:
             raise UpstreamError(base, "sent no token")
-        if not isinstance(ttl, int | float) or ttl <= 0:
-            ttl = DEFAULT_TOKEN_TTL
-        return token, float(ttl)
+        if not isinstance(ttl, int | float) or not ttl > 0:  # NaN is not > 0 either
+            return token, DEFAULT_TOKEN_TTL
+        return token, float(min(ttl, MAX_TOKEN_TTL))

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.credentials import BadAuthFile, Credentials, Login, load_auth_file
 from peer.upstream.errors import UpstreamError
-from peer.upstream.node_auth import NodeAuth, parse_challenge
+from peer.upstream.node_auth import MAX_TOKEN_TTL, NodeAuth, parse_challenge
 from tests.peer.fake_registry import FakeRegistry
 
 SECRET = "s3cret-pa55"
@@ -100,6 +101,7 @@ class TokenService:
     def __init__(self) -> None:
         self.asked: list[dict[str, list[str]]] = []
         self.port = 0
+        self.expires_in = "300"  # as JSON text: a registry may send any number
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -117,7 +119,7 @@ class TokenService:
         if request.headers.get("authorization") != "Basic " + b64(f"alice:{SECRET}"):
             await conn.respond(401, [], b"")
             return
-        body = json.dumps({"token": "the-token", "expires_in": 300}).encode()
+        body = b'{"token": "the-token", "expires_in": %s}' % self.expires_in.encode()
         await conn.respond(200, [("content-type", "application/json")], body)
 
 
@@ -151,6 +153,20 @@ async def test_a_bearer_token_is_bought_once_for_a_repository_and_reused(
         assert not auth.lends_to_clients("other.io")
         assert await auth.authorization("other.io", "team/app") is None  # no login: nothing asked
         assert registry.count("GET", "/v2/") == 1
+
+
+@pytest.mark.parametrize("expires_in", ["1" + "0" * 400, "Infinity", "NaN", "-5", "1e999"])
+async def test_a_token_answers_expiry_of_any_number_is_taken_within_bounds(
+    nursery: trio.Nursery, expires_in: str
+) -> None:
+    # A 400-digit expires_in raised OverflowError in float() (a 500 and a traceback for the
+    # client; a helper's probe); an infinite one would have kept the token for ever.
+    async with _setup(nursery, SECRET) as (auth, tokens, registry):
+        tokens.expires_in = expires_in
+        host = f"127.0.0.1:{registry.port}"
+        assert await auth.authorization(host, "team/app") == "Bearer the-token"
+        expiries = [until - time.monotonic() for _, until in auth._tokens.values()]
+        assert len(expiries) == 1 and expiries[0] <= MAX_TOKEN_TTL
 
 
 async def test_a_refused_login_is_an_error_that_names_no_secret(nursery: trio.Nursery) -> None:
