@@ -535,6 +535,10 @@ class Store:
         if any(part.split() != [part] for part in source):  # a word each: <hex>.from's line
             raise ValueError(f"not a registry URL and a repository: {source!r}")
         hex_ = digest_hex(digest)
+        # Room as for a blob: manifests stored without it let one client, whose registry
+        # served unique 4 MiB manifests, take the store to 18 x its quota before the next
+        # sweep (until 2026-12-04). NoRoom: larger than the cache, or the disk is full.
+        self.make_room(len(body), digest)
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
         try:

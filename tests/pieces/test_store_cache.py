@@ -261,3 +261,22 @@ async def test_manifests_unread_for_the_ttl_go_too(tmp_path: Path) -> None:
 
 def json_manifest(n: int) -> bytes:
     return b'{"schemaVersion": 2, "layers": [], "n": %d}' % n
+
+
+async def test_a_manifest_makes_room_within_the_quota_as_a_blob_does(tmp_path: Path) -> None:
+    """Manifests were stored without making room: one client had a registry it named serve
+    unique 4 MiB manifests and the store grew to 1.8 GB over a 100 MiB quota before the sweep
+    (a helper's probe, 2026-12-04). Least recently used blobs go for a manifest as for a
+    blob, and a manifest larger than the cache is refused."""
+    store = Store(tmp_path, 1024, quota=100_000)
+    old = await store_blob(store, os.urandom(60_000))
+    await store_blob(store, os.urandom(30_000))
+    body = json_manifest(1) + b" " * 40_000
+    store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    assert not store.has_blob(old)
+    assert store.bytes_used() <= 100_000
+    assert store.get_manifest(digest_of(body)) is not None
+    huge = json_manifest(2) + b" " * 200_000
+    with pytest.raises(NoRoom):
+        store.put_manifest(digest_of(huge), MANIFEST_TYPE, huge, SOURCE)
+    assert store.get_manifest(digest_of(huge)) is None

@@ -162,6 +162,7 @@ async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) 
     store.quota = 1
     store.make_room(0)  # evicts it
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
+    store.quota = 4 * MiB
     # A private marker of an earlier version (no origin recorded) takes the manifest with it.
     store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
     (store.root / "private" / digest_of(manifests[0])[7:]).write_text("")
