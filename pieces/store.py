@@ -537,8 +537,12 @@ class Store:
         hex_ = digest_hex(digest)
         # Room as for a blob: manifests stored without it let one client, whose registry
         # served unique 4 MiB manifests, take the store to 18 x its quota before the next
-        # sweep (until 2026-12-04). NoRoom: larger than the cache, or the disk is full.
-        self.make_room(len(body), digest)
+        # sweep (until 2026-12-04). NoRoom: larger than the cache, or the disk is full. A
+        # manifest stored already (every read by tag stores it again) replaces its own bytes:
+        # it needs no room, and asking would evict a blob at the quota. No `digest` for
+        # make_room: that names a blob's partial, whose bytes on disk count as there.
+        if self.ledger.get(Kind.MANIFEST, hex_) is None:
+            self.make_room(len(body))
         body_tmp = self._tmp / f"{hex_}.manifest"
         type_tmp = self._tmp / f"{hex_}.type"
         try:

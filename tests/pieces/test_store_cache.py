@@ -276,6 +276,11 @@ async def test_a_manifest_makes_room_within_the_quota_as_a_blob_does(tmp_path: P
     assert not store.has_blob(old)
     assert store.bytes_used() <= 100_000
     assert store.get_manifest(digest_of(body)) is not None
+    # Stored again (a read by tag does that), it evicts nothing.
+    kept = await store_blob(store, os.urandom(20_000))
+    used = store.bytes_used()
+    store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    assert store.has_blob(kept) and store.bytes_used() == used
     huge = json_manifest(2) + b" " * 200_000
     with pytest.raises(NoRoom):
         store.put_manifest(digest_of(huge), MANIFEST_TYPE, huge, SOURCE)
