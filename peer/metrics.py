@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from peer.body_parser import BodyParser
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.prefetch import Prefetcher
 from peer.front.registry import ServedCounters
@@ -26,8 +27,10 @@ class _NodeCollector(Collector):
         served: ServedCounters,
         swarm: Swarm | None,
         prefetch: Prefetcher | None,
+        parser: BodyParser | None,
     ) -> None:
         self._store = store
+        self._parser = parser
         self._downloads = downloads
         self._served = served
         self._swarm = swarm
@@ -107,6 +110,17 @@ class _NodeCollector(Collector):
         yield served
         if self._prefetch is not None:
             yield from _prefetch_metrics(self._prefetch)
+        if self._parser is not None:
+            yield CounterMetricFamily(
+                "pollen_bodies_parsed_in_worker",
+                "Large manifests parsed in the node's worker process (off the event loop)",
+                value=self._parser.parsed_in_worker,
+            )
+            yield CounterMetricFamily(
+                "pollen_parser_worker_restarts",
+                "Parsing worker processes started again after one died",
+                value=self._parser.worker_restarts,
+            )
 
 
 def _eviction_metrics(store: Store) -> Iterator[Metric]:
@@ -176,9 +190,11 @@ class NodeMetrics:
         served: ServedCounters,
         swarm: Swarm | None,
         prefetch: Prefetcher | None = None,
+        parser: BodyParser | None = None,
     ) -> None:
         self._registry = CollectorRegistry()
-        self._registry.register(_NodeCollector(store, downloads, served, swarm, prefetch))
+        collector = _NodeCollector(store, downloads, served, swarm, prefetch, parser)
+        self._registry.register(collector)
 
     def render(self) -> tuple[str, bytes]:
         return CONTENT_TYPE, generate_latest(self._registry)

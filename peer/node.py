@@ -16,10 +16,12 @@ import trio
 
 from peer.access.auth_gate import AuthGate
 from peer.access.policy import AccessPolicy
+from peer.body_parser import BodyParser
 from peer.cluster.gossip import GossipDriver
 from peer.cluster.membership import Membership
 from peer.config import Address, NodeConfig, is_loopback_host
 from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstream
+from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.prefetch import Prefetcher
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.admin import AdminFront, load_admin_token
@@ -210,6 +212,7 @@ class Node:
         self.membership: Membership | None = None
         self.swarm: Swarm | None = None
         self.front: RegistryFront | None = None
+        self.parser = BodyParser()  # large manifests are parsed in its worker process
         self.prefetcher: Prefetcher | None = None
         self.preheater: Preheater | None = None
         self.gossip: GossipDriver | None = None
@@ -362,9 +365,10 @@ class Node:
                 swarm = await self._start_swarm(nursery, access, download_limit, fetcher, table)
                 self.downloads = FetchCoordinator(table, fetcher, swarm)
                 nursery.start_soon(keep_store, self.store)
+                reader = ManifestReader(self.parser)
                 if config.prefetch:
                     self.prefetcher = Prefetcher(
-                        self.store, self.downloads, config.prefetch_downloads
+                        self.store, self.downloads, reader, config.prefetch_downloads
                     )
                     await nursery.start(self.prefetcher.run)
                 self.preheater = Preheater(
@@ -375,6 +379,7 @@ class Node:
                     swarm,
                     self.node_id.hex(),
                     self.node_auth,
+                    reader,
                 )
                 await nursery.start(self.preheater.run)
                 front = self.front = RegistryFront(
@@ -382,11 +387,12 @@ class Node:
                     self.upstreams,
                     self.downloads,
                     access,
+                    reader,
                     self.prefetcher,
                     self.node_auth,
                 )
                 metrics = NodeMetrics(
-                    self.store, self.downloads, front.served, swarm, self.prefetcher
+                    self.store, self.downloads, front.served, swarm, self.prefetcher, self.parser
                 )
                 listeners = await open_tcp_listeners("registry API", config.http)
                 port = listeners[0].socket.getsockname()[1]
@@ -441,6 +447,7 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             self.notifier.close()
+            self.parser.close()
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
 

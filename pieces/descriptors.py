@@ -32,12 +32,9 @@ one manifest share its names.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-from pieces.digest import InvalidDigest, digest_hex
 
 
 class Repository(NamedTuple):
@@ -50,9 +47,6 @@ class Repository(NamedTuple):
 Key = tuple[str, str, str]  # (registry URL, repository, digest): whose size of what
 DEFAULT_LIMIT = 65536
 MANIFESTS_LIMIT = 4096  # (repository, stored manifest) pairs remembered as learned (~200 bytes)
-# Keys of an image manifest, an image index or an artifact manifest that hold descriptors.
-_ONE = ("config", "subject")
-_MANY = ("layers", "manifests", "blobs")
 
 
 class DescriptorSizes:
@@ -99,14 +93,11 @@ class DescriptorSizes:
             return
         _put(self._sizes, key, size, self.limit)
 
-    def learn_stored_manifest(
-        self, repositories: Sequence[Repository], manifest_digest: str, body: bytes
-    ) -> int:
-        """`learn_manifest` for the stored manifest `manifest_digest`, which `repositories`
-        served, once for each, the body parsed once for them all: every GET and HEAD by digest
-        read it, and parsing a 4 MiB one each time held the event loop ~0.36 s (four
-        connections asking for one delayed every other request ~1 s). Returns how many sizes
-        it learned now (0 when it was learned before for each)."""
+    def due(self, repositories: Sequence[Repository], manifest_digest: str) -> list[Repository]:
+        """Those of `repositories` for which the stored manifest `manifest_digest` has to be
+        learned (again): not yet, or so long ago that its sizes may have been pushed out
+        (`limit` sizes learned since). Every GET and HEAD by digest reads a stored manifest,
+        and parsing a 4 MiB one each time cost ~0.36 s."""
         due = []
         for repository in repositories:
             key = (*repository, manifest_digest)
@@ -115,9 +106,19 @@ class DescriptorSizes:
                 self._manifests.move_to_end(key)
             else:
                 due.append(repository)
-        if not due:
-            return 0
-        descriptors = _descriptors(body)
+        return due
+
+    def learn_stored_manifest(
+        self,
+        repositories: Sequence[Repository],
+        manifest_digest: str,
+        descriptors: Sequence[tuple[str, int]],
+    ) -> int:
+        """`learn` the (digest, size) `descriptors` of the stored manifest `manifest_digest`
+        (`pieces/manifest_facts.py` reads them) for those of `repositories`, which served it,
+        that are `due`. Returns how many sizes it learned now (0 when it was learned before
+        for each)."""
+        due = self.due(repositories, manifest_digest)
         for repository in due:
             for digest, size in descriptors:
                 self.learn(repository, digest, size)
@@ -126,46 +127,6 @@ class DescriptorSizes:
         for repository in due:
             _put(self._manifests, (*repository, manifest_digest), self._learned, MANIFESTS_LIMIT)
         return len(due) * len(descriptors)
-
-    def learn_manifest(self, repository: Repository, body: bytes) -> int:
-        """Remember the sizes of every descriptor in a manifest or index that `repository`
-        served (see `_descriptors`); returns how many."""
-        descriptors = _descriptors(body)
-        for digest, size in descriptors:
-            self.learn(repository, digest, size)
-        return len(descriptors)
-
-
-def _descriptors(body: bytes) -> list[tuple[str, int]]:
-    """(digest, size) of every descriptor in a manifest or index.
-
-    Bodies that are not JSON, and descriptors without a sha256 digest and a size, are
-    skipped: this only adds checks, it never refuses a manifest.
-    """
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return []
-    if not isinstance(document, dict):
-        return []
-    descriptors: list[Any] = [document.get(key) for key in _ONE]
-    for key in _MANY:
-        entries = document.get(key)
-        if isinstance(entries, list):
-            descriptors += entries
-    found = []
-    for descriptor in descriptors:
-        if not isinstance(descriptor, dict):
-            continue
-        digest, size = descriptor.get("digest"), descriptor.get("size")
-        if not isinstance(digest, str) or type(size) is not int or size < 0:
-            continue
-        try:
-            digest_hex(digest)
-        except InvalidDigest:
-            continue
-        found.append((digest, size))
-    return found
 
 
 def _put(table: OrderedDict[Key, Any], key: Key, value: Any, limit: int) -> None:

@@ -48,7 +48,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -529,9 +529,17 @@ class Store:
 
     # ---- manifests -----------------------------------------------------------------------
 
-    def put_manifest(self, digest: str, media_type: str, body: bytes, source: Repository) -> None:
+    def put_manifest(
+        self,
+        digest: str,
+        media_type: str,
+        body: bytes,
+        source: Repository,
+        descriptors: Sequence[tuple[str, int]],
+    ) -> None:
         """Store verified manifest bytes (the caller checked the digest) that the repository
-        `source` served: the sizes it gives are learned as that repository's word."""
+        `source` served: the sizes it gives (its `descriptors`, as `ManifestFacts` reads
+        them) are learned as that repository's word."""
         if any(part.split() != [part] for part in source):  # a word each: <hex>.from's line
             raise ValueError(f"not a registry URL and a repository: {source!r}")
         hex_ = digest_hex(digest)
@@ -562,7 +570,7 @@ class Store:
             body_tmp.unlink(missing_ok=True)
             type_tmp.unlink(missing_ok=True)
         self.ledger.put(Entry(Kind.MANIFEST, hex_, len(body), time.time()))
-        self.descriptor_sizes.learn_stored_manifest([source], digest, body)
+        self.descriptor_sizes.learn_stored_manifest([source], digest, descriptors)
 
     def manifest_type(self, digest: str) -> str | None:
         """The media type a stored manifest is served with (None: not stored)."""
@@ -572,15 +580,9 @@ class Store:
             return None
 
     def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
-        """(media type, bytes) of a stored manifest, or None.
-
-        Its descriptor sizes are learned again, for the repositories that served it (never for
-        the one a reader names: any client can have a registry it names, or a repository it
-        pushes to, serve a manifest, and read it from here naming another): after a restart,
-        clients (containerd) resolve a tag with a HEAD, which stores nothing, then GET the
-        manifest by digest from here. One that records no repository teaches nothing, and
-        does not outlive a restart (`_drop_unrecorded_manifests`).
-        """
+        """(media type, bytes) of a stored manifest, or None. Its reader learns its sizes
+        (`manifest_sizes_due`, `learn_manifest_sizes`): parsing is not for the store, which
+        would do it on the event loop."""
         hex_ = digest_hex(digest)
         try:
             body = (self._manifests / hex_).read_bytes()
@@ -588,8 +590,23 @@ class Store:
         except FileNotFoundError:
             return None
         self.ledger.touch(Kind.MANIFEST, hex_, time.time())  # read: not for the TTL to take
-        self.descriptor_sizes.learn_stored_manifest(self._manifest_sources(hex_), digest, body)
         return media_type, body
+
+    def manifest_sizes_due(self, digest: str) -> bool:
+        """Whether the sizes of the stored manifest `digest` are to be learned (again) for a
+        repository that served it (`learn_manifest_sizes`)."""
+        return bool(self.descriptor_sizes.due(self._manifest_sources(digest_hex(digest)), digest))
+
+    def learn_manifest_sizes(self, digest: str, descriptors: Sequence[tuple[str, int]]) -> None:
+        """Learn the (digest, size) `descriptors` of the stored manifest `digest` again, for
+        the repositories that served it (never for the one a reader names: any client can
+        have a registry it names, or a repository it pushes to, serve a manifest, and read it
+        from here naming another): after a restart, clients (containerd) resolve a tag with a
+        HEAD, which stores nothing, then GET the manifest by digest from here. One that
+        records no repository teaches nothing, and does not outlive a restart
+        (`_drop_unrecorded_manifests`)."""
+        sources = self._manifest_sources(digest_hex(digest))
+        self.descriptor_sizes.learn_stored_manifest(sources, digest, descriptors)
 
     def _drop_unrecorded_manifests(self) -> None:
         """Drop, at start-up, the cached manifests that record no repository that served

@@ -5,16 +5,16 @@ jobs, so both store exactly what they would serve.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from peer.access.auth_gate import credentials_key
+from peer.fetch.manifest_reader import ManifestReader
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from pieces.descriptors import Repository
 from pieces.digest import digest_bytes, is_digest
+from pieces.manifest_facts import ManifestFacts
 from pieces.store import Store
 
 MANIFEST_LIMIT = 4 * 1024 * 1024  # bytes of a manifest read; a larger one is refused
@@ -29,37 +29,16 @@ IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 ACCEPT_ALL = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
 
-def registries_hold(descriptor: dict[str, object]) -> bool:
-    """False for a layer that registries do not hold (foreign, non-distributable): its client
-    fetches it from the descriptor's `urls`, never through a mirror."""
-    kind = descriptor.get("mediaType")
-    return not (isinstance(kind, str) and ("nondistributable" in kind or "foreign" in kind))
-
-
 @dataclass(frozen=True, slots=True)
 class Manifest:
     digest: str
     media_type: str
     body: bytes
+    facts: ManifestFacts
 
     @property
     def is_index(self) -> bool:
         return self.media_type.partition(";")[0].strip().lower() in INDEX_TYPES
-
-
-# type "/" subtype, RFC 6838's characters (no parameters: OCI's types have none).
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]{0,126}/[A-Za-z0-9][\w!#$&^.+-]{0,126}", re.ASCII)
-
-
-def declared_type(body: bytes) -> str | None:
-    """The `mediaType` a manifest's body declares at its top (None: none, not JSON, or not a
-    media type: it goes into a header)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    said = document.get("mediaType") if isinstance(document, dict) else None
-    return said if isinstance(said, str) and _MEDIA_TYPE.fullmatch(said) else None
 
 
 def stored_type(declared: str | None, stored: str | None, said: str, named: bool) -> str:
@@ -79,19 +58,21 @@ def stored_type(declared: str | None, stored: str | None, said: str, named: bool
 async def fetch_manifest(
     upstreams: Upstreams,
     store: Store,
+    reader: ManifestReader,
     namespace: str | None,
     name: str,
     reference: str,
     headers: Mapping[str, str],
 ) -> Manifest | UpstreamRefusal:
     """GET `name`'s manifest `reference` (a tag or a digest) from the registry of `namespace`
-    with these (forwardable) headers, and store it.
+    with these (forwardable) headers, read its facts (`reader`) and store it.
 
     Returns:
         The manifest, or the registry's refusal (a 4xx: unknown, unauthorized, ...).
 
     Raises:
         UpstreamError: unreachable, another status, too large, or not the digest asked for.
+        ParserFailed: the parsing worker died on it (twice).
     """
     path = f"/v2/{name}/manifests/{reference}"
     async with upstreams.open("GET", namespace, path, headers) as resp:
@@ -111,11 +92,13 @@ async def fetch_manifest(
         digest = said
     if is_digest(reference) and digest != reference:
         raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
+    facts = await reader.facts(digest, body)  # parsed once, off the event loop when large
     if credentials_key(headers) is not None:
         store.mark_private(digest, base)
     else:  # served without credentials: public, whatever others claimed of it
         store.mark_public(digest)
     named = upstreams.named_by_client(namespace)
-    media_type = stored_type(declared_type(body), store.manifest_type(digest), media_type, named)
-    store.put_manifest(digest, media_type, body, Repository(base, name))  # whose word its sizes are
-    return Manifest(digest, media_type, body)
+    media_type = stored_type(facts.declared_type, store.manifest_type(digest), media_type, named)
+    source = Repository(base, name)  # whose word its sizes are
+    store.put_manifest(digest, media_type, body, source, facts.descriptors)
+    return Manifest(digest, media_type, body, facts)

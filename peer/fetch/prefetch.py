@@ -10,8 +10,9 @@ credentials is marked private as it would be. Nothing is served by a prefetch: a
 later asks for a prefetched blob goes through the front's own access check.
 
 Bounds, all fixed (memory never grows with what a manifest or an upstream says):
-- a manifest is parsed only up to MANIFEST_BYTES, and only the first MAX_BLOBS descriptors
-  (config first, then layers in order) are taken; the `size` a descriptor states is not read;
+- a manifest is parsed once (`peer/fetch/manifest_reader.py`: off the event loop when it is
+  large), and only the first MAX_BLOBS descriptors (config first, then layers in order) are
+  taken; the `size` a descriptor states is not read here;
 - at most `concurrency` prefetches run at once (the node's `--prefetch-downloads`): each worker
   holds one download until it is done;
 - the rest wait in a queue of QUEUE_LIMIT blobs, in manifest order. Queued rather than dropped:
@@ -28,22 +29,22 @@ or store error) is logged in one line and counted; no client sees it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
+from peer.body_parser import ParserFailed
 from peer.fetch.download import BlobSource, Download, TooManyDownloads
-from peer.fetch.manifests import IMAGE_MANIFEST_TYPES, registries_hold
-from pieces.digest import InvalidDigest, digest_hex
+from peer.fetch.manifest_reader import ManifestReader
+from peer.fetch.manifests import IMAGE_MANIFEST_TYPES
+from pieces.manifest_facts import ManifestFacts
 
 log = logging.getLogger("pollen.prefetch")
 
 
-MANIFEST_BYTES = 4 * 1024 * 1024  # the front reads no more of a manifest either
 MAX_BLOBS = 256  # descriptors taken from one manifest (the config counts as one)
 QUEUE_LIMIT = 1024  # blobs waiting for a worker
 MANIFEST_QUEUE_LIMIT = 16  # manifests waiting to be parsed
@@ -64,67 +65,42 @@ class ImageBlobs:
     beyond_limit: int = 0  # descriptors past MAX_BLOBS, not looked at
 
 
-def image_blobs(media_type: str, body: bytes, limit: int = MAX_BLOBS) -> ImageBlobs | None:
+def image_blobs(media_type: str, facts: ManifestFacts, limit: int = MAX_BLOBS) -> ImageBlobs | None:
     """The config and layer digests of an OCI image manifest or a Docker schema2 manifest.
 
     Args:
         media_type: the Content-Type the manifest was served with (parameters ignored).
-        body: the manifest's bytes.
-        limit: at most this many descriptors are looked at; the rest are only counted.
+        facts: the manifest's facts (`pieces/manifest_facts.py`: its body parsed once).
+        limit: at most this many descriptors are looked at (and at most MAX_FACT_BLOBS);
+            the rest are only counted.
 
     Returns:
         None when the body is not served as an image manifest (an index, a list, schema1,
         anything else): there is nothing to prefetch, and nothing wrong.
 
     Raises:
-        InvalidManifest: served as an image manifest but not readable as one (too large, not
-            JSON, not an object, another `mediaType` inside, `layers` not a list).
+        InvalidManifest: served as an image manifest but not readable as one (not JSON, not
+            an object, another `mediaType` inside, `layers` not a list).
     """
     served_as = media_type.partition(";")[0].strip().lower()
     if served_as not in IMAGE_MANIFEST_TYPES:
         return None
-    if len(body) > MANIFEST_BYTES:
-        raise InvalidManifest(f"{len(body)} bytes, over the {MANIFEST_BYTES} read")
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidManifest(f"not JSON: {str(exc)[:100]}") from None
-    if not isinstance(document, dict):
-        raise InvalidManifest(f"a JSON {type(document).__name__}, not an object")
-    says = document.get("mediaType", served_as)
-    if says != served_as:
-        raise InvalidManifest(f"served as {served_as} but says it is {str(says)[:100]!r}")
-    layers = document.get("layers")
-    if not isinstance(layers, list):
+    if facts.error is not None:
+        raise InvalidManifest(facts.error)
+    says = facts.media_type_field
+    if says is not None and says != served_as:
+        raise InvalidManifest(f"served as {served_as} but says it is {says[:100]!r}")
+    if not facts.layers_listed:
         raise InvalidManifest("no list of layers")
-    config: list[Any] = [document["config"]] if "config" in document else []
-    descriptors = [*config, *layers[: max(0, limit - len(config))]][: max(0, limit)]
-    beyond = len(config) + len(layers) - len(descriptors)
+    taken = facts.blob_refs[: max(0, limit)]
     digests: dict[str, None] = {}  # ordered, each once (empty layers repeat in some images)
     invalid = 0
-    for descriptor in descriptors:
-        digest = _blob_digest(descriptor)
+    for digest in taken:
         if digest is None:
             invalid += 1
         elif digest:
             digests[digest] = None
-    return ImageBlobs(tuple(digests), invalid, beyond)
-
-
-def _blob_digest(descriptor: object) -> str | None:
-    """The descriptor's digest (sha256 or sha512); "" for a layer registries do not hold (foreign,
-    non-distributable: fetched from its `urls` by the client, never through a mirror);
-    None when it is not a descriptor we can use."""
-    if not isinstance(descriptor, dict):
-        return None
-    digest = descriptor.get("digest")
-    if not isinstance(digest, str):
-        return None
-    try:
-        digest_hex(digest)
-    except InvalidDigest:
-        return None
-    return digest if registries_hold(descriptor) else ""
+    return ImageBlobs(tuple(digests), invalid, facts.blob_count - len(taken))
 
 
 class BlobJoiner(Protocol):
@@ -161,6 +137,7 @@ class _Offer:
     headers: Mapping[str, str]
     auth_key: str | None
     media_type: str
+    digest: str
     body: bytes
 
 
@@ -177,6 +154,7 @@ class Prefetcher:
         self,
         store: HeldBlobs,
         downloads: BlobJoiner,
+        reader: ManifestReader,
         concurrency: int = DEFAULT_CONCURRENCY,
         *,
         queue_limit: int = QUEUE_LIMIT,
@@ -186,6 +164,7 @@ class Prefetcher:
             raise ValueError(f"prefetch concurrency must be at least 1, not {concurrency}")
         self._store = store
         self._downloads = downloads
+        self._reader = reader
         self._concurrency = concurrency
         self._max_blobs = max_blobs
         self._offers, self._offers_out = trio.open_memory_channel[_Offer](MANIFEST_QUEUE_LIMIT)
@@ -206,14 +185,17 @@ class Prefetcher:
         headers: Mapping[str, str],
         auth_key: str | None,
         media_type: str,
+        digest: str,
         body: bytes,
     ) -> None:
         """Prefetch the blobs of a manifest just served to a client, as that client (its
-        registry, repository and forwardable headers). Returns at once; never raises."""
+        registry, repository and forwardable headers); `digest` is the manifest's, checked
+        against `body`. Returns at once; never raises."""
         if media_type.partition(";")[0].strip().lower() not in IMAGE_MANIFEST_TYPES:
             return  # an index or a list: its client picks one manifest, and gets it next
+        offer = _Offer(namespace, name, headers, auth_key, media_type, digest, body)
         try:
-            self._offers.send_nowait(_Offer(namespace, name, headers, auth_key, media_type, body))
+            self._offers.send_nowait(offer)
             self.manifests_waiting += 1
         except trio.WouldBlock:
             self.counters.skipped += 1
@@ -231,12 +213,17 @@ class Prefetcher:
             task_status.started()
             async for offer in self._offers_out:
                 self.manifests_waiting -= 1
-                self._enqueue(offer)
+                await self._enqueue(offer)
 
-    def _enqueue(self, offer: _Offer) -> None:
+    async def _enqueue(self, offer: _Offer) -> None:
         name = offer.name[:200]
         try:
-            blobs = image_blobs(offer.media_type, offer.body, self._max_blobs)
+            facts = await self._reader.facts(offer.digest, offer.body)
+            blobs = image_blobs(offer.media_type, facts, self._max_blobs)
+        except ParserFailed as exc:
+            self.counters.invalid_manifests += 1
+            log.warning("prefetch: the manifest served for %s could not be parsed: %s", name, exc)
+            return
         except InvalidManifest as exc:
             self.counters.invalid_manifests += 1
             log.info("prefetch: the manifest served for %s is not a usable one: %s", name, exc)

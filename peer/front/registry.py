@@ -18,8 +18,10 @@ import trio
 
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
+from peer.body_parser import ParserFailed
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource, Download
+from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.manifests import fetch_manifest
 from peer.fetch.prefetch import Prefetcher
 from peer.front.discovery import serve_referrers, serve_tags
@@ -90,10 +92,12 @@ class RegistryFront:
         upstreams: Upstreams,
         downloads: FetchCoordinator,
         access: AccessPolicy,
+        reader: ManifestReader,
         prefetch: Prefetcher | None = None,
         node_auth: NodeAuth | None = None,
     ) -> None:
         self.store = store
+        self.reader = reader
         self.upstreams = upstreams
         self.downloads = downloads
         self.access = access
@@ -157,6 +161,10 @@ class RegistryFront:
         except (StoreError, OSError) as exc:
             log.error("store failure for %s: %s", _describe_target(request), exc)
             await self._send_error(conn, request, store_failure(exc))
+        except ParserFailed as exc:
+            log.error("parsing failed for %s: %s", _describe_target(request), exc)
+            error = OciError(503, "UNAVAILABLE", f"the node could not read the manifest: {exc}")
+            await self._send_error(conn, request, error)
         except ClientGone:
             raise
         except Exception:
@@ -391,9 +399,12 @@ class RegistryFront:
                     return
             if cached is not None and refusal is None:
                 media_type, body = cached
+                await self.reader.learn_stored(self.store, reference, body)
                 self.served.manifests_from_cache += 1
                 await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
-                self._prefetch_blobs(request, namespace, route.name, headers, media_type, body)
+                self._prefetch_blobs(
+                    request, namespace, route.name, headers, media_type, reference, body
+                )
                 return
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
         # Docker Hub count GETs of manifests against rate limits, not HEADs).
@@ -401,7 +412,7 @@ class RegistryFront:
             await self._forward_head(conn, request, namespace, route.name, "manifests", reference)
             return
         fetched = await fetch_manifest(
-            self.upstreams, self.store, namespace, route.name, reference, headers
+            self.upstreams, self.store, self.reader, namespace, route.name, reference, headers
         )
         if isinstance(fetched, UpstreamRefusal):
             await _forward_refusal(conn, request, fetched, "manifests")
@@ -410,7 +421,13 @@ class RegistryFront:
         headers_out = _manifest_headers(fetched.media_type, fetched.digest)
         await _answer(conn, request, 200, headers_out, fetched.body)
         self._prefetch_blobs(
-            request, namespace, route.name, headers, fetched.media_type, fetched.body
+            request,
+            namespace,
+            route.name,
+            headers,
+            fetched.media_type,
+            fetched.digest,
+            fetched.body,
         )
 
     def _prefetch_blobs(
@@ -420,6 +437,7 @@ class RegistryFront:
         name: str,
         headers: dict[str, str],
         media_type: str,
+        digest: str,
         body: bytes,
     ) -> None:
         """After a GET's answer: start the downloads of the blobs of an image manifest, as
@@ -429,7 +447,7 @@ class RegistryFront:
             return
         try:
             self.prefetch.offer(
-                namespace, name, headers, credentials_key(headers), media_type, body
+                namespace, name, headers, credentials_key(headers), media_type, digest, body
             )
         except Exception:  # a bug in prefetch must not cut the connection it follows
             log.exception("prefetch after %s failed (a bug)", _describe_target(request))

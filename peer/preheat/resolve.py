@@ -13,8 +13,8 @@ import platform as host_platform
 from dataclasses import dataclass
 from typing import Any
 
-from peer.fetch.manifests import registries_hold
 from pieces.digest import InvalidDigest, digest_hex
+from pieces.manifest_facts import registries_hold
 
 MAX_ENTRIES = 256  # manifests of an index, blobs of a manifest
 

@@ -15,13 +15,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import trio
 
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
+from peer.body_parser import ParserFailed
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource
+from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.manifests import ACCEPT_ALL, Manifest, fetch_manifest
 from peer.log_throttle import LogThrottle
 from peer.preheat.job import Job, JobState, JobTable, NodeProgress
@@ -43,6 +47,7 @@ from pieces.store import Store
 from wire.events import Warm, Warmed
 
 log = logging.getLogger("pollen.preheat")
+T = TypeVar("T")
 
 LOCAL_WORKERS = 4  # blobs this node warms at once for one job
 MEMBER_WORKERS = 4  # Warms in flight to one member for one job
@@ -75,8 +80,10 @@ class Preheater:
         swarm: Swarm | None,
         node_name: str,
         node_auth: NodeAuth,
+        reader: ManifestReader,
     ) -> None:
         self._store = store
+        self._reader = reader
         self._upstreams = upstreams
         self._downloads = downloads
         self._access = access
@@ -216,7 +223,7 @@ class Preheater:
         manifests = [top]
         if top.is_index:
             try:
-                chosen = index_manifests(top.body, platforms)
+                chosen = await self._parse(partial(index_manifests, platforms=platforms), top)
             except UnusableManifest as exc:
                 raise ResolveFailed(str(exc)) from None
             manifests = []
@@ -226,19 +233,39 @@ class Preheater:
         blobs: list[Blob] = []
         for manifest in manifests:
             try:
-                blobs += manifest_blobs(manifest.body)
+                blobs += await self._parse(manifest_blobs, manifest)
             except UnusableManifest as exc:
                 raise ResolveFailed(f"manifest {manifest.digest}: {exc}") from None
         return blobs
+
+    async def _parse(self, read: Callable[[bytes], T], manifest: Manifest) -> T:
+        """`read(manifest.body)`, off the event loop when the body is large (a registry's
+        manifest may be built to parse slowly: `peer/body_parser.py`).
+
+        Raises:
+            ResolveFailed: the parsing worker died on it.
+        """
+        try:
+            return await self._reader.parser.parse(read, manifest.body)
+        except ParserFailed as exc:
+            raise ResolveFailed(f"manifest {manifest.digest}: {exc}") from None
 
     async def _manifest(self, image: ImageRef, reference: str, headers: dict[str, str]) -> Manifest:
         asked = {**headers, "accept": ACCEPT_ALL}
         try:
             fetched = await fetch_manifest(
-                self._upstreams, self._store, image.registry, image.repository, reference, asked
+                self._upstreams,
+                self._store,
+                self._reader,
+                image.registry,
+                image.repository,
+                reference,
+                asked,
             )
         except UpstreamError as exc:
             raise ResolveFailed(f"the registry failed: {exc}") from None
+        except ParserFailed as exc:
+            raise ResolveFailed(f"manifest {reference}: {exc}") from None
         if isinstance(fetched, UpstreamRefusal):
             raise ResolveFailed(_refusal_text(fetched, reference, bool(headers)))
         return fetched

@@ -4,14 +4,19 @@ version and commit, writes a runtime's configuration, and serves a real containe
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bench.components import REPO, Containerd, free_ports, http_ok, stop, wait_for
+from peer.body_parser import INLINE_BYTES
+from peer.fetch.manifests import OCI_MANIFEST
 from tests.integration.conftest import PushedImage
 from tests.integration.notify_socket import NotifySocket
 
@@ -62,8 +67,14 @@ def test_configure_runs_from_the_binary(binary: Path, tmp_path: Path) -> None:
     assert "registry-mirrors" in (tmp_path / "etc/docker/daemon.json").read_text()
 
 
+@dataclass(frozen=True)
+class BinaryNode:
+    url: str  # the registry port
+    admin_url: str
+
+
 @pytest.fixture
-def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
+def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[BinaryNode]:
     port, peer, admin = free_ports(3)
     registry = pushed.registry
     args = [
@@ -90,20 +101,56 @@ def node(binary: Path, tmp_path: Path, pushed: PushedImage) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for("the binary's node", lambda: http_ok(url + "/healthz"), 60, proc)
-        yield url
+        yield BinaryNode(url, f"http://127.0.0.1:{admin}")
     finally:
         stop(proc)  # env exec()s the binary: this PID is the node's
 
 
 def test_containerd_pulls_through_the_binary(
-    node: str, pushed: PushedImage, containerd: Containerd
+    node: BinaryNode, pushed: PushedImage, containerd: Containerd
 ) -> None:
     registry = pushed.registry
-    containerd.mirror(registry.host, registry.url, node)
+    containerd.mirror(registry.host, registry.url, node.url)
     mark = registry.log_mark()
     result = containerd.pull(pushed.ref)
     assert "unpacking linux/amd64" in result.stdout, result.stdout + result.stderr
     assert registry.blob_copies(mark) == {digest: 1 for digest in pushed.blobs}
+
+
+def test_the_binary_parses_a_large_manifest_in_its_worker(
+    node: BinaryNode, pushed: PushedImage
+) -> None:
+    """The worker process is the binary run again (`multiprocessing.freeze_support`): a
+    manifest over the inline bound is parsed there, and what it read is used (its blobs
+    prefetched)."""
+    padded = {**pushed.manifest, "padding": [[[]]] * 100_000}  # registries keep what they store
+    body = json.dumps(padded, separators=(",", ":")).encode()
+    assert len(body) > INLINE_BYTES
+    registry = pushed.registry
+    put = urllib.request.Request(
+        f"{registry.url}/v2/{pushed.repo}/manifests/padded",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    with urllib.request.urlopen(put, timeout=30) as answer:
+        assert answer.status == 201
+    get = urllib.request.Request(
+        f"{node.url}/v2/{pushed.repo}/manifests/padded?ns={registry.host}",
+        headers={"Accept": OCI_MANIFEST},
+    )
+    with urllib.request.urlopen(get, timeout=60) as answer:
+        assert answer.read() == body
+
+    def metrics() -> str:
+        with urllib.request.urlopen(node.admin_url + "/metrics", timeout=30) as answer:
+            text: str = answer.read().decode()
+            return text
+
+    # The worker's facts were used: the manifest's blobs queued for prefetch (after the answer).
+    wait_for("the prefetch", lambda: "\npollen_prefetch_manifests_total 1.0\n" in metrics(), 30)
+    assert "\npollen_bodies_parsed_in_worker_total 1.0\n" in metrics()
+    assert "\npollen_parser_worker_restarts_total 0.0\n" in metrics()
 
 
 def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> None:

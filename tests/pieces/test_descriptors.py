@@ -1,11 +1,12 @@
-"""Blob sizes learned from manifests, per repository: what is read, what is skipped, whose word
-checks what, bounded memory."""
+"""Blob sizes learned from manifests, per repository: what is read (`read_facts`), what is
+skipped, whose word checks what, bounded memory."""
 
 from __future__ import annotations
 
 import json
 
 from pieces.descriptors import DescriptorSizes, Repository
+from pieces.manifest_facts import read_facts
 
 GOOD = Repository("https://registry.example", "org/app")
 EVIL = Repository("https://registry.client-named.example", "x")  # a registry a client named
@@ -14,6 +15,14 @@ TENANT = Repository(GOOD.registry_url, "evil/x")  # another tenant of GOOD's reg
 
 def digest(n: int) -> str:
     return "sha256:" + f"{n:064x}"
+
+
+def learn_manifest(sizes: DescriptorSizes, repository: Repository, body: bytes) -> int:
+    """Learn every size a manifest's body gives (as its facts read them); returns how many."""
+    descriptors = read_facts(body).descriptors
+    for blob, size in descriptors:
+        sizes.learn(repository, blob, size)
+    return len(descriptors)
 
 
 def test_an_image_manifest_gives_its_config_and_layer_sizes() -> None:
@@ -26,7 +35,7 @@ def test_an_image_manifest_gives_its_config_and_layer_sizes() -> None:
             "subject": {"digest": digest(4), "size": 40},
         }
     ).encode()
-    assert sizes.learn_manifest(GOOD, body) == 4
+    assert learn_manifest(sizes, GOOD, body) == 4
     assert [sizes.size_of(GOOD, digest(n)) for n in (1, 2, 3, 4)] == [10, 20, 0, 40]
     assert sizes.size_of(GOOD, digest(5)) is None
 
@@ -34,15 +43,15 @@ def test_an_image_manifest_gives_its_config_and_layer_sizes() -> None:
 def test_an_index_gives_its_manifest_sizes() -> None:
     sizes = DescriptorSizes()
     body = json.dumps({"manifests": [{"digest": digest(7), "size": 700}]}).encode()
-    assert sizes.learn_manifest(GOOD, body) == 1
+    assert learn_manifest(sizes, GOOD, body) == 1
     assert sizes.size_of(GOOD, digest(7)) == 700
 
 
 def test_what_is_not_a_descriptor_is_skipped() -> None:
     sizes = DescriptorSizes()
-    assert sizes.learn_manifest(GOOD, b"not json") == 0
-    assert sizes.learn_manifest(GOOD, b"[1, 2]") == 0
-    assert sizes.learn_manifest(GOOD, b"[" * 100_000) == 0  # too deep for the parser
+    assert learn_manifest(sizes, GOOD, b"not json") == 0
+    assert learn_manifest(sizes, GOOD, b"[1, 2]") == 0
+    assert learn_manifest(sizes, GOOD, b"[" * 100_000) == 0  # too deep for the parser
     body = json.dumps(
         {
             "layers": [
@@ -57,10 +66,10 @@ def test_what_is_not_a_descriptor_is_skipped() -> None:
             "config": [],
         }
     ).encode()
-    assert sizes.learn_manifest(GOOD, body) == 0
+    assert learn_manifest(sizes, GOOD, body) == 0
     assert len(sizes) == 0
     sha512 = json.dumps({"layers": [{"digest": "sha512:" + "0" * 128, "size": 1}]}).encode()
-    assert sizes.learn_manifest(GOOD, sha512) == 1  # the OCI spec's other algorithm
+    assert learn_manifest(sizes, GOOD, sha512) == 1  # the OCI spec's other algorithm
 
 
 def test_disagreeing_manifests_leave_the_size_unknown() -> None:
@@ -121,16 +130,24 @@ def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None
     sizes = DescriptorSizes(limit=3)
     manifest = json.dumps({"config": {"digest": digest(1), "size": 10}}).encode()
     stored = "sha256:" + "m" * 64
-    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 1
-    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 0  # not parsed again
+    assert sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 1
+    assert (
+        sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 0
+    )  # not parsed again
     for n in range(2, 5):  # three newer sizes push it out
         sizes.learn(GOOD, digest(n), n)
     assert sizes.size_of(GOOD, digest(1)) is None
-    assert sizes.learn_stored_manifest([GOOD], stored, manifest) == 1
+    assert sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 1
     assert sizes.size_of(GOOD, digest(1)) == 10
     # Served by other repositories too: learned for those that are due, once.
-    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest) == 2
-    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest) == 0
+    assert (
+        sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, read_facts(manifest).descriptors)
+        == 2
+    )
+    assert (
+        sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, read_facts(manifest).descriptors)
+        == 0
+    )
     assert sizes.size_of(EVIL, digest(1)) == 10
 
 
@@ -143,9 +160,9 @@ def test_a_manifest_of_many_repositories_is_learned_once_though_it_fills_the_tab
     manifest = json.dumps({"layers": layers}).encode()
     stored = "sha256:" + "m" * 64
     served = [GOOD, EVIL, TENANT]
-    assert sizes.learn_stored_manifest(served, stored, manifest) == 9
-    assert sizes.learn_stored_manifest(served, stored, manifest) == 0
-    assert sizes.learn_stored_manifest(served[1:], stored, manifest) == 0
+    assert sizes.learn_stored_manifest(served, stored, read_facts(manifest).descriptors) == 9
+    assert sizes.learn_stored_manifest(served, stored, read_facts(manifest).descriptors) == 0
+    assert sizes.learn_stored_manifest(served[1:], stored, read_facts(manifest).descriptors) == 0
 
 
 def test_a_size_is_the_word_of_its_repository_only() -> None:

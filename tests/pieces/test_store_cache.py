@@ -20,6 +20,7 @@ from pieces.ledger import Kind
 from pieces.partial import NoRoom
 from pieces.room import FOR_TTL, FOR_WATERMARK, Watermarks
 from pieces.store import CachePolicy, Store
+from tests.pieces.stored_manifests import put_manifest, read_manifest
 from tests.pieces.test_store_sizes import MANIFEST_TYPE, SOURCE, digest_of, store_blob
 from tests.tmpfs import mounted_tmpfs
 
@@ -73,7 +74,7 @@ def test_the_running_totals_agree_with_a_walk_of_the_disk(
             elif op == "partial":
                 await leave_partial(store, data)
             elif op == "manifest":
-                store.put_manifest(digest_of(data), "application/json", data, SOURCE)
+                put_manifest(store, digest_of(data), "application/json", data, SOURCE)
             elif op == "evict":
                 store.quota = max(1, store.bytes_used() - n * 500)
                 store.make_room(0)
@@ -247,15 +248,15 @@ async def test_manifests_unread_for_the_ttl_go_too(tmp_path: Path) -> None:
     old = json_manifest(1)
     read = json_manifest(2)
     for body in (old, read):
-        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+        put_manifest(store, digest_of(body), MANIFEST_TYPE, body, SOURCE)
         entry = store.ledger.get(Kind.MANIFEST, digest_hex(digest_of(body)))
         assert entry is not None
         store.ledger.put(dataclasses.replace(entry, last_used=time.time() - 1000.0))
-    assert store.get_manifest(digest_of(read)) is not None  # a client read it just now
+    assert read_manifest(store, digest_of(read)) is not None  # a client read it just now
     gone = store.sweep(time.time() + 50.0)
     assert [(e.digest, e.manifest) for e in gone] == [(digest_of(old), True)]
-    assert store.get_manifest(digest_of(old)) is None
-    assert store.get_manifest(digest_of(read)) is not None
+    assert read_manifest(store, digest_of(old)) is None
+    assert read_manifest(store, digest_of(read)) is not None
     assert store.bytes_used() == walked_use(tmp_path)
 
 
@@ -272,16 +273,16 @@ async def test_a_manifest_makes_room_within_the_quota_as_a_blob_does(tmp_path: P
     old = await store_blob(store, os.urandom(60_000))
     await store_blob(store, os.urandom(30_000))
     body = json_manifest(1) + b" " * 40_000
-    store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    put_manifest(store, digest_of(body), MANIFEST_TYPE, body, SOURCE)
     assert not store.has_blob(old)
     assert store.bytes_used() <= 100_000
-    assert store.get_manifest(digest_of(body)) is not None
+    assert read_manifest(store, digest_of(body)) is not None
     # Stored again (a read by tag does that), it evicts nothing.
     kept = await store_blob(store, os.urandom(20_000))
     used = store.bytes_used()
-    store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+    put_manifest(store, digest_of(body), MANIFEST_TYPE, body, SOURCE)
     assert store.has_blob(kept) and store.bytes_used() == used
     huge = json_manifest(2) + b" " * 200_000
     with pytest.raises(NoRoom):
-        store.put_manifest(digest_of(huge), MANIFEST_TYPE, huge, SOURCE)
-    assert store.get_manifest(digest_of(huge)) is None
+        put_manifest(store, digest_of(huge), MANIFEST_TYPE, huge, SOURCE)
+    assert read_manifest(store, digest_of(huge)) is None

@@ -22,6 +22,7 @@ import pytest
 from peer.cli import main
 from pieces.descriptors import Repository
 from pieces.store import Store
+from tests.pieces.stored_manifests import put_manifest
 
 REGISTRY = "https://registry.example"
 SUBDIRS = ("blobs", "blobs/sha256", "partial", "manifests", "manifests/sha256", "tmp", "private")
@@ -74,7 +75,7 @@ async def fill(store: Store) -> None:
     assert partial.data_path.exists() and partial.meta_path.exists()
     body = b'{"schemaVersion":2,"layers":[]}'
     media_type = "application/vnd.oci.image.manifest.v1+json"
-    store.put_manifest(digest_of(body), media_type, body, Repository(REGISTRY, "team/app"))
+    put_manifest(store, digest_of(body), media_type, body, Repository(REGISTRY, "team/app"))
 
 
 async def test_nothing_the_store_makes_is_open_to_other_users(tmp_path: Path, umask: int) -> None:

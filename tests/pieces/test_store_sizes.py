@@ -19,6 +19,7 @@ from pieces.descriptors import DescriptorSizes, Repository
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
 from pieces.partial import DigestMismatch, NoRoom, PartialBlob, SizeRefused
 from pieces.store import MANIFEST_SOURCES, Store
+from tests.pieces.stored_manifests import put_manifest, read_manifest
 from tests.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
@@ -98,7 +99,7 @@ async def test_a_declared_size_must_match_the_manifest_descriptor(tmp_path: Path
             "layers": [{"mediaType": "y", "digest": layer_digest, "size": len(layer)}],
         }
     ).encode()
-    store.put_manifest(digest_of(manifest), MANIFEST_TYPE, manifest, SOURCE)
+    put_manifest(store, digest_of(manifest), MANIFEST_TYPE, manifest, SOURCE)
     with pytest.raises(SizeRefused, match="descriptor"):
         await store.open_partial(layer_digest, len(layer) + 1, repository=SOURCE)
     with pytest.raises(SizeRefused, match="descriptor"):
@@ -106,7 +107,7 @@ async def test_a_declared_size_must_match_the_manifest_descriptor(tmp_path: Path
     assert partial_files(store) == []
     # After a restart, the manifest served from the cache teaches the sizes again.
     store = Store(tmp_path, 64 * 1024)
-    assert store.get_manifest(digest_of(manifest)) == (MANIFEST_TYPE, manifest)
+    assert read_manifest(store, digest_of(manifest)) == (MANIFEST_TYPE, manifest)
     with pytest.raises(SizeRefused, match="descriptor"):
         await store.open_partial(layer_digest, len(layer) + 1, repository=SOURCE)
     partial = await store.open_partial(layer_digest, len(layer), repository=SOURCE)
@@ -130,11 +131,11 @@ async def test_a_manifests_sizes_check_only_the_downloads_from_the_repository_th
     lie = json.dumps(
         {"schemaVersion": 2, "layers": [{"digest": layer_digest, "size": len(layer) + 1}]}
     ).encode()
-    store.put_manifest(digest_of(lie), MANIFEST_TYPE, lie, liar)
+    put_manifest(store, digest_of(lie), MANIFEST_TYPE, lie, liar)
     for restart in (False, True):
         if restart:
             store = Store(tmp_path, 64 * 1024)
-        assert store.get_manifest(digest_of(lie)) == (MANIFEST_TYPE, lie)
+        assert read_manifest(store, digest_of(lie)) == (MANIFEST_TYPE, lie)
         with pytest.raises(SizeRefused, match=f"manifest of {liar.name} at {liar.registry_url}"):
             await store.open_partial(layer_digest, len(layer), repository=liar)
         partial = await store.open_partial(layer_digest, len(layer), repository=SOURCE)
@@ -149,7 +150,7 @@ async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) 
     manifests = [json.dumps({"schemaVersion": 2, "n": n}).encode() for n in range(2)]
     for body in manifests:
         for source in (SOURCE, NAMED, TENANT, SOURCE):  # recorded once each
-            store.put_manifest(digest_of(body), MANIFEST_TYPE, body, source)
+            put_manifest(store, digest_of(body), MANIFEST_TYPE, body, source)
     sources = store.root / "manifests" / "sha256" / f"{digest_of(manifests[0])[7:]}.from"
     assert sources.read_text().splitlines() == [
         "https://registry.example org/app",
@@ -158,13 +159,13 @@ async def test_the_repositories_of_a_stored_manifest_go_with_it(tmp_path: Path) 
     ]
     store.flush()
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
-    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
+    put_manifest(store, digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
     store.quota = 1
     store.make_room(0)  # evicts it
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
     store.quota = 4 * MiB
     # A private marker of an earlier version (no origin recorded) takes the manifest with it.
-    store.put_manifest(digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
+    put_manifest(store, digest_of(manifests[0]), MANIFEST_TYPE, manifests[0], SOURCE)
     (store.root / "private" / digest_of(manifests[0])[7:]).write_text("")
     Store(tmp_path, 64 * 1024)
     assert list((store.root / "manifests" / "sha256").iterdir()) == []
@@ -185,18 +186,18 @@ def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at
     old, kept = (digest_of(body) for body in bodies)
     store = Store(tmp_path, 64 * 1024)
     for body in bodies:
-        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+        put_manifest(store, digest_of(body), MANIFEST_TYPE, body, SOURCE)
     store.mark_private(old, SOURCE.registry_url)
     folder = store.root / "manifests" / "sha256"
     (folder / f"{old[7:]}.from").unlink()  # as an earlier version stored it
     store.descriptor_sizes = DescriptorSizes()
-    assert store.get_manifest(old) == (MANIFEST_TYPE, bodies[0])
+    assert read_manifest(store, old) == (MANIFEST_TYPE, bodies[0])
     assert len(store.descriptor_sizes) == 0
     with caplog.at_level(logging.INFO, logger="pollen.store"):
         store = Store(tmp_path, 64 * 1024)
     said = " ".join(r.getMessage() for r in caplog.records if "dropped 1 cached" in r.getMessage())
     assert "fails while its registry is unreachable" in said and "rate limit" in said
-    assert store.get_manifest(old) is None
+    assert read_manifest(store, old) is None
     assert not store.private_origins(old)
     assert sorted(path.name for path in folder.iterdir()) == [
         kept[7:],
@@ -204,7 +205,7 @@ def test_a_manifest_that_records_no_repository_teaches_nothing_and_is_dropped_at
         f"{kept[7:]}.type",
     ]
     assert store.stats().manifests == 1
-    assert store.get_manifest(kept) == (MANIFEST_TYPE, bodies[1])
+    assert read_manifest(store, kept) == (MANIFEST_TYPE, bodies[1])
 
 
 def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> None:
@@ -216,24 +217,24 @@ def test_only_whole_lines_of_a_manifests_repositories_count(tmp_path: Path) -> N
     layer = digest_of(b"a layer")
     body = json.dumps({"schemaVersion": 2, "layers": [{"digest": layer, "size": 7}]}).encode()
     digest = digest_of(body)
-    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
+    put_manifest(store, digest, MANIFEST_TYPE, body, SOURCE)
     sources = store.root / "manifests" / "sha256" / f"{digest[7:]}.from"
     others = [Repository(f"https://r{n}.example", "org/app") for n in range(MANIFEST_SOURCES + 1)]
     torn = Repository(TENANT.registry_url, "evil")  # what "... evil/x" cut short names
     lines = [SOURCE.registry_url, *(" ".join(other) for other in others)]  # no repository
     sources.write_text("".join(f"{line}\n" for line in lines) + " ".join(torn))
     store = Store(tmp_path, 64 * 1024)
-    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    assert read_manifest(store, digest) == (MANIFEST_TYPE, body)
     known = [SOURCE, *others, torn]
     learned = [r for r in known if store.descriptor_sizes.size_of(r, layer) == 7]
     assert learned == others[:MANIFEST_SOURCES]
     sources.unlink()
     sources.mkdir()  # unreadable as a file
     store.descriptor_sizes = DescriptorSizes()
-    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    assert read_manifest(store, digest) == (MANIFEST_TYPE, body)
     assert len(store.descriptor_sizes) == 0
     store = Store(tmp_path, 64 * 1024)  # and, recording nothing, it goes at the next start
-    assert store.get_manifest(digest) is None
+    assert read_manifest(store, digest) is None
 
 
 def test_a_manifest_whose_repositories_cannot_be_recorded_is_not_stored(
@@ -254,13 +255,13 @@ def test_a_manifest_whose_repositories_cannot_be_recorded_is_not_stored(
 
     monkeypatch.setattr(pieces.store, "_write_lines_atomically", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
-    assert store.get_manifest(digest) is None and store.manifest_type(digest) is None
+        put_manifest(store, digest, MANIFEST_TYPE, body, SOURCE)
+    assert read_manifest(store, digest) is None and store.manifest_type(digest) is None
     assert store.stats().manifests == 0
     assert list((tmp_path / "tmp").iterdir()) == []
     monkeypatch.undo()
-    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)  # room again
-    assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+    put_manifest(store, digest, MANIFEST_TYPE, body, SOURCE)  # room again
+    assert read_manifest(store, digest) == (MANIFEST_TYPE, body)
 
 
 @pytest.mark.parametrize("record", ["", "https://registry.example org/a"])
@@ -272,11 +273,11 @@ def test_a_manifest_whose_record_names_no_whole_repository_is_dropped_at_start(
     store = Store(tmp_path, 64 * 1024)
     body = json.dumps({"schemaVersion": 2, "layers": []}).encode()
     digest = digest_of(body)
-    store.put_manifest(digest, MANIFEST_TYPE, body, SOURCE)
+    put_manifest(store, digest, MANIFEST_TYPE, body, SOURCE)
     folder = store.root / "manifests" / "sha256"
     (folder / f"{digest[7:]}.from").write_text(record)
     store = Store(tmp_path, 64 * 1024)
-    assert store.get_manifest(digest) is None
+    assert read_manifest(store, digest) is None
     assert list(folder.iterdir()) == []
 
 
@@ -287,7 +288,7 @@ def test_a_record_or_a_type_left_without_its_manifest_is_removed_at_start(
     store = Store(tmp_path, 64 * 1024)
     bodies = [json.dumps({"schemaVersion": 2, "n": n}).encode() for n in range(3)]
     for body in bodies:
-        store.put_manifest(digest_of(body), MANIFEST_TYPE, body, SOURCE)
+        put_manifest(store, digest_of(body), MANIFEST_TYPE, body, SOURCE)
     folder = store.root / "manifests" / "sha256"
     (folder / digest_of(bodies[0])[7:]).unlink()
     (folder / digest_of(bodies[1])[7:]).unlink()
@@ -374,18 +375,18 @@ async def test_evicting_a_partial_keeps_the_private_marker_of_a_manifest_of_that
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
+    put_manifest(store, digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, "https://registry.example")
     partial = await store.open_partial(digest, 3 * MiB, repository=None)
     partial.write_sync(0, [os.urandom(2 * MiB)])
     store.release_partial(partial)
     store = Store(tmp_path, 64 * 1024, quota=4 * MiB)  # a restart: the partial is a leftover
-    assert store.get_manifest(digest) is not None  # read since: the partial is older
+    assert read_manifest(store, digest) is not None  # read since: the partial is older
     await store.open_partial(digest_of(b"x" * 10), 3 * MiB, repository=None)  # evicts it
     assert store.partial_size_on_disk(digest) is None
     assert store.private_origins(digest) == ["https://registry.example"]
     store.flush()  # the manifest goes: its marker may go with it
-    assert store.get_manifest(digest) is None
+    assert read_manifest(store, digest) is None
     assert not store.private_origins(digest)
 
 
@@ -424,7 +425,7 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     manifest = b'{"schemaVersion": 2, "layers": []}'
     digest = digest_of(manifest)
     origin = "https://registry.example"
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
+    put_manifest(store, digest, MANIFEST_TYPE, manifest, SOURCE)
     store.mark_private(digest, origin)
     partial = await store.open_partial(digest, len(manifest), origins=[origin], repository=None)
     partial.write_sync(0, [manifest])
@@ -440,7 +441,7 @@ async def test_a_manifest_flushed_while_a_blob_of_its_digest_commits_leaves_the_
     monkeypatch.setattr(os, "fsync", fsync_then_flush)
     store.commit_sync(partial)
     store.release_partial(partial)
-    assert flushed and store.get_manifest(digest) is None  # the manifest went meanwhile
+    assert flushed and read_manifest(store, digest) is None  # the manifest went meanwhile
     assert store.has_blob(digest)
     assert store.private_origins(digest) == [origin]
 
@@ -469,14 +470,14 @@ def test_a_stored_manifest_is_parsed_once_not_on_every_read(
     manifest = json.dumps({"schemaVersion": 2, "layers": []}).encode()
     digest = digest_of(manifest)
     store = Store(tmp_path, 64 * 1024)
-    store.put_manifest(digest, MANIFEST_TYPE, manifest, SOURCE)
+    put_manifest(store, digest, MANIFEST_TYPE, manifest, SOURCE)
     for _ in range(5):
-        assert store.get_manifest(digest) == (MANIFEST_TYPE, manifest)
+        assert read_manifest(store, digest) == (MANIFEST_TYPE, manifest)
     assert len(parsed) == 1
     # After a restart: once more (the sizes live in memory only), then no more.
     store = Store(tmp_path, 64 * 1024)
     for _ in range(5):
-        assert store.get_manifest(digest) == (MANIFEST_TYPE, manifest)
+        assert read_manifest(store, digest) == (MANIFEST_TYPE, manifest)
     assert len(parsed) == 2
 
 
@@ -495,11 +496,11 @@ def test_a_manifest_of_many_repositories_and_descriptors_is_parsed_once(
     sources = [Repository(SOURCE.registry_url, f"tenant/{n}") for n in range(MANIFEST_SOURCES)]
     store = Store(tmp_path, 64 * 1024)
     for source in sources:
-        store.put_manifest(digest, MANIFEST_TYPE, body, source)
+        put_manifest(store, digest, MANIFEST_TYPE, body, source)
     store = Store(tmp_path, 64 * 1024)  # a restart: nothing learned yet
     store.descriptor_sizes = DescriptorSizes(limit=64)  # 8 x 40 sizes fill it five times
     parsed.clear()
     for _ in range(5):
-        assert store.get_manifest(digest) == (MANIFEST_TYPE, body)
+        assert read_manifest(store, digest) == (MANIFEST_TYPE, body)
     assert len(parsed) == 1
     assert store.descriptor_sizes.size_of(sources[-1], layers[-1]) == 39

@@ -16,9 +16,11 @@ import trio
 
 from peer.access.auth_gate import AuthGate
 from peer.access.policy import AccessPolicy
+from peer.body_parser import BodyParser
 from peer.config import Address, NodeConfig
 from peer.fetch.coordinator import DownloadTable, FetchCoordinator
 from peer.fetch.download import Download
+from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.upstream_fetch import UpstreamFetcher
 from peer.front.http_server import serve_connection
 from peer.front.registry import RegistryFront
@@ -112,9 +114,8 @@ PATHS = [f"/v2/org/app/blobs/{DIGEST}", "/v2/org/app/manifests/v1"]
 async def _serve_front(
     nursery: trio.Nursery, store: Store, upstreams: Upstreams, coordinator: FetchCoordinator
 ) -> Front:
-    front = RegistryFront(
-        store, upstreams, coordinator, AccessPolicy(store, upstreams, AuthGate(upstreams))
-    )
+    access = AccessPolicy(store, upstreams, AuthGate(upstreams))
+    front = RegistryFront(store, upstreams, coordinator, access, ManifestReader(BodyParser()))
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
 
     async def serve(stream: trio.SocketStream) -> None:

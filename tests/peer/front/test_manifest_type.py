@@ -15,8 +15,9 @@ import httpx
 import trio
 
 from peer.config import Address, NodeConfig
-from peer.fetch.manifests import declared_type, stored_type
+from peer.fetch.manifests import stored_type
 from peer.node import Node
+from pieces.manifest_facts import read_facts
 from tests.peer.fake_registry import FakeRegistry
 
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -62,6 +63,10 @@ def test_which_type_a_fetched_manifest_is_stored_with() -> None:
     # (an honest fetch puts right what a client's registry stored first).
     assert stored_type(None, None, image, named=True) == image
     assert stored_type(None, image, INDEX, named=False) == INDEX
+
+
+def declared_type(body: bytes) -> str | None:
+    return read_facts(body).declared_type
 
 
 def test_a_declared_type_must_be_a_media_type() -> None:

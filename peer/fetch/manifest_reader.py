@@ -1,0 +1,72 @@
+"""A manifest's facts (`pieces/manifest_facts.py`) for the front, fetches and prefetch: each
+body parsed once (off the event loop when it is large: `peer/body_parser.py`), and the
+facts of recent manifests kept by digest, so that a manifest read again and again (every
+GET by digest is followed by a prefetch offer) is not parsed again.
+
+The cache is keyed by the manifest's digest, which its callers have checked against the body
+(a fetch by its digest, the store on the way in), and bounded by the descriptors and
+references it holds, whatever the manifests hold.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from peer.body_parser import BodyParser
+from pieces.manifest_facts import ManifestFacts, read_facts
+from pieces.store import Store
+
+CACHED_ITEMS = 64 * 1024  # descriptors and references kept in all (~150 bytes each)
+
+
+def _weight(facts: ManifestFacts) -> int:
+    return 1 + len(facts.descriptors) + len(facts.blob_refs)
+
+
+class ManifestReader:
+    """Facts of manifests by digest, and the sizes of stored manifests learned from them."""
+
+    def __init__(self, parser: BodyParser, cached_items: int = CACHED_ITEMS) -> None:
+        self.parser = parser
+        self._cached_items = cached_items
+        self._cache: OrderedDict[str, ManifestFacts] = OrderedDict()
+        self._weight = 0
+
+    async def facts(self, digest: str, body: bytes) -> ManifestFacts:
+        """The facts of `body`, whose digest the caller has checked is `digest`.
+
+        Raises:
+            ParserFailed: the parsing worker died on it (twice).
+        """
+        known = self._cache.get(digest)
+        if known is not None:
+            self._cache.move_to_end(digest)
+            return known
+        facts = await self.parser.parse(read_facts, body)
+        self._remember(digest, facts)
+        return facts
+
+    async def learn_stored(self, store: Store, digest: str, body: bytes) -> None:
+        """Learn the sizes a manifest in `store` gives, for the repositories that served it, when
+        they are not learned already (after a restart, clients resolve a tag with a HEAD,
+        which stores nothing, then GET the manifest by digest from the store).
+
+        Raises:
+            ParserFailed: the parsing worker died on it (twice).
+        """
+        if store.manifest_sizes_due(digest):
+            facts = await self.facts(digest, body)
+            store.learn_manifest_sizes(digest, facts.descriptors)
+
+    def _remember(self, digest: str, facts: ManifestFacts) -> None:
+        weight = _weight(facts)
+        if weight > self._cached_items:
+            return
+        old = self._cache.pop(digest, None)
+        if old is not None:
+            self._weight -= _weight(old)
+        self._cache[digest] = facts
+        self._weight += weight
+        while self._weight > self._cached_items:
+            _, dropped = self._cache.popitem(last=False)
+            self._weight -= _weight(dropped)
