@@ -368,7 +368,7 @@ class Node:
                 reader = ManifestReader(self.parser)
                 if config.prefetch:
                     self.prefetcher = Prefetcher(
-                        self.store, self.downloads, reader, config.prefetch_downloads
+                        self.store, self.downloads, config.prefetch_downloads
                     )
                     await nursery.start(self.prefetcher.run)
                 self.preheater = Preheater(

@@ -46,17 +46,23 @@ class ManifestReader:
         self._remember(digest, facts)
         return facts
 
-    async def learn_stored(self, store: Store, digest: str, body: bytes) -> None:
-        """Learn the sizes a manifest in `store` gives, for the repositories that served it, when
-        they are not learned already (after a restart, clients resolve a tag with a HEAD,
-        which stores nothing, then GET the manifest by digest from the store).
+    def cached(self, digest: str) -> ManifestFacts | None:
+        """The facts of `digest` when they are at hand (no body needed)."""
+        return self._cache.get(digest)
+
+    async def stored_facts(self, store: Store, digest: str, body: bytes) -> ManifestFacts:
+        """The facts of a manifest in `store` (its body `body`), its sizes learned for the
+        repositories that served it when they are not learned already (after a restart,
+        clients resolve a tag with a HEAD, which stores nothing, then GET the manifest by
+        digest from the store).
 
         Raises:
             ParserFailed: the parsing worker died on it (twice).
         """
+        facts = await self.facts(digest, body)
         if store.manifest_sizes_due(digest):
-            facts = await self.facts(digest, body)
             store.learn_manifest_sizes(digest, facts.descriptors)
+        return facts
 
     def _remember(self, digest: str, facts: ManifestFacts) -> None:
         weight = _weight(facts)

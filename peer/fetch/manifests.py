@@ -72,33 +72,43 @@ async def fetch_manifest(
 
     Raises:
         UpstreamError: unreachable, another status, too large, or not the digest asked for.
+        BudgetSpent: the node holds as many manifest bodies as it may (try again).
         ParserFailed: the parsing worker died on it (twice).
     """
     path = f"/v2/{name}/manifests/{reference}"
-    async with upstreams.open("GET", namespace, path, headers) as resp:
-        base = upstreams.base_url(namespace)
-        if 400 <= resp.status_code < 500:
-            return await upstreams.refusal(resp)
-        if resp.status_code != 200:
-            raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
-        body = await upstreams.read_body(resp, MANIFEST_LIMIT)
-        media_type = resp.headers.get("content-type", "application/octet-stream")
-        said = resp.headers.get("docker-content-digest", "")
-    # By digest: checked in the algorithm it names (sha256 or sha512). By tag: sha256, or the
-    # registry's own sha512 digest when it names one the body matches (clients that pin the
-    # digest must get the one the registry knows the manifest by, as a HEAD would say).
-    digest = digest_bytes(body, reference if is_digest(reference) else "sha256:")
-    if not is_digest(reference) and said.startswith("sha512:") and digest_bytes(body, said) == said:
-        digest = said
-    if is_digest(reference) and digest != reference:
-        raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
-    facts = await reader.facts(digest, body)  # parsed once, off the event loop when large
-    if credentials_key(headers) is not None:
-        store.mark_private(digest, base)
-    else:  # served without credentials: public, whatever others claimed of it
-        store.mark_public(digest)
-    named = upstreams.named_by_client(namespace)
-    media_type = stored_type(facts.declared_type, store.manifest_type(digest), media_type, named)
-    source = Repository(base, name)  # whose word its sizes are
-    store.put_manifest(digest, media_type, body, source, facts.descriptors)
-    return Manifest(digest, media_type, body, facts)
+    # The body is counted in the manifests' budget from its first byte until it is parsed and
+    # stored (peer/upstream/body_budget.py); the caller holds it past that at its own risk.
+    with upstreams.hold(upstreams.manifest_bodies, namespace) as hold:
+        async with upstreams.open("GET", namespace, path, headers) as resp:
+            base = upstreams.base_url(namespace)
+            if 400 <= resp.status_code < 500:
+                return await upstreams.refusal(resp)
+            if resp.status_code != 200:
+                raise UpstreamError(base, f"answered {resp.status_code} for manifest {reference}")
+            body = await upstreams.read_body(resp, MANIFEST_LIMIT, hold)
+            media_type = resp.headers.get("content-type", "application/octet-stream")
+            said = resp.headers.get("docker-content-digest", "")
+        # By digest: checked in the algorithm it names (sha256 or sha512). By tag: sha256, or the
+        # registry's own sha512 digest when it names one the body matches (clients that pin the
+        # digest must get the one the registry knows the manifest by, as a HEAD would say).
+        digest = digest_bytes(body, reference if is_digest(reference) else "sha256:")
+        if (
+            not is_digest(reference)
+            and said.startswith("sha512:")
+            and digest_bytes(body, said) == said
+        ):
+            digest = said
+        if is_digest(reference) and digest != reference:
+            raise UpstreamError(base, f"sent a manifest for {reference} that hashes to {digest}")
+        facts = await reader.facts(digest, body)  # parsed once, off the event loop when large
+        if credentials_key(headers) is not None:
+            store.mark_private(digest, base)
+        else:  # served without credentials: public, whatever others claimed of it
+            store.mark_public(digest)
+        named = upstreams.named_by_client(namespace)
+        media_type = stored_type(
+            facts.declared_type, store.manifest_type(digest), media_type, named
+        )
+        source = Repository(base, name)  # whose word its sizes are
+        store.put_manifest(digest, media_type, body, source, facts.descriptors)
+        return Manifest(digest, media_type, body, facts)

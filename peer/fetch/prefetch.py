@@ -10,9 +10,9 @@ credentials is marked private as it would be. Nothing is served by a prefetch: a
 later asks for a prefetched blob goes through the front's own access check.
 
 Bounds, all fixed (memory never grows with what a manifest or an upstream says):
-- a manifest is parsed once (`peer/fetch/manifest_reader.py`: off the event loop when it is
-  large), and only the first MAX_BLOBS descriptors (config first, then layers in order) are
-  taken; the `size` a descriptor states is not read here;
+- a manifest is parsed once, before it is offered (`peer/fetch/manifest_reader.py`: off the
+  event loop when it is large), and only the first MAX_BLOBS descriptors (config first,
+  then layers in order) are taken; the `size` a descriptor states is not read here;
 - at most `concurrency` prefetches run at once (the node's `--prefetch-downloads`): each worker
   holds one download until it is done;
 - the rest wait in a queue of QUEUE_LIMIT blobs, in manifest order. Queued rather than dropped:
@@ -20,11 +20,12 @@ Bounds, all fixed (memory never grows with what a manifest or an upstream says):
   what prefetch is for. What does not fit is skipped and counted; an entry that waited longer
   than MAX_WAIT is dropped when its turn comes (its client has most likely fetched the blob
   itself, and a short-lived token in its headers may have expired);
-- manifests wait for parsing in a queue of MANIFEST_QUEUE_LIMIT; offers beyond are skipped.
+- manifests wait in a queue of MANIFEST_QUEUE_LIMIT (their facts, not their bodies); offers
+  beyond are skipped.
 
-`offer` never blocks and never raises into the request that made it: parsing happens in the
-prefetcher's own task, after the client's answer. A prefetch that fails (a refusal, an upstream
-or store error) is logged in one line and counted; no client sees it.
+`offer` never blocks and never raises into the request that made it: the blobs are picked
+in the prefetcher's own task, after the client's answer. A prefetch that fails (a refusal, an
+upstream or store error) is logged in one line and counted; no client sees it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ from typing import Protocol
 
 import trio
 
-from peer.body_parser import ParserFailed
 from peer.fetch.download import BlobSource, Download, TooManyDownloads
-from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.manifests import IMAGE_MANIFEST_TYPES
 from pieces.manifest_facts import ManifestFacts
 
@@ -47,7 +46,7 @@ log = logging.getLogger("pollen.prefetch")
 
 MAX_BLOBS = 256  # descriptors taken from one manifest (the config counts as one)
 QUEUE_LIMIT = 1024  # blobs waiting for a worker
-MANIFEST_QUEUE_LIMIT = 16  # manifests waiting to be parsed
+MANIFEST_QUEUE_LIMIT = 16  # manifests waiting for their blobs to be queued
 MAX_WAIT = 300.0  # seconds a queued blob may wait for a worker before it is dropped
 DEFAULT_CONCURRENCY = 4
 
@@ -137,8 +136,7 @@ class _Offer:
     headers: Mapping[str, str]
     auth_key: str | None
     media_type: str
-    digest: str
-    body: bytes
+    facts: ManifestFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +152,6 @@ class Prefetcher:
         self,
         store: HeldBlobs,
         downloads: BlobJoiner,
-        reader: ManifestReader,
         concurrency: int = DEFAULT_CONCURRENCY,
         *,
         queue_limit: int = QUEUE_LIMIT,
@@ -164,13 +161,12 @@ class Prefetcher:
             raise ValueError(f"prefetch concurrency must be at least 1, not {concurrency}")
         self._store = store
         self._downloads = downloads
-        self._reader = reader
         self._concurrency = concurrency
         self._max_blobs = max_blobs
         self._offers, self._offers_out = trio.open_memory_channel[_Offer](MANIFEST_QUEUE_LIMIT)
         self._queue, self._queue_out = trio.open_memory_channel[_Queued](queue_limit)
         self._queued: set[str] = set()  # digests in the queue (each waits there once)
-        self.manifests_waiting = 0  # offered, not parsed yet
+        self.manifests_waiting = 0  # offered, their blobs not queued yet
         self.running = 0
         self.counters = PrefetchCounters()
 
@@ -185,15 +181,14 @@ class Prefetcher:
         headers: Mapping[str, str],
         auth_key: str | None,
         media_type: str,
-        digest: str,
-        body: bytes,
+        facts: ManifestFacts,
     ) -> None:
         """Prefetch the blobs of a manifest just served to a client, as that client (its
-        registry, repository and forwardable headers); `digest` is the manifest's, checked
-        against `body`. Returns at once; never raises."""
+        registry, repository and forwardable headers); `facts` are the manifest's (its body
+        parsed: `peer/fetch/manifest_reader.py`). Returns at once; never raises."""
         if media_type.partition(";")[0].strip().lower() not in IMAGE_MANIFEST_TYPES:
             return  # an index or a list: its client picks one manifest, and gets it next
-        offer = _Offer(namespace, name, headers, auth_key, media_type, digest, body)
+        offer = _Offer(namespace, name, headers, auth_key, media_type, facts)
         try:
             self._offers.send_nowait(offer)
             self.manifests_waiting += 1
@@ -213,17 +208,12 @@ class Prefetcher:
             task_status.started()
             async for offer in self._offers_out:
                 self.manifests_waiting -= 1
-                await self._enqueue(offer)
+                self._enqueue(offer)
 
-    async def _enqueue(self, offer: _Offer) -> None:
+    def _enqueue(self, offer: _Offer) -> None:
         name = offer.name[:200]
         try:
-            facts = await self._reader.facts(offer.digest, offer.body)
-            blobs = image_blobs(offer.media_type, facts, self._max_blobs)
-        except ParserFailed as exc:
-            self.counters.invalid_manifests += 1
-            log.warning("prefetch: the manifest served for %s could not be parsed: %s", name, exc)
-            return
+            blobs = image_blobs(offer.media_type, offer.facts, self._max_blobs)
         except InvalidManifest as exc:
             self.counters.invalid_manifests += 1
             log.info("prefetch: the manifest served for %s is not a usable one: %s", name, exc)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from functools import partial
 
+from peer.body_parser import BodyParser
 from peer.fetch.manifests import OCI_INDEX
 from peer.front.routes import ReferrersRoute, TagsRoute
 from peer.upstream.client import Upstreams
@@ -51,24 +52,29 @@ async def serve_tags(
 
     Raises:
         UpstreamError: unreachable, another status, or not a tag list.
+        BudgetSpent: the node holds as many tag lists as it may (try again).
     """
     path = f"/v2/{route.name}/tags/list"
     if route.query:
         path += "?" + urllib.parse.urlencode(route.query)
-    async with upstreams.open("GET", namespace, path, headers) as resp:
-        base = upstreams.base_url(namespace)
-        if 400 <= resp.status_code < 500:
-            await refuse(await upstreams.refusal(resp))
-            return
-        if resp.status_code != 200:
-            raise UpstreamError(base, f"answered {resp.status_code} for the tags of {route.name}")
-        body = await upstreams.read_body(resp, LIST_LIMIT)
-        link = resp.headers.get("link")
-    out = [("content-type", "application/json")]
-    next_page = _local_link(link, f"/v2/{route.name}/tags/list", namespace)
-    if next_page is not None:
-        out.append(("link", next_page))
-    await answer(200, out, body)
+    # The list is held (counted in the lists' budget) until its client has read it all.
+    with upstreams.hold(upstreams.list_bodies, namespace) as hold:
+        async with upstreams.open("GET", namespace, path, headers) as resp:
+            base = upstreams.base_url(namespace)
+            if 400 <= resp.status_code < 500:
+                await refuse(await upstreams.refusal(resp))
+                return
+            if resp.status_code != 200:
+                raise UpstreamError(
+                    base, f"answered {resp.status_code} for the tags of {route.name}"
+                )
+            body = await upstreams.read_body(resp, LIST_LIMIT, hold)
+            link = resp.headers.get("link")
+        out = [("content-type", "application/json")]
+        next_page = _local_link(link, f"/v2/{route.name}/tags/list", namespace)
+        if next_page is not None:
+            out.append(("link", next_page))
+        await answer(200, out, body)
 
 
 def _local_link(link: str | None, path: str, namespace: str | None) -> str | None:
@@ -121,6 +127,7 @@ def _link_values(header: str) -> list[str]:
 
 async def serve_referrers(
     upstreams: Upstreams,
+    parser: BodyParser,
     route: ReferrersRoute,
     namespace: str | None,
     headers: Mapping[str, str],
@@ -128,45 +135,66 @@ async def serve_referrers(
     refuse: Refuse,
 ) -> None:
     """The referrers of `route.digest` (valid: the caller checked it), from the referrers
-    API or the fallback tag.
+    API or the fallback tag. An index is read by `referrer_entries` in `parser` (off the
+    event loop when it is large: a registry's index may be built to parse slowly).
 
     Raises:
         UpstreamError: unreachable, another status, or not an image index.
+        BudgetSpent: the node holds as many indexes as it may (try again).
+        ParserFailed: the parsing worker died on it.
     """
     here = f"/v2/{route.name}/referrers/{route.digest}"
     path = here
     if route.artifact_type is not None:
         path += "?" + urllib.parse.urlencode({"artifactType": route.artifact_type})
     base = upstreams.base_url(namespace)
-    manifests: list[dict[str, Any]] | None = None
+    entries: bytes | None = None
     applied, link = "", None
-    async with upstreams.open("GET", namespace, path, headers) as resp:
-        status = resp.status_code
+    with upstreams.hold(upstreams.list_bodies, namespace) as hold:
+        async with upstreams.open("GET", namespace, path, headers) as resp:
+            status = resp.status_code
+            if status == 200:
+                body = await upstreams.read_body(resp, INDEX_LIMIT, hold)
+                applied = resp.headers.get(FILTERS_APPLIED, "")
+                link = resp.headers.get("link")
+            elif 400 <= status < 500 and status != 404:
+                await refuse(await upstreams.refusal(resp))
+                return
+            elif status != 404:
+                raise UpstreamError(base, f"answered {status} for the referrers of {route.digest}")
+        filtered = "artifacttype" in applied.replace(" ", "").lower().split(",")
+        wanted = None if filtered else route.artifact_type  # filtered here when not there
         if status == 200:
-            body = await upstreams.read_body(resp, INDEX_LIMIT)
-            manifests = _index_manifests(body)  # None: not an index (an HTML page, say)
-            applied = resp.headers.get(FILTERS_APPLIED, "")
-            link = resp.headers.get("link")
-        elif 400 <= status < 500 and status != 404:
-            await refuse(await upstreams.refusal(resp))
-            return
-        elif status != 404:
-            raise UpstreamError(base, f"answered {status} for the referrers of {route.digest}")
-    filtered = "artifacttype" in applied.replace(" ", "").lower().split(",")
-    if manifests is None:  # no referrers API: the fallback tag
-        manifests = await _fallback_index(upstreams, route, namespace, headers, refuse)
-        if manifests is None:
+            # None: not an index (an HTML page, say): taken for no referrers API.
+            entries = await parser.parse(partial(referrer_entries, artifact_type=wanted), body)
+            del body
+    if entries is None:  # no referrers API: the fallback tag
+        entries = await _fallback_entries(upstreams, parser, route, namespace, headers, refuse)
+        if entries is None:
             return  # refused: said
     out = [("content-type", OCI_INDEX)]
     if route.artifact_type is not None:
-        if not filtered:
-            manifests = [m for m in manifests if m.get("artifactType") == route.artifact_type]
         out.append((FILTERS_APPLIED, "artifactType"))
     next_page = _local_link(link, here, namespace)
     if next_page is not None:
         out.append(("link", next_page))
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
-    await answer(200, out, json.dumps(index).encode())
+    head = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX})[:-1].encode()
+    await answer(200, out, head + b', "manifests": ' + entries + b"}")
+
+
+def referrer_entries(body: bytes, artifact_type: str | None) -> bytes | None:
+    """The `manifests` of an image index, as JSON (only those of `artifact_type`, when
+    given); None when `body` is not an image index. Pure: runs in the parsing worker."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    manifests = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+        return None
+    if artifact_type is not None:
+        manifests = [m for m in manifests if m.get("artifactType") == artifact_type]
+    return json.dumps(manifests).encode()
 
 
 def fallback_tag(digest: str) -> str:
@@ -176,44 +204,40 @@ def fallback_tag(digest: str) -> str:
     return f"{algorithm[:32]}-{hex_[:64]}"
 
 
-async def _fallback_index(
+async def _fallback_entries(
     upstreams: Upstreams,
+    parser: BodyParser,
     route: ReferrersRoute,
     namespace: str | None,
     headers: Mapping[str, str],
     refuse: Refuse,
-) -> list[dict[str, Any]] | None:
-    """The manifests of the index under the fallback tag; [] when there is none; None when
-    the registry refused (the refusal has been sent)."""
+) -> bytes | None:
+    """The manifests of the index under the fallback tag, as JSON (those of the route's
+    artifact type); b"[]" when there is none; None when the registry refused (the refusal
+    has been sent)."""
     asked = {**headers, "accept": OCI_INDEX}
     path = f"/v2/{route.name}/manifests/{fallback_tag(route.digest)}"
     base = upstreams.base_url(namespace)
-    async with upstreams.open("GET", namespace, path, asked) as resp:
-        status = resp.status_code
+    with upstreams.hold(upstreams.list_bodies, namespace) as hold:
+        async with upstreams.open("GET", namespace, path, asked) as resp:
+            status = resp.status_code
+            if status == 200:
+                body = await upstreams.read_body(resp, INDEX_LIMIT, hold)
+            elif not 400 <= status < 500:
+                raise UpstreamError(
+                    base, f"answered {status} for the referrers tag of {route.digest}"
+                )
+            else:
+                refusal = await upstreams.refusal(resp)
         if status == 200:
-            body = await upstreams.read_body(resp, INDEX_LIMIT)
             # The tag holds something else than an index: the spec says to take that for
             # no referrers, not for an error.
-            return _index_manifests(body) or []
-        if not 400 <= status < 500:
-            raise UpstreamError(base, f"answered {status} for the referrers tag of {route.digest}")
-        refusal = await upstreams.refusal(resp)
+            read = partial(referrer_entries, artifact_type=route.artifact_type)
+            return await parser.parse(read, body) or b"[]"
     if status == 404 and _error_code(refusal.body) != "NAME_UNKNOWN":
-        return []  # no referrers yet: an empty index, not an error
+        return b"[]"  # no referrers yet: an empty index, not an error
     await refuse(refusal)
     return None
-
-
-def _index_manifests(body: bytes) -> list[dict[str, Any]] | None:
-    """The descriptors of an image index; None when `body` is not one."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    manifests = document.get("manifests") if isinstance(document, dict) else None
-    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
-        return None
-    return manifests
 
 
 def _error_code(body: bytes) -> str | None:

@@ -47,6 +47,7 @@ from peer.front.routes import (
     parse_target,
 )
 from peer.front.store_errors import store_failure
+from peer.upstream.body_budget import BudgetSpent
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
@@ -58,6 +59,7 @@ from peer.upstream.headers import (
 )
 from peer.upstream.node_auth import NodeAuth
 from pieces.digest import InvalidDigest, digest_hex, is_digest
+from pieces.manifest_facts import ManifestFacts
 from pieces.partial import BlobFailed, PartialBlob, StoreError
 from pieces.store import Store
 
@@ -161,6 +163,15 @@ class RegistryFront:
         except (StoreError, OSError) as exc:
             log.error("store failure for %s: %s", _describe_target(request), exc)
             await self._send_error(conn, request, store_failure(exc))
+        except BudgetSpent as exc:
+            log.warning("no room for a registry's body for %s: %s", _describe_target(request), exc)
+            error = OciError(
+                503,
+                "UNAVAILABLE",
+                f"the node is reading as many registry bodies as it may hold: {exc}; try again",
+                headers=(("retry-after", "1"),),
+            )
+            await self._send_error(conn, request, error)
         except ParserFailed as exc:
             log.error("parsing failed for %s: %s", _describe_target(request), exc)
             error = OciError(503, "UNAVAILABLE", f"the node could not read the manifest: {exc}")
@@ -223,9 +234,12 @@ class RegistryFront:
         else:
             _valid_digest(route.digest)
             # A few at a time: each parses up to 1 MiB of a registry's JSON (any registry a
-            # client names), ~25 MiB of memory while it does.
+            # client names), ~25 MiB of memory while it does (in the worker when large).
             async with self._referrers_slots:
-                await serve_referrers(self.upstreams, route, namespace, headers, answer, refuse)
+                parser = self.reader.parser
+                await serve_referrers(
+                    self.upstreams, parser, route, namespace, headers, answer, refuse
+                )
 
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:
@@ -388,24 +402,25 @@ class RegistryFront:
         by_digest = is_digest(reference)
         if by_digest:
             _valid_digest(reference)
-            cached = self.store.get_manifest(reference)
+            stored = self.store.manifest_type(reference) is not None
             refusal = None
-            if cached is not None:
+            if stored:
                 refusal = await self.access.refusal(
                     namespace, route.name, "manifests", reference, headers
                 )
                 if refusal is not None and not isinstance(refusal, CachedElsewhere):
                     await _forward_refusal(conn, request, refusal, "manifests")
                     return
-            if cached is not None and refusal is None:
-                media_type, body = cached
-                await self.reader.learn_stored(self.store, reference, body)
-                self.served.manifests_from_cache += 1
-                await _answer(conn, request, 200, _manifest_headers(media_type, reference), body)
-                self._prefetch_blobs(
-                    request, namespace, route.name, headers, media_type, reference, body
-                )
-                return
+            if stored and refusal is None:
+                facts = await self._stored_facts(namespace, reference)
+                opened = self.store.open_manifest(reference) if facts is not None else None
+                if facts is not None and opened is not None:
+                    self.served.manifests_from_cache += 1
+                    media_type = opened[0]
+                    await _answer_from_file(conn, request, reference, *opened)
+                    self._prefetch_blobs(request, namespace, route.name, headers, media_type, facts)
+                    return
+                # Evicted meanwhile: fetched again, as a manifest never stored.
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
         # Docker Hub count GETs of manifests against rate limits, not HEADs).
         if request.method == "HEAD":
@@ -417,18 +432,36 @@ class RegistryFront:
         if isinstance(fetched, UpstreamRefusal):
             await _forward_refusal(conn, request, fetched, "manifests")
             return
+        digest, facts = fetched.digest, fetched.facts
+        # Answered from the file just stored (no await since: nothing evicted it), so that
+        # the body is not held while the client reads; the bytes are the same.
+        opened = self.store.open_manifest(digest)
+        if opened is None:
+            raise StoreError(f"manifest {digest} was not found in the store just after its put")
+        del fetched
         self.served.manifests_from_upstream += 1
-        headers_out = _manifest_headers(fetched.media_type, fetched.digest)
-        await _answer(conn, request, 200, headers_out, fetched.body)
-        self._prefetch_blobs(
-            request,
-            namespace,
-            route.name,
-            headers,
-            fetched.media_type,
-            fetched.digest,
-            fetched.body,
-        )
+        media_type = opened[0]
+        await _answer_from_file(conn, request, digest, *opened)
+        self._prefetch_blobs(request, namespace, route.name, headers, media_type, facts)
+
+    async def _stored_facts(self, namespace: str | None, digest: str) -> ManifestFacts | None:
+        """The facts of a stored manifest, its sizes learned when they are due; the body is
+        read (under a hold on the manifests' budget) only when they are not at hand. None:
+        it was evicted meanwhile.
+
+        Raises:
+            BudgetSpent: the node holds as many manifest bodies as it may.
+            ParserFailed: the parsing worker died on it.
+        """
+        facts = self.reader.cached(digest)
+        if facts is not None and not self.store.manifest_sizes_due(digest):
+            return facts
+        with self.upstreams.hold(self.upstreams.manifest_bodies, namespace) as hold:
+            stored = self.store.get_manifest(digest)
+            if stored is None:
+                return None
+            hold.grow(len(stored[1]))
+            return await self.reader.stored_facts(self.store, digest, stored[1])
 
     def _prefetch_blobs(
         self,
@@ -437,8 +470,7 @@ class RegistryFront:
         name: str,
         headers: dict[str, str],
         media_type: str,
-        digest: str,
-        body: bytes,
+        facts: ManifestFacts,
     ) -> None:
         """After a GET's answer: start the downloads of the blobs of an image manifest, as
         this client would ask for them (its registry, repository and credentials), so their
@@ -447,7 +479,7 @@ class RegistryFront:
             return
         try:
             self.prefetch.offer(
-                namespace, name, headers, credentials_key(headers), media_type, digest, body
+                namespace, name, headers, credentials_key(headers), media_type, facts
             )
         except Exception:  # a bug in prefetch must not cut the connection it follows
             log.exception("prefetch after %s failed (a bug)", _describe_target(request))
@@ -572,6 +604,22 @@ async def _answer(
         await conn.end_response()
     else:
         await conn.respond(status, headers, body)
+
+
+async def _answer_from_file(
+    conn: HttpConnection, request: Request, digest: str, media_type: str, fd: int
+) -> None:
+    """A stored manifest's answer from its open file `fd` (closed here), sent kernel to
+    kernel; for HEAD, the headers only."""
+    try:
+        size = os.fstat(fd).st_size
+        headers = [*_manifest_headers(media_type, digest), ("content-length", str(size))]
+        await conn.start_response(200, headers)
+        if request.method != "HEAD":
+            await conn.send_file(fd, 0, size)
+        await conn.end_response()
+    finally:
+        os.close(fd)
 
 
 async def _wait_verified(download: Download, partial: PartialBlob) -> PartialBlob:

@@ -40,6 +40,7 @@ from peer.preheat.resolve import (
 )
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.swarm import Swarm
+from peer.upstream.body_budget import BudgetSpent
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.node_auth import NodeAuth
@@ -264,7 +265,7 @@ class Preheater:
             )
         except UpstreamError as exc:
             raise ResolveFailed(f"the registry failed: {exc}") from None
-        except ParserFailed as exc:
+        except (ParserFailed, BudgetSpent) as exc:
             raise ResolveFailed(f"manifest {reference}: {exc}") from None
         if isinstance(fetched, UpstreamRefusal):
             raise ResolveFailed(_refusal_text(fetched, reference, bool(headers)))

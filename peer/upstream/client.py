@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 
 from peer.front.routes import InvalidNamespace
+from peer.upstream.body_budget import LIST_BODIES, MANIFEST_BODIES, BodyBudget, BodyHold
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
     FORWARDED_ERROR_HEADERS,
@@ -32,6 +33,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an upstream's error document read and passed on
+UNHELD_BODY_LIMIT = 64 * 1024  # bodies read without a hold on a budget are no larger
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,9 @@ class Upstreams:
         )
         # Redirects (registries send blob requests to object storage) are followed by `_send`,
         # which checks where each leads.
+        # Bytes of registries' bodies held in memory (`peer/upstream/body_budget.py`).
+        self.manifest_bodies = BodyBudget(MANIFEST_BODIES, MANIFEST_BODIES // 2)
+        self.list_bodies = BodyBudget(LIST_BODIES, LIST_BODIES // 2)
         self._client = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=False,
@@ -235,16 +240,34 @@ class Upstreams:
         headers = pick_headers(response.headers, FORWARDED_ERROR_HEADERS)
         return UpstreamRefusal(response.status_code, headers, body)
 
-    async def read_body(self, response: httpx.Response, limit: int) -> bytes:
-        """Read a small body (manifest, error document) of at most `limit` bytes.
+    def hold(self, budget: BodyBudget, namespace: str | None) -> BodyHold:
+        """A hold on `budget` (`manifest_bodies`, `list_bodies`) for a body from the registry
+        of `namespace`, counted in the named registries' share when a client named it."""
+        return BodyHold(budget, self.named_by_client(namespace))
+
+    async def read_body(
+        self, response: httpx.Response, limit: int, hold: BodyHold | None = None
+    ) -> bytes:
+        """Read a body of at most `limit` bytes, counted in `hold` as it arrives (the caller
+        releases it when done with the body). Without a hold, at most UNHELD_BODY_LIMIT
+        (an error document, a token): 200 connections of those are 12.5 MiB.
 
         Raises:
             UpstreamError: the connection failed, or the body is larger than `limit`.
+            BudgetSpent: the hold's budget cannot take the body's bytes (try again later).
         """
+        if hold is None and limit > UNHELD_BODY_LIMIT:
+            raise ValueError(f"a body of up to {limit} bytes is read only with a hold")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             # Said up front: refused before a byte is read (the same refusal as below).
             raise UpstreamError(str(response.url.host), f"body over {limit} bytes")
+        start = hold.size if hold is not None else 0
+        if hold is not None and declared.isdigit():
+            # The declared size (at most `limit`) is held before a byte is read: growing as
+            # bytes came, concurrent reads each took part of the budget and then all failed.
+            # First come, first served; the memory comes only with the bytes.
+            hold.grow(int(declared))
         chunks: list[bytes] = []
         total = 0
         try:
@@ -252,6 +275,8 @@ class Upstreams:
                 total += len(chunk)
                 if total > limit:
                     raise UpstreamError(str(response.url.host), f"body over {limit} bytes")
+                if hold is not None and start + total > hold.size:
+                    hold.grow(start + total - hold.size)  # no size declared, or a lie
                 chunks.append(chunk)
         except httpx.HTTPError as exc:
             raise UpstreamError(str(response.url.host), _describe(exc)) from exc

@@ -15,9 +15,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.body_parser import BodyParser
 from peer.fetch.download import BlobSource, Download
-from peer.fetch.manifest_reader import ManifestReader
 from peer.fetch.manifests import DOCKER_MANIFEST, OCI_MANIFEST
 from peer.fetch.prefetch import (
     MAX_BLOBS,
@@ -28,15 +26,11 @@ from peer.fetch.prefetch import (
     image_blobs,
 )
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
-from pieces.digest import digest_bytes, digest_hex
+from pieces.digest import digest_hex
 from pieces.manifest_facts import ManifestFacts, read_facts
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-
-
-def reader() -> ManifestReader:
-    return ManifestReader(BodyParser())  # these manifests are small: parsed in place
 
 
 def sha(n: int) -> str:
@@ -260,8 +254,7 @@ def _offer(prefetcher: Prefetcher, digests: list[str], **kw: Any) -> None:
         kw.get("headers", {"authorization": "Bearer t"}),
         kw.get("auth_key", "key"),
         kw.get("media_type", OCI_MANIFEST),
-        digest_bytes(body, "sha256:"),
-        body,
+        read_facts(body),
     )
 
 
@@ -277,7 +270,7 @@ async def _settle(prefetcher: Prefetcher) -> None:
 async def test_blobs_are_fetched_as_the_client_at_most_n_at_once(nursery: trio.Nursery) -> None:
     store = FakeStore({sha(3)})
     downloads = FakeDownloads(store, nursery)
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=2)
+    prefetcher = Prefetcher(store, downloads, concurrency=2)
     await nursery.start(prefetcher.run)
     digests = [sha(i) for i in range(10)]
     _offer(prefetcher, digests, headers={"authorization": "Bearer t"}, auth_key="key")
@@ -301,7 +294,7 @@ async def test_blobs_are_fetched_as_the_client_at_most_n_at_once(nursery: trio.N
 async def test_a_blob_queued_or_downloading_is_not_fetched_twice(nursery: trio.Nursery) -> None:
     store = FakeStore()
     downloads = FakeDownloads(store, nursery, hold=trio.Event())
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=1)
+    prefetcher = Prefetcher(store, downloads, concurrency=1)
     await nursery.start(prefetcher.run)
     _offer(prefetcher, [sha(0), sha(1), sha(2)])
     _offer(prefetcher, [sha(0), sha(1), sha(2)], name="org/other")  # another client, same image
@@ -327,7 +320,7 @@ async def test_prefetched_downloads_run_ahead_of_their_client_until_it_asks(
     read_first = Download(sha(2), None, "org/app", None)
     read_first.client_reads()
     downloads.active.update({sha(1): for_peers, sha(2): read_first})
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=1)
+    prefetcher = Prefetcher(store, downloads, concurrency=1)
     await nursery.start(prefetcher.run)
     assert not for_peers.ahead_of_client
     _offer(prefetcher, [sha(0), sha(1), sha(2), sha(3)])
@@ -351,7 +344,7 @@ async def test_prefetched_downloads_run_ahead_of_their_client_until_it_asks(
 async def test_a_full_queue_skips_and_counts(nursery: trio.Nursery) -> None:
     store = FakeStore()
     downloads = FakeDownloads(store, nursery, hold=trio.Event())
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=1, queue_limit=3)
+    prefetcher = Prefetcher(store, downloads, concurrency=1, queue_limit=3)
     await nursery.start(prefetcher.run)
     _offer(prefetcher, [sha(i) for i in range(10)])
     await trio.testing.wait_all_tasks_blocked()
@@ -369,7 +362,7 @@ async def test_failures_are_counted_and_the_workers_go_on(nursery: trio.Nursery)
     downloads = FakeDownloads(
         store, nursery, outcome={sha(1): "error", sha(2): "refused", sha(3): "raise"}
     )
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=1)
+    prefetcher = Prefetcher(store, downloads, concurrency=1)
     await nursery.start(prefetcher.run)
     _offer(prefetcher, [sha(i) for i in range(5)])
     await _settle(prefetcher)
@@ -383,7 +376,7 @@ async def test_invalid_manifests_and_indexes_are_counted_not_fetched(
 ) -> None:
     store = FakeStore()
     downloads = FakeDownloads(store, nursery)
-    prefetcher = Prefetcher(store, downloads, reader())
+    prefetcher = Prefetcher(store, downloads)
     await nursery.start(prefetcher.run)
     for media_type, body in [
         (OCI_MANIFEST, b"{not json"),
@@ -393,7 +386,7 @@ async def test_invalid_manifests_and_indexes_are_counted_not_fetched(
             manifest(desc(sha(0)), ["x", desc("md5:abc")] + [desc(sha(i)) for i in range(1, 300)]),
         ),
     ]:
-        prefetcher.offer(None, "org/app", {}, None, media_type, digest_bytes(body, "sha256:"), body)
+        prefetcher.offer(None, "org/app", {}, None, media_type, read_facts(body))
     await _settle(prefetcher)
     counters = prefetcher.counters
     assert counters.invalid_manifests == 1
@@ -404,9 +397,7 @@ async def test_invalid_manifests_and_indexes_are_counted_not_fetched(
 
 async def test_offers_beyond_the_manifest_queue_are_skipped(nursery: trio.Nursery) -> None:
     store = FakeStore()
-    prefetcher = Prefetcher(
-        store, FakeDownloads(store, nursery), reader()
-    )  # not running: nothing is parsed
+    prefetcher = Prefetcher(store, FakeDownloads(store, nursery))  # not running: nothing is parsed
     for _ in range(100):
         _offer(prefetcher, [sha(0)])
     assert prefetcher.counters.skipped == 100 - 16
@@ -418,7 +409,7 @@ async def test_a_blob_that_waited_too_long_is_dropped(
     store = FakeStore()
     hold = trio.Event()
     downloads = FakeDownloads(store, nursery, hold=hold)
-    prefetcher = Prefetcher(store, downloads, reader(), concurrency=1)
+    prefetcher = Prefetcher(store, downloads, concurrency=1)
     await nursery.start(prefetcher.run)
     _offer(prefetcher, [sha(0), sha(1)])
     await trio.sleep(MAX_WAIT + 1)
@@ -431,4 +422,4 @@ async def test_a_blob_that_waited_too_long_is_dropped(
 async def test_concurrency_below_one_is_refused(nursery: trio.Nursery) -> None:
     store = FakeStore()
     with pytest.raises(ValueError, match="at least 1"):
-        Prefetcher(store, FakeDownloads(store, nursery), reader(), concurrency=0)
+        Prefetcher(store, FakeDownloads(store, nursery), concurrency=0)
