@@ -9,100 +9,109 @@ process; a smaller one (every real manifest but the largest indexes) costs at mo
 and is parsed in place.
 
 What runs in the worker is a pure function of the body (`pieces/manifest_facts.read_facts`,
-the preheat's readers), named by reference, and what crosses back is its small result.
-Bounded: at most PARSES_IN_FLIGHT bodies are with the worker at once (others wait their
-turn); the worker is started on the first large body, and started again if it dies (a parse
-it could not finish fails that request only).
+the referrers' and preheat's readers), named by reference, and what crosses back is its small
+result. The workers are trio-parallel's (a dependency: it kills a worker whose parse is
+cancelled or times out, and starts another when one dies, which the standard library's process
+pool does not: a worker that died while idle broke that pool for good, and its recycling
+hung parses on Python 3.11, gh-115634; a helper's review). Bounded: WORKERS parse at once,
+at most WAITING bodies wait for them (more: `ParserBusy`, 503), and a parse that takes over
+PARSE_TIMEOUT is killed with its worker (`ParserFailed`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import logging
-import multiprocessing
-import signal
-from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import trio
+import trio_parallel
 
 log = logging.getLogger("pollen.parser")
 
 INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the event loop (~10 ms at worst)
-PARSES_IN_FLIGHT = 4  # bodies handed to the worker at once (each up to 4 MiB in its pipe)
-TASKS_PER_WORKER = 256  # a worker is replaced after this many parses (memory a parse left)
+WORKERS = 1  # worker processes parsing at once (the node has its event loop on another core)
+WAITING = 16  # bodies waiting for a worker at most (each up to 4 MiB)
+PARSE_TIMEOUT = 10.0  # seconds a parse may take (a 4 MiB body built to be slow: ~0.6 s)
+IDLE_SECONDS = 600.0  # a worker with nothing to parse for this long exits (a new one spawns)
 
 T = TypeVar("T")
 
 
 class ParserFailed(RuntimeError):
-    """The worker process died while it parsed a body (twice: a new worker failed too)."""
+    """The worker could not parse a body: it died, or took too long and was killed."""
 
 
-def _ignore_interrupts() -> None:
-    """In the worker: a Ctrl-C at the terminal reaches the whole process group; the node
-    stops its worker itself, and a traceback from it would only be noise."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+class ParserBusy(RuntimeError):
+    """As many bodies wait for the worker as may (try again)."""
 
 
 class BodyParser:
     """Runs pure parsing functions of a body: in place when it is small, else in a worker
-    process. One per node; `close` when the node stops."""
+    process while `workers()` is open (the node holds it open while it runs)."""
 
-    def __init__(self, inline_bytes: int = INLINE_BYTES) -> None:
+    def __init__(self, inline_bytes: int = INLINE_BYTES, timeout: float = PARSE_TIMEOUT) -> None:
         self.inline_bytes = inline_bytes
-        self._slots = trio.Semaphore(PARSES_IN_FLIGHT)
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self.parsed_in_worker = 0  # bodies parsed by the worker (read by /metrics)
-        self.worker_restarts = 0  # workers started again after one died
+        self.timeout = timeout
+        self._context: Any = None  # a trio_parallel.WorkerContext while `workers()` is open
+        self._limiter = trio.CapacityLimiter(WORKERS)
+        self._worker_slot = trio.CapacityLimiter(WORKERS)  # free whenever `_limiter` is held
+        self._queued = 0  # bodies handed to `parse` for the worker, not done yet
+        self.parsed_in_worker = 0  # bodies parsed by a worker (read by /metrics)
+        self.worker_failures = 0  # parses whose worker died or was killed
+
+    @contextlib.asynccontextmanager
+    async def workers(self) -> AsyncIterator[None]:
+        """Large bodies are parsed while this is open; on leaving, the workers stop (killed
+        after a second's grace)."""
+        try:
+            async with trio_parallel.open_worker_context(
+                idle_timeout=IDLE_SECONDS, grace_period=1.0
+            ) as context:
+                self._context = context
+                try:
+                    yield
+                finally:
+                    self._context = None
+        except trio_parallel.BrokenWorkerError as exc:
+            # On the way out: a worker that had died (killed while idle, say) is reported
+            # then; the node stops all the same.
+            log.warning("a parsing worker had died: %s", exc)
 
     async def parse(self, read: Callable[[bytes], T], body: bytes) -> T:
-        """`read(body)`: in place when `body` is at most `inline_bytes`, else in the worker.
+        """`read(body)`: in place when `body` is at most `inline_bytes`, else in a worker.
         `read` must be a module-level function (or a `functools.partial` of one): the worker
         imports it by name. Exceptions it raises reach the caller as they are.
 
         Raises:
-            ParserFailed: the worker died during the parse, and again in a new worker.
+            ParserBusy: WAITING bodies wait for the worker already.
+            ParserFailed: the worker died during the parse, or took over `timeout`.
         """
         if len(body) <= self.inline_bytes:
             return read(body)
-        async with self._slots:
-            for attempt in range(2):
-                future = self._worker().submit(read, body)
-                try:
-                    result = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-                except BrokenProcessPool:
-                    self._replace_worker()
-                    if attempt:
-                        raise ParserFailed("the parsing worker died twice on one body") from None
-                    continue
-                finally:
-                    future.cancel()  # cancelled while it waits in line: it never runs
-                self.parsed_in_worker += 1
-                return result
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Stop the worker (a parse in progress is left to end; its result is dropped)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _worker(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            # Spawned, not forked: the node has threads (trio's, httpx's), and a fork copies
-            # their locks as they are. The one-file binary spawns itself
-            # (`multiprocessing.freeze_support` in `peer/__main__.py`).
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
-                max_tasks_per_child=TASKS_PER_WORKER,
-            )
-        return self._pool
-
-    def _replace_worker(self) -> None:
-        log.warning("the parsing worker process died; starting another")
-        self.worker_restarts += 1
-        self.close()
+        context = self._context
+        if context is None:
+            raise RuntimeError("a large body to parse, and no workers (BodyParser.workers)")
+        if self._queued >= WORKERS + WAITING:
+            raise ParserBusy(f"{WAITING} large manifests wait to be parsed already")
+        self._queued += 1
+        try:
+            async with self._limiter:  # the wait for a worker is not timed: the parse is
+                with trio.fail_after(self.timeout):
+                    result: T = await context.run_sync(
+                        read, body, kill_on_cancel=True, limiter=self._worker_slot
+                    )
+        except trio.TooSlowError:
+            self.worker_failures += 1
+            raise ParserFailed(
+                f"parsing took over {self.timeout:g} s (its worker killed)"
+            ) from None
+        except trio_parallel.BrokenWorkerError as exc:
+            self.worker_failures += 1
+            log.warning("a parsing worker died: %s", exc)
+            raise ParserFailed("the parsing worker died") from None
+        finally:
+            self._queued -= 1
+        self.parsed_in_worker += 1
+        return result

@@ -117,9 +117,9 @@ class _NodeCollector(Collector):
                 value=self._parser.parsed_in_worker,
             )
             yield CounterMetricFamily(
-                "pollen_parser_worker_restarts",
-                "Parsing worker processes started again after one died",
-                value=self._parser.worker_restarts,
+                "pollen_parser_worker_failures",
+                "Parses whose worker process died, or took too long and was killed",
+                value=self._parser.worker_failures,
             )
 
 

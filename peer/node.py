@@ -351,7 +351,7 @@ class Node:
         config = self.config
         _raise_open_file_limit(config.max_connections)
         try:
-            async with trio.open_nursery() as nursery:
+            async with self.parser.workers(), trio.open_nursery() as nursery:
                 access = AccessPolicy(self.store, self.upstreams, AuthGate(self.upstreams))
                 # One cap for the peers and the upstream together.
                 download_limit = self._download_limit = RateLimiter(config.download_rate)
@@ -447,7 +447,6 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             self.notifier.close()
-            self.parser.close()
             with trio.CancelScope(shield=True):
                 await self.upstreams.aclose()
 

@@ -7,8 +7,9 @@ a registry built to parse slowly (4 MiB of `[[]],`: ~0.6 s on the 2-core VM) was
 times on the event loop for each client's GET; small facts because the parse may run in a
 worker process (`peer/body_parser.py`), and what crosses back is pickled.
 
-Bounded whatever the body: at most MAX_FACT_BLOBS config and layer references are kept (the
-rest only counted), and strings taken from the body are cut to MAX_TEXT characters.
+Bounded whatever the body: at most MAX_FACT_DESCRIPTORS sizes and MAX_FACT_BLOBS config and
+layer references are kept (the rest of those only counted), and strings taken from the body
+are cut to MAX_TEXT characters.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any
 from pieces.digest import InvalidDigest, digest_hex
 
 MAX_FACT_BLOBS = 1024  # config and layer references kept from one manifest (prefetch takes fewer)
+# Descriptor sizes kept from one manifest: more than any image or index has. A 4 MiB one holds
+# ~43,000, and learning them all for each of 8 repositories held the event loop 0.7 s (a
+# review's measure); the sizes only add checks.
+MAX_FACT_DESCRIPTORS = 1024
 MAX_TEXT = 300  # characters of a string from the body kept (media types are at most 255)
 # Keys of an image manifest, an image index or an artifact manifest that hold descriptors.
 _ONE = ("config", "subject")
@@ -38,8 +43,9 @@ class ManifestFacts:
     # The top-level `mediaType` as the body gives it (cut to MAX_TEXT); None when absent; a
     # value that is no string is "<a JSON list>" and the like, never a media type.
     media_type_field: str | None
-    # (digest, size) of every descriptor with a usable digest and size: config, subject,
-    # layers, manifests, blobs (an image manifest, an index or an artifact manifest).
+    # (digest, size) of the descriptors with a usable digest and size, the first
+    # MAX_FACT_DESCRIPTORS: config, subject, layers, manifests, blobs (an image manifest, an
+    # index or an artifact manifest).
     descriptors: tuple[tuple[str, int], ...]
     # Whether `layers` is a JSON list (an image manifest needs one).
     layers_listed: bool
@@ -107,8 +113,9 @@ def _usable_digest(value: object) -> str | None:
 
 
 def _sized_descriptors(document: dict[str, Any]) -> list[tuple[str, int]]:
-    """(digest, size) of every descriptor with a usable digest and size; the others are
-    skipped (sizes only add checks, they never refuse a manifest)."""
+    """(digest, size) of the descriptors with a usable digest and size, the first
+    MAX_FACT_DESCRIPTORS; the others are skipped (sizes only add checks, they never refuse a
+    manifest)."""
     descriptors: list[Any] = [document.get(key) for key in _ONE]
     for key in _MANY:
         entries = document.get(key)
@@ -121,6 +128,8 @@ def _sized_descriptors(document: dict[str, Any]) -> list[tuple[str, int]]:
         digest, size = _usable_digest(descriptor.get("digest")), descriptor.get("size")
         if digest is not None and type(size) is int and size >= 0:
             found.append((digest, size))
+            if len(found) == MAX_FACT_DESCRIPTORS:
+                break
     return found
 
 

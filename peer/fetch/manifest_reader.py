@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import trio
+
 from peer.body_parser import BodyParser
 from pieces.manifest_facts import ManifestFacts, read_facts
 from pieces.store import Store
@@ -30,19 +32,32 @@ class ManifestReader:
         self.parser = parser
         self._cached_items = cached_items
         self._cache: OrderedDict[str, ManifestFacts] = OrderedDict()
+        self._parsing: dict[str, trio.Event] = {}  # digests being parsed now
         self._weight = 0
 
     async def facts(self, digest: str, body: bytes) -> ManifestFacts:
         """The facts of `body`, whose digest the caller has checked is `digest`.
 
         Raises:
-            ParserFailed: the parsing worker died on it (twice).
+            ParserFailed, ParserBusy: as `BodyParser.parse`.
         """
-        known = self._cache.get(digest)
-        if known is not None:
-            self._cache.move_to_end(digest)
-            return known
-        facts = await self.parser.parse(read_facts, body)
+        while True:
+            known = self._cache.get(digest)
+            if known is not None:
+                self._cache.move_to_end(digest)
+                return known
+            parsing = self._parsing.get(digest)
+            if parsing is None:
+                break
+            # One parse per digest at a time: N clients of one large manifest cost one parse
+            # in the worker, not N (a review's find). Ended: cached, or failed (try ours).
+            await parsing.wait()
+        parsing = self._parsing[digest] = trio.Event()
+        try:
+            facts = await self.parser.parse(read_facts, body)
+        finally:
+            del self._parsing[digest]
+            parsing.set()
         self._remember(digest, facts)
         return facts
 
@@ -57,7 +72,7 @@ class ManifestReader:
         digest from the store).
 
         Raises:
-            ParserFailed: the parsing worker died on it (twice).
+            ParserFailed, ParserBusy: as `BodyParser.parse`.
         """
         facts = await self.facts(digest, body)
         if store.manifest_sizes_due(digest):

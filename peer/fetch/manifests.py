@@ -73,7 +73,7 @@ async def fetch_manifest(
     Raises:
         UpstreamError: unreachable, another status, too large, or not the digest asked for.
         BudgetSpent: the node holds as many manifest bodies as it may (try again).
-        ParserFailed: the parsing worker died on it (twice).
+        ParserFailed, ParserBusy: as `BodyParser.parse`.
     """
     path = f"/v2/{name}/manifests/{reference}"
     # The body is counted in the manifests' budget from its first byte until it is parsed and

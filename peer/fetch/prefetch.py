@@ -70,8 +70,8 @@ def image_blobs(media_type: str, facts: ManifestFacts, limit: int = MAX_BLOBS) -
     Args:
         media_type: the Content-Type the manifest was served with (parameters ignored).
         facts: the manifest's facts (`pieces/manifest_facts.py`: its body parsed once).
-        limit: at most this many descriptors are looked at (and at most MAX_FACT_BLOBS);
-            the rest are only counted.
+        limit: at most this many descriptors are looked at (and at most MAX_FACT_BLOBS, which
+            the facts keep); the rest are only counted.
 
     Returns:
         None when the body is not served as an image manifest (an index, a list, schema1,

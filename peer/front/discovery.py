@@ -141,7 +141,7 @@ async def serve_referrers(
     Raises:
         UpstreamError: unreachable, another status, or not an image index.
         BudgetSpent: the node holds as many indexes as it may (try again).
-        ParserFailed: the parsing worker died on it.
+        ParserFailed, ParserBusy: as `BodyParser.parse`.
     """
     here = f"/v2/{route.name}/referrers/{route.digest}"
     path = here

@@ -18,7 +18,7 @@ import trio
 
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
-from peer.body_parser import ParserFailed
+from peer.body_parser import ParserBusy, ParserFailed
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource, Download
 from peer.fetch.manifest_reader import ManifestReader
@@ -66,6 +66,8 @@ from pieces.store import Store
 log = logging.getLogger("pollen.front")
 
 REFERRERS_AT_ONCE = 4  # referrers answers being read and parsed at once (memory)
+# A stored manifest the node could not read now (busy, or its worker failed): served unread.
+UNREAD = ManifestFacts("not read", None, (), False, (), 0)
 # Routes asked of the upstream with the client's headers (and a lent login, where one is).
 UpstreamRoute = ApiRoot | BlobRoute | ManifestRoute | TagsRoute | ReferrersRoute
 
@@ -163,12 +165,12 @@ class RegistryFront:
         except (StoreError, OSError) as exc:
             log.error("store failure for %s: %s", _describe_target(request), exc)
             await self._send_error(conn, request, store_failure(exc))
-        except BudgetSpent as exc:
-            log.warning("no room for a registry's body for %s: %s", _describe_target(request), exc)
+        except (BudgetSpent, ParserBusy) as exc:
+            log.warning("too busy for %s: %s", _describe_target(request), exc)
             error = OciError(
                 503,
                 "UNAVAILABLE",
-                f"the node is reading as many registry bodies as it may hold: {exc}; try again",
+                f"the node is reading as many registry bodies as it may: {exc}; try again",
                 headers=(("retry-after", "1"),),
             )
             await self._send_error(conn, request, error)
@@ -418,7 +420,10 @@ class RegistryFront:
                     self.served.manifests_from_cache += 1
                     media_type = opened[0]
                     await _answer_from_file(conn, request, reference, *opened)
-                    self._prefetch_blobs(request, namespace, route.name, headers, media_type, facts)
+                    if facts is not UNREAD:
+                        self._prefetch_blobs(
+                            request, namespace, route.name, headers, media_type, facts
+                        )
                     return
                 # Evicted meanwhile: fetched again, as a manifest never stored.
         # A tag can move: always resolved upstream. A HEAD stays a HEAD (registries such as
@@ -447,21 +452,22 @@ class RegistryFront:
     async def _stored_facts(self, namespace: str | None, digest: str) -> ManifestFacts | None:
         """The facts of a stored manifest, its sizes learned when they are due; the body is
         read (under a hold on the manifests' budget) only when they are not at hand. None:
-        it was evicted meanwhile.
-
-        Raises:
-            BudgetSpent: the node holds as many manifest bodies as it may.
-            ParserFailed: the parsing worker died on it.
-        """
+        it was evicted meanwhile; UNREAD: the node could not read it now."""
         facts = self.reader.cached(digest)
         if facts is not None and not self.store.manifest_sizes_due(digest):
             return facts
-        with self.upstreams.hold(self.upstreams.manifest_bodies, namespace) as hold:
-            stored = self.store.get_manifest(digest)
-            if stored is None:
-                return None
-            hold.grow(len(stored[1]))
-            return await self.reader.stored_facts(self.store, digest, stored[1])
+        try:
+            with self.upstreams.hold(self.upstreams.manifest_bodies, namespace) as hold:
+                stored = self.store.get_manifest(digest)
+                if stored is None:
+                    return None
+                hold.grow(len(stored[1]))
+                return await self.reader.stored_facts(self.store, digest, stored[1])
+        except (BudgetSpent, ParserBusy, ParserFailed) as exc:
+            # Served all the same (from its file, no memory): its sizes only add checks, and
+            # its blobs are not prefetched this time.
+            log.warning("manifest %s served without reading it: %s", digest, exc)
+            return UNREAD
 
     def _prefetch_blobs(
         self,

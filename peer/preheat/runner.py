@@ -22,7 +22,7 @@ import trio
 
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
-from peer.body_parser import ParserFailed
+from peer.body_parser import ParserBusy, ParserFailed
 from peer.fetch.coordinator import FetchCoordinator
 from peer.fetch.download import BlobSource
 from peer.fetch.manifest_reader import ManifestReader
@@ -248,7 +248,7 @@ class Preheater:
         """
         try:
             return await self._reader.parser.parse(read, manifest.body)
-        except ParserFailed as exc:
+        except (ParserFailed, ParserBusy) as exc:
             raise ResolveFailed(f"manifest {manifest.digest}: {exc}") from None
 
     async def _manifest(self, image: ImageRef, reference: str, headers: dict[str, str]) -> Manifest:
@@ -265,7 +265,7 @@ class Preheater:
             )
         except UpstreamError as exc:
             raise ResolveFailed(f"the registry failed: {exc}") from None
-        except (ParserFailed, BudgetSpent) as exc:
+        except (ParserFailed, ParserBusy, BudgetSpent) as exc:
             raise ResolveFailed(f"manifest {reference}: {exc}") from None
         if isinstance(fetched, UpstreamRefusal):
             raise ResolveFailed(_refusal_text(fetched, reference, bool(headers)))

@@ -150,7 +150,7 @@ def test_the_binary_parses_a_large_manifest_in_its_worker(
     # The worker's facts were used: the manifest's blobs queued for prefetch (after the answer).
     wait_for("the prefetch", lambda: "\npollen_prefetch_manifests_total 1.0\n" in metrics(), 30)
     assert "\npollen_bodies_parsed_in_worker_total 1.0\n" in metrics()
-    assert "\npollen_parser_worker_restarts_total 0.0\n" in metrics()
+    assert "\npollen_parser_worker_failures_total 0.0\n" in metrics()
 
 
 def test_the_binary_under_systemds_protocol(binary: Path, tmp_path: Path) -> None:

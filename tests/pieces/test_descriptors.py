@@ -128,26 +128,21 @@ def test_a_stored_manifest_is_learned_once_until_its_sizes_may_be_gone() -> None
     may have been pushed out, and the old code's every-read learning put them back (a
     review's find: a size check lost for good)."""
     sizes = DescriptorSizes(limit=3)
-    manifest = json.dumps({"config": {"digest": digest(1), "size": 10}}).encode()
+    manifest = read_facts(json.dumps({"config": {"digest": digest(1), "size": 10}}).encode())
     stored = "sha256:" + "m" * 64
-    assert sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 1
-    assert (
-        sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 0
-    )  # not parsed again
+    assert sizes.due([GOOD], stored) == [GOOD]
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest.descriptors) == 1
+    assert sizes.due([GOOD], stored) == []  # its reader need not read it again
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest.descriptors) == 0
     for n in range(2, 5):  # three newer sizes push it out
         sizes.learn(GOOD, digest(n), n)
     assert sizes.size_of(GOOD, digest(1)) is None
-    assert sizes.learn_stored_manifest([GOOD], stored, read_facts(manifest).descriptors) == 1
+    assert sizes.due([GOOD], stored) == [GOOD]
+    assert sizes.learn_stored_manifest([GOOD], stored, manifest.descriptors) == 1
     assert sizes.size_of(GOOD, digest(1)) == 10
     # Served by other repositories too: learned for those that are due, once.
-    assert (
-        sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, read_facts(manifest).descriptors)
-        == 2
-    )
-    assert (
-        sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, read_facts(manifest).descriptors)
-        == 0
-    )
+    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest.descriptors) == 2
+    assert sizes.learn_stored_manifest([GOOD, EVIL, TENANT], stored, manifest.descriptors) == 0
     assert sizes.size_of(EVIL, digest(1)) == 10
 
 

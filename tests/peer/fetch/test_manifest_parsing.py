@@ -81,3 +81,37 @@ async def test_a_large_manifest_is_parsed_once_and_never_on_the_event_loop(
     assert node.store.descriptor_sizes.size_of(repository, layer) == 11_000
     assert node.store.descriptor_sizes.size_of(repository, config) == 24
     assert node.prefetcher is not None and node.prefetcher.counters.manifests == 4
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_stored_manifest_read_after_a_restart_teaches_its_sizes_again(
+    tmp_path: Path, nursery: trio.Nursery, method: str
+) -> None:
+    """Sizes live in memory: after a restart, clients resolve a tag with a HEAD (which
+    stores nothing) and read the manifest by digest from the store, which teaches them
+    again; a blob of another size from that repository is then refused before a byte is
+    allocated."""
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    layer = registry.add_blob(b"layer bytes" * 100)
+    config = registry.add_blob(b"{}")
+    body = slow_manifest([(config, 2), (layer, 1100)])
+    digest = registry.add_manifest("v1", body)
+    repository = Repository(registry.url, "org/app")
+    for restart in (False, True):
+        async with trio.open_nursery() as running:  # one node at a time on the store
+            node = Node(node_config(registry, tmp_path / "store", prefetch=False))
+            port = await running.start(node.run)
+            url = f"http://127.0.0.1:{port}/v2/org/app/manifests"
+            async with httpx.AsyncClient(timeout=30) as client:
+                if not restart:
+                    assert (await client.get(f"{url}/v1")).status_code == 200
+                    assert node.store.descriptor_sizes.size_of(repository, layer) == 1100
+                else:
+                    assert node.store.descriptor_sizes.size_of(repository, layer) is None
+                    answer = await client.request(method, f"{url}/{digest}")
+                    assert answer.status_code == 200
+                    assert answer.headers["content-length"] == str(len(body))
+                    assert answer.content == (body if method == "GET" else b"")
+                    assert node.store.descriptor_sizes.size_of(repository, layer) == 1100
+            running.cancel_scope.cancel()

@@ -7,6 +7,9 @@ import json
 from collections.abc import Callable
 from typing import TypeVar
 
+import trio
+import trio.testing
+
 from peer.body_parser import BodyParser
 from peer.fetch.manifest_reader import ManifestReader
 from pieces.digest import digest_bytes
@@ -57,3 +60,40 @@ async def test_the_cache_holds_at_most_its_items() -> None:
     await reader.facts(*huge)
     await reader.facts(*huge)
     assert parser.bodies == 23
+
+
+class HeldParser(BodyParser):
+    """Parses in place once `release` is set, and counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies = 0
+        self.release = trio.Event()
+
+    async def parse(self, read: Callable[[bytes], T], body: bytes) -> T:
+        self.bodies += 1
+        await self.release.wait()
+        return read(body)
+
+
+async def test_clients_of_one_manifest_at_once_share_its_parse(nursery: trio.Nursery) -> None:
+    """N clients asking at once for one large manifest cost N parses in the worker (the
+    cache was looked at only before the wait), and held back everyone else's (a review's
+    find)."""
+    parser = HeldParser()
+    reader = ManifestReader(parser)
+    digest, body = manifest(3)
+    got: list[int] = []
+
+    async def read() -> None:
+        got.append(len((await reader.facts(digest, body)).descriptors))
+
+    for _ in range(5):
+        nursery.start_soon(read)
+    await trio.testing.wait_all_tasks_blocked()
+    parser.release.set()
+    with trio.fail_after(5):
+        while len(got) < 5:
+            await trio.sleep(0.01)
+    assert got == [3] * 5
+    assert parser.bodies == 1
