@@ -106,6 +106,7 @@ DRAIN_STALL = 5.0  # a new owner stops taking pieces from peers after this long 
 # over (those whose hash is unknown at once): the survivors link to it and send Bitfields.
 UNHELD_GRACE = 2.0
 PEERS_PERIOD = 2.0  # ask the owner for peers (and fresh hashes) this often
+LINK_DIALS_AT_ONCE = 4  # members of an owner's answer dialled at once
 # Pieces up to this size (every piece the rule cuts) are hashed and written on the event loop:
 # on this 2-core VM the hop to a worker thread and back costs about a millisecond of CPU,
 # more than the work for a small piece (xxh3 and a page-cache copy, ~0.1 ms at 256 KiB), and a
@@ -899,29 +900,51 @@ class SwarmFetch:
             self._peers_next = None
 
     async def _link_peers(self, event: Peers) -> None:
+        """Link to the peers the owner listed (up to `peers_to_link`), LINK_DIALS_AT_ONCE at a
+        time: dialled one by one, each member listed that never answered held the rest back
+        a handshake's time-out (10 s). Members noted unreachable are not dialled."""
         swarm = self.swarm
-        partial = self.partial
-        if partial is None:
+        if self.partial is None:
             return
         limit = peers_to_link(len(swarm.membership.alive_ids()))
-        for peer_id, _host, _port in event.peers:
-            linked = self.linked
-            if len(linked) >= limit + 1 or peer_id in linked:
-                continue
-            if peer_id == swarm.node_id or swarm.is_banned(peer_id):
-                continue
-            try:
-                link = await swarm.link_to(peer_id)
-            except LinkClosed:
-                continue
-            self._add_peer(peer_id)
-            self.state.bitfield_sent.add(peer_id)
-            # A private blob's: our client's credentials first, so that the peer, once it
-            # checked them, answers with its own Bitfield (it says nothing to a member that
-            # has shown none: which private blobs it holds is not a member's to learn).
-            self._send_access({peer_id})
-            link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
+        now = trio.current_time()
+        waiting = [
+            peer_id
+            for peer_id, _host, _port in event.peers
+            if peer_id != swarm.node_id
+            and not swarm.is_banned(peer_id)
+            and not swarm.bans.is_unreachable(peer_id, now)
+        ]
+        waiting.reverse()  # taken from the end: the owner's order
+        while waiting:
+            room = limit + 1 - len(self.linked)
+            wave: list[bytes] = []
+            while waiting and len(wave) < min(room, LINK_DIALS_AT_ONCE):
+                peer_id = waiting.pop()
+                if peer_id not in self.linked and peer_id not in wave:
+                    wave.append(peer_id)
+            if not wave:
+                break
+            async with trio.open_nursery() as dials:
+                for peer_id in wave:
+                    dials.start_soon(self._link_peer, peer_id, limit)
         self._poke()
+
+    async def _link_peer(self, peer_id: bytes, limit: int) -> None:
+        try:
+            link = await self.swarm.link_to(peer_id)
+        except LinkClosed:
+            return
+        partial = self.partial
+        if partial is None or len(self.linked) >= limit + 1 or peer_id in self.linked:
+            return  # the fetch ended, or others linked meanwhile
+        self._add_peer(peer_id)
+        self.state.bitfield_sent.add(peer_id)
+        # A private blob's: our client's credentials first, so that the peer, once it
+        # checked them, answers with its own Bitfield (it says nothing to a member that
+        # has shown none: which private blobs it holds is not a member's to learn).
+        self._send_access({peer_id})
+        link.post(Bitfield(self.digest, bits_of(partial.piece_hashes, partial.layout.count)))
 
     async def _on_piece(self, link: PeerLink, piece: Piece) -> None:
         try:

@@ -425,6 +425,12 @@ class Swarm:
         except (OSError, ValueError, trio.TooSlowError) as exc:  # ValueError: a bad host
             self.bans.unreachable(peer_id, trio.current_time())
             raise LinkClosed(f"cannot reach {address}: {exc}") from exc
+        except LinkClosed:
+            # Reached, but no handshake (it timed out, or the member refused): noted as for
+            # a dial that failed, so that the next owner's answer does not dial it again at
+            # once (a review's find: only a failed connect was noted).
+            self.bans.unreachable(peer_id, trio.current_time())
+            raise
         finally:
             del self._connecting[peer_id]
             done.set()

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from peer.fetch.download import Download
+from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
 from peer.swarm.digest_state import DigestState
 from peer.swarm.fetch import (
@@ -165,6 +166,7 @@ class _Swarm:
     def __init__(self, members: int) -> None:
         self.membership = _Membership(members)
         self.linked: list[bytes] = []
+        self.bans = BanList()
 
     def is_banned(self, peer_id: bytes) -> bool:
         return False
@@ -295,7 +297,7 @@ async def test_a_new_owner_stops_the_linking_of_the_last_ones_answer() -> None:
         await fetch.on_event(Link(OWNER), Peers(DIGEST, listed[:2]))  # type: ignore[arg-type]
         await fetch.on_event(Link(OWNER), Peers(DIGEST, listed[1:3]))  # type: ignore[arg-type]
         await trio.testing.wait_all_tasks_blocked()
-        assert swarm.dialling == 1  # the first answer's first peer; the second waits
+        assert swarm.dialling == 2  # the first answer's two peers; the second answer waits
         fetch._set_owner(new_owner)
         await trio.testing.wait_all_tasks_blocked()
         assert swarm.dialling == 0 and not nursery.child_tasks  # stopped, the waiting dropped
@@ -303,6 +305,43 @@ async def test_a_new_owner_stops_the_linking_of_the_last_ones_answer() -> None:
         await fetch.on_event(Link(new_owner), Peers(DIGEST, listed[3:]))  # type: ignore[arg-type]
     assert swarm.linked == [listed[3][0]]
     assert fetch.state.wanted_from == new_owner
+
+
+class _DeadPeerSwarm(_Swarm):
+    """A swarm in which `dead` never answers a dial (until the test ends)."""
+
+    def __init__(self, members: int, dead: bytes) -> None:
+        super().__init__(members)
+        self.dead = dead
+        self.dialled: list[bytes] = []
+
+    async def link_to(self, peer_id: bytes) -> _PostingLink:
+        self.dialled.append(peer_id)
+        if peer_id == self.dead:
+            await trio.sleep_forever()
+        return await super().link_to(peer_id)
+
+
+async def test_a_listed_peer_that_never_answers_holds_no_other_link_back() -> None:
+    """An owner's answer was dialled one peer at a time: a member listed first that never
+    answered held every other link back a handshake's time-out (10 s), and the next answer's
+    list started with it again. Now LINK_DIALS_AT_ONCE are dialled at once, and a member
+    noted unreachable is not dialled."""
+    fetch, _ = _fetch_linking_slowly()
+    peers = [bytes([2, i]) + bytes(14) for i in range(5)]
+    swarm = _DeadPeerSwarm(100, dead=peers[0])
+    noted = peers[4]
+    swarm.bans.unreachable(noted, trio.current_time())
+    fetch.swarm = swarm  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        swarm.start_soon = nursery.start_soon  # type: ignore[attr-defined]
+        answer = Peers(DIGEST, [(peer, "h", 1) for peer in peers])
+        await fetch.on_event(Link(OWNER), answer)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(swarm.linked) == peers[1:4]  # not behind the dead one
+        assert noted not in swarm.dialled
+        nursery.cancel_scope.cancel()
+    assert {*peers[1:4], OWNER} <= fetch.linked
 
 
 async def test_an_overdue_request_nobody_else_can_take_does_not_wake_the_fetch_at_once() -> None:
