@@ -5,8 +5,8 @@ built to parse slowly: 4 MiB of `[[]],` takes ~0.6 s, and `json.loads` holds the
 throughout, so a thread would stall the event loop as much as parsing on it. Every connection
 of the node waited for each such parse (a helper's probe, 2026-12-04: `/healthz` p50 2.4 s
 while one client had such manifests read). So a body over INLINE_BYTES is parsed in a worker
-process; a smaller one (every real manifest but the largest indexes) costs at most ~10 ms
-and is parsed in place.
+process; a smaller one (nearly every real manifest) costs at most ~1.5 ms and is parsed in
+place.
 
 What runs in the worker is a pure function of the body (`pieces/manifest_facts.read_facts`,
 the referrers' and preheat's readers), named by reference, and what crosses back is its small
@@ -30,7 +30,10 @@ import trio_parallel
 
 log = logging.getLogger("pollen.parser")
 
-INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the event loop (~10 ms at worst)
+# Bodies up to this are parsed on the event loop: ~1.5 ms at worst. At 64 KiB (~6 ms), 8
+# clients flooding such manifests took /healthz's p50 to 24 ms (a helper's probe); real image
+# manifests are 1-3 KiB, indexes a few KiB.
+INLINE_BYTES = 16 * 1024
 WORKERS = 1  # worker processes parsing at once (the node has its event loop on another core)
 WAITING = 16  # bodies waiting for a worker at most (each up to 4 MiB)
 PARSE_TIMEOUT = 10.0  # seconds a parse may take (a 4 MiB body built to be slow: ~0.6 s)

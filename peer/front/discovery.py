@@ -27,6 +27,7 @@ from functools import partial
 from peer.body_parser import BodyParser
 from peer.fetch.manifests import OCI_INDEX
 from peer.front.routes import ReferrersRoute, TagsRoute
+from peer.upstream.body_budget import BodyHold
 from peer.upstream.client import Upstreams
 from peer.upstream.errors import UpstreamError, UpstreamRefusal
 
@@ -168,18 +169,23 @@ async def serve_referrers(
             # None: not an index (an HTML page, say): taken for no referrers API.
             entries = await parser.parse(partial(referrer_entries, artifact_type=wanted), body)
             del body
-    if entries is None:  # no referrers API: the fallback tag
-        entries = await _fallback_entries(upstreams, parser, route, namespace, headers, refuse)
-        if entries is None:
-            return  # refused: said
-    out = [("content-type", OCI_INDEX)]
-    if route.artifact_type is not None:
-        out.append((FILTERS_APPLIED, "artifactType"))
-    next_page = _local_link(link, here, namespace)
-    if next_page is not None:
-        out.append(("link", next_page))
-    head = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX})[:-1].encode()
-    await answer(200, out, head + b', "manifests": ' + entries + b"}")
+        if entries is None:  # no referrers API: the fallback tag
+            entries = await _fallback_entries(
+                upstreams, parser, route, namespace, headers, refuse, hold
+            )
+            if entries is None:
+                return  # refused: said
+        out = [("content-type", OCI_INDEX)]
+        if route.artifact_type is not None:
+            out.append((FILTERS_APPLIED, "artifactType"))
+        next_page = _local_link(link, here, namespace)
+        if next_page is not None:
+            out.append(("link", next_page))
+        head = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX})[:-1].encode()
+        index = head + b', "manifests": ' + entries + b"}"
+        del entries
+        hold.grow(len(index))  # held, as the bodies were, until its client has read it
+        await answer(200, out, index)
 
 
 def referrer_entries(body: bytes, artifact_type: str | None) -> bytes | None:
@@ -194,7 +200,8 @@ def referrer_entries(body: bytes, artifact_type: str | None) -> bytes | None:
         return None
     if artifact_type is not None:
         manifests = [m for m in manifests if m.get("artifactType") == artifact_type]
-    return json.dumps(manifests).encode()
+    # As UTF-8, not \u escapes: escaped, a 1 MiB index came out as 3 MB (a helper's probe).
+    return json.dumps(manifests, ensure_ascii=False).encode()
 
 
 def fallback_tag(digest: str) -> str:
@@ -211,29 +218,27 @@ async def _fallback_entries(
     namespace: str | None,
     headers: Mapping[str, str],
     refuse: Refuse,
+    hold: BodyHold,
 ) -> bytes | None:
     """The manifests of the index under the fallback tag, as JSON (those of the route's
     artifact type); b"[]" when there is none; None when the registry refused (the refusal
-    has been sent)."""
+    has been sent). Its body is counted in `hold`."""
     asked = {**headers, "accept": OCI_INDEX}
     path = f"/v2/{route.name}/manifests/{fallback_tag(route.digest)}"
     base = upstreams.base_url(namespace)
-    with upstreams.hold(upstreams.list_bodies, namespace) as hold:
-        async with upstreams.open("GET", namespace, path, asked) as resp:
-            status = resp.status_code
-            if status == 200:
-                body = await upstreams.read_body(resp, INDEX_LIMIT, hold)
-            elif not 400 <= status < 500:
-                raise UpstreamError(
-                    base, f"answered {status} for the referrers tag of {route.digest}"
-                )
-            else:
-                refusal = await upstreams.refusal(resp)
+    async with upstreams.open("GET", namespace, path, asked) as resp:
+        status = resp.status_code
         if status == 200:
-            # The tag holds something else than an index: the spec says to take that for
-            # no referrers, not for an error.
-            read = partial(referrer_entries, artifact_type=route.artifact_type)
-            return await parser.parse(read, body) or b"[]"
+            body = await upstreams.read_body(resp, INDEX_LIMIT, hold)
+        elif not 400 <= status < 500:
+            raise UpstreamError(base, f"answered {status} for the referrers tag of {route.digest}")
+        else:
+            refusal = await upstreams.refusal(resp)
+    if status == 200:
+        # The tag holds something else than an index: the spec says to take that for no
+        # referrers, not for an error.
+        read = partial(referrer_entries, artifact_type=route.artifact_type)
+        return await parser.parse(read, body) or b"[]"
     if status == 404 and _error_code(refusal.body) != "NAME_UNKNOWN":
         return b"[]"  # no referrers yet: an empty index, not an error
     await refuse(refusal)

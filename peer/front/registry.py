@@ -14,8 +14,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import trio
-
 from peer.access.auth_gate import credentials_key
 from peer.access.policy import AccessPolicy, CachedElsewhere
 from peer.body_parser import ParserBusy, ParserFailed
@@ -49,7 +47,7 @@ from peer.front.routes import (
 from peer.front.store_errors import store_failure
 from peer.upstream.body_budget import BudgetSpent
 from peer.upstream.client import Upstreams
-from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import RegistriesBusy, UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
     FORWARDED_ERROR_HEADERS,
     FORWARDED_REQUEST_HEADERS,
@@ -65,7 +63,6 @@ from pieces.store import Store
 
 log = logging.getLogger("pollen.front")
 
-REFERRERS_AT_ONCE = 4  # referrers answers being read and parsed at once (memory)
 # A stored manifest the node could not read now (busy, or its worker failed): served unread.
 UNREAD = ManifestFacts("not read", None, (), False, (), 0)
 # Routes asked of the upstream with the client's headers (and a lent login, where one is).
@@ -108,7 +105,6 @@ class RegistryFront:
         self.prefetch = prefetch  # None: --no-prefetch
         self.node_auth = node_auth  # the node's logins, lent where --auth-for-clients says
         self.served = ServedCounters()
-        self._referrers_slots = trio.Semaphore(REFERRERS_AT_ONCE)
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         """Answer one request. Every failure is an error answer on this connection (or, once
@@ -159,21 +155,21 @@ class RegistryFront:
                 raise unsupported_route(route.path)
         except OciError as exc:
             await self._send_error(conn, request, exc)
+        except (BudgetSpent, ParserBusy, RegistriesBusy) as exc:  # RegistriesBusy: before
+            log.warning("too busy for %s: %s", _describe_target(request), exc)
+            error = OciError(
+                503,
+                "UNAVAILABLE",
+                f"the node is as busy with registries as it may be: {exc}; try again",
+                headers=(("retry-after", "1"),),
+            )
+            await self._send_error(conn, request, error)
         except UpstreamError as exc:
             log.warning("upstream failure for %s: %s", _describe_target(request), exc)
             await self._send_error(conn, request, upstream_unavailable(exc.upstream, exc.reason))
         except (StoreError, OSError) as exc:
             log.error("store failure for %s: %s", _describe_target(request), exc)
             await self._send_error(conn, request, store_failure(exc))
-        except (BudgetSpent, ParserBusy) as exc:
-            log.warning("too busy for %s: %s", _describe_target(request), exc)
-            error = OciError(
-                503,
-                "UNAVAILABLE",
-                f"the node is reading as many registry bodies as it may: {exc}; try again",
-                headers=(("retry-after", "1"),),
-            )
-            await self._send_error(conn, request, error)
         except ParserFailed as exc:
             log.error("parsing failed for %s: %s", _describe_target(request), exc)
             error = OciError(503, "UNAVAILABLE", f"the node could not read the manifest: {exc}")
@@ -235,13 +231,11 @@ class RegistryFront:
             await serve_tags(self.upstreams, route, namespace, headers, answer, refuse)
         else:
             _valid_digest(route.digest)
-            # A few at a time: each parses up to 1 MiB of a registry's JSON (any registry a
-            # client names), ~25 MiB of memory while it does (in the worker when large).
-            async with self._referrers_slots:
-                parser = self.reader.parser
-                await serve_referrers(
-                    self.upstreams, parser, route, namespace, headers, answer, refuse
-                )
+            # Its memory is the lists' budget's, its parse the worker's. (Four slots for all
+            # registries bounded it before: four requests at a registry that trickled held
+            # every client's referrers, a helper's probe, 2026-12-04.)
+            parser = self.reader.parser
+            await serve_referrers(self.upstreams, parser, route, namespace, headers, answer, refuse)
 
     async def _send_error(self, conn: HttpConnection, request: Request, exc: OciError) -> None:
         if conn.response_started:

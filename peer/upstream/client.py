@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
+import trio
 
 from peer.front.routes import InvalidNamespace
 from peer.upstream.body_budget import LIST_BODIES, MANIFEST_BODIES, BodyBudget, BodyHold
-from peer.upstream.errors import UpstreamError, UpstreamRefusal
+from peer.upstream.errors import RegistriesBusy, UpstreamError, UpstreamRefusal
 from peer.upstream.headers import (
     FORWARDED_ERROR_HEADERS,
     UnforwardableHeader,
@@ -34,6 +35,9 @@ DOCKER_HUB_URL = "https://registry-1.docker.io"
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an upstream's error document read and passed on
 UNHELD_BODY_LIMIT = 64 * 1024  # bodies read without a hold on a budget are no larger
+BODY_DEADLINE = 60.0  # seconds a whole small body may take (4 MiB at 1 Mbit/s: 34 s)
+MAX_CONNECTIONS = 200  # to registries, for everything but blob downloads (their own streams)
+NAMED_CONNECTIONS = MAX_CONNECTIONS // 2  # of those, open to registries clients name at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +73,11 @@ class Upstreams:
         # Bytes of registries' bodies held in memory (`peer/upstream/body_budget.py`).
         self.manifest_bodies = BodyBudget(MANIFEST_BODIES, MANIFEST_BODIES // 2)
         self.list_bodies = BodyBudget(LIST_BODIES, LIST_BODIES // 2)
+        self.named_requests = 0  # open to registries clients name (NAMED_CONNECTIONS at most)
         self._client = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50),
             cookies=_no_cookies(),
         )
 
@@ -174,11 +179,24 @@ class Upstreams:
             raise UpstreamError(base, str(exc)) from None
         except httpx.InvalidURL as exc:  # not an HTTPError: raised before anything is sent
             raise UpstreamError(base, f"not a URL we can fetch: {exc}") from None
-        response = await self._send(base, request, named_by_client)
+        if named_by_client:
+            # Half the pool for the registries clients name, whatever they do: 200 requests
+            # at one that trickled held every connection, and every registry's manifests
+            # failed (a helper's probe, 2026-12-04).
+            if self.named_requests >= NAMED_CONNECTIONS:
+                raise RegistriesBusy(
+                    base, f"{NAMED_CONNECTIONS} requests to registries clients name are open"
+                )
+            self.named_requests += 1
         try:
-            yield response
+            response = await self._send(base, request, named_by_client)
+            try:
+                yield response
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            if named_by_client:
+                self.named_requests -= 1
 
     async def _send(self, base: str, request: httpx.Request, named: bool) -> httpx.Response:
         """Send `request` and follow its redirects; the last answer, its body not read.
@@ -270,16 +288,24 @@ class Upstreams:
             hold.grow(int(declared))
         chunks: list[bytes] = []
         total = 0
-        try:
-            async for chunk in response.aiter_raw():
-                total += len(chunk)
-                if total > limit:
-                    raise UpstreamError(str(response.url.host), f"body over {limit} bytes")
-                if hold is not None and start + total > hold.size:
-                    hold.grow(start + total - hold.size)  # no size declared, or a lie
-                chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(str(response.url.host), _describe(exc)) from exc
+        # A deadline for the whole body: the stall time-out alone let a registry that sent a
+        # byte every 20 s hold its connection and its budget for as long as it liked, after
+        # its client had gone (a helper's probe, 2026-12-04).
+        with trio.move_on_after(BODY_DEADLINE) as deadline:
+            try:
+                async for chunk in response.aiter_raw():
+                    total += len(chunk)
+                    if total > limit:
+                        raise UpstreamError(str(response.url.host), f"body over {limit} bytes")
+                    if hold is not None and start + total > hold.size:
+                        hold.grow(start + total - hold.size)  # no size declared, or a lie
+                    chunks.append(chunk)
+            except httpx.HTTPError as exc:
+                raise UpstreamError(str(response.url.host), _describe(exc)) from exc
+        if deadline.cancelled_caught:
+            raise UpstreamError(
+                str(response.url.host), f"sent {total} bytes in {BODY_DEADLINE:g} s: too slow"
+            )
         return b"".join(chunks)
 
 

@@ -23,3 +23,8 @@ class UpstreamError(Exception):
         self.upstream = upstream
         self.reason = reason
         self.status = status
+
+
+class RegistriesBusy(UpstreamError):
+    """The registries clients name hold their share of the node's registry connections: this
+    one is not asked now (an upstream failure to the code that asks; 503 to a client)."""

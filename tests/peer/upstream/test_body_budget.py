@@ -4,7 +4,9 @@ trickled in (0.9-1.4 GB), and a stored 4 MiB manifest was read into memory for e
 held there while its client read it as slowly as it liked. Now registries' bodies are held
 against a budget (503 past it, the named registries' share bounded), and a manifest is answered
 from its file. Real node, registry and sockets; the node's Python memory is watched with
-tracemalloc, and the budget's accounting must come back to zero."""
+tracemalloc, and the budget's accounting must come back to zero. And what a registry that
+trickles may hold: a whole body has a deadline, and the registries clients name hold half
+the registry connections at most."""
 
 from __future__ import annotations
 
@@ -17,11 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.socket
+import trio.testing
 
+import peer.upstream.client
 from peer.config import Address, NodeConfig
 from peer.front.http_server import HttpConnection, Request, serve_connection
 from peer.node import Node
 from peer.upstream.body_budget import MANIFEST_BODIES, BodyBudget, BodyHold, BudgetSpent
+from peer.upstream.client import UpstreamConfig, Upstreams
+from peer.upstream.errors import RegistriesBusy
 from tests.peer.fake_registry import FakeRegistry
 
 MiB = 1024 * 1024
@@ -174,3 +181,86 @@ def test_the_named_registries_share_leaves_the_rest_to_the_configured_ones() -> 
     with configured:
         pass
     assert (budget.held, budget.held_for_named) == (0, 0)
+
+
+class Dribbler(Trickler):
+    """Declares a 4 MiB manifest and sends a byte every 0.1 s (a registry that holds its
+    connection, and the budget, for as long as it likes)."""
+
+    async def handle(self, conn: HttpConnection, request: Request) -> None:
+        await conn.start_response(200, [("content-length", str(BODY))])
+        for _ in range(600):  # a minute at most
+            await conn.send_data(b" ")
+            await trio.sleep(0.1)
+
+
+async def test_a_body_that_never_ends_is_given_up_with_its_budget(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a 30 s gap between bytes was timed: a registry that sent a byte every 20 s held
+    its connection and 4 MiB of the budget after its client had gone, and 16 such requests
+    had every registry's manifests answered 503 (a helper's probe). The whole body has a
+    deadline now."""
+    monkeypatch.setattr(peer.upstream.client, "BODY_DEADLINE", 1.0)
+    registry = Dribbler()
+    await nursery.start(registry.serve)
+    node = _node(tmp_path, registry.url)
+    port = await nursery.start(node.run)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with trio.fail_after(20):
+            answer = await client.get("/v2/org/app/manifests/slow")
+    assert answer.status_code == 502
+    assert "too slow" in answer.json()["errors"][0]["message"]
+    budget = node.upstreams.manifest_bodies
+    assert (budget.held, budget.held_for_named) == (0, 0)
+
+
+class Unanswered(trio.abc.HostnameResolver):
+    """Every name waits (a resolver that never answers): requests to registries clients
+    name hold their place meanwhile."""
+
+    async def getaddrinfo(  # type: ignore[override]
+        self, host: bytes | str | None, port: bytes | str | int | None, *args: object, **kw: object
+    ) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_registries_clients_name_hold_half_the_connections_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One client's 200 requests at a registry it named that trickled held every registry
+    connection of the node: every registry's manifests failed, the configured ones' too (a
+    helper's probe). The registries clients name now hold NAMED_CONNECTIONS at most."""
+    monkeypatch.setattr(peer.upstream.client, "NAMED_CONNECTIONS", 3)
+    registry = FakeRegistry()
+    registry.add_manifest("v1", b"{}")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(registry.serve)
+        upstreams = Upstreams(UpstreamConfig(mapping={"reg.test": registry.url}, default=""))
+        trio.socket.set_custom_hostname_resolver(Unanswered())
+        try:
+
+            async def named(n: int) -> None:
+                async with upstreams.open("GET", f"r{n}.example", "/v2/", {}):
+                    pass
+
+            for n in range(3):
+                nursery.start_soon(named, n)
+            await trio.testing.wait_all_tasks_blocked()
+            assert upstreams.named_requests == 3
+            with pytest.raises(RegistriesBusy, match="3 requests to registries clients name"):
+                await named(3)
+            path = "/v2/org/app/manifests/v1"
+            async with upstreams.open("GET", "reg.test", path, {}) as answer:
+                assert answer.status_code == 200  # a configured registry is asked all the same
+            nursery.cancel_scope.cancel()
+        finally:
+            trio.socket.set_custom_hostname_resolver(None)
+            await upstreams.aclose()
+    assert upstreams.named_requests == 0
