@@ -75,8 +75,7 @@ class ManifestReader:
             ParserFailed, ParserBusy: as `BodyParser.parse`.
         """
         facts = await self.facts(digest, body)
-        if store.manifest_sizes_due(digest):
-            store.learn_manifest_sizes(digest, facts.descriptors)
+        store.learn_manifest_sizes(digest, facts.descriptors)  # only where due: it checks
         return facts
 
     def _remember(self, digest: str, facts: ManifestFacts) -> None:

@@ -24,12 +24,13 @@ import trio.testing
 
 import peer.upstream.client
 from peer.config import Address, NodeConfig
-from peer.front.http_server import HttpConnection, Request, serve_connection
+from peer.front.http_server import HttpConnection, Request
 from peer.node import Node
 from peer.upstream.body_budget import MANIFEST_BODIES, BodyBudget, BodyHold, BudgetSpent
 from peer.upstream.client import UpstreamConfig, Upstreams
 from peer.upstream.errors import RegistriesBusy
 from tests.peer.fake_registry import FakeRegistry
+from tests.peer.tiny_registry import TinyRegistry
 
 MiB = 1024 * 1024
 BODY = 4 * MiB - 1024  # under the 4 MiB a manifest may be
@@ -45,19 +46,15 @@ def traced() -> Iterator[None]:
         tracemalloc.stop()
 
 
-class Trickler:
+class Trickler(TinyRegistry):
     """A registry that sends every manifest's body but its last KiB, then waits for
     `release` (and then sends the rest: a valid manifest)."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.release = trio.Event()
         self.held = 0  # answers sent but for their tail
         self._chunk = memoryview(b" " * (64 * 1024))  # shared: the registry allocates no body
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, conn: HttpConnection, request: Request) -> None:
         tag = bytes(request.target).rsplit(b"/", 1)[-1]
@@ -76,16 +73,6 @@ class Trickler:
         await self.release.wait()
         await conn.send_data(tail)
         await conn.end_response()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await serve_connection(stream, self.handle, idle_timeout=30, send_timeout=30)
-
-        task_status.started()
-        await trio.serve_listeners(handler, listeners)
 
 
 def _node(tmp_path: Path, registry_url: str) -> Node:
