@@ -163,6 +163,7 @@ class Node:
             config.cache_size,
             config.cache_policy(),
             pieces_per_blob=config.pieces_per_blob,
+            uplink=config.declared_capacity(),
         )
         self.upstreams = Upstreams(
             UpstreamConfig(

@@ -12,6 +12,8 @@ Layout under the data directory:
     private/<hex>              the registries (a base URL a line) that served this content with
                                credentials, written once it is verified: only they vouch for
                                a reader (see peer/access.py)
+    layouts/<hex>              the piece size a complete blob was cut to (its swarm's owner's:
+                               pieces/layout_records.py)
     tmp/                       temporary files, emptied at start-up
 
 Modes: the store's directories are 0700 and the files it writes 0600, whatever the umask: what
@@ -64,6 +66,7 @@ from pieces.layout import (
     PieceLayout,
     piece_size_for,
 )
+from pieces.layout_records import LayoutRecords
 from pieces.ledger import Entry, Kind, Ledger
 from pieces.modes import DIR_MODE, check_data_dir, close_dir, make_dir, write_file
 from pieces.partial import (
@@ -141,10 +144,12 @@ class Store:
         quota: int | None = None,
         policy: CachePolicy | None = None,
         pieces_per_blob: int = PIECES_PER_BLOB,
+        uplink: int = 0,
     ) -> None:
         self.root = Path(root)
         self.piece_size = piece_size  # the largest; `piece_size_for` cuts each blob
         self.pieces_per_blob = pieces_per_blob
+        self.uplink = uplink  # bytes/s this node declares (0: none): slow links, small pieces
         self.quota = quota
         self.policy = policy or CachePolicy()
         self._blobs = self.root / "blobs" / "sha256"
@@ -152,6 +157,7 @@ class Store:
         self._manifests = self.root / "manifests" / "sha256"
         self._tmp = self.root / "tmp"
         self._private = self.root / "private"
+        self._layouts_dir = self.root / "layouts"
         self._close_directories()
         # Piece hashes of complete blobs, per (hex digest, piece size): peers ask for them
         # with every Want. Read from worker threads, hence the lock.
@@ -175,6 +181,8 @@ class Store:
         self._markers_lock = threading.Lock()
         self._markers: dict[str, tuple[str, ...]] = self._load_markers()
         self._drop_unrecorded_manifests()
+        self._layouts = LayoutRecords(self._layouts_dir, self._tmp)
+        self._layouts.load(lambda hex_: (self._blobs / hex_).is_file())
         self.ledger = Ledger()
         self.rescan()
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
@@ -202,6 +210,7 @@ class Store:
             self._manifests,
             self._tmp,
             self._private,
+            self._layouts_dir,
         )
         for directory in ours:
             was = close_dir(directory)
@@ -398,8 +407,14 @@ class Store:
 
     def piece_size_for(self, size: int) -> int:
         """The piece size this node cuts a blob of `size` bytes into (the rule, with this
-        node's largest piece and least pieces per blob)."""
-        return piece_size_for(size, self.piece_size, self.pieces_per_blob)
+        node's largest piece, least pieces per blob and declared uplink)."""
+        return piece_size_for(size, self.piece_size, self.pieces_per_blob, self.uplink)
+
+    def complete_piece_size(self, digest: str, size: int) -> int:
+        """The piece size the complete blob `digest` (of `size` bytes) is served in: the one
+        it was completed in (its swarm's owner's), else this node's rule."""
+        recorded = self._layouts.piece_size(digest_hex(digest))
+        return recorded if recorded is not None else self.piece_size_for(size)
 
     def _check_size(
         self, digest: str, size: int, piece_size: int, repository: Repository | None
@@ -441,6 +456,7 @@ class Store:
             self.mark_public(blob.digest)
         for origin in blob.origins:
             self.mark_private(blob.digest, origin)
+        self._layouts.record(blob.hex, blob.layout.piece_size)
         blob.commit_sync()
 
     def release_partial(self, blob: PartialBlob) -> None:
@@ -963,6 +979,7 @@ class Store:
             (self._blobs / hex_).unlink(missing_ok=True)
             self.ledger.drop(Kind.BLOB, hex_)
             self._forget_hashes(hex_)
+            self._layouts.drop(hex_)
         self._drop_marker_if_unused(hex_)
 
     def _drop_marker_if_unused(self, hex_: str) -> None:

@@ -159,13 +159,9 @@ class Simulation:
         self.prefetch = config.prefetch
         self.stats = Stats()
         self.blobs = image_blobs(list(config.layer_sizes))
-        # Pieces sized to each blob as the node does (`--piece-size` is the largest).
-        self.layouts = {
-            b.digest: PieceLayout(
-                b.size, piece_size_for(b.size, config.piece_size, config.pieces_per_blob)
-            )
-            for b in self.blobs
-        }
+        # Pieces sized to each blob as its owner cuts them (`--piece-size` the largest, the
+        # owner's declared uplink): set once the hosts are made, below.
+        self.layouts: dict[str, PieceLayout] = {}
         # The origin is host 0; it sends only (its downlink carries requests: unshaped).
         self.network = Network(self.queue, [float(config.origin_up)], [None], config.rate_step)
         self.origin_host = 0
@@ -187,6 +183,7 @@ class Simulation:
         self._wall_start = 0.0
         self._last_progress = 0.0
         initial = [self._new_node(()) for _ in range(config.nodes)]
+        self.layouts = self._owners_layouts(initial)
         seed = (initial[0].address,)
         for node in initial[1:]:
             # Joined through the first node, as the testbed's nodes do (`--join node1`).
@@ -199,6 +196,21 @@ class Simulation:
             self.queue.at(kill.at, self._kill, kill)
         for join in config.joins:
             self.queue.at(join.at, self._join, join)
+
+    def _owners_layouts(self, nodes: list[SimNode]) -> dict[str, PieceLayout]:
+        """Each blob cut as the node that owns it at the start cuts it: its pieces follow
+        its declared uplink (pieces/layout.py). Every node that fetches the blob takes the
+        owner's layout from its PieceMeta, as a node does (a later owner goes on in it)."""
+        config = self.config
+        declared = {n.node_id: n.membership.capacity for n in nodes}
+        layouts = {}
+        for blob in self.blobs:
+            owner = owner_order(blob.digest, list(declared), declared)[0]
+            piece_size = piece_size_for(
+                blob.size, config.piece_size, config.pieces_per_blob, declared[owner]
+            )
+            layouts[blob.digest] = PieceLayout(blob.size, piece_size)
+        return layouts
 
     # ---- hosts -------------------------------------------------------------------------------
 

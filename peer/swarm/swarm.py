@@ -761,14 +761,16 @@ class Swarm:
 
     def _piece_size_of(self, digest: str, size: int | None = None) -> int:
         """The piece size `digest` is cut to here: its download's (the owner's layout, or a
-        partial resumed with its own), else the rule for its size (`size`, when the caller
-        has it already). Hashes, Bitfields and served pieces all follow this one answer."""
+        partial resumed with its own), else the one the complete blob was cut to (its
+        swarm's owner's, recorded at commit; the rule for its size where none was: `size`,
+        when the caller has it already). Hashes, Bitfields and served pieces all follow this
+        one answer."""
         state = self.digests.get(digest)
         if state is not None and state.listening is not None:
             return state.listening.layout.piece_size
         if size is None:
             size = self.store.blob_size(digest) or 0
-        return self.store.piece_size_for(size)
+        return self.store.complete_piece_size(digest, size)
 
     async def _on_bitfield(self, link: PeerLink, event: Bitfield) -> None:
         ours = self._held(event.digest)

@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pieces.layout import MIN_PIECE_SIZE, PIECES_PER_BLOB, PieceLayout, piece_size_for
+from pieces.layout import (
+    LEAST_PIECE_SIZE,
+    MAX_PIECES,
+    MIN_PIECE_SIZE,
+    PIECE_HOP,
+    PIECES_PER_BLOB,
+    PieceLayout,
+    piece_size_for,
+)
 
 
 @given(size=st.integers(0, 10**12), piece_size=st.integers(1, 2**26))
@@ -73,3 +81,37 @@ def test_a_blob_has_at_least_256_pieces_unless_pieces_are_already_smallest(
     assert piece <= largest and (piece >= MIN_PIECE_SIZE or piece == largest)
     if PieceLayout(size, piece).count < PIECES_PER_BLOB:
         assert piece // 2 < MIN_PIECE_SIZE
+
+
+def test_a_slow_uplink_cuts_smaller_pieces() -> None:
+    mib, mbit = 1024 * 1024, 1_000_000 // 8
+    # 512 KiB by the count, 0.17 s at 25 Mbit/s: halved to 256 KiB (0.084 s).
+    assert piece_size_for(128 * mib, uplink=25 * mbit) == 256 * 1024
+    assert piece_size_for(56 * mib // 3, uplink=20 * mbit) == 128 * 1024  # 256 KiB: 0.105 s
+    # Fast links keep the rule's pieces: 1 MiB is 0.084 s at 100 Mbit/s.
+    assert piece_size_for(128 * mib, uplink=100 * mbit) == 512 * 1024
+    assert piece_size_for(2048 * mib, uplink=10_000 * mbit) == 4 * mib
+    assert piece_size_for(128 * mib, uplink=0) == 512 * 1024  # not declared: the rule
+    # Never under LEAST_PIECE_SIZE, however slow; never over MAX_PIECES pieces.
+    assert piece_size_for(128 * mib, uplink=1) == LEAST_PIECE_SIZE
+    assert piece_size_for(1 << 40, uplink=1) == (1 << 40) // MAX_PIECES
+    # A node set to pieces under the least keeps them (tests): the cap only halves.
+    assert piece_size_for(mib, largest=16 * 1024, uplink=1) == 16 * 1024
+
+
+@given(
+    st.integers(0, 1 << 42),
+    st.sampled_from([1 << k for k in range(16, 25)]),
+    st.integers(0, 10**10),
+)
+def test_an_uplink_only_ever_halves_the_rules_piece_within_bounds(
+    size: int, largest: int, uplink: int
+) -> None:
+    rule = piece_size_for(size, largest)
+    piece = piece_size_for(size, largest, uplink=uplink)
+    assert piece <= rule and rule % piece == 0
+    assert piece >= min(LEAST_PIECE_SIZE, largest)
+    if size > 0:
+        assert PieceLayout(size, piece).count <= max(MAX_PIECES, PieceLayout(size, rule).count)
+    if piece < rule:  # halved: the rule's piece was slower than PIECE_HOP at this uplink
+        assert 2 * piece > uplink * PIECE_HOP

@@ -682,3 +682,69 @@ def test_private_markers_read_from_memory_agree_with_the_disk_and_survive_a_rest
     assert not marker.exists()
     assert not store.private_origins(digest)
     assert not Store(tmp_path).private_origins(digest)
+
+
+async def _committed_in(store: Store, data: bytes, piece_size: int | None) -> str:
+    """`data` stored as a download does: opened (in `piece_size`, a swarm owner's, or the
+    store's rule), written, verified, committed by the store, released."""
+    digest = digest_of(data)
+    partial = await store.open_partial(digest, len(data), piece_size, repository=None)
+    partial.write_sync(0, [data])
+    partial.verify_sync()
+    store.commit_sync(partial)
+    store.release_partial(partial)
+    return digest
+
+
+async def test_a_complete_blob_is_served_in_the_layout_it_was_completed_in(
+    tmp_path: Path,
+) -> None:
+    """A blob taken from a swarm is cut to the swarm owner's pieces, which need not be this
+    node's rule (another --piece-size, --pieces-per-blob or uplink): once complete it must
+    still be served in them, after a restart too, or its Bitfields name other pieces than the
+    swarm's. A blob this node cut itself is served by its rule."""
+    store = Store(tmp_path, 64 * 1024)
+    theirs = os.urandom(300 * 1024)
+    ours = os.urandom(300 * 1024)
+    owners = await _committed_in(store, theirs, 128 * 1024)
+    own = await _committed_in(store, ours, None)
+    assert store.piece_size_for(len(theirs)) == 64 * 1024  # the rule here: not the owner's
+    assert store.complete_piece_size(owners, len(theirs)) == 128 * 1024
+    assert store.complete_piece_size(own, len(ours)) == 64 * 1024
+    restarted = Store(tmp_path, 64 * 1024)
+    assert restarted.complete_piece_size(owners, len(theirs)) == 128 * 1024
+    assert restarted.complete_piece_size(own, len(ours)) == 64 * 1024
+    # A blob with no record (stored by an earlier version) is served by the rule.
+    (tmp_path / "layouts" / owners.split(":")[1]).unlink()
+    assert Store(tmp_path, 64 * 1024).complete_piece_size(owners, len(theirs)) == 64 * 1024
+
+
+async def test_a_layout_record_goes_with_its_blob_and_a_bad_one_is_dropped(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path, 64 * 1024)
+    data = os.urandom(200 * 1024)
+    digest = await _committed_in(store, data, 128 * 1024)
+    hex_ = digest.split(":")[1]
+    record = tmp_path / "layouts" / hex_
+    assert record.read_text() == f"{128 * 1024}\n"
+    store.flush()  # evicts the blob
+    assert not record.exists()
+    assert store.complete_piece_size(digest, len(data)) == 64 * 1024
+    # Records the node did not write as it does (or of blobs gone) go at start-up.
+    digest = await _committed_in(store, data, 128 * 1024)
+    for text in ("1\n", "banana\n", str(1 << 40), "9" * 100):
+        record.write_text(text)
+        assert Store(tmp_path, 64 * 1024).complete_piece_size(digest, len(data)) == 64 * 1024
+        assert not record.exists()
+    orphan = tmp_path / "layouts" / ("cd" * 32)
+    orphan.write_text(f"{128 * 1024}\n")
+    Store(tmp_path, 64 * 1024)
+    assert not orphan.exists()
+
+
+async def test_a_store_on_a_slow_declared_uplink_cuts_smaller_pieces(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+    slow = Store(tmp_path / "slow", 4 * mib, uplink=25_000_000 // 8)
+    assert slow.piece_size_for(128 * mib) == 256 * 1024
+    assert Store(tmp_path / "fast", 4 * mib).piece_size_for(128 * mib) == 512 * 1024

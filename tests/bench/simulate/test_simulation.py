@@ -246,7 +246,8 @@ def test_nodes_that_join_mid_rollout_cost_the_origin_nothing(seed: int) -> None:
 
 
 def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_the_end() -> None:
-    # One 64 MiB layer (256 pieces of 256 KiB) over 8 Mbit/s links: its owner's fetch takes
+    # One 64 MiB layer (1,024 pieces of 64 KiB: the rule's 256 KiB are 0.26 s at 8 Mbit/s, a
+    # slow link's pieces are smaller) over 8 Mbit/s links: its owner's fetch takes
     # about a minute, past CHUNK_WINDOW. Without credentials the chunks go on to the end;
     # with bearer tokens (which may expire) the last request is made before the window.
     # Either way the bytes leave the registry once.
@@ -269,7 +270,10 @@ def test_with_tokens_an_owner_asks_no_chunk_after_the_window_without_it_asks_to_
         requests[tokens] = result.stats.upstream_requests
     # Without: every chunk of the plan (the config blob's request, then the layer's), the
     # last ones past the window; with tokens, the last request before it.
-    layout = PieceLayout(64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size))
+    layout = PieceLayout(
+        64 * MiB, piece_size_for(64 * MiB, SimConfig().piece_size, uplink=8 * MBIT)
+    )
+    assert layout.piece_size == 64 * 1024
     plan = whole_chunks(layout.count, least_pieces(layout.piece_size), whole_flows(64 * MiB))
     assert requests[False] == 1 + len(plan)
     assert last_request[False] > CHUNK_WINDOW

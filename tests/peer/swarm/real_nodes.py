@@ -37,11 +37,21 @@ class Running:
 
 
 def make_node(
-    registry: FakeRegistry, data_dir: Path, join: tuple[Address, ...] = (), **settings: Any
+    registry: FakeRegistry,
+    data_dir: Path,
+    join: tuple[Address, ...] = (),
+    piece_size: int = PIECE,
+    **settings: Any,
 ) -> Node:
     peer = Address("127.0.0.1", free_port())
     config = node_config(
-        registry, data_dir, peer=peer, join=join, cluster_token=TOKEN, piece_size=PIECE, **settings
+        registry,
+        data_dir,
+        peer=peer,
+        join=join,
+        cluster_token=TOKEN,
+        piece_size=piece_size,
+        **settings,
     )
     return Node(config)
 
