@@ -287,11 +287,12 @@ def main() -> None:
     help="This host's upload capacity (e.g. 1gbit, 25mbit), told to the other nodes: a blob's "
     "owner sends the first copy of every piece, so hosts that declare less are chosen as "
     "owners less often (a quarter of the fastest: about a sixteenth as often). It also sizes "
-    "the pieces of the blobs this node owns: at most 0.1 s of the uplink each (25mbit: 256KiB, "
-    "20mbit: 128KiB; from 100mbit up the rule of --pieces-per-blob alone), since on slow links "
-    "small pieces spread sooner. Declare it on hosts with a slower link than the rest, and on "
-    "every host of a cluster on links of tens of Mbit/s [default: --upload-rate if set, else "
-    "not declared: counted as the fastest].",
+    "pieces: blobs are cut for the median of what the cluster's members declare, a piece at "
+    "most 0.1 s of it (25mbit: 256KiB, 20mbit: 128KiB, 100mbit: 1MiB at most, smaller than "
+    "--pieces-per-blob 32 gives large layers), since on slow links small pieces spread sooner; "
+    "a blob already stored keeps its pieces. Declare it on hosts with a slower link than the "
+    "rest, and on every host of a cluster on links of tens of Mbit/s [default: --upload-rate "
+    "if set, else not declared: counted as the fastest].",
 )
 @click.option(
     "--upload-rate",
@@ -408,13 +409,15 @@ def main() -> None:
     show_default="4MiB",
     help="The largest piece blobs are split into (and hashed by), 64KiB to 16MiB: a blob gets "
     "at least 256 pieces, halving this size down to 256KiB (a small blob spreads faster in "
-    "small pieces), and smaller still on a slow declared --uplink. Smaller pieces spread "
+    "small pieces), and smaller still where the cluster declares slow uplinks (--uplink). "
+    "Smaller pieces spread "
     "faster through many nodes and cost more CPU per byte (each piece ~1 ms): on links of "
     "tens of Mbit/s, 256KiB (or 128KiB with CPU to spare) ends a rollout 2-3% sooner, which "
     "--uplink gives; on fast links the default costs less CPU. A blob is cut by its owner and "
-    "every node takes its pieces, so nodes set otherwise still trade; but a node that takes "
-    "over a blob it never fetched cuts by its own setting, and downloads in progress then "
-    "fetch the rest from the registry: set the same value on every node.",
+    "every node takes its pieces (and keeps them for a blob it holds: a new setting cuts new "
+    "blobs), so nodes set otherwise still trade; but a node that takes over a blob nobody "
+    "holds cuts by its own setting, and downloads in progress then fetch the rest from the "
+    "registry: set the same value on every node.",
 )
 @click.option(
     "--pieces-per-blob",

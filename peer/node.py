@@ -19,6 +19,7 @@ from peer.access.policy import AccessPolicy
 from peer.body_parser import BodyParser
 from peer.cluster.gossip import GossipDriver
 from peer.cluster.membership import Membership
+from peer.cluster.rendezvous import cluster_uplink
 from peer.config import Address, NodeConfig, is_loopback_host
 from peer.fetch.coordinator import DownloadTable, FetchCoordinator, OwnerUpstream
 from peer.fetch.manifest_reader import ManifestReader
@@ -163,7 +164,8 @@ class Node:
             config.cache_size,
             config.cache_policy(),
             pieces_per_blob=config.pieces_per_blob,
-            uplink=config.declared_capacity(),
+            # Alone, its own; in a cluster the members' median, kept by the swarm.
+            uplink=cluster_uplink([config.declared_capacity()]),
         )
         self.upstreams = Upstreams(
             UpstreamConfig(
@@ -603,6 +605,8 @@ class Node:
         self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
         if self.membership is not None:  # --upload-rate may be what it declares
             self.membership.capacity = new.declared_capacity()
+        else:  # a lone node cuts for its own (in a cluster, the swarm keeps the median)
+            self.store.uplink = cluster_uplink([new.declared_capacity()])
         self.store.quota = new.cache_size
         self.store.policy = new.cache_policy()
         if _tighter(old, new):

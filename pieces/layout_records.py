@@ -16,14 +16,16 @@ is dropped at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pieces.layout import LEAST_PIECE_SIZE, MAX_PIECE_SIZE
-from pieces.modes import write_file
+from pieces.digest import is_store_key
+from pieces.layout import LEAST_PIECE_SIZE, MAX_PIECE_SIZE, MAX_PIECES
+from pieces.modes import fsync_dir, open_for_writing
 
 log = logging.getLogger("pollen.store")
 
@@ -32,8 +34,11 @@ MAX_RECORD_BYTES = 16  # a piece size in decimal, and room for a newline
 
 class LayoutRecords:
     """hex digest -> the piece size its complete blob was cut to; files under `directory`,
-    a copy in memory (asked for every piece served to a peer). Methods may run in worker
-    threads (commits do)."""
+    a copy in memory (asked for every piece served to a peer, on the event loop). Commits
+    record from worker threads: the lock guards the copy only, never a file (a create or a
+    rename may wait on the disk's journal behind a blob's fsync, and the event loop must not
+    wait with it). A digest is recorded only while its partial is open in this process and
+    dropped only while none is, so a record and a drop of one digest never overlap."""
 
     def __init__(self, directory: Path, tmp_dir: Path) -> None:
         self._dir = directory
@@ -41,15 +46,21 @@ class LayoutRecords:
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
 
-    def load(self, is_stored: Callable[[str], bool]) -> None:
-        """Read the records on disk, keeping those of blobs `is_stored` (by hex digest)."""
+    def load(self, stored_size: Callable[[str], int | None]) -> None:
+        """Read the records on disk, keeping those of the blobs `stored_size` gives a size
+        for (by hex digest) that the recorded pieces can cut."""
         sizes = {}
         for entry in os.scandir(self._dir):
+            if not is_store_key(entry.name) or not entry.is_file(follow_symlinks=False):
+                log.warning("ignoring %s: not a layout record", entry.path)
+                continue
             piece_size = _read_record(Path(entry.path))
-            if piece_size is None or not is_stored(entry.name):
-                if piece_size is None:
+            size = stored_size(entry.name)
+            if piece_size is None or size is None or size > MAX_PIECES * piece_size:
+                if piece_size is None or size is not None:
                     log.warning("dropping the layout record %s: not a piece size", entry.path)
-                Path(entry.path).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
                 continue
             sizes[entry.name] = piece_size
         with self._lock:
@@ -61,22 +72,28 @@ class LayoutRecords:
             return self._sizes.get(hex_)
 
     def record(self, hex_: str, piece_size: int) -> None:
-        """`hex_`'s blob is (about to be) complete, cut to `piece_size`. Kept in memory even
-        if the file cannot be written (it only matters again after a restart)."""
+        """`hex_`'s blob is about to be complete, cut to `piece_size`: written and synced
+        before the blob's own rename (after a power loss the blob is never there with its
+        record lost). Kept in memory even if the file cannot be written (it only matters
+        again after a restart)."""
         with self._lock:
             self._sizes[hex_] = piece_size
-            try:
-                tmp = self._tmp / f"{hex_}.layout"
-                write_file(tmp, f"{piece_size}\n".encode())
-                os.replace(tmp, self._dir / hex_)
-            except OSError as exc:
-                log.warning("cannot record the layout of %s: %s", hex_, exc)
+        try:
+            tmp = self._tmp / f"{hex_}.layout"
+            with open_for_writing(tmp) as f:
+                f.write(f"{piece_size}\n".encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._dir / hex_)
+            fsync_dir(self._dir)
+        except OSError as exc:
+            log.warning("cannot record the layout of %s: %s", hex_, exc)
 
     def drop(self, hex_: str) -> None:
         """`hex_`'s blob is gone."""
         with self._lock:
             self._sizes.pop(hex_, None)
-            (self._dir / hex_).unlink(missing_ok=True)
+        (self._dir / hex_).unlink(missing_ok=True)
 
 
 def _read_record(path: Path) -> int | None:

@@ -186,3 +186,12 @@ def write_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` (made FILE_MODE if it is missing, else truncated first)."""
     with open_for_writing(path) as f:
         f.write(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory `path` durable (a rename into it, say)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

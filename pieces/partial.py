@@ -48,7 +48,7 @@ import xxhash
 
 from pieces.digest import digest_hex, hasher_for
 from pieces.layout import MAX_PIECE_SIZE, PieceLayout
-from pieces.modes import FILE_MODE, OTHERS, open_for_writing, write_file
+from pieces.modes import FILE_MODE, OTHERS, fsync_dir, open_for_writing, write_file
 
 log = logging.getLogger("pollen.store")
 
@@ -547,7 +547,7 @@ class PartialBlob:
             self.flush_meta_sync()
         os.fsync(self._fd)
         os.replace(self.data_path, self.complete_path)
-        _fsync_dir(self.complete_path.parent)
+        fsync_dir(self.complete_path.parent)
         self.meta_path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = -1
@@ -599,14 +599,6 @@ def _open_data(path: Path, size: int) -> tuple[int, bool]:
             os.close(fd)
         raise
     return fd, started_over
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # What msgpack raises on damaged bytes: a map key that is a list or map is TypeError (unhashable).

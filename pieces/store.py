@@ -182,7 +182,7 @@ class Store:
         self._markers: dict[str, tuple[str, ...]] = self._load_markers()
         self._drop_unrecorded_manifests()
         self._layouts = LayoutRecords(self._layouts_dir, self._tmp)
-        self._layouts.load(lambda hex_: (self._blobs / hex_).is_file())
+        self._layouts.load(lambda hex_: self.blob_size(digest_of_hex(hex_)))
         self.ledger = Ledger()
         self.rescan()
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning

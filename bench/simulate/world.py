@@ -21,7 +21,7 @@ from bench.simulate.image import Blob, image_blobs, plain_layer_sizes
 from bench.simulate.network import DEFAULT_RATE_STEP, Flow, Network
 from bench.simulate.node import MembersSync, MemberWord, SimNode
 from peer.cluster.membership import Address, Message
-from peer.cluster.rendezvous import owner_order
+from peer.cluster.rendezvous import cluster_uplink, owner_order
 from peer.swarm.actions import Send
 from pieces.layout import DEFAULT_PIECE_SIZE, PIECES_PER_BLOB, PieceLayout, piece_size_for
 from wire.events import Event
@@ -160,7 +160,7 @@ class Simulation:
         self.stats = Stats()
         self.blobs = image_blobs(list(config.layer_sizes))
         # Pieces sized to each blob as its owner cuts them (`--piece-size` the largest, the
-        # owner's declared uplink): set once the hosts are made, below.
+        # cluster's declared uplink): set once the hosts are made, below.
         self.layouts: dict[str, PieceLayout] = {}
         # The origin is host 0; it sends only (its downlink carries requests: unshaped).
         self.network = Network(self.queue, [float(config.origin_up)], [None], config.rate_step)
@@ -183,7 +183,7 @@ class Simulation:
         self._wall_start = 0.0
         self._last_progress = 0.0
         initial = [self._new_node(()) for _ in range(config.nodes)]
-        self.layouts = self._owners_layouts(initial)
+        self.layouts = self._cluster_layouts(initial)
         seed = (initial[0].address,)
         for node in initial[1:]:
             # Joined through the first node, as the testbed's nodes do (`--join node1`).
@@ -197,20 +197,18 @@ class Simulation:
         for join in config.joins:
             self.queue.at(join.at, self._join, join)
 
-    def _owners_layouts(self, nodes: list[SimNode]) -> dict[str, PieceLayout]:
-        """Each blob cut as the node that owns it at the start cuts it: its pieces follow
-        its declared uplink (pieces/layout.py). Every node that fetches the blob takes the
-        owner's layout from its PieceMeta, as a node does (a later owner goes on in it)."""
+    def _cluster_layouts(self, nodes: list[SimNode]) -> dict[str, PieceLayout]:
+        """Each blob cut as its owner cuts it: for the cluster's uplink, the median of what
+        the hosts declare (pieces/layout.py, peer/cluster/rendezvous.py `cluster_uplink`).
+        Every node that fetches the blob takes the owner's layout from its PieceMeta."""
         config = self.config
-        declared = {n.node_id: n.membership.capacity for n in nodes}
-        layouts = {}
-        for blob in self.blobs:
-            owner = owner_order(blob.digest, list(declared), declared)[0]
-            piece_size = piece_size_for(
-                blob.size, config.piece_size, config.pieces_per_blob, declared[owner]
+        uplink = cluster_uplink(n.membership.capacity for n in nodes)
+        return {
+            b.digest: PieceLayout(
+                b.size, piece_size_for(b.size, config.piece_size, config.pieces_per_blob, uplink)
             )
-            layouts[blob.digest] = PieceLayout(blob.size, piece_size)
-        return layouts
+            for b in self.blobs
+        }
 
     # ---- hosts -------------------------------------------------------------------------------
 

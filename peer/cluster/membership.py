@@ -193,6 +193,10 @@ class Membership:
     def alive_ids(self) -> set[bytes]:
         return {m.node_id for m in self.alive()} | {self.node_id}
 
+    def declared_uplinks(self) -> list[int]:
+        """What each live member declares of its upload capacity, us included (0: nothing)."""
+        return [m.capacity for m in self.alive()] + [self.capacity]
+
     def capacities(self) -> dict[bytes, int]:
         """Declared upload capacity (bytes/s) of the members that declared one, us included."""
         known = {m.node_id: m.capacity for m in self.members.values() if m.capacity}

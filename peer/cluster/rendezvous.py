@@ -50,3 +50,20 @@ def owner_order(
         return (-share / math.log(h), node)
 
     return sorted(ids, key=score, reverse=True)
+
+
+def cluster_uplink(declared: Iterable[int]) -> int:
+    """The uplink a cluster's blobs are cut for (pieces/layout.py, `piece_size_for`): the
+    median of what its live members declare (the lower of the middle two; one that declares
+    nothing, or more than UNDECLARED, counts as UNDECLARED), 0 where that is UNDECLARED (as
+    fast as any: no cap). Every node that sees the same members gets the same answer, so a
+    blob is cut alike whichever of them owns it: a new owner that never fetched it cuts it as
+    the one before did, and the downloads in progress go on in its pieces (cut by each
+    owner's own uplink, they would take the rest from the registry). A few slow hosts among
+    fast ones leave the pieces as they are (their blobs' first copies are made rare by the
+    weights above)."""
+    values = sorted(min(c, UNDECLARED) if c > 0 else UNDECLARED for c in declared)
+    if not values:
+        return 0
+    middle = values[(len(values) - 1) // 2]
+    return 0 if middle >= UNDECLARED else middle

@@ -39,7 +39,7 @@ from peer.access.policy import AccessPolicy
 from peer.cluster import sync
 from peer.cluster.gossip import update_out
 from peer.cluster.membership import Membership, Status, Update
-from peer.cluster.rendezvous import owner_order
+from peer.cluster.rendezvous import cluster_uplink, owner_order
 from peer.fetch.download import Download
 from peer.log_throttle import LogThrottle
 from peer.rate_limit import RateLimiter
@@ -506,8 +506,15 @@ class Swarm:
             with trio.move_on_after(left):
                 await self.view_ready.wait()
 
+    def _cut_for_cluster(self) -> None:
+        """Blobs this node cuts (as owner, or fetching from the registry alone) are cut for
+        the cluster's uplink, as every member sees it (peer/cluster/rendezvous.py)."""
+        self.store.uplink = cluster_uplink(self.membership.declared_uplinks())
+
     async def _timers(self) -> None:
-        """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep."""
+        """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep,
+        the cluster's uplink for cutting blobs."""
+        self._cut_for_cluster()
         next_forget = trio.current_time() + FORGET_PERIOD
         while True:
             deadlines = [self.choker.next_deadline(), next_forget]
@@ -521,6 +528,7 @@ class Swarm:
                 self.owner.choked(self.digests.values(), sends)
             self.owner.tick(self.digests.values())
             self.bans.expire(now)
+            self._cut_for_cluster()
             if now >= next_forget:
                 self.forget_idle_digests()
                 next_forget = now + FORGET_PERIOD
@@ -764,10 +772,11 @@ class Swarm:
         partial resumed with its own), else the one the complete blob was cut to (its
         swarm's owner's, recorded at commit; the rule for its size where none was: `size`,
         when the caller has it already). Hashes, Bitfields and served pieces all follow this
-        one answer."""
-        state = self.digests.get(digest)
-        if state is not None and state.listening is not None:
-            return state.listening.layout.piece_size
+        one answer, as `_held` counts them: the partial open now, not the one this node last
+        announced (evicted, its digest fetched again by a client: a review's find)."""
+        partial = self.store.partial(digest)
+        if partial is not None:
+            return partial.layout.piece_size
         if size is None:
             size = self.store.blob_size(digest) or 0
         return self.store.complete_piece_size(digest, size)

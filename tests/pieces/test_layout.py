@@ -115,3 +115,5 @@ def test_an_uplink_only_ever_halves_the_rules_piece_within_bounds(
         assert PieceLayout(size, piece).count <= max(MAX_PIECES, PieceLayout(size, rule).count)
     if piece < rule:  # halved: the rule's piece was slower than PIECE_HOP at this uplink
         assert 2 * piece > uplink * PIECE_HOP
+    if uplink > 0 and piece > uplink * PIECE_HOP:  # still slow: a bound stopped the halving
+        assert piece // 2 < LEAST_PIECE_SIZE or size > MAX_PIECES * (piece // 2)

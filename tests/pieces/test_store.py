@@ -733,7 +733,7 @@ async def test_a_layout_record_goes_with_its_blob_and_a_bad_one_is_dropped(
     assert store.complete_piece_size(digest, len(data)) == 64 * 1024
     # Records the node did not write as it does (or of blobs gone) go at start-up.
     digest = await _committed_in(store, data, 128 * 1024)
-    for text in ("1\n", "banana\n", str(1 << 40), "9" * 100):
+    for text in ("", "1\n", "banana\n", str(1 << 40), "9" * 100):
         record.write_text(text)
         assert Store(tmp_path, 64 * 1024).complete_piece_size(digest, len(data)) == 64 * 1024
         assert not record.exists()
@@ -741,6 +741,12 @@ async def test_a_layout_record_goes_with_its_blob_and_a_bad_one_is_dropped(
     orphan.write_text(f"{128 * 1024}\n")
     Store(tmp_path, 64 * 1024)
     assert not orphan.exists()
+    # Whatever else is put there (by hand) is left alone, and the node starts.
+    (tmp_path / "layouts" / ("ef" * 32)).mkdir()
+    (tmp_path / "layouts" / "notes.txt").write_text("mine")
+    record.write_text(f"{128 * 1024}\n")
+    assert Store(tmp_path, 64 * 1024).complete_piece_size(digest, len(data)) == 128 * 1024
+    assert (tmp_path / "layouts" / "notes.txt").exists()
 
 
 async def test_a_store_on_a_slow_declared_uplink_cuts_smaller_pieces(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.cluster.rendezvous import UNDECLARED, owner_order
+from peer.cluster.rendezvous import UNDECLARED, cluster_uplink, owner_order
 
 ids = st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=30, unique=True)
 digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
@@ -75,3 +75,24 @@ def test_a_claimed_capacity_above_any_real_link_weighs_no_more_than_an_undeclare
     owned = sum(owner_order(d, nodes, claimed)[0] == liar for d in digests)
     assert owned == sum(owner_order(d, nodes, undeclared)[0] == liar for d in digests)
     assert owned < len(digests) // 4
+
+
+def test_the_cluster_uplink_is_the_median_of_what_members_declare() -> None:
+    mbit = 1_000_000 // 8
+    assert cluster_uplink([]) == 0
+    assert cluster_uplink([25 * mbit]) == 25 * mbit
+    assert cluster_uplink([25 * mbit] * 12 + [100 * mbit] * 4) == 25 * mbit
+    # A few slow hosts among fast ones: the fast (those that declare nothing count as any).
+    assert cluster_uplink([100 * mbit] * 12 + [25 * mbit] * 4) == 100 * mbit
+    assert cluster_uplink([0] * 12 + [25 * mbit] * 4) == 0
+    assert cluster_uplink([0, 25 * mbit]) == 25 * mbit  # the lower of the middle two
+    assert cluster_uplink([10 * UNDECLARED, 10 * UNDECLARED]) == 0  # past any real link
+
+
+@given(st.lists(st.integers(0, 2 * UNDECLARED), max_size=40))
+def test_the_cluster_uplink_does_not_hang_on_the_order_members_are_seen(
+    declared: list[int],
+) -> None:
+    uplink = cluster_uplink(declared)
+    assert uplink == cluster_uplink(list(reversed(declared)))
+    assert uplink == 0 or uplink in declared

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import trio
 
-from tests.peer.member_node import link_member, node_and_registry
+from bench.components import free_port
+from tests.peer.member_node import announce_member, link_member, node_and_registry
 from wire.events import PieceMeta, Want
+from wire.identity import NodeIdentity
 
 MIB = 1024 * 1024
 
@@ -41,3 +43,22 @@ async def test_an_owner_cuts_blobs_into_its_pieces_per_blob(
     assert (default.piece_size, len(default.hashes)) == (256 * 1024, 4)
     one = await _owner_layout(tmp_path / "one", nursery, pieces_per_blob=1)
     assert (one.piece_size, len(one.hashes)) == (MIB, 1)
+
+
+async def test_a_node_cuts_blobs_for_the_uplink_its_cluster_declares(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A node that declares a slow uplink cuts the blobs it owns into pieces of at most 0.1 s
+    of it (1 MB/s: 64 KiB, where the rule gives 256 KiB); among members that declare nothing
+    (as fast as any), it cuts for their median, the fast: as they would."""
+    slow = await _owner_layout(tmp_path / "slow", nursery, uplink=1_000_000)
+    assert (slow.piece_size, len(slow.hashes)) == (64 * 1024, 16)
+    settings = {"piece_size": MIB, "uplink": 1_000_000}
+    async with node_and_registry(tmp_path / "cluster", nursery, **settings) as setup:
+        assert setup.node.store.piece_size_for(MIB) == 64 * 1024  # alone: its own
+        for _ in range(2):
+            identity = NodeIdentity.generate()
+            await announce_member(setup, identity, free_port(avoid=[setup.peer_port]))
+        with trio.fail_after(10):  # the swarm looks again at every rechoke (2 s)
+            while setup.node.store.piece_size_for(MIB) != 256 * 1024:
+                await trio.sleep(0.05)
