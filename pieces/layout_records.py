@@ -1,7 +1,8 @@
 """The piece size each complete blob was cut to, kept beside it (`layouts/<hex>`).
 
 A blob's pieces are cut by its swarm's owner (its PieceMeta), and the owner cuts by its own
-settings (`--piece-size`, `--pieces-per-blob`, and its declared uplink: pieces/layout.py).
+settings (`--piece-size`, `--pieces-per-blob`) and the uplink its cluster declares
+(pieces/layout.py), which another node, or the same one later, may see otherwise.
 Every node that took the blob from that swarm holds it in the owner's layout, and must go on
 serving it in that layout once it is complete: its Bitfields and the pieces it sends name
 indices of that layout, and a node that fell back to its own rule there spoke of other pieces
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pieces.digest import is_store_key
-from pieces.layout import LEAST_PIECE_SIZE, MAX_PIECE_SIZE, MAX_PIECES
+from pieces.layout import LEAST_PIECE_SIZE, MAX_PIECE_SIZE, MAX_PIECES, PieceLayout
 from pieces.modes import fsync_dir, open_for_writing
 
 log = logging.getLogger("pollen.store")
@@ -56,7 +57,11 @@ class LayoutRecords:
                 continue
             piece_size = _read_record(Path(entry.path))
             size = stored_size(entry.name)
-            if piece_size is None or size is None or size > MAX_PIECES * piece_size:
+            if (
+                piece_size is None
+                or size is None
+                or PieceLayout(size, piece_size).count > MAX_PIECES
+            ):
                 if piece_size is None or size is not None:
                     log.warning("dropping the layout record %s: not a piece size", entry.path)
                 with contextlib.suppress(OSError):

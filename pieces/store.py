@@ -149,7 +149,9 @@ class Store:
         self.root = Path(root)
         self.piece_size = piece_size  # the largest; `piece_size_for` cuts each blob
         self.pieces_per_blob = pieces_per_blob
-        self.uplink = uplink  # bytes/s this node declares (0: none): slow links, small pieces
+        # bytes/s blobs are cut for (0: not declared): the cluster's (peer/cluster/rendezvous.py
+        # `cluster_uplink`), kept by the swarm; on slow links, smaller pieces.
+        self.uplink = uplink
         self.quota = quota
         self.policy = policy or CachePolicy()
         self._blobs = self.root / "blobs" / "sha256"
@@ -181,10 +183,10 @@ class Store:
         self._markers_lock = threading.Lock()
         self._markers: dict[str, tuple[str, ...]] = self._load_markers()
         self._drop_unrecorded_manifests()
-        self._layouts = LayoutRecords(self._layouts_dir, self._tmp)
-        self._layouts.load(lambda hex_: self.blob_size(digest_of_hex(hex_)))
         self.ledger = Ledger()
         self.rescan()
+        self._layouts = LayoutRecords(self._layouts_dir, self._tmp)
+        self._layouts.load(self._walked_blob_size)
         self._warned_at = -WARN_EVERY  # the last over-quota or over-watermark warning
         # Evictions since start-up, per reason: (count, bytes).
         self.evictions: dict[str, tuple[int, int]] = {}
@@ -409,6 +411,11 @@ class Store:
         """The piece size this node cuts a blob of `size` bytes into (the rule, with this
         node's largest piece, least pieces per blob and declared uplink)."""
         return piece_size_for(size, self.piece_size, self.pieces_per_blob, self.uplink)
+
+    def _walked_blob_size(self, hex_: str) -> int | None:
+        """The size of a complete blob as the start-up walk found it (None: not there)."""
+        entry = self.ledger.get(Kind.BLOB, hex_)
+        return entry.size if entry is not None else None
 
     def complete_piece_size(self, digest: str, size: int) -> int:
         """The piece size the complete blob `digest` (of `size` bytes) is served in: the one
