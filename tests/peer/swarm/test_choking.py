@@ -94,12 +94,12 @@ def test_rechoke_deadline_and_lost_peers() -> None:
     choker = Choker(random.Random(4), 5.0)
     assert choker.next_deadline() == 5.0 + RECHOKE_PERIOD
     for peer in PEERS[:MORE]:
-        choker.request(peer, 14.0)
+        choker.request(peer, 15.0 - RECHOKE_PERIOD)  # asked within the last two periods
     choker.rechoke(15.0)
     assert choker.next_deadline() == 15.0 + RECHOKE_PERIOD
     gone = next(iter(choker.choked))
     choker.lost(gone)
-    assert gone not in choker.choked and choker.request(gone, 16.0)
+    assert gone not in choker.choked and choker.request(gone, 15.0 + RECHOKE_PERIOD)
 
 
 def test_bans_run_out() -> None:

@@ -59,6 +59,6 @@ async def test_a_node_cuts_blobs_for_the_uplink_its_cluster_declares(
         for _ in range(2):
             identity = NodeIdentity.generate()
             await announce_member(setup, identity, free_port(avoid=[setup.peer_port]))
-        with trio.fail_after(10):  # the swarm looks again at every rechoke (2 s)
+        with trio.fail_after(10):  # the swarm looks again at every rechoke
             while setup.node.store.piece_size_for(MIB) != 256 * 1024:
                 await trio.sleep(0.05)
