@@ -651,7 +651,7 @@ class SimNode:
         if not self.alive:
             return
         queue = self.world.queue
-        sends = self.choker.rechoke(queue.now)
+        sends = self.choker.rechoke(queue.now, self._owners_fetched_from())
         choked = [s.peer for s in sends if isinstance(s.event, Choke)]
         self.world.stats.chokes += len(choked)
         self.send_many(sends)
@@ -661,6 +661,11 @@ class SimNode:
                     is_choke = isinstance(send.event, Choke)
                     self._seeded(state, state.seeder.choked(send.peer, is_choke, queue.now))
         queue.at(self.choker.next_deadline(), self._rechoke)
+
+    def _owners_fetched_from(self) -> set[bytes]:
+        """As the node (peer/swarm/swarm.py): the owners this node's fetches take pieces from."""
+        owners = (s.fetch.fetching_from for s in self.blobs.values() if s.fetch is not None)
+        return {owner for owner in owners if owner is not None}
 
     # ---- blobs -------------------------------------------------------------------------------
 

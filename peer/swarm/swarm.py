@@ -523,7 +523,7 @@ class Swarm:
             await trio.sleep_until(min(deadlines))
             now = trio.current_time()
             if now >= self.choker.next_deadline():
-                sends = self.choker.rechoke(now)
+                sends = self.choker.rechoke(now, self._owners_fetched_from())
                 self._post_all(sends)
                 self.owner.choked(self.digests.values(), sends)
             self.owner.tick(self.digests.values())
@@ -532,6 +532,11 @@ class Swarm:
             if now >= next_forget:
                 self.forget_idle_digests()
                 next_forget = now + FORGET_PERIOD
+
+    def _owners_fetched_from(self) -> set[bytes]:
+        """The owners whose swarms this node's fetches take pieces from (the choker's first)."""
+        owners = (s.fetch.fetching_from for s in self.digests.values() if s.fetch is not None)
+        return {owner for owner in owners if owner is not None}
 
     # ---- how many transfers come in (inflow.py) ----------------------------------------------
 

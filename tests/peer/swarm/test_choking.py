@@ -51,6 +51,33 @@ def test_slots_rotate_to_the_peers_served_least() -> None:
     assert {s.peer for s in sends if isinstance(s.event, Choke)} >= first - {choker.optimistic}
 
 
+def test_the_owners_we_fetch_from_stay_unchoked_however_much_they_are_served() -> None:
+    """An owner takes its other blobs from a few peers, so each of them serves it the most:
+    ranked by service alone it is choked at every rechoke, and finishes last (simulator)."""
+    peers = PEERS[:MORE]
+    owners = set(peers[-2:])  # the most served
+    for favoured in (frozenset(), frozenset(owners)):
+        choker = Choker(random.Random(5), 0.0)
+        for _ in range(4):  # several periods: never choked while favoured
+            now = choker.next_deadline()
+            for rank, peer in enumerate(peers):
+                choker.request(peer, now)
+                choker.served(peer, 1000 * rank)
+            choker.rechoke(now, favoured=favoured)
+            kept = set(peers) - choker.choked
+            assert len(kept) == UNCHOKED
+            if favoured:
+                assert owners <= kept
+            else:
+                assert owners & choker.choked
+    # At most UNCHOKED - 1 favoured peers take slots: one stays for the optimistic pick.
+    choker = Choker(random.Random(6), 0.0)
+    for peer in PEERS[: 2 * UNCHOKED]:
+        choker.request(peer, 0.0)
+    choker.rechoke(0.0, favoured=frozenset(PEERS[: 2 * UNCHOKED]))
+    assert len(set(PEERS[: 2 * UNCHOKED]) - choker.choked) == UNCHOKED
+
+
 def test_a_choked_peer_that_stops_asking_still_gets_unchoked() -> None:
     """A choked peer does not ask (it would be refused); it must not stay choked for that."""
     choker = Choker(random.Random(2), 0.0)
