@@ -24,8 +24,8 @@ UNCHOKED - 1 of them at most): an owner fetches its blob from the registry and t
 from at most PEERS_WHILE_OWNING peers (peer/swarm/fetch.py), so each of those serves it the
 most, and ranked by service alone it was choked at every rechoke while its downlink, carrying
 the registry's flow beside, has no time to spare. Simulator, 300 hosts, 512 MiB at 100 Mbit/s,
-seed 0: the three owners last, 6 s after the other 297, at 1.253 x T_min; kept unchoked,
-1.113 (docs/issue10/s45/).
+seed 0: the three owners last, 6 s after the other 297, at 1.253 x T_min; with this rule
+1.121 (1.113 with the owners that had a registry flow kept, a probe; docs/issue10/s45/).
 Peers that asked recently and are not kept are choked: their requests are answered with a Reject
 until they are unchoked.
 
