@@ -9,16 +9,16 @@ optimistic pick that rotates every OPTIMISTIC_PERIOD. Nobody is starved for bein
 having nothing to give yet, and a short period rotates the slots among many askers. (In the
 simulator, 100 hosts: tit-for-tat every 10 s, last host 2.2-3.3 x T_min; least-served every 10 s,
 2.2 x; every 2 s, 1.4-1.5 x. README, "What each technique gained".)
-Half a second since the forty-fifth session: until the first rechoke every peer that asks is
-unchoked, so the few early holders (the owners first) queue the requests of most of the
-cluster while the nodes that took their first pieces wait to be asked; each rechoke turns the
-askers past UNCHOKED away (a Reject), and they ask those other holders. In the simulator, 100
-hosts at 100 Mbit/s: half the uplinks idle for the first 2 s at 2 s, the hosts 1.7-1.9 s behind
-the registry from then on; at 0.5 s, 1.4 s; last host 1.124, 1.130, 1.114, 1.112, 1.115,
-1.121, 1.117, 1.113 x T_min (seeds 0-7) against 1.145, 1.136, 1.152, 1.136, 1.148, 1.145,
-1.148, 1.155; 1 s: 1.125, 1.131, 1.124, 1.129 (0, 1, 2, 7); 0.25 s: 1.149 on average of those
-four (a peer's service is forgotten too soon). 8 and 16 hosts, uneven links, small images and
-one blob at a time: the same (docs/issue10/s45/).
+Half a second from the forty-fifth session to the forty-seventh (below): until the first rechoke
+every peer that asks is unchoked, so the few early holders (the owners first) queue the requests
+of most of the cluster while the nodes that took their first pieces wait to be asked; each
+rechoke turns the askers past UNCHOKED away (a Reject), and they ask those other holders. In the
+simulator, 100 hosts at 100 Mbit/s: half the uplinks idle for the first 2 s at 2 s, the hosts
+1.7-1.9 s behind the registry from then on; at 0.5 s, 1.4 s; last host 1.124, 1.130, 1.114,
+1.112, 1.115, 1.121, 1.117, 1.113 x T_min (seeds 0-7) against 1.145, 1.136, 1.152, 1.136, 1.148,
+1.145, 1.148, 1.155; 1 s: 1.125, 1.131, 1.124, 1.129 (0, 1, 2, 7); 0.25 s: 1.149 on average of
+those four (a peer's service is forgotten too soon). 8 and 16 hosts, uneven links, small images
+and one blob at a time: the same (docs/issue10/s45/).
 One second since the forty-seventh session, with the owner rule below: 0.5 s won at 100 hosts
 and lost at 1,000, 2 s the reverse (simulator, the owner rule on; docs/issue10/s47/): 100 hosts,
 224 MiB, seeds 0-7, mean 1.119 at 0.5 s, 1.131 at 1 s (all <= 1.143), 1.151 at 2 s; 1,000 hosts,
