@@ -1,4 +1,4 @@
-"""Serving other nodes' Requests: the choker's gate, the access check, an upload slot, sendfile.
+"""Serving other nodes' Requests: the access check, the choker's gate, an upload slot, sendfile.
 
 A request waits for its turn (`upload_lanes.py`: a slot per link, one piece at a time on a
 link, the owner's first copies first) and the upload rate cap; a request the peer cancelled
@@ -110,16 +110,18 @@ class Uploads:
 
     async def serve(self, link: PeerLink, request: Request) -> None:
         digest, index = request.digest, request.index
-        if not self._choker.request(link.peer_id, trio.current_time()):
-            await _reject(link, Reject(digest, index, "choked"))
-            return
         if not await self._grants.may_have_pieces(link.peer_id, digest) or not self._holds(
             digest, index
         ):
             # One answer, at once, for a piece not here and for a private blob's piece the
             # peer has shown no credentials for: "denied" told any member which private
-            # blobs this node's clients pulled.
+            # blobs this node's clients pulled. Before the choker: such a request must not
+            # count as asking, or peers that can never be served would hold the unchoked
+            # places (never served, they rank first at every rechoke).
             await _reject(link, Reject(digest, index, MISSING))
+            return
+        if not self._choker.request(link.peer_id, trio.current_time()):
+            await _reject(link, Reject(digest, index, "choked"))
             return
         async with self._turn(link.peer_id, digest, index) as turn:
             if link.closed:

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from peer.rate_limit import RateLimiter
-from peer.swarm.choker import Choker
+from peer.swarm.choker import UNCHOKED, Choker
 from peer.swarm.upload_lanes import TURN_PIECES, UploadLanes
 from peer.swarm.uploads import Uploads
 from wire.events import Event, FileRange, Piece, Reject, Request
@@ -82,9 +82,11 @@ def _uploads(
     counters: Counters | None = None,
     stored_at: dict[int, float] | None = None,
     sent: list[tuple[bytes, str, int]] | None = None,
+    held: bool = True,
 ) -> Uploads:
     """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded;
-    `sent`: where the pieces that went out whole are noted."""
+    `sent`: where the pieces that went out whole are noted; `held`: is every piece here (or
+    none)?"""
     noted = sent if sent is not None else []
     return Uploads(
         Store(tmp_path / "blob"),  # type: ignore[arg-type]
@@ -95,7 +97,7 @@ def _uploads(
         lambda _digest: 1000,
         lambda digest: digest == urgent,
         lambda _digest, index: (stored_at or {}).get(index),
-        lambda _digest, _index: True,  # every piece is here
+        lambda _digest, _index: held,
         lambda peer, digest, index: noted.append((peer, digest, index)),
         slots=1,
     )
@@ -139,6 +141,24 @@ async def test_a_piece_that_went_out_whole_is_told_and_a_refused_one_is_not(
         first.release.set()
     assert sent == [(first.peer_id, DIGEST, 3)]
     assert second.sent == [Reject(DIGEST, 4, "choked")]
+
+
+async def test_a_request_for_a_piece_not_here_takes_no_unchoked_place(tmp_path: Path) -> None:
+    """The choker was asked before the holdings and access checks: a peer asking for pieces
+    this node lacks (or for a private blob it has no credentials for) counted as asking,
+    and, never served, ranked first at every rechoke; a few members could hold the unchoked
+    places so, and the peers that can be served waited choked."""
+    choker = Choker(random.Random(1), 0.0)
+    now = trio.current_time()
+    for i in range(UNCHOKED):
+        choker.request(bytes([i]) * 16, now)
+        choker.served(bytes([i]) * 16, 1000)
+    uploads = _uploads(tmp_path, choker=choker, held=False)
+    asker = Link(b"X" * 16)
+    await uploads.serve(asker, Request(DIGEST, 0))  # type: ignore[arg-type]
+    assert asker.sent == [Reject(DIGEST, 0, "missing")]
+    choker.rechoke(trio.current_time())
+    assert not choker.choked  # the 16 that can be served keep the 16 places
 
 
 async def test_an_unchoked_waiting_request_is_served(tmp_path: Path) -> None:
