@@ -2,12 +2,13 @@
 `UploadLanes` deciding whose turn it is: UPLOAD_SLOTS links served at once, one piece at a
 time per link, the owner's first copies first.
 
-A Request from a choked peer is answered with a Reject at once (and so is one whose peer was
-choked while it waited for its turn). A request whose turn comes is queued on its link, which
-the network sends (a flow); when it has been sent, the lanes give the next turn. A Cancel
-that arrives before the piece starts turns it into a Reject("cancelled"); one that arrives
-later is too late. A push (the owner's first copy to a peer that invited it) takes turns the
-same way; nobody asked for it, so one that cannot go is dropped without a Reject.
+A Request for a piece not here, then one from a choked peer, is answered with a Reject at
+once (and so is one whose peer was choked while it waited for its turn). A request whose turn
+comes is queued on its link, which the network sends (a flow); when it has been sent, the
+lanes give the next turn. A Cancel that arrives before the piece starts turns it into a
+Reject("cancelled"); one that arrives later is too late. A push (the owner's first copy to a
+peer that invited it) takes turns the same way; nobody asked for it, so one that cannot go is
+dropped without a Reject.
 """
 
 from __future__ import annotations
@@ -89,14 +90,20 @@ class Uploader:
 
     def request(self, peer: bytes, digest: str, index: int) -> None:
         node = self.node
+        state = node.blobs.get(digest)
+        if state is None or index not in state.have:
+            # As the node: refused before the choker hears of it (a request that cannot be
+            # served must not count as asking).
+            node.world.stats.rejects_missing += 1
+            node.send(peer, Reject(digest, index, "missing"))
+            return
         if not node.choker.request(peer, node.world.queue.now):
             node.world.stats.rejects_choked += 1
             node.send(peer, Reject(digest, index, "choked"))
             return
         request = UploadRequest(peer, digest, index)
         self.open.setdefault(peer, {})[(digest, index)] = request
-        state = node.blobs.get(digest)
-        urgent = state is not None and first_copies_pending(state.seeder)
+        urgent = first_copies_pending(state.seeder)
         stored = node.recent_pieces.stored_at(digest, index)
         self._turns(self.lanes.add(peer, request, urgent, stored))
 
