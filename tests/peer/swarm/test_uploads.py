@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -70,9 +71,15 @@ class Store:
         return os.open(self.path, os.O_RDONLY), 0, 1000
 
 
+@dataclass
 class Grants:
+    """Access to pieces: `granted` False is a private blob the asker showed no credentials
+    for."""
+
+    granted: bool = True
+
     async def may_have_pieces(self, peer: bytes, digest: str) -> bool:
-        return True
+        return self.granted
 
 
 def _uploads(
@@ -83,15 +90,16 @@ def _uploads(
     stored_at: dict[int, float] | None = None,
     sent: list[tuple[bytes, str, int]] | None = None,
     held: bool = True,
+    granted: bool = True,
 ) -> Uploads:
     """Uploads with one slot, over a 1000-byte piece file; `urgent`: a blob being seeded;
     `sent`: where the pieces that went out whole are noted; `held`: is every piece here (or
-    none)?"""
+    none)? `granted`: may the asker have the blob's pieces?"""
     noted = sent if sent is not None else []
     return Uploads(
         Store(tmp_path / "blob"),  # type: ignore[arg-type]
         choker or Choker(random.Random(1), 0.0),
-        Grants(),  # type: ignore[arg-type]
+        Grants(granted),  # type: ignore[arg-type]
         counters or Counters(),
         RateLimiter(None),
         lambda _digest: 1000,
@@ -143,17 +151,23 @@ async def test_a_piece_that_went_out_whole_is_told_and_a_refused_one_is_not(
     assert second.sent == [Reject(DIGEST, 4, "choked")]
 
 
-async def test_a_request_for_a_piece_not_here_takes_no_unchoked_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("held", "granted"), [(False, True), (True, False)], ids=["not-held", "private-no-credentials"]
+)
+async def test_a_request_that_cannot_be_served_takes_no_unchoked_place(
+    tmp_path: Path, held: bool, granted: bool
+) -> None:
     """The choker was asked before the holdings and access checks: a peer asking for pieces
-    this node lacks (or for a private blob it has no credentials for) counted as asking,
-    and, never served, ranked first at every rechoke; a few members could hold the unchoked
-    places so, and the peers that can be served waited choked."""
+    this node lacks, or for a private blob's pieces it showed no credentials for, counted as
+    asking and, never served, ranked first at every rechoke; a few members could hold the
+    unchoked places so, and the peers that can be served waited choked. Both get the same
+    answer ("missing"), so a member learns nothing of which private blobs are here."""
     choker = Choker(random.Random(1), 0.0)
     now = trio.current_time()
     for i in range(UNCHOKED):
         choker.request(bytes([i]) * 16, now)
         choker.served(bytes([i]) * 16, 1000)
-    uploads = _uploads(tmp_path, choker=choker, held=False)
+    uploads = _uploads(tmp_path, choker=choker, held=held, granted=granted)
     asker = Link(b"X" * 16)
     await uploads.serve(asker, Request(DIGEST, 0))  # type: ignore[arg-type]
     assert asker.sent == [Reject(DIGEST, 0, "missing")]
