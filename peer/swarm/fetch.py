@@ -22,6 +22,7 @@ from peer.access.policy import CACHED_ELSEWHERE_HEADER
 from peer.fetch.download import Download
 from peer.swarm.actions import Send
 from peer.swarm.bits import bits_of
+from peer.swarm.blame import Suspect
 from peer.swarm.errors import OwnedHere, OwnerUnavailable
 from peer.swarm.held_probe import (
     HELD_ASK_TIMEOUT,
@@ -174,6 +175,12 @@ class SwarmFetch:
     access_sent: dict[bytes, float] = field(default_factory=dict)
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
+    # Who had a hand in the stored pieces, for the verdict once the blob's sha256 has spoken
+    # (blame.py): the members that sent them, the owners whose hashes they passed, and the
+    # peers whose piece failed a hash (left out of this fetch meanwhile).
+    senders: set[bytes] = field(default_factory=set)
+    hash_givers: set[bytes] = field(default_factory=set)
+    suspects: dict[bytes, Suspect] = field(default_factory=dict)
     _meta: PieceMeta | Refused | None = None
     _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
     _hash_change_told: bool = False  # an owner's changed hash was logged (once per fetch)
@@ -464,7 +471,7 @@ class SwarmFetch:
         self._add_peer(owner)
 
     def _add_peer(self, peer_id: bytes) -> None:
-        if self.picker is not None:
+        if self.picker is not None and peer_id not in self.suspects:
             self.picker.add_peer(peer_id)
 
     # ---- exchanging pieces ---------------------------------------------------------------
@@ -772,6 +779,14 @@ class SwarmFetch:
 
     async def on_event(self, link: PeerLink, event: Event) -> None:
         picker = self.picker
+        if link.peer_id in self.suspects and not isinstance(event, PieceMeta | Refused):
+            # Left out of this fetch (its piece failed a hash): what it offers or sends for
+            # this blob is not taken until the verdict.
+            if isinstance(event, Piece):
+                self.swarm.counters.wasted_bytes += len(event.data)
+                if isinstance(event.data, bytearray):
+                    link.protocol.recycle(event.data)
+            return
         if isinstance(event, PieceMeta | Refused):
             # From the owner only (it is set before the Want goes out): another member's
             # hashes or origins would let it poison pieces or strip a blob's privacy.
@@ -812,6 +827,8 @@ class SwarmFetch:
 
     def on_bitfield(self, peer_id: bytes, indices: set[int]) -> None:
         """A peer's Bitfield, decoded (`indices_of`)."""
+        if peer_id in self.suspects:
+            return
         if self.picker is None:
             self._keep_early(peer_id, indices, replace=True)
             return
@@ -972,19 +989,24 @@ class SwarmFetch:
             swarm.counters.wasted_bytes += len(data)
             return
         expected = self.hashes.get(piece.index)
+        if expected is None:
+            # Its hash went with the owner that gave it (a new owner's answer is awaited):
+            # nothing to check it against, and nobody's fault.
+            picker.store_failed(piece.index)
+            swarm.counters.wasted_bytes += len(data)
+            return
         completed: list[int] | None = None
         try:
-            if expected is not None:
-                swarm.store.ensure_room(partial, len(data))
-                async with partial.write_lock:
-                    # Checked and written in one call: the piece is hashed once. A small piece
-                    # here on the event loop, a large one in a worker thread (see INLINE_WRITE).
-                    if len(data) <= INLINE_WRITE:
-                        completed = partial.write_piece_sync(piece.index, data, expected)
-                    else:
-                        completed = await trio.to_thread.run_sync(
-                            partial.write_piece_sync, piece.index, data, expected
-                        )
+            swarm.store.ensure_room(partial, len(data))
+            async with partial.write_lock:
+                # Checked and written in one call: the piece is hashed once. A small piece
+                # here on the event loop, a large one in a worker thread (see INLINE_WRITE).
+                if len(data) <= INLINE_WRITE:
+                    completed = partial.write_piece_sync(piece.index, data, expected)
+                else:
+                    completed = await trio.to_thread.run_sync(
+                        partial.write_piece_sync, piece.index, data, expected
+                    )
         except StoreError as exc:
             # The disk, not the peer: the fetch fails (its clients get 507 or 500), the link
             # stays. Raised from the exchange loop, which the read loop must not be.
@@ -995,9 +1017,19 @@ class SwarmFetch:
         if completed is None:
             picker.bad_piece(link.peer_id, piece.index)
             swarm.counters.bad_pieces += 1
-            await swarm.ban(link.peer_id, f"piece {piece.index} of {self.digest} failed its hash")
             self._lost(link.peer_id)
+            if link.peer_id == self.owner:
+                # Its own bytes failed its own hash: nobody else to blame.
+                await swarm.ban(
+                    link.peer_id, f"piece {piece.index} of {self.digest} failed its own hash"
+                )
+            elif self.owner is not None:
+                # The sender or the owner lied: which, the verified blob will tell (blame.py).
+                self.suspects[link.peer_id] = Suspect(piece.index, expected, self.owner)
             return
+        self.senders.add(link.peer_id)
+        if self.owner is not None:
+            self.hash_givers.add(self.owner)
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
         await swarm.download_limit.consume(len(data))

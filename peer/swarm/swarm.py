@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ from peer.swarm import congestion
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
+from peer.swarm.blame import judge_suspect, sole_author
 from peer.swarm.choker import Choker
 from peer.swarm.digest_state import DigestState
+from peer.swarm.errors import OwnerUnavailable
 from peer.swarm.fetch import SwarmFetch
 from peer.swarm.grants import Grants
 from peer.swarm.inflow import RECEIVING_GAP, InflowReports
@@ -60,7 +63,7 @@ from peer.swarm.seeding import first_copies_pending
 from peer.swarm.uploads import Uploads
 from peer.swarm.warming import Warming
 from pieces.layout import PieceLayout
-from pieces.partial import PartialBlob
+from pieces.partial import DigestMismatch, PartialBlob, piece_hash
 from pieces.store import Store
 from wire.events import (
     Access,
@@ -927,9 +930,12 @@ class Swarm:
         """Fill `download` from the swarm.
 
         Raises:
-            OwnerUnavailable: this node is (now) the owner, or no owner can be reached: the
+            OwnerUnavailable: this node is (now) the owner, or no owner can be reached, or
+                the swarm's last copy of the blob failed its sha256 with nobody to blame: the
                 caller continues from the upstream with whatever the swarm delivered.
         """
+        if self.bans.is_distrusted(download.digest, trio.current_time()):
+            raise OwnerUnavailable("the swarm's last copy of it failed its sha256")
         await self._run_fetch(
             SwarmFetch(self, self.state(download.digest), download, dict(headers))
         )
@@ -942,6 +948,8 @@ class Swarm:
             OwnerUnavailable: no node does (or it went away): the caller continues from the
                 upstream with whatever arrived.
         """
+        if self.bans.is_distrusted(download.digest, trio.current_time()):
+            raise OwnerUnavailable("the swarm's last copy of it failed its sha256")
         state = self.state(download.digest)
         await self._run_fetch(SwarmFetch(self, state, download, dict(headers), from_holders=True))
 
@@ -953,6 +961,57 @@ class Swarm:
         finally:
             state.fetch = None
             self._forget_if_idle(fetch.digest)
+            if fetch.senders or fetch.suspects:
+                self._judge_later(fetch)
+
+    def _judge_later(self, fetch: SwarmFetch) -> None:
+        """Blame who lied about `fetch`'s blob once its download ends (the upstream may
+        finish it): blame.py."""
+        if self._nursery is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the node is stopping: no new task
+            self._nursery.start_soon(self._judge, fetch)
+
+    async def _judge(self, fetch: SwarmFetch) -> None:
+        download = fetch.download
+        await download.done.wait()
+        partial, digest = download.partial, download.digest
+        if isinstance(download.error, DigestMismatch):
+            liar = sole_author(fetch.senders, fetch.hash_givers)
+            if liar is None:
+                self.bans.distrust(digest, trio.current_time())
+                log.warning(
+                    "%s from %d members failed its sha256: the next downloads of it come "
+                    "from the upstream for %.0fs",
+                    digest,
+                    len(fetch.senders | fetch.hash_givers),
+                    self.bans.ban_seconds,
+                )
+            elif liar != self.node_id:
+                await self.ban(liar, f"{digest}: all its pieces from it, and it failed its sha256")
+            return
+        if download.error is not None or partial is None or not partial.verified:
+            return
+        for peer, suspect in fetch.suspects.items():
+            true_hash = await trio.to_thread.run_sync(
+                self._true_piece_hash, digest, suspect.index, partial.layout.piece_size
+            )
+            if true_hash is None:
+                continue  # evicted meanwhile: no witness
+            liar, why = judge_suspect(peer, suspect, true_hash)
+            if liar != self.node_id and not self.is_banned(liar):
+                await self.ban(liar, f"{digest}: {why}")
+
+    def _true_piece_hash(self, digest: str, index: int, piece_size: int) -> bytes | None:
+        """The hash of piece `index` of the verified blob `digest` as stored (None: gone)."""
+        source = self.store.open_piece_sync(digest, index, piece_size)
+        if source is None:
+            return None
+        fd, offset, length = source
+        try:
+            return piece_hash(os.pread(fd, length, offset))
+        finally:
+            os.close(fd)
 
     def _forget_if_idle(self, digest: str) -> None:
         """Drop what this node keeps about `digest` once it neither holds nor fetches it:

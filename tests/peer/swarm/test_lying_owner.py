@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,13 @@ from peer.swarm.bits import bits_of
 from peer.swarm.link import LinkClosed, PeerLink
 from pieces.partial import piece_hash
 from tests.peer.fake_registry import digest_of
-from tests.peer.member_node import announce_member, node_and_registry, open_link, serve_member
+from tests.peer.member_node import (
+    Setup,
+    announce_member,
+    node_and_registry,
+    open_link,
+    serve_member,
+)
 from wire.events import Bitfield, Event, Peers, PeersRequest, Piece, PieceMeta, Request, Want
 from wire.identity import NodeIdentity
 
@@ -53,20 +60,9 @@ async def test_an_owners_hash_change_does_not_get_an_honest_peer_banned(
         await serve_member(nursery, liar, liar_port, liar_on_event)
         await announce_member(setup, liar, liar_port)
 
-        async def pull() -> None:
-            with contextlib.suppress(Exception):  # the client closes at the end of the test
-                await setup.client.get(f"/v2/org/app/blobs/{digest}", timeout=60)
-
-        nursery.start_soon(pull)
+        await _pull_until_fetching(setup, nursery, digest)
         swarm = node.swarm
         assert swarm is not None
-        with trio.fail_after(20):
-            while not (
-                (state := swarm.digests.get(digest)) is not None
-                and state.fetch is not None
-                and state.fetch.picker is not None
-            ):
-                await trio.sleep(0.02)
 
         # An honest member that holds the whole blob (its true bytes) offers it.
         honest = NodeIdentity.generate()
@@ -99,3 +95,173 @@ async def test_an_owners_hash_change_does_not_get_an_honest_peer_banned(
         # The honest member sent only true bytes of the blob.
         assert not swarm.is_banned(honest.node_id), "the honest peer was banned"
         await link.close()
+
+
+async def _pull_until_fetching(setup: Setup, nursery: trio.Nursery, digest: str) -> list[bytes]:
+    """A client pulls `digest` in the background; back once the node's swarm fetch of it has
+    its picker (the owner answered). The blob's bytes land in the list returned."""
+    pulled: list[bytes] = []
+
+    async def pull() -> None:
+        with contextlib.suppress(Exception):  # the client closes at the end of the test
+            answer = await setup.client.get(f"/v2/org/app/blobs/{digest}", timeout=60)
+            pulled.append(answer.content)
+
+    nursery.start_soon(pull)
+    swarm = setup.node.swarm
+    assert swarm is not None
+    with trio.fail_after(20):
+        while not (
+            (state := swarm.digests.get(digest)) is not None
+            and state.fetch is not None
+            and state.fetch.picker is not None
+        ):
+            await trio.sleep(0.02)
+    return pulled
+
+
+def _owned_by(owner: NodeIdentity, node_id: bytes) -> bytes:
+    """Random blob bytes whose rendezvous owner, between the node and `owner`, is `owner`."""
+    for _ in range(1000):
+        data = os.urandom(PIECES * PIECE)
+        if owner_order(digest_of(data), [node_id, owner.node_id])[0] == owner.node_id:
+            return data
+    raise AssertionError("no blob owned by the member in 1000 tries")
+
+
+def _hashes(data: bytes) -> dict[int, bytes]:
+    return {i: piece_hash(data[i * PIECE : (i + 1) * PIECE]) for i in range(PIECES)}
+
+
+async def _link_running(
+    setup: Setup, nursery: trio.Nursery, on_event: Callable[[PeerLink, Event], Awaitable[None]]
+) -> tuple[NodeIdentity, PeerLink]:
+    """A new member's link to the node, its events answered by `on_event`."""
+    identity = NodeIdentity.generate()
+    link = await open_link(setup, identity)
+
+    async def run() -> None:
+        with contextlib.suppress(LinkClosed):
+            await link.run(on_event)
+
+    nursery.start_soon(run)
+    return identity, link
+
+
+def _sending(data: bytes) -> Callable[[PeerLink, Event], Awaitable[None]]:
+    """A member's answer to Requests: the pieces of `data`."""
+
+    async def on_event(link: PeerLink, event: Event) -> None:
+        if isinstance(event, Request):
+            start = event.index * PIECE
+            await link.send(Piece(event.digest, event.index, data[start : start + PIECE]))
+
+    return on_event
+
+
+@pytest.mark.parametrize("liar_is", ["owner", "sender"])
+async def test_a_piece_failing_its_hash_gets_whoever_the_verified_blob_names_banned(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, liar_is: str
+) -> None:
+    """A member's piece fails the hash the owner gave: the sender lied, or the owner did
+    (a false hash from the start: no change to spot). The node cannot tell yet, so the
+    sender is only left out of the blob's fetch. Once the blob is whole and verified (the
+    owner sends no piece: the registry does), the true piece names the liar, who is banned,
+    and only it. Before, the sender was banned at once, every link to it closed: a lying
+    owner got honest holders of a blob banned with one false hash."""
+    monkeypatch.setattr(owner_change, "OWNER_STALLED", 3.0)
+    async with node_and_registry(tmp_path, nursery) as setup:
+        node = setup.node
+        owner, owner_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
+        data = _owned_by(owner, node.node_id)
+        digest = setup.registry.add_blob(data)
+        hashes = _hashes(data)
+        if liar_is == "owner":
+            hashes[0] = b"\0" * 16
+
+        async def owner_on_event(link: PeerLink, event: Event) -> None:
+            if isinstance(event, Want):  # it offers nothing itself
+                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, []))
+            elif isinstance(event, PeersRequest):
+                link.post(Peers(event.digest, []))
+
+        await serve_member(nursery, owner, owner_port, owner_on_event)
+        await announce_member(setup, owner, owner_port)
+        pulled = await _pull_until_fetching(setup, nursery, digest)
+        swarm = node.swarm
+        assert swarm is not None
+        sent = data if liar_is == "owner" else os.urandom(len(data))
+        sender, link = await _link_running(setup, nursery, _sending(sent))
+        await link.send(Bitfield(digest, bits_of([0], PIECES)))  # it offers piece 0 only
+        with trio.fail_after(20):
+            while swarm.counters.bad_pieces == 0:
+                await trio.sleep(0.02)
+        assert not swarm.is_banned(sender.node_id), "banned before the blob could tell"
+        liar, honest = (owner, sender) if liar_is == "owner" else (sender, owner)
+        with trio.fail_after(30):
+            while not pulled or not swarm.is_banned(liar.node_id):
+                await trio.sleep(0.05)
+        assert pulled == [data]
+        assert not swarm.is_banned(honest.node_id)
+        await link.close()
+
+
+@pytest.mark.parametrize("members", [1, 2])
+async def test_a_blob_failing_its_sha256_bans_its_sole_author_or_else_skips_the_swarm(
+    tmp_path: Path, nursery: trio.Nursery, members: int
+) -> None:
+    """The owner hashes other bytes of the blob's size and sends them (alone, or half of
+    them, a second member the other half): every piece passes its hash, the blob fails its
+    sha256. Alone, it is banned. With another, either could have lied (a piece hash is no
+    cryptographic promise), so neither is, and the swarm is not asked for that blob for a
+    while. Either way the next pull comes whole from the registry; before, nobody was
+    blamed and every pull failed the same way while the liar stayed."""
+    async with node_and_registry(tmp_path, nursery) as setup:
+        node = setup.node
+        owner, owner_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
+        data = _owned_by(owner, node.node_id)
+        digest = setup.registry.add_blob(data)
+        wrong = os.urandom(len(data))
+        hashes = _hashes(wrong)
+        offered = PIECES if members == 1 else PIECES // 2
+        accomplice: list[PeerLink] = []
+        send_wrong = _sending(wrong)
+
+        async def owner_on_event(link: PeerLink, event: Event) -> None:
+            if isinstance(event, Want):
+                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, []))
+                link.post(Bitfield(event.digest, bits_of(range(offered), PIECES)))
+                for other in accomplice:
+                    other.post(Bitfield(event.digest, bits_of(range(offered, PIECES), PIECES)))
+            elif isinstance(event, PeersRequest):
+                link.post(Peers(event.digest, []))
+            else:
+                await send_wrong(link, event)
+
+        await serve_member(nursery, owner, owner_port, owner_on_event)
+        await announce_member(setup, owner, owner_port)
+        if members == 2:
+            second, link = await _link_running(setup, nursery, send_wrong)
+            accomplice.append(link)
+        swarm = node.swarm
+        assert swarm is not None
+        path = f"/v2/org/app/blobs/{digest}"
+        with contextlib.suppress(Exception):  # a cut stream: the bytes were wrong
+            first = await setup.client.get(path, timeout=30)
+            assert first.content != data
+        with trio.fail_after(20):
+            while not (
+                swarm.is_banned(owner.node_id)
+                or swarm.bans.is_distrusted(digest, trio.current_time())
+            ):
+                await trio.sleep(0.05)
+        assert swarm.counters.pieces_from_peers == PIECES
+        if members == 1:
+            assert swarm.is_banned(owner.node_id)
+        else:
+            assert not swarm.is_banned(owner.node_id) and not swarm.is_banned(second.node_id)
+            assert swarm.bans.is_distrusted(digest, trio.current_time())
+        second_pull = await setup.client.get(path, timeout=30)
+        assert second_pull.status_code == 200 and second_pull.content == data
+        for link in accomplice:
+            await link.close()
