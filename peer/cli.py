@@ -30,6 +30,7 @@ from peer.config import (
     NodeConfig,
     default_data_dir,
     parse_address,
+    parse_registry_url,
     parse_upstream,
 )
 from peer.front.admin import ADMIN_TOKEN_FILE
@@ -329,7 +330,9 @@ def main() -> None:
     default=DEFAULT_UPSTREAM,
     show_default=True,
     envvar="POLLEN_DEFAULT_UPSTREAM",
-    help="Registry URL for requests without ?ns=.",
+    callback=_convert(parse_registry_url, "URL"),
+    help="Registry URL for requests without ?ns= (http:// or https://, host[:port], a path "
+    "at most).",
 )
 @click.option(
     "--cache-size",
@@ -582,7 +585,7 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         http=options["http"],
         data_dir=Path(options["data_dir"]).expanduser(),
         upstreams=dict(options["upstream"] or ()),
-        default_upstream=options["default_upstream"].rstrip("/"),
+        default_upstream=options["default_upstream"],
         cache_size=options["cache_size"],
         cache_ttl=options["cache_ttl"],
         auth_file=options["auth_file"],

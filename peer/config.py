@@ -14,7 +14,7 @@ from peer.swarm import congestion
 from pieces.layout import DEFAULT_PIECE_SIZE, PIECES_PER_BLOB
 from pieces.room import Watermarks
 from pieces.store import CachePolicy
-from wire.names import is_valid_host, is_valid_registry
+from wire.names import is_registry_url, is_valid_host, is_valid_registry
 
 DEFAULT_HTTP = "127.0.0.1:65001"
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"
@@ -79,7 +79,23 @@ def parse_upstream(text: str) -> tuple[str, str]:
     if not is_valid_registry(ns):
         # Clients send it as ?ns=, which must be a registry host[:port] to be accepted.
         raise ValueError(f"{ns!r} is not a registry host[:port] (as clients send it in ?ns=)")
-    return ns, url.rstrip("/")
+    return ns, parse_registry_url(url)
+
+
+def parse_registry_url(text: str) -> str:
+    """A registry's base URL, without a trailing slash: `http(s)://host[:port][/path]`.
+
+    Raises:
+        ValueError: anything else (a query, spaces, a login in it: the URL names a private
+            blob's origin to the other nodes, which refuse such).
+    """
+    url = text.strip().rstrip("/")
+    if not is_registry_url(url):
+        raise ValueError(
+            f"not a registry URL: {text[:200]!r} (http:// or https://, a host[:port], then a "
+            "path at most, e.g. https://registry-1.docker.io)"
+        )
+    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +171,9 @@ class NodeConfig:
             )
         if self.peer is not None and self.peer_congestion_control is not None:
             congestion.check(self.peer_congestion_control)
+        for url in (self.default_upstream, *self.upstreams.values()):
+            if not is_registry_url(url):
+                raise ValueError(f"not a registry URL: {url[:200]!r} (e.g. https://ghcr.io)")
         if self.auth_for_clients and self.auth_file is None:
             raise ValueError("--auth-for-clients lends the logins of --auth-file: give it too")
         for registry in self.auth_for_clients:

@@ -29,6 +29,7 @@ from wire.events import (
     Piece,
 )
 from wire.names import (
+    is_registry_url,
     is_valid_host,
     is_valid_port,
     is_valid_registry,
@@ -144,7 +145,8 @@ _CHECKS: dict[str, Check] = {
     "code": _str,
     "message": _str,
     "members": _members,
-    "origins": lambda v: type(v) is list and len(v) <= MAX_ORIGINS and all(map(_str, v)),
+    # Each becomes a private marker where the blob is stored: a registry's base URL only.
+    "origins": lambda v: type(v) is list and len(v) <= MAX_ORIGINS and all(map(is_registry_url, v)),
     "reply": lambda v: type(v) is bool,
     "held_only": lambda v: type(v) is bool,
     "request": lambda v: type(v) is int and 0 <= v < 2**63,

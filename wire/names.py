@@ -70,6 +70,25 @@ def is_valid_registry(name: object) -> bool:
     return match["port"] is None or 0 < int(match["port"]) < 65536
 
 
+MAX_REGISTRY_URL = 2048
+# What follows the host in a registry's base URL (a mirror's path prefix): printable ASCII,
+# no spaces, no query or fragment.
+_URL_PATH = re.compile(r"(?:/[\x21-\x22\x24-\x3e\x40-\x7e]*)?", re.ASCII)
+
+
+def is_registry_url(url: object) -> bool:
+    """True for a registry's base URL as nodes name a blob's origins: `http(s)://` and a
+    registry `host[:port]`, then a path at most (what `--upstream` and `?ns=` give)."""
+    if type(url) is not str or len(url) > MAX_REGISTRY_URL:
+        return False
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    slash = rest.find("/")
+    host, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    return is_valid_registry(host) and _URL_PATH.fullmatch(path) is not None
+
+
 def is_valid_repository(name: object) -> bool:
     """True for an OCI repository name such as `library/alpine` (at most 255 characters)."""
     return (

@@ -1,9 +1,14 @@
 """The membership driver: SWIM datagrams over UDP on the peer port, and its datagram codec.
 
-Each datagram is `mac(16) || msgpack(message)`, where mac is a truncated HMAC-SHA256 keyed by
-the cluster token (the empty key in an open cluster), so a node without the token cannot join
-the membership or spread lies about it. Datagrams that fail the MAC or do not decode are
-dropped and counted.
+Each datagram is `mac(16) || msgpack([sent_at, message])`, where mac is a truncated
+HMAC-SHA256 keyed by the cluster token (the empty key in an open cluster), so a node without
+the token cannot join the membership or spread lies about it, and `sent_at` the sender's wall
+clock (Unix seconds): a datagram sent more than MAX_CLOCK_SKEW from the receiver's clock is
+dropped, so that one captured and sent again later is not taken (a node that had left and
+been forgotten came back to life so, from anyone who had seen its traffic, a ghost owner
+every fetch dialled in vain). Datagrams that fail the MAC or do not decode are dropped and
+counted. Nodes' clocks must agree within MAX_CLOCK_SKEW (NTP does, by far); a node whose
+clock does not hears nobody, and says so in its log.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hmac
 import logging
 import math
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -21,6 +27,7 @@ import trio
 
 from peer.cluster.membership import Ack, Address, Membership, Message, Ping, PingReq, Status, Update
 from peer.listening import cannot_listen
+from peer.log_throttle import LogThrottle
 from wire.names import is_valid_host, is_valid_port
 
 log = logging.getLogger("pollen.gossip")
@@ -35,12 +42,21 @@ MAX_DATAGRAM = 60_000
 RESOLVE_WHILE_JOINING = 2.0
 LINK_REFUTATION_EVERY = 0.5  # our refutations go out on the peer links at most this often
 RESOLVE_PERIOD = 30.0
+# Seconds a datagram's sending time may be from the receiver's clock. Under DEAD_KEPT, so
+# that no replay outlives the memory of a death (word of a member we hold dead at that
+# incarnation changes nothing); wide enough for hosts whose clocks drift between syncs.
+MAX_CLOCK_SKEW = 60.0
+STALE_LOG_PERIOD = 60.0
 _PING, _ACK, _PING_REQ = 1, 2, 3
 _STATUSES = frozenset(int(s) for s in Status)
 
 
 class BadDatagram(ValueError):
     """A datagram that failed authentication or decoding."""
+
+
+class StaleDatagram(BadDatagram):
+    """An authentic datagram sent too far from now: a replay, or clocks that disagree."""
 
 
 def update_out(u: Update) -> tuple[bytes, str, int, int, int, int]:
@@ -74,7 +90,8 @@ def _address_in(raw: Any) -> Address:
     return (host, port)
 
 
-def encode(message: Message, token: bytes | None) -> bytes:
+def encode(message: Message, token: bytes | None, sent_at: float) -> bytes:
+    """The datagram for `message`, sent at `sent_at` (wall clock, Unix seconds)."""
     updates = [update_out(u) for u in message.updates]
     body: list[Any]
     if isinstance(message, Ping):
@@ -92,17 +109,29 @@ def encode(message: Message, token: bytes | None) -> bytes:
             list(message.target_address),
             updates,
         ]
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb([float(sent_at), body], use_bin_type=True)
     return _mac(token, packed) + packed
 
 
-def decode(datagram: bytes, token: bytes | None) -> Message:
-    """Raises BadDatagram for anything unauthenticated or malformed."""
+def decode(datagram: bytes, token: bytes | None, now: float) -> Message:
+    """The message in `datagram`, received at `now` (wall clock, Unix seconds).
+
+    Raises:
+        StaleDatagram: authentic, but sent more than MAX_CLOCK_SKEW from `now`.
+        BadDatagram: anything unauthenticated or malformed.
+    """
     mac, packed = datagram[:MAC_SIZE], datagram[MAC_SIZE:]
     if not hmac.compare_digest(mac, _mac(token, packed)):
         raise BadDatagram("wrong cluster token or corrupted")
     try:
-        body = msgpack.unpackb(packed, raw=False)
+        sent_at, body = msgpack.unpackb(packed, raw=False)
+        if type(sent_at) is not float or not math.isfinite(sent_at):
+            raise BadDatagram("bad sending time")
+        if abs(now - sent_at) > MAX_CLOCK_SKEW:
+            raise StaleDatagram(
+                f"sent {now - sent_at:+.0f}s from this host's clock (over {MAX_CLOCK_SKEW:.0f}s):"
+                " a replay, or the two hosts' clocks disagree"
+            )
         kind, seq, sender = body[0], body[1], body[2]
         if not isinstance(seq, int) or not isinstance(sender, bytes) or len(sender) != 16:
             raise BadDatagram("bad header")
@@ -158,6 +187,7 @@ class GossipDriver:
         self._refutation: Update | None = None  # not yet sent on the links
         self._refuted_at = -math.inf  # when one last was
         self.dropped = 0
+        self._stale_told = LogThrottle(STALE_LOG_PERIOD)
         self._socket: trio.socket.SocketType | None = None
         self._wake = trio.Event()
 
@@ -210,7 +240,18 @@ class GossipDriver:
         while True:
             data, source = await sock.recvfrom(MAX_DATAGRAM)
             try:
-                message = decode(data, self.token)
+                message = decode(data, self.token, time.time())
+            except StaleDatagram as exc:
+                # Anyone who saw a datagram can send it again: told once a period at most.
+                self.dropped += 1
+                if (left_out := self._stale_told.event(trio.current_time())) is not None:
+                    log.warning(
+                        "dropped gossip from %s: %s (%d more such since the last told)",
+                        source[0],
+                        exc,
+                        left_out,
+                    )
+                continue
             except BadDatagram as exc:
                 self.dropped += 1
                 log.debug("dropped a datagram from %s: %s", source, exc)
@@ -256,7 +297,7 @@ class GossipDriver:
     async def _flush(self, sock: trio.socket.SocketType) -> None:
         for address, message in self.membership.take_outgoing():
             try:
-                await sock.sendto(encode(message, self.token), address)
+                await sock.sendto(encode(message, self.token, time.time()), address)
             except (OSError, ValueError) as exc:  # ValueError: a host the resolver refuses
                 log.debug("gossip to %s failed: %s", address, exc)
 

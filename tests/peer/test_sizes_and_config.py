@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from peer.config import Address, NodeConfig, parse_address, parse_upstream
+from peer.config import Address, NodeConfig, parse_address, parse_registry_url, parse_upstream
 from peer.sizes import parse_duration, parse_rate, parse_share, parse_size
 
 
@@ -47,6 +47,20 @@ def test_upstreams() -> None:
     )
     with pytest.raises(ValueError):
         parse_upstream("docker.io=ftp://x")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://user:pw@r.example", "https://r.example?x=1", "https://r .example", "r.example"]
+)
+def test_a_registry_url_other_nodes_would_refuse_as_an_origin_is_refused(url: str) -> None:
+    # A private blob's origins go to the other nodes (PieceMeta), which take registry base
+    # URLs only (wire/names.py, is_registry_url): one they refuse would close every link
+    # that carried it.
+    with pytest.raises(ValueError, match="URL"):
+        parse_upstream(f"docker.io={url}")
+    with pytest.raises(ValueError, match="registry URL"):
+        NodeConfig(default_upstream=url).check()
+    assert parse_registry_url(" https://r.example:5000/mirror/ ") == "https://r.example:5000/mirror"
 
 
 @pytest.mark.parametrize("text", ["a\x00b:1", "h\u00e9te:1", "a..b:1", "x y:1"])

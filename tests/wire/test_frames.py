@@ -171,6 +171,30 @@ def test_a_piece_size_no_frame_can_carry_is_refused() -> None:
         decoder.next_event()
 
 
+@pytest.mark.parametrize(
+    "origin",
+    ["", "evil\norigin", "ftp://r.example", "https://", "https://r.example/a b", "r.example"],
+)
+def test_an_origin_that_is_no_registry_url_is_refused(origin: str) -> None:
+    # A blob's origins become its private markers when it is stored: one the store cannot
+    # keep (a newline, an empty one) failed the blob's commit after every byte verified, and
+    # every later pull of it the same way.
+    digest = "sha256:" + "a" * 64
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(PieceMeta(digest, 100, 64 * 1024, {}, ["https://r.example", origin])))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
+
+
+def test_registry_urls_as_nodes_name_them_are_origins() -> None:
+    digest = "sha256:" + "a" * 64
+    origins = ["https://ghcr.io", "http://10.0.0.1:5000", "https://[::1]:5000/mirror"]
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(PieceMeta(digest, 100, 64 * 1024, {}, origins)))
+    event = decoder.next_event()
+    assert isinstance(event, PieceMeta) and list(event.origins) == origins
+
+
 def test_payload_only_on_pieces() -> None:
     raw = bytearray(frame(Proof(b"m" * 32)))
     header_len = PREFIX.unpack_from(raw)[1]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -9,8 +10,24 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.cluster.gossip import BadDatagram, GossipDriver, decode, encode
-from peer.cluster.membership import Ack, Membership, Ping, PingReq, Status, SwimConfig, Update
+from peer.cluster.gossip import (
+    MAX_CLOCK_SKEW,
+    BadDatagram,
+    GossipDriver,
+    StaleDatagram,
+    decode,
+    encode,
+)
+from peer.cluster.membership import (
+    DEAD_KEPT,
+    Ack,
+    Membership,
+    Ping,
+    PingReq,
+    Status,
+    SwimConfig,
+    Update,
+)
 
 ids = st.binary(min_size=16, max_size=16)
 addresses = st.tuples(st.sampled_from(["127.0.0.1", "10.1.2.3"]), st.integers(1, 65535))
@@ -37,21 +54,61 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+NOW = 1_800_000_000.0  # the senders' and receivers' wall clock in the codec's tests
+
+
 @given(messages, st.none() | st.binary(min_size=1, max_size=20))
 def test_round_trip(message: object, token: bytes | None) -> None:
-    assert decode(encode(message, token), token) == message  # type: ignore[arg-type]
+    assert decode(encode(message, token, NOW), token, NOW) == message  # type: ignore[arg-type]
 
 
 @given(messages)
 def test_wrong_token_is_dropped(message: object) -> None:
     with pytest.raises(BadDatagram, match="token"):
-        decode(encode(message, b"right"), b"wrong")  # type: ignore[arg-type]
+        decode(encode(message, b"right", NOW), b"wrong", NOW)  # type: ignore[arg-type]
 
 
 @given(st.binary(max_size=200))
 def test_garbage_is_a_bad_datagram(data: bytes) -> None:
     with pytest.raises(BadDatagram):
-        decode(data, None)
+        decode(data, None, NOW)
+
+
+@pytest.mark.parametrize("age", [MAX_CLOCK_SKEW + 1, -(MAX_CLOCK_SKEW + 1), 3600.0])
+def test_a_datagram_sent_too_far_from_now_is_dropped_as_stale(age: float) -> None:
+    """A datagram captured and sent again later (no token needed) brought a node that had
+    left, and been forgotten, back to life: a ghost owner every fetch dialled in vain. A
+    datagram carries when it was sent, under the MAC; one older (or newer) than the clocks'
+    allowed skew is dropped, and that skew is under DEAD_KEPT, so no replay outlives the
+    memory of a death."""
+    ping = Ping(7, os.urandom(16), ("127.0.0.1", 4000))
+    datagram = encode(ping, b"tok", NOW - age)
+    with pytest.raises(StaleDatagram, match="clock"):
+        decode(datagram, b"tok", NOW)
+    assert decode(encode(ping, b"tok", NOW - MAX_CLOCK_SKEW / 2), b"tok", NOW) == ping
+    assert MAX_CLOCK_SKEW < DEAD_KEPT
+
+
+async def test_a_forgotten_members_datagram_sent_again_does_not_bring_it_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The attack end to end on a real socket: a member's Ping, captured, is sent again
+    once its death is forgotten; the node does not take it back."""
+    config = SwimConfig(probe_period=0.2, probe_timeout=0.1)
+    port = free_udp_port()
+    node = Membership(os.urandom(16), ("127.0.0.1", port), config)
+    ghost = os.urandom(16)
+    captured = encode(Ping(1, ghost, ("127.0.0.1", 9)), b"tok", time.time() - DEAD_KEPT - 1)
+    driver = GossipDriver(node, node.address, b"tok")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as attacker:
+            await attacker.sendto(captured, ("127.0.0.1", port))
+            with trio.fail_after(5):
+                while driver.dropped == 0:
+                    await trio.sleep(0.01)
+        assert ghost not in node.members
+        nursery.cancel_scope.cancel()
 
 
 async def test_three_drivers_on_loopback_find_each_other(autojump_clock: trio.abc.Clock) -> None:
@@ -79,12 +136,12 @@ def test_a_member_address_the_resolver_would_choke_on_is_a_bad_datagram(host: st
     from peer.cluster.gossip import _mac
 
     good = [os.urandom(16), "127.0.0.9", 4000, 1, 0, 0]
-    body = msgpack.packb([1, 7, os.urandom(16), ["127.0.0.1", 4001], [good], None])
-    decode(_mac(b"tok", body) + body, b"tok")  # the same entry with a good host is taken
+    body = msgpack.packb([NOW, [1, 7, os.urandom(16), ["127.0.0.1", 4001], [good], None]])
+    decode(_mac(b"tok", body) + body, b"tok", NOW)  # the same entry with a good host is taken
     update = [os.urandom(16), host, 4000, 1, 0, 0]
-    body = msgpack.packb([1, 7, os.urandom(16), ["127.0.0.1", 4001], [update], None])
+    body = msgpack.packb([NOW, [1, 7, os.urandom(16), ["127.0.0.1", 4001], [update], None]])
     with pytest.raises(BadDatagram):
-        decode(_mac(b"tok", body) + body, b"tok")
+        decode(_mac(b"tok", body) + body, b"tok", NOW)
 
 
 async def test_gossip_survives_a_member_address_that_breaks_sendto(
@@ -151,7 +208,7 @@ async def _gossip_to(driver: GossipDriver, update: Update, done: Callable[[], bo
         ping = Ping(1, os.urandom(16), ("127.0.0.1", sock.getsockname()[1]), (update,))
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
-            sock.sendto(encode(ping, b"tok"), driver.membership.address)
+            sock.sendto(encode(ping, b"tok", time.time()), driver.membership.address)
             with trio.fail_after(5):
                 while not done():
                     await trio.sleep(0.05)
@@ -202,7 +259,8 @@ async def test_a_suspicion_at_the_largest_incarnation_is_dropped_not_refuted_pas
     node = driver.membership
     hostile = Update(node.node_id, node.address, 2**64 - 1, Status.SUSPECT)
     with pytest.raises(BadDatagram):
-        decode(encode(Ping(1, os.urandom(16), ("127.0.0.1", 9), (hostile,)), b"tok"), b"tok")
+        ping = Ping(1, os.urandom(16), ("127.0.0.1", 9), (hostile,))
+        decode(encode(ping, b"tok", NOW), b"tok", NOW)
     await _gossip_to(driver, hostile, lambda: driver.dropped > 0 or node.incarnation > 0)
     assert node.incarnation == 0
     honest = Update(node.node_id, node.address, 0, Status.SUSPECT)
