@@ -62,6 +62,15 @@ def _opt_str(value: Any) -> bool:
     return value is None or _str(value)
 
 
+# A header value as HTTP carries it (RFC 9110's field-vchar, SP and HTAB; obs-text included):
+# an Authorization goes into a request to a registry, and is hashed as latin-1.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _opt_header_value(value: Any) -> bool:
+    return value is None or (_str(value) and _HEADER_VALUE.fullmatch(value) is not None)
+
+
 def _bytes(length: int | None = None) -> Check:
     def check(value: Any) -> bool:
         if type(value) is not bytes:
@@ -129,7 +138,7 @@ _CHECKS: dict[str, Check] = {
     "digest": _digest,
     "namespace": lambda v: v is None or is_valid_registry(v),
     "repository": is_valid_repository,
-    "authorization": _opt_str,
+    "authorization": _opt_header_value,
     "size": _int,
     # Pieces over MAX_PIECE_SIZE (pieces/layout.py): no peer could send them, and the links
     # that tried would close one after the other.

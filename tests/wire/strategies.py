@@ -12,6 +12,10 @@ digests = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
 ids = st.binary(min_size=16, max_size=16)
 indexes = st.integers(0, 2**40)
 text = st.text(max_size=50)
+# Authorization values: what an HTTP header carries (latin-1, no control but tab).
+header_values = st.text(
+    st.characters(codec="latin-1", exclude_categories=["Cc"]) | st.just("\t"), max_size=50
+)
 hashes16 = st.binary(min_size=16, max_size=16)
 hosts = st.sampled_from(["10.0.0.1", "::1", "node-1.cluster.local", "a"])
 registries = st.sampled_from(["docker.io", "registry.internal:5000", "[::1]:443", "10.0.0.1"])
@@ -20,10 +24,17 @@ origins = st.lists(st.sampled_from(["https://ghcr.io", "http://10.0.0.1:5000"]),
 
 events = st.one_of(
     st.builds(
-        ev.Want, digests, st.none() | registries, repositories, st.none() | text, st.booleans()
+        ev.Want,
+        digests,
+        st.none() | registries,
+        repositories,
+        st.none() | header_values,
+        st.booleans(),
     ),
-    st.builds(ev.Access, digests, st.none() | registries, repositories, st.none() | text),
-    st.builds(ev.Warm, indexes, digests, st.none() | registries, repositories, st.none() | text),
+    st.builds(ev.Access, digests, st.none() | registries, repositories, st.none() | header_values),
+    st.builds(
+        ev.Warm, indexes, digests, st.none() | registries, repositories, st.none() | header_values
+    ),
     st.builds(ev.Warmed, indexes, digests, st.integers(100, 599), text),
     st.builds(
         ev.PieceMeta,

@@ -20,6 +20,7 @@ from wire.events import (
     Piece,
     PieceMeta,
     Proof,
+    Want,
 )
 from wire.frames import MAX_INFLOWS, PREFIX, FrameDecoder, PayloadPool, encode
 
@@ -193,6 +194,21 @@ def test_registry_urls_as_nodes_name_them_are_origins() -> None:
     decoder.feed(frame(PieceMeta(digest, 100, 64 * 1024, {}, origins)))
     event = decoder.next_event()
     assert isinstance(event, PieceMeta) and list(event.origins) == origins
+
+
+@pytest.mark.parametrize("authorization", ["Bearer \u0100", "Bearer x\r\nHost: evil", "a\x00b"])
+def test_an_authorization_no_http_header_could_carry_is_refused(authorization: str) -> None:
+    # It goes into a request to a registry as the header of that name, and into a hash
+    # (latin-1, as HTTP's bytes): a character past U+00FF raised there, a line break would
+    # have been a header of the member's choosing.
+    digest = "sha256:" + "a" * 64
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(Want(digest, None, "org/app", authorization, False)))
+    with pytest.raises(RemoteProtocolError, match="bad field"):
+        decoder.next_event()
+    decoder = FrameDecoder(MAX)
+    decoder.feed(frame(Want(digest, None, "org/app", "Basic \u00e9t\u00e9\tx", False)))
+    assert isinstance(decoder.next_event(), Want)
 
 
 def test_payload_only_on_pieces() -> None:
