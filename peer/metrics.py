@@ -81,6 +81,17 @@ class _NodeCollector(Collector):
                 "Pieces from peers that failed their hash",
                 value=counters.bad_pieces,
             )
+            yield CounterMetricFamily(
+                "pollen_false_piece_hashes",
+                "Owners' piece hashes that the verified blob failed (a lying owner, or a "
+                "registry that fed it wrong bytes)",
+                value=counters.false_hashes,
+            )
+            yield CounterMetricFamily(
+                "pollen_blobs_distrusted",
+                "Blobs from peers that failed their sha256 (then from the registry for 10 min)",
+                value=counters.blobs_distrusted,
+            )
             yield CounterMetricFamily("pollen_peer_bans", "Peers banned", value=counters.bans)
             yield CounterMetricFamily(
                 "pollen_upstream_fallbacks",

@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 # (preheat), sha512 digests in every frame that names a blob, members' declared capacity.
 # 5: Want's held_only; 6: proven node ids and the dialled address; 7: Inflow, which a version
 # 6 node would close the link for; 8: Invite and pushed pieces (an owner sends its first copies
-# unasked to a node that invited them).
-PROTOCOL_VERSION = 8
+# unasked to a node that invited them); 9: gossip datagrams carry their sending time (older
+# nodes drop them, and they drop the older nodes'), origins and Authorization checked.
+PROTOCOL_VERSION = 9
 # A Refused header: the answer to a held-only Want when the blob is neither held nor being
 # fetched from the upstream by the node asked.
 NOT_HELD_HEADER = "x-pollen-not-held"

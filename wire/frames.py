@@ -29,6 +29,7 @@ from wire.events import (
     Piece,
 )
 from wire.names import (
+    is_authorization,
     is_registry_url,
     is_valid_host,
     is_valid_port,
@@ -62,13 +63,8 @@ def _opt_str(value: Any) -> bool:
     return value is None or _str(value)
 
 
-# A header value as HTTP carries it (RFC 9110's field-vchar, SP and HTAB; obs-text included):
-# an Authorization goes into a request to a registry, and is hashed as latin-1.
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-
-
-def _opt_header_value(value: Any) -> bool:
-    return value is None or (_str(value) and _HEADER_VALUE.fullmatch(value) is not None)
+def _opt_authorization(value: Any) -> bool:
+    return value is None or is_authorization(value)
 
 
 def _bytes(length: int | None = None) -> Check:
@@ -138,7 +134,7 @@ _CHECKS: dict[str, Check] = {
     "digest": _digest,
     "namespace": lambda v: v is None or is_valid_registry(v),
     "repository": is_valid_repository,
-    "authorization": _opt_header_value,
+    "authorization": _opt_authorization,
     "size": _int,
     # Pieces over MAX_PIECE_SIZE (pieces/layout.py): no peer could send them, and the links
     # that tried would close one after the other.

@@ -89,6 +89,26 @@ def is_registry_url(url: object) -> bool:
     return is_valid_registry(host) and _URL_PATH.fullmatch(path) is not None
 
 
+# A header value as HTTP carries it (RFC 9110's field-vchar, SP and HTAB; obs-text included).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+# The longest Authorization a node passes on to other nodes (a registry's bearer tokens are a
+# few KiB at most); a client's longer one is used by its own node alone.
+MAX_AUTHORIZATION = 16 * 1024
+
+
+def is_authorization(value: object) -> bool:
+    """True for an Authorization a node may pass on: what an HTTP header value may hold (it
+    goes into a request to a registry, and is hashed as latin-1, HTTP's bytes), at most
+    MAX_AUTHORIZATION characters."""
+    return (
+        type(value) is str
+        and len(value) <= MAX_AUTHORIZATION
+        and _HEADER_VALUE.fullmatch(value) is not None
+    )
+
+
 def is_valid_repository(name: object) -> bool:
     """True for an OCI repository name such as `library/alpine` (at most 255 characters)."""
     return (

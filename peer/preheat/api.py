@@ -12,6 +12,7 @@ import json
 from peer.preheat.refs import BadReference, parse_image_ref
 from peer.preheat.resolve import Platform, parse_platform, this_platform
 from peer.preheat.runner import SCOPES, PreheatRequest
+from wire.names import MAX_AUTHORIZATION, is_authorization
 
 MAX_IMAGES = 64
 MAX_PLATFORMS = 16
@@ -43,8 +44,11 @@ def parse_request(body: bytes) -> PreheatRequest:
     if scope not in SCOPES:
         raise BadRequest(f'"scope" must be one of {", ".join(SCOPES)}')
     authorization = document.get("authorization")
-    if authorization is not None and not isinstance(authorization, str):
-        raise BadRequest('"authorization" must be a string (an Authorization header value)')
+    if authorization is not None and not is_authorization(authorization):
+        raise BadRequest(
+            '"authorization" must be an Authorization header value (tab, printable ASCII '
+            f"and latin-1, at most {MAX_AUTHORIZATION} characters)"
+        )
     try:
         refs = [parse_image_ref(image) for image in images]
         platforms = parse_platforms(document.get("platforms"))

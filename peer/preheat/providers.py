@@ -40,12 +40,12 @@ from peer.preheat.refs import BadReference, ImageRef, parse_manifest_url
 from peer.preheat.resolve import this_platform
 from peer.preheat.runner import Preheater, PreheatRequest
 from pieces.digest import InvalidDigest, digest_hex
+from wire.names import is_authorization
 
 log = logging.getLogger("pollen.preheat")
 
 PREHEAT_TOKEN_FILE = "preheat.token"
 MAX_EVENTS = 64  # push events read from one notification
-MAX_HEADER_VALUE = 16 * 1024
 HARBOR_SCOPES = {  # Harbor's (Dragonfly's) scope -> pollen's
     "": "owners",
     "single_peer": "owners",
@@ -212,7 +212,7 @@ def _authorization(headers: object) -> str | None:
     value = _get(headers, "authorization")
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE or not value.isprintable():
+    if not isinstance(value, str) or not is_authorization(value):
         raise OciError(400, "BAD_REQUEST", "args.headers.Authorization is not a usable header")
     return value
 

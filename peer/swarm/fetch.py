@@ -175,12 +175,10 @@ class SwarmFetch:
     access_sent: dict[bytes, float] = field(default_factory=dict)
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
-    # Who had a hand in the stored pieces, for the verdict once the blob's sha256 has spoken
-    # (blame.py): the members that sent them, the owners whose hashes they passed, and the
-    # peers whose piece failed a hash (left out of this fetch meanwhile).
-    senders: set[bytes] = field(default_factory=set)
-    hash_givers: set[bytes] = field(default_factory=set)
+    # The peers whose piece failed its hash: left out of this fetch, judged once the blob's
+    # sha256 has spoken (blame.py).
     suspects: dict[bytes, Suspect] = field(default_factory=dict)
+    took_from_peers: bool = False  # a piece from a peer was stored (its sha256 judges them)
     _meta: PieceMeta | Refused | None = None
     _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
     _hash_change_told: bool = False  # an owner's changed hash was logged (once per fetch)
@@ -1023,13 +1021,13 @@ class SwarmFetch:
                 await swarm.ban(
                     link.peer_id, f"piece {piece.index} of {self.digest} failed its own hash"
                 )
-            elif self.owner is not None:
-                # The sender or the owner lied: which, the verified blob will tell (blame.py).
-                self.suspects[link.peer_id] = Suspect(piece.index, expected, self.owner)
+            else:
+                # The sender or the owner lied: the verified blob may tell (blame.py).
+                self.suspects[link.peer_id] = Suspect(
+                    piece.index, partial.layout.piece_size, expected
+                )
             return
-        self.senders.add(link.peer_id)
-        if self.owner is not None:
-            self.hash_givers.add(self.owner)
+        self.took_from_peers = True
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
         await swarm.download_limit.consume(len(data))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from peer.upstream.client import DOCKER_HUB, DOCKER_HUB_URL, Upstreams
 from peer.upstream.credentials import DOCKER_HUB_NAMES, Credentials, Login
 from peer.upstream.errors import UpstreamError
+from wire.names import is_authorization
 
 log = logging.getLogger("pollen.credentials")
 
@@ -214,6 +215,10 @@ class NodeAuth:
             raise UpstreamError(base, "sent a token answer that is not a JSON object") from None
         if not isinstance(token, str) or not token:
             raise UpstreamError(base, "sent no token")
+        if not is_authorization(f"Bearer {token}"):
+            # It goes into the Authorization of every request for the repository, and to
+            # the other nodes, which refuse what no header could carry.
+            raise UpstreamError(base, "sent a token no Authorization header could carry")
         if not isinstance(ttl, int | float) or not ttl > 0:  # NaN is not > 0 either
             return token, DEFAULT_TOKEN_TTL
         return token, float(min(ttl, MAX_TOKEN_TTL))

@@ -4,6 +4,7 @@ to what other nodes send it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -14,10 +15,11 @@ import httpx
 import trio
 
 from bench.components import free_port
+from peer.cluster.rendezvous import owner_order
 from peer.config import Address, NodeConfig
 from peer.node import Node
 from peer.swarm.link import LinkClosed, PeerLink
-from tests.peer.fake_registry import FakeRegistry
+from tests.peer.fake_registry import FakeRegistry, digest_of
 from wire.events import (
     Bitfield,
     Event,
@@ -186,3 +188,13 @@ async def announce_member(setup: Setup, identity: NodeIdentity, port: int) -> No
     with trio.fail_after(10):
         while member_id not in membership.members:
             await trio.sleep(0.05)
+
+
+def blob_owned_by(owner: NodeIdentity, node_id: bytes, size: int) -> bytes:
+    """Random bytes of `size` whose rendezvous owner, between the node `node_id` and
+    `owner`, is `owner`."""
+    for _ in range(1000):
+        data = os.urandom(size)
+        if owner_order(digest_of(data), [node_id, owner.node_id])[0] == owner.node_id:
+            return data
+    raise AssertionError("no blob owned by the member in 1000 tries")

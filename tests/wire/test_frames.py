@@ -23,6 +23,7 @@ from wire.events import (
     Want,
 )
 from wire.frames import MAX_INFLOWS, PREFIX, FrameDecoder, PayloadPool, encode
+from wire.names import MAX_AUTHORIZATION
 
 MAX = 1 << 20
 
@@ -196,7 +197,10 @@ def test_registry_urls_as_nodes_name_them_are_origins() -> None:
     assert isinstance(event, PieceMeta) and list(event.origins) == origins
 
 
-@pytest.mark.parametrize("authorization", ["Bearer \u0100", "Bearer x\r\nHost: evil", "a\x00b"])
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer \u0100", "Bearer x\r\nHost: evil", "a\x00b", "B" * (MAX_AUTHORIZATION + 1)],
+)
 def test_an_authorization_no_http_header_could_carry_is_refused(authorization: str) -> None:
     # It goes into a request to a registry as the header of that name, and into a hash
     # (latin-1, as HTTP's bytes): a character past U+00FF raised there, a line break would
@@ -208,6 +212,8 @@ def test_an_authorization_no_http_header_could_carry_is_refused(authorization: s
         decoder.next_event()
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(Want(digest, None, "org/app", "Basic \u00e9t\u00e9\tx", False)))
+    assert isinstance(decoder.next_event(), Want)
+    decoder.feed(frame(Want(digest, None, "org/app", "B" * MAX_AUTHORIZATION, False)))
     assert isinstance(decoder.next_event(), Want)
 
 

@@ -307,26 +307,28 @@ def test_another_protocol_version_is_named_in_the_error() -> None:
     # A version 1 Hello had three fields.
     header = msgpack.packb([Hello.TYPE, 1, b"A" * 16, b"n" * 32], use_bin_type=True)
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 8"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node 9"):
         events(b)
     # 4: Warm/Warmed and sha512 digests, which a version 3 node would take for bad frames;
     # 5: Want's held_only, a field a version 4 node would refuse the Want for;
-    # 6: Hello's identity key (a node id is proven); 7: Inflow (an unknown type to a 6)
-    assert PROTOCOL_VERSION == 8
+    # 6: Hello's identity key (a node id is proven); 7: Inflow (an unknown type to a 6);
+    # 8: Invite; 9: gossip datagrams with their sending time (8 drops 9's, 9 drops 8's)
+    assert PROTOCOL_VERSION == 9
 
 
-@pytest.mark.parametrize("version", [3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
 def test_an_older_node_is_told_apart_before_it_meets_a_frame_it_cannot_read(
     version: int,
 ) -> None:
     # 3: before sha512 frames; 4: before Want's held_only field; 5: before the identity key;
-    # 6: before Inflow; 7: before Invite and the Piece's pushed field.
+    # 6: before Inflow; 7: before Invite and the Piece's pushed field; 8: before gossip's
+    # sending time.
     b = endpoint(Role.RESPONDER, B, b"t")
     header = msgpack.packb(
         [Hello.TYPE, version, b"A" * 16, b"n" * 32, b"e" * 32, None, False], use_bin_type=True
     )
     b.receive_data(PREFIX.pack(len(header), len(header)) + header)
-    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 8"):
+    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}, this node 9"):
         events(b)
 
 

@@ -17,6 +17,7 @@ from peer.preheat.resolve import (
     manifest_blobs,
     this_platform,
 )
+from wire.names import MAX_AUTHORIZATION
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -117,6 +118,11 @@ def test_the_api_request_is_checked_field_by_field() -> None:
         b'{"images": ["nginx"], "scope": "everyone"}',
         b'{"images": ["nginx"], "platforms": ["linux"]}',
         b'{"images": ["nginx"], "authorization": 5}',
+        # Passed on to the other nodes, which refuse what no header could carry (and close
+        # the link that carried it): refused here, where the operator sees why.
+        json.dumps({"images": ["nginx"], "authorization": "Bearer \u0100"}).encode(),
+        json.dumps({"images": ["nginx"], "authorization": "Bearer x\r\nHost: y"}).encode(),
+        json.dumps({"images": ["nginx"], "authorization": "B" * (MAX_AUTHORIZATION + 1)}).encode(),
         b'{"images": ["Bad Ref"]}',
         json.dumps({"images": ["nginx"] * (MAX_IMAGES + 1)}).encode(),
     ]

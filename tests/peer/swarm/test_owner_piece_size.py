@@ -8,18 +8,15 @@ and registry; the owner is a scripted member."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import pytest
 import trio
 
 from bench.components import free_port
-from peer.cluster.rendezvous import owner_order
 from peer.swarm.link import PeerLink
 from pieces.store import Store
-from tests.peer.fake_registry import digest_of
-from tests.peer.member_node import announce_member, node_and_registry, serve_member
+from tests.peer.member_node import announce_member, blob_owned_by, node_and_registry, serve_member
 from wire.events import Event, Peers, PeersRequest, PieceMeta, Want
 from wire.identity import NodeIdentity
 
@@ -42,10 +39,7 @@ async def test_an_owners_tiny_piece_size_is_refused(
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
         liar, liar_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
-        for _ in range(1000):
-            data = os.urandom(SIZE)
-            if owner_order(digest_of(data), [node.node_id, liar.node_id])[0] == liar.node_id:
-                break
+        data = blob_owned_by(liar, node.node_id, SIZE)
         digest = setup.registry.add_blob(data)
         wants: list[Want] = []
 
