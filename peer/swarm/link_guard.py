@@ -16,7 +16,13 @@ asks `admit` before reading a byte and closes the connection at once when it say
   held to it: the nodes of a test cluster all dial from 127.0.0.1 and may all link at once,
   and a process on this host has easier ways to hurt the node;
 - at most `max_handshakes` handshakes in progress in all (each ends within the handshake
-  time-out, so a flood from many sources delays new links, it does not hold memory).
+  time-out, so a flood from many sources delays new links, it does not hold memory);
+- and as many again for the addresses of live members (`member=True`: the driver looks the
+  source up in the membership, which gossip's MAC vouches for; a stranger cannot put its
+  address there). Without this share, 64 stranger addresses reconnecting every handshake
+  time-out held every handshake, and no member could open a link to the node. A member with
+  the token can gossip made-up members at addresses of its choosing: the share is bounded
+  as the other is.
 
 A source is one IP address (an IPv4 address seen through a dual-stack socket, ::ffff:a.b.c.d,
 is that IPv4 address). Not an IPv6 /64, though an attacker can pick a new address from its
@@ -49,7 +55,8 @@ class LinkGuard:
         self.max_per_address = max_per_address
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
-        self.handshakes = 0
+        self.handshakes = 0  # in progress from strangers
+        self.member_handshakes = 0  # ... from live members' addresses
         # Per source, only while it has some: nothing is kept for a host that left.
         self._connections: dict[str, int] = {}
         self._handshakes: dict[str, int] = {}
@@ -62,11 +69,13 @@ class LinkGuard:
         """Handshakes in progress from the source of `address`."""
         return self._handshakes.get(source_of(address)[0], 0)
 
-    def admit(self, address: str) -> bool:
+    def admit(self, address: str, member: bool = False) -> bool:
         """True: take the new connection from `address` (its handshake starts now);
-        False: over a limit, close it without reading from it."""
+        False: over a limit, close it without reading from it. `member`: `address` is a live
+        member's (its handshakes have their own share); give the same to `handshake_over`."""
         source, loopback = source_of(address)
-        if self.handshakes >= self.max_handshakes:
+        in_progress = self.member_handshakes if member else self.handshakes
+        if in_progress >= self.max_handshakes:
             return False
         connections = self._connections.get(source, 0)
         if connections >= self.max_per_address:
@@ -74,15 +83,23 @@ class LinkGuard:
         handshakes = self._handshakes.get(source, 0)
         if handshakes >= self.max_handshakes_per_address and not loopback:
             return False
-        self.handshakes += 1
+        if member:
+            self.member_handshakes += 1
+        else:
+            self.handshakes += 1
         self._handshakes[source] = handshakes + 1
         self._connections[source] = connections + 1
         return True
 
-    def handshake_over(self, address: str) -> None:
-        """The handshake of an admitted connection from `address` has ended, either way."""
-        assert self.handshakes > 0, "handshake_over without admit"
-        self.handshakes -= 1
+    def handshake_over(self, address: str, member: bool = False) -> None:
+        """The handshake of an admitted connection from `address` has ended, either way
+        (`member` as it was admitted)."""
+        if member:
+            assert self.member_handshakes > 0, "handshake_over without admit"
+            self.member_handshakes -= 1
+        else:
+            assert self.handshakes > 0, "handshake_over without admit"
+            self.handshakes -= 1
         _decrement(self._handshakes, source_of(address)[0], "handshake_over without admit")
 
     def release(self, address: str) -> None:

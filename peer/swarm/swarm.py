@@ -44,6 +44,7 @@ from peer.cluster.rendezvous import cluster_uplink, owner_order
 from peer.fetch.download import Download
 from peer.log_throttle import LogThrottle
 from peer.rate_limit import RateLimiter
+from peer.sources import source_of
 from peer.swarm import congestion
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
@@ -154,6 +155,10 @@ class Swarm:
         self.applied_congestion_control = congestion_control
         self._congestion_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.link_guard = LinkGuard()  # bounds what strangers can open on the peer port
+        # The live members' addresses (as sources), for the guard's share of handshakes that
+        # strangers cannot take: refreshed every timer tick (`_timers`), not per connection,
+        # which a flood of them would make cost a walk of the members each.
+        self._member_sources: frozenset[str] = frozenset()
         self._refusals_told = LogThrottle(REFUSALS_LOG_PERIOD)
         self.upstream = upstream
         self.rng = rng if rng is not None else random.Random()
@@ -279,7 +284,8 @@ class Swarm:
         except OSError:  # already gone
             await stream.aclose()
             return
-        if not self.link_guard.admit(address):
+        member = source_of(address)[0] in self._member_sources
+        if not self.link_guard.admit(address, member):
             # Over the per-address or handshake limit: closed before a byte is read. Not
             # logged one by one: a flood would flood the log too.
             self.counters.links_refused += 1
@@ -305,7 +311,7 @@ class Swarm:
                     log.warning("refused an incoming peer from %s: %s%s", address, exc, more)
                 return
             finally:
-                self.link_guard.handshake_over(address)
+                self.link_guard.handshake_over(address, member)
             if self.is_banned(link.peer_id):
                 await link.close()
                 return
@@ -516,8 +522,12 @@ class Swarm:
 
     def _cut_for_cluster(self) -> None:
         """Blobs this node cuts (as owner, or fetching from the registry alone) are cut for
-        the cluster's uplink, as every member sees it (peer/cluster/rendezvous.py)."""
+        the cluster's uplink, as every member sees it (peer/cluster/rendezvous.py); and the
+        live members' addresses, for the link guard."""
         self.store.uplink = cluster_uplink(self.membership.declared_uplinks())
+        self._member_sources = frozenset(
+            source_of(m.address[0])[0] for m in self.membership.alive()
+        )
 
     async def _timers(self) -> None:
         """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep,

@@ -102,3 +102,22 @@ def test_limits_must_allow_something() -> None:
         LinkGuard(max_per_address=0)
     with pytest.raises(ValueError):
         LinkGuard(max_handshakes_per_address=0)
+
+
+def test_strangers_holding_every_handshake_leave_room_for_members() -> None:
+    """64 stranger addresses reconnecting every handshake time-out held all 256 handshakes,
+    and no live member could open a link to the node. Members' addresses (a fact gossip's
+    MAC vouches for, not the connection) have handshakes of their own, as many again."""
+    guard = LinkGuard()
+    for i in range(64):
+        for _ in range(4):
+            assert guard.admit(f"10.1.0.{i}")
+    assert not guard.admit("10.9.9.9")  # the strangers' share is full
+    assert guard.admit("10.0.0.5", member=True)
+    guard.handshake_over("10.0.0.5", member=True)
+    assert not guard.admit("10.9.9.9")  # a member's handshake freed no stranger's place
+    for i in range(64):
+        for _ in range(4):
+            assert guard.admit(f"10.2.0.{i}", member=True)
+    assert not guard.admit("10.3.0.1", member=True)  # made-up members: bounded as well
+    assert guard.handshakes == 256 and guard.member_handshakes == 256
