@@ -90,6 +90,8 @@ def parse_registry_url(text: str) -> str:
             blob's origin to the other nodes, which refuse such).
     """
     url = text.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    url = scheme.lower() + sep + rest  # HTTPS://... is https://...
     if not is_registry_url(url):
         raise ValueError(
             f"not a registry URL: {text[:200]!r} (http:// or https://, a host[:port], then a "

@@ -71,6 +71,10 @@ def is_valid_registry(name: object) -> bool:
 
 
 MAX_REGISTRY_URL = 2048
+# A URL's host may also have underscores, which image references do not allow (a Compose
+# service such as http://my_registry:5000 is reached by such a name).
+_URL_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_URL_HOST = re.compile(rf"{_URL_LABEL}(?:\.{_URL_LABEL})*(?::[0-9]{{1,5}})?", re.ASCII)
 # What follows the host in a registry's base URL (a mirror's path prefix): printable ASCII,
 # no spaces, no query or fragment.
 _URL_PATH = re.compile(r"(?:/[\x21-\x22\x24-\x3e\x40-\x7e]*)?", re.ASCII)
@@ -86,7 +90,8 @@ def is_registry_url(url: object) -> bool:
         return False
     slash = rest.find("/")
     host, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-    return is_valid_registry(host) and _URL_PATH.fullmatch(path) is not None
+    valid_host = is_valid_registry(host) or _URL_HOST.fullmatch(host) is not None
+    return valid_host and _URL_PATH.fullmatch(path) is not None
 
 
 # A header value as HTTP carries it (RFC 9110's field-vchar, SP and HTAB; obs-text included).

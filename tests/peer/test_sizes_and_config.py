@@ -61,6 +61,12 @@ def test_a_registry_url_other_nodes_would_refuse_as_an_origin_is_refused(url: st
     with pytest.raises(ValueError, match="registry URL"):
         NodeConfig(default_upstream=url).check()
     assert parse_registry_url(" https://r.example:5000/mirror/ ") == "https://r.example:5000/mirror"
+    # What upstream URLs took before the check: a Compose service's name, a scheme in capitals.
+    assert parse_upstream("reg.test=http://my_registry:5000") == (
+        "reg.test",
+        "http://my_registry:5000",
+    )
+    assert parse_registry_url("HTTPS://R.example") == "https://R.example"
 
 
 @pytest.mark.parametrize("text", ["a\x00b:1", "h\u00e9te:1", "a..b:1", "x y:1"])

@@ -191,6 +191,7 @@ def test_an_origin_that_is_no_registry_url_is_refused(origin: str) -> None:
 def test_registry_urls_as_nodes_name_them_are_origins() -> None:
     digest = "sha256:" + "a" * 64
     origins = ["https://ghcr.io", "http://10.0.0.1:5000", "https://[::1]:5000/mirror"]
+    origins.append("http://my_registry:5000")  # a Compose service, as --upstream may name it
     decoder = FrameDecoder(MAX)
     decoder.feed(frame(PieceMeta(digest, 100, 64 * 1024, {}, origins)))
     event = decoder.next_event()
