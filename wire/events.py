@@ -82,6 +82,11 @@ class PieceMeta:
     `origins` travels with the pieces: the registries (base URLs) the blob was fetched from
     with credentials, empty when it is public. A receiver records them before it serves a
     byte, so it asks the same registries before it hands the blob to anyone.
+
+    `verified`: the sender holds the whole blob, its sha256 checked, so these hashes are of
+    the blob's true bytes. An owner still downloading hashes what its registry sends, which
+    a lying registry makes false; one that says `verified` and gives a hash the true piece
+    fails has lied (peer/swarm/blame.py).
     """
 
     TYPE: ClassVar[int] = 4
@@ -90,6 +95,7 @@ class PieceMeta:
     piece_size: int
     hashes: dict[int, bytes] = field(default_factory=dict)
     origins: list[str] = field(default_factory=list)
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,7 @@ _CHECKS: dict[str, Check] = {
     "request": lambda v: type(v) is int and 0 <= v < 2**63,
     "inflows": lambda v: type(v) is int and 0 <= v <= MAX_INFLOWS,
     "pushed": lambda v: type(v) is bool,
+    "verified": lambda v: type(v) is bool,
     "count": lambda v: type(v) is int and 0 < v <= MAX_PIECES,
 }
 

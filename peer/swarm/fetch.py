@@ -174,11 +174,17 @@ class SwarmFetch:
     # peer -> when our client's credentials (Access) last went to it
     access_sent: dict[bytes, float] = field(default_factory=dict)
     hashes: dict[int, bytes] = field(default_factory=dict)  # the owner's, per piece
+    # Who gave each of `hashes`, and whether it said it held the verified blob (blame.py).
+    hash_givers: dict[int, tuple[bytes, bool]] = field(default_factory=dict)
     failure: Exception | None = None  # a store error while writing a piece: ends the fetch
     # The peers whose piece failed its hash: left out of this fetch, judged once the blob's
     # sha256 has spoken (blame.py).
     suspects: dict[bytes, Suspect] = field(default_factory=dict)
     took_from_peers: bool = False  # a piece from a peer was stored (its sha256 judges them)
+    # The one member every piece stored by this fetch came from, with a hash it gave saying
+    # it held the verified blob (None: no piece yet; False: more than that).
+    sole_voucher: bytes | bool | None = None
+    pieces_stored: int = 0
     _meta: PieceMeta | Refused | None = None
     _owner_hashes: set[int] = field(default_factory=set)  # pieces the current owner hashed
     _hash_change_told: bool = False  # an owner's changed hash was logged (once per fetch)
@@ -334,6 +340,7 @@ class SwarmFetch:
         # peer's true bytes and get it banned, the next owner's included).
         stored = self.partial.piece_hashes if self.partial is not None else {}
         self.hashes = {i: h for i, h in self.hashes.items() if i in stored}
+        self.hash_givers = {i: g for i, g in self.hash_givers.items() if i in stored}
         if self.picker is not None:
             self.picker.forget_hashes(self.hashes)
         download = self.download
@@ -448,6 +455,7 @@ class SwarmFetch:
             if known != value:
                 changed += 1
                 continue
+            self.hash_givers.setdefault(index, (owner, meta.verified))
             taken.append(index)
         self._owner_hashes.update(taken)
         if changed and not self._hash_change_told:
@@ -986,7 +994,9 @@ class SwarmFetch:
             picker.store_failed(piece.index)
             swarm.counters.wasted_bytes += len(data)
             return
+        # Read together, before any await: an owner change meanwhile replaces both.
         expected = self.hashes.get(piece.index)
+        giver, vouched = self.hash_givers.get(piece.index, (None, False))
         if expected is None:
             # Its hash went with the owner that gave it (a new owner's answer is awaited):
             # nothing to check it against, and nobody's fault.
@@ -1016,7 +1026,7 @@ class SwarmFetch:
             picker.bad_piece(link.peer_id, piece.index)
             swarm.counters.bad_pieces += 1
             self._lost(link.peer_id)
-            if link.peer_id == self.owner:
+            if link.peer_id == giver:
                 # Its own bytes failed its own hash: nobody else to blame.
                 await swarm.ban(
                     link.peer_id, f"piece {piece.index} of {self.digest} failed its own hash"
@@ -1024,10 +1034,15 @@ class SwarmFetch:
             else:
                 # The sender or the owner lied: the verified blob may tell (blame.py).
                 self.suspects[link.peer_id] = Suspect(
-                    piece.index, partial.layout.piece_size, expected
+                    piece.index, partial.layout.piece_size, expected, giver, vouched
                 )
             return
         self.took_from_peers = True
+        self.pieces_stored += 1
+        if self.sole_voucher is None and vouched and giver == link.peer_id:
+            self.sole_voucher = link.peer_id
+        elif self.sole_voucher != link.peer_id or not vouched or giver != link.peer_id:
+            self.sole_voucher = False
         swarm.counters.bytes_from_peers += len(data)
         swarm.counters.pieces_from_peers += 1
         await swarm.download_limit.consume(len(data))

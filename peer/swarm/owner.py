@@ -129,7 +129,9 @@ class OwnerSide:
             if hashes is not None and size is not None:
                 state.interested.add(link.peer_id)
                 origins = self._store.origins_of(digest)
-                await _send(link, PieceMeta(digest, size, piece_size, hashes, origins))
+                # Stored, so its sha256 was checked: these hashes are of its true bytes.
+                meta = PieceMeta(digest, size, piece_size, hashes, origins, verified=True)
+                await _send(link, meta)
                 now = trio.current_time()
                 if state.seeder is None or state.seeder.count != len(hashes):
                     state.seeder = Seeder(digest, len(hashes), self._rng, held=hashes)

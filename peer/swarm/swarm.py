@@ -49,7 +49,7 @@ from peer.swarm import congestion
 from peer.swarm.actions import Send
 from peer.swarm.bans import BanList
 from peer.swarm.bits import bits_of, indices_of
-from peer.swarm.blame import sent_wrong_bytes
+from peer.swarm.blame import author_of_failure, liar
 from peer.swarm.choker import Choker
 from peer.swarm.digest_state import DigestState
 from peer.swarm.errors import OwnerUnavailable
@@ -1009,7 +1009,11 @@ class Swarm:
         download = fetch.download
         partial, digest = download.partial, download.digest
         if isinstance(download.error, DigestMismatch):
-            if fetch.took_from_peers:
+            count = partial.layout.count if partial is not None else 0
+            author = author_of_failure(fetch.sole_voucher, fetch.pieces_stored, count)
+            if author is not None and author != self.node_id:
+                await self.ban(author, f"{digest}: all its pieces, 'verified', failed its sha256")
+            elif fetch.took_from_peers:
                 self.counters.blobs_distrusted += 1
                 self.bans.distrust(digest, trio.current_time())
                 log.warning(
@@ -1027,16 +1031,12 @@ class Swarm:
             )
             if true_hash is None:
                 continue  # evicted meanwhile: no witness
-            if not sent_wrong_bytes(suspect, true_hash):
+            culprit, how = liar(peer, suspect, true_hash)
+            if culprit is None:
                 self.counters.false_hashes += 1
-                log.warning(
-                    "%s: the owner's hash of piece %d was false (the verified blob fails it); "
-                    "the peer whose piece failed it is cleared",
-                    digest,
-                    suspect.index,
-                )
-            elif not self.is_banned(peer):
-                await self.ban(peer, f"piece {suspect.index} of {digest} was not the blob's")
+                log.warning("%s: %s; the peer whose piece failed it is cleared", digest, how)
+            elif culprit != self.node_id and not self.is_banned(culprit):
+                await self.ban(culprit, f"{digest}: {how}")
 
     def _true_piece_hash(self, digest: str, index: int, piece_size: int) -> bytes | None:
         """The hash of piece `index` of the verified blob `digest` as stored (None: gone)."""

@@ -43,6 +43,7 @@ events = st.one_of(
         st.integers(1, MAX_PIECE_SIZE),
         st.dictionaries(st.integers(0, 10_000), hashes16, max_size=20),
         origins,
+        st.booleans(),
     ),
     st.builds(
         ev.Refused,

@@ -3,19 +3,32 @@ downloads off the swarm meanwhile (bans.py): pure, no sockets."""
 
 from __future__ import annotations
 
-from peer.swarm.bans import MAX_DISTRUSTED, BanList
-from peer.swarm.blame import Suspect, sent_wrong_bytes
+import pytest
 
+from peer.swarm.bans import MAX_DISTRUSTED, BanList
+from peer.swarm.blame import Suspect, author_of_failure, liar
+
+SENDER, OWNER = b"S" * 16, b"O" * 16
 TRUE, FALSE = b"t" * 16, b"f" * 16
 
 
-def test_a_sender_whose_bytes_failed_the_true_hash_sent_wrong_bytes() -> None:
-    assert sent_wrong_bytes(Suspect(3, 65536, expected=TRUE), TRUE)
+@pytest.mark.parametrize("vouched", [False, True])
+def test_a_sender_whose_bytes_failed_the_true_hash_sent_other_bytes(vouched: bool) -> None:
+    assert liar(SENDER, Suspect(3, 65536, TRUE, OWNER, vouched), TRUE)[0] == SENDER
 
 
-def test_a_hash_the_true_piece_fails_clears_the_sender() -> None:
-    # And blames nobody: the owner may have hashed what a lying registry sent it.
-    assert not sent_wrong_bytes(Suspect(3, 65536, expected=FALSE), TRUE)
+def test_a_false_hash_clears_the_sender_and_blames_an_owner_only_if_it_said_verified() -> None:
+    # Unverified, the owner may have hashed what a lying registry sent it.
+    assert liar(SENDER, Suspect(3, 65536, FALSE, OWNER, False), TRUE)[0] is None
+    culprit, how = liar(SENDER, Suspect(3, 65536, FALSE, OWNER, True), TRUE)
+    assert culprit == OWNER and "verified" in how
+
+
+def test_a_failed_blob_is_blamed_only_on_a_sole_voucher_of_every_piece() -> None:
+    assert author_of_failure(OWNER, 16, 16) == OWNER
+    assert author_of_failure(OWNER, 15, 16) is None  # a piece came from elsewhere
+    assert author_of_failure(False, 16, 16) is None  # several, or unverified hashes
+    assert author_of_failure(None, 0, 16) is None
 
 
 def test_a_distrusted_blob_is_noted_until_the_ban_time_ends() -> None:

@@ -152,7 +152,7 @@ def _sending(data: bytes) -> Callable[[PeerLink, Event], Awaitable[None]]:
     return on_event
 
 
-@pytest.mark.parametrize("liar_is", ["owner", "sender"])
+@pytest.mark.parametrize("liar_is", ["owner", "verified-owner", "sender"])
 async def test_a_piece_failing_its_hash_bans_its_sender_only_once_the_verified_blob_shows_it(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, liar_is: str
 ) -> None:
@@ -161,7 +161,8 @@ async def test_a_piece_failing_its_hash_bans_its_sender_only_once_the_verified_b
     sender is only left out of the blob's fetch. Once the blob is whole and verified (the
     owner sends no piece: the registry does), a true piece that matches the hash shows the
     sender's bytes were wrong, and it is banned; one that fails it clears the sender, and
-    the owner is not banned either (a registry may have fed it wrong bytes: blame.py).
+    the owner is not banned either (a registry may have fed it wrong bytes: blame.py),
+    unless it said it held the verified blob (then the hash was a lie).
     Before, the sender was banned at once, every link to it closed: a lying owner got honest
     holders of a blob banned with one false hash."""
     monkeypatch.setattr(owner_change, "OWNER_STALLED", 3.0)
@@ -171,12 +172,14 @@ async def test_a_piece_failing_its_hash_bans_its_sender_only_once_the_verified_b
         data = blob_owned_by(owner, node.node_id, PIECES * PIECE)
         digest = setup.registry.add_blob(data)
         hashes = _hashes(data)
-        if liar_is == "owner":
+        owner_lies = liar_is != "sender"
+        if owner_lies:
             hashes[0] = b"\0" * 16
+        verified = liar_is == "verified-owner"
 
         async def owner_on_event(link: PeerLink, event: Event) -> None:
             if isinstance(event, Want):  # it offers nothing itself
-                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, []))
+                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, [], verified))
             elif isinstance(event, PeersRequest):
                 link.post(Peers(event.digest, []))
 
@@ -185,7 +188,7 @@ async def test_a_piece_failing_its_hash_bans_its_sender_only_once_the_verified_b
         pulled = await _pull_until_fetching(setup, nursery, digest)
         swarm = node.swarm
         assert swarm is not None
-        sent = data if liar_is == "owner" else os.urandom(len(data))
+        sent = data if owner_lies else os.urandom(len(data))
         sender, link = await _link_running(setup, nursery, _sending(sent))
         await link.send(Bitfield(digest, bits_of([0], PIECES)))  # it offers piece 0 only
         with trio.fail_after(20):
@@ -198,20 +201,22 @@ async def test_a_piece_failing_its_hash_bans_its_sender_only_once_the_verified_b
         assert pulled == [data]
         assert swarm.is_banned(sender.node_id) == (liar_is == "sender")
         assert swarm.counters.false_hashes == (liar_is == "owner")
-        assert not swarm.is_banned(owner.node_id)
+        assert swarm.is_banned(owner.node_id) == verified
         await link.close()
 
 
-@pytest.mark.parametrize("members", [1, 2])
+@pytest.mark.parametrize(("members", "verified"), [(1, False), (2, True), (1, True)])
 async def test_a_blob_from_peers_failing_its_sha256_comes_from_the_registry_next(
-    tmp_path: Path, nursery: trio.Nursery, members: int
+    tmp_path: Path, nursery: trio.Nursery, members: int, verified: bool
 ) -> None:
     """The owner hashes other bytes of the blob's size and sends them (alone, or half of
     them, a second member the other half): every piece passes its hash, the blob fails its
     sha256. Nobody is banned (an owner hashes what its registry sent before its own sha256
-    check: an honest one fed wrong bytes does this too), and the swarm is not asked for that
-    blob for a while: the next pull comes whole from the registry. Before, every pull failed
-    the same way while the liar stayed."""
+    check: an honest one fed wrong bytes does this too; and a second sender may have matched
+    a hash with other bytes), and the swarm is not asked for that blob for a while: the next
+    pull comes whole from the registry. Before, every pull failed the same way while the
+    liar stayed. An owner that sent every piece itself, saying it held the verified blob,
+    is banned: its claim and its bytes cannot both be true."""
     async with node_and_registry(tmp_path, nursery) as setup:
         node = setup.node
         owner, owner_port = NodeIdentity.generate(), free_port(avoid=[setup.peer_port])
@@ -225,7 +230,7 @@ async def test_a_blob_from_peers_failing_its_sha256_comes_from_the_registry_next
 
         async def owner_on_event(link: PeerLink, event: Event) -> None:
             if isinstance(event, Want):
-                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, []))
+                link.post(PieceMeta(event.digest, len(data), PIECE, hashes, [], verified))
                 link.post(Bitfield(event.digest, bits_of(range(offered), PIECES)))
                 for other in accomplice:
                     other.post(Bitfield(event.digest, bits_of(range(offered, PIECES), PIECES)))
@@ -248,12 +253,17 @@ async def test_a_blob_from_peers_failing_its_sha256_comes_from_the_registry_next
         with contextlib.suppress(httpx.HTTPError):  # a cut stream: the bytes were wrong
             first.append((await setup.client.get(path, timeout=30)).content)
         assert data not in first
+        sole_author = members == 1 and verified
         with trio.fail_after(20):
-            while not swarm.bans.is_distrusted(digest, trio.current_time()):
+            while not (
+                swarm.bans.is_distrusted(digest, trio.current_time())
+                or swarm.is_banned(owner.node_id)
+            ):
                 await trio.sleep(0.05)
         assert swarm.counters.pieces_from_peers == PIECES
-        assert swarm.counters.blobs_distrusted == 1
-        assert not any(swarm.is_banned(member) for member in members_ids)
+        assert swarm.counters.blobs_distrusted == (not sole_author)
+        assert swarm.is_banned(owner.node_id) == sole_author
+        assert not any(swarm.is_banned(member) for member in members_ids[1:])
         second_pull = await setup.client.get(path, timeout=30)
         assert second_pull.status_code == 200 and second_pull.content == data
         for link in accomplice:

@@ -41,6 +41,7 @@ async def test_an_owner_cuts_blobs_into_its_pieces_per_blob(
     # piece per blob takes the largest.
     default = await _owner_layout(tmp_path / "default", nursery)
     assert (default.piece_size, len(default.hashes)) == (256 * 1024, 4)
+    assert default.verified  # held whole, its sha256 checked: its hashes vouch for the blob
     one = await _owner_layout(tmp_path / "one", nursery, pieces_per_blob=1)
     assert (one.piece_size, len(one.hashes)) == (MIB, 1)
 
