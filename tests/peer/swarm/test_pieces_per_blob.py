@@ -24,6 +24,9 @@ async def _owner_layout(tmp_path: Path, nursery: trio.Nursery, **settings: int) 
         digest = setup.registry.add_blob(data)
         response = await setup.client.get(f"/v2/org/app/blobs/{digest}")
         assert response.content == data
+        with trio.fail_after(10):  # the last byte goes out before the commit's fsync
+            while not setup.node.store.has_blob(digest):
+                await trio.sleep(0.01)
         member = await link_member(setup, nursery)
         await member.link.send(Want(digest, None, "org/app", None, held_only=True))
         with trio.fail_after(10):
