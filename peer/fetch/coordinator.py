@@ -42,6 +42,12 @@ Fetch = Callable[[Download, dict[str, str]], Awaitable[None]]
 # refused: a client gets a 502 (containerd then asks its next host), a peer's Want a 503 (the
 # peer fetches the blob itself), a prefetch is skipped.
 MAX_DOWNLOADS = 128
+# One asker (a member, by its Wants; a client on another host, by its address) may start at
+# most this share of them: one alone filled the node's 128, and every other pull got a 502 or
+# a 503 until they ended (an attacker's review, 2026-12-06). Joining a download in flight is
+# not starting one. This host's own clients (loopback: its runtime), prefetch and preheat have
+# no share: they are the node's own, and a process on this host has easier ways to hurt it.
+ASKER_SHARE = 4
 
 # Failures with a known cause: logged in one line. Anything else is a bug: with a traceback.
 EXPECTED_FAILURES = (UpstreamError, StoreError, OSError, BlobFailed)
@@ -68,14 +74,16 @@ class DownloadTable:
             other.clients for other in self.active.values() if other is not download
         )
 
-    async def join(self, source: BlobSource, fetch: Fetch) -> Download:
-        """The download of the blob: the one in flight, or a new one run by `fetch`.
+    async def join(self, source: BlobSource, fetch: Fetch, starter: str | None = None) -> Download:
+        """The download of the blob: the one in flight, or a new one run by `fetch`, started
+        by `starter` (None: by the node's own, with no share).
 
         A download that another client started with other credentials is joined only once the
         upstream accepted that client; if it refused, this client gets its own try.
 
         Raises:
-            TooManyDownloads: a new download would be one past MAX_DOWNLOADS.
+            TooManyDownloads: a new download would be one past MAX_DOWNLOADS, or past the
+                share of them `starter` may start.
         """
         digest, auth_key = source.digest, source.auth_key
         while True:
@@ -83,7 +91,10 @@ class DownloadTable:
             if download is None:
                 if len(self.active) >= MAX_DOWNLOADS:
                     raise TooManyDownloads(MAX_DOWNLOADS)
-                download = Download(digest, source.namespace, source.name, auth_key)
+                share = max(1, MAX_DOWNLOADS // ASKER_SHARE)
+                if starter is not None and self.started_by(starter) >= share:
+                    raise TooManyDownloads(share, share=True)
+                download = Download(digest, source.namespace, source.name, auth_key, starter)
                 self.active[digest] = download
                 self._nursery.start_soon(self._run, download, fetch, dict(source.headers))
                 return download
@@ -93,6 +104,10 @@ class DownloadTable:
             if download.partial is not None and download.error is None:
                 return download
             await download.done.wait()
+
+    def started_by(self, starter: str) -> int:
+        """Downloads in flight that `starter` started."""
+        return sum(1 for download in self.active.values() if download.starter == starter)
 
     async def _run(self, download: Download, fetch: Fetch, headers: dict[str, str]) -> None:
         try:
@@ -133,14 +148,14 @@ class OwnerUpstream:
         self._table = table
         self._fetcher = fetcher
 
-    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+    async def join_for_peer(self, source: BlobSource, holders: Fetch, peer: bytes) -> Download:
         # A node that joined and ranks first is asked for blobs the previous owner has: from
         # it, not the registry again. Held-only Wants start nothing where they land, so two
         # nodes never wait on each other here.
         async def fetch(download: Download, headers: dict[str, str]) -> None:
             await swarm_then_upstream(holders, self._fetcher, download, headers)
 
-        return await self._table.join(source, fetch)
+        return await self._table.join(source, fetch, f"member {peer.hex()}")
 
     def in_flight(self, digest: str) -> Download | None:
         download = self._table.active.get(digest)
@@ -208,9 +223,10 @@ class FetchCoordinator:
     def busy_retries(self) -> int:
         return self._fetcher.busy_retries
 
-    async def join(self, source: BlobSource) -> Download:
-        """The download of `source`'s blob (swarm first, then the upstream)."""
-        return await self._table.join(source, self._fetch)
+    async def join(self, source: BlobSource, starter: str | None = None) -> Download:
+        """The download of `source`'s blob (swarm first, then the upstream); `starter`: who
+        would start it (None: the node's own, with no share of the downloads)."""
+        return await self._table.join(source, self._fetch, starter)
 
     async def _fetch(self, download: Download, headers: dict[str, str]) -> None:
         if self._swarm is None:

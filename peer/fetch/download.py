@@ -34,6 +34,9 @@ class Download:
     namespace: str | None
     name: str
     auth_key: str | None
+    # Who started it, for the share of MAX_DOWNLOADS one asker may hold (coordinator.py);
+    # None: no share (this host's own clients, prefetch, preheat).
+    starter: str | None = None
     started: float = field(default_factory=trio.current_time)
     ready: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
@@ -118,9 +121,11 @@ class Download:
 
 
 class TooManyDownloads(UpstreamError):
-    """No new download now: as many are in flight on this node as it runs at once."""
+    """No new download now: as many are in flight on this node as it runs at once (or as the
+    one asking may start: `share`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, share: bool = False) -> None:
+        whose = "started by this asker on this node" if share else "on this node"
         super().__init__(
-            "pollen", f"{limit} downloads in flight on this node already: ask again shortly", 503
+            "pollen", f"{limit} downloads in flight {whose} already: ask again shortly", 503
         )

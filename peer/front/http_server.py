@@ -24,6 +24,7 @@ from peer.front.drain import Drain
 from peer.front.oci_errors import OciError
 from peer.front.read_pace import DEFAULT_MIN_RATE, ReadPace
 from peer.log_throttle import LogThrottle
+from peer.sources import source_of
 
 log = logging.getLogger("pollen.http")
 
@@ -90,6 +91,9 @@ class HttpConnection:
         self.pace = pace if pace is not None else ReadPace()
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self.client = _peer_name(stream)
+        # Whom its downloads count against (coordinator.ASKER_SHARE): its address (IPv6: its
+        # /64), None for this host's own clients (loopback: its runtime).
+        self.download_starter = _download_starter(stream)
 
     @property
     def response_started(self) -> bool:
@@ -377,6 +381,17 @@ async def serve_connection(
 
 def _waiting(gate: ConnectionGate | None, ticket: int) -> ContextManager[trio.CancelScope]:
     return gate.waiting(ticket) if gate is not None else contextlib.nullcontext(trio.CancelScope())
+
+
+def _download_starter(stream: trio.SocketStream) -> str | None:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "client gone"
+    if not isinstance(peer, tuple):
+        return None  # a unix socket: this host's
+    host = str(peer[0])
+    return None if source_of(host)[1] else f"client {client_key(host)}"
 
 
 def _client_address(stream: trio.SocketStream) -> str:

@@ -292,7 +292,7 @@ class RegistryFront:
                 await self._forward_head(conn, request, namespace, route.name, "blobs", digest)
                 return
             source = BlobSource(digest, namespace, route.name, headers, auth_key)
-            download = await self.downloads.join(source)
+            download = await self.downloads.join(source, conn.download_starter)
             with download.serving():
                 await download.ready.wait()
                 ours = download.started_for(source, self.upstreams.base_url)

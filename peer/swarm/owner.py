@@ -41,7 +41,7 @@ MAX_PEERS_LISTED = 32  # peers in one answer to PeersRequest
 class PeerUpstream(Protocol):
     """The swarm's narrow view of the fetch side (peer/fetch/coordinator.py)."""
 
-    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+    async def join_for_peer(self, source: BlobSource, holders: Fetch, peer: bytes) -> Download:
         """The download of a blob for a peer's Want: the one in flight, or a new one that
         `holders` fills from a node that holds the blob (it raises OwnerUnavailable when none
         does), else the upstream."""
@@ -146,7 +146,9 @@ class OwnerSide:
         )
         if not want.held_only:
             try:
-                download = await self._upstream.join_for_peer(source, self._from_holders)
+                download = await self._upstream.join_for_peer(
+                    source, self._from_holders, link.peer_id
+                )
             except UpstreamError as exc:  # too many downloads here: the peer fetches it
                 await self._refuse(link, want.held_only, _failure(digest, 503, str(exc)))
                 return

@@ -17,11 +17,16 @@ from peer.config import Address, NodeConfig
 from peer.fetch import coordinator
 from peer.front.http_server import HttpConnection, Request
 from peer.node import Node
-from tests.peer.member_node import link_member, node_and_registry
+from tests.peer.member_node import Setup, link_member, node_and_registry
 from tests.peer.scripted_server import ScriptedServer
 from wire.events import Refused, Want
 
 LIMIT = 4
+
+
+def node_downloads(setup: Setup) -> int:
+    assert setup.node.downloads is not None
+    return len(setup.node.downloads.active)
 
 
 async def trickle(conn: HttpConnection, request: Request) -> None:
@@ -76,3 +81,29 @@ async def test_a_peers_want_past_the_limit_is_refused_and_its_link_stays(
         await trio.sleep(0.2)
         assert not member.link.closed
         assert setup.registry.count("GET", digest) == 0
+
+
+async def test_one_member_may_start_only_its_share_of_the_downloads(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's Wants for blobs at a registry that trickles started a download each, until
+    they held every one of the node's (an attacker's review, 2026-12-06): every other pull
+    then got a 502 or a 503. One asker now starts at most a quarter of them; another member
+    still starts its own, and joining a download in flight is not starting one."""
+    monkeypatch.setattr(coordinator, "MAX_DOWNLOADS", 8)  # a share of 2
+    async with node_and_registry(tmp_path, nursery) as setup:
+        setup.registry.pace = 2.0  # each download stays in flight for the test
+        digests = [setup.registry.add_blob(bytes([i]) * 1_000_000) for i in range(4)]
+        greedy, other = await link_member(setup, nursery), await link_member(setup, nursery)
+        for digest in digests[:3]:
+            await greedy.link.send(Want(digest, None, "org/app", None))
+        await other.link.send(Want(digests[3], None, "org/app", None))
+        await other.link.send(Want(digests[0], None, "org/app", None))  # in flight: joined
+        with trio.fail_after(20):
+            while len(greedy.metas) < 3 or len(other.metas) < 2:
+                await trio.sleep(0.05)
+        refused = [m for m in greedy.metas if isinstance(m, Refused)]
+        assert len(refused) == 1 and refused[0].status == 503
+        assert b"started by this asker" in refused[0].body
+        assert not any(isinstance(m, Refused) for m in other.metas)
+        assert node_downloads(setup) == 3

@@ -271,7 +271,7 @@ async def test_pre_handshake_piece_announcements_close_the_link_at_once() -> Non
 class NoUpstream:
     """The swarm's view of the fetch side, never reached by these tests."""
 
-    async def join_for_peer(self, source: BlobSource, holders: Fetch) -> Download:
+    async def join_for_peer(self, source: BlobSource, holders: Fetch, peer: bytes) -> Download:
         raise AssertionError("no upstream fetch expected")
 
     def in_flight(self, digest: str) -> Download | None:
