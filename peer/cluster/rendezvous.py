@@ -8,8 +8,13 @@ piece of its blobs, so a host with a quarter of the uplink that owns a large lay
 whole rollout back (simulated: 16 hosts, 4 of them at 25 Mbit/s of 100, last host done at
 2.4-3.1 x the bound when a slow host owned a layer, 1.5 when none did). Each member's score
 is `-w / ln(h)` with `h` its hash in (0, 1) (weighted rendezvous hashing: a member with w
-twice another's is first twice as often) and w = capacity ** 2, so that a host at a quarter
-owns about a sixteenth of a fast one's share. The weights are absolute, not relative to the
+twice another's is first twice as often) and w = capacity ** WEIGHT_EXPONENT, so that a host
+at a quarter owns a sixty-fourth of a fast one's share, and one at half an eighth. The cube,
+not the square (the fiftieth session, `docs/issue10/s50/`): with a sixteenth, 16 simulated
+hosts with 4 at a quarter still had a slow owner of a 75 MiB layer in 1 seed of 8 (last host
+1.338 x the bound; 24 seeds: mean 1.159, 5 over 1.2), with the cube none (1.102; mean 1.146,
+4 over 1.2); a fourth power gained nothing more (1.145) and would lean twice as hard on any
+member that declares more than it has. The weights are absolute, not relative to the
 members present: a member's death moves only its own blobs, as without weights. A member
 that declares nothing counts as UNDECLARED (10 Gbit/s: as fast as any), and so does one that
 declares more (a member that claims the fastest link still owns more than its share: weights
@@ -26,6 +31,7 @@ import xxhash
 
 _SPAN = float(2**64)
 UNDECLARED = 10_000_000_000 // 8  # bytes/s a member that declares no capacity counts as
+WEIGHT_EXPONENT = 3
 
 
 def weight(node_id: bytes, digest: str) -> int:
@@ -45,7 +51,7 @@ def owner_order(
         declared = (capacity or {}).get(node, 0)
         # Past UNDECLARED a claim is no real link's: a liar's, who would own every blob.
         declared = min(declared, UNDECLARED) if declared > 0 else UNDECLARED
-        share = (float(declared) / UNDECLARED) ** 2
+        share = (float(declared) / UNDECLARED) ** WEIGHT_EXPONENT
         h = (weight(node, digest) + 0.5) / _SPAN  # in (0, 1), never 0 or 1
         return (-share / math.log(h), node)
 
