@@ -287,7 +287,7 @@ def main() -> None:
     callback=_convert(parse_rate, "rate"),
     help="This host's upload capacity (e.g. 1gbit, 25mbit), told to the other nodes: a blob's "
     "owner sends the first copy of every piece, so hosts that declare less are chosen as "
-    "owners less often (a quarter of the fastest: about a sixteenth as often). It also sizes "
+    "owners less often (a quarter of the fastest: about a sixty-fourth as often). It also sizes "
     "pieces: blobs are cut for the median of what the cluster's members declare, a piece at "
     "most 0.1 s of it (25mbit: 256KiB, 20mbit: 128KiB, 100mbit: 1MiB at most, smaller than "
     "--pieces-per-blob 32 gives large layers), since on slow links small pieces spread sooner; "
