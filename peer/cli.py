@@ -293,14 +293,18 @@ def main() -> None:
     "--pieces-per-blob 32 gives large layers), since on slow links small pieces spread sooner; "
     "a blob already stored keeps its pieces. Declare it on hosts with a slower link than the "
     "rest, and on every host of a cluster on links of tens of Mbit/s [default: --upload-rate "
-    "if set, else not declared: counted as the fastest].",
+    "if set, else not declared: counted as the fastest]. A host that declares half the "
+    "cluster's uplink or less also paces its piece uploads (see --upload-rate).",
 )
 @click.option(
     "--upload-rate",
     default=None,
     envvar="POLLEN_UPLOAD_RATE",
     callback=_convert(parse_rate, "rate"),
-    help="Cap on piece bytes sent to peers, e.g. 50MiB/s or 400mbit [default: none].",
+    help="Cap on piece bytes sent to peers, e.g. 50MiB/s or 400mbit [default: none, but on a "
+    "host whose --uplink is half the cluster's or less (the median its members declare): 0.92 "
+    "of that uplink, so that the host's requests and the ACKs of what it downloads, which leave "
+    "through the same uplink, do not queue behind its pieces].",
 )
 @click.option(
     "--download-rate",

@@ -276,6 +276,8 @@ class Node:
                 for m in membership.members.values()
             ],
             "banned": [p.hex() for p in swarm.bans.banned(trio.current_time())],
+            # What piece uploads are capped at (--upload-rate, or a slow host's pace), if anything.
+            "upload_cap_bytes_per_s": swarm.upload_cap,
             **asdict(swarm.counters),
         }
 
@@ -596,8 +598,6 @@ class Node:
         self.upstreams.config = dataclasses.replace(
             self.upstreams.config, mapping=new.upstreams, default=new.default_upstream
         )
-        if self.swarm is not None and new.upload_rate != old.upload_rate:
-            self.swarm.upload_limit.set_rate(new.upload_rate)
         if self.swarm is not None and new.peer_congestion_control != old.peer_congestion_control:
             self.swarm.use_congestion_control(_peer_congestion_control(new))
         if self._download_limit is not None and new.download_rate != old.download_rate:
@@ -605,7 +605,9 @@ class Node:
         self.node_auth.update(credentials, NodeAuth.lent_names(new.auth_for_clients))
         if self.membership is not None:  # --upload-rate may be what it declares
             self.membership.capacity = new.declared_capacity()
-        else:  # a lone node cuts for its own (in a cluster, the swarm keeps the median)
+        if self.swarm is not None:  # after the capacity: a slow host's pace depends on it
+            self.swarm.set_upload_rate(new.upload_rate)
+        if self.membership is None:  # a lone node cuts for its own (a swarm keeps the median)
             self.store.uplink = cluster_uplink([new.declared_capacity()])
         self.store.quota = new.cache_size
         self.store.policy = new.cache_policy()

@@ -59,6 +59,7 @@ from peer.swarm.inflow import RECEIVING_GAP, InflowReports
 from peer.swarm.link import LinkClosed, PeerLink
 from peer.swarm.link_guard import LinkGuard
 from peer.swarm.owner import OwnerSide, PeerUpstream
+from peer.swarm.pacing import upload_pace
 from peer.swarm.recent_pieces import RecentPieces
 from peer.swarm.seeding import first_copies_pending
 from peer.swarm.uploads import Uploads
@@ -179,6 +180,9 @@ class Swarm:
         # fetches wait for it, a little (`view_settled`).
         self.view_ready = trio.Event()
         self._started_at = trio.current_time()
+        # --upload-rate; without it a slow host paces its uploads (pacing.py, `_cut_for_cluster`).
+        self._upload_rate = upload_rate
+        self.upload_cap = upload_rate  # what upload_limit was last set to here
         self.upload_limit = RateLimiter(upload_rate)
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
@@ -522,12 +526,38 @@ class Swarm:
 
     def _cut_for_cluster(self) -> None:
         """Blobs this node cuts (as owner, or fetching from the registry alone) are cut for
-        the cluster's uplink, as every member sees it (peer/cluster/rendezvous.py); and the
-        live members' addresses, for the link guard."""
+        the cluster's uplink, as every member sees it (peer/cluster/rendezvous.py), which also
+        says whether this host paces its uploads (pacing.py); and the live members' addresses,
+        for the link guard."""
         self.store.uplink = cluster_uplink(self.membership.declared_uplinks())
+        self._pace_uploads()
         self._member_sources = frozenset(
             source_of(m.address[0])[0] for m in self.membership.alive()
         )
+
+    def set_upload_rate(self, rate: int | None) -> None:
+        """A new --upload-rate (a reload; None: no cap of the operator's)."""
+        self._upload_rate = rate
+        self._pace_uploads()
+
+    def _pace_uploads(self) -> None:
+        """The cap on piece uploads: --upload-rate, or the pace of a slow host (pacing.py)
+        for what this node declares and the cluster's uplink as last seen."""
+        cap = upload_pace(self._upload_rate, self.membership.capacity, self.store.uplink)
+        if cap == self.upload_cap:
+            return
+        self.upload_cap = cap
+        if self._upload_rate is None and cap is not None:
+            log.info(
+                "piece uploads paced at %d bytes/s: the declared uplink (%d) is slow beside "
+                "the cluster's (%d)",
+                cap,
+                self.membership.capacity,
+                self.store.uplink,
+            )
+        elif self._upload_rate is None:
+            log.info("piece uploads no longer paced")
+        self.upload_limit.set_rate(cap)
 
     async def _timers(self) -> None:
         """The node-level deadlines of the pure parts: rechoke, ban expiry, the idle sweep,

@@ -24,7 +24,7 @@ from tests.peer.swarm.real_nodes import (
     until,
 )
 
-# Rendezvous weighs a member by the square of the uplink it declares (none: the fastest):
+# Rendezvous weighs a member by the cube of the uplink it declares (none: the fastest):
 # 1 Mbit/s ranks far behind 100 Mbit/s, which ranks far behind none. So the owner (none)
 # comes first and the holder (100 Mbit/s) second, whatever id the holder has once restarted.
 SLOW, MEDIUM = 125_000, 12_500_000

@@ -1,0 +1,49 @@
+"""How fast this node sends pieces when the operator set no --upload-rate: as fast as the link
+takes them, except on a host whose declared uplink is slow beside the cluster's, which paces its
+piece uploads a little under that uplink. A pure rule: what is declared in, a cap out.
+
+Why: a host's requests, and the ACKs of every byte it downloads, leave through its own uplink,
+behind the pieces it sends. Sent as fast as the socket takes them, pieces wait in the uplink's
+queue (and a request to a peer also waits for the rest of the piece on that peer's link), and
+on a slow uplink the same bytes queued are several times the delay: the host downloads slower
+than the others while its uplink is full, and ends last. Paced under the link, the pieces wait
+in this process instead, where a request overtakes them, and the uplink's queue stays empty.
+The testbed (16 hosts, 224 MiB at 25 Mbit/s, 4 of them at 6.25; `docs/issue10/s51/`): unpaced,
+the four slow hosts ended last in 11 runs of 11, up to 12 s after the last fast one, the last
+host at 1.22-1.31 x T_min; paced, 1.18-1.20 (seeds 2-5), the slow hosts among the others, for
+~7 % more node CPU (the pieces' sleeps). Pacing every host lost what it won (1.26, 1.27): a fast
+host's queue costs it little, and 4 % of every fast uplink is 4 % of the swarm. The simulator
+models no queues at the links and cannot show either. Only a quarter of the cluster's uplink
+was measured; half is where the rule starts.
+
+A member that declares a larger uplink than it has moves the cluster's uplink (the lower of the
+middle two of what the members declare, `cluster_uplink`) only with half the members behind it:
+one liar cannot make this host pace.
+"""
+
+from __future__ import annotations
+
+from peer.cluster.rendezvous import UNDECLARED
+
+# Piece bytes per second, as a share of the declared uplink (which counts the link's frames):
+# TCP's payload is ~0.956 of what a link carries in full segments, so this keeps ~4 % of the
+# link for requests, ACKs and headers beyond what the pieces need.
+PACE_SHARE = 0.92
+# A host is slow at this share of the cluster's uplink or less.
+SLOW_SHARE = 0.5
+
+
+def upload_pace(operator_cap: int | None, declared: int, cluster: int) -> int | None:
+    """The cap on piece bytes/s sent to peers (None: none).
+
+    `operator_cap`: --upload-rate, which always wins; `declared`: this host's --uplink (0: not
+    declared); `cluster`: the cluster's uplink (`cluster_uplink`, 0 where its members' median
+    is undeclared: as fast as any)."""
+    if operator_cap is not None:
+        return operator_cap
+    if declared <= 0:
+        return None
+    reference = cluster if cluster > 0 else UNDECLARED
+    if declared > SLOW_SHARE * reference:
+        return None
+    return max(1, int(declared * PACE_SHARE))

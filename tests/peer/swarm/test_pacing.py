@@ -1,0 +1,115 @@
+"""A host whose declared uplink is slow beside the cluster's paces its piece uploads a little
+under it (peer/swarm/pacing.py): the rule alone, and real nodes on loopback that learn each
+other's declared uplinks by gossip."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peer.cluster.rendezvous import UNDECLARED
+from peer.node import Node
+from peer.swarm.pacing import PACE_SHARE, SLOW_SHARE, upload_pace
+from tests.peer.swarm.real_nodes import knows, make_node, registry_and_seed, running, until
+
+FAST = 4_000_000
+SLOW = 1_000_000
+
+
+def test_a_host_at_a_quarter_of_the_clusters_uplink_paces_its_uploads() -> None:
+    assert upload_pace(None, SLOW, FAST) == int(SLOW * PACE_SHARE)
+
+
+def test_a_host_as_fast_as_the_cluster_is_not_paced() -> None:
+    assert upload_pace(None, FAST, FAST) is None
+    assert upload_pace(None, FAST, SLOW) is None  # faster than the cluster
+
+
+def test_the_pace_starts_at_half_the_clusters_uplink() -> None:
+    assert upload_pace(None, int(FAST * SLOW_SHARE), FAST) is not None
+    assert upload_pace(None, int(FAST * SLOW_SHARE) + 1, FAST) is None
+
+
+def test_a_host_that_declares_nothing_is_not_paced() -> None:
+    assert upload_pace(None, 0, FAST) is None
+
+
+def test_the_operators_upload_rate_always_wins() -> None:
+    assert upload_pace(123, SLOW, FAST) == 123
+    assert upload_pace(10 * FAST, SLOW, FAST) == 10 * FAST  # even above the pace
+    assert upload_pace(123, 0, 0) == 123
+
+
+def test_a_cluster_of_undeclared_members_counts_as_the_fastest() -> None:
+    # cluster_uplink gives 0 where the median member declares nothing (10 Gbit/s).
+    assert upload_pace(None, 125_000_000, 0) == int(125_000_000 * PACE_SHARE)  # 1 Gbit/s
+    assert upload_pace(None, UNDECLARED, 0) is None
+
+
+@given(
+    declared=st.integers(min_value=1, max_value=UNDECLARED),
+    cluster=st.integers(min_value=0, max_value=UNDECLARED),
+)
+def test_a_pace_is_under_the_declared_uplink_and_only_for_slow_hosts(
+    declared: int, cluster: int
+) -> None:
+    pace = upload_pace(None, declared, cluster)
+    reference = cluster or UNDECLARED
+    assert (pace is not None) == (declared <= SLOW_SHARE * reference)
+    if pace is not None:
+        assert 0 < pace < declared or declared == 1
+
+
+def _cap(node: Node) -> object:
+    swarm = node.status()["swarm"]
+    assert isinstance(swarm, dict)
+    return swarm["upload_cap_bytes_per_s"]
+
+
+async def test_the_slow_host_of_a_cluster_paces_and_the_fast_ones_do_not(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry, _ = await registry_and_seed(tmp_path, nursery)
+    first = make_node(registry, tmp_path / "first", uplink=FAST)
+    assert first.config.peer is not None
+    join = (first.config.peer,)
+    second = make_node(registry, tmp_path / "second", join, uplink=FAST)
+    third = make_node(registry, tmp_path / "third", join, uplink=FAST)
+    slow = make_node(registry, tmp_path / "slow", join, uplink=SLOW)
+    capped = make_node(registry, tmp_path / "capped", join, uplink=SLOW, upload_rate=SLOW // 2)
+    nodes = (first, second, third, slow, capped)
+    async with contextlib.AsyncExitStack() as stack:
+        for node in nodes:
+            await stack.enter_async_context(running(node, nursery))
+        await until(lambda: all(knows(n, *(m for m in nodes if m is not n)) for n in nodes))
+        # The cluster's uplink, the median of 4 MB/s, 4, 4, 1, 1, is 4 MB/s once the others'
+        # declarations have arrived by gossip.
+        await until(lambda: _cap(slow) == int(SLOW * PACE_SHARE))
+        assert slow.swarm is not None and slow.swarm.upload_limit.rate == _cap(slow)
+        assert _cap(first) is None and _cap(second) is None and _cap(third) is None
+        assert _cap(capped) == SLOW // 2  # the operator's --upload-rate stands
+
+
+async def test_a_reload_that_drops_the_upload_rate_leaves_a_slow_host_paced(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry, _ = await registry_and_seed(tmp_path, nursery)
+    first = make_node(registry, tmp_path / "first", uplink=FAST)
+    assert first.config.peer is not None
+    join = (first.config.peer,)
+    second = make_node(registry, tmp_path / "second", join, uplink=FAST)
+    config = make_node(registry, tmp_path / "slow", join, uplink=SLOW, upload_rate=SLOW).config
+    slow = Node(config, reread_config=lambda: dataclasses.replace(config, upload_rate=None))
+    nodes = (first, second, slow)
+    async with running(first, nursery), running(second, nursery), running(slow, nursery):
+        await until(lambda: all(knows(n, *(m for m in nodes if m is not n)) for n in nodes))
+        await trio.sleep(1.5)  # a timer tick or more: the operator's cap is not replaced
+        assert _cap(slow) == SLOW
+        slow.reload()
+        assert _cap(slow) == int(SLOW * PACE_SHARE)
+        assert slow.swarm is not None and slow.swarm.upload_limit.rate == int(SLOW * PACE_SHARE)
