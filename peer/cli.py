@@ -302,7 +302,8 @@ def main() -> None:
     envvar="POLLEN_UPLOAD_RATE",
     callback=_convert(parse_rate, "rate"),
     help="Cap on piece bytes sent to peers, e.g. 50MiB/s or 400mbit [default: none, but on a "
-    "host whose --uplink is half the cluster's or less (the median its members declare): 0.92 "
+    "host whose --uplink is half the cluster's or less (the median its members declare; one that "
+    "declares nothing counts as the fastest): 0.92 "
     "of that uplink, so that the host's requests and the ACKs of what it downloads, which leave "
     "through the same uplink, do not queue behind its pieces].",
 )

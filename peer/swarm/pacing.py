@@ -6,19 +6,25 @@ Why: a host's requests, and the ACKs of every byte it downloads, leave through i
 behind the pieces it sends. Sent as fast as the socket takes them, pieces wait in the uplink's
 queue (and a request to a peer also waits for the rest of the piece on that peer's link), and
 on a slow uplink the same bytes queued are several times the delay: the host downloads slower
-than the others while its uplink is full, and ends last. Paced under the link, the pieces wait
-in this process instead, where a request overtakes them, and the uplink's queue stays empty.
+than the others while its uplink is full, and ends last. Paced under the link (the operator's
+`--upload-rate` at PACE_SHARE of the uplink: peer/rate_limit.py), a piece waits for its tokens
+in this process before it takes its link, where a request overtakes it, and the uplink's queue
+drains between pieces. Under a cap the upload lanes measure no rates (peer/swarm/uploads.py):
+a paced host's lanes do not yield to faster ones (upload_lanes.py, YIELD_BELOW).
 The testbed (16 hosts, 224 MiB at 25 Mbit/s, 4 of them at 6.25; `docs/issue10/s51/`): unpaced,
-the four slow hosts ended last in 11 runs of 11, up to 12 s after the last fast one, the last
-host at 1.22-1.31 x T_min; paced, 1.18-1.20 (seeds 2-5), the slow hosts among the others, for
-~7 % more node CPU (the pieces' sleeps). Pacing every host lost what it won (1.26, 1.27): a fast
-host's queue costs it little, and 4 % of every fast uplink is 4 % of the swarm. The simulator
-models no queues at the links and cannot show either. Only a quarter of the cluster's uplink
-was measured; half is where the rule starts.
+the four slow hosts ended last in 11 runs of 11, 3-12 s after the last fast one, the last host
+at 1.22-1.31 x T_min; paced, 1.18-1.20 (seeds 2-5), a slow host still last but 0.1-2.6 s after
+the last fast one, for ~7 % more node CPU. Pacing every host lost what it won (1.26, 1.27): a
+fast host's queue costs it little, and 4 % of every fast uplink is 4 % of the swarm. The
+simulator models no queues at the links and cannot show either. Only a quarter of the
+cluster's uplink was measured; half is where the rule starts, and the CPU it costs on links of
+a Gbit/s (where a node's CPU binds) was not measured.
 
-A member that declares a larger uplink than it has moves the cluster's uplink (the lower of the
-middle two of what the members declare, `cluster_uplink`) only with half the members behind it:
-one liar cannot make this host pace.
+What the members declare comes from the cluster's gossip, which only holders of the cluster
+token speak: such a member that makes up members, or declares falsely, can move the cluster's
+uplink (as it can the piece sizes, `cluster_uplink`) and so make this host pace (8 % of its
+upload) or not. Members that declare nothing count as the fastest: where only the slow hosts
+declare (as `--uplink`'s help advises), they are the ones that pace.
 """
 
 from __future__ import annotations

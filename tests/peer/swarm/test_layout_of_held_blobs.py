@@ -66,7 +66,7 @@ async def test_a_restarted_holder_that_takes_over_answers_in_the_swarms_pieces(
             # The owner sends slowly now: the puller opens its download in the owner's
             # pieces, and the owner dies before it is done.
             assert owner.swarm is not None
-            owner.swarm.upload_limit.set_rate(16 * 1024)
+            owner.swarm.set_upload_rate(16 * 1024)
             pulled: list[bytes] = []
 
             async def pull() -> None:

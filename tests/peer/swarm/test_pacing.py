@@ -61,8 +61,9 @@ def test_a_pace_is_under_the_declared_uplink_and_only_for_slow_hosts(
     pace = upload_pace(None, declared, cluster)
     reference = cluster or UNDECLARED
     assert (pace is not None) == (declared <= SLOW_SHARE * reference)
-    if pace is not None:
-        assert 0 < pace < declared or declared == 1
+    if pace is not None:  # under the uplink, by the share: room for requests and ACKs
+        assert 0 < pace <= max(1, declared * PACE_SHARE)  # never 0: that is no cap at all
+        assert pace < declared or declared == 1
 
 
 def _cap(node: Node) -> object:
@@ -93,6 +94,13 @@ async def test_the_slow_host_of_a_cluster_paces_and_the_fast_ones_do_not(
         assert slow.swarm is not None and slow.swarm.upload_limit.rate == _cap(slow)
         assert _cap(first) is None and _cap(second) is None and _cap(third) is None
         assert _cap(capped) == SLOW // 2  # the operator's --upload-rate stands
+        # A timer tick that finds the same pace leaves the token bucket alone (a new one would
+        # start with a full second's burst: twice the pace, every second).
+        limiter = slow.swarm.upload_limit
+        bucket = limiter._bucket
+        slow.store.uplink = 0  # the tick sets it again
+        await until(lambda: slow.store.uplink == FAST)
+        assert limiter._bucket is bucket and limiter.rate == int(SLOW * PACE_SHARE)
 
 
 async def test_a_reload_that_drops_the_upload_rate_leaves_a_slow_host_paced(
@@ -108,7 +116,9 @@ async def test_a_reload_that_drops_the_upload_rate_leaves_a_slow_host_paced(
     nodes = (first, second, slow)
     async with running(first, nursery), running(second, nursery), running(slow, nursery):
         await until(lambda: all(knows(n, *(m for m in nodes if m is not n)) for n in nodes))
-        await trio.sleep(1.5)  # a timer tick or more: the operator's cap is not replaced
+        # A timer tick that saw the others' uplinks (it sets the cluster's) keeps the
+        # operator's cap.
+        await until(lambda: slow.store.uplink == FAST)
         assert _cap(slow) == SLOW
         slow.reload()
         assert _cap(slow) == int(SLOW * PACE_SHARE)
