@@ -277,7 +277,7 @@ class Node:
             ],
             "banned": [p.hex() for p in swarm.bans.banned(trio.current_time())],
             # What piece uploads are capped at (--upload-rate, or a slow host's pace), if anything.
-            "upload_cap_bytes_per_s": swarm.upload_cap,
+            "upload_cap_bytes_per_s": swarm.upload_limit.rate,
             **asdict(swarm.counters),
         }
 

@@ -182,7 +182,6 @@ class Swarm:
         self._started_at = trio.current_time()
         # --upload-rate; without it a slow host paces its uploads (pacing.py, `_cut_for_cluster`).
         self._upload_rate = upload_rate
-        self.upload_cap = upload_rate  # what upload_limit was last set to here
         self.upload_limit = RateLimiter(upload_rate)
         self.download_limit = download_limit or RateLimiter(download_rate)
         self.grants = Grants(store, access)
@@ -554,9 +553,8 @@ class Swarm:
         """The cap on piece uploads: --upload-rate, or the pace of a slow host (pacing.py)
         for what this node declares and the cluster's uplink as last seen."""
         cap = upload_pace(self._upload_rate, self.membership.capacity, self.store.uplink)
-        if cap == self.upload_cap:
-            return
-        self.upload_cap = cap
+        if cap == self.upload_limit.rate:
+            return  # a new bucket would start with a full second's burst
         if self._upload_rate is None and cap is not None:
             log.info(
                 "piece uploads paced at %d bytes/s: the declared uplink (%d) is slow beside "
