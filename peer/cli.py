@@ -289,7 +289,7 @@ def main() -> None:
     "owner sends the first copy of every piece, so hosts that declare less are chosen as "
     "owners less often (a quarter of the fastest: about a sixty-fourth as often). It also sizes "
     "pieces: blobs are cut for the median of what the cluster's members declare, a piece at "
-    "most 0.1 s of it (25mbit: 256KiB, 20mbit: 128KiB, 100mbit: 1MiB at most, smaller than "
+    "most 0.05 s of it (25mbit: 128KiB, 20mbit: 64KiB, 100mbit: 512KiB at most, smaller than "
     "--pieces-per-blob 32 gives large layers), since on slow links small pieces spread sooner; "
     "a blob already stored keeps its pieces. Declare it on hosts with a slower link than the "
     "rest, and on every host of a cluster on links of tens of Mbit/s [default: --upload-rate "
@@ -303,7 +303,7 @@ def main() -> None:
     callback=_convert(parse_rate, "rate"),
     help="Cap on piece bytes sent to peers, e.g. 50MiB/s or 400mbit [default: none, but on a "
     "host whose --uplink is half the cluster's or less (the median its members declare; one that "
-    "declares nothing counts as the fastest): 0.92 "
+    "declares nothing counts as the fastest): 0.88 "
     "of that uplink, so that the host's requests and the ACKs of what it downloads, which leave "
     "through the same uplink, do not queue behind its pieces].",
 )

@@ -39,12 +39,18 @@ def least_piece_size(largest: int) -> int:
 
 # On a slow uplink a piece is at most this many seconds of it (`piece_size_for`'s `uplink`): a
 # blob spreads as fast as its pieces hop from node to node, and on links of tens of Mbit/s the
-# rule's pieces hop slowly (512 KiB is 0.17 s at 25 Mbit/s). Measured (README, "Smaller pieces
-# on slow links"): 16 hosts at 25 Mbit/s, 512 MiB in 4 layers, 256 KiB pieces 1.14 x T_min on
-# the testbed against 1.16 at the rule's 512 KiB, and in the simulator 1.065 against 1.11; a
-# 56 MiB image at 20 Mbit/s, 128 KiB pieces 1.086 against 1.137. On fast links it never binds
-# (1 MiB at 100 Mbit/s, above what the rule cuts any blob under 256 MiB into).
-PIECE_HOP = 0.1
+# rule's pieces hop slowly (512 KiB is 0.17 s at 25 Mbit/s). What smaller pieces cost is CPU per
+# piece, and the hop bounds it per second rather than per byte: a node takes in and sends on
+# about 1 / PIECE_HOP pieces a second each way on any link the cap cuts for (20: on the 2-core
+# testbed 8 nodes at 25 Mbit/s spent 37-43 s of CPU in 86 s, 5-6 % of a core each). Measured
+# (README, "Smaller pieces on slow links"), 0.05 s against 0.1 s, alternating on the testbed at
+# 25 Mbit/s: one blob at a time 1.13, 1.13 x T_min against 1.15, 1.15; three at a time 1.14,
+# 1.14 against 1.15, 1.16; 224 MiB in 3 layers 1.18, 1.18 against 1.21, 1.19; a 56 MiB image
+# at 20 Mbit/s 1.13, 1.14 against 1.16, 1.17; 16 hosts, 512 MiB 1.14, 1.15 against 1.14, 1.13
+# (16 nodes on two cores: the CPU takes the gain back there); the simulator 1.3-2.6 % sooner in
+# every scenario. At 100 Mbit/s it caps pieces at 512 KiB (what the rule cuts a blob under
+# 256 MiB into); from 1 Gbit/s up it never binds.
+PIECE_HOP = 0.05
 
 
 def piece_size_for(

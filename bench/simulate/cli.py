@@ -118,7 +118,7 @@ def _progress(quiet: bool) -> Callable[[str], None] | None:
     show_default=True,
     callback=_size,
     help="The largest piece (each blob gets at least --pieces-per-blob, down to 256KiB, and "
-    "pieces of at most 0.1 s of the median uplink the hosts declare, as the node does).",
+    "pieces of at most 0.05 s of the median uplink the hosts declare, as the node does).",
 )
 @click.option(
     "--pieces-per-blob",

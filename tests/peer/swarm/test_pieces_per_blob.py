@@ -52,7 +52,7 @@ async def test_an_owner_cuts_blobs_into_its_pieces_per_blob(
 async def test_a_node_cuts_blobs_for_the_uplink_its_cluster_declares(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    """A node that declares a slow uplink cuts the blobs it owns into pieces of at most 0.1 s
+    """A node that declares a slow uplink cuts the blobs it owns into pieces of at most 0.05 s
     of it (1 MB/s: 64 KiB, where the rule gives 256 KiB); among members that declare nothing
     (as fast as any), it cuts for their median, the fast: as they would."""
     slow = await _owner_layout(tmp_path / "slow", nursery, uplink=1_000_000)
