@@ -420,7 +420,7 @@ def main() -> None:
     "small pieces), and smaller still where the cluster declares slow uplinks (--uplink). "
     "Smaller pieces spread "
     "faster through many nodes and cost more CPU per byte (each piece ~1 ms): on links of "
-    "tens of Mbit/s, 256KiB (or 128KiB with CPU to spare) ends a rollout 2-3% sooner, which "
+    "tens of Mbit/s, smaller pieces (25mbit: 128KiB) end a rollout 2-5% sooner, which "
     "--uplink gives; on fast links the default costs less CPU. A blob is cut by its owner and "
     "every node takes its pieces (and keeps them for a blob it holds: a new setting cuts new "
     "blobs), so nodes set otherwise still trade; but a node that takes over a blob nobody "

@@ -17,8 +17,8 @@ at 1.22-1.31 x T_min; paced at 0.92 of the uplink, 1.18-1.20 (seeds 2-5), a slow
 last but 0.1-2.6 s after the last fast one, for ~7 % more node CPU. In pieces half as large
 (pieces/layout.py's PIECE_HOP, `docs/issue10/s52/`) a slow host sends twice the requests and
 Haves for the same bytes, and 0.92 left it too little room: PACE_SHARE below. Pacing every
-host lost what it won (1.26, 1.27): a fast host's queue costs it little, and 4 % of every fast
-uplink is 4 % of the swarm. The simulator models no queues at the links and cannot show
+host (at 0.92) lost what it won (1.26, 1.27): a fast host's queue costs it little, and 4 % of
+every fast uplink is 4 % of the swarm. The simulator models no queues at the links and cannot show
 either. Only a quarter of the cluster's uplink was measured; half is where the rule starts,
 and the CPU it costs on links of a Gbit/s (where a node's CPU binds) was not measured.
 

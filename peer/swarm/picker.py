@@ -47,7 +47,7 @@ from wire.events import Cancel, Have, Request
 
 # A peer's queue: this many seconds of its rate. Short, so that a request waits little behind
 # others at a busy peer and goes where pieces flow (libtorrent queues ~3 s, in 16 KiB blocks;
-# our pieces are 256 KiB and more). Simulator, with the rest of that commit: 16 hosts 1.14-1.19
+# our pieces are 64 KiB to 4 MiB). Simulator, with the rest of that commit: 16 hosts 1.14-1.19
 # x T_min at 1 s, 1.21-1.25 at 3 s; 100 hosts 1.29 either way. Half a second once the
 # simulator's rate grid was fine enough to show it (5 ms, 2026-11-30): 100 hosts 1.16, 1.16,
 # 1.16, 1.16 (seeds 0-3) against 1.18, 1.18, 1.18, 1.16 at 1 s, a third of the duplicates;

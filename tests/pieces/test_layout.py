@@ -88,9 +88,9 @@ def test_a_slow_uplink_cuts_smaller_pieces() -> None:
     # 512 KiB by the count, 0.17 s at 25 Mbit/s: halved to 128 KiB (0.042 s).
     assert piece_size_for(128 * mib, uplink=25 * mbit) == 128 * 1024
     assert piece_size_for(56 * mib // 3, uplink=20 * mbit) == 64 * 1024  # 128 KiB: 0.052 s
-    # At 100 Mbit/s 512 KiB (0.042 s) stays, a larger blob's 1 MiB (0.084 s) is halved.
+    # At 100 Mbit/s 512 KiB (0.042 s) stays, a 256 MiB blob's 1 MiB (0.084 s) is halved.
     assert piece_size_for(128 * mib, uplink=100 * mbit) == 512 * 1024
-    assert piece_size_for(512 * mib, uplink=100 * mbit) == 512 * 1024
+    assert piece_size_for(256 * mib, uplink=100 * mbit) == 512 * 1024
     # Fast links keep the rule's pieces: 4 MiB is 0.034 s at 1 Gbit/s.
     assert piece_size_for(2048 * mib, uplink=1_000 * mbit) == 4 * mib
     assert piece_size_for(128 * mib, uplink=0) == 512 * 1024  # not declared: the rule
