@@ -37,22 +37,21 @@ def least_piece_size(largest: int) -> int:
     return min(LEAST_PIECE_SIZE, largest)
 
 
-# On a slow uplink a piece is at most this many seconds of it (`piece_size_for`'s `uplink`): a
-# blob spreads as fast as its pieces hop from node to node, and on links of tens of Mbit/s the
-# rule's pieces hop slowly (512 KiB is 0.17 s at 25 Mbit/s). What smaller pieces cost is CPU per
-# piece, and the hop bounds it per second rather than per byte: a node takes in and sends on
-# 1 / PIECE_HOP to 2 / PIECE_HOP pieces a second each way at its link's rate, on any link the
-# cap cuts for (20-40; 24 at 25 Mbit/s: on the 2-core testbed 8 nodes at 25 Mbit/s spent 37-43 s
-# of CPU in 85-89 s, 5-6 % of a core each). Measured
-# (README, "Smaller pieces on slow links"), 0.05 s against 0.1 s, alternating on the testbed at
-# 25 Mbit/s: one blob at a time 1.13, 1.13 x T_min against 1.15, 1.15; three at a time 1.14,
-# 1.14 against 1.15, 1.16; 224 MiB in 3 layers 1.18, 1.18 against 1.21, 1.19; a 56 MiB image
-# at 20 Mbit/s 1.13, 1.14 against 1.16, 1.17; 16 hosts, 512 MiB 1.14, 1.15 against 1.14, 1.13
+# On a slow uplink a piece is at most this many seconds of it (`piece_size_for`'s `uplink`): a blob
+# spreads as fast as its pieces hop from node to node, and on links of tens of Mbit/s the rule's
+# pieces hop slowly (512 KiB is 0.17 s at 25 Mbit/s). What smaller pieces cost is CPU per piece, and
+# the hop bounds it per second rather than per byte: a node takes in and sends on 1 / PIECE_HOP to 2
+# / PIECE_HOP pieces a second each way at its link's rate, on any link the cap cuts for (20-40; 24
+# at 25 Mbit/s: on the 2-core testbed 8 nodes at 25 Mbit/s spent 37-43 s of CPU in 85-89 s, 5-6 % of
+# a core each). Measured (README, "Smaller pieces on slow links"), 0.05 s against 0.1 s, alternating
+# on the testbed at 25 Mbit/s: one blob at a time 1.13, 1.13 x T_min against 1.15, 1.15; three at a
+# time 1.14, 1.14 against 1.15, 1.16; 224 MiB in 3 layers 1.18, 1.18 against 1.21, 1.19; a 56 MiB
+# image at 20 Mbit/s 1.13, 1.14 against 1.16, 1.17; 16 hosts, 512 MiB 1.14, 1.15 against 1.14, 1.13
 # (16 nodes on two cores: the CPU takes the gain back there); the simulator 1.3-2.7 % sooner in
-# every uniform scenario, 1.5 % later on uneven links (where the testbed needed slow hosts paced
-# at 0.88: peer/swarm/pacing.py). At 100 Mbit/s it caps pieces at 512 KiB (what the rule cuts a
-# blob under 256 MiB into), whatever the settings ask; from 1 Gbit/s up it never binds on
-# pieces up to 4 MiB (the default largest).
+# every uniform scenario, 1.5 % later on uneven links (where the testbed needed slow hosts paced at
+# 0.88: peer/swarm/pacing.py). At 100 Mbit/s it caps pieces at 512 KiB (what the rule cuts a blob
+# under 256 MiB into), whatever the settings ask; from 1 Gbit/s up it never binds on pieces up to 4
+# MiB (the default largest).
 PIECE_HOP = 0.05
 
 
