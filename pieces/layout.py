@@ -12,10 +12,10 @@ MAX_PIECES = 1 << 20
 # Pieces are sized to the blob: at least PIECES_PER_BLOB of them (a blob spreads only as fast
 # as its pieces hop from node to node: a 56 MiB image in 4 MiB pieces is 14 pieces, and the
 # swarm waits on whole-piece hops), never under MIN_PIECE_SIZE (each piece costs a message, a
-# hash and a write). Chosen in the simulator (README, "What each technique gained"): with
-# slots per link, 224 MiB in 3 layers, 100 hosts 1.35-1.37 x T_min at 1 MiB pieces (64 per
-# blob), 1.28-1.30 at 512 KiB, 1.24-1.26 at 256 KiB; 8 hosts 1.15-1.17 (128 per blob) and
-# 1.10-1.16 (256).
+# hash and a write). Chosen in the simulator (docs/issue10/HISTORY.md, "What each technique
+# gained"): with slots per link, 224 MiB in 3 layers, 100 hosts 1.35-1.37 x T_min at 1 MiB
+# pieces (64 per blob), 1.28-1.30 at 512 KiB, 1.24-1.26 at 256 KiB; 8 hosts 1.15-1.17 (128 per
+# blob) and 1.10-1.16 (256).
 PIECES_PER_BLOB = 256
 # The most a setting may ask (`--pieces-per-blob`): every blob under 16 GiB is then cut into
 # MIN_PIECE_SIZE pieces already.
@@ -43,15 +43,15 @@ def least_piece_size(largest: int) -> int:
 # the hop bounds it per second rather than per byte: a node takes in and sends on 1 / PIECE_HOP to 2
 # / PIECE_HOP pieces a second each way at its link's rate, on any link the cap cuts for (20-40; 24
 # at 25 Mbit/s: on the 2-core testbed 8 nodes at 25 Mbit/s spent 37-43 s of CPU in 85-89 s, 5-6 % of
-# a core each). Measured (README, "Smaller pieces on slow links"), 0.05 s against 0.1 s, alternating
-# on the testbed at 25 Mbit/s: one blob at a time 1.13, 1.13 x T_min against 1.15, 1.15; three at a
-# time 1.14, 1.14 against 1.15, 1.16; 224 MiB in 3 layers 1.18, 1.18 against 1.21, 1.19; a 56 MiB
-# image at 20 Mbit/s 1.13, 1.14 against 1.16, 1.17; 16 hosts, 512 MiB 1.14, 1.15 against 1.14, 1.13
-# (16 nodes on two cores: the CPU takes the gain back there); the simulator 1.3-2.7 % sooner in
-# every uniform scenario, 1.5 % later on uneven links (where the testbed needed slow hosts paced at
-# 0.88: peer/swarm/pacing.py). At 100 Mbit/s it caps pieces at 512 KiB (what the rule cuts a blob
-# under 256 MiB into), whatever the settings ask; from 1 Gbit/s up it never binds on pieces up to 4
-# MiB (the default largest).
+# a core each). Measured (docs/issue10/HISTORY.md, "Smaller pieces on slow links" and the
+# fifty-second session), 0.05 s against 0.1 s, alternating on the testbed at 25 Mbit/s: one blob at
+# a time 1.13, 1.13 x T_min against 1.15, 1.15; three at a time 1.14, 1.14 against 1.15, 1.16; 224
+# MiB in 3 layers 1.18, 1.18 against 1.21, 1.19; a 56 MiB image at 20 Mbit/s 1.13, 1.14 against
+# 1.16, 1.17; 16 hosts, 512 MiB 1.14, 1.15 against 1.14, 1.13 (16 nodes on two cores: the CPU takes
+# the gain back there); the simulator 1.3-2.7 % sooner in every uniform scenario, 1.5 % later on
+# uneven links (where the testbed needed slow hosts paced at 0.88: peer/swarm/pacing.py). At 100
+# Mbit/s it caps pieces at 512 KiB (what the rule cuts a blob under 256 MiB into), whatever the
+# settings ask; from 1 Gbit/s up it never binds on pieces up to 4 MiB (the default largest).
 PIECE_HOP = 0.05
 
 

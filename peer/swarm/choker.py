@@ -8,7 +8,7 @@ lately (bytes sent, halved every period) stay unchoked, UNCHOKED - 1 of them, pl
 optimistic pick that rotates every OPTIMISTIC_PERIOD. Nobody is starved for being slow or for
 having nothing to give yet, and a short period rotates the slots among many askers. (In the
 simulator, 100 hosts: tit-for-tat every 10 s, last host 2.2-3.3 x T_min; least-served every 10 s,
-2.2 x; every 2 s, 1.4-1.5 x. README, "What each technique gained".)
+2.2 x; every 2 s, 1.4-1.5 x. docs/issue10/HISTORY.md, "What each technique gained".)
 Half a second from the forty-fifth session to the forty-seventh (below): until the first rechoke
 every peer that asks is unchoked, so the few early holders (the owners first) queue the requests
 of most of the cluster while the nodes that took their first pieces wait to be asked; each

@@ -9,7 +9,8 @@ peers with deep request queues take every slot (one link, eight pieces queued be
 other), so a node sent to four or five peers at once, each flow held back by its receiver's
 downlink, while other peers waited for a slot. In the simulator, 100 hosts: the uplinks ran
 84 % busy and the last host took 1.44-1.52 x T_min; with slots per link 87 %, and with the
-other changes of that commit 1.24-1.30 x (README, "What each technique gained").
+other changes of that commit 1.24-1.30 x (docs/issue10/HISTORY.md, "What each technique
+gained").
 
 Within a lane, and among the links waiting for a slot, *urgent* requests go first: the pieces
 of a blob this node is still seeding as its owner (first copies, which every other node waits
