@@ -327,7 +327,7 @@ async def _connect(
         if start is None:
             if named:
                 check_named_address(upstream, origin.host, origin.port, address)
-            start = RedirectStart.reached_at(origin.host, address)
+            start = RedirectStart.reached_at(origin.host, address, named_by_client=named)
         else:
             check_connected_address(upstream, start, origin.host, origin.port, address)
     except OSError as exc:  # getpeername: reset already

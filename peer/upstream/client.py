@@ -235,7 +235,7 @@ class Upstreams:
                     if named and address is not None:
                         # DNS that answered otherwise to the check (the request went out).
                         check_named_address(base, url.host, port, address)
-                    start = RedirectStart.reached_at(url.host, address)
+                    start = RedirectStart.reached_at(url.host, address, named_by_client=named)
                 elif address is not None:
                     check_connected_address(base, start, url.host, port, address)
                 if response.next_request is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 import trio
@@ -16,8 +17,14 @@ from peer.upstream.errors import UpstreamError
 # network (a cloud metadata service), that reads internal services back to the client (SSRF).
 # So a redirect may not lead to an internal address, unless it stays on the host of a registry
 # that is itself internal (an operator's registry at localhost:5000 sending blobs to MinIO at
-# localhost:9000). Private ranges (10/8, 192.168/16, fc00::/7) are allowed: on-premises
-# registries redirect to object storage there.
+# localhost:9000). Nor may it lead to this host's own addresses on other interfaces (its LAN
+# address reaches the same ports as its loopback), nor to the cloud metadata services that sit
+# outside the link-local range. Private ranges (10/8, 192.168/16, fc00::/7) are allowed where
+# the redirect comes from a registry on a private network itself, or one an operator configured:
+# on-premises registries redirect to object storage there. A registry only a client named, at
+# a public address, may not lead the node into them (an attacker's registry on the Internet
+# redirecting to a service beside the node read its answer back to the client: a helper's
+# probe, 2026-12-07).
 #
 # A target is checked by resolving its name before connecting, and again by the address the
 # connection reached, since the connection resolves the name anew and DNS can answer otherwise
@@ -30,25 +37,43 @@ from peer.upstream.errors import UpstreamError
 
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host" to Linux's connect
 
+# Cloud metadata services outside 169.254/16 (which "link-local" covers): AWS's instance
+# metadata over IPv6 (Nitro instances) and Alibaba Cloud's. They answer whoever runs on the
+# host with its role's credentials, and a DaemonSet's node runs in the host's network.
+_CLOUD_METADATA = frozenset(
+    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+)
+
 
 def internal_address_kind(address: str) -> str | None:
     """What makes `address` (an IP address as getaddrinfo or getpeername give it, with an
     IPv6 scope or not) one a redirect must not lead to: "loopback", "link-local",
-    "unspecified" (0.0.0.0/8, ::) or "multicast", also in IPv4-mapped (::ffff:a.b.c.d) and
-    IPv4-compatible (::a.b.c.d) IPv6 form; "unreadable" for text that is no IP address; None
-    when it may."""
+    "unspecified" (0.0.0.0/8, ::), "multicast", "cloud metadata" or "this host's" (an address
+    of one of its interfaces), also in IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible
+    (::a.b.c.d) IPv6 form; "unreadable" for text that is no IP address; None when it may."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "unreadable"
     kind = _kind(ip)
-    if kind is None and isinstance(ip, ipaddress.IPv6Address):
-        # Python 3.11 does not look inside these forms; a socket reaches the IPv4 address.
-        if ip.ipv4_mapped is not None:
-            return _kind(ip.ipv4_mapped)
-        if int(ip) >> 32 == 0:
-            return _kind(ipaddress.IPv4Address(int(ip)))
+    if kind is None and _unmapped(ip) != ip:
+        kind = _kind(_unmapped(ip))
+    if kind is None and _is_this_hosts(_unmapped(ip)):
+        kind = "this host's"
     return kind
+
+
+def _unmapped(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d) or IPv4-compatible (::a.b.c.d)
+    IPv6 one, which a socket reaches and Python 3.11 does not look into; else `ip` itself."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if int(ip) >> 32 == 0:
+            return ipaddress.IPv4Address(int(ip))
+    return ip
 
 
 def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -60,7 +85,32 @@ def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         return "unspecified"
     if ip.is_multicast:
         return "multicast"
+    if ip in _CLOUD_METADATA:
+        return "cloud metadata"
     return None
+
+
+def _is_this_hosts(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `ip` is an address of one of this host's interfaces. The kernel routes such an
+    address to the host itself and picks it as its own source: a UDP socket "connected" to it
+    (no packet is sent) is bound to the same address. (Binding to it would be the plainer
+    test, but `net.ipv4.ip_nonlocal_bind` lets any address be bound.)"""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((str(ip), 9))
+            return bool(ipaddress.ip_address(probe.getsockname()[0]) == ip)
+        except (OSError, ValueError):  # no route there: not this host's
+            return False
+
+
+def is_public(address: str) -> bool:
+    """Whether `address` (as `internal_address_kind` takes it) is on the public Internet: not
+    private (10/8, 172.16/12, 192.168/16, fc00::/7), shared (100.64/10), reserved or internal."""
+    try:
+        return _unmapped(ipaddress.ip_address(address)).is_global
+    except ValueError:
+        return False
 
 
 def same_host(a: str, b: str) -> bool:
@@ -80,17 +130,23 @@ def _host_key(host: str) -> str:
 @dataclass(frozen=True, slots=True)
 class RedirectStart:
     """The registry a request started at, which its redirects are judged against: its host as
-    the URL names it, and whether the node's connection to it reached an internal address."""
+    the URL names it, whether the node's connection to it reached an internal address, and
+    whether its redirects may lead to public addresses only (a registry only a client named,
+    not reached on a private network)."""
 
     host: str
     internal: bool
+    public_only: bool = False
 
     @classmethod
-    def reached_at(cls, host: str, address: str | None) -> RedirectStart:
+    def reached_at(
+        cls, host: str, address: str | None, *, named_by_client: bool = False
+    ) -> RedirectStart:
         """The registry at URL host `host`, connected to at `address` (None, or no IP address:
-        not known, taken as not internal, which allows less)."""
+        not known, taken as neither internal nor private, which allows less)."""
         kind = None if address is None else internal_address_kind(address)
-        return cls(host, kind not in (None, "unreadable"))
+        private = address is not None and kind != "unreadable" and not is_public(address)
+        return cls(host, kind not in (None, "unreadable"), named_by_client and not private)
 
     def may_lead_inside(self, host: str) -> bool:
         """Whether a redirect to `host` may reach internal addresses: only when it stays on the
@@ -119,7 +175,7 @@ async def check_redirect_target(
             or resolves to an internal address.
     """
     if not start.may_lead_inside(host):
-        await _check_resolved(upstream, host, port, "redirected to", timeout)
+        await _check_resolved(upstream, host, port, "redirected to", timeout, start.public_only)
 
 
 async def check_named_registry(upstream: str, host: str, port: int, *, timeout: float) -> list[str]:
@@ -147,7 +203,7 @@ def check_named_address(upstream: str, host: str, port: int, address: str) -> No
 
 
 async def _check_resolved(
-    upstream: str, host: str, port: int, how: str, timeout: float
+    upstream: str, host: str, port: int, how: str, timeout: float, public_only: bool = False
 ) -> list[str]:
     where = _authority(host, port)
     try:
@@ -159,7 +215,7 @@ async def _check_resolved(
         raise UpstreamError(upstream, f"{how} {where}, which does not resolve: {exc}") from None
     addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
     for address in addresses:
-        _refuse_internal(upstream, where, address, how)
+        _refuse_internal(upstream, where, address, how, public_only)
     return list(dict.fromkeys(addresses))  # each once, in the resolver's order
 
 
@@ -173,11 +229,23 @@ def check_connected_address(
         UpstreamError: naming `upstream`: the address is internal.
     """
     if not start.may_lead_inside(host):
-        _refuse_internal(upstream, _authority(host, port), address)
+        _refuse_internal(upstream, _authority(host, port), address, public_only=start.public_only)
 
 
-def _refuse_internal(upstream: str, where: str, address: str, how: str = "redirected to") -> None:
+def _refuse_internal(
+    upstream: str,
+    where: str,
+    address: str,
+    how: str = "redirected to",
+    public_only: bool = False,
+) -> None:
     kind = internal_address_kind(address)
+    if kind is None and public_only and not is_public(address):
+        raise UpstreamError(
+            upstream,
+            f"{how} {where}, at a private address ({address[:60]}): refused (a registry a "
+            "client named, at a public address, may not lead the node into a private network)",
+        )
     if kind is not None:
         raise UpstreamError(
             upstream, f"{how} {where}, at a {kind} address ({address[:60]}): refused"
