@@ -482,7 +482,8 @@ def main() -> None:
     default=30.0,
     show_default=True,
     envvar="POLLEN_UPSTREAM_TIMEOUT",
-    help="Seconds without a byte from the upstream before its download is failed.",
+    help="Seconds without a byte from the upstream before its download is failed; also how "
+    "long an upstream has to answer a request (its response head, whatever comes before it).",
 )
 @click.option(
     "--prefetch/--no-prefetch",

@@ -223,11 +223,18 @@ async def open_blob(
                     raise UpstreamError(url, f"connection broke: {exc}") from exc
             if scope.cancelled_caught:
                 raise UpstreamError(url, f"did not take the request in {stall_timeout:.0f}s")
-            while True:
-                event = await _next_event(conn, stream, stall_timeout, url)
-                if isinstance(event, h11.Response):
-                    break
-            response = BlobStream(stream, conn, event, url, stall_timeout)
+            # The head within the silence time-out, whatever comes first: each `100 Continue`
+            # restarted it, and a registry sending them without end held the request open
+            # as long as it liked (a helper's probe, 2026-12-07).
+            answer: h11.Response | None = None
+            with trio.move_on_after(stall_timeout):
+                while answer is None:
+                    event = await _next_event(conn, stream, stall_timeout, url)
+                    if isinstance(event, h11.Response):
+                        answer = event
+            if answer is None:
+                raise UpstreamError(url, f"sent no answer in {stall_timeout:.0f}s")
+            response = BlobStream(stream, conn, answer, url, stall_timeout)
         except BaseException:
             await _close(stream)
             raise

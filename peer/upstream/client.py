@@ -216,8 +216,16 @@ class Upstreams:
                     raise UpstreamError(base, f"redirected to a {url.scheme[:20]!r} URL: refused")
                 timeout = self.config.connect_timeout
                 await check_redirect_target(base, start, url.host, port, timeout=timeout)
+            # Connected and answered within the two time-outs, whatever comes before the head:
+            # httpx skips `100 Continue` answers and each restarted its read time-out, so a
+            # registry sending them without end held the request open as long as it liked
+            # (a helper's probe, 2026-12-07).
+            head_deadline = self.config.connect_timeout + self.config.stall_timeout
             try:
-                response = await self._client.send(request, stream=True)
+                with trio.fail_after(head_deadline):
+                    response = await self._client.send(request, stream=True)
+            except trio.TooSlowError:
+                raise UpstreamError(base, f"no answer in {head_deadline:.0f}s") from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if start is None and named:
                     # httpx resolves the name again: DNS that answered the check otherwise
