@@ -331,6 +331,16 @@ def main() -> None:
     "docker.io=https://registry-1.docker.io. Without a mapping, ?ns=HOST goes to https://HOST.",
 )
 @click.option(
+    "--client-registries/--no-client-registries",
+    default=True,
+    show_default=True,
+    envvar="POLLEN_CLIENT_REGISTRIES",
+    help="Whether a client's ?ns=HOST (containerd names the registry it pulls from), or a "
+    "member's, may send this node to a registry no --upstream maps, at https://HOST. Off: only "
+    "the default upstream, docker.io and the --upstream mappings; any other ?ns= gets 400 "
+    "before anything is asked of anyone. Re-read on SIGHUP.",
+)
+@click.option(
     "--default-upstream",
     default=DEFAULT_UPSTREAM,
     show_default=True,
@@ -591,6 +601,7 @@ def _node_config(options: dict[str, Any]) -> NodeConfig:
         http=options["http"],
         data_dir=Path(options["data_dir"]).expanduser(),
         upstreams=dict(options["upstream"] or ()),
+        client_registries=options["client_registries"],
         default_upstream=options["default_upstream"],
         cache_size=options["cache_size"],
         cache_ttl=options["cache_ttl"],

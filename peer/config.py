@@ -106,6 +106,8 @@ class NodeConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     upstreams: dict[str, str] = field(default_factory=dict)
     default_upstream: str = DEFAULT_UPSTREAM
+    # Whether a client's (or a member's) ?ns= may name a registry no --upstream maps.
+    client_registries: bool = True
     cache_size: int | None = None
     cache_ttl: float | None = None  # seconds a blob may go unread before it is evicted
     # Disk use of the store's file system (fractions): above high, evict down to low.

@@ -80,6 +80,7 @@ JOIN_READY_TIMEOUT = 30.0
 RELOADABLE = (
     "upstreams",
     "default_upstream",
+    "client_registries",
     "upload_rate",
     "download_rate",
     "cache_size",
@@ -172,6 +173,7 @@ class Node:
                 mapping=config.upstreams,
                 default=config.default_upstream,
                 stall_timeout=config.upstream_timeout,
+                client_registries=config.client_registries,
             )
         )
         # The node's own logins (--auth-file): read now, so a bad file stops the start.
@@ -596,7 +598,10 @@ class Node:
         """The RELOADABLE settings of `new` over those of `old`, in the running parts."""
         self.config = dataclasses.replace(old, **{n: getattr(new, n) for n in RELOADABLE})
         self.upstreams.config = dataclasses.replace(
-            self.upstreams.config, mapping=new.upstreams, default=new.default_upstream
+            self.upstreams.config,
+            mapping=new.upstreams,
+            default=new.default_upstream,
+            client_registries=new.client_registries,
         )
         if self.swarm is not None and new.peer_congestion_control != old.peer_congestion_control:
             self.swarm.use_congestion_control(_peer_congestion_control(new))

@@ -46,6 +46,7 @@ class UpstreamConfig:
     default: str
     connect_timeout: float = 10.0
     stall_timeout: float = 30.0
+    client_registries: bool = True  # may a ?ns= name a registry none of the above is?
 
 
 def _no_cookies() -> http.cookiejar.CookieJar:
@@ -87,7 +88,8 @@ class Upstreams:
     def check_namespace(self, namespace: str | None) -> None:
         """Refuse a `?ns=` that is not configured (`--upstream`) and names this host or a
         link-local service by its address (or `localhost`): the client chooses it, and the
-        node would fetch `https://<ns>/v2/...` from there. Names that merely resolve to such
+        node would fetch `https://<ns>/v2/...` from there. With `client_registries` off,
+        refuse every `?ns=` that is not configured. Names that merely resolve to such
         an address are caught when the node connects (`check_named_registry`).
 
         Raises:
@@ -96,6 +98,11 @@ class Upstreams:
         if not self.named_by_client(namespace):
             return
         assert namespace is not None
+        if not self.config.client_registries:
+            raise InvalidNamespace(
+                f"ns {namespace[:100]!r}: this node fetches only from its default upstream, "
+                "docker.io and the registries --upstream maps (--no-client-registries)"
+            )
         host = registry_host(namespace)
         kind = "loopback" if host.lower() == "localhost" else internal_address_kind(host)
         if kind == "unreadable":

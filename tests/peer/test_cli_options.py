@@ -149,3 +149,17 @@ def test_pieces_per_blob_reaches_the_config(tmp_path: Path, started: list[NodeCo
     config_file.write_text("pieces-per-blob = 8\n")
     _run(tmp_path, "--config", str(config_file))
     assert [c.pieces_per_blob for c in started] == [256, 32, 16, 8]
+
+
+def test_client_registries_are_on_by_default_and_off_by_flag_env_or_file(
+    tmp_path: Path, started: list[NodeConfig]
+) -> None:
+    _run(tmp_path)
+    _run(tmp_path, "--no-client-registries")
+    _run(tmp_path, env={"POLLEN_CLIENT_REGISTRIES": "false"})
+    config_file = tmp_path / "pollen.toml"
+    config_file.write_text("client-registries = false\n")
+    _run(tmp_path, "--config", str(config_file))
+    assert [c.client_registries for c in started] == [True, False, False, False]
+    help_text = click.testing.CliRunner().invoke(main, ["run", "--help"]).output
+    assert "--client-registries / --no-client-registries" in help_text

@@ -152,3 +152,21 @@ async def test_a_reload_names_the_congestion_control_of_the_links(
     assert node.swarm.applied_congestion_control == "reno"
     node.reload()  # no name again: the preferred one
     assert node.swarm.applied_congestion_control == "cubic"
+
+
+async def test_a_reload_turns_client_registries_off_and_on(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    registry = FakeRegistry()
+    await nursery.start(registry.serve)
+    config = _config(tmp_path, registry)
+    closed = dataclasses.replace(config, client_registries=False)
+    settings = [closed, config]
+    node = Node(config, reread_config=lambda: settings.pop(0))
+    await nursery.start(node.run)
+    node.upstreams.check_namespace("registry.example")  # by default, a client may name one
+    node.reload()
+    with pytest.raises(ValueError, match="--no-client-registries"):
+        node.upstreams.check_namespace("registry.example")
+    node.reload()
+    node.upstreams.check_namespace("registry.example")
