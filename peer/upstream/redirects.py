@@ -96,12 +96,12 @@ def _is_this_hosts(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     (no packet is sent) is bound to the same address. (Binding to it would be the plainer
     test, but `net.ipv4.ip_nonlocal_bind` lets any address be bound.)"""
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((str(ip), 9))
             return bool(ipaddress.ip_address(probe.getsockname()[0]) == ip)
-        except (OSError, ValueError):  # no route there: not this host's
-            return False
+    except (OSError, ValueError):  # no route there (or no IPv6 in this kernel): not this host's
+        return False
 
 
 def is_public(address: str) -> bool:
