@@ -231,8 +231,8 @@ class FrameDecoder:
     back with `recycle()` once its bytes are stored, and the next piece reuses it.
 
     Nothing is allocated from a size the peer states before `admit_piece` has accepted the
-    Piece's (digest, index, pushed) (it raises RemoteProtocolError for one that was neither
-    requested nor invited),
+    Piece's (digest, index, pushed) and its payload's length (it raises RemoteProtocolError
+    for one that was neither requested nor invited, or is not the piece's length),
     and `max_frame` bounds every frame; the protocol keeps it small until the peer has proved
     the cluster token.
 
@@ -245,7 +245,7 @@ class FrameDecoder:
         self,
         max_frame: int,
         direct_min: int = 64 * 1024,
-        admit_piece: Callable[[str, int, bool], None] | None = None,
+        admit_piece: Callable[[str, int, bool, int], None] | None = None,
         pool: PayloadPool | None = None,
     ) -> None:
         """`pool`: where payload buffers are reused from (several decoders may share one: a
@@ -329,7 +329,8 @@ class FrameDecoder:
         if len(self._buffer) < end and payload_len >= self.direct_min:
             if len(self._buffer) < PREFIX.size + header_len:
                 return None
-            self._piece = self._admit(bytes(self._buffer[PREFIX.size : PREFIX.size + header_len]))
+            header = bytes(self._buffer[PREFIX.size : PREFIX.size + header_len])
+            self._piece = self._admit(header, payload_len)
             self._need = None
             self._start_payload(PREFIX.size + header_len, payload_len)
             return self.next_event()
@@ -365,7 +366,7 @@ class FrameDecoder:
             header = inner[PREFIX.size :]
             if frame_len == header_len:
                 return decode(header, b"")
-            self._piece = self._admit(header)
+            self._piece = self._admit(header, frame_len - header_len)
             self._record = frame_len - header_len + TAG
         if len(self._buffer) >= self._record:
             data = opener.open(bytes(self._buffer[: self._record]))
@@ -377,14 +378,14 @@ class FrameDecoder:
             self._start_payload(0, self._record)
         return None
 
-    def _admit(self, header: bytes) -> tuple[str, int, bool]:
-        """(digest, index, pushed) of a Piece header with a payload to come, once
-        `admit_piece` accepts it: before any memory is set aside for the payload."""
+    def _admit(self, header: bytes, length: int) -> tuple[str, int, bool]:
+        """(digest, index, pushed) of a Piece header with a payload of `length` bytes to come,
+        once `admit_piece` accepts it: before any memory is set aside for the payload."""
         cls, values = decode_header(header)
         if cls is not Piece:
             raise RemoteProtocolError(f"{cls.__name__} with a payload")
         if self.admit_piece is not None:
-            self.admit_piece(values[0], values[1], values[2])
+            self.admit_piece(values[0], values[1], values[2], length)
         return values[0], values[1], values[2]
 
     def _start_payload(self, start: int, length: int) -> None:

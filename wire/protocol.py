@@ -67,6 +67,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -240,6 +241,9 @@ class PeerProtocol:
         # Before the peer has proved the token, only handshake-sized frames: a stranger's
         # stated sizes never reach an allocation.
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME, admit_piece=self._admit_piece, pool=pool)
+        # The length a piece must have, where its blob's layout is known here (None: not
+        # known, and only `max_frame` bounds it); set by the swarm that owns the link.
+        self.piece_length: Callable[[str, int], int | None] | None = None
         self._eof = False
         self._sent_hello = False
         self._sent_proof = False
@@ -487,15 +491,23 @@ class PeerProtocol:
         if self.encrypt:
             self._decoder.start_opening(Opener(self._secrets.key_in))
 
-    def _admit_piece(self, digest: str, index: int, pushed: bool) -> None:
-        """Called by the decoder with a Piece's header, before it allocates the payload (the
-        credit a push takes is spent when the whole Piece is checked, in `_check`)."""
+    def _admit_piece(self, digest: str, index: int, pushed: bool, length: int) -> None:
+        """Called by the decoder with a Piece's header and its payload's length, before it
+        allocates the payload (the credit a push takes is spent when the whole Piece is
+        checked, in `_check`)."""
         if self.state is not State.OPEN:
             raise RemoteProtocolError("Piece before the handshake")
-        if pushed and self.invited.get(digest, 0) > 0:
-            return
-        if pushed or (digest, index) not in self.our_requests:
+        if not (pushed and self.invited.get(digest, 0) > 0) and (
+            pushed or (digest, index) not in self.our_requests
+        ):
             raise RemoteProtocolError(f"unrequested piece {(digest, index)}")
+        # A member asked for a 64 KiB piece stated 16 MiB and sent 10 bytes: the buffer was
+        # set aside for as long as the link lived, one per link (a helper's probe, 2026-12-07).
+        expected = None if self.piece_length is None else self.piece_length(digest, index)
+        if expected is not None and length != expected:
+            raise RemoteProtocolError(
+                f"piece {index} of {digest[:23]} stated as {length} bytes, not {expected}"
+            )
 
 
 def _credit(credits: dict[str, int], digest: str, total: int) -> None:

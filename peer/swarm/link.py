@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from peer.receive_mark import ReceiveMark
+from peer.receive_mark import ReceiveMark, SenderQuiet
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.events import Error, Event, FileRange, Hello, Piece, Proof, Reject, Request
 from wire.frames import PayloadPool
@@ -35,6 +35,11 @@ PAYLOAD_LOWAT = 256 * 1024
 HANDSHAKE_RECEIVE_SIZE = HANDSHAKE_MAX_FRAME
 HANDSHAKE_TIMEOUT = 10.0
 SEND_TIMEOUT = 60.0
+# Seconds a piece's payload may come without a byte before the link is closed: its buffer is
+# set aside until the payload is whole, and a member that stated a piece and sent 10 bytes of
+# it held that buffer for as long as the link lived (a helper's probe, 2026-12-07). A sender
+# at the slowest rate a link carries sends a byte far more often than this.
+PAYLOAD_STALL = 60.0
 # Received piece payloads are reused across all of the node's links: a piece's buffer is free
 # again once it is written, and the next piece on any link takes it, instead of every link
 # keeping (and first zero-filling and faulting in) buffers of its own. In all at most 16
@@ -503,17 +508,24 @@ class PeerLink:
         PAYLOAD_LOWAT of it is there, or one read of at most its length from any other
         stream. The number of bytes written to the start of `payload` (0 at the end of the
         stream)."""
+        stalled = f"a piece's payload sent nothing for {PAYLOAD_STALL:g}s"
         if self._mark is not None:
             try:
-                return await self._mark.receive_into(payload, PAYLOAD_LOWAT, self._heard)
+                return await self._mark.receive_into(
+                    payload, PAYLOAD_LOWAT, self._heard, quiet=PAYLOAD_STALL
+                )
+            except SenderQuiet:
+                raise LinkClosed(stalled) from None
             except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
                 raise LinkClosed(f"receive failed: {exc}") from exc
-        try:
-            data = await self.stream.receive_some(len(payload))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise LinkClosed(f"receive failed: {exc}") from exc
-        payload[: len(data)] = data
-        return len(data)
+        with trio.move_on_after(PAYLOAD_STALL):
+            try:
+                data = await self.stream.receive_some(len(payload))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise LinkClosed(f"receive failed: {exc}") from exc
+            payload[: len(data)] = data
+            return len(data)
+        raise LinkClosed(stalled)
 
     def _heard(self) -> None:
         """More of a piece came, below the mark: the peer is alive (gossip, fetches)."""

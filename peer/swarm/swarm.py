@@ -305,6 +305,7 @@ class Swarm:
                     address=address_text(*self.membership.address),
                     encrypt=self.peer_encryption,
                 )
+                link.protocol.piece_length = self.piece_length
                 await link.handshake()
             except LinkClosed as exc:
                 self.counters.links_refused += 1
@@ -439,6 +440,7 @@ class Swarm:
                 peer_id=peer_id,
                 encrypt=self.peer_encryption,
             )
+            link.protocol.piece_length = self.piece_length
             await link.handshake()
         except (OSError, ValueError, trio.TooSlowError) as exc:  # ValueError: a bad host
             self.bans.unreachable(peer_id, trio.current_time())
@@ -667,6 +669,16 @@ class Swarm:
                 link.post(send.event)
 
     # ---- routing -------------------------------------------------------------------------
+
+    def piece_length(self, digest: str, index: int) -> int | None:
+        """The length piece `index` of `digest` must have, by the layout of the fetch that
+        asks for it (None: no such fetch or piece here; the wire protocol then refuses the
+        piece as unrequested, or bounds it by its frame limit alone)."""
+        state = self.digests.get(digest)
+        partial = None if state is None or state.fetch is None else state.fetch.partial
+        if partial is None or not 0 <= index < partial.layout.count:
+            return None
+        return partial.layout.length(index)
 
     def heard_at(self, peer_id: bytes) -> float | None:
         """When `peer_id` last sent us anything on any open link (None: no open link). Two

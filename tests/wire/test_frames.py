@@ -352,10 +352,10 @@ def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
 
 
 def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
-    asked: list[tuple[str, int, bool]] = []
+    asked: list[tuple[str, int, bool, int]] = []
 
-    def admit(digest: str, index: int, pushed: bool) -> None:
-        asked.append((digest, index, pushed))
+    def admit(digest: str, index: int, pushed: bool, length: int) -> None:
+        asked.append((digest, index, pushed, length))
         raise RemoteProtocolError("unrequested")
 
     digest = "sha256:" + "d" * 64
@@ -363,4 +363,4 @@ def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
     decoder.feed(frame(Piece(digest, 3, b"z" * 1000))[:-900])
     with pytest.raises(RemoteProtocolError, match="unrequested"):
         decoder.next_event()
-    assert asked == [(digest, 3, False)] and decoder.payload_buffer() is None
+    assert asked == [(digest, 3, False, 1000)] and decoder.payload_buffer() is None

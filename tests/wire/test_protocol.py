@@ -377,6 +377,41 @@ def test_an_unrequested_piece_header_is_refused_before_its_buffer_exists(encrypt
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
+def test_a_requested_piece_stated_at_another_length_is_refused_before_its_buffer_exists(
+    encrypt: bool,
+) -> None:
+    """A member asked for a 64 KiB piece stated 16 MiB and sent 10 bytes: its buffer stayed set
+    aside for as long as the link lived (a helper's probe, 2026-12-07). Where the swarm knows
+    the piece's length (`piece_length`), a header stating another is refused at once."""
+    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    pair.handshake()
+    pair.a.piece_length = lambda digest, index: 65536 if digest == DIGEST else None
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 1)))
+    events(pair.b)
+    if encrypt:
+        header_record = pair.b.send_buffers(Piece(DIGEST, 1, b"x" * BIG))[0]
+        assert isinstance(header_record, bytes)
+        pair.a.receive_data(header_record)
+    else:
+        pair.a.receive_data(piece_header(1, BIG))
+    with pytest.raises(RemoteProtocolError, match=f"stated as {BIG} bytes, not 65536"):
+        events(pair.a)
+    assert pair.a.payload_buffer() is None
+
+
+def test_a_requested_piece_of_its_stated_length_is_taken() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.a.piece_length = lambda digest, index: 70_000
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 1)))
+    events(pair.b)
+    got = pair.deliver(pair.b, pair.a, Piece(DIGEST, 1, b"y" * 70_000))
+    pieces = [e for e in got if isinstance(e, Piece)]
+    assert len(pieces) == 1 and not isinstance(pieces[0].data, FileRange)
+    assert len(pieces[0].data) == 70_000
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
 def test_a_requested_large_piece_is_read_into_its_own_buffer(encrypt: bool) -> None:
     pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
     pair.handshake()

@@ -22,6 +22,7 @@ import trio.testing
 
 from peer import receive_mark
 from peer.receive_mark import LOOK_EVERY
+from peer.swarm import link as link_module
 from peer.swarm.link import MAX_ANSWERS_WAITING, PAYLOAD_LOWAT, LinkClosed, PeerLink
 from wire.events import Event, FileRange, Have, Piece, Request
 from wire.frames import encode
@@ -219,6 +220,23 @@ async def test_a_peer_sending_a_long_piece_is_heard_while_it_arrives_not_only_at
         piece = await raw.events.receive()
         assert isinstance(piece, Piece) and not isinstance(piece.data, FileRange)
         assert bytes(piece.data) == data
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+async def test_a_payload_that_stops_coming_closes_the_link(
+    monkeypatch: pytest.MonkeyPatch, encrypt: bool
+) -> None:
+    """A member that stated a piece and sent a few bytes of it held the payload's buffer for as
+    long as the link lived, one per link (a helper's probe, 2026-12-07): a payload that sends
+    nothing for PAYLOAD_STALL seconds now closes the link, and the buffer goes with it."""
+    monkeypatch.setattr(link_module, "PAYLOAD_STALL", 1.0, raising=False)
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data, encrypt=encrypt) as raw:
+        await raw.stream.send_all(raw.frames[: PAYLOAD_LOWAT // 2])  # then nothing more
+        with trio.fail_after(20):
+            while not raw.downloader.closed:
+                await trio.sleep(0.05)
+        assert raw.events.statistics().current_buffer_used == 0  # no piece came of it
 
 
 async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
