@@ -21,6 +21,12 @@ from wire.events import Access
 
 log = logging.getLogger("pollen.swarm")
 
+# A member's Accesses kept at once, its newest: one per private blob it fetches from this node
+# now (a fetch passes its client's credentials on again every 45 s). Unbounded, thirty links
+# sending one Access with 16 KiB of credentials for each of 200 held blobs, and no Request,
+# grew a node by 102 MiB until the links closed (a helper's probe, 2026-12-07).
+MAX_PENDING_ACCESS = 256
+
 
 class Grants:
     def __init__(self, store: Store, access: AccessPolicy) -> None:
@@ -28,14 +34,38 @@ class Grants:
         self._access = access
         # digest -> peer -> (until, the origins its credentials were checked against)
         self._granted: dict[str, dict[bytes, tuple[float, frozenset[str]]]] = {}
-        # digest -> peer -> its Access, kept (never logged) until its next Request is checked
+        # digest -> peer -> its Access, kept (never logged) until its next Request is checked,
+        # for DEFAULT_TTL at most (no longer than the grant it could give)
         self._pending: dict[str, dict[bytes, Access]] = {}
+        # peer -> digest -> when its Access came, oldest first: what bounds a member's share
+        self._pending_of: dict[bytes, dict[str, float]] = {}
         # (digest, peer) -> set when the check of its Access under way ends: whoever asks
         # meanwhile (its Bitfield's answer, its Requests) waits for that one check.
         self._checking: dict[tuple[str, bytes], trio.Event] = {}
 
     def remember(self, peer: bytes, access: Access) -> None:
+        """Keep `peer`'s Access for its next Request, in place of one it sent before for the
+        blob; its Accesses older than DEFAULT_TTL, and past its newest MAX_PENDING_ACCESS, go."""
+        now = trio.current_time()
+        mine = self._pending_of.setdefault(peer, {})
+        mine.pop(access.digest, None)  # the newest goes last
+        mine[access.digest] = now
         self._pending.setdefault(access.digest, {})[peer] = access
+        for digest, came in list(mine.items()):
+            if came > now - DEFAULT_TTL and len(mine) <= MAX_PENDING_ACCESS:
+                break
+            self._drop_pending(digest, peer)
+
+    def _drop_pending(self, digest: str, peer: bytes) -> Access | None:
+        """Take `peer`'s Access for `digest` out of both indexes; what was there."""
+        self._pending_of.get(peer, {}).pop(digest, None)
+        if not self._pending_of.get(peer, True):
+            del self._pending_of[peer]
+        pending = self._pending.get(digest, {})
+        access = pending.pop(peer, None)
+        if not pending:
+            self._pending.pop(digest, None)
+        return access
 
     def grant(self, digest: str, peer: bytes) -> None:
         """`peer`'s credentials were accepted for `digest` as it is private now."""
@@ -93,9 +123,10 @@ class Grants:
         if running is not None:
             await running.wait()
             return self._granted_now(digest, peer, self._store.origins_of(digest))
-        access = self._pending.get(digest, {}).pop(peer, None)
-        if access is None:
-            return False
+        came = self._pending_of.get(peer, {}).get(digest)
+        access = self._drop_pending(digest, peer)
+        if access is None or came is None or came <= trio.current_time() - DEFAULT_TTL:
+            return False  # none, or too old to be used (the peer sends another)
         done = self._checking[(digest, peer)] = trio.Event()
         try:
             return await self.check(peer, access) is None
@@ -110,12 +141,13 @@ class Grants:
         """The link is gone: its grants and pending Access with it."""
         for granted in self._granted.values():
             granted.pop(peer, None)
-        for pending in self._pending.values():
-            pending.pop(peer, None)
+        for digest in list(self._pending_of.get(peer, {})):
+            self._drop_pending(digest, peer)
 
     def forget_digest(self, digest: str) -> None:
         self._granted.pop(digest, None)
-        self._pending.pop(digest, None)
+        for peer in list(self._pending.get(digest, {})):
+            self._drop_pending(digest, peer)
 
     def tracks(self, digest: str) -> bool:
         return bool(self._granted.get(digest) or self._pending.get(digest))
