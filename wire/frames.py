@@ -232,7 +232,9 @@ class FrameDecoder:
 
     Nothing is allocated from a size the peer states before `admit_piece` has accepted the
     Piece's (digest, index, pushed) and its payload's length (it raises RemoteProtocolError
-    for one that was neither requested nor invited, or is not the piece's length),
+    for one that was neither requested nor invited; it returns False for one of another
+    length than the piece has here, whose payload is then read past, not kept: the Piece
+    comes with no data; a sealed one cannot be read past, and is refused),
     and `max_frame` bounds every frame; the protocol keeps it small until the peer has proved
     the cluster token.
 
@@ -245,7 +247,7 @@ class FrameDecoder:
         self,
         max_frame: int,
         direct_min: int = 64 * 1024,
-        admit_piece: Callable[[str, int, bool, int], None] | None = None,
+        admit_piece: Callable[[str, int, bool, int], bool] | None = None,
         pool: PayloadPool | None = None,
     ) -> None:
         """`pool`: where payload buffers are reused from (several decoders may share one: a
@@ -262,10 +264,19 @@ class FrameDecoder:
         self._pool = pool if pool is not None else PayloadPool()
         self._opener: Opener | None = None
         self._record = 0  # sealed: length of the payload record of `_piece`
+        # A Piece whose payload is read past (`admit_piece` said no to its length), and how
+        # many of its bytes are still to come.
+        self._skipped: tuple[str, int, bool] | None = None
+        self._skip = 0
 
     @property
     def has_partial_frame(self) -> bool:
-        return bool(self._buffer) or self._payload is not None or self._piece is not None
+        return (
+            bool(self._buffer)
+            or self._payload is not None
+            or self._piece is not None
+            or self._skipped is not None
+        )
 
     def start_opening(self, opener: Opener) -> None:
         """From the next frame on, the peer's frames are sealed with `opener`'s key.
@@ -278,6 +289,10 @@ class FrameDecoder:
         self._opener = opener
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._skip:
+            drop = min(len(data), self._skip)
+            self._skip -= drop
+            data = data[drop:]
         if self._payload is not None:
             take = min(len(data), len(self._payload) - self._filled)
             self._payload[self._filled : self._filled + take] = data[:take]
@@ -312,6 +327,11 @@ class FrameDecoder:
             if self._filled < len(self._payload):
                 return None
             return self._finish_payload()
+        if self._skipped is not None:
+            if self._skip:
+                return None
+            (digest, index, pushed), self._skipped = self._skipped, None
+            return Piece(digest, index, b"", pushed)
         if self._opener is not None:
             return self._next_sealed(self._opener)
         if self._need is None:
@@ -330,9 +350,15 @@ class FrameDecoder:
             if len(self._buffer) < PREFIX.size + header_len:
                 return None
             header = bytes(self._buffer[PREFIX.size : PREFIX.size + header_len])
-            self._piece = self._admit(header, payload_len)
+            piece, take = self._admit(header, payload_len)
             self._need = None
-            self._start_payload(PREFIX.size + header_len, payload_len)
+            if take:
+                self._piece = piece
+                self._start_payload(PREFIX.size + header_len, payload_len)
+            else:  # read past it: what came of its payload goes, and the rest as it comes
+                self._skipped = piece
+                self._skip = payload_len - (len(self._buffer) - PREFIX.size - header_len)
+                self._buffer.clear()
             return self.next_event()
         if len(self._buffer) < end:
             return None
@@ -366,7 +392,10 @@ class FrameDecoder:
             header = inner[PREFIX.size :]
             if frame_len == header_len:
                 return decode(header, b"")
-            self._piece = self._admit(header, frame_len - header_len)
+            piece, take = self._admit(header, frame_len - header_len)
+            if not take:  # its record must be opened to open the next: nothing to read past
+                raise RemoteProtocolError(f"sealed piece {piece[1]} of another length than asked")
+            self._piece = piece
             self._record = frame_len - header_len + TAG
         if len(self._buffer) >= self._record:
             data = opener.open(bytes(self._buffer[: self._record]))
@@ -378,15 +407,16 @@ class FrameDecoder:
             self._start_payload(0, self._record)
         return None
 
-    def _admit(self, header: bytes, length: int) -> tuple[str, int, bool]:
+    def _admit(self, header: bytes, length: int) -> tuple[tuple[str, int, bool], bool]:
         """(digest, index, pushed) of a Piece header with a payload of `length` bytes to come,
-        once `admit_piece` accepts it: before any memory is set aside for the payload."""
+        once `admit_piece` accepts it (before any memory is set aside for the payload), and
+        whether to take the payload (False: read past it)."""
         cls, values = decode_header(header)
         if cls is not Piece:
             raise RemoteProtocolError(f"{cls.__name__} with a payload")
-        if self.admit_piece is not None:
-            self.admit_piece(values[0], values[1], values[2], length)
-        return values[0], values[1], values[2]
+        digest, index, pushed = values[0], values[1], values[2]
+        take = self.admit_piece is None or self.admit_piece(digest, index, pushed, length)
+        return (digest, index, pushed), take
 
     def _start_payload(self, start: int, length: int) -> None:
         """Switch to receiving an admitted payload (or sealed payload record) of `length`

@@ -491,10 +491,12 @@ class PeerProtocol:
         if self.encrypt:
             self._decoder.start_opening(Opener(self._secrets.key_in))
 
-    def _admit_piece(self, digest: str, index: int, pushed: bool, length: int) -> None:
+    def _admit_piece(self, digest: str, index: int, pushed: bool, length: int) -> bool:
         """Called by the decoder with a Piece's header and its payload's length, before it
         allocates the payload (the credit a push takes is spent when the whole Piece is
-        checked, in `_check`)."""
+        checked, in `_check`): False for a length other than the piece has here, whose
+        payload is then read past, not kept (a node that cuts the blob otherwise sends such
+        pieces honestly; the Piece comes with no data, and the fetch asks elsewhere)."""
         if self.state is not State.OPEN:
             raise RemoteProtocolError("Piece before the handshake")
         if not (pushed and self.invited.get(digest, 0) > 0) and (
@@ -504,10 +506,7 @@ class PeerProtocol:
         # A member asked for a 64 KiB piece stated 16 MiB and sent 10 bytes: the buffer was
         # set aside for as long as the link lived, one per link (a helper's probe, 2026-12-07).
         expected = None if self.piece_length is None else self.piece_length(digest, index)
-        if expected is not None and length != expected:
-            raise RemoteProtocolError(
-                f"piece {index} of {digest[:23]} stated as {length} bytes, not {expected}"
-            )
+        return expected is None or length == expected
 
 
 def _credit(credits: dict[str, int], digest: str, total: int) -> None:

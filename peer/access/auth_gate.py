@@ -57,8 +57,12 @@ class AuthGate:
         if expiry is not None and expiry > now:
             return None
         path = f"/v2/{name}/{kind}/{reference}"
-        # An origin no --upstream configures is one a client named: checked as when it was.
+        # An origin no --upstream configures is one a client named: checked as when it was,
+        # and not at all where clients may not name registries (a member's Access, or an
+        # owner's PieceMeta, may name any origin).
         named = not self._upstreams.configured(origin)
+        if named and not self._upstreams.config.client_registries:
+            raise UpstreamError(origin, "a registry no --upstream maps (--no-client-registries)")
         async with self._upstreams.open_at(
             "HEAD", origin, path, headers, named_by_client=named
         ) as resp:

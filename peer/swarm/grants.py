@@ -25,7 +25,9 @@ log = logging.getLogger("pollen.swarm")
 # now (a fetch passes its client's credentials on again every 45 s). Unbounded, thirty links
 # sending one Access with 16 KiB of credentials for each of 200 held blobs, and no Request,
 # grew a node by 102 MiB until the links closed (a helper's probe, 2026-12-07).
-MAX_PENDING_ACCESS = 256
+# Still a bound per member id, and ids cost an insider nothing: 32 links from one address
+# can hold 64 MiB of credentials for up to a minute.
+MAX_PENDING_ACCESS = 128  # as many as the downloads a node runs at once (its honest most)
 
 
 class Grants:

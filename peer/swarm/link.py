@@ -40,6 +40,10 @@ SEND_TIMEOUT = 60.0
 # it held that buffer for as long as the link lived (a helper's probe, 2026-12-07). A sender
 # at the slowest rate a link carries sends a byte far more often than this.
 PAYLOAD_STALL = 60.0
+# And a whole payload must come at this many bytes a second at least (after PAYLOAD_STALL):
+# a byte every 59 s held the buffer all the same. A 512 KiB piece may take 2 minutes more, a
+# 16 MiB one over an hour.
+PAYLOAD_LEAST_RATE = 4096
 # Received piece payloads are reused across all of the node's links: a piece's buffer is free
 # again once it is written, and the next piece on any link takes it, instead of every link
 # keeping (and first zero-filling and faulting in) buffers of its own. In all at most 16
@@ -129,6 +133,7 @@ class PeerLink:
         self.receiving_piece = False
         self.piece_done_at = -math.inf
         self.on_receiving: Callable[[], None] | None = None
+        self._payload_due = math.inf  # when the payload being received must be whole
 
     @property
     def peer_id(self) -> bytes:
@@ -475,6 +480,8 @@ class PeerLink:
             if payload is not None:
                 if not self.receiving_piece:
                     self._receiving(True)
+                    slowest = PAYLOAD_STALL + len(payload) / PAYLOAD_LEAST_RATE
+                    self._payload_due = trio.current_time() + slowest
                 try:
                     count = await self._receive_into(payload)
                 finally:
@@ -508,24 +515,25 @@ class PeerLink:
         PAYLOAD_LOWAT of it is there, or one read of at most its length from any other
         stream. The number of bytes written to the start of `payload` (0 at the end of the
         stream)."""
-        stalled = f"a piece's payload sent nothing for {PAYLOAD_STALL:g}s"
-        if self._mark is not None:
-            try:
-                return await self._mark.receive_into(
-                    payload, PAYLOAD_LOWAT, self._heard, quiet=PAYLOAD_STALL
-                )
-            except SenderQuiet:
-                raise LinkClosed(stalled) from None
-            except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
-                raise LinkClosed(f"receive failed: {exc}") from exc
-        with trio.move_on_after(PAYLOAD_STALL):
-            try:
-                data = await self.stream.receive_some(len(payload))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise LinkClosed(f"receive failed: {exc}") from exc
-            payload[: len(data)] = data
-            return len(data)
-        raise LinkClosed(stalled)
+        with trio.move_on_at(self._payload_due):  # however it trickles
+            if self._mark is not None:
+                try:
+                    return await self._mark.receive_into(
+                        payload, PAYLOAD_LOWAT, self._heard, quiet=PAYLOAD_STALL
+                    )
+                except SenderQuiet:
+                    raise LinkClosed("a piece's payload stopped coming") from None
+                except (OSError, trio.ClosedResourceError) as exc:  # closed by another task
+                    raise LinkClosed(f"receive failed: {exc}") from exc
+            with trio.move_on_after(PAYLOAD_STALL):
+                try:
+                    data = await self.stream.receive_some(len(payload))
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise LinkClosed(f"receive failed: {exc}") from exc
+                payload[: len(data)] = data
+                return len(data)
+            raise LinkClosed("a piece's payload stopped coming")
+        raise LinkClosed("a piece's payload came too slowly")
 
     def _heard(self) -> None:
         """More of a piece came, below the mark: the peer is alive (gossip, fetches)."""

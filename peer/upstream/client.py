@@ -104,11 +104,16 @@ class Upstreams:
                 "docker.io and the registries --upstream maps (--no-client-registries)"
             )
         host = registry_host(namespace)
-        kind = "loopback" if host.lower() == "localhost" else internal_address_kind(host)
+        kind = (
+            "loopback"
+            if host.lower() == "localhost"
+            else internal_address_kind(host, this_host=True)
+        )
         if kind == "unreadable":
             # The resolver also reads 127.1, 0 and 2130706433 as IPv4 addresses (inet_aton).
             with contextlib.suppress(OSError):
-                kind = internal_address_kind(socket.inet_ntoa(socket.inet_aton(host)))
+                resolved = socket.inet_ntoa(socket.inet_aton(host))
+                kind = internal_address_kind(resolved, this_host=True)
         if kind is not None and kind != "unreadable":
             raise InvalidNamespace(
                 f"ns {namespace[:100]!r} names a {kind} address: only an --upstream mapping "

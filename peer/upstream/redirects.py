@@ -45,12 +45,14 @@ _CLOUD_METADATA = frozenset(
 )
 
 
-def internal_address_kind(address: str) -> str | None:
+def internal_address_kind(address: str, *, this_host: bool = False) -> str | None:
     """What makes `address` (an IP address as getaddrinfo or getpeername give it, with an
     IPv6 scope or not) one a redirect must not lead to: "loopback", "link-local",
-    "unspecified" (0.0.0.0/8, ::), "multicast", "cloud metadata" or "this host's" (an address
-    of one of its interfaces), also in IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible
-    (::a.b.c.d) IPv6 form; "unreadable" for text that is no IP address; None when it may."""
+    "unspecified" (0.0.0.0/8, ::), "multicast", "cloud metadata", and with `this_host` "this
+    host's" (an address of one of its interfaces: asked only where a client named the
+    registry, since an operator's may live there, as a Kubernetes service address does under
+    IPVS), also in IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d) IPv6 form;
+    "unreadable" for text that is no IP address; None when it may."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -58,7 +60,7 @@ def internal_address_kind(address: str) -> str | None:
     kind = _kind(ip)
     if kind is None and _unmapped(ip) != ip:
         kind = _kind(_unmapped(ip))
-    if kind is None and _is_this_hosts(_unmapped(ip)):
+    if kind is None and this_host and _is_this_hosts(_unmapped(ip)):
         kind = "this host's"
     return kind
 
@@ -130,12 +132,14 @@ def _host_key(host: str) -> str:
 @dataclass(frozen=True, slots=True)
 class RedirectStart:
     """The registry a request started at, which its redirects are judged against: its host as
-    the URL names it, whether the node's connection to it reached an internal address, and
-    whether its redirects may lead to public addresses only (a registry only a client named,
-    not reached on a private network)."""
+    the URL names it, whether the node's connection to it reached an internal address,
+    whether only a client named it (its redirects may not lead to this host either), and
+    whether its redirects may lead to public addresses only (such a registry, not reached on
+    a private network)."""
 
     host: str
     internal: bool
+    named: bool = False
     public_only: bool = False
 
     @classmethod
@@ -146,7 +150,8 @@ class RedirectStart:
         not known, taken as neither internal nor private, which allows less)."""
         kind = None if address is None else internal_address_kind(address)
         private = address is not None and kind != "unreadable" and not is_public(address)
-        return cls(host, kind not in (None, "unreadable"), named_by_client and not private)
+        internal = kind not in (None, "unreadable")
+        return cls(host, internal, named_by_client, named_by_client and not private)
 
     def may_lead_inside(self, host: str) -> bool:
         """Whether a redirect to `host` may reach internal addresses: only when it stays on the
@@ -175,7 +180,9 @@ async def check_redirect_target(
             or resolves to an internal address.
     """
     if not start.may_lead_inside(host):
-        await _check_resolved(upstream, host, port, "redirected to", timeout, start.public_only)
+        await _check_resolved(
+            upstream, host, port, "redirected to", timeout, start.named, start.public_only
+        )
 
 
 async def check_named_registry(upstream: str, host: str, port: int, *, timeout: float) -> list[str]:
@@ -189,7 +196,7 @@ async def check_named_registry(upstream: str, host: str, port: int, *, timeout: 
         UpstreamError: naming `upstream`: the name does not resolve, or resolves to an
             internal address.
     """
-    return await _check_resolved(upstream, host, port, "named", timeout)
+    return await _check_resolved(upstream, host, port, "named", timeout, named=True)
 
 
 def check_named_address(upstream: str, host: str, port: int, address: str) -> None:
@@ -199,11 +206,17 @@ def check_named_address(upstream: str, host: str, port: int, address: str) -> No
     Raises:
         UpstreamError: the address is internal.
     """
-    _refuse_internal(upstream, _authority(host, port), address, "named")
+    _refuse_internal(upstream, _authority(host, port), address, "named", named=True)
 
 
 async def _check_resolved(
-    upstream: str, host: str, port: int, how: str, timeout: float, public_only: bool = False
+    upstream: str,
+    host: str,
+    port: int,
+    how: str,
+    timeout: float,
+    named: bool = False,
+    public_only: bool = False,
 ) -> list[str]:
     where = _authority(host, port)
     try:
@@ -215,7 +228,7 @@ async def _check_resolved(
         raise UpstreamError(upstream, f"{how} {where}, which does not resolve: {exc}") from None
     addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
     for address in addresses:
-        _refuse_internal(upstream, where, address, how, public_only)
+        _refuse_internal(upstream, where, address, how, named=named, public_only=public_only)
     return list(dict.fromkeys(addresses))  # each once, in the resolver's order
 
 
@@ -229,7 +242,8 @@ def check_connected_address(
         UpstreamError: naming `upstream`: the address is internal.
     """
     if not start.may_lead_inside(host):
-        _refuse_internal(upstream, _authority(host, port), address, public_only=start.public_only)
+        where = _authority(host, port)
+        _refuse_internal(upstream, where, address, named=start.named, public_only=start.public_only)
 
 
 def _refuse_internal(
@@ -237,9 +251,11 @@ def _refuse_internal(
     where: str,
     address: str,
     how: str = "redirected to",
+    *,
+    named: bool = False,
     public_only: bool = False,
 ) -> None:
-    kind = internal_address_kind(address)
+    kind = internal_address_kind(address, this_host=named)
     if kind is None and public_only and not is_public(address):
         raise UpstreamError(
             upstream,

@@ -354,7 +354,7 @@ def test_hello_round_trips(callee: bytes | None, encrypt: bool) -> None:
 def test_a_large_piece_is_admitted_before_its_buffer_is_allocated() -> None:
     asked: list[tuple[str, int, bool, int]] = []
 
-    def admit(digest: str, index: int, pushed: bool, length: int) -> None:
+    def admit(digest: str, index: int, pushed: bool, length: int) -> bool:
         asked.append((digest, index, pushed, length))
         raise RemoteProtocolError("unrequested")
 

@@ -376,25 +376,40 @@ def test_an_unrequested_piece_header_is_refused_before_its_buffer_exists(encrypt
     assert pair.a.payload_buffer() is None
 
 
-@pytest.mark.parametrize("encrypt", [False, True])
-def test_a_requested_piece_stated_at_another_length_is_refused_before_its_buffer_exists(
-    encrypt: bool,
-) -> None:
+def test_a_requested_piece_stated_at_another_length_is_read_past_never_kept() -> None:
     """A member asked for a 64 KiB piece stated 16 MiB and sent 10 bytes: its buffer stayed set
     aside for as long as the link lived (a helper's probe, 2026-12-07). Where the swarm knows
-    the piece's length (`piece_length`), a header stating another is refused at once."""
-    pair = Pair(encrypt_a=encrypt, encrypt_b=encrypt)
+    the piece's length (`piece_length`), a payload of another length gets no buffer: its bytes
+    are read past as they come, and the Piece comes with no data (a node that cuts the blob
+    otherwise sends such pieces honestly: its link stays, and the fetch asks elsewhere)."""
+    pair = Pair()
     pair.handshake()
     pair.a.piece_length = lambda digest, index: 65536 if digest == DIGEST else None
     pair.b.receive_data(pair.a.send(Request(DIGEST, 1)))
     events(pair.b)
-    if encrypt:
-        header_record = pair.b.send_buffers(Piece(DIGEST, 1, b"x" * BIG))[0]
-        assert isinstance(header_record, bytes)
-        pair.a.receive_data(header_record)
-    else:
-        pair.a.receive_data(piece_header(1, BIG))
-    with pytest.raises(RemoteProtocolError, match=f"stated as {BIG} bytes, not 65536"):
+    pair.a.receive_data(piece_header(1, BIG) + b"x" * 1000)
+    assert events(pair.a) == [] and pair.a.payload_buffer() is None
+    left = BIG - 1000
+    while left > 65536:
+        pair.a.receive_data(b"x" * 65536)
+        left -= 65536
+        assert events(pair.a) == [] and pair.a.payload_buffer() is None
+    pair.a.receive_data(b"x" * left)
+    assert events(pair.a) == [Piece(DIGEST, 1, b"")]
+    assert pair.deliver(pair.b, pair.a, Have(DIGEST, 2)) == [Have(DIGEST, 2)]  # the link goes on
+
+
+def test_a_sealed_piece_stated_at_another_length_is_refused_before_its_buffer_exists() -> None:
+    """A sealed payload cannot be read past (the next record opens only after it)."""
+    pair = Pair(encrypt_a=True, encrypt_b=True)
+    pair.handshake()
+    pair.a.piece_length = lambda digest, index: 65536
+    pair.b.receive_data(pair.a.send(Request(DIGEST, 1)))
+    events(pair.b)
+    header_record = pair.b.send_buffers(Piece(DIGEST, 1, b"x" * BIG))[0]
+    assert isinstance(header_record, bytes)
+    pair.a.receive_data(header_record)
+    with pytest.raises(RemoteProtocolError, match="another length"):
         events(pair.a)
     assert pair.a.payload_buffer() is None
 

@@ -98,7 +98,7 @@ def test_a_sealed_unrequested_piece_is_refused_from_its_header() -> None:
     key = os.urandom(32)
     refused: list[tuple[str, int, bool]] = []
 
-    def admit(digest: str, index: int, pushed: bool, length: int) -> None:
+    def admit(digest: str, index: int, pushed: bool, length: int) -> bool:
         refused.append((digest, index, pushed))
         raise RemoteProtocolError("unrequested")
 

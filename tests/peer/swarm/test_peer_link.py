@@ -239,6 +239,26 @@ async def test_a_payload_that_stops_coming_closes_the_link(
         assert raw.events.statistics().current_buffer_used == 0  # no piece came of it
 
 
+async def test_a_payload_that_trickles_too_slowly_closes_the_link(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A byte every 59 s kept PAYLOAD_STALL from ending it (a review, 2026-12-07): the whole
+    payload must come at PAYLOAD_LEAST_RATE too, after PAYLOAD_STALL."""
+    monkeypatch.setattr(link_module, "PAYLOAD_STALL", 1.0)
+    monkeypatch.setattr(link_module, "PAYLOAD_LEAST_RATE", 10**9)
+    data = os.urandom(4 * PAYLOAD_LOWAT)
+    async with raw_piece(data) as raw:
+        await raw.stream.send_all(raw.frames[: PAYLOAD_LOWAT // 2])
+        sent = PAYLOAD_LOWAT // 2
+        with trio.fail_after(20):
+            while not raw.downloader.closed:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await raw.stream.send_all(raw.frames[sent : sent + 1])  # never quiet
+                sent += 1
+                await trio.sleep(0.2)
+        assert raw.events.statistics().current_buffer_used == 0
+
+
 async def test_a_payload_that_stops_short_of_the_mark_is_read_after_a_while() -> None:
     """A kernel may fail to wake a reader whose mark the receive window cannot reach (before
     ~5.8): the link must not wait on the mark for ever. Here the peer sends less than the

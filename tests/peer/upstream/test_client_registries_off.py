@@ -12,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from peer.access.auth_gate import AuthGate
 from peer.config import Address, NodeConfig
 from peer.front.routes import InvalidNamespace
 from peer.node import Node
 from peer.upstream.client import UpstreamConfig, Upstreams
+from peer.upstream.errors import UpstreamError
 from tests.peer.fake_registry import FakeRegistry
 
 
@@ -67,3 +70,15 @@ async def test_through_a_node_only_the_operators_registries_are_asked(
         mapped = await client.get("/v2/org/app/manifests/latest?ns=mapped.test")
         default = await client.get("/v2/org/app/manifests/latest")
     assert mapped.status_code != 400 and default.status_code != 400
+
+
+async def test_an_access_check_at_an_origin_no_upstream_maps_is_not_made() -> None:
+    """A member's Access (or an owner's PieceMeta) may name any origin: with the flag off, the
+    access check is not asked of a registry the operator did not give (nothing is served
+    unchecked: the peer gets no pieces)."""
+    upstreams = Upstreams(
+        UpstreamConfig(mapping={}, default="https://d.test", client_registries=False)
+    )
+    gate = AuthGate(upstreams)
+    with pytest.raises(UpstreamError, match="--no-client-registries"):
+        await gate.check("https://evil.example", "org/app", "blobs", "sha256:" + "a" * 64, {})

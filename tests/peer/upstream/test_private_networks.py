@@ -86,7 +86,7 @@ _IN_NAMESPACE = textwrap.dedent(
     )
 
     for address in ("10.77.0.1", "10.77.0.2", "fd77::1", "fd77::2", "::ffff:10.77.0.1"):
-        print(address, internal_address_kind(address))
+        print(address, internal_address_kind(address, this_host=True))
     upstreams = Upstreams(UpstreamConfig(mapping={}, default="http://127.0.0.1:1"))
     for ns in ("10.77.0.1:5000", "[fd77::1]:5000"):
         try:
@@ -107,6 +107,12 @@ _IN_NAMESPACE = textwrap.dedent(
             print("redirect accepted")
         except UpstreamError as exc:
             print("redirect refused:", exc)
+
+        # An operator's registry may send the node to this host (a Kubernetes service
+        # address is one of its interfaces under IPVS).
+        configured = RedirectStart.reached_at("registry.svc", "10.77.0.9")
+        await check_redirect_target("http://registry.svc", configured, "10.77.0.1", 80, timeout=5)
+        print("configured redirect accepted")
 
     trio.run(main)
     """
@@ -142,3 +148,4 @@ def test_this_hosts_own_addresses_are_refused_like_its_loopback() -> None:
     assert lines[6].startswith("[fd77::1]:5000 refused:"), lines[6]
     assert lines[7].startswith("named refused:") and "this host's" in lines[7], lines[7]
     assert lines[8].startswith("redirect refused:") and "this host's" in lines[8], lines[8]
+    assert lines[9] == "configured redirect accepted"
