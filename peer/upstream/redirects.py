@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 import trio
 
@@ -36,6 +37,10 @@ from peer.upstream.errors import UpstreamError
 # to other hosts are refused on the manifest path (blob_stream uses no proxy).
 
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host" to Linux's connect
+# IPv6 forms that a gateway turns into an IPv4 address: NAT64's well-known prefix (the
+# address in its last 32 bits; RFC 6052) and its local-use one (RFC 8215), and 6to4 (2002::/16)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 # Cloud metadata services outside 169.254/16 (which "link-local" covers): AWS's instance
 # metadata over IPv6 (Nitro instances) and Alibaba Cloud's. They answer whoever runs on the
@@ -108,11 +113,19 @@ def _is_this_hosts(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 def is_public(address: str) -> bool:
     """Whether `address` (as `internal_address_kind` takes it) is on the public Internet: not
-    private (10/8, 172.16/12, 192.168/16, fc00::/7), shared (100.64/10), reserved or internal."""
+    private (10/8, 172.16/12, 192.168/16, fc00::/7), shared (100.64/10), reserved or internal,
+    also where it is an IPv4 one in NAT64 or 6to4 form (a review, 2026-12-07)."""
     try:
-        return _unmapped(ipaddress.ip_address(address)).is_global
+        ip = _unmapped(ipaddress.ip_address(address))
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:  # an operator's own translation prefix: its network's
+            return False
+        inside = ip.sixtofour or (IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if inside is not None:  # the IPv4 address a gateway sends it on to
+            return inside.is_global
+    return ip.is_global
 
 
 def same_host(a: str, b: str) -> bool:

@@ -27,7 +27,16 @@ from peer.upstream.redirects import (
 )
 
 PUBLIC = "93.184.216.34"  # an address on the Internet (no packet goes there: numbers only)
-PRIVATE_TARGETS = ["10.9.9.2", "172.16.0.1", "192.168.1.1", "100.64.1.1", "fd12::1"]
+PRIVATE_TARGETS = [
+    "10.9.9.2",
+    "172.16.0.1",
+    "192.168.1.1",
+    "100.64.1.1",
+    "fd12::1",
+    "64:ff9b::a09:902",  # 10.9.9.2 through NAT64
+    "64:ff9b:1::a09:902",  # an operator's local NAT64 prefix
+    "2002:a09:902::1",  # 10.9.9.2 through 6to4
+]
 
 
 @pytest.mark.parametrize("address", ["fd00:ec2::254", "100.100.100.200", "::ffff:100.100.100.200"])
@@ -51,6 +60,7 @@ async def test_a_registry_a_client_named_on_the_internet_may_redirect_to_the_int
     start = RedirectStart.reached_at("registry.example", PUBLIC, named_by_client=True)
     await check_redirect_target("https://registry.example", start, "93.184.216.35", 443, timeout=5)
     check_connected_address("https://registry.example", start, "cdn.example", 443, "1.1.1.1")
+    check_connected_address("https://registry.example", start, "cdn", 443, "64:ff9b::101:101")
 
 
 @pytest.mark.parametrize("target", PRIVATE_TARGETS)
