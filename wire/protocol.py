@@ -499,9 +499,9 @@ class PeerProtocol:
         pieces honestly; the Piece comes with no data, and the fetch asks elsewhere)."""
         if self.state is not State.OPEN:
             raise RemoteProtocolError("Piece before the handshake")
-        if not (pushed and self.invited.get(digest, 0) > 0) and (
-            pushed or (digest, index) not in self.our_requests
-        ):
+        invited = pushed and self.invited.get(digest, 0) > 0
+        requested = not pushed and (digest, index) in self.our_requests
+        if not (invited or requested):
             raise RemoteProtocolError(f"unrequested piece {(digest, index)}")
         # A member asked for a 64 KiB piece stated 16 MiB and sent 10 bytes: the buffer was
         # set aside for as long as the link lived, one per link (a helper's probe, 2026-12-07).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 import trio
 
@@ -63,9 +62,10 @@ def internal_address_kind(address: str, *, this_host: bool = False) -> str | Non
     except ValueError:
         return "unreadable"
     kind = _kind(ip)
-    if kind is None and _unmapped(ip) != ip:
-        kind = _kind(_unmapped(ip))
-    if kind is None and this_host and _is_this_hosts(_unmapped(ip)):
+    reached = _unmapped(ip)  # the address a socket reaches
+    if kind is None and reached != ip:
+        kind = _kind(reached)
+    if kind is None and this_host and _is_this_hosts(reached):
         kind = "this host's"
     return kind
 
@@ -122,7 +122,9 @@ def is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip in _NAT64_LOCAL:  # an operator's own translation prefix: its network's
             return False
-        inside = ip.sixtofour or (IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        inside = ip.sixtofour
+        if ip in _NAT64:  # the IPv4 address in its last 32 bits
+            inside = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if inside is not None:  # the IPv4 address a gateway sends it on to
             return inside.is_global
     return ip.is_global
